@@ -1,0 +1,3 @@
+"""abo_tf: Amazon Berkeley Objects product images -> TFRecords -> tf.data -> Keras."""
+
+__version__ = "0.1.0"
