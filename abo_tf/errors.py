@@ -5,25 +5,25 @@ import sys
 
 
 class UserInputError(ValueError):
-  """Bad input from the user: the message names the value and what to do."""
+    """Bad input from the user: the message names the value and what to do."""
 
 
 class InputNotFoundError(UserInputError, FileNotFoundError):
-  """A path the user gave does not exist."""
+    """A path the user gave does not exist."""
 
 
 def cli_main(main):
-  """Decorates a CLI `main(argv=None) -> int`: user errors become one line on stderr, exit 2."""
+    """Decorates a CLI `main(argv=None) -> int`: user errors become one line on stderr, exit 2."""
 
-  @functools.wraps(main)
-  def wrapper(argv=None):
-    try:
-      return main(argv)
-    except UserInputError as error:
-      print(f"error: {error}", file=sys.stderr)
-      return 2
-    except KeyboardInterrupt:
-      print("interrupted", file=sys.stderr)
-      return 130
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserInputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
-  return wrapper
+    return wrapper
