@@ -1,0 +1,614 @@
+"""ABO archives -> leak-free, sharded TFRecords: `python -m abo_tf.build_records`.
+
+    python -m abo_tf.build_records --listings abo-listings.tar \\
+        --images abo-images-small.tar --output tfrecords/abo/1.0.0
+
+Two parallel passes over the images: a scan (structure check and SHA-256 of
+every candidate image; content hashes take part in the leak-free grouping and
+the rejections must be known before classes are counted), then the write of
+shard pieces that are concatenated into TFDS-named shards. The plan (which
+image goes to which shard, in which order) is fixed before writing, so a re-run
+gives byte-identical shards and an interrupted run resumes where it stopped.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+from tqdm import tqdm
+
+from abo_tf import archive, images, labels, schema, shards, split
+from abo_tf.errors import UserInputError, cli_main
+
+STATE_DIR = ".build"  # plan and finished pieces of an unfinished build
+PLAN_FILE = "plan.json"
+PIECE_EXAMPLES = 512  # unit of parallel work and of resumption
+SCAN_CHUNK = 2048
+IMAGE_SELECTIONS = ("main", "all")
+# Options that do not change the bytes written; everything else does.
+_NON_OUTPUT_OPTIONS = ("listings", "images", "output", "workers", "overwrite", "progress")
+
+KEPT = "kept"
+
+
+class BuildError(RuntimeError):
+    """An internal check failed (a leak, an accounting mismatch): a bug, not bad input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Everything a build depends on; see `--help` for each."""
+
+    listings: str
+    images: str
+    output: str = os.path.join("tfrecords", schema.DATASET_NAME, schema.DATASET_VERSION)
+    image_variant: str = "small"
+    image_selection: str = "main"
+    min_examples_per_class: int = 10
+    max_classes: int | None = None
+    rare_classes: str = "drop"
+    max_listings_per_image: int = 50
+    split_fractions: tuple = (0.8, 0.1, 0.1)
+    seed: int = 0
+    shard_mb: float = shards.DEFAULT_SHARD_MB
+    resize: int | None = None
+    workers: int = os.cpu_count() or 1
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self._check()
+
+    def _check(self):
+        if self.image_selection not in IMAGE_SELECTIONS:
+            raise UserInputError(f"--image-selection {self.image_selection!r} is not one of {IMAGE_SELECTIONS}")
+        if self.rare_classes not in labels.RARE_CLASS_ACTIONS:
+            raise UserInputError(f"--rare-classes {self.rare_classes!r} is not one of {labels.RARE_CLASS_ACTIONS}")
+        fractions = tuple(self.split_fractions)
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+            raise UserInputError(f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1")
+        for name in ("min_examples_per_class", "max_listings_per_image", "workers", "shard_mb"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if self.max_classes is not None and self.max_classes < 2:
+            raise UserInputError(f"--max-classes {self.max_classes} must be at least 2")
+        if self.resize is not None and self.resize < 32:
+            raise UserInputError(f"--resize {self.resize} must be at least 32 pixels")
+
+    def output_options(self):
+        """The options that determine the records' bytes, as saved in the manifest."""
+        values = dataclasses.asdict(self)
+        values["split_fractions"] = list(self.split_fractions)
+        return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
+
+
+@dataclasses.dataclass
+class _Candidates:
+    """The state of the build between reading and writing."""
+
+    listings: list
+    status: list  # per listing: None while it may be kept, else the reason it is dropped
+    image_ids: list  # per listing: the image ids it contributes
+    listings_of_image: dict  # image id -> listing indices
+    image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
+    sha256: dict = dataclasses.field(default_factory=dict)  # image id -> hex digest
+    keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
+
+    def kept_ids(self, index):
+        """Listing `index`'s image ids, duplicates replaced by the copy kept."""
+        return [self.keeper.get(image_id, image_id) for image_id in self.image_ids[index]]
+
+
+# --- reading and selecting ---------------------------------------------------
+
+
+def _select_images(listings, image_selection):
+    """Per listing: a drop reason or None, and the image ids it contributes."""
+    status, image_ids, seen = [], [], set()
+    for listing in listings:
+        ids = [listing.main_image_id] if listing.main_image_id else []
+        if image_selection == "all":
+            ids += [image_id for image_id in listing.other_image_ids if image_id not in ids]
+        key = (listing.item_id, listing.domain_name)
+        reason = (
+            "missing_item_id" if not listing.item_id
+            else "duplicate_listing" if key in seen
+            else "missing_product_type" if listing.product_type is None
+            else None if ids
+            else "no_main_image" if image_selection == "main" else "no_image"
+        )
+        seen.add(key)
+        status.append(reason)
+        image_ids.append(ids if reason is None else [])
+    return status, image_ids
+
+
+def _read_candidates(options, store, listings_report):
+    listings = list(archive.read_listings(options.listings, listings_report))
+    status, image_ids = _select_images(listings, options.image_selection)
+    listings_of_image = collections.defaultdict(list)
+    for index, ids in enumerate(image_ids):
+        for image_id in ids:
+            listings_of_image[image_id].append(index)
+    candidates = _Candidates(listings, status, image_ids, dict(listings_of_image))
+    for image_id, indices in candidates.listings_of_image.items():
+        row = store.rows.get(image_id)
+        if row is None:
+            candidates.image_status[image_id] = "missing_from_images_csv"
+        elif row.path not in store.locations:
+            candidates.image_status[image_id] = "missing_from_archive"
+        elif len(indices) > options.max_listings_per_image:
+            candidates.image_status[image_id] = "over_shared"
+    return candidates
+
+
+# --- pass 1: scan ------------------------------------------------------------
+
+
+def _scan_chunk(reader, items):
+    """Worker: `(image id, reject reason or None, sha256)` for each `(image id, path, location)`."""
+    results = []
+    for (image_id, _, _), data in zip(items, reader.read_many([item[1:] for item in items])):
+        try:
+            images.inspect_image(data)
+            reason = None
+        except images.RejectedImage as error:
+            reason = error.reason
+        results.append((image_id, reason, hashlib.sha256(data).hexdigest()))
+    return results
+
+
+def _located(store, image_ids):
+    """`(image id, path, location)` in archive order, so reads are sequential."""
+    items = [(image_id, store.rows[image_id].path, store.locations[store.rows[image_id].path]) for image_id in image_ids]
+    return sorted(items, key=lambda item: (item[2][0] or 0, item[1]))
+
+
+def _scan(candidates, store, pool, progress):
+    pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+    items = _located(store, pending)
+    chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
+    reader = store.without_index()
+    with tqdm(total=len(items), desc="scan", unit="img", disable=not progress) as bar:
+        for results in pool.map(_scan_chunk, [reader] * len(chunks), chunks):
+            for image_id, reason, digest in results:
+                candidates.sha256[image_id] = digest
+                if reason is not None:
+                    candidates.image_status[image_id] = reason
+            bar.update(len(results))
+
+
+def _drop_duplicate_content(candidates):
+    """Keeps one image per distinct content (the smallest id); its listings take over the others'."""
+    by_digest = collections.defaultdict(list)
+    for image_id, digest in candidates.sha256.items():
+        if image_id not in candidates.image_status:
+            by_digest[digest].append(image_id)
+    for image_ids in by_digest.values():
+        keeper, *duplicates = sorted(image_ids)
+        for duplicate in duplicates:
+            candidates.image_status[duplicate] = "duplicate_content"
+            candidates.keeper[duplicate] = keeper
+            candidates.listings_of_image[keeper] = sorted(set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate]))
+
+
+# --- labels and split --------------------------------------------------------
+
+
+def _surviving(candidates):
+    return sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+
+
+def _label_images(candidates, options):
+    """Returns (vocabulary, image id -> product type, conflict counts)."""
+    types_per_image = {
+        image_id: [candidates.listings[index].product_type for index in candidates.listings_of_image[image_id]]
+        for image_id in _surviving(candidates)
+    }
+    image_types, conflicting_images = labels.resolve_image_types(types_per_image)
+    selected = [listing for listing, reason in zip(candidates.listings, candidates.status) if reason is None]
+    vocabulary = labels.make_vocabulary(
+        collections.Counter(image_types.values()), options.min_examples_per_class, options.max_classes, options.rare_classes
+    )
+    for image_id, product_type in image_types.items():
+        if vocabulary.mapping[product_type] is None:
+            candidates.image_status[image_id] = "rare_class"
+    conflicts = {"items": labels.count_conflicting_items(selected), "images": conflicting_images, "rule": labels.CONFLICT_RULE}
+    return vocabulary, image_types, conflicts
+
+
+def _plan_splits(candidates, options):
+    """Returns dict split -> image ids in their seeded, shuffled order."""
+    kept = _surviving(candidates)
+    kept_set = set(kept)
+    pairs = (
+        (candidates.listings[index].item_id, [image_id for image_id in candidates.kept_ids(index) if image_id in kept_set])
+        for index in range(len(candidates.listings))
+    )
+    groups = split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept})
+    split_of = split.assign_splits(groups, options.split_fractions, options.seed)
+    members = collections.defaultdict(list)
+    for image_id in kept:
+        members[split_of[image_id]].append(image_id)
+    return {name: split.shuffle_order(members[name], options.seed) for name in split.SPLITS}
+
+
+# --- plan of the write -------------------------------------------------------
+
+
+def _record_item(candidates, store, vocabulary, image_types, image_id):
+    row = store.rows[image_id]
+    label, name = vocabulary.label_of(image_types[image_id])
+    item_id = min(candidates.listings[index].item_id for index in candidates.listings_of_image[image_id])
+    return [image_id, row.path, list(store.locations[row.path]), candidates.sha256[image_id], label, name, item_id]
+
+
+def _make_plan(candidates, store, vocabulary, image_types, split_members, options):
+    """The shards, each a list of pieces, each a list of record items, plus a fingerprint."""
+    shard_bytes = options.shard_mb * 2**20
+    plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
+    for name in split.SPLITS:
+        items = [_record_item(candidates, store, vocabulary, image_types, image_id) for image_id in split_members[name]]
+        num_shards = shards.num_shards_for(sum(item[2][1] for item in items), shard_bytes)
+        for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
+            pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
+            plan["shards"].append({"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]})
+    # Locations are where bytes sit in this copy of the input, not what they are:
+    # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
+    content = [(shard["file"], [[item[0], item[3], item[4]] for piece in shard["pieces"] for item in piece]) for shard in plan["shards"]]
+    plan["fingerprint"] = hashlib.sha256(json.dumps([plan["options"], plan["classes"], content], sort_keys=True).encode()).hexdigest()
+    return plan
+
+
+# --- output folder: fresh, resumed, finished or refused ----------------------
+
+
+def _existing_build(output):
+    """The plan or manifest found in `output`, or None for a missing/empty folder."""
+    for path in (os.path.join(output, shards.MANIFEST), os.path.join(output, STATE_DIR, PLAN_FILE)):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+    if os.path.isdir(output) and os.listdir(output):
+        raise UserInputError(f"--output {output!r} is not empty and holds no abo_tf build: choose an empty or new folder")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserInputError(f"--output {output!r} is a file: choose a folder")
+    return None
+
+
+def _check_output(options, fingerprint=None):
+    """Refuses a folder holding a different build unless --overwrite; clears it if allowed.
+
+    Returns:
+      True when the folder holds the same build, finished or interrupted.
+    """
+    existing = _existing_build(options.output)
+    if existing is None:
+        return False
+    same = existing.get("options") == options.output_options() and fingerprint in (None, existing.get("fingerprint"))
+    if same:
+        return True
+    if not options.overwrite:
+        raise UserInputError(f"--output {options.output!r} holds a different build (other options or inputs): pass --overwrite to replace it, or choose another folder")
+    shutil.rmtree(options.output)
+    return False
+
+
+# --- pass 2: write -----------------------------------------------------------
+
+
+def _write_piece(reader, path, items, max_side):
+    """Worker: writes one piece file (temporary name, then renamed) and its result."""
+    framed, written, rejected = [], [], {}
+    reencoded = 0
+    for item, data in zip(items, reader.read_many([(item[1], tuple(item[2])) for item in items])):
+        image_id, _, _, digest, label, name, item_id = item
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BuildError(f"image {image_id} changed while the build was running: start again")
+        try:
+            jpeg, height, width, was_reencoded = images.prepare_image(data, max_side)
+        except images.RejectedImage as error:
+            rejected[image_id] = error.reason
+            continue
+        reencoded += was_reencoded
+        record = schema.Record(jpeg, label, name, image_id, digest, item_id, height, width)
+        framed.append(shards.frame_record(schema.encode_record(record)))
+        written.append([image_id, digest, label])
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(b"".join(framed))
+    os.replace(path + ".tmp", path)
+    result = {"written": written, "rejected": rejected, "reencoded": reencoded, "num_bytes": sum(map(len, framed))}
+    _write_json(path + ".json", result)
+    return result
+
+
+def _write_json(path, value):
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _piece_path(state_dir, shard, index):
+    return os.path.join(state_dir, f"{shard['file']}.piece-{index:05d}")
+
+
+def _load_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_pieces(plan, store, options, pool):
+    """Writes every piece not already done (resumption); returns results by piece path."""
+    state_dir = os.path.join(options.output, STATE_DIR)
+    results, jobs = {}, []
+    for shard in plan["shards"]:
+        if _load_json(os.path.join(state_dir, shard["file"] + ".json")) is not None:
+            continue  # shard already assembled
+        for index, items in enumerate(shard["pieces"]):
+            path = _piece_path(state_dir, shard, index)
+            done = _load_json(path + ".json")
+            if done is not None and os.path.isfile(path):
+                results[path] = done
+            else:
+                jobs.append((path, items))
+    reader = store.without_index()
+    total = sum(len(piece) for shard in plan["shards"] for piece in shard["pieces"])
+    with tqdm(total=total, initial=total - sum(len(items) for _, items in jobs), desc="write", unit="img", disable=not options.progress) as bar:
+        futures = {pool.submit(_write_piece, reader, path, items, options.resize): (path, len(items)) for path, items in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            path, count = futures[future]
+            results[path] = future.result()
+            bar.update(count)
+    return results
+
+
+def _assemble_shards(plan, options, piece_results):
+    """Concatenates each shard's pieces into the final shard file; returns per-shard results."""
+    state_dir = os.path.join(options.output, STATE_DIR)
+    shard_results = []
+    for shard in plan["shards"]:
+        done_path = os.path.join(state_dir, shard["file"] + ".json")
+        done = _load_json(done_path)
+        if done is None:
+            done = _concatenate(shard, state_dir, options.output, piece_results)
+            _write_json(done_path, done)
+        final = os.path.join(options.output, shard["file"])
+        if os.path.isfile(final + ".tmp"):
+            os.replace(final + ".tmp", final)
+        for index in range(len(shard["pieces"])):  # the shard holds them now: free the disk
+            for path in (_piece_path(state_dir, shard, index), _piece_path(state_dir, shard, index) + ".json"):
+                if os.path.exists(path):
+                    os.remove(path)
+        shard_results.append(done)
+    return shard_results
+
+
+def _concatenate(shard, state_dir, output, piece_results):
+    digest, result = hashlib.sha256(), {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
+    with open(os.path.join(output, shard["file"] + ".tmp"), "wb") as out:
+        for index in range(len(shard["pieces"])):
+            path = _piece_path(state_dir, shard, index)
+            with open(path, "rb") as piece:
+                data = piece.read()
+            out.write(data)
+            digest.update(data)
+            piece_result = piece_results[path]
+            result["written"] += piece_result["written"]
+            result["rejected"].update(piece_result["rejected"])
+            result["reencoded"] += piece_result["reencoded"]
+            result["num_bytes"] += piece_result["num_bytes"]
+    result["sha256"] = digest.hexdigest()
+    return result
+
+
+# --- checks, manifest, summary ----------------------------------------------
+
+
+def _check_no_leak(shard_results):
+    """Aborts if an image id or an image content was written to two splits."""
+    split_of = {}
+    for result in shard_results:
+        for image_id, digest, _ in result["written"]:
+            for key in (("id", image_id), ("sha256", digest)):
+                if split_of.setdefault(key, result["split"]) != result["split"]:
+                    raise BuildError(f"image {key[0]} {key[1]} is in both {split_of[key]} and {result['split']}: the split leaks; no manifest written")
+
+
+def _account(candidates, listings_report, shard_results):
+    """Final status of every listing and image; checks kept + dropped == read."""
+    written = {image_id for result in shard_results for image_id, _, _ in result["written"]}
+    for result in shard_results:
+        candidates.image_status.update(result["rejected"])
+    for image_id in written:
+        candidates.image_status[image_id] = KEPT
+    listing_status = collections.Counter({"malformed_json": len(listings_report.malformed_lines)})
+    for index, reason in enumerate(candidates.status):
+        if reason is None:
+            kept = any(image_id in written for image_id in candidates.kept_ids(index))
+            reason = KEPT if kept else "image_" + candidates.image_status[candidates.kept_ids(index)[0]]
+        listing_status[reason] += 1
+    image_status = collections.Counter(candidates.image_status.values())
+    if sum(listing_status.values()) != listings_report.lines_read:
+        raise BuildError(f"listings: {sum(listing_status.values())} accounted for, {listings_report.lines_read} read")
+    if sum(image_status.values()) != len(candidates.listings_of_image) or image_status[KEPT] != len(written):
+        raise BuildError(f"images: {sum(image_status.values())} accounted for, {len(candidates.listings_of_image)} referenced")
+    return listing_status, image_status
+
+
+def _split_summary(plan, shard_results, vocabulary):
+    splits = {}
+    for shard, result in zip(plan["shards"], shard_results):
+        entry = splits.setdefault(shard["split"], {"num_examples": 0, "num_bytes": 0, "per_class": collections.Counter(), "shards": []})
+        entry["num_examples"] += len(result["written"])
+        entry["num_bytes"] += result["num_bytes"]
+        entry["per_class"].update(vocabulary.names[label] for _, _, label in result["written"])
+        entry["shards"].append({"file": shard["file"], "num_examples": len(result["written"]), "num_bytes": result["num_bytes"], "sha256": result["sha256"]})
+    for entry in splits.values():
+        entry["per_class"] = dict(sorted(entry["per_class"].items()))
+    return splits
+
+
+def _make_manifest(options, plan, context, shard_results, elapsed):
+    candidates, store, report, vocabulary, conflicts = context
+    listing_status, image_status = _account(candidates, report, shard_results)
+    digest = hashlib.sha256("".join(sorted(candidates.sha256.values())).encode()).hexdigest()
+    return {
+        "dataset": schema.DATASET_NAME,
+        "version": schema.DATASET_VERSION,
+        "options": options.output_options(),
+        "fingerprint": plan["fingerprint"],
+        "inputs": {
+            "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest()},
+            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": store.csv_sha256, "images_csv_rows": len(store.rows), "scanned_content_sha256": digest},
+        },
+        "classes": list(vocabulary.names),
+        "splits": _split_summary(plan, shard_results, vocabulary),
+        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())), "malformed_lines": report.malformed_lines[:20], "unknown_fields": dict(sorted(report.unknown_keys.items()))},
+        "images": {"referenced": len(candidates.listings_of_image), "kept": image_status.pop(KEPT, 0), "dropped": dict(sorted(image_status.items())), "reencoded": sum(result["reencoded"] for result in shard_results)},
+        "label_conflicts": conflicts,
+        "elapsed_seconds": round(elapsed, 2),
+    }
+
+
+def _finish(options, manifest):
+    """Writes labels, TFDS metadata and, last, the manifest; removes the build state."""
+    output = options.output
+    with open(os.path.join(output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
+        handle.write("".join(name + "\n" for name in manifest["classes"]))
+    shards.write_tfds_metadata(output, manifest["classes"], {
+        name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"]) for name, entry in manifest["splits"].items()
+    })
+    _write_json(os.path.join(output, shards.MANIFEST), manifest)
+    shutil.rmtree(os.path.join(output, STATE_DIR))
+
+
+def _prepare(options, store, report, pool):
+    """Everything before the write: candidates, scan, labels, split, plan."""
+    candidates = _read_candidates(options, store, report)
+    _scan(candidates, store, pool, options.progress)
+    _drop_duplicate_content(candidates)
+    vocabulary, image_types, conflicts = _label_images(candidates, options)
+    if len(vocabulary.names) < 2:
+        raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
+    split_members = _plan_splits(candidates, options)
+    plan = _make_plan(candidates, store, vocabulary, image_types, split_members, options)
+    return plan, (candidates, store, report, vocabulary, conflicts)
+
+
+def build(options):
+    """Builds (or resumes, or confirms) the records described by `options`.
+
+    Args:
+      options: a `BuildOptions`.
+
+    Returns:
+      The manifest (a dict), also written to `<output>/manifest.json`.
+    """
+    start = time.perf_counter()
+    _check_output(options)
+    store = archive.open_images(options.images, options.image_variant)
+    report = archive.ListingsReport()
+    context = multiprocessing.get_context("spawn")  # the parent may hold TensorFlow threads: no fork
+    with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
+        plan, state = _prepare(options, store, report, pool)
+        if _check_output(options, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
+            return shards.read_manifest(options.output)  # the same build is already complete
+        os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
+        _write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")})
+        piece_results = _write_pieces(plan, store, options, pool)
+    shard_results = _assemble_shards(plan, options, piece_results)
+    _check_no_leak(shard_results)
+    manifest = _make_manifest(options, plan, state, shard_results, time.perf_counter() - start)
+    _finish(options, manifest)
+    return manifest
+
+
+# --- command line ------------------------------------------------------------
+
+
+def _format_summary(manifest):
+    lines = [f"{'split':<12}{'examples':>10}{'shards':>8}{'MB':>10}"]
+    for name, entry in manifest["splits"].items():
+        lines.append(f"{name:<12}{entry['num_examples']:>10}{len(entry['shards']):>8}{entry['num_bytes'] / 1e6:>10.1f}")
+    listings, images_ = manifest["listings"], manifest["images"]
+    lines.append(f"classes: {len(manifest['classes'])}   listings read {listings['read']}, kept {listings['kept']}   images referenced {images_['referenced']}, kept {images_['kept']}, re-encoded {images_['reencoded']}")
+    for kind, entry in (("listings", listings), ("images", images_)):
+        if entry["dropped"]:
+            lines.append(f"dropped {kind}: " + ", ".join(f"{reason} {count}" for reason, count in entry["dropped"].items()))
+    if listings["malformed_lines"]:
+        lines.append("malformed JSON lines (first): " + ", ".join(listings["malformed_lines"][:5]))
+    conflicts = manifest["label_conflicts"]
+    lines.append(f"label conflicts: {conflicts['items']} items, {conflicts['images']} images ({conflicts['rule']})")
+    rate = images_["kept"] / manifest["elapsed_seconds"] if manifest["elapsed_seconds"] else 0.0
+    lines.append(f"time: {manifest['elapsed_seconds']:.1f} s ({rate:.0f} images/s)")
+    return "\n".join(lines)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m abo_tf.build_records", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    defaults = BuildOptions(listings="", images="")
+    inputs = parser.add_argument_group("inputs (extracted folder or the .tar as downloaded)")
+    inputs.add_argument("--listings", help="abo-listings.tar or the folder it was extracted into")
+    inputs.add_argument("--images", help="abo-images-small.tar (or -original) or the folder it was extracted into")
+    inputs.add_argument("--image-variant", choices=archive.IMAGE_VARIANTS, default=defaults.image_variant)
+    labels_group = parser.add_argument_group("examples and labels")
+    labels_group.add_argument("--image-selection", choices=IMAGE_SELECTIONS, default=defaults.image_selection, help="main image of each listing, or all its images")
+    labels_group.add_argument("--min-examples-per-class", type=int, default=defaults.min_examples_per_class)
+    labels_group.add_argument("--max-classes", type=int, default=None, help="keep the N most frequent product types")
+    labels_group.add_argument("--rare-classes", choices=labels.RARE_CLASS_ACTIONS, default=defaults.rare_classes, help="what happens to the examples of the other types")
+    split_group = parser.add_argument_group("split")
+    split_group.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VALIDATION", "TEST"), default=defaults.split_fractions)
+    split_group.add_argument("--max-listings-per-image", type=int, default=defaults.max_listings_per_image, help="drop boilerplate images shown by more listings")
+    split_group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and of the shuffle")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", default=defaults.output)
+    output.add_argument("--overwrite", action="store_true", help="replace a different build in --output")
+    output.add_argument("--shard-mb", type=float, default=defaults.shard_mb, help="target shard size")
+    output.add_argument("--resize", type=int, default=None, help="re-encode images whose longer side exceeds N pixels")
+    output.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+    output.add_argument("--no-progress", action="store_true", help="no progress bars")
+    verify = parser.add_argument_group("verification")
+    verify.add_argument("--verify", metavar="DIR", help="instead of building, re-read a build: CRCs, counts, hashes, every image decodes")
+    return parser
+
+
+def _options_from_args(args):
+    if not args.listings or not args.images:
+        raise UserInputError("--listings and --images are required to build (or pass --verify DIR)")
+    return BuildOptions(
+        listings=args.listings, images=args.images, output=args.output, image_variant=args.image_variant,
+        image_selection=args.image_selection, min_examples_per_class=args.min_examples_per_class,
+        max_classes=args.max_classes, rare_classes=args.rare_classes, max_listings_per_image=args.max_listings_per_image,
+        split_fractions=tuple(args.split), seed=args.seed, shard_mb=args.shard_mb, resize=args.resize,
+        workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+
+
+@cli_main
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.verify:
+        report = shards.verify_records(args.verify, progress=not args.no_progress)
+        print(f"verified {args.verify}: " + ", ".join(f"{name} {count}" for name, count in report.items()) + " examples; CRCs, hashes, counts and decoding OK")
+        return 0
+    manifest = build(_options_from_args(args))
+    print(_format_summary(manifest))
+    print(f"wrote {os.path.abspath(args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

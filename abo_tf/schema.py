@@ -1,0 +1,138 @@
+"""The record schema: feature keys, their types, encoding and parsing, defined once.
+
+The writer (`build_records`), the reader (`input_pipeline`), the TFDS metadata
+and the tests all import this module, so a key or a dtype cannot drift between
+them. Encoding is plain Python (no TensorFlow import) because the build runs it
+in worker processes where importing TensorFlow would cost seconds each.
+"""
+
+import dataclasses
+
+DATASET_NAME = "abo"
+# Bump when the meaning or layout of a record changes; it names the default
+# output folder (tfrecords/abo/<version>) and is checked by the readers.
+DATASET_VERSION = "1.0.0"
+FILE_FORMAT = "tfrecord"
+
+IMAGE = "image"  # encoded RGB JPEG bytes
+LABEL = "label"  # 0-based index into the vocabulary (labels.txt)
+PRODUCT_TYPE = "product_type"  # the label's name, for humans and checks
+IMAGE_ID = "image_id"  # ABO image id, e.g. "11Y+Xpt1lfL"
+IMAGE_SHA256 = "image_sha256"  # hex SHA-256 of the image file as shipped by ABO
+ITEM_ID = "item_id"  # smallest item_id among the listings showing the image
+HEIGHT = "height"  # of the stored JPEG, in pixels
+WIDTH = "width"
+
+BYTES_FEATURES = (IMAGE, PRODUCT_TYPE, IMAGE_ID, IMAGE_SHA256, ITEM_ID)
+INT64_FEATURES = (LABEL, HEIGHT, WIDTH)
+TEXT_FEATURES = (PRODUCT_TYPE, IMAGE_ID, IMAGE_SHA256, ITEM_ID)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example, as written: one ABO image and its label."""
+
+    image: bytes
+    label: int
+    product_type: str
+    image_id: str
+    image_sha256: str
+    item_id: str
+    height: int
+    width: int
+
+
+def shard_filename(split, shard_index, num_shards):
+    """TFDS' default file name, so `tfds.builder_from_directory` finds the shards."""
+    return f"{DATASET_NAME}-{split}.{FILE_FORMAT}-{shard_index:05d}-of-{num_shards:05d}"
+
+
+# --- encoding: protobuf wire format of tf.train.Example, written directly ----
+# Example{features=1: Features{feature=1: map<string, Feature>}},
+# Feature{bytes_list=1: BytesList{value=1}, int64_list=3: Int64List{value=1, packed}}.
+# tests/test_schema.py checks the bytes against tf.train.Example.
+
+
+def _varint(value):
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field_number, payload):
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature_entry(key, feature):
+    return _length_delimited(1, _length_delimited(1, key.encode()) + _length_delimited(2, feature))
+
+
+def encode_record(record):
+    """Serialises a `Record` as a `tf.train.Example` (keys in sorted order, deterministic).
+
+    Args:
+      record: the `Record` to encode.
+
+    Returns:
+      The serialised `tf.train.Example` bytes.
+    """
+    entries = []
+    for key in sorted(BYTES_FEATURES + INT64_FEATURES):
+        value = getattr(record, key)
+        if key in INT64_FEATURES:
+            if value < 0:
+                raise ValueError(f"{key}={value}: int64 features of a record are never negative")
+            feature = _length_delimited(3, _length_delimited(1, _varint(value)))
+        else:
+            data = value if isinstance(value, bytes) else value.encode("utf-8")
+            feature = _length_delimited(1, _length_delimited(1, data))
+        entries.append(_feature_entry(key, feature))
+    return _length_delimited(1, b"".join(entries))
+
+
+# --- decoding and TFDS: these need TensorFlow, imported on use ---------------
+
+
+def feature_spec():
+    """`tf.io.parse_example` spec of a record."""
+    import tensorflow as tf
+
+    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in BYTES_FEATURES}
+    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in INT64_FEATURES})
+    return spec
+
+
+def parse_records(serialized, keys=None):
+    """Parses a batch (or one) of serialised records into a dict of tensors.
+
+    Args:
+      serialized: string tensor of serialised `tf.train.Example`s, any shape.
+      keys: feature keys to keep (parsing fewer keys is faster); default all.
+
+    Returns:
+      Dict from feature key to tensor.
+    """
+    import tensorflow as tf
+
+    spec = feature_spec()
+    if keys is not None:
+        spec = {key: spec[key] for key in keys}
+    return tf.io.parse_example(serialized, spec)
+
+
+def tfds_features(class_names):
+    """The same schema as a TFDS `FeaturesDict`, for `tfds.builder_from_directory`."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    features = {
+        IMAGE: tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        LABEL: tfds.features.ClassLabel(names=list(class_names)),
+        HEIGHT: tfds.features.Scalar(dtype=tf.int64),
+        WIDTH: tfds.features.Scalar(dtype=tf.int64),
+    }
+    features.update({key: tfds.features.Text() for key in TEXT_FEATURES})
+    return tfds.features.FeaturesDict(features)
