@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`, on a fresh machine
+# with nothing but Python 3.11 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test benchmark clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# Sample ABO data in the real layout -> records -> a short training run -> SavedModel -> predictions.
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0
+	$(BIN)/python -m abo_tf.build_records --listings $(DEMO)/abo --images $(DEMO)/abo \
+		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
+	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
+	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+benchmark: install
+	$(BIN)/python benchmarks/build_records_benchmark.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) runs

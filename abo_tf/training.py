@@ -1,0 +1,431 @@
+"""One training loop for every tf.distribute strategy, with checkpoints that resume.
+
+Keras 3 `Model.fit` fails under MultiWorkerMirroredStrategy with TF 2.21
+(keras-team/keras#20585), so the loop is a custom one: `strategy.run` on
+per-replica batches from `distribute_datasets_from_function`, a Keras 3 model
+and Keras 3 optimizers. Transfer learning has two phases, each with its own
+optimizer and warm-up + cosine schedule: the head with the backbone frozen,
+then the unfrozen backbone at a lower learning rate.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from abo_tf import distribute, export, input_pipeline, metrics, models, shards
+from abo_tf.errors import UserInputError
+
+CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
+HISTORY_FIELDS = ("epoch", "step", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second", "seconds")
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN or infinite; the last checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on; `python -m abo_tf.train --help` documents each."""
+
+    records: str
+    output: str
+    model: str = "mobilenet_v3_small"
+    weights: str = "imagenet"
+    image_size: int = 224
+    epochs: int = 10
+    head_epochs: int = 2
+    fine_tune_layers: int = 0
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    warmup_fraction: float = 0.1
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    class_weights: str = "none"
+    dropout: float = 0.2
+    steps_per_epoch: int = 0
+    validation_steps: int = 0
+    checkpoint_every_steps: int = 0
+    cache: bool = False
+    strategy: str = "default"
+    tpu: str = ""
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+    top_k: int = 5
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class _Phase:
+    name: str
+    optimizer: keras.optimizers.Optimizer
+    trainable: object  # False, True or a number of top backbone layers
+    start: int  # first global step
+    end: int
+
+
+# --- set-up ------------------------------------------------------------------
+
+
+def _class_weights(manifest, classes, weighting):
+    counts = np.array([manifest["splits"]["train"]["per_class"].get(name, 0) for name in classes], np.float64)
+    if weighting == "none":
+        return np.ones(len(classes), np.float32)
+    weights = 1.0 / np.maximum(counts, 1) ** (1.0 if weighting == "balanced" else 0.5)
+    # Normalised so the average example keeps weight 1 and the learning rate means the same.
+    return (weights * counts.sum() / (weights * counts).sum()).astype(np.float32)
+
+
+def _schedule(learning_rate, steps, warmup_fraction):
+    warmup = int(steps * warmup_fraction)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate, decay_steps=max(1, steps - warmup),
+        warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
+    )
+
+
+def _make_optimizer(config, learning_rate, steps):
+    optimizer = keras.optimizers.AdamW(_schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay)
+    if config.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _make_phases(config, model, steps_per_epoch):
+    """Builds each phase's optimizer on the variables it trains (inside the strategy scope).
+
+    Under MirroredStrategy the optimizer must be built before the first step
+    (keras-team/keras#23085), and every optimizer must exist before a
+    checkpoint is restored into it.
+    """
+    head_steps = min(config.head_epochs, config.epochs) * steps_per_epoch
+    total = config.epochs * steps_per_epoch
+    plans = [("head", False, config.learning_rate, 0, head_steps), ("fine_tune", config.fine_tune_layers or True, config.fine_tune_learning_rate, head_steps, total)]
+    phases = []
+    for name, trainable, learning_rate, start, end in plans:
+        optimizer = _make_optimizer(config, learning_rate, max(1, end - start))
+        models.set_backbone_trainable(model, trainable)
+        optimizer.build(model.trainable_variables)
+        phases.append(_Phase(name, optimizer, trainable, start, end))
+    return phases
+
+
+def _check_batch(config, strategy):
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UserInputError(f"--batch-size {config.batch_size} does not divide across {replicas} replicas: use a multiple of {replicas}")
+
+
+def _distributed(strategy, config, split, training, manifest):
+    def dataset_fn(input_context):
+        batch = input_context.get_per_replica_batch_size(config.batch_size)
+        dataset = input_pipeline.make_dataset(
+            config.records, split, config.image_size, batch, training, input_context, config.seed, config.cache, manifest,
+            repeat=True, drop_remainder=True,
+        )
+        return dataset
+
+    # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return iter(strategy.distribute_datasets_from_function(dataset_fn, options))
+
+
+# --- steps -------------------------------------------------------------------
+
+
+def _make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
+    variables = model.trainable_variables
+    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing, reduction="none")
+    weights = tf.constant(class_weights)
+
+    def replica_step(batch):
+        labels = batch["label"]
+        with tf.GradientTape() as tape:
+            logits = model(batch["image"], training=True)
+            per_example = loss_fn(tf.one_hot(labels, num_classes), logits) * tf.gather(weights, labels)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+            scaled_loss = optimizer.scale_loss(loss)
+        optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        return loss, _num_correct(logits, labels)
+
+    @tf.function(jit_compile=config.jit_compile)
+    def step(iterator):
+        loss, correct = strategy.run(replica_step, args=(next(iterator),))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    return step
+
+
+def _num_correct(logits, labels):
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
+
+
+def _make_eval_step(strategy, model, num_classes):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+    def replica_step(batch):
+        logits = model(batch["image"], training=False)
+        return loss_fn(batch["label"], logits), _num_correct(logits, batch["label"])
+
+    @tf.function
+    def step(iterator):
+        loss, correct = strategy.run(replica_step, args=(next(iterator),))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    return step
+
+
+# --- checkpoints and history -------------------------------------------------
+
+
+def _checkpointing(strategy, config, model, phases, step):
+    """Restores the latest checkpoint; returns a manager that saves new ones.
+
+    The chief saves into RUN_DIR/checkpoints; other workers must take part in
+    the save (it is collective) but write to a private temporary folder.
+    """
+    checkpoint = tf.train.Checkpoint(model=model, step=step, **{f"{phase.name}_optimizer": phase.optimizer for phase in phases})
+    main_dir = os.path.join(config.output, "checkpoints")
+    latest = tf.train.latest_checkpoint(main_dir)
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+    directory = main_dir if distribute.is_chief(strategy) else tempfile.mkdtemp(prefix=f"abo_tf_{distribute.worker_id(strategy)}_")
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+
+
+def _read_history(path, up_to_step):
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["step"]) <= up_to_step]
+
+
+def _write_history(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _learning_rate(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return float(inner.learning_rate)
+
+
+# --- the loop ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, built once."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    phases: list
+    step: tf.Variable
+    manager: tf.train.CheckpointManager
+    train_iterator: object
+    validation_iterator: object
+    steps_per_epoch: int
+    validation_steps: int
+    class_weights: np.ndarray
+    num_classes: int
+    writer: object
+    chief: bool
+
+
+def _run_epoch_steps(run, phase, train_step, epoch_end):
+    """Trains from the current step to `epoch_end`; returns (mean loss, accuracy, images/s)."""
+    progress = keras.utils.Progbar(epoch_end - int(run.step), verbose=run.config.verbose if run.chief else 0, stateful_metrics=["lr", "img/s"])
+    losses, correct, started = [], 0.0, time.perf_counter()
+    while int(run.step) < epoch_end:
+        loss, batch_correct = train_step(run.train_iterator)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            saved = tf.train.latest_checkpoint(os.path.join(run.config.output, "checkpoints"))
+            raise TrainingDiverged(f"the loss became {loss} at step {int(run.step) + 1}; the last checkpoint ({saved}) is intact: lower --learning-rate or check the records")
+        run.step.assign_add(1)
+        losses.append(loss)
+        correct += float(batch_correct)
+        images_per_second = len(losses) * run.config.batch_size / (time.perf_counter() - started)
+        learning_rate = _learning_rate(phase.optimizer)
+        progress.add(1, [("loss", loss), ("lr", learning_rate), ("img/s", images_per_second)])
+        _log_scalars(run, {"loss": loss, "learning_rate": learning_rate, "images_per_second": images_per_second})
+        if run.config.checkpoint_every_steps and int(run.step) % run.config.checkpoint_every_steps == 0:
+            run.manager.save(checkpoint_number=int(run.step))
+    seconds = time.perf_counter() - started
+    count = max(1, len(losses))
+    return float(np.mean(losses)) if losses else float("nan"), correct / (count * run.config.batch_size), count * run.config.batch_size / max(seconds, 1e-9)
+
+
+def _log_scalars(run, values, prefix="train"):
+    if run.writer is None:
+        return
+    with run.writer.as_default(step=int(run.step)):
+        for name, value in values.items():
+            tf.summary.scalar(f"{prefix}/{name}", value)
+
+
+def _validate(run, eval_step):
+    loss, correct = 0.0, 0.0
+    for _ in range(run.validation_steps):
+        batch_loss, batch_correct = eval_step(run.validation_iterator)
+        loss, correct = loss + float(batch_loss), correct + float(batch_correct)
+    count = run.validation_steps * run.config.batch_size
+    return loss / count, correct / count
+
+
+def _train_phases(run):
+    eval_step = _make_eval_step(run.strategy, run.model, run.num_classes)
+    history_path = os.path.join(run.config.output, "history.csv")
+    history = _read_history(history_path, int(run.step))
+    for phase in run.phases:
+        if int(run.step) >= phase.end:
+            continue
+        models.set_backbone_trainable(run.model, phase.trainable)
+        train_step = _make_train_step(run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes)
+        while int(run.step) < phase.end:
+            epoch = int(run.step) // run.steps_per_epoch
+            started = time.perf_counter()
+            loss, accuracy, images_per_second = _run_epoch_steps(run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch))
+            val_loss, val_accuracy = _validate(run, eval_step)
+            row = dict(zip(HISTORY_FIELDS, (epoch + 1, int(run.step), phase.name, loss, accuracy, val_loss, val_accuracy, _learning_rate(phase.optimizer), images_per_second, time.perf_counter() - started)))
+            _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
+            run.manager.save(checkpoint_number=int(run.step))
+            history.append(row)
+            if run.chief:
+                _write_history(history_path, history)
+                print(f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}", flush=True)
+    return history
+
+
+# --- after training: evaluation, export, figures -----------------------------
+
+
+def predict_split(model, config, split, manifest):
+    """Labels and softmax probabilities of a whole split, in order (one device)."""
+    dataset = input_pipeline.make_dataset(config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest)
+    labels, probabilities = [], []
+    for batch in dataset:
+        labels.append(batch["label"].numpy())
+        probabilities.append(tf.nn.softmax(model(batch["image"], training=False)).numpy())
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def _final_metrics(model, config, manifest, num_classes):
+    results = {}
+    for split in ("validation", "test"):
+        if input_pipeline.num_examples(config.records, split, manifest) == 0:
+            continue
+        labels, probabilities = predict_split(model, config, split, manifest)
+        results[split] = metrics.classification_metrics(labels, probabilities.argmax(axis=1), probabilities, num_classes)
+    return results
+
+
+def _plain_copy(model, config, num_classes):
+    """The trained model rebuilt outside the strategy, in float32, for evaluation and export."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        with tf.distribute.get_strategy().scope():
+            plain = models.build_model(config.model, num_classes, config.image_size, weights=None, dropout=config.dropout)
+        plain.set_weights(model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    return plain
+
+
+def plot_history(history, path):
+    """Saves loss and accuracy curves (train and validation) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(row["step"]) for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, name in zip(axes, ("loss", "accuracy")):
+        axis.plot(steps, [float(row[name]) for row in history], marker="o", label="train")
+        axis.plot(steps, [float(row["val_" + name]) for row in history], marker="o", label="validation")
+        axis.set_xlabel("step")
+        axis.set_title(name)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _finish(run, manifest, classes, history):
+    plain = _plain_copy(run.model, run.config, len(classes))
+    plain.save(os.path.join(run.config.output, "model.keras"))  # the Keras object, for Grad-CAM and fine-tuning
+    results = _final_metrics(plain, run.config, manifest, len(classes))
+    export.export_saved_model(plain, classes, run.config.image_size, os.path.join(run.config.output, "saved_model"), run.config.top_k)
+    with open(os.path.join(run.config.output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
+        handle.write("".join(name + "\n" for name in classes))
+    import json
+
+    with open(os.path.join(run.config.output, "metrics.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, sort_keys=True)
+    if history:
+        plot_history(history, os.path.join(run.config.output, "training_curves.png"))
+    return results
+
+
+def _steps(config, manifest):
+    per_epoch = config.steps_per_epoch or max(1, input_pipeline.num_examples(config.records, "train", manifest) // config.batch_size)
+    validation = config.validation_steps or max(1, input_pipeline.num_examples(config.records, "validation", manifest) // config.batch_size)
+    return per_epoch, validation
+
+
+def _set_up(config, strategy, manifest):
+    classes = manifest["classes"]
+    _check_batch(config, strategy)
+    input_pipeline.split_files(config.records, "train", manifest)
+    input_pipeline.split_files(config.records, "validation", manifest)
+    steps_per_epoch, validation_steps = _steps(config, manifest)
+    with strategy.scope():
+        model = models.build_model(config.model, len(classes), config.image_size, weights=None if config.weights == "none" else config.weights, dropout=config.dropout)
+        phases = _make_phases(config, model, steps_per_epoch)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    chief = distribute.is_chief(strategy)
+    return _Run(
+        config=config, strategy=strategy, model=model, phases=phases, step=step,
+        manager=_checkpointing(strategy, config, model, phases, step),
+        train_iterator=_distributed(strategy, config, "train", True, manifest),
+        validation_iterator=_distributed(strategy, config, "validation", False, manifest),
+        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+        class_weights=_class_weights(manifest, classes, config.class_weights), num_classes=len(classes),
+        writer=tf.summary.create_file_writer(os.path.join(config.output, "logs")) if chief else None, chief=chief,
+    )
+
+
+def train(config):
+    """Trains, checkpoints, evaluates and exports one run (resuming if checkpoints exist).
+
+    Args:
+      config: a `TrainConfig`; `config.output` must exist.
+
+    Returns:
+      The final metrics (dict split -> metrics) on the chief, None on other workers.
+    """
+    if config.class_weights not in CLASS_WEIGHTINGS:
+        raise UserInputError(f"--class-weights {config.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.strategy == "tpu" else "mixed_float16")
+    strategy = distribute.make_strategy(config.strategy, config.tpu)
+    manifest = shards.read_manifest(config.records)
+    run = _set_up(config, strategy, manifest)
+    history = _train_phases(run)
+    if not run.chief:
+        return None
+    return _finish(run, manifest, manifest["classes"], history)
