@@ -275,21 +275,71 @@ def _open_folder_store(path, variant):
     return ImageStore(root, False, variant, rows, locations, hashlib.sha256(csv_data).hexdigest())
 
 
+class _NotPlainUstar(Exception):
+    """The tar uses headers the fast reader leaves to `tarfile` (pax, GNU long names, ...)."""
+
+
+_BLOCK = 512
+_PLAIN_FILE, _DIRECTORY = (b"0", b"\0"), b"5"
+
+
+def _header_field(header, start, end):
+    return header[start:end].split(b"\0", 1)[0]
+
+
+def _fast_tar_files(path):
+    """Yields `(name, data offset, size)` of the regular files of a plain ustar/GNU tar.
+
+    `tarfile` builds a full `TarInfo` per header (about 40 us); on the 398k
+    members of abo-images-small.tar that is the slowest serial step of a
+    build. ABO's tars are plain: anything else raises `_NotPlainUstar` and the
+    caller falls back to `tarfile`.
+    """
+    with open(path, "rb") as handle:
+        offset = 0
+        while len(header := handle.read(_BLOCK)) == _BLOCK and header.count(0) != _BLOCK:
+            stored = _header_field(header, 148, 156).strip()
+            if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):
+                raise _NotPlainUstar(f"bad header checksum at byte {offset}")
+            typeflag, size_field = header[156:157], _header_field(header, 124, 136).strip()
+            if typeflag not in _PLAIN_FILE + (_DIRECTORY,) or not size_field or header[124] & 0x80:
+                raise _NotPlainUstar(f"header type {typeflag!r} at byte {offset}")
+            size, name = int(size_field, 8), _header_field(header, 0, 100)
+            prefix = _header_field(header, 345, 500) if header[257:263] == b"ustar\0" else b""
+            if typeflag in _PLAIN_FILE:
+                full_name = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+                yield full_name, offset + _BLOCK, size
+            offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
+            handle.seek(offset)
+
+
+def _tar_files(path):
+    """`(name, data offset, size)` of every regular file, by the fast reader or by `tarfile`."""
+    try:
+        return list(_fast_tar_files(path))
+    except (_NotPlainUstar, ValueError):
+        with _open_tar(path) as tar:
+            try:
+                return [(member.name, member.offset_data, member.size) for member in _iter_tar_members(tar)]
+            except tarfile.TarError as error:
+                raise ArchiveError(f"{path!r} is truncated or damaged ({error}): download it again") from error
+
+
 def _open_tar_store(path, variant):
     prefix = f"images/{variant}/"
-    locations, csv_data = {}, None
-    with _open_tar(path) as tar:
-        try:
-            for member in _iter_tar_members(tar):
-                name = member.name.removeprefix("./")
-                if name.startswith(prefix):
-                    locations[name[len(prefix):]] = (member.offset_data, member.size)
-                elif name == IMAGES_CSV:
-                    csv_data = tar.extractfile(member).read()
-        except tarfile.TarError as error:
-            raise ArchiveError(f"{path!r} is truncated or damaged ({error}): download it again") from error
-    if csv_data is None:
+    locations, csv_location = {}, None
+    _open_tar(path).close()  # a clear error for a file that is not a tar at all
+    for name, offset, size in _tar_files(path):
+        name = name.removeprefix("./")
+        if name.startswith(prefix):
+            locations[name[len(prefix):]] = (offset, size)
+        elif name == IMAGES_CSV:
+            csv_location = (offset, size)
+    if csv_location is None:
         raise ArchiveError(f"{path!r} has no {IMAGES_CSV} member: is it abo-images-{variant}.tar?")
+    with open(path, "rb") as handle:
+        handle.seek(csv_location[0])
+        csv_data = handle.read(csv_location[1])
     rows = _parse_images_csv(csv_data, f"{IMAGES_CSV} in {path!r}")
     return ImageStore(path, True, variant, rows, locations, hashlib.sha256(csv_data).hexdigest())
 

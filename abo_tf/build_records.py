@@ -15,7 +15,9 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import gc
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -30,7 +32,7 @@ from abo_tf.errors import UserInputError, cli_main
 
 STATE_DIR = ".build"  # plan and finished pieces of an unfinished build
 PLAN_FILE = "plan.json"
-PIECE_EXAMPLES = 512  # unit of parallel work and of resumption
+PIECE_EXAMPLES = 512  # unit of parallel work; a shard is the unit of resumption
 SCAN_CHUNK = 2048
 IMAGE_SELECTIONS = ("main", "all")
 # Options that do not change the bytes written; everything else does.
@@ -151,6 +153,10 @@ def _read_candidates(options, store, listings_report):
 
 
 # --- pass 1: scan ------------------------------------------------------------
+
+
+def _warm_up():
+    """Worker: nothing; submitting it starts the process early."""
 
 
 def _scan_chunk(reader, items):
@@ -305,8 +311,8 @@ def _check_output(options, fingerprint=None):
 # --- pass 2: write -----------------------------------------------------------
 
 
-def _write_piece(reader, path, items, max_side):
-    """Worker: writes one piece file (temporary name, then renamed) and its result."""
+def _encode_piece(reader, items, max_side):
+    """Worker: the framed records of one piece, and what became of each image."""
     framed, written, rejected = [], [], {}
     reencoded = 0
     for item, data in zip(items, reader.read_many([(item[1], tuple(item[2])) for item in items])):
@@ -322,22 +328,13 @@ def _write_piece(reader, path, items, max_side):
         record = schema.Record(jpeg, label, name, image_id, digest, item_id, height, width)
         framed.append(shards.frame_record(schema.encode_record(record)))
         written.append([image_id, digest, label])
-    with open(path + ".tmp", "wb") as handle:
-        handle.write(b"".join(framed))
-    os.replace(path + ".tmp", path)
-    result = {"written": written, "rejected": rejected, "reencoded": reencoded, "num_bytes": sum(map(len, framed))}
-    _write_json(path + ".json", result)
-    return result
+    return b"".join(framed), {"written": written, "rejected": rejected, "reencoded": reencoded}
 
 
-def _write_json(path, value):
+def _write_json(path, value, indent=None):
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
+        json.dump(value, handle, indent=indent, sort_keys=True)
     os.replace(path + ".tmp", path)
-
-
-def _piece_path(state_dir, shard, index):
-    return os.path.join(state_dir, f"{shard['file']}.piece-{index:05d}")
 
 
 def _load_json(path):
@@ -348,67 +345,63 @@ def _load_json(path):
         return None
 
 
-def _write_pieces(plan, store, options, pool):
-    """Writes every piece not already done (resumption); returns results by piece path."""
-    state_dir = os.path.join(options.output, STATE_DIR)
-    results, jobs = {}, []
-    for shard in plan["shards"]:
-        if _load_json(os.path.join(state_dir, shard["file"] + ".json")) is not None:
-            continue  # shard already assembled
-        for index, items in enumerate(shard["pieces"]):
-            path = _piece_path(state_dir, shard, index)
-            done = _load_json(path + ".json")
-            if done is not None and os.path.isfile(path):
-                results[path] = done
-            else:
-                jobs.append((path, items))
-    reader = store.without_index()
-    total = sum(len(piece) for shard in plan["shards"] for piece in shard["pieces"])
-    with tqdm(total=total, initial=total - sum(len(items) for _, items in jobs), desc="write", unit="img", disable=not options.progress) as bar:
-        futures = {pool.submit(_write_piece, reader, path, items, options.resize): (path, len(items)) for path, items in jobs}
-        for future in concurrent.futures.as_completed(futures):
-            path, count = futures[future]
-            results[path] = future.result()
-            bar.update(count)
-    return results
+def _finished_shard(options, shard):
+    """The saved result of a shard written by an earlier, interrupted run of the same plan."""
+    result = _load_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"))
+    return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
 
 
-def _assemble_shards(plan, options, piece_results):
-    """Concatenates each shard's pieces into the final shard file; returns per-shard results."""
-    state_dir = os.path.join(options.output, STATE_DIR)
-    shard_results = []
-    for shard in plan["shards"]:
-        done_path = os.path.join(state_dir, shard["file"] + ".json")
-        done = _load_json(done_path)
-        if done is None:
-            done = _concatenate(shard, state_dir, options.output, piece_results)
-            _write_json(done_path, done)
-        final = os.path.join(options.output, shard["file"])
-        if os.path.isfile(final + ".tmp"):
-            os.replace(final + ".tmp", final)
-        for index in range(len(shard["pieces"])):  # the shard holds them now: free the disk
-            for path in (_piece_path(state_dir, shard, index), _piece_path(state_dir, shard, index) + ".json"):
-                if os.path.exists(path):
-                    os.remove(path)
-        shard_results.append(done)
-    return shard_results
+def _ordered_pieces(pool, reader, pieces, max_side, window):
+    """Encodes pieces in the workers, yielding results in order with at most `window` in flight.
+
+    The window keeps memory flat however large the dataset: workers never run
+    more than a few pieces ahead of the writer.
+    """
+    pending, pieces = collections.deque(), iter(pieces)
+    for piece in itertools.islice(pieces, window):
+        pending.append(pool.submit(_encode_piece, reader, piece, max_side))
+    while pending:
+        result = pending.popleft().result()
+        for piece in itertools.islice(pieces, 1):
+            pending.append(pool.submit(_encode_piece, reader, piece, max_side))
+        yield result
 
 
-def _concatenate(shard, state_dir, output, piece_results):
-    digest, result = hashlib.sha256(), {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
-    with open(os.path.join(output, shard["file"] + ".tmp"), "wb") as out:
-        for index in range(len(shard["pieces"])):
-            path = _piece_path(state_dir, shard, index)
-            with open(path, "rb") as piece:
-                data = piece.read()
-            out.write(data)
+def _write_shards(plan, store, options, pool):
+    """Writes every shard not finished by an earlier run; returns per-shard results.
+
+    A shard is written under a temporary name and renamed when complete, its
+    result saved beside the plan, so a killed build resumes at the first
+    unfinished shard and ends with the same bytes.
+    """
+    results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
+    todo = [index for index, result in results.items() if result is None]
+    pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
+    encoded = _ordered_pieces(pool, store.without_index(), pieces, options.resize, window=2 * options.workers + 2)
+    total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
+    with tqdm(total=total, desc="write", unit="img", disable=not options.progress) as bar:
+        for index in todo:
+            results[index] = _write_shard(options, plan["shards"][index], encoded, bar)
+    return [results[index] for index in range(len(plan["shards"]))]
+
+
+def _write_shard(options, shard, encoded, bar):
+    final = os.path.join(options.output, shard["file"])
+    digest = hashlib.sha256()
+    result = {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
+    with open(final + ".tmp", "wb") as handle:
+        for piece in shard["pieces"]:
+            data, piece_result = next(encoded)
+            handle.write(data)
             digest.update(data)
-            piece_result = piece_results[path]
             result["written"] += piece_result["written"]
             result["rejected"].update(piece_result["rejected"])
             result["reencoded"] += piece_result["reencoded"]
-            result["num_bytes"] += piece_result["num_bytes"]
+            result["num_bytes"] += len(data)
+            bar.update(len(piece))
     result["sha256"] = digest.hexdigest()
+    os.replace(final + ".tmp", final)
+    _write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result)
     return result
 
 
@@ -489,7 +482,7 @@ def _finish(options, manifest):
     shards.write_tfds_metadata(output, manifest["classes"], {
         name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"]) for name, entry in manifest["splits"].items()
     })
-    _write_json(os.path.join(output, shards.MANIFEST), manifest)
+    _write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
     shutil.rmtree(os.path.join(output, STATE_DIR))
 
 
@@ -516,18 +509,32 @@ def build(options):
       The manifest (a dict), also written to `<output>/manifest.json`.
     """
     start = time.perf_counter()
+    # The plan is a few objects per image, all alive until the end: the cyclic
+    # GC would rescan them again and again (a quarter of the serial time).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(options, start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _build(options, start):
     _check_output(options)
-    store = archive.open_images(options.images, options.image_variant)
-    report = archive.ListingsReport()
     context = multiprocessing.get_context("spawn")  # the parent may hold TensorFlow threads: no fork
     with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
+        # Workers start (and import) while this process indexes the archive.
+        warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
+        store = archive.open_images(options.images, options.image_variant)
+        report = archive.ListingsReport()
         plan, state = _prepare(options, store, report, pool)
+        concurrent.futures.wait(warm_up)
         if _check_output(options, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
             return shards.read_manifest(options.output)  # the same build is already complete
         os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
         _write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")})
-        piece_results = _write_pieces(plan, store, options, pool)
-    shard_results = _assemble_shards(plan, options, piece_results)
+        shard_results = _write_shards(plan, store, options, pool)
     _check_no_leak(shard_results)
     manifest = _make_manifest(options, plan, state, shard_results, time.perf_counter() - start)
     _finish(options, manifest)

@@ -24,11 +24,12 @@ class Vocabulary:
     def label_of(self, product_type):
         """Returns `(label, class name)` or None when the type's examples are dropped."""
         name = self.mapping.get(product_type)
-        return None if name is None else (self.names.index(name), name)
+        return None if name is None else (self._index[name], name)
 
     def __post_init__(self):
         if len(set(self.names)) != len(self.names) or list(self.names) != sorted(self.names):
             raise ValueError(f"class names must be unique and sorted: {self.names}")
+        object.__setattr__(self, "_index", {name: index for index, name in enumerate(self.names)})
 
 
 def resolve_image_types(listing_types_per_image):
