@@ -1,0 +1,48 @@
+"""Shared fixtures: one generated ABO sample and one build of it, reused across test modules."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SAMPLE_LISTINGS = 240
+
+
+@pytest.fixture(scope="session")
+def abo_sample(tmp_path_factory):
+    """A generated ABO download (both .tar files) and the generator's truth."""
+    from abo_tf import sample
+
+    root = tmp_path_factory.mktemp("abo_tar")
+    truth = sample.generate_sample(str(root / "abo"), num_listings=SAMPLE_LISTINGS, seed=0, tar=True, max_side=128)
+    return {"root": str(root / "abo"), "listings": str(root / "abo" / "abo-listings.tar"), "images": str(root / "abo" / "abo-images-small.tar"), "truth": truth}
+
+
+@pytest.fixture(scope="session")
+def abo_folder_sample(tmp_path_factory):
+    """The same sample, extracted: the folders a user gets from `tar xf`."""
+    from abo_tf import sample
+
+    root = tmp_path_factory.mktemp("abo_folder")
+    truth = sample.generate_sample(str(root / "abo"), num_listings=SAMPLE_LISTINGS, seed=0, tar=False, max_side=128)
+    return {"root": str(root / "abo"), "truth": truth}
+
+
+def build_options(abo, output, **overrides):
+    from abo_tf import build_records
+
+    values = dict(listings=abo["listings"], images=abo["images"], output=str(output), image_selection="all",
+                  min_examples_per_class=3, workers=2, progress=False)
+    values.update(overrides)
+    return build_records.BuildOptions(**values)
+
+
+@pytest.fixture(scope="session")
+def built_records(abo_sample, tmp_path_factory):
+    """The sample built with every image of every listing; returns (output folder, manifest)."""
+    from abo_tf import build_records
+
+    output = tmp_path_factory.mktemp("records") / "abo"
+    manifest = build_records.build(build_options(abo_sample, output))
+    return str(output), manifest

@@ -1,0 +1,291 @@
+"""build_records on generated ABO data: accounting, leak-free split, determinism, resume, TFDS, bad input."""
+
+import collections
+import gzip
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+import tensorflow as tf
+
+from abo_tf import archive, build_records, schema, shards
+from tests.conftest import build_options
+
+
+def _records_by_split(records_dir, manifest):
+    result = {}
+    for split in manifest["splits"]:
+        dataset = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, split)).batch(256).map(schema.parse_records)
+        rows = []
+        for batch in dataset:
+            rows += [dict(zip(batch, values)) for values in zip(*[tensor.numpy() for tensor in batch.values()])]
+        result[split] = rows
+    return result
+
+
+def _read_listings(abo):
+    return list(archive.read_listings(abo["listings"]))
+
+
+# --- parsing ---------------------------------------------------------------
+
+
+def test_listings_reader_reports_each_quirk(abo_sample):
+    report = archive.ListingsReport()
+    listings = list(archive.read_listings(abo_sample["listings"], report))
+    truth = abo_sample["truth"]
+    assert len(listings) == truth["num_listings"]
+    assert report.lines_read == truth["num_lines"]
+    assert report.malformed_lines == [f"{entry['file']}:{entry['line']}" for entry in truth["malformed_lines"]]
+    assert report.unknown_keys  # the generator plants an unknown key
+    assert all(listing.product_type is None or listing.product_type == listing.product_type.upper() for listing in listings)
+    types = collections.Counter(listing.product_type for listing in listings)
+    assert types == collections.Counter(truth["listings_per_type"])
+    assert sum(listing.main_image_id is None for listing in listings) == len(truth["no_main_image"])
+
+
+def test_folder_and_tar_readers_agree(abo_sample, abo_folder_sample):
+    from_tar = archive.open_images(abo_sample["images"])
+    from_folder = archive.open_images(abo_folder_sample["root"])
+    assert from_tar.rows == from_folder.rows
+    assert set(from_tar.locations) == set(from_folder.locations)
+    some = sorted(from_tar.locations)[:20]
+    assert list(from_tar.read_many([(path, from_tar.locations[path]) for path in some])) == \
+        list(from_folder.read_many([(path, from_folder.locations[path]) for path in some]))
+    assert _read_listings(abo_sample) == list(archive.read_listings(abo_folder_sample["root"]))
+
+
+def test_fast_tar_index_equals_tarfile(abo_sample):
+    with tarfile.open(abo_sample["images"]) as tar:
+        expected = [(member.name, member.offset_data, member.size) for member in tar if member.isreg()]
+    assert list(archive._fast_tar_files(abo_sample["images"])) == expected
+
+
+def test_pax_tar_falls_back_to_tarfile(tmp_path, abo_folder_sample):
+    tar_path = tmp_path / "pax.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(os.path.join(abo_folder_sample["root"], "images"), arcname="images")
+    store = archive.open_images(str(tar_path))
+    assert store.rows == archive.open_images(abo_folder_sample["root"]).rows
+
+
+# --- the build -------------------------------------------------------------
+
+
+def test_every_listing_and_image_is_accounted_for(built_records, abo_sample):
+    _, manifest = built_records
+    truth = abo_sample["truth"]
+    listings, images_ = manifest["listings"], manifest["images"]
+    assert listings["read"] == truth["num_lines"]
+    assert listings["kept"] + sum(listings["dropped"].values()) == listings["read"]
+    assert listings["dropped"]["malformed_json"] == len(truth["malformed_lines"])
+    assert images_["kept"] + sum(images_["dropped"].values()) == images_["referenced"]
+    dropped = images_["dropped"]
+    for reason in ("truncated", "empty", "not_an_image", "too_large"):
+        assert dropped.get(reason, 0) >= 1, reason
+    assert dropped["missing_from_archive"] == len(truth["missing_from_archive"])
+    assert dropped["missing_from_images_csv"] == len(truth["missing_from_csv"])
+    assert dropped["over_shared"] == len(truth["boilerplate_images"])
+    assert images_["reencoded"] >= 3
+    assert sum(entry["num_examples"] for entry in manifest["splits"].values()) == images_["kept"]
+    assert manifest["label_conflicts"]["items"] >= 1 and manifest["label_conflicts"]["images"] >= 1
+
+
+def test_records_round_trip_the_schema(built_records):
+    records_dir, manifest = built_records
+    by_split = _records_by_split(records_dir, manifest)
+    for split, rows in by_split.items():
+        assert len(rows) == manifest["splits"][split]["num_examples"]
+        for row in rows[:50]:
+            image = tf.io.decode_jpeg(row[schema.IMAGE], channels=3)
+            assert tuple(image.shape[:2]) == (row[schema.HEIGHT], row[schema.WIDTH])
+            assert manifest["classes"][row[schema.LABEL]] == row[schema.PRODUCT_TYPE].decode()
+    with open(os.path.join(records_dir, shards.LABELS_FILE)) as handle:
+        assert handle.read().split() == manifest["classes"]
+
+
+def test_no_image_or_item_in_two_splits_and_groups_stay_whole(built_records, abo_sample):
+    records_dir, manifest = built_records
+    by_split = _records_by_split(records_dir, manifest)
+    split_of = {}
+    for split, rows in by_split.items():
+        for row in rows:
+            for key in (row[schema.IMAGE_ID], row[schema.IMAGE_SHA256], row[schema.ITEM_ID]):
+                assert split_of.setdefault(key, split) == split
+    # Every listing's written images, and every item's listings, sit in one split.
+    image_split = {row[schema.IMAGE_ID].decode(): split for split, rows in by_split.items() for row in rows}
+    splits_of_item = collections.defaultdict(set)
+    for listing in _read_listings(abo_sample):
+        ids = [listing.main_image_id, *listing.other_image_ids]
+        splits_of_item[listing.item_id].update(image_split[image_id] for image_id in ids if image_id in image_split)
+    assert all(len(splits) <= 1 for splits in splits_of_item.values())
+
+
+def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path):
+    _, manifest = built_records
+    folder = abo_folder_sample["root"]
+    again = build_records.build(build_options({"listings": folder, "images": folder}, tmp_path / "again", workers=1))
+    assert again["fingerprint"] == manifest["fingerprint"]
+    assert [shard["sha256"] for entry in again["splits"].values() for shard in entry["shards"]] == \
+        [shard["sha256"] for entry in manifest["splits"].values() for shard in entry["shards"]]
+
+
+def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path):
+    _, manifest = built_records
+    shuffled = tmp_path / "abo"
+    shutil.copytree(abo_folder_sample["root"], shuffled)
+    metadata = shuffled / "listings" / "metadata"
+    lines = []
+    for path in sorted(metadata.iterdir()):
+        with gzip.open(path, "rt") as handle:
+            lines += handle.read().splitlines()
+        path.unlink()
+    for index in range(4):  # reversed, and spread over other files
+        with gzip.open(metadata / f"listings_{index}.json.gz", "wt") as handle:
+            handle.write("\n".join(lines[::-1][index::4]) + "\n")
+    again = build_records.build(build_options({"listings": str(shuffled), "images": str(shuffled)}, tmp_path / "out"))
+    assert again["fingerprint"] == manifest["fingerprint"]
+    assert again["splits"] == manifest["splits"]
+
+
+def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, tmp_path, monkeypatch):
+    _, manifest = built_records
+    output = tmp_path / "resumed"
+    calls = []
+    original = build_records._write_shard
+
+    def write_one_then_die(*args):
+        if calls:
+            raise KeyboardInterrupt  # as if killed after the first shard
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(build_records, "_write_shard", write_one_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_records.build(build_options(abo_sample, output))
+    assert os.path.isdir(output / build_records.STATE_DIR)
+    assert not (output / shards.MANIFEST).exists()
+    (output / "abo-test.tfrecord-00000-of-00001.tmp").write_bytes(b"half a shard")  # a kill mid-write
+    monkeypatch.setattr(build_records, "_write_shard", original)
+    resumed = build_records.build(build_options(abo_sample, output))
+    assert resumed["splits"] == manifest["splits"]
+    assert not (output / build_records.STATE_DIR).exists()
+
+
+def test_killed_build_process_resumes(abo_sample, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", abo_sample["listings"], "--images", abo_sample["images"],
+               "--output", str(output), "--image-selection", "all", "--min-examples-per-class", "3", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (output / build_records.STATE_DIR).exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert shards.verify_records(str(output), progress=False)
+
+
+def test_rerun_of_a_finished_build_changes_nothing(built_records, abo_sample):
+    records_dir, manifest = built_records
+    stamp = os.path.getmtime(os.path.join(records_dir, shards.MANIFEST))
+    assert build_records.build(build_options(abo_sample, records_dir))["fingerprint"] == manifest["fingerprint"]
+    assert os.path.getmtime(os.path.join(records_dir, shards.MANIFEST)) == stamp
+
+
+def test_tfds_reads_the_same_examples(built_records):
+    import tensorflow_datasets as tfds
+
+    records_dir, manifest = built_records
+    builder = tfds.builder_from_directory(records_dir)
+    assert builder.info.features["label"].names == manifest["classes"]
+    for split in manifest["splits"]:
+        ids = sorted(example["image_id"].numpy() for example in builder.as_dataset(split=split))
+        assert ids == sorted(row[schema.IMAGE_ID] for row in _records_by_split(records_dir, manifest)[split])
+
+
+def test_verify_accepts_the_build_and_finds_damage(built_records, tmp_path):
+    records_dir, manifest = built_records
+    counts = shards.verify_records(records_dir, progress=False)
+    assert counts == {split: entry["num_examples"] for split, entry in manifest["splits"].items()}
+    damaged = tmp_path / "damaged"
+    shutil.copytree(records_dir, damaged)
+    shard = damaged / manifest["splits"]["train"]["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert build_records.main(["--verify", str(damaged), "--no-progress"]) == 2
+
+
+def test_rare_classes_other_and_max_classes(abo_sample, tmp_path):
+    manifest = build_records.build(build_options(abo_sample, tmp_path / "other", rare_classes="other", min_examples_per_class=20, max_classes=4))
+    assert "OTHER" in manifest["classes"] and len(manifest["classes"]) <= 4
+    main_only = build_records.build(build_options(abo_sample, tmp_path / "main", image_selection="main"))
+    assert main_only["images"]["referenced"] < manifest["images"]["referenced"]
+
+
+# --- bad input: one line, exit 2, nothing half-written ---------------------
+
+
+def _run_cli(capsys, *args):
+    code = build_records.main(list(args) + ["--no-progress"])
+    error = capsys.readouterr().err.strip()
+    return code, error
+
+
+def test_bad_inputs_give_one_line_errors(abo_sample, abo_folder_sample, tmp_path, capsys):
+    good = ["--listings", abo_sample["listings"], "--images", abo_sample["images"]]
+    not_abo = tmp_path / "other.tar"
+    with tarfile.open(not_abo, "w") as tar:
+        tar.add(__file__, arcname="readme.txt")
+    truncated_listings = tmp_path / "listings"
+    shutil.copytree(os.path.join(abo_folder_sample["root"], "listings"), truncated_listings / "listings")
+    victim = truncated_listings / "listings" / "metadata" / "listings_0.json.gz"
+    victim.write_bytes(victim.read_bytes()[:-40])
+    no_csv = tmp_path / "no_csv"
+    shutil.copytree(os.path.join(abo_folder_sample["root"], "images", "small"), no_csv / "images" / "small")
+    not_a_tar = tmp_path / "junk.tar"
+    not_a_tar.write_bytes(b"this is not a tar file" * 100)
+    cases = {
+        "does not exist": ["--listings", str(tmp_path / "missing.tar"), "--images", abo_sample["images"]],
+        "no images/metadata/images.csv.gz": ["--listings", abo_sample["listings"], "--images", str(not_abo)],
+        "holds no listings": ["--listings", str(not_abo), "--images", abo_sample["images"]],
+        "truncated": ["--listings", str(truncated_listings), "--images", abo_sample["images"]],
+        "no images/metadata": ["--listings", abo_sample["listings"], "--images", str(no_csv)],
+        "not a readable": ["--listings", abo_sample["listings"], "--images", str(not_a_tar)],
+        "--split": good + ["--split", "0.5", "0.2", "0.2"],
+        "are required": ["--images", abo_sample["images"]],
+    }
+    for expected, args in cases.items():
+        code, error = _run_cli(capsys, *args, "--output", str(tmp_path / "out"))
+        assert code == 2, (expected, error)
+        assert expected in error and len(error.splitlines()) == 1, (expected, error)
+
+
+def test_output_folder_holding_another_build_is_refused(built_records, abo_sample, tmp_path, capsys):
+    records_dir, _ = built_records
+    args = ["--listings", abo_sample["listings"], "--images", abo_sample["images"], "--image-selection", "all"]
+    code, error = _run_cli(capsys, *args, "--output", records_dir, "--min-examples-per-class", "5")
+    assert code == 2 and "--overwrite" in error
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, error = _run_cli(capsys, *args, "--output", str(foreign))
+    assert code == 2 and "not empty" in error and (foreign / "notes.txt").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(records_dir, copy)
+    assert _run_cli(capsys, *args, "--output", str(copy), "--min-examples-per-class", "5", "--overwrite")[0] == 0
+    assert json.loads((copy / shards.MANIFEST).read_text())["options"]["min_examples_per_class"] == 5
+
+
+def test_help_exits_zero():
+    with pytest.raises(SystemExit) as caught:
+        build_records.main(["--help"])
+    assert caught.value.code == 0
