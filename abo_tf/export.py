@@ -1,0 +1,136 @@
+"""The SavedModel for serving: image bytes or uint8 pixels in, probabilities and top-k labels out.
+
+Endpoints (both also SavedModel signatures, listed by `saved_model_cli show`):
+
+    serving_default(image_bytes: string [N])          JPEG/PNG/GIF/BMP of any size
+    serve_pixels(pixels: uint8 [N, S, S, 3])          already decoded and cropped
+
+each returning {"probabilities": float32 [N, C], "top_k_labels": string [N, k],
+"top_k_scores": float32 [N, k]}. Bytes go through `preprocess.eval_image`, the
+evaluation crop of the input pipeline; the model normalises pixels itself. The
+class names and the image size travel inside the SavedModel.
+"""
+
+import collections
+import os
+
+import keras
+import tensorflow as tf
+
+from abo_tf import preprocess
+from abo_tf.errors import InputNotFoundError, UserInputError
+
+BYTES_ENDPOINT = "serving_default"
+PIXELS_ENDPOINT = "serve_pixels"
+OUTPUT_KEYS = ("probabilities", "top_k_labels", "top_k_scores")
+# Variable collections of the export (`loaded.class_names[0]`, `loaded.image_size[0]`).
+CLASS_NAMES = "class_names"
+IMAGE_SIZE = "image_size"
+
+
+def _check_export_arguments(model, class_names, image_size, top_k):
+    num_outputs = model.output.shape[-1]
+    if len(class_names) != num_outputs:
+        raise UserInputError(f"{len(class_names)} class names for a model with {num_outputs} outputs: give one name per output")
+    repeated = sorted(name for name, count in collections.Counter(class_names).items() if count > 1)
+    if repeated:
+        raise UserInputError(f"class names are not unique: {repeated} appear more than once")
+    if tuple(model.input.shape[1:]) != (image_size, image_size, 3):
+        raise UserInputError(f"image size {image_size} does not match the model's input shape {tuple(model.input.shape[1:])}")
+    if top_k < 1:
+        raise UserInputError(f"top_k={top_k}: must be at least 1")
+
+
+def _make_endpoints(model, class_names_variable, image_size, top_k):
+    """The two endpoint functions; traced later with autograph=False (no Python control flow on tensors)."""
+
+    def outputs(pixels):
+        probabilities = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
+        scores, indices = tf.math.top_k(probabilities, k=top_k)
+        return {"probabilities": probabilities, "top_k_labels": tf.gather(class_names_variable, indices), "top_k_scores": scores}
+
+    def serve_bytes(image_bytes):
+        pixels = tf.map_fn(
+            lambda data: preprocess.eval_image(data, image_size), image_bytes,
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+        )
+        return outputs(pixels)
+
+    def serve_pixels(pixels):
+        return outputs(pixels)
+
+    return serve_bytes, serve_pixels
+
+
+def export_saved_model(model, class_names, image_size, export_dir, top_k=5):
+    """Writes the serving SavedModel of a classifier from `models.build_model`.
+
+    Args:
+      model: Keras model, uint8 [N, S, S, 3] -> logits [N, C]; export a float32
+        copy (a mixed-precision model works, but serves float16 activations).
+      class_names: the C label names, in output order.
+      image_size: S, the model's input side.
+      export_dir: folder to write (created; files in it are overwritten).
+      top_k: labels returned per image; capped at C.
+
+    Returns:
+      `export_dir`.
+
+    Raises:
+      UserInputError: class names or image size do not match the model, or top_k < 1.
+    """
+    class_names = [str(name) for name in class_names]
+    _check_export_arguments(model, class_names, image_size, top_k)
+    # Variables, not constants: saved once, shared by both endpoints, readable after loading.
+    class_names_variable = tf.Variable(class_names, dtype=tf.string, trainable=False, name=CLASS_NAMES)
+    image_size_variable = tf.Variable(image_size, dtype=tf.int32, trainable=False, name=IMAGE_SIZE)
+    serve_bytes, serve_pixels = _make_endpoints(model, class_names_variable, image_size, min(top_k, len(class_names)))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_ENDPOINT, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint(PIXELS_ENDPOINT, serve_pixels, input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")])
+    archive.add_variable_collection(CLASS_NAMES, [class_names_variable])
+    archive.add_variable_collection(IMAGE_SIZE, [image_size_variable])
+    archive.write_out(export_dir, verbose=False)
+    return export_dir
+
+
+def load_exported(export_dir):
+    """Loads a SavedModel written by `export_saved_model`.
+
+    Args:
+      export_dir: the export folder (a run's `saved_model/`).
+
+    Returns:
+      The loaded object: `.signatures[BYTES_ENDPOINT]`, `.signatures[PIXELS_ENDPOINT]`;
+      see `exported_class_names` and `exported_image_size`.
+
+    Raises:
+      InputNotFoundError: the folder does not exist.
+      UserInputError: it is not a SavedModel, or not one from `export_saved_model`.
+    """
+    export_dir = os.fspath(export_dir)
+    if not os.path.isdir(export_dir):
+        raise InputNotFoundError(f"model folder {export_dir!r} does not exist (give the saved_model folder of a training run)")
+    if not tf.saved_model.contains_saved_model(export_dir):
+        raise UserInputError(f"{export_dir!r} is not a SavedModel (no saved_model.pb): give the saved_model folder of a training run")
+    try:
+        loaded = tf.saved_model.load(export_dir)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise UserInputError(f"cannot load the SavedModel in {export_dir!r}: {str(error).strip().splitlines()[0]}") from error
+    missing = [name for name in (BYTES_ENDPOINT, PIXELS_ENDPOINT) if name not in loaded.signatures]
+    missing += [name for name in (CLASS_NAMES, IMAGE_SIZE) if not hasattr(loaded, name)]
+    if missing:
+        raise UserInputError(f"{export_dir!r} is a SavedModel but not one exported by abo_tf (it lacks {missing})")
+    return loaded
+
+
+def exported_class_names(loaded):
+    """The label names of an export, in output order."""
+    return [name.decode("utf-8") for name in getattr(loaded, CLASS_NAMES)[0].numpy()]
+
+
+def exported_image_size(loaded):
+    """The side of the square pixels `serve_pixels` takes."""
+    return int(getattr(loaded, IMAGE_SIZE)[0].numpy())

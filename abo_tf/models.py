@@ -1,0 +1,252 @@
+"""Classifiers on Keras Applications backbones: uint8 image in, float32 logits out.
+
+    image (uint8) -> preprocess (cast + the backbone's own preprocess_input)
+    -> backbone -> global average pooling -> dropout -> logits (float32)
+
+Normalisation is a layer inside the model, so a SavedModel or a `model.keras`
+file takes the same uint8 pixels as training and cannot normalise differently.
+"""
+
+import dataclasses
+import os
+
+import keras
+
+from abo_tf.errors import InputNotFoundError, UserInputError
+
+BACKBONE_LAYER = "backbone"
+MIN_IMAGE_SIZE = 32  # Keras Applications refuse smaller inputs
+NO_WEIGHTS = "none"  # the CLI's spelling of weights=None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one Keras Applications backbone."""
+
+    constructor: object  # keras.applications.X, called with include_top=False
+    preprocess_input: object  # float32 pixels in 0..255 -> what the backbone expects
+    weights_file: str  # the notop ImageNet file Keras caches (names from the Keras 3.15 sources)
+    min_image_size: int = MIN_IMAGE_SIZE
+
+
+BACKBONES = {
+    # "caffe" mode: RGB -> BGR and ImageNet mean subtraction.
+    "vgg16": BackboneSpec(keras.applications.VGG16, keras.applications.vgg16.preprocess_input, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50": BackboneSpec(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # MobileNetV3 and EfficientNet rescale inside the network (include_preprocessing /
+    # their Rescaling+Normalization layers): their preprocess_input is the identity on 0..255.
+    "mobilenet_v3_small": BackboneSpec(keras.applications.MobileNetV3Small, keras.applications.mobilenet_v3.preprocess_input, "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    "efficientnet_b0": BackboneSpec(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, "efficientnetb0_notop.h5"),
+}
+
+
+@keras.saving.register_keras_serializable(package="abo_tf")
+class BackbonePreprocess(keras.layers.Layer):
+    """uint8 pixels -> float32 -> the named backbone's `preprocess_input`.
+
+    A registered layer rather than a Lambda: a `model.keras` file stores only
+    the backbone's name and reloads without `safe_mode=False`.
+    """
+
+    def __init__(self, backbone, **kwargs):
+        # float32 even under mixed precision: the mean subtraction runs on
+        # exact pixel values; the backbone's first layer casts to float16 itself.
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, images):
+        return BACKBONES[self.backbone].preprocess_input(keras.ops.cast(images, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def _check_backbone(backbone, image_size):
+    if backbone not in BACKBONES:
+        raise UserInputError(f"unknown backbone {backbone!r}: choose one of {sorted(BACKBONES)}")
+    minimum = BACKBONES[backbone].min_image_size
+    if not isinstance(image_size, int) or image_size < minimum:
+        raise UserInputError(f"image size {image_size!r} is too small for {backbone}: use at least {minimum} pixels")
+
+
+def _check_head(num_classes, dropout):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserInputError(f"num_classes={num_classes!r}: need at least 1 class")
+    if not 0.0 <= dropout < 1.0:
+        raise UserInputError(f"dropout={dropout!r}: must be in [0, 1)")
+
+
+def _first_line(error):
+    """Keras' messages run over many lines; the CLI prints one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _weights_cache_folder():
+    # Keras reads $KERAS_HOME once, at import; keras_home() is its (private) accessor.
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = keras_home()
+    except ImportError:
+        home = os.environ.get("KERAS_HOME", os.path.join("~", ".keras"))
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def _build_imagenet_backbone(backbone, input_shape):
+    spec = BACKBONES[backbone]
+    cached_file = os.path.join(_weights_cache_folder(), spec.weights_file)
+    try:
+        return spec.constructor(include_top=False, weights="imagenet", input_shape=input_shape, name=BACKBONE_LAYER)
+    except Exception as error:  # Keras raises a bare Exception("URL fetch failure ...") offline
+        if os.path.isfile(cached_file):
+            raise  # the weights are there: not a download problem
+        reason = _first_line(error)
+        raise UserInputError(
+            f"downloading the ImageNet weights of {backbone} failed ({reason}): put {spec.weights_file} into {os.path.dirname(cached_file)} "
+            f"(the Keras cache, $KERAS_HOME/models) or pass --weights PATH to a notop weights file"
+        ) from error
+
+
+def _build_backbone_from_file(backbone, input_shape, path):
+    if not os.path.isfile(path):
+        raise InputNotFoundError(f"weights file {path!r} does not exist (give imagenet, none or the path of a Keras notop weights file)")
+    model = BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError) as error:
+        raise UserInputError(f"weights file {path!r} does not fit a {backbone} backbone without top ({_first_line(error)})") from error
+    return model
+
+
+def build_backbone(backbone, image_size, weights=None):
+    """A Keras Applications backbone without its classifier, named `BACKBONE_LAYER`.
+
+    Args:
+      backbone: a key of `BACKBONES`.
+      image_size: side of the square input.
+      weights: None or "none" (random), "imagenet" (Keras' download and cache) or the
+        path of a Keras weights file of this backbone without top.
+
+    Returns:
+      A functional `keras.Model` from float pixels (after `BackbonePreprocess`) to 4-D features.
+
+    Raises:
+      UserInputError: unknown backbone, too small image, missing or unfit
+        weights file, or ImageNet weights that cannot be downloaded.
+    """
+    _check_backbone(backbone, image_size)
+    input_shape = (image_size, image_size, 3)
+    if weights is None or weights == NO_WEIGHTS:
+        return BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+    if weights == "imagenet":
+        return _build_imagenet_backbone(backbone, input_shape)
+    return _build_backbone_from_file(backbone, input_shape, os.fspath(weights))
+
+
+def build_model(backbone, num_classes, image_size, weights=None, dropout=0.2):
+    """The classifier: uint8 images [B, S, S, 3] -> float32 logits [B, num_classes].
+
+    Args:
+      backbone: a key of `BACKBONES`.
+      num_classes: number of output logits.
+      image_size: side of the square input images.
+      weights: None, "imagenet" or a path, as in `build_backbone`.
+      dropout: rate of the dropout before the logits.
+
+    Returns:
+      A functional `keras.Model`; `model.get_layer(BACKBONE_LAYER)` is the
+      backbone. With pretrained weights its BatchNormalization layers start
+      frozen (see `set_backbone_trainable`).
+
+    Raises:
+      UserInputError: as `build_backbone`, or a bad num_classes or dropout.
+    """
+    _check_backbone(backbone, image_size)
+    _check_head(num_classes, dropout)
+    weights = None if weights == NO_WEIGHTS else weights
+    features_model = build_backbone(backbone, image_size, weights)
+    images = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    pixels = BackbonePreprocess(backbone, name="preprocess")(images)
+    # training=False as in the Keras transfer-learning guide. Keras 3.15 lets
+    # an outer model(x, training=True) override it (checked here), so what
+    # actually keeps BatchNormalization in inference mode is its trainable=False.
+    features = features_model(pixels, training=False)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    pooled = keras.layers.Dropout(dropout, name="dropout")(pooled)
+    # float32 logits even under mixed precision: softmax and the loss need the range.
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(pooled)
+    model = keras.Model(images, logits, name=f"{backbone}_classifier")
+    # Read by set_backbone_trainable: BatchNormalization statistics are kept
+    # when fine-tuning pretrained weights, learned when training from scratch.
+    model.pretrained_backbone = weights is not None
+    set_backbone_trainable(model, True)
+    return model
+
+
+def _is_batch_norm(layer):
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def set_backbone_trainable(model, trainable, freeze_batch_norm=None):
+    """Freezes or unfreezes the backbone; the head always trains.
+
+    Args:
+      model: a model from `build_model`.
+      trainable: False (freeze the backbone), True (unfreeze it all) or an
+        int N >= 1 (unfreeze only the backbone's top N layers).
+      freeze_batch_norm: keep BatchNormalization layers frozen when
+        unfreezing. A frozen BatchNormalization layer also runs in inference
+        mode (its ImageNet statistics stay), as the Keras transfer-learning
+        guide asks when fine-tuning. Default: frozen when `build_model` got
+        pretrained weights, trainable when it trains from scratch
+        (weights=None), where the statistics must be learned.
+
+    Raises:
+      UserInputError: `trainable` is not a bool or a positive int.
+    """
+    backbone = model.get_layer(BACKBONE_LAYER)
+    if freeze_batch_norm is None:
+        freeze_batch_norm = getattr(model, "pretrained_backbone", True)  # a reloaded model.keras: assume fine-tuning
+    if isinstance(trainable, bool):
+        top_layers = len(backbone.layers) if trainable else 0
+    elif isinstance(trainable, int) and trainable >= 1:
+        top_layers = trainable
+    else:
+        raise UserInputError(f"trainable={trainable!r}: give False, True or a number of top backbone layers >= 1")
+    backbone.trainable = top_layers > 0
+    # Each layer explicitly: in Keras 3.15, setting a model's trainable to the
+    # value it already has does not reach its layers.
+    for index, layer in enumerate(backbone.layers):
+        in_top = index >= len(backbone.layers) - top_layers
+        layer.trainable = in_top and not (freeze_batch_norm and _is_batch_norm(layer))
+
+
+def _is_pooling(layer):
+    return isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))
+
+
+def find_last_conv_layer(model):
+    """Name of the backbone's last 4-D feature map, for Grad-CAM.
+
+    Pooling layers are skipped: Grad-CAM wants the last feature map before it
+    is downsampled (VGG16's block5_conv3, not block5_pool).
+
+    Args:
+      model: a model from `build_model`.
+
+    Returns:
+      The layer name inside `model.get_layer(BACKBONE_LAYER)`.
+
+    Raises:
+      UserInputError: the backbone has no 4-D output layer.
+    """
+    backbone = model.get_layer(BACKBONE_LAYER)
+    for layer in reversed(backbone.layers):
+        if len(layer.output.shape) == 4 and not _is_pooling(layer) and not isinstance(layer, keras.layers.InputLayer):
+            return layer.name
+    raise UserInputError(f"model {model.name!r} has no 4-D feature map in its backbone")

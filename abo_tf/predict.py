@@ -1,0 +1,112 @@
+"""Classify image files with an exported model: `python -m abo_tf.predict`.
+
+    python -m abo_tf.predict --model runs/demo/saved_model photo1.jpg photo2.png
+    python -m abo_tf.predict --model runs/demo/saved_model --top-k 3 --json *.jpg
+
+A file that cannot be read or decoded is reported on stderr and skipped; the
+others are still classified, and the exit code is 1. A model folder that is
+missing or not an `abo_tf.export` SavedModel exits with 2.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from abo_tf import export
+from abo_tf.errors import UserInputError, cli_main
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _decode_error_reason(error):
+    # TF's message carries the graph node and a stack; the last plain line says what is wrong.
+    lines = [line.strip() for line in error.message.splitlines() if line.strip() and not line.strip().startswith(("[[", "<", "Detected at", "Graph execution"))]
+    return lines[-1] if lines else "cannot be decoded"
+
+
+def _top_predictions(probabilities, names, top_k):
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    return [{"label": names[index], "score": float(probabilities[index])} for index in order]
+
+
+def predict_files(loaded, paths, top_k=5):
+    """Classifies image files one at a time, so a bad file fails alone.
+
+    Args:
+      loaded: a SavedModel from `export.load_exported`.
+      paths: image file paths (JPEG, PNG, GIF or BMP).
+      top_k: predictions per image (capped at the number of classes).
+
+    Returns:
+      One dict per path, in order: {"image": path, "predictions": [{"label",
+      "score"}, ...]} (best first), or {"image": path, "error": reason}.
+
+    Raises:
+      UserInputError: top_k < 1.
+    """
+    if top_k < 1:
+        raise UserInputError(f"--top-k {top_k}: must be at least 1")
+    names = export.exported_class_names(loaded)
+    serve = loaded.signatures[export.BYTES_ENDPOINT]
+    results = []
+    for path in paths:
+        try:
+            outputs = serve(image_bytes=tf.constant([_read(path)]))
+        except OSError as error:
+            results.append({"image": path, "error": f"cannot read the file: {error.strerror or error}"})
+            continue
+        except tf.errors.InvalidArgumentError as error:
+            results.append({"image": path, "error": f"not a readable image: {_decode_error_reason(error)}"})
+            continue
+        probabilities = outputs["probabilities"].numpy()[0]
+        results.append({"image": path, "predictions": _top_predictions(probabilities, names, top_k)})
+    return results
+
+
+def format_table(result):
+    """One image's predictions as readable lines: rank, label, score."""
+    width = max(len(prediction["label"]) for prediction in result["predictions"])
+    lines = [result["image"]]
+    for rank, prediction in enumerate(result["predictions"], start=1):
+        lines.append(f"  {rank:>2}. {prediction['label']:<{width}}  {prediction['score']:.4f}")
+    return "\n".join(lines)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m abo_tf.predict", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    # SUPPRESS: a required flag has no default to show in --help.
+    parser.add_argument("--model", required=True, default=argparse.SUPPRESS, metavar="SAVED_MODEL_DIR", help="export folder of a training run (RUN_DIR/saved_model)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF or BMP)")
+    parser.add_argument("--top-k", type=int, default=5, help="predictions per image")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    return parser
+
+
+@cli_main
+def main(argv=None):
+    """Prints the top-k predictions of each image; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.top_k < 1:  # before the model loads, which takes seconds
+        raise UserInputError(f"--top-k {args.top_k}: must be at least 1")
+    loaded = export.load_exported(args.model)
+    results = predict_files(loaded, args.images, args.top_k)
+    for result in results:
+        if "error" in result:
+            print(f"error: {result['image']}: {result['error']}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(result))
+        else:
+            print(format_table(result))
+    return 1 if any("error" in result for result in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

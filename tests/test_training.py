@@ -1,0 +1,260 @@
+"""Input pipeline and the training loop: outputs, resume, strategies, bad input.
+
+Runs use the small backbone at 32 px and a few steps: the loop, not the model, is under test.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from abo_tf import input_pipeline, shards, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+        "--steps-per-epoch", "2", "--validation-steps", "1", "--verbose", "0"]
+
+
+def _train_args(records_dir, output, *extra):
+    return ["--records", records_dir, "--output", str(output), *TINY, *extra]
+
+
+def _history(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _subprocess_env(**extra):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(extra)
+    return env
+
+
+# --- input pipeline ----------------------------------------------------------
+
+
+def test_training_batches_are_uint8_with_int_labels(built_records):
+    records_dir, manifest = built_records
+    dataset = input_pipeline.make_dataset(records_dir, "train", 40, 8, training=True)
+    batch = next(iter(dataset))
+    assert batch["image"].dtype == tf.uint8 and batch["image"].shape == (8, 40, 40, 3)
+    assert batch["label"].dtype == tf.int32 and int(tf.reduce_max(batch["label"])) < len(manifest["classes"])
+
+
+def test_evaluation_is_one_deterministic_pass(built_records):
+    records_dir, manifest = built_records
+    first = [batch["label"].numpy() for batch in input_pipeline.make_dataset(records_dir, "validation", 32, 16, training=False)]
+    second = [batch["label"].numpy() for batch in input_pipeline.make_dataset(records_dir, "validation", 32, 16, training=False)]
+    assert np.array_equal(np.concatenate(first), np.concatenate(second))
+    assert len(np.concatenate(first)) == manifest["splits"]["validation"]["num_examples"]
+
+
+def test_input_pipelines_read_disjoint_shares(built_records):
+    records_dir, manifest = built_records
+    images = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2)
+        dataset = input_pipeline.make_dataset(records_dir, "train", 32, 4, training=False, input_context=context)
+        images.append([bytes(image.tobytes()) for batch in dataset for image in batch["image"].numpy()])
+    assert len(images[0]) + len(images[1]) == manifest["splits"]["train"]["num_examples"]
+    assert abs(len(images[0]) - len(images[1])) <= 1
+
+
+def test_missing_split_is_a_clear_error(built_records):
+    records_dir, _ = built_records
+    with pytest.raises(ValueError, match="no examples in split 'holdout'"):
+        input_pipeline.make_dataset(records_dir, "holdout", 32, 4, training=False)
+
+
+# --- one run, everything it writes ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(built_records, tmp_path_factory):
+    records_dir, _ = built_records
+    output = tmp_path_factory.mktemp("run") / "run"
+    assert train.main(_train_args(records_dir, output, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")) == 0
+    return str(output)
+
+
+def test_run_folder_has_every_output(trained_run, built_records):
+    _, manifest = built_records
+    for name in ("config.toml", "history.csv", "training_curves.png", "metrics.json", "labels.txt", "model.keras", "saved_model/saved_model.pb"):
+        assert os.path.getsize(os.path.join(trained_run, name)) > 0, name
+    history = _history(trained_run)
+    assert [row["phase"] for row in history] == ["head", "fine_tune"]
+    assert [int(row["step"]) for row in history] == [2, 4]
+    metrics = json.load(open(os.path.join(trained_run, "metrics.json")))
+    assert set(metrics) == {"validation", "test"}
+    assert metrics["test"]["num_examples"] == manifest["splits"]["test"]["num_examples"]
+    assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
+    events = [name for root, _, names in os.walk(os.path.join(trained_run, "logs")) for name in names if "tfevents" in name]
+    assert events
+
+
+def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
+    records_dir, manifest = built_records
+    loaded = tf.saved_model.load(os.path.join(trained_run, "saved_model"))
+    record = next(iter(tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test"))))
+    from abo_tf import schema
+
+    image_bytes = schema.parse_records(record)[schema.IMAGE]
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.reshape(image_bytes, [1]))
+    assert outputs["probabilities"].shape == (1, len(manifest["classes"]))
+    assert abs(float(tf.reduce_sum(outputs["probabilities"])) - 1.0) < 1e-4
+    assert outputs["top_k_labels"].numpy()[0, 0].decode() in manifest["classes"]
+
+
+def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records):
+    records_dir, _ = built_records
+    assert train.main(_train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")) == 0
+    assert [int(row["step"]) for row in _history(trained_run)] == [2, 4]
+
+
+def test_another_config_in_the_same_folder_is_refused(trained_run, built_records, capsys):
+    records_dir, _ = built_records
+    assert train.main(_train_args(records_dir, trained_run, "--epochs", "3")) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+# --- kill and resume -----------------------------------------------------------
+
+
+def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_path):
+    records_dir, _ = built_records
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, output, "--epochs", "3", "--head-epochs", "1",
+                                                                    "--steps-per-epoch", "3", "--checkpoint-every-steps", "1")]
+    process = subprocess.Popen(command, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline:
+        if tf.train.latest_checkpoint(str(output / "checkpoints")) and int(tf.train.latest_checkpoint(str(output / "checkpoints")).rsplit("-", 1)[1]) >= 4:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert not (output / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    history = _history(output)
+    assert [int(row["step"]) for row in history] == [3, 6, 9]
+    assert int(tf.train.load_checkpoint(str(output / "checkpoints")).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 9
+
+
+def test_nan_loss_stops_with_the_checkpoint_intact(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    output = tmp_path / "nan"
+    args = _train_args(records_dir, output, "--epochs", "2", "--head-epochs", "0", "--fine-tune-learning-rate", "1e30",
+                       "--warmup-fraction", "0", "--checkpoint-every-steps", "1", "--label-smoothing", "0")
+    assert train.main(args) == 2
+    error = capsys.readouterr().err
+    assert "loss became" in error and "intact" in error
+    reader = tf.train.load_checkpoint(str(output / "checkpoints"))
+    values = [reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert values and all(np.all(np.isfinite(value)) for value in values if np.issubdtype(np.asarray(value).dtype, np.floating))
+
+
+# --- strategies ----------------------------------------------------------------
+
+
+_MIRRORED = """
+import sys
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from abo_tf import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_on_two_logical_cpus(built_records, tmp_path):
+    records_dir, _ = built_records
+    result = subprocess.run([sys.executable, "-c", _MIRRORED, *_train_args(records_dir, tmp_path / "mirrored", "--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1")],
+                            env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_history(tmp_path / "mirrored")) == 2
+    odd = subprocess.run([sys.executable, "-c", _MIRRORED, *_train_args(records_dir, tmp_path / "odd", "--strategy", "mirrored", "--batch-size", "7")],
+                         env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert odd.returncode == 2 and "does not divide across 2 replicas" in odd.stderr
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for handle in sockets:
+        handle.bind(("localhost", 0))
+    ports = [handle.getsockname()[1] for handle in sockets]
+    for handle in sockets:
+        handle.close()
+    return ports
+
+
+def test_multi_worker_mirrored_trains_in_lock_step(built_records, tmp_path):
+    records_dir, _ = built_records
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    processes = []
+    for index in range(2):
+        scratch = tmp_path / f"tmp{index}"
+        scratch.mkdir()
+        env = _subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}), TMPDIR=str(scratch))
+        command = [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, tmp_path / "run", "--strategy", "multi_worker_mirrored", "--epochs", "2", "--head-epochs", "1")]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=400) for process in processes]
+    for process, (_, error) in zip(processes, outputs):
+        assert process.returncode == 0, error[-3000:]
+    chief = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    worker_dirs = [os.path.join(root) for root, _, names in os.walk(tmp_path / "tmp1") if any(name.endswith(".index") for name in names)]
+    assert worker_dirs, "the second worker saved no checkpoint"
+    worker = tf.train.load_checkpoint(worker_dirs[0])
+    # BatchNormalization moving statistics are local to each replica (not
+    # all-reduced): only the trained variables must agree.
+    # (Trained weights are stored under the optimizers, which track them first.)
+    names = [name for name in chief.get_variable_to_shape_map() if "moving" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(names) > 100
+    for name in names:
+        np.testing.assert_array_equal(chief.get_tensor(name), worker.get_tensor(name))
+    assert (tmp_path / "run" / "saved_model" / "saved_model.pb").exists()
+
+
+# --- bad input -----------------------------------------------------------------------
+
+
+def test_bad_training_inputs_are_one_line_errors(built_records, tmp_path, capsys):
+    records_dir, manifest = built_records
+    old = tmp_path / "old_records"
+    old.mkdir()
+    (old / shards.MANIFEST).write_text(json.dumps({**manifest, "version": "0.0.1"}))
+    cases = {
+        "no manifest.json": _train_args(str(tmp_path), tmp_path / "a"),
+        "rebuild the records": _train_args(str(old), tmp_path / "b"),
+        "too small": _train_args(records_dir, tmp_path / "c", "--image-size", "16"),
+        "holds no run": _train_args(records_dir, tmp_path / "d", "--resume"),
+    }
+    for expected, args in cases.items():
+        assert train.main(args) == 2, expected
+        error = capsys.readouterr().err.strip()
+        assert expected in error and len(error.splitlines()) == 1, (expected, error)
+    for flag, value in (("--strategy", "horovod"), ("--model", "alexnet")):
+        with pytest.raises(SystemExit) as caught:
+            train.main(_train_args(records_dir, tmp_path / "e", flag, value))
+        assert caught.value.code == 2
+
+
+def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
+    records_dir, _ = built_records
+    config = tmp_path / "tiny.toml"
+    config.write_text('[schedule]\nepochs = 7\nbatch_size = 8\n[model]\nmodel = "mobilenet_v3_small"\n')
+    resolved = train.resolve_config(["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"), "--epochs", "1"])
+    assert (resolved.epochs, resolved.batch_size) == (1, 8)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochz = 3\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        train.resolve_config(["--config", str(bad), "--records", records_dir, "--output", str(tmp_path / "r")])
