@@ -283,6 +283,9 @@ def _existing_build(output):
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as handle:
                 return json.load(handle)
+    if os.path.isdir(output) and os.listdir(output) == [STATE_DIR]:
+        shutil.rmtree(os.path.join(output, STATE_DIR))  # killed before its plan was saved: nothing to resume
+        return None
     if os.path.isdir(output) and os.listdir(output):
         raise UserInputError(f"--output {output!r} is not empty and holds no abo_tf build: choose an empty or new folder")
     if os.path.exists(output) and not os.path.isdir(output):
