@@ -17,6 +17,7 @@ from abo_tf.errors import InputNotFoundError, UserInputError
 BACKBONE_LAYER = "backbone"
 MIN_IMAGE_SIZE = 32  # Keras Applications refuse smaller inputs
 NO_WEIGHTS = "none"  # the CLI's spelling of weights=None
+FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +185,24 @@ def build_model(backbone, num_classes, image_size, weights=None, dropout=0.2):
     # Read by set_backbone_trainable: BatchNormalization statistics are kept
     # when fine-tuning pretrained weights, learned when training from scratch.
     model.pretrained_backbone = weights is not None
+    if weights is None:
+        _use_from_scratch_batch_norm_momentum(features_model)
     set_backbone_trainable(model, True)
     return model
+
+
+def _use_from_scratch_batch_norm_momentum(backbone):
+    """Moving statistics that keep up with weights trained from scratch.
+
+    Keras Applications use momentum 0.99-0.999 (made for fine-tuning): after a
+    few hundred steps from scratch the moving statistics are still far from
+    the batch ones and inference predicts one class for every image (seen on
+    the demo: 97% training-mode accuracy, majority class in inference mode).
+    0.9 is PyTorch's default (its momentum=0.1).
+    """
+    for layer in backbone.layers:
+        if _is_batch_norm(layer):
+            layer.momentum = FROM_SCRATCH_BATCH_NORM_MOMENTUM
 
 
 def _is_batch_norm(layer):
