@@ -41,7 +41,7 @@ def split_files(records_dir, split, manifest=None):
     return shards.shard_paths(records_dir, manifest, split)
 
 
-def _decode_batch(image_size, training):
+def _decode_batch(image_size, training, extra_keys):
     transform = preprocess.train_image if training else preprocess.eval_image
 
     def decode(batch):
@@ -49,7 +49,7 @@ def _decode_batch(image_size, training):
             lambda data: transform(data, image_size), batch[schema.IMAGE],
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
-        return {"image": images, "label": tf.cast(batch[schema.LABEL], tf.int32)}
+        return {"image": images, "label": tf.cast(batch[schema.LABEL], tf.int32), **{key: batch[key] for key in extra_keys}}
 
     return decode
 
@@ -67,7 +67,7 @@ def _shard_for_input_pipeline(files, input_context, training, seed):
 
 
 def make_dataset(records_dir, split, image_size, batch_size, training, input_context=None, seed=0, cache=False, manifest=None,
-                 repeat=None, drop_remainder=None):
+                 repeat=None, drop_remainder=None, extra_keys=()):
     """Builds the input pipeline of one split.
 
     Args:
@@ -84,9 +84,11 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
       repeat: repeat forever; default: when training. A distributed evaluation
         repeats too, so every worker runs the same number of steps.
       drop_remainder: default: when training.
+      extra_keys: record keys passed through as they are (e.g. `schema.IMAGE_ID`
+        for reports that name the images).
 
     Returns:
-      A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B]}.
+      A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
     """
     files = split_files(records_dir, split, manifest)
     dataset, shard_records = _shard_for_input_pipeline(files, input_context, training, seed)
@@ -102,8 +104,9 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
     if training if repeat is None else repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
-    dataset = dataset.map(lambda serialized: schema.parse_records(serialized, (schema.IMAGE, schema.LABEL)), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(_decode_batch(image_size, training), num_parallel_calls=tf.data.AUTOTUNE)
+    keys = (schema.IMAGE, schema.LABEL, *extra_keys)
+    dataset = dataset.map(lambda serialized: schema.parse_records(serialized, keys), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(_decode_batch(image_size, training, tuple(extra_keys)), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(training))
 
 
