@@ -269,8 +269,13 @@ def _make_plan(candidates, store, vocabulary, image_types, split_members, option
             plan["shards"].append({"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]})
     # Locations are where bytes sit in this copy of the input, not what they are:
     # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
-    content = [(shard["file"], [[item[0], item[3], item[4]] for piece in shard["pieces"] for item in piece]) for shard in plan["shards"]]
-    plan["fingerprint"] = hashlib.sha256(json.dumps([plan["options"], plan["classes"], content], sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
+    for shard in plan["shards"]:
+        digest.update(shard["file"].encode())
+        for piece in shard["pieces"]:
+            for item in piece:
+                digest.update(f"{item[0]}:{item[3]}:{item[4]};".encode())
+    plan["fingerprint"] = digest.hexdigest()
     return plan
 
 
@@ -540,6 +545,10 @@ def _build(options, start):
         shard_results = _write_shards(plan, store, options, pool)
     _check_no_leak(shard_results)
     manifest = _make_manifest(options, plan, state, shard_results, time.perf_counter() - start)
+    # The plan is gone from memory before TensorFlow (for the TFDS metadata)
+    # comes in, so the peak does not stack the two.
+    del plan, state, store, shard_results
+    gc.collect()
     _finish(options, manifest)
     return manifest
 

@@ -1,0 +1,147 @@
+"""Benchmark: the tf.data input pipeline vs `keras.utils.image_dataset_from_directory`, and input-boundness.
+
+    .venv/bin/python benchmarks/input_pipeline_benchmark.py [--listings 800] [--repeats 3]
+
+1. Training and evaluation pipelines, images/s at 224 px, batch 64, on the
+   same JPEGs (the train split of a generated sample, also written out as a
+   class-per-folder tree for Keras' loader). Medians of `--repeats` timed
+   passes of `--batches` batches after a warm-up.
+2. Is training input-bound? Steps/s of the real training step (the custom
+   loop's, small backbone) fed by the real pipeline vs by one batch held in
+   memory. Target: at least 0.95x.
+Prints Markdown tables and writes benchmarks/results/input_pipeline.json.
+About 5-10 minutes on 2 cores.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+IMAGE_SIZE = 224
+BATCH = 64
+
+
+def make_data(work_dir, listings):
+    """A sample build, and its train JPEGs as class folders (same bytes)."""
+    from abo_tf import build_records, sample, schema, shards
+    import tensorflow as tf
+
+    raw, records, folders = (os.path.join(work_dir, name) for name in ("abo", "records", "folders"))
+    if not os.path.isdir(records):
+        sample.generate_sample(raw, num_listings=listings, seed=0)
+        build_records.build(build_records.BuildOptions(listings=raw, images=raw, output=records, image_selection="all", min_examples_per_class=5, progress=False))
+    manifest = shards.read_manifest(records)
+    if not os.path.isdir(folders):
+        for record in tf.data.TFRecordDataset(shards.shard_paths(records, manifest, "train")):
+            example = schema.parse_records(record)
+            folder = os.path.join(folders, example[schema.PRODUCT_TYPE].numpy().decode())
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, example[schema.IMAGE_ID].numpy().decode() + ".jpg"), "wb") as handle:
+                handle.write(example[schema.IMAGE].numpy())
+    return records, folders, manifest
+
+
+def images_per_second(dataset, batches, repeats):
+    """Median images/s over `repeats` passes of `batches` batches, after one warm-up pass."""
+    iterator = iter(dataset.repeat())
+    rates = []
+    for repeat in range(repeats + 1):
+        start, count = time.perf_counter(), 0
+        for _ in range(batches):
+            element = next(iterator)
+            count += int((element["image"] if isinstance(element, dict) else element[0]).shape[0])
+        if repeat:  # the first pass warms up threads, autotuning and the page cache
+            rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates), rates
+
+
+def pipeline_figures(records, folders, batches, repeats):
+    import keras
+    import tensorflow as tf
+
+    from abo_tf import input_pipeline
+
+    results = {}
+    for mode, training in (("train", True), ("eval", False)):
+        ours = input_pipeline.make_dataset(records, "train", IMAGE_SIZE, BATCH, training=training)
+        keras_loader = keras.utils.image_dataset_from_directory(
+            folders, image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=BATCH, shuffle=training, seed=0, verbose=False,
+        ).prefetch(tf.data.AUTOTUNE)  # as the Keras guides use it
+        ours_rate, ours_all = images_per_second(ours, batches, repeats)
+        keras_rate, keras_all = images_per_second(keras_loader, batches, repeats)
+        results[mode] = {"abo_tf_images_per_second": ours_rate, "keras_images_per_second": keras_rate, "ratio": ours_rate / keras_rate,
+                         "all_abo_tf": ours_all, "all_keras": keras_all}
+        print(f"  {mode}: abo_tf {ours_rate:.0f} img/s, image_dataset_from_directory {keras_rate:.0f} img/s", flush=True)
+    return results
+
+
+def steps_per_second(step, iterator, steps, repeats):
+    rates = []
+    for repeat in range(repeats + 1):
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss, _ = step(iterator)
+        float(loss)  # wait for the last step
+        if repeat:
+            rates.append(steps / (time.perf_counter() - start))
+    return statistics.median(rates), rates
+
+
+def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
+    """Steps/s of the real train step: real pipeline vs one batch held in memory."""
+    import numpy as np
+    import tensorflow as tf
+
+    from abo_tf import input_pipeline, models, training
+
+    strategy = tf.distribute.get_strategy()
+    config = training.TrainConfig(records=records, output="", model="mobilenet_v3_small", weights="none", image_size=image_size, batch_size=batch)
+    classes = manifest["classes"]
+    model = models.build_model(config.model, len(classes), image_size, weights=None)
+    optimizer = training._make_optimizer(config, 1e-3, 1000)
+    optimizer.build(model.trainable_variables)
+    step = training._make_train_step(strategy, model, optimizer, config, np.ones(len(classes), np.float32), len(classes))
+    real = iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True))
+    held = next(iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True)))
+    memory = iter(tf.data.Dataset.from_tensors(held).repeat())
+    real_rate, real_all = steps_per_second(step, real, steps, repeats)
+    memory_rate, memory_all = steps_per_second(step, memory, steps, repeats)
+    print(f"  train step: real pipeline {real_rate:.2f} steps/s, batch in memory {memory_rate:.2f} steps/s", flush=True)
+    return {"image_size": image_size, "batch_size": batch, "real_steps_per_second": real_rate, "memory_steps_per_second": memory_rate,
+            "ratio": real_rate / memory_rate, "all_real": real_all, "all_memory": memory_all}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--listings", type=int, default=800, help="sample size (~2.7 images per listing)")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work-dir", default=None)
+    args = parser.parse_args()
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_pipeline_bench_")
+    records, folders, manifest = make_data(work_dir, args.listings)
+    results = {"cpu_count": os.cpu_count(), "image_size": IMAGE_SIZE, "batch_size": BATCH, "train_images": manifest["splits"]["train"]["num_examples"]}
+    results.update(pipeline_figures(records, folders, args.batches, args.repeats))
+    results["input_bound"] = input_bound_figures(records, manifest, args.steps, args.repeats, IMAGE_SIZE, 32)
+    print("\n| pipeline | abo_tf (img/s) | image_dataset_from_directory (img/s) | ratio |\n|---|---|---|---|")
+    for mode in ("train", "eval"):
+        row = results[mode]
+        print(f"| {mode} | {row['abo_tf_images_per_second']:.0f} | {row['keras_images_per_second']:.0f} | {row['ratio']:.2f}x |")
+    bound = results["input_bound"]
+    print(f"\ntraining step (mobilenet_v3_small, {bound['image_size']} px, batch {bound['batch_size']}): real pipeline "
+          f"{bound['real_steps_per_second']:.2f} steps/s, batch in memory {bound['memory_steps_per_second']:.2f} steps/s: {bound['ratio']:.2f}x")
+    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
+    with open(os.path.join(REPO, "benchmarks", "results", "input_pipeline.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
