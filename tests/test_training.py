@@ -258,3 +258,22 @@ def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
     bad.write_text("epochz = 3\n")
     with pytest.raises(ValueError, match="unknown keys"):
         train.resolve_config(["--config", str(bad), "--records", records_dir, "--output", str(tmp_path / "r")])
+
+
+def test_mixed_precision_run_exports_float32_probabilities(built_records, tmp_path):
+    records_dir, manifest = built_records
+    output = tmp_path / "mixed"
+    result = subprocess.run([sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, output, "--epochs", "1", "--head-epochs", "0", "--mixed-precision")],
+                            env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = tf.saved_model.load(str(output / "saved_model"))
+    pixels = tf.zeros([2, 32, 32, 3], tf.uint8)
+    probabilities = loaded.signatures["serve_pixels"](pixels=pixels)["probabilities"]
+    assert probabilities.dtype == tf.float32 and probabilities.shape == (2, len(manifest["classes"]))
+
+
+def test_tpu_strategy_without_a_tpu_is_a_clear_error():
+    from abo_tf import distribute
+
+    with pytest.raises(ValueError, match="no TPU found"):
+        distribute.make_strategy("tpu", "")
