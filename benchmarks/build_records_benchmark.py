@@ -13,6 +13,7 @@ benchmarks/results/build_records.json. About 10 minutes on 2 cores.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,9 +112,11 @@ def measure(num_images, repeats, work_dir):
         seconds, count = _time(lambda: minimal_loop(os.path.join(data_dir, "abo-images-small.tar"), os.path.join(work_dir, "baseline.tfrecord")))
         baseline.append(count / seconds)
         output = os.path.join(work_dir, f"out_{num_images}_{repeat}")
+        shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
         seconds, manifest = _time(lambda: build_records.build(_options(data_dir, output)))
         ours.append(manifest["images"]["kept"] / seconds)
         print(f"  {num_images}: repeat {repeat}: baseline {baseline[-1]:.0f} img/s, build_records {ours[-1]:.0f} img/s", flush=True)
+    shutil.rmtree(os.path.join(work_dir, f"mem_{num_images}"), ignore_errors=True)
     memory = peak_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
     return {
         "images_in_tar": count, "images_written": manifest["images"]["kept"],
