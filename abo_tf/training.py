@@ -299,6 +299,7 @@ def _train_phases(run):
             loss, accuracy, images_per_second = _run_epoch_steps(run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch))
             val_loss, val_accuracy = _validate(run, eval_step)
             row = dict(zip(HISTORY_FIELDS, (epoch + 1, int(run.step), phase.name, loss, accuracy, val_loss, val_accuracy, _learning_rate(phase.optimizer), images_per_second, time.perf_counter() - started)))
+            _log_scalars(run, {"epoch_loss": loss, "epoch_accuracy": accuracy})
             _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
             run.manager.save(checkpoint_number=int(run.step))
             history.append(row)
