@@ -29,8 +29,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Figures for the README; about 20 minutes on 2 cores. Run on an otherwise idle machine.
 benchmark: install
 	$(BIN)/python benchmarks/build_records_benchmark.py
+	$(BIN)/python benchmarks/input_pipeline_benchmark.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs
