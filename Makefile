@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # Figures for the README; about 20 minutes on 2 cores. Run on an otherwise idle machine.
 benchmark: install
