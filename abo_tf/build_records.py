@@ -103,6 +103,7 @@ class _Candidates:
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
     sha256: dict = dataclasses.field(default_factory=dict)  # image id -> hex digest
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
+    copy_size: dict = dataclasses.field(default_factory=dict)  # image id -> [height, width] if stored as-is
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
@@ -159,16 +160,21 @@ def _warm_up():
     """Worker: nothing; submitting it starts the process early."""
 
 
-def _scan_chunk(reader, items):
-    """Worker: `(image id, reject reason or None, sha256)` for each `(image id, path, location)`."""
+def _scan_chunk(reader, items, max_side):
+    """Worker: `(image id, reject reason or None, sha256, [height, width] if stored as-is)` per item.
+
+    The sizes of files that are copied as they are travel in the plan, so the
+    write pass does not parse them again.
+    """
     results = []
     for (image_id, _, _), data in zip(items, reader.read_many([item[1:] for item in items])):
+        reason, copy_size = None, None
         try:
-            images.inspect_image(data)
-            reason = None
+            info = images.inspect_image(data)
+            copy_size = [info.height, info.width] if images.can_copy(info, max_side) else None
         except images.RejectedImage as error:
             reason = error.reason
-        results.append((image_id, reason, hashlib.sha256(data).hexdigest()))
+        results.append((image_id, reason, hashlib.sha256(data).hexdigest(), copy_size))
     return results
 
 
@@ -178,15 +184,16 @@ def _located(store, image_ids):
     return sorted(items, key=lambda item: (item[2][0] or 0, item[1]))
 
 
-def _scan(candidates, store, pool, progress):
+def _scan(candidates, store, pool, options):
     pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
     items = _located(store, pending)
     chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
     reader = store.without_index()
-    with tqdm(total=len(items), desc="scan", unit="img", disable=not progress) as bar:
-        for results in pool.map(_scan_chunk, [reader] * len(chunks), chunks):
-            for image_id, reason, digest in results:
+    with tqdm(total=len(items), desc="scan", unit="img", disable=not options.progress) as bar:
+        for results in pool.map(_scan_chunk, [reader] * len(chunks), chunks, [options.resize] * len(chunks)):
+            for image_id, reason, digest, copy_size in results:
                 candidates.sha256[image_id] = digest
+                candidates.copy_size[image_id] = copy_size
                 if reason is not None:
                     candidates.image_status[image_id] = reason
             bar.update(len(results))
@@ -254,7 +261,8 @@ def _record_item(candidates, store, vocabulary, image_types, image_id):
     row = store.rows[image_id]
     label, name = vocabulary.label_of(image_types[image_id])
     item_id = min(candidates.listings[index].item_id for index in candidates.listings_of_image[image_id])
-    return [image_id, row.path, list(store.locations[row.path]), candidates.sha256[image_id], label, name, item_id]
+    return [image_id, row.path, list(store.locations[row.path]), candidates.sha256[image_id], label, name, item_id,
+            candidates.copy_size[image_id]]
 
 
 def _make_plan(candidates, store, vocabulary, image_types, split_members, options):
@@ -324,11 +332,11 @@ def _encode_piece(reader, items, max_side):
     framed, written, rejected = [], [], {}
     reencoded = 0
     for item, data in zip(items, reader.read_many([(item[1], tuple(item[2])) for item in items])):
-        image_id, _, _, digest, label, name, item_id = item
+        image_id, _, _, digest, label, name, item_id, copy_size = item
         if hashlib.sha256(data).hexdigest() != digest:
             raise BuildError(f"image {image_id} changed while the build was running: start again")
         try:
-            jpeg, height, width, was_reencoded = images.prepare_image(data, max_side)
+            jpeg, height, width, was_reencoded = (data, *copy_size, False) if copy_size else images.prepare_image(data, max_side)
         except images.RejectedImage as error:
             rejected[image_id] = error.reason
             continue
@@ -497,7 +505,7 @@ def _finish(options, manifest):
 def _prepare(options, store, report, pool):
     """Everything before the write: candidates, scan, labels, split, plan."""
     candidates = _read_candidates(options, store, report)
-    _scan(candidates, store, pool, options.progress)
+    _scan(candidates, store, pool, options)
     _drop_duplicate_content(candidates)
     vocabulary, image_types, conflicts = _label_images(candidates, options)
     if len(vocabulary.names) < 2:

@@ -111,6 +111,12 @@ def inspect_image(data):
     return info
 
 
+def can_copy(info, max_side=None):
+    """True when a file is stored as it is: an 8-bit, 3-channel JPEG no larger than `max_side`."""
+    small_enough = max_side is None or max(info.height, info.width) <= max_side
+    return info.format == "jpeg" and info.channels == 3 and info.bits == 8 and small_enough
+
+
 def _decode_bgr(data):
     import cv2
 
@@ -149,9 +155,9 @@ def prepare_image(data, max_side=None):
       RejectedImage: the file cannot become a record.
     """
     info = inspect_image(data)
-    too_big = max_side is not None and max(info.height, info.width) > max_side
-    if info.format == "jpeg" and info.channels == 3 and info.bits == 8 and not too_big:
+    if can_copy(info, max_side):
         return data, info.height, info.width, False
+    too_big = max_side is not None and max(info.height, info.width) > max_side
     import cv2
 
     image = _decode_bgr(data)
