@@ -10,6 +10,7 @@ then the unfrozen backbone at a lower learning rate.
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -127,11 +128,10 @@ def _check_batch(config, strategy):
 def _distributed(strategy, config, split, training, manifest):
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(config.batch_size)
-        dataset = input_pipeline.make_dataset(
+        return input_pipeline.make_dataset(
             config.records, split, config.image_size, batch, training, input_context, config.seed, config.cache, manifest,
             repeat=True, drop_remainder=True,
         )
-        return dataset
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
@@ -373,8 +373,6 @@ def _finish(run, manifest, classes, history):
     export.export_saved_model(plain, classes, run.config.image_size, os.path.join(run.config.output, "saved_model"), run.config.top_k)
     with open(os.path.join(run.config.output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
         handle.write("".join(name + "\n" for name in classes))
-    import json
-
     with open(os.path.join(run.config.output, "metrics.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2, sort_keys=True)
     if history:
