@@ -138,7 +138,8 @@ def _listing_sources(path):
             raise ArchiveError(f"{path!r} holds no {LISTINGS_DIR}/listings_*.json.gz: is it abo-listings.tar?")
 
 
-def _parse_listing(record, source):
+def parse_listing(record, source):
+    """The `Listing` of one raw JSON object; `source` names it in messages."""
     other = record.get("other_image_id") or []
     if isinstance(other, str):
         other = [other]
@@ -153,8 +154,8 @@ def _parse_listing(record, source):
     )
 
 
-def read_listings(path, report=None):
-    """Streams the listings of an extracted folder or of `abo-listings.tar`.
+def read_listing_records(path, report=None):
+    """Streams the raw JSON objects of an extracted folder or of `abo-listings.tar`.
 
     Malformed lines are skipped and recorded in `report` (never silently).
 
@@ -163,7 +164,7 @@ def read_listings(path, report=None):
       report: a `ListingsReport` to fill in; pass one to see what was skipped.
 
     Yields:
-      `Listing`s in file order.
+      `(record, source)`: the line's dict and "listings_3.json.gz:17", in file order.
 
     Raises:
       ArchiveError: missing/unreadable files, truncated gzip.
@@ -176,6 +177,15 @@ def read_listings(path, report=None):
                 yield from _read_listing_lines(name, lines, report)
         except _GZIP_ERRORS as error:
             raise ArchiveError(f"{name} in {path!r} is truncated or not gzip ({error}): download abo-listings.tar again") from error
+
+
+def read_listings(path, report=None):
+    """Streams the listings of an extracted folder or of `abo-listings.tar`, as `Listing`s.
+
+    Arguments, errors and the handling of malformed lines as `read_listing_records`.
+    """
+    for record, source in read_listing_records(path, report):
+        yield parse_listing(record, source)
 
 
 def _read_listing_lines(name, lines, report):
@@ -193,7 +203,7 @@ def _read_listing_lines(name, lines, report):
             report.malformed_lines.append(source)
             continue
         report.unknown_keys.update(key for key in record if key not in KNOWN_LISTING_KEYS)
-        yield _parse_listing(record, source)
+        yield record, source
 
 
 # --- images -----------------------------------------------------------------

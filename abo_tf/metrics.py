@@ -7,6 +7,13 @@ these functions, so their numbers are comparable.
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from abo_tf import figures
+
+STRATA = ("head", "torso", "tail")
+# Class frequency strata, in training examples: head >= HEAD_MIN, tail < TAIL_BELOW.
+HEAD_MIN, TAIL_BELOW = 1000, 100
+CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
+
 
 def top_k_accuracy(labels, probabilities, k=5):
     """Fraction of examples whose label is among the k highest scores."""
@@ -46,13 +53,123 @@ def classification_metrics(labels, predictions, probabilities=None, num_classes=
     return result
 
 
-def per_class_metrics(labels, predictions, class_names):
-    """Support, precision, recall and F1 of every class, as a DataFrame (one row per class)."""
+def per_class_metrics(labels, predictions, class_names, train_counts=None, head_min=HEAD_MIN, tail_below=TAIL_BELOW):
+    """Support, precision, recall and F1 of every class, as a DataFrame (one row per class).
+
+    With `train_counts` (training examples per class) the frame also has
+    `train_examples` and `stratum` columns.
+    """
     import pandas as pd
 
     indices = list(range(len(class_names)))
     precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(labels, predictions, labels=indices, zero_division=0)
-    return pd.DataFrame({"class": list(class_names), "support": support, "precision": precision, "recall": recall, "f1": f1})
+    frame = pd.DataFrame({"class": list(class_names), "support": support, "precision": precision, "recall": recall, "f1": f1})
+    if train_counts is not None:
+        frame["train_examples"] = np.asarray(train_counts, dtype=np.int64)
+        frame["stratum"] = frequency_strata(train_counts, head_min, tail_below)
+    return frame
+
+
+def frequency_strata(train_counts, head_min=HEAD_MIN, tail_below=TAIL_BELOW):
+    """The stratum of each class: "head" (>= head_min training examples), "torso", or "tail" (< tail_below).
+
+    Raises:
+      ValueError: thresholds out of order.
+    """
+    if not 0 <= tail_below <= head_min:
+        raise ValueError(f"stratum thresholds need 0 <= tail_below <= head_min, got tail_below={tail_below}, head_min={head_min}")
+    counts = np.asarray(train_counts)
+    return np.where(counts >= head_min, "head", np.where(counts >= tail_below, "torso", "tail"))
+
+
+def strata_metrics(labels, predictions, strata, probabilities=None):
+    """Accuracy and macro precision/recall/F1 within each frequency stratum.
+
+    Accuracy (and top-5) is over the examples whose true class is in the
+    stratum. Precision, recall and F1 are each class's, computed on the whole
+    split (so a tail example predicted as a head class costs that head class
+    precision), then averaged over the stratum's classes present in labels or
+    predictions, like `classification_metrics`.
+
+    Args:
+      labels, predictions: ints.
+      strata: the stratum name of every class, from `frequency_strata`.
+      probabilities: optional [N, C] scores, for top-5 accuracy.
+
+    Returns:
+      Dict stratum -> {"num_classes", "num_examples", "accuracy", "macro_precision", ...};
+      a stratum without classes in the split has num_examples 0 and NaN figures.
+    """
+    labels, predictions, strata = np.asarray(labels), np.asarray(predictions), np.asarray(strata)
+    present = np.union1d(labels, predictions)
+    precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(labels, predictions, labels=present, zero_division=0)
+    result = {}
+    for stratum in STRATA:
+        in_stratum = strata[present] == stratum
+        examples = strata[labels] == stratum if len(labels) else np.zeros(0, bool)
+        entry = {"num_classes": int(np.sum(strata == stratum)), "num_examples": int(examples.sum()),
+                 "accuracy": float(np.mean(labels[examples] == predictions[examples])) if examples.any() else float("nan")}
+        for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+            entry[f"macro_{name}"] = float(np.mean(values[in_stratum])) if in_stratum.any() else float("nan")
+        if probabilities is not None:
+            entry["top5_accuracy"] = top_k_accuracy(labels[examples], np.asarray(probabilities)[examples], 5)
+        result[stratum] = entry
+    return result
+
+
+def calibration_table(labels, probabilities, num_bins=CALIBRATION_BINS):
+    """Reliability of the top-1 confidence in equal-width bins (lower, upper].
+
+    Returns:
+      DataFrame with bin_lower, bin_upper, count, confidence (mean top-1
+      probability) and accuracy per bin; empty bins have NaN means.
+    """
+    import pandas as pd
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels) if len(probabilities) else np.zeros(0, bool)
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    bins = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(bins, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(bins, confidence, num_bins) / count
+        accuracy = np.bincount(bins, correct.astype(np.float64), num_bins) / count
+    return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count, "confidence": mean_confidence, "accuracy": accuracy})
+
+
+def expected_calibration_error(labels, probabilities, num_bins=CALIBRATION_BINS):
+    """ECE: sum over bins of (bin share of examples) x |accuracy - mean confidence|."""
+    table = calibration_table(labels, probabilities, num_bins)
+    total = table["count"].sum()
+    if total == 0:
+        return float("nan")
+    filled = table[table["count"] > 0]
+    return float(np.sum(filled["count"] / total * np.abs(filled["accuracy"] - filled["confidence"])))
+
+
+def evaluation_metrics(labels, predictions, scores, train_counts, head_min=HEAD_MIN, tail_below=TAIL_BELOW,
+                       calibrated=True, num_bins=CALIBRATION_BINS):
+    """Everything `abo_tf.evaluate` reports, in one dict; the baselines report the same.
+
+    Args:
+      labels, predictions: ints.
+      scores: [N, C] class scores (probabilities, or any ranking for top-5).
+      train_counts: training examples of each class, for the strata.
+      head_min, tail_below: stratum thresholds.
+      calibrated: whether `scores` are probabilities; if not, no ECE.
+      num_bins: calibration bins.
+
+    Returns:
+      `classification_metrics` plus "expected_calibration_error" (or None),
+      "strata" and "strata_thresholds".
+    """
+    strata = frequency_strata(train_counts, head_min, tail_below)
+    result = classification_metrics(labels, predictions, scores, len(train_counts))
+    result["expected_calibration_error"] = expected_calibration_error(labels, scores, num_bins) if calibrated else None
+    result["strata"] = strata_metrics(labels, predictions, strata, scores)
+    result["strata_thresholds"] = {"head_min": head_min, "tail_below": tail_below}
+    return result
 
 
 def confusion_matrix_top(labels, predictions, class_names, top_n=20):
@@ -74,13 +191,12 @@ def confusion_matrix_top(labels, predictions, class_names, top_n=20):
     return matrix, [class_names[index] for index in top] + ["all others"]
 
 
+STRATUM_COLOURS = {"head": "tab:blue", "torso": "tab:orange", "tail": "tab:red"}
+
+
 def plot_confusion_matrix(matrix, names, path, title="confusion matrix (rows: true class, normalised)"):
     """Saves a confusion-matrix heatmap as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     size = max(5.0, 0.35 * len(names) + 2)
     figure, axis = plt.subplots(figsize=(size + 1, size))
     image = axis.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
@@ -90,6 +206,49 @@ def plot_confusion_matrix(matrix, names, path, title="confusion matrix (rows: tr
     axis.set_ylabel("true")
     axis.set_title(title)
     figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figures.save(figure, path)
+
+
+def plot_per_class_f1(per_class, path, max_labels=60):
+    """Bar chart of F1 per class, most frequent (in training) first, coloured by stratum.
+
+    Args:
+      per_class: a `per_class_metrics` frame with train_examples and stratum.
+      path: the PNG to write.
+      max_labels: class names are written under the bars up to this many classes.
+    """
+    plt = figures.pyplot()
+    frame = per_class.sort_values(["train_examples", "class"], ascending=[False, True], kind="stable")
+    width = min(max(6.0, 0.22 * len(frame) + 2), 30.0)
+    figure, axis = plt.subplots(figsize=(width, 4.5))
+    axis.bar(range(len(frame)), frame["f1"], color=[STRATUM_COLOURS[name] for name in frame["stratum"]], width=0.85)
+    if len(frame) <= max_labels:
+        axis.set_xticks(range(len(frame)), frame["class"], rotation=90, fontsize=7)
+    else:
+        axis.set_xticks([])
+        axis.set_xlabel(f"{len(frame)} classes, most frequent in training first")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in STRATUM_COLOURS.values()]
+    axis.legend(handles, STRATA, title="stratum", fontsize=8, ncol=3, loc="upper right")
+    axis.set_ylim(0, 1.3)  # room for the legend above the bars
+    axis.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axis.set_ylabel("F1")
+    axis.set_title("F1 per class")
+    return figures.save(figure, path)
+
+
+def plot_reliability_diagram(table, ece, path):
+    """Accuracy against confidence per bin (a `calibration_table`), with the diagonal and the ECE."""
+    plt = figures.pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    centres = (table["bin_lower"] + table["bin_upper"]) / 2
+    widths = table["bin_upper"] - table["bin_lower"]
+    top.bar(centres, table["accuracy"].fillna(0), width=widths, edgecolor="black", alpha=0.8, label="accuracy")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_title(f"reliability (ECE {ece:.3f})")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centres, table["count"], width=widths, color="gray", edgecolor="black")
+    bottom.set_xlabel("confidence (top-1 probability)")
+    bottom.set_ylabel("examples")
+    bottom.set_xlim(0, 1)
+    return figures.save(figure, path)

@@ -248,22 +248,24 @@ def _is_pooling(layer):
 
 
 def find_last_conv_layer(model):
-    """Name of the backbone's last 4-D feature map, for Grad-CAM.
+    """Name of the last 4-D feature map of the model's backbone, for Grad-CAM.
 
     Pooling layers are skipped: Grad-CAM wants the last feature map before it
-    is downsampled (VGG16's block5_conv3, not block5_pool).
+    is downsampled (VGG16's block5_conv3, ResNet50's conv5_block3_out).
 
     Args:
-      model: a model from `build_model`.
+      model: a model from `build_model` (searched inside its backbone), or any
+        functional model (searched among its own layers).
 
     Returns:
-      The layer name inside `model.get_layer(BACKBONE_LAYER)`.
+      The layer name (inside `model.get_layer(BACKBONE_LAYER)` when there is one).
 
     Raises:
-      UserInputError: the backbone has no 4-D output layer.
+      UserInputError: no 4-D output layer.
     """
-    backbone = model.get_layer(BACKBONE_LAYER)
-    for layer in reversed(backbone.layers):
+    names = [layer.name for layer in model.layers]
+    container = model.get_layer(BACKBONE_LAYER) if BACKBONE_LAYER in names else model
+    for layer in reversed(container.layers):
         if len(layer.output.shape) == 4 and not _is_pooling(layer) and not isinstance(layer, keras.layers.InputLayer):
             return layer.name
-    raise UserInputError(f"model {model.name!r} has no 4-D feature map in its backbone")
+    raise UserInputError(f"model {model.name!r} has no 4-D feature map to explain")

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from abo_tf import distribute, export, input_pipeline, metrics, models, shards
+from abo_tf import distribute, export, figures, input_pipeline, metrics, models, shards
 from abo_tf.errors import UserInputError
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
@@ -347,11 +347,7 @@ def _plain_copy(model, config, num_classes):
 
 def plot_history(history, path):
     """Saves loss and accuracy curves (train and validation) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     steps = [int(row["step"]) for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, name in zip(axes, ("loss", "accuracy")):
@@ -361,9 +357,7 @@ def plot_history(history, path):
         axis.set_title(name)
         axis.legend()
         axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    figures.save(figure, path, dpi=100)
 
 
 def _finish(run, manifest, classes, history):

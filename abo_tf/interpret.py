@@ -1,0 +1,117 @@
+"""What the classifier looks at: Grad-CAM (Selvaraju et al., 2017) on the last feature map.
+
+For the class c being explained, the gradient of its logit with respect to the
+feature map A (H x W x K) gives each channel a weight, the mean gradient over
+positions; the map is ReLU(sum_k weight_k A_k), scaled to [0, 1] and resized
+to the image. The layer is found by `models.find_last_conv_layer`, never named
+per backbone.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from abo_tf import figures, models
+from abo_tf.errors import UserInputError
+
+
+def _split_chain(model, container, layer_name):
+    """images -> (feature map, logits) for a chain of layers whose `container` holds the layer.
+
+    A layer inside a nested model (the backbone) is not reachable from the
+    outer model's graph, so the chain is called again with the container
+    replaced by a copy that also returns the feature map. The weights are shared.
+    """
+    inner = keras.Model(container.inputs, [container.get_layer(layer_name).output, container.output])
+    outputs, feature_map = model.inputs[0], None
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if len(layer._inbound_nodes) != 1:
+            raise UserInputError(f"model {model.name!r} is not a chain of layers (layer {layer.name!r} is used more than once): Grad-CAM needs a model from abo_tf.models")
+        if layer is container:
+            feature_map, outputs = inner(outputs, training=False)
+        else:
+            outputs = layer(outputs, training=False)
+    return keras.Model(model.inputs, [feature_map, outputs])
+
+
+def gradcam_model(model, layer_name=None):
+    """A model: images -> (feature map of `layer_name`, logits).
+
+    Args:
+      model: a model from `models.build_model` (or any functional model).
+      layer_name: default `models.find_last_conv_layer(model)`.
+
+    Returns:
+      `(keras.Model, layer name)`.
+    """
+    layer_name = layer_name or models.find_last_conv_layer(model)
+    names = [layer.name for layer in model.layers]
+    if layer_name in names:
+        return keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output]), layer_name
+    for container in model.layers:
+        if isinstance(container, keras.Model) and layer_name in [layer.name for layer in container.layers]:
+            return _split_chain(model, container, layer_name), layer_name
+    raise UserInputError(f"model {model.name!r} has no layer {layer_name!r} to explain")
+
+
+def grad_cam(model, images, class_indices=None, layer_name=None):
+    """Grad-CAM heat maps of a batch.
+
+    Args:
+      model: a Keras classifier returning logits (a model from `build_model`).
+      images: the model's input batch (uint8 [N, S, S, 3]).
+      class_indices: the class explained per image; default the predicted one.
+      layer_name: the feature map; default the backbone's last one.
+
+    Returns:
+      `(heatmaps, class_indices)`: float32 [N, S, S] in [0, 1] (resized to the
+      images; all zero where no position has a positive contribution), int [N].
+    """
+    explainer, _ = gradcam_model(model, layer_name)
+    images = tf.convert_to_tensor(images)
+    with tf.GradientTape() as tape:
+        feature_map, logits = explainer(images, training=False)
+        if class_indices is None:
+            class_indices = tf.argmax(logits, axis=1)
+        class_indices = tf.cast(tf.convert_to_tensor(class_indices), tf.int32)
+        scores = tf.gather(logits, class_indices, batch_dims=1)
+    gradients = tape.gradient(scores, feature_map)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cams = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))
+    peak = tf.reduce_max(cams, axis=(1, 2), keepdims=True)
+    cams = tf.math.divide_no_nan(cams, peak)
+    heatmaps = tf.image.resize(cams[..., tf.newaxis], tf.shape(images)[1:3], method="bilinear")[..., 0]
+    return heatmaps.numpy().astype(np.float32), class_indices.numpy()
+
+
+def overlay(image, heatmap, alpha=0.45):
+    """The image with the heat map blended over it in the jet colormap (uint8 RGB)."""
+    plt = figures.pyplot()
+    colours = plt.get_cmap("jet")(np.clip(heatmap, 0, 1))[..., :3]
+    blended = (1 - alpha) * (np.asarray(image, np.float32) / 255.0) + alpha * colours
+    return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
+
+
+def plot_gradcam(panels, path, title="Grad-CAM"):
+    """A grid of (image, overlay) pairs.
+
+    Args:
+      panels: list of dicts with "image" (uint8), "heatmap" and "caption".
+      path: the PNG to write.
+    """
+    plt = figures.pyplot()
+    columns = 2 * min(4, max(1, len(panels)))
+    rows = max(1, -(-2 * len(panels) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for index, panel in enumerate(panels):
+        row, column = divmod(2 * index, columns)
+        axes[row, column].imshow(panel["image"])
+        axes[row, column].set_title(panel["caption"], fontsize=7)
+        axes[row, column + 1].imshow(overlay(panel["image"], panel["heatmap"]))
+        axes[row, column + 1].set_title("Grad-CAM", fontsize=7)
+    figure.suptitle(title)
+    return figures.save(figure, path)
