@@ -442,7 +442,7 @@ def analyze(options):
       options: an `AnalyzeOptions`.
 
     Returns:
-      Dict of the tables (DataFrames) and "overview" (list of (name, value)).
+      Dict name -> DataFrame of every table written (as `name`.csv).
 
     Raises:
       UserInputError: unreadable inputs, an unwritable report folder, bad thresholds.
@@ -467,7 +467,7 @@ def analyze(options):
     }
     tables["image_sizes"], medians = image_sizes(store)
     overview = _overview(tally, store, share, tables["label_conflicts"], medians)
-    tables["overview"] = pd.DataFrame(overview, columns=["quantity", "value"])
+    tables["overview"] = pd.DataFrame(overview, columns=["quantity", "value"], dtype=object)  # counts stay ints
     if manifest:
         tables["build_drops"], tables["split_balance"] = build_tables(manifest)
     for name, frame in tables.items():
@@ -482,7 +482,7 @@ def analyze(options):
         plot_build(tables["build_drops"], tables["split_balance"], os.path.join(report, "build.png"))
     with open(os.path.join(report, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(_report(options, overview, tables, manifest is not None))
-    return {**tables, "overview": overview}
+    return tables
 
 
 def _parser():
@@ -506,8 +506,8 @@ def main(argv=None):
     options = AnalyzeOptions(listings=args.listings, images=args.images, report=args.report, records=args.records,
                              head_min=args.head_min, tail_below=args.tail_below, progress=args.progress)
     result = analyze(options)
-    for name, value in result["overview"][:3]:
-        print(f"{name}: {value}")
+    for _, row in result["overview"].head(3).iterrows():
+        print(f"{row['quantity']}: {row['value']}")
     print(f"report: {os.path.join(options.report, 'report.md')}")
     return 0
 

@@ -15,6 +15,27 @@ from abo_tf import figures, models
 from abo_tf.errors import UserInputError
 
 
+def _single_input(model):
+    """The model's one input tensor (not a list of one, which Keras then expects as a list)."""
+    if len(model.inputs) != 1:
+        raise UserInputError(f"model {model.name!r} has {len(model.inputs)} inputs: Grad-CAM explains single-image models")
+    return model.inputs[0]
+
+
+def _check_chain(model):
+    """Raises unless each layer takes exactly the previous layer's output (in the model's own graph).
+
+    The first inbound node of a layer is the one of the graph it was built in;
+    later calls (Grad-CAM's own) add nodes but never change that one.
+    """
+    previous = model.layers[0]._inbound_nodes[0].output_tensors
+    for layer in model.layers[1:]:
+        node = layer._inbound_nodes[0]
+        if len(node.input_tensors) != len(previous) or any(a is not b for a, b in zip(node.input_tensors, previous)):
+            raise UserInputError(f"model {model.name!r} is not a chain of layers at {layer.name!r}: Grad-CAM inside a nested backbone needs a model from abo_tf.models")
+        previous = node.output_tensors
+
+
 def _split_chain(model, container, layer_name):
     """images -> (feature map, logits) for a chain of layers whose `container` holds the layer.
 
@@ -22,18 +43,15 @@ def _split_chain(model, container, layer_name):
     outer model's graph, so the chain is called again with the container
     replaced by a copy that also returns the feature map. The weights are shared.
     """
-    inner = keras.Model(container.inputs, [container.get_layer(layer_name).output, container.output])
+    _check_chain(model)
+    inner = keras.Model(_single_input(container), [container.get_layer(layer_name).output, container.output])
     outputs, feature_map = model.inputs[0], None
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if len(layer._inbound_nodes) != 1:
-            raise UserInputError(f"model {model.name!r} is not a chain of layers (layer {layer.name!r} is used more than once): Grad-CAM needs a model from abo_tf.models")
+    for layer in model.layers[1:]:
         if layer is container:
             feature_map, outputs = inner(outputs, training=False)
         else:
             outputs = layer(outputs, training=False)
-    return keras.Model(model.inputs, [feature_map, outputs])
+    return keras.Model(_single_input(model), [feature_map, outputs])
 
 
 def gradcam_model(model, layer_name=None):
@@ -49,7 +67,7 @@ def gradcam_model(model, layer_name=None):
     layer_name = layer_name or models.find_last_conv_layer(model)
     names = [layer.name for layer in model.layers]
     if layer_name in names:
-        return keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output]), layer_name
+        return keras.Model(_single_input(model), [model.get_layer(layer_name).output, model.output]), layer_name
     for container in model.layers:
         if isinstance(container, keras.Model) and layer_name in [layer.name for layer in container.layers]:
             return _split_chain(model, container, layer_name), layer_name

@@ -7,6 +7,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SAMPLE_LISTINGS = 240
+# A run that exercises the loop, not the model: small backbone, 32 px, a few steps.
+TINY_TRAIN_ARGS = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+                   "--steps-per-epoch", "2", "--validation-steps", "1", "--verbose", "0"]
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +49,15 @@ def built_records(abo_sample, tmp_path_factory):
     output = tmp_path_factory.mktemp("records") / "abo"
     manifest = build_records.build(build_options(abo_sample, output))
     return str(output), manifest
+
+
+@pytest.fixture(scope="session")
+def trained_run(built_records, tmp_path_factory):
+    """A finished tiny training run on `built_records` (two phases, sqrt class weights)."""
+    from abo_tf import train
+
+    records_dir, _ = built_records
+    output = tmp_path_factory.mktemp("run") / "run"
+    args = ["--records", records_dir, "--output", str(output), *TINY_TRAIN_ARGS, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt"]
+    assert train.main(args) == 0
+    return str(output)

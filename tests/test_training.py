@@ -17,10 +17,10 @@ import pytest
 import tensorflow as tf
 
 from abo_tf import input_pipeline, shards, train
+from tests.conftest import TINY_TRAIN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-        "--steps-per-epoch", "2", "--validation-steps", "1", "--verbose", "0"]
+TINY = TINY_TRAIN_ARGS
 
 
 def _train_args(records_dir, output, *extra):
@@ -75,14 +75,6 @@ def test_missing_split_is_a_clear_error(built_records):
 
 
 # --- one run, everything it writes ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained_run(built_records, tmp_path_factory):
-    records_dir, _ = built_records
-    output = tmp_path_factory.mktemp("run") / "run"
-    assert train.main(_train_args(records_dir, output, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")) == 0
-    return str(output)
 
 
 def test_run_folder_has_every_output(trained_run, built_records):

@@ -1,0 +1,107 @@
+"""`python -m abo_tf.evaluate` on a tiny trained run: every report file, consistency, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from abo_tf import build_records, evaluate
+from tests.conftest import build_options
+
+REPORT_FILES = ("metrics.json", "per_class.csv", "per_class_f1.png", "confusion_matrix.png", "confusion_matrix.csv", "mistakes.csv",
+                "mistakes.png", "gradcam.png", "reliability.png", "calibration.csv", "report.md")
+
+
+@pytest.fixture(scope="module")
+def report(trained_run, built_records, tmp_path_factory):
+    records_dir, _ = built_records
+    folder = str(tmp_path_factory.mktemp("eval") / "report")
+    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir, "--report", folder,
+            "--gallery-size", "6", "--gradcam-examples", "2", "--no-progress"]
+    assert evaluate.main(args) == 0
+    return folder
+
+
+def test_every_report_file_is_written(report):
+    for name in REPORT_FILES:
+        assert os.path.getsize(os.path.join(report, name)) > 0, name
+    markdown = open(os.path.join(report, "report.md")).read()
+    for name in REPORT_FILES:
+        if name.endswith(".png"):
+            assert f"({name})" in markdown, name
+
+
+def test_metrics_match_the_training_runs_own_evaluation(report, trained_run, built_records):
+    """The SavedModel through evaluate and the Keras model in training give the same test figures."""
+    _, manifest = built_records
+    result = json.load(open(os.path.join(report, "metrics.json")))
+    trained = json.load(open(os.path.join(trained_run, "metrics.json")))["test"]
+    assert result["num_examples"] == manifest["splits"]["test"]["num_examples"]
+    for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "weighted_f1"):
+        assert result[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert 0 <= result["expected_calibration_error"] <= 1
+    assert set(result["strata"]) == {"head", "torso", "tail"}
+    # The sample's classes all have fewer than 1000 training images: the head is empty (null, not 0).
+    assert result["strata"]["head"]["num_examples"] == 0 and result["strata"]["head"]["macro_f1"] is None
+    assert sum(entry["num_examples"] for entry in result["strata"].values()) == result["num_examples"]
+
+
+def test_tables_agree_with_the_metrics(report, built_records):
+    _, manifest = built_records
+    result = json.load(open(os.path.join(report, "metrics.json")))
+    per_class = pd.read_csv(os.path.join(report, "per_class.csv"))
+    assert per_class["class"].tolist() == manifest["classes"]
+    assert per_class["support"].sum() == result["num_examples"]
+    assert per_class["train_examples"].tolist() == [manifest["splits"]["train"]["per_class"].get(name, 0) for name in manifest["classes"]]
+    mistakes = pd.read_csv(os.path.join(report, "mistakes.csv"))
+    assert len(mistakes) == result["num_mistakes"] == round((1 - result["accuracy"]) * result["num_examples"])
+    assert (mistakes["true_class"] != mistakes["predicted_class"]).all()
+    assert np.all(np.diff(mistakes["score"]) <= 0)  # most confident first
+    calibration = pd.read_csv(os.path.join(report, "calibration.csv"))
+    assert calibration["count"].sum() == result["num_examples"]
+
+
+def test_best_keeps_the_highest_priorities():
+    best = evaluate._Best(2)
+    for priority, name in ((0.5, "a"), (0.9, "b"), (0.1, "c"), (0.7, "d")):
+        best.offer(priority, name, lambda name=name: name)
+    assert best.items() == ["b", "d"]
+
+
+def test_label_mapping_by_name():
+    mapping = evaluate.label_mapping(["A", "B", "C"], ["C", "A", "B"], {"A": 1, "C": 2})
+    assert mapping.tolist() == [1, 2, 0]
+    # A class the model lacks is fine while the split has no example of it.
+    assert evaluate.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 0}).tolist() == [0, -1]
+    with pytest.raises(ValueError, match=r"1 classes the model does not know \(X\)"):
+        evaluate.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 2})
+
+
+def _run(capsys, *args):
+    code = evaluate.main([*args, "--no-progress"])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_bad_inputs_are_one_line_errors(trained_run, built_records, abo_sample, tmp_path, capsys):
+    records_dir, _ = built_records
+    model = os.path.join(trained_run, "saved_model")
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        "not a SavedModel": (["--model", str(tmp_path), "--records", records_dir, "--report", str(tmp_path / "r1")], "is not a SavedModel"),
+        "missing split": (["--model", model, "--records", records_dir, "--split", "holdout", "--report", str(tmp_path / "r2")], "no split 'holdout'"),
+        "unwritable report": (["--model", model, "--records", records_dir, "--report", str(tmp_path / "a_file" / "r")], "cannot write the report folder"),
+        "bad thresholds": (["--model", model, "--records", records_dir, "--report", str(tmp_path / "r3"), "--tail-below", "50", "--head-min", "10"], "--tail-below 50"),
+    }
+    no_test = tmp_path / "no_test"
+    build_records.build(build_options(abo_sample, no_test, split_fractions=(0.9, 0.1, 0.0)))
+    cases["empty split"] = (["--model", model, "--records", str(no_test), "--report", str(tmp_path / "r4")], "split 'test' of")
+    # With every rare type kept, the training split has classes the tiny run never saw.
+    more_classes = tmp_path / "more_classes"
+    build_records.build(build_options(abo_sample, more_classes, min_examples_per_class=1))
+    cases["unknown classes"] = (["--model", model, "--records", str(more_classes), "--split", "train", "--report", str(tmp_path / "r5")], "classes the model does not know")
+    for name, (args, expected) in cases.items():
+        code, err = _run(capsys, *args)
+        assert code == 2, name
+        assert err.startswith("error: ") and expected in err and "\n" not in err, (name, err)

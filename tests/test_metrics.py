@@ -1,0 +1,116 @@
+"""Metric functions against values computed by hand, and the figures drawn from them."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from abo_tf import metrics
+
+# 4 examples over 4 classes; class 3 never appears. Per class (P, R, F1):
+# 0: (1, 1/2, 2/3), 1: (1/3, 1, 1/2), 2: (0, 0, 0).
+LABELS = np.array([0, 0, 1, 2])
+PREDICTIONS = np.array([0, 1, 1, 1])
+
+
+def test_macro_averages_leave_out_classes_absent_from_labels_and_predictions():
+    result = metrics.classification_metrics(LABELS, PREDICTIONS, num_classes=4)
+    assert result["num_examples"] == 4
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["macro_precision"] == pytest.approx(4 / 9)
+    assert result["macro_recall"] == pytest.approx(1 / 2)
+    assert result["macro_f1"] == pytest.approx(7 / 18)
+    # Weighted by support (2, 1, 1): F1 = (2 * 2/3 + 1/2 + 0) / 4.
+    assert result["weighted_f1"] == pytest.approx((4 / 3 + 1 / 2) / 4)
+
+
+def test_single_class_split_counts_a_wrongly_predicted_class_as_a_zero():
+    result = metrics.classification_metrics([1, 1, 1], [1, 1, 0], num_classes=3)
+    # Class 1: P 1, R 2/3, F1 0.8; class 0 is only predicted: P = R = F1 = 0.
+    assert result["accuracy"] == pytest.approx(2 / 3)
+    assert result["macro_f1"] == pytest.approx(0.4)
+    perfect = metrics.classification_metrics([2, 2], [2, 2], num_classes=3)
+    assert perfect["macro_f1"] == pytest.approx(1.0) and perfect["accuracy"] == 1.0
+
+
+def test_labels_outside_the_label_space_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        metrics.classification_metrics([0, 3], [0, 1], num_classes=3)
+
+
+def test_top_k_accuracy():
+    scores = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    assert metrics.top_k_accuracy([1, 0, 2], scores, k=1) == pytest.approx(0.0)
+    assert metrics.top_k_accuracy([1, 0, 2], scores, k=2) == pytest.approx(1 / 3)
+    assert metrics.top_k_accuracy([1, 0, 2], scores, k=5) == pytest.approx(1.0)  # k capped at the classes
+
+
+def test_strata_boundaries():
+    strata = metrics.frequency_strata([1000, 999, 100, 99, 0], head_min=1000, tail_below=100)
+    assert strata.tolist() == ["head", "torso", "torso", "tail", "tail"]
+    assert metrics.frequency_strata([5, 50], head_min=10, tail_below=10).tolist() == ["tail", "head"]
+    with pytest.raises(ValueError, match="tail_below"):
+        metrics.frequency_strata([1], head_min=10, tail_below=20)
+
+
+def test_strata_metrics_by_hand():
+    strata = metrics.frequency_strata([1500, 200, 5, 50])  # head, torso, tail, tail
+    scores = np.eye(4)[PREDICTIONS]
+    result = metrics.strata_metrics(LABELS, PREDICTIONS, strata, scores)
+    assert result["head"] == pytest.approx({"num_classes": 1, "num_examples": 2, "accuracy": 0.5, "macro_precision": 1.0,
+                                            "macro_recall": 0.5, "macro_f1": 2 / 3, "top5_accuracy": 1.0})
+    assert result["torso"]["accuracy"] == 1.0 and result["torso"]["macro_f1"] == pytest.approx(0.5)
+    # Tail: classes 2 and 3, but class 3 is in neither labels nor predictions.
+    assert result["tail"]["num_classes"] == 2 and result["tail"]["num_examples"] == 1
+    assert result["tail"]["accuracy"] == 0.0 and result["tail"]["macro_f1"] == 0.0
+
+
+def test_stratum_without_examples_is_nan_not_zero():
+    result = metrics.strata_metrics([0, 1], [0, 1], np.array(["tail", "tail"]))
+    assert result["head"]["num_examples"] == 0 and math.isnan(result["head"]["accuracy"]) and math.isnan(result["head"]["macro_f1"])
+    assert result["tail"]["macro_f1"] == 1.0
+
+
+def test_expected_calibration_error_by_hand():
+    labels = [0, 1, 0, 1]
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])
+    # One example per bin: |1 - 0.9|, |0 - 0.6|, |0 - 0.8|, |1 - 0.7|, averaged.
+    assert metrics.expected_calibration_error(labels, probabilities, num_bins=10) == pytest.approx(0.45)
+    table = metrics.calibration_table(labels, probabilities, num_bins=10)
+    assert table["count"].sum() == 4 and len(table) == 10
+    assert metrics.expected_calibration_error([0, 1], np.array([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(0.0)
+    assert math.isnan(metrics.expected_calibration_error([], np.zeros((0, 2))))
+
+
+def test_evaluation_metrics_leaves_ece_out_for_uncalibrated_scores():
+    scores = np.eye(4)[PREDICTIONS] * 3.0 - 1.0  # a decision function, not probabilities
+    result = metrics.evaluation_metrics(LABELS, PREDICTIONS, scores, [1500, 200, 5, 50], calibrated=False)
+    assert result["expected_calibration_error"] is None
+    assert result["macro_f1"] == pytest.approx(7 / 18) and set(result["strata"]) == set(metrics.STRATA)
+    assert result["strata_thresholds"] == {"head_min": metrics.HEAD_MIN, "tail_below": metrics.TAIL_BELOW}
+
+
+def test_confusion_matrix_top_groups_the_rest_as_all_others():
+    labels = [0, 0, 0, 1, 1, 2, 3]
+    predictions = [0, 1, 3, 1, 1, 2, 0]
+    matrix, names = metrics.confusion_matrix_top(labels, predictions, ["a", "b", "c", "d"], top_n=2)
+    assert names == ["a", "b", "all others"]
+    assert matrix[0].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])  # a -> a, b, d (other)
+    assert matrix[1].tolist() == pytest.approx([0, 1, 0])
+    assert matrix[2].tolist() == pytest.approx([1 / 2, 0, 1 / 2])  # c -> c (other), d -> a
+
+
+def test_figures_are_written(tmp_path):
+    per_class = metrics.per_class_metrics(LABELS, PREDICTIONS, ["a", "b", "c", "d"], train_counts=[1500, 200, 5, 50])
+    assert per_class["stratum"].tolist() == ["head", "torso", "tail", "tail"]
+    assert per_class["support"].tolist() == [2, 1, 1, 0]
+    probabilities = np.array([[0.9, 0.1, 0, 0], [0.4, 0.6, 0, 0], [0.2, 0.7, 0.1, 0], [0.1, 0.5, 0.4, 0]])
+    paths = [
+        metrics.plot_per_class_f1(per_class, str(tmp_path / "f1.png")),
+        metrics.plot_reliability_diagram(metrics.calibration_table(LABELS, probabilities), 0.1, str(tmp_path / "reliability.png")),
+        metrics.plot_confusion_matrix(*metrics.confusion_matrix_top(LABELS, PREDICTIONS, ["a", "b", "c", "d"]), str(tmp_path / "confusion.png")),
+    ]
+    for path in paths:
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
