@@ -17,13 +17,18 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Sample ABO data in the real layout -> records -> a short training run -> SavedModel -> predictions.
+# Sample ABO data in the real layout -> data report -> records -> a short training run
+# -> SavedModel -> evaluation report -> predictions.
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0
 	$(BIN)/python -m abo_tf.build_records --listings $(DEMO)/abo --images $(DEMO)/abo \
 		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
+	$(BIN)/python -m abo_tf.analyze --listings $(DEMO)/abo --images $(DEMO)/abo --records $(DEMO)/records \
+		--report $(DEMO)/analysis --no-progress
 	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
+	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run/saved_model --records $(DEMO)/records \
+		--report $(DEMO)/evaluation --no-progress
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
 
 test: install

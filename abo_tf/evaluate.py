@@ -226,7 +226,7 @@ def plot_gallery(pictures, class_names, path, title):
     if not pictures:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     figure.suptitle(title)
-    return figures.save(figure, path)
+    return figures.save(figure, path, dpi=80)  # photographs: the PNGs get large
 
 
 def _load_keras_model(path, num_classes, image_size):

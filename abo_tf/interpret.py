@@ -132,4 +132,4 @@ def plot_gradcam(panels, path, title="Grad-CAM"):
         axes[row, column + 1].imshow(overlay(panel["image"], panel["heatmap"]))
         axes[row, column + 1].set_title("Grad-CAM", fontsize=7)
     figure.suptitle(title)
-    return figures.save(figure, path)
+    return figures.save(figure, path, dpi=80)  # photographs: the PNGs get large
