@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	touch $@
 
 # Sample ABO data in the real layout -> data report -> records -> a short training run
-# -> SavedModel -> evaluation report -> predictions.
+# -> SavedModel -> evaluation report -> classical baselines and the comparison table -> predictions.
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0
@@ -29,15 +29,18 @@ demo: install
 	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
 	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run/saved_model --records $(DEMO)/records \
 		--report $(DEMO)/evaluation --no-progress
+	$(BIN)/python -m abo_tf.baselines --records $(DEMO)/records --features handcrafted \
+		--model logreg linear_svm rbf_svm sgd --output $(DEMO)/baselines --runs $(DEMO) --no-progress
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
 
-# Figures for the README; about 20 minutes on 2 cores. Run on an otherwise idle machine.
+# Figures for the README; about 30 minutes on 2 cores. Run on an otherwise idle machine.
 benchmark: install
 	$(BIN)/python benchmarks/build_records_benchmark.py
 	$(BIN)/python benchmarks/input_pipeline_benchmark.py
+	$(BIN)/python benchmarks/baselines_benchmark.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs

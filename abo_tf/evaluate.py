@@ -302,16 +302,9 @@ def _report_markdown(options, result, per_class, files, gradcam_note):
 # --- the command -------------------------------------------------------------------
 
 
-def _without_nan(value):
-    """NaN (a metric with no examples) as null: strict JSON readers refuse NaN."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def _write_json(path, value):
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(_without_nan(value), handle, indent=2, sort_keys=True, allow_nan=False)
+        json.dump(metrics.without_nan(value), handle, indent=2, sort_keys=True, allow_nan=False)
 
 
 def _figures_and_tables(options, predictions, class_names, train_counts, result):

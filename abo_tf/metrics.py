@@ -4,6 +4,8 @@ The trainer, `abo_tf.evaluate` and the scikit-learn baselines all report through
 these functions, so their numbers are comparable.
 """
 
+import math
+
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -146,6 +148,13 @@ def expected_calibration_error(labels, probabilities, num_bins=CALIBRATION_BINS)
         return float("nan")
     filled = table[table["count"] > 0]
     return float(np.sum(filled["count"] / total * np.abs(filled["accuracy"] - filled["confidence"])))
+
+
+def without_nan(value):
+    """A metrics dict with NaN (a figure without examples) as None: strict JSON readers refuse NaN."""
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def evaluation_metrics(labels, predictions, scores, train_counts, head_min=HEAD_MIN, tail_below=TAIL_BELOW,

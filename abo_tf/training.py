@@ -322,13 +322,16 @@ def predict_split(model, config, split, manifest):
     return np.concatenate(labels), np.concatenate(probabilities)
 
 
-def _final_metrics(model, config, manifest, num_classes):
+def _final_metrics(model, config, manifest):
+    """The figures `abo_tf.evaluate` reports (strata, ECE included), for validation and test."""
+    per_class = manifest["splits"]["train"].get("per_class", {})
+    train_counts = [per_class.get(name, 0) for name in manifest["classes"]]
     results = {}
     for split in ("validation", "test"):
         if input_pipeline.num_examples(config.records, split, manifest) == 0:
             continue
         labels, probabilities = predict_split(model, config, split, manifest)
-        results[split] = metrics.classification_metrics(labels, probabilities.argmax(axis=1), probabilities, num_classes)
+        results[split] = metrics.evaluation_metrics(labels, probabilities.argmax(axis=1), probabilities, train_counts)
     return results
 
 
@@ -363,12 +366,12 @@ def plot_history(history, path):
 def _finish(run, manifest, classes, history):
     plain = _plain_copy(run.model, run.config, len(classes))
     plain.save(os.path.join(run.config.output, "model.keras"))  # the Keras object, for Grad-CAM and fine-tuning
-    results = _final_metrics(plain, run.config, manifest, len(classes))
+    results = _final_metrics(plain, run.config, manifest)
     export.export_saved_model(plain, classes, run.config.image_size, os.path.join(run.config.output, "saved_model"), run.config.top_k)
     with open(os.path.join(run.config.output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
         handle.write("".join(name + "\n" for name in classes))
     with open(os.path.join(run.config.output, "metrics.json"), "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, sort_keys=True)
+        json.dump(metrics.without_nan(results), handle, indent=2, sort_keys=True, allow_nan=False)
     if history:
         plot_history(history, os.path.join(run.config.output, "training_curves.png"))
     return results
