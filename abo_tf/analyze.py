@@ -95,11 +95,6 @@ def read_tally(path, progress=True):
     return tally
 
 
-def _image_ids(listing):
-    ids = ([listing.main_image_id] if listing.main_image_id else []) + list(listing.other_image_ids)
-    return list(dict.fromkeys(ids))  # a listing naming an image twice shows it once
-
-
 # --- tables ----------------------------------------------------------------------
 
 
@@ -121,7 +116,7 @@ def _types_per_image(listings):
     types = collections.defaultdict(list)
     for listing in listings:
         if listing.product_type:
-            for image_id in _image_ids(listing):
+            for image_id in listing.image_ids:
                 types[image_id].append(listing.product_type)
     return types
 
@@ -182,7 +177,7 @@ def sharing(listings):
     listings_per_image = collections.Counter()
     ids_per_listing = []
     for listing in listings:
-        ids = _image_ids(listing)
+        ids = listing.image_ids
         listings_per_image.update(ids)
         ids_per_listing.append((listing.item_id, ids))
     group_of = split_lib.group_images(ids_per_listing, {image_id: image_id for image_id in listings_per_image})
@@ -236,8 +231,7 @@ def build_tables(manifest):
     splits = [name for name in split_lib.SPLITS if name in manifest["splits"]]
     balance = pd.DataFrame({"class": manifest["classes"]})
     for name in splits:
-        per_class = manifest["splits"][name].get("per_class", {})
-        balance[name] = [per_class.get(class_name, 0) for class_name in manifest["classes"]]
+        balance[name] = shards.examples_per_class(manifest, name)
     totals = balance[splits].sum(axis=1).replace(0, np.nan)
     for name in splits:
         balance[f"{name}_share"] = balance[name] / totals
@@ -374,7 +368,7 @@ def _overview(tally, store, share, conflicts, medians):
         ("marketplaces (domain names)", len({listing.domain_name for listing in listings})),
         ("listings without a product type", sum(listing.product_type is None for listing in listings)),
         ("listings without a main image", sum(listing.main_image_id is None for listing in listings)),
-        ("listings without any image", sum(not _image_ids(listing) for listing in listings)),
+        ("listings without any image", sum(not listing.image_ids for listing in listings)),
         ("product types", len({listing.product_type for listing in listings if listing.product_type})),
         ("images in images.csv.gz", len(store.rows)),
         ("image files in the archive", len(store.locations)),

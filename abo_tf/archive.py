@@ -52,6 +52,11 @@ class Listing:
     other_image_ids: tuple[str, ...]
     source: str  # "listings_3.json.gz:17", for messages
 
+    @property
+    def image_ids(self):
+        """Every image the listing shows, main first, each once (a listing may name one twice)."""
+        return list(dict.fromkeys(([self.main_image_id] if self.main_image_id else []) + list(self.other_image_ids)))
+
 
 @dataclasses.dataclass
 class ListingsReport:

@@ -526,8 +526,7 @@ def _end_to_end_rate(feature_rate, classifier_rate):
 
 def _write_reports(folder, splits, evaluation):
     test = splits["test"]
-    with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as handle:
-        json.dump(metrics.without_nan({name: evaluation[name][0] for name in ("validation", "test")}), handle, indent=2, sort_keys=True, allow_nan=False)
+    metrics.write_json(os.path.join(folder, "metrics.json"), {name: evaluation[name][0] for name in ("validation", "test")})
     predictions = evaluation["test"][1]
     per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, _train_counts(splits))
     per_class.to_csv(os.path.join(folder, "per_class.csv"), index=False)
@@ -651,12 +650,6 @@ def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
     return rows
 
 
-def _cell(value, digits):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def write_comparison(rows, output):
     """Writes comparison.csv and comparison.md (sorted by test macro-F1); returns the Markdown."""
     import pandas as pd
@@ -665,8 +658,8 @@ def write_comparison(rows, output):
     pd.DataFrame(rows, columns=COMPARISON_FIELDS).to_csv(os.path.join(output, "comparison.csv"), index=False)
     lines = ["| model | kind | features | accuracy | macro F1 | top-5 | training (s) | inference (img/s) | test images |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        cells = [row["name"], row["kind"], row["features"], _cell(row["accuracy"], 3), _cell(row["macro_f1"], 3), _cell(row["top5_accuracy"], 3),
-                 _cell(row["training_seconds"], 1), _cell(row["inference_images_per_second"], 0), _cell(row["test_examples"], 0)]
+        cells = [row["name"], row["kind"], row["features"], metrics.format_figure(row["accuracy"], 3), metrics.format_figure(row["macro_f1"], 3), metrics.format_figure(row["top5_accuracy"], 3),
+                 metrics.format_figure(row["training_seconds"], 1), metrics.format_figure(row["inference_images_per_second"], 0), metrics.format_figure(row["test_examples"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ("Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
              "inference is end to end from the records (decode, features, classifier). CNN runs: training time is the sum of history.csv; "

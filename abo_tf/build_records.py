@@ -117,9 +117,7 @@ def _select_images(listings, image_selection):
     """Per listing: a drop reason or None, and the image ids it contributes."""
     status, image_ids, seen = [], [], set()
     for listing in listings:
-        ids = [listing.main_image_id] if listing.main_image_id else []
-        if image_selection == "all":
-            ids += [image_id for image_id in listing.other_image_ids if image_id not in ids]
+        ids = listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
         key = (listing.item_id, listing.domain_name)
         reason = (
             "missing_item_id" if not listing.item_id

@@ -25,7 +25,6 @@ extremely long-tailed.
 import argparse
 import dataclasses
 import heapq
-import json
 import math
 import os
 import sys
@@ -102,11 +101,6 @@ def _split_entry(manifest, split, records):
     if entry["num_examples"] == 0:
         raise UserInputError(f"split {split!r} of {records!r} is empty: nothing to evaluate (choose another --split)")
     return entry
-
-
-def _train_counts(manifest, class_names):
-    per_class = manifest["splits"].get("train", {}).get("per_class", {})
-    return np.array([per_class.get(name, 0) for name in class_names], dtype=np.int64)
 
 
 # --- one pass over the split ----------------------------------------------------
@@ -260,10 +254,6 @@ def gradcam_panels(keras_path, predictions, class_names, image_size):
     return panels, models.find_last_conv_layer(model)
 
 
-def _format(value, digits=3):
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def _report_markdown(options, result, per_class, files, gradcam_note):
     strata = result["strata"]
     lines = [
@@ -274,7 +264,7 @@ def _report_markdown(options, result, per_class, files, gradcam_note):
         "",
         "| macro F1 | macro precision | macro recall | accuracy | top-5 | weighted F1 | ECE |",
         "|---|---|---|---|---|---|---|",
-        "| " + " | ".join(_format(result[key]) for key in ("macro_f1", "macro_precision", "macro_recall", "accuracy", "top5_accuracy", "weighted_f1", "expected_calibration_error")) + " |",
+        "| " + " | ".join(metrics.format_figure(result[key]) for key in ("macro_f1", "macro_precision", "macro_recall", "accuracy", "top5_accuracy", "weighted_f1", "expected_calibration_error")) + " |",
         "",
         f"## By class frequency (training examples: head >= {options.head_min}, tail < {options.tail_below})",
         "",
@@ -283,7 +273,7 @@ def _report_markdown(options, result, per_class, files, gradcam_note):
     ]
     for name in metrics.STRATA:
         entry = strata[name]
-        lines.append(f"| {name} | {entry['num_classes']} | {entry['num_examples']} | " + " | ".join(_format(entry[key]) for key in ("macro_f1", "macro_recall", "accuracy", "top5_accuracy")) + " |")
+        lines.append(f"| {name} | {entry['num_classes']} | {entry['num_examples']} | " + " | ".join(metrics.format_figure(entry[key]) for key in ("macro_f1", "macro_recall", "accuracy", "top5_accuracy")) + " |")
     worst = per_class[per_class["support"] > 0].sort_values(["f1", "support"], ascending=[True, False]).head(10)
     lines += ["", "## Per class", "", f"![F1 per class]({files['per_class_f1']})", "",
               "Lowest F1 (classes present in the split; all in `per_class.csv`):", "",
@@ -294,17 +284,12 @@ def _report_markdown(options, result, per_class, files, gradcam_note):
               "", "## What the model looks at", "", gradcam_note]
     if "gradcam" in files:
         lines += ["", f"![Grad-CAM]({files['gradcam']})"]
-    lines += ["", "## Calibration", "", f"Expected calibration error {_format(result['expected_calibration_error'])} over {options.calibration_bins} confidence bins "
+    lines += ["", "## Calibration", "", f"Expected calibration error {metrics.format_figure(result['expected_calibration_error'])} over {options.calibration_bins} confidence bins "
               "(`calibration.csv`): how far the top-1 probability is from the accuracy it promises.", "", f"![reliability diagram]({files['reliability']})", ""]
     return "\n".join(lines)
 
 
 # --- the command -------------------------------------------------------------------
-
-
-def _write_json(path, value):
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(metrics.without_nan(value), handle, indent=2, sort_keys=True, allow_nan=False)
 
 
 def _figures_and_tables(options, predictions, class_names, train_counts, result):
@@ -373,7 +358,7 @@ def evaluate(options):
     entry = _split_entry(manifest, options.split, options.records)
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
     predictions = predict(loaded, options, manifest, mapping)
-    train_counts = _train_counts(manifest, class_names)
+    train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
     predicted = predictions.probabilities.argmax(axis=1)
     result = metrics.evaluation_metrics(predictions.labels, predicted, predictions.probabilities, train_counts,
                                         options.head_min, options.tail_below, num_bins=options.calibration_bins)
@@ -381,7 +366,7 @@ def evaluate(options):
                    "num_classes": len(class_names), "num_mistakes": int(np.sum(predicted != predictions.labels))})
     per_class, files = _figures_and_tables(options, predictions, class_names, train_counts, result)
     gradcam_note = _gradcam(options, predictions, class_names, image_size, files)
-    _write_json(os.path.join(options.report, "metrics.json"), result)
+    metrics.write_json(os.path.join(options.report, "metrics.json"), result)
     with open(os.path.join(options.report, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(_report_markdown(options, result, per_class, files, gradcam_note))
     return result
@@ -422,7 +407,7 @@ def main(argv=None):
     )
     result = evaluate(options)
     print(f"{options.split}: {result['num_examples']} images, macro F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}, "
-          f"top-5 {_format(result['top5_accuracy'])}, ECE {_format(result['expected_calibration_error'])}")
+          f"top-5 {metrics.format_figure(result['top5_accuracy'])}, ECE {metrics.format_figure(result['expected_calibration_error'])}")
     print(f"report: {os.path.join(options.report, 'report.md')}")
     return 0
 

@@ -70,6 +70,12 @@ def read_manifest(records_dir):
     return manifest
 
 
+def examples_per_class(manifest, split, class_names=None):
+    """Examples of each class (default: the build's classes, in label order) in `split`; 0 for a missing split."""
+    per_class = manifest["splits"].get(split, {}).get("per_class", {})
+    return [per_class.get(name, 0) for name in (manifest["classes"] if class_names is None else class_names)]
+
+
 def shard_paths(records_dir, manifest, split):
     """Full paths of a split's shards, in order."""
     return [os.path.join(records_dir, shard["file"]) for shard in manifest["splits"][split]["shards"]]

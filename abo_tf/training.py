@@ -10,7 +10,6 @@ then the unfrozen backbone at a lower learning rate.
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import tempfile
@@ -77,7 +76,7 @@ class _Phase:
 
 
 def _class_weights(manifest, classes, weighting):
-    counts = np.array([manifest["splits"]["train"]["per_class"].get(name, 0) for name in classes], np.float64)
+    counts = np.array(shards.examples_per_class(manifest, "train", classes), np.float64)
     if weighting == "none":
         return np.ones(len(classes), np.float32)
     weights = 1.0 / np.maximum(counts, 1) ** (1.0 if weighting == "balanced" else 0.5)
@@ -324,8 +323,7 @@ def predict_split(model, config, split, manifest):
 
 def _final_metrics(model, config, manifest):
     """The figures `abo_tf.evaluate` reports (strata, ECE included), for validation and test."""
-    per_class = manifest["splits"]["train"].get("per_class", {})
-    train_counts = [per_class.get(name, 0) for name in manifest["classes"]]
+    train_counts = shards.examples_per_class(manifest, "train")
     results = {}
     for split in ("validation", "test"):
         if input_pipeline.num_examples(config.records, split, manifest) == 0:
@@ -370,8 +368,7 @@ def _finish(run, manifest, classes, history):
     export.export_saved_model(plain, classes, run.config.image_size, os.path.join(run.config.output, "saved_model"), run.config.top_k)
     with open(os.path.join(run.config.output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
         handle.write("".join(name + "\n" for name in classes))
-    with open(os.path.join(run.config.output, "metrics.json"), "w", encoding="utf-8") as handle:
-        json.dump(metrics.without_nan(results), handle, indent=2, sort_keys=True, allow_nan=False)
+    metrics.write_json(os.path.join(run.config.output, "metrics.json"), results)
     if history:
         plot_history(history, os.path.join(run.config.output, "training_curves.png"))
     return results
