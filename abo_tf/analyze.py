@@ -3,7 +3,7 @@
     python -m abo_tf.analyze --listings abo-listings.tar --images abo-images-small.tar \\
         --records tfrecords/abo/1.0.0 --report reports/data
 
-Reads the downloads through the build's own reader (`abo_tf.archive`: folders
+Reads the downloads through the build's own reader (`abo_tf.records.archive`: folders
 or tars, malformed lines counted) and writes `report.md` with PNG figures.
 Every figure is drawn from a table written next to it as CSV:
 
@@ -19,7 +19,7 @@ Every figure is drawn from a table written next to it as CSV:
     build_drops.csv, split_balance.csv   with --records: what the build kept and dropped
 
 An image's product type is resolved by the build's rule (majority of its
-listings, `abo_tf.labels`); strata count images over the whole download
+listings, `abo_tf.records.labels`); strata count images over the whole download
 (the evaluation's strata count training examples, about 80% of them).
 """
 
@@ -31,8 +31,9 @@ import sys
 
 import numpy as np
 
-from abo_tf import archive, figures, labels, metrics, shards, split as split_lib
-from abo_tf.errors import UserInputError, cli_main
+from abo_tf.records import archive, labels, shards, split as split_lib
+from abo_tf.reports import figures, metrics
+from abo_tf.common.errors import UserInputError, cli_main
 
 # Localised text fields: lists of {"language_tag", "value"} (shared/abo-format.md).
 LOCALISED_FIELDS = ("item_name", "brand", "bullet_point", "item_keywords", "material", "style", "color", "model_name", "product_description")

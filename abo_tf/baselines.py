@@ -11,7 +11,7 @@ close, the deep model does not earn its cost. Each `--model` is a Pipeline
 against the long tail; its hyperparameters are chosen by macro-F1 on the
 validation split (GRIDS: every candidate when the grid is small, successive
 halving when it is large), then it is evaluated on test with the functions
-`abo_tf.training` uses, so the numbers compare with the CNN runs'.
+`abo_tf.training.loop` uses, so the numbers compare with the CNN runs'.
 
 Output folder:
 
@@ -55,8 +55,9 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 
 from abo_tf import features as features_lib
-from abo_tf import metrics, shards
-from abo_tf.errors import InputNotFoundError, UserInputError, cli_main
+from abo_tf.records import shards
+from abo_tf.reports import metrics
+from abo_tf.common.errors import InputNotFoundError, UserInputError, cli_main
 
 MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd")
 # The searched grids (Pipeline parameter names). Small on purpose: each candidate is a full fit.
@@ -612,7 +613,7 @@ def measure_run_inference(run, records_dir, max_images=512, batch_size=64):
     """
     import tensorflow as tf
 
-    from abo_tf import export, input_pipeline
+    from abo_tf.training import export, input_pipeline
 
     saved_model = os.path.join(run, "saved_model")
     if not tf.saved_model.contains_saved_model(saved_model) or not input_pipeline.num_examples(records_dir, "test"):
@@ -640,7 +641,7 @@ def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
         run = os.path.dirname(path)
         if os.path.isfile(os.path.join(run, RESULT_FILE)) or not os.path.isfile(os.path.join(run, "config.toml")):
             continue
-        from abo_tf import config as config_lib
+        from abo_tf.common import config as config_lib
 
         saved = config_lib.load_run_config(run) or {}
         rate = measure_run_inference(run, records_dir, max_images) if measure and records_dir else None

@@ -27,8 +27,8 @@ import time
 
 from tqdm import tqdm
 
-from abo_tf import archive, images, labels, schema, shards, split
-from abo_tf.errors import UserInputError, cli_main
+from abo_tf.records import archive, images, labels, schema, shards, split
+from abo_tf.common.errors import UserInputError, cli_main
 
 STATE_DIR = ".build"  # plan and finished pieces of an unfinished build
 PLAN_FILE = "plan.json"

@@ -17,7 +17,7 @@ pipeline (the central crop every model is evaluated on). The report folder gets:
     reliability.png      reliability diagram (and calibration.csv)
     report.md            all of the above on one page
 
-Metrics come from `abo_tf.metrics`, as for training and the baselines, so
+Metrics come from `abo_tf.reports.metrics`, as for training and the baselines, so
 numbers compare across models. Macro figures come first: ABO's classes are
 extremely long-tailed.
 """
@@ -31,8 +31,9 @@ import sys
 
 import numpy as np
 
-from abo_tf import figures, metrics, schema, shards, split as split_lib
-from abo_tf.errors import InputNotFoundError, UserInputError, cli_main
+from abo_tf.records import schema, shards, split as split_lib
+from abo_tf.reports import figures, metrics
+from abo_tf.common.errors import InputNotFoundError, UserInputError, cli_main
 
 KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
 
@@ -162,7 +163,7 @@ def predict(loaded, options, manifest, mapping):
     """
     from tqdm import tqdm
 
-    from abo_tf import export, input_pipeline
+    from abo_tf.training import export, input_pipeline
 
     serve = loaded.signatures[export.PIXELS_ENDPOINT]
     image_size = export.exported_image_size(loaded)
@@ -240,7 +241,8 @@ def gradcam_panels(keras_path, predictions, class_names, image_size):
     Returns:
       `(panels, layer name)` for `interpret.plot_gradcam`.
     """
-    from abo_tf import interpret, models
+    from abo_tf.reports import gradcam as interpret
+    from abo_tf.training import models
 
     model = _load_keras_model(keras_path, len(class_names), image_size)
     pictures = predictions.samples["correct"] + predictions.samples["wrong"]
@@ -316,7 +318,7 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
 
 
 def _gradcam(options, predictions, class_names, image_size, files):
-    from abo_tf import interpret
+    from abo_tf.reports import gradcam as interpret
 
     keras_path = options.keras_model or os.path.join(os.path.dirname(os.path.normpath(options.model)), KERAS_MODEL)
     if options.gradcam_examples == 0:
@@ -348,7 +350,7 @@ def evaluate(options):
         without the split, an empty split, classes the model does not know, an
         unwritable report folder, bad thresholds.
     """
-    from abo_tf import export
+    from abo_tf.training import export
 
     _check_options(options)
     figures.prepare_report_dir(options.report)

@@ -43,8 +43,8 @@ import time
 
 import numpy as np
 
-from abo_tf import schema, shards
-from abo_tf.errors import InputNotFoundError, UserInputError, cli_main
+from abo_tf.records import schema, shards
+from abo_tf.common.errors import InputNotFoundError, UserInputError, cli_main
 
 HANDCRAFTED = "handcrafted"
 CNN = "cnn"
@@ -215,7 +215,7 @@ def _load_run_model(run):
 
 
 def _run_image_size(run):
-    from abo_tf import config
+    from abo_tf.common import config
 
     saved = config.load_run_config(run) or {}
     if "image_size" in saved:
@@ -249,7 +249,7 @@ def resolve_spec(spec):
         if spec.image_size and spec.image_size != size:
             raise UserInputError(f"--image-size {spec.image_size}: the run in {spec.run!r} takes {size} px images; leave --image-size out")
         return dataclasses.replace(spec, image_size=size)
-    from abo_tf import models
+    from abo_tf.training import models
 
     if spec.backbone not in models.BACKBONES:
         raise UserInputError(f"unknown backbone {spec.backbone!r}: choose one of {sorted(models.BACKBONES)}")
@@ -268,7 +268,7 @@ def _model_identity(spec):
         return {"hsv_bins": HSV_BINS, "hog": [HOG_SIZE, HOG_BLOCK, HOG_STRIDE, HOG_CELL, HOG_BINS], "lbp_bins": LBP_BINS}
     if spec.run:
         return {"run_model_sha256": shards.file_sha256(_run_model_path(spec.run))}
-    from abo_tf import models
+    from abo_tf.training import models
 
     if spec.weights == models.NO_WEIGHTS:
         weights = f"none:seed={spec.seed}"
@@ -384,7 +384,7 @@ def build_feature_model(spec):
     """
     import keras
 
-    from abo_tf import models
+    from abo_tf.training import models
 
     if spec.run:
         model = _load_run_model(spec.run)
@@ -442,7 +442,7 @@ def _write_split(feature_batches, folder, num_examples, description):
 
 
 def _eval_batches(records_dir, split, spec, batch_size, manifest):
-    from abo_tf import input_pipeline
+    from abo_tf.training import input_pipeline
 
     dataset = input_pipeline.make_dataset(records_dir, split, spec.image_size, batch_size, training=False, manifest=manifest, extra_keys=(schema.IMAGE_ID,))
     for batch in dataset:
@@ -522,7 +522,7 @@ def extract_features(records_dir, spec, splits=SPLITS, cache_dir=DEFAULT_CACHE_D
     Raises:
       UserInputError: as `resolve_spec`, a missing or empty split, or a damaged cache.
     """
-    from abo_tf import input_pipeline
+    from abo_tf.training import input_pipeline
 
     if batch_size < 1 or (workers is not None and workers < 1):
         raise UserInputError(f"--batch-size {batch_size}, --workers {workers}: both must be at least 1")
@@ -549,7 +549,7 @@ def add_feature_arguments(parser):
     """The feature flags, shared with `abo_tf.baselines`; returns the argument group."""
     group = parser.add_argument_group("features")
     group.add_argument("--features", choices=KINDS, default=HANDCRAFTED, help="handcrafted OpenCV descriptors or CNN embeddings")
-    group.add_argument("--backbone", help="Keras Applications backbone for --features cnn (see abo_tf.models.BACKBONES)")
+    group.add_argument("--backbone", help="Keras Applications backbone for --features cnn (see abo_tf.training.models.BACKBONES)")
     group.add_argument("--weights", default="imagenet", help="backbone weights: imagenet | none | PATH to a Keras notop weights file")
     group.add_argument("--run", help="a training run folder (with model.keras) whose pooled features to use, instead of --backbone")
     group.add_argument("--image-size", type=int, default=None, help=f"pixels; default {DEFAULT_IMAGE_SIZE[HANDCRAFTED]} handcrafted, {DEFAULT_IMAGE_SIZE[CNN]} cnn, the run's for --run")

@@ -5,7 +5,7 @@
 
 A file that cannot be read or decoded is reported on stderr and skipped; the
 others are still classified, and the exit code is 1. A model folder that is
-missing or not an `abo_tf.export` SavedModel exits with 2.
+missing or not an `abo_tf.training.export` SavedModel exits with 2.
 """
 
 import argparse
@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from abo_tf import export
-from abo_tf.errors import UserInputError, cli_main
+from abo_tf.training import export
+from abo_tf.common.errors import UserInputError, cli_main
 
 
 def _read(path):

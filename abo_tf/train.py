@@ -15,9 +15,9 @@ import json
 import os
 import sys
 
-from abo_tf import config as config_lib
-from abo_tf import distribute, models, training
-from abo_tf.errors import UserInputError, cli_main
+from abo_tf.common import config as config_lib
+from abo_tf.training import distribute, models, loop as training
+from abo_tf.common.errors import UserInputError, cli_main
 
 
 def _parser():

@@ -45,7 +45,9 @@ FIXED_PARAMS = {
 
 def make_records(work_dir, listings):
     """A generated sample's records (every image of every listing)."""
-    from abo_tf import build_records, sample, shards
+    from abo_tf import build_records
+    from abo_tf.records import shards
+    from abo_tf.testing import synthetic_abo as sample
 
     raw, records = os.path.join(work_dir, "abo"), os.path.join(work_dir, "records")
     if not os.path.isdir(records):
@@ -68,7 +70,7 @@ def decoded_images(records, manifest):
     """The train split's images as the evaluation pipeline crops them: uint8 [N, S, S, 3]."""
     import numpy as np
 
-    from abo_tf import input_pipeline
+    from abo_tf.training import input_pipeline
 
     dataset = input_pipeline.make_dataset(records, "train", IMAGE_SIZE, BATCH, training=False, manifest=manifest)
     return np.concatenate([batch["image"].numpy() for batch in dataset])

@@ -103,7 +103,7 @@ def peak_memory(data_dir, output):
 def measure(num_images, repeats, work_dir):
     data_dir = os.path.join(work_dir, f"abo_{num_images}")
     if not os.path.isdir(data_dir):
-        from abo_tf import sample
+        from abo_tf.testing import synthetic_abo as sample
 
         print(f"generating ~{num_images} images ...", flush=True)
         sample.generate_sample(data_dir, num_listings=round(num_images / IMAGES_PER_LISTING), seed=0, tar=True)

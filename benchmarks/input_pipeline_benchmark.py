@@ -30,7 +30,9 @@ BATCH = 64
 
 def make_data(work_dir, listings):
     """A sample build, and its train JPEGs as class folders (same bytes)."""
-    from abo_tf import build_records, sample, schema, shards
+    from abo_tf import build_records
+    from abo_tf.records import schema, shards
+    from abo_tf.testing import synthetic_abo as sample
     import tensorflow as tf
 
     raw, records, folders = (os.path.join(work_dir, name) for name in ("abo", "records", "folders"))
@@ -66,7 +68,7 @@ def pipeline_figures(records, folders, batches, repeats):
     import keras
     import tensorflow as tf
 
-    from abo_tf import input_pipeline
+    from abo_tf.training import input_pipeline
 
     results = {}
     for mode, training in (("train", True), ("eval", False)):
@@ -99,7 +101,7 @@ def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
     import numpy as np
     import tensorflow as tf
 
-    from abo_tf import input_pipeline, models, training
+    from abo_tf.training import input_pipeline, models, loop as training
 
     strategy = tf.distribute.get_strategy()
     config = training.TrainConfig(records=records, output="", model="mobilenet_v3_small", weights="none", image_size=image_size, batch_size=batch)

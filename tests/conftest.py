@@ -15,7 +15,7 @@ TINY_TRAIN_ARGS = ["--model", "mobilenet_v3_small", "--weights", "none", "--imag
 @pytest.fixture(scope="session")
 def abo_sample(tmp_path_factory):
     """A generated ABO download (both .tar files) and the generator's truth."""
-    from abo_tf import sample
+    from abo_tf.testing import synthetic_abo as sample
 
     root = tmp_path_factory.mktemp("abo_tar")
     truth = sample.generate_sample(str(root / "abo"), num_listings=SAMPLE_LISTINGS, seed=0, tar=True, max_side=128)
@@ -25,7 +25,7 @@ def abo_sample(tmp_path_factory):
 @pytest.fixture(scope="session")
 def abo_folder_sample(tmp_path_factory):
     """The same sample, extracted: the folders a user gets from `tar xf`."""
-    from abo_tf import sample
+    from abo_tf.testing import synthetic_abo as sample
 
     root = tmp_path_factory.mktemp("abo_folder")
     truth = sample.generate_sample(str(root / "abo"), num_listings=SAMPLE_LISTINGS, seed=0, tar=False, max_side=128)

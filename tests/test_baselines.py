@@ -14,8 +14,10 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 
-from abo_tf import baselines, config, features, metrics
-from abo_tf.errors import InputNotFoundError, UserInputError
+from abo_tf import baselines, features
+from abo_tf.common import config
+from abo_tf.reports import metrics
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 IMAGE_SIZE = 64
 SMALL_GRIDS = {

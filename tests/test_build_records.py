@@ -10,7 +10,8 @@ import tarfile
 import pytest
 import tensorflow as tf
 
-from abo_tf import archive, build_records, schema, shards
+from abo_tf import build_records
+from abo_tf.records import archive, schema, shards
 from tests.conftest import build_options
 
 

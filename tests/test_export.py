@@ -1,4 +1,4 @@
-"""abo_tf.export and abo_tf.predict: a tiny VGG16 exported once, served from bytes and pixels."""
+"""abo_tf.training.export and abo_tf.predict: a tiny VGG16 exported once, served from bytes and pixels."""
 
 import json
 import os
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from abo_tf import export, models, predict, preprocess
-from abo_tf.errors import UserInputError
+from abo_tf import predict
+from abo_tf.training import export, models, preprocess
+from abo_tf.common.errors import UserInputError
 
 SIZE = 32
 CLASSES = ["chair", "lamp", "shoe", "rug"]

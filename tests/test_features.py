@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from abo_tf import features, input_pipeline, schema
+from abo_tf import features
+from abo_tf.records import schema
+from abo_tf.training import input_pipeline
 
 HANDCRAFTED_SIZE = 64
 CNN_SIZE = 32
@@ -162,7 +164,8 @@ def test_cnn_embeddings_of_a_backbone_are_cached(built_records, tmp_path):
 def test_run_embeddings_use_the_run_image_size_and_model_hash(built_records, tmp_path):
     import keras
 
-    from abo_tf import config, models
+    from abo_tf.common import config
+    from abo_tf.training import models
 
     records_dir, manifest = built_records
     run = tmp_path / "run"

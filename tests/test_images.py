@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from abo_tf import images
+from abo_tf.records import images
 
 
 def _jpeg(height=40, width=60, channels=3):

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from abo_tf import interpret, models
+from abo_tf.reports import gradcam as interpret
+from abo_tf.training import models
 
 SIDE, PATCH = 48, 12
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)

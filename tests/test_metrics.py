@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from abo_tf import metrics
+from abo_tf.reports import metrics
 
 # 4 examples over 4 classes; class 3 never appears. Per class (P, R, F1):
 # 0: (1, 1/2, 2/3), 1: (1/3, 1, 1/2), 2: (0, 0, 0).

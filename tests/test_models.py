@@ -1,4 +1,4 @@
-"""abo_tf.models on tiny images with random weights: building, one step, freezing, weights files."""
+"""abo_tf.training.models on tiny images with random weights: building, one step, freezing, weights files."""
 
 import os
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from abo_tf import models
-from abo_tf.errors import UserInputError
+from abo_tf.training import models
+from abo_tf.common.errors import UserInputError
 
 SIZE = 32  # the smallest input Keras Applications accept: fast on CPU
 
@@ -148,8 +148,8 @@ def test_weights_file_errors(tmp_path):
 _OFFLINE_BUILD = """
 import socket
 socket.setdefaulttimeout(10)
-from abo_tf import models
-from abo_tf.errors import UserInputError
+from abo_tf.training import models
+from abo_tf.common.errors import UserInputError
 try:
     models.build_model("mobilenet_v3_small", 2, 32, weights="imagenet")
 except UserInputError as error:

@@ -1,11 +1,11 @@
-"""abo_tf.preprocess: each function eagerly, inside Dataset.map and inside a tf.function (autograph off)."""
+"""abo_tf.training.preprocess: each function eagerly, inside Dataset.map and inside a tf.function (autograph off)."""
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from abo_tf import preprocess
+from abo_tf.training import preprocess
 
 IMAGE_SIZE = 40
 

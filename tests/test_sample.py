@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from abo_tf import sample
-from abo_tf.errors import UserInputError
+from abo_tf.testing import synthetic_abo as sample
+from abo_tf.common.errors import UserInputError
 
 LISTINGS = 150
 MAX_SIDE = 64

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from abo_tf import schema, shards
+from abo_tf.records import schema, shards
 
 
 def _record(**overrides):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from abo_tf import archive, labels, split
+from abo_tf.records import archive, labels, split
 
 
 @pytest.mark.parametrize("value, expected", [

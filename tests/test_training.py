@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from abo_tf import input_pipeline, shards, train
+from abo_tf import train
+from abo_tf.records import shards
+from abo_tf.training import input_pipeline
 from tests.conftest import TINY_TRAIN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +98,7 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
     records_dir, manifest = built_records
     loaded = tf.saved_model.load(os.path.join(trained_run, "saved_model"))
     record = next(iter(tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test"))))
-    from abo_tf import schema
+    from abo_tf.records import schema
 
     image_bytes = schema.parse_records(record)[schema.IMAGE]
     outputs = loaded.signatures["serving_default"](image_bytes=tf.reshape(image_bytes, [1]))
@@ -265,7 +267,7 @@ def test_mixed_precision_run_exports_float32_probabilities(built_records, tmp_pa
 
 
 def test_tpu_strategy_without_a_tpu_is_a_clear_error():
-    from abo_tf import distribute
+    from abo_tf.training import distribute
 
     with pytest.raises(ValueError, match="no TPU found"):
         distribute.make_strategy("tpu", "")

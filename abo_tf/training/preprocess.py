@@ -69,7 +69,7 @@ def train_image(image_bytes, image_size, area_range=(0.08, 1.0), aspect_ratio_ra
     The crop window is chosen from the JPEG header and only that window is
     decoded (`decode_and_crop_jpeg`), which is much faster than decoding the
     whole image. `decode_and_crop_jpeg` reads JPEG only: the records always
-    hold RGB JPEG because the build re-encodes PNG (see `abo_tf.images`).
+    hold RGB JPEG because the build re-encodes PNG (see `abo_tf.records.images`).
 
     Args:
       image_bytes: scalar string tensor, JPEG bytes.

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from abo_tf.errors import UserInputError
+from abo_tf.common.errors import UserInputError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 

@@ -17,8 +17,8 @@ import os
 import keras
 import tensorflow as tf
 
-from abo_tf import preprocess
-from abo_tf.errors import InputNotFoundError, UserInputError
+from abo_tf.training import preprocess
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 BYTES_ENDPOINT = "serving_default"
 PIXELS_ENDPOINT = "serve_pixels"

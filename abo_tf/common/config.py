@@ -10,7 +10,7 @@ import tomllib
 
 import tomli_w
 
-from abo_tf.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 RUN_CONFIG = "config.toml"
 

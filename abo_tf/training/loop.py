@@ -19,8 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from abo_tf import distribute, export, figures, input_pipeline, metrics, models, shards
-from abo_tf.errors import UserInputError
+from abo_tf.records import shards
+from abo_tf.reports import figures, metrics
+from abo_tf.training import distribute, export, input_pipeline, models
+from abo_tf.common.errors import UserInputError
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 HISTORY_FIELDS = ("epoch", "step", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second", "seconds")

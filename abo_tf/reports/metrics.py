@@ -9,7 +9,7 @@ import math
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from abo_tf import figures
+from abo_tf.reports import figures
 
 STRATA = ("head", "torso", "tail")
 # Class frequency strata, in training examples: head >= HEAD_MIN, tail < TAIL_BELOW.

@@ -2,7 +2,7 @@
 
 import os
 
-from abo_tf.errors import UserInputError
+from abo_tf.common.errors import UserInputError
 
 
 def pyplot():

@@ -12,7 +12,7 @@ import os
 
 import keras
 
-from abo_tf.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 BACKBONE_LAYER = "backbone"
 MIN_IMAGE_SIZE = 32  # Keras Applications refuse smaller inputs

@@ -11,8 +11,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from abo_tf import figures, models
-from abo_tf.errors import UserInputError
+from abo_tf.reports import figures
+from abo_tf.training import models
+from abo_tf.common.errors import UserInputError
 
 
 def _single_input(model):
@@ -32,7 +33,7 @@ def _check_chain(model):
     for layer in model.layers[1:]:
         node = layer._inbound_nodes[0]
         if len(node.input_tensors) != len(previous) or any(a is not b for a, b in zip(node.input_tensors, previous)):
-            raise UserInputError(f"model {model.name!r} is not a chain of layers at {layer.name!r}: Grad-CAM inside a nested backbone needs a model from abo_tf.models")
+            raise UserInputError(f"model {model.name!r} is not a chain of layers at {layer.name!r}: Grad-CAM inside a nested backbone needs a model from abo_tf.training.models")
         previous = node.output_tensors
 
 

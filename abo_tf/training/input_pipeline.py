@@ -13,8 +13,9 @@ import os
 
 import tensorflow as tf
 
-from abo_tf import preprocess, schema, shards
-from abo_tf.errors import UserInputError
+from abo_tf.records import schema, shards
+from abo_tf.training import preprocess
+from abo_tf.common.errors import UserInputError
 
 SHUFFLE_BUFFER = 4096  # examples; ~8 KB each for the small images: ~32 MB
 RAM_BUDGET_FRACTION = 0.25  # of the machine's memory, for tf.data autotuned buffers

@@ -14,8 +14,8 @@ import struct
 
 import google_crc32c
 
-from abo_tf import schema
-from abo_tf.errors import InputNotFoundError, UserInputError
+from abo_tf.records import schema
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 MANIFEST = "manifest.json"
 LABELS_FILE = "labels.txt"

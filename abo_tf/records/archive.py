@@ -18,7 +18,7 @@ import re
 import tarfile
 import zlib
 
-from abo_tf.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 LISTINGS_DIR = "listings/metadata"
 IMAGES_CSV = "images/metadata/images.csv.gz"

@@ -1,0 +1,1 @@
+"""What every command shares: user errors, options and configs, files, workers."""

@@ -1,0 +1,1 @@
+"""ABO archives -> checked images, labels, a leak-free split -> TFRecord shards. No TensorFlow here."""

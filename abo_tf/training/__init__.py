@@ -1,0 +1,1 @@
+"""Records -> tf.data -> Keras model -> distributed training loop -> SavedModel."""
