@@ -1,0 +1,47 @@
+"""Files every command writes the same way: JSON written atomically, read with a named error."""
+
+import json
+import math
+import os
+
+from abo_tf.common.errors import UserInputError
+
+
+def _without_nan(value):
+    """NaN/inf -> None, recursively: JSON has no NaN, and `null` says "undefined" to every reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _without_nan(entry) for key, entry in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(entry) for entry in value]
+    return value
+
+
+def write_json(path, value, indent=2):
+    """Writes `value` to `path` under a temporary name, then renames: a reader never sees half a file.
+
+    Keys are sorted and NaN becomes null, so the same value always gives the same bytes.
+    """
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(_without_nan(value), handle, indent=indent, sort_keys=True, allow_nan=False)
+    os.replace(temporary, path)
+    return path
+
+
+def read_json(path, what="file", missing=None):
+    """The JSON value in `path`; `missing` when there is no such file.
+
+    Raises:
+      UserInputError: the file is not JSON (it names the file and what it should be).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return missing
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as error:
+        raise UserInputError(f"{path!r} is not a valid JSON {what} ({error}): move it away or choose another folder") from error
+    except IsADirectoryError as error:
+        raise UserInputError(f"{path!r} is a folder, expected a JSON {what}") from error
