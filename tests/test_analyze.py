@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from abo_tf import analyze
+from abo_tf.reports import data_report
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_tables_are_consistent(analysis, built_records):
     per_listing = pd.read_csv(os.path.join(report, "images_per_listing.csv"))
     assert per_listing["listings"].sum() == overview["listings"]
     languages = pd.read_csv(os.path.join(report, "languages.csv"))
-    assert set(languages["field"]) <= set(analyze.LOCALISED_FIELDS)
+    assert set(languages["field"]) <= set(data_report.LOCALISED_FIELDS)
     assert languages.groupby("field")["share_of_field"].sum().round(6).eq(1).all()
     missing = pd.read_csv(os.path.join(report, "missing_fields.csv")).set_index("key")
     assert missing.loc["item_id", "missing_share"] == 0 and not missing.loc["extra_field_v2", "documented"]

@@ -1,0 +1,241 @@
+"""Command options declared once: a dataclass whose fields carry type, default, help and group.
+
+    @dataclasses.dataclass(frozen=True)
+    class EvaluateOptions:
+        records: str = options.option(help="folder of a build_records output", group="inputs", required=True)
+        batch_size: int = options.option(64, help="images per call", group="runtime", minimum=1)
+
+    evaluate_options = options.parse(EvaluateOptions, argv, prog="python -m abo_tf.evaluate", description=...)
+
+From the fields `build_parser` makes the argparse parser (groups, `--help` with
+defaults, `--flag/--no-flag` for booleans, choices), and `parse` applies the
+rules every command shares, the ones `train` had first (timm's habit):
+`--config FILE.toml` gives defaults, its tables are flattened, every key must
+name an option (a typo is an error, not a silent default), values must have the
+option's type, and flags given on the command line override the file.
+`save_config` writes the resolved options into the command's output folder, so
+every number can be traced back to a command.
+"""
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+
+import tomli_w
+
+from abo_tf.common import config as config_lib, console
+from abo_tf.common.errors import UserInputError
+
+CONFIG_FILE = config_lib.RUN_CONFIG
+_HELP_GROUP = "options"
+
+
+def option(default=dataclasses.MISSING, *, help, group=_HELP_GROUP, flag=None, choices=None, metavar=None, nargs=None,
+           minimum=None, maximum=None, required=False, config=True, cli=True, default_factory=dataclasses.MISSING):
+    """A dataclass field that is also a command-line option.
+
+    Args:
+      default: the default value (omit for a required option).
+      help: the `--help` text; the default is appended to it.
+      group: the `--help` section the option is listed under.
+      flag: the flag when it is not `--field-name` (e.g. `--split` for `split_fractions`).
+      choices, metavar, nargs: as in argparse.
+      minimum, maximum: inclusive bounds for numbers (every element of a list).
+      required: the option must be given, on the command line or in the config.
+      config: the option may be set in a `--config` file and is saved with the
+        resolved config (False for what says where to write, or how to show it).
+      cli: False for a field that is set by code only.
+    """
+    metadata = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar, "nargs": nargs,
+                "minimum": minimum, "maximum": maximum, "required": required, "config": config, "cli": cli}
+    if required and default is dataclasses.MISSING and default_factory is dataclasses.MISSING:
+        default = None  # checked by `parse`, so that a config file may supply it
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What `parse` needs to know of one field."""
+
+    name: str
+    flag: str
+    kind: type  # int, float, str or bool
+    is_list: bool
+    optional: bool
+    metadata: dict
+
+
+def _base_type(annotation):
+    """(element type, is a list, may be None) of an annotation like `int`, `float | None`, `tuple[float, ...]`."""
+    args = typing.get_args(annotation)
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        (annotation,) = [arg for arg in args if arg is not type(None)]
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (tuple, list):
+        return args[0], True, optional
+    return annotation, False, optional
+
+
+def specs(options_class):
+    """The `_Spec` of every command-line field of `options_class`, in declaration order."""
+    hints = typing.get_type_hints(options_class)
+    result = []
+    for field in dataclasses.fields(options_class):
+        if not field.metadata.get("cli"):
+            continue
+        kind, is_list, optional = _base_type(hints[field.name])
+        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+        result.append(_Spec(field.name, flag, kind, is_list, optional, dict(field.metadata)))
+    return result
+
+
+def _default_of(field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one (not "default: None" for an option that has none)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False and action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(options_class, prog, description):
+    """The argparse parser of `options_class`'s fields, plus `--config`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
+    groups = {}
+    defaults = {field.name: _default_of(field) for field in dataclasses.fields(options_class)}
+    for spec in specs(options_class):
+        metadata = spec.metadata
+        group = groups.get(metadata["group"]) or groups.setdefault(metadata["group"], parser.add_argument_group(metadata["group"]))
+        help_text = metadata["help"] + (" (required)" if metadata["required"] else "")
+        keywords = {"dest": spec.name, "help": help_text, "default": defaults[spec.name]}
+        if spec.kind is bool:
+            keywords["action"] = argparse.BooleanOptionalAction
+        else:
+            keywords.update(type=spec.kind, metavar=metadata["metavar"], choices=metadata["choices"])
+            if spec.is_list:
+                keywords["nargs"] = metadata["nargs"] or "+"
+        group.add_argument(spec.flag, **keywords)
+    common = parser.add_argument_group("config and console")
+    common.add_argument("--config", metavar="FILE.toml", help="TOML file of option values (tables are flattened; keys "
+                        "are the flag names with _ for -); flags on the command line override it")
+    common.add_argument("--verbose", action="store_true", dest="abo_tf_verbose",
+                        help=f"let TensorFlow print its start-up and runtime messages (or set {console.VERBOSE_ENV}=1)")
+    return parser
+
+
+def _type_name(spec):
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[spec.kind]
+    return f"a list of {name.split(' ', 1)[1]}s" if spec.is_list else name
+
+
+def _fits(value, kind):
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_config_value(path, spec, value):
+    """The config's `value` for `spec`, converted; a one-line error naming the key when its type is wrong."""
+    elements = value if spec.is_list and isinstance(value, list) else [value]
+    if (spec.is_list and not isinstance(value, list)) or not all(_fits(element, spec.kind) for element in elements):
+        raise UserInputError(f"config {path!r}: {spec.name} = {value!r} must be {_type_name(spec)} (like {spec.flag})")
+    if spec.kind is float:
+        elements = [float(element) for element in elements]
+    return tuple(elements) if spec.is_list else elements[0]
+
+
+def _config_defaults(path, options_class):
+    """The option values of a config file, checked against the options' names and types."""
+    values = config_lib.load_toml(path)
+    by_name = {spec.name: spec for spec in specs(options_class) if spec.metadata["config"]}
+    unknown = sorted(set(values) - set(by_name))
+    if unknown:
+        raise UserInputError(f"config {path!r} has unknown keys {unknown}: allowed are {sorted(by_name)}")
+    return {name: _check_config_value(path, by_name[name], value) for name, value in values.items()}
+
+
+def _check_bounds(spec, value):
+    minimum, maximum = spec.metadata["minimum"], spec.metadata["maximum"]
+    for element in (value if spec.is_list else [value]):
+        if minimum is not None and element < minimum:
+            raise UserInputError(f"{spec.flag} {element} must be at least {minimum}")
+        if maximum is not None and element > maximum:
+            raise UserInputError(f"{spec.flag} {element} must be at most {maximum}")
+
+
+def _check_values(options_class, values):
+    for spec in specs(options_class):
+        value = values.get(spec.name)
+        if value is None:
+            if spec.metadata["required"]:
+                raise UserInputError(f"{spec.flag} is required (on the command line or in --config)")
+            continue
+        if spec.is_list:
+            values[spec.name] = tuple(value)
+        if spec.kind in (int, float):
+            _check_bounds(spec, value)
+
+
+def parse(options_class, argv, prog, description, config_defaults=None):
+    """Command line (+ `--config` file) -> an `options_class` instance.
+
+    Args:
+      options_class: a dataclass whose fields are declared with `option`.
+      argv: the arguments (None: sys.argv[1:]).
+      prog, description: for `--help`.
+      config_defaults: values applied under the config file's (e.g. a run folder's saved config).
+
+    Returns:
+      `(options, config_path)`: the instance, and the `--config` file given or None.
+
+    Raises:
+      UserInputError: an unknown key or a value of the wrong type in the config,
+        a missing required option, a number out of bounds.
+    """
+    parser = build_parser(options_class, prog, description)
+    args = parser.parse_args(argv)
+    console.set_verbose(args.abo_tf_verbose)
+    defaults = dict(config_defaults or {})
+    if args.config:
+        defaults.update(_config_defaults(args.config, options_class))
+    if defaults:
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    values = {spec.name: getattr(args, spec.name) for spec in specs(options_class)}
+    _check_values(options_class, values)
+    return options_class(**values), args.config
+
+
+def config_values(options):
+    """The resolved values of the options that belong in a config file (None left out: TOML has no null)."""
+    values = {}
+    for spec in specs(type(options)):
+        value = getattr(options, spec.name)
+        if spec.metadata["config"] and value is not None:
+            values[spec.name] = list(value) if spec.is_list else value
+    return values
+
+
+def save_config(options, folder, name=CONFIG_FILE):
+    """Writes the resolved options into `folder` as TOML: `--config folder/config.toml` reproduces the command."""
+    path = os.path.join(folder, name)
+    with open(path + ".tmp", "wb") as handle:
+        tomli_w.dump(dict(sorted(config_values(options).items())), handle)
+    os.replace(path + ".tmp", path)
+    return path
