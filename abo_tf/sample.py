@@ -1,11 +1,46 @@
 """Write a synthetic ABO download in the real layout: `python -m abo_tf.sample OUT_DIR`.
 
-The generator itself lives in `abo_tf.testing.synthetic_abo`: it is test and demo support.
+    python -m abo_tf.sample demo/abo --listings 800 --seed 0 [--tar]
+
+The generator is test and demo support (`abo_tf.testing.synthetic_abo`): the
+real archives cannot be downloaded on the project's machines. The same options
+give the same bytes.
 """
 
+import dataclasses
 import sys
+import time
 
-from abo_tf.testing.synthetic_abo import main
+from abo_tf.common import options
+from abo_tf.common.errors import cli_main
+from abo_tf.testing import synthetic_abo
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    """What `generate_sample` is asked for."""
+
+    output_dir: str = options.option(help="new or empty folder to write into", metavar="OUT_DIR", positional=True)
+    listings: int = options.option(synthetic_abo.DEFAULT_LISTINGS, help="listings to write",
+                                   minimum=synthetic_abo.MIN_LISTINGS)
+    seed: int = options.option(synthetic_abo.DEFAULT_SEED, help="seed; the same seed gives the same bytes")
+    tar: bool = options.option(False, help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
+    max_side: int = options.option(synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32)
+    workers: int | None = options.option(help="rendering processes (default: by size and CPU count)", minimum=1,
+                                         config=False)
+
+
+@cli_main
+def main(argv=None):
+    sample_options, _ = options.parse(SampleOptions, argv, prog="python -m abo_tf.sample",
+                                      description=__doc__.split("\n\n")[0])
+    start = time.perf_counter()
+    truth = synthetic_abo.generate_sample(sample_options.output_dir, num_listings=sample_options.listings,
+                                          seed=sample_options.seed, tar=sample_options.tar,
+                                          max_side=sample_options.max_side, workers=sample_options.workers)
+    print(synthetic_abo.summary(truth, sample_options.output_dir, time.perf_counter() - start))
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

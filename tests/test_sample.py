@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from abo_tf import sample as sample_command
 from abo_tf.testing import synthetic_abo as sample
 from abo_tf.common.errors import UserInputError
 
@@ -341,37 +342,37 @@ def test_default_size_images_weigh_like_abo(tmp_path):
 # --- arguments and CLI -----------------------------------------------------------
 
 
-def test_bad_arguments_are_refused(tmp_path):
-    for arguments, expected in [({"num_listings": 99}, "--listings 99"), ({"max_side": 31}, "--max-side 31"),
-                                ({"seed": -1}, "--seed -1"), ({"workers": 0}, "--workers 0")]:
-        with pytest.raises(UserInputError, match=expected):
-            sample.generate_sample(str(tmp_path / "new"), **arguments)
+@pytest.mark.parametrize("arguments, expected", [({"num_listings": 99}, "--listings 99"), ({"max_side": 31}, "--max-side 31"),
+                                                 ({"seed": -1}, "--seed -1"), ({"workers": 0}, "--workers 0")])
+def test_bad_arguments_are_refused(tmp_path, arguments, expected):
+    with pytest.raises(UserInputError, match=expected):
+        sample.generate_sample(str(tmp_path / "new"), **arguments)
     assert not (tmp_path / "new").exists()
 
 
 def test_cli_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit) as caught:
-        sample.main(["--help"])
+        sample_command.main(["--help"])
     assert caught.value.code == 0
     help_text = capsys.readouterr().out
     assert "OUT_DIR" in help_text and "300" in help_text and "256" in help_text
 
 
-def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("arguments, expected", [(["{busy}"], "not empty"), (["{new}", "--listings", "5"], "--listings 5"),
+                                                 (["{busy}/notes.txt"], "is a file")])
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, arguments, expected):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    cases = [([str(busy)], "not empty"), ([str(tmp_path / "new"), "--listings", "5"], "--listings 5"),
-             ([str(busy / "notes.txt")], "is a file")]
-    for arguments, expected in cases:
-        assert sample.main(arguments) == 2
-        error = capsys.readouterr().err.strip()
-        assert expected in error and len(error.splitlines()) == 1, error
+    arguments = [argument.format(busy=busy, new=tmp_path / "new") for argument in arguments]
+    assert sample_command.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, error
     assert os.listdir(busy) == ["notes.txt"] and not (tmp_path / "new").exists()
 
 
 def test_cli_writes_only_the_abo_files(tmp_path, capsys):
     output = tmp_path / "abo"
-    assert sample.main([str(output), "--listings", "100", "--max-side", "32", "--seed", "7", "--tar"]) == 0
+    assert sample_command.main([str(output), "--listings", "100", "--max-side", "32", "--seed", "7", "--tar"]) == 0
     assert "100 listings" in capsys.readouterr().out
     assert sorted(os.listdir(output)) == ["abo-images-small.tar", "abo-listings.tar"]

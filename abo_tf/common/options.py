@@ -30,10 +30,12 @@ from abo_tf.common.errors import UserInputError
 
 CONFIG_FILE = config_lib.RUN_CONFIG
 _HELP_GROUP = "options"
+CONSOLE_GROUP = "config and console"
 
 
 def option(default=dataclasses.MISSING, *, help, group=_HELP_GROUP, flag=None, choices=None, metavar=None, nargs=None,
-           minimum=None, maximum=None, required=False, config=True, cli=True, default_factory=dataclasses.MISSING):
+           minimum=None, maximum=None, required=False, config=True, cli=True, positional=False,
+           default_factory=dataclasses.MISSING):
     """A dataclass field that is also a command-line option.
 
     Args:
@@ -47,11 +49,14 @@ def option(default=dataclasses.MISSING, *, help, group=_HELP_GROUP, flag=None, c
       config: the option may be set in a `--config` file and is saved with the
         resolved config (False for what says where to write, or how to show it).
       cli: False for a field that is set by code only.
+      positional: an argument without a flag (implies required, not in configs).
     """
+    required, config = required or positional, config and not positional
     metadata = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar, "nargs": nargs,
-                "minimum": minimum, "maximum": maximum, "required": required, "config": config, "cli": cli}
-    if required and default is dataclasses.MISSING and default_factory is dataclasses.MISSING:
-        default = None  # checked by `parse`, so that a config file may supply it
+                "minimum": minimum, "maximum": maximum, "required": required, "config": config, "cli": cli,
+                "positional": positional}
+    if default is dataclasses.MISSING and default_factory is dataclasses.MISSING:
+        default = None  # no default; a required one is checked by `parse`, so that a config file may supply it
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -120,6 +125,9 @@ def build_parser(options_class, prog, description):
         group = groups.get(metadata["group"]) or groups.setdefault(metadata["group"], parser.add_argument_group(metadata["group"]))
         help_text = metadata["help"] + (" (required)" if metadata["required"] else "")
         keywords = {"dest": spec.name, "help": help_text, "default": defaults[spec.name]}
+        if metadata["positional"]:
+            parser.add_argument(spec.name, metavar=metadata["metavar"], help=metadata["help"], type=spec.kind)
+            continue
         if spec.kind is bool:
             keywords["action"] = argparse.BooleanOptionalAction
         else:
@@ -127,7 +135,7 @@ def build_parser(options_class, prog, description):
             if spec.is_list:
                 keywords["nargs"] = metadata["nargs"] or "+"
         group.add_argument(spec.flag, **keywords)
-    common = parser.add_argument_group("config and console")
+    common = groups.get(CONSOLE_GROUP) or parser.add_argument_group(CONSOLE_GROUP)
     common.add_argument("--config", metavar="FILE.toml", help="TOML file of option values (tables are flattened; keys "
                         "are the flag names with _ for -); flags on the command line override it")
     common.add_argument("--verbose", action="store_true", dest="abo_tf_verbose",

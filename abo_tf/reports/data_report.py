@@ -58,7 +58,7 @@ class AnalyzeOptions:
                                        minimum=1)
     tail_below: int = options_lib.option(metrics.TAIL_BELOW, help="tail stratum: fewer than this many images",
                                          group="report", minimum=0)
-    progress: bool = options_lib.option(True, help="progress bars", group="console", config=False)
+    progress: bool = options_lib.option(True, help="progress bars", group=options_lib.CONSOLE_GROUP, config=False)
 
 
 # --- one pass over the listings ------------------------------------------------

@@ -15,7 +15,6 @@ each image from its own generator seeded with (seed, image number), so the
 number of worker processes does not change a byte.
 """
 
-import argparse
 import collections
 import dataclasses
 import functools
@@ -27,13 +26,11 @@ import multiprocessing
 import os
 import random
 import string
-import sys
 import tarfile
-import time
 
 import numpy as np
 
-from abo_tf.common.errors import UserInputError, cli_main
+from abo_tf.common.errors import UserInputError
 
 DEFAULT_LISTINGS = 300
 DEFAULT_SEED = 0
@@ -973,23 +970,7 @@ def generate_sample(output_dir, num_listings=DEFAULT_LISTINGS, seed=DEFAULT_SEED
     return _truth(plan, files, tar)
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m abo_tf.sample", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("output_dir", metavar="OUT_DIR", help="new or empty folder to write into")
-    parser.add_argument("--listings", type=int, default=DEFAULT_LISTINGS,
-                        help=f"listings to write (at least {MIN_LISTINGS})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed; the same seed gives the same bytes")
-    parser.add_argument("--tar", action="store_true",
-                        help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
-    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="longest side of an image, in pixels")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="rendering processes (default: by size and CPU count)")
-    return parser
-
-
-def _summary(truth, output_dir, seconds):
+def summary(truth, output_dir, seconds):
     bad = sum(len(ids) for ids in truth["bad_images"].values())
     top_type, top_count = max(truth["listings_per_type"].items(), key=lambda entry: entry[1])
     return "\n".join([
@@ -1000,18 +981,3 @@ def _summary(truth, output_dir, seconds):
         f"{bad} damaged images, {len(truth['boilerplate_images'])} boilerplate, "
         f"{len(truth['conflicting_items'])} conflicting items, {len(truth['conflicting_images'])} conflicting images",
     ])
-
-
-@cli_main
-def main(argv=None):
-    """CLI: `python -m abo_tf.sample OUT_DIR [--listings N] [--seed S] [--tar] [--max-side PX]`."""
-    args = _parser().parse_args(argv)
-    start = time.perf_counter()
-    truth = generate_sample(args.output_dir, num_listings=args.listings, seed=args.seed, tar=args.tar,
-                            max_side=args.max_side, workers=args.workers)
-    print(_summary(truth, args.output_dir, time.perf_counter() - start))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,179 @@
+"""abo_tf.common: options declared once, output folder claims, atomic JSON, the quiet console."""
+
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from abo_tf.common import console, files, options, outputs
+from abo_tf.common.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOptions:
+    records: str = options.option(help="records folder", group="inputs", required=True)
+    output: str = options.option("out", help="where to write", group="output", config=False)
+    batch_size: int = options.option(64, help="images per batch", minimum=1)
+    rate: float = options.option(0.5, help="a rate", minimum=0.0, maximum=1.0)
+    split: tuple[float, ...] = options.option((0.8, 0.1, 0.1), help="fractions", flag="--split", nargs=3)
+    mode: str = options.option("fast", help="how", choices=("fast", "slow"))
+    cache: bool = options.option(False, help="cache")
+    limit: int | None = options.option(help="optional limit")
+
+
+def _parse(argv):
+    return options.parse(ExampleOptions, argv, prog="example", description="an example")[0]
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_flags_types_and_defaults():
+    parsed = _parse(["--records", "r", "--batch-size", "8", "--split", "0.7", "0.2", "0.1", "--cache", "--limit", "3"])
+    assert parsed == ExampleOptions(records="r", batch_size=8, split=(0.7, 0.2, 0.1), cache=True, limit=3)
+
+
+def test_config_gives_defaults_and_flags_override(tmp_path):
+    path = _write(tmp_path, '[data]\nrecords = "from-config"\nbatch_size = 16\nrate = 1\nsplit = [0.6, 0.2, 0.2]\n')
+    parsed = _parse(["--config", path, "--batch-size", "4"])
+    assert (parsed.records, parsed.batch_size, parsed.rate, parsed.split) == ("from-config", 4, 1.0, (0.6, 0.2, 0.2))
+    assert isinstance(parsed.rate, float)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("records = 5", "records = 5 must be a string"),
+    ("batch_size = 1.5", "batch_size = 1.5 must be an integer"),
+    ("batch_size = true", "batch_size = True must be an integer"),
+    ("rate = \"high\"", "rate = 'high' must be a number"),
+    ("split = 0.5", "split = 0.5 must be a list of numbers"),
+    ("cache = 1", "cache = 1 must be true or false"),
+    ("batchsize = 3", "unknown keys ['batchsize']"),
+    ("output = \"elsewhere\"", "unknown keys ['output']"),
+    ("[a]\nrate = 0.1\n[b]\nrate = 0.2", "sets 'rate' twice"),
+    ("records = ", "not valid TOML"),
+])
+def test_bad_config_values_are_named(tmp_path, text, message):
+    with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _parse(["--config", _write(tmp_path, text), "--records", "r"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--records is required"),
+    (["--records", "r", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+    (["--records", "r", "--rate", "1.5"], "--rate 1.5 must be at most 1.0"),
+    (["--records", "r", "--config", "/nonexistent.toml"], "does not exist"),
+])
+def test_bad_flags_are_named(argv, message):
+    with pytest.raises(UserInputError, match=message):
+        _parse(argv)
+
+
+def test_every_flag_has_help_and_the_help_shows_defaults(capsys):
+    parser = options.build_parser(ExampleOptions, "example", "an example")
+    assert all(action.help for action in parser._actions)  # argparse offers no public list
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "inputs:" in text and "(default: 64)" in text and "(required)" in text and "default: None" not in text
+
+
+def test_saved_config_reproduces_the_options(tmp_path):
+    parsed = _parse(["--records", "r", "--rate", "0.25", "--split", "0.5", "0.25", "0.25"])
+    path = options.save_config(parsed, str(tmp_path))
+    assert "output" not in open(path).read() and "limit" not in open(path).read()
+    assert _parse(["--config", path]) == dataclasses.replace(parsed)
+
+
+# --- output folders -------------------------------------------------------------
+
+
+def test_claim_accepts_new_empty_and_own_folders(tmp_path):
+    new = outputs.claim(str(tmp_path / "new"), "train")
+    assert not new.earlier and os.path.isdir(tmp_path / "new")
+    (tmp_path / "new" / "metrics.json").write_text("{}")
+    outputs.release(new.path)
+    assert outputs.claim(new.path, "train").earlier
+    outputs.release(new.path)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"notes.txt": "mine"}, "not empty and was not written by `abo_tf.train`"),
+    ({outputs.MARKER: json.dumps({"command": "evaluate"})}, "holds the output of `abo_tf.evaluate`"),
+    ({outputs.MARKER: "not json"}, "is not a valid JSON"),
+])
+def test_claim_refuses_other_folders_and_changes_nothing(tmp_path, layout, message):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, text in layout.items():
+        (folder / name).write_text(text)
+    with pytest.raises(UserInputError, match=message):
+        outputs.claim(str(folder), "train")
+    assert {name: (folder / name).read_text() for name in os.listdir(folder)} == layout
+
+
+@pytest.mark.parametrize("path, message", [("{file}", "is a file"), ("{file}/below", "cannot create"),
+                                           ("/proc/abo_tf_test", "cannot create")])
+def test_claim_refuses_what_cannot_be_a_folder(tmp_path, path, message):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(outputs.OutputFolderError, match=message):
+        outputs.claim(path.format(file=tmp_path / "file"), "train")
+
+
+def test_a_second_process_cannot_claim_a_busy_folder(tmp_path):
+    folder = outputs.claim(str(tmp_path / "busy"), "train")
+    script = "from abo_tf.common import outputs; outputs.claim(%r, 'train')" % folder.path
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0 and "being written by another abo_tf process" in result.stderr
+    outputs.release(folder.path)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 0
+
+
+def test_remove_owned_deletes_only_what_the_command_wrote(tmp_path):
+    folder = outputs.claim(str(tmp_path / "records"), "build_records")
+    for name in ("abo-train.tfrecord-00000-of-00001", "manifest.json", "notes.txt"):
+        (tmp_path / "records" / name).write_text("x")
+    (tmp_path / "records" / ".build").mkdir()
+    assert outputs.remove_owned(folder, ["abo-*.tfrecord-*", "manifest.json", ".build"]) == ["notes.txt"]
+    outputs.release(folder.path)
+
+
+# --- files ----------------------------------------------------------------------
+
+
+def test_json_is_written_atomically_with_nan_as_null(tmp_path):
+    path = files.write_json(str(tmp_path / "m.json"), {"b": float("nan"), "a": [1.0, float("inf")]})
+    assert open(path).read() == '{\n  "a": [\n    1.0,\n    null\n  ],\n  "b": null\n}'
+    assert os.listdir(tmp_path) == ["m.json"]
+    assert files.read_json(str(tmp_path / "missing.json"), missing="none") == "none"
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserInputError, match="bad.json.*is not a valid JSON manifest"):
+        files.read_json(str(tmp_path / "bad.json"), what="manifest")
+
+
+# --- console --------------------------------------------------------------------
+
+
+def test_tensorflow_start_up_is_silent_unless_verbose():
+    script = "import abo_tf, tensorflow as tf; print(int(tf.constant(1) + 1))"
+    environment = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "2\n", "")
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**environment, console.VERBOSE_ENV: "1"})
+    assert loud.returncode == 0 and loud.stderr  # the banner this hides exists on this machine
+
+
+def test_progress_in_a_log_is_plain_lines(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    for _ in console.progress_bar(range(1000), desc="work"):
+        pass
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text and text.endswith("\n") and "1000/1000" in text
