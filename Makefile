@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test test-fast lint format notebook benchmark clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,22 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
+
+# The tests not marked slow (no training, no subprocess pipelines): under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+lint: install
+	$(BIN)/ruff check abo_tf tests benchmarks
+	$(BIN)/ruff format --check abo_tf tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix abo_tf tests benchmarks
+	$(BIN)/ruff format abo_tf tests benchmarks
+
+# Runs the exploration notebook and saves it with its outputs (figures embedded), as committed.
+notebook: install
+	$(BIN)/python notebooks/execute.py notebooks/abo_exploration.ipynb
 
 # Figures for the README; about 30 minutes on 2 cores. Run on an otherwise idle machine.
 benchmark: install
