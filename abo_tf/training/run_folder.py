@@ -1,0 +1,141 @@
+"""The run folder a training run writes, declared once (as records/schema.py is for records).
+
+    RUN_DIR/
+      config.toml          the resolved train options: `--config RUN_DIR/config.toml` reproduces the run
+      checkpoints/         every epoch (and every --checkpoint-every-steps): a killed run resumes here
+      logs/                TensorBoard
+      history.csv          one row per epoch, `HistoryRow`'s fields
+      training_curves.png  loss and accuracy per epoch
+      metrics.json         validation and test metrics (abo_tf.reports.metrics)
+      labels.txt           class names, label order
+      model.keras          the Keras model (Grad-CAM, features, fine-tuning)
+      saved_model/         the SavedModel users ship (abo_tf.training.export)
+
+Every command that reads a run (evaluate, features, baselines, tune) goes
+through the names and loaders here.
+"""
+
+import csv
+import dataclasses
+import os
+
+from abo_tf.common import files
+from abo_tf.common.errors import InputNotFoundError, UserInputError
+
+CONFIG = "config.toml"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+HISTORY = "history.csv"
+CURVES = "training_curves.png"
+METRICS = "metrics.json"
+LABELS = "labels.txt"
+KERAS_MODEL = "model.keras"
+SAVED_MODEL = "saved_model"
+POOL_LAYER = "pool"  # the pooled backbone features, input of the classification head
+# What a run writes at its top level: what `train --output` may replace in its own folder.
+FILES = (CONFIG, CHECKPOINTS, LOGS, HISTORY, CURVES, METRICS, LABELS, KERAS_MODEL, SAVED_MODEL)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryRow:
+    """One epoch of history.csv; the field order is the column order."""
+
+    epoch: int
+    step: int
+    phase: str
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    images_per_second: float
+    seconds: float
+
+
+HISTORY_FIELDS = tuple(field.name for field in dataclasses.fields(HistoryRow))
+
+
+def path(run_dir, name):
+    """`run_dir/name` for one of this module's names."""
+    return os.path.join(run_dir, name)
+
+
+def check_run(run_dir, needs=KERAS_MODEL, flag="--run"):
+    """Raises a one-line error unless `run_dir` is a run folder holding `needs`."""
+    if not os.path.isdir(run_dir):
+        raise InputNotFoundError(f"{flag} {run_dir!r} does not exist: give the --output folder of `python -m abo_tf.train`")
+    if not os.path.exists(path(run_dir, needs)):
+        raise InputNotFoundError(f"{flag} {run_dir!r} has no {needs}: give a finished training run (its --output folder)")
+    return run_dir
+
+
+def is_run(folder):
+    """True for a training run folder (config.toml and metrics.json); baselines and reports are not runs."""
+    return os.path.isfile(path(folder, CONFIG)) and os.path.isfile(path(folder, METRICS))
+
+
+def load_keras_model(model_path):
+    """Loads a run's `model.keras` (a file path), with the project's custom layers registered."""
+    import keras
+
+    from abo_tf.training import models  # noqa: F401  registers BackbonePreprocess for load_model
+
+    if not os.path.isfile(model_path):
+        raise InputNotFoundError(f"{model_path!r} does not exist: give the {KERAS_MODEL} of a training run")
+    try:
+        return keras.models.load_model(model_path)
+    except (ValueError, OSError) as error:
+        raise UserInputError(f"{model_path!r} is not a Keras model from abo_tf.train ({error}): give the run's {KERAS_MODEL}") from error
+
+
+def load_config(run_dir):
+    """The resolved train options a run folder holds (a flat dict), or None."""
+    from abo_tf.common import config
+
+    return config.load_run_config(run_dir)
+
+
+def load_metrics(run_dir):
+    """The run's metrics.json (validation and test), or None before the run finished."""
+    return files.read_json(path(run_dir, METRICS), what="metrics file")
+
+
+def load_history(run_dir, up_to_step=None):
+    """The rows of history.csv as `HistoryRow`s (up to a step, for a resumed run); [] when there are none."""
+    history_path = path(run_dir, HISTORY)
+    if not os.path.isfile(history_path):
+        return []
+    with open(history_path, newline="", encoding="utf-8") as handle:
+        rows = [_history_row(row) for row in csv.DictReader(handle)]
+    return [row for row in rows if up_to_step is None or row.step <= up_to_step]
+
+
+def _history_row(row):
+    types = {field.name: field.type for field in dataclasses.fields(HistoryRow)}
+    converters = {"int": int, "float": float, "str": str}
+    return HistoryRow(**{name: converters[types[name]](row[name]) for name in HISTORY_FIELDS})
+
+
+def write_history(run_dir, rows):
+    """Writes history.csv from `HistoryRow`s (all of them: the file is rewritten after each epoch)."""
+    with open(path(run_dir, HISTORY), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(row) for row in rows)
+
+
+def training_seconds(run_dir):
+    """Wall time of the run's epochs (the sum of history.csv), or None without history."""
+    rows = load_history(run_dir)
+    return float(sum(row.seconds for row in rows)) if rows else None
+
+
+def read_class_names(run_dir):
+    """labels.txt of a run: class names in label order."""
+    with open(path(run_dir, LABELS), encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle if line.strip()]
+
+
+def write_class_names(run_dir, class_names):
+    with open(path(run_dir, LABELS), "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{name}\n" for name in class_names))
