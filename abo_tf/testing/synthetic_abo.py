@@ -2,7 +2,7 @@
 
 Nobody here can download the real Amazon Berkeley Objects data, so the tests,
 the demo and the benchmarks run on this. `python -m abo_tf.sample OUT_DIR`
-writes what a user gets from the ABO downloads (shared/abo-format.md): the
+writes what a user gets from the ABO downloads (docs/abo-format.md): the
 extracted folders, or with `--tar` only `abo-listings.tar` and
 `abo-images-small.tar`. Every quirk the real data is known to have is planted
 at least once, and `generate_sample` returns a "truth" dict saying exactly
