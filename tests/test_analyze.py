@@ -49,7 +49,8 @@ def test_counts_match_what_the_generator_planted(analysis, abo_sample):
     sharing = pd.read_csv(os.path.join(report, "listings_per_image.csv"))
     boilerplate, listings = next(iter(truth["boilerplate_images"].items()))
     assert sharing["listings"].max() == listings
-    assert overview["largest connected group: images"] >= 1
+    # The boilerplate image joins every listing that shows it into one group.
+    assert overview["largest connected group: listings"] >= listings
 
 
 def test_tables_are_consistent(analysis, built_records):
@@ -73,3 +74,41 @@ def test_missing_input_is_a_one_line_error(tmp_path, capsys):
     code = analyze.main(["--listings", str(tmp_path / "nope"), "--images", str(tmp_path / "nope"), "--report", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "does not exist" in err and "\n" not in err
+
+
+def test_without_inputs_the_download_is_looked_for_in_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert analyze.main(["--report", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "data/abo-listings.tar" in error and "data/listings/metadata" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("layout, expected", [
+    (["data/abo-listings.tar", "data/abo-images-small.tar"], ("data/abo-listings.tar", "data/abo-images-small.tar")),
+    (["data/listings/metadata/", "data/images/metadata/images.csv.gz"], ("data", "data")),
+])
+def test_download_forms_under_data(tmp_path, monkeypatch, layout, expected):
+    from abo_tf.records import download
+
+    monkeypatch.chdir(tmp_path)
+    for path in layout:
+        os.makedirs(os.path.dirname(path) if not path.endswith("/") else path, exist_ok=True)
+        if not path.endswith("/"):
+            open(path, "wb").close()
+    assert download.locate() == expected
+    assert download.locate("mine.tar", None) == ("mine.tar", expected[1])
+
+
+def test_config_file_and_resolved_config(analysis, abo_sample, tmp_path):
+    report, _ = analysis
+    saved = open(os.path.join(report, "config.toml")).read()
+    assert f'listings = "{abo_sample["listings"]}"' in saved and "head_min = 1000" in saved and "report" not in saved
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path, capsys):
+    config = tmp_path / "analyze.toml"
+    config.write_text('[report]\nhead_min = "many"\n')
+    assert analyze.main(["--config", str(config), "--report", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "head_min = 'many' must be an integer" in error and len(error.splitlines()) == 1
