@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/baselines_benchmark.py [--listings 300] [--backbone mobilenet_v3_small] [--repeats 3]
 
-1. Feature extraction, images/s: `features.extract_features` (records ->
+1. Feature extraction, images/s: `extraction.extract_features` (records ->
    evaluation input pipeline -> traced backbone -> memory-mapped cache) on the
    train split of a generated sample vs the same feature model's
    `keras.Model.predict` on a NumPy array of the same images, already decoded
@@ -12,7 +12,7 @@
    out of both; each extraction writes into a fresh cache folder.
 2. Baseline training time vs the number of training examples: one fit per
    model with a fixed hyperparameter from the middle of its grid (the path
-   `baselines.search` takes for each candidate: a Pipeline in memory, or
+   `search.search` takes for each candidate: a Pipeline in memory, or
    streamed SGD for `sgd`), on synthetic CNN-like features: Gaussian classes
    with random means, long-tailed class sizes, `--dimension` columns.
 Medians of `--repeats`. Prints Markdown tables and writes benchmarks/results/baselines.json.
@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGE_SIZE = 224
 BATCH = 64
-# One candidate per model, from the middle of baselines.GRIDS.
+# One candidate per model, from the middle of search.GRIDS.
 FIXED_PARAMS = {
     "logreg": {"classifier__C": 1.0},
     "linear_svm": {"classifier__C": 0.01},
@@ -58,11 +58,11 @@ def make_records(work_dir, listings):
 
 def pipeline_rate(records, spec, work_dir):
     """Images/s of extract_features on the train split (fresh cache), as its info.json records it."""
-    from abo_tf import features
+    from abo_tf.classical import extraction
 
     cache_dir = os.path.join(work_dir, "cache")
     shutil.rmtree(cache_dir, ignore_errors=True)
-    result = features.extract_features(records, spec, ("train",), cache_dir, batch_size=BATCH, progress=False)["train"]
+    result = extraction.extract_features(records, spec, ("train",), cache_dir, batch_size=BATCH, progress=False)["train"]
     return result.info["images_per_second"]
 
 
@@ -85,13 +85,13 @@ def traced_rate(embed, images):
 
 
 def extraction_figures(records, manifest, backbone, work_dir, repeats):
-    from abo_tf import features
+    from abo_tf.classical import extraction, feature_spec
 
-    spec = features.resolve_spec(features.FeatureSpec(kind=features.CNN, backbone=backbone, weights="none", image_size=IMAGE_SIZE))
+    spec = feature_spec.resolve_spec(feature_spec.FeatureSpec(kind=feature_spec.CNN, backbone=backbone, weights="none", image_size=IMAGE_SIZE))
     images = decoded_images(records, manifest)
-    model = features.build_feature_model(spec)
+    model = extraction.build_feature_model(spec)
     model.predict(images[:BATCH], batch_size=BATCH, verbose=0)  # builds and traces the predict function
-    embed = features._make_embed(spec)  # built and traced once, as in extract_features
+    embed = extraction.make_embed(spec)  # built and traced once, as in extract_features
     predict_rates, pipeline_rates, traced_rates = [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -111,14 +111,14 @@ def synthetic_split(name, size, dimension, num_classes, seed, means):
     """Gaussian features around per-class means, class sizes falling as 1/rank (long tail, every class present)."""
     import numpy as np
 
-    from abo_tf import features
+    from abo_tf.classical import feature_cache
 
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, num_classes + 1)
     labels = np.concatenate([np.arange(num_classes), rng.choice(num_classes, size - num_classes, p=weights / weights.sum())]).astype(np.int32)
     values = (means[labels] + rng.standard_normal((size, dimension))).astype(np.float32)
     classes = [f"class_{index:02d}" for index in range(num_classes)]
-    return features.SplitFeatures(name, values, labels, np.array([str(index) for index in range(size)]), classes, {"cnn": [0, dimension]},
+    return feature_cache.SplitFeatures(name, values, labels, np.array([str(index) for index in range(size)]), classes, {"cnn": [0, dimension]},
                                   {"name": "synthetic"}, "")
 
 
@@ -126,7 +126,7 @@ def training_figures(sizes, dimension, num_classes, repeats, models):
     """Seconds of one fit per model and size, and the validation macro-F1 it reaches."""
     import numpy as np
 
-    from abo_tf import baselines
+    from abo_tf.classical import classifiers
 
     means = np.random.default_rng(0).standard_normal((num_classes, dimension)) * 0.15
     validation = synthetic_split("validation", 2000, dimension, num_classes, 1, means)
@@ -134,12 +134,12 @@ def training_figures(sizes, dimension, num_classes, repeats, models):
     for size in sizes:
         train = synthetic_split("train", size, dimension, num_classes, 2, means)
         for model in models:
-            training = baselines._Training(model, {}, [], train, np.arange(size), model == "sgd", baselines.SGD_EPOCHS, 0)
+            training = classifiers.Training(model, train, np.arange(size), model == "sgd", classifiers.SGD_EPOCHS, 0)
             seconds = []
             for _ in range(repeats):
-                pipeline, elapsed, _ = baselines._fit(training, FIXED_PARAMS[model], training.rows)
-                seconds.append(elapsed)
-            score = baselines._validation_score(pipeline, validation)
+                fitted = classifiers.fit(training, FIXED_PARAMS[model], training.rows)
+                seconds.append(fitted.seconds)
+            score = classifiers.macro_f1(fitted.pipeline, validation)
             rows.append({"model": model, "train_examples": size, "seconds": statistics.median(seconds), "all_seconds": seconds, "validation_macro_f1": score})
             print(f"  {model} on {size}: {rows[-1]['seconds']:.2f} s (macro-F1 {score:.3f})", flush=True)
     return rows

@@ -14,7 +14,8 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 
-from abo_tf import baselines, features
+from abo_tf import baselines
+from abo_tf.classical import baseline, classifiers, comparison, extraction, feature_cache, feature_spec, persistence, search
 from abo_tf.common import config
 from abo_tf.reports import metrics
 from abo_tf.common.errors import InputNotFoundError, UserInputError
@@ -31,13 +32,13 @@ RUN_HISTORY_SECONDS = (2.5, 1.5)
 
 
 def _spec():
-    return features.FeatureSpec(kind=features.HANDCRAFTED, image_size=IMAGE_SIZE)
+    return feature_spec.FeatureSpec(kind=feature_spec.HANDCRAFTED, image_size=IMAGE_SIZE)
 
 
 def _config(records_dir, output, cache_dir, **overrides):
-    values = dict(records=records_dir, output=str(output), features=_spec(), models=baselines.MODELS, runs=str(output / "no_runs"),
+    values = dict(records=records_dir, output=str(output), features=_spec(), models=classifiers.MODELS, runs=str(output / "no_runs"),
                   cache_dir=cache_dir, workers=2, sgd_epochs=10, measure_runs=False, progress=False, grids=SMALL_GRIDS)
-    return baselines.BaselineConfig(**{**values, **overrides})
+    return baseline.BaselineConfig(**{**values, **overrides})
 
 
 def _majority_metrics(splits):
@@ -67,11 +68,11 @@ def trained(built_records, tmp_path_factory):
     records_dir, _ = built_records
     root = tmp_path_factory.mktemp("baselines")
     cache_dir = str(root / "cache")
-    splits = features.extract_features(records_dir, _spec(), cache_dir=cache_dir, workers=2, progress=False)
+    splits = extraction.extract_features(records_dir, _spec(), cache_dir=cache_dir, workers=2, progress=False)
     runs = str(root / "runs")
     _fake_cnn_run(runs, splits)
     run_config = _config(records_dir, root / "output", cache_dir, runs=runs)
-    results = baselines.run_baselines(run_config)
+    results = baseline.run_baselines(run_config)
     return {"config": run_config, "splits": splits, "results": {record["model"]: record for record in results["baselines"]},
             "comparison": results["comparison"], "runs": runs, "cache_dir": cache_dir}
 
@@ -79,7 +80,7 @@ def trained(built_records, tmp_path_factory):
 # --- every model learns ------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", baselines.MODELS)
+@pytest.mark.parametrize("model", classifiers.MODELS)
 def test_baseline_beats_the_majority_class_by_a_clear_margin(trained, model):
     majority = _majority_metrics(trained["splits"])
     test = trained["results"][model]["metrics"]["test"]
@@ -138,7 +139,7 @@ def test_colour_matters_most_on_colour_coded_products(trained):
 def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
     output = trained["config"].output
     table = pd.read_csv(os.path.join(output, "comparison.csv"))
-    expected = {f"handcrafted-{model}" for model in baselines.MODELS} | {"tiny_cnn"}
+    expected = {f"handcrafted-{model}" for model in classifiers.MODELS} | {"tiny_cnn"}
     assert set(table["name"]) == expected and len(table) == len(expected)
     run = table.set_index("name").loc["tiny_cnn"]
     assert run["kind"] == "cnn" and run["training_seconds"] == pytest.approx(sum(RUN_HISTORY_SECONDS))
@@ -148,6 +149,27 @@ def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
     with open(os.path.join(output, "comparison.md")) as handle:
         markdown = handle.read()
     assert markdown == trained["comparison"] and all(f"| {name} |" in markdown for name in expected)
+
+
+def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
+    rows = [
+        {"name": "tiny_cnn", "kind": "cnn", "features": "mobilenet_v3_small @ 32 px", "accuracy": 0.5, "macro_f1": 0.2, "top5_accuracy": 0.9,
+         "training_seconds": 4.0, "inference_images_per_second": None, "test_examples": 10, "folder": "runs/tiny_cnn"},
+        {"name": "unfinished", "kind": "cnn", "features": "? @ ? px", "accuracy": None, "macro_f1": None, "top5_accuracy": None,
+         "training_seconds": None, "inference_images_per_second": None, "test_examples": None, "folder": "runs/unfinished"},
+        {"name": "handcrafted-logreg", "kind": "baseline (logreg)", "features": "handcrafted", "accuracy": 0.96, "macro_f1": 0.7404,
+         "top5_accuracy": 1.0, "training_seconds": 1.44, "inference_images_per_second": 668.7, "test_examples": 75, "folder": "out/handcrafted-logreg"},
+    ]
+    text = comparison.write_comparison(rows, str(tmp_path))
+    assert text.splitlines()[:5] == [
+        "| model | kind | features | accuracy | macro F1 | top-5 | training (s) | inference (img/s) | test images |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| handcrafted-logreg | baseline (logreg) | handcrafted | 0.960 | 0.740 | 1.000 | 1.4 | 669 | 75 |",
+        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
+        "| unfinished | cnn | ? @ ? px | n/a | n/a | n/a | n/a | n/a | n/a |",
+    ]
+    assert text.endswith("(n/a: no saved_model/ or not measured).\n") and (tmp_path / "comparison.md").read_text() == text
+    assert pd.read_csv(tmp_path / "comparison.csv")["name"].tolist() == ["handcrafted-logreg", "tiny_cnn", "unfinished"]
 
 
 # --- persistence ---------------------------------------------------------------
@@ -163,35 +185,35 @@ class _Untrusted(BaseEstimator, ClassifierMixin):
 def test_saved_model_loads_with_identical_predictions(trained):
     test = trained["splits"]["test"]
     for model, record in trained["results"].items():
-        loaded = baselines.load_model(record["folder"])
-        reference = baselines.load_model(record["folder"])  # the saved file, twice: loading is deterministic
-        loaded_predictions, loaded_scores = baselines.predict_scores(loaded, test.features, len(test.classes))
+        loaded = persistence.load_model(record["folder"])
+        reference = persistence.load_model(record["folder"])  # the saved file, twice: loading is deterministic
+        loaded_predictions, loaded_scores = classifiers.predict_scores(loaded, test.features, len(test.classes))
         with open(os.path.join(record["folder"], "metrics.json")) as handle:
             saved_accuracy = json.load(handle)["test"]["accuracy"]
         assert np.mean(loaded_predictions == test.labels) == pytest.approx(saved_accuracy), model
-        np.testing.assert_array_equal(loaded_scores, baselines.predict_scores(reference, test.features, len(test.classes))[1])
+        np.testing.assert_array_equal(loaded_scores, classifiers.predict_scores(reference, test.features, len(test.classes))[1])
 
 
 def test_tampered_or_untrusted_model_files_are_refused(trained, tmp_path):
     folder = str(tmp_path / "copy")
     shutil.copytree(trained["results"]["logreg"]["folder"], folder)
-    model_path = os.path.join(folder, baselines.MODEL_FILE)
+    model_path = os.path.join(folder, persistence.MODEL_FILE)
     with open(model_path, "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(UserInputError, match="does not match the SHA-256"):
-        baselines.load_model(folder)
+        persistence.load_model(folder)
     # A file whose hash was updated too still may not ask for types outside skops' defaults.
-    sha256 = baselines.save_model(Pipeline([("classifier", _Untrusted())]), model_path)
-    with open(os.path.join(folder, baselines.RESULT_FILE), "r+") as handle:
+    sha256 = persistence.save_model(Pipeline([("classifier", _Untrusted())]), model_path)
+    with open(os.path.join(folder, persistence.RESULT_FILE), "r+") as handle:
         record = json.load(handle)
         handle.seek(0)
         handle.truncate()
         json.dump({**record, "model_sha256": sha256}, handle)
     with pytest.raises(UserInputError, match="untrusted types"):
-        baselines.load_model(folder)
+        persistence.load_model(folder)
     os.remove(model_path)
     with pytest.raises(InputNotFoundError):
-        baselines.load_model(folder)
+        persistence.load_model(folder)
 
 
 # --- large data paths: streamed linear models, subsampled RBF ---------------
@@ -199,14 +221,14 @@ def test_tampered_or_untrusted_model_files_are_refused(trained, tmp_path):
 
 def test_stratified_subsample_keeps_every_class():
     labels = np.array([0] * 90 + [1] * 9 + [2])
-    rows = baselines.stratified_subsample(labels, np.arange(len(labels)), 20, seed=0)
+    rows = classifiers.stratified_subsample(labels, np.arange(len(labels)), 20, seed=0)
     assert set(labels[rows]) == {0, 1, 2} and 18 <= len(rows) <= 22 and np.all(np.diff(rows) > 0)
 
 
 def test_streamed_logreg_and_subsampled_rbf_still_learn(trained, built_records, tmp_path, capsys):
     records_dir, _ = built_records
     run_config = _config(records_dir, tmp_path / "large", trained["cache_dir"], models=("logreg", "rbf_svm"), in_memory_gb=1e-6, rbf_max_train=200)
-    results = {record["model"]: record for record in baselines.run_baselines(run_config)["baselines"]}
+    results = {record["model"]: record for record in baseline.run_baselines(run_config)["baselines"]}
     out = capsys.readouterr().out
     assert "stratified subsample" in out and "streamed SGD" in out
     assert results["logreg"]["solver"].startswith("streamed SGD")
@@ -234,7 +256,7 @@ def _narrow_features(path):
 
 
 def _fewer_classes(path):
-    with open(os.path.join(path, features.METADATA), "r+") as handle:
+    with open(os.path.join(path, feature_cache.METADATA), "r+") as handle:
         info = json.load(handle)
         handle.seek(0)
         handle.truncate()
@@ -278,7 +300,7 @@ def test_bad_baseline_inputs_are_one_line_errors(trained, built_records, tmp_pat
 
 
 def test_check_splits_accepts_the_extracted_splits(trained):
-    baselines.check_splits(trained["splits"])
+    baseline.check_splits(trained["splits"])
 
 
 def test_command_line_trains_with_the_default_grid_and_writes_the_comparison(trained, built_records, tmp_path, capsys):
@@ -290,8 +312,8 @@ def test_command_line_trains_with_the_default_grid_and_writes_the_comparison(tra
     out = capsys.readouterr().out
     assert "handcrafted-logreg: test accuracy" in out and "| tiny_cnn |" in out
     with open(output / "handcrafted-logreg" / "baseline.json") as handle:
-        search = json.load(handle)["search"]
-    assert search["grid"] == baselines.GRIDS["logreg"] and len(search["candidates"]) == len(baselines.GRIDS["logreg"]["classifier__C"])
+        recorded = json.load(handle)["search"]
+    assert recorded["grid"] == search.GRIDS["logreg"] and len(recorded["candidates"]) == len(search.GRIDS["logreg"]["classifier__C"])
 
 
 def test_help_groups_flags_with_defaults(capsys):
@@ -300,4 +322,4 @@ def test_help_groups_flags_with_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for heading in ("data:", "features:", "models:", "comparison:", "output:"):
         assert heading in text
-    assert f"(default: {baselines.SGD_EPOCHS})" in text and f"(default: {baselines.RBF_MAX_TRAIN})" in text
+    assert f"(default: {classifiers.SGD_EPOCHS})" in text and f"(default: {baseline.RBF_MAX_TRAIN})" in text

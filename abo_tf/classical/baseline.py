@@ -1,0 +1,180 @@
+"""One baseline end to end (rows, search, evaluation, files), and every baseline of a command with the comparison."""
+
+# `logreg` / `linear_svm` switch to streamed SGD with their loss (log / hinge,
+# alpha = 1 / (C n)) when the training matrix is larger than `in_memory_gb`:
+# their solvers copy the matrix, liblinear in float64. `rbf_svm` trains on a
+# stratified subsample of at most `rbf_max_train` examples: kernel SVMs cost
+# O(n^2) memory and more time. `sgd` always streams.
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from abo_tf.classical import classifiers, comparison, evaluation, extraction, feature_spec, interpretation, persistence, search
+from abo_tf.common.errors import UserInputError
+from abo_tf.records.split import SPLITS
+
+RBF_MAX_TRAIN = 10_000
+IN_MEMORY_GB = 1.0
+STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "in memory"
+
+
+@dataclasses.dataclass
+class BaselineConfig:
+    """Everything a baselines command depends on; `python -m abo_tf.baselines --help` documents each."""
+
+    records: str
+    output: str
+    features: feature_spec.FeatureSpec
+    models: tuple = ("logreg",)
+    runs: str = "runs"
+    cache_dir: str | None = None  # default OUTPUT/features
+    batch_size: int = 64
+    workers: int | None = None
+    rbf_max_train: int = RBF_MAX_TRAIN
+    sgd_epochs: int = classifiers.SGD_EPOCHS
+    in_memory_gb: float = IN_MEMORY_GB
+    measure_runs: bool = True
+    inference_images: int = 512
+    seed: int = 0
+    progress: bool = True
+    grids: dict | None = None  # model -> grid replacing search.GRIDS[model] (library use: smaller searches in tests)
+
+    def grid(self, model):
+        """The searched grid of `model`: `grids[model]` if given, else search.GRIDS[model]."""
+        return (self.grids or {}).get(model, search.GRIDS[model])
+
+
+def check_config(config):
+    """Refuses unknown models and settings that cannot train.
+
+    Raises:
+      UserInputError: naming the flag and its value.
+    """
+    unknown = [model for model in config.models if model not in classifiers.MODELS]
+    if unknown or not config.models:
+        raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
+    limits = {"--rbf-max-train": (config.rbf_max_train, 2), "--sgd-epochs": (config.sgd_epochs, 1), "--inference-images": (config.inference_images, 1)}
+    for flag, (value, minimum) in limits.items():
+        if value < minimum:
+            raise UserInputError(f"{flag} {value}: must be at least {minimum}")
+    if not config.in_memory_gb > 0:
+        raise UserInputError(f"--in-memory-gb {config.in_memory_gb}: must be positive")
+
+
+def check_splits(splits):
+    """Refuses splits that cannot train or compare: other widths, other label spaces, one class.
+
+    Args:
+      splits: dict split name -> `feature_cache.SplitFeatures`, with "train" and "validation".
+
+    Raises:
+      UserInputError: naming the split and what differs.
+    """
+    train = splits["train"]
+    for name, data in splits.items():
+        if data.features.shape[1] != train.features.shape[1]:
+            raise UserInputError(f"features of {name} have {data.features.shape[1]} columns, train's {train.features.shape[1]}: "
+                                 "extract every split with the same features")
+        if list(data.classes) != list(train.classes):
+            raise UserInputError(f"the label space of {name} ({len(data.classes)} classes) differs from train's ({len(train.classes)}): "
+                                 "extract every split from the same records")
+        if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= len(train.classes)):
+            raise UserInputError(f"labels of {name} fall outside the {len(train.classes)} classes: the feature cache in {data.path!r} is damaged, delete it")
+    for name in ("train", "validation"):
+        present = np.unique(splits[name].labels)
+        if len(present) < 2:
+            raise UserInputError(f"split {name!r} has a single class ({splits[name].classes[present[0]]!r}): "
+                                 "a classifier needs at least 2 to train and to be chosen")
+
+
+class TrainingRows(NamedTuple):
+    """Which training rows a model fits on, and how."""
+
+    rows: np.ndarray
+    subsample: dict | None  # {"examples", "of"} when rbf_svm trains on a subsample
+    streamed: bool
+
+
+def _training_rows(model, train, config):
+    """All rows, or (rbf_svm on a large split) a stratified subsample; and whether to stream."""
+    rows = np.arange(len(train.labels))
+    subsample = None
+    if model == "rbf_svm" and len(rows) > config.rbf_max_train:
+        rows = classifiers.stratified_subsample(train.labels, rows, config.rbf_max_train, config.seed)
+        subsample = {"examples": int(len(rows)), "of": int(len(train.labels))}
+        print(f"rbf_svm: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples "
+              "(--rbf-max-train; kernel SVMs grow quadratically)", flush=True)
+    too_large = train.features.shape[1] * len(rows) * 4 > config.in_memory_gb * 2**30
+    streamed = model == "sgd" or (model in ("logreg", "linear_svm") and too_large)
+    if streamed and model != "sgd":
+        print(f"{model}: {len(rows)} x {train.features.shape[1]} features exceed --in-memory-gb {config.in_memory_gb}: "
+              "trained by streamed SGD with its loss", flush=True)
+    return TrainingRows(rows, subsample, streamed)
+
+
+def _record(model, config, splits, found, plan, classifier_rate):
+    """The baseline.json of a trained baseline, but for the model file's hash and the importance."""
+    train = splits["train"]
+    return {
+        "model": model, "features": train.info["name"], "feature_spec": train.info["spec"], "feature_key": train.info["key"],
+        "records": os.path.abspath(config.records), "classes": list(train.classes), "search": found.record,
+        "solver": STREAMED_SOLVER if plan.streamed else IN_MEMORY_SOLVER, "subsample": plan.subsample,
+        "training_seconds": found.record["seconds"], "classifier_images_per_second": classifier_rate,
+        "inference_images_per_second": evaluation.end_to_end_rate(splits["test"].info["images_per_second"], classifier_rate),
+        "model_file": persistence.MODEL_FILE,
+    }
+
+
+def train_baseline(model, splits, config):
+    """Searches, fits, evaluates and saves one baseline into OUTPUT/<features>-<model>.
+
+    Args:
+      model: one of classifiers.MODELS.
+      splits: dict split -> `feature_cache.SplitFeatures` (train, validation, test), checked.
+      config: the `BaselineConfig`.
+
+    Returns:
+      The baseline.json record (with "folder" and "metrics").
+    """
+    train = splits["train"]
+    plan = _training_rows(model, train, config)
+    training = classifiers.Training(model, train, plan.rows, plan.streamed, config.sgd_epochs, config.seed)
+    found = search.search(training, config.grid(model), splits["validation"])
+    folder = os.path.join(config.output, f"{train.info['name']}-{model}")
+    os.makedirs(folder, exist_ok=True)
+    results = evaluation.evaluate(found.pipeline, splits)
+    evaluation.write_reports(folder, splits, results)
+    record = _record(model, config, splits, found, plan, results["test"].images_per_second)
+    record["model_sha256"] = persistence.save_model(found.pipeline, os.path.join(folder, persistence.MODEL_FILE))
+    if train.info["spec"]["kind"] == feature_spec.HANDCRAFTED:
+        record["importance"] = interpretation.interpret(model, found.pipeline, splits["validation"], folder, config.seed).to_dict("records")
+    persistence.write_record(folder, record)
+    return {**record, "folder": folder, "metrics": evaluation.metrics_by_split(results)}
+
+
+def run_baselines(config):
+    """Extracts (or reuses) features, trains every `config.models`, writes the comparison.
+
+    Args:
+      config: a `BaselineConfig`.
+
+    Returns:
+      Dict: "baselines" (one record per model) and "comparison" (the Markdown table).
+
+    Raises:
+      UserInputError: a setting that cannot train, features that cannot be
+        extracted, or splits that cannot train (see `check_splits`).
+    """
+    check_config(config)
+    os.makedirs(config.output, exist_ok=True)
+    cache_dir = config.cache_dir or os.path.join(config.output, "features")
+    splits = extraction.extract_features(config.records, config.features, SPLITS, cache_dir, config.batch_size, config.workers, config.progress)
+    check_splits(splits)
+    results = [train_baseline(model, splits, config) for model in dict.fromkeys(config.models)]
+    rows = comparison.collect_baselines(config.output)
+    if os.path.isdir(config.runs):
+        rows += comparison.collect_runs(config.runs, config.records, config.measure_runs, config.inference_images)
+    return {"baselines": results, "comparison": comparison.write_comparison(rows, config.output)}

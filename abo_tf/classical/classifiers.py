@@ -1,0 +1,200 @@
+"""The scikit-learn classifiers: pipelines built, fitted in memory or streamed by SGD, and scored chunk by chunk."""
+
+# Memory at full ABO size (~400k x 2048 float32 = 3.3 GB of CNN features): the
+# features are memory-mapped from the cache, never loaded whole. Streamed
+# training and prediction read CHUNK_ROWS rows at a time.
+
+import dataclasses
+import time
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.class_weight import compute_class_weight
+
+from abo_tf.common.errors import UserInputError
+from abo_tf.reports import metrics
+
+MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd")
+SGD_EPOCHS = 20
+CHUNK_ROWS = 8192
+
+
+def make_pipeline(model, seed=0):
+    """The unfitted Pipeline of `model`: scaler, PCA (passthrough unless the grid sets it), classifier.
+
+    Args:
+      model: one of MODELS.
+      seed: random state of the classifiers that have one.
+
+    Returns:
+      A `sklearn.pipeline.Pipeline` with steps "scaler", "pca", "classifier".
+
+    Raises:
+      UserInputError: `model` is not one of MODELS.
+    """
+    classifiers = {
+        "logreg": lambda: LogisticRegression(class_weight="balanced", max_iter=1000),
+        "linear_svm": lambda: LinearSVC(class_weight="balanced", max_iter=5000, random_state=seed),
+        # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
+        "rbf_svm": lambda: SVC(kernel="rbf", class_weight="balanced", break_ties=True),
+        # class_weight is set at fit time: partial_fit refuses "balanced".
+        "sgd": lambda: SGDClassifier(random_state=seed),
+    }
+    if model not in classifiers:
+        raise UserInputError(f"unknown model {model!r}: choose from {MODELS}")
+    return Pipeline([("scaler", StandardScaler()), ("pca", "passthrough"), ("classifier", classifiers[model]())])
+
+
+def stratified_subsample(labels, rows, size, seed):
+    """About `size` of `rows`, each class in proportion and at least once; sorted.
+
+    Args:
+      labels: the label of every row of the split.
+      rows: the candidate row indices.
+      size: how many to keep, about; `rows` itself when it has no more.
+      seed: draws the rows kept.
+    """
+    if size >= len(rows):
+        return rows
+    rng = np.random.default_rng(seed)
+    fraction = size / len(rows)
+    kept = []
+    for label in np.unique(labels[rows]):
+        members = rows[labels[rows] == label]
+        kept.append(rng.choice(members, max(1, round(len(members) * fraction)), replace=False))
+    return np.sort(np.concatenate(kept))
+
+
+@dataclasses.dataclass
+class Training:
+    """How one model trains: on which rows of which split, streamed or in memory."""
+
+    model: str  # one of MODELS
+    train: object  # feature_cache.SplitFeatures
+    rows: np.ndarray  # training rows (all, or the rbf subsample)
+    streamed: bool  # SGD by partial_fit over chunks, rather than the model's own solver in memory
+    epochs: int  # passes of streamed SGD
+    seed: int
+
+
+class Fit(NamedTuple):
+    """A fitted candidate: the pipeline, the seconds fitting took, and whether the solver converged."""
+
+    pipeline: Pipeline
+    seconds: float
+    converged: bool
+
+
+def _row_chunks(rows, rng=None):
+    """`rows` cut into chunks of CHUNK_ROWS (chunk order shuffled with an rng), each sorted for locality."""
+    chunks = [rows[start:start + CHUNK_ROWS] for start in range(0, len(rows), CHUNK_ROWS)]
+    if rng is not None:
+        chunks = [chunks[index] for index in rng.permutation(len(chunks))]
+    return chunks
+
+
+def _streamed_classifier(model, params, num_examples, seed):
+    """The SGDClassifier a model trains as when streamed: sgd's own, or logreg/linear_svm's loss."""
+    if model == "sgd":
+        return make_pipeline("sgd", seed).set_params(**params).named_steps["classifier"]
+    # C of a mean loss over n examples corresponds to SGD's alpha = 1 / (C n).
+    loss = {"logreg": "log_loss", "linear_svm": "hinge"}[model]
+    return SGDClassifier(loss=loss, alpha=1.0 / (params["classifier__C"] * num_examples), random_state=seed)
+
+
+def _fit_streaming(classifier, train, rows, epochs, seed):
+    """Scaler and SGD fitted by `partial_fit` over chunks of `train.features[rows]`; one chunk in memory at a time."""
+    scaler = StandardScaler()
+    for chunk in _row_chunks(rows):
+        scaler.partial_fit(train.features[chunk])
+    labels = train.labels[rows]
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    classifier.set_params(class_weight=dict(zip(classes.tolist(), weights.tolist())))
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        for chunk in _row_chunks(rows, rng):
+            order = rng.permutation(len(chunk))
+            classifier.partial_fit(scaler.transform(train.features[chunk])[order], train.labels[chunk][order], classes=classes)
+    return Pipeline([("scaler", scaler), ("pca", "passthrough"), ("classifier", classifier)])
+
+
+def fit(training, params, rows):
+    """Fits one candidate of `training.model`.
+
+    Args:
+      training: a `Training`.
+      params: Pipeline parameters of the candidate (`{"classifier__C": 1.0}`).
+      rows: the rows of `training.train` to fit on.
+
+    Returns:
+      A `Fit`.
+    """
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if training.streamed:
+            classifier = _streamed_classifier(training.model, params, len(rows), training.seed)
+            pipeline = _fit_streaming(classifier, training.train, rows, training.epochs, training.seed)
+        else:
+            pipeline = make_pipeline(training.model, training.seed).set_params(**clone(params, safe=False))
+            pipeline.fit(training.train.features[rows], training.train.labels[rows])
+    converged = not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
+    return Fit(pipeline, time.perf_counter() - started, converged)
+
+
+class Scores(NamedTuple):
+    """What a classifier says of each example."""
+
+    predictions: np.ndarray  # int32 [N]
+    scores: np.ndarray  # float32 [N, num_classes]
+
+
+def has_probabilities(pipeline):
+    """Whether the pipeline predicts probabilities (logreg, sgd with log or modified Huber loss): only then is there an ECE."""
+    return hasattr(pipeline, "predict_proba")
+
+
+def predict_scores(pipeline, features, num_classes):
+    """Predicted labels and per-class scores, chunk by chunk.
+
+    Scores are probabilities where the classifier has `predict_proba` (see
+    `has_probabilities`; classes absent from training get 0), else its
+    decision function (absent classes get -inf). Either ranks classes for
+    top-5 accuracy.
+
+    Args:
+      pipeline: a fitted Pipeline.
+      features: [N, D] features (a memory map is read chunk by chunk).
+      num_classes: the size of the label space.
+
+    Returns:
+      `Scores`: int32 predictions [N], float32 scores [N, num_classes].
+    """
+    classifier = pipeline.named_steps["classifier"]
+    known = classifier.classes_
+    probabilities = has_probabilities(pipeline)
+    predictions, scores = [], []
+    for start in range(0, len(features), CHUNK_ROWS):
+        chunk = np.asarray(features[start:start + CHUNK_ROWS])
+        raw = pipeline.predict_proba(chunk) if probabilities else pipeline.decision_function(chunk)
+        if raw.ndim == 1:  # a binary decision function: one column, positive for classes_[1]
+            raw = np.stack([-raw, raw], axis=1)
+        full = np.full((len(chunk), num_classes), 0.0 if probabilities else -np.inf, np.float32)
+        full[:, known] = raw
+        predictions.append(known[np.argmax(raw, axis=1)].astype(np.int32))
+        scores.append(full)
+    return Scores(np.concatenate(predictions), np.concatenate(scores))
+
+
+def macro_f1(pipeline, data):
+    """Macro-F1 of `pipeline` on a split's features (`SplitFeatures`)."""
+    predictions = predict_scores(pipeline, data.features, len(data.classes)).predictions
+    return metrics.classification_metrics(data.labels, predictions)["macro_f1"]

@@ -1,0 +1,141 @@
+"""Baselines and CNN runs side by side on the test split: comparison.csv and comparison.md."""
+
+import glob
+import math
+import os
+import time
+
+from abo_tf.classical import persistence
+from abo_tf.common import config, files
+from abo_tf.reports import markdown, metrics
+
+COMPARISON_FIELDS = ("name", "kind", "features", "accuracy", "macro_f1", "top5_accuracy", "training_seconds", "inference_images_per_second",
+                     "test_examples", "folder")
+# The Markdown table's columns: header, the row's field, digits of a float (None: as is).
+MARKDOWN_COLUMNS = (("model", "name", None), ("kind", "kind", None), ("features", "features", None), ("accuracy", "accuracy", 3),
+                    ("macro F1", "macro_f1", 3), ("top-5", "top5_accuracy", 3), ("training (s)", "training_seconds", 1),
+                    ("inference (img/s)", "inference_images_per_second", 0), ("test images", "test_examples", 0))
+NOTES = ("Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
+         "inference is end to end from the records (decode, features, classifier). CNN runs: training time is the sum of history.csv; "
+         "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured).")
+
+
+def _test_metric_fields(metrics_path):
+    """The comparison fields of a metrics.json's "test" entry (None where it has none)."""
+    saved = files.read_json(metrics_path, what="metrics file", missing={})
+    test = saved.get("test", {}) if isinstance(saved, dict) else {}
+    return {key: test.get(key) for key in ("accuracy", "macro_f1", "top5_accuracy")} | {"test_examples": test.get("num_examples")}
+
+
+def collect_baselines(output):
+    """One comparison row per baseline folder under `output` (any features, any earlier command).
+
+    Args:
+      output: a baselines --output folder.
+
+    Returns:
+      A list of dicts with COMPARISON_FIELDS.
+    """
+    rows = []
+    for path in sorted(glob.glob(os.path.join(output, "*", persistence.RESULT_FILE))):
+        folder = os.path.dirname(path)
+        record = persistence.read_record(folder)
+        rows.append({"name": os.path.basename(folder), "kind": f"baseline ({record['model']})", "features": record["features"],
+                     "training_seconds": record["training_seconds"], "inference_images_per_second": record["inference_images_per_second"],
+                     "folder": folder, **_test_metric_fields(os.path.join(folder, "metrics.json"))})
+    return rows
+
+
+def _history_seconds(run):
+    import pandas as pd
+
+    path = os.path.join(run, "history.csv")
+    return float(pd.read_csv(path)["seconds"].sum()) if os.path.isfile(path) else None
+
+
+def measure_run_inference(run, records_dir, max_images=512, batch_size=64):
+    """Images/s of a run's SavedModel `serve_pixels` on the test split's evaluation pipeline (decode included).
+
+    The first batch (tracing, warm-up) is not timed.
+
+    Args:
+      run: a training run folder.
+      records_dir: the records to read the test split from.
+      max_images: images timed, about (whole batches).
+      batch_size: images per call.
+
+    Returns:
+      Images per second, or None when the run has no saved_model/ or the records have no test split.
+    """
+    import tensorflow as tf
+
+    from abo_tf.training import export, input_pipeline
+
+    saved_model = os.path.join(run, "saved_model")
+    if not tf.saved_model.contains_saved_model(saved_model) or not input_pipeline.num_examples(records_dir, "test"):
+        return None
+    loaded = export.load_exported(saved_model)
+    serve = loaded.signatures[export.PIXELS_ENDPOINT]
+    dataset = input_pipeline.make_dataset(records_dir, "test", export.exported_image_size(loaded), batch_size, training=False)
+    batches = iter(dataset.repeat().take(1 + max(1, math.ceil(max_images / batch_size))))
+    serve(pixels=next(batches)["image"])
+    started, count = time.perf_counter(), 0
+    for batch in batches:
+        outputs = serve(pixels=batch["image"])
+        count += int(outputs["probabilities"].shape[0])
+    return count / (time.perf_counter() - started)
+
+
+def _is_cnn_run(run):
+    # A run has the config.toml and metrics.json training writes; baseline folders and evaluation reports (metrics.json alone) are not runs.
+    return not os.path.isfile(os.path.join(run, persistence.RESULT_FILE)) and os.path.isfile(os.path.join(run, config.RUN_CONFIG))
+
+
+def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
+    """One comparison row per CNN training run directly under `runs_dir`.
+
+    Args:
+      runs_dir: a folder of training runs.
+      records_dir: the records to time the runs' SavedModels on; None: not timed.
+      measure: time each run's SavedModel (`measure_run_inference`).
+      max_images: test images timed per run.
+
+    Returns:
+      A list of dicts with COMPARISON_FIELDS.
+    """
+    rows = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "metrics.json"))):
+        run = os.path.dirname(path)
+        if not _is_cnn_run(run):
+            continue
+        saved = config.load_run_config(run) or {}
+        rate = measure_run_inference(run, records_dir, max_images) if measure and records_dir else None
+        rows.append({"name": os.path.basename(run), "kind": "cnn", "features": f"{saved.get('model', '?')} @ {saved.get('image_size', '?')} px",
+                     "training_seconds": _history_seconds(run), "inference_images_per_second": rate, "folder": run,
+                     **_test_metric_fields(path)})
+    return rows
+
+
+def _markdown_cells(row):
+    return [row[field] if digits is None else metrics.format_figure(row[field], digits) for _, field, digits in MARKDOWN_COLUMNS]
+
+
+def write_comparison(rows, output):
+    """Writes comparison.csv and comparison.md, best test macro-F1 first.
+
+    Args:
+      rows: dicts with COMPARISON_FIELDS (`collect_baselines`, `collect_runs`).
+      output: the folder to write into.
+
+    Returns:
+      The Markdown (table and notes).
+    """
+    import pandas as pd
+
+    rows = sorted(rows, key=lambda row: -(row["macro_f1"] if row["macro_f1"] is not None else -1))
+    pd.DataFrame(rows, columns=COMPARISON_FIELDS).to_csv(os.path.join(output, "comparison.csv"), index=False)
+    table = markdown.table([_markdown_cells(row) for row in rows], [header for header, _, _ in MARKDOWN_COLUMNS])
+    text = table + "\n\n" + NOTES + "\n"
+    with open(os.path.join(output, "comparison.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return text

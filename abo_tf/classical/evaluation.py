@@ -1,0 +1,71 @@
+"""A baseline on validation and test: the metrics `abo_tf.evaluate` reports for a CNN, its reports, its speed."""
+
+import os
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from abo_tf.classical import classifiers
+from abo_tf.common import files
+from abo_tf.reports import metrics
+
+EVALUATED_SPLITS = ("validation", "test")
+
+
+class SplitEvaluation(NamedTuple):
+    """A baseline's results on one split."""
+
+    metrics: dict  # `metrics.evaluation_metrics`
+    predictions: np.ndarray  # int32 [N]
+    images_per_second: float  # the classifier alone, on cached features
+
+
+def train_counts(splits):
+    """Training examples of each class."""
+    return np.bincount(splits["train"].labels, minlength=len(splits["train"].classes))
+
+
+def evaluate(pipeline, splits):
+    """Metrics of validation and test, their predictions, and the classifier's images/s.
+
+    The metrics are `abo_tf.evaluate`'s (`metrics.evaluation_metrics`: strata by
+    training examples, ECE when the classifier gives probabilities), so a
+    baseline's metrics.json reads like a CNN's evaluation.
+
+    Args:
+      pipeline: a fitted Pipeline.
+      splits: dict split -> `SplitFeatures`, with train, validation and test.
+
+    Returns:
+      Dict split -> `SplitEvaluation`, for EVALUATED_SPLITS.
+    """
+    results, counts = {}, train_counts(splits)
+    for name in EVALUATED_SPLITS:
+        data = splits[name]
+        started = time.perf_counter()
+        predictions, scores = classifiers.predict_scores(pipeline, data.features, len(data.classes))
+        seconds = time.perf_counter() - started
+        result = metrics.evaluation_metrics(data.labels, predictions, scores, counts, calibrated=classifiers.has_probabilities(pipeline))
+        results[name] = SplitEvaluation(result, predictions, len(data.labels) / max(seconds, 1e-9))
+    return results
+
+
+def metrics_by_split(evaluation):
+    """{"validation": metrics, "test": metrics}: the contents of metrics.json."""
+    return {name: result.metrics for name, result in evaluation.items()}
+
+
+def end_to_end_rate(feature_rate, classifier_rate):
+    """Images/s of features then classifier, one after the other."""
+    return 1.0 / (1.0 / feature_rate + 1.0 / classifier_rate)
+
+
+def write_reports(folder, splits, evaluation):
+    """Writes metrics.json, per_class.csv and confusion_matrix.png (test) into a baseline folder."""
+    test, predictions = splits["test"], evaluation["test"].predictions
+    files.write_json(os.path.join(folder, "metrics.json"), metrics_by_split(evaluation))
+    per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, train_counts(splits))
+    per_class.to_csv(os.path.join(folder, "per_class.csv"), index=False)
+    matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes)
+    metrics.plot_confusion_matrix(matrix, names, os.path.join(folder, "confusion_matrix.png"))

@@ -1,0 +1,174 @@
+"""The feature cache: a folder per (records, features) pair, a subfolder per split, each written whole or not at all."""
+
+# A split folder holds features.npy (float32 [N, D], read back memory-mapped,
+# so a large split is paged in rather than copied), labels.npy, image_ids.npy
+# and info.json. The pair's folder is named by a hash of the records'
+# fingerprint and shards, the feature kind, the model's identity and the image
+# size: a second call reuses it, rebuilt records or another model get a new one.
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from typing import NamedTuple
+
+import numpy as np
+
+from abo_tf.classical import feature_spec
+from abo_tf.common import files
+from abo_tf.common.errors import UserInputError
+
+DEFAULT_CACHE_DIR = "features"
+# Bump when a descriptor changes: it is part of every cache key.
+FEATURES_VERSION = 1
+FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE = "features.npy", "labels.npy", "image_ids.npy"
+METADATA = "info.json"
+
+
+class FeatureBatch(NamedTuple):
+    """The features of a batch of images, with the labels and image ids of the same rows."""
+
+    features: np.ndarray  # float32 [B, D]
+    labels: np.ndarray  # int [B]
+    image_ids: np.ndarray  # bytes [B], as the records hold them
+
+
+def cache_key(manifest, spec):
+    """Hex key of the features of `spec` on a build: records fingerprint, kind, model, image size.
+
+    Args:
+      manifest: the records' manifest.json.
+      spec: a resolved `FeatureSpec`.
+    """
+    identity = {
+        "version": FEATURES_VERSION, "records": manifest["fingerprint"], "classes": manifest["classes"],
+        "shards": {name: [shard["sha256"] for shard in entry["shards"]] for name, entry in sorted(manifest["splits"].items())},
+        "kind": spec.kind, "model": feature_spec.model_identity(spec), "image_size": spec.image_size,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def cache_folder(cache_dir, manifest, spec):
+    """The folder holding the splits of one (records, spec) pair."""
+    return os.path.join(cache_dir, f"{spec.name}-{cache_key(manifest, spec)[:16]}")
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    """The features of one split, as read from the cache."""
+
+    split: str
+    features: np.ndarray  # float32 [N, D], memory-mapped
+    labels: np.ndarray  # int32 [N]
+    image_ids: np.ndarray  # str [N]
+    classes: list  # the records' vocabulary: label i is classes[i]
+    groups: dict  # group name -> [start, end) columns; {"cnn": [0, D]} for embeddings
+    info: dict  # the cache's info.json: spec, key, seconds, images_per_second
+    path: str
+    cached: bool = False  # True when an earlier call computed it
+
+
+def _damaged(path, problem):
+    return UserInputError(f"feature cache {path!r} {problem}: delete the folder and extract again")
+
+
+def _read_split_files(path):
+    """(features memory-mapped, labels, image ids, info) of a split folder."""
+    missing = [name for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE, METADATA) if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise _damaged(path, f"is empty or incomplete (missing {missing})")
+    info = files.read_json(os.path.join(path, METADATA), what="feature cache info")
+    if not isinstance(info, dict) or not {"classes", "groups"} <= set(info):
+        raise _damaged(path, f"has no classes and groups in its {METADATA}")
+    try:
+        arrays = [np.load(os.path.join(path, name), mmap_mode="r" if name == FEATURES_FILE else None)
+                  for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE)]
+    except (ValueError, OSError) as error:
+        raise _damaged(path, f"cannot be read ({error})") from error
+    return (*arrays, info)
+
+
+def load_features(path, split=None):
+    """Reads one split's cache folder, checking it is complete.
+
+    Args:
+      path: a split folder written by `extraction.extract_features`.
+      split: the split's name, default the folder's.
+
+    Returns:
+      A `SplitFeatures`, features memory-mapped.
+
+    Raises:
+      UserInputError: the folder is missing files, empty, or its arrays disagree.
+    """
+    features, labels, image_ids, info = _read_split_files(path)
+    if features.ndim != 2 or len(features) == 0 or features.shape[1] == 0:
+        raise _damaged(path, f"holds no features (shape {features.shape})")
+    if not len(labels) == len(image_ids) == len(features):
+        raise _damaged(path, f"holds {len(features)} feature rows, {len(labels)} labels, {len(image_ids)} image ids")
+    return SplitFeatures(split or os.path.basename(path), features, labels, image_ids, info["classes"], info["groups"], info, path)
+
+
+@contextlib.contextmanager
+def writing_split(final):
+    """Yields a temporary folder next to `final` that becomes `final` when the block completes.
+
+    A block that raises (an error, Ctrl-C) leaves no half-written split behind.
+    """
+    temporary = f"{final}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(temporary, final)
+
+
+def write_rows(feature_batches, folder, num_examples, description=None):
+    """Writes `FeatureBatch`es into `folder`'s arrays, row by row, never holding the split in memory.
+
+    Args:
+      feature_batches: iterable of `FeatureBatch`.
+      folder: the split folder being written (see `writing_split`).
+      num_examples: the rows the split should have (the manifest's count).
+      description: the progress bar's label; None for no bar.
+
+    Returns:
+      The number of rows written, and the feature width (0 when no row came).
+
+    Raises:
+      UserInputError: more rows came than `num_examples`.
+    """
+    from tqdm import tqdm
+
+    features, labels, ids, position = None, np.zeros(num_examples, np.int32), [], 0
+    with tqdm(total=num_examples, desc=description, unit="img", disable=description is None) as bar:
+        for batch in feature_batches:
+            if features is None:  # the width is known from the first batch; rows are written, never held
+                features = np.lib.format.open_memmap(os.path.join(folder, FEATURES_FILE), mode="w+", dtype=np.float32,
+                                                     shape=(num_examples, batch.features.shape[1]))
+            end = position + len(batch.features)
+            if end > num_examples:
+                raise UserInputError(f"{folder}: the records hold more examples than their manifest says ({num_examples}): rebuild or verify them")
+            features[position:end], labels[position:end] = batch.features, batch.labels
+            ids += [value.decode("utf-8") for value in batch.image_ids]
+            position = end
+            bar.update(len(batch.features))
+    width = 0
+    if features is not None:
+        width = int(features.shape[1])
+        features.flush()
+        del features
+    np.save(os.path.join(folder, LABELS_FILE), labels[:position])
+    np.save(os.path.join(folder, IMAGE_IDS_FILE), np.array(ids, dtype=str))
+    return position, width
+
+
+def write_info(folder, info):
+    """Writes a split's info.json (what was extracted, how, and how fast)."""
+    files.write_json(os.path.join(folder, METADATA), info)
