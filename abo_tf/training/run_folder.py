@@ -18,6 +18,7 @@ through the names and loaders here.
 import csv
 import dataclasses
 import os
+import typing
 
 from abo_tf.common import files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
@@ -111,9 +112,10 @@ def load_history(run_dir, up_to_step=None):
 
 
 def _history_row(row):
-    types = {field.name: field.type for field in dataclasses.fields(HistoryRow)}
-    converters = {"int": int, "float": float, "str": str}
-    return HistoryRow(**{name: converters[types[name]](row[name]) for name in HISTORY_FIELDS})
+    # get_type_hints gives the classes whether or not the annotations are strings (`dataclasses.Field.type` is
+    # the class int here, not "int", so a lookup by name failed on every row).
+    types = typing.get_type_hints(HistoryRow)
+    return HistoryRow(**{name: types[name](row[name]) for name in HISTORY_FIELDS})
 
 
 def write_history(run_dir, rows):
