@@ -62,7 +62,10 @@ def _summary(split, data):
 @cli_main
 def main(argv=None):
     args = _parser().parse_args(argv)
-    results = extraction.extract_features(args.records, spec_from_args(args), args.splits, args.cache_dir, args.batch_size, args.workers, args.progress)
+    spec = spec_from_args(args)
+    results = extraction.extract_features(
+        args.records, spec, args.splits, args.cache_dir, args.batch_size, args.workers, args.progress
+    )
     for split, data in results.items():
         print(_summary(split, data))
     return 0

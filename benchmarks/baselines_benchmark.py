@@ -62,8 +62,8 @@ def pipeline_rate(records, spec, work_dir):
 
     cache_dir = os.path.join(work_dir, "cache")
     shutil.rmtree(cache_dir, ignore_errors=True)
-    result = extraction.extract_features(records, spec, ("train",), cache_dir, batch_size=BATCH, progress=False)["train"]
-    return result.info["images_per_second"]
+    result = extraction.extract_features(records, spec, ("train",), cache_dir, batch_size=BATCH, progress=False)
+    return result["train"].info["images_per_second"]
 
 
 def decoded_images(records, manifest):
@@ -87,7 +87,8 @@ def traced_rate(embed, images):
 def extraction_figures(records, manifest, backbone, work_dir, repeats):
     from abo_tf.classical import extraction, feature_spec
 
-    spec = feature_spec.resolve_spec(feature_spec.FeatureSpec(kind=feature_spec.CNN, backbone=backbone, weights="none", image_size=IMAGE_SIZE))
+    wanted = feature_spec.FeatureSpec(kind=feature_spec.CNN, backbone=backbone, weights="none", image_size=IMAGE_SIZE)
+    spec = feature_spec.resolve_spec(wanted)
     images = decoded_images(records, manifest)
     model = extraction.build_feature_model(spec)
     model.predict(images[:BATCH], batch_size=BATCH, verbose=0)  # builds and traces the predict function
@@ -118,8 +119,9 @@ def synthetic_split(name, size, dimension, num_classes, seed, means):
     labels = np.concatenate([np.arange(num_classes), rng.choice(num_classes, size - num_classes, p=weights / weights.sum())]).astype(np.int32)
     values = (means[labels] + rng.standard_normal((size, dimension))).astype(np.float32)
     classes = [f"class_{index:02d}" for index in range(num_classes)]
-    return feature_cache.SplitFeatures(name, values, labels, np.array([str(index) for index in range(size)]), classes, {"cnn": [0, dimension]},
-                                  {"name": "synthetic"}, "")
+    image_ids = np.array([str(index) for index in range(size)])
+    groups, info = {"cnn": [0, dimension]}, {"name": "synthetic"}
+    return feature_cache.SplitFeatures(name, values, labels, image_ids, classes, groups, info, "")
 
 
 def training_figures(sizes, dimension, num_classes, repeats, models):

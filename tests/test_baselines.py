@@ -15,9 +15,19 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 
 from abo_tf import baselines
-from abo_tf.classical import baseline, classifiers, comparison, extraction, feature_cache, feature_spec, persistence, search
+from abo_tf.classical import (
+    baseline,
+    classifiers,
+    comparison,
+    extraction,
+    feature_cache,
+    feature_spec,
+    persistence,
+    search,
+)
 from abo_tf.common import config
 from abo_tf.reports import metrics
+from abo_tf.training import run_folder
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 IMAGE_SIZE = 64
@@ -36,7 +46,8 @@ def _spec():
 
 
 def _config(records_dir, output, cache_dir, **overrides):
-    values = dict(records=records_dir, output=str(output), features=_spec(), models=classifiers.MODELS, runs=str(output / "no_runs"),
+    values = dict(records=records_dir, output=str(output), features=_spec(), models=classifiers.MODELS,
+                  runs=str(output / "no_runs"),
                   cache_dir=cache_dir, workers=2, sgd_epochs=10, measure_runs=False, progress=False, grids=SMALL_GRIDS)
     return baseline.BaselineConfig(**{**values, **overrides})
 
@@ -52,7 +63,9 @@ def _fake_cnn_run(runs_dir, splits):
     """A run folder as abo_tf.train leaves it, minus the model: config.toml, history.csv, metrics.json."""
     run = os.path.join(runs_dir, "tiny_cnn")
     config.save_run_config(run, {"model": "mobilenet_v3_small", "image_size": 32})
-    pd.DataFrame({"epoch": [1, 2], "seconds": RUN_HISTORY_SECONDS}).to_csv(os.path.join(run, "history.csv"), index=False)
+    history = [run_folder.HistoryRow(epoch, epoch * 2, "fine_tune", 1.0, 0.5, 1.0, 0.5, 1e-3, 10.0, seconds)
+               for epoch, seconds in enumerate(RUN_HISTORY_SECONDS, start=1)]
+    run_folder.write_history(run, history)
     test = splits["test"]
     num_classes = len(test.classes)
     predictions = np.zeros_like(test.labels)
@@ -152,14 +165,14 @@ def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
 
 
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
-    rows = [
-        {"name": "tiny_cnn", "kind": "cnn", "features": "mobilenet_v3_small @ 32 px", "accuracy": 0.5, "macro_f1": 0.2, "top5_accuracy": 0.9,
-         "training_seconds": 4.0, "inference_images_per_second": None, "test_examples": 10, "folder": "runs/tiny_cnn"},
-        {"name": "unfinished", "kind": "cnn", "features": "? @ ? px", "accuracy": None, "macro_f1": None, "top5_accuracy": None,
-         "training_seconds": None, "inference_images_per_second": None, "test_examples": None, "folder": "runs/unfinished"},
-        {"name": "handcrafted-logreg", "kind": "baseline (logreg)", "features": "handcrafted", "accuracy": 0.96, "macro_f1": 0.7404,
-         "top5_accuracy": 1.0, "training_seconds": 1.44, "inference_images_per_second": 668.7, "test_examples": 75, "folder": "out/handcrafted-logreg"},
+    fields = ("name", "kind", "features", "accuracy", "macro_f1", "top5_accuracy", "training_seconds",
+              "inference_images_per_second", "test_examples", "folder")
+    values = [
+        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
+        ("unfinished", "cnn", "? @ ? px", None, None, None, None, None, None, "runs/unfinished"),
+        ("handcrafted-logreg", "baseline (logreg)", "handcrafted", 0.96, 0.7404, 1.0, 1.44, 668.7, 75, "out/hc-logreg"),
     ]
+    rows = [dict(zip(fields, row, strict=True)) for row in values]
     text = comparison.write_comparison(rows, str(tmp_path))
     assert text.splitlines()[:5] == [
         "| model | kind | features | accuracy | macro F1 | top-5 | training (s) | inference (img/s) | test images |",
@@ -168,7 +181,8 @@ def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path)
         "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
         "| unfinished | cnn | ? @ ? px | n/a | n/a | n/a | n/a | n/a | n/a |",
     ]
-    assert text.endswith("(n/a: no saved_model/ or not measured).\n") and (tmp_path / "comparison.md").read_text() == text
+    assert text.endswith("(n/a: no saved_model/ or not measured).\n")
+    assert (tmp_path / "comparison.md").read_text() == text
     assert pd.read_csv(tmp_path / "comparison.csv")["name"].tolist() == ["handcrafted-logreg", "tiny_cnn", "unfinished"]
 
 
@@ -191,7 +205,8 @@ def test_saved_model_loads_with_identical_predictions(trained):
         with open(os.path.join(record["folder"], "metrics.json")) as handle:
             saved_accuracy = json.load(handle)["test"]["accuracy"]
         assert np.mean(loaded_predictions == test.labels) == pytest.approx(saved_accuracy), model
-        np.testing.assert_array_equal(loaded_scores, classifiers.predict_scores(reference, test.features, len(test.classes))[1])
+        reference_scores = classifiers.predict_scores(reference, test.features, len(test.classes)).scores
+        np.testing.assert_array_equal(loaded_scores, reference_scores)
 
 
 def test_tampered_or_untrusted_model_files_are_refused(trained, tmp_path):
@@ -313,7 +328,8 @@ def test_command_line_trains_with_the_default_grid_and_writes_the_comparison(tra
     assert "handcrafted-logreg: test accuracy" in out and "| tiny_cnn |" in out
     with open(output / "handcrafted-logreg" / "baseline.json") as handle:
         recorded = json.load(handle)["search"]
-    assert recorded["grid"] == search.GRIDS["logreg"] and len(recorded["candidates"]) == len(search.GRIDS["logreg"]["classifier__C"])
+    assert recorded["grid"] == search.GRIDS["logreg"]
+    assert len(recorded["candidates"]) == len(search.GRIDS["logreg"]["classifier__C"])
 
 
 def test_help_groups_flags_with_defaults(capsys):

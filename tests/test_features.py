@@ -114,7 +114,9 @@ def test_handcrafted_extraction_matches_the_records(handcrafted, built_records):
 def test_one_process_gives_the_same_features_as_the_worker_pool(handcrafted, built_records, tmp_path):
     records_dir, _ = built_records
     _, results = handcrafted
-    alone = extraction.extract_features(records_dir, _spec(), ("validation",), str(tmp_path), batch_size=16, workers=1, progress=False)
+    alone = extraction.extract_features(
+        records_dir, _spec(), ("validation",), str(tmp_path), batch_size=16, workers=1, progress=False
+    )
     np.testing.assert_array_equal(alone["validation"].features, results["validation"].features)
 
 
@@ -154,11 +156,13 @@ def test_another_model_or_rebuilt_records_get_another_cache_folder(built_records
 def test_cnn_embeddings_of_a_backbone_are_cached(built_records, tmp_path):
     records_dir, manifest = built_records
     spec = _tiny_cnn()
-    first = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path), batch_size=32, progress=False)["validation"]
+    first = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path), 32, progress=False)
+    first = first["validation"]
     assert first.features.shape == (manifest["splits"]["validation"]["num_examples"], 576)  # MobileNetV3Small's last conv
     assert np.isfinite(first.features).all() and np.ptp(first.features, axis=0).max() > 0  # images differ
     assert first.groups == {"cnn": [0, 576]} and first.info["name"] == f"mobilenet_v3_small-none-{spec.image_size}px"
-    second = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path), progress=False)["validation"]
+    second = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path), progress=False)
+    second = second["validation"]
     assert second.cached
     np.testing.assert_array_equal(second.features, first.features)
 
@@ -177,7 +181,8 @@ def test_run_embeddings_use_the_run_image_size_and_model_hash(built_records, tmp
     config.save_run_config(str(run), {"model": "mobilenet_v3_small", "image_size": CNN_SIZE})
     spec = feature_spec.FeatureSpec(kind=feature_spec.CNN, run=str(run))
     assert feature_spec.resolve_spec(spec).image_size == CNN_SIZE
-    result = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path / "cache"), progress=False)["validation"]
+    result = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path / "cache"), progress=False)
+    result = result["validation"]
     assert result.features.shape == (manifest["splits"]["validation"]["num_examples"], 576) and result.info["name"] == "run-run"
     before = feature_cache.cache_key(manifest, feature_spec.resolve_spec(spec))
     with open(run / "model.keras", "ab") as handle:

@@ -7,15 +7,18 @@ import pytest
 from abo_tf.reports import markdown
 
 
-@pytest.mark.parametrize("cell, written", [
-    (0.12345, "0.123"),  # floats: 3 decimals
-    (2, "2"),  # ints as they are
-    (None, "n/a"),
-    (math.nan, "n/a"),
-    ("12.3", "12.3"),  # a string is already formatted: kept
-    ("a|b", "a\\|b"),  # an escaped pipe stays in its cell
-    ("two\nlines", "two lines"),  # a newline would end the row
-])
+@pytest.mark.parametrize(
+    "cell, written",
+    [
+        (0.12345, "0.123"),  # floats: 3 decimals
+        (2, "2"),  # ints as they are
+        (None, "n/a"),
+        (math.nan, "n/a"),
+        ("12.3", "12.3"),  # a string is already formatted: kept
+        ("a|b", "a\\|b"),  # an escaped pipe stays in its cell
+        ("two\nlines", "two lines"),  # a newline would end the row
+    ],
+)
 def test_cells_are_formatted_and_escaped(cell, written):
     assert markdown.table([["x", cell]], ["name", "value"]).splitlines()[2] == f"| x | {written} |"
 

@@ -1,4 +1,4 @@
-"""Classical baselines: image features cached per split, scikit-learn classifiers on them, the comparison with the CNNs."""
+"""Classical baselines: image features cached per split, scikit-learn classifiers on them, compared with the CNNs."""
 
 # The modules in the order the data goes through them:
 #   descriptors    OpenCV colour / shape / texture descriptors of one image

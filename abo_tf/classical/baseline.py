@@ -12,7 +12,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from abo_tf.classical import classifiers, comparison, evaluation, extraction, feature_spec, interpretation, persistence, search
+from abo_tf.classical import (
+    classifiers,
+    comparison,
+    evaluation,
+    extraction,
+    feature_spec,
+    interpretation,
+    persistence,
+    search,
+)
 from abo_tf.common.errors import UserInputError
 from abo_tf.records.split import SPLITS
 
@@ -56,7 +65,11 @@ def check_config(config):
     unknown = [model for model in config.models if model not in classifiers.MODELS]
     if unknown or not config.models:
         raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
-    limits = {"--rbf-max-train": (config.rbf_max_train, 2), "--sgd-epochs": (config.sgd_epochs, 1), "--inference-images": (config.inference_images, 1)}
+    limits = {
+        "--rbf-max-train": (config.rbf_max_train, 2),
+        "--sgd-epochs": (config.sgd_epochs, 1),
+        "--inference-images": (config.inference_images, 1),
+    }
     for flag, (value, minimum) in limits.items():
         if value < minimum:
             raise UserInputError(f"{flag} {value}: must be at least {minimum}")
@@ -76,18 +89,27 @@ def check_splits(splits):
     train = splits["train"]
     for name, data in splits.items():
         if data.features.shape[1] != train.features.shape[1]:
-            raise UserInputError(f"features of {name} have {data.features.shape[1]} columns, train's {train.features.shape[1]}: "
-                                 "extract every split with the same features")
+            raise UserInputError(
+                f"features of {name} have {data.features.shape[1]} columns, train's {train.features.shape[1]}: "
+                "extract every split with the same features"
+            )
         if list(data.classes) != list(train.classes):
-            raise UserInputError(f"the label space of {name} ({len(data.classes)} classes) differs from train's ({len(train.classes)}): "
-                                 "extract every split from the same records")
+            raise UserInputError(
+                f"the label space of {name} ({len(data.classes)} classes) differs from train's ({len(train.classes)}): "
+                "extract every split from the same records"
+            )
         if len(data.labels) and (data.labels.min() < 0 or data.labels.max() >= len(train.classes)):
-            raise UserInputError(f"labels of {name} fall outside the {len(train.classes)} classes: the feature cache in {data.path!r} is damaged, delete it")
+            raise UserInputError(
+                f"labels of {name} fall outside the {len(train.classes)} classes: "
+                f"the feature cache in {data.path!r} is damaged, delete it"
+            )
     for name in ("train", "validation"):
         present = np.unique(splits[name].labels)
         if len(present) < 2:
-            raise UserInputError(f"split {name!r} has a single class ({splits[name].classes[present[0]]!r}): "
-                                 "a classifier needs at least 2 to train and to be chosen")
+            raise UserInputError(
+                f"split {name!r} has a single class ({splits[name].classes[present[0]]!r}): "
+                "a classifier needs at least 2 to train and to be chosen"
+            )
 
 
 class TrainingRows(NamedTuple):
@@ -105,13 +127,19 @@ def _training_rows(model, train, config):
     if model == "rbf_svm" and len(rows) > config.rbf_max_train:
         rows = classifiers.stratified_subsample(train.labels, rows, config.rbf_max_train, config.seed)
         subsample = {"examples": int(len(rows)), "of": int(len(train.labels))}
-        print(f"rbf_svm: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples "
-              "(--rbf-max-train; kernel SVMs grow quadratically)", flush=True)
+        print(
+            f"rbf_svm: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples "
+            "(--rbf-max-train; kernel SVMs grow quadratically)",
+            flush=True,
+        )
     too_large = train.features.shape[1] * len(rows) * 4 > config.in_memory_gb * 2**30
     streamed = model == "sgd" or (model in ("logreg", "linear_svm") and too_large)
     if streamed and model != "sgd":
-        print(f"{model}: {len(rows)} x {train.features.shape[1]} features exceed --in-memory-gb {config.in_memory_gb}: "
-              "trained by streamed SGD with its loss", flush=True)
+        print(
+            f"{model}: {len(rows)} x {train.features.shape[1]} features exceed --in-memory-gb {config.in_memory_gb}: "
+            "trained by streamed SGD with its loss",
+            flush=True,
+        )
     return TrainingRows(rows, subsample, streamed)
 
 
@@ -119,11 +147,20 @@ def _record(model, config, splits, found, plan, classifier_rate):
     """The baseline.json of a trained baseline, but for the model file's hash and the importance."""
     train = splits["train"]
     return {
-        "model": model, "features": train.info["name"], "feature_spec": train.info["spec"], "feature_key": train.info["key"],
-        "records": os.path.abspath(config.records), "classes": list(train.classes), "search": found.record,
-        "solver": STREAMED_SOLVER if plan.streamed else IN_MEMORY_SOLVER, "subsample": plan.subsample,
-        "training_seconds": found.record["seconds"], "classifier_images_per_second": classifier_rate,
-        "inference_images_per_second": evaluation.end_to_end_rate(splits["test"].info["images_per_second"], classifier_rate),
+        "model": model,
+        "features": train.info["name"],
+        "feature_spec": train.info["spec"],
+        "feature_key": train.info["key"],
+        "records": os.path.abspath(config.records),
+        "classes": list(train.classes),
+        "search": found.record,
+        "solver": STREAMED_SOLVER if plan.streamed else IN_MEMORY_SOLVER,
+        "subsample": plan.subsample,
+        "training_seconds": found.record["seconds"],
+        "classifier_images_per_second": classifier_rate,
+        "inference_images_per_second": evaluation.end_to_end_rate(
+            splits["test"].info["images_per_second"], classifier_rate
+        ),
         "model_file": persistence.MODEL_FILE,
     }
 
@@ -150,7 +187,9 @@ def train_baseline(model, splits, config):
     record = _record(model, config, splits, found, plan, results["test"].images_per_second)
     record["model_sha256"] = persistence.save_model(found.pipeline, os.path.join(folder, persistence.MODEL_FILE))
     if train.info["spec"]["kind"] == feature_spec.HANDCRAFTED:
-        record["importance"] = interpretation.interpret(model, found.pipeline, splits["validation"], folder, config.seed).to_dict("records")
+        record["importance"] = interpretation.interpret(
+            model, found.pipeline, splits["validation"], folder, config.seed
+        ).to_dict("records")
     persistence.write_record(folder, record)
     return {**record, "folder": folder, "metrics": evaluation.metrics_by_split(results)}
 
@@ -171,7 +210,9 @@ def run_baselines(config):
     check_config(config)
     os.makedirs(config.output, exist_ok=True)
     cache_dir = config.cache_dir or os.path.join(config.output, "features")
-    splits = extraction.extract_features(config.records, config.features, SPLITS, cache_dir, config.batch_size, config.workers, config.progress)
+    splits = extraction.extract_features(
+        config.records, config.features, SPLITS, cache_dir, config.batch_size, config.workers, config.progress
+    )
     check_splits(splits)
     results = [train_baseline(model, splits, config) for model in dict.fromkeys(config.models)]
     rows = comparison.collect_baselines(config.output)

@@ -94,7 +94,7 @@ class Fit(NamedTuple):
 
 def _row_chunks(rows, rng=None):
     """`rows` cut into chunks of CHUNK_ROWS (chunk order shuffled with an rng), each sorted for locality."""
-    chunks = [rows[start:start + CHUNK_ROWS] for start in range(0, len(rows), CHUNK_ROWS)]
+    chunks = [rows[start : start + CHUNK_ROWS] for start in range(0, len(rows), CHUNK_ROWS)]
     if rng is not None:
         chunks = [chunks[index] for index in rng.permutation(len(chunks))]
     return chunks
@@ -117,12 +117,14 @@ def _fit_streaming(classifier, train, rows, epochs, seed):
     labels = train.labels[rows]
     classes = np.unique(labels)
     weights = compute_class_weight("balanced", classes=classes, y=labels)
-    classifier.set_params(class_weight=dict(zip(classes.tolist(), weights.tolist())))
+    classifier.set_params(class_weight=dict(zip(classes.tolist(), weights.tolist(), strict=True)))
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         for chunk in _row_chunks(rows, rng):
             order = rng.permutation(len(chunk))
-            classifier.partial_fit(scaler.transform(train.features[chunk])[order], train.labels[chunk][order], classes=classes)
+            classifier.partial_fit(
+                scaler.transform(train.features[chunk])[order], train.labels[chunk][order], classes=classes
+            )
     return Pipeline([("scaler", scaler), ("pca", "passthrough"), ("classifier", classifier)])
 
 
@@ -158,7 +160,7 @@ class Scores(NamedTuple):
 
 
 def has_probabilities(pipeline):
-    """Whether the pipeline predicts probabilities (logreg, sgd with log or modified Huber loss): only then is there an ECE."""
+    """Whether the pipeline predicts probabilities (logreg, sgd with log or modified Huber loss): only then an ECE."""
     return hasattr(pipeline, "predict_proba")
 
 
@@ -183,7 +185,7 @@ def predict_scores(pipeline, features, num_classes):
     probabilities = has_probabilities(pipeline)
     predictions, scores = [], []
     for start in range(0, len(features), CHUNK_ROWS):
-        chunk = np.asarray(features[start:start + CHUNK_ROWS])
+        chunk = np.asarray(features[start : start + CHUNK_ROWS])
         raw = pipeline.predict_proba(chunk) if probabilities else pipeline.decision_function(chunk)
         if raw.ndim == 1:  # a binary decision function: one column, positive for classes_[1]
             raw = np.stack([-raw, raw], axis=1)

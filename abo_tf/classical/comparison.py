@@ -6,25 +6,49 @@ import os
 import time
 
 from abo_tf.classical import persistence
-from abo_tf.common import config, files
+from abo_tf.common import files
 from abo_tf.reports import markdown, metrics
+from abo_tf.training import run_folder
 
-COMPARISON_FIELDS = ("name", "kind", "features", "accuracy", "macro_f1", "top5_accuracy", "training_seconds", "inference_images_per_second",
-                     "test_examples", "folder")
+COMPARISON_FIELDS = (
+    "name",
+    "kind",
+    "features",
+    "accuracy",
+    "macro_f1",
+    "top5_accuracy",
+    "training_seconds",
+    "inference_images_per_second",
+    "test_examples",
+    "folder",
+)
 # The Markdown table's columns: header, the row's field, digits of a float (None: as is).
-MARKDOWN_COLUMNS = (("model", "name", None), ("kind", "kind", None), ("features", "features", None), ("accuracy", "accuracy", 3),
-                    ("macro F1", "macro_f1", 3), ("top-5", "top5_accuracy", 3), ("training (s)", "training_seconds", 1),
-                    ("inference (img/s)", "inference_images_per_second", 0), ("test images", "test_examples", 0))
-NOTES = ("Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
-         "inference is end to end from the records (decode, features, classifier). CNN runs: training time is the sum of history.csv; "
-         "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured).")
+MARKDOWN_COLUMNS = (
+    ("model", "name", None),
+    ("kind", "kind", None),
+    ("features", "features", None),
+    ("accuracy", "accuracy", 3),
+    ("macro F1", "macro_f1", 3),
+    ("top-5", "top5_accuracy", 3),
+    ("training (s)", "training_seconds", 1),
+    ("inference (img/s)", "inference_images_per_second", 0),
+    ("test images", "test_examples", 0),
+)
+NOTES = (
+    "Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
+    "inference is end to end from the records (decode, features, classifier). "
+    "CNN runs: training time is the sum of history.csv; "
+    "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured)."
+)
 
 
 def _test_metric_fields(metrics_path):
     """The comparison fields of a metrics.json's "test" entry (None where it has none)."""
     saved = files.read_json(metrics_path, what="metrics file", missing={})
     test = saved.get("test", {}) if isinstance(saved, dict) else {}
-    return {key: test.get(key) for key in ("accuracy", "macro_f1", "top5_accuracy")} | {"test_examples": test.get("num_examples")}
+    return {key: test.get(key) for key in ("accuracy", "macro_f1", "top5_accuracy")} | {
+        "test_examples": test.get("num_examples")
+    }
 
 
 def collect_baselines(output):
@@ -40,17 +64,18 @@ def collect_baselines(output):
     for path in sorted(glob.glob(os.path.join(output, "*", persistence.RESULT_FILE))):
         folder = os.path.dirname(path)
         record = persistence.read_record(folder)
-        rows.append({"name": os.path.basename(folder), "kind": f"baseline ({record['model']})", "features": record["features"],
-                     "training_seconds": record["training_seconds"], "inference_images_per_second": record["inference_images_per_second"],
-                     "folder": folder, **_test_metric_fields(os.path.join(folder, "metrics.json"))})
+        rows.append(
+            {
+                "name": os.path.basename(folder),
+                "kind": f"baseline ({record['model']})",
+                "features": record["features"],
+                "training_seconds": record["training_seconds"],
+                "inference_images_per_second": record["inference_images_per_second"],
+                "folder": folder,
+                **_test_metric_fields(os.path.join(folder, "metrics.json")),
+            }
+        )
     return rows
-
-
-def _history_seconds(run):
-    import pandas as pd
-
-    path = os.path.join(run, "history.csv")
-    return float(pd.read_csv(path)["seconds"].sum()) if os.path.isfile(path) else None
 
 
 def measure_run_inference(run, records_dir, max_images=512, batch_size=64):
@@ -71,12 +96,14 @@ def measure_run_inference(run, records_dir, max_images=512, batch_size=64):
 
     from abo_tf.training import export, input_pipeline
 
-    saved_model = os.path.join(run, "saved_model")
+    saved_model = run_folder.path(run, run_folder.SAVED_MODEL)
     if not tf.saved_model.contains_saved_model(saved_model) or not input_pipeline.num_examples(records_dir, "test"):
         return None
     loaded = export.load_exported(saved_model)
     serve = loaded.signatures[export.PIXELS_ENDPOINT]
-    dataset = input_pipeline.make_dataset(records_dir, "test", export.exported_image_size(loaded), batch_size, training=False)
+    dataset = input_pipeline.make_dataset(
+        records_dir, "test", export.exported_image_size(loaded), batch_size, training=False
+    )
     batches = iter(dataset.repeat().take(1 + max(1, math.ceil(max_images / batch_size))))
     serve(pixels=next(batches)["image"])
     started, count = time.perf_counter(), 0
@@ -86,13 +113,8 @@ def measure_run_inference(run, records_dir, max_images=512, batch_size=64):
     return count / (time.perf_counter() - started)
 
 
-def _is_cnn_run(run):
-    # A run has the config.toml and metrics.json training writes; baseline folders and evaluation reports (metrics.json alone) are not runs.
-    return not os.path.isfile(os.path.join(run, persistence.RESULT_FILE)) and os.path.isfile(os.path.join(run, config.RUN_CONFIG))
-
-
 def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
-    """One comparison row per CNN training run directly under `runs_dir`.
+    """One comparison row per CNN training run directly under `runs_dir` (`run_folder.is_run`).
 
     Args:
       runs_dir: a folder of training runs.
@@ -104,20 +126,30 @@ def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
       A list of dicts with COMPARISON_FIELDS.
     """
     rows = []
-    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "metrics.json"))):
-        run = os.path.dirname(path)
-        if not _is_cnn_run(run):
+    for run in sorted(os.path.dirname(path) for path in glob.glob(os.path.join(runs_dir, "*", run_folder.METRICS))):
+        if not run_folder.is_run(run):  # baseline folders and evaluation reports hold a metrics.json too
             continue
-        saved = config.load_run_config(run) or {}
+        saved = run_folder.load_config(run) or {}
         rate = measure_run_inference(run, records_dir, max_images) if measure and records_dir else None
-        rows.append({"name": os.path.basename(run), "kind": "cnn", "features": f"{saved.get('model', '?')} @ {saved.get('image_size', '?')} px",
-                     "training_seconds": _history_seconds(run), "inference_images_per_second": rate, "folder": run,
-                     **_test_metric_fields(path)})
+        rows.append(
+            {
+                "name": os.path.basename(run),
+                "kind": "cnn",
+                "features": f"{saved.get('model', '?')} @ {saved.get('image_size', '?')} px",
+                "training_seconds": run_folder.training_seconds(run),
+                "inference_images_per_second": rate,
+                "folder": run,
+                **_test_metric_fields(run_folder.path(run, run_folder.METRICS)),
+            }
+        )
     return rows
 
 
 def _markdown_cells(row):
-    return [row[field] if digits is None else metrics.format_figure(row[field], digits) for _, field, digits in MARKDOWN_COLUMNS]
+    return [
+        row[field] if digits is None else metrics.format_figure(row[field], digits)
+        for _, field, digits in MARKDOWN_COLUMNS
+    ]
 
 
 def write_comparison(rows, output):

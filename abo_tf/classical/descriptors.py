@@ -26,7 +26,11 @@ def handcrafted_groups():
     colour = math.prod(HSV_BINS)
     blocks = ((HOG_SIZE - HOG_BLOCK) // HOG_STRIDE + 1) ** 2
     shape = blocks * (HOG_BLOCK // HOG_CELL) ** 2 * HOG_BINS
-    return {"colour": [0, colour], "shape": [colour, colour + shape], "texture": [colour + shape, colour + shape + LBP_BINS]}
+    return {
+        "colour": [0, colour],
+        "shape": [colour, colour + shape],
+        "texture": [colour + shape, colour + shape + LBP_BINS],
+    }
 
 
 def handcrafted_feature_names():
@@ -48,8 +52,9 @@ def _cell_histograms(gray):
     import cv2
 
     pixels = gray.astype(np.float32)
-    magnitude, angle = cv2.cartToPolar(cv2.Sobel(pixels, cv2.CV_32F, 1, 0, ksize=1), cv2.Sobel(pixels, cv2.CV_32F, 0, 1, ksize=1),
-                                       angleInDegrees=True)
+    magnitude, angle = cv2.cartToPolar(
+        cv2.Sobel(pixels, cv2.CV_32F, 1, 0, ksize=1), cv2.Sobel(pixels, cv2.CV_32F, 0, 1, ksize=1), angleInDegrees=True
+    )
     # Each gradient's magnitude is shared between its two nearest orientation bins.
     position = (angle % 180.0) / (180.0 / HOG_BINS) - 0.5
     low = np.floor(position)
@@ -58,8 +63,9 @@ def _cell_histograms(gray):
     rows, columns = np.indices(gray.shape) // HOG_CELL
     cell = (rows * cells_per_side + columns) * HOG_BINS
     size = cells_per_side * cells_per_side * HOG_BINS
-    histogram = (np.bincount((cell + low.astype(int) % HOG_BINS).ravel(), (magnitude * (1 - fraction)).ravel(), size)
-                 + np.bincount((cell + (low.astype(int) + 1) % HOG_BINS).ravel(), (magnitude * fraction).ravel(), size))
+    histogram = np.bincount(
+        (cell + low.astype(int) % HOG_BINS).ravel(), (magnitude * (1 - fraction)).ravel(), size
+    ) + np.bincount((cell + (low.astype(int) + 1) % HOG_BINS).ravel(), (magnitude * fraction).ravel(), size)
     return histogram.reshape(cells_per_side, cells_per_side, HOG_BINS)
 
 
@@ -72,7 +78,13 @@ def _hog(gray):
     histogram = _cell_histograms(gray)
     block_cells, step = HOG_BLOCK // HOG_CELL, HOG_STRIDE // HOG_CELL
     starts = range(0, len(histogram) - block_cells + 1, step)
-    blocks = np.stack([histogram[row:row + block_cells, column:column + block_cells].ravel() for row in starts for column in starts])
+    blocks = np.stack(
+        [
+            histogram[row : row + block_cells, column : column + block_cells].ravel()
+            for row in starts
+            for column in starts
+        ]
+    )
     blocks /= np.sqrt((blocks**2).sum(axis=1, keepdims=True) + 1e-6)
     blocks = np.minimum(blocks, 0.2)  # L2-Hys: clip, then normalise again
     blocks /= np.sqrt((blocks**2).sum(axis=1, keepdims=True) + 1e-6)
@@ -85,7 +97,9 @@ def _lbp_histogram(gray):
     height, width = gray.shape
     # The 8 neighbours in circular order, so transitions between consecutive bits are counted right.
     offsets = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
-    bits = np.stack([gray[row:row + height - 2, column:column + width - 2] >= center for row, column in offsets]).astype(np.int8)
+    bits = np.stack(
+        [gray[row : row + height - 2, column : column + width - 2] >= center for row, column in offsets]
+    ).astype(np.int8)
     ones = bits.sum(axis=0)
     transitions = np.abs(bits - np.roll(bits, 1, axis=0)).sum(axis=0)
     codes = np.where(transitions <= 2, ones, LBP_BINS - 1)

@@ -46,7 +46,9 @@ def evaluate(pipeline, splits):
         started = time.perf_counter()
         predictions, scores = classifiers.predict_scores(pipeline, data.features, len(data.classes))
         seconds = time.perf_counter() - started
-        result = metrics.evaluation_metrics(data.labels, predictions, scores, counts, calibrated=classifiers.has_probabilities(pipeline))
+        result = metrics.evaluation_metrics(
+            data.labels, predictions, scores, counts, calibrated=classifiers.has_probabilities(pipeline)
+        )
         results[name] = SplitEvaluation(result, predictions, len(data.labels) / max(seconds, 1e-9))
     return results
 

@@ -22,6 +22,7 @@ from abo_tf.common.errors import UserInputError
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import schema, shards
 from abo_tf.records.split import SPLITS
+from abo_tf.training import run_folder
 
 
 class ImageBatch(NamedTuple):
@@ -35,8 +36,15 @@ class ImageBatch(NamedTuple):
 def _image_batches(records_dir, split, spec, batch_size, manifest):
     from abo_tf.training import input_pipeline
 
-    dataset = input_pipeline.make_dataset(records_dir, split, spec.image_size, batch_size, training=False, manifest=manifest,
-                                          extra_keys=(schema.IMAGE_ID,))
+    dataset = input_pipeline.make_dataset(
+        records_dir,
+        split,
+        spec.image_size,
+        batch_size,
+        training=False,
+        manifest=manifest,
+        extra_keys=(schema.IMAGE_ID,),
+    )
     for batch in dataset:
         yield ImageBatch(batch["image"].numpy(), batch["label"].numpy(), batch[schema.IMAGE_ID].numpy())
 
@@ -45,7 +53,9 @@ def _handcrafted_batches(batches, pool, workers):
     """`FeatureBatch` per `ImageBatch`; descriptors in the `pool`'s processes, or here without one."""
     if pool is None:
         for batch in batches:
-            yield feature_cache.FeatureBatch(descriptors.handcrafted_features(batch.images), batch.labels, batch.image_ids)
+            yield feature_cache.FeatureBatch(
+                descriptors.handcrafted_features(batch.images), batch.labels, batch.image_ids
+            )
         return
     waiting = collections.deque()  # the labels and ids of the batches in the workers, in order
 
@@ -78,15 +88,19 @@ def build_feature_model(spec):
     if spec.run:
         model = feature_spec.load_run_model(spec.run)
         try:
-            return keras.Model(model.inputs, model.get_layer("pool").output, name="run_features")
+            return keras.Model(model.inputs, model.get_layer(run_folder.POOL_LAYER).output, name="run_features")
         except ValueError as error:
-            raise UserInputError(f"the model in {spec.run!r} has no 'pool' layer: it is not a model from abo_tf.train") from error
+            raise UserInputError(
+                f"the model in {spec.run!r} has no {run_folder.POOL_LAYER!r} layer: it is not a model from abo_tf.train"
+            ) from error
     if spec.weights == models.NO_WEIGHTS:
         keras.utils.set_random_seed(spec.seed)  # the same random backbone for every split and every call
-    backbone = models.build_backbone(spec.backbone, spec.image_size, None if spec.weights == models.NO_WEIGHTS else spec.weights)
+    backbone = models.build_backbone(
+        spec.backbone, spec.image_size, None if spec.weights == models.NO_WEIGHTS else spec.weights
+    )
     images = keras.Input(shape=(spec.image_size, spec.image_size, 3), dtype="uint8", name="image")
     pixels = models.BackbonePreprocess(spec.backbone, name="preprocess")(images)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(pixels, training=False))
+    pooled = keras.layers.GlobalAveragePooling2D(name=run_folder.POOL_LAYER)(backbone(pixels, training=False))
     return keras.Model(images, pooled, name=f"{spec.backbone}_features")
 
 
@@ -101,7 +115,9 @@ def make_embed(spec):
     model = build_feature_model(spec)
     signature = [tf.TensorSpec([None, spec.image_size, spec.image_size, 3], tf.uint8)]
     embed = tf.function(lambda images: tf.cast(model(images, training=False), tf.float32), input_signature=signature)
-    embed(tf.zeros([1, spec.image_size, spec.image_size, 3], tf.uint8))  # traced here, so the split's images/s leaves it out
+    embed(
+        tf.zeros([1, spec.image_size, spec.image_size, 3], tf.uint8)
+    )  # traced here, so the split's images/s leaves it out
     return embed
 
 
@@ -134,16 +150,28 @@ def _describer(spec, workers):
     else:
         # Spawn, not fork: the parent holds TensorFlow's threads. Workers start on the first batch.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=descriptors.init_worker) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=descriptors.init_worker
+        ) as pool:
             yield functools.partial(_handcrafted_batches, pool=pool, workers=workers)
 
 
 def _split_info(split, spec, manifest, num_examples, width, seconds):
     """The info.json of a computed split."""
     groups = descriptors.handcrafted_groups() if spec.kind == feature_spec.HANDCRAFTED else {"cnn": [0, width]}
-    return {"split": split, "spec": dataclasses.asdict(spec), "name": spec.name, "key": feature_cache.cache_key(manifest, spec),
-            "classes": manifest["classes"], "groups": groups, "num_examples": num_examples, "dimension": width,
-            "image_size": spec.image_size, "seconds": seconds, "images_per_second": num_examples / max(seconds, 1e-9)}
+    return {
+        "split": split,
+        "spec": dataclasses.asdict(spec),
+        "name": spec.name,
+        "key": feature_cache.cache_key(manifest, spec),
+        "classes": manifest["classes"],
+        "groups": groups,
+        "num_examples": num_examples,
+        "dimension": width,
+        "image_size": spec.image_size,
+        "seconds": seconds,
+        "images_per_second": num_examples / max(seconds, 1e-9),
+    }
 
 
 def _compute_split(records_dir, split, spec, manifest, final, describe, batch_size, progress):
@@ -153,14 +181,27 @@ def _compute_split(records_dir, split, spec, manifest, final, describe, batch_si
         feature_batches = describe(_image_batches(records_dir, split, spec, batch_size, manifest))
         # Timed from here: building and tracing a CNN (in `describe`, on the first split) is not per image.
         started = time.perf_counter()
-        written, width = feature_cache.write_rows(feature_batches, folder, num_examples, f"{split} {spec.name}" if progress else None)
+        written, width = feature_cache.write_rows(
+            feature_batches, folder, num_examples, f"{split} {spec.name}" if progress else None
+        )
         seconds = time.perf_counter() - started
         if written != num_examples:
-            raise UserInputError(f"{records_dir!r}: split {split!r} yielded {written} examples, its manifest says {num_examples}: verify the records")
+            raise UserInputError(
+                f"{records_dir!r}: split {split!r} yielded {written} examples, its manifest says {num_examples}: "
+                "verify the records"
+            )
         feature_cache.write_info(folder, _split_info(split, spec, manifest, written, width, seconds))
 
 
-def extract_features(records_dir, spec, splits=SPLITS, cache_dir=feature_cache.DEFAULT_CACHE_DIR, batch_size=64, workers=None, progress=True):
+def extract_features(
+    records_dir,
+    spec,
+    splits=SPLITS,
+    cache_dir=feature_cache.DEFAULT_CACHE_DIR,
+    batch_size=64,
+    workers=None,
+    progress=True,
+):
     """Features of each split, from the cache or computed (and cached) now.
 
     Args:

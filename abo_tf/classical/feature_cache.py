@@ -43,9 +43,15 @@ def cache_key(manifest, spec):
       spec: a resolved `FeatureSpec`.
     """
     identity = {
-        "version": FEATURES_VERSION, "records": manifest["fingerprint"], "classes": manifest["classes"],
-        "shards": {name: [shard["sha256"] for shard in entry["shards"]] for name, entry in sorted(manifest["splits"].items())},
-        "kind": spec.kind, "model": feature_spec.model_identity(spec), "image_size": spec.image_size,
+        "version": FEATURES_VERSION,
+        "records": manifest["fingerprint"],
+        "classes": manifest["classes"],
+        "shards": {
+            name: [shard["sha256"] for shard in entry["shards"]] for name, entry in sorted(manifest["splits"].items())
+        },
+        "kind": spec.kind,
+        "model": feature_spec.model_identity(spec),
+        "image_size": spec.image_size,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -76,15 +82,21 @@ def _damaged(path, problem):
 
 def _read_split_files(path):
     """(features memory-mapped, labels, image ids, info) of a split folder."""
-    missing = [name for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE, METADATA) if not os.path.isfile(os.path.join(path, name))]
+    missing = [
+        name
+        for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE, METADATA)
+        if not os.path.isfile(os.path.join(path, name))
+    ]
     if missing:
         raise _damaged(path, f"is empty or incomplete (missing {missing})")
     info = files.read_json(os.path.join(path, METADATA), what="feature cache info")
     if not isinstance(info, dict) or not {"classes", "groups"} <= set(info):
         raise _damaged(path, f"has no classes and groups in its {METADATA}")
     try:
-        arrays = [np.load(os.path.join(path, name), mmap_mode="r" if name == FEATURES_FILE else None)
-                  for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE)]
+        arrays = [
+            np.load(os.path.join(path, name), mmap_mode="r" if name == FEATURES_FILE else None)
+            for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE)
+        ]
     except (ValueError, OSError) as error:
         raise _damaged(path, f"cannot be read ({error})") from error
     return (*arrays, info)
@@ -108,7 +120,9 @@ def load_features(path, split=None):
         raise _damaged(path, f"holds no features (shape {features.shape})")
     if not len(labels) == len(image_ids) == len(features):
         raise _damaged(path, f"holds {len(features)} feature rows, {len(labels)} labels, {len(image_ids)} image ids")
-    return SplitFeatures(split or os.path.basename(path), features, labels, image_ids, info["classes"], info["groups"], info, path)
+    return SplitFeatures(
+        split or os.path.basename(path), features, labels, image_ids, info["classes"], info["groups"], info, path
+    )
 
 
 @contextlib.contextmanager
@@ -150,11 +164,18 @@ def write_rows(feature_batches, folder, num_examples, description=None):
     with tqdm(total=num_examples, desc=description, unit="img", disable=description is None) as bar:
         for batch in feature_batches:
             if features is None:  # the width is known from the first batch; rows are written, never held
-                features = np.lib.format.open_memmap(os.path.join(folder, FEATURES_FILE), mode="w+", dtype=np.float32,
-                                                     shape=(num_examples, batch.features.shape[1]))
+                features = np.lib.format.open_memmap(
+                    os.path.join(folder, FEATURES_FILE),
+                    mode="w+",
+                    dtype=np.float32,
+                    shape=(num_examples, batch.features.shape[1]),
+                )
             end = position + len(batch.features)
             if end > num_examples:
-                raise UserInputError(f"{folder}: the records hold more examples than their manifest says ({num_examples}): rebuild or verify them")
+                raise UserInputError(
+                    f"{folder}: the records hold more examples than their manifest says ({num_examples}): "
+                    "rebuild or verify them"
+                )
             features[position:end], labels[position:end] = batch.features, batch.labels
             ids += [value.decode("utf-8") for value in batch.image_ids]
             position = end

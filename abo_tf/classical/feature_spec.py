@@ -9,6 +9,7 @@ import os
 from abo_tf.classical import descriptors
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records import shards
+from abo_tf.training import run_folder
 
 HANDCRAFTED = "handcrafted"
 CNN = "cnn"
@@ -38,36 +39,31 @@ class FeatureSpec:
             return HANDCRAFTED
         if self.run:
             return "run-" + os.path.basename(os.path.normpath(self.run))
-        weights = self.weights if self.weights in ("imagenet", "none") else os.path.splitext(os.path.basename(self.weights))[0]
+        weights = (
+            self.weights
+            if self.weights in ("imagenet", "none")
+            else os.path.splitext(os.path.basename(self.weights))[0]
+        )
         return f"{self.backbone}-{weights}" + (f"-{self.image_size}px" if self.image_size else "")
 
 
 def _run_model_path(run):
-    path = os.path.join(run, "model.keras")
-    if not os.path.isdir(run):
-        raise InputNotFoundError(f"run folder {run!r} does not exist (give the --output folder of `python -m abo_tf.train`)")
-    if not os.path.isfile(path):
-        raise InputNotFoundError(f"run folder {run!r} has no model.keras: give a finished training run (its --output folder)")
-    return path
+    return run_folder.path(
+        run_folder.check_run(run, needs=run_folder.KERAS_MODEL, flag="--run"), run_folder.KERAS_MODEL
+    )
 
 
 def load_run_model(run):
     """The Keras model of a training run folder.
 
     Raises:
-      InputNotFoundError: the folder or its model.keras does not exist.
+      UserInputError: the folder or its model.keras does not exist, or it is not a Keras model.
     """
-    import keras
-
-    from abo_tf.training import models  # noqa: F401  registers BackbonePreprocess for load_model
-
-    return keras.models.load_model(_run_model_path(run))
+    return run_folder.load_keras_model(_run_model_path(run))
 
 
 def _run_image_size(run):
-    from abo_tf.common import config
-
-    saved = config.load_run_config(run) or {}
+    saved = run_folder.load_config(run) or {}
     if "image_size" in saved:
         return int(saved["image_size"])
     return int(load_run_model(run).input.shape[1])
@@ -77,7 +73,9 @@ def _resolve_run(spec):
     _run_model_path(spec.run)
     size = _run_image_size(spec.run)
     if spec.image_size and spec.image_size != size:
-        raise UserInputError(f"--image-size {spec.image_size}: the run in {spec.run!r} takes {size} px images; leave --image-size out")
+        raise UserInputError(
+            f"--image-size {spec.image_size}: the run in {spec.run!r} takes {size} px images; leave --image-size out"
+        )
     return dataclasses.replace(spec, image_size=size)
 
 
@@ -87,7 +85,10 @@ def _resolve_backbone(spec):
     if spec.backbone not in models.BACKBONES:
         raise UserInputError(f"unknown backbone {spec.backbone!r}: choose one of {sorted(models.BACKBONES)}")
     if spec.weights not in ("imagenet", models.NO_WEIGHTS) and not os.path.isfile(spec.weights):
-        raise InputNotFoundError(f"weights file {spec.weights!r} does not exist (give imagenet, none or the path of a Keras notop weights file)")
+        raise InputNotFoundError(
+            f"weights file {spec.weights!r} does not exist "
+            "(give imagenet, none or the path of a Keras notop weights file)"
+        )
     size = spec.image_size or DEFAULT_IMAGE_SIZE[CNN]
     minimum = models.BACKBONES[spec.backbone].min_image_size
     if size < minimum:  # checked now rather than when the model is first built, after a split was read
@@ -112,10 +113,14 @@ def resolve_spec(spec):
     if spec.kind not in KINDS:
         raise UserInputError(f"--features {spec.kind!r}: choose one of {KINDS}")
     if spec.image_size is not None and spec.image_size < 1:
-        raise UserInputError(f"--image-size {spec.image_size}: give a positive number of pixels, or leave it out for the default")
+        raise UserInputError(
+            f"--image-size {spec.image_size}: give a positive number of pixels, or leave it out for the default"
+        )
     if spec.kind == HANDCRAFTED:
         # Backbone and weights mean nothing here; dropped so baseline.json does not suggest otherwise.
-        return dataclasses.replace(spec, backbone=None, weights=None, run=None, image_size=spec.image_size or DEFAULT_IMAGE_SIZE[HANDCRAFTED])
+        return dataclasses.replace(
+            spec, backbone=None, weights=None, run=None, image_size=spec.image_size or DEFAULT_IMAGE_SIZE[HANDCRAFTED]
+        )
     if bool(spec.backbone) == bool(spec.run):
         raise UserInputError("--features cnn needs exactly one of --backbone NAME (with --weights) and --run RUN_DIR")
     return _resolve_run(spec) if spec.run else _resolve_backbone(spec)

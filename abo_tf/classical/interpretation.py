@@ -44,8 +44,15 @@ def group_importance(pipeline, validation, repeats=IMPORTANCE_REPEATS, seed=0):
             drops.append(base - _accuracy_and_macro_f1(pipeline, features, validation))
         features[:, start:end] = original
         drops = np.array(drops)
-        rows.append({"group": group, "columns": end - start, "accuracy_drop": drops[:, 0].mean(), "accuracy_drop_std": drops[:, 0].std(),
-                     "macro_f1_drop": drops[:, 1].mean()})
+        rows.append(
+            {
+                "group": group,
+                "columns": end - start,
+                "accuracy_drop": drops[:, 0].mean(),
+                "accuracy_drop_std": drops[:, 0].std(),
+                "macro_f1_drop": drops[:, 1].mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -69,16 +76,26 @@ def top_coefficients(pipeline, classes, groups, feature_names, top=3):
     if coefficients.shape[0] == 1:  # binary: one row, for classes_[1]; classes_[0] gets its negation
         coefficients = np.concatenate([-coefficients, coefficients])
     rows = []
-    for row, label in zip(coefficients, classifier.classes_):
+    for row, label in zip(coefficients, classifier.classes_, strict=True):
         for group, (start, end) in groups.items():
             order = np.argsort(-np.abs(row[start:end]), kind="stable")[:top]
-            rows += [{"class": classes[label], "group": group, "rank": rank + 1, "feature": feature_names[start + index],
-                      "coefficient": float(row[start + index])} for rank, index in enumerate(order)]
+            rows += [
+                {
+                    "class": classes[label],
+                    "group": group,
+                    "rank": rank + 1,
+                    "feature": feature_names[start + index],
+                    "coefficient": float(row[start + index]),
+                }
+                for rank, index in enumerate(order)
+            ]
     return pd.DataFrame(rows)
 
 
 def _plot_strongest_coefficients(figure, axis, coefficients, max_classes):
-    strongest = coefficients.assign(size=coefficients["coefficient"].abs()).pivot_table(index="class", columns="group", values="size", aggfunc="max")
+    strongest = coefficients.assign(size=coefficients["coefficient"].abs()).pivot_table(
+        index="class", columns="group", values="size", aggfunc="max"
+    )
     strongest = strongest.iloc[:max_classes]
     image = axis.imshow(strongest.to_numpy(), aspect="auto", cmap="viridis")
     axis.set_xticks(range(strongest.shape[1]), strongest.columns)
@@ -125,7 +142,9 @@ def interpret(model, pipeline, validation, folder, seed):
     importance.to_csv(os.path.join(folder, "importance.csv"), index=False)
     coefficients = None
     if model == "logreg":
-        coefficients = top_coefficients(pipeline, validation.classes, validation.groups, descriptors.handcrafted_feature_names())
+        coefficients = top_coefficients(
+            pipeline, validation.classes, validation.groups, descriptors.handcrafted_feature_names()
+        )
         coefficients.to_csv(os.path.join(folder, "coefficients.csv"), index=False)
     plot_interpretation(importance, coefficients, os.path.join(folder, "interpretation.png"))
     return importance

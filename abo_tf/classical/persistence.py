@@ -1,4 +1,4 @@
-"""A baseline folder's model.skops and baseline.json: written with the model's SHA-256, loaded only when unchanged and trusted."""
+"""A baseline's model.skops and baseline.json: saved with the model's SHA-256, loaded only if unchanged and trusted."""
 
 import os
 
@@ -39,7 +39,9 @@ def read_record(folder):
     path = os.path.join(folder, RESULT_FILE)
     record = files.read_json(path, what="baseline record")
     if record is not None and not isinstance(record, dict):
-        raise UserInputError(f"{path!r} is not a baseline record (a JSON object): move it away or train the baseline again")
+        raise UserInputError(
+            f"{path!r} is not a baseline record (a JSON object): move it away or train the baseline again"
+        )
     return record
 
 
@@ -76,7 +78,10 @@ def load_model(folder):
         if not os.path.isfile(path):
             raise InputNotFoundError(f"{path} does not exist: give a folder written by `python -m abo_tf.baselines`")
     if shards.file_sha256(model_path) != (read_record(folder) or {}).get("model_sha256"):
-        raise UserInputError(f"{model_path} does not match the SHA-256 recorded in {RESULT_FILE}: it changed after training; refusing to load it (retrain)")
+        raise UserInputError(
+            f"{model_path} does not match the SHA-256 recorded in {RESULT_FILE}: it changed after training; "
+            "refusing to load it (retrain)"
+        )
     untrusted = _untrusted_types(model_path)
     refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if refused:

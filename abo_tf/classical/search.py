@@ -16,7 +16,10 @@ GRIDS = {
     # handcrafted features (127 s of a 150 s search) and never won; small C regularise HOG's correlated columns.
     "linear_svm": {"classifier__C": [0.0001, 0.001, 0.01, 0.1]},
     # PCA keeping 95% of the variance shortens the kernel computations on 2048-d CNN features.
-    "rbf_svm": {"pca": ["passthrough", PCA(n_components=0.95, svd_solver="full")], "classifier__C": [0.1, 1.0, 10.0, 100.0]},
+    "rbf_svm": {
+        "pca": ["passthrough", PCA(n_components=0.95, svd_solver="full")],
+        "classifier__C": [0.1, 1.0, 10.0, 100.0],
+    },
     "sgd": {"classifier__loss": ["hinge", "log_loss", "modified_huber"], "classifier__alpha": [1e-6, 1e-5, 1e-4, 1e-3]},
 }
 HALVING_ABOVE = 6  # candidates; larger grids are searched by successive halving
@@ -39,7 +42,9 @@ class SearchResult(NamedTuple):
 
 
 def _printable(params):
-    return {key: value if isinstance(value, (int, float, str, type(None))) else repr(value) for key, value in params.items()}
+    return {
+        key: value if isinstance(value, (int, float, str, type(None))) else repr(value) for key, value in params.items()
+    }
 
 
 def _try(training, grid, candidates, rows, validation, round_index):
@@ -49,8 +54,16 @@ def _try(training, grid, candidates, rows, validation, round_index):
         fitted = classifiers.fit(training, grid[index], rows)
         score = classifiers.macro_f1(fitted.pipeline, validation)
         scored.append(Scored(score, index, fitted.pipeline))
-        records.append({"round": round_index, "params": _printable(grid[index]), "train_examples": int(len(rows)),
-                        "validation_macro_f1": score, "seconds": fitted.seconds, "converged": fitted.converged})
+        records.append(
+            {
+                "round": round_index,
+                "params": _printable(grid[index]),
+                "train_examples": int(len(rows)),
+                "validation_macro_f1": score,
+                "seconds": fitted.seconds,
+                "converged": fitted.converged,
+            }
+        )
     return scored, records
 
 
@@ -85,8 +98,12 @@ def search(training, grid_spec, validation):
         keep = 1 if round_index == rounds - 1 else math.ceil(len(candidates) / HALVING_FACTOR)
         candidates = [candidate.index for candidate in scored[:keep]]
     best = scored[0]
-    record = {"strategy": "exhaustive" if rounds == 1 else f"successive halving (factor {HALVING_FACTOR}, {rounds} rounds)",
-              "grid": {key: [_printable({key: value})[key] for value in values] for key, values in grid_spec.items()},
-              "candidates": history, "chosen": _printable(grid[best.index]), "validation_macro_f1": best.score,
-              "seconds": sum(row["seconds"] for row in history)}
+    record = {
+        "strategy": "exhaustive" if rounds == 1 else f"successive halving (factor {HALVING_FACTOR}, {rounds} rounds)",
+        "grid": {key: [_printable({key: value})[key] for value in values] for key, values in grid_spec.items()},
+        "candidates": history,
+        "chosen": _printable(grid[best.index]),
+        "validation_macro_f1": best.score,
+        "seconds": sum(row["seconds"] for row in history),
+    }
     return SearchResult(best.pipeline, record)

@@ -5,7 +5,9 @@ from abo_tf.reports import metrics
 
 def _line(cells):
     # A "|" would end the cell early and a newline the row: both are common in product names and file paths.
-    return "| " + " | ".join(metrics.format_figure(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+    return (
+        "| " + " | ".join(metrics.format_figure(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+    )
 
 
 def table(rows, columns):
