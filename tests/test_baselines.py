@@ -186,6 +186,17 @@ def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path)
     assert pd.read_csv(tmp_path / "comparison.csv")["name"].tolist() == ["handcrafted-logreg", "tiny_cnn", "unfinished"]
 
 
+def test_a_run_whose_history_cannot_be_read_is_listed_without_training_time(tmp_path, capsys):
+    run = tmp_path / "runs" / "old_run"
+    config.save_run_config(str(run), {"model": "mobilenet_v3_small", "image_size": 32})
+    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "macro_f1": 0.25, "num_examples": 4}}))
+    (run / "history.csv").write_text("epoch,seconds\n1,2.5\n")  # no step, phase, ... columns
+    (row,) = comparison.collect_runs(str(tmp_path / "runs"), measure=False)
+    assert (row["name"], row["macro_f1"], row["test_examples"], row["training_seconds"]) == ("old_run", 0.25, 4, None)
+    out = capsys.readouterr().out.strip()
+    assert "training time of old_run n/a" in out and "history.csv" in out and len(out.splitlines()) == 1
+
+
 # --- persistence ---------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import time
 
 from abo_tf.classical import persistence
 from abo_tf.common import files
+from abo_tf.common.errors import UserInputError
 from abo_tf.reports import markdown, metrics
 from abo_tf.training import run_folder
 
@@ -113,6 +114,15 @@ def measure_run_inference(run, records_dir, max_images=512, batch_size=64):
     return count / (time.perf_counter() - started)
 
 
+def _training_seconds(run):
+    """The run's training time; None, said in one line, when its history.csv cannot be read."""
+    try:
+        return run_folder.training_seconds(run)
+    except UserInputError as error:
+        print(f"comparison: training time of {os.path.basename(run)} n/a: {error}", flush=True)
+        return None
+
+
 def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
     """One comparison row per CNN training run directly under `runs_dir` (`run_folder.is_run`).
 
@@ -136,7 +146,7 @@ def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
                 "name": os.path.basename(run),
                 "kind": "cnn",
                 "features": f"{saved.get('model', '?')} @ {saved.get('image_size', '?')} px",
-                "training_seconds": run_folder.training_seconds(run),
+                "training_seconds": _training_seconds(run),
                 "inference_images_per_second": rate,
                 "folder": run,
                 **_test_metric_fields(run_folder.path(run, run_folder.METRICS)),

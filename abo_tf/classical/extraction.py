@@ -156,9 +156,9 @@ def _describer(spec, workers):
             yield functools.partial(_handcrafted_batches, pool=pool, workers=workers)
 
 
-def _split_info(split, spec, manifest, num_examples, width, seconds):
-    """The info.json of a computed split."""
-    groups = descriptors.handcrafted_groups() if spec.kind == feature_spec.HANDCRAFTED else {"cnn": [0, width]}
+def _split_info(split, spec, manifest, written, seconds):
+    """The info.json of a computed split (`written`: its `feature_cache.WrittenRows`)."""
+    groups = descriptors.handcrafted_groups() if spec.kind == feature_spec.HANDCRAFTED else {"cnn": [0, written.width]}
     return {
         "split": split,
         "spec": dataclasses.asdict(spec),
@@ -166,11 +166,11 @@ def _split_info(split, spec, manifest, num_examples, width, seconds):
         "key": feature_cache.cache_key(manifest, spec),
         "classes": manifest["classes"],
         "groups": groups,
-        "num_examples": num_examples,
-        "dimension": width,
+        "num_examples": written.rows,
+        "dimension": written.width,
         "image_size": spec.image_size,
         "seconds": seconds,
-        "images_per_second": num_examples / max(seconds, 1e-9),
+        "images_per_second": written.rows / max(seconds, 1e-9),
     }
 
 
@@ -181,16 +181,16 @@ def _compute_split(records_dir, split, spec, manifest, final, describe, batch_si
         feature_batches = describe(_image_batches(records_dir, split, spec, batch_size, manifest))
         # Timed from here: building and tracing a CNN (in `describe`, on the first split) is not per image.
         started = time.perf_counter()
-        written, width = feature_cache.write_rows(
+        written = feature_cache.write_rows(
             feature_batches, folder, num_examples, f"{split} {spec.name}" if progress else None
         )
         seconds = time.perf_counter() - started
-        if written != num_examples:
+        if written.rows != num_examples:
             raise UserInputError(
-                f"{records_dir!r}: split {split!r} yielded {written} examples, its manifest says {num_examples}: "
+                f"{records_dir!r}: split {split!r} yielded {written.rows} examples, its manifest says {num_examples}: "
                 "verify the records"
             )
-        feature_cache.write_info(folder, _split_info(split, spec, manifest, written, width, seconds))
+        feature_cache.write_info(folder, _split_info(split, spec, manifest, written, seconds))
 
 
 def extract_features(

@@ -143,6 +143,19 @@ def writing_split(final):
     os.replace(temporary, final)
 
 
+class WrittenRows(NamedTuple):
+    """What `write_rows` wrote."""
+
+    rows: int
+    width: int  # feature columns; 0 when no row came
+
+
+def _features_file(folder, num_examples, width):
+    """features.npy, memory-mapped for writing: rows go to disk as they come, never all in memory."""
+    path = os.path.join(folder, FEATURES_FILE)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(num_examples, width))
+
+
 def write_rows(feature_batches, folder, num_examples, description=None):
     """Writes `FeatureBatch`es into `folder`'s arrays, row by row, never holding the split in memory.
 
@@ -153,7 +166,7 @@ def write_rows(feature_batches, folder, num_examples, description=None):
       description: the progress bar's label; None for no bar.
 
     Returns:
-      The number of rows written, and the feature width (0 when no row came).
+      `WrittenRows`.
 
     Raises:
       UserInputError: more rows came than `num_examples`.
@@ -163,13 +176,8 @@ def write_rows(feature_batches, folder, num_examples, description=None):
     features, labels, ids, position = None, np.zeros(num_examples, np.int32), [], 0
     with tqdm(total=num_examples, desc=description, unit="img", disable=description is None) as bar:
         for batch in feature_batches:
-            if features is None:  # the width is known from the first batch; rows are written, never held
-                features = np.lib.format.open_memmap(
-                    os.path.join(folder, FEATURES_FILE),
-                    mode="w+",
-                    dtype=np.float32,
-                    shape=(num_examples, batch.features.shape[1]),
-                )
+            if features is None:  # the width is known from the first batch
+                features = _features_file(folder, num_examples, batch.features.shape[1])
             end = position + len(batch.features)
             if end > num_examples:
                 raise UserInputError(
@@ -180,14 +188,13 @@ def write_rows(feature_batches, folder, num_examples, description=None):
             ids += [value.decode("utf-8") for value in batch.image_ids]
             position = end
             bar.update(len(batch.features))
-    width = 0
+    width = 0 if features is None else int(features.shape[1])
     if features is not None:
-        width = int(features.shape[1])
         features.flush()
         del features
     np.save(os.path.join(folder, LABELS_FILE), labels[:position])
     np.save(os.path.join(folder, IMAGE_IDS_FILE), np.array(ids, dtype=str))
-    return position, width
+    return WrittenRows(position, width)
 
 
 def write_info(folder, info):

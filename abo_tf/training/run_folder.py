@@ -102,12 +102,22 @@ def load_metrics(run_dir):
 
 
 def load_history(run_dir, up_to_step=None):
-    """The rows of history.csv as `HistoryRow`s (up to a step, for a resumed run); [] when there are none."""
+    """The rows of history.csv as `HistoryRow`s (up to a step, for a resumed run); [] when there are none.
+
+    Raises:
+      UserInputError: a row lacks a column or holds a value of the wrong type.
+    """
     history_path = path(run_dir, HISTORY)
     if not os.path.isfile(history_path):
         return []
     with open(history_path, newline="", encoding="utf-8") as handle:
-        rows = [_history_row(row) for row in csv.DictReader(handle)]
+        try:
+            rows = [_history_row(row) for row in csv.DictReader(handle)]
+        except (KeyError, ValueError, TypeError) as error:
+            raise UserInputError(
+                f"{history_path!r} is not a history.csv of abo_tf.train ({type(error).__name__}: {error}): "
+                f"it needs the columns {', '.join(HISTORY_FIELDS)}"
+            ) from error
     return [row for row in rows if up_to_step is None or row.step <= up_to_step]
 
 
