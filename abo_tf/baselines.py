@@ -37,36 +37,12 @@ persistence.py, interpretation.py, baseline.py (one baseline end to end) and
 comparison.py.
 """
 
-import argparse
 import os
 import sys
 
-from abo_tf import features as features_lib
-from abo_tf.classical.baseline import IN_MEMORY_GB, RBF_MAX_TRAIN, BaselineConfig, run_baselines
-from abo_tf.classical.classifiers import MODELS, SGD_EPOCHS
+from abo_tf.classical.baseline import BaselineConfig, run_baselines
+from abo_tf.common import options
 from abo_tf.common.errors import cli_main
-
-
-def _parser():
-    parser = argparse.ArgumentParser(prog="python -m abo_tf.baselines", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--records", required=True, help="folder of a build_records output (with manifest.json)")
-    features_lib.add_feature_arguments(parser)
-    models = parser.add_argument_group("models")
-    models.add_argument("--model", nargs="+", choices=MODELS, default=["logreg"], help="baselines to train (several allowed)")
-    models.add_argument("--rbf-max-train", type=int, default=RBF_MAX_TRAIN, help="rbf_svm trains on a stratified subsample of at most this many examples")
-    models.add_argument("--sgd-epochs", type=int, default=SGD_EPOCHS, help="passes over the training features of streamed SGD")
-    models.add_argument("--in-memory-gb", type=float, default=IN_MEMORY_GB, help="larger training features train logreg/linear_svm by streamed SGD")
-    models.add_argument("--seed", type=int, default=0, help="subsamples, SGD, and the random backbone of --weights none")
-    comparison = parser.add_argument_group("comparison")
-    comparison.add_argument("--runs", default="runs", help="folder of CNN training runs to compare with (each */metrics.json)")
-    comparison.add_argument("--measure-runs", action=argparse.BooleanOptionalAction, default=True, help="time each run's SavedModel on the test split")
-    comparison.add_argument("--inference-images", type=int, default=512, help="test images timed per run")
-    output = parser.add_argument_group("output")
-    output.add_argument("--output", required=True, help="baselines folder (one subfolder per model, comparison.md)")
-    output.add_argument("--cache-dir", default=None, help="feature cache; default OUTPUT/features")
-    output.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar per extracted split")
-    return parser
 
 
 def _summary(record):
@@ -77,13 +53,7 @@ def _summary(record):
 
 @cli_main
 def main(argv=None):
-    args = _parser().parse_args(argv)
-    config = BaselineConfig(
-        records=args.records, output=args.output, features=features_lib.spec_from_args(args), models=tuple(args.model), runs=args.runs,
-        cache_dir=args.cache_dir, batch_size=args.batch_size, workers=args.workers, rbf_max_train=args.rbf_max_train,
-        sgd_epochs=args.sgd_epochs, in_memory_gb=args.in_memory_gb, measure_runs=args.measure_runs,
-        inference_images=args.inference_images, seed=args.seed, progress=args.progress,
-    )
+    config, _ = options.parse(BaselineConfig, argv, prog="python -m abo_tf.baselines", description=__doc__.split("\n\n")[0])
     results = run_baselines(config)
     for record in results["baselines"]:
         print(_summary(record))

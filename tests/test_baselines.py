@@ -46,7 +46,8 @@ def _spec():
 
 
 def _config(records_dir, output, cache_dir, **overrides):
-    values = dict(records=records_dir, output=str(output), features=_spec(), models=classifiers.MODELS,
+    values = dict(records=records_dir, output=str(output), features=feature_spec.HANDCRAFTED, image_size=IMAGE_SIZE,
+                  models=classifiers.MODELS,
                   runs=str(output / "no_runs"),
                   cache_dir=cache_dir, workers=2, sgd_epochs=10, measure_runs=False, progress=False, grids=SMALL_GRIDS)
     return baseline.BaselineConfig(**{**values, **overrides})
@@ -272,7 +273,7 @@ def _tampered_cache(trained, tmp_path, split, change):
     """A copy of the module's feature cache with one split changed by `change(split_folder)`."""
     cache_dir = tmp_path / "cache"
     shutil.copytree(trained["cache_dir"], cache_dir)
-    (folder,) = os.listdir(cache_dir)
+    (folder,) = [name for name in os.listdir(cache_dir) if not name.startswith(".")]  # not the output marker and lock
     change(os.path.join(cache_dir, folder, split))
     return str(cache_dir)
 
@@ -298,31 +299,38 @@ def _emptied(path):
         os.remove(os.path.join(path, name))
 
 
-def test_bad_baseline_inputs_are_one_line_errors(trained, built_records, tmp_path, capsys):
+@pytest.mark.parametrize("expected, split, change", [
+    ("columns, train's", "validation", _narrow_features),
+    ("label space of validation", "validation", _fewer_classes),
+    ("single class", "train", _one_class),
+    ("empty or incomplete", "test", _emptied),
+])
+def test_a_damaged_feature_cache_is_a_one_line_error(trained, built_records, tmp_path, capsys, expected, split, change):
     records_dir, _ = built_records
-    empty_run = tmp_path / "empty_run"
-    empty_run.mkdir()
-    cases = {
-        "columns, train's": ("validation", _narrow_features),
-        "label space of validation": ("validation", _fewer_classes),
-        "single class": ("train", _one_class),
-        "empty or incomplete": ("test", _emptied),
-    }
-    for index, (expected, (split, change)) in enumerate(cases.items()):
-        cache_dir = _tampered_cache(trained, tmp_path / str(index), split, change)
-        args = ["--records", records_dir, "--image-size", str(IMAGE_SIZE), "--output", str(tmp_path / "out"), "--cache-dir", cache_dir, "--no-progress"]
-        assert baselines.main(args) == 2, expected
-        error = capsys.readouterr().err.strip()
-        assert expected in error and len(error.splitlines()) == 1, (expected, error)
-    more = {
-        "has no model.keras": ["--features", "cnn", "--run", str(empty_run)],
-        "--sgd-epochs 0": ["--sgd-epochs", "0"],
-    }
-    for expected, extra in more.items():
-        assert baselines.main(["--records", records_dir, "--output", str(tmp_path / "out"), *extra]) == 2, expected
-        error = capsys.readouterr().err.strip()
-        assert expected in error and len(error.splitlines()) == 1, (expected, error)
+    cache_dir = _tampered_cache(trained, tmp_path, split, change)
+    args = ["--records", records_dir, "--image-size", str(IMAGE_SIZE), "--output", str(tmp_path / "out"), "--cache-dir",
+            cache_dir, "--no-progress"]
+    assert baselines.main(args) == 2, expected
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, (expected, error)
     assert not os.path.exists(tmp_path / "out" / "handcrafted-logreg")  # nothing trained on bad input
+
+
+@pytest.mark.parametrize("expected, extra", [
+    ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
+    ("--sgd-epochs 0 must be at least 1", ["--sgd-epochs", "0"]),
+    ("not empty and was not written by `abo_tf.baselines`", ["--output", "{foreign}"]),
+])
+def test_bad_baseline_options_are_one_line_errors(built_records, tmp_path, capsys, expected, extra):
+    records_dir, _ = built_records
+    (tmp_path / "empty_run").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    extra = [arg.format(empty_run=tmp_path / "empty_run", foreign=tmp_path / "foreign") for arg in extra]
+    assert baselines.main(["--records", records_dir, "--output", str(tmp_path / "out"), *extra]) == 2, expected
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, (expected, error)
+    assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
 
 
 def test_check_splits_accepts_the_extracted_splits(trained):

@@ -11,6 +11,7 @@ import pytest
 
 from abo_tf import features
 from abo_tf.classical import descriptors, extraction, feature_cache, feature_spec
+from abo_tf.common import outputs
 from abo_tf.records import schema
 from abo_tf.records.split import SPLITS
 from abo_tf.training import input_pipeline
@@ -193,31 +194,43 @@ def test_run_embeddings_use_the_run_image_size_and_model_hash(built_records, tmp
 # --- bad input ---------------------------------------------------------------
 
 
-def test_bad_feature_inputs_are_one_line_errors(handcrafted, built_records, tmp_path, capsys):
+@pytest.mark.parametrize("expected, args", [
+    ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
+    ("does not exist", ["--features", "cnn", "--run", "{missing}"]),
+    ("exactly one of", ["--features", "cnn"]),
+    ("unknown backbone", ["--features", "cnn", "--backbone", "alexnet"]),
+    ("--image-size 16 must be at least 32", ["--features", "cnn", "--backbone", "mobilenet_v3_small", "--image-size", "16"]),
+    ("no examples in split", ["--splits", "dev"]),
+])
+def test_bad_feature_inputs_are_one_line_errors(built_records, tmp_path, capsys, expected, args):
     records_dir, _ = built_records
-    cache_dir, results = handcrafted
-    empty_run = tmp_path / "empty_run"
-    empty_run.mkdir()
+    (tmp_path / "empty_run").mkdir()
     base = ["--records", records_dir, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    cases = {
-        "has no model.keras": ["--features", "cnn", "--run", str(empty_run)],
-        "does not exist": ["--features", "cnn", "--run", str(tmp_path / "missing")],
-        "exactly one of": ["--features", "cnn"],
-        "unknown backbone": ["--features", "cnn", "--backbone", "alexnet"],
-        "too small": ["--features", "cnn", "--backbone", "mobilenet_v3_small", "--image-size", "16"],
-        "no examples in split": ["--splits", "dev"],
-    }
-    for expected, args in cases.items():
-        assert features.main(base + args) == 2, expected
-        error = capsys.readouterr().err.strip()
-        assert expected in error and len(error.splitlines()) == 1, (expected, error)
-    # An emptied cache folder is reported, not read as zero examples.
+    args = [arg.format(empty_run=tmp_path / "empty_run", missing=tmp_path / "missing") for arg in args]
+    assert features.main(base + args) == 2, expected
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, (expected, error)
+
+
+def test_an_emptied_cache_is_reported_not_read_as_zero_examples(handcrafted, built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    _, results = handcrafted
     folder = os.path.dirname(results["test"].path)
     empty_cache = tmp_path / "emptied"
     os.makedirs(empty_cache / os.path.basename(folder) / "test")
+    (empty_cache / outputs.MARKER).write_text('{"command": "features"}')
     assert features.main(["--records", records_dir, "--cache-dir", str(empty_cache), "--splits", "test", "--image-size", str(HANDCRAFTED_SIZE)]) == 2
     error = capsys.readouterr().err.strip()
     assert "empty or incomplete" in error and len(error.splitlines()) == 1, error
+
+
+def test_a_cache_dir_holding_other_files_is_refused(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    assert features.main(["--records", records_dir, "--cache-dir", str(tmp_path / "mine"), "--no-progress"]) == 2
+    assert "not empty and was not written by `abo_tf.features`" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "mine") == ["thesis.tex"]
 
 
 def test_help_groups_flags_with_defaults(capsys):

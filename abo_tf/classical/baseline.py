@@ -22,6 +22,7 @@ from abo_tf.classical import (
     persistence,
     search,
 )
+from abo_tf.common import options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records.split import SPLITS
 
@@ -30,26 +31,30 @@ IN_MEMORY_GB = 1.0
 STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "in memory"
 
 
-@dataclasses.dataclass
-class BaselineConfig:
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig(feature_spec.FeatureOptions):
     """Everything a baselines command depends on; `python -m abo_tf.baselines --help` documents each."""
 
-    records: str
-    output: str
-    features: feature_spec.FeatureSpec
-    models: tuple = ("logreg",)
-    runs: str = "runs"
-    cache_dir: str | None = None  # default OUTPUT/features
-    batch_size: int = 64
-    workers: int | None = None
-    rbf_max_train: int = RBF_MAX_TRAIN
-    sgd_epochs: int = classifiers.SGD_EPOCHS
-    in_memory_gb: float = IN_MEMORY_GB
-    measure_runs: bool = True
-    inference_images: int = 512
-    seed: int = 0
-    progress: bool = True
-    grids: dict | None = None  # model -> grid replacing search.GRIDS[model] (library use: smaller searches in tests)
+    output: str = options.option(help="baselines folder (one subfolder per model, comparison.md)", group="output",
+                                 required=True, config=False)
+    models: tuple[str, ...] = options.option(("logreg",), flag="--model", choices=classifiers.MODELS, group="models",
+                                             help="baselines to train (several allowed)")
+    rbf_max_train: int = options.option(RBF_MAX_TRAIN, minimum=2, group="models",
+                                        help="rbf_svm trains on a stratified subsample of at most this many examples")
+    sgd_epochs: int = options.option(classifiers.SGD_EPOCHS, minimum=1, group="models",
+                                     help="passes over the training features of streamed SGD")
+    in_memory_gb: float = options.option(IN_MEMORY_GB, minimum=0.001, group="models",
+                                         help="larger training features train logreg/linear_svm by streamed SGD")
+    runs: str = options.option("runs", group="comparison",
+                               help="folder of CNN training runs to compare with (each */metrics.json)")
+    measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
+    inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
+    cache_dir: str | None = options.option(group="output", config=False,
+                                           help="feature cache (shared with abo_tf.features); default OUTPUT/features")
+    progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False,
+                                    help="a progress bar per extracted split")
+    # Library use only (smaller searches in tests): model -> grid replacing search.GRIDS[model].
+    grids: dict | None = options.option(help="", cli=False)
 
     def grid(self, model):
         """The searched grid of `model`: `grids[model]` if given, else search.GRIDS[model]."""
@@ -208,10 +213,11 @@ def run_baselines(config):
         extracted, or splits that cannot train (see `check_splits`).
     """
     check_config(config)
-    os.makedirs(config.output, exist_ok=True)
+    outputs.claim(config.output, "baselines", "--output")
+    options.save_config(config, config.output)
     cache_dir = config.cache_dir or os.path.join(config.output, "features")
     splits = extraction.extract_features(
-        config.records, config.features, SPLITS, cache_dir, config.batch_size, config.workers, config.progress
+        config.records, config.feature_spec(), SPLITS, cache_dir, config.batch_size, config.workers, config.progress
     )
     check_splits(splits)
     results = [train_baseline(model, splits, config) for model in dict.fromkeys(config.models)]

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from abo_tf.classical import descriptors, feature_cache, feature_spec
+from abo_tf.common import outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import schema, shards
@@ -227,6 +228,7 @@ def extract_features(
     spec = feature_spec.resolve_spec(spec)
     for split in splits:
         input_pipeline.split_files(records_dir, split, manifest)
+    outputs.claim(cache_dir, "features", "--cache-dir")
     folder = feature_cache.cache_folder(cache_dir, manifest, spec)
     results = {}
     with _describer(spec, workers or os.cpu_count() or 1) as describe:

@@ -171,11 +171,14 @@ def _check_config_value(path, spec, value):
 def _config_defaults(path, options_class):
     """The option values of a config file, checked against the options' names and types."""
     values = config_lib.load_toml(path)
-    by_name = {spec.name: spec for spec in specs(options_class) if spec.metadata["config"]}
-    unknown = sorted(set(values) - set(by_name))
+    by_key = {}
+    for spec in specs(options_class):
+        if spec.metadata["config"]:  # the flag's name (`model` for --model) or the field's (`models`)
+            by_key[spec.flag.removeprefix("--").replace("-", "_")] = by_key[spec.name] = spec
+    unknown = sorted(set(values) - set(by_key))
     if unknown:
-        raise UserInputError(f"config {path!r} has unknown keys {unknown}: allowed are {sorted(by_name)}")
-    return {name: _check_config_value(path, by_name[name], value) for name, value in values.items()}
+        raise UserInputError(f"config {path!r} has unknown keys {unknown}: allowed are {sorted(by_key)}")
+    return {by_key[key].name: _check_config_value(path, by_key[key], value) for key, value in values.items()}
 
 
 def _check_bounds(spec, value):
