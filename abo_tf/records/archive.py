@@ -151,14 +151,6 @@ def _open_regular_file(path, what):
     return os.fdopen(descriptor, "rb")
 
 
-def _open_tar(path):
-    try:
-        return tarfile.open(path, mode="r:")
-    except (tarfile.TarError, OSError) as error:
-        raise ArchiveError(f"{path!r} is not a readable uncompressed tar ({error}); "
-                           "give the .tar as downloaded or the extracted folder") from error
-
-
 class _Section(io.RawIOBase):
     """Bytes `[offset, offset + size)` of an open file, read with `os.pread` (no shared file position)."""
 
@@ -316,36 +308,81 @@ def _fast_tar_files(path):
             offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
             handle.seek(offset)
         if len(header) < _BLOCK:  # no end-of-archive marker: cut in or before a header
+            if offset == 0:
+                raise _NotPlainUstar("shorter than one header")  # tarfile says "not a tar"
             raise _TarCut(file_size)
+
+
+class _ClampedReads:
+    """A tar file for `tarfile` whose reads never go past its end nor ask for more than `_MAX_TAR_METADATA_READ`.
+
+    tarfile reads a pax or GNU long-name header's declared size in one call:
+    2**62 raised MemoryError, 8 GB allocated 8 GB. `asked_past_end` records
+    that a read wanted bytes the file does not have, which is truncation.
+    """
+
+    def __init__(self, handle, file_size):
+        self._handle, self._file_size, self.asked_past_end = handle, file_size, False
+
+    def read(self, size):
+        if size < 0:  # tarfile always asks for a size: this one comes from a header
+            raise ValueError(f"a header declares a negative size ({size})")
+        left = max(0, self._file_size - self._handle.tell())
+        if size > left:
+            self.asked_past_end, size = True, left
+        return self._handle.read(min(size, _MAX_TAR_METADATA_READ))
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self._handle.seek(offset, whence)
+
+    def tell(self):
+        return self._handle.tell()
+
+
+_MAX_TAR_METADATA_READ = 2**20  # pax records and long names are a few hundred bytes
+_TARFILE_ERRORS = (tarfile.TarError, OSError, ValueError, OverflowError, MemoryError)
 
 
 def _tarfile_files(path):
     """As `_fast_tar_files`, read by `tarfile` (pax headers, GNU long names, base-256 sizes)."""
     file_size = os.path.getsize(path)
-    with _open_tar(path) as tar:
-        try:
-            while (member := tar.next()) is not None:
-                tar.members.clear()  # TarFile.next() keeps every header: hundreds of MB on the images tar
-                if member.size < 0:
-                    raise ArchiveError(f"{path!r} is damaged: member {member.name!r} declares a negative size; "
-                                       "download it again")
-                if member.offset_data + member.size > file_size:
-                    raise _TarCut(file_size, member.name, member.offset_data)
-                if member.isreg():
-                    yield member.name, member.offset_data, member.size
-        except (tarfile.TarError, OSError, OverflowError, MemoryError) as error:
-            # tarfile reads a header's declared size before anything can check it.
-            if tar.offset >= file_size:
-                raise _TarCut(file_size) from error
-            raise ArchiveError(f"{path!r} is damaged at byte {tar.offset} ({error}): download it again") from error
-        end = tar.offset  # where tarfile stopped: the end-of-archive marker, or not
     with open(path, "rb") as handle:
-        handle.seek(end)
+        reads = _ClampedReads(handle, file_size)
+        with _open_tarfile(reads, path, file_size) as tar:
+            try:
+                yield from _tarfile_members(tar, file_size)
+            except _TARFILE_ERRORS as error:
+                if reads.asked_past_end:
+                    raise _TarCut(file_size) from error
+                message = f"{path!r} is damaged near byte {tar.offset} ({error}): download it again"
+                raise ArchiveError(message) from error
+        handle.seek(tar.offset)  # where tarfile stopped: the end-of-archive marker, or not
         block = handle.read(_BLOCK)
     if len(block) < _BLOCK:
         raise _TarCut(file_size)
     if block != _ZERO_BLOCK:
-        raise ArchiveError(f"{path!r} is damaged at byte {end} (no valid tar header there): download it again")
+        raise ArchiveError(f"{path!r} is damaged at byte {tar.offset} (no valid tar header there): download it again")
+
+
+def _open_tarfile(reads, path, file_size):
+    try:
+        return tarfile.open(fileobj=reads, mode="r:")  # reads the first header
+    except _TARFILE_ERRORS as error:
+        if reads.asked_past_end:
+            raise _TarCut(file_size) from error
+        raise ArchiveError(f"{path!r} is not a readable uncompressed tar ({error}); "
+                           "give the .tar as downloaded or the extracted folder") from error
+
+
+def _tarfile_members(tar, file_size):
+    while (member := tar.next()) is not None:
+        tar.members.clear()  # TarFile.next() keeps every header: hundreds of MB on the images tar
+        if member.size < 0:
+            raise tarfile.HeaderError(f"member {member.name!r} declares a negative size")
+        if member.offset_data + member.size > file_size:
+            raise _TarCut(file_size, member.name, member.offset_data)
+        if member.isreg():
+            yield member.name, member.offset_data, member.size
 
 
 def _tar_files(path, allow_truncated=False):
@@ -392,7 +429,6 @@ def _listing_sources(path, report, allow_truncated):
                 return
         raise ArchiveError(f"no {LISTINGS_DIR}/listings_*.json.gz under {path!r}: "
                            "is this the extracted abo-listings.tar?")
-    _open_tar(path).close()  # a clear error for a file that is not a tar at all
     files, cut = _tar_files(path, allow_truncated)
     if cut is not None:
         report.truncated.append(f"{cut.describe(path)}: read up to there")
@@ -770,7 +806,6 @@ def _open_folder_store(path, variant):
 def _open_tar_store(path, variant, allow_truncated):
     prefix = f"images/{variant}/"
     locations, refused, csv_location = {}, {}, None
-    _open_tar(path).close()  # a clear error for a file that is not a tar at all
     files, cut = _tar_files(path, allow_truncated)
     for name, offset, size in files:
         name = name.removeprefix("./")
