@@ -170,6 +170,9 @@ MALFORMED_LISTINGS = {
     "domain_name_list": (b'{"item_id": "B0DOMAINLS", "domain_name": ["amazon.com"], "product_type": "SHOES"}',
                          "bad_domain_name"),
     "not_an_object": (b'["B0NOTOBJEC", "SHOES"]', "not_an_object"),
+    "item_name_number": (b'{"item_id": "B0NAMENUMB", "product_type": "SHOES", "item_name": 5}', "bad_item_name"),
+    "language_tag_list": ((b'{"item_id": "B0TAGLIST1", "product_type": "SHOES", '
+                          b'"item_name": [{"language_tag": ["en_US"], "value": "Shoe"}]}'), "bad_item_name"),
 }
 
 

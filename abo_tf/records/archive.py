@@ -560,13 +560,23 @@ def _is_product_type(value):
         isinstance(entry, dict) and isinstance(entry.get("value", ""), str) for entry in value)
 
 
-# The fields the pipeline uses, with the shapes ABO gives them (None counts as absent).
+def _is_localised(value):
+    """A list of `{"language_tag": "en_US", "value": ...}` objects (the tag may be missing)."""
+    return isinstance(value, list) and all(
+        isinstance(entry, dict) and isinstance(entry.get("language_tag", ""), str | None) for entry in value)
+
+
+# Localised text fields, as documented (see shared/abo-format.md).
+LOCALISED_LISTING_KEYS = ("item_name", "brand", "bullet_point", "item_keywords", "material", "style", "color",
+                          "model_name", "product_description")
+# The fields the pipeline (build and analyze) reads, with the shapes ABO gives them (None counts as absent).
 _LISTING_FIELD_TYPES = {
     "item_id": lambda value: isinstance(value, str),
     "domain_name": lambda value: isinstance(value, str),
     "main_image_id": lambda value: isinstance(value, str),
     "other_image_id": _is_string_list,
     "product_type": _is_product_type,
+    **{key: _is_localised for key in LOCALISED_LISTING_KEYS},
 }
 
 
@@ -772,7 +782,7 @@ def _shorten(value, limit=120):
 
 def _images_root(path):
     for root in (path, os.path.dirname(os.path.normpath(path))):
-        if os.path.isfile(os.path.join(root, IMAGES_CSV)):
+        if os.path.lexists(os.path.join(root, IMAGES_CSV)):  # a FIFO or a link is refused when opened
             return root
     raise ArchiveError(f"no {IMAGES_CSV} under {path!r}: give the folder abo-images-small.tar was extracted into")
 
