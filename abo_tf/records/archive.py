@@ -26,6 +26,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tarfile
 import zlib
 
@@ -46,7 +47,7 @@ MAX_IMAGES_CSV_LINE_BYTES = 64 * 2**10
 # listings_*.json.gz: lines of a few KB, about 50 MB decompressed per file, 147,702 listings in all.
 MAX_LISTING_LINE_BYTES = 2**20  # a longer line is counted as malformed
 MAX_LISTINGS_FILE_BYTES = 2**30  # decompressed, per file: also bounds the time spent on blank lines
-MAX_LISTING_LINES = 1_500_000  # all files together; bounds the memory of the parsed listings
+MAX_LISTING_LINES = 1_000_000  # all files together; bounds the memory of the parsed listings (~0.4 KB each)
 MAX_UNKNOWN_KEYS = 1000  # distinct unknown keys counted by name; the rest under UNKNOWN_KEYS_OVERFLOW
 UNKNOWN_KEYS_OVERFLOW = "(other unknown keys)"
 _READ_CHUNK = 2**20
@@ -452,10 +453,12 @@ def parse_listing(record, source):
     if isinstance(other, str):
         other = [other]
     main = record.get("main_image_id")
+    product_type = normalise_product_type(record.get("product_type"))
     return Listing(
         item_id=str(record.get("item_id") or ""),
-        domain_name=str(record.get("domain_name") or ""),
-        product_type=normalise_product_type(record.get("product_type")),
+        # A few domains and 576 types over 147,702 listings: one copy of each string, not one per listing.
+        domain_name=sys.intern(str(record.get("domain_name") or "")),
+        product_type=sys.intern(product_type) if product_type else None,
         main_image_id=main if isinstance(main, str) and main else None,
         other_image_ids=tuple(image_id for image_id in other if isinstance(image_id, str) and image_id),
         source=source,
@@ -620,7 +623,10 @@ class _ImageFolder:
 
     def __init__(self, image_dir):
         self.image_dir = image_dir
-        self._root = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._root = os.open(image_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise ArchiveError(f"images folder {image_dir!r} cannot be opened ({error.strerror})") from error
         self._folder_parts, self._folder = (), self._root
 
     def close(self):
@@ -635,18 +641,25 @@ class _ImageFolder:
         self.close()
 
     def _open_folder(self, parts):
-        if tuple(parts) == self._folder_parts:
+        """The descriptor of the folder `parts` below the root, reached without following a link."""
+        parts = tuple(parts)
+        if parts == self._folder_parts:
             return self._folder
         if self._folder != self._root:
             os.close(self._folder)
         self._folder_parts, self._folder = (), self._root
         descriptor = self._root
-        for part in parts:
-            opened = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+        try:
+            for part in parts:
+                opened = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+                if descriptor != self._root:
+                    os.close(descriptor)
+                descriptor = opened
+        except OSError:
             if descriptor != self._root:
                 os.close(descriptor)
-            descriptor = opened
-        self._folder_parts, self._folder = tuple(parts), descriptor
+            raise
+        self._folder_parts, self._folder = parts, descriptor
         return descriptor
 
     def size(self, relative_path):
@@ -670,8 +683,10 @@ class _ImageFolder:
     def read(self, relative_path):
         """The bytes of a file `size` accepted, at most MAX_IMAGE_FILE_BYTES."""
         where = os.path.join(self.image_dir, relative_path)
+        parts = _plain_parts(relative_path)
+        if parts is None:
+            raise ArchiveError(f"{where!r} is not a path inside the images folder")
         try:
-            parts = _plain_parts(relative_path)
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
             descriptor = os.open(parts[-1], flags, dir_fd=self._open_folder(parts[:-1]))
             with os.fdopen(descriptor, "rb") as handle:
