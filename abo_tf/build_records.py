@@ -36,7 +36,8 @@ PIECE_EXAMPLES = 512  # unit of parallel work; a shard is the unit of resumption
 SCAN_CHUNK = 2048
 IMAGE_SELECTIONS = ("main", "all")
 # Options that do not change the bytes written; everything else does.
-_NON_OUTPUT_OPTIONS = ("listings", "images", "output", "workers", "overwrite", "progress")
+# allow_truncated changes what is read, which the fingerprint and the manifest's "truncated" lists record.
+_NON_OUTPUT_OPTIONS = ("listings", "images", "output", "workers", "overwrite", "progress", "allow_truncated")
 
 KEPT = "kept"
 
@@ -65,6 +66,7 @@ class BuildOptions:
     workers: int = os.cpu_count() or 1
     overwrite: bool = False
     progress: bool = True
+    allow_truncated: bool = False  # read a truncated archive up to its cut, reported, instead of failing
 
     def __post_init__(self):
         self._check()
@@ -133,7 +135,7 @@ def _select_images(listings, image_selection):
 
 
 def _read_candidates(options, store, listings_report):
-    listings = list(archive.read_listings(options.listings, listings_report))
+    listings = list(archive.read_listings(options.listings, listings_report, options.allow_truncated))
     status, image_ids = _select_images(listings, options.image_selection)
     listings_of_image = collections.defaultdict(list)
     for index, ids in enumerate(image_ids):
@@ -144,6 +146,8 @@ def _read_candidates(options, store, listings_report):
         row = store.rows.get(image_id)
         if row is None:
             candidates.image_status[image_id] = "missing_from_images_csv"
+        elif row.path in store.refused:  # path_outside_images, file_too_large
+            candidates.image_status[image_id] = store.refused[row.path]
         elif row.path not in store.locations:
             candidates.image_status[image_id] = "missing_from_archive"
         elif len(indices) > options.max_listings_per_image:
@@ -476,12 +480,15 @@ def _make_manifest(options, plan, context, shard_results, elapsed):
         "options": options.output_options(),
         "fingerprint": plan["fingerprint"],
         "inputs": {
-            "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest()},
-            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": store.csv_sha256, "images_csv_rows": len(store.rows), "scanned_content_sha256": digest},
+            "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest(),
+                         "truncated": report.truncated},
+            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": store.csv_sha256, "images_csv_rows": len(store.rows), "scanned_content_sha256": digest,
+                       "truncated": store.truncated},
         },
         "classes": list(vocabulary.names),
         "splits": _split_summary(plan, shard_results, vocabulary),
-        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())), "malformed_lines": report.malformed_lines[:20], "unknown_fields": dict(sorted(report.unknown_keys.items()))},
+        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())), "malformed_lines": report.malformed_lines[:20],
+                     "malformed_reasons": dict(sorted(report.malformed_reasons.items())), "unknown_fields": dict(sorted(report.unknown_keys.items()))},
         "images": {"referenced": len(candidates.listings_of_image), "kept": image_status.pop(KEPT, 0), "dropped": dict(sorted(image_status.items())), "reencoded": sum(result["reencoded"] for result in shard_results)},
         "label_conflicts": conflicts,
         "elapsed_seconds": round(elapsed, 2),
@@ -540,7 +547,7 @@ def _build(options, start):
     with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
         # Workers start (and import) while this process indexes the archive.
         warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
-        store = archive.open_images(options.images, options.image_variant)
+        store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
         report = archive.ListingsReport()
         plan, state = _prepare(options, store, report, pool)
         concurrent.futures.wait(warm_up)
@@ -572,7 +579,12 @@ def _format_summary(manifest):
         if entry["dropped"]:
             lines.append(f"dropped {kind}: " + ", ".join(f"{reason} {count}" for reason, count in entry["dropped"].items()))
     if listings["malformed_lines"]:
-        lines.append("malformed JSON lines (first): " + ", ".join(listings["malformed_lines"][:5]))
+        reasons = ", ".join(f"{reason} {count}" for reason, count in listings.get("malformed_reasons", {}).items())
+        lines.append("malformed JSON lines (first): " + ", ".join(listings["malformed_lines"][:5])
+                     + (f"; by reason: {reasons}" if reasons else ""))
+    for kind in ("listings", "images"):
+        for cut in manifest["inputs"][kind].get("truncated", []):
+            lines.append(f"WARNING: partial read of the {kind}: {cut}")
     conflicts = manifest["label_conflicts"]
     lines.append(f"label conflicts: {conflicts['items']} items, {conflicts['images']} images ({conflicts['rule']})")
     rate = images_["kept"] / manifest["elapsed_seconds"] if manifest["elapsed_seconds"] else 0.0
