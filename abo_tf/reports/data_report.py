@@ -35,7 +35,7 @@ from abo_tf.common import options as options_lib, outputs
 from abo_tf.common.errors import UserInputError
 
 # Localised text fields: lists of {"language_tag", "value"} (docs/abo-format.md).
-LOCALISED_FIELDS = ("item_name", "brand", "bullet_point", "item_keywords", "material", "style", "color", "model_name", "product_description")
+LOCALISED_FIELDS = archive.LOCALISED_LISTING_KEYS
 TOP_LANGUAGES = 8  # per field in the figure; the CSV has every tag
 UNTAGGED = "(no tag)"
 
