@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from abo_tf import analyze, build_records
+from abo_tf import build_records
+from abo_tf.reports import data_report
 from abo_tf.records import archive
 from tests import hostile
 from tests.conftest import build_options
@@ -175,7 +176,7 @@ def test_malformed_listing_line_is_counted_by_build_and_analyze_readers(folder_c
     assert len(listings) == truth["num_listings"] and report.lines_read == truth["num_lines"] + 1
     assert source in report.malformed_lines and len(report.malformed_lines) == len(truth["malformed_lines"]) + 1
     assert report.malformed_reasons[reason] == 1 + (reason == "invalid_json") * len(truth["malformed_lines"])
-    tally = analyze.read_tally(folder_copy, progress=False)
+    tally = data_report.read_tally(folder_copy, progress=False)
     assert tally.report.malformed_lines == report.malformed_lines and len(tally.listings) == truth["num_listings"]
 
 
