@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from abo_tf import build_records, evaluate
+from abo_tf.reports import evaluation
 from tests.conftest import build_options
 
 REPORT_FILES = ("metrics.json", "per_class.csv", "per_class_f1.png", "confusion_matrix.png", "confusion_matrix.csv", "mistakes.csv",
-                "mistakes.png", "gradcam.png", "reliability.png", "calibration.csv", "report.md")
+                "mistakes.png", "gradcam.png", "reliability.png", "calibration.csv", "confused_pairs.csv", "report.md")
 
 
 @pytest.fixture(scope="module")
@@ -64,19 +65,19 @@ def test_tables_agree_with_the_metrics(report, built_records):
 
 
 def test_best_keeps_the_highest_priorities():
-    best = evaluate._Best(2)
+    best = evaluation._Best(2)
     for priority, name in ((0.5, "a"), (0.9, "b"), (0.1, "c"), (0.7, "d")):
         best.offer(priority, name, lambda name=name: name)
     assert best.items() == ["b", "d"]
 
 
 def test_label_mapping_by_name():
-    mapping = evaluate.label_mapping(["A", "B", "C"], ["C", "A", "B"], {"A": 1, "C": 2})
+    mapping = evaluation.label_mapping(["A", "B", "C"], ["C", "A", "B"], {"A": 1, "C": 2})
     assert mapping.tolist() == [1, 2, 0]
     # A class the model lacks is fine while the split has no example of it.
-    assert evaluate.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 0}).tolist() == [0, -1]
+    assert evaluation.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 0}).tolist() == [0, -1]
     with pytest.raises(ValueError, match=r"1 classes the model does not know \(X\)"):
-        evaluate.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 2})
+        evaluation.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 2})
 
 
 def _run(capsys, *args):
