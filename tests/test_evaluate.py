@@ -64,6 +64,30 @@ def test_tables_agree_with_the_metrics(report, built_records):
     assert calibration["count"].sum() == result["num_examples"]
 
 
+def test_confused_pairs_add_up_to_the_mistakes(report):
+    mistakes = pd.read_csv(os.path.join(report, "mistakes.csv"))
+    pairs = pd.read_csv(os.path.join(report, "confused_pairs.csv"))
+    expected = mistakes.groupby(["true_class", "predicted_class"]).size()
+    assert dict(zip(zip(pairs["true_class"], pairs["predicted_class"]), pairs["count"])) == expected.to_dict()
+    assert np.all(np.diff(pairs["count"]) <= 0)
+    per_class = pd.read_csv(os.path.join(report, "per_class.csv")).set_index("class")
+    np.testing.assert_allclose(pairs["share"], pairs["count"] / per_class.loc[pairs["true_class"], "support"].to_numpy())
+    markdown = open(os.path.join(report, "report.md")).read()
+    top = pairs.iloc[0]
+    assert f"| {top['true_class']} | {top['predicted_class']} | {top['count']} | {top['share']:.3f} |" in markdown
+
+
+def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir, "--report", str(tmp_path / "report"),
+            "--gallery-size", "0", "--gradcam-examples", "0", "--no-progress"]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.strip().startswith("head"))
+    assert "0 images" in head and "macro F1 n/a" in head  # the sample has no class with 1000 training images
+    assert "nan" not in out.lower()
+
+
 def test_best_keeps_the_highest_priorities():
     best = evaluation._Best(2)
     for priority, name in ((0.5, "a"), (0.9, "b"), (0.1, "c"), (0.7, "d")):

@@ -40,7 +40,7 @@ def _options(training):
 
 
 # Raised inside the pipeline; `explain_read_errors` recognises it by this text.
-_LABEL_CHECK = "a record's label is outside the manifest's classes"
+_LABEL_CHECK = "record label outside the classes of the manifest"  # no quotes: TensorFlow escapes them in messages
 
 
 def _verify_hint(records_dir):

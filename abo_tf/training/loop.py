@@ -95,7 +95,7 @@ def _check_ranges(config):
     """Each rule: (holds, what to give instead)."""
     rules = {
         "epochs": (config.epochs >= 1, "train at least 1 epoch"),
-        "head_epochs": (0 <= config.head_epochs <= config.epochs, f"give 0 to {config.epochs} (--epochs)"),
+        "head_epochs": (0 <= config.head_epochs <= config.epochs, f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)"),
         "batch_size": (config.batch_size >= 1, "give a positive number"),
         "image_size": (config.image_size >= models.MIN_IMAGE_SIZE, f"too small, use at least {models.MIN_IMAGE_SIZE} pixels (the backbones refuse less)"),
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
