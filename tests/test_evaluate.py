@@ -88,6 +88,17 @@ def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records,
     assert "nan" not in out.lower()
 
 
+def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(trained_run, built_records, tmp_path, capsys, monkeypatch):
+    import tensorflow as tf
+
+    def exhausted(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,224,224,3]")
+
+    monkeypatch.setattr(evaluation, "_predict_batches", exhausted)  # a real OOM would take the shared machine's memory
+    code, err = _run(capsys, "--model", os.path.join(trained_run, "saved_model"), "--records", built_records[0], "--report", str(tmp_path / "r"))
+    assert code == 2 and len(err.splitlines()) == 1 and err.endswith("does not fit in memory (OOM when allocating tensor with shape[64,224,224,3]): lower --batch-size")
+
+
 def test_best_keeps_the_highest_priorities():
     best = evaluation._Best(2)
     for priority, name in ((0.5, "a"), (0.9, "b"), (0.1, "c"), (0.7, "d")):

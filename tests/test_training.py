@@ -288,14 +288,14 @@ def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(built_records, 
     records_dir, _ = built_records
 
     def exhausted(run):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[8,32,32,16]\nmore lines")
+        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__Conv2D}} OOM when allocating tensor with shape[8,32,32,16]\nmore lines")
 
     # A real OOM would take the shared test machine's memory: the loop's own error is raised where the step would raise it.
     monkeypatch.setattr(loop, "_train_phases", exhausted)
     assert train.main(_train_args(records_dir, tmp_path / "oom", "--epochs", "1", "--head-epochs", "0")) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "a batch of 8 images of 32 px does not fit in memory" in error
-    assert "OOM when allocating" in error and error.endswith("lower --batch-size or --image-size")
+    assert "(OOM when allocating tensor with shape[8,32,32,16])" in error and error.endswith("lower --batch-size or --image-size")
 
 
 def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):

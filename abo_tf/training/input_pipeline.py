@@ -16,6 +16,7 @@ the manifest with the files before reading (cheap: sizes, not contents), and
 
 import contextlib
 import os
+import re
 
 import tensorflow as tf
 
@@ -132,12 +133,14 @@ def explain_read_errors(records_dir, manifest, splits):
         problem = find_damaged_shard(records_dir, manifest, splits) if is_records_error or isinstance(error, tf.errors.NotFoundError) else None
         if problem is None and not is_records_error:
             raise
-        reason = problem or f"reading split(s) {list(splits)} failed ({_first_line(error)})"
+        reason = problem or f"reading split(s) {list(splits)} failed ({tf_error_line(error)})"
         raise shards.VerificationError(f"{reason}: {_verify_hint(records_dir)}") from error
 
 
-def _first_line(error):
-    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines() if line.strip()]
+def tf_error_line(error):
+    """The first line of a TensorFlow error without its `{{function_node ...}}` prefix, for a one-line message."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", str(getattr(error, "message", error)))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
 

@@ -466,8 +466,8 @@ def _splits_read(manifest):
 
 def out_of_memory(error, batch_size, image_size, flags="--batch-size or --image-size"):
     """The one-line error for a batch that did not fit (`tf.errors.ResourceExhaustedError`)."""
-    first_line = next((line.strip() for line in str(error.message).splitlines() if line.strip()), "out of memory")
-    return OutOfMemory(f"a batch of {batch_size} images of {image_size} px does not fit in memory ({first_line}): lower {flags}")
+    reason = input_pipeline.tf_error_line(error)
+    return OutOfMemory(f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}")
 
 
 def train(config):
