@@ -1,4 +1,4 @@
-"""Damaged records and manifests that do not match their shards: one-line errors naming the shard, in train and evaluate.
+"""Damaged records, and manifests that do not match their shards: one-line errors naming the shard (train, evaluate).
 
 Each case copies the session's build, breaks one thing, and runs the command
 as a user would; the error must name the shard (or the manifest's problem) and
@@ -45,7 +45,10 @@ def _write_manifest(records, manifest):
 
 
 def _keep_first_class_only(records, manifest):
-    """A manifest listing fewer classes than the records' labels use (counts kept consistent, so only reading finds it)."""
+    """A manifest listing fewer classes than the records' labels use.
+
+    Its counts stay consistent, so only reading the records finds it.
+    """
     first = manifest["classes"][0]
     manifest["classes"] = [first]
     for entry in manifest["splits"].values():
@@ -54,12 +57,36 @@ def _keep_first_class_only(records, manifest):
 
 
 def _train(records, tmp_path, capsys):
-    code = train.main(["--records", records, "--output", str(tmp_path / "run"), *TINY_TRAIN_ARGS, "--epochs", "1", "--head-epochs", "0"])
+    code = train.main(
+        [
+            "--records",
+            records,
+            "--output",
+            str(tmp_path / "run"),
+            *TINY_TRAIN_ARGS,
+            "--epochs",
+            "1",
+            "--head-epochs",
+            "0",
+        ]
+    )
     return code, capsys.readouterr().err.strip()
 
 
 def _evaluate(model, records, tmp_path, capsys):
-    code = evaluate.main(["--model", model, "--records", records, "--report", str(tmp_path / "report"), "--gradcam-examples", "0", "--no-progress"])
+    code = evaluate.main(
+        [
+            "--model",
+            model,
+            "--records",
+            records,
+            "--report",
+            str(tmp_path / "report"),
+            "--gradcam-examples",
+            "0",
+            "--no-progress",
+        ]
+    )
     return code, capsys.readouterr().err.strip()
 
 
@@ -94,21 +121,31 @@ def test_train_names_a_truncated_shard_from_its_size(built_records, tmp_path, ca
     shard = _shard(records, manifest, "train")
     size = os.path.getsize(shard)
     os.truncate(shard, size - 100)
-    _assert_one_line(*_train(records, tmp_path, capsys), f"shard {shard} has {size - 100} bytes, the manifest says {size}", VERIFY)
+    _assert_one_line(
+        *_train(records, tmp_path, capsys), f"shard {shard} has {size - 100} bytes, the manifest says {size}", VERIFY
+    )
 
 
 def test_train_refuses_labels_beyond_the_manifests_classes(built_records, tmp_path, capsys):
     records, manifest = _copy(built_records, tmp_path)
     _keep_first_class_only(records, manifest)
-    _assert_one_line(*_train(records, tmp_path, capsys), "has a record of label", "the manifest lists 1 classes", VERIFY)
+    _assert_one_line(
+        *_train(records, tmp_path, capsys), "has a record of label", "the manifest lists 1 classes", VERIFY
+    )
 
 
-@pytest.mark.parametrize("breakage,expected", [
-    (lambda manifest: manifest["splits"]["validation"].pop("shards"), "no valid entry for split 'validation'"),
-    (lambda manifest: manifest.update(classes=manifest["classes"][1:]), "counts classes the manifest does not list"),
-    (lambda manifest: manifest["splits"]["train"]["shards"][0].update(num_examples=1), "do not add up"),
-    (lambda manifest: manifest.update(classes=[]), "classes are missing, empty or repeated"),
-])
+@pytest.mark.parametrize(
+    "breakage,expected",
+    [
+        (lambda manifest: manifest["splits"]["validation"].pop("shards"), "no valid entry for split 'validation'"),
+        (
+            lambda manifest: manifest.update(classes=manifest["classes"][1:]),
+            "counts classes the manifest does not list",
+        ),
+        (lambda manifest: manifest["splits"]["train"]["shards"][0].update(num_examples=1), "do not add up"),
+        (lambda manifest: manifest.update(classes=[]), "classes are missing, empty or repeated"),
+    ],
+)
 def test_train_refuses_a_manifest_that_does_not_match_its_shards(built_records, tmp_path, capsys, breakage, expected):
     records, manifest = _copy(built_records, tmp_path)
     breakage(manifest)
@@ -123,20 +160,27 @@ def test_evaluate_names_a_shard_with_a_flipped_byte(trained_run, built_records, 
     records, manifest = _copy(built_records, tmp_path)
     shard = _shard(records, manifest, "test")
     _flip_a_byte(shard)
-    _assert_one_line(*_evaluate(os.path.join(trained_run, "saved_model"), records, tmp_path, capsys), shard, "bad data CRC", VERIFY)
+    _assert_one_line(
+        *_evaluate(os.path.join(trained_run, "saved_model"), records, tmp_path, capsys), shard, "bad data CRC", VERIFY
+    )
 
 
 def test_evaluate_names_a_missing_shard(trained_run, built_records, tmp_path, capsys):
     records, manifest = _copy(built_records, tmp_path)
     shard = _shard(records, manifest, "test")
     os.remove(shard)
-    _assert_one_line(*_evaluate(os.path.join(trained_run, "saved_model"), records, tmp_path, capsys), f"shard {shard} of split 'test' is missing")
+    _assert_one_line(
+        *_evaluate(os.path.join(trained_run, "saved_model"), records, tmp_path, capsys),
+        f"shard {shard} of split 'test' is missing",
+    )
 
 
 def test_evaluate_refuses_labels_beyond_the_manifests_classes(trained_run, built_records, tmp_path, capsys):
     records, manifest = _copy(built_records, tmp_path)
     _keep_first_class_only(records, manifest)
-    _assert_one_line(*_evaluate(os.path.join(trained_run, "saved_model"), records, tmp_path, capsys), "has a record of label", VERIFY)
+    _assert_one_line(
+        *_evaluate(os.path.join(trained_run, "saved_model"), records, tmp_path, capsys), "has a record of label", VERIFY
+    )
 
 
 # --- the library functions ----------------------------------------------------------

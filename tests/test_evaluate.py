@@ -71,7 +71,8 @@ def test_confused_pairs_add_up_to_the_mistakes(report):
     assert dict(zip(zip(pairs["true_class"], pairs["predicted_class"]), pairs["count"])) == expected.to_dict()
     assert np.all(np.diff(pairs["count"]) <= 0)
     per_class = pd.read_csv(os.path.join(report, "per_class.csv")).set_index("class")
-    np.testing.assert_allclose(pairs["share"], pairs["count"] / per_class.loc[pairs["true_class"], "support"].to_numpy())
+    support = per_class.loc[pairs["true_class"], "support"].to_numpy()
+    np.testing.assert_allclose(pairs["share"], pairs["count"] / support)
     markdown = open(os.path.join(report, "report.md")).read()
     top = pairs.iloc[0]
     assert f"| {top['true_class']} | {top['predicted_class']} | {top['count']} | {top['share']:.3f} |" in markdown
@@ -79,8 +80,8 @@ def test_confused_pairs_add_up_to_the_mistakes(report):
 
 def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records, tmp_path, capsys):
     records_dir, _ = built_records
-    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir, "--report", str(tmp_path / "report"),
-            "--gallery-size", "0", "--gradcam-examples", "0", "--no-progress"]
+    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir,
+            "--report", str(tmp_path / "report"), "--gallery-size", "0", "--gradcam-examples", "0", "--no-progress"]
     assert evaluate.main(args) == 0
     out = capsys.readouterr().out
     head = next(line for line in out.splitlines() if line.strip().startswith("head"))
@@ -88,15 +89,19 @@ def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records,
     assert "nan" not in out.lower()
 
 
-def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(trained_run, built_records, tmp_path, capsys, monkeypatch):
+def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(trained_run, built_records, tmp_path, capsys,
+                                                                   monkeypatch):
     import tensorflow as tf
 
     def exhausted(*args):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,224,224,3]")
 
     monkeypatch.setattr(evaluation, "_predict_batches", exhausted)  # a real OOM would take the shared machine's memory
-    code, err = _run(capsys, "--model", os.path.join(trained_run, "saved_model"), "--records", built_records[0], "--report", str(tmp_path / "r"))
-    assert code == 2 and len(err.splitlines()) == 1 and err.endswith("does not fit in memory (OOM when allocating tensor with shape[64,224,224,3]): lower --batch-size")
+    model = os.path.join(trained_run, "saved_model")
+    code, err = _run(capsys, "--model", model, "--records", built_records[0], "--report", str(tmp_path / "r"))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.endswith("does not fit in memory (OOM when allocating tensor with shape[64,224,224,3]): "
+                        "lower --batch-size")
 
 
 def test_best_keeps_the_highest_priorities():

@@ -208,7 +208,8 @@ def transparent_files(tmp_path_factory):
 
 
 def test_transparent_png_pixels_match_the_build(transparent_files):
-    served, built = (preprocess.eval_image(open(transparent_files[key], "rb").read(), SIZE).numpy().astype(int) for key in ("png", "build_jpeg"))
+    served, built = (preprocess.eval_image(open(transparent_files[key], "rb").read(), SIZE).numpy().astype(int)
+                     for key in ("png", "build_jpeg"))
     # Only the build's JPEG compression (quality 95, 4:2:0 chroma) separates them: 1.4/255 on this sharp cut-out.
     # The composite itself is the build's to the bit (test_preprocess); onto black it differed by ~200/255.
     assert np.abs(served - built).mean() <= 2.0
@@ -223,7 +224,8 @@ def test_transparent_png_through_serving_default_and_predict_matches_the_build(e
     served = loaded.signatures["serving_default"](image_bytes=tf.constant(data))["probabilities"].numpy()
     np.testing.assert_allclose(served, keras_probabilities(model, data), atol=1e-4)
     assert np.abs(served[0] - served[1]).max() < 0.05  # the PNG and the JPEG the build made of it
-    by_file = predict.predict_files(loaded, [transparent_files["png"], transparent_files["build_jpeg"]], top_k=len(CLASSES))
+    paths = [transparent_files["png"], transparent_files["build_jpeg"]]
+    by_file = predict.predict_files(loaded, paths, top_k=len(CLASSES))
     for result, probabilities in zip(by_file, served):
         scores = {item["label"]: item["score"] for item in result["predictions"]}
         np.testing.assert_allclose([scores[name] for name in CLASSES], probabilities, atol=1e-6)
@@ -255,7 +257,8 @@ def test_a_refused_image_does_not_fail_the_others_in_its_call(exported):
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([good[0], bombs[0], good[1], bombs[1]]))
     errors = [error.decode() for error in outputs[export.ERROR_KEY].numpy()]
     assert errors[0] == errors[2] == ""
-    assert "20000x20000 pixels is over the limit of 89478485 pixels" in errors[1] and "not a JPEG, PNG, GIF or BMP" in errors[3]
+    assert "20000x20000 pixels is over the limit of 89478485 pixels" in errors[1]
+    assert "not a JPEG, PNG, GIF or BMP" in errors[3]
     probabilities = outputs["probabilities"].numpy()
     np.testing.assert_allclose(probabilities[[0, 2]], keras_probabilities(model, good), atol=1e-4)
     assert not probabilities[[1, 3]].any() and not outputs["top_k_scores"].numpy()[[1, 3]].any()
@@ -266,7 +269,8 @@ def test_predict_refuses_a_file_over_the_size_limit_before_reading_it(exported, 
     _, loaded, _ = exported
     path = image_files["wide.jpg"]
     [result] = predict.predict_files(loaded, [path], max_file_bytes=os.path.getsize(path) - 1)
-    assert result["error"].startswith("not read:") and f"{os.path.getsize(path)} bytes is over the limit" in result["error"]
+    assert result["error"].startswith("not read:")
+    assert f"{os.path.getsize(path)} bytes is over the limit" in result["error"]
     [endless] = predict.predict_files(loaded, ["/dev/zero"], max_file_bytes=1000)  # no size, no end
     assert "1001 bytes is over the limit of 1000 bytes" in endless["error"]
 
@@ -293,12 +297,15 @@ def test_a_20000_pixel_png_is_refused_by_serving_and_predict_within_1_5_gb(expor
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(big_png(20000))
     assert os.path.getsize(bomb) < 1.5e6  # 1.2 GB of pixels in a small valid file
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), TF_CPP_MIN_LOG_LEVEL="2")
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repository, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, export_dir, str(bomb), image_files["wide.jpg"]],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("errors", "predict exit", "peak_rss_kb")))
-    assert lines["errors"].count("20000x20000 pixels is over the limit of 89478485 pixels") == 3 and lines["errors"].endswith("'']")
+    keys = ("errors", "predict exit", "peak_rss_kb")
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(keys))
+    assert lines["errors"].count("20000x20000 pixels is over the limit of 89478485 pixels") == 3
+    assert lines["errors"].endswith("'']")  # the good image of the same call
     assert lines["predict"] == "exit 1"  # the bomb is reported, the good file still classified
     [error_line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert str(bomb) in error_line and "over the limit" in error_line

@@ -169,7 +169,8 @@ def test_per_class_f1_figure_stays_readable(num_classes, chart, tmp_path):
     predictions = np.where(rng.random(len(labels)) < 0.7, labels, rng.integers(0, num_classes, len(labels)))
     train_counts = np.round(10 ** rng.uniform(0, 4, num_classes)).astype(int)
     train_counts[0] = 0  # a class without training examples still has a place on the log axis
-    per_class = metrics.per_class_metrics(labels, predictions, [f"C{index}" for index in range(num_classes)], train_counts)
+    names = [f"C{index}" for index in range(num_classes)]
+    per_class = metrics.per_class_metrics(labels, predictions, names, train_counts)
     width, height = _png_size(metrics.plot_per_class_f1(per_class, str(tmp_path / "f1.png")))
     assert width <= 2000 and height <= 1000
     # A bar per class grows with the classes (0.22 in each at 110 dpi); the scatter has a fixed size.

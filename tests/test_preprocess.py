@@ -166,7 +166,8 @@ def test_decode_rgb_composites_alpha_onto_white_like_the_build(kind):
     build = images._decode_bgr(data)[..., ::-1].astype(int)  # the build's own composite (OpenCV, BGR)
     eager = preprocess.decode_rgb(data).numpy()
     [mapped] = map_over(preprocess.decode_rgb, [data])
-    traced = tf.function(preprocess.decode_rgb, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)(data).numpy()
+    traced_fn = tf.function(preprocess.decode_rgb, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    traced = traced_fn(data).numpy()
     # 8-bit: identical; 16-bit: TensorFlow keeps the high byte where the build divides by 257.
     assert np.abs(eager.astype(int) - build).max() <= (1 if kind == "rgba_16_bit" else 0)
     np.testing.assert_array_equal(mapped, eager)
@@ -181,8 +182,10 @@ def test_decode_rgb_of_a_transparent_png_is_not_the_pixels_under_the_alpha():
 
 def test_eval_image_crops_a_transparent_png_before_compositing_it_to_the_same_pixels():
     data = _transparent_png("rgba")
-    composited_first = tf.image.resize(preprocess._central_square(preprocess.decode_rgb(data)), [IMAGE_SIZE, IMAGE_SIZE])
-    np.testing.assert_array_equal(preprocess.eval_image(data, IMAGE_SIZE).numpy(), preprocess._to_uint8(composited_first).numpy())
+    cropped = preprocess._central_square(preprocess.decode_rgb(data))
+    composited_first = tf.image.resize(cropped, [IMAGE_SIZE, IMAGE_SIZE])
+    expected = preprocess._to_uint8(composited_first).numpy()
+    np.testing.assert_array_equal(preprocess.eval_image(data, IMAGE_SIZE).numpy(), expected)
 
 
 # --- header checks: the size of an image before it is decoded ------------------

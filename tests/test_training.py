@@ -273,9 +273,13 @@ def test_train_config_refuses_bad_options(overrides, expected):
         loop.TrainConfig(records="r", output="o", **overrides)
 
 
-@pytest.mark.parametrize("flags,expected", [(["--epochs", "0"], "--epochs 0"), (["--batch-size", "0"], "--batch-size 0"),
-                                            (["--epochs", "1", "--head-epochs", "2"], "--head-epochs 2")])
-def test_bad_training_options_are_one_line_errors_before_anything_is_written(built_records, tmp_path, capsys, flags, expected):
+@pytest.mark.parametrize("flags,expected", [
+    (["--epochs", "0"], "--epochs 0"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--epochs", "1", "--head-epochs", "2"], "--head-epochs 2"),
+])
+def test_bad_training_options_are_one_line_errors_before_anything_is_written(built_records, tmp_path, capsys,
+                                                                             flags, expected):
     records_dir, _ = built_records
     output = tmp_path / "run"
     assert train.main(_train_args(records_dir, output, *flags)) == 2
@@ -288,21 +292,24 @@ def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(built_records, 
     records_dir, _ = built_records
 
     def exhausted(run):
-        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__Conv2D}} OOM when allocating tensor with shape[8,32,32,16]\nmore lines")
+        message = "{{function_node __wrapped__Conv2D}} OOM when allocating tensor with shape[8,32,32,16]\nmore lines"
+        raise tf.errors.ResourceExhaustedError(None, None, message)
 
-    # A real OOM would take the shared test machine's memory: the loop's own error is raised where the step would raise it.
+    # A real OOM would take the shared test machine's memory: the error is raised where a step would raise it.
     monkeypatch.setattr(loop, "_train_phases", exhausted)
     assert train.main(_train_args(records_dir, tmp_path / "oom", "--epochs", "1", "--head-epochs", "0")) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "a batch of 8 images of 32 px does not fit in memory" in error
-    assert "(OOM when allocating tensor with shape[8,32,32,16])" in error and error.endswith("lower --batch-size or --image-size")
+    assert "(OOM when allocating tensor with shape[8,32,32,16])" in error
+    assert error.endswith("lower --batch-size or --image-size")
 
 
 def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
     records_dir, _ = built_records
     config = tmp_path / "tiny.toml"
     config.write_text('[schedule]\nepochs = 7\nbatch_size = 8\n[model]\nmodel = "mobilenet_v3_small"\n')
-    resolved = train.resolve_config(["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"), "--epochs", "3"])
+    resolved = train.resolve_config(["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"),
+                                     "--epochs", "3"])
     assert (resolved.epochs, resolved.batch_size) == (3, 8)
     bad = tmp_path / "bad.toml"
     bad.write_text("epochz = 3\n")

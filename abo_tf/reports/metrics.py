@@ -183,8 +183,9 @@ def format_summary(result, name):
       A string of 1 + len(STRATA) lines.
     """
     figure = format_figure
-    lines = [f"{name}: {result['num_examples']} images, macro F1 {figure(result['macro_f1'])}, accuracy {figure(result['accuracy'])}, "
-             f"top-5 {figure(result.get('top5_accuracy'))}, ECE {figure(result.get('expected_calibration_error'))}"]
+    lines = [f"{name}: {result['num_examples']} images, macro F1 {figure(result['macro_f1'])}, "
+             f"accuracy {figure(result['accuracy'])}, top-5 {figure(result.get('top5_accuracy'))}, "
+             f"ECE {figure(result.get('expected_calibration_error'))}"]
     for stratum in STRATA:
         entry = result["strata"][stratum]
         lines.append(f"  {stratum:<5} {entry['num_classes']:>4} classes {entry['num_examples']:>7} images: "
@@ -257,7 +258,8 @@ def confused_pairs(labels, predictions, class_names):
         "count": counts.astype(np.int64),
         "share": counts / np.maximum(support[pairs[:, 0]], 1),
     })
-    ordered = frame.sort_values(["count", "true_class", "predicted_class"], ascending=[False, True, True], kind="stable")
+    ordered = frame.sort_values(["count", "true_class", "predicted_class"], ascending=[False, True, True],
+                                kind="stable")
     return ordered.reset_index(drop=True)
 
 
@@ -312,7 +314,8 @@ def _plot_f1_against_training_examples(per_class, path):
     plt = figures.pyplot()
     frame = per_class[per_class["support"] > 0]
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
-    axis.scatter(frame["train_examples"], frame["f1"], s=12, alpha=0.6, c=[STRATUM_COLOURS[name] for name in frame["stratum"]])
+    colours = [STRATUM_COLOURS[name] for name in frame["stratum"]]
+    axis.scatter(frame["train_examples"], frame["f1"], s=12, alpha=0.6, c=colours)
     # symlog: log above 1 training example, linear below, so classes with none still show (at 0).
     axis.set_xscale("symlog", linthresh=1)
     axis.set_xlim(left=0)

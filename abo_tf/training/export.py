@@ -19,7 +19,9 @@ limit), is not decoded. Its "error" is a one-line reason ("" for every good
 image), its probabilities and scores are 0 and its labels "". A 1.2 MB PNG of
 20000x20000 pixels would otherwise take 5 GB. An image whose header is
 readable but whose data is damaged still fails the call with
-`InvalidArgumentError`, as TensorFlow's decoders do.
+`InvalidArgumentError`, as TensorFlow's decoders do. Known gap: giflib expands
+every frame of an animated GIF (1 byte per pixel per frame) although only the
+first is used, and a GIF's frame count is not in its header.
 """
 
 import collections

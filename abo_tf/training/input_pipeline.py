@@ -49,18 +49,22 @@ def _verify_hint(records_dir):
 
 
 def _check_manifest_structure(records_dir, manifest, splits):
+    def refuse(problem):
+        raise shards.VerificationError(f"{records_dir!r}: {problem}: {_verify_hint(records_dir)}")
+
     classes = manifest.get("classes")
     if not isinstance(classes, list) or not classes or len(set(classes)) != len(classes):
-        raise shards.VerificationError(f"{records_dir!r}: the manifest's classes are missing, empty or repeated: {_verify_hint(records_dir)}")
+        refuse("the manifest's classes are missing, empty or repeated")
     for split in splits:
         entry = manifest.get("splits", {}).get(split)
-        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or not isinstance(entry.get("num_examples"), int):
-            raise shards.VerificationError(f"{records_dir!r}: the manifest has no valid entry for split {split!r}: {_verify_hint(records_dir)}")
+        if not (isinstance(entry, dict) and isinstance(entry.get("shards"), list)
+                and isinstance(entry.get("num_examples"), int)):
+            refuse(f"the manifest has no valid entry for split {split!r}")
         unknown = sorted(set(entry.get("per_class", {})) - set(classes))
         if unknown:
-            raise shards.VerificationError(f"{records_dir!r}: split {split!r} counts classes the manifest does not list ({unknown[:5]}): {_verify_hint(records_dir)}")
+            refuse(f"split {split!r} counts classes the manifest does not list ({unknown[:5]})")
         if sum(shard.get("num_examples", 0) for shard in entry["shards"]) != entry["num_examples"]:
-            raise shards.VerificationError(f"{records_dir!r}: the shards of split {split!r} do not add up to its {entry['num_examples']} examples: {_verify_hint(records_dir)}")
+            refuse(f"the shards of split {split!r} do not add up to its {entry['num_examples']} examples")
 
 
 def check_records(records_dir, manifest, splits):
@@ -78,12 +82,18 @@ def check_records(records_dir, manifest, splits):
     for split in splits:
         split_files(records_dir, split, manifest)
         for shard in manifest["splits"][split]["shards"]:
-            path = os.path.join(records_dir, str(shard.get("file")))
-            if not os.path.isfile(path):
-                raise shards.VerificationError(f"shard {path} of split {split!r} is missing: {_verify_hint(records_dir)}")
-            expected = shard.get("num_bytes")
-            if expected is not None and os.path.getsize(path) != expected:
-                raise shards.VerificationError(f"shard {path} has {os.path.getsize(path)} bytes, the manifest says {expected}: {_verify_hint(records_dir)}")
+            problem = _shard_file_problem(records_dir, split, shard)
+            if problem:
+                raise shards.VerificationError(f"{problem}: {_verify_hint(records_dir)}")
+
+
+def _shard_file_problem(records_dir, split, shard):
+    path = os.path.join(records_dir, str(shard.get("file")))
+    if not os.path.isfile(path):
+        return f"shard {path} of split {split!r} is missing"
+    if shard.get("num_bytes") not in (None, os.path.getsize(path)):
+        return f"shard {path} has {os.path.getsize(path)} bytes, the manifest says {shard['num_bytes']}"
+    return None
 
 
 def _shard_problem(path, shard, num_classes):
@@ -130,7 +140,8 @@ def explain_read_errors(records_dir, manifest, splits):
         yield
     except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
         is_records_error = isinstance(error, tf.errors.DataLossError) or _LABEL_CHECK in str(error)
-        problem = find_damaged_shard(records_dir, manifest, splits) if is_records_error or isinstance(error, tf.errors.NotFoundError) else None
+        may_be_records = is_records_error or isinstance(error, tf.errors.NotFoundError)
+        problem = find_damaged_shard(records_dir, manifest, splits) if may_be_records else None
         if problem is None and not is_records_error:
             raise
         reason = problem or f"reading split(s) {list(splits)} failed ({tf_error_line(error)})"
@@ -232,7 +243,8 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     keys = (schema.IMAGE, schema.LABEL, *extra_keys)
     dataset = dataset.map(lambda serialized: schema.parse_records(serialized, keys), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(_decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"])), num_parallel_calls=tf.data.AUTOTUNE)
+    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]))
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(training))
 
 

@@ -95,9 +95,11 @@ def _check_ranges(config):
     """Each rule: (holds, what to give instead)."""
     rules = {
         "epochs": (config.epochs >= 1, "train at least 1 epoch"),
-        "head_epochs": (0 <= config.head_epochs <= config.epochs, f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)"),
+        "head_epochs": (0 <= config.head_epochs <= config.epochs,
+                        f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)"),
         "batch_size": (config.batch_size >= 1, "give a positive number"),
-        "image_size": (config.image_size >= models.MIN_IMAGE_SIZE, f"too small, use at least {models.MIN_IMAGE_SIZE} pixels (the backbones refuse less)"),
+        "image_size": (config.image_size >= models.MIN_IMAGE_SIZE,
+                       f"too small, use at least {models.MIN_IMAGE_SIZE} pixels (the backbones refuse less)"),
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
         "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
         "warmup_fraction": (0 <= config.warmup_fraction < 1, "give a fraction in [0, 1)"),
@@ -114,7 +116,8 @@ def _check_ranges(config):
 
 
 def _check_choices(config):
-    choices = {"model": tuple(sorted(models.BACKBONES)), "class_weights": CLASS_WEIGHTINGS, "strategy": distribute.STRATEGIES, "verbose": (0, 1, 2)}
+    choices = {"model": tuple(sorted(models.BACKBONES)), "class_weights": CLASS_WEIGHTINGS,
+               "strategy": distribute.STRATEGIES, "verbose": (0, 1, 2)}
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise UserInputError(f"{_flag(name, getattr(config, name))}: choose one of {allowed}")
@@ -461,13 +464,15 @@ def _set_up(config, strategy, manifest):
 
 def _splits_read(manifest):
     """Train and validation always; test too when it has examples (for the final metrics)."""
-    return ["train", "validation"] + (["test"] if manifest.get("splits", {}).get("test", {}).get("num_examples") else [])
+    has_test = manifest.get("splits", {}).get("test", {}).get("num_examples")
+    return ["train", "validation"] + (["test"] if has_test else [])
 
 
 def out_of_memory(error, batch_size, image_size, flags="--batch-size or --image-size"):
     """The one-line error for a batch that did not fit (`tf.errors.ResourceExhaustedError`)."""
     reason = input_pipeline.tf_error_line(error)
-    return OutOfMemory(f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}")
+    return OutOfMemory(
+        f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}")
 
 
 def train(config):

@@ -104,7 +104,8 @@ def _header_size(image_bytes):
     bmp_height = tf.abs(tf.where(bmp_height >= 2 ** 31, bmp_height - 2 ** 32, bmp_height))  # negative: top-down rows
     sizes = [
         (png_ok, _unsigned(header, 20, 4, False), _unsigned(header, 16, 4, False)),
-        (_starts_with(image_bytes, _GIF_MAGIC), _unsigned(header, 8, 2, True), _unsigned(header, 6, 2, True)),  # logical screen
+        # GIF: the logical screen, which every frame lies within
+        (_starts_with(image_bytes, _GIF_MAGIC), _unsigned(header, 8, 2, True), _unsigned(header, 6, 2, True)),
         (_starts_with(image_bytes, _BMP_MAGIC), bmp_height, _unsigned(header, 18, 4, True)),
     ]
     height, width = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
@@ -129,11 +130,16 @@ def header_error(image_bytes, max_pixels=MAX_PIXELS):
       Scalar string tensor: "" or a one-line reason.
     """
     is_jpeg = _starts_with(image_bytes, _JPEG_MAGIC)
-    known = is_jpeg | _starts_with(image_bytes, _PNG_MAGIC) | _starts_with(image_bytes, _GIF_MAGIC) | _starts_with(image_bytes, _BMP_MAGIC)
-    height, width = tf.cond(
-        is_jpeg, lambda: tuple(tf.unstack(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64))), lambda: _header_size(image_bytes),
-    )
-    too_large = tf.strings.format("{}x{} pixels is over the limit of {} pixels: shrink the image", [width, height, max_pixels])
+    known = is_jpeg
+    for magic in (_PNG_MAGIC, _GIF_MAGIC, _BMP_MAGIC):
+        known |= _starts_with(image_bytes, magic)
+
+    def jpeg_size():
+        return tuple(tf.unstack(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64)))
+
+    height, width = tf.cond(is_jpeg, jpeg_size, lambda: _header_size(image_bytes))
+    too_large = tf.strings.format("{}x{} pixels is over the limit of {} pixels: shrink the image",
+                                  [width, height, max_pixels])
     error = tf.where(height * width > max_pixels, too_large, "")
     error = tf.where(height * width == 0, "damaged image: its header gives no size", error)
     return tf.where(known, error, "not a JPEG, PNG, GIF or BMP image")
