@@ -104,7 +104,7 @@ def _header_size(image_bytes):
     bmp_height = tf.abs(tf.where(bmp_height >= 2 ** 31, bmp_height - 2 ** 32, bmp_height))  # negative: top-down rows
     sizes = [
         (png_ok, _unsigned(header, 20, 4, False), _unsigned(header, 16, 4, False)),
-        # GIF: the logical screen, which every frame lies within
+        # GIF: the logical screen, the size TensorFlow decodes a frame into
         (_starts_with(image_bytes, _GIF_MAGIC), _unsigned(header, 8, 2, True), _unsigned(header, 6, 2, True)),
         (_starts_with(image_bytes, _BMP_MAGIC), bmp_height, _unsigned(header, 18, 4, True)),
     ]
