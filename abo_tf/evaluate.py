@@ -10,368 +10,25 @@ pipeline (the central crop every model is evaluated on). The report folder gets:
     metrics.json         accuracy, top-5, macro and weighted P/R/F1, the same per
                          frequency stratum (head/torso/tail by training examples), ECE
     per_class.csv        support, precision, recall, F1, training examples, stratum
-    per_class_f1.png
+    per_class_f1.png     a bar per class up to 40 classes, else F1 against training examples
     confusion_matrix.png the N most frequent classes plus "all others" (and .csv)
+    confused_pairs.csv   every (true, predicted) pair of mistakes, most frequent first
     mistakes.csv         every mistake, most confident first; mistakes.png the top ones
     gradcam.png          Grad-CAM of correct and wrong predictions, from the run's model.keras
     reliability.png      reliability diagram (and calibration.csv)
     report.md            all of the above on one page
 
-Metrics come from `abo_tf.reports.metrics`, as for training and the baselines, so
-numbers compare across models. Macro figures come first: ABO's classes are
-extremely long-tailed.
+The library is `abo_tf.reports.evaluation`; metrics come from
+`abo_tf.reports.metrics`, as for training and the baselines, so numbers compare
+across models. Macro figures come first: ABO's classes are extremely long-tailed.
 """
 
 import argparse
-import dataclasses
-import heapq
-import math
 import os
 import sys
 
-import numpy as np
-
-from abo_tf.records import schema, shards, split as split_lib
-from abo_tf.reports import figures, metrics
-from abo_tf.common.errors import InputNotFoundError, UserInputError, cli_main
-
-KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
-
-
-@dataclasses.dataclass
-class EvaluateOptions:
-    """Everything an evaluation depends on; `python -m abo_tf.evaluate --help` documents each."""
-
-    model: str
-    records: str
-    report: str
-    split: str = "test"
-    keras_model: str | None = None  # default: model.keras next to the SavedModel folder
-    batch_size: int = 64
-    top_n: int = 20
-    head_min: int = metrics.HEAD_MIN
-    tail_below: int = metrics.TAIL_BELOW
-    calibration_bins: int = metrics.CALIBRATION_BINS
-    gallery_size: int = 16
-    gradcam_examples: int = 4  # correct ones, and as many wrong ones
-    seed: int = 0
-    progress: bool = True
-
-
-# --- checks --------------------------------------------------------------------
-
-
-def _check_options(options):
-    for name in ("batch_size", "top_n", "calibration_bins"):
-        if getattr(options, name) < 1:
-            raise UserInputError(f"--{name.replace('_', '-')} {getattr(options, name)}: give a positive number")
-    for name in ("gallery_size", "gradcam_examples", "tail_below"):
-        if getattr(options, name) < 0:
-            raise UserInputError(f"--{name.replace('_', '-')} {getattr(options, name)}: give zero or more")
-    if options.tail_below > options.head_min:
-        raise UserInputError(f"--tail-below {options.tail_below} is above --head-min {options.head_min}: the torso would be empty and inverted")
-
-
-def label_mapping(records_classes, model_classes, split_counts):
-    """Records label index -> model output index, by class name.
-
-    Args:
-      records_classes: the records' vocabulary (manifest "classes").
-      model_classes: the model's output names.
-      split_counts: examples per class name in the evaluated split.
-
-    Returns:
-      int array [len(records_classes)]; -1 for a records class the model does
-      not know and the split does not use.
-
-    Raises:
-      UserInputError: the split has examples of classes the model does not know.
-    """
-    index = {name: position for position, name in enumerate(model_classes)}
-    unknown = sorted(name for name in records_classes if name not in index and split_counts.get(name, 0) > 0)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise UserInputError(f"the split has examples of {len(unknown)} classes the model does not know ({shown}): evaluate on records built with the model's classes")
-    return np.array([index.get(name, -1) for name in records_classes], dtype=np.int64)
-
-
-def _split_entry(manifest, split, records):
-    if split not in manifest["splits"]:
-        raise UserInputError(f"records {records!r} have no split {split!r} (they have {sorted(manifest['splits'])}): choose one with --split")
-    entry = manifest["splits"][split]
-    if entry["num_examples"] == 0:
-        raise UserInputError(f"split {split!r} of {records!r} is empty: nothing to evaluate (choose another --split)")
-    return entry
-
-
-# --- one pass over the split ----------------------------------------------------
-
-
-class _Best:
-    """The `size` items of highest priority seen, with a tie-break, in a bounded heap."""
-
-    def __init__(self, size):
-        self.size, self.heap = size, []
-
-    def offer(self, priority, tiebreak, make_item):
-        """Keeps `make_item()` (called only if it is kept) when it ranks among the best."""
-        if self.size == 0:
-            return
-        key = (priority, tiebreak)
-        if len(self.heap) < self.size:
-            heapq.heappush(self.heap, (key, make_item()))
-        elif key > self.heap[0][0]:
-            heapq.heapreplace(self.heap, (key, make_item()))
-
-    def items(self):
-        """Best first."""
-        return [item for _, item in sorted(self.heap, key=lambda entry: entry[0], reverse=True)]
-
-
-@dataclasses.dataclass
-class Predictions:
-    """A split through the model: labels in the model's index space, in record order."""
-
-    labels: np.ndarray  # int64 [N]
-    probabilities: np.ndarray  # float32 [N, C]
-    image_ids: list
-    mistakes: list  # the most confident mistakes, with pixels
-    samples: dict  # "correct" / "wrong" -> seeded sample, with pixels
-
-
-def _picture(pixels, image_id, label, predicted, score):
-    return {"image": pixels.copy(), "image_id": image_id, "label": int(label), "predicted": int(predicted), "score": float(score)}
-
-
-def _keep_pictures(batch_pixels, ids, labels, probabilities, keepers, seed):
-    predicted = probabilities.argmax(axis=1)
-    for row, image_id in enumerate(ids):
-        score = float(probabilities[row, predicted[row]])
-        make = lambda: _picture(batch_pixels[row], image_id, labels[row], predicted[row], score)  # noqa: E731
-        correct = labels[row] == predicted[row]
-        if not correct:
-            keepers["mistakes"].offer(score, image_id, make)
-        # A seeded sample that does not depend on batch order: the smallest hashes win.
-        keepers["correct" if correct else "wrong"].offer(-split_lib.stable_fraction(seed, image_id), image_id, make)
-
-
-def predict(loaded, options, manifest, mapping):
-    """Runs the SavedModel's `serve_pixels` over the split (with a progress bar).
-
-    Returns:
-      `Predictions`.
-    """
-    from tqdm import tqdm
-
-    from abo_tf.training import export, input_pipeline
-
-    serve = loaded.signatures[export.PIXELS_ENDPOINT]
-    image_size = export.exported_image_size(loaded)
-    total = manifest["splits"][options.split]["num_examples"]
-    dataset = input_pipeline.make_dataset(options.records, options.split, image_size, options.batch_size, training=False,
-                                          manifest=manifest, extra_keys=(schema.IMAGE_ID,))
-    keepers = {"mistakes": _Best(options.gallery_size), "correct": _Best(options.gradcam_examples), "wrong": _Best(options.gradcam_examples)}
-    labels, probabilities, image_ids = [], [], []
-    with tqdm(total=total, desc=f"evaluate {options.split}", unit="img", disable=not options.progress) as bar:
-        for batch in dataset:
-            batch_probabilities = serve(pixels=batch["image"])["probabilities"].numpy()
-            batch_labels = mapping[batch["label"].numpy()]
-            ids = [value.decode("utf-8") for value in batch[schema.IMAGE_ID].numpy()]
-            _keep_pictures(batch["image"].numpy(), ids, batch_labels, batch_probabilities, keepers, options.seed)
-            labels.append(batch_labels)
-            probabilities.append(batch_probabilities)
-            image_ids += ids
-            bar.update(len(ids))
-    if len(image_ids) != total:
-        raise UserInputError(f"split {options.split!r} yielded {len(image_ids)} examples, its manifest says {total}: verify the records (build_records --verify)")
-    return Predictions(np.concatenate(labels), np.concatenate(probabilities).astype(np.float32), image_ids,
-                       keepers["mistakes"].items(), {name: keepers[name].items() for name in ("correct", "wrong")})
-
-
-# --- report parts ----------------------------------------------------------------
-
-
-def mistakes_table(predictions, class_names):
-    """Every mistake, most confident first: image id, true and predicted class, scores."""
-    import pandas as pd
-
-    predicted = predictions.probabilities.argmax(axis=1)
-    rows = np.flatnonzero(predicted != predictions.labels)
-    frame = pd.DataFrame({
-        "image_id": [predictions.image_ids[row] for row in rows],
-        "true_class": [class_names[predictions.labels[row]] for row in rows],
-        "predicted_class": [class_names[predicted[row]] for row in rows],
-        "score": predictions.probabilities[rows, predicted[rows]],
-        "true_class_score": predictions.probabilities[rows, predictions.labels[rows]],
-    })
-    return frame.sort_values(["score", "image_id"], ascending=[False, True], kind="stable")
-
-
-def plot_gallery(pictures, class_names, path, title):
-    """A grid of images captioned true -> predicted (score); a note when there are none."""
-    plt = figures.pyplot()
-    columns = min(4, max(1, len(pictures)))
-    rows = max(1, math.ceil(len(pictures) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
-    for axis in axes.ravel():
-        axis.axis("off")
-    for axis, picture in zip(axes.ravel(), pictures):
-        axis.imshow(picture["image"])
-        axis.set_title(f"true {class_names[picture['label']]}\npred {class_names[picture['predicted']]} ({picture['score']:.2f})", fontsize=7)
-    if not pictures:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    figure.suptitle(title)
-    return figures.save(figure, path, dpi=80)  # photographs: the PNGs get large
-
-
-def _load_keras_model(path, num_classes, image_size):
-    import keras
-
-    import abo_tf.models  # noqa: F401  registers BackbonePreprocess for load_model
-
-    model = keras.models.load_model(path)
-    if model.output.shape[-1] != num_classes or model.input.shape[1] != image_size:
-        raise UserInputError(f"{path!r} takes {model.input.shape[1]} px and has {model.output.shape[-1]} outputs, the SavedModel {image_size} px and {num_classes}: give the model.keras of the same run (--keras-model)")
-    return model
-
-
-def gradcam_panels(keras_path, predictions, class_names, image_size):
-    """Grad-CAM of the sampled correct and wrong predictions, each for its predicted class.
-
-    Returns:
-      `(panels, layer name)` for `interpret.plot_gradcam`.
-    """
-    from abo_tf.reports import gradcam as interpret
-    from abo_tf.training import models
-
-    model = _load_keras_model(keras_path, len(class_names), image_size)
-    pictures = predictions.samples["correct"] + predictions.samples["wrong"]
-    if not pictures:
-        return [], models.find_last_conv_layer(model)
-    heatmaps, _ = interpret.grad_cam(model, np.stack([picture["image"] for picture in pictures]), [picture["predicted"] for picture in pictures])
-    panels = []
-    for picture, heatmap in zip(pictures, heatmaps):
-        verdict = "correct" if picture["label"] == picture["predicted"] else f"wrong (true {class_names[picture['label']]})"
-        panels.append({"image": picture["image"], "heatmap": heatmap, "caption": f"{class_names[picture['predicted']]} {picture['score']:.2f}\n{verdict}"})
-    return panels, models.find_last_conv_layer(model)
-
-
-def _report_markdown(options, result, per_class, files, gradcam_note):
-    strata = result["strata"]
-    lines = [
-        f"# Evaluation of `{options.model}` on the {options.split} split",
-        "",
-        f"{result['num_examples']} images from `{options.records}`, {result['num_classes']} classes. "
-        "Macro averages first: ABO's classes are extremely long-tailed, so accuracy mostly measures the largest classes.",
-        "",
-        "| macro F1 | macro precision | macro recall | accuracy | top-5 | weighted F1 | ECE |",
-        "|---|---|---|---|---|---|---|",
-        "| " + " | ".join(metrics.format_figure(result[key]) for key in ("macro_f1", "macro_precision", "macro_recall", "accuracy", "top5_accuracy", "weighted_f1", "expected_calibration_error")) + " |",
-        "",
-        f"## By class frequency (training examples: head >= {options.head_min}, tail < {options.tail_below})",
-        "",
-        "| stratum | classes | test images | macro F1 | macro recall | accuracy | top-5 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in metrics.STRATA:
-        entry = strata[name]
-        lines.append(f"| {name} | {entry['num_classes']} | {entry['num_examples']} | " + " | ".join(metrics.format_figure(entry[key]) for key in ("macro_f1", "macro_recall", "accuracy", "top5_accuracy")) + " |")
-    worst = per_class[per_class["support"] > 0].sort_values(["f1", "support"], ascending=[True, False]).head(10)
-    lines += ["", "## Per class", "", f"![F1 per class]({files['per_class_f1']})", "",
-              "Lowest F1 (classes present in the split; all in `per_class.csv`):", "",
-              "| class | support | precision | recall | F1 | stratum |", "|---|---|---|---|---|---|"]
-    lines += [f"| {row['class']} | {row['support']} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['stratum']} |" for _, row in worst.iterrows()]
-    lines += ["", f"## Confusions ({options.top_n} most frequent classes + all others, rows normalised)", "", f"![confusion matrix]({files['confusion_matrix']})",
-              "", f"## Most confident mistakes ({result['num_mistakes']} mistakes in all, listed in `mistakes.csv`)", "", f"![mistakes]({files['mistakes']})",
-              "", "## What the model looks at", "", gradcam_note]
-    if "gradcam" in files:
-        lines += ["", f"![Grad-CAM]({files['gradcam']})"]
-    lines += ["", "## Calibration", "", f"Expected calibration error {metrics.format_figure(result['expected_calibration_error'])} over {options.calibration_bins} confidence bins "
-              "(`calibration.csv`): how far the top-1 probability is from the accuracy it promises.", "", f"![reliability diagram]({files['reliability']})", ""]
-    return "\n".join(lines)
-
-
-# --- the command -------------------------------------------------------------------
-
-
-def _figures_and_tables(options, predictions, class_names, train_counts, result):
-    import pandas as pd
-
-    report, files = options.report, {}
-    predicted = predictions.probabilities.argmax(axis=1)
-    per_class = metrics.per_class_metrics(predictions.labels, predicted, class_names, train_counts, options.head_min, options.tail_below)
-    per_class.to_csv(os.path.join(report, "per_class.csv"), index=False)
-    metrics.plot_per_class_f1(per_class, os.path.join(report, "per_class_f1.png"))
-    files["per_class_f1"] = "per_class_f1.png"
-    matrix, names = metrics.confusion_matrix_top(predictions.labels, predicted, class_names, options.top_n)
-    pd.DataFrame(matrix, index=names, columns=names).to_csv(os.path.join(report, "confusion_matrix.csv"))
-    metrics.plot_confusion_matrix(matrix, names, os.path.join(report, "confusion_matrix.png"))
-    files["confusion_matrix"] = "confusion_matrix.png"
-    mistakes_table(predictions, class_names).to_csv(os.path.join(report, "mistakes.csv"), index=False)
-    plot_gallery(predictions.mistakes, class_names, os.path.join(report, "mistakes.png"), f"most confident mistakes ({options.split})")
-    files["mistakes"] = "mistakes.png"
-    table = metrics.calibration_table(predictions.labels, predictions.probabilities, options.calibration_bins)
-    table.to_csv(os.path.join(report, "calibration.csv"), index=False)
-    metrics.plot_reliability_diagram(table, result["expected_calibration_error"], os.path.join(report, "reliability.png"))
-    files["reliability"] = "reliability.png"
-    return per_class, files
-
-
-def _gradcam(options, predictions, class_names, image_size, files):
-    from abo_tf.reports import gradcam as interpret
-
-    keras_path = options.keras_model or os.path.join(os.path.dirname(os.path.normpath(options.model)), KERAS_MODEL)
-    if options.gradcam_examples == 0:
-        return "Grad-CAM was not asked for (`--gradcam-examples 0`)."
-    if not os.path.isfile(keras_path):
-        if options.keras_model:
-            raise InputNotFoundError(f"--keras-model {keras_path!r} does not exist: give the model.keras of the run")
-        message = f"No Grad-CAM: there is no `{KERAS_MODEL}` next to the SavedModel (give the run's file with `--keras-model`)."
-        print(message, file=sys.stderr)
-        return message
-    panels, layer = gradcam_panels(keras_path, predictions, class_names, image_size)
-    interpret.plot_gradcam(panels, os.path.join(options.report, "gradcam.png"), f"Grad-CAM on {layer} (heat: evidence for the predicted class)")
-    files["gradcam"] = "gradcam.png"
-    return (f"Grad-CAM on `{layer}`, the backbone's last feature map, for {len(predictions.samples['correct'])} correct and "
-            f"{len(predictions.samples['wrong'])} wrong predictions drawn with seed {options.seed}; red marks the regions that raise the predicted class's score.")
-
-
-def evaluate(options):
-    """Evaluates an exported model on one split and writes the report.
-
-    Args:
-      options: an `EvaluateOptions`.
-
-    Returns:
-      The metrics dict written to metrics.json.
-
-    Raises:
-      UserInputError: a model folder that is not an abo_tf SavedModel, records
-        without the split, an empty split, classes the model does not know, an
-        unwritable report folder, bad thresholds.
-    """
-    from abo_tf.training import export
-
-    _check_options(options)
-    figures.prepare_report_dir(options.report)
-    loaded = export.load_exported(options.model)
-    class_names, image_size = export.exported_class_names(loaded), export.exported_image_size(loaded)
-    manifest = shards.read_manifest(options.records)
-    entry = _split_entry(manifest, options.split, options.records)
-    mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
-    predictions = predict(loaded, options, manifest, mapping)
-    train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
-    predicted = predictions.probabilities.argmax(axis=1)
-    result = metrics.evaluation_metrics(predictions.labels, predicted, predictions.probabilities, train_counts,
-                                        options.head_min, options.tail_below, num_bins=options.calibration_bins)
-    result.update({"split": options.split, "model": os.path.abspath(options.model), "records": os.path.abspath(options.records),
-                   "num_classes": len(class_names), "num_mistakes": int(np.sum(predicted != predictions.labels))})
-    per_class, files = _figures_and_tables(options, predictions, class_names, train_counts, result)
-    gradcam_note = _gradcam(options, predictions, class_names, image_size, files)
-    metrics.write_json(os.path.join(options.report, "metrics.json"), result)
-    with open(os.path.join(options.report, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write(_report_markdown(options, result, per_class, files, gradcam_note))
-    return result
+from abo_tf.reports import evaluation, metrics
+from abo_tf.common.errors import cli_main
 
 
 def _parser():
@@ -401,15 +58,14 @@ def _parser():
 @cli_main
 def main(argv=None):
     args = _parser().parse_args(argv)
-    options = EvaluateOptions(
+    options = evaluation.EvaluateOptions(
         model=args.model, records=args.records, report=args.report, split=args.split, keras_model=args.keras_model,
         batch_size=args.batch_size, top_n=args.top_n, head_min=args.head_min, tail_below=args.tail_below,
         calibration_bins=args.calibration_bins, gallery_size=args.gallery_size, gradcam_examples=args.gradcam_examples,
         seed=args.seed, progress=args.progress,
     )
-    result = evaluate(options)
-    print(f"{options.split}: {result['num_examples']} images, macro F1 {result['macro_f1']:.3f}, accuracy {result['accuracy']:.3f}, "
-          f"top-5 {metrics.format_figure(result['top5_accuracy'])}, ECE {metrics.format_figure(result['expected_calibration_error'])}")
+    result = evaluation.evaluate(options)
+    print(metrics.format_summary(result, options.split))
     print(f"report: {os.path.join(options.report, 'report.md')}")
     return 0
 

@@ -3,13 +3,17 @@
     python -m abo_tf.predict --model runs/demo/saved_model photo1.jpg photo2.png
     python -m abo_tf.predict --model runs/demo/saved_model --top-k 3 --json *.jpg
 
-A file that cannot be read or decoded is reported on stderr and skipped; the
-others are still classified, and the exit code is 1. A model folder that is
-missing or not an `abo_tf.training.export` SavedModel exits with 2.
+A file that cannot be read or decoded is reported on stderr as one line
+(`error: PATH: reason`) and skipped; the others are still classified, and the
+exit code is 1. That includes a file over `MAX_FILE_BYTES` (refused before it
+is read) and an image over the build's pixel limit (refused by the SavedModel
+from its header, before it is decoded). A model folder that is missing or not
+an `abo_tf.training.export` SavedModel exits with 2.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -19,9 +23,22 @@ from abo_tf.training import export
 from abo_tf.common.errors import UserInputError, cli_main
 
 
-def _read(path):
+# Far above any real catalog image (the pixel limit's JPEGs are tens of MB), far below what hurts a machine.
+MAX_FILE_BYTES = 64 * 2**20
+
+
+class FileTooLarge(OSError):
+    """A file over the size limit; refused before its bytes are read."""
+
+
+def _read(path, max_bytes):
     with open(path, "rb") as handle:
-        return handle.read()
+        size = os.fstat(handle.fileno()).st_size
+        # Read one byte more than allowed: a pipe or device has no size but may still be endless.
+        data = handle.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise FileTooLarge(f"{max(size, len(data))} bytes is over the limit of {max_bytes} bytes for one image")
+    return data
 
 
 def _decode_error_reason(error):
@@ -35,13 +52,14 @@ def _top_predictions(probabilities, names, top_k):
     return [{"label": names[index], "score": float(probabilities[index])} for index in order]
 
 
-def predict_files(loaded, paths, top_k=5):
+def predict_files(loaded, paths, top_k=5, max_file_bytes=MAX_FILE_BYTES):
     """Classifies image files one at a time, so a bad file fails alone.
 
     Args:
       loaded: a SavedModel from `export.load_exported`.
       paths: image file paths (JPEG, PNG, GIF or BMP).
       top_k: predictions per image (capped at the number of classes).
+      max_file_bytes: larger files are refused before they are read.
 
     Returns:
       One dict per path, in order: {"image": path, "predictions": [{"label",
@@ -54,19 +72,22 @@ def predict_files(loaded, paths, top_k=5):
         raise UserInputError(f"--top-k {top_k}: must be at least 1")
     names = export.exported_class_names(loaded)
     serve = loaded.signatures[export.BYTES_ENDPOINT]
-    results = []
-    for path in paths:
-        try:
-            outputs = serve(image_bytes=tf.constant([_read(path)]))
-        except OSError as error:
-            results.append({"image": path, "error": f"cannot read the file: {error.strerror or error}"})
-            continue
-        except tf.errors.InvalidArgumentError as error:
-            results.append({"image": path, "error": f"not a readable image: {_decode_error_reason(error)}"})
-            continue
-        probabilities = outputs["probabilities"].numpy()[0]
-        results.append({"image": path, "predictions": _top_predictions(probabilities, names, top_k)})
-    return results
+    return [_predict_file(serve, path, names, top_k, max_file_bytes) for path in paths]
+
+
+def _predict_file(serve, path, names, top_k, max_file_bytes):
+    try:
+        outputs = serve(image_bytes=tf.constant([_read(path, max_file_bytes)]))
+    except FileTooLarge as error:
+        return {"image": path, "error": f"not read: {error}"}
+    except OSError as error:
+        return {"image": path, "error": f"cannot read the file: {error.strerror or error}"}
+    except tf.errors.InvalidArgumentError as error:
+        return {"image": path, "error": f"not a readable image: {_decode_error_reason(error)}"}
+    refused = outputs[export.ERROR_KEY].numpy()[0].decode("utf-8")
+    if refused:
+        return {"image": path, "error": f"not classified: {refused}"}
+    return {"image": path, "predictions": _top_predictions(outputs["probabilities"].numpy()[0], names, top_k)}
 
 
 def format_table(result):

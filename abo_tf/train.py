@@ -11,11 +11,11 @@ run resumes from its last checkpoint; `--resume` takes the config from the folde
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
 from abo_tf.common import config as config_lib
+from abo_tf.reports import metrics
 from abo_tf.training import distribute, models, loop as training
 from abo_tf.common.errors import UserInputError, cli_main
 
@@ -89,7 +89,7 @@ def main(argv=None):
     config_lib.save_run_config(train_config.output, values)
     results = training.train(train_config)
     if results is not None:
-        print(json.dumps(results, indent=2, sort_keys=True))
+        print("\n".join(metrics.format_summary(result, split) for split, result in results.items()))
         print(f"saved model: {os.path.join(train_config.output, 'saved_model')}")
     return 0
 

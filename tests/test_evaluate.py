@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from abo_tf import build_records, evaluate
+from abo_tf.reports import evaluation
 from tests.conftest import build_options
 
 REPORT_FILES = ("metrics.json", "per_class.csv", "per_class_f1.png", "confusion_matrix.png", "confusion_matrix.csv", "mistakes.csv",
-                "mistakes.png", "gradcam.png", "reliability.png", "calibration.csv", "report.md")
+                "mistakes.png", "gradcam.png", "reliability.png", "calibration.csv", "confused_pairs.csv", "report.md")
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +64,60 @@ def test_tables_agree_with_the_metrics(report, built_records):
     assert calibration["count"].sum() == result["num_examples"]
 
 
+def test_confused_pairs_add_up_to_the_mistakes(report):
+    mistakes = pd.read_csv(os.path.join(report, "mistakes.csv"))
+    pairs = pd.read_csv(os.path.join(report, "confused_pairs.csv"))
+    expected = mistakes.groupby(["true_class", "predicted_class"]).size()
+    assert dict(zip(zip(pairs["true_class"], pairs["predicted_class"]), pairs["count"])) == expected.to_dict()
+    assert np.all(np.diff(pairs["count"]) <= 0)
+    per_class = pd.read_csv(os.path.join(report, "per_class.csv")).set_index("class")
+    support = per_class.loc[pairs["true_class"], "support"].to_numpy()
+    np.testing.assert_allclose(pairs["share"], pairs["count"] / support)
+    markdown = open(os.path.join(report, "report.md")).read()
+    top = pairs.iloc[0]
+    assert f"| {top['true_class']} | {top['predicted_class']} | {top['count']} | {top['share']:.3f} |" in markdown
+
+
+def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir,
+            "--report", str(tmp_path / "report"), "--gallery-size", "0", "--gradcam-examples", "0", "--no-progress"]
+    assert evaluate.main(args) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.strip().startswith("head"))
+    assert "0 images" in head and "macro F1 n/a" in head  # the sample has no class with 1000 training images
+    assert "nan" not in out.lower()
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(trained_run, built_records, tmp_path, capsys,
+                                                                   monkeypatch):
+    import tensorflow as tf
+
+    def exhausted(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,224,224,3]")
+
+    monkeypatch.setattr(evaluation, "_predict_batches", exhausted)  # a real OOM would take the shared machine's memory
+    model = os.path.join(trained_run, "saved_model")
+    code, err = _run(capsys, "--model", model, "--records", built_records[0], "--report", str(tmp_path / "r"))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.endswith("does not fit in memory (OOM when allocating tensor with shape[64,224,224,3]): "
+                        "lower --batch-size")
+
+
 def test_best_keeps_the_highest_priorities():
-    best = evaluate._Best(2)
+    best = evaluation._Best(2)
     for priority, name in ((0.5, "a"), (0.9, "b"), (0.1, "c"), (0.7, "d")):
         best.offer(priority, name, lambda name=name: name)
     assert best.items() == ["b", "d"]
 
 
 def test_label_mapping_by_name():
-    mapping = evaluate.label_mapping(["A", "B", "C"], ["C", "A", "B"], {"A": 1, "C": 2})
+    mapping = evaluation.label_mapping(["A", "B", "C"], ["C", "A", "B"], {"A": 1, "C": 2})
     assert mapping.tolist() == [1, 2, 0]
     # A class the model lacks is fine while the split has no example of it.
-    assert evaluate.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 0}).tolist() == [0, -1]
+    assert evaluation.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 0}).tolist() == [0, -1]
     with pytest.raises(ValueError, match=r"1 classes the model does not know \(X\)"):
-        evaluate.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 2})
+        evaluation.label_mapping(["A", "X"], ["A"], {"A": 3, "X": 2})
 
 
 def _run(capsys, *args):

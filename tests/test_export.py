@@ -81,7 +81,8 @@ def test_serving_default_matches_the_keras_model_on_jpeg_and_png(exported):
     model, loaded, _ = exported
     byte_strings = [encode(random_rgb(50, 80, 1)), encode(random_rgb(97, 31, 2), ".png"), encode(random_rgb(SIZE, SIZE, 3))]
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(byte_strings))
-    assert sorted(outputs) == sorted(export.OUTPUT_KEYS)
+    assert sorted(outputs) == sorted(export.OUTPUT_KEYS + (export.ERROR_KEY,))
+    assert outputs[export.ERROR_KEY].numpy().tolist() == [b""] * 3
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.dtype == np.float32 and probabilities.shape == (3, len(CLASSES))
     np.testing.assert_allclose(probabilities, keras_probabilities(model, byte_strings), atol=1e-4)
@@ -109,7 +110,7 @@ def test_saved_model_cli_lists_both_signatures(exported):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     shown = subprocess.run([cli, "show", "--dir", export_dir, "--all"], capture_output=True, text=True, timeout=120, env=env, check=True).stdout
     assert "signature_def['serving_default']" in shown and "signature_def['serve_pixels']" in shown
-    for key in export.OUTPUT_KEYS + ("image_bytes", "pixels"):
+    for key in export.OUTPUT_KEYS + (export.ERROR_KEY, "image_bytes", "pixels"):
         assert f"['{key}']" in shown
 
 
@@ -172,3 +173,141 @@ def test_predict_cli_model_errors_exit_2(tmp_path, image_files, capsys):
     assert predict.main(["--model", str(tmp_path), image_files["wide.jpg"]]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+
+
+# --- transparent PNG: served as the build stores it -------------------------------
+
+
+def transparent_png(height=64, width=96):
+    """A smooth grey-blue product on a fully transparent background whose hidden pixels are black."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[..., :3] = (90, 110, 150)
+    distance = np.sqrt(((x - width / 2) / (width / 2)) ** 2 + ((y - height / 2) / (height / 2)) ** 2)
+    rgba[..., 3] = np.clip((0.8 - distance) * 600, 0, 255).astype(np.uint8)
+    rgba[rgba[..., 3] == 0, :3] = 0
+    ok, data = cv2.imencode(".png", rgba[..., [2, 1, 0, 3]])
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(scope="module")
+def transparent_files(tmp_path_factory):
+    """The transparent PNG, and the JPEG the build stores for it (`records.images.prepare_image`)."""
+    from abo_tf.records import images
+
+    folder = tmp_path_factory.mktemp("transparent")
+    png = transparent_png()
+    jpeg, _, _, reencoded = images.prepare_image(png)
+    assert reencoded
+    paths = {"png": str(folder / "product.png"), "build_jpeg": str(folder / "product_as_built.jpg")}
+    for key, data in (("png", png), ("build_jpeg", jpeg)):
+        with open(paths[key], "wb") as handle:
+            handle.write(data)
+    return paths
+
+
+def test_transparent_png_pixels_match_the_build(transparent_files):
+    served, built = (preprocess.eval_image(open(transparent_files[key], "rb").read(), SIZE).numpy().astype(int)
+                     for key in ("png", "build_jpeg"))
+    # Only the build's JPEG compression (quality 95, 4:2:0 chroma) separates them: 1.4/255 on this sharp cut-out.
+    # The composite itself is the build's to the bit (test_preprocess); onto black it differed by ~200/255.
+    assert np.abs(served - built).mean() <= 2.0
+    on_black = tf.io.decode_png(open(transparent_files["png"], "rb").read(), channels=3).numpy().astype(int)
+    assert np.abs(on_black.mean() - served.mean()) > 100  # the oracle can tell the two composites apart
+
+
+def test_transparent_png_through_serving_default_and_predict_matches_the_build(exported, transparent_files):
+    """Serving computes the Keras model on `eval_image` pixels, which match the build's (test above)."""
+    model, loaded, _ = exported
+    data = [open(transparent_files[key], "rb").read() for key in ("png", "build_jpeg")]
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(data))["probabilities"].numpy()
+    np.testing.assert_allclose(served, keras_probabilities(model, data), atol=1e-4)
+    assert np.abs(served[0] - served[1]).max() < 0.05  # the PNG and the JPEG the build made of it
+    paths = [transparent_files["png"], transparent_files["build_jpeg"]]
+    by_file = predict.predict_files(loaded, paths, top_k=len(CLASSES))
+    for result, probabilities in zip(by_file, served):
+        scores = {item["label"]: item["score"] for item in result["predictions"]}
+        np.testing.assert_allclose([scores[name] for name in CLASSES], probabilities, atol=1e-6)
+
+
+# --- hostile images: refused alone, before decoding ---------------------------------
+
+
+def big_png(side):
+    """A valid single-colour PNG of side x side pixels, deflated row by row: ~1.2 MB for 20000, never held decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + b"\x80" * (3 * side)  # filter byte "none", then grey RGB
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_a_refused_image_does_not_fail_the_others_in_its_call(exported):
+    model, loaded, _ = exported
+    good = [encode(random_rgb(50, 80, 1)), encode(random_rgb(40, 40, 2), ".png")]
+    bombs = [big_png(100)[:33] + b"IEND", b"not an image"]  # a header claiming 100x100 is fine; patch it to 20000 below
+    bombs[0] = bombs[0][:16] + (20000).to_bytes(4, "big") * 2 + bombs[0][24:]
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([good[0], bombs[0], good[1], bombs[1]]))
+    errors = [error.decode() for error in outputs[export.ERROR_KEY].numpy()]
+    assert errors[0] == errors[2] == ""
+    assert "20000x20000 pixels is over the limit of 89478485 pixels" in errors[1]
+    assert "not a JPEG, PNG, GIF or BMP" in errors[3]
+    probabilities = outputs["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities[[0, 2]], keras_probabilities(model, good), atol=1e-4)
+    assert not probabilities[[1, 3]].any() and not outputs["top_k_scores"].numpy()[[1, 3]].any()
+    assert set(outputs["top_k_labels"].numpy()[[1, 3]].ravel().tolist()) == {b""}
+
+
+def test_predict_refuses_a_file_over_the_size_limit_before_reading_it(exported, image_files):
+    _, loaded, _ = exported
+    path = image_files["wide.jpg"]
+    [result] = predict.predict_files(loaded, [path], max_file_bytes=os.path.getsize(path) - 1)
+    assert result["error"].startswith("not read:")
+    assert f"{os.path.getsize(path)} bytes is over the limit" in result["error"]
+    [endless] = predict.predict_files(loaded, ["/dev/zero"], max_file_bytes=1000)  # no size, no end
+    assert "1001 bytes is over the limit of 1000 bytes" in endless["error"]
+
+
+_BOMB_SCRIPT = """
+import resource, sys
+import tensorflow as tf
+from abo_tf import predict
+from abo_tf.training import export
+export_dir, bomb, good = sys.argv[1:4]
+loaded = export.load_exported(export_dir)
+data = open(bomb, "rb").read()
+outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([data, data, data, open(good, "rb").read()]))
+print("errors", [error.decode() for error in outputs["error"].numpy()])
+code = predict.main(["--model", export_dir, bomb, good])
+print("predict exit", code)
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_a_20000_pixel_png_is_refused_by_serving_and_predict_within_1_5_gb(exported, image_files, tmp_path):
+    _, _, export_dir = exported
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(big_png(20000))
+    assert os.path.getsize(bomb) < 1.5e6  # 1.2 GB of pixels in a small valid file
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repository, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, export_dir, str(bomb), image_files["wide.jpg"]],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = ("errors", "predict exit", "peak_rss_kb")
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(keys))
+    assert lines["errors"].count("20000x20000 pixels is over the limit of 89478485 pixels") == 3
+    assert lines["errors"].endswith("'']")  # the good image of the same call
+    assert lines["predict"] == "exit 1"  # the bomb is reported, the good file still classified
+    [error_line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert str(bomb) in error_line and "over the limit" in error_line
+    assert image_files["wide.jpg"] in result.stdout
+    assert int(lines["peak_rss_kb"]) * 1024 < 1.5e9, lines["peak_rss_kb"]

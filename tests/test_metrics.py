@@ -114,3 +114,72 @@ def test_figures_are_written(tmp_path):
     for path in paths:
         with open(path, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
+
+
+# --- hundreds of classes: what scales ------------------------------------------
+
+
+def test_confused_pairs_by_hand():
+    # a: 4 images (2 right, 2 -> b); b: 3 images (1 -> a, 1 -> c); c: 1 image, right.
+    labels = [0, 0, 0, 0, 1, 1, 1, 2]
+    predictions = [0, 0, 1, 1, 1, 0, 2, 2]
+    pairs = metrics.confused_pairs(labels, predictions, ["a", "b", "c"])
+    assert pairs.to_dict("records") == [
+        {"true_class": "a", "predicted_class": "b", "count": 2, "share": pytest.approx(2 / 4)},
+        {"true_class": "b", "predicted_class": "a", "count": 1, "share": pytest.approx(1 / 3)},
+        {"true_class": "b", "predicted_class": "c", "count": 1, "share": pytest.approx(1 / 3)},
+    ]
+    assert metrics.confused_pairs([0, 1], [0, 1], ["a", "b"]).empty
+
+
+def _576_classes():
+    """ABO's 576 product types: class i has 1 + i % 7 test images, all right except the planted confusions."""
+    names = [f"TYPE_{index:03d}" for index in range(576)]
+    labels = np.repeat(np.arange(576), 1 + np.arange(576) % 7)
+    predictions = labels.copy()
+    planted = [(6, 7, 5), (13, 500, 3), (569, 0, 2), (300, 301, 1)]  # (true, predicted, count)
+    for true, predicted, count in planted:
+        predictions[np.flatnonzero(labels == true)[:count]] = predicted
+    return names, labels, predictions
+
+
+def test_confused_pairs_of_576_classes():
+    names, labels, predictions = _576_classes()
+    pairs = metrics.confused_pairs(labels, predictions, names)
+    # Support 1 + i % 7: TYPE_006, TYPE_013 and TYPE_300 (300 = 42 * 7 + 6) have 7 images, TYPE_569 (81 * 7 + 2) has 3.
+    assert pairs.to_dict("records") == [
+        {"true_class": "TYPE_006", "predicted_class": "TYPE_007", "count": 5, "share": pytest.approx(5 / 7)},
+        {"true_class": "TYPE_013", "predicted_class": "TYPE_500", "count": 3, "share": pytest.approx(3 / 7)},
+        {"true_class": "TYPE_569", "predicted_class": "TYPE_000", "count": 2, "share": pytest.approx(2 / 3)},
+        {"true_class": "TYPE_300", "predicted_class": "TYPE_301", "count": 1, "share": pytest.approx(1 / 7)},
+    ]
+
+
+def _png_size(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("num_classes,chart", [(12, "bars"), (40, "bars"), (41, "scatter"), (576, "scatter")])
+def test_per_class_f1_figure_stays_readable(num_classes, chart, tmp_path):
+    rng = np.random.default_rng(num_classes)
+    labels = np.repeat(np.arange(num_classes), 3)
+    predictions = np.where(rng.random(len(labels)) < 0.7, labels, rng.integers(0, num_classes, len(labels)))
+    train_counts = np.round(10 ** rng.uniform(0, 4, num_classes)).astype(int)
+    train_counts[0] = 0  # a class without training examples still has a place on the log axis
+    names = [f"C{index}" for index in range(num_classes)]
+    per_class = metrics.per_class_metrics(labels, predictions, names, train_counts)
+    width, height = _png_size(metrics.plot_per_class_f1(per_class, str(tmp_path / "f1.png")))
+    assert width <= 2000 and height <= 1000
+    # A bar per class grows with the classes (0.22 in each at 110 dpi); the scatter has a fixed size.
+    assert (width > 0.22 * 110 * num_classes) == (chart == "bars")
+
+
+def test_format_summary_says_n_a_for_an_empty_stratum():
+    result = metrics.evaluation_metrics(LABELS, PREDICTIONS, np.eye(4)[PREDICTIONS], [5, 200, 5, 50])  # no head class
+    summary = metrics.format_summary(result, "test")
+    head = next(line for line in summary.splitlines() if line.strip().startswith("head"))
+    assert "macro F1 n/a" in head and "accuracy n/a" in head
+    assert "nan" not in summary.lower() and "test: 4 images, macro F1 0.389" in summary

@@ -123,3 +123,128 @@ def test_train_image_full_area_crop_is_the_resized_image_up_to_a_flip():
     image = preprocess.train_image(data, 48, area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0)).numpy()
     decoded = preprocess.decode_rgb(data).numpy()
     assert np.array_equal(image, decoded) or np.array_equal(image, decoded[:, ::-1])
+
+
+# --- transparency: the same composite as the build -----------------------------
+
+
+def _png_bytes(pixels, mode):
+    """PNG bytes written by Pillow, which writes every PNG colour type (OpenCV writes no LA or palette)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels, mode)
+    if mode == "P":
+        image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30])
+        image.save(buffer, "PNG", transparency=bytes([0, 128, 255, 40]))
+    else:
+        image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _transparent_png(kind):
+    rng = np.random.default_rng(7)
+    if kind == "rgba":
+        return _png_bytes(rng.integers(0, 256, (21, 34, 4), dtype=np.uint8), "RGBA")
+    if kind == "gray_alpha":
+        return _png_bytes(rng.integers(0, 256, (21, 34, 2), dtype=np.uint8), "LA")
+    if kind == "palette_with_transparency":
+        return _png_bytes(rng.integers(0, 4, (21, 34), dtype=np.uint8), "P")
+    # 16-bit RGBA, through OpenCV (BGRA order)
+    ok, data = cv2.imencode(".png", rng.integers(0, 65536, (21, 34, 4), dtype=np.uint16))
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray_alpha", "palette_with_transparency", "rgba_16_bit"])
+def test_decode_rgb_composites_alpha_onto_white_like_the_build(kind):
+    from abo_tf.records import images
+
+    data = _transparent_png(kind)
+    build = images._decode_bgr(data)[..., ::-1].astype(int)  # the build's own composite (OpenCV, BGR)
+    eager = preprocess.decode_rgb(data).numpy()
+    [mapped] = map_over(preprocess.decode_rgb, [data])
+    traced_fn = tf.function(preprocess.decode_rgb, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    traced = traced_fn(data).numpy()
+    # 8-bit: identical; 16-bit: TensorFlow keeps the high byte where the build divides by 257.
+    assert np.abs(eager.astype(int) - build).max() <= (1 if kind == "rgba_16_bit" else 0)
+    np.testing.assert_array_equal(mapped, eager)
+    np.testing.assert_array_equal(traced, eager)
+
+
+def test_decode_rgb_of_a_transparent_png_is_not_the_pixels_under_the_alpha():
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent black: the catalog shows white
+    image = preprocess.decode_rgb(_png_bytes(rgba, "RGBA")).numpy()
+    assert (image == 255).all()
+
+
+def test_eval_image_crops_a_transparent_png_before_compositing_it_to_the_same_pixels():
+    data = _transparent_png("rgba")
+    cropped = preprocess._central_square(preprocess.decode_rgb(data))
+    composited_first = tf.image.resize(cropped, [IMAGE_SIZE, IMAGE_SIZE])
+    expected = preprocess._to_uint8(composited_first).numpy()
+    np.testing.assert_array_equal(preprocess.eval_image(data, IMAGE_SIZE).numpy(), expected)
+
+
+# --- header checks: the size of an image before it is decoded ------------------
+
+
+def _header_only_png(width, height):
+    """A PNG signature and IHDR chunk that claim `width` x `height` pixels (no image data needed to read the size)."""
+    import struct
+    import zlib
+
+    fields = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + fields + struct.pack(">I", zlib.crc32(fields))
+
+
+def _gif(width, height):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, "GIF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data,expected", [
+    (encode(random_rgb(30, 50)), ""),
+    (encode(random_rgb(30, 50), ".png"), ""),
+    (encode(random_rgb(30, 50), ".bmp"), ""),
+    (_gif(50, 30), ""),
+    (_header_only_png(9459, 9459), ""),  # 89,472,681 pixels: just under the build's limit
+    (_header_only_png(20000, 20000), "20000x20000 pixels is over the limit of 89478485 pixels"),
+    (_header_only_png(2**31 - 1, 3), "2147483647x3 pixels is over the limit"),
+    (_header_only_png(0, 10), "damaged image"),
+    (b"\x89PNG\r\n\x1a\n", "damaged image"),
+    (b"", "not a JPEG, PNG, GIF or BMP image"),
+    (b"this is not an image", "not a JPEG, PNG, GIF or BMP image"),
+])
+def test_header_error_reads_the_size_without_decoding(data, expected):
+    eager = preprocess.header_error(data).numpy().decode()
+    [mapped] = map_over(preprocess.header_error, [data])
+    assert (eager == "") if expected == "" else (expected in eager)
+    assert mapped.decode() == eager
+
+
+def test_header_error_of_jpeg_and_bmp_reads_their_headers():
+    import struct
+
+    jpeg = bytearray(encode(random_rgb(30, 50)))
+    start_of_frame = jpeg.index(b"\xff\xc0")
+    jpeg[start_of_frame + 5:start_of_frame + 9] = struct.pack(">HH", 60000, 60000)  # height, width
+    assert "60000x60000 pixels" in preprocess.header_error(bytes(jpeg)).numpy().decode()
+    bmp = bytearray(encode(random_rgb(30, 50), ".bmp"))
+    bmp[18:26] = struct.pack("<ii", 40000, -40000)  # a negative height: rows stored top-down
+    assert "40000x40000 pixels" in preprocess.header_error(bytes(bmp)).numpy().decode()
+
+
+def test_header_error_limit_is_the_builds():
+    from abo_tf.records import images
+
+    assert preprocess.MAX_PIXELS == images.MAX_PIXELS
+    with pytest.raises(images.RejectedImage, match="too_large"):
+        images.inspect_image(_header_only_png(20000, 20000) + b"IEND\xaeB`\x82")

@@ -6,6 +6,7 @@ Runs use the small backbone at 32 px and a few steps: the loop, not the model, i
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,8 @@ import tensorflow as tf
 
 from abo_tf import train
 from abo_tf.records import shards
-from abo_tf.training import input_pipeline
+from abo_tf.common.errors import UserInputError
+from abo_tf.training import input_pipeline, loop
 from tests.conftest import TINY_TRAIN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,10 +109,13 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
     assert outputs["top_k_labels"].numpy()[0, 0].decode() in manifest["classes"]
 
 
-def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records):
+def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, capsys):
     records_dir, _ = built_records
     assert train.main(_train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")) == 0
     assert [int(row["step"]) for row in _history(trained_run)] == [2, 4]
+    out = capsys.readouterr().out  # the summary: the sample's head stratum is empty
+    heads = [line for line in out.splitlines() if line.strip().startswith("head")]
+    assert len(heads) == 2 and all("macro F1 n/a" in line for line in heads) and "nan" not in out.lower()
 
 
 def test_another_config_in_the_same_folder_is_refused(trained_run, built_records, capsys):
@@ -242,12 +247,70 @@ def test_bad_training_inputs_are_one_line_errors(built_records, tmp_path, capsys
         assert caught.value.code == 2
 
 
+@pytest.mark.parametrize("overrides,expected", [
+    ({"epochs": 0}, "--epochs 0: train at least 1 epoch"),
+    ({"epochs": -2}, "--epochs -2"),
+    ({"batch_size": 0}, "--batch-size 0: give a positive number"),
+    ({"batch_size": -8}, "--batch-size -8"),
+    ({"epochs": 2, "head_epochs": 3}, "--head-epochs 3: give 0 to --epochs 2"),
+    ({"head_epochs": -1}, "--head-epochs -1"),
+    ({"steps_per_epoch": -1}, "--steps-per-epoch -1"),
+    ({"validation_steps": -1}, "--validation-steps -1"),
+    ({"checkpoint_every_steps": -5}, "--checkpoint-every-steps -5"),
+    ({"image_size": 31}, "--image-size 31: too small, use at least 32"),
+    ({"learning_rate": 0.0}, "--learning-rate 0.0"),
+    ({"fine_tune_learning_rate": float("inf")}, "--fine-tune-learning-rate inf"),
+    ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
+    ({"label_smoothing": -0.1}, "--label-smoothing -0.1"),
+    ({"dropout": 1.0}, "--dropout 1.0"),
+    ({"top_k": 0}, "--top-k 0"),
+    ({"class_weights": "inverse"}, "--class-weights 'inverse': choose one of"),
+    ({"epochs": "3"}, "--epochs '3': expected int"),  # a quoted number in a TOML config
+    ({"batch_size": True}, "--batch-size True: expected int"),
+])
+def test_train_config_refuses_bad_options(overrides, expected):
+    with pytest.raises(UserInputError, match=re.escape(expected)):
+        loop.TrainConfig(records="r", output="o", **overrides)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--epochs", "0"], "--epochs 0"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--epochs", "1", "--head-epochs", "2"], "--head-epochs 2"),
+])
+def test_bad_training_options_are_one_line_errors_before_anything_is_written(built_records, tmp_path, capsys,
+                                                                             flags, expected):
+    records_dir, _ = built_records
+    output = tmp_path / "run"
+    assert train.main(_train_args(records_dir, output, *flags)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and expected in error and len(error.splitlines()) == 1
+    assert not output.exists()  # no run folder holding an untrained model
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(built_records, tmp_path, capsys, monkeypatch):
+    records_dir, _ = built_records
+
+    def exhausted(run):
+        message = "{{function_node __wrapped__Conv2D}} OOM when allocating tensor with shape[8,32,32,16]\nmore lines"
+        raise tf.errors.ResourceExhaustedError(None, None, message)
+
+    # A real OOM would take the shared test machine's memory: the error is raised where a step would raise it.
+    monkeypatch.setattr(loop, "_train_phases", exhausted)
+    assert train.main(_train_args(records_dir, tmp_path / "oom", "--epochs", "1", "--head-epochs", "0")) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "a batch of 8 images of 32 px does not fit in memory" in error
+    assert "(OOM when allocating tensor with shape[8,32,32,16])" in error
+    assert error.endswith("lower --batch-size or --image-size")
+
+
 def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
     records_dir, _ = built_records
     config = tmp_path / "tiny.toml"
     config.write_text('[schedule]\nepochs = 7\nbatch_size = 8\n[model]\nmodel = "mobilenet_v3_small"\n')
-    resolved = train.resolve_config(["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"), "--epochs", "1"])
-    assert (resolved.epochs, resolved.batch_size) == (1, 8)
+    resolved = train.resolve_config(["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"),
+                                     "--epochs", "3"])
+    assert (resolved.epochs, resolved.batch_size) == (3, 8)
     bad = tmp_path / "bad.toml"
     bad.write_text("epochz = 3\n")
     with pytest.raises(ValueError, match="unknown keys"):

@@ -172,6 +172,27 @@ def format_figure(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def format_summary(result, name):
+    """A few console lines for one split's `evaluation_metrics`: the main figures, then each stratum ("n/a" when empty).
+
+    Args:
+      result: an `evaluation_metrics` dict (NaN or None for figures without examples).
+      name: what was measured, e.g. the split.
+
+    Returns:
+      A string of 1 + len(STRATA) lines.
+    """
+    figure = format_figure
+    lines = [f"{name}: {result['num_examples']} images, macro F1 {figure(result['macro_f1'])}, "
+             f"accuracy {figure(result['accuracy'])}, top-5 {figure(result.get('top5_accuracy'))}, "
+             f"ECE {figure(result.get('expected_calibration_error'))}"]
+    for stratum in STRATA:
+        entry = result["strata"][stratum]
+        lines.append(f"  {stratum:<5} {entry['num_classes']:>4} classes {entry['num_examples']:>7} images: "
+                     f"macro F1 {figure(entry['macro_f1'])}, accuracy {figure(entry['accuracy'])}")
+    return "\n".join(lines)
+
+
 def evaluation_metrics(labels, predictions, scores, train_counts, head_min=HEAD_MIN, tail_below=TAIL_BELOW,
                        calibrated=True, num_bins=CALIBRATION_BINS):
     """Everything `abo_tf.evaluate` reports, in one dict; the baselines report the same.
@@ -215,7 +236,36 @@ def confusion_matrix_top(labels, predictions, class_names, top_n=20):
     return matrix, [class_names[index] for index in top] + ["all others"]
 
 
+def confused_pairs(labels, predictions, class_names):
+    """Every (true class, predicted class) pair of mistakes, most frequent first.
+
+    What scales to hundreds of classes, where a full confusion matrix is unreadable.
+
+    Returns:
+      DataFrame with true_class, predicted_class, count and share (of the true
+      class's examples), sorted by count (descending), then by the two names.
+    """
+    import pandas as pd
+
+    labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    support = np.bincount(labels, minlength=len(class_names))
+    wrong = labels != predictions
+    pairs, counts = np.unique(np.stack([labels[wrong], predictions[wrong]], axis=1), axis=0, return_counts=True)
+    pairs = pairs.reshape(-1, 2)
+    frame = pd.DataFrame({
+        "true_class": [class_names[index] for index in pairs[:, 0]],
+        "predicted_class": [class_names[index] for index in pairs[:, 1]],
+        "count": counts.astype(np.int64),
+        "share": counts / np.maximum(support[pairs[:, 0]], 1),
+    })
+    ordered = frame.sort_values(["count", "true_class", "predicted_class"], ascending=[False, True, True],
+                                kind="stable")
+    return ordered.reset_index(drop=True)
+
+
 STRATUM_COLOURS = {"head": "tab:blue", "torso": "tab:orange", "tail": "tab:red"}
+# Above this many classes a bar per class is a strip nobody can read (576 classes: 3300 x 495 px).
+MAX_BAR_CHART_CLASSES = 40
 
 
 def plot_confusion_matrix(matrix, names, path, title="confusion matrix (rows: true class, normalised)"):
@@ -233,30 +283,48 @@ def plot_confusion_matrix(matrix, names, path, title="confusion matrix (rows: tr
     return figures.save(figure, path)
 
 
-def plot_per_class_f1(per_class, path, max_labels=60):
-    """Bar chart of F1 per class, most frequent (in training) first, coloured by stratum.
+def plot_per_class_f1(per_class, path):
+    """F1 per class: a bar per class up to `MAX_BAR_CHART_CLASSES`, else F1 against training examples.
 
     Args:
       per_class: a `per_class_metrics` frame with train_examples and stratum.
       path: the PNG to write.
-      max_labels: class names are written under the bars up to this many classes.
     """
+    if len(per_class) > MAX_BAR_CHART_CLASSES:
+        return _plot_f1_against_training_examples(per_class, path)
     plt = figures.pyplot()
     frame = per_class.sort_values(["train_examples", "class"], ascending=[False, True], kind="stable")
-    width = min(max(6.0, 0.22 * len(frame) + 2), 30.0)
-    figure, axis = plt.subplots(figsize=(width, 4.5))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.22 * len(frame) + 2), 4.5))
     axis.bar(range(len(frame)), frame["f1"], color=[STRATUM_COLOURS[name] for name in frame["stratum"]], width=0.85)
-    if len(frame) <= max_labels:
-        axis.set_xticks(range(len(frame)), frame["class"], rotation=90, fontsize=7)
-    else:
-        axis.set_xticks([])
-        axis.set_xlabel(f"{len(frame)} classes, most frequent in training first")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in STRATUM_COLOURS.values()]
-    axis.legend(handles, STRATA, title="stratum", fontsize=8, ncol=3, loc="upper right")
+    axis.set_xticks(range(len(frame)), frame["class"], rotation=90, fontsize=7)
+    axis.legend(*_stratum_legend(plt), title="stratum", fontsize=8, ncol=3, loc="upper right")
     axis.set_ylim(0, 1.3)  # room for the legend above the bars
     axis.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axis.set_ylabel("F1")
     axis.set_title("F1 per class")
+    return figures.save(figure, path)
+
+
+def _stratum_legend(plt):
+    return [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in STRATUM_COLOURS.values()], STRATA
+
+
+def _plot_f1_against_training_examples(per_class, path):
+    """One point per class present in the split: does F1 follow the number of training examples?"""
+    plt = figures.pyplot()
+    frame = per_class[per_class["support"] > 0]
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    colours = [STRATUM_COLOURS[name] for name in frame["stratum"]]
+    axis.scatter(frame["train_examples"], frame["f1"], s=12, alpha=0.6, c=colours)
+    # symlog: log above 1 training example, linear below, so classes with none still show (at 0).
+    axis.set_xscale("symlog", linthresh=1)
+    axis.set_xlim(left=0)
+    axis.set_ylim(-0.03, 1.03)
+    axis.set_xlabel("training examples (log scale)")
+    axis.set_ylabel("F1")
+    axis.set_title(f"F1 of the {len(frame)} classes in the split (of {len(per_class)}) against training examples")
+    axis.legend(*_stratum_legend(plt), title="stratum", fontsize=8, loc="lower right")
+    axis.grid(alpha=0.3)
     return figures.save(figure, path)
 
 

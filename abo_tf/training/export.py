@@ -6,9 +6,22 @@ Endpoints (both also SavedModel signatures, listed by `saved_model_cli show`):
     serve_pixels(pixels: uint8 [N, S, S, 3])          already decoded and cropped
 
 each returning {"probabilities": float32 [N, C], "top_k_labels": string [N, k],
-"top_k_scores": float32 [N, k]}. Bytes go through `preprocess.eval_image`, the
-evaluation crop of the input pipeline; the model normalises pixels itself. The
-class names and the image size travel inside the SavedModel.
+"top_k_scores": float32 [N, k]}; `serving_default` also returns "error": string
+[N]. Bytes go through `preprocess.eval_image`, the evaluation crop of the input
+pipeline (a transparent PNG is composited onto white, as the build does); the
+model normalises pixels itself. The class names and the image size travel
+inside the SavedModel.
+
+A bad image fails alone, not the whole call: before decoding, each image's
+header is read (`preprocess.header_error`), and an image that is not a JPEG,
+PNG, GIF or BMP, or has more than `preprocess.MAX_PIXELS` pixels (the build's
+limit), is not decoded. Its "error" is a one-line reason ("" for every good
+image), its probabilities and scores are 0 and its labels "". A 1.2 MB PNG of
+20000x20000 pixels would otherwise take 5 GB. An image whose header is
+readable but whose data is damaged still fails the call with
+`InvalidArgumentError`, as TensorFlow's decoders do. Known gap: giflib expands
+every frame of an animated GIF (1 byte per pixel per frame) although only the
+first is used, and a GIF's frame count is not in its header.
 """
 
 import collections
@@ -23,6 +36,7 @@ from abo_tf.common.errors import InputNotFoundError, UserInputError
 BYTES_ENDPOINT = "serving_default"
 PIXELS_ENDPOINT = "serve_pixels"
 OUTPUT_KEYS = ("probabilities", "top_k_labels", "top_k_scores")
+ERROR_KEY = "error"  # serving_default only: why an image was not classified, "" when it was
 # Variable collections of the export (`loaded.class_names[0]`, `loaded.image_size[0]`).
 CLASS_NAMES = "class_names"
 IMAGE_SIZE = "image_size"
@@ -49,12 +63,23 @@ def _make_endpoints(model, class_names_variable, image_size, top_k):
         scores, indices = tf.math.top_k(probabilities, k=top_k)
         return {"probabilities": probabilities, "top_k_labels": tf.gather(class_names_variable, indices), "top_k_scores": scores}
 
+    def checked_pixels(data):
+        """Pixels and "" for a good image; zeros and the reason for one refused from its header."""
+        error = preprocess.header_error(data)
+        pixels = tf.cond(tf.equal(error, ""), lambda: preprocess.eval_image(data, image_size),
+                         lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
+        return pixels, error
+
     def serve_bytes(image_bytes):
-        pixels = tf.map_fn(
-            lambda data: preprocess.eval_image(data, image_size), image_bytes,
-            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+        pixels, errors = tf.map_fn(
+            checked_pixels, image_bytes,
+            fn_output_signature=(tf.TensorSpec([image_size, image_size, 3], tf.uint8), tf.TensorSpec([], tf.string)),
         )
-        return outputs(pixels)
+        result = outputs(pixels)
+        refused = tf.not_equal(errors, "")[:, None]
+        blanks = {"probabilities": 0.0, "top_k_scores": 0.0, "top_k_labels": ""}
+        result = {key: tf.where(refused, tf.constant(blanks[key], value.dtype), value) for key, value in result.items()}
+        return {**result, ERROR_KEY: errors}
 
     def serve_pixels(pixels):
         return outputs(pixels)

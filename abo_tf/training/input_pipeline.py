@@ -7,9 +7,16 @@
 Images stay uint8 until the model, which normalises them itself, so serving
 and training cannot disagree. Training order is non-deterministic (faster);
 evaluation order is deterministic.
+
+Broken records are one-line errors that name the shard: `check_records` compares
+the manifest with the files before reading (cheap: sizes, not contents), and
+`explain_read_errors` turns a damaged record met while reading (TensorFlow's
+"corrupted record at 2044" names no file) into the shard that holds it.
 """
 
+import contextlib
 import os
+import re
 
 import tensorflow as tf
 
@@ -33,6 +40,121 @@ def _options(training):
     return options
 
 
+# Raised inside the pipeline; `explain_read_errors` recognises it by this text.
+_LABEL_CHECK = "record label outside the classes of the manifest"  # no quotes: TensorFlow escapes them in messages
+
+
+def _verify_hint(records_dir):
+    return f"check the build with `python -m abo_tf.build_records --verify {records_dir}` and rebuild it"
+
+
+def _check_manifest_structure(records_dir, manifest, splits):
+    def refuse(problem):
+        raise shards.VerificationError(f"{records_dir!r}: {problem}: {_verify_hint(records_dir)}")
+
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or len(set(classes)) != len(classes):
+        refuse("the manifest's classes are missing, empty or repeated")
+    for split in splits:
+        entry = manifest.get("splits", {}).get(split)
+        if not (isinstance(entry, dict) and isinstance(entry.get("shards"), list)
+                and isinstance(entry.get("num_examples"), int)):
+            refuse(f"the manifest has no valid entry for split {split!r}")
+        unknown = sorted(set(entry.get("per_class", {})) - set(classes))
+        if unknown:
+            refuse(f"split {split!r} counts classes the manifest does not list ({unknown[:5]})")
+        if sum(shard.get("num_examples", 0) for shard in entry["shards"]) != entry["num_examples"]:
+            refuse(f"the shards of split {split!r} do not add up to its {entry['num_examples']} examples")
+
+
+def check_records(records_dir, manifest, splits):
+    """Checks, without reading records, that the manifest and the shards of `splits` agree.
+
+    Every split must exist and have examples, and every shard listed must exist
+    with the size the manifest records (`num_bytes`, when it has it). A flipped
+    byte keeps the size: `explain_read_errors` finds it while reading.
+
+    Raises:
+      UserInputError: a split missing or empty.
+      VerificationError: a malformed manifest, a missing shard or one of another size (named).
+    """
+    _check_manifest_structure(records_dir, manifest, splits)
+    for split in splits:
+        split_files(records_dir, split, manifest)
+        for shard in manifest["splits"][split]["shards"]:
+            problem = _shard_file_problem(records_dir, split, shard)
+            if problem:
+                raise shards.VerificationError(f"{problem}: {_verify_hint(records_dir)}")
+
+
+def _shard_file_problem(records_dir, split, shard):
+    path = os.path.join(records_dir, str(shard.get("file")))
+    if not os.path.isfile(path):
+        return f"shard {path} of split {split!r} is missing"
+    if shard.get("num_bytes") not in (None, os.path.getsize(path)):
+        return f"shard {path} has {os.path.getsize(path)} bytes, the manifest says {shard['num_bytes']}"
+    return None
+
+
+def _shard_problem(path, shard, num_classes):
+    """What is wrong with one shard's records (framing, CRCs, count, labels), or None."""
+    if not os.path.isfile(path):
+        return f"shard {path} is missing"
+    try:
+        records = list(shards.iter_framed_records(path))
+    except shards.VerificationError as error:
+        return f"shard {error}"
+    if len(records) != shard["num_examples"]:
+        return f"shard {path} holds {len(records)} records, the manifest says {shard['num_examples']}"
+    if not records:
+        return None
+    labels = schema.parse_records(tf.constant(records), (schema.LABEL,))[schema.LABEL].numpy()
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if len(outside):
+        return f"shard {path} has a record of label {int(outside[0])}, the manifest lists {num_classes} classes"
+    return None
+
+
+def find_damaged_shard(records_dir, manifest, splits):
+    """The first shard of `splits` whose records are damaged, described in one line; None if all are sound.
+
+    Reads every record of the splits (it runs after a read failed, not before).
+    """
+    for split in splits:
+        for shard in manifest["splits"][split]["shards"]:
+            problem = _shard_problem(os.path.join(records_dir, shard["file"]), shard, len(manifest["classes"]))
+            if problem:
+                return problem
+    return None
+
+
+@contextlib.contextmanager
+def explain_read_errors(records_dir, manifest, splits):
+    """Turns a damaged record met while reading `splits` into a `VerificationError` that names the shard.
+
+    TensorFlow reports a flipped byte as `DataLossError: corrupted record at
+    2044`, without the file; a label beyond the manifest's classes fails the
+    pipeline's own check. Other errors pass through unchanged.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+        is_records_error = isinstance(error, tf.errors.DataLossError) or _LABEL_CHECK in str(error)
+        may_be_records = is_records_error or isinstance(error, tf.errors.NotFoundError)
+        problem = find_damaged_shard(records_dir, manifest, splits) if may_be_records else None
+        if problem is None and not is_records_error:
+            raise
+        reason = problem or f"reading split(s) {list(splits)} failed ({tf_error_line(error)})"
+        raise shards.VerificationError(f"{reason}: {_verify_hint(records_dir)}") from error
+
+
+def tf_error_line(error):
+    """The first line of a TensorFlow error without its `{{function_node ...}}` prefix, for a one-line message."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", str(getattr(error, "message", error)))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def split_files(records_dir, split, manifest=None):
     """The shard paths of `split`, with a clear error when the build has none."""
     manifest = manifest or shards.read_manifest(records_dir)
@@ -42,7 +164,19 @@ def split_files(records_dir, split, manifest=None):
     return shards.shard_paths(records_dir, manifest, split)
 
 
-def _decode_batch(image_size, training, extra_keys):
+def _checked_labels(labels, num_classes):
+    """int32 labels, after checking they index the manifest's classes.
+
+    Out-of-range labels do not fail by themselves: `tf.one_hot` gives a zero
+    row and `tf.gather` on a GPU returns 0, so a manifest that lists fewer
+    classes than the records hold would train silently wrong.
+    """
+    inside = tf.reduce_all((labels >= 0) & (labels < num_classes))
+    with tf.control_dependencies([tf.debugging.Assert(inside, [_LABEL_CHECK, tf.reduce_max(labels), num_classes])]):
+        return tf.cast(labels, tf.int32)
+
+
+def _decode_batch(image_size, training, extra_keys, num_classes):
     transform = preprocess.train_image if training else preprocess.eval_image
 
     def decode(batch):
@@ -50,7 +184,8 @@ def _decode_batch(image_size, training, extra_keys):
             lambda data: transform(data, image_size), batch[schema.IMAGE],
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
-        return {"image": images, "label": tf.cast(batch[schema.LABEL], tf.int32), **{key: batch[key] for key in extra_keys}}
+        labels = _checked_labels(batch[schema.LABEL], num_classes)
+        return {"image": images, "label": labels, **{key: batch[key] for key in extra_keys}}
 
     return decode
 
@@ -91,6 +226,7 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
     """
+    manifest = manifest or shards.read_manifest(records_dir)
     files = split_files(records_dir, split, manifest)
     dataset, shard_records = _shard_for_input_pipeline(files, input_context, training, seed)
     dataset = dataset.interleave(
@@ -107,7 +243,8 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     keys = (schema.IMAGE, schema.LABEL, *extra_keys)
     dataset = dataset.map(lambda serialized: schema.parse_records(serialized, keys), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(_decode_batch(image_size, training, tuple(extra_keys)), num_parallel_calls=tf.data.AUTOTUNE)
+    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]))
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(training))
 
 

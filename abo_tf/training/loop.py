@@ -32,6 +32,10 @@ class TrainingDiverged(UserInputError):
     """The loss became NaN or infinite; the last checkpoint is kept."""
 
 
+class OutOfMemory(UserInputError):
+    """A batch did not fit in the device's memory."""
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a run depends on; `python -m abo_tf.train --help` documents each."""
@@ -63,6 +67,60 @@ class TrainConfig:
     seed: int = 0
     top_k: int = 5
     verbose: int = 1
+
+    def __post_init__(self):
+        """Refuses options that would fail later or train nothing, for every entry point (CLI, TOML, notebook)."""
+        _check_types(self)
+        _check_ranges(self)
+        _check_choices(self)
+
+
+def _flag(name, value):
+    return f"--{name.replace('_', '-')} {value!r}"
+
+
+_ACCEPTED_TYPES = {int: int, float: (int, float), bool: bool, str: str}
+
+
+def _check_types(config):
+    # TOML defaults reach the dataclass without argparse's type conversion.
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        # bool is an int to isinstance: `epochs = true` must not mean 1 epoch.
+        if not isinstance(value, _ACCEPTED_TYPES[field.type]) or (field.type is not bool and isinstance(value, bool)):
+            raise UserInputError(f"{_flag(field.name, value)}: expected {field.type.__name__}")
+
+
+def _check_ranges(config):
+    """Each rule: (holds, what to give instead)."""
+    rules = {
+        "epochs": (config.epochs >= 1, "train at least 1 epoch"),
+        "head_epochs": (0 <= config.head_epochs <= config.epochs,
+                        f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)"),
+        "batch_size": (config.batch_size >= 1, "give a positive number"),
+        "image_size": (config.image_size >= models.MIN_IMAGE_SIZE,
+                       f"too small, use at least {models.MIN_IMAGE_SIZE} pixels (the backbones refuse less)"),
+        "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
+        "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
+        "warmup_fraction": (0 <= config.warmup_fraction < 1, "give a fraction in [0, 1)"),
+        "weight_decay": (0 <= config.weight_decay < math.inf, "give zero or more"),
+        "label_smoothing": (0 <= config.label_smoothing < 1, "give a fraction in [0, 1)"),
+        "dropout": (0 <= config.dropout < 1, "give a fraction in [0, 1)"),
+        "top_k": (config.top_k >= 1, "give at least 1"),
+    }
+    rules.update({name: (getattr(config, name) >= 0, "give zero (the default) or more")
+                  for name in ("fine_tune_layers", "steps_per_epoch", "validation_steps", "checkpoint_every_steps")})
+    for name, (holds, instead) in rules.items():
+        if not holds:
+            raise UserInputError(f"{_flag(name, getattr(config, name))}: {instead}")
+
+
+def _check_choices(config):
+    choices = {"model": tuple(sorted(models.BACKBONES)), "class_weights": CLASS_WEIGHTINGS,
+               "strategy": distribute.STRATEGIES, "verbose": (0, 1, 2)}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise UserInputError(f"{_flag(name, getattr(config, name))}: choose one of {allowed}")
 
 
 @dataclasses.dataclass
@@ -108,7 +166,7 @@ def _make_phases(config, model, steps_per_epoch):
     (keras-team/keras#23085), and every optimizer must exist before a
     checkpoint is restored into it.
     """
-    head_steps = min(config.head_epochs, config.epochs) * steps_per_epoch
+    head_steps = config.head_epochs * steps_per_epoch
     total = config.epochs * steps_per_epoch
     plans = [("head", False, config.learning_rate, 0, head_steps), ("fine_tune", config.fine_tune_layers or True, config.fine_tune_learning_rate, head_steps, total)]
     phases = []
@@ -404,6 +462,19 @@ def _set_up(config, strategy, manifest):
     )
 
 
+def _splits_read(manifest):
+    """Train and validation always; test too when it has examples (for the final metrics)."""
+    has_test = manifest.get("splits", {}).get("test", {}).get("num_examples")
+    return ["train", "validation"] + (["test"] if has_test else [])
+
+
+def out_of_memory(error, batch_size, image_size, flags="--batch-size or --image-size"):
+    """The one-line error for a batch that did not fit (`tf.errors.ResourceExhaustedError`)."""
+    reason = input_pipeline.tf_error_line(error)
+    return OutOfMemory(
+        f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}")
+
+
 def train(config):
     """Trains, checkpoints, evaluates and exports one run (resuming if checkpoints exist).
 
@@ -412,15 +483,23 @@ def train(config):
 
     Returns:
       The final metrics (dict split -> metrics) on the chief, None on other workers.
+
+    Raises:
+      UserInputError: records that are missing, damaged or do not match their
+        manifest (the shard named), a batch too large for memory, a diverged loss.
     """
-    if config.class_weights not in CLASS_WEIGHTINGS:
-        raise UserInputError(f"--class-weights {config.class_weights!r} is not one of {CLASS_WEIGHTINGS}")
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.strategy == "tpu" else "mixed_float16")
     strategy = distribute.make_strategy(config.strategy, config.tpu)
     manifest = shards.read_manifest(config.records)
-    run = _set_up(config, strategy, manifest)
-    history = _train_phases(run)
-    if not run.chief:
-        return None
-    return _finish(run, manifest, manifest["classes"], history)
+    splits = _splits_read(manifest)
+    input_pipeline.check_records(config.records, manifest, splits)
+    try:
+        with input_pipeline.explain_read_errors(config.records, manifest, splits):
+            run = _set_up(config, strategy, manifest)
+            history = _train_phases(run)
+            if not run.chief:
+                return None
+            return _finish(run, manifest, manifest["classes"], history)
+    except tf.errors.ResourceExhaustedError as error:
+        raise out_of_memory(error, config.batch_size, config.image_size) from error
