@@ -125,24 +125,34 @@ def _run(capsys, *args):
     return code, capsys.readouterr().err.strip()
 
 
-def test_bad_inputs_are_one_line_errors(trained_run, built_records, abo_sample, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def odd_records(abo_sample, tmp_path_factory):
+    """Builds the tiny run cannot be evaluated on: no test split; training classes the run never saw."""
+    root = tmp_path_factory.mktemp("odd_records")
+    build_records.build(build_options(abo_sample, root / "no_test", split_fractions=(0.9, 0.1, 0.0)))
+    build_records.build(build_options(abo_sample, root / "more_classes", min_examples_per_class=1))
+    return root
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--model", "{tmp}"], "is not a SavedModel"),
+    (["--split", "holdout"], "no split 'holdout'"),
+    (["--report", "{tmp}/a_file/r"], "cannot create --report"),
+    (["--report", "{tmp}/foreign"], "not empty and was not written by `abo_tf.evaluate`"),
+    (["--tail-below", "50", "--head-min", "10"], "--tail-below 50"),
+    (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+    (["--records", "{odd}/no_test"], "split 'test' of"),
+    (["--records", "{odd}/more_classes", "--split", "train"], "classes the model does not know"),
+])
+def test_bad_inputs_are_one_line_errors(trained_run, built_records, odd_records, tmp_path, capsys, arguments, expected):
     records_dir, _ = built_records
-    model = os.path.join(trained_run, "saved_model")
     (tmp_path / "a_file").write_text("x")
-    cases = {
-        "not a SavedModel": (["--model", str(tmp_path), "--records", records_dir, "--report", str(tmp_path / "r1")], "is not a SavedModel"),
-        "missing split": (["--model", model, "--records", records_dir, "--split", "holdout", "--report", str(tmp_path / "r2")], "no split 'holdout'"),
-        "unwritable report": (["--model", model, "--records", records_dir, "--report", str(tmp_path / "a_file" / "r")], "cannot write the report folder"),
-        "bad thresholds": (["--model", model, "--records", records_dir, "--report", str(tmp_path / "r3"), "--tail-below", "50", "--head-min", "10"], "--tail-below 50"),
-    }
-    no_test = tmp_path / "no_test"
-    build_records.build(build_options(abo_sample, no_test, split_fractions=(0.9, 0.1, 0.0)))
-    cases["empty split"] = (["--model", model, "--records", str(no_test), "--report", str(tmp_path / "r4")], "split 'test' of")
-    # With every rare type kept, the training split has classes the tiny run never saw.
-    more_classes = tmp_path / "more_classes"
-    build_records.build(build_options(abo_sample, more_classes, min_examples_per_class=1))
-    cases["unknown classes"] = (["--model", model, "--records", str(more_classes), "--split", "train", "--report", str(tmp_path / "r5")], "classes the model does not know")
-    for name, (args, expected) in cases.items():
-        code, err = _run(capsys, *args)
-        assert code == 2, name
-        assert err.startswith("error: ") and expected in err and "\n" not in err, (name, err)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    defaults = {"--model": os.path.join(trained_run, "saved_model"), "--records": records_dir, "--report": str(tmp_path / "r")}
+    arguments = [argument.format(tmp=tmp_path, odd=odd_records) for argument in arguments]
+    given = dict(zip(arguments[::2], arguments[1::2]))
+    code, err = _run(capsys, *[item for flag, value in {**defaults, **given}.items() for item in (flag, value)])
+    assert code == 2
+    assert err.startswith("error: ") and expected in err and "\n" not in err, err
+    assert os.listdir(tmp_path / "foreign") == ["notes.txt"]

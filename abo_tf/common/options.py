@@ -190,17 +190,25 @@ def _check_bounds(spec, value):
             raise UserInputError(f"{spec.flag} {element} must be at most {maximum}")
 
 
-def _check_values(options_class, values):
+def _check_required(options_class, values):
     for spec in specs(options_class):
-        value = values.get(spec.name)
-        if value is None:
-            if spec.metadata["required"]:
-                raise UserInputError(f"{spec.flag} is required (on the command line or in --config)")
-            continue
-        if spec.is_list:
-            values[spec.name] = tuple(value)
-        if spec.kind in (int, float):
+        if values.get(spec.name) is None and spec.metadata["required"]:
+            raise UserInputError(f"{spec.flag} is required (on the command line or in --config)")
+        if spec.is_list and values.get(spec.name) is not None:
+            values[spec.name] = tuple(values[spec.name])
+
+
+def validate(options):
+    """Checks every number of `options` against its declared bounds; dataclasses call it from __post_init__.
+
+    Raises:
+      UserInputError: naming the flag and the bound, e.g. "--batch-size 0 must be at least 1".
+    """
+    for spec in specs(type(options)):
+        value = getattr(options, spec.name)
+        if value is not None and spec.kind in (int, float):
             _check_bounds(spec, value)
+    return options
 
 
 def parse(options_class, argv, prog, description, config_defaults=None):
@@ -229,8 +237,8 @@ def parse(options_class, argv, prog, description, config_defaults=None):
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
     values = {spec.name: getattr(args, spec.name) for spec in specs(options_class)}
-    _check_values(options_class, values)
-    return options_class(**values), args.config
+    _check_required(options_class, values)
+    return validate(options_class(**values)), args.config
 
 
 def config_values(options):

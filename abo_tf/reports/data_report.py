@@ -60,6 +60,11 @@ class AnalyzeOptions:
                                          group="report", minimum=0)
     progress: bool = options_lib.option(True, help="progress bars", group=options_lib.CONSOLE_GROUP, config=False)
 
+    def __post_init__(self):
+        options_lib.validate(self)
+        if self.tail_below > self.head_min:
+            raise UserInputError(f"--tail-below {self.tail_below} must be at most --head-min {self.head_min}")
+
 
 # --- one pass over the listings ------------------------------------------------
 
@@ -451,8 +456,6 @@ def analyze(options):
     """
     import pandas as pd
 
-    if not 0 <= options.tail_below <= options.head_min:
-        raise UserInputError(f"--tail-below {options.tail_below} must be between 0 and --head-min {options.head_min}")
     listings_path, images_path = download.locate(options.listings, options.images)
     options = dataclasses.replace(options, listings=listings_path, images=images_path)
     manifest = shards.read_manifest(options.records) if options.records else None

@@ -18,47 +18,48 @@ import numpy as np
 
 from abo_tf.records import schema, shards, split as split_lib
 from abo_tf.reports import figures, metrics
+from abo_tf.common import options as options_lib
+from abo_tf.common import outputs
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
 CONFUSED_PAIRS = "confused_pairs.csv"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EvaluateOptions:
     """Everything an evaluation depends on; `python -m abo_tf.evaluate --help` documents each."""
 
-    model: str
-    records: str
-    report: str
-    split: str = "test"
-    keras_model: str | None = None  # default: model.keras next to the SavedModel folder
-    batch_size: int = 64
-    top_n: int = 20
-    head_min: int = metrics.HEAD_MIN
-    tail_below: int = metrics.TAIL_BELOW
-    calibration_bins: int = metrics.CALIBRATION_BINS
-    gallery_size: int = 16
-    gradcam_examples: int = 4  # correct ones, and as many wrong ones
-    seed: int = 0
-    progress: bool = True
+    model: str = options_lib.option(help="a run's saved_model folder (from abo_tf.train)", group="inputs", required=True)
+    records: str = options_lib.option(help="folder of a build_records output", group="inputs", required=True)
+    split: str = options_lib.option("test", help="split to evaluate", group="inputs")
+    keras_model: str | None = options_lib.option(help="the run's model.keras for Grad-CAM; default: next to --model",
+                                             group="inputs")
+    report: str = options_lib.option(help="folder for report.md, metrics.json, CSVs and figures", group="report",
+                                 required=True, config=False)
+    top_n: int = options_lib.option(20, help="classes in the confusion matrix (plus 'all others')", group="report",
+                                minimum=1)
+    gallery_size: int = options_lib.option(16, help="most confident mistakes shown", group="report", minimum=0)
+    gradcam_examples: int = options_lib.option(4, help="correct predictions explained, and as many wrong ones",
+                                           group="report", minimum=0)
+    calibration_bins: int = options_lib.option(metrics.CALIBRATION_BINS, group="report", minimum=1,
+                                           help="equal-width confidence bins of the ECE and the reliability diagram")
+    head_min: int = options_lib.option(metrics.HEAD_MIN, help="head: at least this many", minimum=1,
+                                   group="frequency strata (training examples per class)")
+    tail_below: int = options_lib.option(metrics.TAIL_BELOW, help="tail: fewer than this many", minimum=0,
+                                     group="frequency strata (training examples per class)")
+    batch_size: int = options_lib.option(64, help="images per call of the SavedModel", group="runtime", minimum=1)
+    seed: int = options_lib.option(0, help="draws the Grad-CAM examples", group="runtime")
+    progress: bool = options_lib.option(True, help="progress bar", group=options_lib.CONSOLE_GROUP, config=False)
+
+    def __post_init__(self):
+        options_lib.validate(self)
+        if self.tail_below > self.head_min:
+            raise UserInputError(f"--tail-below {self.tail_below} is above --head-min {self.head_min}: "
+                                 "the torso would be empty and inverted")
 
 
 # --- checks --------------------------------------------------------------------
-
-
-def _check_options(options):
-    for name in ("batch_size", "top_n", "calibration_bins"):
-        if getattr(options, name) < 1:
-            raise UserInputError(f"--{name.replace('_', '-')} {getattr(options, name)}: give a positive number")
-    for name in ("gallery_size", "gradcam_examples", "tail_below"):
-        if getattr(options, name) < 0:
-            raise UserInputError(f"--{name.replace('_', '-')} {getattr(options, name)}: give zero or more")
-    if options.tail_below > options.head_min:
-        raise UserInputError(
-            f"--tail-below {options.tail_below} is above --head-min {options.head_min}: "
-            "the torso would be empty and inverted"
-        )
 
 
 def label_mapping(records_classes, model_classes, split_counts):
@@ -531,8 +532,8 @@ def evaluate(options):
     """
     from abo_tf.training import export, input_pipeline
 
-    _check_options(options)
-    figures.prepare_report_dir(options.report)
+    outputs.claim(options.report, "evaluate", "--report")
+    options_lib.save_config(options, options.report)
     loaded = export.load_exported(options.model)
     class_names, image_size = export.exported_class_names(loaded), export.exported_image_size(loaded)
     manifest = shards.read_manifest(options.records)
