@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SAMPLE_LISTINGS = 240
 # A run that exercises the loop, not the model: small backbone, 32 px, a few steps.
 TINY_TRAIN_ARGS = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-                   "--steps-per-epoch", "2", "--validation-steps", "1", "--verbose", "0"]
+                   "--steps-per-epoch", "2", "--validation-steps", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="session")

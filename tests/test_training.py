@@ -226,38 +226,51 @@ def test_multi_worker_mirrored_trains_in_lock_step(built_records, tmp_path):
 # --- bad input -----------------------------------------------------------------------
 
 
-def test_bad_training_inputs_are_one_line_errors(built_records, tmp_path, capsys):
-    records_dir, manifest = built_records
-    old = tmp_path / "old_records"
-    old.mkdir()
-    (old / shards.MANIFEST).write_text(json.dumps({**manifest, "version": "0.0.1"}))
-    cases = {
-        "no manifest.json": _train_args(str(tmp_path), tmp_path / "a"),
-        "rebuild the records": _train_args(str(old), tmp_path / "b"),
-        "too small": _train_args(records_dir, tmp_path / "c", "--image-size", "16"),
-        "holds no run": _train_args(records_dir, tmp_path / "d", "--resume"),
-    }
-    for expected, args in cases.items():
-        assert train.main(args) == 2, expected
-        error = capsys.readouterr().err.strip()
-        assert expected in error and len(error.splitlines()) == 1, (expected, error)
-    for flag, value in (("--strategy", "horovod"), ("--model", "alexnet")):
-        with pytest.raises(SystemExit) as caught:
-            train.main(_train_args(records_dir, tmp_path / "e", flag, value))
-        assert caught.value.code == 2
+@pytest.fixture
+def old_records(built_records, tmp_path):
+    _, manifest = built_records
+    (tmp_path / "old_records").mkdir()
+    (tmp_path / "old_records" / shards.MANIFEST).write_text(json.dumps({**manifest, "version": "0.0.1"}))
+    return str(tmp_path / "old_records")
+
+
+@pytest.mark.parametrize("records, flags, expected", [
+    ("{tmp}", [], "no manifest.json"),
+    ("{old}", [], "rebuild the records"),
+    ("{records}", ["--image-size", "16"], "--image-size 16 must be at least 32"),
+    ("{records}", ["--resume"], "holds no run"),
+    ("{records}", ["--strategy", "horovod"], "--strategy 'horovod': choose one of"),
+    ("{records}", ["--model", "alexnet"], "--model 'alexnet': choose one of"),
+])
+def test_bad_training_inputs_are_one_line_errors(built_records, old_records, tmp_path, capsys, records, flags, expected):
+    records = records.format(tmp=tmp_path, old=old_records, records=built_records[0])
+    assert train.main(_train_args(records, tmp_path / "run", *flags)) == 2, expected
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, (expected, error)
+
+
+def test_an_output_folder_that_is_not_a_run_is_refused_and_kept(built_records, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    mine = {"metrics.json": "my numbers", "labels.txt": "my labels", "history.csv": "my history"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    assert train.main(_train_args(built_records[0], folder)) == 2
+    assert "not empty and was not written by `abo_tf.train`" in capsys.readouterr().err
+    assert {name: (folder / name).read_text() for name in os.listdir(folder)} == mine
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    ({"epochs": 0}, "--epochs 0: train at least 1 epoch"),
+    ({"epochs": 0}, "--epochs 0 must be at least 1"),
     ({"epochs": -2}, "--epochs -2"),
-    ({"batch_size": 0}, "--batch-size 0: give a positive number"),
+    ({"batch_size": 0}, "--batch-size 0 must be at least 1"),
     ({"batch_size": -8}, "--batch-size -8"),
     ({"epochs": 2, "head_epochs": 3}, "--head-epochs 3: give 0 to --epochs 2"),
     ({"head_epochs": -1}, "--head-epochs -1"),
     ({"steps_per_epoch": -1}, "--steps-per-epoch -1"),
     ({"validation_steps": -1}, "--validation-steps -1"),
     ({"checkpoint_every_steps": -5}, "--checkpoint-every-steps -5"),
-    ({"image_size": 31}, "--image-size 31: too small, use at least 32"),
+    ({"image_size": 31}, "--image-size 31 must be at least 32"),
     ({"learning_rate": 0.0}, "--learning-rate 0.0"),
     ({"fine_tune_learning_rate": float("inf")}, "--fine-tune-learning-rate inf"),
     ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
@@ -265,8 +278,8 @@ def test_bad_training_inputs_are_one_line_errors(built_records, tmp_path, capsys
     ({"dropout": 1.0}, "--dropout 1.0"),
     ({"top_k": 0}, "--top-k 0"),
     ({"class_weights": "inverse"}, "--class-weights 'inverse': choose one of"),
-    ({"epochs": "3"}, "--epochs '3': expected int"),  # a quoted number in a TOML config
-    ({"batch_size": True}, "--batch-size True: expected int"),
+    ({"epochs": "3"}, "--epochs '3' must be an integer"),  # a quoted number in a TOML config
+    ({"batch_size": True}, "--batch-size True must be an integer"),
 ])
 def test_train_config_refuses_bad_options(overrides, expected):
     with pytest.raises(UserInputError, match=re.escape(expected)):

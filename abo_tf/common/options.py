@@ -131,7 +131,10 @@ def build_parser(options_class, prog, description):
         if spec.kind is bool:
             keywords["action"] = argparse.BooleanOptionalAction
         else:
-            keywords.update(type=spec.kind, metavar=metadata["metavar"], choices=metadata["choices"])
+            # Choices are checked by `validate`, for a one-line error like every other bad value; --help lists them.
+            choices = metadata["choices"]
+            metavar = metadata["metavar"] or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
+            keywords.update(type=spec.kind, metavar=metavar)
             if spec.is_list:
                 keywords["nargs"] = metadata["nargs"] or "+"
         group.add_argument(spec.flag, **keywords)
@@ -168,9 +171,19 @@ def _check_config_value(path, spec, value):
     return tuple(elements) if spec.is_list else elements[0]
 
 
+class SavedValues(typing.NamedTuple):
+    """Option values a command wrote earlier, and the file they came from (for messages)."""
+
+    path: str
+    values: dict
+
+
 def _config_defaults(path, options_class):
     """The option values of a config file, checked against the options' names and types."""
-    values = config_lib.load_toml(path)
+    return _checked_values(path, config_lib.load_toml(path), options_class)
+
+
+def _checked_values(path, values, options_class):
     by_key = {}
     for spec in specs(options_class):
         if spec.metadata["config"]:  # the flag's name (`model` for --model) or the field's (`models`)
@@ -199,26 +212,40 @@ def _check_required(options_class, values):
 
 
 def validate(options):
-    """Checks every number of `options` against its declared bounds; dataclasses call it from __post_init__.
+    """Checks each value of `options` against its declared type, choices and bounds.
+
+    `parse` checks what comes from the command line and config files; dataclasses
+    call this from `__post_init__` so that library callers (tests, the notebook)
+    get the same one-line errors.
 
     Raises:
-      UserInputError: naming the flag and the bound, e.g. "--batch-size 0 must be at least 1".
+      UserInputError: naming the flag, e.g. "--batch-size 0 must be at least 1".
     """
     for spec in specs(type(options)):
         value = getattr(options, spec.name)
-        if value is not None and spec.kind in (int, float):
+        if value is None:
+            continue
+        elements = list(value) if spec.is_list and isinstance(value, (list, tuple)) else [value]
+        if (spec.is_list and not isinstance(value, (list, tuple))) or not all(_fits(item, spec.kind) for item in elements):
+            raise UserInputError(f"{spec.flag} {value!r} must be {_type_name(spec)}")
+        choices = spec.metadata["choices"]
+        if choices is not None and any(item not in choices for item in elements):
+            raise UserInputError(f"{spec.flag} {value!r}: choose one of {tuple(choices)}")
+        if spec.kind in (int, float):
             _check_bounds(spec, value)
     return options
 
 
-def parse(options_class, argv, prog, description, config_defaults=None):
+def parse(options_class, argv, prog, description, config_defaults=None, folder_defaults=None):
     """Command line (+ `--config` file) -> an `options_class` instance.
 
     Args:
       options_class: a dataclass whose fields are declared with `option`.
       argv: the arguments (None: sys.argv[1:]).
       prog, description: for `--help`.
-      config_defaults: values applied under the config file's (e.g. a run folder's saved config).
+      config_defaults: values applied under the config file's.
+      folder_defaults: `f(parsed namespace) -> dict or None`, values read from where the command writes
+        (a run folder's saved config), applied like `config_defaults`; checked as a config file is.
 
     Returns:
       `(options, config_path)`: the instance, and the `--config` file given or None.
@@ -231,6 +258,9 @@ def parse(options_class, argv, prog, description, config_defaults=None):
     args = parser.parse_args(argv)
     console.set_verbose(args.abo_tf_verbose)
     defaults = dict(config_defaults or {})
+    saved = folder_defaults(args) if folder_defaults else None
+    if saved:
+        defaults.update(_checked_values(saved.path, saved.values, options_class))
     if args.config:
         defaults.update(_config_defaults(args.config, options_class))
     if defaults:

@@ -48,16 +48,25 @@ def make_strategy(name, tpu_address=None):
     raise UserInputError(f"--strategy {name!r} is not one of {STRATEGIES}")
 
 
+def _chief_task(task_type, task_id):
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
 def is_chief(strategy):
     """True on the one worker that writes checkpoints, logs and the export."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    if task_type in (None, "chief"):
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+    return _chief_task(resolver.task_type, resolver.task_id)
+
+
+def is_chief_process():
+    """`is_chief` before any strategy exists, from TF_CONFIG (a process without TF_CONFIG is the chief)."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return _chief_task(task.get("type"), task.get("index", 0))
 
 
 def worker_id(strategy):

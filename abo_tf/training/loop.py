@@ -8,10 +8,10 @@ optimizer and warm-up + cosine schedule: the head with the backbone frozen,
 then the unfrozen backbone at a lower learning rate.
 """
 
-import csv
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -21,11 +21,11 @@ import tensorflow as tf
 
 from abo_tf.records import shards
 from abo_tf.reports import figures, metrics
-from abo_tf.training import distribute, export, input_pipeline, models
+from abo_tf.training import distribute, export, input_pipeline, models, run_folder
+from abo_tf.common import console, options
 from abo_tf.common.errors import UserInputError
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
-HISTORY_FIELDS = ("epoch", "step", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second", "seconds")
 
 
 class TrainingDiverged(UserInputError):
@@ -36,91 +36,72 @@ class OutOfMemory(UserInputError):
     """A batch did not fit in the device's memory."""
 
 
-@dataclasses.dataclass
+_DATA, _MODEL, _SCHEDULE = "data", "model", "schedule"
+_HARDWARE, _RUN = "distribution and hardware", "run folder"
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on; `python -m abo_tf.train --help` documents each."""
 
-    records: str
-    output: str
-    model: str = "mobilenet_v3_small"
-    weights: str = "imagenet"
-    image_size: int = 224
-    epochs: int = 10
-    head_epochs: int = 2
-    fine_tune_layers: int = 0
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    warmup_fraction: float = 0.1
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    class_weights: str = "none"
-    dropout: float = 0.2
-    steps_per_epoch: int = 0
-    validation_steps: int = 0
-    checkpoint_every_steps: int = 0
-    cache: bool = False
-    strategy: str = "default"
-    tpu: str = ""
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    seed: int = 0
-    top_k: int = 5
-    verbose: int = 1
+    records: str = options.option(help="folder of a build_records output (with manifest.json)", group=_DATA,
+                                  required=True)
+    image_size: int = options.option(224, help="pixels of the square model input", group=_DATA,
+                                     minimum=models.MIN_IMAGE_SIZE)
+    cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
+    model: str = options.option("mobilenet_v3_small", choices=tuple(sorted(models.BACKBONES)), group=_MODEL,
+                                help="Keras Applications backbone")
+    weights: str = options.option("imagenet", help="imagenet | none | PATH to a Keras notop weights file", group=_MODEL)
+    dropout: float = options.option(0.2, help="before the classification layer, in [0, 1)", group=_MODEL, minimum=0.0)
+    epochs: int = options.option(10, help="epochs in all, the head epochs included", group=_SCHEDULE, minimum=1)
+    head_epochs: int = options.option(2, help="first epochs with the backbone frozen", group=_SCHEDULE, minimum=0)
+    fine_tune_layers: int = options.option(0, help="top backbone layers unfrozen after the head epochs; 0 = all",
+                                           group=_SCHEDULE, minimum=0)
+    batch_size: int = options.option(64, help="global batch, split across replicas", group=_SCHEDULE, minimum=1)
+    learning_rate: float = options.option(1e-3, help="peak rate of the head phase", group=_SCHEDULE)
+    fine_tune_learning_rate: float = options.option(1e-4, help="peak rate once the backbone trains", group=_SCHEDULE)
+    warmup_fraction: float = options.option(0.1, help="of each phase's steps, in [0, 1)", group=_SCHEDULE, minimum=0.0)
+    weight_decay: float = options.option(1e-4, help="AdamW's decoupled weight decay", group=_SCHEDULE, minimum=0.0)
+    label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0)
+    class_weights: str = options.option("none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE,
+                                        help="loss weights against the long tail")
+    steps_per_epoch: int = options.option(0, help="0 = one pass over train", group=_SCHEDULE, minimum=0)
+    validation_steps: int = options.option(0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0)
+    seed: int = options.option(0, help="initial weights, shuffling, augmentation", group=_SCHEDULE)
+    strategy: str = options.option("default", choices=distribute.STRATEGIES, group=_HARDWARE,
+                                   help="tf.distribute strategy")
+    tpu: str = options.option("", help="TPU name or address for --strategy tpu", group=_HARDWARE)
+    mixed_precision: bool = options.option(False, help="float16 compute, float32 variables", group=_HARDWARE)
+    jit_compile: bool = options.option(False, help="XLA; off on CPU", group=_HARDWARE)
+    output: str = options.option(help="run folder", group=_RUN, required=True, config=False)
+    checkpoint_every_steps: int = options.option(0, help="0 = every epoch only", group=_RUN, minimum=0)
+    top_k: int = options.option(5, help="labels returned by the SavedModel", group=_RUN, minimum=1)
+    progress: bool = options.option(True, help="a progress bar per epoch on a terminal (a line per epoch in a log)",
+                                    group=options.CONSOLE_GROUP, config=False)
 
     def __post_init__(self):
         """Refuses options that would fail later or train nothing, for every entry point (CLI, TOML, notebook)."""
-        _check_types(self)
+        options.validate(self)
         _check_ranges(self)
-        _check_choices(self)
 
 
 def _flag(name, value):
     return f"--{name.replace('_', '-')} {value!r}"
 
 
-_ACCEPTED_TYPES = {int: int, float: (int, float), bool: bool, str: str}
-
-
-def _check_types(config):
-    # TOML defaults reach the dataclass without argparse's type conversion.
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        # bool is an int to isinstance: `epochs = true` must not mean 1 epoch.
-        if not isinstance(value, _ACCEPTED_TYPES[field.type]) or (field.type is not bool and isinstance(value, bool)):
-            raise UserInputError(f"{_flag(field.name, value)}: expected {field.type.__name__}")
-
-
 def _check_ranges(config):
-    """Each rule: (holds, what to give instead)."""
+    """The rules the declared bounds cannot say (open intervals, one option against another): (holds, instead)."""
     rules = {
-        "epochs": (config.epochs >= 1, "train at least 1 epoch"),
-        "head_epochs": (0 <= config.head_epochs <= config.epochs,
+        "head_epochs": (config.head_epochs <= config.epochs,
                         f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)"),
-        "batch_size": (config.batch_size >= 1, "give a positive number"),
-        "image_size": (config.image_size >= models.MIN_IMAGE_SIZE,
-                       f"too small, use at least {models.MIN_IMAGE_SIZE} pixels (the backbones refuse less)"),
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
         "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
-        "warmup_fraction": (0 <= config.warmup_fraction < 1, "give a fraction in [0, 1)"),
-        "weight_decay": (0 <= config.weight_decay < math.inf, "give zero or more"),
-        "label_smoothing": (0 <= config.label_smoothing < 1, "give a fraction in [0, 1)"),
-        "dropout": (0 <= config.dropout < 1, "give a fraction in [0, 1)"),
-        "top_k": (config.top_k >= 1, "give at least 1"),
     }
-    rules.update({name: (getattr(config, name) >= 0, "give zero (the default) or more")
-                  for name in ("fine_tune_layers", "steps_per_epoch", "validation_steps", "checkpoint_every_steps")})
+    rules.update({name: (getattr(config, name) < 1, "give a fraction in [0, 1)")
+                  for name in ("warmup_fraction", "label_smoothing", "dropout")})
     for name, (holds, instead) in rules.items():
         if not holds:
             raise UserInputError(f"{_flag(name, getattr(config, name))}: {instead}")
-
-
-def _check_choices(config):
-    choices = {"model": tuple(sorted(models.BACKBONES)), "class_weights": CLASS_WEIGHTINGS,
-               "strategy": distribute.STRATEGIES, "verbose": (0, 1, 2)}
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise UserInputError(f"{_flag(name, getattr(config, name))}: choose one of {allowed}")
 
 
 @dataclasses.dataclass
@@ -252,26 +233,12 @@ def _checkpointing(strategy, config, model, phases, step):
     the save (it is collective) but write to a private temporary folder.
     """
     checkpoint = tf.train.Checkpoint(model=model, step=step, **{f"{phase.name}_optimizer": phase.optimizer for phase in phases})
-    main_dir = os.path.join(config.output, "checkpoints")
+    main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
     if latest:
         checkpoint.restore(latest).expect_partial()
     directory = main_dir if distribute.is_chief(strategy) else tempfile.mkdtemp(prefix=f"abo_tf_{distribute.worker_id(strategy)}_")
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-
-
-def _read_history(path, up_to_step):
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["step"]) <= up_to_step]
-
-
-def _write_history(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _learning_rate(optimizer):
@@ -304,13 +271,13 @@ class _Run:
 
 def _run_epoch_steps(run, phase, train_step, epoch_end):
     """Trains from the current step to `epoch_end`; returns (mean loss, accuracy, images/s)."""
-    progress = keras.utils.Progbar(epoch_end - int(run.step), verbose=run.config.verbose if run.chief else 0, stateful_metrics=["lr", "img/s"])
+    progress = keras.utils.Progbar(epoch_end - int(run.step), verbose=1 if run.chief and run.config.progress and console.is_terminal(sys.stdout) else 0, stateful_metrics=["lr", "img/s"])
     losses, correct, started = [], 0.0, time.perf_counter()
     while int(run.step) < epoch_end:
         loss, batch_correct = train_step(run.train_iterator)
         loss = float(loss)
         if not math.isfinite(loss):
-            saved = tf.train.latest_checkpoint(os.path.join(run.config.output, "checkpoints"))
+            saved = tf.train.latest_checkpoint(run_folder.path(run.config.output, run_folder.CHECKPOINTS))
             raise TrainingDiverged(f"the loss became {loss} at step {int(run.step) + 1}; the last checkpoint ({saved}) is intact: lower --learning-rate or check the records")
         run.step.assign_add(1)
         losses.append(loss)
@@ -345,8 +312,7 @@ def _validate(run, eval_step):
 
 def _train_phases(run):
     eval_step = _make_eval_step(run.strategy, run.model, run.num_classes)
-    history_path = os.path.join(run.config.output, "history.csv")
-    history = _read_history(history_path, int(run.step))
+    history = run_folder.load_history(run.config.output, up_to_step=int(run.step))
     for phase in run.phases:
         if int(run.step) >= phase.end:
             continue
@@ -357,13 +323,16 @@ def _train_phases(run):
             started = time.perf_counter()
             loss, accuracy, images_per_second = _run_epoch_steps(run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch))
             val_loss, val_accuracy = _validate(run, eval_step)
-            row = dict(zip(HISTORY_FIELDS, (epoch + 1, int(run.step), phase.name, loss, accuracy, val_loss, val_accuracy, _learning_rate(phase.optimizer), images_per_second, time.perf_counter() - started)))
+            row = run_folder.HistoryRow(
+                epoch=epoch + 1, step=int(run.step), phase=phase.name, loss=loss, accuracy=accuracy, val_loss=val_loss,
+                val_accuracy=val_accuracy, learning_rate=_learning_rate(phase.optimizer),
+                images_per_second=images_per_second, seconds=time.perf_counter() - started)
             _log_scalars(run, {"epoch_loss": loss, "epoch_accuracy": accuracy})
             _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
             run.manager.save(checkpoint_number=int(run.step))
             history.append(row)
             if run.chief:
-                _write_history(history_path, history)
+                run_folder.write_history(run.config.output, history)
                 print(f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}", flush=True)
     return history
 
@@ -409,11 +378,11 @@ def _plain_copy(model, config, num_classes):
 def plot_history(history, path):
     """Saves loss and accuracy curves (train and validation) as a PNG."""
     plt = figures.pyplot()
-    steps = [int(row["step"]) for row in history]
+    steps = [row.step for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, name in zip(axes, ("loss", "accuracy")):
-        axis.plot(steps, [float(row[name]) for row in history], marker="o", label="train")
-        axis.plot(steps, [float(row["val_" + name]) for row in history], marker="o", label="validation")
+        axis.plot(steps, [getattr(row, name) for row in history], marker="o", label="train")
+        axis.plot(steps, [getattr(row, "val_" + name) for row in history], marker="o", label="validation")
         axis.set_xlabel("step")
         axis.set_title(name)
         axis.legend()
@@ -423,14 +392,13 @@ def plot_history(history, path):
 
 def _finish(run, manifest, classes, history):
     plain = _plain_copy(run.model, run.config, len(classes))
-    plain.save(os.path.join(run.config.output, "model.keras"))  # the Keras object, for Grad-CAM and fine-tuning
+    plain.save(run_folder.path(run.config.output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
     results = _final_metrics(plain, run.config, manifest)
-    export.export_saved_model(plain, classes, run.config.image_size, os.path.join(run.config.output, "saved_model"), run.config.top_k)
-    with open(os.path.join(run.config.output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
-        handle.write("".join(name + "\n" for name in classes))
-    metrics.write_json(os.path.join(run.config.output, "metrics.json"), results)
+    export.export_saved_model(plain, classes, run.config.image_size, run_folder.path(run.config.output, run_folder.SAVED_MODEL), run.config.top_k)
+    run_folder.write_class_names(run.config.output, classes)
+    metrics.write_json(run_folder.path(run.config.output, run_folder.METRICS), results)
     if history:
-        plot_history(history, os.path.join(run.config.output, "training_curves.png"))
+        plot_history(history, run_folder.path(run.config.output, run_folder.CURVES))
     return results
 
 
@@ -458,7 +426,7 @@ def _set_up(config, strategy, manifest):
         validation_iterator=_distributed(strategy, config, "validation", False, manifest),
         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
         class_weights=_class_weights(manifest, classes, config.class_weights), num_classes=len(classes),
-        writer=tf.summary.create_file_writer(os.path.join(config.output, "logs")) if chief else None, chief=chief,
+        writer=tf.summary.create_file_writer(run_folder.path(config.output, run_folder.LOGS)) if chief else None, chief=chief,
     )
 
 

@@ -75,6 +75,11 @@ def is_run(folder):
     return os.path.isfile(path(folder, CONFIG)) and os.path.isfile(path(folder, METRICS))
 
 
+def is_started_run(folder):
+    """True for a run folder written before output markers existed (it has the resolved config.toml)."""
+    return os.path.isfile(path(folder, CONFIG))
+
+
 def load_keras_model(model_path):
     """Loads a run's `model.keras` (a file path), with the project's custom layers registered."""
     import keras
