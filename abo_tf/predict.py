@@ -11,121 +11,42 @@ from its header, before it is decoded). A model folder that is missing or not
 an `abo_tf.training.export` SavedModel exits with 2.
 """
 
-import argparse
+import dataclasses
 import json
-import os
 import sys
 
-import numpy as np
-import tensorflow as tf
-
-from abo_tf.training import export
-from abo_tf.common.errors import UserInputError, cli_main
+from abo_tf.common import options
+from abo_tf.common.errors import cli_main
 
 
-# Far above any real catalog image (the pixel limit's JPEGs are tens of MB), far below what hurts a machine.
-MAX_FILE_BYTES = 64 * 2**20
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """What to classify, with which model, printed how."""
 
-
-class FileTooLarge(OSError):
-    """A file over the size limit; refused before its bytes are read."""
-
-
-def _read(path, max_bytes):
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        # Read one byte more than allowed: a pipe or device has no size but may still be endless.
-        data = handle.read(max_bytes + 1) if size <= max_bytes else b""
-    if size > max_bytes or len(data) > max_bytes:
-        raise FileTooLarge(f"{max(size, len(data))} bytes is over the limit of {max_bytes} bytes for one image")
-    return data
-
-
-def _decode_error_reason(error):
-    # TF's message carries the graph node and a stack; the last plain line says what is wrong.
-    lines = [line.strip() for line in error.message.splitlines() if line.strip() and not line.strip().startswith(("[[", "<", "Detected at", "Graph execution"))]
-    return lines[-1] if lines else "cannot be decoded"
-
-
-def _top_predictions(probabilities, names, top_k):
-    order = np.argsort(-probabilities, kind="stable")[:top_k]
-    return [{"label": names[index], "score": float(probabilities[index])} for index in order]
-
-
-def predict_files(loaded, paths, top_k=5, max_file_bytes=MAX_FILE_BYTES):
-    """Classifies image files one at a time, so a bad file fails alone.
-
-    Args:
-      loaded: a SavedModel from `export.load_exported`.
-      paths: image file paths (JPEG, PNG, GIF or BMP).
-      top_k: predictions per image (capped at the number of classes).
-      max_file_bytes: larger files are refused before they are read.
-
-    Returns:
-      One dict per path, in order: {"image": path, "predictions": [{"label",
-      "score"}, ...]} (best first), or {"image": path, "error": reason}.
-
-    Raises:
-      UserInputError: top_k < 1.
-    """
-    if top_k < 1:
-        raise UserInputError(f"--top-k {top_k}: must be at least 1")
-    names = export.exported_class_names(loaded)
-    serve = loaded.signatures[export.BYTES_ENDPOINT]
-    return [_predict_file(serve, path, names, top_k, max_file_bytes) for path in paths]
-
-
-def _predict_file(serve, path, names, top_k, max_file_bytes):
-    try:
-        outputs = serve(image_bytes=tf.constant([_read(path, max_file_bytes)]))
-    except FileTooLarge as error:
-        return {"image": path, "error": f"not read: {error}"}
-    except OSError as error:
-        return {"image": path, "error": f"cannot read the file: {error.strerror or error}"}
-    except tf.errors.InvalidArgumentError as error:
-        return {"image": path, "error": f"not a readable image: {_decode_error_reason(error)}"}
-    refused = outputs[export.ERROR_KEY].numpy()[0].decode("utf-8")
-    if refused:
-        return {"image": path, "error": f"not classified: {refused}"}
-    return {"image": path, "predictions": _top_predictions(outputs["probabilities"].numpy()[0], names, top_k)}
-
-
-def format_table(result):
-    """One image's predictions as readable lines: rank, label, score."""
-    width = max(len(prediction["label"]) for prediction in result["predictions"])
-    lines = [result["image"]]
-    for rank, prediction in enumerate(result["predictions"], start=1):
-        lines.append(f"  {rank:>2}. {prediction['label']:<{width}}  {prediction['score']:.4f}")
-    return "\n".join(lines)
-
-
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m abo_tf.predict", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    # SUPPRESS: a required flag has no default to show in --help.
-    parser.add_argument("--model", required=True, default=argparse.SUPPRESS, metavar="SAVED_MODEL_DIR", help="export folder of a training run (RUN_DIR/saved_model)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF or BMP)")
-    parser.add_argument("--top-k", type=int, default=5, help="predictions per image")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
-    return parser
+    model: str = options.option(help="export folder of a training run (RUN_DIR/saved_model)", metavar="SAVED_MODEL_DIR",
+                                required=True)
+    images: tuple[str, ...] = options.option(help="image files (JPEG, PNG, GIF or BMP)", metavar="IMAGE", nargs="+",
+                                             positional=True)
+    top_k: int = options.option(5, help="predictions per image", minimum=1)
+    json: bool = options.option(False, help="print one JSON object per image instead of a table")
 
 
 @cli_main
 def main(argv=None):
     """Prints the top-k predictions of each image; returns the exit code."""
-    args = _parser().parse_args(argv)
-    if args.top_k < 1:  # before the model loads, which takes seconds
-        raise UserInputError(f"--top-k {args.top_k}: must be at least 1")
-    loaded = export.load_exported(args.model)
-    results = predict_files(loaded, args.images, args.top_k)
+    predict_options, _ = options.parse(PredictOptions, argv, prog="python -m abo_tf.predict",
+                                       description=__doc__.split("\n\n")[0])
+    from abo_tf.training import export, serving  # TensorFlow: after the options are known to be good
+
+    loaded = export.load_exported(predict_options.model)
+    results = serving.predict_files(loaded, predict_options.images, predict_options.top_k)
     for result in results:
         if "error" in result:
             print(f"error: {result['image']}: {result['error']}", file=sys.stderr)
-        elif args.json:
+        elif predict_options.json:
             print(json.dumps(result))
         else:
-            print(format_table(result))
+            print(serving.format_table(result))
     return 1 if any("error" in result for result in results) else 0
 
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from abo_tf import predict
-from abo_tf.training import export, models, preprocess
+from abo_tf.training import export, models, preprocess, serving
 from abo_tf.common.errors import UserInputError
 
 SIZE = 32
@@ -140,7 +140,7 @@ def test_load_exported_refuses_other_folders(tmp_path):
 def test_predict_files_matches_the_keras_model(exported, image_files):
     model, loaded, _ = exported
     paths = [image_files["wide.jpg"], image_files["tall.png"]]
-    results = predict.predict_files(loaded, paths, top_k=2)
+    results = serving.predict_files(loaded, paths, top_k=2)
     expected = keras_probabilities(model, [open(path, "rb").read() for path in paths])
     for result, probabilities in zip(results, expected):
         best = np.argsort(-probabilities)[:2]
@@ -225,7 +225,7 @@ def test_transparent_png_through_serving_default_and_predict_matches_the_build(e
     np.testing.assert_allclose(served, keras_probabilities(model, data), atol=1e-4)
     assert np.abs(served[0] - served[1]).max() < 0.05  # the PNG and the JPEG the build made of it
     paths = [transparent_files["png"], transparent_files["build_jpeg"]]
-    by_file = predict.predict_files(loaded, paths, top_k=len(CLASSES))
+    by_file = serving.predict_files(loaded, paths, top_k=len(CLASSES))
     for result, probabilities in zip(by_file, served):
         scores = {item["label"]: item["score"] for item in result["predictions"]}
         np.testing.assert_allclose([scores[name] for name in CLASSES], probabilities, atol=1e-6)
@@ -268,10 +268,10 @@ def test_a_refused_image_does_not_fail_the_others_in_its_call(exported):
 def test_predict_refuses_a_file_over_the_size_limit_before_reading_it(exported, image_files):
     _, loaded, _ = exported
     path = image_files["wide.jpg"]
-    [result] = predict.predict_files(loaded, [path], max_file_bytes=os.path.getsize(path) - 1)
+    [result] = serving.predict_files(loaded, [path], max_file_bytes=os.path.getsize(path) - 1)
     assert result["error"].startswith("not read:")
     assert f"{os.path.getsize(path)} bytes is over the limit" in result["error"]
-    [endless] = predict.predict_files(loaded, ["/dev/zero"], max_file_bytes=1000)  # no size, no end
+    [endless] = serving.predict_files(loaded, ["/dev/zero"], max_file_bytes=1000)  # no size, no end
     assert "1001 bytes is over the limit of 1000 bytes" in endless["error"]
 
 

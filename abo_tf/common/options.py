@@ -29,7 +29,7 @@ from abo_tf.common import config as config_lib, console
 from abo_tf.common.errors import UserInputError
 
 CONFIG_FILE = config_lib.RUN_CONFIG
-_HELP_GROUP = "options"
+_HELP_GROUP = "settings"
 CONSOLE_GROUP = "config and console"
 
 
@@ -126,7 +126,8 @@ def build_parser(options_class, prog, description):
         help_text = metadata["help"] + (" (required)" if metadata["required"] else "")
         keywords = {"dest": spec.name, "help": help_text, "default": defaults[spec.name]}
         if metadata["positional"]:
-            parser.add_argument(spec.name, metavar=metadata["metavar"], help=metadata["help"], type=spec.kind)
+            parser.add_argument(spec.name, metavar=metadata["metavar"], help=metadata["help"], type=spec.kind,
+                                nargs=(metadata["nargs"] or "+") if spec.is_list else None)
             continue
         if spec.kind is bool:
             keywords["action"] = argparse.BooleanOptionalAction
