@@ -15,20 +15,23 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import fnmatch
 import gc
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
+from typing import NamedTuple
 
 from tqdm import tqdm
 
-from abo_tf.records import archive, images, labels, schema, shards, split
+from abo_tf.common import outputs
 from abo_tf.common.errors import UserInputError, cli_main
+from abo_tf.common.files import read_json, write_json
+from abo_tf.common.parallel import bounded_map
+from abo_tf.records import archive, images, labels, schema, shards, split
 
 STATE_DIR = ".build"  # plan and finished pieces of an unfinished build
 PLAN_FILE = "plan.json"
@@ -39,10 +42,19 @@ IMAGE_SELECTIONS = ("main", "all")
 _NON_OUTPUT_OPTIONS = ("listings", "images", "output", "workers", "overwrite", "progress")
 
 KEPT = "kept"
+COMMAND = "build_records"
+# Everything a build writes into --output, and nothing else: what --overwrite may
+# delete. Files are written under `<name>.tmp-<pid>` (`<name>.tmp` before) first.
+BUILD_FILES = (f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*", shards.MANIFEST, shards.LABELS_FILE, *shards.TFDS_FILES, STATE_DIR)
+_BUILD_PATTERNS = BUILD_FILES + tuple(name + ".tmp*" for name in BUILD_FILES)
 
 
 class BuildError(RuntimeError):
     """An internal check failed (a leak, an accounting mismatch): a bug, not bad input."""
+
+
+class NotABuildError(UserInputError):
+    """--output holds a manifest or plan that is JSON but not an abo_tf build's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +115,7 @@ class _Candidates:
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
     sha256: dict = dataclasses.field(default_factory=dict)  # image id -> hex digest
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
-    copy_size: dict = dataclasses.field(default_factory=dict)  # image id -> [height, width] if stored as-is
+    copy_size: dict = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
@@ -158,28 +170,41 @@ def _warm_up():
     """Worker: nothing; submitting it starts the process early."""
 
 
-def _scan_chunk(reader, items, max_side):
-    """Worker: `(image id, reject reason or None, sha256, [height, width] if stored as-is)` per item.
+class _Located(NamedTuple):
+    image_id: str
+    path: str
+    location: tuple  # (offset in the tar or None, size)
+
+
+class _Scanned(NamedTuple):
+    image_id: str
+    reason: str | None  # why the image is rejected, None if it may be kept
+    sha256: str
+    copy_size: tuple | None  # (height, width) when stored as-is
+
+
+def _scan_chunk(items, reader, max_side):
+    """Worker: a `_Scanned` per `_Located` item.
 
     The sizes of files that are copied as they are travel in the plan, so the
     write pass does not parse them again.
     """
     results = []
-    for (image_id, _, _), data in zip(items, reader.read_many([item[1:] for item in items])):
+    for item, data in zip(items, reader.read_many([(item.path, item.location) for item in items])):
         reason, copy_size = None, None
         try:
             info = images.inspect_image(data)
-            copy_size = [info.height, info.width] if images.can_copy(info, max_side) else None
+            copy_size = (info.height, info.width) if images.can_copy(info, max_side) else None
         except images.RejectedImage as error:
             reason = error.reason
-        results.append((image_id, reason, hashlib.sha256(data).hexdigest(), copy_size))
+        results.append(_Scanned(item.image_id, reason, hashlib.sha256(data).hexdigest(), copy_size))
     return results
 
 
 def _located(store, image_ids):
-    """`(image id, path, location)` in archive order, so reads are sequential."""
-    items = [(image_id, store.rows[image_id].path, store.locations[store.rows[image_id].path]) for image_id in image_ids]
-    return sorted(items, key=lambda item: (item[2][0] or 0, item[1]))
+    """`_Located` items in archive order, so reads are sequential."""
+    items = [_Located(image_id, store.rows[image_id].path, store.locations[store.rows[image_id].path]) for image_id in image_ids]
+    return sorted(items, key=lambda item: (item.location[0] or 0, item.path))
 
 
 def _scan(candidates, store, pool, options):
@@ -188,12 +213,12 @@ def _scan(candidates, store, pool, options):
     chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
     reader = store.without_index()
     with tqdm(total=len(items), desc="scan", unit="img", disable=not options.progress) as bar:
-        for results in pool.map(_scan_chunk, [reader] * len(chunks), chunks, [options.resize] * len(chunks)):
-            for image_id, reason, digest, copy_size in results:
-                candidates.sha256[image_id] = digest
-                candidates.copy_size[image_id] = copy_size
-                if reason is not None:
-                    candidates.image_status[image_id] = reason
+        for results in bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize):
+            for result in results:
+                candidates.sha256[result.image_id] = result.sha256
+                candidates.copy_size[result.image_id] = result.copy_size
+                if result.reason is not None:
+                    candidates.image_status[result.image_id] = result.reason
             bar.update(len(results))
 
 
@@ -255,12 +280,27 @@ def _plan_splits(candidates, options):
 # --- plan of the write -------------------------------------------------------
 
 
+class PlanItem(NamedTuple):
+    """One record to write: where its image is, what it is, and its size if stored as-is."""
+
+    image_id: str
+    path: str  # relative to images/<variant>/
+    offset: int | None  # in the tar, None in a folder
+    size: int
+    sha256: str  # hex digest of the file as shipped
+    label: int
+    product_type: str
+    item_id: str
+    copy_size: tuple | None  # (height, width) when the file is stored as-is, else None
+
+
 def _record_item(candidates, store, vocabulary, image_types, image_id):
     row = store.rows[image_id]
     label, name = vocabulary.label_of(image_types[image_id])
     item_id = min(candidates.listings[index].item_id for index in candidates.listings_of_image[image_id])
-    return [image_id, row.path, list(store.locations[row.path]), candidates.sha256[image_id], label, name, item_id,
-            candidates.copy_size[image_id]]
+    offset, size = store.locations[row.path]
+    return PlanItem(image_id, row.path, offset, size, candidates.sha256[image_id], label, name, item_id,
+                    candidates.copy_size[image_id])
 
 
 def _make_plan(candidates, store, vocabulary, image_types, split_members, options):
@@ -269,7 +309,7 @@ def _make_plan(candidates, store, vocabulary, image_types, split_members, option
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     for name in split.SPLITS:
         items = [_record_item(candidates, store, vocabulary, image_types, image_id) for image_id in split_members[name]]
-        num_shards = shards.num_shards_for(sum(item[2][1] for item in items), shard_bytes)
+        num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
         for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
             pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
             plan["shards"].append({"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]})
@@ -280,7 +320,7 @@ def _make_plan(candidates, store, vocabulary, image_types, split_members, option
         digest.update(shard["file"].encode())
         for piece in shard["pieces"]:
             for item in piece:
-                digest.update(f"{item[0]}:{item[3]}:{item[4]};".encode())
+                digest.update(f"{item.image_id}:{item.sha256}:{item.label};".encode())
     plan["fingerprint"] = digest.hexdigest()
     return plan
 
@@ -288,97 +328,103 @@ def _make_plan(candidates, store, vocabulary, image_types, split_members, option
 # --- output folder: fresh, resumed, finished or refused ----------------------
 
 
-def _existing_build(output):
-    """The plan or manifest found in `output`, or None for a missing/empty folder."""
-    for path in (os.path.join(output, shards.MANIFEST), os.path.join(output, STATE_DIR, PLAN_FILE)):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-    if os.path.isdir(output) and os.listdir(output) == [STATE_DIR]:
-        shutil.rmtree(os.path.join(output, STATE_DIR))  # killed before its plan was saved: nothing to resume
-        return None
-    if os.path.isdir(output) and os.listdir(output):
-        raise UserInputError(f"--output {output!r} is not empty and holds no abo_tf build: choose an empty or new folder")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UserInputError(f"--output {output!r} is a file: choose a folder")
+def _is_build_file(name):
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _BUILD_PATTERNS)
+
+
+def _read_build_state(output):
+    """The manifest, else the saved plan, of a build in `output`; None if there is neither.
+
+    Raises:
+      UserInputError: the file is not JSON, or not a build's.
+    """
+    for path, what in ((os.path.join(output, shards.MANIFEST), "build manifest"),
+                       (os.path.join(output, STATE_DIR, PLAN_FILE), "build plan")):
+        state = read_json(path, what=what)
+        if state is None:
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("options"), dict) or "fingerprint" not in state:
+            raise NotABuildError(f"{path!r} is not the {what} of an abo_tf build: move it away or choose another folder")
+        return state
     return None
 
 
-def _check_output(options, fingerprint=None):
+def _holds_only_a_build(output):
+    """Recognises a build written before output markers existed: only build files, a build's manifest or plan."""
+    if not all(_is_build_file(name) for name in outputs.contents(output)):
+        return False
+    try:  # a manifest that is not JSON raises: the message says so
+        return _read_build_state(output) is not None or outputs.contents(output) == [STATE_DIR]
+    except NotABuildError:
+        return False
+
+
+def _claim_output(options):
+    """Claims --output before any work: a file, an unwritable path or someone else's folder fails here."""
+    return outputs.claim(options.output, COMMAND, "--output", recognise=_holds_only_a_build)
+
+
+def _check_output(options, folder, fingerprint=None):
     """Refuses a folder holding a different build unless --overwrite; clears it if allowed.
 
     Returns:
       True when the folder holds the same build, finished or interrupted.
     """
-    existing = _existing_build(options.output)
+    existing = _read_build_state(options.output)
     if existing is None:
+        _remove_build(folder)  # at most a state folder killed before its plan was saved: nothing to resume
         return False
     same = existing.get("options") == options.output_options() and fingerprint in (None, existing.get("fingerprint"))
     if same:
         return True
     if not options.overwrite:
         raise UserInputError(f"--output {options.output!r} holds a different build (other options or inputs): pass --overwrite to replace it, or choose another folder")
-    shutil.rmtree(options.output)
+    _remove_build(folder)
     return False
+
+
+def _remove_build(folder):
+    """Deletes what a build wrote; refuses, deleting nothing, if the folder also holds anything else."""
+    foreign = [name for name in outputs.contents(folder.path) if not _is_build_file(name)]
+    if foreign:
+        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign[0]!r}, which build_records did not write: "
+                                        "move it away, or choose another folder")
+    outputs.remove_owned(folder, _BUILD_PATTERNS)
 
 
 # --- pass 2: write -----------------------------------------------------------
 
 
-def _encode_piece(reader, items, max_side):
+def _encode_piece(items, reader, max_side):
     """Worker: the framed records of one piece, and what became of each image."""
     framed, written, rejected = [], [], {}
     reencoded = 0
-    for item, data in zip(items, reader.read_many([(item[1], tuple(item[2])) for item in items])):
-        image_id, _, _, digest, label, name, item_id, copy_size = item
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise BuildError(f"image {image_id} changed while the build was running: start again")
+    for item, data in zip(items, reader.read_many([(item.path, (item.offset, item.size)) for item in items])):
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise BuildError(f"image {item.image_id} changed while the build was running: start again")
         try:
-            jpeg, height, width, was_reencoded = (data, *copy_size, False) if copy_size else images.prepare_image(data, max_side)
+            if item.copy_size:
+                jpeg, (height, width), was_reencoded = data, item.copy_size, False
+            else:
+                jpeg, height, width, was_reencoded = images.prepare_image(data, max_side)
         except images.RejectedImage as error:
-            rejected[image_id] = error.reason
+            rejected[item.image_id] = error.reason
             continue
         reencoded += was_reencoded
-        record = schema.Record(jpeg, label, name, image_id, digest, item_id, height, width)
+        record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id, height, width)
         framed.append(shards.frame_record(schema.encode_record(record)))
-        written.append([image_id, digest, label])
+        written.append([item.image_id, item.sha256, item.label])
     return b"".join(framed), {"written": written, "rejected": rejected, "reencoded": reencoded}
-
-
-def _write_json(path, value, indent=None):
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=indent, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def _load_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _finished_shard(options, shard):
     """The saved result of a shard written by an earlier, interrupted run of the same plan."""
-    result = _load_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"))
+    path = os.path.join(options.output, STATE_DIR, shard["file"] + ".json")
+    try:
+        result = read_json(path, what="shard result")
+    except UserInputError:
+        return None  # damaged bookkeeping of our own: write the shard again
     return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
-
-
-def _ordered_pieces(pool, reader, pieces, max_side, window):
-    """Encodes pieces in the workers, yielding results in order with at most `window` in flight.
-
-    The window keeps memory flat however large the dataset: workers never run
-    more than a few pieces ahead of the writer.
-    """
-    pending, pieces = collections.deque(), iter(pieces)
-    for piece in itertools.islice(pieces, window):
-        pending.append(pool.submit(_encode_piece, reader, piece, max_side))
-    while pending:
-        result = pending.popleft().result()
-        for piece in itertools.islice(pieces, 1):
-            pending.append(pool.submit(_encode_piece, reader, piece, max_side))
-        yield result
 
 
 def _write_shards(plan, store, options, pool):
@@ -391,7 +437,9 @@ def _write_shards(plan, store, options, pool):
     results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
     todo = [index for index, result in results.items() if result is None]
     pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
-    encoded = _ordered_pieces(pool, store.without_index(), pieces, options.resize, window=2 * options.workers + 2)
+    # The window keeps memory flat however large the dataset: workers never run
+    # more than a few pieces ahead of the writer.
+    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, store.without_index(), options.resize)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
     with tqdm(total=total, desc="write", unit="img", disable=not options.progress) as bar:
         for index in todo:
@@ -415,7 +463,7 @@ def _write_shard(options, shard, encoded, bar):
             bar.update(len(piece))
     result["sha256"] = digest.hexdigest()
     os.replace(final + ".tmp", final)
-    _write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result)
+    write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
     return result
 
 
@@ -488,16 +536,15 @@ def _make_manifest(options, plan, context, shard_results, elapsed):
     }
 
 
-def _finish(options, manifest):
+def _finish(folder, manifest):
     """Writes labels, TFDS metadata and, last, the manifest; removes the build state."""
-    output = options.output
-    with open(os.path.join(output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
-        handle.write("".join(name + "\n" for name in manifest["classes"]))
+    output = folder.path
+    shards.write_labels(os.path.join(output, shards.LABELS_FILE), manifest["classes"])
     shards.write_tfds_metadata(output, manifest["classes"], {
         name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"]) for name, entry in manifest["splits"].items()
     })
-    _write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
-    shutil.rmtree(os.path.join(output, STATE_DIR))
+    write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
+    outputs.remove_owned(folder, [STATE_DIR])
 
 
 def _prepare(options, store, report, pool):
@@ -521,21 +568,40 @@ def build(options):
 
     Returns:
       The manifest (a dict), also written to `<output>/manifest.json`.
+
+    Raises:
+      UserInputError: bad input or an unusable --output, before any work where it can be known then.
     """
     start = time.perf_counter()
+    created = not os.path.lexists(options.output)
+    folder = _claim_output(options)
     # The plan is a few objects per image, all alive until the end: the cyclic
     # GC would rescan them again and again (a quarter of the serial time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(options, start)
+        return _build(options, folder, start)
+    except BaseException:
+        if created and not outputs.contents(folder.path):
+            _unmake(folder)  # failed before writing anything: leave no empty folder behind
+        raise
     finally:
+        outputs.release(folder.path)
         if gc_was_enabled:
             gc.enable()
 
 
-def _build(options, start):
-    _check_output(options)
+def _unmake(folder):
+    """Removes a folder this build created and wrote nothing into but its claim."""
+    outputs.release(folder.path)
+    for name in (outputs.MARKER, outputs.LOCK):
+        if os.path.exists(os.path.join(folder.path, name)):
+            os.remove(os.path.join(folder.path, name))
+    os.rmdir(folder.path)
+
+
+def _build(options, folder, start):
+    _check_output(options, folder)
     context = multiprocessing.get_context("spawn")  # the parent may hold TensorFlow threads: no fork
     with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
         # Workers start (and import) while this process indexes the archive.
@@ -544,18 +610,14 @@ def _build(options, start):
         report = archive.ListingsReport()
         plan, state = _prepare(options, store, report, pool)
         concurrent.futures.wait(warm_up)
-        if _check_output(options, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
+        if _check_output(options, folder, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
             return shards.read_manifest(options.output)  # the same build is already complete
         os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
-        _write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")})
+        write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")}, indent=None)
         shard_results = _write_shards(plan, store, options, pool)
     _check_no_leak(shard_results)
     manifest = _make_manifest(options, plan, state, shard_results, time.perf_counter() - start)
-    # The plan is gone from memory before TensorFlow (for the TFDS metadata)
-    # comes in, so the peak does not stack the two.
-    del plan, state, store, shard_results
-    gc.collect()
-    _finish(options, manifest)
+    _finish(folder, manifest)
     return manifest
 
 
