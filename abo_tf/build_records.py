@@ -12,6 +12,7 @@ gives byte-identical shards and an interrupted run resumes where it stopped.
 """
 
 import argparse
+import array
 import collections
 import concurrent.futures
 import dataclasses
@@ -104,31 +105,92 @@ class BuildOptions:
         return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
 
 
+class _ImageIndex:
+    """Where each image of images.csv sits in the archive: an id -> position dict and flat arrays.
+
+    The `ImageStore`'s dicts of `ImageRow`s and `(offset, size)` tuples take
+    about 800 bytes an image (317 MB at 400k images); this takes about 150.
+    """
+
+    NOT_IN_ARCHIVE = -1
+
+    def __init__(self, store):
+        self.position = {}  # image id -> index into paths/offsets/sizes, or NOT_IN_ARCHIVE
+        self.paths = []  # relative to images/<variant>/
+        self.offsets, self.sizes = array.array("q"), array.array("q")  # offset -1: a file in a folder
+        for image_id, row in store.rows.items():
+            location = store.locations.get(row.path)
+            if location is None:
+                self.position[image_id] = self.NOT_IN_ARCHIVE
+                continue
+            self.position[image_id] = len(self.paths)
+            self.paths.append(row.path)
+            self.offsets.append(-1 if location[0] is None else location[0])
+            self.sizes.append(location[1])
+        self.num_rows, self.csv_sha256 = len(store.rows), store.csv_sha256
+
+    def locate(self, image_id):
+        """`(path, offset or None, size)` of a located image."""
+        position = self.position[image_id]
+        offset = self.offsets[position]
+        return self.paths[position], None if offset < 0 else offset, self.sizes[position]
+
+
+class _ListingLabel(NamedTuple):
+    """What the build keeps of a listing: the rest of the `Listing` is dropped as it is read."""
+
+    item_id: str
+    product_type: str | None
+
+
 @dataclasses.dataclass
 class _Candidates:
-    """The state of the build between reading and writing."""
+    """The state of the build between reading and writing.
 
-    listings: list
+    `listings`, `listings_of_image`, `sha256` and `copy_size` are set to None
+    once the plan is made (`_release_before_write`): the write and the manifest
+    do not need them, and at 400k images they are hundreds of MB.
+    """
+
+    listings: list | None  # of _ListingLabel
     status: list  # per listing: None while it may be kept, else the reason it is dropped
     image_ids: list  # per listing: the image ids it contributes
-    listings_of_image: dict  # image id -> listing indices
+    listings_of_image: dict | None  # image id -> listing indices
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
-    sha256: dict = dataclasses.field(default_factory=dict)  # image id -> hex digest
+    sha256: dict | None = dataclasses.field(default_factory=dict)  # image id -> hex digest
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
-    copy_size: dict = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
+    copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
+    num_referenced: int = 0  # images referenced by the selected listings
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
         return [self.keeper.get(image_id, image_id) for image_id in self.image_ids[index]]
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """What the manifest needs from the steps before the write (the plan goes to the writer)."""
+
+    candidates: _Candidates
+    report: archive.ListingsReport
+    vocabulary: labels.Vocabulary
+    conflicts: dict
+    images_csv_sha256: str
+    images_csv_rows: int
+    scanned_content_sha256: str
+
+
 # --- reading and selecting ---------------------------------------------------
 
 
 def _select_images(listings, image_selection):
-    """Per listing: a drop reason or None, and the image ids it contributes."""
-    status, image_ids, seen = [], [], set()
+    """Per listing: a drop reason or None, the image ids it contributes, its item id and type.
+
+    `listings` is streamed: a `Listing` is dropped as soon as it is read.
+    """
+    status, image_ids, seen, kept = [], [], set(), []
     for listing in listings:
+        kept.append(_ListingLabel(listing.item_id, listing.product_type))
         ids = listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
         key = (listing.item_id, listing.domain_name)
         reason = (
@@ -140,23 +202,22 @@ def _select_images(listings, image_selection):
         )
         seen.add(key)
         status.append(reason)
-        image_ids.append(ids if reason is None else [])
-    return status, image_ids
+        image_ids.append(tuple(ids) if reason is None else ())
+    return status, image_ids, kept
 
 
-def _read_candidates(options, store, listings_report):
-    listings = list(archive.read_listings(options.listings, listings_report))
-    status, image_ids = _select_images(listings, options.image_selection)
+def _read_candidates(options, image_index, listings_report):
+    status, image_ids, listings = _select_images(archive.read_listings(options.listings, listings_report), options.image_selection)
     listings_of_image = collections.defaultdict(list)
     for index, ids in enumerate(image_ids):
         for image_id in ids:
             listings_of_image[image_id].append(index)
-    candidates = _Candidates(listings, status, image_ids, dict(listings_of_image))
+    candidates = _Candidates(listings, status, image_ids, dict(listings_of_image), num_referenced=len(listings_of_image))
     for image_id, indices in candidates.listings_of_image.items():
-        row = store.rows.get(image_id)
-        if row is None:
+        position = image_index.position.get(image_id)
+        if position is None:
             candidates.image_status[image_id] = "missing_from_images_csv"
-        elif row.path not in store.locations:
+        elif position == image_index.NOT_IN_ARCHIVE:
             candidates.image_status[image_id] = "missing_from_archive"
         elif len(indices) > options.max_listings_per_image:
             candidates.image_status[image_id] = "over_shared"
@@ -177,7 +238,8 @@ class _Located(NamedTuple):
 
 
 class _Scanned(NamedTuple):
-    image_id: str
+    """A scanned image; the id is the caller's (an unpickled copy would double the ids' memory)."""
+
     reason: str | None  # why the image is rejected, None if it may be kept
     sha256: str
     copy_size: tuple | None  # (height, width) when stored as-is
@@ -197,28 +259,34 @@ def _scan_chunk(items, reader, max_side):
             copy_size = (info.height, info.width) if images.can_copy(info, max_side) else None
         except images.RejectedImage as error:
             reason = error.reason
-        results.append(_Scanned(item.image_id, reason, hashlib.sha256(data).hexdigest(), copy_size))
+        results.append(_Scanned(reason, hashlib.sha256(data).hexdigest(), copy_size))
     return results
 
 
-def _located(store, image_ids):
+def _located(image_index, image_ids):
     """`_Located` items in archive order, so reads are sequential."""
-    items = [_Located(image_id, store.rows[image_id].path, store.locations[store.rows[image_id].path]) for image_id in image_ids]
+    items = []
+    for image_id in image_ids:
+        path, offset, size = image_index.locate(image_id)
+        items.append(_Located(image_id, path, (offset, size)))
     return sorted(items, key=lambda item: (item.location[0] or 0, item.path))
 
 
-def _scan(candidates, store, pool, options):
+def _scan(candidates, image_index, reader, pool, options):
     pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
-    items = _located(store, pending)
+    items = _located(image_index, pending)
     chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
-    reader = store.without_index()
-    with tqdm(total=len(items), desc="scan", unit="img", disable=not options.progress) as bar:
-        for results in bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize):
-            for result in results:
-                candidates.sha256[result.image_id] = result.sha256
-                candidates.copy_size[result.image_id] = result.copy_size
+    total = len(items)
+    del items, pending
+    with tqdm(total=total, desc="scan", unit="img", disable=not options.progress) as bar:
+        scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
+        for number, results in enumerate(scanned):
+            for item, result in zip(chunks[number], results):
+                candidates.sha256[item.image_id] = result.sha256
+                candidates.copy_size[item.image_id] = result.copy_size
                 if result.reason is not None:
-                    candidates.image_status[result.image_id] = result.reason
+                    candidates.image_status[item.image_id] = result.reason
+            chunks[number] = None  # done: its items (about 180 bytes an image) go before the next chunk's results come
             bar.update(len(results))
 
 
@@ -294,21 +362,19 @@ class PlanItem(NamedTuple):
     copy_size: tuple | None  # (height, width) when the file is stored as-is, else None
 
 
-def _record_item(candidates, store, vocabulary, image_types, image_id):
-    row = store.rows[image_id]
+def _record_item(candidates, image_index, vocabulary, image_types, image_id):
     label, name = vocabulary.label_of(image_types[image_id])
-    item_id = min(candidates.listings[index].item_id for index in candidates.listings_of_image[image_id])
-    offset, size = store.locations[row.path]
-    return PlanItem(image_id, row.path, offset, size, candidates.sha256[image_id], label, name, item_id,
-                    candidates.copy_size[image_id])
+    item_id = min(candidates.listings[listing].item_id for listing in candidates.listings_of_image[image_id])
+    path, offset, size = image_index.locate(image_id)
+    return PlanItem(image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id, candidates.copy_size[image_id])
 
 
-def _make_plan(candidates, store, vocabulary, image_types, split_members, options):
+def _make_plan(candidates, image_index, vocabulary, image_types, split_members, options):
     """The shards, each a list of pieces, each a list of record items, plus a fingerprint."""
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     for name in split.SPLITS:
-        items = [_record_item(candidates, store, vocabulary, image_types, image_id) for image_id in split_members[name]]
+        items = [_record_item(candidates, image_index, vocabulary, image_types, image_id) for image_id in split_members[name]]
         num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
         for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
             pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
@@ -396,8 +462,8 @@ def _remove_build(folder):
 
 
 def _encode_piece(items, reader, max_side):
-    """Worker: the framed records of one piece, and what became of each image."""
-    framed, written, rejected = [], [], {}
+    """Worker: the framed records of one piece, the rejected images' reasons, how many were re-encoded."""
+    framed, rejected = [], {}
     reencoded = 0
     for item, data in zip(items, reader.read_many([(item.path, (item.offset, item.size)) for item in items])):
         if hashlib.sha256(data).hexdigest() != item.sha256:
@@ -413,8 +479,7 @@ def _encode_piece(items, reader, max_side):
         reencoded += was_reencoded
         record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id, height, width)
         framed.append(shards.frame_record(schema.encode_record(record)))
-        written.append([item.image_id, item.sha256, item.label])
-    return b"".join(framed), {"written": written, "rejected": rejected, "reencoded": reencoded}
+    return b"".join(framed), rejected, reencoded
 
 
 def _finished_shard(options, shard):
@@ -427,7 +492,7 @@ def _finished_shard(options, shard):
     return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
 
 
-def _write_shards(plan, store, options, pool):
+def _write_shards(plan, reader, options, pool):
     """Writes every shard not finished by an earlier run; returns per-shard results.
 
     A shard is written under a temporary name and renamed when complete, its
@@ -439,7 +504,7 @@ def _write_shards(plan, store, options, pool):
     pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
     # The window keeps memory flat however large the dataset: workers never run
     # more than a few pieces ahead of the writer.
-    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, store.without_index(), options.resize)
+    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, reader, options.resize)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
     with tqdm(total=total, desc="write", unit="img", disable=not options.progress) as bar:
         for index in todo:
@@ -453,14 +518,16 @@ def _write_shard(options, shard, encoded, bar):
     result = {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
     with open(final + ".tmp", "wb") as handle:
         for piece in shard["pieces"]:
-            data, piece_result = next(encoded)
+            data, rejected, reencoded = next(encoded)
             handle.write(data)
             digest.update(data)
-            result["written"] += piece_result["written"]
-            result["rejected"].update(piece_result["rejected"])
-            result["reencoded"] += piece_result["reencoded"]
+            # Built from the plan's items, whose strings are shared, not from the worker's copies.
+            result["written"] += [(item.image_id, item.sha256, item.label) for item in piece if item.image_id not in rejected]
+            result["rejected"].update(rejected)
+            result["reencoded"] += reencoded
             result["num_bytes"] += len(data)
             bar.update(len(piece))
+    shard["pieces"] = None  # written: its items are no longer needed
     result["sha256"] = digest.hexdigest()
     os.replace(final + ".tmp", final)
     write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
@@ -496,8 +563,8 @@ def _account(candidates, listings_report, shard_results):
     image_status = collections.Counter(candidates.image_status.values())
     if sum(listing_status.values()) != listings_report.lines_read:
         raise BuildError(f"listings: {sum(listing_status.values())} accounted for, {listings_report.lines_read} read")
-    if sum(image_status.values()) != len(candidates.listings_of_image) or image_status[KEPT] != len(written):
-        raise BuildError(f"images: {sum(image_status.values())} accounted for, {len(candidates.listings_of_image)} referenced")
+    if sum(image_status.values()) != candidates.num_referenced or image_status[KEPT] != len(written):
+        raise BuildError(f"images: {sum(image_status.values())} accounted for, {candidates.num_referenced} referenced")
     return listing_status, image_status
 
 
@@ -514,10 +581,9 @@ def _split_summary(plan, shard_results, vocabulary):
     return splits
 
 
-def _make_manifest(options, plan, context, shard_results, elapsed):
-    candidates, store, report, vocabulary, conflicts = context
+def _make_manifest(options, plan, prepared, shard_results, elapsed):
+    candidates, report, vocabulary = prepared.candidates, prepared.report, prepared.vocabulary
     listing_status, image_status = _account(candidates, report, shard_results)
-    digest = hashlib.sha256("".join(sorted(candidates.sha256.values())).encode()).hexdigest()
     return {
         "dataset": schema.DATASET_NAME,
         "version": schema.DATASET_VERSION,
@@ -525,13 +591,13 @@ def _make_manifest(options, plan, context, shard_results, elapsed):
         "fingerprint": plan["fingerprint"],
         "inputs": {
             "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest()},
-            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": store.csv_sha256, "images_csv_rows": len(store.rows), "scanned_content_sha256": digest},
+            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": prepared.images_csv_sha256, "images_csv_rows": prepared.images_csv_rows, "scanned_content_sha256": prepared.scanned_content_sha256},
         },
         "classes": list(vocabulary.names),
         "splits": _split_summary(plan, shard_results, vocabulary),
         "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())), "malformed_lines": report.malformed_lines[:20], "unknown_fields": dict(sorted(report.unknown_keys.items()))},
-        "images": {"referenced": len(candidates.listings_of_image), "kept": image_status.pop(KEPT, 0), "dropped": dict(sorted(image_status.items())), "reencoded": sum(result["reencoded"] for result in shard_results)},
-        "label_conflicts": conflicts,
+        "images": {"referenced": candidates.num_referenced, "kept": image_status.pop(KEPT, 0), "dropped": dict(sorted(image_status.items())), "reencoded": sum(result["reencoded"] for result in shard_results)},
+        "label_conflicts": prepared.conflicts,
         "elapsed_seconds": round(elapsed, 2),
     }
 
@@ -547,17 +613,36 @@ def _finish(folder, manifest):
     outputs.remove_owned(folder, [STATE_DIR])
 
 
-def _prepare(options, store, report, pool):
-    """Everything before the write: candidates, scan, labels, split, plan."""
-    candidates = _read_candidates(options, store, report)
-    _scan(candidates, store, pool, options)
+def _prepare(options, image_index, reader, report, pool):
+    """Everything before the write: candidates, scan, labels, split, plan.
+
+    Returns:
+      `(plan, _Prepared)`; what only the plan needed is freed.
+    """
+    candidates = _read_candidates(options, image_index, report)
+    _scan(candidates, image_index, reader, pool, options)
     _drop_duplicate_content(candidates)
     vocabulary, image_types, conflicts = _label_images(candidates, options)
     if len(vocabulary.names) < 2:
         raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
     split_members = _plan_splits(candidates, options)
-    plan = _make_plan(candidates, store, vocabulary, image_types, split_members, options)
-    return plan, (candidates, store, report, vocabulary, conflicts)
+    plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
+    prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows, _content_digest(candidates))
+    _release_before_write(candidates)
+    return plan, prepared
+
+
+def _content_digest(candidates):
+    """SHA-256 over the sorted digests of every scanned image: what the build saw, for the manifest."""
+    digest = hashlib.sha256()
+    for value in sorted(candidates.sha256.values()):
+        digest.update(value.encode())
+    return digest.hexdigest()
+
+
+def _release_before_write(candidates):
+    """Drops what only the plan needed; the plan's items keep the strings they share."""
+    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
 
 
 def build(options):
@@ -607,16 +692,19 @@ def _build(options, folder, start):
         # Workers start (and import) while this process indexes the archive.
         warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
         store = archive.open_images(options.images, options.image_variant)
+        image_index, reader = _ImageIndex(store), store.without_index()
+        del store  # its dicts of ImageRows are now in the compact index
         report = archive.ListingsReport()
-        plan, state = _prepare(options, store, report, pool)
+        plan, prepared = _prepare(options, image_index, reader, report, pool)
+        del image_index
         concurrent.futures.wait(warm_up)
         if _check_output(options, folder, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
             return shards.read_manifest(options.output)  # the same build is already complete
         os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
         write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")}, indent=None)
-        shard_results = _write_shards(plan, store, options, pool)
+        shard_results = _write_shards(plan, reader, options, pool)
     _check_no_leak(shard_results)
-    manifest = _make_manifest(options, plan, state, shard_results, time.perf_counter() - start)
+    manifest = _make_manifest(options, plan, prepared, shard_results, time.perf_counter() - start)
     _finish(folder, manifest)
     return manifest
 
