@@ -6,12 +6,9 @@ import pytest
 from PIL import Image
 
 from abo_tf.records import images
+from tests import crafted_images as crafted
 
-
-def _jpeg(height=40, width=60, channels=3):
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 255, (height, width, channels) if channels > 1 else (height, width), dtype=np.uint8)
-    return cv2.imencode(".jpg", pixels)[1].tobytes()
+_jpeg = crafted.jpeg
 
 
 def _pil_bytes(mode, fmt, size=(30, 20), color=None):
@@ -54,7 +51,7 @@ def test_transparent_png_goes_on_white():
 
 
 def test_resize_shrinks_the_longer_side():
-    jpeg, height, width, reencoded = images.prepare_image(_jpeg(100, 400), max_side=64)
+    _, height, width, reencoded = images.prepare_image(_jpeg(100, 400), max_side=64)
     assert reencoded and (height, width) == (16, 64)
 
 
@@ -86,29 +83,9 @@ def test_decompression_bomb_is_rejected_without_decoding():
 # is the decoder's and not ours.
 
 
-def _segment_offset(data, marker, nth=0):
-    """Offset of the `nth` segment with `marker`, walking the segments up to the first scan."""
-    position, found = 2, []
-    while position + 4 <= len(data):
-        if data[position + 1] == marker:
-            found.append(position)
-        if data[position + 1] == 0xDA:
-            break
-        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
-    return found[nth]
-
-
-def _patched(data, *patches):
-    """`data` with `(marker, offset in the segment's payload, new byte)` patches applied."""
-    patched = bytearray(data)
-    for marker, offset, value in patches:
-        patched[_segment_offset(data, marker) + 4 + offset] = value
-    return bytes(patched)
-
-
-# OpenCV writes SOF0 components (id, sampling, table) from payload byte 6: Y 2x2 table 0, Cb and Cr 1x1 table 1.
-_SOF, _DQT, _DHT, _SOS = 0xC0, 0xDB, 0xC4, 0xDA
-_Y_SAMPLING, _CB_SAMPLING, _CR_TABLE = 7, 10, 14
+_SOF, _DQT, _DHT, _SOS = crafted.SOF, crafted.DQT, crafted.DHT, crafted.SOS
+_Y_SAMPLING, _CB_SAMPLING, _CR_TABLE = crafted.Y_SAMPLING, crafted.CB_SAMPLING, crafted.CR_TABLE
+_patched, _segment_offset = crafted.patched, crafted.segment_offset
 
 
 @pytest.mark.parametrize("patches, detail", [
@@ -184,7 +161,16 @@ def test_common_jpeg_layouts_are_copied_and_decode(options):
     images.check_decodes(data, 50, 70)
 
 
-def test_jpeg_outside_what_the_check_vouches_for_is_reencoded():
+def test_jpeg_without_huffman_tables_is_reencoded_not_copied():
+    import tensorflow as tf
+
+    data = crafted.without_segments(_jpeg(), _DHT)  # libjpeg-turbo decodes it with the standard tables
+    assert tf.io.decode_jpeg(data, channels=3).shape == (40, 60, 3)
+    jpeg, height, width, reencoded = images.prepare_image(data)
+    assert reencoded and (height, width) == (40, 60) and images.can_copy(images.inspect_image(jpeg))
+
+
+def test_12_bit_jpeg_is_not_copied():
     import tensorflow as tf
 
     data = _patched(_jpeg(), (_SOF, 0, 12))  # 12-bit samples: TensorFlow's 8-bit decoder refuses it
@@ -229,24 +215,8 @@ def test_no_mutated_jpeg_is_copied_unless_tensorflow_decodes_it(seed):
 # --- PNGs: sized from the header before any decoding -------------------------
 
 
-def _png_header_only(width, height, bits, colour_type, rows=None):
-    """A PNG whose pixels are all zero, compressed row by row: a few hundred KB for any size."""
-    import struct
-    import zlib
-
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
-    row = b"\x00" * (1 + width * channels * bits // 8)
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, bits, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_png_decoding_past_the_budget_is_too_large_from_its_header():
-    bomb = _png_header_only(9000, 9000, 16, 6, rows=1)  # 81 MP, under MAX_PIXELS, but 648 MB decoded
+    bomb = crafted.png_of_zeros(9000, 9000, 16, 6, rows=1)  # 81 MP, under MAX_PIXELS, but 648 MB decoded
     assert 9000 * 9000 < images.MAX_PIXELS
     with pytest.raises(images.RejectedImage) as caught:
         images.prepare_image(bomb)
@@ -255,7 +225,7 @@ def test_png_decoding_past_the_budget_is_too_large_from_its_header():
 
 @pytest.mark.parametrize("bits, colour_type", [(16, 2), (3, 0), (16, 3), (8, 5)])
 def test_png_header_with_impossible_depth_is_undecodable(bits, colour_type):
-    data = bytearray(_png_header_only(4, 4, 8, 2))
+    data = bytearray(crafted.png_of_zeros(4, 4, 8, 2))
     data[24:26] = bytes([bits, colour_type])
     if (bits, colour_type) == (16, 2):  # a valid header: it decodes to 16-bit, and is halved to 8 bits
         assert images.inspect_image(bytes(data)).bits == 16
