@@ -211,36 +211,42 @@ def _check_chunk(task, num_classes):
 
 
 def _read_varint(data, position):
-    value, shift = 0, 0
+    byte = data[position]
+    if byte < 0x80:  # most lengths and tags: one byte
+        return byte, position + 1
+    value, shift = byte & 0x7F, 7
     while True:
+        position += 1
         if position >= len(data) or shift > 63:
             raise ValueError("truncated varint")
         byte = data[position]
         value |= (byte & 0x7F) << shift
-        position, shift = position + 1, shift + 7
+        shift += 7
         if byte < 0x80:
-            return value, position
+            return value, position + 1
 
 
 def _fields(data):
-    """Yields `(field number, wire type, value)` of a protobuf message; length-delimited values as bytes."""
-    position = 0
-    while position < len(data):
+    """`[(field number, wire type, value)]` of a protobuf message; length-delimited values as bytes."""
+    fields, position, end = [], 0, len(data)
+    while position < end:
         key, position = _read_varint(data, position)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, position = _read_varint(data, position)
-        elif wire_type == 2:
+        wire_type = key & 7
+        if wire_type == 2:
             length, position = _read_varint(data, position)
-            value, position = data[position:position + length], position + length
-            if position > len(data):
+            if position + length > end:
                 raise ValueError("truncated field")
+            fields.append((key >> 3, wire_type, data[position:position + length]))
+            position += length
+        elif wire_type == 0:
+            value, position = _read_varint(data, position)
+            fields.append((key >> 3, wire_type, value))
         elif wire_type in (1, 5):
             position += 8 if wire_type == 1 else 4
-            value = None
+            fields.append((key >> 3, wire_type, None))
         else:
             raise ValueError(f"wire type {wire_type}")
-        yield field, wire_type, value
+    return fields
 
 
 def _feature_value(feature):
@@ -265,7 +271,7 @@ def parse_record(serialized):
             for _, _, entry in _fields(features):
                 parts = {field: value for field, _, value in _fields(entry)}
                 record[parts[1].decode("utf-8")] = _feature_value(parts[2])
-    except (ValueError, KeyError, UnicodeDecodeError) as error:
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as error:
         raise VerificationError(f"a record is not a serialised tf.train.Example ({error})") from error
     missing = set(schema.BYTES_FEATURES + schema.INT64_FEATURES) - set(record)
     if missing:
