@@ -46,7 +46,8 @@ KEPT = "kept"
 COMMAND = "build_records"
 # Everything a build writes into --output, and nothing else: what --overwrite may
 # delete. Files are written under `<name>.tmp-<pid>` (`<name>.tmp` before) first.
-BUILD_FILES = (f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*", shards.MANIFEST, shards.LABELS_FILE, *shards.TFDS_FILES, STATE_DIR)
+BUILD_FILES = (f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*", shards.MANIFEST, shards.LABELS_FILE,
+               *shards.TFDS_FILES, STATE_DIR)
 _BUILD_PATTERNS = BUILD_FILES + tuple(name + ".tmp*" for name in BUILD_FILES)
 
 
@@ -207,12 +208,14 @@ def _select_images(listings, image_selection):
 
 
 def _read_candidates(options, image_index, listings_report):
-    status, image_ids, listings = _select_images(archive.read_listings(options.listings, listings_report), options.image_selection)
+    listings = archive.read_listings(options.listings, listings_report)
+    status, image_ids, labels_of_listings = _select_images(listings, options.image_selection)
     listings_of_image = collections.defaultdict(list)
     for index, ids in enumerate(image_ids):
         for image_id in ids:
             listings_of_image[image_id].append(index)
-    candidates = _Candidates(listings, status, image_ids, dict(listings_of_image), num_referenced=len(listings_of_image))
+    candidates = _Candidates(labels_of_listings, status, image_ids, dict(listings_of_image),
+                             num_referenced=len(listings_of_image))
     for image_id, indices in candidates.listings_of_image.items():
         position = image_index.position.get(image_id)
         if position is None:
@@ -366,7 +369,8 @@ def _record_item(candidates, image_index, vocabulary, image_types, image_id):
     label, name = vocabulary.label_of(image_types[image_id])
     item_id = min(candidates.listings[listing].item_id for listing in candidates.listings_of_image[image_id])
     path, offset, size = image_index.locate(image_id)
-    return PlanItem(image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id, candidates.copy_size[image_id])
+    return PlanItem(image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id,
+                    candidates.copy_size[image_id])
 
 
 def _make_plan(candidates, image_index, vocabulary, image_types, split_members, options):
@@ -374,7 +378,8 @@ def _make_plan(candidates, image_index, vocabulary, image_types, split_members, 
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     for name in split.SPLITS:
-        items = [_record_item(candidates, image_index, vocabulary, image_types, image_id) for image_id in split_members[name]]
+        items = [_record_item(candidates, image_index, vocabulary, image_types, image_id)
+                 for image_id in split_members[name]]
         num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
         for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
             pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
@@ -410,7 +415,8 @@ def _read_build_state(output):
         if state is None:
             continue
         if not isinstance(state, dict) or not isinstance(state.get("options"), dict) or "fingerprint" not in state:
-            raise NotABuildError(f"{path!r} is not the {what} of an abo_tf build: move it away or choose another folder")
+            raise NotABuildError(f"{path!r} is not the {what} of an abo_tf build: "
+                                 "move it away or choose another folder")
         return state
     return None
 
@@ -453,8 +459,8 @@ def _remove_build(folder):
     """Deletes what a build wrote; refuses, deleting nothing, if the folder also holds anything else."""
     foreign = [name for name in outputs.contents(folder.path) if not _is_build_file(name)]
     if foreign:
-        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign[0]!r}, which build_records did not write: "
-                                        "move it away, or choose another folder")
+        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign[0]!r}, which build_records did not "
+                                        "write: move it away, or choose another folder")
     outputs.remove_owned(folder, _BUILD_PATTERNS)
 
 
@@ -477,7 +483,8 @@ def _encode_piece(items, reader, max_side):
             rejected[item.image_id] = error.reason
             continue
         reencoded += was_reencoded
-        record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id, height, width)
+        record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id,
+                               height, width)
         framed.append(shards.frame_record(schema.encode_record(record)))
     return b"".join(framed), rejected, reencoded
 
@@ -522,7 +529,8 @@ def _write_shard(options, shard, encoded, bar):
             handle.write(data)
             digest.update(data)
             # Built from the plan's items, whose strings are shared, not from the worker's copies.
-            result["written"] += [(item.image_id, item.sha256, item.label) for item in piece if item.image_id not in rejected]
+            result["written"] += [(item.image_id, item.sha256, item.label)
+                                  for item in piece if item.image_id not in rejected]
             result["rejected"].update(rejected)
             result["reencoded"] += reencoded
             result["num_bytes"] += len(data)
@@ -591,12 +599,16 @@ def _make_manifest(options, plan, prepared, shard_results, elapsed):
         "fingerprint": plan["fingerprint"],
         "inputs": {
             "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest()},
-            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": prepared.images_csv_sha256, "images_csv_rows": prepared.images_csv_rows, "scanned_content_sha256": prepared.scanned_content_sha256},
+            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": prepared.images_csv_sha256,
+                       "images_csv_rows": prepared.images_csv_rows,
+                       "scanned_content_sha256": prepared.scanned_content_sha256},
         },
         "classes": list(vocabulary.names),
         "splits": _split_summary(plan, shard_results, vocabulary),
         "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())), "malformed_lines": report.malformed_lines[:20], "unknown_fields": dict(sorted(report.unknown_keys.items()))},
-        "images": {"referenced": candidates.num_referenced, "kept": image_status.pop(KEPT, 0), "dropped": dict(sorted(image_status.items())), "reencoded": sum(result["reencoded"] for result in shard_results)},
+        "images": {"referenced": candidates.num_referenced, "kept": image_status.pop(KEPT, 0),
+                   "dropped": dict(sorted(image_status.items())),
+                   "reencoded": sum(result["reencoded"] for result in shard_results)},
         "label_conflicts": prepared.conflicts,
         "elapsed_seconds": round(elapsed, 2),
     }
@@ -627,7 +639,8 @@ def _prepare(options, image_index, reader, report, pool):
         raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
     split_members = _plan_splits(candidates, options)
     plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
-    prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows, _content_digest(candidates))
+    prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows,
+                         _content_digest(candidates))
     _release_before_write(candidates)
     return plan, prepared
 
@@ -698,10 +711,12 @@ def _build(options, folder, start):
         plan, prepared = _prepare(options, image_index, reader, report, pool)
         del image_index
         concurrent.futures.wait(warm_up)
-        if _check_output(options, folder, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
+        same_build = _check_output(options, folder, plan["fingerprint"])
+        if same_build and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
             return shards.read_manifest(options.output)  # the same build is already complete
         os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
-        write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")}, indent=None)
+        saved_plan = {key: plan[key] for key in ("options", "fingerprint")}
+        write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), saved_plan, indent=None)
         shard_results = _write_shards(plan, reader, options, pool)
     _check_no_leak(shard_results)
     manifest = _make_manifest(options, plan, prepared, shard_results, time.perf_counter() - start)

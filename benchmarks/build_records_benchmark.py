@@ -105,20 +105,22 @@ def _build_and_verify_memory(data_dir, output):
     shutil.rmtree(output, ignore_errors=True)
     options = _options(data_dir, output)
     command = [sys.executable, "-m", "abo_tf.build_records", "--no-progress"]
-    build_memory = peak_memory(command + ["--listings", options.listings, "--images", options.images, "--output", output,
-                                          "--image-selection", "all", "--min-examples-per-class", "1"])
+    inputs = ["--listings", options.listings, "--images", options.images, "--output", output]
+    build_memory = peak_memory(command + inputs + ["--image-selection", "all", "--min-examples-per-class", "1"])
     return build_memory, peak_memory(command + ["--verify", output])
 
 
 def _repeat(data_dir, work_dir, num_images, repeat):
     """One repeat: the baseline loop, the build and its verify, timed in-process; then the peak RSS of each."""
-    seconds, count = _time(lambda: minimal_loop(os.path.join(data_dir, "abo-images-small.tar"), os.path.join(work_dir, "baseline.tfrecord")))
+    images_tar = os.path.join(data_dir, "abo-images-small.tar")
+    seconds, count = _time(lambda: minimal_loop(images_tar, os.path.join(work_dir, "baseline.tfrecord")))
     output = os.path.join(work_dir, f"out_{num_images}")
     shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
     build_seconds, manifest = _time(lambda: build_records.build(_options(data_dir, output)))
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
-    row = {"images_in_tar": count, "images_written": manifest["images"]["kept"], "baseline_images_per_second": count / seconds,
+    row = {"images_in_tar": count, "images_written": manifest["images"]["kept"],
+           "baseline_images_per_second": count / seconds,
            "build_images_per_second": manifest["images"]["kept"] / build_seconds, "build_seconds": build_seconds,
            "verify_seconds": verify_seconds, "verify_to_build": verify_seconds / build_seconds,
            "build_peak_rss_mb": build_memory / 2**20, "verify_peak_rss_mb": verify_memory / 2**20}
@@ -156,12 +158,13 @@ def main():
     results = {"cpu_count": os.cpu_count()}
     for num_images in args.images:
         results[str(num_images)] = measure(num_images, args.repeats, work_dir)
-    print("\n| images | minimal loop (img/s) | build_records (img/s) | ratio | verify / build time | peak RSS build / verify (MB) |"
-          "\n|---|---|---|---|---|---|")
+    print("\n| images | minimal loop (img/s) | build_records (img/s) | ratio | verify / build time "
+          "| peak RSS build / verify (MB) |\n|---|---|---|---|---|---|")
     for num_images in args.images:
         row = results[str(num_images)]
-        print(f"| {row['images_written']:.0f} | {row['baseline_images_per_second']:.0f} | {row['build_images_per_second']:.0f} | "
-              f"{row['ratio']:.2f}x | {row['verify_to_build']:.2f} | {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |")
+        print(f"| {row['images_written']:.0f} | {row['baseline_images_per_second']:.0f} "
+              f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['verify_to_build']:.2f} "
+              f"| {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |")
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(REPO, "benchmarks", "results", "build_records.json"), "w") as handle:
         json.dump(results, handle, indent=2)

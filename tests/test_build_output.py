@@ -1,4 +1,4 @@
-"""build_records' output folder, hostile images and memory: one line and exit 2, or a counted rejection; nothing else touched."""
+"""build_records: output folder, hostile images, memory: exit 2 and one line, or a counted rejection."""
 
 import hashlib
 import json
@@ -86,8 +86,8 @@ def _a_file(folder):
     (_a_file, "file.txt", "is a file: choose a folder"),
     (_a_file, "file.txt/records", "Not a directory"),
 ], ids=["foreign-manifest", "manifest-not-json", "another-command", "a-file", "under-a-file"])
-def test_unusable_output_is_refused_before_the_scan_and_left_as_it_was(make, output_name, expected, abo_sample, tmp_path,
-                                                                      capsys, no_scan):
+def test_unusable_output_is_refused_before_the_scan_and_left_as_it_was(make, output_name, expected, abo_sample,
+                                                                      tmp_path, capsys, no_scan):
     target = tmp_path / output_name.split("/")[0]
     make(target)
     before = _snapshot(tmp_path)
@@ -127,7 +127,8 @@ def test_build_from_before_markers_is_adopted(built_records, abo_sample, tmp_pat
     before = _snapshot(legacy)
     code, _ = _run_cli(capsys, abo_sample, legacy)  # the same build: finished, nothing rewritten
     assert code == 0
-    assert {name: digest for name, digest in _snapshot(legacy).items() if name not in (outputs.MARKER, outputs.LOCK)} == before
+    after = {name: digest for name, digest in _snapshot(legacy).items() if name not in (outputs.MARKER, outputs.LOCK)}
+    assert after == before
 
 
 def test_failed_build_leaves_no_folder_behind(abo_sample, tmp_path, capsys):
@@ -139,9 +140,10 @@ def test_failed_build_leaves_no_folder_behind(abo_sample, tmp_path, capsys):
 def test_two_builds_racing_for_one_folder(abo_sample, tmp_path):
     output = tmp_path / "raced"
     command = [sys.executable, "-m", "abo_tf.build_records", "--listings", abo_sample["listings"], "--images",
-               abo_sample["images"], "--output", str(output), "--image-selection", "all", "--min-examples-per-class", "3",
-               "--no-progress"]
-    racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+               abo_sample["images"], "--output", str(output), "--image-selection", "all",
+               "--min-examples-per-class", "3", "--no-progress"]
+    racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+              for _ in range(2)]
     outcomes = sorted((racer.wait(), racer.stderr.read().strip()) for racer in racers)
     for racer in racers:
         racer.stdout.close()
@@ -248,8 +250,8 @@ def _standard_huffman_tables(number):
     (_bogus_sampling, images.UNDECODABLE),
     (_standard_huffman_tables, None),  # decodable, but not vouched for: re-encoded
 ], ids=["png-bomb", "undefined-dqt", "bogus-sampling", "standard-huffman-tables"])
-def test_hostile_image_is_counted_and_never_reaches_training(make, reason, abo_folder_sample, built_records, copied_images,
-                                                              tmp_path):
+def test_hostile_image_is_counted_and_never_reaches_training(make, reason, abo_folder_sample, built_records,
+                                                              copied_images, tmp_path):
     import tensorflow as tf
 
     _, baseline = built_records
@@ -259,8 +261,9 @@ def test_hostile_image_is_counted_and_never_reaches_training(make, reason, abo_f
     for number, path in enumerate(victims):
         (root / "images" / "small" / path).write_bytes(make(number))
     before = _snapshot(tmp_path, skip=tmp_path / "out")
-    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", str(root), "--images", str(root), "--output",
-               str(tmp_path / "out"), "--image-selection", "all", "--min-examples-per-class", "3", "--no-progress", "--workers", "2"]
+    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", str(root), "--images", str(root),
+               "--output", str(tmp_path / "out"), "--image-selection", "all", "--min-examples-per-class", "3",
+               "--no-progress", "--workers", "2"]
     code, stdout, stderr, peak = _run_measured(command)
     assert code == 0, stderr
     assert peak < BUILD_RSS_BUDGET, f"peak RSS {peak / 2**20:.0f} MB"
@@ -277,4 +280,5 @@ def test_hostile_image_is_counted_and_never_reaches_training(make, reason, abo_f
     for split in manifest["splits"]:
         for record in tf.data.TFRecordDataset(shards.shard_paths(str(tmp_path / "out"), manifest, split)):
             parsed = tf.io.parse_single_example(record, schema.feature_spec())
-            assert tf.io.decode_jpeg(parsed[schema.IMAGE], channels=3).shape[:2] == (parsed[schema.HEIGHT], parsed[schema.WIDTH])
+            decoded = tf.io.decode_jpeg(parsed[schema.IMAGE], channels=3)
+            assert decoded.shape[:2] == (parsed[schema.HEIGHT], parsed[schema.WIDTH])

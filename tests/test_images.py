@@ -145,12 +145,14 @@ def _pil_jpeg(**options):
     import io
 
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(buffer, "JPEG", **options)
+    pixels = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG", **options)
     return buffer.getvalue()
 
 
 @pytest.mark.parametrize("options", [
-    {"progressive": True}, {"subsampling": 0}, {"subsampling": 1, "optimize": True}, {"progressive": True, "subsampling": 0},
+    {"progressive": True}, {"subsampling": 0}, {"subsampling": 1, "optimize": True},
+    {"progressive": True, "subsampling": 0},
 ], ids=["progressive", "444", "422-optimized", "progressive-444"])
 def test_common_jpeg_layouts_are_copied_and_decode(options):
     import tensorflow as tf

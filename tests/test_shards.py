@@ -30,10 +30,13 @@ def test_tfds_metadata_is_what_tfds_writes(tmp_path):
     _shard_files(ours)
     _shard_files(theirs)
     shards.write_tfds_metadata(str(ours), CLASSES, SPLITS)
+    info = shards._TFDS_INFO  # the texts are ours; what is compared is how TFDS lays them out
     tfds.folder_dataset.write_metadata(
         data_dir=str(theirs), features=schema.tfds_features(CLASSES), version=schema.DATASET_VERSION, check_data=False,
-        split_infos=[tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=size) for name, (lengths, size) in SPLITS.items()],
-        description=shards._TFDS_INFO["description"], homepage=shards._TFDS_INFO["location"]["urls"][0], citation=shards._TFDS_INFO["citation"], license=shards._TFDS_INFO["redistributionInfo"]["license"],
+        split_infos=[tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=size)
+                     for name, (lengths, size) in SPLITS.items()],
+        description=info["description"], homepage=info["location"]["urls"][0], citation=info["citation"],
+        license=info["redistributionInfo"]["license"],
     )
     assert sorted(os.listdir(ours)) == sorted(os.listdir(theirs))
     for name in shards.TFDS_FILES:
@@ -58,11 +61,13 @@ def test_tfds_reads_metadata_written_without_tensorflow(tmp_path):
 def test_parse_record_agrees_with_tensorflow(built_records):
     records_dir, manifest = built_records
     for record in tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "validation")).take(20):
-        expected = {key: value.numpy() for key, value in tf.io.parse_single_example(record, schema.feature_spec()).items()}
+        parsed = tf.io.parse_single_example(record, schema.feature_spec())
+        expected = {key: value.numpy() for key, value in parsed.items()}
         assert shards.parse_record(record.numpy()) == expected
 
 
-@pytest.mark.parametrize("data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"], ids=["missing-features", "truncated", "wire-type"])
+@pytest.mark.parametrize("data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"],
+                         ids=["missing-features", "truncated", "wire-type"])
 def test_parse_record_refuses_what_is_not_a_record(data):
     with pytest.raises(shards.VerificationError):
         shards.parse_record(data)

@@ -167,7 +167,8 @@ def _read_frame(marker, segment, existing):
     if max(height, width) > _MAX_DIMENSION:
         raise _undecodable(f"{width}x{height} pixels, libjpeg's limit is {_MAX_DIMENSION} a side")
     _check_sampling_ratios(components.values())
-    return _JpegFrame(marker, bits, height, width, components, vouched=marker in (_BASELINE, _EXTENDED, _PROGRESSIVE) and bits == 8)
+    vouched = marker in (_BASELINE, _EXTENDED, _PROGRESSIVE) and bits == 8
+    return _JpegFrame(marker, bits, height, width, components, vouched=vouched)
 
 
 def _check_sampling_ratios(components):
@@ -313,7 +314,8 @@ def _png_info(data):
     bits, colour_type, compression, filtering, interlace = data[24:29]
     depths, channels = _PNG_COLOUR_TYPES.get(colour_type, ((), 0))
     if bits not in depths or compression or filtering or interlace > 1:
-        raise _undecodable(f"PNG header: {bits}-bit colour type {colour_type}, methods {compression}/{filtering}/{interlace}")
+        raise _undecodable(f"PNG header: {bits}-bit colour type {colour_type}, "
+                           f"methods {compression}/{filtering}/{interlace}")
     return ImageInfo("png", height, width, channels, bits)
 
 
@@ -349,7 +351,7 @@ def inspect_image(data):
 
 
 def can_copy(info, max_side=None):
-    """True when a file is stored as it is: an 8-bit, 3-channel JPEG the check vouches for, no larger than `max_side`."""
+    """True when a file is stored as it is: a 3-channel JPEG the check vouches for, no larger than `max_side`."""
     small_enough = max_side is None or max(info.height, info.width) <= max_side
     return info.format == "jpeg" and info.decodable_as_is and small_enough
 

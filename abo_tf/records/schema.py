@@ -164,7 +164,8 @@ _TFDS_FEATURES = "tensorflow_datasets.core.features."
 
 
 def _tfds_int64_scalar():
-    return {"pythonClassName": _TFDS_FEATURES + "scalar.Scalar", "tensor": {"dtype": "int64", "encoding": "none", "shape": {}}}
+    return {"pythonClassName": _TFDS_FEATURES + "scalar.Scalar",
+            "tensor": {"dtype": "int64", "encoding": "none", "shape": {}}}
 
 
 def tfds_features_json(class_names):
@@ -177,5 +178,6 @@ def tfds_features_json(class_names):
         HEIGHT: _tfds_int64_scalar(),
         WIDTH: _tfds_int64_scalar(),
     }
-    features.update({key: {"pythonClassName": _TFDS_FEATURES + "text_feature.Text", "text": {}} for key in TEXT_FEATURES})
+    text = {"pythonClassName": _TFDS_FEATURES + "text_feature.Text", "text": {}}
+    features.update({key: dict(text) for key in TEXT_FEATURES})
     return {"pythonClassName": _TFDS_FEATURES + "features_dict.FeaturesDict", "featuresDict": {"features": features}}

@@ -65,7 +65,8 @@ def read_manifest(records_dir):
         raise InputNotFoundError(f"no {MANIFEST} in {records_dir!r}: build the records with `python -m abo_tf.build_records` first")
     manifest = read_json(path, what="build manifest")
     if not isinstance(manifest, dict) or manifest.get("dataset") != schema.DATASET_NAME:
-        raise UserInputError(f"{path} is not the manifest of an abo_tf build: build the records with `python -m abo_tf.build_records`")
+        raise UserInputError(f"{path} is not the manifest of an abo_tf build: "
+                             "build the records with `python -m abo_tf.build_records`")
     if manifest.get("version") != schema.DATASET_VERSION:
         raise UserInputError(f"{path} is from records version {manifest.get('version')!r}, this abo_tf reads {schema.DATASET_VERSION!r}: rebuild the records")
     return manifest
