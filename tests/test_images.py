@@ -256,3 +256,16 @@ def test_check_decodes_finds_a_wrong_size_and_a_png():
     with pytest.raises(images.RejectedImage) as caught:
         images.check_decodes(_pil_bytes("RGB", "PNG"), 20, 30)
     assert caught.value.reason == images.UNDECODABLE
+
+
+def test_second_start_of_image_is_undecodable():
+    import tensorflow as tf
+
+    data = _jpeg()
+    app0 = _segment_offset(data, 0xE0)
+    data = data[:app0] + b"\xff\xd8" + data[app0:]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(data, channels=3)
+    with pytest.raises(images.RejectedImage) as caught:
+        images.inspect_image(data)
+    assert caught.value.reason == images.UNDECODABLE and "second start-of-image" in str(caught.value)

@@ -234,7 +234,7 @@ def _check_huffman_use(frame, huffman_tables, dc_table, ac_table, start, high):
 
 
 def _jpeg_segments(data):
-    """Yields `(marker, position, segment)` from the first marker after SOI to EOI.
+    """Yields `(marker, position, segment payload)` from the first marker after SOI to EOI.
 
     A scan's entropy-coded data is skipped by searching for the next marker.
     """
@@ -252,6 +252,8 @@ def _jpeg_segments(data):
         if marker == _END_OF_IMAGE:
             yield marker, position, b""
             return
+        if marker == _START_OF_IMAGE:
+            raise _undecodable(f"second start-of-image marker at byte {position}")
         if marker in _STANDALONE_MARKERS:
             position += 2
             continue
@@ -272,11 +274,9 @@ def _jpeg_segments(data):
 def _jpeg_info(data):
     frame, quant_tables, huffman_tables = None, set(), {}  # huffman: (0 DC / 1 AC, number) -> largest symbol
     scanned = False
-    for marker, position, segment in _jpeg_segments(data):
+    for marker, _, segment in _jpeg_segments(data):
         if marker == _END_OF_IMAGE:
             return _finished_frame(frame, scanned)
-        if marker == _START_OF_IMAGE:
-            raise _undecodable(f"second start-of-image marker at byte {position}")
         if marker == _DQT:
             _read_quant_tables(segment, quant_tables)
         elif marker == _DHT:
