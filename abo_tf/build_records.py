@@ -12,23 +12,27 @@ gives byte-identical shards and an interrupted run resumes where it stopped.
 """
 
 import argparse
+import array
 import collections
 import concurrent.futures
 import dataclasses
+import fnmatch
 import gc
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
+from typing import NamedTuple
 
 from tqdm import tqdm
 
-from abo_tf.records import archive, images, labels, schema, shards, split
+from abo_tf.common import outputs
 from abo_tf.common.errors import UserInputError, cli_main
+from abo_tf.common.files import read_json, write_json
+from abo_tf.common.parallel import bounded_map
+from abo_tf.records import archive, images, labels, schema, shards, split
 
 STATE_DIR = ".build"  # plan and finished pieces of an unfinished build
 PLAN_FILE = "plan.json"
@@ -40,10 +44,20 @@ IMAGE_SELECTIONS = ("main", "all")
 _NON_OUTPUT_OPTIONS = ("listings", "images", "output", "workers", "overwrite", "progress", "allow_truncated")
 
 KEPT = "kept"
+COMMAND = "build_records"
+# Everything a build writes into --output, and nothing else: what --overwrite may
+# delete. Files are written under `<name>.tmp-<pid>` (`<name>.tmp` before) first.
+BUILD_FILES = (f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*", shards.MANIFEST, shards.LABELS_FILE,
+               *shards.TFDS_FILES, STATE_DIR)
+_BUILD_PATTERNS = BUILD_FILES + tuple(name + ".tmp*" for name in BUILD_FILES)
 
 
 class BuildError(RuntimeError):
     """An internal check failed (a leak, an accounting mismatch): a bug, not bad input."""
+
+
+class NotABuildError(UserInputError):
+    """--output holds a manifest or plan that is JSON but not an abo_tf build's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,31 +108,97 @@ class BuildOptions:
         return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
 
 
+class _ImageIndex:
+    """Where each image of images.csv sits in the archive: an id -> position dict and flat arrays.
+
+    The `ImageStore`'s dicts of `ImageRow`s and `(offset, size)` tuples take
+    about 540 bytes an image (tracemalloc, 100k images); this about 215, the
+    id and path strings included.
+    """
+
+    NOT_IN_ARCHIVE = -1
+
+    def __init__(self, store):
+        self.position = {}  # image id -> index into paths/offsets/sizes, or NOT_IN_ARCHIVE
+        self.paths = []  # relative to images/<variant>/
+        self.offsets, self.sizes = array.array("q"), array.array("q")  # offset -1: a file in a folder
+        self.refused = {}  # image id -> reason the reader refused its file (path_outside_images, file_too_large)
+        for image_id, row in store.rows.items():
+            location = store.locations.get(row.path)
+            if row.path in store.refused:
+                self.refused[image_id] = store.refused[row.path]
+            if location is None:
+                self.position[image_id] = self.NOT_IN_ARCHIVE
+                continue
+            self.position[image_id] = len(self.paths)
+            self.paths.append(row.path)
+            self.offsets.append(-1 if location[0] is None else location[0])
+            self.sizes.append(location[1])
+        self.num_rows, self.csv_sha256, self.truncated = len(store.rows), store.csv_sha256, store.truncated
+
+    def locate(self, image_id):
+        """`(path, offset or None, size)` of a located image."""
+        position = self.position[image_id]
+        offset = self.offsets[position]
+        return self.paths[position], None if offset < 0 else offset, self.sizes[position]
+
+
+class _ListingLabel(NamedTuple):
+    """What the build keeps of a listing: the rest of the `Listing` is dropped as it is read."""
+
+    item_id: str
+    product_type: str | None
+
+
 @dataclasses.dataclass
 class _Candidates:
-    """The state of the build between reading and writing."""
+    """The state of the build between reading and writing.
 
-    listings: list
+    `listings`, `listings_of_image`, `sha256` and `copy_size` are set to None
+    once the plan is made (`_release_before_write`): the write and the manifest
+    do not need them, and at 400k images they are hundreds of MB.
+    """
+
+    listings: list | None  # of _ListingLabel
     status: list  # per listing: None while it may be kept, else the reason it is dropped
     image_ids: list  # per listing: the image ids it contributes
-    listings_of_image: dict  # image id -> listing indices
+    listings_of_image: dict | None  # image id -> listing indices
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
-    sha256: dict = dataclasses.field(default_factory=dict)  # image id -> hex digest
+    sha256: dict | None = dataclasses.field(default_factory=dict)  # image id -> hex digest
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
-    copy_size: dict = dataclasses.field(default_factory=dict)  # image id -> [height, width] if stored as-is
+    copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
+    num_referenced: int = 0  # images referenced by the selected listings
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
         return [self.keeper.get(image_id, image_id) for image_id in self.image_ids[index]]
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """What the manifest needs from the steps before the write (the plan goes to the writer)."""
+
+    candidates: _Candidates
+    report: archive.ListingsReport
+    vocabulary: labels.Vocabulary
+    conflicts: dict
+    images_csv_sha256: str
+    images_csv_rows: int
+    scanned_content_sha256: str
+    images_truncated: list
+
+
 # --- reading and selecting ---------------------------------------------------
 
 
 def _select_images(listings, image_selection):
-    """Per listing: a drop reason or None, and the image ids it contributes."""
-    status, image_ids, seen = [], [], set()
+    """Per listing: a drop reason or None, the image ids it contributes, its item id and type.
+
+    `listings` is streamed: a `Listing` is dropped as soon as it is read.
+    """
+    status, image_ids, seen, kept = [], [], set(), []
     for listing in listings:
+        kept.append(_ListingLabel(listing.item_id, listing.product_type))
         ids = listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
         key = (listing.item_id, listing.domain_name)
         reason = (
@@ -130,25 +210,26 @@ def _select_images(listings, image_selection):
         )
         seen.add(key)
         status.append(reason)
-        image_ids.append(ids if reason is None else [])
-    return status, image_ids
+        image_ids.append(tuple(ids) if reason is None else ())
+    return status, image_ids, kept
 
 
-def _read_candidates(options, store, listings_report):
-    listings = list(archive.read_listings(options.listings, listings_report, options.allow_truncated))
-    status, image_ids = _select_images(listings, options.image_selection)
+def _read_candidates(options, image_index, listings_report):
+    listings = archive.read_listings(options.listings, listings_report, options.allow_truncated)
+    status, image_ids, labels_of_listings = _select_images(listings, options.image_selection)
     listings_of_image = collections.defaultdict(list)
     for index, ids in enumerate(image_ids):
         for image_id in ids:
             listings_of_image[image_id].append(index)
-    candidates = _Candidates(listings, status, image_ids, dict(listings_of_image))
+    candidates = _Candidates(labels_of_listings, status, image_ids, dict(listings_of_image),
+                             num_referenced=len(listings_of_image))
     for image_id, indices in candidates.listings_of_image.items():
-        row = store.rows.get(image_id)
-        if row is None:
+        position = image_index.position.get(image_id)
+        if position is None:
             candidates.image_status[image_id] = "missing_from_images_csv"
-        elif row.path in store.refused:  # path_outside_images, file_too_large
-            candidates.image_status[image_id] = store.refused[row.path]
-        elif row.path not in store.locations:
+        elif image_id in image_index.refused:  # path_outside_images, file_too_large
+            candidates.image_status[image_id] = image_index.refused[image_id]
+        elif position == image_index.NOT_IN_ARCHIVE:
             candidates.image_status[image_id] = "missing_from_archive"
         elif len(indices) > options.max_listings_per_image:
             candidates.image_status[image_id] = "over_shared"
@@ -162,42 +243,62 @@ def _warm_up():
     """Worker: nothing; submitting it starts the process early."""
 
 
-def _scan_chunk(reader, items, max_side):
-    """Worker: `(image id, reject reason or None, sha256, [height, width] if stored as-is)` per item.
+class _Located(NamedTuple):
+    image_id: str
+    path: str
+    location: tuple  # (offset in the tar or None, size)
+
+
+class _Scanned(NamedTuple):
+    """A scanned image; the id is the caller's (an unpickled copy would double the ids' memory)."""
+
+    reason: str | None  # why the image is rejected, None if it may be kept
+    sha256: str
+    copy_size: tuple | None  # (height, width) when stored as-is
+
+
+def _scan_chunk(items, reader, max_side):
+    """Worker: a `_Scanned` per `_Located` item.
 
     The sizes of files that are copied as they are travel in the plan, so the
     write pass does not parse them again.
     """
     results = []
-    for (image_id, _, _), data in zip(items, reader.read_many([item[1:] for item in items])):
+    for item, data in zip(items, reader.read_many([(item.path, item.location) for item in items])):
         reason, copy_size = None, None
         try:
             info = images.inspect_image(data)
-            copy_size = [info.height, info.width] if images.can_copy(info, max_side) else None
+            copy_size = (info.height, info.width) if images.can_copy(info, max_side) else None
         except images.RejectedImage as error:
             reason = error.reason
-        results.append((image_id, reason, hashlib.sha256(data).hexdigest(), copy_size))
+        results.append(_Scanned(reason, hashlib.sha256(data).hexdigest(), copy_size))
     return results
 
 
-def _located(store, image_ids):
-    """`(image id, path, location)` in archive order, so reads are sequential."""
-    items = [(image_id, store.rows[image_id].path, store.locations[store.rows[image_id].path]) for image_id in image_ids]
-    return sorted(items, key=lambda item: (item[2][0] or 0, item[1]))
+def _located(image_index, image_ids):
+    """`_Located` items in archive order, so reads are sequential."""
+    items = []
+    for image_id in image_ids:
+        path, offset, size = image_index.locate(image_id)
+        items.append(_Located(image_id, path, (offset, size)))
+    return sorted(items, key=lambda item: (item.location[0] or 0, item.path))
 
 
-def _scan(candidates, store, pool, options):
+def _scan(candidates, image_index, reader, pool, options):
     pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
-    items = _located(store, pending)
+    items = _located(image_index, pending)
     chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
-    reader = store.without_index()
-    with tqdm(total=len(items), desc="scan", unit="img", disable=not options.progress) as bar:
-        for results in pool.map(_scan_chunk, [reader] * len(chunks), chunks, [options.resize] * len(chunks)):
-            for image_id, reason, digest, copy_size in results:
-                candidates.sha256[image_id] = digest
-                candidates.copy_size[image_id] = copy_size
-                if reason is not None:
-                    candidates.image_status[image_id] = reason
+    total = len(items)
+    del items, pending
+    with tqdm(total=total, desc="scan", unit="img", disable=not options.progress) as bar:
+        scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
+        for number, results in enumerate(scanned):
+            for item, result in zip(chunks[number], results):
+                candidates.sha256[item.image_id] = result.sha256
+                candidates.copy_size[item.image_id] = result.copy_size
+                if result.reason is not None:
+                    candidates.image_status[item.image_id] = result.reason
+            chunks[number] = None  # done: its items (about 180 bytes an image) go before the next chunk's results come
             bar.update(len(results))
 
 
@@ -259,21 +360,36 @@ def _plan_splits(candidates, options):
 # --- plan of the write -------------------------------------------------------
 
 
-def _record_item(candidates, store, vocabulary, image_types, image_id):
-    row = store.rows[image_id]
+class PlanItem(NamedTuple):
+    """One record to write: where its image is, what it is, and its size if stored as-is."""
+
+    image_id: str
+    path: str  # relative to images/<variant>/
+    offset: int | None  # in the tar, None in a folder
+    size: int
+    sha256: str  # hex digest of the file as shipped
+    label: int
+    product_type: str
+    item_id: str
+    copy_size: tuple | None  # (height, width) when the file is stored as-is, else None
+
+
+def _record_item(candidates, image_index, vocabulary, image_types, image_id):
     label, name = vocabulary.label_of(image_types[image_id])
-    item_id = min(candidates.listings[index].item_id for index in candidates.listings_of_image[image_id])
-    return [image_id, row.path, list(store.locations[row.path]), candidates.sha256[image_id], label, name, item_id,
-            candidates.copy_size[image_id]]
+    item_id = min(candidates.listings[listing].item_id for listing in candidates.listings_of_image[image_id])
+    path, offset, size = image_index.locate(image_id)
+    return PlanItem(image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id,
+                    candidates.copy_size[image_id])
 
 
-def _make_plan(candidates, store, vocabulary, image_types, split_members, options):
+def _make_plan(candidates, image_index, vocabulary, image_types, split_members, options):
     """The shards, each a list of pieces, each a list of record items, plus a fingerprint."""
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     for name in split.SPLITS:
-        items = [_record_item(candidates, store, vocabulary, image_types, image_id) for image_id in split_members[name]]
-        num_shards = shards.num_shards_for(sum(item[2][1] for item in items), shard_bytes)
+        items = [_record_item(candidates, image_index, vocabulary, image_types, image_id)
+                 for image_id in split_members[name]]
+        num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
         for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
             pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
             plan["shards"].append({"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]})
@@ -284,7 +400,7 @@ def _make_plan(candidates, store, vocabulary, image_types, split_members, option
         digest.update(shard["file"].encode())
         for piece in shard["pieces"]:
             for item in piece:
-                digest.update(f"{item[0]}:{item[3]}:{item[4]};".encode())
+                digest.update(f"{item.image_id}:{item.sha256}:{item.label};".encode())
     plan["fingerprint"] = digest.hexdigest()
     return plan
 
@@ -292,100 +408,107 @@ def _make_plan(candidates, store, vocabulary, image_types, split_members, option
 # --- output folder: fresh, resumed, finished or refused ----------------------
 
 
-def _existing_build(output):
-    """The plan or manifest found in `output`, or None for a missing/empty folder."""
-    for path in (os.path.join(output, shards.MANIFEST), os.path.join(output, STATE_DIR, PLAN_FILE)):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-    if os.path.isdir(output) and os.listdir(output) == [STATE_DIR]:
-        shutil.rmtree(os.path.join(output, STATE_DIR))  # killed before its plan was saved: nothing to resume
-        return None
-    if os.path.isdir(output) and os.listdir(output):
-        raise UserInputError(f"--output {output!r} is not empty and holds no abo_tf build: choose an empty or new folder")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UserInputError(f"--output {output!r} is a file: choose a folder")
+def _is_build_file(name):
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _BUILD_PATTERNS)
+
+
+def _read_build_state(output):
+    """The manifest, else the saved plan, of a build in `output`; None if there is neither.
+
+    Raises:
+      UserInputError: the file is not JSON, or not a build's.
+    """
+    for path, what in ((os.path.join(output, shards.MANIFEST), "build manifest"),
+                       (os.path.join(output, STATE_DIR, PLAN_FILE), "build plan")):
+        state = read_json(path, what=what)
+        if state is None:
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("options"), dict) or "fingerprint" not in state:
+            raise NotABuildError(f"{path!r} is not the {what} of an abo_tf build: "
+                                 "move it away or choose another folder")
+        return state
     return None
 
 
-def _check_output(options, fingerprint=None):
+def _holds_only_a_build(output):
+    """Recognises a build written before output markers existed: only build files, a build's manifest or plan."""
+    if not all(_is_build_file(name) for name in outputs.contents(output)):
+        return False
+    try:  # a manifest that is not JSON raises: the message says so
+        return _read_build_state(output) is not None or outputs.contents(output) == [STATE_DIR]
+    except NotABuildError:
+        return False
+
+
+def _claim_output(options):
+    """Claims --output before any work: a file, an unwritable path or someone else's folder fails here."""
+    return outputs.claim(options.output, COMMAND, "--output", recognise=_holds_only_a_build)
+
+
+def _check_output(options, folder, fingerprint=None):
     """Refuses a folder holding a different build unless --overwrite; clears it if allowed.
 
     Returns:
       True when the folder holds the same build, finished or interrupted.
     """
-    existing = _existing_build(options.output)
+    existing = _read_build_state(options.output)
     if existing is None:
+        _remove_build(folder)  # at most a state folder killed before its plan was saved: nothing to resume
         return False
     same = existing.get("options") == options.output_options() and fingerprint in (None, existing.get("fingerprint"))
     if same:
         return True
     if not options.overwrite:
         raise UserInputError(f"--output {options.output!r} holds a different build (other options or inputs): pass --overwrite to replace it, or choose another folder")
-    shutil.rmtree(options.output)
+    _remove_build(folder)
     return False
+
+
+def _remove_build(folder):
+    """Deletes what a build wrote; refuses, deleting nothing, if the folder also holds anything else."""
+    foreign = [name for name in outputs.contents(folder.path) if not _is_build_file(name)]
+    if foreign:
+        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign[0]!r}, which build_records did not "
+                                        "write: move it away, or choose another folder")
+    outputs.remove_owned(folder, _BUILD_PATTERNS)
 
 
 # --- pass 2: write -----------------------------------------------------------
 
 
-def _encode_piece(reader, items, max_side):
-    """Worker: the framed records of one piece, and what became of each image."""
-    framed, written, rejected = [], [], {}
+def _encode_piece(items, reader, max_side):
+    """Worker: the framed records of one piece, the rejected images' reasons, how many were re-encoded."""
+    framed, rejected = [], {}
     reencoded = 0
-    for item, data in zip(items, reader.read_many([(item[1], tuple(item[2])) for item in items])):
-        image_id, _, _, digest, label, name, item_id, copy_size = item
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise BuildError(f"image {image_id} changed while the build was running: start again")
+    for item, data in zip(items, reader.read_many([(item.path, (item.offset, item.size)) for item in items])):
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise BuildError(f"image {item.image_id} changed while the build was running: start again")
         try:
-            jpeg, height, width, was_reencoded = (data, *copy_size, False) if copy_size else images.prepare_image(data, max_side)
+            if item.copy_size:
+                jpeg, (height, width), was_reencoded = data, item.copy_size, False
+            else:
+                jpeg, height, width, was_reencoded = images.prepare_image(data, max_side)
         except images.RejectedImage as error:
-            rejected[image_id] = error.reason
+            rejected[item.image_id] = error.reason
             continue
         reencoded += was_reencoded
-        record = schema.Record(jpeg, label, name, image_id, digest, item_id, height, width)
+        record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id,
+                               height, width)
         framed.append(shards.frame_record(schema.encode_record(record)))
-        written.append([image_id, digest, label])
-    return b"".join(framed), {"written": written, "rejected": rejected, "reencoded": reencoded}
-
-
-def _write_json(path, value, indent=None):
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=indent, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def _load_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return b"".join(framed), rejected, reencoded
 
 
 def _finished_shard(options, shard):
     """The saved result of a shard written by an earlier, interrupted run of the same plan."""
-    result = _load_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"))
+    path = os.path.join(options.output, STATE_DIR, shard["file"] + ".json")
+    try:
+        result = read_json(path, what="shard result")
+    except UserInputError:
+        return None  # damaged bookkeeping of our own: write the shard again
     return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
 
 
-def _ordered_pieces(pool, reader, pieces, max_side, window):
-    """Encodes pieces in the workers, yielding results in order with at most `window` in flight.
-
-    The window keeps memory flat however large the dataset: workers never run
-    more than a few pieces ahead of the writer.
-    """
-    pending, pieces = collections.deque(), iter(pieces)
-    for piece in itertools.islice(pieces, window):
-        pending.append(pool.submit(_encode_piece, reader, piece, max_side))
-    while pending:
-        result = pending.popleft().result()
-        for piece in itertools.islice(pieces, 1):
-            pending.append(pool.submit(_encode_piece, reader, piece, max_side))
-        yield result
-
-
-def _write_shards(plan, store, options, pool):
+def _write_shards(plan, reader, options, pool):
     """Writes every shard not finished by an earlier run; returns per-shard results.
 
     A shard is written under a temporary name and renamed when complete, its
@@ -395,7 +518,9 @@ def _write_shards(plan, store, options, pool):
     results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
     todo = [index for index, result in results.items() if result is None]
     pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
-    encoded = _ordered_pieces(pool, store.without_index(), pieces, options.resize, window=2 * options.workers + 2)
+    # The window keeps memory flat however large the dataset: workers never run
+    # more than a few pieces ahead of the writer.
+    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, reader, options.resize)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
     with tqdm(total=total, desc="write", unit="img", disable=not options.progress) as bar:
         for index in todo:
@@ -409,17 +534,20 @@ def _write_shard(options, shard, encoded, bar):
     result = {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
     with open(final + ".tmp", "wb") as handle:
         for piece in shard["pieces"]:
-            data, piece_result = next(encoded)
+            data, rejected, reencoded = next(encoded)
             handle.write(data)
             digest.update(data)
-            result["written"] += piece_result["written"]
-            result["rejected"].update(piece_result["rejected"])
-            result["reencoded"] += piece_result["reencoded"]
+            # Built from the plan's items, whose strings are shared, not from the worker's copies.
+            result["written"] += [(item.image_id, item.sha256, item.label)
+                                  for item in piece if item.image_id not in rejected]
+            result["rejected"].update(rejected)
+            result["reencoded"] += reencoded
             result["num_bytes"] += len(data)
             bar.update(len(piece))
+    shard["pieces"] = None  # written: its items are no longer needed
     result["sha256"] = digest.hexdigest()
     os.replace(final + ".tmp", final)
-    _write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result)
+    write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
     return result
 
 
@@ -452,8 +580,8 @@ def _account(candidates, listings_report, shard_results):
     image_status = collections.Counter(candidates.image_status.values())
     if sum(listing_status.values()) != listings_report.lines_read:
         raise BuildError(f"listings: {sum(listing_status.values())} accounted for, {listings_report.lines_read} read")
-    if sum(image_status.values()) != len(candidates.listings_of_image) or image_status[KEPT] != len(written):
-        raise BuildError(f"images: {sum(image_status.values())} accounted for, {len(candidates.listings_of_image)} referenced")
+    if sum(image_status.values()) != candidates.num_referenced or image_status[KEPT] != len(written):
+        raise BuildError(f"images: {sum(image_status.values())} accounted for, {candidates.num_referenced} referenced")
     return listing_status, image_status
 
 
@@ -470,10 +598,9 @@ def _split_summary(plan, shard_results, vocabulary):
     return splits
 
 
-def _make_manifest(options, plan, context, shard_results, elapsed):
-    candidates, store, report, vocabulary, conflicts = context
+def _make_manifest(options, plan, prepared, shard_results, elapsed):
+    candidates, report, vocabulary = prepared.candidates, prepared.report, prepared.vocabulary
     listing_status, image_status = _account(candidates, report, shard_results)
-    digest = hashlib.sha256("".join(sorted(candidates.sha256.values())).encode()).hexdigest()
     return {
         "dataset": schema.DATASET_NAME,
         "version": schema.DATASET_VERSION,
@@ -482,42 +609,66 @@ def _make_manifest(options, plan, context, shard_results, elapsed):
         "inputs": {
             "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest(),
                          "truncated": report.truncated},
-            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": store.csv_sha256, "images_csv_rows": len(store.rows), "scanned_content_sha256": digest,
-                       "truncated": store.truncated},
+            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": prepared.images_csv_sha256,
+                       "images_csv_rows": prepared.images_csv_rows,
+                       "scanned_content_sha256": prepared.scanned_content_sha256, "truncated": prepared.images_truncated},
         },
         "classes": list(vocabulary.names),
         "splits": _split_summary(plan, shard_results, vocabulary),
-        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())), "malformed_lines": report.malformed_lines[:20],
-                     "malformed_reasons": dict(sorted(report.malformed_reasons.items())), "unknown_fields": dict(sorted(report.unknown_keys.items()))},
-        "images": {"referenced": len(candidates.listings_of_image), "kept": image_status.pop(KEPT, 0), "dropped": dict(sorted(image_status.items())), "reencoded": sum(result["reencoded"] for result in shard_results)},
-        "label_conflicts": conflicts,
+        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())),
+                     "malformed_lines": report.malformed_lines[:20],
+                     "malformed_reasons": dict(sorted(report.malformed_reasons.items())),
+                     "unknown_fields": dict(sorted(report.unknown_keys.items()))},
+        "images": {"referenced": candidates.num_referenced, "kept": image_status.pop(KEPT, 0),
+                   "dropped": dict(sorted(image_status.items())),
+                   "reencoded": sum(result["reencoded"] for result in shard_results)},
+        "label_conflicts": prepared.conflicts,
         "elapsed_seconds": round(elapsed, 2),
     }
 
 
-def _finish(options, manifest):
+def _finish(folder, manifest):
     """Writes labels, TFDS metadata and, last, the manifest; removes the build state."""
-    output = options.output
-    with open(os.path.join(output, shards.LABELS_FILE), "w", encoding="utf-8") as handle:
-        handle.write("".join(name + "\n" for name in manifest["classes"]))
+    output = folder.path
+    shards.write_labels(os.path.join(output, shards.LABELS_FILE), manifest["classes"])
     shards.write_tfds_metadata(output, manifest["classes"], {
         name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"]) for name, entry in manifest["splits"].items()
     })
-    _write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
-    shutil.rmtree(os.path.join(output, STATE_DIR))
+    write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
+    outputs.remove_owned(folder, [STATE_DIR])
 
 
-def _prepare(options, store, report, pool):
-    """Everything before the write: candidates, scan, labels, split, plan."""
-    candidates = _read_candidates(options, store, report)
-    _scan(candidates, store, pool, options)
+def _prepare(options, image_index, reader, report, pool):
+    """Everything before the write: candidates, scan, labels, split, plan.
+
+    Returns:
+      `(plan, _Prepared)`; what only the plan needed is freed.
+    """
+    candidates = _read_candidates(options, image_index, report)
+    _scan(candidates, image_index, reader, pool, options)
     _drop_duplicate_content(candidates)
     vocabulary, image_types, conflicts = _label_images(candidates, options)
     if len(vocabulary.names) < 2:
         raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
     split_members = _plan_splits(candidates, options)
-    plan = _make_plan(candidates, store, vocabulary, image_types, split_members, options)
-    return plan, (candidates, store, report, vocabulary, conflicts)
+    plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
+    prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows,
+                         _content_digest(candidates), image_index.truncated)
+    _release_before_write(candidates)
+    return plan, prepared
+
+
+def _content_digest(candidates):
+    """SHA-256 over the sorted digests of every scanned image: what the build saw, for the manifest."""
+    digest = hashlib.sha256()
+    for value in sorted(candidates.sha256.values()):
+        digest.update(value.encode())
+    return digest.hexdigest()
+
+
+def _release_before_write(candidates):
+    """Drops what only the plan needed; the plan's items keep the strings they share."""
+    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
 
 
 def build(options):
@@ -528,41 +679,61 @@ def build(options):
 
     Returns:
       The manifest (a dict), also written to `<output>/manifest.json`.
+
+    Raises:
+      UserInputError: bad input or an unusable --output, before any work where it can be known then.
     """
     start = time.perf_counter()
+    created = not os.path.lexists(options.output)
+    folder = _claim_output(options)
     # The plan is a few objects per image, all alive until the end: the cyclic
     # GC would rescan them again and again (a quarter of the serial time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(options, start)
+        return _build(options, folder, start)
+    except BaseException:
+        if created and not outputs.contents(folder.path):
+            _unmake(folder)  # failed before writing anything: leave no empty folder behind
+        raise
     finally:
+        outputs.release(folder.path)
         if gc_was_enabled:
             gc.enable()
 
 
-def _build(options, start):
-    _check_output(options)
+def _unmake(folder):
+    """Removes a folder this build created and wrote nothing into but its claim."""
+    outputs.release(folder.path)
+    for name in (outputs.MARKER, outputs.LOCK):
+        if os.path.exists(os.path.join(folder.path, name)):
+            os.remove(os.path.join(folder.path, name))
+    os.rmdir(folder.path)
+
+
+def _build(options, folder, start):
+    _check_output(options, folder)
     context = multiprocessing.get_context("spawn")  # the parent may hold TensorFlow threads: no fork
     with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
         # Workers start (and import) while this process indexes the archive.
         warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
         store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
+        image_index, reader = _ImageIndex(store), store.without_index()
+        del store  # its dicts of ImageRows are now in the compact index
         report = archive.ListingsReport()
-        plan, state = _prepare(options, store, report, pool)
+        plan, prepared = _prepare(options, image_index, reader, report, pool)
+        del image_index
         concurrent.futures.wait(warm_up)
-        if _check_output(options, plan["fingerprint"]) and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
+        same_build = _check_output(options, folder, plan["fingerprint"])
+        if same_build and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
             return shards.read_manifest(options.output)  # the same build is already complete
         os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
-        _write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), {key: plan[key] for key in ("options", "fingerprint")})
-        shard_results = _write_shards(plan, store, options, pool)
+        saved_plan = {key: plan[key] for key in ("options", "fingerprint")}
+        write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), saved_plan, indent=None)
+        shard_results = _write_shards(plan, reader, options, pool)
     _check_no_leak(shard_results)
-    manifest = _make_manifest(options, plan, state, shard_results, time.perf_counter() - start)
-    # The plan is gone from memory before TensorFlow (for the TFDS metadata)
-    # comes in, so the peak does not stack the two.
-    del plan, state, store, shard_results
-    gc.collect()
-    _finish(options, manifest)
+    manifest = _make_manifest(options, plan, prepared, shard_results, time.perf_counter() - start)
+    _finish(folder, manifest)
     return manifest
 
 

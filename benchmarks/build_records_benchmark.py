@@ -1,13 +1,16 @@
-"""Benchmark: `build_records` in copy mode vs a minimal single-process tar -> TFRecord loop.
+"""Benchmark: `build_records` in copy mode vs a minimal single-process tar -> TFRecord loop, and `--verify`.
 
-    .venv/bin/python benchmarks/build_records_benchmark.py [--images 20000 80000] [--repeats 3]
+    .venv/bin/python benchmarks/build_records_benchmark.py [--images 20000 100000] [--repeats 3]
 
 Both read the same generated `abo-images-small.tar` (all images of every listing,
 `--image-selection all`); both are timed in-process, so process start-up is
-excluded (the build's own worker processes are included). Peak memory is the
-largest summed RSS of the build process and its workers, sampled every 20 ms
-while `python -m abo_tf.build_records` runs. Prints a Markdown table and writes
-benchmarks/results/build_records.json. About 10 minutes on 2 cores.
+excluded (the build's own worker processes are included). `--verify` of the
+build's output is timed the same way, in the same repeat, so its ratio to the
+build compares like with like. Peak memory is the largest summed RSS of the
+process and its workers, sampled every 20 ms while `python -m abo_tf.build_records`
+(build, then `--verify`) runs, once per repeat. Every figure is the median of
+the repeats. Prints a Markdown table and writes benchmarks/results/build_records.json.
+About 5 minutes on 2 cores for the defaults (generating the samples the first time: 2 more).
 """
 
 import argparse
@@ -19,13 +22,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from abo_tf import build_records  # noqa: E402
+from abo_tf import build_records
+from abo_tf.records import shards
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average
 
@@ -85,19 +88,46 @@ def _tree_rss_bytes(pid):
     return total
 
 
-def peak_memory(data_dir, output):
+def peak_memory(command):
     """Peak summed RSS (bytes) of a `python -m abo_tf.build_records` run and its workers."""
-    options = _options(data_dir, output)
-    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", options.listings, "--images", options.images,
-               "--output", output, "--image-selection", "all", "--min-examples-per-class", "1", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     peak = 0
     while process.poll() is None:
         peak = max(peak, _tree_rss_bytes(process.pid))
         time.sleep(0.02)
     if process.returncode:
-        raise RuntimeError(f"build failed: {' '.join(command)}")
+        raise RuntimeError(f"failed: {' '.join(command)}")
     return peak
+
+
+def _build_and_verify_memory(data_dir, output):
+    """Peak RSS (bytes) of a command-line build into `output` (emptied first), then of its `--verify`."""
+    shutil.rmtree(output, ignore_errors=True)
+    options = _options(data_dir, output)
+    command = [sys.executable, "-m", "abo_tf.build_records", "--no-progress"]
+    inputs = ["--listings", options.listings, "--images", options.images, "--output", output]
+    build_memory = peak_memory(command + inputs + ["--image-selection", "all", "--min-examples-per-class", "1"])
+    return build_memory, peak_memory(command + ["--verify", output])
+
+
+def _repeat(data_dir, work_dir, num_images, repeat):
+    """One repeat: the baseline loop, the build and its verify, timed in-process; then the peak RSS of each."""
+    images_tar = os.path.join(data_dir, "abo-images-small.tar")
+    seconds, count = _time(lambda: minimal_loop(images_tar, os.path.join(work_dir, "baseline.tfrecord")))
+    output = os.path.join(work_dir, f"out_{num_images}")
+    shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
+    build_seconds, manifest = _time(lambda: build_records.build(_options(data_dir, output)))
+    verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
+    build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
+    row = {"images_in_tar": count, "images_written": manifest["images"]["kept"],
+           "baseline_images_per_second": count / seconds,
+           "build_images_per_second": manifest["images"]["kept"] / build_seconds, "build_seconds": build_seconds,
+           "verify_seconds": verify_seconds, "verify_to_build": verify_seconds / build_seconds,
+           "build_peak_rss_mb": build_memory / 2**20, "verify_peak_rss_mb": verify_memory / 2**20}
+    print(f"  {num_images}: repeat {repeat}: baseline {row['baseline_images_per_second']:.0f} img/s, build "
+          f"{row['build_images_per_second']:.0f} img/s ({build_seconds:.1f} s, {row['build_peak_rss_mb']:.0f} MB), "
+          f"verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB)", flush=True)
+    return row
 
 
 def measure(num_images, repeats, work_dir):
@@ -107,23 +137,11 @@ def measure(num_images, repeats, work_dir):
 
         print(f"generating ~{num_images} images ...", flush=True)
         sample.generate_sample(data_dir, num_listings=round(num_images / IMAGES_PER_LISTING), seed=0, tar=True)
-    baseline, ours = [], []
-    for repeat in range(repeats):
-        seconds, count = _time(lambda: minimal_loop(os.path.join(data_dir, "abo-images-small.tar"), os.path.join(work_dir, "baseline.tfrecord")))
-        baseline.append(count / seconds)
-        output = os.path.join(work_dir, f"out_{num_images}_{repeat}")
-        shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
-        seconds, manifest = _time(lambda: build_records.build(_options(data_dir, output)))
-        ours.append(manifest["images"]["kept"] / seconds)
-        print(f"  {num_images}: repeat {repeat}: baseline {baseline[-1]:.0f} img/s, build_records {ours[-1]:.0f} img/s", flush=True)
-    shutil.rmtree(os.path.join(work_dir, f"mem_{num_images}"), ignore_errors=True)
-    memory = peak_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
-    return {
-        "images_in_tar": count, "images_written": manifest["images"]["kept"],
-        "baseline_images_per_second": statistics.median(baseline), "build_images_per_second": statistics.median(ours),
-        "ratio": statistics.median(ours) / statistics.median(baseline), "peak_rss_mb": memory / 2**20,
-        "repeats": repeats, "all_baseline": baseline, "all_build": ours,
-    }
+    rows = [_repeat(data_dir, work_dir, num_images, repeat) for repeat in range(repeats)]
+    result = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    result["ratio"] = result["build_images_per_second"] / result["baseline_images_per_second"]
+    result.update(repeats=repeats, all_repeats=rows)
+    return result
 
 
 def main():
@@ -132,7 +150,7 @@ def main():
     import tensorflow  # noqa: F401
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[20000, 80000])
+    parser.add_argument("--images", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
     args = parser.parse_args()
@@ -140,10 +158,13 @@ def main():
     results = {"cpu_count": os.cpu_count()}
     for num_images in args.images:
         results[str(num_images)] = measure(num_images, args.repeats, work_dir)
-    print("\n| images | minimal loop (img/s) | build_records (img/s) | ratio | peak RSS (MB) |\n|---|---|---|---|---|")
+    print("\n| images | minimal loop (img/s) | build_records (img/s) | ratio | verify / build time "
+          "| peak RSS build / verify (MB) |\n|---|---|---|---|---|---|")
     for num_images in args.images:
         row = results[str(num_images)]
-        print(f"| {row['images_written']} | {row['baseline_images_per_second']:.0f} | {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['peak_rss_mb']:.0f} |")
+        print(f"| {row['images_written']:.0f} | {row['baseline_images_per_second']:.0f} "
+              f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['verify_to_build']:.2f} "
+              f"| {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |")
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(REPO, "benchmarks", "results", "build_records.json"), "w") as handle:
         json.dump(results, handle, indent=2)

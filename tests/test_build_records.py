@@ -190,7 +190,7 @@ def test_killed_build_process_resumes(abo_sample, tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
     assert shards.verify_records(str(output), progress=False)
 
 

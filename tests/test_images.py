@@ -6,12 +6,9 @@ import pytest
 from PIL import Image
 
 from abo_tf.records import images
+from tests import crafted_images as crafted
 
-
-def _jpeg(height=40, width=60, channels=3):
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 255, (height, width, channels) if channels > 1 else (height, width), dtype=np.uint8)
-    return cv2.imencode(".jpg", pixels)[1].tobytes()
+_jpeg = crafted.jpeg
 
 
 def _pil_bytes(mode, fmt, size=(30, 20), color=None):
@@ -54,7 +51,7 @@ def test_transparent_png_goes_on_white():
 
 
 def test_resize_shrinks_the_longer_side():
-    jpeg, height, width, reencoded = images.prepare_image(_jpeg(100, 400), max_side=64)
+    _, height, width, reencoded = images.prepare_image(_jpeg(100, 400), max_side=64)
     assert reencoded and (height, width) == (16, 64)
 
 
@@ -78,3 +75,197 @@ def test_decompression_bomb_is_rejected_without_decoding():
     with pytest.raises(images.RejectedImage) as caught:
         images.prepare_image(bytes(data))
     assert caught.value.reason == images.TOO_LARGE
+
+
+# --- JPEGs the decoder refuses: patched bytes of a valid file -----------------
+# Each patch breaks one rule on which libjpeg-turbo (TensorFlow's decoder) stops
+# with an error; the test checks TensorFlow really refuses the file, so the rule
+# is the decoder's and not ours.
+
+
+_SOF, _DQT, _DHT, _SOS = crafted.SOF, crafted.DQT, crafted.DHT, crafted.SOS
+_Y_SAMPLING, _CB_SAMPLING, _CR_TABLE = crafted.Y_SAMPLING, crafted.CB_SAMPLING, crafted.CR_TABLE
+_patched, _segment_offset = crafted.patched, crafted.segment_offset
+
+
+@pytest.mark.parametrize("patches, detail", [
+    ([(_SOF, _CR_TABLE, 3)], "quantisation table 3, never defined"),
+    ([(_DQT, 0, 0x05)], "quantisation table 5"),
+    ([(_SOF, _Y_SAMPLING, 0x01)], "sampling factors 0x1"),
+    ([(_SOF, _Y_SAMPLING, 0x51)], "sampling factors 5x1"),
+    ([(_SOF, _Y_SAMPLING, 0x31), (_SOF, _CB_SAMPLING, 0x21)], "sampling 2x1 against 3x1"),
+    ([(_SOF, _Y_SAMPLING, 0x44)], "more than 10 blocks per MCU"),
+    ([(_SOS, 2, 0x33)], "Huffman table 0/3, never defined"),
+    ([(_SOS, 1, 9)], "scan of components [9, 2, 3]"),
+    ([(_DHT, 1, 3)], "bad Huffman table"),  # three 1-bit codes: over-subscribed
+    ([(_SOF, 5, 2)], "frame header of the wrong length"),
+], ids=["undefined-dqt", "dqt-index", "sampling-0", "sampling-5", "fractional-sampling", "mcu-size", "undefined-dht",
+        "scan-component", "oversubscribed-dht", "frame-length"])
+def test_jpeg_the_decoder_refuses_is_rejected_as_undecodable(patches, detail):
+    import tensorflow as tf
+
+    data = _patched(_jpeg(), *patches)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(data, channels=3)
+    with pytest.raises(images.RejectedImage) as caught:
+        images.prepare_image(data)
+    assert caught.value.reason == images.UNDECODABLE and detail in str(caught.value)
+
+
+def test_two_component_jpeg_is_undecodable():
+    import tensorflow as tf
+
+    data = _jpeg()
+    sof = _segment_offset(data, _SOF)
+    length = int.from_bytes(data[sof + 2:sof + 4], "big")
+    # Drop the third component from the frame header: 2 components, which no colour conversion takes.
+    data = data[:sof + 2] + (length - 3).to_bytes(2, "big") + data[sof + 4:sof + 9] + b"\x02" + \
+        data[sof + 10:sof + 2 + length - 3] + data[sof + 2 + length:]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(data, channels=3)
+    with pytest.raises(images.RejectedImage) as caught:
+        images.inspect_image(data)
+    assert caught.value.reason == images.UNDECODABLE and "2 components" in str(caught.value)
+
+
+def test_unknown_marker_is_undecodable():
+    import tensorflow as tf
+
+    data = _jpeg()
+    app0 = _segment_offset(data, 0xE0)
+    data = data[:app0 + 1] + b"\x98" + data[app0 + 2:]  # APP0 -> 0xFF98, a marker libjpeg does not know
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(data, channels=3)
+    with pytest.raises(images.RejectedImage) as caught:
+        images.inspect_image(data)
+    assert caught.value.reason == images.UNDECODABLE
+
+
+def _pil_jpeg(**options):
+    import io
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [
+    {"progressive": True}, {"subsampling": 0}, {"subsampling": 1, "optimize": True},
+    {"progressive": True, "subsampling": 0},
+], ids=["progressive", "444", "422-optimized", "progressive-444"])
+def test_common_jpeg_layouts_are_copied_and_decode(options):
+    import tensorflow as tf
+
+    data = _pil_jpeg(**options)
+    assert images.prepare_image(data) == (data, 50, 70, False)
+    assert tf.io.decode_jpeg(data, channels=3).shape == (50, 70, 3)
+    images.check_decodes(data, 50, 70)
+
+
+def test_jpeg_without_huffman_tables_is_reencoded_not_copied():
+    import tensorflow as tf
+
+    data = crafted.without_segments(_jpeg(), _DHT)  # libjpeg-turbo decodes it with the standard tables
+    assert tf.io.decode_jpeg(data, channels=3).shape == (40, 60, 3)
+    jpeg, height, width, reencoded = images.prepare_image(data)
+    assert reencoded and (height, width) == (40, 60) and images.can_copy(images.inspect_image(jpeg))
+
+
+def test_12_bit_jpeg_is_not_copied():
+    import tensorflow as tf
+
+    data = _patched(_jpeg(), (_SOF, 0, 12))  # 12-bit samples: TensorFlow's 8-bit decoder refuses it
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(data, channels=3)
+    info = images.inspect_image(data)
+    assert not images.can_copy(info)
+    with pytest.raises(images.RejectedImage) as caught:  # OpenCV's decoder does not take it either
+        images.prepare_image(data)
+    assert caught.value.reason == images.UNDECODABLE
+
+
+def _mutants(data, seed, count):
+    """`count` copies of `data` with one to three bytes changed, mostly in the headers."""
+    rng = np.random.default_rng(seed)
+    scan = data.find(b"\xff\xda")
+    for _ in range(count):
+        mutant = bytearray(data)
+        for _ in range(rng.integers(1, 4)):
+            position = rng.integers(2, scan + 14 if rng.random() < 0.8 else len(mutant))
+            mutant[position] = rng.integers(0, 256)
+        yield bytes(mutant)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_mutated_jpeg_is_copied_unless_tensorflow_decodes_it(seed):
+    import tensorflow as tf
+
+    copied = 0
+    for base in (_jpeg(), _pil_jpeg(progressive=True)):
+        for mutant in _mutants(base, seed, 100):
+            try:
+                info = images.inspect_image(mutant)
+            except images.RejectedImage:
+                continue
+            if images.can_copy(info):
+                copied += 1
+                tf.io.decode_jpeg(mutant, channels=3)  # raises if the check vouched for a file TensorFlow refuses
+    assert copied > 20  # the mutants are not all rejected: the test exercises the copy path
+
+
+# --- PNGs: sized from the header before any decoding -------------------------
+
+
+def test_png_decoding_past_the_budget_is_too_large_from_its_header():
+    bomb = crafted.png_of_zeros(9000, 9000, 16, 6, rows=1)  # 81 MP, under MAX_PIXELS, but 648 MB decoded
+    assert 9000 * 9000 < images.MAX_PIXELS
+    with pytest.raises(images.RejectedImage) as caught:
+        images.prepare_image(bomb)
+    assert caught.value.reason == images.TOO_LARGE and "648000000 bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize("bits, colour_type", [(16, 2), (3, 0), (16, 3), (8, 5)])
+def test_png_header_with_impossible_depth_is_undecodable(bits, colour_type):
+    data = bytearray(crafted.png_of_zeros(4, 4, 8, 2))
+    data[24:26] = bytes([bits, colour_type])
+    if (bits, colour_type) == (16, 2):  # a valid header: it decodes to 16-bit, and is halved to 8 bits
+        assert images.inspect_image(bytes(data)).bits == 16
+        return
+    with pytest.raises(images.RejectedImage) as caught:
+        images.inspect_image(bytes(data))
+    assert caught.value.reason == images.UNDECODABLE
+
+
+def test_16_bit_transparent_png_goes_on_white_in_strips(monkeypatch):
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 65535, (37, 23, 4), dtype=np.uint16)
+    data = cv2.imencode(".png", pixels)[1].tobytes()
+    eight_bit = (pixels // 257).astype(np.uint8)
+    alpha = eight_bit[:, :, 3:4].astype(np.float32) / 255.0
+    expected = np.round(eight_bit[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 100)  # 4 rows a strip: many strips
+    assert np.array_equal(images._decode_bgr(data), expected)
+
+
+def test_check_decodes_finds_a_wrong_size_and_a_png():
+    data = _jpeg()
+    images.check_decodes(data, 40, 60)
+    with pytest.raises(images.RejectedImage):
+        images.check_decodes(data, 40, 61)
+    with pytest.raises(images.RejectedImage) as caught:
+        images.check_decodes(_pil_bytes("RGB", "PNG"), 20, 30)
+    assert caught.value.reason == images.UNDECODABLE
+
+
+def test_second_start_of_image_is_undecodable():
+    import tensorflow as tf
+
+    data = _jpeg()
+    app0 = _segment_offset(data, 0xE0)
+    data = data[:app0] + b"\xff\xd8" + data[app0:]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(data, channels=3)
+    with pytest.raises(images.RejectedImage) as caught:
+        images.inspect_image(data)
+    assert caught.value.reason == images.UNDECODABLE and "second start-of-image" in str(caught.value)

@@ -37,8 +37,13 @@ class OutputFolder:
     earlier: bool
 
 
-def _contents(path):
-    return sorted(name for name in os.listdir(path) if name not in _BOOKKEEPING)
+def contents(path):
+    """The entries of an output folder, without the claim's own marker and lock."""
+    # The marker's temporary name (files.write_json) is bookkeeping too: a second
+    # process claiming the folder while the first writes its marker must see it
+    # as busy, not as holding a stranger's file.
+    return sorted(name for name in os.listdir(path)
+                  if name not in _BOOKKEEPING and not name.startswith(MARKER + ".tmp-"))
 
 
 def _make_folder(path, flag):
@@ -92,14 +97,14 @@ def claim(path, command, flag="--output", recognise=None):
     if marker is not None and (not isinstance(marker, dict) or marker.get("command") != command):
         owner = marker.get("command") if isinstance(marker, dict) else marker
         raise OutputFolderError(f"{flag} {path!r} holds the output of `abo_tf.{owner}`, not of `abo_tf.{command}`: choose another folder")
-    contents = _contents(path)
-    if marker is None and contents and not (recognise and recognise(path)):
+    entries = contents(path)
+    if marker is None and entries and not (recognise and recognise(path)):
         raise OutputFolderError(f"{flag} {path!r} is not empty and was not written by `abo_tf.{command}` "
-                                f"(it holds {contents[0]!r}): choose a new or empty folder")
+                                f"(it holds {entries[0]!r}): choose a new or empty folder")
     _lock(path, flag)
     if marker is None:
         files.write_json(os.path.join(path, MARKER), {"command": command})
-    return OutputFolder(path, command, earlier=bool(contents))
+    return OutputFolder(path, command, earlier=bool(entries))
 
 
 def remove_owned(folder, patterns):
@@ -108,14 +113,14 @@ def remove_owned(folder, patterns):
     Returns:
       The names of what is left that the command did not write.
     """
-    for name in _contents(folder.path):
+    for name in contents(folder.path):
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
             target = os.path.join(folder.path, name)
             if os.path.isdir(target) and not os.path.islink(target):
                 shutil.rmtree(target)
             else:
                 os.remove(target)
-    return _contents(folder.path)
+    return contents(folder.path)
 
 
 def release(path):

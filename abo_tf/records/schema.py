@@ -142,7 +142,7 @@ def parse_records(serialized, keys=None):
 
 
 def tfds_features(class_names):
-    """The same schema as a TFDS `FeaturesDict`, for `tfds.builder_from_directory`."""
+    """The same schema as a TFDS `FeaturesDict` (needs TensorFlow; the tests' oracle for `tfds_features_json`)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -154,3 +154,30 @@ def tfds_features(class_names):
     }
     features.update({key: tfds.features.Text() for key in TEXT_FEATURES})
     return tfds.features.FeaturesDict(features)
+
+
+# --- TFDS metadata as JSON: what `tfds_features(...).save_config` writes ------
+# Written without TensorFlow so the build never imports it (seconds and about
+# 500 MB of RSS); tests/test_tfds_metadata.py compares it with TFDS' own output.
+
+_TFDS_FEATURES = "tensorflow_datasets.core.features."
+
+
+def _tfds_int64_scalar():
+    return {"pythonClassName": _TFDS_FEATURES + "scalar.Scalar",
+            "tensor": {"dtype": "int64", "encoding": "none", "shape": {}}}
+
+
+def tfds_features_json(class_names):
+    """The `features.json` document TFDS reads the records with (proto3 JSON: int64 as strings)."""
+    features = {
+        IMAGE: {"pythonClassName": _TFDS_FEATURES + "image_feature.Image",
+                "image": {"dtype": "uint8", "encodingFormat": "jpeg", "shape": {"dimensions": ["-1", "-1", "3"]}}},
+        LABEL: {"pythonClassName": _TFDS_FEATURES + "class_label_feature.ClassLabel",
+                "classLabel": {"numClasses": str(len(class_names))}},
+        HEIGHT: _tfds_int64_scalar(),
+        WIDTH: _tfds_int64_scalar(),
+    }
+    text = {"pythonClassName": _TFDS_FEATURES + "text_feature.Text", "text": {}}
+    features.update({key: dict(text) for key in TEXT_FEATURES})
+    return {"pythonClassName": _TFDS_FEATURES + "features_dict.FeaturesDict", "featuresDict": {"features": features}}

@@ -7,15 +7,15 @@ data; tests/test_shards.py reads it back with `tf.data.TFRecordDataset`.
 """
 
 import hashlib
-import json
 import math
 import os
 import struct
 
 import google_crc32c
 
-from abo_tf.records import schema
 from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.files import read_json, write_json
+from abo_tf.records import schema
 
 MANIFEST = "manifest.json"
 LABELS_FILE = "labels.txt"
@@ -63,8 +63,10 @@ def read_manifest(records_dir):
     path = os.path.join(records_dir, MANIFEST)
     if not os.path.isfile(path):
         raise InputNotFoundError(f"no {MANIFEST} in {records_dir!r}: build the records with `python -m abo_tf.build_records` first")
-    with open(path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
+    manifest = read_json(path, what="build manifest")
+    if not isinstance(manifest, dict) or manifest.get("dataset") != schema.DATASET_NAME:
+        raise UserInputError(f"{path} is not the manifest of an abo_tf build: "
+                             "build the records with `python -m abo_tf.build_records`")
     if manifest.get("version") != schema.DATASET_VERSION:
         raise UserInputError(f"{path} is from records version {manifest.get('version')!r}, this abo_tf reads {schema.DATASET_VERSION!r}: rebuild the records")
     return manifest
@@ -81,31 +83,52 @@ def shard_paths(records_dir, manifest, split):
     return [os.path.join(records_dir, shard["file"]) for shard in manifest["splits"][split]["shards"]]
 
 
+TFDS_FILES = ("dataset_info.json", "features.json", f"{schema.LABEL}.labels.txt", "LICENSE")
+_TFDS_INFO = {
+    "description": "Amazon Berkeley Objects (ABO) catalog images labelled by product type, built by abo_tf.",
+    "location": {"urls": ["https://amazon-berkeley-objects.s3.amazonaws.com/index.html"]},
+    "citation": 'Collins et al., "ABO: Dataset and Benchmarks for Real-World 3D Object Understanding", CVPR 2022.',
+    "redistributionInfo": {"license": "CC BY 4.0, credit Amazon.com"},
+}
+# TFDS' default file name template; schema.shard_filename follows it.
+_TFDS_FILE_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def write_text(path, text):
+    """Writes `text` under a temporary name, then renames: a reader never sees half a file."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def write_labels(path, class_names):
+    """One class name a line, in label order (labels.txt and TFDS' label.labels.txt)."""
+    write_text(path, "".join(name + "\n" for name in class_names))
+
+
 def write_tfds_metadata(records_dir, class_names, splits):
     """Writes dataset_info.json & co so `tfds.builder_from_directory` reads the shards.
+
+    The files are those `tfds.folder_dataset.write_metadata` writes, as plain
+    JSON: importing TFDS would import TensorFlow into the build.
 
     Args:
       records_dir: the build's output folder.
       class_names: the vocabulary, label order.
       splits: dict split -> (list of per-shard example counts, total bytes).
     """
-    import tensorflow_datasets as tfds
-
-    split_infos = [
-        tfds.core.SplitInfo(name=name, shard_lengths=list(lengths), num_bytes=num_bytes)
+    info = dict(_TFDS_INFO, name=schema.DATASET_NAME, version=schema.DATASET_VERSION, fileFormat=schema.FILE_FORMAT)
+    info["splits"] = [
+        {"name": name, "shardLengths": [str(length) for length in lengths], "numBytes": str(num_bytes),
+         "filepathTemplate": _TFDS_FILE_TEMPLATE}
         for name, (lengths, num_bytes) in splits.items()
     ]
-    tfds.folder_dataset.write_metadata(
-        data_dir=records_dir,
-        features=schema.tfds_features(class_names),
-        split_infos=split_infos,
-        version=schema.DATASET_VERSION,
-        check_data=False,
-        description="Amazon Berkeley Objects (ABO) catalog images labelled by product type, built by abo_tf.",
-        homepage="https://amazon-berkeley-objects.s3.amazonaws.com/index.html",
-        citation='Collins et al., "ABO: Dataset and Benchmarks for Real-World 3D Object Understanding", CVPR 2022.',
-        license="CC BY 4.0, credit Amazon.com",
-    )
+    dataset_info, features, labels, license_file = (os.path.join(records_dir, name) for name in TFDS_FILES)
+    write_json(features, schema.tfds_features_json(class_names), indent=4)
+    write_labels(labels, class_names)
+    write_text(license_file, info["redistributionInfo"]["license"])
+    write_json(dataset_info, info, indent=2)  # last: TFDS takes a folder with dataset_info.json as complete
 
 
 class VerificationError(UserInputError):
@@ -130,40 +153,144 @@ def iter_framed_records(path):
         position += 16 + length
 
 
-def _check_shard_file(records_dir, shard):
-    path = os.path.join(records_dir, shard["file"])
-    if not os.path.isfile(path):
-        raise VerificationError(f"{path} is missing")
-    if file_sha256(path) != shard["sha256"]:
-        raise VerificationError(f"{path}: SHA-256 differs from the manifest")
-    count = sum(1 for _ in iter_framed_records(path))
-    if count != shard["num_examples"]:
-        raise VerificationError(f"{path}: {count} records, the manifest says {shard['num_examples']}")
-    return path
+# --- verification: every core, no TensorFlow ---------------------------------
+# A worker indexes each shard (SHA-256, both CRCs of every record), then workers
+# check chunks of records: parsed, labelled, and every image through the same
+# structure check the build copies by plus a libjpeg-turbo decode.
+
+VERIFY_CHUNK_BYTES = 8 << 20
 
 
-def _decoded_examples(paths):
-    """(image id, sha256, label, decoded shape == stored shape) of every record that decodes."""
-    import tensorflow as tf
-
-    def decode(serialized):
-        example = schema.parse_records(serialized)
-        image = tf.io.decode_jpeg(example[schema.IMAGE], channels=3)
-        shape_ok = tf.reduce_all(tf.shape(image)[:2] == tf.cast(tf.stack([example[schema.HEIGHT], example[schema.WIDTH]]), tf.int32))
-        return example[schema.IMAGE_ID], example[schema.IMAGE_SHA256], example[schema.LABEL], shape_ok
-
-    dataset = tf.data.TFRecordDataset(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    # A record that fails to decode is skipped here and found missing below.
-    dataset = dataset.ignore_errors()
-    return [(image_id.decode(), digest.decode(), int(label), bool(ok)) for image_id, digest, label, ok in dataset.as_numpy_iterator()]
+def _framing_error(path, position, what):
+    return VerificationError(f"{path}: bad {what} CRC at byte {position}: the shard is damaged, build it again")
 
 
-def verify_records(records_dir, progress=True):
+def _index_shard(path):
+    """Worker: `(sha256, number of records, [(start byte, end byte)] chunks)`, checking every CRC.
+
+    Streamed record by record: a whole 128 MB shard in each worker's memory
+    was most of verify's peak RSS.
+    """
+    digest, chunks, chunk_start, position, count = hashlib.sha256(), [], 0, 0, 0
+    with open(path, "rb", buffering=1 << 20) as handle:
+        while header := handle.read(12):
+            if len(header) < 12 or struct.unpack_from("<I", header, 8)[0] != _masked_crc(header[:8]):
+                raise _framing_error(path, position, "length")
+            (length,) = struct.unpack_from("<Q", header)
+            body = handle.read(length + 4)
+            if len(body) < length + 4 or struct.unpack_from("<I", body, length)[0] != _masked_crc(body[:length]):
+                raise _framing_error(path, position, "data")
+            digest.update(header)
+            digest.update(body)
+            count, position = count + 1, position + 16 + length
+            if position - chunk_start >= VERIFY_CHUNK_BYTES:
+                chunks.append((chunk_start, position))
+                chunk_start = position
+    if position > chunk_start:
+        chunks.append((chunk_start, position))
+    return digest.hexdigest(), count, chunks
+
+
+def _check_chunk(task, num_classes):
+    """Worker: `[(image id, sha256, label)]` of a chunk's records, or the first problem as a string."""
+    from abo_tf.records import images
+
+    path, start, end = task
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(end - start)
+    examples, position = [], 0
+    while position < len(data):
+        (length,) = struct.unpack_from("<Q", data, position)
+        record = parse_record(data[position + 12:position + 12 + length])
+        position += 16 + length
+        image_id = record[schema.IMAGE_ID].decode("utf-8", "replace")
+        if not 0 <= record[schema.LABEL] < num_classes:
+            return f"image {image_id} has label {record[schema.LABEL]}, there are {num_classes} classes"
+        try:
+            images.check_decodes(record[schema.IMAGE], record[schema.HEIGHT], record[schema.WIDTH])
+        except images.RejectedImage as error:
+            return f"image {image_id} would not decode in training ({error})"
+        examples.append((image_id, record[schema.IMAGE_SHA256].decode("ascii", "replace"), record[schema.LABEL]))
+    return examples
+
+
+def _read_varint(data, position):
+    byte = data[position]
+    if byte < 0x80:  # most lengths and tags: one byte
+        return byte, position + 1
+    value, shift = byte & 0x7F, 7
+    while True:
+        position += 1
+        if position >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, position + 1
+
+
+def _fields(data):
+    """`[(field number, wire type, value)]` of a protobuf message; length-delimited values as bytes."""
+    fields, position, end = [], 0, len(data)
+    while position < end:
+        key, position = _read_varint(data, position)
+        wire_type = key & 7
+        if wire_type == 2:
+            length, position = _read_varint(data, position)
+            if position + length > end:
+                raise ValueError("truncated field")
+            fields.append((key >> 3, wire_type, data[position:position + length]))
+            position += length
+        elif wire_type == 0:
+            value, position = _read_varint(data, position)
+            fields.append((key >> 3, wire_type, value))
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+            fields.append((key >> 3, wire_type, None))
+        else:
+            raise ValueError(f"wire type {wire_type}")
+    return fields
+
+
+def _feature_value(feature):
+    """The single value of a `tf.train.Feature`: bytes of a BytesList, int of an Int64List."""
+    for list_field, _, payload in _fields(feature):
+        for _, wire_type, value in _fields(payload):
+            if list_field == 3 and wire_type == 2:  # packed int64s
+                return _read_varint(value, 0)[0]
+            return value
+    raise ValueError("empty feature")
+
+
+def parse_record(serialized):
+    """A serialised `tf.train.Example` of the schema as a dict key -> bytes or int, without TensorFlow.
+
+    Raises:
+      VerificationError: not a record of the schema.
+    """
+    record = {}
+    try:
+        for _, _, features in _fields(serialized):
+            for _, _, entry in _fields(features):
+                parts = {field: value for field, _, value in _fields(entry)}
+                record[parts[1].decode("utf-8")] = _feature_value(parts[2])
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as error:
+        raise VerificationError(f"a record is not a serialised tf.train.Example ({error})") from error
+    missing = set(schema.BYTES_FEATURES + schema.INT64_FEATURES) - set(record)
+    if missing:
+        raise VerificationError(f"a record lacks the features {sorted(missing)}")
+    return record
+
+
+def verify_records(records_dir, progress=True, workers=None):
     """Re-reads a build: files, SHA-256s, CRCs, counts, labels, no leak, every image decodes.
 
     Args:
       records_dir: a build's output folder.
-      progress: show a progress bar over shards.
+      progress: show a progress bar over records.
+      workers: worker processes (default: one per core).
 
     Returns:
       Dict split -> number of examples verified.
@@ -171,20 +298,56 @@ def verify_records(records_dir, progress=True):
     Raises:
       VerificationError: the first problem found.
     """
+    import concurrent.futures
+    import multiprocessing
+
     from tqdm import tqdm
 
+    from abo_tf.common.parallel import bounded_map
+
     manifest = read_manifest(records_dir)
-    num_classes, split_of, counts = len(manifest["classes"]), {}, {}
     all_shards = [(name, shard) for name, entry in manifest["splits"].items() for shard in entry["shards"]]
-    for name, shard in tqdm(all_shards, desc="verify", unit="shard", disable=not progress):
-        examples = _decoded_examples([_check_shard_file(records_dir, shard)])
-        if len(examples) != shard["num_examples"]:
-            raise VerificationError(f"{shard['file']}: {shard['num_examples'] - len(examples)} image(s) do not decode")
-        for image_id, digest, label, shape_ok in examples:
-            if not 0 <= label < num_classes or not shape_ok:
-                raise VerificationError(f"{shard['file']}: image {image_id} has label {label} or a wrong stored size")
+    paths = [_existing_shard(records_dir, shard) for _, shard in all_shards]
+    workers = workers or os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")  # the caller may hold TensorFlow threads: no fork
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        tasks = []
+        for (_, shard), path, (digest, count, chunks) in zip(all_shards, paths, pool.map(_index_shard, paths)):
+            _check_index(path, shard, digest, count)
+            tasks += [(path, start, end) for start, end in chunks]
+        total = sum(shard["num_examples"] for _, shard in all_shards)
+        split_of_path = {path: name for (name, _), path in zip(all_shards, paths)}
+        results = bounded_map(pool, _check_chunk, tasks, 4 * workers, len(manifest["classes"]))
+        with tqdm(total=total, desc="verify", unit="img", disable=not progress) as bar:
+            counts = _check_examples(zip(tasks, results), split_of_path, bar)
+    return {name: counts.get(name, 0) for name in manifest["splits"]}
+
+
+def _existing_shard(records_dir, shard):
+    path = os.path.join(records_dir, shard["file"])
+    if not os.path.isfile(path):
+        raise VerificationError(f"{path} is missing: build the records again")
+    return path
+
+
+def _check_index(path, shard, digest, count):
+    if digest != shard["sha256"]:
+        raise VerificationError(f"{path}: SHA-256 differs from the manifest: build the records again")
+    if count != shard["num_examples"]:
+        raise VerificationError(f"{path}: {count} records, the manifest says {shard['num_examples']}")
+
+
+def _check_examples(checked_chunks, split_of_path, bar):
+    """Counts examples per split, failing on a chunk's problem or on an image in two splits."""
+    split_of, counts = {}, {}
+    for (path, _, _), examples in checked_chunks:
+        if isinstance(examples, str):
+            raise VerificationError(f"{path}: {examples}")
+        name = split_of_path[path]
+        for image_id, digest, _ in examples:
             for key in (image_id, digest):
                 if split_of.setdefault(key, name) != name:
-                    raise VerificationError(f"image {key} is in both {split_of[key]} and {name}")
+                    raise VerificationError(f"image {key} is in both {split_of[key]} and {name}: the split leaks")
         counts[name] = counts.get(name, 0) + len(examples)
+        bar.update(len(examples))
     return counts

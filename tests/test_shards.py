@@ -1,0 +1,152 @@
+"""shards: TFDS metadata written without TensorFlow, records parsed without it, and the parallel verify."""
+
+import json
+import os
+import shutil
+import struct
+
+import pytest
+import tensorflow as tf
+
+from abo_tf.records import schema, shards
+from tests import crafted_images as crafted
+
+SPLITS = {"train": ([120, 119], 2_000_000), "validation": ([30], 250_000), "test": ([31], 260_000)}
+CLASSES = ["BOOT", "CELLULAR_PHONE_CASE", "CHAIR"]
+
+
+def _shard_files(folder):
+    """Empty shard files named as the splits say: `write_metadata` looks for them."""
+    folder.mkdir()
+    for name, (lengths, _) in SPLITS.items():
+        for index in range(len(lengths)):
+            (folder / schema.shard_filename(name, index, len(lengths))).write_bytes(b"")
+
+
+def test_tfds_metadata_is_what_tfds_writes(tmp_path):
+    import tensorflow_datasets as tfds
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    _shard_files(ours)
+    _shard_files(theirs)
+    shards.write_tfds_metadata(str(ours), CLASSES, SPLITS)
+    info = shards._TFDS_INFO  # the texts are ours; what is compared is how TFDS lays them out
+    tfds.folder_dataset.write_metadata(
+        data_dir=str(theirs), features=schema.tfds_features(CLASSES), version=schema.DATASET_VERSION, check_data=False,
+        split_infos=[tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=size)
+                     for name, (lengths, size) in SPLITS.items()],
+        description=info["description"], homepage=info["location"]["urls"][0], citation=info["citation"],
+        license=info["redistributionInfo"]["license"],
+    )
+    assert sorted(os.listdir(ours)) == sorted(os.listdir(theirs))
+    for name in shards.TFDS_FILES:
+        mine, reference = (ours / name).read_text(), (theirs / name).read_text()
+        if name.endswith(".json"):
+            assert json.loads(mine) == json.loads(reference), name
+        assert mine == reference, name  # no field differs today: the bytes are the same
+
+
+def test_tfds_reads_metadata_written_without_tensorflow(tmp_path):
+    import tensorflow_datasets as tfds
+
+    folder = tmp_path / "records"
+    _shard_files(folder)
+    shards.write_tfds_metadata(str(folder), CLASSES, SPLITS)
+    builder = tfds.builder_from_directory(str(folder))
+    assert builder.info.features["label"].names == CLASSES
+    assert {name: split.num_examples for name, split in builder.info.splits.items()} == \
+        {name: sum(lengths) for name, (lengths, _) in SPLITS.items()}
+
+
+def test_parse_record_agrees_with_tensorflow(built_records):
+    records_dir, manifest = built_records
+    for record in tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "validation")).take(20):
+        parsed = tf.io.parse_single_example(record, schema.feature_spec())
+        expected = {key: value.numpy() for key, value in parsed.items()}
+        assert shards.parse_record(record.numpy()) == expected
+
+
+@pytest.mark.parametrize("data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"],
+                         ids=["missing-features", "truncated", "wire-type"])
+def test_parse_record_refuses_what_is_not_a_record(data):
+    with pytest.raises(shards.VerificationError):
+        shards.parse_record(data)
+
+
+# --- verify ------------------------------------------------------------------
+
+
+def _rewrite_first_record(records_dir, manifest, split, change):
+    """Replaces the first record of a split's first shard by `change(parsed record)`, fixing CRCs and the manifest."""
+    shard = manifest["splits"][split]["shards"][0]
+    path = os.path.join(records_dir, shard["file"])
+    records = list(shards.iter_framed_records(path))
+    fields = shards.parse_record(records[0])
+    fields = change(fields)
+    record = schema.Record(**{key: value.decode() if isinstance(value, bytes) and key != schema.IMAGE else value
+                              for key, value in fields.items()})
+    with open(path, "wb") as handle:
+        handle.write(b"".join(shards.frame_record(data) for data in [schema.encode_record(record), *records[1:]]))
+    shard["sha256"] = shards.file_sha256(path)
+    with open(os.path.join(records_dir, shards.MANIFEST), "w") as handle:
+        json.dump(manifest, handle)
+
+
+def _undecodable_image(fields):
+    fields[schema.IMAGE] = crafted.patched(fields[schema.IMAGE], (crafted.SOF, crafted.CR_TABLE, 3))
+    return fields
+
+
+def _label_out_of_range(fields):
+    fields[schema.LABEL] = 999
+    return fields
+
+
+def _wrong_size(fields):
+    fields[schema.WIDTH] += 1
+    return fields
+
+
+@pytest.mark.parametrize("change, expected", [
+    (_undecodable_image, "would not decode in training"),
+    (_label_out_of_range, "has label 999"),
+    (_wrong_size, "the record says"),
+], ids=["undecodable", "label", "size"])
+def test_verify_finds_a_bad_record_with_valid_crcs(change, expected, built_records, tmp_path):
+    records_dir, manifest = built_records
+    copy = tmp_path / "copy"
+    shutil.copytree(records_dir, copy)
+    manifest = json.loads(json.dumps(manifest))
+    _rewrite_first_record(str(copy), manifest, "test", change)
+    with pytest.raises(shards.VerificationError) as caught:
+        shards.verify_records(str(copy), progress=False, workers=2)
+    assert expected in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    if change is _undecodable_image:  # the rule is TensorFlow's: its decoder refuses the image too
+        record = next(iter(tf.data.TFRecordDataset(shards.shard_paths(str(copy), manifest, "test"))))
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_jpeg(tf.io.parse_single_example(record, schema.feature_spec())[schema.IMAGE], channels=3)
+
+
+def test_verify_finds_a_truncated_shard(built_records, tmp_path):
+    records_dir, manifest = built_records
+    copy = tmp_path / "copy"
+    shutil.copytree(records_dir, copy)
+    path = copy / manifest["splits"]["validation"]["shards"][0]["file"]
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(shards.VerificationError, match="bad data CRC"):
+        shards.verify_records(str(copy), progress=False)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verify_counts_every_example_with_any_number_of_workers(workers, built_records, monkeypatch):
+    records_dir, manifest = built_records
+    monkeypatch.setattr(shards, "VERIFY_CHUNK_BYTES", 50_000)  # many chunks per shard
+    assert shards.verify_records(records_dir, progress=False, workers=workers) == \
+        {split: entry["num_examples"] for split, entry in manifest["splits"].items()}
+
+
+def test_length_crc_is_checked_before_the_length_is_used(tmp_path):
+    path = tmp_path / "bad.tfrecord"
+    path.write_bytes(struct.pack("<Q", 2**40) + b"\x00" * 8)
+    with pytest.raises(shards.VerificationError, match="bad length CRC"):
+        shards._index_shard(str(path))
