@@ -27,6 +27,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.records import shards
 
@@ -53,7 +54,7 @@ def minimal_loop(images_tar, output_path):
 
 
 def _options(data_dir, output):
-    return build_records.BuildOptions(
+    return records_build.BuildOptions(
         listings=os.path.join(data_dir, "abo-listings.tar"), images=os.path.join(data_dir, "abo-images-small.tar"),
         output=output, image_selection="all", min_examples_per_class=1, progress=False,
     )
@@ -116,7 +117,7 @@ def _repeat(data_dir, work_dir, num_images, repeat):
     seconds, count = _time(lambda: minimal_loop(images_tar, os.path.join(work_dir, "baseline.tfrecord")))
     output = os.path.join(work_dir, f"out_{num_images}")
     shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
-    build_seconds, manifest = _time(lambda: build_records.build(_options(data_dir, output)))
+    build_seconds, manifest = _time(lambda: records_build.build(_options(data_dir, output)))
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
     row = {"images_in_tar": count, "images_written": manifest["images"]["kept"],

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from abo_tf.records import build as records_build
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SAMPLE_LISTINGS = 240
@@ -33,21 +35,17 @@ def abo_folder_sample(tmp_path_factory):
 
 
 def build_options(abo, output, **overrides):
-    from abo_tf import build_records
-
     values = dict(listings=abo["listings"], images=abo["images"], output=str(output), image_selection="all",
                   min_examples_per_class=3, workers=2, progress=False)
     values.update(overrides)
-    return build_records.BuildOptions(**values)
+    return records_build.BuildOptions(**values)
 
 
 @pytest.fixture(scope="session")
 def built_records(abo_sample, tmp_path_factory):
     """The sample built with every image of every listing; returns (output folder, manifest)."""
-    from abo_tf import build_records
-
     output = tmp_path_factory.mktemp("records") / "abo"
-    manifest = build_records.build(build_options(abo_sample, output))
+    manifest = records_build.build(build_options(abo_sample, output))
     return str(output), manifest
 
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.common import outputs
 from abo_tf.records import archive, images, schema, shards
@@ -52,7 +53,7 @@ def no_scan(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the build read the archive before refusing --output")
 
-    monkeypatch.setattr(build_records.archive, "open_images", fail)
+    monkeypatch.setattr(records_build.archive, "open_images", fail)
 
 
 # --- the output folder -------------------------------------------------------
@@ -115,7 +116,7 @@ def test_overwrite_deletes_only_what_a_build_wrote(built_records, abo_sample, tm
     code, _ = _run_cli(capsys, abo_sample, copy, "--min-examples-per-class", "5", "--overwrite")
     assert code == 0
     assert json.loads((copy / shards.MANIFEST).read_text())["options"]["min_examples_per_class"] == 5
-    assert not [name for name in outputs.contents(str(copy)) if not build_records._is_build_file(name)]
+    assert not [name for name in outputs.contents(str(copy)) if not records_build._is_build_file(name)]
 
 
 def test_build_from_before_markers_is_adopted(built_records, abo_sample, tmp_path, capsys):
@@ -160,11 +161,11 @@ def test_two_builds_racing_for_one_folder(abo_sample, tmp_path):
 def test_build_and_verify_never_import_tensorflow(abo_folder_sample, tmp_path):
     script = f"""
 import sys
-from abo_tf import build_records
+from abo_tf.records import build as records_build
 from abo_tf.records import shards
 from tests.conftest import build_options
 root = {abo_folder_sample["root"]!r}
-build_records.build(build_options({{"listings": root, "images": root}}, {str(tmp_path / "out")!r}))
+records_build.build(build_options({{"listings": root, "images": root}}, {str(tmp_path / "out")!r}))
 shards.verify_records({str(tmp_path / "out")!r}, progress=False)
 assert "tensorflow" not in sys.modules, sorted(name for name in sys.modules if name.startswith("tensorflow"))
 """

@@ -10,6 +10,7 @@ import tarfile
 import pytest
 import tensorflow as tf
 
+from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.records import archive, schema, shards
 from tests.conftest import build_options
@@ -127,7 +128,7 @@ def test_no_image_or_item_in_two_splits_and_groups_stay_whole(built_records, abo
 def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path):
     _, manifest = built_records
     folder = abo_folder_sample["root"]
-    again = build_records.build(build_options({"listings": folder, "images": folder}, tmp_path / "again", workers=1))
+    again = records_build.build(build_options({"listings": folder, "images": folder}, tmp_path / "again", workers=1))
     assert again["fingerprint"] == manifest["fingerprint"]
     assert [shard["sha256"] for entry in again["splits"].values() for shard in entry["shards"]] == \
         [shard["sha256"] for entry in manifest["splits"].values() for shard in entry["shards"]]
@@ -146,7 +147,7 @@ def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample
     for index in range(4):  # reversed, and spread over other files
         with gzip.open(metadata / f"listings_{index}.json.gz", "wt") as handle:
             handle.write("\n".join(lines[::-1][index::4]) + "\n")
-    again = build_records.build(build_options({"listings": str(shuffled), "images": str(shuffled)}, tmp_path / "out"))
+    again = records_build.build(build_options({"listings": str(shuffled), "images": str(shuffled)}, tmp_path / "out"))
     assert again["fingerprint"] == manifest["fingerprint"]
     assert again["splits"] == manifest["splits"]
 
@@ -155,7 +156,7 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
     _, manifest = built_records
     output = tmp_path / "resumed"
     calls = []
-    original = build_records._write_shard
+    original = records_build._write_shard
 
     def write_one_then_die(*args):
         if calls:
@@ -163,16 +164,16 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(build_records, "_write_shard", write_one_then_die)
+    monkeypatch.setattr(records_build, "_write_shard", write_one_then_die)
     with pytest.raises(KeyboardInterrupt):
-        build_records.build(build_options(abo_sample, output))
-    assert os.path.isdir(output / build_records.STATE_DIR)
+        records_build.build(build_options(abo_sample, output))
+    assert os.path.isdir(output / records_build.STATE_DIR)
     assert not (output / shards.MANIFEST).exists()
     (output / "abo-test.tfrecord-00000-of-00001.tmp").write_bytes(b"half a shard")  # a kill mid-write
-    monkeypatch.setattr(build_records, "_write_shard", original)
-    resumed = build_records.build(build_options(abo_sample, output))
+    monkeypatch.setattr(records_build, "_write_shard", original)
+    resumed = records_build.build(build_options(abo_sample, output))
     assert resumed["splits"] == manifest["splits"]
-    assert not (output / build_records.STATE_DIR).exists()
+    assert not (output / records_build.STATE_DIR).exists()
 
 
 def test_killed_build_process_resumes(abo_sample, tmp_path):
@@ -186,7 +187,7 @@ def test_killed_build_process_resumes(abo_sample, tmp_path):
                "--output", str(output), "--image-selection", "all", "--min-examples-per-class", "3", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not (output / build_records.STATE_DIR).exists() and process.poll() is None and time.time() < deadline:
+    while not (output / records_build.STATE_DIR).exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -197,7 +198,7 @@ def test_killed_build_process_resumes(abo_sample, tmp_path):
 def test_rerun_of_a_finished_build_changes_nothing(built_records, abo_sample):
     records_dir, manifest = built_records
     stamp = os.path.getmtime(os.path.join(records_dir, shards.MANIFEST))
-    assert build_records.build(build_options(abo_sample, records_dir))["fingerprint"] == manifest["fingerprint"]
+    assert records_build.build(build_options(abo_sample, records_dir))["fingerprint"] == manifest["fingerprint"]
     assert os.path.getmtime(os.path.join(records_dir, shards.MANIFEST)) == stamp
 
 
@@ -226,9 +227,9 @@ def test_verify_accepts_the_build_and_finds_damage(built_records, tmp_path):
 
 
 def test_rare_classes_other_and_max_classes(abo_sample, tmp_path):
-    manifest = build_records.build(build_options(abo_sample, tmp_path / "other", rare_classes="other", min_examples_per_class=20, max_classes=4))
+    manifest = records_build.build(build_options(abo_sample, tmp_path / "other", rare_classes="other", min_examples_per_class=20, max_classes=4))
     assert "OTHER" in manifest["classes"] and len(manifest["classes"]) <= 4
-    main_only = build_records.build(build_options(abo_sample, tmp_path / "main", image_selection="main"))
+    main_only = records_build.build(build_options(abo_sample, tmp_path / "main", image_selection="main"))
     assert main_only["images"]["referenced"] < manifest["images"]["referenced"]
 
 
@@ -241,8 +242,9 @@ def _run_cli(capsys, *args):
     return code, error
 
 
-def test_bad_inputs_give_one_line_errors(abo_sample, abo_folder_sample, tmp_path, capsys):
-    good = ["--listings", abo_sample["listings"], "--images", abo_sample["images"]]
+@pytest.fixture
+def bad_inputs(abo_sample, abo_folder_sample, tmp_path):
+    """Inputs that are not what ABO ships, by name."""
     not_abo = tmp_path / "other.tar"
     with tarfile.open(not_abo, "w") as tar:
         tar.add(__file__, arcname="readme.txt")
@@ -254,20 +256,26 @@ def test_bad_inputs_give_one_line_errors(abo_sample, abo_folder_sample, tmp_path
     shutil.copytree(os.path.join(abo_folder_sample["root"], "images", "small"), no_csv / "images" / "small")
     not_a_tar = tmp_path / "junk.tar"
     not_a_tar.write_bytes(b"this is not a tar file" * 100)
-    cases = {
-        "does not exist": ["--listings", str(tmp_path / "missing.tar"), "--images", abo_sample["images"]],
-        "no images/metadata/images.csv.gz": ["--listings", abo_sample["listings"], "--images", str(not_abo)],
-        "holds no listings": ["--listings", str(not_abo), "--images", abo_sample["images"]],
-        "truncated": ["--listings", str(truncated_listings), "--images", abo_sample["images"]],
-        "no images/metadata": ["--listings", abo_sample["listings"], "--images", str(no_csv)],
-        "not a readable": ["--listings", abo_sample["listings"], "--images", str(not_a_tar)],
-        "--split": good + ["--split", "0.5", "0.2", "0.2"],
-        "are required": ["--images", abo_sample["images"]],
-    }
-    for expected, args in cases.items():
-        code, error = _run_cli(capsys, *args, "--output", str(tmp_path / "out"))
-        assert code == 2, (expected, error)
-        assert expected in error and len(error.splitlines()) == 1, (expected, error)
+    return {"listings": abo_sample["listings"], "images": abo_sample["images"], "missing": str(tmp_path / "missing.tar"),
+            "not_abo": str(not_abo), "truncated": str(truncated_listings), "no_csv": str(no_csv), "junk": str(not_a_tar)}
+
+
+@pytest.mark.parametrize("expected, args", [
+    ("does not exist", ["--listings", "{missing}", "--images", "{images}"]),
+    ("no images/metadata/images.csv.gz", ["--listings", "{listings}", "--images", "{not_abo}"]),
+    ("holds no listings", ["--listings", "{not_abo}", "--images", "{images}"]),
+    ("truncated", ["--listings", "{truncated}", "--images", "{images}"]),
+    ("no images/metadata", ["--listings", "{listings}", "--images", "{no_csv}"]),
+    ("not a readable", ["--listings", "{listings}", "--images", "{junk}"]),
+    ("--split", ["--listings", "{listings}", "--images", "{images}", "--split", "0.5", "0.2", "0.2"]),
+    ("no --listings given and no ABO download under 'data'", ["--images", "{images}"]),
+])
+def test_bad_inputs_give_one_line_errors(bad_inputs, tmp_path, capsys, monkeypatch, expected, args):
+    monkeypatch.chdir(tmp_path)  # no data/ folder here
+    code, error = _run_cli(capsys, *[arg.format(**bad_inputs) for arg in args], "--output", str(tmp_path / "out"))
+    assert code == 2, (expected, error)
+    assert expected in error and len(error.splitlines()) == 1, (expected, error)
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_folder_holding_another_build_is_refused(built_records, abo_sample, tmp_path, capsys):

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abo_tf import build_records, evaluate
+from abo_tf.records import build as records_build
+from abo_tf import evaluate
 from abo_tf.reports import evaluation
 from tests.conftest import build_options
 
@@ -129,8 +130,8 @@ def _run(capsys, *args):
 def odd_records(abo_sample, tmp_path_factory):
     """Builds the tiny run cannot be evaluated on: no test split; training classes the run never saw."""
     root = tmp_path_factory.mktemp("odd_records")
-    build_records.build(build_options(abo_sample, root / "no_test", split_fractions=(0.9, 0.1, 0.0)))
-    build_records.build(build_options(abo_sample, root / "more_classes", min_examples_per_class=1))
+    records_build.build(build_options(abo_sample, root / "no_test", split_fractions=(0.9, 0.1, 0.0)))
+    records_build.build(build_options(abo_sample, root / "more_classes", min_examples_per_class=1))
     return root
 
 

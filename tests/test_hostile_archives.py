@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.reports import data_report
 from abo_tf.records import archive
@@ -256,7 +257,7 @@ def test_allow_truncated_reads_up_to_the_cut_and_says_so(abo_sample, tmp_path):
     listings, _ = _cut_listings("mid-member")(abo_sample, str(tmp_path))
     _, images = _cut_images(csv_first=True)(abo_sample, str(tmp_path))
     options = build_options({"listings": listings, "images": images}, tmp_path / "records", allow_truncated=True)
-    manifest = build_records.build(options)
+    manifest = records_build.build(options)
     for kind, path in (("listings", listings), ("images", images)):
         (cut,) = manifest["inputs"][kind]["truncated"]
         assert f"is truncated at byte {os.path.getsize(path)}" in cut
@@ -266,7 +267,7 @@ def test_allow_truncated_reads_up_to_the_cut_and_says_so(abo_sample, tmp_path):
     images_ = manifest["images"]
     assert images_["kept"] + sum(images_["dropped"].values()) == images_["referenced"]
     assert images_["dropped"]["missing_from_archive"] > len(truth["missing_from_archive"])
-    assert build_records._format_summary(manifest).count("WARNING: partial read") == 2
+    assert records_build.format_summary(manifest).count("WARNING: partial read") == 2
 
 
 # --- limits -----------------------------------------------------------------------

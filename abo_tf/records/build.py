@@ -1,0 +1,770 @@
+"""ABO archives -> leak-free, sharded TFRecords (the library of `python -m abo_tf.build_records`).
+
+    python -m abo_tf.build_records --listings abo-listings.tar \\
+        --images abo-images-small.tar --output tfrecords/abo/1.0.0
+
+Two parallel passes over the images: a scan (structure check and SHA-256 of
+every candidate image; content hashes take part in the leak-free grouping and
+the rejections must be known before classes are counted), then the write of
+shard pieces that are concatenated into TFDS-named shards. The plan (which
+image goes to which shard, in which order) is fixed before writing, so a re-run
+gives byte-identical shards and an interrupted run resumes where it stopped.
+"""
+
+import array
+import collections
+import concurrent.futures
+import dataclasses
+import fnmatch
+import gc
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from typing import NamedTuple
+
+from tqdm import tqdm
+
+from abo_tf.common import options as options_lib
+from abo_tf.common import outputs
+from abo_tf.common.errors import UserInputError
+from abo_tf.common.files import read_json, write_json
+from abo_tf.common.parallel import bounded_map
+from abo_tf.records import archive, download, images, labels, schema, shards, split
+
+STATE_DIR = ".build"  # plan and finished pieces of an unfinished build
+PLAN_FILE = "plan.json"
+PIECE_EXAMPLES = 512  # unit of parallel work; a shard is the unit of resumption
+SCAN_CHUNK = 2048
+IMAGE_SELECTIONS = ("main", "all")
+# Options that do not change the bytes written; everything else does.
+# allow_truncated changes what is read, which the fingerprint and the manifest's "truncated" lists record.
+_NON_OUTPUT_OPTIONS = ("listings", "images", "output", "workers", "overwrite", "progress", "allow_truncated")
+
+KEPT = "kept"
+COMMAND = "build_records"
+# Everything a build writes into --output, and nothing else: what --overwrite may
+# delete. Files are written under `<name>.tmp-<pid>` (`<name>.tmp` before) first.
+BUILD_FILES = (f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*", shards.MANIFEST, shards.LABELS_FILE,
+               *shards.TFDS_FILES, options_lib.CONFIG_FILE, STATE_DIR)
+_BUILD_PATTERNS = BUILD_FILES + tuple(name + ".tmp*" for name in BUILD_FILES)
+
+
+class BuildError(RuntimeError):
+    """An internal check failed (a leak, an accounting mismatch): a bug, not bad input."""
+
+
+class NotABuildError(UserInputError):
+    """--output holds a manifest or plan that is JSON but not an abo_tf build's."""
+
+
+_INPUTS = "inputs (extracted folder or the .tar as downloaded)"
+_LABELS, _SPLIT, _OUTPUT = "examples and labels", "split", "output"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Everything a build depends on; `python -m abo_tf.build_records --help` documents each."""
+
+    listings: str | None = options_lib.option(
+        group=_INPUTS, help=f"abo-listings.tar or the folder it was extracted into (default: looked for under "
+        f"{download.DATA_DIR}/)")
+    images: str | None = options_lib.option(
+        group=_INPUTS, help=f"abo-images-small.tar (or -original) or the folder it was extracted into (default: looked "
+        f"for under {download.DATA_DIR}/)")
+    image_variant: str = options_lib.option("small", choices=archive.IMAGE_VARIANTS, group=_INPUTS,
+                                        help="images/small (256 px) or images/original")
+    allow_truncated: bool = options_lib.option(
+        False, group=_INPUTS, help="read a truncated archive up to its cut (counted, and reported loudly) instead of "
+        "failing")
+    image_selection: str = options_lib.option("main", choices=IMAGE_SELECTIONS, group=_LABELS,
+                                          help="main image of each listing, or all its images")
+    min_examples_per_class: int = options_lib.option(10, minimum=1, group=_LABELS,
+                                                 help="product types with fewer images are dropped (or merged)")
+    max_classes: int | None = options_lib.option(minimum=2, group=_LABELS, help="keep the N most frequent product types")
+    rare_classes: str = options_lib.option("drop", choices=labels.RARE_CLASS_ACTIONS, group=_LABELS,
+                                       help="what happens to the examples of the other types")
+    split_fractions: tuple[float, ...] = options_lib.option(
+        (0.8, 0.1, 0.1), flag="--split", nargs=3, metavar=("TRAIN", "VALIDATION", "TEST"), minimum=0.0, group=_SPLIT,
+        help="fractions of the groups of images, summing to 1")
+    max_listings_per_image: int = options_lib.option(50, minimum=1, group=_SPLIT,
+                                                 help="drop boilerplate images shown by more listings")
+    seed: int = options_lib.option(0, group=_SPLIT, help="seed of the split and of the shuffle")
+    output: str = options_lib.option(os.path.join("tfrecords", schema.DATASET_NAME, schema.DATASET_VERSION), group=_OUTPUT,
+                                 config=False, help="the build's folder (new, empty, or an earlier build's)")
+    overwrite: bool = options_lib.option(False, group=_OUTPUT, config=False,
+                                     help="replace a different build in --output (only the files a build writes)")
+    shard_mb: float = options_lib.option(shards.DEFAULT_SHARD_MB, minimum=1.0, group=_OUTPUT, help="target shard size")
+    resize: int | None = options_lib.option(minimum=32, group=_OUTPUT,
+                                        help="re-encode images whose longer side exceeds N pixels")
+    workers: int = options_lib.option(os.cpu_count() or 1, minimum=1, group=_OUTPUT, config=False,
+                                  help="worker processes (default: this machine's cores)")
+    progress: bool = options_lib.option(True, group=options_lib.CONSOLE_GROUP, config=False, help="progress bars")
+
+    def __post_init__(self):
+        options_lib.validate(self)
+        fractions = tuple(self.split_fractions)
+        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
+            raise UserInputError(f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1")
+
+    def output_options(self):
+        """The options that determine the records' bytes, as saved in the manifest."""
+        values = dataclasses.asdict(self)
+        values["split_fractions"] = list(self.split_fractions)
+        return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
+
+
+class _ImageIndex:
+    """Where each image of images.csv sits in the archive: an id -> position dict and flat arrays.
+
+    The `ImageStore`'s dicts of `ImageRow`s and `(offset, size)` tuples take
+    about 540 bytes an image (tracemalloc, 100k images); this about 215, the
+    id and path strings included.
+    """
+
+    NOT_IN_ARCHIVE = -1
+
+    def __init__(self, store):
+        self.position = {}  # image id -> index into paths/offsets/sizes, or NOT_IN_ARCHIVE
+        self.paths = []  # relative to images/<variant>/
+        self.offsets, self.sizes = array.array("q"), array.array("q")  # offset -1: a file in a folder
+        self.refused = {}  # image id -> reason the reader refused its file (path_outside_images, file_too_large)
+        for image_id, row in store.rows.items():
+            location = store.locations.get(row.path)
+            if row.path in store.refused:
+                self.refused[image_id] = store.refused[row.path]
+            if location is None:
+                self.position[image_id] = self.NOT_IN_ARCHIVE
+                continue
+            self.position[image_id] = len(self.paths)
+            self.paths.append(row.path)
+            self.offsets.append(-1 if location[0] is None else location[0])
+            self.sizes.append(location[1])
+        self.num_rows, self.csv_sha256, self.truncated = len(store.rows), store.csv_sha256, store.truncated
+
+    def locate(self, image_id):
+        """`(path, offset or None, size)` of a located image."""
+        position = self.position[image_id]
+        offset = self.offsets[position]
+        return self.paths[position], None if offset < 0 else offset, self.sizes[position]
+
+
+class _ListingLabel(NamedTuple):
+    """What the build keeps of a listing: the rest of the `Listing` is dropped as it is read."""
+
+    item_id: str
+    product_type: str | None
+
+
+@dataclasses.dataclass
+class _Candidates:
+    """The state of the build between reading and writing.
+
+    `listings`, `listings_of_image`, `sha256` and `copy_size` are set to None
+    once the plan is made (`_release_before_write`): the write and the manifest
+    do not need them, and at 400k images they are hundreds of MB.
+    """
+
+    listings: list | None  # of _ListingLabel
+    status: list  # per listing: None while it may be kept, else the reason it is dropped
+    image_ids: list  # per listing: the image ids it contributes
+    listings_of_image: dict | None  # image id -> listing indices
+    image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
+    sha256: dict | None = dataclasses.field(default_factory=dict)  # image id -> hex digest
+    keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
+    copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
+    num_referenced: int = 0  # images referenced by the selected listings
+
+    def kept_ids(self, index):
+        """Listing `index`'s image ids, duplicates replaced by the copy kept."""
+        return [self.keeper.get(image_id, image_id) for image_id in self.image_ids[index]]
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """What the manifest needs from the steps before the write (the plan goes to the writer)."""
+
+    candidates: _Candidates
+    report: archive.ListingsReport
+    vocabulary: labels.Vocabulary
+    conflicts: dict
+    images_csv_sha256: str
+    images_csv_rows: int
+    scanned_content_sha256: str
+    images_truncated: list
+
+
+# --- reading and selecting ---------------------------------------------------
+
+
+def _select_images(listings, image_selection):
+    """Per listing: a drop reason or None, the image ids it contributes, its item id and type.
+
+    `listings` is streamed: a `Listing` is dropped as soon as it is read.
+    """
+    status, image_ids, seen, kept = [], [], set(), []
+    for listing in listings:
+        kept.append(_ListingLabel(listing.item_id, listing.product_type))
+        ids = listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
+        key = (listing.item_id, listing.domain_name)
+        reason = (
+            "missing_item_id" if not listing.item_id
+            else "duplicate_listing" if key in seen
+            else "missing_product_type" if listing.product_type is None
+            else None if ids
+            else "no_main_image" if image_selection == "main" else "no_image"
+        )
+        seen.add(key)
+        status.append(reason)
+        image_ids.append(tuple(ids) if reason is None else ())
+    return status, image_ids, kept
+
+
+def _read_candidates(options, image_index, listings_report):
+    listings = archive.read_listings(options.listings, listings_report, options.allow_truncated)
+    status, image_ids, labels_of_listings = _select_images(listings, options.image_selection)
+    listings_of_image = collections.defaultdict(list)
+    for index, ids in enumerate(image_ids):
+        for image_id in ids:
+            listings_of_image[image_id].append(index)
+    candidates = _Candidates(labels_of_listings, status, image_ids, dict(listings_of_image),
+                             num_referenced=len(listings_of_image))
+    for image_id, indices in candidates.listings_of_image.items():
+        position = image_index.position.get(image_id)
+        if position is None:
+            candidates.image_status[image_id] = "missing_from_images_csv"
+        elif image_id in image_index.refused:  # path_outside_images, file_too_large
+            candidates.image_status[image_id] = image_index.refused[image_id]
+        elif position == image_index.NOT_IN_ARCHIVE:
+            candidates.image_status[image_id] = "missing_from_archive"
+        elif len(indices) > options.max_listings_per_image:
+            candidates.image_status[image_id] = "over_shared"
+    return candidates
+
+
+# --- pass 1: scan ------------------------------------------------------------
+
+
+def _warm_up():
+    """Worker: nothing; submitting it starts the process early."""
+
+
+class _Located(NamedTuple):
+    image_id: str
+    path: str
+    location: tuple  # (offset in the tar or None, size)
+
+
+class _Scanned(NamedTuple):
+    """A scanned image; the id is the caller's (an unpickled copy would double the ids' memory)."""
+
+    reason: str | None  # why the image is rejected, None if it may be kept
+    sha256: str
+    copy_size: tuple | None  # (height, width) when stored as-is
+
+
+def _scan_chunk(items, reader, max_side):
+    """Worker: a `_Scanned` per `_Located` item.
+
+    The sizes of files that are copied as they are travel in the plan, so the
+    write pass does not parse them again.
+    """
+    results = []
+    for item, data in zip(items, reader.read_many([(item.path, item.location) for item in items])):
+        reason, copy_size = None, None
+        try:
+            info = images.inspect_image(data)
+            copy_size = (info.height, info.width) if images.can_copy(info, max_side) else None
+        except images.RejectedImage as error:
+            reason = error.reason
+        results.append(_Scanned(reason, hashlib.sha256(data).hexdigest(), copy_size))
+    return results
+
+
+def _located(image_index, image_ids):
+    """`_Located` items in archive order, so reads are sequential."""
+    items = []
+    for image_id in image_ids:
+        path, offset, size = image_index.locate(image_id)
+        items.append(_Located(image_id, path, (offset, size)))
+    return sorted(items, key=lambda item: (item.location[0] or 0, item.path))
+
+
+def _scan(candidates, image_index, reader, pool, options):
+    pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+    items = _located(image_index, pending)
+    chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
+    total = len(items)
+    del items, pending
+    with tqdm(total=total, desc="scan", unit="img", disable=not options.progress) as bar:
+        scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
+        for number, results in enumerate(scanned):
+            for item, result in zip(chunks[number], results):
+                candidates.sha256[item.image_id] = result.sha256
+                candidates.copy_size[item.image_id] = result.copy_size
+                if result.reason is not None:
+                    candidates.image_status[item.image_id] = result.reason
+            chunks[number] = None  # done: its items (about 180 bytes an image) go before the next chunk's results come
+            bar.update(len(results))
+
+
+def _drop_duplicate_content(candidates):
+    """Keeps one image per distinct content (the smallest id); its listings take over the others'."""
+    by_digest = collections.defaultdict(list)
+    for image_id, digest in candidates.sha256.items():
+        if image_id not in candidates.image_status:
+            by_digest[digest].append(image_id)
+    for image_ids in by_digest.values():
+        keeper, *duplicates = sorted(image_ids)
+        for duplicate in duplicates:
+            candidates.image_status[duplicate] = "duplicate_content"
+            candidates.keeper[duplicate] = keeper
+            candidates.listings_of_image[keeper] = sorted(set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate]))
+
+
+# --- labels and split --------------------------------------------------------
+
+
+def _surviving(candidates):
+    return sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+
+
+def _label_images(candidates, options):
+    """Returns (vocabulary, image id -> product type, conflict counts)."""
+    types_per_image = {
+        image_id: [candidates.listings[index].product_type for index in candidates.listings_of_image[image_id]]
+        for image_id in _surviving(candidates)
+    }
+    image_types, conflicting_images = labels.resolve_image_types(types_per_image)
+    selected = [listing for listing, reason in zip(candidates.listings, candidates.status) if reason is None]
+    vocabulary = labels.make_vocabulary(
+        collections.Counter(image_types.values()), options.min_examples_per_class, options.max_classes, options.rare_classes
+    )
+    for image_id, product_type in image_types.items():
+        if vocabulary.mapping[product_type] is None:
+            candidates.image_status[image_id] = "rare_class"
+    conflicts = {"items": labels.count_conflicting_items(selected), "images": conflicting_images, "rule": labels.CONFLICT_RULE}
+    return vocabulary, image_types, conflicts
+
+
+def _plan_splits(candidates, options):
+    """Returns dict split -> image ids in their seeded, shuffled order."""
+    kept = _surviving(candidates)
+    kept_set = set(kept)
+    pairs = (
+        (candidates.listings[index].item_id, [image_id for image_id in candidates.kept_ids(index) if image_id in kept_set])
+        for index in range(len(candidates.listings))
+    )
+    groups = split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept})
+    split_of = split.assign_splits(groups, options.split_fractions, options.seed)
+    members = collections.defaultdict(list)
+    for image_id in kept:
+        members[split_of[image_id]].append(image_id)
+    return {name: split.shuffle_order(members[name], options.seed) for name in split.SPLITS}
+
+
+# --- plan of the write -------------------------------------------------------
+
+
+class PlanItem(NamedTuple):
+    """One record to write: where its image is, what it is, and its size if stored as-is."""
+
+    image_id: str
+    path: str  # relative to images/<variant>/
+    offset: int | None  # in the tar, None in a folder
+    size: int
+    sha256: str  # hex digest of the file as shipped
+    label: int
+    product_type: str
+    item_id: str
+    copy_size: tuple | None  # (height, width) when the file is stored as-is, else None
+
+
+def _record_item(candidates, image_index, vocabulary, image_types, image_id):
+    label, name = vocabulary.label_of(image_types[image_id])
+    item_id = min(candidates.listings[listing].item_id for listing in candidates.listings_of_image[image_id])
+    path, offset, size = image_index.locate(image_id)
+    return PlanItem(image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id,
+                    candidates.copy_size[image_id])
+
+
+def _make_plan(candidates, image_index, vocabulary, image_types, split_members, options):
+    """The shards, each a list of pieces, each a list of record items, plus a fingerprint."""
+    shard_bytes = options.shard_mb * 2**20
+    plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
+    for name in split.SPLITS:
+        items = [_record_item(candidates, image_index, vocabulary, image_types, image_id)
+                 for image_id in split_members[name]]
+        num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
+        for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
+            pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
+            plan["shards"].append({"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]})
+    # Locations are where bytes sit in this copy of the input, not what they are:
+    # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
+    digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
+    for shard in plan["shards"]:
+        digest.update(shard["file"].encode())
+        for piece in shard["pieces"]:
+            for item in piece:
+                digest.update(f"{item.image_id}:{item.sha256}:{item.label};".encode())
+    plan["fingerprint"] = digest.hexdigest()
+    return plan
+
+
+# --- output folder: fresh, resumed, finished or refused ----------------------
+
+
+def _is_build_file(name):
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _BUILD_PATTERNS)
+
+
+def _read_build_state(output):
+    """The manifest, else the saved plan, of a build in `output`; None if there is neither.
+
+    Raises:
+      UserInputError: the file is not JSON, or not a build's.
+    """
+    for path, what in ((os.path.join(output, shards.MANIFEST), "build manifest"),
+                       (os.path.join(output, STATE_DIR, PLAN_FILE), "build plan")):
+        state = read_json(path, what=what)
+        if state is None:
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("options"), dict) or "fingerprint" not in state:
+            raise NotABuildError(f"{path!r} is not the {what} of an abo_tf build: "
+                                 "move it away or choose another folder")
+        return state
+    return None
+
+
+def _holds_only_a_build(output):
+    """Recognises a build written before output markers existed: only build files, a build's manifest or plan."""
+    if not all(_is_build_file(name) for name in outputs.contents(output)):
+        return False
+    try:  # a manifest that is not JSON raises: the message says so
+        return _read_build_state(output) is not None or outputs.contents(output) == [STATE_DIR]
+    except NotABuildError:
+        return False
+
+
+def _claim_output(options):
+    """Claims --output before any work: a file, an unwritable path or someone else's folder fails here."""
+    return outputs.claim(options.output, COMMAND, "--output", recognise=_holds_only_a_build)
+
+
+def _check_output(options, folder, fingerprint=None):
+    """Refuses a folder holding a different build unless --overwrite; clears it if allowed.
+
+    Returns:
+      True when the folder holds the same build, finished or interrupted.
+    """
+    existing = _read_build_state(options.output)
+    if existing is None:
+        _remove_build(folder)  # at most a state folder killed before its plan was saved: nothing to resume
+        return False
+    same = existing.get("options") == options.output_options() and fingerprint in (None, existing.get("fingerprint"))
+    if same:
+        return True
+    if not options.overwrite:
+        raise UserInputError(f"--output {options.output!r} holds a different build (other options or inputs): pass --overwrite to replace it, or choose another folder")
+    _remove_build(folder)
+    return False
+
+
+def _remove_build(folder):
+    """Deletes what a build wrote; refuses, deleting nothing, if the folder also holds anything else."""
+    foreign = [name for name in outputs.contents(folder.path) if not _is_build_file(name)]
+    if foreign:
+        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign[0]!r}, which build_records did not "
+                                        "write: move it away, or choose another folder")
+    outputs.remove_owned(folder, _BUILD_PATTERNS)
+
+
+# --- pass 2: write -----------------------------------------------------------
+
+
+def _encode_piece(items, reader, max_side):
+    """Worker: the framed records of one piece, the rejected images' reasons, how many were re-encoded."""
+    framed, rejected = [], {}
+    reencoded = 0
+    for item, data in zip(items, reader.read_many([(item.path, (item.offset, item.size)) for item in items])):
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise BuildError(f"image {item.image_id} changed while the build was running: start again")
+        try:
+            if item.copy_size:
+                jpeg, (height, width), was_reencoded = data, item.copy_size, False
+            else:
+                jpeg, height, width, was_reencoded = images.prepare_image(data, max_side)
+        except images.RejectedImage as error:
+            rejected[item.image_id] = error.reason
+            continue
+        reencoded += was_reencoded
+        record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id,
+                               height, width)
+        framed.append(shards.frame_record(schema.encode_record(record)))
+    return b"".join(framed), rejected, reencoded
+
+
+def _finished_shard(options, shard):
+    """The saved result of a shard written by an earlier, interrupted run of the same plan."""
+    path = os.path.join(options.output, STATE_DIR, shard["file"] + ".json")
+    try:
+        result = read_json(path, what="shard result")
+    except UserInputError:
+        return None  # damaged bookkeeping of our own: write the shard again
+    return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
+
+
+def _write_shards(plan, reader, options, pool):
+    """Writes every shard not finished by an earlier run; returns per-shard results.
+
+    A shard is written under a temporary name and renamed when complete, its
+    result saved beside the plan, so a killed build resumes at the first
+    unfinished shard and ends with the same bytes.
+    """
+    results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
+    todo = [index for index, result in results.items() if result is None]
+    pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
+    # The window keeps memory flat however large the dataset: workers never run
+    # more than a few pieces ahead of the writer.
+    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, reader, options.resize)
+    total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
+    with tqdm(total=total, desc="write", unit="img", disable=not options.progress) as bar:
+        for index in todo:
+            results[index] = _write_shard(options, plan["shards"][index], encoded, bar)
+    return [results[index] for index in range(len(plan["shards"]))]
+
+
+def _write_shard(options, shard, encoded, bar):
+    final = os.path.join(options.output, shard["file"])
+    digest = hashlib.sha256()
+    result = {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
+    with open(final + ".tmp", "wb") as handle:
+        for piece in shard["pieces"]:
+            data, rejected, reencoded = next(encoded)
+            handle.write(data)
+            digest.update(data)
+            # Built from the plan's items, whose strings are shared, not from the worker's copies.
+            result["written"] += [(item.image_id, item.sha256, item.label)
+                                  for item in piece if item.image_id not in rejected]
+            result["rejected"].update(rejected)
+            result["reencoded"] += reencoded
+            result["num_bytes"] += len(data)
+            bar.update(len(piece))
+    shard["pieces"] = None  # written: its items are no longer needed
+    result["sha256"] = digest.hexdigest()
+    os.replace(final + ".tmp", final)
+    write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
+    return result
+
+
+# --- checks, manifest, summary ----------------------------------------------
+
+
+def _check_no_leak(shard_results):
+    """Aborts if an image id or an image content was written to two splits."""
+    split_of = {}
+    for result in shard_results:
+        for image_id, digest, _ in result["written"]:
+            for key in (("id", image_id), ("sha256", digest)):
+                if split_of.setdefault(key, result["split"]) != result["split"]:
+                    raise BuildError(f"image {key[0]} {key[1]} is in both {split_of[key]} and {result['split']}: the split leaks; no manifest written")
+
+
+def _account(candidates, listings_report, shard_results):
+    """Final status of every listing and image; checks kept + dropped == read."""
+    written = {image_id for result in shard_results for image_id, _, _ in result["written"]}
+    for result in shard_results:
+        candidates.image_status.update(result["rejected"])
+    for image_id in written:
+        candidates.image_status[image_id] = KEPT
+    listing_status = collections.Counter({"malformed_json": len(listings_report.malformed_lines)})
+    for index, reason in enumerate(candidates.status):
+        if reason is None:
+            kept = any(image_id in written for image_id in candidates.kept_ids(index))
+            reason = KEPT if kept else "image_" + candidates.image_status[candidates.kept_ids(index)[0]]
+        listing_status[reason] += 1
+    image_status = collections.Counter(candidates.image_status.values())
+    if sum(listing_status.values()) != listings_report.lines_read:
+        raise BuildError(f"listings: {sum(listing_status.values())} accounted for, {listings_report.lines_read} read")
+    if sum(image_status.values()) != candidates.num_referenced or image_status[KEPT] != len(written):
+        raise BuildError(f"images: {sum(image_status.values())} accounted for, {candidates.num_referenced} referenced")
+    return listing_status, image_status
+
+
+def _split_summary(plan, shard_results, vocabulary):
+    splits = {}
+    for shard, result in zip(plan["shards"], shard_results):
+        entry = splits.setdefault(shard["split"], {"num_examples": 0, "num_bytes": 0, "per_class": collections.Counter(), "shards": []})
+        entry["num_examples"] += len(result["written"])
+        entry["num_bytes"] += result["num_bytes"]
+        entry["per_class"].update(vocabulary.names[label] for _, _, label in result["written"])
+        entry["shards"].append({"file": shard["file"], "num_examples": len(result["written"]), "num_bytes": result["num_bytes"], "sha256": result["sha256"]})
+    for entry in splits.values():
+        entry["per_class"] = dict(sorted(entry["per_class"].items()))
+    return splits
+
+
+def _make_manifest(options, plan, prepared, shard_results, elapsed):
+    candidates, report, vocabulary = prepared.candidates, prepared.report, prepared.vocabulary
+    listing_status, image_status = _account(candidates, report, shard_results)
+    return {
+        "dataset": schema.DATASET_NAME,
+        "version": schema.DATASET_VERSION,
+        "options": options.output_options(),
+        "fingerprint": plan["fingerprint"],
+        "inputs": {
+            "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest(),
+                         "truncated": report.truncated},
+            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": prepared.images_csv_sha256,
+                       "images_csv_rows": prepared.images_csv_rows,
+                       "scanned_content_sha256": prepared.scanned_content_sha256, "truncated": prepared.images_truncated},
+        },
+        "classes": list(vocabulary.names),
+        "splits": _split_summary(plan, shard_results, vocabulary),
+        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())),
+                     "malformed_lines": report.malformed_lines[:20],
+                     "malformed_reasons": dict(sorted(report.malformed_reasons.items())),
+                     "unknown_fields": dict(sorted(report.unknown_keys.items()))},
+        "images": {"referenced": candidates.num_referenced, "kept": image_status.pop(KEPT, 0),
+                   "dropped": dict(sorted(image_status.items())),
+                   "reencoded": sum(result["reencoded"] for result in shard_results)},
+        "label_conflicts": prepared.conflicts,
+        "elapsed_seconds": round(elapsed, 2),
+    }
+
+
+def _finish(folder, manifest, options):
+    """Writes labels, TFDS metadata, the resolved config and, last, the manifest; removes the build state."""
+    output = folder.path
+    options_lib.save_config(options, output)
+    shards.write_labels(os.path.join(output, shards.LABELS_FILE), manifest["classes"])
+    shards.write_tfds_metadata(output, manifest["classes"], {
+        name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"]) for name, entry in manifest["splits"].items()
+    })
+    write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
+    outputs.remove_owned(folder, [STATE_DIR])
+
+
+def _prepare(options, image_index, reader, report, pool):
+    """Everything before the write: candidates, scan, labels, split, plan.
+
+    Returns:
+      `(plan, _Prepared)`; what only the plan needed is freed.
+    """
+    candidates = _read_candidates(options, image_index, report)
+    _scan(candidates, image_index, reader, pool, options)
+    _drop_duplicate_content(candidates)
+    vocabulary, image_types, conflicts = _label_images(candidates, options)
+    if len(vocabulary.names) < 2:
+        raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
+    split_members = _plan_splits(candidates, options)
+    plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
+    prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows,
+                         _content_digest(candidates), image_index.truncated)
+    _release_before_write(candidates)
+    return plan, prepared
+
+
+def _content_digest(candidates):
+    """SHA-256 over the sorted digests of every scanned image: what the build saw, for the manifest."""
+    digest = hashlib.sha256()
+    for value in sorted(candidates.sha256.values()):
+        digest.update(value.encode())
+    return digest.hexdigest()
+
+
+def _release_before_write(candidates):
+    """Drops what only the plan needed; the plan's items keep the strings they share."""
+    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
+
+
+def build(options):
+    """Builds (or resumes, or confirms) the records described by `options`.
+
+    Args:
+      options: a `BuildOptions`.
+
+    Returns:
+      The manifest (a dict), also written to `<output>/manifest.json`.
+
+    Raises:
+      UserInputError: bad input or an unusable --output, before any work where it can be known then.
+    """
+    start = time.perf_counter()
+    options = dataclasses.replace(options, **dict(zip(("listings", "images"), download.locate(options.listings, options.images))))
+    created = not os.path.lexists(options.output)
+    folder = _claim_output(options)
+    # The plan is a few objects per image, all alive until the end: the cyclic
+    # GC would rescan them again and again (a quarter of the serial time).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(options, folder, start)
+    except BaseException:
+        if created and not outputs.contents(folder.path):
+            _unmake(folder)  # failed before writing anything: leave no empty folder behind
+        raise
+    finally:
+        outputs.release(folder.path)
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _unmake(folder):
+    """Removes a folder this build created and wrote nothing into but its claim."""
+    outputs.release(folder.path)
+    for name in (outputs.MARKER, outputs.LOCK):
+        if os.path.exists(os.path.join(folder.path, name)):
+            os.remove(os.path.join(folder.path, name))
+    os.rmdir(folder.path)
+
+
+def _build(options, folder, start):
+    _check_output(options, folder)
+    context = multiprocessing.get_context("spawn")  # the parent may hold TensorFlow threads: no fork
+    with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
+        # Workers start (and import) while this process indexes the archive.
+        warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
+        store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
+        image_index, reader = _ImageIndex(store), store.without_index()
+        del store  # its dicts of ImageRows are now in the compact index
+        report = archive.ListingsReport()
+        plan, prepared = _prepare(options, image_index, reader, report, pool)
+        del image_index
+        concurrent.futures.wait(warm_up)
+        same_build = _check_output(options, folder, plan["fingerprint"])
+        if same_build and os.path.isfile(os.path.join(options.output, shards.MANIFEST)):
+            return shards.read_manifest(options.output)  # the same build is already complete
+        os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
+        saved_plan = {key: plan[key] for key in ("options", "fingerprint")}
+        write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), saved_plan, indent=None)
+        shard_results = _write_shards(plan, reader, options, pool)
+    _check_no_leak(shard_results)
+    manifest = _make_manifest(options, plan, prepared, shard_results, time.perf_counter() - start)
+    _finish(folder, manifest, options)
+    return manifest
+
+
+def format_summary(manifest):
+    """The manifest as the lines a person reads after a build: splits, drops, warnings, time."""
+    lines = [f"{'split':<12}{'examples':>10}{'shards':>8}{'MB':>10}"]
+    for name, entry in manifest["splits"].items():
+        lines.append(f"{name:<12}{entry['num_examples']:>10}{len(entry['shards']):>8}{entry['num_bytes'] / 1e6:>10.1f}")
+    listings, images_ = manifest["listings"], manifest["images"]
+    lines.append(f"classes: {len(manifest['classes'])}   listings read {listings['read']}, kept {listings['kept']}   images referenced {images_['referenced']}, kept {images_['kept']}, re-encoded {images_['reencoded']}")
+    for kind, entry in (("listings", listings), ("images", images_)):
+        if entry["dropped"]:
+            lines.append(f"dropped {kind}: " + ", ".join(f"{reason} {count}" for reason, count in entry["dropped"].items()))
+    if listings["malformed_lines"]:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in listings.get("malformed_reasons", {}).items())
+        lines.append("malformed JSON lines (first): " + ", ".join(listings["malformed_lines"][:5])
+                     + (f"; by reason: {reasons}" if reasons else ""))
+    for kind in ("listings", "images"):
+        for cut in manifest["inputs"][kind].get("truncated", []):
+            lines.append(f"WARNING: partial read of the {kind}: {cut}")
+    conflicts = manifest["label_conflicts"]
+    lines.append(f"label conflicts: {conflicts['items']} items, {conflicts['images']} images ({conflicts['rule']})")
+    rate = images_["kept"] / manifest["elapsed_seconds"] if manifest["elapsed_seconds"] else 0.0
+    lines.append(f"time: {manifest['elapsed_seconds']:.1f} s ({rate:.0f} images/s)")
+    return "\n".join(lines)
