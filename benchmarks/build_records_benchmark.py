@@ -28,7 +28,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from abo_tf.records import build as records_build
-from abo_tf import build_records
 from abo_tf.records import shards
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from abo_tf.classical import feature_spec
-from abo_tf.common import files
+from abo_tf.common import console, files
 from abo_tf.common.errors import UserInputError
 
 DEFAULT_CACHE_DIR = "features"
@@ -171,10 +171,8 @@ def write_rows(feature_batches, folder, num_examples, description=None):
     Raises:
       UserInputError: more rows came than `num_examples`.
     """
-    from tqdm import tqdm
-
     features, labels, ids, position = None, np.zeros(num_examples, np.int32), [], 0
-    with tqdm(total=num_examples, desc=description, unit="img", disable=description is None) as bar:
+    with console.progress_bar(total=num_examples, desc=description, unit="img", enabled=description is not None) as bar:
         for batch in feature_batches:
             if features is None:  # the width is known from the first batch
                 features = _features_file(folder, num_examples, batch.features.shape[1])

@@ -24,8 +24,8 @@ import os
 import time
 from typing import NamedTuple
 
-from tqdm import tqdm
 
+from abo_tf.common import console
 from abo_tf.common import options as options_lib
 from abo_tf.common import outputs
 from abo_tf.common.errors import UserInputError
@@ -297,7 +297,7 @@ def _scan(candidates, image_index, reader, pool, options):
     chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
     total = len(items)
     del items, pending
-    with tqdm(total=total, desc="scan", unit="img", disable=not options.progress) as bar:
+    with console.progress_bar(total=total, desc="scan", unit="img", enabled=options.progress) as bar:
         scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
         for number, results in enumerate(scanned):
             for item, result in zip(chunks[number], results):
@@ -529,7 +529,7 @@ def _write_shards(plan, reader, options, pool):
     # more than a few pieces ahead of the writer.
     encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, reader, options.resize)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
-    with tqdm(total=total, desc="write", unit="img", disable=not options.progress) as bar:
+    with console.progress_bar(total=total, desc="write", unit="img", enabled=options.progress) as bar:
         for index in todo:
             results[index] = _write_shard(options, plan["shards"][index], encoded, bar)
     return [results[index] for index in range(len(plan["shards"]))]

@@ -13,6 +13,7 @@ import struct
 
 import google_crc32c
 
+from abo_tf.common import console
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.common.files import read_json, write_json
 from abo_tf.records import schema
@@ -301,8 +302,6 @@ def verify_records(records_dir, progress=True, workers=None):
     import concurrent.futures
     import multiprocessing
 
-    from tqdm import tqdm
-
     from abo_tf.common.parallel import bounded_map
 
     manifest = read_manifest(records_dir)
@@ -318,7 +317,7 @@ def verify_records(records_dir, progress=True, workers=None):
         total = sum(shard["num_examples"] for _, shard in all_shards)
         split_of_path = {path: name for (name, _), path in zip(all_shards, paths)}
         results = bounded_map(pool, _check_chunk, tasks, 4 * workers, len(manifest["classes"]))
-        with tqdm(total=total, desc="verify", unit="img", disable=not progress) as bar:
+        with console.progress_bar(total=total, desc="verify", unit="img", enabled=progress) as bar:
             counts = _check_examples(zip(tasks, results), split_of_path, bar)
     return {name: counts.get(name, 0) for name in manifest["splits"]}
 

@@ -31,7 +31,8 @@ import numpy as np
 
 from abo_tf.records import archive, download, labels, shards, split as split_lib
 from abo_tf.reports import figures, metrics
-from abo_tf.common import options as options_lib, outputs
+from abo_tf.common import console, outputs
+from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
 
 # Localised text fields: lists of {"language_tag", "value"} (docs/abo-format.md).
@@ -96,10 +97,8 @@ def read_tally(path, progress=True):
     Returns:
       A `ListingsTally`; `tally.report` counts lines read and malformed.
     """
-    from tqdm import tqdm
-
     tally = ListingsTally()
-    with tqdm(desc="listings", unit=" listings", disable=not progress) as bar:
+    with console.progress_bar(desc="listings", unit=" listings", enabled=progress) as bar:
         for record, source in archive.read_listing_records(path, tally.report):
             tally.listings.append(archive.parse_listing(record, source))
             tally.present_keys.update(key for key, value in record.items() if _has_value(value))

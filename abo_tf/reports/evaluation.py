@@ -19,7 +19,8 @@ import numpy as np
 from abo_tf.records import schema, shards, split as split_lib
 from abo_tf.reports import figures, metrics
 from abo_tf.common import options as options_lib
-from abo_tf.common import outputs
+from abo_tf.common import console, outputs
+from abo_tf.common.files import write_json
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
@@ -189,8 +190,6 @@ def predict(loaded, options, manifest, mapping):
 
 
 def _predict_batches(serve, dataset, options, manifest, mapping):
-    from tqdm import tqdm
-
     total = manifest["splits"][options.split]["num_examples"]
     keepers = {
         "mistakes": _Best(options.gallery_size),
@@ -198,7 +197,7 @@ def _predict_batches(serve, dataset, options, manifest, mapping):
         "wrong": _Best(options.gradcam_examples),
     }
     labels, probabilities, image_ids = [], [], []
-    with tqdm(total=total, desc=f"evaluate {options.split}", unit="img", disable=not options.progress) as bar:
+    with console.progress_bar(total=total, desc=f"evaluate {options.split}", unit="img", enabled=options.progress) as bar:
         for batch in dataset:
             batch_probabilities = serve(pixels=batch["image"])["probabilities"].numpy()
             batch_labels = _model_labels(mapping, batch["label"].numpy(), manifest, options)
@@ -563,7 +562,7 @@ def evaluate(options):
     )
     tables, files = _figures_and_tables(options, predictions, class_names, train_counts, result)
     gradcam_note = _gradcam(options, predictions, class_names, image_size, files)
-    metrics.write_json(os.path.join(options.report, "metrics.json"), result)
+    write_json(os.path.join(options.report, "metrics.json"), result)
     with open(os.path.join(options.report, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(_report_markdown(options, result, tables, files, gradcam_note))
     return result

@@ -150,21 +150,6 @@ def expected_calibration_error(labels, probabilities, num_bins=CALIBRATION_BINS)
     return float(np.sum(filled["count"] / total * np.abs(filled["accuracy"] - filled["confidence"])))
 
 
-def _without_nan(value):
-    """A metrics dict with NaN (a figure without examples) as None: strict JSON readers refuse NaN."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def write_json(path, results):
-    """Writes a metrics dict as strict JSON (NaN as null), the format every metrics.json of the project has."""
-    import json
-
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(_without_nan(results), handle, indent=2, sort_keys=True, allow_nan=False)
-
-
 def format_figure(value, digits=3):
     """A figure for a report table: floats to `digits` places, None or NaN as "n/a", anything else as is."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

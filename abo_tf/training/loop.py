@@ -10,7 +10,6 @@ then the unfrozen backbone at a lower learning rate.
 
 import dataclasses
 import math
-import os
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import tensorflow as tf
 from abo_tf.records import shards
 from abo_tf.reports import figures, metrics
 from abo_tf.training import distribute, export, input_pipeline, models, run_folder
-from abo_tf.common import console, options
+from abo_tf.common import console, files, options
 from abo_tf.common.errors import UserInputError
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
@@ -396,7 +395,7 @@ def _finish(run, manifest, classes, history):
     results = _final_metrics(plain, run.config, manifest)
     export.export_saved_model(plain, classes, run.config.image_size, run_folder.path(run.config.output, run_folder.SAVED_MODEL), run.config.top_k)
     run_folder.write_class_names(run.config.output, classes)
-    metrics.write_json(run_folder.path(run.config.output, run_folder.METRICS), results)
+    files.write_json(run_folder.path(run.config.output, run_folder.METRICS), results)
     if history:
         plot_history(history, run_folder.path(run.config.output, run_folder.CURVES))
     return results
