@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.common import outputs
 from abo_tf.records import archive, images, schema, shards
+from tests import measure
 from tests import crafted_images as crafted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,37 +177,8 @@ assert "tensorflow" not in sys.modules, sorted(name for name in sys.modules if n
 # --- hostile images: counted as rejected, within a memory budget -------------
 
 
-def _tree_rss(pid):
-    """Summed RSS (bytes) of `pid` and its descendants, from /proc."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    children.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        stack.extend(children.get(current, []))
-        try:
-            with open(f"/proc/{current}/statm") as handle:
-                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-    return total
-
-
 def _run_measured(command):
-    """(return code, stdout, stderr, peak summed RSS) of a subprocess, RSS sampled every 10 ms."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _tree_rss(process.pid))
-        time.sleep(0.01)
-    stdout, stderr = process.communicate()
-    return process.returncode, stdout, stderr, peak
+    return measure.run_measured(command, cwd=REPO)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """The ABO reader on hostile and broken downloads: each class is refused in one line, counted, or bounded.
 
-The inputs are crafted by tests/hostile.py on top of the generated sample.
-Bombs run the real command in a fresh process, whose peak memory is read
-from the kernel's accounting of that process and its workers.
+
+
+
 """
 
 import collections
@@ -11,9 +11,7 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -22,7 +20,7 @@ from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.reports import data_report
 from abo_tf.records import archive
-from tests import hostile
+from tests import hostile, measure
 from tests.conftest import build_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,24 +314,13 @@ def test_unknown_keys_are_counted_by_name_up_to_a_limit(abo_sample, monkeypatch)
 
 
 def _run_build_measured(tmp_path, listings, images, timeout=600):
-    """Runs the build command in a fresh process: (exit code, stderr, peak RSS in bytes, output folder).
-
-    `os.wait4` returns the resource use of that process and of the workers it
-    waited for, and nothing else the test session ran.
-    """
+    """Runs the build command in a fresh process: (exit code, stderr, peak RSS in bytes, output folder)."""
     output = tmp_path / "records"
     command = [sys.executable, "-m", "abo_tf.build_records", "--listings", listings, "--images", images,
                "--output", str(output), *BUILD_ARGS]
     environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    with open(tmp_path / "stderr.txt", "wb") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
-        killer = threading.Timer(timeout, process.kill)
-        killer.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        killer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return process.returncode, (tmp_path / "stderr.txt").read_text(), peak, output
+    code, _, stderr, peak = measure.run_measured(command, timeout=timeout, env=environment, cwd=REPO)
+    return code, stderr, peak, output
 
 
 @pytest.mark.slow
