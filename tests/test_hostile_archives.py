@@ -1,8 +1,7 @@
 """The ABO reader on hostile and broken downloads: each class is refused in one line, counted, or bounded.
 
-
-
-
+The inputs are crafted by tests/hostile.py on top of the generated sample.
+Bombs run the real command in a fresh process, its peak memory sampled by tests/measure.py.
 """
 
 import collections
