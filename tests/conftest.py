@@ -59,3 +59,14 @@ def trained_run(built_records, tmp_path_factory):
     args = ["--records", records_dir, "--output", str(output), *TINY_TRAIN_ARGS, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt"]
     assert train.main(args) == 0
     return str(output)
+
+
+# Fixtures that train: the tiny CNN run (about 20 s) and test_baselines' four searched baselines (about 15 s).
+SLOW_FIXTURES = frozenset({"trained_run", "trained"})
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs a trained model is slow (`make test-fast` leaves it out)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -337,6 +337,7 @@ def test_check_splits_accepts_the_extracted_splits(trained):
     baseline.check_splits(trained["splits"])
 
 
+@pytest.mark.slow
 def test_command_line_trains_with_the_default_grid_and_writes_the_comparison(trained, built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "cli"

@@ -101,6 +101,7 @@ def _assert_one_line(code, error, *expected):
 # --- train ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_names_a_shard_with_a_flipped_byte(built_records, tmp_path, capsys):
     records, manifest = _copy(built_records, tmp_path)
     shard = _shard(records, manifest, "train")
@@ -126,6 +127,7 @@ def test_train_names_a_truncated_shard_from_its_size(built_records, tmp_path, ca
     )
 
 
+@pytest.mark.slow
 def test_train_refuses_labels_beyond_the_manifests_classes(built_records, tmp_path, capsys):
     records, manifest = _copy(built_records, tmp_path)
     _keep_first_class_only(records, manifest)
@@ -156,6 +158,7 @@ def test_train_refuses_a_manifest_that_does_not_match_its_shards(built_records, 
 # --- evaluate -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_names_a_shard_with_a_flipped_byte(trained_run, built_records, tmp_path, capsys):
     records, manifest = _copy(built_records, tmp_path)
     shard = _shard(records, manifest, "test")

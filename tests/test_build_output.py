@@ -138,6 +138,7 @@ def test_failed_build_leaves_no_folder_behind(abo_sample, tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_two_builds_racing_for_one_folder(abo_sample, tmp_path):
     output = tmp_path / "raced"
     command = [sys.executable, "-m", "abo_tf.build_records", "--listings", abo_sample["listings"], "--images",
@@ -158,6 +159,7 @@ def test_two_builds_racing_for_one_folder(abo_sample, tmp_path):
 # --- no TensorFlow in the build ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_build_and_verify_never_import_tensorflow(abo_folder_sample, tmp_path):
     script = f"""
 import sys

@@ -176,6 +176,7 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
     assert not (output / records_build.STATE_DIR).exists()
 
 
+@pytest.mark.slow
 def test_killed_build_process_resumes(abo_sample, tmp_path):
     import signal
     import subprocess

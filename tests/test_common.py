@@ -126,6 +126,7 @@ def test_claim_refuses_what_cannot_be_a_folder(tmp_path, path, message):
         outputs.claim(path.format(file=tmp_path / "file"), "train")
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_claim_a_busy_folder(tmp_path):
     folder = outputs.claim(str(tmp_path / "busy"), "train")
     script = "from abo_tf.common import outputs; outputs.claim(%r, 'train')" % folder.path
@@ -160,6 +161,7 @@ def test_json_is_written_atomically_with_nan_as_null(tmp_path):
 # --- console --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_is_silent_unless_verbose():
     script = "import abo_tf, tensorflow as tf; print(int(tf.constant(1) + 1))"
     environment = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}

@@ -105,6 +105,7 @@ def test_class_names_and_image_size_travel_in_the_export(exported):
     assert export.exported_image_size(loaded) == SIZE
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(exported):
     _, _, export_dir = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

@@ -157,6 +157,7 @@ except UserInputError as error:
 """
 
 
+@pytest.mark.slow
 def test_imagenet_weights_that_cannot_be_downloaded_are_a_user_error(tmp_path):
     # Keras reads KERAS_HOME at import: a fresh process. The proxy on the
     # discard port makes the download fail at once, online or not.

@@ -1,5 +1,6 @@
 """The exploration notebook runs from top to bottom on the generated sample (so it cannot rot)."""
 
+import pytest
 import os
 
 import nbformat
@@ -8,6 +9,7 @@ from nbclient import NotebookClient
 NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks", "abo_exploration.ipynb")
 
 
+@pytest.mark.slow
 def test_exploration_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ABO_NOTEBOOK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -109,6 +109,7 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
     assert outputs["top_k_labels"].numpy()[0, 0].decode() in manifest["classes"]
 
 
+@pytest.mark.slow
 def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, capsys):
     records_dir, _ = built_records
     assert train.main(_train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")) == 0
@@ -127,6 +128,7 @@ def test_another_config_in_the_same_folder_is_refused(trained_run, built_records
 # --- kill and resume -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_path):
     records_dir, _ = built_records
     output = tmp_path / "killed"
@@ -148,6 +150,7 @@ def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_pat
     assert int(tf.train.load_checkpoint(str(output / "checkpoints")).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 9
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_checkpoint_intact(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "nan"
@@ -174,6 +177,7 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus(built_records, tmp_path):
     records_dir, _ = built_records
     result = subprocess.run([sys.executable, "-c", _MIRRORED, *_train_args(records_dir, tmp_path / "mirrored", "--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1")],
@@ -195,6 +199,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_trains_in_lock_step(built_records, tmp_path):
     records_dir, _ = built_records
     ports = _free_ports(2)
@@ -330,6 +335,7 @@ def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
         train.resolve_config(["--config", str(bad), "--records", records_dir, "--output", str(tmp_path / "r")])
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_exports_float32_probabilities(built_records, tmp_path):
     records_dir, manifest = built_records
     output = tmp_path / "mixed"
