@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from abo_tf.records import build as records_build
+from abo_tf.testing import measure as rss
 from abo_tf.records import shards
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average
@@ -65,37 +65,10 @@ def _time(function):
     return time.perf_counter() - start, result
 
 
-def _tree_rss_bytes(pid):
-    """Summed RSS of `pid` and its descendants, from /proc."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        stack.extend(children.get(current, []))
-        try:
-            with open(f"/proc/{current}/statm") as handle:
-                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-    return total
-
-
 def peak_memory(command):
     """Peak summed RSS (bytes) of a `python -m abo_tf.build_records` run and its workers."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _tree_rss_bytes(process.pid))
-        time.sleep(0.02)
-    if process.returncode:
+    code, _, _, peak = rss.run_measured(command, cwd=REPO)
+    if code:
         raise RuntimeError(f"failed: {' '.join(command)}")
     return peak
 

@@ -13,7 +13,7 @@ from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.common import outputs
 from abo_tf.records import archive, images, schema, shards
-from tests import measure
+from abo_tf.testing import measure
 from tests import crafted_images as crafted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,7 @@ import tensorflow as tf
 from abo_tf import predict
 from abo_tf.training import export, models, preprocess, serving
 from abo_tf.common.errors import UserInputError
-from tests import measure
+from abo_tf.testing import measure
 
 SIZE = 32
 CLASSES = ["chair", "lamp", "shoe", "rug"]

@@ -19,7 +19,8 @@ from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.reports import data_report
 from abo_tf.records import archive
-from tests import hostile, measure
+from abo_tf.testing import measure
+from tests import hostile
 from tests.conftest import build_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Peak memory of a command run in a fresh process, for the tests of memory budgets.
+"""Peak memory of a command run in a fresh process, for the tests of memory budgets and the benchmarks.
 
 The peak is the summed RSS of the process and its descendants (build workers),
 sampled from /proc every 10 ms. Not `ru_maxrss`: on Linux a child's maxrss
@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tree_rss(pid):
