@@ -1,8 +1,8 @@
-"""Run configs: `pipelines/*.toml` give defaults, flags override, the run folder keeps the result.
+"""TOML configs: read with their tables flattened, written as every command's resolved `config.toml`.
 
 A TOML file may group keys in tables (`[model]`, `[training]`, ...) for reading;
-the tables are flattened and every key must be the name of a flag
-(`batch_size` for `--batch-size`), so a typo is an error, not a silent default.
+the tables are flattened. Which keys a command accepts, and their types, is
+checked by `abo_tf.common.options`.
 """
 
 import os
@@ -32,25 +32,6 @@ def load_toml(path):
                 raise UserInputError(f"config {path!r} sets {name!r} twice")
             values[name] = entry
     return values
-
-
-def parse_with_config(parser, argv, config_flag="config"):
-    """Parses `argv`; a `--config FILE` given there supplies the defaults.
-
-    Returns:
-      The argparse namespace.
-    """
-    args = parser.parse_args(argv)
-    path = getattr(args, config_flag)
-    if path:
-        values = load_toml(path)
-        known = {action.dest for action in parser._actions}  # argparse offers no public list
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserInputError(f"config {path!r} has unknown keys {unknown}: use the flag names of --help, with _ for -")
-        parser.set_defaults(**values)
-        args = parser.parse_args(argv)
-    return args
 
 
 def save_run_config(run_dir, values):

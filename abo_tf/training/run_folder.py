@@ -20,10 +20,10 @@ import dataclasses
 import os
 import typing
 
-from abo_tf.common import files
+from abo_tf.common import config, files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
-CONFIG = "config.toml"
+CONFIG = config.RUN_CONFIG
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 HISTORY = "history.csv"
@@ -96,8 +96,6 @@ def load_keras_model(model_path):
 
 def load_config(run_dir):
     """The resolved train options a run folder holds (a flat dict), or None."""
-    from abo_tf.common import config
-
     return config.load_run_config(run_dir)
 
 
