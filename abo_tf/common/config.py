@@ -35,10 +35,13 @@ def load_toml(path):
 
 
 def save_run_config(run_dir, values):
-    """Writes the resolved config into the run folder (None values are left out: TOML has no null)."""
+    """Writes a resolved config as `run_dir/config.toml`, atomically (None values are left out: TOML has no null)."""
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, RUN_CONFIG), "wb") as handle:
+    path = os.path.join(run_dir, RUN_CONFIG)
+    with open(f"{path}.tmp-{os.getpid()}", "wb") as handle:
         tomli_w.dump({key: value for key, value in sorted(values.items()) if value is not None}, handle)
+    os.replace(f"{path}.tmp-{os.getpid()}", path)
+    return path
 
 
 def load_run_config(run_dir):

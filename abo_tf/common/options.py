@@ -19,11 +19,8 @@ every number can be traced back to a command.
 
 import argparse
 import dataclasses
-import os
 import types
 import typing
-
-import tomli_w
 
 from abo_tf.common import config as config_lib, console
 from abo_tf.common.errors import UserInputError
@@ -282,10 +279,6 @@ def config_values(options):
     return values
 
 
-def save_config(options, folder, name=CONFIG_FILE):
-    """Writes the resolved options into `folder` as TOML: `--config folder/config.toml` reproduces the command."""
-    path = os.path.join(folder, name)
-    with open(path + ".tmp", "wb") as handle:
-        tomli_w.dump(dict(sorted(config_values(options).items())), handle)
-    os.replace(path + ".tmp", path)
-    return path
+def save_config(options, folder):
+    """Writes the resolved options into `folder` as config.toml: `--config folder/config.toml` reproduces the command."""
+    return config_lib.save_run_config(folder, config_values(options))
