@@ -107,9 +107,9 @@ def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
     config = training.TrainConfig(records=records, output="", model="mobilenet_v3_small", weights="none", image_size=image_size, batch_size=batch)
     classes = manifest["classes"]
     model = models.build_model(config.model, len(classes), image_size, weights=None)
-    optimizer = training._make_optimizer(config, 1e-3, 1000)
+    optimizer = training.make_optimizer(config, 1e-3, 1000)
     optimizer.build(model.trainable_variables)
-    step = training._make_train_step(strategy, model, optimizer, config, np.ones(len(classes), np.float32), len(classes))
+    step = training.make_train_step(strategy, model, optimizer, config, np.ones(len(classes), np.float32), len(classes))
     real = iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True))
     held = next(iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True)))
     memory = iter(tf.data.Dataset.from_tensors(held).repeat())

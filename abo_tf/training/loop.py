@@ -132,7 +132,8 @@ def _schedule(learning_rate, steps, warmup_fraction):
     )
 
 
-def _make_optimizer(config, learning_rate, steps):
+def make_optimizer(config, learning_rate, steps):
+    """AdamW with warm-up and cosine decay over `steps` (loss-scaled under mixed float16)."""
     optimizer = keras.optimizers.AdamW(_schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay)
     if config.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -151,7 +152,7 @@ def _make_phases(config, model, steps_per_epoch):
     plans = [("head", False, config.learning_rate, 0, head_steps), ("fine_tune", config.fine_tune_layers or True, config.fine_tune_learning_rate, head_steps, total)]
     phases = []
     for name, trainable, learning_rate, start, end in plans:
-        optimizer = _make_optimizer(config, learning_rate, max(1, end - start))
+        optimizer = make_optimizer(config, learning_rate, max(1, end - start))
         models.set_backbone_trainable(model, trainable)
         optimizer.build(model.trainable_variables)
         phases.append(_Phase(name, optimizer, trainable, start, end))
@@ -180,7 +181,8 @@ def _distributed(strategy, config, split, training, manifest):
 # --- steps -------------------------------------------------------------------
 
 
-def _make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
+def make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
+    """The distributed training step: `step(iterator) -> (loss, accuracy)` of one global batch."""
     variables = model.trainable_variables
     loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing, reduction="none")
     weights = tf.constant(class_weights)
@@ -316,7 +318,7 @@ def _train_phases(run):
         if int(run.step) >= phase.end:
             continue
         models.set_backbone_trainable(run.model, phase.trainable)
-        train_step = _make_train_step(run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes)
+        train_step = make_train_step(run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes)
         while int(run.step) < phase.end:
             epoch = int(run.step) // run.steps_per_epoch
             started = time.perf_counter()
