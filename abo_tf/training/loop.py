@@ -182,7 +182,7 @@ def _distributed(strategy, config, split, training, manifest):
 
 
 def make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
-    """The distributed training step: `step(iterator) -> (loss, accuracy)` of one global batch."""
+    """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch."""
     variables = model.trainable_variables
     loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing, reduction="none")
     weights = tf.constant(class_weights)
