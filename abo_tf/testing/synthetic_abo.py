@@ -139,7 +139,7 @@ BAD_KINDS = (TRUNCATED, EMPTY, NOT_AN_IMAGE, TOO_LARGE)
 # listing keeps its bytes: near-duplicates are new images on other items' listings, flips repaint an image.
 NEAR_DUPLICATE_VARIANTS = ("reencoded", "resized", "cropped", "brightened")
 NEAR_DUPLICATES_PER_LISTING = 1 / 20
-LABEL_FLIPS_PER_LISTING = 1 / 40
+LABEL_FLIPS_PER_LISTING = 1 / 24
 MAX_OTHER_IMAGES_BEFORE_PLANTING = 4  # a listing shows at most 8 other images; planting adds one
 
 
@@ -430,10 +430,10 @@ def _exclusive_photos(plan):
 
 def _near_duplicate_size(source, variant, max_side):
     """(height, width) of a near-duplicate; the longest side stays within [max_side // 2, max_side]."""
-    if variant == "cropped":  # 8% off the shorter side only, so the longest side is kept
+    if variant == "cropped":  # 4% off the shorter side only, so the longest side is kept
         if source.height <= source.width:
-            return max(16, round(source.height * 0.92)), source.width
-        return source.height, max(16, round(source.width * 0.92))
+            return max(16, round(source.height * 0.96)), source.width
+        return source.height, max(16, round(source.width * 0.96))
     if variant == "resized":  # down by 0.7, or up by 1.3 where 0.7 would leave a side below max_side // 2
         longest = max(source.height, source.width)
         scale = 0.7 if longest * 0.7 >= max_side // 2 else min(1.3, max_side / longest)
