@@ -1,0 +1,170 @@
+"""`python -m abo_tf.audit` on the generated sample: the planted near-duplicates and label flips are found."""
+
+import itertools
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from abo_tf import audit as audit_command
+from abo_tf.auditing import audit, near_duplicates
+from abo_tf.common import files
+from abo_tf.records import schema, shards
+
+
+def _records_by_id(records_dir):
+    """image id -> (split, item id, SHA-256 of the image) of every record of a build."""
+    manifest, found = shards.read_manifest(records_dir), {}
+    for split in manifest["splits"]:
+        for path in shards.shard_paths(records_dir, manifest, split):
+            for serialized in shards.iter_framed_records(path):
+                record = shards.parse_record(serialized)
+                found[record[schema.IMAGE_ID].decode()] = (split, record[schema.ITEM_ID].decode(),
+                                                          record[schema.IMAGE_SHA256].decode(),
+                                                          record[schema.PRODUCT_TYPE].decode())
+    return found
+
+
+@pytest.fixture(scope="module")
+def audited(built_records, tmp_path_factory):
+    records_dir, _ = built_records
+    root = tmp_path_factory.mktemp("audit")
+    arguments = ["--records", records_dir, "--report", str(root / "report"), "--cache-dir", str(root / "features"),
+                 "--workers", "2", "--no-progress"]
+    assert audit_command.main(arguments) == 0
+    return {"report": str(root / "report"), "records": records_dir, "by_id": _records_by_id(records_dir),
+            "cache_dir": str(root / "features")}
+
+
+def _planted_pairs(truth, by_id):
+    return {frozenset((pair["image_id"], pair["duplicate_id"])) for pair in truth["near_duplicates"]
+            if pair["image_id"] in by_id and pair["duplicate_id"] in by_id}
+
+
+def _reported_pairs(report):
+    table = pd.read_csv(os.path.join(report, audit.PAIRS_FILE))
+    return table, {frozenset(pair) for pair in zip(table.image_id_a, table.image_id_b)}
+
+
+# --- the planted truth ---------------------------------------------------------------
+
+
+def test_planted_near_duplicates_are_other_items_and_other_bytes(abo_sample, audited):
+    by_id, truth = audited["by_id"], abo_sample["truth"]
+    assert {pair["variant"] for pair in truth["near_duplicates"]} == {"reencoded", "resized", "cropped", "brightened"}
+    planted = _planted_pairs(truth, by_id)
+    assert len(planted) == len(truth["near_duplicates"]) >= 10
+    for first, second in map(sorted, planted):
+        assert by_id[first][1] != by_id[second][1]  # different items: the exact-copy grouping keeps them apart
+        assert by_id[first][2] != by_id[second][2]
+        assert by_id[first][3] == by_id[second][3]
+    assert len({by_id[image_id][0] for pair in planted for image_id in pair}) == 3  # some pairs cross splits
+
+
+def test_planted_flips_carry_the_given_type(abo_sample, audited):
+    flips = abo_sample["truth"]["label_flips"]
+    assert len(flips) >= 8 and all(flip["given_type"] != flip["true_type"] for flip in flips)
+    for flip in flips:
+        assert audited["by_id"][flip["image_id"]][3] == flip["given_type"]
+
+
+# --- near-duplicates -------------------------------------------------------------------
+
+
+def test_planted_near_duplicates_are_found_with_few_false_pairs(abo_sample, audited):
+    planted = _planted_pairs(abo_sample["truth"], audited["by_id"])
+    _, reported = _reported_pairs(audited["report"])
+    assert len(planted & reported) / len(planted) >= 0.9
+    assert len(reported - planted) <= 0.05 * len(reported)
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 8, 13])
+def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(max_distance):
+    rng = np.random.default_rng(max_distance)
+    bases = rng.integers(0, 2**63, size=60, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 60, dtype=np.uint64)
+    flips = [np.uint64(sum(1 << int(bit) for bit in rng.choice(64, size=rng.integers(0, 15), replace=False)))
+             for _ in bases]
+    hashes = np.concatenate([bases, bases ^ np.array(flips, dtype=np.uint64)])
+    hashes[5] = np.uint64(near_duplicates.UNDECODABLE)
+    first, second, distance = near_duplicates.find_pairs(hashes, max_distance)
+    expected = [(i, j) for i, j in itertools.combinations(range(len(hashes)), 2) if 5 not in (i, j)
+                and bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= max_distance]
+    assert list(zip(first.tolist(), second.tolist())) == expected
+    assert (distance <= max_distance).all()
+
+
+def test_report_counts_agree_with_the_pair_file(audited):
+    table, _ = _reported_pairs(audited["report"])
+    summary = files.read_json(os.path.join(audited["report"], audit.SUMMARY_FILE))
+    test_ids = {image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"}
+    train_test = table[(table.split_a + "-" + table.split_b).isin(["train-test", "test-train"])]
+    leaked = set(train_test.image_id_a[train_test.split_a == "test"]) | set(
+        train_test.image_id_b[train_test.split_b == "test"])
+    assert summary["test_images"] == len(test_ids)
+    assert summary["test_images_with_a_near_duplicate_in_train"] == len(leaked) > 0
+    assert summary["test_fraction_with_a_near_duplicate_in_train"] == pytest.approx(len(leaked) / len(test_ids))
+    assert summary["pairs_by_split_pair"]["train-test"] == len(train_test)
+    assert summary["pairs_across_splits"] == int((table.split_a != table.split_b).sum())
+    markdown = open(os.path.join(audited["report"], audit.REPORT_FILE)).read()
+    assert f"| train-test | {len(train_test)} | {len(leaked)} of {len(test_ids)} |" in markdown
+    assert (table.image_id_a < table.image_id_b).all() and not table.duplicated(["image_id_a", "image_id_b"]).any()
+
+
+# --- label errors ----------------------------------------------------------------------
+
+
+def test_planted_flips_rank_among_the_top_label_issues(abo_sample, audited):
+    by_id = audited["by_id"]
+    flips = {flip["image_id"] for flip in abo_sample["truth"]["label_flips"]
+             if by_id[flip["image_id"]][0] in ("train", "validation")}
+    issues = pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE))
+    top = set(issues.image_id[:2 * len(flips)])
+    assert len(flips) >= 5 and len(flips & top) / len(flips) >= 0.7
+    assert np.all(np.diff(issues.self_confidence) >= 0)  # least self-confident first
+    planted = {flip["image_id"]: flip["true_type"] for flip in abo_sample["truth"]["label_flips"]}
+    suggested = dict(zip(issues.image_id, issues.suggested_type))
+    found = [image_id for image_id in flips & top]
+    assert sum(suggested[image_id] == planted[image_id] for image_id in found) >= 0.7 * len(found)
+
+
+def test_noise_rates_add_up_to_the_flagged_images(audited):
+    issues = pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE))
+    noise = pd.read_csv(os.path.join(audited["report"], audit.NOISE_FILE))
+    audited_ids = [image_id for image_id, entry in audited["by_id"].items() if entry[0] in ("train", "validation")]
+    assert noise.flagged.sum() == len(issues) and noise.examples.sum() == len(audited_ids)
+    by_type = issues.groupby("given_type").size()
+    for row in noise.itertuples():
+        assert row.flagged == by_type.get(row.product_type, 0)
+        assert row.estimated_noise_rate == pytest.approx(row.flagged / row.examples if row.examples else 0.0)
+
+
+def test_every_report_file_is_written(audited):
+    for name in (audit.PAIRS_FILE, audit.ISSUES_FILE, audit.NOISE_FILE, audit.SUMMARY_FILE, audit.REPORT_FILE,
+                 "near_duplicates.png", "label_issues.png", "config.toml"):
+        assert os.path.getsize(os.path.join(audited["report"], name)) > 0, name
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"--records": "{empty}"}, "no manifest.json"),
+    ({"--report": "{foreign}"}, "not empty and was not written by `abo_tf.audit`"),
+    ({"--hash-distance": "40"}, "--hash-distance 40 must be at most 32"),
+    ({"--backbone": "resnet50"}, "give --features cnn"),
+    ({"--folds": "1"}, "--folds 1 must be at least 2"),
+])
+def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expected):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    values = {"--records": audited["records"], "--report": str(tmp_path / "report"),
+              "--cache-dir": audited["cache_dir"]}
+    values.update({flag: value.format(empty=tmp_path / "empty", foreign=tmp_path / "foreign")
+                   for flag, value in change.items()})
+    arguments = [*itertools.chain.from_iterable(values.items()), "--no-progress", "--workers", "1"]
+    assert audit_command.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, error
+    assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
