@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abo_tf import audit as audit_command
+from abo_tf import audit as audit_command, build_records
 from abo_tf.auditing import audit, near_duplicates
 from abo_tf.common import files
-from abo_tf.records import schema, shards
+from abo_tf.records import build as records_build, schema, shards
+from tests.conftest import build_options
 
 
 def _records_by_id(records_dir):
@@ -168,3 +169,59 @@ def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expecte
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, error
     assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
+
+
+# --- back into the build -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rebuilt(abo_sample, audited, tmp_path_factory):
+    """The sample built again with the audit's pairs joined, and with its label issues excluded."""
+    root = tmp_path_factory.mktemp("rebuilt")
+    joined = records_build.build(build_options(abo_sample, root / "joined", join_near_duplicates=audited["report"]))
+    issues = os.path.join(audited["report"], audit.ISSUES_FILE)
+    excluded = records_build.build(build_options(abo_sample, root / "excluded", exclude_images=issues))
+    return {"joined": (str(root / "joined"), joined), "excluded": (str(root / "excluded"), excluded)}
+
+
+def test_joined_build_has_no_planted_pair_across_splits(abo_sample, audited, rebuilt):
+    records_dir, manifest = rebuilt["joined"]
+    by_id = _records_by_id(records_dir)
+    planted = _planted_pairs(abo_sample["truth"], audited["by_id"])
+    assert any(len({audited["by_id"][image_id][0] for image_id in pair}) == 2 for pair in planted)  # before
+    assert all(len({by_id[image_id][0] for image_id in pair}) == 1 for pair in planted)  # after
+    table, _ = _reported_pairs(audited["report"])
+    assert all(by_id[first][0] == by_id[second][0] for first, second in zip(table.image_id_a, table.image_id_b))
+    assert {image_id: entry[1:] for image_id, entry in by_id.items()} == \
+        {image_id: entry[1:] for image_id, entry in audited["by_id"].items()}  # the same records, other splits
+    pair_file = os.path.join(audited["report"], audit.PAIRS_FILE)
+    assert manifest["options"]["join_near_duplicates"] == {"sha256": shards.file_sha256(pair_file)}
+
+
+def test_excluded_images_are_dropped_and_counted(audited, built_records, rebuilt):
+    records_dir, manifest = rebuilt["excluded"]
+    _, before = built_records
+    listed = set(pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE)).image_id)
+    by_id = _records_by_id(records_dir)
+    assert set(by_id) == set(audited["by_id"]) - listed and listed
+    images = manifest["images"]
+    assert images["dropped"]["excluded"] == len(listed)
+    assert images["kept"] + sum(images["dropped"].values()) == images["referenced"] == before["images"]["referenced"]
+    assert images["kept"] == before["images"]["kept"] - len(listed)
+    listings = manifest["listings"]
+    assert listings["kept"] + sum(listings["dropped"].values()) == listings["read"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("image_id_a,image_id_b\n11ugYljFP4X,12abcdefghL\n", "2 of its 2 image ids (e.g. '11ugYljFP4X')"),
+    ("first,second\na,b\n", "has no image_id_a column"),
+])
+def test_a_foreign_pair_file_is_one_line_exit_2(abo_sample, tmp_path, capsys, content, expected):
+    pair_file = tmp_path / "pairs.csv"
+    pair_file.write_text(content)
+    arguments = ["--listings", abo_sample["listings"], "--images", abo_sample["images"], "--output",
+                 str(tmp_path / "records"), "--join-near-duplicates", str(pair_file), "--workers", "1", "--no-progress"]
+    assert build_records.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, error
+    assert not (tmp_path / "records").exists()
