@@ -1,6 +1,7 @@
 """`python -m abo_tf.audit` on the generated sample: the planted near-duplicates and label flips are found."""
 
 import itertools
+import json
 import os
 
 import numpy as np
@@ -225,3 +226,69 @@ def test_a_foreign_pair_file_is_one_line_exit_2(abo_sample, tmp_path, capsys, co
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, error
     assert not (tmp_path / "records").exists()
+
+
+# --- leakage-adjusted scores -----------------------------------------------------------------
+
+
+def _leaked_by_hand(report, split):
+    table = pd.read_csv(os.path.join(report, audit.PAIRS_FILE))
+    return set(table.image_id_a[(table.split_a == split) & (table.split_b == "train")]) | set(
+        table.image_id_b[(table.split_b == split) & (table.split_a == "train")])
+
+
+def test_baselines_exclude_removes_only_the_listed_images(audited):
+    from abo_tf.classical import classifiers, evaluation, extraction, feature_spec
+
+    splits = extraction.extract_features(audited["records"], feature_spec.FeatureSpec("handcrafted"),
+                                         cache_dir=audited["cache_dir"], workers=2, progress=False)
+    pipeline = classifiers.make_pipeline("logreg").fit(splits["train"].features, splits["train"].labels)
+    plain = evaluation.evaluate(pipeline, splits)
+    adjusted = evaluation.evaluate(pipeline, splits, audited["report"])
+    for split in ("validation", "test"):
+        data, result = splits[split], adjusted[split]
+        leaked = _leaked_by_hand(audited["report"], split)
+        keep = ~np.isin(data.image_ids.astype(str), sorted(leaked))
+        without = result.metrics.pop("without_near_duplicates")
+        # The plain figures do not move (compared as JSON: an empty stratum's figures are NaN).
+        assert json.dumps(result.metrics, sort_keys=True) == json.dumps(plain[split].metrics, sort_keys=True)
+        assert without["num_excluded"] == len(leaked) and without["num_examples"] == keep.sum()
+        hand = (result.predictions[keep] == data.labels[keep]).mean()
+        assert without["accuracy"] == pytest.approx(hand)
+    assert _leaked_by_hand(audited["report"], "test")  # the test split did lose images
+
+
+@pytest.mark.slow
+def test_evaluate_exclude_removes_only_the_listed_images(audited, trained_run, tmp_path):
+    from abo_tf import evaluate
+
+    report = str(tmp_path / "report")
+    arguments = ["--model", os.path.join(trained_run, "saved_model"), "--records", audited["records"], "--report",
+                 report, "--exclude", audited["report"], "--gradcam-examples", "0", "--no-progress"]
+    assert evaluate.main(arguments) == 0
+    result = files.read_json(os.path.join(report, "metrics.json"))
+    mistakes = set(pd.read_csv(os.path.join(report, "mistakes.csv")).image_id)
+    leaked = _leaked_by_hand(audited["report"], "test")
+    without = result["without_near_duplicates"]
+    assert without["num_excluded"] == len(leaked) > 0
+    assert without["num_examples"] == result["num_examples"] - len(leaked)
+    assert without["accuracy"] == pytest.approx(1 - len(mistakes - leaked) / without["num_examples"])
+    assert "## Without near-duplicates of training images" in open(os.path.join(report, "report.md")).read()
+
+
+@pytest.mark.parametrize("content, split, expected", [
+    (None, "test", "does not exist"),
+    ("image_id,split\nx,test\n", "test", "has no image_id_a column"),
+    ("image_id_a,split_a,image_id_b,split_b\n99nothereXXL,test,11ugYljFP4L,train\n", "test", "1 of its test images"),
+    ("image_id_a,split_a,image_id_b,split_b\n", "train", "evaluate another split"),
+])
+def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expected):
+    from abo_tf.auditing import leakage
+    from abo_tf.common.errors import UserInputError
+
+    path = tmp_path / "pairs.csv"
+    if content is not None:
+        path.write_text(content)
+    test_ids = [image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"]
+    with pytest.raises(UserInputError, match=expected):
+        leakage.kept_mask(test_ids, leakage.leaked_ids(str(path), split), split)
