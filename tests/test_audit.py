@@ -292,3 +292,28 @@ def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expect
     test_ids = [image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"]
     with pytest.raises(UserInputError, match=expected):
         leakage.kept_mask(test_ids, leakage.leaked_ids(str(path), split), split)
+
+
+@pytest.mark.slow
+def test_embedding_pairs_are_exactly_those_above_the_cosine_threshold(audited, tmp_path):
+    """--features cnn: the embedding pairs are the all-pairs answer on the cached embeddings."""
+    from abo_tf.classical import extraction, feature_spec
+
+    threshold = 0.995
+    report = str(tmp_path / "report")
+    arguments = ["--records", audited["records"], "--report", report, "--cache-dir", str(tmp_path / "features"),
+                 "--features", "cnn", "--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32",
+                 "--embedding-similarity", str(threshold), "--workers", "2", "--no-progress"]
+    assert audit_command.main(arguments) == 0
+    spec = feature_spec.FeatureSpec("cnn", backbone="mobilenet_v3_small", weights="none", image_size=32)
+    splits = extraction.extract_features(audited["records"], spec, cache_dir=str(tmp_path / "features"),
+                                         workers=2, progress=False)
+    ids = np.concatenate([splits[split].image_ids for split in ("train", "validation", "test")]).astype(str)
+    embeddings = np.concatenate([np.asarray(splits[split].features) for split in ("train", "validation", "test")])
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    similarity = embeddings @ embeddings.T
+    expected = {frozenset((ids[i], ids[j])) for i, j in zip(*np.nonzero(np.triu(similarity >= threshold, k=1)))}
+    table, reported = _reported_pairs(report)
+    by_embedding = {frozenset(pair) for pair in zip(table.image_id_a[table.signal == "embedding"],
+                                                      table.image_id_b[table.signal == "embedding"])}
+    assert expected and by_embedding <= expected <= reported
