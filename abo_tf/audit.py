@@ -15,13 +15,16 @@ abo_tf/auditing/audit.py.
 import os
 import sys
 
-from abo_tf.auditing import audit
 from abo_tf.common import options
 from abo_tf.common.errors import cli_main
 
 
 @cli_main
 def main(argv=None):
+    # Imported here, not at the top: the hashing workers are spawned, and each imports this module (the
+    # parent's __main__) again; the library's imports (pandas, scikit-learn) would cost each ~190 MB.
+    from abo_tf.auditing import audit
+
     audit_options, _ = options.parse(audit.AuditOptions, argv, prog="python -m abo_tf.audit",
                                      description=__doc__.split("\n\n")[0])
     summary = audit.run_audit(audit_options)

@@ -70,9 +70,19 @@ def signature(encoded):
     return _phash(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)), _shrunk(pixels, THUMBNAIL_SIDE).ravel()
 
 
-def _hash_chunk(encoded_images):
-    """Worker: the `signature` of each encoded image."""
-    return [signature(encoded) for encoded in encoded_images]
+def _hash_chunk(task):
+    """Worker: `(split, [(image id, label, product type, hash, thumbnail)])` of a chunk of serialised records.
+
+    Records are parsed here, not in the parent: the parent only frames them, so it does not become the
+    bottleneck of the fan-out.
+    """
+    split, serialized_records = task
+    results = []
+    for serialized in serialized_records:
+        record = shards.parse_record(serialized)
+        results.append((record[schema.IMAGE_ID].decode(), record[schema.LABEL], record[schema.PRODUCT_TYPE].decode(),
+                        *signature(record[schema.IMAGE])))
+    return split, results
 
 
 def _single_threaded_worker():
@@ -80,21 +90,18 @@ def _single_threaded_worker():
     cv2.setNumThreads(1)
 
 
-def _record_chunks(records_dir, manifest, splits, metadata):
-    """Yields lists of encoded images, CHUNK_IMAGES at a time, appending each record's metadata to `metadata`."""
-    chunk = []
+def _record_chunks(records_dir, manifest, splits):
+    """Yields `(split, serialised records)`, CHUNK_IMAGES records at a time, a chunk within one split."""
     for split in splits:
+        chunk = []
         for path in shards.shard_paths(records_dir, manifest, split):
             for serialized in shards.iter_framed_records(path):
-                record = shards.parse_record(serialized)
-                metadata.append((record[schema.IMAGE_ID].decode(), split, record[schema.LABEL],
-                                 record[schema.PRODUCT_TYPE].decode()))
-                chunk.append(record[schema.IMAGE])
+                chunk.append(serialized)
                 if len(chunk) == CHUNK_IMAGES:
-                    yield chunk
+                    yield split, chunk
                     chunk = []
-    if chunk:
-        yield chunk
+        if chunk:
+            yield split, chunk
 
 
 def hash_records(records_dir, workers=None, progress=True):
@@ -115,17 +122,17 @@ def hash_records(records_dir, workers=None, progress=True):
     splits = [split for split in SPLITS if split in manifest["splits"]]
     total = sum(manifest["splits"][split]["num_examples"] for split in splits)
     workers = workers or os.cpu_count() or 1
-    metadata, hashes, thumbnails = [], [], []
-    chunks = _record_chunks(records_dir, manifest, splits, metadata)
+    rows, split_names = [], []
     # "spawn": a forked child would inherit whatever threads the parent runs (TensorFlow's, OpenCV's).
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_single_threaded_worker) as pool, \
             console.progress_bar(total=total, desc="hashing", unit="img", enabled=progress) as bar:
-        for result in bounded_map(pool, _hash_chunk, chunks, workers * WINDOW_PER_WORKER):
-            hashes.extend(image_hash for image_hash, _ in result)
-            thumbnails.extend(thumbnail for _, thumbnail in result)
-            bar.update(len(result))
-    image_ids, split_names, labels, product_types = zip(*metadata) if metadata else ((), (), (), ())
+        tasks = _record_chunks(records_dir, manifest, splits)
+        for split, results in bounded_map(pool, _hash_chunk, tasks, workers * WINDOW_PER_WORKER):
+            rows.extend(results)
+            split_names.extend([split] * len(results))
+            bar.update(len(results))
+    image_ids, labels, product_types, hashes, thumbnails = zip(*rows) if rows else ((),) * 5
     width = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
     return HashedImages(np.array(hashes, dtype=np.uint64), np.array(thumbnails, np.uint8).reshape(-1, width),
                         np.array(image_ids, dtype=str), np.array(split_names, dtype=str),
