@@ -317,3 +317,16 @@ def test_embedding_pairs_are_exactly_those_above_the_cosine_threshold(audited, t
     by_embedding = {frozenset(pair) for pair in zip(table.image_id_a[table.signal == "embedding"],
                                                       table.image_id_b[table.signal == "embedding"])}
     assert expected and by_embedding <= expected <= reported
+
+
+def test_label_issues_max_lists_fewer_but_counts_all(audited, tmp_path):
+    report = str(tmp_path / "report")
+    arguments = ["--records", audited["records"], "--report", report, "--cache-dir", audited["cache_dir"],
+                 "--label-issues-max", "3", "--workers", "1", "--no-progress"]
+    assert audit_command.main(arguments) == 0
+    full = pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE))
+    listed = pd.read_csv(os.path.join(report, audit.ISSUES_FILE))
+    assert listed.image_id.tolist() == full.image_id[:3].tolist() and len(full) > 3
+    noise = pd.read_csv(os.path.join(report, audit.NOISE_FILE))
+    assert noise.flagged.sum() == len(full)
+    assert files.read_json(os.path.join(report, audit.SUMMARY_FILE))["label_issues"] == len(full)

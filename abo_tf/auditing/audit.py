@@ -185,7 +185,8 @@ def _summary(options_, manifest_sha256, pairs, counts, label_audit, seconds):
         "pairs_by_split_pair": {name: number for name, number, _, _ in counts},
         "test_images": train_test[3], "test_images_with_a_near_duplicate_in_train": train_test[2],
         "test_fraction_with_a_near_duplicate_in_train": train_test[2] / train_test[3] if train_test[3] else 0.0,
-        "label_issues": len(label_audit.issues), "labels_audited": label_audit.num_audited, "seconds": seconds,
+        "label_issues": int(label_audit.noise_rates.flagged.sum()), "label_issues_listed": len(label_audit.issues),
+        "labels_audited": label_audit.num_audited, "seconds": seconds,
     }
 
 
@@ -202,9 +203,10 @@ def _report_markdown(summary, counts, label_audit, galleries):
         f"({summary['test_images_with_a_near_duplicate_in_train']} of {summary['test_images']} images) has a "
         f"near-duplicate in train: score without them with `--exclude {PAIRS_FILE}`, or rebuild with "
         f"`build_records --join-near-duplicates {PAIRS_FILE}`.", "",
-        f"## Likely label errors", "",
+        "## Likely label errors", "",
         f"{summary['label_issues']} of {summary['labels_audited']} train and validation images flagged "
-        f"(all in `{ISSUES_FILE}`); the 20 least self-confident:", "",
+        f"({summary['label_issues_listed']} listed in `{ISSUES_FILE}`, `--label-issues-max`); the 20 least "
+        "self-confident:", "",
         markdown.table(issue_rows, ["image", "split", "given", "suggested", "self-confidence"]), "",
         "Estimated noise rate, the 10 noisiest product types:", "",
         markdown.table([(row.product_type, row.examples, row.flagged, row.estimated_noise_rate)

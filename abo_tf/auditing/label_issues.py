@@ -26,8 +26,8 @@ COLUMNS = ("image_id", "split", "given_type", "suggested_type", "self_confidence
 class LabelAudit(NamedTuple):
     """The flagged images, ranked, and the noise each class is estimated to carry."""
 
-    issues: pd.DataFrame  # COLUMNS, least self-confident first
-    noise_rates: pd.DataFrame  # product_type, examples, flagged, estimated_noise_rate
+    issues: pd.DataFrame  # COLUMNS, least self-confident first, at most `max_issues`
+    noise_rates: pd.DataFrame  # product_type, examples, flagged (all of them), estimated_noise_rate
     num_audited: int
 
 
@@ -64,7 +64,7 @@ def find_label_issues(splits, folds=DEFAULT_FOLDS, seed=0, max_issues=None):
       splits: dict split -> `feature_cache.SplitFeatures` with "train" and "validation".
       folds: cross-validation folds for the out-of-sample probabilities.
       seed: shuffles the folds.
-      max_issues: keep at most this many flagged images (None: all cleanlab flags).
+      max_issues: list at most this many flagged images (None: all cleanlab flags); the noise rates count all.
 
     Returns:
       A `LabelAudit`.
@@ -87,6 +87,7 @@ def find_label_issues(splits, folds=DEFAULT_FOLDS, seed=0, max_issues=None):
     # missed a planted flip ranked 5th of 460 by self-confidence (the biggest class has the most pruning slack).
     ranked = cleanlab_find(labels, probabilities, filter_by="low_self_confidence",
                            return_indices_ranked_by="self_confidence")
+    noise_rates = _noise_rates(labels, ranked, classes)  # from every flagged image, however many are listed
     ranked = ranked[:max_issues] if max_issues is not None else ranked
     suggested = probabilities[ranked].argmax(axis=1)
     issues = pd.DataFrame({
@@ -94,7 +95,7 @@ def find_label_issues(splits, folds=DEFAULT_FOLDS, seed=0, max_issues=None):
         "given_type": np.array(classes)[labels[ranked]], "suggested_type": np.array(classes)[suggested],
         "self_confidence": probabilities[ranked, labels[ranked]],
         "suggested_probability": probabilities[ranked, suggested]}, columns=list(COLUMNS))
-    return LabelAudit(issues, _noise_rates(labels, ranked, classes), len(labels))
+    return LabelAudit(issues, noise_rates, len(labels))
 
 
 def _noise_rates(labels, flagged, classes):
