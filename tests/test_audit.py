@@ -81,8 +81,9 @@ def test_planted_near_duplicates_are_found_with_few_false_pairs(abo_sample, audi
     assert len(reported - planted) <= 0.05 * len(reported)
 
 
-@pytest.mark.parametrize("max_distance", [0, 3, 8, 13])
-def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(max_distance):
+@pytest.mark.parametrize("max_distance, block", [(0, 1 << 22), (3, 1 << 22), (8, 1 << 22), (13, 1 << 22), (6, 7)])
+def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(monkeypatch, max_distance, block):
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", block)  # 7: every probe in many blocks
     rng = np.random.default_rng(max_distance)
     bases = rng.integers(0, 2**63, size=60, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 60, dtype=np.uint64)
     flips = [np.uint64(sum(1 << int(bit) for bit in rng.choice(64, size=rng.integers(0, 15), replace=False)))
