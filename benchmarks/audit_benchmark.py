@@ -118,7 +118,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['images']} | {row['hash_images_per_second']:.0f} | "
-              f"{row['bare_images_per_second_one_core']:.0f} x {row['cores']} | {row['ratio_to_bare_on_all_cores']:.2f} | "
+              f"{row['bare_images_per_second_one_core']:.0f} x {row['cores']} | "
+              f"{row['ratio_to_bare_on_all_cores']:.2f} | "
               f"{row['pairs_seconds']:.1f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
               f"{row['planted_found']} of {row['planted_pairs']} (+{row['other_pairs']} others) |")
     with open(os.path.join(REPO, "benchmarks", "results", "audit.json"), "w") as handle:

@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abo_tf import audit as audit_command, build_records
+from abo_tf import audit as audit_command
+from abo_tf import build_records
 from abo_tf.auditing import audit, near_duplicates
 from abo_tf.common import files
-from abo_tf.records import build as records_build, schema, shards
+from abo_tf.records import build as records_build
+from abo_tf.records import schema, shards
 from tests.conftest import build_options
 
 

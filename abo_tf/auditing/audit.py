@@ -12,7 +12,6 @@ The report folder (`--report`) gets:
 """
 
 import dataclasses
-import hashlib
 import os
 import time
 
@@ -198,8 +197,9 @@ def _report_markdown(summary, counts, label_audit, galleries):
     lines = [
         "# Data audit", "", f"Records: `{summary['records']}`; features: {summary['features']}.", "",
         "## Near-duplicates across splits", "",
-        markdown.table(count_rows, ["splits", "pairs", "images of the second split with a near-duplicate in the first"]),
-        "", f"**{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}%** of the test split "
+        markdown.table(count_rows, ["splits", "pairs", "second-split images with a near-duplicate in the first"]),
+        "",
+        f"**{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}%** of the test split "
         f"({summary['test_images_with_a_near_duplicate_in_train']} of {summary['test_images']} images) has a "
         f"near-duplicate in train: score without them with `--exclude {PAIRS_FILE}`, or rebuild with "
         f"`build_records --join-near-duplicates {PAIRS_FILE}`.", "",
