@@ -22,6 +22,7 @@ from abo_tf.classical import (
     persistence,
     search,
 )
+from abo_tf.auditing import leakage
 from abo_tf.common import options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records.split import SPLITS
@@ -49,6 +50,9 @@ class BaselineConfig(feature_spec.FeatureOptions):
                                help="folder of CNN training runs to compare with (each */metrics.json)")
     measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
     inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
+    exclude: str | None = options.option(
+        group="comparison", metavar="FILE", help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score "
+        "validation and test without their images that have a near-duplicate in train")
     cache_dir: str | None = options.option(group="output", config=False,
                                            help="feature cache (shared with abo_tf.features); default OUTPUT/features")
     progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False,
@@ -68,6 +72,8 @@ def check_config(config):
       UserInputError: naming the flag and its value.
     """
     unknown = [model for model in config.models if model not in classifiers.MODELS]
+    if config.exclude is not None:
+        leakage.leaked_ids(config.exclude, "test")  # a bad --exclude fails before any training
     if unknown or not config.models:
         raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
     limits = {
@@ -187,7 +193,7 @@ def train_baseline(model, splits, config):
     found = search.search(training, config.grid(model), splits["validation"])
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
-    results = evaluation.evaluate(found.pipeline, splits)
+    results = evaluation.evaluate(found.pipeline, splits, config.exclude)
     evaluation.write_reports(folder, splits, results)
     record = _record(model, config, splits, found, plan, results["test"].images_per_second)
     record["model_sha256"] = persistence.save_model(found.pipeline, os.path.join(folder, persistence.MODEL_FILE))

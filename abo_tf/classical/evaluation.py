@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from abo_tf.auditing import leakage
 from abo_tf.classical import classifiers
 from abo_tf.common import files
 from abo_tf.reports import metrics
@@ -26,7 +27,7 @@ def train_counts(splits):
     return np.bincount(splits["train"].labels, minlength=len(splits["train"].classes))
 
 
-def evaluate(pipeline, splits):
+def evaluate(pipeline, splits, exclude=None):
     """Metrics of validation and test, their predictions, and the classifier's images/s.
 
     The metrics are `abo_tf.evaluate`'s (`metrics.evaluation_metrics`: strata by
@@ -36,6 +37,8 @@ def evaluate(pipeline, splits):
     Args:
       pipeline: a fitted Pipeline.
       splits: dict split -> `SplitFeatures`, with train, validation and test.
+      exclude: an audit's near_duplicates.csv (`--exclude`): each split's metrics then also hold
+        "without_near_duplicates", the same metrics without its images that have a near-duplicate in train.
 
     Returns:
       Dict split -> `SplitEvaluation`, for EVALUATED_SPLITS.
@@ -49,6 +52,12 @@ def evaluate(pipeline, splits):
         result = metrics.evaluation_metrics(
             data.labels, predictions, scores, counts, calibrated=classifiers.has_probabilities(pipeline)
         )
+        if exclude is not None:
+            keep = leakage.kept_mask(data.image_ids, leakage.leaked_ids(exclude, name), name)
+            result["without_near_duplicates"] = metrics.evaluation_metrics(
+                data.labels[keep], predictions[keep], scores[keep], counts,
+                calibrated=classifiers.has_probabilities(pipeline))
+            result["without_near_duplicates"]["num_excluded"] = int((~keep).sum())
         results[name] = SplitEvaluation(result, predictions, len(data.labels) / max(seconds, 1e-9))
     return results
 

@@ -14,6 +14,7 @@ gives byte-identical shards and an interrupted run resumes where it stopped.
 import array
 import collections
 import concurrent.futures
+import csv
 import dataclasses
 import fnmatch
 import gc
@@ -28,7 +29,7 @@ from typing import NamedTuple
 from abo_tf.common import console
 from abo_tf.common import options as options_lib
 from abo_tf.common import outputs
-from abo_tf.common.errors import UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.common.files import read_json, write_json
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import archive, download, images, labels, schema, shards, split
@@ -91,6 +92,12 @@ class BuildOptions:
     max_listings_per_image: int = options_lib.option(50, minimum=1, group=_SPLIT,
                                                  help="drop boilerplate images shown by more listings")
     seed: int = options_lib.option(0, group=_SPLIT, help="seed of the split and of the shuffle")
+    join_near_duplicates: str | None = options_lib.option(
+        group=_SPLIT, metavar="FILE", help="near_duplicates.csv of `abo_tf.audit` (or its report folder): each pair "
+        "goes whole to one split")
+    exclude_images: str | None = options_lib.option(
+        group=_LABELS, metavar="FILE", help="CSV with an image_id column (e.g. the audit's label_issues.csv): these "
+        "images are dropped, counted as `excluded`")
     output: str = options_lib.option(os.path.join("tfrecords", schema.DATASET_NAME, schema.DATASET_VERSION), group=_OUTPUT,
                                  config=False, help="the build's folder (new, empty, or an earlier build's)")
     overwrite: bool = options_lib.option(False, group=_OUTPUT, config=False,
@@ -109,10 +116,72 @@ class BuildOptions:
             raise UserInputError(f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1")
 
     def output_options(self):
-        """The options that determine the records' bytes, as saved in the manifest."""
+        """The options that determine the records' bytes, as saved in the manifest.
+
+        An id file is recorded by its SHA-256 (where it lies does not change the records); an id file not given
+        is left out, so a build without one has the manifest it had before these options existed.
+        """
         values = dataclasses.asdict(self)
         values["split_fractions"] = list(self.split_fractions)
+        for name, default_name in _ID_FILES.items():
+            if values[name] is None:
+                del values[name]
+            else:
+                values[name] = {"sha256": shards.file_sha256(id_file_path(values[name], name, default_name))}
         return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
+
+
+# --- files of image ids from `abo_tf.audit` ------------------------------------
+
+_ID_FILES = {"join_near_duplicates": "near_duplicates.csv", "exclude_images": "label_issues.csv"}
+_PAIR_COLUMNS = ("image_id_a", "image_id_b")
+EXCLUDED = "excluded"  # the drop reason of --exclude-images
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def id_file_path(path, name, default_name):
+    """`path`, or `path/default_name` for an audit report folder; a one-line error if there is no such file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, default_name)
+    if not os.path.isfile(path):
+        raise InputNotFoundError(f"{_flag(name)} {path!r} does not exist: give the {default_name} of "
+                                 "`python -m abo_tf.audit` or its --report folder")
+    return path
+
+
+def _read_id_rows(path, name, columns):
+    """The rows of a CSV as tuples of `columns`; a one-line error when a column is missing."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in columns if column not in (reader.fieldnames or ())]
+        if missing:
+            raise UserInputError(f"{_flag(name)} {path!r} has no {missing[0]} column: give a CSV written by "
+                                 "`python -m abo_tf.audit`")
+        return [tuple(row[column] for column in columns) for row in reader]
+
+
+def read_id_files(options):
+    """(near-duplicate pairs, excluded image ids) of the options' id files; empty when not given."""
+    pairs, excluded = [], set()
+    if options.join_near_duplicates is not None:
+        path = id_file_path(options.join_near_duplicates, "join_near_duplicates", _ID_FILES["join_near_duplicates"])
+        pairs = _read_id_rows(path, "join_near_duplicates", _PAIR_COLUMNS)
+    if options.exclude_images is not None:
+        path = id_file_path(options.exclude_images, "exclude_images", _ID_FILES["exclude_images"])
+        excluded = {image_id for (image_id,) in _read_id_rows(path, "exclude_images", ("image_id",))}
+    return pairs, excluded
+
+
+def _check_known_ids(ids, referenced, name):
+    """Refuses an id file naming images these listings do not show: it belongs to another download or selection."""
+    unknown = sorted(set(ids) - referenced)
+    if unknown:
+        raise UserInputError(f"{_flag(name)}: {len(unknown)} of its {len(set(ids))} image ids (e.g. {unknown[0]!r}) "
+                             "are not images of these listings: give the file of an audit of a build of the same "
+                             "download with the same --image-selection")
 
 
 class _ImageIndex:
@@ -221,7 +290,7 @@ def _select_images(listings, image_selection):
     return status, image_ids, kept
 
 
-def _read_candidates(options, image_index, listings_report):
+def _read_candidates(options, image_index, listings_report, excluded=frozenset()):
     listings = archive.read_listings(options.listings, listings_report, options.allow_truncated)
     status, image_ids, labels_of_listings = _select_images(listings, options.image_selection)
     listings_of_image = collections.defaultdict(list)
@@ -240,6 +309,8 @@ def _read_candidates(options, image_index, listings_report):
             candidates.image_status[image_id] = "missing_from_archive"
         elif len(indices) > options.max_listings_per_image:
             candidates.image_status[image_id] = "over_shared"
+        elif image_id in excluded:
+            candidates.image_status[image_id] = EXCLUDED
     return candidates
 
 
@@ -348,7 +419,7 @@ def _label_images(candidates, options):
     return vocabulary, image_types, conflicts
 
 
-def _plan_splits(candidates, options):
+def _plan_splits(candidates, options, near_duplicates=()):
     """Returns dict split -> image ids in their seeded, shuffled order."""
     kept = _surviving(candidates)
     kept_set = set(kept)
@@ -356,7 +427,10 @@ def _plan_splits(candidates, options):
         (candidates.listings[index].item_id, [image_id for image_id in candidates.kept_ids(index) if image_id in kept_set])
         for index in range(len(candidates.listings))
     )
-    groups = split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept})
+    # A content duplicate's pair joins the copy kept in its place.
+    joined = [(candidates.keeper.get(first, first), candidates.keeper.get(second, second))
+              for first, second in near_duplicates]
+    groups = split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept}, joined)
     split_of = split.assign_splits(groups, options.split_fractions, options.seed)
     members = collections.defaultdict(list)
     for image_id in kept:
@@ -652,13 +726,17 @@ def _prepare(options, image_index, reader, report, pool):
     Returns:
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
-    candidates = _read_candidates(options, image_index, report)
+    near_duplicates, excluded = read_id_files(options)
+    candidates = _read_candidates(options, image_index, report, excluded)
+    referenced = set(candidates.listings_of_image)
+    _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
+    _check_known_ids(excluded, referenced, "exclude_images")
     _scan(candidates, image_index, reader, pool, options)
     _drop_duplicate_content(candidates)
     vocabulary, image_types, conflicts = _label_images(candidates, options)
     if len(vocabulary.names) < 2:
         raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
-    split_members = _plan_splits(candidates, options)
+    split_members = _plan_splits(candidates, options, near_duplicates)
     plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
     prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows,
                          _content_digest(candidates), image_index.truncated)
@@ -693,6 +771,7 @@ def build(options):
     """
     start = time.perf_counter()
     options = dataclasses.replace(options, **dict(zip(("listings", "images"), download.locate(options.listings, options.images))))
+    read_id_files(options)  # a missing or foreign id file fails before --output is claimed
     created = not os.path.lexists(options.output)
     folder = _claim_output(options)
     # The plan is a few objects per image, all alive until the end: the cyclic

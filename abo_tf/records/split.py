@@ -36,13 +36,15 @@ def stable_fraction(seed, key):
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def group_images(image_ids_per_listing, content_hash):
+def group_images(image_ids_per_listing, content_hash, joined_pairs=()):
     """Connected groups of images.
 
     Args:
       image_ids_per_listing: iterable of `(item_id, image ids)`, one per listing;
         only images that will be written should be given.
       content_hash: dict image id -> SHA-256 of its bytes.
+      joined_pairs: `(image id, image id)` pairs that must share a group (near-duplicates found by
+        `abo_tf.audit`); a pair with an image not in `content_hash` is ignored.
 
     Returns:
       Dict image id -> group key (the smallest image id of its group).
@@ -53,6 +55,9 @@ def group_images(image_ids_per_listing, content_hash):
             union_find.union(("image", image_id), ("item", item_id))
     for image_id, digest in content_hash.items():
         union_find.union(("image", image_id), ("content", digest))
+    for first, second in joined_pairs:
+        if first in content_hash and second in content_hash:
+            union_find.union(("image", first), ("image", second))
     smallest = {}
     for image_id in content_hash:
         root = union_find.find(("image", image_id))

@@ -36,6 +36,9 @@ class EvaluateOptions:
     split: str = options_lib.option("test", help="split to evaluate", group="inputs")
     keras_model: str | None = options_lib.option(help="the run's model.keras for Grad-CAM; default: next to --model",
                                              group="inputs")
+    exclude: str | None = options_lib.option(
+        group="inputs", metavar="FILE", help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score the "
+        "split without its images that have a near-duplicate in train")
     report: str = options_lib.option(help="folder for report.md, metrics.json, CSVs and figures", group="report",
                                  required=True, config=False)
     top_n: int = options_lib.option(20, help="classes in the confusion matrix (plus 'all others')", group="report",
@@ -539,6 +542,7 @@ def evaluate(options):
     entry = _split_entry(manifest, options.split, options.records)
     input_pipeline.check_records(options.records, manifest, [options.split])
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
+    leaked = _leaked_ids(options)  # a bad --exclude fails before the split is run through the model
     predictions = predict(loaded, options, manifest, mapping)
     train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
     predicted = predictions.probabilities.argmax(axis=1)
@@ -560,9 +564,43 @@ def evaluate(options):
             "num_mistakes": int(np.sum(predicted != predictions.labels)),
         }
     )
+    if leaked is not None:
+        result["without_near_duplicates"] = _metrics_without_near_duplicates(options, leaked, predictions, train_counts)
     tables, files = _figures_and_tables(options, predictions, class_names, train_counts, result)
     gradcam_note = _gradcam(options, predictions, class_names, image_size, files)
     write_json(os.path.join(options.report, "metrics.json"), result)
     with open(os.path.join(options.report, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write(_report_markdown(options, result, tables, files, gradcam_note))
+        handle.write(_report_markdown(options, result, tables, files, gradcam_note) + _leakage_markdown(result))
     return result
+
+
+def _leaked_ids(options):
+    from abo_tf.auditing import leakage
+
+    return None if options.exclude is None else leakage.leaked_ids(options.exclude, options.split)
+
+
+def _metrics_without_near_duplicates(options, leaked, predictions, train_counts):
+    """The metrics of the split's images that have no near-duplicate in train (`--exclude`)."""
+    from abo_tf.auditing import leakage
+
+    keep = leakage.kept_mask(predictions.image_ids, leaked, options.split)
+    probabilities = predictions.probabilities[keep]
+    result = metrics.evaluation_metrics(predictions.labels[keep], probabilities.argmax(axis=1), probabilities,
+                                        train_counts, options.head_min, options.tail_below,
+                                        num_bins=options.calibration_bins)
+    result["num_excluded"] = int((~keep).sum())
+    return result
+
+
+def _leakage_markdown(result):
+    if "without_near_duplicates" not in result:
+        return ""
+    from abo_tf.reports import markdown
+
+    without = result["without_near_duplicates"]
+    rows = [(name, result[key], without[key]) for name, key in
+            (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("top-5 accuracy", "top5_accuracy"))]
+    return "\n".join(["", "## Without near-duplicates of training images", "",
+                      f"{without['num_excluded']} images with a near-duplicate in train (`--exclude`) left out:", "",
+                      markdown.table(rows, ["metric", "all images", "without near-duplicates"]), ""])

@@ -135,6 +135,13 @@ TRUNCATED, EMPTY, NOT_AN_IMAGE, TOO_LARGE = "truncated", "empty", "not_an_image"
 MISSING_FROM_ARCHIVE, MISSING_FROM_CSV = "missing_from_archive", "missing_from_csv"
 BAD_KINDS = (TRUNCATED, EMPTY, NOT_AN_IMAGE, TOO_LARGE)
 
+# The data audit's truth (issue 11). Planted last, from their own random stream, so every earlier image and
+# listing keeps its bytes: near-duplicates are new images on other items' listings, flips repaint an image.
+NEAR_DUPLICATE_VARIANTS = ("reencoded", "resized", "cropped", "brightened")
+NEAR_DUPLICATES_PER_LISTING = 1 / 20
+LABEL_FLIPS_PER_LISTING = 1 / 24
+MAX_OTHER_IMAGES_BEFORE_PLANTING = 4  # a listing shows at most 8 other images; planting adds one
+
 
 # --- the plan: listings, items and images, before any file is written -------
 
@@ -149,6 +156,9 @@ class _Image:
     scale: int  # original = small * scale, as images.csv.gz reports it
     image_id: str = ""
     path: str = ""  # relative to images/small/
+    source: "_Image | None" = None  # a near-duplicate: the image whose photo this one re-uses
+    source_index: int = -1
+    variant: str = ""  # how the source's photo was changed, one of NEAR_DUPLICATE_VARIANTS
 
 
 @dataclasses.dataclass
@@ -174,6 +184,8 @@ class _Plan:
     boilerplate: list = dataclasses.field(default_factory=list)  # image indices
     files: list = dataclasses.field(default_factory=list)  # per listings file: listing indices in order
     malformed: dict = dataclasses.field(default_factory=dict)  # file number -> 0-based line of the bad line
+    near_duplicates: list = dataclasses.field(default_factory=list)  # (source image, near-duplicate image)
+    label_flips: list = dataclasses.field(default_factory=list)  # (listing, image showing another type)
 
     def new_image(self, kind, style):
         """Adds an image of random size; returns its index."""
@@ -399,7 +411,86 @@ def _make_plan(num_listings, seed, max_side):
     _assign_image_ids(plan)
     _assign_paths(plan)
     _choose_listing_details(plan, num_listings)
+    _plant_audit_truth(plan, num_listings)
     return plan
+
+
+def _exclusive_photos(plan):
+    """Listing index -> its plain product photos that no other listing shows, in listing order."""
+    shown_by = collections.Counter(index for listing in plan.listings
+                                   for index in set(listing.others + [listing.main]) if index is not None)
+    photos = {}
+    for listing_index, listing in enumerate(plan.listings):
+        if len(plan.items[listing.item]) == 1 and listing.type_index < QUIRK_CARRIER_TYPES:
+            photos[listing_index] = [index for index in [listing.main] + listing.others if index is not None
+                                     and shown_by[index] == 1 and plan.images[index].kind == JPEG
+                                     and plan.images[index].style == listing.type_index]
+    return {listing_index: found for listing_index, found in photos.items() if found}
+
+
+def _near_duplicate_size(source, variant, max_side):
+    """(height, width) of a near-duplicate; the longest side stays within [max_side // 2, max_side]."""
+    if variant == "cropped":  # 4% off the shorter side only, so the longest side is kept
+        if source.height <= source.width:
+            return max(16, round(source.height * 0.96)), source.width
+        return source.height, max(16, round(source.width * 0.96))
+    if variant == "resized":  # down by 0.7, or up by 1.3 where 0.7 would leave a side below max_side // 2
+        longest = max(source.height, source.width)
+        scale = 0.7 if longest * 0.7 >= max_side // 2 else min(1.3, max_side / longest)
+        return max(16, round(source.height * scale)), max(16, round(source.width * scale))
+    return source.height, source.width
+
+
+def _assign_new_image_ids(plan, rng, start):
+    """Unique ids for the images from `start` on, drawn from `rng`, leaving the earlier ids as they were."""
+    seen = {image.image_id for image in plan.images[:start]}
+    for image in plan.images[start:]:
+        while not image.image_id or image.image_id in seen:
+            image.image_id = _new_image_id(rng)
+        seen.add(image.image_id)
+
+
+def _plant_near_duplicates(plan, rng, candidates, count):
+    """Copies of an item's photo, changed a little, on a listing of another item of the same type."""
+    sources = [(listing_index, photos[0]) for listing_index, photos in candidates.items()]
+    rng.shuffle(sources)
+    for listing_index, source_index in sources[:count]:
+        source, type_index = plan.images[source_index], plan.listings[listing_index].type_index
+        targets = [index for index, listing in enumerate(plan.listings) if listing.type_index == type_index
+                   and listing.item != plan.listings[listing_index].item
+                   and len(listing.others) <= MAX_OTHER_IMAGES_BEFORE_PLANTING]
+        variant = NEAR_DUPLICATE_VARIANTS[len(plan.near_duplicates) % len(NEAR_DUPLICATE_VARIANTS)]
+        height, width = _near_duplicate_size(source, variant, plan.max_side)
+        plan.images.append(dataclasses.replace(
+            source, height=height, width=width, image_id="", path="", source=source, source_index=source_index,
+            quality=rng.randint(55, 70) if variant == "reencoded" else source.quality, variant=variant))
+        plan.listings[rng.choice(targets)].others.append(len(plan.images) - 1)
+        plan.near_duplicates.append((source_index, len(plan.images) - 1))
+
+
+def _plant_label_flips(plan, rng, candidates, count):
+    """Other photos that show another big type than their listing says: the seller's label is wrong."""
+    flippable = [(listing_index, photos[-1]) for listing_index, photos in candidates.items()
+                 if photos[-1] != plan.listings[listing_index].main]
+    rng.shuffle(flippable)
+    for listing_index, image_index in flippable[:count]:
+        given = plan.listings[listing_index].type_index
+        plan.images[image_index].style = rng.choice([index for index in range(QUIRK_CARRIER_TYPES) if index != given])
+        plan.label_flips.append((listing_index, image_index))
+
+
+def _plant_audit_truth(plan, num_listings):
+    """Near-duplicates across items and flipped labels, each on its own photo."""
+    rng = random.Random(f"abo-sample-audit-{plan.seed}")
+    candidates = _exclusive_photos(plan)
+    flips = max(1, round(num_listings * LABEL_FLIPS_PER_LISTING))
+    flip_candidates = dict(list(candidates.items())[::2])  # disjoint from the near-duplicates' sources
+    duplicate_candidates = {key: value for key, value in candidates.items() if key not in flip_candidates}
+    _plant_label_flips(plan, rng, flip_candidates, flips)
+    _plant_near_duplicates(plan, rng, duplicate_candidates, max(1, round(num_listings * NEAR_DUPLICATES_PER_LISTING)))
+    first_new = len(plan.images) - len(plan.near_duplicates)
+    _assign_new_image_ids(plan, rng, first_new)
+    _assign_paths(plan)
 
 
 # --- listing records ---------------------------------------------------------
@@ -715,13 +806,31 @@ def _not_an_image(image):
             f"<body><h1>Not Found</h1><p>{image.image_id} was not found on this server.</p></body></html>\n").encode()
 
 
+def _near_duplicate_pixels(seed, image):
+    """The source's photo, changed as `image.variant` says, at the image's own size."""
+    import cv2
+
+    pixels, mask = _pixels(seed, image.source_index, image.source)
+    if image.variant == "cropped":
+        top, left = (pixels.shape[0] - image.height) // 2, (pixels.shape[1] - image.width) // 2
+        crop = (slice(top, top + image.height), slice(left, left + image.width))
+        return np.ascontiguousarray(pixels[crop]), mask[crop]
+    if image.variant == "resized":
+        size = (image.width, image.height)
+        resized = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        return resized, cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    if image.variant == "brightened":
+        return np.clip(pixels.astype(np.float32) * 1.15 + 8, 0, 255).astype(np.uint8), mask
+    return pixels, mask  # "reencoded": the same pixels at another JPEG quality
+
+
 def _image_bytes(seed, index, image):
     """The file an image's kind calls for."""
     if image.kind == EMPTY:
         return b""
     if image.kind == NOT_AN_IMAGE:
         return _not_an_image(image)
-    pixels, mask = _pixels(seed, index, image)
+    pixels, mask = _pixels(seed, index, image) if image.source is None else _near_duplicate_pixels(seed, image)
     if image.kind == PNG:
         return _encode_png(pixels)
     if image.kind == PNG_RGBA:
@@ -899,6 +1008,13 @@ def _truth(plan, files, tar):
         "non_normalised_product_types": sorted(_product_type_value(listing) for listing in plan.listings
                                                if listing.product_type_form == "odd"),
         "unknown_keys": ["extra_field_v2"],
+        "near_duplicates": sorted(({"image_id": plan.images[source].image_id,
+                                    "duplicate_id": plan.images[copy].image_id, "variant": plan.images[copy].variant}
+                                   for source, copy in plan.near_duplicates), key=lambda entry: entry["image_id"]),
+        "label_flips": sorted(({"image_id": plan.images[image].image_id,
+                                "given_type": PRODUCT_TYPES[plan.listings[listing].type_index][0],
+                                "true_type": PRODUCT_TYPES[plan.images[image].style][0]}
+                               for listing, image in plan.label_flips), key=lambda entry: entry["image_id"]),
         "files": files,
     }
 
@@ -958,6 +1074,10 @@ def generate_sample(output_dir, num_listings=DEFAULT_LISTINGS, seed=DEFAULT_SEED
         conflicting_items, conflicting_images: ids seen with two product types;
         shared_item_ids: item ids listed on more than one marketplace;
         non_normalised_product_types, unknown_keys: spellings and keys planted;
+        near_duplicates: [{"image_id", "duplicate_id", "variant"}]: a photo and its changed copy (variant one of
+          NEAR_DUPLICATE_VARIANTS) on a listing of another item of the same type, each shown by one listing;
+        label_flips: [{"image_id", "given_type", "true_type"}]: an other image of one listing that shows
+          another big type than the listing's;
         files: paths written, relative to `output_dir`; seed, max_side, tar: the arguments.
 
     Raises:
