@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Sample ABO data in the real layout -> data report -> records -> a short training run
+# Sample ABO data in the real layout -> data report -> records -> data audit -> a short training run
 # -> SavedModel -> evaluation report -> classical baselines and the comparison table -> predictions.
 demo: install
 	rm -rf $(DEMO)
@@ -26,6 +26,7 @@ demo: install
 		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
 	$(BIN)/python -m abo_tf.analyze --listings $(DEMO)/abo --images $(DEMO)/abo --records $(DEMO)/records \
 		--report $(DEMO)/analysis --no-progress
+	$(BIN)/python -m abo_tf.audit --records $(DEMO)/records --report $(DEMO)/audit --no-progress
 	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
 	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run/saved_model --records $(DEMO)/records \
 		--report $(DEMO)/evaluation --no-progress
