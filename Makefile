@@ -26,12 +26,12 @@ demo: install
 		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
 	$(BIN)/python -m abo_tf.analyze --listings $(DEMO)/abo --images $(DEMO)/abo --records $(DEMO)/records \
 		--report $(DEMO)/analysis --no-progress
-	$(BIN)/python -m abo_tf.audit --records $(DEMO)/records --report $(DEMO)/audit --no-progress
+	$(BIN)/python -m abo_tf.audit --records $(DEMO)/records --report $(DEMO)/audit --cache-dir $(DEMO)/features --no-progress
 	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
 	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run/saved_model --records $(DEMO)/records \
 		--report $(DEMO)/evaluation --no-progress
 	$(BIN)/python -m abo_tf.baselines --records $(DEMO)/records --features handcrafted \
-		--model logreg linear_svm rbf_svm sgd --output $(DEMO)/baselines --runs $(DEMO) --no-progress
+		--model logreg linear_svm rbf_svm sgd --output $(DEMO)/baselines --cache-dir $(DEMO)/features --runs $(DEMO) --no-progress
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
 
 test: install
