@@ -71,8 +71,8 @@ def check_run(run_dir, needs=KERAS_MODEL, flag="--run"):
 
 
 def is_run(folder):
-    """True for a training run folder (config.toml and metrics.json); baselines and reports are not runs."""
-    return os.path.isfile(path(folder, CONFIG)) and os.path.isfile(path(folder, METRICS))
+    """True for a finished training run folder; baselines and evaluation reports (metrics.json and config.toml too) are not."""
+    return all(os.path.isfile(path(folder, name)) for name in (CONFIG, METRICS, HISTORY))
 
 
 def is_started_run(folder):
