@@ -122,10 +122,10 @@ def open_search(tune_options, study_flag_given=False):
     check_validation_split(tune_options.records)
     storage = study_lib.open_storage(tune_options.storage, tune_options.output) if tune_options.storage else None
     _claim_shared(tune_options.output)
-    _check_same_search(tune_options)
     if storage is None:
         storage = study_lib.open_storage("", tune_options.output)
         study_lib.check_studies(storage, tune_options.study, study_flag_given)
+    _check_same_search(tune_options)
     options.save_config(tune_options, tune_options.output)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, _ = study_lib.open_study(
