@@ -192,3 +192,15 @@ def test_search_values_are_drawn_inside_the_space(built_records):
         values = space_lib.suggest(study.ask(), space)
         assert all(space_lib.contains(parameter, values[parameter.name]) for parameter in space)
         assert isinstance(values["batch_size"], int)
+
+
+@pytest.mark.parametrize("pipeline", ["demo", "resnet50_mirrored", "vgg16_finetune"])
+def test_shipped_pipelines_search_around_their_own_config(pipeline, tmp_path):
+    path = os.path.join(REPO, "pipelines", f"{pipeline}.toml")
+    options, _ = tune.options.parse(search.TuneOptions, ["--config", path, "--records", "r", "--output", "o"],
+                                    prog="t", description="")
+    base = search.base_train_config(options)
+    space = space_lib.parse_space(options.search, base)
+    assert len(space) >= 4 and space_lib.default_point(space, base) is not None  # the default is trial 0
+    trained = train.resolve_config(["--config", path, "--records", "r", "--output", str(tmp_path / "run")])
+    assert trained == base.__class__(**{**vars(base), "output": str(tmp_path / "run")})
