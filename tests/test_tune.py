@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,9 +78,9 @@ def test_pruning_stops_a_trial_after_its_first_epoch(built_records, tmp_path):
     assert len(run_folder.load_history(trials_lib.trial_dir(options.output, trial.number))) == 1
 
 
-def _command(records_dir, config, output, trials):
+def _command(records_dir, config, output, trials, epochs):
     return [sys.executable, "-m", "abo_tf.tune", *_tune_args(records_dir, config, output, "--trials", str(trials),
-                                                             "--epochs", "2")]
+                                                             "--epochs", str(epochs))]
 
 
 def _env():
@@ -90,7 +91,7 @@ def _env():
 def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, tmp_path):
     records_dir, _ = built_records
     output, config = tmp_path / "tune", _config(tmp_path)
-    command = _command(records_dir, config, output, 2)
+    command = _command(records_dir, config, output, 2, epochs=2)
     process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not os.path.isfile(output / "trials" / "0000" / "history.csv") and time.time() < deadline:
@@ -110,7 +111,7 @@ def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, 
 def test_two_workers_share_one_study(built_records, tmp_path):
     records_dir, _ = built_records
     output, config = tmp_path / "tune", _config(tmp_path)
-    command = _command(records_dir, config, output, 3)
+    command = _command(records_dir, config, output, 3, epochs=1)
     workers = [subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     results = [worker.communicate(timeout=400) for worker in workers]
@@ -204,3 +205,35 @@ def test_shipped_pipelines_search_around_their_own_config(pipeline, tmp_path):
     assert len(space) >= 4 and space_lib.default_point(space, base) is not None  # the default is trial 0
     trained = train.resolve_config(["--config", path, "--records", "r", "--output", str(tmp_path / "run")])
     assert trained == base.__class__(**{**vars(base), "output": str(tmp_path / "run")})
+
+
+def test_database_trial_of_a_silent_worker_is_failed_and_queued_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_lib, "GRACE_SECONDS", 1)
+    storage = study_lib.open_storage(f"sqlite:///{tmp_path / 'study.db'}", str(tmp_path))
+    study, created = study_lib.open_study(storage, "s", "maximize", None, None, {"dropout": 0.25})
+    assert created and study_lib.open_study(storage, "s", "maximize", None, None, None)[1] is False
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.5)
+    with study_lib.heartbeat(study, trial):
+        pass  # one beat, then the worker falls silent (as if its machine died)
+    time.sleep(2.5)
+    study_lib.fail_dead_trials(study)
+    failed, queued = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.params == {"dropout": 0.25}
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.system_attrs["fixed_params"] == failed.params
+
+
+def test_trial_of_a_dead_local_process_is_failed_and_queued_again(tmp_path):
+    storage = study_lib.open_storage("", str(tmp_path))
+    study, _ = study_lib.open_study(storage, "s", "maximize", None, None, None)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()
+    trial.suggest_int("batch_size", 8, 16)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", int(dead.stdout))
+    alive = study.ask()
+    study_lib.mark_owner(alive)  # this process: never failed
+    assert study_lib.fail_dead_trials(study) == [trial.number]
+    assert [frozen.state.name for frozen in study.trials] == ["FAIL", "RUNNING", "WAITING"]
+    queued = study.trials[2]
+    assert queued.system_attrs["fixed_params"] == trial.params and queued.user_attrs["retry_of"] == trial.number

@@ -5,6 +5,7 @@ import errno
 import os
 import re
 import time
+import warnings
 
 import optuna
 
@@ -146,7 +147,9 @@ def _next_trial(search):
         if finished + running >= wanted:
             time.sleep(_POLL_SECONDS)  # the last trials run elsewhere; one may die and need a replacement
             continue
-        trial = search.study.ask()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "heartbeat is for optimize": study.heartbeat beats here
+            trial = search.study.ask()
         if study_lib.earlier_live(search.study, trial.number) < wanted:
             return trial
         # Another worker asked at the same moment and got an earlier number: this one would be one too many.

@@ -6,9 +6,12 @@ left RUNNING by a process that died is found by the process id recorded with it 
 database URL, by Optuna's heartbeat (any machine); it is marked FAIL and its parameters are queued again.
 """
 
+import contextlib
 import os
 import socket
+import threading
 import time
+import warnings
 
 import optuna
 
@@ -37,8 +40,12 @@ def open_storage(url, tune_dir):
         return optuna.storages.JournalStorage(backend)
     try:
         if url.startswith(("sqlite:", "postgresql", "mysql")):
-            # The heartbeat finds trials of dead processes on other machines too.
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+            # The heartbeat finds trials of dead processes on other machines too; their values are queued again.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats since Optuna 2.9
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback())
         return optuna.storages.get_storage(url)
     except Exception as error:  # noqa: BLE001 (SQLAlchemy, drivers and Optuna raise many kinds; all mean the same)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -88,6 +95,32 @@ def mark_owner(trial):
     trial.set_user_attr(_PID, os.getpid())
 
 
+@contextlib.contextmanager
+def heartbeat(study, trial):
+    """Records the trial's heartbeat every HEARTBEAT_SECONDS while it runs, on storages that keep one.
+
+    Optuna beats only inside `Study.optimize`; trials here are asked and told, so the beat is ours.
+    """
+    storage = study._storage  # noqa: SLF001 (Optuna exposes no getter)
+    if not hasattr(storage, "record_heartbeat"):
+        yield
+        return
+    stopped = threading.Event()
+
+    def beat():
+        while not stopped.is_set():
+            storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+            stopped.wait(HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
+
+
 def _process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -110,13 +143,16 @@ def _is_dead(frozen):
 def fail_dead_trials(study):
     """Marks FAIL the trials of dead processes and queues their parameters again; returns their numbers."""
     if isinstance(study._storage, optuna.storages.RDBStorage):  # noqa: SLF001 (Optuna exposes no getter)
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental, and "supposed to be used with optimize": see heartbeat
+            optuna.storages.fail_stale_trials(study)
     failed = []
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if not _is_dead(frozen):
             continue
         try:
-            study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)  # noqa: SLF001
+            if not study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL):  # noqa: SLF001
+                continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process marked it first
         study.enqueue_trial(frozen.params, user_attrs={_RETRY_OF: frozen.number, "default_config":

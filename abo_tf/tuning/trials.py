@@ -62,7 +62,8 @@ def run_trial(study, trial, space, base_config, tune_dir, objective):
     state, value = optuna.trial.TrialState.FAIL, None
     try:
         config = trial_config(base_config, space_lib.suggest(trial, space), trial_dir(tune_dir, trial.number))
-        value = _train(trial, config, objective)
+        with study_lib.heartbeat(study, trial):
+            value = _train(trial, config, objective)
         state = optuna.trial.TrialState.COMPLETE
     except optuna.TrialPruned as pruned:
         state = optuna.trial.TrialState.PRUNED
