@@ -23,8 +23,9 @@ from abo_tf.tuning import report, search
 @cli_main
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    tune_options, _ = options.parse(search.TuneOptions, argv, prog="python -m abo_tf.tune",
-                                    description=__doc__.split("\n\n")[0])
+    tune_options, _ = options.parse(
+        search.TuneOptions, argv, prog="python -m abo_tf.tune", description=__doc__.split("\n\n")[0]
+    )
     study_flag_given = any(arg == "--study" or arg.startswith("--study=") for arg in argv)
     opened = search.open_search(tune_options, study_flag_given)
     search.run_trials(opened, progress=tune_options.progress)

@@ -15,11 +15,16 @@ import pytest
 
 from abo_tf import train, tune
 from abo_tf.training import run_folder
-from abo_tf.tuning import search, space as space_lib, study as study_lib, trials as trials_lib
+from abo_tf.tuning import search
+from abo_tf.tuning import space as space_lib
+from abo_tf.tuning import study as study_lib
+from abo_tf.tuning import trials as trials_lib
 from tests.conftest import TINY_TRAIN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPACE = '[search]\nfine_tune_learning_rate = { low = 1e-4, high = 1e-2, log = true }\ndropout = { low = 0.0, high = 0.5 }\n'
+SPACE = (
+    "[search]\nfine_tune_learning_rate = { low = 1e-4, high = 1e-2, log = true }\ndropout = { low = 0.0, high = 0.5 }\n"
+)
 TINY_TUNE = [*TINY_TRAIN_ARGS, "--head-epochs", "0"]
 
 
@@ -60,13 +65,19 @@ def test_study_records_every_trial_and_best_toml_reproduces_the_best(built_recor
     reproduced = run_folder.load_metrics(str(rerun))["validation"]["macro_f1"]
     assert abs(reproduced - float(best["objective"])) <= 0.02
     # F1 on a tiny split barely moves: the stricter check is that best.toml is the best trial's whole config.
-    assert run_folder.load_config(str(rerun)) == run_folder.load_config(trials_lib.trial_dir(str(output), int(best["number"])))
+    assert run_folder.load_config(str(rerun)) == run_folder.load_config(
+        trials_lib.trial_dir(str(output), int(best["number"]))
+    )
 
 
 def test_pruning_stops_a_trial_after_its_first_epoch(built_records, tmp_path):
     records_dir, _ = built_records
-    options, _ = tune.options.parse(search.TuneOptions, _tune_args(records_dir, _config(tmp_path), tmp_path / "tune",
-                                                                   "--epochs", "3", "--trials", "1"), prog="t", description="")
+    options, _ = tune.options.parse(
+        search.TuneOptions,
+        _tune_args(records_dir, _config(tmp_path), tmp_path / "tune", "--epochs", "3", "--trials", "1"),
+        prog="t",
+        description="",
+    )
     opened = search.open_search(options)
     # A pruner no trial can pass: the loop must stop at the first epoch it reports.
     opened.study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)
@@ -79,8 +90,12 @@ def test_pruning_stops_a_trial_after_its_first_epoch(built_records, tmp_path):
 
 
 def _command(records_dir, config, output, trials, epochs):
-    return [sys.executable, "-m", "abo_tf.tune", *_tune_args(records_dir, config, output, "--trials", str(trials),
-                                                             "--epochs", str(epochs))]
+    return [
+        sys.executable,
+        "-m",
+        "abo_tf.tune",
+        *_tune_args(records_dir, config, output, "--trials", str(trials), "--epochs", str(epochs)),
+    ]
 
 
 def _env():
@@ -112,8 +127,10 @@ def test_two_workers_share_one_study(built_records, tmp_path):
     records_dir, _ = built_records
     output, config = tmp_path / "tune", _config(tmp_path)
     command = _command(records_dir, config, output, 3, epochs=1)
-    workers = [subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [worker.communicate(timeout=400) for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], [stderr for _, stderr in results]
     numbers = _finished_numbers(output)
@@ -129,7 +146,7 @@ BAD_SPACES = {
     "log touches zero": ("[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n", "above 0"),
     "unknown model": ('[search]\nmodel = { choices = ["resnet50", "alexnet"] }\n', "alexnet"),
     "unknown weighting": ('[search]\nclass_weights = { choices = ["none", "cubic"] }\n', "cubic"),
-    "range of a string": ('[search]\nclass_weights = { low = 1, high = 2 }\n', "choices"),
+    "range of a string": ("[search]\nclass_weights = { low = 1, high = 2 }\n", "choices"),
 }
 
 
@@ -143,11 +160,15 @@ def test_bad_search_space_is_one_line_error(built_records, tmp_path, capsys, tex
     assert not os.path.exists(output)  # refused before the folder was claimed
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--trials", "0"], "--trials 0 must be at least 1"),
-    (["--storage", "nosuchdb://x/y"], "cannot be opened"),
-    (["--timeout", "soon"], "--timeout 'soon'"),
-], ids=["no trials", "bad storage", "bad timeout"])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trials", "0"], "--trials 0 must be at least 1"),
+        (["--storage", "nosuchdb://x/y"], "cannot be opened"),
+        (["--timeout", "soon"], "--timeout 'soon'"),
+    ],
+    ids=["no trials", "bad storage", "bad timeout"],
+)
 def test_bad_option_is_one_line_error(built_records, tmp_path, capsys, extra, message):
     records_dir, _ = built_records
     assert tune.main(_tune_args(records_dir, _config(tmp_path), tmp_path / "tune", *extra)) == 2
@@ -158,8 +179,9 @@ def test_bad_option_is_one_line_error(built_records, tmp_path, capsys, extra, me
 def test_folder_of_another_study_is_refused_unless_named(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "tune"
-    options, _ = tune.options.parse(search.TuneOptions, _tune_args(records_dir, _config(tmp_path), output, "--study", "a"),
-                                    prog="t", description="")
+    options, _ = tune.options.parse(
+        search.TuneOptions, _tune_args(records_dir, _config(tmp_path), output, "--study", "a"), prog="t", description=""
+    )
     search.open_search(options, study_flag_given=True)
     assert tune.main(_tune_args(records_dir, _config(tmp_path), output, "--trials", "1")) == 2
     assert "holds study 'a'" in capsys.readouterr().err
@@ -186,8 +208,14 @@ def test_train_ignores_the_search_table(built_records, tmp_path):
 def test_search_values_are_drawn_inside_the_space(built_records):
     records_dir, _ = built_records
     base = search.base_train_config(search.TuneOptions(records=records_dir, output="x"))
-    space = space_lib.parse_space({"dropout": {"low": 0.1, "high": 0.3}, "batch_size": {"choices": [8, 16]},
-                                   "fine_tune_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}, base)
+    space = space_lib.parse_space(
+        {
+            "dropout": {"low": 0.1, "high": 0.3},
+            "batch_size": {"choices": [8, 16]},
+            "fine_tune_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+        },
+        base,
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         values = space_lib.suggest(study.ask(), space)
@@ -198,8 +226,9 @@ def test_search_values_are_drawn_inside_the_space(built_records):
 @pytest.mark.parametrize("pipeline", ["demo", "resnet50_mirrored", "vgg16_finetune"])
 def test_shipped_pipelines_search_around_their_own_config(pipeline, tmp_path):
     path = os.path.join(REPO, "pipelines", f"{pipeline}.toml")
-    options, _ = tune.options.parse(search.TuneOptions, ["--config", path, "--records", "r", "--output", "o"],
-                                    prog="t", description="")
+    options, _ = tune.options.parse(
+        search.TuneOptions, ["--config", path, "--records", "r", "--output", "o"], prog="t", description=""
+    )
     base = search.base_train_config(options)
     space = space_lib.parse_space(options.search, base)
     assert len(space) >= 4 and space_lib.default_point(space, base) is not None  # the default is trial 0

@@ -348,7 +348,8 @@ def _train_phases(run, on_epoch_end=None):
                 run_folder.write_history(run.config.output, history)
                 print(f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}", flush=True)
             if on_epoch_end is not None:  # after the checkpoint and history: a pruned run's folder is complete
-                on_epoch_end(epoch + 1, {"val_loss": val_loss, "val_accuracy": val_accuracy, "val_macro_f1": val_macro_f1})
+                validation = {"val_loss": val_loss, "val_accuracy": val_accuracy, "val_macro_f1": val_macro_f1}
+                on_epoch_end(epoch + 1, validation)
     return history
 
 

@@ -35,9 +35,17 @@ def write_trials_csv(study, tune_dir):
             writer = csv.writer(handle)
             writer.writerow(_COLUMNS)
             for trial in recorded_trials(study):
-                writer.writerow([trial.number, trial.state.name, "" if trial.value is None else trial.value,
-                                 trial.user_attrs.get(trials_lib.EPOCHS, 0), trial.user_attrs.get(trials_lib.SECONDS, ""),
-                                 json.dumps(trial.params, sort_keys=True), trial.user_attrs.get(trials_lib.STOPPED_BECAUSE, "")])
+                writer.writerow(
+                    [
+                        trial.number,
+                        trial.state.name,
+                        "" if trial.value is None else trial.value,
+                        trial.user_attrs.get(trials_lib.EPOCHS, 0),
+                        trial.user_attrs.get(trials_lib.SECONDS, ""),
+                        json.dumps(trial.params, sort_keys=True),
+                        trial.user_attrs.get(trials_lib.STOPPED_BECAUSE, ""),
+                    ]
+                )
 
     return _replace(os.path.join(tune_dir, TRIALS_CSV), write)
 
@@ -57,8 +65,10 @@ def write_best_toml(study, tune_dir):
 
     def write(path):
         with open(path, "w", encoding="utf-8") as handle:
-            handle.write(f"# Trial {best.number} of study {study.study_name!r}: validation {best.value:.4f}.\n"
-                         f"#   python -m abo_tf.train --config {path.rsplit('.tmp-', 1)[0]} --records ... --output ...\n")
+            handle.write(
+                f"# Trial {best.number} of study {study.study_name!r}: validation {best.value:.4f}.\n"
+                f"#   python -m abo_tf.train --config {path.rsplit('.tmp-', 1)[0]} --records ... --output ...\n"
+            )
             handle.write(tomli_w.dumps(dict(sorted(values.items()))))
 
     return _replace(os.path.join(tune_dir, BEST_TOML), write)
@@ -108,24 +118,45 @@ def comparison_rows(study, tune_dir):
     rows = []
     for name, trial in (("default config", default_trial(study)), ("best trial", best_trial(study))):
         test = test_metrics(tune_dir, trial) or {}
-        rows.append((name, "n/a" if trial is None else trial.number, None if trial is None else trial.value,
-                     test.get("macro_f1"), test.get("accuracy")))
+        rows.append(
+            (
+                name,
+                "n/a" if trial is None else trial.number,
+                None if trial is None else trial.value,
+                test.get("macro_f1"),
+                test.get("accuracy"),
+            )
+        )
     return rows
 
 
 def write_report(study, tune_dir, tune_options, num_params):
     drawn = _draw_figures(study, tune_dir, num_params) if best_trial(study) else {}
     states = [trial.state.name for trial in recorded_trials(study)]
-    lines = [f"# Hyperparameter search: study `{study.study_name}`", "",
-             f"Objective: validation {tune_options.objective} (maximised); sampler {tune_options.sampler}, pruner "
-             f"{tune_options.pruner}. Trials: " + ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states))),
-             "", "## Default config against the best trial", "",
-             markdown.table(comparison_rows(study, tune_dir), ("config", "trial", f"validation {tune_options.objective}",
-                                                               "test macro F1", "test accuracy")),
-             "", "The test split was not used to choose: its figures are reported once, here.", ""]
+    lines = [
+        f"# Hyperparameter search: study `{study.study_name}`",
+        "",
+        f"Objective: validation {tune_options.objective} (maximised); sampler {tune_options.sampler}, pruner "
+        f"{tune_options.pruner}. Trials: " + ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states))),
+        "",
+        "## Default config against the best trial",
+        "",
+        markdown.table(
+            comparison_rows(study, tune_dir),
+            ("config", "trial", f"validation {tune_options.objective}", "test macro F1", "test accuracy"),
+        ),
+        "",
+        "The test split was not used to choose: its figures are reported once, here.",
+        "",
+    ]
     lines += [f"![{name}]({path})\n" for name, path in drawn.items()]
-    lines += ["## Trials", "", f"Every trial, with its parameters: [{TRIALS_CSV}]({TRIALS_CSV}); the best "
-              f"trial's train config: [{BEST_TOML}]({BEST_TOML}).", ""]
+    lines += [
+        "## Trials",
+        "",
+        f"Every trial, with its parameters: [{TRIALS_CSV}]({TRIALS_CSV}); the best "
+        f"trial's train config: [{BEST_TOML}]({BEST_TOML}).",
+        "",
+    ]
 
     def write(path):
         with open(path, "w", encoding="utf-8") as handle:
@@ -142,8 +173,10 @@ def write_all(search):
     write_report(search.study, tune_dir, search.options, len(search.space))
     lines = []
     for name, number, value, test_f1, test_accuracy in comparison_rows(search.study, tune_dir):
-        lines.append(f"{name} (trial {number}): validation {metrics.format_figure(value, 4)}, test macro F1 "
-                     f"{metrics.format_figure(test_f1)}, test accuracy {metrics.format_figure(test_accuracy)}")
+        lines.append(
+            f"{name} (trial {number}): validation {metrics.format_figure(value, 4)}, test macro F1 "
+            f"{metrics.format_figure(test_f1)}, test accuracy {metrics.format_figure(test_accuracy)}"
+        )
     lines.append(f"best config: {best_path}" if best_path else "no trial completed: no best.toml")
     lines.append(f"report: {os.path.join(tune_dir, REPORT)}")
     return "\n".join(lines)

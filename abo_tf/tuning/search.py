@@ -2,7 +2,6 @@
 
 import dataclasses
 import errno
-import os
 import re
 import time
 import warnings
@@ -29,24 +28,42 @@ _POLL_SECONDS = 2.0
 class TuneOptions(loop.TrainConfig):
     """The train options the trials start from, and how to search around them."""
 
-    output: str = options.option(help="tune folder: the study, trials/NNNN/ runs, trials.csv, best.toml, report.md",
-                                 group="run folder", required=True, config=False)
-    trials: int = options.option(20, help="finished trials (complete or pruned) the study ends with", group=_SEARCH,
-                                 minimum=1)
-    timeout: str = options.option("", metavar="DURATION", group=_SEARCH,
-                                  help="start no trial after this long, e.g. 90s, 45m, 2h ('' = no limit)")
-    objective: str = options.option("macro_f1", choices=tuple(trials_lib.OBJECTIVES), group=_SEARCH,
-                                    help="validation metric to maximise (the test split is never used to choose)")
-    pruner: str = options.option("median", choices=study_lib.PRUNERS, group=_SEARCH,
-                                 help="stops unpromising trials after an epoch")
-    sampler: str = options.option("tpe", choices=study_lib.SAMPLERS, group=_SEARCH,
-                                  help="draws the trials' values (seeded by --seed)")
-    storage: str = options.option("", metavar="URL", group=_SEARCH,
-                                  help="Optuna storage shared by workers, e.g. postgresql://host/db ('' = a journal "
-                                       "file in --output)")
+    output: str = options.option(
+        help="tune folder: the study, trials/NNNN/ runs, trials.csv, best.toml, report.md",
+        group="run folder",
+        required=True,
+        config=False,
+    )
+    trials: int = options.option(
+        20, help="finished trials (complete or pruned) the study ends with", group=_SEARCH, minimum=1
+    )
+    timeout: str = options.option(
+        "", metavar="DURATION", group=_SEARCH, help="start no trial after this long, e.g. 90s, 45m, 2h ('' = no limit)"
+    )
+    objective: str = options.option(
+        "macro_f1",
+        choices=tuple(trials_lib.OBJECTIVES),
+        group=_SEARCH,
+        help="validation metric to maximise (the test split is never used to choose)",
+    )
+    pruner: str = options.option(
+        "median", choices=study_lib.PRUNERS, group=_SEARCH, help="stops unpromising trials after an epoch"
+    )
+    sampler: str = options.option(
+        "tpe", choices=study_lib.SAMPLERS, group=_SEARCH, help="draws the trials' values (seeded by --seed)"
+    )
+    storage: str = options.option(
+        "",
+        metavar="URL",
+        group=_SEARCH,
+        help="Optuna storage shared by workers, e.g. postgresql://host/db ('' = a journal file in --output)",
+    )
     study: str = options.option(DEFAULT_STUDY, help="study name in the storage", group=_SEARCH)
-    search: dict = options.option(help="the [search] table of --config: train option -> { low, high, log } or "
-                                       "{ choices }", group=_SEARCH, default_factory=dict)
+    search: dict = options.option(
+        help="the [search] table of --config: train option -> { low, high, log } or { choices }",
+        group=_SEARCH,
+        default_factory=dict,
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,8 +89,10 @@ def base_train_config(tune_options):
 def check_validation_split(records):
     manifest = shards.read_manifest(records)
     if not manifest.get("splits", {}).get("validation", {}).get("num_examples"):
-        raise UserInputError(f"--records {records!r} has no validation split, which trials are chosen on: "
-                             f"rebuild it with a validation fraction (build_records --split)")
+        raise UserInputError(
+            f"--records {records!r} has no validation split, which trials are chosen on: "
+            f"rebuild it with a validation fraction (build_records --split)"
+        )
 
 
 def _claim_shared(path):
@@ -97,8 +116,10 @@ def _check_same_search(tune_options):
     current = options.config_values(tune_options)
     changed = [key for key in config_lib.differences(saved, current) if key not in _MAY_CHANGE]
     if changed:
-        raise UserInputError(f"--output {tune_options.output!r} holds a study with another config (differs in "
-                             f"{changed}): use the same config to continue it, or choose another --output")
+        raise UserInputError(
+            f"--output {tune_options.output!r} holds a study with another config (differs in "
+            f"{changed}): use the same config to continue it, or choose another --output"
+        )
 
 
 @dataclasses.dataclass
@@ -130,19 +151,24 @@ def open_search(tune_options, study_flag_given=False):
     options.save_config(tune_options, tune_options.output)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, _ = study_lib.open_study(
-        storage, tune_options.study, "maximize", study_lib.make_sampler(tune_options.sampler, tune_options.seed),
-        study_lib.make_pruner(tune_options.pruner, tune_options.trials), space_lib.default_point(space, base))
+        storage,
+        tune_options.study,
+        "maximize",
+        study_lib.make_sampler(tune_options.sampler, tune_options.seed),
+        study_lib.make_pruner(tune_options.pruner, tune_options.trials),
+        space_lib.default_point(space, base),
+    )
     return Search(tune_options, space, base, study)
 
 
-def _next_trial(search):
+def _next_trial(search, expired):
     """Asks the study for a trial this process may run, None when the study has its count (or others are
-    running its last trials, waited for)."""
+    running its last trials, waited for) or `expired()`."""
     wanted = search.options.trials
     while True:
         study_lib.fail_dead_trials(search.study)
         finished, running = study_lib.counts(search.study)
-        if finished >= wanted:
+        if finished >= wanted or expired():
             return None
         if finished + running >= wanted:
             time.sleep(_POLL_SECONDS)  # the last trials run elsewhere; one may die and need a replacement
@@ -162,13 +188,19 @@ def run_trials(search, progress=True):
     deadline = timeout_seconds(search.options.timeout)
     started = time.monotonic()
     finished, _ = study_lib.counts(search.study)
-    with console.progress_bar(total=search.options.trials, initial=min(finished, search.options.trials),
-                              desc="trials", unit="trial", enabled=progress) as bar:
-        while deadline is None or time.monotonic() - started < deadline:
-            trial = _next_trial(search)
+    with console.progress_bar(
+        total=search.options.trials,
+        initial=min(finished, search.options.trials),
+        desc="trials",
+        unit="trial",
+        enabled=progress,
+    ) as bar:
+        while True:
+            trial = _next_trial(search, lambda: deadline is not None and time.monotonic() - started >= deadline)
             if trial is None:
                 break
-            trials_lib.run_trial(search.study, trial, search.space, search.base_config, search.options.output,
-                                 search.options.objective)
+            trials_lib.run_trial(
+                search.study, trial, search.space, search.base_config, search.options.output, search.options.objective
+            )
             bar.n = min(study_lib.counts(search.study)[0], search.options.trials)
             bar.refresh()

@@ -39,8 +39,11 @@ class Parameter:
 
 def searchable_options():
     """The train options a `[search]` key may name, sorted."""
-    return sorted(spec.name for spec in options.specs(loop.TrainConfig)
-                  if spec.metadata["config"] and spec.name not in _NOT_SEARCHABLE)
+    return sorted(
+        spec.name
+        for spec in options.specs(loop.TrainConfig)
+        if spec.metadata["config"] and spec.name not in _NOT_SEARCHABLE
+    )
 
 
 def _fail(name, entry, instead):
@@ -69,7 +72,9 @@ def _choices(name, kind, entry):
         _fail(name, entry, "choices must be a non-empty list")
     if len(set(map(repr, choices))) != len(choices):
         _fail(name, entry, "choices must differ from each other")
-    return Parameter(name, kind, choices=tuple(float(c) if kind is float and isinstance(c, int) else c for c in choices))
+    return Parameter(
+        name, kind, choices=tuple(float(c) if kind is float and isinstance(c, int) else c for c in choices)
+    )
 
 
 def _parameter(name, entry, kinds):
@@ -109,8 +114,9 @@ def parse_space(table, base_config):
       SearchSpaceError: an empty table, an unknown key, a bad range or choice.
     """
     if not table:
-        raise SearchSpaceError(f"the search space is empty: give a [search] table in --config naming some of "
-                               f"{searchable_options()}")
+        raise SearchSpaceError(
+            f"the search space is empty: give a [search] table in --config naming some of {searchable_options()}"
+        )
     hints = typing.get_type_hints(loop.TrainConfig)
     kinds = {name: hints[name] for name in searchable_options()}
     space = [_parameter(name, entry, kinds) for name, entry in table.items()]
@@ -128,7 +134,9 @@ def suggest(trial, space):
         elif parameter.kind is int:
             values[parameter.name] = trial.suggest_int(parameter.name, parameter.low, parameter.high, log=parameter.log)
         else:
-            values[parameter.name] = trial.suggest_float(parameter.name, parameter.low, parameter.high, log=parameter.log)
+            values[parameter.name] = trial.suggest_float(
+                parameter.name, parameter.low, parameter.high, log=parameter.log
+            )
     return values
 
 

@@ -44,13 +44,18 @@ def open_storage(url, tune_dir):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats since Optuna 2.9
                 return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback())
+                    url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+                )
         return optuna.storages.get_storage(url)
     except Exception as error:  # noqa: BLE001 (SQLAlchemy, drivers and Optuna raise many kinds; all mean the same)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StorageError(f"--storage {url!r} cannot be opened ({reason}): give a URL Optuna supports, "
-                           f"e.g. sqlite:///tune.db or postgresql://user@host/db") from error
+        raise StorageError(
+            f"--storage {url!r} cannot be opened ({reason}): give a URL Optuna supports, "
+            f"e.g. sqlite:///tune.db or postgresql://user@host/db"
+        ) from error
 
 
 def make_sampler(name, seed):
@@ -74,14 +79,17 @@ def check_studies(storage, study_name, flag_study):
     others = [name for name in names if name != study_name]
     if others and study_name not in names:
         hint = f"pass --study {others[0]} to continue it" if not flag_study else "check --study"
-        raise StorageError(f"--output holds study {others[0]!r}, not {study_name!r}: {hint}, or choose another --output")
+        raise StorageError(
+            f"--output holds study {others[0]!r}, not {study_name!r}: {hint}, or choose another --output"
+        )
 
 
 def open_study(storage, study_name, direction, sampler, pruner, first_params):
     """Creates the study (queueing `first_params` as its first trial) or loads it; returns (study, created)."""
     try:
-        study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, sampler=sampler,
-                                    pruner=pruner)
+        study = optuna.create_study(
+            storage=storage, study_name=study_name, direction=direction, sampler=sampler, pruner=pruner
+        )
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner), False
     if first_params is not None:  # created here, once: no other process queues it again
@@ -155,8 +163,10 @@ def fail_dead_trials(study):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process marked it first
-        study.enqueue_trial(frozen.params, user_attrs={_RETRY_OF: frozen.number, "default_config":
-                                                       frozen.user_attrs.get("default_config", False)})
+        study.enqueue_trial(
+            frozen.params,
+            user_attrs={_RETRY_OF: frozen.number, "default_config": frozen.user_attrs.get("default_config", False)},
+        )
         failed.append(frozen.number)
     return failed
 
@@ -170,5 +180,7 @@ def counts(study):
 
 def earlier_live(study, number):
     """Finished or running trials numbered below `number`: this trial runs only while they are under the count."""
-    return sum(trial.number < number and (trial.state in FINISHED or trial.state == optuna.trial.TrialState.RUNNING)
-               for trial in study.get_trials(deepcopy=False))
+    return sum(
+        trial.number < number and (trial.state in FINISHED or trial.state == optuna.trial.TrialState.RUNNING)
+        for trial in study.get_trials(deepcopy=False)
+    )
