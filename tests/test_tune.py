@@ -266,3 +266,40 @@ def test_trial_of_a_dead_local_process_is_failed_and_queued_again(tmp_path):
     assert [frozen.state.name for frozen in study.trials] == ["FAIL", "RUNNING", "WAITING"]
     queued = study.trials[2]
     assert queued.system_attrs["fixed_params"] == trial.params and queued.user_attrs["retry_of"] == trial.number
+
+
+_MIRRORED_HOOK = """
+import json, sys
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from abo_tf.training import loop
+reported = []
+config = loop.TrainConfig(records=sys.argv[1], output=sys.argv[2], strategy="mirrored", model="mobilenet_v3_small",
+                          weights="none", image_size=32, batch_size=8, steps_per_epoch=2, validation_steps=2, epochs=2,
+                          head_epochs=0, progress=False)
+loop.train(config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]))
+print(json.dumps(reported))
+"""
+
+
+@pytest.mark.slow
+def test_epoch_hook_gathers_every_replica_under_mirrored(built_records, tmp_path):
+    records_dir, _ = built_records
+    output = tmp_path / "run"
+    output.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_HOOK, records_dir, str(output)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reported = json.loads(result.stdout.strip().splitlines()[-1])
+    history = run_folder.load_history(str(output))
+    assert [epoch for epoch, _ in reported] == [1, 2]
+    for (_, values), row in zip(reported, history, strict=True):
+        assert values["val_accuracy"] == pytest.approx(row.val_accuracy) and 0.0 <= values["val_macro_f1"] <= 1.0
+        assert values["val_examples"] == 16  # 2 steps of 8 images, 4 on each replica: both replicas' predictions

@@ -307,7 +307,7 @@ def _log_scalars(run, values, prefix="train"):
 
 
 def _validate(run, eval_step, with_predictions=False):
-    """(loss, accuracy, macro F1 or None) of one validation pass; F1 only `with_predictions` (an `on_epoch_end`)."""
+    """(loss, accuracy, {val_macro_f1, val_examples} or {}) of one validation pass; F1 only `with_predictions`."""
     loss, correct, labels, predictions = 0.0, 0.0, [], []
     for _ in range(run.validation_steps):
         batch_loss, batch_correct, *predicted = eval_step(run.validation_iterator)
@@ -316,10 +316,12 @@ def _validate(run, eval_step, with_predictions=False):
             labels.append(predicted[0].numpy())
             predictions.append(predicted[1].numpy())
     count = run.validation_steps * run.config.batch_size
-    macro_f1 = None
+    predicted = {}
     if with_predictions:
-        macro_f1 = metrics.classification_metrics(np.concatenate(labels), np.concatenate(predictions))["macro_f1"]
-    return loss / count, correct / count, macro_f1
+        labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+        predicted = {"val_macro_f1": metrics.classification_metrics(labels, predictions)["macro_f1"],
+                     "val_examples": len(labels)}
+    return loss / count, correct / count, predicted
 
 
 def _train_phases(run, on_epoch_end=None):
@@ -335,7 +337,7 @@ def _train_phases(run, on_epoch_end=None):
             epoch = int(run.step) // run.steps_per_epoch
             started = time.perf_counter()
             loss, accuracy, images_per_second = _run_epoch_steps(run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch))
-            val_loss, val_accuracy, val_macro_f1 = _validate(run, eval_step, with_predictions)
+            val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
             row = run_folder.HistoryRow(
                 epoch=epoch + 1, step=int(run.step), phase=phase.name, loss=loss, accuracy=accuracy, val_loss=val_loss,
                 val_accuracy=val_accuracy, learning_rate=_learning_rate(phase.optimizer),
@@ -348,8 +350,7 @@ def _train_phases(run, on_epoch_end=None):
                 run_folder.write_history(run.config.output, history)
                 print(f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}", flush=True)
             if on_epoch_end is not None:  # after the checkpoint and history: a pruned run's folder is complete
-                validation = {"val_loss": val_loss, "val_accuracy": val_accuracy, "val_macro_f1": val_macro_f1}
-                on_epoch_end(epoch + 1, validation)
+                on_epoch_end(epoch + 1, {"val_loss": val_loss, "val_accuracy": val_accuracy, **predicted})
     return history
 
 
@@ -465,8 +466,8 @@ def train(config, on_epoch_end=None):
     Args:
       config: a `TrainConfig`; `config.output` must exist.
       on_epoch_end: optional `f(epoch, validation_metrics)` called after each epoch is saved, with
-        `val_loss`, `val_accuracy` and `val_macro_f1` of that epoch's validation pass (abo_tf.tune's pruning
-        hook); an exception it raises (optuna.TrialPruned) ends the run there.
+        `val_loss`, `val_accuracy`, `val_macro_f1` and `val_examples` of that epoch's validation pass
+        (abo_tf.tune's pruning hook); an exception it raises (optuna.TrialPruned) ends the run there.
 
     Returns:
       The final metrics (dict split -> metrics) on the chief, None on other workers.
