@@ -303,3 +303,18 @@ def test_epoch_hook_gathers_every_replica_under_mirrored(built_records, tmp_path
     for (_, values), row in zip(reported, history, strict=True):
         assert values["val_accuracy"] == pytest.approx(row.val_accuracy) and 0.0 <= values["val_macro_f1"] <= 1.0
         assert values["val_examples"] == 16  # 2 steps of 8 images, 4 on each replica: both replicas' predictions
+
+
+def test_a_combination_train_refuses_is_pruned_without_training(built_records, tmp_path):
+    records_dir, _ = built_records
+    text = "[search]\nepochs = { choices = [1, 3] }\nhead_epochs = { choices = [0, 2] }\n"
+    arguments = _tune_args(records_dir, _config(tmp_path, text), tmp_path / "tune", "--epochs", "3", "--trials", "1")
+    options, _ = tune.options.parse(search.TuneOptions, arguments, prog="t", description="")
+    opened = search.open_search(options)
+    opened.study.enqueue_trial({"epochs": 1, "head_epochs": 2})
+    opened.study.ask()  # the default point, queued first: not run here
+    trial = opened.study.ask()
+    state = trials_lib.run_trial(opened.study, trial, opened.space, opened.base_config, options.output, "macro_f1")
+    assert state == optuna.trial.TrialState.PRUNED
+    assert "--head-epochs 2" in opened.study.trials[trial.number].user_attrs[trials_lib.STOPPED_BECAUSE]
+    assert not os.path.exists(trials_lib.trial_dir(options.output, trial.number))

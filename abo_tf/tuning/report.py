@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import sys
 
 import optuna
 import tomli_w
@@ -62,16 +63,17 @@ def write_best_toml(study, tune_dir):
     if best is None:
         return None
     values = run_folder.load_config(trials_lib.trial_dir(tune_dir, best.number))
+    final_path = os.path.join(tune_dir, BEST_TOML)
 
     def write(path):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(
                 f"# Trial {best.number} of study {study.study_name!r}: validation {best.value:.4f}.\n"
-                f"#   python -m abo_tf.train --config {path.rsplit('.tmp-', 1)[0]} --records ... --output ...\n"
+                f"#   python -m abo_tf.train --config {final_path} --records ... --output ...\n"
             )
             handle.write(tomli_w.dumps(dict(sorted(values.items()))))
 
-    return _replace(os.path.join(tune_dir, BEST_TOML), write)
+    return _replace(final_path, write)
 
 
 def _draw_figures(study, tune_dir, num_params):
@@ -90,14 +92,18 @@ def _draw_figures(study, tune_dir, num_params):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)  # tight_layout on Optuna's colour-bar axes; the figure is fine
         for name, plot in plots.items():
-            axes = plot(study)
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as error:  # e.g. importances of a parameter every trial shares
+                print(f"report: no {name} figure ({error})", file=sys.stderr)
+                continue
             first = axes.flat[0] if hasattr(axes, "flat") else axes
             figures.save(first.get_figure(), os.path.join(tune_dir, FIGURES[name]))
             drawn[name] = FIGURES[name]
     return drawn
 
 
-def test_metrics(tune_dir, trial):
+def trial_test_metrics(tune_dir, trial):
     """The test figures of a finished trial's run (metrics.json), or None."""
     if trial is None:
         return None
@@ -117,7 +123,7 @@ def comparison_rows(study, tune_dir):
     """(name, trial, validation objective, test macro F1, test accuracy) of the default config and the best trial."""
     rows = []
     for name, trial in (("default config", default_trial(study)), ("best trial", best_trial(study))):
-        test = test_metrics(tune_dir, trial) or {}
+        test = trial_test_metrics(tune_dir, trial) or {}
         rows.append(
             (
                 name,

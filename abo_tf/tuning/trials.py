@@ -39,6 +39,15 @@ def trial_config(base_config, values, folder):
     return dataclasses.replace(base_config, **values, output=folder, progress=False)
 
 
+def _config_or_prune(base_config, values, folder):
+    """The trial's config; a combination train refuses (e.g. head_epochs above a drawn epochs) is pruned:
+    counted, so a space full of such combinations still ends, and recorded with the reason."""
+    try:
+        return trial_config(base_config, values, folder)
+    except UserInputError as error:
+        raise optuna.TrialPruned(f"train refuses the combination: {error}") from error
+
+
 def _train(trial, config, objective):
     outputs.claim(config.output, "train", "--output", recognise=run_folder.is_started_run)
     try:
@@ -61,7 +70,7 @@ def run_trial(study, trial, space, base_config, tune_dir, objective):
     started = time.perf_counter()
     state, value = optuna.trial.TrialState.FAIL, None
     try:
-        config = trial_config(base_config, space_lib.suggest(trial, space), trial_dir(tune_dir, trial.number))
+        config = _config_or_prune(base_config, space_lib.suggest(trial, space), trial_dir(tune_dir, trial.number))
         with study_lib.heartbeat(study, trial):
             value = _train(trial, config, objective)
         state = optuna.trial.TrialState.COMPLETE
