@@ -11,6 +11,16 @@ command after a kill continues it, and several processes (machines, with a
 shared --storage database) can run it at once: the study ends with exactly
 --trials finished trials. TUNE_DIR gets trials.csv, best.toml (the best trial's
 train config) and report.md with Optuna's figures.
+
+On several machines: give every worker the same command with a shared database,
+
+    python -m abo_tf.tune --config pipelines/resnet50_mirrored.toml --records /shared/records \
+        --output /shared/tune --storage postgresql://user@db-host/abo --study resnet50
+
+(one per machine; each trial uses every GPU of its machine). Trials are numbered by
+the database, so no number is used twice; a worker that dies stops beating and its
+trial is marked failed and queued again by the others. --output must be a folder
+all workers see (trials/NNNN/ and the reports are written there).
 """
 
 import sys
