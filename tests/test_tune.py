@@ -146,6 +146,8 @@ BAD_SPACES = {
     "log touches zero": ("[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n", "above 0"),
     "unknown model": ('[search]\nmodel = { choices = ["resnet50", "alexnet"] }\n', "alexnet"),
     "unknown weighting": ('[search]\nclass_weights = { choices = ["none", "cubic"] }\n', "cubic"),
+    "not a table": ("search = 3\n", "search = 3 must be a table"),
+    "neither range nor choices": ("[search]\ndropout = { low = 0.1 }\n", "give either low and high"),
     "range of a string": ("[search]\nclass_weights = { low = 1, high = 2 }\n", "choices"),
 }
 

@@ -291,7 +291,8 @@ def config_values(options):
 def save_config(options, folder, name=CONFIG_FILE):
     """Writes the resolved options into `folder` as TOML: `--config folder/config.toml` reproduces the command."""
     path = os.path.join(folder, name)
-    with open(path + ".tmp", "wb") as handle:
+    temporary = f"{path}.tmp-{os.getpid()}"  # workers of one tune study may save at the same moment
+    with open(temporary, "wb") as handle:
         tomli_w.dump(dict(sorted(config_values(options).items())), handle)
-    os.replace(path + ".tmp", path)
+    os.replace(temporary, path)
     return path
