@@ -13,6 +13,7 @@ few epochs; its [search] table is SPACE below):
    runs every epoch and exports like a plain run) against `loop.train` of the same
    config outside the tuner, in the same process (wall seconds, one of each: the
    machine is shared, so read it with the load average printed beside it).
+4. The default config's validation macro F1 over its three runs above: the noise of one trial's figure.
 Prints the figures as JSON and writes them to benchmarks/results/tune.json.
 """
 
@@ -111,6 +112,16 @@ def _plain_train_seconds(opened, folder):
     return time.perf_counter() - started
 
 
+def _default_config_runs(pruned, unpruned, plain_folder):
+    """Validation macro F1 of the three runs of the default config (two trials 0, the plain run): training
+    order is not deterministic (input_pipeline), so this is the noise a single trial's figure carries."""
+    from abo_tf.training import run_folder
+    from abo_tf.tuning import report
+
+    values = [report.default_trial(opened.study).value for opened in (pruned, unpruned)]
+    return values + [run_folder.load_metrics(plain_folder)["validation"]["macro_f1"]]
+
+
 def main(argv=None):
     bench, _ = options.parse(BenchmarkOptions, argv, prog="tune_benchmark", description=__doc__.split("\n\n")[0])
     folder = bench.output or tempfile.mkdtemp(prefix="abo_tf_tune_bench_")
@@ -141,6 +152,7 @@ def _measure(bench, folder):
         "overhead": {"trial_seconds": default_trial.user_attrs["seconds"], "plain_train_seconds": plain},
     }
     results["overhead"]["fraction"] = results["overhead"]["trial_seconds"] / plain - 1
+    results["default_config_runs"] = _default_config_runs(pruned, unpruned, os.path.join(folder, "plain"))
     print(json.dumps(results, indent=2))
     path = os.path.join(REPO, "benchmarks", "results", "tune.json")
     with open(path, "w", encoding="utf-8") as handle:
