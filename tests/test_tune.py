@@ -238,6 +238,7 @@ def test_shipped_pipelines_search_around_their_own_config(pipeline, tmp_path):
     assert trained == base.__class__(**{**vars(base), "output": str(tmp_path / "run")})
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked here directly, as the tuner does (it beats)
 def test_database_trial_of_a_silent_worker_is_failed_and_queued_again(tmp_path, monkeypatch):
     monkeypatch.setattr(study_lib, "GRACE_SECONDS", 1)
     storage = study_lib.open_storage(f"sqlite:///{tmp_path / 'study.db'}", str(tmp_path))
