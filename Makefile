@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-fast lint format notebook benchmark clean
+.PHONY: install demo tune-demo test test-fast lint format notebook benchmark clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ demo: install
 	$(BIN)/python -m abo_tf.baselines --records $(DEMO)/records --features handcrafted \
 		--model logreg linear_svm rbf_svm sgd --output $(DEMO)/baselines --cache-dir $(DEMO)/features --runs $(DEMO) --no-progress
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
+
+# After `make demo`: a short hyperparameter search around pipelines/demo.toml (6 trials of 3 epochs, pruned).
+tune-demo: install
+	test -f $(DEMO)/records/manifest.json || $(MAKE) demo
+	$(BIN)/python -m abo_tf.tune --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/tune \
+		--trials 6 --epochs 3 --seed 0
 
 test: install
 	$(BIN)/python -m pytest -q -n 2

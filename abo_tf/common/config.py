@@ -13,6 +13,9 @@ import tomli_w
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 RUN_CONFIG = "config.toml"
+# A table kept whole, not flattened: `abo_tf.tune`'s search space (`learning_rate = { low = 1e-4, high = 3e-3 }`)
+# names train options, so flattened it would clash with their values. Commands without a `search` option skip it.
+WHOLE_TABLES = ("search",)
 
 
 def load_toml(path):
@@ -26,7 +29,7 @@ def load_toml(path):
         raise UserInputError(f"config {path!r} is not valid TOML: {error}") from error
     values = {}
     for key, value in document.items():
-        entries = value.items() if isinstance(value, dict) else [(key, value)]
+        entries = value.items() if isinstance(value, dict) and key not in WHOLE_TABLES else [(key, value)]
         for name, entry in entries:
             if name in values:
                 raise UserInputError(f"config {path!r} sets {name!r} twice")

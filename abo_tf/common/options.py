@@ -126,6 +126,9 @@ def build_parser(options_class, prog, description):
             parser.add_argument(spec.name, metavar=metadata["metavar"], help=metadata["help"], type=spec.kind,
                                 nargs=(metadata["nargs"] or "+") if spec.is_list else None)
             continue
+        if spec.kind is dict:  # a table (`[search]`): set in a config file only, no flag
+            parser.set_defaults(**{spec.name: defaults[spec.name]})
+            continue
         if spec.kind is bool:
             keywords["action"] = argparse.BooleanOptionalAction
         else:
@@ -138,14 +141,15 @@ def build_parser(options_class, prog, description):
         group.add_argument(spec.flag, **keywords)
     common = groups.get(CONSOLE_GROUP) or parser.add_argument_group(CONSOLE_GROUP)
     common.add_argument("--config", metavar="FILE.toml", help="TOML file of option values (tables are flattened; keys "
-                        "are the flag names with _ for -); flags on the command line override it")
+                        "are the flag names with _ for -); flags on the command line override it; a [search] table "
+                        "is abo_tf.tune's search space, which other commands ignore")
     common.add_argument("--verbose", action="store_true", dest="abo_tf_verbose",
                         help=f"let TensorFlow print its start-up and runtime messages (or set {console.VERBOSE_ENV}=1)")
     return parser
 
 
 def _type_name(spec):
-    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[spec.kind]
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}[spec.kind]
     return f"a list of {name.split(' ', 1)[1]}s" if spec.is_list else name
 
 
@@ -186,10 +190,12 @@ def _checked_values(path, values, options_class):
     for spec in specs(options_class):
         if spec.metadata["config"]:  # the flag's name (`model` for --model) or the field's (`models`)
             by_key[spec.flag.removeprefix("--").replace("-", "_")] = by_key[spec.name] = spec
-    unknown = sorted(set(values) - set(by_key))
+    # A search table is tune's (config.WHOLE_TABLES): a command without the option reads the rest of the file.
+    unknown = sorted(set(values) - set(by_key) - set(config_lib.WHOLE_TABLES))
     if unknown:
         raise UserInputError(f"config {path!r} has unknown keys {unknown}: allowed are {sorted(by_key)}")
-    return {by_key[key].name: _check_config_value(path, by_key[key], value) for key, value in values.items()}
+    return {by_key[key].name: _check_config_value(path, by_key[key], value) for key, value in values.items()
+            if key in by_key}
 
 
 def _check_bounds(spec, value):

@@ -209,17 +209,22 @@ def _num_correct(logits, labels):
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
 
 
-def _make_eval_step(strategy, model, num_classes):
+def _make_eval_step(strategy, model, num_classes, with_predictions=False):
+    """A validation step: (summed loss, correct), plus (labels, predictions) of every replica when asked."""
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
     def replica_step(batch):
         logits = model(batch["image"], training=False)
-        return loss_fn(batch["label"], logits), _num_correct(logits, batch["label"])
+        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return loss_fn(batch["label"], logits), _num_correct(logits, batch["label"]), batch["label"], predictions
 
     @tf.function
     def step(iterator):
-        loss, correct = strategy.run(replica_step, args=(next(iterator),))
-        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+        loss, correct, labels, predictions = strategy.run(replica_step, args=(next(iterator),))
+        summed = strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+        if not with_predictions:
+            return summed
+        return (*summed, strategy.gather(labels, axis=0), strategy.gather(predictions, axis=0))
 
     return step
 
@@ -302,17 +307,27 @@ def _log_scalars(run, values, prefix="train"):
             tf.summary.scalar(f"{prefix}/{name}", value)
 
 
-def _validate(run, eval_step):
-    loss, correct = 0.0, 0.0
+def _validate(run, eval_step, with_predictions=False):
+    """(loss, accuracy, {val_macro_f1, val_examples} or {}) of one validation pass; F1 only `with_predictions`."""
+    loss, correct, labels, predictions = 0.0, 0.0, [], []
     for _ in range(run.validation_steps):
-        batch_loss, batch_correct = eval_step(run.validation_iterator)
+        batch_loss, batch_correct, *predicted = eval_step(run.validation_iterator)
         loss, correct = loss + float(batch_loss), correct + float(batch_correct)
+        if with_predictions:
+            labels.append(predicted[0].numpy())
+            predictions.append(predicted[1].numpy())
     count = run.validation_steps * run.config.batch_size
-    return loss / count, correct / count
+    predicted = {}
+    if with_predictions:
+        labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+        predicted = {"val_macro_f1": metrics.classification_metrics(labels, predictions)["macro_f1"],
+                     "val_examples": len(labels)}
+    return loss / count, correct / count, predicted
 
 
-def _train_phases(run):
-    eval_step = _make_eval_step(run.strategy, run.model, run.num_classes)
+def _train_phases(run, on_epoch_end=None):
+    with_predictions = on_epoch_end is not None
+    eval_step = _make_eval_step(run.strategy, run.model, run.num_classes, with_predictions)
     history = run_folder.load_history(run.config.output, up_to_step=int(run.step))
     for phase in run.phases:
         if int(run.step) >= phase.end:
@@ -323,7 +338,7 @@ def _train_phases(run):
             epoch = int(run.step) // run.steps_per_epoch
             started = time.perf_counter()
             loss, accuracy, images_per_second = _run_epoch_steps(run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch))
-            val_loss, val_accuracy = _validate(run, eval_step)
+            val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
             row = run_folder.HistoryRow(
                 epoch=epoch + 1, step=int(run.step), phase=phase.name, loss=loss, accuracy=accuracy, val_loss=val_loss,
                 val_accuracy=val_accuracy, learning_rate=_learning_rate(phase.optimizer),
@@ -335,6 +350,8 @@ def _train_phases(run):
             if run.chief:
                 run_folder.write_history(run.config.output, history)
                 print(f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}", flush=True)
+            if on_epoch_end is not None:  # after the checkpoint and history: a pruned run's folder is complete
+                on_epoch_end(epoch + 1, {"val_loss": val_loss, "val_accuracy": val_accuracy, **predicted})
     return history
 
 
@@ -444,11 +461,14 @@ def out_of_memory(error, batch_size, image_size, flags="--batch-size or --image-
         f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}")
 
 
-def train(config):
+def train(config, on_epoch_end=None):
     """Trains, checkpoints, evaluates and exports one run (resuming if checkpoints exist).
 
     Args:
       config: a `TrainConfig`; `config.output` must exist.
+      on_epoch_end: optional `f(epoch, validation_metrics)` called after each epoch is saved, with
+        `val_loss`, `val_accuracy`, `val_macro_f1` and `val_examples` of that epoch's validation pass
+        (abo_tf.tune's pruning hook); an exception it raises (optuna.TrialPruned) ends the run there.
 
     Returns:
       The final metrics (dict split -> metrics) on the chief, None on other workers.
@@ -457,6 +477,8 @@ def train(config):
       UserInputError: records that are missing, damaged or do not match their
         manifest (the shard named), a batch too large for memory, a diverged loss.
     """
+    # --seed seeds the initial weights and the augmentation too: a tuned trial is reproduced by its config.
+    keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.strategy == "tpu" else "mixed_float16")
     strategy = distribute.make_strategy(config.strategy, config.tpu)
@@ -466,7 +488,7 @@ def train(config):
     try:
         with input_pipeline.explain_read_errors(config.records, manifest, splits):
             run = _set_up(config, strategy, manifest)
-            history = _train_phases(run)
+            history = _train_phases(run, on_epoch_end)
             if not run.chief:
                 return None
             return _finish(run, manifest, manifest["classes"], history)

@@ -1,0 +1,90 @@
+"""One trial: an ordinary training run in TUNE_DIR/trials/NNNN/, its epochs reported to Optuna for pruning."""
+
+import dataclasses
+import os
+import time
+
+import optuna
+
+from abo_tf.common import options, outputs
+from abo_tf.common.errors import UserInputError
+from abo_tf.training import loop, run_folder
+from abo_tf.tuning import space as space_lib
+from abo_tf.tuning import study as study_lib
+
+TRIALS = "trials"
+# objective -> (key of the per-epoch validation metrics of loop.train's hook, key of metrics.json)
+OBJECTIVES = {"macro_f1": ("val_macro_f1", "macro_f1"), "accuracy": ("val_accuracy", "accuracy")}
+EPOCHS, SECONDS, STOPPED_BECAUSE = "epochs", "seconds", "stopped_because"
+
+
+def trial_dir(tune_dir, number):
+    return os.path.join(tune_dir, TRIALS, f"{number:04d}")
+
+
+def _pruning_hook(trial, objective):
+    epoch_key = OBJECTIVES[objective][0]
+
+    def on_epoch_end(epoch, validation_metrics):
+        trial.set_user_attr(EPOCHS, epoch)
+        trial.report(validation_metrics[epoch_key], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    return on_epoch_end
+
+
+def trial_config(base_config, values, folder):
+    """The train config of a trial: the base config with the drawn values, writing into `folder`."""
+    return dataclasses.replace(base_config, **values, output=folder, progress=False)
+
+
+def _config_or_prune(base_config, values, folder):
+    """The trial's config; a combination train refuses (e.g. head_epochs above a drawn epochs) is pruned:
+    counted, so a space full of such combinations still ends, and recorded with the reason."""
+    try:
+        return trial_config(base_config, values, folder)
+    except UserInputError as error:
+        raise optuna.TrialPruned(f"train refuses the combination: {error}") from error
+
+
+def _train(trial, config, objective):
+    outputs.claim(config.output, "train", "--output", recognise=run_folder.is_started_run)
+    try:
+        options.save_config(config, config.output)
+        results = loop.train(config, on_epoch_end=_pruning_hook(trial, objective))
+    finally:
+        outputs.release(config.output)  # the study's bookkeeping, not this lock, says the trial is over
+    return results["validation"][OBJECTIVES[objective][1]]
+
+
+def run_trial(study, trial, space, base_config, tune_dir, objective):
+    """Trains the trial's config and tells the study how it ended; returns the final `TrialState`.
+
+    A pruned trial, a diverged loss or a batch too large for memory end the trial as PRUNED (the
+    configuration is bad, the epochs it ran are recorded); anything else is a FAIL and is raised.
+    """
+    import keras
+
+    study_lib.mark_owner(trial)
+    started = time.perf_counter()
+    state, value = optuna.trial.TrialState.FAIL, None
+    try:
+        config = _config_or_prune(base_config, space_lib.suggest(trial, space), trial_dir(tune_dir, trial.number))
+        with study_lib.heartbeat(study, trial):
+            value = _train(trial, config, objective)
+        state = optuna.trial.TrialState.COMPLETE
+    except optuna.TrialPruned as pruned:
+        state = optuna.trial.TrialState.PRUNED
+        trial.set_user_attr(STOPPED_BECAUSE, str(pruned))
+    except (loop.TrainingDiverged, loop.OutOfMemory) as error:
+        state = optuna.trial.TrialState.PRUNED
+        trial.set_user_attr(STOPPED_BECAUSE, str(error))
+    except UserInputError as error:
+        trial.set_user_attr(STOPPED_BECAUSE, str(error))
+        raise
+    finally:
+        trial.set_user_attr(SECONDS, round(time.perf_counter() - started, 3))
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        keras.backend.clear_session()  # the next trial builds its own model; free this one's graphs
+    return state

@@ -1,0 +1,164 @@
+"""Benchmark: what a short search buys over the default config, what pruning saves, what the tuner costs.
+
+    .venv/bin/python benchmarks/tune_benchmark.py [--listings 300] [--trials 8] [--epochs 4]
+
+On a generated sample (`synthetic_abo`, built with every image of every listing),
+around a config that is not at its ceiling (a small MobileNetV3 from scratch, 48 px,
+few epochs; its [search] table is SPACE below):
+1. Validation and test macro F1 of the default config (queued as trial 0) and of
+   the best of `--trials` trials (random sampler, seed 0, median pruner).
+2. Epochs run by the same trials without pruning (the random sampler draws the same
+   values whatever the results) against with it: the epochs pruning saved.
+3. The tuner's overhead per trial: the default config's trial (no pruning, so it
+   runs every epoch and exports like a plain run) against `loop.train` of the same
+   config outside the tuner, in the same process (wall seconds, one of each: the
+   machine is shared, so read it with the load average printed beside it).
+4. The default config's validation macro F1 over its three runs above: the noise of one trial's figure.
+Prints the figures as JSON and writes them to benchmarks/results/tune.json.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from abo_tf.common import options  # noqa: E402
+
+SPACE = {
+    "fine_tune_learning_rate": {"low": 3e-4, "high": 3e-2, "log": True},
+    "dropout": {"low": 0.0, "high": 0.5},
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "class_weights": {"choices": ["none", "sqrt", "balanced"]},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkOptions:
+    listings: int = options.option(300, help="listings of the generated sample", minimum=10)
+    trials: int = options.option(8, help="trials of each study", minimum=1)
+    epochs: int = options.option(4, help="epochs of each trial", minimum=1)
+    image_size: int = options.option(48, help="pixels of the model input", minimum=32)
+    output: str = options.option("", help="folder kept for inspection ('' = a temporary one)", config=False)
+
+
+def _build_sample(folder, listings):
+    from abo_tf.records import build
+    from abo_tf.testing import synthetic_abo
+
+    synthetic_abo.generate_sample(os.path.join(folder, "abo"), num_listings=listings, seed=0, tar=False, max_side=128)
+    abo = os.path.join(folder, "abo")
+    build.build(
+        build.BuildOptions(
+            listings=abo,
+            images=abo,
+            output=os.path.join(folder, "records"),
+            image_selection="all",
+            min_examples_per_class=10,
+            workers=2,
+            progress=False,
+        )
+    )
+    return os.path.join(folder, "records")
+
+
+def _tune(records, output, bench, pruner):
+    from abo_tf.tuning import report, search
+
+    tune_options = search.TuneOptions(
+        records=records,
+        output=output,
+        model="mobilenet_v3_small",
+        weights="none",
+        image_size=bench.image_size,
+        batch_size=16,
+        epochs=bench.epochs,
+        head_epochs=0,
+        fine_tune_learning_rate=3e-3,
+        trials=bench.trials,
+        sampler="random",
+        pruner=pruner,
+        seed=0,
+        search=SPACE,
+        progress=False,
+    )
+    started = time.perf_counter()
+    opened = search.open_search(tune_options)
+    search.run_trials(opened, progress=False)
+    report.write_all(opened)
+    return opened, time.perf_counter() - started
+
+
+def _epochs(study):
+    from abo_tf.tuning import trials
+
+    return sum(trial.user_attrs.get(trials.EPOCHS, 0) for trial in study.trials)
+
+
+def _plain_train_seconds(opened, folder):
+    """`loop.train` of the default config, outside the tuner, timed as a trial is."""
+    from abo_tf.training import loop
+
+    config = dataclasses.replace(opened.base_config, output=folder, progress=False)
+    os.makedirs(folder)
+    started = time.perf_counter()
+    loop.train(config)
+    return time.perf_counter() - started
+
+
+def _default_config_runs(pruned, unpruned, plain_folder):
+    """Validation macro F1 of the three runs of the default config (two trials 0, the plain run): training
+    order is not deterministic (input_pipeline), so this is the noise a single trial's figure carries."""
+    from abo_tf.training import run_folder
+    from abo_tf.tuning import report
+
+    values = [report.default_trial(opened.study).value for opened in (pruned, unpruned)]
+    return values + [run_folder.load_metrics(plain_folder)["validation"]["macro_f1"]]
+
+
+def main(argv=None):
+    bench, _ = options.parse(BenchmarkOptions, argv, prog="tune_benchmark", description=__doc__.split("\n\n")[0])
+    folder = bench.output or tempfile.mkdtemp(prefix="abo_tf_tune_bench_")
+    try:
+        return _measure(bench, folder)
+    finally:
+        if not bench.output:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(bench, folder):
+    from abo_tf.tuning import report
+
+    records = _build_sample(folder, bench.listings)
+    pruned, pruned_seconds = _tune(records, os.path.join(folder, "pruned"), bench, "median")
+    unpruned, unpruned_seconds = _tune(records, os.path.join(folder, "unpruned"), bench, "none")
+    plain = _plain_train_seconds(unpruned, os.path.join(folder, "plain"))
+    default_trial = report.default_trial(unpruned.study)
+    rows = report.comparison_rows(pruned.study, pruned.options.output)
+    results = {
+        "setup": dataclasses.asdict(bench) | {"space": SPACE, "load_average": os.getloadavg()},
+        "default_vs_best": [
+            dict(zip(("config", "trial", "validation_macro_f1", "test_macro_f1", "test_accuracy"), row, strict=True))
+            for row in rows
+        ],
+        "epochs": {"with_pruning": _epochs(pruned.study), "without_pruning": _epochs(unpruned.study)},
+        "study_seconds": {"with_pruning": pruned_seconds, "without_pruning": unpruned_seconds},
+        "overhead": {"trial_seconds": default_trial.user_attrs["seconds"], "plain_train_seconds": plain},
+    }
+    results["overhead"]["fraction"] = results["overhead"]["trial_seconds"] / plain - 1
+    results["default_config_runs"] = _default_config_runs(pruned, unpruned, os.path.join(folder, "plain"))
+    print(json.dumps(results, indent=2))
+    path = os.path.join(REPO, "benchmarks", "results", "tune.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

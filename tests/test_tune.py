@@ -1,0 +1,323 @@
+"""abo_tf.tune: a study ends with exactly --trials trials, across kills and workers; best.toml reproduces the best."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from abo_tf import train, tune
+from abo_tf.training import run_folder
+from abo_tf.tuning import search
+from abo_tf.tuning import space as space_lib
+from abo_tf.tuning import study as study_lib
+from abo_tf.tuning import trials as trials_lib
+from tests.conftest import TINY_TRAIN_ARGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPACE = (
+    "[search]\nfine_tune_learning_rate = { low = 1e-4, high = 1e-2, log = true }\ndropout = { low = 0.0, high = 0.5 }\n"
+)
+TINY_TUNE = [*TINY_TRAIN_ARGS, "--head-epochs", "0"]
+
+
+def _config(tmp_path, text=SPACE, name="search.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _tune_args(records_dir, config, output, *extra):
+    return ["--config", config, "--records", records_dir, "--output", str(output), *TINY_TUNE, *extra]
+
+
+def _trials_csv(tune_dir):
+    with open(os.path.join(tune_dir, "trials.csv"), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _study(tune_dir, name=search.DEFAULT_STUDY):
+    return optuna.load_study(study_name=name, storage=study_lib.open_storage("", str(tune_dir)))
+
+
+def _finished_numbers(tune_dir):
+    return sorted(trial.number for trial in _study(tune_dir).get_trials(states=study_lib.FINISHED))
+
+
+def test_study_records_every_trial_and_best_toml_reproduces_the_best(built_records, tmp_path):
+    records_dir, _ = built_records
+    output = tmp_path / "tune"
+    assert tune.main(_tune_args(records_dir, _config(tmp_path), output, "--trials", "2", "--epochs", "1")) == 0
+    rows = _trials_csv(output)
+    assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} <= {"COMPLETE", "PRUNED"}
+    assert os.path.isfile(output / "trials" / "0001" / "history.csv")
+    assert "default config" in (output / "report.md").read_text() and os.path.isfile(output / "slices.png")
+    best = max((row for row in rows if row["state"] == "COMPLETE"), key=lambda row: float(row["objective"]))
+    rerun = tmp_path / "rerun"
+    assert train.main(["--config", str(output / "best.toml"), "--output", str(rerun), "--no-progress"]) == 0
+    reproduced = run_folder.load_metrics(str(rerun))["validation"]["macro_f1"]
+    assert abs(reproduced - float(best["objective"])) <= 0.02
+    # F1 on a tiny split barely moves: the stricter check is that best.toml is the best trial's whole config.
+    assert run_folder.load_config(str(rerun)) == run_folder.load_config(
+        trials_lib.trial_dir(str(output), int(best["number"]))
+    )
+
+
+def test_pruning_stops_a_trial_after_its_first_epoch(built_records, tmp_path):
+    records_dir, _ = built_records
+    options, _ = tune.options.parse(
+        search.TuneOptions,
+        _tune_args(records_dir, _config(tmp_path), tmp_path / "tune", "--epochs", "3", "--trials", "1"),
+        prog="t",
+        description="",
+    )
+    opened = search.open_search(options)
+    # A pruner no trial can pass: the loop must stop at the first epoch it reports.
+    opened.study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)
+    trial = opened.study.ask()
+    state = trials_lib.run_trial(opened.study, trial, opened.space, opened.base_config, options.output, "macro_f1")
+    frozen = opened.study.trials[trial.number]
+    assert state == optuna.trial.TrialState.PRUNED == frozen.state
+    assert frozen.user_attrs[trials_lib.EPOCHS] == 1
+    assert len(run_folder.load_history(trials_lib.trial_dir(options.output, trial.number))) == 1
+
+
+def _command(records_dir, config, output, trials, epochs):
+    return [
+        sys.executable,
+        "-m",
+        "abo_tf.tune",
+        *_tune_args(records_dir, config, output, "--trials", str(trials), "--epochs", str(epochs)),
+    ]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+@pytest.mark.slow
+def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, tmp_path):
+    records_dir, _ = built_records
+    output, config = tmp_path / "tune", _config(tmp_path)
+    command = _command(records_dir, config, output, 2, epochs=2)
+    process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.isfile(output / "trials" / "0000" / "history.csv") and time.time() < deadline:
+        time.sleep(0.2)  # the first epoch of the first trial is saved: kill it mid-trial
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    trials = _study(output).trials
+    assert len([trial for trial in trials if trial.state in study_lib.FINISHED]) == 2
+    assert trials[0].state == optuna.trial.TrialState.FAIL  # the killed one, marked and retried with its values
+    retried = [trial for trial in trials if trial.user_attrs.get("retry_of") == 0]
+    assert retried and retried[0].params == trials[0].params
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(built_records, tmp_path):
+    records_dir, _ = built_records
+    output, config = tmp_path / "tune", _config(tmp_path)
+    command = _command(records_dir, config, output, 3, epochs=1)
+    workers = [
+        subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [worker.communicate(timeout=400) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [stderr for _, stderr in results]
+    numbers = _finished_numbers(output)
+    assert len(numbers) == 3 and len(set(numbers)) == 3
+    owners = {trial.user_attrs["pid"] for trial in _study(output).get_trials(states=study_lib.FINISHED)}
+    assert len(owners) == 2  # both workers ran trials
+
+
+BAD_SPACES = {
+    "empty": ("[search]\n", "search space is empty"),
+    "unknown key": ("[search]\nlearning_rat = { low = 0.1, high = 0.2 }\n", "allowed are"),
+    "low above high": ("[search]\ndropout = { low = 0.4, high = 0.1 }\n", "low must not be above high"),
+    "log touches zero": ("[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n", "above 0"),
+    "unknown model": ('[search]\nmodel = { choices = ["resnet50", "alexnet"] }\n', "alexnet"),
+    "unknown weighting": ('[search]\nclass_weights = { choices = ["none", "cubic"] }\n', "cubic"),
+    "not a table": ("search = 3\n", "search = 3 must be a table"),
+    "neither range nor choices": ("[search]\ndropout = { low = 0.1 }\n", "give either low and high"),
+    "range of a string": ("[search]\nclass_weights = { low = 1, high = 2 }\n", "choices"),
+}
+
+
+@pytest.mark.parametrize("text, message", BAD_SPACES.values(), ids=BAD_SPACES)
+def test_bad_search_space_is_one_line_error(built_records, tmp_path, capsys, text, message):
+    records_dir, _ = built_records
+    output = tmp_path / "tune"
+    assert tune.main(_tune_args(records_dir, _config(tmp_path, text), output)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and message in error and "\n" not in error
+    assert not os.path.exists(output)  # refused before the folder was claimed
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trials", "0"], "--trials 0 must be at least 1"),
+        (["--storage", "nosuchdb://x/y"], "cannot be opened"),
+        (["--timeout", "soon"], "--timeout 'soon'"),
+    ],
+    ids=["no trials", "bad storage", "bad timeout"],
+)
+def test_bad_option_is_one_line_error(built_records, tmp_path, capsys, extra, message):
+    records_dir, _ = built_records
+    assert tune.main(_tune_args(records_dir, _config(tmp_path), tmp_path / "tune", *extra)) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+
+
+def test_folder_of_another_study_is_refused_unless_named(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    output = tmp_path / "tune"
+    options, _ = tune.options.parse(
+        search.TuneOptions, _tune_args(records_dir, _config(tmp_path), output, "--study", "a"), prog="t", description=""
+    )
+    search.open_search(options, study_flag_given=True)
+    assert tune.main(_tune_args(records_dir, _config(tmp_path), output, "--trials", "1")) == 2
+    assert "holds study 'a'" in capsys.readouterr().err
+
+
+def test_records_without_validation_are_refused(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    copy = tmp_path / "records"
+    shutil.copytree(records_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["validation"]["num_examples"] = 0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert tune.main(_tune_args(str(copy), _config(tmp_path), tmp_path / "tune")) == 2
+    assert "no validation split" in capsys.readouterr().err
+
+
+def test_train_ignores_the_search_table(built_records, tmp_path):
+    records_dir, _ = built_records
+    config = _config(tmp_path, "epochs = 3\n" + SPACE)
+    values = train.resolve_config(["--config", config, "--records", records_dir, "--output", str(tmp_path / "run")])
+    assert values.epochs == 3
+
+
+def test_search_values_are_drawn_inside_the_space(built_records):
+    records_dir, _ = built_records
+    base = search.base_train_config(search.TuneOptions(records=records_dir, output="x"))
+    space = space_lib.parse_space(
+        {
+            "dropout": {"low": 0.1, "high": 0.3},
+            "batch_size": {"choices": [8, 16]},
+            "fine_tune_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+        },
+        base,
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = space_lib.suggest(study.ask(), space)
+        assert all(space_lib.contains(parameter, values[parameter.name]) for parameter in space)
+        assert isinstance(values["batch_size"], int)
+
+
+@pytest.mark.parametrize("pipeline", ["demo", "resnet50_mirrored", "vgg16_finetune"])
+def test_shipped_pipelines_search_around_their_own_config(pipeline, tmp_path):
+    path = os.path.join(REPO, "pipelines", f"{pipeline}.toml")
+    options, _ = tune.options.parse(
+        search.TuneOptions, ["--config", path, "--records", "r", "--output", "o"], prog="t", description=""
+    )
+    base = search.base_train_config(options)
+    space = space_lib.parse_space(options.search, base)
+    assert len(space) >= 4 and space_lib.default_point(space, base) is not None  # the default is trial 0
+    trained = train.resolve_config(["--config", path, "--records", "r", "--output", str(tmp_path / "run")])
+    assert trained == base.__class__(**{**vars(base), "output": str(tmp_path / "run")})
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # asked here directly, as the tuner does (it beats)
+def test_database_trial_of_a_silent_worker_is_failed_and_queued_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_lib, "GRACE_SECONDS", 1)
+    storage = study_lib.open_storage(f"sqlite:///{tmp_path / 'study.db'}", str(tmp_path))
+    study, created = study_lib.open_study(storage, "s", "maximize", None, None, {"dropout": 0.25})
+    assert created and study_lib.open_study(storage, "s", "maximize", None, None, None)[1] is False
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.5)
+    with study_lib.heartbeat(study, trial):
+        pass  # one beat, then the worker falls silent (as if its machine died)
+    time.sleep(2.5)
+    study_lib.fail_dead_trials(study)
+    failed, queued = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.params == {"dropout": 0.25}
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.system_attrs["fixed_params"] == failed.params
+
+
+def test_trial_of_a_dead_local_process_is_failed_and_queued_again(tmp_path):
+    storage = study_lib.open_storage("", str(tmp_path))
+    study, _ = study_lib.open_study(storage, "s", "maximize", None, None, None)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()
+    trial.suggest_int("batch_size", 8, 16)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", int(dead.stdout))
+    alive = study.ask()
+    study_lib.mark_owner(alive)  # this process: never failed
+    assert study_lib.fail_dead_trials(study) == [trial.number]
+    assert [frozen.state.name for frozen in study.trials] == ["FAIL", "RUNNING", "WAITING"]
+    queued = study.trials[2]
+    assert queued.system_attrs["fixed_params"] == trial.params and queued.user_attrs["retry_of"] == trial.number
+
+
+_MIRRORED_HOOK = """
+import json, sys
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from abo_tf.training import loop
+reported = []
+config = loop.TrainConfig(records=sys.argv[1], output=sys.argv[2], strategy="mirrored", model="mobilenet_v3_small",
+                          weights="none", image_size=32, batch_size=8, steps_per_epoch=2, validation_steps=2, epochs=2,
+                          head_epochs=0, progress=False)
+loop.train(config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]))
+print(json.dumps(reported))
+"""
+
+
+@pytest.mark.slow
+def test_epoch_hook_gathers_every_replica_under_mirrored(built_records, tmp_path):
+    records_dir, _ = built_records
+    output = tmp_path / "run"
+    output.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_HOOK, records_dir, str(output)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reported = json.loads(result.stdout.strip().splitlines()[-1])
+    history = run_folder.load_history(str(output))
+    assert [epoch for epoch, _ in reported] == [1, 2]
+    for (_, values), row in zip(reported, history, strict=True):
+        assert values["val_accuracy"] == pytest.approx(row.val_accuracy) and 0.0 <= values["val_macro_f1"] <= 1.0
+        assert values["val_examples"] == 16  # 2 steps of 8 images, 4 on each replica: both replicas' predictions
+
+
+def test_a_combination_train_refuses_is_pruned_without_training(built_records, tmp_path):
+    records_dir, _ = built_records
+    text = "[search]\nepochs = { choices = [1, 3] }\nhead_epochs = { choices = [0, 2] }\n"
+    arguments = _tune_args(records_dir, _config(tmp_path, text), tmp_path / "tune", "--epochs", "3", "--trials", "1")
+    options, _ = tune.options.parse(search.TuneOptions, arguments, prog="t", description="")
+    opened = search.open_search(options)
+    opened.study.enqueue_trial({"epochs": 1, "head_epochs": 2})
+    opened.study.ask()  # the default point, queued first: not run here
+    trial = opened.study.ask()
+    state = trials_lib.run_trial(opened.study, trial, opened.space, opened.base_config, options.output, "macro_f1")
+    assert state == optuna.trial.TrialState.PRUNED
+    assert "--head-epochs 2" in opened.study.trials[trial.number].user_attrs[trials_lib.STOPPED_BECAUSE]
+    assert not os.path.exists(trials_lib.trial_dir(options.output, trial.number))
