@@ -139,13 +139,13 @@ def test_train_refuses_labels_beyond_the_manifests_classes(built_records, tmp_pa
 @pytest.mark.parametrize(
     "breakage,expected",
     [
-        (lambda manifest: manifest["splits"]["validation"].pop("shards"), "no valid entry for split 'validation'"),
+        (lambda manifest: manifest["splits"]["validation"].pop("shards"), "split 'validation' has no shard list or example count"),
         (
             lambda manifest: manifest.update(classes=manifest["classes"][1:]),
-            "counts classes the manifest does not list",
+            "counts classes the build does not have",
         ),
         (lambda manifest: manifest["splits"]["train"]["shards"][0].update(num_examples=1), "do not add up"),
-        (lambda manifest: manifest.update(classes=[]), "classes are missing, empty or repeated"),
+        (lambda manifest: manifest.update(classes=[]), "its classes are not a list of names"),
     ],
 )
 def test_train_refuses_a_manifest_that_does_not_match_its_shards(built_records, tmp_path, capsys, breakage, expected):

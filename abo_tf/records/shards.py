@@ -70,7 +70,47 @@ def read_manifest(records_dir):
                              "build the records with `python -m abo_tf.build_records`")
     if manifest.get("version") != schema.DATASET_VERSION:
         raise UserInputError(f"{path} is from records version {manifest.get('version')!r}, this abo_tf reads {schema.DATASET_VERSION!r}: rebuild the records")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise VerificationError(f"{path} is damaged ({problem}): rebuild the records, or see `python -m abo_tf.build_records --verify {records_dir}`")
     return manifest
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _split_problem(name, entry, class_names):
+    """What is wrong with one split of a manifest, or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or not _is_count(entry.get("num_examples")):
+        return f"split {name!r} has no shard list or example count"
+    for index, shard in enumerate(entry["shards"]):
+        # A shard's file name must be the one the build writes: never a path out of the folder.
+        expected = schema.shard_filename(name, index, len(entry["shards"]))
+        if not isinstance(shard, dict) or shard.get("file") != expected or not _is_count(shard.get("num_examples")):
+            return f"shard {index} of {name!r} is not {expected!r} with an example count"
+    if sum(shard["num_examples"] for shard in entry["shards"]) != entry["num_examples"]:
+        return f"the shards of {name!r} do not add up to its {entry['num_examples']} examples"
+    per_class = entry.get("per_class", {})
+    if not isinstance(per_class, dict) or set(per_class) - set(class_names) or not all(map(_is_count, per_class.values())):
+        return f"split {name!r} counts classes the build does not have"
+    return None
+
+
+def _manifest_problem(manifest):
+    """The first structural problem of a manifest (hand-edited or damaged), or None."""
+    classes, splits = manifest.get("classes"), manifest.get("splits")
+    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) and name for name in classes):
+        return "its classes are not a list of names"
+    if len(set(classes)) != len(classes):
+        return "a class name appears twice"
+    if not isinstance(splits, dict) or not splits:
+        return "it has no splits"
+    for name, entry in splits.items():
+        problem = _split_problem(name, entry, classes)
+        if problem:
+            return problem
+    return None
 
 
 def examples_per_class(manifest, split, class_names=None):
