@@ -11,7 +11,7 @@ import dataclasses
 import sys
 import time
 
-from abo_tf.common import options
+from abo_tf.common import options, parallel
 from abo_tf.common.errors import cli_main
 from abo_tf.testing import synthetic_abo
 
@@ -26,7 +26,7 @@ class SampleOptions:
     seed: int = options.option(synthetic_abo.DEFAULT_SEED, help="seed; the same seed gives the same bytes")
     tar: bool = options.option(False, help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
     max_side: int = options.option(synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32)
-    workers: int | None = options.option(help="rendering processes (default: by size and CPU count)", minimum=1,
+    workers: int | None = options.option(help="rendering processes (default: by size and CPU count)", minimum=1, maximum=parallel.MAX_WORKERS,
                                          config=False)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from abo_tf.classical import descriptors
-from abo_tf.common import options
+from abo_tf.common import options, parallel
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records import shards
 from abo_tf.training import run_folder
@@ -66,7 +66,7 @@ class FeatureOptions:
         group="features", minimum=32,
         help=f"pixels; default {DEFAULT_IMAGE_SIZE[HANDCRAFTED]} handcrafted, {DEFAULT_IMAGE_SIZE[CNN]} cnn, the run's for --run")
     batch_size: int = options.option(64, group="features", minimum=1, help="images per batch of the evaluation pipeline")
-    workers: int = options.option(os.cpu_count() or 1, group="features", minimum=1, config=False,
+    workers: int = options.option(os.cpu_count() or 1, group="features", minimum=1, maximum=parallel.MAX_WORKERS, config=False,
                                   help="processes for the handcrafted descriptors (default: this machine's cores)")
     seed: int = options.option(0, group="features", help="draws the random backbone of --weights none (and, for "
                                "baselines, subsamples and SGD)")

@@ -25,8 +25,8 @@ def load_toml(path):
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise UserInputError(f"config {path!r} is not valid TOML: {error}") from error
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"config {path!r} is not valid TOML (UTF-8 text): {error}") from error
     values = {}
     for key, value in document.items():
         entries = value.items() if isinstance(value, dict) and key not in WHOLE_TABLES else [(key, value)]

@@ -19,6 +19,7 @@ every number can be traced back to a command.
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 
@@ -201,6 +202,8 @@ def _checked_values(path, values, options_class):
 def _check_bounds(spec, value):
     minimum, maximum = spec.metadata["minimum"], spec.metadata["maximum"]
     for element in (value if spec.is_list else [value]):
+        if not math.isfinite(element):  # NaN passes every comparison
+            raise UserInputError(f"{spec.flag} {element} must be a finite number")
         if minimum is not None and element < minimum:
             raise UserInputError(f"{spec.flag} {element} must be at least {minimum}")
         if maximum is not None and element > maximum:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from abo_tf.common import console
 from abo_tf.common import options as options_lib
-from abo_tf.common import outputs
+from abo_tf.common import outputs, parallel
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.common.files import read_json, write_json
 from abo_tf.common.parallel import bounded_map
@@ -105,7 +105,7 @@ class BuildOptions:
     shard_mb: float = options_lib.option(shards.DEFAULT_SHARD_MB, minimum=1.0, group=_OUTPUT, help="target shard size")
     resize: int | None = options_lib.option(minimum=32, group=_OUTPUT,
                                         help="re-encode images whose longer side exceeds N pixels")
-    workers: int = options_lib.option(os.cpu_count() or 1, minimum=1, group=_OUTPUT, config=False,
+    workers: int = options_lib.option(os.cpu_count() or 1, minimum=1, maximum=parallel.MAX_WORKERS, group=_OUTPUT, config=False,
                                   help="worker processes (default: this machine's cores)")
     progress: bool = options_lib.option(True, group=options_lib.CONSOLE_GROUP, config=False, help="progress bars")
 

@@ -36,6 +36,8 @@ class OutOfMemory(UserInputError):
 
 
 _DATA, _MODEL, _SCHEDULE = "data", "model", "schedule"
+# Far beyond any real run, far below the int64 step counter (epochs x steps must fit in it).
+MAX_EPOCHS, MAX_STEPS = 100_000, 10**9
 _HARDWARE, _RUN = "distribution and hardware", "run folder"
 
 
@@ -52,7 +54,8 @@ class TrainConfig:
                                 help="Keras Applications backbone")
     weights: str = options.option("imagenet", help="imagenet | none | PATH to a Keras notop weights file", group=_MODEL)
     dropout: float = options.option(0.2, help="before the classification layer, in [0, 1)", group=_MODEL, minimum=0.0)
-    epochs: int = options.option(10, help="epochs in all, the head epochs included", group=_SCHEDULE, minimum=1)
+    epochs: int = options.option(10, help="epochs in all, the head epochs included", group=_SCHEDULE, minimum=1,
+                                 maximum=MAX_EPOCHS)
     head_epochs: int = options.option(2, help="first epochs with the backbone frozen", group=_SCHEDULE, minimum=0)
     fine_tune_layers: int = options.option(0, help="top backbone layers unfrozen after the head epochs; 0 = all",
                                            group=_SCHEDULE, minimum=0)
@@ -64,8 +67,10 @@ class TrainConfig:
     label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0)
     class_weights: str = options.option("none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE,
                                         help="loss weights against the long tail")
-    steps_per_epoch: int = options.option(0, help="0 = one pass over train", group=_SCHEDULE, minimum=0)
-    validation_steps: int = options.option(0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0)
+    steps_per_epoch: int = options.option(0, help="0 = one pass over train", group=_SCHEDULE, minimum=0,
+                                          maximum=MAX_STEPS)
+    validation_steps: int = options.option(0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0,
+                                           maximum=MAX_STEPS)
     seed: int = options.option(0, help="initial weights, shuffling, augmentation", group=_SCHEDULE)
     strategy: str = options.option("default", choices=distribute.STRATEGIES, group=_HARDWARE,
                                    help="tf.distribute strategy")
@@ -73,7 +78,8 @@ class TrainConfig:
     mixed_precision: bool = options.option(False, help="float16 compute, float32 variables", group=_HARDWARE)
     jit_compile: bool = options.option(False, help="XLA; off on CPU", group=_HARDWARE)
     output: str = options.option(help="run folder", group=_RUN, required=True, config=False)
-    checkpoint_every_steps: int = options.option(0, help="0 = every epoch only", group=_RUN, minimum=0)
+    checkpoint_every_steps: int = options.option(0, help="0 = every epoch only", group=_RUN, minimum=0,
+                                                 maximum=MAX_STEPS)
     top_k: int = options.option(5, help="labels returned by the SavedModel", group=_RUN, minimum=1)
     progress: bool = options.option(True, help="a progress bar per epoch on a terminal (a line per epoch in a log)",
                                     group=options.CONSOLE_GROUP, config=False)
