@@ -80,13 +80,19 @@ def _a_file(folder):
     folder.write_text("a file, not a folder")
 
 
+def _user_files_in_a_state_folder(folder):
+    (folder / records_build.STATE_DIR).mkdir(parents=True)
+    (folder / records_build.STATE_DIR / "user.txt").write_text("mine")
+
+
 @pytest.mark.parametrize("make, output_name, expected", [
     (_foreign_manifest, "album", "is not empty and was not written by `abo_tf.build_records`"),
     (_not_json_manifest, "half", "is not a valid JSON build manifest"),
     (_other_commands_folder, "run", "holds the output of `abo_tf.train`"),
     (_a_file, "file.txt", "is a file: choose a folder"),
     (_a_file, "file.txt/records", "Not a directory"),
-], ids=["foreign-manifest", "manifest-not-json", "another-command", "a-file", "under-a-file"])
+    (_user_files_in_a_state_folder, "state", "is not empty and was not written by `abo_tf.build_records`"),
+], ids=["foreign-manifest", "manifest-not-json", "another-command", "a-file", "under-a-file", "user-files-in-.build"])
 def test_unusable_output_is_refused_before_the_scan_and_left_as_it_was(make, output_name, expected, abo_sample,
                                                                       tmp_path, capsys, no_scan):
     target = tmp_path / output_name.split("/")[0]

@@ -493,6 +493,25 @@ def _is_build_file(name):
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in _BUILD_PATTERNS)
 
 
+# What the state folder of an unfinished build holds: its plan and one result per finished shard.
+_STATE_PATTERNS = (PLAN_FILE, f"{PLAN_FILE}.tmp*", f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*.json*")
+
+
+def _foreign_entry(output):
+    """The first entry of `output` (or of its state folder) that a build did not write, or None."""
+    for name in outputs.contents(output):
+        if not _is_build_file(name):
+            return name
+    state_dir = os.path.join(output, STATE_DIR)
+    if os.path.islink(state_dir) or (os.path.lexists(state_dir) and not os.path.isdir(state_dir)):
+        return STATE_DIR
+    if os.path.isdir(state_dir):
+        for name in sorted(os.listdir(state_dir)):
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in _STATE_PATTERNS):
+                return os.path.join(STATE_DIR, name)
+    return None
+
+
 def _read_build_state(output):
     """The manifest, else the saved plan, of a build in `output`; None if there is neither.
 
@@ -513,7 +532,7 @@ def _read_build_state(output):
 
 def _holds_only_a_build(output):
     """Recognises a build written before output markers existed: only build files, a build's manifest or plan."""
-    if not all(_is_build_file(name) for name in outputs.contents(output)):
+    if _foreign_entry(output) is not None:
         return False
     try:  # a manifest that is not JSON raises: the message says so
         return _read_build_state(output) is not None or outputs.contents(output) == [STATE_DIR]
@@ -547,9 +566,9 @@ def _check_output(options, folder, fingerprint=None):
 
 def _remove_build(folder):
     """Deletes what a build wrote; refuses, deleting nothing, if the folder also holds anything else."""
-    foreign = [name for name in outputs.contents(folder.path) if not _is_build_file(name)]
-    if foreign:
-        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign[0]!r}, which build_records did not "
+    foreign = _foreign_entry(folder.path)
+    if foreign is not None:
+        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign!r}, which build_records did not "
                                         "write: move it away, or choose another folder")
     outputs.remove_owned(folder, _BUILD_PATTERNS)
 
