@@ -7,6 +7,7 @@ decoded).
 """
 
 import os
+import stat
 
 import numpy as np
 import tensorflow as tf
@@ -18,17 +19,26 @@ from abo_tf.training import export
 MAX_FILE_BYTES = 64 * 2**20
 
 
+class NotARegularFile(OSError):
+    """A path that is not a regular file; refused before anything is read."""
+
+
 class FileTooLarge(OSError):
     """A file over the size limit; refused before its bytes are read."""
 
 
 def _read(path, max_bytes):
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        # Read one byte more than allowed: a pipe or device has no size but may still be endless.
-        data = handle.read(max_bytes + 1) if size <= max_bytes else b""
-    if size > max_bytes or len(data) > max_bytes:
-        raise FileTooLarge(f"{max(size, len(data))} bytes is over the limit of {max_bytes} bytes for one image")
+    # Non-blocking open: a FIFO would otherwise wait for a writer forever; only regular files are read.
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise NotARegularFile("not a regular file (a folder, device or pipe)")
+    with os.fdopen(descriptor, "rb") as handle:
+        # Read one byte more than allowed: the size may change while it is read.
+        data = handle.read(max_bytes + 1) if status.st_size <= max_bytes else b""
+    if status.st_size > max_bytes or len(data) > max_bytes:
+        raise FileTooLarge(f"{max(status.st_size, len(data))} bytes is over the limit of {max_bytes} bytes for one image")
     return data
 
 
@@ -69,7 +79,7 @@ def predict_files(loaded, paths, top_k=5, max_file_bytes=MAX_FILE_BYTES):
 def _predict_file(serve, path, names, top_k, max_file_bytes):
     try:
         outputs = serve(image_bytes=tf.constant([_read(path, max_file_bytes)]))
-    except FileTooLarge as error:
+    except (FileTooLarge, NotARegularFile) as error:
         return {"image": path, "error": f"not read: {error}"}
     except OSError as error:
         return {"image": path, "error": f"cannot read the file: {error.strerror or error}"}
