@@ -259,7 +259,7 @@ def test_a_refused_image_does_not_fail_the_others_in_its_call(exported):
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([good[0], bombs[0], good[1], bombs[1]]))
     errors = [error.decode() for error in outputs[export.ERROR_KEY].numpy()]
     assert errors[0] == errors[2] == ""
-    assert "20000x20000 pixels is over the limit of 89478485 pixels" in errors[1]
+    assert "20000x20000 pixels is over the limit of 16777216 pixels" in errors[1]
     assert "not a JPEG, PNG, GIF or BMP" in errors[3]
     probabilities = outputs["probabilities"].numpy()
     np.testing.assert_allclose(probabilities[[0, 2]], keras_probabilities(model, good), atol=1e-4)
@@ -310,7 +310,7 @@ def test_a_20000_pixel_png_is_refused_by_serving_and_predict_within_1_5_gb(expor
     assert code == 0, stderr[-3000:]
     keys = ("errors", "predict exit")
     lines = dict(line.split(" ", 1) for line in stdout.splitlines() if line.startswith(keys))
-    assert lines["errors"].count("20000x20000 pixels is over the limit of 89478485 pixels") == 3
+    assert lines["errors"].count("20000x20000 pixels is over the limit of 16777216 pixels") == 3
     assert lines["errors"].endswith("'']")  # the good image of the same call
     assert lines["predict"] == "exit 1"  # the bomb is reported, the good file still classified
     [error_line] = [line for line in stderr.splitlines() if line.startswith("error: ")]

@@ -215,8 +215,8 @@ def _gif(width, height):
     (encode(random_rgb(30, 50), ".png"), ""),
     (encode(random_rgb(30, 50), ".bmp"), ""),
     (_gif(50, 30), ""),
-    (_header_only_png(9459, 9459), ""),  # 89,472,681 pixels: just under the build's limit
-    (_header_only_png(20000, 20000), "20000x20000 pixels is over the limit of 89478485 pixels"),
+    (_header_only_png(4096, 4096), ""),  # 16,777,216 pixels: the serving limit
+    (_header_only_png(20000, 20000), "20000x20000 pixels is over the limit of 16777216 pixels"),
     (_header_only_png(2**31 - 1, 3), "2147483647x3 pixels is over the limit"),
     (_header_only_png(0, 10), "damaged image"),
     (b"\x89PNG\r\n\x1a\n", "damaged image"),
@@ -242,9 +242,11 @@ def test_header_error_of_jpeg_and_bmp_reads_their_headers():
     assert "40000x40000 pixels" in preprocess.header_error(bytes(bmp)).numpy().decode()
 
 
-def test_header_error_limit_is_the_builds():
+def test_serving_refuses_what_the_build_refuses_and_more():
     from abo_tf.records import images
 
-    assert preprocess.MAX_PIXELS == images.MAX_PIXELS
+    assert preprocess.MAX_SERVING_PIXELS <= images.MAX_PIXELS
+    assert "4096x4097 pixels is over" in preprocess.header_error(_header_only_png(4096, 4097)).numpy().decode()
+    assert preprocess.header_error(_header_only_png(4096, 4096)).numpy().decode() == ""
     with pytest.raises(images.RejectedImage, match="too_large"):
         images.inspect_image(_header_only_png(20000, 20000) + b"IEND\xaeB`\x82")

@@ -14,8 +14,8 @@ inside the SavedModel.
 
 A bad image fails alone, not the whole call: before decoding, each image's
 header is read (`preprocess.header_error`), and an image that is not a JPEG,
-PNG, GIF or BMP, or has more than `preprocess.MAX_PIXELS` pixels (the build's
-limit), is not decoded. Its "error" is a one-line reason ("" for every good
+PNG, GIF or BMP, or has more than `preprocess.MAX_SERVING_PIXELS` pixels (4096 x 4096, a memory budget),
+is not decoded. Its "error" is a one-line reason ("" for every good
 image), its probabilities and scores are 0 and its labels "". A 1.2 MB PNG of
 20000x20000 pixels would otherwise take 5 GB. An image whose header is
 readable but whose data is damaged still fails the call with
