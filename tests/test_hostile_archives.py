@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -145,21 +146,24 @@ def test_build_counts_refused_paths_and_malformed_lines_and_reads_nothing_outsid
         assert hostile.SECRET_MARKER in handle.read()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "link_to_dev_zero"])
+@pytest.mark.parametrize("kind, expected", [("fifo", "is not a regular file"), ("link_to_dev_zero", "is a link"),
+                                             ("link_to_a_copy_outside", "is a link")])
 @pytest.mark.parametrize("which", ["listings file", "images list"])
-def test_listings_or_images_csv_that_is_no_regular_file_is_refused(folder_copy, tmp_path, capsys, kind, which):
+def test_listings_or_images_csv_that_is_no_regular_file_is_refused(folder_copy, tmp_path, capsys, kind, expected, which):
     path = hostile.listings_file(folder_copy)
     if which == "images list":
         path = os.path.join(folder_copy, archive.IMAGES_CSV)
+    outside = tmp_path / "outside"
+    shutil.copy(path, outside)
     os.remove(path)
     if kind == "fifo":
         os.mkfifo(path)
     else:
-        os.symlink("/dev/zero", path)
+        os.symlink("/dev/zero" if kind == "link_to_dev_zero" else outside, path)
     with _deadline(30):
         code, _, error = _cli(capsys, folder_copy, folder_copy, tmp_path / "records")
     assert code == 2 and len(error.splitlines()) == 1
-    assert f"{which} {path!r} is not a regular file" in error
+    assert f"{which} {path!r} {expected}" in error
 
 
 # --- listings: malformed lines ----------------------------------------------------

@@ -140,11 +140,18 @@ def _check_exists(path, what):
         raise ArchiveError(f"{what} {path!r} is neither a folder nor a regular file: {_GIVE_INPUT}")
 
 
-def _open_regular_file(path, what):
-    """A binary file object for `path`; a FIFO, a device or a folder is refused without blocking."""
+def _open_regular_file(path, what, inside_dataset=False):
+    """A binary file object for `path`; a FIFO, a device or a folder is refused without blocking.
+
+    A file found inside the dataset (a listings file, images.csv.gz) must not be a link either: like
+    the image paths, nothing the dataset names may lead out of it. Paths the user gives may be links.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if inside_dataset else 0)
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        descriptor = os.open(path, flags)
     except OSError as error:
+        if inside_dataset and error.errno == errno.ELOOP:
+            raise ArchiveError(f"{what} {path!r} is a link: give the files as extracted from the ABO tar") from error
         raise ArchiveError(f"{what} {path!r} cannot be opened ({error.strerror})") from error
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
@@ -425,7 +432,7 @@ def _listing_sources(path, report, allow_truncated):
                 if os.path.isdir(folder) else []
             if names:
                 for name in names:
-                    with _open_regular_file(os.path.join(folder, name), "listings file") as handle:
+                    with _open_regular_file(os.path.join(folder, name), "listings file", inside_dataset=True) as handle:
                         yield name, handle, os.fstat(handle.fileno()).st_size, False
                 return
         raise ArchiveError(f"no {LISTINGS_DIR}/listings_*.json.gz under {path!r}: "
@@ -804,7 +811,7 @@ def _images_root(path):
 
 def _open_folder_store(path, variant):
     root = _images_root(path)
-    with _open_regular_file(os.path.join(root, IMAGES_CSV), "images list") as handle:
+    with _open_regular_file(os.path.join(root, IMAGES_CSV), "images list", inside_dataset=True) as handle:
         rows, csv_sha256 = _parse_images_csv(handle, IMAGES_CSV)
     image_dir = os.path.join(root, "images", variant)
     if not os.path.isdir(image_dir):
