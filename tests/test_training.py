@@ -309,7 +309,7 @@ def test_bad_training_options_are_one_line_errors_before_anything_is_written(bui
 def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(built_records, tmp_path, capsys, monkeypatch):
     records_dir, _ = built_records
 
-    def exhausted(run):
+    def exhausted(*_):
         message = "{{function_node __wrapped__Conv2D}} OOM when allocating tensor with shape[8,32,32,16]\nmore lines"
         raise tf.errors.ResourceExhaustedError(None, None, message)
 

@@ -226,8 +226,7 @@ def extract_features(
         raise UserInputError(f"--batch-size {batch_size}, --workers {workers}: both must be at least 1")
     manifest = shards.read_manifest(records_dir)
     spec = feature_spec.resolve_spec(spec)
-    for split in splits:
-        input_pipeline.split_files(records_dir, split, manifest)
+    input_pipeline.check_records(records_dir, manifest, list(splits))  # damaged records: named before any work
     outputs.claim(cache_dir, "features", "--cache-dir")
     folder = feature_cache.cache_folder(cache_dir, manifest, spec)
     results = {}
@@ -236,6 +235,7 @@ def extract_features(
             path = os.path.join(folder, split)
             cached = os.path.isdir(path)
             if not cached:
-                _compute_split(records_dir, split, spec, manifest, path, describe, batch_size, progress)
+                with input_pipeline.explain_read_errors(records_dir, manifest, [split]):
+                    _compute_split(records_dir, split, spec, manifest, path, describe, batch_size, progress)
             results[split] = dataclasses.replace(feature_cache.load_features(path, split), cached=cached)
     return results

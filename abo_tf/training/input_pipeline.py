@@ -48,25 +48,6 @@ def _verify_hint(records_dir):
     return f"check the build with `python -m abo_tf.build_records --verify {records_dir}` and rebuild it"
 
 
-def _check_manifest_structure(records_dir, manifest, splits):
-    def refuse(problem):
-        raise shards.VerificationError(f"{records_dir!r}: {problem}: {_verify_hint(records_dir)}")
-
-    classes = manifest.get("classes")
-    if not isinstance(classes, list) or not classes or len(set(classes)) != len(classes):
-        refuse("the manifest's classes are missing, empty or repeated")
-    for split in splits:
-        entry = manifest.get("splits", {}).get(split)
-        if not (isinstance(entry, dict) and isinstance(entry.get("shards"), list)
-                and isinstance(entry.get("num_examples"), int)):
-            refuse(f"the manifest has no valid entry for split {split!r}")
-        unknown = sorted(set(entry.get("per_class", {})) - set(classes))
-        if unknown:
-            refuse(f"split {split!r} counts classes the manifest does not list ({unknown[:5]})")
-        if sum(shard.get("num_examples", 0) for shard in entry["shards"]) != entry["num_examples"]:
-            refuse(f"the shards of split {split!r} do not add up to its {entry['num_examples']} examples")
-
-
 def check_records(records_dir, manifest, splits):
     """Checks, without reading records, that the manifest and the shards of `splits` agree.
 
@@ -76,9 +57,9 @@ def check_records(records_dir, manifest, splits):
 
     Raises:
       UserInputError: a split missing or empty.
-      VerificationError: a malformed manifest, a missing shard or one of another size (named).
+      VerificationError: a missing shard or one of another size (named).
     """
-    _check_manifest_structure(records_dir, manifest, splits)
+    # The manifest's own structure was checked when it was read (`shards.read_manifest`).
     for split in splits:
         split_files(records_dir, split, manifest)
         for shard in manifest["splits"][split]["shards"]:

@@ -14,8 +14,6 @@ from its header, so serving can refuse a decompression bomb before decoding it.
 
 import tensorflow as tf
 
-from abo_tf.records.images import MAX_PIXELS  # the build's ceiling (it decodes in bounded strips)
-
 # Serving decodes a whole image in one piece and composites PNG alpha in float32: about 20 bytes a pixel
 # at its peak. A 9400 x 9400 PNG (257 KB) took `predict` to 2.9 GB; 4096 x 4096, 8- or 16-bit, RGB or
 # RGBA, stays at 1.2 GB with the VGG16 test model (measured). Larger photos: resize them first.
@@ -41,10 +39,8 @@ def _to_uint8(image):
     """Float pixels (from tf.image.resize) back to uint8, rounded, not truncated."""
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
-
 def _starts_with(image_bytes, magic):
     return tf.equal(tf.strings.substr(image_bytes, 0, len(magic)), magic)
-
 
 def composite_on_white(rgba):
     """RGBA -> RGB on a white background, the build's formula (`records.images._decode_bgr`) in the same float32 steps.
@@ -61,7 +57,6 @@ def composite_on_white(rgba):
     alpha = tf.cast(rgba[:, :, 3:4], tf.float32) / 255.0
     rgb = tf.cast(rgba[:, :, :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
     return _to_uint8(rgb)
-
 
 def decode_rgb(image_bytes, crop=None):
     """Decodes JPEG, PNG, GIF (first frame) or BMP bytes into RGB pixels.
@@ -92,13 +87,11 @@ def decode_rgb(image_bytes, crop=None):
 
     return tf.ensure_shape(tf.cond(_starts_with(image_bytes, _PNG_MAGIC), png, other), [None, None, 3])
 
-
 def _unsigned(header, position, length, little_endian):
     """The unsigned integer in `header[position:position + length]`, as int64."""
     digits = tf.cast(tf.io.decode_raw(tf.strings.substr(header, position, length), tf.uint8), tf.int64)
     weights = [256 ** (index if little_endian else length - 1 - index) for index in range(length)]
     return tf.reduce_sum(digits * tf.constant(weights, tf.int64))
-
 
 def _header_size(image_bytes):
     """`(height, width)` as int64 from a PNG, GIF or BMP header (0, 0 for other formats)."""
@@ -117,7 +110,6 @@ def _header_size(image_bytes):
     for matches, format_height, format_width in reversed(sizes):
         height, width = tf.where(matches, format_height, height), tf.where(matches, format_width, width)
     return height, width
-
 
 def header_error(image_bytes, max_pixels=MAX_SERVING_PIXELS):
     """Why an image must not be decoded, read from its header only; "" when it may be.
@@ -149,7 +141,6 @@ def header_error(image_bytes, max_pixels=MAX_SERVING_PIXELS):
     error = tf.where(height * width == 0, "damaged image: its header gives no size", error)
     return tf.where(known, error, "not a JPEG, PNG, GIF or BMP image")
 
-
 def eval_image(image_bytes, image_size):
     """Deterministic evaluation pixels: the central square crop, resized.
 
@@ -169,7 +160,6 @@ def eval_image(image_bytes, image_size):
     resized = tf.image.resize(cropped, [image_size, image_size], method="bilinear", antialias=ANTIALIAS)
     return tf.ensure_shape(_to_uint8(resized), [image_size, image_size, 3])
 
-
 def _central_square(image):
     """The central square of CROP_FRACTION of the shorter side, any number of channels."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -177,7 +167,6 @@ def _central_square(image):
     side = tf.maximum(side, 1)
     top, left = (height - side) // 2, (width - side) // 2
     return image[top:top + side, left:left + side]
-
 
 def train_image(image_bytes, image_size, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
     """Random resized ("Inception") crop and random horizontal flip, for training.
