@@ -48,7 +48,7 @@ def _spec():
 def _config(records_dir, output, cache_dir, **overrides):
     values = dict(records=records_dir, output=str(output), features=feature_spec.HANDCRAFTED, image_size=IMAGE_SIZE,
                   models=classifiers.MODELS,
-                  runs=str(output / "no_runs"),
+                  runs=None,
                   cache_dir=cache_dir, workers=2, sgd_epochs=10, measure_runs=False, progress=False, grids=SMALL_GRIDS)
     return baseline.BaselineConfig(**{**values, **overrides})
 
@@ -319,6 +319,8 @@ def test_a_damaged_feature_cache_is_a_one_line_error(trained, built_records, tmp
 @pytest.mark.parametrize("expected, extra", [
     ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
     ("--sgd-epochs 0 must be at least 1", ["--sgd-epochs", "0"]),
+    ("--runs '/nonexistent' is not a folder", ["--runs", "/nonexistent"]),
+    ("--run chooses CNN features", ["--run", "{empty_run}"]),
     ("not empty and was not written by `abo_tf.baselines`", ["--output", "{foreign}"]),
 ])
 def test_bad_baseline_options_are_one_line_errors(built_records, tmp_path, capsys, expected, extra):

@@ -24,10 +24,11 @@ from abo_tf.classical import (
 )
 from abo_tf.auditing import leakage
 from abo_tf.common import options, outputs
-from abo_tf.common.errors import UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records.split import SPLITS
 
 RBF_MAX_TRAIN = 10_000
+DEFAULT_RUNS = "runs"  # where `abo_tf.train --output runs/NAME` puts runs, as the README does
 IN_MEMORY_GB = 1.0
 STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "in memory"
 
@@ -46,8 +47,8 @@ class BaselineConfig(feature_spec.FeatureOptions):
                                      help="passes over the training features of streamed SGD")
     in_memory_gb: float = options.option(IN_MEMORY_GB, minimum=0.001, group="models",
                                          help="larger training features train logreg/linear_svm by streamed SGD")
-    runs: str = options.option("runs", group="comparison",
-                               help="folder of CNN training runs to compare with (each */metrics.json)")
+    runs: str | None = options.option(group="comparison",
+                                      help="folder of CNN training runs to compare with (default: runs/, if it exists)")
     measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
     inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
     exclude: str | None = options.option(
@@ -71,6 +72,8 @@ def check_config(config):
     Raises:
       UserInputError: naming the flag and its value.
     """
+    if config.runs is not None and not os.path.isdir(config.runs):
+        raise InputNotFoundError(f"--runs {config.runs!r} is not a folder: give the folder of your training runs, or leave it out")
     unknown = [model for model in config.models if model not in classifiers.MODELS]
     if config.exclude is not None:
         leakage.leaked_ids(config.exclude, "test")  # a bad --exclude fails before any training
@@ -228,6 +231,7 @@ def run_baselines(config):
     check_splits(splits)
     results = [train_baseline(model, splits, config) for model in dict.fromkeys(config.models)]
     rows = comparison.collect_baselines(config.output)
-    if os.path.isdir(config.runs):
-        rows += comparison.collect_runs(config.runs, config.records, config.measure_runs, config.inference_images)
+    runs = config.runs or (DEFAULT_RUNS if os.path.isdir(DEFAULT_RUNS) else None)
+    if runs:
+        rows += comparison.collect_runs(runs, config.records, config.measure_runs, config.inference_images)
     return {"baselines": results, "comparison": comparison.write_comparison(rows, config.output)}

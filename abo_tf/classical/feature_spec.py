@@ -146,8 +146,11 @@ def resolve_spec(spec):
         raise UserInputError(
             f"--image-size {spec.image_size}: give a positive number of pixels, or leave it out for the default"
         )
+    if spec.kind == HANDCRAFTED and (spec.backbone or spec.run):
+        given = "--run" if spec.run else "--backbone"
+        raise UserInputError(f"{given} chooses CNN features: add --features cnn (the default is handcrafted)")
     if spec.kind == HANDCRAFTED:
-        # Backbone and weights mean nothing here; dropped so baseline.json does not suggest otherwise.
+        # The weights mean nothing here; dropped so baseline.json does not suggest otherwise.
         return dataclasses.replace(
             spec, backbone=None, weights=None, run=None, image_size=spec.image_size or DEFAULT_IMAGE_SIZE[HANDCRAFTED]
         )
