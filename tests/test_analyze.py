@@ -112,3 +112,29 @@ def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path, capsys):
     assert analyze.main(["--config", str(config), "--report", str(tmp_path / "r")]) == 2
     error = capsys.readouterr().err.strip()
     assert "head_min = 'many' must be an integer" in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_hundred_thousand_product_types_stay_within_the_memory_budget(tmp_path):
+    """One listing per product type (2 MB of gzip): the report must not draw a bar per type (it took 2 GB)."""
+    import gzip
+    import json
+    import sys
+
+    from abo_tf.testing import measure
+
+    root, count = tmp_path / "abo", 100_000
+    for folder in ("listings/metadata", "images/metadata", "images/small"):
+        (root / folder).mkdir(parents=True)
+    with gzip.open(root / "listings/metadata/listings_0.json.gz", "wt") as handle:
+        for index in range(count):
+            handle.write(json.dumps({"item_id": f"I{index}", "domain_name": "amazon.com", "main_image_id": f"M{index}",
+                                     "product_type": [{"value": f"T{index}"}]}) + "\n")
+    with gzip.open(root / "images/metadata/images.csv.gz", "wt") as handle:
+        handle.write("image_id,height,width,path\n" + "".join(f"M{index},9,9,00/{index:08x}.jpg\n" for index in range(count)))
+    code, _, stderr, peak = measure.run_measured(
+        [sys.executable, "-m", "abo_tf.analyze", "--listings", str(root), "--images", str(root),
+         "--report", str(tmp_path / "report"), "--no-progress"], timeout=300)
+    assert code == 0, stderr[-2000:]
+    assert peak < 1.5e9, f"peak RSS {peak / 2**20:.0f} MB"
+    assert len(pd.read_csv(tmp_path / "report" / "class_distribution.csv")) == count
