@@ -7,12 +7,17 @@ notebook's files go to a temporary folder (ABO_NOTEBOOK_DIR), not the repository
 """
 
 import argparse
+import base64
 import os
 import sys
 import tempfile
 
+import cv2
 import nbformat
+import numpy as np
 from nbclient import NotebookClient
+
+EMBEDDED_WIDTH = 720  # pixels: the report figures are drawn for files; in the notebook a smaller copy reads as well
 
 
 def execute(path, work_dir, timeout=900):
@@ -25,6 +30,22 @@ def execute(path, work_dir, timeout=900):
     return notebook
 
 
+def shrink_figures(notebook, width=EMBEDDED_WIDTH):
+    """Re-encodes every embedded PNG wider than `width` at that width, so the committed notebook stays small."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" not in data:
+                continue
+            image = cv2.imdecode(np.frombuffer(base64.b64decode(data["image/png"]), np.uint8), cv2.IMREAD_COLOR)
+            if image is None or image.shape[1] <= width:
+                continue
+            height = round(image.shape[0] * width / image.shape[1])
+            small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            data["image/png"] = base64.b64encode(cv2.imencode(".png", small, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]).decode()
+    return notebook
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", help="the .ipynb to run and save in place")
@@ -34,7 +55,7 @@ def main(argv=None):
         notebook = execute(args.notebook, args.work or temporary)
     for cell in notebook.cells:  # execution metadata changes on every run; the outputs are what matter
         cell.get("metadata", {}).pop("execution", None)
-    nbformat.write(notebook, args.notebook)
+    nbformat.write(shrink_figures(notebook), args.notebook)
     print(f"executed and saved {args.notebook}")
     return 0
 
