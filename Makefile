@@ -48,12 +48,12 @@ test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 lint: install
-	$(BIN)/ruff check abo_tf tests benchmarks
-	$(BIN)/ruff format --check abo_tf tests benchmarks
+	$(BIN)/ruff check abo_tf tests benchmarks notebooks/execute.py
+	$(BIN)/ruff format --check abo_tf tests benchmarks notebooks/execute.py
 
 format: install
-	$(BIN)/ruff check --fix abo_tf tests benchmarks
-	$(BIN)/ruff format abo_tf tests benchmarks
+	$(BIN)/ruff check --fix abo_tf tests benchmarks notebooks/execute.py
+	$(BIN)/ruff format abo_tf tests benchmarks notebooks/execute.py
 
 # Runs the exploration notebook and saves it with its outputs (figures embedded), as committed.
 notebook: install

@@ -18,8 +18,9 @@ from abo_tf.reports import data_report
 
 @cli_main
 def main(argv=None):
-    analyze_options, _ = options.parse(data_report.AnalyzeOptions, argv, prog="python -m abo_tf.analyze",
-                                       description=__doc__.split("\n\n")[0])
+    analyze_options, _ = options.parse(
+        data_report.AnalyzeOptions, argv, prog="python -m abo_tf.analyze", description=__doc__.split("\n\n")[0]
+    )
     result = data_report.analyze(analyze_options)
     for _, row in result["overview"].head(3).iterrows():
         print(f"{row['quantity']}: {row['value']}")

@@ -25,14 +25,18 @@ def main(argv=None):
     # parent's __main__) again; the library's imports (pandas, scikit-learn) would cost each ~190 MB.
     from abo_tf.auditing import audit
 
-    audit_options, _ = options.parse(audit.AuditOptions, argv, prog="python -m abo_tf.audit",
-                                     description=__doc__.split("\n\n")[0])
+    audit_options, _ = options.parse(
+        audit.AuditOptions, argv, prog="python -m abo_tf.audit", description=__doc__.split("\n\n")[0]
+    )
     summary = audit.run_audit(audit_options)
-    print(f"{summary['pairs_across_splits']} near-duplicate pairs across splits "
-          f"({summary['near_duplicate_pairs']} in all); "
-          f"{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}% of test has one in train")
-    print(f"{summary['label_issues']} likely label errors among {summary['labels_audited']} train and "
-          "validation images")
+    print(
+        f"{summary['pairs_across_splits']} near-duplicate pairs across splits "
+        f"({summary['near_duplicate_pairs']} in all); "
+        f"{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}% of test has one in train"
+    )
+    print(
+        f"{summary['label_issues']} likely label errors among {summary['labels_audited']} train and validation images"
+    )
     print(f"report: {os.path.join(audit_options.report, audit.REPORT_FILE)}")
     return 0
 

@@ -47,13 +47,17 @@ from abo_tf.common.errors import cli_main
 
 def _summary(record):
     test = record["metrics"]["test"]
-    return (f"{os.path.basename(record['folder'])}: test accuracy {test['accuracy']:.3f}, macro F1 {test['macro_f1']:.3f}, "
-            f"top-5 {test['top5_accuracy']:.3f}; chose {record['search']['chosen']} ({record['training_seconds']:.1f} s)")
+    return (
+        f"{os.path.basename(record['folder'])}: test accuracy {test['accuracy']:.3f}, macro F1 {test['macro_f1']:.3f}, "
+        f"top-5 {test['top5_accuracy']:.3f}; chose {record['search']['chosen']} ({record['training_seconds']:.1f} s)"
+    )
 
 
 @cli_main
 def main(argv=None):
-    config, _ = options.parse(BaselineConfig, argv, prog="python -m abo_tf.baselines", description=__doc__.split("\n\n")[0])
+    config, _ = options.parse(
+        BaselineConfig, argv, prog="python -m abo_tf.baselines", description=__doc__.split("\n\n")[0]
+    )
     results = run_baselines(config)
     for record in results["baselines"]:
         print(_summary(record))

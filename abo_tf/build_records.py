@@ -24,21 +24,29 @@ class BuildCommandOptions(build.BuildOptions):
     """The build's options, or a build to verify instead."""
 
     verify: str | None = options.option(
-        metavar="DIR", group="verification", config=False,
-        help="instead of building, re-read a build: CRCs, counts, hashes, every image decodes (on every core)")
+        metavar="DIR",
+        group="verification",
+        config=False,
+        help="instead of building, re-read a build: CRCs, counts, hashes, every image decodes (on every core)",
+    )
 
 
 @cli_main
 def main(argv=None):
-    command, _ = options.parse(BuildCommandOptions, argv, prog="python -m abo_tf.build_records",
-                               description=__doc__.split("\n\n")[0])
+    command, _ = options.parse(
+        BuildCommandOptions, argv, prog="python -m abo_tf.build_records", description=__doc__.split("\n\n")[0]
+    )
     if command.verify:
         report = shards.verify_records(command.verify, progress=command.progress)
-        print(f"verified {command.verify}: " + ", ".join(f"{name} {count}" for name, count in report.items())
-              + " examples; CRCs, hashes, counts and decoding OK")
+        print(
+            f"verified {command.verify}: "
+            + ", ".join(f"{name} {count}" for name, count in report.items())
+            + " examples; CRCs, hashes, counts and decoding OK"
+        )
         return 0
-    build_options = build.BuildOptions(**{field.name: getattr(command, field.name)
-                                          for field in dataclasses.fields(build.BuildOptions)})
+    build_options = build.BuildOptions(
+        **{field.name: getattr(command, field.name) for field in dataclasses.fields(build.BuildOptions)}
+    )
     manifest = build.build(build_options)
     print(build.format_summary(manifest))
     print(f"wrote {os.path.abspath(build_options.output)}")

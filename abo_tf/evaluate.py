@@ -33,8 +33,9 @@ from abo_tf.reports import evaluation, metrics
 
 @cli_main
 def main(argv=None):
-    evaluate_options, _ = options.parse(evaluation.EvaluateOptions, argv, prog="python -m abo_tf.evaluate",
-                                        description=__doc__.split("\n\n")[0])
+    evaluate_options, _ = options.parse(
+        evaluation.EvaluateOptions, argv, prog="python -m abo_tf.evaluate", description=__doc__.split("\n\n")[0]
+    )
     result = evaluation.evaluate(evaluate_options)
     print(metrics.format_summary(result, evaluate_options.split))
     print(f"report: {os.path.join(evaluate_options.report, 'report.md')}")

@@ -29,8 +29,9 @@ class ExtractOptions(feature_spec.FeatureOptions):
 
     splits: tuple[str, ...] = options.option(SPLITS, group="data", help="splits to extract")
     cache_dir: str = options.option(DEFAULT_CACHE_DIR, group="output", config=False, help="feature cache folder")
-    progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False,
-                                    help="a progress bar per extracted split")
+    progress: bool = options.option(
+        True, group=options.CONSOLE_GROUP, config=False, help="a progress bar per extracted split"
+    )
 
 
 def _summary(split, data):
@@ -40,9 +41,18 @@ def _summary(split, data):
 
 @cli_main
 def main(argv=None):
-    extract, _ = options.parse(ExtractOptions, argv, prog="python -m abo_tf.features", description=__doc__.split("\n\n")[0])
-    results = extraction.extract_features(extract.records, extract.feature_spec(), extract.splits, extract.cache_dir,
-                                          extract.batch_size, extract.workers, extract.progress)
+    extract, _ = options.parse(
+        ExtractOptions, argv, prog="python -m abo_tf.features", description=__doc__.split("\n\n")[0]
+    )
+    results = extraction.extract_features(
+        extract.records,
+        extract.feature_spec(),
+        extract.splits,
+        extract.cache_dir,
+        extract.batch_size,
+        extract.workers,
+        extract.progress,
+    )
     for split, data in results.items():
         print(_summary(split, data))
     return 0

@@ -23,10 +23,12 @@ from abo_tf.common.errors import cli_main
 class PredictOptions:
     """What to classify, with which model, printed how."""
 
-    model: str = options.option(help="export folder of a training run (RUN_DIR/saved_model)", metavar="SAVED_MODEL_DIR",
-                                required=True)
-    images: tuple[str, ...] = options.option(help="image files (JPEG, PNG, GIF or BMP)", metavar="IMAGE", nargs="+",
-                                             positional=True)
+    model: str = options.option(
+        help="export folder of a training run (RUN_DIR/saved_model)", metavar="SAVED_MODEL_DIR", required=True
+    )
+    images: tuple[str, ...] = options.option(
+        help="image files (JPEG, PNG, GIF or BMP)", metavar="IMAGE", nargs="+", positional=True
+    )
     top_k: int = options.option(5, help="predictions per image", minimum=1)
     json: bool = options.option(False, help="print one JSON object per image instead of a table")
 
@@ -34,8 +36,9 @@ class PredictOptions:
 @cli_main
 def main(argv=None):
     """Prints the top-k predictions of each image; returns the exit code."""
-    predict_options, _ = options.parse(PredictOptions, argv, prog="python -m abo_tf.predict",
-                                       description=__doc__.split("\n\n")[0])
+    predict_options, _ = options.parse(
+        PredictOptions, argv, prog="python -m abo_tf.predict", description=__doc__.split("\n\n")[0]
+    )
     from abo_tf.training import export, serving  # TensorFlow: after the options are known to be good
 
     loaded = export.load_exported(predict_options.model)

@@ -21,23 +21,36 @@ class SampleOptions:
     """What `generate_sample` is asked for."""
 
     output_dir: str = options.option(help="new or empty folder to write into", metavar="OUT_DIR", positional=True)
-    listings: int = options.option(synthetic_abo.DEFAULT_LISTINGS, help="listings to write",
-                                   minimum=synthetic_abo.MIN_LISTINGS)
+    listings: int = options.option(
+        synthetic_abo.DEFAULT_LISTINGS, help="listings to write", minimum=synthetic_abo.MIN_LISTINGS
+    )
     seed: int = options.option(synthetic_abo.DEFAULT_SEED, help="seed; the same seed gives the same bytes")
     tar: bool = options.option(False, help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
-    max_side: int = options.option(synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32)
-    workers: int | None = options.option(help="rendering processes (default: by size and CPU count)", minimum=1, maximum=parallel.MAX_WORKERS,
-                                         config=False)
+    max_side: int = options.option(
+        synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32
+    )
+    workers: int | None = options.option(
+        help="rendering processes (default: by size and CPU count)",
+        minimum=1,
+        maximum=parallel.MAX_WORKERS,
+        config=False,
+    )
 
 
 @cli_main
 def main(argv=None):
-    sample_options, _ = options.parse(SampleOptions, argv, prog="python -m abo_tf.sample",
-                                      description=__doc__.split("\n\n")[0])
+    sample_options, _ = options.parse(
+        SampleOptions, argv, prog="python -m abo_tf.sample", description=__doc__.split("\n\n")[0]
+    )
     start = time.perf_counter()
-    truth = synthetic_abo.generate_sample(sample_options.output_dir, num_listings=sample_options.listings,
-                                          seed=sample_options.seed, tar=sample_options.tar,
-                                          max_side=sample_options.max_side, workers=sample_options.workers)
+    truth = synthetic_abo.generate_sample(
+        sample_options.output_dir,
+        num_listings=sample_options.listings,
+        seed=sample_options.seed,
+        tar=sample_options.tar,
+        max_side=sample_options.max_side,
+        workers=sample_options.workers,
+    )
     print(synthetic_abo.summary(truth, sample_options.output_dir, time.perf_counter() - start))
     return 0
 

@@ -25,8 +25,9 @@ from abo_tf.training import distribute, loop, run_folder
 class TrainOptions(loop.TrainConfig):
     """The train options, and whether to continue the run already in --output."""
 
-    resume: bool = options.option(False, help="continue the run in --output with the config saved there",
-                                  group="run folder", config=False)
+    resume: bool = options.option(
+        False, help="continue the run in --output with the config saved there", group="run folder", config=False
+    )
 
 
 def _saved_run(args):
@@ -35,21 +36,32 @@ def _saved_run(args):
         return None
     saved = run_folder.load_config(args.output)
     if saved is None:
-        raise UserInputError(f"--resume: {args.output!r} holds no run ({run_folder.CONFIG} missing): start it without --resume")
+        raise UserInputError(
+            f"--resume: {args.output!r} holds no run ({run_folder.CONFIG} missing): start it without --resume"
+        )
     return options.SavedValues(run_folder.path(args.output, run_folder.CONFIG), saved)
 
 
 def resolve_config(argv):
     """Flags + TOML + the run folder -> a `TrainConfig`; refuses a folder holding another run."""
-    parsed, _ = options.parse(TrainOptions, argv, prog="python -m abo_tf.train", description=__doc__.split("\n\n")[0],
-                              folder_defaults=_saved_run)
-    train_config = loop.TrainConfig(**{field.name: getattr(parsed, field.name) for field in dataclasses.fields(loop.TrainConfig)})
+    parsed, _ = options.parse(
+        TrainOptions,
+        argv,
+        prog="python -m abo_tf.train",
+        description=__doc__.split("\n\n")[0],
+        folder_defaults=_saved_run,
+    )
+    train_config = loop.TrainConfig(
+        **{field.name: getattr(parsed, field.name) for field in dataclasses.fields(loop.TrainConfig)}
+    )
     saved = run_folder.load_config(train_config.output) if os.path.isdir(train_config.output) else None
     changed = config_lib.differences(saved, options.config_values(train_config)) if saved is not None else []
     if changed:
         how = "drop those flags to continue it" if parsed.resume else "pass --resume to continue it"
-        raise UserInputError(f"--output {train_config.output!r} holds a run with another config (differs in {changed}): "
-                             f"{how}, or choose another --output")
+        raise UserInputError(
+            f"--output {train_config.output!r} holds a run with another config (differs in {changed}): "
+            f"{how}, or choose another --output"
+        )
     return train_config
 
 

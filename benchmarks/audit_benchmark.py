@@ -47,9 +47,16 @@ def _prepare(work_dir, num_images):
         with open(truth_path, "w") as handle:
             json.dump(truth, handle)
     if not os.path.isfile(os.path.join(records_dir, "manifest.json")):
-        records_build.build(records_build.BuildOptions(
-            listings=os.path.join(data_dir, "abo-listings.tar"), images=os.path.join(data_dir, "abo-images-small.tar"),
-            output=records_dir, image_selection="all", min_examples_per_class=1, progress=False))
+        records_build.build(
+            records_build.BuildOptions(
+                listings=os.path.join(data_dir, "abo-listings.tar"),
+                images=os.path.join(data_dir, "abo-images-small.tar"),
+                output=records_dir,
+                image_selection="all",
+                min_examples_per_class=1,
+                progress=False,
+            )
+        )
     with open(truth_path) as handle:
         return records_dir, json.load(handle)
 
@@ -81,8 +88,17 @@ def audit_near_duplicates(records_dir, output):
     pairs = audit._canonical(audit._pairs_table(hashed, near_duplicates.near_duplicate_pairs(hashed), "hash"))
     pairs.to_csv(output, index=False)
     done = time.perf_counter()
-    print(json.dumps({"images": len(hashed.hashes), "hash_seconds": hashed_at - started,
-                      "pairs_seconds": done - hashed_at, "seconds": done - started, "pairs": len(pairs)}))
+    print(
+        json.dumps(
+            {
+                "images": len(hashed.hashes),
+                "hash_seconds": hashed_at - started,
+                "pairs_seconds": done - hashed_at,
+                "seconds": done - started,
+                "pairs": len(pairs),
+            }
+        )
+    )
 
 
 def measure(num_images, work_dir):
@@ -99,10 +115,17 @@ def measure(num_images, work_dir):
 
     table = pd.read_csv(output)
     found = {frozenset(pair) for pair in zip(table.image_id_a, table.image_id_b)}
-    return {**timed, "cores": cores, "peak_rss_mb": peak / 2**20, "hash_images_per_second": pipeline_rate,
-            "bare_images_per_second_one_core": bare, "ratio_to_bare_on_all_cores": pipeline_rate / (bare * cores),
-            "planted_pairs": len(planted), "planted_found": len(planted & found),
-            "other_pairs": len(found - planted)}
+    return {
+        **timed,
+        "cores": cores,
+        "peak_rss_mb": peak / 2**20,
+        "hash_images_per_second": pipeline_rate,
+        "bare_images_per_second_one_core": bare,
+        "ratio_to_bare_on_all_cores": pipeline_rate / (bare * cores),
+        "planted_pairs": len(planted),
+        "planted_found": len(planted & found),
+        "other_pairs": len(found - planted),
+    }
 
 
 def main():
@@ -117,11 +140,13 @@ def main():
     print("| images | hashing img/s | bare img/s x cores | ratio | pairs s | total s | peak RSS (MB) | planted found |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['images']} | {row['hash_images_per_second']:.0f} | "
-              f"{row['bare_images_per_second_one_core']:.0f} x {row['cores']} | "
-              f"{row['ratio_to_bare_on_all_cores']:.2f} | "
-              f"{row['pairs_seconds']:.1f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
-              f"{row['planted_found']} of {row['planted_pairs']} (+{row['other_pairs']} others) |")
+        print(
+            f"| {row['images']} | {row['hash_images_per_second']:.0f} | "
+            f"{row['bare_images_per_second_one_core']:.0f} x {row['cores']} | "
+            f"{row['ratio_to_bare_on_all_cores']:.2f} | "
+            f"{row['pairs_seconds']:.1f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
+            f"{row['planted_found']} of {row['planted_pairs']} (+{row['other_pairs']} others) |"
+        )
     with open(os.path.join(REPO, "benchmarks", "results", "audit.json"), "w") as handle:
         json.dump(rows, handle, indent=1)
 

@@ -1,4 +1,4 @@
-"""Benchmark: CNN feature extraction through the pipeline vs `predict` on decoded images, and baseline training cost vs size.
+"""Benchmark: CNN features through the pipeline vs `predict` on decoded images; baseline training cost vs size.
 
     .venv/bin/python benchmarks/baselines_benchmark.py [--listings 300] [--backbone mobilenet_v3_small] [--repeats 3]
 
@@ -52,7 +52,16 @@ def make_records(work_dir, listings):
     raw, records = os.path.join(work_dir, "abo"), os.path.join(work_dir, "records")
     if not os.path.isdir(records):
         sample.generate_sample(raw, num_listings=listings, seed=0, max_side=256)
-        records_build.build(records_build.BuildOptions(listings=raw, images=raw, output=records, image_selection="all", min_examples_per_class=5, progress=False))
+        records_build.build(
+            records_build.BuildOptions(
+                listings=raw,
+                images=raw,
+                output=records,
+                image_selection="all",
+                min_examples_per_class=5,
+                progress=False,
+            )
+        )
     return records, shards.read_manifest(records)
 
 
@@ -80,7 +89,7 @@ def traced_rate(embed, images):
     """Images/s of the traced feature function extract_features uses, on NumPy batches."""
     started = time.perf_counter()
     for start in range(0, len(images), BATCH):
-        embed(images[start:start + BATCH]).numpy()
+        embed(images[start : start + BATCH]).numpy()
     return len(images) / (time.perf_counter() - started)
 
 
@@ -100,12 +109,31 @@ def extraction_figures(records, manifest, backbone, work_dir, repeats):
         predict_rates.append(len(images) / (time.perf_counter() - started))
         pipeline_rates.append(pipeline_rate(records, spec, work_dir))
         traced_rates.append(traced_rate(embed, images))
-        print(f"  pipeline {pipeline_rates[-1]:.1f} img/s, predict on decoded arrays {predict_rates[-1]:.1f} img/s, "
-              f"traced function on decoded arrays {traced_rates[-1]:.1f} img/s", flush=True)
-    pipeline, predict, traced = statistics.median(pipeline_rates), statistics.median(predict_rates), statistics.median(traced_rates)
-    return {"traced_images_per_second": traced, "pipeline_vs_traced": pipeline / traced, "all_traced": traced_rates, "backbone": backbone, "weights": "none", "image_size": IMAGE_SIZE, "batch_size": BATCH, "images": int(len(images)),
-            "pipeline_images_per_second": pipeline, "predict_images_per_second": predict, "ratio": pipeline / predict,
-            "all_pipeline": pipeline_rates, "all_predict": predict_rates}
+        print(
+            f"  pipeline {pipeline_rates[-1]:.1f} img/s, predict on decoded arrays {predict_rates[-1]:.1f} img/s, "
+            f"traced function on decoded arrays {traced_rates[-1]:.1f} img/s",
+            flush=True,
+        )
+    pipeline, predict, traced = (
+        statistics.median(pipeline_rates),
+        statistics.median(predict_rates),
+        statistics.median(traced_rates),
+    )
+    return {
+        "traced_images_per_second": traced,
+        "pipeline_vs_traced": pipeline / traced,
+        "all_traced": traced_rates,
+        "backbone": backbone,
+        "weights": "none",
+        "image_size": IMAGE_SIZE,
+        "batch_size": BATCH,
+        "images": int(len(images)),
+        "pipeline_images_per_second": pipeline,
+        "predict_images_per_second": predict,
+        "ratio": pipeline / predict,
+        "all_pipeline": pipeline_rates,
+        "all_predict": predict_rates,
+    }
 
 
 def synthetic_split(name, size, dimension, num_classes, seed, means):
@@ -116,7 +144,9 @@ def synthetic_split(name, size, dimension, num_classes, seed, means):
 
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, num_classes + 1)
-    labels = np.concatenate([np.arange(num_classes), rng.choice(num_classes, size - num_classes, p=weights / weights.sum())]).astype(np.int32)
+    labels = np.concatenate(
+        [np.arange(num_classes), rng.choice(num_classes, size - num_classes, p=weights / weights.sum())]
+    ).astype(np.int32)
     values = (means[labels] + rng.standard_normal((size, dimension))).astype(np.float32)
     classes = [f"class_{index:02d}" for index in range(num_classes)]
     image_ids = np.array([str(index) for index in range(size)])
@@ -142,21 +172,45 @@ def training_figures(sizes, dimension, num_classes, repeats, models):
                 fitted = classifiers.fit(training, FIXED_PARAMS[model], training.rows)
                 seconds.append(fitted.seconds)
             score = classifiers.macro_f1(fitted.pipeline, validation)
-            rows.append({"model": model, "train_examples": size, "seconds": statistics.median(seconds), "all_seconds": seconds, "validation_macro_f1": score})
+            rows.append(
+                {
+                    "model": model,
+                    "train_examples": size,
+                    "seconds": statistics.median(seconds),
+                    "all_seconds": seconds,
+                    "validation_macro_f1": score,
+                }
+            )
             print(f"  {model} on {size}: {rows[-1]['seconds']:.2f} s (macro-F1 {score:.3f})", flush=True)
     return rows
 
 
 def print_tables(results):
     extraction = results["extraction"]
-    print(f"\n| feature extraction ({extraction['backbone']}, {extraction['image_size']} px, batch {extraction['batch_size']}, {extraction['images']} images) | img/s |\n|---|---|")
-    print(f"| extract_features (records -> pipeline -> model -> cache) | {extraction['pipeline_images_per_second']:.1f} |")
+    print(
+        f"\n| feature extraction ({extraction['backbone']}, {extraction['image_size']} px, batch "
+        f"{extraction['batch_size']}, {extraction['images']} images) | img/s |\n|---|---|"
+    )
+    print(
+        f"| extract_features (records -> pipeline -> model -> cache) | {extraction['pipeline_images_per_second']:.1f} |"
+    )
     print(f"| model.predict on decoded NumPy images | {extraction['predict_images_per_second']:.1f} |")
     print(f"| the traced feature function on decoded NumPy images | {extraction['traced_images_per_second']:.1f} |")
-    print(f"\nextract_features / predict: {extraction['ratio']:.2f}x; extract_features / traced function: {extraction['pipeline_vs_traced']:.2f}x")
+    print(
+        f"\nextract_features / predict: {extraction['ratio']:.2f}x; extract_features / traced function: "
+        f"{extraction['pipeline_vs_traced']:.2f}x"
+    )
     sizes = sorted({row["train_examples"] for row in results["training"]})
-    print(f"\nTraining seconds, one fit ({results['dimension']} synthetic features, {results['num_classes']} long-tailed classes):\n")
-    print("| model | " + " | ".join(f"{size} rows" for size in sizes) + " | growth per 4x rows |\n|---|" + "---|" * (len(sizes) + 1))
+    print(
+        f"\nTraining seconds, one fit ({results['dimension']} synthetic features, {results['num_classes']} "
+        f"long-tailed classes):\n"
+    )
+    print(
+        "| model | "
+        + " | ".join(f"{size} rows" for size in sizes)
+        + " | growth per 4x rows |\n|---|"
+        + "---|" * (len(sizes) + 1)
+    )
     for model in dict.fromkeys(row["model"] for row in results["training"]):
         seconds = [row["seconds"] for row in results["training"] if row["model"] == model]
         growth = (seconds[-1] / seconds[0]) ** (1.0 / max(1, len(seconds) - 1))
@@ -167,7 +221,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listings", type=int, default=300, help="sample size (~2.7 images per listing)")
     parser.add_argument("--backbone", default="mobilenet_v3_small")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000], help="training examples (4x apart for the growth column)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1000, 4000, 16000],
+        help="training examples (4x apart for the growth column)",
+    )
     parser.add_argument("--dimension", type=int, default=512, help="synthetic feature columns")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=list(FIXED_PARAMS))
@@ -176,7 +236,12 @@ def main():
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_baselines_bench_")
     records, manifest = make_records(work_dir, args.listings)
-    results = {"cpu_count": os.cpu_count(), "dimension": args.dimension, "num_classes": args.classes, "repeats": args.repeats}
+    results = {
+        "cpu_count": os.cpu_count(),
+        "dimension": args.dimension,
+        "num_classes": args.classes,
+        "repeats": args.repeats,
+    }
     print("feature extraction", flush=True)
     results["extraction"] = extraction_figures(records, manifest, args.backbone, work_dir, args.repeats)
     print("baseline training", flush=True)

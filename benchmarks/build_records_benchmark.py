@@ -26,9 +26,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from abo_tf.records import build as records_build
-from abo_tf.testing import measure as rss
-from abo_tf.records import shards
+from abo_tf.records import build as records_build  # noqa: E402  (after the path set-up above)
+from abo_tf.records import shards  # noqa: E402
+from abo_tf.testing import measure as rss  # noqa: E402
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average
 
@@ -54,8 +54,12 @@ def minimal_loop(images_tar, output_path):
 
 def _options(data_dir, output):
     return records_build.BuildOptions(
-        listings=os.path.join(data_dir, "abo-listings.tar"), images=os.path.join(data_dir, "abo-images-small.tar"),
-        output=output, image_selection="all", min_examples_per_class=1, progress=False,
+        listings=os.path.join(data_dir, "abo-listings.tar"),
+        images=os.path.join(data_dir, "abo-images-small.tar"),
+        output=output,
+        image_selection="all",
+        min_examples_per_class=1,
+        progress=False,
     )
 
 
@@ -92,14 +96,23 @@ def _repeat(data_dir, work_dir, num_images, repeat):
     build_seconds, manifest = _time(lambda: records_build.build(_options(data_dir, output)))
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
-    row = {"images_in_tar": count, "images_written": manifest["images"]["kept"],
-           "baseline_images_per_second": count / seconds,
-           "build_images_per_second": manifest["images"]["kept"] / build_seconds, "build_seconds": build_seconds,
-           "verify_seconds": verify_seconds, "verify_to_build": verify_seconds / build_seconds,
-           "build_peak_rss_mb": build_memory / 2**20, "verify_peak_rss_mb": verify_memory / 2**20}
-    print(f"  {num_images}: repeat {repeat}: baseline {row['baseline_images_per_second']:.0f} img/s, build "
-          f"{row['build_images_per_second']:.0f} img/s ({build_seconds:.1f} s, {row['build_peak_rss_mb']:.0f} MB), "
-          f"verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB)", flush=True)
+    row = {
+        "images_in_tar": count,
+        "images_written": manifest["images"]["kept"],
+        "baseline_images_per_second": count / seconds,
+        "build_images_per_second": manifest["images"]["kept"] / build_seconds,
+        "build_seconds": build_seconds,
+        "verify_seconds": verify_seconds,
+        "verify_to_build": verify_seconds / build_seconds,
+        "build_peak_rss_mb": build_memory / 2**20,
+        "verify_peak_rss_mb": verify_memory / 2**20,
+    }
+    print(
+        f"  {num_images}: repeat {repeat}: baseline {row['baseline_images_per_second']:.0f} img/s, build "
+        f"{row['build_images_per_second']:.0f} img/s ({build_seconds:.1f} s, {row['build_peak_rss_mb']:.0f} MB), "
+        f"verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB)",
+        flush=True,
+    )
     return row
 
 
@@ -131,13 +144,17 @@ def main():
     results = {"cpu_count": os.cpu_count()}
     for num_images in args.images:
         results[str(num_images)] = measure(num_images, args.repeats, work_dir)
-    print("\n| images | minimal loop (img/s) | build_records (img/s) | ratio | verify / build time "
-          "| peak RSS build / verify (MB) |\n|---|---|---|---|---|---|")
+    print(
+        "\n| images | minimal loop (img/s) | build_records (img/s) | ratio | verify / build time "
+        "| peak RSS build / verify (MB) |\n|---|---|---|---|---|---|"
+    )
     for num_images in args.images:
         row = results[str(num_images)]
-        print(f"| {row['images_written']:.0f} | {row['baseline_images_per_second']:.0f} "
-              f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['verify_to_build']:.2f} "
-              f"| {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |")
+        print(
+            f"| {row['images_written']:.0f} | {row['baseline_images_per_second']:.0f} "
+            f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['verify_to_build']:.2f} "
+            f"| {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |"
+        )
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(REPO, "benchmarks", "results", "build_records.json"), "w") as handle:
         json.dump(results, handle, indent=2)

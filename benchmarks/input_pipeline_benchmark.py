@@ -30,15 +30,25 @@ BATCH = 64
 
 def make_data(work_dir, listings):
     """A sample build, and its train JPEGs as class folders (same bytes)."""
+    import tensorflow as tf
+
     from abo_tf.records import build as records_build
     from abo_tf.records import schema, shards
     from abo_tf.testing import synthetic_abo as sample
-    import tensorflow as tf
 
     raw, records, folders = (os.path.join(work_dir, name) for name in ("abo", "records", "folders"))
     if not os.path.isdir(records):
         sample.generate_sample(raw, num_listings=listings, seed=0)
-        records_build.build(records_build.BuildOptions(listings=raw, images=raw, output=records, image_selection="all", min_examples_per_class=5, progress=False))
+        records_build.build(
+            records_build.BuildOptions(
+                listings=raw,
+                images=raw,
+                output=records,
+                image_selection="all",
+                min_examples_per_class=5,
+                progress=False,
+            )
+        )
     manifest = shards.read_manifest(records)
     if not os.path.isdir(folders):
         for record in tf.data.TFRecordDataset(shards.shard_paths(records, manifest, "train")):
@@ -74,13 +84,25 @@ def pipeline_figures(records, folders, batches, repeats):
     for mode, training in (("train", True), ("eval", False)):
         ours = input_pipeline.make_dataset(records, "train", IMAGE_SIZE, BATCH, training=training)
         keras_loader = keras.utils.image_dataset_from_directory(
-            folders, image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=BATCH, shuffle=training, seed=0, verbose=False,
+            folders,
+            image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            batch_size=BATCH,
+            shuffle=training,
+            seed=0,
+            verbose=False,
         ).prefetch(tf.data.AUTOTUNE)  # as the Keras guides use it
         ours_rate, ours_all = images_per_second(ours, batches, repeats)
         keras_rate, keras_all = images_per_second(keras_loader, batches, repeats)
-        results[mode] = {"abo_tf_images_per_second": ours_rate, "keras_images_per_second": keras_rate, "ratio": ours_rate / keras_rate,
-                         "all_abo_tf": ours_all, "all_keras": keras_all}
-        print(f"  {mode}: abo_tf {ours_rate:.0f} img/s, image_dataset_from_directory {keras_rate:.0f} img/s", flush=True)
+        results[mode] = {
+            "abo_tf_images_per_second": ours_rate,
+            "keras_images_per_second": keras_rate,
+            "ratio": ours_rate / keras_rate,
+            "all_abo_tf": ours_all,
+            "all_keras": keras_all,
+        }
+        print(
+            f"  {mode}: abo_tf {ours_rate:.0f} img/s, image_dataset_from_directory {keras_rate:.0f} img/s", flush=True
+        )
     return results
 
 
@@ -101,10 +123,13 @@ def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
     import numpy as np
     import tensorflow as tf
 
-    from abo_tf.training import input_pipeline, models, loop as training
+    from abo_tf.training import input_pipeline, models
+    from abo_tf.training import loop as training
 
     strategy = tf.distribute.get_strategy()
-    config = training.TrainConfig(records=records, output="", model="mobilenet_v3_small", weights="none", image_size=image_size, batch_size=batch)
+    config = training.TrainConfig(
+        records=records, output="", model="mobilenet_v3_small", weights="none", image_size=image_size, batch_size=batch
+    )
     classes = manifest["classes"]
     model = models.build_model(config.model, len(classes), image_size, weights=None)
     optimizer = training.make_optimizer(config, 1e-3, 1000)
@@ -116,8 +141,15 @@ def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
     real_rate, real_all = steps_per_second(step, real, steps, repeats)
     memory_rate, memory_all = steps_per_second(step, memory, steps, repeats)
     print(f"  train step: real pipeline {real_rate:.2f} steps/s, batch in memory {memory_rate:.2f} steps/s", flush=True)
-    return {"image_size": image_size, "batch_size": batch, "real_steps_per_second": real_rate, "memory_steps_per_second": memory_rate,
-            "ratio": real_rate / memory_rate, "all_real": real_all, "all_memory": memory_all}
+    return {
+        "image_size": image_size,
+        "batch_size": batch,
+        "real_steps_per_second": real_rate,
+        "memory_steps_per_second": memory_rate,
+        "ratio": real_rate / memory_rate,
+        "all_real": real_all,
+        "all_memory": memory_all,
+    }
 
 
 def main():
@@ -130,16 +162,27 @@ def main():
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_pipeline_bench_")
     records, folders, manifest = make_data(work_dir, args.listings)
-    results = {"cpu_count": os.cpu_count(), "image_size": IMAGE_SIZE, "batch_size": BATCH, "train_images": manifest["splits"]["train"]["num_examples"]}
+    results = {
+        "cpu_count": os.cpu_count(),
+        "image_size": IMAGE_SIZE,
+        "batch_size": BATCH,
+        "train_images": manifest["splits"]["train"]["num_examples"],
+    }
     results.update(pipeline_figures(records, folders, args.batches, args.repeats))
     results["input_bound"] = input_bound_figures(records, manifest, args.steps, args.repeats, IMAGE_SIZE, 32)
     print("\n| pipeline | abo_tf (img/s) | image_dataset_from_directory (img/s) | ratio |\n|---|---|---|---|")
     for mode in ("train", "eval"):
         row = results[mode]
-        print(f"| {mode} | {row['abo_tf_images_per_second']:.0f} | {row['keras_images_per_second']:.0f} | {row['ratio']:.2f}x |")
+        print(
+            f"| {mode} | {row['abo_tf_images_per_second']:.0f} | {row['keras_images_per_second']:.0f} | "
+            f"{row['ratio']:.2f}x |"
+        )
     bound = results["input_bound"]
-    print(f"\ntraining step (mobilenet_v3_small, {bound['image_size']} px, batch {bound['batch_size']}): real pipeline "
-          f"{bound['real_steps_per_second']:.2f} steps/s, batch in memory {bound['memory_steps_per_second']:.2f} steps/s: {bound['ratio']:.2f}x")
+    print(
+        f"\ntraining step (mobilenet_v3_small, {bound['image_size']} px, batch {bound['batch_size']}): real pipeline "
+        f"{bound['real_steps_per_second']:.2f} steps/s, batch in memory {bound['memory_steps_per_second']:.2f} "
+        f"steps/s: {bound['ratio']:.2f}x"
+    )
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(REPO, "benchmarks", "results", "input_pipeline.json"), "w") as handle:
         json.dump(results, handle, indent=2)

@@ -24,8 +24,12 @@ def execute(path, work_dir, timeout=900):
     """Executes the notebook at `path` with its files under `work_dir`; returns the executed notebook."""
     os.environ["ABO_NOTEBOOK_DIR"] = work_dir
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}})
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
+    )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any failure
     return notebook
 
@@ -42,7 +46,9 @@ def shrink_figures(notebook, width=EMBEDDED_WIDTH):
                 continue
             height = round(image.shape[0] * width / image.shape[1])
             small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            data["image/png"] = base64.b64encode(cv2.imencode(".png", small, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]).decode()
+            data["image/png"] = base64.b64encode(
+                cv2.imencode(".png", small, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]
+            ).decode()
     return notebook
 
 

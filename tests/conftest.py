@@ -10,8 +10,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SAMPLE_LISTINGS = 240
 # A run that exercises the loop, not the model: small backbone, 32 px, a few steps.
-TINY_TRAIN_ARGS = ["--model", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-                   "--steps-per-epoch", "2", "--validation-steps", "1", "--no-progress"]
+TINY_TRAIN_ARGS = [
+    "--model",
+    "mobilenet_v3_small",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--steps-per-epoch",
+    "2",
+    "--validation-steps",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +34,12 @@ def abo_sample(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("abo_tar")
     truth = sample.generate_sample(str(root / "abo"), num_listings=SAMPLE_LISTINGS, seed=0, tar=True, max_side=128)
-    return {"root": str(root / "abo"), "listings": str(root / "abo" / "abo-listings.tar"), "images": str(root / "abo" / "abo-images-small.tar"), "truth": truth}
+    return {
+        "root": str(root / "abo"),
+        "listings": str(root / "abo" / "abo-listings.tar"),
+        "images": str(root / "abo" / "abo-images-small.tar"),
+        "truth": truth,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +53,15 @@ def abo_folder_sample(tmp_path_factory):
 
 
 def build_options(abo, output, **overrides):
-    values = dict(listings=abo["listings"], images=abo["images"], output=str(output), image_selection="all",
-                  min_examples_per_class=3, workers=2, progress=False)
+    values = dict(
+        listings=abo["listings"],
+        images=abo["images"],
+        output=str(output),
+        image_selection="all",
+        min_examples_per_class=3,
+        workers=2,
+        progress=False,
+    )
     values.update(overrides)
     return records_build.BuildOptions(**values)
 
@@ -56,7 +81,19 @@ def trained_run(built_records, tmp_path_factory):
 
     records_dir, _ = built_records
     output = tmp_path_factory.mktemp("run") / "run"
-    args = ["--records", records_dir, "--output", str(output), *TINY_TRAIN_ARGS, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt"]
+    args = [
+        "--records",
+        records_dir,
+        "--output",
+        str(output),
+        *TINY_TRAIN_ARGS,
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "1",
+        "--class-weights",
+        "sqrt",
+    ]
     assert train.main(args) == 0
     return str(output)
 

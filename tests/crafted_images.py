@@ -27,7 +27,7 @@ def segment_offset(data, marker, nth=0):
             found.append(position)
         if data[position + 1] == SOS:
             break
-        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return found[nth]
 
 
@@ -46,7 +46,7 @@ def without_segments(data, marker):
             start = segment_offset(data, marker)
         except IndexError:
             return data
-        data = data[:start] + data[start + 2 + int.from_bytes(data[start + 2:start + 4], "big"):]
+        data = data[:start] + data[start + 2 + int.from_bytes(data[start + 2 : start + 4], "big") :]
 
 
 def png_of_zeros(width, height, bits, colour_type, rows=None):
@@ -54,6 +54,7 @@ def png_of_zeros(width, height, bits, colour_type, rows=None):
 
     `rows` cuts the image data short (the header still says `height`), for tests that never decode.
     """
+
     def chunk(kind, payload):
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 

@@ -61,8 +61,17 @@ def write_gzip(path, parts):
 
 # --- folder mode: images.csv.gz paths that leave images/small/ -----------------
 
-ESCAPE_KINDS = ("absolute", "dot_dot", "link_out", "linked_folder_out", "dev_zero", "link_to_dev_zero", "fifo",
-                "folder", "trailing_slash")
+ESCAPE_KINDS = (
+    "absolute",
+    "dot_dot",
+    "link_out",
+    "linked_folder_out",
+    "dev_zero",
+    "link_to_dev_zero",
+    "fifo",
+    "folder",
+    "trailing_slash",
+)
 
 
 def _usable_images(root):
@@ -138,7 +147,7 @@ def plant_escaping_paths(root, outside, kinds=ESCAPE_KINDS):
     header, body = rows[0], rows[1:]
     image_dir = os.path.join(root, "images", "small")
     path_of = {row[0]: row[3] for row in body}
-    victims = [image_id for image_id in _usable_images(root) if image_id in path_of][:len(kinds)]
+    victims = [image_id for image_id in _usable_images(root) if image_id in path_of][: len(kinds)]
     with open(os.path.join(image_dir, path_of[victims[0]]), "rb") as handle:
         secret = write_secret(outside, handle.read())
     planted = {}
@@ -156,23 +165,41 @@ _DEPTH = 100_000
 MALFORMED_LISTINGS = {
     "deep_nesting": (b'{"item_id": ' + b"[" * _DEPTH + b"]" * _DEPTH + b"}", "too_deeply_nested"),
     "huge_integer": (b'{"item_id": "B0HUGEINT1", "model_year": ' + b"9" * 100_000 + b"}", "invalid_json"),
-    "item_id_dict": ((b'{"item_id": {"value": "B0DICT0001"}, "domain_name": "amazon.com", '
-                     b'"product_type": "SHOES", "main_image_id": "41abcdefghL"}'), "bad_item_id"),
+    "item_id_dict": (
+        (
+            b'{"item_id": {"value": "B0DICT0001"}, "domain_name": "amazon.com", '
+            b'"product_type": "SHOES", "main_image_id": "41abcdefghL"}'
+        ),
+        "bad_item_id",
+    ),
     "item_id_number": (b'{"item_id": 12345, "domain_name": "amazon.com", "product_type": "SHOES"}', "bad_item_id"),
-    "main_image_id_list": (b'{"item_id": "B0MAINLIST", "product_type": "SHOES", "main_image_id": ["41abcdefghL"]}',
-                           "bad_main_image_id"),
-    "other_image_id_dicts": ((b'{"item_id": "B0OTHERDIC", "product_type": "SHOES", '
-                             b'"other_image_id": [{"id": "41abcdefghL"}]}'), "bad_other_image_id"),
+    "main_image_id_list": (
+        b'{"item_id": "B0MAINLIST", "product_type": "SHOES", "main_image_id": ["41abcdefghL"]}',
+        "bad_main_image_id",
+    ),
+    "other_image_id_dicts": (
+        (b'{"item_id": "B0OTHERDIC", "product_type": "SHOES", "other_image_id": [{"id": "41abcdefghL"}]}'),
+        "bad_other_image_id",
+    ),
     "product_type_number": (b'{"item_id": "B0TYPENUMB", "product_type": 7}', "bad_product_type"),
     "product_type_dict": (b'{"item_id": "B0TYPEDICT", "product_type": {"value": "SHOES"}}', "bad_product_type"),
-    "product_type_value_list": (b'{"item_id": "B0TYPEVLIS", "product_type": [{"value": ["SHOES"]}]}',
-                                "bad_product_type"),
-    "domain_name_list": (b'{"item_id": "B0DOMAINLS", "domain_name": ["amazon.com"], "product_type": "SHOES"}',
-                         "bad_domain_name"),
+    "product_type_value_list": (
+        b'{"item_id": "B0TYPEVLIS", "product_type": [{"value": ["SHOES"]}]}',
+        "bad_product_type",
+    ),
+    "domain_name_list": (
+        b'{"item_id": "B0DOMAINLS", "domain_name": ["amazon.com"], "product_type": "SHOES"}',
+        "bad_domain_name",
+    ),
     "not_an_object": (b'["B0NOTOBJEC", "SHOES"]', "not_an_object"),
     "item_name_number": (b'{"item_id": "B0NAMENUMB", "product_type": "SHOES", "item_name": 5}', "bad_item_name"),
-    "language_tag_list": ((b'{"item_id": "B0TAGLIST1", "product_type": "SHOES", '
-                          b'"item_name": [{"language_tag": ["en_US"], "value": "Shoe"}]}'), "bad_item_name"),
+    "language_tag_list": (
+        (
+            b'{"item_id": "B0TAGLIST1", "product_type": "SHOES", '
+            b'"item_name": [{"language_tag": ["en_US"], "value": "Shoe"}]}'
+        ),
+        "bad_item_name",
+    ),
 }
 
 
@@ -198,8 +225,10 @@ def append_long_listing_line(root, line_bytes, number=0):
     """Appends one JSON line of about `line_bytes` bytes (one string value); returns its "file:line" source."""
     path = listings_file(root, number)
     content = _listings_content(path)
-    write_gzip(path, [(content + b'{"item_id": "B0LONGLINE", "item_name": "', 1), (b"a" * MiB, line_bytes // MiB),
-                      (b'"}\n', 1)])
+    write_gzip(
+        path,
+        [(content + b'{"item_id": "B0LONGLINE", "item_name": "', 1), (b"a" * MiB, line_bytes // MiB), (b'"}\n', 1)],
+    )
     line_number = content.count(b"\n") + 1
     return f"{os.path.basename(path)}:{line_number}"
 
@@ -248,11 +277,11 @@ def with_declared_size(source, destination, member_name, size):
     header_offset = next(offset for name, offset, _, _ in tar_members(source) if name == member_name)
     with open(source, "rb") as handle:
         data = bytearray(handle.read())
-    header = data[header_offset:header_offset + 512]
+    header = data[header_offset : header_offset + 512]
     header[124:136] = _size_field(size)
     header[148:156] = b" " * 8
     header[148:156] = f"{sum(header):06o}".encode() + b"\0 "
-    data[header_offset:header_offset + 512] = header
+    data[header_offset : header_offset + 512] = header
     _replace(destination, bytes(data))
     return str(destination)
 

@@ -13,7 +13,17 @@ from abo_tf.reports import data_report
 def analysis(abo_sample, built_records, tmp_path_factory):
     records_dir, _ = built_records
     report = str(tmp_path_factory.mktemp("analysis") / "report")
-    args = ["--listings", abo_sample["listings"], "--images", abo_sample["images"], "--records", records_dir, "--report", report, "--no-progress"]
+    args = [
+        "--listings",
+        abo_sample["listings"],
+        "--images",
+        abo_sample["images"],
+        "--records",
+        records_dir,
+        "--report",
+        report,
+        "--no-progress",
+    ]
     assert analyze.main(args) == 0
     overview = pd.read_csv(os.path.join(report, "overview.csv"))
     return report, dict(zip(overview["quantity"], overview["value"]))
@@ -22,12 +32,25 @@ def analysis(abo_sample, built_records, tmp_path_factory):
 def test_every_figure_has_its_table(analysis):
     report, _ = analysis
     figures = [name for name in os.listdir(report) if name.endswith(".png")]
-    assert sorted(figures) == sorted(["class_distribution.png", "languages.png", "image_sizes.png", "sharing.png", "missing_fields.png", "build.png"])
+    assert sorted(figures) == sorted(
+        ["class_distribution.png", "languages.png", "image_sizes.png", "sharing.png", "missing_fields.png", "build.png"]
+    )
     markdown = open(os.path.join(report, "report.md")).read()
     for name in figures:
         assert os.path.getsize(os.path.join(report, name)) > 5000 and f"({name})" in markdown
-    for table in ("overview", "class_distribution", "languages", "image_sizes", "images_per_listing", "listings_per_image",
-                  "group_sizes", "label_conflicts", "missing_fields", "build_drops", "split_balance"):
+    for table in (
+        "overview",
+        "class_distribution",
+        "languages",
+        "image_sizes",
+        "images_per_listing",
+        "listings_per_image",
+        "group_sizes",
+        "label_conflicts",
+        "missing_fields",
+        "build_drops",
+        "split_balance",
+    ):
         assert os.path.getsize(os.path.join(report, f"{table}.csv")) > 0, table
 
 
@@ -71,7 +94,17 @@ def test_tables_are_consistent(analysis, built_records):
 
 
 def test_missing_input_is_a_one_line_error(tmp_path, capsys):
-    code = analyze.main(["--listings", str(tmp_path / "nope"), "--images", str(tmp_path / "nope"), "--report", str(tmp_path / "r"), "--no-progress"])
+    code = analyze.main(
+        [
+            "--listings",
+            str(tmp_path / "nope"),
+            "--images",
+            str(tmp_path / "nope"),
+            "--report",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "does not exist" in err and "\n" not in err
 
@@ -84,10 +117,16 @@ def test_without_inputs_the_download_is_looked_for_in_data(tmp_path, monkeypatch
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("layout, expected", [
-    (["data/abo-listings.tar", "data/abo-images-small.tar"], ("data/abo-listings.tar", "data/abo-images-small.tar")),
-    (["data/listings/metadata/", "data/images/metadata/images.csv.gz"], ("data", "data")),
-])
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        (
+            ["data/abo-listings.tar", "data/abo-images-small.tar"],
+            ("data/abo-listings.tar", "data/abo-images-small.tar"),
+        ),
+        (["data/listings/metadata/", "data/images/metadata/images.csv.gz"], ("data", "data")),
+    ],
+)
 def test_download_forms_under_data(tmp_path, monkeypatch, layout, expected):
     from abo_tf.records import download
 
@@ -128,13 +167,36 @@ def test_a_hundred_thousand_product_types_stay_within_the_memory_budget(tmp_path
         (root / folder).mkdir(parents=True)
     with gzip.open(root / "listings/metadata/listings_0.json.gz", "wt") as handle:
         for index in range(count):
-            handle.write(json.dumps({"item_id": f"I{index}", "domain_name": "amazon.com", "main_image_id": f"M{index}",
-                                     "product_type": [{"value": f"T{index}"}]}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "item_id": f"I{index}",
+                        "domain_name": "amazon.com",
+                        "main_image_id": f"M{index}",
+                        "product_type": [{"value": f"T{index}"}],
+                    }
+                )
+                + "\n"
+            )
     with gzip.open(root / "images/metadata/images.csv.gz", "wt") as handle:
-        handle.write("image_id,height,width,path\n" + "".join(f"M{index},9,9,00/{index:08x}.jpg\n" for index in range(count)))
+        handle.write(
+            "image_id,height,width,path\n" + "".join(f"M{index},9,9,00/{index:08x}.jpg\n" for index in range(count))
+        )
     code, _, stderr, peak = measure.run_measured(
-        [sys.executable, "-m", "abo_tf.analyze", "--listings", str(root), "--images", str(root),
-         "--report", str(tmp_path / "report"), "--no-progress"], timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "abo_tf.analyze",
+            "--listings",
+            str(root),
+            "--images",
+            str(root),
+            "--report",
+            str(tmp_path / "report"),
+            "--no-progress",
+        ],
+        timeout=300,
+    )
     assert code == 0, stderr[-2000:]
     assert peak < 1.5e9, f"peak RSS {peak / 2**20:.0f} MB"
     assert len(pd.read_csv(tmp_path / "report" / "class_distribution.csv")) == count

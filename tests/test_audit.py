@@ -24,9 +24,12 @@ def _records_by_id(records_dir):
         for path in shards.shard_paths(records_dir, manifest, split):
             for serialized in shards.iter_framed_records(path):
                 record = shards.parse_record(serialized)
-                found[record[schema.IMAGE_ID].decode()] = (split, record[schema.ITEM_ID].decode(),
-                                                          record[schema.IMAGE_SHA256].decode(),
-                                                          record[schema.PRODUCT_TYPE].decode())
+                found[record[schema.IMAGE_ID].decode()] = (
+                    split,
+                    record[schema.ITEM_ID].decode(),
+                    record[schema.IMAGE_SHA256].decode(),
+                    record[schema.PRODUCT_TYPE].decode(),
+                )
     return found
 
 
@@ -34,16 +37,32 @@ def _records_by_id(records_dir):
 def audited(built_records, tmp_path_factory):
     records_dir, _ = built_records
     root = tmp_path_factory.mktemp("audit")
-    arguments = ["--records", records_dir, "--report", str(root / "report"), "--cache-dir", str(root / "features"),
-                 "--workers", "2", "--no-progress"]
+    arguments = [
+        "--records",
+        records_dir,
+        "--report",
+        str(root / "report"),
+        "--cache-dir",
+        str(root / "features"),
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     assert audit_command.main(arguments) == 0
-    return {"report": str(root / "report"), "records": records_dir, "by_id": _records_by_id(records_dir),
-            "cache_dir": str(root / "features")}
+    return {
+        "report": str(root / "report"),
+        "records": records_dir,
+        "by_id": _records_by_id(records_dir),
+        "cache_dir": str(root / "features"),
+    }
 
 
 def _planted_pairs(truth, by_id):
-    return {frozenset((pair["image_id"], pair["duplicate_id"])) for pair in truth["near_duplicates"]
-            if pair["image_id"] in by_id and pair["duplicate_id"] in by_id}
+    return {
+        frozenset((pair["image_id"], pair["duplicate_id"]))
+        for pair in truth["near_duplicates"]
+        if pair["image_id"] in by_id and pair["duplicate_id"] in by_id
+    }
 
 
 def _reported_pairs(report):
@@ -88,13 +107,17 @@ def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(monkeypatch, max
     monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", block)  # 7: every probe in many blocks
     rng = np.random.default_rng(max_distance)
     bases = rng.integers(0, 2**63, size=60, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 60, dtype=np.uint64)
-    flips = [np.uint64(sum(1 << int(bit) for bit in rng.choice(64, size=rng.integers(0, 15), replace=False)))
-             for _ in bases]
+    flips = [
+        np.uint64(sum(1 << int(bit) for bit in rng.choice(64, size=rng.integers(0, 15), replace=False))) for _ in bases
+    ]
     hashes = np.concatenate([bases, bases ^ np.array(flips, dtype=np.uint64)])
     hashes[5] = np.uint64(near_duplicates.UNDECODABLE)
     first, second, distance = near_duplicates.find_pairs(hashes, max_distance)
-    expected = [(i, j) for i, j in itertools.combinations(range(len(hashes)), 2) if 5 not in (i, j)
-                and bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= max_distance]
+    expected = [
+        (i, j)
+        for i, j in itertools.combinations(range(len(hashes)), 2)
+        if 5 not in (i, j) and bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= max_distance
+    ]
     assert list(zip(first.tolist(), second.tolist())) == expected
     assert (distance <= max_distance).all()
 
@@ -105,7 +128,8 @@ def test_report_counts_agree_with_the_pair_file(audited):
     test_ids = {image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"}
     train_test = table[(table.split_a + "-" + table.split_b).isin(["train-test", "test-train"])]
     leaked = set(train_test.image_id_a[train_test.split_a == "test"]) | set(
-        train_test.image_id_b[train_test.split_b == "test"])
+        train_test.image_id_b[train_test.split_b == "test"]
+    )
     assert summary["test_images"] == len(test_ids)
     assert summary["test_images_with_a_near_duplicate_in_train"] == len(leaked) > 0
     assert summary["test_fraction_with_a_near_duplicate_in_train"] == pytest.approx(len(leaked) / len(test_ids))
@@ -121,10 +145,13 @@ def test_report_counts_agree_with_the_pair_file(audited):
 
 def test_planted_flips_rank_among_the_top_label_issues(abo_sample, audited):
     by_id = audited["by_id"]
-    flips = {flip["image_id"] for flip in abo_sample["truth"]["label_flips"]
-             if by_id[flip["image_id"]][0] in ("train", "validation")}
+    flips = {
+        flip["image_id"]
+        for flip in abo_sample["truth"]["label_flips"]
+        if by_id[flip["image_id"]][0] in ("train", "validation")
+    }
     issues = pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE))
-    top = set(issues.image_id[:2 * len(flips)])
+    top = set(issues.image_id[: 2 * len(flips)])
     assert len(flips) >= 5 and len(flips & top) / len(flips) >= 0.7
     assert np.all(np.diff(issues.self_confidence) >= 0)  # least self-confident first
     planted = {flip["image_id"]: flip["true_type"] for flip in abo_sample["truth"]["label_flips"]}
@@ -145,29 +172,44 @@ def test_noise_rates_add_up_to_the_flagged_images(audited):
 
 
 def test_every_report_file_is_written(audited):
-    for name in (audit.PAIRS_FILE, audit.ISSUES_FILE, audit.NOISE_FILE, audit.SUMMARY_FILE, audit.REPORT_FILE,
-                 "near_duplicates.png", "label_issues.png", "config.toml"):
+    for name in (
+        audit.PAIRS_FILE,
+        audit.ISSUES_FILE,
+        audit.NOISE_FILE,
+        audit.SUMMARY_FILE,
+        audit.REPORT_FILE,
+        "near_duplicates.png",
+        "label_issues.png",
+        "config.toml",
+    ):
         assert os.path.getsize(os.path.join(audited["report"], name)) > 0, name
 
 
 # --- bad input -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"--records": "{empty}"}, "no manifest.json"),
-    ({"--report": "{foreign}"}, "not empty and was not written by `abo_tf.audit`"),
-    ({"--hash-distance": "40"}, "--hash-distance 40 must be at most 32"),
-    ({"--backbone": "resnet50"}, "give --features cnn"),
-    ({"--folds": "1"}, "--folds 1 must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"--records": "{empty}"}, "no manifest.json"),
+        ({"--report": "{foreign}"}, "not empty and was not written by `abo_tf.audit`"),
+        ({"--hash-distance": "40"}, "--hash-distance 40 must be at most 32"),
+        ({"--backbone": "resnet50"}, "give --features cnn"),
+        ({"--folds": "1"}, "--folds 1 must be at least 2"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expected):
     (tmp_path / "empty").mkdir()
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    values = {"--records": audited["records"], "--report": str(tmp_path / "report"),
-              "--cache-dir": audited["cache_dir"]}
-    values.update({flag: value.format(empty=tmp_path / "empty", foreign=tmp_path / "foreign")
-                   for flag, value in change.items()})
+    values = {
+        "--records": audited["records"],
+        "--report": str(tmp_path / "report"),
+        "--cache-dir": audited["cache_dir"],
+    }
+    values.update(
+        {flag: value.format(empty=tmp_path / "empty", foreign=tmp_path / "foreign") for flag, value in change.items()}
+    )
     arguments = [*itertools.chain.from_iterable(values.items()), "--no-progress", "--workers", "1"]
     assert audit_command.main(arguments) == 2
     error = capsys.readouterr().err.strip()
@@ -196,8 +238,9 @@ def test_joined_build_has_no_planted_pair_across_splits(abo_sample, audited, reb
     assert all(len({by_id[image_id][0] for image_id in pair}) == 1 for pair in planted)  # after
     table, _ = _reported_pairs(audited["report"])
     assert all(by_id[first][0] == by_id[second][0] for first, second in zip(table.image_id_a, table.image_id_b))
-    assert {image_id: entry[1:] for image_id, entry in by_id.items()} == \
-        {image_id: entry[1:] for image_id, entry in audited["by_id"].items()}  # the same records, other splits
+    assert {image_id: entry[1:] for image_id, entry in by_id.items()} == {
+        image_id: entry[1:] for image_id, entry in audited["by_id"].items()
+    }  # the same records, other splits
     pair_file = os.path.join(audited["report"], audit.PAIRS_FILE)
     assert manifest["options"]["join_near_duplicates"] == {"sha256": shards.file_sha256(pair_file)}
 
@@ -216,15 +259,29 @@ def test_excluded_images_are_dropped_and_counted(audited, built_records, rebuilt
     assert listings["kept"] + sum(listings["dropped"].values()) == listings["read"]
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("image_id_a,image_id_b\n11ugYljFP4X,12abcdefghL\n", "2 of its 2 image ids (e.g. '11ugYljFP4X')"),
-    ("first,second\na,b\n", "has no image_id_a column"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("image_id_a,image_id_b\n11ugYljFP4X,12abcdefghL\n", "2 of its 2 image ids (e.g. '11ugYljFP4X')"),
+        ("first,second\na,b\n", "has no image_id_a column"),
+    ],
+)
 def test_a_foreign_pair_file_is_one_line_exit_2(abo_sample, tmp_path, capsys, content, expected):
     pair_file = tmp_path / "pairs.csv"
     pair_file.write_text(content)
-    arguments = ["--listings", abo_sample["listings"], "--images", abo_sample["images"], "--output",
-                 str(tmp_path / "records"), "--join-near-duplicates", str(pair_file), "--workers", "1", "--no-progress"]
+    arguments = [
+        "--listings",
+        abo_sample["listings"],
+        "--images",
+        abo_sample["images"],
+        "--output",
+        str(tmp_path / "records"),
+        "--join-near-duplicates",
+        str(pair_file),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert build_records.main(arguments) == 2
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, error
@@ -237,14 +294,20 @@ def test_a_foreign_pair_file_is_one_line_exit_2(abo_sample, tmp_path, capsys, co
 def _leaked_by_hand(report, split):
     table = pd.read_csv(os.path.join(report, audit.PAIRS_FILE))
     return set(table.image_id_a[(table.split_a == split) & (table.split_b == "train")]) | set(
-        table.image_id_b[(table.split_b == split) & (table.split_a == "train")])
+        table.image_id_b[(table.split_b == split) & (table.split_a == "train")]
+    )
 
 
 def test_baselines_exclude_removes_only_the_listed_images(audited):
     from abo_tf.classical import classifiers, evaluation, extraction, feature_spec
 
-    splits = extraction.extract_features(audited["records"], feature_spec.FeatureSpec("handcrafted"),
-                                         cache_dir=audited["cache_dir"], workers=2, progress=False)
+    splits = extraction.extract_features(
+        audited["records"],
+        feature_spec.FeatureSpec("handcrafted"),
+        cache_dir=audited["cache_dir"],
+        workers=2,
+        progress=False,
+    )
     pipeline = classifiers.make_pipeline("logreg").fit(splits["train"].features, splits["train"].labels)
     plain = evaluation.evaluate(pipeline, splits)
     adjusted = evaluation.evaluate(pipeline, splits, audited["report"])
@@ -266,8 +329,19 @@ def test_evaluate_exclude_removes_only_the_listed_images(audited, trained_run, t
     from abo_tf import evaluate
 
     report = str(tmp_path / "report")
-    arguments = ["--model", os.path.join(trained_run, "saved_model"), "--records", audited["records"], "--report",
-                 report, "--exclude", audited["report"], "--gradcam-examples", "0", "--no-progress"]
+    arguments = [
+        "--model",
+        os.path.join(trained_run, "saved_model"),
+        "--records",
+        audited["records"],
+        "--report",
+        report,
+        "--exclude",
+        audited["report"],
+        "--gradcam-examples",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate.main(arguments) == 0
     result = files.read_json(os.path.join(report, "metrics.json"))
     mistakes = set(pd.read_csv(os.path.join(report, "mistakes.csv")).image_id)
@@ -279,12 +353,19 @@ def test_evaluate_exclude_removes_only_the_listed_images(audited, trained_run, t
     assert "## Without near-duplicates of training images" in open(os.path.join(report, "report.md")).read()
 
 
-@pytest.mark.parametrize("content, split, expected", [
-    (None, "test", "does not exist"),
-    ("image_id,split\nx,test\n", "test", "has no image_id_a column"),
-    ("image_id_a,split_a,image_id_b,split_b\n99nothereXXL,test,11ugYljFP4L,train\n", "test", "1 of its test images"),
-    ("image_id_a,split_a,image_id_b,split_b\n", "train", "evaluate another split"),
-])
+@pytest.mark.parametrize(
+    "content, split, expected",
+    [
+        (None, "test", "does not exist"),
+        ("image_id,split\nx,test\n", "test", "has no image_id_a column"),
+        (
+            "image_id_a,split_a,image_id_b,split_b\n99nothereXXL,test,11ugYljFP4L,train\n",
+            "test",
+            "1 of its test images",
+        ),
+        ("image_id_a,split_a,image_id_b,split_b\n", "train", "evaluate another split"),
+    ],
+)
 def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expected):
     from abo_tf.auditing import leakage
     from abo_tf.common.errors import UserInputError
@@ -304,28 +385,60 @@ def test_embedding_pairs_are_exactly_those_above_the_cosine_threshold(audited, t
 
     threshold = 0.995
     report = str(tmp_path / "report")
-    arguments = ["--records", audited["records"], "--report", report, "--cache-dir", str(tmp_path / "features"),
-                 "--features", "cnn", "--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32",
-                 "--embedding-similarity", str(threshold), "--workers", "2", "--no-progress"]
+    arguments = [
+        "--records",
+        audited["records"],
+        "--report",
+        report,
+        "--cache-dir",
+        str(tmp_path / "features"),
+        "--features",
+        "cnn",
+        "--backbone",
+        "mobilenet_v3_small",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--embedding-similarity",
+        str(threshold),
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     assert audit_command.main(arguments) == 0
     spec = feature_spec.FeatureSpec("cnn", backbone="mobilenet_v3_small", weights="none", image_size=32)
-    splits = extraction.extract_features(audited["records"], spec, cache_dir=str(tmp_path / "features"),
-                                         workers=2, progress=False)
+    splits = extraction.extract_features(
+        audited["records"], spec, cache_dir=str(tmp_path / "features"), workers=2, progress=False
+    )
     ids = np.concatenate([splits[split].image_ids for split in ("train", "validation", "test")]).astype(str)
     embeddings = np.concatenate([np.asarray(splits[split].features) for split in ("train", "validation", "test")])
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     similarity = embeddings @ embeddings.T
     expected = {frozenset((ids[i], ids[j])) for i, j in zip(*np.nonzero(np.triu(similarity >= threshold, k=1)))}
     table, reported = _reported_pairs(report)
-    by_embedding = {frozenset(pair) for pair in zip(table.image_id_a[table.signal == "embedding"],
-                                                      table.image_id_b[table.signal == "embedding"])}
+    by_embedding = {
+        frozenset(pair)
+        for pair in zip(table.image_id_a[table.signal == "embedding"], table.image_id_b[table.signal == "embedding"])
+    }
     assert expected and by_embedding <= expected <= reported
 
 
 def test_label_issues_max_lists_fewer_but_counts_all(audited, tmp_path):
     report = str(tmp_path / "report")
-    arguments = ["--records", audited["records"], "--report", report, "--cache-dir", audited["cache_dir"],
-                 "--label-issues-max", "3", "--workers", "1", "--no-progress"]
+    arguments = [
+        "--records",
+        audited["records"],
+        "--report",
+        report,
+        "--cache-dir",
+        audited["cache_dir"],
+        "--label-issues-max",
+        "3",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert audit_command.main(arguments) == 0
     full = pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE))
     listed = pd.read_csv(os.path.join(report, audit.ISSUES_FILE))

@@ -1,4 +1,4 @@
-"""Classical baselines: each beats the majority class on colour-coded images, outputs, comparison, persistence, bad input.
+"""Classical baselines: each beats the majority class on colour-coded images; outputs, comparison, bad input.
 
 One module-scoped run trains the four models on handcrafted features at 64 px with small grids
 (BaselineConfig.grids); the default grids are exercised once, through the command line, with logreg.
@@ -26,9 +26,9 @@ from abo_tf.classical import (
     search,
 )
 from abo_tf.common import config
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.reports import metrics
 from abo_tf.training import run_folder
-from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 IMAGE_SIZE = 64
 SMALL_GRIDS = {
@@ -46,10 +46,20 @@ def _spec():
 
 
 def _config(records_dir, output, cache_dir, **overrides):
-    values = dict(records=records_dir, output=str(output), features=feature_spec.HANDCRAFTED, image_size=IMAGE_SIZE,
-                  models=classifiers.MODELS,
-                  runs=None,
-                  cache_dir=cache_dir, workers=2, sgd_epochs=10, measure_runs=False, progress=False, grids=SMALL_GRIDS)
+    values = dict(
+        records=records_dir,
+        output=str(output),
+        features=feature_spec.HANDCRAFTED,
+        image_size=IMAGE_SIZE,
+        models=classifiers.MODELS,
+        runs=None,
+        cache_dir=cache_dir,
+        workers=2,
+        sgd_epochs=10,
+        measure_runs=False,
+        progress=False,
+        grids=SMALL_GRIDS,
+    )
     return baseline.BaselineConfig(**{**values, **overrides})
 
 
@@ -64,8 +74,10 @@ def _fake_cnn_run(runs_dir, splits):
     """A run folder as abo_tf.train leaves it, minus the model: config.toml, history.csv, metrics.json."""
     run = os.path.join(runs_dir, "tiny_cnn")
     config.save_run_config(run, {"model": "mobilenet_v3_small", "image_size": 32})
-    history = [run_folder.HistoryRow(epoch, epoch * 2, "fine_tune", 1.0, 0.5, 1.0, 0.5, 1e-3, 10.0, seconds)
-               for epoch, seconds in enumerate(RUN_HISTORY_SECONDS, start=1)]
+    history = [
+        run_folder.HistoryRow(epoch, epoch * 2, "fine_tune", 1.0, 0.5, 1.0, 0.5, 1e-3, 10.0, seconds)
+        for epoch, seconds in enumerate(RUN_HISTORY_SECONDS, start=1)
+    ]
     run_folder.write_history(run, history)
     test = splits["test"]
     num_classes = len(test.classes)
@@ -87,8 +99,14 @@ def trained(built_records, tmp_path_factory):
     _fake_cnn_run(runs, splits)
     run_config = _config(records_dir, root / "output", cache_dir, runs=runs)
     results = baseline.run_baselines(run_config)
-    return {"config": run_config, "splits": splits, "results": {record["model"]: record for record in results["baselines"]},
-            "comparison": results["comparison"], "runs": runs, "cache_dir": cache_dir}
+    return {
+        "config": run_config,
+        "splits": splits,
+        "results": {record["model"]: record for record in results["baselines"]},
+        "comparison": results["comparison"],
+        "runs": runs,
+        "cache_dir": cache_dir,
+    }
 
 
 # --- every model learns ------------------------------------------------------
@@ -109,7 +127,15 @@ def test_each_baseline_folder_has_every_output(trained):
     classes = trained["splits"]["train"].classes
     for model, record in trained["results"].items():
         folder = record["folder"]
-        expected = {"model.skops", "baseline.json", "metrics.json", "per_class.csv", "confusion_matrix.png", "importance.csv", "interpretation.png"}
+        expected = {
+            "model.skops",
+            "baseline.json",
+            "metrics.json",
+            "per_class.csv",
+            "confusion_matrix.png",
+            "importance.csv",
+            "interpretation.png",
+        }
         assert expected <= set(os.listdir(folder)), model
         assert ("coefficients.csv" in os.listdir(folder)) == (model == "logreg")
         with open(os.path.join(folder, "metrics.json")) as handle:
@@ -119,8 +145,12 @@ def test_each_baseline_folder_has_every_output(trained):
         with open(os.path.join(folder, "baseline.json")) as handle:
             written = json.load(handle)
         grid = SMALL_GRIDS[model]
-        assert all(written["search"]["chosen"][key] in values for key, values in grid.items()), written["search"]["chosen"]
-        assert written["model_sha256"] == record["model_sha256"] and written["solver"] == ("streamed SGD (partial_fit over chunks)" if model == "sgd" else "in memory")
+        assert all(written["search"]["chosen"][key] in values for key, values in grid.items()), written["search"][
+            "chosen"
+        ]
+        assert written["model_sha256"] == record["model_sha256"] and written["solver"] == (
+            "streamed SGD (partial_fit over chunks)" if model == "sgd" else "in memory"
+        )
 
 
 def test_small_grids_are_exhaustive_large_ones_halved(trained):
@@ -142,9 +172,14 @@ def test_small_grids_are_exhaustive_large_ones_halved(trained):
 def test_colour_matters_most_on_colour_coded_products(trained):
     importance = pd.read_csv(os.path.join(trained["results"]["logreg"]["folder"], "importance.csv")).set_index("group")
     assert set(importance.index) == {"colour", "shape", "texture"}
-    assert importance.loc["colour", "accuracy_drop"] > max(importance.loc["shape", "accuracy_drop"], importance.loc["texture", "accuracy_drop"])
+    assert importance.loc["colour", "accuracy_drop"] > max(
+        importance.loc["shape", "accuracy_drop"], importance.loc["texture", "accuracy_drop"]
+    )
     coefficients = pd.read_csv(os.path.join(trained["results"]["logreg"]["folder"], "coefficients.csv"))
-    assert set(coefficients["group"]) == {"colour", "shape", "texture"} and coefficients["feature"].str.startswith("hsv_").any()
+    assert (
+        set(coefficients["group"]) == {"colour", "shape", "texture"}
+        and coefficients["feature"].str.startswith("hsv_").any()
+    )
 
 
 # --- comparison table --------------------------------------------------------
@@ -166,8 +201,18 @@ def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
 
 
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
-    fields = ("name", "kind", "features", "accuracy", "macro_f1", "top5_accuracy", "training_seconds",
-              "inference_images_per_second", "test_examples", "folder")
+    fields = (
+        "name",
+        "kind",
+        "features",
+        "accuracy",
+        "macro_f1",
+        "top5_accuracy",
+        "training_seconds",
+        "inference_images_per_second",
+        "test_examples",
+        "folder",
+    )
     values = [
         ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
         ("unfinished", "cnn", "? @ ? px", None, None, None, None, None, None, "runs/unfinished"),
@@ -254,7 +299,14 @@ def test_stratified_subsample_keeps_every_class():
 
 def test_streamed_logreg_and_subsampled_rbf_still_learn(trained, built_records, tmp_path, capsys):
     records_dir, _ = built_records
-    run_config = _config(records_dir, tmp_path / "large", trained["cache_dir"], models=("logreg", "rbf_svm"), in_memory_gb=1e-6, rbf_max_train=200)
+    run_config = _config(
+        records_dir,
+        tmp_path / "large",
+        trained["cache_dir"],
+        models=("logreg", "rbf_svm"),
+        in_memory_gb=1e-6,
+        rbf_max_train=200,
+    )
     results = {record["model"]: record for record in baseline.run_baselines(run_config)["baselines"]}
     out = capsys.readouterr().out
     assert "stratified subsample" in out and "streamed SGD" in out
@@ -279,7 +331,9 @@ def _tampered_cache(trained, tmp_path, split, change):
 
 
 def _narrow_features(path):
-    np.save(os.path.join(path, "features.npy"), np.zeros((len(np.load(os.path.join(path, "labels.npy"))), 5), np.float32))
+    np.save(
+        os.path.join(path, "features.npy"), np.zeros((len(np.load(os.path.join(path, "labels.npy"))), 5), np.float32)
+    )
 
 
 def _fewer_classes(path):
@@ -299,30 +353,45 @@ def _emptied(path):
         os.remove(os.path.join(path, name))
 
 
-@pytest.mark.parametrize("expected, split, change", [
-    ("columns, train's", "validation", _narrow_features),
-    ("label space of validation", "validation", _fewer_classes),
-    ("single class", "train", _one_class),
-    ("empty or incomplete", "test", _emptied),
-])
+@pytest.mark.parametrize(
+    "expected, split, change",
+    [
+        ("columns, train's", "validation", _narrow_features),
+        ("label space of validation", "validation", _fewer_classes),
+        ("single class", "train", _one_class),
+        ("empty or incomplete", "test", _emptied),
+    ],
+)
 def test_a_damaged_feature_cache_is_a_one_line_error(trained, built_records, tmp_path, capsys, expected, split, change):
     records_dir, _ = built_records
     cache_dir = _tampered_cache(trained, tmp_path, split, change)
-    args = ["--records", records_dir, "--image-size", str(IMAGE_SIZE), "--output", str(tmp_path / "out"), "--cache-dir",
-            cache_dir, "--no-progress"]
+    args = [
+        "--records",
+        records_dir,
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--output",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        cache_dir,
+        "--no-progress",
+    ]
     assert baselines.main(args) == 2, expected
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, (expected, error)
     assert not os.path.exists(tmp_path / "out" / "handcrafted-logreg")  # nothing trained on bad input
 
 
-@pytest.mark.parametrize("expected, extra", [
-    ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
-    ("--sgd-epochs 0 must be at least 1", ["--sgd-epochs", "0"]),
-    ("--runs '/nonexistent' is not a folder", ["--runs", "/nonexistent"]),
-    ("--run chooses CNN features", ["--run", "{empty_run}"]),
-    ("not empty and was not written by `abo_tf.baselines`", ["--output", "{foreign}"]),
-])
+@pytest.mark.parametrize(
+    "expected, extra",
+    [
+        ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
+        ("--sgd-epochs 0 must be at least 1", ["--sgd-epochs", "0"]),
+        ("--runs '/nonexistent' is not a folder", ["--runs", "/nonexistent"]),
+        ("--run chooses CNN features", ["--run", "{empty_run}"]),
+        ("not empty and was not written by `abo_tf.baselines`", ["--output", "{foreign}"]),
+    ],
+)
 def test_bad_baseline_options_are_one_line_errors(built_records, tmp_path, capsys, expected, extra):
     records_dir, _ = built_records
     (tmp_path / "empty_run").mkdir()
@@ -343,8 +412,22 @@ def test_check_splits_accepts_the_extracted_splits(trained):
 def test_command_line_trains_with_the_default_grid_and_writes_the_comparison(trained, built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "cli"
-    args = ["--records", records_dir, "--image-size", str(IMAGE_SIZE), "--model", "logreg", "--output", str(output),
-            "--cache-dir", trained["cache_dir"], "--runs", trained["runs"], "--no-measure-runs", "--no-progress"]
+    args = [
+        "--records",
+        records_dir,
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--model",
+        "logreg",
+        "--output",
+        str(output),
+        "--cache-dir",
+        trained["cache_dir"],
+        "--runs",
+        trained["runs"],
+        "--no-measure-runs",
+        "--no-progress",
+    ]
     assert baselines.main(args) == 0
     out = capsys.readouterr().out
     assert "handcrafted-logreg: test accuracy" in out and "| tiny_cnn |" in out

@@ -139,7 +139,10 @@ def test_train_refuses_labels_beyond_the_manifests_classes(built_records, tmp_pa
 @pytest.mark.parametrize(
     "breakage,expected",
     [
-        (lambda manifest: manifest["splits"]["validation"].pop("shards"), "split 'validation' has no shard list or example count"),
+        (
+            lambda manifest: manifest["splits"]["validation"].pop("shards"),
+            "split 'validation' has no shard list or example count",
+        ),
         (
             lambda manifest: manifest.update(classes=manifest["classes"][1:]),
             "counts classes the build does not have",
@@ -200,6 +203,8 @@ def test_other_errors_pass_through_unchanged(built_records):
     import tensorflow as tf
 
     records, manifest = built_records
-    with pytest.raises(tf.errors.InvalidArgumentError, match="a bug, not the records"):
-        with input_pipeline.explain_read_errors(records, manifest, ["test"]):
-            raise tf.errors.InvalidArgumentError(None, None, "a bug, not the records")
+    with (
+        pytest.raises(tf.errors.InvalidArgumentError, match="a bug, not the records"),
+        input_pipeline.explain_read_errors(records, manifest, ["test"]),
+    ):
+        raise tf.errors.InvalidArgumentError(None, None, "a bug, not the records")

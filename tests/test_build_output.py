@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.common import outputs
 from abo_tf.records import archive, images, schema, shards
+from abo_tf.records import build as records_build
 from abo_tf.testing import measure
 from tests import crafted_images as crafted
 
@@ -40,8 +40,20 @@ def _snapshot(root, skip=None):
 
 
 def _run_cli(capsys, abo, output, *extra):
-    args = ["--listings", abo["listings"], "--images", abo["images"], "--output", str(output),
-            "--image-selection", "all", "--min-examples-per-class", "3", "--no-progress", *extra]
+    args = [
+        "--listings",
+        abo["listings"],
+        "--images",
+        abo["images"],
+        "--output",
+        str(output),
+        "--image-selection",
+        "all",
+        "--min-examples-per-class",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
     code = build_records.main(args)
     captured = capsys.readouterr()
     return code, captured.err.strip()
@@ -50,6 +62,7 @@ def _run_cli(capsys, abo, output, *extra):
 @pytest.fixture
 def no_scan(monkeypatch):
     """Fails the test if the build gets as far as reading the images archive."""
+
     def fail(*args, **kwargs):
         raise AssertionError("the build read the archive before refusing --output")
 
@@ -85,16 +98,21 @@ def _user_files_in_a_state_folder(folder):
     (folder / records_build.STATE_DIR / "user.txt").write_text("mine")
 
 
-@pytest.mark.parametrize("make, output_name, expected", [
-    (_foreign_manifest, "album", "is not empty and was not written by `abo_tf.build_records`"),
-    (_not_json_manifest, "half", "is not a valid JSON build manifest"),
-    (_other_commands_folder, "run", "holds the output of `abo_tf.train`"),
-    (_a_file, "file.txt", "is a file: choose a folder"),
-    (_a_file, "file.txt/records", "Not a directory"),
-    (_user_files_in_a_state_folder, "state", "is not empty and was not written by `abo_tf.build_records`"),
-], ids=["foreign-manifest", "manifest-not-json", "another-command", "a-file", "under-a-file", "user-files-in-.build"])
-def test_unusable_output_is_refused_before_the_scan_and_left_as_it_was(make, output_name, expected, abo_sample,
-                                                                      tmp_path, capsys, no_scan):
+@pytest.mark.parametrize(
+    "make, output_name, expected",
+    [
+        (_foreign_manifest, "album", "is not empty and was not written by `abo_tf.build_records`"),
+        (_not_json_manifest, "half", "is not a valid JSON build manifest"),
+        (_other_commands_folder, "run", "holds the output of `abo_tf.train`"),
+        (_a_file, "file.txt", "is a file: choose a folder"),
+        (_a_file, "file.txt/records", "Not a directory"),
+        (_user_files_in_a_state_folder, "state", "is not empty and was not written by `abo_tf.build_records`"),
+    ],
+    ids=["foreign-manifest", "manifest-not-json", "another-command", "a-file", "under-a-file", "user-files-in-.build"],
+)
+def test_unusable_output_is_refused_before_the_scan_and_left_as_it_was(
+    make, output_name, expected, abo_sample, tmp_path, capsys, no_scan
+):
     target = tmp_path / output_name.split("/")[0]
     make(target)
     before = _snapshot(tmp_path)
@@ -147,11 +165,25 @@ def test_failed_build_leaves_no_folder_behind(abo_sample, tmp_path, capsys):
 @pytest.mark.slow
 def test_two_builds_racing_for_one_folder(abo_sample, tmp_path):
     output = tmp_path / "raced"
-    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", abo_sample["listings"], "--images",
-               abo_sample["images"], "--output", str(output), "--image-selection", "all",
-               "--min-examples-per-class", "3", "--no-progress"]
-    racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-              for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "abo_tf.build_records",
+        "--listings",
+        abo_sample["listings"],
+        "--images",
+        abo_sample["images"],
+        "--output",
+        str(output),
+        "--image-selection",
+        "all",
+        "--min-examples-per-class",
+        "3",
+        "--no-progress",
+    ]
+    racers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)
+    ]
     outcomes = sorted((racer.wait(), racer.stderr.read().strip()) for racer in racers)
     for racer in racers:
         racer.stdout.close()
@@ -224,14 +256,19 @@ def _standard_huffman_tables(number):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("make, reason", [
-    (_png_bomb, images.TOO_LARGE),
-    (_undefined_quantisation_table, images.UNDECODABLE),
-    (_bogus_sampling, images.UNDECODABLE),
-    (_standard_huffman_tables, None),  # decodable, but not vouched for: re-encoded
-], ids=["png-bomb", "undefined-dqt", "bogus-sampling", "standard-huffman-tables"])
-def test_hostile_image_is_counted_and_never_reaches_training(make, reason, abo_folder_sample, built_records,
-                                                              copied_images, tmp_path):
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (_png_bomb, images.TOO_LARGE),
+        (_undefined_quantisation_table, images.UNDECODABLE),
+        (_bogus_sampling, images.UNDECODABLE),
+        (_standard_huffman_tables, None),  # decodable, but not vouched for: re-encoded
+    ],
+    ids=["png-bomb", "undefined-dqt", "bogus-sampling", "standard-huffman-tables"],
+)
+def test_hostile_image_is_counted_and_never_reaches_training(
+    make, reason, abo_folder_sample, built_records, copied_images, tmp_path
+):
     import tensorflow as tf
 
     _, baseline = built_records
@@ -241,9 +278,24 @@ def test_hostile_image_is_counted_and_never_reaches_training(make, reason, abo_f
     for number, path in enumerate(victims):
         (root / "images" / "small" / path).write_bytes(make(number))
     before = _snapshot(tmp_path, skip=tmp_path / "out")
-    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", str(root), "--images", str(root),
-               "--output", str(tmp_path / "out"), "--image-selection", "all", "--min-examples-per-class", "3",
-               "--no-progress", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "abo_tf.build_records",
+        "--listings",
+        str(root),
+        "--images",
+        str(root),
+        "--output",
+        str(tmp_path / "out"),
+        "--image-selection",
+        "all",
+        "--min-examples-per-class",
+        "3",
+        "--no-progress",
+        "--workers",
+        "2",
+    ]
     code, stdout, stderr, peak = _run_measured(command)
     assert code == 0, stderr
     assert peak < BUILD_RSS_BUDGET, f"peak RSS {peak / 2**20:.0f} MB"

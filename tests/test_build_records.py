@@ -10,16 +10,20 @@ import tarfile
 import pytest
 import tensorflow as tf
 
-from abo_tf.records import build as records_build
 from abo_tf import build_records
 from abo_tf.records import archive, schema, shards
+from abo_tf.records import build as records_build
 from tests.conftest import build_options
 
 
 def _records_by_split(records_dir, manifest):
     result = {}
     for split in manifest["splits"]:
-        dataset = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, split)).batch(256).map(schema.parse_records)
+        dataset = (
+            tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, split))
+            .batch(256)
+            .map(schema.parse_records)
+        )
         rows = []
         for batch in dataset:
             rows += [dict(zip(batch, values)) for values in zip(*[tensor.numpy() for tensor in batch.values()])]
@@ -42,7 +46,9 @@ def test_listings_reader_reports_each_quirk(abo_sample):
     assert report.lines_read == truth["num_lines"]
     assert report.malformed_lines == [f"{entry['file']}:{entry['line']}" for entry in truth["malformed_lines"]]
     assert report.unknown_keys  # the generator plants an unknown key
-    assert all(listing.product_type is None or listing.product_type == listing.product_type.upper() for listing in listings)
+    assert all(
+        listing.product_type is None or listing.product_type == listing.product_type.upper() for listing in listings
+    )
     types = collections.Counter(listing.product_type for listing in listings)
     assert types == collections.Counter(truth["listings_per_type"])
     assert sum(listing.main_image_id is None for listing in listings) == len(truth["no_main_image"])
@@ -54,8 +60,9 @@ def test_folder_and_tar_readers_agree(abo_sample, abo_folder_sample):
     assert from_tar.rows == from_folder.rows
     assert set(from_tar.locations) == set(from_folder.locations)
     some = sorted(from_tar.locations)[:20]
-    assert list(from_tar.read_many([(path, from_tar.locations[path]) for path in some])) == \
-        list(from_folder.read_many([(path, from_folder.locations[path]) for path in some]))
+    assert list(from_tar.read_many([(path, from_tar.locations[path]) for path in some])) == list(
+        from_folder.read_many([(path, from_folder.locations[path]) for path in some])
+    )
     assert _read_listings(abo_sample) == list(archive.read_listings(abo_folder_sample["root"]))
 
 
@@ -130,8 +137,9 @@ def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sam
     folder = abo_folder_sample["root"]
     again = records_build.build(build_options({"listings": folder, "images": folder}, tmp_path / "again", workers=1))
     assert again["fingerprint"] == manifest["fingerprint"]
-    assert [shard["sha256"] for entry in again["splits"].values() for shard in entry["shards"]] == \
-        [shard["sha256"] for entry in manifest["splits"].values() for shard in entry["shards"]]
+    assert [shard["sha256"] for entry in again["splits"].values() for shard in entry["shards"]] == [
+        shard["sha256"] for entry in manifest["splits"].values() for shard in entry["shards"]
+    ]
 
 
 def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path):
@@ -184,8 +192,22 @@ def test_killed_build_process_resumes(abo_sample, tmp_path):
     import time
 
     output = tmp_path / "killed"
-    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", abo_sample["listings"], "--images", abo_sample["images"],
-               "--output", str(output), "--image-selection", "all", "--min-examples-per-class", "3", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "abo_tf.build_records",
+        "--listings",
+        abo_sample["listings"],
+        "--images",
+        abo_sample["images"],
+        "--output",
+        str(output),
+        "--image-selection",
+        "all",
+        "--min-examples-per-class",
+        "3",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not (output / records_build.STATE_DIR).exists() and process.poll() is None and time.time() < deadline:
@@ -228,7 +250,9 @@ def test_verify_accepts_the_build_and_finds_damage(built_records, tmp_path):
 
 
 def test_rare_classes_other_and_max_classes(abo_sample, tmp_path):
-    manifest = records_build.build(build_options(abo_sample, tmp_path / "other", rare_classes="other", min_examples_per_class=20, max_classes=4))
+    manifest = records_build.build(
+        build_options(abo_sample, tmp_path / "other", rare_classes="other", min_examples_per_class=20, max_classes=4)
+    )
     assert "OTHER" in manifest["classes"] and len(manifest["classes"]) <= 4
     main_only = records_build.build(build_options(abo_sample, tmp_path / "main", image_selection="main"))
     assert main_only["images"]["referenced"] < manifest["images"]["referenced"]
@@ -257,20 +281,30 @@ def bad_inputs(abo_sample, abo_folder_sample, tmp_path):
     shutil.copytree(os.path.join(abo_folder_sample["root"], "images", "small"), no_csv / "images" / "small")
     not_a_tar = tmp_path / "junk.tar"
     not_a_tar.write_bytes(b"this is not a tar file" * 100)
-    return {"listings": abo_sample["listings"], "images": abo_sample["images"], "missing": str(tmp_path / "missing.tar"),
-            "not_abo": str(not_abo), "truncated": str(truncated_listings), "no_csv": str(no_csv), "junk": str(not_a_tar)}
+    return {
+        "listings": abo_sample["listings"],
+        "images": abo_sample["images"],
+        "missing": str(tmp_path / "missing.tar"),
+        "not_abo": str(not_abo),
+        "truncated": str(truncated_listings),
+        "no_csv": str(no_csv),
+        "junk": str(not_a_tar),
+    }
 
 
-@pytest.mark.parametrize("expected, args", [
-    ("does not exist", ["--listings", "{missing}", "--images", "{images}"]),
-    ("no images/metadata/images.csv.gz", ["--listings", "{listings}", "--images", "{not_abo}"]),
-    ("holds no listings", ["--listings", "{not_abo}", "--images", "{images}"]),
-    ("truncated", ["--listings", "{truncated}", "--images", "{images}"]),
-    ("no images/metadata", ["--listings", "{listings}", "--images", "{no_csv}"]),
-    ("not a readable", ["--listings", "{listings}", "--images", "{junk}"]),
-    ("--split", ["--listings", "{listings}", "--images", "{images}", "--split", "0.5", "0.2", "0.2"]),
-    ("no --listings given and no ABO download under 'data'", ["--images", "{images}"]),
-])
+@pytest.mark.parametrize(
+    "expected, args",
+    [
+        ("does not exist", ["--listings", "{missing}", "--images", "{images}"]),
+        ("no images/metadata/images.csv.gz", ["--listings", "{listings}", "--images", "{not_abo}"]),
+        ("holds no listings", ["--listings", "{not_abo}", "--images", "{images}"]),
+        ("truncated", ["--listings", "{truncated}", "--images", "{images}"]),
+        ("no images/metadata", ["--listings", "{listings}", "--images", "{no_csv}"]),
+        ("not a readable", ["--listings", "{listings}", "--images", "{junk}"]),
+        ("--split", ["--listings", "{listings}", "--images", "{images}", "--split", "0.5", "0.2", "0.2"]),
+        ("no --listings given and no ABO download under 'data'", ["--images", "{images}"]),
+    ],
+)
 def test_bad_inputs_give_one_line_errors(bad_inputs, tmp_path, capsys, monkeypatch, expected, args):
     monkeypatch.chdir(tmp_path)  # no data/ folder here
     code, error = _run_cli(capsys, *[arg.format(**bad_inputs) for arg in args], "--output", str(tmp_path / "out"))

@@ -47,29 +47,35 @@ def test_config_gives_defaults_and_flags_override(tmp_path):
     assert isinstance(parsed.rate, float)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("records = 5", "records = 5 must be a string"),
-    ("batch_size = 1.5", "batch_size = 1.5 must be an integer"),
-    ("batch_size = true", "batch_size = True must be an integer"),
-    ("rate = \"high\"", "rate = 'high' must be a number"),
-    ("split = 0.5", "split = 0.5 must be a list of numbers"),
-    ("cache = 1", "cache = 1 must be true or false"),
-    ("batchsize = 3", "unknown keys ['batchsize']"),
-    ("output = \"elsewhere\"", "unknown keys ['output']"),
-    ("[a]\nrate = 0.1\n[b]\nrate = 0.2", "sets 'rate' twice"),
-    ("records = ", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("records = 5", "records = 5 must be a string"),
+        ("batch_size = 1.5", "batch_size = 1.5 must be an integer"),
+        ("batch_size = true", "batch_size = True must be an integer"),
+        ('rate = "high"', "rate = 'high' must be a number"),
+        ("split = 0.5", "split = 0.5 must be a list of numbers"),
+        ("cache = 1", "cache = 1 must be true or false"),
+        ("batchsize = 3", "unknown keys ['batchsize']"),
+        ('output = "elsewhere"', "unknown keys ['output']"),
+        ("[a]\nrate = 0.1\n[b]\nrate = 0.2", "sets 'rate' twice"),
+        ("records = ", "not valid TOML"),
+    ],
+)
 def test_bad_config_values_are_named(tmp_path, text, message):
     with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _parse(["--config", _write(tmp_path, text), "--records", "r"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "--records is required"),
-    (["--records", "r", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
-    (["--records", "r", "--rate", "1.5"], "--rate 1.5 must be at most 1.0"),
-    (["--records", "r", "--config", "/nonexistent.toml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "--records is required"),
+        (["--records", "r", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--records", "r", "--rate", "1.5"], "--rate 1.5 must be at most 1.0"),
+        (["--records", "r", "--config", "/nonexistent.toml"], "does not exist"),
+    ],
+)
 def test_bad_flags_are_named(argv, message):
     with pytest.raises(UserInputError, match=message):
         _parse(argv)
@@ -103,11 +109,14 @@ def test_claim_accepts_new_empty_and_own_folders(tmp_path):
     outputs.release(new.path)
 
 
-@pytest.mark.parametrize("layout, message", [
-    ({"notes.txt": "mine"}, "not empty and was not written by `abo_tf.train`"),
-    ({outputs.MARKER: json.dumps({"command": "evaluate"})}, "holds the output of `abo_tf.evaluate`"),
-    ({outputs.MARKER: "not json"}, "is not a valid JSON"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({"notes.txt": "mine"}, "not empty and was not written by `abo_tf.train`"),
+        ({outputs.MARKER: json.dumps({"command": "evaluate"})}, "holds the output of `abo_tf.evaluate`"),
+        ({outputs.MARKER: "not json"}, "is not a valid JSON"),
+    ],
+)
 def test_claim_refuses_other_folders_and_changes_nothing(tmp_path, layout, message):
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -118,8 +127,10 @@ def test_claim_refuses_other_folders_and_changes_nothing(tmp_path, layout, messa
     assert {name: (folder / name).read_text() for name in os.listdir(folder)} == layout
 
 
-@pytest.mark.parametrize("path, message", [("{file}", "is a file"), ("{file}/below", "cannot create"),
-                                           ("/proc/abo_tf_test", "cannot create")])
+@pytest.mark.parametrize(
+    "path, message",
+    [("{file}", "is a file"), ("{file}/below", "cannot create"), ("/proc/abo_tf_test", "cannot create")],
+)
 def test_claim_refuses_what_cannot_be_a_folder(tmp_path, path, message):
     (tmp_path / "file").write_text("x")
     with pytest.raises(outputs.OutputFolderError, match=message):
@@ -129,7 +140,7 @@ def test_claim_refuses_what_cannot_be_a_folder(tmp_path, path, message):
 @pytest.mark.slow
 def test_a_second_process_cannot_claim_a_busy_folder(tmp_path):
     folder = outputs.claim(str(tmp_path / "busy"), "train")
-    script = "from abo_tf.common import outputs; outputs.claim(%r, 'train')" % folder.path
+    script = f"from abo_tf.common import outputs; outputs.claim({folder.path!r}, 'train')"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode != 0 and "being written by another abo_tf process" in result.stderr
     outputs.release(folder.path)
@@ -164,11 +175,14 @@ def test_json_is_written_atomically_with_nan_as_null(tmp_path):
 @pytest.mark.slow
 def test_tensorflow_start_up_is_silent_unless_verbose():
     script = "import abo_tf, tensorflow as tf; print(int(tf.constant(1) + 1))"
-    environment = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)
+    }
     quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "2\n", "")
-    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**environment, console.VERBOSE_ENV: "1"})
+    loud = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**environment, console.VERBOSE_ENV: "1"}
+    )
     assert loud.returncode == 0 and loud.stderr  # the banner this hides exists on this machine
 
 

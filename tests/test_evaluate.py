@@ -7,21 +7,44 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abo_tf.records import build as records_build
 from abo_tf import evaluate
+from abo_tf.records import build as records_build
 from abo_tf.reports import evaluation
 from tests.conftest import build_options
 
-REPORT_FILES = ("metrics.json", "per_class.csv", "per_class_f1.png", "confusion_matrix.png", "confusion_matrix.csv", "mistakes.csv",
-                "mistakes.png", "gradcam.png", "reliability.png", "calibration.csv", "confused_pairs.csv", "report.md")
+REPORT_FILES = (
+    "metrics.json",
+    "per_class.csv",
+    "per_class_f1.png",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "mistakes.csv",
+    "mistakes.png",
+    "gradcam.png",
+    "reliability.png",
+    "calibration.csv",
+    "confused_pairs.csv",
+    "report.md",
+)
 
 
 @pytest.fixture(scope="module")
 def report(trained_run, built_records, tmp_path_factory):
     records_dir, _ = built_records
     folder = str(tmp_path_factory.mktemp("eval") / "report")
-    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir, "--report", folder,
-            "--gallery-size", "6", "--gradcam-examples", "2", "--no-progress"]
+    args = [
+        "--model",
+        os.path.join(trained_run, "saved_model"),
+        "--records",
+        records_dir,
+        "--report",
+        folder,
+        "--gallery-size",
+        "6",
+        "--gradcam-examples",
+        "2",
+        "--no-progress",
+    ]
     assert evaluate.main(args) == 0
     return folder
 
@@ -56,7 +79,9 @@ def test_tables_agree_with_the_metrics(report, built_records):
     per_class = pd.read_csv(os.path.join(report, "per_class.csv"))
     assert per_class["class"].tolist() == manifest["classes"]
     assert per_class["support"].sum() == result["num_examples"]
-    assert per_class["train_examples"].tolist() == [manifest["splits"]["train"]["per_class"].get(name, 0) for name in manifest["classes"]]
+    assert per_class["train_examples"].tolist() == [
+        manifest["splits"]["train"]["per_class"].get(name, 0) for name in manifest["classes"]
+    ]
     mistakes = pd.read_csv(os.path.join(report, "mistakes.csv"))
     assert len(mistakes) == result["num_mistakes"] == round((1 - result["accuracy"]) * result["num_examples"])
     assert (mistakes["true_class"] != mistakes["predicted_class"]).all()
@@ -81,8 +106,19 @@ def test_confused_pairs_add_up_to_the_mistakes(report):
 
 def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records, tmp_path, capsys):
     records_dir, _ = built_records
-    args = ["--model", os.path.join(trained_run, "saved_model"), "--records", records_dir,
-            "--report", str(tmp_path / "report"), "--gallery-size", "0", "--gradcam-examples", "0", "--no-progress"]
+    args = [
+        "--model",
+        os.path.join(trained_run, "saved_model"),
+        "--records",
+        records_dir,
+        "--report",
+        str(tmp_path / "report"),
+        "--gallery-size",
+        "0",
+        "--gradcam-examples",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate.main(args) == 0
     out = capsys.readouterr().out
     head = next(line for line in out.splitlines() if line.strip().startswith("head"))
@@ -90,8 +126,9 @@ def test_console_summary_says_n_a_for_the_empty_head(trained_run, built_records,
     assert "nan" not in out.lower()
 
 
-def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(trained_run, built_records, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(
+    trained_run, built_records, tmp_path, capsys, monkeypatch
+):
     import tensorflow as tf
 
     def exhausted(*args):
@@ -101,8 +138,9 @@ def test_a_batch_that_does_not_fit_in_memory_is_a_one_line_error(trained_run, bu
     model = os.path.join(trained_run, "saved_model")
     code, err = _run(capsys, "--model", model, "--records", built_records[0], "--report", str(tmp_path / "r"))
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.endswith("does not fit in memory (OOM when allocating tensor with shape[64,224,224,3]): "
-                        "lower --batch-size")
+    assert err.endswith(
+        "does not fit in memory (OOM when allocating tensor with shape[64,224,224,3]): lower --batch-size"
+    )
 
 
 def test_best_keeps_the_highest_priorities():
@@ -135,22 +173,29 @@ def odd_records(abo_sample, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("arguments, expected", [
-    (["--model", "{tmp}"], "is not a SavedModel"),
-    (["--split", "holdout"], "no split 'holdout'"),
-    (["--report", "{tmp}/a_file/r"], "cannot create --report"),
-    (["--report", "{tmp}/foreign"], "not empty and was not written by `abo_tf.evaluate`"),
-    (["--tail-below", "50", "--head-min", "10"], "--tail-below 50"),
-    (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
-    (["--records", "{odd}/no_test"], "split 'test' of"),
-    (["--records", "{odd}/more_classes", "--split", "train"], "classes the model does not know"),
-])
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["--model", "{tmp}"], "is not a SavedModel"),
+        (["--split", "holdout"], "no split 'holdout'"),
+        (["--report", "{tmp}/a_file/r"], "cannot create --report"),
+        (["--report", "{tmp}/foreign"], "not empty and was not written by `abo_tf.evaluate`"),
+        (["--tail-below", "50", "--head-min", "10"], "--tail-below 50"),
+        (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--records", "{odd}/no_test"], "split 'test' of"),
+        (["--records", "{odd}/more_classes", "--split", "train"], "classes the model does not know"),
+    ],
+)
 def test_bad_inputs_are_one_line_errors(trained_run, built_records, odd_records, tmp_path, capsys, arguments, expected):
     records_dir, _ = built_records
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    defaults = {"--model": os.path.join(trained_run, "saved_model"), "--records": records_dir, "--report": str(tmp_path / "r")}
+    defaults = {
+        "--model": os.path.join(trained_run, "saved_model"),
+        "--records": records_dir,
+        "--report": str(tmp_path / "r"),
+    }
     arguments = [argument.format(tmp=tmp_path, odd=odd_records) for argument in arguments]
     given = dict(zip(arguments[::2], arguments[1::2]))
     code, err = _run(capsys, *[item for flag, value in {**defaults, **given}.items() for item in (flag, value)])

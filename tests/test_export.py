@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from abo_tf import predict
-from abo_tf.training import export, models, preprocess, serving
 from abo_tf.common.errors import UserInputError
 from abo_tf.testing import measure
+from abo_tf.training import export, models, preprocess, serving
 
 SIZE = 32
 CLASSES = ["chair", "lamp", "shoe", "rug"]
@@ -53,7 +53,11 @@ def exported(tmp_path_factory):
 def image_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     paths = {}
-    for name, (height, width, extension) in {"wide.jpg": (40, 90, ".jpg"), "tall.png": (120, 50, ".png"), "small.jpg": (20, 24, ".jpg")}.items():
+    for name, (height, width, extension) in {
+        "wide.jpg": (40, 90, ".jpg"),
+        "tall.png": (120, 50, ".png"),
+        "small.jpg": (20, 24, ".jpg"),
+    }.items():
         paths[name] = str(folder / name)
         with open(paths[name], "wb") as handle:
             handle.write(encode(random_rgb(height, width, len(paths)), extension))
@@ -80,7 +84,11 @@ def check_top_k(outputs):
 
 def test_serving_default_matches_the_keras_model_on_jpeg_and_png(exported):
     model, loaded, _ = exported
-    byte_strings = [encode(random_rgb(50, 80, 1)), encode(random_rgb(97, 31, 2), ".png"), encode(random_rgb(SIZE, SIZE, 3))]
+    byte_strings = [
+        encode(random_rgb(50, 80, 1)),
+        encode(random_rgb(97, 31, 2), ".png"),
+        encode(random_rgb(SIZE, SIZE, 3)),
+    ]
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(byte_strings))
     assert sorted(outputs) == sorted(export.OUTPUT_KEYS + (export.ERROR_KEY,))
     assert outputs[export.ERROR_KEY].numpy().tolist() == [b""] * 3
@@ -95,7 +103,9 @@ def test_serve_pixels_matches_the_keras_model(exported):
     model, loaded, _ = exported
     pixels = np.stack([random_rgb(SIZE, SIZE, seed) for seed in range(4)])
     outputs = loaded.signatures["serve_pixels"](pixels=tf.constant(pixels))
-    np.testing.assert_allclose(outputs["probabilities"].numpy(), softmax(model(pixels, training=False).numpy()), atol=1e-4)
+    np.testing.assert_allclose(
+        outputs["probabilities"].numpy(), softmax(model(pixels, training=False).numpy()), atol=1e-4
+    )
     check_top_k(outputs)
 
 
@@ -110,7 +120,9 @@ def test_saved_model_cli_lists_both_signatures(exported):
     _, _, export_dir = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    shown = subprocess.run([cli, "show", "--dir", export_dir, "--all"], capture_output=True, text=True, timeout=120, env=env, check=True).stdout
+    shown = subprocess.run(
+        [cli, "show", "--dir", export_dir, "--all"], capture_output=True, text=True, timeout=120, env=env, check=True
+    ).stdout
     assert "signature_def['serving_default']" in shown and "signature_def['serve_pixels']" in shown
     for key in export.OUTPUT_KEYS + (export.ERROR_KEY, "image_bytes", "pixels"):
         assert f"['{key}']" in shown
@@ -147,7 +159,9 @@ def test_predict_files_matches_the_keras_model(exported, image_files):
     for result, probabilities in zip(results, expected):
         best = np.argsort(-probabilities)[:2]
         assert [prediction["label"] for prediction in result["predictions"]] == [CLASSES[index] for index in best]
-        np.testing.assert_allclose([prediction["score"] for prediction in result["predictions"]], probabilities[best], atol=1e-4)
+        np.testing.assert_allclose(
+            [prediction["score"] for prediction in result["predictions"]], probabilities[best], atol=1e-4
+        )
 
 
 def test_predict_cli_prints_a_table(exported, image_files, capsys):
@@ -160,7 +174,12 @@ def test_predict_cli_prints_a_table(exported, image_files, capsys):
 
 def test_predict_cli_json_reports_a_bad_file_alone(exported, image_files, capsys):
     _, _, export_dir = exported
-    paths = [image_files["tall.png"], image_files["broken.jpg"], os.path.join(os.path.dirname(image_files["tall.png"]), "missing.jpg"), image_files["wide.jpg"]]
+    paths = [
+        image_files["tall.png"],
+        image_files["broken.jpg"],
+        os.path.join(os.path.dirname(image_files["tall.png"]), "missing.jpg"),
+        image_files["wide.jpg"],
+    ]
     assert predict.main(["--model", export_dir, "--json", "--top-k", "10", *paths]) == 1
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
@@ -210,8 +229,10 @@ def transparent_files(tmp_path_factory):
 
 
 def test_transparent_png_pixels_match_the_build(transparent_files):
-    served, built = (preprocess.eval_image(open(transparent_files[key], "rb").read(), SIZE).numpy().astype(int)
-                     for key in ("png", "build_jpeg"))
+    served, built = (
+        preprocess.eval_image(open(transparent_files[key], "rb").read(), SIZE).numpy().astype(int)
+        for key in ("png", "build_jpeg")
+    )
     # Only the build's JPEG compression (quality 95, 4:2:0 chroma) separates them: 1.4/255 on this sharp cut-out.
     # The composite itself is the build's to the bit (test_preprocess); onto black it differed by ~200/255.
     assert np.abs(served - built).mean() <= 2.0
@@ -306,7 +327,8 @@ def test_a_20000_pixel_png_is_refused_by_serving_and_predict_within_1_5_gb(expor
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=repository, TF_CPP_MIN_LOG_LEVEL="2")
     code, stdout, stderr, peak = measure.run_measured(
-        [sys.executable, "-c", _BOMB_SCRIPT, export_dir, str(bomb), image_files["wide.jpg"]], timeout=300, env=env)
+        [sys.executable, "-c", _BOMB_SCRIPT, export_dir, str(bomb), image_files["wide.jpg"]], timeout=300, env=env
+    )
     assert code == 0, stderr[-3000:]
     keys = ("errors", "predict exit")
     lines = dict(line.split(" ", 1) for line in stdout.splitlines() if line.startswith(keys))

@@ -38,7 +38,9 @@ def handcrafted(built_records, tmp_path_factory):
 
 
 def _records_labels_and_ids(records_dir, split, manifest):
-    dataset = input_pipeline.make_dataset(records_dir, split, 32, 64, training=False, manifest=manifest, extra_keys=(schema.IMAGE_ID,))
+    dataset = input_pipeline.make_dataset(
+        records_dir, split, 32, 64, training=False, manifest=manifest, extra_keys=(schema.IMAGE_ID,)
+    )
     batches = [(batch["label"].numpy(), batch[schema.IMAGE_ID].numpy()) for batch in dataset]
     return np.concatenate([labels for labels, _ in batches]), [value.decode() for _, ids in batches for value in ids]
 
@@ -52,7 +54,11 @@ def test_handcrafted_groups_tile_the_columns_with_named_widths():
     widths = {name: end - start for name, (start, end) in groups.items()}
     # 18 x 4 x 4 HSV bins; HOG: 3 x 3 blocks of 2 x 2 cells of 9 orientations; 10 LBP codes.
     assert widths == {"colour": 18 * 4 * 4, "shape": 3 * 3 * 4 * 9, "texture": 10}
-    assert groups["colour"][0] == 0 and groups["colour"][1] == groups["shape"][0] and groups["shape"][1] == groups["texture"][0]
+    assert (
+        groups["colour"][0] == 0
+        and groups["colour"][1] == groups["shape"][0]
+        and groups["shape"][1] == groups["texture"][0]
+    )
     names = descriptors.handcrafted_feature_names()
     assert len(names) == groups["texture"][1] == len(set(names))
 
@@ -159,7 +165,10 @@ def test_cnn_embeddings_of_a_backbone_are_cached(built_records, tmp_path):
     spec = _tiny_cnn()
     first = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path), 32, progress=False)
     first = first["validation"]
-    assert first.features.shape == (manifest["splits"]["validation"]["num_examples"], 576)  # MobileNetV3Small's last conv
+    assert first.features.shape == (
+        manifest["splits"]["validation"]["num_examples"],
+        576,
+    )  # MobileNetV3Small's last conv
     assert np.isfinite(first.features).all() and np.ptp(first.features, axis=0).max() > 0  # images differ
     assert first.groups == {"cnn": [0, 576]} and first.info["name"] == f"mobilenet_v3_small-none-{spec.image_size}px"
     second = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path), progress=False)
@@ -184,7 +193,10 @@ def test_run_embeddings_use_the_run_image_size_and_model_hash(built_records, tmp
     assert feature_spec.resolve_spec(spec).image_size == CNN_SIZE
     result = extraction.extract_features(records_dir, spec, ("validation",), str(tmp_path / "cache"), progress=False)
     result = result["validation"]
-    assert result.features.shape == (manifest["splits"]["validation"]["num_examples"], 576) and result.info["name"] == "run-run"
+    assert (
+        result.features.shape == (manifest["splits"]["validation"]["num_examples"], 576)
+        and result.info["name"] == "run-run"
+    )
     before = feature_cache.cache_key(manifest, feature_spec.resolve_spec(spec))
     with open(run / "model.keras", "ab") as handle:
         handle.write(b"\0")  # another model file: another key
@@ -194,14 +206,20 @@ def test_run_embeddings_use_the_run_image_size_and_model_hash(built_records, tmp
 # --- bad input ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("expected, args", [
-    ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
-    ("does not exist", ["--features", "cnn", "--run", "{missing}"]),
-    ("exactly one of", ["--features", "cnn"]),
-    ("unknown backbone", ["--features", "cnn", "--backbone", "alexnet"]),
-    ("--image-size 16 must be at least 32", ["--features", "cnn", "--backbone", "mobilenet_v3_small", "--image-size", "16"]),
-    ("no examples in split", ["--splits", "dev"]),
-])
+@pytest.mark.parametrize(
+    "expected, args",
+    [
+        ("has no model.keras", ["--features", "cnn", "--run", "{empty_run}"]),
+        ("does not exist", ["--features", "cnn", "--run", "{missing}"]),
+        ("exactly one of", ["--features", "cnn"]),
+        ("unknown backbone", ["--features", "cnn", "--backbone", "alexnet"]),
+        (
+            "--image-size 16 must be at least 32",
+            ["--features", "cnn", "--backbone", "mobilenet_v3_small", "--image-size", "16"],
+        ),
+        ("no examples in split", ["--splits", "dev"]),
+    ],
+)
 def test_bad_feature_inputs_are_one_line_errors(built_records, tmp_path, capsys, expected, args):
     records_dir, _ = built_records
     (tmp_path / "empty_run").mkdir()
@@ -219,7 +237,21 @@ def test_an_emptied_cache_is_reported_not_read_as_zero_examples(handcrafted, bui
     empty_cache = tmp_path / "emptied"
     os.makedirs(empty_cache / os.path.basename(folder) / "test")
     (empty_cache / outputs.MARKER).write_text('{"command": "features"}')
-    assert features.main(["--records", records_dir, "--cache-dir", str(empty_cache), "--splits", "test", "--image-size", str(HANDCRAFTED_SIZE)]) == 2
+    assert (
+        features.main(
+            [
+                "--records",
+                records_dir,
+                "--cache-dir",
+                str(empty_cache),
+                "--splits",
+                "test",
+                "--image-size",
+                str(HANDCRAFTED_SIZE),
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert "empty or incomplete" in error and len(error.splitlines()) == 1, error
 

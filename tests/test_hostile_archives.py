@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from abo_tf.records import build as records_build
 from abo_tf import build_records
-from abo_tf.reports import data_report
 from abo_tf.records import archive
+from abo_tf.records import build as records_build
+from abo_tf.reports import data_report
 from abo_tf.testing import measure
 from tests import hostile
 from tests.conftest import build_options
@@ -57,8 +57,9 @@ def _snapshot(folder, leave_out=()):
 
 
 def _cli(capsys, listings, images, output, *extra):
-    code = build_records.main(["--listings", listings, "--images", images, "--output", str(output), *BUILD_ARGS,
-                               *extra])
+    code = build_records.main(
+        ["--listings", listings, "--images", images, "--output", str(output), *BUILD_ARGS, *extra]
+    )
     captured = capsys.readouterr()
     return code, captured.out, captured.err.strip()
 
@@ -75,8 +76,11 @@ def folder_copy(abo_folder_sample, tmp_path):
 def _naive_lines(data, max_line_bytes):
     """What `_split_lines` must yield, computed the obvious way on the whole input."""
     lines = data.split(b"\n")
-    return [(number, None if len(line) > max_line_bytes else line + b"\n" * (number < len(lines)))
-            for number, line in enumerate(lines, start=1) if line.strip(b" \t\r\x0b\x0c")]
+    return [
+        (number, None if len(line) > max_line_bytes else line + b"\n" * (number < len(lines)))
+        for number, line in enumerate(lines, start=1)
+        if line.strip(b" \t\r\x0b\x0c")
+    ]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -118,8 +122,9 @@ def test_file_swapped_for_a_link_after_indexing_is_not_followed(folder_copy, tmp
         list(reader.read_many([(path, store.locations[path])]))
 
 
-def test_build_counts_refused_paths_and_malformed_lines_and_reads_nothing_outside(folder_copy, abo_folder_sample,
-                                                                                   tmp_path, capsys):
+def test_build_counts_refused_paths_and_malformed_lines_and_reads_nothing_outside(
+    folder_copy, abo_folder_sample, tmp_path, capsys
+):
     secret, planted = hostile.plant_escaping_paths(folder_copy, str(tmp_path / "outside"))
     lines, reasons = zip(*hostile.MALFORMED_LISTINGS.values())
     sources = hostile.append_listing_lines(folder_copy, lines)
@@ -146,10 +151,14 @@ def test_build_counts_refused_paths_and_malformed_lines_and_reads_nothing_outsid
         assert hostile.SECRET_MARKER in handle.read()
 
 
-@pytest.mark.parametrize("kind, expected", [("fifo", "is not a regular file"), ("link_to_dev_zero", "is a link"),
-                                             ("link_to_a_copy_outside", "is a link")])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("fifo", "is not a regular file"), ("link_to_dev_zero", "is a link"), ("link_to_a_copy_outside", "is a link")],
+)
 @pytest.mark.parametrize("which", ["listings file", "images list"])
-def test_listings_or_images_csv_that_is_no_regular_file_is_refused(folder_copy, tmp_path, capsys, kind, expected, which):
+def test_listings_or_images_csv_that_is_no_regular_file_is_refused(
+    folder_copy, tmp_path, capsys, kind, expected, which
+):
     path = hostile.listings_file(folder_copy)
     if which == "images list":
         path = os.path.join(folder_copy, archive.IMAGES_CSV)
@@ -190,9 +199,13 @@ def _cut_listings(at):
     def craft(abo, folder):
         listings = abo["listings"]
         _, header_offset, data_offset, size = hostile.tar_members(listings)[8]
-        cut = {"inside a header": header_offset + 100, "at a member boundary": header_offset,
-               "mid-member": data_offset + size // 2}[at]
+        cut = {
+            "inside a header": header_offset + 100,
+            "at a member boundary": header_offset,
+            "mid-member": data_offset + size // 2,
+        }[at]
         return hostile.cut_file(listings, os.path.join(folder, "listings.tar"), cut), abo["images"]
+
     return craft
 
 
@@ -204,6 +217,7 @@ def _cut_images(csv_first):
         members = hostile.tar_members(images)
         _, _, data_offset, size = members[len(members) // 2]
         return abo["listings"], hostile.cut_file(images, os.path.join(folder, "images.tar"), data_offset + size // 2)
+
     return craft
 
 
@@ -214,6 +228,7 @@ def _declared_size(which, size):
         name = members[len(members) // 2][0]
         crafted = hostile.with_declared_size(source, os.path.join(folder, f"{which}.tar"), name, size)
         return (crafted, abo["images"]) if which == "listings" else (abo["listings"], crafted)
+
     return craft
 
 
@@ -222,7 +237,7 @@ def _garbage_header(abo, folder):
     _, header_offset, _, _ = hostile.tar_members(images)[10]
     with open(images, "rb") as handle:
         data = bytearray(handle.read())
-    data[header_offset:header_offset + 512] = random.Random(0).randbytes(512)
+    data[header_offset : header_offset + 512] = random.Random(0).randbytes(512)
     crafted = os.path.join(folder, "garbage.tar")
     with open(crafted, "wb") as handle:
         handle.write(data)
@@ -320,8 +335,18 @@ def test_unknown_keys_are_counted_by_name_up_to_a_limit(abo_sample, monkeypatch)
 def _run_build_measured(tmp_path, listings, images, timeout=600):
     """Runs the build command in a fresh process: (exit code, stderr, peak RSS in bytes, output folder)."""
     output = tmp_path / "records"
-    command = [sys.executable, "-m", "abo_tf.build_records", "--listings", listings, "--images", images,
-               "--output", str(output), *BUILD_ARGS]
+    command = [
+        sys.executable,
+        "-m",
+        "abo_tf.build_records",
+        "--listings",
+        listings,
+        "--images",
+        images,
+        "--output",
+        str(output),
+        *BUILD_ARGS,
+    ]
     environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     code, _, stderr, peak = measure.run_measured(command, timeout=timeout, env=environment, cwd=REPO)
     return code, stderr, peak, output

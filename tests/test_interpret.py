@@ -21,10 +21,13 @@ def _patch_images(count, rng):
         left = rng.integers(0, 2) == 0
         row, column = rng.integers(0, SIDE - PATCH, size=2)
         column = column // 2 + (0 if left else SIDE // 2 - PATCH // 2)
-        images[index, row:row + PATCH, column:column + PATCH] = RED if labels[index] == 0 else BLUE
-        masks[index, row:row + PATCH, column:column + PATCH] = True
-        decoy_row, decoy_column = rng.integers(0, SIDE - PATCH), rng.integers(0, SIDE // 2 - PATCH) + (SIDE // 2 if left else 0)
-        images[index, decoy_row:decoy_row + PATCH, decoy_column:decoy_column + PATCH] = GREEN
+        images[index, row : row + PATCH, column : column + PATCH] = RED if labels[index] == 0 else BLUE
+        masks[index, row : row + PATCH, column : column + PATCH] = True
+        decoy_row, decoy_column = (
+            rng.integers(0, SIDE - PATCH),
+            rng.integers(0, SIDE // 2 - PATCH) + (SIDE // 2 if left else 0),
+        )
+        images[index, decoy_row : decoy_row + PATCH, decoy_column : decoy_column + PATCH] = GREEN
     return images, labels, masks
 
 
@@ -39,7 +42,11 @@ def patch_classifier():
     hidden = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="features")(hidden)
     logits = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(hidden))
     model = keras.Model(images, logits)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     train_images, train_labels, _ = _patch_images(384, rng)
     model.fit(train_images, train_labels, batch_size=32, epochs=8, verbose=0)
     test = _patch_images(32, rng)
@@ -69,7 +76,7 @@ def test_grad_cam_on_classifier_backbones(backbone, layer, cells, tmp_path):
     assert feature_map.shape[1:3] == (cells, cells) and logits.shape == (1, 3)
     images = np.random.default_rng(1).integers(0, 255, size=(2, 32, 32, 3)).astype(np.uint8)
     heatmaps, explained = interpret.grad_cam(model, images)
-    assert heatmaps.shape == (2, 32, 32) and 0 <= heatmaps.min() and heatmaps.max() <= 1
+    assert heatmaps.shape == (2, 32, 32) and heatmaps.min() >= 0 and heatmaps.max() <= 1
     # The explanation follows the model's own prediction by default.
     assert explained.tolist() == np.argmax(model.predict(images, verbose=0), axis=1).tolist()
     panels = [{"image": image, "heatmap": heatmap, "caption": "x"} for image, heatmap in zip(images, heatmaps)]

@@ -58,8 +58,17 @@ def test_strata_metrics_by_hand():
     strata = metrics.frequency_strata([1500, 200, 5, 50])  # head, torso, tail, tail
     scores = np.eye(4)[PREDICTIONS]
     result = metrics.strata_metrics(LABELS, PREDICTIONS, strata, scores)
-    assert result["head"] == pytest.approx({"num_classes": 1, "num_examples": 2, "accuracy": 0.5, "macro_precision": 1.0,
-                                            "macro_recall": 0.5, "macro_f1": 2 / 3, "top5_accuracy": 1.0})
+    assert result["head"] == pytest.approx(
+        {
+            "num_classes": 1,
+            "num_examples": 2,
+            "accuracy": 0.5,
+            "macro_precision": 1.0,
+            "macro_recall": 0.5,
+            "macro_f1": 2 / 3,
+            "top5_accuracy": 1.0,
+        }
+    )
     assert result["torso"]["accuracy"] == 1.0 and result["torso"]["macro_f1"] == pytest.approx(0.5)
     # Tail: classes 2 and 3, but class 3 is in neither labels nor predictions.
     assert result["tail"]["num_classes"] == 2 and result["tail"]["num_examples"] == 1
@@ -68,7 +77,11 @@ def test_strata_metrics_by_hand():
 
 def test_stratum_without_examples_is_nan_not_zero():
     result = metrics.strata_metrics([0, 1], [0, 1], np.array(["tail", "tail"]))
-    assert result["head"]["num_examples"] == 0 and math.isnan(result["head"]["accuracy"]) and math.isnan(result["head"]["macro_f1"])
+    assert (
+        result["head"]["num_examples"] == 0
+        and math.isnan(result["head"]["accuracy"])
+        and math.isnan(result["head"]["macro_f1"])
+    )
     assert result["tail"]["macro_f1"] == 1.0
 
 
@@ -108,8 +121,12 @@ def test_figures_are_written(tmp_path):
     probabilities = np.array([[0.9, 0.1, 0, 0], [0.4, 0.6, 0, 0], [0.2, 0.7, 0.1, 0], [0.1, 0.5, 0.4, 0]])
     paths = [
         metrics.plot_per_class_f1(per_class, str(tmp_path / "f1.png")),
-        metrics.plot_reliability_diagram(metrics.calibration_table(LABELS, probabilities), 0.1, str(tmp_path / "reliability.png")),
-        metrics.plot_confusion_matrix(*metrics.confusion_matrix_top(LABELS, PREDICTIONS, ["a", "b", "c", "d"]), str(tmp_path / "confusion.png")),
+        metrics.plot_reliability_diagram(
+            metrics.calibration_table(LABELS, probabilities), 0.1, str(tmp_path / "reliability.png")
+        ),
+        metrics.plot_confusion_matrix(
+            *metrics.confusion_matrix_top(LABELS, PREDICTIONS, ["a", "b", "c", "d"]), str(tmp_path / "confusion.png")
+        ),
     ]
     for path in paths:
         with open(path, "rb") as handle:

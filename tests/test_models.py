@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from abo_tf.training import models
 from abo_tf.common.errors import UserInputError
+from abo_tf.training import models
 
 SIZE = 32  # the smallest input Keras Applications accept: fast on CPU
 
@@ -106,7 +106,9 @@ def test_set_backbone_trainable_refuses_other_values(trainable):
 
 
 def moving_means(model):
-    layers = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [
+        layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     return np.concatenate([layer.moving_mean.numpy() for layer in layers])
 
 
@@ -132,7 +134,11 @@ def test_weights_from_a_file(tmp_path):
     for loaded, saved in zip(model.get_layer("backbone").get_weights(), source.get_layer("backbone").get_weights()):
         np.testing.assert_array_equal(loaded, saved)
     # Pretrained weights: batch norm starts frozen.
-    assert not any(layer.trainable for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert not any(
+        layer.trainable
+        for layer in model.get_layer("backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Keras warns about each layer it skips before it fails
@@ -161,9 +167,18 @@ except UserInputError as error:
 def test_imagenet_weights_that_cannot_be_downloaded_are_a_user_error(tmp_path):
     # Keras reads KERAS_HOME at import: a fresh process. The proxy on the
     # discard port makes the download fail at once, online or not.
-    env = dict(os.environ, KERAS_HOME=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3", no_proxy="", NO_PROXY="",
-               https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
-    result = subprocess.run([sys.executable, "-c", _OFFLINE_BUILD], env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        KERAS_HOME=str(tmp_path),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        no_proxy="",
+        NO_PROXY="",
+        https_proxy="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_BUILD], env=env, capture_output=True, text=True, timeout=120
+    )
     message = [line for line in result.stdout.splitlines() if line.startswith("USER_ERROR")]
     assert len(message) == 1, result.stdout + result.stderr
     assert "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in message[0]

@@ -24,7 +24,9 @@ def random_rgb(height, width, seed=0):
 
 def map_over(fn, byte_strings):
     """`fn` applied inside tf.data, the way the input pipeline applies it."""
-    dataset = tf.data.Dataset.from_tensor_slices(byte_strings).map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = tf.data.Dataset.from_tensor_slices(byte_strings).map(
+        fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     return [element.numpy() for element in dataset]
 
 
@@ -44,7 +46,9 @@ def test_decode_rgb_makes_grayscale_rgb():
 
 
 def test_decode_rgb_in_dataset_map_has_a_static_channel_dimension():
-    dataset = tf.data.Dataset.from_tensor_slices([encode(random_rgb(10, 12))]).map(preprocess.decode_rgb, num_parallel_calls=2)
+    dataset = tf.data.Dataset.from_tensor_slices([encode(random_rgb(10, 12))]).map(
+        preprocess.decode_rgb, num_parallel_calls=2
+    )
     assert dataset.element_spec.shape.as_list() == [None, None, 3]
     assert next(iter(dataset)).shape == (10, 12, 3)
 
@@ -62,8 +66,11 @@ def test_eval_image_in_a_tf_function_without_autograph_matches_eager():
     # The SavedModel endpoints trace with autograph=False.
     data = [encode(random_rgb(60, 90, seed)) for seed in range(3)]
     fn = tf.function(
-        lambda batch: tf.map_fn(lambda item: preprocess.eval_image(item, IMAGE_SIZE), batch, fn_output_signature=tf.uint8),
-        input_signature=[tf.TensorSpec([None], tf.string)], autograph=False,
+        lambda batch: tf.map_fn(
+            lambda item: preprocess.eval_image(item, IMAGE_SIZE), batch, fn_output_signature=tf.uint8
+        ),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+        autograph=False,
     )
     traced = fn(tf.constant(data)).numpy()
     for index, item in enumerate(data):
@@ -210,19 +217,22 @@ def _gif(width, height):
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("data,expected", [
-    (encode(random_rgb(30, 50)), ""),
-    (encode(random_rgb(30, 50), ".png"), ""),
-    (encode(random_rgb(30, 50), ".bmp"), ""),
-    (_gif(50, 30), ""),
-    (_header_only_png(4096, 4096), ""),  # 16,777,216 pixels: the serving limit
-    (_header_only_png(20000, 20000), "20000x20000 pixels is over the limit of 16777216 pixels"),
-    (_header_only_png(2**31 - 1, 3), "2147483647x3 pixels is over the limit"),
-    (_header_only_png(0, 10), "damaged image"),
-    (b"\x89PNG\r\n\x1a\n", "damaged image"),
-    (b"", "not a JPEG, PNG, GIF or BMP image"),
-    (b"this is not an image", "not a JPEG, PNG, GIF or BMP image"),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (encode(random_rgb(30, 50)), ""),
+        (encode(random_rgb(30, 50), ".png"), ""),
+        (encode(random_rgb(30, 50), ".bmp"), ""),
+        (_gif(50, 30), ""),
+        (_header_only_png(4096, 4096), ""),  # 16,777,216 pixels: the serving limit
+        (_header_only_png(20000, 20000), "20000x20000 pixels is over the limit of 16777216 pixels"),
+        (_header_only_png(2**31 - 1, 3), "2147483647x3 pixels is over the limit"),
+        (_header_only_png(0, 10), "damaged image"),
+        (b"\x89PNG\r\n\x1a\n", "damaged image"),
+        (b"", "not a JPEG, PNG, GIF or BMP image"),
+        (b"this is not an image", "not a JPEG, PNG, GIF or BMP image"),
+    ],
+)
 def test_header_error_reads_the_size_without_decoding(data, expected):
     eager = preprocess.header_error(data).numpy().decode()
     [mapped] = map_over(preprocess.header_error, [data])
@@ -235,7 +245,7 @@ def test_header_error_of_jpeg_and_bmp_reads_their_headers():
 
     jpeg = bytearray(encode(random_rgb(30, 50)))
     start_of_frame = jpeg.index(b"\xff\xc0")
-    jpeg[start_of_frame + 5:start_of_frame + 9] = struct.pack(">HH", 60000, 60000)  # height, width
+    jpeg[start_of_frame + 5 : start_of_frame + 9] = struct.pack(">HH", 60000, 60000)  # height, width
     assert "60000x60000 pixels" in preprocess.header_error(bytes(jpeg)).numpy().decode()
     bmp = bytearray(encode(random_rgb(30, 50), ".bmp"))
     bmp[18:26] = struct.pack("<ii", 40000, -40000)  # a negative height: rows stored top-down

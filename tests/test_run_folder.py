@@ -6,8 +6,10 @@ from abo_tf.common import config
 from abo_tf.common.errors import UserInputError
 from abo_tf.training import run_folder
 
-ROWS = [run_folder.HistoryRow(1, 10, "head", 2.5, 0.25, 2.0, 0.5, 1e-3, 100.0, 3.5),
-        run_folder.HistoryRow(2, 20, "fine_tune", 1.5, 0.5, 1.25, 0.75, 1e-4, 120.0, 2.5)]
+ROWS = [
+    run_folder.HistoryRow(1, 10, "head", 2.5, 0.25, 2.0, 0.5, 1e-3, 100.0, 3.5),
+    run_folder.HistoryRow(2, 20, "fine_tune", 1.5, 0.5, 1.25, 0.75, 1e-4, 120.0, 2.5),
+]
 
 
 def test_history_round_trips_and_stops_at_a_step(tmp_path):
@@ -17,11 +19,14 @@ def test_history_round_trips_and_stops_at_a_step(tmp_path):
     assert run_folder.training_seconds(str(tmp_path)) == 6.0
 
 
-@pytest.mark.parametrize("names, expected", [
-    ((run_folder.CONFIG, run_folder.METRICS, run_folder.HISTORY), True),
-    ((run_folder.CONFIG, run_folder.METRICS), False),  # an evaluation report, or a baseline
-    ((run_folder.METRICS, run_folder.HISTORY), False),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        ((run_folder.CONFIG, run_folder.METRICS, run_folder.HISTORY), True),
+        ((run_folder.CONFIG, run_folder.METRICS), False),  # an evaluation report, or a baseline
+        ((run_folder.METRICS, run_folder.HISTORY), False),
+    ],
+)
 def test_only_a_finished_training_run_is_a_run(tmp_path, names, expected):
     for name in names:
         (tmp_path / name).write_text("")

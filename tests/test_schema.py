@@ -6,19 +6,36 @@ from abo_tf.records import schema, shards
 
 
 def _record(**overrides):
-    values = dict(image=b"\xff\xd8\xff" + bytes(range(256)) * 3, label=300, product_type="SHOES", image_id="11Y+Xpt1lfL",
-                  image_sha256="ab" * 32, item_id="B07HCR1LSZ", height=256, width=1)
+    values = dict(
+        image=b"\xff\xd8\xff" + bytes(range(256)) * 3,
+        label=300,
+        product_type="SHOES",
+        image_id="11Y+Xpt1lfL",
+        image_sha256="ab" * 32,
+        item_id="B07HCR1LSZ",
+        height=256,
+        width=1,
+    )
     values.update(overrides)
     return schema.Record(**values)
 
 
 def test_encoding_equals_tensorflow_example():
     record = _record()
-    expected = tf.train.Example(features=tf.train.Features(feature={
-        key: tf.train.Feature(int64_list=tf.train.Int64List(value=[getattr(record, key)])) if key in schema.INT64_FEATURES
-        else tf.train.Feature(bytes_list=tf.train.BytesList(value=[getattr(record, key) if key == schema.IMAGE else getattr(record, key).encode()]))
-        for key in schema.BYTES_FEATURES + schema.INT64_FEATURES
-    }))
+    expected = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                key: tf.train.Feature(int64_list=tf.train.Int64List(value=[getattr(record, key)]))
+                if key in schema.INT64_FEATURES
+                else tf.train.Feature(
+                    bytes_list=tf.train.BytesList(
+                        value=[getattr(record, key) if key == schema.IMAGE else getattr(record, key).encode()]
+                    )
+                )
+                for key in schema.BYTES_FEATURES + schema.INT64_FEATURES
+            }
+        )
+    )
     assert tf.train.Example.FromString(schema.encode_record(record)) == expected
 
 

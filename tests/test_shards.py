@@ -32,10 +32,17 @@ def test_tfds_metadata_is_what_tfds_writes(tmp_path):
     shards.write_tfds_metadata(str(ours), CLASSES, SPLITS)
     info = shards._TFDS_INFO  # the texts are ours; what is compared is how TFDS lays them out
     tfds.folder_dataset.write_metadata(
-        data_dir=str(theirs), features=schema.tfds_features(CLASSES), version=schema.DATASET_VERSION, check_data=False,
-        split_infos=[tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=size)
-                     for name, (lengths, size) in SPLITS.items()],
-        description=info["description"], homepage=info["location"]["urls"][0], citation=info["citation"],
+        data_dir=str(theirs),
+        features=schema.tfds_features(CLASSES),
+        version=schema.DATASET_VERSION,
+        check_data=False,
+        split_infos=[
+            tfds.core.SplitInfo(name=name, shard_lengths=lengths, num_bytes=size)
+            for name, (lengths, size) in SPLITS.items()
+        ],
+        description=info["description"],
+        homepage=info["location"]["urls"][0],
+        citation=info["citation"],
         license=info["redistributionInfo"]["license"],
     )
     assert sorted(os.listdir(ours)) == sorted(os.listdir(theirs))
@@ -54,8 +61,9 @@ def test_tfds_reads_metadata_written_without_tensorflow(tmp_path):
     shards.write_tfds_metadata(str(folder), CLASSES, SPLITS)
     builder = tfds.builder_from_directory(str(folder))
     assert builder.info.features["label"].names == CLASSES
-    assert {name: split.num_examples for name, split in builder.info.splits.items()} == \
-        {name: sum(lengths) for name, (lengths, _) in SPLITS.items()}
+    assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+        name: sum(lengths) for name, (lengths, _) in SPLITS.items()
+    }
 
 
 def test_parse_record_agrees_with_tensorflow(built_records):
@@ -66,8 +74,9 @@ def test_parse_record_agrees_with_tensorflow(built_records):
         assert shards.parse_record(record.numpy()) == expected
 
 
-@pytest.mark.parametrize("data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"],
-                         ids=["missing-features", "truncated", "wire-type"])
+@pytest.mark.parametrize(
+    "data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"], ids=["missing-features", "truncated", "wire-type"]
+)
 def test_parse_record_refuses_what_is_not_a_record(data):
     with pytest.raises(shards.VerificationError):
         shards.parse_record(data)
@@ -83,8 +92,12 @@ def _rewrite_first_record(records_dir, manifest, split, change):
     records = list(shards.iter_framed_records(path))
     fields = shards.parse_record(records[0])
     fields = change(fields)
-    record = schema.Record(**{key: value.decode() if isinstance(value, bytes) and key != schema.IMAGE else value
-                              for key, value in fields.items()})
+    record = schema.Record(
+        **{
+            key: value.decode() if isinstance(value, bytes) and key != schema.IMAGE else value
+            for key, value in fields.items()
+        }
+    )
     with open(path, "wb") as handle:
         handle.write(b"".join(shards.frame_record(data) for data in [schema.encode_record(record), *records[1:]]))
     shard["sha256"] = shards.file_sha256(path)
@@ -107,11 +120,15 @@ def _wrong_size(fields):
     return fields
 
 
-@pytest.mark.parametrize("change, expected", [
-    (_undecodable_image, "would not decode in training"),
-    (_label_out_of_range, "has label 999"),
-    (_wrong_size, "the record says"),
-], ids=["undecodable", "label", "size"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (_undecodable_image, "would not decode in training"),
+        (_label_out_of_range, "has label 999"),
+        (_wrong_size, "the record says"),
+    ],
+    ids=["undecodable", "label", "size"],
+)
 def test_verify_finds_a_bad_record_with_valid_crcs(change, expected, built_records, tmp_path):
     records_dir, manifest = built_records
     copy = tmp_path / "copy"
@@ -141,8 +158,9 @@ def test_verify_finds_a_truncated_shard(built_records, tmp_path):
 def test_verify_counts_every_example_with_any_number_of_workers(workers, built_records, monkeypatch):
     records_dir, manifest = built_records
     monkeypatch.setattr(shards, "VERIFY_CHUNK_BYTES", 50_000)  # many chunks per shard
-    assert shards.verify_records(records_dir, progress=False, workers=workers) == \
-        {split: entry["num_examples"] for split, entry in manifest["splits"].items()}
+    assert shards.verify_records(records_dir, progress=False, workers=workers) == {
+        split: entry["num_examples"] for split, entry in manifest["splits"].items()
+    }
 
 
 def test_length_crc_is_checked_before_the_length_is_used(tmp_path):

@@ -7,16 +7,27 @@ import pytest
 from abo_tf.records import archive, labels, split
 
 
-@pytest.mark.parametrize("value, expected", [
-    ([{"value": "SHOES"}], "SHOES"), ("SHOES", "SHOES"), (" cellular phone-case ", "CELLULAR_PHONE_CASE"),
-    ([], None), (None, None), ("  ", None), ([{"language_tag": "en_US"}], None), (42, None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ([{"value": "SHOES"}], "SHOES"),
+        ("SHOES", "SHOES"),
+        (" cellular phone-case ", "CELLULAR_PHONE_CASE"),
+        ([], None),
+        (None, None),
+        ("  ", None),
+        ([{"language_tag": "en_US"}], None),
+        (42, None),
+    ],
+)
 def test_product_type_normalisation(value, expected):
     assert archive.normalise_product_type(value) == expected
 
 
 def test_majority_with_alphabetical_tie_break():
-    types, conflicts = labels.resolve_image_types({"a": ["SOFA", "CHAIR", "SOFA"], "b": ["SOFA", "CHAIR"], "c": ["LAMP"]})
+    types, conflicts = labels.resolve_image_types(
+        {"a": ["SOFA", "CHAIR", "SOFA"], "b": ["SOFA", "CHAIR"], "c": ["LAMP"]}
+    )
     assert types == {"a": "SOFA", "b": "CHAIR", "c": "LAMP"} and conflicts == 2
 
 

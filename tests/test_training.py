@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 
 from abo_tf import train
-from abo_tf.records import shards
 from abo_tf.common.errors import UserInputError
+from abo_tf.records import shards
 from abo_tf.training import input_pipeline, loop
 from tests.conftest import TINY_TRAIN_ARGS
 
@@ -55,8 +55,14 @@ def test_training_batches_are_uint8_with_int_labels(built_records):
 
 def test_evaluation_is_one_deterministic_pass(built_records):
     records_dir, manifest = built_records
-    first = [batch["label"].numpy() for batch in input_pipeline.make_dataset(records_dir, "validation", 32, 16, training=False)]
-    second = [batch["label"].numpy() for batch in input_pipeline.make_dataset(records_dir, "validation", 32, 16, training=False)]
+    first = [
+        batch["label"].numpy()
+        for batch in input_pipeline.make_dataset(records_dir, "validation", 32, 16, training=False)
+    ]
+    second = [
+        batch["label"].numpy()
+        for batch in input_pipeline.make_dataset(records_dir, "validation", 32, 16, training=False)
+    ]
     assert np.array_equal(np.concatenate(first), np.concatenate(second))
     assert len(np.concatenate(first)) == manifest["splits"]["validation"]["num_examples"]
 
@@ -65,7 +71,9 @@ def test_input_pipelines_read_disjoint_shares(built_records):
     records_dir, manifest = built_records
     images = []
     for pipeline_id in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2)
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+        )
         dataset = input_pipeline.make_dataset(records_dir, "train", 32, 4, training=False, input_context=context)
         images.append([bytes(image.tobytes()) for batch in dataset for image in batch["image"].numpy()])
     assert len(images[0]) + len(images[1]) == manifest["splits"]["train"]["num_examples"]
@@ -83,7 +91,15 @@ def test_missing_split_is_a_clear_error(built_records):
 
 def test_run_folder_has_every_output(trained_run, built_records):
     _, manifest = built_records
-    for name in ("config.toml", "history.csv", "training_curves.png", "metrics.json", "labels.txt", "model.keras", "saved_model/saved_model.pb"):
+    for name in (
+        "config.toml",
+        "history.csv",
+        "training_curves.png",
+        "metrics.json",
+        "labels.txt",
+        "model.keras",
+        "saved_model/saved_model.pb",
+    ):
         assert os.path.getsize(os.path.join(trained_run, name)) > 0, name
     history = _history(trained_run)
     assert [row["phase"] for row in history] == ["head", "fine_tune"]
@@ -92,7 +108,9 @@ def test_run_folder_has_every_output(trained_run, built_records):
     assert set(metrics) == {"validation", "test"}
     assert metrics["test"]["num_examples"] == manifest["splits"]["test"]["num_examples"]
     assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
-    events = [name for root, _, names in os.walk(os.path.join(trained_run, "logs")) for name in names if "tfevents" in name]
+    events = [
+        name for root, _, names in os.walk(os.path.join(trained_run, "logs")) for name in names if "tfevents" in name
+    ]
     assert events
 
 
@@ -112,7 +130,12 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
 @pytest.mark.slow
 def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, capsys):
     records_dir, _ = built_records
-    assert train.main(_train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")) == 0
+    assert (
+        train.main(
+            _train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")
+        )
+        == 0
+    )
     assert [int(row["step"]) for row in _history(trained_run)] == [2, 4]
     out = capsys.readouterr().out  # the summary: the sample's head stratum is empty
     heads = [line for line in out.splitlines() if line.strip().startswith("head")]
@@ -132,12 +155,30 @@ def test_another_config_in_the_same_folder_is_refused(trained_run, built_records
 def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_path):
     records_dir, _ = built_records
     output = tmp_path / "killed"
-    command = [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, output, "--epochs", "3", "--head-epochs", "1",
-                                                                    "--steps-per-epoch", "3", "--checkpoint-every-steps", "1")]
+    command = [
+        sys.executable,
+        "-m",
+        "abo_tf.train",
+        *_train_args(
+            records_dir,
+            output,
+            "--epochs",
+            "3",
+            "--head-epochs",
+            "1",
+            "--steps-per-epoch",
+            "3",
+            "--checkpoint-every-steps",
+            "1",
+        ),
+    ]
     process = subprocess.Popen(command, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while process.poll() is None and time.time() < deadline:
-        if tf.train.latest_checkpoint(str(output / "checkpoints")) and int(tf.train.latest_checkpoint(str(output / "checkpoints")).rsplit("-", 1)[1]) >= 4:
+        if (
+            tf.train.latest_checkpoint(str(output / "checkpoints"))
+            and int(tf.train.latest_checkpoint(str(output / "checkpoints")).rsplit("-", 1)[1]) >= 4
+        ):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -154,14 +195,32 @@ def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_pat
 def test_nan_loss_stops_with_the_checkpoint_intact(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "nan"
-    args = _train_args(records_dir, output, "--epochs", "2", "--head-epochs", "0", "--fine-tune-learning-rate", "1e30",
-                       "--warmup-fraction", "0", "--checkpoint-every-steps", "1", "--label-smoothing", "0")
+    args = _train_args(
+        records_dir,
+        output,
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "0",
+        "--fine-tune-learning-rate",
+        "1e30",
+        "--warmup-fraction",
+        "0",
+        "--checkpoint-every-steps",
+        "1",
+        "--label-smoothing",
+        "0",
+    )
     assert train.main(args) == 2
     error = capsys.readouterr().err
     assert "loss became" in error and "intact" in error
     reader = tf.train.load_checkpoint(str(output / "checkpoints"))
-    values = [reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
-    assert values and all(np.all(np.isfinite(value)) for value in values if np.issubdtype(np.asarray(value).dtype, np.floating))
+    values = [
+        reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    ]
+    assert values and all(
+        np.all(np.isfinite(value)) for value in values if np.issubdtype(np.asarray(value).dtype, np.floating)
+    )
 
 
 # --- strategies ----------------------------------------------------------------
@@ -180,12 +239,34 @@ sys.exit(train.main(sys.argv[1:]))
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus(built_records, tmp_path):
     records_dir, _ = built_records
-    result = subprocess.run([sys.executable, "-c", _MIRRORED, *_train_args(records_dir, tmp_path / "mirrored", "--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1")],
-                            env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MIRRORED,
+            *_train_args(
+                records_dir, tmp_path / "mirrored", "--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1"
+            ),
+        ],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(_history(tmp_path / "mirrored")) == 2
-    odd = subprocess.run([sys.executable, "-c", _MIRRORED, *_train_args(records_dir, tmp_path / "odd", "--strategy", "mirrored", "--batch-size", "7")],
-                         env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    odd = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MIRRORED,
+            *_train_args(records_dir, tmp_path / "odd", "--strategy", "mirrored", "--batch-size", "7"),
+        ],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert odd.returncode == 2 and "does not divide across 2 replicas" in odd.stderr
 
 
@@ -208,20 +289,44 @@ def test_multi_worker_mirrored_trains_in_lock_step(built_records, tmp_path):
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
         scratch.mkdir()
-        env = _subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}), TMPDIR=str(scratch))
-        command = [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, tmp_path / "run", "--strategy", "multi_worker_mirrored", "--epochs", "2", "--head-epochs", "1")]
+        env = _subprocess_env(
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}), TMPDIR=str(scratch)
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "abo_tf.train",
+            *_train_args(
+                records_dir,
+                tmp_path / "run",
+                "--strategy",
+                "multi_worker_mirrored",
+                "--epochs",
+                "2",
+                "--head-epochs",
+                "1",
+            ),
+        ]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [process.communicate(timeout=400) for process in processes]
     for process, (_, error) in zip(processes, outputs):
         assert process.returncode == 0, error[-3000:]
     chief = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints"))
-    worker_dirs = [os.path.join(root) for root, _, names in os.walk(tmp_path / "tmp1") if any(name.endswith(".index") for name in names)]
+    worker_dirs = [
+        os.path.join(root)
+        for root, _, names in os.walk(tmp_path / "tmp1")
+        if any(name.endswith(".index") for name in names)
+    ]
     assert worker_dirs, "the second worker saved no checkpoint"
     worker = tf.train.load_checkpoint(worker_dirs[0])
     # BatchNormalization moving statistics are local to each replica (not
     # all-reduced): only the trained variables must agree.
     # (Trained weights are stored under the optimizers, which track them first.)
-    names = [name for name in chief.get_variable_to_shape_map() if "moving" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    names = [
+        name
+        for name in chief.get_variable_to_shape_map()
+        if "moving" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    ]
     assert len(names) > 100
     for name in names:
         np.testing.assert_array_equal(chief.get_tensor(name), worker.get_tensor(name))
@@ -239,15 +344,20 @@ def old_records(built_records, tmp_path):
     return str(tmp_path / "old_records")
 
 
-@pytest.mark.parametrize("records, flags, expected", [
-    ("{tmp}", [], "no manifest.json"),
-    ("{old}", [], "rebuild the records"),
-    ("{records}", ["--image-size", "16"], "--image-size 16 must be at least 32"),
-    ("{records}", ["--resume"], "holds no run"),
-    ("{records}", ["--strategy", "horovod"], "--strategy 'horovod': choose one of"),
-    ("{records}", ["--model", "alexnet"], "--model 'alexnet': choose one of"),
-])
-def test_bad_training_inputs_are_one_line_errors(built_records, old_records, tmp_path, capsys, records, flags, expected):
+@pytest.mark.parametrize(
+    "records, flags, expected",
+    [
+        ("{tmp}", [], "no manifest.json"),
+        ("{old}", [], "rebuild the records"),
+        ("{records}", ["--image-size", "16"], "--image-size 16 must be at least 32"),
+        ("{records}", ["--resume"], "holds no run"),
+        ("{records}", ["--strategy", "horovod"], "--strategy 'horovod': choose one of"),
+        ("{records}", ["--model", "alexnet"], "--model 'alexnet': choose one of"),
+    ],
+)
+def test_bad_training_inputs_are_one_line_errors(
+    built_records, old_records, tmp_path, capsys, records, flags, expected
+):
     records = records.format(tmp=tmp_path, old=old_records, records=built_records[0])
     assert train.main(_train_args(records, tmp_path / "run", *flags)) == 2, expected
     error = capsys.readouterr().err.strip()
@@ -265,39 +375,46 @@ def test_an_output_folder_that_is_not_a_run_is_refused_and_kept(built_records, t
     assert {name: (folder / name).read_text() for name in os.listdir(folder)} == mine
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    ({"epochs": 0}, "--epochs 0 must be at least 1"),
-    ({"epochs": -2}, "--epochs -2"),
-    ({"batch_size": 0}, "--batch-size 0 must be at least 1"),
-    ({"batch_size": -8}, "--batch-size -8"),
-    ({"epochs": 2, "head_epochs": 3}, "--head-epochs 3: give 0 to --epochs 2"),
-    ({"head_epochs": -1}, "--head-epochs -1"),
-    ({"steps_per_epoch": -1}, "--steps-per-epoch -1"),
-    ({"validation_steps": -1}, "--validation-steps -1"),
-    ({"checkpoint_every_steps": -5}, "--checkpoint-every-steps -5"),
-    ({"image_size": 31}, "--image-size 31 must be at least 32"),
-    ({"learning_rate": 0.0}, "--learning-rate 0.0"),
-    ({"fine_tune_learning_rate": float("inf")}, "--fine-tune-learning-rate inf"),
-    ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
-    ({"label_smoothing": -0.1}, "--label-smoothing -0.1"),
-    ({"dropout": 1.0}, "--dropout 1.0"),
-    ({"top_k": 0}, "--top-k 0"),
-    ({"class_weights": "inverse"}, "--class-weights 'inverse': choose one of"),
-    ({"epochs": "3"}, "--epochs '3' must be an integer"),  # a quoted number in a TOML config
-    ({"batch_size": True}, "--batch-size True must be an integer"),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({"epochs": 0}, "--epochs 0 must be at least 1"),
+        ({"epochs": -2}, "--epochs -2"),
+        ({"batch_size": 0}, "--batch-size 0 must be at least 1"),
+        ({"batch_size": -8}, "--batch-size -8"),
+        ({"epochs": 2, "head_epochs": 3}, "--head-epochs 3: give 0 to --epochs 2"),
+        ({"head_epochs": -1}, "--head-epochs -1"),
+        ({"steps_per_epoch": -1}, "--steps-per-epoch -1"),
+        ({"validation_steps": -1}, "--validation-steps -1"),
+        ({"checkpoint_every_steps": -5}, "--checkpoint-every-steps -5"),
+        ({"image_size": 31}, "--image-size 31 must be at least 32"),
+        ({"learning_rate": 0.0}, "--learning-rate 0.0"),
+        ({"fine_tune_learning_rate": float("inf")}, "--fine-tune-learning-rate inf"),
+        ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
+        ({"label_smoothing": -0.1}, "--label-smoothing -0.1"),
+        ({"dropout": 1.0}, "--dropout 1.0"),
+        ({"top_k": 0}, "--top-k 0"),
+        ({"class_weights": "inverse"}, "--class-weights 'inverse': choose one of"),
+        ({"epochs": "3"}, "--epochs '3' must be an integer"),  # a quoted number in a TOML config
+        ({"batch_size": True}, "--batch-size True must be an integer"),
+    ],
+)
 def test_train_config_refuses_bad_options(overrides, expected):
     with pytest.raises(UserInputError, match=re.escape(expected)):
         loop.TrainConfig(records="r", output="o", **overrides)
 
 
-@pytest.mark.parametrize("flags,expected", [
-    (["--epochs", "0"], "--epochs 0"),
-    (["--batch-size", "0"], "--batch-size 0"),
-    (["--epochs", "1", "--head-epochs", "2"], "--head-epochs 2"),
-])
-def test_bad_training_options_are_one_line_errors_before_anything_is_written(built_records, tmp_path, capsys,
-                                                                             flags, expected):
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--epochs", "0"], "--epochs 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--epochs", "1", "--head-epochs", "2"], "--head-epochs 2"),
+    ],
+)
+def test_bad_training_options_are_one_line_errors_before_anything_is_written(
+    built_records, tmp_path, capsys, flags, expected
+):
     records_dir, _ = built_records
     output = tmp_path / "run"
     assert train.main(_train_args(records_dir, output, *flags)) == 2
@@ -326,8 +443,9 @@ def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
     records_dir, _ = built_records
     config = tmp_path / "tiny.toml"
     config.write_text('[schedule]\nepochs = 7\nbatch_size = 8\n[model]\nmodel = "mobilenet_v3_small"\n')
-    resolved = train.resolve_config(["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"),
-                                     "--epochs", "3"])
+    resolved = train.resolve_config(
+        ["--config", str(config), "--records", records_dir, "--output", str(tmp_path / "r"), "--epochs", "3"]
+    )
     assert (resolved.epochs, resolved.batch_size) == (3, 8)
     bad = tmp_path / "bad.toml"
     bad.write_text("epochz = 3\n")
@@ -339,8 +457,18 @@ def test_config_file_sets_defaults_and_flags_override(built_records, tmp_path):
 def test_mixed_precision_run_exports_float32_probabilities(built_records, tmp_path):
     records_dir, manifest = built_records
     output = tmp_path / "mixed"
-    result = subprocess.run([sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, output, "--epochs", "1", "--head-epochs", "0", "--mixed-precision")],
-                            env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abo_tf.train",
+            *_train_args(records_dir, output, "--epochs", "1", "--head-epochs", "0", "--mixed-precision"),
+        ],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = tf.saved_model.load(str(output / "saved_model"))
     pixels = tf.zeros([2, 32, 32, 3], tf.uint8)

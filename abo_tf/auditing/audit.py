@@ -32,11 +32,28 @@ ISSUES_FILE = "label_issues.csv"
 NOISE_FILE = "noise_rates.csv"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
-PAIR_COLUMNS = ("image_id_a", "split_a", "product_type_a", "image_id_b", "split_b", "product_type_b",
-                "hash_distance", "similarity", "signal")
+PAIR_COLUMNS = (
+    "image_id_a",
+    "split_a",
+    "product_type_a",
+    "image_id_b",
+    "split_b",
+    "product_type_b",
+    "hash_distance",
+    "similarity",
+    "signal",
+)
 SPLIT_PAIRS = (("train", "test"), ("train", "validation"), ("validation", "test"))
-_WRITTEN = (PAIRS_FILE, ISSUES_FILE, NOISE_FILE, SUMMARY_FILE, REPORT_FILE, "near_duplicates.png",
-            "label_issues.png", options.CONFIG_FILE)
+_WRITTEN = (
+    PAIRS_FILE,
+    ISSUES_FILE,
+    NOISE_FILE,
+    SUMMARY_FILE,
+    REPORT_FILE,
+    "near_duplicates.png",
+    "label_issues.png",
+    options.CONFIG_FILE,
+)
 _DUPLICATES, _LABELS, _REPORT = "near-duplicates", "label errors", "report"
 
 
@@ -44,22 +61,43 @@ _DUPLICATES, _LABELS, _REPORT = "near-duplicates", "label errors", "report"
 class AuditOptions(feature_spec.FeatureOptions):
     """`python -m abo_tf.audit`: the features (shared with abo_tf.features), the two audits, the report."""
 
-    report: str = options.option(help="folder for report.md, the CSVs and the galleries", group=_REPORT,
-                                 required=True, config=False)
-    cache_dir: str = options.option(DEFAULT_CACHE_DIR, group="features", config=False,
-                                    help="feature cache folder (abo_tf.features'; reused when it holds the features)")
-    hash_distance: int = options.option(near_duplicates.DEFAULT_HASH_DISTANCE, group=_DUPLICATES, minimum=0,
-                                        maximum=32, help="largest perceptual-hash distance (bits of 64) of a pair")
+    report: str = options.option(
+        help="folder for report.md, the CSVs and the galleries", group=_REPORT, required=True, config=False
+    )
+    cache_dir: str = options.option(
+        DEFAULT_CACHE_DIR,
+        group="features",
+        config=False,
+        help="feature cache folder (abo_tf.features'; reused when it holds the features)",
+    )
+    hash_distance: int = options.option(
+        near_duplicates.DEFAULT_HASH_DISTANCE,
+        group=_DUPLICATES,
+        minimum=0,
+        maximum=32,
+        help="largest perceptual-hash distance (bits of 64) of a pair",
+    )
     pixel_similarity: float = options.option(
-        near_duplicates.DEFAULT_PIXEL_SIMILARITY, group=_DUPLICATES, minimum=-1.0, maximum=1.0,
-        help="smallest correlation of the 16 x 16 colour thumbnails of a hash pair that is kept")
+        near_duplicates.DEFAULT_PIXEL_SIMILARITY,
+        group=_DUPLICATES,
+        minimum=-1.0,
+        maximum=1.0,
+        help="smallest correlation of the 16 x 16 colour thumbnails of a hash pair that is kept",
+    )
     embedding_similarity: float = options.option(
-        0.97, group=_DUPLICATES, minimum=-1.0, maximum=1.0,
-        help="with --features cnn or --run, also pair images whose embeddings' cosine similarity reaches this")
-    label_issues_max: int = options.option(500, group=_LABELS, minimum=1,
-                                           help="likely label errors listed at most")
-    folds: int = options.option(label_issues.DEFAULT_FOLDS, group=_LABELS, minimum=2,
-                                help="cross-validation folds of the out-of-sample probabilities")
+        0.97,
+        group=_DUPLICATES,
+        minimum=-1.0,
+        maximum=1.0,
+        help="with --features cnn or --run, also pair images whose embeddings' cosine similarity reaches this",
+    )
+    label_issues_max: int = options.option(500, group=_LABELS, minimum=1, help="likely label errors listed at most")
+    folds: int = options.option(
+        label_issues.DEFAULT_FOLDS,
+        group=_LABELS,
+        minimum=2,
+        help="cross-validation folds of the out-of-sample probabilities",
+    )
     gallery_size: int = options.option(8, group=_REPORT, minimum=0, help="pairs and label issues shown in each gallery")
     progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False, help="progress bars")
 
@@ -72,11 +110,19 @@ class AuditOptions(feature_spec.FeatureOptions):
 
 def _pairs_table(hashed, pairs, signal):
     first, second = pairs.first, pairs.second
-    return pd.DataFrame({
-        "image_id_a": hashed.image_ids[first], "split_a": hashed.splits[first],
-        "product_type_a": hashed.product_types[first], "image_id_b": hashed.image_ids[second],
-        "split_b": hashed.splits[second], "product_type_b": hashed.product_types[second],
-        "hash_distance": pairs.distance, "similarity": np.round(pairs.similarity, 4), "signal": signal})
+    return pd.DataFrame(
+        {
+            "image_id_a": hashed.image_ids[first],
+            "split_a": hashed.splits[first],
+            "product_type_a": hashed.product_types[first],
+            "image_id_b": hashed.image_ids[second],
+            "split_b": hashed.splits[second],
+            "product_type_b": hashed.product_types[second],
+            "hash_distance": pairs.distance,
+            "similarity": np.round(pairs.similarity, 4),
+            "signal": signal,
+        }
+    )
 
 
 def _canonical(table):
@@ -115,8 +161,10 @@ def split_pair_counts(pairs, hashed):
     """Rows (split pair, pairs, images of the second split with a near-duplicate in the first)."""
     rows = []
     for first, second in SPLIT_PAIRS:
-        across = pairs[((pairs.split_a == first) & (pairs.split_b == second))
-                       | ((pairs.split_a == second) & (pairs.split_b == first))]
+        across = pairs[
+            ((pairs.split_a == first) & (pairs.split_b == second))
+            | ((pairs.split_a == second) & (pairs.split_b == first))
+        ]
         ids = set(across.image_id_a[across.split_a == second]) | set(across.image_id_b[across.split_b == second])
         rows.append((f"{first}-{second}", len(across), len(ids), int((hashed.splits == second).sum())))
     return rows
@@ -157,12 +205,18 @@ def _gallery(rows, pixels, path):
 
 def _write_galleries(options_, manifest, pairs, issues):
     across = pairs[pairs.split_a != pairs.split_b].head(options_.gallery_size)
-    pair_rows = [[(row.image_id_a, f"{row.split_a} {row.image_id_a}\n{row.product_type_a}"),
-                  (row.image_id_b, f"{row.split_b} {row.image_id_b}\n{row.hash_distance} bits, {row.similarity:.3f}")]
-                 for row in across.itertuples()]
-    issue_rows = [[(row.image_id, f"{row.image_id}\ngiven {row.given_type}\nsuggested {row.suggested_type}")]
-                  for row in issues.head(options_.gallery_size).itertuples()]
-    issue_rows = [sum(issue_rows[start:start + 4], []) for start in range(0, len(issue_rows), 4)]
+    pair_rows = [
+        [
+            (row.image_id_a, f"{row.split_a} {row.image_id_a}\n{row.product_type_a}"),
+            (row.image_id_b, f"{row.split_b} {row.image_id_b}\n{row.hash_distance} bits, {row.similarity:.3f}"),
+        ]
+        for row in across.itertuples()
+    ]
+    issue_rows = [
+        [(row.image_id, f"{row.image_id}\ngiven {row.given_type}\nsuggested {row.suggested_type}")]
+        for row in issues.head(options_.gallery_size).itertuples()
+    ]
+    issue_rows = [sum(issue_rows[start : start + 4], []) for start in range(0, len(issue_rows), 4)]
     wanted = [image_id for row in pair_rows + issue_rows for image_id, _ in row]
     pixels = _images_of(options_.records, manifest, wanted) if wanted else {}
     written = []
@@ -178,39 +232,58 @@ def _write_galleries(options_, manifest, pairs, issues):
 def _summary(options_, manifest_sha256, pairs, counts, label_audit, seconds):
     train_test = next(row for row in counts if row[0] == "train-test")
     return {
-        "records": os.path.abspath(options_.records), "manifest_sha256": manifest_sha256,
+        "records": os.path.abspath(options_.records),
+        "manifest_sha256": manifest_sha256,
         "features": options_.feature_spec().name,
-        "near_duplicate_pairs": len(pairs), "pairs_across_splits": int((pairs.split_a != pairs.split_b).sum()),
+        "near_duplicate_pairs": len(pairs),
+        "pairs_across_splits": int((pairs.split_a != pairs.split_b).sum()),
         "pairs_by_split_pair": {name: number for name, number, _, _ in counts},
-        "test_images": train_test[3], "test_images_with_a_near_duplicate_in_train": train_test[2],
+        "test_images": train_test[3],
+        "test_images_with_a_near_duplicate_in_train": train_test[2],
         "test_fraction_with_a_near_duplicate_in_train": train_test[2] / train_test[3] if train_test[3] else 0.0,
-        "label_issues": int(label_audit.noise_rates.flagged.sum()), "label_issues_listed": len(label_audit.issues),
-        "labels_audited": label_audit.num_audited, "seconds": seconds,
+        "label_issues": int(label_audit.noise_rates.flagged.sum()),
+        "label_issues_listed": len(label_audit.issues),
+        "labels_audited": label_audit.num_audited,
+        "seconds": seconds,
     }
 
 
 def _report_markdown(summary, counts, label_audit, galleries):
     count_rows = [(name, number, f"{images} of {total}") for name, number, images, total in counts]
-    issue_rows = [(row.image_id, row.split, row.given_type, row.suggested_type, f"{row.self_confidence:.2g}")
-                  for row in label_audit.issues.head(20).itertuples()]
+    issue_rows = [
+        (row.image_id, row.split, row.given_type, row.suggested_type, f"{row.self_confidence:.2g}")
+        for row in label_audit.issues.head(20).itertuples()
+    ]
     noisy = label_audit.noise_rates.sort_values("estimated_noise_rate", ascending=False).head(10)
     lines = [
-        "# Data audit", "", f"Records: `{summary['records']}`; features: {summary['features']}.", "",
-        "## Near-duplicates across splits", "",
+        "# Data audit",
+        "",
+        f"Records: `{summary['records']}`; features: {summary['features']}.",
+        "",
+        "## Near-duplicates across splits",
+        "",
         markdown.table(count_rows, ["splits", "pairs", "second-split images with a near-duplicate in the first"]),
         "",
         f"**{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}%** of the test split "
         f"({summary['test_images_with_a_near_duplicate_in_train']} of {summary['test_images']} images) has a "
         f"near-duplicate in train: score without them with `--exclude {PAIRS_FILE}`, or rebuild with "
-        f"`build_records --join-near-duplicates {PAIRS_FILE}`.", "",
-        "## Likely label errors", "",
+        f"`build_records --join-near-duplicates {PAIRS_FILE}`.",
+        "",
+        "## Likely label errors",
+        "",
         f"{summary['label_issues']} of {summary['labels_audited']} train and validation images flagged "
         f"({summary['label_issues_listed']} listed in `{ISSUES_FILE}`, `--label-issues-max`); the 20 least "
-        "self-confident:", "",
-        markdown.table(issue_rows, ["image", "split", "given", "suggested", "self-confidence"]), "",
-        "Estimated noise rate, the 10 noisiest product types:", "",
-        markdown.table([(row.product_type, row.examples, row.flagged, row.estimated_noise_rate)
-                        for row in noisy.itertuples()], ["product type", "examples", "flagged", "noise rate"]), "",
+        "self-confident:",
+        "",
+        markdown.table(issue_rows, ["image", "split", "given", "suggested", "self-confidence"]),
+        "",
+        "Estimated noise rate, the 10 noisiest product types:",
+        "",
+        markdown.table(
+            [(row.product_type, row.examples, row.flagged, row.estimated_noise_rate) for row in noisy.itertuples()],
+            ["product type", "examples", "flagged", "noise rate"],
+        ),
+        "",
     ]
     lines += [f"![{os.path.basename(path)}]({os.path.basename(path)})" for path in galleries]
     return "\n".join(lines) + "\n"
@@ -226,8 +299,9 @@ def _find_near_duplicates(options_, splits_features):
     pairs = near_duplicates.near_duplicate_pairs(hashed, options_.hash_distance, options_.pixel_similarity)
     tables = [_pairs_table(hashed, pairs, "hash")]
     if options_.features == feature_spec.CNN:
-        tables.append(_pairs_table(hashed, _embedding_pairs(splits_features, hashed, options_.embedding_similarity),
-                                   "embedding"))
+        tables.append(
+            _pairs_table(hashed, _embedding_pairs(splits_features, hashed, options_.embedding_similarity), "embedding")
+        )
     return hashed, _canonical(pd.concat(tables, ignore_index=True))
 
 
@@ -252,11 +326,18 @@ def run_audit(options_):
     options.save_config(options_, options_.report)
     wanted = SPLITS if options_.features == feature_spec.CNN else label_issues.AUDITED_SPLITS
     splits_features = extraction.extract_features(
-        options_.records, options_.feature_spec(), [split for split in wanted if split in manifest["splits"]],
-        options_.cache_dir, options_.batch_size, options_.workers, options_.progress)
+        options_.records,
+        options_.feature_spec(),
+        [split for split in wanted if split in manifest["splits"]],
+        options_.cache_dir,
+        options_.batch_size,
+        options_.workers,
+        options_.progress,
+    )
     hashed, pairs = _find_near_duplicates(options_, splits_features)
-    label_audit = label_issues.find_label_issues(splits_features, options_.folds, options_.seed,
-                                                 options_.label_issues_max)
+    label_audit = label_issues.find_label_issues(
+        splits_features, options_.folds, options_.seed, options_.label_issues_max
+    )
     pairs.to_csv(os.path.join(options_.report, PAIRS_FILE), index=False)
     label_audit.issues.to_csv(os.path.join(options_.report, ISSUES_FILE), index=False)
     label_audit.noise_rates.to_csv(os.path.join(options_.report, NOISE_FILE), index=False)
@@ -265,6 +346,7 @@ def run_audit(options_):
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))
     summary = _summary(options_, manifest_sha256, pairs, counts, label_audit, time.perf_counter() - started)
     files.write_json(os.path.join(options_.report, SUMMARY_FILE), summary)
-    shards.write_text(os.path.join(options_.report, REPORT_FILE), _report_markdown(summary, counts, label_audit,
-                                                                                   galleries))
+    shards.write_text(
+        os.path.join(options_.report, REPORT_FILE), _report_markdown(summary, counts, label_audit, galleries)
+    )
     return summary

@@ -43,8 +43,9 @@ def out_of_sample_probabilities(features, labels, num_classes, folds=DEFAULT_FOL
         # Tiny classes: "The least populated class in y has only 1 members"; fold fits that stop at max_iter.
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probabilities = cross_val_predict(classifiers.make_pipeline("logreg", seed), np.asarray(features), labels,
-                                          cv=splitter, method="predict_proba")
+        probabilities = cross_val_predict(
+            classifiers.make_pipeline("logreg", seed), np.asarray(features), labels, cv=splitter, method="predict_proba"
+        )
     full = np.zeros((len(labels), num_classes), dtype=np.float64)
     full[:, np.unique(labels)] = probabilities  # columns of the classes present, in label order
     return full
@@ -53,8 +54,10 @@ def out_of_sample_probabilities(features, labels, num_classes, folds=DEFAULT_FOL
 def _check_features(splits):
     missing = [split for split in AUDITED_SPLITS if split not in splits or len(splits[split].labels) == 0]
     if missing:
-        raise UserInputError(f"the records have no {missing[0]} images to audit labels on: "
-                             "rebuild them with a non-zero train and validation fraction")
+        raise UserInputError(
+            f"the records have no {missing[0]} images to audit labels on: "
+            "rebuild them with a non-zero train and validation fraction"
+        )
 
 
 def find_label_issues(splits, folds=DEFAULT_FOLDS, seed=0, max_issues=None):
@@ -85,16 +88,23 @@ def find_label_issues(splits, folds=DEFAULT_FOLDS, seed=0, max_issues=None):
     # "low_self_confidence": as many as confident learning estimates are wrong, taken lowest self-confidence
     # first. The default ("both") also needs an image in its class's pruned share, and on the generated sample
     # missed a planted flip ranked 5th of 460 by self-confidence (the biggest class has the most pruning slack).
-    ranked = cleanlab_find(labels, probabilities, filter_by="low_self_confidence",
-                           return_indices_ranked_by="self_confidence")
+    ranked = cleanlab_find(
+        labels, probabilities, filter_by="low_self_confidence", return_indices_ranked_by="self_confidence"
+    )
     noise_rates = _noise_rates(labels, ranked, classes)  # from every flagged image, however many are listed
     ranked = ranked[:max_issues] if max_issues is not None else ranked
     suggested = probabilities[ranked].argmax(axis=1)
-    issues = pd.DataFrame({
-        "image_id": image_ids[ranked], "split": split_names[ranked],
-        "given_type": np.array(classes)[labels[ranked]], "suggested_type": np.array(classes)[suggested],
-        "self_confidence": probabilities[ranked, labels[ranked]],
-        "suggested_probability": probabilities[ranked, suggested]}, columns=list(COLUMNS))
+    issues = pd.DataFrame(
+        {
+            "image_id": image_ids[ranked],
+            "split": split_names[ranked],
+            "given_type": np.array(classes)[labels[ranked]],
+            "suggested_type": np.array(classes)[suggested],
+            "self_confidence": probabilities[ranked, labels[ranked]],
+            "suggested_probability": probabilities[ranked, suggested],
+        },
+        columns=list(COLUMNS),
+    )
     return LabelAudit(issues, noise_rates, len(labels))
 
 
@@ -103,5 +113,6 @@ def _noise_rates(labels, flagged, classes):
     examples = np.bincount(labels, minlength=len(classes))
     flagged_counts = np.bincount(labels[flagged], minlength=len(classes))
     rates = np.divide(flagged_counts, examples, out=np.zeros(len(classes)), where=examples > 0)
-    return pd.DataFrame({"product_type": classes, "examples": examples, "flagged": flagged_counts,
-                         "estimated_noise_rate": rates})
+    return pd.DataFrame(
+        {"product_type": classes, "examples": examples, "flagged": flagged_counts, "estimated_noise_rate": rates}
+    )

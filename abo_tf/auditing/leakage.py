@@ -26,14 +26,16 @@ def leaked_ids(path, split, flag="--exclude"):
         raise UserInputError(f"{flag} removes the images with a near-duplicate in train: evaluate another split")
     path = os.path.join(path, PAIRS_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(path):
-        raise InputNotFoundError(f"{flag} {path!r} does not exist: give the {PAIRS_FILE} of `python -m abo_tf.audit` "
-                                 "or its --report folder")
+        raise InputNotFoundError(
+            f"{flag} {path!r} does not exist: give the {PAIRS_FILE} of `python -m abo_tf.audit` or its --report folder"
+        )
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in _COLUMNS if column not in (reader.fieldnames or ())]
         if missing:
-            raise UserInputError(f"{flag} {path!r} has no {missing[0]} column: give the {PAIRS_FILE} of "
-                                 "`python -m abo_tf.audit`")
+            raise UserInputError(
+                f"{flag} {path!r} has no {missing[0]} column: give the {PAIRS_FILE} of `python -m abo_tf.audit`"
+            )
         found = set()
         for row in reader:
             for own, other in (("a", "b"), ("b", "a")):
@@ -51,6 +53,8 @@ def kept_mask(image_ids, leaked, split, flag="--exclude"):
     image_ids = np.asarray(image_ids).astype(str)
     unknown = sorted(leaked - set(image_ids.tolist()))
     if unknown:
-        raise UserInputError(f"{flag}: {len(unknown)} of its {split} images (e.g. {unknown[0]!r}) are not in these "
-                             "records' split: give the pair file of an audit of these records")
+        raise UserInputError(
+            f"{flag}: {len(unknown)} of its {split} images (e.g. {unknown[0]!r}) are not in these "
+            "records' split: give the pair file of an audit of these records"
+        )
     return ~np.isin(image_ids, sorted(leaked))

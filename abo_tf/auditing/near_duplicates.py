@@ -83,8 +83,14 @@ def _hash_chunk(task):
     results = []
     for serialized in serialized_records:
         record = shards.parse_record(serialized)
-        results.append((record[schema.IMAGE_ID].decode(), record[schema.LABEL], record[schema.PRODUCT_TYPE].decode(),
-                        *signature(record[schema.IMAGE])))
+        results.append(
+            (
+                record[schema.IMAGE_ID].decode(),
+                record[schema.LABEL],
+                record[schema.PRODUCT_TYPE].decode(),
+                *signature(record[schema.IMAGE]),
+            )
+        )
     return split, results
 
 
@@ -128,8 +134,10 @@ def hash_records(records_dir, workers=None, progress=True):
     rows, split_names = [], []
     # "spawn": a forked child would inherit whatever threads the parent runs (TensorFlow's, OpenCV's).
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_single_threaded_worker) as pool, \
-            console.progress_bar(total=total, desc="hashing", unit="img", enabled=progress) as bar:
+    with (
+        concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_single_threaded_worker) as pool,
+        console.progress_bar(total=total, desc="hashing", unit="img", enabled=progress) as bar,
+    ):
         tasks = _record_chunks(records_dir, manifest, splits)
         for split, results in bounded_map(pool, _hash_chunk, tasks, workers * WINDOW_PER_WORKER):
             rows.extend(results)
@@ -137,9 +145,14 @@ def hash_records(records_dir, workers=None, progress=True):
             bar.update(len(results))
     image_ids, labels, product_types, hashes, thumbnails = zip(*rows) if rows else ((),) * 5
     width = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
-    return HashedImages(np.array(hashes, dtype=np.uint64), np.array(thumbnails, np.uint8).reshape(-1, width),
-                        np.array(image_ids, dtype=str), np.array(split_names, dtype=str),
-                        np.array(labels, dtype=np.int64), np.array(product_types, dtype=str))
+    return HashedImages(
+        np.array(hashes, dtype=np.uint64),
+        np.array(thumbnails, np.uint8).reshape(-1, width),
+        np.array(image_ids, dtype=str),
+        np.array(split_names, dtype=str),
+        np.array(labels, dtype=np.int64),
+        np.array(product_types, dtype=str),
+    )
 
 
 def hamming_distance(first, second):
@@ -224,6 +237,7 @@ def find_pairs(hashes, max_distance, accept=None):
 
 def thumbnail_similarity(thumbnails, first, second):
     """Correlation of the thumbnails of each pair (first[k], second[k]): 1 for the same picture."""
+
     def normalised(rows):
         rows = thumbnails[rows].astype(np.float32)
         rows -= rows.mean(axis=1, keepdims=True)
@@ -247,6 +261,7 @@ class Pairs(NamedTuple):
 
 def near_duplicate_pairs(hashed, max_distance=DEFAULT_HASH_DISTANCE, min_similarity=DEFAULT_PIXEL_SIMILARITY):
     """The pairs within `max_distance` hash bits whose thumbnails correlate at `min_similarity` or more."""
+
     def similar(first, second):
         return thumbnail_similarity(hashed.thumbnails, first, second) >= min_similarity
 

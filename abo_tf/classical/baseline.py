@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from abo_tf.auditing import leakage
 from abo_tf.classical import (
     classifiers,
     comparison,
@@ -22,7 +23,6 @@ from abo_tf.classical import (
     persistence,
     search,
 )
-from abo_tf.auditing import leakage
 from abo_tf.common import options, outputs
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records.split import SPLITS
@@ -37,27 +37,48 @@ STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "i
 class BaselineConfig(feature_spec.FeatureOptions):
     """Everything a baselines command depends on; `python -m abo_tf.baselines --help` documents each."""
 
-    output: str = options.option(help="baselines folder (one subfolder per model, comparison.md)", group="output",
-                                 required=True, config=False)
-    models: tuple[str, ...] = options.option(("logreg",), flag="--model", choices=classifiers.MODELS, group="models",
-                                             help="baselines to train (several allowed)")
-    rbf_max_train: int = options.option(RBF_MAX_TRAIN, minimum=2, group="models",
-                                        help="rbf_svm trains on a stratified subsample of at most this many examples")
-    sgd_epochs: int = options.option(classifiers.SGD_EPOCHS, minimum=1, group="models",
-                                     help="passes over the training features of streamed SGD")
-    in_memory_gb: float = options.option(IN_MEMORY_GB, minimum=0.001, group="models",
-                                         help="larger training features train logreg/linear_svm by streamed SGD")
-    runs: str | None = options.option(group="comparison",
-                                      help="folder of CNN training runs to compare with (default: runs/, if it exists)")
+    output: str = options.option(
+        help="baselines folder (one subfolder per model, comparison.md)", group="output", required=True, config=False
+    )
+    models: tuple[str, ...] = options.option(
+        ("logreg",),
+        flag="--model",
+        choices=classifiers.MODELS,
+        group="models",
+        help="baselines to train (several allowed)",
+    )
+    rbf_max_train: int = options.option(
+        RBF_MAX_TRAIN,
+        minimum=2,
+        group="models",
+        help="rbf_svm trains on a stratified subsample of at most this many examples",
+    )
+    sgd_epochs: int = options.option(
+        classifiers.SGD_EPOCHS, minimum=1, group="models", help="passes over the training features of streamed SGD"
+    )
+    in_memory_gb: float = options.option(
+        IN_MEMORY_GB,
+        minimum=0.001,
+        group="models",
+        help="larger training features train logreg/linear_svm by streamed SGD",
+    )
+    runs: str | None = options.option(
+        group="comparison", help="folder of CNN training runs to compare with (default: runs/, if it exists)"
+    )
     measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
     inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
     exclude: str | None = options.option(
-        group="comparison", metavar="FILE", help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score "
-        "validation and test without their images that have a near-duplicate in train")
-    cache_dir: str | None = options.option(group="output", config=False,
-                                           help="feature cache (shared with abo_tf.features); default OUTPUT/features")
-    progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False,
-                                    help="a progress bar per extracted split")
+        group="comparison",
+        metavar="FILE",
+        help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score "
+        "validation and test without their images that have a near-duplicate in train",
+    )
+    cache_dir: str | None = options.option(
+        group="output", config=False, help="feature cache (shared with abo_tf.features); default OUTPUT/features"
+    )
+    progress: bool = options.option(
+        True, group=options.CONSOLE_GROUP, config=False, help="a progress bar per extracted split"
+    )
     # Library use only (smaller searches in tests): model -> grid replacing search.GRIDS[model].
     grids: dict | None = options.option(help="", cli=False)
 
@@ -73,7 +94,9 @@ def check_config(config):
       UserInputError: naming the flag and its value.
     """
     if config.runs is not None and not os.path.isdir(config.runs):
-        raise InputNotFoundError(f"--runs {config.runs!r} is not a folder: give the folder of your training runs, or leave it out")
+        raise InputNotFoundError(
+            f"--runs {config.runs!r} is not a folder: give the folder of your training runs, or leave it out"
+        )
     unknown = [model for model in config.models if model not in classifiers.MODELS]
     if config.exclude is not None:
         leakage.leaked_ids(config.exclude, "test")  # a bad --exclude fails before any training

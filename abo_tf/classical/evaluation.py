@@ -55,8 +55,12 @@ def evaluate(pipeline, splits, exclude=None):
         if exclude is not None:
             keep = leakage.kept_mask(data.image_ids, leakage.leaked_ids(exclude, name), name)
             result["without_near_duplicates"] = metrics.evaluation_metrics(
-                data.labels[keep], predictions[keep], scores[keep], counts,
-                calibrated=classifiers.has_probabilities(pipeline))
+                data.labels[keep],
+                predictions[keep],
+                scores[keep],
+                counts,
+                calibrated=classifiers.has_probabilities(pipeline),
+            )
             result["without_near_duplicates"]["num_excluded"] = int((~keep).sum())
         results[name] = SplitEvaluation(result, predictions, len(data.labels) / max(seconds, 1e-9))
     return results

@@ -52,29 +52,53 @@ class FeatureSpec:
 class FeatureOptions:
     """The options that choose features, shared by `abo_tf.features` and `abo_tf.baselines`."""
 
-    records: str = options.option(help="folder of a build_records output (with manifest.json)", group="data",
-                                  required=True)
-    features: str = options.option(HANDCRAFTED, choices=KINDS, group="features",
-                                   help="handcrafted OpenCV descriptors or CNN embeddings")
+    records: str = options.option(
+        help="folder of a build_records output (with manifest.json)", group="data", required=True
+    )
+    features: str = options.option(
+        HANDCRAFTED, choices=KINDS, group="features", help="handcrafted OpenCV descriptors or CNN embeddings"
+    )
     backbone: str | None = options.option(
-        group="features", help="Keras Applications backbone for --features cnn (see abo_tf.training.models.BACKBONES)")
-    weights: str = options.option("imagenet", group="features",
-                                  help="backbone weights: imagenet | none | PATH to a Keras notop weights file")
+        group="features", help="Keras Applications backbone for --features cnn (see abo_tf.training.models.BACKBONES)"
+    )
+    weights: str = options.option(
+        "imagenet", group="features", help="backbone weights: imagenet | none | PATH to a Keras notop weights file"
+    )
     run: str | None = options.option(
-        group="features", help="a training run folder (with model.keras) whose pooled features to use, instead of --backbone")
+        group="features",
+        help="a training run folder (with model.keras) whose pooled features to use, instead of --backbone",
+    )
     image_size: int | None = options.option(
-        group="features", minimum=32,
-        help=f"pixels; default {DEFAULT_IMAGE_SIZE[HANDCRAFTED]} handcrafted, {DEFAULT_IMAGE_SIZE[CNN]} cnn, the run's for --run")
-    batch_size: int = options.option(64, group="features", minimum=1, help="images per batch of the evaluation pipeline")
-    workers: int = options.option(os.cpu_count() or 1, group="features", minimum=1, maximum=parallel.MAX_WORKERS, config=False,
-                                  help="processes for the handcrafted descriptors (default: this machine's cores)")
-    seed: int = options.option(0, group="features", help="draws the random backbone of --weights none (and, for "
-                               "baselines, subsamples and SGD)")
+        group="features",
+        minimum=32,
+        help=f"pixels; default {DEFAULT_IMAGE_SIZE[HANDCRAFTED]} handcrafted, {DEFAULT_IMAGE_SIZE[CNN]} cnn, the "
+        f"run's for --run",
+    )
+    batch_size: int = options.option(
+        64, group="features", minimum=1, help="images per batch of the evaluation pipeline"
+    )
+    workers: int = options.option(
+        os.cpu_count() or 1,
+        group="features",
+        minimum=1,
+        maximum=parallel.MAX_WORKERS,
+        config=False,
+        help="processes for the handcrafted descriptors (default: this machine's cores)",
+    )
+    seed: int = options.option(
+        0, group="features", help="draws the random backbone of --weights none (and, for baselines, subsamples and SGD)"
+    )
 
     def feature_spec(self):
         """The `FeatureSpec` these options choose."""
-        return FeatureSpec(kind=self.features, backbone=self.backbone, weights=self.weights, run=self.run,
-                           image_size=self.image_size, seed=self.seed)
+        return FeatureSpec(
+            kind=self.features,
+            backbone=self.backbone,
+            weights=self.weights,
+            run=self.run,
+            image_size=self.image_size,
+            seed=self.seed,
+        )
 
 
 def _run_model_path(run):

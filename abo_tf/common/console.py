@@ -126,4 +126,6 @@ def progress_bar(iterable=None, *, enabled=True, **kwargs):
         return tqdm(iterable, disable=True, **kwargs)
     if is_terminal():
         return tqdm(iterable, **kwargs)
-    return tqdm(iterable, file=_LogLines(sys.stderr), mininterval=NON_TERMINAL_INTERVAL, ascii=True, ncols=100, **kwargs)
+    return tqdm(
+        iterable, file=_LogLines(sys.stderr), mininterval=NON_TERMINAL_INTERVAL, ascii=True, ncols=100, **kwargs
+    )

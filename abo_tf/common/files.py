@@ -42,6 +42,8 @@ def read_json(path, what="file", missing=None):
     except FileNotFoundError:
         return missing
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as error:
-        raise UserInputError(f"{path!r} is not a valid JSON {what} ({error}): move it away or choose another folder") from error
+        raise UserInputError(
+            f"{path!r} is not a valid JSON {what} ({error}): move it away or choose another folder"
+        ) from error
     except IsADirectoryError as error:
         raise UserInputError(f"{path!r} is a folder, expected a JSON {what}") from error

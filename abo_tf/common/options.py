@@ -23,7 +23,8 @@ import math
 import types
 import typing
 
-from abo_tf.common import config as config_lib, console
+from abo_tf.common import config as config_lib
+from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 
 CONFIG_FILE = config_lib.RUN_CONFIG
@@ -31,9 +32,23 @@ _HELP_GROUP = "settings"
 CONSOLE_GROUP = "config and console"
 
 
-def option(default=dataclasses.MISSING, *, help, group=_HELP_GROUP, flag=None, choices=None, metavar=None, nargs=None,
-           minimum=None, maximum=None, required=False, config=True, cli=True, positional=False,
-           default_factory=dataclasses.MISSING):
+def option(
+    default=dataclasses.MISSING,
+    *,
+    help,
+    group=_HELP_GROUP,
+    flag=None,
+    choices=None,
+    metavar=None,
+    nargs=None,
+    minimum=None,
+    maximum=None,
+    required=False,
+    config=True,
+    cli=True,
+    positional=False,
+    default_factory=dataclasses.MISSING,
+):
     """A dataclass field that is also a command-line option.
 
     Args:
@@ -50,9 +65,20 @@ def option(default=dataclasses.MISSING, *, help, group=_HELP_GROUP, flag=None, c
       positional: an argument without a flag (implies required, not in configs).
     """
     required, config = required or positional, config and not positional
-    metadata = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar, "nargs": nargs,
-                "minimum": minimum, "maximum": maximum, "required": required, "config": config, "cli": cli,
-                "positional": positional}
+    metadata = {
+        "help": help,
+        "group": group,
+        "flag": flag,
+        "choices": choices,
+        "metavar": metavar,
+        "nargs": nargs,
+        "minimum": minimum,
+        "maximum": maximum,
+        "required": required,
+        "config": config,
+        "cli": cli,
+        "positional": positional,
+    }
     if default is dataclasses.MISSING and default_factory is dataclasses.MISSING:
         default = None  # no default; a required one is checked by `parse`, so that a config file may supply it
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
@@ -120,12 +146,19 @@ def build_parser(options_class, prog, description):
     defaults = {field.name: _default_of(field) for field in dataclasses.fields(options_class)}
     for spec in specs(options_class):
         metadata = spec.metadata
-        group = groups.get(metadata["group"]) or groups.setdefault(metadata["group"], parser.add_argument_group(metadata["group"]))
+        group = groups.get(metadata["group"]) or groups.setdefault(
+            metadata["group"], parser.add_argument_group(metadata["group"])
+        )
         help_text = metadata["help"] + (" (required)" if metadata["required"] else "")
         keywords = {"dest": spec.name, "help": help_text, "default": defaults[spec.name]}
         if metadata["positional"]:
-            parser.add_argument(spec.name, metavar=metadata["metavar"], help=metadata["help"], type=spec.kind,
-                                nargs=(metadata["nargs"] or "+") if spec.is_list else None)
+            parser.add_argument(
+                spec.name,
+                metavar=metadata["metavar"],
+                help=metadata["help"],
+                type=spec.kind,
+                nargs=(metadata["nargs"] or "+") if spec.is_list else None,
+            )
             continue
         if spec.kind is dict:  # a table (`[search]`): set in a config file only, no flag
             parser.set_defaults(**{spec.name: defaults[spec.name]})
@@ -141,11 +174,19 @@ def build_parser(options_class, prog, description):
                 keywords["nargs"] = metadata["nargs"] or "+"
         group.add_argument(spec.flag, **keywords)
     common = groups.get(CONSOLE_GROUP) or parser.add_argument_group(CONSOLE_GROUP)
-    common.add_argument("--config", metavar="FILE.toml", help="TOML file of option values (tables are flattened; keys "
-                        "are the flag names with _ for -); flags on the command line override it; a [search] table "
-                        "is abo_tf.tune's search space, which other commands ignore")
-    common.add_argument("--verbose", action="store_true", dest="abo_tf_verbose",
-                        help=f"let TensorFlow print its start-up and runtime messages (or set {console.VERBOSE_ENV}=1)")
+    common.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML file of option values (tables are flattened; keys "
+        "are the flag names with _ for -); flags on the command line override it; a [search] table "
+        "is abo_tf.tune's search space, which other commands ignore",
+    )
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        dest="abo_tf_verbose",
+        help=f"let TensorFlow print its start-up and runtime messages (or set {console.VERBOSE_ENV}=1)",
+    )
     return parser
 
 
@@ -195,13 +236,16 @@ def _checked_values(path, values, options_class):
     unknown = sorted(set(values) - set(by_key) - set(config_lib.WHOLE_TABLES))
     if unknown:
         raise UserInputError(f"config {path!r} has unknown keys {unknown}: allowed are {sorted(by_key)}")
-    return {by_key[key].name: _check_config_value(path, by_key[key], value) for key, value in values.items()
-            if key in by_key}
+    return {
+        by_key[key].name: _check_config_value(path, by_key[key], value)
+        for key, value in values.items()
+        if key in by_key
+    }
 
 
 def _check_bounds(spec, value):
     minimum, maximum = spec.metadata["minimum"], spec.metadata["maximum"]
-    for element in (value if spec.is_list else [value]):
+    for element in value if spec.is_list else [value]:
         if not math.isfinite(element):  # NaN passes every comparison
             raise UserInputError(f"{spec.flag} {element} must be a finite number")
         if minimum is not None and element < minimum:
@@ -233,7 +277,9 @@ def validate(options):
         if value is None:
             continue
         elements = list(value) if spec.is_list and isinstance(value, (list, tuple)) else [value]
-        if (spec.is_list and not isinstance(value, (list, tuple))) or not all(_fits(item, spec.kind) for item in elements):
+        if (spec.is_list and not isinstance(value, (list, tuple))) or not all(
+            _fits(item, spec.kind) for item in elements
+        ):
             raise UserInputError(f"{spec.flag} {value!r} must be {_type_name(spec)}")
         choices = spec.metadata["choices"]
         if choices is not None and any(item not in choices for item in elements):
@@ -289,5 +335,5 @@ def config_values(options):
 
 
 def save_config(options, folder):
-    """Writes the resolved options into `folder` as config.toml: `--config folder/config.toml` reproduces the command."""
+    """Writes the resolved options into `folder` as config.toml (`--config` that file reproduces the command)."""
     return config_lib.save_run_config(folder, config_values(options))

@@ -42,8 +42,9 @@ def contents(path):
     # The marker's temporary name (files.write_json) is bookkeeping too: a second
     # process claiming the folder while the first writes its marker must see it
     # as busy, not as holding a stranger's file.
-    return sorted(name for name in os.listdir(path)
-                  if name not in _BOOKKEEPING and not name.startswith(MARKER + ".tmp-"))
+    return sorted(
+        name for name in os.listdir(path) if name not in _BOOKKEEPING and not name.startswith(MARKER + ".tmp-")
+    )
 
 
 def _make_folder(path, flag):
@@ -52,7 +53,9 @@ def _make_folder(path, flag):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
-        raise OutputFolderError(f"cannot create {flag} {path!r} ({error.strerror or error}): choose a writable folder") from error
+        raise OutputFolderError(
+            f"cannot create {flag} {path!r} ({error.strerror or error}): choose a writable folder"
+        ) from error
 
 
 def _lock(path, flag):
@@ -63,13 +66,17 @@ def _lock(path, flag):
     try:
         handle = open(os.path.join(path, LOCK), "a+", encoding="utf-8")  # noqa: SIM115 (held for the process)
     except OSError as error:
-        raise OutputFolderError(f"cannot write in {flag} {path!r} ({error.strerror or error}): choose a writable folder") from error
+        raise OutputFolderError(
+            f"cannot write in {flag} {path!r} ({error.strerror or error}): choose a writable folder"
+        ) from error
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         handle.close()
         if error.errno in (errno.EAGAIN, errno.EACCES):
-            raise OutputFolderError(f"{flag} {path!r} is being written by another abo_tf process: wait for it, or choose another folder") from error
+            raise OutputFolderError(
+                f"{flag} {path!r} is being written by another abo_tf process: wait for it, or choose another folder"
+            ) from error
         raise OutputFolderError(f"cannot lock {flag} {path!r} ({error.strerror or error})") from error
     _HELD_LOCKS[real] = handle
 
@@ -96,11 +103,15 @@ def claim(path, command, flag="--output", recognise=None):
     marker = files.read_json(os.path.join(path, MARKER), what="output marker")
     if marker is not None and (not isinstance(marker, dict) or marker.get("command") != command):
         owner = marker.get("command") if isinstance(marker, dict) else marker
-        raise OutputFolderError(f"{flag} {path!r} holds the output of `abo_tf.{owner}`, not of `abo_tf.{command}`: choose another folder")
+        raise OutputFolderError(
+            f"{flag} {path!r} holds the output of `abo_tf.{owner}`, not of `abo_tf.{command}`: choose another folder"
+        )
     entries = contents(path)
     if marker is None and entries and not (recognise and recognise(path)):
-        raise OutputFolderError(f"{flag} {path!r} is not empty and was not written by `abo_tf.{command}` "
-                                f"(it holds {entries[0]!r}): choose a new or empty folder")
+        raise OutputFolderError(
+            f"{flag} {path!r} is not empty and was not written by `abo_tf.{command}` "
+            f"(it holds {entries[0]!r}): choose a new or empty folder"
+        )
     _lock(path, flag)
     if marker is None:
         files.write_json(os.path.join(path, MARKER), {"command": command})

@@ -57,13 +57,39 @@ PATH_OUTSIDE_IMAGES = "path_outside_images"  # not a regular file reached inside
 FILE_TOO_LARGE = "file_too_large"  # more than MAX_IMAGE_FILE_BYTES
 
 # Keys documented in the ABO README; anything else is counted as "unknown".
-KNOWN_LISTING_KEYS = frozenset({
-    "item_id", "domain_name", "country", "marketplace", "product_type", "main_image_id",
-    "other_image_id", "item_name", "brand", "bullet_point", "item_keywords", "material",
-    "style", "color", "model_name", "product_description", "node", "item_dimensions",
-    "item_weight", "spin_id", "3dmodel_id", "color_code", "model_year", "model_number",
-    "fabric_type", "finish_type", "item_shape", "pattern", "product_type_name",
-})
+KNOWN_LISTING_KEYS = frozenset(
+    {
+        "item_id",
+        "domain_name",
+        "country",
+        "marketplace",
+        "product_type",
+        "main_image_id",
+        "other_image_id",
+        "item_name",
+        "brand",
+        "bullet_point",
+        "item_keywords",
+        "material",
+        "style",
+        "color",
+        "model_name",
+        "product_description",
+        "node",
+        "item_dimensions",
+        "item_weight",
+        "spin_id",
+        "3dmodel_id",
+        "color_code",
+        "model_year",
+        "model_number",
+        "fabric_type",
+        "finish_type",
+        "item_shape",
+        "pattern",
+        "product_type_name",
+    }
+)
 _GZIP_ERRORS = (zlib.error, gzip.BadGzipFile, OSError)
 _GIVE_INPUT = "give the extracted folder or the downloaded .tar"
 _ALLOW_TRUNCATED_HINT = "download it again (or pass --allow-truncated to use what is there)"
@@ -171,7 +197,7 @@ class _Section(io.RawIOBase):
 
     def readinto(self, buffer):
         data = os.pread(self._descriptor, max(0, min(len(buffer), self._end - self._position)), self._position)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
 
@@ -202,8 +228,10 @@ def _decompressed_chunks(stream, max_bytes, where):
     while chunk := stream.read1(_READ_CHUNK):
         total += len(chunk)
         if total > max_bytes:
-            raise ArchiveError(f"{where} decompresses to more than {max_bytes} bytes, far more than ABO's: "
-                               "it is damaged or a decompression bomb; download it again")
+            raise ArchiveError(
+                f"{where} decompresses to more than {max_bytes} bytes, far more than ABO's: "
+                "it is damaged or a decompression bomb; download it again"
+            )
         yield chunk
 
 
@@ -224,7 +252,7 @@ def _split_lines(chunks, max_line_bytes):
             end = chunk.find(b"\n")
             if end < 0:
                 continue
-            chunk, skipping, line_number = chunk[end + 1:], False, line_number + 1
+            chunk, skipping, line_number = chunk[end + 1 :], False, line_number + 1
         buffer, position = pending + chunk if pending else chunk, 0
         while (found := _NOT_BLANK.search(buffer, position)) is not None:
             if (first := found.start()) == position:  # the common case: no blank bytes first
@@ -235,7 +263,7 @@ def _split_lines(chunks, max_line_bytes):
             end = buffer.find(b"\n", first)
             if end < 0:
                 break
-            yield line_number, buffer[start:end + 1] if end - start <= max_line_bytes else None
+            yield line_number, buffer[start : end + 1] if end - start <= max_line_bytes else None
             line_number, position = line_number + 1, end + 1
         else:  # only blank bytes left: count their line ends, keep the unfinished line's white space
             start = buffer.rfind(b"\n", position) + 1 or position
@@ -243,7 +271,7 @@ def _split_lines(chunks, max_line_bytes):
         pending = buffer[start:]
         if len(pending) > max_line_bytes:
             if found is None:  # blank so far: whatever follows, the line is blank or over-long
-                pending = pending[:max_line_bytes + 1]
+                pending = pending[: max_line_bytes + 1]
             else:
                 yield line_number, None
                 pending, skipping = b"", True
@@ -378,8 +406,10 @@ def _open_tarfile(reads, path, file_size):
     except _TARFILE_ERRORS as error:
         if reads.asked_past_end:
             raise _TarCut(file_size) from error
-        raise ArchiveError(f"{path!r} is not a readable uncompressed tar ({error}); "
-                           "give the .tar as downloaded or the extracted folder") from error
+        raise ArchiveError(
+            f"{path!r} is not a readable uncompressed tar ({error}); "
+            "give the .tar as downloaded or the extracted folder"
+        ) from error
 
 
 def _tarfile_members(tar, file_size):
@@ -428,15 +458,19 @@ def _listing_sources(path, report, allow_truncated):
     _check_exists(path, "listings")
     if os.path.isdir(path):
         for folder in (os.path.join(path, LISTINGS_DIR), os.path.join(path, "metadata"), path):
-            names = sorted(name for name in os.listdir(folder) if _LISTINGS_FILE.search("listings/metadata/" + name)) \
-                if os.path.isdir(folder) else []
+            names = (
+                sorted(name for name in os.listdir(folder) if _LISTINGS_FILE.search("listings/metadata/" + name))
+                if os.path.isdir(folder)
+                else []
+            )
             if names:
                 for name in names:
                     with _open_regular_file(os.path.join(folder, name), "listings file", inside_dataset=True) as handle:
                         yield name, handle, os.fstat(handle.fileno()).st_size, False
                 return
-        raise ArchiveError(f"no {LISTINGS_DIR}/listings_*.json.gz under {path!r}: "
-                           "is this the extracted abo-listings.tar?")
+        raise ArchiveError(
+            f"no {LISTINGS_DIR}/listings_*.json.gz under {path!r}: is this the extracted abo-listings.tar?"
+        )
     files, cut = _tar_files(path, allow_truncated)
     if cut is not None:
         report.truncated.append(f"{cut.describe(path)}: read up to there")
@@ -502,8 +536,10 @@ def read_listing_records(path, report=None, allow_truncated=False):
                 yield from _read_listing_lines(name, _split_lines(chunks, MAX_LISTING_LINE_BYTES), report)
         except EOFError:  # the gzip stream stops early; a tar cut inside this file is already reported
             if not allow_truncated:
-                raise ArchiveError(f"{where} is truncated at byte {size} (its gzip stream ends early): download "
-                                   "abo-listings.tar again (or pass --allow-truncated to use what is there)") from None
+                raise ArchiveError(
+                    f"{where} is truncated at byte {size} (its gzip stream ends early): download "
+                    "abo-listings.tar again (or pass --allow-truncated to use what is there)"
+                ) from None
             if not is_cut:
                 report.truncated.append(f"{where} is truncated at byte {size}: read up to there")
         except _GZIP_ERRORS as error:
@@ -531,8 +567,10 @@ def _read_listing_lines(name, lines, report):
             continue
         report.lines_read += 1
         if report.lines_read > MAX_LISTING_LINES:
-            raise ArchiveError(f"the listings hold more than {MAX_LISTING_LINES} lines (ABO has 147,702 listings), "
-                               f"the last at {source}: not ABO's listings")
+            raise ArchiveError(
+                f"the listings hold more than {MAX_LISTING_LINES} lines (ABO has 147,702 listings), "
+                f"the last at {source}: not ABO's listings"
+            )
         if text.endswith("\r\n"):  # the digest is that of the lines as text, whatever the line ends
             text = text[:-2] + "\n"
         report.sha256.update(text.encode("utf-8"))
@@ -566,19 +604,32 @@ def _is_string_list(value):
 
 
 def _is_product_type(value):
-    return isinstance(value, str) or isinstance(value, list) and all(
-        isinstance(entry, dict) and isinstance(entry.get("value", ""), str) for entry in value)
+    return (
+        isinstance(value, str)
+        or isinstance(value, list)
+        and all(isinstance(entry, dict) and isinstance(entry.get("value", ""), str) for entry in value)
+    )
 
 
 def _is_localised(value):
     """A list of `{"language_tag": "en_US", "value": ...}` objects (the tag may be missing)."""
     return isinstance(value, list) and all(
-        isinstance(entry, dict) and isinstance(entry.get("language_tag", ""), str | None) for entry in value)
+        isinstance(entry, dict) and isinstance(entry.get("language_tag", ""), str | None) for entry in value
+    )
 
 
 # Localised text fields, as documented (see shared/abo-format.md).
-LOCALISED_LISTING_KEYS = ("item_name", "brand", "bullet_point", "item_keywords", "material", "style", "color",
-                          "model_name", "product_description")
+LOCALISED_LISTING_KEYS = (
+    "item_name",
+    "brand",
+    "bullet_point",
+    "item_keywords",
+    "material",
+    "style",
+    "color",
+    "model_name",
+    "product_description",
+)
 # The fields the pipeline (build and analyze) reads, with the shapes ABO gives them (None counts as absent).
 _LISTING_FIELD_TYPES = {
     "item_id": lambda value: isinstance(value, str),
@@ -699,12 +750,16 @@ class _ImageFolder:
             with os.fdopen(descriptor, "rb") as handle:
                 info = os.fstat(descriptor)
                 if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_FILE_BYTES:
-                    raise ArchiveError(f"{where!r} is no longer the regular file it was: the images folder changed "
-                                       "while the build was running; start again")
+                    raise ArchiveError(
+                        f"{where!r} is no longer the regular file it was: the images folder changed "
+                        "while the build was running; start again"
+                    )
                 return handle.read(info.st_size)
         except OSError as error:
-            raise ArchiveError(f"{where!r} cannot be read ({error.strerror}): the images folder changed while the "
-                               "build was running; start again") from error
+            raise ArchiveError(
+                f"{where!r} cannot be read ({error.strerror}): the images folder changed while the "
+                "build was running; start again"
+            ) from error
 
 
 @dataclasses.dataclass
@@ -751,8 +806,9 @@ def _parse_images_csv(handle, where):
             rows = _images_csv_rows(lines, where)
         reader.read_to_end()
     except EOFError:
-        raise ArchiveError(f"{where} is truncated (its gzip stream ends early): "
-                           "download the images archive again") from None
+        raise ArchiveError(
+            f"{where} is truncated (its gzip stream ends early): download the images archive again"
+        ) from None
     except _GZIP_ERRORS as error:
         raise ArchiveError(f"{where} is damaged or not gzip ({error}): download the images archive again") from error
     return rows, reader.sha256.hexdigest()
@@ -770,8 +826,10 @@ class _CsvLines:
     def __next__(self):
         self.line_number, line = next(self._lines)
         if line is None:
-            raise ArchiveError(f"{self.where} line {self.line_number} is longer than {MAX_IMAGES_CSV_LINE_BYTES} "
-                               "bytes: it is not ABO's images.csv.gz")
+            raise ArchiveError(
+                f"{self.where} line {self.line_number} is longer than {MAX_IMAGES_CSV_LINE_BYTES} "
+                "bytes: it is not ABO's images.csv.gz"
+            )
         return line.decode("utf-8")
 
 
@@ -790,8 +848,9 @@ def _images_csv_rows(lines, where):
             except ValueError as error:
                 raise ArchiveError(f"{where} line {lines.line_number} is malformed ({_shorten(fields)})") from error
             if lines.line_number > MAX_IMAGES_CSV_ROWS:
-                raise ArchiveError(f"{where} has more than {MAX_IMAGES_CSV_ROWS} rows (ABO has 398,212): "
-                                   "it is not ABO's images.csv.gz")
+                raise ArchiveError(
+                    f"{where} has more than {MAX_IMAGES_CSV_ROWS} rows (ABO has 398,212): it is not ABO's images.csv.gz"
+                )
     except (UnicodeDecodeError, csv.Error) as error:
         raise ArchiveError(f"{where} line {lines.line_number} is malformed ({error})") from error
     return rows
@@ -842,7 +901,7 @@ def _open_tar_store(path, variant, allow_truncated):
     for name, offset, size in files:
         name = name.removeprefix("./")
         if name.startswith(prefix):
-            relative_path = name[len(prefix):]
+            relative_path = name[len(prefix) :]
             locations.pop(relative_path, None), refused.pop(relative_path, None)  # the last copy counts, as in tar
             if size > MAX_IMAGE_FILE_BYTES:
                 refused[relative_path] = FILE_TOO_LARGE

@@ -25,10 +25,8 @@ import os
 import time
 from typing import NamedTuple
 
-
-from abo_tf.common import console
+from abo_tf.common import console, outputs, parallel
 from abo_tf.common import options as options_lib
-from abo_tf.common import outputs, parallel
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.common.files import read_json, write_json
 from abo_tf.common.parallel import bounded_map
@@ -47,8 +45,14 @@ KEPT = "kept"
 COMMAND = "build_records"
 # Everything a build writes into --output, and nothing else: what --overwrite may
 # delete. Files are written under `<name>.tmp-<pid>` (`<name>.tmp` before) first.
-BUILD_FILES = (f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*", shards.MANIFEST, shards.LABELS_FILE,
-               *shards.TFDS_FILES, options_lib.CONFIG_FILE, STATE_DIR)
+BUILD_FILES = (
+    f"{schema.DATASET_NAME}-*.{schema.FILE_FORMAT}-*",
+    shards.MANIFEST,
+    shards.LABELS_FILE,
+    *shards.TFDS_FILES,
+    options_lib.CONFIG_FILE,
+    STATE_DIR,
+)
 _BUILD_PATTERNS = BUILD_FILES + tuple(name + ".tmp*" for name in BUILD_FILES)
 
 
@@ -69,51 +73,88 @@ class BuildOptions:
     """Everything a build depends on; `python -m abo_tf.build_records --help` documents each."""
 
     listings: str | None = options_lib.option(
-        group=_INPUTS, help=f"abo-listings.tar or the folder it was extracted into (default: looked for under "
-        f"{download.DATA_DIR}/)")
+        group=_INPUTS,
+        help=f"abo-listings.tar or the folder it was extracted into (default: looked for under {download.DATA_DIR}/)",
+    )
     images: str | None = options_lib.option(
-        group=_INPUTS, help=f"abo-images-small.tar (or -original) or the folder it was extracted into (default: looked "
-        f"for under {download.DATA_DIR}/)")
-    image_variant: str = options_lib.option("small", choices=archive.IMAGE_VARIANTS, group=_INPUTS,
-                                        help="images/small (256 px) or images/original")
+        group=_INPUTS,
+        help=f"abo-images-small.tar (or -original) or the folder it was extracted into (default: looked "
+        f"for under {download.DATA_DIR}/)",
+    )
+    image_variant: str = options_lib.option(
+        "small", choices=archive.IMAGE_VARIANTS, group=_INPUTS, help="images/small (256 px) or images/original"
+    )
     allow_truncated: bool = options_lib.option(
-        False, group=_INPUTS, help="read a truncated archive up to its cut (counted, and reported loudly) instead of "
-        "failing")
-    image_selection: str = options_lib.option("main", choices=IMAGE_SELECTIONS, group=_LABELS,
-                                          help="main image of each listing, or all its images")
-    min_examples_per_class: int = options_lib.option(10, minimum=1, group=_LABELS,
-                                                 help="product types with fewer images are dropped (or merged)")
-    max_classes: int | None = options_lib.option(minimum=2, group=_LABELS, help="keep the N most frequent product types")
-    rare_classes: str = options_lib.option("drop", choices=labels.RARE_CLASS_ACTIONS, group=_LABELS,
-                                       help="what happens to the examples of the other types")
+        False,
+        group=_INPUTS,
+        help="read a truncated archive up to its cut (counted, and reported loudly) instead of failing",
+    )
+    image_selection: str = options_lib.option(
+        "main", choices=IMAGE_SELECTIONS, group=_LABELS, help="main image of each listing, or all its images"
+    )
+    min_examples_per_class: int = options_lib.option(
+        10, minimum=1, group=_LABELS, help="product types with fewer images are dropped (or merged)"
+    )
+    max_classes: int | None = options_lib.option(
+        minimum=2, group=_LABELS, help="keep the N most frequent product types"
+    )
+    rare_classes: str = options_lib.option(
+        "drop", choices=labels.RARE_CLASS_ACTIONS, group=_LABELS, help="what happens to the examples of the other types"
+    )
     split_fractions: tuple[float, ...] = options_lib.option(
-        (0.8, 0.1, 0.1), flag="--split", nargs=3, metavar=("TRAIN", "VALIDATION", "TEST"), minimum=0.0, group=_SPLIT,
-        help="fractions of the groups of images, summing to 1")
-    max_listings_per_image: int = options_lib.option(50, minimum=1, group=_SPLIT,
-                                                 help="drop boilerplate images shown by more listings")
+        (0.8, 0.1, 0.1),
+        flag="--split",
+        nargs=3,
+        metavar=("TRAIN", "VALIDATION", "TEST"),
+        minimum=0.0,
+        group=_SPLIT,
+        help="fractions of the groups of images, summing to 1",
+    )
+    max_listings_per_image: int = options_lib.option(
+        50, minimum=1, group=_SPLIT, help="drop boilerplate images shown by more listings"
+    )
     seed: int = options_lib.option(0, group=_SPLIT, help="seed of the split and of the shuffle")
     join_near_duplicates: str | None = options_lib.option(
-        group=_SPLIT, metavar="FILE", help="near_duplicates.csv of `abo_tf.audit` (or its report folder): each pair "
-        "goes whole to one split")
+        group=_SPLIT,
+        metavar="FILE",
+        help="near_duplicates.csv of `abo_tf.audit` (or its report folder): each pair goes whole to one split",
+    )
     exclude_images: str | None = options_lib.option(
-        group=_LABELS, metavar="FILE", help="CSV with an image_id column (e.g. the audit's label_issues.csv): these "
-        "images are dropped, counted as `excluded`")
-    output: str = options_lib.option(os.path.join("tfrecords", schema.DATASET_NAME, schema.DATASET_VERSION), group=_OUTPUT,
-                                 config=False, help="the build's folder (new, empty, or an earlier build's)")
-    overwrite: bool = options_lib.option(False, group=_OUTPUT, config=False,
-                                     help="replace a different build in --output (only the files a build writes)")
+        group=_LABELS,
+        metavar="FILE",
+        help="CSV with an image_id column (e.g. the audit's label_issues.csv): these "
+        "images are dropped, counted as `excluded`",
+    )
+    output: str = options_lib.option(
+        os.path.join("tfrecords", schema.DATASET_NAME, schema.DATASET_VERSION),
+        group=_OUTPUT,
+        config=False,
+        help="the build's folder (new, empty, or an earlier build's)",
+    )
+    overwrite: bool = options_lib.option(
+        False, group=_OUTPUT, config=False, help="replace a different build in --output (only the files a build writes)"
+    )
     shard_mb: float = options_lib.option(shards.DEFAULT_SHARD_MB, minimum=1.0, group=_OUTPUT, help="target shard size")
-    resize: int | None = options_lib.option(minimum=32, group=_OUTPUT,
-                                        help="re-encode images whose longer side exceeds N pixels")
-    workers: int = options_lib.option(os.cpu_count() or 1, minimum=1, maximum=parallel.MAX_WORKERS, group=_OUTPUT, config=False,
-                                  help="worker processes (default: this machine's cores)")
+    resize: int | None = options_lib.option(
+        minimum=32, group=_OUTPUT, help="re-encode images whose longer side exceeds N pixels"
+    )
+    workers: int = options_lib.option(
+        os.cpu_count() or 1,
+        minimum=1,
+        maximum=parallel.MAX_WORKERS,
+        group=_OUTPUT,
+        config=False,
+        help="worker processes (default: this machine's cores)",
+    )
     progress: bool = options_lib.option(True, group=options_lib.CONSOLE_GROUP, config=False, help="progress bars")
 
     def __post_init__(self):
         options_lib.validate(self)
         fractions = tuple(self.split_fractions)
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
-            raise UserInputError(f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1")
+            raise UserInputError(
+                f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1"
+            )
 
     def output_options(self):
         """The options that determine the records' bytes, as saved in the manifest.
@@ -147,8 +188,10 @@ def id_file_path(path, name, default_name):
     if os.path.isdir(path):
         path = os.path.join(path, default_name)
     if not os.path.isfile(path):
-        raise InputNotFoundError(f"{_flag(name)} {path!r} does not exist: give the {default_name} of "
-                                 "`python -m abo_tf.audit` or its --report folder")
+        raise InputNotFoundError(
+            f"{_flag(name)} {path!r} does not exist: give the {default_name} of "
+            "`python -m abo_tf.audit` or its --report folder"
+        )
     return path
 
 
@@ -158,8 +201,9 @@ def _read_id_rows(path, name, columns):
         reader = csv.DictReader(handle)
         missing = [column for column in columns if column not in (reader.fieldnames or ())]
         if missing:
-            raise UserInputError(f"{_flag(name)} {path!r} has no {missing[0]} column: give a CSV written by "
-                                 "`python -m abo_tf.audit`")
+            raise UserInputError(
+                f"{_flag(name)} {path!r} has no {missing[0]} column: give a CSV written by `python -m abo_tf.audit`"
+            )
         return [tuple(row[column] for column in columns) for row in reader]
 
 
@@ -179,9 +223,11 @@ def _check_known_ids(ids, referenced, name):
     """Refuses an id file naming images these listings do not show: it belongs to another download or selection."""
     unknown = sorted(set(ids) - referenced)
     if unknown:
-        raise UserInputError(f"{_flag(name)}: {len(unknown)} of its {len(set(ids))} image ids (e.g. {unknown[0]!r}) "
-                             "are not images of these listings: give the file of an audit of a build of the same "
-                             "download with the same --image-selection")
+        raise UserInputError(
+            f"{_flag(name)}: {len(unknown)} of its {len(set(ids))} image ids (e.g. {unknown[0]!r}) "
+            "are not images of these listings: give the file of an audit of a build of the same "
+            "download with the same --image-selection"
+        )
 
 
 class _ImageIndex:
@@ -275,14 +321,22 @@ def _select_images(listings, image_selection):
     status, image_ids, seen, kept = [], [], set(), []
     for listing in listings:
         kept.append(_ListingLabel(listing.item_id, listing.product_type))
-        ids = listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
+        ids = (
+            listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
+        )
         key = (listing.item_id, listing.domain_name)
         reason = (
-            "missing_item_id" if not listing.item_id
-            else "duplicate_listing" if key in seen
-            else "missing_product_type" if listing.product_type is None
-            else None if ids
-            else "no_main_image" if image_selection == "main" else "no_image"
+            "missing_item_id"
+            if not listing.item_id
+            else "duplicate_listing"
+            if key in seen
+            else "missing_product_type"
+            if listing.product_type is None
+            else None
+            if ids
+            else "no_main_image"
+            if image_selection == "main"
+            else "no_image"
         )
         seen.add(key)
         status.append(reason)
@@ -297,8 +351,9 @@ def _read_candidates(options, image_index, listings_report, excluded=frozenset()
     for index, ids in enumerate(image_ids):
         for image_id in ids:
             listings_of_image[image_id].append(index)
-    candidates = _Candidates(labels_of_listings, status, image_ids, dict(listings_of_image),
-                             num_referenced=len(listings_of_image))
+    candidates = _Candidates(
+        labels_of_listings, status, image_ids, dict(listings_of_image), num_referenced=len(listings_of_image)
+    )
     for image_id, indices in candidates.listings_of_image.items():
         position = image_index.position.get(image_id)
         if position is None:
@@ -342,7 +397,7 @@ def _scan_chunk(items, reader, max_side):
     write pass does not parse them again.
     """
     results = []
-    for item, data in zip(items, reader.read_many([(item.path, item.location) for item in items])):
+    for data in reader.read_many([(item.path, item.location) for item in items]):
         reason, copy_size = None, None
         try:
             info = images.inspect_image(data)
@@ -365,7 +420,7 @@ def _located(image_index, image_ids):
 def _scan(candidates, image_index, reader, pool, options):
     pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
     items = _located(image_index, pending)
-    chunks = [items[start:start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
+    chunks = [items[start : start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
     total = len(items)
     del items, pending
     with console.progress_bar(total=total, desc="scan", unit="img", enabled=options.progress) as bar:
@@ -391,7 +446,9 @@ def _drop_duplicate_content(candidates):
         for duplicate in duplicates:
             candidates.image_status[duplicate] = "duplicate_content"
             candidates.keeper[duplicate] = keeper
-            candidates.listings_of_image[keeper] = sorted(set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate]))
+            candidates.listings_of_image[keeper] = sorted(
+                set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate])
+            )
 
 
 # --- labels and split --------------------------------------------------------
@@ -410,12 +467,19 @@ def _label_images(candidates, options):
     image_types, conflicting_images = labels.resolve_image_types(types_per_image)
     selected = [listing for listing, reason in zip(candidates.listings, candidates.status) if reason is None]
     vocabulary = labels.make_vocabulary(
-        collections.Counter(image_types.values()), options.min_examples_per_class, options.max_classes, options.rare_classes
+        collections.Counter(image_types.values()),
+        options.min_examples_per_class,
+        options.max_classes,
+        options.rare_classes,
     )
     for image_id, product_type in image_types.items():
         if vocabulary.mapping[product_type] is None:
             candidates.image_status[image_id] = "rare_class"
-    conflicts = {"items": labels.count_conflicting_items(selected), "images": conflicting_images, "rule": labels.CONFLICT_RULE}
+    conflicts = {
+        "items": labels.count_conflicting_items(selected),
+        "images": conflicting_images,
+        "rule": labels.CONFLICT_RULE,
+    }
     return vocabulary, image_types, conflicts
 
 
@@ -424,12 +488,17 @@ def _plan_splits(candidates, options, near_duplicates=()):
     kept = _surviving(candidates)
     kept_set = set(kept)
     pairs = (
-        (candidates.listings[index].item_id, [image_id for image_id in candidates.kept_ids(index) if image_id in kept_set])
+        (
+            candidates.listings[index].item_id,
+            [image_id for image_id in candidates.kept_ids(index) if image_id in kept_set],
+        )
         for index in range(len(candidates.listings))
     )
     # A content duplicate's pair joins the copy kept in its place.
-    joined = [(candidates.keeper.get(first, first), candidates.keeper.get(second, second))
-              for first, second in near_duplicates]
+    joined = [
+        (candidates.keeper.get(first, first), candidates.keeper.get(second, second))
+        for first, second in near_duplicates
+    ]
     groups = split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept}, joined)
     split_of = split.assign_splits(groups, options.split_fractions, options.seed)
     members = collections.defaultdict(list)
@@ -459,8 +528,9 @@ def _record_item(candidates, image_index, vocabulary, image_types, image_id):
     label, name = vocabulary.label_of(image_types[image_id])
     item_id = min(candidates.listings[listing].item_id for listing in candidates.listings_of_image[image_id])
     path, offset, size = image_index.locate(image_id)
-    return PlanItem(image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id,
-                    candidates.copy_size[image_id])
+    return PlanItem(
+        image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id, candidates.copy_size[image_id]
+    )
 
 
 def _make_plan(candidates, image_index, vocabulary, image_types, split_members, options):
@@ -468,12 +538,17 @@ def _make_plan(candidates, image_index, vocabulary, image_types, split_members, 
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     for name in split.SPLITS:
-        items = [_record_item(candidates, image_index, vocabulary, image_types, image_id)
-                 for image_id in split_members[name]]
+        items = [
+            _record_item(candidates, image_index, vocabulary, image_types, image_id) for image_id in split_members[name]
+        ]
         num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
         for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
-            pieces = [shard_items[start:start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)]
-            plan["shards"].append({"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]})
+            pieces = [
+                shard_items[start : start + PIECE_EXAMPLES] for start in range(0, len(shard_items), PIECE_EXAMPLES)
+            ]
+            plan["shards"].append(
+                {"split": name, "file": schema.shard_filename(name, index, num_shards), "pieces": pieces or [[]]}
+            )
     # Locations are where bytes sit in this copy of the input, not what they are:
     # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
     digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
@@ -518,14 +593,17 @@ def _read_build_state(output):
     Raises:
       UserInputError: the file is not JSON, or not a build's.
     """
-    for path, what in ((os.path.join(output, shards.MANIFEST), "build manifest"),
-                       (os.path.join(output, STATE_DIR, PLAN_FILE), "build plan")):
+    for path, what in (
+        (os.path.join(output, shards.MANIFEST), "build manifest"),
+        (os.path.join(output, STATE_DIR, PLAN_FILE), "build plan"),
+    ):
         state = read_json(path, what=what)
         if state is None:
             continue
         if not isinstance(state, dict) or not isinstance(state.get("options"), dict) or "fingerprint" not in state:
-            raise NotABuildError(f"{path!r} is not the {what} of an abo_tf build: "
-                                 "move it away or choose another folder")
+            raise NotABuildError(
+                f"{path!r} is not the {what} of an abo_tf build: move it away or choose another folder"
+            )
         return state
     return None
 
@@ -559,7 +637,10 @@ def _check_output(options, folder, fingerprint=None):
     if same:
         return True
     if not options.overwrite:
-        raise UserInputError(f"--output {options.output!r} holds a different build (other options or inputs): pass --overwrite to replace it, or choose another folder")
+        raise UserInputError(
+            f"--output {options.output!r} holds a different build (other options or inputs): pass --overwrite to "
+            f"replace it, or choose another folder"
+        )
     _remove_build(folder)
     return False
 
@@ -568,8 +649,10 @@ def _remove_build(folder):
     """Deletes what a build wrote; refuses, deleting nothing, if the folder also holds anything else."""
     foreign = _foreign_entry(folder.path)
     if foreign is not None:
-        raise outputs.OutputFolderError(f"--output {folder.path!r} holds {foreign!r}, which build_records did not "
-                                        "write: move it away, or choose another folder")
+        raise outputs.OutputFolderError(
+            f"--output {folder.path!r} holds {foreign!r}, which build_records did not "
+            "write: move it away, or choose another folder"
+        )
     outputs.remove_owned(folder, _BUILD_PATTERNS)
 
 
@@ -592,8 +675,9 @@ def _encode_piece(items, reader, max_side):
             rejected[item.image_id] = error.reason
             continue
         reencoded += was_reencoded
-        record = schema.Record(jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id,
-                               height, width)
+        record = schema.Record(
+            jpeg, item.label, item.product_type, item.image_id, item.sha256, item.item_id, height, width
+        )
         framed.append(shards.frame_record(schema.encode_record(record)))
     return b"".join(framed), rejected, reencoded
 
@@ -631,15 +715,23 @@ def _write_shards(plan, reader, options, pool):
 def _write_shard(options, shard, encoded, bar):
     final = os.path.join(options.output, shard["file"])
     digest = hashlib.sha256()
-    result = {"split": shard["split"], "file": shard["file"], "written": [], "rejected": {}, "reencoded": 0, "num_bytes": 0}
+    result = {
+        "split": shard["split"],
+        "file": shard["file"],
+        "written": [],
+        "rejected": {},
+        "reencoded": 0,
+        "num_bytes": 0,
+    }
     with open(final + ".tmp", "wb") as handle:
         for piece in shard["pieces"]:
             data, rejected, reencoded = next(encoded)
             handle.write(data)
             digest.update(data)
             # Built from the plan's items, whose strings are shared, not from the worker's copies.
-            result["written"] += [(item.image_id, item.sha256, item.label)
-                                  for item in piece if item.image_id not in rejected]
+            result["written"] += [
+                (item.image_id, item.sha256, item.label) for item in piece if item.image_id not in rejected
+            ]
             result["rejected"].update(rejected)
             result["reencoded"] += reencoded
             result["num_bytes"] += len(data)
@@ -661,7 +753,10 @@ def _check_no_leak(shard_results):
         for image_id, digest, _ in result["written"]:
             for key in (("id", image_id), ("sha256", digest)):
                 if split_of.setdefault(key, result["split"]) != result["split"]:
-                    raise BuildError(f"image {key[0]} {key[1]} is in both {split_of[key]} and {result['split']}: the split leaks; no manifest written")
+                    raise BuildError(
+                        f"image {key[0]} {key[1]} is in both {split_of[key]} and {result['split']}: the split "
+                        f"leaks; no manifest written"
+                    )
 
 
 def _account(candidates, listings_report, shard_results):
@@ -688,11 +783,20 @@ def _account(candidates, listings_report, shard_results):
 def _split_summary(plan, shard_results, vocabulary):
     splits = {}
     for shard, result in zip(plan["shards"], shard_results):
-        entry = splits.setdefault(shard["split"], {"num_examples": 0, "num_bytes": 0, "per_class": collections.Counter(), "shards": []})
+        entry = splits.setdefault(
+            shard["split"], {"num_examples": 0, "num_bytes": 0, "per_class": collections.Counter(), "shards": []}
+        )
         entry["num_examples"] += len(result["written"])
         entry["num_bytes"] += result["num_bytes"]
         entry["per_class"].update(vocabulary.names[label] for _, _, label in result["written"])
-        entry["shards"].append({"file": shard["file"], "num_examples": len(result["written"]), "num_bytes": result["num_bytes"], "sha256": result["sha256"]})
+        entry["shards"].append(
+            {
+                "file": shard["file"],
+                "num_examples": len(result["written"]),
+                "num_bytes": result["num_bytes"],
+                "sha256": result["sha256"],
+            }
+        )
     for entry in splits.values():
         entry["per_class"] = dict(sorted(entry["per_class"].items()))
     return splits
@@ -707,21 +811,36 @@ def _make_manifest(options, plan, prepared, shard_results, elapsed):
         "options": options.output_options(),
         "fingerprint": plan["fingerprint"],
         "inputs": {
-            "listings": {"path": os.path.abspath(options.listings), "files": report.files, "lines_sha256": report.sha256.hexdigest(),
-                         "truncated": report.truncated},
-            "images": {"path": os.path.abspath(options.images), "images_csv_sha256": prepared.images_csv_sha256,
-                       "images_csv_rows": prepared.images_csv_rows,
-                       "scanned_content_sha256": prepared.scanned_content_sha256, "truncated": prepared.images_truncated},
+            "listings": {
+                "path": os.path.abspath(options.listings),
+                "files": report.files,
+                "lines_sha256": report.sha256.hexdigest(),
+                "truncated": report.truncated,
+            },
+            "images": {
+                "path": os.path.abspath(options.images),
+                "images_csv_sha256": prepared.images_csv_sha256,
+                "images_csv_rows": prepared.images_csv_rows,
+                "scanned_content_sha256": prepared.scanned_content_sha256,
+                "truncated": prepared.images_truncated,
+            },
         },
         "classes": list(vocabulary.names),
         "splits": _split_summary(plan, shard_results, vocabulary),
-        "listings": {"read": report.lines_read, "kept": listing_status.pop(KEPT, 0), "dropped": dict(sorted(listing_status.items())),
-                     "malformed_lines": report.malformed_lines[:20],
-                     "malformed_reasons": dict(sorted(report.malformed_reasons.items())),
-                     "unknown_fields": dict(sorted(report.unknown_keys.items()))},
-        "images": {"referenced": candidates.num_referenced, "kept": image_status.pop(KEPT, 0),
-                   "dropped": dict(sorted(image_status.items())),
-                   "reencoded": sum(result["reencoded"] for result in shard_results)},
+        "listings": {
+            "read": report.lines_read,
+            "kept": listing_status.pop(KEPT, 0),
+            "dropped": dict(sorted(listing_status.items())),
+            "malformed_lines": report.malformed_lines[:20],
+            "malformed_reasons": dict(sorted(report.malformed_reasons.items())),
+            "unknown_fields": dict(sorted(report.unknown_keys.items())),
+        },
+        "images": {
+            "referenced": candidates.num_referenced,
+            "kept": image_status.pop(KEPT, 0),
+            "dropped": dict(sorted(image_status.items())),
+            "reencoded": sum(result["reencoded"] for result in shard_results),
+        },
         "label_conflicts": prepared.conflicts,
         "elapsed_seconds": round(elapsed, 2),
     }
@@ -732,9 +851,14 @@ def _finish(folder, manifest, options):
     output = folder.path
     options_lib.save_config(options, output)
     shards.write_labels(os.path.join(output, shards.LABELS_FILE), manifest["classes"])
-    shards.write_tfds_metadata(output, manifest["classes"], {
-        name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"]) for name, entry in manifest["splits"].items()
-    })
+    shards.write_tfds_metadata(
+        output,
+        manifest["classes"],
+        {
+            name: ([shard["num_examples"] for shard in entry["shards"]], entry["num_bytes"])
+            for name, entry in manifest["splits"].items()
+        },
+    )
     write_json(os.path.join(output, shards.MANIFEST), manifest, indent=1)
     outputs.remove_owned(folder, [STATE_DIR])
 
@@ -754,11 +878,22 @@ def _prepare(options, image_index, reader, report, pool):
     _drop_duplicate_content(candidates)
     vocabulary, image_types, conflicts = _label_images(candidates, options)
     if len(vocabulary.names) < 2:
-        raise UserInputError(f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower --min-examples-per-class or give more data")
+        raise UserInputError(
+            f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower "
+            f"--min-examples-per-class or give more data"
+        )
     split_members = _plan_splits(candidates, options, near_duplicates)
     plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
-    prepared = _Prepared(candidates, report, vocabulary, conflicts, image_index.csv_sha256, image_index.num_rows,
-                         _content_digest(candidates), image_index.truncated)
+    prepared = _Prepared(
+        candidates,
+        report,
+        vocabulary,
+        conflicts,
+        image_index.csv_sha256,
+        image_index.num_rows,
+        _content_digest(candidates),
+        image_index.truncated,
+    )
     _release_before_write(candidates)
     return plan, prepared
 
@@ -789,7 +924,9 @@ def build(options):
       UserInputError: bad input or an unusable --output, before any work where it can be known then.
     """
     start = time.perf_counter()
-    options = dataclasses.replace(options, **dict(zip(("listings", "images"), download.locate(options.listings, options.images))))
+    options = dataclasses.replace(
+        options, **dict(zip(("listings", "images"), download.locate(options.listings, options.images)))
+    )
     read_id_files(options)  # a missing or foreign id file fails before --output is claimed
     created = not os.path.lexists(options.output)
     folder = _claim_output(options)
@@ -850,14 +987,22 @@ def format_summary(manifest):
     for name, entry in manifest["splits"].items():
         lines.append(f"{name:<12}{entry['num_examples']:>10}{len(entry['shards']):>8}{entry['num_bytes'] / 1e6:>10.1f}")
     listings, images_ = manifest["listings"], manifest["images"]
-    lines.append(f"classes: {len(manifest['classes'])}   listings read {listings['read']}, kept {listings['kept']}   images referenced {images_['referenced']}, kept {images_['kept']}, re-encoded {images_['reencoded']}")
+    lines.append(
+        f"classes: {len(manifest['classes'])}   listings read {listings['read']}, kept {listings['kept']}   images "
+        f"referenced {images_['referenced']}, kept {images_['kept']}, re-encoded {images_['reencoded']}"
+    )
     for kind, entry in (("listings", listings), ("images", images_)):
         if entry["dropped"]:
-            lines.append(f"dropped {kind}: " + ", ".join(f"{reason} {count}" for reason, count in entry["dropped"].items()))
+            lines.append(
+                f"dropped {kind}: " + ", ".join(f"{reason} {count}" for reason, count in entry["dropped"].items())
+            )
     if listings["malformed_lines"]:
         reasons = ", ".join(f"{reason} {count}" for reason, count in listings.get("malformed_reasons", {}).items())
-        lines.append("malformed JSON lines (first): " + ", ".join(listings["malformed_lines"][:5])
-                     + (f"; by reason: {reasons}" if reasons else ""))
+        lines.append(
+            "malformed JSON lines (first): "
+            + ", ".join(listings["malformed_lines"][:5])
+            + (f"; by reason: {reasons}" if reasons else "")
+        )
     for kind in ("listings", "images"):
         for cut in manifest["inputs"][kind].get("truncated", []):
             lines.append(f"WARNING: partial read of the {kind}: {cut}")

@@ -20,8 +20,10 @@ def _find(given, data_dir, tar_name, extracted, flag):
         return looked[0]
     if os.path.exists(looked[1]):
         return data_dir
-    raise InputNotFoundError(f"no {flag} given and no ABO download under {data_dir!r} (looked for {looked[0]!r} and "
-                             f"{looked[1]!r}): pass {flag} PATH, or put the download (the .tar or its extracted folder) there")
+    raise InputNotFoundError(
+        f"no {flag} given and no ABO download under {data_dir!r} (looked for {looked[0]!r} and "
+        f"{looked[1]!r}): pass {flag} PATH, or put the download (the .tar or its extracted folder) there"
+    )
 
 
 def locate(listings=None, images=None, data_dir=DATA_DIR):
@@ -33,5 +35,7 @@ def locate(listings=None, images=None, data_dir=DATA_DIR):
     Raises:
       InputNotFoundError: one was not given and is not under `data_dir` (the message lists where it looked).
     """
-    return (_find(listings, data_dir, LISTINGS_TAR, LISTINGS_EXTRACTED, "--listings"),
-            _find(images, data_dir, IMAGES_TAR, IMAGES_EXTRACTED, "--images"))
+    return (
+        _find(listings, data_dir, LISTINGS_TAR, LISTINGS_EXTRACTED, "--listings"),
+        _find(images, data_dir, IMAGES_TAR, IMAGES_EXTRACTED, "--images"),
+    )

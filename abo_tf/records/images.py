@@ -125,11 +125,11 @@ def _huffman_tables(segment):
     tables, position = [], 0
     while position + 17 <= len(segment):
         table_class, table = segment[position] >> 4, segment[position] & 0x0F
-        counts = segment[position + 1:position + 17]
+        counts = segment[position + 1 : position + 17]
         num_symbols = sum(counts)
         if table_class > 1 or table >= _NUM_TABLES or num_symbols > 256 or not _complete_code(counts):
             raise _undecodable(f"bad Huffman table {table_class}/{table}")
-        tables.append(((table_class, table), max(segment[position + 17:position + 17 + num_symbols], default=0)))
+        tables.append(((table_class, table), max(segment[position + 17 : position + 17 + num_symbols], default=0)))
         position += 17 + num_symbols
     if position != len(segment):
         raise _undecodable("Huffman table segment of the wrong length")
@@ -155,7 +155,7 @@ def _read_frame(marker, segment, existing):
     bits, height, width = segment[0], int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
     components = {}
     for position in range(6, len(segment), 3):
-        component, sampling, table = segment[position:position + 3]
+        component, sampling, table = segment[position : position + 3]
         horizontal, vertical = sampling >> 4, sampling & 0x0F
         if not (1 <= horizontal <= _MAX_SAMPLING and 1 <= vertical <= _MAX_SAMPLING):
             raise _undecodable(f"sampling factors {horizontal}x{vertical}")
@@ -240,7 +240,7 @@ def _jpeg_segments(data):
     """
     position = 2
     while True:
-        while data[position:position + 2] == b"\xff\xff":
+        while data[position : position + 2] == b"\xff\xff":
             position += 1  # fill bytes before a marker
         if position + 2 > len(data):
             return
@@ -257,12 +257,12 @@ def _jpeg_segments(data):
         if marker in _STANDALONE_MARKERS:
             position += 2
             continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
         if position + 2 + length > len(data):
             return
         if length < 2:
             raise RejectedImage(CORRUPT, f"segment length {length} at byte {position}")
-        yield marker, position, data[position + 4:position + 2 + length]
+        yield marker, position, data[position + 4 : position + 2 + length]
         position += 2 + length
         if marker == _START_OF_SCAN:
             found = _NEXT_MARKER.search(data, position)
@@ -314,8 +314,9 @@ def _png_info(data):
     bits, colour_type, compression, filtering, interlace = data[24:29]
     depths, channels = _PNG_COLOUR_TYPES.get(colour_type, ((), 0))
     if bits not in depths or compression or filtering or interlace > 1:
-        raise _undecodable(f"PNG header: {bits}-bit colour type {colour_type}, "
-                           f"methods {compression}/{filtering}/{interlace}")
+        raise _undecodable(
+            f"PNG header: {bits}-bit colour type {colour_type}, methods {compression}/{filtering}/{interlace}"
+        )
     return ImageInfo("png", height, width, channels, bits)
 
 
@@ -345,8 +346,11 @@ def inspect_image(data):
     if info.height * info.width > MAX_PIXELS:
         raise RejectedImage(TOO_LARGE, f"{info.width}x{info.height} pixels is over {MAX_PIXELS}")
     if info.decoded_bytes > MAX_DECODED_BYTES:
-        raise RejectedImage(TOO_LARGE, f"{info.width}x{info.height} {info.bits}-bit pixels decode to "
-                                       f"{info.decoded_bytes} bytes, over {MAX_DECODED_BYTES}")
+        raise RejectedImage(
+            TOO_LARGE,
+            f"{info.width}x{info.height} {info.bits}-bit pixels decode to "
+            f"{info.decoded_bytes} bytes, over {MAX_DECODED_BYTES}",
+        )
     return info
 
 
@@ -383,9 +387,9 @@ def _on_white(image):
     result = np.empty(image.shape[:2] + (3,), np.uint8)
     rows = max(1, _STRIP_PIXELS // image.shape[1])
     for top in range(0, image.shape[0], rows):
-        strip = image[top:top + rows]
+        strip = image[top : top + rows]
         alpha = strip[:, :, 3:4].astype(np.float32) / 255.0
-        result[top:top + rows] = np.round(strip[:, :, :3] * alpha + 255.0 * (1.0 - alpha))
+        result[top : top + rows] = np.round(strip[:, :, :3] * alpha + 255.0 * (1.0 - alpha))
     return result
 
 

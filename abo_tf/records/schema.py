@@ -164,17 +164,23 @@ _TFDS_FEATURES = "tensorflow_datasets.core.features."
 
 
 def _tfds_int64_scalar():
-    return {"pythonClassName": _TFDS_FEATURES + "scalar.Scalar",
-            "tensor": {"dtype": "int64", "encoding": "none", "shape": {}}}
+    return {
+        "pythonClassName": _TFDS_FEATURES + "scalar.Scalar",
+        "tensor": {"dtype": "int64", "encoding": "none", "shape": {}},
+    }
 
 
 def tfds_features_json(class_names):
     """The `features.json` document TFDS reads the records with (proto3 JSON: int64 as strings)."""
     features = {
-        IMAGE: {"pythonClassName": _TFDS_FEATURES + "image_feature.Image",
-                "image": {"dtype": "uint8", "encodingFormat": "jpeg", "shape": {"dimensions": ["-1", "-1", "3"]}}},
-        LABEL: {"pythonClassName": _TFDS_FEATURES + "class_label_feature.ClassLabel",
-                "classLabel": {"numClasses": str(len(class_names))}},
+        IMAGE: {
+            "pythonClassName": _TFDS_FEATURES + "image_feature.Image",
+            "image": {"dtype": "uint8", "encodingFormat": "jpeg", "shape": {"dimensions": ["-1", "-1", "3"]}},
+        },
+        LABEL: {
+            "pythonClassName": _TFDS_FEATURES + "class_label_feature.ClassLabel",
+            "classLabel": {"numClasses": str(len(class_names))},
+        },
         HEIGHT: _tfds_int64_scalar(),
         WIDTH: _tfds_int64_scalar(),
     }

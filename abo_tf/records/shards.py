@@ -63,16 +63,25 @@ def read_manifest(records_dir):
     """The manifest of a build, or a `UserInputError` saying why there is none."""
     path = os.path.join(records_dir, MANIFEST)
     if not os.path.isfile(path):
-        raise InputNotFoundError(f"no {MANIFEST} in {records_dir!r}: build the records with `python -m abo_tf.build_records` first")
+        raise InputNotFoundError(
+            f"no {MANIFEST} in {records_dir!r}: build the records with `python -m abo_tf.build_records` first"
+        )
     manifest = read_json(path, what="build manifest")
     if not isinstance(manifest, dict) or manifest.get("dataset") != schema.DATASET_NAME:
-        raise UserInputError(f"{path} is not the manifest of an abo_tf build: "
-                             "build the records with `python -m abo_tf.build_records`")
+        raise UserInputError(
+            f"{path} is not the manifest of an abo_tf build: build the records with `python -m abo_tf.build_records`"
+        )
     if manifest.get("version") != schema.DATASET_VERSION:
-        raise UserInputError(f"{path} is from records version {manifest.get('version')!r}, this abo_tf reads {schema.DATASET_VERSION!r}: rebuild the records")
+        raise UserInputError(
+            f"{path} is from records version {manifest.get('version')!r}, this abo_tf reads "
+            f"{schema.DATASET_VERSION!r}: rebuild the records"
+        )
     problem = _manifest_problem(manifest)
     if problem:
-        raise VerificationError(f"{path} is damaged ({problem}): rebuild the records, or see `python -m abo_tf.build_records --verify {records_dir}`")
+        raise VerificationError(
+            f"{path} is damaged ({problem}): rebuild the records, or see `python -m abo_tf.build_records --verify "
+            f"{records_dir}`"
+        )
     return manifest
 
 
@@ -82,7 +91,11 @@ def _is_count(value):
 
 def _split_problem(name, entry, class_names):
     """What is wrong with one split of a manifest, or None."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or not _is_count(entry.get("num_examples")):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("shards"), list)
+        or not _is_count(entry.get("num_examples"))
+    ):
         return f"split {name!r} has no shard list or example count"
     for index, shard in enumerate(entry["shards"]):
         # A shard's file name must be the one the build writes: never a path out of the folder.
@@ -92,7 +105,11 @@ def _split_problem(name, entry, class_names):
     if sum(shard["num_examples"] for shard in entry["shards"]) != entry["num_examples"]:
         return f"the shards of {name!r} do not add up to its {entry['num_examples']} examples"
     per_class = entry.get("per_class", {})
-    if not isinstance(per_class, dict) or set(per_class) - set(class_names) or not all(map(_is_count, per_class.values())):
+    if (
+        not isinstance(per_class, dict)
+        or set(per_class) - set(class_names)
+        or not all(map(_is_count, per_class.values()))
+    ):
         return f"split {name!r} counts classes the build does not have"
     return None
 
@@ -161,8 +178,12 @@ def write_tfds_metadata(records_dir, class_names, splits):
     """
     info = dict(_TFDS_INFO, name=schema.DATASET_NAME, version=schema.DATASET_VERSION, fileFormat=schema.FILE_FORMAT)
     info["splits"] = [
-        {"name": name, "shardLengths": [str(length) for length in lengths], "numBytes": str(num_bytes),
-         "filepathTemplate": _TFDS_FILE_TEMPLATE}
+        {
+            "name": name,
+            "shardLengths": [str(length) for length in lengths],
+            "numBytes": str(num_bytes),
+            "filepathTemplate": _TFDS_FILE_TEMPLATE,
+        }
         for name, (lengths, num_bytes) in splits.items()
     ]
     dataset_info, features, labels, license_file = (os.path.join(records_dir, name) for name in TFDS_FILES)
@@ -182,12 +203,14 @@ def iter_framed_records(path):
         data = handle.read()
     position = 0
     while position < len(data):
-        length_bytes = data[position:position + 8]
-        if len(length_bytes) < 8 or struct.unpack("<I", data[position + 8:position + 12])[0] != _masked_crc(length_bytes):
+        length_bytes = data[position : position + 8]
+        if len(length_bytes) < 8 or struct.unpack("<I", data[position + 8 : position + 12])[0] != _masked_crc(
+            length_bytes
+        ):
             raise VerificationError(f"{path}: bad length CRC at byte {position}")
         (length,) = struct.unpack("<Q", length_bytes)
-        record = data[position + 12:position + 12 + length]
-        crc = data[position + 12 + length:position + 16 + length]
+        record = data[position + 12 : position + 12 + length]
+        crc = data[position + 12 + length : position + 16 + length]
         if len(record) < length or len(crc) < 4 or struct.unpack("<I", crc)[0] != _masked_crc(record):
             raise VerificationError(f"{path}: bad data CRC at byte {position}")
         yield record
@@ -243,7 +266,7 @@ def _check_chunk(task, num_classes):
     examples, position = [], 0
     while position < len(data):
         (length,) = struct.unpack_from("<Q", data, position)
-        record = parse_record(data[position + 12:position + 12 + length])
+        record = parse_record(data[position + 12 : position + 12 + length])
         position += 16 + length
         image_id = record[schema.IMAGE_ID].decode("utf-8", "replace")
         if not 0 <= record[schema.LABEL] < num_classes:
@@ -282,7 +305,7 @@ def _fields(data):
             length, position = _read_varint(data, position)
             if position + length > end:
                 raise ValueError("truncated field")
-            fields.append((key >> 3, wire_type, data[position:position + length]))
+            fields.append((key >> 3, wire_type, data[position : position + length]))
             position += length
         elif wire_type == 0:
             value, position = _read_varint(data, position)

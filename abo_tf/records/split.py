@@ -80,7 +80,9 @@ def assign_splits(group_of_image, fractions, seed):
     split_of_group = {}
     for key in set(group_of_image.values()):
         position = stable_fraction(seed, key)
-        split_of_group[key] = SPLITS[0] if position < train_end else SPLITS[1] if position < validation_end else SPLITS[2]
+        split_of_group[key] = (
+            SPLITS[0] if position < train_end else SPLITS[1] if position < validation_end else SPLITS[2]
+        )
     return {image_id: split_of_group[key] for image_id, key in group_of_image.items()}
 
 

@@ -29,11 +29,12 @@ import os
 
 import numpy as np
 
-from abo_tf.records import archive, download, labels, shards, split as split_lib
-from abo_tf.reports import figures, metrics
 from abo_tf.common import console, outputs
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
+from abo_tf.records import archive, download, labels, shards
+from abo_tf.records import split as split_lib
+from abo_tf.reports import figures, metrics
 
 # Localised text fields: lists of {"language_tag", "value"} (docs/abo-format.md).
 LOCALISED_FIELDS = archive.LOCALISED_LISTING_KEYS
@@ -48,18 +49,26 @@ class AnalyzeOptions:
 
     listings: str | None = options_lib.option(
         help=f"abo-listings.tar or the folder it was extracted into (default: looked for under {download.DATA_DIR}/)",
-        group="inputs (folders or the .tar files as downloaded)")
+        group="inputs (folders or the .tar files as downloaded)",
+    )
     images: str | None = options_lib.option(
-        help=f"abo-images-small.tar or the folder it was extracted into (default: looked for under {download.DATA_DIR}/)",
-        group="inputs (folders or the .tar files as downloaded)")
-    records: str | None = options_lib.option(help="a build_records output, to report what the build kept and dropped",
-                                             group="inputs (folders or the .tar files as downloaded)")
-    report: str = options_lib.option(help="folder for report.md, the CSV tables and the figures", group="report",
-                                     required=True, config=False)
-    head_min: int = options_lib.option(metrics.HEAD_MIN, help="head stratum: at least this many images", group="report",
-                                       minimum=1)
-    tail_below: int = options_lib.option(metrics.TAIL_BELOW, help="tail stratum: fewer than this many images",
-                                         group="report", minimum=0)
+        help=f"abo-images-small.tar or the folder it was extracted into (default: looked for under "
+        f"{download.DATA_DIR}/)",
+        group="inputs (folders or the .tar files as downloaded)",
+    )
+    records: str | None = options_lib.option(
+        help="a build_records output, to report what the build kept and dropped",
+        group="inputs (folders or the .tar files as downloaded)",
+    )
+    report: str = options_lib.option(
+        help="folder for report.md, the CSV tables and the figures", group="report", required=True, config=False
+    )
+    head_min: int = options_lib.option(
+        metrics.HEAD_MIN, help="head stratum: at least this many images", group="report", minimum=1
+    )
+    tail_below: int = options_lib.option(
+        metrics.TAIL_BELOW, help="tail stratum: fewer than this many images", group="report", minimum=0
+    )
     progress: bool = options_lib.option(True, help="progress bars", group=options_lib.CONSOLE_GROUP, config=False)
 
     def __post_init__(self):
@@ -77,7 +86,9 @@ class ListingsTally:
 
     listings: list = dataclasses.field(default_factory=list)  # archive.Listing
     languages: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # (field, tag) -> values
-    present_keys: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # key -> listings with a value
+    present_keys: collections.Counter = dataclasses.field(
+        default_factory=collections.Counter
+    )  # key -> listings with a value
     report: archive.ListingsReport = dataclasses.field(default_factory=archive.ListingsReport)
 
 
@@ -118,10 +129,18 @@ def class_distribution(listings, head_min, tail_below):
     listing_counts = collections.Counter(listing.product_type or "(none)" for listing in listings)
     image_types, _ = labels.resolve_image_types(_types_per_image(listings))
     image_counts = collections.Counter(image_types.values())
-    names = sorted(set(listing_counts) | set(image_counts), key=lambda name: (-image_counts[name], -listing_counts[name], name))
+    names = sorted(
+        set(listing_counts) | set(image_counts), key=lambda name: (-image_counts[name], -listing_counts[name], name)
+    )
     images = np.array([image_counts[name] for name in names], dtype=np.int64)
-    return pd.DataFrame({"product_type": names, "listings": [listing_counts[name] for name in names], "images": images,
-                         "stratum": metrics.frequency_strata(images, head_min, tail_below) if names else []})
+    return pd.DataFrame(
+        {
+            "product_type": names,
+            "listings": [listing_counts[name] for name in names],
+            "images": images,
+            "stratum": metrics.frequency_strata(images, head_min, tail_below) if names else [],
+        }
+    )
 
 
 def _types_per_image(listings):
@@ -144,7 +163,13 @@ def label_conflicts(listings):
     for image_id, types in sorted(per_image.items()):
         counts = collections.Counter(types)
         if len(counts) > 1:
-            rows.append({"image_id": image_id, "listing_types": "; ".join(f"{name}:{count}" for name, count in sorted(counts.items())), "resolved_type": resolved[image_id]})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "listing_types": "; ".join(f"{name}:{count}" for name, count in sorted(counts.items())),
+                    "resolved_type": resolved[image_id],
+                }
+            )
     return pd.DataFrame(rows, columns=["image_id", "listing_types", "resolved_type"])
 
 
@@ -198,7 +223,9 @@ def sharing(listings):
     listings_per_group = collections.Counter(group_of[ids[0]] for _, ids in ids_per_listing if ids)
     largest = max(images_per_group, key=lambda key: (images_per_group[key], listings_per_group[key], key), default=None)
     return {
-        "images_per_listing": _count_table(collections.Counter(len(ids) for _, ids in ids_per_listing), "images", "listings"),
+        "images_per_listing": _count_table(
+            collections.Counter(len(ids) for _, ids in ids_per_listing), "images", "listings"
+        ),
         "listings_per_image": _count_table(collections.Counter(listings_per_image.values()), "listings", "images"),
         "group_sizes": _count_table(collections.Counter(images_per_group.values()), "images_in_group", "groups"),
         "largest_group": (images_per_group.get(largest, 0), listings_per_group.get(largest, 0)),
@@ -229,7 +256,9 @@ def image_sizes(store):
     for name, values in quantities.items():
         edges = _log_bins(values)
         counts, _ = np.histogram(values, edges)
-        frames.append(pd.DataFrame({"quantity": name, "bin_lower": edges[:-1], "bin_upper": edges[1:], "images": counts}))
+        frames.append(
+            pd.DataFrame({"quantity": name, "bin_lower": edges[:-1], "bin_upper": edges[1:], "images": counts})
+        )
     medians = {name: float(np.median(values)) if values else float("nan") for name, values in quantities.items()}
     return pd.concat(frames, ignore_index=True), medians
 
@@ -238,8 +267,11 @@ def build_tables(manifest):
     """From a build's manifest: drops by stage and reason, and examples per class and split."""
     import pandas as pd
 
-    drops = [{"stage": stage, "reason": reason, "count": count}
-             for stage in ("listings", "images") for reason, count in sorted(manifest[stage]["dropped"].items())]
+    drops = [
+        {"stage": stage, "reason": reason, "count": count}
+        for stage in ("listings", "images")
+        for reason, count in sorted(manifest[stage]["dropped"].items())
+    ]
     drops = pd.DataFrame(drops, columns=["stage", "reason", "count"])
     splits = [name for name in split_lib.SPLITS if name in manifest["splits"]]
     balance = pd.DataFrame({"class": manifest["classes"]})
@@ -259,12 +291,21 @@ def plot_class_distribution(table, head_min, tail_below, path):
     figure, axis = plt.subplots(figsize=(10, 4.5))
     counts = np.maximum(table["images"].to_numpy(), 0.8)  # a log axis cannot show zero: a sliver
     if len(table) <= MAX_BARS:
-        axis.bar(range(len(table)), counts, width=1.0, color=[metrics.STRATUM_COLOURS[name] for name in table["stratum"]])
+        axis.bar(
+            range(len(table)), counts, width=1.0, color=[metrics.STRATUM_COLOURS[name] for name in table["stratum"]]
+        )
     else:  # a bar per type costs memory and time by the hundred thousand; one filled area per stratum does not
         for name in metrics.STRATA:
             inside = (table["stratum"] == name).to_numpy()
-            axis.fill_between(np.arange(len(table)), counts, 0.8, where=inside, step="mid",
-                              color=metrics.STRATUM_COLOURS[name], linewidth=0)
+            axis.fill_between(
+                np.arange(len(table)),
+                counts,
+                0.8,
+                where=inside,
+                step="mid",
+                color=metrics.STRATUM_COLOURS[name],
+                linewidth=0,
+            )
     axis.set_yscale("log")
     for threshold, label in ((head_min, f"head >= {head_min}"), (tail_below, f"tail < {tail_below}")):
         axis.axhline(threshold, color="gray", linestyle="--", linewidth=1)
@@ -310,7 +351,13 @@ def plot_image_sizes(table, path):
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
     for axis, name in zip(axes[0], names):
         rows = table[table["quantity"] == name]
-        axis.bar(rows["bin_lower"], rows["images"], width=rows["bin_upper"] - rows["bin_lower"], align="edge", edgecolor="black")
+        axis.bar(
+            rows["bin_lower"],
+            rows["images"],
+            width=rows["bin_upper"] - rows["bin_lower"],
+            align="edge",
+            edgecolor="black",
+        )
         axis.set_xscale("log")
         axis.set_title(name.replace("_", " "))
         axis.set_ylabel("images")
@@ -319,9 +366,11 @@ def plot_image_sizes(table, path):
 
 def plot_sharing(tables, path):
     plt = figures.pyplot()
-    panels = (("images_per_listing", "images", "listings", "images per listing", False),
-              ("listings_per_image", "listings", "images", "listings showing one image", True),
-              ("group_sizes", "images_in_group", "groups", "connected groups (images)", True))
+    panels = (
+        ("images_per_listing", "images", "listings", "images per listing", False),
+        ("listings_per_image", "listings", "images", "listings showing one image", True),
+        ("group_sizes", "images_in_group", "groups", "connected groups (images)", True),
+    )
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for axis, (name, key, value, title, log) in zip(axes, panels):
         frame = tables[name]
@@ -340,7 +389,11 @@ def plot_sharing(tables, path):
 def plot_missing_fields(table, path):
     plt = figures.pyplot()
     figure, axis = plt.subplots(figsize=(7, 0.22 * len(table) + 1.5))
-    axis.barh(table["key"], table["missing_share"], color=["tab:blue" if documented else "tab:gray" for documented in table["documented"]])
+    axis.barh(
+        table["key"],
+        table["missing_share"],
+        color=["tab:blue" if documented else "tab:gray" for documented in table["documented"]],
+    )
     axis.invert_yaxis()
     axis.set_xlim(0, 1)
     axis.set_xlabel("share of listings without a value (gray: undocumented key)")
@@ -393,7 +446,10 @@ def _overview(tally, store, share, conflicts, medians):
         ("image files in the archive", len(store.locations)),
         ("images referenced by listings", len(referenced)),
         ("referenced, not in images.csv.gz", len(referenced - set(store.rows))),
-        ("referenced, file missing from the archive", sum(image_id in store.rows and store.rows[image_id].path not in store.locations for image_id in referenced)),
+        (
+            "referenced, file missing from the archive",
+            sum(image_id in store.rows and store.rows[image_id].path not in store.locations for image_id in referenced),
+        ),
         ("in images.csv.gz, referenced by no listing", len(set(store.rows) - referenced)),
         ("images shown by more than one listing", share["shared_images"]),
         ("largest connected group: images", share["largest_group"][0]),
@@ -410,41 +466,100 @@ def _markdown_table(frame, columns, limit=None):
     frame = frame if limit is None else frame.head(limit)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(f"{row[column]:.3f}" if isinstance(row[column], float) else str(row[column]) for column in columns) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                f"{row[column]:.3f}" if isinstance(row[column], float) else str(row[column]) for column in columns
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def _report(options, overview, tables, has_build):
     distribution = tables["class_distribution"]
-    strata = distribution.groupby("stratum")["images"].agg(["count", "sum"]).reindex(list(metrics.STRATA)).fillna(0).astype(int)
+    strata = (
+        distribution.groupby("stratum")["images"]
+        .agg(["count", "sum"])
+        .reindex(list(metrics.STRATA))
+        .fillna(0)
+        .astype(int)
+    )
     lines = [
-        "# ABO data analysis", "",
-        f"Listings: `{options.listings}`; images: `{options.images}`" + (f"; records: `{options.records}`" if options.records else "") + ".",
-        "Every figure is drawn from the CSV of the same name in this folder.", "",
-        "## Overview", "", "| | |", "|---|---|",
+        "# ABO data analysis",
+        "",
+        f"Listings: `{options.listings}`; images: `{options.images}`"
+        + (f"; records: `{options.records}`" if options.records else "")
+        + ".",
+        "Every figure is drawn from the CSV of the same name in this folder.",
+        "",
+        "## Overview",
+        "",
+        "| | |",
+        "|---|---|",
     ]
     lines += [f"| {name} | {value} |" for name, value in overview]
-    lines += ["", "## Classes", "",
-              f"Images per product type on a log scale. Strata by images: head >= {options.head_min}, tail < {options.tail_below}. "
-              "Plain accuracy is dominated by the head: report macro averages.", "", "![class distribution](class_distribution.png)", "",
-              "| stratum | product types | images |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Classes",
+        "",
+        f"Images per product type on a log scale. Strata by images: head >= {options.head_min}, tail < "
+        f"{options.tail_below}. "
+        "Plain accuracy is dominated by the head: report macro averages.",
+        "",
+        "![class distribution](class_distribution.png)",
+        "",
+        "| stratum | product types | images |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {row['count']} | {row['sum']} |" for name, row in strata.iterrows()]
-    lines += ["", _markdown_table(distribution, ["product_type", "listings", "images", "stratum"], 15), "",
-              "## Languages", "", "![languages](languages.png)", "",
-              "## Images", "", "Original sides come from images.csv.gz (the small files are at most 256 px); file sizes are those of the images archive.", "",
-              "![image sizes](image_sizes.png)", "",
-              "## Sharing and groups", "",
-              "Images shown by several listings, and the connected groups (listings sharing an image or an item id) that the split keeps whole. "
-              "A few boilerplate images shown by very many listings join most of the data into one group; the build drops images shown by more than "
-              "`--max-listings-per-image` listings (default 50), which breaks it.", "",
-              "![sharing](sharing.png)", "",
-              "## Label conflicts", "",
-              f"{len(tables['label_conflicts'])} images are shown by listings of different product types; the build gives each the type of most of its listings "
-              "(ties: alphabetically first). First rows of `label_conflicts.csv`:", "",
-              _markdown_table(tables["label_conflicts"], ["image_id", "listing_types", "resolved_type"], 10), "",
-              "## Missing fields", "", "![missing fields](missing_fields.png)", ""]
+    lines += [
+        "",
+        _markdown_table(distribution, ["product_type", "listings", "images", "stratum"], 15),
+        "",
+        "## Languages",
+        "",
+        "![languages](languages.png)",
+        "",
+        "## Images",
+        "",
+        "Original sides come from images.csv.gz (the small files are at most 256 px); file sizes are those of the "
+        "images archive.",
+        "",
+        "![image sizes](image_sizes.png)",
+        "",
+        "## Sharing and groups",
+        "",
+        "Images shown by several listings, and the connected groups (listings sharing an image or an item id) that "
+        "the split keeps whole. "
+        "A few boilerplate images shown by very many listings join most of the data into one group; the build "
+        "drops images shown by more than "
+        "`--max-listings-per-image` listings (default 50), which breaks it.",
+        "",
+        "![sharing](sharing.png)",
+        "",
+        "## Label conflicts",
+        "",
+        f"{len(tables['label_conflicts'])} images are shown by listings of different product types; the build "
+        f"gives each the type of most of its listings "
+        "(ties: alphabetically first). First rows of `label_conflicts.csv`:",
+        "",
+        _markdown_table(tables["label_conflicts"], ["image_id", "listing_types", "resolved_type"], 10),
+        "",
+        "## Missing fields",
+        "",
+        "![missing fields](missing_fields.png)",
+        "",
+    ]
     if has_build:
-        lines += ["## What the build kept", "", "![build](build.png)", "", _markdown_table(tables["build_drops"], ["stage", "reason", "count"]), ""]
+        lines += [
+            "## What the build kept",
+            "",
+            "![build](build.png)",
+            "",
+            _markdown_table(tables["build_drops"], ["stage", "reason", "count"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -487,7 +602,12 @@ def analyze(options):
     for name, frame in tables.items():
         frame.to_csv(os.path.join(options.report, f"{name}.csv"), index=False)
     report = options.report
-    plot_class_distribution(tables["class_distribution"], options.head_min, options.tail_below, os.path.join(report, "class_distribution.png"))
+    plot_class_distribution(
+        tables["class_distribution"],
+        options.head_min,
+        options.tail_below,
+        os.path.join(report, "class_distribution.png"),
+    )
     plot_languages(tables["languages"], os.path.join(report, "languages.png"))
     plot_image_sizes(tables["image_sizes"], os.path.join(report, "image_sizes.png"))
     plot_sharing(tables, os.path.join(report, "sharing.png"))

@@ -9,6 +9,7 @@ so numbers compare across models.
 """
 
 import dataclasses
+import functools
 import heapq
 import math
 import os
@@ -16,12 +17,13 @@ import sys
 
 import numpy as np
 
-from abo_tf.records import schema, shards, split as split_lib
-from abo_tf.reports import figures, metrics
-from abo_tf.common import options as options_lib
 from abo_tf.common import console, outputs
-from abo_tf.common.files import write_json
+from abo_tf.common import options as options_lib
 from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.files import write_json
+from abo_tf.records import schema, shards
+from abo_tf.records import split as split_lib
+from abo_tf.reports import figures, metrics
 
 KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
 CONFUSED_PAIRS = "confused_pairs.csv"
@@ -31,27 +33,48 @@ CONFUSED_PAIRS = "confused_pairs.csv"
 class EvaluateOptions:
     """Everything an evaluation depends on; `python -m abo_tf.evaluate --help` documents each."""
 
-    model: str = options_lib.option(help="a run's saved_model folder (from abo_tf.train)", group="inputs", required=True)
+    model: str = options_lib.option(
+        help="a run's saved_model folder (from abo_tf.train)", group="inputs", required=True
+    )
     records: str = options_lib.option(help="folder of a build_records output", group="inputs", required=True)
     split: str = options_lib.option("test", help="split to evaluate", group="inputs")
-    keras_model: str | None = options_lib.option(help="the run's model.keras for Grad-CAM; default: next to --model",
-                                             group="inputs")
+    keras_model: str | None = options_lib.option(
+        help="the run's model.keras for Grad-CAM; default: next to --model", group="inputs"
+    )
     exclude: str | None = options_lib.option(
-        group="inputs", metavar="FILE", help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score the "
-        "split without its images that have a near-duplicate in train")
-    report: str = options_lib.option(help="folder for report.md, metrics.json, CSVs and figures", group="report",
-                                 required=True, config=False)
-    top_n: int = options_lib.option(20, help="classes in the confusion matrix (plus 'all others')", group="report",
-                                minimum=1)
+        group="inputs",
+        metavar="FILE",
+        help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score the "
+        "split without its images that have a near-duplicate in train",
+    )
+    report: str = options_lib.option(
+        help="folder for report.md, metrics.json, CSVs and figures", group="report", required=True, config=False
+    )
+    top_n: int = options_lib.option(
+        20, help="classes in the confusion matrix (plus 'all others')", group="report", minimum=1
+    )
     gallery_size: int = options_lib.option(16, help="most confident mistakes shown", group="report", minimum=0)
-    gradcam_examples: int = options_lib.option(4, help="correct predictions explained, and as many wrong ones",
-                                           group="report", minimum=0)
-    calibration_bins: int = options_lib.option(metrics.CALIBRATION_BINS, group="report", minimum=1,
-                                           help="equal-width confidence bins of the ECE and the reliability diagram")
-    head_min: int = options_lib.option(metrics.HEAD_MIN, help="head: at least this many", minimum=1,
-                                   group="frequency strata (training examples per class)")
-    tail_below: int = options_lib.option(metrics.TAIL_BELOW, help="tail: fewer than this many", minimum=0,
-                                     group="frequency strata (training examples per class)")
+    gradcam_examples: int = options_lib.option(
+        4, help="correct predictions explained, and as many wrong ones", group="report", minimum=0
+    )
+    calibration_bins: int = options_lib.option(
+        metrics.CALIBRATION_BINS,
+        group="report",
+        minimum=1,
+        help="equal-width confidence bins of the ECE and the reliability diagram",
+    )
+    head_min: int = options_lib.option(
+        metrics.HEAD_MIN,
+        help="head: at least this many",
+        minimum=1,
+        group="frequency strata (training examples per class)",
+    )
+    tail_below: int = options_lib.option(
+        metrics.TAIL_BELOW,
+        help="tail: fewer than this many",
+        minimum=0,
+        group="frequency strata (training examples per class)",
+    )
     batch_size: int = options_lib.option(64, help="images per call of the SavedModel", group="runtime", minimum=1)
     seed: int = options_lib.option(0, help="draws the Grad-CAM examples", group="runtime")
     progress: bool = options_lib.option(True, help="progress bar", group=options_lib.CONSOLE_GROUP, config=False)
@@ -59,8 +82,10 @@ class EvaluateOptions:
     def __post_init__(self):
         options_lib.validate(self)
         if self.tail_below > self.head_min:
-            raise UserInputError(f"--tail-below {self.tail_below} is above --head-min {self.head_min}: "
-                                 "the torso would be empty and inverted")
+            raise UserInputError(
+                f"--tail-below {self.tail_below} is above --head-min {self.head_min}: "
+                "the torso would be empty and inverted"
+            )
 
 
 # --- checks --------------------------------------------------------------------
@@ -153,7 +178,7 @@ def _keep_pictures(batch_pixels, ids, labels, probabilities, keepers, seed):
     predicted = probabilities.argmax(axis=1)
     for row, image_id in enumerate(ids):
         score = float(probabilities[row, predicted[row]])
-        make = lambda: _picture(batch_pixels[row], image_id, labels[row], predicted[row], score)  # noqa: E731
+        make = functools.partial(_picture, batch_pixels[row], image_id, labels[row], predicted[row], score)
         correct = labels[row] == predicted[row]
         if not correct:
             keepers["mistakes"].offer(score, image_id, make)
@@ -200,7 +225,9 @@ def _predict_batches(serve, dataset, options, manifest, mapping):
         "wrong": _Best(options.gradcam_examples),
     }
     labels, probabilities, image_ids = [], [], []
-    with console.progress_bar(total=total, desc=f"evaluate {options.split}", unit="img", enabled=options.progress) as bar:
+    with console.progress_bar(
+        total=total, desc=f"evaluate {options.split}", unit="img", enabled=options.progress
+    ) as bar:
         for batch in dataset:
             batch_probabilities = serve(pixels=batch["image"])["probabilities"].numpy()
             batch_labels = _model_labels(mapping, batch["label"].numpy(), manifest, options)
@@ -586,9 +613,15 @@ def _metrics_without_near_duplicates(options, leaked, predictions, train_counts)
 
     keep = leakage.kept_mask(predictions.image_ids, leaked, options.split)
     probabilities = predictions.probabilities[keep]
-    result = metrics.evaluation_metrics(predictions.labels[keep], probabilities.argmax(axis=1), probabilities,
-                                        train_counts, options.head_min, options.tail_below,
-                                        num_bins=options.calibration_bins)
+    result = metrics.evaluation_metrics(
+        predictions.labels[keep],
+        probabilities.argmax(axis=1),
+        probabilities,
+        train_counts,
+        options.head_min,
+        options.tail_below,
+        num_bins=options.calibration_bins,
+    )
     result["num_excluded"] = int((~keep).sum())
     return result
 
@@ -599,8 +632,18 @@ def _leakage_markdown(result):
     from abo_tf.reports import markdown
 
     without = result["without_near_duplicates"]
-    rows = [(name, result[key], without[key]) for name, key in
-            (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("top-5 accuracy", "top5_accuracy"))]
-    return "\n".join(["", "## Without near-duplicates of training images", "",
-                      f"{without['num_excluded']} images with a near-duplicate in train (`--exclude`) left out:", "",
-                      markdown.table(rows, ["metric", "all images", "without near-duplicates"]), ""])
+    rows = [
+        (name, result[key], without[key])
+        for name, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("top-5 accuracy", "top5_accuracy"))
+    ]
+    return "\n".join(
+        [
+            "",
+            "## Without near-duplicates of training images",
+            "",
+            f"{without['num_excluded']} images with a near-duplicate in train (`--exclude`) left out:",
+            "",
+            markdown.table(rows, ["metric", "all images", "without near-duplicates"]),
+            "",
+        ]
+    )

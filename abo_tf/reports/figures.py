@@ -37,4 +37,6 @@ def prepare_report_dir(path):
             pass
         os.remove(probe)
     except OSError as error:
-        raise UserInputError(f"cannot write the report folder {path!r} ({error.strerror or error}): choose another --report") from error
+        raise UserInputError(
+            f"cannot write the report folder {path!r} ({error.strerror or error}): choose another --report"
+        ) from error

@@ -11,15 +11,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from abo_tf.common.errors import UserInputError
 from abo_tf.reports import figures
 from abo_tf.training import models
-from abo_tf.common.errors import UserInputError
 
 
 def _single_input(model):
     """The model's one input tensor (not a list of one, which Keras then expects as a list)."""
     if len(model.inputs) != 1:
-        raise UserInputError(f"model {model.name!r} has {len(model.inputs)} inputs: Grad-CAM explains single-image models")
+        raise UserInputError(
+            f"model {model.name!r} has {len(model.inputs)} inputs: Grad-CAM explains single-image models"
+        )
     return model.inputs[0]
 
 
@@ -33,7 +35,10 @@ def _check_chain(model):
     for layer in model.layers[1:]:
         node = layer._inbound_nodes[0]
         if len(node.input_tensors) != len(previous) or any(a is not b for a, b in zip(node.input_tensors, previous)):
-            raise UserInputError(f"model {model.name!r} is not a chain of layers at {layer.name!r}: Grad-CAM inside a nested backbone needs a model from abo_tf.training.models")
+            raise UserInputError(
+                f"model {model.name!r} is not a chain of layers at {layer.name!r}: Grad-CAM inside a nested "
+                f"backbone needs a model from abo_tf.training.models"
+            )
         previous = node.output_tensors
 
 

@@ -43,13 +43,24 @@ def classification_metrics(labels, predictions, probabilities=None, num_classes=
       A dict of floats.
     """
     labels, predictions = np.asarray(labels), np.asarray(predictions)
-    if num_classes is not None and len(labels) and (max(labels.max(), predictions.max()) >= num_classes or min(labels.min(), predictions.min()) < 0):
+    if (
+        num_classes is not None
+        and len(labels)
+        and (max(labels.max(), predictions.max()) >= num_classes or min(labels.min(), predictions.min()) < 0)
+    ):
         raise ValueError(f"labels must be in [0, {num_classes})")
     present = np.union1d(labels, predictions)
-    result = {"num_examples": int(len(labels)), "accuracy": float(np.mean(labels == predictions)) if len(labels) else float("nan")}
+    result = {
+        "num_examples": int(len(labels)),
+        "accuracy": float(np.mean(labels == predictions)) if len(labels) else float("nan"),
+    }
     for average in ("macro", "weighted"):
-        precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(labels, predictions, labels=present, average=average, zero_division=0)
-        result.update({f"{average}_precision": float(precision), f"{average}_recall": float(recall), f"{average}_f1": float(f1)})
+        precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(
+            labels, predictions, labels=present, average=average, zero_division=0
+        )
+        result.update(
+            {f"{average}_precision": float(precision), f"{average}_recall": float(recall), f"{average}_f1": float(f1)}
+        )
     if probabilities is not None:
         result["top5_accuracy"] = top_k_accuracy(labels, probabilities, 5)
     return result
@@ -64,8 +75,12 @@ def per_class_metrics(labels, predictions, class_names, train_counts=None, head_
     import pandas as pd
 
     indices = list(range(len(class_names)))
-    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(labels, predictions, labels=indices, zero_division=0)
-    frame = pd.DataFrame({"class": list(class_names), "support": support, "precision": precision, "recall": recall, "f1": f1})
+    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=indices, zero_division=0
+    )
+    frame = pd.DataFrame(
+        {"class": list(class_names), "support": support, "precision": precision, "recall": recall, "f1": f1}
+    )
     if train_counts is not None:
         frame["train_examples"] = np.asarray(train_counts, dtype=np.int64)
         frame["stratum"] = frequency_strata(train_counts, head_min, tail_below)
@@ -79,7 +94,9 @@ def frequency_strata(train_counts, head_min=HEAD_MIN, tail_below=TAIL_BELOW):
       ValueError: thresholds out of order.
     """
     if not 0 <= tail_below <= head_min:
-        raise ValueError(f"stratum thresholds need 0 <= tail_below <= head_min, got tail_below={tail_below}, head_min={head_min}")
+        raise ValueError(
+            f"stratum thresholds need 0 <= tail_below <= head_min, got tail_below={tail_below}, head_min={head_min}"
+        )
     counts = np.asarray(train_counts)
     return np.where(counts >= head_min, "head", np.where(counts >= tail_below, "torso", "tail"))
 
@@ -104,13 +121,18 @@ def strata_metrics(labels, predictions, strata, probabilities=None):
     """
     labels, predictions, strata = np.asarray(labels), np.asarray(predictions), np.asarray(strata)
     present = np.union1d(labels, predictions)
-    precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(labels, predictions, labels=present, zero_division=0)
+    precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=present, zero_division=0
+    )
     result = {}
     for stratum in STRATA:
         in_stratum = strata[present] == stratum
         examples = strata[labels] == stratum if len(labels) else np.zeros(0, bool)
-        entry = {"num_classes": int(np.sum(strata == stratum)), "num_examples": int(examples.sum()),
-                 "accuracy": float(np.mean(labels[examples] == predictions[examples])) if examples.any() else float("nan")}
+        entry = {
+            "num_classes": int(np.sum(strata == stratum)),
+            "num_examples": int(examples.sum()),
+            "accuracy": float(np.mean(labels[examples] == predictions[examples])) if examples.any() else float("nan"),
+        }
         for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
             entry[f"macro_{name}"] = float(np.mean(values[in_stratum])) if in_stratum.any() else float("nan")
         if probabilities is not None:
@@ -137,7 +159,15 @@ def calibration_table(labels, probabilities, num_bins=CALIBRATION_BINS):
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(bins, confidence, num_bins) / count
         accuracy = np.bincount(bins, correct.astype(np.float64), num_bins) / count
-    return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count, "confidence": mean_confidence, "accuracy": accuracy})
+    return pd.DataFrame(
+        {
+            "bin_lower": edges[:-1],
+            "bin_upper": edges[1:],
+            "count": count,
+            "confidence": mean_confidence,
+            "accuracy": accuracy,
+        }
+    )
 
 
 def expected_calibration_error(labels, probabilities, num_bins=CALIBRATION_BINS):
@@ -168,18 +198,30 @@ def format_summary(result, name):
       A string of 1 + len(STRATA) lines.
     """
     figure = format_figure
-    lines = [f"{name}: {result['num_examples']} images, macro F1 {figure(result['macro_f1'])}, "
-             f"accuracy {figure(result['accuracy'])}, top-5 {figure(result.get('top5_accuracy'))}, "
-             f"ECE {figure(result.get('expected_calibration_error'))}"]
+    lines = [
+        f"{name}: {result['num_examples']} images, macro F1 {figure(result['macro_f1'])}, "
+        f"accuracy {figure(result['accuracy'])}, top-5 {figure(result.get('top5_accuracy'))}, "
+        f"ECE {figure(result.get('expected_calibration_error'))}"
+    ]
     for stratum in STRATA:
         entry = result["strata"][stratum]
-        lines.append(f"  {stratum:<5} {entry['num_classes']:>4} classes {entry['num_examples']:>7} images: "
-                     f"macro F1 {figure(entry['macro_f1'])}, accuracy {figure(entry['accuracy'])}")
+        lines.append(
+            f"  {stratum:<5} {entry['num_classes']:>4} classes {entry['num_examples']:>7} images: "
+            f"macro F1 {figure(entry['macro_f1'])}, accuracy {figure(entry['accuracy'])}"
+        )
     return "\n".join(lines)
 
 
-def evaluation_metrics(labels, predictions, scores, train_counts, head_min=HEAD_MIN, tail_below=TAIL_BELOW,
-                       calibrated=True, num_bins=CALIBRATION_BINS):
+def evaluation_metrics(
+    labels,
+    predictions,
+    scores,
+    train_counts,
+    head_min=HEAD_MIN,
+    tail_below=TAIL_BELOW,
+    calibrated=True,
+    num_bins=CALIBRATION_BINS,
+):
     """Everything `abo_tf.evaluate` reports, in one dict; the baselines report the same.
 
     Args:
@@ -237,14 +279,17 @@ def confused_pairs(labels, predictions, class_names):
     wrong = labels != predictions
     pairs, counts = np.unique(np.stack([labels[wrong], predictions[wrong]], axis=1), axis=0, return_counts=True)
     pairs = pairs.reshape(-1, 2)
-    frame = pd.DataFrame({
-        "true_class": [class_names[index] for index in pairs[:, 0]],
-        "predicted_class": [class_names[index] for index in pairs[:, 1]],
-        "count": counts.astype(np.int64),
-        "share": counts / np.maximum(support[pairs[:, 0]], 1),
-    })
-    ordered = frame.sort_values(["count", "true_class", "predicted_class"], ascending=[False, True, True],
-                                kind="stable")
+    frame = pd.DataFrame(
+        {
+            "true_class": [class_names[index] for index in pairs[:, 0]],
+            "predicted_class": [class_names[index] for index in pairs[:, 1]],
+            "count": counts.astype(np.int64),
+            "share": counts / np.maximum(support[pairs[:, 0]], 1),
+        }
+    )
+    ordered = frame.sort_values(
+        ["count", "true_class", "predicted_class"], ascending=[False, True, True], kind="stable"
+    )
     return ordered.reset_index(drop=True)
 
 

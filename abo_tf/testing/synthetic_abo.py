@@ -78,11 +78,21 @@ QUIRK_CARRIER_TYPES = 3  # quirks go on listings of the 3 biggest types, never d
 # (domain, country, language tag of its text, weight). 81% of the weight is
 # on English marketplaces, so most text is en_* but only about 18% en_US.
 DOMAINS = (
-    ("amazon.in", "IN", "en_IN", 30), ("amazon.com", "US", "en_US", 18), ("amazon.co.uk", "GB", "en_GB", 12),
-    ("amazon.ae", "AE", "en_AE", 6), ("amazon.sg", "SG", "en_SG", 5), ("amazon.ca", "CA", "en_CA", 5),
-    ("amazon.com.au", "AU", "en_AU", 5), ("amazon.de", "DE", "de_DE", 4), ("amazon.fr", "FR", "fr_FR", 3),
-    ("amazon.it", "IT", "it_IT", 3), ("amazon.es", "ES", "es_ES", 3), ("amazon.co.jp", "JP", "ja_JP", 3),
-    ("amazon.cn", "CN", "zh_CN", 1), ("amazon.nl", "NL", "nl_NL", 1), ("amazon.com.tr", "TR", "tr_TR", 1),
+    ("amazon.in", "IN", "en_IN", 30),
+    ("amazon.com", "US", "en_US", 18),
+    ("amazon.co.uk", "GB", "en_GB", 12),
+    ("amazon.ae", "AE", "en_AE", 6),
+    ("amazon.sg", "SG", "en_SG", 5),
+    ("amazon.ca", "CA", "en_CA", 5),
+    ("amazon.com.au", "AU", "en_AU", 5),
+    ("amazon.de", "DE", "de_DE", 4),
+    ("amazon.fr", "FR", "fr_FR", 3),
+    ("amazon.it", "IT", "it_IT", 3),
+    ("amazon.es", "ES", "es_ES", 3),
+    ("amazon.co.jp", "JP", "ja_JP", 3),
+    ("amazon.cn", "CN", "zh_CN", 1),
+    ("amazon.nl", "NL", "nl_NL", 1),
+    ("amazon.com.tr", "TR", "tr_TR", 1),
 )
 ADJECTIVES = {
     "en": ("Classic", "Modern", "Premium", "Slim", "Rustic", "Soft", "Durable", "Compact"),
@@ -95,21 +105,63 @@ ADJECTIVES = {
     "nl": ("Klassiek", "Modern", "Stevig", "Zacht"),
     "tr": ("Klasik", "Modern", "Dayanıklı", "Yumuşak"),
 }
-CATEGORIES_WORD = {"en": "Categories", "de": "Kategorien", "fr": "Catégories", "it": "Categorie", "es": "Categorías",
-                   "ja": "カテゴリー", "zh": "类别", "nl": "Categorieën", "tr": "Kategoriler"}
-BRANDS = ("Amazon Brand - Solimo", "AmazonBasics", "Rivet", "Stone & Beam", "Amazon Essentials", "find.",
-          "Pinzon", "Amazon Brand - Symbol", "Movian", "Ravenna Home", "Eono", "Goodthreads")
-COLOURS = (("Black", "Jet Black"), ("White", "Off White"), ("Blue", "Navy Blue"), ("Red", "Crimson"),
-           ("Grey", "Charcoal"), ("Green", "Olive"), ("Brown", "Walnut"), ("Multicolor", "Multi"))
+CATEGORIES_WORD = {
+    "en": "Categories",
+    "de": "Kategorien",
+    "fr": "Catégories",
+    "it": "Categorie",
+    "es": "Categorías",
+    "ja": "カテゴリー",
+    "zh": "类别",
+    "nl": "Categorieën",
+    "tr": "Kategoriler",
+}
+BRANDS = (
+    "Amazon Brand - Solimo",
+    "AmazonBasics",
+    "Rivet",
+    "Stone & Beam",
+    "Amazon Essentials",
+    "find.",
+    "Pinzon",
+    "Amazon Brand - Symbol",
+    "Movian",
+    "Ravenna Home",
+    "Eono",
+    "Goodthreads",
+)
+COLOURS = (
+    ("Black", "Jet Black"),
+    ("White", "Off White"),
+    ("Blue", "Navy Blue"),
+    ("Red", "Crimson"),
+    ("Grey", "Charcoal"),
+    ("Green", "Olive"),
+    ("Brown", "Walnut"),
+    ("Multicolor", "Multi"),
+)
 MATERIALS = ("Plastic", "Silicone", "Leather", "Wood", "Cotton", "Metal", "Polyester", "Ceramic")
 KEYWORDS = ["gift", "new", "home"]
 STYLES = ("Modern", "Contemporary", "Traditional", "Mid-Century", "Casual", "Industrial")
 
 # Optional listing fields and how often a listing carries each.
 FIELD_RATES = {
-    "brand": 0.95, "bullet_point": 0.7, "item_keywords": 0.6, "color": 0.7, "material": 0.4, "style": 0.4,
-    "model_name": 0.3, "product_description": 0.15, "node": 0.9, "item_dimensions": 0.5, "item_weight": 0.5,
-    "spin_id": 0.03, "3dmodel_id": 0.02, "color_code": 0.2, "model_year": 0.15, "model_number": 0.4,
+    "brand": 0.95,
+    "bullet_point": 0.7,
+    "item_keywords": 0.6,
+    "color": 0.7,
+    "material": 0.4,
+    "style": 0.4,
+    "model_name": 0.3,
+    "product_description": 0.15,
+    "node": 0.9,
+    "item_dimensions": 0.5,
+    "item_weight": 0.5,
+    "spin_id": 0.03,
+    "3dmodel_id": 0.02,
+    "color_code": 0.2,
+    "model_year": 0.15,
+    "model_number": 0.4,
 }
 PLAIN_STRING_TYPE_RATE = 0.2  # the README's form; the real files use [{"value": ...}]
 MULTI_DOMAIN_ITEM_RATE = 0.1
@@ -192,8 +244,16 @@ class _Plan:
         longest = self.rng.randint(self.max_side // 2, self.max_side)
         shortest = max(16, round(longest * self.rng.uniform(0.55, 1.0)))
         height, width = (longest, shortest) if self.rng.random() < 0.5 else (shortest, longest)
-        self.images.append(_Image(kind, style, height, width, self.rng.randint(*JPEG_QUALITY_RANGE),
-                                  self.rng.randint(*ORIGINAL_SCALE_RANGE)))
+        self.images.append(
+            _Image(
+                kind,
+                style,
+                height,
+                width,
+                self.rng.randint(*JPEG_QUALITY_RANGE),
+                self.rng.randint(*ORIGINAL_SCALE_RANGE),
+            )
+        )
         return len(self.images) - 1
 
 
@@ -209,7 +269,7 @@ def _type_counts(num_listings):
     floors = [int(share) for share in shares]
     # Largest remainder: the counts add up exactly.
     by_remainder = sorted(range(len(middle)), key=lambda rank: floors[rank] - shares[rank])
-    for rank in by_remainder[:remaining - sum(floors)]:
+    for rank in by_remainder[: remaining - sum(floors)]:
         floors[rank] += 1
     for rank, index in enumerate(middle):
         counts[index] = floors[rank]
@@ -235,8 +295,11 @@ def _group_into_items(plan, counts):
 
 def _single_items(plan, type_indices):
     """Items listed once whose type is in `type_indices`, in random order."""
-    found = [index for index, item in enumerate(plan.items)
-             if len(item) == 1 and plan.listings[item[0]].type_index in type_indices]
+    found = [
+        index
+        for index, item in enumerate(plan.items)
+        if len(item) == 1 and plan.listings[item[0]].type_index in type_indices
+    ]
     plan.rng.shuffle(found)
     return found
 
@@ -277,9 +340,14 @@ def _quirk_count(num_listings, per, minimum=1):
 
 def _pick_item_quirks(plan, num_listings):
     """Items (listed once, big types) whose main image is special: item index -> main kind or None."""
-    wanted = [(None, _quirk_count(num_listings, 200)), (MISSING_FROM_CSV, _quirk_count(num_listings, 1000)),
-              (PNG, _quirk_count(num_listings, 500)), (PNG_RGBA, _quirk_count(num_listings, 500)),
-              (GRAYSCALE, _quirk_count(num_listings, 500)), (CMYK, _quirk_count(num_listings, 500))]
+    wanted = [
+        (None, _quirk_count(num_listings, 200)),
+        (MISSING_FROM_CSV, _quirk_count(num_listings, 1000)),
+        (PNG, _quirk_count(num_listings, 500)),
+        (PNG_RGBA, _quirk_count(num_listings, 500)),
+        (GRAYSCALE, _quirk_count(num_listings, 500)),
+        (CMYK, _quirk_count(num_listings, 500)),
+    ]
     candidates = iter(_single_items(plan, set(range(QUIRK_CARRIER_TYPES))))
     return {next(candidates): kind for kind, count in wanted for _ in range(count)}
 
@@ -391,7 +459,7 @@ def _choose_listing_details(plan, num_listings):
     order = list(range(len(plan.listings)))
     plan.rng.shuffle(order)
     bounds = [round(number * len(order) / NUM_LISTINGS_FILES) for number in range(NUM_LISTINGS_FILES + 1)]
-    plan.files = [order[bounds[number]:bounds[number + 1]] for number in range(NUM_LISTINGS_FILES)]
+    plan.files = [order[bounds[number] : bounds[number + 1]] for number in range(NUM_LISTINGS_FILES)]
     num_malformed = min(NUM_LISTINGS_FILES, _quirk_count(num_listings, 5000))  # at most one per file
     for file_number in plan.rng.sample(range(NUM_LISTINGS_FILES), num_malformed):
         position = plan.rng.randint(0, len(plan.files[file_number]))
@@ -417,14 +485,20 @@ def _make_plan(num_listings, seed, max_side):
 
 def _exclusive_photos(plan):
     """Listing index -> its plain product photos that no other listing shows, in listing order."""
-    shown_by = collections.Counter(index for listing in plan.listings
-                                   for index in set(listing.others + [listing.main]) if index is not None)
+    shown_by = collections.Counter(
+        index for listing in plan.listings for index in set(listing.others + [listing.main]) if index is not None
+    )
     photos = {}
     for listing_index, listing in enumerate(plan.listings):
         if len(plan.items[listing.item]) == 1 and listing.type_index < QUIRK_CARRIER_TYPES:
-            photos[listing_index] = [index for index in [listing.main] + listing.others if index is not None
-                                     and shown_by[index] == 1 and plan.images[index].kind == JPEG
-                                     and plan.images[index].style == listing.type_index]
+            photos[listing_index] = [
+                index
+                for index in [listing.main] + listing.others
+                if index is not None
+                and shown_by[index] == 1
+                and plan.images[index].kind == JPEG
+                and plan.images[index].style == listing.type_index
+            ]
     return {listing_index: found for listing_index, found in photos.items() if found}
 
 
@@ -456,22 +530,39 @@ def _plant_near_duplicates(plan, rng, candidates, count):
     rng.shuffle(sources)
     for listing_index, source_index in sources[:count]:
         source, type_index = plan.images[source_index], plan.listings[listing_index].type_index
-        targets = [index for index, listing in enumerate(plan.listings) if listing.type_index == type_index
-                   and listing.item != plan.listings[listing_index].item
-                   and len(listing.others) <= MAX_OTHER_IMAGES_BEFORE_PLANTING]
+        targets = [
+            index
+            for index, listing in enumerate(plan.listings)
+            if listing.type_index == type_index
+            and listing.item != plan.listings[listing_index].item
+            and len(listing.others) <= MAX_OTHER_IMAGES_BEFORE_PLANTING
+        ]
         variant = NEAR_DUPLICATE_VARIANTS[len(plan.near_duplicates) % len(NEAR_DUPLICATE_VARIANTS)]
         height, width = _near_duplicate_size(source, variant, plan.max_side)
-        plan.images.append(dataclasses.replace(
-            source, height=height, width=width, image_id="", path="", source=source, source_index=source_index,
-            quality=rng.randint(55, 70) if variant == "reencoded" else source.quality, variant=variant))
+        plan.images.append(
+            dataclasses.replace(
+                source,
+                height=height,
+                width=width,
+                image_id="",
+                path="",
+                source=source,
+                source_index=source_index,
+                quality=rng.randint(55, 70) if variant == "reencoded" else source.quality,
+                variant=variant,
+            )
+        )
         plan.listings[rng.choice(targets)].others.append(len(plan.images) - 1)
         plan.near_duplicates.append((source_index, len(plan.images) - 1))
 
 
 def _plant_label_flips(plan, rng, candidates, count):
     """Other photos that show another big type than their listing says: the seller's label is wrong."""
-    flippable = [(listing_index, photos[-1]) for listing_index, photos in candidates.items()
-                 if photos[-1] != plan.listings[listing_index].main]
+    flippable = [
+        (listing_index, photos[-1])
+        for listing_index, photos in candidates.items()
+        if photos[-1] != plan.listings[listing_index].main
+    ]
     rng.shuffle(flippable)
     for listing_index, image_index in flippable[:count]:
         given = plan.listings[listing_index].type_index
@@ -517,8 +608,11 @@ def _physical_fields(rng, metric):
     dimensions = {side: _measure(rng.uniform(1, 80), unit, factor) for side in ("height", "length", "width")}
     weight_value = rng.uniform(0.05, 40)
     weight_unit, pounds_per_unit = ("kilograms", 2.2046) if metric else ("pounds", 1.0)
-    weight = {"normalized_value": {"unit": "pounds", "value": round(weight_value * pounds_per_unit, 3)},
-              "unit": weight_unit, "value": round(weight_value, 3)}
+    weight = {
+        "normalized_value": {"unit": "pounds", "value": round(weight_value * pounds_per_unit, 3)},
+        "unit": weight_unit,
+        "value": round(weight_value, 3),
+    }
     return {"item_dimensions": dimensions, "item_weight": [weight]}
 
 
@@ -530,8 +624,11 @@ def _text_fields(rng, type_index, tags):
     fields = {
         "item_name": [_localised(f"{brand} {rng.choice(ADJECTIVES[tag[:2]])} {noun}, {colour}", tag) for tag in tags],
         "brand": [_localised(brand, tag) for tag in tags],
-        "bullet_point": [_localised(f"{rng.choice(ADJECTIVES[tag[:2]])} {noun.lower()} ({number + 1})", tag)
-                         for tag in tags for number in range(rng.randint(1, 4))],
+        "bullet_point": [
+            _localised(f"{rng.choice(ADJECTIVES[tag[:2]])} {noun.lower()} ({number + 1})", tag)
+            for tag in tags
+            for number in range(rng.randint(1, 4))
+        ],
         "item_keywords": [_localised(word, tags[0]) for word in rng.sample(noun.lower().split() + KEYWORDS, 2)],
         "color": [{"language_tag": tag, "standardized_values": [standard], "value": colour} for tag in tags],
         "material": [_localised(rng.choice(MATERIALS), tags[0])],
@@ -566,8 +663,13 @@ def _product_type_value(listing):
 def _listing_record(plan, listing, rng):
     """One listing as the real files have it; optional keys present at their real-ish rates."""
     domain, country, language_tag, _ = DOMAINS[listing.domain]
-    record = {"item_id": plan.item_ids[listing.item], "domain_name": domain, "country": country,
-              "marketplace": "Amazon", "product_type": _product_type_value(listing)}
+    record = {
+        "item_id": plan.item_ids[listing.item],
+        "domain_name": domain,
+        "country": country,
+        "marketplace": "Amazon",
+        "product_type": _product_type_value(listing),
+    }
     if listing.main is not None:
         record["main_image_id"] = plan.images[listing.main].image_id
     if listing.others:
@@ -584,11 +686,16 @@ def _listing_record(plan, listing, rng):
 
 def _malformed_line(rng):
     """A listing cut off mid-object, as a damaged line of a real file would be."""
-    record = {"item_id": "B0" + "".join(rng.choices(ITEM_ID_ALPHABET, k=8)), "domain_name": "amazon.com",
-              "country": "US", "marketplace": "Amazon", "product_type": [{"value": "CELLULAR_PHONE_CASE"}],
-              "item_name": [_localised("Amazon Brand - Solimo Phone Case, Jet Black", "en_US")]}
+    record = {
+        "item_id": "B0" + "".join(rng.choices(ITEM_ID_ALPHABET, k=8)),
+        "domain_name": "amazon.com",
+        "country": "US",
+        "marketplace": "Amazon",
+        "product_type": [{"value": "CELLULAR_PHONE_CASE"}],
+        "item_name": [_localised("Amazon Brand - Solimo Phone Case, Jet Black", "en_US")],
+    }
     text = json.dumps(record, ensure_ascii=False, sort_keys=True)
-    return text[:len(text) * 2 // 3]
+    return text[: len(text) * 2 // 3]
 
 
 def _listings_files(plan):
@@ -596,8 +703,10 @@ def _listings_files(plan):
     rng = random.Random(f"abo-sample-text-{plan.seed}")
     files = []
     for number, listing_indices in enumerate(plan.files):
-        lines = [json.dumps(_listing_record(plan, plan.listings[index], rng), ensure_ascii=False, sort_keys=True)
-                 for index in listing_indices]
+        lines = [
+            json.dumps(_listing_record(plan, plan.listings[index], rng), ensure_ascii=False, sort_keys=True)
+            for index in listing_indices
+        ]
         if number in plan.malformed:
             lines.insert(plan.malformed[number], _malformed_line(rng))
         files.append((f"listings_{number:x}.json.gz", "\n".join(lines) + "\n"))
@@ -639,8 +748,25 @@ def _circle(center=(0.0, 0.0), radius=1.0, scale_y=1.0):
 SHAPES = {
     "rectangle": (np.array([[-0.5, -1.0], [0.5, -1.0], [0.5, 1.0], [-0.5, 1.0]]), None),
     "ellipse": (_circle(scale_y=0.55), None),
-    "cross": (np.array([[-0.3, -1], [0.3, -1], [0.3, -0.3], [1, -0.3], [1, 0.3], [0.3, 0.3], [0.3, 1],
-                        [-0.3, 1], [-0.3, 0.3], [-1, 0.3], [-1, -0.3], [-0.3, -0.3]]), None),
+    "cross": (
+        np.array(
+            [
+                [-0.3, -1],
+                [0.3, -1],
+                [0.3, -0.3],
+                [1, -0.3],
+                [1, 0.3],
+                [0.3, 0.3],
+                [0.3, 1],
+                [-0.3, 1],
+                [-0.3, 0.3],
+                [-1, 0.3],
+                [-1, -0.3],
+                [-0.3, -0.3],
+            ]
+        ),
+        None,
+    ),
     "semicircle": (np.array([[np.cos(t), 0.4 - np.sin(t)] for t in np.linspace(0, np.pi, 24)]), None),
     "ring": (_circle(), _circle(radius=0.55)),
     "triangle": (_regular_polygon(3, -np.pi / 2), None),
@@ -722,8 +848,15 @@ def _boilerplate_pixels(rng, image):
     canvas = np.full((image.height, image.width, 3), 250, dtype=np.uint8)
     number = (-1 - image.style) % len(BOILERPLATE_TEXTS)
     scale = image.width / 320
-    cv2.putText(canvas, BOILERPLATE_TEXTS[number], (int(10 * scale), int(40 * scale)),
-                cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), max(1, int(2 * scale)))
+    cv2.putText(
+        canvas,
+        BOILERPLATE_TEXTS[number],
+        (int(10 * scale), int(40 * scale)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (20, 20, 20),
+        max(1, int(2 * scale)),
+    )
     for row in range(int(60 * scale), image.height - 5, max(4, int(24 * scale))):
         cv2.line(canvas, (5, row), (image.width - 5, row), (60, 60, 60), 1)
     return canvas, np.ones((image.height, image.width), dtype=bool)
@@ -746,7 +879,7 @@ def _pixels(seed, index, image):
     canvas, mask = (_product_pixels if image.style >= 0 else _boilerplate_pixels)(rng, image)
     table = _noise_table(seed, max(NOISE_TABLE_SIDE, image.height, image.width))
     top, left = rng.integers(0, table.shape[0] - image.height + 1), rng.integers(0, table.shape[1] - image.width + 1)
-    noise = table[top:top + image.height, left:left + image.width]
+    noise = table[top : top + image.height, left : left + image.width]
     pixels = canvas.astype(np.float32)
     pixels *= rng.uniform(0.9, 1.08)  # brightness jitter
     pixels += noise * np.float32(rng.uniform(2.0, 4.0))
@@ -787,7 +920,7 @@ def _jpeg_segments(data):
         yield marker, position
         if marker == 0xDA:
             return
-        position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
 
 
 def _with_absurd_size(data):
@@ -795,15 +928,17 @@ def _with_absurd_size(data):
     patched = bytearray(data)
     for marker, position in _jpeg_segments(data):
         if marker in (0xC0, 0xC1, 0xC2):
-            patched[position + 5:position + 9] = BOMB_SIDE.to_bytes(2, "big") * 2
+            patched[position + 5 : position + 9] = BOMB_SIDE.to_bytes(2, "big") * 2
             return bytes(patched)
     raise RuntimeError("no frame header in the encoded JPEG")
 
 
 def _not_an_image(image):
     # What a failed download saves under the image's name.
-    return (f"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
-            f"<body><h1>Not Found</h1><p>{image.image_id} was not found on this server.</p></body></html>\n").encode()
+    return (
+        f"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
+        f"<body><h1>Not Found</h1><p>{image.image_id} was not found on this server.</p></body></html>\n"
+    ).encode()
 
 
 def _near_duplicate_pixels(seed, image):
@@ -844,7 +979,7 @@ def _image_bytes(seed, index, image):
         return _encode_cmyk(pixels, image.quality)
     data = _encode_jpeg(pixels, image.quality)
     if image.kind == TRUNCATED:
-        return data[:len(data) * 3 // 5]  # cut inside the scan: no end-of-image marker
+        return data[: len(data) * 3 // 5]  # cut inside the scan: no end-of-image marker
     if image.kind == TOO_LARGE:
         return _with_absurd_size(data)
     return data
@@ -861,7 +996,7 @@ def _render_chunk_star(arguments):
 
 def _rendered(plan, jobs, workers):
     """Yields the bytes of each job in order, rendered by `workers` processes."""
-    chunks = [(plan.seed, jobs[start:start + CHUNK_IMAGES]) for start in range(0, len(jobs), CHUNK_IMAGES)]
+    chunks = [(plan.seed, jobs[start : start + CHUNK_IMAGES]) for start in range(0, len(jobs), CHUNK_IMAGES)]
     if workers <= 1:
         for chunk in chunks:
             yield from _render_chunk(*chunk)
@@ -927,15 +1062,18 @@ class _FolderWriter:
 def _write_listings(plan, writer):
     names = []
     for name, text in _listings_files(plan):
-        writer.add(f"{LISTINGS_DIR}/{name}", _gzip(text.encode("utf-8"), name[:-len(".gz")]))
+        writer.add(f"{LISTINGS_DIR}/{name}", _gzip(text.encode("utf-8"), name[: -len(".gz")]))
         names.append(f"{LISTINGS_DIR}/{name}")
     return names
 
 
 def _write_images(plan, writer, workers):
     """Image files in path order, then images.csv.gz last (the worst case for a streaming reader)."""
-    with_files = [(index, image) for index, image in enumerate(plan.images)
-                  if image.kind not in (MISSING_FROM_ARCHIVE, MISSING_FROM_CSV)]
+    with_files = [
+        (index, image)
+        for index, image in enumerate(plan.images)
+        if image.kind not in (MISSING_FROM_ARCHIVE, MISSING_FROM_CSV)
+    ]
     jobs = sorted(with_files, key=lambda job: job[1].path)
     names = []
     for (_, image), data in zip(jobs, _rendered(plan, jobs, workers)):
@@ -976,8 +1114,10 @@ def _conflicts(plan):
         types_of_item[plan.item_ids[listing.item]].add(listing.type_index)
         for index in ([listing.main] if listing.main is not None else []) + listing.others:
             types_of_image[plan.images[index].image_id].add(listing.type_index)
-    return (sorted(key for key, types in types_of_item.items() if len(types) > 1),
-            sorted(key for key, types in types_of_image.items() if len(types) > 1))
+    return (
+        sorted(key for key, types in types_of_item.items() if len(types) > 1),
+        sorted(key for key, types in types_of_image.items() if len(types) > 1),
+    )
 
 
 def _truth(plan, files, tar):
@@ -985,17 +1125,25 @@ def _truth(plan, files, tar):
     conflicting_items, conflicting_images = _conflicts(plan)
     listings_of_image = collections.Counter(index for listing in plan.listings for index in set(listing.others))
     return {
-        "seed": plan.seed, "max_side": plan.max_side, "tar": tar,
+        "seed": plan.seed,
+        "max_side": plan.max_side,
+        "tar": tar,
         "num_listings": len(plan.listings),
         "num_lines": len(plan.listings) + len(plan.malformed),
-        "malformed_lines": [{"file": f"listings_{number:x}.json.gz", "line": position + 1}
-                            for number, position in sorted(plan.malformed.items())],
-        "listings_per_type": dict(sorted(collections.Counter(PRODUCT_TYPES[listing.type_index][0]
-                                                             for listing in plan.listings).items())),
+        "malformed_lines": [
+            {"file": f"listings_{number:x}.json.gz", "line": position + 1}
+            for number, position in sorted(plan.malformed.items())
+        ],
+        "listings_per_type": dict(
+            sorted(collections.Counter(PRODUCT_TYPES[listing.type_index][0] for listing in plan.listings).items())
+        ),
         "num_images": sum(image.kind != MISSING_FROM_CSV for image in plan.images),
         "bad_images": {kind: _ids_of_kind(plan, kind) for kind in BAD_KINDS},
-        "reencode_images": {"png": sorted(_ids_of_kind(plan, PNG) + _ids_of_kind(plan, PNG_RGBA)),
-                            "grayscale": _ids_of_kind(plan, GRAYSCALE), "cmyk": _ids_of_kind(plan, CMYK)},
+        "reencode_images": {
+            "png": sorted(_ids_of_kind(plan, PNG) + _ids_of_kind(plan, PNG_RGBA)),
+            "grayscale": _ids_of_kind(plan, GRAYSCALE),
+            "cmyk": _ids_of_kind(plan, CMYK),
+        },
         "transparent_png": _ids_of_kind(plan, PNG_RGBA),
         "missing_from_archive": _ids_of_kind(plan, MISSING_FROM_ARCHIVE),
         "missing_from_csv": _ids_of_kind(plan, MISSING_FROM_CSV),
@@ -1005,16 +1153,32 @@ def _truth(plan, files, tar):
         "conflicting_images": conflicting_images,
         "num_items": len(plan.items),
         "shared_item_ids": sum(len(item) > 1 for item in plan.items),
-        "non_normalised_product_types": sorted(_product_type_value(listing) for listing in plan.listings
-                                               if listing.product_type_form == "odd"),
+        "non_normalised_product_types": sorted(
+            _product_type_value(listing) for listing in plan.listings if listing.product_type_form == "odd"
+        ),
         "unknown_keys": ["extra_field_v2"],
-        "near_duplicates": sorted(({"image_id": plan.images[source].image_id,
-                                    "duplicate_id": plan.images[copy].image_id, "variant": plan.images[copy].variant}
-                                   for source, copy in plan.near_duplicates), key=lambda entry: entry["image_id"]),
-        "label_flips": sorted(({"image_id": plan.images[image].image_id,
-                                "given_type": PRODUCT_TYPES[plan.listings[listing].type_index][0],
-                                "true_type": PRODUCT_TYPES[plan.images[image].style][0]}
-                               for listing, image in plan.label_flips), key=lambda entry: entry["image_id"]),
+        "near_duplicates": sorted(
+            (
+                {
+                    "image_id": plan.images[source].image_id,
+                    "duplicate_id": plan.images[copy].image_id,
+                    "variant": plan.images[copy].variant,
+                }
+                for source, copy in plan.near_duplicates
+            ),
+            key=lambda entry: entry["image_id"],
+        ),
+        "label_flips": sorted(
+            (
+                {
+                    "image_id": plan.images[image].image_id,
+                    "given_type": PRODUCT_TYPES[plan.listings[listing].type_index][0],
+                    "true_type": PRODUCT_TYPES[plan.images[image].style][0],
+                }
+                for listing, image in plan.label_flips
+            ),
+            key=lambda entry: entry["image_id"],
+        ),
         "files": files,
     }
 
@@ -1025,7 +1189,8 @@ def _truth(plan, files, tar):
 def _check_arguments(output_dir, num_listings, seed, max_side, workers):
     if num_listings < MIN_LISTINGS:
         raise UserInputError(
-            f"--listings {num_listings} is too few: at least {MIN_LISTINGS} are needed to plant every quirk")
+            f"--listings {num_listings} is too few: at least {MIN_LISTINGS} are needed to plant every quirk"
+        )
     if max_side < MIN_MAX_SIDE:
         raise UserInputError(f"--max-side {max_side} is too small: give at least {MIN_MAX_SIDE} pixels")
     if seed < 0:
@@ -1044,8 +1209,9 @@ def _auto_workers(num_images):
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
 
 
-def generate_sample(output_dir, num_listings=DEFAULT_LISTINGS, seed=DEFAULT_SEED, tar=False,
-                    max_side=DEFAULT_MAX_SIDE, workers=None):
+def generate_sample(
+    output_dir, num_listings=DEFAULT_LISTINGS, seed=DEFAULT_SEED, tar=False, max_side=DEFAULT_MAX_SIDE, workers=None
+):
     """Writes a synthetic ABO download with every known quirk planted.
 
     The same arguments give byte-identical files, whatever `workers` is.
@@ -1093,11 +1259,15 @@ def generate_sample(output_dir, num_listings=DEFAULT_LISTINGS, seed=DEFAULT_SEED
 def summary(truth, output_dir, seconds):
     bad = sum(len(ids) for ids in truth["bad_images"].values())
     top_type, top_count = max(truth["listings_per_type"].items(), key=lambda entry: entry[1])
-    return "\n".join([
-        f"wrote {truth['num_listings']} listings ({truth['num_lines']} lines, "
-        f"{len(truth['malformed_lines'])} malformed) "
-        f"and {truth['num_images']} images to {os.path.abspath(output_dir)} in {seconds:.1f} s",
-        f"{len(truth['listings_per_type'])} product types, {top_type} {100 * top_count / truth['num_listings']:.0f}%; "
-        f"{bad} damaged images, {len(truth['boilerplate_images'])} boilerplate, "
-        f"{len(truth['conflicting_items'])} conflicting items, {len(truth['conflicting_images'])} conflicting images",
-    ])
+    return "\n".join(
+        [
+            f"wrote {truth['num_listings']} listings ({truth['num_lines']} lines, "
+            f"{len(truth['malformed_lines'])} malformed) "
+            f"and {truth['num_images']} images to {os.path.abspath(output_dir)} in {seconds:.1f} s",
+            f"{len(truth['listings_per_type'])} product types, "
+            f"{top_type} {100 * top_count / truth['num_listings']:.0f}%; "
+            f"{bad} damaged images, {len(truth['boilerplate_images'])} boilerplate, "
+            f"{len(truth['conflicting_items'])} conflicting items, {len(truth['conflicting_images'])} conflicting "
+            f"images",
+        ]
+    )

@@ -22,7 +22,9 @@ def _tpu_strategy(tpu_address):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as error:
-        raise UserInputError(f"no TPU found at --tpu {tpu_address!r} ({str(error).splitlines()[0]}): run on a TPU VM or give its address") from error
+        raise UserInputError(
+            f"no TPU found at --tpu {tpu_address!r} ({str(error).splitlines()[0]}): run on a TPU VM or give its address"
+        ) from error
     return tf.distribute.TPUStrategy(resolver)
 
 

@@ -30,8 +30,8 @@ import os
 import keras
 import tensorflow as tf
 
-from abo_tf.training import preprocess
 from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.training import preprocess
 
 BYTES_ENDPOINT = "serving_default"
 PIXELS_ENDPOINT = "serve_pixels"
@@ -45,12 +45,16 @@ IMAGE_SIZE = "image_size"
 def _check_export_arguments(model, class_names, image_size, top_k):
     num_outputs = model.output.shape[-1]
     if len(class_names) != num_outputs:
-        raise UserInputError(f"{len(class_names)} class names for a model with {num_outputs} outputs: give one name per output")
+        raise UserInputError(
+            f"{len(class_names)} class names for a model with {num_outputs} outputs: give one name per output"
+        )
     repeated = sorted(name for name, count in collections.Counter(class_names).items() if count > 1)
     if repeated:
         raise UserInputError(f"class names are not unique: {repeated} appear more than once")
     if tuple(model.input.shape[1:]) != (image_size, image_size, 3):
-        raise UserInputError(f"image size {image_size} does not match the model's input shape {tuple(model.input.shape[1:])}")
+        raise UserInputError(
+            f"image size {image_size} does not match the model's input shape {tuple(model.input.shape[1:])}"
+        )
     if top_k < 1:
         raise UserInputError(f"top_k={top_k}: must be at least 1")
 
@@ -61,18 +65,26 @@ def _make_endpoints(model, class_names_variable, image_size, top_k):
     def outputs(pixels):
         probabilities = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
         scores, indices = tf.math.top_k(probabilities, k=top_k)
-        return {"probabilities": probabilities, "top_k_labels": tf.gather(class_names_variable, indices), "top_k_scores": scores}
+        return {
+            "probabilities": probabilities,
+            "top_k_labels": tf.gather(class_names_variable, indices),
+            "top_k_scores": scores,
+        }
 
     def checked_pixels(data):
         """Pixels and "" for a good image; zeros and the reason for one refused from its header."""
         error = preprocess.header_error(data)
-        pixels = tf.cond(tf.equal(error, ""), lambda: preprocess.eval_image(data, image_size),
-                         lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
+        pixels = tf.cond(
+            tf.equal(error, ""),
+            lambda: preprocess.eval_image(data, image_size),
+            lambda: tf.zeros([image_size, image_size, 3], tf.uint8),
+        )
         return pixels, error
 
     def serve_bytes(image_bytes):
         pixels, errors = tf.map_fn(
-            checked_pixels, image_bytes,
+            checked_pixels,
+            image_bytes,
             fn_output_signature=(tf.TensorSpec([image_size, image_size, 3], tf.uint8), tf.TensorSpec([], tf.string)),
         )
         result = outputs(pixels)
@@ -113,8 +125,14 @@ def export_saved_model(model, class_names, image_size, export_dir, top_k=5):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(BYTES_ENDPOINT, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint(PIXELS_ENDPOINT, serve_pixels, input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")])
+    archive.add_endpoint(
+        BYTES_ENDPOINT, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    archive.add_endpoint(
+        PIXELS_ENDPOINT,
+        serve_pixels,
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")],
+    )
     archive.add_variable_collection(CLASS_NAMES, [class_names_variable])
     archive.add_variable_collection(IMAGE_SIZE, [image_size_variable])
     archive.write_out(export_dir, verbose=False)
@@ -137,13 +155,19 @@ def load_exported(export_dir):
     """
     export_dir = os.fspath(export_dir)
     if not os.path.isdir(export_dir):
-        raise InputNotFoundError(f"model folder {export_dir!r} does not exist (give the saved_model folder of a training run)")
+        raise InputNotFoundError(
+            f"model folder {export_dir!r} does not exist (give the saved_model folder of a training run)"
+        )
     if not tf.saved_model.contains_saved_model(export_dir):
-        raise UserInputError(f"{export_dir!r} is not a SavedModel (no saved_model.pb): give the saved_model folder of a training run")
+        raise UserInputError(
+            f"{export_dir!r} is not a SavedModel (no saved_model.pb): give the saved_model folder of a training run"
+        )
     try:
         loaded = tf.saved_model.load(export_dir)
     except (OSError, ValueError, tf.errors.OpError) as error:
-        raise UserInputError(f"cannot load the SavedModel in {export_dir!r}: {str(error).strip().splitlines()[0]}") from error
+        raise UserInputError(
+            f"cannot load the SavedModel in {export_dir!r}: {str(error).strip().splitlines()[0]}"
+        ) from error
     missing = [name for name in (BYTES_ENDPOINT, PIXELS_ENDPOINT) if name not in loaded.signatures]
     missing += [name for name in (CLASS_NAMES, IMAGE_SIZE) if not hasattr(loaded, name)]
     if missing:

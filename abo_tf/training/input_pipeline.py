@@ -20,9 +20,9 @@ import re
 
 import tensorflow as tf
 
+from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.training import preprocess
-from abo_tf.common.errors import UserInputError
 
 SHUFFLE_BUFFER = 4096  # examples; ~8 KB each for the small images: ~32 MB
 RAM_BUDGET_FRACTION = 0.25  # of the machine's memory, for tf.data autotuned buffers
@@ -162,7 +162,8 @@ def _decode_batch(image_size, training, extra_keys, num_classes):
 
     def decode(batch):
         images = tf.map_fn(
-            lambda data: transform(data, image_size), batch[schema.IMAGE],
+            lambda data: transform(data, image_size),
+            batch[schema.IMAGE],
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
         labels = _checked_labels(batch[schema.LABEL], num_classes)
@@ -183,8 +184,20 @@ def _shard_for_input_pipeline(files, input_context, training, seed):
     return dataset, True  # fewer files than pipelines (small builds): shard records instead
 
 
-def make_dataset(records_dir, split, image_size, batch_size, training, input_context=None, seed=0, cache=False, manifest=None,
-                 repeat=None, drop_remainder=None, extra_keys=()):
+def make_dataset(
+    records_dir,
+    split,
+    image_size,
+    batch_size,
+    training,
+    input_context=None,
+    seed=0,
+    cache=False,
+    manifest=None,
+    repeat=None,
+    drop_remainder=None,
+    extra_keys=(),
+):
     """Builds the input pipeline of one split.
 
     Args:
@@ -211,7 +224,10 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
     files = split_files(records_dir, split, manifest)
     dataset, shard_records = _shard_for_input_pipeline(files, input_context, training, seed)
     dataset = dataset.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
     )
     if shard_records:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -223,7 +239,9 @@ def make_dataset(records_dir, split, image_size, batch_size, training, input_con
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     keys = (schema.IMAGE, schema.LABEL, *extra_keys)
-    dataset = dataset.map(lambda serialized: schema.parse_records(serialized, keys), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda serialized: schema.parse_records(serialized, keys), num_parallel_calls=tf.data.AUTOTUNE
+    )
     decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]))
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(training))

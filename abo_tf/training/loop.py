@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from abo_tf.common import console, files, options
+from abo_tf.common.errors import UserInputError
 from abo_tf.records import shards
 from abo_tf.reports import figures, metrics
 from abo_tf.training import distribute, export, input_pipeline, models, run_folder
-from abo_tf.common import console, files, options
-from abo_tf.common.errors import UserInputError
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 
@@ -45,44 +45,58 @@ _HARDWARE, _RUN = "distribution and hardware", "run folder"
 class TrainConfig:
     """Everything a run depends on; `python -m abo_tf.train --help` documents each."""
 
-    records: str = options.option(help="folder of a build_records output (with manifest.json)", group=_DATA,
-                                  required=True)
-    image_size: int = options.option(224, help="pixels of the square model input", group=_DATA,
-                                     minimum=models.MIN_IMAGE_SIZE)
+    records: str = options.option(
+        help="folder of a build_records output (with manifest.json)", group=_DATA, required=True
+    )
+    image_size: int = options.option(
+        224, help="pixels of the square model input", group=_DATA, minimum=models.MIN_IMAGE_SIZE
+    )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
-    model: str = options.option("mobilenet_v3_small", choices=tuple(sorted(models.BACKBONES)), group=_MODEL,
-                                help="Keras Applications backbone")
+    model: str = options.option(
+        "mobilenet_v3_small", choices=tuple(sorted(models.BACKBONES)), group=_MODEL, help="Keras Applications backbone"
+    )
     weights: str = options.option("imagenet", help="imagenet | none | PATH to a Keras notop weights file", group=_MODEL)
     dropout: float = options.option(0.2, help="before the classification layer, in [0, 1)", group=_MODEL, minimum=0.0)
-    epochs: int = options.option(10, help="epochs in all, the head epochs included", group=_SCHEDULE, minimum=1,
-                                 maximum=MAX_EPOCHS)
+    epochs: int = options.option(
+        10, help="epochs in all, the head epochs included", group=_SCHEDULE, minimum=1, maximum=MAX_EPOCHS
+    )
     head_epochs: int = options.option(2, help="first epochs with the backbone frozen", group=_SCHEDULE, minimum=0)
-    fine_tune_layers: int = options.option(0, help="top backbone layers unfrozen after the head epochs; 0 = all",
-                                           group=_SCHEDULE, minimum=0)
+    fine_tune_layers: int = options.option(
+        0, help="top backbone layers unfrozen after the head epochs; 0 = all", group=_SCHEDULE, minimum=0
+    )
     batch_size: int = options.option(64, help="global batch, split across replicas", group=_SCHEDULE, minimum=1)
     learning_rate: float = options.option(1e-3, help="peak rate of the head phase", group=_SCHEDULE)
     fine_tune_learning_rate: float = options.option(1e-4, help="peak rate once the backbone trains", group=_SCHEDULE)
     warmup_fraction: float = options.option(0.1, help="of each phase's steps, in [0, 1)", group=_SCHEDULE, minimum=0.0)
     weight_decay: float = options.option(1e-4, help="AdamW's decoupled weight decay", group=_SCHEDULE, minimum=0.0)
     label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0)
-    class_weights: str = options.option("none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE,
-                                        help="loss weights against the long tail")
-    steps_per_epoch: int = options.option(0, help="0 = one pass over train", group=_SCHEDULE, minimum=0,
-                                          maximum=MAX_STEPS)
-    validation_steps: int = options.option(0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0,
-                                           maximum=MAX_STEPS)
+    class_weights: str = options.option(
+        "none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE, help="loss weights against the long tail"
+    )
+    steps_per_epoch: int = options.option(
+        0, help="0 = one pass over train", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
+    )
+    validation_steps: int = options.option(
+        0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
+    )
     seed: int = options.option(0, help="initial weights, shuffling, augmentation", group=_SCHEDULE)
-    strategy: str = options.option("default", choices=distribute.STRATEGIES, group=_HARDWARE,
-                                   help="tf.distribute strategy")
+    strategy: str = options.option(
+        "default", choices=distribute.STRATEGIES, group=_HARDWARE, help="tf.distribute strategy"
+    )
     tpu: str = options.option("", help="TPU name or address for --strategy tpu", group=_HARDWARE)
     mixed_precision: bool = options.option(False, help="float16 compute, float32 variables", group=_HARDWARE)
     jit_compile: bool = options.option(False, help="XLA; off on CPU", group=_HARDWARE)
     output: str = options.option(help="run folder", group=_RUN, required=True, config=False)
-    checkpoint_every_steps: int = options.option(0, help="0 = every epoch only", group=_RUN, minimum=0,
-                                                 maximum=MAX_STEPS)
+    checkpoint_every_steps: int = options.option(
+        0, help="0 = every epoch only", group=_RUN, minimum=0, maximum=MAX_STEPS
+    )
     top_k: int = options.option(5, help="labels returned by the SavedModel", group=_RUN, minimum=1)
-    progress: bool = options.option(True, help="a progress bar per epoch on a terminal (a line per epoch in a log)",
-                                    group=options.CONSOLE_GROUP, config=False)
+    progress: bool = options.option(
+        True,
+        help="a progress bar per epoch on a terminal (a line per epoch in a log)",
+        group=options.CONSOLE_GROUP,
+        config=False,
+    )
 
     def __post_init__(self):
         """Refuses options that would fail later or train nothing, for every entry point (CLI, TOML, notebook)."""
@@ -97,13 +111,19 @@ def _flag(name, value):
 def _check_ranges(config):
     """The rules the declared bounds cannot say (open intervals, one option against another): (holds, instead)."""
     rules = {
-        "head_epochs": (config.head_epochs <= config.epochs,
-                        f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)"),
+        "head_epochs": (
+            config.head_epochs <= config.epochs,
+            f"give 0 to --epochs {config.epochs} (the frozen-backbone epochs are part of them)",
+        ),
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
         "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
     }
-    rules.update({name: (getattr(config, name) < 1, "give a fraction in [0, 1)")
-                  for name in ("warmup_fraction", "label_smoothing", "dropout")})
+    rules.update(
+        {
+            name: (getattr(config, name) < 1, "give a fraction in [0, 1)")
+            for name in ("warmup_fraction", "label_smoothing", "dropout")
+        }
+    )
     for name, (holds, instead) in rules.items():
         if not holds:
             raise UserInputError(f"{_flag(name, getattr(config, name))}: {instead}")
@@ -133,14 +153,18 @@ def _class_weights(manifest, classes, weighting):
 def _schedule(learning_rate, steps, warmup_fraction):
     warmup = int(steps * warmup_fraction)
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate, decay_steps=max(1, steps - warmup),
-        warmup_target=learning_rate if warmup else None, warmup_steps=warmup,
+        initial_learning_rate=learning_rate * 0.01 if warmup else learning_rate,
+        decay_steps=max(1, steps - warmup),
+        warmup_target=learning_rate if warmup else None,
+        warmup_steps=warmup,
     )
 
 
 def make_optimizer(config, learning_rate, steps):
     """AdamW with warm-up and cosine decay over `steps` (loss-scaled under mixed float16)."""
-    optimizer = keras.optimizers.AdamW(_schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay)
+    optimizer = keras.optimizers.AdamW(
+        _schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay
+    )
     if config.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -155,7 +179,10 @@ def _make_phases(config, model, steps_per_epoch):
     """
     head_steps = config.head_epochs * steps_per_epoch
     total = config.epochs * steps_per_epoch
-    plans = [("head", False, config.learning_rate, 0, head_steps), ("fine_tune", config.fine_tune_layers or True, config.fine_tune_learning_rate, head_steps, total)]
+    plans = [
+        ("head", False, config.learning_rate, 0, head_steps),
+        ("fine_tune", config.fine_tune_layers or True, config.fine_tune_learning_rate, head_steps, total),
+    ]
     phases = []
     for name, trainable, learning_rate, start, end in plans:
         optimizer = make_optimizer(config, learning_rate, max(1, end - start))
@@ -168,15 +195,26 @@ def _make_phases(config, model, steps_per_epoch):
 def _check_batch(config, strategy):
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise UserInputError(f"--batch-size {config.batch_size} does not divide across {replicas} replicas: use a multiple of {replicas}")
+        raise UserInputError(
+            f"--batch-size {config.batch_size} does not divide across {replicas} replicas: use a multiple of {replicas}"
+        )
 
 
 def _distributed(strategy, config, split, training, manifest):
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(config.batch_size)
         return input_pipeline.make_dataset(
-            config.records, split, config.image_size, batch, training, input_context, config.seed, config.cache, manifest,
-            repeat=True, drop_remainder=True,
+            config.records,
+            split,
+            config.image_size,
+            batch,
+            training,
+            input_context,
+            config.seed,
+            config.cache,
+            manifest,
+            repeat=True,
+            drop_remainder=True,
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -190,7 +228,9 @@ def _distributed(strategy, config, split, training, manifest):
 def make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
     """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch."""
     variables = model.trainable_variables
-    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing, reduction="none")
+    loss_fn = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=config.label_smoothing, reduction="none"
+    )
     weights = tf.constant(class_weights)
 
     def replica_step(batch):
@@ -244,12 +284,18 @@ def _checkpointing(strategy, config, model, phases, step):
     The chief saves into RUN_DIR/checkpoints; other workers must take part in
     the save (it is collective) but write to a private temporary folder.
     """
-    checkpoint = tf.train.Checkpoint(model=model, step=step, **{f"{phase.name}_optimizer": phase.optimizer for phase in phases})
+    checkpoint = tf.train.Checkpoint(
+        model=model, step=step, **{f"{phase.name}_optimizer": phase.optimizer for phase in phases}
+    )
     main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
     if latest:
         checkpoint.restore(latest).expect_partial()
-    directory = main_dir if distribute.is_chief(strategy) else tempfile.mkdtemp(prefix=f"abo_tf_{distribute.worker_id(strategy)}_")
+    directory = (
+        main_dir
+        if distribute.is_chief(strategy)
+        else tempfile.mkdtemp(prefix=f"abo_tf_{distribute.worker_id(strategy)}_")
+    )
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
 
 
@@ -283,14 +329,21 @@ class _Run:
 
 def _run_epoch_steps(run, phase, train_step, epoch_end):
     """Trains from the current step to `epoch_end`; returns (mean loss, accuracy, images/s)."""
-    progress = keras.utils.Progbar(epoch_end - int(run.step), verbose=1 if run.chief and run.config.progress and console.is_terminal(sys.stdout) else 0, stateful_metrics=["lr", "img/s"])
+    progress = keras.utils.Progbar(
+        epoch_end - int(run.step),
+        verbose=1 if run.chief and run.config.progress and console.is_terminal(sys.stdout) else 0,
+        stateful_metrics=["lr", "img/s"],
+    )
     losses, correct, started = [], 0.0, time.perf_counter()
     while int(run.step) < epoch_end:
         loss, batch_correct = train_step(run.train_iterator)
         loss = float(loss)
         if not math.isfinite(loss):
             saved = tf.train.latest_checkpoint(run_folder.path(run.config.output, run_folder.CHECKPOINTS))
-            raise TrainingDiverged(f"the loss became {loss} at step {int(run.step) + 1}; the last checkpoint ({saved}) is intact: lower --learning-rate or check the records")
+            raise TrainingDiverged(
+                f"the loss became {loss} at step {int(run.step) + 1}; the last checkpoint ({saved}) is intact: "
+                f"lower --learning-rate or check the records"
+            )
         run.step.assign_add(1)
         losses.append(loss)
         correct += float(batch_correct)
@@ -302,7 +355,11 @@ def _run_epoch_steps(run, phase, train_step, epoch_end):
             run.manager.save(checkpoint_number=int(run.step))
     seconds = time.perf_counter() - started
     count = max(1, len(losses))
-    return float(np.mean(losses)) if losses else float("nan"), correct / (count * run.config.batch_size), count * run.config.batch_size / max(seconds, 1e-9)
+    return (
+        float(np.mean(losses)) if losses else float("nan"),
+        correct / (count * run.config.batch_size),
+        count * run.config.batch_size / max(seconds, 1e-9),
+    )
 
 
 def _log_scalars(run, values, prefix="train"):
@@ -326,8 +383,10 @@ def _validate(run, eval_step, with_predictions=False):
     predicted = {}
     if with_predictions:
         labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-        predicted = {"val_macro_f1": metrics.classification_metrics(labels, predictions)["macro_f1"],
-                     "val_examples": len(labels)}
+        predicted = {
+            "val_macro_f1": metrics.classification_metrics(labels, predictions)["macro_f1"],
+            "val_examples": len(labels),
+        }
     return loss / count, correct / count, predicted
 
 
@@ -339,23 +398,39 @@ def _train_phases(run, on_epoch_end=None):
         if int(run.step) >= phase.end:
             continue
         models.set_backbone_trainable(run.model, phase.trainable)
-        train_step = make_train_step(run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes)
+        train_step = make_train_step(
+            run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes
+        )
         while int(run.step) < phase.end:
             epoch = int(run.step) // run.steps_per_epoch
             started = time.perf_counter()
-            loss, accuracy, images_per_second = _run_epoch_steps(run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch))
+            loss, accuracy, images_per_second = _run_epoch_steps(
+                run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch)
+            )
             val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
             row = run_folder.HistoryRow(
-                epoch=epoch + 1, step=int(run.step), phase=phase.name, loss=loss, accuracy=accuracy, val_loss=val_loss,
-                val_accuracy=val_accuracy, learning_rate=_learning_rate(phase.optimizer),
-                images_per_second=images_per_second, seconds=time.perf_counter() - started)
+                epoch=epoch + 1,
+                step=int(run.step),
+                phase=phase.name,
+                loss=loss,
+                accuracy=accuracy,
+                val_loss=val_loss,
+                val_accuracy=val_accuracy,
+                learning_rate=_learning_rate(phase.optimizer),
+                images_per_second=images_per_second,
+                seconds=time.perf_counter() - started,
+            )
             _log_scalars(run, {"epoch_loss": loss, "epoch_accuracy": accuracy})
             _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
             run.manager.save(checkpoint_number=int(run.step))
             history.append(row)
             if run.chief:
                 run_folder.write_history(run.config.output, history)
-                print(f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy {accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}", flush=True)
+                print(
+                    f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy "
+                    f"{accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}",
+                    flush=True,
+                )
             if on_epoch_end is not None:  # after the checkpoint and history: a pruned run's folder is complete
                 on_epoch_end(epoch + 1, {"val_loss": val_loss, "val_accuracy": val_accuracy, **predicted})
     return history
@@ -366,7 +441,9 @@ def _train_phases(run, on_epoch_end=None):
 
 def predict_split(model, config, split, manifest):
     """Labels and softmax probabilities of a whole split, in order (one device)."""
-    dataset = input_pipeline.make_dataset(config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest)
+    dataset = input_pipeline.make_dataset(
+        config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest
+    )
     labels, probabilities = [], []
     for batch in dataset:
         labels.append(batch["label"].numpy())
@@ -392,7 +469,9 @@ def _plain_copy(model, config, num_classes):
     keras.mixed_precision.set_global_policy("float32")
     try:
         with tf.distribute.get_strategy().scope():
-            plain = models.build_model(config.model, num_classes, config.image_size, weights=None, dropout=config.dropout)
+            plain = models.build_model(
+                config.model, num_classes, config.image_size, weights=None, dropout=config.dropout
+            )
         plain.set_weights(model.get_weights())
     finally:
         keras.mixed_precision.set_global_policy(policy)
@@ -416,9 +495,17 @@ def plot_history(history, path):
 
 def _finish(run, manifest, classes, history):
     plain = _plain_copy(run.model, run.config, len(classes))
-    plain.save(run_folder.path(run.config.output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
+    plain.save(
+        run_folder.path(run.config.output, run_folder.KERAS_MODEL)
+    )  # the Keras object, for Grad-CAM and fine-tuning
     results = _final_metrics(plain, run.config, manifest)
-    export.export_saved_model(plain, classes, run.config.image_size, run_folder.path(run.config.output, run_folder.SAVED_MODEL), run.config.top_k)
+    export.export_saved_model(
+        plain,
+        classes,
+        run.config.image_size,
+        run_folder.path(run.config.output, run_folder.SAVED_MODEL),
+        run.config.top_k,
+    )
     run_folder.write_class_names(run.config.output, classes)
     files.write_json(run_folder.path(run.config.output, run_folder.METRICS), results)
     if history:
@@ -427,8 +514,12 @@ def _finish(run, manifest, classes, history):
 
 
 def _steps(config, manifest):
-    per_epoch = config.steps_per_epoch or max(1, input_pipeline.num_examples(config.records, "train", manifest) // config.batch_size)
-    validation = config.validation_steps or max(1, input_pipeline.num_examples(config.records, "validation", manifest) // config.batch_size)
+    per_epoch = config.steps_per_epoch or max(
+        1, input_pipeline.num_examples(config.records, "train", manifest) // config.batch_size
+    )
+    validation = config.validation_steps or max(
+        1, input_pipeline.num_examples(config.records, "validation", manifest) // config.batch_size
+    )
     return per_epoch, validation
 
 
@@ -439,18 +530,31 @@ def _set_up(config, strategy, manifest):
     input_pipeline.split_files(config.records, "validation", manifest)
     steps_per_epoch, validation_steps = _steps(config, manifest)
     with strategy.scope():
-        model = models.build_model(config.model, len(classes), config.image_size, weights=None if config.weights == "none" else config.weights, dropout=config.dropout)
+        model = models.build_model(
+            config.model,
+            len(classes),
+            config.image_size,
+            weights=None if config.weights == "none" else config.weights,
+            dropout=config.dropout,
+        )
         phases = _make_phases(config, model, steps_per_epoch)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     chief = distribute.is_chief(strategy)
     return _Run(
-        config=config, strategy=strategy, model=model, phases=phases, step=step,
+        config=config,
+        strategy=strategy,
+        model=model,
+        phases=phases,
+        step=step,
         manager=_checkpointing(strategy, config, model, phases, step),
         train_iterator=_distributed(strategy, config, "train", True, manifest),
         validation_iterator=_distributed(strategy, config, "validation", False, manifest),
-        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-        class_weights=_class_weights(manifest, classes, config.class_weights), num_classes=len(classes),
-        writer=tf.summary.create_file_writer(run_folder.path(config.output, run_folder.LOGS)) if chief else None, chief=chief,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        class_weights=_class_weights(manifest, classes, config.class_weights),
+        num_classes=len(classes),
+        writer=tf.summary.create_file_writer(run_folder.path(config.output, run_folder.LOGS)) if chief else None,
+        chief=chief,
     )
 
 
@@ -464,7 +568,8 @@ def out_of_memory(error, batch_size, image_size, flags="--batch-size or --image-
     """The one-line error for a batch that did not fit (`tf.errors.ResourceExhaustedError`)."""
     reason = input_pipeline.tf_error_line(error)
     return OutOfMemory(
-        f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}")
+        f"a batch of {batch_size} images of {image_size} px does not fit in memory ({reason}): lower {flags}"
+    )
 
 
 def train(config, on_epoch_end=None):

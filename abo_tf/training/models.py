@@ -32,12 +32,26 @@ class BackboneSpec:
 
 BACKBONES = {
     # "caffe" mode: RGB -> BGR and ImageNet mean subtraction.
-    "vgg16": BackboneSpec(keras.applications.VGG16, keras.applications.vgg16.preprocess_input, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50": BackboneSpec(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": BackboneSpec(
+        keras.applications.VGG16,
+        keras.applications.vgg16.preprocess_input,
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "resnet50": BackboneSpec(
+        keras.applications.ResNet50,
+        keras.applications.resnet50.preprocess_input,
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
     # MobileNetV3 and EfficientNet rescale inside the network (include_preprocessing /
     # their Rescaling+Normalization layers): their preprocess_input is the identity on 0..255.
-    "mobilenet_v3_small": BackboneSpec(keras.applications.MobileNetV3Small, keras.applications.mobilenet_v3.preprocess_input, "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-    "efficientnet_b0": BackboneSpec(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, "efficientnetb0_notop.h5"),
+    "mobilenet_v3_small": BackboneSpec(
+        keras.applications.MobileNetV3Small,
+        keras.applications.mobilenet_v3.preprocess_input,
+        "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+    ),
+    "efficientnet_b0": BackboneSpec(
+        keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, "efficientnetb0_notop.h5"
+    ),
 }
 
 
@@ -108,19 +122,26 @@ def _build_imagenet_backbone(backbone, input_shape):
             raise  # the weights are there: not a download problem
         reason = _first_line(error)
         raise UserInputError(
-            f"downloading the ImageNet weights of {backbone} failed ({reason}): put {spec.weights_file} into {os.path.dirname(cached_file)} "
+            f"downloading the ImageNet weights of {backbone} failed ({reason}): put {spec.weights_file} into "
+            f"{os.path.dirname(cached_file)} "
             f"(the Keras cache, $KERAS_HOME/models) or pass --weights PATH to a notop weights file"
         ) from error
 
 
 def _build_backbone_from_file(backbone, input_shape, path):
     if not os.path.isfile(path):
-        raise InputNotFoundError(f"weights file {path!r} does not exist (give imagenet, none or the path of a Keras notop weights file)")
-    model = BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+        raise InputNotFoundError(
+            f"weights file {path!r} does not exist (give imagenet, none or the path of a Keras notop weights file)"
+        )
+    model = BACKBONES[backbone].constructor(
+        include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER
+    )
     try:
         model.load_weights(path)
     except (ValueError, OSError) as error:
-        raise UserInputError(f"weights file {path!r} does not fit a {backbone} backbone without top ({_first_line(error)})") from error
+        raise UserInputError(
+            f"weights file {path!r} does not fit a {backbone} backbone without top ({_first_line(error)})"
+        ) from error
     return model
 
 
@@ -143,7 +164,9 @@ def build_backbone(backbone, image_size, weights=None):
     _check_backbone(backbone, image_size)
     input_shape = (image_size, image_size, 3)
     if weights is None or weights == NO_WEIGHTS:
-        return BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER)
+        return BACKBONES[backbone].constructor(
+            include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER
+        )
     if weights == "imagenet":
         return _build_imagenet_backbone(backbone, input_shape)
     return _build_backbone_from_file(backbone, input_shape, os.fspath(weights))

@@ -35,12 +35,16 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _GIF_MAGIC = b"GIF8"  # GIF87a and GIF89a
 _BMP_MAGIC = b"BM"
 _HEADER_BYTES = 32  # enough for the size fields of PNG (IHDR), GIF and BMP
+
+
 def _to_uint8(image):
     """Float pixels (from tf.image.resize) back to uint8, rounded, not truncated."""
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
+
 def _starts_with(image_bytes, magic):
     return tf.equal(tf.strings.substr(image_bytes, 0, len(magic)), magic)
+
 
 def composite_on_white(rgba):
     """RGBA -> RGB on a white background, the build's formula (`records.images._decode_bgr`) in the same float32 steps.
@@ -57,6 +61,7 @@ def composite_on_white(rgba):
     alpha = tf.cast(rgba[:, :, 3:4], tf.float32) / 255.0
     rgb = tf.cast(rgba[:, :, :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
     return _to_uint8(rgb)
+
 
 def decode_rgb(image_bytes, crop=None):
     """Decodes JPEG, PNG, GIF (first frame) or BMP bytes into RGB pixels.
@@ -87,11 +92,13 @@ def decode_rgb(image_bytes, crop=None):
 
     return tf.ensure_shape(tf.cond(_starts_with(image_bytes, _PNG_MAGIC), png, other), [None, None, 3])
 
+
 def _unsigned(header, position, length, little_endian):
     """The unsigned integer in `header[position:position + length]`, as int64."""
     digits = tf.cast(tf.io.decode_raw(tf.strings.substr(header, position, length), tf.uint8), tf.int64)
     weights = [256 ** (index if little_endian else length - 1 - index) for index in range(length)]
     return tf.reduce_sum(digits * tf.constant(weights, tf.int64))
+
 
 def _header_size(image_bytes):
     """`(height, width)` as int64 from a PNG, GIF or BMP header (0, 0 for other formats)."""
@@ -99,7 +106,7 @@ def _header_size(image_bytes):
     header = tf.strings.substr(image_bytes, 0, _HEADER_BYTES) + b"\0" * _HEADER_BYTES
     png_ok = _starts_with(image_bytes, _PNG_MAGIC) & tf.equal(tf.strings.substr(header, 12, 4), b"IHDR")
     bmp_height = _unsigned(header, 22, 4, little_endian=True)
-    bmp_height = tf.abs(tf.where(bmp_height >= 2 ** 31, bmp_height - 2 ** 32, bmp_height))  # negative: top-down rows
+    bmp_height = tf.abs(tf.where(bmp_height >= 2**31, bmp_height - 2**32, bmp_height))  # negative: top-down rows
     sizes = [
         (png_ok, _unsigned(header, 20, 4, False), _unsigned(header, 16, 4, False)),
         # GIF: the logical screen, the size TensorFlow decodes a frame into
@@ -110,6 +117,7 @@ def _header_size(image_bytes):
     for matches, format_height, format_width in reversed(sizes):
         height, width = tf.where(matches, format_height, height), tf.where(matches, format_width, width)
     return height, width
+
 
 def header_error(image_bytes, max_pixels=MAX_SERVING_PIXELS):
     """Why an image must not be decoded, read from its header only; "" when it may be.
@@ -135,11 +143,13 @@ def header_error(image_bytes, max_pixels=MAX_SERVING_PIXELS):
         return tuple(tf.unstack(tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64)))
 
     height, width = tf.cond(is_jpeg, jpeg_size, lambda: _header_size(image_bytes))
-    too_large = tf.strings.format("{}x{} pixels is over the limit of {} pixels: shrink the image",
-                                  [width, height, max_pixels])
+    too_large = tf.strings.format(
+        "{}x{} pixels is over the limit of {} pixels: shrink the image", [width, height, max_pixels]
+    )
     error = tf.where(height * width > max_pixels, too_large, "")
     error = tf.where(height * width == 0, "damaged image: its header gives no size", error)
     return tf.where(known, error, "not a JPEG, PNG, GIF or BMP image")
+
 
 def eval_image(image_bytes, image_size):
     """Deterministic evaluation pixels: the central square crop, resized.
@@ -160,13 +170,15 @@ def eval_image(image_bytes, image_size):
     resized = tf.image.resize(cropped, [image_size, image_size], method="bilinear", antialias=ANTIALIAS)
     return tf.ensure_shape(_to_uint8(resized), [image_size, image_size, 3])
 
+
 def _central_square(image):
     """The central square of CROP_FRACTION of the shorter side, any number of channels."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.cast(tf.round(tf.cast(tf.minimum(height, width), tf.float32) * CROP_FRACTION), tf.int32)
     side = tf.maximum(side, 1)
     top, left = (height - side) // 2, (width - side) // 2
-    return image[top:top + side, left:left + side]
+    return image[top : top + side, left : left + side]
+
 
 def train_image(image_bytes, image_size, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
     """Random resized ("Inception") crop and random horizontal flip, for training.

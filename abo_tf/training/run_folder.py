@@ -64,14 +64,18 @@ def path(run_dir, name):
 def check_run(run_dir, needs=KERAS_MODEL, flag="--run"):
     """Raises a one-line error unless `run_dir` is a run folder holding `needs`."""
     if not os.path.isdir(run_dir):
-        raise InputNotFoundError(f"{flag} {run_dir!r} does not exist: give the --output folder of `python -m abo_tf.train`")
+        raise InputNotFoundError(
+            f"{flag} {run_dir!r} does not exist: give the --output folder of `python -m abo_tf.train`"
+        )
     if not os.path.exists(path(run_dir, needs)):
-        raise InputNotFoundError(f"{flag} {run_dir!r} has no {needs}: give a finished training run (its --output folder)")
+        raise InputNotFoundError(
+            f"{flag} {run_dir!r} has no {needs}: give a finished training run (its --output folder)"
+        )
     return run_dir
 
 
 def is_run(folder):
-    """True for a finished training run folder; baselines and evaluation reports (metrics.json and config.toml too) are not."""
+    """True for a finished training run; baselines and evaluation reports (with metrics.json, config.toml) are not."""
     return all(os.path.isfile(path(folder, name)) for name in (CONFIG, METRICS, HISTORY))
 
 
@@ -91,7 +95,9 @@ def load_keras_model(model_path):
     try:
         return keras.models.load_model(model_path)
     except (ValueError, OSError) as error:
-        raise UserInputError(f"{model_path!r} is not a Keras model from abo_tf.train ({error}): give the run's {KERAS_MODEL}") from error
+        raise UserInputError(
+            f"{model_path!r} is not a Keras model from abo_tf.train ({error}): give the run's {KERAS_MODEL}"
+        ) from error
 
 
 def load_config(run_dir):

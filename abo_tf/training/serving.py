@@ -38,13 +38,19 @@ def _read(path, max_bytes):
         # Read one byte more than allowed: the size may change while it is read.
         data = handle.read(max_bytes + 1) if status.st_size <= max_bytes else b""
     if status.st_size > max_bytes or len(data) > max_bytes:
-        raise FileTooLarge(f"{max(status.st_size, len(data))} bytes is over the limit of {max_bytes} bytes for one image")
+        raise FileTooLarge(
+            f"{max(status.st_size, len(data))} bytes is over the limit of {max_bytes} bytes for one image"
+        )
     return data
 
 
 def _decode_error_reason(error):
     # TF's message carries the graph node and a stack; the last plain line says what is wrong.
-    lines = [line.strip() for line in error.message.splitlines() if line.strip() and not line.strip().startswith(("[[", "<", "Detected at", "Graph execution"))]
+    lines = [
+        line.strip()
+        for line in error.message.splitlines()
+        if line.strip() and not line.strip().startswith(("[[", "<", "Detected at", "Graph execution"))
+    ]
     return lines[-1] if lines else "cannot be decoded"
 
 
