@@ -12,7 +12,7 @@ with the real figure it leaves a margin over): gzip streams are decompressed
 in chunks and capped, lines are split without materialising an over-long one,
 and a tar that stops early is an error ("truncated at byte N") unless the
 caller allows a partial read, which is then reported. See
-shared/abo-format.md for the layout and its quirks.
+docs/abo-format.md for the layout and its quirks.
 """
 
 import collections
@@ -57,8 +57,21 @@ PATH_OUTSIDE_IMAGES = "path_outside_images"  # not a regular file reached inside
 FILE_TOO_LARGE = "file_too_large"  # more than MAX_IMAGE_FILE_BYTES
 
 # Keys documented in the ABO README; anything else is counted as "unknown".
+# Localised text fields, as documented (docs/abo-format.md).
+LOCALISED_LISTING_KEYS = (
+    "item_name",
+    "brand",
+    "bullet_point",
+    "item_keywords",
+    "material",
+    "style",
+    "color",
+    "model_name",
+    "product_description",
+)
 KNOWN_LISTING_KEYS = frozenset(
     {
+        *LOCALISED_LISTING_KEYS,
         "item_id",
         "domain_name",
         "country",
@@ -66,15 +79,6 @@ KNOWN_LISTING_KEYS = frozenset(
         "product_type",
         "main_image_id",
         "other_image_id",
-        "item_name",
-        "brand",
-        "bullet_point",
-        "item_keywords",
-        "material",
-        "style",
-        "color",
-        "model_name",
-        "product_description",
         "node",
         "item_dimensions",
         "item_weight",
@@ -618,18 +622,6 @@ def _is_localised(value):
     )
 
 
-# Localised text fields, as documented (see shared/abo-format.md).
-LOCALISED_LISTING_KEYS = (
-    "item_name",
-    "brand",
-    "bullet_point",
-    "item_keywords",
-    "material",
-    "style",
-    "color",
-    "model_name",
-    "product_description",
-)
 # The fields the pipeline (build and analyze) reads, with the shapes ABO gives them (None counts as absent).
 _LISTING_FIELD_TYPES = {
     "item_id": lambda value: isinstance(value, str),
