@@ -194,7 +194,9 @@ def test_records_without_validation_are_refused(built_records, tmp_path, capsys)
     copy = tmp_path / "records"
     shutil.copytree(records_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["splits"]["validation"].update(num_examples=0, shards=[], per_class={})  # as a build with --split 0.9 0 0.1
+    manifest["splits"]["validation"].update(
+        num_examples=0, shards=[], per_class={}
+    )  # as a build with --split 0.9 0 0.1
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert tune.main(_tune_args(str(copy), _config(tmp_path), tmp_path / "tune")) == 2
     assert "no validation split" in capsys.readouterr().err
