@@ -51,6 +51,7 @@ def _finished_numbers(tune_dir):
     return sorted(trial.number for trial in _study(tune_dir).get_trials(states=study_lib.FINISHED))
 
 
+@pytest.mark.slow
 def test_study_records_every_trial_and_best_toml_reproduces_the_best(built_records, tmp_path):
     records_dir, _ = built_records
     output = tmp_path / "tune"
@@ -70,6 +71,7 @@ def test_study_records_every_trial_and_best_toml_reproduces_the_best(built_recor
     )
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_trial_after_its_first_epoch(built_records, tmp_path):
     records_dir, _ = built_records
     options, _ = tune.options.parse(
