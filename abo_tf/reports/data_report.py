@@ -34,7 +34,7 @@ from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import archive, download, labels, shards
 from abo_tf.records import split as split_lib
-from abo_tf.reports import figures, metrics
+from abo_tf.reports import figures, markdown, metrics
 
 # Localised text fields: lists of {"language_tag", "value"} (docs/abo-format.md).
 LOCALISED_FIELDS = archive.LOCALISED_LISTING_KEYS
@@ -463,17 +463,9 @@ def _overview(tally, store, share, conflicts, medians):
 
 
 def _markdown_table(frame, columns, limit=None):
-    frame = frame if limit is None else frame.head(limit)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in frame.iterrows():
-        lines.append(
-            "| "
-            + " | ".join(
-                f"{row[column]:.3f}" if isinstance(row[column], float) else str(row[column]) for column in columns
-            )
-            + " |"
-        )
-    return "\n".join(lines)
+    """The first `limit` rows of a DataFrame's `columns` as a Markdown table (`reports.markdown`)."""
+    shown = frame if limit is None else frame.head(limit)
+    return markdown.table(shown[columns].itertuples(index=False, name=None), columns)
 
 
 def _report(options, overview, tables, has_build):
