@@ -201,18 +201,7 @@ def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
 
 
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
-    fields = (
-        "name",
-        "kind",
-        "features",
-        "accuracy",
-        "macro_f1",
-        "top5_accuracy",
-        "training_seconds",
-        "inference_images_per_second",
-        "test_examples",
-        "folder",
-    )
+    fields = comparison.COMPARISON_FIELDS
     values = [
         ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
         ("unfinished", "cnn", "? @ ? px", None, None, None, None, None, None, "runs/unfinished"),
