@@ -4,12 +4,10 @@
 the gap is how much near-duplicates of training photos inflate the test score.
 """
 
-import csv
-import os
-
 import numpy as np
 
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import UserInputError
+from abo_tf.records import build as records_build
 
 PAIRS_FILE = "near_duplicates.csv"  # abo_tf.auditing.audit.PAIRS_FILE, without importing the audit's dependencies
 _COLUMNS = ("image_id_a", "split_a", "image_id_b", "split_b")
@@ -24,23 +22,13 @@ def leaked_ids(path, split, flag="--exclude"):
     """
     if split == TRAIN:
         raise UserInputError(f"{flag} removes the images with a near-duplicate in train: evaluate another split")
-    path = os.path.join(path, PAIRS_FILE) if os.path.isdir(path) else path
-    if not os.path.isfile(path):
-        raise InputNotFoundError(
-            f"{flag} {path!r} does not exist: give the {PAIRS_FILE} of `python -m abo_tf.audit` or its --report folder"
-        )
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in _COLUMNS if column not in (reader.fieldnames or ())]
-        if missing:
-            raise UserInputError(
-                f"{flag} {path!r} has no {missing[0]} column: give the {PAIRS_FILE} of `python -m abo_tf.audit`"
-            )
-        found = set()
-        for row in reader:
-            for own, other in (("a", "b"), ("b", "a")):
-                if row[f"split_{own}"] == split and row[f"split_{other}"] == TRAIN:
-                    found.add(row[f"image_id_{own}"])
+    found = set()
+    for image_a, split_a, image_b, split_b in records_build.read_id_rows(
+        records_build.id_file_path(path, flag, PAIRS_FILE), flag, _COLUMNS
+    ):
+        for own, own_split, other_split in ((image_a, split_a, split_b), (image_b, split_b, split_a)):
+            if own_split == split and other_split == TRAIN:
+                found.add(own)
     return found
 
 

@@ -168,7 +168,7 @@ class BuildOptions:
             if values[name] is None:
                 del values[name]
             else:
-                values[name] = {"sha256": shards.file_sha256(id_file_path(values[name], name, default_name))}
+                values[name] = {"sha256": shards.file_sha256(id_file_path(values[name], _flag(name), default_name))}
         return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
 
 
@@ -183,26 +183,26 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def id_file_path(path, name, default_name):
-    """`path`, or `path/default_name` for an audit report folder; a one-line error if there is no such file."""
+def id_file_path(path, flag, default_name):
+    """`path`, or `path/default_name` for an audit report folder; a one-line error naming `flag` if there is none."""
     if os.path.isdir(path):
         path = os.path.join(path, default_name)
     if not os.path.isfile(path):
         raise InputNotFoundError(
-            f"{_flag(name)} {path!r} does not exist: give the {default_name} of "
-            "`python -m abo_tf.audit` or its --report folder"
+            f"{flag} {path!r} does not exist: give the {default_name} of `python -m abo_tf.audit` "
+            "or its --report folder"
         )
     return path
 
 
-def _read_id_rows(path, name, columns):
-    """The rows of a CSV as tuples of `columns`; a one-line error when a column is missing."""
+def read_id_rows(path, flag, columns):
+    """The rows of an audit's CSV as tuples of `columns`; a one-line error naming `flag` when a column is missing."""
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in columns if column not in (reader.fieldnames or ())]
         if missing:
             raise UserInputError(
-                f"{_flag(name)} {path!r} has no {missing[0]} column: give a CSV written by `python -m abo_tf.audit`"
+                f"{flag} {path!r} has no {missing[0]} column: give a CSV written by `python -m abo_tf.audit`"
             )
         return [tuple(row[column] for column in columns) for row in reader]
 
@@ -211,11 +211,14 @@ def read_id_files(options):
     """(near-duplicate pairs, excluded image ids) of the options' id files; empty when not given."""
     pairs, excluded = [], set()
     if options.join_near_duplicates is not None:
-        path = id_file_path(options.join_near_duplicates, "join_near_duplicates", _ID_FILES["join_near_duplicates"])
-        pairs = _read_id_rows(path, "join_near_duplicates", _PAIR_COLUMNS)
+        flag = _flag("join_near_duplicates")
+        pairs = read_id_rows(
+            id_file_path(options.join_near_duplicates, flag, _ID_FILES["join_near_duplicates"]), flag, _PAIR_COLUMNS
+        )
     if options.exclude_images is not None:
-        path = id_file_path(options.exclude_images, "exclude_images", _ID_FILES["exclude_images"])
-        excluded = {image_id for (image_id,) in _read_id_rows(path, "exclude_images", ("image_id",))}
+        flag = _flag("exclude_images")
+        path = id_file_path(options.exclude_images, flag, _ID_FILES["exclude_images"])
+        excluded = {image_id for (image_id,) in read_id_rows(path, flag, ("image_id",))}
     return pairs, excluded
 
 

@@ -501,11 +501,10 @@ def _report(options, overview, tables, has_build):
         "",
         "![class distribution](class_distribution.png)",
         "",
-        "| stratum | product types | images |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {row['count']} | {row['sum']} |" for name, row in strata.iterrows()]
-    lines += [
+        markdown.table(
+            [(name, row["count"], row["sum"]) for name, row in strata.iterrows()],
+            ["stratum", "product types", "images"],
+        ),
         "",
         _markdown_table(distribution, ["product_type", "listings", "images", "stratum"], 15),
         "",
