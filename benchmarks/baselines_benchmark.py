@@ -45,23 +45,10 @@ FIXED_PARAMS = {
 
 def make_records(work_dir, listings):
     """A generated sample's records (every image of every listing)."""
-    from abo_tf.records import build as records_build
     from abo_tf.records import shards
     from abo_tf.testing import synthetic_abo as sample
 
-    raw, records = os.path.join(work_dir, "abo"), os.path.join(work_dir, "records")
-    if not os.path.isdir(records):
-        sample.generate_sample(raw, num_listings=listings, seed=0, max_side=256)
-        records_build.build(
-            records_build.BuildOptions(
-                listings=raw,
-                images=raw,
-                output=records,
-                image_selection="all",
-                min_examples_per_class=5,
-                progress=False,
-            )
-        )
+    records = sample.sample_records(work_dir, listings, max_side=256)
     return records, shards.read_manifest(records)
 
 

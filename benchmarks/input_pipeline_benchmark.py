@@ -32,23 +32,11 @@ def make_data(work_dir, listings):
     """A sample build, and its train JPEGs as class folders (same bytes)."""
     import tensorflow as tf
 
-    from abo_tf.records import build as records_build
     from abo_tf.records import schema, shards
     from abo_tf.testing import synthetic_abo as sample
 
-    raw, records, folders = (os.path.join(work_dir, name) for name in ("abo", "records", "folders"))
-    if not os.path.isdir(records):
-        sample.generate_sample(raw, num_listings=listings, seed=0)
-        records_build.build(
-            records_build.BuildOptions(
-                listings=raw,
-                images=raw,
-                output=records,
-                image_selection="all",
-                min_examples_per_class=5,
-                progress=False,
-            )
-        )
+    records = sample.sample_records(work_dir, listings)
+    folders = os.path.join(work_dir, "folders")
     manifest = shards.read_manifest(records)
     if not os.path.isdir(folders):
         for record in tf.data.TFRecordDataset(shards.shard_paths(records, manifest, "train")):

@@ -1271,3 +1271,25 @@ def summary(truth, output_dir, seconds):
             f"images",
         ]
     )
+
+
+def sample_records(work_dir, num_listings, max_side=DEFAULT_MAX_SIDE, min_examples_per_class=5):
+    """A generated sample in `work_dir/abo` and its build in `work_dir/records` (every image of every listing).
+
+    Reused when `work_dir/records` exists, so benchmarks pay for the sample once. Returns the records folder.
+    """
+    from abo_tf.records import build as records_build  # the generator itself needs no build
+
+    raw, records = os.path.join(work_dir, "abo"), os.path.join(work_dir, "records")
+    if not os.path.isdir(records):
+        generate_sample(raw, num_listings=num_listings, seed=0, max_side=max_side)
+        options = records_build.BuildOptions(
+            listings=raw,
+            images=raw,
+            output=records,
+            image_selection="all",
+            min_examples_per_class=min_examples_per_class,
+            progress=False,
+        )
+        records_build.build(options)
+    return records
