@@ -12,7 +12,7 @@
    out of both; each extraction writes into a fresh cache folder.
 2. Baseline training time vs the number of training examples: one fit per
    model with a fixed hyperparameter from the middle of its grid (the path
-   `search.search` takes for each candidate: a Pipeline in memory, or
+   `search.search` takes for its final fit: a Pipeline in memory, or
    streamed SGD for `sgd`), on synthetic CNN-like features: Gaussian classes
    with random means, long-tailed class sizes, `--dimension` columns.
 Medians of `--repeats`. Prints Markdown tables and writes benchmarks/results/baselines.json.
@@ -123,35 +123,18 @@ def extraction_figures(records, manifest, backbone, work_dir, repeats):
     }
 
 
-def synthetic_split(name, size, dimension, num_classes, seed, means):
-    """Gaussian features around per-class means, class sizes falling as 1/rank (long tail, every class present)."""
-    import numpy as np
-
-    from abo_tf.classical import feature_cache
-
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, num_classes + 1)
-    labels = np.concatenate(
-        [np.arange(num_classes), rng.choice(num_classes, size - num_classes, p=weights / weights.sum())]
-    ).astype(np.int32)
-    values = (means[labels] + rng.standard_normal((size, dimension))).astype(np.float32)
-    classes = [f"class_{index:02d}" for index in range(num_classes)]
-    image_ids = np.array([str(index) for index in range(size)])
-    groups, info = {"cnn": [0, dimension]}, {"name": "synthetic"}
-    return feature_cache.SplitFeatures(name, values, labels, image_ids, classes, groups, info, "")
-
-
 def training_figures(sizes, dimension, num_classes, repeats, models):
     """Seconds of one fit per model and size, and the validation macro-F1 it reaches."""
     import numpy as np
 
     from abo_tf.classical import classifiers
+    from abo_tf.testing import synthetic_features
 
-    means = np.random.default_rng(0).standard_normal((num_classes, dimension)) * 0.15
-    validation = synthetic_split("validation", 2000, dimension, num_classes, 1, means)
+    means = synthetic_features.class_means(num_classes, dimension)
+    validation = synthetic_features.split("validation", 2000, means, 1)
     rows = []
     for size in sizes:
-        train = synthetic_split("train", size, dimension, num_classes, 2, means)
+        train = synthetic_features.split("train", size, means, 2)
         for model in models:
             training = classifiers.Training(model, train, np.arange(size), model == "sgd", classifiers.SGD_EPOCHS, 0)
             seconds = []

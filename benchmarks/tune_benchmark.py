@@ -9,10 +9,12 @@ few epochs; its [search] table is SPACE below):
    the best of `--trials` trials (random sampler, seed 0, median pruner).
 2. Epochs run by the same trials without pruning (the random sampler draws the same
    values whatever the results) against with it: the epochs pruning saved.
-3. The tuner's overhead per trial: the default config's trial (no pruning, so it
-   runs every epoch and exports like a plain run) against `loop.train` of the same
-   config outside the tuner, in the same process (wall seconds, one of each: the
-   machine is shared, so read it with the load average printed beside it).
+3. The tuner's overhead per trial: a study of one trial (the default config: the
+   study opened in a fresh journal, the trial trained through the pruning hook,
+   told and written back) against `loop.train` of the same config outside the
+   tuner, in the same process, wall seconds, `--overhead-repeats` of each,
+   interleaved after one untimed warm-up run; medians (the machine is shared,
+   so read them with the load average printed beside them).
 4. The default config's validation macro F1 over its three runs above: the noise of one trial's figure.
 Prints the figures as JSON and writes them to benchmarks/results/tune.json.
 """
@@ -45,6 +47,7 @@ class BenchmarkOptions:
     trials: int = options.option(8, help="trials of each study", minimum=1)
     epochs: int = options.option(4, help="epochs of each trial", minimum=1)
     image_size: int = options.option(48, help="pixels of the model input", minimum=32)
+    overhead_repeats: int = options.option(3, help="timed one-trial studies and plain runs, each", minimum=1)
     output: str = options.option("", help="folder kept for inspection ('' = a temporary one)", config=False)
 
 
@@ -68,7 +71,7 @@ def _build_sample(folder, listings):
     return os.path.join(folder, "records")
 
 
-def _tune(records, output, bench, pruner):
+def _tune(records, output, bench, pruner, trials=None):
     from abo_tf.tuning import report, search
 
     tune_options = search.TuneOptions(
@@ -81,7 +84,7 @@ def _tune(records, output, bench, pruner):
         epochs=bench.epochs,
         head_epochs=0,
         fine_tune_learning_rate=3e-3,
-        trials=bench.trials,
+        trials=trials or bench.trials,
         sampler="random",
         pruner=pruner,
         seed=0,
@@ -91,8 +94,9 @@ def _tune(records, output, bench, pruner):
     started = time.perf_counter()
     opened = search.open_search(tune_options)
     search.run_trials(opened, progress=False)
+    tuned = time.perf_counter() - started
     report.write_all(opened)
-    return opened, time.perf_counter() - started
+    return opened, tuned
 
 
 def _epochs(study):
@@ -101,15 +105,33 @@ def _epochs(study):
     return sum(trial.user_attrs.get(trials.EPOCHS, 0) for trial in study.trials)
 
 
-def _plain_train_seconds(opened, folder):
-    """`loop.train` of the default config, outside the tuner, timed as a trial is."""
+def _plain_train_seconds(base_config, folder):
+    """`loop.train` of the default config, outside the tuner."""
     from abo_tf.training import loop
 
-    config = dataclasses.replace(opened.base_config, output=folder, progress=False)
+    config = dataclasses.replace(base_config, output=folder, progress=False)
     os.makedirs(folder)
     started = time.perf_counter()
     loop.train(config)
     return time.perf_counter() - started
+
+
+def _overhead(records, folder, bench, base_config):
+    """Median wall seconds of a one-trial study and of a plain run of the same config, interleaved."""
+    import statistics
+
+    _plain_train_seconds(base_config, os.path.join(folder, "warm-up"))
+    study, plain = [], []
+    for repeat in range(bench.overhead_repeats):
+        study.append(_tune(records, os.path.join(folder, f"one-trial-{repeat}"), bench, "median", trials=1)[1])
+        plain.append(_plain_train_seconds(base_config, os.path.join(folder, f"plain-{repeat}")))
+    return {
+        "one_trial_study_seconds": statistics.median(study),
+        "plain_train_seconds": statistics.median(plain),
+        "fraction": statistics.median(study) / statistics.median(plain) - 1,
+        "all_study_seconds": study,
+        "all_plain_seconds": plain,
+    }
 
 
 def _default_config_runs(pruned, unpruned, plain_folder):
@@ -138,8 +160,7 @@ def _measure(bench, folder):
     records = _build_sample(folder, bench.listings)
     pruned, pruned_seconds = _tune(records, os.path.join(folder, "pruned"), bench, "median")
     unpruned, unpruned_seconds = _tune(records, os.path.join(folder, "unpruned"), bench, "none")
-    plain = _plain_train_seconds(unpruned, os.path.join(folder, "plain"))
-    default_trial = report.default_trial(unpruned.study)
+    _plain_train_seconds(unpruned.base_config, os.path.join(folder, "plain"))  # a third run: the noise
     rows = report.comparison_rows(pruned.study, pruned.options.output)
     results = {
         "setup": dataclasses.asdict(bench) | {"space": SPACE, "load_average": os.getloadavg()},
@@ -149,9 +170,8 @@ def _measure(bench, folder):
         ],
         "epochs": {"with_pruning": _epochs(pruned.study), "without_pruning": _epochs(unpruned.study)},
         "study_seconds": {"with_pruning": pruned_seconds, "without_pruning": unpruned_seconds},
-        "overhead": {"trial_seconds": default_trial.user_attrs["seconds"], "plain_train_seconds": plain},
+        "overhead": _overhead(records, os.path.join(folder, "overhead"), bench, unpruned.base_config),
     }
-    results["overhead"]["fraction"] = results["overhead"]["trial_seconds"] / plain - 1
     results["default_config_runs"] = _default_config_runs(pruned, unpruned, os.path.join(folder, "plain"))
     print(json.dumps(results, indent=2))
     path = os.path.join(REPO, "benchmarks", "results", "tune.json")

@@ -1,10 +1,14 @@
 """One baseline end to end (rows, search, evaluation, files), and every baseline of a command with the comparison."""
 
-# `logreg` / `linear_svm` switch to streamed SGD with their loss (log / hinge,
-# alpha = 1 / (C n)) when the training matrix is larger than `in_memory_gb`:
-# their solvers copy the matrix, liblinear in float64. `rbf_svm` trains on a
-# stratified subsample of at most `rbf_max_train` examples: kernel SVMs cost
-# O(n^2) memory and more time. `sgd` always streams.
+# `logreg` / `linear_svm` train on a stratified subsample when their solver
+# would take more than `in_memory_gb` on every row (classifiers.solver_bytes:
+# lbfgs holds a float32 score and gradient per row and class, liblinear copies
+# the matrix twice). Not streamed SGD with their loss: at full ABO size (576
+# classes, head class half the rows) one-vs-rest SGD reached test macro F1
+# 0.001 where lbfgs reached 0.36 (benchmarks/baselines_search_benchmark.py).
+# `rbf_svm` trains on a stratified subsample of at most `rbf_max_train`
+# examples as well: kernel SVMs cost O(n^2) memory and more time. `sgd` always
+# streams, on every row.
 
 import dataclasses
 import os
@@ -29,7 +33,7 @@ from abo_tf.records.split import SPLITS
 
 RBF_MAX_TRAIN = 10_000
 DEFAULT_RUNS = "runs"  # where `abo_tf.train --output runs/NAME` puts runs, as the README does
-IN_MEMORY_GB = 1.0
+IN_MEMORY_GB = 2.5  # lbfgs on full ABO's 313,681 x 622 handcrafted features, 576 classes: ~2.2 GB
 STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "in memory"
 
 
@@ -54,13 +58,23 @@ class BaselineConfig(feature_spec.FeatureOptions):
         help="rbf_svm trains on a stratified subsample of at most this many examples",
     )
     sgd_epochs: int = options.option(
-        classifiers.SGD_EPOCHS, minimum=1, group="models", help="passes over the training features of streamed SGD"
+        classifiers.SGD_EPOCHS,
+        minimum=1,
+        group="models",
+        help="passes of SGD over its training rows, at most (fewer once it has seen 1M examples)",
     )
     in_memory_gb: float = options.option(
         IN_MEMORY_GB,
         minimum=0.001,
         group="models",
-        help="larger training features train logreg/linear_svm by streamed SGD",
+        help="logreg/linear_svm/rbf_svm train on a stratified subsample their solver can hold in this much",
+    )
+    search_max_train: int = options.option(
+        search.SEARCH_MAX_TRAIN,
+        minimum=2,
+        group="models",
+        help="the search compares candidates on a stratified subsample of at most this many training "
+        "examples; the chosen one is then fitted on all of them",
     )
     runs: str | None = options.option(
         group="comparison", help="folder of CNN training runs to compare with (default: runs/, if it exists)"
@@ -77,7 +91,7 @@ class BaselineConfig(feature_spec.FeatureOptions):
         group="output", config=False, help="feature cache (shared with abo_tf.features); default OUTPUT/features"
     )
     progress: bool = options.option(
-        True, group=options.CONSOLE_GROUP, config=False, help="a progress bar per extracted split"
+        True, group=options.CONSOLE_GROUP, config=False, help="progress bars: extraction, search candidates, SGD"
     )
     # Library use only (smaller searches in tests): model -> grid replacing search.GRIDS[model].
     grids: dict | None = options.option(help="", cli=False)
@@ -105,6 +119,7 @@ def check_config(config):
     limits = {
         "--rbf-max-train": (config.rbf_max_train, 2),
         "--sgd-epochs": (config.sgd_epochs, 1),
+        "--search-max-train": (config.search_max_train, 2),
         "--inference-images": (config.inference_images, 1),
     }
     for flag, (value, minimum) in limits.items():
@@ -153,31 +168,43 @@ class TrainingRows(NamedTuple):
     """Which training rows a model fits on, and how."""
 
     rows: np.ndarray
-    subsample: dict | None  # {"examples", "of"} when rbf_svm trains on a subsample
+    subsample: dict | None  # {"examples", "of"} when the model trains on a subsample
     streamed: bool
 
 
+def _row_limit(model, train, config):
+    """The most training rows `model`'s solver holds, and the flag that sets it; (None, None) for no limit."""
+    if model == "sgd":
+        return None, None
+    per_row = classifiers.solver_bytes(model, 1, train.features.shape[1], len(train.classes))
+    limits = [(int(config.in_memory_gb * 2**30 // per_row), "--in-memory-gb")]
+    if model == "rbf_svm":
+        limits.append((config.rbf_max_train, "--rbf-max-train; kernel SVMs grow quadratically"))
+    limit, flag = min(limits)
+    if limit < len(train.classes):
+        raise UserInputError(
+            f"--in-memory-gb {config.in_memory_gb} holds {limit} training rows for {model}, fewer than the "
+            f"{len(train.classes)} classes: raise it"
+        )
+    return limit, flag
+
+
 def _training_rows(model, train, config):
-    """All rows, or (rbf_svm on a large split) a stratified subsample; and whether to stream."""
+    """All rows, or a stratified subsample the model's solver can hold; and whether to stream (sgd).
+
+    lbfgs and liblinear hold the matrix and per-row state in memory; `sgd`
+    streams chunks and trains on every row.
+    """
     rows = np.arange(len(train.labels))
-    subsample = None
-    if model == "rbf_svm" and len(rows) > config.rbf_max_train:
-        rows = classifiers.stratified_subsample(train.labels, rows, config.rbf_max_train, config.seed)
-        subsample = {"examples": int(len(rows)), "of": int(len(train.labels))}
-        print(
-            f"rbf_svm: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples "
-            "(--rbf-max-train; kernel SVMs grow quadratically)",
-            flush=True,
-        )
-    too_large = train.features.shape[1] * len(rows) * 4 > config.in_memory_gb * 2**30
-    streamed = model == "sgd" or (model in ("logreg", "linear_svm") and too_large)
-    if streamed and model != "sgd":
-        print(
-            f"{model}: {len(rows)} x {train.features.shape[1]} features exceed --in-memory-gb {config.in_memory_gb}: "
-            "trained by streamed SGD with its loss",
-            flush=True,
-        )
-    return TrainingRows(rows, subsample, streamed)
+    limit, flag = _row_limit(model, train, config)
+    if limit is None or len(rows) <= limit:
+        return TrainingRows(rows, None, model == "sgd")
+    rows = classifiers.stratified_subsample(train.labels, rows, limit, config.seed)
+    print(
+        f"{model}: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples ({flag})",
+        flush=True,
+    )
+    return TrainingRows(rows, {"examples": int(len(rows)), "of": int(len(train.labels))}, False)
 
 
 def _record(model, config, splits, found, plan, classifier_rate):
@@ -216,7 +243,7 @@ def train_baseline(model, splits, config):
     train = splits["train"]
     plan = _training_rows(model, train, config)
     training = classifiers.Training(model, train, plan.rows, plan.streamed, config.sgd_epochs, config.seed)
-    found = search.search(training, config.grid(model), splits["validation"])
+    found = search.search(training, config.grid(model), splits["validation"], config.search_max_train, config.progress)
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
     results = evaluation.evaluate(found.pipeline, splits, config.exclude)

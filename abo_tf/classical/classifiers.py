@@ -5,6 +5,8 @@
 # training and prediction read CHUNK_ROWS rows at a time.
 
 import dataclasses
+import math
+import mmap
 import time
 import warnings
 from typing import NamedTuple
@@ -18,20 +20,24 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 
+from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 from abo_tf.reports import metrics
 
 MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd")
 SGD_EPOCHS = 20
+# scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
+SGD_EXAMPLES = 1_000_000
 CHUNK_ROWS = 8192
 
 
-def make_pipeline(model, seed=0):
+def make_pipeline(model, seed=0, epochs=SGD_EPOCHS):
     """The unfitted Pipeline of `model`: scaler, PCA (passthrough unless the grid sets it), classifier.
 
     Args:
       model: one of MODELS.
       seed: random state of the classifiers that have one.
+      epochs: passes of `sgd` over its training rows (fixed: no stopping rule).
 
     Returns:
       A `sklearn.pipeline.Pipeline` with steps "scaler", "pca", "classifier".
@@ -44,8 +50,9 @@ def make_pipeline(model, seed=0):
         "linear_svm": lambda: LinearSVC(class_weight="balanced", max_iter=5000, random_state=seed),
         # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
         "rbf_svm": lambda: SVC(kernel="rbf", class_weight="balanced", break_ties=True),
-        # class_weight is set at fit time: partial_fit refuses "balanced".
-        "sgd": lambda: SGDClassifier(random_state=seed),
+        # Streamed, class_weight is set at fit time: partial_fit refuses "balanced". One
+        # binary problem per class (576 on ABO), spread over the cores.
+        "sgd": lambda: SGDClassifier(class_weight="balanced", max_iter=epochs, tol=None, n_jobs=-1, random_state=seed),
     }
     if model not in classifiers:
         raise UserInputError(f"unknown model {model!r}: choose from {MODELS}")
@@ -72,6 +79,22 @@ def stratified_subsample(labels, rows, size, seed):
     return np.sort(np.concatenate(kept))
 
 
+def solver_bytes(model, num_rows, num_features, num_classes):
+    """About the memory the in-memory solver of `model` takes for a training matrix, in bytes.
+
+    lbfgs (logreg) keeps float32 features and holds float32 raw predictions
+    and gradients of every row and class; liblinear (linear_svm) copies the
+    features to float64 and again into its own (index, value) nodes.
+    Measured at 313,681 x 622 with 576 classes, lbfgs peaked 1.5 GB above
+    its input.
+    """
+    if model == "logreg":
+        return num_rows * (num_features + 2 * num_classes) * 4
+    if model == "linear_svm":
+        return num_rows * num_features * (8 + 16)
+    return num_rows * num_features * 4
+
+
 @dataclasses.dataclass
 class Training:
     """How one model trains: on which rows of which split, streamed or in memory."""
@@ -79,17 +102,23 @@ class Training:
     model: str  # one of MODELS
     train: object  # feature_cache.SplitFeatures
     rows: np.ndarray  # training rows (all, or the rbf subsample)
-    streamed: bool  # SGD by partial_fit over chunks, rather than the model's own solver in memory
-    epochs: int  # passes of streamed SGD
+    streamed: bool  # sgd by partial_fit over chunks, rather than in memory
+    epochs: int  # passes of SGD, at most (see sgd_passes)
     seed: int
 
 
+def sgd_passes(num_rows, training):
+    """Epochs of SGD over `num_rows`: enough to see SGD_EXAMPLES examples, at most `training.epochs`."""
+    return max(1, min(training.epochs, math.ceil(SGD_EXAMPLES / max(num_rows, 1))))
+
+
 class Fit(NamedTuple):
-    """A fitted candidate: the pipeline, the seconds fitting took, and whether the solver converged."""
+    """A fitted candidate: the pipeline, the seconds fitting took, whether the solver converged, SGD's epochs."""
 
     pipeline: Pipeline
     seconds: float
-    converged: bool
+    converged: bool | None  # None: fixed-epoch SGD has no stopping rule
+    epochs: int | None  # passes of SGD; None for the other solvers
 
 
 def _row_chunks(rows, rng=None):
@@ -100,16 +129,7 @@ def _row_chunks(rows, rng=None):
     return chunks
 
 
-def _streamed_classifier(model, params, num_examples, seed):
-    """The SGDClassifier a model trains as when streamed: sgd's own, or logreg/linear_svm's loss."""
-    if model == "sgd":
-        return make_pipeline("sgd", seed).set_params(**params).named_steps["classifier"]
-    # C of a mean loss over n examples corresponds to SGD's alpha = 1 / (C n).
-    loss = {"logreg": "log_loss", "linear_svm": "hinge"}[model]
-    return SGDClassifier(loss=loss, alpha=1.0 / (params["classifier__C"] * num_examples), random_state=seed)
-
-
-def _fit_streaming(classifier, train, rows, epochs, seed):
+def _fit_streaming(classifier, train, rows, epochs, seed, progress=False):
     """Scaler and SGD fitted by `partial_fit` over chunks of `train.features[rows]`; one chunk in memory at a time."""
     scaler = StandardScaler()
     for chunk in _row_chunks(rows):
@@ -119,37 +139,63 @@ def _fit_streaming(classifier, train, rows, epochs, seed):
     weights = compute_class_weight("balanced", classes=classes, y=labels)
     classifier.set_params(class_weight=dict(zip(classes.tolist(), weights.tolist(), strict=True)))
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        for chunk in _row_chunks(rows, rng):
-            order = rng.permutation(len(chunk))
-            classifier.partial_fit(
-                scaler.transform(train.features[chunk])[order], train.labels[chunk][order], classes=classes
-            )
+    chunks = math.ceil(len(rows) / CHUNK_ROWS)
+    with console.progress_bar(
+        enabled=progress, total=epochs * chunks, desc=f"SGD, {epochs} epochs", unit="chunk"
+    ) as bar:
+        for _ in range(epochs):
+            for chunk in _row_chunks(rows, rng):
+                order = rng.permutation(len(chunk))
+                classifier.partial_fit(
+                    scaler.transform(train.features[chunk])[order], train.labels[chunk][order], classes=classes
+                )
+                bar.update()
     return Pipeline([("scaler", scaler), ("pca", "passthrough"), ("classifier", classifier)])
 
 
-def fit(training, params, rows):
+def read_rows(features, rows):
+    """`features[rows]` as an array in memory; a memory map's pages are released after the copy.
+
+    Pages of a memory map stay in the process's resident set once read: at
+    full ABO size they would hold a second 780 MB copy of the training matrix
+    beside the solver's.
+    """
+    copied = np.asarray(features[rows])
+    mapping = getattr(features, "_mmap", None)  # np.memmap's mmap object: read-only, clean pages, safe to drop
+    if mapping is not None:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    return copied
+
+
+def fit(training, params, rows, progress=False):
     """Fits one candidate of `training.model`.
 
     Args:
       training: a `Training`.
       params: Pipeline parameters of the candidate (`{"classifier__C": 1.0}`).
       rows: the rows of `training.train` to fit on.
+      progress: a progress bar over streamed SGD's chunks.
 
     Returns:
       A `Fit`.
     """
     started = time.perf_counter()
+    sgd = training.streamed or training.model == "sgd"
+    epochs = sgd_passes(len(rows), training) if sgd else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if training.streamed:
-            classifier = _streamed_classifier(training.model, params, len(rows), training.seed)
-            pipeline = _fit_streaming(classifier, training.train, rows, training.epochs, training.seed)
+            classifier = make_pipeline("sgd", training.seed).set_params(**params).named_steps["classifier"]
+            pipeline = _fit_streaming(classifier, training.train, rows, epochs, training.seed, progress)
         else:
-            pipeline = make_pipeline(training.model, training.seed).set_params(**clone(params, safe=False))
-            pipeline.fit(training.train.features[rows], training.train.labels[rows])
-    converged = not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
-    return Fit(pipeline, time.perf_counter() - started, converged)
+            pipeline = make_pipeline(training.model, training.seed, epochs or SGD_EPOCHS)
+            # The rows read are this call's own copy: scaled in place, not copied again (at full ABO
+            # size that second copy is 780 MB); the saved scaler copies again.
+            pipeline.set_params(**clone(params, safe=False), scaler__copy=False)
+            pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
+            pipeline.set_params(scaler__copy=True)
+    converged = None if sgd else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
+    return Fit(pipeline, time.perf_counter() - started, converged, epochs)
 
 
 class Scores(NamedTuple):

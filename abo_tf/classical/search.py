@@ -1,13 +1,32 @@
-"""Hyperparameter search on the validation split: every candidate of a small grid, successive halving of a large one."""
+"""Hyperparameter search on the validation split with scikit-learn's search classes, then one fit on every row.
 
-import math
+`GridSearchCV` tries every candidate of a small grid; `HalvingGridSearchCV`
+searches a large one by successive halving. Both get a `PredefinedSplit` whose
+only fold trains on the training rows and scores on the validation split, and
+`refit=False`: their refit would train on validation too. The chosen candidate
+is then fitted on every training row by `classifiers.fit` (in memory, or
+streamed SGD when the matrix is too large for its solver).
+
+At full ABO size (313,681 training rows, 576 classes) one fit of a
+576-class model on every row costs minutes, so the search compares candidates
+on a stratified subsample of at most `max_train` rows (and all of validation):
+`benchmarks/baselines_search_benchmark.py` measures it.
+"""
+
+import time
+import warnings
 from typing import NamedTuple
 
+import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.model_selection import ParameterGrid
-from sklearn.pipeline import Pipeline
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingGridSearchCV)
+from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV, ParameterGrid, PredefinedSplit
 
 from abo_tf.classical import classifiers
+from abo_tf.common import console
+from abo_tf.common.errors import UserInputError
+from abo_tf.reports import metrics
 
 # The searched grids (Pipeline parameter names). Small on purpose: each candidate is a full fit.
 GRIDS = {
@@ -23,21 +42,14 @@ GRIDS = {
     "sgd": {"classifier__loss": ["hinge", "log_loss", "modified_huber"], "classifier__alpha": [1e-6, 1e-5, 1e-4, 1e-3]},
 }
 HALVING_ABOVE = 6  # candidates; larger grids are searched by successive halving
-HALVING_FACTOR = 3  # each round keeps 1/3 of the candidates and triples the training examples
-
-
-class Scored(NamedTuple):
-    """A candidate fitted in one round, and its validation macro-F1."""
-
-    score: float
-    index: int  # position in grid order: ties go to the first
-    pipeline: Pipeline
+HALVING_FACTOR = 3  # each round keeps 1/3 of the candidates and triples the examples
+SEARCH_MAX_TRAIN = 20_000  # training rows the candidates are compared on, at most
 
 
 class SearchResult(NamedTuple):
     """The chosen pipeline, fitted on every training row, and the search's record for baseline.json."""
 
-    pipeline: Pipeline
+    pipeline: object  # sklearn Pipeline
     record: dict
 
 
@@ -47,63 +59,143 @@ def _printable(params):
     }
 
 
-def _try(training, grid, candidates, rows, validation, round_index):
-    """Fits and scores each candidate on `rows`; returns the `Scored` candidates and their record rows."""
-    scored, records = [], []
-    for index in candidates:
-        fitted = classifiers.fit(training, grid[index], rows)
-        score = classifiers.macro_f1(fitted.pipeline, validation)
-        scored.append(Scored(score, index, fitted.pipeline))
-        records.append(
+def _converged(classifier):
+    """Whether the solver stopped before its iteration limit; None for fixed-epoch SGD (no stopping rule)."""
+    if classifier.__class__.__name__ == "SGDClassifier":
+        return None
+    limit = getattr(classifier, "max_iter", -1)
+    return bool(limit is None or limit < 0 or np.max(classifier.n_iter_) < limit)
+
+
+class _Scorer:
+    """Validation macro-F1 as the search's scorer; notes each candidate's convergence and ticks a progress bar.
+
+    scikit-learn calls it once per candidate, in the order of `cv_results_`
+    (one fold, n_jobs=1), which is how `converged` lines up with the rows.
+    """
+
+    def __init__(self, bar):
+        self.bar, self.converged = bar, []
+
+    def __call__(self, pipeline, features, labels):
+        score = metrics.classification_metrics(labels, pipeline.predict(features))["macro_f1"]
+        self.converged.append(_converged(pipeline.named_steps["classifier"]))
+        self.bar.update()
+        self.bar.set_postfix_str(f"last macro-F1 {score:.3f}")
+        return score
+
+
+def _search_data(training, validation, max_train):
+    """Features, labels and PredefinedSplit of [a stratified subsample of the training rows; validation]."""
+    rows = classifiers.stratified_subsample(training.train.labels, training.rows, max_train, training.seed)
+    features = np.concatenate([training.train.features[rows], np.asarray(validation.features)])
+    labels = np.concatenate([training.train.labels[rows], validation.labels])
+    fold = np.concatenate([np.full(len(rows), -1), np.zeros(len(validation.labels), int)])
+    return rows, features, labels, PredefinedSplit(fold)
+
+
+def _searcher(training, grid_spec, scorer, cv, num_rows):
+    """GridSearchCV for a small grid, HalvingGridSearchCV (subsampling rows) for a large one."""
+    estimator = classifiers.make_pipeline(training.model, training.seed, classifiers.sgd_passes(num_rows, training))
+    common = dict(scoring=scorer, cv=cv, refit=False, n_jobs=1, error_score=np.nan)
+    if len(ParameterGrid(grid_spec)) <= HALVING_ABOVE:
+        return GridSearchCV(estimator, grid_spec, **common)
+    return HalvingGridSearchCV(
+        estimator, grid_spec, factor=HALVING_FACTOR, resource="n_samples", random_state=training.seed, **common
+    )
+
+
+def _candidates(results, grid, converged, num_train, num_validation):
+    """baseline.json's candidate rows from `cv_results_`, with each row's grid index."""
+    rounds = results.get("iter", np.zeros(len(results["params"]), int))
+    rows = []
+    for index, params in enumerate(results["params"]):
+        # HalvingGridSearchCV keeps this fraction of each fold (its _SubsampleMetaSplitter).
+        fraction = results["n_resources"][index] / (num_train + num_validation) if "n_resources" in results else 1.0
+        score = float(results["mean_test_score"][index])
+        rows.append(
             {
-                "round": round_index,
-                "params": _printable(grid[index]),
-                "train_examples": int(len(rows)),
-                "validation_macro_f1": score,
-                "seconds": fitted.seconds,
-                "converged": fitted.converged,
+                "round": int(rounds[index]),
+                "params": _printable(params),
+                "grid_index": next(position for position, candidate in enumerate(grid) if candidate == params),
+                "train_examples": int(fraction * num_train),
+                "validation_examples": int(fraction * num_validation),
+                "validation_macro_f1": None if np.isnan(score) else score,
+                "seconds": float(results["mean_fit_time"][index] + results["mean_score_time"][index]),
+                "converged": converged[index],
             }
         )
-    return scored, records
+    return rows
 
 
-def _num_rounds(num_candidates):
-    return 1 if num_candidates <= HALVING_ABOVE else math.ceil(math.log(num_candidates) / math.log(HALVING_FACTOR))
+def _choose(candidates):
+    """The best candidate of the last round; ties go to the first in grid order."""
+    last = max(row["round"] for row in candidates)
+    scored = [row for row in candidates if row["round"] == last and row["validation_macro_f1"] is not None]
+    if not scored:
+        raise UserInputError(
+            "every candidate of the search failed to fit: check the features (abo_tf.features) and the grid"
+        )
+    return min(scored, key=lambda row: (-row["validation_macro_f1"], row["grid_index"]))
 
 
-def search(training, grid_spec, validation):
-    """Chooses the grid's best candidate by validation macro-F1; ties go to the first in grid order.
+def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress=True):
+    """Chooses the grid's best candidate by validation macro-F1, then fits it on every training row.
 
-    A grid of at most HALVING_ABOVE candidates fits each on every training row.
-    A larger one is searched by successive halving: every candidate on
-    1/3^(R-1) of the rows (stratified), the best third on 3x more, and so on,
-    the last round on every row.
+    Candidates are compared on a stratified subsample of at most `max_train`
+    training rows: every one of them for a grid of at most HALVING_ABOVE
+    candidates (GridSearchCV), by successive halving above (HalvingGridSearchCV,
+    which subsamples rows of both folds in its early rounds). The chosen
+    candidate is the best of the last round, ties going to the first in grid
+    order; it is then fitted on all of `training.rows`.
 
     Args:
       training: a `classifiers.Training`: the model, its rows, how it fits.
       grid_spec: Pipeline parameter name -> values to try.
       validation: the validation split's `SplitFeatures`.
+      max_train: training rows the candidates are compared on, at most.
+      progress: a progress bar advanced by each candidate.
 
     Returns:
       A `SearchResult`.
+
+    Raises:
+      UserInputError: every candidate failed to fit.
     """
     grid = list(ParameterGrid(grid_spec))
-    candidates, rounds, history = list(range(len(grid))), _num_rounds(len(grid)), []
-    for round_index in range(rounds):
-        size = math.ceil(len(training.rows) / HALVING_FACTOR ** (rounds - 1 - round_index))
-        rows = classifiers.stratified_subsample(training.train.labels, training.rows, size, training.seed + round_index)
-        scored, records = _try(training, grid, candidates, rows, validation, round_index)
-        history += records
-        scored.sort(key=lambda candidate: (-candidate.score, candidate.index))
-        keep = 1 if round_index == rounds - 1 else math.ceil(len(candidates) / HALVING_FACTOR)
-        candidates = [candidate.index for candidate in scored[:keep]]
-    best = scored[0]
+    started = time.perf_counter()
+    rows, features, labels, cv = _search_data(training, validation, max_train)
+    with console.progress_bar(enabled=progress, desc=f"{training.model} search", unit="candidate") as bar:
+        scorer = _Scorer(bar)
+        searcher = _searcher(training, grid_spec, scorer, cv, len(rows))
+        with warnings.catch_warnings():
+            # Convergence is recorded per candidate; a failed fit scores NaN and is reported by _choose.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FitFailedWarning)
+            searcher.fit(features, labels)
+    del features
+    candidates = _candidates(searcher.cv_results_, grid, scorer.converged, len(rows), len(validation.labels))
+    chosen = _choose(candidates)
+    search_seconds = time.perf_counter() - started
+    fitted = classifiers.fit(training, grid[chosen["grid_index"]], training.rows, progress)
+    rounds = max(row["round"] for row in candidates) + 1
     record = {
-        "strategy": "exhaustive" if rounds == 1 else f"successive halving (factor {HALVING_FACTOR}, {rounds} rounds)",
+        "strategy": "exhaustive (GridSearchCV)"
+        if isinstance(searcher, GridSearchCV)
+        else f"successive halving (HalvingGridSearchCV, factor {HALVING_FACTOR}, {rounds} rounds)",
         "grid": {key: [_printable({key: value})[key] for value in values] for key, values in grid_spec.items()},
-        "candidates": history,
-        "chosen": _printable(grid[best.index]),
-        "validation_macro_f1": best.score,
-        "seconds": sum(row["seconds"] for row in history),
+        "search_train_examples": int(len(rows)),
+        "candidates": candidates,
+        "chosen": chosen["params"],
+        "search_validation_macro_f1": chosen["validation_macro_f1"],
+        "search_seconds": search_seconds,
+        "final_fit": {
+            "train_examples": int(len(training.rows)),
+            "seconds": fitted.seconds,
+            "converged": fitted.converged,
+            "epochs": fitted.epochs,
+        },
+        "validation_macro_f1": classifiers.macro_f1(fitted.pipeline, validation),
+        "seconds": search_seconds + fitted.seconds,
     }
-    return SearchResult(best.pipeline, record)
+    return SearchResult(fitted.pipeline, record)
