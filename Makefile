@@ -59,11 +59,14 @@ format: install
 notebook: install
 	$(BIN)/python notebooks/execute.py notebooks/abo_exploration.ipynb
 
-# Figures for the README; about 30 minutes on 2 cores. Run on an otherwise idle machine.
+# Figures for the README; about 1 h 30 on 2 cores. Run on an otherwise idle machine.
 benchmark: install
 	$(BIN)/python benchmarks/build_records_benchmark.py
 	$(BIN)/python benchmarks/input_pipeline_benchmark.py
 	$(BIN)/python benchmarks/baselines_benchmark.py
+	$(BIN)/python benchmarks/baselines_search_benchmark.py
+	$(BIN)/python benchmarks/audit_benchmark.py
+	$(BIN)/python benchmarks/tune_benchmark.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs
