@@ -85,16 +85,19 @@ def child(model, work_dir, train_size, num_classes):
     )
 
 
-def measure(model, work_dir, train_size, num_classes):
+def measure(model, work_dir, train_size, num_classes, timeout):
     from abo_tf.testing import measure as measuring
 
     command = [sys.executable, os.path.abspath(__file__), "--child", model, "--work-dir", work_dir]
     command += ["--train", str(train_size), "--classes", str(num_classes)]
-    code, out, err, peak = measuring.run_measured(command, timeout=TIMEOUT)
+    code, out, err, peak = measuring.run_measured(command, timeout=timeout)
+    if code == -9:
+        print(f"  {model}: not finished in {timeout} s, peak {peak / 2**30:.2f} GB so far", flush=True)
+        return {"model": model, "finished": False, "timeout_seconds": timeout, "peak_rss_gb": peak / 2**30}
     if code != 0:
         raise SystemExit(f"{model} failed ({code}): {err.strip().splitlines()[-1:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_gb"] = peak / 2**30
+    result["peak_rss_gb"], result["finished"] = peak / 2**30, True
     progress_lines = [line for line in err.splitlines() if "search" in line or "SGD" in line]
     result["progress_lines"] = len(progress_lines)
     print(
@@ -112,6 +115,7 @@ def main():
     parser.add_argument("--train", type=int, default=ABO_TRAIN, help="training rows (full ABO: 313,681)")
     parser.add_argument("--classes", type=int, default=ABO_CLASSES)
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds a model may take before it is killed")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -119,19 +123,25 @@ def main():
     results = {"cpu_count": os.cpu_count(), "train": args.train, "classes": args.classes, "models": []}
     for model in args.models:
         with tempfile.TemporaryDirectory(prefix="abo_search_bench_", dir=args.work_dir) as work_dir:
-            results["models"].append(measure(model, work_dir, args.train, args.classes))
+            results["models"].append(measure(model, work_dir, args.train, args.classes, args.timeout))
     print(
         "\n| model | solver of the final fit | candidates | search (s) | final fit (s) | whole baseline (s) "
         "| peak RSS (GB) | test macro F1 |\n|---|---|---|---|---|---|---|---|"
     )
     for row in results["models"]:
+        if not row["finished"]:
+            unfinished = f"not finished in {row['timeout_seconds']} s"
+            print(f"| {row['model']} | {unfinished} | | | | | {row['peak_rss_gb']:.2f} | |")
+            continue
         print(
             f"| {row['model']} | {row['solver']} | {row['candidates']} | {row['search_seconds']:.0f} | "
             f"{row['final_fit_seconds']:.0f} | {row['baseline_seconds']:.0f} | {row['peak_rss_gb']:.2f} | "
             f"{row['test_macro_f1']:.3f} |"
         )
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(REPO, "benchmarks", "results", "baselines_search.json"), "w") as handle:
+    suffix = "" if args.models == ["logreg", "sgd"] else "_" + "_".join(args.models)
+    name = f"baselines_search{suffix}.json"
+    with open(os.path.join(REPO, "benchmarks", "results", name), "w") as handle:
         json.dump(results, handle, indent=2)
 
 
