@@ -48,6 +48,7 @@ class BenchmarkOptions:
     epochs: int = options.option(4, help="epochs of each trial", minimum=1)
     image_size: int = options.option(48, help="pixels of the model input", minimum=32)
     overhead_repeats: int = options.option(3, help="timed one-trial studies and plain runs, each", minimum=1)
+    overhead_only: bool = options.option(False, help="measure only the overhead (3.), updating tune.json")
     output: str = options.option("", help="folder kept for inspection ('' = a temporary one)", config=False)
 
 
@@ -71,10 +72,10 @@ def _build_sample(folder, listings):
     return os.path.join(folder, "records")
 
 
-def _tune(records, output, bench, pruner, trials=None):
-    from abo_tf.tuning import report, search
+def _tune_options(records, output, bench, pruner, trials=None):
+    from abo_tf.tuning import search
 
-    tune_options = search.TuneOptions(
+    return search.TuneOptions(
         records=records,
         output=output,
         model="mobilenet_v3_small",
@@ -91,6 +92,12 @@ def _tune(records, output, bench, pruner, trials=None):
         search=SPACE,
         progress=False,
     )
+
+
+def _tune(records, output, bench, pruner, trials=None):
+    from abo_tf.tuning import report, search
+
+    tune_options = _tune_options(records, output, bench, pruner, trials)
     started = time.perf_counter()
     opened = search.open_search(tune_options)
     search.run_trials(opened, progress=False)
@@ -107,13 +114,17 @@ def _epochs(study):
 
 def _plain_train_seconds(base_config, folder):
     """`loop.train` of the default config, outside the tuner."""
+    import keras
+
     from abo_tf.training import loop
 
     config = dataclasses.replace(base_config, output=folder, progress=False)
     os.makedirs(folder)
     started = time.perf_counter()
     loop.train(config)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    keras.backend.clear_session()  # as after each trial: the next run starts from the same state
+    return seconds
 
 
 def _overhead(records, folder, bench, base_config):
@@ -154,10 +165,30 @@ def main(argv=None):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _update_overhead(records, folder, bench):
+    """Measures only the tuner's overhead and writes it into the existing tune.json."""
+    from abo_tf.tuning import search
+
+    base = search.base_train_config(_tune_options(records, os.path.join(folder, "base"), bench, "none"))
+    path = os.path.join(REPO, "benchmarks", "results", "tune.json")
+    results = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+    results["overhead"] = _overhead(records, os.path.join(folder, "overhead"), bench, base)
+    results["overhead_load_average"] = os.getloadavg()
+    print(json.dumps(results["overhead"], indent=2))
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    return 0
+
+
 def _measure(bench, folder):
     from abo_tf.tuning import report
 
     records = _build_sample(folder, bench.listings)
+    if bench.overhead_only:
+        return _update_overhead(records, folder, bench)
     pruned, pruned_seconds = _tune(records, os.path.join(folder, "pruned"), bench, "median")
     unpruned, unpruned_seconds = _tune(records, os.path.join(folder, "unpruned"), bench, "none")
     _plain_train_seconds(unpruned.base_config, os.path.join(folder, "plain"))  # a third run: the noise
