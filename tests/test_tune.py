@@ -161,7 +161,8 @@ BAD_SPACES = {
 def test_bad_search_space_is_one_line_error(built_records, tmp_path, capsys, text, message):
     records_dir, _ = built_records
     output = tmp_path / "tune"
-    assert tune.main(_tune_args(records_dir, _config(tmp_path, text), output)) == 2
+    # One short trial at most: an accepted space (a regression) fails quickly instead of training 20 trials.
+    assert tune.main(_tune_args(records_dir, _config(tmp_path, text), output, "--trials", "1", "--epochs", "1")) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and message in error and "\n" not in error
     assert not os.path.exists(output)  # refused before the folder was claimed
@@ -336,7 +337,7 @@ def test_output_inside_the_records_is_refused(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     copy = tmp_path / "records"
     shutil.copytree(records_dir, copy)
-    assert tune.main(_tune_args(str(copy), _config(tmp_path), copy / "tune")) == 2
+    assert tune.main(_tune_args(str(copy), _config(tmp_path), copy / "tune", "--trials", "1", "--epochs", "1")) == 2
     assert "overlap" in capsys.readouterr().err
     assert not os.path.exists(copy / "tune")
 
@@ -345,13 +346,12 @@ def test_a_study_is_not_continued_on_rebuilt_records(built_records, tmp_path, ca
     records_dir, _ = built_records
     copy, output = tmp_path / "records", tmp_path / "tune"
     shutil.copytree(records_dir, copy)
-    options, _ = tune.options.parse(
-        search.TuneOptions, _tune_args(str(copy), _config(tmp_path), output), prog="t", description=""
-    )
+    arguments = _tune_args(str(copy), _config(tmp_path), output, "--trials", "1", "--epochs", "1")
+    options, _ = tune.options.parse(search.TuneOptions, arguments, prog="t", description="")
     search.open_search(options)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 64}))  # as a rebuild
-    assert tune.main(_tune_args(str(copy), _config(tmp_path), output)) == 2
+    assert tune.main(arguments) == 2
     error = capsys.readouterr().err.strip()
     assert "was run on other records" in error and "\n" not in error
 
