@@ -424,6 +424,15 @@ def _one_class(path):
     np.save(os.path.join(path, "labels.npy"), np.zeros_like(np.load(os.path.join(path, "labels.npy"))))
 
 
+def _non_finite(value, row):
+    def change(path):
+        features = np.load(os.path.join(path, "features.npy"))
+        features[row, 3] = value
+        np.save(os.path.join(path, "features.npy"), features)
+
+    return change
+
+
 def _emptied(path):
     for name in os.listdir(path):
         os.remove(os.path.join(path, name))
@@ -436,6 +445,9 @@ def _emptied(path):
         ("label space of validation", "validation", _fewer_classes),
         ("single class", "train", _one_class),
         ("empty or incomplete", "test", _emptied),
+        ("features of train hold NaN or infinite values (row 7", "train", _non_finite(np.nan, 7)),
+        ("features of validation hold NaN or infinite values (row 0", "validation", _non_finite(np.inf, 0)),
+        ("features of test hold NaN or infinite values", "test", _non_finite(-np.inf, 2)),
     ],
 )
 def test_a_damaged_feature_cache_is_a_one_line_error(trained, built_records, tmp_path, capsys, expected, split, change):
@@ -520,3 +532,55 @@ def test_help_groups_flags_with_defaults(capsys):
     for heading in ("data:", "features:", "models:", "comparison:", "output:"):
         assert heading in text
     assert f"(default: {classifiers.SGD_EPOCHS})" in text and f"(default: {baseline.RBF_MAX_TRAIN})" in text
+
+
+@pytest.mark.parametrize("model", ["logreg", "linear_svm", "rbf_svm"])
+def test_a_memory_budget_beyond_any_float_trains_on_every_row(trained, built_records, model):
+    records_dir, _ = built_records
+    train = trained["splits"]["train"]
+    run_config = _config(records_dir, "unused", trained["cache_dir"], in_memory_gb=1e300)  # 1e300 * 2**30 is inf
+    plan = baseline._training_rows(model, train, run_config)
+    assert plan.subsample is None and len(plan.rows) == len(train.labels)
+
+
+def test_a_kernel_limit_below_one_row_per_class_names_its_flag(trained, built_records):
+    records_dir, _ = built_records
+    run_config = _config(records_dir, "unused", trained["cache_dir"], rbf_max_train=2)
+    with pytest.raises(UserInputError, match=r"^--rbf-max-train 2 holds 2 training rows for rbf_svm"):
+        baseline._training_rows("rbf_svm", trained["splits"]["train"], run_config)
+
+
+def test_a_candidate_that_fails_to_fit_is_recorded_without_shifting_the_others(trained):
+    train, validation = trained["splits"]["train"], trained["splits"]["validation"]
+    training = classifiers.Training("logreg", train, np.arange(len(train.labels)), False, 10, 0)
+    grid = {"classifier__C": [-1.0, 0.1, 1.0]}  # a negative C fails scikit-learn's parameter check
+    record = search.search(training, grid, validation, progress=False).record
+    failed, *fitted = record["candidates"]
+    assert failed["validation_macro_f1"] is None and failed["converged"] is None
+    assert all(row["validation_macro_f1"] is not None and isinstance(row["converged"], bool) for row in fitted)
+    assert record["chosen"]["classifier__C"] in (0.1, 1.0)
+    with pytest.raises(UserInputError, match=r"every candidate of the logreg search failed to fit \(.*C"):
+        search.search(training, {"classifier__C": [-1.0, -2.0]}, validation, progress=False)
+
+
+def test_the_same_fit_saves_the_same_model_bytes(trained, tmp_path):
+    train, validation = trained["splits"]["train"], trained["splits"]["validation"]
+    training = classifiers.Training("rbf_svm", train, np.arange(len(train.labels)), False, 10, 0)
+    params = {"classifier__C": 1.0, "pca": search.GRIDS["rbf_svm"]["pca"][1]}
+    hashes = []
+    for name in ("first", "second"):
+        pipeline = classifiers.fit(training, params, training.rows).pipeline
+        (tmp_path / name).mkdir()
+        hashes.append(persistence.save_model(pipeline, str(tmp_path / name / persistence.MODEL_FILE)))
+        persistence.write_record(str(tmp_path / name), {"model_sha256": hashes[-1]})
+    assert hashes[0] == hashes[1]
+    loaded = persistence.load_model(str(tmp_path / "second"))
+    np.testing.assert_array_equal(loaded.predict(validation.features), pipeline.predict(validation.features))
+
+
+def test_the_search_writes_no_line_per_candidate_in_a_log(trained, capsys):
+    train, validation = trained["splits"]["train"], trained["splits"]["validation"]
+    training = classifiers.Training("sgd", train, np.arange(len(train.labels)), True, 2, 0)
+    search.search(training, SMALL_GRIDS["sgd"], validation, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sgd search")]
+    assert len(lines) <= 2 and "\r" not in "".join(lines)  # opened and closed: 8+ candidates in well under 30 s

@@ -151,6 +151,9 @@ BAD_SPACES = {
     "not a table": ("search = 3\n", "search = 3 must be a table"),
     "neither range nor choices": ("[search]\ndropout = { low = 0.1 }\n", "give either low and high"),
     "range of a string": ("[search]\nclass_weights = { low = 1, high = 2 }\n", "choices"),
+    "validation steps": ("[search]\nvalidation_steps = { low = 1, high = 4 }\n", "how a trial runs or is measured"),
+    "mixed precision": ("[search]\nmixed_precision = { choices = [true, false] }\n", "set it outside [search]"),
+    "same choice twice": ("[search]\ndropout = { choices = [0, 0.0] }\n", "choices must differ"),
 }
 
 
@@ -158,7 +161,8 @@ BAD_SPACES = {
 def test_bad_search_space_is_one_line_error(built_records, tmp_path, capsys, text, message):
     records_dir, _ = built_records
     output = tmp_path / "tune"
-    assert tune.main(_tune_args(records_dir, _config(tmp_path, text), output)) == 2
+    # One short trial at most: an accepted space (a regression) fails quickly instead of training 20 trials.
+    assert tune.main(_tune_args(records_dir, _config(tmp_path, text), output, "--trials", "1", "--epochs", "1")) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and message in error and "\n" not in error
     assert not os.path.exists(output)  # refused before the folder was claimed
@@ -170,8 +174,10 @@ def test_bad_search_space_is_one_line_error(built_records, tmp_path, capsys, tex
         (["--trials", "0"], "--trials 0 must be at least 1"),
         (["--storage", "nosuchdb://x/y"], "cannot be opened"),
         (["--timeout", "soon"], "--timeout 'soon'"),
+        (["--study", ""], "--study ''"),
+        (["--study", "a\nb"], "--study 'a\\nb'"),
     ],
-    ids=["no trials", "bad storage", "bad timeout"],
+    ids=["no trials", "bad storage", "bad timeout", "empty study", "study of two lines"],
 )
 def test_bad_option_is_one_line_error(built_records, tmp_path, capsys, extra, message):
     records_dir, _ = built_records
@@ -325,3 +331,42 @@ def test_a_combination_train_refuses_is_pruned_without_training(built_records, t
     assert state == optuna.trial.TrialState.PRUNED
     assert "--head-epochs 2" in opened.study.trials[trial.number].user_attrs[trials_lib.STOPPED_BECAUSE]
     assert not os.path.exists(trials_lib.trial_dir(options.output, trial.number))
+
+
+def test_output_inside_the_records_is_refused(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    copy = tmp_path / "records"
+    shutil.copytree(records_dir, copy)
+    assert tune.main(_tune_args(str(copy), _config(tmp_path), copy / "tune", "--trials", "1", "--epochs", "1")) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert not os.path.exists(copy / "tune")
+
+
+def test_a_study_is_not_continued_on_rebuilt_records(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    copy, output = tmp_path / "records", tmp_path / "tune"
+    shutil.copytree(records_dir, copy)
+    arguments = _tune_args(str(copy), _config(tmp_path), output, "--trials", "1", "--epochs", "1")
+    options, _ = tune.options.parse(search.TuneOptions, arguments, prog="t", description="")
+    search.open_search(options)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 64}))  # as a rebuild
+    assert tune.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert "was run on other records" in error and "\n" not in error
+
+
+def test_an_interrupted_trial_is_failed_and_its_values_queued_again(built_records, tmp_path, capsys, monkeypatch):
+    records_dir, _ = built_records
+    output = tmp_path / "tune"
+
+    def interrupted(trial, config, objective):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the trial's training
+
+    monkeypatch.setattr(trials_lib, "_train", interrupted)
+    assert tune.main(_tune_args(records_dir, _config(tmp_path), output, "--trials", "2")) == 130
+    assert "trial 0: interrupted (Ctrl-C); its values are queued again" in capsys.readouterr().err
+    failed, queued = _study(output).trials
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["default_config"]
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.system_attrs["fixed_params"] == failed.params
+    assert queued.user_attrs == {"retry_of": 0, "default_config": True}  # the default config is still run first

@@ -155,12 +155,25 @@ def check_splits(splits):
                 f"labels of {name} fall outside the {len(train.classes)} classes: "
                 f"the feature cache in {data.path!r} is damaged, delete it"
             )
+        _check_finite(name, data)
     for name in ("train", "validation"):
         present = np.unique(splits[name].labels)
         if len(present) < 2:
             raise UserInputError(
                 f"split {name!r} has a single class ({splits[name].classes[present[0]]!r}): "
                 "a classifier needs at least 2 to train and to be chosen"
+            )
+
+
+def _check_finite(name, data):
+    """Refuses NaN or infinite features, which every solver refuses only once the search has fitted its candidates."""
+    for start in range(0, len(data.features), classifiers.CHUNK_ROWS):
+        bad = ~np.isfinite(np.asarray(data.features[start : start + classifiers.CHUNK_ROWS])).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise UserInputError(
+                f"features of {name} hold NaN or infinite values (row {row}, image {data.image_ids[row]!r}): "
+                f"the feature cache in {data.path!r} is damaged, delete it and extract again"
             )
 
 
@@ -177,16 +190,18 @@ def _row_limit(model, train, config):
     if model == "sgd":
         return None, None
     per_row = classifiers.solver_bytes(model, 1, train.features.shape[1], len(train.classes))
-    limits = [(int(config.in_memory_gb * 2**30 // per_row), "--in-memory-gb")]
+    # Capped at the rows there are: a budget like 1e300 GB overflows to inf, and inf // per_row is NaN.
+    held = min(config.in_memory_gb * 2**30 / per_row, len(train.labels))
+    limits = [(int(held), "--in-memory-gb", config.in_memory_gb)]
     if model == "rbf_svm":
-        limits.append((config.rbf_max_train, "--rbf-max-train; kernel SVMs grow quadratically"))
-    limit, flag = min(limits)
-    if limit < len(train.classes):
+        limits.append((config.rbf_max_train, "--rbf-max-train", config.rbf_max_train))
+    limit, flag, value = min(limits)
+    num_classes = len(np.unique(train.labels))  # a subsample keeps a row of each
+    if limit < num_classes:
         raise UserInputError(
-            f"--in-memory-gb {config.in_memory_gb} holds {limit} training rows for {model}, fewer than the "
-            f"{len(train.classes)} classes: raise it"
+            f"{flag} {value} holds {limit} training rows for {model}, fewer than the {num_classes} classes: raise it"
         )
-    return limit, flag
+    return limit, flag + ("; kernel SVMs grow quadratically" if flag == "--rbf-max-train" else "")
 
 
 def _training_rows(model, train, config):

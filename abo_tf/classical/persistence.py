@@ -1,6 +1,8 @@
 """A baseline's model.skops and baseline.json: saved with the model's SHA-256, loaded only if unchanged and trusted."""
 
+import json
 import os
+import zipfile
 
 from abo_tf.common import files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
@@ -21,8 +23,50 @@ def save_model(pipeline, path):
     """
     import skops.io
 
-    skops.io.dump(pipeline, path)
+    skops.io.dump(pipeline, f"{path}.tmp-{os.getpid()}")
+    _write_canonical(f"{path}.tmp-{os.getpid()}", path)
     return shards.file_sha256(path)
+
+
+_SCHEMA = "schema.json"
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can hold
+
+
+def _renumber(node, ids, names):
+    """Replaces, in place, skops' memory addresses (`__id__`, array files `<id>.npy`) by their order of use."""
+    if isinstance(node, list):
+        for item in node:
+            _renumber(item, ids, names)
+        return
+    if not isinstance(node, dict):
+        return
+    if "__id__" in node:
+        node["__id__"] = ids.setdefault(node["__id__"], len(ids) + 1)  # 0 would read as "no id" to skops
+    if isinstance(node.get("file"), str):  # numpy's .npy, scipy's .npz
+        node["file"] = names.setdefault(node["file"], f"{len(names)}{os.path.splitext(node['file'])[1]}")
+    for value in node.values():
+        _renumber(value, ids, names)
+
+
+def _write_canonical(dumped, path):
+    """Rewrites skops' zip with entries named by order and dated 1980: the same pipeline, the same bytes.
+
+    skops names arrays and memoised objects by `id()`, a memory address, and dates entries with the clock,
+    so two identical fits would otherwise differ in their file and in baseline.json's SHA-256.
+    """
+    with zipfile.ZipFile(dumped) as source:
+        schema = json.loads(source.read(_SCHEMA))
+        names = {}
+        _renumber(schema, {}, names)
+        if set(names) != set(source.namelist()) - {_SCHEMA}:  # a layout this does not know: kept as skops wrote it
+            os.replace(dumped, path)
+            return
+        with zipfile.ZipFile(f"{path}.tmp-canonical", "w", zipfile.ZIP_STORED) as target:
+            target.writestr(zipfile.ZipInfo(_SCHEMA, _FIXED_TIME), json.dumps(schema, indent=2))
+            for old_name, new_name in names.items():
+                target.writestr(zipfile.ZipInfo(new_name, _FIXED_TIME), source.read(old_name))
+    os.remove(dumped)
+    os.replace(f"{path}.tmp-canonical", path)
 
 
 def write_record(folder, record):

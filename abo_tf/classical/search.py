@@ -70,19 +70,31 @@ def _converged(classifier):
 class _Scorer:
     """Validation macro-F1 as the search's scorer; notes each candidate's convergence and ticks a progress bar.
 
-    scikit-learn calls it once per candidate, in the order of `cv_results_`
-    (one fold, n_jobs=1), which is how `converged` lines up with the rows.
+    scikit-learn calls it once per scored candidate, in the order of `cv_results_` (one fold, n_jobs=1), but
+    not for a candidate whose fit failed: `converged` holds (parameters, converged) pairs, matched to the
+    rows by parameters (`converged_of`), so one failed fit does not shift every later row's.
     """
 
-    def __init__(self, bar):
-        self.bar, self.converged = bar, []
+    def __init__(self, bar, grid_keys):
+        self.bar, self.grid_keys, self.converged = bar, grid_keys, []
 
     def __call__(self, pipeline, features, labels):
         score = metrics.classification_metrics(labels, pipeline.predict(features))["macro_f1"]
-        self.converged.append(_converged(pipeline.named_steps["classifier"]))
+        params = pipeline.get_params()  # estimators (a PCA) are clones of the grid's: compared by their repr
+        scored = _printable({key: params[key] for key in self.grid_keys})
+        self.converged.append((scored, _converged(pipeline.named_steps["classifier"])))
         self.bar.update()
-        self.bar.set_postfix_str(f"last macro-F1 {score:.3f}")
+        # No redraw of its own: in a log the bar writes a line every 30 s, not one per candidate.
+        self.bar.set_postfix_str(f"last macro-F1 {score:.3f}", refresh=False)
         return score
+
+    def converged_of(self, params):
+        """The convergence noted for the next scoring of `params` (None when it was not scored)."""
+        for index, (scored, converged) in enumerate(self.converged):
+            if scored == _printable(params):
+                del self.converged[index]
+                return converged
+        return None
 
 
 def _search_data(training, validation, max_train):
@@ -105,7 +117,7 @@ def _searcher(training, grid_spec, scorer, cv, num_rows):
     )
 
 
-def _candidates(results, grid, converged, num_train, num_validation):
+def _candidates(results, grid, scorer, num_train, num_validation):
     """baseline.json's candidate rows from `cv_results_`, with each row's grid index."""
     rounds = results.get("iter", np.zeros(len(results["params"]), int))
     rows = []
@@ -122,10 +134,30 @@ def _candidates(results, grid, converged, num_train, num_validation):
                 "validation_examples": int(fraction * num_validation),
                 "validation_macro_f1": None if np.isnan(score) else score,
                 "seconds": float(results["mean_fit_time"][index] + results["mean_score_time"][index]),
-                "converged": converged[index],
+                "converged": scorer.converged_of(params) if not np.isnan(score) else None,
             }
         )
     return rows
+
+
+def _fit_searcher(searcher, features, labels, model):
+    """Runs the search; a failed candidate scores NaN (recorded), every candidate failing is a one-line error."""
+    with warnings.catch_warnings():
+        # Convergence is recorded per candidate; a failed fit scores NaN and is recorded as such.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FitFailedWarning)
+        warnings.filterwarnings("ignore", "One or more of the test scores are non-finite", UserWarning)
+        try:
+            searcher.fit(features, labels)
+        except ValueError as error:
+            # scikit-learn raises "All the N fits failed ..." (its _warn_or_raise_about_fit_failures) when every
+            # candidate failed, error_score notwithstanding; its last line is the estimator's own error.
+            if "fits failed" not in str(error):
+                raise
+            raise UserInputError(
+                f"every candidate of the {model} search failed to fit ({str(error).strip().splitlines()[-1]}): "
+                "check the features (abo_tf.features) and the grid"
+            ) from error
 
 
 def _choose(candidates):
@@ -166,15 +198,11 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
     started = time.perf_counter()
     rows, features, labels, cv = _search_data(training, validation, max_train)
     with console.progress_bar(enabled=progress, desc=f"{training.model} search", unit="candidate") as bar:
-        scorer = _Scorer(bar)
+        scorer = _Scorer(bar, list(grid_spec))
         searcher = _searcher(training, grid_spec, scorer, cv, len(rows))
-        with warnings.catch_warnings():
-            # Convergence is recorded per candidate; a failed fit scores NaN and is reported by _choose.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", FitFailedWarning)
-            searcher.fit(features, labels)
+        _fit_searcher(searcher, features, labels, training.model)
     del features
-    candidates = _candidates(searcher.cv_results_, grid, scorer.converged, len(rows), len(validation.labels))
+    candidates = _candidates(searcher.cv_results_, grid, scorer, len(rows), len(validation.labels))
     chosen = _choose(candidates)
     search_seconds = time.perf_counter() - started
     fitted = classifiers.fit(training, grid[chosen["grid_index"]], training.rows, progress)

@@ -2,7 +2,9 @@
 
 import dataclasses
 import errno
+import os
 import re
+import sys
 import time
 import warnings
 
@@ -68,6 +70,13 @@ class TuneOptions(loop.TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         timeout_seconds(self.timeout)
+        check_study_name(self.study)
+
+
+def check_study_name(name):
+    """A study name is a key in the storage and a title in report.md: not blank, one printable line."""
+    if not name.strip() or not name.isprintable():
+        raise UserInputError(f"--study {name!r}: give a name of printable characters, e.g. --study resnet50")
 
 
 def timeout_seconds(duration):
@@ -87,11 +96,24 @@ def base_train_config(tune_options):
 
 
 def check_validation_split(records):
+    """The records' manifest, when it has a validation split to choose trials on."""
     manifest = shards.read_manifest(records)
     if not manifest.get("splits", {}).get("validation", {}).get("num_examples"):
         raise UserInputError(
             f"--records {records!r} has no validation split, which trials are chosen on: "
             f"rebuild it with a validation fraction (build_records --split)"
+        )
+    return manifest
+
+
+def check_apart_from_records(tune_dir, records):
+    """The tune folder may not lie inside the records or hold them: a rebuild (--overwrite) would refuse its
+    folder for the trials in it, and the records would not be a build's folder any more."""
+    tune_real, records_real = os.path.realpath(tune_dir), os.path.realpath(records)
+    if os.path.commonpath([tune_real, records_real]) in (tune_real, records_real):
+        raise UserInputError(
+            f"--output {tune_dir!r} and --records {records!r} overlap (one holds the other): "
+            "choose an --output outside the records"
         )
 
 
@@ -141,7 +163,8 @@ def open_search(tune_options, study_flag_given=False):
     """
     base = base_train_config(tune_options)
     space = space_lib.parse_space(tune_options.search, base)
-    check_validation_split(tune_options.records)
+    manifest = check_validation_split(tune_options.records)
+    check_apart_from_records(tune_options.output, tune_options.records)
     storage = study_lib.open_storage(tune_options.storage, tune_options.output) if tune_options.storage else None
     _claim_shared(tune_options.output)
     if storage is None:
@@ -158,6 +181,7 @@ def open_search(tune_options, study_flag_given=False):
         study_lib.make_pruner(tune_options.pruner, tune_options.trials),
         space_lib.default_point(space, base),
     )
+    study_lib.check_same_records(study, manifest, tune_options.records)
     return Search(tune_options, space, base, study)
 
 
@@ -199,8 +223,20 @@ def run_trials(search, progress=True):
             trial = _next_trial(search, lambda: deadline is not None and time.monotonic() - started >= deadline)
             if trial is None:
                 break
-            trials_lib.run_trial(
-                search.study, trial, search.space, search.base_config, search.options.output, search.options.objective
-            )
+            try:
+                trials_lib.run_trial(
+                    search.study,
+                    trial,
+                    search.space,
+                    search.base_config,
+                    search.options.output,
+                    search.options.objective,
+                )
+            except KeyboardInterrupt:
+                print(
+                    f"trial {trial.number}: {trials_lib.INTERRUPTED}; the same command continues the study",
+                    file=sys.stderr,
+                )
+                raise
             bar.n = min(study_lib.counts(search.study)[0], search.options.trials)
             bar.refresh()

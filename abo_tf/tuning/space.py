@@ -17,8 +17,23 @@ from abo_tf.common.errors import UserInputError
 from abo_tf.training import loop
 
 _RANGE_KEYS, _CHOICE_KEYS = {"low", "high", "log"}, {"choices"}
-# Where a trial writes and what it reads are the tuner's to set, not the search's.
-_NOT_SEARCHABLE = ("records", "output", "progress")
+# Where a trial writes and what it reads are the tuner's to set, not the search's. The others change how a
+# trial runs or is measured, not what the model learns: validation_steps would score trials on different
+# validation images, mixed_precision sets Keras' global policy, which the next trial in the process would
+# inherit, and a strategy, a TPU, XLA, a cache, checkpoints or the SavedModel's top_k cannot win on merit.
+_NOT_SEARCHABLE = (
+    "records",
+    "output",
+    "progress",
+    "validation_steps",
+    "strategy",
+    "tpu",
+    "mixed_precision",
+    "jit_compile",
+    "cache",
+    "checkpoint_every_steps",
+    "top_k",
+)
 
 
 class SearchSpaceError(UserInputError):
@@ -70,14 +85,22 @@ def _choices(name, kind, entry):
     choices = entry["choices"]
     if not isinstance(choices, list) or not choices:
         _fail(name, entry, "choices must be a non-empty list")
-    if len(set(map(repr, choices))) != len(choices):
-        _fail(name, entry, "choices must differ from each other")
-    return Parameter(
-        name, kind, choices=tuple(float(c) if kind is float and isinstance(c, int) else c for c in choices)
+    converted = tuple(
+        float(choice) if kind is float and isinstance(choice, int) and not isinstance(choice, bool) else choice
+        for choice in choices
     )
+    # Compared as converted: [0, 0.0] of a float option is one value twice (Optuna would draw it twice as often).
+    if len(set(map(repr, converted))) != len(converted):
+        _fail(name, entry, "choices must differ from each other")
+    return Parameter(name, kind, choices=converted)
 
 
 def _parameter(name, entry, kinds):
+    if name in _NOT_SEARCHABLE:
+        raise SearchSpaceError(
+            f"[search] {name!r} changes how a trial runs or is measured, not what it learns: set it outside "
+            f"[search]; searchable are {searchable_options()}"
+        )
     if name not in kinds:
         raise SearchSpaceError(f"[search] {name!r} is not a train option: allowed are {searchable_options()}")
     if not isinstance(entry, dict):

@@ -23,6 +23,7 @@ PRUNERS = ("median", "hyperband", "none")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
 _HOST, _PID, _RETRY_OF = "host", "pid", "retry_of"
+RECORDS_FINGERPRINT = "records_fingerprint"  # a study attribute: the build its trials were scored on
 
 
 class StorageError(UserInputError):
@@ -99,6 +100,34 @@ def open_study(storage, study_name, direction, sampler, pruner, first_params):
     return study, True
 
 
+def check_same_records(study, manifest, records):
+    """Records the build a new study searches on; refuses to continue a study on another build.
+
+    A rebuild into the same --records folder (other images, split or labels) keeps the path and the config,
+    so without this its trials would be ranked against trials scored on the old validation split.
+
+    Raises:
+      StorageError: the study's trials were scored on records with another fingerprint.
+    """
+    recorded = study.user_attrs.get(RECORDS_FINGERPRINT)
+    if recorded is None:  # a new study, or one from before this check: from now on, this build
+        study.set_user_attr(RECORDS_FINGERPRINT, manifest["fingerprint"])
+    elif recorded != manifest["fingerprint"]:
+        raise StorageError(
+            f"study {study.study_name!r} was run on other records than --records {records!r} (fingerprint "
+            f"{recorded[:12]} there, {manifest['fingerprint'][:12]} here): give the records it was run on, "
+            "or start a new study (--study NAME or another --output)"
+        )
+
+
+def queue_again(study, trial):
+    """Queues the parameters of a trial that did not finish (its process died or was interrupted)."""
+    study.enqueue_trial(
+        trial.params,
+        user_attrs={_RETRY_OF: trial.number, "default_config": trial.user_attrs.get("default_config", False)},
+    )
+
+
 def mark_owner(trial):
     """Records which process runs `trial`, for `fail_dead_trials` in other processes."""
     trial.set_user_attr(_HOST, socket.gethostname())
@@ -165,10 +194,7 @@ def fail_dead_trials(study):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another process marked it first
-        study.enqueue_trial(
-            frozen.params,
-            user_attrs={_RETRY_OF: frozen.number, "default_config": frozen.user_attrs.get("default_config", False)},
-        )
+        queue_again(study, frozen)
         failed.append(frozen.number)
     return failed
 

@@ -16,6 +16,7 @@ TRIALS = "trials"
 # objective -> (key of the per-epoch validation metrics of loop.train's hook, key of metrics.json)
 OBJECTIVES = {"macro_f1": ("val_macro_f1", "macro_f1"), "accuracy": ("val_accuracy", "accuracy")}
 EPOCHS, SECONDS, STOPPED_BECAUSE = "epochs", "seconds", "stopped_because"
+INTERRUPTED = "interrupted (Ctrl-C); its values are queued again"
 
 
 def trial_dir(tune_dir, number):
@@ -68,7 +69,7 @@ def run_trial(study, trial, space, base_config, tune_dir, objective):
 
     study_lib.mark_owner(trial)
     started = time.perf_counter()
-    state, value = optuna.trial.TrialState.FAIL, None
+    state, value, interrupted = optuna.trial.TrialState.FAIL, None, False
     try:
         config = _config_or_prune(base_config, space_lib.suggest(trial, space), trial_dir(tune_dir, trial.number))
         with study_lib.heartbeat(study, trial):
@@ -83,8 +84,15 @@ def run_trial(study, trial, space, base_config, tune_dir, objective):
     except UserInputError as error:
         trial.set_user_attr(STOPPED_BECAUSE, str(error))
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C says nothing of the configuration: like a killed process's trial, it is run again.
+        interrupted = True
+        trial.set_user_attr(STOPPED_BECAUSE, INTERRUPTED)
+        raise
     finally:
         trial.set_user_attr(SECONDS, round(time.perf_counter() - started, 3))
         study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        if interrupted:
+            study_lib.queue_again(study, trial)
         keras.backend.clear_session()  # the next trial builds its own model; free this one's graphs
     return state
