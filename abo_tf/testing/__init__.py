@@ -1,1 +1,1 @@
-"""Support for tests and the demo: a synthetic ABO download in the real layout."""
+"""Support for tests, the demo and the benchmarks: a synthetic ABO download in the real layout, feature splits."""
