@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.svm import SVC
 
 from abo_tf import baselines
 from abo_tf.classical import (
@@ -235,6 +237,15 @@ def test_read_rows_copies_rows_of_a_memory_map_and_keeps_it_readable(tmp_path):
     np.testing.assert_array_equal(copied, values[rows])
     np.testing.assert_array_equal(mapped, values)  # pages dropped from memory are read again from the file
     np.testing.assert_array_equal(classifiers.read_rows(values, rows), values[rows])
+
+
+def test_an_svc_with_abo_many_classes_is_scored_in_small_chunks():
+    # 576 classes: 165,600 one-vs-one decision values a row; 8192 rows at once would take 10.8 GB.
+    svc, logreg = SVC(), LogisticRegression()
+    svc.classes_ = logreg.classes_ = np.arange(576)
+    svc_rows = classifiers.score_chunk_rows(Pipeline([("classifier", svc)]))
+    assert svc_rows * 8 * 165_600 <= classifiers.SCORE_BYTES and svc_rows >= 100
+    assert classifiers.score_chunk_rows(Pipeline([("classifier", logreg)])) == classifiers.CHUNK_ROWS
 
 
 def test_sgd_epochs_shrink_once_it_has_seen_a_million_examples():

@@ -29,6 +29,9 @@ SGD_EPOCHS = 20
 # scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
 SGD_EXAMPLES = 1_000_000
 CHUNK_ROWS = 8192
+# What one chunk's scores may take. SVC computes one-vs-one decision values, K (K - 1) / 2 floats a row:
+# 165,600 at ABO's 576 classes, 1.3 MB a row, so 8192 rows at once would take 10.8 GB.
+SCORE_BYTES = 256 * 2**20
 
 
 def make_pipeline(model, seed=0, epochs=SGD_EPOCHS):
@@ -210,6 +213,14 @@ def has_probabilities(pipeline):
     return hasattr(pipeline, "predict_proba")
 
 
+def score_chunk_rows(pipeline):
+    """Rows scored at once: CHUNK_ROWS, fewer when the classifier's decision values outgrow SCORE_BYTES."""
+    classifier = pipeline.named_steps["classifier"]
+    known = len(classifier.classes_)
+    per_row = 8 * (known * (known - 1) // 2 if isinstance(classifier, SVC) else known)
+    return max(1, min(CHUNK_ROWS, SCORE_BYTES // per_row))
+
+
 def predict_scores(pipeline, features, num_classes):
     """Predicted labels and per-class scores, chunk by chunk.
 
@@ -230,8 +241,9 @@ def predict_scores(pipeline, features, num_classes):
     known = classifier.classes_
     probabilities = has_probabilities(pipeline)
     predictions, scores = [], []
-    for start in range(0, len(features), CHUNK_ROWS):
-        chunk = np.asarray(features[start : start + CHUNK_ROWS])
+    step = score_chunk_rows(pipeline)
+    for start in range(0, len(features), step):
+        chunk = np.asarray(features[start : start + step])
         raw = pipeline.predict_proba(chunk) if probabilities else pipeline.decision_function(chunk)
         if raw.ndim == 1:  # a binary decision function: one column, positive for classes_[1]
             raw = np.stack([-raw, raw], axis=1)

@@ -79,7 +79,10 @@ class _Scorer:
         self.bar, self.grid_keys, self.converged = bar, grid_keys, []
 
     def __call__(self, pipeline, features, labels):
-        score = metrics.classification_metrics(labels, pipeline.predict(features))["macro_f1"]
+        # Chunk by chunk: an SVC's one-vs-one decision values on a whole fold would not fit in memory.
+        num_classes = int(max(labels.max(), pipeline.named_steps["classifier"].classes_.max())) + 1
+        predictions = classifiers.predict_scores(pipeline, features, num_classes).predictions
+        score = metrics.classification_metrics(labels, predictions)["macro_f1"]
         params = pipeline.get_params()  # estimators (a PCA) are clones of the grid's: compared by their repr
         scored = _printable({key: params[key] for key in self.grid_keys})
         self.converged.append((scored, _converged(pipeline.named_steps["classifier"])))
