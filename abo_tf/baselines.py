@@ -32,10 +32,12 @@ at most --sgd-epochs passes and fewer once it has seen a million examples
 (scikit-learn's rule of thumb). `logreg`, `linear_svm` and `rbf_svm` train in
 memory, on a stratified subsample when their solver would take more than
 `--in-memory-gb` on every row (lbfgs holds a score and a gradient per row and
-class, liblinear copies the matrix twice), and `rbf_svm` on at most
-`--rbf-max-train` examples (kernel SVMs cost O(n^2)). Each says so when it
+class, liblinear copies the matrix twice). `linear_svm` and `rbf_svm` also
+train on at most `--linear-svm-max-train` / `--rbf-max-train` examples, by
+default fewer the more classes there are: liblinear solves a problem per class
+and libsvm one per pair of classes, on one core. Each says so when it
 subsamples. At full ABO size (313,681 x 622 handcrafted, 576 classes) each
-search and fit of logreg and sgd takes under 10 minutes and 3 GB: see
+baseline takes under 10 minutes and 3 GB: see
 benchmarks/baselines_search_benchmark.py.
 
 The library is abo_tf/classical/: classifiers.py, search.py, evaluation.py,

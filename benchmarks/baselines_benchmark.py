@@ -136,7 +136,7 @@ def training_figures(sizes, dimension, num_classes, repeats, models):
     for size in sizes:
         train = synthetic_features.split("train", size, means, 2)
         for model in models:
-            training = classifiers.Training(model, train, np.arange(size), model == "sgd", classifiers.SGD_EPOCHS, 0)
+            training = classifiers.Training(model, train, np.arange(size), classifiers.SGD_EPOCHS, 0)
             seconds = []
             for _ in range(repeats):
                 fitted = classifiers.fit(training, FIXED_PARAMS[model], training.rows)

@@ -24,12 +24,14 @@ from abo_tf.classical import (
     extraction,
     feature_cache,
     feature_spec,
+    interpretation,
     persistence,
     search,
 )
 from abo_tf.common import config
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.reports import metrics
+from abo_tf.testing import synthetic_features
 from abo_tf.training import run_folder
 
 IMAGE_SIZE = 64
@@ -202,7 +204,7 @@ def test_ties_go_to_the_first_candidate_in_grid_order():
 def test_the_search_compares_candidates_on_a_stratified_subsample(trained):
     train, validation = trained["splits"]["train"], trained["splits"]["validation"]
     rows = np.arange(len(train.labels))
-    training = classifiers.Training("sgd", train, rows, streamed=True, epochs=5, seed=0)
+    training = classifiers.Training("sgd", train, rows, epochs=5, seed=0)
     found = search.search(training, SMALL_GRIDS["sgd"], validation, max_train=120, progress=False)
     record = found.record
     assert abs(record["search_train_examples"] - 120) <= len(train.classes)
@@ -218,7 +220,7 @@ def test_the_search_compares_candidates_on_a_stratified_subsample(trained):
 def test_in_memory_fit_scales_its_own_copy_and_leaves_the_callers_features(trained):
     train = trained["splits"]["train"]
     before = np.array(train.features[:50])
-    training = classifiers.Training("logreg", train, np.arange(len(train.labels)), False, 10, 0)
+    training = classifiers.Training("logreg", train, np.arange(len(train.labels)), 10, 0)
     fitted = classifiers.fit(training, {"classifier__C": 1.0}, training.rows)
     assert fitted.pipeline.named_steps["scaler"].copy is True and fitted.converged is not None
     chunk = np.array(train.features[:50])
@@ -248,8 +250,34 @@ def test_an_svc_with_abo_many_classes_is_scored_in_small_chunks():
     assert classifiers.score_chunk_rows(Pipeline([("classifier", logreg)])) == classifiers.CHUNK_ROWS
 
 
+@pytest.mark.parametrize("num_classes", [3, 20])
+def test_svc_scores_are_scikit_learns_decision_function(num_classes):
+    rng = np.random.default_rng(num_classes)
+    labels = np.concatenate([np.arange(num_classes), rng.integers(0, num_classes, 300)])
+    features = rng.standard_normal((len(labels), 8)) + np.eye(num_classes, 8)[labels] * 3
+    pipeline = classifiers.make_pipeline("rbf_svm").fit(features, labels)
+    unseen = rng.standard_normal((50, 8)) * 2
+    scores = classifiers.predict_scores(pipeline, unseen, num_classes)
+    np.testing.assert_array_equal(scores.scores, pipeline.decision_function(unseen).astype(np.float32))
+    np.testing.assert_array_equal(scores.predictions, pipeline.predict(unseen))
+
+
+def test_many_classes_shrink_each_svms_default_subsample(capsys):
+    # 576 classes, as ABO: liblinear solves 576 problems, libsvm 165,600 pairs.
+    means = synthetic_features.class_means(576, 4)
+    train = synthetic_features.split("train", 20_000, means, 0, synthetic_features.class_weights(576, 0.5))
+    run_config = baseline.BaselineConfig(records="unused", output="unused")
+    cases = (("linear_svm", 1_200_000 // 576, "--linear-svm-max-train"), ("rbf_svm", 600_000 // 576, "--rbf-max-train"))
+    for model, rows, flag in cases:
+        plan = baseline._training_rows(model, train, run_config)
+        assert abs(len(plan.rows) - rows) <= 576 and len(np.unique(train.labels[plan.rows])) == 576, model
+        assert f"({flag}; its default at 576 classes" in capsys.readouterr().out
+    explicit = baseline.BaselineConfig(records="unused", output="unused", linear_svm_max_train=5_000)
+    assert abs(len(baseline._training_rows("linear_svm", train, explicit).rows) - 5_000) <= 576
+
+
 def test_sgd_epochs_shrink_once_it_has_seen_a_million_examples():
-    training = classifiers.Training("sgd", None, None, streamed=True, epochs=20, seed=0)
+    training = classifiers.Training("sgd", None, None, epochs=20, seed=0)
     assert classifiers.sgd_passes(5_000, training) == 20
     assert classifiers.sgd_passes(313_681, training) == 4
     assert classifiers.sgd_passes(5_000_000, training) == 1
@@ -260,6 +288,16 @@ def test_the_solver_memory_estimate_keeps_full_abo_logreg_in_memory():
     needs = classifiers.solver_bytes("logreg", 313_681, 622, 576)
     assert 2.0 * 2**30 < needs < baseline.IN_MEMORY_GB * 2**30
     assert classifiers.solver_bytes("logreg", 2_000, 622, 13) < 0.01 * 2**30
+
+
+def test_importance_shuffles_a_stratified_subsample_of_validation(trained):
+    validation = trained["splits"]["validation"]
+    pipeline = persistence.load_model(trained["results"]["logreg"]["folder"])
+    importance = interpretation.group_importance(pipeline, validation, repeats=1, max_rows=40)
+    classes = len(np.unique(validation.labels))
+    assert (importance["examples"] <= 40 + classes).all() and (importance["examples"] < len(validation.labels)).all()
+    whole = interpretation.group_importance(pipeline, validation, repeats=1)
+    assert (whole["examples"] == len(validation.labels)).all()
 
 
 def test_colour_matters_most_on_colour_coded_products(trained):
@@ -387,7 +425,7 @@ def test_logreg_and_rbf_train_on_the_subsample_their_memory_holds(trained, built
     )
     results = {record["model"]: record for record in baseline.run_baselines(run_config)["baselines"]}
     out = capsys.readouterr().out
-    assert "(--in-memory-gb)" in out and "(--rbf-max-train; kernel SVMs grow quadratically)" in out
+    assert "(--in-memory-gb)" in out and "(--rbf-max-train)" in out
     for model, size in (("logreg", 300), ("rbf_svm", 200)):
         record = results[model]
         assert record["solver"] == "in memory" and record["subsample"]["of"] == len(train.labels)
@@ -542,7 +580,8 @@ def test_help_groups_flags_with_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for heading in ("data:", "features:", "models:", "comparison:", "output:"):
         assert heading in text
-    assert f"(default: {classifiers.SGD_EPOCHS})" in text and f"(default: {baseline.RBF_MAX_TRAIN})" in text
+    assert f"(default: {classifiers.SGD_EPOCHS})" in text
+    assert "--linear-svm-max-train" in text and f"at most {baseline.RBF_MAX_TRAIN:,}" in text
 
 
 @pytest.mark.parametrize("model", ["logreg", "linear_svm", "rbf_svm"])
@@ -563,7 +602,7 @@ def test_a_kernel_limit_below_one_row_per_class_names_its_flag(trained, built_re
 
 def test_a_candidate_that_fails_to_fit_is_recorded_without_shifting_the_others(trained):
     train, validation = trained["splits"]["train"], trained["splits"]["validation"]
-    training = classifiers.Training("logreg", train, np.arange(len(train.labels)), False, 10, 0)
+    training = classifiers.Training("logreg", train, np.arange(len(train.labels)), 10, 0)
     grid = {"classifier__C": [-1.0, 0.1, 1.0]}  # a negative C fails scikit-learn's parameter check
     record = search.search(training, grid, validation, progress=False).record
     failed, *fitted = record["candidates"]
@@ -576,7 +615,7 @@ def test_a_candidate_that_fails_to_fit_is_recorded_without_shifting_the_others(t
 
 def test_the_same_fit_saves_the_same_model_bytes(trained, tmp_path):
     train, validation = trained["splits"]["train"], trained["splits"]["validation"]
-    training = classifiers.Training("rbf_svm", train, np.arange(len(train.labels)), False, 10, 0)
+    training = classifiers.Training("rbf_svm", train, np.arange(len(train.labels)), 10, 0)
     params = {"classifier__C": 1.0, "pca": search.GRIDS["rbf_svm"]["pca"][1]}
     hashes = []
     for name in ("first", "second"):
@@ -591,7 +630,7 @@ def test_the_same_fit_saves_the_same_model_bytes(trained, tmp_path):
 
 def test_the_search_writes_no_line_per_candidate_in_a_log(trained, capsys):
     train, validation = trained["splits"]["train"], trained["splits"]["validation"]
-    training = classifiers.Training("sgd", train, np.arange(len(train.labels)), True, 2, 0)
+    training = classifiers.Training("sgd", train, np.arange(len(train.labels)), 2, 0)
     search.search(training, SMALL_GRIDS["sgd"], validation, progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sgd search")]
     assert len(lines) <= 2 and "\r" not in "".join(lines)  # opened and closed: 8+ candidates in well under 30 s

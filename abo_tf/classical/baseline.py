@@ -6,9 +6,11 @@
 # the matrix twice). Not streamed SGD with their loss: at full ABO size (576
 # classes, head class half the rows) one-vs-rest SGD reached test macro F1
 # 0.001 where lbfgs reached 0.36 (benchmarks/baselines_search_benchmark.py).
-# `rbf_svm` trains on a stratified subsample of at most `rbf_max_train`
-# examples as well: kernel SVMs cost O(n^2) memory and more time. `sgd` always
-# streams, on every row.
+# `linear_svm` and `rbf_svm` also train on at most `linear_svm_max_train` /
+# `rbf_max_train` examples, by default fewer the more classes there are:
+# liblinear solves a one-vs-rest problem per class and libsvm a one-vs-one
+# problem per pair, each on one core, and SVC scores every image against every
+# pair (165,600 at ABO's 576 classes). `sgd` always streams, on every row.
 
 import dataclasses
 import os
@@ -32,6 +34,10 @@ from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records.split import SPLITS
 
 RBF_MAX_TRAIN = 10_000
+# Default subsample of each SVM: this many example-classes (rows x classes), at most RBF_MAX_TRAIN rows for
+# rbf_svm. At ABO's 576 classes, 2,083 and 1,041 rows keep the whole baseline (search, fit, evaluation)
+# within 10 minutes on 2 cores (benchmarks/baselines_search_benchmark.py); the demo's 13 classes are not capped.
+SVM_EXAMPLE_CLASSES = {"linear_svm": 1_200_000, "rbf_svm": 600_000}
 DEFAULT_RUNS = "runs"  # where `abo_tf.train --output runs/NAME` puts runs, as the README does
 IN_MEMORY_GB = 2.5  # lbfgs on full ABO's 313,681 x 622 handcrafted features, 576 classes: ~2.2 GB
 STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "in memory"
@@ -51,11 +57,17 @@ class BaselineConfig(feature_spec.FeatureOptions):
         group="models",
         help="baselines to train (several allowed)",
     )
-    rbf_max_train: int = options.option(
-        RBF_MAX_TRAIN,
+    linear_svm_max_train: int | None = options.option(
         minimum=2,
         group="models",
-        help="rbf_svm trains on a stratified subsample of at most this many examples",
+        help="linear_svm trains on a stratified subsample of at most this many examples "
+        f"(default: {SVM_EXAMPLE_CLASSES['linear_svm']:,} / classes; liblinear solves a problem per class)",
+    )
+    rbf_max_train: int | None = options.option(
+        minimum=2,
+        group="models",
+        help="rbf_svm trains on a stratified subsample of at most this many examples (default: "
+        f"{SVM_EXAMPLE_CLASSES['rbf_svm']:,} / classes, at most {RBF_MAX_TRAIN:,}; libsvm solves a problem per pair)",
     )
     sgd_epochs: int = options.option(
         classifiers.SGD_EPOCHS,
@@ -117,13 +129,14 @@ def check_config(config):
     if unknown or not config.models:
         raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
     limits = {
+        "--linear-svm-max-train": (config.linear_svm_max_train, 2),
         "--rbf-max-train": (config.rbf_max_train, 2),
         "--sgd-epochs": (config.sgd_epochs, 1),
         "--search-max-train": (config.search_max_train, 2),
         "--inference-images": (config.inference_images, 1),
     }
     for flag, (value, minimum) in limits.items():
-        if value < minimum:
+        if value is not None and value < minimum:
             raise UserInputError(f"{flag} {value}: must be at least {minimum}")
     if not config.in_memory_gb > 0:
         raise UserInputError(f"--in-memory-gb {config.in_memory_gb}: must be positive")
@@ -182,26 +195,40 @@ class TrainingRows(NamedTuple):
 
     rows: np.ndarray
     subsample: dict | None  # {"examples", "of"} when the model trains on a subsample
-    streamed: bool
+
+
+def _svm_limit(model, config, num_classes):
+    """(rows, flag, value, why) of an SVM's subsample: its flag's value, or the class-scaled default."""
+    flag, value = {
+        "linear_svm": ("--linear-svm-max-train", config.linear_svm_max_train),
+        "rbf_svm": ("--rbf-max-train", config.rbf_max_train),
+    }[model]
+    if value is not None:
+        return value, flag, value, ""
+    # At least a row per class, so that the default never refuses to train.
+    rows = max(SVM_EXAMPLE_CLASSES[model] // num_classes, num_classes)
+    rows = min(rows, RBF_MAX_TRAIN) if model == "rbf_svm" else rows
+    problems = "a one-vs-rest problem per class" if model == "linear_svm" else "a one-vs-one problem per pair"
+    return rows, flag, rows, f"its default at {num_classes} classes, {problems}"
 
 
 def _row_limit(model, train, config):
-    """The most training rows `model`'s solver holds, and the flag that sets it; (None, None) for no limit."""
+    """The most training rows `model` trains on, and what sets it (flag, and why); (None, None) for no limit."""
     if model == "sgd":
         return None, None
+    num_classes = len(np.unique(train.labels))  # a subsample keeps a row of each
     per_row = classifiers.solver_bytes(model, 1, train.features.shape[1], len(train.classes))
     # Capped at the rows there are: a budget like 1e300 GB overflows to inf, and inf // per_row is NaN.
     held = min(config.in_memory_gb * 2**30 / per_row, len(train.labels))
-    limits = [(int(held), "--in-memory-gb", config.in_memory_gb)]
-    if model == "rbf_svm":
-        limits.append((config.rbf_max_train, "--rbf-max-train", config.rbf_max_train))
-    limit, flag, value = min(limits)
-    num_classes = len(np.unique(train.labels))  # a subsample keeps a row of each
+    limits = [(int(held), "--in-memory-gb", config.in_memory_gb, "")]
+    if model in SVM_EXAMPLE_CLASSES:
+        limits.append(_svm_limit(model, config, num_classes))
+    limit, flag, value, why = min(limits, key=lambda limit: limit[0])
     if limit < num_classes:
         raise UserInputError(
             f"{flag} {value} holds {limit} training rows for {model}, fewer than the {num_classes} classes: raise it"
         )
-    return limit, flag + ("; kernel SVMs grow quadratically" if flag == "--rbf-max-train" else "")
+    return limit, f"{flag}; {why}" if why else flag
 
 
 def _training_rows(model, train, config):
@@ -213,16 +240,16 @@ def _training_rows(model, train, config):
     rows = np.arange(len(train.labels))
     limit, flag = _row_limit(model, train, config)
     if limit is None or len(rows) <= limit:
-        return TrainingRows(rows, None, model == "sgd")
+        return TrainingRows(rows, None)
     rows = classifiers.stratified_subsample(train.labels, rows, limit, config.seed)
     print(
         f"{model}: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples ({flag})",
         flush=True,
     )
-    return TrainingRows(rows, {"examples": int(len(rows)), "of": int(len(train.labels))}, False)
+    return TrainingRows(rows, {"examples": int(len(rows)), "of": int(len(train.labels))})
 
 
-def _record(model, config, splits, found, plan, classifier_rate):
+def _record(model, config, splits, found, training, plan, classifier_rate):
     """The baseline.json of a trained baseline, but for the model file's hash and the importance."""
     train = splits["train"]
     return {
@@ -233,7 +260,7 @@ def _record(model, config, splits, found, plan, classifier_rate):
         "records": os.path.abspath(config.records),
         "classes": list(train.classes),
         "search": found.record,
-        "solver": STREAMED_SOLVER if plan.streamed else IN_MEMORY_SOLVER,
+        "solver": STREAMED_SOLVER if training.streamed else IN_MEMORY_SOLVER,
         "subsample": plan.subsample,
         "training_seconds": found.record["seconds"],
         "classifier_images_per_second": classifier_rate,
@@ -257,13 +284,14 @@ def train_baseline(model, splits, config):
     """
     train = splits["train"]
     plan = _training_rows(model, train, config)
-    training = classifiers.Training(model, train, plan.rows, plan.streamed, config.sgd_epochs, config.seed)
+    training = classifiers.Training(model, train, plan.rows, config.sgd_epochs, config.seed)
     found = search.search(training, config.grid(model), splits["validation"], config.search_max_train, config.progress)
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
     results = evaluation.evaluate(found.pipeline, splits, config.exclude)
+    found.record["validation_macro_f1"] = results["validation"].metrics["macro_f1"]
     evaluation.write_reports(folder, splits, results)
-    record = _record(model, config, splits, found, plan, results["test"].images_per_second)
+    record = _record(model, config, splits, found, training, plan, results["test"].images_per_second)
     record["model_sha256"] = persistence.save_model(found.pipeline, os.path.join(folder, persistence.MODEL_FILE))
     if train.info["spec"]["kind"] == feature_spec.HANDCRAFTED:
         record["importance"] = interpretation.interpret(

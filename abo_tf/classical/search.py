@@ -4,8 +4,8 @@
 searches a large one by successive halving. Both get a `PredefinedSplit` whose
 only fold trains on the training rows and scores on the validation split, and
 `refit=False`: their refit would train on validation too. The chosen candidate
-is then fitted on every training row by `classifiers.fit` (in memory, or
-streamed SGD when the matrix is too large for its solver).
+is then fitted on all the rows its model trains on by `classifiers.fit`
+(streamed for sgd, in memory for the others).
 
 At full ABO size (313,681 training rows, 576 classes) one fit of a
 576-class model on every row costs minutes, so the search compares candidates
@@ -80,9 +80,7 @@ class _Scorer:
 
     def __call__(self, pipeline, features, labels):
         # Chunk by chunk: an SVC's one-vs-one decision values on a whole fold would not fit in memory.
-        num_classes = int(max(labels.max(), pipeline.named_steps["classifier"].classes_.max())) + 1
-        predictions = classifiers.predict_scores(pipeline, features, num_classes).predictions
-        score = metrics.classification_metrics(labels, predictions)["macro_f1"]
+        score = metrics.classification_metrics(labels, classifiers.predict_labels(pipeline, features))["macro_f1"]
         params = pipeline.get_params()  # estimators (a PCA) are clones of the grid's: compared by their repr
         scored = _printable({key: params[key] for key in self.grid_keys})
         self.converged.append((scored, _converged(pipeline.named_steps["classifier"])))
@@ -192,7 +190,8 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
       progress: a progress bar advanced by each candidate.
 
     Returns:
-      A `SearchResult`.
+      A `SearchResult`; its record has no "validation_macro_f1" of the fitted pipeline, which the
+      baseline's evaluation measures.
 
     Raises:
       UserInputError: every candidate failed to fit.
@@ -226,7 +225,6 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
             "converged": fitted.converged,
             "epochs": fitted.epochs,
         },
-        "validation_macro_f1": classifiers.macro_f1(fitted.pipeline, validation),
         "seconds": search_seconds + fitted.seconds,
     }
     return SearchResult(fitted.pipeline, record)
