@@ -246,7 +246,7 @@ def _svc_decision(svc, features):
 
     scikit-learn aggregates the one-vs-one values in a Python loop over the K (K - 1) / 2 pairs, reading
     each pair's column of a row-major array: at ABO's 576 classes, 165,600 pairs, about 10 ms an image
-    whatever the support vectors. The same sums as two sparse products take well under a millisecond.
+    whatever the support vectors. The same sums as two sparse products take about 1 ms (measured).
     """
     ovo = copy.copy(svc)  # shares the fitted arrays; only the shape of the decision function differs
     ovo.decision_function_shape = "ovo"
@@ -307,7 +307,7 @@ def predict_scores(pipeline, features, num_classes):
 
 
 def predict_labels(pipeline, features):
-    """The labels `predict_scores` predicts, without its [N, num_classes] scores (the search scores 16 candidates)."""
+    """The labels `predict_scores` predicts, without its [N, num_classes] scores: what the search's scorer needs."""
     known = pipeline.named_steps["classifier"].classes_
     return np.concatenate([known[np.argmax(raw, axis=1)].astype(np.int32) for raw in _chunk_scores(pipeline, features)])
 
