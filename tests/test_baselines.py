@@ -250,7 +250,7 @@ def test_an_svc_with_abo_many_classes_is_scored_in_small_chunks():
     assert classifiers.score_chunk_rows(Pipeline([("classifier", logreg)])) == classifiers.CHUNK_ROWS
 
 
-@pytest.mark.parametrize("num_classes", [3, 20])
+@pytest.mark.parametrize("num_classes", [3, 20, 40])
 def test_svc_scores_are_scikit_learns_decision_function(num_classes):
     rng = np.random.default_rng(num_classes)
     labels = np.concatenate([np.arange(num_classes), rng.integers(0, num_classes, 300)])
@@ -260,6 +260,95 @@ def test_svc_scores_are_scikit_learns_decision_function(num_classes):
     scores = classifiers.predict_scores(pipeline, unseen, num_classes)
     np.testing.assert_array_equal(scores.scores, pipeline.decision_function(unseen).astype(np.float32))
     np.testing.assert_array_equal(scores.predictions, pipeline.predict(unseen))
+
+
+def _fitted(model, features, labels):
+    return classifiers.make_pipeline(model).fit(np.asarray(features, float), np.asarray(labels))
+
+
+def _exact_ties(num_classes):
+    """Every class at the same points: one-vs-one decision values of exactly 0 (SVC) and tied votes."""
+    features = np.tile([[0.0, 0.0], [1.0, 1.0]], (num_classes, 1))
+    return features, np.repeat(np.arange(num_classes), 2)
+
+
+@pytest.mark.parametrize(
+    "features, labels",
+    [
+        ([[0.0], [1.0], [0.0], [1.0]], [0, 1, 1, 0]),  # binary, XOR on duplicates: decision values of -0.0
+        _exact_ties(2),
+        _exact_ties(3),
+        _exact_ties(5),
+    ],
+)
+def test_svc_predictions_are_scikit_learns_at_exact_ties(features, labels):
+    pipeline = _fitted("rbf_svm", features, labels)
+    expected = pipeline.predict(np.asarray(features, float))
+    num_classes = len(np.unique(labels))
+    np.testing.assert_array_equal(classifiers.predict_labels(pipeline, features), expected)
+    np.testing.assert_array_equal(classifiers.predict_scores(pipeline, features, num_classes).predictions, expected)
+
+
+@pytest.mark.parametrize("model", ["logreg", "linear_svm", "rbf_svm", "sgd"])
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_zero_rows_score_to_empty_arrays(model, num_classes):
+    rng = np.random.default_rng(num_classes)
+    pipeline = _fitted(model, rng.standard_normal((30, 4)), np.arange(30) % num_classes)
+    empty = np.zeros((0, 4), np.float32)
+    predictions, scores = classifiers.predict_scores(pipeline, empty, num_classes)
+    assert (predictions.shape, predictions.dtype, scores.shape, scores.dtype) == (
+        (0,),
+        np.int32,
+        (0, num_classes),
+        np.float32,
+    )
+    labels = classifiers.predict_labels(pipeline, empty)
+    assert labels.shape == (0,) and labels.dtype == np.int32
+
+
+def test_svc_scoring_stays_within_its_chunk_budget(monkeypatch):
+    import tracemalloc
+
+    # 100 classes, 4,950 pairs: the one-vs-one values of a chunk dominate what scoring holds.
+    monkeypatch.setattr(classifiers, "SCORE_BYTES", 8 * 2**20)
+    rng = np.random.default_rng(0)
+    pipeline = _fitted("rbf_svm", rng.standard_normal((200, 4)), np.arange(200) % 100)
+    unseen = rng.standard_normal((3 * classifiers.score_chunk_rows(pipeline), 4)).astype(np.float32)
+    classifiers.predict_labels(pipeline, unseen[:1])  # the pair matrix is built once, outside the measure
+    for score in (
+        lambda: classifiers.predict_labels(pipeline, unseen),
+        lambda: classifiers.predict_scores(pipeline, unseen, 100),
+    ):
+        tracemalloc.start()
+        score()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # Counting the decision values alone, a chunk peaked at 3x its budget.
+        assert peak <= 1.15 * classifiers.SCORE_BYTES, peak / 2**20
+
+
+@pytest.mark.parametrize("size", [1, 13, 14, 20, 57, 200, 1999])
+def test_a_stratified_subsample_has_the_size_asked_for_and_every_class(size):
+    labels = np.repeat(np.arange(13), np.arange(13) ** 2 + 1)  # 1 to 145 rows a class, 663 in all
+    rows = np.arange(len(labels))[::-1][3:]  # not every row (3 of the largest class left out), not sorted
+    kept = classifiers.stratified_subsample(labels, rows, size, seed=0)
+    assert len(kept) == min(len(rows), max(size, 13)) and len(np.unique(kept)) == len(kept)
+    assert set(kept) <= set(rows) and set(labels[kept]) == set(labels[rows])
+    if 13 < size < len(rows):  # in proportion: within a row of each class's share beyond its first
+        counts = np.bincount(labels[rows], minlength=13)
+        shares = 1 + (counts - 1) * (size - 13) / (len(rows) - 13)
+        assert np.all(np.abs(np.bincount(labels[kept], minlength=13) - shares) < 1)
+
+
+def test_each_svms_default_subsample_at_many_classes_is_at_most_its_limit():
+    # Rounding each class up to a row turned rbf_svm's 1,041 rows at 576 classes into 1,341 (the kernel costs ~n^2).
+    means = synthetic_features.class_means(576, 4)
+    train = synthetic_features.split("train", 20_000, means, 0, synthetic_features.class_weights(576, 0.5))
+    run_config = baseline.BaselineConfig(records="unused", output="unused")
+    for model, limit in (("linear_svm", 1_200_000 // 576), ("rbf_svm", 600_000 // 576)):
+        plan = baseline._training_rows(model, train, run_config)
+        assert plan.subsample == {"examples": limit, "of": 20_000}, model
+        assert len(np.unique(train.labels[plan.rows])) == 576, model
 
 
 def test_many_classes_shrink_each_svms_default_subsample(capsys):
@@ -598,6 +687,20 @@ def test_a_kernel_limit_below_one_row_per_class_names_its_flag(trained, built_re
     run_config = _config(records_dir, "unused", trained["cache_dir"], rbf_max_train=2)
     with pytest.raises(UserInputError, match=r"^--rbf-max-train 2 holds 2 training rows for rbf_svm"):
         baseline._training_rows("rbf_svm", trained["splits"]["train"], run_config)
+
+
+@pytest.mark.parametrize("model, flag", [("linear_svm", "--linear-svm-max-train"), ("rbf_svm", "--rbf-max-train")])
+def test_an_svm_limit_below_one_row_per_class_fails_before_any_model_trains(
+    trained, built_records, tmp_path, capsys, model, flag
+):
+    records_dir, _ = built_records
+    output = tmp_path / "out"
+    args = ["--records", records_dir, "--image-size", str(IMAGE_SIZE), "--output", str(output)]
+    args += ["--cache-dir", trained["cache_dir"], "--no-progress", "--model", "logreg", model, flag, "3"]
+    assert baselines.main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {flag} 3 holds 3 training rows for {model}") and len(error.splitlines()) == 1
+    assert not os.path.exists(output / "handcrafted-logreg")  # refused before logreg, listed first, trained
 
 
 def test_a_candidate_that_fails_to_fit_is_recorded_without_shifting_the_others(trained):

@@ -86,7 +86,7 @@ class BaselineConfig(feature_spec.FeatureOptions):
         minimum=2,
         group="models",
         help="the search compares candidates on a stratified subsample of at most this many training "
-        "examples; the chosen one is then fitted on all of them",
+        "examples; the chosen one is then fitted on all the rows its model trains on",
     )
     runs: str | None = options.option(
         group="comparison", help="folder of CNN training runs to compare with (default: runs/, if it exists)"
@@ -322,7 +322,10 @@ def run_baselines(config):
         config.records, config.feature_spec(), SPLITS, cache_dir, config.batch_size, config.workers, config.progress
     )
     check_splits(splits)
-    results = [train_baseline(model, splits, config) for model in dict.fromkeys(config.models)]
+    models = list(dict.fromkeys(config.models))
+    for model in models:  # a limit below a row per class fails before the first model trains, not after it
+        _row_limit(model, splits["train"], config)
+    results = [train_baseline(model, splits, config) for model in models]
     rows = comparison.collect_baselines(config.output)
     runs = config.runs or (DEFAULT_RUNS if os.path.isdir(DEFAULT_RUNS) else None)
     if runs:

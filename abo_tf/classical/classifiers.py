@@ -35,6 +35,9 @@ CHUNK_ROWS = 8192
 # What one chunk's scores may take. SVC computes one-vs-one decision values, K (K - 1) / 2 floats a row:
 # 165,600 at ABO's 576 classes, 1.3 MB a row, so 8192 rows at once would take 10.8 GB.
 SCORE_BYTES = 256 * 2**20
+# Bytes a row of SVC's scores holds per one-vs-one pair: its float64 decision value and the copy scipy's
+# sparse product makes of them (`_svc_decision`). Counting the values alone, a 256 MB chunk peaked at 773 MB.
+SVC_BYTES_PER_PAIR = 16
 
 
 def make_pipeline(model, seed=0, epochs=SGD_EPOCHS):
@@ -67,23 +70,42 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS):
     return Pipeline([("scaler", StandardScaler()), ("pca", "passthrough"), ("classifier", classifiers[model]())])
 
 
+def _class_quotas(counts, size):
+    """Rows kept of each class: one each, then the other `size - len(counts)` in proportion to each class's other rows.
+
+    Largest remainders round the shares, ties to the first class, so that the quotas sum to `size` exactly
+    (rounding each share up to a row instead overshot by up to a row per class: at ABO's 576 classes the
+    rbf_svm default of 1,041 rows became 1,359, and the kernel solver costs about the square).
+    """
+    extra = size - len(counts)
+    shares = (counts - 1) * extra / (counts.sum() - len(counts))
+    quotas = np.floor(shares).astype(np.int64)
+    by_remainder = np.argsort(-(shares - quotas), kind="stable")
+    quotas[by_remainder[: extra - quotas.sum()]] += 1
+    return quotas + 1
+
+
 def stratified_subsample(labels, rows, size, seed):
-    """About `size` of `rows`, each class in proportion and at least once; sorted.
+    """`size` of `rows`, each class in proportion and at least once (so more than `size` only below a row per class).
 
     Args:
       labels: the label of every row of the split.
       rows: the candidate row indices.
-      size: how many to keep, about; `rows` itself when it has no more.
+      size: how many to keep; `rows` itself when it has no more.
       seed: draws the rows kept.
+
+    Returns:
+      The kept row indices, sorted.
     """
     if size >= len(rows):
         return rows
     rng = np.random.default_rng(seed)
-    fraction = size / len(rows)
-    kept = []
-    for label in np.unique(labels[rows]):
-        members = rows[labels[rows] == label]
-        kept.append(rng.choice(members, max(1, round(len(members) * fraction)), replace=False))
+    present, counts = np.unique(labels[rows], return_counts=True)
+    quotas = np.ones_like(counts) if size <= len(present) else _class_quotas(counts, size)
+    kept = [
+        rng.choice(rows[labels[rows] == label], quota, replace=False)
+        for label, quota in zip(present, quotas, strict=True)
+    ]
     return np.sort(np.concatenate(kept))
 
 
@@ -226,7 +248,7 @@ def score_chunk_rows(pipeline):
     """Rows scored at once: CHUNK_ROWS, fewer when the classifier's decision values outgrow SCORE_BYTES."""
     classifier = pipeline.named_steps["classifier"]
     known = len(classifier.classes_)
-    per_row = 8 * (known * (known - 1) // 2 if isinstance(classifier, SVC) else known)
+    per_row = SVC_BYTES_PER_PAIR * (known * (known - 1) // 2) if isinstance(classifier, SVC) else 8 * known
     return max(1, min(CHUNK_ROWS, SCORE_BYTES // per_row))
 
 
@@ -254,8 +276,9 @@ def _svc_decision(svc, features):
     incidence = _pair_incidence(len(svc.classes_))
     confidences = np.asarray(values @ incidence)
     # A class wins a pair as its first class where the value is >= 0, as its second where < 0; class c is
-    # the second class of c pairs.
-    votes = np.asarray((values >= 0).astype(np.float64) @ incidence) + np.arange(len(svc.classes_))
+    # the second class of c pairs. The wins overwrite the values: no second [N, pairs] array of floats.
+    values[...] = values >= 0
+    votes = np.asarray(values @ incidence) + np.arange(len(svc.classes_))
     return votes + confidences / (3 * (np.abs(confidences) + 1))
 
 
@@ -268,15 +291,20 @@ def _decision_function(pipeline, chunk):
 
 
 def _chunk_scores(pipeline, features):
-    """The classifier's scores of its known classes, [rows, known], a chunk of `features` at a time."""
+    """The classifier's scores of its known classes [rows, known] and the column each row predicts, chunk by chunk."""
+    classifier = pipeline.named_steps["classifier"]
     probabilities = has_probabilities(pipeline)
     step = score_chunk_rows(pipeline)
     for start in range(0, len(features), step):
         chunk = np.asarray(features[start : start + step])
         raw = pipeline.predict_proba(chunk) if probabilities else _decision_function(pipeline, chunk)
-        if raw.ndim == 1:  # a binary decision function: one column, positive for classes_[1]
-            raw = np.stack([-raw, raw], axis=1)
-        yield raw
+        if raw.ndim == 2:
+            yield raw, np.argmax(raw, axis=1)
+            continue
+        # A binary decision function: one column, positive for classes_[1]. At exactly 0, libsvm (SVC.predict)
+        # gives classes_[1] and the linear models classes_[0]; the argmax of [-0, 0] would give classes_[0].
+        chosen = raw >= 0 if isinstance(classifier, SVC) else raw > 0
+        yield np.stack([-raw, raw], axis=1), chosen.astype(np.intp)
 
 
 def predict_scores(pipeline, features, num_classes):
@@ -297,11 +325,11 @@ def predict_scores(pipeline, features, num_classes):
     """
     known = pipeline.named_steps["classifier"].classes_
     absent = 0.0 if has_probabilities(pipeline) else -np.inf
-    predictions, scores = [], []
-    for raw in _chunk_scores(pipeline, features):
+    predictions, scores = [np.empty(0, np.int32)], [np.empty((0, num_classes), np.float32)]  # 0 rows: empty
+    for raw, chosen in _chunk_scores(pipeline, features):
         full = np.full((len(raw), num_classes), absent, np.float32)
         full[:, known] = raw
-        predictions.append(known[np.argmax(raw, axis=1)].astype(np.int32))
+        predictions.append(known[chosen].astype(np.int32))
         scores.append(full)
     return Scores(np.concatenate(predictions), np.concatenate(scores))
 
@@ -309,7 +337,8 @@ def predict_scores(pipeline, features, num_classes):
 def predict_labels(pipeline, features):
     """The labels `predict_scores` predicts, without its [N, num_classes] scores: what the search's scorer needs."""
     known = pipeline.named_steps["classifier"].classes_
-    return np.concatenate([known[np.argmax(raw, axis=1)].astype(np.int32) for raw in _chunk_scores(pipeline, features)])
+    chunks = [known[chosen].astype(np.int32) for _, chosen in _chunk_scores(pipeline, features)]
+    return np.concatenate([np.empty(0, np.int32), *chunks])  # 0 rows: empty
 
 
 def macro_f1(pipeline, data):
