@@ -197,19 +197,28 @@ class TrainingRows(NamedTuple):
     subsample: dict | None  # {"examples", "of"} when the model trains on a subsample
 
 
+class _Limit(NamedTuple):
+    """A bound on the training rows of a model, and what sets it."""
+
+    rows: int
+    flag: str  # the option that sets it
+    value: object  # the option's value (the rows, for a default)
+    why: str  # "" for a value the user gave
+
+
 def _svm_limit(model, config, num_classes):
-    """(rows, flag, value, why) of an SVM's subsample: its flag's value, or the class-scaled default."""
+    """The `_Limit` of an SVM's subsample: its flag's value, or the class-scaled default."""
     flag, value = {
         "linear_svm": ("--linear-svm-max-train", config.linear_svm_max_train),
         "rbf_svm": ("--rbf-max-train", config.rbf_max_train),
     }[model]
     if value is not None:
-        return value, flag, value, ""
+        return _Limit(value, flag, value, "")
     # At least a row per class, so that the default never refuses to train.
     rows = max(SVM_EXAMPLE_CLASSES[model] // num_classes, num_classes)
     rows = min(rows, RBF_MAX_TRAIN) if model == "rbf_svm" else rows
     problems = "a one-vs-rest problem per class" if model == "linear_svm" else "a one-vs-one problem per pair"
-    return rows, flag, rows, f"its default at {num_classes} classes, {problems}"
+    return _Limit(rows, flag, rows, f"its default at {num_classes} classes, {problems}")
 
 
 def _row_limit(model, train, config):
@@ -220,15 +229,16 @@ def _row_limit(model, train, config):
     per_row = classifiers.solver_bytes(model, 1, train.features.shape[1], len(train.classes))
     # Capped at the rows there are: a budget like 1e300 GB overflows to inf, and inf // per_row is NaN.
     held = min(config.in_memory_gb * 2**30 / per_row, len(train.labels))
-    limits = [(int(held), "--in-memory-gb", config.in_memory_gb, "")]
+    limits = [_Limit(int(held), "--in-memory-gb", config.in_memory_gb, "")]
     if model in SVM_EXAMPLE_CLASSES:
         limits.append(_svm_limit(model, config, num_classes))
-    limit, flag, value, why = min(limits, key=lambda limit: limit[0])
-    if limit < num_classes:
+    limit = min(limits, key=lambda limit: limit.rows)
+    if limit.rows < num_classes:
         raise UserInputError(
-            f"{flag} {value} holds {limit} training rows for {model}, fewer than the {num_classes} classes: raise it"
+            f"{limit.flag} {limit.value} holds {limit.rows} training rows for {model}, "
+            f"fewer than the {num_classes} classes: raise it"
         )
-    return limit, f"{flag}; {why}" if why else flag
+    return limit.rows, f"{limit.flag}; {limit.why}" if limit.why else limit.flag
 
 
 def _training_rows(model, train, config):
