@@ -252,6 +252,18 @@ def images_csv_bomb(root, decompressed_bytes):
 # --- tar surgery --------------------------------------------------------------
 
 
+def with_link(source_tar, destination, name, kind, target="/etc/passwd"):
+    """The tar repacked with member `name` replaced by a link ("symlink" or "hardlink") to `target`, or a FIFO."""
+    types = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}
+    with tarfile.open(source_tar) as source, tarfile.open(destination, "w", format=tarfile.GNU_FORMAT) as packed:
+        for member in source.getmembers():
+            if member.name == name:
+                member = tarfile.TarInfo(name)
+                member.type, member.linkname = types[kind], target if kind != "fifo" else ""
+            packed.addfile(member, source.extractfile(member) if member.isreg() else None)
+    return str(destination)
+
+
 def tar_members(path):
     """`(name, header offset, data offset, size)` of every member, by tarfile."""
     with tarfile.open(path) as tar:

@@ -287,6 +287,33 @@ def test_allow_truncated_reads_up_to_the_cut_and_says_so(abo_sample, tmp_path):
     assert records_build.format_summary(manifest).count("WARNING: partial read") == 2
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+@pytest.mark.parametrize("which", ["listings file", "images list"])
+def test_tar_member_that_is_no_regular_file_is_refused_by_name(abo_sample, tmp_path, capsys, kind, which):
+    listings, images = abo_sample["listings"], abo_sample["images"]
+    if which == "listings file":
+        name = next(member for member, *_ in hostile.tar_members(listings) if member.endswith(".json.gz"))
+        listings = crafted = hostile.with_link(listings, tmp_path / "crafted.tar", name, kind)
+    else:
+        name = archive.IMAGES_CSV
+        images = crafted = hostile.with_link(images, tmp_path / "crafted.tar", name, kind)
+    with _deadline(60):
+        code, _, error = _cli(capsys, listings, images, tmp_path / "records")
+    assert code == 2 and len(error.splitlines()) == 1, error
+    assert f"{which} {name!r} in {crafted!r} is a link or a device" in error
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_image_member_that_is_no_regular_file_is_refused_and_counted(abo_sample, tmp_path, kind):
+    clean = archive.open_images(abo_sample["images"])
+    path = min(clean.locations)
+    crafted = hostile.with_link(abo_sample["images"], tmp_path / "crafted.tar", f"images/small/{path}", kind)
+    store = archive.open_images(crafted)
+    assert store.refused == {path: archive.PATH_OUTSIDE_IMAGES}
+    assert set(store.locations) == set(clean.locations) - {path}
+
+
 # --- limits -----------------------------------------------------------------------
 
 

@@ -425,10 +425,16 @@ def _tarfile_members(tar, file_size):
             raise _TarCut(file_size, member.name, member.offset_data)
         if member.isreg():
             yield member.name, member.offset_data, member.size
+        elif not member.isdir():
+            # A link, device or FIFO: no data to read, but named, so that a listings file or an image that
+            # is one is refused by name rather than silently missing (as a link is in an extracted folder).
+            yield member.name, None, None
 
 
 def _tar_files(path, allow_truncated=False):
     """`(name, data offset, size)` of every complete regular file, by the fast reader or by `tarfile`.
+
+    Links, devices and FIFOs come as `(name, None, None)` (`tarfile` reads them: the fast reader does not).
 
     Returns:
       `(files, cut)`: `cut` is None, or the `_TarCut` where the file stops
@@ -484,6 +490,11 @@ def _listing_sources(path, report, allow_truncated):
     with open(path, "rb") as handle:
         for member_name, offset, size in files:
             match = _LISTINGS_FILE.search(member_name)
+            if match and offset is None:
+                raise ArchiveError(
+                    f"listings file {member_name!r} in {path!r} is a link or a device, not a file: "
+                    "give abo-listings.tar as downloaded"
+                )
             if match:
                 found = True
                 is_cut = cut is not None and member_name == cut.member
@@ -895,11 +906,18 @@ def _open_tar_store(path, variant, allow_truncated):
         if name.startswith(prefix):
             relative_path = name[len(prefix) :]
             locations.pop(relative_path, None), refused.pop(relative_path, None)  # the last copy counts, as in tar
-            if size > MAX_IMAGE_FILE_BYTES:
+            if offset is None:  # a link or a device: never followed, as in an extracted folder
+                refused[relative_path] = PATH_OUTSIDE_IMAGES
+            elif size > MAX_IMAGE_FILE_BYTES:
                 refused[relative_path] = FILE_TOO_LARGE
             else:
                 locations[relative_path] = (offset, size)
         elif name == IMAGES_CSV:
+            if offset is None:
+                raise ArchiveError(
+                    f"images list {IMAGES_CSV!r} in {path!r} is a link or a device, not a file: "
+                    f"give abo-images-{variant}.tar as downloaded"
+                )
             csv_location = (offset, size)
     if csv_location is None:
         cut_note = f" ({cut.describe(path)})" if cut else ""
