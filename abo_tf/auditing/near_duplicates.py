@@ -16,16 +16,14 @@ norm, so a brightening changes nothing) must reach `min_similarity`. On the samp
 at 0.990 or more and the closest unrelated pair at 0.978 (tests/test_audit.py checks both ends).
 """
 
-import concurrent.futures
 import itertools
-import multiprocessing
 import os
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from abo_tf.common import console
+from abo_tf.common import console, parallel
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import schema, shards
 from abo_tf.records.split import SPLITS
@@ -132,10 +130,8 @@ def hash_records(records_dir, workers=None, progress=True):
     total = sum(manifest["splits"][split]["num_examples"] for split in splits)
     workers = workers or os.cpu_count() or 1
     rows, split_names = [], []
-    # "spawn": a forked child would inherit whatever threads the parent runs (TensorFlow's, OpenCV's).
-    context = multiprocessing.get_context("spawn")
     with (
-        concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_single_threaded_worker) as pool,
+        parallel.process_pool(workers, initializer=_single_threaded_worker) as pool,
         console.progress_bar(total=total, desc="hashing", unit="img", enabled=progress) as bar,
     ):
         tasks = _record_chunks(records_dir, manifest, splits)

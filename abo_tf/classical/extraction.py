@@ -6,11 +6,9 @@
 # descriptor workers import the command module, and with it this one.
 
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import multiprocessing
 import os
 import time
 from typing import NamedTuple
@@ -18,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from abo_tf.classical import descriptors, feature_cache, feature_spec
-from abo_tf.common import outputs
+from abo_tf.common import outputs, parallel
 from abo_tf.common.errors import UserInputError
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import schema, shards
@@ -149,11 +147,8 @@ def _describer(spec, workers):
         with _single_threaded_opencv():
             yield functools.partial(_handcrafted_batches, pool=None, workers=1)
     else:
-        # Spawn, not fork: the parent holds TensorFlow's threads. Workers start on the first batch.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=descriptors.init_worker
-        ) as pool:
+        # Workers start on the first batch.
+        with parallel.process_pool(workers, initializer=descriptors.init_worker) as pool:
             yield functools.partial(_handcrafted_batches, pool=pool, workers=workers)
 
 

@@ -20,7 +20,6 @@ import fnmatch
 import gc
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from typing import NamedTuple
@@ -960,8 +959,7 @@ def _unmake(folder):
 
 def _build(options, folder, start):
     _check_output(options, folder)
-    context = multiprocessing.get_context("spawn")  # the parent may hold TensorFlow threads: no fork
-    with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context) as pool:
+    with parallel.process_pool(options.workers) as pool:
         # Workers start (and import) while this process indexes the archive.
         warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
         store = archive.open_images(options.images, options.image_variant, options.allow_truncated)

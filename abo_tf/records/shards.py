@@ -362,17 +362,13 @@ def verify_records(records_dir, progress=True, workers=None):
     Raises:
       VerificationError: the first problem found.
     """
-    import concurrent.futures
-    import multiprocessing
-
-    from abo_tf.common.parallel import bounded_map
+    from abo_tf.common.parallel import bounded_map, process_pool
 
     manifest = read_manifest(records_dir)
     all_shards = [(name, shard) for name, entry in manifest["splits"].items() for shard in entry["shards"]]
     paths = [_existing_shard(records_dir, shard) for _, shard in all_shards]
     workers = workers or os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn")  # the caller may hold TensorFlow threads: no fork
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with process_pool(workers) as pool:
         tasks = []
         for (_, shard), path, (digest, count, chunks) in zip(all_shards, paths, pool.map(_index_shard, paths)):
             _check_index(path, shard, digest, count)
