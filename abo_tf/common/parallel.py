@@ -31,7 +31,9 @@ def process_pool(workers, initializer=None, initargs=()):
     """A `ProcessPoolExecutor` of `workers` spawned processes that die with the command.
 
     Spawned, not forked: the command may hold TensorFlow's or OpenCV's threads, which a forked child
-    would inherit in whatever state they were.
+    would inherit in whatever state they were. Submit from a thread that outlives the pool (the main
+    thread, as every command does): workers start at `submit`, and Linux's parent-death signal follows
+    the thread that started them, not the process.
     """
     return concurrent.futures.ProcessPoolExecutor(
         workers,
