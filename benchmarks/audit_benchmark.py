@@ -20,8 +20,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from shared import REPO, write_results
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average, as in build_records_benchmark.py
 
@@ -147,8 +146,7 @@ def main():
             f"{row['pairs_seconds']:.1f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
             f"{row['planted_found']} of {row['planted_pairs']} (+{row['other_pairs']} others) |"
         )
-    with open(os.path.join(REPO, "benchmarks", "results", "audit.json"), "w") as handle:
-        json.dump(rows, handle, indent=1)
+    write_results("audit.json", rows)
 
 
 if __name__ == "__main__":

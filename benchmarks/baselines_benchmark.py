@@ -20,16 +20,14 @@ About 8-12 minutes on 2 cores with the defaults.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from shared import write_results
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGE_SIZE = 224
@@ -217,9 +215,7 @@ def main():
     print("baseline training", flush=True)
     results["training"] = training_figures(args.sizes, args.dimension, args.classes, args.repeats, args.models)
     print_tables(results)
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(REPO, "benchmarks", "results", "baselines.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results("baselines.json", results)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ import os
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from shared import write_results
 
 ABO_IMAGES, ABO_TRAIN, ABO_CLASSES = 398_212, 313_681, 576
 HEAD_FRACTION = 0.5
@@ -138,11 +137,8 @@ def main():
             f"{row['final_fit_seconds']:.0f} | {row['baseline_seconds']:.0f} | {row['peak_rss_gb']:.2f} | "
             f"{row['test_macro_f1']:.3f} |"
         )
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     suffix = "" if args.models == ["logreg", "sgd"] else "_" + "_".join(args.models)
-    name = f"baselines_search{suffix}.json"
-    with open(os.path.join(REPO, "benchmarks", "results", name), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results(f"baselines_search{suffix}.json", results)
 
 
 if __name__ == "__main__":

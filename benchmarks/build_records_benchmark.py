@@ -14,7 +14,6 @@ About 5 minutes on 2 cores for the defaults (generating the samples the first ti
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,8 +22,7 @@ import tarfile
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from shared import REPO, write_results
 
 from abo_tf.records import build as records_build  # noqa: E402  (after the path set-up above)
 from abo_tf.records import shards  # noqa: E402
@@ -155,9 +153,7 @@ def main():
             f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['verify_to_build']:.2f} "
             f"| {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |"
         )
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(REPO, "benchmarks", "results", "build_records.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results("build_records.json", results)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,12 @@ About 5-10 minutes on 2 cores.
 """
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from shared import write_results
 
 IMAGE_SIZE = 224
 BATCH = 64
@@ -171,9 +168,7 @@ def main():
         f"{bound['real_steps_per_second']:.2f} steps/s, batch in memory {bound['memory_steps_per_second']:.2f} "
         f"steps/s: {bound['ratio']:.2f}x"
     )
-    os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(REPO, "benchmarks", "results", "input_pipeline.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results("input_pipeline.json", results)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from shared import results_path, write_results
 
 from abo_tf.common import options  # noqa: E402
 
@@ -167,19 +167,15 @@ def main(argv=None):
 
 def _update_overhead(records, folder, bench):
     """Measures only the tuner's overhead and writes it into the existing tune.json."""
+    from abo_tf.common import files
     from abo_tf.tuning import search
 
     base = search.base_train_config(_tune_options(records, os.path.join(folder, "base"), bench, "none"))
-    path = os.path.join(REPO, "benchmarks", "results", "tune.json")
-    results = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            results = json.load(handle)
+    results = files.read_json(results_path("tune.json"), "benchmark result", missing={})
     results["overhead"] = _overhead(records, os.path.join(folder, "overhead"), bench, base)
     results["overhead_load_average"] = os.getloadavg()
     print(json.dumps(results["overhead"], indent=2))
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
+    write_results("tune.json", results)
     return 0
 
 
@@ -205,9 +201,7 @@ def _measure(bench, folder):
     }
     results["default_config_runs"] = _default_config_runs(pruned, unpruned, os.path.join(folder, "plain"))
     print(json.dumps(results, indent=2))
-    path = os.path.join(REPO, "benchmarks", "results", "tune.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
+    write_results("tune.json", results)
     return 0
 
 

@@ -23,8 +23,9 @@ def save_model(pipeline, path):
     """
     import skops.io
 
-    skops.io.dump(pipeline, f"{path}.tmp-{os.getpid()}")
-    _write_canonical(f"{path}.tmp-{os.getpid()}", path)
+    dumped = f"{path}.tmp-{os.getpid()}"
+    skops.io.dump(pipeline, dumped)
+    _write_canonical(dumped, path)
     return shards.file_sha256(path)
 
 
