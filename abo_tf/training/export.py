@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from abo_tf.common.errors import InputNotFoundError, UserInputError
-from abo_tf.training import preprocess
+from abo_tf.training import input_pipeline, parity, preprocess
 
 BYTES_ENDPOINT = "serving_default"
 PIXELS_ENDPOINT = "serve_pixels"
@@ -183,3 +183,36 @@ def exported_class_names(loaded):
 def exported_image_size(loaded):
     """The side of the square pixels `serve_pixels` takes."""
     return int(getattr(loaded, IMAGE_SIZE)[0].numpy())
+
+
+def keras_probabilities(model):
+    """The parity reference: batch {"image": uint8 pixels} -> the Keras model's float32 softmax."""
+    return lambda batch: tf.nn.softmax(tf.cast(model(batch["image"], training=False), tf.float32), axis=-1)
+
+
+def signature_probabilities(loaded):
+    """Both signatures as parity candidates: `serving_default` on the encoded bytes, `serve_pixels` on the pixels.
+
+    A batch is {"image": uint8 pixels, input_pipeline.ENCODED_IMAGE: the same images' encoded bytes}.
+    """
+    serve_bytes, serve_pixels = loaded.signatures[BYTES_ENDPOINT], loaded.signatures[PIXELS_ENDPOINT]
+    return {
+        BYTES_ENDPOINT: lambda batch: serve_bytes(image_bytes=batch[input_pipeline.ENCODED_IMAGE])["probabilities"],
+        PIXELS_ENDPOINT: lambda batch: serve_pixels(pixels=batch["image"])["probabilities"],
+    }
+
+
+def saved_model_parity(model, loaded, batches, tie_margin=0.0):
+    """`parity.measure` of an export's two signatures against a Keras model on the same batches.
+
+    Args:
+      model: the reference Keras model (uint8 pixels -> logits).
+      loaded: a SavedModel from `load_exported`.
+      batches: batches of {"image", input_pipeline.ENCODED_IMAGE}, e.g. `make_dataset(...,
+        extra_keys=(schema.IMAGE,))`.
+      tie_margin: as in `parity.compare`.
+
+    Returns:
+      Dict signature name -> `parity.Parity`.
+    """
+    return parity.measure(keras_probabilities(model), signature_probabilities(loaded), batches, tie_margin)

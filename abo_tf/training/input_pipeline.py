@@ -26,6 +26,8 @@ from abo_tf.training import preprocess
 
 SHUFFLE_BUFFER = 4096  # examples; ~8 KB each for the small images: ~32 MB
 RAM_BUDGET_FRACTION = 0.25  # of the machine's memory, for tf.data autotuned buffers
+# The key of the encoded bytes when `extra_keys` asks for `schema.IMAGE` ("image" holds the decoded pixels).
+ENCODED_IMAGE = "encoded_image"
 
 
 def _options(training):
@@ -167,7 +169,8 @@ def _decode_batch(image_size, training, extra_keys, num_classes):
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
         labels = _checked_labels(batch[schema.LABEL], num_classes)
-        return {"image": images, "label": labels, **{key: batch[key] for key in extra_keys}}
+        passed = {ENCODED_IMAGE if key == schema.IMAGE else key: batch[key] for key in extra_keys}
+        return {"image": images, "label": labels, **passed}
 
     return decode
 
@@ -215,7 +218,8 @@ def make_dataset(
         repeats too, so every worker runs the same number of steps.
       drop_remainder: default: when training.
       extra_keys: record keys passed through as they are (e.g. `schema.IMAGE_ID`
-        for reports that name the images).
+        for reports that name the images); `schema.IMAGE` passes the encoded
+        bytes as `ENCODED_IMAGE` (the parity check feeds them to the SavedModel).
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.

@@ -10,6 +10,8 @@ then the unfrozen backbone at a lower learning rate.
 
 import dataclasses
 import math
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -18,11 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from abo_tf.common import console, files, options
+from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
-from abo_tf.records import shards
+from abo_tf.records import schema, shards
 from abo_tf.reports import figures, metrics
-from abo_tf.training import distribute, export, input_pipeline, models, run_folder
+from abo_tf.training import distribute, export, input_pipeline, models, parity, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 
@@ -463,19 +465,40 @@ def _final_metrics(model, config, manifest):
     return results
 
 
-def _plain_copy(model, config, num_classes):
-    """The trained model rebuilt outside the strategy, in float32, for evaluation and export."""
+def _plain_copy(model):
+    """The trained model rebuilt outside the strategy, in float32, for evaluation and export.
+
+    Rebuilt from the model's own config, not from `build_model(weights=None)`:
+    EfficientNet's graph depends on the weights it was built with (a Rescaling
+    layer only for weights="imagenet"), and a graph rebuilt without it loads
+    the same weights and computes something else.
+    """
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         with tf.distribute.get_strategy().scope():
-            plain = models.build_model(
-                config.model, num_classes, config.image_size, weights=None, dropout=config.dropout
-            )
+            plain = keras.Model.from_config(_float32_config(model.get_config()))
         plain.set_weights(model.get_weights())
     finally:
         keras.mixed_precision.set_global_policy(policy)
+    # Normalization computes with tensors derived from its weights when they load; set_weights skips that
+    # (the copy of an ImageNet EfficientNet normalised with mean 0, variance 1).
+    for layer in plain.get_layer(models.BACKBONE_LAYER).layers:
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()
+    plain.pretrained_backbone = getattr(model, "pretrained_backbone", True)
     return plain
+
+
+def _float32_config(value):
+    """A model config with every mixed-precision dtype policy replaced by float32 (layers store theirs)."""
+    if isinstance(value, list):
+        return [_float32_config(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if value.get("class_name") == "DTypePolicy" and str(value.get("config", {}).get("name")).startswith("mixed_"):
+        return {**value, "config": {**value["config"], "name": "float32"}}
+    return {key: _float32_config(item) for key, item in value.items()}
 
 
 def plot_history(history, path):
@@ -493,23 +516,59 @@ def plot_history(history, path):
     figures.save(figure, path, dpi=100)
 
 
-def _finish(run, manifest, classes, history):
-    plain = _plain_copy(run.model, run.config, len(classes))
-    plain.save(
-        run_folder.path(run.config.output, run_folder.KERAS_MODEL)
-    )  # the Keras object, for Grad-CAM and fine-tuning
-    results = _final_metrics(plain, run.config, manifest)
-    export.export_saved_model(
-        plain,
-        classes,
-        run.config.image_size,
-        run_folder.path(run.config.output, run_folder.SAVED_MODEL),
-        run.config.top_k,
+def _parity_tolerance(config):
+    """(max |delta p|, tie margin): a mixed-precision run's float16 function ties where float32 does not."""
+    if config.mixed_precision:
+        return parity.MIXED_PRECISION_TOLERANCE, parity.MIXED_PRECISION_TOLERANCE
+    return parity.TOLERANCE, 0.0
+
+
+def _checked_export(run, plain, manifest, classes):
+    """Exports `plain` into the staging folder and checks it against the trained model on validation.
+
+    Returns:
+      The staging folder, once the check passed (parity.json written either way).
+
+    Raises:
+      ParityError: the export differs from the trained model; the staging folder is removed.
+    """
+    config = run.config
+    staging = run_folder.path(config.output, run_folder.SAVED_MODEL_STAGING)
+    export.export_saved_model(plain, classes, config.image_size, staging, config.top_k)
+    # The validation split as stored: the bytes go through serving_default, their decoded pixels
+    # through serve_pixels and the trained model (outside strategy.run: one device reads the variables).
+    batches = input_pipeline.make_dataset(
+        config.records,
+        "validation",
+        config.image_size,
+        config.batch_size,
+        training=False,
+        manifest=manifest,
+        extra_keys=(schema.IMAGE,),
     )
-    run_folder.write_class_names(run.config.output, classes)
-    files.write_json(run_folder.path(run.config.output, run_folder.METRICS), results)
+    tolerance, tie_margin = _parity_tolerance(config)
+    results = export.saved_model_parity(run.model, export.load_exported(staging), batches, tie_margin)
+    files.write_json(run_folder.path(config.output, run_folder.PARITY), parity.to_json(results, tolerance))
+    print(parity.summary(results, tolerance), flush=True)
+    if not parity.passed(results, tolerance):
+        shutil.rmtree(staging)
+    parity.check(results, tolerance, what=f"the export of {config.output!r}")
+    return staging
+
+
+def _finish(run, manifest, classes, history):
+    output = run.config.output
+    # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
+    outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
+    plain = _plain_copy(run.model)
+    staging = _checked_export(run, plain, manifest, classes)
+    plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
+    results = _final_metrics(plain, run.config, manifest)
+    run_folder.write_class_names(output, classes)
+    os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
+    files.write_json(run_folder.path(output, run_folder.METRICS), results)
     if history:
-        plot_history(history, run_folder.path(run.config.output, run_folder.CURVES))
+        plot_history(history, run_folder.path(output, run_folder.CURVES))
     return results
 
 

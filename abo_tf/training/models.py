@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 import keras
+import numpy as np
 
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
@@ -18,6 +19,10 @@ BACKBONE_LAYER = "backbone"
 MIN_IMAGE_SIZE = 32  # Keras Applications refuse smaller inputs
 NO_WEIGHTS = "none"  # the CLI's spelling of weights=None
 FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
+# EfficientNet's ImageNet files hold ImageNet's standard deviations as their Normalization variance
+# (tensorflow/tensorflow#49930); Keras 3.15 makes up for it with a Rescaling(1/sqrt(stddev)) that it adds
+# only for weights="imagenet" (keras/src/applications/efficientnet.py).
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,26 @@ def _build_backbone_from_file(backbone, input_shape, path):
         raise UserInputError(
             f"weights file {path!r} does not fit a {backbone} backbone without top ({_first_line(error)})"
         ) from error
+    _scale_like_imagenet_build(model)
     return model
+
+
+def _scale_like_imagenet_build(backbone):
+    """Gives a backbone loaded from a file of ImageNet EfficientNet weights the input scaling of weights="imagenet".
+
+    Built with weights=None, the backbone lacks the Rescaling(1/sqrt(stddev))
+    Keras puts after the Normalization for weights="imagenet", and ImageNet
+    weights would see inputs scaled about 2x wrong. A variance of stddev**2
+    computes the same (x - mean) / stddev without that layer. A file whose
+    variance is not ImageNet's stddev (random or already corrected) is left as it is.
+    """
+    normalization = next((layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization)), None)
+    if normalization is None or not normalization.built:
+        return
+    mean, variance, *rest = normalization.get_weights()
+    if variance.shape == (3,) and np.allclose(variance, IMAGENET_STDDEV_RGB, rtol=0, atol=1e-6):
+        normalization.set_weights([mean, np.square(variance), *rest])
+        normalization.finalize_state()  # Normalization computes with tensors finalize_state derives from its weights
 
 
 def build_backbone(backbone, image_size, weights=None):

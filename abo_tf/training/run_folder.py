@@ -6,10 +6,15 @@
       logs/                TensorBoard
       history.csv          one row per epoch, `HistoryRow`'s fields
       training_curves.png  loss and accuracy per epoch
+      parity.json          the export against the trained model on validation (abo_tf.training.parity)
       metrics.json         validation and test metrics (abo_tf.reports.metrics)
       labels.txt           class names, label order
       model.keras          the Keras model (Grad-CAM, features, fine-tuning)
       saved_model/         the SavedModel users ship (abo_tf.training.export)
+
+The run exports into saved_model.partial/ and checks it; only when the check
+passes does it write model.keras and metrics.json and rename the export to
+saved_model/. A failed check leaves none of the three (parity.json says why).
 
 Every command that reads a run (evaluate, features, baselines, tune) goes
 through the names and loaders here.
@@ -32,9 +37,25 @@ METRICS = "metrics.json"
 LABELS = "labels.txt"
 KERAS_MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
+SAVED_MODEL_STAGING = "saved_model.partial"  # the export until its parity check passes
+PARITY = "parity.json"
 POOL_LAYER = "pool"  # the pooled backbone features, input of the classification head
 # What a run writes at its top level: what `train --output` may replace in its own folder.
-FILES = (CONFIG, CHECKPOINTS, LOGS, HISTORY, CURVES, METRICS, LABELS, KERAS_MODEL, SAVED_MODEL)
+FILES = (
+    CONFIG,
+    CHECKPOINTS,
+    LOGS,
+    HISTORY,
+    CURVES,
+    METRICS,
+    LABELS,
+    KERAS_MODEL,
+    SAVED_MODEL,
+    SAVED_MODEL_STAGING,
+    PARITY,
+)
+# What a finished run exports; removed when a run finishes again, so a failed parity check leaves none of them.
+EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, PARITY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +129,11 @@ def load_config(run_dir):
 def load_metrics(run_dir):
     """The run's metrics.json (validation and test), or None before the run finished."""
     return files.read_json(path(run_dir, METRICS), what="metrics file")
+
+
+def load_parity(run_dir):
+    """The run's parity.json (`parity.to_json`), or None for a run finished before the check existed."""
+    return files.read_json(path(run_dir, PARITY), what="parity file")
 
 
 def load_history(run_dir, up_to_step=None):
