@@ -1,11 +1,14 @@
 """Evaluates an exported model on a split of the records: `python -m abo_tf.evaluate`.
 
-    python -m abo_tf.evaluate --model runs/resnet50/saved_model --records tfrecords/abo/1.0.0 \\
+    python -m abo_tf.evaluate --model runs/resnet50 --records tfrecords/abo/1.0.0 \\
         --split test --report reports/resnet50-test
 
 The SavedModel is what users ship, so that is what is measured: its
 `serve_pixels` endpoint runs over the split through the evaluation input
-pipeline (the central crop every model is evaluated on). The report folder gets:
+pipeline (the central crop every model is evaluated on). Given the run folder
+(not only its saved_model/), evaluate first checks the SavedModel against the
+run's model.keras on the split, as training does (abo_tf.training.parity), and
+prints the result. The report folder gets:
 
     metrics.json         accuracy, top-5, macro and weighted P/R/F1, the same per
                          frequency stratum (head/torso/tail by training examples), ECE
@@ -29,6 +32,7 @@ import sys
 from abo_tf.common import options
 from abo_tf.common.errors import cli_main
 from abo_tf.reports import evaluation, metrics
+from abo_tf.training import parity
 
 
 @cli_main
@@ -37,6 +41,8 @@ def main(argv=None):
         evaluation.EvaluateOptions, argv, prog="python -m abo_tf.evaluate", description=__doc__.split("\n\n")[0]
     )
     result = evaluation.evaluate(evaluate_options)
+    if "parity" in result:
+        print(parity.summary(result["parity"]))
     print(metrics.format_summary(result, evaluate_options.split))
     print(f"report: {os.path.join(evaluate_options.report, 'report.md')}")
     return 0

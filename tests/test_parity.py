@@ -16,7 +16,8 @@ import tensorflow as tf
 from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 
-from abo_tf import train
+from abo_tf import evaluate, train
+from abo_tf.common import files
 from abo_tf.training import export, input_pipeline, loop, models, parity, preprocess, run_folder
 from tests.conftest import TINY_TRAIN_ARGS
 from tests.test_export import encode, random_rgb
@@ -99,7 +100,7 @@ def test_the_export_of_the_copy_computes_the_built_model(
     copy = loop._plain_copy(trained)
     assert _layer_types(copy) == _layer_types(trained)  # EfficientNet's ImageNet Rescaling included
     results = _export_parity(trained, copy, tmp_path, images)
-    parity.check(results)
+    parity.check(parity.to_json(results))
     for result in results.values():
         assert result.num_images == 6 and result.top1_agreement == 1.0
         assert result.max_abs_difference <= parity.TOLERANCE
@@ -127,7 +128,7 @@ def test_a_copy_rebuilt_without_the_imagenet_rescaling_fails_the_check(weights_f
     )
     assert not parity.passed(results)
     with pytest.raises(parity.ParityError, match="does not compute the trained model's function"):
-        parity.check(results)
+        parity.check(parity.to_json(results))
 
 
 def test_compare_counts_top1_ties_apart_from_decisive_disagreements():
@@ -171,3 +172,32 @@ def test_a_run_records_its_parity_on_every_validation_image(trained_run, built_r
     for result in record["signatures"].values():
         assert result["num_images"] == manifest["splits"]["validation"]["num_examples"]
         assert result["top1_agreement"] == 1.0 and result["max_abs_difference"] <= parity.TOLERANCE
+
+
+def _evaluate_args(model, records_dir, report, *extra):
+    common = ["--gallery-size", "0", "--gradcam-examples", "0", "--no-progress", "--split", "validation"]
+    return ["--model", model, "--records", records_dir, "--report", str(report), *common, *extra]
+
+
+def test_evaluate_given_a_run_folder_prints_the_parity_check(trained_run, built_records, tmp_path, capsys):
+    records_dir, manifest = built_records
+    assert evaluate.main(_evaluate_args(trained_run, records_dir, tmp_path / "report")) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("parity ")]
+    assert len(printed) == 1 and printed[0].startswith(
+        f"parity passed on {manifest['splits']['validation']['num_examples']} images"
+    )
+    assert files.read_json(str(tmp_path / "report" / "metrics.json"))["parity"]["passed"] is True
+
+
+def test_evaluate_refuses_a_saved_model_that_differs_from_the_run_model(trained_run, built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    model = run_folder.load_keras_model(run_folder.path(trained_run, run_folder.KERAS_MODEL))
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([kernel, bias + np.arange(len(bias), dtype=np.float32)])
+    other = str(tmp_path / "other.keras")
+    model.save(other)
+    args = _evaluate_args(trained_run, records_dir, tmp_path / "report", "--keras-model", other)
+    assert evaluate.main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "does not compute the trained model's function" in error[0]
+    assert not os.path.exists(tmp_path / "report" / "metrics.json")

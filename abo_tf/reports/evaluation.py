@@ -34,12 +34,14 @@ class EvaluateOptions:
     """Everything an evaluation depends on; `python -m abo_tf.evaluate --help` documents each."""
 
     model: str = options_lib.option(
-        help="a run's saved_model folder (from abo_tf.train)", group="inputs", required=True
+        help="a run folder of abo_tf.train (its export is checked against its model.keras) or its saved_model folder",
+        group="inputs",
+        required=True,
     )
     records: str = options_lib.option(help="folder of a build_records output", group="inputs", required=True)
     split: str = options_lib.option("test", help="split to evaluate", group="inputs")
     keras_model: str | None = options_lib.option(
-        help="the run's model.keras for Grad-CAM; default: next to --model", group="inputs"
+        help="the run's model.keras for Grad-CAM (and the parity check); default: the run's", group="inputs"
     )
     exclude: str | None = options_lib.option(
         group="inputs",
@@ -516,10 +518,62 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     return _Tables(per_class, pairs), files
 
 
+def _run_folder(model):
+    """The run folder `--model` names (one holding saved_model/), or None for a saved_model folder."""
+    from abo_tf.training import run_folder
+
+    return model if os.path.isdir(run_folder.path(model, run_folder.SAVED_MODEL)) else None
+
+
+def _saved_model_folder(model):
+    from abo_tf.training import run_folder
+
+    run = _run_folder(model)
+    return model if run is None else run_folder.path(run, run_folder.SAVED_MODEL)
+
+
+def _keras_model_path(options):
+    folder = _run_folder(options.model) or os.path.dirname(os.path.normpath(options.model))
+    return options.keras_model or os.path.join(folder, KERAS_MODEL)
+
+
+def _parity(options, loaded, manifest, image_size):
+    """Given a run folder: its SavedModel against its model.keras on the split, the check training ends with.
+
+    Returns:
+      The parity record (`parity.to_json`), or None for a saved_model folder.
+
+    Raises:
+      ParityError: the two differ (no report is written).
+    """
+    from abo_tf.training import export, input_pipeline, parity
+
+    run = _run_folder(options.model)
+    if run is None:
+        return None
+    keras_path = _keras_model_path(options)
+    if not os.path.isfile(keras_path):
+        raise InputNotFoundError(f"{keras_path!r} does not exist: the parity check needs the run's {KERAS_MODEL}")
+    model = _load_keras_model(keras_path, len(export.exported_class_names(loaded)), image_size)
+    batches = input_pipeline.make_dataset(
+        options.records,
+        options.split,
+        image_size,
+        options.batch_size,
+        training=False,
+        manifest=manifest,
+        extra_keys=(schema.IMAGE,),
+    )
+    with input_pipeline.explain_read_errors(options.records, manifest, [options.split]):
+        record = parity.to_json(export.saved_model_parity(model, loaded, batches))
+    parity.check(record, what=f"the saved_model of {run!r}", outcome="no report was written")
+    return record
+
+
 def _gradcam(options, predictions, class_names, image_size, files):
     from abo_tf.reports import gradcam as interpret
 
-    keras_path = options.keras_model or os.path.join(os.path.dirname(os.path.normpath(options.model)), KERAS_MODEL)
+    keras_path = _keras_model_path(options)
     if options.gradcam_examples == 0:
         return "Grad-CAM was not asked for (`--gradcam-examples 0`)."
     if not os.path.isfile(keras_path):
@@ -563,13 +617,14 @@ def evaluate(options):
 
     outputs.claim(options.report, "evaluate", "--report")
     options_lib.save_config(options, options.report)
-    loaded = export.load_exported(options.model)
+    loaded = export.load_exported(_saved_model_folder(options.model))
     class_names, image_size = export.exported_class_names(loaded), export.exported_image_size(loaded)
     manifest = shards.read_manifest(options.records)
     entry = _split_entry(manifest, options.split, options.records)
     input_pipeline.check_records(options.records, manifest, [options.split])
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
     leaked = _leaked_ids(options)  # a bad --exclude fails before the split is run through the model
+    parity_record = _parity(options, loaded, manifest, image_size)
     predictions = predict(loaded, options, manifest, mapping)
     train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
     predicted = predictions.probabilities.argmax(axis=1)
@@ -591,6 +646,8 @@ def evaluate(options):
             "num_mistakes": int(np.sum(predicted != predictions.labels)),
         }
     )
+    if parity_record is not None:
+        result["parity"] = parity_record
     if leaked is not None:
         result["without_near_duplicates"] = _metrics_without_near_duplicates(options, leaked, predictions, train_counts)
     tables, files = _figures_and_tables(options, predictions, class_names, train_counts, result)

@@ -548,11 +548,12 @@ def _checked_export(run, plain, manifest, classes):
     )
     tolerance, tie_margin = _parity_tolerance(config)
     results = export.saved_model_parity(run.model, export.load_exported(staging), batches, tie_margin)
-    files.write_json(run_folder.path(config.output, run_folder.PARITY), parity.to_json(results, tolerance))
-    print(parity.summary(results, tolerance), flush=True)
-    if not parity.passed(results, tolerance):
+    record = parity.to_json(results, tolerance)
+    files.write_json(run_folder.path(config.output, run_folder.PARITY), record)
+    print(parity.summary(record), flush=True)
+    if not record["passed"]:
         shutil.rmtree(staging)
-    parity.check(results, tolerance, what=f"the export of {config.output!r}")
+    parity.check(record, what=f"the export of {config.output!r}")
     return staging
 
 

@@ -96,30 +96,30 @@ def passed(results, tolerance=TOLERANCE):
     )
 
 
-def summary(results, tolerance=TOLERANCE):
-    """One line: each candidate's max |delta p| and top-1 agreement, and the verdict."""
-    parts = [
-        f"{name} max |dp| {result.max_abs_difference:.2e}, top-1 agreement {result.top1_agreement:.4f}"
-        for name, result in results.items()
-    ]
-    images = next(iter(results.values())).num_images if results else 0
-    verdict = "passed" if passed(results, tolerance) else "FAILED"
-    return f"parity {verdict} on {images} images (tolerance {tolerance:g}): " + "; ".join(parts)
-
-
-def check(results, tolerance=TOLERANCE, what="the export"):
-    """Raises `ParityError` (one line) unless `passed(results, tolerance)`."""
-    if not passed(results, tolerance):
-        raise ParityError(
-            f"{what} does not compute the trained model's function ({summary(results, tolerance)}): "
-            "nothing was exported; report this as a bug with the run's config.toml"
-        )
-
-
 def to_json(results, tolerance=TOLERANCE):
-    """The record a run folder keeps (run_folder.PARITY): per candidate, the tolerance and the verdict."""
+    """The parity record (a run's parity.json, evaluate's "parity"): the verdict, the tolerance, each candidate."""
     return {
         "passed": passed(results, tolerance),
         "tolerance": tolerance,
         "signatures": {name: dataclasses.asdict(result) for name, result in results.items()},
     }
+
+
+def summary(record):
+    """One line of a parity record: each candidate's max |delta p| and top-1 agreement, and the verdict."""
+    parts = [
+        f"{name} max |dp| {result['max_abs_difference']:.2e}, top-1 agreement {result['top1_agreement']:.4f}"
+        for name, result in record["signatures"].items()
+    ]
+    images = max((result["num_images"] for result in record["signatures"].values()), default=0)
+    verdict = "passed" if record["passed"] else "FAILED"
+    return f"parity {verdict} on {images} images (tolerance {record['tolerance']:g}): " + "; ".join(parts)
+
+
+def check(record, what="the export", outcome="nothing was exported"):
+    """Raises `ParityError` (one line: what differs, the figures, `outcome`) unless the parity record passed."""
+    if not record["passed"]:
+        raise ParityError(
+            f"{what} does not compute the trained model's function ({summary(record)}): "
+            f"{outcome}; report this as a bug with the run's config.toml"
+        )
