@@ -203,20 +203,27 @@ def predict(loaded, options, manifest, mapping):
     from abo_tf.training import export, input_pipeline, loop
 
     image_size = export.exported_image_size(loaded)
-    dataset = input_pipeline.make_dataset(
+    dataset = _split_dataset(options, manifest, image_size, schema.IMAGE_ID)
+    try:
+        with input_pipeline.explain_read_errors(options.records, manifest, [options.split]):
+            return _predict_batches(loaded.signatures[export.PIXELS_ENDPOINT], dataset, options, manifest, mapping)
+    except tf.errors.ResourceExhaustedError as error:
+        raise loop.out_of_memory(error, options.batch_size, image_size, flags="--batch-size") from error
+
+
+def _split_dataset(options, manifest, image_size, extra_key):
+    """The evaluated split through the evaluation input pipeline, with one record key passed through."""
+    from abo_tf.training import input_pipeline
+
+    return input_pipeline.make_dataset(
         options.records,
         options.split,
         image_size,
         options.batch_size,
         training=False,
         manifest=manifest,
-        extra_keys=(schema.IMAGE_ID,),
+        extra_keys=(extra_key,),
     )
-    try:
-        with input_pipeline.explain_read_errors(options.records, manifest, [options.split]):
-            return _predict_batches(loaded.signatures[export.PIXELS_ENDPOINT], dataset, options, manifest, mapping)
-    except tf.errors.ResourceExhaustedError as error:
-        raise loop.out_of_memory(error, options.batch_size, image_size, flags="--batch-size") from error
 
 
 def _predict_batches(serve, dataset, options, manifest, mapping):
@@ -555,15 +562,7 @@ def _parity(options, loaded, manifest, image_size):
     if not os.path.isfile(keras_path):
         raise InputNotFoundError(f"{keras_path!r} does not exist: the parity check needs the run's {KERAS_MODEL}")
     model = _load_keras_model(keras_path, len(export.exported_class_names(loaded)), image_size)
-    batches = input_pipeline.make_dataset(
-        options.records,
-        options.split,
-        image_size,
-        options.batch_size,
-        training=False,
-        manifest=manifest,
-        extra_keys=(schema.IMAGE,),
-    )
+    batches = _split_dataset(options, manifest, image_size, schema.IMAGE)
     with input_pipeline.explain_read_errors(options.records, manifest, [options.split]):
         record = parity.to_json(export.saved_model_parity(model, loaded, batches))
     parity.check(record, what=f"the saved_model of {run!r}", outcome="no report was written")
