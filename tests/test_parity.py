@@ -201,3 +201,20 @@ def test_evaluate_refuses_a_saved_model_that_differs_from_the_run_model(trained_
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "does not compute the trained model's function" in error[0]
     assert not os.path.exists(tmp_path / "report" / "metrics.json")
+
+
+def test_a_mixed_precision_model_is_compared_in_float32(images):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        trained = models.build_model("mobilenet_v3_small", len(CLASSES), SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy = loop._plain_copy(trained)
+    with loop._computing_in_float32(trained):
+        results = parity.measure(
+            export.keras_probabilities(trained), {"copy": export.keras_probabilities(copy)}, images
+        )
+    assert results["copy"].max_abs_difference <= 1e-6 and results["copy"].top1_agreement == 1.0
+    assert trained.get_layer(models.BACKBONE_LAYER).layers[-1].dtype_policy.name == "mixed_float16"  # restored
+    assert {layer.dtype_policy.name for layer in copy.get_layer(models.BACKBONE_LAYER).layers} == {"float32"}
