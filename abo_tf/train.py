@@ -5,9 +5,10 @@
 
 A run folder (abo_tf.training.run_folder) gets config.toml (the resolved
 config), checkpoints/, logs/ (TensorBoard), history.csv, training_curves.png,
-metrics.json, labels.txt, model.keras and saved_model/. Started again with the
-same command, a killed run resumes from its last checkpoint; `--resume` takes
-the config from the folder.
+metrics.json, labels.txt, model.keras and saved_model/, once parity.json says
+the export computes what was trained (else a one-line error, and none of the
+four). Started again with the same command, a killed run resumes from its last
+checkpoint; `--resume` takes the config from the folder.
 """
 
 import dataclasses
