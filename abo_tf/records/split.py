@@ -2,11 +2,15 @@
 
 Images that share a listing, listings that share an `item_id` (the same product
 on several marketplaces) and image files with the same bytes form one group,
-and a group goes whole to one split. The split of a group is a hash of its
-smallest image id (a function of the group, not of file order), so the same
+and a group goes whole to one split. The split is stratified by class: each
+group counts as the class of most of its images, and each class's groups are
+dealt to the splits in the order of a seeded hash of their key (the smallest
+image id: a function of the group, not of file order), so that every class gets
+its share of images and at least a floor of groups in every split, and the same
 data gives the same split however the listings are ordered.
 """
 
+import collections
 import hashlib
 
 SPLITS = ("train", "validation", "test")
@@ -65,25 +69,74 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=()):
     return {image_id: smallest[union_find.find(("image", image_id))] for image_id in content_hash}
 
 
-def assign_splits(group_of_image, fractions, seed):
-    """Assigns every image to a split by the hash of its group key.
+def positive_floors(fractions, min_groups):
+    """The groups a class needs in each split: `min_groups`, but none in a split of fraction 0."""
+    return tuple(floor if fraction > 0 else 0 for fraction, floor in zip(fractions, min_groups))
+
+
+def class_of_groups(group_of_image, class_of_image):
+    """The class each group is dealt as: the class of most of its images (ties to the alphabetically first).
 
     Args:
       group_of_image: dict image id -> group key, from `group_images`.
+      class_of_image: dict image id -> class name; images without a class (dropped) do not vote.
+
+    Returns:
+      Dict group key -> class name, for the groups with at least one image of a class.
+    """
+    votes = collections.defaultdict(collections.Counter)
+    for image_id, key in group_of_image.items():
+        name = class_of_image.get(image_id)
+        if name is not None:
+            votes[key][name] += 1
+    return {key: min(counts, key=lambda name: (-counts[name], name)) for key, counts in votes.items()}
+
+
+def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1, 1)):
+    """Assigns every image to a split, class by class, whole groups only.
+
+    Each class's groups are taken in the order of a seeded hash of their key and
+    each goes to the split furthest below its share of the class's images, except
+    that the last groups go to the splits still short of their floor: every class
+    with `sum(floors)` groups gets `floors[i]` of them in split i, whatever the file order.
+
+    Args:
+      group_of_image: dict image id -> group key, from `group_images`.
+      class_of_group: dict group key -> class, from `class_of_groups`; a group
+        without a class (its images are all dropped) goes to train.
       fractions: (train, validation, test) fractions summing to 1.
       seed: salt of the hash; another seed gives another split.
+      floors: the groups each class needs in each split, from `positive_floors`.
 
     Returns:
       Dict image id -> split name.
     """
-    train_end, validation_end = fractions[0], fractions[0] + fractions[1]
-    split_of_group = {}
-    for key in set(group_of_image.values()):
-        position = stable_fraction(seed, key)
-        split_of_group[key] = (
-            SPLITS[0] if position < train_end else SPLITS[1] if position < validation_end else SPLITS[2]
-        )
+    images_of_group = collections.Counter(group_of_image.values())
+    groups_of_class = collections.defaultdict(list)
+    for key in images_of_group:
+        groups_of_class[class_of_group.get(key)].append(key)
+    split_of_group = {key: SPLITS[0] for key in groups_of_class.pop(None, [])}
+    for keys in groups_of_class.values():
+        keys.sort(key=lambda key: (stable_fraction(seed, key), key))
+        split_of_group.update(_deal(keys, [images_of_group[key] for key in keys], fractions, floors))
     return {image_id: split_of_group[key] for image_id, key in group_of_image.items()}
+
+
+def _deal(keys, sizes, fractions, floors):
+    """Dict key -> split of one class's groups (in dealing order): largest image deficit first, floors kept."""
+    total = sum(sizes)
+    images, groups = [0] * len(SPLITS), [0] * len(SPLITS)
+    dealt = {}
+    for position, (key, size) in enumerate(zip(keys, sizes)):
+        short = [index for index in range(len(SPLITS)) if groups[index] < floors[index]]
+        owed = sum(floors[index] - groups[index] for index in short)
+        # Once the groups left are just enough for the floors, only a split below its floor may take one.
+        allowed = short if len(keys) - position <= owed else [i for i in range(len(SPLITS)) if fractions[i] > 0]
+        chosen = max(allowed, key=lambda index: (fractions[index] * total - images[index], -index))
+        images[chosen] += size
+        groups[chosen] += 1
+        dealt[key] = SPLITS[chosen]
+    return dealt
 
 
 def shuffle_order(image_ids, seed):
