@@ -61,9 +61,10 @@ def test_groups_join_items_listings_and_content():
 
 
 def _classes_by_image_number(group_of_image, num_classes=5):
-    return split.class_of_groups(
+    types = split.types_per_group(
         group_of_image, {image_id: f"C{int(image_id[3:]) % num_classes}" for image_id in group_of_image}
     )
+    return split.class_of_groups(types, {f"C{index}": f"C{index}" for index in range(num_classes)})
 
 
 def test_split_does_not_depend_on_input_order():
@@ -83,9 +84,13 @@ def test_split_does_not_depend_on_input_order():
 
 
 def test_a_group_counts_as_the_class_of_most_of_its_images():
-    groups = {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "b2": "b1", "c1": "c1"}
-    classes = {"a1": "SOFA", "a2": "CHAIR", "a3": "SOFA", "b1": "SOFA", "b2": "CHAIR", "c1": None}
-    assert split.class_of_groups(groups, classes) == {"a1": "SOFA", "b1": "CHAIR"}
+    groups = {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "b2": "b1", "c1": "c1", "d1": "d1"}
+    types = {"a1": "SOFA", "a2": "CHAIR", "a3": "SOFA", "b1": "SOFA", "b2": "CHAIR", "c1": "LAMP", "d1": None}
+    types_of_group = split.types_per_group(groups, types)
+    assert types_of_group["a1"] == (("CHAIR", 1), ("SOFA", 2)) and "d1" not in types_of_group
+    classes = {"SOFA": "SOFA", "CHAIR": "CHAIR", "LAMP": None}
+    assert split.class_of_groups(types_of_group, classes) == {"a1": "SOFA", "b1": "CHAIR"}
+    assert split.class_of_groups(types_of_group, dict(classes, CHAIR="OTHER", SOFA="OTHER"))["a1"] == "OTHER"
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -535,9 +535,9 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
       `(vocabulary, dict group key -> class)`; images left without a class are marked rare_class_groups.
     """
     needed = sum(split.positive_floors(options.split_fractions, options.min_groups_per_split))
+    types_of_group = split.types_per_group(groups, image_types)
     while True:
-        class_of_image = {image_id: vocabulary.mapping[image_types[image_id]] for image_id in groups}
-        class_of_group = split.class_of_groups(groups, class_of_image)
+        class_of_group = split.class_of_groups(types_of_group, vocabulary.mapping)
         groups_per_class = collections.Counter(class_of_group.values())
         rare = {name for name in vocabulary.names if groups_per_class[name] < needed}
         if not rare:
@@ -545,8 +545,8 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
         if rare != {labels.OTHER}:
             rare.discard(labels.OTHER)  # the classes merged into it this round may give it its groups
         vocabulary = labels.demote_classes(vocabulary, rare, options.rare_classes)
-    for image_id, name in class_of_image.items():
-        if name is None:
+    for image_id in groups:
+        if vocabulary.mapping[image_types[image_id]] is None:
             candidates.image_status[image_id] = RARE_CLASS_GROUPS
     return vocabulary, class_of_group
 
@@ -569,8 +569,9 @@ def _rare_class_counts(options, by_images, final, image_types):
 
 def _plan_splits(candidates, options, groups, class_of_group):
     """Returns dict split -> image ids in their seeded, shuffled order."""
-    floors = split.positive_floors(options.split_fractions, options.min_groups_per_split)
-    split_of = split.assign_splits(groups, class_of_group, options.split_fractions, options.seed, floors)
+    split_of = split.assign_splits(
+        groups, class_of_group, options.split_fractions, options.seed, options.min_groups_per_split
+    )
     members = collections.defaultdict(list)
     for image_id in _surviving(candidates):
         members[split_of[image_id]].append(image_id)

@@ -74,22 +74,46 @@ def positive_floors(fractions, min_groups):
     return tuple(floor if fraction > 0 else 0 for fraction, floor in zip(fractions, min_groups))
 
 
-def class_of_groups(group_of_image, class_of_image):
-    """The class each group is dealt as: the class of most of its images (ties to the alphabetically first).
+def types_per_group(group_of_image, type_of_image):
+    """Dict group key -> `((type, images), ...)`, sorted, of the images with a type (counted once, voted on often).
 
     Args:
       group_of_image: dict image id -> group key, from `group_images`.
-      class_of_image: dict image id -> class name; images without a class (dropped) do not vote.
+      type_of_image: dict image id -> product type; an image without one does not count.
+    """
+    counts = {}
+    for image_id, key in group_of_image.items():
+        product_type = type_of_image.get(image_id)
+        if product_type is not None:
+            group = counts.setdefault(key, {})
+            group[product_type] = group.get(product_type, 0) + 1
+    return {key: tuple(sorted(group.items())) for key, group in counts.items()}
+
+
+def class_of_groups(types_of_group, class_of_type):
+    """The class each group is dealt as: the class of most of its images (ties to the alphabetically first).
+
+    Args:
+      types_of_group: from `types_per_group`.
+      class_of_type: dict product type -> class name, or None for a type whose images are dropped (no vote).
 
     Returns:
       Dict group key -> class name, for the groups with at least one image of a class.
     """
-    votes = collections.defaultdict(collections.Counter)
-    for image_id, key in group_of_image.items():
-        name = class_of_image.get(image_id)
-        if name is not None:
-            votes[key][name] += 1
-    return {key: min(counts, key=lambda name: (-counts[name], name)) for key, counts in votes.items()}
+    classes = {}
+    for key, types in types_of_group.items():
+        if len(types) == 1:  # nearly every group: one type
+            name = class_of_type[types[0][0]]
+            if name is not None:
+                classes[key] = name
+            continue
+        votes = collections.Counter()
+        for product_type, count in types:
+            if class_of_type[product_type] is not None:
+                votes[class_of_type[product_type]] += count
+        if votes:
+            classes[key] = min(votes, key=lambda name: (-votes[name], name))
+    return classes
 
 
 def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1, 1)):
@@ -106,11 +130,12 @@ def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1,
         without a class (its images are all dropped) goes to train.
       fractions: (train, validation, test) fractions summing to 1.
       seed: salt of the hash; another seed gives another split.
-      floors: the groups each class needs in each split, from `positive_floors`.
+      floors: the groups each class needs in each split (none in a split of fraction 0).
 
     Returns:
       Dict image id -> split name.
     """
+    floors = positive_floors(fractions, floors)
     images_of_group = collections.Counter(group_of_image.values())
     groups_of_class = collections.defaultdict(list)
     for key in images_of_group:
@@ -124,15 +149,19 @@ def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1,
 
 def _deal(keys, sizes, fractions, floors):
     """Dict key -> split of one class's groups (in dealing order): largest image deficit first, floors kept."""
-    total = sum(sizes)
+    targets = [fraction * sum(sizes) for fraction in fractions]
     images, groups = [0] * len(SPLITS), [0] * len(SPLITS)
-    dealt = {}
+    open_splits = [index for index, fraction in enumerate(fractions) if fraction > 0]
+    owed, dealt = sum(floors), {}
     for position, (key, size) in enumerate(zip(keys, sizes)):
-        short = [index for index in range(len(SPLITS)) if groups[index] < floors[index]]
-        owed = sum(floors[index] - groups[index] for index in short)
-        # Once the groups left are just enough for the floors, only a split below its floor may take one.
-        allowed = short if len(keys) - position <= owed else [i for i in range(len(SPLITS)) if fractions[i] > 0]
-        chosen = max(allowed, key=lambda index: (fractions[index] * total - images[index], -index))
+        allowed = open_splits
+        if len(keys) - position <= owed:  # the groups left are just enough for the floors: only those short take one
+            allowed = [index for index in open_splits if groups[index] < floors[index]]
+        chosen = allowed[0]
+        for index in allowed[1:]:  # the largest deficit; a tie to the first split
+            if targets[index] - images[index] > targets[chosen] - images[chosen]:
+                chosen = index
+        owed -= groups[chosen] < floors[chosen]
         images[chosen] += size
         groups[chosen] += 1
         dealt[key] = SPLITS[chosen]
