@@ -99,7 +99,8 @@ def test_every_listing_and_image_is_accounted_for(built_records, abo_sample):
     assert dropped["over_shared"] == len(truth["boilerplate_images"])
     assert images_["reencoded"] >= 3
     assert sum(entry["num_examples"] for entry in manifest["splits"].values()) == images_["kept"]
-    assert manifest["label_conflicts"]["items"] >= 1 and manifest["label_conflicts"]["images"] >= 1
+    conflicts = manifest["label_conflicts"]
+    assert conflicts["items"] >= 1 and conflicts["images"] >= 1 and conflicts["groups"] >= 1
 
 
 def test_records_round_trip_the_schema(built_records):

@@ -532,7 +532,8 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
     it is the last class short of them: the classes merged into it may fill it.
 
     Returns:
-      `(vocabulary, dict group key -> class)`; images left without a class are marked rare_class_groups.
+      `(vocabulary, dict group key -> class, groups with images of more than one type)`; images left
+      without a class are marked rare_class_groups.
     """
     needed = sum(split.positive_floors(options.split_fractions, options.min_groups_per_split))
     types_of_group = split.types_per_group(groups, image_types)
@@ -548,7 +549,7 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
     for image_id in groups:
         if vocabulary.mapping[image_types[image_id]] is None:
             candidates.image_status[image_id] = RARE_CLASS_GROUPS
-    return vocabulary, class_of_group
+    return vocabulary, class_of_group, sum(len(types) > 1 for types in types_of_group.values())
 
 
 def _rare_class_counts(options, by_images, final, image_types):
@@ -965,7 +966,10 @@ def _prepare(options, image_index, reader, report, pool):
     _drop_duplicate_content(candidates)
     by_images, image_types, conflicts = _label_images(candidates, options)
     groups = _group_kept(candidates, near_duplicates)
-    vocabulary, class_of_group = _apply_group_floors(candidates, options, by_images, image_types, groups)
+    vocabulary, class_of_group, conflicts["groups"] = _apply_group_floors(
+        candidates, options, by_images, image_types, groups
+    )
+    conflicts["group_rule"] = split.GROUP_RULE
     if len(vocabulary.names) < 2:
         raise UserInputError(
             f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images and "
@@ -1117,6 +1121,8 @@ def format_summary(manifest):
             lines.append(f"WARNING: partial read of the {kind}: {cut}")
     conflicts = manifest["label_conflicts"]
     lines.append(f"label conflicts: {conflicts['items']} items, {conflicts['images']} images ({conflicts['rule']})")
+    if "groups" in conflicts:
+        lines.append(f"groups of more than one type: {conflicts['groups']} ({conflicts['group_rule']})")
     rare = manifest.get("rare_classes", {})
     if rare.get("types"):
         counts = ", ".join(

@@ -14,6 +14,7 @@ import collections
 import hashlib
 
 SPLITS = ("train", "validation", "test")
+GROUP_RULE = "a group counts as the class of most of its images (ties to the alphabetically first); all go with it"
 
 
 class _UnionFind:
