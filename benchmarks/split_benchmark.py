@@ -2,7 +2,13 @@
 
     .venv/bin/python benchmarks/split_benchmark.py --before /tmp/split_before [--images 400000] [--work-dir DIR]
 
-Builds the same generated archive (`--image-selection all`, every other option at its default) with the code
+The generator draws 16 product types; ABO has 576, hundreds of them under ten listings (docs/abo-format.md).
+So each archive is measured twice: as generated, and with its listings' types re-drawn ABO-like (the top
+type's listings keep it, about 52%; every other item gets one of 575 types by a Zipf law of exponent 1.5, a
+hash of its item id: the smallest gets about 2 listings, about 380 get fewer than 10; an item listed under
+two types keeps a conflict). The images tar is shared; the split does not look at pixels.
+
+Builds each archive (`--image-selection all`, every other option at its default) with the code
 in `--before` (e.g. `git archive bbac9df | tar -x -C /tmp/split_before`) and with this repository, each under
 `/usr/bin/time -v` (peak RSS is the largest single process's, as `time` reports it), and reads each manifest:
 kept classes without a validation or test image, the largest deviation of a class's split fractions of
@@ -12,12 +18,17 @@ work folder and reused. About 15 minutes on 2 cores at 400k images (generation: 
 """
 
 import argparse
+import bisect
+import gzip
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 from shared import REPO, write_results
@@ -25,6 +36,7 @@ from shared import REPO, write_results
 from abo_tf.records import split as split_lib  # noqa: E402  (after the path set-up above)
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average
+ABO_TYPES, ZIPF_EXPONENT, TOP_TYPE = 576, 1.5, "CELLULAR_PHONE_CASE"
 LARGE_CLASS = 100  # images: where a split's share can come close to its fraction whatever the group sizes
 # Run in the build's process: times the split functions of whichever version is imported, then runs the CLI.
 _TIMED_BUILD = """
@@ -55,6 +67,47 @@ def _generate(data_dir, num_images):
 
         print(f"generating ~{num_images} images into {data_dir} ...", flush=True)
         sample.generate_sample(data_dir, num_listings=round(num_images / IMAGES_PER_LISTING), seed=0, tar=True)
+
+
+def _zipf_type(item_id, cumulative):
+    """One of the 575 other types for an item: the same for every listing of the item."""
+    position = int.from_bytes(hashlib.sha256(f"type:{item_id}".encode()).digest()[:8], "big") / 2**64
+    return f"TYPE_{bisect.bisect_right(cumulative, position * cumulative[-1]):03d}"
+
+
+def _relabel_line(line, cumulative):
+    try:
+        listing = json.loads(line)
+    except ValueError:
+        return line  # the generator's malformed lines stay malformed
+    types = listing.get("product_type")
+    if isinstance(types, list) and types and isinstance(types[0], dict) and types[0].get("value") != TOP_TYPE:
+        listing["product_type"] = [{"value": _zipf_type(listing.get("item_id"), cumulative)}]
+    return json.dumps(listing).encode() + b"\n"
+
+
+def abo_like(data_dir, target_dir):
+    """`data_dir`'s archive with ABO's 576 types (see the module's docstring) in `target_dir`; reused if there."""
+    listings = os.path.join(target_dir, "abo-listings.tar")
+    if os.path.isfile(listings):
+        return target_dir
+    os.makedirs(target_dir, exist_ok=True)
+    weights = [1 / rank**ZIPF_EXPONENT for rank in range(1, ABO_TYPES)]
+    cumulative = [sum(weights[: index + 1]) for index in range(len(weights))]
+    with (
+        tarfile.open(os.path.join(data_dir, "abo-listings.tar")) as source,
+        tarfile.open(listings + ".tmp", "w") as out,
+    ):
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name.endswith(".json.gz"):
+                lines = gzip.decompress(data).splitlines(keepends=True)
+                data = gzip.compress(b"".join(_relabel_line(line, cumulative) for line in lines), mtime=0)
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    os.replace(listings + ".tmp", listings)
+    os.symlink(os.path.join(data_dir, "abo-images-small.tar"), os.path.join(target_dir, "abo-images-small.tar"))
+    return target_dir
 
 
 def timed_build(code_dir, data_dir, output):
@@ -107,10 +160,12 @@ def coverage(manifest):
 
 
 def measure(label, code_dir, data_dir, work_dir):
-    manifest, wall, peak_mb, split_seconds = timed_build(code_dir, data_dir, os.path.join(work_dir, f"out_{label}"))
+    output = os.path.join(work_dir, f"out_{label}")
+    manifest, wall, peak_mb, split_seconds = timed_build(code_dir, data_dir, output)
     row = coverage(manifest) | {"build_seconds": wall, "peak_rss_mb": peak_mb, "split_seconds": split_seconds}
+    row["load_after"] = _load()
     print(f"  {label}: {json.dumps(row)}", flush=True)
-    shutil.rmtree(os.path.join(work_dir, f"out_{label}"))
+    shutil.rmtree(output)
     return row
 
 
@@ -128,22 +183,25 @@ def main():
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_split_bench_")
     data_dir = os.path.join(work_dir, "abo")
     _generate(data_dir, args.images)
+    archives = {"generated_16_types": data_dir, "abo_like_576_types": abo_like(data_dir, data_dir + "_576")}
     results = {"cpu_count": os.cpu_count(), "images_asked": args.images, "load_before": _load()}
-    results["before"] = measure("before", os.path.abspath(args.before), data_dir, work_dir)
-    results["after"] = measure("after", REPO, data_dir, work_dir)
-    results["load_after"] = _load()
+    for archive, path in archives.items():
+        results[archive] = {
+            label: measure(f"{archive}_{label}", code_dir, path, work_dir)
+            for label, code_dir in (("before", os.path.abspath(args.before)), ("after", REPO))
+        }
     print(
-        "\n| code | classes | without validation / test image | largest share deviation (all / >= 100 images) "
-        "| split (s) | build (s) | peak RSS (MB) |\n|---|---|---|---|---|---|---|"
+        "\n| archive | code | classes | without validation / test image | largest share deviation "
+        f"(all / >= {LARGE_CLASS} images) | split (s) | build (s) | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|"
     )
-    for label in ("before", "after"):
-        row = results[label]
-        large = row[f"largest_share_deviation_classes_of_{LARGE_CLASS}_images"]
-        print(
-            f"| {label} | {row['classes']} | {row['classes_missing_from']['validation']} / "
-            f"{row['classes_missing_from']['test']} | {row['largest_share_deviation']:.3f} / {large:.3f} "
-            f"| {row['split_seconds']:.1f} | {row['build_seconds']:.0f} | {row['peak_rss_mb']:.0f} |"
-        )
+    for archive in archives:
+        for label, row in results[archive].items():
+            large = row[f"largest_share_deviation_classes_of_{LARGE_CLASS}_images"]
+            print(
+                f"| {archive} | {label} | {row['classes']} | {row['classes_missing_from']['validation']} / "
+                f"{row['classes_missing_from']['test']} | {row['largest_share_deviation']:.3f} / {large:.3f} "
+                f"| {row['split_seconds']:.1f} | {row['build_seconds']:.0f} | {row['peak_rss_mb']:.0f} |"
+            )
     write_results("split.json", results)
 
 
