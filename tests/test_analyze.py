@@ -89,6 +89,10 @@ def test_tables_are_consistent(analysis, built_records):
     balance = pd.read_csv(os.path.join(report, "split_balance.csv"))
     assert balance["class"].tolist() == manifest["classes"]
     assert balance["train"].sum() == manifest["splits"]["train"]["num_examples"]
+    assert (balance[["train_groups", "validation_groups", "test_groups"]] >= 1).all().all()
+    assert (balance["test_groups"] <= balance["test"]).all()
+    markdown = open(os.path.join(report, "report.md")).read()
+    assert "test: 0 classes without an image, fewest groups of a class 1" in markdown
     drops = pd.read_csv(os.path.join(report, "build_drops.csv"))
     assert drops[drops["stage"] == "images"]["count"].sum() == sum(manifest["images"]["dropped"].values())
 

@@ -99,7 +99,8 @@ def test_every_listing_and_image_is_accounted_for(built_records, abo_sample):
     assert dropped["over_shared"] == len(truth["boilerplate_images"])
     assert images_["reencoded"] >= 3
     assert sum(entry["num_examples"] for entry in manifest["splits"].values()) == images_["kept"]
-    assert manifest["label_conflicts"]["items"] >= 1 and manifest["label_conflicts"]["images"] >= 1
+    conflicts = manifest["label_conflicts"]
+    assert conflicts["items"] >= 1 and conflicts["images"] >= 1 and conflicts["groups"] >= 1
 
 
 def test_records_round_trip_the_schema(built_records):
@@ -258,6 +259,33 @@ def test_rare_classes_other_and_max_classes(abo_sample, tmp_path):
     assert main_only["images"]["referenced"] < manifest["images"]["referenced"]
 
 
+def test_every_kept_class_is_measured_in_every_split(built_records):
+    _, manifest = built_records
+    for entry in manifest["splits"].values():
+        assert sorted(entry["per_class"]) == sorted(entry["groups_per_class"]) == manifest["classes"]
+        assert all(entry["groups_per_class"][name] <= count for name, count in entry["per_class"].items())
+    assert records_build.unmeasured_classes(manifest) == {}
+    rare, dropped = manifest["rare_classes"], manifest["images"]["dropped"]
+    assert rare["action"] == "drop" and rare["images"] == {
+        reason: dropped[reason] for reason in ("rare_class", "rare_class_groups") if reason in dropped
+    }
+
+
+@pytest.mark.parametrize("rare_classes", ["drop", "other"])
+def test_group_floors_demote_the_classes_that_miss_them(abo_sample, tmp_path, rare_classes):
+    """A floor of 2 groups per split: the classes left (OTHER too) have 2 in each; the others are counted."""
+    manifest = records_build.build(
+        build_options(abo_sample, tmp_path / "out", min_groups_per_split=(2, 2, 2), rare_classes=rare_classes)
+    )
+    assert all(min(entry["groups_per_class"].values()) >= 2 for entry in manifest["splits"].values())
+    assert all(len(entry["groups_per_class"]) == len(manifest["classes"]) for entry in manifest["splits"].values())
+    rare = manifest["rare_classes"]
+    assert rare["types"]["rare_class_groups"] >= 1 and rare["images"]["rare_class_groups"] >= 1
+    dropped = manifest["images"]["dropped"].get("rare_class_groups", 0)
+    assert dropped == (rare["images"]["rare_class_groups"] if rare_classes == "drop" else 0)
+    assert ("OTHER" in manifest["classes"]) == (rare_classes == "other")
+
+
 # --- bad input: one line, exit 2, nothing half-written ---------------------
 
 
@@ -303,6 +331,10 @@ def bad_inputs(abo_sample, abo_folder_sample, tmp_path):
         ("not a readable", ["--listings", "{listings}", "--images", "{junk}"]),
         ("--split", ["--listings", "{listings}", "--images", "{images}", "--split", "0.5", "0.2", "0.2"]),
         ("no --listings given and no ABO download under 'data'", ["--images", "{images}"]),
+        (
+            "--min-groups-per-split",
+            ["--listings", "{listings}", "--images", "{images}", "--min-groups-per-split"] + ["1", "40", "40"],
+        ),
     ],
 )
 def test_bad_inputs_give_one_line_errors(bad_inputs, tmp_path, capsys, monkeypatch, expected, args):

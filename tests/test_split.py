@@ -1,5 +1,6 @@
 """Labels and the leak-free split, on small hand-made cases."""
 
+import collections
 import random
 
 import pytest
@@ -59,16 +60,72 @@ def test_groups_join_items_listings_and_content():
     assert groups["i4"] == "i4"
 
 
+def _classes_by_image_number(group_of_image, num_classes=5):
+    types = split.types_per_group(
+        group_of_image, {image_id: f"C{int(image_id[3:]) % num_classes}" for image_id in group_of_image}
+    )
+    return split.class_of_groups(types, {f"C{index}": f"C{index}" for index in range(num_classes)})
+
+
 def test_split_does_not_depend_on_input_order():
     rng = random.Random(1)
     pairs = [(f"item{n // 3}", [f"img{n}", f"img{n + 1}"]) for n in range(0, 3000, 2)]
     hashes = {f"img{n}": f"h{n}" for n in range(3001)}
-    first = split.assign_splits(split.group_images(pairs, hashes), (0.8, 0.1, 0.1), seed=7)
+    groups = split.group_images(pairs, hashes)
+    first = split.assign_splits(groups, _classes_by_image_number(groups), (0.8, 0.1, 0.1), seed=7)
     rng.shuffle(pairs)
     shuffled_hashes = dict(sorted(hashes.items(), key=lambda _: rng.random()))
-    second = split.assign_splits(split.group_images(pairs, shuffled_hashes), (0.8, 0.1, 0.1), seed=7)
-    assert first == second
+    shuffled = split.group_images(pairs, shuffled_hashes)
+    assert split.assign_splits(shuffled, _classes_by_image_number(shuffled), (0.8, 0.1, 0.1), seed=7) == first
     fractions = [list(first.values()).count(name) / len(first) for name in split.SPLITS]
-    assert 0.75 < fractions[0] < 0.85 and 0.06 < fractions[1] < 0.14
-    assert split.assign_splits(split.group_images(pairs, hashes), (0.8, 0.1, 0.1), seed=8) != first
+    assert 0.78 < fractions[0] < 0.82 and 0.08 < fractions[1] < 0.12
+    assert split.assign_splits(groups, _classes_by_image_number(groups), (0.8, 0.1, 0.1), seed=8) != first
     assert split.shuffle_order(list(first), 3) == split.shuffle_order(sorted(first, reverse=True), 3)
+
+
+def test_a_group_counts_as_the_class_of_most_of_its_images():
+    groups = {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "b2": "b1", "c1": "c1", "d1": "d1"}
+    types = {"a1": "SOFA", "a2": "CHAIR", "a3": "SOFA", "b1": "SOFA", "b2": "CHAIR", "c1": "LAMP", "d1": None}
+    types_of_group = split.types_per_group(groups, types)
+    assert types_of_group["a1"] == (("CHAIR", 1), ("SOFA", 2)) and "d1" not in types_of_group
+    classes = {"SOFA": "SOFA", "CHAIR": "CHAIR", "LAMP": None}
+    assert split.class_of_groups(types_of_group, classes) == {"a1": "SOFA", "b1": "CHAIR"}
+    assert split.class_of_groups(types_of_group, dict(classes, CHAIR="OTHER", SOFA="OTHER"))["a1"] == "OTHER"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_class_with_enough_groups_is_in_every_split(seed):
+    """Random classes of 3 to 40 groups of 1 to 12 images: each class has a group in each split, whatever the sizes."""
+    rng = random.Random(seed)
+    group_of_image, class_of_group = {}, {}
+    for class_index in range(60):
+        for group_index in range(rng.choice([3, 3, 4, 5, 8, 40])):
+            key = f"c{class_index}g{group_index}"
+            class_of_group[key] = f"C{class_index}"
+            group_of_image.update({f"{key}i{image}": key for image in range(rng.choice([1, 1, 2, 3, 12]))})
+    split_of = split.assign_splits(group_of_image, class_of_group, (0.8, 0.1, 0.1), seed)
+    groups_in = collections.defaultdict(set)
+    for image_id, key in group_of_image.items():
+        groups_in[class_of_group[key], split_of[image_id]].add(key)
+    assert all(groups_in[name, part] for name in set(class_of_group.values()) for part in split.SPLITS)
+
+
+def test_the_floors_deal_the_fractions_of_images_and_skip_empty_splits():
+    group_of_image = {f"i{n}": f"g{n // 2}" for n in range(400)}  # 200 groups of 2 images, one class
+    class_of_group = dict.fromkeys(group_of_image.values(), "A")
+    split_of = split.assign_splits(group_of_image, class_of_group, (0.7, 0.2, 0.1), seed=0)
+    assert [list(split_of.values()).count(name) for name in split.SPLITS] == [280, 80, 40]
+    floors = split.positive_floors((0.9, 0.1, 0.0), (1, 2, 3))
+    assert floors == (1, 2, 0)
+    three = {"x": "x", "y": "y", "z": "z"}
+    split_of = split.assign_splits(three, dict.fromkeys(three, "A"), (0.9, 0.1, 0.0), seed=0, floors=floors)
+    assert sorted(split_of.values()) == ["train", "validation", "validation"]
+
+
+def test_demoting_classes_drops_or_merges_and_a_rare_other_is_dropped():
+    vocabulary = labels.make_vocabulary({"A": 50, "B": 20, "C": 5}, min_examples=10, rare_classes="other")
+    merged = labels.demote_classes(vocabulary, {"B"}, "other")
+    assert merged.names == ("A", "OTHER") and merged.mapping == {"A": "A", "B": "OTHER", "C": "OTHER"}
+    dropped = labels.demote_classes(merged, {"OTHER"}, "other")
+    assert dropped.names == ("A",) and dropped.mapping["B"] is None and dropped.mapping["C"] is None
+    assert labels.demote_classes(vocabulary, {"B"}, "drop").mapping == {"A": "A", "B": None, "C": "OTHER"}

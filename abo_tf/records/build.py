@@ -109,6 +109,15 @@ class BuildOptions:
         group=_SPLIT,
         help="fractions of the groups of images, summing to 1",
     )
+    min_groups_per_split: tuple[int, ...] = options_lib.option(
+        (1, 1, 1),
+        nargs=3,
+        metavar=("TRAIN", "VALIDATION", "TEST"),
+        minimum=0,
+        group=_SPLIT,
+        help="product types with fewer groups than these in each split (of positive fraction) are dropped (or "
+        "merged); a group is images joined by listing, item, bytes or --join-near-duplicates",
+    )
     max_listings_per_image: int = options_lib.option(
         50, minimum=1, group=_SPLIT, help="drop boilerplate images shown by more listings"
     )
@@ -154,6 +163,11 @@ class BuildOptions:
             raise UserInputError(
                 f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1"
             )
+        if len(tuple(self.min_groups_per_split)) != 3:
+            raise UserInputError(
+                f"--min-groups-per-split {tuple(self.min_groups_per_split)} must be three group counts "
+                "(train, validation, test), e.g. 1 1 1"
+            )
 
     def output_options(self):
         """The options that determine the records' bytes, as saved in the manifest.
@@ -163,6 +177,7 @@ class BuildOptions:
         """
         values = dataclasses.asdict(self)
         values["split_fractions"] = list(self.split_fractions)
+        values["min_groups_per_split"] = list(self.min_groups_per_split)
         for name, default_name in _ID_FILES.items():
             if values[name] is None:
                 del values[name]
@@ -176,6 +191,9 @@ class BuildOptions:
 _ID_FILES = {"join_near_duplicates": "near_duplicates.csv", "exclude_images": "label_issues.csv"}
 _PAIR_COLUMNS = ("image_id_a", "image_id_b")
 EXCLUDED = "excluded"  # the drop reason of --exclude-images
+# Drop reasons (and, under --rare-classes other, merge reasons) of the images of types too rare to be a class:
+# fewer images than --min-examples-per-class (or past --max-classes), or fewer groups than --min-groups-per-split.
+RARE_CLASS, RARE_CLASS_GROUPS = "rare_class", "rare_class_groups"
 
 
 def _flag(name):
@@ -306,6 +324,7 @@ class _Prepared:
     report: archive.ListingsReport
     vocabulary: labels.Vocabulary
     conflicts: dict
+    rare_classes: dict
     images_csv_sha256: str
     images_csv_rows: int
     scanned_content_sha256: str
@@ -476,7 +495,7 @@ def _label_images(candidates, options):
     )
     for image_id, product_type in image_types.items():
         if vocabulary.mapping[product_type] is None:
-            candidates.image_status[image_id] = "rare_class"
+            candidates.image_status[image_id] = RARE_CLASS
     conflicts = {
         "items": labels.count_conflicting_items(selected),
         "images": conflicting_images,
@@ -485,8 +504,8 @@ def _label_images(candidates, options):
     return vocabulary, image_types, conflicts
 
 
-def _plan_splits(candidates, options, near_duplicates=()):
-    """Returns dict split -> image ids in their seeded, shuffled order."""
+def _group_kept(candidates, near_duplicates=()):
+    """Dict image id -> group key of the images still kept (listings, items, bytes, near-duplicate pairs)."""
     kept = _surviving(candidates)
     kept_set = set(kept)
     pairs = (
@@ -501,10 +520,61 @@ def _plan_splits(candidates, options, near_duplicates=()):
         (candidates.keeper.get(first, first), candidates.keeper.get(second, second))
         for first, second in near_duplicates
     ]
-    groups = split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept}, joined)
-    split_of = split.assign_splits(groups, options.split_fractions, options.seed)
+    return split.group_images(pairs, {image_id: candidates.sha256[image_id] for image_id in kept}, joined)
+
+
+def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
+    """Drops (or merges into OTHER) the classes with fewer groups than the split's floors need.
+
+    Demoting a class only adds groups to the others under "drop"; under "other"
+    the merged images may outvote a kept class in a mixed group, so the counts are
+    taken again until every class left has its groups. OTHER is dropped only when
+    it is the last class short of them: the classes merged into it may fill it.
+
+    Returns:
+      `(vocabulary, dict group key -> class, groups with images of more than one type)`; images left
+      without a class are marked rare_class_groups.
+    """
+    needed = sum(split.positive_floors(options.split_fractions, options.min_groups_per_split))
+    types_of_group = split.types_per_group(groups, image_types)
+    while True:
+        class_of_group = split.class_of_groups(types_of_group, vocabulary.mapping)
+        groups_per_class = collections.Counter(class_of_group.values())
+        rare = {name for name in vocabulary.names if groups_per_class[name] < needed}
+        if not rare:
+            break
+        if rare != {labels.OTHER}:
+            rare.discard(labels.OTHER)  # the classes merged into it this round may give it its groups
+        vocabulary = labels.demote_classes(vocabulary, rare, options.rare_classes)
+    for image_id in groups:
+        if vocabulary.mapping[image_types[image_id]] is None:
+            candidates.image_status[image_id] = RARE_CLASS_GROUPS
+    return vocabulary, class_of_group, sum(len(types) > 1 for types in types_of_group.values())
+
+
+def _rare_class_counts(options, by_images, final, image_types):
+    """Product types (and their images) that are no class of their own, by the floor they missed."""
+    reasons = {}
+    for product_type in by_images.mapping:
+        if final.mapping[product_type] != by_images.mapping[product_type]:
+            reasons[product_type] = RARE_CLASS_GROUPS
+        elif by_images.mapping[product_type] != product_type:
+            reasons[product_type] = RARE_CLASS
+    images = collections.Counter(reasons[name] for name in image_types.values() if name in reasons)
+    return {
+        "action": options.rare_classes,
+        "types": dict(sorted(collections.Counter(reasons.values()).items())),
+        "images": dict(sorted(images.items())),
+    }
+
+
+def _plan_splits(candidates, options, groups, class_of_group):
+    """Returns dict split -> image ids in their seeded, shuffled order."""
+    split_of = split.assign_splits(
+        groups, class_of_group, options.split_fractions, options.seed, options.min_groups_per_split
+    )
     members = collections.defaultdict(list)
-    for image_id in kept:
+    for image_id in _surviving(candidates):
         members[split_of[image_id]].append(image_id)
     return {name: split.shuffle_order(members[name], options.seed) for name in split.SPLITS}
 
@@ -524,24 +594,35 @@ class PlanItem(NamedTuple):
     product_type: str
     item_id: str
     copy_size: tuple | None  # (height, width) when the file is stored as-is, else None
+    group: str  # key of its group (the split's unit), for the manifest's groups per class
 
 
-def _record_item(candidates, image_index, vocabulary, image_types, image_id):
+def _record_item(candidates, image_index, vocabulary, image_types, groups, image_id):
     label, name = vocabulary.label_of(image_types[image_id])
     item_id = min(candidates.listings[listing].item_id for listing in candidates.listings_of_image[image_id])
     path, offset, size = image_index.locate(image_id)
     return PlanItem(
-        image_id, path, offset, size, candidates.sha256[image_id], label, name, item_id, candidates.copy_size[image_id]
+        image_id,
+        path,
+        offset,
+        size,
+        candidates.sha256[image_id],
+        label,
+        name,
+        item_id,
+        candidates.copy_size[image_id],
+        groups[image_id],
     )
 
 
-def _make_plan(candidates, image_index, vocabulary, image_types, split_members, options):
+def _make_plan(candidates, image_index, vocabulary, image_types, split_members, groups, options):
     """The shards, each a list of pieces, each a list of record items, plus a fingerprint."""
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     for name in split.SPLITS:
         items = [
-            _record_item(candidates, image_index, vocabulary, image_types, image_id) for image_id in split_members[name]
+            _record_item(candidates, image_index, vocabulary, image_types, groups, image_id)
+            for image_id in split_members[name]
         ]
         num_shards = shards.num_shards_for(sum(item.size for item in items), shard_bytes)
         for index, shard_items in enumerate(shards.split_evenly(items, num_shards)):
@@ -732,7 +813,7 @@ def _write_shard(options, shard, encoded, bar):
             digest.update(data)
             # Built from the plan's items, whose strings are shared, not from the worker's copies.
             result["written"] += [
-                (item.image_id, item.sha256, item.label) for item in piece if item.image_id not in rejected
+                (item.image_id, item.sha256, item.label, item.group) for item in piece if item.image_id not in rejected
             ]
             result["rejected"].update(rejected)
             result["reencoded"] += reencoded
@@ -752,7 +833,7 @@ def _check_no_leak(shard_results):
     """Aborts if an image id or an image content was written to two splits."""
     split_of = {}
     for result in shard_results:
-        for image_id, digest, _ in result["written"]:
+        for image_id, digest, *_ in result["written"]:
             for key in (("id", image_id), ("sha256", digest)):
                 if split_of.setdefault(key, result["split"]) != result["split"]:
                     raise BuildError(
@@ -763,7 +844,7 @@ def _check_no_leak(shard_results):
 
 def _account(candidates, listings_report, shard_results):
     """Final status of every listing and image; checks kept + dropped == read."""
-    written = {image_id for result in shard_results for image_id, _, _ in result["written"]}
+    written = {image_id for result in shard_results for image_id, *_ in result["written"]}
     for result in shard_results:
         candidates.image_status.update(result["rejected"])
     for image_id in written:
@@ -783,14 +864,16 @@ def _account(candidates, listings_report, shard_results):
 
 
 def _split_summary(plan, shard_results, vocabulary):
-    splits = {}
+    """Per split: examples, bytes, images per class, groups with an image of each class, and the shards."""
+    splits, class_groups = {}, collections.defaultdict(set)
     for shard, result in zip(plan["shards"], shard_results):
         entry = splits.setdefault(
             shard["split"], {"num_examples": 0, "num_bytes": 0, "per_class": collections.Counter(), "shards": []}
         )
         entry["num_examples"] += len(result["written"])
         entry["num_bytes"] += result["num_bytes"]
-        entry["per_class"].update(vocabulary.names[label] for _, _, label in result["written"])
+        entry["per_class"].update(vocabulary.names[label] for _, _, label, _ in result["written"])
+        class_groups[shard["split"]].update((label, group) for _, _, label, group in result["written"])
         entry["shards"].append(
             {
                 "file": shard["file"],
@@ -799,8 +882,10 @@ def _split_summary(plan, shard_results, vocabulary):
                 "sha256": result["sha256"],
             }
         )
-    for entry in splits.values():
+    for name, entry in splits.items():
         entry["per_class"] = dict(sorted(entry["per_class"].items()))
+        groups = collections.Counter(vocabulary.names[label] for label, _ in class_groups[name])
+        entry["groups_per_class"] = dict(sorted(groups.items()))
     return splits
 
 
@@ -844,6 +929,7 @@ def _make_manifest(options, plan, prepared, shard_results, elapsed):
             "reencoded": sum(result["reencoded"] for result in shard_results),
         },
         "label_conflicts": prepared.conflicts,
+        "rare_classes": prepared.rare_classes,
         "elapsed_seconds": round(elapsed, 2),
     }
 
@@ -878,19 +964,27 @@ def _prepare(options, image_index, reader, report, pool):
     _check_known_ids(excluded, referenced, "exclude_images")
     _scan(candidates, image_index, reader, pool, options)
     _drop_duplicate_content(candidates)
-    vocabulary, image_types, conflicts = _label_images(candidates, options)
+    by_images, image_types, conflicts = _label_images(candidates, options)
+    groups = _group_kept(candidates, near_duplicates)
+    vocabulary, class_of_group, conflicts["groups"] = _apply_group_floors(
+        candidates, options, by_images, image_types, groups
+    )
+    conflicts["group_rule"] = split.GROUP_RULE
     if len(vocabulary.names) < 2:
         raise UserInputError(
-            f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images: lower "
-            f"--min-examples-per-class or give more data"
+            f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images and "
+            f"{' '.join(map(str, options.min_groups_per_split))} groups per split: lower --min-examples-per-class "
+            "or --min-groups-per-split, or give more data"
         )
-    split_members = _plan_splits(candidates, options, near_duplicates)
-    plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
+    split_members = _plan_splits(candidates, options, groups, class_of_group)
+    plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, groups, options)
+    del groups, class_of_group
     prepared = _Prepared(
         candidates,
         report,
         vocabulary,
         conflicts,
+        _rare_class_counts(options, by_images, vocabulary, image_types),
         image_index.csv_sha256,
         image_index.num_rows,
         _content_digest(candidates),
@@ -982,6 +1076,24 @@ def _build(options, folder, start):
     return manifest
 
 
+def unmeasured_classes(manifest):
+    """Dict split -> the classes without an image in it, for the splits of positive fraction that lack some.
+
+    The split gives every class an image in every such split; only an image rejected while
+    written (it passed the scan's structure check, then failed to decode) can take the last one away.
+    """
+    options = manifest["options"]
+    # A build from before the group floors promised nothing: its floors count as 0.
+    floors = split.positive_floors(options["split_fractions"], options.get("min_groups_per_split", (0, 0, 0)))
+    missing = {}
+    for name, floor in zip(split.SPLITS, floors):
+        per_class = manifest["splits"].get(name, {}).get("per_class", {})
+        absent = [label for label in manifest["classes"] if not per_class.get(label)]
+        if absent and floor > 0:
+            missing[name] = absent
+    return missing
+
+
 def format_summary(manifest):
     """The manifest as the lines a person reads after a build: splits, drops, warnings, time."""
     lines = [f"{'split':<12}{'examples':>10}{'shards':>8}{'MB':>10}"]
@@ -1009,6 +1121,18 @@ def format_summary(manifest):
             lines.append(f"WARNING: partial read of the {kind}: {cut}")
     conflicts = manifest["label_conflicts"]
     lines.append(f"label conflicts: {conflicts['items']} items, {conflicts['images']} images ({conflicts['rule']})")
+    if "groups" in conflicts:
+        lines.append(f"groups of more than one type: {conflicts['groups']} ({conflicts['group_rule']})")
+    rare = manifest.get("rare_classes", {})
+    if rare.get("types"):
+        counts = ", ".join(
+            f"{reason} {count} ({rare['images'].get(reason, 0)} images)" for reason, count in rare["types"].items()
+        )
+        lines.append(f"product types not kept as classes ({rare['action']}): {counts}")
+    for name, missing in unmeasured_classes(manifest).items():
+        lines.append(
+            f"WARNING: {len(missing)} classes have no {name} image (e.g. {missing[0]}): rejected while written"
+        )
     rate = images_["kept"] / manifest["elapsed_seconds"] if manifest["elapsed_seconds"] else 0.0
     lines.append(f"time: {manifest['elapsed_seconds']:.1f} s ({rate:.0f} images/s)")
     return "\n".join(lines)

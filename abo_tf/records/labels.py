@@ -84,3 +84,24 @@ def make_vocabulary(examples_per_type, min_examples=1, max_classes=None, rare_cl
     mapping = {name: name if name in frequent else fallback for name in ranked}
     names = tuple(sorted({name for name in mapping.values() if name is not None}))
     return Vocabulary(names, mapping)
+
+
+def demote_classes(vocabulary, rare_names, rare_classes="drop"):
+    """The vocabulary with the classes `rare_names` dropped or merged into OTHER.
+
+    OTHER itself, when rare, is dropped: there is nothing left to merge it into.
+
+    Args:
+      vocabulary: a `Vocabulary`.
+      rare_names: class names of `vocabulary` that are no longer classes of their own.
+      rare_classes: "drop" their examples or merge them into "other".
+
+    Returns:
+      A `Vocabulary`.
+    """
+    fallback = OTHER if rare_classes == "other" else None
+    mapping = {
+        product_type: name if name not in rare_names else None if name == OTHER else fallback
+        for product_type, name in vocabulary.mapping.items()
+    }
+    return Vocabulary(tuple(sorted({name for name in mapping.values() if name is not None})), mapping)

@@ -104,13 +104,14 @@ def _split_problem(name, entry, class_names):
             return f"shard {index} of {name!r} is not {expected!r} with an example count"
     if sum(shard["num_examples"] for shard in entry["shards"]) != entry["num_examples"]:
         return f"the shards of {name!r} do not add up to its {entry['num_examples']} examples"
-    per_class = entry.get("per_class", {})
-    if (
-        not isinstance(per_class, dict)
-        or set(per_class) - set(class_names)
-        or not all(map(_is_count, per_class.values()))
-    ):
-        return f"split {name!r} counts classes the build does not have"
+    for key in ("per_class", "groups_per_class"):
+        per_class = entry.get(key, {})
+        if (
+            not isinstance(per_class, dict)
+            or set(per_class) - set(class_names)
+            or not all(map(_is_count, per_class.values()))
+        ):
+            return f"split {name!r} counts classes the build does not have"
     return None
 
 

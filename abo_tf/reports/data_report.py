@@ -264,7 +264,11 @@ def image_sizes(store):
 
 
 def build_tables(manifest):
-    """From a build's manifest: drops by stage and reason, and examples per class and split."""
+    """From a build's manifest: drops by stage and reason, and images (and groups) per class and split.
+
+    `NAME_groups` counts the split's groups with an image of the class (the split's unit: images joined by
+    listing, item or bytes); a build from before the class-aware split has no such column.
+    """
     import pandas as pd
 
     drops = [
@@ -280,6 +284,10 @@ def build_tables(manifest):
     totals = balance[splits].sum(axis=1).replace(0, np.nan)
     for name in splits:
         balance[f"{name}_share"] = balance[name] / totals
+    for name in splits:
+        groups = manifest["splits"][name].get("groups_per_class")
+        if groups is not None:
+            balance[f"{name}_groups"] = [groups.get(label, 0) for label in manifest["classes"]]
     return drops, balance
 
 
@@ -550,8 +558,22 @@ def _report(options, overview, tables, has_build):
             "",
             _markdown_table(tables["build_drops"], ["stage", "reason", "count"]),
             "",
+            _split_coverage(tables["split_balance"]),
+            "",
         ]
     return "\n".join(lines)
+
+
+def _split_coverage(balance):
+    """One sentence: per split, the classes without an image and the fewest groups of a class."""
+    parts = []
+    for name in split_lib.SPLITS:
+        if name in balance:
+            fewest = (
+                f", fewest groups of a class {balance[f'{name}_groups'].min()}" if f"{name}_groups" in balance else ""
+            )
+            parts.append(f"{name}: {int((balance[name] == 0).sum())} classes without an image{fewest}")
+    return f"Per split (all of it in `split_balance.csv`): {'; '.join(parts)}."
 
 
 def analyze(options):
