@@ -1,4 +1,4 @@
-"""The item bootstrap: resampled figures against the metrics, a case worked by hand, coverage, item vs image resampling."""
+"""The item bootstrap: resampled figures vs the metrics, a case worked by hand, coverage, items vs images."""
 
 import itertools
 import math

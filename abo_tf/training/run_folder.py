@@ -6,7 +6,8 @@
       logs/                TensorBoard
       history.csv          one row per epoch, `HistoryRow`'s fields
       training_curves.png  loss and accuracy per epoch
-      metrics.json         validation and test metrics (abo_tf.reports.metrics)
+      metrics.json         validation and test metrics (abo_tf.reports.metrics), with 95% intervals by item
+      test_predictions.csv the test split image by image (abo_tf.reports.predictions_file), for paired comparisons
       labels.txt           class names, label order
       model.keras          the Keras model (Grad-CAM, features, fine-tuning)
       saved_model/         the SavedModel users ship (abo_tf.training.export)
@@ -22,6 +23,7 @@ import typing
 
 from abo_tf.common import config, files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.reports import predictions_file
 
 CONFIG = config.RUN_CONFIG
 CHECKPOINTS = "checkpoints"
@@ -29,12 +31,13 @@ LOGS = "logs"
 HISTORY = "history.csv"
 CURVES = "training_curves.png"
 METRICS = "metrics.json"
+TEST_PREDICTIONS = predictions_file.TEST_PREDICTIONS
 LABELS = "labels.txt"
 KERAS_MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
 POOL_LAYER = "pool"  # the pooled backbone features, input of the classification head
 # What a run writes at its top level: what `train --output` may replace in its own folder.
-FILES = (CONFIG, CHECKPOINTS, LOGS, HISTORY, CURVES, METRICS, LABELS, KERAS_MODEL, SAVED_MODEL)
+FILES = (CONFIG, CHECKPOINTS, LOGS, HISTORY, CURVES, METRICS, TEST_PREDICTIONS, LABELS, KERAS_MODEL, SAVED_MODEL)
 
 
 @dataclasses.dataclass(frozen=True)
