@@ -142,7 +142,7 @@ class _Resampled(NamedTuple):
     samples: list  # per system: {scope: {figure: float [R]}}
 
 
-def _scopes(num_classes, strata):
+def _scopes(strata):
     """Scope name -> class mask: None (all classes) for "all", then each stratum."""
     scopes = {"all": None}
     if strata is not None:
@@ -159,7 +159,7 @@ def _resample(systems, num_classes, strata, samples, seed):
     transposed = [
         _class_counts(system, code, num_clusters, num_classes).T.tocsr() for system, code in zip(systems, codes)
     ]
-    scopes = _scopes(num_classes, strata)
+    scopes = _scopes(strata)
 
     def figures(counts):
         return {scope: figures_from_counts(counts, num_classes, mask) for scope, mask in scopes.items()}
