@@ -411,7 +411,7 @@ def test_report_gives_intervals_and_the_best_trial_minus_the_default_config(tmp_
     study = optuna.create_study(direction="maximize")
     default = _fake_trial(study, tmp_path, 0, np.where(rng.random(60) < 0.5, labels, (labels + 1) % 3), labels, True)
     best = _fake_trial(study, tmp_path, 1, np.where(np.arange(60) < 57, labels, 0), labels)
-    rows = report.comparison_rows(study, str(tmp_path), "macro_f1")
+    rows = report.formatted_rows(study, str(tmp_path), "macro_f1")
     low, high = best["intervals"]["macro_f1"]
     assert rows[1][:2] == ("best trial", 1) and rows[1][3] == f"{best['macro_f1']:.3f} [{low:.3f}, {high:.3f}]"
     assert rows[0][2].startswith(f"{default['macro_f1']:.4f} [")

@@ -103,12 +103,17 @@ def _draw_figures(study, tune_dir, num_params):
     return drawn
 
 
-def trial_metrics(tune_dir, trial, split="test"):
+def _trial_metrics(tune_dir, trial, split):
     """The figures of a finished trial's run on `split` (metrics.json), or None."""
     if trial is None:
         return None
     results = run_folder.load_metrics(trials_lib.trial_dir(tune_dir, trial.number)) or {}
     return results.get(split)
+
+
+def trial_test_metrics(tune_dir, trial):
+    """The test figures of a finished trial's run (metrics.json), or None."""
+    return _trial_metrics(tune_dir, trial, "test")
 
 
 def default_trial(study):
@@ -119,22 +124,38 @@ def default_trial(study):
     return None
 
 
-def comparison_rows(study, tune_dir, objective):
-    """(name, trial, validation objective, test macro F1, test accuracy) of the default config and the best trial.
+def _compared_trials(study):
+    return (("default config", default_trial(study)), ("best trial", best_trial(study)))
 
-    Figures are strings with their 95% interval by item when the trial's metrics.json has one (`0.812 [0.790, 0.833]`).
-    """
+
+def comparison_rows(study, tune_dir):
+    """(name, trial, validation objective, test macro F1, test accuracy) of the default config and the best trial."""
     rows = []
-    for name, trial in (("default config", default_trial(study)), ("best trial", best_trial(study))):
-        validation = trial_metrics(tune_dir, trial, "validation") or {}
-        test = trial_metrics(tune_dir, trial) or {}
-        key = trials_lib.OBJECTIVES[objective][1]
-        interval = (validation.get("intervals") or {}).get(key)
+    for name, trial in _compared_trials(study):
+        test = trial_test_metrics(tune_dir, trial) or {}
         rows.append(
             (
                 name,
                 "n/a" if trial is None else trial.number,
-                bootstrap.format_interval(None if trial is None else trial.value, interval, 4),
+                None if trial is None else trial.value,
+                test.get("macro_f1"),
+                test.get("accuracy"),
+            )
+        )
+    return rows
+
+
+def formatted_rows(study, tune_dir, objective):
+    """`comparison_rows` as text, each figure with its 95% interval by item when the trial's metrics.json has one."""
+    rows = []
+    for row, (_, trial) in zip(comparison_rows(study, tune_dir), _compared_trials(study)):
+        validation = _trial_metrics(tune_dir, trial, "validation") or {}
+        test = trial_test_metrics(tune_dir, trial) or {}
+        interval = (validation.get("intervals") or {}).get(trials_lib.OBJECTIVES[objective][1])
+        rows.append(
+            (
+                *row[:2],
+                bootstrap.format_interval(row[2], interval, 4),
                 metrics.figure_with_interval(test, "macro_f1"),
                 metrics.figure_with_interval(test, "accuracy"),
             )
@@ -178,7 +199,7 @@ def write_report(study, tune_dir, tune_options, num_params, difference_line):
         "## Default config against the best trial",
         "",
         markdown.table(
-            comparison_rows(study, tune_dir, tune_options.objective),
+            formatted_rows(study, tune_dir, tune_options.objective),
             ("config", "trial", f"validation {tune_options.objective}", "test macro F1", "test accuracy"),
         ),
         "",
@@ -213,9 +234,7 @@ def write_all(search):
     difference_line = _difference_line(best_minus_default(search.study, tune_dir, samples, seed), samples, seed)
     write_report(search.study, tune_dir, search.options, len(search.space), difference_line)
     lines = []
-    for name, number, value, test_f1, test_accuracy in comparison_rows(
-        search.study, tune_dir, search.options.objective
-    ):
+    for name, number, value, test_f1, test_accuracy in formatted_rows(search.study, tune_dir, search.options.objective):
         lines.append(
             f"{name} (trial {number}): validation {value}, test macro F1 {test_f1}, test accuracy {test_accuracy}"
         )
