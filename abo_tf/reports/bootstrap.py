@@ -28,6 +28,7 @@ import numpy as np
 from scipy import sparse
 
 from abo_tf.common import options
+from abo_tf.reports import metrics
 
 DEFAULT_SAMPLES = 1000
 CONFIDENCE = 0.95
@@ -255,8 +256,6 @@ def paired_differences(first, second, num_classes, samples=DEFAULT_SAMPLES, seed
 
 def format_interval(value, interval, digits=3):
     """`0.812 [0.790, 0.833]`; the figure alone without an interval; "n/a" without a figure."""
-    from abo_tf.reports import metrics
-
     text = metrics.format_figure(value, digits)
     if interval is None or text == "n/a":
         return text

@@ -301,14 +301,16 @@ def evaluation_metrics(
     return result
 
 
-def metrics_without(labels, predictions, scores, train_counts, keep, groups=None, bootstrap_samples=None, seed=0, **kw):
+def metrics_without(
+    labels, predictions, scores, train_counts, keep, groups=None, bootstrap_samples=None, seed=0, **options
+):
     """`evaluation_metrics` of the images in `keep` (e.g. without near-duplicates of training images), compared.
 
     Args:
       labels, predictions, scores, train_counts, groups, bootstrap_samples, seed: as `evaluation_metrics`, for
         every image of the split.
       keep: bool [N], the images kept.
-      **kw: the other options of `evaluation_metrics`.
+      **options: the other options of `evaluation_metrics`.
 
     Returns:
       The kept images' metrics, with "num_excluded" and, with intervals,
@@ -328,7 +330,7 @@ def metrics_without(labels, predictions, scores, train_counts, keep, groups=None
         groups=kept_groups,
         bootstrap_samples=bootstrap_samples,
         seed=seed,
-        **kw,
+        **options,
     )
     result["num_excluded"] = int((~keep).sum())
     if "bootstrap" in result:

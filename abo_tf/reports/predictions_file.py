@@ -1,9 +1,9 @@
-"""test_predictions.csv: a system's test split image by image, what paired comparisons (CNN vs baselines, best
-trial vs default config) resample.
+"""test_predictions.csv: a model's test split image by image, for the paired comparisons.
 
-One row per image: image_id, item_id (the bootstrap's unit), label and predicted (class names, so systems with
-other label orders still pair), top5_hit (1 when the label is among the 5 best scores). Rows in image_id order:
-the same predictions give the same bytes.
+The paired comparisons (CNN vs baselines, best trial vs default config) resample it. One row per image:
+image_id, item_id (the bootstrap's unit), label and predicted (class names, so models with other label
+orders still pair), top5_hit (1 when the label is among the 5 best scores). Rows in image_id order: the
+same predictions give the same bytes.
 """
 
 import os
@@ -11,7 +11,9 @@ import os
 import numpy as np
 
 from abo_tf.common.errors import UserInputError
-from abo_tf.reports import bootstrap
+
+# No import of the bootstrap (nor of scikit-learn behind it) here: run_folder names this file, and every command
+# that reads a run imports run_folder.
 
 TEST_PREDICTIONS = "test_predictions.csv"
 COLUMNS = ("image_id", "item_id", "label", "predicted", "top5_hit")
@@ -65,6 +67,8 @@ def paired(first, second):
     Returns:
       `(first Scored, second Scored, number of classes)`, rows matched by image_id, or None.
     """
+    from abo_tf.reports import bootstrap
+
     if first is None or second is None or len(first) != len(second):
         return None
     first, second = (frame.sort_values("image_id", kind="stable").reset_index(drop=True) for frame in (first, second))
@@ -86,13 +90,16 @@ def paired(first, second):
     return scored(first), scored(second), len(classes)
 
 
-def compare(first_folder, second_folder, samples, seed, figures=bootstrap.FIGURES):
+def compare(first_folder, second_folder, samples, seed, figures=None):
     """`bootstrap.paired_differences` of two folders' test predictions (first minus second), or None.
 
     None when a folder has no test_predictions.csv, the two scored other images, or `samples` is 0.
+    `figures`: those compared, default all of `bootstrap.FIGURES`.
     """
+    from abo_tf.reports import bootstrap
+
     pair = paired(read(first_folder), read(second_folder)) if samples else None
     if pair is None:
         return None
     first, second, num_classes = pair
-    return bootstrap.paired_differences(first, second, num_classes, samples, seed, figures)
+    return bootstrap.paired_differences(first, second, num_classes, samples, seed, figures or bootstrap.FIGURES)
