@@ -20,10 +20,12 @@ Output folder:
     features/                      the feature cache (see abo_tf.features), unless --cache-dir
     <features>-<model>/            model.skops (the fitted pipeline), baseline.json (search,
                                    choice, timings, SHA-256 of model.skops), metrics.json
-                                   ({"validation", "test"}), per_class.csv, confusion_matrix.png;
+                                   ({"validation", "test"}, with 95% intervals), per_class.csv,
+                                   test_predictions.csv, confusion_matrix.png;
                                    handcrafted features also importance.csv, coefficients.csv
                                    (logreg) and interpretation.png
-    comparison.md, comparison.csv  every baseline in this folder and every CNN run under --runs
+    comparison.md, comparison.csv  every baseline in this folder and every CNN run under --runs,
+                                   and each run minus each baseline (paired bootstrap by item)
 
 Memory at full ABO size (~400k x 2048 float32 = 3.3 GB of CNN features):
 features are memory-mapped from the cache, never loaded whole. `sgd` always

@@ -11,8 +11,9 @@ run's model.keras on the split, as training does (abo_tf.training.parity), and
 prints the result. The report folder gets:
 
     metrics.json         accuracy, top-5, macro and weighted P/R/F1, the same per
-                         frequency stratum (head/torso/tail by training examples), ECE
-    per_class.csv        support, precision, recall, F1, training examples, stratum
+                         frequency stratum (head/torso/tail by training examples), ECE;
+                         95% intervals by a bootstrap over items (--bootstrap-samples)
+    per_class.csv        support, precision, recall, F1, in_macro_average, training examples, stratum
     per_class_f1.png     a bar per class up to 40 classes, else F1 against training examples
     confusion_matrix.png the N most frequent classes plus "all others" (and .csv)
     confused_pairs.csv   every (true, predicted) pair of mistakes, most frequent first

@@ -321,6 +321,9 @@ def test_baselines_exclude_removes_only_the_listed_images(audited):
         assert without["num_excluded"] == len(leaked) and without["num_examples"] == keep.sum()
         hand = (result.predictions[keep] == data.labels[keep]).mean()
         assert without["accuracy"] == pytest.approx(hand)
+        difference = without["difference_with_excluded"]["accuracy"]  # all minus without, paired by item
+        assert difference["difference"] == pytest.approx(result.metrics["accuracy"] - hand)
+        assert difference["interval"][0] <= difference["difference"] <= difference["interval"][1]
     assert _leaked_by_hand(audited["report"], "test")  # the test split did lose images
 
 
@@ -350,7 +353,8 @@ def test_evaluate_exclude_removes_only_the_listed_images(audited, trained_run, t
     assert without["num_excluded"] == len(leaked) > 0
     assert without["num_examples"] == result["num_examples"] - len(leaked)
     assert without["accuracy"] == pytest.approx(1 - len(mistakes - leaked) / without["num_examples"])
-    assert "## Without near-duplicates of training images" in open(os.path.join(report, "report.md")).read()
+    markdown = open(os.path.join(report, "report.md")).read()
+    assert "## Without near-duplicates of training images" in markdown and "| all minus without |" in markdown
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,9 @@ from abo_tf.classical import (
     persistence,
     search,
 )
-from abo_tf.common import config
+from abo_tf.common import config, files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
-from abo_tf.reports import metrics
+from abo_tf.reports import metrics, predictions_file
 from abo_tf.testing import synthetic_features
 from abo_tf.training import run_folder
 
@@ -75,7 +75,8 @@ def _majority_metrics(splits):
 
 
 def _fake_cnn_run(runs_dir, splits):
-    """A run folder as abo_tf.train leaves it, minus the model: config.toml, history.csv, metrics.json."""
+    """A run folder as abo_tf.train leaves it, minus the model: config.toml, history.csv, metrics.json (with
+    intervals), test_predictions.csv. It predicts class 0 for every image."""
     run = os.path.join(runs_dir, "tiny_cnn")
     config.save_run_config(run, {"model": "mobilenet_v3_small", "image_size": 32})
     history = [
@@ -86,9 +87,12 @@ def _fake_cnn_run(runs_dir, splits):
     test = splits["test"]
     num_classes = len(test.classes)
     predictions = np.zeros_like(test.labels)
-    result = metrics.classification_metrics(test.labels, predictions, np.eye(num_classes)[predictions], num_classes)
-    with open(os.path.join(run, "metrics.json"), "w") as handle:
-        json.dump({"validation": result, "test": result}, handle)
+    scores = np.eye(num_classes)[predictions]
+    counts = np.bincount(splits["train"].labels, minlength=num_classes)
+    result = metrics.evaluation_metrics(test.labels, predictions, scores, counts, groups=test.item_ids)
+    files.write_json(os.path.join(run, "metrics.json"), {"validation": result, "test": result})
+    hits = metrics.top_k_hits(test.labels, scores)
+    predictions_file.write(run, test.image_ids, test.item_ids, test.labels, predictions, hits, test.classes)
     return run
 
 
@@ -418,25 +422,43 @@ def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
     with open(os.path.join(output, "comparison.md")) as handle:
         markdown = handle.read()
     assert markdown == trained["comparison"] and all(f"| {name} |" in markdown for name in expected)
+    assert (table["macro_f1_low"] <= table["macro_f1"]).all() and (table["macro_f1"] <= table["macro_f1_high"]).all()
+    assert f"| {run['macro_f1']:.3f} [{run['macro_f1_low']:.3f}, {run['macro_f1_high']:.3f}] |" in markdown
+
+
+def test_comparison_gives_the_paired_difference_of_the_cnn_and_each_baseline(trained):
+    markdown = trained["comparison"]
+    paired = markdown[markdown.index("## CNN minus each baseline") :]
+    assert "paired bootstrap over items (1000 resamples, seed 0)" in paired
+    run = trained["splits"]["test"]
+    for model in classifiers.MODELS:
+        baseline_f1 = trained["results"][model]["metrics"]["test"]["macro_f1"]
+        run_f1 = metrics.classification_metrics(run.labels, np.zeros_like(run.labels))["macro_f1"]
+        row = next(line for line in paired.splitlines() if line.startswith(f"| tiny_cnn | handcrafted-{model} |"))
+        accuracy, macro_f1 = row.split(" | ")[2:4]
+        assert macro_f1.startswith(f"{run_f1 - baseline_f1:+.3f} [") and accuracy.count("[") == 1
 
 
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
-    fields = comparison.COMPARISON_FIELDS
+    fields = [field for field in comparison.COMPARISON_FIELDS if not field.endswith(("_low", "_high"))]
     values = [
         ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
         ("unfinished", "cnn", "? @ ? px", None, None, None, None, None, None, "runs/unfinished"),
         ("handcrafted-logreg", "baseline (logreg)", "handcrafted", 0.96, 0.7404, 1.0, 1.44, 668.7, 75, "out/hc-logreg"),
     ]
     rows = [dict(zip(fields, row, strict=True)) for row in values]
+    rows[2] |= {"macro_f1_low": 0.70119, "macro_f1_high": 0.77}  # intervals where metrics.json has them
     text = comparison.write_comparison(rows, str(tmp_path))
     assert text.splitlines()[:5] == [
         "| model | kind | features | accuracy | macro F1 | top-5 | training (s) | inference (img/s) | test images |",
         "|---|---|---|---|---|---|---|---|---|",
-        "| handcrafted-logreg | baseline (logreg) | handcrafted | 0.960 | 0.740 | 1.000 | 1.4 | 669 | 75 |",
+        "| handcrafted-logreg | baseline (logreg) | handcrafted | 0.960 | 0.740 [0.701, 0.770] | 1.000 | 1.4 | 669 "
+        "| 75 |",
         "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
         "| unfinished | cnn | ? @ ? px | n/a | n/a | n/a | n/a | n/a | n/a |",
     ]
-    assert text.endswith("(n/a: no saved_model/ or not measured).\n")
+    # Folders without test_predictions.csv: the paired differences are n/a.
+    assert "| tiny_cnn | handcrafted-logreg | n/a | n/a | n/a |" in text
     assert (tmp_path / "comparison.md").read_text() == text
     assert pd.read_csv(tmp_path / "comparison.csv")["name"].tolist() == ["handcrafted-logreg", "tiny_cnn", "unfinished"]
 

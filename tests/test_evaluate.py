@@ -71,6 +71,30 @@ def test_metrics_match_the_training_runs_own_evaluation(report, trained_run, bui
     # The sample's classes all have fewer than 1000 training images: the head is empty (null, not 0).
     assert result["strata"]["head"]["num_examples"] == 0 and result["strata"]["head"]["macro_f1"] is None
     assert sum(entry["num_examples"] for entry in result["strata"].values()) == result["num_examples"]
+    # Both resample the same items (the records' item_id) with the same seed: the same intervals.
+    assert result["bootstrap"] == trained["bootstrap"] and result["bootstrap"]["unit"] == "item_id"
+    assert result["bootstrap"]["clusters"] < result["num_examples"]  # the sample's items have several views
+    for key, interval in trained["intervals"].items():
+        assert result["intervals"][key] == pytest.approx(interval, abs=1e-6), key
+        assert interval[0] <= trained[key] <= interval[1], key
+
+
+def test_report_gives_intervals_and_the_classes_averaged(report, trained_run):
+    result = json.load(open(os.path.join(report, "metrics.json")))
+    markdown = open(os.path.join(report, "report.md")).read()
+    low, high = result["intervals"]["macro_f1"]
+    assert f"| {result['macro_f1']:.3f} [{low:.3f}, {high:.3f}] |" in markdown
+    assert f"Macro averages are over the {result['macro_classes']} classes" in markdown
+    assert f"bootstrap over {result['bootstrap']['clusters']} items (item_id), 1000 resamples, seed 0" in markdown
+    per_class = pd.read_csv(os.path.join(report, "per_class.csv"))
+    assert per_class["in_macro_average"].sum() == result["macro_classes"]
+    assert (per_class["in_macro_average"] == (per_class["support"] > 0)).all()
+    predictions = pd.read_csv(os.path.join(trained_run, "test_predictions.csv"))
+    assert (
+        len(predictions) == result["num_examples"]
+        and predictions["item_id"].nunique() == result["bootstrap"]["clusters"]
+    )
+    assert predictions["top5_hit"].mean() == pytest.approx(result["top5_accuracy"])
 
 
 def test_tables_agree_with_the_metrics(report, built_records):

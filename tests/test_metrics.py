@@ -25,11 +25,19 @@ def test_macro_averages_leave_out_classes_absent_from_labels_and_predictions():
     assert result["weighted_f1"] == pytest.approx((4 / 3 + 1 / 2) / 4)
 
 
-def test_single_class_split_counts_a_wrongly_predicted_class_as_a_zero():
+def test_macro_averages_are_over_the_classes_with_support_not_the_predicted_ones():
+    # Class 1 is the only class in the labels: P 1, R 2/3, F1 0.8. Class 0 is predicted but absent:
+    # its mistake costs class 1 its recall, and shows as class 0's precision 0 in per_class_metrics.
     result = metrics.classification_metrics([1, 1, 1], [1, 1, 0], num_classes=3)
-    # Class 1: P 1, R 2/3, F1 0.8; class 0 is only predicted: P = R = F1 = 0.
     assert result["accuracy"] == pytest.approx(2 / 3)
-    assert result["macro_f1"] == pytest.approx(0.4)
+    assert result["macro_precision"] == pytest.approx(1.0) and result["macro_recall"] == pytest.approx(2 / 3)
+    assert result["macro_f1"] == pytest.approx(0.8)
+    assert result["macro_classes"] == 1 and result["predicted_without_support"] == 1
+    per_class = metrics.per_class_metrics([1, 1, 1], [1, 1, 0], ["a", "b", "c"])
+    assert per_class["in_macro_average"].tolist() == [False, True, False]
+    assert per_class["support"].tolist() == [0, 3, 0] and per_class["precision"].tolist()[0] == 0.0
+    strata = metrics.strata_metrics([1, 1, 1], [1, 1, 0], np.array(["tail", "tail", "head"]))
+    assert strata["tail"]["macro_f1"] == pytest.approx(0.8)
     perfect = metrics.classification_metrics([2, 2], [2, 2], num_classes=3)
     assert perfect["macro_f1"] == pytest.approx(1.0) and perfect["accuracy"] == 1.0
 

@@ -96,6 +96,7 @@ def test_run_folder_has_every_output(trained_run, built_records):
         "history.csv",
         "training_curves.png",
         "metrics.json",
+        "test_predictions.csv",
         "labels.txt",
         "model.keras",
         "saved_model/saved_model.pb",

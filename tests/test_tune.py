@@ -370,3 +370,54 @@ def test_an_interrupted_trial_is_failed_and_its_values_queued_again(built_record
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["default_config"]
     assert queued.state == optuna.trial.TrialState.WAITING and queued.system_attrs["fixed_params"] == failed.params
     assert queued.user_attrs == {"retry_of": 0, "default_config": True}  # the default config is still run first
+
+
+def _fake_trial(study, tune_dir, number, predictions, labels, default_config=False):
+    """A finished trial whose run folder holds metrics.json (with intervals) and test_predictions.csv."""
+    import numpy as np
+
+    from abo_tf.common import files
+    from abo_tf.reports import metrics, predictions_file
+
+    items = np.arange(len(labels)) // 2  # two views per item
+    scores = np.eye(3)[predictions]
+    result = metrics.evaluation_metrics(labels, predictions, scores, [10, 10, 10], groups=items.astype(str))
+    folder = trials_lib.trial_dir(str(tune_dir), number)
+    os.makedirs(folder)
+    files.write_json(os.path.join(folder, run_folder.METRICS), {"validation": result, "test": result})
+    hits = metrics.top_k_hits(labels, scores)
+    predictions_file.write(
+        folder, [f"image{i:03d}" for i in range(len(labels))], items, labels, predictions, hits, "abc"
+    )
+    distribution = optuna.distributions.FloatDistribution(0.0, 0.5)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"dropout": 0.1 * number},
+            distributions={"dropout": distribution},
+            value=result["macro_f1"],
+            user_attrs={"default_config": default_config},
+        )
+    )
+    return result
+
+
+def test_report_gives_intervals_and_the_best_trial_minus_the_default_config(tmp_path):
+    import numpy as np
+
+    from abo_tf.tuning import report
+
+    labels = np.arange(60) % 3
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(direction="maximize")
+    default = _fake_trial(study, tmp_path, 0, np.where(rng.random(60) < 0.5, labels, (labels + 1) % 3), labels, True)
+    best = _fake_trial(study, tmp_path, 1, np.where(np.arange(60) < 57, labels, 0), labels)
+    rows = report.formatted_rows(study, str(tmp_path), "macro_f1")
+    low, high = best["intervals"]["macro_f1"]
+    assert rows[1][:2] == ("best trial", 1) and rows[1][3] == f"{best['macro_f1']:.3f} [{low:.3f}, {high:.3f}]"
+    assert rows[0][2].startswith(f"{default['macro_f1']:.4f} [")
+    differences = report.best_minus_default(study, str(tmp_path), 500, 0)
+    assert differences["macro_f1"]["difference"] == pytest.approx(best["macro_f1"] - default["macro_f1"])
+    assert differences["accuracy"]["interval"][0] > 0 and not differences["accuracy"]["includes_zero"]
+    line = report._difference_line(differences, 500, 0)
+    assert "paired bootstrap over items (500 resamples, seed 0): macro F1 +" in line
+    assert report.best_minus_default(study, str(tmp_path / "elsewhere"), 500, 0) is None  # no predictions: n/a

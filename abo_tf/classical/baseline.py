@@ -32,6 +32,7 @@ from abo_tf.classical import (
 from abo_tf.common import options, outputs
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records.split import SPLITS
+from abo_tf.reports import bootstrap
 
 RBF_MAX_TRAIN = 10_000
 # Default subsample of each SVM: this many example-classes (rows x classes), at most RBF_MAX_TRAIN rows for
@@ -93,6 +94,7 @@ class BaselineConfig(feature_spec.FeatureOptions):
     )
     measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
     inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
+    bootstrap_samples: int = bootstrap.samples_option("comparison")
     exclude: str | None = options.option(
         group="comparison",
         metavar="FILE",
@@ -298,7 +300,7 @@ def train_baseline(model, splits, config):
     found = search.search(training, config.grid(model), splits["validation"], config.search_max_train, config.progress)
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
-    results = evaluation.evaluate(found.pipeline, splits, config.exclude)
+    results = evaluation.evaluate(found.pipeline, splits, config.exclude, config.bootstrap_samples, config.seed)
     found.record["validation_macro_f1"] = results["validation"].metrics["macro_f1"]
     evaluation.write_reports(folder, splits, results)
     record = _record(model, config, splits, found, training, plan, results["test"].images_per_second)
@@ -340,4 +342,5 @@ def run_baselines(config):
     runs = config.runs or (DEFAULT_RUNS if os.path.isdir(DEFAULT_RUNS) else None)
     if runs:
         rows += comparison.collect_runs(runs, config.records, config.measure_runs, config.inference_images)
-    return {"baselines": results, "comparison": comparison.write_comparison(rows, config.output)}
+    text = comparison.write_comparison(rows, config.output, config.bootstrap_samples, config.seed)
+    return {"baselines": results, "comparison": text}

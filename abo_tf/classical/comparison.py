@@ -1,4 +1,8 @@
-"""Baselines and CNN runs side by side on the test split: comparison.csv and comparison.md."""
+"""Baselines and CNN runs side by side on the test split: comparison.csv and comparison.md.
+
+Figures carry their 95% interval by item (from each folder's metrics.json), and every CNN run is compared with
+every baseline by the paired bootstrap of the difference (from both folders' test_predictions.csv).
+"""
 
 import glob
 import math
@@ -8,7 +12,7 @@ import time
 from abo_tf.classical import persistence
 from abo_tf.common import files
 from abo_tf.common.errors import UserInputError
-from abo_tf.reports import markdown, metrics
+from abo_tf.reports import bootstrap, markdown, metrics, predictions_file
 from abo_tf.training import run_folder
 
 COMPARISON_FIELDS = (
@@ -18,19 +22,26 @@ COMPARISON_FIELDS = (
     "accuracy",
     "macro_f1",
     "top5_accuracy",
+    "accuracy_low",
+    "accuracy_high",
+    "macro_f1_low",
+    "macro_f1_high",
+    "top5_accuracy_low",
+    "top5_accuracy_high",
     "training_seconds",
     "inference_images_per_second",
     "test_examples",
     "folder",
 )
-# The Markdown table's columns: header, the row's field, digits of a float (None: as is).
+_HEADLINE = ("accuracy", "macro_f1", "top5_accuracy")  # with their intervals
+# The Markdown table's columns: header, the row's field, digits of a float (None: as is; "interval": with it).
 MARKDOWN_COLUMNS = (
     ("model", "name", None),
     ("kind", "kind", None),
     ("features", "features", None),
-    ("accuracy", "accuracy", 3),
-    ("macro F1", "macro_f1", 3),
-    ("top-5", "top5_accuracy", 3),
+    ("accuracy", "accuracy", "interval"),
+    ("macro F1", "macro_f1", "interval"),
+    ("top-5", "top5_accuracy", "interval"),
     ("training (s)", "training_seconds", 1),
     ("inference (img/s)", "inference_images_per_second", 0),
     ("test images", "test_examples", 0),
@@ -39,7 +50,8 @@ NOTES = (
     "Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
     "inference is end to end from the records (decode, features, classifier). "
     "CNN runs: training time is the sum of history.csv; "
-    "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured)."
+    "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured). "
+    "In brackets: 95% intervals by a bootstrap over items (item_id: the views of a product resampled together)."
 )
 
 
@@ -47,9 +59,12 @@ def _test_metric_fields(metrics_path):
     """The comparison fields of a metrics.json's "test" entry (None where it has none)."""
     saved = files.read_json(metrics_path, what="metrics file", missing={})
     test = saved.get("test", {}) if isinstance(saved, dict) else {}
-    return {key: test.get(key) for key in ("accuracy", "macro_f1", "top5_accuracy")} | {
-        "test_examples": test.get("num_examples")
-    }
+    intervals = test.get("intervals") or {}
+    fields = {key: test.get(key) for key in _HEADLINE} | {"test_examples": test.get("num_examples")}
+    for key in _HEADLINE:
+        low, high = intervals.get(key) or (None, None)
+        fields |= {f"{key}_low": low, f"{key}_high": high}
+    return fields
 
 
 def collect_baselines(output):
@@ -155,29 +170,62 @@ def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
     return rows
 
 
+def _cell(row, field, digits):
+    if digits == "interval":
+        low, high = row.get(f"{field}_low"), row.get(f"{field}_high")
+        return bootstrap.format_interval(row[field], None if low is None or high is None else (low, high))
+    return row[field] if digits is None else metrics.format_figure(row[field], digits)
+
+
 def _markdown_cells(row):
-    return [
-        row[field] if digits is None else metrics.format_figure(row[field], digits)
-        for _, field, digits in MARKDOWN_COLUMNS
-    ]
+    return [_cell(row, field, digits) for _, field, digits in MARKDOWN_COLUMNS]
 
 
-def write_comparison(rows, output):
-    """Writes comparison.csv and comparison.md, best test macro-F1 first.
+def paired_markdown(rows, samples, seed):
+    """The section comparing every CNN run with every baseline: paired differences on the test split ("" if none)."""
+    runs = [row for row in rows if row["kind"] == "cnn"]
+    baselines = [row for row in rows if row["kind"] != "cnn"]
+    if not runs or not baselines or not samples:
+        return ""
+    table = []
+    for run in runs:
+        for baseline in baselines:
+            differences = predictions_file.compare(run["folder"], baseline["folder"], samples, seed, _HEADLINE) or {}
+            cells = [bootstrap.format_difference(differences.get(key)) for key in _HEADLINE]
+            table.append([run["name"], baseline["name"], *cells])
+    return "\n".join(
+        [
+            "## CNN minus each baseline",
+            "",
+            f"Test split, paired bootstrap over items ({samples} resamples, seed {seed}): both models are scored on "
+            'the same resampled items, and "(includes 0)" marks a difference this test split cannot tell from none. '
+            f"n/a: a folder without {predictions_file.TEST_PREDICTIONS} (older runs) or models scored on other images.",
+            "",
+            markdown.table(table, ["CNN run", "baseline", "accuracy", "macro F1", "top-5"]),
+            "",
+        ]
+    )
+
+
+def write_comparison(rows, output, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
+    """Writes comparison.csv and comparison.md, best test macro-F1 first, then CNN runs minus baselines.
 
     Args:
       rows: dicts with COMPARISON_FIELDS (`collect_baselines`, `collect_runs`).
       output: the folder to write into.
+      samples: bootstrap resamples of the paired differences (0: none).
+      seed: seeds them.
 
     Returns:
-      The Markdown (table and notes).
+      The Markdown (table, notes and the paired differences).
     """
     import pandas as pd
 
     rows = sorted(rows, key=lambda row: -(row["macro_f1"] if row["macro_f1"] is not None else -1))
     pd.DataFrame(rows, columns=COMPARISON_FIELDS).to_csv(os.path.join(output, "comparison.csv"), index=False)
     table = markdown.table([_markdown_cells(row) for row in rows], [header for header, _, _ in MARKDOWN_COLUMNS])
-    text = table + "\n\n" + NOTES + "\n"
+    paired = paired_markdown(rows, samples, seed)
+    text = table + "\n\n" + NOTES + "\n" + ("\n" + paired if paired else "")
     with open(os.path.join(output, "comparison.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     return text

@@ -9,7 +9,7 @@ import numpy as np
 from abo_tf.auditing import leakage
 from abo_tf.classical import classifiers
 from abo_tf.common import files
-from abo_tf.reports import metrics
+from abo_tf.reports import metrics, predictions_file
 
 EVALUATED_SPLITS = ("validation", "test")
 
@@ -19,6 +19,7 @@ class SplitEvaluation(NamedTuple):
 
     metrics: dict  # `metrics.evaluation_metrics`
     predictions: np.ndarray  # int32 [N]
+    top5_hits: np.ndarray  # bool [N]: the label among the 5 best scores (the scores, [N, C], are not kept)
     images_per_second: float  # the classifier alone, on cached features
 
 
@@ -27,42 +28,40 @@ def train_counts(splits):
     return np.bincount(splits["train"].labels, minlength=len(splits["train"].classes))
 
 
-def evaluate(pipeline, splits, exclude=None):
+def evaluate(pipeline, splits, exclude=None, bootstrap_samples=None, seed=0):
     """Metrics of validation and test, their predictions, and the classifier's images/s.
 
     The metrics are `abo_tf.evaluate`'s (`metrics.evaluation_metrics`: strata by
-    training examples, ECE when the classifier gives probabilities), so a
-    baseline's metrics.json reads like a CNN's evaluation.
+    training examples, ECE when the classifier gives probabilities, 95%
+    intervals by item), so a baseline's metrics.json reads like a CNN's evaluation.
 
     Args:
       pipeline: a fitted Pipeline.
       splits: dict split -> `SplitFeatures`, with train, validation and test.
       exclude: an audit's near_duplicates.csv (`--exclude`): each split's metrics then also hold
         "without_near_duplicates", the same metrics without its images that have a near-duplicate in train.
+      bootstrap_samples: resamples behind the intervals (None: the default; 0: none).
+      seed: seeds the resamples.
 
     Returns:
       Dict split -> `SplitEvaluation`, for EVALUATED_SPLITS.
     """
     results, counts = {}, train_counts(splits)
+    calibrated = classifiers.has_probabilities(pipeline)
     for name in EVALUATED_SPLITS:
         data = splits[name]
         started = time.perf_counter()
         predictions, scores = classifiers.predict_scores(pipeline, data.features, len(data.classes))
         seconds = time.perf_counter() - started
-        result = metrics.evaluation_metrics(
-            data.labels, predictions, scores, counts, calibrated=classifiers.has_probabilities(pipeline)
-        )
+        common = {"groups": data.item_ids, "bootstrap_samples": bootstrap_samples, "seed": seed}
+        result = metrics.evaluation_metrics(data.labels, predictions, scores, counts, calibrated=calibrated, **common)
         if exclude is not None:
             keep = leakage.kept_mask(data.image_ids, leakage.leaked_ids(exclude, name), name)
-            result["without_near_duplicates"] = metrics.evaluation_metrics(
-                data.labels[keep],
-                predictions[keep],
-                scores[keep],
-                counts,
-                calibrated=classifiers.has_probabilities(pipeline),
+            result["without_near_duplicates"] = metrics.metrics_without(
+                data.labels, predictions, scores, counts, keep, calibrated=calibrated, **common
             )
-            result["without_near_duplicates"]["num_excluded"] = int((~keep).sum())
-        results[name] = SplitEvaluation(result, predictions, len(data.labels) / max(seconds, 1e-9))
+        hits = metrics.top_k_hits(data.labels, scores, 5)
+        results[name] = SplitEvaluation(result, predictions, hits, len(data.labels) / max(seconds, 1e-9))
     return results
 
 
@@ -77,9 +76,11 @@ def end_to_end_rate(feature_rate, classifier_rate):
 
 
 def write_reports(folder, splits, evaluation):
-    """Writes metrics.json, per_class.csv and confusion_matrix.png (test) into a baseline folder."""
+    """metrics.json, per_class.csv, test_predictions.csv and confusion_matrix.png (test) into a baseline folder."""
     test, predictions = splits["test"], evaluation["test"].predictions
     files.write_json(os.path.join(folder, "metrics.json"), metrics_by_split(evaluation))
+    hits = evaluation["test"].top5_hits
+    predictions_file.write(folder, test.image_ids, test.item_ids, test.labels, predictions, hits, test.classes)
     per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, train_counts(splits))
     per_class.to_csv(os.path.join(folder, "per_class.csv"), index=False)
     matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes)

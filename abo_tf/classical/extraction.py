@@ -25,11 +25,12 @@ from abo_tf.training import run_folder
 
 
 class ImageBatch(NamedTuple):
-    """A batch of the evaluation pipeline: uint8 pixels, labels and image ids."""
+    """A batch of the evaluation pipeline: uint8 pixels, labels, image ids and item ids."""
 
     images: np.ndarray  # uint8 [B, S, S, 3]
     labels: np.ndarray  # int [B]
     image_ids: np.ndarray  # bytes [B]
+    item_ids: np.ndarray  # bytes [B], the bootstrap's unit
 
 
 def _image_batches(records_dir, split, spec, batch_size, manifest):
@@ -42,10 +43,15 @@ def _image_batches(records_dir, split, spec, batch_size, manifest):
         batch_size,
         training=False,
         manifest=manifest,
-        extra_keys=(schema.IMAGE_ID,),
+        extra_keys=(schema.IMAGE_ID, schema.ITEM_ID),
     )
     for batch in dataset:
-        yield ImageBatch(batch["image"].numpy(), batch["label"].numpy(), batch[schema.IMAGE_ID].numpy())
+        yield ImageBatch(
+            batch["image"].numpy(),
+            batch["label"].numpy(),
+            batch[schema.IMAGE_ID].numpy(),
+            batch[schema.ITEM_ID].numpy(),
+        )
 
 
 def _handcrafted_batches(batches, pool, workers):
@@ -53,7 +59,7 @@ def _handcrafted_batches(batches, pool, workers):
     if pool is None:
         for batch in batches:
             yield feature_cache.FeatureBatch(
-                descriptors.handcrafted_features(batch.images), batch.labels, batch.image_ids
+                descriptors.handcrafted_features(batch.images), batch.labels, batch.image_ids, batch.item_ids
             )
         return
     waiting = collections.deque()  # the labels and ids of the batches in the workers, in order
@@ -65,7 +71,7 @@ def _handcrafted_batches(batches, pool, workers):
 
     for features in bounded_map(pool, descriptors.handcrafted_features, images_only(), 2 * workers):
         batch = waiting.popleft()
-        yield feature_cache.FeatureBatch(features, batch.labels, batch.image_ids)
+        yield feature_cache.FeatureBatch(features, batch.labels, batch.image_ids, batch.item_ids)
 
 
 def build_feature_model(spec):
@@ -122,7 +128,7 @@ def make_embed(spec):
 
 def _cnn_batches(batches, embed):
     for batch in batches:
-        yield feature_cache.FeatureBatch(embed(batch.images).numpy(), batch.labels, batch.image_ids)
+        yield feature_cache.FeatureBatch(embed(batch.images).numpy(), batch.labels, batch.image_ids, batch.item_ids)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The feature cache: a folder per (records, features) pair, a subfolder per split, each written whole or not at all."""
 
 # A split folder holds features.npy (float32 [N, D], read back memory-mapped,
-# so a large split is paged in rather than copied), labels.npy, image_ids.npy
-# and info.json. The pair's folder is named by a hash of the records'
+# so a large split is paged in rather than copied), labels.npy, image_ids.npy,
+# item_ids.npy (the bootstrap's unit) and info.json. The pair's folder is named by a hash of the records'
 # fingerprint and shards, the feature kind, the model's identity and the image
 # size: a second call reuses it, rebuilt records or another model get a new one.
 
@@ -21,18 +21,22 @@ from abo_tf.common import console, files
 from abo_tf.common.errors import UserInputError
 
 DEFAULT_CACHE_DIR = "features"
-# Bump when a descriptor changes: it is part of every cache key.
-FEATURES_VERSION = 1
+# Bump when a descriptor or the folder's files change: it is part of every cache key.
+# 2: item_ids.npy, for intervals by item.
+FEATURES_VERSION = 2
 FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE = "features.npy", "labels.npy", "image_ids.npy"
+ITEM_IDS_FILE = "item_ids.npy"
+_ARRAY_FILES = (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE, ITEM_IDS_FILE)
 METADATA = "info.json"
 
 
 class FeatureBatch(NamedTuple):
-    """The features of a batch of images, with the labels and image ids of the same rows."""
+    """The features of a batch of images, with the labels, image ids and item ids of the same rows."""
 
     features: np.ndarray  # float32 [B, D]
     labels: np.ndarray  # int [B]
     image_ids: np.ndarray  # bytes [B], as the records hold them
+    item_ids: np.ndarray  # bytes [B]
 
 
 def cache_key(manifest, spec):
@@ -69,6 +73,7 @@ class SplitFeatures:
     features: np.ndarray  # float32 [N, D], memory-mapped
     labels: np.ndarray  # int32 [N]
     image_ids: np.ndarray  # str [N]
+    item_ids: np.ndarray  # str [N], the item of each image (schema.ITEM_ID): the bootstrap's unit
     classes: list  # the records' vocabulary: label i is classes[i]
     groups: dict  # group name -> [start, end) columns; {"cnn": [0, D]} for embeddings
     info: dict  # the cache's info.json: spec, key, seconds, images_per_second
@@ -81,12 +86,8 @@ def _damaged(path, problem):
 
 
 def _read_split_files(path):
-    """(features memory-mapped, labels, image ids, info) of a split folder."""
-    missing = [
-        name
-        for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE, METADATA)
-        if not os.path.isfile(os.path.join(path, name))
-    ]
+    """(features memory-mapped, labels, image ids, item ids, info) of a split folder."""
+    missing = [name for name in (*_ARRAY_FILES, METADATA) if not os.path.isfile(os.path.join(path, name))]
     if missing:
         raise _damaged(path, f"is empty or incomplete (missing {missing})")
     info = files.read_json(os.path.join(path, METADATA), what="feature cache info")
@@ -94,8 +95,7 @@ def _read_split_files(path):
         raise _damaged(path, f"has no classes and groups in its {METADATA}")
     try:
         arrays = [
-            np.load(os.path.join(path, name), mmap_mode="r" if name == FEATURES_FILE else None)
-            for name in (FEATURES_FILE, LABELS_FILE, IMAGE_IDS_FILE)
+            np.load(os.path.join(path, name), mmap_mode="r" if name == FEATURES_FILE else None) for name in _ARRAY_FILES
         ]
     except (ValueError, OSError) as error:
         raise _damaged(path, f"cannot be read ({error})") from error
@@ -115,13 +115,25 @@ def load_features(path, split=None):
     Raises:
       UserInputError: the folder is missing files, empty, or its arrays disagree.
     """
-    features, labels, image_ids, info = _read_split_files(path)
+    features, labels, image_ids, item_ids, info = _read_split_files(path)
     if features.ndim != 2 or len(features) == 0 or features.shape[1] == 0:
         raise _damaged(path, f"holds no features (shape {features.shape})")
-    if not len(labels) == len(image_ids) == len(features):
-        raise _damaged(path, f"holds {len(features)} feature rows, {len(labels)} labels, {len(image_ids)} image ids")
+    if not len(labels) == len(image_ids) == len(item_ids) == len(features):
+        raise _damaged(
+            path,
+            f"holds {len(features)} feature rows, {len(labels)} labels, {len(image_ids)} image ids, "
+            f"{len(item_ids)} item ids",
+        )
     return SplitFeatures(
-        split or os.path.basename(path), features, labels, image_ids, info["classes"], info["groups"], info, path
+        split or os.path.basename(path),
+        features,
+        labels,
+        image_ids,
+        item_ids,
+        info["classes"],
+        info["groups"],
+        info,
+        path,
     )
 
 
@@ -171,7 +183,7 @@ def write_rows(feature_batches, folder, num_examples, description=None):
     Raises:
       UserInputError: more rows came than `num_examples`.
     """
-    features, labels, ids, position = None, np.zeros(num_examples, np.int32), [], 0
+    features, labels, ids, items, position = None, np.zeros(num_examples, np.int32), [], [], 0
     with console.progress_bar(total=num_examples, desc=description, unit="img", enabled=description is not None) as bar:
         for batch in feature_batches:
             if features is None:  # the width is known from the first batch
@@ -184,6 +196,7 @@ def write_rows(feature_batches, folder, num_examples, description=None):
                 )
             features[position:end], labels[position:end] = batch.features, batch.labels
             ids += [value.decode("utf-8") for value in batch.image_ids]
+            items += [value.decode("utf-8") for value in batch.item_ids]
             position = end
             bar.update(len(batch.features))
     width = 0 if features is None else int(features.shape[1])
@@ -192,6 +205,7 @@ def write_rows(feature_batches, folder, num_examples, description=None):
         del features
     np.save(os.path.join(folder, LABELS_FILE), labels[:position])
     np.save(os.path.join(folder, IMAGE_IDS_FILE), np.array(ids, dtype=str))
+    np.save(os.path.join(folder, ITEM_IDS_FILE), np.array(items, dtype=str))
     return WrittenRows(position, width)
 
 

@@ -86,7 +86,9 @@ class FeatureOptions:
         help="processes for the handcrafted descriptors (default: this machine's cores)",
     )
     seed: int = options.option(
-        0, group="features", help="draws the random backbone of --weights none (and, for baselines, subsamples and SGD)"
+        0,
+        group="features",
+        help="draws the random backbone of --weights none (for baselines also subsamples, SGD, bootstrap resamples)",
     )
 
     def feature_spec(self):

@@ -23,7 +23,7 @@ from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.common.files import write_json
 from abo_tf.records import schema, shards
 from abo_tf.records import split as split_lib
-from abo_tf.reports import figures, metrics
+from abo_tf.reports import bootstrap, figures, metrics
 
 KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
 CONFUSED_PAIRS = "confused_pairs.csv"
@@ -77,8 +77,9 @@ class EvaluateOptions:
         minimum=0,
         group="frequency strata (training examples per class)",
     )
+    bootstrap_samples: int = bootstrap.samples_option("report")
     batch_size: int = options_lib.option(64, help="images per call of the SavedModel", group="runtime", minimum=1)
-    seed: int = options_lib.option(0, help="draws the Grad-CAM examples", group="runtime")
+    seed: int = options_lib.option(0, help="draws the Grad-CAM examples and the bootstrap resamples", group="runtime")
     progress: bool = options_lib.option(True, help="progress bar", group=options_lib.CONSOLE_GROUP, config=False)
 
     def __post_init__(self):
@@ -162,6 +163,7 @@ class Predictions:
     labels: np.ndarray  # int64 [N]
     probabilities: np.ndarray  # float32 [N, C]
     image_ids: list
+    item_ids: np.ndarray  # str [N], the bootstrap's unit (schema.ITEM_ID)
     mistakes: list  # the most confident mistakes, with pixels
     samples: dict  # "correct" / "wrong" -> seeded sample, with pixels
 
@@ -203,7 +205,7 @@ def predict(loaded, options, manifest, mapping):
     from abo_tf.training import export, input_pipeline, loop
 
     image_size = export.exported_image_size(loaded)
-    dataset = _split_dataset(options, manifest, image_size, schema.IMAGE_ID)
+    dataset = _split_dataset(options, manifest, image_size, (schema.IMAGE_ID, schema.ITEM_ID))
     try:
         with input_pipeline.explain_read_errors(options.records, manifest, [options.split]):
             return _predict_batches(loaded.signatures[export.PIXELS_ENDPOINT], dataset, options, manifest, mapping)
@@ -211,8 +213,8 @@ def predict(loaded, options, manifest, mapping):
         raise loop.out_of_memory(error, options.batch_size, image_size, flags="--batch-size") from error
 
 
-def _split_dataset(options, manifest, image_size, extra_key):
-    """The evaluated split through the evaluation input pipeline, with one record key passed through."""
+def _split_dataset(options, manifest, image_size, extra_keys):
+    """The evaluated split through the evaluation input pipeline, with the given record keys passed through."""
     from abo_tf.training import input_pipeline
 
     return input_pipeline.make_dataset(
@@ -222,7 +224,7 @@ def _split_dataset(options, manifest, image_size, extra_key):
         options.batch_size,
         training=False,
         manifest=manifest,
-        extra_keys=(extra_key,),
+        extra_keys=extra_keys,
     )
 
 
@@ -233,7 +235,7 @@ def _predict_batches(serve, dataset, options, manifest, mapping):
         "correct": _Best(options.gradcam_examples),
         "wrong": _Best(options.gradcam_examples),
     }
-    labels, probabilities, image_ids = [], [], []
+    labels, probabilities, image_ids, item_ids = [], [], [], []
     with console.progress_bar(
         total=total, desc=f"evaluate {options.split}", unit="img", enabled=options.progress
     ) as bar:
@@ -245,6 +247,7 @@ def _predict_batches(serve, dataset, options, manifest, mapping):
             labels.append(batch_labels)
             probabilities.append(batch_probabilities)
             image_ids += ids
+            item_ids += [value.decode("utf-8") for value in batch[schema.ITEM_ID].numpy()]
             bar.update(len(ids))
     if len(image_ids) != total:
         raise UserInputError(
@@ -255,6 +258,7 @@ def _predict_batches(serve, dataset, options, manifest, mapping):
         np.concatenate(labels),
         np.concatenate(probabilities).astype(np.float32),
         image_ids,
+        np.array(item_ids, dtype=str),
         keepers["mistakes"].items(),
         {name: keepers[name].items() for name in ("correct", "wrong")},
     )
@@ -368,7 +372,22 @@ class _Tables:
 
 
 def _figure_row(values, keys):
-    return "| " + " | ".join(metrics.format_figure(values[key]) for key in keys) + " |"
+    return "| " + " | ".join(metrics.figure_with_interval(values, key) for key in keys) + " |"
+
+
+def _macro_note(result):
+    """Which classes the macro averages are over, and how the intervals were drawn."""
+    note = (
+        f"Macro averages are over the {result['macro_classes']} classes of the model's labels.txt present in the "
+        f"split's labels; {result['predicted_without_support']} classes predicted but absent from the split count "
+        "as mistakes (their precision is in `per_class.csv`, `in_macro_average` false)."
+    )
+    if result.get("bootstrap"):
+        note += (
+            f" In brackets: 95% intervals, {metrics.interval_note(result['bootstrap'])}; "
+            "the views of one product are resampled together."
+        )
+    return note
 
 
 def _summary_lines(options, result):
@@ -378,6 +397,8 @@ def _summary_lines(options, result):
         f"{result['num_examples']} images from `{options.records}`, {result['num_classes']} classes. "
         "Macro averages first: ABO's classes are extremely long-tailed, "
         "so accuracy mostly measures the largest classes.",
+        "",
+        _macro_note(result),
         "",
         "| macro F1 | macro precision | macro recall | accuracy | top-5 | weighted F1 | ECE |",
         "|---|---|---|---|---|---|---|",
@@ -562,7 +583,7 @@ def _parity(options, loaded, manifest, image_size):
     if not os.path.isfile(keras_path):
         raise InputNotFoundError(f"{keras_path!r} does not exist: the parity check needs the run's {KERAS_MODEL}")
     model = _load_keras_model(keras_path, len(export.exported_class_names(loaded)), image_size)
-    batches = _split_dataset(options, manifest, image_size, schema.IMAGE)
+    batches = _split_dataset(options, manifest, image_size, (schema.IMAGE,))
     with input_pipeline.explain_read_errors(options.records, manifest, [options.split]):
         record = parity.to_json(export.saved_model_parity(model, loaded, batches))
     parity.check(record, what=f"the saved_model of {run!r}", outcome="no report was written")
@@ -635,6 +656,9 @@ def evaluate(options):
         options.head_min,
         options.tail_below,
         num_bins=options.calibration_bins,
+        groups=predictions.item_ids,
+        bootstrap_samples=options.bootstrap_samples,
+        seed=options.seed,
     )
     result.update(
         {
@@ -668,18 +692,19 @@ def _metrics_without_near_duplicates(options, leaked, predictions, train_counts)
     from abo_tf.auditing import leakage
 
     keep = leakage.kept_mask(predictions.image_ids, leaked, options.split)
-    probabilities = predictions.probabilities[keep]
-    result = metrics.evaluation_metrics(
-        predictions.labels[keep],
-        probabilities.argmax(axis=1),
-        probabilities,
+    return metrics.metrics_without(
+        predictions.labels,
+        predictions.probabilities.argmax(axis=1),
+        predictions.probabilities,
         train_counts,
-        options.head_min,
-        options.tail_below,
+        keep,
+        predictions.item_ids,
+        options.bootstrap_samples,
+        options.seed,
+        head_min=options.head_min,
+        tail_below=options.tail_below,
         num_bins=options.calibration_bins,
     )
-    result["num_excluded"] = int((~keep).sum())
-    return result
 
 
 def _leakage_markdown(result):
@@ -688,8 +713,14 @@ def _leakage_markdown(result):
     from abo_tf.reports import markdown
 
     without = result["without_near_duplicates"]
+    differences = without.get("difference_with_excluded", {})
     rows = [
-        (name, result[key], without[key])
+        (
+            name,
+            metrics.figure_with_interval(result, key),
+            metrics.figure_with_interval(without, key),
+            bootstrap.format_difference(differences.get(key)),
+        )
         for name, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("top-5 accuracy", "top5_accuracy"))
     ]
     return "\n".join(
@@ -697,9 +728,11 @@ def _leakage_markdown(result):
             "",
             "## Without near-duplicates of training images",
             "",
-            f"{without['num_excluded']} images with a near-duplicate in train (`--exclude`) left out:",
+            f"{without['num_excluded']} images with a near-duplicate in train (`--exclude`) left out. The difference's "
+            "interval is paired (the same items drawn for both columns); when it includes 0 the near-duplicates "
+            "make no difference this split can tell:",
             "",
-            markdown.table(rows, ["metric", "all images", "without near-duplicates"]),
+            markdown.table(rows, ["metric", "all images", "without near-duplicates", "all minus without"]),
             "",
         ]
     )

@@ -4,6 +4,7 @@ The trainer, `abo_tf.evaluate` and the scikit-learn baselines all report through
 these functions, so their numbers are comparable.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -17,21 +18,29 @@ HEAD_MIN, TAIL_BELOW = 1000, 100
 CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
 
 
-def top_k_accuracy(labels, probabilities, k=5):
-    """Fraction of examples whose label is among the k highest scores."""
+def top_k_hits(labels, probabilities, k=5):
+    """Whether each example's label is among its k highest scores: bool [N]."""
     probabilities = np.asarray(probabilities)
     if len(labels) == 0:
-        return float("nan")
+        return np.zeros(0, bool)
     k = min(k, probabilities.shape[1])
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
+    return np.any(top == np.asarray(labels)[:, None], axis=1)
+
+
+def top_k_accuracy(labels, probabilities, k=5):
+    """Fraction of examples whose label is among the k highest scores."""
+    return float(np.mean(top_k_hits(labels, probabilities, k))) if len(labels) else float("nan")
 
 
 def classification_metrics(labels, predictions, probabilities=None, num_classes=None):
     """Accuracy, macro and weighted precision/recall/F1 (and top-5 with probabilities).
 
-    Classes absent from both `labels` and `predictions` are left out of the
-    macro averages (an empty class has no recall to average).
+    Macro averages are over the declared classes present in `labels` (those
+    with support), never over labels and predictions together: a class the
+    split lacks has no recall to average. A prediction of such a class is a
+    mistake all the same: it costs the true class its recall, and the
+    predicted class's precision (0, in `per_class_metrics`) shows it.
 
     Args:
       labels: true labels, ints.
@@ -40,7 +49,8 @@ def classification_metrics(labels, predictions, probabilities=None, num_classes=
       num_classes: size of the label space, to validate the inputs.
 
     Returns:
-      A dict of floats.
+      A dict of floats, with "macro_classes" (the classes averaged) and
+      "predicted_without_support" (classes predicted that the labels lack).
     """
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if (
@@ -49,9 +59,11 @@ def classification_metrics(labels, predictions, probabilities=None, num_classes=
         and (max(labels.max(), predictions.max()) >= num_classes or min(labels.min(), predictions.min()) < 0)
     ):
         raise ValueError(f"labels must be in [0, {num_classes})")
-    present = np.union1d(labels, predictions)
+    present = np.unique(labels)
     result = {
         "num_examples": int(len(labels)),
+        "macro_classes": int(len(present)),
+        "predicted_without_support": int(len(np.setdiff1d(predictions, present))),
         "accuracy": float(np.mean(labels == predictions)) if len(labels) else float("nan"),
     }
     for average in ("macro", "weighted"):
@@ -69,7 +81,9 @@ def classification_metrics(labels, predictions, probabilities=None, num_classes=
 def per_class_metrics(labels, predictions, class_names, train_counts=None, head_min=HEAD_MIN, tail_below=TAIL_BELOW):
     """Support, precision, recall and F1 of every class, as a DataFrame (one row per class).
 
-    With `train_counts` (training examples per class) the frame also has
+    `in_macro_average` says which classes have support in the split (the
+    others, even when predicted, are outside the macro averages). With
+    `train_counts` (training examples per class) the frame also has
     `train_examples` and `stratum` columns.
     """
     import pandas as pd
@@ -79,7 +93,14 @@ def per_class_metrics(labels, predictions, class_names, train_counts=None, head_
         labels, predictions, labels=indices, zero_division=0
     )
     frame = pd.DataFrame(
-        {"class": list(class_names), "support": support, "precision": precision, "recall": recall, "f1": f1}
+        {
+            "class": list(class_names),
+            "support": support,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "in_macro_average": support > 0,
+        }
     )
     if train_counts is not None:
         frame["train_examples"] = np.asarray(train_counts, dtype=np.int64)
@@ -107,8 +128,8 @@ def strata_metrics(labels, predictions, strata, probabilities=None):
     Accuracy (and top-5) is over the examples whose true class is in the
     stratum. Precision, recall and F1 are each class's, computed on the whole
     split (so a tail example predicted as a head class costs that head class
-    precision), then averaged over the stratum's classes present in labels or
-    predictions, like `classification_metrics`.
+    precision), then averaged over the stratum's classes present in labels,
+    like `classification_metrics`.
 
     Args:
       labels, predictions: ints.
@@ -120,7 +141,7 @@ def strata_metrics(labels, predictions, strata, probabilities=None):
       a stratum without classes in the split has num_examples 0 and NaN figures.
     """
     labels, predictions, strata = np.asarray(labels), np.asarray(predictions), np.asarray(strata)
-    present = np.union1d(labels, predictions)
+    present = np.unique(labels)
     precision, recall, f1, _ = sk_metrics.precision_recall_fscore_support(
         labels, predictions, labels=present, zero_division=0
     )
@@ -187,29 +208,48 @@ def format_figure(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def figure_with_interval(entry, name):
+    """`entry[name]` with its interval from `entry["intervals"]`, when there is one."""
+    from abo_tf.reports import bootstrap
+
+    return bootstrap.format_interval(entry.get(name), (entry.get("intervals") or {}).get(name))
+
+
 def format_summary(result, name):
     """A few console lines for one split's `evaluation_metrics`: the main figures, then each stratum ("n/a" when empty).
+
+    Figures with a bootstrap interval read `0.812 [0.790, 0.833]`.
 
     Args:
       result: an `evaluation_metrics` dict (NaN or None for figures without examples).
       name: what was measured, e.g. the split.
 
     Returns:
-      A string of 1 + len(STRATA) lines.
+      A string of 1 + len(STRATA) lines, and one naming the bootstrap when there are intervals.
     """
-    figure = format_figure
+    figure = functools.partial(figure_with_interval, result)
     lines = [
-        f"{name}: {result['num_examples']} images, macro F1 {figure(result['macro_f1'])}, "
-        f"accuracy {figure(result['accuracy'])}, top-5 {figure(result.get('top5_accuracy'))}, "
-        f"ECE {figure(result.get('expected_calibration_error'))}"
+        f"{name}: {result['num_examples']} images, macro F1 {figure('macro_f1')}, "
+        f"accuracy {figure('accuracy')}, top-5 {figure('top5_accuracy')}, "
+        f"ECE {format_figure(result.get('expected_calibration_error'))}"
     ]
     for stratum in STRATA:
         entry = result["strata"][stratum]
         lines.append(
             f"  {stratum:<5} {entry['num_classes']:>4} classes {entry['num_examples']:>7} images: "
-            f"macro F1 {figure(entry['macro_f1'])}, accuracy {figure(entry['accuracy'])}"
+            f"macro F1 {figure_with_interval(entry, 'macro_f1')}, accuracy {figure_with_interval(entry, 'accuracy')}"
         )
+    if result.get("bootstrap"):
+        lines.append(f"  [95% intervals: {interval_note(result['bootstrap'])}]")
     return "\n".join(lines)
+
+
+def interval_note(settings):
+    """How the intervals of a metrics dict were drawn, from its "bootstrap" entry, in a few words."""
+    return (
+        f"bootstrap over {settings['clusters']} items ({settings['unit']}), "
+        f"{settings['samples']} resamples, seed {settings['seed']}"
+    )
 
 
 def evaluation_metrics(
@@ -221,6 +261,9 @@ def evaluation_metrics(
     tail_below=TAIL_BELOW,
     calibrated=True,
     num_bins=CALIBRATION_BINS,
+    groups=None,
+    bootstrap_samples=None,
+    seed=0,
 ):
     """Everything `abo_tf.evaluate` reports, in one dict; the baselines report the same.
 
@@ -231,16 +274,72 @@ def evaluation_metrics(
       head_min, tail_below: stratum thresholds.
       calibrated: whether `scores` are probabilities; if not, no ECE.
       num_bins: calibration bins.
+      groups: the item of every image (`schema.ITEM_ID`), the bootstrap's unit; None: no intervals.
+      bootstrap_samples: resamples behind the intervals (None: `bootstrap.DEFAULT_SAMPLES`; 0: no intervals).
+      seed: seeds the resamples.
 
     Returns:
       `classification_metrics` plus "expected_calibration_error" (or None),
-      "strata" and "strata_thresholds".
+      "strata" and "strata_thresholds"; with intervals also "intervals"
+      ({figure: [low, high]}, in every stratum's entry too) and "bootstrap"
+      (how they were drawn, `bootstrap.settings`).
     """
+    from abo_tf.reports import bootstrap
+
     strata = frequency_strata(train_counts, head_min, tail_below)
     result = classification_metrics(labels, predictions, scores, len(train_counts))
     result["expected_calibration_error"] = expected_calibration_error(labels, scores, num_bins) if calibrated else None
     result["strata"] = strata_metrics(labels, predictions, strata, scores)
     result["strata_thresholds"] = {"head_min": head_min, "tail_below": tail_below}
+    samples = bootstrap.DEFAULT_SAMPLES if bootstrap_samples is None else bootstrap_samples
+    if groups is not None and samples and len(labels):
+        scored = bootstrap.Scored(labels, predictions, top_k_hits(labels, scores, 5), groups)
+        overall, by_stratum, settings = bootstrap.intervals(scored, len(train_counts), strata, samples, seed)
+        result["intervals"], result["bootstrap"] = overall, settings
+        for stratum, entry in result["strata"].items():
+            entry["intervals"] = by_stratum.get(stratum, {})
+    return result
+
+
+def metrics_without(
+    labels, predictions, scores, train_counts, keep, groups=None, bootstrap_samples=None, seed=0, **options
+):
+    """`evaluation_metrics` of the images in `keep` (e.g. without near-duplicates of training images), compared.
+
+    Args:
+      labels, predictions, scores, train_counts, groups, bootstrap_samples, seed: as `evaluation_metrics`, for
+        every image of the split.
+      keep: bool [N], the images kept.
+      **options: the other options of `evaluation_metrics`.
+
+    Returns:
+      The kept images' metrics, with "num_excluded" and, with intervals,
+      "difference_with_excluded": all images minus the kept ones, per figure,
+      with its paired interval (`bootstrap.paired_differences`, the same items
+      drawn for both).
+    """
+    from abo_tf.reports import bootstrap
+
+    labels, predictions, scores, keep = (np.asarray(value) for value in (labels, predictions, scores, keep))
+    kept_groups = None if groups is None else np.asarray(groups)[keep]
+    result = evaluation_metrics(
+        labels[keep],
+        predictions[keep],
+        scores[keep],
+        train_counts,
+        groups=kept_groups,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        **options,
+    )
+    result["num_excluded"] = int((~keep).sum())
+    if "bootstrap" in result:
+        hits = top_k_hits(labels, scores, 5)
+        every = bootstrap.Scored(labels, predictions, hits, np.asarray(groups))
+        kept = bootstrap.Scored(labels[keep], predictions[keep], hits[keep], kept_groups)
+        result["difference_with_excluded"] = bootstrap.paired_differences(
+            every, kept, len(train_counts), result["bootstrap"]["samples"], seed
+        )
     return result
 
 

@@ -68,6 +68,7 @@ def split(name, size, means, seed, weights=None, groups=None, info=None, folder=
         features,
         labels,
         image_ids,
+        np.array([f"item{index // 2}" for index in range(size)]),  # two views per item
         classes,
         groups or {"cnn": [0, dimension]},
         info or {"name": "synthetic"},

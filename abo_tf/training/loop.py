@@ -24,7 +24,7 @@ import tensorflow as tf
 from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
-from abo_tf.reports import figures, metrics
+from abo_tf.reports import figures, metrics, predictions_file
 from abo_tf.training import distribute, export, input_pipeline, models, parity, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
@@ -443,26 +443,39 @@ def _train_phases(run, on_epoch_end=None):
 
 
 def predict_split(model, config, split, manifest):
-    """Labels and softmax probabilities of a whole split, in order (one device)."""
+    """Labels, softmax probabilities and {image_id, item_id: str arrays} of a whole split, in order (one device)."""
+    keys = (schema.IMAGE_ID, schema.ITEM_ID)
     dataset = input_pipeline.make_dataset(
-        config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest
+        config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest, extra_keys=keys
     )
-    labels, probabilities = [], []
+    labels, probabilities, ids = [], [], {key: [] for key in keys}
     for batch in dataset:
         labels.append(batch["label"].numpy())
         probabilities.append(tf.nn.softmax(model(batch["image"], training=False)).numpy())
-    return np.concatenate(labels), np.concatenate(probabilities)
+        for key in keys:
+            ids[key].append(batch[key].numpy().astype(str))
+    return np.concatenate(labels), np.concatenate(probabilities), {key: np.concatenate(ids[key]) for key in keys}
 
 
 def _final_metrics(model, config, manifest):
-    """The figures `abo_tf.evaluate` reports (strata, ECE included), for validation and test."""
+    """The figures `abo_tf.evaluate` reports (strata, ECE, 95% intervals by item), for validation and test.
+
+    The test split's predictions go to test_predictions.csv, for the paired comparisons of baselines and tune.
+    """
     train_counts = shards.examples_per_class(manifest, "train")
     results = {}
     for split in ("validation", "test"):
         if input_pipeline.num_examples(config.records, split, manifest) == 0:
             continue
-        labels, probabilities = predict_split(model, config, split, manifest)
-        results[split] = metrics.evaluation_metrics(labels, probabilities.argmax(axis=1), probabilities, train_counts)
+        labels, probabilities, ids = predict_split(model, config, split, manifest)
+        predicted = probabilities.argmax(axis=1)
+        results[split] = metrics.evaluation_metrics(
+            labels, predicted, probabilities, train_counts, groups=ids[schema.ITEM_ID], seed=config.seed
+        )
+        if split == "test":
+            hits = metrics.top_k_hits(labels, probabilities, 5)
+            ids_and_labels = (ids[schema.IMAGE_ID], ids[schema.ITEM_ID], labels, predicted, hits)
+            predictions_file.write(config.output, *ids_and_labels, manifest["classes"])
     return results
 
 

@@ -7,7 +7,8 @@
       history.csv          one row per epoch, `HistoryRow`'s fields
       training_curves.png  loss and accuracy per epoch
       parity.json          the export against the trained model on validation (abo_tf.training.parity)
-      metrics.json         validation and test metrics (abo_tf.reports.metrics)
+      metrics.json         validation and test metrics (abo_tf.reports.metrics), with 95% intervals by item
+      test_predictions.csv the test split image by image (abo_tf.reports.predictions_file), for paired comparisons
       labels.txt           class names, label order
       model.keras          the Keras model (Grad-CAM, features, fine-tuning)
       saved_model/         the SavedModel users ship (abo_tf.training.export)
@@ -27,6 +28,7 @@ import typing
 
 from abo_tf.common import config, files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.reports import predictions_file
 
 CONFIG = config.RUN_CONFIG
 CHECKPOINTS = "checkpoints"
@@ -34,6 +36,7 @@ LOGS = "logs"
 HISTORY = "history.csv"
 CURVES = "training_curves.png"
 METRICS = "metrics.json"
+TEST_PREDICTIONS = predictions_file.TEST_PREDICTIONS
 LABELS = "labels.txt"
 KERAS_MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
@@ -48,6 +51,7 @@ FILES = (
     HISTORY,
     CURVES,
     METRICS,
+    TEST_PREDICTIONS,
     LABELS,
     KERAS_MODEL,
     SAVED_MODEL,
@@ -55,7 +59,7 @@ FILES = (
     PARITY,
 )
 # What a finished run exports; removed when a run finishes again, so a failed parity check leaves none of them.
-EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, PARITY)
+EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, TEST_PREDICTIONS, PARITY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 import optuna
 import tomli_w
 
-from abo_tf.reports import figures, markdown, metrics
+from abo_tf.reports import bootstrap, figures, markdown, metrics, predictions_file
 from abo_tf.training import run_folder
 from abo_tf.tuning import trials as trials_lib
 
@@ -103,12 +103,17 @@ def _draw_figures(study, tune_dir, num_params):
     return drawn
 
 
-def trial_test_metrics(tune_dir, trial):
-    """The test figures of a finished trial's run (metrics.json), or None."""
+def _trial_metrics(tune_dir, trial, split):
+    """The figures of a finished trial's run on `split` (metrics.json), or None."""
     if trial is None:
         return None
     results = run_folder.load_metrics(trials_lib.trial_dir(tune_dir, trial.number)) or {}
-    return results.get("test")
+    return results.get(split)
+
+
+def trial_test_metrics(tune_dir, trial):
+    """The test figures of a finished trial's run (metrics.json), or None."""
+    return _trial_metrics(tune_dir, trial, "test")
 
 
 def default_trial(study):
@@ -119,10 +124,14 @@ def default_trial(study):
     return None
 
 
+def _compared_trials(study):
+    return (("default config", default_trial(study)), ("best trial", best_trial(study)))
+
+
 def comparison_rows(study, tune_dir):
     """(name, trial, validation objective, test macro F1, test accuracy) of the default config and the best trial."""
     rows = []
-    for name, trial in (("default config", default_trial(study)), ("best trial", best_trial(study))):
+    for name, trial in _compared_trials(study):
         test = trial_test_metrics(tune_dir, trial) or {}
         rows.append(
             (
@@ -136,7 +145,49 @@ def comparison_rows(study, tune_dir):
     return rows
 
 
-def write_report(study, tune_dir, tune_options, num_params):
+def formatted_rows(study, tune_dir, objective):
+    """`comparison_rows` as text, each figure with its 95% interval by item when the trial's metrics.json has one."""
+    rows = []
+    for row, (_, trial) in zip(comparison_rows(study, tune_dir), _compared_trials(study)):
+        validation = _trial_metrics(tune_dir, trial, "validation") or {}
+        test = trial_test_metrics(tune_dir, trial) or {}
+        interval = (validation.get("intervals") or {}).get(trials_lib.OBJECTIVES[objective][1])
+        rows.append(
+            (
+                *row[:2],
+                bootstrap.format_interval(row[2], interval, 4),
+                metrics.figure_with_interval(test, "macro_f1"),
+                metrics.figure_with_interval(test, "accuracy"),
+            )
+        )
+    return rows
+
+
+def best_minus_default(study, tune_dir, samples, seed):
+    """The best trial minus the default config on test (macro F1, accuracy), paired by item; None when either is
+    missing, they are the same trial, or a run has no test_predictions.csv."""
+    default, best = default_trial(study), best_trial(study)
+    if default is None or best is None or default.number == best.number:
+        return None
+    folders = (trials_lib.trial_dir(tune_dir, trial.number) for trial in (best, default))
+    return predictions_file.compare(*folders, samples, seed, ("macro_f1", "accuracy"))
+
+
+def _difference_line(differences, samples, seed):
+    if differences is None:
+        return (
+            "Best trial minus default config: n/a (the same trial, one of them unfinished, or runs without "
+            f"{predictions_file.TEST_PREDICTIONS})."
+        )
+    return (
+        f"Best trial minus default config on test, paired bootstrap over items ({samples} resamples, seed {seed}): "
+        f"macro F1 {bootstrap.format_difference(differences['macro_f1'])}, "
+        f"accuracy {bootstrap.format_difference(differences['accuracy'])}; "
+        '"(includes 0)": the test split cannot tell the two configs apart.'
+    )
+
+
+def write_report(study, tune_dir, tune_options, num_params, difference_line):
     drawn = _draw_figures(study, tune_dir, num_params) if best_trial(study) else {}
     states = [trial.state.name for trial in recorded_trials(study)]
     lines = [
@@ -148,11 +199,14 @@ def write_report(study, tune_dir, tune_options, num_params):
         "## Default config against the best trial",
         "",
         markdown.table(
-            comparison_rows(study, tune_dir),
+            formatted_rows(study, tune_dir, tune_options.objective),
             ("config", "trial", f"validation {tune_options.objective}", "test macro F1", "test accuracy"),
         ),
         "",
-        "The test split was not used to choose: its figures are reported once, here.",
+        "The test split was not used to choose: its figures are reported once, here. In brackets: 95% intervals "
+        "by a bootstrap over items (the views of a product resampled together).",
+        "",
+        difference_line,
         "",
     ]
     lines += [f"![{name}]({path})\n" for name, path in drawn.items()]
@@ -176,13 +230,15 @@ def write_all(search):
     tune_dir = search.options.output
     write_trials_csv(search.study, tune_dir)
     best_path = write_best_toml(search.study, tune_dir)
-    write_report(search.study, tune_dir, search.options, len(search.space))
+    samples, seed = bootstrap.DEFAULT_SAMPLES, search.options.seed
+    difference_line = _difference_line(best_minus_default(search.study, tune_dir, samples, seed), samples, seed)
+    write_report(search.study, tune_dir, search.options, len(search.space), difference_line)
     lines = []
-    for name, number, value, test_f1, test_accuracy in comparison_rows(search.study, tune_dir):
+    for name, number, value, test_f1, test_accuracy in formatted_rows(search.study, tune_dir, search.options.objective):
         lines.append(
-            f"{name} (trial {number}): validation {metrics.format_figure(value, 4)}, test macro F1 "
-            f"{metrics.format_figure(test_f1)}, test accuracy {metrics.format_figure(test_accuracy)}"
+            f"{name} (trial {number}): validation {value}, test macro F1 {test_f1}, test accuracy {test_accuracy}"
         )
+    lines.append(difference_line)
     lines.append(f"best config: {best_path}" if best_path else "no trial completed: no best.toml")
     lines.append(f"report: {os.path.join(tune_dir, REPORT)}")
     return "\n".join(lines)
