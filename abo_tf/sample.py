@@ -11,7 +11,7 @@ import dataclasses
 import sys
 import time
 
-from abo_tf.common import options, parallel
+from abo_tf.common import files, options, parallel
 from abo_tf.common.errors import cli_main
 from abo_tf.testing import synthetic_abo
 
@@ -28,6 +28,12 @@ class SampleOptions:
     tar: bool = options.option(False, help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
     max_side: int = options.option(
         synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32
+    )
+    truth: str = options.option(
+        "",
+        metavar="FILE.json",
+        config=False,
+        help="also write what was planted (the generator's truth) to this file, e.g. for abo_tf.audit --truth",
     )
     workers: int | None = options.option(
         help="rendering processes (default: by size and CPU count)",
@@ -51,6 +57,8 @@ def main(argv=None):
         max_side=sample_options.max_side,
         workers=sample_options.workers,
     )
+    if sample_options.truth:
+        files.write_json(sample_options.truth, truth)
     print(synthetic_abo.summary(truth, sample_options.output_dir, time.perf_counter() - start))
     return 0
 
