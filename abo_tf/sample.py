@@ -8,11 +8,12 @@ give the same bytes.
 """
 
 import dataclasses
+import os
 import sys
 import time
 
 from abo_tf.common import files, options, parallel
-from abo_tf.common.errors import cli_main
+from abo_tf.common.errors import UserInputError, cli_main
 from abo_tf.testing import synthetic_abo
 
 
@@ -48,6 +49,9 @@ def main(argv=None):
     sample_options, _ = options.parse(
         SampleOptions, argv, prog="python -m abo_tf.sample", description=__doc__.split("\n\n")[0]
     )
+    truth_folder = os.path.dirname(os.path.abspath(sample_options.truth))
+    if sample_options.truth and not os.path.isdir(truth_folder):
+        raise UserInputError(f"--truth {sample_options.truth!r}: folder {truth_folder!r} does not exist")
     start = time.perf_counter()
     truth = synthetic_abo.generate_sample(
         sample_options.output_dir,
