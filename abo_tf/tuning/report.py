@@ -111,7 +111,7 @@ def _params(rerun):
     return json.dumps(rerun.trial.params, sort_keys=True)
 
 
-def _rerun_section(reruns, objective):
+def _rerun_section(reruns, objective, best_number):
     """The re-runs' table: the configs best.toml was chosen among, mean ± sd over seeds."""
     if not reruns:
         return []
@@ -129,8 +129,8 @@ def _rerun_section(reruns, objective):
         "## Re-runs with other seeds",
         "",
         f"The {len(reruns)} best configs trained again with seeds {', '.join(map(str, reruns[0].seeds))} "
-        f"([{RERUNS_CSV}]({RERUNS_CSV}), runs in `reruns/`); best.toml is trial {reruns[0].trial.number}'s config, "
-        "the best mean (a config whose run failed with a seed has no mean and is never chosen).",
+        f"([{RERUNS_CSV}]({RERUNS_CSV}), runs in `reruns/`); best.toml is trial {best_number}'s config, the best "
+        "mean (a config whose run failed with a seed has no mean and is chosen only when every one failed).",
         "",
         markdown.table(rows, ("trial", f"search {objective}", f"mean ± sd {objective}", "per seed", "params")),
         "",
@@ -217,7 +217,7 @@ def write_report(study, tune_dir, tune_options, num_params, reruns=None):
         "",
     ]
     lines += [f"![{name}]({path})\n" for name, path in drawn.items()]
-    lines += _rerun_section(reruns, tune_options.objective)
+    lines += _rerun_section(reruns, tune_options.objective, chosen(study, reruns)[0].number if reruns else None)
     lines += [
         "## Trials",
         "",
