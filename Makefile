@@ -21,12 +21,13 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 # -> SavedModel -> evaluation report -> classical baselines and the comparison table -> predictions.
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0
+	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0 --truth $(DEMO)/truth.json
 	$(BIN)/python -m abo_tf.build_records --listings $(DEMO)/abo --images $(DEMO)/abo \
 		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
 	$(BIN)/python -m abo_tf.analyze --listings $(DEMO)/abo --images $(DEMO)/abo --records $(DEMO)/records \
 		--report $(DEMO)/analysis --no-progress
-	$(BIN)/python -m abo_tf.audit --records $(DEMO)/records --report $(DEMO)/audit --cache-dir $(DEMO)/features --no-progress
+	$(BIN)/python -m abo_tf.audit --records $(DEMO)/records --report $(DEMO)/audit --cache-dir $(DEMO)/features \
+		--truth $(DEMO)/truth.json --no-progress
 	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
 	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run/saved_model --records $(DEMO)/records \
 		--report $(DEMO)/evaluation --no-progress

@@ -8,11 +8,12 @@ give the same bytes.
 """
 
 import dataclasses
+import os
 import sys
 import time
 
-from abo_tf.common import options, parallel
-from abo_tf.common.errors import cli_main
+from abo_tf.common import files, options, parallel
+from abo_tf.common.errors import UserInputError, cli_main
 from abo_tf.testing import synthetic_abo
 
 
@@ -29,6 +30,12 @@ class SampleOptions:
     max_side: int = options.option(
         synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32
     )
+    truth: str = options.option(
+        "",
+        metavar="FILE.json",
+        config=False,
+        help="also write what was planted (the generator's truth) to this file, e.g. for abo_tf.audit --truth",
+    )
     workers: int | None = options.option(
         help="rendering processes (default: by size and CPU count)",
         minimum=1,
@@ -42,6 +49,9 @@ def main(argv=None):
     sample_options, _ = options.parse(
         SampleOptions, argv, prog="python -m abo_tf.sample", description=__doc__.split("\n\n")[0]
     )
+    truth_folder = os.path.dirname(os.path.abspath(sample_options.truth))
+    if sample_options.truth and not os.path.isdir(truth_folder):
+        raise UserInputError(f"--truth {sample_options.truth!r}: folder {truth_folder!r} does not exist")
     start = time.perf_counter()
     truth = synthetic_abo.generate_sample(
         sample_options.output_dir,
@@ -51,6 +61,8 @@ def main(argv=None):
         max_side=sample_options.max_side,
         workers=sample_options.workers,
     )
+    if sample_options.truth:
+        files.write_json(sample_options.truth, truth)
     print(synthetic_abo.summary(truth, sample_options.output_dir, time.perf_counter() - start))
     return 0
 

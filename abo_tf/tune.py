@@ -9,8 +9,10 @@ TUNE_DIR/trials/NNNN/; each epoch's validation metric goes to Optuna's pruner.
 The study lives in TUNE_DIR/study.journal (or --storage URL), so the same
 command after a kill continues it, and several processes (machines, with a
 shared --storage database) can run it at once: the study ends with exactly
---trials finished trials. TUNE_DIR gets trials.csv, best.toml (the best trial's
-train config) and report.md with Optuna's figures.
+--trials finished trials. Then the --rerun-top best configs are trained again
+with --rerun-seeds new seeds (TUNE_DIR/reruns/). TUNE_DIR gets trials.csv,
+reruns.csv, best.toml (the train config of the best mean over the re-runs) and
+report.md with Optuna's figures and each re-run config's mean ± sd.
 
 On several machines: give every worker the same command with a shared database,
 
@@ -27,7 +29,7 @@ import sys
 
 from abo_tf.common import options
 from abo_tf.common.errors import cli_main
-from abo_tf.tuning import report, search
+from abo_tf.tuning import report, reruns, search
 
 
 @cli_main
@@ -39,7 +41,8 @@ def main(argv=None):
     study_flag_given = any(arg == "--study" or arg.startswith("--study=") for arg in argv)
     opened = search.open_search(tune_options, study_flag_given)
     search.run_trials(opened, progress=tune_options.progress)
-    print(report.write_all(opened))
+    reruns.run_reruns(opened)
+    print(report.write_all(opened, reruns.results(opened)))
     return 0
 
 

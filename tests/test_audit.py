@@ -34,10 +34,13 @@ def _records_by_id(records_dir):
 
 
 @pytest.fixture(scope="module")
-def audited(built_records, tmp_path_factory):
+def audited(abo_sample, built_records, tmp_path_factory):
     records_dir, _ = built_records
     root = tmp_path_factory.mktemp("audit")
+    files.write_json(str(root / "truth.json"), abo_sample["truth"])
     arguments = [
+        "--truth",
+        str(root / "truth.json"),
         "--records",
         records_dir,
         "--report",
@@ -90,6 +93,16 @@ def test_planted_flips_carry_the_given_type(abo_sample, audited):
     assert len(flips) >= 8 and all(flip["given_type"] != flip["true_type"] for flip in flips)
     for flip in flips:
         assert audited["by_id"][flip["image_id"]][3] == flip["given_type"]
+
+
+def test_planted_listing_flips_are_whole_items_under_the_given_type(abo_sample, audited):
+    flips = abo_sample["truth"]["listing_flips"]
+    assert len(flips) >= 5 and all(flip["given_type"] != flip["true_type"] for flip in flips)
+    for flip in flips:
+        of_item = {image_id for image_id, entry in audited["by_id"].items() if entry[1] == flip["item_id"]}
+        assert of_item == set(flip["image_ids"]) and len(of_item) >= 2  # every image of the item, all in the build
+        assert {audited["by_id"][image_id][3] for image_id in of_item} == {flip["given_type"]}
+        assert len({audited["by_id"][image_id][0] for image_id in of_item}) == 1  # one item, one split
 
 
 # --- near-duplicates -------------------------------------------------------------------
@@ -150,14 +163,40 @@ def test_planted_flips_rank_among_the_top_label_issues(abo_sample, audited):
         for flip in abo_sample["truth"]["label_flips"]
         if by_id[flip["image_id"]][0] in ("train", "validation")
     }
+    listing_flips = [
+        image_id
+        for flip in abo_sample["truth"]["listing_flips"]
+        for image_id in flip["image_ids"]
+        if by_id[image_id][0] in ("train", "validation")
+    ]
     issues = pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE))
-    top = set(issues.image_id[: 2 * len(flips)])
+    top = set(issues.image_id[: 2 * (len(flips) + len(listing_flips))])  # the planted errors of both kinds
     assert len(flips) >= 5 and len(flips & top) / len(flips) >= 0.7
     assert np.all(np.diff(issues.self_confidence) >= 0)  # least self-confident first
     planted = {flip["image_id"]: flip["true_type"] for flip in abo_sample["truth"]["label_flips"]}
     suggested = dict(zip(issues.image_id, issues.suggested_type))
     found = [image_id for image_id in flips & top]
     assert sum(suggested[image_id] == planted[image_id] for image_id in found) >= 0.7 * len(found)
+
+
+def test_audit_finds_the_planted_listing_flips_and_reports_recall_and_precision(abo_sample, audited):
+    by_id, truth = audited["by_id"], abo_sample["truth"]
+    summary = files.read_json(os.path.join(audited["report"], audit.SUMMARY_FILE))
+    scores = summary["planted_label_errors"]
+    flagged = set(pd.read_csv(os.path.join(audited["report"], audit.ISSUES_FILE)).image_id)  # all: under the max
+    audited_ids = {image_id for image_id, entry in by_id.items() if entry[0] in ("train", "validation")}
+    listing_flips = {image_id for flip in truth["listing_flips"] for image_id in flip["image_ids"]} & audited_ids
+    image_flips = {flip["image_id"] for flip in truth["label_flips"]} & audited_ids
+    for kind, planted in (("listing flip", listing_flips), ("image flip", image_flips)):
+        entry = scores["kinds"][kind]
+        assert entry == {"planted": len(planted), "flagged": len(planted & flagged), "recall": entry["recall"]}
+        assert entry["recall"] == pytest.approx(len(planted & flagged) / len(planted))
+    assert len(listing_flips) >= 6 and scores["kinds"]["listing flip"]["recall"] >= 0.8
+    assert scores["flagged"] == len(flagged) and scores["precision"] >= 0.4  # 0.5 when written
+    assert scores["precision"] == pytest.approx(len(flagged & (listing_flips | image_flips)) / len(flagged))
+    report = open(os.path.join(audited["report"], audit.REPORT_FILE)).read()
+    recall = scores["kinds"]["listing flip"]["recall"]
+    assert f"| listing flip | {len(listing_flips)} | {len(listing_flips & flagged)} | {recall:.3f} |" in report
 
 
 def test_noise_rates_add_up_to_the_flagged_images(audited):
@@ -196,6 +235,7 @@ def test_every_report_file_is_written(audited):
         ({"--hash-distance": "40"}, "--hash-distance 40 must be at most 32"),
         ({"--backbone": "resnet50"}, "give --features cnn"),
         ({"--folds": "1"}, "--folds 1 must be at least 2"),
+        ({"--truth": "{empty}/truth.json"}, "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expected):

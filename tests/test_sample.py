@@ -393,8 +393,11 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, arguments, expected):
     assert os.listdir(busy) == ["notes.txt"] and not (tmp_path / "new").exists()
 
 
-def test_cli_writes_only_the_abo_files(tmp_path, capsys):
-    output = tmp_path / "abo"
-    assert sample_command.main([str(output), "--listings", "100", "--max-side", "32", "--seed", "7", "--tar"]) == 0
+def test_cli_writes_only_the_abo_files_and_the_truth_where_asked(tmp_path, capsys):
+    output, truth = tmp_path / "abo", tmp_path / "truth.json"
+    arguments = [str(output), "--listings", "100", "--max-side", "32", "--seed", "7", "--tar", "--truth", str(truth)]
+    assert sample_command.main(arguments) == 0
     assert "100 listings" in capsys.readouterr().out
     assert sorted(os.listdir(output)) == ["abo-images-small.tar", "abo-listings.tar"]
+    planted = json.loads(truth.read_text())
+    assert planted["num_listings"] == 100 and planted["listing_flips"] and planted["label_flips"]

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from abo_tf import train
 from abo_tf.common.errors import UserInputError
-from abo_tf.records import shards
+from abo_tf.records import schema, shards
 from abo_tf.training import input_pipeline, loop
 from tests.conftest import TINY_TRAIN_ARGS
 
@@ -119,8 +119,6 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
     records_dir, manifest = built_records
     loaded = tf.saved_model.load(os.path.join(trained_run, "saved_model"))
     record = next(iter(tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test"))))
-    from abo_tf.records import schema
-
     image_bytes = schema.parse_records(record)[schema.IMAGE]
     outputs = loaded.signatures["serving_default"](image_bytes=tf.reshape(image_bytes, [1]))
     assert outputs["probabilities"].shape == (1, len(manifest["classes"]))
@@ -147,6 +145,40 @@ def test_another_config_in_the_same_folder_is_refused(trained_run, built_records
     records_dir, _ = built_records
     assert train.main(_train_args(records_dir, trained_run, "--epochs", "3")) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+_TIMING_COLUMNS = ("images_per_second", "seconds")
+
+
+def _served(run_dir, image_bytes):
+    loaded = tf.saved_model.load(os.path.join(run_dir, "saved_model"))
+    return loaded.signatures["serving_default"](image_bytes=image_bytes)["probabilities"].numpy()
+
+
+@pytest.mark.slow
+def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path):
+    records_dir, manifest = built_records
+    runs = [tmp_path / "first", tmp_path / "second"]
+    arguments = ["--epochs", "2", "--head-epochs", "1", "--deterministic", "--seed", "3"]
+    processes = [  # side by side, each in its own process: op determinism cannot be turned off again
+        subprocess.Popen(
+            [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, run, *arguments)],
+            env=_subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for run in runs
+    ]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+    first, second = (
+        [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(run)] for run in runs
+    )
+    assert first == second and len(first) == 2
+    records = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")).batch(16)
+    image_bytes = schema.parse_records(next(iter(records)))[schema.IMAGE]
+    assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
 
 
 # --- kill and resume -----------------------------------------------------------

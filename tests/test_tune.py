@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from abo_tf import train, tune
 from abo_tf.training import run_folder
+from abo_tf.tuning import reruns as reruns_lib
 from abo_tf.tuning import search
 from abo_tf.tuning import space as space_lib
 from abo_tf.tuning import study as study_lib
@@ -25,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACE = (
     "[search]\nfine_tune_learning_rate = { low = 1e-4, high = 1e-2, log = true }\ndropout = { low = 0.0, high = 0.5 }\n"
 )
-TINY_TUNE = [*TINY_TRAIN_ARGS, "--head-epochs", "0"]
+TINY_TUNE = [*TINY_TRAIN_ARGS, "--head-epochs", "0", "--rerun-top", "0"]  # re-runs: the one test that asks
 
 
 def _config(tmp_path, text=SPACE, name="search.toml"):
@@ -52,23 +54,73 @@ def _finished_numbers(tune_dir):
 
 
 @pytest.mark.slow
-def test_study_records_every_trial_and_best_toml_reproduces_the_best(built_records, tmp_path):
+def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_records, tmp_path):
     records_dir, _ = built_records
     output = tmp_path / "tune"
-    assert tune.main(_tune_args(records_dir, _config(tmp_path), output, "--trials", "2", "--epochs", "1")) == 0
+    reruns = ["--rerun-top", "2", "--rerun-seeds", "2"]
+    arguments = _tune_args(records_dir, _config(tmp_path), output, "--trials", "2", "--epochs", "1", *reruns)
+    assert tune.main(arguments) == 0
     rows = _trials_csv(output)
     assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} <= {"COMPLETE", "PRUNED"}
     assert os.path.isfile(output / "trials" / "0001" / "history.csv")
     assert "default config" in (output / "report.md").read_text() and os.path.isfile(output / "slices.png")
-    best = max((row for row in rows if row["state"] == "COMPLETE"), key=lambda row: float(row["objective"]))
+    means = _check_reruns(output, [row for row in rows if row["state"] == "COMPLETE"], seeds=[1, 2])
+    best = max(means, key=lambda number: (means[number], -number))
     rerun = tmp_path / "rerun"
     assert train.main(["--config", str(output / "best.toml"), "--output", str(rerun), "--no-progress"]) == 0
     reproduced = run_folder.load_metrics(str(rerun))["validation"]["macro_f1"]
-    assert abs(reproduced - float(best["objective"])) <= 0.02
-    # F1 on a tiny split barely moves: the stricter check is that best.toml is the best trial's whole config.
-    assert run_folder.load_config(str(rerun)) == run_folder.load_config(
-        trials_lib.trial_dir(str(output), int(best["number"]))
-    )
+    search_objective = next(float(row["objective"]) for row in rows if int(row["number"]) == best)
+    assert abs(reproduced - search_objective) <= 0.02
+    # F1 on a tiny split barely moves: the stricter check is that best.toml is the best mean's whole config.
+    assert run_folder.load_config(str(rerun)) == run_folder.load_config(trials_lib.trial_dir(str(output), best))
+    finished = sorted(output.glob("reruns/*/metrics.json"))
+    stamps = [path.stat().st_mtime_ns for path in finished]
+    assert tune.main(arguments) == 0  # the same command again: the study and its re-runs are done, none retrained
+    assert [path.stat().st_mtime_ns for path in sorted(output.glob("reruns/*/metrics.json"))] == stamps
+
+
+def _check_reruns(output, complete_rows, seeds):
+    """Checks reruns.csv and report.md against the re-runs' own run folders; returns {trial: mean}."""
+    with open(output / "reruns.csv", newline="") as handle:
+        reruns_rows = list(csv.DictReader(handle))
+    assert {int(row["trial"]) for row in reruns_rows} == {int(row["number"]) for row in complete_rows}
+    report = (output / "report.md").read_text()
+    means = {}
+    for row in reruns_rows:
+        number = int(row["trial"])
+        objectives = []
+        for seed in seeds:
+            folder = reruns_lib.rerun_dir(str(output), number, seed)
+            assert run_folder.load_config(folder)["seed"] == seed
+            objectives.append(run_folder.load_metrics(folder)["validation"]["macro_f1"])
+        assert [int(seed) for seed in row["seeds"].split()] == seeds
+        assert [float(value) for value in row["objectives"].split()] == objectives
+        assert float(row["mean"]) == pytest.approx(statistics.mean(objectives))
+        assert float(row["sd"]) == pytest.approx(statistics.stdev(objectives))
+        assert f"{statistics.mean(objectives):.4f} ± {statistics.stdev(objectives):.4f}" in report
+        means[number] = statistics.mean(objectives)
+    assert "## Re-runs with other seeds" in report
+    return means
+
+
+def test_longer_head_phase_is_not_pruned_by_construction():
+    # The tuner's median pruner, comparing from the second reported step, once one trial has finished.
+    study = optuna.create_study(direction="maximize", pruner=study_lib.make_pruner("median", trials=3))
+    finished = study.ask()
+    report = trials_lib._pruning_hook(finished, "accuracy", head_epochs=0)
+    for epoch in range(1, 5):
+        report(epoch, {"val_accuracy": 0.8})
+    study.tell(finished, 0.8)
+    trial = study.ask()
+    report = trials_lib._pruning_hook(trial, "accuracy", head_epochs=3)
+    for epoch in range(1, 4):  # frozen backbone: far below the other trial's fine-tuning epochs at the same epoch
+        report(epoch, {"val_accuracy": 0.1})
+    assert study.trials[trial.number].intermediate_values == {}  # with epochs as steps it was pruned at epoch 2
+    report(4, {"val_accuracy": 0.7})  # the first fine-tuning epoch: never pruned (n_warmup_steps)
+    with pytest.raises(optuna.TrialPruned, match="fine-tuning epoch 2"):
+        report(5, {"val_accuracy": 0.6})  # its best, 0.7, against the other's second fine-tuning epoch, 0.8
+    assert study.trials[trial.number].intermediate_values == {1: 0.7, 2: 0.6}
+    assert study.trials[trial.number].user_attrs[trials_lib.EPOCHS] == 5
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ The report folder (`--report`) gets:
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images
-    summary.json          the figures of report.md, and the build the audit read (its manifest's SHA-256)
+    summary.json          the figures of report.md, and the build the audit read (its manifest's SHA-256);
+                          with --truth (a generated sample's), recall and precision on its planted label errors
     report.md             pairs per split pair, the share of test with a near-duplicate in train, top issues
     config.toml           the resolved options
 """
@@ -25,7 +26,7 @@ from abo_tf.common import files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.records.split import SPLITS
-from abo_tf.reports import figures, markdown
+from abo_tf.reports import figures, markdown, metrics
 
 PAIRS_FILE = "near_duplicates.csv"
 ISSUES_FILE = "label_issues.csv"
@@ -97,6 +98,13 @@ class AuditOptions(feature_spec.FeatureOptions):
         group=_LABELS,
         minimum=2,
         help="cross-validation folds of the out-of-sample probabilities",
+    )
+    truth: str = options.option(
+        "",
+        group=_LABELS,
+        metavar="FILE.json",
+        help="a generated sample's truth (python -m abo_tf.sample --truth): the report scores the label audit "
+        "on the label errors planted in it",
     )
     gallery_size: int = options.option(8, group=_REPORT, minimum=0, help="pairs and label issues shown in each gallery")
     progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False, help="progress bars")
@@ -248,6 +256,36 @@ def _summary(options_, manifest_sha256, pairs, counts, label_audit, seconds):
     }
 
 
+def _load_planted(path):
+    """The planted label errors of a truth file, or None without --truth."""
+    if not path:
+        return None
+    truth = files.read_json(path, what="sample truth")
+    if truth is None or not isinstance(truth, dict) or not {"label_flips", "listing_flips"} <= set(truth):
+        problem = "does not exist" if truth is None else "holds no label_flips and listing_flips"
+        raise UserInputError(f"--truth {path!r} {problem}: give the file `python -m abo_tf.sample --truth` wrote")
+    return label_issues.planted_label_errors(truth)
+
+
+def _planted_markdown(scores):
+    if scores is None:
+        return []
+    rows = [
+        (kind, entry["planted"], entry["flagged"], metrics.format_figure(entry["recall"]))
+        for kind, entry in scores["kinds"].items()
+    ]
+    return [
+        "Against the planted label errors (`--truth`): an image flip is one photo of another type on a listing, a "
+        "listing flip every image of a listing (one item) under a wrong type.",
+        "",
+        markdown.table(rows, ["planted error", "audited", "flagged", "recall"]),
+        "",
+        f"Precision: {scores['flagged_planted']} of the {scores['flagged']} flagged images are planted errors "
+        f"({metrics.format_figure(scores['precision'])}).",
+        "",
+    ]
+
+
 def _report_markdown(summary, counts, label_audit, galleries):
     count_rows = [(name, number, f"{images} of {total}") for name, number, images, total in counts]
     issue_rows = [
@@ -277,6 +315,7 @@ def _report_markdown(summary, counts, label_audit, galleries):
         "",
         markdown.table(issue_rows, ["image", "split", "given", "suggested", "self-confidence"]),
         "",
+        *_planted_markdown(summary.get("planted_label_errors")),
         "Estimated noise rate, the 10 noisiest product types:",
         "",
         markdown.table(
@@ -320,6 +359,7 @@ def run_audit(options_):
     """
     started = time.perf_counter()
     _check_options(options_)
+    planted = _load_planted(options_.truth)
     manifest = shards.read_manifest(options_.records)
     folder = outputs.claim(options_.report, "audit", "--report")
     outputs.remove_owned(folder, _WRITTEN)
@@ -336,7 +376,11 @@ def run_audit(options_):
     )
     hashed, pairs = _find_near_duplicates(options_, splits_features)
     label_audit = label_issues.find_label_issues(
-        splits_features, options_.folds, options_.seed, options_.label_issues_max
+        splits_features,
+        dict(zip(hashed.image_ids, hashed.item_ids)),
+        options_.folds,
+        options_.seed,
+        options_.label_issues_max,
     )
     pairs.to_csv(os.path.join(options_.report, PAIRS_FILE), index=False)
     label_audit.issues.to_csv(os.path.join(options_.report, ISSUES_FILE), index=False)
@@ -345,6 +389,8 @@ def run_audit(options_):
     counts = split_pair_counts(pairs, hashed)
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))
     summary = _summary(options_, manifest_sha256, pairs, counts, label_audit, time.perf_counter() - started)
+    if planted is not None:
+        summary["planted_label_errors"] = label_issues.score_planted(label_audit, planted)
     files.write_json(os.path.join(options_.report, SUMMARY_FILE), summary)
     shards.write_text(
         os.path.join(options_.report, REPORT_FILE), _report_markdown(summary, counts, label_audit, galleries)

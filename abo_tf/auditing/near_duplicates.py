@@ -52,6 +52,7 @@ class HashedImages(NamedTuple):
     splits: np.ndarray  # str [N]
     labels: np.ndarray  # int [N]
     product_types: np.ndarray  # str [N]
+    item_ids: np.ndarray  # str [N]: the label audit's folds keep an item's images together
 
 
 def _shrunk(pixels, side):
@@ -72,7 +73,7 @@ def signature(encoded):
 
 
 def _hash_chunk(task):
-    """Worker: `(split, [(image id, label, product type, hash, thumbnail)])` of a chunk of serialised records.
+    """Worker: `(split, [(image id, label, product type, item id, hash, thumbnail)])` of a chunk of records.
 
     Records are parsed here, not in the parent: the parent only frames them, so it does not become the
     bottleneck of the fan-out.
@@ -86,6 +87,7 @@ def _hash_chunk(task):
                 record[schema.IMAGE_ID].decode(),
                 record[schema.LABEL],
                 record[schema.PRODUCT_TYPE].decode(),
+                record[schema.ITEM_ID].decode(),
                 *signature(record[schema.IMAGE]),
             )
         )
@@ -139,7 +141,7 @@ def hash_records(records_dir, workers=None, progress=True):
             rows.extend(results)
             split_names.extend([split] * len(results))
             bar.update(len(results))
-    image_ids, labels, product_types, hashes, thumbnails = zip(*rows) if rows else ((),) * 5
+    image_ids, labels, product_types, item_ids, hashes, thumbnails = zip(*rows) if rows else ((),) * 6
     width = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
     return HashedImages(
         np.array(hashes, dtype=np.uint64),
@@ -148,6 +150,7 @@ def hash_records(records_dir, workers=None, progress=True):
         np.array(split_names, dtype=str),
         np.array(labels, dtype=np.int64),
         np.array(product_types, dtype=str),
+        np.array(item_ids, dtype=str),
     )
 
 

@@ -81,6 +81,12 @@ def _lock(path, flag):
     _HELD_LOCKS[real] = handle
 
 
+def is_busy(error):
+    """True when an `OutputFolderError` of `claim` says another process holds the folder's lock."""
+    cause = error.__cause__
+    return isinstance(cause, OSError) and cause.errno in (errno.EAGAIN, errno.EACCES)
+
+
 def claim(path, command, flag="--output", recognise=None):
     """Makes `path` the output folder of `command`, or refuses it with a one-line error.
 

@@ -192,6 +192,8 @@ BAD_KINDS = (TRUNCATED, EMPTY, NOT_AN_IMAGE, TOO_LARGE)
 NEAR_DUPLICATE_VARIANTS = ("reencoded", "resized", "cropped", "brightened")
 NEAR_DUPLICATES_PER_LISTING = 1 / 20
 LABEL_FLIPS_PER_LISTING = 1 / 24
+LISTING_FLIPS_PER_LISTING = 1 / 40
+MIN_LISTING_FLIP_IMAGES = 2  # a listing flip has other views that could vouch for the wrong label
 MAX_OTHER_IMAGES_BEFORE_PLANTING = 4  # a listing shows at most 8 other images; planting adds one
 
 
@@ -238,6 +240,7 @@ class _Plan:
     malformed: dict = dataclasses.field(default_factory=dict)  # file number -> 0-based line of the bad line
     near_duplicates: list = dataclasses.field(default_factory=list)  # (source image, near-duplicate image)
     label_flips: list = dataclasses.field(default_factory=list)  # (listing, image showing another type)
+    listing_flips: list = dataclasses.field(default_factory=list)  # (listing, the type all its images show)
 
     def new_image(self, kind, style):
         """Adds an image of random size; returns its index."""
@@ -582,6 +585,29 @@ def _plant_audit_truth(plan, num_listings):
     first_new = len(plan.images) - len(plan.near_duplicates)
     _assign_new_image_ids(plan, rng, first_new)
     _assign_paths(plan)
+    _plant_listing_flips(plan, num_listings)
+
+
+def _plant_listing_flips(plan, num_listings):
+    """Listings whose every image shows another big type than the listing says: the seller's label is wrong
+    for the whole listing, so its other views agree with each other, not with the label. From their own
+    random stream, on listings no other audit truth touched, so that truth keeps its bytes."""
+    rng = random.Random(f"abo-sample-listing-flips-{plan.seed}")
+    touched = {image for pair in plan.near_duplicates for image in pair} | {image for _, image in plan.label_flips}
+    candidates = []
+    for listing_index, photos in _exclusive_photos(plan).items():
+        listing = plan.listings[listing_index]
+        shown = {index for index in [listing.main] + listing.others if index is not None}
+        products = {index for index in shown if plan.images[index].style >= 0}  # not the boilerplate
+        if len(photos) >= MIN_LISTING_FLIP_IMAGES and set(photos) == products and not shown & touched:
+            candidates.append(listing_index)
+    for listing_index in rng.sample(candidates, max(1, round(num_listings * LISTING_FLIPS_PER_LISTING))):
+        listing = plan.listings[listing_index]
+        shown_type = rng.choice([index for index in range(QUIRK_CARRIER_TYPES) if index != listing.type_index])
+        for index in [listing.main] + listing.others:
+            if index is not None and plan.images[index].style >= 0:
+                plan.images[index].style = shown_type
+        plan.listing_flips.append((listing_index, shown_type))
 
 
 # --- listing records ---------------------------------------------------------
@@ -1179,6 +1205,22 @@ def _truth(plan, files, tar):
             ),
             key=lambda entry: entry["image_id"],
         ),
+        "listing_flips": sorted(
+            (
+                {
+                    "item_id": plan.item_ids[plan.listings[listing].item],
+                    "image_ids": sorted(
+                        plan.images[index].image_id
+                        for index in [plan.listings[listing].main] + plan.listings[listing].others
+                        if index is not None and plan.images[index].style >= 0
+                    ),
+                    "given_type": PRODUCT_TYPES[plan.listings[listing].type_index][0],
+                    "true_type": PRODUCT_TYPES[shown_type][0],
+                }
+                for listing, shown_type in plan.listing_flips
+            ),
+            key=lambda entry: entry["item_id"],
+        ),
         "files": files,
     }
 
@@ -1244,6 +1286,8 @@ def generate_sample(
           NEAR_DUPLICATE_VARIANTS) on a listing of another item of the same type, each shown by one listing;
         label_flips: [{"image_id", "given_type", "true_type"}]: an other image of one listing that shows
           another big type than the listing's;
+        listing_flips: [{"item_id", "image_ids", "given_type", "true_type"}]: a listing (its item listed once)
+          whose every image (at least MIN_LISTING_FLIP_IMAGES) shows another big type than the listing's;
         files: paths written, relative to `output_dir`; seed, max_side, tar: the arguments.
 
     Raises:

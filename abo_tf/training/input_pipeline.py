@@ -5,8 +5,8 @@
     -> prefetch
 
 Images stay uint8 until the model, which normalises them itself, so serving
-and training cannot disagree. Training order is non-deterministic (faster);
-evaluation order is deterministic.
+and training cannot disagree. Training order is non-deterministic (faster)
+unless `deterministic` (train --deterministic); evaluation order is deterministic.
 
 Broken records are one-line errors that name the shard: `check_records` compares
 the manifest with the files before reading (cheap: sizes, not contents), and
@@ -30,9 +30,9 @@ RAM_BUDGET_FRACTION = 0.25  # of the machine's memory, for tf.data autotuned buf
 ENCODED_IMAGE = "encoded_image"
 
 
-def _options(training):
+def _options(in_order):
     options = tf.data.Options()
-    options.deterministic = not training
+    options.deterministic = in_order
     # The TF performance guide: one intra-op thread per tf.data op, parallelism comes from the pipeline.
     options.threading.max_intra_op_parallelism = 1
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -159,18 +159,30 @@ def _checked_labels(labels, num_classes):
         return tf.cast(labels, tf.int32)
 
 
-def _decode_batch(image_size, training, extra_keys, num_classes):
-    transform = preprocess.train_image if training else preprocess.eval_image
+_POSITION = "position"  # of an example in the stream read: with --seed, its augmentation's seed
 
-    def decode(batch):
-        images = tf.map_fn(
-            lambda data: transform(data, image_size),
-            batch[schema.IMAGE],
+
+def _decode_batch(image_size, training, extra_keys, num_classes, seed):
+    def transform(batch):
+        if not training:
+            return tf.map_fn(
+                lambda data: preprocess.eval_image(data, image_size),
+                batch[schema.IMAGE],
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+            )
+        # Stateless random ops seeded by (--seed, position): a run read in order augments the same way every
+        # time, and the parallel maps stay parallel (under op determinism, stateful ones run one at a time).
+        seeds = tf.stack([tf.fill(tf.shape(batch[_POSITION]), tf.constant(seed, tf.int64)), batch[_POSITION]], 1)
+        return tf.map_fn(
+            lambda pair: preprocess.train_image(pair[0], image_size, pair[1]),
+            (batch[schema.IMAGE], seeds),
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
+
+    def decode(batch):
         labels = _checked_labels(batch[schema.LABEL], num_classes)
         passed = {ENCODED_IMAGE if key == schema.IMAGE else key: batch[key] for key in extra_keys}
-        return {"image": images, "label": labels, **passed}
+        return {"image": transform(batch), "label": labels, **passed}
 
     return decode
 
@@ -200,6 +212,7 @@ def make_dataset(
     repeat=None,
     drop_remainder=None,
     extra_keys=(),
+    deterministic=False,
 ):
     """Builds the input pipeline of one split.
 
@@ -211,7 +224,7 @@ def make_dataset(
       training: random crops, flips, shuffling, repeat and drop_remainder; else
         a deterministic resize + centre crop, one pass, in order.
       input_context: a `tf.distribute.InputContext`; the pipeline reads only its share.
-      seed: seeds the file-order shuffle (the augmentation is not seeded).
+      seed: seeds the file order, the example shuffle and (with each example's position) its augmentation.
       cache: cache the encoded records in memory after the first pass.
       manifest: the build's manifest if already read.
       repeat: repeat forever; default: when training. A distributed evaluation
@@ -220,18 +233,20 @@ def make_dataset(
       extra_keys: record keys passed through as they are (e.g. `schema.IMAGE_ID`
         for reports that name the images); `schema.IMAGE` passes the encoded
         bytes as `ENCODED_IMAGE` (the parity check feeds them to the SavedModel).
+      deterministic: training in order too (the shuffles are seeded): the same seed gives the same batches.
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
     """
     manifest = manifest or shards.read_manifest(records_dir)
     files = split_files(records_dir, split, manifest)
+    in_order = deterministic or not training
     dataset, shard_records = _shard_for_input_pipeline(files, input_context, training, seed)
     dataset = dataset.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(len(files), 8),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training,
+        deterministic=in_order,
     )
     if shard_records:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -241,14 +256,16 @@ def make_dataset(
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
     if training if repeat is None else repeat:
         dataset = dataset.repeat()
+    dataset = dataset.enumerate()
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     keys = (schema.IMAGE, schema.LABEL, *extra_keys)
     dataset = dataset.map(
-        lambda serialized: schema.parse_records(serialized, keys), num_parallel_calls=tf.data.AUTOTUNE
+        lambda positions, serialized: {**schema.parse_records(serialized, keys), _POSITION: positions},
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
-    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]))
+    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]), seed)
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(training))
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(in_order))
 
 
 def num_examples(records_dir, split, manifest=None):

@@ -89,6 +89,12 @@ class TrainConfig:
     tpu: str = options.option("", help="TPU name or address for --strategy tpu", group=_HARDWARE)
     mixed_precision: bool = options.option(False, help="float16 compute, float32 variables", group=_HARDWARE)
     jit_compile: bool = options.option(False, help="XLA; off on CPU", group=_HARDWARE)
+    deterministic: bool = options.option(
+        False,
+        group=_HARDWARE,
+        help="the same --seed gives the same run: input in a seeded order, deterministic ops "
+        "(tf.config.experimental.enable_op_determinism, for the whole process); slower",
+    )
     output: str = options.option(help="run folder", group=_RUN, required=True, config=False)
     checkpoint_every_steps: int = options.option(
         0, help="0 = every epoch only", group=_RUN, minimum=0, maximum=MAX_STEPS
@@ -218,6 +224,7 @@ def _distributed(strategy, config, split, training, manifest):
             manifest,
             repeat=True,
             drop_remainder=True,
+            deterministic=config.deterministic,
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -682,6 +689,9 @@ def train(config, on_epoch_end=None):
     """
     # --seed seeds the initial weights and the augmentation too: a tuned trial is reproduced by its config.
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        # Also runs tf.data's stateful map functions (the augmentation's random ops) one element at a time.
+        tf.config.experimental.enable_op_determinism()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.strategy == "tpu" else "mixed_float16")
     strategy = distribute.make_strategy(config.strategy, config.tpu)

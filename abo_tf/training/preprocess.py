@@ -180,7 +180,7 @@ def _central_square(image):
     return image[top : top + side, left : left + side]
 
 
-def train_image(image_bytes, image_size, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
+def train_image(image_bytes, image_size, seed=None, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
     """Random resized ("Inception") crop and random horizontal flip, for training.
 
     The crop window is chosen from the JPEG header and only that window is
@@ -191,16 +191,22 @@ def train_image(image_bytes, image_size, area_range=(0.08, 1.0), aspect_ratio_ra
     Args:
       image_bytes: scalar string tensor, JPEG bytes.
       image_size: side of the square output, a Python int.
+      seed: int tensor [2] of the stateless random ops: the same seed, the same crop and flip (the input
+        pipeline passes one per example); None draws one.
       area_range: range of the crop's fraction of the image area.
       aspect_ratio_range: range of the crop's width / height.
 
     Returns:
       uint8 tensor [image_size, image_size, 3].
     """
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     shape = tf.image.extract_jpeg_shape(image_bytes)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         bounding_boxes=tf.zeros([0, 0, 4], tf.float32),  # no boxes: sample from the whole image
+        seed=crop_seed,
         min_object_covered=0.0,
         aspect_ratio_range=aspect_ratio_range,
         area_range=area_range,
@@ -211,5 +217,5 @@ def train_image(image_bytes, image_size, area_range=(0.08, 1.0), aspect_ratio_ra
     image = tf.io.decode_and_crop_jpeg(image_bytes, crop_window, channels=3)
     # The same resize as eval_image, so train and eval pixels look alike.
     resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=ANTIALIAS)
-    flipped = tf.image.random_flip_left_right(resized)
+    flipped = tf.image.stateless_random_flip_left_right(resized, seed=flip_seed)
     return tf.ensure_shape(_to_uint8(flipped), [image_size, image_size, 3])

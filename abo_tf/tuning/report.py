@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import sys
 
@@ -12,9 +13,10 @@ from abo_tf.reports import bootstrap, figures, markdown, metrics, predictions_fi
 from abo_tf.training import run_folder
 from abo_tf.tuning import trials as trials_lib
 
-TRIALS_CSV, BEST_TOML, REPORT = "trials.csv", "best.toml", "report.md"
+TRIALS_CSV, BEST_TOML, REPORT, RERUNS_CSV = "trials.csv", "best.toml", "report.md", "reruns.csv"
 FIGURES = {"history": "optimization_history.png", "importances": "param_importances.png", "slices": "slices.png"}
 _COLUMNS = ("number", "state", "objective", "epochs", "seconds", "params", "stopped_because")
+_RERUN_COLUMNS = ("trial", "search_objective", "seeds", "objectives", "mean", "sd", "params")
 MIN_TRIALS_FOR_IMPORTANCES = 4  # fANOVA on fewer finished trials says nothing
 
 
@@ -57,9 +59,22 @@ def best_trial(study):
     return max(complete, key=lambda trial: (trial.value, -trial.number)) if complete else None
 
 
-def write_best_toml(study, tune_dir):
-    """best.toml: the complete train config of the best trial (its run folder's config.toml), or None."""
+def chosen(study, reruns):
+    """(trial, header) of best.toml: the best mean of the re-runs when there are any, else the best trial."""
+    if reruns and not math.isnan(reruns[0].mean):
+        best = reruns[0]
+        seeds = ", ".join(map(str, best.seeds))
+        return best.trial, (
+            f"validation {best.mean:.4f} ± {best.sd:.4f} (mean ± sd over seeds {seeds}; "
+            f"{best.trial.value:.4f} in the search)"
+        )
     best = best_trial(study)
+    return best, None if best is None else f"validation {best.value:.4f}"
+
+
+def write_best_toml(study, tune_dir, reruns=None):
+    """best.toml: the complete train config of the chosen trial (its run folder's config.toml), or None."""
+    best, figure = chosen(study, reruns)
     if best is None:
         return None
     values = run_folder.load_config(trials_lib.trial_dir(tune_dir, best.number))
@@ -68,12 +83,58 @@ def write_best_toml(study, tune_dir):
     def write(path):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(
-                f"# Trial {best.number} of study {study.study_name!r}: validation {best.value:.4f}.\n"
+                f"# Trial {best.number} of study {study.study_name!r}: {figure}.\n"
                 f"#   python -m abo_tf.train --config {final_path} --records ... --output ...\n"
             )
             handle.write(tomli_w.dumps(dict(sorted(values.items()))))
 
     return _replace(final_path, write)
+
+
+def write_reruns_csv(reruns, tune_dir):
+    """reruns.csv: per re-run config, its trial, search objective, seeds, their objectives, mean and sd."""
+
+    def write(path):
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(_RERUN_COLUMNS)
+            for rerun in reruns:
+                seeds, objectives = " ".join(map(str, rerun.seeds)), " ".join(map(str, rerun.objectives))
+                writer.writerow(
+                    [rerun.trial.number, rerun.trial.value, seeds, objectives, rerun.mean, rerun.sd, _params(rerun)]
+                )
+
+    return _replace(os.path.join(tune_dir, RERUNS_CSV), write)
+
+
+def _params(rerun):
+    return json.dumps(rerun.trial.params, sort_keys=True)
+
+
+def _rerun_section(reruns, objective, best_number):
+    """The re-runs' table: the configs best.toml was chosen among, mean ± sd over seeds."""
+    if not reruns:
+        return []
+    rows = [
+        (
+            rerun.trial.number,
+            metrics.format_figure(rerun.trial.value, 4),
+            f"{metrics.format_figure(rerun.mean, 4)} ± {metrics.format_figure(rerun.sd, 4)}",
+            ", ".join(metrics.format_figure(value, 4) for value in rerun.objectives),
+            _params(rerun),
+        )
+        for rerun in reruns
+    ]
+    return [
+        "## Re-runs with other seeds",
+        "",
+        f"The {len(reruns)} best configs trained again with seeds {', '.join(map(str, reruns[0].seeds))} "
+        f"([{RERUNS_CSV}]({RERUNS_CSV}), runs in `reruns/`); best.toml is trial {best_number}'s config, the best "
+        "mean (a config whose run failed with a seed has no mean and is chosen only when every one failed).",
+        "",
+        markdown.table(rows, ("trial", f"search {objective}", f"mean ± sd {objective}", "per seed", "params")),
+        "",
+    ]
 
 
 def _draw_figures(study, tune_dir, num_params):
@@ -163,10 +224,10 @@ def formatted_rows(study, tune_dir, objective):
     return rows
 
 
-def best_minus_default(study, tune_dir, samples, seed):
-    """The best trial minus the default config on test (macro F1, accuracy), paired by item; None when either is
-    missing, they are the same trial, or a run has no test_predictions.csv."""
-    default, best = default_trial(study), best_trial(study)
+def best_minus_default(study, tune_dir, samples, seed, reruns=None):
+    """The chosen trial (best.toml's) minus the default config on test (macro F1, accuracy), paired by item; None
+    when either is missing, they are the same trial, or a run has no test_predictions.csv."""
+    default, best = default_trial(study), chosen(study, reruns)[0]
     if default is None or best is None or default.number == best.number:
         return None
     folders = (trials_lib.trial_dir(tune_dir, trial.number) for trial in (best, default))
@@ -176,18 +237,19 @@ def best_minus_default(study, tune_dir, samples, seed):
 def _difference_line(differences, samples, seed):
     if differences is None:
         return (
-            "Best trial minus default config: n/a (the same trial, one of them unfinished, or runs without "
+            "best.toml's config minus the default config: n/a (the same trial, one of them unfinished, or runs without "
             f"{predictions_file.TEST_PREDICTIONS})."
         )
     return (
-        f"Best trial minus default config on test, paired bootstrap over items ({samples} resamples, seed {seed}): "
+        f"best.toml's config minus the default config on test, paired bootstrap over items ({samples} resamples, "
+        f"seed {seed}): "
         f"macro F1 {bootstrap.format_difference(differences['macro_f1'])}, "
         f"accuracy {bootstrap.format_difference(differences['accuracy'])}; "
         '"(includes 0)": the test split cannot tell the two configs apart.'
     )
 
 
-def write_report(study, tune_dir, tune_options, num_params, difference_line):
+def write_report(study, tune_dir, tune_options, num_params, difference_line, reruns=None):
     drawn = _draw_figures(study, tune_dir, num_params) if best_trial(study) else {}
     states = [trial.state.name for trial in recorded_trials(study)]
     lines = [
@@ -210,6 +272,7 @@ def write_report(study, tune_dir, tune_options, num_params, difference_line):
         "",
     ]
     lines += [f"![{name}]({path})\n" for name, path in drawn.items()]
+    lines += _rerun_section(reruns, tune_options.objective, chosen(study, reruns)[0].number if reruns else None)
     lines += [
         "## Trials",
         "",
@@ -225,20 +288,24 @@ def write_report(study, tune_dir, tune_options, num_params, difference_line):
     return _replace(os.path.join(tune_dir, REPORT), write)
 
 
-def write_all(search):
-    """trials.csv, best.toml and report.md; returns the console summary."""
+def write_all(search, reruns=None):
+    """trials.csv, reruns.csv (with `reruns`), best.toml and report.md; returns the console summary."""
     tune_dir = search.options.output
     write_trials_csv(search.study, tune_dir)
-    best_path = write_best_toml(search.study, tune_dir)
+    if reruns:
+        write_reruns_csv(reruns, tune_dir)
+    best_path = write_best_toml(search.study, tune_dir, reruns)
     samples, seed = bootstrap.DEFAULT_SAMPLES, search.options.seed
-    difference_line = _difference_line(best_minus_default(search.study, tune_dir, samples, seed), samples, seed)
-    write_report(search.study, tune_dir, search.options, len(search.space), difference_line)
+    differences = best_minus_default(search.study, tune_dir, samples, seed, reruns)
+    difference_line = _difference_line(differences, samples, seed)
+    write_report(search.study, tune_dir, search.options, len(search.space), difference_line, reruns)
     lines = []
     for name, number, value, test_f1, test_accuracy in formatted_rows(search.study, tune_dir, search.options.objective):
         lines.append(
             f"{name} (trial {number}): validation {value}, test macro F1 {test_f1}, test accuracy {test_accuracy}"
         )
     lines.append(difference_line)
-    lines.append(f"best config: {best_path}" if best_path else "no trial completed: no best.toml")
+    best, figure = chosen(search.study, reruns)
+    lines.append(f"best config: {best_path} (trial {best.number}, {figure})" if best else "no trial completed")
     lines.append(f"report: {os.path.join(tune_dir, REPORT)}")
     return "\n".join(lines)

@@ -1,7 +1,6 @@
 """The search: tune options, the tune folder, and the loop that runs trials until the study has its count."""
 
 import dataclasses
-import errno
 import os
 import re
 import sys
@@ -22,7 +21,7 @@ from abo_tf.tuning import trials as trials_lib
 _SEARCH = "search"
 DEFAULT_STUDY = "abo_tf-tune"
 # Options that may change between runs of one study (ask for more trials, more time).
-_MAY_CHANGE = ("trials", "timeout")
+_MAY_CHANGE = ("trials", "timeout", "rerun_top", "rerun_seeds")
 _POLL_SECONDS = 2.0
 
 
@@ -53,6 +52,16 @@ class TuneOptions(loop.TrainConfig):
     )
     sampler: str = options.option(
         "tpe", choices=study_lib.SAMPLERS, group=_SEARCH, help="draws the trials' values (seeded by --seed)"
+    )
+    rerun_top: int = options.option(
+        3,
+        group=_SEARCH,
+        minimum=0,
+        help="after the search, the best configs trained again with --rerun-seeds other seeds; best.toml is the "
+        "best mean (0 = the best single trial)",
+    )
+    rerun_seeds: int = options.option(
+        3, group=_SEARCH, minimum=2, help="seeds of each re-run config: --seed + 1, --seed + 2, ..."
     )
     storage: str = options.option(
         "",
@@ -124,8 +133,7 @@ def _claim_shared(path):
             outputs.claim(path, "tune", "--output")
             break
         except outputs.OutputFolderError as error:
-            busy = isinstance(error.__cause__, OSError) and error.__cause__.errno in (errno.EAGAIN, errno.EACCES)
-            if not busy or attempt == 39:  # another worker holds it for the moment of its own claim
+            if not outputs.is_busy(error) or attempt == 39:  # another worker holds it for the moment of its own claim
                 raise
             time.sleep(0.25)
     outputs.release(path)

@@ -20,7 +20,7 @@ _RANGE_KEYS, _CHOICE_KEYS = {"low", "high", "log"}, {"choices"}
 # Where a trial writes and what it reads are the tuner's to set, not the search's. The others change how a
 # trial runs or is measured, not what the model learns: validation_steps would score trials on different
 # validation images, mixed_precision sets Keras' global policy, which the next trial in the process would
-# inherit, and a strategy, a TPU, XLA, a cache, checkpoints or the SavedModel's top_k cannot win on merit.
+# inherit, and a strategy, a TPU, XLA, determinism, a cache, checkpoints or the SavedModel's top_k cannot win on merit.
 _NOT_SEARCHABLE = (
     "records",
     "output",
@@ -30,6 +30,7 @@ _NOT_SEARCHABLE = (
     "tpu",
     "mixed_precision",
     "jit_compile",
+    "deterministic",
     "cache",
     "checkpoint_every_steps",
     "top_k",

@@ -67,8 +67,9 @@ def make_sampler(name, seed):
 
 def make_pruner(name, trials):
     """The pruner. The median one waits for a third of the study (1 to 5 trials) to finish, and prunes from a
-    trial's second epoch: on the benchmark's sample (benchmarks/tune_benchmark.py), a median of one finished
-    trial pruned all 5 others, one of them at epoch 1."""
+    trial's second fine-tuning epoch (trials report fine-tuning epochs only: trials.py): on the benchmark's
+    sample (benchmarks/tune_benchmark.py), a median of one finished trial pruned all 5 others, one of them at
+    epoch 1."""
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "hyperband":

@@ -23,14 +23,24 @@ def trial_dir(tune_dir, number):
     return os.path.join(tune_dir, TRIALS, f"{number:04d}")
 
 
-def _pruning_hook(trial, objective):
+def _pruning_hook(trial, objective, head_epochs):
+    """Reports the fine-tuning epochs to the pruner, numbered 1, 2, ... from the first one; head epochs not at all.
+
+    A frozen-backbone epoch scores below a fine-tuning one whatever the config. With epochs as Optuna's steps,
+    the median pruner compared one trial's third head epoch with another's third fine-tuning epoch, so a longer
+    --head-epochs was pruned by construction. Numbered from the start of fine-tuning, trials are compared at the
+    same point of the same phase, under every pruner (median and hyperband alike, no wrapper around each), and
+    Optuna's figures show curves that line up. The head phase is never pruned: it is the short, cheap part.
+    """
     epoch_key = OBJECTIVES[objective][0]
 
     def on_epoch_end(epoch, validation_metrics):
         trial.set_user_attr(EPOCHS, epoch)
-        trial.report(validation_metrics[epoch_key], epoch)
+        if epoch <= head_epochs:
+            return
+        trial.report(validation_metrics[epoch_key], epoch - head_epochs)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} (fine-tuning epoch {epoch - head_epochs})")
 
     return on_epoch_end
 
@@ -49,14 +59,19 @@ def _config_or_prune(base_config, values, folder):
         raise optuna.TrialPruned(f"train refuses the combination: {error}") from error
 
 
-def _train(trial, config, objective):
+def train_run(config, objective, on_epoch_end=None):
+    """Trains `config` in its run folder (locked while it trains); returns the final validation `objective`."""
     outputs.claim(config.output, "train", "--output", recognise=run_folder.is_started_run)
     try:
         options.save_config(config, config.output)
-        results = loop.train(config, on_epoch_end=_pruning_hook(trial, objective))
+        results = loop.train(config, on_epoch_end=on_epoch_end)
     finally:
         outputs.release(config.output)  # the study's bookkeeping, not this lock, says the trial is over
     return results["validation"][OBJECTIVES[objective][1]]
+
+
+def _train(trial, config, objective):
+    return train_run(config, objective, _pruning_hook(trial, objective, config.head_epochs))
 
 
 def run_trial(study, trial, space, base_config, tune_dir, objective):
