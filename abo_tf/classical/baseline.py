@@ -96,7 +96,7 @@ class BaselineConfig(feature_spec.FeatureOptions):
     exclude: str | None = options.option(
         group="comparison",
         metavar="FILE",
-        help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score "
+        help="near_duplicate_groups.csv of `abo_tf.audit` (or its folder): also score "
         "validation and test without their images that have a near-duplicate in train",
     )
     cache_dir: str | None = options.option(

@@ -37,7 +37,7 @@ def evaluate(pipeline, splits, exclude=None):
     Args:
       pipeline: a fitted Pipeline.
       splits: dict split -> `SplitFeatures`, with train, validation and test.
-      exclude: an audit's near_duplicates.csv (`--exclude`): each split's metrics then also hold
+      exclude: an audit's near_duplicate_groups.csv (`--exclude`): each split's metrics then also hold
         "without_near_duplicates", the same metrics without its images that have a near-duplicate in train.
 
     Returns:

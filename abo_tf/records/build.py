@@ -14,7 +14,6 @@ gives byte-identical shards and an interrupted run resumes where it stopped.
 import array
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import fnmatch
 import gc
@@ -24,9 +23,9 @@ import os
 import time
 from typing import NamedTuple
 
-from abo_tf.common import console, outputs, parallel
+from abo_tf.common import console, id_files, outputs, parallel
 from abo_tf.common import options as options_lib
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import UserInputError
 from abo_tf.common.files import read_json, write_json
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import archive, download, images, labels, schema, shards, split
@@ -116,7 +115,7 @@ class BuildOptions:
     join_near_duplicates: str | None = options_lib.option(
         group=_SPLIT,
         metavar="FILE",
-        help="near_duplicates.csv of `abo_tf.audit` (or its report folder): each pair goes whole to one split",
+        help="near_duplicate_groups.csv of `abo_tf.audit` (or its report folder): each group goes whole to one split",
     )
     exclude_images: str | None = options_lib.option(
         group=_LABELS,
@@ -167,14 +166,15 @@ class BuildOptions:
             if values[name] is None:
                 del values[name]
             else:
-                values[name] = {"sha256": shards.file_sha256(id_file_path(values[name], _flag(name), default_name))}
+                path = id_files.id_file_path(values[name], _flag(name), default_name)
+                values[name] = {"sha256": shards.file_sha256(path)}
         return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
 
 
 # --- files of image ids from `abo_tf.audit` ------------------------------------
 
-_ID_FILES = {"join_near_duplicates": "near_duplicates.csv", "exclude_images": "label_issues.csv"}
-_PAIR_COLUMNS = ("image_id_a", "image_id_b")
+_ID_FILES = {"join_near_duplicates": "near_duplicate_groups.csv", "exclude_images": "label_issues.csv"}
+_GROUP_COLUMNS = ("group", "image_id")
 EXCLUDED = "excluded"  # the drop reason of --exclude-images
 
 
@@ -182,42 +182,21 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def id_file_path(path, flag, default_name):
-    """`path`, or `path/default_name` for an audit report folder; a one-line error naming `flag` if there is none."""
-    if os.path.isdir(path):
-        path = os.path.join(path, default_name)
-    if not os.path.isfile(path):
-        raise InputNotFoundError(
-            f"{flag} {path!r} does not exist: give the {default_name} of `python -m abo_tf.audit` "
-            "or its --report folder"
-        )
-    return path
-
-
-def read_id_rows(path, flag, columns):
-    """The rows of an audit's CSV as tuples of `columns`; a one-line error naming `flag` when a column is missing."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in columns if column not in (reader.fieldnames or ())]
-        if missing:
-            raise UserInputError(
-                f"{flag} {path!r} has no {missing[0]} column: give a CSV written by `python -m abo_tf.audit`"
-            )
-        return [tuple(row[column] for column in columns) for row in reader]
-
-
 def read_id_files(options):
-    """(near-duplicate pairs, excluded image ids) of the options' id files; empty when not given."""
+    """(near-duplicate pairs, excluded image ids) of the options' id files; empty when not given.
+
+    A group of `near_duplicate_groups.csv` becomes pairs of its first image with each other one.
+    """
     pairs, excluded = [], set()
     if options.join_near_duplicates is not None:
-        flag = _flag("join_near_duplicates")
-        pairs = read_id_rows(
-            id_file_path(options.join_near_duplicates, flag, _ID_FILES["join_near_duplicates"]), flag, _PAIR_COLUMNS
-        )
+        flag, name = _flag("join_near_duplicates"), _ID_FILES["join_near_duplicates"]
+        first_of_group = {}
+        for group, image_id in id_files.read_id_rows(options.join_near_duplicates, flag, _GROUP_COLUMNS, name):
+            pairs.append((first_of_group.setdefault(group, image_id), image_id))
     if options.exclude_images is not None:
-        flag = _flag("exclude_images")
-        path = id_file_path(options.exclude_images, flag, _ID_FILES["exclude_images"])
-        excluded = {image_id for (image_id,) in read_id_rows(path, flag, ("image_id",))}
+        flag, name = _flag("exclude_images"), _ID_FILES["exclude_images"]
+        rows = id_files.read_id_rows(options.exclude_images, flag, ("image_id",), name)
+        excluded = {image_id for (image_id,) in rows}
     return pairs, excluded
 
 

@@ -44,7 +44,7 @@ class EvaluateOptions:
     exclude: str | None = options_lib.option(
         group="inputs",
         metavar="FILE",
-        help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score the "
+        help="near_duplicate_groups.csv of `abo_tf.audit` (or its folder): also score the "
         "split without its images that have a near-duplicate in train",
     )
     report: str = options_lib.option(
@@ -295,9 +295,9 @@ def plot_gallery(pictures, class_names, path, title):
         axis.axis("off")
     for axis, picture in zip(axes.ravel(), pictures):
         axis.imshow(picture["image"])
-        axis.set_title(
+        figures.caption(
+            axis,
             f"true {class_names[picture['label']]}\npred {class_names[picture['predicted']]} ({picture['score']:.2f})",
-            fontsize=7,
         )
     if not pictures:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
@@ -561,6 +561,7 @@ def evaluate(options):
     """
     from abo_tf.training import export, input_pipeline
 
+    leaked = _leaked_ids(options)  # a bad --exclude fails before the model is loaded or the report claimed
     outputs.claim(options.report, "evaluate", "--report")
     options_lib.save_config(options, options.report)
     loaded = export.load_exported(options.model)
@@ -569,7 +570,6 @@ def evaluate(options):
     entry = _split_entry(manifest, options.split, options.records)
     input_pipeline.check_records(options.records, manifest, [options.split])
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
-    leaked = _leaked_ids(options)  # a bad --exclude fails before the split is run through the model
     predictions = predict(loaded, options, manifest, mapping)
     train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
     predicted = predictions.probabilities.argmax(axis=1)
