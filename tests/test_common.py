@@ -68,6 +68,39 @@ def test_bad_config_values_are_named(tmp_path, text, message):
 
 
 @pytest.mark.parametrize(
+    "text, message",
+    [
+        ("k" + ".k" * 4_000 + " = 1\n", "line 1 nests keys, tables or arrays 17 deep, more than the 16"),
+        ("k" + ".k" * 20_000 + " = 1\n", "line 1 is 40,005 bytes long"),
+        ("rate = " + "[\n" * 3000 + "]" * 3000 + "\n", "line 16 nests keys, tables or arrays 17 deep"),
+        ("rate = " + "{a=" * 2000 + "1" + "}" * 2000 + "\n", "line 1 nests keys, tables or arrays 17 deep"),
+        ("[data]\nrate = " + "{a=" * 2000 + "1" + "}" * 2000 + "\n", "line 2 nests keys"),
+        ("[data" + ".a" * 2000 + "]\nrate = 1\n", "line 1 nests keys"),
+        ("# " + "x" * 20_000 + "\n", "line 1 is 20,002 bytes long, more than the 10,000"),
+        (("# " + "x" * 98 + "\n") * 11_000, "is 1,111,000 bytes, more than the 1,048,576"),
+    ],
+    ids=["dotted-key", "dotted-key-long", "arrays", "inline-tables", "known-key-table", "header", "long-line", "large"],
+)
+def test_hostile_config_is_refused_before_parsing(tmp_path, text, message):
+    with pytest.raises(UserInputError, match=message) as error:
+        _parse(["--config", _write(tmp_path, text), "--records", "r"])
+    assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link-loop"])
+def test_config_that_is_no_regular_file_is_named_so(tmp_path, kind):
+    path = tmp_path / "config.toml"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(path, path)
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        _parse(["--config", str(path), "--records", "r"])
+
+
+@pytest.mark.parametrize(
     "argv, message",
     [
         ([], "--records is required"),
