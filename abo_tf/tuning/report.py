@@ -58,11 +58,22 @@ def best_trial(study):
 
 
 def write_best_toml(study, tune_dir):
-    """best.toml: the complete train config of the best trial (its run folder's config.toml), or None."""
-    best = best_trial(study)
-    if best is None:
+    """best.toml: the complete train config of the best trial (its run folder's config.toml), or None.
+
+    A trial whose folder was deleted is named on stderr and skipped: the best one with a folder is written.
+    """
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    for best in sorted(complete, key=lambda trial: (-trial.value, trial.number)):  # best_trial's order
+        folder = trials_lib.trial_dir(tune_dir, best.number)
+        values = run_folder.load_config(folder)
+        if values is not None:
+            break
+        print(
+            f"WARNING: trial {best.number} has no config.toml in {folder!r} (deleted?): best.toml skips it",
+            file=sys.stderr,
+        )
+    else:
         return None
-    values = run_folder.load_config(trials_lib.trial_dir(tune_dir, best.number))
     final_path = os.path.join(tune_dir, BEST_TOML)
 
     def write(path):
