@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -452,6 +453,69 @@ def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expect
     test_ids = [image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"]
     with pytest.raises(UserInputError, match=expected):
         leakage.kept_mask(test_ids, leakage.leaked_ids(str(path), split), split)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"group,image_id,split\n0,caf\xe9,test\n", "is not UTF-8"),
+        (b"group,image_id,split\n0," + b"x" * 200_000 + b",test\n", "line 2 is not CSV (field larger than"),
+        (b"group,image_id,split\n0,a,test\n0," + b"y" * 1001 + b",test\n", "line 3: image_id 'yyy"),
+        (b"group,image_id,split\n0,a,test\n1,b\n", "line 3 has no split value (a short row)"),
+        (b"group,image_id,split\n0,a,TEST\n", "line 2: split 'TEST' is not one of train, validation, test"),
+        (b"group,image_id,split\n0,,test\n", "line 2: image_id '' is empty"),
+        (b"group,image\n0,a\n", "has no image_id column"),
+        (b"", "has no group column"),
+    ],
+    ids=["latin-1", "huge-field", "long-id", "short-row", "split-case", "empty-id", "columns", "empty-file"],
+)
+def test_a_broken_id_file_is_one_line_naming_the_row(tmp_path, content, expected):
+    from abo_tf.auditing import leakage
+    from abo_tf.common.errors import UserInputError
+
+    path = tmp_path / "groups.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserInputError, match=re.escape(expected)) as error:
+        leakage.leaked_ids(str(path), "test")
+    assert len(str(error.value).splitlines()) == 1 and "--exclude" in str(error.value)
+
+
+def test_an_id_file_with_a_byte_order_mark_is_read(tmp_path):
+    from abo_tf.auditing import leakage
+
+    path = tmp_path / "groups.csv"
+    path.write_bytes(b"\xef\xbb\xbfgroup,image_id,split\n0,a,test\n0,b,train\n1,c,test\n")  # Excel's UTF-8
+    assert leakage.leaked_ids(str(path), "test") == {"a"}
+
+
+def test_exclude_removing_every_image_is_one_line(tmp_path):
+    from abo_tf.auditing import leakage
+    from abo_tf.common.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="removes all 2 test images .* no image is left to score"):
+        leakage.kept_mask(["a", "b"], {"a", "b"}, "test")
+
+
+def test_evaluate_reads_exclude_before_the_model_and_the_report_folder(tmp_path, capsys):
+    from abo_tf import evaluate
+
+    (tmp_path / "groups.csv").write_text("group,image_id,split\n0,a,TEST\n")
+    arguments = ["--model", str(tmp_path / "no-model"), "--records", str(tmp_path), "--report", str(tmp_path / "r")]
+    assert evaluate.main([*arguments, "--exclude", str(tmp_path / "groups.csv")]) == 2
+    assert "split 'TEST' is not one of" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("gallery_size", [1, 5])
+def test_galleries_take_any_count_and_draw_ids_as_plain_text(tmp_path, gallery_size):
+    """Rows of 4 label issues with a short last row; ids holding mathtext ($, \\, ^) are drawn as written."""
+    ids = [f"$\\frac{{{index}}}$^_" for index in range(gallery_size)]
+    pixels = {image_id: np.zeros((8, 8, 3), np.uint8) for image_id in ids}
+    rows = [
+        [(image_id, f"{image_id}\ngiven $x") for image_id in ids[start : start + 4]] for start in range(0, len(ids), 4)
+    ]
+    path = audit._gallery(rows, pixels, str(tmp_path / "gallery.png"))
+    assert os.path.getsize(path) > 0
 
 
 @pytest.mark.slow

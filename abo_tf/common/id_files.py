@@ -61,11 +61,12 @@ def read_id_rows(path, flag, columns, default_name):
     """
     path = id_file_path(path, flag, default_name)
     where = f"{flag} {path!r}"
-    reader, line = None, 1
+    line = 0  # the last line read: the header's, then a row's
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             missing = [column for column in columns if column not in (reader.fieldnames or ())]
+            line = reader.line_num
             if missing:
                 raise UserInputError(
                     f"{where} has no {missing[0]} column: give the {default_name} of `python -m abo_tf.audit`"
@@ -75,8 +76,7 @@ def read_id_rows(path, flag, columns, default_name):
                 line = reader.line_num
                 rows.append(_checked(row, line, columns, where))
             return rows
-    except UnicodeDecodeError as error:
+    except UnicodeDecodeError as error:  # lines are decoded in chunks: the byte is after the last row read
         raise UserInputError(f"{where} is not UTF-8 ({error.reason} after line {line}): save it as UTF-8") from error
-    except csv.Error as error:
-        line = reader.line_num if reader is not None else line
-        raise UserInputError(f"{where} line {line} is not CSV ({error}): an id file holds short ids") from error
+    except csv.Error as error:  # the row being read when it failed follows the last one read
+        raise UserInputError(f"{where} line {line + 1} is not CSV ({error}): an id file holds short ids") from error
