@@ -4,6 +4,7 @@ import collections
 import gzip
 import json
 import os
+import re
 import shutil
 import tarfile
 
@@ -333,3 +334,28 @@ def test_help_exits_zero():
     with pytest.raises(SystemExit) as caught:
         build_records.main(["--help"])
     assert caught.value.code == 0
+
+
+@pytest.mark.parametrize(
+    "sizes, joined, expected",
+    [
+        ((0, 3000, 0), "groups.csv", "error: the train split would be empty .* --join-near-duplicates joined most"),
+        ((90, 10, 0), None, "error: the test split would be empty .* too few groups"),
+        ((96, 3, 1), None, "WARNING: the validation split has 3.0% of the images, --split asks 10%"),
+        ((80, 10, 10), None, ""),
+    ],
+)
+def test_a_split_asked_for_but_left_empty_is_refused(capsys, sizes, joined, expected):
+    import types
+
+    from abo_tf.common.errors import UserInputError
+
+    splits = ("train", "validation", "test")
+    members = {name: [f"{name}{index}" for index in range(size)] for name, size in zip(splits, sizes)}
+    options = types.SimpleNamespace(split_fractions=(0.8, 0.1, 0.1), join_near_duplicates=joined)
+    if expected.startswith("error: "):
+        with pytest.raises(UserInputError, match=expected.removeprefix("error: ")):
+            records_build.check_split_sizes(members, options)
+    else:
+        records_build.check_split_sizes(members, options)
+        assert re.search(expected, capsys.readouterr().err) if expected else not capsys.readouterr().err

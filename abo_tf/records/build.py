@@ -20,6 +20,7 @@ import gc
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import NamedTuple
 
@@ -91,10 +92,14 @@ class BuildOptions:
         "main", choices=IMAGE_SELECTIONS, group=_LABELS, help="main image of each listing, or all its images"
     )
     min_examples_per_class: int = options_lib.option(
-        10, minimum=1, group=_LABELS, help="product types with fewer images are dropped (or merged)"
+        10,
+        minimum=1,
+        maximum=options_lib.MAX_COUNT,
+        group=_LABELS,
+        help="product types with fewer images are dropped (or merged)",
     )
     max_classes: int | None = options_lib.option(
-        minimum=2, group=_LABELS, help="keep the N most frequent product types"
+        minimum=2, maximum=options_lib.MAX_COUNT, group=_LABELS, help="keep the N most frequent product types"
     )
     rare_classes: str = options_lib.option(
         "drop", choices=labels.RARE_CLASS_ACTIONS, group=_LABELS, help="what happens to the examples of the other types"
@@ -105,13 +110,20 @@ class BuildOptions:
         nargs=3,
         metavar=("TRAIN", "VALIDATION", "TEST"),
         minimum=0.0,
+        maximum=1.0,
         group=_SPLIT,
         help="fractions of the groups of images, summing to 1",
     )
     max_listings_per_image: int = options_lib.option(
-        50, minimum=1, group=_SPLIT, help="drop boilerplate images shown by more listings"
+        50,
+        minimum=1,
+        maximum=options_lib.MAX_COUNT,
+        group=_SPLIT,
+        help="drop boilerplate images shown by more listings",
     )
-    seed: int = options_lib.option(0, group=_SPLIT, help="seed of the split and of the shuffle")
+    seed: int = options_lib.option(
+        0, group=_SPLIT, help="seed of the split and of the shuffle", **options_lib.SEED_BOUNDS
+    )
     join_near_duplicates: str | None = options_lib.option(
         group=_SPLIT,
         metavar="FILE",
@@ -132,9 +144,11 @@ class BuildOptions:
     overwrite: bool = options_lib.option(
         False, group=_OUTPUT, config=False, help="replace a different build in --output (only the files a build writes)"
     )
-    shard_mb: float = options_lib.option(shards.DEFAULT_SHARD_MB, minimum=1.0, group=_OUTPUT, help="target shard size")
+    shard_mb: float = options_lib.option(
+        shards.DEFAULT_SHARD_MB, minimum=1.0, maximum=65536.0, group=_OUTPUT, help="target shard size"
+    )
     resize: int | None = options_lib.option(
-        minimum=32, group=_OUTPUT, help="re-encode images whose longer side exceeds N pixels"
+        minimum=32, maximum=65536, group=_OUTPUT, help="re-encode images whose longer side exceeds N pixels"
     )
     workers: int = options_lib.option(
         os.cpu_count() or 1,
@@ -486,6 +500,32 @@ def _plan_splits(candidates, options, near_duplicates=()):
     for image_id in kept:
         members[split_of[image_id]].append(image_id)
     return {name: split.shuffle_order(members[name], options.seed) for name in split.SPLITS}
+
+
+def check_split_sizes(split_members, options):
+    """Refuses a split asked non-empty (fraction > 0) that the grouping left empty; warns on stderr of one left
+    with under half its share. Joined near-duplicates can chain most images into one group (issue 23): the build
+    then ended without validation or test images, silently.
+
+    Raises:
+      UserInputError: naming the empty split, and --join-near-duplicates when given.
+    """
+    total = sum(len(members) for members in split_members.values())
+    hint = (
+        ": --join-near-duplicates joined most images into few groups (see the audit's near_duplicate_groups.csv; "
+        "raise its --pixel-similarity or lower --hash-distance)"
+        if options.join_near_duplicates is not None
+        else ": too few groups of images for these fractions"
+    )
+    for name, fraction in zip(split.SPLITS, options.split_fractions):
+        share = len(split_members[name]) / total if total else 0.0
+        if fraction > 0 and not split_members[name]:
+            raise UserInputError(f"the {name} split would be empty (--split asks {fraction:g} of the images){hint}")
+        if fraction > 0 and share < fraction / 2:
+            print(
+                f"WARNING: the {name} split has {share:.1%} of the images, --split asks {fraction:.0%}{hint}",
+                file=sys.stderr,
+            )
 
 
 # --- plan of the write -------------------------------------------------------
@@ -864,6 +904,7 @@ def _prepare(options, image_index, reader, report, pool):
             f"--min-examples-per-class or give more data"
         )
     split_members = _plan_splits(candidates, options, near_duplicates)
+    check_split_sizes(split_members, options)
     plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, options)
     prepared = _Prepared(
         candidates,
