@@ -29,7 +29,7 @@ class PredictOptions:
     images: tuple[str, ...] = options.option(
         help="image files (JPEG, PNG, GIF or BMP)", metavar="IMAGE", nargs="+", positional=True
     )
-    top_k: int = options.option(5, help="predictions per image", minimum=1)
+    top_k: int = options.option(5, help="predictions per image", minimum=1, maximum=options.MAX_SHOWN)
     json: bool = options.option(False, help="print one JSON object per image instead of a table")
 
 

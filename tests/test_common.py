@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -226,3 +227,64 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
         pass
     text = log.getvalue()
     assert "\r" not in text and "\x1b" not in text and text.endswith("\n") and "1000/1000" in text
+
+
+def _command_options():
+    from abo_tf import build_records, features, predict, sample, train
+    from abo_tf.auditing import audit
+    from abo_tf.classical import baseline
+    from abo_tf.reports import data_report, evaluation
+    from abo_tf.tuning import search
+
+    return [
+        data_report.AnalyzeOptions,
+        audit.AuditOptions,
+        baseline.BaselineConfig,
+        build_records.BuildCommandOptions,
+        evaluation.EvaluateOptions,
+        features.ExtractOptions,
+        predict.PredictOptions,
+        sample.SampleOptions,
+        train.TrainOptions,
+        search.TuneOptions,
+    ]
+
+
+def test_every_number_option_of_every_command_is_bounded_at_both_ends():
+    """A number without a bound reached NumPy or memory first: a seed of -1, a batch of 2**40 (issue 23)."""
+    unbounded = [
+        f"{options_class.__name__} {spec.flag}"
+        for options_class in _command_options()
+        for spec in options.specs(options_class)
+        if spec.kind in (int, float) and None in (spec.metadata["minimum"], spec.metadata["maximum"])
+    ]
+    assert not unbounded
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", "-1"], "--seed -1 must be at least 0"),
+        (["--seed", str(2**64)], f"--seed {2**64} must be at most 4294967295"),
+        (["--batch-size", str(2**40)], f"--batch-size {2**40} must be at most 8192"),
+        (["--image-size", "100000"], "--image-size 100000 must be at most 1024"),
+        (["--learning-rate", "1e308"], "--learning-rate 1e+308 must be at most 10.0"),
+    ],
+)
+def test_train_numbers_past_their_bounds_are_one_line(tmp_path, argv, message):
+    from abo_tf import train
+
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        options.parse(train.TrainOptions, ["--records", "r", "--output", str(tmp_path), *argv], "train", "")
+
+
+def test_search_ranges_and_other_commands_share_the_bounds(tmp_path):
+    from abo_tf.reports import evaluation
+    from abo_tf.tuning import search, space
+
+    with pytest.raises(UserInputError, match="--calibration-bins 100000000 must be at most 1000"):
+        evaluation.EvaluateOptions(model="m", records="r", report="x", calibration_bins=10**8)
+    base = search.base_train_config(search.TuneOptions(records="r", output=str(tmp_path), search={"dropout": {}}))
+    for name in ("image_size", "batch_size"):
+        with pytest.raises(space.SearchSpaceError, match=f"{name}: the value 100000 is refused: .* at most"):
+            space.parse_space({name: {"low": 64, "high": 100_000}}, base)

@@ -98,14 +98,20 @@ class AuditOptions(feature_spec.FeatureOptions):
         maximum=1.0,
         help="with --features cnn or --run, also pair images whose embeddings' cosine similarity reaches this",
     )
-    label_issues_max: int = options.option(500, group=_LABELS, minimum=1, help="likely label errors listed at most")
+    label_issues_max: int = options.option(
+        500, group=_LABELS, minimum=1, maximum=options.MAX_COUNT, help="likely label errors listed at most"
+    )
     folds: int = options.option(
         label_issues.DEFAULT_FOLDS,
         group=_LABELS,
         minimum=2,
-        help="cross-validation folds of the out-of-sample probabilities",
+        maximum=100,
+        help="cross-validation folds of the out-of-sample probabilities (fewer when the largest class has fewer "
+        "examples: each fold needs one)",
     )
-    gallery_size: int = options.option(8, group=_REPORT, minimum=0, help="pairs and label issues shown in each gallery")
+    gallery_size: int = options.option(
+        8, group=_REPORT, minimum=0, maximum=options.MAX_SHOWN, help="pairs and label issues shown in each gallery"
+    )
     progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False, help="progress bars")
 
     def __post_init__(self):

@@ -59,12 +59,14 @@ class BaselineConfig(feature_spec.FeatureOptions):
     )
     linear_svm_max_train: int | None = options.option(
         minimum=2,
+        maximum=options.MAX_COUNT,
         group="models",
         help="linear_svm trains on a stratified subsample of at most this many examples "
         f"(default: {SVM_EXAMPLE_CLASSES['linear_svm']:,} / classes; liblinear solves a problem per class)",
     )
     rbf_max_train: int | None = options.option(
         minimum=2,
+        maximum=options.MAX_COUNT,
         group="models",
         help="rbf_svm trains on a stratified subsample of at most this many examples (default: "
         f"{SVM_EXAMPLE_CLASSES['rbf_svm']:,} / classes, at most {RBF_MAX_TRAIN:,}; libsvm solves a problem per pair)",
@@ -72,18 +74,21 @@ class BaselineConfig(feature_spec.FeatureOptions):
     sgd_epochs: int = options.option(
         classifiers.SGD_EPOCHS,
         minimum=1,
+        maximum=1000,
         group="models",
         help="passes of SGD over its training rows, at most (fewer once it has seen 1M examples)",
     )
     in_memory_gb: float = options.option(
         IN_MEMORY_GB,
         minimum=0.001,
+        maximum=1024.0,
         group="models",
         help="logreg/linear_svm/rbf_svm train on a stratified subsample their solver can hold in this much",
     )
     search_max_train: int = options.option(
         search.SEARCH_MAX_TRAIN,
         minimum=2,
+        maximum=options.MAX_COUNT,
         group="models",
         help="the search compares candidates on a stratified subsample of at most this many training "
         "examples; the chosen one is then fitted on all the rows its model trains on",
@@ -92,7 +97,9 @@ class BaselineConfig(feature_spec.FeatureOptions):
         group="comparison", help="folder of CNN training runs to compare with (default: runs/, if it exists)"
     )
     measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
-    inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
+    inference_images: int = options.option(
+        512, minimum=1, maximum=options.MAX_COUNT, group="comparison", help="test images timed per run"
+    )
     exclude: str | None = options.option(
         group="comparison",
         metavar="FILE",

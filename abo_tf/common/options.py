@@ -28,6 +28,14 @@ from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 
 CONFIG_FILE = config_lib.RUN_CONFIG
+# Bounds that several commands' numbers share: every number option declares both ends (tests/test_common.py checks
+# it), so a flag, a config value and a [search] range of one are refused alike (issue 23: a seed of -1, a batch of
+# 2**40, an image side of 100,000 or 10**8 calibration bins were tracebacks or ran out of memory).
+SEED_BOUNDS = {"minimum": 0, "maximum": 2**32 - 1}  # what NumPy, TensorFlow and scikit-learn accept
+MAX_IMAGE_SIZE = 1024  # a model input side: a batch of 64 is then 800 MB of float32 pixels
+MAX_BATCH_SIZE = 8192
+MAX_COUNT = 10**9  # examples, rows or steps: past any build (ABO has 398,212 images)
+MAX_SHOWN = 1000  # images drawn or rows listed in a report, labels returned per image
 _HELP_GROUP = "settings"
 CONSOLE_GROUP = "config and console"
 

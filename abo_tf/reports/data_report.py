@@ -64,10 +64,18 @@ class AnalyzeOptions:
         help="folder for report.md, the CSV tables and the figures", group="report", required=True, config=False
     )
     head_min: int = options_lib.option(
-        metrics.HEAD_MIN, help="head stratum: at least this many images", group="report", minimum=1
+        metrics.HEAD_MIN,
+        help="head stratum: at least this many images",
+        group="report",
+        minimum=1,
+        maximum=options_lib.MAX_COUNT,
     )
     tail_below: int = options_lib.option(
-        metrics.TAIL_BELOW, help="tail stratum: fewer than this many images", group="report", minimum=0
+        metrics.TAIL_BELOW,
+        help="tail stratum: fewer than this many images",
+        group="report",
+        minimum=0,
+        maximum=options_lib.MAX_COUNT,
     )
     progress: bool = options_lib.option(True, help="progress bars", group=options_lib.CONSOLE_GROUP, config=False)
 

@@ -51,32 +51,47 @@ class EvaluateOptions:
         help="folder for report.md, metrics.json, CSVs and figures", group="report", required=True, config=False
     )
     top_n: int = options_lib.option(
-        20, help="classes in the confusion matrix (plus 'all others')", group="report", minimum=1
+        20,
+        help="classes in the confusion matrix (plus 'all others')",
+        group="report",
+        minimum=1,
+        maximum=options_lib.MAX_SHOWN,
     )
-    gallery_size: int = options_lib.option(16, help="most confident mistakes shown", group="report", minimum=0)
+    gallery_size: int = options_lib.option(
+        16, help="most confident mistakes shown", group="report", minimum=0, maximum=options_lib.MAX_SHOWN
+    )
     gradcam_examples: int = options_lib.option(
-        4, help="correct predictions explained, and as many wrong ones", group="report", minimum=0
+        4,
+        help="correct predictions explained, and as many wrong ones",
+        group="report",
+        minimum=0,
+        maximum=options_lib.MAX_SHOWN,
     )
     calibration_bins: int = options_lib.option(
         metrics.CALIBRATION_BINS,
         group="report",
         minimum=1,
+        maximum=options_lib.MAX_SHOWN,
         help="equal-width confidence bins of the ECE and the reliability diagram",
     )
     head_min: int = options_lib.option(
         metrics.HEAD_MIN,
         help="head: at least this many",
         minimum=1,
+        maximum=options_lib.MAX_COUNT,
         group="frequency strata (training examples per class)",
     )
     tail_below: int = options_lib.option(
         metrics.TAIL_BELOW,
         help="tail: fewer than this many",
         minimum=0,
+        maximum=options_lib.MAX_COUNT,
         group="frequency strata (training examples per class)",
     )
-    batch_size: int = options_lib.option(64, help="images per call of the SavedModel", group="runtime", minimum=1)
-    seed: int = options_lib.option(0, help="draws the Grad-CAM examples", group="runtime")
+    batch_size: int = options_lib.option(
+        64, help="images per call of the SavedModel", group="runtime", minimum=1, maximum=options_lib.MAX_BATCH_SIZE
+    )
+    seed: int = options_lib.option(0, help="draws the Grad-CAM examples", group="runtime", **options_lib.SEED_BOUNDS)
     progress: bool = options_lib.option(True, help="progress bar", group=options_lib.CONSOLE_GROUP, config=False)
 
     def __post_init__(self):

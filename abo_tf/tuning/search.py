@@ -37,7 +37,11 @@ class TuneOptions(loop.TrainConfig):
         config=False,
     )
     trials: int = options.option(
-        20, help="finished trials (complete or pruned) the study ends with", group=_SEARCH, minimum=1
+        20,
+        help="finished trials (complete or pruned) the study ends with",
+        group=_SEARCH,
+        minimum=1,
+        maximum=100_000,
     )
     timeout: str = options.option(
         "", metavar="DURATION", group=_SEARCH, help="start no trial after this long, e.g. 90s, 45m, 2h ('' = no limit)"
