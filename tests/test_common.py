@@ -288,3 +288,25 @@ def test_search_ranges_and_other_commands_share_the_bounds(tmp_path):
     for name in ("image_size", "batch_size"):
         with pytest.raises(space.SearchSpaceError, match=f"{name}: the value 100000 is refused: .* at most"):
             space.parse_space({name: {"low": 64, "high": 100_000}}, base)
+
+
+@pytest.mark.parametrize(
+    "cell, written",
+    [
+        ('=HYPERLINK("http://x","y")', "'=HYPERLINK"),
+        ("+cmd|' /C calc'!A0", "'+cmd"),
+        ("@SUM(1)", "'@SUM(1)"),
+        ("-2+3", "'-2+3"),
+        ("'quoted", "''quoted"),
+        ("-0.5", "-0.5"),  # a number is harmless
+        ("CELLULAR_PHONE_CASE", "CELLULAR_PHONE_CASE"),
+    ],
+)
+def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_read_back(tmp_path, cell, written):
+    import pandas as pd
+
+    from abo_tf.common import id_files
+
+    path = files.write_csv(pd.DataFrame({"image_id": [cell], "n": [-1]}), str(tmp_path / "ids.csv"))
+    assert open(path).read().splitlines()[1].lstrip('"').startswith(written)
+    assert id_files.read_id_rows(path, "--exclude-images", ("image_id",), "ids.csv") == [(cell,)]

@@ -367,10 +367,10 @@ def run_audit(options_):
     label_audit = label_issues.find_label_issues(
         splits_features, options_.folds, options_.seed, options_.label_issues_max
     )
-    near[0].to_csv(os.path.join(options_.report, PAIRS_FILE), index=False)
-    near[1].to_csv(os.path.join(options_.report, GROUPS_FILE), index=False)
-    label_audit.issues.to_csv(os.path.join(options_.report, ISSUES_FILE), index=False)
-    label_audit.noise_rates.to_csv(os.path.join(options_.report, NOISE_FILE), index=False)
+    files.write_csv(near[0], os.path.join(options_.report, PAIRS_FILE))
+    files.write_csv(near[1], os.path.join(options_.report, GROUPS_FILE))
+    files.write_csv(label_audit.issues, os.path.join(options_.report, ISSUES_FILE))
+    files.write_csv(label_audit.noise_rates, os.path.join(options_.report, NOISE_FILE))
     galleries = _write_galleries(options_, manifest, near[0], label_audit.issues)
     counts = split_pair_counts(near[1], hashed)
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))

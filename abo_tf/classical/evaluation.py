@@ -81,6 +81,6 @@ def write_reports(folder, splits, evaluation):
     test, predictions = splits["test"], evaluation["test"].predictions
     files.write_json(os.path.join(folder, "metrics.json"), metrics_by_split(evaluation))
     per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, train_counts(splits))
-    per_class.to_csv(os.path.join(folder, "per_class.csv"), index=False)
+    files.write_csv(per_class, os.path.join(folder, "per_class.csv"))
     matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(folder, "confusion_matrix.png"))

@@ -7,6 +7,7 @@ read their file here, so each refuses the same broken file with the same one lin
 import csv
 import os
 
+from abo_tf.common import files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
 # An ABO image id has 11 characters: a field far longer is not an id, and is refused before it is held.
@@ -40,14 +41,15 @@ def _checked(row, line, columns, where):
                 f"{where} line {line}: {column} {value[:40]!r} is {'empty' if not value else 'too long'} "
                 f"(an image id has at most {MAX_FIELD_CHARS} characters)"
             )
-        values.append(value)
+        values.append(files.from_spreadsheet_safe(value))
     return tuple(values)
 
 
 def read_id_rows(path, flag, columns, default_name):
     """The rows of an id CSV as tuples of `columns`.
 
-    The file is UTF-8 (a byte-order mark is skipped); every named column must be there, every row must hold a
+    The file is UTF-8 (a byte-order mark is skipped), its cells as `files.write_csv` writes them (a leading '
+    dropped); every named column must be there, every row must hold a
     value in each, at most MAX_FIELD_CHARS long, and a split column one of SPLITS as written (lower case).
 
     Args:

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from abo_tf.common import console, outputs
+from abo_tf.common import console, files, outputs
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import archive, download, labels, shards
@@ -599,7 +599,7 @@ def analyze(options):
     if manifest:
         tables["build_drops"], tables["split_balance"] = build_tables(manifest)
     for name, frame in tables.items():
-        frame.to_csv(os.path.join(options.report, f"{name}.csv"), index=False)
+        files.write_csv(frame, os.path.join(options.report, f"{name}.csv"))
     report = options.report
     plot_class_distribution(
         tables["class_distribution"],

@@ -20,7 +20,7 @@ import numpy as np
 from abo_tf.common import console, outputs
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import InputNotFoundError, UserInputError
-from abo_tf.common.files import write_json
+from abo_tf.common.files import write_csv, write_json
 from abo_tf.records import schema, shards
 from abo_tf.records import split as split_lib
 from abo_tf.reports import figures, metrics
@@ -505,16 +505,17 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     per_class = metrics.per_class_metrics(
         predictions.labels, predicted, class_names, train_counts, options.head_min, options.tail_below
     )
-    per_class.to_csv(os.path.join(report, "per_class.csv"), index=False)
+    write_csv(per_class, os.path.join(report, "per_class.csv"))
     metrics.plot_per_class_f1(per_class, os.path.join(report, "per_class_f1.png"))
     files["per_class_f1"] = "per_class_f1.png"
     matrix, names = metrics.confusion_matrix_top(predictions.labels, predicted, class_names, options.top_n)
-    pd.DataFrame(matrix, index=names, columns=names).to_csv(os.path.join(report, "confusion_matrix.csv"))
+    confusion = pd.DataFrame(matrix, index=names, columns=names)
+    write_csv(confusion, os.path.join(report, "confusion_matrix.csv"), index=True)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(report, "confusion_matrix.png"))
     files["confusion_matrix"] = "confusion_matrix.png"
     pairs = metrics.confused_pairs(predictions.labels, predicted, class_names)
-    pairs.to_csv(os.path.join(report, CONFUSED_PAIRS), index=False)
-    mistakes_table(predictions, class_names).to_csv(os.path.join(report, "mistakes.csv"), index=False)
+    write_csv(pairs, os.path.join(report, CONFUSED_PAIRS))
+    write_csv(mistakes_table(predictions, class_names), os.path.join(report, "mistakes.csv"))
     plot_gallery(
         predictions.mistakes,
         class_names,
@@ -523,7 +524,7 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     )
     files["mistakes"] = "mistakes.png"
     table = metrics.calibration_table(predictions.labels, predictions.probabilities, options.calibration_bins)
-    table.to_csv(os.path.join(report, "calibration.csv"), index=False)
+    write_csv(table, os.path.join(report, "calibration.csv"))
     metrics.plot_reliability_diagram(
         table, result["expected_calibration_error"], os.path.join(report, "reliability.png")
     )
