@@ -45,7 +45,7 @@ def main(argv=None):
     results = serving.predict_files(loaded, predict_options.images, predict_options.top_k)
     for result in results:
         if "error" in result:
-            print(f"error: {result['image']}: {result['error']}", file=sys.stderr)
+            print(f"error: {serving.printable(result['image'])}: {result['error']}", file=sys.stderr)
         elif predict_options.json:
             print(json.dumps(result))
         else:

@@ -310,3 +310,30 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_read_back(tmp_path, ce
     path = files.write_csv(pd.DataFrame({"image_id": [cell], "n": [-1]}), str(tmp_path / "ids.csv"))
     assert open(path).read().splitlines()[1].lstrip('"').startswith(written)
     assert id_files.read_id_rows(path, "--exclude-images", ("image_id",), "ids.csv") == [(cell,)]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--records", "r", "--rate", "-inf"], "--rate -inf must be a finite number"),  # a number, not a flag
+        (["--records", "r", "--batch-size", "4", "--batch-size", "5"], "--batch-size is given twice: give it once"),
+        (["--records", "r", "--split", "0.5", "0.5", "0", "--split", "1", "0", "0"], "with all its values"),
+        (["--records", "r", "--config", "a.toml", "--config", "b.toml"], "--config is given twice"),
+    ],
+)
+def test_negative_numbers_and_repeated_flags(argv, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        _parse(argv)
+
+
+def test_a_config_of_many_unknown_keys_is_a_short_line(tmp_path):
+    text = "".join(f"k{index}=1\n" for index in range(100_000))  # 888,890 bytes: under the size limit
+    with pytest.raises(UserInputError, match=r"and 99980 more: allowed are") as error:
+        _parse(["--config", _write(tmp_path, text), "--records", "r"])
+    assert len(str(error.value)) < 2000
+
+
+def test_a_dangling_link_as_output_is_named_so(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(outputs.OutputFolderError, match="is a link to nothing"):
+        outputs.claim(str(tmp_path / "out"), "train")

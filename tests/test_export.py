@@ -377,3 +377,14 @@ def test_a_20000_pixel_png_is_refused_by_serving_and_predict_within_1_5_gb(expor
     assert str(bomb) in error_line and "over the limit" in error_line
     assert image_files["wide.jpg"] in stdout
     assert peak < 1.5e9, f"peak RSS {peak / 2**20:.0f} MB"
+
+
+def test_predict_prints_a_file_name_with_a_newline_on_one_line(exported, tmp_path, capsys):
+    _, _, export_dir = exported
+    good, bad = tmp_path / "good\nname.jpg", tmp_path / "bad\nname.jpg"
+    good.write_bytes(encode(random_rgb(40, 40, 5)))
+    bad.write_bytes(b"not an image")
+    assert predict.main(["--model", export_dir, str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == repr(str(good))
+    assert captured.err.strip().splitlines() == [f"error: {str(bad)!r}: not classified: not a JPEG, PNG, GIF or BMP image"]

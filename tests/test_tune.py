@@ -149,12 +149,17 @@ BAD_SPACES = {
     "log touches zero": ("[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n", "above 0"),
     "unknown model": ('[search]\nmodel = { choices = ["resnet50", "alexnet"] }\n', "alexnet"),
     "unknown weighting": ('[search]\nclass_weights = { choices = ["none", "cubic"] }\n', "cubic"),
-    "not a table": ("search = 3\n", "search = 3 must be a table"),
+    "not a table": ("search = 3\n", "search = 3 must be a table (a table such as { low"),
     "neither range nor choices": ("[search]\ndropout = { low = 0.1 }\n", "give either low and high"),
     "range of a string": ("[search]\nclass_weights = { low = 1, high = 2 }\n", "choices"),
     "validation steps": ("[search]\nvalidation_steps = { low = 1, high = 4 }\n", "how a trial runs or is measured"),
     "mixed precision": ("[search]\nmixed_precision = { choices = [true, false] }\n", "set it outside [search]"),
     "same choice twice": ("[search]\ndropout = { choices = [0, 0.0] }\n", "choices must differ"),
+    "too many choices": (
+        "[search]\nseed = { choices = [" + ",".join(map(str, range(1001))) + "] }\n",
+        "1,001 choices, more than 1000: give a range",
+    ),
+    "image size past its bound": ("[search]\nimage_size = { low = 64, high = 100000 }\n", "at most 1024"),
 }
 
 

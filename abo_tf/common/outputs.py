@@ -48,6 +48,8 @@ def contents(path):
 
 
 def _make_folder(path, flag):
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OutputFolderError(f"{flag} {path!r} is a link to nothing ({os.readlink(path)!r}): choose a folder")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise OutputFolderError(f"{flag} {path!r} is a file: choose a folder")
     try:

@@ -97,10 +97,15 @@ def _predict_file(serve, path, names, top_k, max_file_bytes):
     return {"image": path, "predictions": _top_predictions(outputs["probabilities"].numpy()[0], names, top_k)}
 
 
+def printable(path):
+    """`path` as printed: quoted with escapes when it holds a newline or another control character (one line)."""
+    return path if path.isprintable() else repr(path)
+
+
 def format_table(result):
     """One image's predictions as readable lines: rank, label, score."""
     width = max(len(prediction["label"]) for prediction in result["predictions"])
-    lines = [result["image"]]
+    lines = [printable(result["image"])]
     for rank, prediction in enumerate(result["predictions"], start=1):
         lines.append(f"  {rank:>2}. {prediction['label']:<{width}}  {prediction['score']:.4f}")
     return "\n".join(lines)
