@@ -387,4 +387,5 @@ def test_predict_prints_a_file_name_with_a_newline_on_one_line(exported, tmp_pat
     assert predict.main(["--model", export_dir, str(good), str(bad)]) == 1
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0] == repr(str(good))
-    assert captured.err.strip().splitlines() == [f"error: {str(bad)!r}: not classified: not a JPEG, PNG, GIF or BMP image"]
+    reason = "not classified: not a JPEG, PNG, GIF or BMP image"
+    assert captured.err.strip().splitlines() == [f"error: {str(bad)!r}: {reason}"]
