@@ -275,6 +275,8 @@ def test_every_report_file_is_written(audited):
         ({"--hash-distance": "40"}, "--hash-distance 40 must be at most 32"),
         ({"--backbone": "resnet50"}, "give --features cnn"),
         ({"--folds": "1"}, "--folds 1 must be at least 2"),
+        ({"--cache-dir": "{records}/features"}, "--cache-dir '{records}/features' and --records"),
+        ({"--report": "{records}/audit"}, "overlap (one holds the other)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expected):
@@ -286,14 +288,15 @@ def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expecte
         "--report": str(tmp_path / "report"),
         "--cache-dir": audited["cache_dir"],
     }
-    values.update(
-        {flag: value.format(empty=tmp_path / "empty", foreign=tmp_path / "foreign") for flag, value in change.items()}
-    )
+    names = {"empty": tmp_path / "empty", "foreign": tmp_path / "foreign", "records": audited["records"]}
+    values.update({flag: value.format(**names) for flag, value in change.items()})
     arguments = [*itertools.chain.from_iterable(values.items()), "--no-progress", "--workers", "1"]
+    before = sorted(os.listdir(audited["records"]))
     assert audit_command.main(arguments) == 2
     error = capsys.readouterr().err.strip()
-    assert expected in error and len(error.splitlines()) == 1, error
+    assert expected.format(**names) in error and len(error.splitlines()) == 1, error
     assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
+    assert not (tmp_path / "report").exists() and sorted(os.listdir(audited["records"])) == before
 
 
 # --- back into the build -------------------------------------------------------------------
@@ -504,6 +507,16 @@ def test_evaluate_reads_exclude_before_the_model_and_the_report_folder(tmp_path,
     assert evaluate.main([*arguments, "--exclude", str(tmp_path / "groups.csv")]) == 2
     assert "split 'TEST' is not one of" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_a_report_inside_the_records(tmp_path, capsys):
+    from abo_tf import evaluate
+
+    (tmp_path / "records").mkdir()
+    report = tmp_path / "records" / "report"
+    arguments = ["--model", str(tmp_path / "no-model"), "--records", str(tmp_path / "records"), "--report", str(report)]
+    assert evaluate.main(arguments) == 2
+    assert "overlap (one holds the other)" in capsys.readouterr().err and not report.exists()
 
 
 @pytest.mark.parametrize("gallery_size", [1, 5])

@@ -350,7 +350,8 @@ def run_audit(options_):
     started = time.perf_counter()
     _check_options(options_)
     manifest = shards.read_manifest(options_.records)
-    folder = outputs.claim(options_.report, "audit", "--report")
+    outputs.check_apart(options_.cache_dir, "--cache-dir", options_.records)  # before the report is claimed
+    folder = outputs.claim(options_.report, "audit", "--report", records=options_.records)
     outputs.remove_owned(folder, _WRITTEN)
     options.save_config(options_, options_.report)
     wanted = SPLITS if options_.features == feature_spec.CNN else label_issues.AUDITED_SPLITS

@@ -332,7 +332,7 @@ def run_baselines(config):
         extracted, or splits that cannot train (see `check_splits`).
     """
     check_config(config)
-    outputs.claim(config.output, "baselines", "--output")
+    outputs.claim(config.output, "baselines", "--output", records=config.records)
     options.save_config(config, config.output)
     cache_dir = config.cache_dir or os.path.join(config.output, "features")
     splits = extraction.extract_features(

@@ -578,7 +578,7 @@ def evaluate(options):
     from abo_tf.training import export, input_pipeline
 
     leaked = _leaked_ids(options)  # a bad --exclude fails before the model is loaded or the report claimed
-    outputs.claim(options.report, "evaluate", "--report")
+    outputs.claim(options.report, "evaluate", "--report", records=options.records)
     options_lib.save_config(options, options.report)
     loaded = export.load_exported(options.model)
     class_names, image_size = export.exported_class_names(loaded), export.exported_image_size(loaded)

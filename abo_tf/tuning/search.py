@@ -2,7 +2,6 @@
 
 import dataclasses
 import errno
-import os
 import re
 import sys
 import time
@@ -113,12 +112,7 @@ def check_validation_split(records):
 def check_apart_from_records(tune_dir, records):
     """The tune folder may not lie inside the records or hold them: a rebuild (--overwrite) would refuse its
     folder for the trials in it, and the records would not be a build's folder any more."""
-    tune_real, records_real = os.path.realpath(tune_dir), os.path.realpath(records)
-    if os.path.commonpath([tune_real, records_real]) in (tune_real, records_real):
-        raise UserInputError(
-            f"--output {tune_dir!r} and --records {records!r} overlap (one holds the other): "
-            "choose an --output outside the records"
-        )
+    outputs.check_apart(tune_dir, "--output", records)
 
 
 def _claim_shared(path):
