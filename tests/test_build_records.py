@@ -1,6 +1,7 @@
 """build_records on generated ABO data: accounting, leak-free split, determinism, resume, TFDS, bad input."""
 
 import collections
+import errno
 import gzip
 import json
 import os
@@ -183,6 +184,31 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
     resumed = records_build.build(build_options(abo_sample, output))
     assert resumed["splits"] == manifest["splits"]
     assert not (output / records_build.STATE_DIR).exists()
+
+
+def test_a_full_disk_is_one_line_and_the_build_resumes_to_the_same_bytes(
+    built_records, abo_sample, tmp_path, monkeypatch
+):
+    records_dir, _ = built_records
+    output = tmp_path / "resumed"
+    original = records_build._write_shard
+    calls = []
+
+    def write_one_then_fill_the_disk(*args):
+        if calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(records_build, "_write_shard", write_one_then_fill_the_disk)
+    with pytest.raises(records_build.UserInputError, match=r"cannot write --output .*\(No space left on device\)"):
+        records_build.build(build_options(abo_sample, output))
+    monkeypatch.setattr(records_build, "_write_shard", original)
+    records_build.build(build_options(abo_sample, output))
+    shard_names = [name for name in sorted(os.listdir(records_dir)) if ".tfrecord-" in name]
+    assert len(shard_names) >= 3 and sorted(name for name in os.listdir(output) if ".tfrecord-" in name) == shard_names
+    for name in shard_names:
+        assert (output / name).read_bytes() == open(os.path.join(records_dir, name), "rb").read(), name
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import array
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import fnmatch
 import gc
 import hashlib
@@ -933,6 +934,9 @@ def _release_before_write(candidates):
     candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
+
+
 def build(options):
     """Builds (or resumes, or confirms) the records described by `options`.
 
@@ -958,6 +962,14 @@ def build(options):
     gc.disable()
     try:
         return _build(options, folder, start)
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        # A full disk part-way: what was written stays, and the same command resumes from it (byte-identical).
+        raise UserInputError(
+            f"cannot write --output {options.output!r} ({error.strerror or error}): free space, then run the same "
+            "command: the build resumes where it stopped"
+        ) from error
     except BaseException:
         if created and not outputs.contents(folder.path):
             _unmake(folder)  # failed before writing anything: leave no empty folder behind
