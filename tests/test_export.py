@@ -389,3 +389,11 @@ def test_predict_prints_a_file_name_with_a_newline_on_one_line(exported, tmp_pat
     assert captured.out.splitlines()[0] == repr(str(good))
     reason = "not classified: not a JPEG, PNG, GIF or BMP image"
     assert captured.err.strip().splitlines() == [f"error: {str(bad)!r}: {reason}"]
+
+
+def test_predict_on_a_damaged_jpeg_prints_one_line_and_no_libjpeg_warning(exported, tmp_path, capfd):
+    _, _, export_dir = exported
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(_damaged("truncated"))
+    assert predict.main(["--model", export_dir, str(path)]) == 1
+    assert capfd.readouterr().err.strip().splitlines() == [f"error: {path}: not classified: {export.DAMAGED}"]
