@@ -316,14 +316,27 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_read_back(tmp_path, ce
     "argv, message",
     [
         (["--records", "r", "--rate", "-inf"], "--rate -inf must be a finite number"),  # a number, not a flag
-        (["--records", "r", "--batch-size", "4", "--batch-size", "5"], "--batch-size is given twice: give it once"),
-        (["--records", "r", "--split", "0.5", "0.5", "0", "--split", "1", "0", "0"], "with all its values"),
-        (["--records", "r", "--config", "a.toml", "--config", "b.toml"], "--config is given twice"),
     ],
 )
-def test_negative_numbers_and_repeated_flags(argv, message):
+def test_negative_numbers_are_numbers(argv, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
         _parse(argv)
+
+
+def test_repeated_flags_join_lists_keep_the_last_scalar_and_configs_override_in_order(tmp_path):
+    first = _write(tmp_path, 'records = "a"\nbatch_size = 16\nrate = 0.1\n')
+    second = tmp_path / "second.toml"
+    second.write_text("batch_size = 32\n")
+    argv = ["--config", first, "--config", str(second), "--limit", "1", "--limit", "2"]
+    parsed = options.parse(ListOptions, [*argv, "--models", "a", "b", "--models", "c"], "example", "")[0]
+    assert (parsed.records, parsed.batch_size, parsed.rate, parsed.limit) == ("a", 32, 0.1, 2)
+    assert parsed.models == ("a", "b", "c")
+    assert options.parse(ListOptions, argv, "example", "")[0].models == ("x",)  # the default, not extended
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOptions(ExampleOptions):
+    models: tuple[str, ...] = options.option(("x",), help="models")
 
 
 def test_a_config_of_many_unknown_keys_is_a_short_line(tmp_path):

@@ -38,6 +38,7 @@ MAX_BATCH_SIZE = 8192
 MAX_COUNT = 10**9  # examples, rows or steps: past any build (ABO has 398,212 images)
 MAX_SHOWN = 1000  # images drawn or rows listed in a report, labels returned per image
 MAX_LISTED = 20  # names an error lists (100,000 unknown config keys made a 1.29 MB line)
+_GIVEN = "_abo_tf_given"  # the flags `_Repeatable` has seen, in the namespace while parsing
 # argparse reads "-inf" or "-1e-3" as a flag, then reports the option's value as missing: these are numbers.
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
@@ -48,18 +49,17 @@ def _listed(names):
     return f"{shown}" + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
-class _Once(argparse.Action):
-    """Stores a flag's value, refusing the flag given twice (argparse silently kept the last)."""
+class _Repeatable(argparse.Action):
+    """A flag given twice: the values of a list flag (`--model logreg --model sgd`) are joined in order; a flag of
+    one value (or of a fixed number) keeps the last, as argparse does (--config's help says so). argparse's own
+    "extend" would add them to the default instead.
+    """
 
     def __call__(self, parser, namespace, values, option_string=None):
-        seen = namespace.__dict__.setdefault("_abo_tf_given", set())
-        if self.dest in seen:
-            raise UserInputError(
-                f"{option_string} is given twice: give it once"
-                + (f" with all its values ({option_string} A B)" if self.nargs not in (None, 0, "?") else "")
-            )
-        seen.add(self.dest)
-        setattr(namespace, self.dest, values)
+        given = namespace.__dict__.setdefault(_GIVEN, set())
+        joined = self.nargs == "+" and self.dest in given
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), *values] if joined else values)
+        given.add(self.dest)
 
 
 _HELP_GROUP = "settings"
@@ -204,18 +204,19 @@ def build_parser(options_class, prog, description):
             # Choices are checked by `validate`, for a one-line error like every other bad value; --help lists them.
             choices = metadata["choices"]
             metavar = metadata["metavar"] or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
-            keywords.update(type=spec.kind, metavar=metavar, action=_Once)
+            keywords.update(type=spec.kind, metavar=metavar, action=_Repeatable)
             if spec.is_list:
                 keywords["nargs"] = metadata["nargs"] or "+"
         group.add_argument(spec.flag, **keywords)
     common = groups.get(CONSOLE_GROUP) or parser.add_argument_group(CONSOLE_GROUP)
     common.add_argument(
         "--config",
-        action=_Once,
+        action="append",
         metavar="FILE.toml",
         help="TOML file of option values (tables are flattened; keys "
         "are the flag names with _ for -); flags on the command line override it; a [search] table "
-        "is abo_tf.tune's search space, which other commands ignore",
+        "is abo_tf.tune's search space, which other commands ignore. Several files: a later one overrides an "
+        "earlier one's keys. A flag given twice: a list flag (--model) gets both values, another keeps the last",
     )
     common.add_argument(
         "--verbose",
@@ -347,21 +348,21 @@ def parse(options_class, argv, prog, description, config_defaults=None, folder_d
     """
     parser = build_parser(options_class, prog, description)
     args = parser.parse_args(argv)
-    vars(args).pop("_abo_tf_given", None)
+    vars(args).pop(_GIVEN, None)
     console.set_verbose(args.abo_tf_verbose)
     defaults = dict(config_defaults or {})
     saved = folder_defaults(args) if folder_defaults else None
     if saved:
         defaults.update(_checked_values(saved.path, saved.values, options_class))
-    if args.config:
-        defaults.update(_config_defaults(args.config, options_class))
+    for config_path in args.config or ():
+        defaults.update(_config_defaults(config_path, options_class))
     if defaults:
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
-        vars(args).pop("_abo_tf_given", None)
+        vars(args).pop(_GIVEN, None)
     values = {spec.name: getattr(args, spec.name) for spec in specs(options_class)}
     _check_required(options_class, values)
-    return validate(options_class(**values)), args.config
+    return validate(options_class(**values)), (args.config or [None])[-1]
 
 
 def config_values(options):
