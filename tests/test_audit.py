@@ -277,6 +277,7 @@ def test_every_report_file_is_written(audited):
         ({"--folds": "1"}, "--folds 1 must be at least 2"),
         ({"--cache-dir": "{records}/features"}, "--cache-dir '{records}/features' and --records"),
         ({"--report": "{records}/audit"}, "overlap (one holds the other)"),
+        ({"--cache-dir": "{foreign}"}, "--cache-dir '{foreign}' is not empty and was not written by `abo_tf.features`"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expected):

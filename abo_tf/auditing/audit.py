@@ -350,7 +350,8 @@ def run_audit(options_):
     started = time.perf_counter()
     _check_options(options_)
     manifest = shards.read_manifest(options_.records)
-    outputs.check_apart(options_.cache_dir, "--cache-dir", options_.records)  # before the report is claimed
+    # The cache first: a cache folder of another command, or inside the records, is refused before the report.
+    outputs.claim(options_.cache_dir, "features", "--cache-dir", records=options_.records)
     folder = outputs.claim(options_.report, "audit", "--report", records=options_.records)
     outputs.remove_owned(folder, _WRITTEN)
     options.save_config(options_, options_.report)
