@@ -962,17 +962,15 @@ def build(options):
     gc.disable()
     try:
         return _build(options, folder, start)
-    except OSError as error:
-        if error.errno not in _WRITE_ERRNOS:
-            raise
-        # A full disk part-way: what was written stays, and the same command resumes from it (byte-identical).
-        raise UserInputError(
-            f"cannot write --output {options.output!r} ({error.strerror or error}): free space, then run the same "
-            "command: the build resumes where it stopped"
-        ) from error
-    except BaseException:
+    except BaseException as error:
         if created and not outputs.contents(folder.path):
             _unmake(folder)  # failed before writing anything: leave no empty folder behind
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            # A full disk part-way: what was written stays, and the same command resumes from it (byte-identical).
+            raise UserInputError(
+                f"cannot write --output {options.output!r} ({error.strerror or error}): free space, then run the "
+                "same command: the build resumes where it stopped"
+            ) from error
         raise
     finally:
         outputs.release(folder.path)
