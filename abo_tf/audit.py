@@ -30,9 +30,9 @@ def main(argv=None):
     )
     summary = audit.run_audit(audit_options)
     print(
-        f"{summary['pairs_across_splits']} near-duplicate pairs across splits "
-        f"({summary['near_duplicate_pairs']} in all); "
-        f"{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}% of test has one in train"
+        f"{summary['near_duplicate_groups']} groups of near-duplicates ({summary['near_duplicate_images']} images, "
+        f"{summary['groups_across_splits']} across splits); "
+        f"{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}% of test is in a group with train"
     )
     print(
         f"{summary['label_issues']} likely label errors among {summary['labels_audited']} train and validation images"

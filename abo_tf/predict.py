@@ -29,7 +29,7 @@ class PredictOptions:
     images: tuple[str, ...] = options.option(
         help="image files (JPEG, PNG, GIF or BMP)", metavar="IMAGE", nargs="+", positional=True
     )
-    top_k: int = options.option(5, help="predictions per image", minimum=1)
+    top_k: int = options.option(5, help="predictions per image", minimum=1, maximum=options.MAX_SHOWN)
     json: bool = options.option(False, help="print one JSON object per image instead of a table")
 
 
@@ -45,7 +45,7 @@ def main(argv=None):
     results = serving.predict_files(loaded, predict_options.images, predict_options.top_k)
     for result in results:
         if "error" in result:
-            print(f"error: {result['image']}: {result['error']}", file=sys.stderr)
+            print(f"error: {serving.printable(result['image'])}: {result['error']}", file=sys.stderr)
         elif predict_options.json:
             print(json.dumps(result))
         else:

@@ -23,12 +23,17 @@ class SampleOptions:
 
     output_dir: str = options.option(help="new or empty folder to write into", metavar="OUT_DIR", positional=True)
     listings: int = options.option(
-        synthetic_abo.DEFAULT_LISTINGS, help="listings to write", minimum=synthetic_abo.MIN_LISTINGS
+        synthetic_abo.DEFAULT_LISTINGS,
+        help="listings to write",
+        minimum=synthetic_abo.MIN_LISTINGS,
+        maximum=1_000_000,  # the build's listings limit; ABO has 147,702
     )
-    seed: int = options.option(synthetic_abo.DEFAULT_SEED, help="seed; the same seed gives the same bytes")
+    seed: int = options.option(
+        synthetic_abo.DEFAULT_SEED, help="seed; the same seed gives the same bytes", **options.SEED_BOUNDS
+    )
     tar: bool = options.option(False, help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
     max_side: int = options.option(
-        synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32
+        synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32, maximum=4096
     )
     truth: str = options.option(
         "",

@@ -70,7 +70,9 @@ def resolve_config(argv):
 def main(argv=None):
     train_config = resolve_config(argv)
     if distribute.is_chief_process():  # other workers of a multi-worker run write to temporary folders
-        outputs.claim(train_config.output, "train", "--output", recognise=run_folder.is_started_run)
+        outputs.claim(
+            train_config.output, "train", "--output", recognise=run_folder.is_started_run, records=train_config.records
+        )
         options.save_config(train_config, train_config.output)
     results = loop.train(train_config)
     if results is not None:

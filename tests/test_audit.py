@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -69,8 +70,11 @@ def _planted_pairs(truth, by_id):
 
 
 def _reported_pairs(report):
+    """(the edges table, every pair of images that share a group)."""
     table = pd.read_csv(os.path.join(report, audit.PAIRS_FILE))
-    return table, {frozenset(pair) for pair in zip(table.image_id_a, table.image_id_b)}
+    groups = pd.read_csv(os.path.join(report, audit.GROUPS_FILE))
+    members = groups.groupby("group")["image_id"].agg(list)
+    return table, {frozenset(pair) for ids in members for pair in itertools.combinations(ids, 2)}
 
 
 # --- the planted truth ---------------------------------------------------------------
@@ -135,22 +139,96 @@ def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(monkeypatch, max
     assert (distance <= max_distance).all()
 
 
-def test_report_counts_agree_with_the_pair_file(audited):
+def _hashed(thumbnails, hashes):
+    count = len(hashes)
+    ids = np.array([f"id{index:05d}" for index in range(count)])
+    return near_duplicates.HashedImages(
+        np.asarray(hashes, dtype=np.uint64),
+        np.asarray(thumbnails, dtype=np.uint8),
+        ids,
+        np.array(["train", "test"] * (count // 2) + ["train"] * (count % 2)),
+        np.zeros(count, dtype=np.int64),
+        np.array(["CHAIR"] * count),
+    )
+
+
+def _components(count, first, second):
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(count, count))
+    labels = connected_components(graph, directed=False)[1]
+    return {frozenset(np.flatnonzero(labels == label).tolist()) for label in np.unique(labels)}
+
+
+@pytest.mark.parametrize("block", [1 << 22, 7])
+def test_groups_are_the_components_of_the_all_pairs_answer(monkeypatch, block):
+    """Random photos, each with 0-3 changed copies: the forest's groups are those of every confirmed pair."""
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", block)  # 7: many blocks, many merges
+    rng = np.random.default_rng(1)
+    width = near_duplicates.THUMBNAIL_SIDE**2 * 3
+    bases = rng.integers(0, 256, (80, width))
+    copies = np.repeat(np.arange(80), rng.integers(0, 4, 80))
+    thumbnails = np.concatenate([bases, np.clip(bases[copies] + rng.integers(-6, 7, (len(copies), width)), 0, 255)])
+    hashes = rng.integers(0, 2**62, 80, dtype=np.uint64)
+    flips = rng.integers(0, 64, len(copies)).astype(np.uint64)
+    hashes = np.concatenate([hashes, hashes[copies] ^ (np.uint64(1) << flips)])
+    hashed = _hashed(thumbnails, hashes)
+    forest = near_duplicates.near_duplicate_forest(hashed, 6, 0.985)
+
+    def similar(first, second):
+        return near_duplicates.thumbnail_similarity(hashed.thumbnails, first, second) >= 0.985
+
+    first, second, _ = near_duplicates.find_pairs(hashed.hashes, 6, similar)
+    expected = _components(len(hashes), first, second)
+    found = _components(len(hashes), forest.edges.first, forest.edges.second)
+    assert found == expected and len(copies) > 100
+    assert len(forest.edges.first) == len(hashes) - len(expected)  # a forest: one edge fewer than each group
+    groups = forest.groups()
+    assert {frozenset(np.flatnonzero(groups == group).tolist()) for group in set(groups) - {-1}} == {
+        component for component in expected if len(component) > 1
+    }
+
+
+def test_identical_and_blank_images_group_in_linear_edges():
+    """3,000 pixel-identical images (4.5M pairs) and 600 black ones: two groups, one edge fewer each."""
+    rng = np.random.default_rng(2)
+    width = near_duplicates.THUMBNAIL_SIDE**2 * 3
+    photo = rng.integers(0, 256, width)
+    thumbnails = np.concatenate([np.tile(photo, (3000, 1)), np.zeros((600, width)), np.full((1, width), 255)])
+    hashes = np.concatenate([np.full(3000, 12345), np.full(600, 1 << 63), np.full(1, 1 << 63)]).astype(np.uint64)
+    hashed = _hashed(thumbnails, hashes)
+    forest = near_duplicates.near_duplicate_forest(hashed)
+    groups = forest.groups()
+    assert len(forest.edges.first) == 2999 + 599
+    assert (groups[:3000] == groups[0]).all() and (groups[3000:3600] == groups[3000]).all()
+    assert groups[0] != groups[3000] and groups[3600] == -1  # white is not black: its correlation is undefined
+    assert (forest.edges.similarity == 1).all()
+    # The same blank pair found by the hash search (as two representatives) also scores 1.
+    assert near_duplicates.thumbnail_similarity(hashed.thumbnails, np.array([3000]), np.array([3001]))[0] == 1
+
+
+def test_report_counts_agree_with_the_groups_file(audited):
     table, _ = _reported_pairs(audited["report"])
+    groups = pd.read_csv(os.path.join(audited["report"], audit.GROUPS_FILE))
     summary = files.read_json(os.path.join(audited["report"], audit.SUMMARY_FILE))
     test_ids = {image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"}
-    train_test = table[(table.split_a + "-" + table.split_b).isin(["train-test", "test-train"])]
-    leaked = set(train_test.image_id_a[train_test.split_a == "test"]) | set(
-        train_test.image_id_b[train_test.split_b == "test"]
-    )
+    splits_of = groups.groupby("group")["split"].agg(set)
+    train_test = {group for group, splits in splits_of.items() if {"train", "test"} <= splits}
+    leaked = set(groups.image_id[groups.group.isin(train_test) & (groups.split == "test")])
     assert summary["test_images"] == len(test_ids)
     assert summary["test_images_with_a_near_duplicate_in_train"] == len(leaked) > 0
     assert summary["test_fraction_with_a_near_duplicate_in_train"] == pytest.approx(len(leaked) / len(test_ids))
-    assert summary["pairs_by_split_pair"]["train-test"] == len(train_test)
-    assert summary["pairs_across_splits"] == int((table.split_a != table.split_b).sum())
+    assert summary["groups_by_split_pair"]["train-test"] == len(train_test)
+    assert summary["groups_across_splits"] == sum(len(splits) > 1 for splits in splits_of)
     markdown = open(os.path.join(audited["report"], audit.REPORT_FILE)).read()
     assert f"| train-test | {len(train_test)} | {len(leaked)} of {len(test_ids)} |" in markdown
+    # A spanning forest: each group's edges join its images with one edge fewer, each edge inside one group.
     assert (table.image_id_a < table.image_id_b).all() and not table.duplicated(["image_id_a", "image_id_b"]).any()
+    assert table.groupby("group").size().to_dict() == (groups.groupby("group").size() - 1).to_dict()
+    group_of = dict(zip(groups.image_id, groups.group))
+    assert [group_of[image_id] for image_id in table.image_id_a] == table.group.tolist()
+    assert [group_of[image_id] for image_id in table.image_id_b] == table.group.tolist()
 
 
 # --- label errors ----------------------------------------------------------------------
@@ -213,6 +291,7 @@ def test_noise_rates_add_up_to_the_flagged_images(audited):
 def test_every_report_file_is_written(audited):
     for name in (
         audit.PAIRS_FILE,
+        audit.GROUPS_FILE,
         audit.ISSUES_FILE,
         audit.NOISE_FILE,
         audit.SUMMARY_FILE,
@@ -236,6 +315,9 @@ def test_every_report_file_is_written(audited):
         ({"--backbone": "resnet50"}, "give --features cnn"),
         ({"--folds": "1"}, "--folds 1 must be at least 2"),
         ({"--truth": "{empty}/truth.json"}, "does not exist"),
+        ({"--cache-dir": "{records}/features"}, "--cache-dir '{records}/features' and --records"),
+        ({"--report": "{records}/audit"}, "overlap (one holds the other)"),
+        ({"--cache-dir": "{foreign}"}, "--cache-dir '{foreign}' is not empty and was not written by `abo_tf.features`"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expected):
@@ -247,14 +329,15 @@ def test_bad_input_is_one_line_exit_2(audited, tmp_path, capsys, change, expecte
         "--report": str(tmp_path / "report"),
         "--cache-dir": audited["cache_dir"],
     }
-    values.update(
-        {flag: value.format(empty=tmp_path / "empty", foreign=tmp_path / "foreign") for flag, value in change.items()}
-    )
+    names = {"empty": tmp_path / "empty", "foreign": tmp_path / "foreign", "records": audited["records"]}
+    values.update({flag: value.format(**names) for flag, value in change.items()})
     arguments = [*itertools.chain.from_iterable(values.items()), "--no-progress", "--workers", "1"]
+    before = sorted(os.listdir(audited["records"]))
     assert audit_command.main(arguments) == 2
     error = capsys.readouterr().err.strip()
-    assert expected in error and len(error.splitlines()) == 1, error
+    assert expected.format(**names) in error and len(error.splitlines()) == 1, error
     assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
+    assert not (tmp_path / "report").exists() and sorted(os.listdir(audited["records"])) == before
 
 
 # --- back into the build -------------------------------------------------------------------
@@ -276,13 +359,13 @@ def test_joined_build_has_no_planted_pair_across_splits(abo_sample, audited, reb
     planted = _planted_pairs(abo_sample["truth"], audited["by_id"])
     assert any(len({audited["by_id"][image_id][0] for image_id in pair}) == 2 for pair in planted)  # before
     assert all(len({by_id[image_id][0] for image_id in pair}) == 1 for pair in planted)  # after
-    table, _ = _reported_pairs(audited["report"])
-    assert all(by_id[first][0] == by_id[second][0] for first, second in zip(table.image_id_a, table.image_id_b))
+    _, reported = _reported_pairs(audited["report"])
+    assert all(len({by_id[image_id][0] for image_id in pair}) == 1 for pair in reported)
     assert {image_id: entry[1:] for image_id, entry in by_id.items()} == {
         image_id: entry[1:] for image_id, entry in audited["by_id"].items()
     }  # the same records, other splits
-    pair_file = os.path.join(audited["report"], audit.PAIRS_FILE)
-    assert manifest["options"]["join_near_duplicates"] == {"sha256": shards.file_sha256(pair_file)}
+    groups_file = os.path.join(audited["report"], audit.GROUPS_FILE)
+    assert manifest["options"]["join_near_duplicates"] == {"sha256": shards.file_sha256(groups_file)}
 
 
 def test_excluded_images_are_dropped_and_counted(audited, built_records, rebuilt):
@@ -302,8 +385,8 @@ def test_excluded_images_are_dropped_and_counted(audited, built_records, rebuilt
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ("image_id_a,image_id_b\n11ugYljFP4X,12abcdefghL\n", "2 of its 2 image ids (e.g. '11ugYljFP4X')"),
-        ("first,second\na,b\n", "has no image_id_a column"),
+        ("group,image_id\n0,11ugYljFP4X\n0,12abcdefghL\n", "2 of its 2 image ids (e.g. '11ugYljFP4X')"),
+        ("image_id_a,image_id_b\na,b\n", "has no group column"),
     ],
 )
 def test_a_foreign_pair_file_is_one_line_exit_2(abo_sample, tmp_path, capsys, content, expected):
@@ -332,10 +415,12 @@ def test_a_foreign_pair_file_is_one_line_exit_2(abo_sample, tmp_path, capsys, co
 
 
 def _leaked_by_hand(report, split):
+    """The `split` images sharing a group with a train image, from the edges file (not the groups file read)."""
     table = pd.read_csv(os.path.join(report, audit.PAIRS_FILE))
-    return set(table.image_id_a[(table.split_a == split) & (table.split_b == "train")]) | set(
-        table.image_id_b[(table.split_b == split) & (table.split_a == "train")]
-    )
+    columns = ["group", "image_id", "split"]
+    ends = pd.concat([table[["group", f"image_id_{end}", f"split_{end}"]].set_axis(columns, axis=1) for end in "ab"])
+    with_train = set(ends.group[ends.split == "train"])
+    return set(ends.image_id[(ends.split == split) & ends.group.isin(with_train)])
 
 
 def test_baselines_exclude_removes_only_the_listed_images(audited):
@@ -401,13 +486,9 @@ def test_evaluate_exclude_removes_only_the_listed_images(audited, trained_run, t
     "content, split, expected",
     [
         (None, "test", "does not exist"),
-        ("image_id,split\nx,test\n", "test", "has no image_id_a column"),
-        (
-            "image_id_a,split_a,image_id_b,split_b\n99nothereXXL,test,11ugYljFP4L,train\n",
-            "test",
-            "1 of its test images",
-        ),
-        ("image_id_a,split_a,image_id_b,split_b\n", "train", "evaluate another split"),
+        ("image_id,split\nx,test\n", "test", "has no group column"),
+        ("group,image_id,split\n0,99nothereXXL,test\n0,11ugYljFP4L,train\n", "test", "1 of its test images"),
+        ("group,image_id,split\n", "train", "evaluate another split"),
     ],
 )
 def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expected):
@@ -420,6 +501,79 @@ def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expect
     test_ids = [image_id for image_id, entry in audited["by_id"].items() if entry[0] == "test"]
     with pytest.raises(UserInputError, match=expected):
         leakage.kept_mask(test_ids, leakage.leaked_ids(str(path), split), split)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"group,image_id,split\n0,caf\xe9,test\n", "is not UTF-8"),
+        (b"group,image_id,split\n0," + b"x" * 200_000 + b",test\n", "line 2 is not CSV (field larger than"),
+        (b"group,image_id,split\n0,a,test\n0," + b"y" * 1001 + b",test\n", "line 3: image_id 'yyy"),
+        (b"group,image_id,split\n0,a,test\n1,b\n", "line 3 has no split value (a short row)"),
+        (b"group,image_id,split\n0,a,TEST\n", "line 2: split 'TEST' is not one of train, validation, test"),
+        (b"group,image_id,split\n0,,test\n", "line 2: image_id '' is empty"),
+        (b"group,image\n0,a\n", "has no image_id column"),
+        (b"", "has no group column"),
+    ],
+    ids=["latin-1", "huge-field", "long-id", "short-row", "split-case", "empty-id", "columns", "empty-file"],
+)
+def test_a_broken_id_file_is_one_line_naming_the_row(tmp_path, content, expected):
+    from abo_tf.auditing import leakage
+    from abo_tf.common.errors import UserInputError
+
+    path = tmp_path / "groups.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserInputError, match=re.escape(expected)) as error:
+        leakage.leaked_ids(str(path), "test")
+    assert len(str(error.value).splitlines()) == 1 and "--exclude" in str(error.value)
+
+
+def test_an_id_file_with_a_byte_order_mark_is_read(tmp_path):
+    from abo_tf.auditing import leakage
+
+    path = tmp_path / "groups.csv"
+    path.write_bytes(b"\xef\xbb\xbfgroup,image_id,split\n0,a,test\n0,b,train\n1,c,test\n")  # Excel's UTF-8
+    assert leakage.leaked_ids(str(path), "test") == {"a"}
+
+
+def test_exclude_removing_every_image_is_one_line(tmp_path):
+    from abo_tf.auditing import leakage
+    from abo_tf.common.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="removes all 2 test images .* no image is left to score"):
+        leakage.kept_mask(["a", "b"], {"a", "b"}, "test")
+
+
+def test_evaluate_reads_exclude_before_the_model_and_the_report_folder(tmp_path, capsys):
+    from abo_tf import evaluate
+
+    (tmp_path / "groups.csv").write_text("group,image_id,split\n0,a,TEST\n")
+    arguments = ["--model", str(tmp_path / "no-model"), "--records", str(tmp_path), "--report", str(tmp_path / "r")]
+    assert evaluate.main([*arguments, "--exclude", str(tmp_path / "groups.csv")]) == 2
+    assert "split 'TEST' is not one of" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_a_report_inside_the_records(tmp_path, capsys):
+    from abo_tf import evaluate
+
+    (tmp_path / "records").mkdir()
+    report = tmp_path / "records" / "report"
+    arguments = ["--model", str(tmp_path / "no-model"), "--records", str(tmp_path / "records"), "--report", str(report)]
+    assert evaluate.main(arguments) == 2
+    assert "overlap (one holds the other)" in capsys.readouterr().err and not report.exists()
+
+
+@pytest.mark.parametrize("gallery_size", [1, 5])
+def test_galleries_take_any_count_and_draw_ids_as_plain_text(tmp_path, gallery_size):
+    """Rows of 4 label issues with a short last row; ids holding mathtext ($, \\, ^) are drawn as written."""
+    ids = [f"$\\frac{{{index}}}$^_" for index in range(gallery_size)]
+    pixels = {image_id: np.zeros((8, 8, 3), np.uint8) for image_id in ids}
+    rows = [
+        [(image_id, f"{image_id}\ngiven $x") for image_id in ids[start : start + 4]] for start in range(0, len(ids), 4)
+    ]
+    path = audit._gallery(rows, pixels, str(tmp_path / "gallery.png"))
+    assert os.path.getsize(path) > 0
 
 
 @pytest.mark.slow
@@ -465,6 +619,7 @@ def test_embedding_pairs_are_exactly_those_above_the_cosine_threshold(audited, t
         frozenset(pair)
         for pair in zip(table.image_id_a[table.signal == "embedding"], table.image_id_b[table.signal == "embedding"])
     }
+    # Every pair above the threshold shares a group; an embedding edge is one of them, kept where no hash edge was.
     assert expected and by_embedding <= expected <= reported
 
 

@@ -1,9 +1,11 @@
 """build_records on generated ABO data: accounting, leak-free split, determinism, resume, TFDS, bad input."""
 
 import collections
+import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import tarfile
 
@@ -183,6 +185,31 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
     resumed = records_build.build(build_options(abo_sample, output))
     assert resumed["splits"] == manifest["splits"]
     assert not (output / records_build.STATE_DIR).exists()
+
+
+def test_a_full_disk_is_one_line_and_the_build_resumes_to_the_same_bytes(
+    built_records, abo_sample, tmp_path, monkeypatch
+):
+    records_dir, _ = built_records
+    output = tmp_path / "resumed"
+    original = records_build._write_shard
+    calls = []
+
+    def write_one_then_fill_the_disk(*args):
+        if calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(records_build, "_write_shard", write_one_then_fill_the_disk)
+    with pytest.raises(records_build.UserInputError, match=r"cannot write --output .*\(No space left on device\)"):
+        records_build.build(build_options(abo_sample, output))
+    monkeypatch.setattr(records_build, "_write_shard", original)
+    records_build.build(build_options(abo_sample, output))
+    shard_names = [name for name in sorted(os.listdir(records_dir)) if ".tfrecord-" in name]
+    assert len(shard_names) >= 3 and sorted(name for name in os.listdir(output) if ".tfrecord-" in name) == shard_names
+    for name in shard_names:
+        assert (output / name).read_bytes() == open(os.path.join(records_dir, name), "rb").read(), name
 
 
 @pytest.mark.slow
@@ -365,3 +392,28 @@ def test_help_exits_zero():
     with pytest.raises(SystemExit) as caught:
         build_records.main(["--help"])
     assert caught.value.code == 0
+
+
+@pytest.mark.parametrize(
+    "sizes, joined, expected",
+    [
+        ((0, 3000, 0), "groups.csv", "error: the train split would be empty .* --join-near-duplicates joined most"),
+        ((90, 10, 0), None, "error: the test split would be empty .* too few groups"),
+        ((96, 3, 1), None, "WARNING: the validation split has 3.0% of the images, --split asks 10%"),
+        ((80, 10, 10), None, ""),
+    ],
+)
+def test_a_split_asked_for_but_left_empty_is_refused(capsys, sizes, joined, expected):
+    import types
+
+    from abo_tf.common.errors import UserInputError
+
+    splits = ("train", "validation", "test")
+    members = {name: [f"{name}{index}" for index in range(size)] for name, size in zip(splits, sizes)}
+    options = types.SimpleNamespace(split_fractions=(0.8, 0.1, 0.1), join_near_duplicates=joined)
+    if expected.startswith("error: "):
+        with pytest.raises(UserInputError, match=expected.removeprefix("error: ")):
+            records_build.check_split_sizes(members, options)
+    else:
+        records_build.check_split_sizes(members, options)
+        assert re.search(expected, capsys.readouterr().err) if expected else not capsys.readouterr().err

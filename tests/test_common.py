@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,39 @@ def test_config_gives_defaults_and_flags_override(tmp_path):
 def test_bad_config_values_are_named(tmp_path, text, message):
     with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _parse(["--config", _write(tmp_path, text), "--records", "r"])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("k" + ".k" * 4_000 + " = 1\n", "line 1 nests keys, tables or arrays 17 deep, more than the 16"),
+        ("k" + ".k" * 20_000 + " = 1\n", "line 1 is 40,005 bytes long"),
+        ("rate = " + "[\n" * 3000 + "]" * 3000 + "\n", "line 16 nests keys, tables or arrays 17 deep"),
+        ("rate = " + "{a=" * 2000 + "1" + "}" * 2000 + "\n", "line 1 nests keys, tables or arrays 17 deep"),
+        ("[data]\nrate = " + "{a=" * 2000 + "1" + "}" * 2000 + "\n", "line 2 nests keys"),
+        ("[data" + ".a" * 2000 + "]\nrate = 1\n", "line 1 nests keys"),
+        ("# " + "x" * 20_000 + "\n", "line 1 is 20,002 bytes long, more than the 10,000"),
+        (("# " + "x" * 98 + "\n") * 11_000, "is 1,111,000 bytes, more than the 1,048,576"),
+    ],
+    ids=["dotted-key", "dotted-key-long", "arrays", "inline-tables", "known-key-table", "header", "long-line", "large"],
+)
+def test_hostile_config_is_refused_before_parsing(tmp_path, text, message):
+    with pytest.raises(UserInputError, match=message) as error:
+        _parse(["--config", _write(tmp_path, text), "--records", "r"])
+    assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link-loop"])
+def test_config_that_is_no_regular_file_is_named_so(tmp_path, kind):
+    path = tmp_path / "config.toml"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(path, path)
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        _parse(["--config", str(path), "--records", "r"])
 
 
 @pytest.mark.parametrize(
@@ -193,3 +227,126 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
         pass
     text = log.getvalue()
     assert "\r" not in text and "\x1b" not in text and text.endswith("\n") and "1000/1000" in text
+
+
+def _command_options():
+    from abo_tf import build_records, features, predict, sample, train
+    from abo_tf.auditing import audit
+    from abo_tf.classical import baseline
+    from abo_tf.reports import data_report, evaluation
+    from abo_tf.tuning import search
+
+    return [
+        data_report.AnalyzeOptions,
+        audit.AuditOptions,
+        baseline.BaselineConfig,
+        build_records.BuildCommandOptions,
+        evaluation.EvaluateOptions,
+        features.ExtractOptions,
+        predict.PredictOptions,
+        sample.SampleOptions,
+        train.TrainOptions,
+        search.TuneOptions,
+    ]
+
+
+def test_every_number_option_of_every_command_is_bounded_at_both_ends():
+    """A number without a bound reached NumPy or memory first: a seed of -1, a batch of 2**40 (issue 23)."""
+    unbounded = [
+        f"{options_class.__name__} {spec.flag}"
+        for options_class in _command_options()
+        for spec in options.specs(options_class)
+        if spec.kind in (int, float) and None in (spec.metadata["minimum"], spec.metadata["maximum"])
+    ]
+    assert not unbounded
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", "-1"], "--seed -1 must be at least 0"),
+        (["--seed", str(2**64)], f"--seed {2**64} must be at most 4294967295"),
+        (["--batch-size", str(2**40)], f"--batch-size {2**40} must be at most 8192"),
+        (["--image-size", "100000"], "--image-size 100000 must be at most 1024"),
+        (["--learning-rate", "1e308"], "--learning-rate 1e+308 must be at most 10.0"),
+    ],
+)
+def test_train_numbers_past_their_bounds_are_one_line(tmp_path, argv, message):
+    from abo_tf import train
+
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        options.parse(train.TrainOptions, ["--records", "r", "--output", str(tmp_path), *argv], "train", "")
+
+
+def test_search_ranges_and_other_commands_share_the_bounds(tmp_path):
+    from abo_tf.reports import evaluation
+    from abo_tf.tuning import search, space
+
+    with pytest.raises(UserInputError, match="--calibration-bins 100000000 must be at most 1000"):
+        evaluation.EvaluateOptions(model="m", records="r", report="x", calibration_bins=10**8)
+    base = search.base_train_config(search.TuneOptions(records="r", output=str(tmp_path), search={"dropout": {}}))
+    for name in ("image_size", "batch_size"):
+        with pytest.raises(space.SearchSpaceError, match=f"{name}: the value 100000 is refused: .* at most"):
+            space.parse_space({name: {"low": 64, "high": 100_000}}, base)
+
+
+@pytest.mark.parametrize(
+    "cell, written",
+    [
+        ('=HYPERLINK("http://x","y")', "'=HYPERLINK"),
+        ("+cmd|' /C calc'!A0", "'+cmd"),
+        ("@SUM(1)", "'@SUM(1)"),
+        ("-2+3", "'-2+3"),
+        ("'quoted", "''quoted"),
+        ("-0.5", "-0.5"),  # a number is harmless
+        ("CELLULAR_PHONE_CASE", "CELLULAR_PHONE_CASE"),
+    ],
+)
+def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_read_back(tmp_path, cell, written):
+    import pandas as pd
+
+    from abo_tf.common import id_files
+
+    path = files.write_csv(pd.DataFrame({"image_id": [cell], "n": [-1]}), str(tmp_path / "ids.csv"))
+    assert open(path).read().splitlines()[1].lstrip('"').startswith(written)
+    assert id_files.read_id_rows(path, "--exclude-images", ("image_id",), "ids.csv") == [(cell,)]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--records", "r", "--rate", "-inf"], "--rate -inf must be a finite number"),  # a number, not a flag
+    ],
+)
+def test_negative_numbers_are_numbers(argv, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        _parse(argv)
+
+
+def test_repeated_flags_join_lists_keep_the_last_scalar_and_configs_override_in_order(tmp_path):
+    first = _write(tmp_path, 'records = "a"\nbatch_size = 16\nrate = 0.1\n')
+    second = tmp_path / "second.toml"
+    second.write_text("batch_size = 32\n")
+    argv = ["--config", first, "--config", str(second), "--limit", "1", "--limit", "2"]
+    parsed = options.parse(ListOptions, [*argv, "--models", "a", "b", "--models", "c"], "example", "")[0]
+    assert (parsed.records, parsed.batch_size, parsed.rate, parsed.limit) == ("a", 32, 0.1, 2)
+    assert parsed.models == ("a", "b", "c")
+    assert options.parse(ListOptions, argv, "example", "")[0].models == ("x",)  # the default, not extended
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOptions(ExampleOptions):
+    models: tuple[str, ...] = options.option(("x",), help="models")
+
+
+def test_a_config_of_many_unknown_keys_is_a_short_line(tmp_path):
+    text = "".join(f"k{index}=1\n" for index in range(100_000))  # 888,890 bytes: under the size limit
+    with pytest.raises(UserInputError, match=r"and 99980 more: allowed are") as error:
+        _parse(["--config", _write(tmp_path, text), "--records", "r"])
+    assert len(str(error.value)) < 2000
+
+
+def test_a_dangling_link_as_output_is_named_so(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(outputs.OutputFolderError, match="is a link to nothing"):
+        outputs.claim(str(tmp_path / "out"), "train")

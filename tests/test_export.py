@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -288,6 +289,43 @@ def test_a_refused_image_does_not_fail_the_others_in_its_call(exported):
     assert set(outputs["top_k_labels"].numpy()[[1, 3]].ravel().tolist()) == {b""}
 
 
+def _damaged(kind):
+    jpeg, png = encode(random_rgb(50, 60, 3)), bytearray(encode(random_rgb(30, 30, 4), ".png"))
+    if kind == "truncated":
+        return jpeg[: len(jpeg) // 2]
+    if kind == "soi_eoi":
+        return b"\xff\xd8\xff\xd9"
+    if kind == "no_scan":
+        return jpeg[: jpeg.find(b"\xff\xda")] + b"\xff\xd9"
+    idat = png.find(b"IDAT")
+    png[idat + 4 + int.from_bytes(png[idat - 4 : idat], "big")] ^= 0xFF  # the chunk's CRC
+    return bytes(png)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "soi_eoi", "no_scan", "png_bad_crc"])
+def test_a_damaged_image_gets_an_error_and_the_others_are_classified(exported, kind):
+    model, loaded, _ = exported
+    good = [encode(random_rgb(50, 80, 1)), encode(random_rgb(40, 40, 2), ".png")]
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([good[0], _damaged(kind), good[1]]))
+    errors = [error.decode() for error in outputs[export.ERROR_KEY].numpy()]
+    assert errors == ["", export.DAMAGED, ""]
+    probabilities = outputs["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities[[0, 2]], keras_probabilities(model, good), atol=1e-4)
+    assert not probabilities[1].any()
+
+
+def test_empty_batches_are_answered_and_serve_pixels_enforces_its_shape(exported):
+    _, loaded, _ = exported
+    empty = loaded.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, len(CLASSES)) and empty[export.ERROR_KEY].shape == (0,)
+    pixels = loaded.signatures["serve_pixels"]
+    assert pixels(pixels=tf.zeros([0, SIZE, SIZE, 3], tf.uint8))["top_k_labels"].shape == (0, TOP_K)
+    refused = re.escape(f"serve_pixels takes uint8 [N, {SIZE}, {SIZE}, 3]")
+    for shape in [(1, 1, 1, 3), (1, SIZE * 2, SIZE, 3)]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=refused):
+            pixels(pixels=tf.zeros(shape, tf.uint8))
+
+
 def test_predict_refuses_a_file_over_the_size_limit_before_reading_it(exported, image_files):
     _, loaded, _ = exported
     path = image_files["wide.jpg"]
@@ -339,3 +377,23 @@ def test_a_20000_pixel_png_is_refused_by_serving_and_predict_within_1_5_gb(expor
     assert str(bomb) in error_line and "over the limit" in error_line
     assert image_files["wide.jpg"] in stdout
     assert peak < 1.5e9, f"peak RSS {peak / 2**20:.0f} MB"
+
+
+def test_predict_prints_a_file_name_with_a_newline_on_one_line(exported, tmp_path, capsys):
+    _, _, export_dir = exported
+    good, bad = tmp_path / "good\nname.jpg", tmp_path / "bad\nname.jpg"
+    good.write_bytes(encode(random_rgb(40, 40, 5)))
+    bad.write_bytes(b"not an image")
+    assert predict.main(["--model", export_dir, str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == repr(str(good))
+    reason = "not classified: not a JPEG, PNG, GIF or BMP image"
+    assert captured.err.strip().splitlines() == [f"error: {str(bad)!r}: {reason}"]
+
+
+def test_predict_on_a_damaged_jpeg_prints_one_line_and_no_libjpeg_warning(exported, tmp_path, capfd):
+    _, _, export_dir = exported
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(_damaged("truncated"))
+    assert predict.main(["--model", export_dir, str(path)]) == 1
+    assert capfd.readouterr().err.strip().splitlines() == [f"error: {path}: not classified: {export.DAMAGED}"]

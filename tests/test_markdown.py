@@ -17,6 +17,9 @@ from abo_tf.reports import markdown
         ("12.3", "12.3"),  # a string is already formatted: kept
         ("a|b", "a\\|b"),  # an escaped pipe stays in its cell
         ("two\nlines", "two lines"),  # a newline would end the row
+        ('<img src="http://x/a.png">', '&lt;img src="http://x/a.png"&gt;'),  # HTML is shown, not rendered
+        ("![a](http://x/a.png)", "!\\[a\\](http://x/a.png)"),  # nor a Markdown image
+        ("a\\|b & c", "a\\\\\\|b &amp; c"),
     ],
 )
 def test_cells_are_formatted_and_escaped(cell, written):

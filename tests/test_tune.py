@@ -1,6 +1,7 @@
 """abo_tf.tune: a study ends with exactly --trials trials, across kills and workers; best.toml reproduces the best."""
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -200,12 +201,17 @@ BAD_SPACES = {
     "log touches zero": ("[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n", "above 0"),
     "unknown model": ('[search]\nmodel = { choices = ["resnet50", "alexnet"] }\n', "alexnet"),
     "unknown weighting": ('[search]\nclass_weights = { choices = ["none", "cubic"] }\n', "cubic"),
-    "not a table": ("search = 3\n", "search = 3 must be a table"),
+    "not a table": ("search = 3\n", "search = 3 must be a table (a table such as { low"),
     "neither range nor choices": ("[search]\ndropout = { low = 0.1 }\n", "give either low and high"),
     "range of a string": ("[search]\nclass_weights = { low = 1, high = 2 }\n", "choices"),
     "validation steps": ("[search]\nvalidation_steps = { low = 1, high = 4 }\n", "how a trial runs or is measured"),
     "mixed precision": ("[search]\nmixed_precision = { choices = [true, false] }\n", "set it outside [search]"),
     "same choice twice": ("[search]\ndropout = { choices = [0, 0.0] }\n", "choices must differ"),
+    "too many choices": (
+        "[search]\nseed = { choices = [" + ",".join(map(str, range(1001))) + "] }\n",
+        "1,001 choices, more than 1000: give a range",
+    ),
+    "image size past its bound": ("[search]\nimage_size = { low = 64, high = 100000 }\n", "at most 1024"),
 }
 
 
@@ -331,6 +337,85 @@ def test_trial_of_a_dead_local_process_is_failed_and_queued_again(tmp_path):
     assert [frozen.state.name for frozen in study.trials] == ["FAIL", "RUNNING", "WAITING"]
     queued = study.trials[2]
     assert queued.system_attrs["fixed_params"] == trial.params and queued.user_attrs["retry_of"] == trial.number
+
+
+def _journal_study(tmp_path):
+    study, _ = study_lib.open_study(study_lib.open_storage("", str(tmp_path)), "s", "maximize", None, None, None)
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.5)
+    study.tell(trial, 0.5)
+    return study
+
+
+class _DiskFull:
+    """A file whose write stores half the bytes, then fails as a full disk does."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, data):
+        self.handle.write(data[: len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_write_cut_by_a_full_disk_leaves_the_study_readable(tmp_path, monkeypatch):
+    study = _journal_study(tmp_path)
+    journal = tmp_path / study_lib.JOURNAL
+    before = journal.read_bytes()
+    monkeypatch.setattr(study_lib, "open", lambda path, mode: _DiskFull(open(path, mode)), raising=False)
+    with pytest.raises(study_lib.StorageError, match=r"cannot write the study journal .*\(No space left on device\)"):
+        study.enqueue_trial({"dropout": 0.1})
+    assert journal.read_bytes() == before  # the half record is cut back
+    with pytest.raises(study_lib.StorageError, match="No space left"):
+        study.set_user_attr("more", 1)  # nothing more is written by this process
+    monkeypatch.undo()
+    loaded = optuna.load_study(study_name="s", storage=study_lib.open_storage("", str(tmp_path)))
+    assert [trial.state.name for trial in loaded.trials] == ["COMPLETE"]
+
+
+def test_a_partial_last_record_is_dropped_on_open_and_the_study_continues(tmp_path, capsys):
+    _journal_study(tmp_path)
+    journal = tmp_path / study_lib.JOURNAL
+    complete = journal.read_bytes()
+    partial = b'{"op_code":5,"worker_id":"x","trial_id":0,"us'  # a kill or a full disk mid-write
+    journal.write_bytes(complete + partial)
+    storage = study_lib.open_storage("", str(tmp_path))
+    assert f"ended with a partial record ({len(partial)} bytes" in capsys.readouterr().err
+    assert journal.read_bytes() == complete
+    study, _ = study_lib.open_study(storage, "s", "maximize", None, None, None)
+    study.enqueue_trial({"dropout": 0.2})  # appended after a complete line: every later read still works
+    loaded = optuna.load_study(study_name="s", storage=study_lib.open_storage("", str(tmp_path)))
+    assert [trial.state.name for trial in loaded.trials] == ["COMPLETE", "WAITING"]
+
+
+def test_a_journal_damaged_mid_file_is_refused_naming_the_line(tmp_path):
+    _journal_study(tmp_path)
+    journal = tmp_path / study_lib.JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:2]) + b'{"op_code":5,"wor' + b"".join(lines[2:]))
+    with pytest.raises(study_lib.StorageError, match="line 3 is not a complete record"):
+        study_lib.open_storage("", str(tmp_path))
+
+
+def test_best_toml_skips_a_best_trial_whose_folder_was_deleted(tmp_path, capsys):
+    from abo_tf.common import config
+    from abo_tf.tuning import report
+
+    study = _journal_study(tmp_path)  # trial 0: 0.5, its folder never written (as if deleted)
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.5)
+    study.tell(trial, 0.4)
+    config.save_run_config(trials_lib.trial_dir(str(tmp_path), trial.number), {"dropout": 0.25})
+    path = report.write_best_toml(study, str(tmp_path))
+    assert "trial 0 has no config.toml" in capsys.readouterr().err
+    assert "# Trial 1 of study 's'" in open(path).read() and "dropout = 0.25" in open(path).read()
 
 
 _MIRRORED_HOOK = """

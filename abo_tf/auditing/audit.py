@@ -2,7 +2,9 @@
 
 The report folder (`--report`) gets:
 
-    near_duplicates.csv   every near-duplicate pair: ids, splits, product types, hash bits apart, similarity
+    near_duplicate_groups.csv  every image with a near-duplicate: group, id, split, product type
+    near_duplicates.csv   the pairs that joined each group (a spanning forest: one row fewer than the group's
+                          images): ids, splits, product types, hash bits apart, similarity, signal
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images
@@ -19,7 +21,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from abo_tf.auditing import label_issues, near_duplicates
+from abo_tf.auditing import label_issues, leakage, near_duplicates
 from abo_tf.classical import extraction, feature_spec
 from abo_tf.classical.feature_cache import DEFAULT_CACHE_DIR
 from abo_tf.common import files, options, outputs
@@ -29,11 +31,13 @@ from abo_tf.records.split import SPLITS
 from abo_tf.reports import figures, markdown, metrics
 
 PAIRS_FILE = "near_duplicates.csv"
+GROUPS_FILE = leakage.GROUPS_FILE
 ISSUES_FILE = "label_issues.csv"
 NOISE_FILE = "noise_rates.csv"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
-PAIR_COLUMNS = (
+EDGE_COLUMNS = (
+    "group",
     "image_id_a",
     "split_a",
     "product_type_a",
@@ -44,9 +48,12 @@ PAIR_COLUMNS = (
     "similarity",
     "signal",
 )
+GROUP_COLUMNS = leakage.GROUP_COLUMNS
+EMBEDDING_QUERIES = 256  # neighbours held at once: 256 x the images at most (40 MB for 10k identical ones)
 SPLIT_PAIRS = (("train", "test"), ("train", "validation"), ("validation", "test"))
 _WRITTEN = (
     PAIRS_FILE,
+    GROUPS_FILE,
     ISSUES_FILE,
     NOISE_FILE,
     SUMMARY_FILE,
@@ -92,12 +99,19 @@ class AuditOptions(feature_spec.FeatureOptions):
         maximum=1.0,
         help="with --features cnn or --run, also pair images whose embeddings' cosine similarity reaches this",
     )
-    label_issues_max: int = options.option(500, group=_LABELS, minimum=1, help="likely label errors listed at most")
+    label_issues_max: int = options.option(
+        500, group=_LABELS, minimum=1, maximum=options.MAX_COUNT, help="likely label errors listed at most"
+    )
     folds: int = options.option(
         label_issues.DEFAULT_FOLDS,
         group=_LABELS,
         minimum=2,
-        help="cross-validation folds of the out-of-sample probabilities",
+        maximum=100,
+        help="cross-validation folds of the out-of-sample probabilities (fewer when the largest class has fewer "
+        "examples: each fold needs one)",
+    )
+    gallery_size: int = options.option(
+        8, group=_REPORT, minimum=0, maximum=options.MAX_SHOWN, help="pairs and label issues shown in each gallery"
     )
     truth: str = options.option(
         "",
@@ -106,7 +120,6 @@ class AuditOptions(feature_spec.FeatureOptions):
         help="a generated sample's truth (python -m abo_tf.sample --truth): the report scores the label audit "
         "on the label errors planted in it",
     )
-    gallery_size: int = options.option(8, group=_REPORT, minimum=0, help="pairs and label issues shown in each gallery")
     progress: bool = options.option(True, group=options.CONSOLE_GROUP, config=False, help="progress bars")
 
     def __post_init__(self):
@@ -116,35 +129,47 @@ class AuditOptions(feature_spec.FeatureOptions):
 # --- near-duplicates -------------------------------------------------------------
 
 
-def _pairs_table(hashed, pairs, signal):
-    first, second = pairs.first, pairs.second
-    return pd.DataFrame(
+def _edges_table(hashed, forest, group_of):
+    """The spanning-forest edges: each pair once, the smaller id first, sorted (the same records, the same file)."""
+    edges = forest.edges
+    table = pd.DataFrame(
         {
-            "image_id_a": hashed.image_ids[first],
-            "split_a": hashed.splits[first],
-            "product_type_a": hashed.product_types[first],
-            "image_id_b": hashed.image_ids[second],
-            "split_b": hashed.splits[second],
-            "product_type_b": hashed.product_types[second],
-            "hash_distance": pairs.distance,
-            "similarity": np.round(pairs.similarity, 4),
-            "signal": signal,
+            "group": group_of[edges.first],
+            "image_id_a": hashed.image_ids[edges.first],
+            "split_a": hashed.splits[edges.first],
+            "product_type_a": hashed.product_types[edges.first],
+            "image_id_b": hashed.image_ids[edges.second],
+            "split_b": hashed.splits[edges.second],
+            "product_type_b": hashed.product_types[edges.second],
+            "hash_distance": edges.distance,
+            "similarity": np.round(edges.similarity.astype(np.float64), 4),
+            "signal": edges.signal,
         }
     )
-
-
-def _canonical(table):
-    """Each pair once, the smaller id first, sorted: the same records give the same file."""
     swap = table["image_id_a"] > table["image_id_b"]
     for column in ("image_id", "split", "product_type"):
         first, second = table[f"{column}_a"].copy(), table[f"{column}_b"].copy()
         table.loc[swap, f"{column}_a"], table.loc[swap, f"{column}_b"] = second[swap], first[swap]
-    table = table.sort_values(["image_id_a", "image_id_b", "signal"]).drop_duplicates(["image_id_a", "image_id_b"])
-    return table.reset_index(drop=True)[list(PAIR_COLUMNS)]
+    return table.sort_values(["group", "image_id_a", "image_id_b"]).reset_index(drop=True)[list(EDGE_COLUMNS)]
 
 
-def _embedding_pairs(splits, hashed, min_similarity):
-    """Pairs whose CNN embeddings' cosine similarity reaches `min_similarity`, by scikit-learn's NearestNeighbors."""
+def _groups_table(hashed, group_of):
+    grouped = np.flatnonzero(group_of >= 0)
+    table = pd.DataFrame(
+        {
+            "group": group_of[grouped],
+            "image_id": hashed.image_ids[grouped],
+            "split": hashed.splits[grouped],
+            "product_type": hashed.product_types[grouped],
+        }
+    )
+    return table.sort_values(["group", "image_id"]).reset_index(drop=True)[list(GROUP_COLUMNS)]
+
+
+def _add_embedding_pairs(forest, splits, hashed, min_similarity):
+    """Joins the images whose CNN embeddings' cosine similarity reaches `min_similarity` (scikit-learn's
+    NearestNeighbors), EMBEDDING_QUERIES queries at a time: identical embeddings have a quadratic number of pairs.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     parts = [splits[split] for split in SPLITS if split in splits]
@@ -153,28 +178,27 @@ def _embedding_pairs(splits, hashed, min_similarity):
     row_of_id = {image_id: row for row, image_id in enumerate(hashed.image_ids)}
     rows = np.array([row_of_id[image_id] for part in parts for image_id in part.image_ids])
     index = NearestNeighbors(radius=float(np.sqrt(max(0.0, 2 - 2 * min_similarity)))).fit(embeddings)
-    distances, neighbours = index.radius_neighbors(embeddings, sort_results=True)
-    first, second, similarity = [], [], []
-    for query, (found, distance) in enumerate(zip(neighbours, distances)):
+    for start in range(0, len(embeddings), EMBEDDING_QUERIES):
+        distances, neighbours = index.radius_neighbors(embeddings[start : start + EMBEDDING_QUERIES])
+        counts = np.array([len(found) for found in neighbours], dtype=np.int64)
+        query = np.repeat(np.arange(start, start + len(counts)), counts)
+        found = np.concatenate([*neighbours, np.zeros(0, np.int64)]).astype(np.int64)
+        distance = np.concatenate([*distances, np.zeros(0)])
         later = found > query
-        first += [query] * int(later.sum())
-        second += found[later].tolist()
-        similarity += (1 - distance[later] ** 2 / 2).tolist()
-    first, second = rows[np.array(first, dtype=np.int64)], rows[np.array(second, dtype=np.int64)]
-    distance = near_duplicates.hamming_distance(hashed.hashes[first], hashed.hashes[second])
-    return near_duplicates.Pairs(first, second, distance, np.array(similarity))
+        similarity = 1 - distance[later] ** 2 / 2
+        forest.add(
+            near_duplicates.make_pairs(hashed.hashes, rows[query[later]], rows[found[later]], similarity, "embedding")
+        )
 
 
-def split_pair_counts(pairs, hashed):
-    """Rows (split pair, pairs, images of the second split with a near-duplicate in the first)."""
+def split_pair_counts(groups, hashed):
+    """Rows (split pair, groups holding both, images of the second split in such a group, images of the second)."""
     rows = []
+    splits_of_group = groups.groupby("group")["split"].agg(set)
     for first, second in SPLIT_PAIRS:
-        across = pairs[
-            ((pairs.split_a == first) & (pairs.split_b == second))
-            | ((pairs.split_a == second) & (pairs.split_b == first))
-        ]
-        ids = set(across.image_id_a[across.split_a == second]) | set(across.image_id_b[across.split_b == second])
-        rows.append((f"{first}-{second}", len(across), len(ids), int((hashed.splits == second).sum())))
+        both = set(splits_of_group.index[[{first, second} <= splits for splits in splits_of_group]])
+        images = int((groups.group.isin(both) & (groups.split == second)).sum())
+        rows.append((f"{first}-{second}", len(both), images, int((hashed.splits == second).sum())))
     return rows
 
 
@@ -203,16 +227,16 @@ def _gallery(rows, pixels, path):
     width = max(len(row) for row in rows)
     figure, axes = plt.subplots(len(rows), width, figsize=(2.4 * width, 2.6 * len(rows)), squeeze=False)
     for axes_row, row in zip(axes, rows):
-        for axis, (image_id, caption) in zip(axes_row, row + [None] * (width - len(row))):
+        for axis, (image_id, caption) in zip(axes_row, row + [(None, None)] * (width - len(row))):
             axis.axis("off")
             if image_id is not None:
                 axis.imshow(pixels[image_id])
-                axis.set_title(caption, fontsize=7)
+                figures.caption(axis, caption)
     return figures.save(figure, path)
 
 
-def _write_galleries(options_, manifest, pairs, issues):
-    across = pairs[pairs.split_a != pairs.split_b].head(options_.gallery_size)
+def _write_galleries(options_, manifest, edges, issues):
+    across = edges[edges.split_a != edges.split_b].head(options_.gallery_size)
     pair_rows = [
         [
             (row.image_id_a, f"{row.split_a} {row.image_id_a}\n{row.product_type_a}"),
@@ -237,15 +261,18 @@ def _write_galleries(options_, manifest, pairs, issues):
 # --- the report ----------------------------------------------------------------------
 
 
-def _summary(options_, manifest_sha256, pairs, counts, label_audit, seconds):
+def _summary(options_, manifest_sha256, near, counts, label_audit, seconds):
     train_test = next(row for row in counts if row[0] == "train-test")
+    edges, groups = near
     return {
         "records": os.path.abspath(options_.records),
         "manifest_sha256": manifest_sha256,
         "features": options_.feature_spec().name,
-        "near_duplicate_pairs": len(pairs),
-        "pairs_across_splits": int((pairs.split_a != pairs.split_b).sum()),
-        "pairs_by_split_pair": {name: number for name, number, _, _ in counts},
+        "near_duplicate_groups": int(groups.group.nunique()),
+        "near_duplicate_images": len(groups),
+        "near_duplicate_edges": len(edges),
+        "groups_across_splits": int((groups.groupby("group")["split"].nunique() > 1).sum()),
+        "groups_by_split_pair": {name: number for name, number, _, _ in counts},
         "test_images": train_test[3],
         "test_images_with_a_near_duplicate_in_train": train_test[2],
         "test_fraction_with_a_near_duplicate_in_train": train_test[2] / train_test[3] if train_test[3] else 0.0,
@@ -300,12 +327,15 @@ def _report_markdown(summary, counts, label_audit, galleries):
         "",
         "## Near-duplicates across splits",
         "",
-        markdown.table(count_rows, ["splits", "pairs", "second-split images with a near-duplicate in the first"]),
+        f"{summary['near_duplicate_images']} images in {summary['near_duplicate_groups']} groups of "
+        f"near-duplicates (`{GROUPS_FILE}`; the pairs that joined them: `{PAIRS_FILE}`).",
+        "",
+        markdown.table(count_rows, ["splits", "groups in both", "second-split images in a group with the first"]),
         "",
         f"**{100 * summary['test_fraction_with_a_near_duplicate_in_train']:.1f}%** of the test split "
-        f"({summary['test_images_with_a_near_duplicate_in_train']} of {summary['test_images']} images) has a "
-        f"near-duplicate in train: score without them with `--exclude {PAIRS_FILE}`, or rebuild with "
-        f"`build_records --join-near-duplicates {PAIRS_FILE}`.",
+        f"({summary['test_images_with_a_near_duplicate_in_train']} of {summary['test_images']} images) is in a "
+        f"group with a train image: score without them with `--exclude {GROUPS_FILE}`, or rebuild with "
+        f"`build_records --join-near-duplicates {GROUPS_FILE}`.",
         "",
         "## Likely label errors",
         "",
@@ -334,14 +364,13 @@ def _check_options(options_):
 
 
 def _find_near_duplicates(options_, splits_features):
+    """(hashed images, (edges table, groups table)) of the build."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
-    pairs = near_duplicates.near_duplicate_pairs(hashed, options_.hash_distance, options_.pixel_similarity)
-    tables = [_pairs_table(hashed, pairs, "hash")]
+    forest = near_duplicates.near_duplicate_forest(hashed, options_.hash_distance, options_.pixel_similarity)
     if options_.features == feature_spec.CNN:
-        tables.append(
-            _pairs_table(hashed, _embedding_pairs(splits_features, hashed, options_.embedding_similarity), "embedding")
-        )
-    return hashed, _canonical(pd.concat(tables, ignore_index=True))
+        _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
+    group_of = forest.groups()
+    return hashed, (_edges_table(hashed, forest, group_of), _groups_table(hashed, group_of))
 
 
 def run_audit(options_):
@@ -361,7 +390,9 @@ def run_audit(options_):
     _check_options(options_)
     planted = _load_planted(options_.truth)
     manifest = shards.read_manifest(options_.records)
-    folder = outputs.claim(options_.report, "audit", "--report")
+    # The cache first: a cache folder of another command, or inside the records, is refused before the report.
+    outputs.claim(options_.cache_dir, "features", "--cache-dir", records=options_.records)
+    folder = outputs.claim(options_.report, "audit", "--report", records=options_.records)
     outputs.remove_owned(folder, _WRITTEN)
     options.save_config(options_, options_.report)
     wanted = SPLITS if options_.features == feature_spec.CNN else label_issues.AUDITED_SPLITS
@@ -374,7 +405,7 @@ def run_audit(options_):
         options_.workers,
         options_.progress,
     )
-    hashed, pairs = _find_near_duplicates(options_, splits_features)
+    hashed, near = _find_near_duplicates(options_, splits_features)
     label_audit = label_issues.find_label_issues(
         splits_features,
         dict(zip(hashed.image_ids, hashed.item_ids)),
@@ -382,13 +413,14 @@ def run_audit(options_):
         options_.seed,
         options_.label_issues_max,
     )
-    pairs.to_csv(os.path.join(options_.report, PAIRS_FILE), index=False)
-    label_audit.issues.to_csv(os.path.join(options_.report, ISSUES_FILE), index=False)
-    label_audit.noise_rates.to_csv(os.path.join(options_.report, NOISE_FILE), index=False)
-    galleries = _write_galleries(options_, manifest, pairs, label_audit.issues)
-    counts = split_pair_counts(pairs, hashed)
+    files.write_csv(near[0], os.path.join(options_.report, PAIRS_FILE))
+    files.write_csv(near[1], os.path.join(options_.report, GROUPS_FILE))
+    files.write_csv(label_audit.issues, os.path.join(options_.report, ISSUES_FILE))
+    files.write_csv(label_audit.noise_rates, os.path.join(options_.report, NOISE_FILE))
+    galleries = _write_galleries(options_, manifest, near[0], label_audit.issues)
+    counts = split_pair_counts(near[1], hashed)
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))
-    summary = _summary(options_, manifest_sha256, pairs, counts, label_audit, time.perf_counter() - started)
+    summary = _summary(options_, manifest_sha256, near, counts, label_audit, time.perf_counter() - started)
     if planted is not None:
         summary["planted_label_errors"] = label_issues.score_planted(label_audit, planted)
     files.write_json(os.path.join(options_.report, SUMMARY_FILE), summary)

@@ -60,12 +60,14 @@ class BaselineConfig(feature_spec.FeatureOptions):
     )
     linear_svm_max_train: int | None = options.option(
         minimum=2,
+        maximum=options.MAX_COUNT,
         group="models",
         help="linear_svm trains on a stratified subsample of at most this many examples "
         f"(default: {SVM_EXAMPLE_CLASSES['linear_svm']:,} / classes; liblinear solves a problem per class)",
     )
     rbf_max_train: int | None = options.option(
         minimum=2,
+        maximum=options.MAX_COUNT,
         group="models",
         help="rbf_svm trains on a stratified subsample of at most this many examples (default: "
         f"{SVM_EXAMPLE_CLASSES['rbf_svm']:,} / classes, at most {RBF_MAX_TRAIN:,}; libsvm solves a problem per pair)",
@@ -73,18 +75,21 @@ class BaselineConfig(feature_spec.FeatureOptions):
     sgd_epochs: int = options.option(
         classifiers.SGD_EPOCHS,
         minimum=1,
+        maximum=1000,
         group="models",
         help="passes of SGD over its training rows, at most (fewer once it has seen 1M examples)",
     )
     in_memory_gb: float = options.option(
         IN_MEMORY_GB,
         minimum=0.001,
+        maximum=1024.0,
         group="models",
         help="logreg/linear_svm/rbf_svm train on a stratified subsample their solver can hold in this much",
     )
     search_max_train: int = options.option(
         search.SEARCH_MAX_TRAIN,
         minimum=2,
+        maximum=options.MAX_COUNT,
         group="models",
         help="the search compares candidates on a stratified subsample of at most this many training "
         "examples; the chosen one is then fitted on all the rows its model trains on",
@@ -93,12 +98,14 @@ class BaselineConfig(feature_spec.FeatureOptions):
         group="comparison", help="folder of CNN training runs to compare with (default: runs/, if it exists)"
     )
     measure_runs: bool = options.option(True, group="comparison", help="time each run's SavedModel on the test split")
-    inference_images: int = options.option(512, minimum=1, group="comparison", help="test images timed per run")
+    inference_images: int = options.option(
+        512, minimum=1, maximum=options.MAX_COUNT, group="comparison", help="test images timed per run"
+    )
     bootstrap_samples: int = bootstrap.samples_option("comparison")
     exclude: str | None = options.option(
         group="comparison",
         metavar="FILE",
-        help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score "
+        help="near_duplicate_groups.csv of `abo_tf.audit` (or its folder): also score "
         "validation and test without their images that have a near-duplicate in train",
     )
     cache_dir: str | None = options.option(
@@ -327,7 +334,7 @@ def run_baselines(config):
         extracted, or splits that cannot train (see `check_splits`).
     """
     check_config(config)
-    outputs.claim(config.output, "baselines", "--output")
+    outputs.claim(config.output, "baselines", "--output", records=config.records)
     options.save_config(config, config.output)
     cache_dir = config.cache_dir or os.path.join(config.output, "features")
     splits = extraction.extract_features(

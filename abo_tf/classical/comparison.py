@@ -222,7 +222,7 @@ def write_comparison(rows, output, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
     import pandas as pd
 
     rows = sorted(rows, key=lambda row: -(row["macro_f1"] if row["macro_f1"] is not None else -1))
-    pd.DataFrame(rows, columns=COMPARISON_FIELDS).to_csv(os.path.join(output, "comparison.csv"), index=False)
+    files.write_csv(pd.DataFrame(rows, columns=COMPARISON_FIELDS), os.path.join(output, "comparison.csv"))
     table = markdown.table([_markdown_cells(row) for row in rows], [header for header, _, _ in MARKDOWN_COLUMNS])
     paired = paired_markdown(rows, samples, seed)
     text = table + "\n\n" + NOTES + "\n" + ("\n" + paired if paired else "")

@@ -38,7 +38,7 @@ def evaluate(pipeline, splits, exclude=None, bootstrap_samples=None, seed=0):
     Args:
       pipeline: a fitted Pipeline.
       splits: dict split -> `SplitFeatures`, with train, validation and test.
-      exclude: an audit's near_duplicates.csv (`--exclude`): each split's metrics then also hold
+      exclude: an audit's near_duplicate_groups.csv (`--exclude`): each split's metrics then also hold
         "without_near_duplicates", the same metrics without its images that have a near-duplicate in train.
       bootstrap_samples: resamples behind the intervals (None: the default; 0: none).
       seed: seeds the resamples.
@@ -82,6 +82,6 @@ def write_reports(folder, splits, evaluation):
     hits = evaluation["test"].top5_hits
     predictions_file.write(folder, test.image_ids, test.item_ids, test.labels, predictions, hits, test.classes)
     per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, train_counts(splits))
-    per_class.to_csv(os.path.join(folder, "per_class.csv"), index=False)
+    files.write_csv(per_class, os.path.join(folder, "per_class.csv"))
     matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(folder, "confusion_matrix.png"))

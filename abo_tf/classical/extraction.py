@@ -228,7 +228,7 @@ def extract_features(
     manifest = shards.read_manifest(records_dir)
     spec = feature_spec.resolve_spec(spec)
     input_pipeline.check_records(records_dir, manifest, list(splits))  # damaged records: named before any work
-    outputs.claim(cache_dir, "features", "--cache-dir")
+    outputs.claim(cache_dir, "features", "--cache-dir", records=records_dir)
     folder = feature_cache.cache_folder(cache_dir, manifest, spec)
     results = {}
     with _describer(spec, workers or os.cpu_count() or 1) as describe:

@@ -71,11 +71,16 @@ class FeatureOptions:
     image_size: int | None = options.option(
         group="features",
         minimum=32,
+        maximum=options.MAX_IMAGE_SIZE,
         help=f"pixels; default {DEFAULT_IMAGE_SIZE[HANDCRAFTED]} handcrafted, {DEFAULT_IMAGE_SIZE[CNN]} cnn, the "
         f"run's for --run",
     )
     batch_size: int = options.option(
-        64, group="features", minimum=1, help="images per batch of the evaluation pipeline"
+        64,
+        group="features",
+        minimum=1,
+        maximum=options.MAX_BATCH_SIZE,
+        help="images per batch of the evaluation pipeline",
     )
     workers: int = options.option(
         os.cpu_count() or 1,
@@ -89,6 +94,7 @@ class FeatureOptions:
         0,
         group="features",
         help="draws the random backbone of --weights none (for baselines also subsamples, SGD, bootstrap resamples)",
+        **options.SEED_BOUNDS,
     )
 
     def feature_spec(self):

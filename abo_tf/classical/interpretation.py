@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from abo_tf.classical import classifiers, descriptors
+from abo_tf.common import files
 from abo_tf.reports import figures, metrics
 
 IMPORTANCE_REPEATS = 5
@@ -146,12 +147,12 @@ def interpret(model, pipeline, validation, folder, seed):
       The `group_importance` frame.
     """
     importance = group_importance(pipeline, validation, seed=seed)
-    importance.to_csv(os.path.join(folder, "importance.csv"), index=False)
+    files.write_csv(importance, os.path.join(folder, "importance.csv"))
     coefficients = None
     if model == "logreg":
         coefficients = top_coefficients(
             pipeline, validation.classes, validation.groups, descriptors.handcrafted_feature_names()
         )
-        coefficients.to_csv(os.path.join(folder, "coefficients.csv"), index=False)
+        files.write_csv(coefficients, os.path.join(folder, "coefficients.csv"))
     plot_interpretation(importance, coefficients, os.path.join(folder, "interpretation.png"))
     return importance

@@ -51,6 +51,17 @@ def _stderr_to_file():
             os.close(saved)
 
 
+@contextlib.contextmanager
+def quiet_native_messages():
+    """Runs a block with descriptor 2 captured (unless verbose): libjpeg's and TensorFlow's C++ lines on a damaged
+    image ("Premature end of JPEG data") are not the command's output, whose own error line says why."""
+    if verbose():
+        yield
+        return
+    with _stderr_to_file():
+        yield
+
+
 class _QuietLoader(importlib.abc.Loader):
     """Runs the real loader of a module with the C++ start-up messages captured."""
 

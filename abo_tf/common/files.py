@@ -47,3 +47,49 @@ def read_json(path, what="file", missing=None):
         ) from error
     except IsADirectoryError as error:
         raise UserInputError(f"{path!r} is a folder, expected a JSON {what}") from error
+
+
+# A cell a spreadsheet would run as a formula (`=HYPERLINK(...)`, `+cmd|...`, `@SUM(1)`; OWASP's CSV injection
+# list): ids and product types come from the listings, so every CSV a user may open is written through write_csv.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+SPREADSHEET_QUOTE = "'"
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def spreadsheet_safe(value):
+    """`value` with a ' before a text that starts a formula (a number such as "-0.5" is left alone).
+
+    A text that starts with ' gets one more, so `from_spreadsheet_safe` gives every text back exactly.
+    """
+    if not isinstance(value, str):
+        return value
+    if value.startswith(SPREADSHEET_QUOTE) or (value.startswith(_FORMULA_STARTS) and not _is_number(value)):
+        return SPREADSHEET_QUOTE + value
+    return value
+
+
+def from_spreadsheet_safe(text):
+    """The text `spreadsheet_safe` was given, for readers of the CSVs the commands write."""
+    return text[1:] if text.startswith(SPREADSHEET_QUOTE) else text
+
+
+def write_csv(frame, path, index=False):
+    """Writes a pandas DataFrame as CSV with every text cell, header and index label `spreadsheet_safe`."""
+    import pandas as pd
+
+    safe = frame.copy()
+    for column in safe.columns:
+        if pd.api.types.is_object_dtype(safe[column]) or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(spreadsheet_safe).astype(object)
+    safe.columns = [spreadsheet_safe(column) for column in safe.columns]
+    if index:
+        safe.index = safe.index.map(spreadsheet_safe)
+    safe.to_csv(path, index=index)
+    return path

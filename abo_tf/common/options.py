@@ -20,6 +20,7 @@ every number can be traced back to a command.
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 
@@ -28,6 +29,39 @@ from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 
 CONFIG_FILE = config_lib.RUN_CONFIG
+# Bounds that several commands' numbers share: every number option declares both ends (tests/test_common.py checks
+# it), so a flag, a config value and a [search] range of one are refused alike (issue 23: a seed of -1, a batch of
+# 2**40, an image side of 100,000 or 10**8 calibration bins were tracebacks or ran out of memory).
+SEED_BOUNDS = {"minimum": 0, "maximum": 2**32 - 1}  # what NumPy, TensorFlow and scikit-learn accept
+MAX_IMAGE_SIZE = 1024  # a model input side: a batch of 64 is then 800 MB of float32 pixels
+MAX_BATCH_SIZE = 8192
+MAX_COUNT = 10**9  # examples, rows or steps: past any build (ABO has 398,212 images)
+MAX_SHOWN = 1000  # images drawn or rows listed in a report, labels returned per image
+MAX_LISTED = 20  # names an error lists (100,000 unknown config keys made a 1.29 MB line)
+_GIVEN = "_abo_tf_given"  # the flags `_Repeatable` has seen, in the namespace while parsing
+# argparse reads "-inf" or "-1e-3" as a flag, then reports the option's value as missing: these are numbers.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def _listed(names):
+    """The first MAX_LISTED names (each cut at 40 characters), and how many more."""
+    shown = [name if len(name) <= 40 else name[:40] + "..." for name in names[:MAX_LISTED]]
+    return f"{shown}" + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+class _Repeatable(argparse.Action):
+    """A flag given twice: the values of a list flag (`--model logreg --model sgd`) are joined in order; a flag of
+    one value (or of a fixed number) keeps the last, as argparse does (--config's help says so). argparse's own
+    "extend" would add them to the default instead.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault(_GIVEN, set())
+        joined = self.nargs == "+" and self.dest in given
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), *values] if joined else values)
+        given.add(self.dest)
+
+
 _HELP_GROUP = "settings"
 CONSOLE_GROUP = "config and console"
 
@@ -142,6 +176,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser(options_class, prog, description):
     """The argparse parser of `options_class`'s fields, plus `--config`."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
+    parser._negative_number_matcher = _NEGATIVE_NUMBER  # noqa: SLF001 (argparse's own rule has no public setter)
     groups = {}
     defaults = {field.name: _default_of(field) for field in dataclasses.fields(options_class)}
     for spec in specs(options_class):
@@ -169,17 +204,19 @@ def build_parser(options_class, prog, description):
             # Choices are checked by `validate`, for a one-line error like every other bad value; --help lists them.
             choices = metadata["choices"]
             metavar = metadata["metavar"] or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
-            keywords.update(type=spec.kind, metavar=metavar)
+            keywords.update(type=spec.kind, metavar=metavar, action=_Repeatable)
             if spec.is_list:
                 keywords["nargs"] = metadata["nargs"] or "+"
         group.add_argument(spec.flag, **keywords)
     common = groups.get(CONSOLE_GROUP) or parser.add_argument_group(CONSOLE_GROUP)
     common.add_argument(
         "--config",
+        action="append",
         metavar="FILE.toml",
         help="TOML file of option values (tables are flattened; keys "
         "are the flag names with _ for -); flags on the command line override it; a [search] table "
-        "is abo_tf.tune's search space, which other commands ignore",
+        "is abo_tf.tune's search space, which other commands ignore. Several files: a later one overrides an "
+        "earlier one's keys. A flag given twice: a list flag (--model) gets both values, another keeps the last",
     )
     common.add_argument(
         "--verbose",
@@ -209,7 +246,9 @@ def _check_config_value(path, spec, value):
     """The config's `value` for `spec`, converted; a one-line error naming the key when its type is wrong."""
     elements = value if spec.is_list and isinstance(value, list) else [value]
     if (spec.is_list and not isinstance(value, list)) or not all(_fits(element, spec.kind) for element in elements):
-        raise UserInputError(f"config {path!r}: {spec.name} = {value!r} must be {_type_name(spec)} (like {spec.flag})")
+        like = "a table such as { low = 1, high = 2 }" if spec.kind is dict else f"like {spec.flag}"
+        shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+        raise UserInputError(f"config {path!r}: {spec.name} = {shown} must be {_type_name(spec)} ({like})")
     if spec.kind is float:
         elements = [float(element) for element in elements]
     return tuple(elements) if spec.is_list else elements[0]
@@ -235,7 +274,7 @@ def _checked_values(path, values, options_class):
     # A search table is tune's (config.WHOLE_TABLES): a command without the option reads the rest of the file.
     unknown = sorted(set(values) - set(by_key) - set(config_lib.WHOLE_TABLES))
     if unknown:
-        raise UserInputError(f"config {path!r} has unknown keys {unknown}: allowed are {sorted(by_key)}")
+        raise UserInputError(f"config {path!r} has unknown keys {_listed(unknown)}: allowed are {sorted(by_key)}")
     return {
         by_key[key].name: _check_config_value(path, by_key[key], value)
         for key, value in values.items()
@@ -309,19 +348,21 @@ def parse(options_class, argv, prog, description, config_defaults=None, folder_d
     """
     parser = build_parser(options_class, prog, description)
     args = parser.parse_args(argv)
+    vars(args).pop(_GIVEN, None)
     console.set_verbose(args.abo_tf_verbose)
     defaults = dict(config_defaults or {})
     saved = folder_defaults(args) if folder_defaults else None
     if saved:
         defaults.update(_checked_values(saved.path, saved.values, options_class))
-    if args.config:
-        defaults.update(_config_defaults(args.config, options_class))
+    for config_path in args.config or ():
+        defaults.update(_config_defaults(config_path, options_class))
     if defaults:
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
+        vars(args).pop(_GIVEN, None)
     values = {spec.name: getattr(args, spec.name) for spec in specs(options_class)}
     _check_required(options_class, values)
-    return validate(options_class(**values)), args.config
+    return validate(options_class(**values)), (args.config or [None])[-1]
 
 
 def config_values(options):

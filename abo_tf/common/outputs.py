@@ -48,6 +48,8 @@ def contents(path):
 
 
 def _make_folder(path, flag):
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OutputFolderError(f"{flag} {path!r} is a link to nothing ({os.readlink(path)!r}): choose a folder")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise OutputFolderError(f"{flag} {path!r} is a file: choose a folder")
     try:
@@ -87,7 +89,20 @@ def is_busy(error):
     return isinstance(cause, OSError) and cause.errno in (errno.EAGAIN, errno.EACCES)
 
 
-def claim(path, command, flag="--output", recognise=None):
+def check_apart(path, flag, records):
+    """Refuses an output folder inside --records or holding them: a rebuild (--overwrite) refuses a build folder
+    holding other files, and the records would not be a build's folder any more. One rule for every command
+    that reads records and writes a folder (tune had it; audit and evaluate wrote into the records).
+    """
+    path_real, records_real = os.path.realpath(path), os.path.realpath(records)
+    if os.path.commonpath([path_real, records_real]) in (path_real, records_real):
+        raise OutputFolderError(
+            f"{flag} {path!r} and --records {records!r} overlap (one holds the other): choose a {flag} outside the "
+            "records"
+        )
+
+
+def claim(path, command, flag="--output", recognise=None, records=None):
     """Makes `path` the output folder of `command`, or refuses it with a one-line error.
 
     Args:
@@ -96,6 +111,7 @@ def claim(path, command, flag="--output", recognise=None):
       flag: the flag that named the folder, for messages.
       recognise: optional `f(path) -> bool` recognising this command's output
         written before markers existed; such a folder is adopted.
+      records: the records folder the command reads, if any: `path` must lie apart (`check_apart`).
 
     Returns:
       An `OutputFolder`.
@@ -103,8 +119,10 @@ def claim(path, command, flag="--output", recognise=None):
     Raises:
       OutputFolderError: a file, a folder that cannot be written, a folder
         holding files of anything but `command`, or a folder another process
-        is writing.
+        is writing, or one overlapping `records`.
     """
+    if records is not None:
+        check_apart(path, flag, records)
     _make_folder(path, flag)
     marker = files.read_json(os.path.join(path, MARKER), what="output marker")
     if marker is not None and (not isinstance(marker, dict) or marker.get("command") != command):

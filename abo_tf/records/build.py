@@ -14,19 +14,20 @@ gives byte-identical shards and an interrupted run resumes where it stopped.
 import array
 import collections
 import concurrent.futures
-import csv
 import dataclasses
+import errno
 import fnmatch
 import gc
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import NamedTuple
 
-from abo_tf.common import console, outputs, parallel
+from abo_tf.common import console, id_files, outputs, parallel
 from abo_tf.common import options as options_lib
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import UserInputError
 from abo_tf.common.files import read_json, write_json
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import archive, download, images, labels, schema, shards, split
@@ -92,10 +93,14 @@ class BuildOptions:
         "main", choices=IMAGE_SELECTIONS, group=_LABELS, help="main image of each listing, or all its images"
     )
     min_examples_per_class: int = options_lib.option(
-        10, minimum=1, group=_LABELS, help="product types with fewer images are dropped (or merged)"
+        10,
+        minimum=1,
+        maximum=options_lib.MAX_COUNT,
+        group=_LABELS,
+        help="product types with fewer images are dropped (or merged)",
     )
     max_classes: int | None = options_lib.option(
-        minimum=2, group=_LABELS, help="keep the N most frequent product types"
+        minimum=2, maximum=options_lib.MAX_COUNT, group=_LABELS, help="keep the N most frequent product types"
     )
     rare_classes: str = options_lib.option(
         "drop", choices=labels.RARE_CLASS_ACTIONS, group=_LABELS, help="what happens to the examples of the other types"
@@ -106,6 +111,7 @@ class BuildOptions:
         nargs=3,
         metavar=("TRAIN", "VALIDATION", "TEST"),
         minimum=0.0,
+        maximum=1.0,
         group=_SPLIT,
         help="fractions of the groups of images, summing to 1",
     )
@@ -114,18 +120,25 @@ class BuildOptions:
         nargs=3,
         metavar=("TRAIN", "VALIDATION", "TEST"),
         minimum=0,
+        maximum=options_lib.MAX_COUNT,
         group=_SPLIT,
         help="product types with fewer groups than these in each split (of positive fraction) are dropped (or "
         "merged); a group is images joined by listing, item, bytes or --join-near-duplicates",
     )
     max_listings_per_image: int = options_lib.option(
-        50, minimum=1, group=_SPLIT, help="drop boilerplate images shown by more listings"
+        50,
+        minimum=1,
+        maximum=options_lib.MAX_COUNT,
+        group=_SPLIT,
+        help="drop boilerplate images shown by more listings",
     )
-    seed: int = options_lib.option(0, group=_SPLIT, help="seed of the split and of the shuffle")
+    seed: int = options_lib.option(
+        0, group=_SPLIT, help="seed of the split and of the shuffle", **options_lib.SEED_BOUNDS
+    )
     join_near_duplicates: str | None = options_lib.option(
         group=_SPLIT,
         metavar="FILE",
-        help="near_duplicates.csv of `abo_tf.audit` (or its report folder): each pair goes whole to one split",
+        help="near_duplicate_groups.csv of `abo_tf.audit` (or its report folder): each group goes whole to one split",
     )
     exclude_images: str | None = options_lib.option(
         group=_LABELS,
@@ -142,9 +155,11 @@ class BuildOptions:
     overwrite: bool = options_lib.option(
         False, group=_OUTPUT, config=False, help="replace a different build in --output (only the files a build writes)"
     )
-    shard_mb: float = options_lib.option(shards.DEFAULT_SHARD_MB, minimum=1.0, group=_OUTPUT, help="target shard size")
+    shard_mb: float = options_lib.option(
+        shards.DEFAULT_SHARD_MB, minimum=1.0, maximum=65536.0, group=_OUTPUT, help="target shard size"
+    )
     resize: int | None = options_lib.option(
-        minimum=32, group=_OUTPUT, help="re-encode images whose longer side exceeds N pixels"
+        minimum=32, maximum=65536, group=_OUTPUT, help="re-encode images whose longer side exceeds N pixels"
     )
     workers: int = options_lib.option(
         os.cpu_count() or 1,
@@ -182,14 +197,15 @@ class BuildOptions:
             if values[name] is None:
                 del values[name]
             else:
-                values[name] = {"sha256": shards.file_sha256(id_file_path(values[name], _flag(name), default_name))}
+                path = id_files.id_file_path(values[name], _flag(name), default_name)
+                values[name] = {"sha256": shards.file_sha256(path)}
         return {key: value for key, value in values.items() if key not in _NON_OUTPUT_OPTIONS}
 
 
 # --- files of image ids from `abo_tf.audit` ------------------------------------
 
-_ID_FILES = {"join_near_duplicates": "near_duplicates.csv", "exclude_images": "label_issues.csv"}
-_PAIR_COLUMNS = ("image_id_a", "image_id_b")
+_ID_FILES = {"join_near_duplicates": "near_duplicate_groups.csv", "exclude_images": "label_issues.csv"}
+_GROUP_COLUMNS = ("group", "image_id")
 EXCLUDED = "excluded"  # the drop reason of --exclude-images
 # Drop reasons (and, under --rare-classes other, merge reasons) of the images of types too rare to be a class:
 # fewer images than --min-examples-per-class (or past --max-classes), or fewer groups than --min-groups-per-split.
@@ -200,42 +216,21 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def id_file_path(path, flag, default_name):
-    """`path`, or `path/default_name` for an audit report folder; a one-line error naming `flag` if there is none."""
-    if os.path.isdir(path):
-        path = os.path.join(path, default_name)
-    if not os.path.isfile(path):
-        raise InputNotFoundError(
-            f"{flag} {path!r} does not exist: give the {default_name} of `python -m abo_tf.audit` "
-            "or its --report folder"
-        )
-    return path
-
-
-def read_id_rows(path, flag, columns):
-    """The rows of an audit's CSV as tuples of `columns`; a one-line error naming `flag` when a column is missing."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in columns if column not in (reader.fieldnames or ())]
-        if missing:
-            raise UserInputError(
-                f"{flag} {path!r} has no {missing[0]} column: give a CSV written by `python -m abo_tf.audit`"
-            )
-        return [tuple(row[column] for column in columns) for row in reader]
-
-
 def read_id_files(options):
-    """(near-duplicate pairs, excluded image ids) of the options' id files; empty when not given."""
+    """(near-duplicate pairs, excluded image ids) of the options' id files; empty when not given.
+
+    A group of `near_duplicate_groups.csv` becomes pairs of its first image with each other one.
+    """
     pairs, excluded = [], set()
     if options.join_near_duplicates is not None:
-        flag = _flag("join_near_duplicates")
-        pairs = read_id_rows(
-            id_file_path(options.join_near_duplicates, flag, _ID_FILES["join_near_duplicates"]), flag, _PAIR_COLUMNS
-        )
+        flag, name = _flag("join_near_duplicates"), _ID_FILES["join_near_duplicates"]
+        first_of_group = {}
+        for group, image_id in id_files.read_id_rows(options.join_near_duplicates, flag, _GROUP_COLUMNS, name):
+            pairs.append((first_of_group.setdefault(group, image_id), image_id))
     if options.exclude_images is not None:
-        flag = _flag("exclude_images")
-        path = id_file_path(options.exclude_images, flag, _ID_FILES["exclude_images"])
-        excluded = {image_id for (image_id,) in read_id_rows(path, flag, ("image_id",))}
+        flag, name = _flag("exclude_images"), _ID_FILES["exclude_images"]
+        rows = id_files.read_id_rows(options.exclude_images, flag, ("image_id",), name)
+        excluded = {image_id for (image_id,) in rows}
     return pairs, excluded
 
 
@@ -577,6 +572,32 @@ def _plan_splits(candidates, options, groups, class_of_group):
     for image_id in _surviving(candidates):
         members[split_of[image_id]].append(image_id)
     return {name: split.shuffle_order(members[name], options.seed) for name in split.SPLITS}
+
+
+def check_split_sizes(split_members, options):
+    """Refuses a split asked non-empty (fraction > 0) that the grouping left empty; warns on stderr of one left
+    with under half its share. Joined near-duplicates can chain most images into one group (issue 23): the build
+    then ended without validation or test images, silently.
+
+    Raises:
+      UserInputError: naming the empty split, and --join-near-duplicates when given.
+    """
+    total = sum(len(members) for members in split_members.values())
+    hint = (
+        ": --join-near-duplicates joined most images into few groups (see the audit's near_duplicate_groups.csv; "
+        "raise its --pixel-similarity or lower --hash-distance)"
+        if options.join_near_duplicates is not None
+        else ": too few groups of images for these fractions"
+    )
+    for name, fraction in zip(split.SPLITS, options.split_fractions):
+        share = len(split_members[name]) / total if total else 0.0
+        if fraction > 0 and not split_members[name]:
+            raise UserInputError(f"the {name} split would be empty (--split asks {fraction:g} of the images){hint}")
+        if fraction > 0 and share < fraction / 2:
+            print(
+                f"WARNING: the {name} split has {share:.1%} of the images, --split asks {fraction:.0%}{hint}",
+                file=sys.stderr,
+            )
 
 
 # --- plan of the write -------------------------------------------------------
@@ -977,6 +998,7 @@ def _prepare(options, image_index, reader, report, pool):
             "or --min-groups-per-split, or give more data"
         )
     split_members = _plan_splits(candidates, options, groups, class_of_group)
+    check_split_sizes(split_members, options)
     plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, groups, options)
     del groups, class_of_group
     prepared = _Prepared(
@@ -1007,6 +1029,9 @@ def _release_before_write(candidates):
     candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
+
+
 def build(options):
     """Builds (or resumes, or confirms) the records described by `options`.
 
@@ -1032,9 +1057,15 @@ def build(options):
     gc.disable()
     try:
         return _build(options, folder, start)
-    except BaseException:
+    except BaseException as error:
         if created and not outputs.contents(folder.path):
             _unmake(folder)  # failed before writing anything: leave no empty folder behind
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            # A full disk part-way: what was written stays, and the same command resumes from it (byte-identical).
+            raise UserInputError(
+                f"cannot write --output {options.output!r} ({error.strerror or error}): free space, then run the "
+                "same command: the build resumes where it stopped"
+            ) from error
         raise
     finally:
         outputs.release(folder.path)

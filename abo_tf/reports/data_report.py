@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from abo_tf.common import console, outputs
+from abo_tf.common import console, files, outputs
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import archive, download, labels, shards
@@ -64,10 +64,18 @@ class AnalyzeOptions:
         help="folder for report.md, the CSV tables and the figures", group="report", required=True, config=False
     )
     head_min: int = options_lib.option(
-        metrics.HEAD_MIN, help="head stratum: at least this many images", group="report", minimum=1
+        metrics.HEAD_MIN,
+        help="head stratum: at least this many images",
+        group="report",
+        minimum=1,
+        maximum=options_lib.MAX_COUNT,
     )
     tail_below: int = options_lib.option(
-        metrics.TAIL_BELOW, help="tail stratum: fewer than this many images", group="report", minimum=0
+        metrics.TAIL_BELOW,
+        help="tail stratum: fewer than this many images",
+        group="report",
+        minimum=0,
+        maximum=options_lib.MAX_COUNT,
     )
     progress: bool = options_lib.option(True, help="progress bars", group=options_lib.CONSOLE_GROUP, config=False)
 
@@ -613,7 +621,7 @@ def analyze(options):
     if manifest:
         tables["build_drops"], tables["split_balance"] = build_tables(manifest)
     for name, frame in tables.items():
-        frame.to_csv(os.path.join(options.report, f"{name}.csv"), index=False)
+        files.write_csv(frame, os.path.join(options.report, f"{name}.csv"))
     report = options.report
     plot_class_distribution(
         tables["class_distribution"],

@@ -20,7 +20,7 @@ import numpy as np
 from abo_tf.common import console, outputs
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import InputNotFoundError, UserInputError
-from abo_tf.common.files import write_json
+from abo_tf.common.files import write_csv, write_json
 from abo_tf.records import schema, shards
 from abo_tf.records import split as split_lib
 from abo_tf.reports import bootstrap, figures, metrics
@@ -46,40 +46,57 @@ class EvaluateOptions:
     exclude: str | None = options_lib.option(
         group="inputs",
         metavar="FILE",
-        help="near_duplicates.csv of `abo_tf.audit` (or its folder): also score the "
+        help="near_duplicate_groups.csv of `abo_tf.audit` (or its folder): also score the "
         "split without its images that have a near-duplicate in train",
     )
     report: str = options_lib.option(
         help="folder for report.md, metrics.json, CSVs and figures", group="report", required=True, config=False
     )
     top_n: int = options_lib.option(
-        20, help="classes in the confusion matrix (plus 'all others')", group="report", minimum=1
+        20,
+        help="classes in the confusion matrix (plus 'all others')",
+        group="report",
+        minimum=1,
+        maximum=options_lib.MAX_SHOWN,
     )
-    gallery_size: int = options_lib.option(16, help="most confident mistakes shown", group="report", minimum=0)
+    gallery_size: int = options_lib.option(
+        16, help="most confident mistakes shown", group="report", minimum=0, maximum=options_lib.MAX_SHOWN
+    )
     gradcam_examples: int = options_lib.option(
-        4, help="correct predictions explained, and as many wrong ones", group="report", minimum=0
+        4,
+        help="correct predictions explained, and as many wrong ones",
+        group="report",
+        minimum=0,
+        maximum=options_lib.MAX_SHOWN,
     )
     calibration_bins: int = options_lib.option(
         metrics.CALIBRATION_BINS,
         group="report",
         minimum=1,
+        maximum=options_lib.MAX_SHOWN,
         help="equal-width confidence bins of the ECE and the reliability diagram",
     )
     head_min: int = options_lib.option(
         metrics.HEAD_MIN,
         help="head: at least this many",
         minimum=1,
+        maximum=options_lib.MAX_COUNT,
         group="frequency strata (training examples per class)",
     )
     tail_below: int = options_lib.option(
         metrics.TAIL_BELOW,
         help="tail: fewer than this many",
         minimum=0,
+        maximum=options_lib.MAX_COUNT,
         group="frequency strata (training examples per class)",
     )
     bootstrap_samples: int = bootstrap.samples_option("report")
-    batch_size: int = options_lib.option(64, help="images per call of the SavedModel", group="runtime", minimum=1)
-    seed: int = options_lib.option(0, help="draws the Grad-CAM examples and the bootstrap resamples", group="runtime")
+    batch_size: int = options_lib.option(
+        64, help="images per call of the SavedModel", group="runtime", minimum=1, maximum=options_lib.MAX_BATCH_SIZE
+    )
+    seed: int = options_lib.option(
+        0, help="draws the Grad-CAM examples and the bootstrap resamples", group="runtime", **options_lib.SEED_BOUNDS
+    )
     progress: bool = options_lib.option(True, help="progress bar", group=options_lib.CONSOLE_GROUP, config=False)
 
     def __post_init__(self):
@@ -308,9 +325,9 @@ def plot_gallery(pictures, class_names, path, title):
         axis.axis("off")
     for axis, picture in zip(axes.ravel(), pictures):
         axis.imshow(picture["image"])
-        axis.set_title(
+        figures.caption(
+            axis,
             f"true {class_names[picture['label']]}\npred {class_names[picture['predicted']]} ({picture['score']:.2f})",
-            fontsize=7,
         )
     if not pictures:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
@@ -520,16 +537,17 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     per_class = metrics.per_class_metrics(
         predictions.labels, predicted, class_names, train_counts, options.head_min, options.tail_below
     )
-    per_class.to_csv(os.path.join(report, "per_class.csv"), index=False)
+    write_csv(per_class, os.path.join(report, "per_class.csv"))
     metrics.plot_per_class_f1(per_class, os.path.join(report, "per_class_f1.png"))
     files["per_class_f1"] = "per_class_f1.png"
     matrix, names = metrics.confusion_matrix_top(predictions.labels, predicted, class_names, options.top_n)
-    pd.DataFrame(matrix, index=names, columns=names).to_csv(os.path.join(report, "confusion_matrix.csv"))
+    confusion = pd.DataFrame(matrix, index=names, columns=names)
+    write_csv(confusion, os.path.join(report, "confusion_matrix.csv"), index=True)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(report, "confusion_matrix.png"))
     files["confusion_matrix"] = "confusion_matrix.png"
     pairs = metrics.confused_pairs(predictions.labels, predicted, class_names)
-    pairs.to_csv(os.path.join(report, CONFUSED_PAIRS), index=False)
-    mistakes_table(predictions, class_names).to_csv(os.path.join(report, "mistakes.csv"), index=False)
+    write_csv(pairs, os.path.join(report, CONFUSED_PAIRS))
+    write_csv(mistakes_table(predictions, class_names), os.path.join(report, "mistakes.csv"))
     plot_gallery(
         predictions.mistakes,
         class_names,
@@ -538,7 +556,7 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     )
     files["mistakes"] = "mistakes.png"
     table = metrics.calibration_table(predictions.labels, predictions.probabilities, options.calibration_bins)
-    table.to_csv(os.path.join(report, "calibration.csv"), index=False)
+    write_csv(table, os.path.join(report, "calibration.csv"))
     metrics.plot_reliability_diagram(
         table, result["expected_calibration_error"], os.path.join(report, "reliability.png")
     )
@@ -635,7 +653,8 @@ def evaluate(options):
     """
     from abo_tf.training import export, input_pipeline
 
-    outputs.claim(options.report, "evaluate", "--report")
+    leaked = _leaked_ids(options)  # a bad --exclude fails before the model is loaded or the report claimed
+    outputs.claim(options.report, "evaluate", "--report", records=options.records)
     options_lib.save_config(options, options.report)
     loaded = export.load_exported(_saved_model_folder(options.model))
     class_names, image_size = export.exported_class_names(loaded), export.exported_image_size(loaded)
@@ -643,7 +662,6 @@ def evaluate(options):
     entry = _split_entry(manifest, options.split, options.records)
     input_pipeline.check_records(options.records, manifest, [options.split])
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
-    leaked = _leaked_ids(options)  # a bad --exclude fails before the split is run through the model
     parity_record = _parity(options, loaded, manifest, image_size)
     predictions = predict(loaded, options, manifest, mapping)
     train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)

@@ -40,3 +40,10 @@ def prepare_report_dir(path):
         raise UserInputError(
             f"cannot write the report folder {path!r} ({error.strerror or error}): choose another --report"
         ) from error
+
+
+def caption(axis, text, fontsize=7):
+    """Sets `text` as the axis title, drawn as plain text: an id or a product type holding `$...$` is data, not
+    mathtext (which raised on `$\\x$` and rendered `$a$` in italics; issue 23).
+    """
+    axis.set_title(text, fontsize=fontsize, parse_math=False)

@@ -134,7 +134,7 @@ def plot_gradcam(panels, path, title="Grad-CAM"):
     for index, panel in enumerate(panels):
         row, column = divmod(2 * index, columns)
         axes[row, column].imshow(panel["image"])
-        axes[row, column].set_title(panel["caption"], fontsize=7)
+        figures.caption(axes[row, column], panel["caption"])
         axes[row, column + 1].imshow(overlay(panel["image"], panel["heatmap"]))
         axes[row, column + 1].set_title("Grad-CAM", fontsize=7)
     figure.suptitle(title)

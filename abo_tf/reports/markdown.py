@@ -1,13 +1,25 @@
 """Markdown tables for the reports."""
 
+import html
+
 from abo_tf.reports import metrics
 
 
+def cell(value):
+    """A table cell's text: formatted as `metrics.format_figure` does, and inert.
+
+    A "|" would end the cell early and a newline the row (both common in product names and file paths); HTML
+    and Markdown links in an id or a product type are shown as text, never rendered: `<img src=...>` or
+    `![](...)` in report.md fetched a remote URL when viewed (issue 23).
+    """
+    text = html.escape(metrics.format_figure(value), quote=False).replace("\\", "\\\\")
+    for special in "|[]":
+        text = text.replace(special, "\\" + special)
+    return text.replace("\r", " ").replace("\n", " ")
+
+
 def _line(cells):
-    # A "|" would end the cell early and a newline the row: both are common in product names and file paths.
-    return (
-        "| " + " | ".join(metrics.format_figure(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
-    )
+    return "| " + " | ".join(cell(value) for value in cells) + " |"
 
 
 def table(rows, columns):

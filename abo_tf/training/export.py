@@ -18,8 +18,9 @@ PNG, GIF or BMP, or has more than `preprocess.MAX_SERVING_PIXELS` pixels (4096 x
 is not decoded. Its "error" is a one-line reason ("" for every good
 image), its probabilities and scores are 0 and its labels "". A 1.2 MB PNG of
 20000x20000 pixels would otherwise take 5 GB. An image whose header is
-readable but whose data is damaged still fails the call with
-`InvalidArgumentError`, as TensorFlow's decoders do. Known gap: giflib expands
+readable but whose data is damaged (truncated, no scan, a PNG CRC error) gets the
+error `DAMAGED` the same way. `serve_pixels` refuses pixels of another shape
+than [N, S, S, 3] with `InvalidArgumentError`. Known gap: giflib expands
 every frame of an animated GIF (1 byte per pixel per frame) although only the
 first is used, and a GIF's frame count is not in its header.
 """
@@ -37,6 +38,7 @@ BYTES_ENDPOINT = "serving_default"
 PIXELS_ENDPOINT = "serve_pixels"
 OUTPUT_KEYS = ("probabilities", "top_k_labels", "top_k_scores")
 ERROR_KEY = "error"  # serving_default only: why an image was not classified, "" when it was
+DAMAGED = "cannot be decoded: the image data is damaged (truncated, no scan, or a bad checksum)"
 # Variable collections of the export (`loaded.class_names[0]`, `loaded.image_size[0]`).
 CLASS_NAMES = "class_names"
 IMAGE_SIZE = "image_size"
@@ -62,8 +64,16 @@ def _check_export_arguments(model, class_names, image_size, top_k):
 def _make_endpoints(model, class_names_variable, image_size, top_k):
     """The two endpoint functions; traced later with autograph=False (no Python control flow on tensors)."""
 
+    def logits(pixels):
+        # An empty batch: the model's BatchNorm broadcast fails on 0 images, so the answer is built, not computed.
+        return tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: tf.cast(model(pixels, training=False), tf.float32),
+            lambda: tf.zeros([0, model.output.shape[-1]], tf.float32),
+        )
+
     def outputs(pixels):
-        probabilities = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
+        probabilities = tf.nn.softmax(logits(pixels), axis=-1)
         scores, indices = tf.math.top_k(probabilities, k=top_k)
         return {
             "probabilities": probabilities,
@@ -81,12 +91,33 @@ def _make_endpoints(model, class_names_variable, image_size, top_k):
         )
         return pixels, error
 
-    def serve_bytes(image_bytes):
-        pixels, errors = tf.map_fn(
-            checked_pixels,
-            image_bytes,
-            fn_output_signature=(tf.TensorSpec([image_size, image_size, 3], tf.uint8), tf.TensorSpec([], tf.string)),
+    def decoded(index, data):
+        return (index, *checked_pixels(data))
+
+    def decode_each(image_bytes):
+        """(pixels [N, S, S, 3], errors [N]) of every image; a damaged one gets zeros and DAMAGED.
+
+        A decoder error (a truncated JPEG, one without a scan, a PNG with a bad CRC) cannot be caught by a graph
+        op, and failed the whole call: each image is decoded in a tf.data pipeline whose ignore_errors() drops
+        it instead, and the survivors' indices say which were dropped.
+        """
+        count = tf.shape(image_bytes, out_type=tf.int64)[0]
+        blank = (tf.constant(-1, tf.int64), tf.zeros([image_size, image_size, 3], tf.uint8), tf.constant(""))
+        index, pixels, errors = (
+            tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes))
+            .map(decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .ignore_errors()
+            .concatenate(tf.data.Dataset.from_tensors(blank))  # never empty: batch() then always has one batch
+            .batch(count + 1)
+            .get_single_element()
         )
+        survivors = tf.shape(index, out_type=tf.int64)[0] - 1  # the blank sits at this position
+        slot = tf.tensor_scatter_nd_update(tf.fill([count], survivors), index[:-1, None], tf.range(survivors))
+        damaged = tf.equal(slot, survivors)
+        return tf.gather(pixels, slot), tf.where(damaged, tf.constant(DAMAGED), tf.gather(errors, slot))
+
+    def serve_bytes(image_bytes):
+        pixels, errors = decode_each(image_bytes)
         result = outputs(pixels)
         refused = tf.not_equal(errors, "")[:, None]
         blanks = {"probabilities": 0.0, "top_k_scores": 0.0, "top_k_labels": ""}
@@ -94,7 +125,17 @@ def _make_endpoints(model, class_names_variable, image_size, top_k):
         return {**result, ERROR_KEY: errors}
 
     def serve_pixels(pixels):
-        return outputs(pixels)
+        # The signature's [None, S, S, 3] is not enforced on a loaded SavedModel: (1, 1, 1, 3) was classified
+        # and (1, 8000, 8000, 3) run until killed at 4 GB.
+        shape = tf.shape(pixels)
+        check = tf.debugging.assert_equal(
+            shape[1:],
+            tf.constant([image_size, image_size, 3]),
+            message=f"serve_pixels takes uint8 [N, {image_size}, "
+            f"{image_size}, 3] pixels (decoded and cropped): resize them, or send the image to serving_default",
+        )
+        with tf.control_dependencies([check]):
+            return outputs(tf.ensure_shape(tf.identity(pixels), [None, image_size, image_size, 3]))
 
     return serve_bytes, serve_pixels
 

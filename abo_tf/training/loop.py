@@ -41,6 +41,8 @@ class OutOfMemory(UserInputError):
 _DATA, _MODEL, _SCHEDULE = "data", "model", "schedule"
 # Far beyond any real run, far below the int64 step counter (epochs x steps must fit in it).
 MAX_EPOCHS, MAX_STEPS = 100_000, 10**9
+MAX_LAYERS = 10_000  # unfrozen backbone layers: above any Keras Application's count
+MAX_LEARNING_RATE = 10.0  # AdamW diverges far below; 1e308 overflowed the schedule
 _HARDWARE, _RUN = "distribution and hardware", "run folder"
 
 
@@ -52,27 +54,49 @@ class TrainConfig:
         help="folder of a build_records output (with manifest.json)", group=_DATA, required=True
     )
     image_size: int = options.option(
-        224, help="pixels of the square model input", group=_DATA, minimum=models.MIN_IMAGE_SIZE
+        224,
+        help="pixels of the square model input",
+        group=_DATA,
+        minimum=models.MIN_IMAGE_SIZE,
+        maximum=options.MAX_IMAGE_SIZE,
     )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
     model: str = options.option(
         "mobilenet_v3_small", choices=tuple(sorted(models.BACKBONES)), group=_MODEL, help="Keras Applications backbone"
     )
     weights: str = options.option("imagenet", help="imagenet | none | PATH to a Keras notop weights file", group=_MODEL)
-    dropout: float = options.option(0.2, help="before the classification layer, in [0, 1)", group=_MODEL, minimum=0.0)
+    dropout: float = options.option(
+        0.2, help="before the classification layer, in [0, 1)", group=_MODEL, minimum=0.0, maximum=1.0
+    )
     epochs: int = options.option(
         10, help="epochs in all, the head epochs included", group=_SCHEDULE, minimum=1, maximum=MAX_EPOCHS
     )
-    head_epochs: int = options.option(2, help="first epochs with the backbone frozen", group=_SCHEDULE, minimum=0)
-    fine_tune_layers: int = options.option(
-        0, help="top backbone layers unfrozen after the head epochs; 0 = all", group=_SCHEDULE, minimum=0
+    head_epochs: int = options.option(
+        2, help="first epochs with the backbone frozen", group=_SCHEDULE, minimum=0, maximum=MAX_EPOCHS
     )
-    batch_size: int = options.option(64, help="global batch, split across replicas", group=_SCHEDULE, minimum=1)
-    learning_rate: float = options.option(1e-3, help="peak rate of the head phase", group=_SCHEDULE)
-    fine_tune_learning_rate: float = options.option(1e-4, help="peak rate once the backbone trains", group=_SCHEDULE)
-    warmup_fraction: float = options.option(0.1, help="of each phase's steps, in [0, 1)", group=_SCHEDULE, minimum=0.0)
-    weight_decay: float = options.option(1e-4, help="AdamW's decoupled weight decay", group=_SCHEDULE, minimum=0.0)
-    label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0)
+    fine_tune_layers: int = options.option(
+        0,
+        help="top backbone layers unfrozen after the head epochs; 0 = all",
+        group=_SCHEDULE,
+        minimum=0,
+        maximum=MAX_LAYERS,
+    )
+    batch_size: int = options.option(
+        64, help="global batch, split across replicas", group=_SCHEDULE, minimum=1, maximum=options.MAX_BATCH_SIZE
+    )
+    learning_rate: float = options.option(
+        1e-3, help="peak rate of the head phase", group=_SCHEDULE, minimum=0.0, maximum=MAX_LEARNING_RATE
+    )
+    fine_tune_learning_rate: float = options.option(
+        1e-4, help="peak rate once the backbone trains", group=_SCHEDULE, minimum=0.0, maximum=MAX_LEARNING_RATE
+    )
+    warmup_fraction: float = options.option(
+        0.1, help="of each phase's steps, in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0
+    )
+    weight_decay: float = options.option(
+        1e-4, help="AdamW's decoupled weight decay", group=_SCHEDULE, minimum=0.0, maximum=1.0
+    )
+    label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0)
     class_weights: str = options.option(
         "none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE, help="loss weights against the long tail"
     )
@@ -82,7 +106,9 @@ class TrainConfig:
     validation_steps: int = options.option(
         0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
     )
-    seed: int = options.option(0, help="initial weights, shuffling, augmentation", group=_SCHEDULE)
+    seed: int = options.option(
+        0, help="initial weights, shuffling, augmentation", group=_SCHEDULE, **options.SEED_BOUNDS
+    )
     strategy: str = options.option(
         "default", choices=distribute.STRATEGIES, group=_HARDWARE, help="tf.distribute strategy"
     )
@@ -99,7 +125,9 @@ class TrainConfig:
     checkpoint_every_steps: int = options.option(
         0, help="0 = every epoch only", group=_RUN, minimum=0, maximum=MAX_STEPS
     )
-    top_k: int = options.option(5, help="labels returned by the SavedModel", group=_RUN, minimum=1)
+    top_k: int = options.option(
+        5, help="labels returned by the SavedModel", group=_RUN, minimum=1, maximum=options.MAX_SHOWN
+    )
     progress: bool = options.option(
         True,
         help="a progress bar per epoch on a terminal (a line per epoch in a log)",

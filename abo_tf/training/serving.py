@@ -12,6 +12,7 @@ import stat
 import numpy as np
 import tensorflow as tf
 
+from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 from abo_tf.training import export
 
@@ -84,7 +85,9 @@ def predict_files(loaded, paths, top_k=5, max_file_bytes=MAX_FILE_BYTES):
 
 def _predict_file(serve, path, names, top_k, max_file_bytes):
     try:
-        outputs = serve(image_bytes=tf.constant([_read(path, max_file_bytes)]))
+        data = _read(path, max_file_bytes)
+        with console.quiet_native_messages():
+            outputs = serve(image_bytes=tf.constant([data]))
     except (FileTooLarge, NotARegularFile) as error:
         return {"image": path, "error": f"not read: {error}"}
     except OSError as error:
@@ -97,10 +100,15 @@ def _predict_file(serve, path, names, top_k, max_file_bytes):
     return {"image": path, "predictions": _top_predictions(outputs["probabilities"].numpy()[0], names, top_k)}
 
 
+def printable(path):
+    """`path` as printed: quoted with escapes when it holds a newline or another control character (one line)."""
+    return path if path.isprintable() else repr(path)
+
+
 def format_table(result):
     """One image's predictions as readable lines: rank, label, score."""
     width = max(len(prediction["label"]) for prediction in result["predictions"])
-    lines = [result["image"]]
+    lines = [printable(result["image"])]
     for rank, prediction in enumerate(result["predictions"], start=1):
         lines.append(f"  {rank:>2}. {prediction['label']:<{width}}  {prediction['score']:.4f}")
     return "\n".join(lines)

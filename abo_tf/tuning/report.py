@@ -73,11 +73,28 @@ def chosen(study, reruns):
 
 
 def write_best_toml(study, tune_dir, reruns=None):
-    """best.toml: the complete train config of the chosen trial (its run folder's config.toml), or None."""
-    best, figure = chosen(study, reruns)
-    if best is None:
+    """best.toml: the complete train config of the chosen trial (its run folder's config.toml), or None.
+
+    A trial whose folder was deleted is named on stderr and skipped: the next best one with a folder is written.
+    """
+    first, figure = chosen(study, reruns)
+    if first is None:
         return None
-    values = run_folder.load_config(trials_lib.trial_dir(tune_dir, best.number))
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    others = sorted(complete, key=lambda trial: (-trial.value, trial.number))  # best_trial's order
+    for best in [first] + [trial for trial in others if trial.number != first.number]:
+        folder = trials_lib.trial_dir(tune_dir, best.number)
+        values = run_folder.load_config(folder)
+        if values is not None:
+            break
+        print(
+            f"WARNING: trial {best.number} has no config.toml in {folder!r} (deleted?): best.toml skips it",
+            file=sys.stderr,
+        )
+    else:
+        return None
+    if best is not first:
+        figure = f"validation {best.value:.4f}"
     final_path = os.path.join(tune_dir, BEST_TOML)
 
     def write(path):

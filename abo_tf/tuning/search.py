@@ -1,7 +1,6 @@
 """The search: tune options, the tune folder, and the loop that runs trials until the study has its count."""
 
 import dataclasses
-import os
 import re
 import sys
 import time
@@ -36,7 +35,11 @@ class TuneOptions(loop.TrainConfig):
         config=False,
     )
     trials: int = options.option(
-        20, help="finished trials (complete or pruned) the study ends with", group=_SEARCH, minimum=1
+        20,
+        help="finished trials (complete or pruned) the study ends with",
+        group=_SEARCH,
+        minimum=1,
+        maximum=100_000,
     )
     timeout: str = options.option(
         "", metavar="DURATION", group=_SEARCH, help="start no trial after this long, e.g. 90s, 45m, 2h ('' = no limit)"
@@ -118,12 +121,7 @@ def check_validation_split(records):
 def check_apart_from_records(tune_dir, records):
     """The tune folder may not lie inside the records or hold them: a rebuild (--overwrite) would refuse its
     folder for the trials in it, and the records would not be a build's folder any more."""
-    tune_real, records_real = os.path.realpath(tune_dir), os.path.realpath(records)
-    if os.path.commonpath([tune_real, records_real]) in (tune_real, records_real):
-        raise UserInputError(
-            f"--output {tune_dir!r} and --records {records!r} overlap (one holds the other): "
-            "choose an --output outside the records"
-        )
+    outputs.check_apart(tune_dir, "--output", records)
 
 
 def _claim_shared(path):

@@ -16,6 +16,7 @@ from abo_tf.common import options
 from abo_tf.common.errors import UserInputError
 from abo_tf.training import loop
 
+MAX_CHOICES = 1000  # choices of one [search] option
 _RANGE_KEYS, _CHOICE_KEYS = {"low", "high", "log"}, {"choices"}
 # Where a trial writes and what it reads are the tuner's to set, not the search's. The others change how a
 # trial runs or is measured, not what the model learns: validation_steps would score trials on different
@@ -86,6 +87,9 @@ def _choices(name, kind, entry):
     choices = entry["choices"]
     if not isinstance(choices, list) or not choices:
         _fail(name, entry, "choices must be a non-empty list")
+    if len(choices) > MAX_CHOICES:
+        # Each trial records the list: 10**6 choices made an 11.9 MB config.toml and 7.9 MB of journal a trial.
+        raise SearchSpaceError(f"[search] {name}: {len(choices):,} choices, more than {MAX_CHOICES}: give a range")
     converted = tuple(
         float(choice) if kind is float and isinstance(choice, int) and not isinstance(choice, bool) else choice
         for choice in choices

@@ -7,8 +7,10 @@ database URL, by Optuna's heartbeat (any machine); it is marked FAIL and its par
 """
 
 import contextlib
+import json
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -30,15 +32,83 @@ class StorageError(UserInputError):
     """A study storage that cannot be opened, or that holds another study."""
 
 
-def open_storage(url, tune_dir):
-    """The storage at `url`, or the journal file in `tune_dir` when `url` is empty.
+class _Journal(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, but a write that fails part-way (disk full) leaves no partial record.
+
+    Optuna appends after a partial last line; the line is then not JSON, and every later read of the study
+    raised JSONDecodeError (issue 23). Here the file is cut back to its size before the write, under the
+    journal's lock, and the failure is one line; this process writes nothing more.
+    """
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._failure = None
+
+    def append_logs(self, logs):
+        if self._failure is not None:
+            raise self._failure
+        with optuna.storages.journal._file.get_lock_file(self._lock):  # noqa: SLF001 (the lock Optuna takes)
+            size = os.path.getsize(self._file_path)
+            try:
+                with open(self._file_path, "ab") as handle:
+                    handle.write(("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._file_path, size)
+                self._failure = StorageError(
+                    f"cannot write the study journal {self._file_path!r} ({error.strerror or error}): the study is "
+                    "as it was before this write; free space (or fix the folder), then run the same command"
+                )
+                raise self._failure from error
+
+
+def repair_journal(path):
+    """Drops a partial last record of a journal file (a write cut by a full disk or a kill) before Optuna reads it.
+
+    Returns:
+      The bytes dropped (0 when the journal ends with a complete record).
 
     Raises:
-      StorageError: a URL Optuna cannot open (the reason in one line).
+      StorageError: a record that is not JSON before the last one (a partial one that later records were
+        appended to, by an abo_tf before issue 23): the line to repair is named.
+    """
+    if not os.path.isfile(path):
+        return 0
+    lock = optuna.storages.journal.JournalFileSymlinkLock(path)
+    with optuna.storages.journal._file.get_lock_file(lock), open(path, "rb+") as handle:  # noqa: SLF001
+        data = handle.read()
+        complete = data.rfind(b"\n") + 1
+        for number, line in enumerate(data[:complete].splitlines(), 1):
+            try:
+                json.loads(line)
+            except ValueError as error:
+                raise StorageError(
+                    f"{path!r} line {number} is not a complete record (a write failed part-way, later records "
+                    "were appended to it): delete that line's text before its last '{\"op_code\"' (or the line), "
+                    "then run again"
+                ) from error
+        handle.truncate(complete)
+    return len(data) - complete
+
+
+def open_storage(url, tune_dir):
+    """The storage at `url`, or the journal file in `tune_dir` when `url` is empty (a partial last record of it
+    dropped, with a warning).
+
+    Raises:
+      StorageError: a URL Optuna cannot open (the reason in one line), a damaged journal.
     """
     if not url:
-        backend = optuna.storages.journal.JournalFileBackend(os.path.join(tune_dir, JOURNAL))
-        return optuna.storages.JournalStorage(backend)
+        path = os.path.join(tune_dir, JOURNAL)
+        dropped = repair_journal(path)
+        if dropped:
+            print(
+                f"WARNING: {path!r} ended with a partial record ({dropped} bytes, a write cut short): dropped it",
+                file=sys.stderr,
+            )
+        return optuna.storages.JournalStorage(_Journal(path))
     try:
         if url.startswith(("sqlite:", "postgresql", "mysql")):
             # The heartbeat finds trials of dead processes on other machines too; their values are queued again.
