@@ -21,7 +21,7 @@ import tensorflow as tf
 from abo_tf.common import console, files, options
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import shards
-from abo_tf.reports import figures, metrics
+from abo_tf.reports import figures, metrics, model_card
 from abo_tf.training import distribute, export, input_pipeline, models, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
@@ -508,6 +508,7 @@ def _finish(run, manifest, classes, history):
     )
     run_folder.write_class_names(run.config.output, classes)
     files.write_json(run_folder.path(run.config.output, run_folder.METRICS), results)
+    model_card.write(run.config.output, run.config.output, manifest, run.config.records)
     if history:
         plot_history(history, run_folder.path(run.config.output, run_folder.CURVES))
     return results

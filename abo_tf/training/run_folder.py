@@ -10,6 +10,8 @@
       labels.txt           class names, label order
       model.keras          the Keras model (Grad-CAM, features, fine-tuning)
       saved_model/         the SavedModel users ship (abo_tf.training.export)
+      model_card.md        data, config, test metrics, limits, licence (abo_tf.reports.model_card)
+      exports/FORMAT/      LiteRT and ONNX exports, written later by `python -m abo_tf.export`
 
 Every command that reads a run (evaluate, features, baselines, tune) goes
 through the names and loaders here.
@@ -32,9 +34,10 @@ METRICS = "metrics.json"
 LABELS = "labels.txt"
 KERAS_MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
+MODEL_CARD = "model_card.md"
 POOL_LAYER = "pool"  # the pooled backbone features, input of the classification head
 # What a run writes at its top level: what `train --output` may replace in its own folder.
-FILES = (CONFIG, CHECKPOINTS, LOGS, HISTORY, CURVES, METRICS, LABELS, KERAS_MODEL, SAVED_MODEL)
+FILES = (CONFIG, CHECKPOINTS, LOGS, HISTORY, CURVES, METRICS, LABELS, KERAS_MODEL, SAVED_MODEL, MODEL_CARD)
 
 
 @dataclasses.dataclass(frozen=True)
