@@ -3,7 +3,7 @@
 It restates, as data, what `abo_tf.training.preprocess.eval_image` does (the
 crop every model is evaluated on and `predict` applies before a .tflite or
 .onnx file); `test_conversion` checks a NumPy implementation of this text
-against `eval_image`.
+against `eval_image` through `predict`: the same image classified by the SavedModel and by the file.
 """
 
 from abo_tf.conversion import convert

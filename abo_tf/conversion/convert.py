@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 
+from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 
 FORMATS = ("litert", "litert-fp16", "litert-int8", "onnx")
@@ -90,7 +91,8 @@ def to_litert(loaded, image_size, export_format, calibration_pixels=None, int8_o
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_output_type = tf.uint8 if int8_output == "uint8" else tf.float32
     try:
-        return converter.convert()
+        with console.native_messages_hidden():  # the quantiser prints "fully_quantize: 0, inference_type: 6, ..."
+            return converter.convert()
     except Exception as error:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise ConversionError(
             f"the LiteRT converter cannot take this model ({export_format}): {_first_line(error)}"
@@ -124,6 +126,20 @@ def litert_metadata(model_bytes):
     return None
 
 
+def _frozen_graph(loaded, image_size):
+    """serve_pixels as a GraphDef with every capture folded into a constant, and its input and output names.
+
+    tf2onnx's `from_function` folds the captured variables but leaves captured plain tensors as graph inputs:
+    EfficientNet's Normalization mean and variance became two extra ONNX inputs ("Required inputs
+    ['47620:0', '47622:0'] are missing", measured). TensorFlow's own freezing folds both.
+    """
+    from tensorflow.python.framework import convert_to_constants
+
+    function = probabilities_function(loaded, image_size).get_concrete_function()
+    frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+    return frozen.graph.as_graph_def(), frozen.inputs[0].name, frozen.outputs[0].name
+
+
 def to_onnx(loaded, image_size, value):
     """The ONNX model (checked by `onnx.checker`) of `loaded`'s serve_pixels, `METADATA_KEY` in metadata_props.
 
@@ -131,15 +147,26 @@ def to_onnx(loaded, image_size, value):
       ConversionError: tf2onnx failed, or the checker refused its output.
     """
     import onnx
+    import tensorflow as tf
     import tf2onnx
 
-    function = probabilities_function(loaded, image_size)
+    graph, input_name, output_name = _frozen_graph(loaded, image_size)
+    level = tf.get_logger().level
+    tf.get_logger().setLevel("ERROR")  # tf2onnx calls TF1 graph APIs, each logging "Instructions for updating"
     try:
-        model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=ONNX_OPSET)
+        model, _ = tf2onnx.convert.from_graph_def(
+            graph,
+            input_names=[input_name],
+            output_names=[output_name],
+            opset=ONNX_OPSET,
+            tensors_to_rename={input_name: INPUT_NAME, output_name: OUTPUT_NAME},
+        )
         onnx.helper.set_model_props(model, {METADATA_KEY: value})
         onnx.checker.check_model(model)
     except Exception as error:  # tf2onnx raises whatever its op handlers raise
         raise ConversionError(
             f"tf2onnx cannot convert this model (opset {ONNX_OPSET}): {_first_line(error)}"
         ) from error
+    finally:
+        tf.get_logger().setLevel(level)
     return model.SerializeToString()

@@ -224,6 +224,11 @@ def _largest_confusions(labels, probabilities, class_names, count=5):
     ]
 
 
+def _disagreements(agreement):
+    disagreements = round((1 - agreement["top1_agreement"]) * agreement["num_images"])
+    return f"{disagreements} top-1 disagreements ({agreement['disagreements_on_ties']} on ties within max |dp|)"
+
+
 def report_markdown(result):
     """report.md of one export."""
     latency, size = result["latency"], result["bytes"]
@@ -248,7 +253,7 @@ def report_markdown(result):
             "",
             f"Against the SavedModel on the {result['split']} split ({agreement['num_images']} images): "
             f"top-1 agreement {agreement['top1_agreement']:.4f}, max |dp| {agreement['max_abs_difference']:.2e}, "
-            f"mean |dp| {agreement['mean_abs_difference']:.2e}; accuracy {result['difference']['accuracy']:+.4f}, "
+            f"mean |dp| {agreement['mean_abs_difference']:.2e}, {_disagreements(agreement)}; accuracy {result['difference']['accuracy']:+.4f}, "
             f"macro F1 {result['difference']['macro_f1']:+.4f} (interval: {result['difference_interval']}). "
             f"The export {verdict}.",
             "",

@@ -20,6 +20,9 @@ class ProbabilityParity:
     top1_agreement: float  # fraction of images with the same argmax
     max_abs_difference: float  # max over images and classes of |p_reference - p_candidate|
     mean_abs_difference: float
+    # Top-1 disagreements on images whose reference top-2 gap is at most max_abs_difference: ties at the
+    # candidate's precision (a float16 export's 2e-3), which any rounding may flip.
+    disagreements_on_ties: int
 
 
 def compare_probabilities(reference, candidate):
@@ -28,11 +31,15 @@ def compare_probabilities(reference, candidate):
     if reference.shape != candidate.shape or reference.ndim != 2 or not len(reference):
         raise ValueError(f"probabilities of shapes {reference.shape} and {candidate.shape}: need the same [N>0, C]")
     difference = np.abs(reference - candidate)
+    disagree = reference.argmax(axis=1) != candidate.argmax(axis=1)
+    top_two = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.ones((len(reference), 2))
+    tie = top_two[:, 1] - top_two[:, 0] <= difference.max()
     return ProbabilityParity(
         num_images=len(reference),
-        top1_agreement=float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1))),
+        top1_agreement=float(1.0 - disagree.mean()),
         max_abs_difference=float(difference.max()),
         mean_abs_difference=float(difference.mean()),
+        disagreements_on_ties=int(np.sum(disagree & tie)),
     )
 
 
