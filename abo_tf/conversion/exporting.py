@@ -253,8 +253,9 @@ def report_markdown(result):
             "",
             f"Against the SavedModel on the {result['split']} split ({agreement['num_images']} images): "
             f"top-1 agreement {agreement['top1_agreement']:.4f}, max |dp| {agreement['max_abs_difference']:.2e}, "
-            f"mean |dp| {agreement['mean_abs_difference']:.2e}, {_disagreements(agreement)}; accuracy {result['difference']['accuracy']:+.4f}, "
-            f"macro F1 {result['difference']['macro_f1']:+.4f} (interval: {result['difference_interval']}). "
+            f"mean |dp| {agreement['mean_abs_difference']:.2e}, {_disagreements(agreement)}; "
+            f"accuracy {result['difference']['accuracy']:+.4f}, macro F1 {result['difference']['macro_f1']:+.4f} "
+            f"(interval: {result['difference_interval']}). "
             f"The export {verdict}.",
             "",
             markdown.table(rows, columns),
