@@ -110,9 +110,12 @@ def calibration_sample(records, manifest, image_size, count):
     """Up to `count` train images (eval crop), at most ceil(count / classes) per class, in record order.
 
     Equal shares rather than the class frequencies: the tail's images must set the ranges too.
+
+    Returns:
+      `(pixels uint8 [M, S, S, 3], labels int [M])`.
     """
     quota = -(-count // len(manifest["classes"]))
-    taken, kept = np.zeros(len(manifest["classes"]), np.int64), []
+    taken, kept, labels = np.zeros(len(manifest["classes"]), np.int64), [], []
     context, dataset = _batches(records, manifest, "train", image_size, 64)
     with context:
         for batch in dataset:
@@ -120,9 +123,10 @@ def calibration_sample(records, manifest, image_size, count):
                 if taken[label] < quota and len(kept) < count:
                     taken[label] += 1
                     kept.append(pixels)
+                    labels.append(label)
             if len(kept) >= count:
                 break
-    return np.stack(kept)
+    return np.stack(kept), np.array(labels)
 
 
 def _convert(options, reference, records, manifest):
@@ -133,7 +137,7 @@ def _convert(options, reference, records, manifest):
     else:
         pixels = None
         if options.format == "litert-int8":
-            pixels = calibration_sample(records, manifest, reference.image_size, options.calibration_images)
+            pixels, _ = calibration_sample(records, manifest, reference.image_size, options.calibration_images)
         model_bytes = convert.to_litert(
             reference.loaded, reference.image_size, options.format, pixels, options.int8_output
         )
