@@ -299,7 +299,7 @@ def test_calibration_sample_is_stratified(built_records):
     expected_total = min(2 * num_classes + 1, int(expected.sum()))
     assert pixels.shape == (expected_total, 32, 32, 3) and pixels.dtype == np.uint8
     counts = np.bincount(labels, minlength=num_classes)
-    assert (counts <= 3).all() and (counts > 0).sum() == min(num_classes, expected_total)
+    assert (counts <= 3).all() and (counts >= np.minimum(expected, 2)).all()  # every class twice before a third
 
 
 def test_a_converter_failure_is_a_one_line_error(trained_run, tmp_path, capsys, monkeypatch):
