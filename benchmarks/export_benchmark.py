@@ -73,6 +73,17 @@ def table(results):
     return markdown.table(rows, columns)
 
 
+def _conditions(record):
+    """The line under the table: where and at what load the latencies were measured."""
+    first = record["formats"][convert.FORMATS[0]]
+    return (
+        f"{first['parity']['num_images']} {first['split']} images; latency on {record['cpus']} CPUs at load average "
+        f"{record['load_average_before'][0]:.1f} (before) and {record['load_average_after'][0]:.1f} (after), "
+        f"{first['latency']['saved_model']['runs']} single-image calls per runtime: on a shared machine "
+        "p95 and throughput move with the load, p50 less."
+    )
+
+
 def main(argv=None):
     benchmark, _ = options.parse(BenchmarkOptions, argv, prog="export_benchmark", description=__doc__.split("\n\n")[0])
     load_before = os.getloadavg()
@@ -91,9 +102,10 @@ def main(argv=None):
         "cpus": os.cpu_count(),
     }
     write_results("export.json", record)
+    text = table(results) + "\n\n" + _conditions(record) + "\n"
     with open(results_path("export.md"), "w", encoding="utf-8") as handle:
-        handle.write(table(results) + "\n")
-    print(table(results))
+        handle.write(text)
+    print(text)
     return 0
 
 

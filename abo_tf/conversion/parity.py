@@ -91,7 +91,7 @@ def latency(probabilities, pixels, runs, throughput_batch=32):
       throughput_batch: the batch of the throughput figure.
 
     Returns:
-      {"batch1_p50_ms", "batch1_p95_ms", "throughput_batch", "images_per_second"}.
+      {"runs", "batch1_p50_ms", "batch1_p95_ms", "throughput_batch", "images_per_second"}.
     """
     batch = np.resize(pixels, (throughput_batch, *pixels.shape[1:]))  # cycles the images when M < batch
     singles = [pixels[index % len(pixels)][None] for index in range(runs)]
@@ -101,6 +101,7 @@ def latency(probabilities, pixels, runs, throughput_batch=32):
     batch_runs = max(1, runs // 4)
     batch_seconds = sum(_seconds(lambda: probabilities(batch)) for _ in range(batch_runs))
     return {
+        "runs": runs,
         "batch1_p50_ms": 1000 * statistics.median(times),
         "batch1_p95_ms": 1000 * times[min(len(times) - 1, int(np.ceil(0.95 * len(times))) - 1)],
         "throughput_batch": throughput_batch,
