@@ -71,7 +71,7 @@ class ExportOptions:
 
 
 def resolve_records(options):
-    """The records folder and manifest; refuses another build than the run's (by fingerprint, when it is still there)."""
+    """The records folder and manifest; refuses another build than the run's (by fingerprint, if still there)."""
     saved = run_folder.load_config(options.run) or {}
     records = options.records or saved.get("records")
     if not records:
