@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo tune-demo test test-fast lint format notebook benchmark clean
+.PHONY: install demo tune-demo export-demo test test-fast test-exports lint format notebook benchmark clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: install
 		--model logreg linear_svm rbf_svm sgd --output $(DEMO)/baselines --cache-dir $(DEMO)/features --runs $(DEMO) --no-progress
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
 
+# After `make demo`: the demo model in every export format, with parity and latency (benchmarks/results/export.md).
+export-demo: install
+	test -f $(DEMO)/run/saved_model/saved_model.pb || $(MAKE) demo
+	$(BIN)/python benchmarks/export_benchmark.py --run $(DEMO)/run
+
 # After `make demo`: a short hyperparameter search around pipelines/demo.toml (6 trials of 3 epochs, pruned).
 tune-demo: install
 	test -f $(DEMO)/records/manifest.json || $(MAKE) demo
@@ -43,6 +48,10 @@ tune-demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
+
+# The export matrix with VGG16 and ResNet50 too (their conversions take minutes; `make test` converts the small two).
+test-exports: install
+	ABO_TF_EXPORT_ALL_BACKBONES=1 $(BIN)/python -m pytest -q -n 2 tests/test_conversion.py
 
 # The tests not marked slow (no training, no subprocess pipelines): under a minute.
 test-fast: install

@@ -96,6 +96,14 @@ class _QuietImportFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+def native_messages_hidden():
+    """A block whose C++ messages on descriptor 2 are dropped (replayed if it raises), unless the user asked for them.
+
+    For runtimes that print on creation (LiteRT: "INFO: Created TensorFlow Lite XNNPACK delegate for CPU").
+    """
+    return contextlib.nullcontext() if verbose() else _stderr_to_file()
+
+
 def install_quiet_imports():
     """Installs the import hook (idempotent); `abo_tf/__init__` calls it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what the runtime logs after start-up

@@ -24,7 +24,7 @@ import tensorflow as tf
 from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
-from abo_tf.reports import figures, metrics, predictions_file
+from abo_tf.reports import figures, metrics, model_card, predictions_file
 from abo_tf.training import distribute, export, input_pipeline, models, parity, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
@@ -635,6 +635,7 @@ def _finish(run, manifest, classes, history):
     run_folder.write_class_names(output, classes)
     os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
     files.write_json(run_folder.path(output, run_folder.METRICS), results)
+    model_card.write(output, output, manifest, run.config.records)
     if history:
         plot_history(history, run_folder.path(output, run_folder.CURVES))
     return results

@@ -12,6 +12,8 @@
       labels.txt           class names, label order
       model.keras          the Keras model (Grad-CAM, features, fine-tuning)
       saved_model/         the SavedModel users ship (abo_tf.training.export)
+      model_card.md        data, config, test metrics, limits, licence (abo_tf.reports.model_card)
+      exports/FORMAT/      LiteRT and ONNX exports, written later by `python -m abo_tf.export`
 
 The run exports into saved_model.partial/ and checks it; only when the check
 passes does it write model.keras and metrics.json and rename the export to
@@ -40,6 +42,7 @@ TEST_PREDICTIONS = predictions_file.TEST_PREDICTIONS
 LABELS = "labels.txt"
 KERAS_MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
+MODEL_CARD = "model_card.md"
 SAVED_MODEL_STAGING = "saved_model.partial"  # the export until its parity check passes
 PARITY = "parity.json"
 POOL_LAYER = "pool"  # the pooled backbone features, input of the classification head
@@ -57,9 +60,10 @@ FILES = (
     SAVED_MODEL,
     SAVED_MODEL_STAGING,
     PARITY,
+    MODEL_CARD,
 )
 # What a finished run exports; removed when a run finishes again, so a failed parity check leaves none of them.
-EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, TEST_PREDICTIONS, PARITY)
+EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, TEST_PREDICTIONS, PARITY, MODEL_CARD)
 
 
 @dataclasses.dataclass(frozen=True)

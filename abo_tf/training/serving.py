@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
-from abo_tf.training import export
+from abo_tf.training import export, preprocess
 
 # Far above any real catalog image (the pixel limit's JPEGs are tens of MB), far below what hurts a machine.
 MAX_FILE_BYTES = 64 * 2**20
@@ -64,7 +64,8 @@ def predict_files(loaded, paths, top_k=5, max_file_bytes=MAX_FILE_BYTES):
     """Classifies image files one at a time, so a bad file fails alone.
 
     Args:
-      loaded: a SavedModel from `export.load_exported`.
+      loaded: a SavedModel from `export.load_exported`, or a classifier from
+        `abo_tf.conversion.runtimes.load` (SavedModel, .tflite or .onnx).
       paths: image file paths (JPEG, PNG, GIF or BMP).
       top_k: predictions per image (capped at the number of classes).
       max_file_bytes: larger files are refused before they are read.
@@ -78,9 +79,27 @@ def predict_files(loaded, paths, top_k=5, max_file_bytes=MAX_FILE_BYTES):
     """
     if top_k < 1:
         raise UserInputError(f"--top-k {top_k}: must be at least 1")
-    names = export.exported_class_names(loaded)
-    serve = loaded.signatures[export.BYTES_ENDPOINT]
+    loaded = getattr(loaded, "loaded", loaded)  # a runtimes.SavedModelClassifier serves through its bytes endpoint
+    if hasattr(loaded, "probabilities"):
+        names, serve = loaded.class_names, _bytes_endpoint_of(loaded)
+    else:
+        names, serve = export.exported_class_names(loaded), loaded.signatures[export.BYTES_ENDPOINT]
     return [_predict_file(serve, path, names, top_k, max_file_bytes) for path in paths]
+
+
+def _bytes_endpoint_of(classifier):
+    """`serving_default`'s contract for a file that takes pixels: the same header check and crop, then the file."""
+    image_size = classifier.image_size
+
+    def serve(image_bytes):
+        data = image_bytes[0]
+        error = preprocess.header_error(data)
+        if error.numpy():
+            return {"probabilities": None, export.ERROR_KEY: error[None]}
+        pixels = preprocess.eval_image(data, image_size)[None].numpy()
+        return {"probabilities": tf.constant(classifier.probabilities(pixels)), export.ERROR_KEY: tf.constant([""])}
+
+    return serve
 
 
 def _predict_file(serve, path, names, top_k, max_file_bytes):
@@ -97,7 +116,7 @@ def _predict_file(serve, path, names, top_k, max_file_bytes):
     refused = outputs[export.ERROR_KEY].numpy()[0].decode("utf-8")
     if refused:
         return {"image": path, "error": f"not classified: {refused}"}
-    return {"image": path, "predictions": _top_predictions(outputs["probabilities"].numpy()[0], names, top_k)}
+    return {"image": path, "predictions": _top_predictions(np.asarray(outputs["probabilities"])[0], names, top_k)}
 
 
 def printable(path):
