@@ -305,3 +305,40 @@ def with_csv_first(images_tar, destination):
         for member in sorted(members, key=lambda member: member.name != archive.IMAGES_CSV):
             target.addfile(member, source.extractfile(member) if member.isreg() else None)
     return str(destination)
+
+
+# --- an audit's worst case: one picture, thousands of times ------------------------
+
+
+def identical_images_download(root, count, side=32):
+    """An ABO folder of `count` listings, each showing its own JPEG of the same pixels (only a JPEG comment
+    differs, so no two files share bytes and the build keeps them all): every pair is a near-duplicate.
+
+    Returns:
+      (listings folder, images folder) for build_records.
+    """
+    import gzip as gzip_lib
+    import json
+
+    import cv2
+    import numpy as np
+
+    os.makedirs(os.path.join(root, "listings", "metadata"))
+    os.makedirs(os.path.join(root, "images", "metadata"))
+    os.makedirs(os.path.join(root, "images", "small", "aa"))
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", pixels)[1].tobytes()
+    rows, lines = ["image_id,height,width,path"], []
+    for index in range(count):
+        comment = f"copy {index}".encode()
+        image_id = f"1{index:09d}L"
+        with open(os.path.join(root, "images", "small", "aa", f"{image_id}.jpg"), "wb") as handle:
+            handle.write(jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:])
+        rows.append(f"{image_id},{side},{side},aa/{image_id}.jpg")
+        product_type = [{"value": ("CHAIR", "TABLE")[index % 2]}]
+        lines.append(json.dumps({"item_id": f"I{index:09d}", "main_image_id": image_id, "product_type": product_type}))
+    with gzip_lib.open(os.path.join(root, "images", "metadata", "images.csv.gz"), "wt") as handle:
+        handle.write("\n".join(rows) + "\n")
+    with gzip_lib.open(os.path.join(root, "listings", "metadata", "listings_0.json.gz"), "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return os.path.join(root, "listings"), os.path.join(root, "images")

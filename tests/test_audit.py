@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pandas as pd
@@ -574,6 +575,28 @@ def test_galleries_take_any_count_and_draw_ids_as_plain_text(tmp_path, gallery_s
     ]
     path = audit._gallery(rows, pixels, str(tmp_path / "gallery.png"))
     assert os.path.getsize(path) > 0
+
+
+@pytest.mark.slow
+def test_3000_identical_images_are_one_group_within_the_memory_budget(tmp_path):
+    """4,498,500 pairs: listed, they took 2.7 GB and wrote 251 MB (issue 23); as groups, edges grow with images."""
+    from abo_tf.testing import measure
+    from tests import hostile
+
+    listings, images = hostile.identical_images_download(str(tmp_path / "abo"), 3000)
+    records = str(tmp_path / "records")
+    records_build.build(build_options({"listings": listings, "images": images}, records))
+    environment = dict(os.environ, PYTHONPATH=measure.REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    report = tmp_path / "report"
+    command = [sys.executable, "-m", "abo_tf.audit", "--records", records, "--report", str(report)]
+    command += ["--cache-dir", str(tmp_path / "features"), "--workers", "2", "--no-progress"]
+    code, _, stderr, peak = measure.run_measured(command, timeout=600, env=environment)
+    assert code == 0, stderr
+    assert peak < 1.5 * 2**30, peak
+    groups = pd.read_csv(report / audit.GROUPS_FILE)
+    edges = pd.read_csv(report / audit.PAIRS_FILE)
+    assert len(groups) == 3000 and groups.group.nunique() == 1 and len(edges) == 2999
+    assert os.path.getsize(report / audit.PAIRS_FILE) < 500_000
 
 
 @pytest.mark.slow
