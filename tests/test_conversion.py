@@ -14,6 +14,7 @@ from abo_tf.common import files
 from abo_tf.conversion import contract, convert, exporting, parity, runtimes
 from abo_tf.records import shards
 from abo_tf.training import models, run_folder
+from abo_tf.training import parity as training_parity
 
 CLASSES = ["chair", "lamp", "shoe"]
 # Converting VGG16 and ResNet50 takes minutes on 2 cores (ResNet50 to ONNX: 120 s under load): in the matrix
@@ -56,7 +57,7 @@ def test_compare_probabilities():
     ],
 )
 def test_target_misses_name_the_figure(export_format, agreement, max_difference, f1_drop, expected):
-    result = parity.ProbabilityParity(100, agreement, max_difference, max_difference / 10, 0)
+    result = training_parity.Parity(max_difference, agreement, 0, 100, max_difference / 10, 0)
     misses = parity.target_misses(export_format, result, {"macro_f1": 0.8}, {"macro_f1": 0.8 - f1_drop})
     assert [miss.split(" ")[0] for miss in misses] == [name.split(" ")[0] for name in expected]
     assert all(name in miss for name, miss in zip(expected, misses))

@@ -17,8 +17,8 @@ from abo_tf.common import console, files, outputs
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
 from abo_tf.conversion import contract, convert, parity, runtimes
-from abo_tf.records import shards
-from abo_tf.reports import markdown, metrics, model_card
+from abo_tf.records import schema, shards
+from abo_tf.reports import bootstrap, markdown, metrics, model_card
 from abo_tf.training import run_folder
 
 PARITY = "parity.json"
@@ -102,7 +102,9 @@ def _batches(records, manifest, split, image_size, batch_size):
 
     if manifest["splits"].get(split, {}).get("num_examples", 0) == 0:
         raise UserInputError(f"split {split!r} of {records!r} has no examples: choose another --split")
-    dataset = input_pipeline.make_dataset(records, split, image_size, batch_size, training=False, manifest=manifest)
+    dataset = input_pipeline.make_dataset(
+        records, split, image_size, batch_size, training=False, manifest=manifest, extra_keys=(schema.ITEM_ID,)
+    )
     return input_pipeline.explain_read_errors(records, manifest, [split]), dataset
 
 
@@ -167,9 +169,9 @@ def _write_contract(options, reference, model_path):
 
 
 def _parity_pass(options, records, manifest, reference, candidate):
-    """Both runtimes over the split: labels, both probability arrays, and the first batch's pixels."""
+    """Both runtimes over the split: labels, item ids, both probability arrays, and the first batch's pixels."""
     context, dataset = _batches(records, manifest, options.split, reference.image_size, options.batch_size)
-    labels, first, total = [], None, manifest["splits"][options.split]["num_examples"]
+    labels, items, first, total = [], [], None, manifest["splits"][options.split]["num_examples"]
     probabilities = {"saved_model": [], "export": []}
     with context, console.progress_bar(total=total, desc=f"parity {options.split}", enabled=options.progress) as bar:
         for batch in dataset:
@@ -178,8 +180,10 @@ def _parity_pass(options, records, manifest, reference, candidate):
             probabilities["saved_model"].append(reference.probabilities(pixels))
             probabilities["export"].append(candidate.probabilities(pixels))
             labels.append(batch["label"].numpy())
+            items.append(batch[schema.ITEM_ID].numpy())
             bar.update(len(pixels))
-    return np.concatenate(labels), {name: np.concatenate(parts) for name, parts in probabilities.items()}, first
+    probabilities = {name: np.concatenate(parts) for name, parts in probabilities.items()}
+    return np.concatenate(labels), np.concatenate(items), probabilities, first
 
 
 def _folder_bytes(path):
@@ -190,7 +194,7 @@ def _folder_bytes(path):
 
 def measure(options, records, manifest, reference, candidate, model_path):
     """The parity.json record: parity, metrics of both, difference, latency, sizes, target misses."""
-    labels, probabilities, first = _parity_pass(options, records, manifest, reference, candidate)
+    labels, items, probabilities, first = _parity_pass(options, records, manifest, reference, candidate)
     num_classes = len(reference.class_names)
     scored = {
         name: metrics.classification_metrics(labels, values.argmax(axis=1), values, num_classes)
@@ -208,8 +212,8 @@ def measure(options, records, manifest, reference, candidate, model_path):
         "passed": not misses,
         "metrics": {name: {key: scored[name][key] for key in ("accuracy", "macro_f1")} for name in scored},
         "difference": {key: scored["export"][key] - scored["saved_model"][key] for key in ("accuracy", "macro_f1")},
-        # The item bootstrap (abo_tf.reports.bootstrap) is another branch's; until it is merged, no interval.
-        "difference_interval": "not available",
+        # Export minus SavedModel, paired over items: the interval says whether the test split can tell them apart.
+        "difference_interval": _paired_difference(labels, items, probabilities, num_classes),
         "latency": {
             "saved_model": parity.latency(reference.probabilities, first, runs),
             "export": parity.latency(candidate.probabilities, first, runs),
@@ -222,6 +226,17 @@ def measure(options, records, manifest, reference, candidate, model_path):
         "model_file": os.path.basename(model_path),
         "largest_confusions": _largest_confusions(labels, probabilities["saved_model"], reference.class_names),
     }
+
+
+def _paired_difference(labels, items, probabilities, num_classes, seed=0):
+    scored = {
+        name: bootstrap.Scored(labels, values.argmax(axis=1), metrics.top_k_hits(labels, values, 5), items)
+        for name, values in probabilities.items()
+    }
+    figures = ("accuracy", "macro_f1")
+    return bootstrap.paired_differences(
+        scored["export"], scored["saved_model"], num_classes, bootstrap.DEFAULT_SAMPLES, seed, figures
+    )
 
 
 def _largest_confusions(labels, probabilities, class_names, count=5):
@@ -262,8 +277,9 @@ def report_markdown(result):
             f"Against the SavedModel on the {result['split']} split ({agreement['num_images']} images): "
             f"top-1 agreement {agreement['top1_agreement']:.4f}, max |dp| {agreement['max_abs_difference']:.2e}, "
             f"mean |dp| {agreement['mean_abs_difference']:.2e}, {_disagreements(agreement)}; "
-            f"accuracy {result['difference']['accuracy']:+.4f}, macro F1 {result['difference']['macro_f1']:+.4f} "
-            f"(interval: {result['difference_interval']}). "
+            "export minus SavedModel, 95% paired interval over items: accuracy "
+            f"{bootstrap.format_difference(result['difference_interval']['accuracy'], 4)}, macro F1 "
+            f"{bootstrap.format_difference(result['difference_interval']['macro_f1'], 4)}. "
             f"The export {verdict}.",
             "",
             markdown.table(rows, columns),

@@ -1,8 +1,9 @@
 """How far an export is from the SavedModel: probabilities, top-1, accuracy and macro F1, latency; and its targets.
 
-`compare_probabilities` takes two probability arrays of the same images and
-nothing else, so any pair of runtimes (the trained Keras model and its
-SavedModel, the SavedModel and a .tflite) is compared by the same function.
+`compare_probabilities` is the training run's parity function
+(`abo_tf.training.parity.compare`) with ties counted at the export's own precision:
+every pair of runtimes (the trained Keras model and its SavedModel, the
+SavedModel and a .tflite) is compared by the same code.
 """
 
 import dataclasses
@@ -11,36 +12,15 @@ import time
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class ProbabilityParity:
-    """Two runtimes' probabilities on the same images."""
-
-    num_images: int
-    top1_agreement: float  # fraction of images with the same argmax
-    max_abs_difference: float  # max over images and classes of |p_reference - p_candidate|
-    mean_abs_difference: float
-    # Top-1 disagreements on images whose reference top-2 gap is at most max_abs_difference: ties at the
-    # candidate's precision (a float16 export's 2e-3), which any rounding may flip.
-    disagreements_on_ties: int
+from abo_tf.training import parity as training_parity
 
 
 def compare_probabilities(reference, candidate):
-    """Compares probability arrays [N, C] of the same images (reference first)."""
-    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    if reference.shape != candidate.shape or reference.ndim != 2 or not len(reference):
-        raise ValueError(f"probabilities of shapes {reference.shape} and {candidate.shape}: need the same [N>0, C]")
-    difference = np.abs(reference - candidate)
-    disagree = reference.argmax(axis=1) != candidate.argmax(axis=1)
-    top_two = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.ones((len(reference), 2))
-    tie = top_two[:, 1] - top_two[:, 0] <= difference.max()
-    return ProbabilityParity(
-        num_images=len(reference),
-        top1_agreement=float(1.0 - disagree.mean()),
-        max_abs_difference=float(difference.max()),
-        mean_abs_difference=float(difference.mean()),
-        disagreements_on_ties=int(np.sum(disagree & tie)),
-    )
+    """Compares probability arrays [N > 0, C] of the same images (reference first), with the training run's
+    parity function; a top-1 disagreement within the max |delta p| is counted as a tie."""
+    if not len(reference):
+        raise ValueError("probabilities of no image: need the same [N>0, C]")
+    return training_parity.compare(reference, candidate, tie_margin=None)
 
 
 @dataclasses.dataclass(frozen=True)

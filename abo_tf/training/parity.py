@@ -37,6 +37,10 @@ class Parity:
     top1_agreement: float  # fraction of images with the same argmax
     decisive_disagreements: int  # top-1 differs although the reference's top-2 gap exceeds the tie margin
     num_images: int
+    mean_abs_difference: float = 0.0
+    # Top-1 disagreements on images whose reference top-2 gap is within the tie margin: ties at the candidate's
+    # precision (a float16 export's 2e-3), which any rounding may flip.
+    disagreements_on_ties: int = 0
 
 
 def compare(reference, candidate, tie_margin=0.0):
@@ -47,7 +51,8 @@ def compare(reference, candidate, tie_margin=0.0):
       candidate: the export's.
       tie_margin: a top-1 disagreement on an image whose reference top-2 gap is
         at most this is a tie at that precision, not a decisive disagreement
-        (0 for float32 exports: every disagreement counts; a quantised export may need more).
+        (0 for float32 exports: every disagreement counts); None: the max |delta p| of the two
+        (a quantised export's own precision).
 
     Returns:
       A `Parity`.
@@ -55,14 +60,18 @@ def compare(reference, candidate, tie_margin=0.0):
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"probabilities of shapes {reference.shape} and {candidate.shape}: need the same [N, C]")
+    difference = np.abs(reference - candidate)
+    max_difference = float(difference.max()) if reference.size else 0.0
     disagree = reference.argmax(axis=1) != candidate.argmax(axis=1)
     top_two = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.zeros((len(reference), 2))
-    decisive = disagree & (top_two[:, 1] - top_two[:, 0] > tie_margin)
+    decisive = disagree & (top_two[:, 1] - top_two[:, 0] > (max_difference if tie_margin is None else tie_margin))
     return Parity(
-        max_abs_difference=float(np.abs(reference - candidate).max()) if reference.size else 0.0,
+        max_abs_difference=max_difference,
         top1_agreement=float(1.0 - disagree.mean()) if len(reference) else 1.0,
         decisive_disagreements=int(decisive.sum()),
         num_images=len(reference),
+        mean_abs_difference=float(difference.mean()) if reference.size else 0.0,
+        disagreements_on_ties=int((disagree & ~decisive).sum()),
     )
 
 
