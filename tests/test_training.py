@@ -380,7 +380,7 @@ def old_records(built_records, tmp_path):
 @pytest.mark.parametrize(
     "records, flags, expected",
     [
-        ("{tmp}", [], "no manifest.json"),
+        ("{tmp}/empty", [], "no manifest.json"),
         ("{old}", [], "rebuild the records"),
         ("{records}", ["--image-size", "16"], "--image-size 16 must be at least 32"),
         ("{records}", ["--resume"], "holds no run"),
@@ -392,6 +392,7 @@ def test_bad_training_inputs_are_one_line_errors(
     built_records, old_records, tmp_path, capsys, records, flags, expected
 ):
     records = records.format(tmp=tmp_path, old=old_records, records=built_records[0])
+    os.makedirs(tmp_path / "empty", exist_ok=True)
     assert train.main(_train_args(records, tmp_path / "run", *flags)) == 2, expected
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, (expected, error)

@@ -12,10 +12,9 @@ def cell(value):
     and Markdown links in an id or a product type are shown as text, never rendered: `<img src=...>` or
     `![](...)` in report.md fetched a remote URL when viewed (issue 23).
     """
-    text = html.escape(metrics.format_figure(value), quote=False).replace("\\", "\\\\")
-    for special in "|[]":
-        text = text.replace(special, "\\" + special)
-    return text.replace("\r", " ").replace("\n", " ")
+    text = html.escape(metrics.format_figure(value), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    # A link or image needs "](": escaping that bracket is enough, and keeps intervals "[0.70, 0.77]" readable.
+    return text.replace("](", "\\](").replace("\r", " ").replace("\n", " ")
 
 
 def _line(cells):

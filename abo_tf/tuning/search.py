@@ -60,11 +60,12 @@ class TuneOptions(loop.TrainConfig):
         3,
         group=_SEARCH,
         minimum=0,
+        maximum=100,
         help="after the search, the best configs trained again with --rerun-seeds other seeds; best.toml is the "
         "best mean (0 = the best single trial)",
     )
     rerun_seeds: int = options.option(
-        3, group=_SEARCH, minimum=2, help="seeds of each re-run config: --seed + 1, --seed + 2, ..."
+        3, group=_SEARCH, minimum=2, maximum=100, help="seeds of each re-run config: --seed + 1, --seed + 2, ..."
     )
     storage: str = options.option(
         "",
