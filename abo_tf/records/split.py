@@ -123,7 +123,7 @@ def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1,
     Each class's groups are taken in the order of a seeded hash of their key and
     each goes to the split furthest below its share of the class's images, except
     that the last groups go to the splits still short of their floor: every class
-    with `sum(floors)` groups gets `floors[i]` of them in split i, whatever the file order.
+    with `sum(floors)` groups gets at least `floors[i]` of them in split i, whatever the file order.
 
     Args:
       group_of_image: dict image id -> group key, from `group_images`.
