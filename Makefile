@@ -19,8 +19,10 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 
 # Sample ABO data in the real layout -> data report -> records -> data audit -> a short training run
 # -> SavedModel -> evaluation report -> classical baselines and the comparison table -> predictions.
+# It replaces only what it writes (the folders below and summary.json): demo/tune and anything else stay.
+DEMO_OUTPUTS := abo truth.json records analysis audit features run evaluation baselines summary.json
 demo: install
-	rm -rf $(DEMO)
+	rm -rf $(addprefix $(DEMO)/,$(DEMO_OUTPUTS))
 	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0 --truth $(DEMO)/truth.json
 	$(BIN)/python -m abo_tf.build_records --listings $(DEMO)/abo --images $(DEMO)/abo \
 		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
@@ -29,11 +31,12 @@ demo: install
 	$(BIN)/python -m abo_tf.audit --records $(DEMO)/records --report $(DEMO)/audit --cache-dir $(DEMO)/features \
 		--truth $(DEMO)/truth.json --no-progress
 	$(BIN)/python -m abo_tf.train --config pipelines/demo.toml --records $(DEMO)/records --output $(DEMO)/run
-	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run/saved_model --records $(DEMO)/records \
+	$(BIN)/python -m abo_tf.evaluate --model $(DEMO)/run --records $(DEMO)/records \
 		--report $(DEMO)/evaluation --no-progress
 	$(BIN)/python -m abo_tf.baselines --records $(DEMO)/records --features handcrafted \
 		--model logreg linear_svm rbf_svm sgd --output $(DEMO)/baselines --cache-dir $(DEMO)/features --runs $(DEMO) --no-progress
 	$(BIN)/python -m abo_tf.predict --model $(DEMO)/run/saved_model $$(ls $(DEMO)/abo/images/small/0*/*.jpg | head -n 4)
+	$(BIN)/python -m abo_tf.summarize $(DEMO)
 
 # After `make demo`: the demo model in every export format, with parity and latency (benchmarks/results/export.md).
 export-demo: install
