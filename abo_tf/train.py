@@ -57,7 +57,13 @@ def resolve_config(argv):
     )
     saved = run_folder.load_config(train_config.output) if os.path.isdir(train_config.output) else None
     changed = config_lib.differences(saved, options.config_values(train_config)) if saved is not None else []
-    if changed:
+    if changed and not run_folder.has_finished_step(train_config.output):
+        print(
+            f"note: {train_config.output!r} holds a run that never finished a step, with another config (differs "
+            f"in {changed}): this run takes the folder over",
+            file=sys.stderr,
+        )
+    elif changed:
         how = "drop those flags to continue it" if parsed.resume else "pass --resume to continue it"
         raise UserInputError(
             f"--output {train_config.output!r} holds a run with another config (differs in {changed}): "

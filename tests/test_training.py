@@ -20,7 +20,7 @@ import tensorflow as tf
 from abo_tf import train
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
-from abo_tf.training import input_pipeline, loop
+from abo_tf.training import input_pipeline, loop, run_folder
 from tests.conftest import TINY_TRAIN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +145,19 @@ def test_another_config_in_the_same_folder_is_refused(trained_run, built_records
     records_dir, _ = built_records
     assert train.main(_train_args(records_dir, trained_run, "--epochs", "3")) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_run_that_never_finished_a_step_is_taken_over_by_the_corrected_command(built_records, tmp_path, capsys):
+    records_dir, _ = built_records
+    broken = tmp_path / "not_weights.h5"
+    broken.write_bytes(b"not an HDF5 file")
+    output = tmp_path / "run"
+    assert train.main(_train_args(records_dir, output, "--weights", str(broken))) == 2
+    assert (output / run_folder.CONFIG).is_file() and not run_folder.has_finished_step(str(output))
+    capsys.readouterr()
+    corrected = train.resolve_config(_train_args(records_dir, output, "--weights", "none"))
+    assert corrected.weights == "none"
+    assert "never finished a step" in capsys.readouterr().err
 
 
 _TIMING_COLUMNS = ("images_per_second", "seconds")

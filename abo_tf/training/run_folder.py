@@ -113,6 +113,17 @@ def is_started_run(folder):
     return os.path.isfile(path(folder, CONFIG))
 
 
+def has_finished_step(run_dir):
+    """True when the run saved a checkpoint or an epoch's history: only then is there work a new config would lose.
+
+    A run that failed before its first step (e.g. `--weights imagenet` offline) holds its config.toml and nothing
+    else of value, so the corrected command may take the folder over.
+    """
+    checkpoints = path(run_dir, CHECKPOINTS)
+    saved = os.path.isdir(checkpoints) and any(name.startswith("checkpoint") for name in os.listdir(checkpoints))
+    return saved or os.path.isfile(path(run_dir, HISTORY))
+
+
 def load_keras_model(model_path):
     """Loads a run's `model.keras` (a file path), with the project's custom layers registered."""
     import keras
