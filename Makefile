@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo tune-demo export-demo test test-fast test-exports lint format notebook benchmark clean
+.PHONY: readme record-tests record-demo install demo tune-demo export-demo test test-fast test-exports lint format notebook benchmark clean
 
 install: $(VENV)/.installed
 
@@ -59,6 +59,19 @@ test-exports: install
 # The tests not marked slow (no training, no subprocess pipelines): under a minute.
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+# The README's measured figures: rendered from benchmarks/results/ (tests/test_readme.py fails on a stale block).
+readme: install
+	$(BIN)/python benchmarks/readme.py
+
+# The whole suite, its size and time recorded for the README (benchmarks/results/test_suite.json).
+record-tests: install
+	ABO_TF_SUITE_REPORT=$(CURDIR)/.suite-report.json $(BIN)/python -m pytest -q -n 2
+	$(BIN)/python benchmarks/readme.py --record-suite "make test" .suite-report.json
+
+# After `make demo`: its summary recorded for the README (benchmarks/results/demo.json).
+record-demo: install
+	$(BIN)/python benchmarks/readme.py --record-demo $(DEMO)
 
 lint: install
 	$(BIN)/ruff check abo_tf tests benchmarks notebooks/execute.py

@@ -111,3 +111,37 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# `make record-tests`: the suite's size and time go to a JSON file that benchmarks/readme.py renders into the README.
+SUITE_REPORT_ENV = "ABO_TF_SUITE_REPORT"
+
+
+def pytest_sessionstart(session):
+    import time
+
+    session.config._abo_tf_started = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Writes {collected, passed, failed, skipped, seconds, machine} where ABO_TF_SUITE_REPORT says (controller)."""
+    path = os.environ.get(SUITE_REPORT_ENV)
+    if not path or hasattr(config, "workerinput"):
+        return
+    import json
+    import time
+
+    from abo_tf.testing import measure
+
+    stats = terminalreporter.stats
+    report = {
+        "collected": terminalreporter._numcollected,
+        "passed": len(stats.get("passed", [])),
+        "failed": len(stats.get("failed", [])) + len(stats.get("error", [])),
+        "skipped": len(stats.get("skipped", [])),
+        "deselected": len(stats.get("deselected", [])),
+        "seconds": time.monotonic() - config._abo_tf_started,
+        "machine": measure.machine(),
+    }
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2, sort_keys=True)

@@ -1,4 +1,4 @@
-"""Peak memory of a command run in a fresh process, for the tests of memory budgets and the benchmarks.
+"""Peak memory of a command run in a fresh process, for the tests of memory budgets and the benchmarks; the machine.
 
 The peak is the summed RSS of the process and its descendants (build workers),
 sampled from /proc every 10 ms. Not `ru_maxrss`: on Linux a child's maxrss
@@ -12,6 +12,13 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def machine():
+    """Where a figure was measured: {"cpus", "load_average" (1, 5, 15 min), "date"}; every results file carries it."""
+    import datetime
+
+    return {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "date": datetime.date.today().isoformat()}
 
 
 def tree_rss(pid):

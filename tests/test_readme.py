@@ -1,0 +1,41 @@
+"""The README's measured figures are rendered from benchmarks/results/, never typed: a stale block fails here."""
+
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def readme_script():
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # the script imports benchmarks/shared.py
+    spec = importlib.util.spec_from_file_location("readme", os.path.join(REPO, "benchmarks", "readme.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_readme_block_matches_its_results(readme_script):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    blocks = readme_script._BLOCK.findall(text)
+    assert blocks, "README.md has no rendered block"
+    assert readme_script.stale_blocks(text) == [], "run `make readme`"
+
+
+def test_a_hand_edited_figure_is_caught(readme_script):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    match = readme_script._BLOCK.search(text)
+    body = match.group("body")
+    edited = text.replace(body, body.replace("|", "| 9", 1), 1)
+    assert readme_script.stale_blocks(edited) == [match.group("name")]
+
+
+def test_an_unknown_block_is_named(readme_script):
+    with pytest.raises(KeyError, match="no_such_results"):
+        readme_script.render("<!-- results:no_such_results -->\nx\n<!-- /results:no_such_results -->")
