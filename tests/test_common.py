@@ -230,9 +230,10 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
 
 
 def _command_options():
-    from abo_tf import build_records, features, predict, sample, train
+    from abo_tf import build_records, features, predict, sample, summarize, train
     from abo_tf.auditing import audit
     from abo_tf.classical import baseline
+    from abo_tf.conversion import exporting
     from abo_tf.reports import data_report, evaluation
     from abo_tf.tuning import search
 
@@ -247,7 +248,20 @@ def _command_options():
         sample.SampleOptions,
         train.TrainOptions,
         search.TuneOptions,
+        exporting.ExportOptions,
+        summarize.SummarizeOptions,
     ]
+
+
+def test_help_shows_one_default_per_option_as_typed():
+    """`--workers` showed two defaults, `--split` a Python tuple, an empty string `(default: )` (issue 22)."""
+    for options_class in _command_options():
+        text = " ".join(options.build_parser(options_class, "prog", "").format_help().split())
+        for fragment in ("(default: ()", "(default: )", "(default: None)", "(default: [", "(default: False)"):
+            assert fragment not in text, (options_class.__name__, fragment)
+        for spec in options.specs(options_class):
+            flag_help = text.split(spec.flag, 1)[1].split(" --", 1)[0] if spec.flag in text else ""
+            assert flag_help.count("(default") <= 1, (options_class.__name__, spec.flag, flag_help)
 
 
 def test_every_number_option_of_every_command_is_bounded_at_both_ends():

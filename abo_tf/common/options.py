@@ -164,13 +164,26 @@ def _default_of(field):
     return None
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one (not "default: None" for an option that has none)."""
+def _typed(value):
+    """A default as a user would type it: `0.8 0.1 0.1`, not `(0.8, 0.1, 0.1)`; a string in quotes when empty."""
+    if isinstance(value, tuple | list):
+        return " ".join(map(str, value))
+    return "''" if value == "" else str(value)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows one default, as typed, where there is one: none for an option without a default or whose help already
+    says it ("(default: ...)"), and none for a boolean flag that is off."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False and action.nargs == 0:
-            return action.help
-        return super()._get_help_string(action)
+        help_text = action.help or ""
+        if "(default" in help_text or action.default is None or action.default is argparse.SUPPRESS:
+            return help_text
+        if action.default is False and action.nargs == 0 or action.option_strings == []:
+            return help_text
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return f"{help_text} (default: --{action.dest.replace('_', '-')})" if action.default else help_text
+        return f"{help_text} (default: {_typed(action.default)})"
 
 
 def build_parser(options_class, prog, description):

@@ -43,7 +43,11 @@ class ExportOptions:
     )
     split: str = options_lib.option("test", help="split the export is measured on", group=_MEASURE)
     calibration_images: int = options_lib.option(
-        300, help="litert-int8: train images, stratified by class, that calibrate the ranges", group=_INPUTS, minimum=1
+        300,
+        help="litert-int8: train images, stratified by class, that calibrate the ranges",
+        group=_INPUTS,
+        minimum=1,
+        maximum=100_000,  # held in memory as pixels: 100k images of 224 px are 15 GB
     )
     int8_output: str = options_lib.option(
         "float",
@@ -51,9 +55,19 @@ class ExportOptions:
         group=_INPUTS,
         help="litert-int8's output: float32 probabilities, or uint8 (the input is uint8 pixels either way)",
     )
-    batch_size: int = options_lib.option(32, help="images per call in the parity pass", group=_MEASURE, minimum=1)
+    batch_size: int = options_lib.option(
+        32,
+        help="images per call in the parity pass",
+        group=_MEASURE,
+        minimum=1,
+        maximum=options_lib.MAX_BATCH_SIZE,
+    )
     latency_runs: int = options_lib.option(
-        50, help="timed single-image calls per runtime (a quarter as many batches of 32)", group=_MEASURE, minimum=4
+        50,
+        help="timed single-image calls per runtime (a quarter as many batches of 32)",
+        group=_MEASURE,
+        minimum=4,
+        maximum=100_000,
     )
     allow_degraded: bool = options_lib.option(
         False, help="exit 0 although the export misses its parity target", group=_MEASURE
