@@ -45,6 +45,7 @@ EDGE_COLUMNS = (
     "product_type_b",
     "hash_distance",
     "similarity",
+    "inliers",
     "signal",
 )
 GROUP_COLUMNS = leakage.GROUP_COLUMNS
@@ -91,6 +92,14 @@ class AuditOptions(feature_spec.FeatureOptions):
         maximum=1.0,
         help="smallest correlation of the 16 x 16 colour thumbnails of a hash pair that is kept",
     )
+    min_inliers: int = options.option(
+        near_duplicates.DEFAULT_MIN_INLIERS,
+        group=_DUPLICATES,
+        minimum=0,
+        maximum=near_duplicates.KEYPOINTS,
+        help="ORB keypoints (of 32) one similarity transform must align for a hash pair whose thumbnails differ "
+        "(a crop, turn or badge) to be kept; 0 turns the check off",
+    )
     embedding_similarity: float = options.option(
         0.97,
         group=_DUPLICATES,
@@ -129,6 +138,7 @@ def _edges_table(hashed, forest, group_of):
             "product_type_b": hashed.product_types[edges.second],
             "hash_distance": edges.distance,
             "similarity": np.round(edges.similarity.astype(np.float64), 4),
+            "inliers": edges.inliers,
             "signal": edges.signal,
         }
     )
@@ -321,7 +331,9 @@ def _check_options(options_):
 def _find_near_duplicates(options_, splits_features):
     """(hashed images, (edges table, groups table)) of the build."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
-    forest = near_duplicates.near_duplicate_forest(hashed, options_.hash_distance, options_.pixel_similarity)
+    forest = near_duplicates.near_duplicate_forest(
+        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers
+    )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
     group_of = forest.groups()
