@@ -24,8 +24,9 @@ from shared import write_results
 from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
-SWEEP_DISTANCES = (4, 6, 8, 10, 12)
-SWEEP_SIMILARITIES = (0.95, 0.97, 0.98, 0.985, 0.99)
+# (hash distance, thumbnail correlation, ORB inliers; 0: no keypoint check) around the defaults.
+SWEEP = ((8, 0.985, 0), (6, 0.985, 10), (10, 0.985, 10), (8, 0.97, 10), (8, 0.985, 8))
+CATALOG_COPIES_PER_CASE = 40  # of about 1,000 catalog images: 2,000 copies
 
 
 def catalog_shots(num_listings, seed):
@@ -37,6 +38,7 @@ def catalog_shots(num_listings, seed):
     with tempfile.TemporaryDirectory() as folder:
         truth = synthetic_abo.generate_sample(folder, num_listings=num_listings, seed=seed, max_side=256)
         copies = {entry["duplicate_id"] for entry in truth["near_duplicates"]}
+        copies |= {image_id for ids in truth["bad_images"].values() for image_id in ids}
         shots = {}
         for path in truth["files"]:
             image_id = os.path.basename(path).split(".")[0]
@@ -69,9 +71,9 @@ def hashed_set(encoded):
     )
 
 
-def evaluate(hashed, shot_of, truth, max_distance, min_similarity):
+def evaluate(hashed, shot_of, truth, max_distance, min_similarity, min_inliers):
     """(recall per case, unplanted joins, signals of the kept edges) of the audit's rule at these thresholds."""
-    forest = near_duplicates.near_duplicate_forest(hashed, max_distance, min_similarity)
+    forest = near_duplicates.near_duplicate_forest(hashed, max_distance, min_similarity, min_inliers)
     recall, unplanted = image_edits.score_groups(forest.groups(), shot_of, truth)
     signals = dict(zip(*np.unique(forest.edges.signal, return_counts=True)))
     return recall, unplanted, {str(name): int(count) for name, count in signals.items()}
@@ -85,34 +87,39 @@ def _moderate_summary(recall):
     return {family: float(min(values)) for family, values in families.items()}
 
 
-def run_source(name, shots, seed):
+def _sweep_row(hashed, shot_of, truth, distance, similarity, inliers):
+    swept, unplanted, _ = evaluate(hashed, shot_of, truth, distance, similarity, inliers)
+    moderate = [value for case, value in swept.items() if image_edits.is_moderate(*case)]
+    return {
+        "hash_distance": distance,
+        "pixel_similarity": similarity,
+        "min_inliers": inliers,
+        "moderate_recall": float(np.mean(moderate)),
+        "worst_moderate_family_recall": min(_moderate_summary(swept).values()),
+        "unplanted_per_10k": 1e4 * unplanted / len(shot_of),
+    }
+
+
+def run_source(name, shots, seed, copies_per_case=None):
     """The results of one source set (real photographs or catalog images)."""
-    encoded, shot_of, truth = image_edits.planted_set(shots, image_edits.edit_cases(), seed)
+    encoded, shot_of, truth = image_edits.planted_set(shots, image_edits.edit_cases(), seed, copies_per_case)
     started = time.perf_counter()
     hashed = hashed_set(encoded)
     hashing_seconds = time.perf_counter() - started
-    recall, unplanted, signals = evaluate(
-        hashed, shot_of, truth, near_duplicates.DEFAULT_HASH_DISTANCE, near_duplicates.DEFAULT_PIXEL_SIMILARITY
+    defaults = (
+        near_duplicates.DEFAULT_HASH_DISTANCE,
+        near_duplicates.DEFAULT_PIXEL_SIMILARITY,
+        near_duplicates.DEFAULT_MIN_INLIERS,
     )
-    sweep = []
-    for distance in SWEEP_DISTANCES:
-        for similarity in SWEEP_SIMILARITIES:
-            swept, swept_unplanted, _ = evaluate(hashed, shot_of, truth, distance, similarity)
-            moderate = [value for case, value in swept.items() if image_edits.is_moderate(*case)]
-            sweep.append(
-                {
-                    "hash_distance": distance,
-                    "pixel_similarity": similarity,
-                    "moderate_recall": float(np.mean(moderate)),
-                    "worst_moderate_family_recall": min(_moderate_summary(swept).values()),
-                    "unplanted_per_10k": 1e4 * swept_unplanted / len(encoded),
-                }
-            )
+    started = time.perf_counter()
+    recall, unplanted, signals = evaluate(hashed, shot_of, truth, *defaults)
+    search_seconds = time.perf_counter() - started
     return {
         "source": name,
         "shots": len(shots),
         "images": len(encoded),
         "hashing_seconds": hashing_seconds,
+        "search_seconds": search_seconds,
         "recall": [
             {
                 "family": family,
@@ -126,7 +133,7 @@ def run_source(name, shots, seed):
         "unplanted_joins": unplanted,
         "unplanted_per_10k": 1e4 * unplanted / len(encoded),
         "edges_per_signal": signals,
-        "sweep": sweep,
+        "sweep": [_sweep_row(hashed, shot_of, truth, *row) for row in SWEEP],
     }
 
 
@@ -153,16 +160,17 @@ def main():
         "defaults": {
             "hash_distance": near_duplicates.DEFAULT_HASH_DISTANCE,
             "pixel_similarity": near_duplicates.DEFAULT_PIXEL_SIMILARITY,
+            "min_inliers": near_duplicates.DEFAULT_MIN_INLIERS,
         },
         "cores": os.cpu_count(),
         "load_average": os.getloadavg()[0],
         "sources": [],
     }
-    for name, shots in (
-        ("real photographs", image_edits.distinct_shots(image_edits.real_photographs())),
-        ("generated catalog", catalog_shots(arguments.catalog_listings, arguments.seed)),
+    for name, shots, copies in (
+        ("real photographs", image_edits.distinct_shots(image_edits.real_photographs()), None),
+        ("generated catalog", catalog_shots(arguments.catalog_listings, arguments.seed), CATALOG_COPIES_PER_CASE),
     ):
-        result = run_source(name, shots, arguments.seed)
+        result = run_source(name, shots, arguments.seed, copies)
         _print(result)
         results["sources"].append(result)
     print(write_results("near_duplicates.json", results))

@@ -232,11 +232,16 @@ def _gallery(rows, pixels, path):
 
 
 def _write_galleries(options_, manifest, edges, issues):
-    across = edges[edges.split_a != edges.split_b].head(options_.gallery_size)
+    across = edges[edges.split_a != edges.split_b]
+    per_signal = max(1, options_.gallery_size // max(1, across.signal.nunique()))  # examples of every signal
+    across = across.groupby("signal", sort=True).head(per_signal).head(options_.gallery_size)
     pair_rows = [
         [
             (row.image_id_a, f"{row.split_a} {row.image_id_a}\n{row.product_type_a}"),
-            (row.image_id_b, f"{row.split_b} {row.image_id_b}\n{row.hash_distance} bits, {row.similarity:.3f}"),
+            (
+                row.image_id_b,
+                f"{row.split_b} {row.image_id_b}\n{row.signal}: {row.hash_distance} bits, {row.similarity:.3f}",
+            ),
         ]
         for row in across.itertuples()
     ]

@@ -61,7 +61,9 @@ UNDECODABLE = (1 << 64) - 1  # an image OpenCV cannot decode; no pHash has more 
 CENTRE_SCALES = (0.9, 0.8)  # centres hashed too: a crop of 5% and 10% on every side matches the full image's hash
 KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
 LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
-WHITE_LEVEL = 235  # grey level from which a margin pixel counts as white padding
+BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
+UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
+# corners leave most of it), not a photo's edge
 MIN_TRIMMED_SIDE = 8  # a content box thinner than this is not trimmed to
 
 
@@ -102,19 +104,36 @@ def _phash(grey):
     return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
 
 
-def trimmed(pixels, grey):
-    """The pixels inside the bounding box of the non-white ones: white margins and letterbox bars removed.
+def _uniform_border(grey):
+    """The grey level of the image's outermost ring when nearly all of it is one colour (a margin), else None."""
+    ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]]).astype(np.int16)
+    level = int(np.median(ring))
+    return level if np.mean(np.abs(ring - level) <= BORDER_TOLERANCE) >= UNIFORM_BORDER_SHARE else None
 
-    Catalogs pad a photo to a square with white (issue 18); the padded copy's hash and thumbnail then differ from
-    the photo's. Every image is trimmed the same way, so a photo whose own content reaches its border in white
-    is cut to the same box as its padded copy. A JPEG keeps pure white at 250 or more; WHITE_LEVEL leaves room.
-    """
-    content = grey < WHITE_LEVEL
+
+def _trimmed_once(pixels, grey):
+    level = _uniform_border(grey)
+    if level is None:
+        return pixels, grey
+    content = np.abs(grey.astype(np.int16) - level) > BORDER_TOLERANCE
     rows, columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
     if len(rows) == 0 or min(rows[-1] - rows[0], columns[-1] - columns[0]) < MIN_TRIMMED_SIDE:
         return pixels, grey  # blank, or a line: nothing to compare but the whole image
     box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
     return pixels[box], grey[box]
+
+
+def trimmed(pixels, grey):
+    """The pixels inside the margins of one colour around them: padding, letterbox bars, a product's background.
+
+    Catalogs pad a photo to a square with white (issue 18); the padded copy's hash and thumbnail then differ from
+    the photo's. A margin is a border ring of nearly one colour, so a photo is trimmed only where it has one,
+    and a padded copy is trimmed twice: its padding, then whatever margin the photo had (the photo's own trim).
+    Relative to the ring's own level, so a brightened or greyed copy of a product on white trims alike.
+    """
+    for _ in range(2):
+        pixels, grey = _trimmed_once(pixels, grey)
+    return pixels, grey
 
 
 def _centre(grey, scale):
