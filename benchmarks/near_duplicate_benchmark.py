@@ -25,27 +25,28 @@ from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
 # (hash distance, thumbnail correlation, ORB inliers; 0: no keypoint check) around the defaults.
-SWEEP = ((8, 0.985, 0), (6, 0.985, 10), (10, 0.985, 10), (8, 0.97, 10), (8, 0.985, 8))
+SWEEP = ((8, 0.985, 0), (6, 0.985, 10), (10, 0.985, 10))
 CATALOG_COPIES_PER_CASE = 40  # of about 1,000 catalog images: 2,000 copies
 
 
 def catalog_shots(num_listings, seed):
     """{name: BGR pixels} of the distinct product images of a generated catalog (planted copies left out)."""
     import cv2
+    import pandas as pd
 
     from abo_tf.testing import synthetic_abo
 
     with tempfile.TemporaryDirectory() as folder:
         truth = synthetic_abo.generate_sample(folder, num_listings=num_listings, seed=seed, max_side=256)
-        copies = {entry["duplicate_id"] for entry in truth["near_duplicates"]}
-        copies |= {image_id for ids in truth["bad_images"].values() for image_id in ids}
+        left_out = {entry["duplicate_id"] for entry in truth["near_duplicates"]} | set(truth["boilerplate_images"])
+        left_out |= {image_id for ids in truth["bad_images"].values() for image_id in ids}
+        metadata = pd.read_csv(os.path.join(folder, "images", "metadata", "images.csv.gz"))
         shots = {}
-        for path in truth["files"]:
-            image_id = os.path.basename(path).split(".")[0]
-            if path.endswith(".jpg") and image_id not in copies and image_id not in truth["boilerplate_images"]:
-                pixels = cv2.imread(os.path.join(folder, path), cv2.IMREAD_COLOR)
-                if pixels is not None:
-                    shots[f"catalog-{image_id}"] = pixels
+        for image_id, path in zip(metadata.image_id, metadata.path):
+            file = os.path.join(folder, "images", "small", path)
+            pixels = cv2.imread(file, cv2.IMREAD_COLOR) if image_id not in left_out and os.path.isfile(file) else None
+            if pixels is not None:
+                shots[f"catalog-{image_id}"] = pixels
     return shots
 
 
