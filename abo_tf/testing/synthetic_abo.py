@@ -504,12 +504,13 @@ def _exclusive_photos(plan):
 
 
 def _near_duplicate_size(source, variant, max_side, seed, index):
-    """(height, width) of a near-duplicate: its edit applied to blank pixels of the source's size, shrunk to
-    `max_side` if the edit grew it (padding to a square: the catalog's small image is max_side again)."""
+    """(height, width) of a near-duplicate: its edit applied to blank pixels of the source's size, scaled back
+    into [max_side // 2, max_side] if the edit left that range (padding grows an image, halving shrinks it; a
+    catalog's small image stays in the range: a halved copy is then a blurred one)."""
     blank = np.zeros((source.height, source.width, 3), np.uint8)
     height, width = _edited(blank, variant, seed, index)[0].shape[:2]
-    shrink = min(1.0, max_side / max(height, width))
-    return max(16, round(height * shrink)), max(16, round(width * shrink))
+    scale = min(1.0, max_side / max(height, width)) * max(1.0, (max_side // 2) / max(height, width))
+    return max(16, round(height * scale)), max(16, round(width * scale))
 
 
 def _edited(pixels, variant, seed, index):
