@@ -9,11 +9,20 @@ of 16 bits; two hashes within `max_distance` bits differ by at most `max_distanc
 least (pigeonhole), so probing each band's sorted values at that radius finds every pair (Norouzi et al., "Fast
 search in Hamming space with multi-index hashing", CVPR 2012). Only candidates are compared bit by bit.
 
+Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
+turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
+product's white background), and besides its pHash the search holds the pHash of its mirror image and of its
+centre at CENTRE_SCALES (a crop on every side is the centre of the original): one multi-index search pairs
+an image's hash with any of the other's.
+
 A hash alone pairs too much: catalog photos are one product on a white background, and on the generated
 sample two different phone cases are within 4 bits of each other as often as a planted copy is. So each
 candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (mean removed, unit
-norm, so a brightening changes nothing) must reach `min_similarity`. On the sample, planted copies correlate
-at 0.990 or more and the closest unrelated pair at 0.978 (tests/test_audit.py checks both ends).
+norm, so a brightening changes nothing; in grey where either image is greyscale; the second mirrored for a
+mirror match) must reach `min_similarity`. A crop, a turn or a badge moves thumbnail pixels too much for that,
+so a pair whose thumbnails differ is also kept when `min_inliers` of its ORB keypoints (OpenCV, 32 per image)
+are mapped onto matching keypoints of the other image by one similarity transform (RANSAC): distinct shots of
+one real photograph align at most 5. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
 import functools
@@ -45,7 +54,8 @@ SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 5
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
 # thumbnails, or any hash match confirmed by aligned ORB keypoints.
-IDENTICAL, HASH, MIRROR_HASH, CENTRE_HASH, LOCAL_FEATURES = "identical", "hash", "mirror hash", "centre hash", "local"
+IDENTICAL, HASH, MIRROR_HASH, CENTRE_HASH = "identical", "hash", "mirror hash", "centre hash"
+LOCAL_FEATURES = "local features"
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
 )
