@@ -25,7 +25,7 @@ from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
 # (hash distance, thumbnail correlation, ORB inliers; 0: no keypoint check) around the defaults.
-SWEEP = ((8, 0.985, 0), (6, 0.985, 10))
+SWEEP = ((8, 0.985, 0),)
 CATALOG_COPIES_PER_CASE = 40  # of about 1,000 catalog images: 2,000 copies
 
 
@@ -69,6 +69,7 @@ def hashed_set(encoded):
         keypoints=signatures.keypoints,
         descriptors=signatures.descriptors,
         keypoint_counts=signatures.keypoint_count.astype(np.uint8),
+        whole_hashes=signatures.whole_hash.astype(np.uint64),
     )
 
 

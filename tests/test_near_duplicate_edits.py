@@ -45,6 +45,7 @@ def planted():
         signatures.keypoints,
         signatures.descriptors,
         signatures.keypoint_count.astype(np.uint8),
+        signatures.whole_hash.astype(np.uint64),
     )
     return hashed, shot_of, truth
 

@@ -55,6 +55,9 @@ DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
 # thumbnails, or any hash match confirmed by aligned ORB keypoints.
 IDENTICAL, HASH, MIRROR_HASH, CENTRE_HASH = "identical", "hash", "mirror hash", "centre hash"
+# The untrimmed image's hash, matched with the other's untrimmed or trimmed one: trimmed to a plain product, a
+# symmetric shape's DCT has many coefficients near the median, and a re-encoding flips 8-16 of its bits.
+WHOLE_HASH = "whole hash"
 LOCAL_FEATURES = "local features"
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
@@ -91,6 +94,7 @@ class HashedImages(NamedTuple):
     keypoints: np.ndarray | None = None  # uint8 [N, KEYPOINTS, 2]: ORB keypoints (x, y) in 1/255 of the side
     descriptors: np.ndarray | None = None  # uint8 [N, KEYPOINTS, 32]: their ORB descriptors
     keypoint_counts: np.ndarray | None = None  # uint8 [N]: keypoints found (the rest of each row is zeros)
+    whole_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the image untrimmed
 
 
 class Signature(NamedTuple):
@@ -99,6 +103,7 @@ class Signature(NamedTuple):
     hash: int
     mirror_hash: int
     centre_hashes: tuple
+    whole_hash: int
     thumbnail: np.ndarray
     keypoints: np.ndarray
     descriptors: np.ndarray
@@ -181,11 +186,13 @@ def signature(encoded):
     if pixels is None:
         no_points = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8), 0
         centre = (UNDECODABLE,) * len(CENTRE_SCALES)
-        return Signature(UNDECODABLE, UNDECODABLE, centre, np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8), *no_points)
-    pixels, grey = trimmed(pixels, cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY))
+        blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
+        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, *no_points)
+    whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    pixels, grey = trimmed(pixels, whole)
     centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES)
     thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
-    return Signature(_phash(grey), _phash(grey[:, ::-1]), centre, thumbnail, *_local_features(grey))
+    return Signature(_phash(grey), _phash(grey[:, ::-1]), centre, _phash(whole), thumbnail, *_local_features(grey))
 
 
 def stack_signatures(signatures):
@@ -275,6 +282,7 @@ def _empty_columns(size):
         "keypoints": np.zeros((size, KEYPOINTS, 2), np.uint8),
         "descriptors": np.zeros((size, KEYPOINTS, 32), np.uint8),
         "keypoint_counts": np.zeros(size, np.uint8),
+        "whole_hashes": np.zeros(size, np.uint64),
     }
 
 
@@ -286,7 +294,7 @@ def _fill(columns, start, split, image_ids, labels, product_types, signatures):
     columns["hashes"][rows], columns["mirror_hashes"][rows] = signatures.hash, signatures.mirror_hash
     columns["centre_hashes"][rows], columns["thumbnails"][rows] = signatures.centre_hashes, signatures.thumbnail
     columns["keypoints"][rows], columns["descriptors"][rows] = signatures.keypoints, signatures.descriptors
-    columns["keypoint_counts"][rows] = signatures.keypoint_count
+    columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
     return rows.stop
 
 
@@ -530,18 +538,24 @@ def _candidate_pairs(hashed, searched, max_distance):
     """
     count = len(searched)
     columns, kinds = [hashed.hashes], [HASH]
+    if hashed.whole_hashes is not None:
+        columns, kinds = columns + [hashed.whole_hashes], kinds + [WHOLE_HASH]
     if hashed.mirror_hashes is not None:
         columns, kinds = columns + [hashed.mirror_hashes], kinds + [MIRROR_HASH]
     if hashed.centre_hashes is not None:
         columns, kinds = columns + list(hashed.centre_hashes.T), kinds + [CENTRE_HASH] * len(CENTRE_SCALES)
     entries = np.concatenate([column[searched] for column in columns])
+    kinds = np.array(kinds)
     for first, second in hash_close_pairs(entries, max_distance):
-        kept = (first < count) & (first != second % count)  # first < second: the first entry is a straight hash
-        first, second = first[kept], second[kept]
-        kind = np.array(kinds)[second // count]
-        for name in dict.fromkeys(kinds):
+        first_kind, second_kind = kinds[first // count], kinds[second // count]
+        # first < second: the first entry is a trimmed hash, or both are untrimmed ones.
+        kept = ((first < count) | ((first_kind == WHOLE_HASH) & (second_kind == WHOLE_HASH))) & (
+            first % count != second % count
+        )
+        first, second, kind = first[kept] % count, second[kept] % count, second_kind[kept]
+        for name in dict.fromkeys(kinds.tolist()):
             chosen = kind == name
-            yield searched[first[chosen]], searched[second[chosen] % count], name
+            yield searched[first[chosen]], searched[second[chosen]], name
 
 
 def _inliers(hashed, first, second):
