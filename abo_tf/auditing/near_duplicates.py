@@ -189,9 +189,11 @@ def signature(encoded):
         blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
         return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, *no_points)
     whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
+    # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
+    thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
     pixels, grey = trimmed(pixels, whole)
     centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES)
-    thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
     return Signature(_phash(grey), _phash(grey[:, ::-1]), centre, _phash(whole), thumbnail, *_local_features(grey))
 
 
