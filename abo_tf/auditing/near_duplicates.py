@@ -17,7 +17,7 @@ an image's hash with any of the other's.
 
 A hash alone pairs too much: catalog photos are one product on a white background, and on the generated
 sample two different phone cases are within 4 bits of each other as often as a planted copy is. So each
-candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (mean removed, unit
+candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (untrimmed, mean removed, unit
 norm, so a brightening changes nothing; in grey where either image is greyscale; the second mirrored for a
 mirror match) must reach `min_similarity`. A crop, a turn or a badge moves thumbnail pixels too much for that,
 so a pair whose thumbnails differ is also kept when `min_inliers` of its ORB keypoints (OpenCV, 32 per image)
