@@ -4,7 +4,9 @@ The report folder (`--report`) gets:
 
     near_duplicate_groups.csv  every image with a near-duplicate: group, id, split, product type
     near_duplicates.csv   the pairs that joined each group (a spanning forest: one row fewer than the group's
-                          images): ids, splits, product types, hash bits apart, similarity, signal
+                          images): ids, splits, product types, hash bits apart, thumbnail similarity, ORB
+                          inliers, and the signal that found it (identical, hash, mirror hash, centre hash, local
+                          features, embedding)
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images
@@ -46,6 +48,7 @@ EDGE_COLUMNS = (
     "product_type_b",
     "hash_distance",
     "similarity",
+    "inliers",
     "signal",
 )
 GROUP_COLUMNS = leakage.GROUP_COLUMNS
@@ -91,6 +94,14 @@ class AuditOptions(feature_spec.FeatureOptions):
         minimum=-1.0,
         maximum=1.0,
         help="smallest correlation of the 16 x 16 colour thumbnails of a hash pair that is kept",
+    )
+    min_inliers: int = options.option(
+        near_duplicates.DEFAULT_MIN_INLIERS,
+        group=_DUPLICATES,
+        minimum=0,
+        maximum=near_duplicates.KEYPOINTS,
+        help="ORB keypoints (of 32) one similarity transform must align for a hash pair whose thumbnails differ "
+        "(a crop, turn or badge) to be kept; 0 turns the check off",
     )
     embedding_similarity: float = options.option(
         0.97,
@@ -143,6 +154,7 @@ def _edges_table(hashed, forest, group_of):
             "product_type_b": hashed.product_types[edges.second],
             "hash_distance": edges.distance,
             "similarity": np.round(edges.similarity.astype(np.float64), 4),
+            "inliers": edges.inliers,
             "signal": edges.signal,
         }
     )
@@ -236,11 +248,16 @@ def _gallery(rows, pixels, path):
 
 
 def _write_galleries(options_, manifest, edges, issues):
-    across = edges[edges.split_a != edges.split_b].head(options_.gallery_size)
+    across = edges[edges.split_a != edges.split_b]
+    per_signal = max(1, options_.gallery_size // max(1, across.signal.nunique()))  # examples of every signal
+    across = across.groupby("signal", sort=True).head(per_signal).head(options_.gallery_size)
     pair_rows = [
         [
             (row.image_id_a, f"{row.split_a} {row.image_id_a}\n{row.product_type_a}"),
-            (row.image_id_b, f"{row.split_b} {row.image_id_b}\n{row.hash_distance} bits, {row.similarity:.3f}"),
+            (
+                row.image_id_b,
+                f"{row.split_b} {row.image_id_b}\n{row.signal}: {row.hash_distance} bits, {row.similarity:.3f}",
+            ),
         ]
         for row in across.itertuples()
     ]
@@ -366,7 +383,9 @@ def _check_options(options_):
 def _find_near_duplicates(options_, splits_features):
     """(hashed images, (edges table, groups table)) of the build."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
-    forest = near_duplicates.near_duplicate_forest(hashed, options_.hash_distance, options_.pixel_similarity)
+    forest = near_duplicates.near_duplicate_forest(
+        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers
+    )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
     group_of = forest.groups()

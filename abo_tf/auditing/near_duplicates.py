@@ -9,13 +9,23 @@ of 16 bits; two hashes within `max_distance` bits differ by at most `max_distanc
 least (pigeonhole), so probing each band's sorted values at that radius finds every pair (Norouzi et al., "Fast
 search in Hamming space with multi-index hashing", CVPR 2012). Only candidates are compared bit by bit.
 
+Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
+turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
+product's white background), and besides its pHash the search holds the pHash of its mirror image and of its
+centre at CENTRE_SCALES (a crop on every side is the centre of the original): one multi-index search pairs
+an image's hash with any of the other's.
+
 A hash alone pairs too much: catalog photos are one product on a white background, and on the generated
 sample two different phone cases are within 4 bits of each other as often as a planted copy is. So each
-candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (mean removed, unit
-norm, so a brightening changes nothing) must reach `min_similarity`. On the sample, planted copies correlate
-at 0.990 or more and the closest unrelated pair at 0.978 (tests/test_audit.py checks both ends).
+candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (untrimmed, mean removed, unit
+norm, so a brightening changes nothing; in grey where either image is greyscale; the second mirrored for a
+mirror match) must reach `min_similarity`. A crop, a turn or a badge moves thumbnail pixels too much for that,
+so a pair whose thumbnails differ is also kept when `min_inliers` of its ORB keypoints (OpenCV, 32 per image)
+are mapped onto matching keypoints of the other image by one similarity transform (RANSAC): distinct shots of
+one real photograph align at most 5. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
+import functools
 import hashlib
 import itertools
 import os
@@ -36,12 +46,38 @@ BAND_BITS = 64 // BANDS
 CHUNK_IMAGES = 256  # images per task sent to a worker
 WINDOW_PER_WORKER = 4  # tasks in flight per worker: keeps every core busy, memory flat
 THUMBNAIL_SIDE = 16  # 768 bytes an image: 300 MB for 400k images
-# 4-7 bits probe each band at radius 1 (17 probes), 8 at radius 2 (137): planted copies are within 2 bits.
-DEFAULT_HASH_DISTANCE = 6
+# 4-7 bits probe each band at radius 1 (17 probes), 8-11 at radius 2 (137): 8 is where the benchmark's crops and
+# turns are found without unplanted pairs growing (benchmarks/near_duplicate_benchmark.py, README).
+DEFAULT_HASH_DISTANCE = 8
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
+# The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
+# thumbnails, or any hash match confirmed by aligned ORB keypoints.
+IDENTICAL, HASH, MIRROR_HASH, CENTRE_HASH = "identical", "hash", "mirror hash", "centre hash"
+# The untrimmed image's hash, matched with the other's untrimmed or trimmed one: trimmed to a plain product, a
+# symmetric shape's DCT has many coefficients near the median, and a re-encoding flips 8-16 of its bits.
+WHOLE_HASH = "whole hash"
+LOCAL_FEATURES = "local features"
+DEFAULT_MIN_INLIERS = (
+    10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
+)
+# Keypoints are matched in Python, 0.3 ms a pair: only where the thumbnails still look alike (a crop of 8%
+# or a turn of 3 degrees keeps their correlation above this), or the matching would grow with the square of the images.
+LOCAL_CHECK_SIMILARITY = 0.3
+MIN_MATCHES = 4  # keypoint matches a similarity transform needs at least
+MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: farther ORB descriptors are not a match
+RANSAC_PIXELS = 5.0  # of 255: how far an aligned keypoint may land from its match
+MIN_SCALE = 0.7  # a copy cropped 15% on every side is 1.43 times as large; a closer zoom is another picture
+GREYSCALE_SPREAD = 6  # channels of a greyscale JPEG's thumbnail differ by a few levels at most
 UNDECODABLE = (1 << 64) - 1  # an image OpenCV cannot decode; no pHash has more than 32 bits set
+CENTRE_SCALES = (0.9, 0.8)  # centres hashed too: a crop of 5% and 10% on every side matches the full image's hash
+KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
+LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
+BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
+UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
+# corners leave most of it), not a photo's edge
+MIN_TRIMMED_SIDE = 8  # a content box thinner than this is not trimmed to
 
 
 class HashedImages(NamedTuple):
@@ -53,7 +89,26 @@ class HashedImages(NamedTuple):
     splits: np.ndarray  # str [N]
     labels: np.ndarray  # int [N]
     product_types: np.ndarray  # str [N]
-    item_ids: np.ndarray  # str [N]: the label audit's folds keep an item's images together
+    item_ids: np.ndarray | None = None  # str [N]: the label audit's folds keep an item's images together
+    mirror_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of each image mirrored left to right
+    centre_hashes: np.ndarray | None = None  # uint64 [N, len(CENTRE_SCALES)]: pHashes of the image's centre
+    keypoints: np.ndarray | None = None  # uint8 [N, KEYPOINTS, 2]: ORB keypoints (x, y) in 1/255 of the side
+    descriptors: np.ndarray | None = None  # uint8 [N, KEYPOINTS, 32]: their ORB descriptors
+    keypoint_counts: np.ndarray | None = None  # uint8 [N]: keypoints found (the rest of each row is zeros)
+    whole_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the image untrimmed
+
+
+class Signature(NamedTuple):
+    """What the audit keeps of one image (`signature`)."""
+
+    hash: int
+    mirror_hash: int
+    centre_hashes: tuple
+    whole_hash: int
+    thumbnail: np.ndarray
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    keypoint_count: int
 
 
 def _shrunk(pixels, side):
@@ -65,34 +120,105 @@ def _phash(grey):
     return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
 
 
+def _uniform_border(grey):
+    """The grey level of the image's outermost ring when nearly all of it is one colour (a margin), else None."""
+    ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]]).astype(np.int16)
+    level = int(np.median(ring))
+    return level if np.mean(np.abs(ring - level) <= BORDER_TOLERANCE) >= UNIFORM_BORDER_SHARE else None
+
+
+def _trimmed_once(pixels, grey):
+    level = _uniform_border(grey)
+    if level is None:
+        return pixels, grey
+    content = np.abs(grey.astype(np.int16) - level) > BORDER_TOLERANCE
+    rows, columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    if len(rows) == 0 or min(rows[-1] - rows[0], columns[-1] - columns[0]) < MIN_TRIMMED_SIDE:
+        return pixels, grey  # blank, or a line: nothing to compare but the whole image
+    box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    return pixels[box], grey[box]
+
+
+def trimmed(pixels, grey):
+    """The pixels inside the margins of one colour around them: padding, letterbox bars, a product's background.
+
+    Catalogs pad a photo to a square with white (issue 18); the padded copy's hash and thumbnail then differ from
+    the photo's. A margin is a border ring of nearly one colour, so a photo is trimmed only where it has one,
+    and a padded copy is trimmed twice: its padding, then whatever margin the photo had (the photo's own trim).
+    Relative to the ring's own level, so a brightened or greyed copy of a product on white trims alike.
+    """
+    for _ in range(2):
+        pixels, grey = _trimmed_once(pixels, grey)
+    return pixels, grey
+
+
+def _centre(grey, scale):
+    height, width = grey.shape
+    rows, columns = round(height * (1 - scale) / 2), round(width * (1 - scale) / 2)
+    return grey[rows : height - rows, columns : width - columns]
+
+
+def _local_features(grey):
+    """(uint8 [KEYPOINTS, 2] keypoints in 1/255 of the longest side, uint8 [KEYPOINTS, 32] ORB descriptors, count)."""
+    scale = LOCAL_SIDE / max(grey.shape)
+    size = (max(MIN_TRIMMED_SIDE, round(grey.shape[1] * scale)), max(MIN_TRIMMED_SIDE, round(grey.shape[0] * scale)))
+    found, descriptors = _orb().detectAndCompute(cv2.resize(grey, size, interpolation=cv2.INTER_AREA), None)
+    keypoints, kept = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8)
+    count = 0 if descriptors is None else min(KEYPOINTS, len(found))
+    if count:
+        points = np.array([keypoint.pt for keypoint in found[:count]], np.float32) * (255 / LOCAL_SIDE)
+        keypoints[:count], kept[:count] = np.clip(np.round(points), 0, 255), descriptors[:count]
+    return keypoints, kept, count
+
+
+@functools.cache
+def _orb():
+    # Small patches: a 160-pixel image keeps keypoints near its border (a crop moves the border).
+    return cv2.ORB_create(nfeatures=KEYPOINTS, fastThreshold=10, edgeThreshold=15, patchSize=15)
+
+
 def signature(encoded):
-    """(64-bit pHash, uint8 BGR thumbnail) of an encoded image; UNDECODABLE and zeros if OpenCV cannot read it."""
+    """The `Signature` of an encoded image, white margins trimmed; UNDECODABLE hashes if OpenCV cannot read it.
+
+    pHashes of the image, of its mirror image and of its centre at CENTRE_SCALES (a crop on every side is the
+    centre of the original), the colour thumbnail, and ORB keypoints for a geometric check of a pair.
+    """
     pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
-        return UNDECODABLE, np.zeros(THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3, np.uint8)
-    return _phash(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)), _shrunk(pixels, THUMBNAIL_SIDE).ravel()
+        no_points = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8), 0
+        centre = (UNDECODABLE,) * len(CENTRE_SCALES)
+        blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
+        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, *no_points)
+    whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
+    # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
+    thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
+    pixels, grey = trimmed(pixels, whole)
+    centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES)
+    return Signature(_phash(grey), _phash(grey[:, ::-1]), centre, _phash(whole), thumbnail, *_local_features(grey))
+
+
+def stack_signatures(signatures):
+    """The fields of `Signature`s as arrays, one row an image (what a worker sends: a few arrays, not objects)."""
+    return Signature(*(np.array(column) for column in zip(*signatures)))
 
 
 def _hash_chunk(task):
-    """Worker: `(split, [(image id, label, product type, item id, hash, thumbnail)])` of a chunk of records.
+    """Worker: `(split, image ids, labels, product types, item ids, stacked Signatures)` of a chunk of serialised records.
 
     Records are parsed here, not in the parent: the parent only frames them, so it does not become the
     bottleneck of the fan-out.
     """
     split, serialized_records = task
-    results = []
-    for serialized in serialized_records:
-        record = shards.parse_record(serialized)
-        results.append(
-            (
-                record[schema.IMAGE_ID].decode(),
-                record[schema.LABEL],
-                record[schema.PRODUCT_TYPE].decode(),
-                record[schema.ITEM_ID].decode(),
-                *signature(record[schema.IMAGE]),
-            )
-        )
-    return split, results
+    records = [shards.parse_record(serialized) for serialized in serialized_records]
+    return (
+        split,
+        [record[schema.IMAGE_ID].decode() for record in records],
+        [record[schema.LABEL] for record in records],
+        [record[schema.PRODUCT_TYPE].decode() for record in records],
+        [record[schema.ITEM_ID].decode() for record in records],
+        stack_signatures([signature(record[schema.IMAGE]) for record in records]),
+    )
 
 
 def _single_threaded_worker():
@@ -132,27 +258,50 @@ def hash_records(records_dir, workers=None, progress=True):
     splits = [split for split in SPLITS if split in manifest["splits"]]
     total = sum(manifest["splits"][split]["num_examples"] for split in splits)
     workers = workers or os.cpu_count() or 1
-    rows, split_names = [], []
+    columns, filled = _empty_columns(total), 0
     with (
         parallel.process_pool(workers, initializer=_single_threaded_worker) as pool,
         console.progress_bar(total=total, desc="hashing", unit="img", enabled=progress) as bar,
     ):
         tasks = _record_chunks(records_dir, manifest, splits)
-        for split, results in bounded_map(pool, _hash_chunk, tasks, workers * WINDOW_PER_WORKER):
-            rows.extend(results)
-            split_names.extend([split] * len(results))
-            bar.update(len(results))
-    image_ids, labels, product_types, item_ids, hashes, thumbnails = zip(*rows) if rows else ((),) * 6
-    width = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
-    return HashedImages(
-        np.array(hashes, dtype=np.uint64),
-        np.array(thumbnails, np.uint8).reshape(-1, width),
-        np.array(image_ids, dtype=str),
-        np.array(split_names, dtype=str),
-        np.array(labels, dtype=np.int64),
-        np.array(product_types, dtype=str),
-        np.array(item_ids, dtype=str),
-    )
+        for split, *chunk in bounded_map(pool, _hash_chunk, tasks, workers * WINDOW_PER_WORKER):
+            filled = _fill(columns, filled, split, *chunk)
+            bar.update(len(chunk[0]))
+    for name in ("image_ids", "splits", "product_types", "item_ids"):
+        columns[name] = columns[name].astype(str)
+    return HashedImages(**{name: column[:filled] for name, column in columns.items()})
+
+
+def _empty_columns(size):
+    """The `HashedImages` columns for `size` images, allocated once: filled a chunk at a time, never copied."""
+    return {
+        "hashes": np.zeros(size, np.uint64),
+        "thumbnails": np.zeros((size, THUMBNAIL_SIDE**2 * 3), np.uint8),
+        "image_ids": np.zeros(size, dtype=object),
+        "splits": np.zeros(size, dtype=object),
+        "labels": np.zeros(size, np.int64),
+        "product_types": np.zeros(size, dtype=object),
+        "item_ids": np.zeros(size, dtype=object),
+        "mirror_hashes": np.zeros(size, np.uint64),
+        "centre_hashes": np.zeros((size, len(CENTRE_SCALES)), np.uint64),
+        "keypoints": np.zeros((size, KEYPOINTS, 2), np.uint8),
+        "descriptors": np.zeros((size, KEYPOINTS, 32), np.uint8),
+        "keypoint_counts": np.zeros(size, np.uint8),
+        "whole_hashes": np.zeros(size, np.uint64),
+    }
+
+
+def _fill(columns, start, split, image_ids, labels, product_types, item_ids, signatures):
+    """Writes one chunk's rows from `start`; the next free row."""
+    rows = slice(start, start + len(image_ids))
+    columns["image_ids"][rows], columns["splits"][rows] = image_ids, split
+    columns["labels"][rows], columns["product_types"][rows] = labels, product_types
+    columns["item_ids"][rows] = item_ids
+    columns["hashes"][rows], columns["mirror_hashes"][rows] = signatures.hash, signatures.mirror_hash
+    columns["centre_hashes"][rows], columns["thumbnails"][rows] = signatures.centre_hashes, signatures.thumbnail
+    columns["keypoints"][rows], columns["descriptors"][rows] = signatures.keypoints, signatures.descriptors
+    columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
+    return rows.stop
 
 
 def hamming_distance(first, second):
@@ -245,23 +394,51 @@ def find_pairs(hashes, max_distance, accept=None):
     return first, second, hamming_distance(hashes[first], hashes[second])
 
 
-def thumbnail_similarity(thumbnails, first, second):
+def _grey_spread(rows):
+    """The largest difference between the colour channels of each thumbnail row: about 0 for a greyscale image."""
+    pixels = rows.reshape(len(rows), -1, 3).astype(np.int16)
+    return (pixels.max(axis=2) - pixels.min(axis=2)).max(axis=1)
+
+
+def _normalised(rows):
+    rows = rows.astype(np.float32)
+    rows -= rows.mean(axis=1, keepdims=True)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
+
+
+def _mirrored(rows):
+    return rows.reshape(len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)[:, :, ::-1].reshape(len(rows), -1)
+
+
+def _block_similarity(first_rows, second_rows):
+    """Correlation of colour thumbnails; of their grey (channel means) where either image is greyscale.
+
+    A greyscale copy of a colour photo correlates at 0.9 in colour, and a catalog greys a photo out (issue 18).
+    """
+    similarity = np.einsum("ij,ij->i", _normalised(first_rows), _normalised(second_rows))
+    grey = np.minimum(_grey_spread(first_rows), _grey_spread(second_rows)) <= GREYSCALE_SPREAD
+    if grey.any():
+        first_grey = first_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
+        second_grey = second_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
+        similarity[grey] = np.einsum("ij,ij->i", _normalised(first_grey), _normalised(second_grey))
+    equal = (first_rows == second_rows).all(axis=1)
+    similarity[equal] = 1.0
+    return similarity
+
+
+def thumbnail_similarity(thumbnails, first, second, mirrored=False):
     """Correlation of the thumbnails of each pair (first[k], second[k]): 1 for the same picture.
 
     Equal thumbnails score 1 even when constant (a blank image's correlation is 0 / 0): identical pixels pair.
+    With `mirrored`, the second thumbnail is flipped left to right first (a pair found by the mirror hash).
     """
-
-    def normalised(rows):
-        rows = thumbnails[rows].astype(np.float32)
-        rows -= rows.mean(axis=1, keepdims=True)
-        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
-
     similarity = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
         block = slice(start, start + SIMILARITY_BLOCK)
-        similarity[block] = np.einsum("ij,ij->i", normalised(first[block]), normalised(second[block]))
-        equal = (thumbnails[first[block]] == thumbnails[second[block]]).all(axis=1)
-        similarity[block][equal] = 1.0
+        second_rows = thumbnails[second[block]]
+        similarity[block] = _block_similarity(
+            thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
+        )
     return similarity
 
 
@@ -272,20 +449,22 @@ class Pairs(NamedTuple):
     second: np.ndarray
     distance: np.ndarray  # hash bits that differ
     similarity: np.ndarray  # thumbnail correlation (or embedding cosine, per `signal`)
-    signal: np.ndarray  # str: which search found the pair ("hash", "embedding")
+    signal: np.ndarray  # str: which search found the pair (SIGNALS, or "embedding")
+    inliers: np.ndarray  # ORB keypoints that one similarity transform maps onto the other image's (0: not checked)
 
 
-def make_pairs(hashes, first, second, similarity, signal):
+def make_pairs(hashes, first, second, similarity, signal, inliers=None):
     """A `Pairs` of index arrays (each pair ordered first < second), its hash distances computed."""
     first, second = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
     first, second = np.minimum(first, second), np.maximum(first, second)
     distance = hamming_distance(hashes[first], hashes[second])
-    return Pairs(first, second, distance, np.asarray(similarity, np.float32), np.full(len(first), signal))
+    inliers = np.zeros(len(first), np.int64) if inliers is None else np.asarray(inliers, np.int64)
+    return Pairs(first, second, distance, np.asarray(similarity, np.float32), np.full(len(first), signal), inliers)
 
 
 def _empty_pairs():
     empty = np.zeros(0, dtype=np.int64)
-    return Pairs(empty, empty, empty, np.zeros(0, np.float32), np.zeros(0, dtype=str))
+    return Pairs(empty, empty, empty, np.zeros(0, np.float32), np.zeros(0, dtype=str), empty)
 
 
 class SpanningForest:
@@ -356,22 +535,99 @@ def _identical_pairs(hashed):
     return first[equal], second[equal]
 
 
-def near_duplicate_forest(hashed, max_distance=DEFAULT_HASH_DISTANCE, min_similarity=DEFAULT_PIXEL_SIMILARITY):
-    """The groups of images joined by pairs within `max_distance` hash bits whose thumbnails correlate at
-    `min_similarity` or more, as a `SpanningForest`.
+def _candidate_pairs(hashed, searched, max_distance):
+    """Yields (first, second, kind) of the searched images whose hashes are within `max_distance` bits: the
+    first's hash and the second's hash (kind HASH), mirror hash (MIRROR_HASH) or a centre's hash (CENTRE_HASH).
+
+    One multi-index search over all four sets of hashes; pairs of two mirror or centre hashes are skipped (the
+    straight pair stands for them).
+    """
+    count = len(searched)
+    columns, kinds = [hashed.hashes], [HASH]
+    if hashed.whole_hashes is not None:
+        columns, kinds = columns + [hashed.whole_hashes], kinds + [WHOLE_HASH]
+    if hashed.mirror_hashes is not None:
+        columns, kinds = columns + [hashed.mirror_hashes], kinds + [MIRROR_HASH]
+    if hashed.centre_hashes is not None:
+        columns, kinds = columns + list(hashed.centre_hashes.T), kinds + [CENTRE_HASH] * len(CENTRE_SCALES)
+    entries = np.concatenate([column[searched] for column in columns])
+    kinds = np.array(kinds)
+    for first, second in hash_close_pairs(entries, max_distance):
+        first_kind, second_kind = kinds[first // count], kinds[second // count]
+        # first < second: the first entry is a trimmed hash, or both are untrimmed ones.
+        kept = ((first < count) | ((first_kind == WHOLE_HASH) & (second_kind == WHOLE_HASH))) & (
+            first % count != second % count
+        )
+        first, second, kind = first[kept] % count, second[kept] % count, second_kind[kept]
+        for name in dict.fromkeys(kinds.tolist()):
+            chosen = kind == name
+            yield searched[first[chosen]], searched[second[chosen]], name
+
+
+def _inliers(hashed, first, second):
+    """ORB keypoints of each pair's first image that one similarity transform (scale, turn, shift; RANSAC) maps
+    onto matching keypoints of the second: crops, padding, turns and badges keep most, other pictures a few.
+    """
+    if hashed.descriptors is None:
+        return np.zeros(len(first), np.int64)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    counts = np.zeros(len(first), np.int64)
+    for pair, (one, other) in enumerate(zip(first, second)):
+        one_count, other_count = int(hashed.keypoint_counts[one]), int(hashed.keypoint_counts[other])
+        if min(one_count, other_count) < MIN_MATCHES:
+            continue
+        matches = [
+            match
+            for match in matcher.match(hashed.descriptors[one, :one_count], hashed.descriptors[other, :other_count])
+            if match.distance <= MAX_DESCRIPTOR_DISTANCE
+        ]
+        if len(matches) < MIN_MATCHES:
+            continue
+        source = hashed.keypoints[one][[match.queryIdx for match in matches]].astype(np.float32)
+        target = hashed.keypoints[other][[match.trainIdx for match in matches]].astype(np.float32)
+        transform, inlier_mask = cv2.estimateAffinePartial2D(
+            source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=200
+        )
+        if transform is not None and MIN_SCALE < np.hypot(*transform[0, :2]) < 1 / MIN_SCALE:
+            counts[pair] = int(inlier_mask.sum())
+    return counts
+
+
+def _verified(hashed, first, second, kind, min_similarity, min_inliers):
+    """(pairs kept, similarity, inliers, signal of each) of candidate pairs: thumbnails that correlate, or keypoints
+    that one similarity transform aligns (not for mirror pairs: ORB descriptors are not mirror-invariant)."""
+    similarity = thumbnail_similarity(hashed.thumbnails, first, second, kind == MIRROR_HASH)
+    close = similarity >= min_similarity
+    inliers = np.zeros(len(first), np.int64)
+    if kind != MIRROR_HASH and min_inliers > 0:
+        checked = ~close & (similarity >= LOCAL_CHECK_SIMILARITY)
+        inliers[checked] = _inliers(hashed, first[checked], second[checked])
+    aligned = ~close & (inliers >= min_inliers) & (min_inliers > 0)
+    signal = np.where(close, kind, LOCAL_FEATURES)
+    return close | aligned, similarity, inliers, signal
+
+
+def near_duplicate_forest(
+    hashed,
+    max_distance=DEFAULT_HASH_DISTANCE,
+    min_similarity=DEFAULT_PIXEL_SIMILARITY,
+    min_inliers=DEFAULT_MIN_INLIERS,
+):
+    """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
+    thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
+    `SpanningForest`.
 
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
     hash search then never sees their quadratic number of pairs.
     """
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
-    forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), "hash"))
+    forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
-    for first, second in hash_close_pairs(hashed.hashes[searched], max_distance):
-        first, second = searched[first], searched[second]
+    for first, second, kind in _candidate_pairs(hashed, searched, max_distance):
         apart = forest.apart(first, second)
         first, second = first[apart], second[apart]
-        similarity = thumbnail_similarity(hashed.thumbnails, first, second)
-        close = similarity >= min_similarity
-        forest.add(make_pairs(hashed.hashes, first[close], second[close], similarity[close], "hash"))
+        kept, similarity, inliers, signal = _verified(hashed, first, second, kind, min_similarity, min_inliers)
+        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "", inliers[kept])
+        forest.add(pairs._replace(signal=signal[kept]))
     return forest

@@ -31,6 +31,7 @@ import tarfile
 import numpy as np
 
 from abo_tf.common.errors import UserInputError
+from abo_tf.testing import image_edits
 
 DEFAULT_LISTINGS = 300
 DEFAULT_SEED = 0
@@ -189,8 +190,8 @@ BAD_KINDS = (TRUNCATED, EMPTY, NOT_AN_IMAGE, TOO_LARGE)
 
 # The data audit's truth (issue 11). Planted last, from their own random stream, so every earlier image and
 # listing keeps its bytes: near-duplicates are new images on other items' listings, flips repaint an image.
-NEAR_DUPLICATE_VARIANTS = ("reencoded", "resized", "cropped", "brightened")
-NEAR_DUPLICATES_PER_LISTING = 1 / 20
+NEAR_DUPLICATE_VARIANTS = tuple(image_edits.PLANTED_EDITS)  # every edit family a catalog makes (issue 18)
+NEAR_DUPLICATES_PER_LISTING = 1 / 12  # 20 on the 240-listing test sample: every one of the 18 variants
 LABEL_FLIPS_PER_LISTING = 1 / 24
 LISTING_FLIPS_PER_LISTING = 1 / 40
 MIN_LISTING_FLIP_IMAGES = 2  # a listing flip has other views that could vouch for the wrong label
@@ -505,17 +506,21 @@ def _exclusive_photos(plan):
     return {listing_index: found for listing_index, found in photos.items() if found}
 
 
-def _near_duplicate_size(source, variant, max_side):
-    """(height, width) of a near-duplicate; the longest side stays within [max_side // 2, max_side]."""
-    if variant == "cropped":  # 4% off the shorter side only, so the longest side is kept
-        if source.height <= source.width:
-            return max(16, round(source.height * 0.96)), source.width
-        return source.height, max(16, round(source.width * 0.96))
-    if variant == "resized":  # down by 0.7, or up by 1.3 where 0.7 would leave a side below max_side // 2
-        longest = max(source.height, source.width)
-        scale = 0.7 if longest * 0.7 >= max_side // 2 else min(1.3, max_side / longest)
-        return max(16, round(source.height * scale)), max(16, round(source.width * scale))
-    return source.height, source.width
+def _near_duplicate_size(source, variant, max_side, seed, index):
+    """(height, width) of a near-duplicate: its edit applied to blank pixels of the source's size, scaled back
+    into [max_side // 2, max_side] if the edit left that range (padding grows an image, halving shrinks it; a
+    catalog's small image stays in the range: a halved copy is then a blurred one)."""
+    blank = np.zeros((source.height, source.width, 3), np.uint8)
+    height, width = _edited(blank, variant, seed, index)[0].shape[:2]
+    scale = min(1.0, max_side / max(height, width)) * max(1.0, (max_side // 2) / max(height, width))
+    return max(16, round(height * scale)), max(16, round(width * scale))
+
+
+def _edited(pixels, variant, seed, index):
+    """(pixels, JPEG quality) of planted copy `index`: its `image_edits` family at the planted strength."""
+    return image_edits.edited_pixels(
+        pixels, variant, image_edits.PLANTED_EDITS[variant], image_edits.edit_rng(seed, index)
+    )
 
 
 def _assign_new_image_ids(plan, rng, start):
@@ -541,17 +546,17 @@ def _plant_near_duplicates(plan, rng, candidates, count):
             and len(listing.others) <= MAX_OTHER_IMAGES_BEFORE_PLANTING
         ]
         variant = NEAR_DUPLICATE_VARIANTS[len(plan.near_duplicates) % len(NEAR_DUPLICATE_VARIANTS)]
-        height, width = _near_duplicate_size(source, variant, plan.max_side)
+        height, width = _near_duplicate_size(source, variant, plan.max_side, plan.seed, len(plan.images))
         plan.images.append(
             dataclasses.replace(
                 source,
+                kind=JPEG,  # a catalog's edited copy is a JPEG, whatever the source was
                 height=height,
                 width=width,
                 image_id="",
                 path="",
                 source=source,
                 source_index=source_index,
-                quality=rng.randint(55, 70) if variant == "reencoded" else source.quality,
                 variant=variant,
             )
         )
@@ -967,22 +972,14 @@ def _not_an_image(image):
     ).encode()
 
 
-def _near_duplicate_pixels(seed, image):
-    """The source's photo, changed as `image.variant` says, at the image's own size."""
+def _near_duplicate_pixels(seed, index, image):
+    """The source's photo, changed as `image.variant` says, at the image's own size; and its JPEG quality."""
     import cv2
 
-    pixels, mask = _pixels(seed, image.source_index, image.source)
-    if image.variant == "cropped":
-        top, left = (pixels.shape[0] - image.height) // 2, (pixels.shape[1] - image.width) // 2
-        crop = (slice(top, top + image.height), slice(left, left + image.width))
-        return np.ascontiguousarray(pixels[crop]), mask[crop]
-    if image.variant == "resized":
-        size = (image.width, image.height)
-        resized = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-        return resized, cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-    if image.variant == "brightened":
-        return np.clip(pixels.astype(np.float32) * 1.15 + 8, 0, 255).astype(np.uint8), mask
-    return pixels, mask  # "reencoded": the same pixels at another JPEG quality
+    pixels, quality = _edited(_pixels(seed, image.source_index, image.source)[0], image.variant, seed, index)
+    if pixels.shape[:2] != (image.height, image.width):
+        pixels = cv2.resize(pixels, (image.width, image.height), interpolation=cv2.INTER_AREA)
+    return pixels, quality
 
 
 def _image_bytes(seed, index, image):
@@ -991,7 +988,10 @@ def _image_bytes(seed, index, image):
         return b""
     if image.kind == NOT_AN_IMAGE:
         return _not_an_image(image)
-    pixels, mask = _pixels(seed, index, image) if image.source is None else _near_duplicate_pixels(seed, image)
+    if image.source is not None:
+        pixels, quality = _near_duplicate_pixels(seed, index, image)
+        return _encode_jpeg(pixels, quality if image.variant in ("jpeg", "crop+jpeg") else image.quality)
+    pixels, mask = _pixels(seed, index, image)
     if image.kind == PNG:
         return _encode_png(pixels)
     if image.kind == PNG_RGBA:
@@ -1189,6 +1189,7 @@ def _truth(plan, files, tar):
                     "image_id": plan.images[source].image_id,
                     "duplicate_id": plan.images[copy].image_id,
                     "variant": plan.images[copy].variant,
+                    "strength": image_edits.PLANTED_EDITS[plan.images[copy].variant],
                 }
                 for source, copy in plan.near_duplicates
             ),
@@ -1283,7 +1284,8 @@ def generate_sample(
         shared_item_ids: item ids listed on more than one marketplace;
         non_normalised_product_types, unknown_keys: spellings and keys planted;
         near_duplicates: [{"image_id", "duplicate_id", "variant"}]: a photo and its changed copy (variant one of
-          NEAR_DUPLICATE_VARIANTS) on a listing of another item of the same type, each shown by one listing;
+          NEAR_DUPLICATE_VARIANTS, an `image_edits` family, at `strength`)
+          on a listing of another item of the same type, each shown by one listing;
         label_flips: [{"image_id", "given_type", "true_type"}]: an other image of one listing that shows
           another big type than the listing's;
         listing_flips: [{"item_id", "image_ids", "given_type", "true_type"}]: a listing (its item listed once)
