@@ -56,21 +56,7 @@ def hashed_set(encoded):
 
     with parallel.process_pool(os.cpu_count() or 1) as pool:
         signatures = near_duplicates.stack_signatures(pool.map(near_duplicates.signature, encoded, chunksize=64))
-    size = len(encoded)
-    return near_duplicates.HashedImages(
-        hashes=signatures.hash.astype(np.uint64),
-        thumbnails=signatures.thumbnail,
-        image_ids=np.arange(size).astype(str),
-        splits=np.full(size, "train"),
-        labels=np.zeros(size, np.int64),
-        product_types=np.full(size, ""),
-        mirror_hashes=signatures.mirror_hash.astype(np.uint64),
-        centre_hashes=signatures.centre_hashes.astype(np.uint64),
-        keypoints=signatures.keypoints,
-        descriptors=signatures.descriptors,
-        keypoint_counts=signatures.keypoint_count.astype(np.uint8),
-        whole_hashes=signatures.whole_hash.astype(np.uint64),
-    )
+    return near_duplicates.hashed_images(signatures)
 
 
 def evaluate(hashed, shot_of, truth, max_distance, min_similarity, min_inliers):

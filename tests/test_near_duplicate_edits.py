@@ -1,7 +1,6 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
-import numpy as np
 import pytest
 
 from abo_tf.auditing import near_duplicates
@@ -31,22 +30,7 @@ def planted():
     shots = image_edits.distinct_shots(photos, side=192, scales=(0.6,))
     cases = list(image_edits.PLANTED_EDITS.items())
     encoded, shot_of, truth = image_edits.planted_set(shots, cases, seed=0)
-    signatures = near_duplicates.stack_signatures(map(near_duplicates.signature, encoded))
-    size = len(encoded)
-    hashed = near_duplicates.HashedImages(
-        signatures.hash.astype(np.uint64),
-        signatures.thumbnail,
-        np.arange(size).astype(str),
-        np.full(size, "train"),
-        np.zeros(size, np.int64),
-        np.full(size, ""),
-        signatures.mirror_hash.astype(np.uint64),
-        signatures.centre_hashes.astype(np.uint64),
-        signatures.keypoints,
-        signatures.descriptors,
-        signatures.keypoint_count.astype(np.uint8),
-        signatures.whole_hash.astype(np.uint64),
-    )
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
     return hashed, shot_of, truth
 
 

@@ -204,7 +204,7 @@ def stack_signatures(signatures):
 
 
 def _hash_chunk(task):
-    """Worker: `(split, image ids, labels, product types, item ids, stacked Signatures)` of a chunk of serialised records.
+    """Worker: `(split, image ids, labels, product types, item ids, stacked Signatures)` of a chunk of records.
 
     Records are parsed here, not in the parent: the parent only frames them, so it does not become the
     bottleneck of the fan-out.
@@ -270,6 +270,28 @@ def hash_records(records_dir, workers=None, progress=True):
     for name in ("image_ids", "splits", "product_types", "item_ids"):
         columns[name] = columns[name].astype(str)
     return HashedImages(**{name: column[:filled] for name, column in columns.items()})
+
+
+def hashed_images(signatures):
+    """A `HashedImages` of stacked signatures alone (ids are positions, one split, no labels): for benchmarks and
+    tests that plant copies outside any records."""
+    size = len(signatures.hash)
+    ids = np.arange(size).astype(str)
+    return HashedImages(
+        hashes=signatures.hash.astype(np.uint64),
+        thumbnails=signatures.thumbnail,
+        image_ids=ids,
+        splits=np.full(size, "train"),
+        labels=np.zeros(size, np.int64),
+        product_types=np.full(size, ""),
+        item_ids=ids,
+        mirror_hashes=signatures.mirror_hash.astype(np.uint64),
+        centre_hashes=signatures.centre_hashes.astype(np.uint64),
+        keypoints=signatures.keypoints,
+        descriptors=signatures.descriptors,
+        keypoint_counts=signatures.keypoint_count.astype(np.uint8),
+        whole_hashes=signatures.whole_hash.astype(np.uint64),
+    )
 
 
 def _empty_columns(size):
