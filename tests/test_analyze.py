@@ -54,6 +54,19 @@ def test_every_figure_has_its_table(analysis):
         assert os.path.getsize(os.path.join(report, f"{table}.csv")) > 0, table
 
 
+def test_the_class_table_lists_every_type_or_says_how_many_it_left_out(analysis):
+    report, _ = analysis
+    markdown = open(os.path.join(report, "report.md")).read()
+    types = len(pd.read_csv(os.path.join(report, "class_distribution.csv")))
+    section = markdown.split("## Classes", 1)[1].split("## Languages", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| stratum")]
+    listed = len(rows) - 1 - 3  # the header rows, and the strata table's three
+    if types > listed:
+        assert f"{types - listed} more are left out here: all {types} in [class_distribution.csv]" in section
+    else:
+        assert "left out" not in section
+
+
 def test_counts_match_what_the_generator_planted(analysis, abo_sample):
     report, overview = analysis
     truth = abo_sample["truth"]

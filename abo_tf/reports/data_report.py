@@ -478,10 +478,15 @@ def _overview(tally, store, share, conflicts, medians):
     ]
 
 
-def _markdown_table(frame, columns, limit=None):
-    """The first `limit` rows of a DataFrame's `columns` as a Markdown table (`reports.markdown`)."""
+def _markdown_table(frame, columns, limit=None, csv_name=None):
+    """The first `limit` rows of a DataFrame's `columns` as a Markdown table (`reports.markdown`); a cut table says
+    how many rows it left out and which CSV holds them all."""
     shown = frame if limit is None else frame.head(limit)
-    return markdown.table(shown[columns].itertuples(index=False, name=None), columns)
+    table = markdown.table(shown[columns].itertuples(index=False, name=None), columns)
+    if len(shown) == len(frame):
+        return table
+    where = f": all {len(frame)} in [{csv_name}]({csv_name})" if csv_name else ""
+    return f"{table}\n\nThe first {len(shown)} rows; {len(frame) - len(shown)} more are left out here{where}."
 
 
 def _report(options, overview, tables, has_build):
@@ -522,7 +527,7 @@ def _report(options, overview, tables, has_build):
             ["stratum", "product types", "images"],
         ),
         "",
-        _markdown_table(distribution, ["product_type", "listings", "images", "stratum"], 15),
+        _markdown_table(distribution, ["product_type", "listings", "images", "stratum"], 15, "class_distribution.csv"),
         "",
         "## Languages",
         "",
@@ -551,7 +556,9 @@ def _report(options, overview, tables, has_build):
         f"gives each the type of most of its listings "
         "(ties: alphabetically first). First rows of `label_conflicts.csv`:",
         "",
-        _markdown_table(tables["label_conflicts"], ["image_id", "listing_types", "resolved_type"], 10),
+        _markdown_table(
+            tables["label_conflicts"], ["image_id", "listing_types", "resolved_type"], 10, "label_conflicts.csv"
+        ),
         "",
         "## Missing fields",
         "",
