@@ -558,3 +558,16 @@ def test_report_gives_intervals_and_the_best_trial_minus_the_default_config(tmp_
     line = report._difference_line(differences, 500, 0)
     assert "paired bootstrap over items (500 resamples, seed 0): macro F1 +" in line
     assert report.best_minus_default(study, str(tmp_path / "elsewhere"), 500, 0) is None  # no predictions: n/a
+
+
+def test_a_figure_not_drawn_is_explained(tmp_path):
+    import numpy as np
+
+    from abo_tf.tuning import report
+
+    labels = np.arange(30) % 3
+    study = optuna.create_study(direction="maximize")
+    _fake_trial(study, tmp_path, 0, labels, labels, True)
+    drawn, missing = report._draw_figures(study, str(tmp_path), num_params=3)
+    assert "history" in drawn and "importances" not in drawn
+    assert missing["importances"].startswith("1 complete trials and 3 searched parameters")

@@ -155,15 +155,21 @@ def _rerun_section(reruns, objective, best_number):
 
 
 def _draw_figures(study, tune_dir, num_params):
-    """The Optuna matplotlib figures that say something for this study: {name: file}."""
+    """The Optuna matplotlib figures that say something for this study: ({name: file}, {name: why not drawn})."""
     import warnings
 
     from optuna.visualization import matplotlib as optuna_plots
 
     finished = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     plots = {"history": optuna_plots.plot_optimization_history, "slices": optuna_plots.plot_slice}
+    missing = {}
     if num_params >= 2 and len(finished) >= MIN_TRIALS_FOR_IMPORTANCES:
         plots["importances"] = optuna_plots.plot_param_importances
+    else:
+        missing["importances"] = (
+            f"{len(finished)} complete trials and {num_params} searched parameters: importances need at least "
+            f"{MIN_TRIALS_FOR_IMPORTANCES} and 2"
+        )
     drawn = {}
     figures.pyplot()  # the project's non-interactive backend
     with warnings.catch_warnings():
@@ -174,11 +180,12 @@ def _draw_figures(study, tune_dir, num_params):
                 axes = plot(study)
             except (ValueError, RuntimeError) as error:  # e.g. importances of a parameter every trial shares
                 print(f"report: no {name} figure ({error})", file=sys.stderr)
+                missing[name] = str(error)
                 continue
             first = axes.flat[0] if hasattr(axes, "flat") else axes
             figures.save(first.get_figure(), os.path.join(tune_dir, FIGURES[name]))
             drawn[name] = FIGURES[name]
-    return drawn
+    return drawn, missing
 
 
 def _trial_metrics(tune_dir, trial, split):
@@ -267,7 +274,7 @@ def _difference_line(differences, samples, seed):
 
 
 def write_report(study, tune_dir, tune_options, num_params, difference_line, reruns=None):
-    drawn = _draw_figures(study, tune_dir, num_params) if best_trial(study) else {}
+    drawn, missing = _draw_figures(study, tune_dir, num_params) if best_trial(study) else ({}, {})
     states = [trial.state.name for trial in recorded_trials(study)]
     lines = [
         f"# Hyperparameter search: study `{study.study_name}`",
@@ -289,6 +296,7 @@ def write_report(study, tune_dir, tune_options, num_params, difference_line, rer
         "",
     ]
     lines += [f"![{name}]({path})\n" for name, path in drawn.items()]
+    lines += [f"No {name} figure: {reason}.\n" for name, reason in missing.items()]
     lines += _rerun_section(reruns, tune_options.objective, chosen(study, reruns)[0].number if reruns else None)
     lines += [
         "## Trials",
