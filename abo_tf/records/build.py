@@ -775,53 +775,82 @@ def _finished_shard(options, shard):
     return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
 
 
+def _write_shard_file(pieces, path, reader, max_side):
+    """Worker: writes one shard's records to `path` (under `.tmp` until complete).
+
+    A worker writes the whole shard and hashes it as it goes: only this small
+    summary travels back, so the records' bytes never cross a pipe and the
+    parent stays free to hand out the next shard.
+
+    Returns:
+      `(rejected image id -> reason, images re-encoded, bytes written, SHA-256 of the shard)`.
+    """
+    digest, rejected, reencoded, num_bytes = hashlib.sha256(), {}, 0, 0
+    with open(path + ".tmp", "wb") as handle:
+        for piece in pieces:  # a piece at a time: a worker's memory is one piece's images
+            data, piece_rejected, piece_reencoded = _encode_piece(piece, reader, max_side)
+            handle.write(data)
+            digest.update(data)
+            rejected.update(piece_rejected)
+            reencoded += piece_reencoded
+            num_bytes += len(data)
+    os.replace(path + ".tmp", path)
+    return rejected, reencoded, num_bytes, digest.hexdigest()
+
+
 def _write_shards(plan, reader, options, pool):
     """Writes every shard not finished by an earlier run; returns per-shard results.
 
-    A shard is written under a temporary name and renamed when complete, its
-    result saved beside the plan, so a killed build resumes at the first
-    unfinished shard and ends with the same bytes.
+    Each shard is one worker task, written under a temporary name and renamed
+    when complete, its result saved beside the plan as it arrives, so a killed
+    build resumes with the unfinished shards and ends with the same bytes.
     """
     results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
-    todo = [index for index, result in results.items() if result is None]
-    pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
-    # The window keeps memory flat however large the dataset: workers never run
-    # more than a few pieces ahead of the writer.
-    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, reader, options.resize)
+    todo = collections.deque(index for index, result in results.items() if result is None)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
+    running = {}
+
+    def submit():
+        index = todo.popleft()
+        path = os.path.join(options.output, plan["shards"][index]["file"])
+        running[pool.submit(_write_shard_file, plan["shards"][index]["pieces"], path, reader, options.resize)] = index
+
     with console.progress_bar(total=total, desc="write", unit="img", enabled=options.progress) as bar:
-        for index in todo:
-            results[index] = _write_shard(options, plan["shards"][index], encoded, bar)
+        # One shard more than workers in flight: none waits for the parent, and a
+        # stopped build waits for at most that many shards to end.
+        while todo and len(running) <= options.workers:
+            submit()
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                index = running.pop(future)
+                results[index] = _save_shard_result(options, plan["shards"][index], future.result(), bar)
+                if todo:
+                    submit()
     return [results[index] for index in range(len(plan["shards"]))]
 
 
-def _write_shard(options, shard, encoded, bar):
-    final = os.path.join(options.output, shard["file"])
-    digest = hashlib.sha256()
+def _save_shard_result(options, shard, outcome, bar):
+    """The result of a shard a worker wrote, saved beside the plan; its items are then freed."""
+    rejected, reencoded, num_bytes, sha256 = outcome
+    # Built from the plan's items, whose strings are shared, not from the worker's copies.
+    written = [
+        (item.image_id, item.sha256, item.label, item.group)
+        for piece in shard["pieces"]
+        for item in piece
+        if item.image_id not in rejected
+    ]
+    bar.update(len(written) + len(rejected))
+    shard["pieces"] = None  # written: its items are no longer needed
     result = {
         "split": shard["split"],
         "file": shard["file"],
-        "written": [],
-        "rejected": {},
-        "reencoded": 0,
-        "num_bytes": 0,
+        "written": written,
+        "rejected": rejected,
+        "reencoded": reencoded,
+        "num_bytes": num_bytes,
+        "sha256": sha256,
     }
-    with open(final + ".tmp", "wb") as handle:
-        for piece in shard["pieces"]:
-            data, rejected, reencoded = next(encoded)
-            handle.write(data)
-            digest.update(data)
-            # Built from the plan's items, whose strings are shared, not from the worker's copies.
-            result["written"] += [
-                (item.image_id, item.sha256, item.label, item.group) for item in piece if item.image_id not in rejected
-            ]
-            result["rejected"].update(rejected)
-            result["reencoded"] += reencoded
-            result["num_bytes"] += len(data)
-            bar.update(len(piece))
-    shard["pieces"] = None  # written: its items are no longer needed
-    result["sha256"] = digest.hexdigest()
-    os.replace(final + ".tmp", final)
     write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
     return result
 
@@ -831,14 +860,16 @@ def _write_shard(options, shard, encoded, bar):
 
 def _check_no_leak(shard_results):
     """Aborts if an image id or an image content was written to two splits."""
-    split_of = {}
+    split_of_id, split_of_content = {}, {}
     for result in shard_results:
+        split = result["split"]
         for image_id, digest, *_ in result["written"]:
-            for key in (("id", image_id), ("sha256", digest)):
-                if split_of.setdefault(key, result["split"]) != result["split"]:
+            for key, split_of in ((image_id, split_of_id), (digest, split_of_content)):
+                if split_of.setdefault(key, split) != split:
+                    kind = "id" if split_of is split_of_id else "sha256"
                     raise BuildError(
-                        f"image {key[0]} {key[1]} is in both {split_of[key]} and {result['split']}: the split "
-                        f"leaks; no manifest written"
+                        f"image {kind} {key} is in both {split_of[key]} and {split}: the split leaks; no manifest "
+                        "written"
                     )
 
 
