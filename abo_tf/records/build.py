@@ -365,9 +365,28 @@ def _select_images(listings, image_selection):
     return status, image_ids, kept
 
 
-def _read_candidates(options, image_index, listings_report, excluded=frozenset()):
-    listings = archive.read_listings(options.listings, listings_report, options.allow_truncated)
-    status, image_ids, labels_of_listings = _select_images(listings, options.image_selection)
+class _Digest(NamedTuple):
+    """A finished hashlib digest as a worker sends it back (hashlib objects do not pickle)."""
+
+    value: str
+
+    def hexdigest(self):
+        return self.value
+
+
+def _read_listings(path, image_selection, allow_truncated):
+    """Worker: `_select_images` of the listings archive, and its `ListingsReport`.
+
+    Run in a worker while the parent indexes the images tar: the two serial
+    reads of a build overlap, each on its own core.
+    """
+    report = archive.ListingsReport()
+    selected = _select_images(archive.read_listings(path, report, allow_truncated), image_selection)
+    return selected, dataclasses.replace(report, sha256=_Digest(report.sha256.hexdigest()))
+
+
+def _read_candidates(options, image_index, selected, excluded=frozenset()):
+    status, image_ids, labels_of_listings = selected
     listings_of_image = collections.defaultdict(list)
     for index, ids in enumerate(image_ids):
         for image_id in ids:
@@ -982,14 +1001,19 @@ def _finish(folder, manifest, options):
     outputs.remove_owned(folder, [STATE_DIR])
 
 
-def _prepare(options, image_index, reader, report, pool):
+def _prepare(options, image_index, reader, listings, pool):
     """Everything before the write: candidates, scan, labels, split, plan.
+
+    Args:
+      listings: the future of `_read_listings`.
 
     Returns:
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
     near_duplicates, excluded = read_id_files(options)
-    candidates = _read_candidates(options, image_index, report, excluded)
+    selected, report = listings.result()
+    candidates = _read_candidates(options, image_index, selected, excluded)
+    del selected
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
@@ -1087,11 +1111,11 @@ def _build(options, folder, start):
     with parallel.process_pool(options.workers) as pool:
         # Workers start (and import) while this process indexes the archive.
         warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
+        listings = pool.submit(_read_listings, options.listings, options.image_selection, options.allow_truncated)
         store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
         image_index, reader = _ImageIndex(store), store.without_index()
         del store  # its dicts of ImageRows are now in the compact index
-        report = archive.ListingsReport()
-        plan, prepared = _prepare(options, image_index, reader, report, pool)
+        plan, prepared = _prepare(options, image_index, reader, listings, pool)
         del image_index
         concurrent.futures.wait(warm_up)
         same_build = _check_output(options, folder, plan["fingerprint"])
