@@ -3,12 +3,13 @@
     python -m abo_tf.build_records --listings abo-listings.tar \\
         --images abo-images-small.tar --output tfrecords/abo/1.0.0
 
-Two parallel passes over the images: a scan (structure check and SHA-256 of
+The listings are read in a worker while this process indexes the images tar.
+Then two parallel passes over the images: a scan (structure check and SHA-256 of
 every candidate image; content hashes take part in the leak-free grouping and
-the rejections must be known before classes are counted), then the write of
-shard pieces that are concatenated into TFDS-named shards. The plan (which
-image goes to which shard, in which order) is fixed before writing, so a re-run
-gives byte-identical shards and an interrupted run resumes where it stopped.
+the rejections must be known before classes are counted), then the write, each
+TFDS-named shard written and hashed whole by one worker. The plan (which image
+goes to which shard, in which order) is fixed before writing, so a re-run gives
+byte-identical shards and an interrupted run resumes where it stopped.
 """
 
 import array
