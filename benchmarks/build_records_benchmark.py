@@ -213,10 +213,8 @@ def main():
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_bench_")
-    results = _earlier_results()
-    for num_images in args.images:
-        results[str(num_images)] = measure(num_images, args.repeats, work_dir)
-    results["cpu_count"] = os.cpu_count()
+    measured = {str(num_images): measure(num_images, args.repeats, work_dir) for num_images in args.images}
+    results = {**_earlier_results(), **measured, "cpu_count": os.cpu_count()}  # read now: another run may have written
     print(
         "\n| images (classes) | minimal loop (img/s) | build_records (img/s) | ratio | index / prepare (scan) / write "
         "/ finish (s) | verify / build time | peak RSS build / verify (MB) | load |\n|---|---|---|---|---|---|---|---|"
