@@ -1,19 +1,26 @@
 """Benchmark: `build_records` in copy mode vs a minimal single-process tar -> TFRecord loop, and `--verify`.
 
-    .venv/bin/python benchmarks/build_records_benchmark.py [--images 20000 100000] [--repeats 3]
+    .venv/bin/python benchmarks/build_records_benchmark.py [--images 80000 400000] [--repeats 3] [--work-dir DIR]
 
 Both read the same generated `abo-images-small.tar` (all images of every listing,
-`--image-selection all`); both are timed in-process, so process start-up is
-excluded (the build's own worker processes are included). `--verify` of the
-build's output is timed the same way, in the same repeat, so its ratio to the
-build compares like with like. Peak memory is the largest summed RSS of the
-process and its workers, sampled every 20 ms while `python -m abo_tf.build_records`
-(build, then `--verify`) runs, once per repeat. Every figure is the median of
-the repeats. Prints a Markdown table and writes benchmarks/results/build_records.json.
-About 5 minutes on 2 cores for the defaults (generating the samples the first time: 2 more).
+`--image-selection all`), its listings' types re-drawn ABO-like (576 types, see
+benchmarks/split_benchmark.py); both are timed in-process, one after the other in
+the same repeat, so process start-up is excluded (the build's own worker processes
+are included) and the ratio compares like with like on a loaded machine. The build's
+stages are timed by wrapping its functions: index (the images tar and images.csv.gz),
+prepare (listings, candidates, scan, labels, split, plan), of which scan, then write
+and finish. `--verify` of the build's output is timed the same way, in the same
+repeat. Peak memory is the largest summed RSS of the process and its workers, sampled
+every 20 ms while `python -m abo_tf.build_records` (build, then `--verify`) runs, once
+per repeat. Every figure is the median of the repeats; the load average before and
+after each repeat is recorded. Prints a Markdown table and writes (merging by size)
+benchmarks/results/build_records.json. A work folder's `abo_<N>` archive is reused
+(it may be a link to one generated elsewhere), else generated.
 """
 
 import argparse
+import collections
+import json
 import os
 import shutil
 import statistics
@@ -22,10 +29,11 @@ import tarfile
 import tempfile
 import time
 
-from shared import REPO, write_results
+from shared import REPO, results_path, write_results
+from split_benchmark import abo_like
 
-from abo_tf.records import build as records_build  # noqa: E402  (after the path set-up above)
-from abo_tf.records import shards  # noqa: E402
+from abo_tf.records import archive, shards  # noqa: E402  (after the path set-up above)
+from abo_tf.records import build as records_build  # noqa: E402
 from abo_tf.testing import measure as rss  # noqa: E402
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average
@@ -85,47 +93,113 @@ def _build_and_verify_memory(data_dir, output):
     return build_memory, peak_memory(command + ["--verify", output])
 
 
+# The build's stages: (name, module, function), all called in the build's own process.
+STAGES = (
+    ("index", archive, "open_images"),
+    ("prepare", records_build, "_prepare"),
+    ("scan", records_build, "_scan"),
+    ("write", records_build, "_write_shards"),
+    ("finish", records_build, "_make_manifest"),
+)
+
+
+def _timed_stages(seconds):
+    """Wraps each stage's function to add its wall time to `seconds`; returns a function undoing it."""
+    originals = [(module, name, getattr(module, name)) for _, module, name in STAGES]
+    for (stage, module, name), (_, _, function) in zip(STAGES, originals):
+
+        def timed(*args, _function=function, _stage=stage, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _function(*args, **kwargs)
+            finally:
+                seconds[_stage] += time.perf_counter() - start
+
+        setattr(module, name, timed)
+    return lambda: [setattr(module, name, function) for module, name, function in originals]
+
+
+def _timed_build(options):
+    """`(seconds, manifest, seconds per stage)` of an in-process build."""
+    stages = collections.Counter()
+    undo = _timed_stages(stages)
+    try:
+        seconds, manifest = _time(lambda: records_build.build(options))
+    finally:
+        undo()
+    return seconds, manifest, {stage: round(stages[stage], 3) for stage, _, _ in STAGES}
+
+
 def _repeat(data_dir, work_dir, num_images, repeat):
     """One repeat: the baseline loop, the build and its verify, timed in-process; then the peak RSS of each."""
     images_tar = os.path.join(data_dir, "abo-images-small.tar")
+    load_before = os.getloadavg()[0]
     seconds, count = _time(lambda: minimal_loop(images_tar, os.path.join(work_dir, "baseline.tfrecord")))
     output = os.path.join(work_dir, f"out_{num_images}")
     shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
-    build_seconds, manifest = _time(lambda: records_build.build(_options(data_dir, output)))
+    build_seconds, manifest, stages = _timed_build(_options(data_dir, output))
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
     row = {
         "images_in_tar": count,
         "images_written": manifest["images"]["kept"],
+        "classes": len(manifest["classes"]),
         "baseline_images_per_second": count / seconds,
         "build_images_per_second": manifest["images"]["kept"] / build_seconds,
         "build_seconds": build_seconds,
+        "stage_seconds": stages,
         "verify_seconds": verify_seconds,
         "verify_to_build": verify_seconds / build_seconds,
         "build_peak_rss_mb": build_memory / 2**20,
         "verify_peak_rss_mb": verify_memory / 2**20,
+        "load_average": [load_before, os.getloadavg()[0]],
     }
+    row["ratio"] = row["build_images_per_second"] / row["baseline_images_per_second"]
     print(
         f"  {num_images}: repeat {repeat}: baseline {row['baseline_images_per_second']:.0f} img/s, build "
         f"{row['build_images_per_second']:.0f} img/s ({build_seconds:.1f} s, {row['build_peak_rss_mb']:.0f} MB), "
-        f"verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB)",
+        f"ratio {row['ratio']:.2f}, verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB), stages "
+        f"{stages}, load {row['load_average']}",
         flush=True,
     )
     return row
 
 
+def _median_row(rows):
+    result = {
+        key: statistics.median(row[key] for row in rows)
+        for key in rows[0]
+        if not isinstance(rows[0][key], (dict, list))
+    }
+    result["stage_seconds"] = {
+        stage: statistics.median(row["stage_seconds"][stage] for row in rows) for stage in rows[0]["stage_seconds"]
+    }
+    result["load_average"] = statistics.median(value for row in rows for value in row["load_average"])
+    return result
+
+
 def measure(num_images, repeats, work_dir):
     data_dir = os.path.join(work_dir, f"abo_{num_images}")
-    if not os.path.isdir(data_dir):
+    if not os.path.isfile(os.path.join(data_dir, "abo-images-small.tar")):
         from abo_tf.testing import synthetic_abo as sample
 
         print(f"generating ~{num_images} images ...", flush=True)
         sample.generate_sample(data_dir, num_listings=round(num_images / IMAGES_PER_LISTING), seed=0, tar=True)
+    data_dir = abo_like(data_dir, data_dir + "_576")
     rows = [_repeat(data_dir, work_dir, num_images, repeat) for repeat in range(repeats)]
-    result = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
-    result["ratio"] = result["build_images_per_second"] / result["baseline_images_per_second"]
+    result = _median_row(rows)  # the ratio is the median of the repeats' ratios, each measured in one repeat
     result.update(repeats=repeats, all_repeats=rows)
     return result
+
+
+def _earlier_results():
+    """The results file's sizes measured by an earlier run (each size may be measured by its own run)."""
+    try:
+        with open(results_path("build_records.json"), encoding="utf-8") as handle:
+            earlier = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return {key: value for key, value in earlier.items() if isinstance(value, dict) and "stage_seconds" in value}
 
 
 def main():
@@ -134,24 +208,25 @@ def main():
     import tensorflow  # noqa: F401
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[20000, 100000])
+    parser.add_argument("--images", type=int, nargs="+", default=[80000, 400000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_bench_")
-    results = {"cpu_count": os.cpu_count()}
-    for num_images in args.images:
-        results[str(num_images)] = measure(num_images, args.repeats, work_dir)
+    measured = {str(num_images): measure(num_images, args.repeats, work_dir) for num_images in args.images}
+    results = {**_earlier_results(), **measured, "cpu_count": os.cpu_count()}  # read now: another run may have written
     print(
-        "\n| images | minimal loop (img/s) | build_records (img/s) | ratio | verify / build time "
-        "| peak RSS build / verify (MB) |\n|---|---|---|---|---|---|"
+        "\n| images (classes) | minimal loop (img/s) | build_records (img/s) | ratio | index / prepare (scan) / write "
+        "/ finish (s) | verify / build time | peak RSS build / verify (MB) | load |\n|---|---|---|---|---|---|---|---|"
     )
-    for num_images in args.images:
-        row = results[str(num_images)]
+    for key in sorted((key for key in results if key.isdigit()), key=int):
+        row, stages = results[key], results[key]["stage_seconds"]
         print(
-            f"| {row['images_written']:.0f} | {row['baseline_images_per_second']:.0f} "
-            f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {row['verify_to_build']:.2f} "
-            f"| {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} |"
+            f"| {row['images_written']:.0f} ({row['classes']:.0f}) | {row['baseline_images_per_second']:.0f} "
+            f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {stages['index']:.1f} / "
+            f"{stages['prepare']:.1f} ({stages['scan']:.1f}) / {stages['write']:.1f} / {stages['finish']:.1f} "
+            f"| {row['verify_to_build']:.2f} | {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} "
+            f"| {row['load_average']:.1f} (x{row['repeats']}) |"
         )
     write_results("build_records.json", results)
 

@@ -167,7 +167,7 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
     _, manifest = built_records
     output = tmp_path / "resumed"
     calls = []
-    original = records_build._write_shard
+    original = records_build._save_shard_result
 
     def write_one_then_die(*args):
         if calls:
@@ -175,13 +175,13 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(records_build, "_write_shard", write_one_then_die)
+    monkeypatch.setattr(records_build, "_save_shard_result", write_one_then_die)
     with pytest.raises(KeyboardInterrupt):
         records_build.build(build_options(abo_sample, output))
     assert os.path.isdir(output / records_build.STATE_DIR)
     assert not (output / shards.MANIFEST).exists()
     (output / "abo-test.tfrecord-00000-of-00001.tmp").write_bytes(b"half a shard")  # a kill mid-write
-    monkeypatch.setattr(records_build, "_write_shard", original)
+    monkeypatch.setattr(records_build, "_save_shard_result", original)
     resumed = records_build.build(build_options(abo_sample, output))
     assert resumed["splits"] == manifest["splits"]
     assert not (output / records_build.STATE_DIR).exists()

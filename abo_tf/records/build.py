@@ -3,12 +3,13 @@
     python -m abo_tf.build_records --listings abo-listings.tar \\
         --images abo-images-small.tar --output tfrecords/abo/1.0.0
 
-Two parallel passes over the images: a scan (structure check and SHA-256 of
+The listings are read in a worker while this process indexes the images tar.
+Then two parallel passes over the images: a scan (structure check and SHA-256 of
 every candidate image; content hashes take part in the leak-free grouping and
-the rejections must be known before classes are counted), then the write of
-shard pieces that are concatenated into TFDS-named shards. The plan (which
-image goes to which shard, in which order) is fixed before writing, so a re-run
-gives byte-identical shards and an interrupted run resumes where it stopped.
+the rejections must be known before classes are counted), then the write, each
+TFDS-named shard written and hashed whole by one worker. The plan (which image
+goes to which shard, in which order) is fixed before writing, so a re-run gives
+byte-identical shards and an interrupted run resumes where it stopped.
 """
 
 import array
@@ -360,9 +361,28 @@ def _select_images(listings, image_selection):
     return status, image_ids, kept
 
 
-def _read_candidates(options, image_index, listings_report, excluded=frozenset()):
-    listings = archive.read_listings(options.listings, listings_report, options.allow_truncated)
-    status, image_ids, labels_of_listings = _select_images(listings, options.image_selection)
+class _Digest(NamedTuple):
+    """A finished hashlib digest as a worker sends it back (hashlib objects do not pickle)."""
+
+    value: str
+
+    def hexdigest(self):
+        return self.value
+
+
+def _read_listings(path, image_selection, allow_truncated):
+    """Worker: `_select_images` of the listings archive, and its `ListingsReport`.
+
+    Run in a worker while the parent indexes the images tar: the two serial
+    reads of a build overlap, each on its own core.
+    """
+    report = archive.ListingsReport()
+    selected = _select_images(archive.read_listings(path, report, allow_truncated), image_selection)
+    return selected, dataclasses.replace(report, sha256=_Digest(report.sha256.hexdigest()))
+
+
+def _read_candidates(options, image_index, selected, excluded=frozenset()):
+    status, image_ids, labels_of_listings = selected
     listings_of_image = collections.defaultdict(list)
     for index, ids in enumerate(image_ids):
         for image_id in ids:
@@ -796,53 +816,82 @@ def _finished_shard(options, shard):
     return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
 
 
+def _write_shard_file(pieces, path, reader, max_side):
+    """Worker: writes one shard's records to `path` (under `.tmp` until complete).
+
+    A worker writes the whole shard and hashes it as it goes: only this small
+    summary travels back, so the records' bytes never cross a pipe and the
+    parent stays free to hand out the next shard.
+
+    Returns:
+      `(rejected image id -> reason, images re-encoded, bytes written, SHA-256 of the shard)`.
+    """
+    digest, rejected, reencoded, num_bytes = hashlib.sha256(), {}, 0, 0
+    with open(path + ".tmp", "wb") as handle:
+        for piece in pieces:  # a piece at a time: a worker's memory is one piece's images
+            data, piece_rejected, piece_reencoded = _encode_piece(piece, reader, max_side)
+            handle.write(data)
+            digest.update(data)
+            rejected.update(piece_rejected)
+            reencoded += piece_reencoded
+            num_bytes += len(data)
+    os.replace(path + ".tmp", path)
+    return rejected, reencoded, num_bytes, digest.hexdigest()
+
+
 def _write_shards(plan, reader, options, pool):
     """Writes every shard not finished by an earlier run; returns per-shard results.
 
-    A shard is written under a temporary name and renamed when complete, its
-    result saved beside the plan, so a killed build resumes at the first
-    unfinished shard and ends with the same bytes.
+    Each shard is one worker task, written under a temporary name and renamed
+    when complete, its result saved beside the plan as it arrives, so a killed
+    build resumes with the unfinished shards and ends with the same bytes.
     """
     results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
-    todo = [index for index, result in results.items() if result is None]
-    pieces = (piece for index in todo for piece in plan["shards"][index]["pieces"])
-    # The window keeps memory flat however large the dataset: workers never run
-    # more than a few pieces ahead of the writer.
-    encoded = bounded_map(pool, _encode_piece, pieces, 2 * options.workers + 2, reader, options.resize)
+    todo = collections.deque(index for index, result in results.items() if result is None)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
+    running = {}
+
+    def submit():
+        index = todo.popleft()
+        path = os.path.join(options.output, plan["shards"][index]["file"])
+        running[pool.submit(_write_shard_file, plan["shards"][index]["pieces"], path, reader, options.resize)] = index
+
     with console.progress_bar(total=total, desc="write", unit="img", enabled=options.progress) as bar:
-        for index in todo:
-            results[index] = _write_shard(options, plan["shards"][index], encoded, bar)
+        # One shard more than workers in flight: none waits for the parent, and a
+        # stopped build waits for at most that many shards to end.
+        while todo and len(running) <= options.workers:
+            submit()
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                index = running.pop(future)
+                results[index] = _save_shard_result(options, plan["shards"][index], future.result(), bar)
+                if todo:
+                    submit()
     return [results[index] for index in range(len(plan["shards"]))]
 
 
-def _write_shard(options, shard, encoded, bar):
-    final = os.path.join(options.output, shard["file"])
-    digest = hashlib.sha256()
+def _save_shard_result(options, shard, outcome, bar):
+    """The result of a shard a worker wrote, saved beside the plan; its items are then freed."""
+    rejected, reencoded, num_bytes, sha256 = outcome
+    # Built from the plan's items, whose strings are shared, not from the worker's copies.
+    written = [
+        (item.image_id, item.sha256, item.label, item.group)
+        for piece in shard["pieces"]
+        for item in piece
+        if item.image_id not in rejected
+    ]
+    bar.update(len(written) + len(rejected))
+    shard["pieces"] = None  # written: its items are no longer needed
     result = {
         "split": shard["split"],
         "file": shard["file"],
-        "written": [],
-        "rejected": {},
-        "reencoded": 0,
-        "num_bytes": 0,
+        "written": written,
+        "rejected": rejected,
+        "reencoded": reencoded,
+        "num_bytes": num_bytes,
+        "sha256": sha256,
     }
-    with open(final + ".tmp", "wb") as handle:
-        for piece in shard["pieces"]:
-            data, rejected, reencoded = next(encoded)
-            handle.write(data)
-            digest.update(data)
-            # Built from the plan's items, whose strings are shared, not from the worker's copies.
-            result["written"] += [
-                (item.image_id, item.sha256, item.label, item.group) for item in piece if item.image_id not in rejected
-            ]
-            result["rejected"].update(rejected)
-            result["reencoded"] += reencoded
-            result["num_bytes"] += len(data)
-            bar.update(len(piece))
-    shard["pieces"] = None  # written: its items are no longer needed
-    result["sha256"] = digest.hexdigest()
-    os.replace(final + ".tmp", final)
     write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
     return result
 
@@ -852,14 +901,16 @@ def _write_shard(options, shard, encoded, bar):
 
 def _check_no_leak(shard_results):
     """Aborts if an image id or an image content was written to two splits."""
-    split_of = {}
+    split_of_id, split_of_content = {}, {}
     for result in shard_results:
+        split = result["split"]
         for image_id, digest, *_ in result["written"]:
-            for key in (("id", image_id), ("sha256", digest)):
-                if split_of.setdefault(key, result["split"]) != result["split"]:
+            for key, split_of in ((image_id, split_of_id), (digest, split_of_content)):
+                if split_of.setdefault(key, split) != split:
+                    kind = "id" if split_of is split_of_id else "sha256"
                     raise BuildError(
-                        f"image {key[0]} {key[1]} is in both {split_of[key]} and {result['split']}: the split "
-                        f"leaks; no manifest written"
+                        f"image {kind} {key} is in both {split_of[key]} and {split}: the split leaks; no manifest "
+                        "written"
                     )
 
 
@@ -972,14 +1023,19 @@ def _finish(folder, manifest, options):
     outputs.remove_owned(folder, [STATE_DIR])
 
 
-def _prepare(options, image_index, reader, report, pool):
+def _prepare(options, image_index, reader, listings, pool):
     """Everything before the write: candidates, scan, labels, split, plan.
+
+    Args:
+      listings: the future of `_read_listings`.
 
     Returns:
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
     near_duplicates, excluded = read_id_files(options)
-    candidates = _read_candidates(options, image_index, report, excluded)
+    selected, report = listings.result()
+    candidates = _read_candidates(options, image_index, selected, excluded)
+    del selected
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
@@ -1087,11 +1143,11 @@ def _build(options, folder, start):
     with parallel.process_pool(options.workers) as pool:
         # Workers start (and import) while this process indexes the archive.
         warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
+        listings = pool.submit(_read_listings, options.listings, options.image_selection, options.allow_truncated)
         store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
         image_index, reader = _ImageIndex(store), store.without_index()
         del store  # its dicts of ImageRows are now in the compact index
-        report = archive.ListingsReport()
-        plan, prepared = _prepare(options, image_index, reader, report, pool)
+        plan, prepared = _prepare(options, image_index, reader, listings, pool)
         del image_index
         concurrent.futures.wait(warm_up)
         same_build = _check_output(options, folder, plan["fingerprint"])

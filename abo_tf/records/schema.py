@@ -53,13 +53,22 @@ def shard_filename(split, shard_index, num_shards):
 # tests/test_schema.py checks the bytes against tf.train.Example.
 
 
-def _varint(value):
+def _encode_varint(value):
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Every length and int64 of a record but the image's length is below 2**14: a look-up, not a loop (a record
+# takes 36 varints; computing them was most of the encoding's time).
+_SMALL_VARINTS = tuple(_encode_varint(value) for value in range(1 << 14))
+
+
+def _varint(value):
+    return _SMALL_VARINTS[value] if value < 1 << 14 else _encode_varint(value)
 
 
 def _length_delimited(field_number, payload):
