@@ -52,7 +52,8 @@ def _keep_first_class_only(records, manifest):
     first = manifest["classes"][0]
     manifest["classes"] = [first]
     for entry in manifest["splits"].values():
-        entry["per_class"] = {name: count for name, count in entry["per_class"].items() if name == first}
+        for key in ("per_class", "groups_per_class"):
+            entry[key] = {name: count for name, count in entry.get(key, {}).items() if name == first}
     _write_manifest(records, manifest)
 
 
