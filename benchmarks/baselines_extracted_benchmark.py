@@ -65,10 +65,10 @@ def extract(records, cache_dir, log_dir):
     return {"seconds": seconds, "peak_rss_mb": peak_mb, "longest_silence_seconds": silence}
 
 
-def run_model(model, records, cache_dir, work_dir):
+def run_model(model, records, cache_dir, work_dir, extra=()):
     """One baseline as the command runs it; its figures from /usr/bin/time and its baseline.json/metrics.json."""
     output = os.path.join(work_dir, f"out-{model}")
-    command = ["abo_tf.baselines", "--records", records, "--cache-dir", cache_dir, "--model", model]
+    command = ["abo_tf.baselines", "--records", records, "--cache-dir", cache_dir, "--model", model, *extra]
     command += ["--output", output, "--runs", os.path.join(work_dir, "no-runs")]
     os.makedirs(os.path.join(work_dir, "no-runs"), exist_ok=True)
     seconds, peak_mb, silence = _timed(command, os.path.join(work_dir, f"{model}.log"))
@@ -115,6 +115,7 @@ def main():
     parser.add_argument("--records", required=True, help="a build_records output of a generated archive")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--work-dir", default="/tmp/baselines_extracted", help="features, outputs and logs")
+    parser.add_argument("--no-hellinger", action="store_true", help="passed on to abo_tf.baselines")
     parser.add_argument("--name", default="baselines_extracted.json", help="results file under benchmarks/results")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
@@ -128,10 +129,12 @@ def main():
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
         "extraction": extract(args.records, cache_dir, args.work_dir),
+        "hellinger": not args.no_hellinger,
         "models": [],
     }
     for model in args.models:
-        results["models"].append(run_model(model, args.records, cache_dir, args.work_dir))
+        extra = ["--no-hellinger"] if args.no_hellinger else []
+        results["models"].append(run_model(model, args.records, cache_dir, args.work_dir, extra))
         results["load_average_at_end"] = os.getloadavg()
         write_results(args.name, results)  # after each model: a long run keeps what it measured
     print(

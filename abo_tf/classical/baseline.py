@@ -64,6 +64,13 @@ class BaselineConfig(feature_spec.FeatureOptions):
         help="rbf_svm is exact SVC up to this many classes; above, a Nystroem map and a linear SVM by SGD "
         "on every row (SVC solves a problem per pair of classes)",
     )
+    class_weights: str = options.option(
+        "balanced",
+        choices=classifiers.CLASS_WEIGHTINGS,
+        group="models",
+        help="loss weights against the long tail, as abo_tf.train's --class-weights: give the CNN run's to compare "
+        "like with like (comparison.md lists each row's)",
+    )
     hellinger: bool = options.option(
         True,
         group="models",
@@ -238,7 +245,9 @@ def make_training(model, train, config):
     histograms = kind == feature_spec.HANDCRAFTED and np.min(train.features[: classifiers.CHUNK_ROWS]) >= 0
     normalisation = "l2" if kind == feature_spec.CNN else "hellinger" if config.hellinger and histograms else "none"
     rows = np.arange(len(train.labels))
-    return classifiers.Training(model, train, rows, config.sgd_epochs, config.seed, exact, normalisation)
+    return classifiers.Training(
+        model, train, rows, config.sgd_epochs, config.seed, exact, normalisation, config.class_weights
+    )
 
 
 def _training_rows(training, config):
@@ -269,6 +278,7 @@ def _record(model, config, splits, found, training, plan, classifier_rate):
         "solver": STREAMED_SOLVER if training.streamed else IN_MEMORY_SOLVER,
         "kernel": None if model != "rbf_svm" else "exact (SVC)" if training.exact_kernel else "Nystroem",
         "normalisation": training.normalisation,
+        "class_weights": training.weighting,
         "subsample": plan.subsample,
         "training_seconds": found.record["seconds"],
         "classifier_images_per_second": classifier_rate,

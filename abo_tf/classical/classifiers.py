@@ -22,7 +22,6 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
-from sklearn.utils.class_weight import compute_class_weight
 
 from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
@@ -37,6 +36,9 @@ KERNEL_COMPONENTS = 512
 # How a model reads its features before the scaler: square roots of the handcrafted histograms (Hellinger), L2
 # normalised CNN embeddings (the linear probe's usual input), or as they are.
 NORMALISATIONS = ("hellinger", "l2", "none")
+# Loss weight of a class by its training examples, as `abo_tf.train --class-weights`: 1 / count ("balanced",
+# scikit-learn's), 1 / sqrt(count), or none; normalised so the average example keeps weight 1.
+CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
 SGD_EPOCHS = 20
 LOGREG_MAX_ITER = 1000
 # scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
@@ -50,6 +52,16 @@ SCORE_BYTES = 256 * 2**20
 SVC_BYTES_PER_PAIR = 16
 
 
+def class_weights(labels, weighting):
+    """{label: weight} of each class in `labels` by `weighting` (one of CLASS_WEIGHTINGS); None for "none"."""
+    if weighting == "none":
+        return None
+    classes, counts = np.unique(labels, return_counts=True)
+    weights = 1.0 / counts ** (1.0 if weighting == "balanced" else 0.5)
+    weights *= counts.sum() / (weights * counts).sum()
+    return dict(zip(classes.tolist(), weights.tolist(), strict=True))
+
+
 def _normaliser(normalisation):
     if normalisation not in NORMALISATIONS:
         raise UserInputError(f"unknown normalisation {normalisation!r}: choose from {NORMALISATIONS}")
@@ -60,7 +72,7 @@ def _normaliser(normalisation):
     ]()
 
 
-def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisation="none"):
+def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisation="none", weights="balanced"):
     """The unfitted Pipeline of `model`: normalisation, scaler, PCA and kernel map (passthrough unless set), classifier.
 
     Args:
@@ -69,6 +81,7 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisa
       epochs: passes of SGD over its training rows (fixed: no stopping rule).
       exact_kernel: `rbf_svm` is libsvm's SVC; else a Nystroem map and a linear SVM by SGD.
       normalisation: one of NORMALISATIONS, applied before the scaler.
+      weights: the classifier's class_weight: "balanced", None or {label: weight} (`class_weights`).
 
     Returns:
       A `sklearn.pipeline.Pipeline` with steps "normalise", "scaler", "pca", "kernel", "classifier".
@@ -78,17 +91,17 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisa
     """
 
     def sgd(**loss):
-        # "balanced" serves the search's in-memory fits; the streamed final fit sets the weights itself,
-        # as partial_fit refuses "balanced". One binary problem per class (576 on ABO), over the cores.
-        return SGDClassifier(class_weight="balanced", max_iter=epochs, tol=None, n_jobs=-1, random_state=seed, **loss)
+        # One binary problem per class (576 on ABO), over the cores. Streamed fits need a dict of weights:
+        # partial_fit refuses "balanced" (`Training.pipeline` gives one).
+        return SGDClassifier(class_weight=weights, max_iter=epochs, tol=None, n_jobs=-1, random_state=seed, **loss)
 
     classifiers = {
-        "logreg": lambda: LogisticRegression(class_weight="balanced", max_iter=LOGREG_MAX_ITER),
+        "logreg": lambda: LogisticRegression(class_weight=weights, max_iter=LOGREG_MAX_ITER),
         # Hinge loss by SGD is a linear SVM (L2-regularised, alpha = 1 / (C n)) that streams every row; liblinear's
         # LinearSVC could only hold about 2,000 rows at 576 classes within 10 minutes.
         "linear_svm": lambda: sgd(loss="hinge"),
         # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
-        "rbf_svm": lambda: SVC(kernel="rbf", class_weight="balanced", break_ties=True) if exact_kernel else sgd(),
+        "rbf_svm": lambda: SVC(kernel="rbf", class_weight=weights, break_ties=True) if exact_kernel else sgd(),
         "sgd": sgd,
     }
     if model not in classifiers:
@@ -171,6 +184,7 @@ class Training:
     seed: int
     exact_kernel: bool = True  # rbf_svm: libsvm's SVC, or Nystroem + SGD (see EXACT_KERNEL_MAX_CLASSES)
     normalisation: str = "none"  # one of NORMALISATIONS
+    weighting: str = "balanced"  # one of CLASS_WEIGHTINGS
 
     @property
     def streamed(self):
@@ -179,7 +193,11 @@ class Training:
 
     def pipeline(self, epochs=None):
         """The unfitted pipeline of this training (`make_pipeline`)."""
-        return make_pipeline(self.model, self.seed, epochs or self.epochs, self.exact_kernel, self.normalisation)
+        # Weights of the classes of every training row, whichever subsample a candidate sees.
+        weights = class_weights(self.train.labels[self.rows], self.weighting)
+        return make_pipeline(
+            self.model, self.seed, epochs or self.epochs, self.exact_kernel, self.normalisation, weights
+        )
 
 
 def sgd_passes(num_rows, training):
@@ -221,10 +239,7 @@ def _fit_streaming(pipeline, train, rows, epochs, seed, progress=False):
         features = train.features[chunk]
         scaler.partial_fit(features if normalise == "passthrough" else normalise.fit_transform(features))
     _fit_kernel_map(pipeline, train, rows, seed)
-    labels = train.labels[rows]
-    classes = np.unique(labels)
-    weights = compute_class_weight("balanced", classes=classes, y=labels)
-    classifier.set_params(class_weight=dict(zip(classes.tolist(), weights.tolist(), strict=True)))
+    classes = np.unique(train.labels[rows])
     rng = np.random.default_rng(seed)
     chunks = math.ceil(len(rows) / CHUNK_ROWS)
     with console.progress_bar(
