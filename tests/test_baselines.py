@@ -216,6 +216,12 @@ def test_the_search_compares_candidates_on_a_stratified_subsample(trained):
     assert max(row["train_examples"] for row in record["candidates"]) <= record["search_train_examples"]
     assert record["final_fit"]["train_examples"] == len(rows)
     assert set(found.pipeline.named_steps["classifier"].classes_) == set(np.unique(train.labels))
+    # The last round's two best, fitted again on a subsample 3 times larger: the better one there is chosen.
+    rescored = record["rescored"]
+    assert abs(rescored["train_examples"] - 3 * record["search_train_examples"]) <= len(train.classes)
+    assert len(rescored["finalists"]) == search.RESCORED
+    best = max(rescored["finalists"], key=lambda row: row["validation_macro_f1"])
+    assert record["chosen"] == best["params"]
     again = search.search(training, SMALL_GRIDS["sgd"], validation, max_train=120, progress=False).record
     assert [row["validation_macro_f1"] for row in again["candidates"]] == [
         row["validation_macro_f1"] for row in record["candidates"]
@@ -433,20 +439,21 @@ def test_comparison_gives_the_paired_difference_of_the_cnn_and_each_baseline(tra
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
     fields = [field for field in comparison.COMPARISON_FIELDS if not field.endswith(("_low", "_high"))]
     values = [
-        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
-        ("unfinished", "cnn", "? @ ? px", None, None, None, None, None, None, "runs/unfinished"),
-        ("handcrafted-logreg", "baseline (logreg)", "handcrafted", 0.96, 0.7404, 1.0, 1.44, 668.7, 75, "out/hc-logreg"),
+        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", "sqrt", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
+        ("unfinished", "cnn", "? @ ? px", "?", None, None, None, None, None, None, "runs/unfinished"),
+        ("handcrafted-logreg", "baseline (logreg)", "handcrafted", "balanced", 0.96, 0.7404, 1.0, 1.44, 669, 75, "o"),
     ]
     rows = [dict(zip(fields, row, strict=True)) for row in values]
     rows[2] |= {"macro_f1_low": 0.70119, "macro_f1_high": 0.77}  # intervals where metrics.json has them
     text = comparison.write_comparison(rows, str(tmp_path))
     assert text.splitlines()[:5] == [
-        "| model | kind | features | accuracy | macro F1 | top-5 | training (s) | inference (img/s) | test images |",
-        "|---|---|---|---|---|---|---|---|---|",
-        "| handcrafted-logreg | baseline (logreg) | handcrafted | 0.960 | 0.740 [0.701, 0.770] | 1.000 | 1.4 | 669 "
-        "| 75 |",
-        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
-        "| unfinished | cnn | ? @ ? px | n/a | n/a | n/a | n/a | n/a | n/a |",
+        "| model | kind | features | class weights | accuracy | macro F1 | top-5 | training (s) | inference (img/s) "
+        "| test images |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| handcrafted-logreg | baseline (logreg) | handcrafted | balanced | 0.960 | 0.740 [0.701, 0.770] | 1.000 "
+        "| 1.4 | 669 | 75 |",
+        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | sqrt | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
+        "| unfinished | cnn | ? @ ? px | ? | n/a | n/a | n/a | n/a | n/a | n/a |",
     ]
     # Folders without test_predictions.csv: the paired differences are n/a.
     assert "| tiny_cnn | handcrafted-logreg | n/a | n/a | n/a |" in text
