@@ -31,7 +31,8 @@ TIMEOUT = 3600
 
 def _timed(command, log_path):
     """Runs `command` under /usr/bin/time -v, its output to `log_path`: (seconds, peak MB, longest silence s)."""
-    environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    # Unbuffered: a pipe would otherwise hold the progress lines back and hide how often they come.
+    environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     started, last, silence = time.perf_counter(), time.perf_counter(), 0.0
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
