@@ -245,9 +245,9 @@ def make_training(model, train, config):
     histograms = kind == feature_spec.HANDCRAFTED and np.min(train.features[: classifiers.CHUNK_ROWS]) >= 0
     normalisation = "l2" if kind == feature_spec.CNN else "hellinger" if config.hellinger and histograms else "none"
     rows = np.arange(len(train.labels))
-    return classifiers.Training(
-        model, train, rows, config.sgd_epochs, config.seed, exact, normalisation, config.class_weights
-    )
+    # Neighbours and class means take no class weights: recorded as none, so comparison.md says so.
+    weighting = "none" if model in classifiers.NEIGHBOUR_MODELS else config.class_weights
+    return classifiers.Training(model, train, rows, config.sgd_epochs, config.seed, exact, normalisation, weighting)
 
 
 def _training_rows(training, config):

@@ -19,6 +19,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
@@ -27,7 +28,9 @@ from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 from abo_tf.reports import metrics
 
-MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd")
+MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd", "knn", "centroid")
+# Nearest neighbours and nearest class mean compare L2-normalised rows (cosine): how much of the task is retrieval.
+NEIGHBOUR_MODELS = ("knn", "centroid")
 # Above this many classes `rbf_svm` is Nystroem features + a linear SVM trained by SGD on every row: exact SVC
 # solves a problem per pair of classes (165,600 at ABO's 576) and could only see about 1,000 rows there.
 EXACT_KERNEL_MAX_CLASSES = 50
@@ -103,6 +106,9 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisa
         # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
         "rbf_svm": lambda: SVC(kernel="rbf", class_weight=weights, break_ties=True) if exact_kernel else sgd(),
         "sgd": sgd,
+        # Brute force: trees do not help in hundreds of dimensions; scikit-learn chunks the distances in memory.
+        "knn": lambda: KNeighborsClassifier(metric="cosine", algorithm="brute", weights="distance"),
+        "centroid": NearestCentroid,
     }
     if model not in classifiers:
         raise UserInputError(f"unknown model {model!r}: choose from {MODELS}")
@@ -113,7 +119,7 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisa
     return Pipeline(
         [
             ("normalise", _normaliser(normalisation)),
-            ("scaler", StandardScaler()),
+            ("scaler", Normalizer() if model in NEIGHBOUR_MODELS else StandardScaler()),
             ("pca", "passthrough"),
             ("kernel", kernel),
             ("classifier", classifiers[model]()),
@@ -170,6 +176,8 @@ def solver_bytes(model, num_rows, num_features, num_classes):
     """
     if model == "logreg":
         return num_rows * (num_features + 2 * num_classes) * 4
+    if model == "knn":  # the fitted model keeps every row, normalised, in float64
+        return num_rows * num_features * (4 + 8)
     return num_rows * num_features * 4
 
 

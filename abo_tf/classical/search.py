@@ -42,6 +42,9 @@ GRIDS = {
     },
     # Nystroem map + hinge loss by SGD (more classes).
     APPROXIMATE_KERNEL: {"classifier__alpha": [1e-6, 1e-5, 1e-4]},
+    "knn": {"classifier__n_neighbors": [1, 5, 15]},
+    # shrink_threshold None: the plain class means, nothing to search.
+    "centroid": {"classifier__shrink_threshold": [None]},
     "sgd": {"classifier__loss": ["hinge", "log_loss", "modified_huber"], "classifier__alpha": [1e-6, 1e-5, 1e-4, 1e-3]},
 }
 HALVING_ABOVE = 6  # candidates; larger grids are searched by successive halving
