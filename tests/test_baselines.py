@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from abo_tf.classical import (
     persistence,
     search,
 )
-from abo_tf.common import config, files
+from abo_tf.common import config, console, files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.reports import metrics, predictions_file
 from abo_tf.testing import synthetic_features
@@ -758,3 +759,11 @@ def test_the_search_writes_no_line_per_candidate_in_a_log(trained, capsys):
     search.search(training, SMALL_GRIDS["sgd"], validation, progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sgd search")]
     assert len(lines) <= 2 and "\r" not in "".join(lines)  # opened and closed: 8+ candidates in well under 30 s
+
+
+def test_a_bar_in_a_log_writes_a_line_per_interval_while_nothing_advances(capsys):
+    # One candidate of a 576-class search can take minutes: the log still gets a line every interval.
+    with console.progress_bar(total=1, desc="slow search") as bar, classifiers.heartbeat(bar, interval=0.05):
+        time.sleep(0.3)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slow search")]
+    assert len(lines) >= 3

@@ -4,11 +4,13 @@
 # features are memory-mapped from the cache, never loaded whole. Streamed
 # training and prediction read CHUNK_ROWS rows at a time.
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import math
 import mmap
+import threading
 import time
 import warnings
 from typing import NamedTuple
@@ -213,6 +215,25 @@ def sgd_passes(num_rows, training):
     return max(1, min(training.epochs, math.ceil(SGD_EXAMPLES / max(num_rows, 1))))
 
 
+@contextlib.contextmanager
+def heartbeat(bar, interval=console.NON_TERMINAL_INTERVAL):
+    """Redraws `bar` every `interval` seconds: one candidate of a 576-class search can take minutes, and a log
+    that stays silent that long cannot be told from a hung command."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            bar.refresh()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Fit(NamedTuple):
     """A fitted candidate: the pipeline, the seconds fitting took, whether the solver converged, SGD's epochs."""
 
@@ -300,7 +321,10 @@ def fit(training, params, rows, progress=False):
             # The rows read are this call's own copy: scaled in place, not copied again (at full ABO
             # size that second copy is 780 MB); the saved scaler copies again.
             pipeline.set_params(**clone(params, safe=False), scaler__copy=False)
-            pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
+            bar = console.progress_bar(enabled=progress, total=1, desc=f"{training.model} fit", unit="fit")
+            with bar, heartbeat(bar):
+                pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
+                bar.update()
             pipeline.set_params(scaler__copy=True)
     converged = (
         None if training.streamed else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)

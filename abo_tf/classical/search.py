@@ -200,7 +200,10 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
     size = RESCORE_FACTOR * len(search_rows)
     rows = classifiers.stratified_subsample(training.train.labels, training.rows, size, training.seed + 1)
     started, fits = time.perf_counter(), []
-    with console.progress_bar(enabled=progress, total=len(finalists), desc="finalists", unit="fit") as bar:
+    with (
+        console.progress_bar(enabled=progress, total=len(finalists), desc="finalists", unit="fit") as bar,
+        classifiers.heartbeat(bar),
+    ):
         for row in finalists:
             fitted = classifiers.fit(training, grid[row["grid_index"]], rows)
             fits.append((classifiers.macro_f1(fitted.pipeline, validation), fitted))
@@ -246,7 +249,10 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
     grid = list(ParameterGrid(grid_spec))
     started = time.perf_counter()
     rows, features, labels, cv = _search_data(training, validation, max_train)
-    with console.progress_bar(enabled=progress, desc=f"{training.model} search", unit="candidate") as bar:
+    with (
+        console.progress_bar(enabled=progress, desc=f"{training.model} search", unit="candidate") as bar,
+        classifiers.heartbeat(bar),
+    ):
         scorer = _Scorer(bar, list(grid_spec))
         searcher = _searcher(training, grid_spec, scorer, cv, len(rows))
         _fit_searcher(searcher, features, labels, training.model)
