@@ -16,6 +16,7 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.svm import SVC
 
 from abo_tf import baselines
@@ -767,3 +768,24 @@ def test_a_bar_in_a_log_writes_a_line_per_interval_while_nothing_advances(capsys
         time.sleep(0.3)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slow search")]
     assert len(lines) >= 3
+
+
+@pytest.mark.parametrize(
+    "kind, shift, hellinger, expected",
+    [
+        ("cnn", 0, True, "l2"),
+        ("handcrafted", 10, True, "hellinger"),
+        ("handcrafted", 10, False, "none"),
+        ("handcrafted", 0, True, "none"),
+    ],
+)
+def test_each_kind_of_features_gets_its_normalisation(kind, shift, hellinger, expected):
+    # Square roots only of histograms (never negative); CNN embeddings L2-normalised, the linear probe's input.
+    means = synthetic_features.class_means(3, 4) + shift
+    info = {"name": kind, "spec": {"kind": kind}}
+    train = synthetic_features.split("train", 60, means, 0, info=info)
+    run_config = baseline.BaselineConfig(records="unused", output="unused", hellinger=hellinger)
+    training = baseline.make_training("logreg", train, run_config)
+    assert training.normalisation == expected
+    step = training.pipeline().named_steps["normalise"]
+    assert {"l2": Normalizer, "hellinger": FunctionTransformer}.get(expected, str) is type(step)
