@@ -25,7 +25,7 @@ import time
 
 from shared import REPO, write_results
 
-MODELS = ("logreg", "sgd", "linear_svm", "rbf_svm")
+MODELS = ("logreg", "sgd", "linear_svm", "rbf_svm", "knn", "centroid")
 TIMEOUT = 3600
 
 
