@@ -7,13 +7,15 @@
 
 The yardstick for the CNNs: if a logistic regression on colour histograms gets
 close, the deep model does not earn its cost. Each `--model` is a Pipeline
-(StandardScaler, optional PCA, classifier) with balanced class weights
-against the long tail; its hyperparameters are chosen by macro-F1 on the
-validation split with scikit-learn's search classes (GRIDS: GridSearchCV when
-the grid is small, HalvingGridSearchCV when it is large, both on a
-PredefinedSplit and on at most --search-max-train training rows), the chosen
-one is fitted on every training row, then it is evaluated on test with the
-functions `abo_tf.training.loop` uses, so the numbers compare with the CNN runs'.
+(normalisation, StandardScaler, optional PCA, optional kernel map, classifier)
+with `--class-weights` (balanced by default; give the CNN run's) against the
+long tail; its hyperparameters are chosen by macro-F1 on the validation split
+with scikit-learn's search classes (GRIDS: GridSearchCV when the grid is small,
+HalvingGridSearchCV when it is large, both on a PredefinedSplit and on at most
+--search-max-train training rows), the two best are fitted again on a subsample
+3 times larger and the better one is fitted on every training row, then it is
+evaluated on test with the functions `abo_tf.training.loop` uses, so the
+numbers compare with the CNN runs'.
 
 Output folder:
 
@@ -28,19 +30,17 @@ Output folder:
                                    and each run minus each baseline (paired bootstrap by item)
 
 Memory at full ABO size (~400k x 2048 float32 = 3.3 GB of CNN features):
-features are memory-mapped from the cache, never loaded whole. `sgd` always
-trains by `partial_fit` over chunks of CHUNK_ROWS rows (the scaler too), for
-at most --sgd-epochs passes and fewer once it has seen a million examples
-(scikit-learn's rule of thumb). `logreg`, `linear_svm` and `rbf_svm` train in
-memory, on a stratified subsample when their solver would take more than
-`--in-memory-gb` on every row (lbfgs holds a score and a gradient per row and
-class, liblinear copies the matrix twice). `linear_svm` and `rbf_svm` also
-train on at most `--linear-svm-max-train` / `--rbf-max-train` examples, by
-default fewer the more classes there are: liblinear solves a problem per class
-and libsvm one per pair of classes, on one core. Each says so when it
-subsamples. At full ABO size (313,681 x 622 handcrafted, 576 classes) each
-baseline takes under 10 minutes and 3 GB: see
-benchmarks/baselines_search_benchmark.py.
+features are memory-mapped from the cache, never loaded whole. `sgd`,
+`linear_svm` (hinge loss by SGD) and, above --exact-kernel-max-classes
+classes, `rbf_svm` (a Nystroem map, then hinge loss by SGD) train by
+`partial_fit` over chunks of CHUNK_ROWS rows on every row, for at most
+--sgd-epochs passes and fewer once they have seen a million examples
+(scikit-learn's rule of thumb). `logreg` (lbfgs) and exact `rbf_svm` (SVC)
+train in memory, on a stratified subsample when lbfgs would take more than
+`--in-memory-gb` or SVC more than `--rbf-max-train` rows; each says so.
+Handcrafted histograms get square roots before scaling (Hellinger,
+`--no-hellinger`), CNN embeddings are L2-normalised. Timings on extracted
+features: benchmarks/baselines_extracted_benchmark.py.
 
 The library is abo_tf/classical/: classifiers.py, search.py, evaluation.py,
 persistence.py, interpretation.py, baseline.py (one baseline end to end) and

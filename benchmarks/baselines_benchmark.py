@@ -35,7 +35,7 @@ BATCH = 64
 # One candidate per model, from the middle of search.GRIDS.
 FIXED_PARAMS = {
     "logreg": {"classifier__C": 1.0},
-    "linear_svm": {"classifier__C": 0.01},
+    "linear_svm": {"classifier__alpha": 1e-4},
     "rbf_svm": {"classifier__C": 10.0},
     "sgd": {"classifier__loss": "hinge", "classifier__alpha": 1e-4},
 }

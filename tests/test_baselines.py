@@ -4,9 +4,11 @@ One module-scoped run trains the four models on handcrafted features at 64 px wi
 (BaselineConfig.grids); the default grids are exercised once, through the command line, with logreg.
 """
 
+import dataclasses
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.svm import SVC
 
 from abo_tf import baselines
@@ -28,7 +31,7 @@ from abo_tf.classical import (
     persistence,
     search,
 )
-from abo_tf.common import config, files
+from abo_tf.common import config, console, files
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.reports import metrics, predictions_file
 from abo_tf.testing import synthetic_features
@@ -37,7 +40,7 @@ from abo_tf.training import run_folder
 IMAGE_SIZE = 64
 SMALL_GRIDS = {
     "logreg": {"classifier__C": [0.1, 1.0]},
-    "linear_svm": {"classifier__C": [0.001, 0.01]},
+    "linear_svm": {"classifier__alpha": [1e-4, 1e-3]},
     "rbf_svm": {"classifier__C": [1.0, 10.0]},
     # 8 candidates: more than HALVING_ABOVE, so searched by successive halving.
     "sgd": {"classifier__loss": ["hinge", "log_loss"], "classifier__alpha": [1e-5, 1e-4, 1e-3, 1e-2]},
@@ -152,12 +155,12 @@ def test_each_baseline_folder_has_every_output(trained):
         assert pd.read_csv(os.path.join(folder, "per_class.csv"))["class"].tolist() == classes
         with open(os.path.join(folder, "baseline.json")) as handle:
             written = json.load(handle)
-        grid = SMALL_GRIDS[model]
+        grid = SMALL_GRIDS.get(model, search.GRIDS[model])
         assert all(written["search"]["chosen"][key] in values for key, values in grid.items()), written["search"][
             "chosen"
         ]
         assert written["model_sha256"] == record["model_sha256"] and written["solver"] == (
-            "streamed SGD (partial_fit over chunks)" if model == "sgd" else "in memory"
+            "streamed SGD (partial_fit over chunks)" if model in ("sgd", "linear_svm") else "in memory"
         )
 
 
@@ -200,9 +203,9 @@ def test_ties_go_to_the_first_candidate_in_grid_order():
         {"round": 1, "grid_index": 2, "validation_macro_f1": 0.5},
         {"round": 1, "grid_index": 1, "validation_macro_f1": None},
     ]
-    assert search._choose(rows)["grid_index"] == 2
+    assert [row["grid_index"] for row in search._finalists(rows)] == [2, 3]
     with pytest.raises(UserInputError, match="every candidate of the search failed"):
-        search._choose([{**rows[3]}])
+        search._finalists([{**rows[3]}])
 
 
 def test_the_search_compares_candidates_on_a_stratified_subsample(trained):
@@ -215,6 +218,12 @@ def test_the_search_compares_candidates_on_a_stratified_subsample(trained):
     assert max(row["train_examples"] for row in record["candidates"]) <= record["search_train_examples"]
     assert record["final_fit"]["train_examples"] == len(rows)
     assert set(found.pipeline.named_steps["classifier"].classes_) == set(np.unique(train.labels))
+    # The last round's two best, fitted again on a subsample 3 times larger: the better one there is chosen.
+    rescored = record["rescored"]
+    assert abs(rescored["train_examples"] - 3 * record["search_train_examples"]) <= len(train.classes)
+    assert len(rescored["finalists"]) == search.RESCORED
+    best = max(rescored["finalists"], key=lambda row: row["validation_macro_f1"])
+    assert record["chosen"] == best["params"]
     again = search.search(training, SMALL_GRIDS["sgd"], validation, max_train=120, progress=False).record
     assert [row["validation_macro_f1"] for row in again["candidates"]] == [
         row["validation_macro_f1"] for row in record["candidates"]
@@ -344,29 +353,19 @@ def test_a_stratified_subsample_has_the_size_asked_for_and_every_class(size):
         assert np.all(np.abs(np.bincount(labels[kept], minlength=13) - shares) < 1)
 
 
-def test_each_svms_default_subsample_at_many_classes_is_at_most_its_limit():
-    # Rounding each class up to a row turned rbf_svm's 1,041 rows at 576 classes into 1,341 (the kernel costs ~n^2).
+def test_at_many_classes_both_svms_train_on_every_row_and_the_kernel_is_approximated():
+    # At 576 classes, as ABO, liblinear and libsvm could only see about 2,000 and 1,000 rows in 10 minutes.
     means = synthetic_features.class_means(576, 4)
     train = synthetic_features.split("train", 20_000, means, 0, synthetic_features.class_weights(576, 0.5))
     run_config = baseline.BaselineConfig(records="unused", output="unused")
-    for model, limit in (("linear_svm", 1_200_000 // 576), ("rbf_svm", 600_000 // 576)):
-        plan = baseline._training_rows(model, train, run_config)
-        assert plan.subsample == {"examples": limit, "of": 20_000}, model
-        assert len(np.unique(train.labels[plan.rows])) == 576, model
-
-
-def test_many_classes_shrink_each_svms_default_subsample(capsys):
-    # 576 classes, as ABO: liblinear solves 576 problems, libsvm 165,600 pairs.
-    means = synthetic_features.class_means(576, 4)
-    train = synthetic_features.split("train", 20_000, means, 0, synthetic_features.class_weights(576, 0.5))
-    run_config = baseline.BaselineConfig(records="unused", output="unused")
-    cases = (("linear_svm", 1_200_000 // 576, "--linear-svm-max-train"), ("rbf_svm", 600_000 // 576, "--rbf-max-train"))
-    for model, rows, flag in cases:
-        plan = baseline._training_rows(model, train, run_config)
-        assert abs(len(plan.rows) - rows) <= 576 and len(np.unique(train.labels[plan.rows])) == 576, model
-        assert f"({flag}; its default at 576 classes" in capsys.readouterr().out
-    explicit = baseline.BaselineConfig(records="unused", output="unused", linear_svm_max_train=5_000)
-    assert abs(len(baseline._training_rows("linear_svm", train, explicit).rows) - 5_000) <= 576
+    for model in ("linear_svm", "rbf_svm"):
+        training = baseline.make_training(model, train, run_config)
+        assert training.streamed and baseline._training_rows(training, run_config).subsample is None, model
+    assert training.pipeline().named_steps["kernel"].n_components == classifiers.KERNEL_COMPONENTS
+    few = dataclasses.replace(run_config, exact_kernel_max_classes=576, rbf_max_train=5_000)
+    exact = baseline.make_training("rbf_svm", train, few)
+    assert exact.exact_kernel and not exact.streamed
+    assert baseline._training_rows(exact, few).subsample == {"examples": 5_000, "of": 20_000}
 
 
 def test_sgd_epochs_shrink_once_it_has_seen_a_million_examples():
@@ -442,20 +441,21 @@ def test_comparison_gives_the_paired_difference_of_the_cnn_and_each_baseline(tra
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
     fields = [field for field in comparison.COMPARISON_FIELDS if not field.endswith(("_low", "_high"))]
     values = [
-        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
-        ("unfinished", "cnn", "? @ ? px", None, None, None, None, None, None, "runs/unfinished"),
-        ("handcrafted-logreg", "baseline (logreg)", "handcrafted", 0.96, 0.7404, 1.0, 1.44, 668.7, 75, "out/hc-logreg"),
+        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", "sqrt", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
+        ("unfinished", "cnn", "? @ ? px", "?", None, None, None, None, None, None, "runs/unfinished"),
+        ("handcrafted-logreg", "baseline (logreg)", "handcrafted", "balanced", 0.96, 0.7404, 1.0, 1.44, 669, 75, "o"),
     ]
     rows = [dict(zip(fields, row, strict=True)) for row in values]
     rows[2] |= {"macro_f1_low": 0.70119, "macro_f1_high": 0.77}  # intervals where metrics.json has them
     text = comparison.write_comparison(rows, str(tmp_path))
     assert text.splitlines()[:5] == [
-        "| model | kind | features | accuracy | macro F1 | top-5 | training (s) | inference (img/s) | test images |",
-        "|---|---|---|---|---|---|---|---|---|",
-        "| handcrafted-logreg | baseline (logreg) | handcrafted | 0.960 | 0.740 [0.701, 0.770] | 1.000 | 1.4 | 669 "
-        "| 75 |",
-        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
-        "| unfinished | cnn | ? @ ? px | n/a | n/a | n/a | n/a | n/a | n/a |",
+        "| model | kind | features | class weights | accuracy | macro F1 | top-5 | training (s) | inference (img/s) "
+        "| test images |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| handcrafted-logreg | baseline (logreg) | handcrafted | balanced | 0.960 | 0.740 [0.701, 0.770] | 1.000 "
+        "| 1.4 | 669 | 75 |",
+        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | sqrt | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
+        "| unfinished | cnn | ? @ ? px | ? | n/a | n/a | n/a | n/a | n/a | n/a |",
     ]
     # Folders without test_predictions.csv: the paired differences are n/a.
     assert "| tiny_cnn | handcrafted-logreg | n/a | n/a | n/a |" in text
@@ -692,15 +692,16 @@ def test_help_groups_flags_with_defaults(capsys):
     for heading in ("data:", "features:", "models:", "comparison:", "output:"):
         assert heading in text
     assert f"(default: {classifiers.SGD_EPOCHS})" in text
-    assert "--linear-svm-max-train" in text and f"at most {baseline.RBF_MAX_TRAIN:,}" in text
+    assert "--rbf-max-train RBF_MAX_TRAIN exact rbf_svm (SVC) trains on a stratified subsample" in text
+    assert f"(default: {baseline.RBF_MAX_TRAIN})" in text and "--exact-kernel-max-classes" in text
 
 
-@pytest.mark.parametrize("model", ["logreg", "linear_svm", "rbf_svm"])
+@pytest.mark.parametrize("model", ["logreg", "rbf_svm"])
 def test_a_memory_budget_beyond_any_float_trains_on_every_row(trained, built_records, model):
     records_dir, _ = built_records
     train = trained["splits"]["train"]
     run_config = _config(records_dir, "unused", trained["cache_dir"], in_memory_gb=1e300)  # 1e300 * 2**30 is inf
-    plan = baseline._training_rows(model, train, run_config)
+    plan = baseline._training_rows(baseline.make_training(model, train, run_config), run_config)
     assert plan.subsample is None and len(plan.rows) == len(train.labels)
 
 
@@ -708,10 +709,10 @@ def test_a_kernel_limit_below_one_row_per_class_names_its_flag(trained, built_re
     records_dir, _ = built_records
     run_config = _config(records_dir, "unused", trained["cache_dir"], rbf_max_train=2)
     with pytest.raises(UserInputError, match=r"^--rbf-max-train 2 holds 2 training rows for rbf_svm"):
-        baseline._training_rows("rbf_svm", trained["splits"]["train"], run_config)
+        baseline._training_rows(baseline.make_training("rbf_svm", trained["splits"]["train"], run_config), run_config)
 
 
-@pytest.mark.parametrize("model, flag", [("linear_svm", "--linear-svm-max-train"), ("rbf_svm", "--rbf-max-train")])
+@pytest.mark.parametrize("model, flag", [("rbf_svm", "--rbf-max-train")])
 def test_an_svm_limit_below_one_row_per_class_fails_before_any_model_trains(
     trained, built_records, tmp_path, capsys, model, flag
 ):
@@ -759,3 +760,32 @@ def test_the_search_writes_no_line_per_candidate_in_a_log(trained, capsys):
     search.search(training, SMALL_GRIDS["sgd"], validation, progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sgd search")]
     assert len(lines) <= 2 and "\r" not in "".join(lines)  # opened and closed: 8+ candidates in well under 30 s
+
+
+def test_a_bar_in_a_log_writes_a_line_per_interval_while_nothing_advances(capsys):
+    # One candidate of a 576-class search can take minutes: the log still gets a line every interval.
+    with console.progress_bar(total=1, desc="slow search") as bar, classifiers.heartbeat(bar, interval=0.05):
+        time.sleep(0.3)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slow search")]
+    assert len(lines) >= 3
+
+
+@pytest.mark.parametrize(
+    "kind, shift, hellinger, expected",
+    [
+        ("cnn", 0, True, "l2"),
+        ("handcrafted", 10, True, "hellinger"),
+        ("handcrafted", 10, False, "none"),
+        ("handcrafted", 0, True, "none"),
+    ],
+)
+def test_each_kind_of_features_gets_its_normalisation(kind, shift, hellinger, expected):
+    # Square roots only of histograms (never negative); CNN embeddings L2-normalised, the linear probe's input.
+    means = synthetic_features.class_means(3, 4) + shift
+    info = {"name": kind, "spec": {"kind": kind}}
+    train = synthetic_features.split("train", 60, means, 0, info=info)
+    run_config = baseline.BaselineConfig(records="unused", output="unused", hellinger=hellinger)
+    training = baseline.make_training("logreg", train, run_config)
+    assert training.normalisation == expected
+    step = training.pipeline().named_steps["normalise"]
+    assert {"l2": Normalizer, "hellinger": FunctionTransformer}.get(expected, str) is type(step)

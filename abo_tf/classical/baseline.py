@@ -1,16 +1,12 @@
 """One baseline end to end (rows, search, evaluation, files), and every baseline of a command with the comparison."""
 
-# `logreg` / `linear_svm` train on a stratified subsample when their solver
-# would take more than `in_memory_gb` on every row (classifiers.solver_bytes:
-# lbfgs holds a float32 score and gradient per row and class, liblinear copies
-# the matrix twice). Not streamed SGD with their loss: at full ABO size (576
-# classes, head class half the rows) one-vs-rest SGD reached test macro F1
-# 0.001 where lbfgs reached 0.36 (benchmarks/baselines_search_benchmark.py).
-# `linear_svm` and `rbf_svm` also train on at most `linear_svm_max_train` /
-# `rbf_max_train` examples, by default fewer the more classes there are:
-# liblinear solves a one-vs-rest problem per class and libsvm a one-vs-one
-# problem per pair, each on one core, and SVC scores every image against every
-# pair (165,600 at ABO's 576 classes). `sgd` always streams, on every row.
+# `logreg` trains on a stratified subsample when lbfgs would take more than
+# `in_memory_gb` on every row (classifiers.solver_bytes: a float32 score and
+# gradient per row and class). `sgd` and `linear_svm` (hinge loss by SGD)
+# stream every row. `rbf_svm` is exact SVC, on at most `rbf_max_train`
+# examples, up to EXACT_KERNEL_MAX_CLASSES classes (libsvm solves a problem per
+# pair and scores every image against every pair); above, a Nystroem map
+# followed by the linear SVM, streamed on every row.
 
 import dataclasses
 import os
@@ -34,11 +30,7 @@ from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records.split import SPLITS
 from abo_tf.reports import bootstrap
 
-RBF_MAX_TRAIN = 10_000
-# Default subsample of each SVM: this many example-classes (rows x classes), at most RBF_MAX_TRAIN rows for
-# rbf_svm. At ABO's 576 classes, 2,083 and 1,041 rows keep the whole baseline (search, fit, evaluation)
-# within 10 minutes on 2 cores (benchmarks/baselines_search_benchmark.py); the demo's 13 classes are not capped.
-SVM_EXAMPLE_CLASSES = {"linear_svm": 1_200_000, "rbf_svm": 600_000}
+RBF_MAX_TRAIN = 10_000  # exact SVC's rows at most: libsvm's time grows about as their square
 DEFAULT_RUNS = "runs"  # where `abo_tf.train --output runs/NAME` puts runs, as the README does
 IN_MEMORY_GB = 2.5  # lbfgs on full ABO's 313,681 x 622 handcrafted features, 576 classes: ~2.2 GB
 STREAMED_SOLVER, IN_MEMORY_SOLVER = "streamed SGD (partial_fit over chunks)", "in memory"
@@ -58,19 +50,34 @@ class BaselineConfig(feature_spec.FeatureOptions):
         group="models",
         help="baselines to train (several allowed)",
     )
-    linear_svm_max_train: int | None = options.option(
+    rbf_max_train: int = options.option(
+        RBF_MAX_TRAIN,
         minimum=2,
         maximum=options.MAX_COUNT,
         group="models",
-        help="linear_svm trains on a stratified subsample of at most this many examples "
-        f"(default: {SVM_EXAMPLE_CLASSES['linear_svm']:,} / classes; liblinear solves a problem per class)",
+        help="exact rbf_svm (SVC) trains on a stratified subsample of at most this many examples "
+        "(libsvm's time grows about as their square)",
     )
-    rbf_max_train: int | None = options.option(
+    exact_kernel_max_classes: int = options.option(
+        classifiers.EXACT_KERNEL_MAX_CLASSES,
         minimum=2,
         maximum=options.MAX_COUNT,
         group="models",
-        help="rbf_svm trains on a stratified subsample of at most this many examples (default: "
-        f"{SVM_EXAMPLE_CLASSES['rbf_svm']:,} / classes, at most {RBF_MAX_TRAIN:,}; libsvm solves a problem per pair)",
+        help="rbf_svm is exact SVC up to this many classes; above, a Nystroem map and a linear SVM by SGD "
+        "on every row (SVC solves a problem per pair of classes)",
+    )
+    class_weights: str = options.option(
+        "balanced",
+        choices=classifiers.CLASS_WEIGHTINGS,
+        group="models",
+        help="loss weights against the long tail, as abo_tf.train's --class-weights: give the CNN run's to compare "
+        "like with like (comparison.md lists each row's)",
+    )
+    hellinger: bool = options.option(
+        True,
+        group="models",
+        help="square roots of the handcrafted histograms before scaling (Hellinger); CNN embeddings are "
+        "L2-normalised either way",
     )
     sgd_epochs: int = options.option(
         classifiers.SGD_EPOCHS,
@@ -117,9 +124,10 @@ class BaselineConfig(feature_spec.FeatureOptions):
     # Library use only (smaller searches in tests): model -> grid replacing search.GRIDS[model].
     grids: dict | None = options.option(help="", cli=False)
 
-    def grid(self, model):
-        """The searched grid of `model`: `grids[model]` if given, else search.GRIDS[model]."""
-        return (self.grids or {}).get(model, search.GRIDS[model])
+    def grid(self, training):
+        """The searched grid of a `classifiers.Training`: `grids[model]` if given, else search.GRIDS's."""
+        key = training.model if training.exact_kernel else search.APPROXIMATE_KERNEL
+        return (self.grids or {}).get(key, search.GRIDS[key])
 
 
 def check_config(config):
@@ -138,8 +146,8 @@ def check_config(config):
     if unknown or not config.models:
         raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
     limits = {
-        "--linear-svm-max-train": (config.linear_svm_max_train, 2),
         "--rbf-max-train": (config.rbf_max_train, 2),
+        "--exact-kernel-max-classes": (config.exact_kernel_max_classes, 2),
         "--sgd-epochs": (config.sgd_epochs, 1),
         "--search-max-train": (config.search_max_train, 2),
         "--inference-images": (config.inference_images, 1),
@@ -207,62 +215,57 @@ class TrainingRows(NamedTuple):
 
 
 class _Limit(NamedTuple):
-    """A bound on the training rows of a model, and what sets it."""
+    """A bound on the training rows of a model, and the option that sets it."""
 
     rows: int
-    flag: str  # the option that sets it
-    value: object  # the option's value (the rows, for a default)
-    why: str  # "" for a value the user gave
+    flag: str
+    value: object  # the option's value
 
 
-def _svm_limit(model, config, num_classes):
-    """The `_Limit` of an SVM's subsample: its flag's value, or the class-scaled default."""
-    flag, value = {
-        "linear_svm": ("--linear-svm-max-train", config.linear_svm_max_train),
-        "rbf_svm": ("--rbf-max-train", config.rbf_max_train),
-    }[model]
-    if value is not None:
-        return _Limit(value, flag, value, "")
-    # At least a row per class, so that the default never refuses to train.
-    rows = max(SVM_EXAMPLE_CLASSES[model] // num_classes, num_classes)
-    rows = min(rows, RBF_MAX_TRAIN) if model == "rbf_svm" else rows
-    problems = "a one-vs-rest problem per class" if model == "linear_svm" else "a one-vs-one problem per pair"
-    return _Limit(rows, flag, rows, f"its default at {num_classes} classes, {problems}")
-
-
-def _row_limit(model, train, config):
-    """The most training rows `model` trains on, and what sets it (flag, and why); (None, None) for no limit."""
-    if model == "sgd":
+def _row_limit(training, config):
+    """The most training rows an in-memory model trains on, and the flag that sets it; (None, None) when streamed."""
+    if training.streamed:
         return None, None
+    train = training.train
     num_classes = len(np.unique(train.labels))  # a subsample keeps a row of each
-    per_row = classifiers.solver_bytes(model, 1, train.features.shape[1], len(train.classes))
+    per_row = classifiers.solver_bytes(training.model, 1, train.features.shape[1], len(train.classes))
     # Capped at the rows there are: a budget like 1e300 GB overflows to inf, and inf // per_row is NaN.
     held = min(config.in_memory_gb * 2**30 / per_row, len(train.labels))
-    limits = [_Limit(int(held), "--in-memory-gb", config.in_memory_gb, "")]
-    if model in SVM_EXAMPLE_CLASSES:
-        limits.append(_svm_limit(model, config, num_classes))
+    limits = [_Limit(int(held), "--in-memory-gb", config.in_memory_gb)]
+    if training.model == "rbf_svm":
+        limits.append(_Limit(config.rbf_max_train, "--rbf-max-train", config.rbf_max_train))
     limit = min(limits, key=lambda limit: limit.rows)
     if limit.rows < num_classes:
         raise UserInputError(
-            f"{limit.flag} {limit.value} holds {limit.rows} training rows for {model}, "
+            f"{limit.flag} {limit.value} holds {limit.rows} training rows for {training.model}, "
             f"fewer than the {num_classes} classes: raise it"
         )
-    return limit.rows, f"{limit.flag}; {limit.why}" if limit.why else limit.flag
+    return limit.rows, limit.flag
 
 
-def _training_rows(model, train, config):
-    """All rows, or a stratified subsample the model's solver can hold; and whether to stream (sgd).
-
-    lbfgs and liblinear hold the matrix and per-row state in memory; `sgd`
-    streams chunks and trains on every row.
-    """
+def make_training(model, train, config):
+    """The `classifiers.Training` of `model` on every row: its kernel (exact or not) and its normalisation."""
+    num_classes = len(np.unique(train.labels))
+    exact = model != "rbf_svm" or num_classes <= config.exact_kernel_max_classes
+    kind = train.info.get("spec", {}).get("kind")
+    # Histograms are never negative; a first chunk that is (synthetic features in tests) keeps them as they are.
+    histograms = kind == feature_spec.HANDCRAFTED and np.min(train.features[: classifiers.CHUNK_ROWS]) >= 0
+    normalisation = "l2" if kind == feature_spec.CNN else "hellinger" if config.hellinger and histograms else "none"
     rows = np.arange(len(train.labels))
-    limit, flag = _row_limit(model, train, config)
-    if limit is None or len(rows) <= limit:
-        return TrainingRows(rows, None)
-    rows = classifiers.stratified_subsample(train.labels, rows, limit, config.seed)
+    # Neighbours and class means take no class weights: recorded as none, so comparison.md says so.
+    weighting = "none" if model in classifiers.NEIGHBOUR_MODELS else config.class_weights
+    return classifiers.Training(model, train, rows, config.sgd_epochs, config.seed, exact, normalisation, weighting)
+
+
+def _training_rows(training, config):
+    """All rows, or a stratified subsample an in-memory solver can hold (said, and recorded)."""
+    train = training.train
+    limit, flag = _row_limit(training, config)
+    if limit is None or len(training.rows) <= limit:
+        return TrainingRows(training.rows, None)
+    rows = classifiers.stratified_subsample(train.labels, training.rows, limit, config.seed)
     print(
-        f"{model}: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples ({flag})",
+        f"{training.model}: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples ({flag})",
         flush=True,
     )
     return TrainingRows(rows, {"examples": int(len(rows)), "of": int(len(train.labels))})
@@ -280,6 +283,9 @@ def _record(model, config, splits, found, training, plan, classifier_rate):
         "classes": list(train.classes),
         "search": found.record,
         "solver": STREAMED_SOLVER if training.streamed else IN_MEMORY_SOLVER,
+        "kernel": None if model != "rbf_svm" else "exact (SVC)" if training.exact_kernel else "Nystroem",
+        "normalisation": training.normalisation,
+        "class_weights": training.weighting,
         "subsample": plan.subsample,
         "training_seconds": found.record["seconds"],
         "classifier_images_per_second": classifier_rate,
@@ -302,9 +308,15 @@ def train_baseline(model, splits, config):
       The baseline.json record (with "folder" and "metrics").
     """
     train = splits["train"]
-    plan = _training_rows(model, train, config)
-    training = classifiers.Training(model, train, plan.rows, config.sgd_epochs, config.seed)
-    found = search.search(training, config.grid(model), splits["validation"], config.search_max_train, config.progress)
+    training = make_training(model, train, config)
+    if model == "rbf_svm":
+        kernel = "exact SVC" if training.exact_kernel else "Nystroem map and a linear SVM by SGD on every row"
+        print(f"rbf_svm: {kernel} (--exact-kernel-max-classes {config.exact_kernel_max_classes})", flush=True)
+    plan = _training_rows(training, config)
+    training.rows = plan.rows
+    found = search.search(
+        training, config.grid(training), splits["validation"], config.search_max_train, config.progress
+    )
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
     results = evaluation.evaluate(found.pipeline, splits, config.exclude, config.bootstrap_samples, config.seed)
@@ -343,7 +355,7 @@ def run_baselines(config):
     check_splits(splits)
     models = list(dict.fromkeys(config.models))
     for model in models:  # a limit below a row per class fails before the first model trains, not after it
-        _row_limit(model, splits["train"], config)
+        _row_limit(make_training(model, splits["train"], config), config)
     results = [train_baseline(model, splits, config) for model in models]
     rows = comparison.collect_baselines(config.output)
     runs = config.runs or (DEFAULT_RUNS if os.path.isdir(DEFAULT_RUNS) else None)

@@ -4,11 +4,13 @@
 # features are memory-mapped from the cache, never loaded whole. Streamed
 # training and prediction read CHUNK_ROWS rows at a time.
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import math
 import mmap
+import threading
 import time
 import warnings
 from typing import NamedTuple
@@ -17,18 +19,33 @@ import numpy as np
 import scipy.sparse
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
+from sklearn.svm import SVC
 
 from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
 from abo_tf.reports import metrics
 
-MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd")
+MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd", "knn", "centroid")
+# Nearest neighbours and nearest class mean compare L2-normalised rows (cosine): how much of the task is retrieval.
+NEIGHBOUR_MODELS = ("knn", "centroid")
+# Above this many classes `rbf_svm` is Nystroem features + a linear SVM trained by SGD on every row: exact SVC
+# solves a problem per pair of classes (165,600 at ABO's 576) and could only see about 1,000 rows there.
+EXACT_KERNEL_MAX_CLASSES = 50
+# Landmarks of the Nystroem map: each row becomes this many kernel values, and SGD's cost grows with it.
+KERNEL_COMPONENTS = 512
+# How a model reads its features before the scaler: square roots of the handcrafted histograms (Hellinger), L2
+# normalised CNN embeddings (the linear probe's usual input), or as they are.
+NORMALISATIONS = ("hellinger", "l2", "none")
+# Loss weight of a class by its training examples, as `abo_tf.train --class-weights`: 1 / count ("balanced",
+# scikit-learn's), 1 / sqrt(count), or none; normalised so the average example keeps weight 1.
+CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
 SGD_EPOCHS = 20
+LOGREG_MAX_ITER = 1000
 # scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
 SGD_EXAMPLES = 1_000_000
 CHUNK_ROWS = 8192
@@ -40,34 +57,76 @@ SCORE_BYTES = 256 * 2**20
 SVC_BYTES_PER_PAIR = 16
 
 
-def make_pipeline(model, seed=0, epochs=SGD_EPOCHS):
-    """The unfitted Pipeline of `model`: scaler, PCA (passthrough unless the grid sets it), classifier.
+def class_weights(labels, weighting):
+    """{label: weight} of each class in `labels` by `weighting` (one of CLASS_WEIGHTINGS); None for "none"."""
+    if weighting == "none":
+        return None
+    classes, counts = np.unique(labels, return_counts=True)
+    weights = 1.0 / counts ** (1.0 if weighting == "balanced" else 0.5)
+    weights *= counts.sum() / (weights * counts).sum()
+    return dict(zip(classes.tolist(), weights.tolist(), strict=True))
+
+
+def _normaliser(normalisation):
+    if normalisation not in NORMALISATIONS:
+        raise UserInputError(f"unknown normalisation {normalisation!r}: choose from {NORMALISATIONS}")
+    # Histograms are non-negative; the square root makes Euclidean distances Hellinger distances, so a bin
+    # holding most of an image's mass (the background colour) no longer dominates every comparison.
+    return {"hellinger": lambda: FunctionTransformer(np.sqrt), "l2": Normalizer, "none": lambda: "passthrough"}[
+        normalisation
+    ]()
+
+
+def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisation="none", weights="balanced"):
+    """The unfitted Pipeline of `model`: normalisation, scaler, PCA and kernel map (passthrough unless set), classifier.
 
     Args:
       model: one of MODELS.
       seed: random state of the classifiers that have one.
-      epochs: passes of `sgd` over its training rows (fixed: no stopping rule).
+      epochs: passes of SGD over its training rows (fixed: no stopping rule).
+      exact_kernel: `rbf_svm` is libsvm's SVC; else a Nystroem map and a linear SVM by SGD.
+      normalisation: one of NORMALISATIONS, applied before the scaler.
+      weights: the classifier's class_weight: "balanced", None or {label: weight} (`class_weights`).
 
     Returns:
-      A `sklearn.pipeline.Pipeline` with steps "scaler", "pca", "classifier".
+      A `sklearn.pipeline.Pipeline` with steps "normalise", "scaler", "pca", "kernel", "classifier".
 
     Raises:
       UserInputError: `model` is not one of MODELS.
     """
+
+    def sgd(**loss):
+        # One binary problem per class (576 on ABO), over the cores. Streamed fits need a dict of weights:
+        # partial_fit refuses "balanced" (`Training.pipeline` gives one).
+        return SGDClassifier(class_weight=weights, max_iter=epochs, tol=None, n_jobs=-1, random_state=seed, **loss)
+
     classifiers = {
-        "logreg": lambda: LogisticRegression(class_weight="balanced", max_iter=1000),
-        # The dual solver, which "auto" picks only for fewer rows than columns: at 5,000 x 622 and 576 classes,
-        # the primal one had not finished C=1e-4 in 290 s, the dual one took 48 s.
-        "linear_svm": lambda: LinearSVC(class_weight="balanced", dual=True, max_iter=5000, random_state=seed),
+        "logreg": lambda: LogisticRegression(class_weight=weights, max_iter=LOGREG_MAX_ITER),
+        # Hinge loss by SGD is a linear SVM (L2-regularised, alpha = 1 / (C n)) that streams every row; liblinear's
+        # LinearSVC could only hold about 2,000 rows at 576 classes within 10 minutes.
+        "linear_svm": lambda: sgd(loss="hinge"),
         # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
-        "rbf_svm": lambda: SVC(kernel="rbf", class_weight="balanced", break_ties=True),
-        # "balanced" serves the search's in-memory fits; the streamed final fit sets the weights itself,
-        # as partial_fit refuses "balanced". One binary problem per class (576 on ABO), over the cores.
-        "sgd": lambda: SGDClassifier(class_weight="balanced", max_iter=epochs, tol=None, n_jobs=-1, random_state=seed),
+        "rbf_svm": lambda: SVC(kernel="rbf", class_weight=weights, break_ties=True) if exact_kernel else sgd(),
+        "sgd": sgd,
+        # Brute force: trees do not help in hundreds of dimensions; scikit-learn chunks the distances in memory.
+        "knn": lambda: KNeighborsClassifier(metric="cosine", algorithm="brute", weights="distance"),
+        "centroid": NearestCentroid,
     }
     if model not in classifiers:
         raise UserInputError(f"unknown model {model!r}: choose from {MODELS}")
-    return Pipeline([("scaler", StandardScaler()), ("pca", "passthrough"), ("classifier", classifiers[model]())])
+    # gamma None is 1 / columns: SVC's "scale" on standardised features.
+    kernel = "passthrough" if exact_kernel or model != "rbf_svm" else Nystroem(n_components=KERNEL_COMPONENTS)
+    if kernel != "passthrough":
+        kernel.set_params(random_state=seed)
+    return Pipeline(
+        [
+            ("normalise", _normaliser(normalisation)),
+            ("scaler", Normalizer() if model in NEIGHBOUR_MODELS else StandardScaler()),
+            ("pca", "passthrough"),
+            ("kernel", kernel),
+            ("classifier", classifiers[model]()),
+        ]
+    )
 
 
 def _class_quotas(counts, size):
@@ -114,37 +173,65 @@ def solver_bytes(model, num_rows, num_features, num_classes):
     """About the memory the in-memory solver of `model` takes for a training matrix, in bytes.
 
     lbfgs (logreg) keeps float32 features and holds float32 raw predictions
-    and gradients of every row and class; liblinear (linear_svm) copies the
-    features to float64 and again into its own (index, value) nodes.
-    Measured at 313,681 x 622 with 576 classes, lbfgs peaked 1.5 GB above
-    its input.
+    and gradients of every row and class. Measured at 313,681 x 622 with 576
+    classes, lbfgs peaked 1.5 GB above its input.
     """
     if model == "logreg":
         return num_rows * (num_features + 2 * num_classes) * 4
-    if model == "linear_svm":
-        return num_rows * num_features * (8 + 16)
+    if model == "knn":  # the fitted model keeps every row, normalised, in float64
+        return num_rows * num_features * (4 + 8)
     return num_rows * num_features * 4
 
 
 @dataclasses.dataclass
 class Training:
-    """How one model trains: on which rows of which split. `sgd` streams them, the others fit in memory."""
+    """How one model trains: on which rows of which split. SGD models stream them, the others fit in memory."""
 
     model: str  # one of MODELS
     train: object  # feature_cache.SplitFeatures
     rows: np.ndarray  # training rows (all, or a subsample)
     epochs: int  # passes of SGD, at most (see sgd_passes)
     seed: int
+    exact_kernel: bool = True  # rbf_svm: libsvm's SVC, or Nystroem + SGD (see EXACT_KERNEL_MAX_CLASSES)
+    normalisation: str = "none"  # one of NORMALISATIONS
+    weighting: str = "balanced"  # one of CLASS_WEIGHTINGS
 
     @property
     def streamed(self):
         """Whether the final fit is SGD by partial_fit over chunks (the search's SGD candidates fit in memory)."""
-        return self.model == "sgd"
+        return self.model in ("sgd", "linear_svm") or (self.model == "rbf_svm" and not self.exact_kernel)
+
+    def pipeline(self, epochs=None):
+        """The unfitted pipeline of this training (`make_pipeline`)."""
+        # Weights of the classes of every training row, whichever subsample a candidate sees.
+        weights = class_weights(self.train.labels[self.rows], self.weighting)
+        return make_pipeline(
+            self.model, self.seed, epochs or self.epochs, self.exact_kernel, self.normalisation, weights
+        )
 
 
 def sgd_passes(num_rows, training):
     """Epochs of SGD over `num_rows`: enough to see SGD_EXAMPLES examples, at most `training.epochs`."""
     return max(1, min(training.epochs, math.ceil(SGD_EXAMPLES / max(num_rows, 1))))
+
+
+@contextlib.contextmanager
+def heartbeat(bar, interval=console.NON_TERMINAL_INTERVAL):
+    """Redraws `bar` every `interval` seconds: one candidate of a 576-class search can take minutes, and a log
+    that stays silent that long cannot be told from a hung command."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            bar.refresh()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
 
 
 class Fit(NamedTuple):
@@ -164,15 +251,24 @@ def _row_chunks(rows, rng=None):
     return chunks
 
 
-def _fit_streaming(classifier, train, rows, epochs, seed, progress=False):
-    """Scaler and SGD fitted by `partial_fit` over chunks of `train.features[rows]`; one chunk in memory at a time."""
-    scaler = StandardScaler()
+def _fit_kernel_map(pipeline, train, rows, seed):
+    """Fits the Nystroem map (if any) on a stratified subsample of its landmarks' size: every class, when it can."""
+    kernel = pipeline.named_steps["kernel"]
+    if kernel == "passthrough":
+        return
+    landmarks = stratified_subsample(train.labels, rows, kernel.n_components, seed)
+    before = [name for name, _ in pipeline.steps].index("kernel")
+    kernel.fit(pipeline[:before].transform(read_rows(train.features, landmarks)))
+
+
+def _fit_streaming(pipeline, train, rows, epochs, seed, progress=False):
+    """`pipeline` fitted on `train.features[rows]` one chunk at a time: scaler, kernel map, then SGD by partial_fit."""
+    normalise, scaler, classifier = (pipeline.named_steps[name] for name in ("normalise", "scaler", "classifier"))
     for chunk in _row_chunks(rows):
-        scaler.partial_fit(train.features[chunk])
-    labels = train.labels[rows]
-    classes = np.unique(labels)
-    weights = compute_class_weight("balanced", classes=classes, y=labels)
-    classifier.set_params(class_weight=dict(zip(classes.tolist(), weights.tolist(), strict=True)))
+        features = train.features[chunk]
+        scaler.partial_fit(features if normalise == "passthrough" else normalise.fit_transform(features))
+    _fit_kernel_map(pipeline, train, rows, seed)
+    classes = np.unique(train.labels[rows])
     rng = np.random.default_rng(seed)
     chunks = math.ceil(len(rows) / CHUNK_ROWS)
     with console.progress_bar(
@@ -181,11 +277,10 @@ def _fit_streaming(classifier, train, rows, epochs, seed, progress=False):
         for _ in range(epochs):
             for chunk in _row_chunks(rows, rng):
                 order = rng.permutation(len(chunk))
-                classifier.partial_fit(
-                    scaler.transform(train.features[chunk])[order], train.labels[chunk][order], classes=classes
-                )
+                mapped = pipeline[:-1].transform(train.features[chunk])
+                classifier.partial_fit(mapped[order], train.labels[chunk][order], classes=classes)
                 bar.update()
-    return Pipeline([("scaler", scaler), ("pca", "passthrough"), ("classifier", classifier)])
+    return pipeline
 
 
 def read_rows(features, rows):
@@ -219,14 +314,17 @@ def fit(training, params, rows, progress=False):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if training.streamed:
-            classifier = make_pipeline("sgd", training.seed).set_params(**params).named_steps["classifier"]
-            pipeline = _fit_streaming(classifier, training.train, rows, epochs, training.seed, progress)
+            pipeline = training.pipeline().set_params(**clone(params, safe=False))
+            pipeline = _fit_streaming(pipeline, training.train, rows, epochs, training.seed, progress)
         else:
-            pipeline = make_pipeline(training.model, training.seed)
+            pipeline = training.pipeline()
             # The rows read are this call's own copy: scaled in place, not copied again (at full ABO
             # size that second copy is 780 MB); the saved scaler copies again.
             pipeline.set_params(**clone(params, safe=False), scaler__copy=False)
-            pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
+            bar = console.progress_bar(enabled=progress, total=1, desc=f"{training.model} fit", unit="fit")
+            with bar, heartbeat(bar):
+                pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
+                bar.update()
             pipeline.set_params(scaler__copy=True)
     converged = (
         None if training.streamed else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
