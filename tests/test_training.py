@@ -515,3 +515,23 @@ def test_tpu_strategy_without_a_tpu_is_a_clear_error():
 
     with pytest.raises(ValueError, match="no TPU found"):
         distribute.make_strategy("tpu", "")
+
+
+# --- the recipe: weight decay, calibration, best checkpoint ------------------
+
+
+@pytest.mark.parametrize("decay_norm_and_bias", [False, True])
+def test_weight_decay_shrinks_weights_at_its_rate_and_spares_vectors_unless_asked(decay_norm_and_bias):
+    import keras
+
+    config = loop.TrainConfig(
+        records="r", output="o", weight_decay=0.05, warmup_fraction=0.0, decay_norm_and_bias=decay_norm_and_bias
+    )
+    kernel, bias = keras.Variable(np.ones((3, 2), np.float32)), keras.Variable(np.ones(2, np.float32))
+    optimizer = loop.make_optimizer(config, 1e-2, 10**6, [kernel, bias])  # a constant rate over 5 steps
+    optimizer.build([kernel, bias])
+    for _ in range(5):  # zero gradients: Adam moves nothing, only the decay acts
+        optimizer.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])
+    expected = (1 - 0.05 * 1e-2) ** 5
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), expected if decay_norm_and_bias else 1.0, rtol=1e-6)

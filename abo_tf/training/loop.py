@@ -94,7 +94,17 @@ class TrainConfig:
         0.1, help="of each phase's steps, in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0
     )
     weight_decay: float = options.option(
-        1e-4, help="AdamW's decoupled weight decay", group=_SCHEDULE, minimum=0.0, maximum=1.0
+        0.05,
+        help="AdamW's decoupled weight decay: each step shrinks a weight by this x the learning rate "
+        "(0.05: DeiT's and ConvNeXt's AdamW recipes, timm's fine-tuning default)",
+        group=_SCHEDULE,
+        minimum=0.0,
+        maximum=1.0,
+    )
+    decay_norm_and_bias: bool = options.option(
+        False,
+        help="decay normalisation scales/shifts and biases too (off: timm's rule, only weights of 2+ dimensions)",
+        group=_SCHEDULE,
     )
     label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0)
     class_weights: str = options.option(
@@ -197,11 +207,19 @@ def _schedule(learning_rate, steps, warmup_fraction):
     )
 
 
-def make_optimizer(config, learning_rate, steps):
-    """AdamW with warm-up and cosine decay over `steps` (loss-scaled under mixed float16)."""
+def make_optimizer(config, learning_rate, steps, variables=()):
+    """AdamW with warm-up and cosine decay over `steps` (loss-scaled under mixed float16), to be built on `variables`.
+
+    Keras' AdamW shrinks each decayed weight by `weight_decay x learning_rate` a step (the schedule's current rate):
+    at the old default 1e-4 and a rate of 1e-3 that was 1e-7 a step, no decay at all.
+    """
     optimizer = keras.optimizers.AdamW(
         _schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay
     )
+    if not config.decay_norm_and_bias:
+        # timm's param_groups_weight_decay: 1-D variables (BatchNorm/LayerNorm gamma and beta, biases, ConvNeXt's
+        # layer scales) are not decayed; decaying them pulls normalisation towards zero output, not towards simplicity.
+        optimizer.exclude_from_weight_decay(var_list=[variable for variable in variables if len(variable.shape) <= 1])
     if config.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -222,8 +240,8 @@ def _make_phases(config, model, steps_per_epoch):
     ]
     phases = []
     for name, trainable, learning_rate, start, end in plans:
-        optimizer = make_optimizer(config, learning_rate, max(1, end - start))
         models.set_backbone_trainable(model, trainable)
+        optimizer = make_optimizer(config, learning_rate, max(1, end - start), model.trainable_variables)
         optimizer.build(model.trainable_variables)
         phases.append(_Phase(name, optimizer, trainable, start, end))
     return phases

@@ -129,9 +129,15 @@ def load_keras_model(model_path):
         ) from error
 
 
+# Train options added after runs were written, with the value that reproduces such a run: a config.toml that lacks
+# them gets these, so an older run still compares equal to its own config and resumes with --resume.
+ADDED_OPTIONS = {"decay_norm_and_bias": True}
+
+
 def load_config(run_dir):
-    """The resolved train options a run folder holds (a flat dict), or None."""
-    return config.load_run_config(run_dir)
+    """The resolved train options a run folder holds (a flat dict, `ADDED_OPTIONS` filled in), or None."""
+    saved = config.load_run_config(run_dir)
+    return None if saved is None else {**ADDED_OPTIONS, **saved}
 
 
 def load_metrics(run_dir):
