@@ -109,6 +109,9 @@ def test_run_folder_has_every_output(trained_run, built_records):
     assert set(metrics) == {"validation", "test"}
     assert metrics["test"]["num_examples"] == manifest["splits"]["test"]["num_examples"]
     assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
+    calibrated = metrics["validation"]["calibration"]  # the fitted temperature is never worse than T = 1 on validation
+    assert calibrated["nll_after"] <= calibrated["nll_before"] + 1e-9
+    assert metrics["validation"]["expected_calibration_error"] == pytest.approx(calibrated["ece_after"], abs=1e-6)
     events = [
         name for root, _, names in os.walk(os.path.join(trained_run, "logs")) for name in names if "tfevents" in name
     ]
@@ -535,3 +538,24 @@ def test_weight_decay_shrinks_weights_at_its_rate_and_spares_vectors_unless_aske
     expected = (1 - 0.05 * 1e-2) ** 5
     np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(bias.numpy(), expected if decay_norm_and_bias else 1.0, rtol=1e-6)
+
+
+def test_temperature_lowers_the_nll_of_an_overconfident_model_and_folds_into_its_logits():
+    import keras
+
+    from abo_tf.training import calibration
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(400, 5)) * 2
+    labels = np.array([rng.choice(5, p=np.exp(row) / np.exp(row).sum()) for row in true_logits])
+    overconfident = true_logits * 4  # calibrated at T = 4
+    temperature = calibration.fit_temperature(overconfident, labels)
+    assert 2.5 < temperature < 6
+    record = calibration.calibration_record(overconfident, labels, temperature)
+    assert record["nll_after"] < record["nll_before"] - 0.5 and record["ece_after"] < record["ece_before"]
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(5, name=calibration.LOGITS_LAYER, bias_initializer="ones")(inputs))
+    pixels = rng.normal(size=(4, 3)).astype(np.float32)
+    before = model(pixels).numpy()
+    calibration.fold_temperature(model, temperature)
+    np.testing.assert_allclose(model(pixels).numpy(), before / temperature, rtol=1e-5, atol=1e-6)

@@ -25,7 +25,7 @@ from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.reports import figures, metrics, model_card, predictions_file
-from abo_tf.training import distribute, export, input_pipeline, models, parity, run_folder
+from abo_tf.training import calibration, distribute, export, input_pipeline, models, parity, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 
@@ -137,6 +137,11 @@ class TrainConfig:
     )
     top_k: int = options.option(
         5, help="labels returned by the SavedModel", group=_RUN, minimum=1, maximum=options.MAX_SHOWN
+    )
+    calibrate: bool = options.option(
+        True,
+        help="fit a temperature on validation (least NLL) after training and fold it into the exported logits",
+        group=_RUN,
     )
     progress: bool = options.option(
         True,
@@ -495,8 +500,8 @@ def _train_phases(run, on_epoch_end=None):
 # --- after training: evaluation, export, figures -----------------------------
 
 
-def predict_split(model, config, split, manifest):
-    """Labels, softmax probabilities and {image_id, item_id: str arrays} of a whole split, in order (one device)."""
+def predict_split(model, config, split, manifest, logits=False):
+    """Labels, softmax probabilities (`logits`: the logits) and {image_id, item_id: str arrays} of a split, in order."""
     keys = (schema.IMAGE_ID, schema.ITEM_ID)
     dataset = input_pipeline.make_dataset(
         config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest, extra_keys=keys
@@ -504,7 +509,8 @@ def predict_split(model, config, split, manifest):
     labels, probabilities, ids = [], [], {key: [] for key in keys}
     for batch in dataset:
         labels.append(batch["label"].numpy())
-        probabilities.append(tf.nn.softmax(model(batch["image"], training=False)).numpy())
+        outputs = model(batch["image"], training=False)
+        probabilities.append((outputs if logits else tf.nn.softmax(outputs)).numpy())
         for key in keys:
             ids[key].append(batch[key].numpy().astype(str))
     return np.concatenate(labels), np.concatenate(probabilities), {key: np.concatenate(ids[key]) for key in keys}
@@ -609,7 +615,7 @@ def _computing_in_float32(model):
             layer.dtype_policy = policy
 
 
-def _checked_export(run, plain, manifest, classes):
+def _checked_export(run, plain, manifest, classes, temperature=None):
     """Exports `plain` into the staging folder and checks it against the trained model on validation.
 
     Returns:
@@ -620,7 +626,7 @@ def _checked_export(run, plain, manifest, classes):
     """
     config = run.config
     staging = run_folder.path(config.output, run_folder.SAVED_MODEL_STAGING)
-    export.export_saved_model(plain, classes, config.image_size, staging, config.top_k)
+    export.export_saved_model(plain, classes, config.image_size, staging, config.top_k, temperature)
     # The validation split as stored: the bytes go through serving_default, their decoded pixels
     # through serve_pixels and the trained model (outside strategy.run: one device reads the variables).
     batches = input_pipeline.make_dataset(
@@ -642,14 +648,39 @@ def _checked_export(run, plain, manifest, classes):
     return staging
 
 
+def _calibrate(run, plain, manifest):
+    """Fits the temperature on validation and folds it into the trained model and its copy; its record, or None.
+
+    Folded into both before the parity check: the check then compares the trained network, with the one scalar
+    applied the same way, against its export, and the export's `probabilities` are the calibrated ones.
+    """
+    config = run.config
+    if not config.calibrate or input_pipeline.num_examples(config.records, "validation", manifest) == 0:
+        return None
+    labels, logits, _ = predict_split(plain, config, "validation", manifest, logits=True)
+    temperature = calibration.fit_temperature(logits, labels)
+    for model in (run.model, plain):
+        calibration.fold_temperature(model, temperature)
+    record = calibration.calibration_record(logits, labels, temperature)
+    print(
+        f"calibration: temperature {temperature:.3f}, validation NLL {record['nll_before']:.4f} -> "
+        f"{record['nll_after']:.4f}, ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f}",
+        flush=True,
+    )
+    return record
+
+
 def _finish(run, manifest, classes, history):
     output = run.config.output
     # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
     plain = _plain_copy(run.model)
-    staging = _checked_export(run, plain, manifest, classes)
+    calibrated = _calibrate(run, plain, manifest)
+    staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
     plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
     results = _final_metrics(plain, run.config, manifest)
+    if calibrated is not None:
+        results["validation"]["calibration"] = calibrated
     run_folder.write_class_names(output, classes)
     os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
     files.write_json(run_folder.path(output, run_folder.METRICS), results)

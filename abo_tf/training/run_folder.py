@@ -131,7 +131,7 @@ def load_keras_model(model_path):
 
 # Train options added after runs were written, with the value that reproduces such a run: a config.toml that lacks
 # them gets these, so an older run still compares equal to its own config and resumes with --resume.
-ADDED_OPTIONS = {"decay_norm_and_bias": True}
+ADDED_OPTIONS = {"decay_norm_and_bias": True, "calibrate": False}
 
 
 def load_config(run_dir):
