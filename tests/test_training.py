@@ -559,3 +559,35 @@ def test_temperature_lowers_the_nll_of_an_overconfident_model_and_folds_into_its
     before = model(pixels).numpy()
     calibration.fold_temperature(model, temperature)
     np.testing.assert_allclose(model(pixels).numpy(), before / temperature, rtol=1e-5, atol=1e-6)
+
+
+def test_best_row_is_the_earliest_of_highest_macro_f1():
+    from abo_tf.training import run_folder
+
+    def row(step, f1):
+        return run_folder.HistoryRow(step, step, "fine_tune", 1.0, 0.5, 1.0, 0.5, 1e-3, 10.0, 1.0, f1)
+
+    history = [row(1, 0.2), row(2, 0.5), row(3, float("nan")), row(4, 0.5), row(5, 0.4)]
+    assert loop.best_row(history).step == 2
+    assert loop.best_row([row(1, float("nan"))]) is None
+
+
+def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
+    import keras
+
+    from abo_tf.training import run_folder
+
+    history = run_folder.load_history(trained_run)
+    kept = json.load(open(os.path.join(trained_run, "metrics.json")))["validation"]["kept_epoch"]
+    assert kept["step"] == loop.best_row(history).step and kept["val_macro_f1"] == loop.best_row(history).val_macro_f1
+    exported = run_folder.load_keras_model(os.path.join(trained_run, "model.keras"))
+    best = keras.models.clone_model(exported)
+    best_checkpoint = tf.train.latest_checkpoint(os.path.join(trained_run, "checkpoints", "best"))
+    tf.train.Checkpoint(model=best).restore(best_checkpoint).expect_partial().assert_existing_objects_matched()
+    for mine, theirs in zip(exported.weights, best.weights):  # the logits differ by the folded temperature only
+        scale = (
+            1.0
+            if "logits" not in mine.path
+            else json.load(open(os.path.join(trained_run, "metrics.json")))["validation"]["calibration"]["temperature"]
+        )
+        np.testing.assert_allclose(mine.numpy() * scale, theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)

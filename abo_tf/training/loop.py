@@ -28,6 +28,7 @@ from abo_tf.reports import figures, metrics, model_card, predictions_file
 from abo_tf.training import calibration, distribute, export, input_pipeline, models, parity, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
+KEEPS = ("best", "last")
 
 
 class TrainingDiverged(UserInputError):
@@ -137,6 +138,12 @@ class TrainConfig:
     )
     top_k: int = options.option(
         5, help="labels returned by the SavedModel", group=_RUN, minimum=1, maximum=options.MAX_SHOWN
+    )
+    keep: str = options.option(
+        "best",
+        choices=KEEPS,
+        group=_RUN,
+        help="the weights exported: those of the epoch of best validation macro F1, or the last epoch's",
     )
     calibrate: bool = options.option(
         True,
@@ -360,6 +367,24 @@ def _checkpointing(strategy, config, model, phases, step):
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
 
 
+def _best_checkpointing(strategy, config, model):
+    """The manager of the best epoch's model (`--keep best`), or None; written like `_checkpointing`'s."""
+    if config.keep != "best":
+        return None
+    directory = (
+        run_folder.path(config.output, run_folder.BEST_CHECKPOINT)
+        if distribute.is_chief(strategy)
+        else tempfile.mkdtemp(prefix=f"abo_tf_best_{distribute.worker_id(strategy)}_")
+    )
+    return tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, max_to_keep=1)
+
+
+def best_row(history):
+    """The history row of highest val_macro_f1, the earliest on ties; None when no row has one."""
+    scored = [row for row in history if math.isfinite(row.val_macro_f1)]
+    return max(scored, key=lambda row: (row.val_macro_f1, -row.step)) if scored else None
+
+
 def _learning_rate(optimizer):
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return float(inner.learning_rate)
@@ -378,6 +403,7 @@ class _Run:
     phases: list
     step: tf.Variable
     manager: tf.train.CheckpointManager
+    best_manager: object  # a CheckpointManager with --keep best, else None
     train_iterator: object
     validation_iterator: object
     steps_per_epoch: int
@@ -452,7 +478,7 @@ def _validate(run, eval_step, with_predictions=False):
 
 
 def _train_phases(run, on_epoch_end=None):
-    with_predictions = on_epoch_end is not None
+    with_predictions = on_epoch_end is not None or run.best_manager is not None
     eval_step = _make_eval_step(run.strategy, run.model, run.num_classes, with_predictions)
     history = run_folder.load_history(run.config.output, up_to_step=int(run.step))
     for phase in run.phases:
@@ -480,10 +506,13 @@ def _train_phases(run, on_epoch_end=None):
                 learning_rate=_learning_rate(phase.optimizer),
                 images_per_second=images_per_second,
                 seconds=time.perf_counter() - started,
+                val_macro_f1=predicted.get("val_macro_f1", math.nan),
             )
             _log_scalars(run, {"epoch_loss": loss, "epoch_accuracy": accuracy})
             _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
             run.manager.save(checkpoint_number=int(run.step))
+            if run.best_manager is not None and best_row([*history, row]) is row:
+                run.best_manager.save(checkpoint_number=int(run.step))
             history.append(row)
             if run.chief:
                 run_folder.write_history(run.config.output, history)
@@ -648,6 +677,20 @@ def _checked_export(run, plain, manifest, classes, temperature=None):
     return staging
 
 
+def _restore_best(run, history):
+    """With --keep best, loads the best epoch's model into the trained model; {epoch, step, val_macro_f1} or None."""
+    if run.best_manager is None or run.best_manager.latest_checkpoint is None:
+        return None
+    tf.train.Checkpoint(model=run.model).restore(run.best_manager.latest_checkpoint).expect_partial()
+    step = int(run.best_manager.latest_checkpoint.rsplit("-", 1)[1])
+    # A run killed between the best checkpoint and its history row has no row for it (rare): F1 unknown.
+    row = next((row for row in history if row.step == step), None)
+    f1 = None if row is None else row.val_macro_f1
+    epoch = -(-step // run.steps_per_epoch)
+    print(f"keeping epoch {epoch} (validation macro F1 {f1})", flush=True)
+    return {"epoch": epoch, "step": step, "val_macro_f1": f1}
+
+
 def _calibrate(run, plain, manifest):
     """Fits the temperature on validation and folds it into the trained model and its copy; its record, or None.
 
@@ -674,6 +717,7 @@ def _finish(run, manifest, classes, history):
     output = run.config.output
     # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
+    kept = _restore_best(run, history)
     plain = _plain_copy(run.model)
     calibrated = _calibrate(run, plain, manifest)
     staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
@@ -681,6 +725,8 @@ def _finish(run, manifest, classes, history):
     results = _final_metrics(plain, run.config, manifest)
     if calibrated is not None:
         results["validation"]["calibration"] = calibrated
+    if kept is not None:
+        results["validation"]["kept_epoch"] = kept
     run_folder.write_class_names(output, classes)
     os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
     files.write_json(run_folder.path(output, run_folder.METRICS), results)
@@ -724,6 +770,7 @@ def _set_up(config, strategy, manifest):
         phases=phases,
         step=step,
         manager=_checkpointing(strategy, config, model, phases, step),
+        best_manager=_best_checkpointing(strategy, config, model),
         train_iterator=_distributed(strategy, config, "train", True, manifest),
         validation_iterator=_distributed(strategy, config, "validation", False, manifest),
         steps_per_epoch=steps_per_epoch,
