@@ -591,3 +591,25 @@ def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
             else json.load(open(os.path.join(trained_run, "metrics.json")))["validation"]["calibration"]["temperature"]
         )
         np.testing.assert_allclose(mine.numpy() * scale, theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
+
+
+@pytest.mark.slow
+def test_the_weights_moving_averages_are_exported(built_records, tmp_path):
+    from abo_tf.training import distribute, run_folder
+
+    records_dir, manifest = built_records
+    output = str(tmp_path / "run")
+    flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
+    assert train.main(_train_args(records_dir, output, *flags)) == 0
+    # The run as its last checkpoint holds it: trained weights in the model, their averages in the optimizer.
+    run = loop._set_up(
+        train.resolve_config(["--output", output, "--resume"]), distribute.make_strategy("default", ""), manifest
+    )
+    averages = run.phases[-1].optimizer._model_variables_moving_average
+    variables = run.model.trainable_variables
+    exported = {weight.path: weight.numpy() for weight in run_folder.load_keras_model(f"{output}/model.keras").weights}
+    assert any(not np.allclose(variable.numpy(), average.numpy()) for variable, average in zip(variables, averages))
+    for variable, average in zip(variables, averages):
+        np.testing.assert_allclose(
+            exported[variable.path], average.numpy(), rtol=1e-6, atol=1e-7, err_msg=variable.path
+        )

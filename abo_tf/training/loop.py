@@ -107,6 +107,14 @@ class TrainConfig:
         help="decay normalisation scales/shifts and biases too (off: timm's rule, only weights of 2+ dimensions)",
         group=_SCHEDULE,
     )
+    ema_momentum: float = options.option(
+        0.0,
+        help="keep an exponential moving average of the weights (Keras' use_ema) with this momentum, in [0, 1); "
+        "validation, --keep and the export use the average; 0 = off",
+        group=_SCHEDULE,
+        minimum=0.0,
+        maximum=1.0,
+    )
     label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0)
     class_weights: str = options.option(
         "none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE, help="loss weights against the long tail"
@@ -180,7 +188,7 @@ def _check_ranges(config):
     rules.update(
         {
             name: (getattr(config, name) < 1, "give a fraction in [0, 1)")
-            for name in ("warmup_fraction", "label_smoothing", "dropout")
+            for name in ("warmup_fraction", "label_smoothing", "dropout", "ema_momentum")
         }
     )
     for name, (holds, instead) in rules.items():
@@ -226,7 +234,10 @@ def make_optimizer(config, learning_rate, steps, variables=()):
     at the old default 1e-4 and a rate of 1e-3 that was 1e-7 a step, no decay at all.
     """
     optimizer = keras.optimizers.AdamW(
-        _schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay
+        _schedule(learning_rate, steps, config.warmup_fraction),
+        weight_decay=config.weight_decay,
+        use_ema=config.ema_momentum > 0,
+        ema_momentum=config.ema_momentum or 0.99,  # Keras' default, unused without use_ema
     )
     if not config.decay_norm_and_bias:
         # timm's param_groups_weight_decay: 1-D variables (BatchNorm/LayerNorm gamma and beta, biases, ConvNeXt's
@@ -379,10 +390,51 @@ def _best_checkpointing(strategy, config, model):
     return tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, max_to_keep=1)
 
 
+def _is_new_best(macro_f1, history):
+    """Whether an epoch's F1 beats every earlier epoch's (strictly: the earliest of equals stays, as in `best_row`)."""
+    best = best_row(history)
+    return math.isfinite(macro_f1) and (best is None or macro_f1 > best.val_macro_f1)
+
+
 def best_row(history):
     """The history row of highest val_macro_f1, the earliest on ties; None when no row has one."""
     scored = [row for row in history if math.isfinite(row.val_macro_f1)]
     return max(scored, key=lambda row: (row.val_macro_f1, -row.step)) if scored else None
+
+
+def _averaging(optimizer):
+    """The Keras optimizer holding the weights' moving average (inside a LossScaleOptimizer), or None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner if inner.use_ema else None
+
+
+@contextlib.contextmanager
+def _averaged_weights(model, phase):
+    """The phase's moving averages are the model's trainable weights meanwhile; the trained weights come back after.
+
+    Checkpoints for resuming hold the trained weights (and the averages, in the optimizer); validation and the best
+    epoch's checkpoint see the averages, which are what is exported.
+    """
+    averaging = _averaging(phase.optimizer)
+    if averaging is None:
+        yield
+        return
+    variables = model.trainable_variables
+    trained = [tf.identity(variable.value) for variable in variables]
+    averaging.finalize_variable_values(variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, trained):
+            variable.assign(value)
+
+
+def _use_averages(run):
+    """With EMA and --keep last: the last trained phase's averages become the model's weights, for the export."""
+    trained = [phase for phase in run.phases if phase.end > phase.start]
+    if trained and _averaging(trained[-1].optimizer) is not None:
+        models.set_backbone_trainable(run.model, trained[-1].trainable)
+        _averaging(trained[-1].optimizer).finalize_variable_values(run.model.trainable_variables)
 
 
 def _learning_rate(optimizer):
@@ -494,7 +546,10 @@ def _train_phases(run, on_epoch_end=None):
             loss, accuracy, images_per_second = _run_epoch_steps(
                 run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch)
             )
-            val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
+            with _averaged_weights(run.model, phase):
+                val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
+                if run.best_manager is not None and _is_new_best(predicted.get("val_macro_f1", math.nan), history):
+                    run.best_manager.save(checkpoint_number=int(run.step))
             row = run_folder.HistoryRow(
                 epoch=epoch + 1,
                 step=int(run.step),
@@ -511,8 +566,6 @@ def _train_phases(run, on_epoch_end=None):
             _log_scalars(run, {"epoch_loss": loss, "epoch_accuracy": accuracy})
             _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
             run.manager.save(checkpoint_number=int(run.step))
-            if run.best_manager is not None and best_row([*history, row]) is row:
-                run.best_manager.save(checkpoint_number=int(run.step))
             history.append(row)
             if run.chief:
                 run_folder.write_history(run.config.output, history)
@@ -718,6 +771,8 @@ def _finish(run, manifest, classes, history):
     # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
     kept = _restore_best(run, history)
+    if run.config.keep == "last":
+        _use_averages(run)
     plain = _plain_copy(run.model)
     calibrated = _calibrate(run, plain, manifest)
     staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
