@@ -613,3 +613,31 @@ def test_the_weights_moving_averages_are_exported(built_records, tmp_path):
         np.testing.assert_allclose(
             exported[variable.path], average.numpy(), rtol=1e-6, atol=1e-7, err_msg=variable.path
         )
+
+
+def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
+    import keras
+
+    _, manifest = built_records
+    classes = manifest["classes"]
+    counts = np.maximum(shards.examples_per_class(manifest, "train", classes), 1)
+    log_prior = np.log(counts / counts.sum())
+    assert not loop.logit_adjustment(manifest, classes, "cross_entropy", 2.0).any()
+    np.testing.assert_allclose(loop.logit_adjustment(manifest, classes, "balanced_softmax", 2.0), log_prior, rtol=1e-6)
+    adjustment = loop.logit_adjustment(manifest, classes, "logit_adjusted", 2.0)
+    np.testing.assert_allclose(adjustment, 2 * log_prior, rtol=1e-6)
+    # The step's loss is the cross-entropy of the adjusted logits (learning rate 0: the weights stay as they are).
+    config = loop.TrainConfig(records="r", output="o", batch_size=4, label_smoothing=0.0, learning_rate=1e-30)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(len(classes))(inputs))
+    optimizer = loop.make_optimizer(config, 1e-30, 10, model.trainable_variables)
+    images, labels = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), np.arange(4, dtype=np.int32)
+    expected = np.mean(
+        keras.losses.sparse_categorical_crossentropy(labels, model(images) + adjustment, from_logits=True)
+    )
+    strategy = tf.distribute.get_strategy()
+    step = loop.make_train_step(
+        strategy, model, optimizer, config, np.ones(len(classes), np.float32), len(classes), adjustment
+    )
+    loss, _ = step(iter(tf.data.Dataset.from_tensors({"image": images, "label": labels})))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -29,6 +29,8 @@ from abo_tf.training import calibration, distribute, export, input_pipeline, mod
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 KEEPS = ("best", "last")
+LOSSES = ("cross_entropy", "logit_adjusted", "balanced_softmax")
+MAX_TAU = 10.0  # Menon et al. sweep tau in [0, 3]; far beyond, the prior drowns the logits
 
 
 class TrainingDiverged(UserInputError):
@@ -118,6 +120,16 @@ class TrainConfig:
     label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0)
     class_weights: str = options.option(
         "none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE, help="loss weights against the long tail"
+    )
+    loss: str = options.option(
+        "cross_entropy",
+        choices=LOSSES,
+        group=_SCHEDULE,
+        help="logit_adjusted: cross-entropy on logits + tau x log(train prior) (Menon et al., ICLR 2021); "
+        "balanced_softmax: the same at tau = 1 (Ren et al., NeurIPS 2020); served logits are never adjusted",
+    )
+    logit_adjustment_tau: float = options.option(
+        1.0, help="tau of --loss logit_adjusted", group=_SCHEDULE, minimum=0.0, maximum=MAX_TAU
     )
     steps_per_epoch: int = options.option(
         0, help="0 = one pass over train", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
@@ -217,6 +229,19 @@ def _class_weights(manifest, classes, weighting):
     return (weights * counts.sum() / (weights * counts).sum()).astype(np.float32)
 
 
+def logit_adjustment(manifest, classes, loss, tau):
+    """What the training loss adds to the logits: tau x log(train prior) per class, zeros for plain cross-entropy.
+
+    Adding log-prior offsets in training only (Menon et al. 2021, eq. 10) makes the unadjusted logits estimate the
+    class-balanced posterior: rare classes are no longer argued away by their prior. A class without training
+    images counts as one, so its offset is finite.
+    """
+    if loss == "cross_entropy":
+        return np.zeros(len(classes), np.float32)
+    counts = np.maximum(np.array(shards.examples_per_class(manifest, "train", classes), np.float64), 1)
+    return ((1.0 if loss == "balanced_softmax" else tau) * np.log(counts / counts.sum())).astype(np.float32)
+
+
 def _schedule(learning_rate, steps, warmup_fraction):
     warmup = int(steps * warmup_fraction)
     return keras.optimizers.schedules.CosineDecay(
@@ -304,19 +329,23 @@ def _distributed(strategy, config, split, training, manifest):
 # --- steps -------------------------------------------------------------------
 
 
-def make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
-    """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch."""
+def make_train_step(strategy, model, optimizer, config, class_weights, num_classes, adjustment=None):
+    """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch.
+
+    `adjustment` ([C], `logit_adjustment`) is added to the logits inside the loss only.
+    """
     variables = model.trainable_variables
     loss_fn = keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=config.label_smoothing, reduction="none"
     )
     weights = tf.constant(class_weights)
+    offsets = tf.constant(np.zeros(num_classes, np.float32) if adjustment is None else adjustment)
 
     def replica_step(batch):
         labels = batch["label"]
         with tf.GradientTape() as tape:
             logits = model(batch["image"], training=True)
-            per_example = loss_fn(tf.one_hot(labels, num_classes), logits) * tf.gather(weights, labels)
+            per_example = loss_fn(tf.one_hot(labels, num_classes), logits + offsets) * tf.gather(weights, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
             scaled_loss = optimizer.scale_loss(loss)
         optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
@@ -461,6 +490,7 @@ class _Run:
     steps_per_epoch: int
     validation_steps: int
     class_weights: np.ndarray
+    adjustment: np.ndarray  # `logit_adjustment`, added to the logits in the training loss
     num_classes: int
     writer: object
     chief: bool
@@ -538,7 +568,7 @@ def _train_phases(run, on_epoch_end=None):
             continue
         models.set_backbone_trainable(run.model, phase.trainable)
         train_step = make_train_step(
-            run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes
+            run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes, run.adjustment
         )
         while int(run.step) < phase.end:
             epoch = int(run.step) // run.steps_per_epoch
@@ -831,6 +861,7 @@ def _set_up(config, strategy, manifest):
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
         class_weights=_class_weights(manifest, classes, config.class_weights),
+        adjustment=logit_adjustment(manifest, classes, config.loss, config.logit_adjustment_tau),
         num_classes=len(classes),
         writer=tf.summary.create_file_writer(run_folder.path(config.output, run_folder.LOGS)) if chief else None,
         chief=chief,

@@ -136,7 +136,14 @@ def load_keras_model(model_path):
 
 # Train options added after runs were written, with the value that reproduces such a run: a config.toml that lacks
 # them gets these, so an older run still compares equal to its own config and resumes with --resume.
-ADDED_OPTIONS = {"decay_norm_and_bias": True, "calibrate": False, "keep": "last", "ema_momentum": 0.0}
+ADDED_OPTIONS = {
+    "decay_norm_and_bias": True,
+    "calibrate": False,
+    "keep": "last",
+    "ema_momentum": 0.0,
+    "loss": "cross_entropy",
+    "logit_adjustment_tau": 1.0,
+}
 
 
 def load_config(run_dir):
