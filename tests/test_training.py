@@ -430,6 +430,9 @@ def test_an_output_folder_that_is_not_a_run_is_refused_and_kept(built_records, t
         ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
         ({"label_smoothing": -0.1}, "--label-smoothing -0.1"),
         ({"dropout": 1.0}, "--dropout 1.0"),
+        ({"ema_momentum": 1.0}, "--ema-momentum 1.0"),
+        ({"crop_area_min": 0.0}, "--crop-area-min 0.0: give a share"),
+        ({"loss": "focal"}, "--loss 'focal': choose one of"),
         ({"top_k": 0}, "--top-k 0"),
         ({"class_weights": "inverse"}, "--class-weights 'inverse': choose one of"),
         ({"epochs": "3"}, "--epochs '3' must be an integer"),  # a quoted number in a TOML config

@@ -162,7 +162,7 @@ def _checked_labels(labels, num_classes):
 _POSITION = "position"  # of an example in the stream read: with --seed, its augmentation's seed
 
 
-def _decode_batch(image_size, training, extra_keys, num_classes, seed):
+def _decode_batch(image_size, training, extra_keys, num_classes, seed, crop_area_min):
     def transform(batch):
         if not training:
             return tf.map_fn(
@@ -174,7 +174,7 @@ def _decode_batch(image_size, training, extra_keys, num_classes, seed):
         # time, and the parallel maps stay parallel (under op determinism, stateful ones run one at a time).
         seeds = tf.stack([tf.fill(tf.shape(batch[_POSITION]), tf.constant(seed, tf.int64)), batch[_POSITION]], 1)
         return tf.map_fn(
-            lambda pair: preprocess.train_image(pair[0], image_size, pair[1]),
+            lambda pair: preprocess.train_image(pair[0], image_size, pair[1], area_range=(crop_area_min, 1.0)),
             (batch[schema.IMAGE], seeds),
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
@@ -213,6 +213,7 @@ def make_dataset(
     drop_remainder=None,
     extra_keys=(),
     deterministic=False,
+    crop_area_min=preprocess.CROP_AREA_MIN,
 ):
     """Builds the input pipeline of one split.
 
@@ -234,6 +235,7 @@ def make_dataset(
         for reports that name the images); `schema.IMAGE` passes the encoded
         bytes as `ENCODED_IMAGE` (the parity check feeds them to the SavedModel).
       deterministic: training in order too (the shuffles are seeded): the same seed gives the same batches.
+      crop_area_min: the training crop's smallest share of the image area.
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
@@ -263,7 +265,7 @@ def make_dataset(
         lambda positions, serialized: {**schema.parse_records(serialized, keys), _POSITION: positions},
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]), seed)
+    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]), seed, crop_area_min)
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(in_order))
 

@@ -25,7 +25,7 @@ from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.reports import figures, metrics, model_card, predictions_file
-from abo_tf.training import calibration, distribute, export, input_pipeline, models, parity, run_folder
+from abo_tf.training import calibration, distribute, export, input_pipeline, models, parity, preprocess, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 KEEPS = ("best", "last")
@@ -62,6 +62,14 @@ class TrainConfig:
         group=_DATA,
         minimum=models.MIN_IMAGE_SIZE,
         maximum=options.MAX_IMAGE_SIZE,
+    )
+    crop_area_min: float = options.option(
+        preprocess.CROP_AREA_MIN,
+        help="the training crop's smallest share of the image area, in (0, 1] (Inception's 0.08 is for ImageNet "
+        "from scratch)",
+        group=_DATA,
+        minimum=0.0,
+        maximum=1.0,
     )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
     model: str = options.option(
@@ -196,6 +204,7 @@ def _check_ranges(config):
         ),
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
         "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
+        "crop_area_min": (config.crop_area_min > 0, "give a share of the image area in (0, 1]"),
     }
     rules.update(
         {
@@ -319,6 +328,7 @@ def _distributed(strategy, config, split, training, manifest):
             repeat=True,
             drop_remainder=True,
             deterministic=config.deterministic,
+            crop_area_min=config.crop_area_min,
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.

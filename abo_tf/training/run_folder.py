@@ -143,6 +143,7 @@ ADDED_OPTIONS = {
     "ema_momentum": 0.0,
     "loss": "cross_entropy",
     "logit_adjustment_tau": 1.0,
+    "crop_area_min": 0.08,
 }
 
 
