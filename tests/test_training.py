@@ -644,3 +644,21 @@ def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
     )
     loss, _ = step(iter(tf.data.Dataset.from_tensors({"image": images, "label": labels})))
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # Soft targets (MixUp/CutMix) replace the one-hot labels, and weigh the class weights by their shares.
+    targets = np.full((4, len(classes)), 1 / len(classes), np.float32)
+    class_weights = np.linspace(0.5, 2, len(classes)).astype(np.float32)
+    step = loop.make_train_step(strategy, model, optimizer, config, class_weights, len(classes), adjustment)
+    soft = keras.losses.categorical_crossentropy(targets, model(images) + adjustment, from_logits=True)
+    loss, _ = step(iter(tf.data.Dataset.from_tensors({"image": images, "label": labels, "target": targets})))
+    assert float(loss) == pytest.approx(float(np.mean(soft * class_weights.mean())), rel=1e-5)
+
+
+def test_mixed_batches_have_soft_targets_summing_to_one_and_uint8_pixels(built_records):
+    records_dir, manifest = built_records
+    augmentation = input_pipeline.Augmentation(randaugment=True, mixup_alpha=0.4, cutmix_alpha=1.0)
+    batches = input_pipeline.make_dataset(records_dir, "train", 32, 16, training=True, augmentation=augmentation)
+    for batch in batches.take(2):
+        targets = batch["target"].numpy()
+        assert batch["image"].dtype == tf.uint8 and targets.shape == (16, len(manifest["classes"]))
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
+        assert (targets >= 0).all() and (targets.max(axis=1) < 1 - 1e-6).any()  # some images are mixed

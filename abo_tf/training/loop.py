@@ -30,6 +30,7 @@ from abo_tf.training import calibration, distribute, export, input_pipeline, mod
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 KEEPS = ("best", "last")
 LOSSES = ("cross_entropy", "logit_adjusted", "balanced_softmax")
+MAX_MIX_ALPHA = 100.0  # Beta(100, 100) already mixes every pair about half and half
 MAX_TAU = 10.0  # Menon et al. sweep tau in [0, 3]; far beyond, the prior drowns the logits
 
 
@@ -70,6 +71,23 @@ class TrainConfig:
         group=_DATA,
         minimum=0.0,
         maximum=1.0,
+    )
+    randaugment: bool = options.option(
+        False, help="RandAugment (keras.layers.RandAugment, 2 ops, factor 0.5) on training batches", group=_DATA
+    )
+    mixup_alpha: float = options.option(
+        0.0,
+        help="MixUp's Beta(alpha, alpha) (keras.layers.MixUp; recipes use 0.2-0.8); 0 = off",
+        group=_DATA,
+        minimum=0.0,
+        maximum=MAX_MIX_ALPHA,
+    )
+    cutmix_alpha: float = options.option(
+        0.0,
+        help="CutMix's Beta factor (keras.layers.CutMix; recipes use 1.0); 0 = off; with MixUp, one of the two a batch",
+        group=_DATA,
+        minimum=0.0,
+        maximum=MAX_MIX_ALPHA,
     )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
     model: str = options.option(
@@ -329,6 +347,7 @@ def _distributed(strategy, config, split, training, manifest):
             drop_remainder=True,
             deterministic=config.deterministic,
             crop_area_min=config.crop_area_min,
+            augmentation=input_pipeline.Augmentation(config.randaugment, config.mixup_alpha, config.cutmix_alpha),
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -355,7 +374,9 @@ def make_train_step(strategy, model, optimizer, config, class_weights, num_class
         labels = batch["label"]
         with tf.GradientTape() as tape:
             logits = model(batch["image"], training=True)
-            per_example = loss_fn(tf.one_hot(labels, num_classes), logits + offsets) * tf.gather(weights, labels)
+            # MixUp/CutMix's soft targets weigh each class's weight by its share (one-hot: the class's weight).
+            targets = batch["target"] if "target" in batch else tf.one_hot(labels, num_classes)
+            per_example = loss_fn(targets, logits + offsets) * tf.reduce_sum(targets * weights, axis=-1)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
             scaled_loss = optimizer.scale_loss(loss)
         optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))

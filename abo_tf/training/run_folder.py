@@ -144,6 +144,9 @@ ADDED_OPTIONS = {
     "loss": "cross_entropy",
     "logit_adjustment_tau": 1.0,
     "crop_area_min": 0.08,
+    "randaugment": False,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
 }
 
 
