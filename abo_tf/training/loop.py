@@ -801,7 +801,7 @@ def _restore_best(run, history):
     row = next((row for row in history if row.step == step), None)
     f1 = None if row is None else row.val_macro_f1
     epoch = -(-step // run.steps_per_epoch)
-    print(f"keeping epoch {epoch} (validation macro F1 {f1})", flush=True)
+    print(f"keeping epoch {epoch} (validation macro F1 {'unknown' if f1 is None else format(f1, '.4f')})", flush=True)
     return {"epoch": epoch, "step": step, "val_macro_f1": f1}
 
 
