@@ -9,6 +9,9 @@
 2. Is training input-bound? Steps/s of the real training step (the custom
    loop's, small backbone) fed by the real pipeline vs by one batch held in
    memory. Target: at least 0.95x.
+3. The recipe's costs (`--recipe`): images/s of the training pipeline with
+   each augmentation (RandAugment, MixUp, CutMix, all) against the images/s of
+   the train step fed from memory, and the step's cost of EMA of the weights.
 Prints Markdown tables and writes benchmarks/results/input_pipeline.json.
 About 5-10 minutes on 2 cores.
 """
@@ -117,7 +120,7 @@ def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
     )
     classes = manifest["classes"]
     model = models.build_model(config.model, len(classes), image_size, weights=None)
-    optimizer = training.make_optimizer(config, 1e-3, 1000)
+    optimizer = training.make_optimizer(config, 1e-3, 1000, model.trainable_variables)
     optimizer.build(model.trainable_variables)
     step = training.make_train_step(strategy, model, optimizer, config, np.ones(len(classes), np.float32), len(classes))
     real = iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True))
@@ -137,6 +140,64 @@ def input_bound_figures(records, manifest, steps, repeats, image_size, batch):
     }
 
 
+AUGMENTATIONS = {
+    "none": {},
+    "randaugment": {"randaugment": True},
+    "mixup": {"mixup_alpha": 0.2},
+    "cutmix": {"cutmix_alpha": 1.0},
+    "all": {"randaugment": True, "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+}
+
+
+def _memory_step_rate(records, manifest, steps, repeats, image_size, batch, **config_overrides):
+    """Steps/s of the train step on one batch held in memory (the step alone)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from abo_tf.training import input_pipeline, models
+    from abo_tf.training import loop as training
+
+    config = training.TrainConfig(
+        records=records, output="", weights="none", image_size=image_size, batch_size=batch, **config_overrides
+    )
+    classes = manifest["classes"]
+    model = models.build_model(config.model, len(classes), image_size, weights=None)
+    optimizer = training.make_optimizer(config, 1e-3, 1000, model.trainable_variables)
+    optimizer.build(model.trainable_variables)
+    step = training.make_train_step(
+        tf.distribute.get_strategy(), model, optimizer, config, np.ones(len(classes), np.float32), len(classes)
+    )
+    held = next(iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True)))
+    return steps_per_second(step, iter(tf.data.Dataset.from_tensors(held).repeat()), steps, repeats)[0]
+
+
+def recipe_figures(records, manifest, batches, steps, repeats, image_size, batch):
+    """Images/s of the training pipeline per augmentation vs of the step; the step with and without EMA."""
+    from abo_tf.training import input_pipeline
+
+    results = {"image_size": image_size, "batch_size": batch, "pipeline_images_per_second": {}}
+    for name, settings in AUGMENTATIONS.items():
+        dataset = input_pipeline.make_dataset(
+            records, "train", image_size, batch, training=True, augmentation=input_pipeline.Augmentation(**settings)
+        )
+        rate = images_per_second(dataset, batches, repeats)[0]
+        results["pipeline_images_per_second"][name] = rate
+        print(f"  pipeline with {name}: {rate:.0f} img/s", flush=True)
+    plain = _memory_step_rate(records, manifest, steps, repeats, image_size, batch)
+    averaged = _memory_step_rate(records, manifest, steps, repeats, image_size, batch, ema_momentum=0.999)
+    results.update(
+        step_images_per_second=plain * batch,
+        ema_step_images_per_second=averaged * batch,
+        ema_step_time_ratio=plain / averaged,
+    )
+    print(
+        f"  train step: {plain * batch:.0f} img/s, with EMA {averaged * batch:.0f} img/s "
+        f"(step time x{plain / averaged:.2f})",
+        flush=True,
+    )
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listings", type=int, default=800, help="sample size (~2.7 images per listing)")
@@ -144,9 +205,14 @@ def main():
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--recipe", action="store_true", help="only section 3, at 224 px and batch 32")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_pipeline_bench_")
     records, folders, manifest = make_data(work_dir, args.listings)
+    if args.recipe:
+        figures = recipe_figures(records, manifest, args.batches, args.steps, args.repeats, IMAGE_SIZE, 32)
+        write_results("recipe_costs.json", {"cpu_count": os.cpu_count(), **figures})
+        return
     results = {
         "cpu_count": os.cpu_count(),
         "image_size": IMAGE_SIZE,

@@ -67,6 +67,11 @@ def test_metrics_match_the_training_runs_own_evaluation(report, trained_run, bui
     for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top5_accuracy", "weighted_f1"):
         assert result[key] == pytest.approx(trained[key], abs=1e-6), key
     assert 0 <= result["expected_calibration_error"] <= 1
+    # The run folded a temperature into its export: the report undoes it to show the figures before and after.
+    temperature = json.load(open(os.path.join(trained_run, "metrics.json")))["validation"]["calibration"]["temperature"]
+    assert result["calibration"]["temperature"] == temperature
+    assert result["calibration"]["ece_after"] == pytest.approx(result["expected_calibration_error"], abs=1e-6)
+    assert "NLL" in open(os.path.join(report, "report.md")).read()
     assert set(result["strata"]) == {"head", "torso", "tail"}
     # The sample's classes all have fewer than 1000 training images: the head is empty (null, not 0).
     assert result["strata"]["head"]["num_examples"] == 0 and result["strata"]["head"]["macro_f1"] is None

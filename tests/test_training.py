@@ -109,6 +109,9 @@ def test_run_folder_has_every_output(trained_run, built_records):
     assert set(metrics) == {"validation", "test"}
     assert metrics["test"]["num_examples"] == manifest["splits"]["test"]["num_examples"]
     assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
+    calibrated = metrics["validation"]["calibration"]  # the fitted temperature is never worse than T = 1 on validation
+    assert calibrated["nll_after"] <= calibrated["nll_before"] + 1e-9
+    assert metrics["validation"]["expected_calibration_error"] == pytest.approx(calibrated["ece_after"], abs=1e-6)
     events = [
         name for root, _, names in os.walk(os.path.join(trained_run, "logs")) for name in names if "tfevents" in name
     ]
@@ -440,6 +443,9 @@ def test_an_output_folder_that_is_not_a_run_is_refused_and_kept(built_records, t
         ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
         ({"label_smoothing": -0.1}, "--label-smoothing -0.1"),
         ({"dropout": 1.0}, "--dropout 1.0"),
+        ({"ema_momentum": 1.0}, "--ema-momentum 1.0"),
+        ({"crop_area_min": 0.0}, "--crop-area-min 0.0: give a share"),
+        ({"loss": "focal"}, "--loss 'focal': choose one of"),
         ({"top_k": 0}, "--top-k 0"),
         ({"class_weights": "inverse"}, "--class-weights 'inverse': choose one of"),
         ({"epochs": "3"}, "--epochs '3' must be an integer"),  # a quoted number in a TOML config
@@ -528,3 +534,144 @@ def test_tpu_strategy_without_a_tpu_is_a_clear_error():
 
     with pytest.raises(ValueError, match="no TPU found"):
         distribute.make_strategy("tpu", "")
+
+
+# --- the recipe: weight decay, calibration, best checkpoint ------------------
+
+
+@pytest.mark.parametrize("decay_norm_and_bias", [False, True])
+def test_weight_decay_shrinks_weights_at_its_rate_and_spares_vectors_unless_asked(decay_norm_and_bias):
+    import keras
+
+    config = loop.TrainConfig(
+        records="r", output="o", weight_decay=0.05, warmup_fraction=0.0, decay_norm_and_bias=decay_norm_and_bias
+    )
+    kernel, bias = keras.Variable(np.ones((3, 2), np.float32)), keras.Variable(np.ones(2, np.float32))
+    optimizer = loop.make_optimizer(config, 1e-2, 10**6, [kernel, bias])  # a constant rate over 5 steps
+    optimizer.build([kernel, bias])
+    for _ in range(5):  # zero gradients: Adam moves nothing, only the decay acts
+        optimizer.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])
+    expected = (1 - 0.05 * 1e-2) ** 5
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), expected if decay_norm_and_bias else 1.0, rtol=1e-6)
+
+
+def test_temperature_lowers_the_nll_of_an_overconfident_model_and_folds_into_its_logits():
+    import keras
+
+    from abo_tf.training import calibration
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(400, 5)) * 2
+    labels = np.array([rng.choice(5, p=np.exp(row) / np.exp(row).sum()) for row in true_logits])
+    overconfident = true_logits * 4  # calibrated at T = 4
+    temperature = calibration.fit_temperature(overconfident, labels)
+    assert 2.5 < temperature < 6
+    record = calibration.calibration_record(overconfident, labels, temperature)
+    assert record["nll_after"] < record["nll_before"] - 0.5 and record["ece_after"] < record["ece_before"]
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(5, name=calibration.LOGITS_LAYER, bias_initializer="ones")(inputs))
+    pixels = rng.normal(size=(4, 3)).astype(np.float32)
+    before = model(pixels).numpy()
+    calibration.fold_temperature(model, temperature)
+    np.testing.assert_allclose(model(pixels).numpy(), before / temperature, rtol=1e-5, atol=1e-6)
+
+
+def test_best_row_is_the_earliest_of_highest_macro_f1():
+    from abo_tf.training import run_folder
+
+    def row(step, f1):
+        return run_folder.HistoryRow(step, step, "fine_tune", 1.0, 0.5, 1.0, 0.5, 1e-3, 10.0, 1.0, f1)
+
+    history = [row(1, 0.2), row(2, 0.5), row(3, float("nan")), row(4, 0.5), row(5, 0.4)]
+    assert loop.best_row(history).step == 2
+    assert loop.best_row([row(1, float("nan"))]) is None
+
+
+def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
+    import keras
+
+    from abo_tf.training import run_folder
+
+    history = run_folder.load_history(trained_run)
+    kept = json.load(open(os.path.join(trained_run, "metrics.json")))["validation"]["kept_epoch"]
+    assert kept["step"] == loop.best_row(history).step and kept["val_macro_f1"] == loop.best_row(history).val_macro_f1
+    exported = run_folder.load_keras_model(os.path.join(trained_run, "model.keras"))
+    best = keras.models.clone_model(exported)
+    best_checkpoint = tf.train.latest_checkpoint(os.path.join(trained_run, "checkpoints", "best"))
+    tf.train.Checkpoint(model=best).restore(best_checkpoint).expect_partial().assert_existing_objects_matched()
+    for mine, theirs in zip(exported.weights, best.weights):  # the logits differ by the folded temperature only
+        scale = (
+            1.0
+            if "logits" not in mine.path
+            else json.load(open(os.path.join(trained_run, "metrics.json")))["validation"]["calibration"]["temperature"]
+        )
+        np.testing.assert_allclose(mine.numpy() * scale, theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
+
+
+@pytest.mark.slow
+def test_the_weights_moving_averages_are_exported(built_records, tmp_path):
+    from abo_tf.training import distribute, run_folder
+
+    records_dir, manifest = built_records
+    output = str(tmp_path / "run")
+    flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
+    assert train.main(_train_args(records_dir, output, *flags)) == 0
+    # The run as its last checkpoint holds it: trained weights in the model, their averages in the optimizer.
+    run = loop._set_up(
+        train.resolve_config(["--output", output, "--resume"]), distribute.make_strategy("default", ""), manifest
+    )
+    averages = run.phases[-1].optimizer._model_variables_moving_average
+    variables = run.model.trainable_variables
+    exported = {weight.path: weight.numpy() for weight in run_folder.load_keras_model(f"{output}/model.keras").weights}
+    assert any(not np.allclose(variable.numpy(), average.numpy()) for variable, average in zip(variables, averages))
+    for variable, average in zip(variables, averages):
+        np.testing.assert_allclose(
+            exported[variable.path], average.numpy(), rtol=1e-6, atol=1e-7, err_msg=variable.path
+        )
+
+
+def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
+    import keras
+
+    _, manifest = built_records
+    classes = manifest["classes"]
+    counts = np.maximum(shards.examples_per_class(manifest, "train", classes), 1)
+    log_prior = np.log(counts / counts.sum())
+    assert not loop.logit_adjustment(manifest, classes, "cross_entropy", 2.0).any()
+    np.testing.assert_allclose(loop.logit_adjustment(manifest, classes, "balanced_softmax", 2.0), log_prior, rtol=1e-6)
+    adjustment = loop.logit_adjustment(manifest, classes, "logit_adjusted", 2.0)
+    np.testing.assert_allclose(adjustment, 2 * log_prior, rtol=1e-6)
+    # The step's loss is the cross-entropy of the adjusted logits (learning rate 0: the weights stay as they are).
+    config = loop.TrainConfig(records="r", output="o", batch_size=4, label_smoothing=0.0, learning_rate=1e-30)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(len(classes))(inputs))
+    optimizer = loop.make_optimizer(config, 1e-30, 10, model.trainable_variables)
+    images, labels = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), np.arange(4, dtype=np.int32)
+    expected = np.mean(
+        keras.losses.sparse_categorical_crossentropy(labels, model(images) + adjustment, from_logits=True)
+    )
+    strategy = tf.distribute.get_strategy()
+    step = loop.make_train_step(
+        strategy, model, optimizer, config, np.ones(len(classes), np.float32), len(classes), adjustment
+    )
+    loss, _ = step(iter(tf.data.Dataset.from_tensors({"image": images, "label": labels})))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # Soft targets (MixUp/CutMix) replace the one-hot labels, and weigh the class weights by their shares.
+    targets = np.full((4, len(classes)), 1 / len(classes), np.float32)
+    class_weights = np.linspace(0.5, 2, len(classes)).astype(np.float32)
+    step = loop.make_train_step(strategy, model, optimizer, config, class_weights, len(classes), adjustment)
+    soft = keras.losses.categorical_crossentropy(targets, model(images) + adjustment, from_logits=True)
+    loss, _ = step(iter(tf.data.Dataset.from_tensors({"image": images, "label": labels, "target": targets})))
+    assert float(loss) == pytest.approx(float(np.mean(soft * class_weights.mean())), rel=1e-5)
+
+
+def test_mixed_batches_have_soft_targets_summing_to_one_and_uint8_pixels(built_records):
+    records_dir, manifest = built_records
+    augmentation = input_pipeline.Augmentation(randaugment=True, mixup_alpha=0.4, cutmix_alpha=1.0)
+    batches = input_pipeline.make_dataset(records_dir, "train", 32, 16, training=True, augmentation=augmentation)
+    for batch in batches.take(2):
+        targets = batch["target"].numpy()
+        assert batch["image"].dtype == tf.uint8 and targets.shape == (16, len(manifest["classes"]))
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
+        assert (targets >= 0).all() and (targets.max(axis=1) < 1 - 1e-6).any()  # some images are mixed

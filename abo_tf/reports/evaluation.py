@@ -24,6 +24,7 @@ from abo_tf.common.files import write_csv, write_json
 from abo_tf.records import schema, shards
 from abo_tf.records import split as split_lib
 from abo_tf.reports import bootstrap, figures, metrics
+from abo_tf.training import calibration
 
 KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
 CONFUSED_PAIRS = "confused_pairs.csv"
@@ -432,6 +433,7 @@ def _summary_lines(options, result):
             ),
         ),
         "",
+        *_calibration_lines(result),
         f"## By class frequency (training examples: head >= {options.head_min}, tail < {options.tail_below})",
         "",
         f"| stratum | classes | {options.split} images | macro F1 | macro recall | accuracy | top-5 |",
@@ -444,6 +446,18 @@ def _summary_lines(options, result):
             + _figure_row(entry, ("macro_f1", "macro_recall", "accuracy", "top5_accuracy"))
         )
     return lines
+
+
+def _calibration_lines(result):
+    entry = result.get("calibration")
+    if entry is None:
+        return []
+    return [
+        f"Probabilities are temperature-scaled (T = {entry['temperature']:.3f}, fitted on validation at training): "
+        f"on this split NLL {entry['nll_before']:.4f} -> {entry['nll_after']:.4f}, "
+        f"ECE {entry['ece_before']:.4f} -> {entry['ece_after']:.4f}.",
+        "",
+    ]
 
 
 def _per_class_lines(per_class, files):
@@ -557,8 +571,14 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     files["mistakes"] = "mistakes.png"
     table = metrics.calibration_table(predictions.labels, predictions.probabilities, options.calibration_bins)
     write_csv(table, os.path.join(report, "calibration.csv"))
+    before = None
+    if "calibration" in result:  # the run's temperature undone: the same predictions before calibration
+        temperature = result["calibration"]["temperature"]
+        uncalibrated = calibration.uncalibrated_probabilities(predictions.probabilities, temperature)
+        before_table = metrics.calibration_table(predictions.labels, uncalibrated, options.calibration_bins)
+        before = before_table, result["calibration"]["ece_before"]
     metrics.plot_reliability_diagram(
-        table, result["expected_calibration_error"], os.path.join(report, "reliability.png")
+        table, result["expected_calibration_error"], os.path.join(report, "reliability.png"), before
     )
     files["reliability"] = "reliability.png"
     return _Tables(per_class, pairs), files
@@ -689,6 +709,11 @@ def evaluate(options):
     )
     if parity_record is not None:
         result["parity"] = parity_record
+    temperature = export.exported_temperature(loaded)
+    if temperature is not None:
+        result["calibration"] = calibration.uncalibrated_record(
+            predictions.probabilities, predictions.labels, temperature
+        )
     if leaked is not None:
         result["without_near_duplicates"] = _metrics_without_near_duplicates(options, leaked, predictions, train_counts)
     tables, files = _figures_and_tables(options, predictions, class_names, train_counts, result)

@@ -457,16 +457,25 @@ def _plot_f1_against_training_examples(per_class, path):
     return figures.save(figure, path)
 
 
-def plot_reliability_diagram(table, ece, path):
-    """Accuracy against confidence per bin (a `calibration_table`), with the diagonal and the ECE."""
+def plot_reliability_diagram(table, ece, path, before=None):
+    """Accuracy against confidence per bin (a `calibration_table`), with the diagonal and the ECE.
+
+    `before`: (table, ece) of the same predictions before temperature scaling, drawn as a line over the bars.
+    """
     plt = figures.pyplot()
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     centres = (table["bin_lower"] + table["bin_upper"]) / 2
     widths = table["bin_upper"] - table["bin_lower"]
     top.bar(centres, table["accuracy"].fillna(0), width=widths, edgecolor="black", alpha=0.8, label="accuracy")
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    title = f"reliability (ECE {ece:.3f})"
+    if before is not None:
+        before_table, before_ece = before
+        filled = before_table[before_table["count"] > 0]
+        top.plot(filled["confidence"], filled["accuracy"], "o-", color="tab:red", label="before temperature")
+        title = f"reliability (ECE {before_ece:.3f} before temperature, {ece:.3f} after)"
     top.set_ylabel("accuracy")
-    top.set_title(f"reliability (ECE {ece:.3f})")
+    top.set_title(title, fontsize=9 if before is not None else None)
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(centres, table["count"], width=widths, color="gray", edgecolor="black")
     bottom.set_xlabel("confidence (top-1 probability)")

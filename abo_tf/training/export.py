@@ -10,7 +10,9 @@ each returning {"probabilities": float32 [N, C], "top_k_labels": string [N, k],
 [N]. Bytes go through `preprocess.eval_image`, the evaluation crop of the input
 pipeline (a transparent PNG is composited onto white, as the build does); the
 model normalises pixels itself. The class names and the image size travel
-inside the SavedModel.
+inside the SavedModel, and so does the calibration temperature when a run
+folded one into the logits (`exported_temperature`): the probabilities are
+the calibrated ones.
 
 A bad image fails alone, not the whole call: before decoding, each image's
 header is read (`preprocess.header_error`), and an image that is not a JPEG,
@@ -42,6 +44,7 @@ DAMAGED = "cannot be decoded: the image data is damaged (truncated, no scan, or 
 # Variable collections of the export (`loaded.class_names[0]`, `loaded.image_size[0]`).
 CLASS_NAMES = "class_names"
 IMAGE_SIZE = "image_size"
+TEMPERATURE = "temperature"  # the temperature already folded into the logits (abo_tf.training.calibration), if any
 
 
 def _check_export_arguments(model, class_names, image_size, top_k):
@@ -140,7 +143,7 @@ def _make_endpoints(model, class_names_variable, image_size, top_k):
     return serve_bytes, serve_pixels
 
 
-def export_saved_model(model, class_names, image_size, export_dir, top_k=5):
+def export_saved_model(model, class_names, image_size, export_dir, top_k=5, temperature=None):
     """Writes the serving SavedModel of a classifier from `models.build_model`.
 
     Args:
@@ -150,6 +153,8 @@ def export_saved_model(model, class_names, image_size, export_dir, top_k=5):
       image_size: S, the model's input side.
       export_dir: folder to write (created; files in it are overwritten).
       top_k: labels returned per image; capped at C.
+      temperature: the calibration temperature folded into the model's logits, recorded (not applied) for
+        readers that undo it; None: not calibrated.
 
     Returns:
       `export_dir`.
@@ -176,6 +181,9 @@ def export_saved_model(model, class_names, image_size, export_dir, top_k=5):
     )
     archive.add_variable_collection(CLASS_NAMES, [class_names_variable])
     archive.add_variable_collection(IMAGE_SIZE, [image_size_variable])
+    if temperature is not None:
+        temperature_variable = tf.Variable(float(temperature), dtype=tf.float64, trainable=False, name=TEMPERATURE)
+        archive.add_variable_collection(TEMPERATURE, [temperature_variable])
     archive.write_out(export_dir, verbose=False)
     return export_dir
 
@@ -224,6 +232,12 @@ def exported_class_names(loaded):
 def exported_image_size(loaded):
     """The side of the square pixels `serve_pixels` takes."""
     return int(getattr(loaded, IMAGE_SIZE)[0].numpy())
+
+
+def exported_temperature(loaded):
+    """The calibration temperature folded into an export's probabilities, or None (not calibrated, or older)."""
+    collection = getattr(loaded, TEMPERATURE, None)
+    return None if collection is None else float(collection[0].numpy())
 
 
 def keras_probabilities(model):

@@ -15,6 +15,7 @@ the manifest with the files before reading (cheap: sizes, not contents), and
 """
 
 import contextlib
+import dataclasses
 import os
 import re
 
@@ -162,7 +163,7 @@ def _checked_labels(labels, num_classes):
 _POSITION = "position"  # of an example in the stream read: with --seed, its augmentation's seed
 
 
-def _decode_batch(image_size, training, extra_keys, num_classes, seed):
+def _decode_batch(image_size, training, extra_keys, num_classes, seed, crop_area_min):
     def transform(batch):
         if not training:
             return tf.map_fn(
@@ -174,7 +175,7 @@ def _decode_batch(image_size, training, extra_keys, num_classes, seed):
         # time, and the parallel maps stay parallel (under op determinism, stateful ones run one at a time).
         seeds = tf.stack([tf.fill(tf.shape(batch[_POSITION]), tf.constant(seed, tf.int64)), batch[_POSITION]], 1)
         return tf.map_fn(
-            lambda pair: preprocess.train_image(pair[0], image_size, pair[1]),
+            lambda pair: preprocess.train_image(pair[0], image_size, pair[1], area_range=(crop_area_min, 1.0)),
             (batch[schema.IMAGE], seeds),
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
@@ -185,6 +186,55 @@ def _decode_batch(image_size, training, extra_keys, num_classes, seed):
         return {"image": transform(batch), "label": labels, **passed}
 
     return decode
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Batch augmentations after the crop and flip, from Keras 3's own layers, run in the tf.data graph.
+
+    MixUp and CutMix make soft targets: training batches then carry "target" (float32 [B, C], rows summing to 1)
+    beside "label" (the unmixed image's class). With both on, each batch gets one of the two (timm's switch).
+    """
+
+    randaugment: bool = False
+    mixup_alpha: float = 0.0  # 0 = off
+    cutmix_alpha: float = 0.0  # 0 = off
+
+    @property
+    def active(self):
+        return self.randaugment or self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def _augment_batch(augmentation, num_classes, seed):
+    import keras  # the layers only: a pipeline without augmentation does not need Keras
+
+    randaugment = keras.layers.RandAugment(value_range=(0, 255), seed=seed) if augmentation.randaugment else None
+    mixers = []
+    if augmentation.mixup_alpha > 0:
+        mixers.append(keras.layers.MixUp(alpha=augmentation.mixup_alpha, seed=seed))
+    if augmentation.cutmix_alpha > 0:
+        mixers.append(keras.layers.CutMix(factor=augmentation.cutmix_alpha, seed=seed))
+
+    def mix(images, targets):
+        mixed = [lambda layer=layer: layer({"images": images, "labels": targets}, training=True) for layer in mixers]
+        if len(mixed) == 1:
+            out = mixed[0]()
+        else:
+            out = tf.cond(tf.random.uniform([], seed=seed) < 0.5, mixed[0], mixed[1])
+        return out["images"], out["labels"]
+
+    def augment(batch):
+        images = tf.cast(batch["image"], tf.float32)
+        targets = tf.one_hot(batch["label"], num_classes)
+        if randaugment is not None:
+            images = randaugment(images, training=True)
+        if mixers:
+            images, targets = mix(images, targets)
+        # Back to uint8: the model takes the pixels the export serves.
+        pixels = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
+        return {**batch, "image": pixels, **({"target": targets} if mixers else {})}
+
+    return augment
 
 
 def _shard_for_input_pipeline(files, input_context, training, seed):
@@ -213,6 +263,8 @@ def make_dataset(
     drop_remainder=None,
     extra_keys=(),
     deterministic=False,
+    crop_area_min=preprocess.CROP_AREA_MIN,
+    augmentation=None,
 ):
     """Builds the input pipeline of one split.
 
@@ -234,6 +286,8 @@ def make_dataset(
         for reports that name the images); `schema.IMAGE` passes the encoded
         bytes as `ENCODED_IMAGE` (the parity check feeds them to the SavedModel).
       deterministic: training in order too (the shuffles are seeded): the same seed gives the same batches.
+      crop_area_min: the training crop's smallest share of the image area.
+      augmentation: an `Augmentation` for training batches, or None.
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
@@ -263,8 +317,12 @@ def make_dataset(
         lambda positions, serialized: {**schema.parse_records(serialized, keys), _POSITION: positions},
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]), seed)
+    decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]), seed, crop_area_min)
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and augmentation is not None and augmentation.active:
+        dataset = dataset.map(
+            _augment_batch(augmentation, len(manifest["classes"]), seed), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(in_order))
 
 

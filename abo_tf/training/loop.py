@@ -25,9 +25,13 @@ from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.reports import figures, metrics, model_card, predictions_file
-from abo_tf.training import distribute, export, input_pipeline, models, parity, run_folder
+from abo_tf.training import calibration, distribute, export, input_pipeline, models, parity, preprocess, run_folder
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
+KEEPS = ("best", "last")
+LOSSES = ("cross_entropy", "logit_adjusted", "balanced_softmax")
+MAX_MIX_ALPHA = 100.0  # Beta(100, 100) already mixes every pair about half and half
+MAX_TAU = 10.0  # Menon et al. sweep tau in [0, 3]; far beyond, the prior drowns the logits
 
 
 class TrainingDiverged(UserInputError):
@@ -59,6 +63,31 @@ class TrainConfig:
         group=_DATA,
         minimum=models.MIN_IMAGE_SIZE,
         maximum=options.MAX_IMAGE_SIZE,
+    )
+    crop_area_min: float = options.option(
+        preprocess.CROP_AREA_MIN,
+        help="the training crop's smallest share of the image area, in (0, 1] (Inception's 0.08 is for ImageNet "
+        "from scratch)",
+        group=_DATA,
+        minimum=0.0,
+        maximum=1.0,
+    )
+    randaugment: bool = options.option(
+        False, help="RandAugment (keras.layers.RandAugment, 2 ops, factor 0.5) on training batches", group=_DATA
+    )
+    mixup_alpha: float = options.option(
+        0.0,
+        help="MixUp's Beta(alpha, alpha) (keras.layers.MixUp; recipes use 0.2-0.8); 0 = off",
+        group=_DATA,
+        minimum=0.0,
+        maximum=MAX_MIX_ALPHA,
+    )
+    cutmix_alpha: float = options.option(
+        0.0,
+        help="CutMix's Beta factor (keras.layers.CutMix; recipes use 1.0); 0 = off; with MixUp, one of the two a batch",
+        group=_DATA,
+        minimum=0.0,
+        maximum=MAX_MIX_ALPHA,
     )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
     model: str = options.option(
@@ -94,11 +123,39 @@ class TrainConfig:
         0.1, help="of each phase's steps, in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0
     )
     weight_decay: float = options.option(
-        1e-4, help="AdamW's decoupled weight decay", group=_SCHEDULE, minimum=0.0, maximum=1.0
+        0.05,
+        help="AdamW's decoupled weight decay: each step shrinks a weight by this x the learning rate "
+        "(0.05: DeiT's and ConvNeXt's AdamW recipes, timm's fine-tuning default)",
+        group=_SCHEDULE,
+        minimum=0.0,
+        maximum=1.0,
+    )
+    decay_norm_and_bias: bool = options.option(
+        False,
+        help="decay normalisation scales/shifts and biases too (off: timm's rule, only weights of 2+ dimensions)",
+        group=_SCHEDULE,
+    )
+    ema_momentum: float = options.option(
+        0.0,
+        help="keep an exponential moving average of the weights (Keras' use_ema) with this momentum, in [0, 1); "
+        "validation, --keep and the export use the average; 0 = off",
+        group=_SCHEDULE,
+        minimum=0.0,
+        maximum=1.0,
     )
     label_smoothing: float = options.option(0.1, help="in [0, 1)", group=_SCHEDULE, minimum=0.0, maximum=1.0)
     class_weights: str = options.option(
         "none", choices=CLASS_WEIGHTINGS, group=_SCHEDULE, help="loss weights against the long tail"
+    )
+    loss: str = options.option(
+        "cross_entropy",
+        choices=LOSSES,
+        group=_SCHEDULE,
+        help="logit_adjusted: cross-entropy on logits + tau x log(train prior) (Menon et al., ICLR 2021); "
+        "balanced_softmax: the same at tau = 1 (Ren et al., NeurIPS 2020); served logits are never adjusted",
+    )
+    logit_adjustment_tau: float = options.option(
+        1.0, help="tau of --loss logit_adjusted", group=_SCHEDULE, minimum=0.0, maximum=MAX_TAU
     )
     steps_per_epoch: int = options.option(
         0, help="0 = one pass over train", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
@@ -128,6 +185,17 @@ class TrainConfig:
     top_k: int = options.option(
         5, help="labels returned by the SavedModel", group=_RUN, minimum=1, maximum=options.MAX_SHOWN
     )
+    keep: str = options.option(
+        "best",
+        choices=KEEPS,
+        group=_RUN,
+        help="the weights exported: those of the epoch of best validation macro F1, or the last epoch's",
+    )
+    calibrate: bool = options.option(
+        True,
+        help="fit a temperature on validation (least NLL) after training and fold it into the exported logits",
+        group=_RUN,
+    )
     progress: bool = options.option(
         True,
         help="a progress bar per epoch on a terminal (a line per epoch in a log)",
@@ -154,11 +222,12 @@ def _check_ranges(config):
         ),
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
         "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
+        "crop_area_min": (config.crop_area_min > 0, "give a share of the image area in (0, 1]"),
     }
     rules.update(
         {
             name: (getattr(config, name) < 1, "give a fraction in [0, 1)")
-            for name in ("warmup_fraction", "label_smoothing", "dropout")
+            for name in ("warmup_fraction", "label_smoothing", "dropout", "ema_momentum")
         }
     )
     for name, (holds, instead) in rules.items():
@@ -187,6 +256,19 @@ def _class_weights(manifest, classes, weighting):
     return (weights * counts.sum() / (weights * counts).sum()).astype(np.float32)
 
 
+def logit_adjustment(manifest, classes, loss, tau):
+    """What the training loss adds to the logits: tau x log(train prior) per class, zeros for plain cross-entropy.
+
+    Adding log-prior offsets in training only (Menon et al. 2021, eq. 10) makes the unadjusted logits estimate the
+    class-balanced posterior: rare classes are no longer argued away by their prior. A class without training
+    images counts as one, so its offset is finite.
+    """
+    if loss == "cross_entropy":
+        return np.zeros(len(classes), np.float32)
+    counts = np.maximum(np.array(shards.examples_per_class(manifest, "train", classes), np.float64), 1)
+    return ((1.0 if loss == "balanced_softmax" else tau) * np.log(counts / counts.sum())).astype(np.float32)
+
+
 def _schedule(learning_rate, steps, warmup_fraction):
     warmup = int(steps * warmup_fraction)
     return keras.optimizers.schedules.CosineDecay(
@@ -197,11 +279,22 @@ def _schedule(learning_rate, steps, warmup_fraction):
     )
 
 
-def make_optimizer(config, learning_rate, steps):
-    """AdamW with warm-up and cosine decay over `steps` (loss-scaled under mixed float16)."""
+def make_optimizer(config, learning_rate, steps, variables=()):
+    """AdamW with warm-up and cosine decay over `steps` (loss-scaled under mixed float16), to be built on `variables`.
+
+    Keras' AdamW shrinks each decayed weight by `weight_decay x learning_rate` a step (the schedule's current rate):
+    at the old default 1e-4 and a rate of 1e-3 that was 1e-7 a step, no decay at all.
+    """
     optimizer = keras.optimizers.AdamW(
-        _schedule(learning_rate, steps, config.warmup_fraction), weight_decay=config.weight_decay
+        _schedule(learning_rate, steps, config.warmup_fraction),
+        weight_decay=config.weight_decay,
+        use_ema=config.ema_momentum > 0,
+        ema_momentum=config.ema_momentum or 0.99,  # Keras' default, unused without use_ema
     )
+    if not config.decay_norm_and_bias:
+        # timm's param_groups_weight_decay: 1-D variables (BatchNorm/LayerNorm gamma and beta, biases, ConvNeXt's
+        # layer scales) are not decayed; decaying them pulls normalisation towards zero output, not towards simplicity.
+        optimizer.exclude_from_weight_decay(var_list=[variable for variable in variables if len(variable.shape) <= 1])
     if config.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -222,8 +315,8 @@ def _make_phases(config, model, steps_per_epoch):
     ]
     phases = []
     for name, trainable, learning_rate, start, end in plans:
-        optimizer = make_optimizer(config, learning_rate, max(1, end - start))
         models.set_backbone_trainable(model, trainable)
+        optimizer = make_optimizer(config, learning_rate, max(1, end - start), model.trainable_variables)
         optimizer.build(model.trainable_variables)
         phases.append(_Phase(name, optimizer, trainable, start, end))
     return phases
@@ -253,6 +346,8 @@ def _distributed(strategy, config, split, training, manifest):
             repeat=True,
             drop_remainder=True,
             deterministic=config.deterministic,
+            crop_area_min=config.crop_area_min,
+            augmentation=input_pipeline.Augmentation(config.randaugment, config.mixup_alpha, config.cutmix_alpha),
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -263,19 +358,25 @@ def _distributed(strategy, config, split, training, manifest):
 # --- steps -------------------------------------------------------------------
 
 
-def make_train_step(strategy, model, optimizer, config, class_weights, num_classes):
-    """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch."""
+def make_train_step(strategy, model, optimizer, config, class_weights, num_classes, adjustment=None):
+    """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch.
+
+    `adjustment` ([C], `logit_adjustment`) is added to the logits inside the loss only.
+    """
     variables = model.trainable_variables
     loss_fn = keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=config.label_smoothing, reduction="none"
     )
     weights = tf.constant(class_weights)
+    offsets = tf.constant(np.zeros(num_classes, np.float32) if adjustment is None else adjustment)
 
     def replica_step(batch):
         labels = batch["label"]
         with tf.GradientTape() as tape:
             logits = model(batch["image"], training=True)
-            per_example = loss_fn(tf.one_hot(labels, num_classes), logits) * tf.gather(weights, labels)
+            # MixUp/CutMix's soft targets weigh each class's weight by its share (one-hot: the class's weight).
+            targets = batch["target"] if "target" in batch else tf.one_hot(labels, num_classes)
+            per_example = loss_fn(targets, logits + offsets) * tf.reduce_sum(targets * weights, axis=-1)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
             scaled_loss = optimizer.scale_loss(loss)
         optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
@@ -337,6 +438,65 @@ def _checkpointing(strategy, config, model, phases, step):
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
 
 
+def _best_checkpointing(strategy, config, model):
+    """The manager of the best epoch's model (`--keep best`), or None; written like `_checkpointing`'s."""
+    if config.keep != "best":
+        return None
+    directory = (
+        run_folder.path(config.output, run_folder.BEST_CHECKPOINT)
+        if distribute.is_chief(strategy)
+        else tempfile.mkdtemp(prefix=f"abo_tf_best_{distribute.worker_id(strategy)}_")
+    )
+    return tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, max_to_keep=1)
+
+
+def _is_new_best(macro_f1, history):
+    """Whether an epoch's F1 beats every earlier epoch's (strictly: the earliest of equals stays, as in `best_row`)."""
+    best = best_row(history)
+    return math.isfinite(macro_f1) and (best is None or macro_f1 > best.val_macro_f1)
+
+
+def best_row(history):
+    """The history row of highest val_macro_f1, the earliest on ties; None when no row has one."""
+    scored = [row for row in history if math.isfinite(row.val_macro_f1)]
+    return max(scored, key=lambda row: (row.val_macro_f1, -row.step)) if scored else None
+
+
+def _averaging(optimizer):
+    """The Keras optimizer holding the weights' moving average (inside a LossScaleOptimizer), or None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner if inner.use_ema else None
+
+
+@contextlib.contextmanager
+def _averaged_weights(model, phase):
+    """The phase's moving averages are the model's trainable weights meanwhile; the trained weights come back after.
+
+    Checkpoints for resuming hold the trained weights (and the averages, in the optimizer); validation and the best
+    epoch's checkpoint see the averages, which are what is exported.
+    """
+    averaging = _averaging(phase.optimizer)
+    if averaging is None:
+        yield
+        return
+    variables = model.trainable_variables
+    trained = [tf.identity(variable.value) for variable in variables]
+    averaging.finalize_variable_values(variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, trained):
+            variable.assign(value)
+
+
+def _use_averages(run):
+    """With EMA and --keep last: the last trained phase's averages become the model's weights, for the export."""
+    trained = [phase for phase in run.phases if phase.end > phase.start]
+    if trained and _averaging(trained[-1].optimizer) is not None:
+        models.set_backbone_trainable(run.model, trained[-1].trainable)
+        _averaging(trained[-1].optimizer).finalize_variable_values(run.model.trainable_variables)
+
+
 def _learning_rate(optimizer):
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return float(inner.learning_rate)
@@ -355,11 +515,13 @@ class _Run:
     phases: list
     step: tf.Variable
     manager: tf.train.CheckpointManager
+    best_manager: object  # a CheckpointManager with --keep best, else None
     train_iterator: object
     validation_iterator: object
     steps_per_epoch: int
     validation_steps: int
     class_weights: np.ndarray
+    adjustment: np.ndarray  # `logit_adjustment`, added to the logits in the training loss
     num_classes: int
     writer: object
     chief: bool
@@ -429,7 +591,7 @@ def _validate(run, eval_step, with_predictions=False):
 
 
 def _train_phases(run, on_epoch_end=None):
-    with_predictions = on_epoch_end is not None
+    with_predictions = on_epoch_end is not None or run.best_manager is not None
     eval_step = _make_eval_step(run.strategy, run.model, run.num_classes, with_predictions)
     history = run_folder.load_history(run.config.output, up_to_step=int(run.step))
     for phase in run.phases:
@@ -437,7 +599,7 @@ def _train_phases(run, on_epoch_end=None):
             continue
         models.set_backbone_trainable(run.model, phase.trainable)
         train_step = make_train_step(
-            run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes
+            run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes, run.adjustment
         )
         while int(run.step) < phase.end:
             epoch = int(run.step) // run.steps_per_epoch
@@ -445,7 +607,10 @@ def _train_phases(run, on_epoch_end=None):
             loss, accuracy, images_per_second = _run_epoch_steps(
                 run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch)
             )
-            val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
+            with _averaged_weights(run.model, phase):
+                val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
+                if run.best_manager is not None and _is_new_best(predicted.get("val_macro_f1", math.nan), history):
+                    run.best_manager.save(checkpoint_number=int(run.step))
             row = run_folder.HistoryRow(
                 epoch=epoch + 1,
                 step=int(run.step),
@@ -457,6 +622,7 @@ def _train_phases(run, on_epoch_end=None):
                 learning_rate=_learning_rate(phase.optimizer),
                 images_per_second=images_per_second,
                 seconds=time.perf_counter() - started,
+                val_macro_f1=predicted.get("val_macro_f1", math.nan),
             )
             _log_scalars(run, {"epoch_loss": loss, "epoch_accuracy": accuracy})
             _log_scalars(run, {"loss": val_loss, "accuracy": val_accuracy}, prefix="validation")
@@ -477,8 +643,8 @@ def _train_phases(run, on_epoch_end=None):
 # --- after training: evaluation, export, figures -----------------------------
 
 
-def predict_split(model, config, split, manifest):
-    """Labels, softmax probabilities and {image_id, item_id: str arrays} of a whole split, in order (one device)."""
+def predict_split(model, config, split, manifest, logits=False):
+    """Labels, softmax probabilities (`logits`: the logits) and {image_id, item_id: str arrays} of a split, in order."""
     keys = (schema.IMAGE_ID, schema.ITEM_ID)
     dataset = input_pipeline.make_dataset(
         config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest, extra_keys=keys
@@ -486,7 +652,8 @@ def predict_split(model, config, split, manifest):
     labels, probabilities, ids = [], [], {key: [] for key in keys}
     for batch in dataset:
         labels.append(batch["label"].numpy())
-        probabilities.append(tf.nn.softmax(model(batch["image"], training=False)).numpy())
+        outputs = model(batch["image"], training=False)
+        probabilities.append((outputs if logits else tf.nn.softmax(outputs)).numpy())
         for key in keys:
             ids[key].append(batch[key].numpy().astype(str))
     return np.concatenate(labels), np.concatenate(probabilities), {key: np.concatenate(ids[key]) for key in keys}
@@ -591,7 +758,7 @@ def _computing_in_float32(model):
             layer.dtype_policy = policy
 
 
-def _checked_export(run, plain, manifest, classes):
+def _checked_export(run, plain, manifest, classes, temperature=None):
     """Exports `plain` into the staging folder and checks it against the trained model on validation.
 
     Returns:
@@ -602,7 +769,7 @@ def _checked_export(run, plain, manifest, classes):
     """
     config = run.config
     staging = run_folder.path(config.output, run_folder.SAVED_MODEL_STAGING)
-    export.export_saved_model(plain, classes, config.image_size, staging, config.top_k)
+    export.export_saved_model(plain, classes, config.image_size, staging, config.top_k, temperature)
     # The validation split as stored: the bytes go through serving_default, their decoded pixels
     # through serve_pixels and the trained model (outside strategy.run: one device reads the variables).
     batches = input_pipeline.make_dataset(
@@ -624,14 +791,58 @@ def _checked_export(run, plain, manifest, classes):
     return staging
 
 
+def _restore_best(run, history):
+    """With --keep best, loads the best epoch's model into the trained model; {epoch, step, val_macro_f1} or None."""
+    if run.best_manager is None or run.best_manager.latest_checkpoint is None:
+        return None
+    tf.train.Checkpoint(model=run.model).restore(run.best_manager.latest_checkpoint).expect_partial()
+    step = int(run.best_manager.latest_checkpoint.rsplit("-", 1)[1])
+    # A run killed between the best checkpoint and its history row has no row for it (rare): F1 unknown.
+    row = next((row for row in history if row.step == step), None)
+    f1 = None if row is None else row.val_macro_f1
+    epoch = -(-step // run.steps_per_epoch)
+    print(f"keeping epoch {epoch} (validation macro F1 {'unknown' if f1 is None else format(f1, '.4f')})", flush=True)
+    return {"epoch": epoch, "step": step, "val_macro_f1": f1}
+
+
+def _calibrate(run, plain, manifest):
+    """Fits the temperature on validation and folds it into the trained model and its copy; its record, or None.
+
+    Folded into both before the parity check: the check then compares the trained network, with the one scalar
+    applied the same way, against its export, and the export's `probabilities` are the calibrated ones.
+    """
+    config = run.config
+    if not config.calibrate or input_pipeline.num_examples(config.records, "validation", manifest) == 0:
+        return None
+    labels, logits, _ = predict_split(plain, config, "validation", manifest, logits=True)
+    temperature = calibration.fit_temperature(logits, labels)
+    for model in (run.model, plain):
+        calibration.fold_temperature(model, temperature)
+    record = calibration.calibration_record(logits, labels, temperature)
+    print(
+        f"calibration: temperature {temperature:.3f}, validation NLL {record['nll_before']:.4f} -> "
+        f"{record['nll_after']:.4f}, ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f}",
+        flush=True,
+    )
+    return record
+
+
 def _finish(run, manifest, classes, history):
     output = run.config.output
     # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
+    kept = _restore_best(run, history)
+    if run.config.keep == "last":
+        _use_averages(run)
     plain = _plain_copy(run.model)
-    staging = _checked_export(run, plain, manifest, classes)
+    calibrated = _calibrate(run, plain, manifest)
+    staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
     plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
     results = _final_metrics(plain, run.config, manifest)
+    if calibrated is not None:
+        results["validation"]["calibration"] = calibrated
+    if kept is not None:
+        results["validation"]["kept_epoch"] = kept
     run_folder.write_class_names(output, classes)
     os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
     files.write_json(run_folder.path(output, run_folder.METRICS), results)
@@ -675,11 +886,13 @@ def _set_up(config, strategy, manifest):
         phases=phases,
         step=step,
         manager=_checkpointing(strategy, config, model, phases, step),
+        best_manager=_best_checkpointing(strategy, config, model),
         train_iterator=_distributed(strategy, config, "train", True, manifest),
         validation_iterator=_distributed(strategy, config, "validation", False, manifest),
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
         class_weights=_class_weights(manifest, classes, config.class_weights),
+        adjustment=logit_adjustment(manifest, classes, config.loss, config.logit_adjustment_tau),
         num_classes=len(classes),
         writer=tf.summary.create_file_writer(run_folder.path(config.output, run_folder.LOGS)) if chief else None,
         chief=chief,

@@ -3,6 +3,7 @@
     RUN_DIR/
       config.toml          the resolved train options: `--config RUN_DIR/config.toml` reproduces the run
       checkpoints/         every epoch (and every --checkpoint-every-steps): a killed run resumes here
+      checkpoints/best/    the model of the epoch of best validation macro F1 (`--keep best`)
       logs/                TensorBoard
       history.csv          one row per epoch, `HistoryRow`'s fields
       training_curves.png  loss and accuracy per epoch
@@ -34,6 +35,7 @@ from abo_tf.reports import predictions_file
 
 CONFIG = config.RUN_CONFIG
 CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = os.path.join(CHECKPOINTS, "best")
 LOGS = "logs"
 HISTORY = "history.csv"
 CURVES = "training_curves.png"
@@ -80,9 +82,12 @@ class HistoryRow:
     learning_rate: float
     images_per_second: float
     seconds: float
+    val_macro_f1: float = float("nan")  # computed with --keep best or a tuning hook; absent from older files
 
 
 HISTORY_FIELDS = tuple(field.name for field in dataclasses.fields(HistoryRow))
+# Columns added after history files were written: an older file lacks them and its rows get the default.
+_LATER_COLUMNS = ("val_macro_f1",)
 
 
 def path(run_dir, name):
@@ -140,9 +145,26 @@ def load_keras_model(model_path):
         ) from error
 
 
+# Train options added after runs were written, with the value that reproduces such a run: a config.toml that lacks
+# them gets these, so an older run still compares equal to its own config and resumes with --resume.
+ADDED_OPTIONS = {
+    "decay_norm_and_bias": True,
+    "calibrate": False,
+    "keep": "last",
+    "ema_momentum": 0.0,
+    "loss": "cross_entropy",
+    "logit_adjustment_tau": 1.0,
+    "crop_area_min": 0.08,
+    "randaugment": False,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+}
+
+
 def load_config(run_dir):
-    """The resolved train options a run folder holds (a flat dict), or None."""
-    return config.load_run_config(run_dir)
+    """The resolved train options a run folder holds (a flat dict, `ADDED_OPTIONS` filled in), or None."""
+    saved = config.load_run_config(run_dir)
+    return None if saved is None else {**ADDED_OPTIONS, **saved}
 
 
 def load_metrics(run_dir):
@@ -179,7 +201,9 @@ def _history_row(row):
     # get_type_hints gives the classes whether or not the annotations are strings (`dataclasses.Field.type` is
     # the class int here, not "int", so a lookup by name failed on every row).
     types = typing.get_type_hints(HistoryRow)
-    return HistoryRow(**{name: types[name](row[name]) for name in HISTORY_FIELDS})
+    return HistoryRow(
+        **{name: types[name](row[name]) for name in HISTORY_FIELDS if name in row or name not in _LATER_COLUMNS}
+    )
 
 
 def write_history(run_dir, rows):
