@@ -198,7 +198,9 @@ def odd_records(abo_sample, tmp_path_factory):
     """Builds the tiny run cannot be evaluated on: no test split; training classes the run never saw."""
     root = tmp_path_factory.mktemp("odd_records")
     records_build.build(build_options(abo_sample, root / "no_test", split_fractions=(0.9, 0.1, 0.0)))
-    records_build.build(build_options(abo_sample, root / "more_classes", min_examples_per_class=1))
+    # Every type of a single image kept, in train only (no group floor in validation and test).
+    more = build_options(abo_sample, root / "more_classes", min_examples_per_class=1, min_groups_per_split=(1, 0, 0))
+    records_build.build(more)
     return root
 
 
