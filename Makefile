@@ -23,6 +23,7 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 DEMO_OUTPUTS := abo truth.json records analysis audit features run evaluation baselines summary.json
 demo: install
 	rm -rf $(addprefix $(DEMO)/,$(DEMO_OUTPUTS))
+	mkdir -p $(DEMO)
 	$(BIN)/python -m abo_tf.sample $(DEMO)/abo --listings 800 --seed 0 --truth $(DEMO)/truth.json
 	$(BIN)/python -m abo_tf.build_records --listings $(DEMO)/abo --images $(DEMO)/abo \
 		--output $(DEMO)/records --image-selection all --min-examples-per-class 20
