@@ -71,8 +71,9 @@ def render_demo(results):
             f"| likely label errors flagged | {audit.get('label_issues', 'n/a')} of "
             f"{audit.get('labels_audited', 'n/a')} |",
             "",
-            f"`make demo` as committed (`train --deterministic`), one run on {_machine(results)}; 95% intervals by "
-            "item. Written by `python benchmarks/readme.py --record-demo demo` from `demo/summary.json`.",
+            f"`make demo` as committed (`train --deterministic`), one run, recorded on {_machine(results)} (the load "
+            "when recorded); 95% intervals by item. Written by `python benchmarks/readme.py --record-demo demo` from "
+            "`demo/summary.json`.",
         ]
     )
 

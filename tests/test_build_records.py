@@ -192,7 +192,8 @@ def test_a_full_disk_is_one_line_and_the_build_resumes_to_the_same_bytes(
 ):
     records_dir, _ = built_records
     output = tmp_path / "resumed"
-    original = records_build._write_shard
+    # Shards are written by the workers; the parent records each one's result as it arrives: the disk fills there.
+    original = records_build._save_shard_result
     calls = []
 
     def write_one_then_fill_the_disk(*args):
@@ -201,10 +202,10 @@ def test_a_full_disk_is_one_line_and_the_build_resumes_to_the_same_bytes(
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(records_build, "_write_shard", write_one_then_fill_the_disk)
+    monkeypatch.setattr(records_build, "_save_shard_result", write_one_then_fill_the_disk)
     with pytest.raises(records_build.UserInputError, match=r"cannot write --output .*\(No space left on device\)"):
         records_build.build(build_options(abo_sample, output))
-    monkeypatch.setattr(records_build, "_write_shard", original)
+    monkeypatch.setattr(records_build, "_save_shard_result", original)
     records_build.build(build_options(abo_sample, output))
     shard_names = [name for name in sorted(os.listdir(records_dir)) if ".tfrecord-" in name]
     assert len(shard_names) >= 3 and sorted(name for name in os.listdir(output) if ".tfrecord-" in name) == shard_names
