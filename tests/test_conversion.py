@@ -337,3 +337,33 @@ def test_the_training_run_writes_a_model_card(trained_run, built_records):
     ):
         assert heading in card
     assert "CC BY 4.0" in card and "not measured" in card
+
+
+@pytest.mark.parametrize(
+    ("metadata", "output", "expected"),
+    [
+        ("{not json", "probabilities", "damaged"),
+        ("[1, 2]", "probabilities", "damaged"),
+        ("{}", "probabilities", "damaged"),
+        ('{"class_names": ["a"], "image_size": 6000}', "probabilities", "6000 px"),
+        ('{"class_names": [], "image_size": 32}', "probabilities", "0 classes"),
+        ('{"class_names": ["a"], "image_size": 32}', "scores", "no 'probabilities' output"),
+    ],
+)
+def test_an_onnx_file_with_damaged_metadata_is_one_line(tmp_path, metadata, output, expected):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["pixels"], [output])],
+        "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {convert.METADATA_KEY: metadata})
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(runtimes.UserInputError, match=expected):
+        runtimes.load(str(path))

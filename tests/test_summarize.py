@@ -77,3 +77,27 @@ def test_a_folder_without_baselines_is_one_line(tmp_path, capsys):
     assert summarize.main([str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert "comparison.csv' does not exist" in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "is not a comparison.csv"),
+        (b"\xff\xfe\x00garbage", "is not a comparison.csv"),
+        (b"name,kind\nrun,cnn\n", "lacks the columns"),
+        (b"garbage\n", "lacks the columns"),
+        (b"name,kind,macro_f1,macro_f1_low,macro_f1_high,folder\nrun,cnn,abc,,,run\n", "line 2: macro_f1 'abc'"),
+    ],
+)
+def test_a_damaged_comparison_is_one_line(tmp_path, capsys, content, expected):
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / demo_summary.COMPARISON).write_bytes(content)
+    assert summarize.main([str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert expected in error and len(error.splitlines()) == 1, error
+
+
+def test_an_audit_summary_that_is_not_an_object_is_one_line(pipeline, capsys):
+    (pipeline / demo_summary.AUDIT_SUMMARY).write_text("[1, 2]")
+    assert summarize.main([str(pipeline), "--bootstrap-samples", "0"]) == 2
+    assert "is not an audit's summary.json" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from abo_tf.common import console
+from abo_tf.common import console, options
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.conversion import convert
 
@@ -84,6 +84,12 @@ class OnnxClassifier:
         value = self._session.get_modelmeta().custom_metadata_map.get(convert.METADATA_KEY)
         self.class_names, self.image_size = _names_and_size(path, value)
         self._input_name = self._session.get_inputs()[0].name
+        outputs = [output.name for output in self._session.get_outputs()]
+        if convert.OUTPUT_NAME not in outputs:
+            raise UserInputError(
+                f"{path!r} has no {convert.OUTPUT_NAME!r} output (it has {outputs[:5]}): give a file written by "
+                "`python -m abo_tf.export`"
+            )
 
     def probabilities(self, pixels):
         return self._session.run([convert.OUTPUT_NAME], {self._input_name: np.asarray(pixels, np.uint8)})[0]
@@ -94,8 +100,20 @@ def _names_and_size(path, value):
         raise UserInputError(
             f"{path!r} has no {convert.METADATA_KEY!r} metadata: give a file written by `python -m abo_tf.export`"
         )
-    fields = json.loads(value)
-    return [str(name) for name in fields["class_names"]], int(fields["image_size"])
+    try:
+        fields = json.loads(value)
+        names, size = [str(name) for name in fields["class_names"]], int(fields["image_size"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise UserInputError(
+            f"{path!r} has damaged {convert.METADATA_KEY!r} metadata ({error!r}): export it again with "
+            "`python -m abo_tf.export`"
+        ) from error
+    if not names or not 1 <= size <= options.MAX_IMAGE_SIZE:
+        raise UserInputError(
+            f"{path!r} declares {len(names)} classes and {size} px: an export has classes and at most "
+            f"{options.MAX_IMAGE_SIZE} px; export it again with `python -m abo_tf.export`"
+        )
+    return names, size
 
 
 def load(path):

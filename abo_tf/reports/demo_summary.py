@@ -8,7 +8,7 @@ import dataclasses
 import os
 
 from abo_tf.common import files
-from abo_tf.common.errors import InputNotFoundError
+from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.reports import bootstrap, metrics, predictions_file
 
 # The reports of a pipeline folder laid out as `make demo` lays it out.
@@ -40,14 +40,32 @@ def _contenders(folder):
     path = os.path.join(folder, COMPARISON)
     if not os.path.isfile(path):
         raise InputNotFoundError(f"{path!r} does not exist: run `python -m abo_tf.baselines` into {folder}/baselines")
-    rows = pd.read_csv(path, keep_default_na=True)
-    contenders = []
-    for row in rows.itertuples():
-        low, high = row.macro_f1_low, row.macro_f1_high
-        interval = None if pd.isna(low) or pd.isna(high) else (float(low), float(high))
-        score = None if pd.isna(row.macro_f1) else float(row.macro_f1)
-        contenders.append(Contender(str(row.name), str(row.kind), score, interval, str(row.folder)))
-    return contenders
+    try:
+        rows = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:  # EmptyDataError is a ValueError
+        raise UserInputError(f"{path!r} is not a comparison.csv of `abo_tf.baselines` ({error})") from error
+    missing = [column for column in _COLUMNS if column not in rows.columns]
+    if missing:
+        raise UserInputError(f"{path!r} lacks the columns {missing}: give the comparison.csv `abo_tf.baselines` wrote")
+    return [_contender(path, number + 2, row) for number, row in enumerate(rows.itertuples(index=False))]
+
+
+_COLUMNS = ("name", "kind", "macro_f1", "macro_f1_low", "macro_f1_high", "folder")
+
+
+def _number(path, line, column, text):
+    if text in ("", "nan", "NaN"):
+        return None
+    try:
+        return float(text)
+    except ValueError as error:
+        raise UserInputError(f"{path!r} line {line}: {column} {text[:40]!r} is not a number") from error
+
+
+def _contender(path, line, row):
+    score, low, high = (_number(path, line, column, getattr(row, column)) for column in _COLUMNS[2:5])
+    interval = None if low is None or high is None else (low, high)
+    return Contender(row.name, row.kind, score, interval, row.folder)
 
 
 def _best(contenders):
@@ -70,6 +88,8 @@ def summarize(folder, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
         compared = predictions_file.compare(cnn.folder, baseline.folder, samples, seed, ("macro_f1",))
         difference = (compared or {}).get("macro_f1")
     audit = files.read_json(os.path.join(folder, AUDIT_SUMMARY), what="audit summary", missing=None)
+    if audit is not None and not isinstance(audit, dict):
+        raise UserInputError(f"{os.path.join(folder, AUDIT_SUMMARY)!r} is not an audit's summary.json (not an object)")
     summary = {
         "cnn": None if cnn is None else dataclasses.asdict(cnn),
         "best_baseline": None if baseline is None else dataclasses.asdict(baseline),
@@ -77,7 +97,10 @@ def summarize(folder, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
         "audit": audit,
         "reports": {name: os.path.join(folder, path) for name, path in REPORTS.items()},
     }
-    files.write_json(os.path.join(folder, SUMMARY), summary)
+    try:
+        files.write_json(os.path.join(folder, SUMMARY), summary)
+    except OSError as error:
+        raise UserInputError(f"cannot write {os.path.join(folder, SUMMARY)!r} ({error.strerror or error})") from error
     return summary
 
 
@@ -109,7 +132,7 @@ def _audit_lines(audit):
         f"{audit.get('label_issues', 'n/a')} likely label errors among {audit.get('labels_audited', 'n/a')} labels"
     ]
     planted = audit.get("planted_label_errors")
-    if planted:
+    if isinstance(planted, dict) and isinstance(planted.get("kinds"), dict):
         recalls = ", ".join(
             f"{kind} {entry['flagged']} of {entry['planted']}" for kind, entry in planted.get("kinds", {}).items()
         )

@@ -337,11 +337,9 @@ def plot_gallery(pictures, class_names, path, title):
 
 
 def _load_keras_model(path, num_classes, image_size):
-    import keras
+    from abo_tf.training import run_folder
 
-    import abo_tf.training.models  # noqa: F401  registers BackbonePreprocess for load_model
-
-    model = keras.models.load_model(path)
+    model = run_folder.load_keras_model(path)  # a garbage or foreign file is one line there
     if model.output.shape[-1] != num_classes or model.input.shape[1] != image_size:
         raise UserInputError(
             f"{path!r} takes {model.input.shape[1]} px and has {model.output.shape[-1]} outputs, "

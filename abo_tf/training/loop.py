@@ -87,7 +87,7 @@ class TrainConfig:
         help="CutMix's Beta factor (keras.layers.CutMix; recipes use 1.0); 0 = off; with MixUp, one of the two a batch",
         group=_DATA,
         minimum=0.0,
-        maximum=MAX_MIX_ALPHA,
+        maximum=1.0,  # keras.layers.CutMix refuses a factor above 1
     )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
     model: str = options.option(

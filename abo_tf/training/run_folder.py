@@ -139,7 +139,7 @@ def load_keras_model(model_path):
         raise InputNotFoundError(f"{model_path!r} does not exist: give the {KERAS_MODEL} of a training run")
     try:
         return keras.models.load_model(model_path)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, KeyError, TypeError) as error:  # garbage bytes, another format, a foreign config
         raise UserInputError(
             f"{model_path!r} is not a Keras model from abo_tf.train ({error}): give the run's {KERAS_MODEL}"
         ) from error
