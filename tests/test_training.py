@@ -367,7 +367,8 @@ def test_multi_worker_mirrored_trains_in_lock_step(built_records, tmp_path):
     worker_dirs = [
         os.path.join(root)
         for root, _, names in os.walk(tmp_path / "tmp1")
-        if any(name.endswith(".index") for name in names) and os.path.basename(root) != "best"  # --keep best's model
+        # The resume checkpoint, not --keep best's model (a worker's is in a temporary folder named abo_tf_best_*).
+        if any(name.endswith(".index") for name in names) and not os.path.basename(root).startswith("abo_tf_best_")
     ]
     assert worker_dirs, "the second worker saved no checkpoint"
     worker = tf.train.load_checkpoint(worker_dirs[0])
