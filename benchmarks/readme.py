@@ -131,7 +131,7 @@ def record_suite(name, report_path):
     with open(report_path, encoding="utf-8") as handle:
         run = json.load(handle)
     path = shared.results_path("test_suite.json")
-    results = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {"runs": {}}
+    results = _read("test_suite.json") if os.path.isfile(path) else {"runs": {}}
     results["runs"][name] = run
     shared.write_results("test_suite.json", results)
 

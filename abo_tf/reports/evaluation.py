@@ -24,9 +24,9 @@ from abo_tf.common.files import write_csv, write_json
 from abo_tf.records import schema, shards
 from abo_tf.records import split as split_lib
 from abo_tf.reports import bootstrap, figures, metrics
-from abo_tf.training import calibration
+from abo_tf.training import calibration, run_folder
 
-KERAS_MODEL = "model.keras"  # the file training writes next to saved_model/
+KERAS_MODEL = run_folder.KERAS_MODEL  # the file training writes next to saved_model/ (the run-folder contract)
 CONFUSED_PAIRS = "confused_pairs.csv"
 
 
@@ -337,8 +337,6 @@ def plot_gallery(pictures, class_names, path, title):
 
 
 def _load_keras_model(path, num_classes, image_size):
-    from abo_tf.training import run_folder
-
     model = run_folder.load_keras_model(path)  # a garbage or foreign file is one line there
     if model.output.shape[-1] != num_classes or model.input.shape[1] != image_size:
         raise UserInputError(
