@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -364,3 +365,38 @@ def test_a_dangling_link_as_output_is_named_so(tmp_path):
     (tmp_path / "out").symlink_to(tmp_path / "nowhere")
     with pytest.raises(outputs.OutputFolderError, match="is a link to nothing"):
         outputs.claim(str(tmp_path / "out"), "train")
+
+
+def test_measured_peak_counts_a_child_in_its_parents_address_space_once(tmp_path):
+    """A child between vfork and exec shows its parent's RSS in /proc: summed, an audit of 860 MB read 2.05 GB.
+
+    The child waits on a FIFO in posix_spawn's file actions, inside the parent's address space, until released.
+    """
+    import threading
+
+    from abo_tf.testing import measure
+
+    fifo, pid_file = tmp_path / "fifo", tmp_path / "pid"
+    os.mkfifo(fifo)
+    script = (
+        "import os, sys\n"
+        "held = bytearray(200 << 20)\n"
+        "held[::4096] = bytes(len(held[::4096]))  # resident\n"
+        "open(sys.argv[2] + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.rename(sys.argv[2] + '.tmp', sys.argv[2])\n"
+        "os.posix_spawn('/bin/true', ['true'], {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)])\n"
+    )
+
+    def release():  # 0.5 s (50 samples) after the child is there, open the FIFO's other end
+        while not pid_file.exists():
+            time.sleep(0.01)
+        children = f"/proc/{pid_file.read_text()}/task/{pid_file.read_text()}/children"
+        while os.path.exists(children) and not open(children).read().strip():
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=release, daemon=True).start()
+    code, _, stderr, peak = measure.run_measured([sys.executable, "-c", script, str(fifo), str(pid_file)], timeout=60)
+    assert code == 0, stderr
+    assert 200 * 2**20 < peak < 300 * 2**20, peak  # 421 MB when the child was counted with the parent's RSS
