@@ -60,6 +60,9 @@ def test_config_gives_defaults_and_flags_override(tmp_path):
         ("cache = 1", "cache = 1 must be true or false"),
         ("batchsize = 3", "unknown keys ['batchsize']"),
         ('output = "elsewhere"', "unknown keys ['output']"),
+        ("cache = {a = 1}", "cache = {'a': 1} must be true or false"),  # not "unknown keys ['a']"
+        ("[rate]\nlow = 0.1", "rate = {'low': 0.1} must be a number"),
+        ("[rate]\nrate = 0.1\nlimt = 1", "unknown keys ['limt']"),  # a group named after an option, with a typo
         ("[a]\nrate = 0.1\n[b]\nrate = 0.2", "sets 'rate' twice"),
         ("records = ", "not valid TOML"),
     ],
@@ -67,6 +70,39 @@ def test_config_gives_defaults_and_flags_override(tmp_path):
 def test_bad_config_values_are_named(tmp_path, text, message):
     with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _parse(["--config", _write(tmp_path, text), "--records", "r"])
+
+
+def test_a_table_named_after_an_option_that_holds_options_is_a_group(tmp_path):
+    assert _parse(["--config", _write(tmp_path, "[rate]\nrate = 0.25\nlimit = 3"), "--records", "r"]).limit == 3
+
+
+COMMANDS = (
+    "analyze",
+    "audit",
+    "baselines",
+    "build_records",
+    "evaluate",
+    "export",
+    "features",
+    "predict",
+    "sample",
+    "summarize",
+    "train",
+    "tune",
+)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_flag_errors_are_one_line_with_a_hint_for_every_command(command, capsys):
+    """argparse printed its whole usage block before the error (25 lines for train)."""
+    import importlib
+
+    module = importlib.import_module(f"abo_tf.{command}")
+    with pytest.raises(SystemExit) as caught:
+        module.main(["--no-such-flag", "--output", "x"])
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and error.count("\n") == 1, error
+    assert error.startswith(f"python -m abo_tf.{command}: error: ") and "--help)" in error, error
 
 
 @pytest.mark.parametrize(
