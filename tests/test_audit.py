@@ -523,14 +523,15 @@ def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expect
     [
         (b"group,image_id,split\n0,caf\xe9,test\n", "is not UTF-8"),
         (b"group,image_id,split\n0," + b"x" * 200_000 + b",test\n", "line 2 is not CSV (field larger than"),
-        (b"group,image_id,split\n0,a,test\n0," + b"y" * 1001 + b",test\n", "line 3: image_id 'yyy"),
+        (b"group,image_id,split\n0,a,test\n0," + b"y" * 1001 + b",test\n", "1,001 characters long, more than the"),
         (b"group,image_id,split\n0,a,test\n1,b\n", "line 3 has no split value (a short row)"),
         (b"group,image_id,split\n0,a,TEST\n", "line 2: split 'TEST' is not one of train, validation, test"),
-        (b"group,image_id,split\n0,,test\n", "line 2: image_id '' is empty"),
+        (b"group,image_id,split\n0,,test\n", "line 2: image_id is empty: every row needs one"),
+        (b"group,image_id,split\n,a,test\n", "line 2: group is empty: every row needs one"),  # not a 1,000 limit
         (b"group,image\n0,a\n", "has no image_id column"),
         (b"", "has no group column"),
     ],
-    ids=["latin-1", "huge-field", "long-id", "short-row", "split-case", "empty-id", "columns", "empty-file"],
+    ids=["latin-1", "huge-field", "long-id", "short-row", "split-case", "empty-id", "empty-group", "columns", "empty"],
 )
 def test_a_broken_id_file_is_one_line_naming_the_row(tmp_path, content, expected):
     from abo_tf.auditing import leakage

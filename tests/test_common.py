@@ -420,7 +420,8 @@ def test_measured_peak_counts_a_child_in_its_parents_address_space_once(tmp_path
         "held[::4096] = bytes(len(held[::4096]))  # resident\n"
         "open(sys.argv[2] + '.tmp', 'w').write(str(os.getpid()))\n"
         "os.rename(sys.argv[2] + '.tmp', sys.argv[2])\n"
-        "os.posix_spawn('/bin/true', ['true'], {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)])\n"
+        "wait = [(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)]\n"
+        "os.posix_spawn('/bin/true', ['true'], {}, file_actions=wait)\n"
     )
 
     def release():  # 0.5 s (50 samples) after the child is there, open the FIFO's other end

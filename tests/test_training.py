@@ -173,9 +173,10 @@ def _served(run_dir, image_bytes):
 
 @pytest.mark.slow
 def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path):
+    """With RandAugment too; and TensorFlow prints no native log line (its make_deterministic rewrite did)."""
     records_dir, manifest = built_records
     runs = [tmp_path / "first", tmp_path / "second"]
-    arguments = ["--epochs", "2", "--head-epochs", "1", "--deterministic", "--seed", "3"]
+    arguments = ["--epochs", "2", "--head-epochs", "1", "--deterministic", "--seed", "3", "--randaugment"]
     processes = [  # side by side, each in its own process: op determinism cannot be turned off again
         subprocess.Popen(
             [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, run, *arguments)],
@@ -187,7 +188,9 @@ def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path)
         for run in runs
     ]
     for process in processes:
-        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+        assert not re.search(r"^[IWEF]\d{4} ", stderr, re.MULTILINE), stderr[-2000:]  # absl's format
     first, second = (
         [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(run)] for run in runs
     )

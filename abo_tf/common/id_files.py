@@ -36,10 +36,12 @@ def _checked(row, line, columns, where):
             raise UserInputError(f"{where} line {line} has no {column} value (a short row): fix or remove the row")
         if column in SPLIT_COLUMNS and value not in SPLITS:
             raise UserInputError(f"{where} line {line}: {column} {value!r} is not one of {', '.join(SPLITS)}")
-        if not value or len(value) > MAX_FIELD_CHARS:
+        if not value:
+            raise UserInputError(f"{where} line {line}: {column} is empty: every row needs one (fix or remove the row)")
+        if len(value) > MAX_FIELD_CHARS:
             raise UserInputError(
-                f"{where} line {line}: {column} {value[:40]!r} is {'empty' if not value else 'too long'} "
-                f"(an image id has at most {MAX_FIELD_CHARS} characters)"
+                f"{where} line {line}: {column} {value[:40]!r}... is {len(value):,} characters long, more than the "
+                f"{MAX_FIELD_CHARS:,} a field of an id file may have"
             )
         values.append(files.from_spreadsheet_safe(value))
     return tuple(values)

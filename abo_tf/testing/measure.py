@@ -14,6 +14,7 @@ and a process holding 800 MB that started 30 workers and 75 subprocesses read
 (an overestimate; the commands spawn their workers).
 """
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -79,10 +80,8 @@ def tree_rss(pid):
         stack.extend((child, current) for child in children.get(current, []))
         if parent is not None and _shares_address_space(current, parent):
             continue
-        try:
+        with contextlib.suppress(OSError, IndexError, ValueError):  # the process has ended
             total += int(_statm(current).split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
     return total
 
 
