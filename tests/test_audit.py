@@ -522,7 +522,9 @@ def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expect
     "content, expected",
     [
         (b"group,image_id,split\n0,caf\xe9,test\n", "is not UTF-8"),
-        (b"group,image_id,split\n0," + b"x" * 200_000 + b",test\n", "line 2 is not CSV (field larger than"),
+        (b"group,image_id,split\n0," + b"x" * 200_000 + b",test\n", "line 2 is 200,008 characters long"),
+        (b"group,image_id,split\n0,a,test" + b",x" * 100_000 + b"\n", "line 2 is 200,009 characters long"),
+        (b'group,image_id,split\n0,"' + b"y" * 2000 + b'",test\n', "is 2,000 characters long, more than the 1,000"),
         (b"group,image_id,split\n0,a,test\n0," + b"y" * 1001 + b",test\n", "1,001 characters long, more than the"),
         (b"group,image_id,split\n0,a,test\n1,b\n", "line 3 has no split value (a short row)"),
         (b"group,image_id,split\n0,a,TEST\n", "line 2: split 'TEST' is not one of train, validation, test"),
@@ -531,7 +533,8 @@ def test_a_bad_exclude_file_is_refused(audited, tmp_path, content, split, expect
         (b"group,image\n0,a\n", "has no image_id column"),
         (b"", "has no group column"),
     ],
-    ids=["latin-1", "huge-field", "long-id", "short-row", "split-case", "empty-id", "empty-group", "columns", "empty"],
+    ids=["latin-1", "huge-field", "wide-row", "field", "long-id", "short-row", "split-case", "empty-id", "empty-group"]
+    + ["columns", "empty"],
 )
 def test_a_broken_id_file_is_one_line_naming_the_row(tmp_path, content, expected):
     from abo_tf.auditing import leakage
@@ -542,6 +545,17 @@ def test_a_broken_id_file_is_one_line_naming_the_row(tmp_path, content, expected
     with pytest.raises(UserInputError, match=re.escape(expected)) as error:
         leakage.leaked_ids(str(path), "test")
     assert len(str(error.value).splitlines()) == 1 and "--exclude" in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop"])
+def test_an_id_path_that_is_not_a_file_is_named_so(tmp_path, kind):
+    from abo_tf.auditing import leakage
+    from abo_tf.common.errors import UserInputError
+
+    path = tmp_path / "groups.csv"
+    os.mkfifo(path) if kind == "fifo" else os.symlink(path, path)
+    with pytest.raises(UserInputError, match="is not a regular file"):  # said "does not exist"
+        leakage.leaked_ids(str(path), "test")
 
 
 def test_an_id_file_with_a_byte_order_mark_is_read(tmp_path):

@@ -240,6 +240,16 @@ def test_json_is_written_atomically_with_nan_as_null(tmp_path):
         files.read_json(str(tmp_path / "bad.json"), what="manifest")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_json_path_that_is_not_a_file_is_refused_before_it_is_opened(tmp_path, kind):
+    """--truth /dev/zero ran out of memory; a FIFO blocked the open."""
+    path = "/dev/zero" if kind == "device" else str(tmp_path / "fifo")
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        files.read_json(path, what="sample truth")
+
+
 # --- console --------------------------------------------------------------------
 
 
