@@ -699,3 +699,22 @@ def test_label_issues_max_lists_fewer_but_counts_all(audited, tmp_path):
     noise = pd.read_csv(os.path.join(report, audit.NOISE_FILE))
     assert noise.flagged.sum() == len(full)
     assert files.read_json(os.path.join(report, audit.SUMMARY_FILE))["label_issues"] == len(full)
+
+
+@pytest.mark.parametrize(
+    "truth",
+    [
+        {"label_flips": "abc", "listing_flips": []},
+        {"label_flips": [5], "listing_flips": []},
+        {"label_flips": [], "listing_flips": [{"image_ids": 7}]},
+        {"label_flips": [{"id": "a"}], "listing_flips": []},
+        {"label_flips": [{"image_id": ["a"]}], "listing_flips": []},
+    ],
+)
+def test_a_truth_file_of_another_shape_is_one_line(tmp_path, truth):
+    from abo_tf.common.errors import UserInputError
+
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(truth))
+    with pytest.raises(UserInputError, match="are not lists of the sample's flips"):
+        audit._load_planted(str(path))
