@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -59,6 +60,9 @@ def test_config_gives_defaults_and_flags_override(tmp_path):
         ("cache = 1", "cache = 1 must be true or false"),
         ("batchsize = 3", "unknown keys ['batchsize']"),
         ('output = "elsewhere"', "unknown keys ['output']"),
+        ("cache = {a = 1}", "cache = {'a': 1} must be true or false"),  # not "unknown keys ['a']"
+        ("[rate]\nlow = 0.1", "rate = {'low': 0.1} must be a number"),
+        ("[rate]\nrate = 0.1\nlimt = 1", "unknown keys ['limt']"),  # a group named after an option, with a typo
         ("[a]\nrate = 0.1\n[b]\nrate = 0.2", "sets 'rate' twice"),
         ("records = ", "not valid TOML"),
     ],
@@ -66,6 +70,39 @@ def test_config_gives_defaults_and_flags_override(tmp_path):
 def test_bad_config_values_are_named(tmp_path, text, message):
     with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _parse(["--config", _write(tmp_path, text), "--records", "r"])
+
+
+def test_a_table_named_after_an_option_that_holds_options_is_a_group(tmp_path):
+    assert _parse(["--config", _write(tmp_path, "[rate]\nrate = 0.25\nlimit = 3"), "--records", "r"]).limit == 3
+
+
+COMMANDS = (
+    "analyze",
+    "audit",
+    "baselines",
+    "build_records",
+    "evaluate",
+    "export",
+    "features",
+    "predict",
+    "sample",
+    "summarize",
+    "train",
+    "tune",
+)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_flag_errors_are_one_line_with_a_hint_for_every_command(command, capsys):
+    """argparse printed its whole usage block before the error (25 lines for train)."""
+    import importlib
+
+    module = importlib.import_module(f"abo_tf.{command}")
+    with pytest.raises(SystemExit) as caught:
+        module.main(["--no-such-flag", "--output", "x"])
+    error = capsys.readouterr().err
+    assert caught.value.code == 2 and error.count("\n") == 1, error
+    assert error.startswith(f"python -m abo_tf.{command}: error: ") and "--help)" in error, error
 
 
 @pytest.mark.parametrize(
@@ -201,6 +238,16 @@ def test_json_is_written_atomically_with_nan_as_null(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserInputError, match="bad.json.*is not a valid JSON manifest"):
         files.read_json(str(tmp_path / "bad.json"), what="manifest")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_json_path_that_is_not_a_file_is_refused_before_it_is_opened(tmp_path, kind):
+    """--truth /dev/zero ran out of memory; a FIFO blocked the open."""
+    path = "/dev/zero" if kind == "device" else str(tmp_path / "fifo")
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        files.read_json(path, what="sample truth")
 
 
 # --- console --------------------------------------------------------------------
@@ -364,3 +411,39 @@ def test_a_dangling_link_as_output_is_named_so(tmp_path):
     (tmp_path / "out").symlink_to(tmp_path / "nowhere")
     with pytest.raises(outputs.OutputFolderError, match="is a link to nothing"):
         outputs.claim(str(tmp_path / "out"), "train")
+
+
+def test_measured_peak_counts_a_child_in_its_parents_address_space_once(tmp_path):
+    """A child between vfork and exec shows its parent's RSS in /proc: summed, an audit of 860 MB read 2.05 GB.
+
+    The child waits on a FIFO in posix_spawn's file actions, inside the parent's address space, until released.
+    """
+    import threading
+
+    from abo_tf.testing import measure
+
+    fifo, pid_file = tmp_path / "fifo", tmp_path / "pid"
+    os.mkfifo(fifo)
+    script = (
+        "import os, sys\n"
+        "held = bytearray(200 << 20)\n"
+        "held[::4096] = bytes(len(held[::4096]))  # resident\n"
+        "open(sys.argv[2] + '.tmp', 'w').write(str(os.getpid()))\n"
+        "os.rename(sys.argv[2] + '.tmp', sys.argv[2])\n"
+        "wait = [(os.POSIX_SPAWN_OPEN, 0, sys.argv[1], os.O_RDONLY, 0)]\n"
+        "os.posix_spawn('/bin/true', ['true'], {}, file_actions=wait)\n"
+    )
+
+    def release():  # 0.5 s (50 samples) after the child is there, open the FIFO's other end
+        while not pid_file.exists():
+            time.sleep(0.01)
+        children = f"/proc/{pid_file.read_text()}/task/{pid_file.read_text()}/children"
+        while os.path.exists(children) and not open(children).read().strip():
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=release, daemon=True).start()
+    code, _, stderr, peak = measure.run_measured([sys.executable, "-c", script, str(fifo), str(pid_file)], timeout=60)
+    assert code == 0, stderr
+    assert 200 * 2**20 < peak < 300 * 2**20, peak  # 421 MB when the child was counted with the parent's RSS

@@ -101,3 +101,15 @@ def test_an_audit_summary_that_is_not_an_object_is_one_line(pipeline, capsys):
     (pipeline / demo_summary.AUDIT_SUMMARY).write_text("[1, 2]")
     assert summarize.main([str(pipeline), "--bootstrap-samples", "0"]) == 2
     assert "is not an audit's summary.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hit, label", [("yes", "LAMP"), ("2", "LAMP"), ("", "LAMP"), ("1", "")])
+def test_predictions_with_a_bad_top5_hit_or_a_missing_label_are_one_line(pipeline, capsys, hit, label):
+    """Any text in top5_hit was read as a hit."""
+    path = os.path.join(pd.read_csv(pipeline / demo_summary.COMPARISON).folder[1], predictions_file.TEST_PREDICTIONS)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[7, ["top5_hit", "label"]] = hit, label
+    frame.to_csv(path, index=False)
+    assert summarize.main([str(pipeline), "--bootstrap-samples", "20"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "line 9" in error and "top5_hit of 0 or 1" in error and len(error.splitlines()) == 1, error

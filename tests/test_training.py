@@ -187,7 +187,9 @@ def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path)
         for run in runs
     ]
     for process in processes:
-        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-2000:]
+        assert not re.search(r"^[IWEF]\d{4} ", stderr, re.MULTILINE), stderr[-2000:]  # absl's format
     first, second = (
         [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(run)] for run in runs
     )
@@ -668,6 +670,26 @@ def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
     soft = keras.losses.categorical_crossentropy(targets, model(images) + adjustment, from_logits=True)
     loss, _ = step(iter(tf.data.Dataset.from_tensors({"image": images, "label": labels, "target": targets})))
     assert float(loss) == pytest.approx(float(np.mean(soft * class_weights.mean())), rel=1e-5)
+
+
+def test_a_deterministic_augmented_pipeline_prints_no_tensorflow_log_line(built_records):
+    """train --deterministic --randaugment: TF's make_deterministic rewrite of the parallel maps printed
+    "NodeDef mentions attribute use_unbounded_threadpool" (in a process of its own: op determinism stays on)."""
+    records_dir, _ = built_records
+    script = (
+        "import sys, tensorflow as tf\n"
+        "from abo_tf.training import input_pipeline\n"
+        "tf.config.experimental.enable_op_determinism()\n"
+        "augmentation = input_pipeline.Augmentation(randaugment=True, mixup_alpha=0.2)\n"
+        "batches = input_pipeline.make_dataset(\n"
+        "    sys.argv[1], 'train', 32, 8, training=True, augmentation=augmentation, deterministic=True\n"
+        ")\n"
+        "print(tuple(next(iter(batches))['image'].shape))\n"
+    )
+    command = [sys.executable, "-c", script, records_dir]
+    result = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "(8, 32, 32, 3)" in result.stdout, result.stderr[-2000:]
+    assert "use_unbounded_threadpool" not in result.stderr and "Warning" not in result.stderr, result.stderr[-2000:]
 
 
 def test_mixed_batches_have_soft_targets_summing_to_one_and_uint8_pixels(built_records):

@@ -308,7 +308,13 @@ def _load_planted(path):
     if truth is None or not isinstance(truth, dict) or not {"label_flips", "listing_flips"} <= set(truth):
         problem = "does not exist" if truth is None else "holds no label_flips and listing_flips"
         raise UserInputError(f"--truth {path!r} {problem}: give the file `python -m abo_tf.sample --truth` wrote")
-    return label_issues.planted_label_errors(truth)
+    try:  # the lists' entries as the sample writes them: {"image_id": ...} and {"image_ids": [...]}
+        return label_issues.planted_label_errors(truth)
+    except (TypeError, KeyError, AttributeError) as error:  # a string, a number or a missing key was a traceback
+        raise UserInputError(
+            f"--truth {path!r}: its label_flips or listing_flips are not lists of the sample's flips "
+            f"({type(error).__name__}: {str(error)[:80]}): give the file `python -m abo_tf.sample --truth` wrote"
+        ) from error
 
 
 def _planted_markdown(scores):

@@ -104,11 +104,11 @@ def _check_shape(path):
         )
 
 
-def load_toml(path):
-    """Reads a TOML config, tables flattened into one dict of flag values.
+def read_document(path):
+    """The TOML document at `path`, tables as they are (dicts).
 
     Raises:
-      UserInputError: no regular file at `path`, a file over the limits above, not TOML, or a key set twice.
+      UserInputError: no regular file at `path`, a file over the limits above, or not TOML.
     """
     if not os.path.lexists(path):
         raise InputNotFoundError(f"config {path!r} does not exist (see pipelines/ for examples)")
@@ -119,9 +119,17 @@ def load_toml(path):
     _check_shape(path)
     try:
         with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+            return tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserInputError(f"config {path!r} is not valid TOML (UTF-8 text): {error}") from error
+
+
+def flattened(path, document):
+    """A document's tables flattened into one dict of flag values (WHOLE_TABLES kept whole).
+
+    Raises:
+      UserInputError: a key set twice (in two tables, or in a table and at the top).
+    """
     values = {}
     for key, value in document.items():
         entries = value.items() if isinstance(value, dict) and key not in WHOLE_TABLES else [(key, value)]
@@ -130,6 +138,15 @@ def load_toml(path):
                 raise UserInputError(f"config {path!r} sets {name!r} twice")
             values[name] = entry
     return values
+
+
+def load_toml(path):
+    """Reads a TOML config, tables flattened into one dict of flag values.
+
+    Raises:
+      UserInputError: as `read_document` and `flattened`.
+    """
+    return flattened(path, read_document(path))
 
 
 def save_run_config(run_dir, values):

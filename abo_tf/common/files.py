@@ -40,6 +40,9 @@ def read_json(path, what="file", missing=None):
     Raises:
       UserInputError: the file is not JSON (it names the file and what it should be).
     """
+    # Refused before opening: a FIFO blocks the open, and /dev/zero as --truth ran out of memory (issue 23 review).
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise UserInputError(f"{path!r} is not a regular file (a FIFO or a device): give a JSON {what}")
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)

@@ -186,9 +186,17 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help_text} (default: {_typed(action.default)})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, as every other user error is: argparse prints the whole usage
+    block first (25 lines for train) and the error scrolls past."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(options_class, prog, description):
     """The argparse parser of `options_class`'s fields, plus `--config`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
+    parser = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
     parser._negative_number_matcher = _NEGATIVE_NUMBER  # noqa: SLF001 (argparse's own rule has no public setter)
     groups = {}
     defaults = {field.name: _default_of(field) for field in dataclasses.fields(options_class)}
@@ -274,16 +282,30 @@ class SavedValues(typing.NamedTuple):
     values: dict
 
 
+def _config_keys(options_class):
+    """Config key -> `_Spec`: the flag's name (`model` for --model) and the field's (`models`) of each option."""
+    by_key = {}
+    for spec in specs(options_class):
+        if spec.metadata["config"]:
+            by_key[spec.flag.removeprefix("--").replace("-", "_")] = by_key[spec.name] = spec
+    return by_key
+
+
 def _config_defaults(path, options_class):
     """The option values of a config file, checked against the options' names and types."""
-    return _checked_values(path, config_lib.load_toml(path), options_class)
+    document, by_key = config_lib.read_document(path), _config_keys(options_class)
+    for name, value in document.items():
+        spec = by_key.get(name)
+        # A table named after an option is a group of options (`[model]` holds `model = ...`) only when it holds
+        # one; holding none, it is that option's value of the wrong type (`deterministic = {a = 1}` was reported
+        # as an unknown key `a`).
+        if spec is not None and spec.kind is not dict and isinstance(value, dict) and not set(value) & set(by_key):
+            _check_config_value(path, spec, value)
+    return _checked_values(path, config_lib.flattened(path, document), options_class)
 
 
 def _checked_values(path, values, options_class):
-    by_key = {}
-    for spec in specs(options_class):
-        if spec.metadata["config"]:  # the flag's name (`model` for --model) or the field's (`models`)
-            by_key[spec.flag.removeprefix("--").replace("-", "_")] = by_key[spec.name] = spec
+    by_key = _config_keys(options_class)
     # A search table is tune's (config.WHOLE_TABLES): a command without the option reads the rest of the file.
     unknown = sorted(set(values) - set(by_key) - set(config_lib.WHOLE_TABLES))
     if unknown:

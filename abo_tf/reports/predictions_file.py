@@ -58,7 +58,17 @@ def read(folder):
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
         raise UserInputError(f"{path!r} lacks the columns {missing}: move it away or write it again")
-    return frame
+    # Checked here, not where they are used: any text in top5_hit became True (a hit) in the comparison.
+    hits = pd.to_numeric(frame["top5_hit"], errors="coerce")
+    broken = frame[list(COLUMNS[:4])].isna().any(axis=1) | ~hits.isin((0, 1))
+    if broken.any():
+        row = int(np.flatnonzero(broken.to_numpy())[0])
+        values = {column: str(frame[column].iloc[row])[:40] for column in COLUMNS}
+        raise UserInputError(
+            f"{path!r} line {row + 2} ({values}): every row needs its ids, label and predicted class, and a "
+            "top5_hit of 0 or 1: move the file away or write it again"
+        )
+    return frame.assign(top5_hit=hits.astype(np.int8))
 
 
 def paired(first, second):

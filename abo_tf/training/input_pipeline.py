@@ -295,12 +295,20 @@ def make_dataset(
     manifest = manifest or shards.read_manifest(records_dir)
     files = split_files(records_dir, split, manifest)
     in_order = deterministic or not training
+    # Sequential when deterministic (train --deterministic, which also turns op determinism on) and augmenting: the
+    # Keras layers draw from a seed-generator variable, so tf.data's make_deterministic rewrite turned every
+    # parallel map, interleave and prefetch of the pipeline sequential anyway, and each rewritten map kept
+    # ParallelMapDatasetV2's use_unbounded_threadpool attribute, which MapDataset lacks: TensorFlow printed
+    # "NodeDef mentions attribute use_unbounded_threadpool" error lines (TF 2.21: make_deterministic.cc erases
+    # only `deterministic` and `sloppy`). Built sequential, the same batches, nothing left to rewrite.
+    augmenting = training and augmentation is not None and augmentation.active
+    parallel_calls = None if deterministic and augmenting else tf.data.AUTOTUNE
     dataset, shard_records = _shard_for_input_pipeline(files, input_context, training, seed)
     dataset = dataset.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(len(files), 8),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=in_order,
+        num_parallel_calls=parallel_calls,
+        deterministic=in_order if parallel_calls else None,  # sequential is in order (and TF warns when given)
     )
     if shard_records:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -315,13 +323,13 @@ def make_dataset(
     keys = (schema.IMAGE, schema.LABEL, *extra_keys)
     dataset = dataset.map(
         lambda positions, serialized: {**schema.parse_records(serialized, keys), _POSITION: positions},
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=parallel_calls,
     )
     decode = _decode_batch(image_size, training, tuple(extra_keys), len(manifest["classes"]), seed, crop_area_min)
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and augmentation is not None and augmentation.active:
+    dataset = dataset.map(decode, num_parallel_calls=parallel_calls)
+    if augmenting:
         dataset = dataset.map(
-            _augment_batch(augmentation, len(manifest["classes"]), seed), num_parallel_calls=tf.data.AUTOTUNE
+            _augment_batch(augmentation, len(manifest["classes"]), seed), num_parallel_calls=parallel_calls
         )
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(in_order))
 
