@@ -174,8 +174,8 @@ def _scale_like_imagenet_build(backbone):
     variance is not ImageNet's stddev (random or already corrected) is left as it is.
     """
     normalization = next((layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization)), None)
-    if normalization is None or not normalization.built:
-        return
+    if normalization is None or not normalization.built or not normalization.weights:
+        return  # EfficientNetV2-B0's Normalization holds its ImageNet statistics as constants, not weights
     mean, variance, *rest = normalization.get_weights()
     if variance.shape == (3,) and np.allclose(variance, IMAGENET_STDDEV_RGB, rtol=0, atol=1e-6):
         normalization.set_weights([mean, np.square(variance), *rest])
