@@ -195,6 +195,28 @@ def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path)
     records = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")).batch(16)
     image_bytes = schema.parse_records(next(iter(records)))[schema.IMAGE]
     assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
+    # Resumed after its first epoch, the second run reads the batches and draws the dropout masks of the
+    # uninterrupted run's second epoch (a stream restarted from its beginning gave another history).
+    _rewind_to_first_checkpoint(runs[1])
+    resumed = subprocess.run(
+        [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, runs[1], *arguments)],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(runs[1])] == first
+    assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
+
+
+def _rewind_to_first_checkpoint(run_dir):
+    """The run's checkpoint folder as it was after its first epoch (as if killed then)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    first = tf.train.get_checkpoint_state(folder).all_model_checkpoint_paths[0]
+    for name in os.listdir(folder):
+        if name.startswith("ckpt-") and not name.startswith(os.path.basename(first) + "."):
+            os.remove(os.path.join(folder, name))
+    tf.train.update_checkpoint_state(folder, first, all_model_checkpoint_paths=[first])
 
 
 # --- kill and resume -----------------------------------------------------------
@@ -679,3 +701,27 @@ def test_mixed_batches_have_soft_targets_summing_to_one_and_uint8_pixels(built_r
         assert batch["image"].dtype == tf.uint8 and targets.shape == (16, len(manifest["classes"]))
         np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
         assert (targets >= 0).all() and (targets.max(axis=1) < 1 - 1e-6).any()  # some images are mixed
+
+
+@pytest.mark.slow
+def test_a_run_evaluates_and_exports_at_its_eval_image_size(built_records, tmp_path):
+    from abo_tf.reports import model_card
+    from abo_tf.training import export
+
+    records_dir, manifest = built_records
+    output = str(tmp_path / "fixres")
+    flags = ("--epochs", "1", "--head-epochs", "0", "--eval-image-size", "48", "--no-calibrate")
+    assert train.main(_train_args(records_dir, output, *flags)) == 0
+    assert run_folder.load_config(output)["eval_image_size"] == 48
+    # The parity check ran the trained 32 px model at 48 px against the 48 px export, on every validation image.
+    parity = run_folder.load_parity(output)
+    assert parity["passed"] and {result["num_images"] for result in parity["signatures"].values()} == {
+        manifest["splits"]["validation"]["num_examples"]
+    }
+    assert export.exported_image_size(export.load_exported(run_folder.path(output, run_folder.SAVED_MODEL))) == 48
+    assert run_folder.load_keras_model(run_folder.path(output, run_folder.KERAS_MODEL)).input.shape[1] == 48
+    metrics = run_folder.load_metrics(output)
+    assert all(metrics[split]["image_size"] == {"train": 32, "evaluated": 48} for split in ("validation", "test"))
+    card = open(run_folder.path(output, run_folder.MODEL_CARD), encoding="utf-8").read()
+    assert card.startswith("# Model card: mobilenet_v3_small at trained at 32 px, evaluated and served at 48 px")
+    assert model_card  # the card is written by the run; its title says both sizes

@@ -348,9 +348,13 @@ def _check_batch(config, strategy):
         )
 
 
-def _distributed(strategy, config, split, training, manifest):
+def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
+    """An iterator of global batches, past the `consumed_steps` global batches a resumed run already read."""
+
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(config.batch_size)
+        # A pipeline feeds its worker's replicas: one batch per replica and step.
+        local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         return input_pipeline.make_dataset(
             config.records,
             split,
@@ -366,6 +370,7 @@ def _distributed(strategy, config, split, training, manifest):
             deterministic=config.deterministic,
             crop_area_min=config.crop_area_min,
             augmentation=input_pipeline.Augmentation(config.randaugment, config.mixup_alpha, config.cutmix_alpha),
+            skip_batches=consumed_steps * local_replicas,
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -442,7 +447,10 @@ def _checkpointing(strategy, config, model, phases, step):
     the save (it is collective) but write to a private temporary folder.
     """
     checkpoint = tf.train.Checkpoint(
-        model=model, step=step, **{f"{phase.name}_optimizer": phase.optimizer for phase in phases}
+        model=model,
+        step=step,
+        random_states=_random_states(model),
+        **{f"{phase.name}_optimizer": phase.optimizer for phase in phases},
     )
     main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
@@ -454,6 +462,12 @@ def _checkpointing(strategy, config, model, phases, step):
         else tempfile.mkdtemp(prefix=f"abo_tf_{distribute.worker_id(strategy)}_")
     )
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+
+
+def _random_states(model):
+    """The states of the model's Keras seed generators (Dropout's): a model checkpoint leaves them out, and a
+    resumed run would draw the dropout masks of its first steps again."""
+    return [variable for variable in model.non_trainable_variables if variable.path.endswith("seed_generator_state")]
 
 
 def _best_checkpointing(strategy, config, model):
@@ -910,16 +924,19 @@ def _set_up(config, strategy, manifest):
         phases = _make_phases(config, model, steps_per_epoch)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     chief = distribute.is_chief(strategy)
+    manager = _checkpointing(strategy, config, model, phases, step)  # restores `step` when resuming
+    # A resumed run continues both streams where the checkpoint left them (every epoch validates once).
+    validated = int(step) // steps_per_epoch * validation_steps
     return _Run(
         config=config,
         strategy=strategy,
         model=model,
         phases=phases,
         step=step,
-        manager=_checkpointing(strategy, config, model, phases, step),
+        manager=manager,
         best_manager=_best_checkpointing(strategy, config, model),
-        train_iterator=_distributed(strategy, config, "train", True, manifest),
-        validation_iterator=_distributed(strategy, config, "validation", False, manifest),
+        train_iterator=_distributed(strategy, config, "train", True, manifest, int(step)),
+        validation_iterator=_distributed(strategy, config, "validation", False, manifest, validated),
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
         class_weights=_class_weights(manifest, classes, config.class_weights),
