@@ -216,7 +216,7 @@ def _rewind_to_first_checkpoint(run_dir):
     for name in os.listdir(folder):
         if name.startswith("ckpt-") and not name.startswith(os.path.basename(first) + "."):
             os.remove(os.path.join(folder, name))
-    tf.train.update_checkpoint_state(folder, first, all_model_checkpoint_paths=[first])
+    tf.compat.v1.train.update_checkpoint_state(folder, first, all_model_checkpoint_paths=[first])
 
 
 # --- kill and resume -----------------------------------------------------------
