@@ -120,11 +120,11 @@ def _export_lines(export_result):
 
 
 def _sizes(config):
-    """ "224 px", or "trained at 224 px, evaluated and served at 256 px" (--eval-image-size)."""
+    """ "224 px", or "256 px (trained at 224 px)" with --eval-image-size: the size the model serves first."""
     if "image_size" not in config:
         return "? px"
     trained, served = config["image_size"], run_folder.served_image_size(config)
-    return f"{trained} px" if trained == served else f"trained at {trained} px, evaluated and served at {served} px"
+    return f"{served} px" if trained == served else f"{served} px (trained at {trained} px)"
 
 
 def markdown_card(run_dir, manifest, records, export_result=None):
