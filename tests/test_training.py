@@ -67,6 +67,20 @@ def test_evaluation_is_one_deterministic_pass(built_records):
     assert len(np.concatenate(first)) == manifest["splits"]["validation"]["num_examples"]
 
 
+def test_a_resumed_training_stream_goes_on_where_it_stopped(built_records):
+    records_dir, _ = built_records
+
+    def batches(skip):
+        dataset = input_pipeline.make_dataset(
+            records_dir, "train", 32, 4, training=True, seed=5, deterministic=True, skip_batches=skip
+        )
+        return [(batch["label"].numpy(), batch["image"].numpy()) for batch in dataset.take(4)]
+
+    # The same labels and the same crops: the order and the positions that seed the augmentation continue.
+    for (labels, images), (skipped_labels, skipped_images) in zip(batches(0)[2:], batches(2)):
+        assert np.array_equal(labels, skipped_labels) and np.array_equal(images, skipped_images)
+
+
 def test_input_pipelines_read_disjoint_shares(built_records):
     records_dir, manifest = built_records
     images = []
@@ -464,6 +478,7 @@ def test_an_output_folder_that_is_not_a_run_is_refused_and_kept(built_records, t
         ({"validation_steps": -1}, "--validation-steps -1"),
         ({"checkpoint_every_steps": -5}, "--checkpoint-every-steps -5"),
         ({"image_size": 31}, "--image-size 31 must be at least 32"),
+        ({"eval_image_size": 16}, "--eval-image-size 16: give 0 (= --image-size) or at least 32 pixels"),
         ({"learning_rate": 0.0}, "--learning-rate 0.0"),
         ({"fine_tune_learning_rate": float("inf")}, "--fine-tune-learning-rate inf"),
         ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
