@@ -650,14 +650,22 @@ def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
         np.testing.assert_allclose(mine.numpy() * scale, theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
 
 
+@pytest.fixture(scope="module")
+def averaged_run(built_records, tmp_path_factory):
+    """One epoch with EMA and --keep last, trained at 32 px and evaluated and exported at 48 (--eval-image-size)."""
+    records_dir, _ = built_records
+    output = str(tmp_path_factory.mktemp("averaged") / "run")
+    flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
+    assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
+    return output
+
+
 @pytest.mark.slow
-def test_the_weights_moving_averages_are_exported(built_records, tmp_path):
+def test_the_weights_moving_averages_are_exported(built_records, averaged_run):
     from abo_tf.training import distribute, run_folder
 
-    records_dir, manifest = built_records
-    output = str(tmp_path / "run")
-    flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
-    assert train.main(_train_args(records_dir, output, *flags)) == 0
+    _, manifest = built_records
+    output = averaged_run
     # The run as its last checkpoint holds it: trained weights in the model, their averages in the optimizer.
     run = loop._set_up(
         train.resolve_config(["--output", output, "--resume"]), distribute.make_strategy("default", ""), manifest
@@ -719,13 +727,11 @@ def test_mixed_batches_have_soft_targets_summing_to_one_and_uint8_pixels(built_r
 
 
 @pytest.mark.slow
-def test_a_run_evaluates_and_exports_at_its_eval_image_size(built_records, tmp_path):
+def test_a_run_evaluates_and_exports_at_its_eval_image_size(built_records, averaged_run):
     from abo_tf.training import export
 
-    records_dir, manifest = built_records
-    output = str(tmp_path / "fixres")
-    flags = ("--epochs", "1", "--head-epochs", "0", "--eval-image-size", "48", "--no-calibrate")
-    assert train.main(_train_args(records_dir, output, *flags)) == 0
+    _, manifest = built_records
+    output = averaged_run
     assert run_folder.load_config(output)["eval_image_size"] == 48
     # The parity check ran the trained 32 px model at 48 px against the 48 px export, on every validation image.
     parity = run_folder.load_parity(output)
