@@ -53,9 +53,10 @@ tune-demo: install
 test: install
 	$(BIN)/python -m pytest -q -n 2
 
-# The export matrix with VGG16 and ResNet50 too (their conversions take minutes; `make test` converts the small two).
+# The export matrix with VGG16, ResNet50, EfficientNetV2 and ConvNeXt too (their conversions take minutes; `make test`
+# converts the small two), and the parity matrix of EfficientNetV2 and ConvNeXt under every --weights.
 test-exports: install
-	ABO_TF_EXPORT_ALL_BACKBONES=1 $(BIN)/python -m pytest -q -n 2 tests/test_conversion.py
+	ABO_TF_EXPORT_ALL_BACKBONES=1 $(BIN)/python -m pytest -q -n 2 tests/test_conversion.py tests/test_parity.py
 
 # The tests not marked slow (no training, no subprocess pipelines): under a minute.
 test-fast: install

@@ -99,6 +99,7 @@ RENDERERS = {
     "demo": ("demo.json", render_demo),
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
+    "backbones": ("backbones.md", _include("backbones.md")),
 }
 
 

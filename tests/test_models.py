@@ -58,7 +58,7 @@ def test_small_backbones_build(backbone):
 
 def test_logits_are_float32_under_mixed_precision(mixed_precision):
     model = models.build_model("mobilenet_v3_small", num_classes=3, image_size=SIZE)
-    assert model.get_layer("backbone").output.dtype == "float16"
+    assert models.backbone_of(model).output.dtype == "float16"
     assert model.get_layer("preprocess").compute_dtype == "float32"
     logits = model(random_images(), training=False)
     assert logits.dtype == tf.float32
@@ -78,7 +78,7 @@ def trainable_count(layers):
 
 def test_freezing_and_unfreezing_count_trainable_weights():
     model = models.build_model("mobilenet_v3_small", num_classes=3, image_size=SIZE)
-    backbone = model.get_layer("backbone")
+    backbone = models.backbone_of(model)
     head = len(model.get_layer("logits").trainable_weights)
     batch_norm = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     everything = len(model.trainable_weights)
@@ -106,9 +106,7 @@ def test_set_backbone_trainable_refuses_other_values(trainable):
 
 
 def moving_means(model):
-    layers = [
-        layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    layers = [layer for layer in models.backbone_of(model).layers if isinstance(layer, keras.layers.BatchNormalization)]
     return np.concatenate([layer.moving_mean.numpy() for layer in layers])
 
 
@@ -129,14 +127,14 @@ def test_frozen_batch_norm_keeps_its_statistics_in_a_training_step():
 def test_weights_from_a_file(tmp_path):
     source = models.build_model("mobilenet_v3_small", num_classes=2, image_size=SIZE)
     path = tmp_path / "backbone.weights.h5"
-    source.get_layer("backbone").save_weights(str(path))
+    models.backbone_of(source).save_weights(str(path))
     model = models.build_model("mobilenet_v3_small", num_classes=5, image_size=SIZE, weights=str(path))
-    for loaded, saved in zip(model.get_layer("backbone").get_weights(), source.get_layer("backbone").get_weights()):
+    for loaded, saved in zip(models.backbone_of(model).get_weights(), models.backbone_of(source).get_weights()):
         np.testing.assert_array_equal(loaded, saved)
     # Pretrained weights: batch norm starts frozen.
     assert not any(
         layer.trainable
-        for layer in model.get_layer("backbone").layers
+        for layer in models.backbone_of(model).layers
         if isinstance(layer, keras.layers.BatchNormalization)
     )
 
@@ -209,3 +207,33 @@ def test_model_keras_file_round_trip(tmp_path):
     images = random_images()
     np.testing.assert_allclose(loaded(images, training=False), model(images, training=False), atol=1e-5)
     assert models.find_last_conv_layer(loaded) == models.find_last_conv_layer(model)
+
+
+# Keras' own names: EfficientNetV2 picks its architecture by its name, ImageNet ConvNeXt checks its name.
+@pytest.mark.parametrize(
+    "backbone,keras_name,last_map",
+    [("efficientnetv2_b0", "efficientnetv2-b0", "top_activation"), ("convnext_tiny", "convnext_tiny", None)],
+)
+def test_current_backbones_unfreeze_and_copy_at_another_size(backbone, keras_name, last_map):
+    from abo_tf.training import loop
+
+    model = models.build_model(backbone, num_classes=3, image_size=SIZE, weights=None)
+    network = models.backbone_of(model)
+    assert network.name == keras_name and models.BACKBONES[backbone].preprocess_input(np.float32(7.0)) == 7.0
+    assert last_map is None or models.find_last_conv_layer(model) == last_map
+    model.pretrained_backbone = True  # as if fine-tuning ImageNet weights: BatchNormalization frozen, not LayerNorm
+    models.set_backbone_trainable(model, True)
+    frozen = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(model.trainable_weights) == len(model.weights) - 4 * len(frozen)  # gamma, beta, moving mean/var
+    assert not frozen or not any(layer.trainable for layer in frozen)
+    # The float32 copy for --eval-image-size: rebuilt from the config at 48 px, it computes the model at 48 px.
+    copy = loop._plain_copy(models.accept_any_image_size(model), image_size=48)
+    images = random_images(size=48)
+    assert copy.input.shape[1] == 48
+    np.testing.assert_allclose(copy(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-6)
+
+
+def test_backbone_of_refuses_a_model_without_one():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    with pytest.raises(UserInputError, match="nests 0 models"):
+        models.backbone_of(keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs)))

@@ -67,6 +67,20 @@ def test_evaluation_is_one_deterministic_pass(built_records):
     assert len(np.concatenate(first)) == manifest["splits"]["validation"]["num_examples"]
 
 
+def test_a_resumed_training_stream_goes_on_where_it_stopped(built_records):
+    records_dir, _ = built_records
+
+    def batches(skip):
+        dataset = input_pipeline.make_dataset(
+            records_dir, "train", 32, 4, training=True, seed=5, deterministic=True, skip_batches=skip
+        )
+        return [(batch["label"].numpy(), batch["image"].numpy()) for batch in dataset.take(4)]
+
+    # The same labels and the same crops: the order and the positions that seed the augmentation continue.
+    for (labels, images), (skipped_labels, skipped_images) in zip(batches(0)[2:], batches(2)):
+        assert np.array_equal(labels, skipped_labels) and np.array_equal(images, skipped_images)
+
+
 def test_input_pipelines_read_disjoint_shares(built_records):
     records_dir, manifest = built_records
     images = []
@@ -197,6 +211,28 @@ def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path)
     records = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")).batch(16)
     image_bytes = schema.parse_records(next(iter(records)))[schema.IMAGE]
     assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
+    # Resumed after its first epoch, the second run reads the batches and draws the dropout masks of the
+    # uninterrupted run's second epoch (a stream restarted from its beginning gave another history).
+    _rewind_to_first_checkpoint(runs[1])
+    resumed = subprocess.run(
+        [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, runs[1], *arguments)],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(runs[1])] == first
+    assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
+
+
+def _rewind_to_first_checkpoint(run_dir):
+    """The run's checkpoint folder as it was after its first epoch (as if killed then)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    first = tf.train.get_checkpoint_state(folder).all_model_checkpoint_paths[0]
+    for name in os.listdir(folder):
+        if name.startswith("ckpt-") and not name.startswith(os.path.basename(first) + "."):
+            os.remove(os.path.join(folder, name))
+    tf.compat.v1.train.update_checkpoint_state(folder, first, all_model_checkpoint_paths=[first])
 
 
 # --- kill and resume -----------------------------------------------------------
@@ -444,6 +480,7 @@ def test_an_output_folder_that_is_not_a_run_is_refused_and_kept(built_records, t
         ({"validation_steps": -1}, "--validation-steps -1"),
         ({"checkpoint_every_steps": -5}, "--checkpoint-every-steps -5"),
         ({"image_size": 31}, "--image-size 31 must be at least 32"),
+        ({"eval_image_size": 16}, "--eval-image-size 16: give 0 (= --image-size) or at least 32 pixels"),
         ({"learning_rate": 0.0}, "--learning-rate 0.0"),
         ({"fine_tune_learning_rate": float("inf")}, "--fine-tune-learning-rate inf"),
         ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
@@ -615,14 +652,22 @@ def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
         np.testing.assert_allclose(mine.numpy() * scale, theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=mine.path)
 
 
+@pytest.fixture(scope="module")
+def averaged_run(built_records, tmp_path_factory):
+    """One epoch with EMA and --keep last, trained at 32 px and evaluated and exported at 48 (--eval-image-size)."""
+    records_dir, _ = built_records
+    output = str(tmp_path_factory.mktemp("averaged") / "run")
+    flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
+    assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
+    return output
+
+
 @pytest.mark.slow
-def test_the_weights_moving_averages_are_exported(built_records, tmp_path):
+def test_the_weights_moving_averages_are_exported(built_records, averaged_run):
     from abo_tf.training import distribute, run_folder
 
-    records_dir, manifest = built_records
-    output = str(tmp_path / "run")
-    flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
-    assert train.main(_train_args(records_dir, output, *flags)) == 0
+    _, manifest = built_records
+    output = averaged_run
     # The run as its last checkpoint holds it: trained weights in the model, their averages in the optimizer.
     run = loop._set_up(
         train.resolve_config(["--output", output, "--resume"]), distribute.make_strategy("default", ""), manifest
@@ -701,3 +746,23 @@ def test_mixed_batches_have_soft_targets_summing_to_one_and_uint8_pixels(built_r
         assert batch["image"].dtype == tf.uint8 and targets.shape == (16, len(manifest["classes"]))
         np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
         assert (targets >= 0).all() and (targets.max(axis=1) < 1 - 1e-6).any()  # some images are mixed
+
+
+@pytest.mark.slow
+def test_a_run_evaluates_and_exports_at_its_eval_image_size(built_records, averaged_run):
+    from abo_tf.training import export
+
+    _, manifest = built_records
+    output = averaged_run
+    assert run_folder.load_config(output)["eval_image_size"] == 48
+    # The parity check ran the trained 32 px model at 48 px against the 48 px export, on every validation image.
+    parity = run_folder.load_parity(output)
+    assert parity["passed"] and {result["num_images"] for result in parity["signatures"].values()} == {
+        manifest["splits"]["validation"]["num_examples"]
+    }
+    assert export.exported_image_size(export.load_exported(run_folder.path(output, run_folder.SAVED_MODEL))) == 48
+    assert run_folder.load_keras_model(run_folder.path(output, run_folder.KERAS_MODEL)).input.shape[1] == 48
+    metrics = run_folder.load_metrics(output)
+    assert all(metrics[split]["image_size"] == {"train": 32, "evaluated": 48} for split in ("validation", "test"))
+    card = open(run_folder.path(output, run_folder.MODEL_CARD), encoding="utf-8").read()
+    assert card.startswith("# Model card: mobilenet_v3_small at 48 px (trained at 32 px)\n")

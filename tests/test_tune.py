@@ -293,7 +293,9 @@ def test_search_values_are_drawn_inside_the_space(built_records):
         assert isinstance(values["batch_size"], int)
 
 
-@pytest.mark.parametrize("pipeline", ["demo", "resnet50_mirrored", "vgg16_finetune"])
+@pytest.mark.parametrize(
+    "pipeline", ["demo", "resnet50_mirrored", "vgg16_finetune", "efficientnetv2_s", "convnext_tiny"]
+)
 def test_shipped_pipelines_search_around_their_own_config(pipeline, tmp_path):
     path = os.path.join(REPO, "pipelines", f"{pipeline}.toml")
     options, _ = tune.options.parse(

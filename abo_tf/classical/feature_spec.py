@@ -127,7 +127,7 @@ def load_run_model(run):
 def _run_image_size(run):
     saved = run_folder.load_config(run) or {}
     if "image_size" in saved:
-        return int(saved["image_size"])
+        return run_folder.served_image_size(saved)  # model.keras was saved at --eval-image-size
     return int(load_run_model(run).input.shape[1])
 
 

@@ -119,10 +119,18 @@ def _export_lines(export_result):
     ]
 
 
+def _sizes(config):
+    """ "224 px", or "256 px (trained at 224 px)" with --eval-image-size: the size the model serves first."""
+    if "image_size" not in config:
+        return "? px"
+    trained, served = config["image_size"], run_folder.served_image_size(config)
+    return f"{served} px" if trained == served else f"{served} px (trained at {trained} px)"
+
+
 def markdown_card(run_dir, manifest, records, export_result=None):
     """The card's text."""
     config = run_folder.load_config(run_dir) or {}
-    title = f"# Model card: {config.get('model', 'classifier')} at {config.get('image_size', '?')} px"
+    title = f"# Model card: {config.get('model', 'classifier')} at {_sizes(config)}"
     return "\n".join(
         [
             title,

@@ -265,6 +265,7 @@ def make_dataset(
     deterministic=False,
     crop_area_min=preprocess.CROP_AREA_MIN,
     augmentation=None,
+    skip_batches=0,
 ):
     """Builds the input pipeline of one split.
 
@@ -288,6 +289,8 @@ def make_dataset(
       deterministic: training in order too (the shuffles are seeded): the same seed gives the same batches.
       crop_area_min: the training crop's smallest share of the image area.
       augmentation: an `Augmentation` for training batches, or None.
+      skip_batches: batches of this pipeline a resumed run already consumed: skipped as records, before parsing
+        and decoding, so the stream (its order, and the crops seeded by position) continues where it stopped.
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
@@ -320,6 +323,7 @@ def make_dataset(
         dataset = dataset.repeat()
     dataset = dataset.enumerate()
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+    dataset = dataset.skip(skip_batches)
     keys = (schema.IMAGE, schema.LABEL, *extra_keys)
     dataset = dataset.map(
         lambda positions, serialized: {**schema.parse_records(serialized, keys), _POSITION: positions},

@@ -64,6 +64,14 @@ class TrainConfig:
         minimum=models.MIN_IMAGE_SIZE,
         maximum=options.MAX_IMAGE_SIZE,
     )
+    eval_image_size: int = options.option(
+        0,
+        help="pixels of the square input for validation, the final metrics and the exports; 0 = --image-size "
+        "(FixRes, Touvron et al. 2019: trained at 224 on random crops, a network gains at 256-320 on centre crops)",
+        group=_DATA,
+        minimum=0,
+        maximum=options.MAX_IMAGE_SIZE,
+    )
     crop_area_min: float = options.option(
         preprocess.CROP_AREA_MIN,
         help="the training crop's smallest share of the image area, in (0, 1] (Inception's 0.08 is for ImageNet "
@@ -208,6 +216,11 @@ class TrainConfig:
         options.validate(self)
         _check_ranges(self)
 
+    @property
+    def served_image_size(self):
+        """The side of the images validated, evaluated and served: --eval-image-size, else --image-size."""
+        return self.eval_image_size or self.image_size
+
 
 def _flag(name, value):
     return f"--{name.replace('_', '-')} {value!r}"
@@ -223,6 +236,11 @@ def _check_ranges(config):
         "learning_rate": (0 < config.learning_rate < math.inf, "give a positive number"),
         "fine_tune_learning_rate": (0 < config.fine_tune_learning_rate < math.inf, "give a positive number"),
         "crop_area_min": (config.crop_area_min > 0, "give a share of the image area in (0, 1]"),
+        "eval_image_size": (
+            config.eval_image_size == 0 or config.eval_image_size >= models.BACKBONES[config.model].min_image_size,
+            f"give 0 (= --image-size) or at least {models.BACKBONES[config.model].min_image_size} pixels for "
+            f"{config.model}",
+        ),
     }
     rules.update(
         {
@@ -330,13 +348,17 @@ def _check_batch(config, strategy):
         )
 
 
-def _distributed(strategy, config, split, training, manifest):
+def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
+    """An iterator of global batches, past the `consumed_steps` global batches a resumed run already read."""
+
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(config.batch_size)
+        # A pipeline feeds its worker's replicas: one batch per replica and step.
+        local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         return input_pipeline.make_dataset(
             config.records,
             split,
-            config.image_size,
+            config.image_size if training else config.served_image_size,
             batch,
             training,
             input_context,
@@ -348,6 +370,7 @@ def _distributed(strategy, config, split, training, manifest):
             deterministic=config.deterministic,
             crop_area_min=config.crop_area_min,
             augmentation=input_pipeline.Augmentation(config.randaugment, config.mixup_alpha, config.cutmix_alpha),
+            skip_batches=consumed_steps * local_replicas,
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -424,7 +447,10 @@ def _checkpointing(strategy, config, model, phases, step):
     the save (it is collective) but write to a private temporary folder.
     """
     checkpoint = tf.train.Checkpoint(
-        model=model, step=step, **{f"{phase.name}_optimizer": phase.optimizer for phase in phases}
+        model=model,
+        step=step,
+        random_states=_random_states(model),
+        **{f"{phase.name}_optimizer": phase.optimizer for phase in phases},
     )
     main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
@@ -436,6 +462,12 @@ def _checkpointing(strategy, config, model, phases, step):
         else tempfile.mkdtemp(prefix=f"abo_tf_{distribute.worker_id(strategy)}_")
     )
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+
+
+def _random_states(model):
+    """The states of the model's Keras seed generators (Dropout's): a model checkpoint leaves them out, and a
+    resumed run would draw the dropout masks of its first steps again."""
+    return [variable for variable in model.non_trainable_variables if variable.path.endswith("seed_generator_state")]
 
 
 def _best_checkpointing(strategy, config, model):
@@ -647,7 +679,13 @@ def predict_split(model, config, split, manifest, logits=False):
     """Labels, softmax probabilities (`logits`: the logits) and {image_id, item_id: str arrays} of a split, in order."""
     keys = (schema.IMAGE_ID, schema.ITEM_ID)
     dataset = input_pipeline.make_dataset(
-        config.records, split, config.image_size, config.batch_size, training=False, manifest=manifest, extra_keys=keys
+        config.records,
+        split,
+        config.served_image_size,
+        config.batch_size,
+        training=False,
+        manifest=manifest,
+        extra_keys=keys,
     )
     labels, probabilities, ids = [], [], {key: [] for key in keys}
     for batch in dataset:
@@ -681,25 +719,28 @@ def _final_metrics(model, config, manifest):
     return results
 
 
-def _plain_copy(model):
-    """The trained model rebuilt outside the strategy, in float32, for evaluation and export.
+def _plain_copy(model, image_size=None):
+    """The trained model rebuilt outside the strategy, in float32 (at `image_size`: --eval-image-size), for export.
 
     Rebuilt from the model's own config, not from `build_model(weights=None)`:
     EfficientNet's graph depends on the weights it was built with (a Rescaling
     layer only for weights="imagenet"), and a graph rebuilt without it loads
     the same weights and computes something else.
     """
+    config = _float32_config(model.get_config())
+    if image_size is not None and image_size != model.input.shape[1]:
+        config = models.config_at_image_size(config, image_size)
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         with tf.distribute.get_strategy().scope():
-            plain = keras.Model.from_config(_float32_config(model.get_config()))
+            plain = keras.Model.from_config(config)
         plain.set_weights(model.get_weights())
     finally:
         keras.mixed_precision.set_global_policy(policy)
     # Normalization computes with tensors derived from its weights when they load; set_weights skips that
     # (the copy of an ImageNet EfficientNet normalised with mean 0, variance 1).
-    for layer in plain.get_layer(models.BACKBONE_LAYER).layers:
+    for layer in models.backbone_of(plain).layers:
         if isinstance(layer, keras.layers.Normalization):
             layer.finalize_state()
     plain.pretrained_backbone = getattr(model, "pretrained_backbone", True)
@@ -769,13 +810,13 @@ def _checked_export(run, plain, manifest, classes, temperature=None):
     """
     config = run.config
     staging = run_folder.path(config.output, run_folder.SAVED_MODEL_STAGING)
-    export.export_saved_model(plain, classes, config.image_size, staging, config.top_k, temperature)
+    export.export_saved_model(plain, classes, config.served_image_size, staging, config.top_k, temperature)
     # The validation split as stored: the bytes go through serving_default, their decoded pixels
     # through serve_pixels and the trained model (outside strategy.run: one device reads the variables).
     batches = input_pipeline.make_dataset(
         config.records,
         "validation",
-        config.image_size,
+        config.served_image_size,
         config.batch_size,
         training=False,
         manifest=manifest,
@@ -834,7 +875,7 @@ def _finish(run, manifest, classes, history):
     kept = _restore_best(run, history)
     if run.config.keep == "last":
         _use_averages(run)
-    plain = _plain_copy(run.model)
+    plain = _plain_copy(run.model, run.config.served_image_size)
     calibrated = _calibrate(run, plain, manifest)
     staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
     plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
@@ -843,6 +884,8 @@ def _finish(run, manifest, classes, history):
         results["validation"]["calibration"] = calibrated
     if kept is not None:
         results["validation"]["kept_epoch"] = kept
+    for split_metrics in results.values():
+        split_metrics["image_size"] = {"train": run.config.image_size, "evaluated": run.config.served_image_size}
     run_folder.write_class_names(output, classes)
     os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
     files.write_json(run_folder.path(output, run_folder.METRICS), results)
@@ -876,19 +919,24 @@ def _set_up(config, strategy, manifest):
             weights=None if config.weights == "none" else config.weights,
             dropout=config.dropout,
         )
+        if config.served_image_size != config.image_size:
+            models.accept_any_image_size(model)  # validated at --eval-image-size, trained at --image-size
         phases = _make_phases(config, model, steps_per_epoch)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     chief = distribute.is_chief(strategy)
+    manager = _checkpointing(strategy, config, model, phases, step)  # restores `step` when resuming
+    # A resumed run continues both streams where the checkpoint left them (every epoch validates once).
+    validated = int(step) // steps_per_epoch * validation_steps
     return _Run(
         config=config,
         strategy=strategy,
         model=model,
         phases=phases,
         step=step,
-        manager=_checkpointing(strategy, config, model, phases, step),
+        manager=manager,
         best_manager=_best_checkpointing(strategy, config, model),
-        train_iterator=_distributed(strategy, config, "train", True, manifest),
-        validation_iterator=_distributed(strategy, config, "validation", False, manifest),
+        train_iterator=_distributed(strategy, config, "train", True, manifest, int(step)),
+        validation_iterator=_distributed(strategy, config, "validation", False, manifest, validated),
         steps_per_epoch=steps_per_epoch,
         validation_steps=validation_steps,
         class_weights=_class_weights(manifest, classes, config.class_weights),

@@ -15,7 +15,6 @@ import numpy as np
 
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 
-BACKBONE_LAYER = "backbone"
 MIN_IMAGE_SIZE = 32  # Keras Applications refuse smaller inputs
 NO_WEIGHTS = "none"  # the CLI's spelling of weights=None
 FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
@@ -56,6 +55,22 @@ BACKBONES = {
     ),
     "efficientnet_b0": BackboneSpec(
         keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, "efficientnetb0_notop.h5"
+    ),
+    # EfficientNetV2 (Tan & Le, 2021) and ConvNeXt (Liu et al., 2022) normalise inside the network too
+    # (include_preprocessing=True, Keras' default): their preprocess_input is the identity on 0..255. B0 scales
+    # to ImageNet mean/std, S to [-1, 1]; ConvNeXt has LayerNormalization and LayerScale, no BatchNormalization.
+    "efficientnetv2_b0": BackboneSpec(
+        keras.applications.EfficientNetV2B0,
+        keras.applications.efficientnet_v2.preprocess_input,
+        "efficientnetv2-b0_notop.h5",
+    ),
+    "efficientnetv2_s": BackboneSpec(
+        keras.applications.EfficientNetV2S,
+        keras.applications.efficientnet_v2.preprocess_input,
+        "efficientnetv2-s_notop.h5",
+    ),
+    "convnext_tiny": BackboneSpec(
+        keras.applications.ConvNeXtTiny, keras.applications.convnext.preprocess_input, "convnext_tiny_notop.h5"
     ),
 }
 
@@ -121,7 +136,7 @@ def _build_imagenet_backbone(backbone, input_shape):
     spec = BACKBONES[backbone]
     cached_file = os.path.join(_weights_cache_folder(), spec.weights_file)
     try:
-        return spec.constructor(include_top=False, weights="imagenet", input_shape=input_shape, name=BACKBONE_LAYER)
+        return spec.constructor(include_top=False, weights="imagenet", input_shape=input_shape)
     except Exception as error:  # Keras raises a bare Exception("URL fetch failure ...") offline
         if os.path.isfile(cached_file):
             raise  # the weights are there: not a download problem
@@ -138,9 +153,7 @@ def _build_backbone_from_file(backbone, input_shape, path):
         raise InputNotFoundError(
             f"weights file {path!r} does not exist (give imagenet, none or the path of a Keras notop weights file)"
         )
-    model = BACKBONES[backbone].constructor(
-        include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER
-    )
+    model = BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape)
     try:
         model.load_weights(path)
     except (ValueError, OSError) as error:
@@ -161,8 +174,8 @@ def _scale_like_imagenet_build(backbone):
     variance is not ImageNet's stddev (random or already corrected) is left as it is.
     """
     normalization = next((layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization)), None)
-    if normalization is None or not normalization.built:
-        return
+    if normalization is None or not normalization.built or not normalization.weights:
+        return  # EfficientNetV2-B0's Normalization holds its ImageNet statistics as constants, not weights
     mean, variance, *rest = normalization.get_weights()
     if variance.shape == (3,) and np.allclose(variance, IMAGENET_STDDEV_RGB, rtol=0, atol=1e-6):
         normalization.set_weights([mean, np.square(variance), *rest])
@@ -170,7 +183,7 @@ def _scale_like_imagenet_build(backbone):
 
 
 def build_backbone(backbone, image_size, weights=None):
-    """A Keras Applications backbone without its classifier, named `BACKBONE_LAYER`.
+    """A Keras Applications backbone without its classifier, under Keras' own name for it (see `backbone_of`).
 
     Args:
       backbone: a key of `BACKBONES`.
@@ -188,9 +201,7 @@ def build_backbone(backbone, image_size, weights=None):
     _check_backbone(backbone, image_size)
     input_shape = (image_size, image_size, 3)
     if weights is None or weights == NO_WEIGHTS:
-        return BACKBONES[backbone].constructor(
-            include_top=False, weights=None, input_shape=input_shape, name=BACKBONE_LAYER
-        )
+        return BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape)
     if weights == "imagenet":
         return _build_imagenet_backbone(backbone, input_shape)
     return _build_backbone_from_file(backbone, input_shape, os.fspath(weights))
@@ -207,9 +218,9 @@ def build_model(backbone, num_classes, image_size, weights=None, dropout=0.2):
       dropout: rate of the dropout before the logits.
 
     Returns:
-      A functional `keras.Model`; `model.get_layer(BACKBONE_LAYER)` is the
-      backbone. With pretrained weights its BatchNormalization layers start
-      frozen (see `set_backbone_trainable`).
+      A functional `keras.Model`; `backbone_of(model)` is the backbone. With
+      pretrained weights its BatchNormalization layers start frozen (see
+      `set_backbone_trainable`).
 
     Raises:
       UserInputError: as `build_backbone`, or a bad num_classes or dropout.
@@ -273,7 +284,7 @@ def set_backbone_trainable(model, trainable, freeze_batch_norm=None):
     Raises:
       UserInputError: `trainable` is not a bool or a positive int.
     """
-    backbone = model.get_layer(BACKBONE_LAYER)
+    backbone = backbone_of(model)
     if freeze_batch_norm is None:
         freeze_batch_norm = getattr(model, "pretrained_backbone", True)  # a reloaded model.keras: assume fine-tuning
     if isinstance(trainable, bool):
@@ -305,14 +316,84 @@ def find_last_conv_layer(model):
         functional model (searched among its own layers).
 
     Returns:
-      The layer name (inside `model.get_layer(BACKBONE_LAYER)` when there is one).
+      The layer name (inside `backbone_of(model)` when the model nests one).
 
     Raises:
       UserInputError: no 4-D output layer.
     """
-    names = [layer.name for layer in model.layers]
-    container = model.get_layer(BACKBONE_LAYER) if BACKBONE_LAYER in names else model
+    nested = _nested_models(model)
+    container = nested[0] if len(nested) == 1 else model
     for layer in reversed(container.layers):
         if len(layer.output.shape) == 4 and not _is_pooling(layer) and not isinstance(layer, keras.layers.InputLayer):
             return layer.name
     raise UserInputError(f"model {model.name!r} has no 4-D feature map to explain")
+
+
+def _nested_models(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def backbone_of(model):
+    """The backbone of a classifier from `build_model`: its one layer that is itself a model, whatever its name.
+
+    Found by type, not by a layer name: Keras Applications name their layers after the model (ConvNeXt's
+    "convnext_tiny_stem"), EfficientNetV2 picks its architecture by its `name` (name="backbone" raises KeyError)
+    and ImageNet ConvNeXt refuses a name without its variant, so the backbone keeps Keras' own name
+    ("efficientnetv2-s", "convnext_tiny"). Runs saved when every backbone was named "backbone" load the same way.
+
+    Raises:
+      UserInputError: the model nests no model or several (not a classifier from `build_model`).
+    """
+    nested = _nested_models(model)
+    if len(nested) != 1:
+        raise UserInputError(
+            f"model {model.name!r} nests {len(nested)} models, not one backbone: give a model from abo_tf.train"
+        )
+    return nested[0]
+
+
+def accept_any_image_size(model):
+    """Lets a classifier from `build_model` run on square images of another size than it was built for.
+
+    Keras checks a functional model's input against its Input shape; every layer after it (convolutions, pooling,
+    normalisation) takes any height and width. The trained model evaluates at `--eval-image-size` this way, with its
+    own variables: the reference the export at that size is checked against.
+    """
+    spec = keras.InputSpec(ndim=4, axes={-1: 3})
+    for network in (model, backbone_of(model)):
+        network.input_spec = spec
+    return model
+
+
+_SHAPE_KEYS = ("batch_shape", "build_input_shape", "input_shape")
+
+
+def _any_height_and_width(shape):
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+        return [_any_height_and_width(item) for item in shape]  # the input shapes of Add, Multiply
+    if isinstance(shape, (list, tuple)) and len(shape) == 4:
+        return [shape[0], None, None, shape[3]]
+    return shape
+
+
+def _without_spatial_sizes(value):
+    if isinstance(value, list):
+        return [_without_spatial_sizes(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: _any_height_and_width(item) if key in _SHAPE_KEYS else _without_spatial_sizes(item)
+        for key, item in value.items()
+    }
+
+
+def config_at_image_size(config, image_size):
+    """A classifier's `get_config()` rebuilt for square images of `image_size` (the weights fit unchanged).
+
+    Only the classifier's Input keeps a size: every other recorded 4-D shape (the backbone's Input, ConvNeXt's
+    nested Sequential stages, layers' build shapes) loses its height and width, so nothing is built for the old size.
+    """
+    resized = _without_spatial_sizes(config)
+    [image_input] = [layer for layer in resized["layers"] if layer["class_name"] == "InputLayer"]
+    image_input["config"]["batch_shape"] = [None, image_size, image_size, 3]
+    return resized

@@ -158,6 +158,7 @@ ADDED_OPTIONS = {
     "randaugment": False,
     "mixup_alpha": 0.0,
     "cutmix_alpha": 0.0,
+    "eval_image_size": 0,
 }
 
 
@@ -165,6 +166,11 @@ def load_config(run_dir):
     """The resolved train options a run folder holds (a flat dict, `ADDED_OPTIONS` filled in), or None."""
     saved = config.load_run_config(run_dir)
     return None if saved is None else {**ADDED_OPTIONS, **saved}
+
+
+def served_image_size(saved_config):
+    """The side of the images a run's model.keras and SavedModel take: --eval-image-size, else --image-size."""
+    return int(saved_config.get("eval_image_size") or saved_config["image_size"])
 
 
 def load_metrics(run_dir):
