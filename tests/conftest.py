@@ -106,7 +106,7 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
-# The longest tests start first (tests/longest.json: "file::test" -> its seconds alone, for each parameter): under
+# The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
 # `-n 2` one of them started last is a long tail with one core idle. xdist (--dist load) first sends each worker a run
 # of consecutive tests (a quarter of its share): the longest are dealt round-robin into those runs.
 LONGEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "longest.json")
