@@ -106,11 +106,40 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
-def pytest_collection_modifyitems(items):
-    """A test that needs a trained model is slow (`make test-fast` leaves it out)."""
+# The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
+# `-n 2` one of them started last is a long tail with one core idle. xdist (--dist load) first sends each worker a run
+# of consecutive tests (a quarter of its share): the longest are dealt round-robin into those runs.
+LONGEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "longest.json")
+
+
+def _longest_first(config, items):
+    import json
+
+    with open(LONGEST, encoding="utf-8") as handle:
+        seconds = json.load(handle)
+
+    def expected(item):
+        return seconds.get(item.nodeid.split("[")[0], 0)
+
+    longest = sorted((item for item in items if expected(item)), key=expected, reverse=True)
+    rest = [item for item in items if not expected(item)]  # in collection order: module fixtures stay shared
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    first_run = max(len(items) // workers // 4, 2)  # xdist's LoadScheduling.schedule()
+    ordered, taken = [], 0
+    for worker in range(workers):
+        dealt = longest[worker::workers]
+        fill = max(first_run - len(dealt), 0)
+        ordered += dealt + rest[taken : taken + fill]
+        taken += fill
+    items[:] = ordered + rest[taken:]
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs a trained model is slow (`make test-fast` leaves it out); the longest tests go first."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    _longest_first(config, items)
 
 
 # `make record-tests`: the suite's size and time go to a JSON file that benchmarks/readme.py renders into the README.

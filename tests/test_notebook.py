@@ -15,6 +15,7 @@ NOTEBOOK = os.path.join(
 def test_exploration_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ABO_NOTEBOOK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("ABO_NOTEBOOK_QUICK", "1")  # every cell, on a shorter training and search
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}

@@ -271,8 +271,7 @@ def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_pat
         time.sleep(0.05)
     process.wait()
     assert not (output / "metrics.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert train.main(command[3:]) == 0  # the same command again, in this process (the killed run was the CLI's)
     history = _history(output)
     assert [int(row["step"]) for row in history] == [3, 6, 9]
     assert int(tf.train.load_checkpoint(str(output / "checkpoints")).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 9
@@ -316,48 +315,46 @@ def test_nan_loss_stops_with_the_checkpoint_intact(built_records, tmp_path, caps
 # --- strategies ----------------------------------------------------------------
 
 
+# Two logical CPUs, then the CLI twice: a batch that does not divide across the replicas (its exit code printed),
+# and a two-phase run whose epoch hook (the tuner's pruning input) records what every epoch reported.
 _MIRRORED = """
-import sys
+import json, sys
 import tensorflow as tf
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from abo_tf import train
-sys.exit(train.main(sys.argv[1:]))
+from abo_tf.training import loop
+odd = train.main(sys.argv[2:] + ["--output", sys.argv[1], "--batch-size", "7"])
+reported, train_loop = [], loop.train
+loop.train = lambda config: train_loop(config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]))
+code = train.main(sys.argv[2:])
+print(json.dumps({"odd": odd, "code": code, "reported": reported}))
 """
 
 
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus(built_records, tmp_path):
     records_dir, _ = built_records
+    output = tmp_path / "mirrored"
+    arguments = ["--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1", "--validation-steps", "2"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _MIRRORED,
-            *_train_args(
-                records_dir, tmp_path / "mirrored", "--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1"
-            ),
-        ],
+        [sys.executable, "-c", _MIRRORED, str(tmp_path / "odd"), *_train_args(records_dir, output, *arguments)],
         env=_subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(_history(tmp_path / "mirrored")) == 2
-    odd = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _MIRRORED,
-            *_train_args(records_dir, tmp_path / "odd", "--strategy", "mirrored", "--batch-size", "7"),
-        ],
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert odd.returncode == 2 and "does not divide across 2 replicas" in odd.stderr
+    ran = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ran["odd"] == 2 and "does not divide across 2 replicas" in result.stderr
+    assert ran["code"] == 0
+    history = run_folder.load_history(str(output))
+    assert [row.phase for row in history] == ["head", "fine_tune"]
+    # The hook gathers every replica: each epoch's figures are the history's, over both replicas' predictions.
+    assert [epoch for epoch, _ in ran["reported"]] == [1, 2]
+    for (_, values), row in zip(ran["reported"], history, strict=True):
+        assert values["val_accuracy"] == pytest.approx(row.val_accuracy) and 0.0 <= values["val_macro_f1"] <= 1.0
+        assert values["val_examples"] == 16  # 2 steps of 8 images, 4 on each replica
 
 
 def _free_ports(count):
