@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -29,6 +30,7 @@ import tarfile
 import tempfile
 import time
 
+import readme
 from shared import REPO, results_path, write_results
 from split_benchmark import abo_like
 
@@ -73,6 +75,12 @@ def _time(function):
     start = time.perf_counter()
     result = function()
     return time.perf_counter() - start, result
+
+
+def _cpu_seconds():
+    """CPU seconds of this process and of its children that ended (the build's pool is joined when it returns)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def peak_memory(command):
@@ -134,10 +142,14 @@ def _repeat(data_dir, work_dir, num_images, repeat):
     """One repeat: the baseline loop, the build and its verify, timed in-process; then the peak RSS of each."""
     images_tar = os.path.join(data_dir, "abo-images-small.tar")
     load_before = os.getloadavg()[0]
+    cpu = _cpu_seconds()
     seconds, count = _time(lambda: minimal_loop(images_tar, os.path.join(work_dir, "baseline.tfrecord")))
+    loop_cpu = _cpu_seconds() - cpu
     output = os.path.join(work_dir, f"out_{num_images}")
     shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
+    cpu = _cpu_seconds()
     build_seconds, manifest, stages = _timed_build(_options(data_dir, output))
+    build_cpu = _cpu_seconds() - cpu
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
     row = {
@@ -147,6 +159,9 @@ def _repeat(data_dir, work_dir, num_images, repeat):
         "baseline_images_per_second": count / seconds,
         "build_images_per_second": manifest["images"]["kept"] / build_seconds,
         "build_seconds": build_seconds,
+        # CPU per image: the figure the machine's load does not change (the loop uses one core, the build two).
+        "baseline_cpu_us_per_image": loop_cpu / count * 1e6,
+        "build_cpu_us_per_image": build_cpu / manifest["images"]["kept"] * 1e6,
         "stage_seconds": stages,
         "verify_seconds": verify_seconds,
         "verify_to_build": verify_seconds / build_seconds,
@@ -158,7 +173,9 @@ def _repeat(data_dir, work_dir, num_images, repeat):
     print(
         f"  {num_images}: repeat {repeat}: baseline {row['baseline_images_per_second']:.0f} img/s, build "
         f"{row['build_images_per_second']:.0f} img/s ({build_seconds:.1f} s, {row['build_peak_rss_mb']:.0f} MB), "
-        f"ratio {row['ratio']:.2f}, verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB), stages "
+        f"ratio {row['ratio']:.2f}, CPU/image {row['baseline_cpu_us_per_image']:.0f} / "
+        f"{row['build_cpu_us_per_image']:.0f} us, verify {verify_seconds:.1f} s "
+        f"({row['verify_peak_rss_mb']:.0f} MB), stages "
         f"{stages}, load {row['load_average']}",
         flush=True,
     )
@@ -188,7 +205,7 @@ def measure(num_images, repeats, work_dir):
     data_dir = abo_like(data_dir, data_dir + "_576")
     rows = [_repeat(data_dir, work_dir, num_images, repeat) for repeat in range(repeats)]
     result = _median_row(rows)  # the ratio is the median of the repeats' ratios, each measured in one repeat
-    result.update(repeats=repeats, all_repeats=rows)
+    result.update(repeats=repeats, all_repeats=rows, machine=rss.machine())
     return result
 
 
@@ -215,19 +232,7 @@ def main():
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_bench_")
     measured = {str(num_images): measure(num_images, args.repeats, work_dir) for num_images in args.images}
     results = {**_earlier_results(), **measured, "cpu_count": os.cpu_count()}  # read now: another run may have written
-    print(
-        "\n| images (classes) | minimal loop (img/s) | build_records (img/s) | ratio | index / prepare (scan) / write "
-        "/ finish (s) | verify / build time | peak RSS build / verify (MB) | load |\n|---|---|---|---|---|---|---|---|"
-    )
-    for key in sorted((key for key in results if key.isdigit()), key=int):
-        row, stages = results[key], results[key]["stage_seconds"]
-        print(
-            f"| {row['images_written']:.0f} ({row['classes']:.0f}) | {row['baseline_images_per_second']:.0f} "
-            f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {stages['index']:.1f} / "
-            f"{stages['prepare']:.1f} ({stages['scan']:.1f}) / {stages['write']:.1f} / {stages['finish']:.1f} "
-            f"| {row['verify_to_build']:.2f} | {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} "
-            f"| {row['load_average']:.1f} (x{row['repeats']}) |"
-        )
+    print("\n" + readme.render_build_speed(results))
     write_results("build_records.json", results)
 
 

@@ -91,6 +91,42 @@ def render_test_suite(results):
     return "\n".join(lines)
 
 
+def _optional(value, pattern):
+    return "n/a" if value is None else pattern.format(value)
+
+
+def render_build_speed(results):
+    """build_records against the minimal tar -> TFRecord loop, per archive size (build_records_benchmark.py)."""
+    lines = [
+        "| images (classes) | minimal loop (img/s) | build_records (img/s) | ratio | CPU per image, loop / build (us) "
+        "| index / prepare (scan) / write / finish (s) | verify / build time | peak RSS build / verify (MB) | repeats "
+        "| machine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted((key for key in results if key.isdigit()), key=int):
+        row, stages = results[key], results[key]["stage_seconds"]
+        cpu = (
+            f"{_optional(row.get('baseline_cpu_us_per_image'), '{:.0f}')} / "
+            f"{_optional(row.get('build_cpu_us_per_image'), '{:.0f}')}"
+        )
+        ratios = ", ".join(f"{repeat['ratio']:.2f}" for repeat in row["all_repeats"])
+        lines.append(
+            f"| {row['images_written']:,.0f} ({row['classes']:.0f}) | {row['baseline_images_per_second']:,.0f} "
+            f"| {row['build_images_per_second']:,.0f} | **{row['ratio']:.2f}x** ({ratios}) | {cpu} "
+            f"| {stages['index']:.1f} / {stages['prepare']:.1f} ({stages['scan']:.1f}) / {stages['write']:.1f} / "
+            f"{stages['finish']:.1f} | {row['verify_to_build']:.2f} | {row['build_peak_rss_mb']:.0f} / "
+            f"{row['verify_peak_rss_mb']:.0f} | {row['repeats']} | {_machine(row)}, median load during the runs "
+            f"{row['load_average']:.1f} |"
+        )
+    lines += [
+        "",
+        "Medians of the repeats (the ratio is the median of each repeat's ratio, both timed in the same repeat; the "
+        "repeats' ratios in brackets). Written by `python benchmarks/build_records_benchmark.py` to "
+        "`benchmarks/results/build_records.json`.",
+    ]
+    return "\n".join(lines)
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -99,6 +135,7 @@ RENDERERS = {
     "demo": ("demo.json", render_demo),
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
+    "build_speed": ("build_records.json", render_build_speed),
 }
 
 
