@@ -85,7 +85,7 @@ def _cpu_seconds():
 
 def peak_memory(command):
     """Peak summed RSS (bytes) of a `python -m abo_tf.build_records` run and its workers."""
-    code, _, _, peak = rss.run_measured(command, cwd=REPO)
+    code, _, _, peak = rss.run_measured(command, timeout=4 * 3600, cwd=REPO)  # 400k at load 30: over 10 min
     if code:
         raise RuntimeError(f"failed: {' '.join(command)}")
     return peak
@@ -111,31 +111,36 @@ STAGES = (
 )
 
 
-def _timed_stages(seconds):
-    """Wraps each stage's function to add its wall time to `seconds`; returns a function undoing it."""
+def _timed_stages(seconds, cpu):
+    """Wraps each stage's function to add its wall time to `seconds` and to `cpu[stage]` a Counter of the CPU
+    seconds of this process ("parent") and of its worker processes ("workers"); returns a function undoing it."""
     originals = [(module, name, getattr(module, name)) for _, module, name in STAGES]
     for (stage, module, name), (_, _, function) in zip(STAGES, originals):
 
         def timed(*args, _function=function, _stage=stage, **kwargs):
-            start = time.perf_counter()
+            start, parent, workers = time.perf_counter(), time.process_time(), rss.descendants_cpu_seconds(os.getpid())
             try:
                 return _function(*args, **kwargs)
             finally:
                 seconds[_stage] += time.perf_counter() - start
+                cpu[_stage]["parent"] += time.process_time() - parent
+                cpu[_stage]["workers"] += rss.descendants_cpu_seconds(os.getpid()) - workers
 
         setattr(module, name, timed)
     return lambda: [setattr(module, name, function) for module, name, function in originals]
 
 
 def _timed_build(options):
-    """`(seconds, manifest, seconds per stage)` of an in-process build."""
-    stages = collections.Counter()
-    undo = _timed_stages(stages)
+    """`(seconds, manifest, seconds per stage, CPU seconds of the process and its workers per stage)` of an
+    in-process build."""
+    stages, cpu = collections.Counter(), collections.defaultdict(collections.Counter)
+    undo = _timed_stages(stages, cpu)
     try:
         seconds, manifest = _time(lambda: records_build.build(options))
     finally:
         undo()
-    return seconds, manifest, {stage: round(stages[stage], 3) for stage, _, _ in STAGES}
+    cpu = {stage: {who: round(value, 3) for who, value in cpu[stage].items()} for stage, _, _ in STAGES}
+    return seconds, manifest, {stage: round(stages[stage], 3) for stage, _, _ in STAGES}, cpu
 
 
 def _repeat(data_dir, work_dir, num_images, repeat):
@@ -148,7 +153,7 @@ def _repeat(data_dir, work_dir, num_images, repeat):
     output = os.path.join(work_dir, f"out_{num_images}")
     shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
     cpu = _cpu_seconds()
-    build_seconds, manifest, stages = _timed_build(_options(data_dir, output))
+    build_seconds, manifest, stages, stage_cpu = _timed_build(_options(data_dir, output))
     build_cpu = _cpu_seconds() - cpu
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
@@ -163,6 +168,7 @@ def _repeat(data_dir, work_dir, num_images, repeat):
         "baseline_cpu_us_per_image": loop_cpu / count * 1e6,
         "build_cpu_us_per_image": build_cpu / manifest["images"]["kept"] * 1e6,
         "stage_seconds": stages,
+        "stage_cpu_seconds": stage_cpu,
         "verify_seconds": verify_seconds,
         "verify_to_build": verify_seconds / build_seconds,
         "build_peak_rss_mb": build_memory / 2**20,
@@ -190,6 +196,10 @@ def _median_row(rows):
     }
     result["stage_seconds"] = {
         stage: statistics.median(row["stage_seconds"][stage] for row in rows) for stage in rows[0]["stage_seconds"]
+    }
+    result["stage_cpu_seconds"] = {
+        stage: {who: statistics.median(row["stage_cpu_seconds"][stage][who] for row in rows) for who in cpu}
+        for stage, cpu in rows[0]["stage_cpu_seconds"].items()
     }
     result["load_average"] = statistics.median(value for row in rows for value in row["load_average"])
     return result

@@ -21,8 +21,8 @@ def machine():
     return {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "date": datetime.date.today().isoformat()}
 
 
-def tree_rss(pid):
-    """Summed RSS (bytes) of `pid` and its descendants, from /proc."""
+def _descendants(pid):
+    """`pid` and its descendants' process ids, from /proc."""
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -31,16 +31,37 @@ def tree_rss(pid):
                     children.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 continue
-    total, stack = 0, [pid]
+    found, stack = [], [pid]
     while stack:
         current = stack.pop()
+        found.append(current)
         stack.extend(children.get(current, []))
+    return found
+
+
+def tree_rss(pid):
+    """Summed RSS (bytes) of `pid` and its descendants, from /proc."""
+    total = 0
+    for current in _descendants(pid):
         try:
             with open(f"/proc/{current}/statm") as handle:
                 total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             pass
     return total
+
+
+def descendants_cpu_seconds(pid):
+    """Summed user + system CPU seconds of the live descendants of `pid` (not `pid` itself), from /proc."""
+    total = 0
+    for current in _descendants(pid)[1:]:
+        try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_measured(command, timeout=600, env=None, cwd=REPO):
