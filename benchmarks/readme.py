@@ -118,6 +118,7 @@ def render_build_speed(results):
             f"{row['verify_peak_rss_mb']:.0f} | {row['repeats']} | {_machine(row)}, median load during the runs "
             f"{row['load_average']:.1f} |"
         )
+    lines += _build_stages(results)
     lines += [
         "",
         "Medians of the repeats (the ratio is the median of each repeat's ratio, both timed in the same repeat; the "
@@ -125,6 +126,51 @@ def render_build_speed(results):
         "`benchmarks/results/build_records.json`.",
     ]
     return "\n".join(lines)
+
+
+# The build's stages as the benchmark times them; "prepare" includes "scan", shown apart.
+_STAGES = (
+    ("index", "index the images tar (listings read in a worker meanwhile)"),
+    ("scan", "scan: structure check and SHA-256 of every image"),
+    ("plan", "labels, grouping, split, plan (prepare without the scan)"),
+    ("write", "write the shards"),
+    ("finish", "checks, manifest"),
+)
+
+
+def _stage_figures(row, stage):
+    """(wall s, parent CPU s, workers' CPU s) of a stage; "plan" is "prepare" less "scan"."""
+    seconds, cpu = row["stage_seconds"], row["stage_cpu_seconds"]
+    if stage != "plan":
+        return seconds[stage], cpu[stage]["parent"], cpu[stage]["workers"]
+    return tuple(
+        whole - part
+        for whole, part in zip(
+            _stage_figures(row, "prepare"), (seconds["scan"], cpu["scan"]["parent"], cpu["scan"]["workers"])
+        )
+    )
+
+
+def _build_stages(results):
+    """Per stage of the build: wall time, CPU of the process and of its workers, cores kept busy."""
+    sizes = sorted((key for key in results if key.isdigit() and "stage_cpu_seconds" in results[key]), key=int)
+    if not sizes:
+        return []
+    lines = [
+        "",
+        "| images | stage | wall (s) | CPU: process / workers (s) | cores busy (CPU / wall) |",
+        "|---|---|---|---|---|",
+    ]
+    for key in sizes:
+        row = results[key]
+        for stage, description in _STAGES:
+            wall, parent, workers = _stage_figures(row, stage)
+            busy = (parent + workers) / wall if wall > 0 else 0.0
+            lines.append(
+                f"| {row['images_written']:,.0f} | {description} | {wall:.1f} | {parent:.1f} / {workers:.1f} "
+                f"| {busy:.2f} |"
+            )
+    return lines
 
 
 def _include(name):
