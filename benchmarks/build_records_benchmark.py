@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -29,6 +30,7 @@ import tarfile
 import tempfile
 import time
 
+import readme
 from shared import REPO, results_path, write_results
 from split_benchmark import abo_like
 
@@ -75,9 +77,15 @@ def _time(function):
     return time.perf_counter() - start, result
 
 
+def _cpu_seconds():
+    """CPU seconds of this process and of its children that ended (the build's pool is joined when it returns)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def peak_memory(command):
     """Peak summed RSS (bytes) of a `python -m abo_tf.build_records` run and its workers."""
-    code, _, _, peak = rss.run_measured(command, cwd=REPO)
+    code, _, _, peak = rss.run_measured(command, timeout=4 * 3600, cwd=REPO)  # 400k at load 30: over 10 min
     if code:
         raise RuntimeError(f"failed: {' '.join(command)}")
     return peak
@@ -103,41 +111,50 @@ STAGES = (
 )
 
 
-def _timed_stages(seconds):
-    """Wraps each stage's function to add its wall time to `seconds`; returns a function undoing it."""
+def _timed_stages(seconds, cpu):
+    """Wraps each stage's function to add its wall time to `seconds` and to `cpu[stage]` a Counter of the CPU
+    seconds of this process ("parent") and of its worker processes ("workers"); returns a function undoing it."""
     originals = [(module, name, getattr(module, name)) for _, module, name in STAGES]
     for (stage, module, name), (_, _, function) in zip(STAGES, originals):
 
         def timed(*args, _function=function, _stage=stage, **kwargs):
-            start = time.perf_counter()
+            start, parent, workers = time.perf_counter(), time.process_time(), rss.descendants_cpu_seconds(os.getpid())
             try:
                 return _function(*args, **kwargs)
             finally:
                 seconds[_stage] += time.perf_counter() - start
+                cpu[_stage]["parent"] += time.process_time() - parent
+                cpu[_stage]["workers"] += rss.descendants_cpu_seconds(os.getpid()) - workers
 
         setattr(module, name, timed)
     return lambda: [setattr(module, name, function) for module, name, function in originals]
 
 
 def _timed_build(options):
-    """`(seconds, manifest, seconds per stage)` of an in-process build."""
-    stages = collections.Counter()
-    undo = _timed_stages(stages)
+    """`(seconds, manifest, seconds per stage, CPU seconds of the process and its workers per stage)` of an
+    in-process build."""
+    stages, cpu = collections.Counter(), collections.defaultdict(collections.Counter)
+    undo = _timed_stages(stages, cpu)
     try:
         seconds, manifest = _time(lambda: records_build.build(options))
     finally:
         undo()
-    return seconds, manifest, {stage: round(stages[stage], 3) for stage, _, _ in STAGES}
+    cpu = {stage: {who: round(value, 3) for who, value in cpu[stage].items()} for stage, _, _ in STAGES}
+    return seconds, manifest, {stage: round(stages[stage], 3) for stage, _, _ in STAGES}, cpu
 
 
 def _repeat(data_dir, work_dir, num_images, repeat):
     """One repeat: the baseline loop, the build and its verify, timed in-process; then the peak RSS of each."""
     images_tar = os.path.join(data_dir, "abo-images-small.tar")
     load_before = os.getloadavg()[0]
+    cpu = _cpu_seconds()
     seconds, count = _time(lambda: minimal_loop(images_tar, os.path.join(work_dir, "baseline.tfrecord")))
+    loop_cpu = _cpu_seconds() - cpu
     output = os.path.join(work_dir, f"out_{num_images}")
     shutil.rmtree(output, ignore_errors=True)  # a finished build would be reused, not timed
-    build_seconds, manifest, stages = _timed_build(_options(data_dir, output))
+    cpu = _cpu_seconds()
+    build_seconds, manifest, stages, stage_cpu = _timed_build(_options(data_dir, output))
+    build_cpu = _cpu_seconds() - cpu
     verify_seconds, _ = _time(lambda: shards.verify_records(output, progress=False))
     build_memory, verify_memory = _build_and_verify_memory(data_dir, os.path.join(work_dir, f"mem_{num_images}"))
     row = {
@@ -147,7 +164,11 @@ def _repeat(data_dir, work_dir, num_images, repeat):
         "baseline_images_per_second": count / seconds,
         "build_images_per_second": manifest["images"]["kept"] / build_seconds,
         "build_seconds": build_seconds,
+        # CPU per image: the figure the machine's load does not change (the loop uses one core, the build two).
+        "baseline_cpu_us_per_image": loop_cpu / count * 1e6,
+        "build_cpu_us_per_image": build_cpu / manifest["images"]["kept"] * 1e6,
         "stage_seconds": stages,
+        "stage_cpu_seconds": stage_cpu,
         "verify_seconds": verify_seconds,
         "verify_to_build": verify_seconds / build_seconds,
         "build_peak_rss_mb": build_memory / 2**20,
@@ -158,7 +179,9 @@ def _repeat(data_dir, work_dir, num_images, repeat):
     print(
         f"  {num_images}: repeat {repeat}: baseline {row['baseline_images_per_second']:.0f} img/s, build "
         f"{row['build_images_per_second']:.0f} img/s ({build_seconds:.1f} s, {row['build_peak_rss_mb']:.0f} MB), "
-        f"ratio {row['ratio']:.2f}, verify {verify_seconds:.1f} s ({row['verify_peak_rss_mb']:.0f} MB), stages "
+        f"ratio {row['ratio']:.2f}, CPU/image {row['baseline_cpu_us_per_image']:.0f} / "
+        f"{row['build_cpu_us_per_image']:.0f} us, verify {verify_seconds:.1f} s "
+        f"({row['verify_peak_rss_mb']:.0f} MB), stages "
         f"{stages}, load {row['load_average']}",
         flush=True,
     )
@@ -174,6 +197,10 @@ def _median_row(rows):
     result["stage_seconds"] = {
         stage: statistics.median(row["stage_seconds"][stage] for row in rows) for stage in rows[0]["stage_seconds"]
     }
+    result["stage_cpu_seconds"] = {
+        stage: {who: statistics.median(row["stage_cpu_seconds"][stage][who] for row in rows) for who in cpu}
+        for stage, cpu in rows[0]["stage_cpu_seconds"].items()
+    }
     result["load_average"] = statistics.median(value for row in rows for value in row["load_average"])
     return result
 
@@ -188,7 +215,7 @@ def measure(num_images, repeats, work_dir):
     data_dir = abo_like(data_dir, data_dir + "_576")
     rows = [_repeat(data_dir, work_dir, num_images, repeat) for repeat in range(repeats)]
     result = _median_row(rows)  # the ratio is the median of the repeats' ratios, each measured in one repeat
-    result.update(repeats=repeats, all_repeats=rows)
+    result.update(repeats=repeats, all_repeats=rows, machine=rss.machine())
     return result
 
 
@@ -215,19 +242,7 @@ def main():
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_bench_")
     measured = {str(num_images): measure(num_images, args.repeats, work_dir) for num_images in args.images}
     results = {**_earlier_results(), **measured, "cpu_count": os.cpu_count()}  # read now: another run may have written
-    print(
-        "\n| images (classes) | minimal loop (img/s) | build_records (img/s) | ratio | index / prepare (scan) / write "
-        "/ finish (s) | verify / build time | peak RSS build / verify (MB) | load |\n|---|---|---|---|---|---|---|---|"
-    )
-    for key in sorted((key for key in results if key.isdigit()), key=int):
-        row, stages = results[key], results[key]["stage_seconds"]
-        print(
-            f"| {row['images_written']:.0f} ({row['classes']:.0f}) | {row['baseline_images_per_second']:.0f} "
-            f"| {row['build_images_per_second']:.0f} | {row['ratio']:.2f}x | {stages['index']:.1f} / "
-            f"{stages['prepare']:.1f} ({stages['scan']:.1f}) / {stages['write']:.1f} / {stages['finish']:.1f} "
-            f"| {row['verify_to_build']:.2f} | {row['build_peak_rss_mb']:.0f} / {row['verify_peak_rss_mb']:.0f} "
-            f"| {row['load_average']:.1f} (x{row['repeats']}) |"
-        )
+    print("\n" + readme.render_build_speed(results))
     write_results("build_records.json", results)
 
 

@@ -91,6 +91,88 @@ def render_test_suite(results):
     return "\n".join(lines)
 
 
+def _optional(value, pattern):
+    return "n/a" if value is None else pattern.format(value)
+
+
+def render_build_speed(results):
+    """build_records against the minimal tar -> TFRecord loop, per archive size (build_records_benchmark.py)."""
+    lines = [
+        "| images (classes) | minimal loop (img/s) | build_records (img/s) | ratio | CPU per image, loop / build (us) "
+        "| index / prepare (scan) / write / finish (s) | verify / build time | peak RSS build / verify (MB) | repeats "
+        "| machine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted((key for key in results if key.isdigit()), key=int):
+        row, stages = results[key], results[key]["stage_seconds"]
+        cpu = (
+            f"{_optional(row.get('baseline_cpu_us_per_image'), '{:.0f}')} / "
+            f"{_optional(row.get('build_cpu_us_per_image'), '{:.0f}')}"
+        )
+        ratios = ", ".join(f"{repeat['ratio']:.2f}" for repeat in row["all_repeats"])
+        lines.append(
+            f"| {row['images_written']:,.0f} ({row['classes']:.0f}) | {row['baseline_images_per_second']:,.0f} "
+            f"| {row['build_images_per_second']:,.0f} | **{row['ratio']:.2f}x** ({ratios}) | {cpu} "
+            f"| {stages['index']:.1f} / {stages['prepare']:.1f} ({stages['scan']:.1f}) / {stages['write']:.1f} / "
+            f"{stages['finish']:.1f} | {row['verify_to_build']:.2f} | {row['build_peak_rss_mb']:.0f} / "
+            f"{row['verify_peak_rss_mb']:.0f} | {row['repeats']} | {_machine(row)}, median load during the runs "
+            f"{row['load_average']:.1f} |"
+        )
+    lines += _build_stages(results)
+    lines += [
+        "",
+        "Medians of the repeats (the ratio is the median of each repeat's ratio, both timed in the same repeat; the "
+        "repeats' ratios in brackets). Written by `python benchmarks/build_records_benchmark.py` to "
+        "`benchmarks/results/build_records.json`.",
+    ]
+    return "\n".join(lines)
+
+
+# The build's stages as the benchmark times them; "prepare" includes "scan", shown apart.
+_STAGES = (
+    ("index", "index the images tar (listings read in a worker meanwhile)"),
+    ("scan", "scan: structure check and SHA-256 of every image"),
+    ("plan", "labels, grouping, split, plan (prepare without the scan)"),
+    ("write", "write the shards"),
+    ("finish", "checks, manifest"),
+)
+
+
+def _stage_figures(row, stage):
+    """(wall s, parent CPU s, workers' CPU s) of a stage; "plan" is "prepare" less "scan"."""
+    seconds, cpu = row["stage_seconds"], row["stage_cpu_seconds"]
+    if stage != "plan":
+        return seconds[stage], cpu[stage]["parent"], cpu[stage]["workers"]
+    return tuple(
+        whole - part
+        for whole, part in zip(
+            _stage_figures(row, "prepare"), (seconds["scan"], cpu["scan"]["parent"], cpu["scan"]["workers"])
+        )
+    )
+
+
+def _build_stages(results):
+    """Per stage of the build: wall time, CPU of the process and of its workers, cores kept busy."""
+    sizes = sorted((key for key in results if key.isdigit() and "stage_cpu_seconds" in results[key]), key=int)
+    if not sizes:
+        return []
+    lines = [
+        "",
+        "| images | stage | wall (s) | CPU: process / workers (s) | cores busy (CPU / wall) |",
+        "|---|---|---|---|---|",
+    ]
+    for key in sizes:
+        row = results[key]
+        for stage, description in _STAGES:
+            wall, parent, workers = _stage_figures(row, stage)
+            busy = (parent + workers) / wall if wall > 0 else 0.0
+            lines.append(
+                f"| {row['images_written']:,.0f} | {description} | {wall:.1f} | {parent:.1f} / {workers:.1f} "
+                f"| {busy:.2f} |"
+            )
+    return lines
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -100,6 +182,7 @@ RENDERERS = {
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
     "backbones": ("backbones.md", _include("backbones.md")),
+    "build_speed": ("build_records.json", render_build_speed),
 }
 
 

@@ -247,6 +247,44 @@ def test_no_mutated_jpeg_is_copied_unless_tensorflow_decodes_it(seed):
     assert copied > 20  # the mutants are not all rejected: the test exercises the copy path
 
 
+def _outcome(data):
+    try:
+        return images.inspect_image(data)
+    except images.RejectedImage as error:
+        return error.reason, str(error)
+
+
+def _variants(data):
+    """Files sharing `data`'s header but for the frame's size, or cut or damaged after it."""
+    sof = data.find(b"\xff\xc0") if b"\xff\xc0" in data else data.find(b"\xff\xc2")
+    sized = [
+        data[: sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9 :]
+        for height, width in ((1000, 3), (0, 60), (65501, 2), (60000, 60000))
+    ]
+    scan = data.find(b"\xff\xda")
+    cut = [data[:length] for length in (scan, scan + 13, scan + 40, len(data) - 2)]
+    return sized + cut + list(_mutants(data, 7, 40))
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_header_checked_before_gives_what_a_full_walk_gives(monkeypatch, progressive):
+    """A file whose header (size aside) equals a checked one continues from that check's state: same answers."""
+    base = _pil_jpeg(progressive=True) if progressive else _jpeg()
+    variants = _variants(base)
+    cold = []
+    for variant in variants:
+        monkeypatch.setattr(images, "_checked_headers", {})
+        monkeypatch.setattr(images, "_header_layouts", {})
+        cold.append(_outcome(variant))
+    monkeypatch.setattr(images, "_checked_headers", {})
+    monkeypatch.setattr(images, "_header_layouts", {})
+    images.inspect_image(base)
+    assert len(images._checked_headers) == 1
+    assert [_outcome(variant) for variant in variants] == cold
+    assert cold[0].height == 1000 and cold[0].width == 3 and cold[1][0] == images.CORRUPT
+    assert cold[2][0] == images.UNDECODABLE and cold[3][0] == images.TOO_LARGE
+
+
 # --- PNGs: sized from the header before any decoding -------------------------
 
 

@@ -71,6 +71,16 @@ def _children_of():
     return children
 
 
+def _descendants(pid):
+    """`pid` and its descendants' process ids, from /proc."""
+    children, found, stack = _children_of(), [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
 def tree_rss(pid):
     """Summed RSS (bytes) of `pid` and its descendants, from /proc; a child in its parent's address space once."""
     children, page = _children_of(), os.sysconf("SC_PAGE_SIZE")
@@ -83,6 +93,19 @@ def tree_rss(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):  # the process has ended
             total += int(_statm(current).split()[1]) * page
     return total
+
+
+def descendants_cpu_seconds(pid):
+    """Summed user + system CPU seconds of the live descendants of `pid` (not `pid` itself), from /proc."""
+    total = 0
+    for current in _descendants(pid)[1:]:
+        try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_measured(command, timeout=600, env=None, cwd=REPO):
