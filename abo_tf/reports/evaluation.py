@@ -77,20 +77,8 @@ class EvaluateOptions:
         maximum=options_lib.MAX_SHOWN,
         help="equal-width confidence bins of the ECE and the reliability diagram",
     )
-    head_min: int = options_lib.option(
-        metrics.HEAD_MIN,
-        help="head: at least this many",
-        minimum=1,
-        maximum=options_lib.MAX_COUNT,
-        group="frequency strata (training examples per class)",
-    )
-    tail_below: int = options_lib.option(
-        metrics.TAIL_BELOW,
-        help="tail: fewer than this many",
-        minimum=0,
-        maximum=options_lib.MAX_COUNT,
-        group="frequency strata (training examples per class)",
-    )
+    head_min: int = metrics.head_min_option()
+    tail_below: int = metrics.tail_below_option()
     bootstrap_samples: int = bootstrap.samples_option("report")
     batch_size: int = options_lib.option(
         64, help="images per call of the SavedModel", group="runtime", minimum=1, maximum=options_lib.MAX_BATCH_SIZE
@@ -102,11 +90,7 @@ class EvaluateOptions:
 
     def __post_init__(self):
         options_lib.validate(self)
-        if self.tail_below > self.head_min:
-            raise UserInputError(
-                f"--tail-below {self.tail_below} is above --head-min {self.head_min}: "
-                "the torso would be empty and inverted"
-            )
+        metrics.check_strata_options(self.head_min, self.tail_below)
 
 
 # --- checks --------------------------------------------------------------------
@@ -680,7 +664,7 @@ def evaluate(options):
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
     parity_record = _parity(options, loaded, manifest, image_size)
     predictions = predict(loaded, options, manifest, mapping)
-    train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
+    train_counts = metrics.train_counts(manifest, class_names)
     predicted = predictions.probabilities.argmax(axis=1)
     result = metrics.evaluation_metrics(
         predictions.labels,

@@ -10,11 +10,43 @@ import math
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from abo_tf.common import options
+from abo_tf.common.errors import UserInputError
+from abo_tf.records import shards
 from abo_tf.reports import figures
 
 STRATA = ("head", "torso", "tail")
-# Class frequency strata, in training examples: head >= HEAD_MIN, tail < TAIL_BELOW.
+# Class frequency strata, in training examples: head >= HEAD_MIN, tail < TAIL_BELOW. Every report (analyze,
+# evaluate, the trainer's metrics, the baselines, the model card) counts them with `train_counts`.
 HEAD_MIN, TAIL_BELOW = 1000, 100
+STRATA_GROUP = "frequency strata (training examples per class, as the build's train split holds them)"
+
+
+def head_min_option():
+    """The `--head-min` option of every command that reports strata."""
+    return options.option(
+        HEAD_MIN, help="head: at least this many", minimum=1, maximum=options.MAX_COUNT, group=STRATA_GROUP
+    )
+
+
+def tail_below_option():
+    """The `--tail-below` option of every command that reports strata."""
+    return options.option(
+        TAIL_BELOW, help="tail: fewer than this many", minimum=0, maximum=options.MAX_COUNT, group=STRATA_GROUP
+    )
+
+
+def check_strata_options(head_min, tail_below):
+    """The one-line error of thresholds out of order (`__post_init__` of the commands above)."""
+    if tail_below > head_min:
+        raise UserInputError(
+            f"--tail-below {tail_below} is above --head-min {head_min}: the torso would be empty and inverted"
+        )
+
+
+def train_counts(manifest, class_names=None):
+    """Training examples of each class (default: the build's classes, in label order): what the strata count."""
+    return np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
 CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
 
 

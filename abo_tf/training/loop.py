@@ -689,7 +689,7 @@ def _final_metrics(model, config, manifest):
 
     The test split's predictions go to test_predictions.csv, for the paired comparisons of baselines and tune.
     """
-    train_counts = shards.examples_per_class(manifest, "train")
+    train_counts = metrics.train_counts(manifest)
     results = {}
     for split in ("validation", "test"):
         if input_pipeline.num_examples(config.records, split, manifest) == 0:
