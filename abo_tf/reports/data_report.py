@@ -31,7 +31,6 @@ import numpy as np
 
 from abo_tf.common import console, files, outputs
 from abo_tf.common import options as options_lib
-from abo_tf.common.errors import UserInputError
 from abo_tf.records import archive, download, labels, shards
 from abo_tf.records import split as split_lib
 from abo_tf.reports import figures, markdown, metrics
@@ -504,7 +503,7 @@ def _strata_lines(options, distribution):
     rows = [(name, *row) for name, row in zip(strata.index, strata.itertuples(index=False), strict=True) if row[0]]
     return [
         f"Strata by training examples per class (the build's train split, as `evaluate` counts them): head >= "
-        f"{options.head_min}, tail < {options.tail_below}; \"{NOT_A_CLASS}\": a type the build did not keep.",
+        f'{options.head_min}, tail < {options.tail_below}; "{NOT_A_CLASS}": a type the build did not keep.',
         "",
         markdown.table(rows, ["stratum", "product types", "images", "training examples"]),
     ]
@@ -512,7 +511,8 @@ def _strata_lines(options, distribution):
 
 def _report(options, overview, tables, has_build):
     distribution = tables["class_distribution"]
-    columns = ["product_type", "listings", "images"] + (["train_examples", "stratum"] if "stratum" in distribution else [])
+    columns = ["product_type", "listings", "images"]
+    columns += ["train_examples", "stratum"] if "stratum" in distribution else []
     lines = [
         "# ABO data analysis",
         "",

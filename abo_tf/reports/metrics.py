@@ -47,6 +47,8 @@ def check_strata_options(head_min, tail_below):
 def train_counts(manifest, class_names=None):
     """Training examples of each class (default: the build's classes, in label order): what the strata count."""
     return np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
+
+
 CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
 
 

@@ -662,7 +662,8 @@ def _epoch_line(epochs, row):
     validation = f"validation loss {row.val_loss:.4f} accuracy {row.val_accuracy:.4f}"
     if math.isfinite(row.val_macro_f1):
         validation += f" macro_f1 {row.val_macro_f1:.4f}"
-    return f"epoch {row.epoch}/{epochs} ({row.phase}): train loss {row.loss:.4f} accuracy {row.accuracy:.4f}, {validation}"
+    train = f"train loss {row.loss:.4f} accuracy {row.accuracy:.4f}"
+    return f"epoch {row.epoch}/{epochs} ({row.phase}): {train}, {validation}"
 
 
 # --- after training: evaluation, export, figures -----------------------------
