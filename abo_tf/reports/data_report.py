@@ -421,7 +421,10 @@ def plot_build(drops, balance, path):
     labels_ = [f"{stage}: {reason}" for stage, reason in zip(drops["stage"], drops["reason"])]
     left.barh(labels_, drops["count"])
     left.set_xscale("log")
-    left.set_xlim(left=0.5)  # bars of 1 stay visible
+    left.set_xlim(0.5, max(drops["count"].max() if len(drops) else 1, 1) * 4)  # bars of 1 visible, room for counts
+    left.set_xlabel("listings or images dropped (log scale)")
+    for position, count in enumerate(drops["count"]):
+        left.text(count, position, f" {count:,}", va="center", fontsize=7)
     left.invert_yaxis()
     left.tick_params(axis="y", labelsize=7)
     left.set_title("dropped by the build, by reason")
@@ -433,6 +436,8 @@ def plot_build(drops, balance, path):
         bottom += values
     if len(balance) <= 40:
         right.set_xticks(range(len(balance)), balance["class"], rotation=90, fontsize=7)
+    else:
+        right.set_xlabel(f"{len(balance)} classes, in label order")
     right.set_ylabel("share of the class's examples")
     right.set_title("split balance per class")
     right.legend(fontsize=8)

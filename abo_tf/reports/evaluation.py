@@ -55,7 +55,7 @@ class EvaluateOptions:
     )
     top_n: int = options_lib.option(
         20,
-        help="classes in the confusion matrix (plus 'all others')",
+        help="most classes in the confusion matrix (more: those of the most frequent mistakes, the rest pooled)",
         group="report",
         minimum=1,
         maximum=options_lib.MAX_SHOWN,
@@ -471,7 +471,11 @@ def _per_class_lines(per_class, files):
 def _confusion_lines(options, pairs, files):
     lines = [
         "",
-        f"## Confusions ({options.top_n} most frequent classes + all others, rows normalised)",
+        "## Confusions",
+        "",
+        f"Image counts (`confusion_matrix.csv`), classes in the per-class chart's order; with more than "
+        f"{options.top_n} classes (`--top-n`), those of the most frequent mistakes, the rest pooled as "
+        f"\"{metrics.ALL_OTHERS}\". Colour: the cell's share of the true class's images.",
         "",
         f"![confusion matrix]({files['confusion_matrix']})",
         "",
@@ -534,7 +538,9 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     write_csv(per_class, os.path.join(report, "per_class.csv"))
     metrics.plot_per_class_f1(per_class, os.path.join(report, "per_class_f1.png"))
     files["per_class_f1"] = "per_class_f1.png"
-    matrix, names = metrics.confusion_matrix_top(predictions.labels, predicted, class_names, options.top_n)
+    matrix, names = metrics.confusion_matrix_top(
+        predictions.labels, predicted, class_names, options.top_n, train_counts
+    )
     confusion = pd.DataFrame(matrix, index=names, columns=names)
     write_csv(confusion, os.path.join(report, "confusion_matrix.csv"), index=True)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(report, "confusion_matrix.png"))
