@@ -563,6 +563,42 @@ def test_report_gives_intervals_and_the_best_trial_minus_the_default_config(tmp_
     assert report.best_minus_default(study, str(tmp_path / "elsewhere"), 500, 0) is None  # no predictions: n/a
 
 
+def test_the_table_shows_the_best_trial_and_best_tomls_rerun_choice_when_they_differ(tmp_path):
+    import numpy as np
+
+    from abo_tf.tuning import report, reruns
+
+    labels = np.arange(60) % 3
+    study = optuna.create_study(direction="maximize")
+    _fake_trial(study, tmp_path, 0, labels, labels, True)  # the default config: the best single trial
+    _fake_trial(study, tmp_path, 1, np.where(np.arange(60) < 50, labels, 0), labels)
+    trials = study.get_trials()
+    again = [reruns.Rerun(trials[1], (1, 2), (0.9, 0.8)), reruns.Rerun(trials[0], (1, 2), (0.7, 0.5))]
+    rows = report.formatted_rows(study, str(tmp_path), "macro_f1", again)
+    assert [row[:2] for row in rows] == [("default config", 0), ("best trial", 0), (report.CHOSEN_ROW, 1)]
+    assert [row[-1] for row in rows] == ["0.6000 ± 0.1414", "0.6000 ± 0.1414", "0.8500 ± 0.0707"]
+    assert "best.toml holds trial 1's config, not the best single trial's (0)" in report._chosen_line(study, again)
+    assert report.chosen(study, again, "macro_f1")[1].startswith("validation macro_f1 0.8500 ± 0.0707")
+
+
+def test_the_figures_name_the_objective_and_show_pruned_trials(tmp_path):
+    from abo_tf.tuning import report
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for number in range(report.MIN_TRIALS_FOR_IMPORTANCES + 1):
+        trial = study.ask()
+        value = trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True) + trial.suggest_int("head_epochs", 0, 2)
+        if number == 2:
+            trial.report(0.1, 1)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    drawn, missing = report._draw_figures(study, str(tmp_path), num_params=2, objective="accuracy")
+    assert set(drawn) == {"history", "slices", "importances"} and not missing
+    complete, pruned = report._scored_trials(study)
+    assert len(complete) == report.MIN_TRIALS_FOR_IMPORTANCES and [value for _, value in pruned] == [0.1]
+
+
 def test_a_figure_not_drawn_is_explained(tmp_path):
     import numpy as np
 
@@ -573,4 +609,4 @@ def test_a_figure_not_drawn_is_explained(tmp_path):
     _fake_trial(study, tmp_path, 0, labels, labels, True)
     drawn, missing = report._draw_figures(study, str(tmp_path), num_params=3)
     assert "history" in drawn and "importances" not in drawn
-    assert missing["importances"].startswith("1 complete trials and 3 searched parameters")
+    assert missing["importances"].startswith("1 complete trials and 3 searched parameters: importances need at least")
