@@ -334,15 +334,17 @@ def gradcam_panels(keras_path, predictions, class_names, image_size):
     """Grad-CAM of the sampled correct and wrong predictions, each for its predicted class.
 
     Returns:
-      `(panels, layer name)` for `interpret.plot_gradcam`.
+      `(panels, layer name, feature map grid)` for `interpret.plot_gradcam`.
     """
     from abo_tf.reports import gradcam as interpret
     from abo_tf.training import models
 
     model = _load_keras_model(keras_path, len(class_names), image_size)
+    layer = models.find_last_conv_layer(model)
+    grid = interpret.feature_map_grid(model, layer)
     pictures = predictions.samples["correct"] + predictions.samples["wrong"]
     if not pictures:
-        return [], models.find_last_conv_layer(model)
+        return [], layer, grid
     heatmaps, _ = interpret.grad_cam(
         model, np.stack([picture["image"] for picture in pictures]), [picture["predicted"] for picture in pictures]
     )
@@ -358,7 +360,7 @@ def gradcam_panels(keras_path, predictions, class_names, image_size):
                 "caption": f"{class_names[picture['predicted']]} {picture['score']:.2f}\n{verdict}",
             }
         )
-    return panels, models.find_last_conv_layer(model)
+    return panels, layer, grid
 
 
 @dataclasses.dataclass
@@ -629,18 +631,21 @@ def _gradcam(options, predictions, class_names, image_size, files):
         )
         print(message, file=sys.stderr)
         return message
-    panels, layer = gradcam_panels(keras_path, predictions, class_names, image_size)
+    panels, layer, grid = gradcam_panels(keras_path, predictions, class_names, image_size)
     interpret.plot_gradcam(
         panels,
         os.path.join(options.report, "gradcam.png"),
         f"Grad-CAM on {layer} (heat: evidence for the predicted class)",
+        grid,
     )
     files["gradcam"] = "gradcam.png"
-    return (
-        f"Grad-CAM on `{layer}`, the backbone's last feature map, for {len(predictions.samples['correct'])} correct "
-        f"and {len(predictions.samples['wrong'])} wrong predictions drawn with seed {options.seed}; "
-        "red marks the regions that raise the predicted class's score."
+    note = (
+        f"Grad-CAM on `{layer}`, the backbone's last feature map ({grid[0]} x {grid[1]}), for "
+        f"{len(predictions.samples['correct'])} correct and {len(predictions.samples['wrong'])} wrong predictions "
+        f"drawn with seed {options.seed}; red marks the regions that raise the predicted class's score."
     )
+    coarse = interpret.coarseness_note(grid, image_size)
+    return f"{note} {coarse}" if coarse else note
 
 
 def evaluate(options):
