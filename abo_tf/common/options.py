@@ -279,11 +279,19 @@ def _config_defaults(path, options_class):
     return _checked_values(path, config_lib.load_toml(path), options_class)
 
 
+def config_key(spec):
+    """An option's key in config files: its flag's name (`model` for --model, `split` for --split), as the README
+    and --help name it."""
+    return spec.flag.removeprefix("--").replace("-", "_")
+
+
 def _checked_values(path, values, options_class):
     by_key = {}
     for spec in specs(options_class):
-        if spec.metadata["config"]:  # the flag's name (`model` for --model) or the field's (`models`)
-            by_key[spec.flag.removeprefix("--").replace("-", "_")] = by_key[spec.name] = spec
+        # The flag's name, or the field's (`models`, `split_fractions`): configs written before keys were the
+        # flags' names stay readable.
+        if spec.metadata["config"]:
+            by_key[config_key(spec)] = by_key[spec.name] = spec
     # A search table is tune's (config.WHOLE_TABLES): a command without the option reads the rest of the file.
     unknown = sorted(set(values) - set(by_key) - set(config_lib.WHOLE_TABLES))
     if unknown:
@@ -379,12 +387,13 @@ def parse(options_class, argv, prog, description, config_defaults=None, folder_d
 
 
 def config_values(options):
-    """The resolved values of the options that belong in a config file (None left out: TOML has no null)."""
+    """The resolved values of the options that belong in a config file, keyed by `config_key` (None left out:
+    TOML has no null)."""
     values = {}
     for spec in specs(type(options)):
         value = getattr(options, spec.name)
         if spec.metadata["config"] and value is not None:
-            values[spec.name] = list(value) if spec.is_list else value
+            values[config_key(spec)] = list(value) if spec.is_list else value
     return values
 
 
