@@ -18,6 +18,7 @@ import sys
 
 import shared
 
+from abo_tf.reports import metrics
 from abo_tf.testing import measure
 
 README = os.path.join(shared.REPO, "README.md")
@@ -109,7 +110,8 @@ def render_demo_evaluation(results):
         f"{_interval(evaluation, 'accuracy')} | {_interval(evaluation, 'top5_accuracy')} | "
         f"{_number(evaluation.get('expected_calibration_error'))} |",
     ]
-    for name, stratum in evaluation["strata"].items():
+    for name in metrics.STRATA:
+        stratum = evaluation["strata"][name]
         lines.append(
             f"| {name} | {stratum['num_examples']} | {stratum['num_classes']} | {_interval(stratum, 'macro_f1')} | "
             f"{_interval(stratum, 'accuracy')} | {_interval(stratum, 'top5_accuracy')} | |"
