@@ -18,6 +18,7 @@ import sys
 
 import shared
 
+from abo_tf.reports import metrics
 from abo_tf.testing import measure
 
 README = os.path.join(shared.REPO, "README.md")
@@ -25,8 +26,15 @@ _BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /
 
 
 def _read(name):
+    """A results file's text (.md) or JSON; None when it was never recorded (its block says so)."""
+    if not os.path.isfile(shared.results_path(name)):
+        return None
     with open(shared.results_path(name), encoding="utf-8") as handle:
         return handle.read() if name.endswith(".md") else json.load(handle)
+
+
+def _not_recorded(name, command):
+    return f"Not recorded yet: `{command}` writes `benchmarks/results/{name}`, then `make readme` renders it here."
 
 
 def _machine(entry):
@@ -78,16 +86,63 @@ def render_demo(results):
     )
 
 
+def _interval(entry, name, digits=3):
+    interval = (entry.get("intervals") or {}).get(name)
+    value = entry.get(name)
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+
+
+def _number(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render_demo_evaluation(results):
+    """The demo CNN's test figures as `evaluate` wrote them (demo/evaluation/metrics.json), overall and per stratum."""
+    if results is None or not results.get("evaluation"):
+        return _not_recorded("demo.json", "make demo && make record-demo")
+    evaluation = results["evaluation"]
+    lines = [
+        "| test split | images | classes | macro F1 | accuracy | top-5 | ECE |",
+        "|---|---|---|---|---|---|---|",
+        f"| all | {evaluation['num_examples']} | {evaluation['num_classes']} | {_interval(evaluation, 'macro_f1')} | "
+        f"{_interval(evaluation, 'accuracy')} | {_interval(evaluation, 'top5_accuracy')} | "
+        f"{_number(evaluation.get('expected_calibration_error'))} |",
+    ]
+    for name in metrics.STRATA:
+        stratum = evaluation["strata"][name]
+        lines.append(
+            f"| {name} | {stratum['num_examples']} | {stratum['num_classes']} | {_interval(stratum, 'macro_f1')} | "
+            f"{_interval(stratum, 'accuracy')} | {_interval(stratum, 'top5_accuracy')} | |"
+        )
+    thresholds = evaluation["strata_thresholds"]
+    lines += [
+        "",
+        f"Strata by training examples per class (head >= {thresholds['head_min']}, tail < "
+        f"{thresholds['tail_below']}); n/a: a stratum without classes. 95% intervals by item; the same run as the "
+        f"table above, recorded on {_machine(results)}.",
+    ]
+    return "\n".join(lines)
+
+
 def render_test_suite(results):
-    """The test suite's size and time."""
+    """The test suite's size and time, and its slowest tests."""
+    if results is None:
+        return _not_recorded("test_suite.json", "make record-tests")
     runs = results["runs"]
-    lines = ["| command | tests | passed | skipped | seconds | machine |", "|---|---|---|---|---|---|"]
+    lines = ["| command | tests | passed | failed | skipped | seconds | machine |", "|---|---|---|---|---|---|---|"]
     for name in sorted(runs):
         run = runs[name]
         lines.append(
-            f"| `{name}` | {run['collected']} | {run['passed']} | {run['skipped']} | {run['seconds']:.0f} | "
-            f"{_machine(run)} |"
+            f"| `{name}` | {run['collected']} | {run['passed']} | {run.get('failed', 0)} | {run['skipped']} | "
+            f"{run['seconds']:.0f} | {_machine(run)} |"
         )
+    for name in sorted(runs):
+        slowest = runs[name].get("slowest")
+        if slowest:
+            tests = ", ".join(f"`{entry['test']}` {entry['seconds']:.0f} s" for entry in slowest)
+            lines += ["", f"Slowest tests of `{name}` (setup and call, on one of the workers): {tests}."]
     return "\n".join(lines)
 
 
@@ -179,6 +234,7 @@ def _include(name):
 
 RENDERERS = {
     "demo": ("demo.json", render_demo),
+    "demo_evaluation": ("demo.json", render_demo_evaluation),
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
     "backbones": ("backbones.md", _include("backbones.md")),
@@ -191,7 +247,10 @@ def render(text):
 
     def replace(match):
         file_name, renderer = RENDERERS[match.group("name")]
-        return f"{match.group(1)}{renderer(_read(file_name))}\n{match.group(4)}"
+        results = _read(file_name)
+        if results is None and renderer not in (render_test_suite, render_demo_evaluation):
+            raise FileNotFoundError(f"benchmarks/results/{file_name} is missing: block {match.group('name')!r}")
+        return f"{match.group(1)}{renderer(results)}\n{match.group(4)}"
 
     return _BLOCK.sub(replace, text)
 
@@ -204,10 +263,25 @@ def stale_blocks(text):
     return sorted(name for name in before if before[name] != after[name])
 
 
+_EVALUATION_FIGURES = ("num_examples", "num_classes", "macro_f1", "accuracy", "top5_accuracy", "intervals")
+
+
+def _evaluation_figures(metrics):
+    """What the README shows of `evaluate`'s metrics.json: overall figures with intervals, ECE, the strata."""
+    figures = {key: metrics.get(key) for key in (*_EVALUATION_FIGURES, "expected_calibration_error")}
+    figures["strata_thresholds"] = metrics["strata_thresholds"]
+    figures["strata"] = {
+        name: {key: stratum.get(key) for key in _EVALUATION_FIGURES} for name, stratum in metrics["strata"].items()
+    }
+    return figures
+
+
 def record_demo(folder):
     with open(os.path.join(folder, "summary.json"), encoding="utf-8") as handle:
         summary = json.load(handle)
-    shared.write_results("demo.json", {"summary": summary, "machine": measure.machine()})
+    with open(os.path.join(folder, "evaluation", "metrics.json"), encoding="utf-8") as handle:
+        evaluation = _evaluation_figures(json.load(handle))
+    shared.write_results("demo.json", {"summary": summary, "evaluation": evaluation, "machine": measure.machine()})
 
 
 def record_suite(name, report_path):

@@ -152,6 +152,17 @@ def pytest_sessionstart(session):
     session.config._abo_tf_started = time.monotonic()
 
 
+def _slowest_tests(stats, count=5):
+    """The `count` tests of longest setup + call (a session fixture's cost lands on its first test)."""
+    seconds = {}
+    for reports in stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call"):
+                seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
+    ranked = sorted(seconds.items(), key=lambda item: -item[1])[:count]
+    return [{"test": nodeid, "seconds": round(duration, 1)} for nodeid, duration in ranked]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Writes {collected, passed, failed, skipped, seconds, machine} where ABO_TF_SUITE_REPORT says (controller)."""
     path = os.environ.get(SUITE_REPORT_ENV)
@@ -171,6 +182,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "deselected": len(stats.get("deselected", [])),
         "seconds": time.monotonic() - config._abo_tf_started,
         "machine": measure.machine(),
+        "slowest": _slowest_tests(stats),
     }
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2, sort_keys=True)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from abo_tf import analyze
-from abo_tf.reports import data_report
+from abo_tf.reports import data_report, metrics
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_the_class_table_lists_every_type_or_says_how_many_it_left_out(analysis)
     markdown = open(os.path.join(report, "report.md")).read()
     types = len(pd.read_csv(os.path.join(report, "class_distribution.csv")))
     section = markdown.split("## Classes", 1)[1].split("## Languages", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| stratum")]
-    listed = len(rows) - 1 - 3  # the header rows, and the strata table's three
+    class_table = next(block for block in section.split("\n\n") if block.startswith("| product_type"))
+    listed = len(class_table.splitlines()) - 2  # the header and its rule
     if types > listed:
         assert f"{types - listed} more are left out here: all {types} in [class_distribution.csv]" in section
     else:
@@ -106,6 +106,13 @@ def test_tables_are_consistent(analysis, built_records):
     assert (balance["test_groups"] <= balance["test"]).all()
     markdown = open(os.path.join(report, "report.md")).read()
     assert "test: 0 classes without an image, fewest groups of a class 1" in markdown
+    # The strata are evaluate's: training examples per class, the same thresholds.
+    distribution = pd.read_csv(os.path.join(report, "class_distribution.csv"), keep_default_na=False)
+    classes = distribution.set_index("product_type").loc[manifest["classes"]]
+    assert classes["train_examples"].tolist() == metrics.train_counts(manifest).tolist()
+    assert classes["stratum"].tolist() == metrics.frequency_strata(classes["train_examples"]).tolist()
+    others = distribution[~distribution["product_type"].isin(manifest["classes"])]
+    assert (others["stratum"] == data_report.NOT_A_CLASS).all()
     drops = pd.read_csv(os.path.join(report, "build_drops.csv"))
     assert drops[drops["stage"] == "images"]["count"].sum() == sum(manifest["images"]["dropped"].values())
 

@@ -791,3 +791,23 @@ def test_each_kind_of_features_gets_its_normalisation(kind, shift, hellinger, ex
     assert training.normalisation == expected
     step = training.pipeline().named_steps["normalise"]
     assert {"l2": Normalizer, "hellinger": FunctionTransformer}.get(expected, str) is type(step)
+
+
+def test_a_solver_that_stopped_early_with_a_convergence_warning_did_not_converge():
+    """lbfgs stops before max_iter when its line search fails; scikit-learn says so only by a ConvergenceWarning."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
+    pipeline = Pipeline([("classifier", LogisticRegression(max_iter=100))]).fit(features, labels)
+    bar = console.progress_bar(enabled=False, total=2)
+    scorer = search._Scorer(bar, ["classifier__C"])
+    scorer(pipeline, features, labels)  # stopped well before 100 iterations, no warning: converged
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        scorer.caught = caught
+        warnings.warn("lbfgs failed to converge (status=2)", ConvergenceWarning, stacklevel=1)
+        scorer(pipeline, features, labels)
+    assert [converged for _, converged in scorer.converged] == [True, False]

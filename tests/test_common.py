@@ -168,6 +168,21 @@ def test_saved_config_reproduces_the_options(tmp_path):
     assert _parse(["--config", path]) == dataclasses.replace(parsed)
 
 
+@dataclasses.dataclass(frozen=True)
+class _RenamedFlag:
+    split_fractions: tuple[float, ...] = options.option((0.8, 0.1, 0.1), help="fractions", flag="--split", nargs=3)
+
+
+def test_saved_config_keys_are_the_flags_names_and_old_keys_still_read(tmp_path):
+    parsed = options.parse(_RenamedFlag, ["--split", "0.5", "0.25", "0.25"], prog="x", description="")[0]
+    path = options.save_config(parsed, str(tmp_path))
+    assert open(path).read().startswith("split = [")  # as --split and the README name it
+    assert options.parse(_RenamedFlag, ["--config", path], prog="x", description="")[0] == parsed
+    old = _write(tmp_path, "split_fractions = [0.6, 0.2, 0.2]\n")  # a config.toml written before
+    read = options.parse(_RenamedFlag, ["--config", old], prog="x", description="")[0]
+    assert read.split_fractions == (0.6, 0.2, 0.2)
+
+
 # --- output folders -------------------------------------------------------------
 
 

@@ -74,13 +74,15 @@ def test_grad_cam_on_classifier_backbones(backbone, layer, cells, tmp_path):
     assert found == layer
     feature_map, logits = explainer(np.zeros((1, 32, 32, 3), np.uint8))
     assert feature_map.shape[1:3] == (cells, cells) and logits.shape == (1, 3)
+    assert interpret.feature_map_grid(model) == (cells, cells)
+    assert f"only {cells} x {cells} cells" in interpret.coarseness_note((cells, cells), 32)
     images = np.random.default_rng(1).integers(0, 255, size=(2, 32, 32, 3)).astype(np.uint8)
     heatmaps, explained = interpret.grad_cam(model, images)
     assert heatmaps.shape == (2, 32, 32) and heatmaps.min() >= 0 and heatmaps.max() <= 1
     # The explanation follows the model's own prediction by default.
     assert explained.tolist() == np.argmax(model.predict(images, verbose=0), axis=1).tolist()
     panels = [{"image": image, "heatmap": heatmap, "caption": "x"} for image, heatmap in zip(images, heatmaps)]
-    path = interpret.plot_gradcam(panels, str(tmp_path / "gradcam.png"))
+    path = interpret.plot_gradcam(panels, str(tmp_path / "gradcam.png"), grid=(cells, cells))
     assert open(path, "rb").read(4) == b"\x89PNG"
 
 

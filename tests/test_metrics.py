@@ -112,14 +112,28 @@ def test_evaluation_metrics_leaves_ece_out_for_uncalibrated_scores():
     assert result["strata_thresholds"] == {"head_min": metrics.HEAD_MIN, "tail_below": metrics.TAIL_BELOW}
 
 
-def test_confusion_matrix_top_groups_the_rest_as_all_others():
+def test_confusion_matrix_top_counts_the_classes_of_the_mistakes_and_pools_the_rest():
     labels = [0, 0, 0, 1, 1, 2, 3]
     predictions = [0, 1, 3, 1, 1, 2, 0]
     matrix, names = metrics.confusion_matrix_top(labels, predictions, ["a", "b", "c", "d"], top_n=2)
-    assert names == ["a", "b", "all others"]
-    assert matrix[0].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])  # a -> a, b, d (other)
-    assert matrix[1].tolist() == pytest.approx([0, 1, 0])
-    assert matrix[2].tolist() == pytest.approx([1 / 2, 0, 1 / 2])  # c -> c (other), d -> a
+    assert names == ["a", "b", "all others"]  # a -> b is the first mistake; a, b the largest classes
+    assert matrix.tolist() == [[1, 1, 1], [0, 2, 0], [1, 0, 1]]  # a -> d (other); c -> c (other), d -> a
+
+
+@pytest.mark.parametrize("train_counts,order", [(None, ["a", "b", "c", "d"]), ([1, 2, 3, 4], ["d", "c", "b", "a"])])
+def test_confusion_matrix_top_without_all_others_when_every_class_fits(train_counts, order):
+    labels, predictions = [0, 0, 0, 1, 1, 2, 3], [0, 1, 3, 1, 1, 2, 0]
+    matrix, names = metrics.confusion_matrix_top(labels, predictions, ["a", "b", "c", "d"], 4, train_counts)
+    assert names == order and matrix.sum() == 7  # the per-class F1 chart's order: most training examples first
+    assert matrix[names.index("a"), names.index("d")] == 1
+
+
+def test_confusion_matrix_of_576_classes_shows_where_the_mistakes_are():
+    names, labels, predictions = _576_classes()
+    matrix, shown = metrics.confusion_matrix_top(labels, predictions, names, top_n=20)
+    planted = {"TYPE_006", "TYPE_007", "TYPE_013", "TYPE_500", "TYPE_569", "TYPE_000", "TYPE_300", "TYPE_301"}
+    assert len(shown) == 21 and shown[-1] == "all others" and planted <= set(shown)
+    assert matrix.sum() == len(labels) and matrix[shown.index("TYPE_006"), shown.index("TYPE_007")] == 5
 
 
 def test_figures_are_written(tmp_path):

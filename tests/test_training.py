@@ -4,7 +4,9 @@ Runs use the small backbone at 32 px and a few steps: the loop, not the model, i
 """
 
 import csv
+import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -117,7 +119,7 @@ def test_run_folder_has_every_output(trained_run, built_records):
     ):
         assert os.path.getsize(os.path.join(trained_run, name)) > 0, name
     history = _history(trained_run)
-    assert [row["phase"] for row in history] == ["head", "fine_tune"]
+    assert [row["phase"] for row in history] == ["head", "from_scratch"]  # --weights none: nothing to fine-tune
     assert [int(row["step"]) for row in history] == [2, 4]
     metrics = json.load(open(os.path.join(trained_run, "metrics.json")))
     assert set(metrics) == {"validation", "test"}
@@ -130,6 +132,15 @@ def test_run_folder_has_every_output(trained_run, built_records):
         name for root, _, names in os.walk(os.path.join(trained_run, "logs")) for name in names if "tfevents" in name
     ]
     assert events
+
+
+def test_the_epoch_line_names_each_figure():
+    row = run_folder.HistoryRow(2, 20, "fine_tune", 1.5, 0.5, 1.25, 0.75, 1e-4, 120.0, 2.5, 0.6578)
+    assert loop._epoch_line(4, row) == (
+        "epoch 2/4 (fine_tune): train loss 1.5000 accuracy 0.5000, "
+        "validation loss 1.2500 accuracy 0.7500 macro_f1 0.6578"
+    )
+    assert "macro_f1" not in loop._epoch_line(4, dataclasses.replace(row, val_macro_f1=math.nan))
 
 
 def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):

@@ -81,7 +81,8 @@ def write_reports(folder, splits, evaluation):
     files.write_json(os.path.join(folder, "metrics.json"), metrics_by_split(evaluation))
     hits = evaluation["test"].top5_hits
     predictions_file.write(folder, test.image_ids, test.item_ids, test.labels, predictions, hits, test.classes)
-    per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, train_counts(splits))
+    counts = train_counts(splits)
+    per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, counts)
     files.write_csv(per_class, os.path.join(folder, "per_class.csv"))
-    matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes)
+    matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes, train_counts=counts)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(folder, "confusion_matrix.png"))

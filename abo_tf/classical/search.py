@@ -69,12 +69,17 @@ def _printable(params):
     }
 
 
-def _converged(classifier):
-    """Whether the solver stopped before its iteration limit; None for fixed-epoch SGD (no stopping rule)."""
+def _converged(classifier, warned):
+    """Whether the solver converged; None for fixed-epoch SGD (no stopping rule).
+
+    Stopping before the iteration limit is not enough: lbfgs also stops early when its line search fails
+    (scipy's ABNORMAL_TERMINATION_IN_LNSRCH), which scikit-learn reports only by a ConvergenceWarning
+    (`warned`: the fit raised one).
+    """
     if classifier.__class__.__name__ == "SGDClassifier":
         return None
     limit = getattr(classifier, "max_iter", -1)
-    return bool(limit is None or limit < 0 or np.max(classifier.n_iter_) < limit)
+    return bool(limit is None or limit < 0 or np.max(classifier.n_iter_) < limit) and not warned
 
 
 class _Scorer:
@@ -87,13 +92,20 @@ class _Scorer:
 
     def __init__(self, bar, grid_keys):
         self.bar, self.grid_keys, self.converged = bar, grid_keys, []
+        # The warnings `_fit_searcher` records; with n_jobs=1 a candidate is fitted then scored, so those since
+        # the last call are this candidate's fit's.
+        self.caught, self.seen = [], 0
+
+    def _fit_warned(self):
+        fresh, self.seen = self.caught[self.seen :], len(self.caught)
+        return any(issubclass(warning.category, ConvergenceWarning) for warning in fresh)
 
     def __call__(self, pipeline, features, labels):
         # Chunk by chunk: an SVC's one-vs-one decision values on a whole fold would not fit in memory.
         score = metrics.classification_metrics(labels, classifiers.predict_labels(pipeline, features))["macro_f1"]
         params = pipeline.get_params()  # estimators (a PCA) are clones of the grid's: compared by their repr
         scored = _printable({key: params[key] for key in self.grid_keys})
-        self.converged.append((scored, _converged(pipeline.named_steps["classifier"])))
+        self.converged.append((scored, _converged(pipeline.named_steps["classifier"], self._fit_warned())))
         self.bar.update()
         # No redraw of its own: in a log the bar writes a line every 30 s, not one per candidate.
         self.bar.set_postfix_str(f"last macro-F1 {score:.3f}", refresh=False)
@@ -151,11 +163,13 @@ def _candidates(results, grid, scorer, num_train, num_validation):
     return rows
 
 
-def _fit_searcher(searcher, features, labels, model):
+def _fit_searcher(searcher, features, labels, model, scorer):
     """Runs the search; a failed candidate scores NaN (recorded), every candidate failing is a one-line error."""
-    with warnings.catch_warnings():
-        # Convergence is recorded per candidate; a failed fit scores NaN and is recorded as such.
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        # Convergence is recorded per candidate (the scorer reads the warnings); a failed fit scores NaN and is
+        # recorded as such.
+        scorer.caught = caught
+        warnings.simplefilter("always", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)
         warnings.filterwarnings("ignore", "One or more of the test scores are non-finite", UserWarning)
         try:
@@ -169,6 +183,9 @@ def _fit_searcher(searcher, features, labels, model):
                 f"every candidate of the {model} search failed to fit ({str(error).strip().splitlines()[-1]}): "
                 "check the features (abo_tf.features) and the grid"
             ) from error
+    for warning in caught:  # recorded, not shown: show the others as they would have been
+        if not issubclass(warning.category, ConvergenceWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _finalists(candidates):
@@ -255,7 +272,7 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
     ):
         scorer = _Scorer(bar, list(grid_spec))
         searcher = _searcher(training, grid_spec, scorer, cv, len(rows))
-        _fit_searcher(searcher, features, labels, training.model)
+        _fit_searcher(searcher, features, labels, training.model, scorer)
     del features
     candidates = _candidates(searcher.cv_results_, grid, scorer, len(rows), len(validation.labels))
     rescored = _rescore(training, grid, _finalists(candidates), validation, rows, progress)

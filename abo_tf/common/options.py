@@ -287,7 +287,7 @@ def _config_keys(options_class):
     by_key = {}
     for spec in specs(options_class):
         if spec.metadata["config"]:
-            by_key[spec.flag.removeprefix("--").replace("-", "_")] = by_key[spec.name] = spec
+            by_key[config_key(spec)] = by_key[spec.name] = spec
     return by_key
 
 
@@ -302,6 +302,12 @@ def _config_defaults(path, options_class):
         if spec is not None and spec.kind is not dict and isinstance(value, dict) and not set(value) & set(by_key):
             _check_config_value(path, spec, value)
     return _checked_values(path, config_lib.flattened(path, document), options_class)
+
+
+def config_key(spec):
+    """An option's key in config files: its flag's name (`model` for --model, `split` for --split), as the README
+    and --help name it."""
+    return spec.flag.removeprefix("--").replace("-", "_")
 
 
 def _checked_values(path, values, options_class):
@@ -401,12 +407,13 @@ def parse(options_class, argv, prog, description, config_defaults=None, folder_d
 
 
 def config_values(options):
-    """The resolved values of the options that belong in a config file (None left out: TOML has no null)."""
+    """The resolved values of the options that belong in a config file, keyed by `config_key` (None left out:
+    TOML has no null)."""
     values = {}
     for spec in specs(type(options)):
         value = getattr(options, spec.name)
         if spec.metadata["config"] and value is not None:
-            values[spec.name] = list(value) if spec.is_list else value
+            values[config_key(spec)] = list(value) if spec.is_list else value
     return values
 
 

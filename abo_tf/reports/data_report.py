@@ -8,7 +8,7 @@ or tars, malformed lines counted) and writes `report.md` with PNG figures.
 Every figure is drawn from a table written next to it as CSV:
 
     overview.csv            listings, images, items, conflicts, sharing: one number per row
-    class_distribution.csv  listings and images per product type, with the frequency stratum
+    class_distribution.csv  listings and images per product type; with --records its training examples and stratum
     languages.csv           language tags per localised field
     image_sizes.csv         original image sides (images.csv.gz) and small file sizes, binned
     images_per_listing.csv  how many images a listing shows
@@ -19,8 +19,8 @@ Every figure is drawn from a table written next to it as CSV:
     build_drops.csv, split_balance.csv   with --records: what the build kept and dropped
 
 An image's product type is resolved by the build's rule (majority of its
-listings, `abo_tf.records.labels`); strata count images over the whole download
-(the evaluation's strata count training examples, about 80% of them).
+listings, `abo_tf.records.labels`). The frequency strata are every report's: training
+examples per class in the build's train split (`metrics.train_counts`), so they need --records.
 """
 
 import collections
@@ -31,7 +31,6 @@ import numpy as np
 
 from abo_tf.common import console, files, outputs
 from abo_tf.common import options as options_lib
-from abo_tf.common.errors import UserInputError
 from abo_tf.records import archive, download, labels, shards
 from abo_tf.records import split as split_lib
 from abo_tf.reports import figures, markdown, metrics
@@ -41,6 +40,7 @@ LOCALISED_FIELDS = archive.LOCALISED_LISTING_KEYS
 TOP_LANGUAGES = 8  # per field in the figure; the CSV has every tag
 MAX_BARS = 2000  # product types drawn as bars; ABO has 576
 UNTAGGED = "(no tag)"
+NOT_A_CLASS = "not a class"  # the stratum of a product type the build did not keep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,26 +63,13 @@ class AnalyzeOptions:
     report: str = options_lib.option(
         help="folder for report.md, the CSV tables and the figures", group="report", required=True, config=False
     )
-    head_min: int = options_lib.option(
-        metrics.HEAD_MIN,
-        help="head stratum: at least this many images",
-        group="report",
-        minimum=1,
-        maximum=options_lib.MAX_COUNT,
-    )
-    tail_below: int = options_lib.option(
-        metrics.TAIL_BELOW,
-        help="tail stratum: fewer than this many images",
-        group="report",
-        minimum=0,
-        maximum=options_lib.MAX_COUNT,
-    )
+    head_min: int = metrics.head_min_option()
+    tail_below: int = metrics.tail_below_option()
     progress: bool = options_lib.option(True, help="progress bars", group=options_lib.CONSOLE_GROUP, config=False)
 
     def __post_init__(self):
         options_lib.validate(self)
-        if self.tail_below > self.head_min:
-            raise UserInputError(f"--tail-below {self.tail_below} must be at most --head-min {self.head_min}")
+        metrics.check_strata_options(self.head_min, self.tail_below)
 
 
 # --- one pass over the listings ------------------------------------------------
@@ -130,8 +117,12 @@ def read_tally(path, progress=True):
 # --- tables ----------------------------------------------------------------------
 
 
-def class_distribution(listings, head_min, tail_below):
-    """Listings and images per product type (images by the build's conflict rule), most images first."""
+def class_distribution(listings, manifest, head_min, tail_below):
+    """Listings and images per product type (images by the build's conflict rule), most images first.
+
+    With a build's `manifest`, also its training examples and stratum (`metrics.frequency_strata`, as every
+    report counts them); a type the build did not keep as a class has stratum "not a class".
+    """
     import pandas as pd
 
     listing_counts = collections.Counter(listing.product_type or "(none)" for listing in listings)
@@ -140,15 +131,20 @@ def class_distribution(listings, head_min, tail_below):
     names = sorted(
         set(listing_counts) | set(image_counts), key=lambda name: (-image_counts[name], -listing_counts[name], name)
     )
-    images = np.array([image_counts[name] for name in names], dtype=np.int64)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "product_type": names,
             "listings": [listing_counts[name] for name in names],
-            "images": images,
-            "stratum": metrics.frequency_strata(images, head_min, tail_below) if names else [],
+            "images": [image_counts[name] for name in names],
         }
     )
+    if manifest:
+        classes = dict(zip(manifest["classes"], metrics.train_counts(manifest), strict=True))
+        kept = table["product_type"].isin(list(classes))
+        table["train_examples"] = [classes.get(name, 0) for name in names]
+        strata = metrics.frequency_strata(table["train_examples"].to_numpy(), head_min, tail_below)
+        table["stratum"] = np.where(kept, strata, NOT_A_CLASS) if names else []
+    return table
 
 
 def _types_per_image(listings):
@@ -303,29 +299,28 @@ def build_tables(manifest):
 
 
 def plot_class_distribution(table, head_min, tail_below, path):
+    """Images per type, log scale, coloured by the training-example stratum (grey without --records)."""
     plt = figures.pyplot()
     figure, axis = plt.subplots(figsize=(10, 4.5))
     counts = np.maximum(table["images"].to_numpy(), 0.8)  # a log axis cannot show zero: a sliver
+    colours = {**metrics.STRATUM_COLOURS, NOT_A_CLASS: "lightgray"}
+    stratum = table["stratum"] if "stratum" in table else table["product_type"].map(lambda _: NOT_A_CLASS)
+    shown = [name for name in colours if (stratum == name).any()]
     if len(table) <= MAX_BARS:
-        axis.bar(
-            range(len(table)), counts, width=1.0, color=[metrics.STRATUM_COLOURS[name] for name in table["stratum"]]
-        )
+        axis.bar(range(len(table)), counts, width=1.0, color=[colours[name] for name in stratum])
     else:  # a bar per type costs memory and time by the hundred thousand; one filled area per stratum does not
-        for name in metrics.STRATA:
-            inside = (table["stratum"] == name).to_numpy()
+        for name in shown:
+            inside = (stratum == name).to_numpy()
             axis.fill_between(
                 np.arange(len(table)),
                 counts,
                 0.8,
                 where=inside,
                 step="mid",
-                color=metrics.STRATUM_COLOURS[name],
+                color=colours[name],
                 linewidth=0,
             )
     axis.set_yscale("log")
-    for threshold, label in ((head_min, f"head >= {head_min}"), (tail_below, f"tail < {tail_below}")):
-        axis.axhline(threshold, color="gray", linestyle="--", linewidth=1)
-        axis.text(len(table) - 0.5, threshold, label, ha="right", va="bottom", fontsize=8, color="gray")
     if len(table) <= 40:
         axis.set_xticks(range(len(table)), table["product_type"], rotation=90, fontsize=7)
     else:
@@ -334,8 +329,10 @@ def plot_class_distribution(table, head_min, tail_below, path):
     axis.set_ylabel("images (log)")
     share = table["images"].iloc[0] / max(table["images"].sum(), 1) if len(table) else 0
     axis.set_title(f"class distribution: the largest type has {share:.0%} of the images")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in metrics.STRATUM_COLOURS.values()]
-    axis.legend(handles, metrics.STRATA, title="stratum", fontsize=8, loc="upper right")
+    if "stratum" in table:  # the thresholds count training examples, not this axis's images: named, not drawn
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[name]) for name in shown]
+        title = f"stratum (training examples:\nhead >= {head_min}, tail < {tail_below})"
+        axis.legend(handles, shown, title=title, fontsize=8, title_fontsize=8, loc="upper right")
     return figures.save(figure, path)
 
 
@@ -424,7 +421,10 @@ def plot_build(drops, balance, path):
     labels_ = [f"{stage}: {reason}" for stage, reason in zip(drops["stage"], drops["reason"])]
     left.barh(labels_, drops["count"])
     left.set_xscale("log")
-    left.set_xlim(left=0.5)  # bars of 1 stay visible
+    left.set_xlim(0.5, max(drops["count"].max() if len(drops) else 1, 1) * 4)  # bars of 1 visible, room for counts
+    left.set_xlabel("listings or images dropped (log scale)")
+    for position, count in enumerate(drops["count"]):
+        left.text(count, position, f" {count:,}", va="center", fontsize=7)
     left.invert_yaxis()
     left.tick_params(axis="y", labelsize=7)
     left.set_title("dropped by the build, by reason")
@@ -436,6 +436,8 @@ def plot_build(drops, balance, path):
         bottom += values
     if len(balance) <= 40:
         right.set_xticks(range(len(balance)), balance["class"], rotation=90, fontsize=7)
+    else:
+        right.set_xlabel(f"{len(balance)} classes, in label order")
     right.set_ylabel("share of the class's examples")
     right.set_title("split balance per class")
     right.legend(fontsize=8)
@@ -489,15 +491,33 @@ def _markdown_table(frame, columns, limit=None, csv_name=None):
     return f"{table}\n\nThe first {len(shown)} rows; {len(frame) - len(shown)} more are left out here{where}."
 
 
-def _report(options, overview, tables, has_build):
-    distribution = tables["class_distribution"]
+def _strata_lines(options, distribution):
+    """The Classes section's strata: their definition and a table, or why there are none (no --records)."""
+    if "stratum" not in distribution:
+        return [
+            "No frequency strata: they count training examples per class (as `evaluate` does), which needs "
+            "`--records`.",
+        ]
     strata = (
-        distribution.groupby("stratum")["images"]
-        .agg(["count", "sum"])
-        .reindex(list(metrics.STRATA))
+        distribution.groupby("stratum")[["images", "train_examples"]]
+        .agg({"images": ["count", "sum"], "train_examples": "sum"})
+        .reindex([*metrics.STRATA, NOT_A_CLASS])
         .fillna(0)
         .astype(int)
     )
+    rows = [(name, *row) for name, row in zip(strata.index, strata.itertuples(index=False), strict=True) if row[0]]
+    return [
+        f"Strata by training examples per class (the build's train split, as `evaluate` counts them): head >= "
+        f'{options.head_min}, tail < {options.tail_below}; "{NOT_A_CLASS}": a type the build did not keep.',
+        "",
+        markdown.table(rows, ["stratum", "product types", "images", "training examples"]),
+    ]
+
+
+def _report(options, overview, tables, has_build):
+    distribution = tables["class_distribution"]
+    columns = ["product_type", "listings", "images"]
+    columns += ["train_examples", "stratum"] if "stratum" in distribution else []
     lines = [
         "# ABO data analysis",
         "",
@@ -516,18 +536,14 @@ def _report(options, overview, tables, has_build):
         "",
         "## Classes",
         "",
-        f"Images per product type on a log scale. Strata by images: head >= {options.head_min}, tail < "
-        f"{options.tail_below}. "
-        "Plain accuracy is dominated by the head: report macro averages.",
+        "Images per product type on a log scale. Plain accuracy is dominated by the largest types: report macro "
+        "averages.",
         "",
         "![class distribution](class_distribution.png)",
         "",
-        markdown.table(
-            [(name, row["count"], row["sum"]) for name, row in strata.iterrows()],
-            ["stratum", "product types", "images"],
-        ),
+        *_strata_lines(options, distribution),
         "",
-        _markdown_table(distribution, ["product_type", "listings", "images", "stratum"], 15, "class_distribution.csv"),
+        _markdown_table(distribution, columns, 15, "class_distribution.csv"),
         "",
         "## Languages",
         "",
@@ -614,7 +630,7 @@ def analyze(options):
     store = archive.open_images(options.images)
     share = sharing(tally.listings)
     tables = {
-        "class_distribution": class_distribution(tally.listings, options.head_min, options.tail_below),
+        "class_distribution": class_distribution(tally.listings, manifest, options.head_min, options.tail_below),
         "languages": languages_table(tally),
         "images_per_listing": share["images_per_listing"],
         "listings_per_image": share["listings_per_image"],

@@ -55,7 +55,7 @@ class EvaluateOptions:
     )
     top_n: int = options_lib.option(
         20,
-        help="classes in the confusion matrix (plus 'all others')",
+        help="most classes in the confusion matrix (more: those of the most frequent mistakes, the rest pooled)",
         group="report",
         minimum=1,
         maximum=options_lib.MAX_SHOWN,
@@ -77,20 +77,8 @@ class EvaluateOptions:
         maximum=options_lib.MAX_SHOWN,
         help="equal-width confidence bins of the ECE and the reliability diagram",
     )
-    head_min: int = options_lib.option(
-        metrics.HEAD_MIN,
-        help="head: at least this many",
-        minimum=1,
-        maximum=options_lib.MAX_COUNT,
-        group="frequency strata (training examples per class)",
-    )
-    tail_below: int = options_lib.option(
-        metrics.TAIL_BELOW,
-        help="tail: fewer than this many",
-        minimum=0,
-        maximum=options_lib.MAX_COUNT,
-        group="frequency strata (training examples per class)",
-    )
+    head_min: int = metrics.head_min_option()
+    tail_below: int = metrics.tail_below_option()
     bootstrap_samples: int = bootstrap.samples_option("report")
     batch_size: int = options_lib.option(
         64, help="images per call of the SavedModel", group="runtime", minimum=1, maximum=options_lib.MAX_BATCH_SIZE
@@ -102,11 +90,7 @@ class EvaluateOptions:
 
     def __post_init__(self):
         options_lib.validate(self)
-        if self.tail_below > self.head_min:
-            raise UserInputError(
-                f"--tail-below {self.tail_below} is above --head-min {self.head_min}: "
-                "the torso would be empty and inverted"
-            )
+        metrics.check_strata_options(self.head_min, self.tail_below)
 
 
 # --- checks --------------------------------------------------------------------
@@ -350,15 +334,17 @@ def gradcam_panels(keras_path, predictions, class_names, image_size):
     """Grad-CAM of the sampled correct and wrong predictions, each for its predicted class.
 
     Returns:
-      `(panels, layer name)` for `interpret.plot_gradcam`.
+      `(panels, layer name, feature map grid)` for `interpret.plot_gradcam`.
     """
     from abo_tf.reports import gradcam as interpret
     from abo_tf.training import models
 
     model = _load_keras_model(keras_path, len(class_names), image_size)
+    layer = models.find_last_conv_layer(model)
+    grid = interpret.feature_map_grid(model, layer)
     pictures = predictions.samples["correct"] + predictions.samples["wrong"]
     if not pictures:
-        return [], models.find_last_conv_layer(model)
+        return [], layer, grid
     heatmaps, _ = interpret.grad_cam(
         model, np.stack([picture["image"] for picture in pictures]), [picture["predicted"] for picture in pictures]
     )
@@ -374,7 +360,7 @@ def gradcam_panels(keras_path, predictions, class_names, image_size):
                 "caption": f"{class_names[picture['predicted']]} {picture['score']:.2f}\n{verdict}",
             }
         )
-    return panels, models.find_last_conv_layer(model)
+    return panels, layer, grid
 
 
 @dataclasses.dataclass
@@ -487,7 +473,11 @@ def _per_class_lines(per_class, files):
 def _confusion_lines(options, pairs, files):
     lines = [
         "",
-        f"## Confusions ({options.top_n} most frequent classes + all others, rows normalised)",
+        "## Confusions",
+        "",
+        f"Image counts (`confusion_matrix.csv`), classes in the per-class chart's order; with more than "
+        f"{options.top_n} classes (`--top-n`), those of the most frequent mistakes, the rest pooled as "
+        f"\"{metrics.ALL_OTHERS}\". Colour: the cell's share of the true class's images.",
         "",
         f"![confusion matrix]({files['confusion_matrix']})",
         "",
@@ -550,7 +540,9 @@ def _figures_and_tables(options, predictions, class_names, train_counts, result)
     write_csv(per_class, os.path.join(report, "per_class.csv"))
     metrics.plot_per_class_f1(per_class, os.path.join(report, "per_class_f1.png"))
     files["per_class_f1"] = "per_class_f1.png"
-    matrix, names = metrics.confusion_matrix_top(predictions.labels, predicted, class_names, options.top_n)
+    matrix, names = metrics.confusion_matrix_top(
+        predictions.labels, predicted, class_names, options.top_n, train_counts
+    )
     confusion = pd.DataFrame(matrix, index=names, columns=names)
     write_csv(confusion, os.path.join(report, "confusion_matrix.csv"), index=True)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(report, "confusion_matrix.png"))
@@ -639,18 +631,21 @@ def _gradcam(options, predictions, class_names, image_size, files):
         )
         print(message, file=sys.stderr)
         return message
-    panels, layer = gradcam_panels(keras_path, predictions, class_names, image_size)
+    panels, layer, grid = gradcam_panels(keras_path, predictions, class_names, image_size)
     interpret.plot_gradcam(
         panels,
         os.path.join(options.report, "gradcam.png"),
         f"Grad-CAM on {layer} (heat: evidence for the predicted class)",
+        grid,
     )
     files["gradcam"] = "gradcam.png"
-    return (
-        f"Grad-CAM on `{layer}`, the backbone's last feature map, for {len(predictions.samples['correct'])} correct "
-        f"and {len(predictions.samples['wrong'])} wrong predictions drawn with seed {options.seed}; "
-        "red marks the regions that raise the predicted class's score."
+    note = (
+        f"Grad-CAM on `{layer}`, the backbone's last feature map ({grid[0]} x {grid[1]}), for "
+        f"{len(predictions.samples['correct'])} correct and {len(predictions.samples['wrong'])} wrong predictions "
+        f"drawn with seed {options.seed}; red marks the regions that raise the predicted class's score."
     )
+    coarse = interpret.coarseness_note(grid, image_size)
+    return f"{note} {coarse}" if coarse else note
 
 
 def evaluate(options):
@@ -680,7 +675,7 @@ def evaluate(options):
     mapping = label_mapping(manifest["classes"], class_names, entry.get("per_class", {}))
     parity_record = _parity(options, loaded, manifest, image_size)
     predictions = predict(loaded, options, manifest, mapping)
-    train_counts = np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
+    train_counts = metrics.train_counts(manifest, class_names)
     predicted = predictions.probabilities.argmax(axis=1)
     result = metrics.evaluation_metrics(
         predictions.labels,

@@ -80,6 +80,29 @@ def gradcam_model(model, layer_name=None):
     raise UserInputError(f"model {model.name!r} has no layer {layer_name!r} to explain")
 
 
+# A feature map of at most this many cells a side (ResNet50 at 96 px: 3 x 3) colours whole thirds of the image:
+# the heat map says which coarse cell, not which part of the object.
+COARSE_GRID = 4
+
+
+def feature_map_grid(model, layer_name=None):
+    """(height, width) of the feature map Grad-CAM explains: how coarse its heat map is."""
+    explainer, _ = gradcam_model(model, layer_name)
+    return tuple(int(side) for side in explainer.outputs[0].shape[1:3])
+
+
+def coarseness_note(grid, image_size):
+    """A sentence for the report when the feature map is too coarse for the heat map to mean much, else ""."""
+    if min(grid) > COARSE_GRID:
+        return ""
+    cell = image_size // max(min(grid), 1)
+    return (
+        f"The feature map is only {grid[0]} x {grid[1]} cells (each about {cell} px of the {image_size} px image): "
+        "the heat map can only say which coarse region raised the score, not which part of the object; a larger "
+        "--image-size gives a finer map."
+    )
+
+
 def grad_cam(model, images, class_indices=None, layer_name=None):
     """Grad-CAM heat maps of a batch.
 
@@ -118,24 +141,33 @@ def overlay(image, heatmap, alpha=0.45):
     return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 
-def plot_gradcam(panels, path, title="Grad-CAM"):
-    """A grid of (image, overlay) pairs.
+def plot_gradcam(panels, path, title="Grad-CAM", grid=None):
+    """A grid of (image, overlay) pairs, with one colour bar for every overlay.
 
     Args:
       panels: list of dicts with "image" (uint8), "heatmap" and "caption".
       path: the PNG to write.
+      grid: (height, width) of the explained feature map, named over each overlay.
     """
+    import matplotlib
+
     plt = figures.pyplot()
-    columns = 2 * min(4, max(1, len(panels)))
+    columns = 2 * min(3, max(1, len(panels)))
     rows = max(1, -(-2 * len(panels) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 1.2, 3.3 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
+    heat = "Grad-CAM" + (f" ({grid[0]} x {grid[1]} map)" if grid else "")
     for index, panel in enumerate(panels):
         row, column = divmod(2 * index, columns)
         axes[row, column].imshow(panel["image"])
-        figures.caption(axes[row, column], panel["caption"])
+        figures.caption(axes[row, column], panel["caption"], fontsize=9)
         axes[row, column + 1].imshow(overlay(panel["image"], panel["heatmap"]))
-        axes[row, column + 1].set_title("Grad-CAM", fontsize=7)
+        figures.caption(axes[row, column + 1], heat, fontsize=9)
     figure.suptitle(title)
-    return figures.save(figure, path, dpi=80)  # photographs: the PNGs get large
+    figure.tight_layout()
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), plt.get_cmap("jet"))
+    figure.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.7, label="evidence for the predicted class (1: its peak)")
+    figure.savefig(path, dpi=80)  # photographs: the PNGs get large
+    plt.close(figure)
+    return path

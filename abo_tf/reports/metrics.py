@@ -10,11 +10,45 @@ import math
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from abo_tf.common import options
+from abo_tf.common.errors import UserInputError
+from abo_tf.records import shards
 from abo_tf.reports import figures
 
 STRATA = ("head", "torso", "tail")
-# Class frequency strata, in training examples: head >= HEAD_MIN, tail < TAIL_BELOW.
+# Class frequency strata, in training examples: head >= HEAD_MIN, tail < TAIL_BELOW. Every report (analyze,
+# evaluate, the trainer's metrics, the baselines, the model card) counts them with `train_counts`.
 HEAD_MIN, TAIL_BELOW = 1000, 100
+STRATA_GROUP = "frequency strata (training examples per class, as the build's train split holds them)"
+
+
+def head_min_option():
+    """The `--head-min` option of every command that reports strata."""
+    return options.option(
+        HEAD_MIN, help="head: at least this many", minimum=1, maximum=options.MAX_COUNT, group=STRATA_GROUP
+    )
+
+
+def tail_below_option():
+    """The `--tail-below` option of every command that reports strata."""
+    return options.option(
+        TAIL_BELOW, help="tail: fewer than this many", minimum=0, maximum=options.MAX_COUNT, group=STRATA_GROUP
+    )
+
+
+def check_strata_options(head_min, tail_below):
+    """The one-line error of thresholds out of order (`__post_init__` of the commands above)."""
+    if tail_below > head_min:
+        raise UserInputError(
+            f"--tail-below {tail_below} is above --head-min {head_min}: the torso would be empty and inverted"
+        )
+
+
+def train_counts(manifest, class_names=None):
+    """Training examples of each class (default: the build's classes, in label order): what the strata count."""
+    return np.array(shards.examples_per_class(manifest, "train", class_names), dtype=np.int64)
+
+
 CALIBRATION_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
 
 
@@ -343,23 +377,46 @@ def metrics_without(
     return result
 
 
-def confusion_matrix_top(labels, predictions, class_names, top_n=20):
-    """Row-normalised confusion matrix over the `top_n` most frequent true classes plus "all others".
+ALL_OTHERS = "all others"
+
+
+def f1_chart_order(class_names, support, train_counts=None):
+    """Class indices in the per-class F1 chart's order: most training examples first (else most support), by name."""
+    counts = support if train_counts is None else np.asarray(train_counts)
+    return sorted(range(len(class_names)), key=lambda index: (-counts[index], class_names[index]))
+
+
+def confusion_matrix_top(labels, predictions, class_names, top_n=20, train_counts=None):
+    """Confusion counts over at most `top_n` classes, in the per-class F1 chart's order (`f1_chart_order`).
+
+    When every class of the split (true or predicted) fits, they are all shown and there is no "all others".
+    Otherwise the classes of the most frequent mistakes (`confused_pairs`, in order) are shown, topped up with
+    the most frequent classes, and the rest is pooled as "all others": at 576 classes the matrix shows where
+    the mistakes are, not the 20 largest classes being right.
 
     Returns:
-      `(matrix, names)`: float array [K+1, K+1] (rows sum to 1 where a row has
-      examples) and the K class names followed by "all others".
+      `(matrix, names)`: int64 counts [K, K] (rows: true class, columns: predicted), their class names (the
+      last "all others" when classes were pooled).
     """
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    counts = np.bincount(labels, minlength=len(class_names))
-    top = [index for index in np.argsort(-counts, kind="stable")[:top_n] if counts[index] > 0]
-    position = np.full(len(class_names), len(top))
-    position[top] = np.arange(len(top))
-    matrix = np.zeros((len(top) + 1, len(top) + 1))
+    labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    support = np.bincount(labels, minlength=len(class_names))
+    present = np.union1d(np.flatnonzero(support), predictions)
+    if len(present) <= top_n:
+        shown = present.tolist()
+    else:
+        pairs = confused_pairs(labels, predictions, class_names)
+        index = {name: position for position, name in enumerate(class_names)}
+        candidates = [index[name] for pair in zip(pairs["true_class"], pairs["predicted_class"]) for name in pair]
+        candidates += np.argsort(-support, kind="stable").tolist()
+        shown = list(dict.fromkeys(candidates))[:top_n]
+    shown = [index for index in f1_chart_order(class_names, support, train_counts) if index in set(shown)]
+    pooled = len(shown) < len(present)
+    position = np.full(len(class_names), len(shown))
+    position[shown] = np.arange(len(shown))
+    size = len(shown) + pooled
+    matrix = np.zeros((size, size), dtype=np.int64)
     np.add.at(matrix, (position[labels], position[predictions]), 1)
-    totals = matrix.sum(axis=1, keepdims=True)
-    matrix = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
-    return matrix, [class_names[index] for index in top] + ["all others"]
+    return matrix, [class_names[index] for index in shown] + ([ALL_OTHERS] if pooled else [])
 
 
 def confused_pairs(labels, predictions, class_names):
@@ -397,18 +454,27 @@ STRATUM_COLOURS = {"head": "tab:blue", "torso": "tab:orange", "tail": "tab:red"}
 MAX_BAR_CHART_CLASSES = 40
 
 
-def plot_confusion_matrix(matrix, names, path, title="confusion matrix (rows: true class, normalised)"):
-    """Saves a confusion-matrix heatmap as a PNG."""
+def plot_confusion_matrix(matrix, names, path, title=None):
+    """Saves a confusion matrix (counts, from `confusion_matrix_top`) as a PNG: each cell's count written in it,
+    coloured by its share of the row (the true class), so a small class's mistakes show as much as a large one's."""
     plt = figures.pyplot()
-    size = max(5.0, 0.35 * len(names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
-    image = axis.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
+    matrix = np.asarray(matrix)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    size = max(5.0, 0.4 * len(names) + 2.5)
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fontsize = 8 if len(names) <= 15 else 6
+    for (row, column), count in np.ndenumerate(matrix):
+        if count:
+            colour = "white" if shares[row, column] > 0.6 else "black"
+            axis.text(column, row, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
     axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     axis.set_yticks(range(len(names)), names, fontsize=7)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title(title)
-    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class (most training examples first)")
+    axis.set_title(title or f"confusion matrix: image counts ({int(matrix.sum())} images)")
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class's images")
     return figures.save(figure, path)
 
 
@@ -422,20 +488,26 @@ def plot_per_class_f1(per_class, path):
     if len(per_class) > MAX_BAR_CHART_CLASSES:
         return _plot_f1_against_training_examples(per_class, path)
     plt = figures.pyplot()
-    frame = per_class.sort_values(["train_examples", "class"], ascending=[False, True], kind="stable")
+    order = f1_chart_order(per_class["class"].tolist(), per_class["support"].to_numpy(), per_class["train_examples"])
+    frame = per_class.iloc[order]
     figure, axis = plt.subplots(figsize=(max(6.0, 0.22 * len(frame) + 2), 4.5))
     axis.bar(range(len(frame)), frame["f1"], color=[STRATUM_COLOURS[name] for name in frame["stratum"]], width=0.85)
+    for position, support in enumerate(frame["support"]):  # how many images each F1 stands on
+        axis.text(position, 1.02, str(support), ha="center", va="bottom", fontsize=6, rotation=90)
     axis.set_xticks(range(len(frame)), frame["class"], rotation=90, fontsize=7)
-    axis.legend(*_stratum_legend(plt), title="stratum", fontsize=8, ncol=3, loc="upper right")
-    axis.set_ylim(0, 1.3)  # room for the legend above the bars
+    axis.legend(*_stratum_legend(plt, frame["stratum"]), title="stratum", fontsize=8, ncol=3, loc="upper right")
+    axis.set_ylim(0, 1.35)  # room for the support labels and the legend above the bars
     axis.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axis.set_ylabel("F1")
+    axis.set_xlabel("class, most training examples first (number above a bar: its images in the split)")
     axis.set_title("F1 per class")
     return figures.save(figure, path)
 
 
-def _stratum_legend(plt):
-    return [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in STRATUM_COLOURS.values()], STRATA
+def _stratum_legend(plt, strata):
+    """Legend handles and names of the strata present in `strata`, in STRATA order."""
+    present = [name for name in STRATA if name in set(strata)]
+    return [plt.Rectangle((0, 0), 1, 1, color=STRATUM_COLOURS[name]) for name in present], present
 
 
 def _plot_f1_against_training_examples(per_class, path):
@@ -444,15 +516,21 @@ def _plot_f1_against_training_examples(per_class, path):
     frame = per_class[per_class["support"] > 0]
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
     colours = [STRATUM_COLOURS[name] for name in frame["stratum"]]
-    axis.scatter(frame["train_examples"], frame["f1"], s=12, alpha=0.6, c=colours)
+    # The point's area follows its support: an F1 on 2 images is a small dot, one on 200 a large one.
+    sizes = 6 + 60 * np.sqrt(frame["support"] / max(frame["support"].max(), 1))
+    axis.scatter(frame["train_examples"], frame["f1"], s=sizes, alpha=0.6, c=colours)
     # symlog: log above 1 training example, linear below, so classes with none still show (at 0).
     axis.set_xscale("symlog", linthresh=1)
     axis.set_xlim(left=0)
     axis.set_ylim(-0.03, 1.03)
     axis.set_xlabel("training examples (log scale)")
     axis.set_ylabel("F1")
-    axis.set_title(f"F1 of the {len(frame)} classes in the split (of {len(per_class)}) against training examples")
-    axis.legend(*_stratum_legend(plt), title="stratum", fontsize=8, loc="lower right")
+    axis.set_title(
+        f"F1 of the {len(frame)} classes in the split (of {len(per_class)}) against training examples\n"
+        f"point area: the class's images in the split (1 to {frame['support'].max() if len(frame) else 0})",
+        fontsize=10,
+    )
+    axis.legend(*_stratum_legend(plt, frame["stratum"]), title="stratum", fontsize=8, loc="lower right")
     axis.grid(alpha=0.3)
     return figures.save(figure, path)
 

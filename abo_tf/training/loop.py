@@ -10,6 +10,7 @@ then the unfrozen backbone at a lower learning rate.
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import shutil
@@ -169,7 +170,7 @@ class TrainConfig:
         0, help="0 = one pass over train", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
     )
     validation_steps: int = options.option(
-        0, help="0 = one pass over validation", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
+        0, help="at most this many validation batches; 0 = all of them", group=_SCHEDULE, minimum=0, maximum=MAX_STEPS
     )
     seed: int = options.option(
         0, help="initial weights, shuffling, augmentation", group=_SCHEDULE, **options.SEED_BOUNDS
@@ -255,11 +256,12 @@ def _check_ranges(config):
 
 @dataclasses.dataclass
 class _Phase:
-    name: str
+    name: str  # the checkpoint's key for the phase's optimizer: "head" or "fine_tune"
     optimizer: keras.optimizers.Optimizer
     trainable: object  # False, True or a number of top backbone layers
     start: int  # first global step
     end: int
+    label: str  # what the epoch lines and history.csv call it: "from_scratch" when the backbone was not pretrained
 
 
 # --- set-up ------------------------------------------------------------------
@@ -336,7 +338,9 @@ def _make_phases(config, model, steps_per_epoch):
         models.set_backbone_trainable(model, trainable)
         optimizer = make_optimizer(config, learning_rate, max(1, end - start), model.trainable_variables)
         optimizer.build(model.trainable_variables)
-        phases.append(_Phase(name, optimizer, trainable, start, end))
+        # A backbone with random initial weights is trained, not fine-tuned.
+        label = "from_scratch" if name == "fine_tune" and not model.pretrained_backbone else name
+        phases.append(_Phase(name, optimizer, trainable, start, end, label))
     return phases
 
 
@@ -349,7 +353,12 @@ def _check_batch(config, strategy):
 
 
 def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
-    """An iterator of global batches, past the `consumed_steps` global batches a resumed run already read."""
+    """The split distributed over the replicas: training repeats and drops the remainder, past the
+    `consumed_steps` global batches a resumed run already read; validation is one whole pass.
+
+    A partial last validation batch is split unevenly (an empty batch on a replica without examples): the
+    distributed iterator checks every replica for data before each step, so workers stop together.
+    """
 
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(config.batch_size)
@@ -365,8 +374,8 @@ def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
             config.seed,
             config.cache,
             manifest,
-            repeat=True,
-            drop_remainder=True,
+            repeat=training,
+            drop_remainder=training,
             deterministic=config.deterministic,
             crop_area_min=config.crop_area_min,
             augmentation=input_pipeline.Augmentation(config.randaugment, config.mixup_alpha, config.cutmix_alpha),
@@ -375,7 +384,8 @@ def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
     options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
-    return iter(strategy.distribute_datasets_from_function(dataset_fn, options))
+    dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
+    return iter(dataset) if training else dataset
 
 
 # --- steps -------------------------------------------------------------------
@@ -417,19 +427,25 @@ def _num_correct(logits, labels):
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
 
 
-def _make_eval_step(strategy, model, num_classes, with_predictions=False):
-    """A validation step: (summed loss, correct), plus (labels, predictions) of every replica when asked."""
+def _make_eval_step(strategy, model, dataset, with_predictions=False):
+    """A validation step on one distributed batch of `dataset`: (summed loss, correct, examples), plus (labels,
+    predictions) of every replica when asked.
+
+    The signature is the dataset's, batch dimension unknown: the partial last batch does not retrace.
+    """
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
     def replica_step(batch):
+        labels = batch["label"]
         logits = model(batch["image"], training=False)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss_fn(batch["label"], logits), _num_correct(logits, batch["label"]), batch["label"], predictions
+        examples = tf.cast(tf.shape(labels)[0], tf.float32)
+        return loss_fn(labels, logits), _num_correct(logits, labels), examples, labels, predictions
 
-    @tf.function
-    def step(iterator):
-        loss, correct, labels, predictions = strategy.run(replica_step, args=(next(iterator),))
-        summed = strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+    @tf.function(input_signature=[dataset.element_spec])
+    def step(batch):
+        *sums, labels, predictions = strategy.run(replica_step, args=(batch,))
+        summed = tuple(strategy.reduce("SUM", value, axis=None) for value in sums)
         if not with_predictions:
             return summed
         return (*summed, strategy.gather(labels, axis=0), strategy.gather(predictions, axis=0))
@@ -549,9 +565,9 @@ class _Run:
     manager: tf.train.CheckpointManager
     best_manager: object  # a CheckpointManager with --keep best, else None
     train_iterator: object
-    validation_iterator: object
+    validation_dataset: object  # distributed, one pass: iterated afresh each epoch
     steps_per_epoch: int
-    validation_steps: int
+    validation_steps: int  # at most this many batches; 0 = the whole split
     class_weights: np.ndarray
     adjustment: np.ndarray  # `logit_adjustment`, added to the logits in the training loss
     num_classes: int
@@ -603,15 +619,19 @@ def _log_scalars(run, values, prefix="train"):
 
 
 def _validate(run, eval_step, with_predictions=False):
-    """(loss, accuracy, {val_macro_f1, val_examples} or {}) of one validation pass; F1 only `with_predictions`."""
-    loss, correct, labels, predictions = 0.0, 0.0, [], []
-    for _ in range(run.validation_steps):
-        batch_loss, batch_correct, *predicted = eval_step(run.validation_iterator)
-        loss, correct = loss + float(batch_loss), correct + float(batch_correct)
+    """(loss, accuracy, {val_macro_f1, val_examples} or {}) of one validation pass; F1 only `with_predictions`.
+
+    The pass covers every validation example, the partial last batch too (`--validation-steps` N: N batches).
+    """
+    loss, correct, count, labels, predictions = 0.0, 0.0, 0.0, [], []
+    batches = itertools.islice(run.validation_dataset, run.validation_steps or None)
+    for batch in batches:
+        batch_loss, batch_correct, batch_count, *predicted = eval_step(batch)
+        loss, correct, count = loss + float(batch_loss), correct + float(batch_correct), count + float(batch_count)
         if with_predictions:
             labels.append(predicted[0].numpy())
             predictions.append(predicted[1].numpy())
-    count = run.validation_steps * run.config.batch_size
+    count = max(count, 1.0)
     predicted = {}
     if with_predictions:
         labels, predictions = np.concatenate(labels), np.concatenate(predictions)
@@ -624,7 +644,7 @@ def _validate(run, eval_step, with_predictions=False):
 
 def _train_phases(run, on_epoch_end=None):
     with_predictions = on_epoch_end is not None or run.best_manager is not None
-    eval_step = _make_eval_step(run.strategy, run.model, run.num_classes, with_predictions)
+    eval_step = _make_eval_step(run.strategy, run.model, run.validation_dataset, with_predictions)
     history = run_folder.load_history(run.config.output, up_to_step=int(run.step))
     for phase in run.phases:
         if int(run.step) >= phase.end:
@@ -646,7 +666,7 @@ def _train_phases(run, on_epoch_end=None):
             row = run_folder.HistoryRow(
                 epoch=epoch + 1,
                 step=int(run.step),
-                phase=phase.name,
+                phase=phase.label,
                 loss=loss,
                 accuracy=accuracy,
                 val_loss=val_loss,
@@ -662,14 +682,19 @@ def _train_phases(run, on_epoch_end=None):
             history.append(row)
             if run.chief:
                 run_folder.write_history(run.config.output, history)
-                print(
-                    f"epoch {epoch + 1}/{run.config.epochs} ({phase.name}): loss {loss:.4f} accuracy "
-                    f"{accuracy:.4f} val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f}",
-                    flush=True,
-                )
+                print(_epoch_line(run.config.epochs, row), flush=True)
             if on_epoch_end is not None:  # after the checkpoint and history: a pruned run's folder is complete
                 on_epoch_end(epoch + 1, {"val_loss": val_loss, "val_accuracy": val_accuracy, **predicted})
     return history
+
+
+def _epoch_line(epochs, row):
+    """One epoch's log line; every figure named (validation macro_f1 only when the pass computed it)."""
+    validation = f"validation loss {row.val_loss:.4f} accuracy {row.val_accuracy:.4f}"
+    if math.isfinite(row.val_macro_f1):
+        validation += f" macro_f1 {row.val_macro_f1:.4f}"
+    train = f"train loss {row.loss:.4f} accuracy {row.accuracy:.4f}"
+    return f"epoch {row.epoch}/{epochs} ({row.phase}): {train}, {validation}"
 
 
 # --- after training: evaluation, export, figures -----------------------------
@@ -702,7 +727,7 @@ def _final_metrics(model, config, manifest):
 
     The test split's predictions go to test_predictions.csv, for the paired comparisons of baselines and tune.
     """
-    train_counts = shards.examples_per_class(manifest, "train")
+    train_counts = metrics.train_counts(manifest)
     results = {}
     for split in ("validation", "test"):
         if input_pipeline.num_examples(config.records, split, manifest) == 0:
@@ -895,14 +920,10 @@ def _finish(run, manifest, classes, history):
     return results
 
 
-def _steps(config, manifest):
-    per_epoch = config.steps_per_epoch or max(
+def _steps_per_epoch(config, manifest):
+    return config.steps_per_epoch or max(
         1, input_pipeline.num_examples(config.records, "train", manifest) // config.batch_size
     )
-    validation = config.validation_steps or max(
-        1, input_pipeline.num_examples(config.records, "validation", manifest) // config.batch_size
-    )
-    return per_epoch, validation
 
 
 def _set_up(config, strategy, manifest):
@@ -910,7 +931,7 @@ def _set_up(config, strategy, manifest):
     _check_batch(config, strategy)
     input_pipeline.split_files(config.records, "train", manifest)
     input_pipeline.split_files(config.records, "validation", manifest)
-    steps_per_epoch, validation_steps = _steps(config, manifest)
+    steps_per_epoch = _steps_per_epoch(config, manifest)
     with strategy.scope():
         model = models.build_model(
             config.model,
@@ -925,8 +946,7 @@ def _set_up(config, strategy, manifest):
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     chief = distribute.is_chief(strategy)
     manager = _checkpointing(strategy, config, model, phases, step)  # restores `step` when resuming
-    # A resumed run continues both streams where the checkpoint left them (every epoch validates once).
-    validated = int(step) // steps_per_epoch * validation_steps
+    # A resumed run continues the training stream where the checkpoint left it (validation is a fresh pass).
     return _Run(
         config=config,
         strategy=strategy,
@@ -936,9 +956,9 @@ def _set_up(config, strategy, manifest):
         manager=manager,
         best_manager=_best_checkpointing(strategy, config, model),
         train_iterator=_distributed(strategy, config, "train", True, manifest, int(step)),
-        validation_iterator=_distributed(strategy, config, "validation", False, manifest, validated),
+        validation_dataset=_distributed(strategy, config, "validation", False, manifest),
         steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps,
+        validation_steps=config.validation_steps,
         class_weights=_class_weights(manifest, classes, config.class_weights),
         adjustment=logit_adjustment(manifest, classes, config.loss, config.logit_adjustment_tau),
         num_classes=len(classes),

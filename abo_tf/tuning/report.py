@@ -59,25 +59,25 @@ def best_trial(study):
     return max(complete, key=lambda trial: (trial.value, -trial.number)) if complete else None
 
 
-def chosen(study, reruns):
+def chosen(study, reruns, objective="objective"):
     """(trial, header) of best.toml: the best mean of the re-runs when there are any, else the best trial."""
     if reruns and not math.isnan(reruns[0].mean):
         best = reruns[0]
         seeds = ", ".join(map(str, best.seeds))
         return best.trial, (
-            f"validation {best.mean:.4f} ± {best.sd:.4f} (mean ± sd over seeds {seeds}; "
+            f"validation {objective} {best.mean:.4f} ± {best.sd:.4f} (mean ± sd over seeds {seeds}; "
             f"{best.trial.value:.4f} in the search)"
         )
     best = best_trial(study)
-    return best, None if best is None else f"validation {best.value:.4f}"
+    return best, None if best is None else f"validation {objective} {best.value:.4f}"
 
 
-def write_best_toml(study, tune_dir, reruns=None):
+def write_best_toml(study, tune_dir, reruns=None, objective="objective"):
     """best.toml: the complete train config of the chosen trial (its run folder's config.toml), or None.
 
     A trial whose folder was deleted is named on stderr and skipped: the next best one with a folder is written.
     """
-    first, figure = chosen(study, reruns)
+    first, figure = chosen(study, reruns, objective)
     if first is None:
         return None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -94,7 +94,7 @@ def write_best_toml(study, tune_dir, reruns=None):
     else:
         return None
     if best is not first:
-        figure = f"validation {best.value:.4f}"
+        figure = f"validation {objective} {best.value:.4f}"
     final_path = os.path.join(tune_dir, BEST_TOML)
 
     def write(path):
@@ -154,36 +154,143 @@ def _rerun_section(reruns, objective, best_number):
     ]
 
 
-def _draw_figures(study, tune_dir, num_params):
-    """The Optuna matplotlib figures that say something for this study: ({name: file}, {name: why not drawn})."""
+def _last_value(trial):
+    """A pruned trial's objective at its last reported epoch, or None."""
+    values = trial.intermediate_values
+    return values[max(values)] if values else None
+
+
+def _scored_trials(study):
+    """(complete, pruned): lists of (trial, value); a pruned trial's value is its last epoch's."""
+    complete, pruned = [], []
+    for trial in recorded_trials(study):
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            complete.append((trial, trial.value))
+        elif trial.state == optuna.trial.TrialState.PRUNED and _last_value(trial) is not None:
+            pruned.append((trial, _last_value(trial)))
+    return complete, pruned
+
+
+def _pruned_label(pruned):
+    return f"pruned ({len(pruned)}): value at the epoch it stopped"
+
+
+def plot_history(study, objective, path):
+    """The objective of every trial in order, pruned ones marked, with the best so far."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = figures.pyplot()
+    complete, pruned = _scored_trials(study)
+    figure, axis = plt.subplots(figsize=(7.5, 4.2))
+    axis.scatter([t.number for t, _ in complete], [v for _, v in complete], label=f"complete ({len(complete)})")
+    if pruned:
+        axis.scatter(
+            [t.number for t, _ in pruned], [v for _, v in pruned], marker="x", color="gray", label=_pruned_label(pruned)
+        )
+    best, numbers = [], sorted((t.number, v) for t, v in complete)
+    for _, value in numbers:
+        best.append(value if not best else max(best[-1], value))
+    axis.step([number for number, _ in numbers], best, where="post", color="tab:red", label="best so far")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("trial")
+    axis.set_ylabel(f"validation {objective}")
+    axis.set_title(f"search history: validation {objective} per trial (maximised)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return figures.save(figure, path)
+
+
+def _panel_positions(values, distribution):
+    """x positions of a parameter's values, the tick labels of a categorical one (else None), whether log scale."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        choices = list(distribution.choices)
+        return [choices.index(value) for value in values], [str(choice) for choice in choices], False
+    return list(values), None, bool(getattr(distribution, "log", False))
+
+
+def plot_slices(study, objective, path):
+    """The objective against each searched parameter: one panel each, colour the trial number (one shared bar)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = figures.pyplot()
+    complete, pruned = _scored_trials(study)
+    names = sorted({name for trial, _ in complete + pruned for name in trial.params})
+    if not names:
+        raise ValueError("no searched parameter to draw")
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns + 1.2, 3.3 * rows), squeeze=False)
+    last = max(trial.number for trial, _ in complete + pruned)
+    for axis, name in zip(axes.flat, names, strict=False):
+        distribution = next(t.distributions[name] for t, _ in complete + pruned if name in t.params)
+        for group, style in ((complete, {"cmap": "viridis", "vmin": 0, "vmax": max(last, 1)}), (pruned, None)):
+            shown = [(t, v) for t, v in group if name in t.params]
+            x, labels, log = _panel_positions([t.params[name] for t, _ in shown], distribution)
+            y = [v for _, v in shown]
+            if style:
+                image = axis.scatter(x, y, c=[t.number for t, _ in shown], s=25, **style)
+            elif shown:
+                axis.scatter(x, y, marker="x", color="gray", s=25, label="pruned")
+        if labels is not None:
+            axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        elif log:
+            axis.set_xscale("log")
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(4))
+        axis.tick_params(labelsize=8)
+        axis.set_xlabel(name)
+        axis.set_ylabel(f"validation {objective}", fontsize=8)
+        axis.grid(alpha=0.3)
+    for axis in axes.flat[len(names) :]:
+        axis.set_visible(False)
+    figure.suptitle("each searched parameter against the objective" + ("; x: pruned" if pruned else ""))
+    figure.tight_layout()
+    # One colour bar for every panel, beside them (not over one panel's axis).
+    figure.colorbar(image, ax=axes.ravel().tolist(), label="trial", shrink=0.8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_importances(study, objective, path):
+    """fANOVA importances of the searched parameters for the objective (Optuna's default evaluator)."""
+    plt = figures.pyplot()
+    importances = optuna.importance.get_param_importances(study)
+    names = list(importances)[::-1]
+    figure, axis = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.6))
+    axis.barh(names, [importances[name] for name in names])
+    for position, name in enumerate(names):
+        axis.text(importances[name], position, f" {importances[name]:.2f}", va="center", fontsize=8)
+    axis.set_xlim(0, 1.1)
+    axis.set_xlabel(f"share of the variance of validation {objective} (fANOVA)")
+    axis.set_title("hyperparameter importances")
+    return figures.save(figure, path)
+
+
+def _draw_figures(study, tune_dir, num_params, objective="macro_f1"):
+    """The figures that say something for this study: ({name: file}, {name: why not drawn})."""
     import warnings
 
-    from optuna.visualization import matplotlib as optuna_plots
-
     finished = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    plots = {"history": optuna_plots.plot_optimization_history, "slices": optuna_plots.plot_slice}
+    plots = {"history": plot_history, "slices": plot_slices}
     missing = {}
-    if num_params >= 2 and len(finished) >= MIN_TRIALS_FOR_IMPORTANCES:
-        plots["importances"] = optuna_plots.plot_param_importances
+    if num_params >= 1 and len(finished) >= MIN_TRIALS_FOR_IMPORTANCES:
+        plots["importances"] = plot_importances
     else:
         missing["importances"] = (
             f"{len(finished)} complete trials and {num_params} searched parameters: importances need at least "
-            f"{MIN_TRIALS_FOR_IMPORTANCES} and 2"
+            f"{MIN_TRIALS_FOR_IMPORTANCES} complete trials"
         )
     drawn = {}
-    figures.pyplot()  # the project's non-interactive backend
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", UserWarning)  # tight_layout on Optuna's colour-bar axes; the figure is fine
         for name, plot in plots.items():
             try:
-                axes = plot(study)
+                plot(study, objective, os.path.join(tune_dir, FIGURES[name]))
             except (ValueError, RuntimeError) as error:  # e.g. importances of a parameter every trial shares
                 print(f"report: no {name} figure ({error})", file=sys.stderr)
                 missing[name] = str(error)
                 continue
-            first = axes.flat[0] if hasattr(axes, "flat") else axes
-            figures.save(first.get_figure(), os.path.join(tune_dir, FIGURES[name]))
             drawn[name] = FIGURES[name]
     return drawn, missing
 
@@ -209,14 +316,23 @@ def default_trial(study):
     return None
 
 
-def _compared_trials(study):
-    return (("default config", default_trial(study)), ("best trial", best_trial(study)))
+CHOSEN_ROW = "best.toml (best re-run mean)"
 
 
-def comparison_rows(study, tune_dir):
-    """(name, trial, validation objective, test macro F1, test accuracy) of the default config and the best trial."""
+def _compared_trials(study, reruns=None):
+    """The default config, the best single trial of the search, and best.toml's trial when the re-runs chose
+    another (the best mean over seeds)."""
+    compared = [("default config", default_trial(study)), ("best trial", best_trial(study))]
+    chosen_trial = chosen(study, reruns)[0] if reruns else None
+    if chosen_trial is not None and compared[1][1] is not None and chosen_trial.number != compared[1][1].number:
+        compared.append((CHOSEN_ROW, chosen_trial))
+    return compared
+
+
+def comparison_rows(study, tune_dir, reruns=None):
+    """(name, trial, validation objective, test macro F1, test accuracy) of each of `_compared_trials`."""
     rows = []
-    for name, trial in _compared_trials(study):
+    for name, trial in _compared_trials(study, reruns):
         test = trial_test_metrics(tune_dir, trial) or {}
         rows.append(
             (
@@ -230,10 +346,20 @@ def comparison_rows(study, tune_dir):
     return rows
 
 
-def formatted_rows(study, tune_dir, objective):
-    """`comparison_rows` as text, each figure with its 95% interval by item when the trial's metrics.json has one."""
+def _rerun_figure(trial, reruns):
+    """A trial's mean ± sd over the re-runs' seeds, or "-" when it was not re-run."""
+    for rerun in reruns or ():
+        if trial is not None and rerun.trial.number == trial.number:
+            return f"{metrics.format_figure(rerun.mean, 4)} ± {metrics.format_figure(rerun.sd, 4)}"
+    return "-"
+
+
+def formatted_rows(study, tune_dir, objective, reruns=None):
+    """`comparison_rows` as text, each figure with its 95% interval by item when the trial's metrics.json has one;
+    with `reruns`, a last column: the mean ± sd over the re-runs' seeds (what best.toml was chosen by)."""
     rows = []
-    for row, (_, trial) in zip(comparison_rows(study, tune_dir), _compared_trials(study)):
+    compared = _compared_trials(study, reruns)
+    for row, (_, trial) in zip(comparison_rows(study, tune_dir, reruns), compared, strict=True):
         validation = _trial_metrics(tune_dir, trial, "validation") or {}
         test = trial_test_metrics(tune_dir, trial) or {}
         interval = (validation.get("intervals") or {}).get(trials_lib.OBJECTIVES[objective][1])
@@ -243,6 +369,7 @@ def formatted_rows(study, tune_dir, objective):
                 bootstrap.format_interval(row[2], interval, 4),
                 metrics.figure_with_interval(test, "macro_f1"),
                 metrics.figure_with_interval(test, "accuracy"),
+                *([_rerun_figure(trial, reruns)] if reruns else []),
             )
         )
     return rows
@@ -273,8 +400,26 @@ def _difference_line(differences, samples, seed):
     )
 
 
+def _chosen_line(study, reruns):
+    """Which row best.toml holds, and why."""
+    best = best_trial(study)
+    if best is None:
+        return "No trial completed: no best.toml."
+    if not reruns:
+        return f"best.toml holds the best trial's config (trial {best.number})."
+    chosen_trial = chosen(study, reruns)[0]
+    if chosen_trial.number == best.number:
+        return f"best.toml holds the best trial's config (trial {best.number}), also the best mean over the re-runs."
+    return (
+        f"best.toml holds trial {chosen_trial.number}'s config, not the best single trial's ({best.number}): its mean "
+        "over the re-runs' seeds is the highest, and one run's score is partly luck of the seed."
+    )
+
+
 def write_report(study, tune_dir, tune_options, num_params, difference_line, reruns=None):
-    drawn, missing = _draw_figures(study, tune_dir, num_params) if best_trial(study) else ({}, {})
+    drawn, missing = (
+        _draw_figures(study, tune_dir, num_params, tune_options.objective) if best_trial(study) else ({}, {})
+    )
     states = [trial.state.name for trial in recorded_trials(study)]
     lines = [
         f"# Hyperparameter search: study `{study.study_name}`",
@@ -285,9 +430,12 @@ def write_report(study, tune_dir, tune_options, num_params, difference_line, rer
         "## Default config against the best trial",
         "",
         markdown.table(
-            formatted_rows(study, tune_dir, tune_options.objective),
-            ("config", "trial", f"validation {tune_options.objective}", "test macro F1", "test accuracy"),
+            formatted_rows(study, tune_dir, tune_options.objective, reruns),
+            ("config", "trial", f"validation {tune_options.objective} (search run)", "test macro F1", "test accuracy")
+            + ((f"validation {tune_options.objective}: re-run mean ± sd",) if reruns else ()),
         ),
+        "",
+        _chosen_line(study, reruns),
         "",
         "The test split was not used to choose: its figures are reported once, here. In brackets: 95% intervals "
         "by a bootstrap over items (the views of a product resampled together).",
@@ -319,18 +467,23 @@ def write_all(search, reruns=None):
     write_trials_csv(search.study, tune_dir)
     if reruns:
         write_reruns_csv(reruns, tune_dir)
-    best_path = write_best_toml(search.study, tune_dir, reruns)
+    best_path = write_best_toml(search.study, tune_dir, reruns, search.options.objective)
     samples, seed = bootstrap.DEFAULT_SAMPLES, search.options.seed
     differences = best_minus_default(search.study, tune_dir, samples, seed, reruns)
     difference_line = _difference_line(differences, samples, seed)
     write_report(search.study, tune_dir, search.options, len(search.space), difference_line, reruns)
     lines = []
-    for name, number, value, test_f1, test_accuracy in formatted_rows(search.study, tune_dir, search.options.objective):
+    objective = search.options.objective
+    for name, number, value, test_f1, test_accuracy, *rerun in formatted_rows(
+        search.study, tune_dir, objective, reruns
+    ):
+        again = f", re-run mean ± sd {rerun[0]}" if rerun and rerun[0] != "-" else ""
         lines.append(
-            f"{name} (trial {number}): validation {value}, test macro F1 {test_f1}, test accuracy {test_accuracy}"
+            f"{name} (trial {number}): validation {objective} {value}{again}, test macro F1 {test_f1}, "
+            f"test accuracy {test_accuracy}"
         )
     lines.append(difference_line)
-    best, figure = chosen(search.study, reruns)
+    best, figure = chosen(search.study, reruns, search.options.objective)
     lines.append(f"best config: {best_path} (trial {best.number}, {figure})" if best else "no trial completed")
     lines.append(f"report: {os.path.join(tune_dir, REPORT)}")
     return "\n".join(lines)
