@@ -158,6 +158,7 @@ ADDED_OPTIONS = {
     "randaugment": False,
     "mixup_alpha": 0.0,
     "cutmix_alpha": 0.0,
+    "sampling": "instance",
 }
 
 
