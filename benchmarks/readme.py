@@ -91,6 +91,56 @@ def render_test_suite(results):
     return "\n".join(lines)
 
 
+_ABLATION_ROWS = {
+    "old": "old recipe (decay 1e-4 on all weights, crop floor 0.08, last epoch, plain CE)",
+    "weight_decay": "+ decay 0.05, vectors excluded",
+    "augmentation": "+ crop floor 0.25, RandAugment, MixUp 0.2 / CutMix 1.0",
+    "ema": "+ EMA 0.99",
+    "logit_adjusted": "+ `--loss logit_adjusted`",
+    "keep_best": "+ `--keep best` (old run's best epoch)",
+    "calibrate": "+ temperature (old run, T fitted on validation)",
+    "all": "all of the above",
+    "class_balanced": "+ `--sampling class_balanced`",
+    "sqrt_sampling": "+ `--sampling sqrt`",
+}
+_ABLATION_DATASETS = {
+    "demo": "(a) `make demo`'s sample",
+    "close_types": "(b) close types, long tail",
+    "digits": "(c) scikit-learn digits (real scans)",
+}
+
+
+def _mean_sd(entry, digits=3):
+    return f"{entry['mean']:.{digits}f} ± {entry['sd']:.{digits}f}"
+
+
+def render_recipe_ablation(results):
+    """The ablation of issue 19: per dataset, each variant's mean ± sd over seeds of validation F1, NLL, ECE."""
+    lines = []
+    for name, dataset in results["datasets"].items():
+        examples = dataset["examples"]
+        lines += [
+            f"{_ABLATION_DATASETS.get(name, name)}: {dataset['classes']} classes, {examples.get('train', 0)} train / "
+            f"{examples.get('validation', 0)} validation / {examples.get('test', 0)} test images; "
+            f"{dataset['wall_seconds'] / 60:.0f} min on {_machine(dataset)}.",
+            "",
+            "| recipe | val macro F1 | val NLL | val ECE | test macro F1 | test NLL | test ECE |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for variant, figures in dataset["variants"].items():
+            validation, test = figures["validation"], figures["test"]
+            cells = [_mean_sd(split[key]) for split in (validation, test) for key in ("macro_f1", "nll", "ece")]
+            lines.append(f"| {_ABLATION_ROWS.get(variant, variant)} | {' | '.join(cells)} |")
+        lines.append("")
+    lines.append(
+        f"Mean ± sd over {results['seeds']} seeds; MobileNetV3-Small from scratch at {results['image_size']} px, "
+        f"{results['epochs']} epochs of {results['steps_per_epoch']} steps of {results['batch_size']} images, "
+        "`--deterministic`, class weights off; `benchmarks/recipe_ablation.py` wrote "
+        "`benchmarks/results/recipe_ablation.json`."
+    )
+    return "\n".join(lines)
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -99,6 +149,7 @@ RENDERERS = {
     "demo": ("demo.json", render_demo),
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
+    "recipe_ablation": ("recipe_ablation.json", render_recipe_ablation),
 }
 
 

@@ -1,8 +1,8 @@
 """The tf.data input pipeline: record shards -> batches of {"image": uint8, "label": int32}.
 
     files (seeded shuffle) -> shard per input pipeline -> parallel interleave of
-    TFRecordDatasets -> shuffle -> batch -> parse_example -> decode + augment
-    -> prefetch
+    TFRecordDatasets -> [--sampling: repeat, records copied by class] -> shuffle
+    -> batch -> parse_example -> decode + augment -> prefetch
 
 Images stay uint8 until the model, which normalises them itself, so serving
 and training cannot disagree. Training order is non-deterministic (faster)
