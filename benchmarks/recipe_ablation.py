@@ -34,6 +34,7 @@ from shared import REPO, results_path, write_results
 from abo_tf.common import options  # noqa: E402
 
 RESULTS = "recipe_ablation.json"
+RUN_RECORD = "ablation.json"  # in each run folder: its figures, so a cut ablation resumes or is summarised
 DATASETS = ("demo", "close_types", "digits")
 # The old recipe, as `abo_tf.train` ran before issue 19.
 OLD = {
@@ -67,7 +68,8 @@ VARIANTS = ("old", *PARTS, "all", *EXTRAS)
 
 @dataclasses.dataclass(frozen=True)
 class AblationOptions:
-    seeds: int = options.option(3, help="seeds per variant", minimum=1, maximum=10)
+    seeds: int = options.option(3, help="seeds per variant: 0, 1, ...", minimum=1, maximum=10)
+    only_seed: int | None = options.option(help="run only this seed (several processes share the seeds)", minimum=0)
     epochs: int = options.option(4, help="epochs of every run", minimum=1, maximum=100)
     image_size: int = options.option(32, help="pixels of the model input", minimum=32, maximum=224)
     steps_per_epoch: int = options.option(15, help="steps of 32 images an epoch (0 = a pass over train)", minimum=0)
@@ -76,6 +78,9 @@ class AblationOptions:
         tuple(name for name in VARIANTS if name not in EXTRAS), help="variants to run", choices=VARIANTS
     )
     work_dir: str = options.option("/tmp/recipe_ablation", help="datasets and run folders (reused)", config=False)
+    collect: bool = options.option(
+        False, help="train nothing: summarise the runs already finished in --work-dir (a cut ablation)", config=False
+    )
 
 
 def variant_overrides(variant):
@@ -175,6 +180,15 @@ def _split_figures(logits, calibrate):
     return {split: _figures(*pair, temperature) for split, pair in logits.items()}, temperature
 
 
+def finished_run(output):
+    """The record a finished run left in its folder, or None."""
+    try:
+        with open(os.path.join(output, RUN_RECORD), encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
 def run_one(records, output, seed, args, variant):
     """Trains one variant (unless its folder holds the figures already): {"figures": {split: figures}, "seconds",
     "temperature", "kept_epoch"}; the old run also has the DERIVED variants' figures under their names."""
@@ -185,10 +199,9 @@ def run_one(records, output, seed, args, variant):
     from abo_tf.common import files
     from abo_tf.training import loop
 
-    done = os.path.join(output, "ablation.json")
-    if os.path.isfile(done):
-        with open(done, encoding="utf-8") as handle:
-            return json.load(handle)
+    finished = finished_run(output)
+    if finished is not None:
+        return finished
     shutil.rmtree(output, ignore_errors=True)
     os.makedirs(output)
     keras.backend.clear_session()
@@ -207,7 +220,7 @@ def run_one(records, output, seed, args, variant):
     else:
         record["figures"], record["temperature"] = figures, temperature
     record["kept_epoch"] = None if kept is None else kept["epoch"]
-    files.write_json(done, record)
+    files.write_json(os.path.join(output, RUN_RECORD), record)
     return record
 
 
@@ -220,13 +233,16 @@ def summarise(runs):
     table = {}
     for variant, records in runs.items():
         key = variant if variant in DERIVED else "figures"
-        table[variant] = {
-            split: {
-                figure: _summary([record[key][split][figure] for record in records])
-                for figure in records[0][key][split]
+        table[variant] = {"seeds": len(records)}
+        table[variant].update(
+            {
+                split: {
+                    figure: _summary([record[key][split][figure] for record in records])
+                    for figure in records[0][key][split]
+                }
+                for split in records[0][key]
             }
-            for split in records[0][key]
-        }
+        )
         if variant not in DERIVED:
             table[variant]["seconds"] = _summary([record["seconds"] for record in records])
     return table
@@ -240,11 +256,13 @@ def run_dataset(dataset, args):
     records = prepare(dataset, args.work_dir)
     manifest = shards.read_manifest(records)
     runs = {}
-    for seed in range(args.seeds):
+    for seed in range(args.seeds) if args.only_seed is None else [args.only_seed]:
         for variant in args.variants:
             trained = "old" if variant in DERIVED else variant
             output = os.path.join(args.work_dir, dataset, "runs", f"{trained}-{seed}")
-            record = run_one(records, output, seed, args, trained)
+            record = finished_run(output) if args.collect else run_one(records, output, seed, args, trained)
+            if record is None:
+                continue
             runs.setdefault(variant, []).append(record)
             shown = record[variant if variant in DERIVED else "figures"]["validation"]
             print(f"{dataset} seed {seed} {variant} ({record['seconds']:.0f} s): {json.dumps(shown)}", flush=True)
