@@ -25,6 +25,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -279,7 +280,7 @@ def _merged_write(update):
     import fcntl
 
     os.makedirs(os.path.dirname(results_path(RESULTS)), exist_ok=True)
-    with open(results_path(RESULTS) + ".lock", "w") as lock:
+    with open(os.path.join(tempfile.gettempdir(), "recipe_ablation.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             with open(results_path(RESULTS), encoding="utf-8") as handle:
