@@ -331,7 +331,8 @@ def make_dataset(
       augmentation: an `Augmentation` for training batches, or None.
       sampling: training only: "instance" reads each example once a pass; "class_balanced" and "sqrt" repeat
         them by class (`repeat_factors`, from the manifest's train counts) before the shuffle. Every input
-        pipeline applies the same factors to its share, so the global stream has the same class shares.
+        pipeline applies the same factors to its share, so the global stream has the same class shares. A
+        resampled stream always repeats: it has no end of pass (`repeat` is ignored).
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
