@@ -1,22 +1,25 @@
 """Benchmark: the training recipe of issue 19, part by part, against the old one, on three datasets.
 
-    .venv/bin/python benchmarks/recipe_ablation.py [--seeds 3] [--epochs 6] [--image-size 48] [--work-dir DIR]
+    .venv/bin/python benchmarks/recipe_ablation.py [--seeds 3] [--epochs 4] [--steps-per-epoch 15] [--image-size 32]
+        [--work-dir DIR] [--only-seed N] [--collect] [--variants ... class_balanced sqrt_sampling]
 
 Every run trains the same small MobileNetV3 from scratch (pipelines/demo.toml's schedule at `--image-size`,
-`--epochs`, `--deterministic`, class weights off) with `loop.train`, the command's own code path (export and parity
-check included). The old recipe (before issue 19): AdamW decay 1e-4 on every weight, crop area floor 0.08, no EMA,
-no augmentation, plain cross-entropy, the last epoch kept, no temperature. Each variant changes one part to the
-new default (VARIANTS); "all" changes every part. Calibration alone is not trained again: it is the old run with the
-temperature fitted on its validation logits, as `--calibrate` would fit it (training is deterministic, so the run
-would be the same). Every variant runs with `--seeds` seeds; the figures are the kept model's validation (and test)
-macro F1, NLL and ECE (15 bins), mean and sample standard deviation over the seeds. Datasets, each written in the
+`--epochs` of `--steps-per-epoch`, `--deterministic`, class weights off) with `loop.train_weights`: the train
+command's set-up, loop and checkpoints, without the export and its parity check. The old recipe (before issue 19):
+AdamW decay 1e-4 on every weight, crop area floor 0.08, no EMA, no augmentation, plain cross-entropy, the last
+epoch kept, no temperature. Each variant changes one part (PARTS) to the new recipe; "all" changes every part.
+`--keep best` and the temperature are not trained again (DERIVED): they are the old run's best epoch and its
+logits at the temperature fitted on validation, as the flags would give (training is deterministic, so a run with
+the flag trains the same weights). Figures: the kept model's validation and test macro F1, NLL and ECE (15 bins),
+mean and sample standard deviation over the seeds. Datasets, each written in the
 ABO layout and built with `build_records` (`--image-selection all`):
   demo:        `python -m abo_tf.sample --listings 800 --seed 0`, as `make demo` builds it (13 types);
   close_types: 40 generated types, 4 per shape differing only by 10 degrees of hue, long-tailed 80 -> 4 items
                (abo_tf.testing.labelled_download.close_types);
   digits:      scikit-learn's 1,797 real 8x8 scans of handwritten digits, upscaled (10 classes).
-Writes benchmarks/results/recipe_ablation.json (with the machine and its load) after each dataset, so a cut
-run keeps what it finished; `python benchmarks/readme.py` renders it into README.md.
+Each finished run leaves its figures in its folder (a cut ablation resumes; `--collect` summarises what finished
+without training). Writes benchmarks/results/recipe_ablation.json (with the machine and its load) after each
+dataset; `python benchmarks/readme.py` renders it into README.md. On 2 cores at load 17-47 a run took 200-900 s.
 """
 
 import dataclasses
