@@ -228,6 +228,63 @@ def _build_stages(results):
     return lines
 
 
+_ABLATION_ROWS = {
+    "old": "old recipe (decay 1e-4 on all weights, crop floor 0.08, last epoch, plain CE)",
+    "weight_decay": "+ decay 0.05, vectors excluded",
+    "augmentation": "+ crop floor 0.25, RandAugment, MixUp 0.2 / CutMix 1.0",
+    "ema": "+ EMA 0.99",
+    "logit_adjusted": "+ `--loss logit_adjusted`",
+    "keep_best": "+ `--keep best` (old run's best epoch)",
+    "calibrate": "+ temperature (old run, T fitted on validation)",
+    "all": "all of the above",
+    "class_balanced": "+ `--sampling class_balanced`",
+    "sqrt_sampling": "+ `--sampling sqrt`",
+}
+_ABLATION_DATASETS = {
+    "demo": "(a) `make demo`'s sample",
+    "close_types": "(b) close types, long tail",
+    "digits": "(c) scikit-learn digits (real scans)",
+}
+
+
+def _mean_sd(entry, seeds, digits=3):
+    return f"{entry['mean']:.{digits}f}" + (f" ± {entry['sd']:.{digits}f}" if seeds > 1 else "")
+
+
+def render_recipe_ablation(results):
+    """The ablation of issue 19: per dataset, each variant's mean ± sd over seeds of validation F1, NLL, ECE."""
+    lines, seconds = [], []
+    for name in [name for name in _ABLATION_DATASETS if name in results["datasets"]]:
+        dataset = results["datasets"][name]
+        examples = dataset["examples"]
+        lines += [
+            f"{_ABLATION_DATASETS[name]}: {dataset['classes']} classes, {examples.get('train', 0)} train / "
+            f"{examples.get('validation', 0)} validation / {examples.get('test', 0)} test images.",
+            "",
+            "| recipe | seeds | val macro F1 | val NLL | val ECE | test macro F1 | test NLL | test ECE |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for variant in [variant for variant in _ABLATION_ROWS if variant in dataset["variants"]]:
+            figures = dataset["variants"][variant]
+            validation, test = figures["validation"], figures["test"]
+            cells = [
+                _mean_sd(split[key], figures["seeds"])
+                for split in (validation, test)
+                for key in ("macro_f1", "nll", "ece")
+            ]
+            lines.append(f"| {_ABLATION_ROWS[variant]} | {figures['seeds']} | {' | '.join(cells)} |")
+            seconds += [figures["seconds"]["mean"]] if "seconds" in figures else []
+        lines.append("")
+    lines.append(
+        "Mean ± sd over the seeds that finished; MobileNetV3-Small from scratch at "
+        f"{results['image_size']} px, {results['epochs']} epochs of {results['steps_per_epoch']} steps of "
+        f"{results['batch_size']} images, `--deterministic`, class weights off; a run took {min(seconds):.0f}-"
+        f"{max(seconds):.0f} s; load when summarised: {_machine(next(iter(results['datasets'].values())))}. "
+        "`benchmarks/recipe_ablation.py` wrote `benchmarks/results/recipe_ablation.json`."
+    )
+    return "\n".join(lines)
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -239,6 +296,7 @@ RENDERERS = {
     "export": ("export.md", _include("export.md")),
     "backbones": ("backbones.md", _include("backbones.md")),
     "build_speed": ("build_records.json", render_build_speed),
+    "recipe_ablation": ("recipe_ablation.json", render_recipe_ablation),
 }
 
 

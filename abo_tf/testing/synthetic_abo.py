@@ -744,7 +744,7 @@ def _listings_files(plan):
     return files
 
 
-def _gzip(data, name):
+def gzip_bytes(data, name):
     """gzip with a fixed header (mtime 0, the given name), so equal data gives equal bytes."""
     buffer = io.BytesIO()
     with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, mtime=0) as handle:
@@ -854,12 +854,17 @@ def _shape_mask(rng, height, width, shape):
 
 def _product_pixels(rng, image):
     """A textured shape of the type's hue on a near-white background: uint8 BGR and the mask."""
+    _, shape, hue, texture, _, _ = PRODUCT_TYPES[image.style]
+    return product_canvas(rng, image.height, image.width, shape, hue, texture)
+
+
+def product_canvas(rng, height, width, shape, hue, texture):
+    """A `shape` (a SHAPES key) of `hue` (OpenCV's 0-179, jittered by +-3) with `texture` on near-white: BGR, mask."""
     import cv2
 
-    _, shape, hue, texture, _, _ = PRODUCT_TYPES[image.style]
-    canvas = np.empty((image.height, image.width, 3), dtype=np.uint8)
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = rng.integers(236, 256, size=3)
-    mask = _shape_mask(rng, image.height, image.width, shape)
+    mask = _shape_mask(rng, height, width, shape)
     hue += int(rng.integers(-3, 4))
     colour = _hsv_to_bgr(hue, int(rng.integers(150, 230)), int(rng.integers(150, 230)))
     second = colour * rng.uniform(0.45, 0.65)
@@ -1088,7 +1093,7 @@ class _FolderWriter:
 def _write_listings(plan, writer):
     names = []
     for name, text in _listings_files(plan):
-        writer.add(f"{LISTINGS_DIR}/{name}", _gzip(text.encode("utf-8"), name[: -len(".gz")]))
+        writer.add(f"{LISTINGS_DIR}/{name}", gzip_bytes(text.encode("utf-8"), name[: -len(".gz")]))
         names.append(f"{LISTINGS_DIR}/{name}")
     return names
 
@@ -1105,7 +1110,7 @@ def _write_images(plan, writer, workers):
     for (_, image), data in zip(jobs, _rendered(plan, jobs, workers)):
         names.append(f"{IMAGES_DIR}/{image.path}")
         writer.add(names[-1], data)
-    writer.add(IMAGES_CSV, _gzip(_images_csv(plan), "images.csv"))
+    writer.add(IMAGES_CSV, gzip_bytes(_images_csv(plan), "images.csv"))
     return names + [IMAGES_CSV]
 
 

@@ -1,8 +1,8 @@
 """The tf.data input pipeline: record shards -> batches of {"image": uint8, "label": int32}.
 
     files (seeded shuffle) -> shard per input pipeline -> parallel interleave of
-    TFRecordDatasets -> shuffle -> batch -> parse_example -> decode + augment
-    -> prefetch
+    TFRecordDatasets -> [--sampling: repeat, records copied by class] -> shuffle
+    -> batch -> parse_example -> decode + augment -> prefetch
 
 Images stay uint8 until the model, which normalises them itself, so serving
 and training cannot disagree. Training order is non-deterministic (faster)
@@ -19,6 +19,7 @@ import dataclasses
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from abo_tf.common.errors import UserInputError
@@ -237,6 +238,45 @@ def _augment_batch(augmentation, num_classes, seed):
     return augment
 
 
+SAMPLINGS = ("instance", "class_balanced", "sqrt")
+
+
+def repeat_factors(class_counts, sampling):
+    """Expected copies of each training example of a class a pass, so that classes come with `sampling`'s shares.
+
+    instance: every example once (classes at their frequency n_c / N). class_balanced: each class 1/C of the stream,
+    sqrt: sqrt(n_c) / sum sqrt(n) (Kang et al., ICLR 2020, "Decoupling representation and classifier"). A factor
+    is target share x N / n_c, so a pass still yields N examples on average and an epoch keeps its step count. A
+    class without training examples gets factor 0 (it cannot be drawn).
+    """
+    counts = np.asarray(class_counts, np.float64)
+    if sampling == "instance":
+        return np.where(counts > 0, 1.0, 0.0)
+    present = counts > 0
+    weights = np.where(present, 1.0 if sampling == "class_balanced" else np.sqrt(counts), 0.0)
+    shares = weights / weights.sum()
+    return np.where(present, shares * counts.sum() / np.maximum(counts, 1), 0.0)
+
+
+def _resample(dataset, factors, seed):
+    """Each record repeated floor(f) or ceil(f) times (f = its class's factor; P(ceil) = f - floor(f)).
+
+    The rounding draws a stateless uniform seeded by (seed, the record's place in the read stream): the same
+    order gives the same copies. One label parse per record; the copies follow each other, the shuffle after
+    spreads them over its buffer (and each copy gets its own crop, its position seeding the augmentation).
+    """
+    factors = tf.constant(factors, tf.float32)
+
+    def copies(place, serialized):
+        label = schema.parse_records(serialized, (schema.LABEL,))[schema.LABEL]
+        factor = tf.gather(factors, tf.clip_by_value(label, 0, tf.size(factors, tf.int64) - 1))
+        draw = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), place]))
+        count = tf.cast(tf.floor(factor) + tf.cast(draw < factor - tf.floor(factor), tf.float32), tf.int64)
+        return tf.data.Dataset.from_tensors(serialized).repeat(count)
+
+    return dataset.enumerate().flat_map(copies)
+
+
 def _shard_for_input_pipeline(files, input_context, training, seed):
     """File dataset for this input pipeline, and whether records still need sharding."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
@@ -266,6 +306,7 @@ def make_dataset(
     crop_area_min=preprocess.CROP_AREA_MIN,
     augmentation=None,
     skip_batches=0,
+    sampling="instance",
 ):
     """Builds the input pipeline of one split.
 
@@ -291,6 +332,10 @@ def make_dataset(
       augmentation: an `Augmentation` for training batches, or None.
       skip_batches: batches of this pipeline a resumed run already consumed: skipped as records, before parsing
         and decoding, so the stream (its order, and the crops seeded by position) continues where it stopped.
+      sampling: training only: "instance" reads each example once a pass; "class_balanced" and "sqrt" repeat
+        them by class (`repeat_factors`, from the manifest's train counts) before the shuffle. Every input
+        pipeline applies the same factors to its share, so the global stream has the same class shares. A
+        resampled stream always repeats: it has no end of pass (`repeat` is ignored).
 
     Returns:
       A `tf.data.Dataset` of {"image": uint8 [B, S, S, 3], "label": int32 [B], *extra_keys}.
@@ -317,10 +362,15 @@ def make_dataset(
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if cache:
         dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
-    if training if repeat is None else repeat:
-        dataset = dataset.repeat()
+    if training and sampling != "instance":
+        # Repeated before resampling: each pass rounds the factors anew, and the shuffle mixes passes.
+        factors = repeat_factors(shards.examples_per_class(manifest, "train"), sampling)
+        dataset = _resample(dataset.repeat(), factors, seed).shuffle(SHUFFLE_BUFFER, seed=seed)
+    else:
+        if training:
+            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
+        if training if repeat is None else repeat:
+            dataset = dataset.repeat()
     dataset = dataset.enumerate()
     dataset = dataset.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     dataset = dataset.skip(skip_batches)

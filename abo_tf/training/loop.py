@@ -98,6 +98,13 @@ class TrainConfig:
         minimum=0.0,
         maximum=1.0,  # keras.layers.CutMix refuses a factor above 1
     )
+    sampling: str = options.option(
+        "instance",
+        choices=input_pipeline.SAMPLINGS,
+        group=_DATA,
+        help="how training draws examples: instance (each once a pass), class_balanced (each class equally often) "
+        "or sqrt (classes by the square root of their count); an epoch stays train examples // batch steps",
+    )
     cache: bool = options.option(False, help="cache the encoded records in memory", group=_DATA)
     model: str = options.option(
         "mobilenet_v3_small", choices=tuple(sorted(models.BACKBONES)), group=_MODEL, help="Keras Applications backbone"
@@ -380,6 +387,7 @@ def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
             crop_area_min=config.crop_area_min,
             augmentation=input_pipeline.Augmentation(config.randaugment, config.mixup_alpha, config.cutmix_alpha),
             skip_batches=consumed_steps * local_replicas,
+            sampling=config.sampling if training else "instance",
         )
 
     # Device prefetch through InputOptions: prefetch_to_device is still unreliable in TF.
@@ -897,9 +905,7 @@ def _finish(run, manifest, classes, history):
     output = run.config.output
     # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
-    kept = _restore_best(run, history)
-    if run.config.keep == "last":
-        _use_averages(run)
+    kept = keep_weights(run, history)
     plain = _plain_copy(run.model, run.config.served_image_size)
     calibrated = _calibrate(run, plain, manifest)
     staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
@@ -981,6 +987,22 @@ def out_of_memory(error, batch_size, image_size, flags="--batch-size or --image-
     )
 
 
+def _start(config):
+    """Seeds, determinism, precision, the strategy; (strategy, manifest, splits read) once the records check out."""
+    # --seed seeds the initial weights and the augmentation too: a tuned trial is reproduced by its config.
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        # Also runs tf.data's stateful map functions (the augmentation's random ops) one element at a time.
+        tf.config.experimental.enable_op_determinism()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.strategy == "tpu" else "mixed_float16")
+    strategy = distribute.make_strategy(config.strategy, config.tpu)
+    manifest = shards.read_manifest(config.records)
+    splits = _splits_read(manifest)
+    input_pipeline.check_records(config.records, manifest, splits)
+    return strategy, manifest, splits
+
+
 def train(config, on_epoch_end=None):
     """Trains, checkpoints, evaluates and exports one run (resuming if checkpoints exist).
 
@@ -997,17 +1019,7 @@ def train(config, on_epoch_end=None):
       UserInputError: records that are missing, damaged or do not match their
         manifest (the shard named), a batch too large for memory, a diverged loss.
     """
-    # --seed seeds the initial weights and the augmentation too: a tuned trial is reproduced by its config.
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        # Also runs tf.data's stateful map functions (the augmentation's random ops) one element at a time.
-        tf.config.experimental.enable_op_determinism()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.strategy == "tpu" else "mixed_float16")
-    strategy = distribute.make_strategy(config.strategy, config.tpu)
-    manifest = shards.read_manifest(config.records)
-    splits = _splits_read(manifest)
-    input_pipeline.check_records(config.records, manifest, splits)
+    strategy, manifest, splits = _start(config)
     try:
         with input_pipeline.explain_read_errors(config.records, manifest, splits):
             run = _set_up(config, strategy, manifest)
@@ -1017,3 +1029,24 @@ def train(config, on_epoch_end=None):
             return _finish(run, manifest, manifest["classes"], history)
     except tf.errors.ResourceExhaustedError as error:
         raise out_of_memory(error, config.batch_size, config.image_size) from error
+
+
+def train_weights(config):
+    """Trains like `train` (same set-up, loop and checkpoints) but evaluates and exports nothing: (run, history).
+
+    For the recipe ablation, where the export and its parity check would double each small run. `run.model` holds
+    the last epoch's trained weights (with EMA, not yet the averages); `keep_weights` then applies --keep.
+    """
+    strategy, manifest, splits = _start(config)
+    with input_pipeline.explain_read_errors(config.records, manifest, splits):
+        run = _set_up(config, strategy, manifest)
+        return run, _train_phases(run)
+
+
+def keep_weights(run, history):
+    """What `train` exports, into `run.model`: the best epoch's weights (--keep best) or the last's (averages with
+    EMA); the kept epoch's {epoch, step, val_macro_f1} or None."""
+    kept = _restore_best(run, history)
+    if run.config.keep == "last":
+        _use_averages(run)
+    return kept

@@ -159,6 +159,7 @@ ADDED_OPTIONS = {
     "mixup_alpha": 0.0,
     "cutmix_alpha": 0.0,
     "eval_image_size": 0,
+    "sampling": "instance",
 }
 
 
