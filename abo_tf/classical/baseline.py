@@ -23,6 +23,7 @@ from abo_tf.classical import (
     feature_spec,
     interpretation,
     persistence,
+    report,
     search,
 )
 from abo_tf.common import options, outputs
@@ -329,7 +330,9 @@ def train_baseline(model, splits, config):
             model, found.pipeline, splits["validation"], folder, config.seed
         ).to_dict("records")
     persistence.write_record(folder, record)
-    return {**record, "folder": folder, "metrics": evaluation.metrics_by_split(results)}
+    by_split = evaluation.metrics_by_split(results)
+    report.write_report(folder, record, by_split)
+    return {**record, "folder": folder, "metrics": by_split}
 
 
 def run_baselines(config):
