@@ -13,8 +13,9 @@ longest silence between two lines of its output (the progress bars write one eve
 and test macro F1 with its 95% item-bootstrap interval. Targets (issue 21): each baseline within 10 minutes and
 3 GB on 2 cores. Each figure carries the load average before and after its command and its CPU seconds (user +
 system, children included): on a shared machine the wall time measures the load as much as the model.
-`--features-from CACHE` links the handcrafted folders of an existing cache instead of extracting (the cache key
-is the command's check).
+`--features-from CACHE` links the folders of an existing cache instead of extracting (the cache key is the
+command's check). `--run RUN` takes a training run's pooled embeddings instead of handcrafted features (the linear
+probe: logreg, and knn and centroid, on them).
 Writes benchmarks/results/NAME (a re-run of some models keeps the others' figures) and prints the Markdown table
 `benchmarks/readme.py` renders into the README.
 """
@@ -70,6 +71,7 @@ def _timed(command, log_path):
     # Unbuffered: a pipe would otherwise hold the progress lines back and hide how often they come.
     environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     started, last, silence, load = time.perf_counter(), time.perf_counter(), 0.0, os.getloadavg()
+    previous = silent_after = "(the command's start)"
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             ["/usr/bin/time", "-v", sys.executable, "-m", *command],
@@ -83,7 +85,9 @@ def _timed(command, log_path):
         # tqdm ends its log lines with "\r" or "\n": both count as a line.
         for line in iter(lambda: process.stdout.readline(), ""):
             now = time.perf_counter()
-            silence, last = max(silence, now - last), now
+            if now - last > silence:
+                silence, silent_after = now - last, previous
+            last, previous = now, line.strip()[:120]
             log.write(line)
             log.flush()  # readable while the command runs
         code = process.wait(timeout=TIMEOUT)
@@ -98,13 +102,14 @@ def _timed(command, log_path):
         "peak_rss_mb": _time_field(text, "Maximum resident set size (kbytes)") / 1024,
         "peak_tree_rss_mb": sampler.peak / 2**20,
         "longest_silence_seconds": silence,
+        "longest_silence_after": silent_after,
         "load_average_before": load,
         "load_average_after": os.getloadavg(),
     }
 
 
 def link_cache(source, cache_dir):
-    """Makes `cache_dir` a feature cache whose handcrafted folders are links to those of `source` (read, not written).
+    """Makes `cache_dir` a feature cache whose folders are links to those of `source` (read, not written).
 
     Only the links and the cache's marker are written: `abo_tf.baselines` claims its --cache-dir (a marker and a
     lock file), which a read-only or shared cache must not get. The cache key is checked by the command itself:
@@ -112,28 +117,40 @@ def link_cache(source, cache_dir):
     """
     os.makedirs(cache_dir, exist_ok=True)
     shutil.copyfile(os.path.join(source, outputs.MARKER), os.path.join(cache_dir, outputs.MARKER))
-    for folder in glob.glob(os.path.join(source, "handcrafted-*")):
-        link = os.path.join(cache_dir, os.path.basename(folder))
+    for folder in glob.glob(os.path.join(source, "*", "")):
+        link = os.path.join(cache_dir, os.path.basename(os.path.normpath(folder)))
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(folder), link)
 
 
-def extract(records, cache_dir, log_dir):
-    """Extracts the handcrafted features once; the extraction's record, or None when the cache was there."""
-    if glob.glob(os.path.join(cache_dir, "handcrafted-*", "test", "*")):
+def feature_flags(run):
+    """The flags choosing the features: a run's pooled embeddings (the linear probe's), or handcrafted."""
+    return ["--features", "cnn", "--run", run] if run else ["--features", "handcrafted"]
+
+
+def features_name(run):
+    """The name `abo_tf.features` gives the features (the prefix of the cache's and the baselines' folders)."""
+    return f"run-{os.path.basename(os.path.normpath(run))}" if run else "handcrafted"
+
+
+def extract(records, cache_dir, log_dir, run=None):
+    """Extracts the features once; the extraction's record, or None when the cache was there."""
+    if glob.glob(os.path.join(cache_dir, f"{features_name(run)}-*", "test", "*")):
         return None
-    command = ["abo_tf.features", "--records", records, "--cache-dir", cache_dir, "--features", "handcrafted"]
+    command = ["abo_tf.features", "--records", records, "--cache-dir", cache_dir, *feature_flags(run)]
     return _timed(command, os.path.join(log_dir, "features.log"))
 
 
-def run_model(model, records, cache_dir, work_dir, extra=()):
+def run_model(model, records, cache_dir, work_dir, extra=(), run=None):
     """One baseline as the command runs it; its figures from /usr/bin/time and its baseline.json/metrics.json."""
-    output = os.path.join(work_dir, f"out-{model}")
+    name = features_name(run)
+    output = os.path.join(work_dir, f"out-{name}-{model}")
     command = ["abo_tf.baselines", "--records", records, "--cache-dir", cache_dir, "--model", model, *extra]
+    command += feature_flags(run)
     command += ["--output", output, "--runs", os.path.join(work_dir, "no-runs")]
     os.makedirs(os.path.join(work_dir, "no-runs"), exist_ok=True)
-    timing = _timed(command, os.path.join(work_dir, f"{model}.log"))
-    folder = os.path.join(output, f"handcrafted-{model}")
+    timing = _timed(command, os.path.join(work_dir, f"{name}-{model}.log"))
+    folder = os.path.join(output, f"{name}-{model}")
     with open(os.path.join(folder, "baseline.json"), encoding="utf-8") as handle:
         record = json.load(handle)
     with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as handle:
@@ -141,6 +158,7 @@ def run_model(model, records, cache_dir, work_dir, extra=()):
     found = record["search"]
     return {
         "model": model,
+        "features": name,
         "strategy": found["strategy"],
         "candidates": len(found["candidates"]),
         "search_train_examples": found["search_train_examples"],
@@ -158,6 +176,10 @@ def run_model(model, records, cache_dir, work_dir, extra=()):
     }
 
 
+def _order(result):
+    return result.get("features", "handcrafted"), MODELS.index(result["model"])
+
+
 def _kept_models(name, results, models):
     """The other models' figures of an earlier run of the same records and options, so one model can be re-run."""
     path = results_path(name)
@@ -166,7 +188,12 @@ def _kept_models(name, results, models):
     with open(path, encoding="utf-8") as handle:
         earlier = json.load(handle)
     same = all(earlier.get(key) == results[key] for key in ("records", "examples", "hellinger"))
-    return [result for result in earlier.get("models", []) if same and result["model"] not in models]
+    rerun = {(results["features"], model) for model in models}
+    return [
+        result
+        for result in earlier.get("models", [])
+        if same and (result.get("features", "handcrafted"), result["model"]) not in rerun
+    ]
 
 
 def main():
@@ -177,6 +204,7 @@ def main():
     parser.add_argument(
         "--features-from", metavar="CACHE", help="an existing feature cache of RECORDS to link (not write) instead"
     )
+    parser.add_argument("--run", help="a training run: its pooled embeddings instead of handcrafted features")
     parser.add_argument("--no-hellinger", action="store_true", help="passed on to abo_tf.baselines")
     parser.add_argument("--name", default="baselines_extracted.json", help="results file under benchmarks/results")
     args = parser.parse_args()
@@ -192,15 +220,16 @@ def main():
         "classes": len(manifest["classes"]),
         "machine": measure.machine(),
         "features_from": args.features_from and os.path.abspath(args.features_from),
-        "extraction": extract(args.records, cache_dir, args.work_dir),
+        "features": features_name(args.run),
+        "extraction": extract(args.records, cache_dir, args.work_dir, args.run),
         "hellinger": not args.no_hellinger,
         "models": [],
     }
     results["models"] = _kept_models(args.name, results, args.models)
     for model in args.models:
         extra = ["--no-hellinger"] if args.no_hellinger else []
-        results["models"].append(run_model(model, args.records, cache_dir, args.work_dir, extra))
-        results["models"].sort(key=lambda result: MODELS.index(result["model"]))
+        results["models"].append(run_model(model, args.records, cache_dir, args.work_dir, extra, args.run))
+        results["models"].sort(key=_order)
         write_results(args.name, results)  # after each model: a long run keeps what it measured
     print(readme.render_baselines_extracted(results))
 

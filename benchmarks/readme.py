@@ -98,7 +98,8 @@ def _extracted_row(result):
     epochs = f", {fit['epochs']} epochs" if fit.get("epochs") else ""
     name = result["model"] + (f" ({result['kernel']})" if result.get("kernel") else "")
     return (
-        f"| {name} | {result['candidates']} on {result['search_train_examples']:,} rows | "
+        f"| {name} | {result.get('features', 'handcrafted')} | "
+        f"{result['candidates']} on {result['search_train_examples']:,} rows | "
         f"{result['search_seconds']:.0f} | {fit['seconds']:.0f} ({fit['train_examples']:,} rows{epochs}) | "
         f"{result['command_seconds']:.0f} | {result['cpu_seconds']:.0f} | {load[0]:.0f} / {load[1]:.0f} | "
         f"{max(result['peak_rss_mb'], result['peak_tree_rss_mb']) / 1024:.2f} GB | "
@@ -110,13 +111,13 @@ def render_baselines_extracted(results):
     """Every baseline on features extracted from a build: search, fit, command and CPU time, load, memory, test F1."""
     examples = results["examples"]
     lines = [
-        "| model | search | search (s) | final fit (s) | command (s) | CPU (s) | load before / after | peak RSS "
-        "| longest silence (s) | test macro F1 [95%] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | features | search | search (s) | final fit (s) | command (s) | CPU (s) | load before / after "
+        "| peak RSS | longest silence (s) | test macro F1 [95%] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[_extracted_row(result) for result in results["models"]],
         "",
         f"{results['classes']} classes, {examples['train']:,} / {examples['validation']:,} / {examples['test']:,} "
-        f"train / validation / test images, handcrafted features (square roots: {results['hellinger']}); "
+        f"train / validation / test images; square roots of the handcrafted histograms: {results['hellinger']}; "
         f"{_machine(results)} at the start. CPU: user + system seconds of the command; load: 1-minute load "
         "average when it started and ended; peak RSS: the larger of the process's and its process tree's. "
         "Written by `benchmarks/baselines_extracted_benchmark.py`.",
