@@ -181,7 +181,7 @@ def _order(result):
 
 
 def _kept_models(name, results, models):
-    """The other models' figures of an earlier run of the same records and options, so one model can be re-run."""
+    """The other models' figures in `name` from runs of the same records and options (earlier, or running too)."""
     path = results_path(name)
     if not os.path.exists(path):
         return []
@@ -225,11 +225,11 @@ def main():
         "hellinger": not args.no_hellinger,
         "models": [],
     }
-    results["models"] = _kept_models(args.name, results, args.models)
+    measured, extra = [], ["--no-hellinger"] if args.no_hellinger else []
     for model in args.models:
-        extra = ["--no-hellinger"] if args.no_hellinger else []
-        results["models"].append(run_model(model, args.records, cache_dir, args.work_dir, extra, args.run))
-        results["models"].sort(key=_order)
+        measured.append(run_model(model, args.records, cache_dir, args.work_dir, extra, args.run))
+        # The file is read again before each write: runs of other models into the same file keep their rows.
+        results["models"] = sorted(_kept_models(args.name, results, args.models) + measured, key=_order)
         write_results(args.name, results)  # after each model: a long run keeps what it measured
     print(readme.render_baselines_extracted(results))
 

@@ -134,6 +134,7 @@ RENDERERS = {
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
     "baselines_full": ("baselines_full.json", render_baselines_extracted),
+    "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
 }
 
 
