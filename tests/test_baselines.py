@@ -183,6 +183,9 @@ def test_each_report_states_the_choice_the_search_and_the_test_figures_with_inte
         assert f"| test | {test['num_examples']} | {test['macro_f1']:.3f} [{low:.3f}, {high:.3f}] |" in text, model
         assert all(f"| {row['round']} | {_named(row['params'])} |" in text for row in record["search"]["candidates"])
         assert "[F1 per class](per_class_f1.png)" in text and "[confusion matrix (test)](confusion_matrix.png)" in text
+    # Nothing converges in a nearest-neighbour search: its rows say n/a, not "yes".
+    knn = trained["results"]["knn"]["search"]
+    assert all(row["converged"] is None for row in knn["candidates"]) and knn["final_fit"]["converged"] is None
 
 
 def test_small_grids_are_exhaustive_large_ones_halved(trained):

@@ -330,9 +330,8 @@ def fit(training, params, rows, progress=False):
                 pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
                 bar.update()
             pipeline.set_params(scaler__copy=True)
-    converged = (
-        None if training.streamed else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
-    )
+    no_solver = training.streamed or training.model in NEIGHBOUR_MODELS  # fixed epochs, or nothing to converge
+    converged = None if no_solver else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
     return Fit(pipeline, time.perf_counter() - started, converged, epochs)
 
 

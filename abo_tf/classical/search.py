@@ -70,10 +70,11 @@ def _printable(params):
 
 
 def _converged(classifier):
-    """Whether the solver stopped before its iteration limit; None for fixed-epoch SGD (no stopping rule)."""
-    if classifier.__class__.__name__ == "SGDClassifier":
+    """Whether the solver stopped before its iteration limit; None for fixed-epoch SGD (no stopping rule) and for
+    the neighbour models (no solver)."""
+    if classifier.__class__.__name__ == "SGDClassifier" or not hasattr(classifier, "max_iter"):
         return None
-    limit = getattr(classifier, "max_iter", -1)
+    limit = classifier.max_iter
     return bool(limit is None or limit < 0 or np.max(classifier.n_iter_) < limit)
 
 
