@@ -296,10 +296,15 @@ def read_rows(features, rows):
     beside the solver's.
     """
     copied = np.asarray(features[rows])
+    release_pages(features)
+    return copied
+
+
+def release_pages(features):
+    """Drops the pages of a memory-mapped feature matrix from the resident set (read again from disk if needed)."""
     mapping = getattr(features, "_mmap", None)  # np.memmap's mmap object: read-only, clean pages, safe to drop
     if mapping is not None:
         mapping.madvise(mmap.MADV_DONTNEED)
-    return copied
 
 
 def fit(training, params, rows, progress=False):
