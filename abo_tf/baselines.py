@@ -23,11 +23,13 @@ Output folder:
     <features>-<model>/            model.skops (the fitted pipeline), baseline.json (search,
                                    choice, timings, SHA-256 of model.skops), metrics.json
                                    ({"validation", "test"}, with 95% intervals), per_class.csv,
-                                   test_predictions.csv, confusion_matrix.png;
-                                   handcrafted features also importance.csv, coefficients.csv
-                                   (logreg) and interpretation.png
+                                   test_predictions.csv, confusion_matrix.png, per_class_f1.png,
+                                   report.md (the model, its choice, the search's table, the
+                                   figures with their intervals); handcrafted features also
+                                   importance.csv, coefficients.csv (logreg) and interpretation.png
     comparison.md, comparison.csv  every baseline in this folder and every CNN run under --runs,
-                                   and each run minus each baseline (paired bootstrap by item)
+                                   and each run minus each baseline (paired bootstrap by item);
+                                   comparison.md links each baseline's report.md
 
 Memory at full ABO size (~400k x 2048 float32 = 3.3 GB of CNN features):
 features are memory-mapped from the cache, never loaded whole. `sgd`,

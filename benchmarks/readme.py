@@ -285,6 +285,40 @@ def render_recipe_ablation(results):
     return "\n".join(lines)
 
 
+def _extracted_row(result):
+    interval = result["test_macro_f1_interval"]
+    f1 = f"{result['test_macro_f1']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    fit, load = result["final_fit"], (result["load_average_before"][0], result["load_average_after"][0])
+    epochs = f", {fit['epochs']} epochs" if fit.get("epochs") else ""
+    name = result["model"] + (f" ({result['kernel']})" if result.get("kernel") else "")
+    return (
+        f"| {name} | {result.get('features', 'handcrafted')} | "
+        f"{result['candidates']} on {result['search_train_examples']:,} rows | "
+        f"{result['search_seconds']:.0f} | {fit['seconds']:.0f} ({fit['train_examples']:,} rows{epochs}) | "
+        f"{result['command_seconds']:.0f} | {result['cpu_seconds']:.0f} | {load[0]:.0f} / {load[1]:.0f} | "
+        f"{max(result['peak_rss_mb'], result['peak_tree_rss_mb']) / 1024:.2f} GB | "
+        f"{result['longest_silence_seconds']:.0f} | {f1} |"
+    )
+
+
+def render_baselines_extracted(results):
+    """Every baseline on features extracted from a build: search, fit, command and CPU time, load, memory, test F1."""
+    examples = results["examples"]
+    lines = [
+        "| model | features | search | search (s) | final fit (s) | command (s) | CPU (s) | load before / after "
+        "| peak RSS | longest silence (s) | test macro F1 [95%] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[_extracted_row(result) for result in results["models"]],
+        "",
+        f"{results['classes']} classes, {examples['train']:,} / {examples['validation']:,} / {examples['test']:,} "
+        f"train / validation / test images; square roots of the handcrafted histograms: {results['hellinger']}; "
+        f"{_machine(results)} at the start. CPU: user + system seconds of the command; load: 1-minute load "
+        "average when it started and ended; peak RSS: the larger of the process's and its process tree's. "
+        "Written by `benchmarks/baselines_extracted_benchmark.py`.",
+    ]
+    return "\n".join(lines)
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -297,6 +331,8 @@ RENDERERS = {
     "backbones": ("backbones.md", _include("backbones.md")),
     "build_speed": ("build_records.json", render_build_speed),
     "recipe_ablation": ("recipe_ablation.json", render_recipe_ablation),
+    "baselines_full": ("baselines_full.json", render_baselines_extracted),
+    "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
 }
 
 

@@ -148,6 +148,8 @@ def test_each_baseline_folder_has_every_output(trained):
             "confusion_matrix.png",
             "importance.csv",
             "interpretation.png",
+            "per_class_f1.png",
+            "report.md",
         }
         assert expected <= set(os.listdir(folder)), model
         assert ("coefficients.csv" in os.listdir(folder)) == (model == "logreg")
@@ -164,6 +166,26 @@ def test_each_baseline_folder_has_every_output(trained):
         assert written["model_sha256"] == record["model_sha256"] and written["solver"] == (
             "streamed SGD (partial_fit over chunks)" if model in ("sgd", "linear_svm") else "in memory"
         )
+
+
+def _named(params):
+    return ", ".join(f"{key.removeprefix('classifier__')}={value}" for key, value in params.items())
+
+
+def test_each_report_states_the_choice_the_search_and_the_test_figures_with_intervals(trained):
+    for model, record in trained["results"].items():
+        with open(os.path.join(record["folder"], "report.md")) as handle:
+            text = handle.read()
+        chosen = _named(record["search"]["chosen"])
+        test = record["metrics"]["test"]
+        low, high = test["intervals"]["macro_f1"]
+        assert f"# Baseline `{model}` on handcrafted features" in text and f"- Chosen: {chosen} (" in text, model
+        assert f"| test | {test['num_examples']} | {test['macro_f1']:.3f} [{low:.3f}, {high:.3f}] |" in text, model
+        assert all(f"| {row['round']} | {_named(row['params'])} |" in text for row in record["search"]["candidates"])
+        assert "[F1 per class](per_class_f1.png)" in text and "[confusion matrix (test)](confusion_matrix.png)" in text
+    # Nothing converges in a nearest-neighbour search: its rows say n/a, not "yes".
+    knn = trained["results"]["knn"]["search"]
+    assert all(row["converged"] is None for row in knn["candidates"]) and knn["final_fit"]["converged"] is None
 
 
 def test_small_grids_are_exhaustive_large_ones_halved(trained):
@@ -423,6 +445,8 @@ def test_comparison_lists_every_baseline_and_the_cnn_run(trained):
     with open(os.path.join(output, "comparison.md")) as handle:
         markdown = handle.read()
     assert markdown == trained["comparison"] and all(f"| {name} |" in markdown for name in expected)
+    links = [f"[handcrafted-{model}](handcrafted-{model}/report.md)" for model in classifiers.MODELS]
+    assert all(link in markdown for link in links) and "[tiny_cnn]" not in markdown
     assert (table["macro_f1_low"] <= table["macro_f1"]).all() and (table["macro_f1"] <= table["macro_f1_high"]).all()
     assert f"| {run['macro_f1']:.3f} [{run['macro_f1_low']:.3f}, {run['macro_f1_high']:.3f}] |" in markdown
 

@@ -8,6 +8,7 @@
 # pair and scores every image against every pair); above, a Nystroem map
 # followed by the linear SVM, streamed on every row.
 
+import contextlib
 import dataclasses
 import os
 from typing import NamedTuple
@@ -23,9 +24,10 @@ from abo_tf.classical import (
     feature_spec,
     interpretation,
     persistence,
+    report,
     search,
 )
-from abo_tf.common import options, outputs
+from abo_tf.common import console, options, outputs
 from abo_tf.common.errors import InputNotFoundError, UserInputError
 from abo_tf.records.split import SPLITS
 from abo_tf.reports import bootstrap
@@ -196,7 +198,10 @@ def check_splits(splits):
 
 
 def _check_finite(name, data):
-    """Refuses NaN or infinite features, which every solver refuses only once the search has fitted its candidates."""
+    """Refuses NaN or infinite features, which every solver refuses only once the search has fitted its candidates.
+
+    The pages read are released after: at full size they would keep 1 GB of features resident for nothing.
+    """
     for start in range(0, len(data.features), classifiers.CHUNK_ROWS):
         bad = ~np.isfinite(np.asarray(data.features[start : start + classifiers.CHUNK_ROWS])).all(axis=1)
         if bad.any():
@@ -205,6 +210,7 @@ def _check_finite(name, data):
                 f"features of {name} hold NaN or infinite values (row {row}, image {data.image_ids[row]!r}): "
                 f"the feature cache in {data.path!r} is damaged, delete it and extract again"
             )
+    classifiers.release_pages(data.features)
 
 
 class TrainingRows(NamedTuple):
@@ -296,6 +302,14 @@ def _record(model, config, splits, found, training, plan, classifier_rate):
     }
 
 
+@contextlib.contextmanager
+def _phase(enabled, description, steps):
+    """A progress bar of `steps` redrawn every 30 s (`classifiers.heartbeat`): a long silent step looks hung."""
+    bar = console.progress_bar(enabled=enabled, total=steps, desc=description, unit="step")
+    with bar, classifiers.heartbeat(bar):
+        yield bar
+
+
 def train_baseline(model, splits, config):
     """Searches, fits, evaluates and saves one baseline into OUTPUT/<features>-<model>.
 
@@ -319,17 +333,26 @@ def train_baseline(model, splits, config):
     )
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
-    results = evaluation.evaluate(found.pipeline, splits, config.exclude, config.bootstrap_samples, config.seed)
-    found.record["validation_macro_f1"] = results["validation"].metrics["macro_f1"]
-    evaluation.write_reports(folder, splits, results)
-    record = _record(model, config, splits, found, training, plan, results["test"].images_per_second)
-    record["model_sha256"] = persistence.save_model(found.pipeline, os.path.join(folder, persistence.MODEL_FILE))
-    if train.info["spec"]["kind"] == feature_spec.HANDCRAFTED:
-        record["importance"] = interpretation.interpret(
-            model, found.pipeline, splits["validation"], folder, config.seed
-        ).to_dict("records")
+    handcrafted = train.info["spec"]["kind"] == feature_spec.HANDCRAFTED
+    # Scoring 80k images with their bootstrap and the permutation importance take minutes at full size.
+    steps = 2 + handcrafted
+    with _phase(config.progress, f"{model} evaluation", steps) as bar:
+        results = evaluation.evaluate(found.pipeline, splits, config.exclude, config.bootstrap_samples, config.seed)
+        found.record["validation_macro_f1"] = results["validation"].metrics["macro_f1"]
+        bar.update()
+        evaluation.write_reports(folder, splits, results)
+        record = _record(model, config, splits, found, training, plan, results["test"].images_per_second)
+        record["model_sha256"] = persistence.save_model(found.pipeline, os.path.join(folder, persistence.MODEL_FILE))
+        bar.update()
+        if handcrafted:
+            record["importance"] = interpretation.interpret(
+                model, found.pipeline, splits["validation"], folder, config.seed
+            ).to_dict("records")
+            bar.update()
     persistence.write_record(folder, record)
-    return {**record, "folder": folder, "metrics": evaluation.metrics_by_split(results)}
+    by_split = evaluation.metrics_by_split(results)
+    report.write_report(folder, record, by_split)
+    return {**record, "folder": folder, "metrics": by_split}
 
 
 def run_baselines(config):
@@ -352,7 +375,9 @@ def run_baselines(config):
     splits = extraction.extract_features(
         config.records, config.feature_spec(), SPLITS, cache_dir, config.batch_size, config.workers, config.progress
     )
-    check_splits(splits)
+    with _phase(config.progress, "checking the features", 1) as bar:  # reads every row: minutes at full size
+        check_splits(splits)
+        bar.update()
     models = list(dict.fromkeys(config.models))
     for model in models:  # a limit below a row per class fails before the first model trains, not after it
         _row_limit(make_training(model, splits["train"], config), config)

@@ -9,7 +9,7 @@ import math
 import os
 import time
 
-from abo_tf.classical import persistence
+from abo_tf.classical import persistence, report
 from abo_tf.common import files
 from abo_tf.common.errors import UserInputError
 from abo_tf.reports import bootstrap, markdown, metrics, predictions_file
@@ -211,6 +211,16 @@ def paired_markdown(rows, samples, seed):
     )
 
 
+def _report_links(rows, output):
+    """A line linking each row's report.md (baselines), relative to `output`; "" when none has one."""
+    links = [
+        report.link(row["name"], os.path.relpath(os.path.join(row["folder"], report.REPORT_FILE), output))
+        for row in rows
+        if row.get("folder") and os.path.isfile(os.path.join(row["folder"], report.REPORT_FILE))
+    ]
+    return "\nReports: " + ", ".join(links) + ".\n" if links else ""
+
+
 def write_comparison(rows, output, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
     """Writes comparison.csv and comparison.md, best test macro-F1 first, then CNN runs minus baselines.
 
@@ -229,7 +239,7 @@ def write_comparison(rows, output, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
     files.write_csv(pd.DataFrame(rows, columns=COMPARISON_FIELDS), os.path.join(output, "comparison.csv"))
     table = markdown.table([_markdown_cells(row) for row in rows], [header for header, _, _ in MARKDOWN_COLUMNS])
     paired = paired_markdown(rows, samples, seed)
-    text = table + "\n\n" + NOTES + "\n" + ("\n" + paired if paired else "")
+    text = table + "\n\n" + NOTES + "\n" + _report_links(rows, output) + ("\n" + paired if paired else "")
     with open(os.path.join(output, "comparison.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     return text

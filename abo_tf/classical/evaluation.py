@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from abo_tf.auditing import leakage
-from abo_tf.classical import classifiers
+from abo_tf.classical import classifiers, report
 from abo_tf.common import files
 from abo_tf.reports import metrics, predictions_file
 
@@ -76,7 +76,8 @@ def end_to_end_rate(feature_rate, classifier_rate):
 
 
 def write_reports(folder, splits, evaluation):
-    """metrics.json, per_class.csv, test_predictions.csv and confusion_matrix.png (test) into a baseline folder."""
+    """metrics.json, per_class.csv, test_predictions.csv, per_class_f1.png and confusion_matrix.png (test) into a
+    baseline folder."""
     test, predictions = splits["test"], evaluation["test"].predictions
     files.write_json(os.path.join(folder, "metrics.json"), metrics_by_split(evaluation))
     hits = evaluation["test"].top5_hits
@@ -84,5 +85,6 @@ def write_reports(folder, splits, evaluation):
     counts = train_counts(splits)
     per_class = metrics.per_class_metrics(test.labels, predictions, test.classes, counts)
     files.write_csv(per_class, os.path.join(folder, "per_class.csv"))
+    metrics.plot_per_class_f1(per_class, os.path.join(folder, report.PER_CLASS_F1_FIGURE))
     matrix, names = metrics.confusion_matrix_top(test.labels, predictions, test.classes, train_counts=counts)
     metrics.plot_confusion_matrix(matrix, names, os.path.join(folder, "confusion_matrix.png"))

@@ -70,15 +70,16 @@ def _printable(params):
 
 
 def _converged(classifier, warned):
-    """Whether the solver converged; None for fixed-epoch SGD (no stopping rule).
+    """Whether the solver converged; None for fixed-epoch SGD (no stopping rule) and for the neighbour models
+    (no solver).
 
     Stopping before the iteration limit is not enough: lbfgs also stops early when its line search fails
     (scipy's ABNORMAL_TERMINATION_IN_LNSRCH), which scikit-learn reports only by a ConvergenceWarning
     (`warned`: the fit raised one).
     """
-    if classifier.__class__.__name__ == "SGDClassifier":
+    if classifier.__class__.__name__ == "SGDClassifier" or not hasattr(classifier, "max_iter"):
         return None
-    limit = getattr(classifier, "max_iter", -1)
+    limit = classifier.max_iter
     return bool(limit is None or limit < 0 or np.max(classifier.n_iter_) < limit) and not warned
 
 
