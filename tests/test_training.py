@@ -725,6 +725,7 @@ def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
     assert float(loss) == pytest.approx(float(np.mean(soft * class_weights.mean())), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_deterministic_augmented_pipeline_prints_no_tensorflow_log_line(built_records):
     """train --deterministic --randaugment: TF's make_deterministic rewrite of the parallel maps printed
     "NodeDef mentions attribute use_unbounded_threadpool" (in a process of its own: op determinism stays on)."""

@@ -85,7 +85,7 @@ class AuditOptions(feature_spec.FeatureOptions):
         near_duplicates.DEFAULT_HASH_DISTANCE,
         group=_DUPLICATES,
         minimum=0,
-        maximum=32,
+        maximum=near_duplicates.MAX_HASH_DISTANCE,
         help="largest perceptual-hash distance (bits of 64) of a pair",
     )
     pixel_similarity: float = options.option(

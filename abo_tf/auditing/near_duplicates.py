@@ -49,6 +49,9 @@ THUMBNAIL_SIDE = 16  # 768 bytes an image: 300 MB for 400k images
 # 4-7 bits probe each band at radius 1 (17 probes), 8-11 at radius 2 (137): 8 is where the benchmark's crops and
 # turns are found without unplanted pairs growing (benchmarks/near_duplicate_benchmark.py, README).
 DEFAULT_HASH_DISTANCE = 8
+# Probes grow as C(16, <= distance // 4) per band: 137 at 8-11, 697 at 12-15, 39,203 at 32, where a build of 129
+# images ran past 600 s (issue 23 review); past 15 bits of 64 a hash pairs unrelated pictures anyway.
+MAX_HASH_DISTANCE = 15
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
