@@ -282,7 +282,8 @@ def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_pat
         time.sleep(0.05)
     process.wait()
     assert not (output / "metrics.json").exists(), "the run finished before it could be killed"
-    assert train.main(command[3:]) == 0  # the same command again, in this process (the killed run was the CLI's)
+    resumed = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     history = _history(output)
     assert [int(row["step"]) for row in history] == [3, 6, 9]
     assert int(tf.train.load_checkpoint(str(output / "checkpoints")).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 9
