@@ -158,8 +158,8 @@ def test_a_run_whose_export_differs_fails_in_one_line_and_exports_nothing(built_
     records_dir, _ = built_records
     plain_copy = loop._plain_copy
 
-    def perturbed_copy(model):
-        copy = plain_copy(model)
+    def perturbed_copy(model, image_size=None):
+        copy = plain_copy(model, image_size)
         kernel, bias = copy.get_layer("logits").get_weights()
         copy.get_layer("logits").set_weights([kernel, bias + np.arange(len(bias), dtype=np.float32)])
         return copy
