@@ -12,6 +12,7 @@ The report folder (`--report`) gets:
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images
     summary.json          the figures of report.md, and the build the audit read (its manifest's SHA-256);
                           with --truth (a generated sample's), recall and precision on its planted label errors
+                          and the recall of its planted near-duplicates per edit family
     report.md             pairs per split pair, the share of test with a near-duplicate in train, top issues
     config.toml           the resolved options
 """
@@ -300,15 +301,50 @@ def _summary(options_, manifest_sha256, near, counts, label_audit, seconds):
     }
 
 
-def _load_planted(path):
-    """The planted label errors of a truth file, or None without --truth."""
+def _load_truth(path):
+    """A generated sample's truth dict, or None without --truth."""
     if not path:
         return None
     truth = files.read_json(path, what="sample truth")
     if truth is None or not isinstance(truth, dict) or not {"label_flips", "listing_flips"} <= set(truth):
         problem = "does not exist" if truth is None else "holds no label_flips and listing_flips"
         raise UserInputError(f"--truth {path!r} {problem}: give the file `python -m abo_tf.sample --truth` wrote")
-    return label_issues.planted_label_errors(truth)
+    return truth
+
+
+def score_planted_near_duplicates(truth, groups, image_ids):
+    """Recall of a sample's planted near-duplicates per edit family: a pair is found when both images share a
+    group. Pairs with an image missing from the build (filtered out by the build's options) are not counted.
+
+    Returns:
+      {family: {"planted", "found", "recall"}}, families sorted.
+    """
+    group_of, built, scores = dict(zip(groups.image_id, groups.group)), set(image_ids), {}
+    for pair in truth.get("near_duplicates", []):
+        if not {pair["image_id"], pair["duplicate_id"]} <= built:
+            continue
+        entry = scores.setdefault(pair["variant"], {"planted": 0, "found": 0})
+        entry["planted"] += 1
+        entry["found"] += int(group_of.get(pair["image_id"], -1) == group_of.get(pair["duplicate_id"], -2))
+    for entry in scores.values():
+        entry["recall"] = entry["found"] / entry["planted"]
+    return dict(sorted(scores.items()))
+
+
+def _planted_near_duplicates_markdown(scores):
+    if scores is None:
+        return []
+    rows = [
+        (family, entry["planted"], entry["found"], metrics.format_figure(entry["recall"]))
+        for family, entry in scores.items()
+    ]
+    return [
+        "Against the planted near-duplicates (`--truth`), per edit family (`abo_tf/testing/image_edits.py`, the "
+        "strongest moderate strength of each): found when both images share a group.",
+        "",
+        markdown.table(rows, ["edit family", "planted pairs", "found", "recall"]),
+        "",
+    ]
 
 
 def _planted_markdown(scores):
@@ -354,6 +390,7 @@ def _report_markdown(summary, counts, label_audit, galleries):
         f"group with a train image: score without them with `--exclude {GROUPS_FILE}`, or rebuild with "
         f"`build_records --join-near-duplicates {GROUPS_FILE}`.",
         "",
+        *_planted_near_duplicates_markdown(summary.get("planted_near_duplicates")),
         "## Likely label errors",
         "",
         f"{summary['label_issues']} of {summary['labels_audited']} train and validation images flagged "
@@ -384,7 +421,7 @@ def _find_near_duplicates(options_, splits_features):
     """(hashed images, (edges table, groups table)) of the build."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
     forest = near_duplicates.near_duplicate_forest(
-        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers
+        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers, options_.progress
     )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
@@ -407,7 +444,7 @@ def run_audit(options_):
     """
     started = time.perf_counter()
     _check_options(options_)
-    planted = _load_planted(options_.truth)
+    truth = _load_truth(options_.truth)
     manifest = shards.read_manifest(options_.records)
     # The cache first: a cache folder of another command, or inside the records, is refused before the report.
     outputs.claim(options_.cache_dir, "features", "--cache-dir", records=options_.records)
@@ -440,8 +477,11 @@ def run_audit(options_):
     counts = split_pair_counts(near[1], hashed)
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))
     summary = _summary(options_, manifest_sha256, near, counts, label_audit, time.perf_counter() - started)
-    if planted is not None:
-        summary["planted_label_errors"] = label_issues.score_planted(label_audit, planted)
+    if truth is not None:
+        summary["planted_label_errors"] = label_issues.score_planted(
+            label_audit, label_issues.planted_label_errors(truth)
+        )
+        summary["planted_near_duplicates"] = score_planted_near_duplicates(truth, near[1], hashed.image_ids)
     files.write_json(os.path.join(options_.report, SUMMARY_FILE), summary)
     shards.write_text(
         os.path.join(options_.report, REPORT_FILE), _report_markdown(summary, counts, label_audit, galleries)
