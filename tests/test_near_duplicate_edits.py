@@ -7,20 +7,10 @@ from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
-# Families (alone or combined) some copy of which the audit misses here: those that move or cover pixels, and a
-# brightening of 15% that clips a bright photo (the rest are found every time).
-NOT_ALWAYS_FOUND = {
-    "crop_one_side",
-    "crop_all_sides",
-    "pad_to_square",
-    "rotate",
-    "badge",
-    "brightness",
-    "resize+brightness",
-    "pad+mirror",
-    "rotate+crop",
-    "badge+saturation",
-}
+# Families (alone or combined) one of whose 11 copies here the audit misses: a badge where its corner held the
+# shot's only keypoints, a one-sided crop of 8% (the rest are found every time).
+NOT_ALWAYS_FOUND = {"crop_one_side", "badge", "badge+saturation"}
+MIN_RECALL = 0.8  # of every family here; the benchmark measures each at 256 px (README, "Data audit")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +37,4 @@ def test_every_family_is_found_without_joining_distinct_shots(planted):
     recall = {family: value for (family, _), value in recall.items()}
     assert unplanted == 0
     assert {family for family, value in recall.items() if value < 1} <= NOT_ALWAYS_FOUND, recall
-    # Where issue 18 still falls short (benchmarks/results/near_duplicates.json): padding (6 of these 11 copies,
-    # left to ORB since the thumbnail is untrimmed), turns, badges, one-sided crops (8 or 9).
-    assert min(recall.values()) >= 0.5, sorted(recall.items(), key=lambda item: item[1])[:4]
+    assert min(recall.values()) >= MIN_RECALL, sorted(recall.items(), key=lambda item: item[1])[:4]

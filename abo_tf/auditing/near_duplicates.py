@@ -11,18 +11,19 @@ search in Hamming space with multi-index hashing", CVPR 2012). Only candidates a
 
 Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
 turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
-product's white background), and besides its pHash the search holds the pHash of its mirror image and of its
-centre at CENTRE_SCALES (a crop on every side is the centre of the original): one multi-index search pairs
-an image's hash with any of the other's.
+product's background), and the search holds six pHashes of each image: trimmed, untrimmed, mirrored, its centre
+at CENTRE_SCALES (a crop on every side is the centre of the original) and its untrimmed centre at
+WHOLE_CENTRE_SCALE (a corner badge or a turn's white corners left out). One multi-index search pairs any two of
+them (`_candidate_pairs`).
 
-A hash alone pairs too much: catalog photos are one product on a white background, and on the generated
-sample two different phone cases are within 4 bits of each other as often as a planted copy is. So each
-candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (untrimmed, mean removed, unit
-norm, so a brightening changes nothing; in grey where either image is greyscale; the second mirrored for a
-mirror match) must reach `min_similarity`. A crop, a turn or a badge moves thumbnail pixels too much for that,
-so a pair whose thumbnails differ is also kept when `min_inliers` of its ORB keypoints (OpenCV, 32 per image)
-are mapped onto matching keypoints of the other image by one similarity transform (RANSAC): distinct shots of
-one real photograph align at most 5. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
+A hash alone pairs too much: catalog photos are one product on a background, and two different phone cases are
+within 4 bits of each other as often as a planted copy is; distinct real shots of a smooth sky or a star field
+are within 6-8. So each candidate pair is confirmed on its pixels (`_verified`): by its 16 x 16 colour thumbnails
+(untrimmed, mean removed, unit norm, so a brightening changes nothing; in grey where either image is greyscale;
+mirrored for a mirror match) where its hashes are within THUMBNAIL_HASH_DISTANCE bits, by their inner part (a
+badge, a turn), by the thumbnails of the trimmed images (padding), or by ORB keypoints (OpenCV, 32 per image)
+that one similarity transform of bounded scale and turn maps onto matching keypoints of the other image (RANSAC):
+crops and turns. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
 import functools
