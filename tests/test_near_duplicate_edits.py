@@ -1,6 +1,7 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+import numpy as np
 import pytest
 
 from abo_tf.auditing import near_duplicates
@@ -38,3 +39,26 @@ def test_every_family_is_found_without_joining_distinct_shots(planted):
     assert unplanted == 0
     assert {family for family, value in recall.items() if value < 1} <= NOT_ALWAYS_FOUND, recall
     assert min(recall.values()) >= MIN_RECALL, sorted(recall.items(), key=lambda item: item[1])[:4]
+
+
+def test_hash_kinds_pair_as_the_search_means():
+    kinds = near_duplicates
+    first = np.array(
+        [kinds.HASH, kinds.HASH, kinds.WHOLE_HASH, kinds.MIRROR_HASH, kinds.MIRROR_HASH, kinds.CENTRE_HASH]
+    )
+    second = np.array([kinds.HASH, kinds.WHOLE_HASH, kinds.WHOLE_HASH, kinds.HASH, kinds.MIRROR_HASH, kinds.WHOLE_HASH])
+    expected = [kinds.HASH, kinds.WHOLE_HASH, kinds.WHOLE_HASH, kinds.MIRROR_HASH, "", kinds.CENTRE_HASH]
+    assert near_duplicates._pair_kinds(first, second).tolist() == expected
+    assert near_duplicates._pair_kinds(np.array([kinds.MIRROR_HASH]), np.array([kinds.CENTRE_HASH])).tolist() == [""]
+
+
+def test_only_a_catalog_sized_similarity_transform_is_plausible():
+    def transform(scale, degrees):
+        turn = np.radians(degrees)
+        return np.array(
+            [[scale * np.cos(turn), -scale * np.sin(turn), 0], [scale * np.sin(turn), scale * np.cos(turn), 0]]
+        )
+
+    assert near_duplicates._plausible(transform(1.2, 3))
+    assert not near_duplicates._plausible(transform(1.6, 0))  # a closer zoom: another picture
+    assert not near_duplicates._plausible(transform(1.0, 30))  # a large turn: another shot
