@@ -133,7 +133,8 @@ def render_near_duplicates(results):
     for name in signals:
         cells = []
         for _, _, source in columns:
-            kept, false = source["edges_per_signal"].get(name, [0, 0])
+            entry = source["edges_per_signal"].get(name, [0, 0])
+            kept, false = entry if isinstance(entry, list) else (entry, "not recorded")  # runs before false edges
             cells.append(f"{kept:,} ({false})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     defaults = results["defaults"]
