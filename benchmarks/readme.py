@@ -152,27 +152,6 @@ def render_near_duplicates(results):
     return "\n".join(lines)
 
 
-def render_near_duplicates_scale(rows):
-    """The whole near-duplicate stage on a build (benchmarks/audit_benchmark.py): time, CPU, memory, hash rate."""
-    lines = [
-        "| images | hashing s (CPU s) | search s (CPU s) | total s | peak RSS MB | hashing vs bare `signature` x cores:"
-        " wall (CPU) | groups (images) | load average before, after |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        before, after = row.get("load_average_before"), row.get("load_average_after")
-        load = f"{before[0]:.0f}, {after[0]:.0f}" if before and after else "not recorded"
-        cpu_ratio = row.get("cpu_ratio_to_bare")
-        lines.append(
-            f"| {row['images']:,} | {row['hash_seconds']:.0f} ({row.get('hash_cpu_seconds', float('nan')):.0f}) | "
-            f"{row['search_seconds']:.0f} ({row.get('search_cpu_seconds', float('nan')):.0f}) | {row['seconds']:.0f} | "
-            f"{row['peak_rss_mb']:,.0f} | {row['ratio_to_bare_on_all_cores']:.2f} "
-            f"({'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}'}) | {row['groups']:,} ({row['grouped_images']:,}) | "
-            f"{load} |"
-        )
-    return "\n".join(lines)
-
-
 def _include(name):
     return lambda results: results.strip()
 
@@ -182,7 +161,6 @@ RENDERERS = {
     "test_suite": ("test_suite.json", render_test_suite),
     "export": ("export.md", _include("export.md")),
     "near_duplicates": ("near_duplicates.json", render_near_duplicates),
-    "near_duplicates_scale": ("audit.json", render_near_duplicates_scale),
 }
 
 
