@@ -5,8 +5,8 @@ The report folder (`--report`) gets:
     near_duplicate_groups.csv  every image with a near-duplicate: group, id, split, product type
     near_duplicates.csv   the pairs that joined each group (a spanning forest: one row fewer than the group's
                           images): ids, splits, product types, hash bits apart, thumbnail similarity, ORB
-                          inliers, and the signal that found it (identical, hash, mirror hash, centre hash, local
-                          features, embedding)
+                          inliers, and the signal that confirmed it (identical, hash, whole hash, mirror hash,
+                          inner thumbnail, trimmed thumbnail, local features, embedding)
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images
@@ -94,15 +94,16 @@ class AuditOptions(feature_spec.FeatureOptions):
         group=_DUPLICATES,
         minimum=-1.0,
         maximum=1.0,
-        help="smallest correlation of the 16 x 16 colour thumbnails of a hash pair that is kept",
+        help="smallest correlation of the 16 x 16 colour thumbnails (or their inner 12 x 12) that confirms a hash "
+        "pair within 4 bits",
     )
     min_inliers: int = options.option(
         near_duplicates.DEFAULT_MIN_INLIERS,
         group=_DUPLICATES,
         minimum=0,
         maximum=near_duplicates.KEYPOINTS,
-        help="ORB keypoints (of 32) one similarity transform must align for a hash pair whose thumbnails differ "
-        "(a crop, turn or badge) to be kept; 0 turns the check off",
+        help="ORB keypoints (of 32) one similarity transform (scale 0.7-1.43, turn <= 10 degrees) must align for a "
+        "hash pair no thumbnail confirms (a crop, a turn) to be kept; 0 turns the check off",
     )
     embedding_similarity: float = options.option(
         0.97,
