@@ -62,3 +62,26 @@ def test_only_a_catalog_sized_similarity_transform_is_plausible():
     assert near_duplicates._plausible(transform(1.2, 3))
     assert not near_duplicates._plausible(transform(1.6, 0))  # a closer zoom: another picture
     assert not near_duplicates._plausible(transform(1.0, 30))  # a large turn: another shot
+
+
+def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, monkeypatch):
+    hashed = planted[0]
+    checked = []
+    original = near_duplicates._inliers
+
+    def counting(hashed_, first, second):
+        checked.extend(zip(first.tolist(), second.tolist()))
+        return original(hashed_, first, second)
+
+    monkeypatch.setattr(near_duplicates, "_inliers", counting)
+    forest = near_duplicates.near_duplicate_forest(hashed)
+    assert checked and len(checked) == len(set(checked)) and forest.unchecked_local_pairs == 0
+    checked.clear()
+    capped = near_duplicates.near_duplicate_forest(hashed, max_local_checks=1)
+    counts = np.bincount(np.ravel(checked), minlength=len(hashed.hashes)) if checked else np.zeros(1)
+    assert counts.max() <= 1 and capped.unchecked_local_pairs > 0
+
+
+def test_the_cap_keeps_each_images_closest_pairs():
+    first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
+    assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]

@@ -81,6 +81,10 @@ UNDECODABLE = (1 << 64) - 1  # an image OpenCV cannot decode; no pHash has more 
 CENTRE_SCALES = (0.9, 0.8)  # centres hashed too: a crop of 5% and 10% on every side matches the full image's hash
 WHOLE_CENTRE_SCALE = 0.8  # the untrimmed image's centre: a corner badge or a turn's white corners left out
 KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
+# Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
+# hash is among the closest.
+DEFAULT_MAX_LOCAL_CHECKS = 32
+LOCAL_BLOCK = 4096  # pairs checked between joins: a join spares later pairs of the same group their check
 LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
 BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
 UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
@@ -536,6 +540,7 @@ class SpanningForest:
         self.size = size
         self.edges = _empty_pairs()
         self.component = np.arange(size)
+        self.unchecked_local_pairs = 0  # candidate pairs the keypoint check's per-image bound left out
 
     def apart(self, first, second):
         """Mask of the pairs whose images are in different groups so far."""
@@ -673,16 +678,16 @@ def _plausible(transform):
     return MIN_SCALE < scale < 1 / MIN_SCALE and abs(turn) <= MAX_TURN
 
 
-def _verified(hashed, candidates, min_similarity, min_inliers):
-    """(pairs kept, similarity, inliers, signal of each) of candidate pairs `(first, second, kind, distance)`.
+def _thumbnail_verified(hashed, candidates, min_similarity):
+    """(similarity, signal of each; "": not confirmed) of candidate pairs `(first, second, kind, distance)`.
 
     A pair is confirmed by the first of these it passes (its signal):
       - its thumbnails correlate at `min_similarity` (mirrored for a mirror hash), for hashes of one framing
         within THUMBNAIL_HASH_DISTANCE bits: a re-encoding, resize, colour change (signal: the hash kind);
       - the thumbnails' inner parts (INNER_THUMBNAIL) correlate as well, hashes as close: a corner badge, a turn;
-      - the thumbnails of the trimmed images correlate at TRIMMED_SIMILARITY (TRIMMED_THUMBNAIL): padding;
-      - `min_inliers` ORB keypoints are aligned by one similarity transform of bounded scale and turn
-        (LOCAL_FEATURES, not for mirror pairs: ORB descriptors are not mirror-invariant): crops, turns.
+      - the thumbnails of the trimmed images correlate at TRIMMED_SIMILARITY (TRIMMED_THUMBNAIL), their trimmed
+        hashes as close: padding (look-alike products on white correlate at 0.995 with hashes farther apart).
+    What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
     """
     first, second, kind, distance = candidates
     mirrored = kind == MIRROR_HASH
@@ -694,13 +699,82 @@ def _verified(hashed, candidates, min_similarity, min_inliers):
         signal = np.where((signal == "") & close_hashes & (inner >= min_similarity), INNER_THUMBNAIL, signal)
     if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
         trimmed_similarity = thumbnail_similarity(hashed.trimmed_thumbnails, first, second, mirrored)
-        signal = np.where((signal == "") & (trimmed_similarity >= TRIMMED_SIMILARITY), TRIMMED_THUMBNAIL, signal)
-    inliers = np.zeros(len(first), np.int64)
-    if not mirrored and min_inliers > 0:
-        checked = signal == ""
-        inliers[checked] = _inliers(hashed, first[checked], second[checked])
-        signal = np.where(checked & (inliers >= min_inliers), LOCAL_FEATURES, signal)
-    return signal != "", similarity, inliers, signal
+        trimmed_match = close_hashes & (trimmed_similarity >= TRIMMED_SIMILARITY)
+        signal = np.where((signal == "") & trimmed_match, TRIMMED_THUMBNAIL, signal)
+    return similarity, signal
+
+
+def _unique_pairs(keys, distances):
+    """(keys, distances) with each pair key once, at its smallest hash distance."""
+    order = np.lexsort((distances, keys))
+    keys, distances = keys[order], distances[order]
+    first_of = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, bool)
+    return keys[first_of], distances[first_of]
+
+
+def _capped(first, second, distance, cap):
+    """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first."""
+    pair = np.argsort(distance, kind="stable")
+    images = np.concatenate([first[pair], second[pair]])
+    ends = np.concatenate([pair, pair])
+    order = np.lexsort((np.concatenate([np.arange(len(pair))] * 2), images))  # by image, then by distance rank
+    sorted_images = images[order]
+    starts = np.searchsorted(sorted_images, sorted_images, side="left")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - starts
+    worst = np.zeros(len(first), np.int64)
+    np.maximum.at(worst, ends, rank)
+    return worst < cap
+
+
+class _LocalCandidates:
+    """The candidate pairs no thumbnail confirmed, each kept once at its smallest hash distance, for ORB.
+
+    A pair matches in up to BANDS bands and several hash kinds: checked where found, a rejected pair's
+    keypoints were matched again each time, and a 42,762-image slice did not finish its first probe in 20
+    minutes. Gathered here, each pair is checked once, after the search (`_local_pairs`).
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.keys, self.distances = [], []
+        self.held, self.folded = 0, 0
+
+    def add(self, first, second, distance):
+        self.keys.append(first * self.size + second)
+        self.distances.append(distance)
+        self.held += len(first)
+        if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
+            keys, distances = _unique_pairs(*self._joined())  # about the unique pairs'
+            self.keys, self.distances, self.held, self.folded = [keys], [distances], len(keys), len(keys)
+
+    def _joined(self):
+        empty = np.zeros(0, np.int64)
+        return np.concatenate([empty] + self.keys), np.concatenate([empty] + self.distances)
+
+    def pairs(self):
+        """(first, second, distance) of the unique pairs."""
+        keys, distances = _unique_pairs(*self._joined())
+        return keys // self.size, keys % self.size, distances
+
+
+def _local_pairs(hashed, forest, local, min_inliers, cap):
+    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
+    most `cap` checked pairs; returns how many pairs the cap left unchecked."""
+    first, second, distance = local.pairs()
+    apart = forest.apart(first, second)
+    first, second, distance = first[apart], second[apart], distance[apart]
+    kept = _capped(first, second, distance, cap)
+    order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
+    for start in range(0, len(order), LOCAL_BLOCK):
+        block = order[start : start + LOCAL_BLOCK]
+        block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
+        inliers = _inliers(hashed, first[block], second[block])
+        found = inliers >= min_inliers
+        similarity = thumbnail_similarity(hashed.thumbnails, first[block][found], second[block][found])
+        pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
+        forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
+    return int((~kept).sum())
 
 
 def near_duplicate_forest(
@@ -709,6 +783,7 @@ def near_duplicate_forest(
     min_similarity=DEFAULT_PIXEL_SIMILARITY,
     min_inliers=DEFAULT_MIN_INLIERS,
     progress=False,
+    max_local_checks=DEFAULT_MAX_LOCAL_CHECKS,
 ):
     """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
     thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
@@ -716,18 +791,25 @@ def near_duplicate_forest(
 
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
+    The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
+    hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`.
     """
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
+    local = _LocalCandidates(len(hashed.hashes))
     bar = console.progress_bar(total=probe_count(max_distance), desc="pairing", unit="probe", enabled=progress)
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, lambda: bar.update(1)):
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
-        kept, similarity, inliers, signal = _verified(hashed, candidates, min_similarity, min_inliers)
-        first, second = candidates[:2]
-        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "", inliers[kept])
+        similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity)
+        first, second, kept = candidates[0], candidates[1], signal != ""
+        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
         forest.add(pairs._replace(signal=signal[kept]))
+        if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
+            local.add(first[~kept], second[~kept], candidates[3][~kept])
     bar.close()
+    if min_inliers > 0 and hashed.descriptors is not None:
+        forest.unchecked_local_pairs = _local_pairs(hashed, forest, local, min_inliers, max_local_checks)
     return forest
