@@ -63,7 +63,8 @@ def bare_rate(records_dir):
     from abo_tf.records import schema, shards
 
     manifest, encoded = shards.read_manifest(records_dir), []
-    for serialized in shards.iter_framed_records(shards.shard_paths(records_dir, manifest, "train")[0]):
+    split = next(iter(manifest["splits"]))  # a slice of a build may hold one split only
+    for serialized in shards.iter_framed_records(shards.shard_paths(records_dir, manifest, split)[0]):
         encoded.append(shards.parse_record(serialized)[schema.IMAGE])
         if len(encoded) == BARE_IMAGES:
             break
