@@ -4,8 +4,9 @@
     python -m abo_tf.audit --records tfrecords/abo/1.0.0 --report reports/audit-cnn --features cnn \\
         --backbone resnet50 --weights imagenet
 
-Near-duplicates: a DCT perceptual hash of every image (worker processes), pairs within `--hash-distance` bits
-found by multi-index hashing and confirmed on 16 x 16 thumbnails; with CNN features, also pairs whose
+Near-duplicates: DCT perceptual hashes of every image trimmed, untrimmed, mirrored and of its centres (worker
+processes), pairs within `--hash-distance` bits found by multi-index hashing and confirmed on 16 x 16 thumbnails
+or aligned ORB keypoints; with CNN features, also pairs whose
 embeddings reach `--embedding-similarity`. Likely label errors: out-of-sample probabilities of the train and
 validation images by k-fold logistic regression on the cached features (abo_tf.features' cache), ranked by
 cleanlab's confident learning. The library is abo_tf/auditing/; the report folder's files are listed in
@@ -37,6 +38,10 @@ def main(argv=None):
     print(
         f"{summary['label_issues']} likely label errors among {summary['labels_audited']} train and validation images"
     )
+    planted = summary.get("planted_near_duplicates")
+    if planted:
+        found = ", ".join(f"{family} {entry['found']}/{entry['planted']}" for family, entry in planted.items())
+        print(f"planted near-duplicates found per edit family (--truth): {found}")
     print(f"report: {os.path.join(audit_options.report, audit.REPORT_FILE)}")
     return 0
 

@@ -1,37 +1,34 @@
 """Benchmark: the near-duplicate audit (hashing + multi-index search + groups file) on a generated build.
 
     .venv/bin/python benchmarks/audit_benchmark.py [--images 100000] [--work-dir DIR]
+    .venv/bin/python benchmarks/audit_benchmark.py --records DIR   # an existing build (read only), e.g. ABO size
 
 A generated sample of about `--images` images (`abo_tf.sample`, all images of every listing) is built once
-(`--work-dir` keeps both between runs). Then, in a child process, `near_duplicates.hash_records` (worker
-processes on every core), `near_duplicate_forest` and the groups file are timed, while the summed RSS of the
-child and its workers is sampled every 20 ms. The bare rate is `near_duplicates.signature` in one process
+(`--work-dir` keeps both between runs), or `--records` names a build. Then, in a child process,
+`near_duplicates.hash_records` (worker processes on every core), `near_duplicate_forest` and the groups file
+are timed, while the summed RSS of the child and its workers is sampled (abo_tf.testing.measure); the child
+also counts its and its workers' CPU seconds. The bare rate is `near_duplicates.signature` in one process
 on the same records' images, already in memory; times the cores it is what a perfect fan-out would reach,
-and the ratio says how much reading, parsing and the worker queue cost. Label issues are not timed here:
-their cost is the feature extraction's (benchmarks/baselines_benchmark.py) plus a k-fold logistic regression.
+and the ratio says how much reading, parsing and the worker queue cost. On a shared machine the wall-clock
+ratio moves with the load, so the CPU seconds an image of both are compared too (`cpu_ratio_to_bare`).
+Label issues are not timed here: their cost is the feature extraction's (benchmarks/baselines_benchmark.py)
+plus a k-fold logistic regression.
 Prints a Markdown table and writes benchmarks/results/audit.json.
 """
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
-from shared import REPO, write_results
+import numpy as np
+from shared import write_results
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average, as in build_records_benchmark.py
 
 BARE_IMAGES = 5000
-
-
-def peak_memory(command):
-    """Peak summed RSS (bytes) of `command` and its worker processes (build_records_benchmark's sampling)."""
-    from benchmarks.build_records_benchmark import peak_memory as sampled_peak
-
-    return sampled_peak(command)
 
 
 def _prepare(work_dir, num_images):
@@ -66,25 +63,33 @@ def bare_rate(records_dir):
     from abo_tf.records import schema, shards
 
     manifest, encoded = shards.read_manifest(records_dir), []
-    for serialized in shards.iter_framed_records(shards.shard_paths(records_dir, manifest, "train")[0]):
+    split = next(iter(manifest["splits"]))  # a slice of a build may hold one split only
+    for serialized in shards.iter_framed_records(shards.shard_paths(records_dir, manifest, split)[0]):
         encoded.append(shards.parse_record(serialized)[schema.IMAGE])
         if len(encoded) == BARE_IMAGES:
             break
     near_duplicates._single_threaded_worker()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for data in encoded:
         near_duplicates.signature(data)
-    return len(encoded) / (time.perf_counter() - started)
+    return len(encoded) / (time.perf_counter() - started), (time.process_time() - cpu_started) / len(encoded)
+
+
+def _cpu_seconds():
+    """CPU seconds (user + system) of this process and of its finished workers."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def audit_near_duplicates(records_dir, output):
     """The timed part, run in a child process: prints a JSON line of its figures."""
     from abo_tf.auditing import audit, near_duplicates
 
-    started = time.perf_counter()
-    hashed = near_duplicates.hash_records(records_dir, progress=False)
-    hashed_at = time.perf_counter()
-    group_of = near_duplicates.near_duplicate_forest(hashed).groups()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    hashed = near_duplicates.hash_records(records_dir, progress=True)
+    hashed_at, cpu_hashed_at = time.perf_counter(), _cpu_seconds()
+    forest = near_duplicates.near_duplicate_forest(hashed, progress=True)
+    group_of = forest.groups()
     groups = audit._groups_table(hashed, group_of)
     groups.to_csv(output, index=False)
     done = time.perf_counter()
@@ -95,6 +100,11 @@ def audit_near_duplicates(records_dir, output):
                 "hash_seconds": hashed_at - started,
                 "search_seconds": done - hashed_at,
                 "seconds": done - started,
+                "hash_cpu_seconds": cpu_hashed_at - cpu_started,
+                "search_cpu_seconds": _cpu_seconds() - cpu_hashed_at,
+                "edges_per_signal": dict(
+                    zip(*(column.tolist() for column in np.unique(forest.edges.signal, return_counts=True)))
+                ),
                 "groups": int(groups.group.nunique()),
                 "grouped_images": len(groups),
             }
@@ -102,31 +112,41 @@ def audit_near_duplicates(records_dir, output):
     )
 
 
-def measure(num_images, work_dir):
-    records_dir, truth = _prepare(work_dir, num_images)
-    output = os.path.join(work_dir, f"near_duplicate_groups-{num_images}.csv")
-    command = [sys.executable, os.path.abspath(__file__), "--child", records_dir, output]
-    timed = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout)
-    peak = peak_memory(command)
-    cores = os.cpu_count() or 1
-    bare = bare_rate(records_dir)
-    pipeline_rate = timed["images"] / timed["hash_seconds"]
-    planted = {frozenset((pair["image_id"], pair["duplicate_id"])) for pair in truth["near_duplicates"]}
-    import pandas as pd
+def measure(records_dir, truth, output):
+    """The figures of one build: the child's timings, its peak summed RSS, the bare rate, planted pairs joined."""
+    from abo_tf.testing import measure as measuring
 
-    table = pd.read_csv(output)
-    group_of = dict(zip(table.image_id, table.group))
-    found = {pair for pair in planted if len({group_of.get(image_id, image_id) for image_id in pair}) == 1}
-    return {
+    command = [sys.executable, os.path.abspath(__file__), "--child", records_dir, output]
+    load_before = os.getloadavg()
+    code, stdout, stderr, peak = measuring.run_measured(command, timeout=3600)
+    if code:
+        raise RuntimeError(f"the audit child failed: {stderr[-2000:]}")
+    timed = json.loads(stdout.strip().splitlines()[-1])
+    cores = os.cpu_count() or 1
+    bare, bare_cpu = bare_rate(records_dir)
+    pipeline_rate = timed["images"] / timed["hash_seconds"]
+    row = {
         **timed,
+        "records": os.path.abspath(records_dir),
         "cores": cores,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
         "peak_rss_mb": peak / 2**20,
         "hash_images_per_second": pipeline_rate,
         "bare_images_per_second_one_core": bare,
         "ratio_to_bare_on_all_cores": pipeline_rate / (bare * cores),
-        "planted_pairs": len(planted),  # found: both images in one group
-        "planted_found": len(found),
+        "bare_cpu_seconds_per_image": bare_cpu,
+        "cpu_ratio_to_bare": bare_cpu * timed["images"] / timed["hash_cpu_seconds"],
     }
+    if truth is not None:
+        import pandas as pd
+
+        planted = {frozenset((pair["image_id"], pair["duplicate_id"])) for pair in truth["near_duplicates"]}
+        table = pd.read_csv(output)
+        group_of = dict(zip(table.image_id, table.group))
+        found = {pair for pair in planted if len({group_of.get(image_id, image_id) for image_id in pair}) == 1}
+        row.update(planted_pairs=len(planted), planted_found=len(found))  # found: both images in one group
+    return row
 
 
 def main():
@@ -135,9 +155,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[100_000])
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
+    parser.add_argument("--records", default=None, help="an existing build to audit instead (read only)")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="audit-benchmark-")
-    rows = [measure(num_images, work_dir) for num_images in args.images]
+    if args.records:
+        rows = [measure(args.records, None, os.path.join(work_dir, "near_duplicate_groups.csv"))]
+    else:
+        rows = []
+        for num_images in args.images:
+            records_dir, truth = _prepare(work_dir, num_images)
+            rows.append(measure(records_dir, truth, os.path.join(work_dir, f"near_duplicate_groups-{num_images}.csv")))
     print("| images | hashing img/s | bare img/s x cores | ratio | search s | total s | peak RSS MB | planted joined |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -146,7 +173,7 @@ def main():
             f"{row['bare_images_per_second_one_core']:.0f} x {row['cores']} | "
             f"{row['ratio_to_bare_on_all_cores']:.2f} | "
             f"{row['search_seconds']:.1f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} | "
-            f"{row['planted_found']} of {row['planted_pairs']} "
+            f"{row.get('planted_found', '-')} of {row.get('planted_pairs', '-')} "
             f"({row['groups']} groups, {row['grouped_images']} images) |"
         )
     write_results("audit.json", rows)

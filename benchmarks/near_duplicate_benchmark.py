@@ -24,8 +24,8 @@ from shared import write_results
 from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
-# (hash distance, thumbnail correlation, ORB inliers; 0: no keypoint check) around the defaults.
-SWEEP = ((8, 0.985, 0),)
+# (hash distance, thumbnail correlation, ORB inliers; 0: no keypoint check) around the defaults (--sweep).
+SWEEP = ((8, 0.985, 0), (8, 0.985, 8), (8, 0.985, 12), (10, 0.985, 10))
 CATALOG_COPIES_PER_CASE = 40  # of about 1,000 catalog images: 2,000 copies
 
 
@@ -60,11 +60,17 @@ def hashed_set(encoded):
 
 
 def evaluate(hashed, shot_of, truth, max_distance, min_similarity, min_inliers):
-    """(recall per case, unplanted joins, signals of the kept edges) of the audit's rule at these thresholds."""
+    """(recall per case, unplanted joins, {signal: [edges kept, edges joining two distinct shots]}) of the audit's
+    rule at these thresholds: which signal finds the copies, and which one makes the false pairs."""
     forest = near_duplicates.near_duplicate_forest(hashed, max_distance, min_similarity, min_inliers)
     recall, unplanted = image_edits.score_groups(forest.groups(), shot_of, truth)
-    signals = dict(zip(*np.unique(forest.edges.signal, return_counts=True)))
-    return recall, unplanted, {str(name): int(count) for name, count in signals.items()}
+    shots = np.asarray(shot_of)
+    false = shots[forest.edges.first] != shots[forest.edges.second]
+    signals = {
+        str(name): [int((forest.edges.signal == name).sum()), int((false & (forest.edges.signal == name)).sum())]
+        for name in np.unique(forest.edges.signal)
+    }
+    return recall, unplanted, signals
 
 
 def _moderate_summary(recall):
@@ -88,7 +94,7 @@ def _sweep_row(hashed, shot_of, truth, distance, similarity, inliers):
     }
 
 
-def run_source(name, shots, seed, copies_per_case=None):
+def run_source(name, shots, seed, copies_per_case=None, sweep=False):
     """The results of one source set (real photographs or catalog images)."""
     encoded, shot_of, truth = image_edits.planted_set(shots, image_edits.edit_cases(), seed, copies_per_case)
     started = time.perf_counter()
@@ -120,8 +126,8 @@ def run_source(name, shots, seed, copies_per_case=None):
         "worst_moderate_recall_per_family": _moderate_summary(recall),
         "unplanted_joins": unplanted,
         "unplanted_per_10k": 1e4 * unplanted / len(encoded),
-        "edges_per_signal": signals,
-        "sweep": [_sweep_row(hashed, shot_of, truth, *row) for row in SWEEP],
+        "edges_per_signal": signals,  # [kept, joining distinct shots]
+        "sweep": [_sweep_row(hashed, shot_of, truth, *row) for row in SWEEP] if sweep else [],
     }
 
 
@@ -142,7 +148,9 @@ def _print(result):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--catalog-listings", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the catalog and of the edits (1: the held-out check)")
+    parser.add_argument("--sweep", action="store_true", help="also run the rule at the SWEEP thresholds")
+    parser.add_argument("--output", default="near_duplicates.json", help="results file in benchmarks/results")
     arguments = parser.parse_args()
     results = {
         "defaults": {
@@ -150,6 +158,7 @@ def main():
             "pixel_similarity": near_duplicates.DEFAULT_PIXEL_SIMILARITY,
             "min_inliers": near_duplicates.DEFAULT_MIN_INLIERS,
         },
+        "seed": arguments.seed,
         "cores": os.cpu_count(),
         "load_average": os.getloadavg()[0],
         "sources": [],
@@ -158,10 +167,11 @@ def main():
         ("real photographs", image_edits.distinct_shots(image_edits.real_photographs()), None),
         ("generated catalog", catalog_shots(arguments.catalog_listings, arguments.seed), CATALOG_COPIES_PER_CASE),
     ):
-        result = run_source(name, shots, arguments.seed, copies)
+        result = run_source(name, shots, arguments.seed, copies, arguments.sweep)
         _print(result)
         results["sources"].append(result)
-    print(write_results("near_duplicates.json", results))
+    results["load_average_end"] = os.getloadavg()[0]
+    print(write_results(arguments.output, results))
 
 
 if __name__ == "__main__":

@@ -319,6 +319,67 @@ def render_baselines_extracted(results):
     return "\n".join(lines)
 
 
+def _worst_moderate(source):
+    """{family: the worst recall over its moderate strengths} of one source of a near-duplicate benchmark run."""
+    return source["worst_moderate_recall_per_family"]
+
+
+def render_near_duplicates(results):
+    """Worst moderate recall per edit family, unplanted joins and the signals' edges: the run the defaults were
+    chosen on and, when recorded, the held-out check (near_duplicates_heldout.json, another seed)."""
+    runs = [("chosen on", results)]
+    if os.path.isfile(shared.results_path("near_duplicates_heldout.json")):
+        runs.append(("checked on", _read("near_duplicates_heldout.json")))
+    columns = [(label, run, source) for label, run in runs for source in run["sources"]]
+    header = ["family (moderate strengths)"] + [
+        f"{source['source']}, seed {run.get('seed', 0)} ({label})" for label, run, source in columns
+    ]
+    families = sorted({family for _, _, source in columns for family in _worst_moderate(source)})
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for family in families:
+        cells = [
+            f"{_worst_moderate(source)[family]:.2f}" if family in _worst_moderate(source) else "n/a"
+            for _, _, source in columns
+        ]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **unplanted joins per 10k images** | "
+        + " | ".join(f"**{source['unplanted_per_10k']:.1f}**" for _, _, source in columns)
+        + " |"
+    )
+    lines.append(
+        "| images (distinct shots) | "
+        + " | ".join(f"{source['images']:,} ({source['shots']:,})" for _, _, source in columns)
+        + " |"
+    )
+    signals = sorted({name for _, _, source in columns for name in source["edges_per_signal"]})
+    lines += [
+        "",
+        "| signal: edges kept (of them joining two distinct shots) | " + " | ".join(header[1:]) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name in signals:
+        cells = []
+        for _, _, source in columns:
+            entry = source["edges_per_signal"].get(name, [0, 0])
+            kept, false = entry if isinstance(entry, list) else (entry, "not recorded")  # runs before false edges
+            cells.append(f"{kept:,} ({false})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    defaults = results["defaults"]
+    loads = ", ".join(
+        f"{run['load_average']:.0f}-{run.get('load_average_end', run['load_average']):.0f}" for _, run in runs
+    )
+    lines += [
+        "",
+        f"Defaults: `--hash-distance {defaults['hash_distance']}`, "
+        f"`--pixel-similarity {defaults['pixel_similarity']}`, `--min-inliers {defaults['min_inliers']}`. "
+        "`benchmarks/near_duplicate_benchmark.py` (`--seed 1 --output near_duplicates_heldout.json` for the check), "
+        f"one run each on {results['cores']} shared cores at load "
+        f"{loads}.",
+    ]
+    return "\n".join(lines)
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -333,6 +394,7 @@ RENDERERS = {
     "recipe_ablation": ("recipe_ablation.json", render_recipe_ablation),
     "baselines_full": ("baselines_full.json", render_baselines_extracted),
     "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
+    "near_duplicates": ("near_duplicates.json", render_near_duplicates),
 }
 
 

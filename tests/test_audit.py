@@ -126,6 +126,13 @@ def test_planted_near_duplicates_are_found_with_few_false_pairs(abo_sample, audi
     # hash by 12-30 bits. At 256 px see benchmarks/results/near_duplicates.json (README, "Data audit").
     assert len(planted & reported) / len(planted) >= 0.5, missed
     assert len(reported - planted) <= 0.05 * len(reported)
+    # --truth scores the same pairs per edit family, in summary.json and report.md
+    per_family = files.read_json(os.path.join(audited["report"], audit.SUMMARY_FILE))["planted_near_duplicates"]
+    assert set(per_family) == set(synthetic_abo.NEAR_DUPLICATE_VARIANTS)
+    assert sum(entry["planted"] for entry in per_family.values()) == len(planted)
+    assert sum(entry["found"] for entry in per_family.values()) == len(planted & reported)
+    with open(os.path.join(audited["report"], audit.REPORT_FILE)) as handle:
+        assert "Against the planted near-duplicates" in handle.read()
 
 
 @pytest.mark.parametrize("max_distance, block", [(0, 1 << 22), (3, 1 << 22), (8, 1 << 22), (13, 1 << 22), (6, 7)])

@@ -1,26 +1,17 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+import numpy as np
 import pytest
 
 from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
-# Families (alone or combined) some copy of which the audit misses here: those that move or cover pixels, and a
-# brightening of 15% that clips a bright photo (the rest are found every time).
-NOT_ALWAYS_FOUND = {
-    "crop_one_side",
-    "crop_all_sides",
-    "pad_to_square",
-    "rotate",
-    "badge",
-    "brightness",
-    "resize+brightness",
-    "pad+mirror",
-    "rotate+crop",
-    "badge+saturation",
-}
+# Families (alone or combined) one of whose 11 copies here the audit misses: a badge where its corner held the
+# shot's only keypoints, a one-sided crop of 8% (the rest are found every time).
+NOT_ALWAYS_FOUND = {"crop_one_side", "badge", "badge+saturation"}
+MIN_RECALL = 0.8  # of every family here; the benchmark measures each at 256 px (README, "Data audit")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +38,50 @@ def test_every_family_is_found_without_joining_distinct_shots(planted):
     recall = {family: value for (family, _), value in recall.items()}
     assert unplanted == 0
     assert {family for family, value in recall.items() if value < 1} <= NOT_ALWAYS_FOUND, recall
-    # Where issue 18 still falls short (benchmarks/results/near_duplicates.json): padding (6 of these 11 copies,
-    # left to ORB since the thumbnail is untrimmed), turns, badges, one-sided crops (8 or 9).
-    assert min(recall.values()) >= 0.5, sorted(recall.items(), key=lambda item: item[1])[:4]
+    assert min(recall.values()) >= MIN_RECALL, sorted(recall.items(), key=lambda item: item[1])[:4]
+
+
+def test_hash_kinds_pair_as_the_search_means():
+    kinds = near_duplicates
+    first = np.array(
+        [kinds.HASH, kinds.HASH, kinds.WHOLE_HASH, kinds.MIRROR_HASH, kinds.MIRROR_HASH, kinds.CENTRE_HASH]
+    )
+    second = np.array([kinds.HASH, kinds.WHOLE_HASH, kinds.WHOLE_HASH, kinds.HASH, kinds.MIRROR_HASH, kinds.WHOLE_HASH])
+    expected = [kinds.HASH, kinds.WHOLE_HASH, kinds.WHOLE_HASH, kinds.MIRROR_HASH, "", kinds.CENTRE_HASH]
+    assert near_duplicates._pair_kinds(first, second).tolist() == expected
+    assert near_duplicates._pair_kinds(np.array([kinds.MIRROR_HASH]), np.array([kinds.CENTRE_HASH])).tolist() == [""]
+
+
+def test_only_a_catalog_sized_similarity_transform_is_plausible():
+    def transform(scale, degrees):
+        turn = np.radians(degrees)
+        return np.array(
+            [[scale * np.cos(turn), -scale * np.sin(turn), 0], [scale * np.sin(turn), scale * np.cos(turn), 0]]
+        )
+
+    assert near_duplicates._plausible(transform(1.2, 3))
+    assert not near_duplicates._plausible(transform(1.6, 0))  # a closer zoom: another picture
+    assert not near_duplicates._plausible(transform(1.0, 30))  # a large turn: another shot
+
+
+def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, monkeypatch):
+    hashed = planted[0]
+    checked = []
+    original = near_duplicates._inliers
+
+    def counting(hashed_, first, second):
+        checked.extend(zip(first.tolist(), second.tolist()))
+        return original(hashed_, first, second)
+
+    monkeypatch.setattr(near_duplicates, "_inliers", counting)
+    forest = near_duplicates.near_duplicate_forest(hashed)
+    assert checked and len(checked) == len(set(checked)) and forest.unchecked_local_pairs == 0
+    checked.clear()
+    capped = near_duplicates.near_duplicate_forest(hashed, max_local_checks=1)
+    counts = np.bincount(np.ravel(checked), minlength=len(hashed.hashes)) if checked else np.zeros(1)
+    assert counts.max() <= 1 and capped.unchecked_local_pairs > 0
+
+
+def test_the_cap_keeps_each_images_closest_pairs():
+    first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
+    assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]

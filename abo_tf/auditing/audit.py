@@ -5,13 +5,14 @@ The report folder (`--report`) gets:
     near_duplicate_groups.csv  every image with a near-duplicate: group, id, split, product type
     near_duplicates.csv   the pairs that joined each group (a spanning forest: one row fewer than the group's
                           images): ids, splits, product types, hash bits apart, thumbnail similarity, ORB
-                          inliers, and the signal that found it (identical, hash, mirror hash, centre hash, local
-                          features, embedding)
+                          inliers, and the signal that confirmed it (identical, hash, whole hash, mirror hash,
+                          inner thumbnail, trimmed thumbnail, local features, embedding)
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images
     summary.json          the figures of report.md, and the build the audit read (its manifest's SHA-256);
                           with --truth (a generated sample's), recall and precision on its planted label errors
+                          and the recall of its planted near-duplicates per edit family
     report.md             pairs per split pair, the share of test with a near-duplicate in train, top issues
     config.toml           the resolved options
 """
@@ -93,15 +94,16 @@ class AuditOptions(feature_spec.FeatureOptions):
         group=_DUPLICATES,
         minimum=-1.0,
         maximum=1.0,
-        help="smallest correlation of the 16 x 16 colour thumbnails of a hash pair that is kept",
+        help="smallest correlation of the 16 x 16 colour thumbnails (or their inner 12 x 12) that confirms a hash "
+        "pair within 4 bits",
     )
     min_inliers: int = options.option(
         near_duplicates.DEFAULT_MIN_INLIERS,
         group=_DUPLICATES,
         minimum=0,
         maximum=near_duplicates.KEYPOINTS,
-        help="ORB keypoints (of 32) one similarity transform must align for a hash pair whose thumbnails differ "
-        "(a crop, turn or badge) to be kept; 0 turns the check off",
+        help="ORB keypoints (of 32) one similarity transform (scale 0.7-1.43, turn <= 10 degrees) must align for a "
+        "hash pair no thumbnail confirms (a crop, a turn) to be kept; 0 turns the check off",
     )
     embedding_similarity: float = options.option(
         0.97,
@@ -300,8 +302,8 @@ def _summary(options_, manifest_sha256, near, counts, label_audit, seconds):
     }
 
 
-def _load_planted(path):
-    """The planted label errors of a truth file, or None without --truth."""
+def _load_truth(path):
+    """A generated sample's truth dict, or None without --truth."""
     if not path:
         return None
     truth = files.read_json(path, what="sample truth")
@@ -309,12 +311,51 @@ def _load_planted(path):
         problem = "does not exist" if truth is None else "holds no label_flips and listing_flips"
         raise UserInputError(f"--truth {path!r} {problem}: give the file `python -m abo_tf.sample --truth` wrote")
     try:  # the lists' entries as the sample writes them: {"image_id": ...} and {"image_ids": [...]}
-        return label_issues.planted_label_errors(truth)
+        label_issues.planted_label_errors(truth)
+        for pair in truth.get("near_duplicates", []):
+            if not all(isinstance(pair[key], str) for key in ("image_id", "duplicate_id", "variant")):
+                raise TypeError(f"a near-duplicate entry holds a non-string: {str(pair)[:80]}")
     except (TypeError, KeyError, AttributeError) as error:  # a string, a number or a missing key was a traceback
         raise UserInputError(
-            f"--truth {path!r}: its label_flips or listing_flips are not lists of the sample's flips "
-            f"({type(error).__name__}: {str(error)[:80]}): give the file `python -m abo_tf.sample --truth` wrote"
+            f"--truth {path!r}: its label_flips, listing_flips or near_duplicates are not lists of the sample's "
+            f"entries ({type(error).__name__}: {str(error)[:80]}): give the file `python -m abo_tf.sample --truth` wrote"
         ) from error
+    return truth
+
+
+def score_planted_near_duplicates(truth, groups, image_ids):
+    """Recall of a sample's planted near-duplicates per edit family: a pair is found when both images share a
+    group. Pairs with an image missing from the build (filtered out by the build's options) are not counted.
+
+    Returns:
+      {family: {"planted", "found", "recall"}}, families sorted.
+    """
+    group_of, built, scores = dict(zip(groups.image_id, groups.group)), set(image_ids), {}
+    for pair in truth.get("near_duplicates", []):
+        if not {pair["image_id"], pair["duplicate_id"]} <= built:
+            continue
+        entry = scores.setdefault(pair["variant"], {"planted": 0, "found": 0})
+        entry["planted"] += 1
+        entry["found"] += int(group_of.get(pair["image_id"], -1) == group_of.get(pair["duplicate_id"], -2))
+    for entry in scores.values():
+        entry["recall"] = entry["found"] / entry["planted"]
+    return dict(sorted(scores.items()))
+
+
+def _planted_near_duplicates_markdown(scores):
+    if scores is None:
+        return []
+    rows = [
+        (family, entry["planted"], entry["found"], metrics.format_figure(entry["recall"]))
+        for family, entry in scores.items()
+    ]
+    return [
+        "Against the planted near-duplicates (`--truth`), per edit family (`abo_tf/testing/image_edits.py`, the "
+        "strongest moderate strength of each): found when both images share a group.",
+        "",
+        markdown.table(rows, ["edit family", "planted pairs", "found", "recall"]),
+        "",
+    ]
 
 
 def _planted_markdown(scores):
@@ -332,6 +373,16 @@ def _planted_markdown(scores):
         "",
         f"Precision: {scores['flagged_planted']} of the {scores['flagged']} flagged images are planted errors "
         f"({metrics.format_figure(scores['precision'])}).",
+        "",
+    ]
+
+
+def _unchecked_markdown(unchecked):
+    if not unchecked:
+        return []
+    return [
+        f"{unchecked} candidate pairs were not checked by keypoints: each image takes part in at most "
+        f"{near_duplicates.DEFAULT_MAX_LOCAL_CHECKS}, its closest hashes first (crops of plain images may be missed).",
         "",
     ]
 
@@ -360,6 +411,8 @@ def _report_markdown(summary, counts, label_audit, galleries):
         f"group with a train image: score without them with `--exclude {GROUPS_FILE}`, or rebuild with "
         f"`build_records --join-near-duplicates {GROUPS_FILE}`.",
         "",
+        *_unchecked_markdown(summary["unchecked_local_pairs"]),
+        *_planted_near_duplicates_markdown(summary.get("planted_near_duplicates")),
         "## Likely label errors",
         "",
         f"{summary['label_issues']} of {summary['labels_audited']} train and validation images flagged "
@@ -387,15 +440,16 @@ def _check_options(options_):
 
 
 def _find_near_duplicates(options_, splits_features):
-    """(hashed images, (edges table, groups table)) of the build."""
+    """(hashed images, (edges table, groups table), pairs the keypoint check's per-image bound left out)."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
     forest = near_duplicates.near_duplicate_forest(
-        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers
+        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers, options_.progress
     )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
     group_of = forest.groups()
-    return hashed, (_edges_table(hashed, forest, group_of), _groups_table(hashed, group_of))
+    near = _edges_table(hashed, forest, group_of), _groups_table(hashed, group_of)
+    return hashed, near, forest.unchecked_local_pairs
 
 
 def run_audit(options_):
@@ -413,7 +467,7 @@ def run_audit(options_):
     """
     started = time.perf_counter()
     _check_options(options_)
-    planted = _load_planted(options_.truth)
+    truth = _load_truth(options_.truth)
     manifest = shards.read_manifest(options_.records)
     # The cache first: a cache folder of another command, or inside the records, is refused before the report.
     outputs.claim(options_.cache_dir, "features", "--cache-dir", records=options_.records)
@@ -430,7 +484,7 @@ def run_audit(options_):
         options_.workers,
         options_.progress,
     )
-    hashed, near = _find_near_duplicates(options_, splits_features)
+    hashed, near, unchecked = _find_near_duplicates(options_, splits_features)
     label_audit = label_issues.find_label_issues(
         splits_features,
         dict(zip(hashed.image_ids, hashed.item_ids)),
@@ -446,8 +500,12 @@ def run_audit(options_):
     counts = split_pair_counts(near[1], hashed)
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))
     summary = _summary(options_, manifest_sha256, near, counts, label_audit, time.perf_counter() - started)
-    if planted is not None:
-        summary["planted_label_errors"] = label_issues.score_planted(label_audit, planted)
+    summary["unchecked_local_pairs"] = unchecked
+    if truth is not None:
+        summary["planted_label_errors"] = label_issues.score_planted(
+            label_audit, label_issues.planted_label_errors(truth)
+        )
+        summary["planted_near_duplicates"] = score_planted_near_duplicates(truth, near[1], hashed.image_ids)
     files.write_json(os.path.join(options_.report, SUMMARY_FILE), summary)
     shards.write_text(
         os.path.join(options_.report, REPORT_FILE), _report_markdown(summary, counts, label_audit, galleries)

@@ -11,18 +11,19 @@ search in Hamming space with multi-index hashing", CVPR 2012). Only candidates a
 
 Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
 turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
-product's white background), and besides its pHash the search holds the pHash of its mirror image and of its
-centre at CENTRE_SCALES (a crop on every side is the centre of the original): one multi-index search pairs
-an image's hash with any of the other's.
+product's background), and the search holds six pHashes of each image: trimmed, untrimmed, mirrored, its centre
+at CENTRE_SCALES (a crop on every side is the centre of the original) and its untrimmed centre at
+WHOLE_CENTRE_SCALE (a corner badge or a turn's white corners left out). One multi-index search pairs any two of
+them (`_candidate_pairs`).
 
-A hash alone pairs too much: catalog photos are one product on a white background, and on the generated
-sample two different phone cases are within 4 bits of each other as often as a planted copy is. So each
-candidate pair is confirmed on its pixels: the correlation of 16 x 16 colour thumbnails (untrimmed, mean removed, unit
-norm, so a brightening changes nothing; in grey where either image is greyscale; the second mirrored for a
-mirror match) must reach `min_similarity`. A crop, a turn or a badge moves thumbnail pixels too much for that,
-so a pair whose thumbnails differ is also kept when `min_inliers` of its ORB keypoints (OpenCV, 32 per image)
-are mapped onto matching keypoints of the other image by one similarity transform (RANSAC): distinct shots of
-one real photograph align at most 5. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
+A hash alone pairs too much: catalog photos are one product on a background, and two different phone cases are
+within 4 bits of each other as often as a planted copy is; distinct real shots of a smooth sky or a star field
+are within 6-8. So each candidate pair is confirmed on its pixels (`_verified`): by its 16 x 16 colour thumbnails
+(untrimmed, mean removed, unit norm, so a brightening changes nothing; in grey where either image is greyscale;
+mirrored for a mirror match) where its hashes are within THUMBNAIL_HASH_DISTANCE bits, by their inner part (a
+badge, a turn), by the thumbnails of the trimmed images (padding), or by ORB keypoints (OpenCV, 32 per image)
+that one similarity transform of bounded scale and turn maps onto matching keypoints of the other image (RANSAC):
+crops and turns. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
 import functools
@@ -65,9 +66,15 @@ LOCAL_FEATURES = "local features"
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
 )
-# Keypoints are matched in Python, 0.3 ms a pair: only where the thumbnails still look alike (a crop of 8%
-# or a turn of 3 degrees keeps their correlation above this), or the matching would grow with the square of the images.
-LOCAL_CHECK_SIMILARITY = 0.3
+INNER_THUMBNAIL, TRIMMED_THUMBNAIL = "inner thumbnail", "trimmed thumbnail"
+# Thumbnails confirm only hashes this close: distinct real shots of smooth skies or star fields correlate at 0.99
+# with hashes 6-8 bits apart, while a re-encoded, resized or recoloured copy is within 4 bits (the benchmark).
+THUMBNAIL_HASH_DISTANCE = 4
+INNER_MARGIN = 2  # thumbnail pixels of 16 left out on each side: a badge over 3% of a corner, a turn's corners
+# Trimmed to their content, two look-alike products on white correlate at 0.99 (the generated catalog): a padded
+# copy correlates above this.
+TRIMMED_SIMILARITY = 0.995
+MAX_TURN = 10.0  # degrees: a catalog straightens a photo by a few; a larger turn is another shot
 MIN_MATCHES = 4  # keypoint matches a similarity transform needs at least
 MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: farther ORB descriptors are not a match
 RANSAC_PIXELS = 5.0  # of 255: how far an aligned keypoint may land from its match
@@ -75,7 +82,12 @@ MIN_SCALE = 0.7  # a copy cropped 15% on every side is 1.43 times as large; a cl
 GREYSCALE_SPREAD = 6  # channels of a greyscale JPEG's thumbnail differ by a few levels at most
 UNDECODABLE = (1 << 64) - 1  # an image OpenCV cannot decode; no pHash has more than 32 bits set
 CENTRE_SCALES = (0.9, 0.8)  # centres hashed too: a crop of 5% and 10% on every side matches the full image's hash
+WHOLE_CENTRE_SCALE = 0.8  # the untrimmed image's centre: a corner badge or a turn's white corners left out
 KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
+# Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
+# hash is among the closest.
+DEFAULT_MAX_LOCAL_CHECKS = 32
+LOCAL_BLOCK = 4096  # pairs checked between joins: a join spares later pairs of the same group their check
 LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
 BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
 UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
@@ -99,6 +111,7 @@ class HashedImages(NamedTuple):
     descriptors: np.ndarray | None = None  # uint8 [N, KEYPOINTS, 32]: their ORB descriptors
     keypoint_counts: np.ndarray | None = None  # uint8 [N]: keypoints found (the rest of each row is zeros)
     whole_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the image untrimmed
+    trimmed_thumbnails: np.ndarray | None = None  # uint8 [N, THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3]: of the trimmed image
 
 
 class Signature(NamedTuple):
@@ -109,6 +122,7 @@ class Signature(NamedTuple):
     centre_hashes: tuple
     whole_hash: int
     thumbnail: np.ndarray
+    trimmed_thumbnail: np.ndarray
     keypoints: np.ndarray
     descriptors: np.ndarray
     keypoint_count: int
@@ -189,16 +203,26 @@ def signature(encoded):
     pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
         no_points = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8), 0
-        centre = (UNDECODABLE,) * len(CENTRE_SCALES)
+        centre = (UNDECODABLE,) * (len(CENTRE_SCALES) + 1)
         blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
-        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, *no_points)
+        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, blank, *no_points)
     whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
     # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
     # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
     thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
     pixels, grey = trimmed(pixels, whole)
-    centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES)
-    return Signature(_phash(grey), _phash(grey[:, ::-1]), centre, _phash(whole), thumbnail, *_local_features(grey))
+    centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES) + (
+        _phash(_centre(whole, WHOLE_CENTRE_SCALE)),
+    )
+    return Signature(
+        _phash(grey),
+        _phash(grey[:, ::-1]),
+        centre,
+        _phash(whole),
+        thumbnail,
+        _shrunk(pixels, THUMBNAIL_SIDE).ravel(),
+        *_local_features(grey),
+    )
 
 
 def stack_signatures(signatures):
@@ -283,6 +307,7 @@ def hashed_images(signatures):
     return HashedImages(
         hashes=signatures.hash.astype(np.uint64),
         thumbnails=signatures.thumbnail,
+        trimmed_thumbnails=signatures.trimmed_thumbnail,
         image_ids=ids,
         splits=np.full(size, "train"),
         labels=np.zeros(size, np.int64),
@@ -308,7 +333,8 @@ def _empty_columns(size):
         "product_types": np.zeros(size, dtype=object),
         "item_ids": np.zeros(size, dtype=object),
         "mirror_hashes": np.zeros(size, np.uint64),
-        "centre_hashes": np.zeros((size, len(CENTRE_SCALES)), np.uint64),
+        "centre_hashes": np.zeros((size, len(CENTRE_SCALES) + 1), np.uint64),
+        "trimmed_thumbnails": np.zeros((size, THUMBNAIL_SIDE**2 * 3), np.uint8),
         "keypoints": np.zeros((size, KEYPOINTS, 2), np.uint8),
         "descriptors": np.zeros((size, KEYPOINTS, 32), np.uint8),
         "keypoint_counts": np.zeros(size, np.uint8),
@@ -324,6 +350,7 @@ def _fill(columns, start, split, image_ids, labels, product_types, item_ids, sig
     columns["item_ids"][rows] = item_ids
     columns["hashes"][rows], columns["mirror_hashes"][rows] = signatures.hash, signatures.mirror_hash
     columns["centre_hashes"][rows], columns["thumbnails"][rows] = signatures.centre_hashes, signatures.thumbnail
+    columns["trimmed_thumbnails"][rows] = signatures.trimmed_thumbnail
     columns["keypoints"][rows], columns["descriptors"][rows] = signatures.keypoints, signatures.descriptors
     columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
     return rows.stop
@@ -376,10 +403,16 @@ def _band_candidates(values, order, sorted_values, mask):
         yield first[keep], second[keep]
 
 
-def hash_close_pairs(hashes, max_distance):
+def probe_count(max_distance):
+    """How many probes (band, mask) `hash_close_pairs` makes: the steps of its progress."""
+    return BANDS * len(_probe_masks(max_distance // BANDS))
+
+
+def hash_close_pairs(hashes, max_distance, probed=None):
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time.
 
     A pair comes once per band it matches in (up to BANDS times); UNDECODABLE entries are never paired.
+    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     invalid = hashes == np.uint64(UNDECODABLE)
@@ -392,6 +425,8 @@ def hash_close_pairs(hashes, max_distance):
             for first, second in _band_candidates(values, order, sorted_values, mask):
                 close = hamming_distance(hashes[first], hashes[second]) <= max_distance
                 yield first[close], second[close]
+            if probed is not None:
+                probed()
 
 
 def find_pairs(hashes, max_distance, accept=None):
@@ -451,19 +486,21 @@ def _block_similarity(first_rows, second_rows):
     return similarity
 
 
-def thumbnail_similarity(thumbnails, first, second, mirrored=False):
+def thumbnail_similarity(thumbnails, first, second, mirrored=False, inner=False):
     """Correlation of the thumbnails of each pair (first[k], second[k]): 1 for the same picture.
 
     Equal thumbnails score 1 even when constant (a blank image's correlation is 0 / 0): identical pixels pair.
-    With `mirrored`, the second thumbnail is flipped left to right first (a pair found by the mirror hash).
+    With `mirrored`, the second thumbnail is flipped left to right first (a pair found by the mirror hash); with
+    `inner`, only the thumbnails' inner parts are compared (`_inner`).
     """
     similarity = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
         block = slice(start, start + SIMILARITY_BLOCK)
         second_rows = thumbnails[second[block]]
-        similarity[block] = _block_similarity(
-            thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
-        )
+        first_rows, second_rows = thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
+        if inner:
+            first_rows, second_rows = _inner(first_rows), _inner(second_rows)
+        similarity[block] = _block_similarity(first_rows, second_rows)
     return similarity
 
 
@@ -506,6 +543,7 @@ class SpanningForest:
         self.size = size
         self.edges = _empty_pairs()
         self.component = np.arange(size)
+        self.unchecked_local_pairs = 0  # candidate pairs the keypoint check's per-image bound left out
 
     def apart(self, first, second):
         """Mask of the pairs whose images are in different groups so far."""
@@ -560,12 +598,15 @@ def _identical_pairs(hashed):
     return first[equal], second[equal]
 
 
-def _candidate_pairs(hashed, searched, max_distance):
-    """Yields (first, second, kind) of the searched images whose hashes are within `max_distance` bits: the
-    first's hash and the second's hash (kind HASH), mirror hash (MIRROR_HASH) or a centre's hash (CENTRE_HASH).
+def _candidate_pairs(hashed, searched, max_distance, probed=None):
+    """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits.
 
-    One multi-index search over all four sets of hashes; pairs of two mirror or centre hashes are skipped (the
-    straight pair stands for them).
+    One multi-index search over every hash of every image (trimmed, untrimmed, mirrored, centres). The kind says
+    which hashes matched, so what may confirm the pair: HASH (two trimmed images), WHOLE_HASH (an untrimmed one
+    with a trimmed or untrimmed one: the same framing), MIRROR_HASH (a trimmed one and a mirrored one),
+    CENTRE_HASH (a centre with any but a mirror hash: a crop, or a badge or a turn's corners left out). Pairs of
+    two mirror hashes are skipped (the straight pair stands for them), and so are a mirror hash's pairs with
+    untrimmed and centre hashes (a catalog's mirrored copy is found by its trimmed hash).
     """
     count = len(searched)
     columns, kinds = [hashed.hashes], [HASH]
@@ -574,19 +615,26 @@ def _candidate_pairs(hashed, searched, max_distance):
     if hashed.mirror_hashes is not None:
         columns, kinds = columns + [hashed.mirror_hashes], kinds + [MIRROR_HASH]
     if hashed.centre_hashes is not None:
-        columns, kinds = columns + list(hashed.centre_hashes.T), kinds + [CENTRE_HASH] * len(CENTRE_SCALES)
+        columns, kinds = columns + list(hashed.centre_hashes.T), kinds + [CENTRE_HASH] * hashed.centre_hashes.shape[1]
     entries = np.concatenate([column[searched] for column in columns])
     kinds = np.array(kinds)
-    for first, second in hash_close_pairs(entries, max_distance):
-        first_kind, second_kind = kinds[first // count], kinds[second // count]
-        # first < second: the first entry is a trimmed hash, or both are untrimmed ones.
-        kept = ((first < count) | ((first_kind == WHOLE_HASH) & (second_kind == WHOLE_HASH))) & (
-            first % count != second % count
-        )
-        first, second, kind = first[kept] % count, second[kept] % count, second_kind[kept]
-        for name in dict.fromkeys(kinds.tolist()):
-            chosen = kind == name
-            yield searched[first[chosen]], searched[second[chosen]], name
+    for first, second in hash_close_pairs(entries, max_distance, probed):
+        pair_kind = _pair_kinds(kinds[first // count], kinds[second // count])
+        kept = (pair_kind != "") & (first % count != second % count)
+        distance = hamming_distance(entries[first[kept]], entries[second[kept]])
+        first, second, pair_kind = first[kept] % count, second[kept] % count, pair_kind[kept]
+        for name in (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH):
+            chosen = pair_kind == name
+            yield searched[first[chosen]], searched[second[chosen]], name, distance[chosen]
+
+
+def _pair_kinds(first_kind, second_kind):
+    """The kind of each matched pair of hash kinds (see `_candidate_pairs`); "" for a pair that is skipped."""
+    mirror = (first_kind == MIRROR_HASH) | (second_kind == MIRROR_HASH)
+    trimmed = (first_kind == HASH) | (second_kind == HASH)
+    centre = (first_kind == CENTRE_HASH) | (second_kind == CENTRE_HASH)
+    kind = np.where(centre, CENTRE_HASH, np.where((first_kind == HASH) & (second_kind == HASH), HASH, WHOLE_HASH))
+    return np.where(mirror, np.where(trimmed & (first_kind != second_kind), MIRROR_HASH, ""), kind)
 
 
 def _inliers(hashed, first, second):
@@ -613,23 +661,123 @@ def _inliers(hashed, first, second):
         transform, inlier_mask = cv2.estimateAffinePartial2D(
             source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=200
         )
-        if transform is not None and MIN_SCALE < np.hypot(*transform[0, :2]) < 1 / MIN_SCALE:
+        if transform is not None and _plausible(transform):
             counts[pair] = int(inlier_mask.sum())
     return counts
 
 
-def _verified(hashed, first, second, kind, min_similarity, min_inliers):
-    """(pairs kept, similarity, inliers, signal of each) of candidate pairs: thumbnails that correlate, or keypoints
-    that one similarity transform aligns (not for mirror pairs: ORB descriptors are not mirror-invariant)."""
-    similarity = thumbnail_similarity(hashed.thumbnails, first, second, kind == MIRROR_HASH)
-    close = similarity >= min_similarity
-    inliers = np.zeros(len(first), np.int64)
-    if kind != MIRROR_HASH and min_inliers > 0:
-        checked = ~close & (similarity >= LOCAL_CHECK_SIMILARITY)
-        inliers[checked] = _inliers(hashed, first[checked], second[checked])
-    aligned = ~close & (inliers >= min_inliers) & (min_inliers > 0)
-    signal = np.where(close, kind, LOCAL_FEATURES)
-    return close | aligned, similarity, inliers, signal
+def _inner(rows):
+    """The thumbnails without their outer INNER_MARGIN pixels: where a corner badge or a turn's corners fall."""
+    side, inner = THUMBNAIL_SIDE, slice(INNER_MARGIN, THUMBNAIL_SIDE - INNER_MARGIN)
+    return rows.reshape(len(rows), side, side, 3)[:, inner, inner].reshape(
+        len(rows), (side - 2 * INNER_MARGIN) ** 2 * 3
+    )
+
+
+def _plausible(transform):
+    """Whether a similarity transform is what a catalog does to a photo: a scale within MIN_SCALE, a small turn."""
+    scale = np.hypot(*transform[0, :2])
+    turn = np.degrees(np.arctan2(transform[1, 0], transform[0, 0]))
+    return MIN_SCALE < scale < 1 / MIN_SCALE and abs(turn) <= MAX_TURN
+
+
+def _thumbnail_verified(hashed, candidates, min_similarity):
+    """(similarity, signal of each; "": not confirmed) of candidate pairs `(first, second, kind, distance)`.
+
+    A pair is confirmed by the first of these it passes (its signal):
+      - its thumbnails correlate at `min_similarity` (mirrored for a mirror hash), for hashes of one framing
+        within THUMBNAIL_HASH_DISTANCE bits: a re-encoding, resize, colour change (signal: the hash kind);
+      - the thumbnails' inner parts (INNER_THUMBNAIL) correlate as well, hashes as close: a corner badge, a turn;
+      - the thumbnails of the trimmed images correlate at TRIMMED_SIMILARITY (TRIMMED_THUMBNAIL), their trimmed
+        hashes as close: padding (look-alike products on white correlate at 0.995 with hashes farther apart).
+    What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
+    """
+    first, second, kind, distance = candidates
+    mirrored = kind == MIRROR_HASH
+    similarity = thumbnail_similarity(hashed.thumbnails, first, second, mirrored)
+    close_hashes = distance <= THUMBNAIL_HASH_DISTANCE
+    signal = np.where(close_hashes & (kind != CENTRE_HASH) & (similarity >= min_similarity), kind, "")
+    if not mirrored:
+        inner = thumbnail_similarity(hashed.thumbnails, first, second, inner=True)
+        signal = np.where((signal == "") & close_hashes & (inner >= min_similarity), INNER_THUMBNAIL, signal)
+    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
+        trimmed_similarity = thumbnail_similarity(hashed.trimmed_thumbnails, first, second, mirrored)
+        trimmed_match = close_hashes & (trimmed_similarity >= TRIMMED_SIMILARITY)
+        signal = np.where((signal == "") & trimmed_match, TRIMMED_THUMBNAIL, signal)
+    return similarity, signal
+
+
+def _unique_pairs(keys, distances):
+    """(keys, distances) with each pair key once, at its smallest hash distance."""
+    order = np.lexsort((distances, keys))
+    keys, distances = keys[order], distances[order]
+    first_of = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, bool)
+    return keys[first_of], distances[first_of]
+
+
+def _capped(first, second, distance, cap):
+    """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first."""
+    pair = np.argsort(distance, kind="stable")
+    images = np.concatenate([first[pair], second[pair]])
+    ends = np.concatenate([pair, pair])
+    order = np.lexsort((np.concatenate([np.arange(len(pair))] * 2), images))  # by image, then by distance rank
+    sorted_images = images[order]
+    starts = np.searchsorted(sorted_images, sorted_images, side="left")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - starts
+    worst = np.zeros(len(first), np.int64)
+    np.maximum.at(worst, ends, rank)
+    return worst < cap
+
+
+class _LocalCandidates:
+    """The candidate pairs no thumbnail confirmed, each kept once at its smallest hash distance, for ORB.
+
+    A pair matches in up to BANDS bands and several hash kinds: checked where found, a rejected pair's
+    keypoints were matched again each time, and a 42,762-image slice did not finish its first probe in 20
+    minutes. Gathered here, each pair is checked once, after the search (`_local_pairs`).
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.keys, self.distances = [], []
+        self.held, self.folded = 0, 0
+
+    def add(self, first, second, distance):
+        self.keys.append(first * self.size + second)
+        self.distances.append(distance)
+        self.held += len(first)
+        if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
+            keys, distances = _unique_pairs(*self._joined())  # about the unique pairs'
+            self.keys, self.distances, self.held, self.folded = [keys], [distances], len(keys), len(keys)
+
+    def _joined(self):
+        empty = np.zeros(0, np.int64)
+        return np.concatenate([empty] + self.keys), np.concatenate([empty] + self.distances)
+
+    def pairs(self):
+        """(first, second, distance) of the unique pairs."""
+        keys, distances = _unique_pairs(*self._joined())
+        return keys // self.size, keys % self.size, distances
+
+
+def _local_pairs(hashed, forest, local, min_inliers, cap):
+    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
+    most `cap` checked pairs; returns how many pairs the cap left unchecked."""
+    first, second, distance = local.pairs()
+    apart = forest.apart(first, second)
+    first, second, distance = first[apart], second[apart], distance[apart]
+    kept = _capped(first, second, distance, cap)
+    order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
+    for start in range(0, len(order), LOCAL_BLOCK):
+        block = order[start : start + LOCAL_BLOCK]
+        block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
+        inliers = _inliers(hashed, first[block], second[block])
+        found = inliers >= min_inliers
+        similarity = thumbnail_similarity(hashed.thumbnails, first[block][found], second[block][found])
+        pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
+        forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
+    return int((~kept).sum())
 
 
 def near_duplicate_forest(
@@ -637,22 +785,34 @@ def near_duplicate_forest(
     max_distance=DEFAULT_HASH_DISTANCE,
     min_similarity=DEFAULT_PIXEL_SIMILARITY,
     min_inliers=DEFAULT_MIN_INLIERS,
+    progress=False,
+    max_local_checks=DEFAULT_MAX_LOCAL_CHECKS,
 ):
     """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
     thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
     `SpanningForest`.
 
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
-    hash search then never sees their quadratic number of pairs.
+    hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
+    The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
+    hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`.
     """
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
-    for first, second, kind in _candidate_pairs(hashed, searched, max_distance):
+    local = _LocalCandidates(len(hashed.hashes))
+    bar = console.progress_bar(total=probe_count(max_distance), desc="pairing", unit="probe", enabled=progress)
+    for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, lambda: bar.update(1)):
         apart = forest.apart(first, second)
-        first, second = first[apart], second[apart]
-        kept, similarity, inliers, signal = _verified(hashed, first, second, kind, min_similarity, min_inliers)
-        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "", inliers[kept])
+        candidates = first[apart], second[apart], kind, distance[apart]
+        similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity)
+        first, second, kept = candidates[0], candidates[1], signal != ""
+        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
         forest.add(pairs._replace(signal=signal[kept]))
+        if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
+            local.add(first[~kept], second[~kept], candidates[3][~kept])
+    bar.close()
+    if min_inliers > 0 and hashed.descriptors is not None:
+        forest.unchecked_local_pairs = _local_pairs(hashed, forest, local, min_inliers, max_local_checks)
     return forest
