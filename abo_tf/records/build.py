@@ -440,10 +440,13 @@ def _scan_chunk(locations, reader, max_side):
 
 def _located(image_index, image_ids):
     """`_Located` items in archive order, so reads are sequential."""
+    # The index's arrays bound once, no call per image: this runs over every referenced image.
+    position, paths, offsets, sizes = image_index.position, image_index.paths, image_index.offsets, image_index.sizes
     items = []
     for image_id in image_ids:
-        path, offset, size = image_index.locate(image_id)
-        items.append(_Located(image_id, path, (offset, size)))
+        at = position[image_id]
+        offset = offsets[at]
+        items.append(_Located(image_id, paths[at], (None if offset < 0 else offset, sizes[at])))
     return sorted(items, key=lambda item: (item.location[0] or 0, item.path))
 
 
