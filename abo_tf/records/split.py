@@ -62,7 +62,7 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=()):
             ends.append(second)
     # Item and digest keys are tuples, so they never collide with an image id.
     number_of = [node.setdefault(key, len(node)) for key in starts], [node.setdefault(key, len(node)) for key in ends]
-    graph = coo_matrix((numpy.ones(len(starts), dtype=numpy.int8), number_of), shape=(len(node), len(node)))
+    graph = coo_matrix((numpy.ones(len(starts), dtype=bool), number_of), shape=(len(node), len(node)))
     _, component = connected_components(graph, directed=False)
     images = component[: len(ordered)]
     # The first image of each component in id order is its smallest id.
