@@ -13,10 +13,40 @@ data gives the same split however the listings are ordered.
 import collections
 import hashlib
 
-import numpy
-
 SPLITS = ("train", "validation", "test")
 GROUP_RULE = "a group counts as the class of most of its images (ties to the alphabetically first); all go with it"
+
+
+class _UnionFind:
+    """Union-find over integer nodes, one per distinct key of each kind (image, item, content).
+
+    Integers in a list, not the keys themselves in a dict: at 400k images the
+    grouping was the slowest serial step of a build (tuple keys hashed at every
+    step of every find).
+    """
+
+    def __init__(self):
+        self.parent = []
+        self.nodes = {"image": {}, "item": {}, "content": {}}
+
+    def node(self, kind, key):
+        nodes = self.nodes[kind]
+        number = nodes.get(key)
+        if number is None:
+            number = nodes[key] = len(self.parent)
+            self.parent.append(number)
+        return number
+
+    def find(self, node):
+        parent = self.parent
+        while parent[node] != node:
+            parent[node] = node = parent[parent[node]]  # path halving
+        return node
+
+    def union(self, first, second):
+        first, second = self.find(first), self.find(second)
+        if first != second:
+            self.parent[max(first, second)] = min(first, second)
 
 
 def stable_fraction(seed, key):
@@ -36,41 +66,25 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=()):
         `abo_tf.audit`); a pair with an image not in `content_hash` is ignored.
 
     Returns:
-      Dict image id -> group key (the smallest image id of its group), in `content_hash`'s order.
+      Dict image id -> group key (the smallest image id of its group).
     """
-    # The graph's edges are gathered into integer arrays and its components found
-    # by scipy in C: at 400k images a union-find in Python was the slowest serial
-    # step of a build. Nodes: the images in id order, then items, digests and
-    # images only the listings name.
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    ordered = sorted(content_hash)
-    node = {image_id: number for number, image_id in enumerate(ordered)}
-    item_nodes, starts, ends = {}, [], []
+    union_find = _UnionFind()
+    node = union_find.node
     for item_id, image_ids in image_ids_per_listing:
-        item = item_nodes.setdefault(item_id, ("item", item_id))
+        item = node("item", item_id)
         for image_id in image_ids:
-            starts.append(image_id)
-            ends.append(item)
+            union_find.union(node("image", image_id), item)
     for image_id, digest in content_hash.items():
-        starts.append(image_id)
-        ends.append(("content", digest))
+        union_find.union(node("image", image_id), node("content", digest))
     for first, second in joined_pairs:
         if first in content_hash and second in content_hash:
-            starts.append(first)
-            ends.append(second)
-    # Item and digest keys are tuples, so they never collide with an image id.
-    number_of = [node.setdefault(key, len(node)) for key in starts], [node.setdefault(key, len(node)) for key in ends]
-    graph = coo_matrix((numpy.ones(len(starts), dtype=bool), number_of), shape=(len(node), len(node)))
-    _, component = connected_components(graph, directed=False)
-    images = component[: len(ordered)]
-    # The first image of each component in id order is its smallest id.
-    found, first = numpy.unique(images, return_index=True)
-    smallest = numpy.empty(len(node), dtype=numpy.int64)
-    smallest[found] = first
-    key_of = smallest[images].tolist()
-    return {image_id: ordered[key_of[node[image_id]]] for image_id in content_hash}
+            union_find.union(node("image", first), node("image", second))
+    # The key is the smallest image id of the group, whatever the order of the unions.
+    root_of = {image_id: union_find.find(node("image", image_id)) for image_id in content_hash}
+    smallest = {}
+    for image_id, root in root_of.items():
+        smallest[root] = min(smallest.get(root, image_id), image_id)
+    return {image_id: smallest[root] for image_id, root in root_of.items()}
 
 
 def positive_floors(fractions, min_groups):
