@@ -60,6 +60,42 @@ def test_groups_join_items_listings_and_content():
     assert groups["i4"] == "i4"
 
 
+def _components(edges, nodes):
+    """Connected components by a plain search: the reference the grouping must agree with."""
+    neighbours = collections.defaultdict(set)
+    for first, second in edges:
+        neighbours[first].add(second)
+        neighbours[second].add(first)
+    component = {}
+    for start in nodes:
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            if node not in component:
+                component[node] = start
+                stack.extend(neighbours[node])
+    return component
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_groups_are_the_connected_components_keyed_by_their_smallest_image(seed):
+    rng = random.Random(seed)
+    hashes = {f"img{n:03d}": f"h{rng.randrange(150)}" for n in range(200)}
+    # "ghost" images are named by listings but not kept: they still join what they touch, as before.
+    names = list(hashes) + [f"ghost{n}" for n in range(10)]
+    pairs = [(f"item{rng.randrange(60)}", rng.sample(names, rng.randrange(1, 4))) for _ in range(120)]
+    joined = [tuple(rng.sample(names, 2)) for _ in range(10)]
+    groups = split.group_images(pairs, hashes, joined)
+    edges = [(("item", item), image) for item, image_ids in pairs for image in image_ids]
+    edges += [(image, ("content", digest)) for image, digest in hashes.items()]
+    edges += [(first, second) for first, second in joined if first in hashes and second in hashes]
+    component = _components(edges, sorted(hashes))
+    assert list(groups) == list(hashes)
+    for image, key in groups.items():
+        members = [other for other in hashes if component[other] == component[image]]
+        assert key == min(members)
+
+
 def _classes_by_image_number(group_of_image, num_classes=5):
     types = split.types_per_group(
         group_of_image, {image_id: f"C{int(image_id[3:]) % num_classes}" for image_id in group_of_image}
