@@ -318,7 +318,8 @@ def _load_truth(path):
     except (TypeError, KeyError, AttributeError) as error:  # a string, a number or a missing key was a traceback
         raise UserInputError(
             f"--truth {path!r}: its label_flips, listing_flips or near_duplicates are not lists of the sample's "
-            f"entries ({type(error).__name__}: {str(error)[:80]}): give the file `python -m abo_tf.sample --truth` wrote"
+            f"entries ({type(error).__name__}: {str(error)[:80]}): give the file `python -m abo_tf.sample --truth` "
+            "wrote"
         ) from error
     return truth
 
