@@ -350,7 +350,7 @@ def test_mirrored_on_two_logical_cpus(built_records, tmp_path):
     validation_examples = manifest["splits"]["validation"]["num_examples"]
     assert validation_examples % 8, "the check needs a partial last validation batch"
     output = tmp_path / "mirrored"
-    arguments = ["--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1"]
+    arguments = ["--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1", "--validation-steps", "0"]
     result = subprocess.run(
         [sys.executable, "-c", _MIRRORED, str(tmp_path / "odd"), *_train_args(records_dir, output, *arguments)],
         env=_subprocess_env(),
