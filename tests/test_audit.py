@@ -716,6 +716,11 @@ def test_label_issues_max_lists_fewer_but_counts_all(audited, tmp_path):
         {"label_flips": [], "listing_flips": [{"image_ids": 7}]},
         {"label_flips": [{"id": "a"}], "listing_flips": []},
         {"label_flips": [{"image_id": ["a"]}], "listing_flips": []},
+        # Scored silently as planted nothing: each letter of the string was an image id, 7 was no id.
+        {"label_flips": [], "listing_flips": [{"image_ids": "abc"}]},
+        {"label_flips": [{"image_id": 7}], "listing_flips": []},
+        {"label_flips": [], "listing_flips": [], "near_duplicates": {"image_id": "a"}},
+        {"label_flips": [], "listing_flips": [], "near_duplicates": [{"image_id": "a", "duplicate_id": 1}]},
     ],
 )
 def test_a_truth_file_of_another_shape_is_one_line(tmp_path, truth):
@@ -723,5 +728,5 @@ def test_a_truth_file_of_another_shape_is_one_line(tmp_path, truth):
 
     path = tmp_path / "truth.json"
     path.write_text(json.dumps(truth))
-    with pytest.raises(UserInputError, match="are not lists of the sample's flips"):
-        audit._load_planted(str(path))
+    with pytest.raises(UserInputError, match="are not lists of the sample's entries"):
+        audit._load_truth(str(path))

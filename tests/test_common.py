@@ -181,6 +181,9 @@ def test_saved_config_keys_are_the_flags_names_and_old_keys_still_read(tmp_path)
     old = _write(tmp_path, "split_fractions = [0.6, 0.2, 0.2]\n")  # a config.toml written before
     read = options.parse(_RenamedFlag, ["--config", old], prog="x", description="")[0]
     assert read.split_fractions == (0.6, 0.2, 0.2)
+    both = _write(tmp_path, "split = [0.8, 0.1, 0.1]\nsplit_fractions = [0.6, 0.2, 0.2]\n")  # one of them was dropped
+    with pytest.raises(UserInputError, match=r"two keys \['split', 'split_fractions'\]: keep only 'split'"):
+        options.parse(_RenamedFlag, ["--config", both], prog="x", description="")
 
 
 # --- output folders -------------------------------------------------------------

@@ -106,6 +106,11 @@ def test_a_run_without_a_saved_model_is_a_one_line_error(tmp_path, capsys):
     ]
 
 
+def test_an_unknown_split_is_refused_before_the_conversion(tmp_path, capsys):
+    code, printed = _run(capsys, "--run", str(tmp_path), "--format", "litert", "--split", "tset")
+    assert code == 2 and "--split 'tset': choose one of ('train', 'validation', 'test')" in printed.err
+
+
 def test_records_of_another_build_are_refused(fake_run, other_build, capsys):
     code, captured = _run(capsys, "--run", str(fake_run), "--format", "litert-int8", "--records", str(other_build))
     assert code == 2

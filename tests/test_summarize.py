@@ -87,6 +87,7 @@ def test_a_folder_without_baselines_is_one_line(tmp_path, capsys):
         (b"name,kind\nrun,cnn\n", "lacks the columns"),
         (b"garbage\n", "lacks the columns"),
         (b"name,kind,macro_f1,macro_f1_low,macro_f1_high,folder\nrun,cnn,abc,,,run\n", "line 2: macro_f1 'abc'"),
+        (b"name,kind,macro_f1,macro_f1_low,macro_f1_high,folder\nrun,cnn,inf,,,run\n", "'inf' is not a macro F1"),
     ],
 )
 def test_a_damaged_comparison_is_one_line(tmp_path, capsys, content, expected):
@@ -101,6 +102,11 @@ def test_an_audit_summary_that_is_not_an_object_is_one_line(pipeline, capsys):
     (pipeline / demo_summary.AUDIT_SUMMARY).write_text("[1, 2]")
     assert summarize.main([str(pipeline), "--bootstrap-samples", "0"]) == 2
     assert "is not an audit's summary.json" in capsys.readouterr().err
+
+
+def test_planted_kinds_of_another_shape_leave_their_line_out():
+    audit = {"label_issues": 3, "planted_label_errors": {"kinds": {"image flip": 5}, "precision": 0.5}}
+    assert demo_summary._audit_lines(audit) == demo_summary._audit_lines({"label_issues": 3})
 
 
 @pytest.mark.parametrize("hit, label", [("yes", "LAMP"), ("2", "LAMP"), ("", "LAMP"), ("1", "")])

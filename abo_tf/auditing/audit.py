@@ -311,7 +311,13 @@ def _load_truth(path):
         problem = "does not exist" if truth is None else "holds no label_flips and listing_flips"
         raise UserInputError(f"--truth {path!r} {problem}: give the file `python -m abo_tf.sample --truth` wrote")
     try:  # the lists' entries as the sample writes them: {"image_id": ...} and {"image_ids": [...]}
-        label_issues.planted_label_errors(truth)
+        planted = label_issues.planted_label_errors(truth)
+        # A string of image ids or a number would be scored silently as planted images that are never built.
+        if not all(isinstance(flip["image_ids"], list) for flip in truth["listing_flips"]):
+            raise TypeError("a listing flip's image_ids is not a list")
+        not_ids = [image_id for image_id in planted if not isinstance(image_id, str)]
+        if not_ids:
+            raise TypeError(f"image id {not_ids[0]!r} is not a string")
         for pair in truth.get("near_duplicates", []):
             if not all(isinstance(pair[key], str) for key in ("image_id", "duplicate_id", "variant")):
                 raise TypeError(f"a near-duplicate entry holds a non-string: {str(pair)[:80]}")

@@ -316,6 +316,15 @@ def _checked_values(path, values, options_class):
     unknown = sorted(set(values) - set(by_key) - set(config_lib.WHOLE_TABLES))
     if unknown:
         raise UserInputError(f"config {path!r} has unknown keys {_listed(unknown)}: allowed are {sorted(by_key)}")
+    # The flag's name and the field's (`split` and `split_fractions`) are one option: given both, one silently won.
+    keys_of = {}
+    for key in values:
+        if key in by_key:
+            keys_of.setdefault(by_key[key].name, []).append(key)
+    both = sorted(sorted(keys) for keys in keys_of.values() if len(keys) > 1)
+    if both:
+        keep = config_key(by_key[both[0][0]])
+        raise UserInputError(f"config {path!r} sets one option under two keys {both[0]}: keep only {keep!r}")
     return {
         by_key[key].name: _check_config_value(path, by_key[key], value)
         for key, value in values.items()

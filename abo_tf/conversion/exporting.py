@@ -18,6 +18,7 @@ from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
 from abo_tf.conversion import contract, convert, parity, runtimes
 from abo_tf.records import schema, shards
+from abo_tf.records import split as split_lib
 from abo_tf.reports import bootstrap, markdown, metrics, model_card
 from abo_tf.training import run_folder
 
@@ -41,7 +42,9 @@ class ExportOptions:
     records: str | None = options_lib.option(
         help="the build the run was trained on; default: the run's config", group=_INPUTS
     )
-    split: str = options_lib.option("test", help="split the export is measured on", group=_MEASURE)
+    split: str = options_lib.option(  # checked here: a wrong name was refused only after the conversion
+        "test", choices=split_lib.SPLITS, help="split the export is measured on", group=_MEASURE
+    )
     calibration_images: int = options_lib.option(
         300,
         help="litert-int8: train images, stratified by class, that calibrate the ranges",

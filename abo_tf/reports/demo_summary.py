@@ -57,9 +57,12 @@ def _number(path, line, column, text):
     if text in ("", "nan", "NaN"):
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError as error:
         raise UserInputError(f"{path!r} line {line}: {column} {text[:40]!r} is not a number") from error
+    if not 0 <= value <= 1:  # "inf" or 7 was named the best model
+        raise UserInputError(f"{path!r} line {line}: {column} {text[:40]!r} is not a macro F1 in [0, 1]")
+    return value
 
 
 def _contender(path, line, row):
@@ -132,10 +135,10 @@ def _audit_lines(audit):
         f"{audit.get('label_issues', 'n/a')} likely label errors among {audit.get('labels_audited', 'n/a')} labels"
     ]
     planted = audit.get("planted_label_errors")
-    if isinstance(planted, dict) and isinstance(planted.get("kinds"), dict):
-        recalls = ", ".join(
-            f"{kind} {entry['flagged']} of {entry['planted']}" for kind, entry in planted.get("kinds", {}).items()
-        )
+    kinds = planted.get("kinds") if isinstance(planted, dict) else None
+    # An entry of another shape (a number) was a TypeError traceback: the line is left out, as without kinds.
+    if isinstance(kinds, dict) and all(isinstance(entry, dict) for entry in kinds.values()):
+        recalls = ", ".join(f"{kind} {entry.get('flagged')} of {entry.get('planted')}" for kind, entry in kinds.items())
         lines.append(
             f"  planted label errors found: {recalls}; precision {metrics.format_figure(planted.get('precision'))}"
         )
