@@ -174,12 +174,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     from abo_tf.testing import measure
 
     stats = terminalreporter.stats
+    outcomes = {name: len(stats.get(name, [])) for name in ("passed", "failed", "error", "skipped", "deselected")}
     report = {
-        "collected": terminalreporter._numcollected,
-        "passed": len(stats.get("passed", [])),
-        "failed": len(stats.get("failed", [])) + len(stats.get("error", [])),
-        "skipped": len(stats.get("skipped", [])),
-        "deselected": len(stats.get("deselected", [])),
+        # Under xdist the controller collects nothing itself (_numcollected is 0): every test ends in one outcome.
+        "collected": sum(outcomes.values()),
+        "passed": outcomes["passed"],
+        "failed": outcomes["failed"] + outcomes["error"],
+        "skipped": outcomes["skipped"],
+        "deselected": outcomes["deselected"],
         "seconds": time.monotonic() - config._abo_tf_started,
         "machine": measure.machine(),
         "slowest": _slowest_tests(stats),
