@@ -17,7 +17,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from shared import results_path, write_results
+from shared import write_results, write_text_results
 
 from abo_tf.common import options  # noqa: E402
 from abo_tf.reports import markdown  # noqa: E402
@@ -131,9 +131,7 @@ def main(argv=None):
     }
     write_results("backbones.json", record)
     text = table(record)
-    with open(results_path("backbones.md"), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    print(text)
+    write_text_results("backbones.md", text)
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from shared import results_path, write_results
+from shared import write_results, write_text_results
 
 from abo_tf.common import options  # noqa: E402
 from abo_tf.conversion import convert, exporting  # noqa: E402
@@ -103,9 +103,7 @@ def main(argv=None):
     }
     write_results("export.json", record)
     text = table(results) + "\n\n" + _conditions(record) + "\n"
-    with open(results_path("export.md"), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    print(text)
+    write_text_results("export.md", text)
     return 0
 
 

@@ -24,3 +24,10 @@ def write_results(name, results):
 
     os.makedirs(RESULTS, exist_ok=True)
     return files.write_json(results_path(name), results)
+
+
+def write_text_results(name, text):
+    """Writes benchmarks/results/NAME (a rendered table the README includes) and prints it."""
+    with open(results_path(name), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(text)

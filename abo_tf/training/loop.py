@@ -782,13 +782,13 @@ def _plain_copy(model, image_size=None):
 
 def _float32_config(value):
     """A model config with every mixed-precision dtype policy replaced by float32 (layers store theirs)."""
-    if isinstance(value, list):
-        return [_float32_config(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    if value.get("class_name") == "DTypePolicy" and str(value.get("config", {}).get("name")).startswith("mixed_"):
-        return {**value, "config": {**value["config"], "name": "float32"}}
-    return {key: _float32_config(item) for key, item in value.items()}
+
+    def on_dict(entry, recurse):
+        if entry.get("class_name") == "DTypePolicy" and str(entry.get("config", {}).get("name")).startswith("mixed_"):
+            return {**entry, "config": {**entry["config"], "name": "float32"}}
+        return {key: recurse(item) for key, item in entry.items()}
+
+    return models.map_config(value, on_dict)
 
 
 def plot_history(history, path):

@@ -376,15 +376,24 @@ def _any_height_and_width(shape):
     return shape
 
 
+def map_config(value, on_dict):
+    """A Keras config (nested dicts and lists) rebuilt by `on_dict(dict, recurse) -> dict` at every dict."""
+
+    def recurse(item):
+        if isinstance(item, list):
+            return [recurse(element) for element in item]
+        return on_dict(item, recurse) if isinstance(item, dict) else item
+
+    return recurse(value)
+
+
 def _without_spatial_sizes(value):
-    if isinstance(value, list):
-        return [_without_spatial_sizes(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    return {
-        key: _any_height_and_width(item) if key in _SHAPE_KEYS else _without_spatial_sizes(item)
-        for key, item in value.items()
-    }
+    return map_config(
+        value,
+        lambda entry, recurse: {
+            key: _any_height_and_width(item) if key in _SHAPE_KEYS else recurse(item) for key, item in entry.items()
+        },
+    )
 
 
 def config_at_image_size(config, image_size):
