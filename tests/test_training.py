@@ -513,6 +513,27 @@ def test_train_config_refuses_bad_options(overrides, expected):
 
 
 @pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("folder", "is a folder: give imagenet, none or the path of a Keras notop weights file (.weights.h5)"),
+        ("fifo", "is not a regular file (a FIFO, a device or a broken link)"),
+        ("missing", "does not exist: give imagenet, none"),
+    ],
+)
+def test_weights_that_are_no_file_are_one_line_before_the_run_folder(tmp_path, capsys, kind, expected):
+    weights = tmp_path / "weights"
+    if kind == "folder":
+        weights.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(weights)
+    arguments = ["--records", str(tmp_path / "records"), "--output", str(tmp_path / "run"), "--weights", str(weights)]
+    assert train.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{str(weights)!r} {expected}" in error and len(error.splitlines()) == 1, error
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
     "flags,expected",
     [
         (["--epochs", "0"], "--epochs 0"),

@@ -148,17 +148,35 @@ def _build_imagenet_backbone(backbone, input_shape):
         ) from error
 
 
-def _build_backbone_from_file(backbone, input_shape, path):
-    if not os.path.isfile(path):
-        raise InputNotFoundError(
-            f"weights file {path!r} does not exist (give imagenet, none or the path of a Keras notop weights file)"
+_WEIGHTS_CHOICES = "give imagenet, none or the path of a Keras notop weights file (.weights.h5)"
+
+
+def check_weights(weights):
+    """Refuses a `--weights` path that is no regular file, saying what it is (a folder was "does not exist").
+
+    Raises:
+      UserInputError: a folder, a FIFO or a device; InputNotFoundError: nothing there.
+    """
+    if weights is None or weights in ("imagenet", NO_WEIGHTS):
+        return
+    if os.path.isdir(weights):
+        raise UserInputError(f"--weights {weights!r} is a folder: {_WEIGHTS_CHOICES}")
+    if os.path.lexists(weights) and not os.path.isfile(weights):
+        raise UserInputError(
+            f"--weights {weights!r} is not a regular file (a FIFO, a device or a broken link): {_WEIGHTS_CHOICES}"
         )
+    if not os.path.isfile(weights):
+        raise InputNotFoundError(f"weights file {weights!r} does not exist: {_WEIGHTS_CHOICES}")
+
+
+def _build_backbone_from_file(backbone, input_shape, path):
+    check_weights(path)
     model = BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape)
     try:
         model.load_weights(path)
     except (ValueError, OSError) as error:
         raise UserInputError(
-            f"weights file {path!r} does not fit a {backbone} backbone without top ({_first_line(error)})"
+            f"weights file {path!r} does not fit the {backbone} backbone without top ({_first_line(error)})"
         ) from error
     _scale_like_imagenet_build(model)
     return model
