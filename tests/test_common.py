@@ -80,6 +80,7 @@ def test_bad_config_values_are_named(tmp_path, text, message):
         ("[data]\nsplit = [0.5, 2, 0.1]", "config '{path}': split = [0.5, 2, 0.1]: 2.0 must be at most 1.0"),
         ("batch_size = 0", "config '{path}': batch_size = 0 must be at least 1"),
         ('mode = "quick"', "config '{path}': mode = 'quick': choose one of ('fast', 'slow')"),
+        ("split = [0.5]", "config '{path}': split = [0.5]: give 3 values"),
     ],
 )
 def test_config_errors_name_the_key_as_typed(tmp_path, text, message):
@@ -94,6 +95,12 @@ def test_config_errors_name_the_key_as_typed(tmp_path, text, message):
     with pytest.raises(UserInputError) as error:
         options.parse(Renamed, ["--config", path, "--records", "r"], prog="example", description="an example")
     assert str(error.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("split, message", [((), "--split: give 3 values"), ((0.5, 0.5), r"--split \(0.5, 0.5\)")])
+def test_a_list_of_another_length_is_refused(split, message):
+    with pytest.raises(UserInputError, match=message):
+        options.validate(ExampleOptions(records="r", split=split))
 
 
 def test_a_table_named_after_an_option_that_holds_options_is_a_group(tmp_path):

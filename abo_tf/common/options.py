@@ -336,8 +336,12 @@ def _checked_values(path, values, options_class):
 
 def _check_choices_and_bounds(spec, elements, label):
     """Raises naming `label` (a flag and its value, or a config file's key and value) when an element of a value is
-    not one of the option's choices or outside its bounds."""
+    not one of the option's choices or outside its bounds, or when a list has not the number of values it takes."""
     choices = spec.metadata["choices"]
+    count = spec.metadata["nargs"] or "+"
+    if spec.is_list and (len(elements) != count if isinstance(count, int) else not elements):
+        wanted = f"{count} values" if isinstance(count, int) else "at least one value"  # `models = []` trained none
+        raise UserInputError(f"{label}: give {wanted}" + (f", from {tuple(choices)}" if choices else ""))
     if choices is not None and any(item not in choices for item in elements):
         raise UserInputError(f"{label}: choose one of {tuple(choices)}")
     if spec.kind not in (int, float):
@@ -380,7 +384,7 @@ def validate(options):
             _fits(item, spec.kind) for item in elements
         ):
             raise UserInputError(f"{spec.flag} {value!r} must be {_type_name(spec)}")
-        _check_choices_and_bounds(spec, elements, f"{spec.flag} {value!r}")
+        _check_choices_and_bounds(spec, elements, f"{spec.flag} {value!r}" if elements else spec.flag)
     return options
 
 
