@@ -512,6 +512,13 @@ def test_train_config_refuses_bad_options(overrides, expected):
         loop.TrainConfig(records="r", output="o", **overrides)
 
 
+def test_another_commands_folder_as_output_is_one_line_without_a_note(built_records, capsys):
+    records_dir, _ = built_records  # a build folder holds a config.toml: it was compared as a run's, 40 keys long
+    assert train.main(["--records", records_dir, "--output", records_dir, *TINY_TRAIN_ARGS]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "overlap (one holds the other)" in error and len(error.splitlines()) == 1, error
+
+
 @pytest.mark.parametrize(
     "kind, expected",
     [
