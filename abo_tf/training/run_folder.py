@@ -30,7 +30,7 @@ import os
 import typing
 
 from abo_tf.common import config, files
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError, first_line
 from abo_tf.reports import predictions_file
 
 CONFIG = config.RUN_CONFIG
@@ -141,7 +141,7 @@ def load_keras_model(model_path):
         return keras.models.load_model(model_path)
     except (ValueError, OSError, KeyError, TypeError) as error:  # garbage bytes, another format, a foreign config
         raise UserInputError(
-            f"{model_path!r} is not a Keras model from abo_tf.train ({error}): give the run's {KERAS_MODEL}"
+            f"{model_path!r} is not a Keras model from abo_tf.train ({first_line(error)}): give the run's {KERAS_MODEL}"
         ) from error
 
 
