@@ -62,3 +62,12 @@ def test_a_file_that_is_no_keras_model_is_one_line(tmp_path):
     with pytest.raises(UserInputError, match="is not a Keras model from abo_tf.train \\(File format not") as error:
         run_folder.load_keras_model(str(path))
     assert "\n" not in str(error.value)  # Keras' message runs over three lines
+
+
+@pytest.mark.parametrize("kind, expected", [("file", "is not a folder"), ("missing", "does not exist")])
+def test_a_run_that_is_no_folder_says_which(tmp_path, kind, expected):
+    run = tmp_path / "run"
+    if kind == "file":
+        run.write_text("mine")
+    with pytest.raises(UserInputError, match=f"--run '{run}' {expected}: give the --output folder"):
+        run_folder.check_run(str(run))

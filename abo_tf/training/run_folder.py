@@ -98,9 +98,8 @@ def path(run_dir, name):
 def check_run(run_dir, needs=KERAS_MODEL, flag="--run"):
     """Raises a one-line error unless `run_dir` is a run folder holding `needs`."""
     if not os.path.isdir(run_dir):
-        raise InputNotFoundError(
-            f"{flag} {run_dir!r} does not exist: give the --output folder of `python -m abo_tf.train`"
-        )
+        what = "is not a folder" if os.path.lexists(run_dir) else "does not exist"  # a file said "does not exist"
+        raise InputNotFoundError(f"{flag} {run_dir!r} {what}: give the --output folder of `python -m abo_tf.train`")
     if not os.path.exists(path(run_dir, needs)):
         raise InputNotFoundError(
             f"{flag} {run_dir!r} has no {needs}: give a finished training run (its --output folder)"
