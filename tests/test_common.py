@@ -103,6 +103,12 @@ def test_a_list_of_another_length_is_refused(split, message):
         options.validate(ExampleOptions(records="r", split=split))
 
 
+def test_a_config_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xef\xbb\xbfbatch_size = 16\n")
+    assert _parse(["--config", str(path), "--records", "r"]).batch_size == 16
+
+
 def test_a_table_named_after_an_option_that_holds_options_is_a_group(tmp_path):
     assert _parse(["--config", _write(tmp_path, "[rate]\nrate = 0.25\nlimit = 3"), "--records", "r"]).limit == 3
 

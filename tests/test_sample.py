@@ -385,6 +385,7 @@ def test_cli_help_shows_the_defaults(capsys):
         (["{new}", "--listings", "5"], "--listings 5"),
         (["{busy}/notes.txt"], "is a file"),
         (["{new}", "--truth", "{busy}"], "--truth '{busy}' is a folder"),
+        ([""], "output '' is no folder name"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, arguments, expected):
