@@ -39,7 +39,9 @@ def _contenders(folder):
 
     path = os.path.join(folder, COMPARISON)
     if not os.path.isfile(path):
-        raise InputNotFoundError(f"{path!r} does not exist: run `python -m abo_tf.baselines` into {folder}/baselines")
+        raise InputNotFoundError(
+            f"{path!r} does not exist: run `python -m abo_tf.baselines --output {os.path.dirname(path)}`"
+        )
     try:
         rows = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:  # EmptyDataError is a ValueError
