@@ -527,14 +527,20 @@ def test_another_commands_folder_as_output_is_one_line_without_a_note(built_reco
         ("missing", "does not exist: give imagenet, none"),
     ],
 )
-def test_weights_that_are_no_file_are_one_line_before_the_run_folder(tmp_path, capsys, kind, expected):
+@pytest.mark.parametrize("command", ["train", "tune"])  # tune created its study, then every trial failed on it
+def test_weights_that_are_no_file_are_one_line_before_the_run_folder(tmp_path, capsys, kind, expected, command):
+    from abo_tf import tune
+
     weights = tmp_path / "weights"
     if kind == "folder":
         weights.mkdir()
     elif kind == "fifo":
         os.mkfifo(weights)
+    (tmp_path / "search.toml").write_text("[search]\nlearning_rate = { low = 1e-3, high = 2e-3 }\n")
     arguments = ["--records", str(tmp_path / "records"), "--output", str(tmp_path / "run"), "--weights", str(weights)]
-    assert train.main(arguments) == 2
+    if command == "tune":
+        arguments += ["--config", str(tmp_path / "search.toml")]
+    assert {"train": train, "tune": tune}[command].main(arguments) == 2
     error = capsys.readouterr().err.strip()
     assert f"{str(weights)!r} {expected}" in error and len(error.splitlines()) == 1, error
     assert not (tmp_path / "run").exists()
