@@ -57,6 +57,11 @@ def main(argv=None):
     truth_folder = os.path.dirname(os.path.abspath(sample_options.truth))
     if sample_options.truth and not os.path.isdir(truth_folder):
         raise UserInputError(f"--truth {sample_options.truth!r}: folder {truth_folder!r} does not exist")
+    # Checked before the sample is written: a folder here was a traceback from the rename, after all the work.
+    if os.path.lexists(sample_options.truth) and not os.path.isfile(sample_options.truth):
+        raise UserInputError(
+            f"--truth {sample_options.truth!r} is a folder (or a FIFO, a device or a broken link): give a file name"
+        )
     start = time.perf_counter()
     truth = synthetic_abo.generate_sample(
         sample_options.output_dir,

@@ -19,7 +19,7 @@ from abo_tf.common import config as config_lib
 from abo_tf.common import options, outputs
 from abo_tf.common.errors import UserInputError, cli_main
 from abo_tf.reports import metrics
-from abo_tf.training import distribute, loop, run_folder
+from abo_tf.training import distribute, loop, models, run_folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,12 @@ def resolve_config(argv):
     train_config = loop.TrainConfig(
         **{field.name: getattr(parsed, field.name) for field in dataclasses.fields(loop.TrainConfig)}
     )
-    saved = run_folder.load_config(train_config.output) if os.path.isdir(train_config.output) else None
+    models.check_weights(train_config.weights)  # before the output folder is claimed
+    # Another command's folder (a build, an evaluate report) has a config.toml too: it is refused when claimed,
+    # without a note comparing it as a run's config first.
+    outputs.check_apart(train_config.output, "--output", train_config.records)
+    own = os.path.isdir(train_config.output) and outputs.owner(train_config.output) in (None, "train")
+    saved = run_folder.load_config(train_config.output) if own else None
     changed = config_lib.differences(saved, options.config_values(train_config)) if saved is not None else []
     if changed and not run_folder.has_finished_step(train_config.output):
         print(

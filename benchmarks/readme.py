@@ -25,12 +25,44 @@ README = os.path.join(shared.REPO, "README.md")
 _BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
 
+class ResultsError(ValueError):
+    """A results file (or the README) that cannot be rendered: the message names the file and the problem."""
+
+
+# What a renderer raises on a results file of the wrong shape (a key missing, a string where a number was written).
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError)
+
+
+def _problem(error):
+    if isinstance(error, KeyError):
+        return f"no key {error.args[0]!r}" if error.args else "a key is missing"
+    return f"{type(error).__name__}: {str(error)[:120]}"
+
+
+def _load(path, what):
+    """The JSON object in `path`; ResultsError naming `what` when it is missing, a folder, not JSON or not an object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ResultsError(f"{what} cannot be read ({_problem(error)})") from error
+    if not isinstance(value, dict):
+        raise ResultsError(f"{what} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def _read(name):
-    """A results file's text (.md) or JSON; None when it was never recorded (its block says so)."""
-    if not os.path.isfile(shared.results_path(name)):
+    """A results file's text (.md) or JSON object; None when it was never recorded (its block says so)."""
+    path = shared.results_path(name)
+    if not os.path.lexists(path):
         return None
-    with open(shared.results_path(name), encoding="utf-8") as handle:
-        return handle.read() if name.endswith(".md") else json.load(handle)
+    if name.endswith(".md"):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ResultsError(f"benchmarks/results/{name} cannot be read ({_problem(error)})") from error
+    return _load(path, f"benchmarks/results/{name}")
 
 
 def _not_recorded(name, command):
@@ -325,12 +357,16 @@ def _worst_moderate(source):
     return source["worst_moderate_recall_per_family"]
 
 
+_HELDOUT = "near_duplicates_heldout.json"
+
+
 def render_near_duplicates(results):
     """Worst moderate recall per edit family, unplanted joins and the signals' edges: the run the defaults were
     chosen on and, when recorded, the held-out check (near_duplicates_heldout.json, another seed)."""
     runs = [("chosen on", results)]
-    if os.path.isfile(shared.results_path("near_duplicates_heldout.json")):
-        runs.append(("checked on", _read("near_duplicates_heldout.json")))
+    heldout = _read(_HELDOUT)
+    if heldout is not None:
+        runs.append(("checked on", heldout))
     columns = [(label, run, source) for label, run in runs for source in run["sources"]]
     header = ["family (moderate strengths)"] + [
         f"{source['source']}, seed {run.get('seed', 0)} ({label})" for label, run, source in columns
@@ -399,15 +435,29 @@ RENDERERS = {
 }
 
 
+def _render_block(name):
+    """A block's rendered text; ResultsError naming its results file when that is missing or of the wrong shape."""
+    if name not in RENDERERS:
+        raise ResultsError(f"README.md has a block {name!r} that no renderer knows: one of {sorted(RENDERERS)}")
+    file_name, renderer = RENDERERS[name]
+    results = _read(file_name)
+    if results is None and renderer not in (render_test_suite, render_demo_evaluation):
+        raise ResultsError(f"benchmarks/results/{file_name} is missing: block {name!r} renders it")
+    try:
+        return renderer(results)
+    except _SHAPE_ERRORS as error:
+        where = f"benchmarks/results/{file_name}" + (f" (or {_HELDOUT})" if renderer is render_near_duplicates else "")
+        raise ResultsError(
+            f"{where} is not what block {name!r} renders ({_problem(error)}): re-run the command that writes it, "
+            "or restore it with git checkout"
+        ) from error
+
+
 def render(text):
-    """README text with every block rendered anew; raises KeyError naming an unknown block."""
+    """README text with every block rendered anew; raises ResultsError naming an unknown block or a damaged file."""
 
     def replace(match):
-        file_name, renderer = RENDERERS[match.group("name")]
-        results = _read(file_name)
-        if results is None and renderer not in (render_test_suite, render_demo_evaluation):
-            raise FileNotFoundError(f"benchmarks/results/{file_name} is missing: block {match.group('name')!r}")
-        return f"{match.group(1)}{renderer(results)}\n{match.group(4)}"
+        return f"{match.group(1)}{_render_block(match.group('name'))}\n{match.group(4)}"
 
     return _BLOCK.sub(replace, text)
 
@@ -434,19 +484,22 @@ def _evaluation_figures(metrics):
 
 
 def record_demo(folder):
-    with open(os.path.join(folder, "summary.json"), encoding="utf-8") as handle:
-        summary = json.load(handle)
-    with open(os.path.join(folder, "evaluation", "metrics.json"), encoding="utf-8") as handle:
-        evaluation = _evaluation_figures(json.load(handle))
+    summary_path = os.path.join(folder, "summary.json")
+    metrics_path = os.path.join(folder, "evaluation", "metrics.json")
+    summary = _load(summary_path, f"{summary_path} (written by `make demo`)")
+    try:
+        evaluation = _evaluation_figures(_load(metrics_path, f"{metrics_path} (written by `make demo`)"))
+    except _SHAPE_ERRORS as error:
+        raise ResultsError(f"{metrics_path} is not `evaluate`'s metrics.json ({_problem(error)})") from error
     shared.write_results("demo.json", {"summary": summary, "evaluation": evaluation, "machine": measure.machine()})
 
 
 def record_suite(name, report_path):
     """Adds a pytest run's figures (the JSON that tests/conftest.py writes with ABO_TF_SUITE_REPORT) under `name`."""
-    with open(report_path, encoding="utf-8") as handle:
-        run = json.load(handle)
-    path = shared.results_path("test_suite.json")
-    results = _read("test_suite.json") if os.path.isfile(path) else {"runs": {}}
+    run = _load(report_path, f"{report_path} (written by a run with ABO_TF_SUITE_REPORT)")
+    results = _read("test_suite.json") or {"runs": {}}
+    if not isinstance(results.get("runs"), dict):
+        raise ResultsError("benchmarks/results/test_suite.json holds no object `runs`: restore it with git checkout")
     results["runs"][name] = run
     shared.write_results("test_suite.json", results)
 
@@ -457,6 +510,14 @@ def main(argv=None):
     parser.add_argument("--record-demo", metavar="DEMO_DIR", help="record DEMO_DIR/summary.json, then render")
     parser.add_argument("--record-suite", nargs=2, metavar=("COMMAND", "REPORT"), help="record a pytest run's figures")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     with open(README, encoding="utf-8") as handle:
         text = handle.read()
     if args.check:

@@ -730,3 +730,15 @@ def test_a_truth_file_of_another_shape_is_one_line(tmp_path, truth):
     path.write_text(json.dumps(truth))
     with pytest.raises(UserInputError, match="are not lists of the sample's entries"):
         audit._load_truth(str(path))
+
+
+def test_a_truth_file_over_the_budget_is_one_line_before_it_is_read(tmp_path, capsys):
+    # Zeros, sparse: read, they would be "not a valid JSON"; the size alone refuses them (160 MB took 1.6 GB).
+    truth = tmp_path / "truth.json"
+    with open(truth, "wb") as handle:
+        handle.truncate(audit.MAX_TRUTH_BYTES + 1)
+    arguments = ["--records", str(tmp_path), "--report", str(tmp_path / "report"), "--truth", str(truth)]
+    assert audit_command.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"is {audit.MAX_TRUTH_BYTES + 1:,} bytes, more than the {audit.MAX_TRUTH_BYTES:,}" in error, error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "report").exists()

@@ -664,6 +664,7 @@ def test_a_damaged_feature_cache_is_a_one_line_error(trained, built_records, tmp
         ("--runs '/nonexistent' is not a folder", ["--runs", "/nonexistent"]),
         ("--run chooses CNN features", ["--run", "{empty_run}"]),
         ("not empty and was not written by `abo_tf.baselines`", ["--output", "{foreign}"]),
+        ("models = []: give at least one value, from ('logreg', 'linear_svm'", ["--config", "{no_models}"]),
     ],
 )
 def test_bad_baseline_options_are_one_line_errors(built_records, tmp_path, capsys, expected, extra):
@@ -671,7 +672,13 @@ def test_bad_baseline_options_are_one_line_errors(built_records, tmp_path, capsy
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    extra = [arg.format(empty_run=tmp_path / "empty_run", foreign=tmp_path / "foreign") for arg in extra]
+    (tmp_path / "no_models.toml").write_text("models = []\n")
+    names = {
+        "empty_run": tmp_path / "empty_run",
+        "foreign": tmp_path / "foreign",
+        "no_models": tmp_path / "no_models.toml",
+    }
+    extra = [arg.format(**names) for arg in extra]
     assert baselines.main(["--records", records_dir, "--output", str(tmp_path / "out"), *extra]) == 2, expected
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, (expected, error)

@@ -150,6 +150,8 @@ def test_train_refuses_labels_beyond_the_manifests_classes(built_records, tmp_pa
         ),
         (lambda manifest: manifest["splits"]["train"]["shards"][0].update(num_examples=1), "do not add up"),
         (lambda manifest: manifest.update(classes=[]), "its classes are not a list of names"),
+        (lambda manifest: manifest.pop("fingerprint"), "it has no fingerprint"),  # baselines: KeyError
+        (lambda manifest: manifest.update(fingerprint=5), "it has no fingerprint"),
     ],
 )
 def test_train_refuses_a_manifest_that_does_not_match_its_shards(built_records, tmp_path, capsys, breakage, expected):

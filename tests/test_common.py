@@ -72,6 +72,43 @@ def test_bad_config_values_are_named(tmp_path, text, message):
         _parse(["--config", _write(tmp_path, text), "--records", "r"])
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # `split` is the field `split_fractions` of build_records; `model` the field `models` of baselines
+        ("split = 0.5", "config '{path}': split = 0.5 must be a list of numbers (like --split)"),
+        ("[data]\nsplit = [0.5, 2, 0.1]", "config '{path}': split = [0.5, 2, 0.1]: 2.0 must be at most 1.0"),
+        ("batch_size = 0", "config '{path}': batch_size = 0 must be at least 1"),
+        ('mode = "quick"', "config '{path}': mode = 'quick': choose one of ('fast', 'slow')"),
+        ("split = [0.5]", "config '{path}': split = [0.5]: give 3 values"),
+    ],
+)
+def test_config_errors_name_the_key_as_typed(tmp_path, text, message):
+    @dataclasses.dataclass(frozen=True)
+    class Renamed(ExampleOptions):
+        split_fractions: tuple[float, ...] = options.option(
+            (0.8, 0.1, 0.1), help="fractions", flag="--split", nargs=3, minimum=0.0, maximum=1.0
+        )
+        split: int = options.option(0, help="hidden", cli=False)
+
+    path = _write(tmp_path, text)
+    with pytest.raises(UserInputError) as error:
+        options.parse(Renamed, ["--config", path, "--records", "r"], prog="example", description="an example")
+    assert str(error.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("split, message", [((), "--split: give 3 values"), ((0.5, 0.5), r"--split \(0.5, 0.5\)")])
+def test_a_list_of_another_length_is_refused(split, message):
+    with pytest.raises(UserInputError, match=message):
+        options.validate(ExampleOptions(records="r", split=split))
+
+
+def test_a_config_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xef\xbb\xbfbatch_size = 16\n")
+    assert _parse(["--config", str(path), "--records", "r"]).batch_size == 16
+
+
 def test_a_table_named_after_an_option_that_holds_options_is_a_group(tmp_path):
     assert _parse(["--config", _write(tmp_path, "[rate]\nrate = 0.25\nlimit = 3"), "--records", "r"]).limit == 3
 

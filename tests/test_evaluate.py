@@ -213,6 +213,7 @@ def odd_records(abo_sample, tmp_path_factory):
     "arguments, expected",
     [
         (["--model", "{tmp}"], "is not a SavedModel"),
+        (["--model", "{tmp}/a_file"], "is a file, not a folder"),  # said "does not exist"
         (["--split", "holdout"], "no split 'holdout'"),
         (["--report", "{tmp}/a_file/r"], "cannot create --report"),
         (["--report", "{tmp}/foreign"], "not empty and was not written by `abo_tf.evaluate`"),

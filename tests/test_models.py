@@ -145,7 +145,7 @@ def test_weights_file_errors(tmp_path):
         models.build_model("vgg16", num_classes=2, image_size=SIZE, weights=str(tmp_path / "missing.h5"))
     path = tmp_path / "mobilenet.weights.h5"
     models.build_backbone("mobilenet_v3_small", SIZE).save_weights(str(path))
-    with pytest.raises(UserInputError, match="does not fit a vgg16"):
+    with pytest.raises(UserInputError, match="does not fit the vgg16"):
         models.build_model("vgg16", num_classes=2, image_size=SIZE, weights=str(path))
 
 

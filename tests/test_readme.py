@@ -1,6 +1,7 @@
 """The README's measured figures are rendered from benchmarks/results/, never typed: a stale block fails here."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -42,5 +43,38 @@ def test_a_block_whose_results_were_never_recorded_says_how_to_record_them(readm
 
 
 def test_an_unknown_block_is_named(readme_script):
-    with pytest.raises(KeyError, match="no_such_results"):
+    with pytest.raises(readme_script.ResultsError, match="no_such_results"):
         readme_script.render("<!-- results:no_such_results -->\nx\n<!-- /results:no_such_results -->")
+
+
+def _damaged(text):
+    """Damages of a results file a crash, a hand edit or a merge can leave."""
+    without_strata, wrong_type = json.loads(text), json.loads(text)
+    del without_strata["evaluation"]["strata"]
+    wrong_type["evaluation"]["macro_f1"] = "0.5"
+    return {
+        "truncated": text[: len(text) // 2],
+        "empty": "",
+        "a list": "[1, 2]",
+        "missing key": json.dumps(without_strata),
+        "wrong type": json.dumps(wrong_type),
+    }
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "a list", "missing key", "wrong type", "a folder"])
+def test_a_damaged_results_file_is_one_line_naming_it(readme_script, tmp_path, monkeypatch, capsys, damage):
+    with open(os.path.join(REPO, "benchmarks", "results", "demo.json"), encoding="utf-8") as handle:
+        text = handle.read()
+    results = tmp_path / "results"
+    results.mkdir()
+    if damage == "a folder":
+        (results / "demo.json").mkdir()
+    else:
+        (results / "demo.json").write_text(_damaged(text)[damage], encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:demo_evaluation -->\nold\n<!-- /results:demo_evaluation -->\n", encoding="utf-8")
+    monkeypatch.setattr(readme_script.shared, "results_path", lambda name: str(results / name))
+    monkeypatch.setattr(readme_script, "README", str(readme))
+    assert readme_script.main(["--check"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: benchmarks/results/demo.json ") and error.count("\n") == 1, error

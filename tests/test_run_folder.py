@@ -54,3 +54,20 @@ def test_config_and_class_names(tmp_path):
     assert run_folder.load_config(str(tmp_path)) == {"model": "vgg16", "image_size": 64, **run_folder.ADDED_OPTIONS}
     run_folder.write_class_names(str(tmp_path), ["A", "B_C"])
     assert run_folder.read_class_names(str(tmp_path)) == ["A", "B_C"]
+
+
+def test_a_file_that_is_no_keras_model_is_one_line(tmp_path):
+    path = tmp_path / "model.txt"
+    path.write_text("hello")
+    with pytest.raises(UserInputError, match="is not a Keras model from abo_tf.train \\(File format not") as error:
+        run_folder.load_keras_model(str(path))
+    assert "\n" not in str(error.value)  # Keras' message runs over three lines
+
+
+@pytest.mark.parametrize("kind, expected", [("file", "is not a folder"), ("missing", "does not exist")])
+def test_a_run_that_is_no_folder_says_which(tmp_path, kind, expected):
+    run = tmp_path / "run"
+    if kind == "file":
+        run.write_text("mine")
+    with pytest.raises(UserInputError, match=f"--run '{run}' {expected}: give the --output folder"):
+        run_folder.check_run(str(run))

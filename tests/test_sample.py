@@ -380,7 +380,13 @@ def test_cli_help_shows_the_defaults(capsys):
 
 @pytest.mark.parametrize(
     "arguments, expected",
-    [(["{busy}"], "not empty"), (["{new}", "--listings", "5"], "--listings 5"), (["{busy}/notes.txt"], "is a file")],
+    [
+        (["{busy}"], "not empty"),
+        (["{new}", "--listings", "5"], "--listings 5"),
+        (["{busy}/notes.txt"], "is a file"),
+        (["{new}", "--truth", "{busy}"], "--truth '{busy}' is a folder"),
+        ([""], "output '' is no folder name"),
+    ],
 )
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, arguments, expected):
     busy = tmp_path / "busy"
@@ -389,7 +395,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, arguments, expected):
     arguments = [argument.format(busy=busy, new=tmp_path / "new") for argument in arguments]
     assert sample_command.main(arguments) == 2
     error = capsys.readouterr().err.strip()
-    assert expected in error and len(error.splitlines()) == 1, error
+    assert expected.format(busy=busy) in error and len(error.splitlines()) == 1, error
     assert os.listdir(busy) == ["notes.txt"] and not (tmp_path / "new").exists()
 
 

@@ -79,6 +79,13 @@ def test_a_folder_without_baselines_is_one_line(tmp_path, capsys):
     assert "comparison.csv' does not exist" in error and len(error.splitlines()) == 1
 
 
+def test_a_file_for_the_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert summarize.main([str(tmp_path / "notes.txt")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "notes.txt' is not a folder: give the folder" in error and len(error.splitlines()) == 1, error
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

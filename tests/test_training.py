@@ -512,6 +512,40 @@ def test_train_config_refuses_bad_options(overrides, expected):
         loop.TrainConfig(records="r", output="o", **overrides)
 
 
+def test_another_commands_folder_as_output_is_one_line_without_a_note(built_records, capsys):
+    records_dir, _ = built_records  # a build folder holds a config.toml: it was compared as a run's, 40 keys long
+    assert train.main(["--records", records_dir, "--output", records_dir, *TINY_TRAIN_ARGS]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "overlap (one holds the other)" in error and len(error.splitlines()) == 1, error
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("folder", "is a folder: give imagenet, none or the path of a Keras notop weights file (.weights.h5)"),
+        ("fifo", "is not a regular file (a FIFO, a device or a broken link)"),
+        ("missing", "does not exist: give imagenet, none"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "tune"])  # tune created its study, then every trial failed on it
+def test_weights_that_are_no_file_are_one_line_before_the_run_folder(tmp_path, capsys, kind, expected, command):
+    from abo_tf import tune
+
+    weights = tmp_path / "weights"
+    if kind == "folder":
+        weights.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(weights)
+    (tmp_path / "search.toml").write_text("[search]\nlearning_rate = { low = 1e-3, high = 2e-3 }\n")
+    arguments = ["--records", str(tmp_path / "records"), "--output", str(tmp_path / "run"), "--weights", str(weights)]
+    if command == "tune":
+        arguments += ["--config", str(tmp_path / "search.toml")]
+    assert {"train": train, "tune": tune}[command].main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{str(weights)!r} {expected}" in error and len(error.splitlines()) == 1, error
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "flags,expected",
     [

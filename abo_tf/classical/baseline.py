@@ -145,7 +145,9 @@ def check_config(config):
     unknown = [model for model in config.models if model not in classifiers.MODELS]
     if config.exclude is not None:
         leakage.leaked_ids(config.exclude, "test")  # a bad --exclude fails before any training
-    if unknown or not config.models:
+    if not config.models:
+        raise UserInputError(f"--model: give at least one baseline, from {classifiers.MODELS}")
+    if unknown:
         raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
     limits = {
         "--rbf-max-train": (config.rbf_max_train, 2),

@@ -8,7 +8,7 @@ import os
 
 from abo_tf.classical import descriptors
 from abo_tf.common import options, parallel
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import UserInputError
 from abo_tf.records import shards
 from abo_tf.training import run_folder
 
@@ -146,11 +146,7 @@ def _resolve_backbone(spec):
 
     if spec.backbone not in models.BACKBONES:
         raise UserInputError(f"unknown backbone {spec.backbone!r}: choose one of {sorted(models.BACKBONES)}")
-    if spec.weights not in ("imagenet", models.NO_WEIGHTS) and not os.path.isfile(spec.weights):
-        raise InputNotFoundError(
-            f"weights file {spec.weights!r} does not exist "
-            "(give imagenet, none or the path of a Keras notop weights file)"
-        )
+    models.check_weights(spec.weights)
     size = spec.image_size or DEFAULT_IMAGE_SIZE[CNN]
     minimum = models.BACKBONES[spec.backbone].min_image_size
     if size < minimum:  # checked now rather than when the model is first built, after a split was read

@@ -119,7 +119,9 @@ def read_document(path):
     _check_shape(path)
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            data = handle.read()
+        # Windows Notepad starts UTF-8 with a byte order mark, which tomllib calls an "Invalid statement".
+        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserInputError(f"config {path!r} is not valid TOML (UTF-8 text): {error}") from error
 

@@ -12,6 +12,12 @@ class InputNotFoundError(UserInputError, FileNotFoundError):
     """A path the user gave does not exist."""
 
 
+def first_line(error):
+    """An exception's first non-blank line (Keras' and TensorFlow's messages run over many; a CLI error is one)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def cli_main(main):
     """Decorates a CLI `main(argv=None) -> int`: user errors become one line on stderr, exit 2."""
 

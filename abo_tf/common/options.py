@@ -263,15 +263,17 @@ def _fits(value, kind):
     return isinstance(value, kind)
 
 
-def _check_config_value(path, spec, value):
-    """The config's `value` for `spec`, converted; a one-line error naming the key when its type is wrong."""
+def _check_config_value(path, key, spec, value):
+    """The config's `value` for `spec`, converted; a one-line error naming the `key` as the file has it (`model`,
+    not the field `models`) when its type, choice or bounds are wrong."""
     elements = value if spec.is_list and isinstance(value, list) else [value]
+    shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
     if (spec.is_list and not isinstance(value, list)) or not all(_fits(element, spec.kind) for element in elements):
         like = "a table such as { low = 1, high = 2 }" if spec.kind is dict else f"like {spec.flag}"
-        shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
-        raise UserInputError(f"config {path!r}: {spec.name} = {shown} must be {_type_name(spec)} ({like})")
+        raise UserInputError(f"config {path!r}: {key} = {shown} must be {_type_name(spec)} ({like})")
     if spec.kind is float:
         elements = [float(element) for element in elements]
+    _check_choices_and_bounds(spec, elements, f"config {path!r}: {key} = {shown}")
     return tuple(elements) if spec.is_list else elements[0]
 
 
@@ -300,7 +302,7 @@ def _config_defaults(path, options_class):
         # one; holding none, it is that option's value of the wrong type (`deterministic = {a = 1}` was reported
         # as an unknown key `a`).
         if spec is not None and spec.kind is not dict and isinstance(value, dict) and not set(value) & set(by_key):
-            _check_config_value(path, spec, value)
+            _check_config_value(path, name, spec, value)
     return _checked_values(path, config_lib.flattened(path, document), options_class)
 
 
@@ -326,21 +328,33 @@ def _checked_values(path, values, options_class):
         keep = config_key(by_key[both[0][0]])
         raise UserInputError(f"config {path!r} sets one option under two keys {both[0]}: keep only {keep!r}")
     return {
-        by_key[key].name: _check_config_value(path, by_key[key], value)
+        by_key[key].name: _check_config_value(path, key, by_key[key], value)
         for key, value in values.items()
         if key in by_key
     }
 
 
-def _check_bounds(spec, value):
+def _check_choices_and_bounds(spec, elements, label):
+    """Raises naming `label` (a flag and its value, or a config file's key and value) when an element of a value is
+    not one of the option's choices or outside its bounds, or when a list has not the number of values it takes."""
+    choices = spec.metadata["choices"]
+    count = spec.metadata["nargs"] or "+"
+    if spec.is_list and (len(elements) != count if isinstance(count, int) else not elements):
+        wanted = f"{count} values" if isinstance(count, int) else "at least one value"  # `models = []` trained none
+        raise UserInputError(f"{label}: give {wanted}" + (f", from {tuple(choices)}" if choices else ""))
+    if choices is not None and any(item not in choices for item in elements):
+        raise UserInputError(f"{label}: choose one of {tuple(choices)}")
+    if spec.kind not in (int, float):
+        return
     minimum, maximum = spec.metadata["minimum"], spec.metadata["maximum"]
-    for element in value if spec.is_list else [value]:
+    for element in elements:
+        shown = label if not spec.is_list else f"{label}: {element}"
         if not math.isfinite(element):  # NaN passes every comparison
-            raise UserInputError(f"{spec.flag} {element} must be a finite number")
+            raise UserInputError(f"{shown} must be a finite number")
         if minimum is not None and element < minimum:
-            raise UserInputError(f"{spec.flag} {element} must be at least {minimum}")
+            raise UserInputError(f"{shown} must be at least {minimum}")
         if maximum is not None and element > maximum:
-            raise UserInputError(f"{spec.flag} {element} must be at most {maximum}")
+            raise UserInputError(f"{shown} must be at most {maximum}")
 
 
 def _check_required(options_class, values):
@@ -370,11 +384,7 @@ def validate(options):
             _fits(item, spec.kind) for item in elements
         ):
             raise UserInputError(f"{spec.flag} {value!r} must be {_type_name(spec)}")
-        choices = spec.metadata["choices"]
-        if choices is not None and any(item not in choices for item in elements):
-            raise UserInputError(f"{spec.flag} {value!r}: choose one of {tuple(choices)}")
-        if spec.kind in (int, float):
-            _check_bounds(spec, value)
+        _check_choices_and_bounds(spec, elements, f"{spec.flag} {value!r}" if elements else spec.flag)
     return options
 
 

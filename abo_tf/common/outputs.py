@@ -102,6 +102,13 @@ def check_apart(path, flag, records):
         )
 
 
+def owner(path):
+    """The command whose marker `path` holds (None without one): a command reading its own files back from a
+    folder (train's config.toml) reads them only from a folder it wrote."""
+    marker = files.read_json(os.path.join(path, MARKER), what="output marker")
+    return marker.get("command") if isinstance(marker, dict) else marker
+
+
 def claim(path, command, flag="--output", recognise=None, records=None):
     """Makes `path` the output folder of `command`, or refuses it with a one-line error.
 

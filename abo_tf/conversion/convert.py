@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from abo_tf.common import console
-from abo_tf.common.errors import UserInputError
+from abo_tf.common.errors import UserInputError, first_line
 
 FORMATS = ("litert", "litert-fp16", "litert-int8", "onnx")
 FILE_NAMES = {
@@ -57,11 +57,6 @@ def probabilities_function(loaded, image_size):
     return probabilities
 
 
-def _first_line(error):
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def to_litert(loaded, image_size, export_format, calibration_pixels=None, int8_output="float"):
     """The .tflite bytes of `loaded`'s serve_pixels (without metadata; see `with_litert_metadata`).
 
@@ -95,7 +90,7 @@ def to_litert(loaded, image_size, export_format, calibration_pixels=None, int8_o
             return converter.convert()
     except Exception as error:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise ConversionError(
-            f"the LiteRT converter cannot take this model ({export_format}): {_first_line(error)}"
+            f"the LiteRT converter cannot take this model ({export_format}): {first_line(error)}"
         ) from error
 
 
@@ -191,9 +186,7 @@ def to_onnx(loaded, image_size, value):
         onnx.helper.set_model_props(model, {METADATA_KEY: value})
         onnx.checker.check_model(model)
     except Exception as error:  # tf2onnx raises whatever its op handlers raise
-        raise ConversionError(
-            f"tf2onnx cannot convert this model (opset {ONNX_OPSET}): {_first_line(error)}"
-        ) from error
+        raise ConversionError(f"tf2onnx cannot convert this model (opset {ONNX_OPSET}): {first_line(error)}") from error
     finally:
         tf.get_logger().setLevel(level)
     return model.SerializeToString()

@@ -124,6 +124,9 @@ def _manifest_problem(manifest):
         return "a class name appears twice"
     if not isinstance(splits, dict) or not splits:
         return "it has no splits"
+    # The build's identity: feature caches, studies and exports key on it (a missing one was a KeyError).
+    if not isinstance(manifest.get("fingerprint"), str) or not manifest["fingerprint"]:
+        return "it has no fingerprint"
     for name, entry in splits.items():
         problem = _split_problem(name, entry, classes)
         if problem:

@@ -39,7 +39,9 @@ def _contenders(folder):
 
     path = os.path.join(folder, COMPARISON)
     if not os.path.isfile(path):
-        raise InputNotFoundError(f"{path!r} does not exist: run `python -m abo_tf.baselines` into {folder}/baselines")
+        raise InputNotFoundError(
+            f"{path!r} does not exist: run `python -m abo_tf.baselines --output {os.path.dirname(path)}`"
+        )
     try:
         rows = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:  # EmptyDataError is a ValueError
@@ -83,6 +85,8 @@ def summarize(folder, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
       {"cnn", "best_baseline": {"name", "macro_f1", "interval"} or None, "cnn_minus_best_baseline" (a
       `bootstrap.paired_differences` entry or None), "audit" (its summary.json's figures or None), "reports"}.
     """
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # said "FILE/baselines/comparison.csv does not exist"
+        raise UserInputError(f"{folder!r} is not a folder: give the folder `make demo` writes (with its baselines/)")
     contenders = _contenders(folder)
     cnn = _best([contender for contender in contenders if contender.kind == "cnn"])
     baseline = _best([contender for contender in contenders if contender.kind != "cnn"])

@@ -1245,6 +1245,8 @@ def _check_arguments(output_dir, num_listings, seed, max_side, workers):
         raise UserInputError(f"--seed {seed} is negative: give a seed of 0 or more")
     if workers is not None and workers < 1:
         raise UserInputError(f"--workers {workers}: give 1 or more")
+    if not output_dir:  # os.makedirs("") raised FileNotFoundError after the plan was made
+        raise UserInputError("output '' is no folder name: give a new or empty folder")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserInputError(f"output {output_dir!r} is a file: give a new or empty folder")
     if os.path.isdir(output_dir) and os.listdir(output_dir):

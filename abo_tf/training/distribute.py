@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from abo_tf.common.errors import UserInputError
+from abo_tf.common.errors import UserInputError, first_line
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
@@ -23,7 +23,7 @@ def _tpu_strategy(tpu_address):
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as error:
         raise UserInputError(
-            f"no TPU found at --tpu {tpu_address!r} ({str(error).splitlines()[0]}): run on a TPU VM or give its address"
+            f"no TPU found at --tpu {tpu_address!r} ({first_line(error)}): run on a TPU VM or give its address"
         ) from error
     return tf.distribute.TPUStrategy(resolver)
 

@@ -33,7 +33,7 @@ import os
 import keras
 import tensorflow as tf
 
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError, first_line
 from abo_tf.training import input_pipeline, parity, preprocess
 
 BYTES_ENDPOINT = "serving_default"
@@ -203,6 +203,8 @@ def load_exported(export_dir):
       UserInputError: it is not a SavedModel, or not one from `export_saved_model`.
     """
     export_dir = os.fspath(export_dir)
+    if os.path.lexists(export_dir) and not os.path.isdir(export_dir):
+        raise UserInputError(f"{export_dir!r} is a file, not a folder: give the saved_model folder of a training run")
     if not os.path.isdir(export_dir):
         raise InputNotFoundError(
             f"model folder {export_dir!r} does not exist (give the saved_model folder of a training run)"
@@ -214,9 +216,7 @@ def load_exported(export_dir):
     try:
         loaded = tf.saved_model.load(export_dir)
     except (OSError, ValueError, tf.errors.OpError) as error:
-        raise UserInputError(
-            f"cannot load the SavedModel in {export_dir!r}: {str(error).strip().splitlines()[0]}"
-        ) from error
+        raise UserInputError(f"cannot load the SavedModel in {export_dir!r}: {first_line(error)}") from error
     missing = [name for name in (BYTES_ENDPOINT, PIXELS_ENDPOINT) if name not in loaded.signatures]
     missing += [name for name in (CLASS_NAMES, IMAGE_SIZE) if not hasattr(loaded, name)]
     if missing:

@@ -13,7 +13,7 @@ import os
 import keras
 import numpy as np
 
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError, first_line
 
 MIN_IMAGE_SIZE = 32  # Keras Applications refuse smaller inputs
 NO_WEIGHTS = "none"  # the CLI's spelling of weights=None
@@ -115,12 +115,6 @@ def _check_head(num_classes, dropout):
         raise UserInputError(f"dropout={dropout!r}: must be in [0, 1)")
 
 
-def _first_line(error):
-    """Keras' messages run over many lines; the CLI prints one."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _weights_cache_folder():
     # Keras reads $KERAS_HOME once, at import; keras_home() is its (private) accessor.
     try:
@@ -140,7 +134,7 @@ def _build_imagenet_backbone(backbone, input_shape):
     except Exception as error:  # Keras raises a bare Exception("URL fetch failure ...") offline
         if os.path.isfile(cached_file):
             raise  # the weights are there: not a download problem
-        reason = _first_line(error)
+        reason = first_line(error)
         raise UserInputError(
             f"downloading the ImageNet weights of {backbone} failed ({reason}): put {spec.weights_file} into "
             f"{os.path.dirname(cached_file)} "
@@ -148,17 +142,35 @@ def _build_imagenet_backbone(backbone, input_shape):
         ) from error
 
 
-def _build_backbone_from_file(backbone, input_shape, path):
-    if not os.path.isfile(path):
-        raise InputNotFoundError(
-            f"weights file {path!r} does not exist (give imagenet, none or the path of a Keras notop weights file)"
+_WEIGHTS_CHOICES = "give imagenet, none or the path of a Keras notop weights file (.weights.h5)"
+
+
+def check_weights(weights):
+    """Refuses a `--weights` path that is no regular file, saying what it is (a folder was "does not exist").
+
+    Raises:
+      UserInputError: a folder, a FIFO or a device; InputNotFoundError: nothing there.
+    """
+    if weights is None or weights in ("imagenet", NO_WEIGHTS):
+        return
+    if os.path.isdir(weights):
+        raise UserInputError(f"--weights {weights!r} is a folder: {_WEIGHTS_CHOICES}")
+    if os.path.lexists(weights) and not os.path.isfile(weights):
+        raise UserInputError(
+            f"--weights {weights!r} is not a regular file (a FIFO, a device or a broken link): {_WEIGHTS_CHOICES}"
         )
+    if not os.path.isfile(weights):
+        raise InputNotFoundError(f"weights file {weights!r} does not exist: {_WEIGHTS_CHOICES}")
+
+
+def _build_backbone_from_file(backbone, input_shape, path):
+    check_weights(path)
     model = BACKBONES[backbone].constructor(include_top=False, weights=None, input_shape=input_shape)
     try:
         model.load_weights(path)
     except (ValueError, OSError) as error:
         raise UserInputError(
-            f"weights file {path!r} does not fit a {backbone} backbone without top ({_first_line(error)})"
+            f"weights file {path!r} does not fit the {backbone} backbone without top ({first_line(error)})"
         ) from error
     _scale_like_imagenet_build(model)
     return model

@@ -30,7 +30,7 @@ import os
 import typing
 
 from abo_tf.common import config, files
-from abo_tf.common.errors import InputNotFoundError, UserInputError
+from abo_tf.common.errors import InputNotFoundError, UserInputError, first_line
 from abo_tf.reports import predictions_file
 
 CONFIG = config.RUN_CONFIG
@@ -98,9 +98,8 @@ def path(run_dir, name):
 def check_run(run_dir, needs=KERAS_MODEL, flag="--run"):
     """Raises a one-line error unless `run_dir` is a run folder holding `needs`."""
     if not os.path.isdir(run_dir):
-        raise InputNotFoundError(
-            f"{flag} {run_dir!r} does not exist: give the --output folder of `python -m abo_tf.train`"
-        )
+        what = "is not a folder" if os.path.lexists(run_dir) else "does not exist"  # a file said "does not exist"
+        raise InputNotFoundError(f"{flag} {run_dir!r} {what}: give the --output folder of `python -m abo_tf.train`")
     if not os.path.exists(path(run_dir, needs)):
         raise InputNotFoundError(
             f"{flag} {run_dir!r} has no {needs}: give a finished training run (its --output folder)"
@@ -141,7 +140,7 @@ def load_keras_model(model_path):
         return keras.models.load_model(model_path)
     except (ValueError, OSError, KeyError, TypeError) as error:  # garbage bytes, another format, a foreign config
         raise UserInputError(
-            f"{model_path!r} is not a Keras model from abo_tf.train ({error}): give the run's {KERAS_MODEL}"
+            f"{model_path!r} is not a Keras model from abo_tf.train ({first_line(error)}): give the run's {KERAS_MODEL}"
         ) from error
 
 

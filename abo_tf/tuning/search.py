@@ -12,7 +12,7 @@ from abo_tf.common import config as config_lib
 from abo_tf.common import console, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import shards
-from abo_tf.training import loop
+from abo_tf.training import loop, models
 from abo_tf.tuning import space as space_lib
 from abo_tf.tuning import study as study_lib
 from abo_tf.tuning import trials as trials_lib
@@ -169,6 +169,7 @@ def open_search(tune_options, study_flag_given=False):
         another study or config, a storage that cannot be opened.
     """
     base = base_train_config(tune_options)
+    models.check_weights(base.weights)  # every trial would fail on it, after the study was created
     space = space_lib.parse_space(tune_options.search, base)
     manifest = check_validation_split(tune_options.records)
     check_apart_from_records(tune_options.output, tune_options.records)

@@ -17,7 +17,7 @@ import warnings
 
 import optuna
 
-from abo_tf.common.errors import UserInputError
+from abo_tf.common.errors import UserInputError, first_line
 
 JOURNAL = "study.journal"
 SAMPLERS = ("tpe", "random")
@@ -122,7 +122,7 @@ def open_storage(url, tune_dir):
                 )
         return optuna.storages.get_storage(url)
     except Exception as error:  # noqa: BLE001 (SQLAlchemy, drivers and Optuna raise many kinds; all mean the same)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise StorageError(
             f"--storage {url!r} cannot be opened ({reason}): give a URL Optuna supports, "
             f"e.g. sqlite:///tune.db or postgresql://user@host/db"
