@@ -26,6 +26,8 @@ import sys
 import time
 from typing import NamedTuple
 
+import google_crc32c
+
 from abo_tf.common import console, id_files, outputs, parallel
 from abo_tf.common import options as options_lib
 from abo_tf.common.errors import UserInputError
@@ -292,7 +294,7 @@ class _ListingLabel(NamedTuple):
 class _Candidates:
     """The state of the build between reading and writing.
 
-    `listings`, `listings_of_image`, `sha256` and `copy_size` are set to None
+    `listings`, `listings_of_image`, `sha256`, `crc32c` and `copy_size` are set to None
     once the plan is made (`_release_before_write`): the write and the manifest
     do not need them, and at 400k images they are hundreds of MB.
     """
@@ -303,6 +305,7 @@ class _Candidates:
     listings_of_image: dict | None  # image id -> listing indices
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
     sha256: dict | None = dataclasses.field(default_factory=dict)  # image id -> hex digest
+    crc32c: dict | None = dataclasses.field(default_factory=dict)  # image id -> CRC-32C of the bytes scanned
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
     copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
     num_referenced: int = 0  # images referenced by the selected listings
@@ -419,8 +422,8 @@ class _Located(NamedTuple):
 
 
 def _scan_chunk(locations, reader, max_side):
-    """Worker: `(reason the image is rejected or None, SHA-256, (height, width) if stored as-is or None)` per
-    `(path, location)`.
+    """Worker: `(reason the image is rejected or None, SHA-256, CRC-32C, (height, width) if stored as-is or None)`
+    per `(path, location)`.
 
     Plain tuples both ways: pickling a named tuple calls Python code per item, on both sides of the pipe.
     The sizes of files that are copied as they are travel in the plan, so the write pass does not parse them
@@ -434,7 +437,7 @@ def _scan_chunk(locations, reader, max_side):
             copy_size = (info.height, info.width) if images.can_copy(info, max_side) else None
         except images.RejectedImage as error:
             reason = error.reason
-        results.append((reason, hashlib.sha256(data).hexdigest(), copy_size))
+        results.append((reason, hashlib.sha256(data).hexdigest(), google_crc32c.value(data), copy_size))
     return results
 
 
@@ -460,8 +463,9 @@ def _scan(candidates, image_index, reader, pool, options):
         locations = ([(item.path, item.location) for item in chunk] for chunk in chunks)
         scanned = bounded_map(pool, _scan_chunk, locations, 2 * options.workers + 2, reader, options.resize)
         for number, results in enumerate(scanned):
-            for item, (reason, sha256, copy_size) in zip(chunks[number], results):
+            for item, (reason, sha256, crc32c, copy_size) in zip(chunks[number], results):
                 candidates.sha256[item.image_id] = sha256
+                candidates.crc32c[item.image_id] = crc32c
                 candidates.copy_size[item.image_id] = copy_size
                 if reason is not None:
                     candidates.image_status[item.image_id] = reason
@@ -629,6 +633,7 @@ class PlanItem(NamedTuple):
     offset: int | None  # in the tar, None in a folder
     size: int
     sha256: str  # hex digest of the file as shipped
+    crc32c: int  # of the same bytes: the write's check that it reads what the scan hashed
     label: int
     product_type: str
     item_id: str
@@ -642,10 +647,11 @@ def _plan_items(candidates, image_index, vocabulary, image_types, groups, image_
     One loop with its look-ups bound once: at 400k images, a function call per item and its attribute look-ups
     were the largest part of the plan's serial time.
     """
-    listings, listings_of_image, sha256, copy_size = (
+    listings, listings_of_image, sha256, crc32c, copy_size = (
         candidates.listings,
         candidates.listings_of_image,
         candidates.sha256,
+        candidates.crc32c,
         candidates.copy_size,
     )
     position, paths, offsets, sizes = image_index.position, image_index.paths, image_index.offsets, image_index.sizes
@@ -667,6 +673,7 @@ def _plan_items(candidates, image_index, vocabulary, image_types, groups, image_
                 None if offset < 0 else offset,
                 sizes[at],
                 sha256[image_id],
+                crc32c[image_id],
                 label,
                 name,
                 item_id,
@@ -807,8 +814,10 @@ def _encode_piece(items, reader, max_side):
     reencoded = 0
     locations = [(path, (offset, size)) for _, path, offset, size, *_ in items]
     for item, data in zip(items, reader.read_many(locations)):
-        image_id, _, _, _, sha256, label, product_type, item_id, copy_size = item
-        if hashlib.sha256(data).hexdigest() != sha256:
+        image_id, _, _, size, sha256, crc32c, label, product_type, item_id, copy_size = item
+        # The bytes the scan hashed, checked by size and CRC-32C (1 us an image, SHA-256 9 us): any accidental
+        # change (a file rewritten or re-extracted mid-build, a damaged read) is caught, all but 2**-32 of them.
+        if len(data) != size or google_crc32c.value(data) != crc32c:
             raise BuildError(f"image {image_id} changed while the build was running: start again")
         try:
             if copy_size:
@@ -1102,7 +1111,8 @@ def _content_digest(candidates):
 
 def _release_before_write(candidates):
     """Drops what only the plan needed; the plan's items keep the strings they share."""
-    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
+    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.crc32c = None
+    candidates.copy_size = None
 
 
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
