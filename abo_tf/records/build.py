@@ -7,7 +7,8 @@ The listings are read in a worker while this process indexes the images tar.
 Then two parallel passes over the images: a scan (structure check and SHA-256 of
 every candidate image; content hashes take part in the leak-free grouping and
 the rejections must be known before classes are counted), then the write, each
-TFDS-named shard written and hashed whole by one worker. The plan (which image
+TFDS-named shard written and hashed whole by one worker, each image read again and
+checked against the scan by its size and CRC-32C. The plan (which image
 goes to which shard, in which order) is fixed before writing, so a re-run gives
 byte-identical shards and an interrupted run resumes where it stopped.
 """
@@ -309,6 +310,7 @@ class _Candidates:
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
     copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
     num_referenced: int = 0  # images referenced by the selected listings
+    survivors: list | None = None  # the image ids kept as of the last `_surviving`, sorted
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
@@ -457,7 +459,7 @@ def _located(image_index, image_ids):
 
 
 def _scan(candidates, image_index, reader, pool, options):
-    pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+    pending = _surviving(candidates)
     items = _located(image_index, pending)
     chunks = [items[start : start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
     total = len(items)
@@ -497,7 +499,15 @@ def _drop_duplicate_content(candidates):
 
 
 def _surviving(candidates):
-    return sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+    """The image ids without a drop reason, sorted.
+
+    Reasons are only added before the write, so the last call's list, filtered, is this one, in order: one sort
+    of every image id a build instead of one a step (scan, labels, grouping, split; 0.2-0.5 s each at 400k).
+    """
+    previous = candidates.survivors if candidates.survivors is not None else sorted(candidates.listings_of_image)
+    status = candidates.image_status
+    candidates.survivors = [image_id for image_id in previous if image_id not in status]
+    return candidates.survivors
 
 
 def _label_images(candidates, options):
@@ -1116,7 +1126,7 @@ def _content_digest(candidates):
 def _release_before_write(candidates):
     """Drops what only the plan needed; the plan's items keep the strings they share."""
     candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.crc32c = None
-    candidates.copy_size = None
+    candidates.copy_size = candidates.survivors = None
 
 
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
