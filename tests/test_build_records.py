@@ -5,6 +5,7 @@ import errno
 import gzip
 import json
 import os
+import random
 import re
 import shutil
 import tarfile
@@ -72,6 +73,34 @@ def test_fast_tar_index_equals_tarfile(abo_sample):
     with tarfile.open(abo_sample["images"]) as tar:
         expected = [(member.name, member.offset_data, member.size) for member in tar if member.isreg()]
     assert list(archive._fast_tar_files(abo_sample["images"])) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [bytes(512), b"\xff" * 512, bytes(range(256)) * 2, random.Random(0).randbytes(512)],
+    ids=["zeros", "all_ff", "ramp", "random"],
+)
+def test_header_sum_is_the_sum_of_the_bytes_but_the_checksum_field(header):
+    assert archive._header_sum(header) == sum(header[:148]) + sum(header[156:])
+
+
+def test_an_image_changed_after_the_scan_stops_the_write(abo_sample, tmp_path):
+    images_tar = shutil.copy(abo_sample["images"], tmp_path / "images.tar")
+    store = archive.open_images(str(images_tar))
+    path, (offset, size) = min(store.locations.items())
+    reader = store.without_index()
+    scanned = records_build._scan_chunk([(path, (offset, size))], reader, None)
+    (_, digest, crc32c, copy_size) = (column[0] for column in scanned)
+    item = ("image", path, offset, size, digest, crc32c, 0, "TYPE", "item", copy_size)
+    framed, rejected, _ = records_build._encode_piece([item], reader, None)
+    assert framed and not rejected
+    with open(images_tar, "r+b") as handle:  # one bit flipped in place: the same size, other bytes
+        handle.seek(offset + size // 2)
+        byte = handle.read(1)[0]
+        handle.seek(offset + size // 2)
+        handle.write(bytes([byte ^ 1]))
+    with pytest.raises(records_build.BuildError, match="changed while the build was running"):
+        records_build._encode_piece([item], reader, None)
 
 
 def test_pax_tar_falls_back_to_tarfile(tmp_path, abo_folder_sample):

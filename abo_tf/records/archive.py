@@ -311,6 +311,21 @@ def _header_field(header, start, end):
     return header[start:end].split(b"\0", 1)[0]
 
 
+def _header_sum(header):
+    """The sum of a header's bytes, its checksum field (148:156) left out, as `sum()` would give it.
+
+    Adler-32's low half is 1 + the sum of the bytes mod 65521: exact for runs of at most 256 bytes (255 * 256
+    < 65521). Three C calls instead of `sum()` iterating 504 ints: 3.6 -> 0.9 us a header, at 400k headers a
+    second off the serial index.
+    """
+    return (
+        (zlib.adler32(header[:148]) & 0xFFFF)
+        + (zlib.adler32(header[156:412]) & 0xFFFF)
+        + (zlib.adler32(header[412:]) & 0xFFFF)
+        - 3
+    )
+
+
 def _fast_tar_files(path):
     """Yields `(name, data offset, size)` of the regular files of a plain ustar/GNU tar.
 
@@ -321,13 +336,15 @@ def _fast_tar_files(path):
     file, or a file that ends before the end-of-archive marker (a zero block),
     raises `_TarCut`.
     """
-    with open(path, "rb") as handle:
-        file_size = os.fstat(handle.fileno()).st_size
+    # One pread a header: a buffered seek and read copied 8 KiB (about one small image) for each 512-byte header.
+    with open(path, "rb", buffering=0) as handle:
+        descriptor = handle.fileno()
+        file_size = os.fstat(descriptor).st_size
         offset = 0
-        while len(header := handle.read(_BLOCK)) == _BLOCK and header != _ZERO_BLOCK:
+        while len(header := os.pread(descriptor, _BLOCK, offset)) == _BLOCK and header != _ZERO_BLOCK:
             try:
                 stored = _header_field(header, 148, 156).strip()
-                if not stored or int(stored, 8) != sum(header[:148]) + 256 + sum(header[156:]):
+                if not stored or int(stored, 8) != _header_sum(header) + 256:
                     raise _NotPlainUstar(f"bad header checksum at byte {offset}")
                 typeflag, size_field = header[156:157], _header_field(header, 124, 136).strip()
                 if typeflag not in _PLAIN_FILE + (_DIRECTORY,) or not size_field or header[124] & 0x80:
@@ -346,7 +363,6 @@ def _fast_tar_files(path):
             elif size:  # tarfile skips no data after a folder entry: leave this odd header to it
                 raise _NotPlainUstar(f"folder entry with data at byte {offset}")
             offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
-            handle.seek(offset)
         if len(header) < _BLOCK:  # no end-of-archive marker: cut in or before a header
             if offset == 0:
                 raise _NotPlainUstar("shorter than one header")  # tarfile says "not a tar"
@@ -794,10 +810,11 @@ class ImageStore:
                 for relative_path, _ in located_paths:
                     yield folder.read(relative_path)
             return
-        with open(self.root, "rb") as handle:
+        # One pread an image, unbuffered: a buffered seek and read copied each image twice (2.8 -> 2.2 us).
+        with open(self.root, "rb", buffering=0) as handle:
+            descriptor = handle.fileno()
             for _, (offset, size) in located_paths:
-                handle.seek(offset)
-                yield handle.read(size)
+                yield os.pread(descriptor, size, offset)
 
 
 def _parse_images_csv(handle, where):

@@ -7,7 +7,8 @@ The listings are read in a worker while this process indexes the images tar.
 Then two parallel passes over the images: a scan (structure check and SHA-256 of
 every candidate image; content hashes take part in the leak-free grouping and
 the rejections must be known before classes are counted), then the write, each
-TFDS-named shard written and hashed whole by one worker. The plan (which image
+TFDS-named shard written and hashed whole by one worker, each image read again and
+checked against the scan by its size and CRC-32C. The plan (which image
 goes to which shard, in which order) is fixed before writing, so a re-run gives
 byte-identical shards and an interrupted run resumes where it stopped.
 """
@@ -25,6 +26,8 @@ import os
 import sys
 import time
 from typing import NamedTuple
+
+import google_crc32c
 
 from abo_tf.common import console, id_files, outputs, parallel
 from abo_tf.common import options as options_lib
@@ -292,7 +295,7 @@ class _ListingLabel(NamedTuple):
 class _Candidates:
     """The state of the build between reading and writing.
 
-    `listings`, `listings_of_image`, `sha256` and `copy_size` are set to None
+    `listings`, `listings_of_image`, `sha256`, `crc32c` and `copy_size` are set to None
     once the plan is made (`_release_before_write`): the write and the manifest
     do not need them, and at 400k images they are hundreds of MB.
     """
@@ -303,9 +306,11 @@ class _Candidates:
     listings_of_image: dict | None  # image id -> listing indices
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
     sha256: dict | None = dataclasses.field(default_factory=dict)  # image id -> hex digest
+    crc32c: dict | None = dataclasses.field(default_factory=dict)  # image id -> CRC-32C of the bytes scanned
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
     copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
     num_referenced: int = 0  # images referenced by the selected listings
+    survivors: list | None = None  # the image ids kept as of the last `_surviving`, sorted
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
@@ -419,14 +424,14 @@ class _Located(NamedTuple):
 
 
 def _scan_chunk(locations, reader, max_side):
-    """Worker: `(reason the image is rejected or None, SHA-256, (height, width) if stored as-is or None)` per
-    `(path, location)`.
+    """Worker: four lists, one entry per `(path, location)`: the reason the image is rejected or None, its
+    SHA-256, its CRC-32C, its (height, width) if stored as-is or None.
 
-    Plain tuples both ways: pickling a named tuple calls Python code per item, on both sides of the pipe.
+    Plain lists, a column each: they pickle in C, and the parent stores each column with one `dict.update`.
     The sizes of files that are copied as they are travel in the plan, so the write pass does not parse them
     again.
     """
-    results = []
+    reasons, digests, crcs, copy_sizes = [], [], [], []
     for data in reader.read_many(locations):
         reason, copy_size = None, None
         try:
@@ -434,8 +439,11 @@ def _scan_chunk(locations, reader, max_side):
             copy_size = (info.height, info.width) if images.can_copy(info, max_side) else None
         except images.RejectedImage as error:
             reason = error.reason
-        results.append((reason, hashlib.sha256(data).hexdigest(), copy_size))
-    return results
+        reasons.append(reason)
+        digests.append(hashlib.sha256(data).hexdigest())
+        crcs.append(google_crc32c.value(data))
+        copy_sizes.append(copy_size)
+    return reasons, digests, crcs, copy_sizes
 
 
 def _located(image_index, image_ids):
@@ -451,7 +459,7 @@ def _located(image_index, image_ids):
 
 
 def _scan(candidates, image_index, reader, pool, options):
-    pending = sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+    pending = _surviving(candidates)
     items = _located(image_index, pending)
     chunks = [items[start : start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
     total = len(items)
@@ -459,14 +467,16 @@ def _scan(candidates, image_index, reader, pool, options):
     with console.progress_bar(total=total, desc="scan", unit="img", enabled=options.progress) as bar:
         locations = ([(item.path, item.location) for item in chunk] for chunk in chunks)
         scanned = bounded_map(pool, _scan_chunk, locations, 2 * options.workers + 2, reader, options.resize)
-        for number, results in enumerate(scanned):
-            for item, (reason, sha256, copy_size) in zip(chunks[number], results):
-                candidates.sha256[item.image_id] = sha256
-                candidates.copy_size[item.image_id] = copy_size
-                if reason is not None:
-                    candidates.image_status[item.image_id] = reason
+        for number, (reasons, digests, crcs, copy_sizes) in enumerate(scanned):
+            image_ids = [item.image_id for item in chunks[number]]
+            candidates.sha256.update(zip(image_ids, digests))
+            candidates.crc32c.update(zip(image_ids, crcs))
+            candidates.copy_size.update(zip(image_ids, copy_sizes))
+            candidates.image_status.update(
+                (image_id, reason) for image_id, reason in zip(image_ids, reasons) if reason is not None
+            )
             chunks[number] = None  # done: its items (about 180 bytes an image) go before the next chunk's results come
-            bar.update(len(results))
+            bar.update(len(image_ids))
 
 
 def _drop_duplicate_content(candidates):
@@ -489,7 +499,15 @@ def _drop_duplicate_content(candidates):
 
 
 def _surviving(candidates):
-    return sorted(image_id for image_id in candidates.listings_of_image if image_id not in candidates.image_status)
+    """The image ids without a drop reason, sorted.
+
+    Reasons are only added before the write, so the last call's list, filtered, is this one, in order: one sort
+    of every image id a build instead of one a step (scan, labels, grouping, split; 0.2-0.5 s each at 400k).
+    """
+    previous = candidates.survivors if candidates.survivors is not None else sorted(candidates.listings_of_image)
+    status = candidates.image_status
+    candidates.survivors = [image_id for image_id in previous if image_id not in status]
+    return candidates.survivors
 
 
 def _label_images(candidates, options):
@@ -629,6 +647,7 @@ class PlanItem(NamedTuple):
     offset: int | None  # in the tar, None in a folder
     size: int
     sha256: str  # hex digest of the file as shipped
+    crc32c: int  # of the same bytes: the write's check that it reads what the scan hashed
     label: int
     product_type: str
     item_id: str
@@ -642,10 +661,11 @@ def _plan_items(candidates, image_index, vocabulary, image_types, groups, image_
     One loop with its look-ups bound once: at 400k images, a function call per item and its attribute look-ups
     were the largest part of the plan's serial time.
     """
-    listings, listings_of_image, sha256, copy_size = (
+    listings, listings_of_image, sha256, crc32c, copy_size = (
         candidates.listings,
         candidates.listings_of_image,
         candidates.sha256,
+        candidates.crc32c,
         candidates.copy_size,
     )
     position, paths, offsets, sizes = image_index.position, image_index.paths, image_index.offsets, image_index.sizes
@@ -667,6 +687,7 @@ def _plan_items(candidates, image_index, vocabulary, image_types, groups, image_
                 None if offset < 0 else offset,
                 sizes[at],
                 sha256[image_id],
+                crc32c[image_id],
                 label,
                 name,
                 item_id,
@@ -807,8 +828,10 @@ def _encode_piece(items, reader, max_side):
     reencoded = 0
     locations = [(path, (offset, size)) for _, path, offset, size, *_ in items]
     for item, data in zip(items, reader.read_many(locations)):
-        image_id, _, _, _, sha256, label, product_type, item_id, copy_size = item
-        if hashlib.sha256(data).hexdigest() != sha256:
+        image_id, _, _, size, sha256, crc32c, label, product_type, item_id, copy_size = item
+        # The bytes the scan hashed, checked by size and CRC-32C (1 us an image, SHA-256 9 us): any accidental
+        # change (a file rewritten or re-extracted mid-build, a damaged read) is caught, all but 2**-32 of them.
+        if len(data) != size or google_crc32c.value(data) != crc32c:
             raise BuildError(f"image {image_id} changed while the build was running: start again")
         try:
             if copy_size:
@@ -1102,7 +1125,8 @@ def _content_digest(candidates):
 
 def _release_before_write(candidates):
     """Drops what only the plan needed; the plan's items keep the strings they share."""
-    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.copy_size = None
+    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.crc32c = None
+    candidates.copy_size = candidates.survivors = None
 
 
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
