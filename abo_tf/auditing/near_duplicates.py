@@ -79,6 +79,8 @@ TRIMMED_SIMILARITY = 0.997
 MAX_TURN = 10.0  # degrees: a catalog straightens a photo by a few; a larger turn is another shot
 MIN_MATCHES = 4  # keypoint matches a similarity transform needs at least
 MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: farther ORB descriptors are not a match
+RANSAC_SEED = 18
+RANSAC_ITERATIONS = 200
 RANSAC_PIXELS = 5.0  # of 255: how far an aligned keypoint may land from its match
 MIN_SCALE = 0.7  # a copy cropped 15% on every side is 1.43 times as large; a closer zoom is another picture
 GREYSCALE_SPREAD = 6  # channels of a greyscale JPEG's thumbnail differ by a few levels at most
@@ -442,9 +444,10 @@ def _blocks(counts, limit):
     return zip(bounds[:-1], bounds[1:])
 
 
-def _band_candidates(values, order, sorted_values, mask):
-    """Yields (i, j), i < j, of the images whose band values differ by exactly `mask`, a block at a time."""
-    wanted = values ^ mask
+def _band_candidates(values, order, sorted_values, mask, queries=None):
+    """Yields (i, j), i < j, of the images whose band values differ by exactly `mask`, a block at a time; with
+    `queries`, (i, j) of the first `queries` entries (i) and the others (j, the sorted ones)."""
+    wanted = values[:queries] ^ mask
     start = np.searchsorted(sorted_values, wanted, side="left")
     counts = np.searchsorted(sorted_values, wanted, side="right") - start
     for low, high in _blocks(counts, CANDIDATES_PER_BLOCK):
@@ -452,8 +455,10 @@ def _band_candidates(values, order, sorted_values, mask):
         first = np.repeat(np.arange(low, high), block_counts)
         offsets = np.arange(block_counts.sum()) - np.repeat(np.cumsum(block_counts) - block_counts, block_counts)
         second = order[np.repeat(start[low:high], block_counts) + offsets]
-        keep = first < second
-        yield first[keep], second[keep]
+        if queries is None:
+            keep = first < second
+            first, second = first[keep], second[keep]
+        yield first, second
 
 
 def probe_count(max_distance):
@@ -461,21 +466,23 @@ def probe_count(max_distance):
     return BANDS * len(_probe_masks(max_distance // BANDS))
 
 
-def hash_close_pairs(hashes, max_distance, probed=None):
+def hash_close_pairs(hashes, max_distance, probed=None, queries=None):
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time.
 
     A pair comes once per band it matches in (up to BANDS times); UNDECODABLE entries are never paired.
-    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar).
+    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
+    only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     invalid = hashes == np.uint64(UNDECODABLE)
+    indexed = 0 if queries is None else queries
     for band in range(BANDS):
         values = _band_values(hashes, band)
         values[invalid] = -1 - np.arange(invalid.sum())  # negative: never within a mask of anything
-        order = np.argsort(values, kind="stable")
+        order = indexed + np.argsort(values[indexed:], kind="stable")
         sorted_values = values[order]
         for mask in _probe_masks(max_distance // BANDS):
-            for first, second in _band_candidates(values, order, sorted_values, mask):
+            for first, second in _band_candidates(values, order, sorted_values, mask, queries):
                 close = hamming_distance(hashes[first], hashes[second]) <= max_distance
                 yield first[close], second[close]
             if probed is not None:
@@ -667,7 +674,8 @@ def _identical_pairs(hashed):
 def _candidate_pairs(hashed, searched, max_distance, probed=None):
     """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits.
 
-    One multi-index search over every hash of every image (trimmed, untrimmed, mirrored, centres). The kind says
+    Multi-index searches over every hash of every image (`_searches`: trimmed, untrimmed, mirrored, centres, sides,
+    corners). The kind says
     which hashes matched, so what may confirm the pair: HASH (two trimmed images), WHOLE_HASH (an untrimmed one
     with a trimmed or untrimmed one: the same framing), MIRROR_HASH (a trimmed one and a mirrored one),
     CENTRE_HASH (a centre with any but a mirror hash: a crop, or a badge or a turn's corners left out). Pairs of
@@ -675,21 +683,37 @@ def _candidate_pairs(hashed, searched, max_distance, probed=None):
     untrimmed and centre hashes (a catalog's mirrored copy is found by its trimmed hash). A SIDE_HASH pairs with a
     straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
-    count = len(searched)
+    for columns, kinds, queries in _searches(hashed):
+        yield from _search(searched, columns, kinds, queries, max_distance, probed)
+
+
+def _searches(hashed):
+    """(hash columns, their kinds, queries) of each multi-index search: the hashes a kind may pair with searched
+    together (`_pair_kinds`), side hashes (the queries: the first 4 columns) against straight hashes only."""
     columns, kinds = [hashed.hashes], [HASH]
     if hashed.whole_hashes is not None:
         columns, kinds = columns + [hashed.whole_hashes], kinds + [WHOLE_HASH]
+    straight = columns, kinds
     if hashed.mirror_hashes is not None:
         columns, kinds = columns + [hashed.mirror_hashes], kinds + [MIRROR_HASH]
     if hashed.centre_hashes is not None:
         columns, kinds = columns + list(hashed.centre_hashes.T), kinds + [CENTRE_HASH] * hashed.centre_hashes.shape[1]
+    searches = [(columns, kinds, None)]
     if hashed.side_hashes is not None:
-        columns, kinds = columns + list(hashed.side_hashes.T), kinds + [SIDE_HASH] * hashed.side_hashes.shape[1]
+        sides = list(hashed.side_hashes.T)
+        searches.append((sides + straight[0], [SIDE_HASH] * len(sides) + straight[1], len(sides)))
     if hashed.corner_hashes is not None:
-        columns, kinds = columns + [hashed.corner_hashes], kinds + [CORNER_HASH]
+        searches.append(([hashed.corner_hashes], [CORNER_HASH], None))
+    return searches
+
+
+def _search(searched, columns, kinds, queries, max_distance, probed):
+    """`_candidate_pairs` of one multi-index search over `columns` (`queries`: of its first columns' hashes
+    with the rest's only)."""
+    count = len(searched)
     entries = np.concatenate([column[searched] for column in columns])
     kinds = np.array(kinds)
-    for first, second in hash_close_pairs(entries, max_distance, probed):
+    for first, second in hash_close_pairs(entries, max_distance, probed, None if queries is None else queries * count):
         pair_kind = _pair_kinds(kinds[first // count], kinds[second // count])
         kept = (pair_kind != "") & (first % count != second % count)
         distance = hamming_distance(entries[first[kept]], entries[second[kept]])
@@ -734,8 +758,9 @@ def _inliers(hashed, first, second):
             continue
         source = hashed.keypoints[one][[match.queryIdx for match in matches]].astype(np.float32)
         target = hashed.keypoints[other][[match.trainIdx for match in matches]].astype(np.float32)
+        cv2.setRNGSeed(RANSAC_SEED)  # each pair's count its own: not hanging on which pairs were checked before
         transform, inlier_mask = cv2.estimateAffinePartial2D(
-            source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=200
+            source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=RANSAC_ITERATIONS
         )
         if transform is not None and _plausible(transform):
             counts[pair] = int(inlier_mask.sum())
@@ -898,7 +923,8 @@ def near_duplicate_forest(
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
     local = _LocalCandidates(len(hashed.hashes))
-    bar = console.progress_bar(total=probe_count(max_distance), desc="pairing", unit="probe", enabled=progress)
+    total = probe_count(max_distance) * len(_searches(hashed))
+    bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, lambda: bar.update(1)):
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
