@@ -803,23 +803,29 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
     What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
     """
     first, second, kind, distance = candidates
+    similarity, signal = np.zeros(len(first), np.float32), np.full(len(first), "", dtype="<U32")
+    # Only hashes this close may be confirmed by thumbnails: the rest (most candidates within 8 bits) skip them.
+    close = np.flatnonzero(distance <= THUMBNAIL_HASH_DISTANCE)
+    if kind != SIDE_HASH and len(close):  # a crop of one side moves the picture in its thumbnail: keypoints only
+        similarity[close], signal[close] = _close_verified(hashed, first[close], second[close], kind, min_similarity)
+    return similarity, signal
+
+
+def _close_verified(hashed, first, second, kind, min_similarity):
+    """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits."""
     mirrored, grey = kind == MIRROR_HASH, hashed.greyscale
     similarity = thumbnail_similarity(hashed.thumbnails, first, second, mirrored, greyscale=grey)
-    close_hashes = distance <= THUMBNAIL_HASH_DISTANCE
-    if kind == SIDE_HASH:  # a crop of one side moves the picture in its thumbnail: keypoints only
-        return similarity, np.full(len(first), "")
     framed = kind not in (CENTRE_HASH, CORNER_HASH)
-    signal = np.where(close_hashes & framed & (similarity >= min_similarity), kind, "")
+    signal = np.where(framed & (similarity >= min_similarity), kind, "")
     if kind == CORNER_HASH:
         corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey)
-        signal = np.where(close_hashes & (corners >= max(min_similarity, CORNER_SIMILARITY)), CORNER_THUMBNAIL, signal)
+        signal = np.where(corners >= max(min_similarity, CORNER_SIMILARITY), CORNER_THUMBNAIL, signal)
     if not mirrored:
         inner = thumbnail_similarity(hashed.thumbnails, first, second, region="inner", greyscale=grey)
-        signal = np.where((signal == "") & close_hashes & (inner >= min_similarity), INNER_THUMBNAIL, signal)
+        signal = np.where((signal == "") & (inner >= min_similarity), INNER_THUMBNAIL, signal)
     if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
         trimmed_similarity = thumbnail_similarity(hashed.trimmed_thumbnails, first, second, mirrored, greyscale=grey)
-        trimmed_match = close_hashes & (trimmed_similarity >= TRIMMED_SIMILARITY)
-        signal = np.where((signal == "") & trimmed_match, TRIMMED_THUMBNAIL, signal)
+        signal = np.where((signal == "") & (trimmed_similarity >= TRIMMED_SIMILARITY), TRIMMED_THUMBNAIL, signal)
     return similarity, signal
 
 
