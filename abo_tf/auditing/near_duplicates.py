@@ -469,21 +469,25 @@ def probe_count(max_distance):
 def hash_close_pairs(hashes, max_distance, probed=None, queries=None):
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time.
 
-    A pair comes once per band it matches in (up to BANDS times); UNDECODABLE entries are never paired.
+    A pair comes once, from the first band it matches in (the bands after it skip it: its thumbnails are then
+    compared once, not up to BANDS times); UNDECODABLE entries are never paired.
     `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
     only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     invalid = hashes == np.uint64(UNDECODABLE)
-    indexed = 0 if queries is None else queries
+    indexed, radius = 0 if queries is None else queries, max_distance // BANDS
+    bands = [_band_values(hashes, band) for band in range(BANDS)]
     for band in range(BANDS):
-        values = _band_values(hashes, band)
+        values = bands[band].copy()
         values[invalid] = -1 - np.arange(invalid.sum())  # negative: never within a mask of anything
         order = indexed + np.argsort(values[indexed:], kind="stable")
         sorted_values = values[order]
         for mask in _probe_masks(max_distance // BANDS):
             for first, second in _band_candidates(values, order, sorted_values, mask, queries):
                 close = hamming_distance(hashes[first], hashes[second]) <= max_distance
+                for earlier in bands[:band]:  # found there already
+                    close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
                 yield first[close], second[close]
             if probed is not None:
                 probed()
