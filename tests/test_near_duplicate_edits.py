@@ -8,9 +8,10 @@ from abo_tf.auditing import near_duplicates
 from abo_tf.testing import image_edits
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
-# Families (alone or combined) one of whose 11 copies here the audit misses: a badge where its corner held the
-# shot's only keypoints, a one-sided crop of 8% (the rest are found every time).
-NOT_ALWAYS_FOUND = {"crop_one_side", "badge", "badge+saturation"}
+# Families (alone or combined) one of whose 11 copies here the audit may miss: a crop of 8% on every side aligns 8-9
+# ORB keypoints of 32 (10 needed; RANSAC is seeded per pair, so no longer found through a luckier third copy), a
+# one-sided crop of 8%, a badge (the rest are found every time).
+NOT_ALWAYS_FOUND = {"crop_one_side", "crop_all_sides", "badge", "badge+saturation"}
 MIN_RECALL = 0.8  # of every family here; the benchmark measures each at 256 px (README, "Data audit")
 
 
@@ -50,6 +51,11 @@ def test_hash_kinds_pair_as_the_search_means():
     expected = [kinds.HASH, kinds.WHOLE_HASH, kinds.WHOLE_HASH, kinds.MIRROR_HASH, "", kinds.CENTRE_HASH]
     assert near_duplicates._pair_kinds(first, second).tolist() == expected
     assert near_duplicates._pair_kinds(np.array([kinds.MIRROR_HASH]), np.array([kinds.CENTRE_HASH])).tolist() == [""]
+    sides = near_duplicates._pair_kinds(
+        np.array([kinds.SIDE_HASH] * 3), np.array([kinds.HASH, kinds.WHOLE_HASH, kinds.CENTRE_HASH])
+    )
+    corners = near_duplicates._pair_kinds(np.array([kinds.CORNER_HASH] * 2), np.array([kinds.CORNER_HASH, kinds.HASH]))
+    assert sides.tolist() == [kinds.SIDE_HASH, kinds.SIDE_HASH, ""] and corners.tolist() == [kinds.CORNER_HASH, ""]
 
 
 def test_only_a_catalog_sized_similarity_transform_is_plausible():
@@ -85,3 +91,20 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
 def test_the_cap_keeps_each_images_closest_pairs():
     first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]
+
+
+def test_a_search_of_queries_pairs_them_with_the_rest_only():
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 2**63, 60, dtype=np.uint64)
+    hashes[40:] = hashes[:20] ^ (np.uint64(1) << rng.integers(0, 64, 20).astype(np.uint64))  # a copy of each query
+    hashes[20:40] = hashes[40:60] ^ np.uint64(3)  # copies among the rest: not paired
+    found = set()
+    for first, second in near_duplicates.hash_close_pairs(hashes, 4, queries=20):
+        found |= set(zip(first.tolist(), second.tolist()))
+    expected = {
+        (query, other)
+        for query in range(20)
+        for other in range(20, 60)
+        if bin(int(hashes[query]) ^ int(hashes[other])).count("1") <= 4
+    }
+    assert found == expected and {(query, query + 40) for query in range(20)} <= found

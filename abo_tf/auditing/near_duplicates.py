@@ -59,30 +59,44 @@ DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
 # thumbnails, or any hash match confirmed by aligned ORB keypoints.
 IDENTICAL, HASH, MIRROR_HASH, CENTRE_HASH = "identical", "hash", "mirror hash", "centre hash"
+SIDE_HASH, CORNER_HASH = "side hash", "corner hash"  # the image less one side; the image less its corners
 # The untrimmed image's hash, matched with the other's untrimmed or trimmed one: trimmed to a plain product, a
 # symmetric shape's DCT has many coefficients near the median, and a re-encoding flips 8-16 of its bits.
 WHOLE_HASH = "whole hash"
+SEARCHED_KINDS = (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH, SIDE_HASH, CORNER_HASH)
 LOCAL_FEATURES = "local features"
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
 )
-INNER_THUMBNAIL, TRIMMED_THUMBNAIL = "inner thumbnail", "trimmed thumbnail"
+INNER_THUMBNAIL, TRIMMED_THUMBNAIL, CORNER_THUMBNAIL = "inner thumbnail", "trimmed thumbnail", "corner thumbnail"
 # Thumbnails confirm only hashes this close: distinct real shots of smooth skies or star fields correlate at 0.99
 # with hashes 6-8 bits apart, while a re-encoded, resized or recoloured copy is within 4 bits (the benchmark).
 THUMBNAIL_HASH_DISTANCE = 4
 INNER_MARGIN = 2  # thumbnail pixels of 16 left out on each side: a badge over 3% of a corner, a turn's corners
 # Trimmed to their content, two look-alike products on white correlate at 0.99 (the generated catalog): a padded
 # copy correlates above this.
-TRIMMED_SIMILARITY = 0.995
+TRIMMED_SIMILARITY = 0.997
 MAX_TURN = 10.0  # degrees: a catalog straightens a photo by a few; a larger turn is another shot
 MIN_MATCHES = 4  # keypoint matches a similarity transform needs at least
 MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: farther ORB descriptors are not a match
+RANSAC_SEED = 18
+RANSAC_ITERATIONS = 200
 RANSAC_PIXELS = 5.0  # of 255: how far an aligned keypoint may land from its match
 MIN_SCALE = 0.7  # a copy cropped 15% on every side is 1.43 times as large; a closer zoom is another picture
 GREYSCALE_SPREAD = 6  # channels of a greyscale JPEG's thumbnail differ by a few levels at most
 UNDECODABLE = (1 << 64) - 1  # an image OpenCV cannot decode; no pHash has more than 32 bits set
 CENTRE_SCALES = (0.9, 0.8)  # centres hashed too: a crop of 5% and 10% on every side matches the full image's hash
 WHOLE_CENTRE_SCALE = 0.8  # the untrimmed image's centre: a corner badge or a turn's white corners left out
+# A crop of one side keeps the other three: the image less 8% of each side in turn is hashed too (4 hashes). On
+# the real-photo benchmark, 57 of the 64 missed 8% one-side crops were 10-16 bits from every other hash.
+SIDE_CROP = 0.08
+# The untrimmed image with its four corners (this share of the height and of the width) set to the rest's median:
+# a badge over up to 3% of the image (14% of a square's height, 28% of its width) is then not in the hash, nor
+# in the thumbnails compared. Badges were 10-28 bits from every other hash (benchmark); corner-masked, 0-2.
+CORNER_ROWS, CORNER_COLUMNS = 0.14, 0.28
+# Corner-masked thumbnails of a badged copy correlate at 0.996 or more (saturation -15% too), two distinct shots of
+# a sky or a wall at up to 0.991 (benchmark, seed 0): the corners left out, more must agree.
+CORNER_SIMILARITY = 0.993
 KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
 # Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
 # hash is among the closest.
@@ -112,6 +126,9 @@ class HashedImages(NamedTuple):
     keypoint_counts: np.ndarray | None = None  # uint8 [N]: keypoints found (the rest of each row is zeros)
     whole_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the image untrimmed
     trimmed_thumbnails: np.ndarray | None = None  # uint8 [N, THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3]: of the trimmed image
+    side_hashes: np.ndarray | None = None  # uint64 [N, 4]: pHashes of the trimmed image less SIDE_CROP of one side
+    corner_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the untrimmed image, corners masked
+    greyscale: np.ndarray | None = None  # bool [N]: the thumbnail is grey (`greyscale_images`; set by the search)
 
 
 class Signature(NamedTuple):
@@ -126,6 +143,8 @@ class Signature(NamedTuple):
     keypoints: np.ndarray
     descriptors: np.ndarray
     keypoint_count: int
+    side_hashes: tuple
+    corner_hash: int
 
 
 def _shrunk(pixels, side):
@@ -175,6 +194,33 @@ def _centre(grey, scale):
     return grey[rows : height - rows, columns : width - columns]
 
 
+def _side_hashes(grey):
+    """pHashes of the image less SIDE_CROP of its top, bottom, left, right side: a copy cropped on that side."""
+    height, width = grey.shape
+    rows, columns = round(height * SIDE_CROP), round(width * SIDE_CROP)
+    return tuple(
+        _phash(part) for part in (grey[rows:], grey[: height - rows], grey[:, columns:], grey[:, : width - columns])
+    )
+
+
+def _corner_hash(grey):
+    """The pHash of the image with its corners (CORNER_ROWS x CORNER_COLUMNS) set to the median of the rest."""
+    grey = grey.astype(np.float32)
+    return _phash(np.where(_corner_mask(grey.shape), np.median(grey[~_corner_mask(grey.shape)]), grey))
+
+
+@functools.cache
+def _corner_mask(shape):
+    """True on the four corner boxes of an image of `shape` (rows, columns)."""
+    height, width = shape[:2]
+    rows, columns = round(height * CORNER_ROWS), round(width * CORNER_COLUMNS)
+    mask = np.zeros((height, width), bool)
+    for box_rows in (slice(0, rows), slice(height - rows, height)):
+        for box_columns in (slice(0, columns), slice(width - columns, width)):
+            mask[box_rows, box_columns] = True
+    return mask
+
+
 def _local_features(grey):
     """(uint8 [KEYPOINTS, 2] keypoints in 1/255 of the longest side, uint8 [KEYPOINTS, 32] ORB descriptors, count)."""
     scale = LOCAL_SIDE / max(grey.shape)
@@ -205,11 +251,13 @@ def signature(encoded):
         no_points = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8), 0
         centre = (UNDECODABLE,) * (len(CENTRE_SCALES) + 1)
         blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
-        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, blank, *no_points)
+        sides = (UNDECODABLE,) * 4
+        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, blank, *no_points, sides, UNDECODABLE)
     whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
     # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
     # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
     thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
+    corner = _corner_hash(whole)
     pixels, grey = trimmed(pixels, whole)
     centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES) + (
         _phash(_centre(whole, WHOLE_CENTRE_SCALE)),
@@ -222,6 +270,8 @@ def signature(encoded):
         thumbnail,
         _shrunk(pixels, THUMBNAIL_SIDE).ravel(),
         *_local_features(grey),
+        _side_hashes(grey),
+        corner,
     )
 
 
@@ -319,6 +369,8 @@ def hashed_images(signatures):
         descriptors=signatures.descriptors,
         keypoint_counts=signatures.keypoint_count.astype(np.uint8),
         whole_hashes=signatures.whole_hash.astype(np.uint64),
+        side_hashes=signatures.side_hashes.astype(np.uint64),
+        corner_hashes=signatures.corner_hash.astype(np.uint64),
     )
 
 
@@ -339,6 +391,8 @@ def _empty_columns(size):
         "descriptors": np.zeros((size, KEYPOINTS, 32), np.uint8),
         "keypoint_counts": np.zeros(size, np.uint8),
         "whole_hashes": np.zeros(size, np.uint64),
+        "side_hashes": np.zeros((size, 4), np.uint64),
+        "corner_hashes": np.zeros(size, np.uint64),
     }
 
 
@@ -353,6 +407,7 @@ def _fill(columns, start, split, image_ids, labels, product_types, item_ids, sig
     columns["trimmed_thumbnails"][rows] = signatures.trimmed_thumbnail
     columns["keypoints"][rows], columns["descriptors"][rows] = signatures.keypoints, signatures.descriptors
     columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
+    columns["side_hashes"][rows], columns["corner_hashes"][rows] = signatures.side_hashes, signatures.corner_hash
     return rows.stop
 
 
@@ -389,9 +444,10 @@ def _blocks(counts, limit):
     return zip(bounds[:-1], bounds[1:])
 
 
-def _band_candidates(values, order, sorted_values, mask):
-    """Yields (i, j), i < j, of the images whose band values differ by exactly `mask`, a block at a time."""
-    wanted = values ^ mask
+def _band_candidates(values, order, sorted_values, mask, queries=None):
+    """Yields (i, j), i < j, of the images whose band values differ by exactly `mask`, a block at a time; with
+    `queries`, (i, j) of the first `queries` entries (i) and the others (j, the sorted ones)."""
+    wanted = values[:queries] ^ mask
     start = np.searchsorted(sorted_values, wanted, side="left")
     counts = np.searchsorted(sorted_values, wanted, side="right") - start
     for low, high in _blocks(counts, CANDIDATES_PER_BLOCK):
@@ -399,8 +455,10 @@ def _band_candidates(values, order, sorted_values, mask):
         first = np.repeat(np.arange(low, high), block_counts)
         offsets = np.arange(block_counts.sum()) - np.repeat(np.cumsum(block_counts) - block_counts, block_counts)
         second = order[np.repeat(start[low:high], block_counts) + offsets]
-        keep = first < second
-        yield first[keep], second[keep]
+        if queries is None:
+            keep = first < second
+            first, second = first[keep], second[keep]
+        yield first, second
 
 
 def probe_count(max_distance):
@@ -408,22 +466,28 @@ def probe_count(max_distance):
     return BANDS * len(_probe_masks(max_distance // BANDS))
 
 
-def hash_close_pairs(hashes, max_distance, probed=None):
+def hash_close_pairs(hashes, max_distance, probed=None, queries=None):
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time.
 
-    A pair comes once per band it matches in (up to BANDS times); UNDECODABLE entries are never paired.
-    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar).
+    A pair comes once, from the first band it matches in (the bands after it skip it: its thumbnails are then
+    compared once, not up to BANDS times); UNDECODABLE entries are never paired.
+    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
+    only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     invalid = hashes == np.uint64(UNDECODABLE)
+    indexed, radius = 0 if queries is None else queries, max_distance // BANDS
+    bands = [_band_values(hashes, band) for band in range(BANDS)]
     for band in range(BANDS):
-        values = _band_values(hashes, band)
+        values = bands[band].copy()
         values[invalid] = -1 - np.arange(invalid.sum())  # negative: never within a mask of anything
-        order = np.argsort(values, kind="stable")
+        order = indexed + np.argsort(values[indexed:], kind="stable")
         sorted_values = values[order]
         for mask in _probe_masks(max_distance // BANDS):
-            for first, second in _band_candidates(values, order, sorted_values, mask):
+            for first, second in _band_candidates(values, order, sorted_values, mask, queries):
                 close = hamming_distance(hashes[first], hashes[second]) <= max_distance
+                for earlier in bands[:band]:  # found there already
+                    close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
                 yield first[close], second[close]
             if probed is not None:
                 probed()
@@ -460,6 +524,16 @@ def _grey_spread(rows):
     return (pixels.max(axis=2) - pixels.min(axis=2)).max(axis=1)
 
 
+def greyscale_images(thumbnails):
+    """bool [N]: which thumbnails are grey (channels within GREYSCALE_SPREAD), computed once, not per pair."""
+    grey = np.zeros(len(thumbnails), bool)
+    for start in range(0, len(thumbnails), SIMILARITY_BLOCK):
+        grey[start : start + SIMILARITY_BLOCK] = (
+            _grey_spread(thumbnails[start : start + SIMILARITY_BLOCK]) <= GREYSCALE_SPREAD
+        )
+    return grey
+
+
 def _normalised(rows):
     rows = rows.astype(np.float32)
     rows -= rows.mean(axis=1, keepdims=True)
@@ -470,13 +544,15 @@ def _mirrored(rows):
     return rows.reshape(len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)[:, :, ::-1].reshape(len(rows), -1)
 
 
-def _block_similarity(first_rows, second_rows):
-    """Correlation of colour thumbnails; of their grey (channel means) where either image is greyscale.
+def _block_similarity(first_rows, second_rows, grey=None):
+    """Correlation of colour thumbnails; of their grey (channel means) where either image is greyscale (`grey`,
+    from the rows if not given).
 
     A greyscale copy of a colour photo correlates at 0.9 in colour, and a catalog greys a photo out (issue 18).
     """
     similarity = np.einsum("ij,ij->i", _normalised(first_rows), _normalised(second_rows))
-    grey = np.minimum(_grey_spread(first_rows), _grey_spread(second_rows)) <= GREYSCALE_SPREAD
+    if grey is None:
+        grey = np.minimum(_grey_spread(first_rows), _grey_spread(second_rows)) <= GREYSCALE_SPREAD
     if grey.any():
         first_grey = first_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
         second_grey = second_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
@@ -486,21 +562,22 @@ def _block_similarity(first_rows, second_rows):
     return similarity
 
 
-def thumbnail_similarity(thumbnails, first, second, mirrored=False, inner=False):
+def thumbnail_similarity(thumbnails, first, second, mirrored=False, region=None, greyscale=None):
     """Correlation of the thumbnails of each pair (first[k], second[k]): 1 for the same picture.
 
     Equal thumbnails score 1 even when constant (a blank image's correlation is 0 / 0): identical pixels pair.
-    With `mirrored`, the second thumbnail is flipped left to right first (a pair found by the mirror hash); with
-    `inner`, only the thumbnails' inner parts are compared (`_inner`).
+    With `mirrored`, the second thumbnail is flipped left to right first (a pair found by the mirror hash);
+    `region` "inner" compares only the thumbnails' inner parts (`_inner`), "corners" their pixels outside the
+    corners (`_outside_corners`). `greyscale` (bool [N], `greyscale_images`) spares each block finding which
+    images are grey.
     """
     similarity = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
         block = slice(start, start + SIMILARITY_BLOCK)
         second_rows = thumbnails[second[block]]
         first_rows, second_rows = thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
-        if inner:
-            first_rows, second_rows = _inner(first_rows), _inner(second_rows)
-        similarity[block] = _block_similarity(first_rows, second_rows)
+        grey = None if greyscale is None else greyscale[first[block]] | greyscale[second[block]]
+        similarity[block] = _block_similarity(_REGIONS[region](first_rows), _REGIONS[region](second_rows), grey)
     return similarity
 
 
@@ -601,29 +678,51 @@ def _identical_pairs(hashed):
 def _candidate_pairs(hashed, searched, max_distance, probed=None):
     """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits.
 
-    One multi-index search over every hash of every image (trimmed, untrimmed, mirrored, centres). The kind says
+    Multi-index searches over every hash of every image (`_searches`: trimmed, untrimmed, mirrored, centres, sides,
+    corners). The kind says
     which hashes matched, so what may confirm the pair: HASH (two trimmed images), WHOLE_HASH (an untrimmed one
     with a trimmed or untrimmed one: the same framing), MIRROR_HASH (a trimmed one and a mirrored one),
     CENTRE_HASH (a centre with any but a mirror hash: a crop, or a badge or a turn's corners left out). Pairs of
     two mirror hashes are skipped (the straight pair stands for them), and so are a mirror hash's pairs with
-    untrimmed and centre hashes (a catalog's mirrored copy is found by its trimmed hash).
+    untrimmed and centre hashes (a catalog's mirrored copy is found by its trimmed hash). A SIDE_HASH pairs with a
+    straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
-    count = len(searched)
+    for columns, kinds, queries in _searches(hashed):
+        yield from _search(searched, columns, kinds, queries, max_distance, probed)
+
+
+def _searches(hashed):
+    """(hash columns, their kinds, queries) of each multi-index search: the hashes a kind may pair with searched
+    together (`_pair_kinds`), side hashes (the queries: the first 4 columns) against straight hashes only."""
     columns, kinds = [hashed.hashes], [HASH]
     if hashed.whole_hashes is not None:
         columns, kinds = columns + [hashed.whole_hashes], kinds + [WHOLE_HASH]
+    straight = columns, kinds
     if hashed.mirror_hashes is not None:
         columns, kinds = columns + [hashed.mirror_hashes], kinds + [MIRROR_HASH]
     if hashed.centre_hashes is not None:
         columns, kinds = columns + list(hashed.centre_hashes.T), kinds + [CENTRE_HASH] * hashed.centre_hashes.shape[1]
+    searches = [(columns, kinds, None)]
+    if hashed.side_hashes is not None:
+        sides = list(hashed.side_hashes.T)
+        searches.append((sides + straight[0], [SIDE_HASH] * len(sides) + straight[1], len(sides)))
+    if hashed.corner_hashes is not None:
+        searches.append(([hashed.corner_hashes], [CORNER_HASH], None))
+    return searches
+
+
+def _search(searched, columns, kinds, queries, max_distance, probed):
+    """`_candidate_pairs` of one multi-index search over `columns` (`queries`: of its first columns' hashes
+    with the rest's only)."""
+    count = len(searched)
     entries = np.concatenate([column[searched] for column in columns])
     kinds = np.array(kinds)
-    for first, second in hash_close_pairs(entries, max_distance, probed):
+    for first, second in hash_close_pairs(entries, max_distance, probed, None if queries is None else queries * count):
         pair_kind = _pair_kinds(kinds[first // count], kinds[second // count])
         kept = (pair_kind != "") & (first % count != second % count)
         distance = hamming_distance(entries[first[kept]], entries[second[kept]])
         first, second, pair_kind = first[kept] % count, second[kept] % count, pair_kind[kept]
-        for name in (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH):
+        for name in SEARCHED_KINDS:
             chosen = pair_kind == name
             yield searched[first[chosen]], searched[second[chosen]], name, distance[chosen]
 
@@ -634,7 +733,12 @@ def _pair_kinds(first_kind, second_kind):
     trimmed = (first_kind == HASH) | (second_kind == HASH)
     centre = (first_kind == CENTRE_HASH) | (second_kind == CENTRE_HASH)
     kind = np.where(centre, CENTRE_HASH, np.where((first_kind == HASH) & (second_kind == HASH), HASH, WHOLE_HASH))
-    return np.where(mirror, np.where(trimmed & (first_kind != second_kind), MIRROR_HASH, ""), kind)
+    kind = np.where(mirror, np.where(trimmed & (first_kind != second_kind), MIRROR_HASH, ""), kind)
+    straight = np.isin(first_kind, (HASH, WHOLE_HASH)), np.isin(second_kind, (HASH, WHOLE_HASH))
+    side = (first_kind == SIDE_HASH) & straight[1] | (second_kind == SIDE_HASH) & straight[0]
+    kind = np.where((first_kind == SIDE_HASH) | (second_kind == SIDE_HASH), np.where(side, SIDE_HASH, ""), kind)
+    corner = (first_kind == CORNER_HASH) & (second_kind == CORNER_HASH)
+    return np.where((first_kind == CORNER_HASH) | (second_kind == CORNER_HASH), np.where(corner, CORNER_HASH, ""), kind)
 
 
 def _inliers(hashed, first, second):
@@ -658,8 +762,9 @@ def _inliers(hashed, first, second):
             continue
         source = hashed.keypoints[one][[match.queryIdx for match in matches]].astype(np.float32)
         target = hashed.keypoints[other][[match.trainIdx for match in matches]].astype(np.float32)
+        cv2.setRNGSeed(RANSAC_SEED)  # each pair's count its own: not hanging on which pairs were checked before
         transform, inlier_mask = cv2.estimateAffinePartial2D(
-            source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=200
+            source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=RANSAC_ITERATIONS
         )
         if transform is not None and _plausible(transform):
             counts[pair] = int(inlier_mask.sum())
@@ -672,6 +777,15 @@ def _inner(rows):
     return rows.reshape(len(rows), side, side, 3)[:, inner, inner].reshape(
         len(rows), (side - 2 * INNER_MARGIN) ** 2 * 3
     )
+
+
+def _outside_corners(rows):
+    """The thumbnails' pixels outside their corner boxes (`_corner_mask`): what the corner hash sees."""
+    kept = ~_corner_mask((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return rows.reshape(len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)[:, kept].reshape(len(rows), -1)
+
+
+_REGIONS = {None: lambda rows: rows, "inner": _inner, "corners": _outside_corners}
 
 
 def _plausible(transform):
@@ -693,17 +807,29 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
     What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
     """
     first, second, kind, distance = candidates
-    mirrored = kind == MIRROR_HASH
-    similarity = thumbnail_similarity(hashed.thumbnails, first, second, mirrored)
-    close_hashes = distance <= THUMBNAIL_HASH_DISTANCE
-    signal = np.where(close_hashes & (kind != CENTRE_HASH) & (similarity >= min_similarity), kind, "")
+    similarity, signal = np.zeros(len(first), np.float32), np.full(len(first), "", dtype="<U32")
+    # Only hashes this close may be confirmed by thumbnails: the rest (most candidates within 8 bits) skip them.
+    close = np.flatnonzero(distance <= THUMBNAIL_HASH_DISTANCE)
+    if kind != SIDE_HASH and len(close):  # a crop of one side moves the picture in its thumbnail: keypoints only
+        similarity[close], signal[close] = _close_verified(hashed, first[close], second[close], kind, min_similarity)
+    return similarity, signal
+
+
+def _close_verified(hashed, first, second, kind, min_similarity):
+    """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits."""
+    mirrored, grey = kind == MIRROR_HASH, hashed.greyscale
+    similarity = thumbnail_similarity(hashed.thumbnails, first, second, mirrored, greyscale=grey)
+    framed = kind not in (CENTRE_HASH, CORNER_HASH)
+    signal = np.where(framed & (similarity >= min_similarity), kind, "")
+    if kind == CORNER_HASH:
+        corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey)
+        signal = np.where(corners >= max(min_similarity, CORNER_SIMILARITY), CORNER_THUMBNAIL, signal)
     if not mirrored:
-        inner = thumbnail_similarity(hashed.thumbnails, first, second, inner=True)
-        signal = np.where((signal == "") & close_hashes & (inner >= min_similarity), INNER_THUMBNAIL, signal)
+        inner = thumbnail_similarity(hashed.thumbnails, first, second, region="inner", greyscale=grey)
+        signal = np.where((signal == "") & (inner >= min_similarity), INNER_THUMBNAIL, signal)
     if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
-        trimmed_similarity = thumbnail_similarity(hashed.trimmed_thumbnails, first, second, mirrored)
-        trimmed_match = close_hashes & (trimmed_similarity >= TRIMMED_SIMILARITY)
-        signal = np.where((signal == "") & trimmed_match, TRIMMED_THUMBNAIL, signal)
+        trimmed_similarity = thumbnail_similarity(hashed.trimmed_thumbnails, first, second, mirrored, greyscale=grey)
+        signal = np.where((signal == "") & (trimmed_similarity >= TRIMMED_SIMILARITY), TRIMMED_THUMBNAIL, signal)
     return similarity, signal
 
 
@@ -744,7 +870,8 @@ class _LocalCandidates:
         self.held, self.folded = 0, 0
 
     def add(self, first, second, distance):
-        self.keys.append(first * self.size + second)
+        # A pair of two hash kinds comes in either order (an image's centre hash may precede the other's hash).
+        self.keys.append(np.minimum(first, second) * self.size + np.maximum(first, second))
         self.distances.append(distance)
         self.held += len(first)
         if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
@@ -774,7 +901,9 @@ def _local_pairs(hashed, forest, local, min_inliers, cap):
         block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
         inliers = _inliers(hashed, first[block], second[block])
         found = inliers >= min_inliers
-        similarity = thumbnail_similarity(hashed.thumbnails, first[block][found], second[block][found])
+        similarity = thumbnail_similarity(
+            hashed.thumbnails, first[block][found], second[block][found], greyscale=hashed.greyscale
+        )
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
     return int((~kept).sum())
@@ -797,12 +926,15 @@ def near_duplicate_forest(
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
     hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`.
     """
+    if hashed.greyscale is None:
+        hashed = hashed._replace(greyscale=greyscale_images(hashed.thumbnails))
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
     local = _LocalCandidates(len(hashed.hashes))
-    bar = console.progress_bar(total=probe_count(max_distance), desc="pairing", unit="probe", enabled=progress)
+    total = probe_count(max_distance) * len(_searches(hashed))
+    bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, lambda: bar.update(1)):
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
