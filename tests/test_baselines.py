@@ -9,12 +9,14 @@ import json
 import os
 import shutil
 import time
+import tracemalloc
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.svm import SVC
@@ -404,6 +406,31 @@ def test_the_solver_memory_estimate_keeps_full_abo_logreg_in_memory():
     needs = classifiers.solver_bytes("logreg", 313_681, 622, 576)
     assert 2.0 * 2**30 < needs < baseline.IN_MEMORY_GB * 2**30
     assert classifiers.solver_bytes("logreg", 2_000, 622, 13) < 0.01 * 2**30
+
+
+@pytest.mark.parametrize("options", [{}, {"priors": "empirical"}, {"shrink_threshold": 0.5}])
+def test_class_means_are_scikit_learns_nearest_centroid_fitted_chunk_by_chunk(monkeypatch, options):
+    monkeypatch.setattr(classifiers, "CHUNK_ROWS", 64)  # several chunks, the last one short
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((1000, 7)), rng.integers(0, 9, 1000) * 3 + 1
+    expected = NearestCentroid(**options).fit(features, labels)
+    fitted = classifiers.ClassMeans(**options).fit(features, labels)
+    for name in ("classes_", "centroids_", "within_class_std_dev_", "deviations_", "class_prior_"):
+        np.testing.assert_allclose(getattr(fitted, name), getattr(expected, name), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fitted.predict_proba(features), expected.predict_proba(features), rtol=1e-9)
+
+
+def test_class_means_hold_no_float64_copy_of_the_rows(monkeypatch):
+    # scikit-learn's NearestCentroid.fit peaks at 4 times the float32 rows (two float64 [rows, features] arrays):
+    # 5.61 GB at full ABO size. Chunks of 1,024 rows are a 40th of these.
+    monkeypatch.setattr(classifiers, "CHUNK_ROWS", 1024)
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((40_000, 100), dtype=np.float32), rng.integers(0, 50, 40_000)
+    tracemalloc.start()
+    classifiers.ClassMeans().fit(features, labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.25 * features.nbytes
 
 
 def test_importance_shuffles_a_stratified_subsample_of_validation(trained):
