@@ -283,6 +283,8 @@ def interval_note(settings):
     return (
         f"bootstrap over {settings['clusters']} items ({settings['unit']}), "
         f"{settings['samples']} resamples, seed {settings['seed']}"
+        # Runs written before the resampling was stratified have no "strata": say nothing rather than guess.
+        + (f", stratified by {settings['strata']}" if settings.get("strata") else "")
     )
 
 
