@@ -35,6 +35,15 @@ from abo_tf.reports import metrics
 MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd", "knn", "centroid")
 # Nearest neighbours and nearest class mean compare L2-normalised rows (cosine): how much of the task is retrieval.
 NEIGHBOUR_MODELS = ("knn", "centroid")
+# kNN's reference rows at most (`--knn-max-train`): every query is compared with each. Measured at 622 columns on
+# 2 cores: 8.3 CPU ms a query against 332,778 rows, so validation, test and the importance's 16 x 4,000 queries
+# would take 1,300 CPU s; 50,000 rows take about a sixth.
+KNN_MAX_TRAIN = 50_000
+# logreg's training rows at most (`--logreg-max-train`): lbfgs computes scores and gradients of every row and
+# class each iteration. Measured at 622 columns and 387 classes on 2 cores: 0.78 CPU s an iteration per 20,000
+# rows, so 200 iterations on 332,778 rows would take about 2,600 CPU s, the search's candidates more.
+LOGREG_MAX_TRAIN = 40_000
+CAPPED_MODELS = ("knn", "logreg")  # subsampled by `capped_subsample`: every row of the small classes
 # Above this many classes `rbf_svm` is Nystroem features + a linear SVM trained by SGD on every row: exact SVC
 # solves a problem per pair of classes (165,600 at ABO's 576) and could only see about 1,000 rows there.
 EXACT_KERNEL_MAX_CLASSES = 50
@@ -173,8 +182,11 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisa
         # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
         "rbf_svm": lambda: SVC(kernel="rbf", class_weight=weights, break_ties=True) if exact_kernel else sgd(),
         "sgd": sgd,
-        # Brute force: trees do not help in hundreds of dimensions; scikit-learn chunks the distances in memory.
-        "knn": lambda: KNeighborsClassifier(metric="cosine", algorithm="brute", weights="distance"),
+        # Brute force: trees do not help in hundreds of dimensions. Euclidean on the L2-normalised rows ranks
+        # neighbours as cosine does (|a - b|^2 = 2 - 2 cos), through scikit-learn's compiled float32 search;
+        # metric="cosine" took its pure-Python path, normalising every training row again for each query chunk.
+        # Votes weigh 1 / euclidean distance.
+        "knn": lambda: KNeighborsClassifier(metric="euclidean", algorithm="brute", weights="distance"),
         "centroid": ClassMeans,
     }
     if model not in classifiers:
@@ -230,6 +242,39 @@ def stratified_subsample(labels, rows, size, seed):
     kept = [
         rng.choice(rows[row_labels == label], quota, replace=False)
         for label, quota in zip(present, quotas, strict=True)
+    ]
+    return np.sort(np.concatenate(kept))
+
+
+def capped_subsample(labels, rows, size, seed):
+    """At most `size` of `rows`: every row of the classes up to a cap, `cap` rows of each larger one.
+
+    A proportional subsample (`stratified_subsample`) of a long tail leaves its small classes a row or two; this
+    keeps them whole and takes the rows it drops from the head classes.
+
+    Args:
+      labels: the label of every row of the split.
+      rows: the candidate row indices.
+      size: how many to keep at most (at least a row per class whatever it is).
+      seed: draws the rows kept.
+
+    Returns:
+      The kept row indices, sorted.
+    """
+    if size >= len(rows):
+        return rows
+    row_labels = labels[rows]
+    present, counts = np.unique(row_labels, return_counts=True)
+    cap, left = 1, size
+    for rank, count in enumerate(np.sort(counts)):  # the largest cap whose rows fit in `size`
+        cap = max(1, left // (len(counts) - rank))
+        if count > cap:
+            break
+        left -= count
+    rng = np.random.default_rng(seed)
+    kept = [
+        rng.choice(rows[row_labels == label], min(count, cap), replace=False)
+        for label, count in zip(present, counts, strict=True)
     ]
     return np.sort(np.concatenate(kept))
 
