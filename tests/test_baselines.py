@@ -447,6 +447,7 @@ def test_class_means_are_scikit_learns_nearest_centroid_fitted_chunk_by_chunk(mo
     fitted = classifiers.ClassMeans(**options).fit(features, labels)
     for name in ("classes_", "centroids_", "within_class_std_dev_", "deviations_", "class_prior_"):
         np.testing.assert_allclose(getattr(fitted, name), getattr(expected, name), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fitted.decision_function(features), expected.decision_function(features), rtol=1e-9)
     np.testing.assert_allclose(fitted.predict_proba(features), expected.predict_proba(features), rtol=1e-9)
 
 
