@@ -93,7 +93,7 @@ class ClassMeans(NearestCentroid):
     """scikit-learn's NearestCentroid whose euclidean fit sums CHUNK_ROWS rows at a time: the same fitted model.
 
     NearestCentroid.fit (scikit-learn 1.9) computes the within-class deviations as float64 [rows, features]
-    arrays (the centroid of every row, the difference, its square): at full size, 313,681 x 622, two of them
+    arrays (the centroid of every row, the difference, its square): at full size, 338,173 x 622, two of them
     live at once, 3.1 GB beside the float32 input, and the centroid baseline peaked at 5.61 GB. Here they are
     [CHUNK_ROWS, features] at a time, summed into [classes, features] float64 sums.
     """
