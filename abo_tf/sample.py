@@ -31,6 +31,12 @@ class SampleOptions:
     seed: int = options.option(
         synthetic_abo.DEFAULT_SEED, help="seed; the same seed gives the same bytes", **options.SEED_BOUNDS
     )
+    types: int = options.option(
+        synthetic_abo.DEFAULT_TYPES,
+        help="product types; past 16 each further type is a new look (ABO has 576)",
+        minimum=synthetic_abo.DEFAULT_TYPES,
+        maximum=synthetic_abo.max_types(),
+    )
     tar: bool = options.option(False, help="write only abo-listings.tar and abo-images-small.tar, as downloaded")
     max_side: int = options.option(
         synthetic_abo.DEFAULT_MAX_SIDE, help="longest side of an image, in pixels", minimum=32, maximum=4096
@@ -70,6 +76,7 @@ def main(argv=None):
         tar=sample_options.tar,
         max_side=sample_options.max_side,
         workers=sample_options.workers,
+        num_types=sample_options.types,
     )
     if sample_options.truth:
         files.write_json(sample_options.truth, truth)

@@ -9,12 +9,14 @@ import json
 import os
 import shutil
 import time
+import tracemalloc
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer
 from sklearn.svm import SVC
@@ -377,6 +379,36 @@ def test_a_stratified_subsample_has_the_size_asked_for_and_every_class(size):
         assert np.all(np.abs(np.bincount(labels[kept], minlength=13) - shares) < 1)
 
 
+@pytest.mark.parametrize("size", [5, 60, 200, 900, 1999])
+def test_a_capped_subsample_keeps_the_small_classes_whole_and_caps_the_others(size):
+    labels = np.repeat(np.arange(8), [1000, 400, 200, 90, 40, 10, 3, 1])
+    kept = classifiers.capped_subsample(labels, np.arange(len(labels)), size, seed=0)
+    counts, available = np.bincount(labels[kept], minlength=8), np.bincount(labels)
+    assert len(np.unique(kept)) == len(kept) <= max(size, 8) and (counts >= 1).all()
+    capped = counts < available
+    assert len(set(counts[capped])) <= 1 and (counts[~capped] <= counts[capped].min(initial=size)).all()
+    assert len(kept) > min(size, len(labels)) - 8  # the cap's rounding leaves at most a row per capped class
+
+
+@pytest.mark.parametrize("model, flag", [("knn", "knn_max_train"), ("logreg", "logreg_max_train")])
+def test_knn_and_logreg_train_on_a_capped_subsample_said_and_recorded(trained, built_records, capsys, model, flag):
+    records_dir, _ = built_records
+    train = trained["splits"]["train"]
+    run_config = _config(records_dir, "unused", trained["cache_dir"], **{flag: 60})
+    plan = baseline._training_rows(baseline.make_training(model, train, run_config), run_config)
+    assert plan.subsample == {"examples": len(plan.rows), "of": len(train.labels)} and len(plan.rows) <= 60
+    assert f"capped per class subsample of {len(plan.rows)}" in capsys.readouterr().out
+
+
+def test_knn_finds_the_cosine_neighbours():
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((300, 12)), rng.integers(0, 4, 300)
+    pipeline = classifiers.make_pipeline("knn").fit(features, labels)
+    found = pipeline.named_steps["classifier"].kneighbors(pipeline[:-1].transform(features[:50]), 5)[1]
+    cosine = KNeighborsClassifier(5, metric="cosine", algorithm="brute").fit(features, labels)
+    np.testing.assert_array_equal(found, cosine.kneighbors(features[:50])[1])
+
+
 def test_at_many_classes_both_svms_train_on_every_row_and_the_kernel_is_approximated():
     # At 576 classes, as ABO, liblinear and libsvm could only see about 2,000 and 1,000 rows in 10 minutes.
     means = synthetic_features.class_means(576, 4)
@@ -404,6 +436,32 @@ def test_the_solver_memory_estimate_keeps_full_abo_logreg_in_memory():
     needs = classifiers.solver_bytes("logreg", 313_681, 622, 576)
     assert 2.0 * 2**30 < needs < baseline.IN_MEMORY_GB * 2**30
     assert classifiers.solver_bytes("logreg", 2_000, 622, 13) < 0.01 * 2**30
+
+
+@pytest.mark.parametrize("options", [{}, {"priors": "empirical"}, {"shrink_threshold": 0.5}])
+def test_class_means_are_scikit_learns_nearest_centroid_fitted_chunk_by_chunk(monkeypatch, options):
+    monkeypatch.setattr(classifiers, "CHUNK_ROWS", 64)  # several chunks, the last one short
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((1000, 7)), rng.integers(0, 9, 1000) * 3 + 1
+    expected = NearestCentroid(**options).fit(features, labels)
+    fitted = classifiers.ClassMeans(**options).fit(features, labels)
+    for name in ("classes_", "centroids_", "within_class_std_dev_", "deviations_", "class_prior_"):
+        np.testing.assert_allclose(getattr(fitted, name), getattr(expected, name), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fitted.decision_function(features), expected.decision_function(features), rtol=1e-9)
+    np.testing.assert_allclose(fitted.predict_proba(features), expected.predict_proba(features), rtol=1e-9)
+
+
+def test_class_means_hold_no_float64_copy_of_the_rows(monkeypatch):
+    # scikit-learn's NearestCentroid.fit peaks at 4 times the float32 rows (two float64 [rows, features] arrays):
+    # 5.61 GB at full ABO size. Chunks of 1,024 rows are a 40th of these.
+    monkeypatch.setattr(classifiers, "CHUNK_ROWS", 1024)
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((40_000, 100), dtype=np.float32), rng.integers(0, 50, 40_000)
+    tracemalloc.start()
+    classifiers.ClassMeans().fit(features, labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.25 * features.nbytes
 
 
 def test_importance_shuffles_a_stratified_subsample_of_validation(trained):
@@ -467,21 +525,34 @@ def test_comparison_gives_the_paired_difference_of_the_cnn_and_each_baseline(tra
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
     fields = [field for field in comparison.COMPARISON_FIELDS if not field.endswith(("_low", "_high"))]
     values = [
-        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", "sqrt", 0.5, 0.2, 0.9, 4.0, None, 10, "runs/tiny_cnn"),
-        ("unfinished", "cnn", "? @ ? px", "?", None, None, None, None, None, None, "runs/unfinished"),
-        ("handcrafted-logreg", "baseline (logreg)", "handcrafted", "balanced", 0.96, 0.7404, 1.0, 1.44, 669, 75, "o"),
+        ("tiny_cnn", "cnn", "mobilenet_v3_small @ 32 px", "sqrt", 0.5, 0.2, 0.9, 4.0, None, None, 10, "runs/tiny_cnn"),
+        ("unfinished", "cnn", "? @ ? px", "?", None, None, None, None, None, None, None, "runs/unfinished"),
+        (
+            "handcrafted-logreg",
+            "baseline (logreg)",
+            "handcrafted",
+            "balanced",
+            0.96,
+            0.74,
+            1.0,
+            1.44,
+            669,
+            600,
+            75,
+            "o",
+        ),
     ]
     rows = [dict(zip(fields, row, strict=True)) for row in values]
     rows[2] |= {"macro_f1_low": 0.70119, "macro_f1_high": 0.77}  # intervals where metrics.json has them
     text = comparison.write_comparison(rows, str(tmp_path))
     assert text.splitlines()[:5] == [
         "| model | kind | features | class weights | accuracy | macro F1 | top-5 | training (s) | inference (img/s) "
-        "| test images |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| training rows | test images |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         "| handcrafted-logreg | baseline (logreg) | handcrafted | balanced | 0.960 | 0.740 [0.701, 0.770] | 1.000 "
-        "| 1.4 | 669 | 75 |",
-        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | sqrt | 0.500 | 0.200 | 0.900 | 4.0 | n/a | 10 |",
-        "| unfinished | cnn | ? @ ? px | ? | n/a | n/a | n/a | n/a | n/a | n/a |",
+        "| 1.4 | 669 | 600 | 75 |",
+        "| tiny_cnn | cnn | mobilenet_v3_small @ 32 px | sqrt | 0.500 | 0.200 | 0.900 | 4.0 | n/a | n/a | 10 |",
+        "| unfinished | cnn | ? @ ? px | ? | n/a | n/a | n/a | n/a | n/a | n/a | n/a |",
     ]
     # Folders without test_predictions.csv: the paired differences are n/a.
     assert "| tiny_cnn | handcrafted-logreg | n/a | n/a | n/a |" in text

@@ -341,6 +341,38 @@ def test_types_look_different(folder):
     assert len(classes) >= 8 and (predicted == labels[keep]).mean() > 0.9
 
 
+def test_more_types_have_looks_of_their_own_and_a_long_tail(tmp_path):
+    assert [sample.product_type(index) for index in range(16)] == list(sample.PRODUCT_TYPES)
+    looks = [sample.product_type(index)[1:4] for index in range(sample.max_types())]
+    assert len(set(looks)) == len(looks) >= 576
+    output, truth_path = tmp_path / "abo", tmp_path / "truth.json"
+    arguments = [str(output), "--listings", "400", "--types", "40", "--max-side", "32", "--truth", str(truth_path)]
+    assert sample_command.main(arguments) == 0
+    counts = json.loads(truth_path.read_text())["listings_per_type"]
+    assert len(counts) == 40 and counts["CELLULAR_PHONE_CASE"] == 208
+    assert min(counts[sample.product_type(index)[0]] for index in range(16, 40)) >= sample.EXTRA_MIN_LISTINGS
+    data = _read_sample(str(output))
+    checked = 0
+    for record in _records(data):
+        name = _normalise(record["product_type"])
+        if not name.startswith("PRODUCT_TYPE_") or "main_image_id" not in record:
+            continue
+        pixels = cv2.imdecode(np.frombuffer(_file_of(data, record["main_image_id"]), np.uint8), cv2.IMREAD_COLOR)
+        hsv = cv2.cvtColor(pixels, cv2.COLOR_BGR2HSV)
+        hues = hsv[hsv[:, :, 1] > 80][:, 0].astype(int)
+        expected = sample.product_type(int(name.rsplit("_", 1)[1]))[2]
+        offset = (np.median((hues - expected + 90) % 180) - 90).item()  # circular: hue 0 is hue 180
+        assert abs(offset) <= 6, (name, offset)  # the renderer's jitter is +-3
+        checked += 1
+    assert checked >= 100
+
+
+@pytest.mark.parametrize("types", ["15", str(sample.max_types() + 1)])
+def test_types_out_of_range_are_one_line_errors(tmp_path, capsys, types):
+    assert sample_command.main([str(tmp_path / "abo"), "--types", types]) == 2
+    assert "--types" in capsys.readouterr().err and not (tmp_path / "abo").exists()
+
+
 def test_default_size_images_weigh_like_abo(tmp_path):
     truth = sample.generate_sample(str(tmp_path / "abo"), num_listings=100, seed=3)
     sizes = [

@@ -60,6 +60,22 @@ class BaselineConfig(feature_spec.FeatureOptions):
         help="exact rbf_svm (SVC) trains on a stratified subsample of at most this many examples "
         "(libsvm's time grows about as their square)",
     )
+    logreg_max_train: int = options.option(
+        classifiers.LOGREG_MAX_TRAIN,
+        minimum=2,
+        maximum=options.MAX_COUNT,
+        group="models",
+        help="logreg trains on at most this many rows: every row of the classes up to a cap, the cap of the "
+        "others (lbfgs's time grows with rows x classes x columns x iterations)",
+    )
+    knn_max_train: int = options.option(
+        classifiers.KNN_MAX_TRAIN,
+        minimum=2,
+        maximum=options.MAX_COUNT,
+        group="models",
+        help="knn compares each image with at most this many training rows: every row of the classes up to a cap, "
+        "the cap of the others (its cost grows with rows x images scored)",
+    )
     exact_kernel_max_classes: int = options.option(
         classifiers.EXACT_KERNEL_MAX_CLASSES,
         minimum=2,
@@ -151,6 +167,8 @@ def check_config(config):
         raise UserInputError(f"--model {' '.join(unknown)}: choose one or more of {classifiers.MODELS}")
     limits = {
         "--rbf-max-train": (config.rbf_max_train, 2),
+        "--knn-max-train": (config.knn_max_train, 2),
+        "--logreg-max-train": (config.logreg_max_train, 2),
         "--exact-kernel-max-classes": (config.exact_kernel_max_classes, 2),
         "--sgd-epochs": (config.sgd_epochs, 1),
         "--search-max-train": (config.search_max_train, 2),
@@ -242,6 +260,10 @@ def _row_limit(training, config):
     limits = [_Limit(int(held), "--in-memory-gb", config.in_memory_gb)]
     if training.model == "rbf_svm":
         limits.append(_Limit(config.rbf_max_train, "--rbf-max-train", config.rbf_max_train))
+    if training.model == "knn":
+        limits.append(_Limit(config.knn_max_train, "--knn-max-train", config.knn_max_train))
+    if training.model == "logreg":
+        limits.append(_Limit(config.logreg_max_train, "--logreg-max-train", config.logreg_max_train))
     limit = min(limits, key=lambda limit: limit.rows)
     if limit.rows < num_classes:
         raise UserInputError(
@@ -271,9 +293,15 @@ def _training_rows(training, config):
     limit, flag = _row_limit(training, config)
     if limit is None or len(training.rows) <= limit:
         return TrainingRows(training.rows, None)
-    rows = classifiers.stratified_subsample(train.labels, training.rows, limit, config.seed)
+    # kNN and logreg keep the small classes whole (a proportional subsample would leave the tail a row or two).
+    subsample, kind = (
+        (classifiers.capped_subsample, "capped per class")
+        if training.model in classifiers.CAPPED_MODELS
+        else (classifiers.stratified_subsample, "stratified")
+    )
+    rows = subsample(train.labels, training.rows, limit, config.seed)
     print(
-        f"{training.model}: training on a stratified subsample of {len(rows)} of {len(train.labels)} examples ({flag})",
+        f"{training.model}: training on a {kind} subsample of {len(rows)} of {len(train.labels)} examples ({flag})",
         flush=True,
     )
     return TrainingRows(rows, {"examples": int(len(rows)), "of": int(len(train.labels))})

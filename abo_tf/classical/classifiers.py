@@ -25,6 +25,8 @@ from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
 
 from abo_tf.common import console
 from abo_tf.common.errors import UserInputError
@@ -33,6 +35,15 @@ from abo_tf.reports import metrics
 MODELS = ("logreg", "linear_svm", "rbf_svm", "sgd", "knn", "centroid")
 # Nearest neighbours and nearest class mean compare L2-normalised rows (cosine): how much of the task is retrieval.
 NEIGHBOUR_MODELS = ("knn", "centroid")
+# kNN's reference rows at most (`--knn-max-train`): every query is compared with each. Measured at 622 columns on
+# 2 cores: 8.3 CPU ms a query against 332,778 rows, so validation, test and the importance's 16 x 4,000 queries
+# would take 1,300 CPU s; 50,000 rows take about a sixth.
+KNN_MAX_TRAIN = 50_000
+# logreg's training rows at most (`--logreg-max-train`): lbfgs computes scores and gradients of every row and
+# class each iteration. Measured at 622 columns and 387 classes on 2 cores: 0.78 CPU s an iteration per 20,000
+# rows, so 200 iterations on 332,778 rows would take about 2,600 CPU s, the search's candidates more.
+LOGREG_MAX_TRAIN = 40_000
+CAPPED_MODELS = ("knn", "logreg")  # subsampled by `capped_subsample`: every row of the small classes
 # Above this many classes `rbf_svm` is Nystroem features + a linear SVM trained by SGD on every row: exact SVC
 # solves a problem per pair of classes (165,600 at ABO's 576) and could only see about 1,000 rows there.
 EXACT_KERNEL_MAX_CLASSES = 50
@@ -70,6 +81,76 @@ def class_weights(labels, weighting):
     weights = 1.0 / counts ** (1.0 if weighting == "balanced" else 0.5)
     weights *= counts.sum() / (weights * counts).sum()
     return dict(zip(classes.tolist(), weights.tolist(), strict=True))
+
+
+def _labelled_chunks(features, labels):
+    """(float64 rows, their labels) of CHUNK_ROWS rows at a time."""
+    for start in range(0, len(features), CHUNK_ROWS):
+        yield features[start : start + CHUNK_ROWS].astype(np.float64), labels[start : start + CHUNK_ROWS]
+
+
+class ClassMeans(NearestCentroid):
+    """scikit-learn's NearestCentroid whose euclidean fit sums CHUNK_ROWS rows at a time: the same fitted model.
+
+    NearestCentroid.fit (scikit-learn 1.9) computes the within-class deviations as float64 [rows, features]
+    arrays (the centroid of every row, the difference, its square): at full size, 338,173 x 622, two of them
+    live at once, 3.1 GB beside the float32 input, and the centroid baseline peaked at 5.61 GB. Here they are
+    [CHUNK_ROWS, features] at a time, summed into [classes, features] float64 sums.
+    """
+
+    def fit(self, X, y):  # noqa: N803 (scikit-learn's signature)
+        if self.metric != "euclidean" or scipy.sparse.issparse(X):
+            return super().fit(X, y)
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"The number of classes has to be greater than one; got {len(self.classes_)} class")
+        counts = np.bincount(y_index).astype(np.float64)
+        if isinstance(self.priors, str):
+            priors = counts if self.priors == "empirical" else np.ones_like(counts)
+        else:
+            priors = np.asarray(self.priors, dtype=np.float64)
+        if (priors < 0).any():
+            raise ValueError("priors must be non-negative")
+        self.class_prior_ = priors / priors.sum()
+        sums = np.zeros((len(counts), X.shape[1]))
+        for chunk, labels in _labelled_chunks(X, y_index):
+            members = scipy.sparse.csr_matrix(
+                (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(len(counts), len(labels))
+            )
+            sums += members @ chunk
+        self.centroids_ = sums / counts[:, None]
+        squares = sum(
+            ((chunk - self.centroids_[labels]) ** 2).sum(axis=0) for chunk, labels in _labelled_chunks(X, y_index)
+        )
+        self.within_class_std_dev_ = np.sqrt(squares / (len(X) - len(counts)))
+        if np.all(np.ptp(X, axis=0) == 0):
+            raise ValueError("All features have zero variance. Division by zero.")
+        self._shrink(sums.sum(axis=0) / len(X), counts, len(X))
+        return self
+
+    def _decision_function(self, X):  # noqa: N803 (scikit-learn's signature)
+        """NearestCentroid's discriminant scores (ESL eq. 18.2), every class at once.
+
+        scikit-learn computes them a class at a time, each through `pairwise_distances` and its checks of the whole
+        chunk: at 575 classes that was most of the baseline's time (minutes per validation pass under load).
+        """
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        scale = np.where(self.within_class_std_dev_ != 0, self.within_class_std_dev_, 1.0)
+        rows, centroids = X / scale, self.centroids_ / scale
+        squared = (rows**2).sum(axis=1)[:, None] - 2 * rows @ centroids.T + (centroids**2).sum(axis=1)
+        return -np.maximum(squared, 0) + 2.0 * np.log(self.class_prior_)
+
+    def _shrink(self, dataset_centroid, counts, num_rows):
+        """The deviations of the centroids from the data's and their soft thresholding, as NearestCentroid.fit."""
+        spread = self.within_class_std_dev_ + np.median(self.within_class_std_dev_)
+        scale = np.sqrt(1.0 / counts - 1.0 / num_rows)[:, None] * spread
+        self.deviations_ = (self.centroids_ - dataset_centroid) / scale
+        if self.shrink_threshold:
+            signs = np.sign(self.deviations_)
+            self.deviations_ = np.clip(np.abs(self.deviations_) - self.shrink_threshold, 0, None) * signs
+            self.centroids_ = dataset_centroid + scale * self.deviations_
 
 
 def _normaliser(normalisation):
@@ -113,9 +194,12 @@ def make_pipeline(model, seed=0, epochs=SGD_EPOCHS, exact_kernel=True, normalisa
         # break_ties: predict is then the argmax of decision_function, which also ranks top-5.
         "rbf_svm": lambda: SVC(kernel="rbf", class_weight=weights, break_ties=True) if exact_kernel else sgd(),
         "sgd": sgd,
-        # Brute force: trees do not help in hundreds of dimensions; scikit-learn chunks the distances in memory.
-        "knn": lambda: KNeighborsClassifier(metric="cosine", algorithm="brute", weights="distance"),
-        "centroid": NearestCentroid,
+        # Brute force: trees do not help in hundreds of dimensions. Euclidean on the L2-normalised rows ranks
+        # neighbours as cosine does (|a - b|^2 = 2 - 2 cos), through scikit-learn's compiled float32 search;
+        # metric="cosine" took its pure-Python path, normalising every training row again for each query chunk.
+        # Votes weigh 1 / euclidean distance.
+        "knn": lambda: KNeighborsClassifier(metric="euclidean", algorithm="brute", weights="distance"),
+        "centroid": ClassMeans,
     }
     if model not in classifiers:
         raise UserInputError(f"unknown model {model!r}: choose from {MODELS}")
@@ -170,6 +254,39 @@ def stratified_subsample(labels, rows, size, seed):
     kept = [
         rng.choice(rows[row_labels == label], quota, replace=False)
         for label, quota in zip(present, quotas, strict=True)
+    ]
+    return np.sort(np.concatenate(kept))
+
+
+def capped_subsample(labels, rows, size, seed):
+    """At most `size` of `rows`: every row of the classes up to a cap, `cap` rows of each larger one.
+
+    A proportional subsample (`stratified_subsample`) of a long tail leaves its small classes a row or two; this
+    keeps them whole and takes the rows it drops from the head classes.
+
+    Args:
+      labels: the label of every row of the split.
+      rows: the candidate row indices.
+      size: how many to keep at most (at least a row per class whatever it is).
+      seed: draws the rows kept.
+
+    Returns:
+      The kept row indices, sorted.
+    """
+    if size >= len(rows):
+        return rows
+    row_labels = labels[rows]
+    present, counts = np.unique(row_labels, return_counts=True)
+    cap, left = 1, size
+    for rank, count in enumerate(np.sort(counts)):  # the largest cap whose rows fit in `size`
+        cap = max(1, left // (len(counts) - rank))
+        if count > cap:
+            break
+        left -= count
+    rng = np.random.default_rng(seed)
+    kept = [
+        rng.choice(rows[row_labels == label], min(count, cap), replace=False)
+        for label, count in zip(present, counts, strict=True)
     ]
     return np.sort(np.concatenate(kept))
 

@@ -31,6 +31,7 @@ COMPARISON_FIELDS = (
     "top5_accuracy_high",
     "training_seconds",
     "inference_images_per_second",
+    "train_examples",
     "test_examples",
     "folder",
 )
@@ -46,11 +47,13 @@ MARKDOWN_COLUMNS = (
     ("top-5", "top5_accuracy", "interval"),
     ("training (s)", "training_seconds", 1),
     ("inference (img/s)", "inference_images_per_second", 0),
+    ("training rows", "train_examples", 0),
     ("test images", "test_examples", 0),
 )
 NOTES = (
     "Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
-    "inference is end to end from the records (decode, features, classifier). "
+    "inference is end to end from the records (decode, features, classifier); training rows: those the final model "
+    "was fitted on (a subsample where its model caps them: knn, logreg, exact rbf_svm). "
     "CNN runs: training time is the sum of history.csv; "
     "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured). "
     "In brackets: 95% intervals by a bootstrap over items (item_id: the views of a product resampled together)."
@@ -90,6 +93,7 @@ def collect_baselines(output):
                 "class_weights": record.get("class_weights", "balanced"),  # before the option: always balanced
                 "training_seconds": record["training_seconds"],
                 "inference_images_per_second": record["inference_images_per_second"],
+                "train_examples": record["search"]["final_fit"]["train_examples"],
                 "folder": folder,
                 **_test_metric_fields(os.path.join(folder, "metrics.json")),
             }
@@ -167,6 +171,7 @@ def collect_runs(runs_dir, records_dir=None, measure=True, max_images=512):
                 "class_weights": saved.get("class_weights", "?"),
                 "training_seconds": _training_seconds(run),
                 "inference_images_per_second": rate,
+                "train_examples": None,  # the run's own train split: its records say how many
                 "folder": run,
                 **_test_metric_fields(run_folder.path(run, run_folder.METRICS)),
             }

@@ -15,6 +15,7 @@ each image from its own generator seeded with (seed, image number), so the
 number of worker processes does not change a byte.
 """
 
+import bisect
 import collections
 import dataclasses
 import functools
@@ -74,6 +75,18 @@ PRODUCT_TYPES = (
 )
 TOP_TYPE_SHARE = 0.52  # CELLULAR_PHONE_CASE is about 53% of the real listings
 TAIL_COUNTS = {"PLANTER": 5, "MIRROR": 3, "OTTOMAN": 1}  # fixed, whatever the size
+
+# More types than the 16 above (`num_types`, for ABO's 576): each further type is a (shape, texture, hue) the
+# first 16 do not use, hues EXTRA_HUE_STEP apart on OpenCV's 0-179 circle. Types that share a shape and a
+# texture differ in hue only (18 units, 6 times the renderer's +-3 jitter): close classes, told apart by colour.
+# The middle types fall as rank^-1.5 (split_benchmark's fit of ABO's 576) over a floor of EXTRA_MIN_LISTINGS:
+# at 148,148 listings and 576 types, 114 types have under 10 listings and the smallest generated one 8, about
+# 21 images at 2.7 a listing, so a build's default --min-examples-per-class 10 keeps the tail.
+DEFAULT_TYPES = len(PRODUCT_TYPES)
+EXTRA_HUE_STEP = 18
+EXTRA_TEXTURES = ("stripes", "dots", "checker", "plain")
+EXTRA_ZIPF_EXPONENT = 1.5
+EXTRA_MIN_LISTINGS = 5
 QUIRK_CARRIER_TYPES = 3  # quirks go on listings of the 3 biggest types, never dropped as rare
 
 # (domain, country, language tag of its text, weight). 81% of the weight is
@@ -204,7 +217,7 @@ MAX_OTHER_IMAGES_BEFORE_PLANTING = 4  # a listing shows at most 8 other images; 
 @dataclasses.dataclass
 class _Image:
     kind: str
-    style: int  # index into PRODUCT_TYPES, or -1 - n for boilerplate picture n
+    style: int  # a product_type index, or -1 - n for boilerplate picture n
     height: int  # of the small file
     width: int
     quality: int
@@ -261,14 +274,17 @@ class _Plan:
         return len(self.images) - 1
 
 
-def _type_counts(num_listings):
+def _type_counts(num_listings, num_types=DEFAULT_TYPES):
     """Listings per product type: about half the top type, a Zipf-like middle, a fixed tail."""
-    names = [entry[0] for entry in PRODUCT_TYPES]
+    names = [product_type(index)[0] for index in range(num_types)]
     counts = [TAIL_COUNTS.get(name, 0) for name in names]
     middle = [index for index, name in enumerate(names) if index and name not in TAIL_COUNTS]
     counts[0] = round(TOP_TYPE_SHARE * num_listings)
-    remaining = num_listings - sum(counts)
-    weights = [1.0 / (rank + 2) for rank in range(len(middle))]
+    extra = num_types > DEFAULT_TYPES  # the 16-type default keeps its bytes: no floor, exponent 1
+    floor = EXTRA_MIN_LISTINGS if extra and num_listings - sum(counts) >= EXTRA_MIN_LISTINGS * len(middle) else 0
+    exponent = EXTRA_ZIPF_EXPONENT if extra else 1.0
+    remaining = num_listings - sum(counts) - floor * len(middle)
+    weights = [1.0 / (rank + 2) ** exponent for rank in range(len(middle))]
     shares = [remaining * weight / sum(weights) for weight in weights]
     floors = [int(share) for share in shares]
     # Largest remainder: the counts add up exactly.
@@ -276,8 +292,38 @@ def _type_counts(num_listings):
     for rank in by_remainder[: remaining - sum(floors)]:
         floors[rank] += 1
     for rank, index in enumerate(middle):
-        counts[index] = floors[rank]
+        counts[index] = floors[rank] + floor
     return counts
+
+
+@functools.lru_cache(maxsize=1)
+def _extra_types():
+    """The (shape, hue, texture) of every type past the first 16, in a fixed shuffled order (no sizes by shape)."""
+    used = {(shape, texture): hue for _, shape, hue, texture, _, _ in PRODUCT_TYPES}
+    looks = []
+    for shape in SHAPES:
+        for texture in EXTRA_TEXTURES:
+            for hue in range(0, 180, EXTRA_HUE_STEP):
+                taken = used.get((shape, texture))
+                # as close to one of the 16 as two extra types are to each other, or closer: left out
+                if taken is None or min(abs(hue - taken), 180 - abs(hue - taken)) >= EXTRA_HUE_STEP:
+                    looks.append((shape, hue, texture))
+    random.Random("abo-sample-extra-types").shuffle(looks)
+    return tuple(looks)
+
+
+def max_types():
+    """How many distinct product types the generator can draw."""
+    return DEFAULT_TYPES + len(_extra_types())
+
+
+def product_type(index):
+    """(name, shape, hue, texture, noun, browse path) of type `index`: PRODUCT_TYPES, then generated ones."""
+    if index < DEFAULT_TYPES:
+        return PRODUCT_TYPES[index]
+    shape, hue, texture = _extra_types()[index - DEFAULT_TYPES]
+    noun = f"{texture.title()} {shape.title()} Item"
+    return f"PRODUCT_TYPE_{index:03d}", shape, hue, texture, noun, f"Home & Kitchen/Generated/{noun}s"
 
 
 def _group_into_items(plan, counts):
@@ -470,9 +516,9 @@ def _choose_listing_details(plan, num_listings):
         plan.malformed[file_number] = position
 
 
-def _make_plan(num_listings, seed, max_side):
+def _make_plan(num_listings, seed, max_side, num_types=DEFAULT_TYPES):
     plan = _Plan(seed, max_side, random.Random(f"abo-sample-plan-{seed}"))
-    _group_into_items(plan, _type_counts(num_listings))
+    _group_into_items(plan, _type_counts(num_listings, num_types))
     _merge_conflicting_items(plan, _quirk_count(num_listings, 500))
     _assign_domains_and_ids(plan)
     _add_item_images(plan, num_listings)
@@ -532,19 +578,49 @@ def _assign_new_image_ids(plan, rng, start):
         seen.add(image.image_id)
 
 
+def _open_listings(plan):
+    """Type -> its listings that may take one more planted image, in index order."""
+    found = collections.defaultdict(list)
+    for index, listing in enumerate(plan.listings):
+        if len(listing.others) <= MAX_OTHER_IMAGES_BEFORE_PLANTING:
+            found[listing.type_index].append(index)
+    return found
+
+
+class _OtherItems:
+    """`listings` (sorted) but those of `item` (its listing indices), as a sequence `random.choice` draws from.
+
+    The same draws as a list of them, without building one per planted copy: scanning every listing per copy
+    cost listings x copies, about 1.8e9 steps at ABO's 148,148 listings.
+    """
+
+    def __init__(self, listings, item):
+        self.listings = listings
+        positions = (bisect.bisect_left(listings, index) for index in item)
+        self.skipped = sorted(
+            position
+            for position, index in zip(positions, item)
+            if position < len(listings) and listings[position] == index
+        )
+
+    def __len__(self):
+        return len(self.listings) - len(self.skipped)
+
+    def __getitem__(self, position):
+        for skipped in self.skipped:  # ascending: each one at or before the position shifts it on by one
+            if skipped <= position:
+                position += 1
+        return self.listings[position]
+
+
 def _plant_near_duplicates(plan, rng, candidates, count):
     """Copies of an item's photo, changed a little, on a listing of another item of the same type."""
     sources = [(listing_index, photos[0]) for listing_index, photos in candidates.items()]
     rng.shuffle(sources)
+    open_listings = _open_listings(plan)
     for listing_index, source_index in sources[:count]:
         source, type_index = plan.images[source_index], plan.listings[listing_index].type_index
-        targets = [
-            index
-            for index, listing in enumerate(plan.listings)
-            if listing.type_index == type_index
-            and listing.item != plan.listings[listing_index].item
-            and len(listing.others) <= MAX_OTHER_IMAGES_BEFORE_PLANTING
-        ]
+        targets = _OtherItems(open_listings[type_index], plan.items[plan.listings[listing_index].item])
         variant = NEAR_DUPLICATE_VARIANTS[len(plan.near_duplicates) % len(NEAR_DUPLICATE_VARIANTS)]
         height, width = _near_duplicate_size(source, variant, plan.max_side, plan.seed, len(plan.images))
         plan.images.append(
@@ -560,8 +636,11 @@ def _plant_near_duplicates(plan, rng, candidates, count):
                 variant=variant,
             )
         )
-        plan.listings[rng.choice(targets)].others.append(len(plan.images) - 1)
+        target = rng.choice(targets)
+        plan.listings[target].others.append(len(plan.images) - 1)
         plan.near_duplicates.append((source_index, len(plan.images) - 1))
+        if len(plan.listings[target].others) > MAX_OTHER_IMAGES_BEFORE_PLANTING:
+            open_listings[type_index].remove(target)
 
 
 def _plant_label_flips(plan, rng, candidates, count):
@@ -649,7 +728,7 @@ def _physical_fields(rng, metric):
 
 def _text_fields(rng, type_index, tags):
     """All localised text fields; the caller keeps each optional one at its rate in FIELD_RATES."""
-    noun = PRODUCT_TYPES[type_index][4]
+    noun = product_type(type_index)[4]
     brand = rng.choice(BRANDS)
     standard, colour = rng.choice(COLOURS)
     fields = {
@@ -671,7 +750,7 @@ def _text_fields(rng, type_index, tags):
 
 
 def _other_fields(rng, type_index, language_tag):
-    path = PRODUCT_TYPES[type_index][5]
+    path = product_type(type_index)[5]
     node_name = f"/{CATEGORIES_WORD[language_tag[:2]]}/{path}"
     return {
         "node": [{"node_id": 1_000_000 * (type_index + 1) + rng.randint(0, 50), "node_name": node_name}],
@@ -684,7 +763,7 @@ def _other_fields(rng, type_index, language_tag):
 
 
 def _product_type_value(listing):
-    name = PRODUCT_TYPES[listing.type_index][0]
+    name = product_type(listing.type_index)[0]
     if listing.product_type_form == "odd":
         # "Cellular Phone Case" or " shoes": uppercase, strip, spaces to "_" give the type back.
         return name.replace("_", " ").title() if listing.type_index == 0 else " " + name.lower()
@@ -854,7 +933,7 @@ def _shape_mask(rng, height, width, shape):
 
 def _product_pixels(rng, image):
     """A textured shape of the type's hue on a near-white background: uint8 BGR and the mask."""
-    _, shape, hue, texture, _, _ = PRODUCT_TYPES[image.style]
+    _, shape, hue, texture, _, _ = product_type(image.style)
     return product_canvas(rng, image.height, image.width, shape, hue, texture)
 
 
@@ -1166,7 +1245,7 @@ def _truth(plan, files, tar):
             for number, position in sorted(plan.malformed.items())
         ],
         "listings_per_type": dict(
-            sorted(collections.Counter(PRODUCT_TYPES[listing.type_index][0] for listing in plan.listings).items())
+            sorted(collections.Counter(product_type(listing.type_index)[0] for listing in plan.listings).items())
         ),
         "num_images": sum(image.kind != MISSING_FROM_CSV for image in plan.images),
         "bad_images": {kind: _ids_of_kind(plan, kind) for kind in BAD_KINDS},
@@ -1204,8 +1283,8 @@ def _truth(plan, files, tar):
             (
                 {
                     "image_id": plan.images[image].image_id,
-                    "given_type": PRODUCT_TYPES[plan.listings[listing].type_index][0],
-                    "true_type": PRODUCT_TYPES[plan.images[image].style][0],
+                    "given_type": product_type(plan.listings[listing].type_index)[0],
+                    "true_type": product_type(plan.images[image].style)[0],
                 }
                 for listing, image in plan.label_flips
             ),
@@ -1220,8 +1299,8 @@ def _truth(plan, files, tar):
                         for index in [plan.listings[listing].main] + plan.listings[listing].others
                         if index is not None and plan.images[index].style >= 0
                     ),
-                    "given_type": PRODUCT_TYPES[plan.listings[listing].type_index][0],
-                    "true_type": PRODUCT_TYPES[shown_type][0],
+                    "given_type": product_type(plan.listings[listing].type_index)[0],
+                    "true_type": product_type(shown_type)[0],
                 }
                 for listing, shown_type in plan.listing_flips
             ),
@@ -1234,7 +1313,9 @@ def _truth(plan, files, tar):
 # --- public API and CLI ------------------------------------------------------
 
 
-def _check_arguments(output_dir, num_listings, seed, max_side, workers):
+def _check_arguments(output_dir, num_listings, seed, max_side, workers, num_types=DEFAULT_TYPES):
+    if not DEFAULT_TYPES <= num_types <= max_types():
+        raise UserInputError(f"--types {num_types} is out of range: give {DEFAULT_TYPES} to {max_types()}")
     if num_listings < MIN_LISTINGS:
         raise UserInputError(
             f"--listings {num_listings} is too few: at least {MIN_LISTINGS} are needed to plant every quirk"
@@ -1260,7 +1341,13 @@ def _auto_workers(num_images):
 
 
 def generate_sample(
-    output_dir, num_listings=DEFAULT_LISTINGS, seed=DEFAULT_SEED, tar=False, max_side=DEFAULT_MAX_SIDE, workers=None
+    output_dir,
+    num_listings=DEFAULT_LISTINGS,
+    seed=DEFAULT_SEED,
+    tar=False,
+    max_side=DEFAULT_MAX_SIDE,
+    workers=None,
+    num_types=DEFAULT_TYPES,
 ):
     """Writes a synthetic ABO download with every known quirk planted.
 
@@ -1273,6 +1360,8 @@ def generate_sample(
       tar: write only `abo-listings.tar` and `abo-images-small.tar` instead of the extracted folders.
       max_side: longest side of the small images, in pixels (at least 32).
       workers: processes that render images; None picks by size and CPU count.
+      num_types: product types to draw, from the 16 of PRODUCT_TYPES up to `max_types()` (ABO has 576); the
+        types past the 16 look like no other type (`product_type`) and follow a long tail.
 
     Returns:
       The "truth", a JSON-serialisable dict of what was planted (image ids
@@ -1302,8 +1391,8 @@ def generate_sample(
     Raises:
       UserInputError: a non-empty output folder or an out-of-range argument.
     """
-    _check_arguments(output_dir, num_listings, seed, max_side, workers)
-    plan = _make_plan(num_listings, seed, max_side)
+    _check_arguments(output_dir, num_listings, seed, max_side, workers, num_types)
+    plan = _make_plan(num_listings, seed, max_side, num_types)
     workers = workers or _auto_workers(len(plan.images))
     files = _write(plan, output_dir, tar, workers)
     return _truth(plan, files, tar)
