@@ -20,7 +20,7 @@ ABO layout and built with `build_records` (`--image-selection all`):
 Each finished run leaves its figures in its folder (a cut ablation resumes; `--collect` summarises what finished
 without training). Writes benchmarks/results/recipe_ablation.json (with the machine and its load) after each
 dataset; `python benchmarks/readme.py` renders it into README.md. At 48 px, 3 epochs of a pass over train, a run
-is about 40 CPU s; on 2 cores at load 12-25 (nice 10) it took 4-14 min.
+is about 40 CPU s; on 2 cores at load 7-25 (nice 10) it took 1-14 min.
 """
 
 import dataclasses
