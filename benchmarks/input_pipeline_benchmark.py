@@ -9,9 +9,10 @@
 2. Is training input-bound? Steps/s of the real training step (the custom
    loop's, small backbone) fed by the real pipeline vs by one batch held in
    memory. Target: at least 0.95x.
-3. The recipe's costs (`--recipe`): images/s of the training pipeline with
-   each augmentation (RandAugment, MixUp, CutMix, all) against the images/s of
-   the train step fed from memory, and the step's cost of EMA of the weights.
+3. The recipe's costs (`--recipe [--image-size 224]`): images/s of the training
+   pipeline with each augmentation (RandAugment, MixUp, CutMix, all) against the
+   images/s of the train step fed from memory, and the step's cost of EMA of the
+   weights; added to benchmarks/results/recipe_costs.json under the image size.
 Prints Markdown tables and writes benchmarks/results/input_pipeline.json.
 About 5-10 minutes on 2 cores.
 """
@@ -22,7 +23,7 @@ import statistics
 import tempfile
 import time
 
-from shared import write_results
+from shared import results_path, write_results
 
 IMAGE_SIZE = 224
 BATCH = 64
@@ -198,6 +199,22 @@ def recipe_figures(records, manifest, batches, steps, repeats, image_size, batch
     return results
 
 
+def _record_recipe_costs(figures):
+    """Adds `figures` (with the machine and its load) to recipe_costs.json under their image size."""
+    import json
+
+    from abo_tf.testing import measure
+
+    try:
+        with open(results_path("recipe_costs.json"), encoding="utf-8") as handle:
+            results = json.load(handle)
+    except FileNotFoundError:
+        results = {}
+    by_size = results.get("by_image_size", {})
+    by_size[str(figures["image_size"])] = {**figures, "machine": measure.machine()}
+    write_results("recipe_costs.json", {"by_image_size": by_size})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listings", type=int, default=800, help="sample size (~2.7 images per listing)")
@@ -205,13 +222,14 @@ def main():
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work-dir", default=None)
-    parser.add_argument("--recipe", action="store_true", help="only section 3, at 224 px and batch 32")
+    parser.add_argument("--recipe", action="store_true", help="only section 3, at --image-size and batch 32")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="pixels of section 3 (224)")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="abo_pipeline_bench_")
     records, folders, manifest = make_data(work_dir, args.listings)
     if args.recipe:
-        figures = recipe_figures(records, manifest, args.batches, args.steps, args.repeats, IMAGE_SIZE, 32)
-        write_results("recipe_costs.json", {"cpu_count": os.cpu_count(), **figures})
+        figures = recipe_figures(records, manifest, args.batches, args.steps, args.repeats, args.image_size, 32)
+        _record_recipe_costs(figures)
         return
     results = {
         "cpu_count": os.cpu_count(),

@@ -269,9 +269,10 @@ _ABLATION_ROWS = {
     "logit_adjusted": "+ `--loss logit_adjusted`",
     "keep_best": "+ `--keep best` (old run's best epoch)",
     "calibrate": "+ temperature (old run, T fitted on validation)",
-    "all": "all of the above",
-    "class_balanced": "+ `--sampling class_balanced`",
-    "sqrt_sampling": "+ `--sampling sqrt`",
+    "all": "all of the above (logit-adjusted loss, instance sampling)",
+    "balanced_softmax": "old recipe + `--loss balanced_softmax`",
+    "class_balanced": "old recipe + `--sampling class_balanced`",
+    "sqrt_sampling": "old recipe + `--sampling sqrt`",
 }
 _ABLATION_DATASETS = {
     "demo": "(a) `make demo`'s sample",
@@ -286,9 +287,10 @@ def _mean_sd(entry, seeds, digits=3):
 
 def render_recipe_ablation(results):
     """The ablation of issue 19: per dataset, each variant's mean ± sd over seeds of validation F1, NLL, ECE."""
-    lines, seconds = [], []
+    lines, seconds, loads = [], [], []
     for name in [name for name in _ABLATION_DATASETS if name in results["datasets"]]:
         dataset = results["datasets"][name]
+        loads += dataset.get("run_load_average") or []
         examples = dataset["examples"]
         lines += [
             f"{_ABLATION_DATASETS[name]}: {dataset['classes']} classes, {examples.get('train', 0)} train / "
@@ -308,13 +310,40 @@ def render_recipe_ablation(results):
             lines.append(f"| {_ABLATION_ROWS[variant]} | {figures['seeds']} | {' | '.join(cells)} |")
             seconds += [figures["seconds"]["mean"]] if "seconds" in figures else []
         lines.append("")
+    steps, batch = results["steps_per_epoch"], results["batch_size"]
+    epoch = f"{steps} steps of {batch} images" if steps else f"one pass over train (batches of {batch})"
+    load = f" (1-minute load average as runs ended: {min(loads):.1f}-{max(loads):.1f})" if loads else ""
     lines.append(
         "Mean ± sd over the seeds that finished; MobileNetV3-Small from scratch at "
-        f"{results['image_size']} px, {results['epochs']} epochs of {results['steps_per_epoch']} steps of "
-        f"{results['batch_size']} images, `--deterministic`, class weights off; a run took {min(seconds):.0f}-"
-        f"{max(seconds):.0f} s; load when summarised: {_machine(next(iter(results['datasets'].values())))}. "
+        f"{results['image_size']} px, {results['epochs']} epochs of {epoch}, `--deterministic`, class weights off; "
+        f"a run took {min(seconds):.0f}-{max(seconds):.0f} s{load}; "
+        f"load when summarised: {_machine(next(iter(results['datasets'].values())))}. "
         "`benchmarks/recipe_ablation.py` wrote `benchmarks/results/recipe_ablation.json`."
     )
+    return "\n".join(lines)
+
+
+def render_recipe_costs(results):
+    """Issue 19's costs: images/s of the training pipeline per augmentation vs the train step, and EMA's step cost."""
+    lines = [
+        "| image size | pipeline: plain | RandAugment | MixUp 0.2 | CutMix 1.0 | all three | train step | "
+        "step with EMA | EMA step time | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, figures in sorted(results["by_image_size"].items(), key=lambda item: int(item[0])):
+        pipeline = figures["pipeline_images_per_second"]
+        rates = [f"{pipeline[name]:.0f}" for name in ("none", "randaugment", "mixup", "cutmix", "all")]
+        lines.append(
+            f"| {size} px | {' | '.join(rates)} | {figures['step_images_per_second']:.0f} | "
+            f"{figures['ema_step_images_per_second']:.0f} | x{figures['ema_step_time_ratio']:.2f} | "
+            f"{_machine(figures)} |"
+        )
+    lines += [
+        "",
+        "Images/s, batch 32: the training pipeline (decode, crop, augmentation in the tf.data graph) against the "
+        "MobileNetV3-Small train step fed one batch from memory, with and without EMA (momentum 0.999). "
+        "`benchmarks/input_pipeline_benchmark.py --recipe` wrote `benchmarks/results/recipe_costs.json`.",
+    ]
     return "\n".join(lines)
 
 
@@ -429,6 +458,7 @@ RENDERERS = {
     "backbones": ("backbones.md", _include("backbones.md")),
     "build_speed": ("build_records.json", render_build_speed),
     "recipe_ablation": ("recipe_ablation.json", render_recipe_ablation),
+    "recipe_costs": ("recipe_costs.json", render_recipe_costs),
     "baselines_full": ("baselines_full.json", render_baselines_extracted),
     "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
     "near_duplicates": ("near_duplicates.json", render_near_duplicates),

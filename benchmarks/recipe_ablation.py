@@ -19,7 +19,8 @@ ABO layout and built with `build_records` (`--image-selection all`):
   digits:      scikit-learn's 1,797 real 8x8 scans of handwritten digits, upscaled (10 classes).
 Each finished run leaves its figures in its folder (a cut ablation resumes; `--collect` summarises what finished
 without training). Writes benchmarks/results/recipe_ablation.json (with the machine and its load) after each
-dataset; `python benchmarks/readme.py` renders it into README.md. On 2 cores at load 17-47 a run took 200-900 s.
+dataset; `python benchmarks/readme.py` renders it into README.md. At 48 px, 3 epochs of a pass over train, a run
+is about 40 CPU s; on 2 cores at load 7-25 (nice 10) it took 1-14 min.
 """
 
 import dataclasses
@@ -62,8 +63,12 @@ PARTS = {
     "keep_best": {"keep": "best"},
     "calibrate": {"calibrate": True},
 }
-# Long-tail options that are not defaults, measured beside the parts.
-EXTRAS = {"class_balanced": {"sampling": "class_balanced"}, "sqrt_sampling": {"sampling": "sqrt"}}
+# Long-tail options that are not defaults, measured beside the parts: alternatives to logit adjustment, so not in "all".
+EXTRAS = {
+    "balanced_softmax": {"loss": "balanced_softmax"},
+    "class_balanced": {"sampling": "class_balanced"},
+    "sqrt_sampling": {"sampling": "sqrt"},
+}
 # Not trained again: the old run's best epoch (its best checkpoint is written anyway) and its logits with the
 # temperature fitted on validation. Training is deterministic, so a run with the flag would train the same.
 DERIVED = ("keep_best", "calibrate")
@@ -79,7 +84,7 @@ class AblationOptions:
     steps_per_epoch: int = options.option(15, help="steps of 32 images an epoch (0 = a pass over train)", minimum=0)
     datasets: tuple[str, ...] = options.option(DATASETS, help="datasets to run", choices=DATASETS)
     variants: tuple[str, ...] = options.option(
-        tuple(name for name in VARIANTS if name not in EXTRAS), help="variants to run", choices=VARIANTS
+        tuple(name for name in VARIANTS if name != "sqrt_sampling"), help="variants to run", choices=VARIANTS
     )
     work_dir: str = options.option("/tmp/recipe_ablation", help="datasets and run folders (reused)", config=False)
     collect: bool = options.option(
@@ -212,7 +217,8 @@ def run_one(records, output, seed, args, variant):
     config = _train_config(records, output, seed, args, variant_overrides(variant))
     started = time.perf_counter()
     run, history = loop.train_weights(config)
-    record = {"seconds": time.perf_counter() - started, "epochs_run": len(history)}
+    # The 1-minute load as the run ends: the machine is shared, so a run's seconds depend on it.
+    record = {"seconds": time.perf_counter() - started, "epochs_run": len(history), "load_average": os.getloadavg()[0]}
     if variant == "old":  # the last epoch's weights as they are, then calibrated; then the best epoch's
         last = _split_logits(run)
         record["figures"], _ = _split_figures(last, calibrate=False)
@@ -252,6 +258,17 @@ def summarise(runs):
     return table
 
 
+def run_order(variants, seeds):
+    """(seed, variant) pairs: the old recipe's (and DERIVED's) seeds first, then every other variant seed by seed.
+
+    The old recipe's spread over seeds is what every row is read against, so an ablation cut short still has it.
+    """
+    baseline = [variant for variant in variants if variant == "old" or variant in DERIVED]
+    return [(seed, variant) for seed in seeds for variant in baseline] + [
+        (seed, variant) for seed in seeds for variant in variants if variant not in baseline
+    ]
+
+
 def run_dataset(dataset, args):
     """Every variant x seed on `dataset`: its results entry (classes, examples, variants, machine)."""
     from abo_tf.records import shards
@@ -260,18 +277,19 @@ def run_dataset(dataset, args):
     records = prepare(dataset, args.work_dir)
     manifest = shards.read_manifest(records)
     runs = {}
-    for seed in range(args.seeds) if args.only_seed is None else [args.only_seed]:
-        for variant in args.variants:
-            trained = "old" if variant in DERIVED else variant
-            output = os.path.join(args.work_dir, dataset, "runs", f"{trained}-{seed}")
-            record = finished_run(output) if args.collect else run_one(records, output, seed, args, trained)
-            if record is None:
-                continue
-            runs.setdefault(variant, []).append(record)
-            shown = record[variant if variant in DERIVED else "figures"]["validation"]
-            print(f"{dataset} seed {seed} {variant} ({record['seconds']:.0f} s): {json.dumps(shown)}", flush=True)
+    for seed, variant in run_order(args.variants, range(args.seeds) if args.only_seed is None else [args.only_seed]):
+        trained = "old" if variant in DERIVED else variant
+        output = os.path.join(args.work_dir, dataset, "runs", f"{trained}-{seed}")
+        record = finished_run(output) if args.collect else run_one(records, output, seed, args, trained)
+        if record is None:
+            continue
+        runs.setdefault(variant, []).append(record)
+        shown = record[variant if variant in DERIVED else "figures"]["validation"]
+        print(f"{dataset} seed {seed} {variant} ({record['seconds']:.0f} s): {json.dumps(shown)}", flush=True)
+    loads = [record["load_average"] for records in runs.values() for record in records if "load_average" in record]
     return {
         "classes": len(manifest["classes"]),
+        "run_load_average": [min(loads), max(loads)] if loads else None,
         "examples": {split: entry["num_examples"] for split, entry in manifest["splits"].items()},
         "variants": summarise(runs),
         "machine": measure.machine(),
