@@ -64,6 +64,10 @@ class BuildError(RuntimeError):
     """An internal check failed (a leak, an accounting mismatch): a bug, not bad input."""
 
 
+class ImageChangedError(UserInputError):
+    """An image read by the write differs from the one the scan read: something wrote to --images meanwhile."""
+
+
 class NotABuildError(UserInputError):
     """--output holds a manifest or plan that is JSON but not an abo_tf build's."""
 
@@ -832,7 +836,12 @@ def _encode_piece(items, reader, max_side):
         # The bytes the scan hashed, checked by size and CRC-32C (1 us an image, SHA-256 9 us): any accidental
         # change (a file rewritten or re-extracted mid-build, a damaged read) is caught, all but 2**-32 of them.
         if len(data) != size or google_crc32c.value(data) != crc32c:
-            raise BuildError(f"image {image_id} changed while the build was running: start again")
+            # The rerun scans the new bytes: another fingerprint than the partial output's, hence --overwrite.
+            what = f"{len(data)} bytes, {size} when scanned" if len(data) != size else "another CRC-32C than scanned"
+            raise ImageChangedError(
+                f"image {image_id} in --images changed while the build was running ({what}): once nothing writes "
+                "to it, run the same command with --overwrite"
+            )
         try:
             if copy_size:
                 jpeg, (height, width), was_reencoded = data, copy_size, False
