@@ -451,6 +451,16 @@ def test_class_means_are_scikit_learns_nearest_centroid_fitted_chunk_by_chunk(mo
     np.testing.assert_allclose(fitted.predict_proba(features), expected.predict_proba(features), rtol=1e-9)
 
 
+def test_class_means_of_one_row_a_class_predict_the_nearest_row():
+    # No within-class spread: scikit-learn's 0 / 0 made every score NaN, and every prediction the first class.
+    rng = np.random.default_rng(0)
+    features, labels = rng.random((6, 5), dtype=np.float32), np.arange(6) * 2
+    pipeline = classifiers.make_pipeline("centroid").fit(features, labels)
+    predictions, scores = classifiers.predict_scores(pipeline, features + 0.01, 12)
+    np.testing.assert_array_equal(predictions, labels)
+    assert np.isfinite(scores[:, labels]).all()
+
+
 def test_class_means_hold_no_float64_copy_of_the_rows(monkeypatch):
     # scikit-learn's NearestCentroid.fit peaks at 4 times the float32 rows (two float64 [rows, features] arrays):
     # 5.61 GB at full ABO size. Chunks of 1,024 rows are a 40th of these.

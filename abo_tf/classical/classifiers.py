@@ -124,7 +124,11 @@ class ClassMeans(NearestCentroid):
         squares = sum(
             ((chunk - self.centroids_[labels]) ** 2).sum(axis=0) for chunk, labels in _labelled_chunks(X, y_index)
         )
-        self.within_class_std_dev_ = np.sqrt(squares / (len(X) - len(counts)))
+        # One row a class (a tiny train split, or --in-memory-gb held a row a class) has no within-class spread:
+        # scikit-learn's 0 / 0 made every score NaN and every prediction the first class. A zero spread scales by
+        # 1 (`_decision_function`): the class of the nearest row, as its mean is that row.
+        degrees = len(X) - len(counts)
+        self.within_class_std_dev_ = np.sqrt(squares / degrees) if degrees else np.zeros(X.shape[1])
         if np.all(np.ptp(X, axis=0) == 0):
             raise ValueError("All features have zero variance. Division by zero.")
         self._shrink(sums.sum(axis=0) / len(X), counts, len(X))
@@ -146,7 +150,8 @@ class ClassMeans(NearestCentroid):
         """The deviations of the centroids from the data's and their soft thresholding, as NearestCentroid.fit."""
         spread = self.within_class_std_dev_ + np.median(self.within_class_std_dev_)
         scale = np.sqrt(1.0 / counts - 1.0 / num_rows)[:, None] * spread
-        self.deviations_ = (self.centroids_ - dataset_centroid) / scale
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero spread: deviations unused without a threshold
+            self.deviations_ = (self.centroids_ - dataset_centroid) / scale
         if self.shrink_threshold:
             signs = np.sign(self.deviations_)
             self.deviations_ = np.clip(np.abs(self.deviations_) - self.shrink_threshold, 0, None) * signs
