@@ -207,6 +207,20 @@ def test_groups_are_the_components_of_the_all_pairs_answer(monkeypatch, block):
     }
 
 
+def test_stacked_hashes_keep_every_bit_beside_a_black_image():
+    # A black image's pHashes are 0, most others have the top bit set: NumPy stacked such ints as float64.
+    cv2 = pytest.importorskip("cv2")
+    photo = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    encoded = [cv2.imencode(".png", pixels)[1].tobytes() for pixels in (photo, np.zeros_like(photo))]
+    signatures = [near_duplicates.signature(data) for data in encoded]
+    stacked = near_duplicates.stack_signatures(signatures)
+    assert signatures[0].hash >= 2**63 and signatures[1].hash == 0
+    for name in ("hash", "mirror_hash", "centre_hashes", "whole_hash", "side_hashes", "corner_hash"):
+        column = getattr(stacked, name)
+        assert column.dtype == np.uint64, name
+        assert column.tolist() == [list(getattr(one, name)) if column.ndim > 1 else getattr(one, name) for one in signatures]
+
+
 def test_identical_and_blank_images_group_in_linear_edges():
     """3,000 pixel-identical images (4.5M pairs) and 600 black ones: two groups, one edge fewer each."""
     rng = np.random.default_rng(2)

@@ -275,9 +275,22 @@ def signature(encoded):
     )
 
 
+_HASH_FIELDS = ("hash", "mirror_hash", "centre_hashes", "whole_hash", "side_hashes", "corner_hash")
+
+
 def stack_signatures(signatures):
-    """The fields of `Signature`s as arrays, one row an image (what a worker sends: a few arrays, not objects)."""
-    return Signature(*(np.array(column) for column in zip(*signatures)))
+    """The fields of `Signature`s as arrays, one row an image (what a worker sends: a few arrays, not objects).
+
+    Hashes are stacked as uint64 by name: NumPy makes float64 of Python ints on both sides of 2**63 (a black
+    image's pHash is 0, most others have the top bit set), which rounded away the low 11 bits of every hash of
+    the chunk.
+    """
+    return Signature(
+        *(
+            np.array(column, np.uint64 if name in _HASH_FIELDS else None)
+            for name, column in zip(Signature._fields, zip(*signatures), strict=True)
+        )
+    )
 
 
 def _hash_chunk(task):
