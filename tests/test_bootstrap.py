@@ -83,6 +83,14 @@ def test_identical_items_give_a_point_interval_and_a_system_against_itself_a_zer
     assert bootstrap.intervals(scored, 2, samples=0) is None
 
 
+def test_a_difference_with_a_system_of_no_image_is_none_not_nan():
+    # Two empty test splits (split fraction 0): the difference read "+nan" in comparison.md.
+    empty = bootstrap.Scored(np.zeros(0, int), np.zeros(0, int), np.zeros(0, bool), np.zeros(0, str))
+    entry = bootstrap.paired_differences(empty, empty, 3, samples=20)["macro_f1"]
+    assert entry == {"difference": None, "interval": None, "includes_zero": None}
+    assert bootstrap.format_difference(entry) == "n/a"
+
+
 def test_macro_intervals_hold_their_figure_with_many_one_item_classes():
     # ABO's tail: class 0 has 200 items, all right; classes 1-99 one item each, all predicted 0. Macro F1 is
     # F1(class 0) / 100. Drawn freely, a resample missed about 36 of the one-item classes and averaged over ~64,

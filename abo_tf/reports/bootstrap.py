@@ -281,7 +281,8 @@ def paired_differences(first, second, num_classes, samples=DEFAULT_SAMPLES, seed
       figures: the figures compared (top-5 only when both have top-5 hits).
 
     Returns:
-      Dict figure -> {"difference", "interval" ([low, high] or None), "includes_zero" (bool or None)}.
+      Dict figure -> {"difference" (None when a system has no image), "interval" ([low, high] or None),
+      "includes_zero" (bool or None)}.
     """
     resampled, _ = _resample([first, second], num_classes, None, samples, seed)
     result = {}
@@ -291,7 +292,8 @@ def paired_differences(first, second, num_classes, samples=DEFAULT_SAMPLES, seed
         difference = resampled.point[0]["all"][name] - resampled.point[1]["all"][name]
         interval = _percentiles(resampled.samples[0]["all"][name] - resampled.samples[1]["all"][name])
         result[name] = {
-            "difference": difference,
+            # None, as `intervals` has it, when a system has no image (an empty test split): NaN read "+nan".
+            "difference": float(difference) if np.isfinite(difference) else None,
             "interval": interval,
             "includes_zero": None if interval is None else bool(interval[0] <= 0 <= interval[1]),
         }
