@@ -4,7 +4,9 @@ import itertools
 import json
 import os
 import re
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -219,6 +221,15 @@ def test_stacked_hashes_keep_every_bit_beside_a_black_image():
         column = getattr(stacked, name)
         assert column.dtype == np.uint64, name
         assert column.tolist() == [list(getattr(one, name)) if column.ndim > 1 else getattr(one, name) for one in signatures]
+
+
+def test_empty_bytes_and_a_header_of_too_many_pixels_are_undecodable():
+    # OpenCV asserts on an empty buffer and on more than 2**30 pixels: a cv2.error, where other junk gives None.
+    header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header
+    bomb += struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    for encoded in (b"", bomb):
+        assert near_duplicates.signature(encoded).hash == near_duplicates.UNDECODABLE
 
 
 def test_identical_and_blank_images_group_in_linear_edges():

@@ -246,7 +246,10 @@ def signature(encoded):
     pHashes of the image, of its mirror image and of its centre at CENTRE_SCALES (a crop on every side is the
     centre of the original), the colour thumbnail, and ORB keypoints for a geometric check of a pair.
     """
-    pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        pixels = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR) if len(encoded) else None
+    except cv2.error:  # OpenCV raises, not returns None, for a header of more than 2**30 pixels
+        pixels = None
     if pixels is None:
         no_points = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8), 0
         centre = (UNDECODABLE,) * (len(CENTRE_SCALES) + 1)
