@@ -230,6 +230,18 @@ def test_empty_bytes_and_a_header_of_too_many_pixels_are_undecodable():
         assert near_duplicates.signature(encoded).hash == near_duplicates.UNDECODABLE
 
 
+def test_no_planted_pair_in_the_build_is_said_not_an_empty_table():
+    # A build of main images only (the default) holds no planted copy: the report showed a table's headers alone.
+    scores = audit.score_planted_near_duplicates(
+        {"near_duplicates": [{"image_id": "a", "duplicate_id": "b", "variant": "crop"}]},
+        pd.DataFrame({"image_id": ["a"], "group": [0]}),
+        np.array(["a"]),
+    )
+    assert scores == {}
+    text = "\n".join(audit._planted_near_duplicates_markdown(scores))
+    assert "--image-selection all" in text and "|" not in text
+
+
 def test_identical_and_blank_images_group_in_linear_edges():
     """3,000 pixel-identical images (4.5M pairs) and 600 black ones: two groups, one edge fewer each."""
     rng = np.random.default_rng(2)
