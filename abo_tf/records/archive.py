@@ -813,8 +813,14 @@ class ImageStore:
         # One pread an image, unbuffered: a buffered seek and read copied each image twice (2.8 -> 2.2 us).
         with open(self.root, "rb", buffering=0) as handle:
             descriptor = handle.fileno()
-            for _, (offset, size) in located_paths:
-                yield os.pread(descriptor, size, offset)
+            for relative_path, (offset, size) in located_paths:
+                data = os.pread(descriptor, size, offset)
+                if len(data) != size:  # the index holds no cut member: the tar was cut (re-downloaded?) since
+                    raise ArchiveError(
+                        f"{self.root!r} ends before {relative_path} (bytes {offset} to {offset + size}): the images "
+                        "archive changed while the build was running; start again"
+                    )
+                yield data
 
 
 def _parse_images_csv(handle, where):
