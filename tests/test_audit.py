@@ -218,7 +218,8 @@ def test_stacked_hashes_keep_every_bit_beside_a_black_image():
     for name in ("hash", "mirror_hash", "centre_hashes", "whole_hash", "side_hashes", "corner_hash"):
         column = getattr(stacked, name)
         assert column.dtype == np.uint64, name
-        assert column.tolist() == [list(getattr(one, name)) if column.ndim > 1 else getattr(one, name) for one in signatures]
+        expected = [getattr(one, name) for one in signatures]
+        assert column.tolist() == ([list(value) for value in expected] if column.ndim > 1 else expected)
 
 
 def test_empty_bytes_and_a_header_of_too_many_pixels_are_undecodable():
