@@ -532,6 +532,15 @@ def test_comparison_gives_the_paired_difference_of_the_cnn_and_each_baseline(tra
         assert macro_f1.startswith(f"{run_f1 - baseline_f1:+.3f} [") and accuracy.count("[") == 1
 
 
+@pytest.mark.parametrize("record", [{}, {"model": "knn", "search": None}])
+def test_comparison_of_a_damaged_baseline_record_is_one_line(tmp_path, record):
+    folder = tmp_path / "handcrafted-knn"
+    folder.mkdir()
+    (folder / persistence.RESULT_FILE).write_text(json.dumps(record))
+    with pytest.raises(UserInputError, match="lacks .*train the baseline again"):
+        comparison.collect_baselines(str(tmp_path))
+
+
 def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path):
     fields = [field for field in comparison.COMPARISON_FIELDS if not field.endswith(("_low", "_high"))]
     values = [

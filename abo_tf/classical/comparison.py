@@ -85,15 +85,24 @@ def collect_baselines(output):
     for path in sorted(glob.glob(os.path.join(output, "*", persistence.RESULT_FILE))):
         folder = os.path.dirname(path)
         record = persistence.read_record(folder)
-        rows.append(
-            {
-                "name": os.path.basename(folder),
+        try:  # a record edited or cut by hand was a KeyError once every model had trained
+            fields = {
                 "kind": f"baseline ({record['model']})",
                 "features": record["features"],
                 "class_weights": record.get("class_weights", "balanced"),  # before the option: always balanced
                 "training_seconds": record["training_seconds"],
                 "inference_images_per_second": record["inference_images_per_second"],
                 "train_examples": record["search"]["final_fit"]["train_examples"],
+            }
+        except (KeyError, TypeError) as error:
+            raise UserInputError(
+                f"{path!r} lacks {error} (not a baseline record of this version): move the folder away or train "
+                "the baseline again"
+            ) from error
+        rows.append(
+            {
+                "name": os.path.basename(folder),
+                **fields,
                 "folder": folder,
                 **_test_metric_fields(os.path.join(folder, "metrics.json")),
             }
