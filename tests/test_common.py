@@ -305,6 +305,15 @@ def test_a_json_path_that_is_not_a_file_is_refused_before_it_is_opened(tmp_path,
         files.read_json(path, what="sample truth")
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/pagemap"), reason="Linux /proc")
+def test_a_json_file_of_size_0_that_reads_on_is_refused_at_the_limit(tmp_path):
+    # /proc/self/pagemap says 0 bytes and reads on for hundreds of GB: sized first, it was read whole.
+    with pytest.raises(UserInputError, match="longer than its size says, more than the 1,000 a JSON sample truth"):
+        files.read_json("/proc/self/pagemap", what="sample truth", max_bytes=1000)
+    (tmp_path / "at.json").write_text('["' + "x" * 996 + '"]')  # exactly the limit: read
+    assert len(files.read_json(str(tmp_path / "at.json"), max_bytes=1000)[0]) == 996
+
+
 # --- console --------------------------------------------------------------------
 
 

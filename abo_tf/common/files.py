@@ -47,21 +47,36 @@ def read_json(path, what="file", missing=None, max_bytes=None):
     # Refused before opening: a FIFO blocks the open, and /dev/zero as --truth ran out of memory (issue 23 review).
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         raise UserInputError(f"{path!r} is not a regular file (a FIFO or a device): give a JSON {what}")
-    if max_bytes is not None and os.path.isfile(path) and os.path.getsize(path) > max_bytes:
-        raise UserInputError(
-            f"{path!r} is {os.path.getsize(path):,} bytes, more than the {max_bytes:,} a JSON {what} may have"
-        )
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(_text(path, what, max_bytes))
     except FileNotFoundError:
         return missing
+    except UserInputError:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as error:
         raise UserInputError(
             f"{path!r} is not a valid JSON {what} ({error}): move it away or choose another folder"
         ) from error
     except IsADirectoryError as error:
         raise UserInputError(f"{path!r} is a folder, expected a JSON {what}") from error
+
+
+def _text(path, what, max_bytes):
+    """The UTF-8 text of `path`, read up to `max_bytes` (refused beyond)."""
+    if max_bytes is None:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    size = os.path.getsize(path)
+    data = b""
+    if size <= max_bytes:
+        # Read up to the limit too: /proc/self/pagemap is a regular file of size 0 that reads on for hundreds of
+        # GB, and a file may grow after it was sized.
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    if size > max_bytes or len(data) > max_bytes:
+        shown = f"{size:,} bytes" if size > max_bytes else "longer than its size says"
+        raise UserInputError(f"{path!r} is {shown}, more than the {max_bytes:,} a JSON {what} may have")
+    return data.decode("utf-8")
 
 
 # A cell a spreadsheet would run as a formula (`=HYPERLINK(...)`, `+cmd|...`, `@SUM(1)`; OWASP's CSV injection
