@@ -116,6 +116,14 @@ def test_each_resample_keeps_every_class_item_count():
     assert (weights[:, 1] + weights[:, 2] == 2).all() and set(weights[:, 1].tolist()) == {0, 1, 2}
 
 
+def test_a_subset_system_does_not_vote_twice_on_an_item_class():
+    # Item 0: labels 1, 1, 2, 2, 2 (class 2); a second system scores only its two images of class 1.
+    first = bootstrap.Scored(np.array([1, 1, 2, 2, 2]), np.zeros(5, int), None, np.zeros(5, int))
+    second = bootstrap.Scored(np.array([1, 1]), np.zeros(2, int), None, np.zeros(2, int))
+    _, codes = bootstrap._cluster_codes(first.groups, second.groups)
+    assert bootstrap._cluster_classes(*bootstrap._first_views([first, second], codes), 1).tolist() == [2]
+
+
 def test_intervals_are_deterministic_given_the_seed():
     labels, predictions, groups = _clustered(np.random.default_rng(0), num_items=50, views=2)
     scored = bootstrap.Scored(labels, predictions, None, groups.astype(str))

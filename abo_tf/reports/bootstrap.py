@@ -107,6 +107,21 @@ def _cluster_classes(labels, codes, num_clusters):
     return classes
 
 
+def _first_views(systems, codes):
+    """(labels, item codes) of the images that set each item's class: those of the first system holding the item.
+
+    A paired comparison's second system may score a subset of the first's images: counted twice, they could
+    outvote the rest of an item of mixed labels.
+    """
+    labels, kept_codes, seen = [], [], np.zeros(0, np.int64)
+    for system, code in zip(systems, codes):
+        new = ~np.isin(code, seen)
+        labels.append(np.asarray(system.labels, np.int64)[new])
+        kept_codes.append(code[new])
+        seen = np.union1d(seen, code)
+    return np.concatenate(labels), np.concatenate(kept_codes)
+
+
 def _weight_chunks(cluster_classes, samples, seed):
     """[chunk, clusters] float arrays: how many times each item is drawn, `samples` rows in all.
 
@@ -191,9 +206,7 @@ def _resample(systems, num_classes, strata, samples, seed):
     for system in systems:
         _check(system)
     num_clusters, codes = _cluster_codes(*(system.groups for system in systems))
-    cluster_classes = _cluster_classes(
-        np.concatenate([np.asarray(system.labels, np.int64) for system in systems]), np.concatenate(codes), num_clusters
-    )
+    cluster_classes = _cluster_classes(*_first_views(systems, codes), num_clusters)
     transposed = [
         _class_counts(system, code, num_clusters, num_classes).T.tocsr() for system, code in zip(systems, codes)
     ]
