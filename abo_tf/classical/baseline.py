@@ -248,6 +248,10 @@ class _Limit(NamedTuple):
     value: object  # the option's value
 
 
+# The models whose training rows an option caps, and that option (`--rbf-max-train` ...).
+_MAX_TRAIN = {"rbf_svm": "rbf_max_train", "knn": "knn_max_train", "logreg": "logreg_max_train"}
+
+
 def _row_limit(training, config):
     """The most training rows an in-memory model trains on, and the flag that sets it; (None, None) when streamed."""
     if training.streamed:
@@ -258,12 +262,9 @@ def _row_limit(training, config):
     # Capped at the rows there are: a budget like 1e300 GB overflows to inf, and inf // per_row is NaN.
     held = min(config.in_memory_gb * 2**30 / per_row, len(train.labels))
     limits = [_Limit(int(held), "--in-memory-gb", config.in_memory_gb)]
-    if training.model == "rbf_svm":
-        limits.append(_Limit(config.rbf_max_train, "--rbf-max-train", config.rbf_max_train))
-    if training.model == "knn":
-        limits.append(_Limit(config.knn_max_train, "--knn-max-train", config.knn_max_train))
-    if training.model == "logreg":
-        limits.append(_Limit(config.logreg_max_train, "--logreg-max-train", config.logreg_max_train))
+    if training.model in _MAX_TRAIN:
+        name = _MAX_TRAIN[training.model]
+        limits.append(_Limit(getattr(config, name), "--" + name.replace("_", "-"), getattr(config, name)))
     limit = min(limits, key=lambda limit: limit.rows)
     if limit.rows < num_classes:
         raise UserInputError(
