@@ -778,3 +778,13 @@ def test_a_truth_file_over_the_budget_is_one_line_before_it_is_read(tmp_path, ca
     error = capsys.readouterr().err.strip()
     assert f"is {audit.MAX_TRUTH_BYTES + 1:,} bytes, more than the {audit.MAX_TRUTH_BYTES:,}" in error, error
     assert len(error.splitlines()) == 1 and not (tmp_path / "report").exists()
+
+
+def test_a_truth_file_that_is_not_json_names_what_to_give(tmp_path):
+    # It once said "move it away or choose another folder", the remedy for a file inside an output folder.
+    from abo_tf.common.errors import UserInputError
+
+    path = tmp_path / "truth.json"
+    path.write_text("{not json")
+    with pytest.raises(UserInputError, match=r"not a valid JSON sample truth .*: give the truth.json abo_tf.sample"):
+        audit._load_truth(str(path))

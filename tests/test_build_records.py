@@ -457,3 +457,12 @@ def test_a_split_asked_for_but_left_empty_is_refused(capsys, sizes, joined, expe
     else:
         records_build.check_split_sizes(members, options)
         assert re.search(expected, capsys.readouterr().err) if expected else not capsys.readouterr().err
+
+
+def test_split_fractions_not_summing_to_one_are_named_as_typed(tmp_path, capsys):
+    # They were shown as a Python tuple, "(0.5, 0.5, 0.5)", which is not what the user typed.
+    arguments = ["--listings", str(tmp_path), "--images", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert build_records.main([*arguments, "--split", "0.5", "0.5", "0.5"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--split 0.5 0.5 0.5 must be three non-negative fractions summing to 1 (these sum to 1.5)" in error, error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -244,7 +244,20 @@ def _garbage_header(abo, folder):
     return abo["listings"], crafted
 
 
+def _short_file(content):
+    """A file shorter than one tar header given as the images tar: a text file, or an empty one."""
+
+    def craft(abo, folder):
+        crafted = os.path.join(folder, "short.tar")
+        with open(crafted, "wb") as handle:
+            handle.write(content)
+        return abo["listings"], crafted
+
+    return craft
+
+
 TRUNCATED = "is truncated at byte {size}"
+NOT_A_TAR = "is {size} bytes, shorter than one tar header: not a tar archive"
 TAR_CASES = {
     "listings cut inside a header": (_cut_listings("inside a header"), TRUNCATED),
     "listings cut at a member boundary": (_cut_listings("at a member boundary"), TRUNCATED),
@@ -256,6 +269,9 @@ TAR_CASES = {
     "images member declaring 2**62 (base-256)": (_declared_size("images", 2**62), TRUNCATED),
     "images member declaring a negative size": (_declared_size("images", -4096), "is damaged"),
     "images with a garbage header": (_garbage_header, "is damaged at byte"),
+    # Both once read "truncated at byte 6 / 0": a cut download, when most likely no tar was given at all.
+    "a text file as the images tar": (_short_file(b"hello\n"), NOT_A_TAR),
+    "an empty file as the images tar": (_short_file(b""), NOT_A_TAR),
 }
 
 

@@ -312,7 +312,9 @@ def _load_truth(path):
     """A generated sample's truth dict, or None without --truth."""
     if not path:
         return None
-    truth = files.read_json(path, what="sample truth (--truth)", max_bytes=MAX_TRUTH_BYTES)
+    truth = files.read_json(
+        path, what="sample truth (--truth)", max_bytes=MAX_TRUTH_BYTES, remedy="give the truth.json abo_tf.sample wrote"
+    )
     if truth is None or not isinstance(truth, dict) or not {"label_flips", "listing_flips"} <= set(truth):
         problem = "does not exist" if truth is None else "holds no label_flips and listing_flips"
         raise UserInputError(f"--truth {path!r} {problem}: give the file `python -m abo_tf.sample --truth` wrote")

@@ -34,12 +34,14 @@ def write_json(path, value, indent=2):
     return path
 
 
-def read_json(path, what="file", missing=None, max_bytes=None):
+def read_json(path, what="file", missing=None, max_bytes=None, remedy="move it away or choose another folder"):
     """The JSON value in `path`; `missing` when there is no such file.
 
     Args:
       max_bytes: a larger file is refused before it is read (for a file a user gives: parsed JSON takes 4 times its
         size in memory for a sample's truth, 26 times for a list of empty objects).
+      remedy: what the error tells the user to do about an invalid file (the default fits a file inside an output
+        folder; a file given by a flag names what to give instead).
 
     Raises:
       UserInputError: the file is not JSON, or larger than `max_bytes` (it names the file and what it should be).
@@ -54,9 +56,7 @@ def read_json(path, what="file", missing=None, max_bytes=None):
     except UserInputError:
         raise
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as error:
-        raise UserInputError(
-            f"{path!r} is not a valid JSON {what} ({error}): move it away or choose another folder"
-        ) from error
+        raise UserInputError(f"{path!r} is not a valid JSON {what} ({error}): {remedy}") from error
     except IsADirectoryError as error:
         raise UserInputError(f"{path!r} is a folder, expected a JSON {what}") from error
 

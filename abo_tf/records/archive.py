@@ -421,6 +421,11 @@ def _tarfile_files(path):
 
 
 def _open_tarfile(reads, path, file_size):
+    if file_size < _BLOCK:  # "truncated at byte 6" read as a cut download; most likely it is no tar at all
+        raise ArchiveError(
+            f"{path!r} is {file_size} bytes, shorter than one tar header: not a tar archive, or a download cut "
+            "at its start; give the .tar as downloaded or the extracted folder"
+        )
     try:
         return tarfile.open(fileobj=reads, mode="r:")  # reads the first header
     except _TARFILE_ERRORS as error:

@@ -184,11 +184,12 @@ class BuildOptions:
         fractions = tuple(self.split_fractions)
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
             raise UserInputError(
-                f"--split {fractions} must be three non-negative fractions summing to 1, e.g. 0.8 0.1 0.1"
+                f"--split {' '.join(f'{value:g}' for value in fractions)} must be three non-negative fractions "
+                f"summing to 1 (these sum to {sum(fractions):g}), e.g. 0.8 0.1 0.1"
             )
         if len(tuple(self.min_groups_per_split)) != 3:
             raise UserInputError(
-                f"--min-groups-per-split {tuple(self.min_groups_per_split)} must be three group counts "
+                f"--min-groups-per-split {' '.join(map(str, self.min_groups_per_split))} must be three group counts "
                 "(train, validation, test), e.g. 1 1 1"
             )
 
