@@ -341,7 +341,8 @@ def render_recipe_costs(results):
     lines += [
         "",
         "Images/s, batch 32: the training pipeline (decode, crop, augmentation in the tf.data graph) against the "
-        "MobileNetV3-Small train step fed one batch from memory, with and without EMA (momentum 0.999). "
+        "MobileNetV3-Small train step fed one batch from memory, with and without EMA of the weights and BatchNorm "
+        "statistics (momentum 0.999). "
         "`benchmarks/input_pipeline_benchmark.py --recipe` wrote `benchmarks/results/recipe_costs.json`.",
     ]
     return "\n".join(lines)
