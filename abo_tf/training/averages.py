@@ -23,22 +23,23 @@ WARMUP_OFFSET = 9.0
 class Averages:
     """The averages of one training phase's changing variables (`changing_variables`), created in the strategy scope.
 
-    `averages` goes into the checkpoints for resuming (it restores bit for bit, like the optimizer's slots).
+    `averages` and `updates` go into the checkpoints for resuming (they restore bit for bit, like the optimizer's
+    slots); a checkpoint without them (a run from before) restores `updates` 0, so the next update copies.
     """
 
     momentum: float
     variables: list  # the model's Keras variables averaged
     averages: list  # tf.Variables of the same shapes (mirrored under a distribution strategy)
+    updates: tf.Variable  # int64: updates so far
 
-    def update(self, strategy, updates):
+    def update(self, strategy):
         """Moves every average towards its variable, in cross-replica context (after `strategy.run`), each replica's
         copy towards the same replica's variable.
 
         Args:
           strategy: the tf.distribute strategy the variables were created under.
-          updates: the phase's optimizer steps so far, this one included (the optimizer's `iterations`).
         """
-        earlier = tf.cast(updates, tf.float32) - 1.0
+        earlier = tf.cast(self.updates, tf.float32)
         momentum = tf.minimum(tf.constant(self.momentum, tf.float32), earlier / (earlier + WARMUP_OFFSET))
 
         def move(average, value):
@@ -46,6 +47,7 @@ class Averages:
 
         for variable, average in zip(self.variables, self.averages):
             strategy.extended.update(average, move, args=(variable.value,), group=False)
+        self.updates.assign_add(1)
 
     def swap(self, strategy):
         """Exchanges the model's values with the averages, replica by replica: twice is the identity, bit for bit."""
@@ -79,4 +81,4 @@ def make_averages(model, momentum):
         tf.Variable(tf.zeros(variable.shape, variable.value.dtype), trainable=False, name="average")
         for variable in variables
     ]
-    return Averages(momentum, variables, averages)
+    return Averages(momentum, variables, averages, tf.Variable(0, dtype=tf.int64, trainable=False, name="updates"))

@@ -439,7 +439,7 @@ def make_train_step(strategy, model, optimizer, config, class_weights, num_class
     def step(iterator):
         loss, correct = strategy.run(replica_step, args=(next(iterator),))
         if averaged is not None:
-            averaged.update(strategy, optimizer.iterations)
+            averaged.update(strategy)
         return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
 
     return step
@@ -490,6 +490,7 @@ def _checkpointing(strategy, config, model, phases, step):
         random_states=_random_states(model),
         **{f"{phase.name}_optimizer": phase.optimizer for phase in phases},
         **{f"{phase.name}_averages": phase.averages.averages for phase in phases if phase.averages is not None},
+        **{f"{phase.name}_average_updates": phase.averages.updates for phase in phases if phase.averages is not None},
     )
     main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
