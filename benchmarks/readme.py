@@ -265,7 +265,7 @@ _ABLATION_ROWS = {
     "old": "old recipe (decay 1e-4 on all weights, crop floor 0.08, last epoch, plain CE)",
     "weight_decay": "+ decay 0.05, vectors excluded",
     "augmentation": "+ crop floor 0.25, RandAugment, MixUp 0.2 / CutMix 1.0",
-    "ema": "+ EMA 0.99",
+    "ema": "+ EMA 0.99 (weights and BatchNorm statistics, warmed up)",
     "logit_adjusted": "+ `--loss logit_adjusted`",
     "keep_best": "+ `--keep best` (old run's best epoch)",
     "calibrate": "+ temperature (old run, T fitted on validation)",
