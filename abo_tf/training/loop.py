@@ -164,7 +164,8 @@ class TrainConfig:
     ema_momentum: float = options.option(
         0.0,
         help="keep an exponential moving average of the weights and BatchNorm statistics with this momentum, in "
-        "[0, 1), warmed up as TF's ExponentialMovingAverage (min(m, (1 + n) / (10 + n)) after n steps); "
+        "[0, 1), warmed up as TF's ExponentialMovingAverage (momentum min(m, n / (n + 9)) after n steps: the first "
+        "copies); "
         "validation, --keep and the export use the average; 0 = off",
         group=_SCHEDULE,
         minimum=0.0,
