@@ -12,7 +12,7 @@
 3. The recipe's costs (`--recipe [--image-size 224]`): images/s of the training
    pipeline with each augmentation (RandAugment, MixUp, CutMix, all) against the
    images/s of the train step fed from memory, and the step's cost of EMA of the
-   weights; added to benchmarks/results/recipe_costs.json under the image size.
+   weights and BatchNorm statistics; added to benchmarks/results/recipe_costs.json under the image size.
 Prints Markdown tables and writes benchmarks/results/input_pipeline.json.
 About 5-10 minutes on 2 cores.
 """
@@ -155,7 +155,7 @@ def _memory_step_rate(records, manifest, steps, repeats, image_size, batch, **co
     import numpy as np
     import tensorflow as tf
 
-    from abo_tf.training import input_pipeline, models
+    from abo_tf.training import averages, input_pipeline, models
     from abo_tf.training import loop as training
 
     config = training.TrainConfig(
@@ -166,7 +166,13 @@ def _memory_step_rate(records, manifest, steps, repeats, image_size, batch, **co
     optimizer = training.make_optimizer(config, 1e-3, 1000, model.trainable_variables)
     optimizer.build(model.trainable_variables)
     step = training.make_train_step(
-        tf.distribute.get_strategy(), model, optimizer, config, np.ones(len(classes), np.float32), len(classes)
+        tf.distribute.get_strategy(),
+        model,
+        optimizer,
+        config,
+        np.ones(len(classes), np.float32),
+        len(classes),
+        averaged=averages.make_averages(model, config.ema_momentum),  # weights and BatchNorm statistics
     )
     held = next(iter(input_pipeline.make_dataset(records, "train", image_size, batch, training=True)))
     return steps_per_second(step, iter(tf.data.Dataset.from_tensors(held).repeat()), steps, repeats)[0]

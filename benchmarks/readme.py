@@ -265,7 +265,7 @@ _ABLATION_ROWS = {
     "old": "old recipe (decay 1e-4 on all weights, crop floor 0.08, last epoch, plain CE)",
     "weight_decay": "+ decay 0.05, vectors excluded",
     "augmentation": "+ crop floor 0.25, RandAugment, MixUp 0.2 / CutMix 1.0",
-    "ema": "+ EMA 0.99",
+    "ema": "+ EMA 0.99 (weights and BatchNorm statistics, warmed up)",
     "logit_adjusted": "+ `--loss logit_adjusted`",
     "keep_best": "+ `--keep best` (old run's best epoch)",
     "calibrate": "+ temperature (old run, T fitted on validation)",
@@ -341,7 +341,8 @@ def render_recipe_costs(results):
     lines += [
         "",
         "Images/s, batch 32: the training pipeline (decode, crop, augmentation in the tf.data graph) against the "
-        "MobileNetV3-Small train step fed one batch from memory, with and without EMA (momentum 0.999). "
+        "MobileNetV3-Small train step fed one batch from memory, with and without EMA of the weights and BatchNorm "
+        "statistics (momentum 0.999). "
         "`benchmarks/input_pipeline_benchmark.py --recipe` wrote `benchmarks/results/recipe_costs.json`.",
     ]
     return "\n".join(lines)

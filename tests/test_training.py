@@ -200,7 +200,8 @@ def _served(run_dir, image_bytes):
 def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path):
     records_dir, manifest = built_records
     runs = [tmp_path / "first", tmp_path / "second"]
-    arguments = ["--epochs", "2", "--head-epochs", "1", "--deterministic", "--seed", "3"]
+    # With EMA: its averages resume bit for bit too (the served model is the averaged one).
+    arguments = ["--epochs", "2", "--head-epochs", "1", "--deterministic", "--seed", "3", "--ema-momentum", "0.5"]
     processes = [  # side by side, each in its own process: op determinism cannot be turned off again
         subprocess.Popen(
             [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, run, *arguments)],
@@ -351,6 +352,7 @@ def test_mirrored_on_two_logical_cpus(built_records, tmp_path):
     assert validation_examples % 8, "the check needs a partial last validation batch"
     output = tmp_path / "mirrored"
     arguments = ["--strategy", "mirrored", "--epochs", "2", "--head-epochs", "1", "--validation-steps", "0"]
+    arguments += ["--ema-momentum", "0.9"]  # the averages move replica by replica (BatchNorm statistics are local)
     result = subprocess.run(
         [sys.executable, "-c", _MIRRORED, str(tmp_path / "odd"), *_train_args(records_dir, output, *arguments)],
         env=_subprocess_env(),
@@ -709,23 +711,71 @@ def averaged_run(built_records, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_weights_moving_averages_are_exported(built_records, averaged_run):
+def test_the_moving_averages_of_weights_and_batchnorm_statistics_are_exported(built_records, averaged_run):
     from abo_tf.training import distribute, run_folder
 
     _, manifest = built_records
     output = averaged_run
-    # The run as its last checkpoint holds it: trained weights in the model, their averages in the optimizer.
+    # The run as its last checkpoint holds it: trained values in the model, their averages beside them.
     run = loop._set_up(
         train.resolve_config(["--output", output, "--resume"]), distribute.make_strategy("default", ""), manifest
     )
-    averages = run.phases[-1].optimizer._model_variables_moving_average
-    variables = run.model.trainable_variables
+    averaged = run.phases[-1].averages
     exported = {weight.path: weight.numpy() for weight in run_folder.load_keras_model(f"{output}/model.keras").weights}
-    assert any(not np.allclose(variable.numpy(), average.numpy()) for variable, average in zip(variables, averages))
-    for variable, average in zip(variables, averages):
-        np.testing.assert_allclose(
-            exported[variable.path], average.numpy(), rtol=1e-6, atol=1e-7, err_msg=variable.path
-        )
+    statistics = [variable.path for variable in averaged.variables if "moving_" in variable.path]
+    assert len(statistics) > 10 and len(averaged.variables) - len(statistics) == len(run.model.trainable_variables)
+    pairs = list(zip(averaged.variables, averaged.averages))
+    # Averages that differ from the trained values, BatchNorm statistics among them (Keras' use_ema exported the
+    # raw statistics beside averaged weights).
+    moved = [variable.path for variable, average in pairs if not np.allclose(variable.numpy(), average.numpy())]
+    assert any("moving_" in path for path in moved) and any("moving_" not in path for path in moved)
+    for variable, average in pairs:  # the export: averaged weights and statistics
+        path = variable.path
+        np.testing.assert_allclose(exported[path], average.numpy(), rtol=1e-6, atol=1e-7, err_msg=path)
+
+
+def test_the_moving_average_covers_trained_batchnorm_statistics_and_is_what_evaluation_sees():
+    import keras
+
+    from abo_tf.training import averages
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.BatchNormalization(name="trained_bn")(keras.layers.Dense(3)(inputs))
+    frozen = keras.layers.BatchNormalization(name="frozen_bn")
+    model = keras.Model(inputs, keras.layers.Dense(2)(frozen(hidden)))
+    frozen.trainable = False  # as fine-tuning freezes BatchNorm: its statistics do not move, nothing to average
+    config = loop.TrainConfig(records="r", output="o", batch_size=8, warmup_fraction=0.0)
+    optimizer = loop.make_optimizer(config, 0.1, 10**6, model.trainable_variables)
+    optimizer.build(model.trainable_variables)
+    averaged = averages.make_averages(model, 0.2)
+    statistics = ["trained_bn/moving_mean", "trained_bn/moving_variance"]
+    assert [v.path for v in averaged.variables] == [v.path for v in model.trainable_variables] + statistics
+    rng = np.random.default_rng(0)
+    images, labels = rng.normal(2.0, 3.0, (5, 8, 4)).astype(np.float32), rng.integers(0, 2, (5, 8)).astype(np.int32)
+    batches = {"image": images, "label": labels}
+    step = loop.make_train_step(
+        tf.distribute.get_strategy(), model, optimizer, config, np.ones(2, np.float32), 2, averaged=averaged
+    )
+    iterator, expected = iter(tf.data.Dataset.from_tensor_slices(batches)), None
+    for updates in range(1, 6):  # the reference: TF's warm-up, the first update copying
+        step(iterator)
+        values = [variable.numpy() for variable in averaged.variables]
+        momentum = min(0.2, (updates - 1) / (updates + 8))
+        expected = values if expected is None else [momentum * e + (1 - momentum) * v for e, v in zip(expected, values)]
+    trained = [variable.numpy() for variable in averaged.variables]
+    probe = rng.normal(size=(6, 4)).astype(np.float32)
+    averaged.swap(tf.distribute.get_strategy())
+    for variable, value in zip(averaged.variables, expected):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+    # The evaluated model (inference mode) is the averaged one: weights and statistics together.
+    kernel, bias, gamma, beta, kernel2, bias2, mean, variance = expected
+    normalised = (probe @ kernel + bias - mean) / np.sqrt(variance + 1e-3) * gamma + beta
+    frozen_mean, frozen_deviation = frozen.moving_mean.numpy(), np.sqrt(frozen.moving_variance.numpy() + 1e-3)
+    normalised = (normalised - frozen_mean) / frozen_deviation * frozen.gamma.numpy() + frozen.beta.numpy()
+    np.testing.assert_allclose(model(probe, training=False).numpy(), normalised @ kernel2 + bias2, rtol=1e-4, atol=1e-5)
+    averaged.swap(tf.distribute.get_strategy())
+    for variable, value in zip(averaged.variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):

@@ -26,7 +26,17 @@ from abo_tf.common import console, files, options, outputs
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.reports import figures, metrics, model_card, predictions_file
-from abo_tf.training import calibration, distribute, export, input_pipeline, models, parity, preprocess, run_folder
+from abo_tf.training import (
+    averages,
+    calibration,
+    distribute,
+    export,
+    input_pipeline,
+    models,
+    parity,
+    preprocess,
+    run_folder,
+)
 
 CLASS_WEIGHTINGS = ("none", "balanced", "sqrt")
 KEEPS = ("best", "last")
@@ -153,7 +163,9 @@ class TrainConfig:
     )
     ema_momentum: float = options.option(
         0.0,
-        help="keep an exponential moving average of the weights (Keras' use_ema) with this momentum, in [0, 1); "
+        help="keep an exponential moving average of the weights and BatchNorm statistics with this momentum, in "
+        "[0, 1), warmed up as TF's ExponentialMovingAverage (momentum min(m, n / (n + 9)) after n steps: the first "
+        "copies); "
         "validation, --keep and the export use the average; 0 = off",
         group=_SCHEDULE,
         minimum=0.0,
@@ -269,6 +281,7 @@ class _Phase:
     start: int  # first global step
     end: int
     label: str  # what the epoch lines and history.csv call it: "from_scratch" when the backbone was not pretrained
+    averages: object = None  # averages.Averages of the variables the phase changes, with --ema-momentum
 
 
 # --- set-up ------------------------------------------------------------------
@@ -315,8 +328,6 @@ def make_optimizer(config, learning_rate, steps, variables=()):
     optimizer = keras.optimizers.AdamW(
         _schedule(learning_rate, steps, config.warmup_fraction),
         weight_decay=config.weight_decay,
-        use_ema=config.ema_momentum > 0,
-        ema_momentum=config.ema_momentum or 0.99,  # Keras' default, unused without use_ema
     )
     if not config.decay_norm_and_bias:
         # timm's param_groups_weight_decay: 1-D variables (BatchNorm/LayerNorm gamma and beta, biases, ConvNeXt's
@@ -347,7 +358,8 @@ def _make_phases(config, model, steps_per_epoch):
         optimizer.build(model.trainable_variables)
         # A backbone with random initial weights is trained, not fine-tuned.
         label = "from_scratch" if name == "fine_tune" and not model.pretrained_backbone else name
-        phases.append(_Phase(name, optimizer, trainable, start, end, label))
+        averaged = averages.make_averages(model, config.ema_momentum)
+        phases.append(_Phase(name, optimizer, trainable, start, end, label, averaged))
     return phases
 
 
@@ -399,10 +411,11 @@ def _distributed(strategy, config, split, training, manifest, consumed_steps=0):
 # --- steps -------------------------------------------------------------------
 
 
-def make_train_step(strategy, model, optimizer, config, class_weights, num_classes, adjustment=None):
+def make_train_step(strategy, model, optimizer, config, class_weights, num_classes, adjustment=None, averaged=None):
     """The distributed training step: `step(iterator) -> (mean loss, number correct)` of one global batch.
 
-    `adjustment` ([C], `logit_adjustment`) is added to the logits inside the loss only.
+    `adjustment` ([C], `logit_adjustment`) is added to the logits inside the loss only; `averaged`
+    (`averages.Averages`) moves after each update of the weights.
     """
     variables = model.trainable_variables
     loss_fn = keras.losses.CategoricalCrossentropy(
@@ -426,6 +439,8 @@ def make_train_step(strategy, model, optimizer, config, class_weights, num_class
     @tf.function(jit_compile=config.jit_compile)
     def step(iterator):
         loss, correct = strategy.run(replica_step, args=(next(iterator),))
+        if averaged is not None:
+            averaged.update(strategy)
         return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
 
     return step
@@ -475,6 +490,8 @@ def _checkpointing(strategy, config, model, phases, step):
         step=step,
         random_states=_random_states(model),
         **{f"{phase.name}_optimizer": phase.optimizer for phase in phases},
+        **{f"{phase.name}_averages": phase.averages.averages for phase in phases if phase.averages is not None},
+        **{f"{phase.name}_average_updates": phase.averages.updates for phase in phases if phase.averages is not None},
     )
     main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
@@ -518,39 +535,29 @@ def best_row(history):
     return max(scored, key=lambda row: (row.val_macro_f1, -row.step)) if scored else None
 
 
-def _averaging(optimizer):
-    """The Keras optimizer holding the weights' moving average (inside a LossScaleOptimizer), or None."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return inner if inner.use_ema else None
-
-
 @contextlib.contextmanager
-def _averaged_weights(model, phase):
-    """The phase's moving averages are the model's trainable weights meanwhile; the trained weights come back after.
+def _averaged_weights(strategy, phase):
+    """The phase's moving averages are the model's weights and BatchNorm statistics meanwhile; the trained values
+    come back after.
 
-    Checkpoints for resuming hold the trained weights (and the averages, in the optimizer); validation and the best
-    epoch's checkpoint see the averages, which are what is exported.
+    Checkpoints for resuming hold the trained values in the model (and the averages beside them); validation and
+    the best epoch's checkpoint see the averages, which are what is exported.
     """
-    averaging = _averaging(phase.optimizer)
-    if averaging is None:
+    if phase.averages is None:
         yield
         return
-    variables = model.trainable_variables
-    trained = [tf.identity(variable.value) for variable in variables]
-    averaging.finalize_variable_values(variables)
+    phase.averages.swap(strategy)
     try:
         yield
     finally:
-        for variable, value in zip(variables, trained):
-            variable.assign(value)
+        phase.averages.swap(strategy)
 
 
 def _use_averages(run):
-    """With EMA and --keep last: the last trained phase's averages become the model's weights, for the export."""
+    """With EMA and --keep last: the last trained phase's averages become the model's values, for the export."""
     trained = [phase for phase in run.phases if phase.end > phase.start]
-    if trained and _averaging(trained[-1].optimizer) is not None:
-        models.set_backbone_trainable(run.model, trained[-1].trainable)
-        _averaging(trained[-1].optimizer).finalize_variable_values(run.model.trainable_variables)
+    if trained and trained[-1].averages is not None:
+        trained[-1].averages.swap(run.strategy)
 
 
 def _learning_rate(optimizer):
@@ -659,7 +666,14 @@ def _train_phases(run, on_epoch_end=None):
             continue
         models.set_backbone_trainable(run.model, phase.trainable)
         train_step = make_train_step(
-            run.strategy, run.model, phase.optimizer, run.config, run.class_weights, run.num_classes, run.adjustment
+            run.strategy,
+            run.model,
+            phase.optimizer,
+            run.config,
+            run.class_weights,
+            run.num_classes,
+            run.adjustment,
+            phase.averages,
         )
         while int(run.step) < phase.end:
             epoch = int(run.step) // run.steps_per_epoch
@@ -667,7 +681,7 @@ def _train_phases(run, on_epoch_end=None):
             loss, accuracy, images_per_second = _run_epoch_steps(
                 run, phase, train_step, min(phase.end, (epoch + 1) * run.steps_per_epoch)
             )
-            with _averaged_weights(run.model, phase):
+            with _averaged_weights(run.strategy, phase):
                 val_loss, val_accuracy, predicted = _validate(run, eval_step, with_predictions)
                 if run.best_manager is not None and _is_new_best(predicted.get("val_macro_f1", math.nan), history):
                     run.best_manager.save(checkpoint_number=int(run.step))
@@ -806,13 +820,6 @@ def plot_history(history, path):
     figures.save(figure, path, dpi=100)
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
 @contextlib.contextmanager
 def _computing_in_float32(model):
     """The model's own layers compute in float32 meanwhile (under mixed precision its variables are float32 already).
@@ -821,7 +828,7 @@ def _computing_in_float32(model):
     ResNet50 with random weights moved probabilities by up to 0.27 against the same
     weights in float32 (128 images of 64 px, batch statistics), which would hide a real difference.
     """
-    changed = [layer for layer in _all_layers(model) if layer.dtype_policy.name.startswith("mixed_")]
+    changed = [layer for layer in models.all_layers(model) if layer.dtype_policy.name.startswith("mixed_")]
     policies = [layer.dtype_policy for layer in changed]
     for layer in changed:
         layer.dtype_policy = "float32"

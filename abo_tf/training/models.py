@@ -418,3 +418,11 @@ def config_at_image_size(config, image_size):
     [image_input] = [layer for layer in resized["layers"] if layer["class_name"] == "InputLayer"]
     image_input["config"]["batch_shape"] = [None, image_size, image_size, 3]
     return resized
+
+
+def all_layers(model):
+    """Every layer of `model`, those of nested models (the backbone) included, outer first."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
