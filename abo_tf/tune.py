@@ -5,7 +5,8 @@
 The `[search]` table of --config names train options and their ranges or choices;
 the rest of the file (and the flags) is the default config every trial starts
 from, queued as the first trial. Each trial is an ordinary training run in
-TUNE_DIR/trials/NNNN/; each epoch's validation metric goes to Optuna's pruner.
+TUNE_DIR/trials/NNNN/, not exported (a search point: train best.toml for a
+model); each epoch's validation metric goes to Optuna's pruner.
 The study lives in TUNE_DIR/study.journal (or --storage URL), so the same
 command after a kill continues it, and several processes (machines, with a
 shared --storage database) can run it at once: the study ends with exactly

@@ -12,7 +12,7 @@ few epochs; its [search] table is SPACE below):
 3. The tuner's overhead per trial: a study of one trial (the default config: the
    study opened in a fresh journal, the trial trained through the pruning hook,
    told and written back) against `loop.train` of the same config outside the
-   tuner, in the same process, wall seconds, `--overhead-repeats` of each,
+   tuner (neither exports), in the same process, wall seconds, `--overhead-repeats` of each,
    interleaved after one untimed warm-up run; medians (the machine is shared,
    so read them with the load average printed beside them).
 4. The default config's validation macro F1 over its three runs above: the noise of one trial's figure.
@@ -113,7 +113,7 @@ def _epochs(study):
 
 
 def _plain_train_seconds(base_config, folder):
-    """`loop.train` of the default config, outside the tuner."""
+    """`loop.train` of the default config, outside the tuner (not exported either: a trial is not)."""
     import keras
 
     from abo_tf.training import loop
@@ -121,7 +121,7 @@ def _plain_train_seconds(base_config, folder):
     config = dataclasses.replace(base_config, output=folder, progress=False)
     os.makedirs(folder)
     started = time.perf_counter()
-    loop.train(config)
+    loop.train(config, export_model=False)
     seconds = time.perf_counter() - started
     keras.backend.clear_session()  # as after each trial: the next run starts from the same state
     return seconds

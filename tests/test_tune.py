@@ -55,7 +55,7 @@ def _finished_numbers(tune_dir):
 
 
 @pytest.mark.slow
-def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_records, tmp_path):
+def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "tune"
     reruns = ["--rerun-top", "2", "--rerun-seeds", "2"]
@@ -67,8 +67,10 @@ def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_
     assert "default config" in (output / "report.md").read_text() and os.path.isfile(output / "slices.png")
     means = _check_reruns(output, [row for row in rows if row["state"] == "COMPLETE"], seeds=[1, 2])
     best = max(means, key=lambda number: (means[number], -number))
+    _check_not_exported(trials_lib.trial_dir(str(output), best), records_dir, tmp_path, capsys)
     rerun = tmp_path / "rerun"
     assert train.main(["--config", str(output / "best.toml"), "--output", str(rerun), "--no-progress"]) == 0
+    assert os.path.isfile(rerun / run_folder.SAVED_MODEL / "saved_model.pb")  # best.toml is how to get the model
     reproduced = run_folder.load_metrics(str(rerun))["validation"]["macro_f1"]
     search_objective = next(float(row["objective"]) for row in rows if int(row["number"]) == best)
     assert abs(reproduced - search_objective) <= 0.02
@@ -78,6 +80,29 @@ def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_
     stamps = [path.stat().st_mtime_ns for path in finished]
     assert tune.main(arguments) == 0  # the same command again: the study and its re-runs are done, none retrained
     assert [path.stat().st_mtime_ns for path in sorted(output.glob("reruns/*/metrics.json"))] == stamps
+
+
+def _check_not_exported(trial, records_dir, tmp_path, capsys):
+    """A trial is a search point, trained without an export: each command that needs its model refuses it in one
+    line saying how to get one (its metrics are there, for the study's report)."""
+    from abo_tf import evaluate, predict
+    from abo_tf import export as export_cli
+
+    assert run_folder.load_metrics(trial) is not None and os.path.isfile(os.path.join(trial, run_folder.NOT_EXPORTED))
+    models = (run_folder.SAVED_MODEL, run_folder.KERAS_MODEL, run_folder.PARITY)
+    assert not any(os.path.exists(os.path.join(trial, name)) for name in models)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"not read: the model is refused first")
+    commands = {
+        evaluate: ["--model", trial, "--records", records_dir, "--report", str(tmp_path / "report")],
+        predict: ["--model", os.path.join(trial, run_folder.SAVED_MODEL), str(image)],
+        export_cli: ["--run", trial, "--format", "onnx", "--records", records_dir],
+    }
+    capsys.readouterr()
+    for command, argv in commands.items():
+        assert command.main(argv) == 2, command.__name__
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "trained without an export" in error and "best.toml" in error, error
 
 
 def _check_reruns(output, complete_rows, seeds):

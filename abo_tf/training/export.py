@@ -34,7 +34,7 @@ import keras
 import tensorflow as tf
 
 from abo_tf.common.errors import InputNotFoundError, UserInputError, first_line
-from abo_tf.training import input_pipeline, parity, preprocess
+from abo_tf.training import input_pipeline, parity, preprocess, run_folder
 
 BYTES_ENDPOINT = "serving_default"
 PIXELS_ENDPOINT = "serve_pixels"
@@ -199,10 +199,12 @@ def load_exported(export_dir):
       see `exported_class_names` and `exported_image_size`.
 
     Raises:
-      InputNotFoundError: the folder does not exist.
+      InputNotFoundError: the folder does not exist, or belongs to a tune trial (trained without an export).
       UserInputError: it is not a SavedModel, or not one from `export_saved_model`.
     """
     export_dir = os.fspath(export_dir)
+    if not tf.saved_model.contains_saved_model(export_dir):
+        run_folder.check_exported(export_dir)  # a tune trial's folder (or its missing saved_model/)
     if os.path.lexists(export_dir) and not os.path.isdir(export_dir):
         raise UserInputError(f"{export_dir!r} is a file, not a folder: give the saved_model folder of a training run")
     if not os.path.isdir(export_dir):

@@ -908,15 +908,25 @@ def _calibrate(run, plain, manifest):
     return record
 
 
-def _finish(run, manifest, classes, history):
+def _export(run, plain, manifest, classes, calibrated, export_model):
+    """The checked export's staging folder, and model.keras; without `export_model`, not_exported.txt and None."""
+    output = run.config.output
+    if not export_model:
+        run_folder.mark_not_exported(output)
+        return None
+    staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
+    plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
+    return staging
+
+
+def _finish(run, manifest, classes, history, export_model=True):
     output = run.config.output
     # A run finishing again (resumed after its last epoch) exports anew: nothing stale may survive a failed check.
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
     kept = keep_weights(run, history)
     plain = _plain_copy(run.model, run.config.served_image_size)
     calibrated = _calibrate(run, plain, manifest)
-    staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
-    plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
+    staging = _export(run, plain, manifest, classes, calibrated, export_model)
     results = _final_metrics(plain, run.config, manifest)
     if calibrated is not None:
         results["validation"]["calibration"] = calibrated
@@ -925,7 +935,8 @@ def _finish(run, manifest, classes, history):
     for split_metrics in results.values():
         split_metrics["image_size"] = {"train": run.config.image_size, "evaluated": run.config.served_image_size}
     run_folder.write_class_names(output, classes)
-    os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
+    if staging is not None:
+        os.replace(staging, run_folder.path(output, run_folder.SAVED_MODEL))
     files.write_json(run_folder.path(output, run_folder.METRICS), results)
     model_card.write(output, output, manifest, run.config.records)
     if history:
@@ -1010,7 +1021,7 @@ def _start(config):
     return strategy, manifest, splits
 
 
-def train(config, on_epoch_end=None):
+def train(config, on_epoch_end=None, export_model=True):
     """Trains, checkpoints, evaluates and exports one run (resuming if checkpoints exist).
 
     Args:
@@ -1018,6 +1029,8 @@ def train(config, on_epoch_end=None):
       on_epoch_end: optional `f(epoch, validation_metrics)` called after each epoch is saved, with
         `val_loss`, `val_accuracy`, `val_macro_f1` and `val_examples` of that epoch's validation pass
         (abo_tf.tune's pruning hook); an exception it raises (optuna.TrialPruned) ends the run there.
+      export_model: False for a search point (a tune trial): metrics and test predictions, but no SavedModel,
+        model.keras nor parity check (a third of a tiny run), and not_exported.txt says so.
 
     Returns:
       The final metrics (dict split -> metrics) on the chief, None on other workers.
@@ -1033,7 +1046,7 @@ def train(config, on_epoch_end=None):
             history = _train_phases(run, on_epoch_end)
             if not run.chief:
                 return None
-            return _finish(run, manifest, manifest["classes"], history)
+            return _finish(run, manifest, manifest["classes"], history, export_model)
     except tf.errors.ResourceExhaustedError as error:
         raise out_of_memory(error, config.batch_size, config.image_size) from error
 

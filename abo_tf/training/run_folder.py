@@ -15,6 +15,8 @@
       saved_model/         the SavedModel users ship (abo_tf.training.export)
       model_card.md        data, config, test metrics, limits, licence (abo_tf.reports.model_card)
       exports/FORMAT/      LiteRT and ONNX exports, written later by `python -m abo_tf.export`
+      not_exported.txt     instead of saved_model/, model.keras and parity.json: a tune trial, a search point
+                           trained without an export (the commands that need a model refuse it, saying how to get one)
 
 The run exports into saved_model.partial/ and checks it; only when the check
 passes does it write model.keras and metrics.json and rename the export to
@@ -47,6 +49,7 @@ SAVED_MODEL = "saved_model"
 MODEL_CARD = "model_card.md"
 SAVED_MODEL_STAGING = "saved_model.partial"  # the export until its parity check passes
 PARITY = "parity.json"
+NOT_EXPORTED = "not_exported.txt"
 POOL_LAYER = "pool"  # the pooled backbone features, input of the classification head
 # What a run writes at its top level: what `train --output` may replace in its own folder.
 FILES = (
@@ -63,9 +66,15 @@ FILES = (
     SAVED_MODEL_STAGING,
     PARITY,
     MODEL_CARD,
+    NOT_EXPORTED,
 )
 # What a finished run exports; removed when a run finishes again, so a failed parity check leaves none of them.
-EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, TEST_PREDICTIONS, PARITY, MODEL_CARD)
+EXPORTS = (SAVED_MODEL, SAVED_MODEL_STAGING, KERAS_MODEL, METRICS, TEST_PREDICTIONS, PARITY, MODEL_CARD, NOT_EXPORTED)
+# What not_exported.txt says; {run} is the run folder.
+NOT_EXPORTED_NOTE = (
+    "a trial of `python -m abo_tf.tune`, trained without an export (a search point): for a SavedModel, train its "
+    "config with `python -m abo_tf.train --config {run}/config.toml --output NEW_FOLDER` (or the study's best.toml)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +110,25 @@ def check_run(run_dir, needs=KERAS_MODEL, flag="--run"):
         what = "is not a folder" if os.path.lexists(run_dir) else "does not exist"  # a file said "does not exist"
         raise InputNotFoundError(f"{flag} {run_dir!r} {what}: give the --output folder of `python -m abo_tf.train`")
     if not os.path.exists(path(run_dir, needs)):
+        check_exported(run_dir, flag)  # a trial's folder: say how to get the model
         raise InputNotFoundError(
             f"{flag} {run_dir!r} has no {needs}: give a finished training run (its --output folder)"
         )
     return run_dir
+
+
+def mark_not_exported(run_dir):
+    """Writes not_exported.txt: this finished run has metrics but, by design, no model to ship."""
+    with open(path(run_dir, NOT_EXPORTED), "w", encoding="utf-8") as handle:
+        handle.write(NOT_EXPORTED_NOTE.format(run=run_dir) + "\n")
+
+
+def check_exported(model_path, flag="--model"):
+    """Raises a one-line error when `model_path` (a run folder or a path in it) is a run trained without an export."""
+    for run_dir in (model_path, os.path.dirname(os.path.normpath(model_path))):
+        if os.path.isfile(path(run_dir, NOT_EXPORTED)):
+            note = NOT_EXPORTED_NOTE.format(run=run_dir)
+            raise InputNotFoundError(f"{flag} {model_path!r} has no exported model: it is {note}")
 
 
 def is_run(folder):

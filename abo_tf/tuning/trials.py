@@ -60,11 +60,15 @@ def _config_or_prune(base_config, values, folder):
 
 
 def train_run(config, objective, on_epoch_end=None):
-    """Trains `config` in its run folder (locked while it trains); returns the final validation `objective`."""
+    """Trains `config` in its run folder (locked while it trains); returns the final validation `objective`.
+
+    Not exported: a trial or a re-run is a search point, and the export with its parity check took a third of a
+    tiny run. Its metrics and test predictions are written; best.toml trains the chosen config into a model.
+    """
     outputs.claim(config.output, "train", "--output", recognise=run_folder.is_started_run)
     try:
         options.save_config(config, config.output)
-        results = loop.train(config, on_epoch_end=on_epoch_end)
+        results = loop.train(config, on_epoch_end=on_epoch_end, export_model=False)
     finally:
         outputs.release(config.output)  # the study's bookkeeping, not this lock, says the trial is over
     return results["validation"][OBJECTIVES[objective][1]]
