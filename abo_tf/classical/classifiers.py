@@ -64,6 +64,10 @@ SGD_EPOCHS = 20
 LOGREG_MAX_ITER = 200
 # scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
 SGD_EXAMPLES = 1_000_000
+# Examples each search candidate and finalist sees: they are compared with each other, not used. Measured on
+# the full-size handcrafted features (622 columns, 575 classes): 0.3 CPU ms a row a pass of one-vs-rest SGD, so
+# at 1M examples each linear_svm's 4 candidates and 2 finalists cost 1,900 CPU s beside its final fit's 300.
+SEARCH_SGD_EXAMPLES = 120_000
 CHUNK_ROWS = 8192
 # What one chunk's scores may take. SVC computes one-vs-one decision values, K (K - 1) / 2 floats a row:
 # 165,600 at ABO's 576 classes, 1.3 MB a row, so 8192 rows at once would take 10.8 GB.
@@ -337,9 +341,9 @@ class Training:
         )
 
 
-def sgd_passes(num_rows, training):
-    """Epochs of SGD over `num_rows`: enough to see SGD_EXAMPLES examples, at most `training.epochs`."""
-    return max(1, min(training.epochs, math.ceil(SGD_EXAMPLES / max(num_rows, 1))))
+def sgd_passes(num_rows, training, examples=SGD_EXAMPLES):
+    """Epochs of SGD over `num_rows`: enough to see `examples` examples, at most `training.epochs`."""
+    return max(1, min(training.epochs, math.ceil(examples / max(num_rows, 1))))
 
 
 @contextlib.contextmanager
@@ -429,7 +433,7 @@ def release_pages(features):
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def fit(training, params, rows, progress=False):
+def fit(training, params, rows, progress=False, examples=SGD_EXAMPLES):
     """Fits one candidate of `training.model`.
 
     Args:
@@ -437,12 +441,13 @@ def fit(training, params, rows, progress=False):
       params: Pipeline parameters of the candidate (`{"classifier__C": 1.0}`).
       rows: the rows of `training.train` to fit on.
       progress: a progress bar over streamed SGD's chunks.
+      examples: streamed SGD sees about this many examples (`sgd_passes`).
 
     Returns:
       A `Fit`.
     """
     started = time.perf_counter()
-    epochs = sgd_passes(len(rows), training) if training.streamed else None
+    epochs = sgd_passes(len(rows), training, examples) if training.streamed else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if training.streamed:

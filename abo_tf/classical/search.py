@@ -132,7 +132,7 @@ def _search_data(training, validation, max_train):
 
 def _searcher(training, grid_spec, scorer, cv, num_rows):
     """GridSearchCV for a small grid, HalvingGridSearchCV (subsampling rows) for a large one."""
-    estimator = training.pipeline(classifiers.sgd_passes(num_rows, training))
+    estimator = training.pipeline(classifiers.sgd_passes(num_rows, training, classifiers.SEARCH_SGD_EXAMPLES))
     common = dict(scoring=scorer, cv=cv, refit=False, n_jobs=1, error_score=np.nan)
     if len(ParameterGrid(grid_spec)) <= HALVING_ABOVE:
         return GridSearchCV(estimator, grid_spec, **common)
@@ -217,13 +217,16 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         return _Rescored(None, finalists[0], None)
     size = RESCORE_FACTOR * len(search_rows)
     rows = classifiers.stratified_subsample(training.train.labels, training.rows, size, training.seed + 1)
+    # Compared, not kept, unless they are fitted on every row: then the chosen one's fit is the final fit.
+    final = len(rows) == len(training.rows)
+    examples = classifiers.SGD_EXAMPLES if final else classifiers.SEARCH_SGD_EXAMPLES
     started, fits = time.perf_counter(), []
     with (
         console.progress_bar(enabled=progress, total=len(finalists), desc="finalists", unit="fit") as bar,
         classifiers.heartbeat(bar),
     ):
         for row in finalists:
-            fitted = classifiers.fit(training, grid[row["grid_index"]], rows)
+            fitted = classifiers.fit(training, grid[row["grid_index"]], rows, examples=examples)
             fits.append((classifiers.macro_f1(fitted.pipeline, validation), fitted))
             bar.update()
     best = min(range(len(finalists)), key=lambda index: (-fits[index][0], finalists[index]["grid_index"]))
@@ -234,7 +237,7 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         ],
         "seconds": time.perf_counter() - started,
     }
-    reused = fits[best][1] if len(rows) == len(training.rows) else None
+    reused = fits[best][1] if final else None
     return _Rescored(record, finalists[best], reused)
 
 
