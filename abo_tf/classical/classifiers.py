@@ -62,6 +62,10 @@ SGD_EPOCHS = 20
 # labels that do not follow the pixels lbfgs memorises them, far from converged after 75 iterations at about
 # 0.3 CPU-seconds an iteration per 20,000 rows: 1,000 iterations would cost over an hour on every training row.
 LOGREG_MAX_ITER = 200
+# lbfgs iterations of each search candidate (the finalists and the final fit get LOGREG_MAX_ITER). Measured on the
+# full-size handcrafted features (622 columns, 575 classes, 2 cores): 0.78 CPU s an iteration per 20,000 rows, so
+# 4 candidates at 200 iterations took up to 620 CPU s before the finalists' 2 x 200 on 40,000 rows.
+SEARCH_LOGREG_MAX_ITER = 50
 # scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
 SGD_EXAMPLES = 1_000_000
 # Examples each search candidate and finalist sees: they are compared with each other, not used. Measured on
@@ -433,7 +437,7 @@ def release_pages(features):
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def fit(training, params, rows, progress=False, examples=SGD_EXAMPLES):
+def fit(training, params, rows, progress=False, examples=None):
     """Fits one candidate of `training.model`.
 
     Args:
@@ -441,13 +445,13 @@ def fit(training, params, rows, progress=False, examples=SGD_EXAMPLES):
       params: Pipeline parameters of the candidate (`{"classifier__C": 1.0}`).
       rows: the rows of `training.train` to fit on.
       progress: a progress bar over streamed SGD's chunks.
-      examples: streamed SGD sees about this many examples (`sgd_passes`).
+      examples: streamed SGD sees about this many examples (`sgd_passes`); None: SGD_EXAMPLES.
 
     Returns:
       A `Fit`.
     """
     started = time.perf_counter()
-    epochs = sgd_passes(len(rows), training, examples) if training.streamed else None
+    epochs = sgd_passes(len(rows), training, examples or SGD_EXAMPLES) if training.streamed else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if training.streamed:
@@ -568,6 +572,20 @@ def predict_scores(pipeline, features, num_classes):
         predictions.append(known[chosen].astype(np.int32))
         scores.append(full)
     return Scores(np.concatenate(predictions), np.concatenate(scores))
+
+
+class Timed(NamedTuple):
+    """A split's `Scores` and the seconds the classifier took to compute them."""
+
+    scores: Scores
+    seconds: float
+
+
+def timed_scores(pipeline, data):
+    """`predict_scores` of a split (`SplitFeatures`), timed."""
+    started = time.perf_counter()
+    scores = predict_scores(pipeline, data.features, len(data.classes))
+    return Timed(scores, time.perf_counter() - started)
 
 
 def predict_labels(pipeline, features):
