@@ -472,6 +472,24 @@ def fit(training, params, rows, progress=False, examples=None):
     return Fit(pipeline, time.perf_counter() - started, converged, epochs)
 
 
+def resume(training, fitted, rows, iterations):
+    """`fitted` (a logreg on `rows`) fitted further: lbfgs restarted from its coefficients for `iterations` more.
+
+    The finalists are compared after SEARCH_LOGREG_MAX_ITER iterations; the chosen one continues rather than
+    starting over (at full size each iteration over 40,000 rows costs 1.6 CPU s).
+    """
+    started = time.perf_counter()
+    pipeline, classifier = fitted.pipeline, fitted.pipeline.named_steps["classifier"]
+    features = pipeline[:-1].transform(read_rows(training.train.features, rows))
+    classifier.set_params(warm_start=True, max_iter=iterations)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        classifier.fit(features, training.train.labels[rows])
+    classifier.set_params(warm_start=False, max_iter=LOGREG_MAX_ITER)
+    converged = not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
+    return Fit(pipeline, fitted.seconds + time.perf_counter() - started, converged, None)
+
+
 class Scores(NamedTuple):
     """What a classifier says of each example."""
 

@@ -224,18 +224,21 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         return _Rescored(None, finalists[0], None)
     size = RESCORE_FACTOR * len(search_rows)
     rows = classifiers.stratified_subsample(training.train.labels, training.rows, size, training.seed + 1)
-    # Compared, not kept, unless they are fitted on every row: then the chosen one's fit is the final fit.
+    # Compared, not kept, unless they are fitted on every row: then the chosen one's fit is the final fit (SGD
+    # sees the final fit's examples; lbfgs continues from the chosen one's coefficients).
     final = len(rows) == len(training.rows)
     examples = classifiers.SGD_EXAMPLES if final else classifiers.SEARCH_SGD_EXAMPLES
+    logreg = training.model == "logreg"
     started, fits = time.perf_counter(), []
     with (
         console.progress_bar(enabled=progress, total=len(finalists), desc="finalists", unit="fit") as bar,
         classifiers.heartbeat(bar),
     ):
         for row in finalists:
-            fitted = classifiers.fit(training, grid[row["grid_index"]], rows, examples=examples)
+            params = {**grid[row["grid_index"]], "classifier__max_iter": classifiers.SEARCH_LOGREG_MAX_ITER}
+            fitted = classifiers.fit(training, params if logreg else grid[row["grid_index"]], rows, examples=examples)
             # A final fit's scores are kept for the evaluation; the others' predictions are enough.
-            if final:
+            if final and not logreg:
                 scored = classifiers.timed_scores(fitted.pipeline, validation)
                 predictions = scored.scores.predictions
             else:
@@ -253,6 +256,10 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
     }
     if not final:
         return _Rescored(record, finalists[best], None)
+    if logreg:
+        more = classifiers.LOGREG_MAX_ITER - classifiers.SEARCH_LOGREG_MAX_ITER
+        chosen = classifiers.resume(training, fits[best][1], rows, more)
+        return _Rescored(record, finalists[best], chosen, classifiers.timed_scores(chosen.pipeline, validation))
     return _Rescored(record, finalists[best], fits[best][1], fits[best][2])
 
 
