@@ -10,7 +10,10 @@ is then fitted on all the rows its model trains on by `classifiers.fit`
 At full ABO size (313,681 training rows, 576 classes) one fit of a
 576-class model on every row costs minutes, so the search compares candidates
 on a stratified subsample of at most `max_train` rows (and all of validation):
-`benchmarks/baselines_search_benchmark.py` measures it.
+`benchmarks/baselines_search_benchmark.py` measures it. The candidates and
+finalists are compared at a smaller budget than the final fit gets (SGD's
+SEARCH_SGD_EXAMPLES, lbfgs's SEARCH_LOGREG_MAX_ITER): at full size they were
+most of the cost.
 """
 
 import time
