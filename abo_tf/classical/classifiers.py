@@ -56,6 +56,9 @@ NORMALISATIONS = ("hellinger", "l2", "none")
 # scikit-learn's), 1 / sqrt(count), or none; normalised so the average example keeps weight 1.
 CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
 SGD_EPOCHS = 20
+# Seconds between a heartbeat's redraws: under the 30 s a log's bar waits between lines, as a busy machine wakes the
+# thread late (at full size, 30.5 and 32.9 s passed between two lines of linear_svm's and rbf_svm's logs).
+HEARTBEAT_SECONDS = console.NON_TERMINAL_INTERVAL - 5
 # lbfgs stops here unless converged first (recorded per candidate and for the final fit). Measured: handcrafted
 # features converged in 68-85 iterations at 16 classes and 114-166 at 71; the linear probe on 576-d embeddings
 # at 15 classes in 216, and stopped at 200 it scored the same (validation macro F1 0.976). At 387 classes with
@@ -351,7 +354,7 @@ def sgd_passes(num_rows, training, examples=SGD_EXAMPLES):
 
 
 @contextlib.contextmanager
-def heartbeat(bar, interval=console.NON_TERMINAL_INTERVAL):
+def heartbeat(bar, interval=HEARTBEAT_SECONDS):
     """Redraws `bar` every `interval` seconds: one candidate of a 576-class search can take minutes, and a log
     that stays silent that long cannot be told from a hung command."""
     stop = threading.Event()
@@ -406,9 +409,11 @@ def _fit_streaming(pipeline, train, rows, epochs, seed, progress=False):
     classes = np.unique(train.labels[rows])
     rng = np.random.default_rng(seed)
     chunks = math.ceil(len(rows) / CHUNK_ROWS)
-    with console.progress_bar(
-        enabled=progress, total=epochs * chunks, desc=f"SGD, {epochs} epochs", unit="chunk"
-    ) as bar:
+    bar = console.progress_bar(enabled=progress, total=epochs * chunks, desc=f"SGD, {epochs} epochs", unit="chunk")
+    with (
+        bar,
+        heartbeat(bar),  # a chunk takes seconds: the bar alone writes a line 30 s plus up to a chunk apart
+    ):
         for _ in range(epochs):
             for chunk in _row_chunks(rows, rng):
                 order = rng.permutation(len(chunk))
