@@ -261,7 +261,10 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         return _Rescored(record, finalists[best], None)
     if logreg:
         more = classifiers.LOGREG_MAX_ITER - classifiers.SEARCH_LOGREG_MAX_ITER
-        chosen = classifiers.resume(training, fits[best][1], rows, more)
+        bar = console.progress_bar(enabled=progress, total=1, desc="chosen finalist, lbfgs continued", unit="fit")
+        with bar, classifiers.heartbeat(bar):  # minutes at full size: a line every 25 s
+            chosen = classifiers.resume(training, fits[best][1], rows, more)
+            bar.update()
         return _Rescored(record, finalists[best], chosen, classifiers.timed_scores(chosen.pipeline, validation))
     return _Rescored(record, finalists[best], fits[best][1], fits[best][2])
 
