@@ -26,6 +26,7 @@ from abo_tf.classical import (
     baseline,
     classifiers,
     comparison,
+    evaluation,
     extraction,
     feature_cache,
     feature_spec,
@@ -48,6 +49,7 @@ SMALL_GRIDS = {
     "sgd": {"classifier__loss": ["hinge", "log_loss"], "classifier__alpha": [1e-5, 1e-4, 1e-3, 1e-2]},
 }
 RUN_HISTORY_SECONDS = (2.5, 1.5)
+SMALL_KNN_GRID = {"classifier__n_neighbors": [1, 5, 15]}
 
 
 def _spec():
@@ -932,3 +934,70 @@ def test_a_solver_that_stopped_early_with_a_convergence_warning_did_not_converge
         warnings.warn("lbfgs failed to converge (status=2)", ConvergenceWarning, stacklevel=1)
         scorer(pipeline, features, labels)
     assert [converged for _, converged in scorer.converged] == [True, False]
+
+
+def _synthetic_splits(rows, num_classes=5):
+    means = synthetic_features.class_means(num_classes, 8)
+    return {
+        name: synthetic_features.split(name, size, means, seed)
+        for seed, (name, size) in enumerate((("train", rows), ("validation", 300), ("test", 300)))
+    }
+
+
+def test_sgd_candidates_and_finalists_see_the_search_budget_and_the_final_fit_every_row(monkeypatch):
+    # At full size a candidate seeing 1M examples cost 300 CPU s: the search compares, the final fit is kept.
+    splits = _synthetic_splits(3_000)
+    monkeypatch.setattr(classifiers, "SEARCH_SGD_EXAMPLES", 3_000)
+    monkeypatch.setattr(classifiers, "SGD_EXAMPLES", 30_000)
+    fits, fit = [], classifiers.fit
+    monkeypatch.setattr(classifiers, "fit", lambda *args, **kwargs: fits.append(fit(*args, **kwargs)) or fits[-1])
+    training = classifiers.Training("linear_svm", splits["train"], np.arange(3_000), epochs=100, seed=0)
+    grid = {"classifier__alpha": [1e-4, 1e-3]}
+    record = search.search(training, grid, splits["validation"], max_train=300, progress=False).record
+    searcher = search._searcher(training, grid, None, None, record["search_train_examples"])
+    assert searcher.estimator.named_steps["classifier"].max_iter == 10  # 3,000 examples over 300 rows
+    # The finalists: 3,000 examples over 900 rows; the final fit: 30,000 over every row.
+    assert record["rescored"]["train_examples"] == 900 and [fitted.epochs for fitted in fits] == [4, 4, 10]
+    assert record["final_fit"] == {**record["final_fit"], "train_examples": 3_000, "epochs": 10}
+
+
+def test_logreg_is_ranked_at_fewer_iterations_and_the_chosen_finalist_continues(monkeypatch):
+    # At full size an lbfgs iteration over 40,000 rows costs 1.6 CPU s: candidates and finalists are compared
+    # after SEARCH_LOGREG_MAX_ITER iterations, and the chosen finalist continues from its coefficients.
+    splits = _synthetic_splits(600)
+    training = classifiers.Training("logreg", splits["train"], np.arange(600), epochs=1, seed=0)
+    searcher = search._searcher(training, {"classifier__C": [1.0]}, None, None, 200)
+    assert searcher.estimator.named_steps["classifier"].max_iter == classifiers.SEARCH_LOGREG_MAX_ITER
+    monkeypatch.setattr(classifiers, "SEARCH_LOGREG_MAX_ITER", 2)  # far from converged: the continuation shows
+    iterations, fit = [], classifiers.fit
+    monkeypatch.setattr(
+        classifiers, "fit", lambda *args, **kwargs: iterations.append(args[1]["classifier__max_iter"]) or fit(*args)
+    )
+    found = search.search(training, {"classifier__C": [0.1, 1.0]}, splits["validation"], max_train=200, progress=False)
+    assert iterations == [2, 2] and found.record["rescored"]["train_examples"] == 600
+    classifier = found.pipeline.named_steps["classifier"]
+    assert classifier.max_iter == classifiers.LOGREG_MAX_ITER and classifier.n_iter_[0] > 2
+    again = classifiers.predict_scores(found.pipeline, splits["validation"].features, 5)
+    np.testing.assert_array_equal(found.validation.scores.scores, again.scores)
+
+
+def test_validation_is_scored_once_when_the_finalists_fit_every_row(monkeypatch):
+    # kNN at full size: each scoring of validation is 42,000 queries; the chosen finalist's scores are the evaluation's.
+    splits = _synthetic_splits(600)
+    validation = splits["validation"]
+    scored, chunk_scores = [], classifiers._chunk_scores
+
+    def counted(pipeline, features):
+        scored.append(features is validation.features)
+        return chunk_scores(pipeline, features)
+
+    monkeypatch.setattr(classifiers, "_chunk_scores", counted)
+    training = classifiers.Training("knn", splits["train"], np.arange(600), epochs=1, seed=0, weighting="none")
+    found = search.search(training, SMALL_KNN_GRID, validation, max_train=200, progress=False)
+    assert found.record["rescored"]["train_examples"] == 600 and found.validation is not None
+    assert scored.count(True) == 2  # each finalist once
+    results = evaluation.evaluate(found.pipeline, splits, bootstrap_samples=0, scored={"validation": found.validation})
+    assert scored.count(True) == 2
+    fresh = evaluation.evaluate(found.pipeline, splits, bootstrap_samples=0)
+    same = [json.dumps(result["validation"].metrics, sort_keys=True) for result in (results, fresh)]  # NaN != NaN
+    assert same[0] == same[1]

@@ -368,7 +368,10 @@ def train_baseline(model, splits, config):
     # Scoring 80k images with their bootstrap and the permutation importance take minutes at full size.
     steps = 2 + handcrafted
     with _phase(config.progress, f"{model} evaluation", steps) as bar:
-        results = evaluation.evaluate(found.pipeline, splits, config.exclude, config.bootstrap_samples, config.seed)
+        scored = {"validation": found.validation} if found.validation else None
+        results = evaluation.evaluate(
+            found.pipeline, splits, config.exclude, config.bootstrap_samples, config.seed, scored
+        )
         found.record["validation_macro_f1"] = results["validation"].metrics["macro_f1"]
         bar.update()
         evaluation.write_reports(folder, splits, results)

@@ -56,14 +56,25 @@ NORMALISATIONS = ("hellinger", "l2", "none")
 # scikit-learn's), 1 / sqrt(count), or none; normalised so the average example keeps weight 1.
 CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
 SGD_EPOCHS = 20
+# Seconds between a heartbeat's redraws: under the 30 s a log's bar waits between lines, as a busy machine wakes the
+# thread late (at full size, 30.5 and 32.9 s passed between two lines of linear_svm's and rbf_svm's logs).
+HEARTBEAT_SECONDS = console.NON_TERMINAL_INTERVAL - 5
 # lbfgs stops here unless converged first (recorded per candidate and for the final fit). Measured: handcrafted
 # features converged in 68-85 iterations at 16 classes and 114-166 at 71; the linear probe on 576-d embeddings
 # at 15 classes in 216, and stopped at 200 it scored the same (validation macro F1 0.976). At 387 classes with
 # labels that do not follow the pixels lbfgs memorises them, far from converged after 75 iterations at about
 # 0.3 CPU-seconds an iteration per 20,000 rows: 1,000 iterations would cost over an hour on every training row.
 LOGREG_MAX_ITER = 200
+# lbfgs iterations of each search candidate (the finalists and the final fit get LOGREG_MAX_ITER). Measured on the
+# full-size handcrafted features (622 columns, 575 classes, 2 cores): 0.78 CPU s an iteration per 20,000 rows, so
+# 4 candidates at 200 iterations took up to 620 CPU s before the finalists' 2 x 200 on 40,000 rows.
+SEARCH_LOGREG_MAX_ITER = 50
 # scikit-learn's rule of thumb (user guide, SGD tips): SGD converges after seeing about 10^6 examples.
 SGD_EXAMPLES = 1_000_000
+# Examples each search candidate and finalist sees: they are compared with each other, not used. Measured on
+# the full-size handcrafted features (622 columns, 575 classes): 0.3 CPU ms a row a pass of one-vs-rest SGD, so
+# at 1M examples each linear_svm's 4 candidates and 2 finalists cost 1,900 CPU s beside its final fit's 300.
+SEARCH_SGD_EXAMPLES = 120_000
 CHUNK_ROWS = 8192
 # What one chunk's scores may take. SVC computes one-vs-one decision values, K (K - 1) / 2 floats a row:
 # 165,600 at ABO's 576 classes, 1.3 MB a row, so 8192 rows at once would take 10.8 GB.
@@ -337,13 +348,13 @@ class Training:
         )
 
 
-def sgd_passes(num_rows, training):
-    """Epochs of SGD over `num_rows`: enough to see SGD_EXAMPLES examples, at most `training.epochs`."""
-    return max(1, min(training.epochs, math.ceil(SGD_EXAMPLES / max(num_rows, 1))))
+def sgd_passes(num_rows, training, examples=SGD_EXAMPLES):
+    """Epochs of SGD over `num_rows`: enough to see `examples` examples, at most `training.epochs`."""
+    return max(1, min(training.epochs, math.ceil(examples / max(num_rows, 1))))
 
 
 @contextlib.contextmanager
-def heartbeat(bar, interval=console.NON_TERMINAL_INTERVAL):
+def heartbeat(bar, interval=HEARTBEAT_SECONDS):
     """Redraws `bar` every `interval` seconds: one candidate of a 576-class search can take minutes, and a log
     that stays silent that long cannot be told from a hung command."""
     stop = threading.Event()
@@ -398,9 +409,11 @@ def _fit_streaming(pipeline, train, rows, epochs, seed, progress=False):
     classes = np.unique(train.labels[rows])
     rng = np.random.default_rng(seed)
     chunks = math.ceil(len(rows) / CHUNK_ROWS)
-    with console.progress_bar(
-        enabled=progress, total=epochs * chunks, desc=f"SGD, {epochs} epochs", unit="chunk"
-    ) as bar:
+    bar = console.progress_bar(enabled=progress, total=epochs * chunks, desc=f"SGD, {epochs} epochs", unit="chunk")
+    with (
+        bar,
+        heartbeat(bar),  # a chunk takes seconds: the bar alone writes a line 30 s plus up to a chunk apart
+    ):
         for _ in range(epochs):
             for chunk in _row_chunks(rows, rng):
                 order = rng.permutation(len(chunk))
@@ -429,7 +442,7 @@ def release_pages(features):
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def fit(training, params, rows, progress=False):
+def fit(training, params, rows, progress=False, examples=None):
     """Fits one candidate of `training.model`.
 
     Args:
@@ -437,12 +450,13 @@ def fit(training, params, rows, progress=False):
       params: Pipeline parameters of the candidate (`{"classifier__C": 1.0}`).
       rows: the rows of `training.train` to fit on.
       progress: a progress bar over streamed SGD's chunks.
+      examples: streamed SGD sees about this many examples (`sgd_passes`); None: SGD_EXAMPLES.
 
     Returns:
       A `Fit`.
     """
     started = time.perf_counter()
-    epochs = sgd_passes(len(rows), training) if training.streamed else None
+    epochs = sgd_passes(len(rows), training, examples or SGD_EXAMPLES) if training.streamed else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         if training.streamed:
@@ -461,6 +475,24 @@ def fit(training, params, rows, progress=False):
     no_solver = training.streamed or training.model in NEIGHBOUR_MODELS  # fixed epochs, or nothing to converge
     converged = None if no_solver else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
     return Fit(pipeline, time.perf_counter() - started, converged, epochs)
+
+
+def resume(training, fitted, rows, iterations):
+    """`fitted` (a logreg on `rows`) fitted further: lbfgs restarted from its coefficients for `iterations` more.
+
+    The finalists are compared after SEARCH_LOGREG_MAX_ITER iterations; the chosen one continues rather than
+    starting over (at full size each iteration over 40,000 rows costs 1.6 CPU s).
+    """
+    started = time.perf_counter()
+    pipeline, classifier = fitted.pipeline, fitted.pipeline.named_steps["classifier"]
+    features = pipeline[:-1].transform(read_rows(training.train.features, rows))
+    classifier.set_params(warm_start=True, max_iter=iterations)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        classifier.fit(features, training.train.labels[rows])
+    classifier.set_params(warm_start=False, max_iter=LOGREG_MAX_ITER)
+    converged = not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
+    return Fit(pipeline, fitted.seconds + time.perf_counter() - started, converged, None)
 
 
 class Scores(NamedTuple):
@@ -563,6 +595,20 @@ def predict_scores(pipeline, features, num_classes):
         predictions.append(known[chosen].astype(np.int32))
         scores.append(full)
     return Scores(np.concatenate(predictions), np.concatenate(scores))
+
+
+class Timed(NamedTuple):
+    """A split's `Scores` and the seconds the classifier took to compute them."""
+
+    scores: Scores
+    seconds: float
+
+
+def timed_scores(pipeline, data):
+    """`predict_scores` of a split (`SplitFeatures`), timed."""
+    started = time.perf_counter()
+    scores = predict_scores(pipeline, data.features, len(data.classes))
+    return Timed(scores, time.perf_counter() - started)
 
 
 def predict_labels(pipeline, features):

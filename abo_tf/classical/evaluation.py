@@ -1,7 +1,6 @@
 """A baseline on validation and test: the metrics `abo_tf.evaluate` reports for a CNN, its reports, its speed."""
 
 import os
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +27,7 @@ def train_counts(splits):
     return np.bincount(splits["train"].labels, minlength=len(splits["train"].classes))
 
 
-def evaluate(pipeline, splits, exclude=None, bootstrap_samples=None, seed=0):
+def evaluate(pipeline, splits, exclude=None, bootstrap_samples=None, seed=0, scored=None):
     """Metrics of validation and test, their predictions, and the classifier's images/s.
 
     The metrics are `abo_tf.evaluate`'s (`metrics.evaluation_metrics`: strata by
@@ -42,6 +41,7 @@ def evaluate(pipeline, splits, exclude=None, bootstrap_samples=None, seed=0):
         "without_near_duplicates", the same metrics without its images that have a near-duplicate in train.
       bootstrap_samples: resamples behind the intervals (None: the default; 0: none).
       seed: seeds the resamples.
+      scored: split -> `classifiers.Timed` of this pipeline computed before (the search's), not computed again.
 
     Returns:
       Dict split -> `SplitEvaluation`, for EVALUATED_SPLITS.
@@ -50,9 +50,7 @@ def evaluate(pipeline, splits, exclude=None, bootstrap_samples=None, seed=0):
     calibrated = classifiers.has_probabilities(pipeline)
     for name in EVALUATED_SPLITS:
         data = splits[name]
-        started = time.perf_counter()
-        predictions, scores = classifiers.predict_scores(pipeline, data.features, len(data.classes))
-        seconds = time.perf_counter() - started
+        (predictions, scores), seconds = (scored or {}).get(name) or classifiers.timed_scores(pipeline, data)
         common = {"groups": data.item_ids, "bootstrap_samples": bootstrap_samples, "seed": seed}
         result = metrics.evaluation_metrics(data.labels, predictions, scores, counts, calibrated=calibrated, **common)
         if exclude is not None:

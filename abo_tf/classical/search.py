@@ -10,7 +10,10 @@ is then fitted on all the rows its model trains on by `classifiers.fit`
 At full ABO size (313,681 training rows, 576 classes) one fit of a
 576-class model on every row costs minutes, so the search compares candidates
 on a stratified subsample of at most `max_train` rows (and all of validation):
-`benchmarks/baselines_search_benchmark.py` measures it.
+`benchmarks/baselines_search_benchmark.py` measures it. The candidates and
+finalists are compared at a smaller budget than the final fit gets (SGD's
+SEARCH_SGD_EXAMPLES, lbfgs's SEARCH_LOGREG_MAX_ITER): at full size they were
+most of the cost.
 """
 
 import time
@@ -61,6 +64,9 @@ class SearchResult(NamedTuple):
 
     pipeline: object  # sklearn Pipeline
     record: dict
+    # The pipeline's validation scores when the search computed them (its finalists fitted on every row): the
+    # evaluation reuses them rather than scoring validation again (kNN: 42,000 queries at full size).
+    validation: classifiers.Timed | None = None
 
 
 def _printable(params):
@@ -132,7 +138,9 @@ def _search_data(training, validation, max_train):
 
 def _searcher(training, grid_spec, scorer, cv, num_rows):
     """GridSearchCV for a small grid, HalvingGridSearchCV (subsampling rows) for a large one."""
-    estimator = training.pipeline(classifiers.sgd_passes(num_rows, training))
+    estimator = training.pipeline(classifiers.sgd_passes(num_rows, training, classifiers.SEARCH_SGD_EXAMPLES))
+    if training.model == "logreg":  # ranked at a fixed budget of iterations; the finalists get the full one
+        estimator.set_params(classifier__max_iter=classifiers.SEARCH_LOGREG_MAX_ITER)
     common = dict(scoring=scorer, cv=cv, refit=False, n_jobs=1, error_score=np.nan)
     if len(ParameterGrid(grid_spec)) <= HALVING_ABOVE:
         return GridSearchCV(estimator, grid_spec, **common)
@@ -206,36 +214,59 @@ class _Rescored(NamedTuple):
     record: dict | None  # None: nothing to rescore (one finalist, or the search already saw every row)
     chosen: dict  # the chosen candidate's row
     fitted: object  # classifiers.Fit on training.rows, or None
+    validation: object = None  # classifiers.Timed: the validation scores of `fitted`, or None
 
 
 def _rescore(training, grid, finalists, validation, search_rows, progress):
     """Fits each finalist on a stratified subsample RESCORE_FACTOR times the search's and keeps the best on validation.
 
-    Where that subsample is every training row, the chosen finalist's fit is the final fit, and is reused.
+    Where that subsample is every training row, the chosen finalist's fit is the final fit, and is reused with its
+    validation scores.
     """
     if len(finalists) < 2 or len(search_rows) >= len(training.rows):
         return _Rescored(None, finalists[0], None)
     size = RESCORE_FACTOR * len(search_rows)
     rows = classifiers.stratified_subsample(training.train.labels, training.rows, size, training.seed + 1)
+    # Compared, not kept, unless they are fitted on every row: then the chosen one's fit is the final fit (SGD
+    # sees the final fit's examples; lbfgs continues from the chosen one's coefficients).
+    final = len(rows) == len(training.rows)
+    examples = classifiers.SGD_EXAMPLES if final else classifiers.SEARCH_SGD_EXAMPLES
+    logreg = training.model == "logreg"
     started, fits = time.perf_counter(), []
     with (
         console.progress_bar(enabled=progress, total=len(finalists), desc="finalists", unit="fit") as bar,
         classifiers.heartbeat(bar),
     ):
         for row in finalists:
-            fitted = classifiers.fit(training, grid[row["grid_index"]], rows)
-            fits.append((classifiers.macro_f1(fitted.pipeline, validation), fitted))
+            params = {**grid[row["grid_index"]], "classifier__max_iter": classifiers.SEARCH_LOGREG_MAX_ITER}
+            fitted = classifiers.fit(training, params if logreg else grid[row["grid_index"]], rows, examples=examples)
+            # A final fit's scores are kept for the evaluation; the others' predictions are enough.
+            if final and not logreg:
+                scored = classifiers.timed_scores(fitted.pipeline, validation)
+                predictions = scored.scores.predictions
+            else:
+                scored, predictions = None, classifiers.predict_labels(fitted.pipeline, validation.features)
+            score = metrics.classification_metrics(validation.labels, predictions)["macro_f1"]
+            fits.append((score, fitted, scored))
             bar.update()
     best = min(range(len(finalists)), key=lambda index: (-fits[index][0], finalists[index]["grid_index"]))
     record = {
         "train_examples": int(len(rows)),
         "finalists": [
-            {"params": row["params"], "validation_macro_f1": score} for row, (score, _) in zip(finalists, fits)
+            {"params": row["params"], "validation_macro_f1": score} for row, (score, *_) in zip(finalists, fits)
         ],
         "seconds": time.perf_counter() - started,
     }
-    reused = fits[best][1] if len(rows) == len(training.rows) else None
-    return _Rescored(record, finalists[best], reused)
+    if not final:
+        return _Rescored(record, finalists[best], None)
+    if logreg:
+        more = classifiers.LOGREG_MAX_ITER - classifiers.SEARCH_LOGREG_MAX_ITER
+        bar = console.progress_bar(enabled=progress, total=1, desc="chosen finalist, lbfgs continued", unit="fit")
+        with bar, classifiers.heartbeat(bar):  # minutes at full size: a line every 25 s
+            chosen = classifiers.resume(training, fits[best][1], rows, more)
+            bar.update()
+        return _Rescored(record, finalists[best], chosen, classifiers.timed_scores(chosen.pipeline, validation))
+    return _Rescored(record, finalists[best], fits[best][1], fits[best][2])
 
 
 def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress=True):
@@ -300,4 +331,4 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
         },
         "seconds": search_seconds + fitted.seconds,
     }
-    return SearchResult(fitted.pipeline, record)
+    return SearchResult(fitted.pipeline, record, rescored.validation)
