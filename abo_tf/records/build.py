@@ -523,7 +523,7 @@ def _scan(candidates, image_index, reader, pool, options, early=None):
     with console.progress_bar(total=total, desc="scan", unit="img", enabled=options.progress) as bar:
         for number, columns in enumerate(scanned):
             image_ids = [item.image_id for item in chunks[number]]
-            if wanted is not None and not wanted.issuperset(image_ids):  # nearly every chunk is all candidates
+            if wanted is not None:
                 kept = [index for index, image_id in enumerate(image_ids) if image_id in wanted]
                 image_ids = [image_ids[index] for index in kept]
                 columns = [[column[index] for index in kept] for column in columns]
