@@ -184,16 +184,6 @@ def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sam
     ]
 
 
-def test_a_scan_started_before_the_listings_gives_the_same_build(built_records, abo_sample, tmp_path, monkeypatch):
-    # built_records (--image-selection all) scanned every image the listings could select while they were read,
-    # over-shared and unreferenced ones too; the scan of the candidates alone, after the listings, gives the same.
-    _, manifest = built_records
-    monkeypatch.setattr(records_build, "_start_scan", lambda *args: None)
-    late = records_build.build(build_options(abo_sample, tmp_path / "late"))
-    assert manifest["images"]["dropped"]["over_shared"]  # the early scan had images to leave out
-    assert {**late, "elapsed_seconds": 0} == {**manifest, "elapsed_seconds": 0}
-
-
 def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path):
     _, manifest = built_records
     shuffled = tmp_path / "abo"

@@ -462,72 +462,17 @@ def _located(image_index, image_ids):
     return sorted(items, key=lambda item: (item.location[0] or 0, item.path))
 
 
-def _chunks(items):
-    return [items[start : start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
-
-
-class _EarlyScan(NamedTuple):
-    """A scan submitted before the listings are read: its chunks of `_Located` items and their futures."""
-
-    chunks: list
-    futures: list
-
-    def results(self):
-        """The chunks' results in order; a future is let go once read (it holds its result)."""
-        for number, future in enumerate(self.futures):
-            self.futures[number] = None
-            yield future.result()
-
-    def cancel(self):
-        """Drops the chunks no worker has started: a build that fails meanwhile does not wait for them."""
-        for future in self.futures:
-            if future is not None:
-                future.cancel()
-
-
-def _start_scan(image_index, reader, pool, options, excluded):
-    """Under --image-selection all, submits the scan of every image the listings can select, or returns None.
-
-    The listings are read in one worker while this process indexes the images tar, and they take longer: the
-    other worker was idle until they were read (2.3 s at 417k images). Under "all" nearly every image in the
-    archive is a candidate, so the scan need not wait for the listings: every image located, not refused and
-    not excluded is scanned (a superset of the candidates; the results of the others are dropped, so the
-    records are the same). Under "main" a third of the images are candidates: scanning all would triple the work.
-    """
-    if options.image_selection != "all":
-        return None
-    position, refused = image_index.position, image_index.refused
-    image_ids = sorted(
-        image_id
-        for image_id, at in position.items()
-        if at != image_index.NOT_IN_ARCHIVE and image_id not in refused and image_id not in excluded
-    )
-    chunks = _chunks(_located(image_index, image_ids))
-    locations = ([(item.path, item.location) for item in chunk] for chunk in chunks)
-    return _EarlyScan(chunks, [pool.submit(_scan_chunk, chunk, reader, options.resize) for chunk in locations])
-
-
-def _scan(candidates, image_index, reader, pool, options, early=None):
-    """Stores the SHA-256, CRC-32C, copy size and rejection of every candidate, scanning them or taking them from
-    an `_EarlyScan` (then only its candidates' results are kept, in the same archive order)."""
+def _scan(candidates, image_index, reader, pool, options):
     pending = _surviving(candidates)
-    if early is None:
-        chunks = _chunks(_located(image_index, pending))
+    items = _located(image_index, pending)
+    chunks = [items[start : start + SCAN_CHUNK] for start in range(0, len(items), SCAN_CHUNK)]
+    total = len(items)
+    del items, pending
+    with console.progress_bar(total=total, desc="scan", unit="img", enabled=options.progress) as bar:
         locations = ([(item.path, item.location) for item in chunk] for chunk in chunks)
         scanned = bounded_map(pool, _scan_chunk, locations, 2 * options.workers + 2, reader, options.resize)
-    else:
-        chunks, scanned = early.chunks, early.results()
-    wanted = set(pending) if early is not None else None
-    total = len(pending)
-    del pending
-    with console.progress_bar(total=total, desc="scan", unit="img", enabled=options.progress) as bar:
-        for number, columns in enumerate(scanned):
+        for number, (reasons, digests, crcs, copy_sizes) in enumerate(scanned):
             image_ids = [item.image_id for item in chunks[number]]
-            if wanted is not None:
-                kept = [index for index, image_id in enumerate(image_ids) if image_id in wanted]
-                image_ids = [image_ids[index] for index in kept]
-                columns = [[column[index] for index in kept] for column in columns]
-            reasons, digests, crcs, copy_sizes = columns
             candidates.sha256.update(zip(image_ids, digests))
             candidates.crc32c.update(zip(image_ids, crcs))
             candidates.copy_size.update(zip(image_ids, copy_sizes))
@@ -1149,25 +1094,23 @@ def _finish(folder, manifest, options):
     outputs.remove_owned(folder, [STATE_DIR])
 
 
-def _prepare(options, image_index, reader, listings, pool, id_lists, early):
+def _prepare(options, image_index, reader, listings, pool):
     """Everything before the write: candidates, scan, labels, split, plan.
 
     Args:
       listings: the future of `_read_listings`.
-      id_lists: `read_id_files(options)`.
-      early: the `_EarlyScan` submitted while the listings were read, or None.
 
     Returns:
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
-    near_duplicates, excluded = id_lists
+    near_duplicates, excluded = read_id_files(options)
     selected, report = listings.result()
     candidates = _read_candidates(options, image_index, selected, excluded)
     del selected
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
-    _scan(candidates, image_index, reader, pool, options, early)
+    _scan(candidates, image_index, reader, pool, options)
     _drop_duplicate_content(candidates)
     by_images, image_types, conflicts = _label_images(candidates, options)
     groups = _group_kept(candidates, near_duplicates)
@@ -1276,14 +1219,7 @@ def _build(options, folder, start):
         store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
         image_index, reader = _ImageIndex(store), store.without_index()
         del store  # its dicts of ImageRows are now in the compact index
-        id_lists = read_id_files(options)
-        early = _start_scan(image_index, reader, pool, options, id_lists[1])
-        try:
-            plan, prepared = _prepare(options, image_index, reader, listings, pool, id_lists, early)
-        except BaseException:
-            if early is not None:
-                early.cancel()  # else leaving the pool would wait for the whole scan before the error shows
-            raise
+        plan, prepared = _prepare(options, image_index, reader, listings, pool)
         del image_index
         concurrent.futures.wait(warm_up)
         same_build = _check_output(options, folder, plan["fingerprint"])
