@@ -219,10 +219,18 @@ def test_interrupted_build_resumes_to_the_same_bytes(built_records, abo_sample, 
         records_build.build(build_options(abo_sample, output))
     assert os.path.isdir(output / records_build.STATE_DIR)
     assert not (output / shards.MANIFEST).exists()
+    # The finished shard's saved outcome holds no records: the resumed build takes them from its plan.
+    (saved,) = [name for name in os.listdir(output / records_build.STATE_DIR) if name != records_build.PLAN_FILE]
+    assert sorted(json.loads((output / records_build.STATE_DIR / saved).read_text())) == sorted(
+        records_build._SHARD_OUTCOME
+    )
+    finished = os.stat(output / saved.removesuffix(".json")).st_mtime_ns
     (output / "abo-test.tfrecord-00000-of-00001.tmp").write_bytes(b"half a shard")  # a kill mid-write
     monkeypatch.setattr(records_build, "_save_shard_result", original)
     resumed = records_build.build(build_options(abo_sample, output))
+    assert os.stat(output / saved.removesuffix(".json")).st_mtime_ns == finished  # not written again
     assert resumed["splits"] == manifest["splits"]
+    assert (resumed["images"], resumed["listings"]) == (manifest["images"], manifest["listings"])
     assert not (output / records_build.STATE_DIR).exists()
 
 

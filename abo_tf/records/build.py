@@ -857,14 +857,23 @@ def _encode_piece(items, reader, max_side):
     return b"".join(framed), rejected, reencoded
 
 
+# What is saved of a written shard, beside the plan: what its worker returned. Its records (the plan's items less
+# the rejected ones) are not saved: a resumed build has the same plan (the fingerprint says so) and takes them from it.
+_SHARD_OUTCOME = ("rejected", "reencoded", "num_bytes", "sha256")
+
+
 def _finished_shard(options, shard):
-    """The saved result of a shard written by an earlier, interrupted run of the same plan."""
+    """The saved outcome of a shard written by an earlier, interrupted run of the same plan, or None."""
     path = os.path.join(options.output, STATE_DIR, shard["file"] + ".json")
     try:
-        result = read_json(path, what="shard result")
+        saved = read_json(path, what="shard result")
     except UserInputError:
         return None  # damaged bookkeeping of our own: write the shard again
-    return result if result is not None and os.path.isfile(os.path.join(options.output, shard["file"])) else None
+    if not isinstance(saved, dict) or any(key not in saved for key in _SHARD_OUTCOME):
+        return None  # not ours, or an older build's: write the shard again
+    if not os.path.isfile(os.path.join(options.output, shard["file"])):
+        return None
+    return tuple(saved[key] for key in _SHARD_OUTCOME)
 
 
 def _write_shard_file(pieces, path, reader, max_side):
@@ -897,8 +906,12 @@ def _write_shards(plan, reader, options, pool):
     when complete, its result saved beside the plan as it arrives, so a killed
     build resumes with the unfinished shards and ends with the same bytes.
     """
-    results = {index: _finished_shard(options, shard) for index, shard in enumerate(plan["shards"])}
-    todo = collections.deque(index for index, result in results.items() if result is None)
+    results = {}
+    for index, shard in enumerate(plan["shards"]):
+        outcome = _finished_shard(options, shard)
+        if outcome is not None:
+            results[index] = _shard_result(shard, outcome)
+    todo = collections.deque(index for index in range(len(plan["shards"])) if index not in results)
     total = sum(len(piece) for index in todo for piece in plan["shards"][index]["pieces"])
     running = {}
 
@@ -925,7 +938,16 @@ def _write_shards(plan, reader, options, pool):
 
 
 def _save_shard_result(options, shard, outcome, bar):
-    """The result of a shard a worker wrote, saved beside the plan; its items are then freed."""
+    """The result of a shard a worker wrote, its outcome saved beside the plan."""
+    saved = dict(zip(_SHARD_OUTCOME, outcome))
+    write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), saved, indent=None)
+    result = _shard_result(shard, outcome)
+    bar.update(len(result["written"]) + len(result["rejected"]))
+    return result
+
+
+def _shard_result(shard, outcome):
+    """A written shard's result: its worker's outcome and the records it holds; the shard's items are then freed."""
     rejected, reencoded, num_bytes, sha256 = outcome
     # Built from the plan's items, whose strings are shared, not from the worker's copies.
     written = [
@@ -934,9 +956,8 @@ def _save_shard_result(options, shard, outcome, bar):
         for item in piece
         if item.image_id not in rejected
     ]
-    bar.update(len(written) + len(rejected))
     shard["pieces"] = None  # written: its items are no longer needed
-    result = {
+    return {
         "split": shard["split"],
         "file": shard["file"],
         "written": written,
@@ -945,8 +966,6 @@ def _save_shard_result(options, shard, outcome, bar):
         "num_bytes": num_bytes,
         "sha256": sha256,
     }
-    write_json(os.path.join(options.output, STATE_DIR, shard["file"] + ".json"), result, indent=None)
-    return result
 
 
 # --- checks, manifest, summary ----------------------------------------------
