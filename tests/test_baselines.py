@@ -1001,3 +1001,18 @@ def test_validation_is_scored_once_when_the_finalists_fit_every_row(monkeypatch)
     fresh = evaluation.evaluate(found.pipeline, splits, bootstrap_samples=0)
     same = [json.dumps(result["validation"].metrics, sort_keys=True) for result in (results, fresh)]  # NaN != NaN
     assert same[0] == same[1]
+
+
+def test_the_halving_search_scores_each_candidate_on_validation_only(monkeypatch):
+    # HalvingGridSearchCV also scored every candidate's training fold by default: twice the scoring, the bar counted
+    # each candidate twice.
+    splits = _synthetic_splits(600)
+    calls, score = [], search._Scorer.__call__
+    monkeypatch.setattr(
+        search._Scorer, "__call__", lambda self, *args: calls.append(len(args[-1])) or score(self, *args)
+    )
+    training = classifiers.Training("sgd", splits["train"], np.arange(600), epochs=2, seed=0)
+    record = search.search(training, SMALL_GRIDS["sgd"], splits["validation"], max_train=300, progress=False).record
+    assert record["strategy"].startswith("successive halving")
+    # One call a candidate, on its round's share of validation (halving subsamples both folds).
+    assert calls == [row["validation_examples"] for row in record["candidates"]], (calls, record["candidates"])

@@ -144,8 +144,14 @@ def _searcher(training, grid_spec, scorer, cv, num_rows):
     common = dict(scoring=scorer, cv=cv, refit=False, n_jobs=1, error_score=np.nan)
     if len(ParameterGrid(grid_spec)) <= HALVING_ABOVE:
         return GridSearchCV(estimator, grid_spec, **common)
-    return HalvingGridSearchCV(
-        estimator, grid_spec, factor=HALVING_FACTOR, resource="n_samples", random_state=training.seed, **common
+    return HalvingGridSearchCV(  # its return_train_score defaults to True: each candidate scored twice
+        estimator,
+        grid_spec,
+        factor=HALVING_FACTOR,
+        resource="n_samples",
+        random_state=training.seed,
+        return_train_score=False,
+        **common,
     )
 
 
