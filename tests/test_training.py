@@ -774,6 +774,49 @@ def test_the_moving_average_covers_trained_batchnorm_statistics_and_is_what_eval
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
+def test_no_average_is_exported_before_its_first_update_and_an_unscored_run_keeps_its_averages():
+    import types
+
+    import keras
+
+    from abo_tf.training import averages
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
+    strategy, averaged = tf.distribute.get_strategy(), averages.make_averages(model, 0.5)
+    trained = [variable.numpy() for variable in averaged.variables]
+    # A checkpoint without averages (written before they existed) restores 0 updates; resumed after its last step,
+    # the run exported the averages' zeros as its model (moving_variance 0 among them).
+    averaged.swap(strategy)
+    for variable, value in zip(averaged.variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    # --keep best when no epoch was scored (an empty validation split): the last epoch's averages, not its raw values.
+    for variable, average in zip(averaged.variables, averaged.averages):
+        average.assign(variable.numpy() + 1.0)
+    averaged.updates.assign(3)
+    phase = loop._Phase("fine_tune", None, True, 0, 6, "fine_tune", averaged)
+    run = types.SimpleNamespace(
+        config=types.SimpleNamespace(keep="best"),
+        best_manager=types.SimpleNamespace(latest_checkpoint=None),
+        phases=[phase],
+        strategy=strategy,
+        model=model,
+    )
+    assert loop.keep_weights(run, []) is None
+    for variable, value in zip(averaged.variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), value + 1.0, err_msg=variable.path)
+
+
+def test_a_trial_named_relative_to_itself_is_refused_naming_its_config(tmp_path, monkeypatch):
+    from abo_tf.common.errors import InputNotFoundError
+
+    run_folder.mark_not_exported(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # `--model saved_model` from inside the trial: no dirname
+    with pytest.raises(InputNotFoundError) as caught:
+        run_folder.check_exported(run_folder.SAVED_MODEL)
+    assert f"--config {os.path.join(os.curdir, run_folder.CONFIG)} " in str(caught.value), caught.value  # was /config
+
+
 def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
     import keras
 

@@ -50,7 +50,14 @@ class Averages:
         self.updates.assign_add(1)
 
     def swap(self, strategy):
-        """Exchanges the model's values with the averages, replica by replica: twice is the identity, bit for bit."""
+        """Exchanges the model's values with the averages, replica by replica: twice is the identity, bit for bit.
+
+        Before the first update there is no average (the variables hold zeros), and nothing is exchanged: the model's
+        values are their own average. A run resumed from a checkpoint without averages (written before they existed)
+        after its last step had exported those zeros as its model.
+        """
+        if int(self.updates.numpy()) == 0:
+            return
 
         def exchange(variable, average):
             value = tf.identity(variable)
