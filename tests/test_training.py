@@ -817,6 +817,22 @@ def test_a_trial_named_relative_to_itself_is_refused_naming_its_config(tmp_path,
     assert f"--config {os.path.join(os.curdir, run_folder.CONFIG)} " in str(caught.value), caught.value  # was /config
 
 
+def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(tmp_path):
+    # An --ema-momentum run checkpointed before 4f8481c kept its averages in the optimizer: resumed, the optimizer's
+    # slots restored into variables of other shapes, a ValueError traceback. The model stands in for it here.
+    import keras
+
+    def model(units):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(units)(inputs))
+
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(model=model(3), step=step).save(str(tmp_path / run_folder.CHECKPOINTS / "ckpt"))
+    config = loop.TrainConfig(records="r", output=str(tmp_path))
+    with pytest.raises(UserInputError, match=r"does not fit this run .* train again into a new --output"):
+        loop._checkpointing(tf.distribute.get_strategy(), config, model(2), [], step)
+
+
 def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
     import keras
 
