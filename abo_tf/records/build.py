@@ -881,8 +881,8 @@ def _describes(outcome, shard, shard_path):
     An edited or stale one (another shard's outcome, an image of no shard's rejected, a written image called
     rejected, a file changed or cut since) had gone into the manifest as it was, or stopped the build with a
     traceback (a count that is a string). Which images were rejected is checked by their number only (their ids
-    would take parsing every record). Indexing the finished shards (hash, records, CRCs) reads them once per
-    resume: 2.5 GB at full ABO size.
+    would take parsing every record). Indexing a finished shard (hash, records, CRCs) took 0.14 CPU s per 123 MiB
+    (page-cached, load 0.7): about 3 s for the 2.5 GB of a full-size build, once per resume.
     """
     rejected, reencoded, num_bytes, sha256 = outcome
     image_ids = {item.image_id for piece in shard["pieces"] for item in piece}
