@@ -774,7 +774,7 @@ def test_the_moving_average_covers_trained_batchnorm_statistics_and_is_what_eval
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
-def test_no_average_is_exported_before_its_first_update_and_an_unscored_run_keeps_its_averages():
+def test_no_average_is_exported_before_its_first_update_and_a_run_without_best_keeps_its_averages():
     import types
 
     import keras
@@ -790,7 +790,7 @@ def test_no_average_is_exported_before_its_first_update_and_an_unscored_run_keep
     averaged.swap(strategy)
     for variable, value in zip(averaged.variables, trained):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
-    # --keep best when no epoch was scored (an empty validation split): the last epoch's averages, not its raw values.
+    # --keep best without a best checkpoint (checkpoints/best removed): the last epoch's averages, not its raw values.
     for variable, average in zip(averaged.variables, averaged.averages):
         average.assign(variable.numpy() + 1.0)
     averaged.updates.assign(3)

@@ -1074,6 +1074,6 @@ def keep_weights(run, history):
     """What `train` exports, into `run.model`: the best epoch's weights (--keep best) or the last's (averages with
     EMA); the kept epoch's {epoch, step, val_macro_f1} or None."""
     kept = _restore_best(run, history)
-    if kept is None:  # --keep last, or no epoch scored (an empty validation split): the last epoch's averages
+    if kept is None:  # --keep last, or no best checkpoint (checkpoints/best removed): the last epoch's averages
         _use_averages(run)
     return kept
