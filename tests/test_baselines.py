@@ -1016,3 +1016,14 @@ def test_the_halving_search_scores_each_candidate_on_validation_only(monkeypatch
     assert record["strategy"].startswith("successive halving")
     # One call a candidate, on its round's share of validation (halving subsamples both folds).
     assert calls == [row["validation_examples"] for row in record["candidates"]], (calls, record["candidates"])
+
+
+def test_a_large_grid_on_fewer_rows_than_halving_starts_on_is_searched_exhaustively():
+    # 5 classes, a row each, and 2 validation rows: successive halving's first round needs 10 rows (a traceback).
+    means = synthetic_features.class_means(5, 4)
+    train = synthetic_features.split("train", 5, means, 0)
+    validation = synthetic_features.split("validation", 5, means, 1)
+    validation.features, validation.labels = validation.features[:2], validation.labels[:2]
+    training = classifiers.Training("sgd", train, np.arange(5), epochs=1, seed=0)
+    found = search.search(training, search.GRIDS["sgd"], validation, progress=False)
+    assert found.record["strategy"] == "exhaustive (GridSearchCV)" and len(found.record["candidates"]) == 12

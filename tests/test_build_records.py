@@ -474,3 +474,41 @@ def test_split_fractions_not_summing_to_one_are_named_as_typed(tmp_path, capsys)
     error = capsys.readouterr().err.strip()
     assert "--split 0.5 0.5 0.5 must be three non-negative fractions summing to 1 (these sum to 1.5)" in error, error
     assert len(error.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def _saved_shard(tmp_path, outcome):
+    """A shard of two planned images, one written, with `outcome` saved as its state (None: as written)."""
+    items = [records_build.PlanItem(f"img{n}", "p", 0, 1, "h", 0, 0, "t", "item", None, "g") for n in range(2)]
+    shard = {"split": "train", "file": "abo-train.tfrecord-00000-of-00001", "pieces": [items]}
+    (tmp_path / shard["file"]).write_bytes(shards.frame_record(b"abc"))
+    (tmp_path / records_build.STATE_DIR).mkdir()
+    sha256 = shards.file_sha256(tmp_path / shard["file"])
+    good = {"rejected": {"img1": "undecodable"}, "reencoded": 0, "num_bytes": 19, "sha256": sha256}
+    state = tmp_path / records_build.STATE_DIR / (shard["file"] + ".json")
+    state.write_text(json.dumps(good if outcome is None else {**good, **outcome}))
+    return build_options({"listings": "l", "images": "i"}, tmp_path), shard, good
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        {"rejected": 5},  # was a TypeError traceback
+        {"rejected": "img0"},  # a string: `in` matched its substrings
+        {"rejected": {"img0": "undecodable", "img1": "undecodable"}},  # the written image dropped from the manifest
+        {"rejected": {}},  # the rejected one counted in
+        {"rejected": {"other": "undecodable"}},  # an image of another shard
+        {"rejected": {"img1": 3}},  # a reason that is not a string
+        {"num_bytes": "19"},  # was a TypeError traceback in the summary
+        {"num_bytes": 20},  # the file is not what was saved (cut, or another shard's outcome)
+        {"reencoded": True},
+        {"sha256": "0" * 64},  # the manifest would have named bytes the shard does not hold
+    ],
+)
+def test_a_saved_shard_outcome_that_does_not_describe_its_shard_writes_it_again(tmp_path, outcome):
+    options, shard, good = _saved_shard(tmp_path, outcome)
+    assert records_build._finished_shard(options, shard) is None
+
+
+def test_a_saved_shard_outcome_that_describes_its_shard_is_resumed(tmp_path):
+    options, shard, good = _saved_shard(tmp_path, None)
+    assert records_build._finished_shard(options, shard) == tuple(good[key] for key in records_build._SHARD_OUTCOME)

@@ -167,4 +167,4 @@ def test_length_crc_is_checked_before_the_length_is_used(tmp_path):
     path = tmp_path / "bad.tfrecord"
     path.write_bytes(struct.pack("<Q", 2**40) + b"\x00" * 8)
     with pytest.raises(shards.VerificationError, match="bad length CRC"):
-        shards._index_shard(str(path))
+        shards.index_shard(str(path))

@@ -774,6 +774,65 @@ def test_the_moving_average_covers_trained_batchnorm_statistics_and_is_what_eval
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
+def test_no_average_is_exported_before_its_first_update_and_a_run_without_best_keeps_its_averages():
+    import types
+
+    import keras
+
+    from abo_tf.training import averages
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
+    strategy, averaged = tf.distribute.get_strategy(), averages.make_averages(model, 0.5)
+    trained = [variable.numpy() for variable in averaged.variables]
+    # A checkpoint without averages (written before they existed) restores 0 updates; resumed after its last step,
+    # the run exported the averages' zeros as its model (moving_variance 0 among them).
+    averaged.swap(strategy)
+    for variable, value in zip(averaged.variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    # --keep best without a best checkpoint (checkpoints/best removed): the last epoch's averages, not its raw values.
+    for variable, average in zip(averaged.variables, averaged.averages):
+        average.assign(variable.numpy() + 1.0)
+    averaged.updates.assign(3)
+    phase = loop._Phase("fine_tune", None, True, 0, 6, "fine_tune", averaged)
+    run = types.SimpleNamespace(
+        config=types.SimpleNamespace(keep="best"),
+        best_manager=types.SimpleNamespace(latest_checkpoint=None),
+        phases=[phase],
+        strategy=strategy,
+        model=model,
+    )
+    assert loop.keep_weights(run, []) is None
+    for variable, value in zip(averaged.variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), value + 1.0, err_msg=variable.path)
+
+
+def test_a_trial_named_relative_to_itself_is_refused_naming_its_config(tmp_path, monkeypatch):
+    from abo_tf.common.errors import InputNotFoundError
+
+    run_folder.mark_not_exported(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # `--model saved_model` from inside the trial: no dirname
+    with pytest.raises(InputNotFoundError) as caught:
+        run_folder.check_exported(run_folder.SAVED_MODEL)
+    assert f"--config {os.path.join(os.curdir, run_folder.CONFIG)} " in str(caught.value), caught.value  # was /config
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(tmp_path):
+    # An --ema-momentum run checkpointed before 4f8481c kept its averages in the optimizer: resumed, the optimizer's
+    # slots restored into variables of other shapes, a ValueError traceback. The model stands in for it here.
+    import keras
+
+    def model(units):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(units)(inputs))
+
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(model=model(3), step=step).save(str(tmp_path / run_folder.CHECKPOINTS / "ckpt"))
+    config = loop.TrainConfig(records="r", output=str(tmp_path))
+    with pytest.raises(UserInputError, match=r"does not fit this run .* train again into a new --output"):
+        loop._checkpointing(tf.distribute.get_strategy(), config, model(2), [], step)
+
+
 def test_logit_adjusted_loss_adds_tau_log_prior_in_training_only(built_records):
     import keras
 

@@ -136,13 +136,17 @@ def _search_data(training, validation, max_train):
     return rows, features, labels, PredefinedSplit(fold)
 
 
-def _searcher(training, grid_spec, scorer, cv, num_rows):
-    """GridSearchCV for a small grid, HalvingGridSearchCV (subsampling rows) for a large one."""
+def _searcher(training, grid_spec, scorer, cv, num_rows, labels=None):
+    """GridSearchCV for a small grid or few rows (`labels`: both folds'), HalvingGridSearchCV (subsampling rows) for
+    a large one."""
     estimator = training.pipeline(classifiers.sgd_passes(num_rows, training, classifiers.SEARCH_SGD_EXAMPLES))
     if training.model == "logreg":  # ranked at a fixed budget of iterations; the finalists get the full one
         estimator.set_params(classifier__max_iter=classifiers.SEARCH_LOGREG_MAX_ITER)
     common = dict(scoring=scorer, cv=cv, refit=False, n_jobs=1, error_score=np.nan)
-    if len(ParameterGrid(grid_spec)) <= HALVING_ABOVE:
+    # Successive halving starts on 2 rows a class (scikit-learn's min_resources for a classifier and one fold): on
+    # fewer rows in all it raised "min_resources_=10 is greater than max_resources_=7" (5 classes, 7 rows).
+    few = labels is not None and len(labels) < 2 * len(np.unique(labels))
+    if len(ParameterGrid(grid_spec)) <= HALVING_ABOVE or few:
         return GridSearchCV(estimator, grid_spec, **common)
     return HalvingGridSearchCV(  # its return_train_score defaults to True: each candidate scored twice
         estimator,
@@ -309,7 +313,7 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
         classifiers.heartbeat(bar),
     ):
         scorer = _Scorer(bar, list(grid_spec))
-        searcher = _searcher(training, grid_spec, scorer, cv, len(rows))
+        searcher = _searcher(training, grid_spec, scorer, cv, len(rows), labels)
         _fit_searcher(searcher, features, labels, training.model, scorer)
     del features
     candidates = _candidates(searcher.cv_results_, grid, scorer, len(rows), len(validation.labels))

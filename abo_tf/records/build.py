@@ -863,7 +863,7 @@ _SHARD_OUTCOME = ("rejected", "reencoded", "num_bytes", "sha256")
 
 
 def _finished_shard(options, shard):
-    """The saved outcome of a shard written by an earlier, interrupted run of the same plan, or None."""
+    """The saved outcome of a shard an earlier, interrupted run of the same plan wrote, or None (write it again)."""
     path = os.path.join(options.output, STATE_DIR, shard["file"] + ".json")
     try:
         saved = read_json(path, what="shard result")
@@ -871,9 +871,36 @@ def _finished_shard(options, shard):
         return None  # damaged bookkeeping of our own: write the shard again
     if not isinstance(saved, dict) or any(key not in saved for key in _SHARD_OUTCOME):
         return None  # not ours, or an older build's: write the shard again
-    if not os.path.isfile(os.path.join(options.output, shard["file"])):
-        return None
-    return tuple(saved[key] for key in _SHARD_OUTCOME)
+    outcome = tuple(saved[key] for key in _SHARD_OUTCOME)
+    return outcome if _describes(outcome, shard, os.path.join(options.output, shard["file"])) else None
+
+
+def _describes(outcome, shard, shard_path):
+    """Whether a saved outcome is this shard's, as its file now is: it becomes the manifest's counts, sizes and hashes.
+
+    An edited or stale one (another shard's outcome, an image of no shard's rejected, a written image called
+    rejected, a file changed or cut since) had gone into the manifest as it was, or stopped the build with a
+    traceback (a count that is a string). Which images were rejected is checked by their number only (their ids
+    would take parsing every record). Indexing a finished shard (hash, records, CRCs) took 0.14 CPU s per 123 MiB
+    (page-cached, load 0.7): about 3 s for the 2.5 GB of a full-size build, once per resume.
+    """
+    rejected, reencoded, num_bytes, sha256 = outcome
+    image_ids = {item.image_id for piece in shard["pieces"] for item in piece}
+    well_formed = (
+        isinstance(rejected, dict)
+        and set(rejected) <= image_ids
+        and all(isinstance(reason, str) for reason in rejected.values())
+        and shards.is_count(reencoded)
+        and reencoded <= len(image_ids)
+        and shards.is_count(num_bytes)
+    )
+    if not well_formed or not os.path.isfile(shard_path) or os.path.getsize(shard_path) != num_bytes:
+        return False
+    try:
+        digest, records, _ = shards.index_shard(shard_path)
+    except shards.VerificationError:  # a damaged record
+        return False
+    return digest == sha256 and records == len(image_ids) - len(rejected)
 
 
 def _write_shard_file(pieces, path, reader, max_side):

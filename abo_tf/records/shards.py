@@ -85,7 +85,8 @@ def read_manifest(records_dir):
     return manifest
 
 
-def _is_count(value):
+def is_count(value):
+    """A JSON count: an int (not a bool) of at least 0."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -94,13 +95,13 @@ def _split_problem(name, entry, class_names):
     if (
         not isinstance(entry, dict)
         or not isinstance(entry.get("shards"), list)
-        or not _is_count(entry.get("num_examples"))
+        or not is_count(entry.get("num_examples"))
     ):
         return f"split {name!r} has no shard list or example count"
     for index, shard in enumerate(entry["shards"]):
         # A shard's file name must be the one the build writes: never a path out of the folder.
         expected = schema.shard_filename(name, index, len(entry["shards"]))
-        if not isinstance(shard, dict) or shard.get("file") != expected or not _is_count(shard.get("num_examples")):
+        if not isinstance(shard, dict) or shard.get("file") != expected or not is_count(shard.get("num_examples")):
             return f"shard {index} of {name!r} is not {expected!r} with an example count"
     if sum(shard["num_examples"] for shard in entry["shards"]) != entry["num_examples"]:
         return f"the shards of {name!r} do not add up to its {entry['num_examples']} examples"
@@ -109,7 +110,7 @@ def _split_problem(name, entry, class_names):
         if (
             not isinstance(per_class, dict)
             or set(per_class) - set(class_names)
-            or not all(map(_is_count, per_class.values()))
+            or not all(map(is_count, per_class.values()))
         ):
             return f"split {name!r} counts classes the build does not have"
     return None
@@ -233,7 +234,7 @@ def _framing_error(path, position, what):
     return VerificationError(f"{path}: bad {what} CRC at byte {position}: the shard is damaged, build it again")
 
 
-def _index_shard(path):
+def index_shard(path):
     """Worker: `(sha256, number of records, [(start byte, end byte)] chunks)`, checking every CRC.
 
     Streamed record by record: a whole 128 MB shard in each worker's memory
@@ -374,7 +375,7 @@ def verify_records(records_dir, progress=True, workers=None):
     workers = workers or os.cpu_count() or 1
     with process_pool(workers) as pool:
         tasks = []
-        for (_, shard), path, (digest, count, chunks) in zip(all_shards, paths, pool.map(_index_shard, paths)):
+        for (_, shard), path, (digest, count, chunks) in zip(all_shards, paths, pool.map(index_shard, paths)):
             _check_index(path, shard, digest, count)
             tasks += [(path, start, end) for start, end in chunks]
         total = sum(shard["num_examples"] for _, shard in all_shards)

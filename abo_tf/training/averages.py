@@ -24,7 +24,7 @@ class Averages:
     """The averages of one training phase's changing variables (`changing_variables`), created in the strategy scope.
 
     `averages` and `updates` go into the checkpoints for resuming (they restore bit for bit, like the optimizer's
-    slots); a checkpoint without them (a run from before) restores `updates` 0, so the next update copies.
+    slots); a checkpoint restored without them has `updates` 0: the next update copies, and `swap` waits for it.
     """
 
     momentum: float
@@ -50,7 +50,14 @@ class Averages:
         self.updates.assign_add(1)
 
     def swap(self, strategy):
-        """Exchanges the model's values with the averages, replica by replica: twice is the identity, bit for bit."""
+        """Exchanges the model's values with the averages, replica by replica: twice is the identity, bit for bit.
+
+        Before the first update there is no average (the variables hold zeros), and nothing is exchanged: the model's
+        values are their own average. A checkpoint restored without the averages (`expect_partial`) leaves 0 updates;
+        resumed after its last step, such a run had exported the zeros as its model.
+        """
+        if int(self.updates.numpy()) == 0:
+            return
 
         def exchange(variable, average):
             value = tf.identity(variable)

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from abo_tf.common import console, files, options, outputs
-from abo_tf.common.errors import UserInputError
+from abo_tf.common.errors import UserInputError, first_line
 from abo_tf.records import schema, shards
 from abo_tf.reports import figures, metrics, model_card, predictions_file
 from abo_tf.training import (
@@ -496,7 +496,14 @@ def _checkpointing(strategy, config, model, phases, step):
     main_dir = run_folder.path(config.output, run_folder.CHECKPOINTS)
     latest = tf.train.latest_checkpoint(main_dir)
     if latest:
-        checkpoint.restore(latest).expect_partial()
+        try:
+            checkpoint.restore(latest).expect_partial()
+        except ValueError as error:  # a variable of another shape: the checkpoint's object graph is not this one's
+            raise UserInputError(
+                f"--output {config.output!r}: its checkpoint {latest!r} does not fit this run ({first_line(error)}): "
+                "another model or an older abo_tf wrote it (before 4f8481c an --ema-momentum run kept its averages in "
+                "the optimizer); finish it with that version, or train again into a new --output"
+            ) from error
     directory = (
         main_dir
         if distribute.is_chief(strategy)
@@ -1067,6 +1074,6 @@ def keep_weights(run, history):
     """What `train` exports, into `run.model`: the best epoch's weights (--keep best) or the last's (averages with
     EMA); the kept epoch's {epoch, step, val_macro_f1} or None."""
     kept = _restore_best(run, history)
-    if run.config.keep == "last":
+    if kept is None:  # --keep last, or no best checkpoint (checkpoints/best removed): the last epoch's averages
         _use_averages(run)
     return kept

@@ -125,7 +125,9 @@ def mark_not_exported(run_dir):
 
 def check_exported(model_path, flag="--model"):
     """Raises a one-line error when `model_path` (a run folder or a path in it) is a run trained without an export."""
-    for run_dir in (model_path, os.path.dirname(os.path.normpath(model_path))):
+    # `or os.curdir`: `--model saved_model` inside a trial has no dirname, and the note's "--config /config.toml"
+    # named the root folder.
+    for run_dir in (model_path, os.path.dirname(os.path.normpath(model_path)) or os.curdir):
         if os.path.isfile(path(run_dir, NOT_EXPORTED)):
             note = NOT_EXPORTED_NOTE.format(run=run_dir)
             raise InputNotFoundError(f"{flag} {model_path!r} has no exported model: it is {note}")
