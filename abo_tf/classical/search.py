@@ -248,8 +248,10 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         classifiers.heartbeat(bar),
     ):
         for row in finalists:
-            params = {**grid[row["grid_index"]], "classifier__max_iter": classifiers.SEARCH_LOGREG_MAX_ITER}
-            fitted = classifiers.fit(training, params if logreg else grid[row["grid_index"]], rows, examples=examples)
+            params = grid[row["grid_index"]]
+            if logreg:
+                params = {**params, "classifier__max_iter": classifiers.SEARCH_LOGREG_MAX_ITER}
+            fitted = classifiers.fit(training, params, rows, examples=examples)
             # A final fit's scores are kept for the evaluation; the others' predictions are enough.
             if final and not logreg:
                 scored = classifiers.timed_scores(fitted.pipeline, validation)
