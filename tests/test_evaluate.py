@@ -214,6 +214,7 @@ def odd_records(abo_sample, tmp_path_factory):
     [
         (["--model", "{tmp}"], "is not a SavedModel"),
         (["--model", "{tmp}/a_file"], "is a file, not a folder"),  # said "does not exist"
+        (["--model", "{tmp}/a_link"], "is a link to nothing"),  # said "is a file"
         (["--split", "holdout"], "no split 'holdout'"),
         (["--report", "{tmp}/a_file/r"], "cannot create --report"),
         (["--report", "{tmp}/foreign"], "not empty and was not written by `abo_tf.evaluate`"),
@@ -226,6 +227,7 @@ def odd_records(abo_sample, tmp_path_factory):
 def test_bad_inputs_are_one_line_errors(trained_run, built_records, odd_records, tmp_path, capsys, arguments, expected):
     records_dir, _ = built_records
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_link").symlink_to(tmp_path / "nowhere")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     defaults = {

@@ -384,7 +384,9 @@ def validate(options):
             _fits(item, spec.kind) for item in elements
         ):
             raise UserInputError(f"{spec.flag} {value!r} must be {_type_name(spec)}")
-        _check_choices_and_bounds(spec, elements, f"{spec.flag} {value!r}" if elements else spec.flag)
+        # A list as it is typed on the command line ("--split -0.5 1.0 0.5"), not as a Python tuple.
+        shown = " ".join(map(str, elements)) if spec.is_list else repr(value)
+        _check_choices_and_bounds(spec, elements, f"{spec.flag} {shown}" if elements else spec.flag)
     return options
 
 

@@ -205,6 +205,11 @@ def load_exported(export_dir):
     export_dir = os.fspath(export_dir)
     if not tf.saved_model.contains_saved_model(export_dir):
         run_folder.check_exported(export_dir)  # a tune trial's folder (or its missing saved_model/)
+    if os.path.islink(export_dir) and not os.path.exists(export_dir):
+        raise InputNotFoundError(
+            f"model folder {export_dir!r} is a link to nothing ({os.readlink(export_dir)!r}): "
+            "give the saved_model folder of a training run"
+        )
     if os.path.lexists(export_dir) and not os.path.isdir(export_dir):
         raise UserInputError(f"{export_dir!r} is a file, not a folder: give the saved_model folder of a training run")
     if not os.path.isdir(export_dir):

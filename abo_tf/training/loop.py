@@ -501,8 +501,8 @@ def _checkpointing(strategy, config, model, phases, step):
         except ValueError as error:  # a variable of another shape: the checkpoint's object graph is not this one's
             raise UserInputError(
                 f"--output {config.output!r}: its checkpoint {latest!r} does not fit this run ({first_line(error)}): "
-                "another model or an older abo_tf wrote it (before 4f8481c an --ema-momentum run kept its averages in "
-                "the optimizer); finish it with that version, or train again into a new --output"
+                "another model or an older abo_tf wrote it (older --ema-momentum runs kept their averages in the "
+                "optimizer); finish it with the version that started it, or train again into a new --output"
             ) from error
     directory = (
         main_dir

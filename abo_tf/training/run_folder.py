@@ -129,7 +129,7 @@ def check_exported(model_path, flag="--model"):
     # named the root folder.
     for run_dir in (model_path, os.path.dirname(os.path.normpath(model_path)) or os.curdir):
         if os.path.isfile(path(run_dir, NOT_EXPORTED)):
-            note = NOT_EXPORTED_NOTE.format(run=run_dir)
+            note = NOT_EXPORTED_NOTE.format(run=os.path.normpath(run_dir))
             raise InputNotFoundError(f"{flag} {model_path!r} has no exported model: it is {note}")
 
 
