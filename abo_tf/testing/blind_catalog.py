@@ -346,6 +346,8 @@ def _shoe(product, layer):
     fabric = _texture("fabric", height, width, product.texture_seed)
     _paint(layer, _polygon(height, width, upper), _lit(product.main, fabric * _vertical(height, width, 1.15, 0.8)))
     _paint(layer, _polygon(height, width, sole), _lit((0.95, 0.95, 0.93), _vertical(height, width, 1.0, 0.8)))
+    toe_cap = _ellipse(height, width, (0.9 * squash, 0.74), (0.12 * squash, 0.09))
+    _paint(layer, toe_cap * _polygon(height, width, upper), _lit(product.trim, _vertical(height, width, 1.1, 0.85)))
     for step in range(4):  # laces
         x = 0.4 + 0.06 * step
         lace = _polygon(
@@ -416,6 +418,12 @@ def _lamp(product, layer):
     _paint(layer, _polygon(height, width, shade), cloth)
     if product.detail == 2:
         _paint(layer, _polygon(height, width, [(0.02, 0.35), (0.98, 0.35), (1.0, 0.4), (0.0, 0.4)]), product.accent)
+    # The camera's height: from above the shade's dark top opening shows, from below its lit inside and the bulb.
+    if product.view < 0.5:
+        _paint(layer, _ellipse(height, width, (0.5 + tilt, 0.0), (0.28, 0.045)), _lit(product.main, 0.35))
+    else:
+        _paint(layer, _ellipse(height, width, (0.5, 0.4), (0.5, 0.08)), _lit(product.main, 1.6))
+        _paint(layer, _ellipse(height, width, (0.5, 0.37), (0.1, 0.05)), (0.85, 0.97, 1.0))
 
 
 def _mug(product, layer):
