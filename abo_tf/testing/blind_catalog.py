@@ -215,6 +215,10 @@ def _polygon(height, width, fractions):
     return _mask(height, width, lambda canvas: cv2.fillPoly(canvas, [_points(fractions, height, width)], 255))
 
 
+def _rectangle(height, width, left, top, right, bottom):
+    return _polygon(height, width, [(left, top), (right, top), (right, bottom), (left, bottom)])
+
+
 def _ellipse(height, width, centre, axes, thickness=-1, arc=(0, 360)):
     def draw(canvas):
         centre_px = tuple(int(value) for value in _points(centre, height, width))
@@ -304,14 +308,14 @@ def _bottle(product, layer):
     height, width = layer[1].shape
     light = product.view * 2 - 1
     glass = _lit(product.main, _cylinder(height, width, light))
-    _paint(layer, _polygon(height, width, [(0.02, 0.36), (0.98, 0.36), (0.98, 0.97), (0.02, 0.97)]), glass)
+    _paint(layer, _rectangle(height, width, 0.02, 0.36, 0.98, 0.97), glass)
     _paint(layer, _ellipse(height, width, (0.5, 0.97), (0.48, 0.025)), glass)
     _paint(layer, _ellipse(height, width, (0.5, 0.36), (0.48, 0.14), arc=(180, 360)), glass)
     neck = _lit(product.main, _cylinder(height, width, light, 0.33, 0.67))
-    _paint(layer, _polygon(height, width, [(0.33, 0.08), (0.67, 0.08), (0.67, 0.3), (0.33, 0.3)]), neck)
+    _paint(layer, _rectangle(height, width, 0.33, 0.08, 0.67, 0.3), neck)
     cap = _lit(product.trim if product.detail != 2 else product.accent, _cylinder(height, width, light, 0.3, 0.7))
-    _paint(layer, _polygon(height, width, [(0.3, 0.0), (0.7, 0.0), (0.7, 0.1), (0.3, 0.1)]), cap)
-    label = _polygon(height, width, [(0.02, 0.5), (0.98, 0.5), (0.98, 0.84), (0.02, 0.84)])
+    _paint(layer, _rectangle(height, width, 0.3, 0.0, 0.7, 0.1), cap)
+    label = _rectangle(height, width, 0.02, 0.5, 0.98, 0.84)
     _paint(layer, label, _lit(product.accent, _cylinder(height, width, light)))
     # Turning the bottle moves the print round the label: the angle variants' difference.
     across = 0.5 + 0.35 * (0.5 - product.view)
@@ -372,33 +376,23 @@ def _shoe(product, layer):
 
 def _chair(product, layer):
     height, width = layer[1].shape
-    skew = 0.25 * (product.view - 0.5)  # the camera's side: back and legs shift against the seat
+    skew = 0.36 * (product.view - 0.5)  # the camera's side: back and legs shift against the seat
     wood = _lit(product.trim, _texture("wood", height, width, product.texture_seed))
-    for x in (0.08, 0.86):  # back legs, further away: higher and thinner
-        _paint(
-            layer,
-            _polygon(
-                height, width, [(x + skew, 0.55), (x + skew + 0.05, 0.55), (x + skew + 0.05, 0.9), (x + skew, 0.9)]
-            ),
-            wood * 0.8,
-        )
-    back = [(0.1 + skew, 0.0), (0.9 + skew, 0.0), (0.9 + skew, 0.52), (0.1 + skew, 0.52)]
-    seat = [(0.1 + skew, 0.52), (0.9 + skew, 0.52), (0.95, 0.65), (0.05, 0.65)]
+    for x in (0.12 + skew, 0.82 + skew):  # back legs, further away: higher and thinner
+        _paint(layer, _rectangle(height, width, x, 0.55, x + 0.05, 0.9), wood * 0.8)
+    seat = [(0.15 + skew, 0.52), (0.85 + skew, 0.52), (0.95, 0.65), (0.05, 0.65)]
     upholstery = _lit(product.main, _texture("fabric", height, width, product.texture_seed + 1))
-    _paint(layer, _polygon(height, width, back), upholstery * _vertical(height, width, 1.05, 0.85))
+    back = _rectangle(height, width, 0.15 + skew, 0.0, 0.85 + skew, 0.52)
+    _paint(layer, back, upholstery * _vertical(height, width, 1.05, 0.85))
     _paint(layer, _polygon(height, width, seat), upholstery * 1.08)
-    _paint(layer, _polygon(height, width, [(0.05, 0.65), (0.95, 0.65), (0.95, 0.7), (0.05, 0.7)]), wood)
+    _paint(layer, _rectangle(height, width, 0.05, 0.65, 0.95, 0.7), wood)
     for x in (0.06, 0.88):
-        _paint(layer, _polygon(height, width, [(x, 0.7), (x + 0.06, 0.7), (x + 0.06, 1.0), (x, 1.0)]), wood)
+        _paint(layer, _rectangle(height, width, x, 0.7, x + 0.06, 1.0), wood)
     if product.detail != 1:  # arm rests on two of a line's three versions
         for x in (0.0, 0.9):
-            _paint(layer, _polygon(height, width, [(x, 0.38), (x + 0.1, 0.38), (x + 0.1, 0.44), (x, 0.44)]), wood * 1.1)
+            _paint(layer, _rectangle(height, width, x, 0.38, x + 0.1, 0.44), wood * 1.1)
     if product.detail == 2:
-        _paint(
-            layer,
-            _polygon(height, width, [(0.2 + skew, 0.12), (0.8 + skew, 0.12), (0.8 + skew, 0.15), (0.2 + skew, 0.15)]),
-            product.accent,
-        )
+        _paint(layer, _rectangle(height, width, 0.25 + skew, 0.12, 0.75 + skew, 0.15), product.accent)
 
 
 def _lamp(product, layer):
@@ -407,10 +401,10 @@ def _lamp(product, layer):
     metal = _lit(
         product.trim, _texture("metal", height, width, product.texture_seed) * _cylinder(height, width, 0.5, 0.46, 0.54)
     )
-    _paint(layer, _polygon(height, width, [(0.47, 0.38), (0.53, 0.38), (0.53, 0.93), (0.47, 0.93)]), metal)
+    _paint(layer, _rectangle(height, width, 0.47, 0.38, 0.53, 0.93), metal)
     base_colour = _lit(product.trim, _cylinder(height, width, 0.5, 0.2, 0.8))
     if product.detail == 1:
-        _paint(layer, _polygon(height, width, [(0.25, 0.9), (0.75, 0.9), (0.75, 1.0), (0.25, 1.0)]), base_colour)
+        _paint(layer, _rectangle(height, width, 0.25, 0.9, 0.75, 1.0), base_colour)
     else:
         _paint(layer, _ellipse(height, width, (0.5, 0.95), (0.3, 0.05)), base_colour)
     shade = [(0.22 + tilt, 0.0), (0.78 + tilt, 0.0), (1.0, 0.4), (0.0, 0.4)]
@@ -467,7 +461,7 @@ def _bag(product, layer):
     _paint(layer, _polygon(height, width, flap), leather * 0.92)
     if product.detail != 2:  # a metal buckle on two of the line's versions
         metal = _lit((0.75, 0.72, 0.6), _cylinder(height, width, 0.5, 0.42, 0.56) * 1.1)
-        _paint(layer, _polygon(height, width, [(0.42, 0.56), (0.56, 0.56), (0.56, 0.68), (0.42, 0.68)]), metal)
+        _paint(layer, _rectangle(height, width, 0.42, 0.56, 0.56, 0.68), metal)
     _text(layer, product.brand, (0.5, 0.85), 0.06, product.trim, product.font)
 
 
@@ -484,7 +478,7 @@ def _phone(product, layer):
             _paint(layer, _ellipse(height, width, (0.22, 0.08 + 0.06 * lens), (0.1, 0.022)), (0.08, 0.08, 0.1))
         _logo(layer, product.detail, (0.5, 0.5), 0.12, _lit(product.main, 1.3))
         return
-    screen = _polygon(height, width, [(0.06, 0.03), (0.94, 0.03), (0.94, 0.97), (0.06, 0.97)])
+    screen = _rectangle(height, width, 0.06, 0.03, 0.94, 0.97)
     wallpaper = np.asarray(product.accent, np.float32) * _vertical(height, width, 1.0, 0.3)
     _paint(layer, screen * outline, wallpaper + 0.3 * _cylinder(height, width, 0.8) - 0.3)
     # The line's versions differ in the front camera: a pill, a punch hole, or a bezel with a speaker grille.
@@ -495,12 +489,12 @@ def _phone(product, layer):
     else:
         _paint(
             layer,
-            _polygon(height, width, [(0.06, 0.03), (0.94, 0.03), (0.94, 0.1), (0.06, 0.1)]),
+            _rectangle(height, width, 0.06, 0.03, 0.94, 0.1),
             _lit(product.main, 0.3),
         )
         _paint(
             layer,
-            _polygon(height, width, [(0.38, 0.055), (0.62, 0.055), (0.62, 0.07), (0.38, 0.07)]),
+            _rectangle(height, width, 0.38, 0.055, 0.62, 0.07),
             (0.35, 0.35, 0.35),
         )
 
@@ -527,12 +521,12 @@ def _rug(product, layer):
     _paint(flat, np.ones((flat_height, flat_width), np.float32), _lit(product.main, wool))
     _paint(
         flat,
-        _polygon(flat_height, flat_width, [(0.06, 0.08), (0.94, 0.08), (0.94, 0.92), (0.06, 0.92)]),
+        _rectangle(flat_height, flat_width, 0.06, 0.08, 0.94, 0.92),
         _lit(product.accent, wool),
     )
     _paint(
         flat,
-        _polygon(flat_height, flat_width, [(0.12, 0.18), (0.88, 0.18), (0.88, 0.82), (0.12, 0.82)]),
+        _rectangle(flat_height, flat_width, 0.12, 0.18, 0.88, 0.82),
         _lit(product.trim, wool),
     )
     motif = (
@@ -574,7 +568,15 @@ def _tshirt(product, layer):
         _ellipse(height, width, (0.5, 0.0), (0.13, collar_depth + 0.02), thickness=max(2, height // 60)),
         _lit(product.trim, 0.9),
     )
-    if back_view:
+    if product.detail == 1:  # hems on the sleeves: seen from the front and from the back
+        for hem in (
+            [(0.0, 0.15), (0.04, 0.13), (0.14, 0.36), (0.1, 0.38)],
+            [(1.0, 0.15), (0.96, 0.13), (0.86, 0.36), (0.9, 0.38)],
+        ):
+            _paint(layer, _polygon(height, width, hem), _lit(product.trim, 0.9))
+    if back_view:  # the line's third version carries its brand across the back
+        if product.detail == 2:
+            _text(layer, product.brand, (0.5, 0.2), 0.06, product.accent, product.font)
         return
     _text(layer, product.brand, (0.5, 0.35), 0.07, product.accent, product.font)
     _logo(layer, product.detail, (0.5, 0.52), 0.09, product.accent)
