@@ -153,6 +153,8 @@ def main():
     parser.add_argument("--output", default="near_duplicates.json", help="results file in benchmarks/results")
     parser.add_argument("--blind-catalog", type=int, default=0, help="shots of abo_tf.testing.blind_catalog (0: off)")
     arguments = parser.parse_args()
+    if arguments.blind_catalog < 0:
+        parser.error(f"--blind-catalog {arguments.blind_catalog}: give a number of shots >= 0 (0: off)")
     results = {
         "defaults": {
             "hash_distance": near_duplicates.DEFAULT_HASH_DISTANCE,
