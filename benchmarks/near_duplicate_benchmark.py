@@ -1,6 +1,6 @@
 """Benchmark: what the near-duplicate audit finds, per edit family and strength, on real photographs.
 
-    .venv/bin/python benchmarks/near_duplicate_benchmark.py [--catalog-listings 400] [--seed 0]
+    .venv/bin/python benchmarks/near_duplicate_benchmark.py [--catalog-listings 400] [--seed 0] [--blind-catalog 0]
 
 Sources (issue 18): the photographs scikit-image, scikit-learn and matplotlib ship, cut into distinct shots
 (windows that barely overlap, at three scales: same scene, texture and colours, different pictures: the hard
@@ -22,7 +22,7 @@ import numpy as np
 from shared import write_results
 
 from abo_tf.auditing import near_duplicates
-from abo_tf.testing import image_edits
+from abo_tf.testing import blind_catalog, image_edits
 
 # (hash distance, thumbnail correlation, ORB inliers; 0: no keypoint check) around the defaults (--sweep).
 SWEEP = ((8, 0.985, 0), (8, 0.985, 8), (8, 0.985, 12), (10, 0.985, 10))
@@ -151,7 +151,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="of the catalog and of the edits (1: the held-out check)")
     parser.add_argument("--sweep", action="store_true", help="also run the rule at the SWEEP thresholds")
     parser.add_argument("--output", default="near_duplicates.json", help="results file in benchmarks/results")
+    parser.add_argument("--blind-catalog", type=int, default=0, help="shots of abo_tf.testing.blind_catalog (0: off)")
     arguments = parser.parse_args()
+    if arguments.blind_catalog < 0:
+        parser.error(f"--blind-catalog {arguments.blind_catalog}: give a number of shots >= 0 (0: off)")
     results = {
         "defaults": {
             "hash_distance": near_duplicates.DEFAULT_HASH_DISTANCE,
@@ -163,10 +166,14 @@ def main():
         "load_average": os.getloadavg()[0],
         "sources": [],
     }
-    for name, shots, copies in (
+    sources = [
         ("real photographs", image_edits.distinct_shots(image_edits.real_photographs()), None),
         ("generated catalog", catalog_shots(arguments.catalog_listings, arguments.seed), CATALOG_COPIES_PER_CASE),
-    ):
+    ]
+    if arguments.blind_catalog:  # a generator written blind to the first: thresholds checked on images not tuned on
+        shots = blind_catalog.catalog_shots(arguments.blind_catalog, arguments.seed)
+        sources.append(("blind catalog", shots, CATALOG_COPIES_PER_CASE))
+    for name, shots, copies in sources:
         result = run_source(name, shots, arguments.seed, copies, arguments.sweep)
         _print(result)
         results["sources"].append(result)
