@@ -472,7 +472,12 @@ def _find_near_duplicates(options_, splits_features):
     """(hashed images, (edges table, groups table), the forest: its counts of pairs left out)."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
     forest = near_duplicates.near_duplicate_forest(
-        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers, options_.progress
+        hashed,
+        options_.hash_distance,
+        options_.pixel_similarity,
+        options_.min_inliers,
+        options_.progress,
+        workers=options_.workers,
     )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)

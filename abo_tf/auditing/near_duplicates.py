@@ -26,6 +26,7 @@ that one similarity transform of bounded scale and turn maps onto matching keypo
 crops and turns. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
+import concurrent.futures
 import functools
 import hashlib
 import itertools
@@ -54,10 +55,11 @@ DEFAULT_HASH_DISTANCE = 8
 # images ran past 600 s (issue 23 review); past 15 bits of 64 a hash pairs unrelated pictures anyway.
 MAX_HASH_DISTANCE = 15
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
-# Candidate pairs of two buckets (entries sharing a band value) beyond which they are not paired (counted,
-# reported): a bucket of n entries makes n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of
-# 120,000 hashes (350,000 pairs); 2,048 blank or white-background images would reach this.
-MAX_BUCKET_PAIRS = CANDIDATES_PER_BLOCK
+# Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 170 MB), and those of two buckets
+# (entries sharing a band value) beyond which they are not paired (counted, reported): a bucket of n entries makes
+# n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
+# blank or white-background images would reach this.
+PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
@@ -537,16 +539,27 @@ def _bucket_products(queried, indexed, values, partners):
     return np.minimum(first[kept], second[kept]), np.maximum(first[kept], second[kept])
 
 
-def _band_candidates(queried, indexed, mask, max_pairs, left_out):
-    """Yields (first, second) of the entries whose band values differ by exactly `mask`, a block at a time (pairs
-    i < j within one table; with two, (query, indexed)). Two buckets that would make more than `max_pairs` pairs
-    are left out (a blank or white background shared by thousands of images: pairs grow as its square);
-    `left_out(n)` is told the n candidate pairs they would have made."""
-    values, partners, skipped = _bucket_pairs(queried, indexed, mask, max_pairs)
-    if left_out is not None and skipped:
-        left_out(skipped)
-    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), CANDIDATES_PER_BLOCK):
-        yield _bucket_products(queried, indexed, values[low:high], partners[low:high])
+def _probe_pairs(hashes, bands, tables, max_distance, max_pairs, probe):
+    """(blocks of sorted (first, second) within `max_distance` bits whose values in band `probe[0]` differ by
+    exactly the mask `probe[1]`, candidate pairs of huge buckets left out): one probe, in a search thread.
+
+    Pairs i < j within one table; with two, (query, indexed). Two buckets that would make more than `max_pairs`
+    pairs are left out (a blank or white background shared by thousands of images: pairs grow as its square).
+    """
+    band, mask = probe
+    queried, indexed = tables[band]
+    radius = max_distance // BANDS
+    values, partners, left_out = _bucket_pairs(queried, indexed, mask, max_pairs)
+    blocks = []
+    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
+        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
+        close = hamming_distance(hashes[first], hashes[second]) <= max_distance
+        for earlier in bands[:band]:  # found there already
+            close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
+        first, second = first[close], second[close]
+        order = np.lexsort((second, first))
+        blocks.append((first[order], second[order]))
+    return blocks, left_out
 
 
 def probe_count(max_distance):
@@ -554,37 +567,41 @@ def probe_count(max_distance):
     return BANDS * len(_probe_masks(max_distance // BANDS))
 
 
-def hash_close_pairs(hashes, max_distance, probed=None, queries=None, max_bucket_pairs=MAX_BUCKET_PAIRS, left_out=None):
+def hash_close_pairs(
+    hashes, max_distance, probed=None, queries=None, max_bucket_pairs=MAX_BUCKET_PAIRS, left_out=None, threads=1
+):
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time, each block
-    sorted by (first, second).
+    sorted by (first, second), blocks in probe order however many `threads` probe.
 
     A pair comes once, from the first band it matches in (the bands after it skip it: its thumbnails are then
     compared once, not up to BANDS times); UNDECODABLE entries are never paired.
     `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
     only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
     Two buckets of a band (entries sharing its value) that would make more than `max_bucket_pairs` candidate pairs
-    are not paired in that band; `left_out(n)` is told the n pairs they would have made (`_band_candidates`).
+    are not paired in that band; `left_out(n)` is told the n pairs they would have made (`_probe_pairs`).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
-    radius = max_distance // BANDS
     bands = [_band_values(hashes, band) for band in range(BANDS)]
-    for band in range(BANDS):
-        if queries is None:
-            queried = indexed = _band_table(bands[band], valid)
-        else:
-            queried = _band_table(bands[band], valid[valid < queries])
-            indexed = _band_table(bands[band], valid[valid >= queries])
-        for mask in _probe_masks(radius):
-            for first, second in _band_candidates(queried, indexed, mask, max_bucket_pairs, left_out):
-                close = hamming_distance(hashes[first], hashes[second]) <= max_distance
-                for earlier in bands[:band]:  # found there already
-                    close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
-                first, second = first[close], second[close]
-                order = np.lexsort((second, first))
-                yield first[order], second[order]
+    tables = [_band_tables(values, valid, queries) for values in bands]
+    probes = [(band, mask) for band in range(BANDS) for mask in _probe_masks(max_distance // BANDS)]
+    probe = functools.partial(_probe_pairs, hashes, bands, tables, max_distance, max_bucket_pairs)
+    # Threads, not processes: NumPy's gathers, sorts and popcounts release the GIL, and the hashes are not copied.
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for blocks, skipped in bounded_map(pool, probe, probes, threads):
+            if left_out is not None and skipped:
+                left_out(skipped)
+            yield from blocks
             if probed is not None:
                 probed()
+
+
+def _band_tables(values, valid, queries):
+    """(query table, index table) of one band: one table for both without `queries`."""
+    if queries is None:
+        table = _band_table(values, valid)
+        return table, table
+    return _band_table(values, valid[valid < queries]), _band_table(values, valid[valid >= queries])
 
 
 def find_pairs(hashes, max_distance, accept=None):
@@ -773,7 +790,7 @@ def _identical_pairs(hashed):
     return first[equal], second[equal]
 
 
-def _candidate_pairs(hashed, searched, max_distance, probed=None, left_out=None):
+def _candidate_pairs(hashed, searched, max_distance, probed=None, left_out=None, threads=1):
     """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits.
 
     Multi-index searches over every hash of every image (`_searches`: trimmed, untrimmed, mirrored, centres, sides,
@@ -786,7 +803,7 @@ def _candidate_pairs(hashed, searched, max_distance, probed=None, left_out=None)
     straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
     for columns, kinds, queries in _searches(hashed):
-        yield from _search(searched, columns, kinds, queries, max_distance, probed, left_out)
+        yield from _search(searched, columns, kinds, queries, max_distance, (probed, left_out, threads))
 
 
 def _searches(hashed):
@@ -809,14 +826,15 @@ def _searches(hashed):
     return searches
 
 
-def _search(searched, columns, kinds, queries, max_distance, probed, left_out):
+def _search(searched, columns, kinds, queries, max_distance, callbacks):
     """`_candidate_pairs` of one multi-index search over `columns` (`queries`: of its first columns' hashes
-    with the rest's only)."""
+    with the rest's only); `callbacks`: `hash_close_pairs`' probed, left_out and threads."""
     count = len(searched)
     entries = np.concatenate([column[searched] for column in columns])
     kinds = np.array(kinds)
     queries = None if queries is None else queries * count
-    for first, second in hash_close_pairs(entries, max_distance, probed, queries, left_out=left_out):
+    probed, left_out, threads = callbacks
+    for first, second in hash_close_pairs(entries, max_distance, probed, queries, left_out=left_out, threads=threads):
         pair_kind = _pair_kinds(kinds[first // count], kinds[second // count])
         kept = (pair_kind != "") & (first % count != second % count)
         distance = hamming_distance(entries[first[kept]], entries[second[kept]])
@@ -987,24 +1005,32 @@ class _LocalCandidates:
         return keys // self.size, keys % self.size, distances
 
 
-def _local_pairs(hashed, forest, local, min_inliers, cap):
+def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
-    most `cap` checked pairs; returns how many pairs the cap left unchecked."""
+    most `cap` checked pairs, a block's pairs checked by `threads` (`progress`: a bar over the pairs); returns how
+    many pairs the cap left unchecked."""
     first, second, distance = local.pairs()
     apart = forest.apart(first, second)
     first, second, distance = first[apart], second[apart], distance[apart]
     kept = _capped(first, second, distance, cap)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
+    pool = concurrent.futures.ThreadPoolExecutor(threads)  # OpenCV's matcher and RANSAC release the GIL
+    bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
     for start in range(0, len(order), LOCAL_BLOCK):
         block = order[start : start + LOCAL_BLOCK]
         block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
-        inliers = _inliers(hashed, first[block], second[block])
+        parts = np.array_split(block, threads)
+        counted = pool.map(_inliers, itertools.repeat(hashed), [first[p] for p in parts], [second[p] for p in parts])
+        inliers = np.concatenate(list(counted))
         found = inliers >= min_inliers
         similarity = thumbnail_similarity(
             hashed.thumbnails, first[block][found], second[block][found], greyscale=hashed.greyscale
         )
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
+        bar.update(len(order[start : start + LOCAL_BLOCK]))
+    pool.shutdown()
+    bar.close()
     return int((~kept).sum())
 
 
@@ -1015,6 +1041,7 @@ def near_duplicate_forest(
     min_inliers=DEFAULT_MIN_INLIERS,
     progress=False,
     max_local_checks=DEFAULT_MAX_LOCAL_CHECKS,
+    workers=None,
 ):
     """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
     thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
@@ -1025,7 +1052,9 @@ def near_duplicate_forest(
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
     hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
     of huge band buckets (`hash_close_pairs`) are not compared: their count is `left_out_bucket_pairs`.
+    `workers` threads (default: the cores) probe the bands and check keypoints.
     """
+    threads = workers or os.cpu_count() or 1
     if hashed.greyscale is None:
         hashed = hashed._replace(greyscale=greyscale_images(hashed.thumbnails))
     forest = SpanningForest(len(hashed.hashes))
@@ -1035,7 +1064,9 @@ def near_duplicate_forest(
     local = _LocalCandidates(len(hashed.hashes))
     total = probe_count(max_distance) * len(_searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
-    candidate_blocks = _candidate_pairs(hashed, searched, max_distance, lambda: bar.update(1), forest.count_left_out)
+    candidate_blocks = _candidate_pairs(
+        hashed, searched, max_distance, lambda: bar.update(1), forest.count_left_out, threads
+    )
     for first, second, kind, distance in candidate_blocks:
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
@@ -1047,5 +1078,6 @@ def near_duplicate_forest(
             local.add(first[~kept], second[~kept], candidates[3][~kept])
     bar.close()
     if min_inliers > 0 and hashed.descriptors is not None:
-        forest.unchecked_local_pairs = _local_pairs(hashed, forest, local, min_inliers, max_local_checks)
+        checks = local, min_inliers, max_local_checks, threads, progress
+        forest.unchecked_local_pairs = _local_pairs(hashed, forest, *checks)
     return forest
