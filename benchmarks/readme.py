@@ -463,11 +463,11 @@ def render_near_duplicates_scale(results):
             f"{run['seconds']:.0f} | {run['peak_rss_mb']:,.0f} | {load} |"
         )
     for run in results["runs"]:
-        growth = run["close_pairs_by_images"].items()
-        growth = ", ".join(f"{int(images):,} images: {pairs:,}" for images, pairs in growth)
+        growth = sorted((int(images), pairs) for images, pairs in run["close_pairs_by_images"].items())
+        growth = ", ".join(f"{images:,} images: {pairs:,}" for images, pairs in growth)
         lines += [
             "",
-            f"`{os.path.basename(run['records'])}`: hash pairs within the default distance (first search) at {growth}; "
+            f"`{run['records']}`: hash pairs within the default distance (first search) at {growth}; "
             f"keypoint pairs left unchecked by the per-image bound {run['unchecked_local_pairs']:,}, candidate pairs "
             f"of huge band buckets left out {run['left_out_bucket_pairs']:,}; {run['cores']} shared cores, one run.",
         ]
