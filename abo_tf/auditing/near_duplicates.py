@@ -480,7 +480,7 @@ def _probe_masks(radius):
 
 
 def _blocks(counts, limit):
-    """[start, end) ranges of queries whose candidates add up to about `limit` (at least one query each)."""
+    """[start, end) ranges of items (bucket pairs) whose candidates add up to about `limit` (at least one each)."""
     ends = np.searchsorted(np.cumsum(counts), np.arange(limit, int(counts.sum()) + limit, limit), side="right")
     bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [len(counts)]]))
     return zip(bounds[:-1], bounds[1:])
