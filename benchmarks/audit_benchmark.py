@@ -11,7 +11,8 @@ also counts its and its workers' CPU seconds. The bare rate is `near_duplicates.
 on the same records' images, already in memory; times the cores it is what a perfect fan-out would reach,
 and the ratio says how much reading, parsing and the worker queue cost. On a shared machine the wall-clock
 ratio moves with the load, so the CPU seconds an image of both are compared too (`cpu_ratio_to_bare`).
-Label issues are not timed here: their cost is the feature extraction's (benchmarks/baselines_benchmark.py)
+Untimed, after: the pairs within the default distance on a quarter, half and all of the images (how the search's
+work grows). Label issues are not timed here: their cost is the feature extraction's (benchmarks/baselines_benchmark.py)
 plus a k-fold logistic regression.
 Prints a Markdown table and writes benchmarks/results/audit.json.
 """
@@ -81,6 +82,20 @@ def _cpu_seconds():
     return times.user + times.system + times.children_user + times.children_system
 
 
+def close_pair_growth(hashed):
+    """Pairs within the default distance among the first search's hashes (trimmed, untrimmed, mirrored, centres) of
+    the first quarter, half and all of the images: how the search's work grows with the build (not timed)."""
+    from abo_tf.auditing import near_duplicates
+
+    columns = [hashed.hashes, hashed.whole_hashes, hashed.mirror_hashes, *hashed.centre_hashes.T]
+    growth = {}
+    for count in (len(hashed.hashes) // 4, len(hashed.hashes) // 2, len(hashed.hashes)):
+        entries = np.concatenate([column[:count] for column in columns])
+        pairs = near_duplicates.hash_close_pairs(entries, near_duplicates.DEFAULT_HASH_DISTANCE)
+        growth[str(count)] = sum(len(first) for first, _ in pairs)
+    return growth
+
+
 def audit_near_duplicates(records_dir, output):
     """The timed part, run in a child process: prints a JSON line of its figures."""
     from abo_tf.auditing import audit, near_duplicates
@@ -105,8 +120,11 @@ def audit_near_duplicates(records_dir, output):
                 "edges_per_signal": dict(
                     zip(*(column.tolist() for column in np.unique(forest.edges.signal, return_counts=True)))
                 ),
+                "unchecked_local_pairs": forest.unchecked_local_pairs,
+                "left_out_bucket_pairs": forest.left_out_bucket_pairs,
                 "groups": int(groups.group.nunique()),
                 "grouped_images": len(groups),
+                "close_pairs_by_images": close_pair_growth(hashed),
             }
         )
     )
@@ -176,7 +194,7 @@ def main():
             f"{row.get('planted_found', '-')} of {row.get('planted_pairs', '-')} "
             f"({row['groups']} groups, {row['grouped_images']} images) |"
         )
-    write_results("audit.json", rows)
+    write_results("audit.json", {"runs": rows})
 
 
 if __name__ == "__main__":

@@ -447,6 +447,33 @@ def render_near_duplicates(results):
     return "\n".join(lines)
 
 
+def render_near_duplicates_scale(results):
+    """The near-duplicate stage on a large build (benchmarks/audit_benchmark.py): time, CPU, memory, what the bounds
+    left out, and how the hash pairs grow with the images."""
+    lines = [
+        "| images | hashing s (CPU s) | CPU ratio to bare `signature` | search s (CPU s) | total s | peak RSS MB "
+        "(process + workers) | load before-after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        load = f"{run['load_average_before'][0]:.0f}-{run['load_average_after'][0]:.0f}"
+        lines.append(
+            f"| {run['images']:,} | {run['hash_seconds']:.0f} ({run['hash_cpu_seconds']:.0f}) | "
+            f"{run['cpu_ratio_to_bare']:.2f} | {run['search_seconds']:.0f} ({run['search_cpu_seconds']:.0f}) | "
+            f"{run['seconds']:.0f} | {run['peak_rss_mb']:,.0f} | {load} |"
+        )
+    for run in results["runs"]:
+        growth = sorted((int(images), pairs) for images, pairs in run["close_pairs_by_images"].items())
+        growth = ", ".join(f"{images:,} images: {pairs:,}" for images, pairs in growth)
+        lines += [
+            "",
+            f"`{run['records']}`: hash pairs within the default distance (first search) at {growth}; "
+            f"keypoint pairs left unchecked by the per-image bound {run['unchecked_local_pairs']:,}, candidate pairs "
+            f"of huge band buckets left out {run['left_out_bucket_pairs']:,}; {run['cores']} shared cores, one run.",
+        ]
+    return "\n".join(lines)
+
+
 def _include(name):
     return lambda results: results.strip()
 
@@ -463,6 +490,7 @@ RENDERERS = {
     "baselines_full": ("baselines_full.json", render_baselines_extracted),
     "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
     "near_duplicates": ("near_duplicates.json", render_near_duplicates),
+    "near_duplicates_scale": ("audit.json", render_near_duplicates_scale),
 }
 
 

@@ -137,7 +137,7 @@ def test_planted_near_duplicates_are_found_with_few_false_pairs(abo_sample, audi
 
 @pytest.mark.parametrize("max_distance, block", [(0, 1 << 22), (3, 1 << 22), (8, 1 << 22), (13, 1 << 22), (6, 7)])
 def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(monkeypatch, max_distance, block):
-    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", block)  # 7: every probe in many blocks
+    monkeypatch.setattr(near_duplicates, "PROBE_BLOCK", block)  # 7: every probe in many blocks
     rng = np.random.default_rng(max_distance)
     bases = rng.integers(0, 2**63, size=60, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 60, dtype=np.uint64)
     flips = [
@@ -182,6 +182,7 @@ def _components(count, first, second):
 def test_groups_are_the_components_of_the_all_pairs_answer(monkeypatch, block):
     """Random photos, each with 0-3 changed copies: the forest's groups are those of every confirmed pair."""
     monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", block)  # 7: many blocks, many merges
+    monkeypatch.setattr(near_duplicates, "PROBE_BLOCK", block)
     rng = np.random.default_rng(1)
     width = near_duplicates.THUMBNAIL_SIDE**2 * 3
     bases = rng.integers(0, 256, (80, width))

@@ -108,3 +108,36 @@ def test_a_search_of_queries_pairs_them_with_the_rest_only():
         if bin(int(hashes[query]) ^ int(hashes[other])).count("1") <= 4
     }
     assert found == expected and {(query, query + 40) for query in range(20)} <= found
+
+
+def test_the_band_search_finds_every_pair_within_the_distance_exactly_once():
+    rng = np.random.default_rng(18)
+    centres = rng.integers(0, 2**63, 30, dtype=np.uint64) * np.uint64(2)
+    hashes = centres[rng.integers(0, 30, 400)]  # clusters, as catalog images on white make
+    for _ in range(6):  # each bit flip with a half chance: 0-6 bits from the cluster's centre
+        flipped = rng.random(400) < 0.5
+        hashes[flipped] ^= np.uint64(1) << rng.integers(0, 64, int(flipped.sum())).astype(np.uint64)
+    hashes[rng.random(400) < 0.03] = np.uint64(near_duplicates.UNDECODABLE)
+    decodable = hashes != np.uint64(near_duplicates.UNDECODABLE)
+    within = np.bitwise_count(hashes[:, None] ^ hashes[None, :]) <= 8
+    within &= decodable[:, None] & decodable[None, :]
+    for queries in (None, 100):
+        found = []
+        for first, second in near_duplicates.hash_close_pairs(hashes, 8, queries=queries):
+            assert (np.lexsort((second, first)) == np.arange(len(first))).all()  # each block sorted
+            found += zip(first.tolist(), second.tolist())
+        rows, columns = np.nonzero(np.triu(within, 1) if queries is None else within[:queries, queries:])
+        expected = set(zip(rows.tolist(), (columns + (queries or 0)).tolist()))
+        assert len(found) == len(set(found)) and set(found) == expected and len(expected) > 500
+
+
+def test_a_huge_band_bucket_is_left_out_and_counted():
+    rng = np.random.default_rng(5)
+    blank, others = rng.integers(0, 2**63, 11, dtype=np.uint64)[[0]], rng.integers(0, 2**63, 10, dtype=np.uint64)
+    # 100 equal hashes (blank images), 10 others and their copies, a copy of the blank one bit off in each band
+    hashes = np.concatenate([np.repeat(blank, 100), others, others ^ np.uint64(0b101), blank ^ np.uint64(0b1111)])
+    left_out, found = [], set()
+    for first, second in near_duplicates.hash_close_pairs(hashes, 8, max_bucket_pairs=200, left_out=left_out.append):
+        found |= set(zip(first.tolist(), second.tolist()))
+    assert sum(left_out) == near_duplicates.BANDS * 100 * 99 // 2  # the 100 with each other, in every band
+    assert found == {(index, index + 10) for index in range(100, 110)} | {(index, 120) for index in range(100)}

@@ -398,14 +398,22 @@ def _planted_markdown(scores):
     ]
 
 
-def _unchecked_markdown(unchecked):
-    if not unchecked:
-        return []
-    return [
-        f"{unchecked} candidate pairs were not checked by keypoints: each image takes part in at most "
-        f"{near_duplicates.DEFAULT_MAX_LOCAL_CHECKS}, its closest hashes first (crops of plain images may be missed).",
-        "",
-    ]
+def _unchecked_markdown(unchecked, left_out):
+    lines = []
+    if unchecked:
+        lines += [
+            f"{unchecked} candidate pairs were not checked by keypoints: each image takes part in at most "
+            f"{near_duplicates.DEFAULT_MAX_LOCAL_CHECKS}, its closest hashes first (crops of plain images may be "
+            "missed).",
+            "",
+        ]
+    if left_out:
+        lines += [
+            f"{left_out} candidate pairs of hashes sharing a band value with thousands of others (blank or plain "
+            "backgrounds) were not compared in that band: near-duplicates among them may be missed.",
+            "",
+        ]
+    return lines
 
 
 def _report_markdown(summary, counts, label_audit, galleries):
@@ -432,7 +440,7 @@ def _report_markdown(summary, counts, label_audit, galleries):
         f"group with a train image: score without them with `--exclude {GROUPS_FILE}`, or rebuild with "
         f"`build_records --join-near-duplicates {GROUPS_FILE}`.",
         "",
-        *_unchecked_markdown(summary["unchecked_local_pairs"]),
+        *_unchecked_markdown(summary["unchecked_local_pairs"], summary.get("left_out_bucket_pairs", 0)),
         *_planted_near_duplicates_markdown(summary.get("planted_near_duplicates")),
         "## Likely label errors",
         "",
@@ -461,16 +469,21 @@ def _check_options(options_):
 
 
 def _find_near_duplicates(options_, splits_features):
-    """(hashed images, (edges table, groups table), pairs the keypoint check's per-image bound left out)."""
+    """(hashed images, (edges table, groups table), the forest: its counts of pairs left out)."""
     hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
     forest = near_duplicates.near_duplicate_forest(
-        hashed, options_.hash_distance, options_.pixel_similarity, options_.min_inliers, options_.progress
+        hashed,
+        options_.hash_distance,
+        options_.pixel_similarity,
+        options_.min_inliers,
+        options_.progress,
+        workers=options_.workers,
     )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
     group_of = forest.groups()
     near = _edges_table(hashed, forest, group_of), _groups_table(hashed, group_of)
-    return hashed, near, forest.unchecked_local_pairs
+    return hashed, near, forest
 
 
 def run_audit(options_):
@@ -505,7 +518,7 @@ def run_audit(options_):
         options_.workers,
         options_.progress,
     )
-    hashed, near, unchecked = _find_near_duplicates(options_, splits_features)
+    hashed, near, forest = _find_near_duplicates(options_, splits_features)
     label_audit = label_issues.find_label_issues(
         splits_features,
         dict(zip(hashed.image_ids, hashed.item_ids)),
@@ -521,7 +534,8 @@ def run_audit(options_):
     counts = split_pair_counts(near[1], hashed)
     manifest_sha256 = shards.file_sha256(os.path.join(options_.records, shards.MANIFEST))
     summary = _summary(options_, manifest_sha256, near, counts, label_audit, time.perf_counter() - started)
-    summary["unchecked_local_pairs"] = unchecked
+    summary["unchecked_local_pairs"] = forest.unchecked_local_pairs
+    summary["left_out_bucket_pairs"] = forest.left_out_bucket_pairs
     if truth is not None:
         summary["planted_label_errors"] = label_issues.score_planted(
             label_audit, label_issues.planted_label_errors(truth)

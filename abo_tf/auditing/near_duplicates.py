@@ -26,6 +26,7 @@ that one similarity transform of bounded scale and turn maps onto matching keypo
 crops and turns. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
+import concurrent.futures
 import functools
 import hashlib
 import itertools
@@ -54,6 +55,11 @@ DEFAULT_HASH_DISTANCE = 8
 # images ran past 600 s (issue 23 review); past 15 bits of 64 a hash pairs unrelated pictures anyway.
 MAX_HASH_DISTANCE = 15
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
+# Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 170 MB), and those of two buckets
+# (entries sharing a band value) beyond which they are not paired (counted, reported): a bucket of n entries makes
+# n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
+# blank or white-background images would reach this.
+PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
@@ -153,7 +159,27 @@ def _shrunk(pixels, side):
 
 def _phash(grey):
     low = cv2.dct(_shrunk(grey, HASH_SIDE).astype(np.float32))[:HASH_BITS_SIDE, :HASH_BITS_SIDE].ravel()
-    return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
+    return int.from_bytes(np.packbits(low > _median(low)).tobytes(), "big")
+
+
+def _median(values):
+    """`np.median` of a float32 array, to the bit, without its dispatch: 11 pHashes an image took a fifth of the
+    signature's time in np.median (py-spy, a 20,000-image build)."""
+    half = len(values) // 2
+    if len(values) % 2:
+        return np.partition(values, half)[half]
+    middle = np.partition(values, (half - 1, half))
+    return (middle[half - 1] + middle[half]) / 2
+
+
+def _level_median(levels):
+    """`np.median` of uint8 grey levels as float32, from their histogram: a whole image's, no sort."""
+    below = np.cumsum(np.bincount(levels, minlength=256))
+    half = len(levels) // 2
+    upper = np.float32(np.searchsorted(below, half, side="right"))
+    if len(levels) % 2:
+        return upper
+    return (np.float32(np.searchsorted(below, half - 1, side="right")) + upper) / 2
 
 
 def _uniform_border(grey):
@@ -205,8 +231,8 @@ def _side_hashes(grey):
 
 def _corner_hash(grey):
     """The pHash of the image with its corners (CORNER_ROWS x CORNER_COLUMNS) set to the median of the rest."""
-    grey = grey.astype(np.float32)
-    return _phash(np.where(_corner_mask(grey.shape), np.median(grey[~_corner_mask(grey.shape)]), grey))
+    mask = _corner_mask(grey.shape)
+    return _phash(np.where(mask, _level_median(grey[~mask]), grey.astype(np.float32)))
 
 
 @functools.cache
@@ -454,27 +480,86 @@ def _probe_masks(radius):
 
 
 def _blocks(counts, limit):
-    """[start, end) ranges of queries whose candidates add up to about `limit` (at least one query each)."""
+    """[start, end) ranges of items (bucket pairs) whose candidates add up to about `limit` (at least one each)."""
     ends = np.searchsorted(np.cumsum(counts), np.arange(limit, int(counts.sum()) + limit, limit), side="right")
     bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [len(counts)]]))
     return zip(bounds[:-1], bounds[1:])
 
 
-def _band_candidates(values, order, sorted_values, mask, queries=None):
-    """Yields (i, j), i < j, of the images whose band values differ by exactly `mask`, a block at a time; with
-    `queries`, (i, j) of the first `queries` entries (i) and the others (j, the sorted ones)."""
-    wanted = values[:queries] ^ mask
-    start = np.searchsorted(sorted_values, wanted, side="left")
-    counts = np.searchsorted(sorted_values, wanted, side="right") - start
-    for low, high in _blocks(counts, CANDIDATES_PER_BLOCK):
-        block_counts = counts[low:high]
-        first = np.repeat(np.arange(low, high), block_counts)
-        offsets = np.arange(block_counts.sum()) - np.repeat(np.cumsum(block_counts) - block_counts, block_counts)
-        second = order[np.repeat(start[low:high], block_counts) + offsets]
-        if queries is None:
-            keep = first < second
-            first, second = first[keep], second[keep]
-        yield first, second
+class _BandTable(NamedTuple):
+    """Entries grouped by band value: those of value v are `entries[starts[v] : starts[v] + counts[v]]`, in index
+    order. Dense (2**BAND_BITS values): a probe looks its buckets up instead of a binary search per entry, which
+    was 40% of the search on a 20,000-image build."""
+
+    entries: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+
+
+def _band_table(values, entries):
+    entries = entries[np.argsort(values[entries], kind="stable")]
+    counts = np.bincount(values[entries], minlength=1 << BAND_BITS)
+    return _BandTable(entries, np.cumsum(counts) - counts, counts)
+
+
+def _bucket_pairs(queried, indexed, mask, max_pairs):
+    """(query values, index values) of the non-empty buckets whose values differ by exactly `mask` (each unordered
+    pair once when `queried is indexed`), without those that would make more than `max_pairs` candidate pairs;
+    and how many those would have made."""
+    values = np.flatnonzero(queried.counts)
+    partners = values ^ mask
+    kept = indexed.counts[partners] > 0
+    if queried is indexed and mask:
+        kept &= values < partners
+    values, partners = values[kept], partners[kept]
+    sizes = _pair_counts(queried, indexed, values, partners)
+    huge = sizes > max_pairs
+    return values[~huge], partners[~huge], int(sizes[huge].sum())
+
+
+def _pair_counts(queried, indexed, values, partners):
+    """Candidate pairs of each two buckets: n (n - 1) / 2 of a bucket of n with itself."""
+    rows, columns = queried.counts[values], indexed.counts[partners]
+    return np.where((queried is indexed) & (values == partners), rows * (rows - 1) // 2, rows * columns)
+
+
+def _bucket_products(queried, indexed, values, partners):
+    """(first, second) of every entry of each `values` bucket with every entry of its `partners` bucket; first <
+    second (and each pair once) when a bucket meets itself."""
+    rows, columns = queried.counts[values], indexed.counts[partners]
+    sizes = rows * columns
+    bucket = np.repeat(np.arange(len(values)), sizes)
+    offset = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    row, column = offset // columns[bucket], offset % columns[bucket]
+    first = queried.entries[queried.starts[values][bucket] + row]
+    second = indexed.entries[indexed.starts[partners][bucket] + column]
+    if queried is not indexed:
+        return first, second
+    kept = (row < column) | (values[bucket] != partners[bucket])  # a bucket with itself: each pair once
+    return np.minimum(first[kept], second[kept]), np.maximum(first[kept], second[kept])
+
+
+def _probe_pairs(hashes, bands, tables, max_distance, max_pairs, probe):
+    """(blocks of sorted (first, second) within `max_distance` bits whose values in band `probe[0]` differ by
+    exactly the mask `probe[1]`, candidate pairs of huge buckets left out): one probe, in a search thread.
+
+    Pairs i < j within one table; with two, (query, indexed). Two buckets that would make more than `max_pairs`
+    pairs are left out (a blank or white background shared by thousands of images: pairs grow as its square).
+    """
+    band, mask = probe
+    queried, indexed = tables[band]
+    radius = max_distance // BANDS
+    values, partners, left_out = _bucket_pairs(queried, indexed, mask, max_pairs)
+    blocks = []
+    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
+        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
+        close = hamming_distance(hashes[first], hashes[second]) <= max_distance
+        for earlier in bands[:band]:  # found there already
+            close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
+        first, second = first[close], second[close]
+        order = np.lexsort((second, first))
+        blocks.append((first[order], second[order]))
+    return blocks, left_out
 
 
 def probe_count(max_distance):
@@ -482,31 +567,41 @@ def probe_count(max_distance):
     return BANDS * len(_probe_masks(max_distance // BANDS))
 
 
-def hash_close_pairs(hashes, max_distance, probed=None, queries=None):
-    """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time.
+def hash_close_pairs(
+    hashes, max_distance, probed=None, queries=None, max_bucket_pairs=MAX_BUCKET_PAIRS, left_out=None, threads=1
+):
+    """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time, each block
+    sorted by (first, second), blocks in probe order however many `threads` probe.
 
     A pair comes once, from the first band it matches in (the bands after it skip it: its thumbnails are then
     compared once, not up to BANDS times); UNDECODABLE entries are never paired.
     `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
     only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
+    Two buckets of a band (entries sharing its value) that would make more than `max_bucket_pairs` candidate pairs
+    are not paired in that band; `left_out(n)` is told the n pairs they would have made (`_probe_pairs`).
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
-    invalid = hashes == np.uint64(UNDECODABLE)
-    indexed, radius = 0 if queries is None else queries, max_distance // BANDS
+    valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
     bands = [_band_values(hashes, band) for band in range(BANDS)]
-    for band in range(BANDS):
-        values = bands[band].copy()
-        values[invalid] = -1 - np.arange(invalid.sum())  # negative: never within a mask of anything
-        order = indexed + np.argsort(values[indexed:], kind="stable")
-        sorted_values = values[order]
-        for mask in _probe_masks(max_distance // BANDS):
-            for first, second in _band_candidates(values, order, sorted_values, mask, queries):
-                close = hamming_distance(hashes[first], hashes[second]) <= max_distance
-                for earlier in bands[:band]:  # found there already
-                    close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
-                yield first[close], second[close]
+    tables = [_band_tables(values, valid, queries) for values in bands]
+    probes = [(band, mask) for band in range(BANDS) for mask in _probe_masks(max_distance // BANDS)]
+    probe = functools.partial(_probe_pairs, hashes, bands, tables, max_distance, max_bucket_pairs)
+    # Threads, not processes: NumPy's gathers, sorts and popcounts release the GIL, and the hashes are not copied.
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for blocks, skipped in bounded_map(pool, probe, probes, threads):
+            if left_out is not None and skipped:
+                left_out(skipped)
+            yield from blocks
             if probed is not None:
                 probed()
+
+
+def _band_tables(values, valid, queries):
+    """(query table, index table) of one band: one table for both without `queries`."""
+    if queries is None:
+        table = _band_table(values, valid)
+        return table, table
+    return _band_table(values, valid[valid < queries]), _band_table(values, valid[valid >= queries])
 
 
 def find_pairs(hashes, max_distance, accept=None):
@@ -637,6 +732,10 @@ class SpanningForest:
         self.edges = _empty_pairs()
         self.component = np.arange(size)
         self.unchecked_local_pairs = 0  # candidate pairs the keypoint check's per-image bound left out
+        self.left_out_bucket_pairs = 0  # candidate pairs of band buckets over MAX_BUCKET_PAIRS, never compared
+
+    def count_left_out(self, pairs):
+        self.left_out_bucket_pairs += pairs
 
     def apart(self, first, second):
         """Mask of the pairs whose images are in different groups so far."""
@@ -691,7 +790,7 @@ def _identical_pairs(hashed):
     return first[equal], second[equal]
 
 
-def _candidate_pairs(hashed, searched, max_distance, probed=None):
+def _candidate_pairs(hashed, searched, max_distance, probed=None, left_out=None, threads=1):
     """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits.
 
     Multi-index searches over every hash of every image (`_searches`: trimmed, untrimmed, mirrored, centres, sides,
@@ -704,7 +803,7 @@ def _candidate_pairs(hashed, searched, max_distance, probed=None):
     straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
     for columns, kinds, queries in _searches(hashed):
-        yield from _search(searched, columns, kinds, queries, max_distance, probed)
+        yield from _search(searched, columns, kinds, queries, max_distance, (probed, left_out, threads))
 
 
 def _searches(hashed):
@@ -727,13 +826,15 @@ def _searches(hashed):
     return searches
 
 
-def _search(searched, columns, kinds, queries, max_distance, probed):
+def _search(searched, columns, kinds, queries, max_distance, callbacks):
     """`_candidate_pairs` of one multi-index search over `columns` (`queries`: of its first columns' hashes
-    with the rest's only)."""
+    with the rest's only); `callbacks`: `hash_close_pairs`' probed, left_out and threads."""
     count = len(searched)
     entries = np.concatenate([column[searched] for column in columns])
     kinds = np.array(kinds)
-    for first, second in hash_close_pairs(entries, max_distance, probed, None if queries is None else queries * count):
+    queries = None if queries is None else queries * count
+    probed, left_out, threads = callbacks
+    for first, second in hash_close_pairs(entries, max_distance, probed, queries, left_out=left_out, threads=threads):
         pair_kind = _pair_kinds(kinds[first // count], kinds[second // count])
         kept = (pair_kind != "") & (first % count != second % count)
         distance = hamming_distance(entries[first[kept]], entries[second[kept]])
@@ -904,24 +1005,32 @@ class _LocalCandidates:
         return keys // self.size, keys % self.size, distances
 
 
-def _local_pairs(hashed, forest, local, min_inliers, cap):
+def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
-    most `cap` checked pairs; returns how many pairs the cap left unchecked."""
+    most `cap` checked pairs, a block's pairs checked by `threads` (`progress`: a bar over the pairs); returns how
+    many pairs the cap left unchecked."""
     first, second, distance = local.pairs()
     apart = forest.apart(first, second)
     first, second, distance = first[apart], second[apart], distance[apart]
     kept = _capped(first, second, distance, cap)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
+    pool = concurrent.futures.ThreadPoolExecutor(threads)  # OpenCV's matcher and RANSAC release the GIL
+    bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
     for start in range(0, len(order), LOCAL_BLOCK):
         block = order[start : start + LOCAL_BLOCK]
         block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
-        inliers = _inliers(hashed, first[block], second[block])
+        parts = np.array_split(block, threads)
+        counted = pool.map(_inliers, itertools.repeat(hashed), [first[p] for p in parts], [second[p] for p in parts])
+        inliers = np.concatenate(list(counted))
         found = inliers >= min_inliers
         similarity = thumbnail_similarity(
             hashed.thumbnails, first[block][found], second[block][found], greyscale=hashed.greyscale
         )
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
+        bar.update(len(order[start : start + LOCAL_BLOCK]))
+    pool.shutdown()
+    bar.close()
     return int((~kept).sum())
 
 
@@ -932,6 +1041,7 @@ def near_duplicate_forest(
     min_inliers=DEFAULT_MIN_INLIERS,
     progress=False,
     max_local_checks=DEFAULT_MAX_LOCAL_CHECKS,
+    workers=None,
 ):
     """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
     thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
@@ -940,8 +1050,11 @@ def near_duplicate_forest(
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
-    hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`.
+    hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
+    of huge band buckets (`hash_close_pairs`) are not compared: their count is `left_out_bucket_pairs`.
+    `workers` threads (default: the cores) probe the bands and check keypoints.
     """
+    threads = workers or os.cpu_count() or 1
     if hashed.greyscale is None:
         hashed = hashed._replace(greyscale=greyscale_images(hashed.thumbnails))
     forest = SpanningForest(len(hashed.hashes))
@@ -951,7 +1064,10 @@ def near_duplicate_forest(
     local = _LocalCandidates(len(hashed.hashes))
     total = probe_count(max_distance) * len(_searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
-    for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, lambda: bar.update(1)):
+    candidate_blocks = _candidate_pairs(
+        hashed, searched, max_distance, lambda: bar.update(1), forest.count_left_out, threads
+    )
+    for first, second, kind, distance in candidate_blocks:
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
         similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity)
@@ -962,5 +1078,6 @@ def near_duplicate_forest(
             local.add(first[~kept], second[~kept], candidates[3][~kept])
     bar.close()
     if min_inliers > 0 and hashed.descriptors is not None:
-        forest.unchecked_local_pairs = _local_pairs(hashed, forest, local, min_inliers, max_local_checks)
+        checks = local, min_inliers, max_local_checks, threads, progress
+        forest.unchecked_local_pairs = _local_pairs(hashed, forest, *checks)
     return forest
