@@ -885,11 +885,13 @@ def _cropped_similarity(hashed, first, second, kind):
     untrimmed = np.flatnonzero(_fills_frame(hashed, first) & _fills_frame(hashed, second))
     first, second = first[untrimmed], second[untrimmed]
     grey = hashed.greyscale[first] | hashed.greyscale[second]
+    images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
+    whole = hashed.thumbnails[images].astype(np.float32)
+    ends = np.split(positions, 2)
     for rows, columns in _crop_boxes(kind):
-        for one, other in ((first, second), (second, first)):  # which image is the crop: either
-            cropped = _cropped_thumbnails(hashed.thumbnails[one], rows, columns)
-            correlation = _block_similarity(cropped, hashed.thumbnails[other].astype(np.float32), grey)
-            best[untrimmed] = np.maximum(best[untrimmed], correlation)
+        cropped = _cropped_thumbnails(whole, rows, columns)  # once an image, not once a pair
+        for one, other in (ends, ends[::-1]):  # which image is the crop: either
+            best[untrimmed] = np.maximum(best[untrimmed], _block_similarity(cropped[one], whole[other], grey))
     return best
 
 
@@ -913,9 +915,9 @@ def _crop_boxes(kind):
 def _cropped_thumbnails(rows, row_span, column_span):
     """float32 thumbnails of `rows` cut to the spans (in thumbnail pixels) and resampled to the whole side."""
     side = THUMBNAIL_SIDE
-    pixels = rows.reshape(len(rows), side, side, 3).astype(np.float32)
-    resampled = np.einsum("ij,njkc,lk->nilc", _resampling(*row_span), pixels, _resampling(*column_span), optimize=True)
-    return resampled.reshape(len(rows), side * side * 3)
+    channels_first = rows.reshape(len(rows), side, side, 3).transpose(0, 3, 1, 2).astype(np.float32)
+    resampled = _resampling(*row_span) @ channels_first @ _resampling(*column_span).T
+    return np.ascontiguousarray(resampled.transpose(0, 2, 3, 1)).reshape(len(rows), side * side * 3)
 
 
 @functools.cache
