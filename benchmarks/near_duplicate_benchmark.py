@@ -4,8 +4,9 @@
 
 Sources (issue 18): the photographs scikit-image, scikit-learn and matplotlib ship, cut into distinct shots
 (windows that barely overlap, at three scales: same scene, texture and colours, different pictures: the hard
-negatives), and the product images of a generated catalog (`abo_tf.sample`: one product on white, the other
-hard case). Every source is kept as a JPEG and copied through every edit family of
+negatives; no window mostly inside another of any scale), two photographs the defaults were not chosen on
+(`image_edits.HELD_OUT_PHOTOS`), and the product images of a generated catalog (`abo_tf.sample`: one product on
+white, the other hard case). Every source is kept as a JPEG and copied through every edit family of
 `abo_tf.testing.image_edits` at graded strengths, and through pairs of edits. The audit's own rule
 (`near_duplicates.near_duplicate_forest` over `near_duplicates.signature`, defaults) groups them all; a
 planted pair is found when original and copy share a group, and a group holding two distinct sources is an
@@ -168,6 +169,7 @@ def main():
     }
     sources = [
         ("real photographs", image_edits.distinct_shots(image_edits.real_photographs()), None),
+        ("held-out photographs", image_edits.distinct_shots(image_edits.held_out_photographs()), None),
         ("generated catalog", catalog_shots(arguments.catalog_listings, arguments.seed), CATALOG_COPIES_PER_CASE),
     ]
     if arguments.blind_catalog:  # a generator written blind to the first: thresholds checked on images not tuned on

@@ -390,6 +390,11 @@ def _worst_moderate(source):
 _HELDOUT = "near_duplicates_heldout.json"
 
 
+def _tuned(label, source):
+    # The held-out photographs (image_edits.HELD_OUT_PHOTOS) were never tuned on, whichever seed.
+    return "never tuned on" if source["source"] == "held-out photographs" else label
+
+
 def render_near_duplicates(results):
     """Worst moderate recall per edit family, unplanted joins and the signals' edges: the run the defaults were
     chosen on and, when recorded, the held-out check (near_duplicates_heldout.json, another seed)."""
@@ -399,7 +404,7 @@ def render_near_duplicates(results):
         runs.append(("checked on", heldout))
     columns = [(label, run, source) for label, run in runs for source in run["sources"]]
     header = ["family (moderate strengths)"] + [
-        f"{source['source']}, seed {run.get('seed', 0)} ({label})" for label, run, source in columns
+        f"{source['source']}, seed {run.get('seed', 0)} ({_tuned(label, source)})" for label, run, source in columns
     ]
     families = sorted({family for _, _, source in columns for family in _worst_moderate(source)})
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

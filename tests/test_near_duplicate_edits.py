@@ -1,6 +1,8 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,49 @@ def test_a_huge_band_bucket_is_left_out_and_counted():
         found |= set(zip(first.tolist(), second.tolist()))
     assert sum(left_out) == near_duplicates.BANDS * 100 * 99 // 2  # the 100 with each other, in every band
     assert found == {(index, index + 10) for index in range(100, 110)} | {(index, 120) for index in range(100)}
+
+
+def test_distinct_shots_share_little_at_any_pair_of_scales():
+    windows = image_edits._disjoint_windows((427, 640), (0.6, 0.45, 0.3), 0.1)
+    assert len({side for _, _, side in windows}) >= 2  # smaller scales fill what the larger leave
+    for index, one in enumerate(windows):
+        for other in windows[index + 1 :]:
+            assert image_edits._shared_area(one, other) <= 0.1 * min(one[2], other[2]) ** 2, (one, other)
+
+
+def _smooth_picture(height, width, phase):
+    rows, columns = np.mgrid[0:height, 0:width].astype(np.float32)
+    grey = 128 + 60 * np.sin(rows / 37 + phase) * np.cos(columns / 53 - phase)
+    return np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)
+
+
+def test_a_cropped_thumbnail_matches_a_crop_and_not_another_picture():
+    picture = _smooth_picture(256, 256, 0.0)
+    crop = picture[20:]  # 8% of the top cut: what SIDE_CROP stands for
+    other = _smooth_picture(256, 256, 1.5)
+    side = near_duplicates.THUMBNAIL_SIDE
+    thumbnails = np.stack([near_duplicates._shrunk(image, side).ravel() for image in (picture, crop, other)])
+    whole = (0.0, float(near_duplicates.THUMBNAIL_SIDE))
+    assert np.array_equal(near_duplicates._cropped_thumbnails(thumbnails, whole, whole), thumbnails)
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(3, bool))
+    side_hash = near_duplicates.SIDE_HASH
+    similarity = near_duplicates._cropped_similarity(hashed, np.array([0, 0]), np.array([1, 2]), side_hash)
+    assert similarity[0] >= near_duplicates.CROPPED_SIMILARITY > similarity[1]
+    trimmed = hashed.trimmed_thumbnails.copy()
+    trimmed[1] = 255 - trimmed[1]  # the crop was trimmed: a product on white, not confirmed so
+    hashed.trimmed_thumbnails = trimmed
+    assert near_duplicates._cropped_similarity(hashed, np.array([0]), np.array([1]), side_hash)[0] == -1
+
+
+@pytest.mark.parametrize(
+    ("inliers", "spread", "fills_frame", "aligned"),
+    [(10, 0, False, True), (9, 200, False, False), (8, 20, True, True), (8, 5, True, False), (7, 200, True, False)],
+)
+def test_frame_filling_pairs_need_fewer_but_spread_keypoints(inliers, spread, fills_frame, aligned):
+    thumbnails = np.zeros((2, 768), np.uint8)
+    trimmed = thumbnails if fills_frame else thumbnails + 1
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=trimmed)
+    found = near_duplicates._aligned(
+        hashed, np.array([0]), np.array([1]), np.array([inliers]), np.array([spread], np.float32), 10
+    )
+    assert found.tolist() == [aligned]
