@@ -174,6 +174,22 @@ def test_no_image_or_item_in_two_splits_and_groups_stay_whole(built_records, abo
     assert all(len(splits) <= 1 for splits in splits_of_item.values())
 
 
+@pytest.mark.parametrize("leak", ["id", "sha256", None])
+def test_leak_check_names_an_image_in_two_splits(leak):
+    def result(split_name, *records):
+        return {"split": split_name, "written": [(image_id, digest, 0, image_id) for image_id, digest in records]}
+
+    second = {"id": ("a", "other"), "sha256": ("z", "ha"), None: ("b", "hb")}[leak]
+    results = [result("train", ("a", "ha"), ("c", "hc")), result("train", ("a", "ha")), result("test", second)]
+    if leak is None:  # a record twice in one split is no leak
+        records_build._check_no_leak(results)
+        return
+    with pytest.raises(
+        records_build.BuildError, match=f"image {leak} {second[0 if leak == 'id' else 1]} .*train.*test"
+    ):
+        records_build._check_no_leak(results)
+
+
 def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path):
     _, manifest = built_records
     folder = abo_folder_sample["root"]
