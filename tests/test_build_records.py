@@ -190,8 +190,23 @@ def test_leak_check_names_an_image_in_two_splits(leak):
         records_build._check_no_leak(results)
 
 
-def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path):
+def _listings_read_late(monkeypatch, late):
+    """Makes the build take one way through `_while_the_listings_are_read`: ids sorted while the listings are read
+    (`late`), or the listings read already, whichever the session's build took; the shards must not differ."""
+    original = records_build._while_the_listings_are_read
+
+    def forced(image_index, listings):
+        if not late:
+            listings.result()
+        original(image_index, listings)
+        return sorted(image_index.position) if late else None
+
+    monkeypatch.setattr(records_build, "_while_the_listings_are_read", forced)
+
+
+def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path, monkeypatch):
     _, manifest = built_records
+    _listings_read_late(monkeypatch, late=True)
     folder = abo_folder_sample["root"]
     again = records_build.build(build_options({"listings": folder, "images": folder}, tmp_path / "again", workers=1))
     assert again["fingerprint"] == manifest["fingerprint"]
@@ -200,8 +215,9 @@ def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sam
     ]
 
 
-def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path):
+def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path, monkeypatch):
     _, manifest = built_records
+    _listings_read_late(monkeypatch, late=False)
     shuffled = tmp_path / "abo"
     shutil.copytree(abo_folder_sample["root"], shuffled)
     metadata = shuffled / "listings" / "metadata"

@@ -21,6 +21,7 @@ import errno
 import fnmatch
 import gc
 import hashlib
+import importlib
 import itertools
 import json
 import operator
@@ -1138,9 +1139,12 @@ def _prepare(options, image_index, reader, listings, pool):
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
     near_duplicates, excluded = read_id_files(options)
+    id_order = _while_the_listings_are_read(image_index, listings)
     selected, report = listings.result()
     candidates = _read_candidates(options, image_index, selected, excluded)
-    del selected
+    if id_order is not None:  # the referenced ids in id order, without sorting them (ids not in images.csv are dropped)
+        candidates.survivors = list(filter(candidates.listings_of_image.__contains__, id_order))
+    del selected, id_order
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
@@ -1175,6 +1179,17 @@ def _prepare(options, image_index, reader, listings, pool):
     )
     _release_before_write(candidates)
     return plan, prepared
+
+
+def _while_the_listings_are_read(image_index, listings):
+    """Serial work done while the parent would otherwise wait for the listings worker; returns the index's image
+    ids sorted, or None if the listings are read already (then only the referenced ids are sorted, later).
+
+    At 80k and 400k images the listings are read 0.5-2 s after the images tar is indexed, on one core: the
+    grouping's import (0.2 s) and the sort of the image ids (0.3 s at 400k) were in the serial step after the scan.
+    """
+    importlib.import_module("scipy.sparse.csgraph")
+    return None if listings.done() else sorted(image_index.position)
 
 
 def _content_digest(candidates):
