@@ -174,8 +174,39 @@ def test_no_image_or_item_in_two_splits_and_groups_stay_whole(built_records, abo
     assert all(len(splits) <= 1 for splits in splits_of_item.values())
 
 
-def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path):
+@pytest.mark.parametrize("leak", ["id", "sha256", None])
+def test_leak_check_names_an_image_in_two_splits(leak):
+    def result(split_name, *records):
+        return {"split": split_name, "written": [(image_id, digest, 0, image_id) for image_id, digest in records]}
+
+    second = {"id": ("a", "other"), "sha256": ("z", "ha"), None: ("b", "hb")}[leak]
+    results = [result("train", ("a", "ha"), ("c", "hc")), result("train", ("a", "ha")), result("test", second)]
+    if leak is None:  # a record twice in one split is no leak
+        records_build._check_no_leak(results)
+        return
+    with pytest.raises(
+        records_build.BuildError, match=f"image {leak} {second[0 if leak == 'id' else 1]} .*train.*test"
+    ):
+        records_build._check_no_leak(results)
+
+
+def _listings_read_late(monkeypatch, late):
+    """Makes the build take one way through `_while_the_listings_are_read`: ids sorted while the listings are read
+    (`late`), or the listings read already, whichever the session's build took; the shards must not differ."""
+    original = records_build._while_the_listings_are_read
+
+    def forced(image_index, listings):
+        if not late:
+            listings.result()
+        original(image_index, listings)
+        return sorted(image_index.position) if late else None
+
+    monkeypatch.setattr(records_build, "_while_the_listings_are_read", forced)
+
+
+def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path, monkeypatch):
     _, manifest = built_records
+    _listings_read_late(monkeypatch, late=True)
     folder = abo_folder_sample["root"]
     again = records_build.build(build_options({"listings": folder, "images": folder}, tmp_path / "again", workers=1))
     assert again["fingerprint"] == manifest["fingerprint"]
@@ -184,8 +215,9 @@ def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sam
     ]
 
 
-def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path):
+def test_split_does_not_depend_on_listing_order(built_records, abo_folder_sample, tmp_path, monkeypatch):
     _, manifest = built_records
+    _listings_read_late(monkeypatch, late=False)
     shuffled = tmp_path / "abo"
     shutil.copytree(abo_folder_sample["root"], shuffled)
     metadata = shuffled / "listings" / "metadata"

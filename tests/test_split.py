@@ -77,23 +77,30 @@ def _components(edges, nodes):
     return component
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(4))
 def test_groups_are_the_connected_components_keyed_by_their_smallest_image(seed):
     rng = random.Random(seed)
-    hashes = {f"img{n:03d}": f"h{rng.randrange(150)}" for n in range(200)}
+    hashes = {f"img{n:03d}": f"h{rng.randrange(150)}" for n in rng.sample(range(200), 200)}  # not in id order
     # "ghost" images are named by listings but not kept: they still join what they touch, as before.
     names = list(hashes) + [f"ghost{n}" for n in range(10)]
     pairs = [(f"item{rng.randrange(60)}", rng.sample(names, rng.randrange(1, 4))) for _ in range(120)]
     joined = [tuple(rng.sample(names, 2)) for _ in range(10)]
+    if seed == 3:  # a long chain of near-duplicates: one component however far its ends are
+        joined += [(f"img{n:03d}", f"img{n + 1:03d}") for n in range(100, 199)]
     groups = split.group_images(pairs, hashes, joined)
     edges = [(("item", item), image) for item, image_ids in pairs for image in image_ids]
     edges += [(image, ("content", digest)) for image, digest in hashes.items()]
     edges += [(first, second) for first, second in joined if first in hashes and second in hashes]
     component = _components(edges, sorted(hashes))
-    assert list(groups) == list(hashes)
+    assert list(groups) == sorted(hashes)
     for image, key in groups.items():
         members = [other for other in hashes if component[other] == component[image]]
         assert key == min(members)
+
+
+def test_groups_of_no_images_are_none():
+    assert split.group_images([("item", ["ghost"])], {}) == {}
+    assert split.group_images([], {"a": "h"}, [("a", "ghost")]) == {"a": "a"}
 
 
 def _classes_by_image_number(group_of_image, num_classes=5):
