@@ -196,44 +196,53 @@ def _served(run_dir, image_bytes):
     return loaded.signatures["serving_default"](image_bytes=image_bytes)["probabilities"].numpy()
 
 
+# The second run, then its resume in the same process (the kill is simulated by rewinding the checkpoints; a third
+# TensorFlow start-up cost more than the resumed epoch): the finished run's history and SavedModel are kept aside.
+_TRAIN_THEN_RESUME = """
+import shutil, sys
+from abo_tf import train
+from tests.test_training import _rewind_to_first_checkpoint
+run, finished, arguments = sys.argv[1], sys.argv[2], sys.argv[3:]
+if train.main(arguments) != 0:
+    sys.exit(1)
+shutil.copytree(run + "/saved_model", finished + "/saved_model")
+shutil.copy(run + "/history.csv", finished)
+_rewind_to_first_checkpoint(run)
+sys.exit(train.main(arguments))
+"""
+
+
+def _rows_without_timing(run_dir):
+    return [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(run_dir)]
+
+
 @pytest.mark.slow
 def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path):
     records_dir, manifest = built_records
-    runs = [tmp_path / "first", tmp_path / "second"]
+    runs, finished = [tmp_path / "first", tmp_path / "second"], tmp_path / "second_before_resume"
     # With EMA: its averages resume bit for bit too (the served model is the averaged one).
     arguments = ["--epochs", "2", "--head-epochs", "1", "--deterministic", "--seed", "3", "--ema-momentum", "0.5"]
+    commands = [
+        [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, runs[0], *arguments)],
+        [sys.executable, "-c", _TRAIN_THEN_RESUME, str(runs[1]), str(finished)]
+        + _train_args(records_dir, runs[1], *arguments),
+    ]
     processes = [  # side by side, each in its own process: op determinism cannot be turned off again
-        subprocess.Popen(
-            [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, run, *arguments)],
-            env=_subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for run in runs
+        subprocess.Popen(command, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for command in commands
     ]
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-2000:]
         assert not re.search(r"^[IWEF]\d{4} ", stderr, re.MULTILINE), stderr[-2000:]  # absl's format
-    first, second = (
-        [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(run)] for run in runs
-    )
+    first, second = _rows_without_timing(runs[0]), _rows_without_timing(finished)
     assert first == second and len(first) == 2
     records = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")).batch(16)
     image_bytes = schema.parse_records(next(iter(records)))[schema.IMAGE]
-    assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
+    assert np.array_equal(_served(runs[0], image_bytes), _served(finished, image_bytes))
     # Resumed after its first epoch, the second run reads the batches and draws the dropout masks of the
     # uninterrupted run's second epoch (a stream restarted from its beginning gave another history).
-    _rewind_to_first_checkpoint(runs[1])
-    resumed = subprocess.run(
-        [sys.executable, "-m", "abo_tf.train", *_train_args(records_dir, runs[1], *arguments)],
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [{k: v for k, v in row.items() if k not in _TIMING_COLUMNS} for row in _history(runs[1])] == first
+    assert _rows_without_timing(runs[1]) == first
     assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
 
 
