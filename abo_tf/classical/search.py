@@ -13,7 +13,8 @@ on a stratified subsample of at most `max_train` rows (and all of validation):
 `benchmarks/baselines_search_benchmark.py` measures it. The candidates and
 finalists are compared at a smaller budget than the final fit gets (SGD's
 SEARCH_SGD_EXAMPLES, lbfgs's SEARCH_LOGREG_MAX_ITER): at full size they were
-most of the cost.
+most of the cost. A knn grid over k alone is not fitted once per k: validation's neighbours are found once, for
+the largest k, and each k votes with its first k (`classifiers.neighbour_scores`; the same figures).
 """
 
 import time
