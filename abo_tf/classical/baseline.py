@@ -74,7 +74,8 @@ class BaselineConfig(feature_spec.FeatureOptions):
         maximum=10_000,
         group="models",
         help="lbfgs iterations of logreg on every training row, from the coefficients of its fit on the "
-        "--logreg-max-train rows when that cap applied (0: it stays fitted on them)",
+        "--logreg-max-train rows when that cap applied (0: it stays fitted on them; at full ABO size 30 took "
+        "3.3 GB and 880 CPU s)",
     )
     knn_max_train: int = options.option(
         classifiers.KNN_MAX_TRAIN,

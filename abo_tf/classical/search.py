@@ -426,7 +426,7 @@ def continue_on(training, found, rows, iterations, progress=True):
     """`found` (logreg fitted on a subsample of `rows`) continued by lbfgs on every one of `rows` for `iterations`.
 
     Its coefficients are the start: at full size one lbfgs iteration on every row costs 5-11 CPU s, 200 from
-    scratch would not fit in 10 minutes, and a start converged on the capped rows needs few (LOGREG_ALL_ROWS_ITER).
+    scratch would not fit in 10 minutes, and a start converged on the capped rows needs few (30 measured).
     The record's final fit is the continuation, "continued_from" the fit it started from.
     """
     start = found.record["final_fit"]
