@@ -353,6 +353,9 @@ def _extracted_row(result):
     f1 = f"{result['test_macro_f1']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
     fit, load = result["final_fit"], (result["load_average_before"][0], result["load_average_after"][0])
     epochs = f", {fit['epochs']} epochs" if fit.get("epochs") else ""
+    start = fit.get("continued_from")  # logreg: lbfgs continued on every row from its fit on the capped rows
+    if start:
+        epochs = f", {fit['iterations']} lbfgs iterations after {start['seconds']:.0f} s on {start['train_examples']:,}"
     name = result["model"] + (f" ({result['kernel']})" if result.get("kernel") else "")
     return (
         f"| {name} | {result.get('features', 'handcrafted')} | "

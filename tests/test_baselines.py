@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.pipeline import Pipeline
@@ -983,21 +984,24 @@ def test_logreg_is_ranked_at_fewer_iterations_and_the_chosen_finalist_continues(
 
 def test_validation_is_scored_once_when_the_finalists_fit_every_row(monkeypatch):
     # kNN at full size: each scoring of validation is 42,000 queries; the chosen finalist's scores are the evaluation's.
+    # The candidates differ in k alone: validation's neighbours are found once by the search, once for the finalists.
     splits = _synthetic_splits(600)
     validation = splits["validation"]
-    scored, chunk_scores = [], classifiers._chunk_scores
+    scored, chunk_scores, searched, neighbours = [], classifiers._chunk_scores, [], classifiers.neighbour_scores
 
     def counted(pipeline, features):
         scored.append(features is validation.features)
         return chunk_scores(pipeline, features)
 
     monkeypatch.setattr(classifiers, "_chunk_scores", counted)
+    monkeypatch.setattr(classifiers, "neighbour_scores", lambda *args: searched.append(args[2]) or neighbours(*args))
     training = classifiers.Training("knn", splits["train"], np.arange(600), epochs=1, seed=0, weighting="none")
     found = search.search(training, SMALL_KNN_GRID, validation, max_train=200, progress=False)
     assert found.record["rescored"]["train_examples"] == 600 and found.validation is not None
-    assert scored.count(True) == 2  # each finalist once
+    assert scored.count(True) == 0 and searched[0] == [1, 5, 15] and len(searched) == 2 and len(searched[1]) == 2
+    assert found.record["strategy"] == search.NEIGHBOUR_STRATEGY
     results = evaluation.evaluate(found.pipeline, splits, bootstrap_samples=0, scored={"validation": found.validation})
-    assert scored.count(True) == 2
+    assert scored.count(True) == 0
     fresh = evaluation.evaluate(found.pipeline, splits, bootstrap_samples=0)
     same = [json.dumps(result["validation"].metrics, sort_keys=True) for result in (results, fresh)]  # NaN != NaN
     assert same[0] == same[1]
@@ -1027,3 +1031,64 @@ def test_a_large_grid_on_fewer_rows_than_halving_starts_on_is_searched_exhaustiv
     training = classifiers.Training("sgd", train, np.arange(5), epochs=1, seed=0)
     found = search.search(training, search.GRIDS["sgd"], validation, progress=False)
     assert found.record["strategy"] == "exhaustive (GridSearchCV)" and len(found.record["candidates"]) == 12
+
+
+def test_each_k_voting_from_one_neighbour_search_scores_as_scikit_learns_knn():
+    # Validation rows that repeat training rows: their neighbours at distance 0 take every vote.
+    splits = _synthetic_splits(600)
+    validation = splits["validation"]
+    validation.features[:20] = splits["train"].features[:20]
+    training = classifiers.Training("knn", splits["train"], np.arange(600), epochs=1, seed=0, weighting="none")
+    fitted = classifiers.fit(training, {"classifier__n_neighbors": 1}, training.rows)
+    timed = classifiers.neighbour_scores(fitted.pipeline, validation, [15, 1, 5])
+    for k in (1, 5, 15):
+        expected = classifiers.predict_scores(
+            fitted.pipeline.set_params(classifier__n_neighbors=k), validation.features, 5
+        )
+        np.testing.assert_array_equal(timed[k].scores.predictions, expected.predictions)
+        np.testing.assert_array_equal(timed[k].scores.scores, expected.scores)
+
+
+def test_the_knn_search_over_k_chooses_and_scores_as_a_grid_search_of_each_k(monkeypatch):
+    splits = _synthetic_splits(600, num_classes=12)
+    training = classifiers.Training("knn", splits["train"], np.arange(600), epochs=1, seed=0, weighting="none")
+    shared = search.search(training, SMALL_KNN_GRID, splits["validation"], max_train=200, progress=False)
+    monkeypatch.setattr(search, "_over_k", lambda *args: False)
+    each = search.search(training, SMALL_KNN_GRID, splits["validation"], max_train=200, progress=False)
+    assert each.record["strategy"] == "exhaustive (GridSearchCV)"
+    scores = [[row["validation_macro_f1"] for row in found.record["candidates"]] for found in (shared, each)]
+    assert scores[0] == scores[1] and len(set(scores[0])) == 3
+    assert shared.record["rescored"]["finalists"] == each.record["rescored"]["finalists"]
+    assert shared.record["chosen"] == each.record["chosen"]
+    np.testing.assert_array_equal(shared.validation.scores.scores, each.validation.scores.scores)
+
+
+def test_logreg_fitted_on_its_cap_continues_on_every_row_from_its_coefficients():
+    # At full size lbfgs from scratch on every row would take over 1,000 CPU s: a few iterations continue the cap's.
+    splits = _synthetic_splits(600)
+    train, every = splits["train"], np.arange(600)
+    capped = classifiers.capped_subsample(train.labels, every, 100, 0)
+    training = classifiers.Training("logreg", train, capped, epochs=1, seed=0)
+    found = search.search(training, {"classifier__C": [1.0]}, splits["validation"], max_train=100, progress=False)
+    start = found.pipeline.named_steps["classifier"].coef_.copy()
+    continued = search.continue_on(training, found, every, 3, progress=False)
+    fit, classifier = continued.record["final_fit"], continued.pipeline.named_steps["classifier"]
+    assert fit["train_examples"] == 600 and fit["continued_from"]["train_examples"] == len(capped)
+    assert fit["iterations"] == 3 and fit["converged"] is False and continued.validation is None
+    assert classifier.class_weight == classifiers.class_weights(train.labels, "balanced")
+    features = classifiers._transformed(continued.pipeline, train.features, every)
+    with pytest.warns(ConvergenceWarning):
+        fresh = LogisticRegression(max_iter=3, class_weight=classifier.class_weight).fit(features, train.labels)
+    assert 0 < np.linalg.norm(classifier.coef_ - start) < np.linalg.norm(fresh.coef_ - start)  # not from zero
+    # Only where lbfgs holds every row in --in-memory-gb, and not when told 0 iterations.
+    plan = baseline.TrainingRows(capped, {"examples": len(capped), "of": 600})
+    per_row = classifiers.solver_bytes("logreg", 1, train.features.shape[1], len(train.classes))
+    held = [
+        baseline._continues_on_every_row(training, plan, baseline.BaselineConfig(output="unused", **options))
+        for options in (
+            {"logreg_all_rows_iter": 30},
+            {},
+            {"logreg_all_rows_iter": 30, "in_memory_gb": 599 * per_row / 2**30},
+        )
+    ]
+    assert held == [True, False, False]  # off unless asked: 3.3 GB at full size

@@ -43,6 +43,10 @@ KNN_MAX_TRAIN = 50_000
 # class each iteration. Measured at 622 columns and 387 classes on 2 cores: 0.78 CPU s an iteration per 20,000
 # rows, so 200 iterations on 332,778 rows would take about 2,600 CPU s, the search's candidates more.
 LOGREG_MAX_TRAIN = 40_000
+# lbfgs iterations on every training row after the capped fit (`--logreg-all-rows-iter`), from its coefficients:
+# none unless asked. Measured at full size (338,173 x 622, 575 classes, load 11-16): 30 iterations raised test macro
+# F1 from 0.293 to 0.324, at 882 CPU s for the command (472 capped) and a 3.30 GB peak, past the 3 GB target.
+LOGREG_ALL_ROWS_ITER = 0
 CAPPED_MODELS = ("knn", "logreg")  # subsampled by `capped_subsample`: every row of the small classes
 # Above this many classes `rbf_svm` is Nystroem features + a linear SVM trained by SGD on every row: exact SVC
 # solves a problem per pair of classes (165,600 at ABO's 576) and could only see about 1,000 rows there.
@@ -477,16 +481,33 @@ def fit(training, params, rows, progress=False, examples=None):
     return Fit(pipeline, time.perf_counter() - started, converged, epochs)
 
 
+def _transformed(pipeline, features, rows):
+    """`pipeline[:-1].transform(features[rows])` chunk by chunk into one float32 array: no whole-size temporaries.
+
+    On every full-size row each step's copy is 840 MB (the rows read, their square roots, the scaled copy).
+    """
+    out = None
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = pipeline[:-1].transform(np.asarray(features[rows[start : start + CHUNK_ROWS]]))
+        if out is None:
+            out = np.empty((len(rows), chunk.shape[1]), np.float32)
+        out[start : start + len(chunk)] = chunk
+    release_pages(features)
+    return out
+
+
 def resume(training, fitted, rows, iterations):
-    """`fitted` (a logreg on `rows`) fitted further: lbfgs restarted from its coefficients for `iterations` more.
+    """`fitted` (a logreg) fitted further on `rows`: lbfgs restarted from its coefficients for `iterations` more.
 
     The finalists are compared after SEARCH_LOGREG_MAX_ITER iterations; the chosen one continues rather than
-    starting over (at full size each iteration over 40,000 rows costs 1.6 CPU s).
+    starting over (at full size each iteration over 40,000 rows costs 1.6 CPU s). `rows` may be more than it was
+    fitted on (every row after a capped subsample): the class weights are then those of `rows`.
     """
     started = time.perf_counter()
     pipeline, classifier = fitted.pipeline, fitted.pipeline.named_steps["classifier"]
-    features = pipeline[:-1].transform(read_rows(training.train.features, rows))
-    classifier.set_params(warm_start=True, max_iter=iterations)
+    features = _transformed(pipeline, training.train.features, rows)
+    weights = class_weights(training.train.labels[rows], training.weighting)
+    classifier.set_params(warm_start=True, max_iter=iterations, class_weight=weights)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         classifier.fit(features, training.train.labels[rows])
@@ -586,10 +607,15 @@ def predict_scores(pipeline, features, num_classes):
     Returns:
       `Scores`: int32 predictions [N], float32 scores [N, num_classes].
     """
+    return _full_scores(pipeline, _chunk_scores(pipeline, features), num_classes)
+
+
+def _full_scores(pipeline, chunks, num_classes):
+    """`Scores` over the label space from (scores of the known classes, chosen column) chunks (`_chunk_scores`)."""
     known = pipeline.named_steps["classifier"].classes_
     absent = 0.0 if has_probabilities(pipeline) else -np.inf
     predictions, scores = [np.empty(0, np.int32)], [np.empty((0, num_classes), np.float32)]  # 0 rows: empty
-    for raw, chosen in _chunk_scores(pipeline, features):
+    for raw, chosen in chunks:
         full = np.full((len(raw), num_classes), absent, np.float32)
         full[:, known] = raw
         predictions.append(known[chosen].astype(np.int32))
@@ -609,6 +635,47 @@ def timed_scores(pipeline, data):
     started = time.perf_counter()
     scores = predict_scores(pipeline, data.features, len(data.classes))
     return Timed(scores, time.perf_counter() - started)
+
+
+def _neighbour_votes(knn, distances, indices):
+    """KNeighborsClassifier.predict_proba (weights="distance") from its neighbours: the same sums in the same order.
+
+    A query at distance 0 from training rows takes their votes alone, as scikit-learn's `_get_weights` does.
+    """
+    with np.errstate(divide="ignore"):
+        weights = 1.0 / distances
+    exact = np.isinf(weights)
+    on_a_row = exact.any(axis=1)
+    weights[on_a_row] = exact[on_a_row]
+    labels = knn._y[indices]  # the fitted rows' column in classes_
+    votes, rows = np.zeros((len(indices), len(knn.classes_))), np.arange(len(indices))
+    for column in range(indices.shape[1]):  # neighbour by neighbour, nearest first, as predict_proba adds them
+        votes[rows, labels[:, column]] += weights[:, column]
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+def neighbour_scores(pipeline, data, ks):
+    """{k: Timed} of a fitted knn pipeline on a split (`SplitFeatures`) for each number of neighbours in `ks`.
+
+    The neighbours are found once, for the largest k: the k nearest are the first k of them (sorted by distance,
+    ties in the order scikit-learn's search returns them), and each k votes as `predict_scores` would with that
+    n_neighbors. A search over k then queries validation once instead of once a k (at full size, 42,000 queries
+    against 50,000 rows each). Each k's seconds include the shared search. Chunks are `_chunk_scores`'s.
+    """
+    knn, started = pipeline.named_steps["classifier"], time.perf_counter()
+    step = score_chunk_rows(pipeline)
+    found = [
+        knn.kneighbors(pipeline[:-1].transform(np.asarray(data.features[start : start + step])), max(ks))
+        for start in range(0, len(data.features), step)
+    ]
+    searched = time.perf_counter() - started
+    timed = {}
+    for k in sorted(set(ks)):
+        started = time.perf_counter()
+        votes = (_neighbour_votes(knn, distances[:, :k], indices[:, :k]) for distances, indices in found)
+        scores = _full_scores(pipeline, ((raw, np.argmax(raw, axis=1)) for raw in votes), len(data.classes))
+        timed[k] = Timed(scores, searched + time.perf_counter() - started)
+    return timed
 
 
 def predict_labels(pipeline, features):

@@ -76,6 +76,12 @@ def report_markdown(record, by_split, figures):
         f" (a stratified subsample of {record['subsample']['of']:,})" if record.get("subsample") else " (all)"
     )
     epochs = f", {fit['epochs']} epochs of SGD" if fit.get("epochs") else ""
+    start = fit.get("continued_from")
+    if start:  # logreg continued on every row from its fit on the capped rows
+        epochs = (
+            f", {fit['iterations']} lbfgs iterations from its fit on {start['train_examples']:,} capped rows "
+            f"(converged: {start['converged']}; on every row: {fit['converged']})"
+        )
     lines = [
         f"# Baseline `{record['model']}` on {markdown.cell(record['features'])} features",
         "",

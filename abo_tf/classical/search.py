@@ -13,7 +13,8 @@ on a stratified subsample of at most `max_train` rows (and all of validation):
 `benchmarks/baselines_search_benchmark.py` measures it. The candidates and
 finalists are compared at a smaller budget than the final fit gets (SGD's
 SEARCH_SGD_EXAMPLES, lbfgs's SEARCH_LOGREG_MAX_ITER): at full size they were
-most of the cost.
+most of the cost. A knn grid over k alone is not fitted once per k: validation's neighbours are found once, for
+the largest k, and each k votes with its first k (`classifiers.neighbour_scores`; the same figures).
 """
 
 import time
@@ -57,6 +58,9 @@ SEARCH_MAX_TRAIN = 20_000  # training rows the candidates are compared on, at mo
 # many times larger before the choice: at full ABO size a 9-row change of the search's subsample had flipped sgd
 # from hinge loss (test macro F1 0.401) to logistic loss (0.041).
 RESCORED, RESCORE_FACTOR = 2, 3
+NEIGHBOURS = "classifier__n_neighbors"  # knn's k
+# The strategy of a search over knn's k alone: validation's neighbours found once, for the largest k.
+NEIGHBOUR_STRATEGY = "exhaustive (one neighbour search, for the largest k)"
 
 
 class SearchResult(NamedTuple):
@@ -127,13 +131,52 @@ class _Scorer:
         return None
 
 
-def _search_data(training, validation, max_train):
-    """Features, labels and PredefinedSplit of [a stratified subsample of the training rows; validation]."""
-    rows = classifiers.stratified_subsample(training.train.labels, training.rows, max_train, training.seed)
+def _search_data(training, validation, rows):
+    """Features, labels and PredefinedSplit of [the search's training rows; validation]."""
     features = np.concatenate([training.train.features[rows], np.asarray(validation.features)])
     labels = np.concatenate([training.train.labels[rows], validation.labels])
     fold = np.concatenate([np.full(len(rows), -1), np.zeros(len(validation.labels), int)])
-    return rows, features, labels, PredefinedSplit(fold)
+    return features, labels, PredefinedSplit(fold)
+
+
+def _over_k(training, grid, rows):
+    """Whether the candidates differ in knn's k alone (its default grid) and each k fits `rows`: one neighbour
+    search then serves them all (`classifiers.neighbour_scores`)."""
+    return (
+        training.model == "knn"
+        and all(set(params) == {NEIGHBOURS} for params in grid)
+        and max(params[NEIGHBOURS] for params in grid) <= len(rows)
+    )
+
+
+def _neighbour_fit(training, grid, rows, validation):
+    """knn fitted once on `rows` (k of the first candidate) and the validation `Timed` of each candidate's k."""
+    fitted = classifiers.fit(training, grid[0], rows)
+    return fitted, classifiers.neighbour_scores(fitted.pipeline, validation, [params[NEIGHBOURS] for params in grid])
+
+
+def _neighbour_search(training, grid, rows, validation, bar):
+    """The candidate rows of a search over knn's k (`_over_k`), as `_candidates` gives GridSearchCV's."""
+    fitted, scored = _neighbour_fit(training, grid, rows, validation)
+    candidates = []
+    for index, params in enumerate(grid):
+        timed = scored[params[NEIGHBOURS]]
+        candidates.append(
+            {
+                "round": 0,
+                "params": _printable(params),
+                "grid_index": index,
+                "train_examples": int(len(rows)),
+                "validation_examples": int(len(validation.labels)),
+                "validation_macro_f1": metrics.classification_metrics(validation.labels, timed.scores.predictions)[
+                    "macro_f1"
+                ],
+                "seconds": fitted.seconds + timed.seconds,  # the shared fit and neighbour search included
+                "converged": None,
+            }
+        )
+        bar.update()
+    return candidates
 
 
 def _searcher(training, grid_spec, scorer, cv, num_rows, labels=None):
@@ -227,6 +270,32 @@ class _Rescored(NamedTuple):
     validation: object = None  # classifiers.Timed: the validation scores of `fitted`, or None
 
 
+def _best(finalists, scores):
+    """The index of the best finalist by its rescored validation macro-F1; ties go to the first in grid order."""
+    return min(range(len(finalists)), key=lambda index: (-scores[index], finalists[index]["grid_index"]))
+
+
+def _rescored_record(finalists, scores, rows, started):
+    return {
+        "train_examples": int(len(rows)),
+        "finalists": [{"params": row["params"], "validation_macro_f1": score} for row, score in zip(finalists, scores)],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _rescore_neighbours(training, finalists, grid, rows, validation, started):
+    """`_rescore` of knn finalists that differ in k alone: one fit on `rows`, validation's neighbours found once."""
+    fitted, scored = _neighbour_fit(training, grid, rows, validation)
+    timed = [scored[params[NEIGHBOURS]] for params in grid]
+    scores = [metrics.classification_metrics(validation.labels, each.scores.predictions)["macro_f1"] for each in timed]
+    best = _best(finalists, scores)
+    record = _rescored_record(finalists, scores, rows, started)
+    if len(rows) < len(training.rows):
+        return _Rescored(record, finalists[best], None)
+    fitted.pipeline.set_params(**grid[best])  # k is read at query time: the fit of any k is the chosen one's
+    return _Rescored(record, finalists[best], fitted, timed[best])
+
+
 def _rescore(training, grid, finalists, validation, search_rows, progress):
     """Fits each finalist on a stratified subsample RESCORE_FACTOR times the search's and keeps the best on validation.
 
@@ -247,6 +316,9 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         console.progress_bar(enabled=progress, total=len(finalists), desc="finalists", unit="fit") as bar,
         classifiers.heartbeat(bar),
     ):
+        params = [grid[row["grid_index"]] for row in finalists]
+        if _over_k(training, params, rows):
+            return _rescore_neighbours(training, finalists, params, rows, validation, started)
         for row in finalists:
             params = grid[row["grid_index"]]
             if logreg:
@@ -261,14 +333,8 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
             score = metrics.classification_metrics(validation.labels, predictions)["macro_f1"]
             fits.append((score, fitted, scored))
             bar.update()
-    best = min(range(len(finalists)), key=lambda index: (-fits[index][0], finalists[index]["grid_index"]))
-    record = {
-        "train_examples": int(len(rows)),
-        "finalists": [
-            {"params": row["params"], "validation_macro_f1": score} for row, (score, *_) in zip(finalists, fits)
-        ],
-        "seconds": time.perf_counter() - started,
-    }
+    best = _best(finalists, [score for score, *_ in fits])
+    record = _rescored_record(finalists, [score for score, *_ in fits], rows, started)
     if not final:
         return _Rescored(record, finalists[best], None)
     if logreg:
@@ -279,6 +345,19 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
             bar.update()
         return _Rescored(record, finalists[best], chosen, classifiers.timed_scores(chosen.pipeline, validation))
     return _Rescored(record, finalists[best], fits[best][1], fits[best][2])
+
+
+def _grid_search(training, grid_spec, grid, rows, validation, bar):
+    """The candidate rows of GridSearchCV or HalvingGridSearchCV on `rows` and validation, and the strategy's name
+    (None for successive halving: it names its rounds)."""
+    features, labels, cv = _search_data(training, validation, rows)
+    scorer = _Scorer(bar, list(grid_spec))
+    searcher = _searcher(training, grid_spec, scorer, cv, len(rows), labels)
+    _fit_searcher(searcher, features, labels, training.model, scorer)
+    del features
+    exhaustive = isinstance(searcher, GridSearchCV)
+    candidates = _candidates(searcher.cv_results_, grid, scorer, len(rows), len(validation.labels))
+    return candidates, "exhaustive (GridSearchCV)" if exhaustive else None
 
 
 def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress=True):
@@ -309,25 +388,22 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
     """
     grid = list(ParameterGrid(grid_spec))
     started = time.perf_counter()
-    rows, features, labels, cv = _search_data(training, validation, max_train)
+    rows = classifiers.stratified_subsample(training.train.labels, training.rows, max_train, training.seed)
     with (
         console.progress_bar(enabled=progress, desc=f"{training.model} search", unit="candidate") as bar,
         classifiers.heartbeat(bar),
     ):
-        scorer = _Scorer(bar, list(grid_spec))
-        searcher = _searcher(training, grid_spec, scorer, cv, len(rows), labels)
-        _fit_searcher(searcher, features, labels, training.model, scorer)
-    del features
-    candidates = _candidates(searcher.cv_results_, grid, scorer, len(rows), len(validation.labels))
+        if _over_k(training, grid, rows):
+            candidates, strategy = _neighbour_search(training, grid, rows, validation, bar), NEIGHBOUR_STRATEGY
+        else:
+            candidates, strategy = _grid_search(training, grid_spec, grid, rows, validation, bar)
     rescored = _rescore(training, grid, _finalists(candidates), validation, rows, progress)
     chosen = rescored.chosen
     search_seconds = time.perf_counter() - started
     fitted = rescored.fitted or classifiers.fit(training, grid[chosen["grid_index"]], training.rows, progress)
     rounds = max(row["round"] for row in candidates) + 1
     record = {
-        "strategy": "exhaustive (GridSearchCV)"
-        if isinstance(searcher, GridSearchCV)
-        else f"successive halving (HalvingGridSearchCV, factor {HALVING_FACTOR}, {rounds} rounds)",
+        "strategy": strategy or f"successive halving (HalvingGridSearchCV, factor {HALVING_FACTOR}, {rounds} rounds)",
         "grid": {key: [_printable({key: value})[key] for value in values] for key, values in grid_spec.items()},
         "search_train_examples": int(len(rows)),
         "candidates": candidates,
@@ -344,3 +420,29 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
         "seconds": search_seconds + fitted.seconds,
     }
     return SearchResult(fitted.pipeline, record, rescored.validation)
+
+
+def continue_on(training, found, rows, iterations, progress=True):
+    """`found` (logreg fitted on a subsample of `rows`) continued by lbfgs on every one of `rows` for `iterations`.
+
+    Its coefficients are the start: at full size one lbfgs iteration on every row costs 5-11 CPU s, 200 from
+    scratch would not fit in 10 minutes, and a start converged on the capped rows needs few (30 measured).
+    The record's final fit is the continuation, "continued_from" the fit it started from.
+    """
+    start = found.record["final_fit"]
+    desc = f"lbfgs continued on {len(rows):,} rows"
+    with console.progress_bar(enabled=progress, total=1, desc=desc, unit="fit") as bar, classifiers.heartbeat(bar):
+        fitted = classifiers.Fit(found.pipeline, start["seconds"], start["converged"], None)
+        continued = classifiers.resume(training, fitted, rows, iterations)
+        bar.update()
+    done = int(np.max(continued.pipeline.named_steps["classifier"].n_iter_))
+    final_fit = {
+        "train_examples": int(len(rows)),
+        "seconds": continued.seconds,
+        "converged": continued.converged,
+        "epochs": None,
+        "iterations": done,
+        "continued_from": {key: start[key] for key in ("train_examples", "seconds", "converged")},
+    }
+    record = {**found.record, "final_fit": final_fit, "seconds": found.record["search_seconds"] + continued.seconds}
+    return SearchResult(continued.pipeline, record)  # validation is scored again: the model changed
