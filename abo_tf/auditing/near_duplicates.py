@@ -567,12 +567,22 @@ def _probe_pairs(hashes, bands, tables, max_distance, max_pairs, probe):
     for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
         first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
         close = hamming_distance(hashes[first], hashes[second]) <= max_distance
-        for earlier in bands[:band]:  # found there already
-            close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
+        close &= ~_found_earlier(bands[:band], tables, first, second, (radius, max_pairs))
         first, second = first[close], second[close]
         order = np.lexsort((second, first))
         blocks.append((first[order], second[order]))
     return blocks, left_out
+
+
+def _found_earlier(earlier_bands, tables, first, second, bounds):
+    """Mask of the pairs an earlier band's probes found (within `radius` there, their buckets not left out for
+    making more than `max_pairs` pairs): a pair left out there is compared in the first band that pairs it."""
+    radius, max_pairs = bounds
+    found = np.zeros(len(first), bool)
+    for values, (queried, indexed) in zip(earlier_bands, tables):
+        near = np.bitwise_count(values[first] ^ values[second]) <= radius
+        found |= near & (_pair_counts(queried, indexed, values[first], values[second]) <= max_pairs)
+    return found
 
 
 def probe_count(max_distance):
@@ -586,8 +596,8 @@ def hash_close_pairs(
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time, each block
     sorted by (first, second), blocks in probe order however many `threads` probe.
 
-    A pair comes once, from the first band it matches in (the bands after it skip it: its thumbnails are then
-    compared once, not up to BANDS times); UNDECODABLE entries are never paired.
+    A pair comes once, from the first band it matches in whose buckets are not left out (the bands after it skip
+    it: its thumbnails are then compared once, not up to BANDS times); UNDECODABLE entries are never paired.
     `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
     only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
     Two buckets of a band (entries sharing its value) that would make more than `max_bucket_pairs` candidate pairs
