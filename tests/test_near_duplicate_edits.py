@@ -189,6 +189,25 @@ def test_a_cropped_thumbnail_matches_a_crop_and_not_another_picture():
     assert near_duplicates._cropped_similarity(hashed, np.array([0]), np.array([1]), side_hash)[0] == -1
 
 
+def test_cropped_thumbnails_are_compared_a_bounded_block_at_a_time(monkeypatch):
+    pictures = [_smooth_picture(64, 64, phase) for phase in np.linspace(0, 3, 12)]
+    side = near_duplicates.THUMBNAIL_SIDE
+    thumbnails = np.stack([near_duplicates._shrunk(image, side).ravel() for image in pictures])
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(12, bool))
+    first, second = np.triu_indices(12, 1)
+    expected = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
+    sizes, block_similarity = [], near_duplicates._block_cropped_similarity
+    monkeypatch.setattr(near_duplicates, "SIMILARITY_BLOCK", 16)
+    monkeypatch.setattr(
+        near_duplicates,
+        "_block_cropped_similarity",
+        lambda *arguments: sizes.append(len(arguments[1])) or block_similarity(*arguments),
+    )
+    blocked = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
+    # 250 plain grey images sent 650,000 pairs to one call (10 GB): a block's pairs are at most SIMILARITY_BLOCK
+    assert sizes == [16, 16, 16, 16, 2] and np.array_equal(blocked, expected)
+
+
 @pytest.mark.parametrize(
     ("inliers", "spread", "fills_frame", "aligned"),
     [(10, 0, False, True), (9, 200, False, False), (8, 20, True, True), (8, 5, True, False), (7, 200, True, False)],
