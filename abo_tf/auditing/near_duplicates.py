@@ -581,7 +581,10 @@ def _found_earlier(earlier_bands, tables, first, second, bounds):
     found = np.zeros(len(first), bool)
     for values, (queried, indexed) in zip(earlier_bands, tables):
         near = np.bitwise_count(values[first] ^ values[second]) <= radius
-        found |= near & (_pair_counts(queried, indexed, values[first], values[second]) <= max_pairs)
+        if int(queried.counts.max()) * int(indexed.counts.max()) > max_pairs:  # that band may have left some out
+            pairs = np.flatnonzero(near)
+            near[pairs] = _pair_counts(queried, indexed, values[first[pairs]], values[second[pairs]]) <= max_pairs
+        found |= near
     return found
 
 
