@@ -154,8 +154,11 @@ def main():
     parser.add_argument("--output", default="near_duplicates.json", help="results file in benchmarks/results")
     parser.add_argument("--blind-catalog", type=int, default=0, help="shots of abo_tf.testing.blind_catalog (0: off)")
     arguments = parser.parse_args()
-    if arguments.blind_catalog < 0:
-        parser.error(f"--blind-catalog {arguments.blind_catalog}: give a number of shots >= 0 (0: off)")
+    if not 0 <= arguments.blind_catalog <= blind_catalog.MAX_SHOTS:  # before the other sources' minutes
+        parser.error(
+            f"--blind-catalog {arguments.blind_catalog}: give a number of shots from 0 (off) to "
+            f"{blind_catalog.MAX_SHOTS}"
+        )
     results = {
         "defaults": {
             "hash_distance": near_duplicates.DEFAULT_HASH_DISTANCE,

@@ -55,3 +55,5 @@ def test_variants_share_families_in_the_ratio_asked(catalog):
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="count=-1"):
         blind_catalog.catalog_shots(-1, seed=0)
+    with pytest.raises(ValueError, match="count=5001"):  # refused before any shot is held
+        blind_catalog.catalog_shots(blind_catalog.MAX_SHOTS + 1, seed=0)

@@ -145,6 +145,13 @@ def test_predict_refuses_files_that_are_not_exports(tmp_path, capsys, name, cont
     assert expected in line
 
 
+def test_predict_names_a_model_link_to_nothing(tmp_path, capsys):
+    (tmp_path / "saved_model").symlink_to(tmp_path / "deleted_run")  # said "give a SavedModel folder, a .tflite ..."
+    assert predict.main(["--model", str(tmp_path / "saved_model"), str(tmp_path / "image.jpg")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "is a link to nothing" in line and "deleted_run" in line
+
+
 # --- every backbone, every format (built models, no training) ---------------------------------
 
 

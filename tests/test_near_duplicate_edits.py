@@ -145,6 +145,18 @@ def test_a_huge_band_bucket_is_left_out_and_counted():
     assert found == {(index, index + 10) for index in range(100, 110)} | {(index, 120) for index in range(100)}
 
 
+def test_a_pair_in_a_left_out_bucket_is_found_in_another_band():
+    rng = np.random.default_rng(1)
+    band_zero = np.uint64(sum(1 << bit for bit in range(0, 64, near_duplicates.BANDS)))
+    # 100 unrelated hashes sharing band 0 (a white background), and a copy of one a bit off in band 1 only
+    hashes = (rng.integers(0, 2**63, 100, dtype=np.uint64) & ~band_zero) | (np.uint64(0x123456789ABCDEF0) & band_zero)
+    hashes = np.append(hashes, hashes[7] ^ np.uint64(0b10))
+    left_out, found = [], []
+    for first, second in near_duplicates.hash_close_pairs(hashes, 8, max_bucket_pairs=200, left_out=left_out.append):
+        found += zip(first.tolist(), second.tolist())
+    assert sum(left_out) == 101 * 100 // 2 and found == [(7, 100)]
+
+
 def test_distinct_shots_share_little_at_any_pair_of_scales():
     windows = image_edits._disjoint_windows((427, 640), (0.6, 0.45, 0.3), 0.1)
     assert len({side for _, _, side in windows}) >= 2  # smaller scales fill what the larger leave
@@ -175,6 +187,25 @@ def test_a_cropped_thumbnail_matches_a_crop_and_not_another_picture():
     trimmed[1] = 255 - trimmed[1]  # the crop was trimmed: a product on white, not confirmed so
     hashed.trimmed_thumbnails = trimmed
     assert near_duplicates._cropped_similarity(hashed, np.array([0]), np.array([1]), side_hash)[0] == -1
+
+
+def test_cropped_thumbnails_are_compared_a_bounded_block_at_a_time(monkeypatch):
+    pictures = [_smooth_picture(64, 64, phase) for phase in np.linspace(0, 3, 12)]
+    side = near_duplicates.THUMBNAIL_SIDE
+    thumbnails = np.stack([near_duplicates._shrunk(image, side).ravel() for image in pictures])
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(12, bool))
+    first, second = np.triu_indices(12, 1)
+    expected = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
+    sizes, block_similarity = [], near_duplicates._block_cropped_similarity
+    monkeypatch.setattr(near_duplicates, "SIMILARITY_BLOCK", 16)
+    monkeypatch.setattr(
+        near_duplicates,
+        "_block_cropped_similarity",
+        lambda *arguments: sizes.append(len(arguments[1])) or block_similarity(*arguments),
+    )
+    blocked = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
+    # 250 plain grey images sent 650,000 pairs to one call (10 GB): a block's pairs are at most SIMILARITY_BLOCK
+    assert sizes == [16, 16, 16, 16, 2] and np.array_equal(blocked, expected)
 
 
 @pytest.mark.parametrize(

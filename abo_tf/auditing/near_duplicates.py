@@ -58,7 +58,7 @@ CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of 
 # Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 170 MB), and those of two buckets
 # (entries sharing a band value) beyond which they are not paired (counted, reported): a bucket of n entries makes
 # n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
-# blank or white-background images would reach this.
+# hashes reach this, and the first search holds 6 an image (straight, whole, mirror, centres): about 340 blank images.
 PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
@@ -567,12 +567,25 @@ def _probe_pairs(hashes, bands, tables, max_distance, max_pairs, probe):
     for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
         first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
         close = hamming_distance(hashes[first], hashes[second]) <= max_distance
-        for earlier in bands[:band]:  # found there already
-            close &= np.bitwise_count(earlier[first] ^ earlier[second]) > radius
+        close &= ~_found_earlier(bands[:band], tables, first, second, (radius, max_pairs))
         first, second = first[close], second[close]
         order = np.lexsort((second, first))
         blocks.append((first[order], second[order]))
     return blocks, left_out
+
+
+def _found_earlier(earlier_bands, tables, first, second, bounds):
+    """Mask of the pairs an earlier band's probes found (within `radius` there, their buckets not left out for
+    making more than `max_pairs` pairs): a pair left out there is compared in the first band that pairs it."""
+    radius, max_pairs = bounds
+    found = np.zeros(len(first), bool)
+    for values, (queried, indexed) in zip(earlier_bands, tables):
+        near = np.bitwise_count(values[first] ^ values[second]) <= radius
+        if int(queried.counts.max()) * int(indexed.counts.max()) > max_pairs:  # that band may have left some out
+            pairs = np.flatnonzero(near)
+            near[pairs] = _pair_counts(queried, indexed, values[first[pairs]], values[second[pairs]]) <= max_pairs
+        found |= near
+    return found
 
 
 def probe_count(max_distance):
@@ -586,8 +599,8 @@ def hash_close_pairs(
     """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time, each block
     sorted by (first, second), blocks in probe order however many `threads` probe.
 
-    A pair comes once, from the first band it matches in (the bands after it skip it: its thumbnails are then
-    compared once, not up to BANDS times); UNDECODABLE entries are never paired.
+    A pair comes once, from the first band it matches in whose buckets are not left out (the bands after it skip
+    it: its thumbnails are then compared once, not up to BANDS times); UNDECODABLE entries are never paired.
     `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
     only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
     Two buckets of a band (entries sharing its value) that would make more than `max_bucket_pairs` candidate pairs
@@ -982,6 +995,16 @@ def _cropped_similarity(hashed, first, second, kind):
     """Best correlation of one image's thumbnail, cropped as a side hash (SIDE_CROP of each side in turn) or a
     centre hash (CENTRE_CROPS) crops it, with the other's whole thumbnail; -1 unless both images fill their frame.
     A crop of a smooth picture aligns too few ORB keypoints, and this finds it."""
+    best = np.empty(len(first), np.float32)
+    # In blocks: 12 KB a pair as float32 at once. 250 plain grey images (hashes equal, thumbnails unconfirmed)
+    # sent 650,000 pairs at once: 10 GB.
+    for start in range(0, len(first), SIMILARITY_BLOCK):
+        block = slice(start, start + SIMILARITY_BLOCK)
+        best[block] = _block_cropped_similarity(hashed, first[block], second[block], kind)
+    return best
+
+
+def _block_cropped_similarity(hashed, first, second, kind):
     best = np.full(len(first), -1.0, np.float32)
     untrimmed = np.flatnonzero(_fills_frame(hashed, first) & _fills_frame(hashed, second))
     first, second = first[untrimmed], second[untrimmed]

@@ -126,7 +126,7 @@ def load(path):
     path = os.fspath(path)
     if path.endswith((LITERT_SUFFIX, ONNX_SUFFIX)) and not os.path.isfile(path):
         raise InputNotFoundError(f"model file {path!r} does not exist (or is not a file)")
-    if os.path.isdir(path) or not os.path.lexists(path):
+    if os.path.isdir(path) or not os.path.exists(path):  # a link to nothing too: `load_exported` names it
         from abo_tf.training import export
 
         return SavedModelClassifier(export.load_exported(path))
