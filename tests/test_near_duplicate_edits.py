@@ -220,3 +220,17 @@ def test_frame_filling_pairs_need_fewer_but_spread_keypoints(inliers, spread, fi
         hashed, np.array([0]), np.array([1]), np.array([inliers]), np.array([spread], np.float32), 10
     )
     assert found.tolist() == [aligned]
+
+
+def test_plain_images_of_different_colours_are_not_near_duplicates():
+    # 600 plain swatches of one hue order were one group: their mean-free thumbnails correlated at about 1.
+    import cv2
+
+    colours = [(20 + step, 60 + step, 150 + step) for step in range(0, 90, 6)]  # 6 levels apart, channels alike
+    encoded = [cv2.imencode(".jpg", np.full((120, 160, 3), colour, np.uint8))[1].tobytes() for colour in colours]
+    copy = cv2.imencode(".jpg", np.full((90, 120, 3), colours[5], np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 30])[1]
+    hashed = near_duplicates.hashed_images(
+        near_duplicates.stack_signatures([near_duplicates.signature(data) for data in [*encoded, copy.tobytes()]])
+    )
+    groups = near_duplicates.near_duplicate_forest(hashed, workers=1).groups()
+    assert np.flatnonzero(groups >= 0).tolist() == [5, len(encoded)], groups

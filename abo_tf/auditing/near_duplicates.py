@@ -103,6 +103,12 @@ RANSAC_ITERATIONS = 200
 RANSAC_PIXELS = 5.0  # of 255: how far an aligned keypoint may land from its match
 MIN_SCALE = 0.7  # a copy cropped 15% on every side is 1.43 times as large; a closer zoom is another picture
 GREYSCALE_SPREAD = 6  # channels of a greyscale JPEG's thumbnail differ by a few levels at most
+# A thumbnail whose pixels vary by less than this (standard deviation, levels, in its most varied channel) is plain: a
+# colour swatch, a blank page. It has no picture to correlate, so two plain thumbnails are one picture only when their
+# colours are within PLAIN_COLOUR_DIFFERENCE (mean absolute difference, levels: a JPEG at quality 30 of a plain colour
+# moves it by about 2).
+PLAIN_SPREAD = 2.0
+PLAIN_COLOUR_DIFFERENCE = 4.0
 UNDECODABLE = (1 << 64) - 1  # an image OpenCV cannot decode; no pHash has more than 32 bits set
 CENTRE_SCALES = (0.9, 0.8)  # centres hashed too: a crop of 5% and 10% on every side matches the full image's hash
 WHOLE_CENTRE_SCALE = 0.8  # the untrimmed image's centre: a corner badge or a turn's white corners left out
@@ -671,6 +677,11 @@ def greyscale_images(thumbnails):
     return grey
 
 
+def _picture_spread(rows):
+    """The standard deviation of each thumbnail row's pixels in its most varied channel: about 0 for a plain image."""
+    return rows.reshape(len(rows), rows.shape[1] // 3, 3).astype(np.float32).std(axis=1).max(axis=1)
+
+
 def _normalised(rows):
     rows = rows.astype(np.float32)
     rows -= rows.mean(axis=1, keepdims=True)
@@ -694,6 +705,12 @@ def _block_similarity(first_rows, second_rows, grey=None):
         first_grey = first_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
         second_grey = second_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
         similarity[grey] = np.einsum("ij,ij->i", _normalised(first_grey), _normalised(second_grey))
+    # A plain thumbnail's mean-free row is its channels' offsets alone: any two plain colours of one hue order
+    # correlated at about 1, and 600 swatches of different colours were chained into one group (hostile review).
+    plain = np.minimum(_picture_spread(first_rows), _picture_spread(second_rows)) < PLAIN_SPREAD
+    if plain.any():
+        difference = np.abs(first_rows[plain].astype(np.float32) - second_rows[plain]).mean(axis=1)
+        similarity[plain] = np.where(difference <= PLAIN_COLOUR_DIFFERENCE, 1.0, 0.0)
     equal = (first_rows == second_rows).all(axis=1)
     similarity[equal] = 1.0
     return similarity
