@@ -179,7 +179,9 @@ def test_a_cropped_thumbnail_matches_a_crop_and_not_another_picture():
     thumbnails = np.stack([near_duplicates._shrunk(image, side).ravel() for image in (picture, crop, other)])
     whole = (0.0, float(near_duplicates.THUMBNAIL_SIDE))
     assert np.array_equal(near_duplicates._cropped_thumbnails(thumbnails, whole, whole), thumbnails)
-    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(3, bool))
+    hashed = SimpleNamespace(
+        thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(3, bool), framed=None
+    )
     side_hash = near_duplicates.SIDE_HASH
     similarity = near_duplicates._cropped_similarity(hashed, np.array([0, 0]), np.array([1, 2]), side_hash)
     assert similarity[0] >= near_duplicates.CROPPED_SIMILARITY > similarity[1]
@@ -193,7 +195,9 @@ def test_cropped_thumbnails_are_compared_a_bounded_block_at_a_time(monkeypatch):
     pictures = [_smooth_picture(64, 64, phase) for phase in np.linspace(0, 3, 12)]
     side = near_duplicates.THUMBNAIL_SIDE
     thumbnails = np.stack([near_duplicates._shrunk(image, side).ravel() for image in pictures])
-    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(12, bool))
+    hashed = SimpleNamespace(
+        thumbnails=thumbnails, trimmed_thumbnails=thumbnails, greyscale=np.ones(12, bool), framed=None
+    )
     first, second = np.triu_indices(12, 1)
     expected = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
     sizes, block_similarity = [], near_duplicates._block_cropped_similarity
@@ -215,7 +219,7 @@ def test_cropped_thumbnails_are_compared_a_bounded_block_at_a_time(monkeypatch):
 def test_frame_filling_pairs_need_fewer_but_spread_keypoints(inliers, spread, fills_frame, aligned):
     thumbnails = np.zeros((2, 768), np.uint8)
     trimmed = thumbnails if fills_frame else thumbnails + 1
-    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=trimmed)
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=trimmed, framed=None)
     found = near_duplicates._aligned(
         hashed, np.array([0]), np.array([1]), np.array([inliers]), np.array([spread], np.float32), 10
     )

@@ -154,6 +154,7 @@ class HashedImages(NamedTuple):
     side_hashes: np.ndarray | None = None  # uint64 [N, 4]: pHashes of the trimmed image less SIDE_CROP of one side
     corner_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the untrimmed image, corners masked
     greyscale: np.ndarray | None = None  # bool [N]: the thumbnail is grey (`greyscale_images`; set by the search)
+    framed: np.ndarray | None = None  # bool [N]: the image was not trimmed (`framed_images`; set by the search)
 
 
 class Signature(NamedTuple):
@@ -1037,10 +1038,20 @@ def _block_cropped_similarity(hashed, first, second, kind):
 
 
 def _fills_frame(hashed, images):
-    """Whether each image was not trimmed (its trimmed thumbnail is its thumbnail)."""
+    """Whether each image was not trimmed (its trimmed thumbnail is its thumbnail): looked up, not compared per pair."""
+    framed = framed_images(hashed) if hashed.framed is None else hashed.framed
+    return framed[images]
+
+
+def framed_images(hashed):
+    """bool [N]: which images were not trimmed, computed once (in blocks), not once a pair."""
+    framed = np.ones(len(hashed.thumbnails), bool)
     if hashed.trimmed_thumbnails is None:
-        return np.ones(len(images), bool)
-    return (hashed.trimmed_thumbnails[images] == hashed.thumbnails[images]).all(axis=1)
+        return framed
+    for start in range(0, len(framed), SIMILARITY_BLOCK):
+        block = slice(start, start + SIMILARITY_BLOCK)
+        framed[block] = (hashed.trimmed_thumbnails[block] == hashed.thumbnails[block]).all(axis=1)
+    return framed
 
 
 def _crop_boxes(kind):
@@ -1192,6 +1203,8 @@ def near_duplicate_forest(
     threads = workers or os.cpu_count() or 1
     if hashed.greyscale is None:
         hashed = hashed._replace(greyscale=greyscale_images(hashed.thumbnails))
+    if hashed.framed is None:
+        hashed = hashed._replace(framed=framed_images(hashed))
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
