@@ -1,5 +1,7 @@
 """abo_tf.training.export and abo_tf.predict: a tiny VGG16 exported once, served from bytes and pixels."""
 
+import collections
+import functools
 import json
 import os
 import re
@@ -114,6 +116,32 @@ def test_class_names_and_image_size_travel_in_the_export(exported):
     _, loaded, _ = exported
     assert export.exported_class_names(loaded) == CLASSES
     assert export.exported_image_size(loaded) == SIZE
+
+
+def test_each_endpoint_is_traced_once_and_the_models_variables_travel(tmp_path, monkeypatch):
+    """Given the Python endpoints, ExportArchive traced each twice (tf.saved_model.save's context is another
+    tf.function cache key): every layer of the model traced four times an export, in every training run."""
+    import keras
+
+    traced, make_endpoints = collections.Counter(), export._make_endpoints
+
+    def counting(endpoint):
+        @functools.wraps(endpoint)  # the signature's input names are the endpoint's argument names
+        def counted(tensor):
+            traced[endpoint.__name__] += 1
+            return endpoint(tensor)
+
+        return counted
+
+    monkeypatch.setattr(export, "_make_endpoints", lambda *args: tuple(map(counting, make_endpoints(*args))))
+    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(len(CLASSES))(features))
+    loaded = export.load_exported(export.export_saved_model(model, CLASSES, SIZE, str(tmp_path / "saved_model")))
+    assert traced == {"serve_bytes": 1, "serve_pixels": 1}
+    for collection in ("variables", "trainable_variables", "non_trainable_variables"):  # as track(model) saved them
+        saved, expected = getattr(loaded, collection), getattr(model, collection)
+        assert [variable.shape for variable in saved] == [tuple(variable.shape) for variable in expected], collection
 
 
 @pytest.mark.slow

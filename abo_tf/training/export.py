@@ -143,6 +143,16 @@ def _make_endpoints(model, class_names_variable, image_size, top_k):
     return serve_bytes, serve_pixels
 
 
+def _traced_once(endpoint, input_signature):
+    """`endpoint` traced into a graph now, for ExportArchive to call.
+
+    Given the Python function, the export traced it twice: ExportArchive lists the variables it reads (a first
+    trace), then tf.saved_model.save traces it again, its save context being another tf.function cache key (the
+    variable policy). Both now trace a call of this one graph, and the model's layers are traced once.
+    """
+    return tf.function(endpoint, autograph=False).get_concrete_function(*input_signature)
+
+
 def export_saved_model(model, class_names, image_size, export_dir, top_k=5, temperature=None):
     """Writes the serving SavedModel of a classifier from `models.build_model`.
 
@@ -170,15 +180,16 @@ def export_saved_model(model, class_names, image_size, export_dir, top_k=5, temp
     serve_bytes, serve_pixels = _make_endpoints(model, class_names_variable, image_size, min(top_k, len(class_names)))
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        BYTES_ENDPOINT, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
-    )
-    archive.add_endpoint(
-        PIXELS_ENDPOINT,
-        serve_pixels,
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")],
-    )
+    # What track(model) saves, without its search of the model for lookup tables (there are none): the walk
+    # took a quarter of a MobileNetV3 export's CPU time.
+    for collection in ("variables", "trainable_variables", "non_trainable_variables"):
+        archive.add_variable_collection(collection, getattr(model, collection))
+    signatures = {
+        BYTES_ENDPOINT: [tf.TensorSpec([None], tf.string, name="image_bytes")],
+        PIXELS_ENDPOINT: [tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")],
+    }
+    for name, endpoint in ((BYTES_ENDPOINT, serve_bytes), (PIXELS_ENDPOINT, serve_pixels)):
+        archive.add_endpoint(name, _traced_once(endpoint, signatures[name]), input_signature=signatures[name])
     archive.add_variable_collection(CLASS_NAMES, [class_names_variable])
     archive.add_variable_collection(IMAGE_SIZE, [image_size_variable])
     if temperature is not None:
