@@ -984,7 +984,7 @@ def _write_shards(plan, reader, options, pool):
         index = todo.popleft()
         path = os.path.join(options.output, plan["shards"][index]["file"])
         # Plain tuples without the group: a named tuple pickles through Python code, item by item.
-        pieces = [[item[:-1] for item in piece] for piece in plan["shards"][index]["pieces"]]
+        pieces = [list(map(_WITHOUT_GROUP, piece)) for piece in plan["shards"][index]["pieces"]]
         running[pool.submit(_write_shard_file, pieces, path, reader, options.resize)] = index
 
     with console.progress_bar(total=total, desc="write", unit="img", enabled=options.progress) as bar:
@@ -1014,13 +1014,11 @@ def _save_shard_result(options, shard, outcome, bar):
 def _shard_result(shard, outcome):
     """A written shard's result: its worker's outcome and the records it holds; the shard's items are then freed."""
     rejected, reencoded, num_bytes, sha256 = outcome
-    # Built from the plan's items, whose strings are shared, not from the worker's copies.
-    written = [
-        (item.image_id, item.sha256, item.label, item.group)
-        for piece in shard["pieces"]
-        for item in piece
-        if item.image_id not in rejected
-    ]
+    # Built from the plan's items, whose strings are shared, not from the worker's copies; by C loops (map).
+    items = itertools.chain.from_iterable(shard["pieces"])
+    if rejected:
+        items = [item for item in items if item.image_id not in rejected]
+    written = list(map(_WRITTEN, items))
     shard["pieces"] = None  # written: its items are no longer needed
     return {
         "split": shard["split"],
@@ -1037,6 +1035,8 @@ def _shard_result(shard, outcome):
 
 
 _IMAGE_ID, _SHA256, _LABEL, _GROUP = map(operator.itemgetter, range(4))  # of a record in a shard result's "written"
+_WRITTEN = operator.itemgetter(*(PlanItem._fields.index(name) for name in ("image_id", "sha256", "label", "group")))
+_WITHOUT_GROUP = operator.itemgetter(slice(0, PlanItem._fields.index("group")))  # what a worker gets of an item
 
 
 def _check_no_leak(shard_results):
@@ -1300,8 +1300,10 @@ def _build(options, folder, start):
     _check_output(options, folder)
     with parallel.process_pool(options.workers) as pool:
         # Workers start (and import) while this process indexes the archive.
-        warm_up = [pool.submit(_warm_up) for _ in range(options.workers)]
+        # The listings first: the first worker up reads them, the longest task before the scan (the warm-ups only
+        # start the other workers).
         listings = pool.submit(_read_listings, options.listings, options.image_selection, options.allow_truncated)
+        warm_up = [pool.submit(_warm_up) for _ in range(options.workers - 1)]
         store = archive.open_images(options.images, options.image_variant, options.allow_truncated)
         image_index, reader = _ImageIndex(store), store.without_index()
         del store  # its dicts of ImageRows are now in the compact index
