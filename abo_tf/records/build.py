@@ -306,9 +306,9 @@ class _ListingLabel(NamedTuple):
 class _Candidates:
     """The state of the build between reading and writing.
 
-    `listings`, `listings_of_image`, `sha256`, `crc32c` and `copy_size` are set to None
-    once the plan is made (`_release_before_write`): the write and the manifest
-    do not need them, and at 400k images they are hundreds of MB.
+    `listings`, `listings_of_image` and `scanned` are set to None once the plan is made
+    (`_release_before_write`): the write and the manifest do not need them, and at 400k
+    images they are hundreds of MB.
     """
 
     listings: list | None  # of _ListingLabel
@@ -316,16 +316,29 @@ class _Candidates:
     image_ids: list  # per listing: the image ids it contributes
     listings_of_image: dict | None  # image id -> listing indices
     image_status: dict = dataclasses.field(default_factory=dict)  # image id -> drop reason or KEPT
-    sha256: dict | None = dataclasses.field(default_factory=dict)  # image id -> hex digest
-    crc32c: dict | None = dataclasses.field(default_factory=dict)  # image id -> CRC-32C of the bytes scanned
+    scanned: "_Scanned | None" = None  # what the scan found, set by `_scan`
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
-    copy_size: dict | None = dataclasses.field(default_factory=dict)  # image id -> (height, width) if stored as-is
     num_referenced: int = 0  # images referenced by the selected listings
     survivors: list | None = None  # the image ids kept as of the last `_surviving`, sorted
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
         return [self.keeper.get(image_id, image_id) for image_id in self.image_ids[index]]
+
+
+@dataclasses.dataclass
+class _Scanned:
+    """The scan's results as columns in scan (archive) order, and where each image of the index is in them.
+
+    Lists extended a chunk at a time and read through `place` with NumPy: three dicts keyed by image id took
+    three inserts an image during the scan and three look-ups an image in the plan.
+    """
+
+    image_ids: list
+    place: np.ndarray  # the index's position of an image -> its place in these lists (-1: not scanned)
+    sha256: list = dataclasses.field(default_factory=list)  # hex digest
+    crc32c: list = dataclasses.field(default_factory=list)  # CRC-32C of the bytes scanned
+    copy_size: list = dataclasses.field(default_factory=list)  # (height, width) if stored as-is, else None
 
 
 @dataclasses.dataclass
@@ -475,7 +488,8 @@ def _scan_chunk(locations, reader, max_side):
 
 
 def _located(image_index, image_ids):
-    """`(image ids, [(path, location), ...])` of `image_ids` in archive order, so reads are sequential.
+    """`(image ids, their positions in the index, [(path, location), ...])` of `image_ids` in archive order, so
+    reads are sequential.
 
     Ordered by an argsort of the offsets (of the paths in a folder), stable as `sorted` is: a key function per
     image and a named tuple each was 2.3 of a 400k build's serial CPU seconds.
@@ -490,22 +504,25 @@ def _located(image_index, image_ids):
     sizes = np.asarray(image_index.sizes, np.int64)[at][order].tolist()
     offsets = [None if offset < 0 else offset for offset in offsets[order].tolist()]
     paths = list(map(paths.__getitem__, order))
-    return list(map(image_ids.__getitem__, order)), list(zip(paths, zip(offsets, sizes)))
+    return list(map(image_ids.__getitem__, order)), at[order], list(zip(paths, zip(offsets, sizes)))
 
 
 def _scan(candidates, image_index, reader, pool, options):
     pending = _surviving(candidates)
-    image_ids, locations = _located(image_index, pending)
+    image_ids, positions, locations = _located(image_index, pending)
     starts = range(0, len(image_ids), SCAN_CHUNK)
     del pending
+    place = np.full(len(image_index.paths), -1, np.int64)
+    place[positions] = np.arange(len(positions))
+    candidates.scanned = result = _Scanned(image_ids, place)
     with console.progress_bar(total=len(image_ids), desc="scan", unit="img", enabled=options.progress) as bar:
         chunks = (locations[start : start + SCAN_CHUNK] for start in starts)
         scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
         for start, (reasons, digests, crcs, copy_sizes) in zip(starts, scanned):
             chunk_ids = image_ids[start : start + SCAN_CHUNK]
-            candidates.sha256.update(zip(chunk_ids, digests))
-            candidates.crc32c.update(zip(chunk_ids, crcs))
-            candidates.copy_size.update(zip(chunk_ids, copy_sizes))
+            result.sha256 += digests
+            result.crc32c += crcs
+            result.copy_size += copy_sizes
             candidates.image_status.update(
                 (image_id, reason) for image_id, reason in zip(chunk_ids, reasons) if reason is not None
             )
@@ -516,12 +533,14 @@ def _scan(candidates, image_index, reader, pool, options):
 def _drop_duplicate_content(candidates):
     """Keeps one image per distinct content (the smallest id); its listings take over the others'."""
     # Found by counting in C; a loop in Python over the few images whose content repeats.
-    scanned = list(itertools.filterfalse(candidates.image_status.__contains__, candidates.sha256))
-    digests = list(map(candidates.sha256.__getitem__, scanned))
+    scanned = candidates.scanned
+    passed = list(map(operator.not_, map(candidates.image_status.__contains__, scanned.image_ids)))
+    digests = list(itertools.compress(scanned.sha256, passed))
     repeated = {digest for digest, count in collections.Counter(digests).items() if count > 1}
     by_digest = collections.defaultdict(list)
-    for image_id in itertools.compress(scanned, map(repeated.__contains__, digests)):
-        by_digest[candidates.sha256[image_id]].append(image_id)
+    passed_ids = itertools.compress(scanned.image_ids, passed)
+    for image_id, digest in itertools.compress(zip(passed_ids, digests), map(repeated.__contains__, digests)):
+        by_digest[digest].append(image_id)
     for image_ids in by_digest.values():
         keeper, *duplicates = sorted(image_ids)
         for duplicate in duplicates:
@@ -721,18 +740,19 @@ def _plan_items(candidates, image_index, vocabulary, image_types, groups, image_
     offsets = np.asarray(image_index.offsets, np.int64)[at].tolist()
     if min(offsets, default=0) < 0:  # files in a folder
         offsets = [None if offset < 0 else offset for offset in offsets]
-    digests = list(map(candidates.sha256.__getitem__, image_ids))
+    scanned, places = candidates.scanned, candidates.scanned.place[at].tolist()
+    digests = list(map(scanned.sha256.__getitem__, places))
     columns = (
         image_ids,
         map(image_index.paths.__getitem__, at.tolist()),
         offsets,
         np.asarray(image_index.sizes, np.int64)[at].tolist(),
         digests,
-        map(candidates.crc32c.__getitem__, image_ids),
+        map(scanned.crc32c.__getitem__, places),
         label_numbers,
         map(_SECOND, label_names),
         item_ids,
-        map(candidates.copy_size.__getitem__, image_ids),
+        map(scanned.copy_size.__getitem__, places),
         map(groups.__getitem__, image_ids),
     )
     items = list(map(tuple.__new__, itertools.repeat(PlanItem), zip(*columns)))
@@ -1232,15 +1252,14 @@ def _while_the_listings_are_read(image_index, listings):
 def _content_digest(candidates):
     """SHA-256 over the sorted digests of every scanned image: what the build saw, for the manifest."""
     digest = hashlib.sha256()
-    for value in sorted(candidates.sha256.values()):
+    for value in sorted(candidates.scanned.sha256):
         digest.update(value.encode())
     return digest.hexdigest()
 
 
 def _release_before_write(candidates):
     """Drops what only the plan needed; the plan's items keep the strings they share."""
-    candidates.listings = candidates.listings_of_image = candidates.sha256 = candidates.crc32c = None
-    candidates.copy_size = candidates.survivors = None
+    candidates.listings = candidates.listings_of_image = candidates.scanned = candidates.survivors = None
 
 
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
