@@ -98,6 +98,18 @@ def test_groups_are_the_connected_components_keyed_by_their_smallest_image(seed)
         assert key == min(members)
 
 
+@pytest.mark.parametrize("named_join", [True, False])
+def test_groups_of_distinct_contents_need_no_content_edges(named_join):
+    # The build groups images whose duplicates it dropped: join_contents=False must give the same groups.
+    rng = random.Random(5)
+    hashes = {f"img{n:03d}": f"h{n}" for n in rng.sample(range(200), 200)}
+    names = list(hashes) + ["ghost0", "ghost1"]
+    pairs = [(f"item{rng.randrange(60)}", rng.sample(names, rng.randrange(1, 4))) for _ in range(120)]
+    joined = [tuple(rng.sample(names, 2)) for _ in range(10)]
+    expected = split.group_images(pairs, hashes, joined, named_join)
+    assert split.group_images(pairs, dict.fromkeys(hashes), joined, named_join, join_contents=False) == expected
+
+
 def test_groups_of_no_images_are_none():
     assert split.group_images([("item", ["ghost"])], {}) == {}
     assert split.group_images([], {"a": "h"}, [("a", "ghost")]) == {"a": "a"}

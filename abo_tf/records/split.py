@@ -26,7 +26,7 @@ def stable_fraction(seed, key):
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_join=True):
+def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_join=True, join_contents=True):
     """Connected groups of images.
 
     Args:
@@ -36,6 +36,8 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_joi
         `abo_tf.audit`); a pair with an image not in `content_hash` is ignored.
       named_join: whether an image a listing names but `content_hash` lacks joins the items of the listings
         naming it (else it is ignored, as if the listings did not name it).
+      join_contents: whether images with the same `content_hash` value share a group; a build, whose images
+        grouped have distinct contents (it drops the duplicates first), saves the edges (0.1 s at 80k).
 
     Returns:
       Dict image id -> group key (the smallest image id of its group), in image id order.
@@ -58,7 +60,7 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_joi
         np.fromiter(map(len, id_lists), np.int64, len(id_lists)),
     )
     named_here = image_nodes >= 0
-    digests = list(map(content_hash.__getitem__, ordered))
+    digests = list(map(content_hash.__getitem__, ordered)) if join_contents else []
     digest_number = dict(zip(dict.fromkeys(digests), itertools.count()))
     pairs = [
         (number[first], number[second])
@@ -69,7 +71,7 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_joi
     first_ends = np.concatenate(
         [
             image_nodes[named_here],
-            np.arange(len(ordered), dtype=np.int64),
+            np.arange(len(digests), dtype=np.int64),
             np.array([first for first, _ in pairs], np.int64),
         ]
     )
@@ -112,13 +114,13 @@ def types_per_group(group_of_image, type_of_image):
       group_of_image: dict image id -> group key, from `group_images`.
       type_of_image: dict image id -> product type; an image without one does not count.
     """
+    # Counted by a Counter of (group, type) pairs, in C; a loop in Python over the pairs, about one a group.
+    counted = collections.Counter(zip(group_of_image.values(), map(type_of_image.get, group_of_image)))
     counts = {}
-    for image_id, key in group_of_image.items():
-        product_type = type_of_image.get(image_id)
+    for (key, product_type), count in counted.items():
         if product_type is not None:
-            group = counts.setdefault(key, {})
-            group[product_type] = group.get(product_type, 0) + 1
-    return {key: tuple(sorted(group.items())) for key, group in counts.items()}
+            counts.setdefault(key, []).append((product_type, count))
+    return {key: tuple(sorted(group)) for key, group in counts.items()}
 
 
 def class_of_groups(types_of_group, class_of_type):
@@ -174,8 +176,8 @@ def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1,
     split_of_group = {key: SPLITS[0] for key in groups_of_class.pop(None, [])}
     for keys in groups_of_class.values():
         keys.sort(key=lambda key: (stable_fraction(seed, key), key))
-        split_of_group.update(_deal(keys, [images_of_group[key] for key in keys], fractions, floors))
-    return {image_id: split_of_group[key] for image_id, key in group_of_image.items()}
+        split_of_group.update(_deal(keys, list(map(images_of_group.__getitem__, keys)), fractions, floors))
+    return dict(zip(group_of_image, map(split_of_group.__getitem__, group_of_image.values())))
 
 
 def _deal(keys, sizes, fractions, floors):
