@@ -1,8 +1,10 @@
 """One baseline end to end (rows, search, evaluation, files), and every baseline of a command with the comparison."""
 
-# `logreg` trains on a stratified subsample when lbfgs would take more than
-# `in_memory_gb` on every row (classifiers.solver_bytes: a float32 score and
-# gradient per row and class). `sgd` and `linear_svm` (hinge loss by SGD)
+# `logreg` is searched and fitted on at most `logreg_max_train` rows (lbfgs's
+# time), fewer when scikit-learn's lbfgs would take more than `in_memory_gb`
+# (classifiers.solver_bytes: a float32 score and gradient per row and class);
+# from that fit it continues on every row, its loss and gradient summed over
+# row chunks (lbfgs.memory_bytes). `sgd` and `linear_svm` (hinge loss by SGD)
 # stream every row. `rbf_svm` is exact SVC, on at most `rbf_max_train`
 # examples, up to EXACT_KERNEL_MAX_CLASSES classes (libsvm solves a problem per
 # pair and scores every image against every pair); above, a Nystroem map
@@ -75,8 +77,8 @@ class BaselineConfig(feature_spec.FeatureOptions):
         maximum=10_000,
         group="models",
         help="lbfgs iterations of logreg on every training row, from the coefficients of its fit on the "
-        "--logreg-max-train rows when that cap applied (0: it stays fitted on them; at full ABO size 30 took "
-        "3.3 GB and 880 CPU s)",
+        "--logreg-max-train rows when that cap applied (0: it stays fitted on them; each iteration at full ABO "
+        "size: about 5 CPU s)",
     )
     knn_max_train: int = options.option(
         classifiers.KNN_MAX_TRAIN,
