@@ -4,12 +4,14 @@ One module-scoped run trains the four models on handcrafted features at 64 px wi
 (BaselineConfig.grids); the default grids are exercised once, through the command line, with logreg.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import os
 import shutil
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,7 @@ from abo_tf.classical import (
     feature_cache,
     feature_spec,
     interpretation,
+    lbfgs,
     persistence,
     search,
 )
@@ -401,6 +404,21 @@ def test_knn_and_logreg_train_on_a_capped_subsample_said_and_recorded(trained, b
     plan = baseline._training_rows(baseline.make_training(model, train, run_config), run_config)
     assert plan.subsample == {"examples": len(plan.rows), "of": len(train.labels)} and len(plan.rows) <= 60
     assert f"capped per class subsample of {len(plan.rows)}" in capsys.readouterr().out
+
+
+def test_logreg_capped_by_default_trains_on_every_row_at_the_end(trained, built_records):
+    # Issue 21's linear probe on all rows: the search and the capped fit see --logreg-max-train rows, the model
+    # kept is lbfgs continued on every one (the default --logreg-all-rows-iter).
+    records_dir, _ = built_records
+    splits = trained["splits"]
+    run_config = _config(
+        records_dir, "unused", trained["cache_dir"], logreg_max_train=60, grids={"logreg": {"classifier__C": [1.0]}}
+    )
+    _, plan, found = baseline._search_and_fit("logreg", splits, run_config)
+    final_fit = found.record["final_fit"]
+    assert plan.subsample is None and final_fit["train_examples"] == len(plan.rows) == len(splits["train"].labels)
+    assert final_fit["continued_from"]["train_examples"] <= 60 < final_fit["train_examples"]
+    assert 0 < final_fit["iterations"] <= classifiers.LOGREG_ALL_ROWS_ITER
 
 
 def test_knn_finds_the_cosine_neighbours():
@@ -1080,15 +1098,73 @@ def test_logreg_fitted_on_its_cap_continues_on_every_row_from_its_coefficients()
     with pytest.warns(ConvergenceWarning):
         fresh = LogisticRegression(max_iter=3, class_weight=classifier.class_weight).fit(features, train.labels)
     assert 0 < np.linalg.norm(classifier.coef_ - start) < np.linalg.norm(fresh.coef_ - start)  # not from zero
-    # Only where lbfgs holds every row in --in-memory-gb, and not when told 0 iterations.
+    # By default, where lbfgs holds every row in --in-memory-gb, and not when told 0 iterations.
     plan = baseline.TrainingRows(capped, {"examples": len(capped), "of": 600})
-    per_row = classifiers.solver_bytes("logreg", 1, train.features.shape[1], len(train.classes))
+    needed = lbfgs.memory_bytes(600, train.features.shape[1], len(train.classes))
     held = [
         baseline._continues_on_every_row(training, plan, baseline.BaselineConfig(output="unused", **options))
-        for options in (
-            {"logreg_all_rows_iter": 30},
-            {},
-            {"logreg_all_rows_iter": 30, "in_memory_gb": 599 * per_row / 2**30},
-        )
+        for options in ({}, {"logreg_all_rows_iter": 0}, {"in_memory_gb": (needed - 1) / 2**30})
     ]
-    assert held == [True, False, False]  # off unless asked: 3.3 GB at full size
+    assert held == [True, False, False]
+
+
+def _multinomial_problem(rows=300, columns=6, num_classes=5):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, num_classes, rows) * 2 + 1  # classes 1, 3, ...: not their indices
+    features = rng.standard_normal((rows, columns)) + labels[:, None] * 0.1
+    return features, labels
+
+
+def _scikit_learns_objective(num_classes):
+    """What LogisticRegression's lbfgs minimises (scikit-learn 1.9), given float64 features: the tests' oracle."""
+    from sklearn._loss.loss import HalfMultinomialLoss
+    from sklearn.linear_model._linear_loss import LinearModelLoss
+
+    return LinearModelLoss(HalfMultinomialLoss(n_classes=num_classes), fit_intercept=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_chunked_lbfgs_objective_is_scikit_learns(monkeypatch, threads):
+    monkeypatch.setattr(lbfgs, "CHUNK_ROWS", 64)  # several chunks, the last one short
+    features, labels = _multinomial_problem()
+    encoded = np.unique(labels, return_inverse=True)[1]
+    rng = np.random.default_rng(1)
+    flat = rng.standard_normal(5 * 7) * 0.3
+    sample_weight = rng.uniform(0.5, 2.0, len(labels)).astype(np.float32)
+    expected = _scikit_learns_objective(5).loss_gradient(
+        flat, features, encoded.astype(float), sample_weight.astype(float), 0.01
+    )
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        loss, gradient = lbfgs.loss_gradient(
+            flat, features.astype(np.float32), encoded, sample_weight, 0.01, pool if threads > 1 else None
+        )
+    np.testing.assert_allclose(loss, expected[0], rtol=1e-6)
+    np.testing.assert_allclose(gradient, expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_lbfgs_continued_chunk_by_chunk_reaches_scikit_learns_fit():
+    features, labels = _multinomial_problem()
+    weights = classifiers.class_weights(labels, "balanced")
+    expected = LogisticRegression(C=0.5, class_weight=weights, tol=1e-8, max_iter=1000).fit(features, labels)
+    with pytest.warns(ConvergenceWarning):  # stopped at 2 iterations
+        started = LogisticRegression(C=0.5, class_weight=weights, max_iter=2).fit(features[:100], labels[:100])
+    with pytest.warns(ConvergenceWarning):
+        lbfgs.fit_further(started, features.astype(np.float32), labels, 3)
+    assert started.n_iter_.tolist() == [3]
+    started.set_params(tol=1e-8)
+    with warnings.catch_warnings():  # float32 sums: the line search may stop at their rounding, as scikit-learn's
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lbfgs.fit_further(started, features.astype(np.float32), labels, 1000)  # from where it stopped
+    assert started.coef_.dtype == np.float32 and 3 < started.n_iter_[0] < 1000
+    np.testing.assert_allclose(started.coef_, expected.coef_, atol=1e-3)
+    np.testing.assert_allclose(started.intercept_, expected.intercept_, atol=1e-3)
+    # The same minimum of scikit-learn's objective (its class weights as sample weights, its scaling of C).
+    sample_weight = np.array([weights[label] for label in labels])
+    objective = _scikit_learns_objective(5)
+
+    def value(fitted):
+        flat = np.hstack([fitted.coef_, fitted.intercept_[:, None]]).astype(float).ravel(order="F")
+        encoded = np.unique(labels, return_inverse=True)[1].astype(float)
+        return objective.loss(flat, features, encoded, sample_weight, 1 / (0.5 * sample_weight.sum()))
+
+    assert value(started) <= value(expected) * (1 + 1e-6)

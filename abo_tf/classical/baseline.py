@@ -1,8 +1,10 @@
 """One baseline end to end (rows, search, evaluation, files), and every baseline of a command with the comparison."""
 
-# `logreg` trains on a stratified subsample when lbfgs would take more than
-# `in_memory_gb` on every row (classifiers.solver_bytes: a float32 score and
-# gradient per row and class). `sgd` and `linear_svm` (hinge loss by SGD)
+# `logreg` is searched and fitted on at most `logreg_max_train` rows (lbfgs's
+# time), fewer when scikit-learn's lbfgs would take more than `in_memory_gb`
+# (classifiers.solver_bytes: a float32 score and gradient per row and class);
+# from that fit it continues on every row, its loss and gradient summed over
+# row chunks (lbfgs.memory_bytes). `sgd` and `linear_svm` (hinge loss by SGD)
 # stream every row. `rbf_svm` is exact SVC, on at most `rbf_max_train`
 # examples, up to EXACT_KERNEL_MAX_CLASSES classes (libsvm solves a problem per
 # pair and scores every image against every pair); above, a Nystroem map
@@ -23,6 +25,7 @@ from abo_tf.classical import (
     extraction,
     feature_spec,
     interpretation,
+    lbfgs,
     persistence,
     report,
     search,
@@ -74,8 +77,8 @@ class BaselineConfig(feature_spec.FeatureOptions):
         maximum=10_000,
         group="models",
         help="lbfgs iterations of logreg on every training row, from the coefficients of its fit on the "
-        "--logreg-max-train rows when that cap applied (0: it stays fitted on them; at full ABO size 30 took "
-        "3.3 GB and 880 CPU s)",
+        "--logreg-max-train rows when that cap applied (0: it stays fitted on them; each iteration at full ABO "
+        "size: about 5 CPU s)",
     )
     knn_max_train: int = options.option(
         classifiers.KNN_MAX_TRAIN,
@@ -324,7 +327,7 @@ def _continues_on_every_row(training, plan, config):
     if training.model != "logreg" or plan.subsample is None or not config.logreg_all_rows_iter:
         return False
     train = training.train
-    needed = classifiers.solver_bytes("logreg", len(train.labels), train.features.shape[1], len(train.classes))
+    needed = lbfgs.memory_bytes(len(train.labels), train.features.shape[1], len(train.classes))
     return needed <= config.in_memory_gb * 2**30
 
 
@@ -361,6 +364,27 @@ def _phase(enabled, description, steps):
         yield bar
 
 
+def _search_and_fit(model, splits, config):
+    """(`classifiers.Training`, `TrainingRows`, `search.SearchResult`) of `model`: searched, then fitted on the rows
+    it trains on; logreg fitted on its --logreg-max-train cap continues on every row (`_continues_on_every_row`)."""
+    training = make_training(model, splits["train"], config)
+    if model == "rbf_svm":
+        kernel = "exact SVC" if training.exact_kernel else "Nystroem map and a linear SVM by SGD on every row"
+        print(f"rbf_svm: {kernel} (--exact-kernel-max-classes {config.exact_kernel_max_classes})", flush=True)
+    plan, every_row = _training_rows(training, config), training.rows
+    training.rows = plan.rows
+    found = search.search(
+        training, config.grid(training), splits["validation"], config.search_max_train, config.progress
+    )
+    if not _continues_on_every_row(training, plan, config):
+        return training, plan, found
+    training.rows = every_row
+    # The capped fit's validation scores (97 MB at full size) are not the continued model's: not kept through it.
+    capped, found = found._replace(validation=None), None
+    found = search.continue_on(training, capped, every_row, config.logreg_all_rows_iter, config.progress)
+    return training, TrainingRows(every_row, None), found
+
+
 def train_baseline(model, splits, config):
     """Searches, fits, evaluates and saves one baseline into OUTPUT/<features>-<model>.
 
@@ -373,19 +397,7 @@ def train_baseline(model, splits, config):
       The baseline.json record (with "folder" and "metrics").
     """
     train = splits["train"]
-    training = make_training(model, train, config)
-    if model == "rbf_svm":
-        kernel = "exact SVC" if training.exact_kernel else "Nystroem map and a linear SVM by SGD on every row"
-        print(f"rbf_svm: {kernel} (--exact-kernel-max-classes {config.exact_kernel_max_classes})", flush=True)
-    plan, every_row = _training_rows(training, config), training.rows
-    training.rows = plan.rows
-    found = search.search(
-        training, config.grid(training), splits["validation"], config.search_max_train, config.progress
-    )
-    if _continues_on_every_row(training, plan, config):
-        training.rows = every_row
-        found = search.continue_on(training, found, every_row, config.logreg_all_rows_iter, config.progress)
-        plan = TrainingRows(every_row, None)
+    training, plan, found = _search_and_fit(model, splits, config)
     folder = os.path.join(config.output, f"{train.info['name']}-{model}")
     os.makedirs(folder, exist_ok=True)
     handcrafted = train.info["spec"]["kind"] == feature_spec.HANDCRAFTED

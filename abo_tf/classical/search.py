@@ -431,10 +431,10 @@ def continue_on(training, found, rows, iterations, progress=True):
     """
     start = found.record["final_fit"]
     desc = f"lbfgs continued on {len(rows):,} rows"
-    with console.progress_bar(enabled=progress, total=1, desc=desc, unit="fit") as bar, classifiers.heartbeat(bar):
+    bar = console.progress_bar(enabled=progress, total=iterations, desc=desc, unit="iteration")
+    with bar, classifiers.heartbeat(bar):  # an iteration on every full-size row takes seconds: a line every 25 s
         fitted = classifiers.Fit(found.pipeline, start["seconds"], start["converged"], None)
-        continued = classifiers.resume(training, fitted, rows, iterations)
-        bar.update()
+        continued = classifiers.resume(training, fitted, rows, iterations, bar.update)
     done = int(np.max(continued.pipeline.named_steps["classifier"].n_iter_))
     final_fit = {
         "train_examples": int(len(rows)),
