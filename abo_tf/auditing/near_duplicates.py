@@ -60,6 +60,12 @@ CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of 
 # n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
 # hashes reach this, and the first search holds 6 an image (straight, whole, mirror, centres): about 340 blank images.
 PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
+# Hash neighbours kept per hash, nearest first (ties: the lower index). Catalog images (a product on white) share
+# most hash bits, and the pairs within 8 bits grew with the square of the images (67,273 at 5,000 images, 4,396,754
+# at 40,000: about 480 million at ABO size). A planted copy is among the few nearest hashes of its source, so each
+# hash keeps its DEFAULT_NEAREST (the benchmark's recall is the same as unbounded: README) and the pairs grow with
+# the images.
+DEFAULT_NEAREST = 16
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
@@ -637,6 +643,132 @@ def _band_tables(values, valid, queries):
     return _band_table(values, valid[valid < queries]), _band_table(values, valid[valid >= queries])
 
 
+class _NearestTable:
+    """The `slots` nearest partners found so far of each of `size` entries: a row an entry, sorted by (distance,
+    partner), empty slots last (partner -1). int32 and int8: 5 bytes a slot, 210 MB for 2.5 million hashes."""
+
+    def __init__(self, size, slots):
+        self.partners = np.full((size, slots), -1, np.int32)
+        self.distances = np.full((size, slots), EMPTY_DISTANCE, np.int8)
+
+    def merge(self, ends, partners, distances):
+        """Adds the pairs (end, partner) at their distances: each row keeps its nearest, a pair found twice once."""
+        beaten = distances <= self.distances[ends, -1]  # a full row's farthest slot bounds what may enter it
+        ends, partners, distances = ends[beaten], partners[beaten], distances[beaten]
+        if not len(ends):
+            return
+        rows = np.unique(ends)
+        held = self.partners[rows] >= 0
+        ends = np.concatenate([np.repeat(rows, held.sum(axis=1)), ends])
+        partners = np.concatenate([self.partners[rows][held], partners])
+        distances = np.concatenate([self.distances[rows][held], distances])
+        order = np.lexsort((partners, distances, ends))
+        ends, partners, distances = ends[order], partners[order], distances[order]
+        first_of = np.concatenate([[True], (ends[1:] != ends[:-1]) | (partners[1:] != partners[:-1])])
+        ends, partners, distances = ends[first_of], partners[first_of], distances[first_of]
+        rank = np.arange(len(ends)) - np.searchsorted(ends, ends, side="left")
+        kept = rank < self.partners.shape[1]
+        self.partners[rows], self.distances[rows] = -1, EMPTY_DISTANCE
+        self.partners[ends[kept], rank[kept]] = partners[kept]
+        self.distances[ends[kept], rank[kept]] = distances[kept]
+
+    def settled(self, within):
+        """Mask of the entries whose every slot holds a partner within `within` bits: once every pair within
+        `within` bits of them has been merged, their nearest are known."""
+        return self.distances[:, -1] <= within
+
+
+EMPTY_DISTANCE = 65  # more bits than a hash has: an empty slot
+
+
+def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, callbacks=(None, None, 1)):
+    """The pairs within `max_distance` bits in which either hash is among the other's `nearest` (by distance, then
+    index): (blocks of (first, second), `crowded`: the entries that had more than `nearest` such neighbours).
+
+    The multi-index search of `hash_close_pairs`, radius by radius: probing each band at radius r pairs every two
+    hashes within BANDS * r + BANDS - 1 bits, so an entry whose nearest are all that close is probed no further,
+    and a crowd of alike hashes (catalog images on white) costs its members' nearest, not its square.
+    `accept(first, second)`: the mask of pairs that may be neighbours at all (the rest take no slot). With
+    `queries`, only the first `queries` entries have neighbours, among the others (first < queries <= second).
+    `callbacks`: `hash_close_pairs`' probed, left_out and threads. Blocks hold about PROBE_BLOCK pairs, first <
+    second, each pair once.
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
+    ends = valid if queries is None else valid[valid < queries]
+    table = _NearestTable(len(hashes) if queries is None else queries, nearest + 1)
+    bands = [_band_values(hashes, band) for band in range(BANDS)]
+    indexed = [_band_table(values, valid if queries is None else valid[valid >= queries]) for values in bands]
+    probed, left_out, threads = callbacks
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for radius in range(max_distance // BANDS + 1):
+            active = ends[~table.settled(BANDS * radius - 1)[ends]]  # settled within what the last radius paired
+            tables = _radius_tables(bands, indexed, active, queries is None and radius == 0)
+            probes = [(band, mask) for band in range(BANDS) for mask in _probe_masks(radius) if _bits(mask) == radius]
+            probe = functools.partial(_nearest_candidates, hashes, tables, max_distance, accept)
+            for found, skipped in bounded_map(pool, probe, probes, threads):
+                for first, second, distance in found:
+                    _merge(table, first, second, distance, queries is None)
+                if left_out is not None and skipped:
+                    left_out(skipped)
+                if probed is not None:
+                    probed()
+    return _table_pairs(table, nearest, queries is None), np.flatnonzero(table.partners[:, nearest] >= 0)
+
+
+def _bits(mask):
+    return bin(mask).count("1")
+
+
+def _radius_tables(bands, indexed, active, symmetric):
+    """(query table, index table) of each band for one radius: the unsettled entries against all (one table for
+    both at radius 0 without queries: each pair once)."""
+    if symmetric:
+        return [(table, table) for table in indexed]
+    return [(_band_table(values, active), table) for values, table in zip(bands, indexed, strict=True)]
+
+
+def _nearest_candidates(hashes, tables, max_distance, accept, probe):
+    """([(first, second, distance)] within `max_distance` bits that `accept` takes, from one probe (band, mask);
+    candidate pairs of huge bucket pairs left out (`_bucket_pairs`)), in a search thread."""
+    band, mask = probe
+    queried, indexed = tables[band]
+    values, partners, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
+    found = []
+    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
+        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
+        distance = hamming_distance(hashes[first], hashes[second])
+        kept = np.flatnonzero((distance <= max_distance) & (first != second))
+        if accept is not None:
+            kept = kept[accept(first[kept], second[kept])]
+        found.append((first[kept], second[kept], distance[kept].astype(np.int8)))
+    return found, left_out
+
+
+def _merge(table, first, second, distance, symmetric):
+    """Merges pairs into the table: at both ends without queries, at the query's (first) with."""
+    if symmetric:
+        first, second, distance = np.concatenate([first, second]), np.concatenate([second, first]), np.tile(distance, 2)
+    table.merge(first, second, distance)
+
+
+def _table_pairs(table, nearest, symmetric):
+    """Yields (first, second) blocks of the pairs in the first `nearest` slots of a row, each pair once: a pair in
+    both ends' rows comes from the lower end's (first < second)."""
+    kept = table.partners[:, :nearest]
+    step = max(1, PROBE_BLOCK // nearest)
+    for start in range(0, len(kept), step):
+        rows, slots = np.nonzero(kept[start : start + step] >= 0)
+        rows += start
+        partners = kept[rows, slots].astype(np.int64)
+        if symmetric:  # a lower partner's row holding this end already gave the pair
+            given = (partners < rows) & (kept[partners] == rows[:, None]).any(axis=1)
+            rows, partners = rows[~given], partners[~given]
+            rows, partners = np.minimum(rows, partners), np.maximum(rows, partners)
+        order = np.lexsort((partners, rows))
+        yield rows[order], partners[order]
+
+
 def find_pairs(hashes, max_distance, accept=None):
     """Every pair of hashes within `max_distance` bits, by multi-index hashing.
 
@@ -777,9 +909,19 @@ class SpanningForest:
         self.component = np.arange(size)
         self.unchecked_local_pairs = 0  # candidate pairs the keypoint check's per-image bound left out
         self.left_out_bucket_pairs = 0  # candidate pairs of band buckets over MAX_BUCKET_PAIRS, never compared
+        self.crowded = np.zeros(size, bool)  # images with a hash of more than `nearest` neighbours (`nearest_pairs`)
 
     def count_left_out(self, pairs):
         self.left_out_bucket_pairs += pairs
+
+    def mark_crowded(self, images):
+        self.crowded[images] = True
+
+    @property
+    def crowded_images(self):
+        """Images with a hash that had more than `nearest` neighbours within the distance: the farther ones were not
+        compared."""
+        return int(self.crowded.sum())
 
     def apart(self, first, second):
         """Mask of the pairs whose images are in different groups so far."""
@@ -834,8 +976,9 @@ def _identical_pairs(hashed):
     return first[equal], second[equal]
 
 
-def _candidate_pairs(hashed, searched, max_distance, probed=None, left_out=None, threads=1):
-    """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits.
+def _candidate_pairs(hashed, searched, max_distance, callbacks):
+    """Yields (first, second, kind, distance) of the searched images whose hashes are within `max_distance` bits,
+    each hash's `nearest` (`_search`'s callbacks: nearest, probed, left_out, threads, crowded).
 
     Multi-index searches over every hash of every image (`_searches`: trimmed, untrimmed, mirrored, centres, sides,
     corners). The kind says
@@ -847,7 +990,7 @@ def _candidate_pairs(hashed, searched, max_distance, probed=None, left_out=None,
     straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
     for columns, kinds, queries in _searches(hashed):
-        yield from _search(searched, columns, kinds, queries, max_distance, (probed, left_out, threads))
+        yield from _search(searched, columns, kinds, queries, max_distance, callbacks)
 
 
 def _searches(hashed):
@@ -872,20 +1015,33 @@ def _searches(hashed):
 
 def _search(searched, columns, kinds, queries, max_distance, callbacks):
     """`_candidate_pairs` of one multi-index search over `columns` (`queries`: of its first columns' hashes
-    with the rest's only); `callbacks`: `hash_close_pairs`' probed, left_out and threads."""
+    with the rest's only), each hash's `nearest` neighbours (`nearest_pairs`) of the pairs its kind may make;
+    `callbacks`: nearest, then `nearest_pairs`' probed, left_out and threads, then crowded(images)."""
     count = len(searched)
     entries = np.concatenate([column[searched] for column in columns])
-    kinds = np.array(kinds)
+    column_of, codes = np.repeat(np.arange(len(columns)), count), _pair_kind_codes(kinds)
+    nearest, *search_callbacks, crowded = callbacks
+
+    def accept(first, second):  # a pair of one image's hashes or of kinds that are not paired takes no slot
+        return (codes[column_of[first], column_of[second]] >= 0) & (first % count != second % count)
+
     queries = None if queries is None else queries * count
-    probed, left_out, threads = callbacks
-    for first, second in hash_close_pairs(entries, max_distance, probed, queries, left_out=left_out, threads=threads):
-        pair_kind = _pair_kinds(kinds[first // count], kinds[second // count])
-        kept = (pair_kind != "") & (first % count != second % count)
-        distance = hamming_distance(entries[first[kept]], entries[second[kept]])
-        first, second, pair_kind = first[kept] % count, second[kept] % count, pair_kind[kept]
-        for name in SEARCHED_KINDS:
-            chosen = pair_kind == name
-            yield searched[first[chosen]], searched[second[chosen]], name, distance[chosen]
+    blocks, crowded_entries = nearest_pairs(entries, max_distance, nearest, accept, queries, tuple(search_callbacks))
+    crowded(searched[crowded_entries % count])
+    for first, second in blocks:
+        pair_kind, distance = codes[column_of[first], column_of[second]], hamming_distance(entries[first], entries[second])
+        first, second = searched[first % count], searched[second % count]
+        for code, name in enumerate(SEARCHED_KINDS):
+            chosen = pair_kind == code
+            yield first[chosen], second[chosen], name, distance[chosen]
+
+
+def _pair_kind_codes(kinds):
+    """[column, column]: the SEARCHED_KINDS position of the pairs of two columns' hash kinds (`_pair_kinds`), -1 for
+    pairs that are skipped; looked up per pair instead of comparing kind strings."""
+    first, second = np.meshgrid(np.array(kinds), np.array(kinds), indexing="ij")
+    named = _pair_kinds(first.ravel(), second.ravel())
+    return np.array([SEARCHED_KINDS.index(name) if name else -1 for name in named]).reshape(first.shape)
 
 
 def _pair_kinds(first_kind, second_kind):
@@ -1188,6 +1344,7 @@ def near_duplicate_forest(
     progress=False,
     max_local_checks=DEFAULT_MAX_LOCAL_CHECKS,
     workers=None,
+    nearest=DEFAULT_NEAREST,
 ):
     """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
     thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
@@ -1197,7 +1354,9 @@ def near_duplicate_forest(
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
     hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
-    of huge band buckets (`hash_close_pairs`) are not compared: their count is `left_out_bucket_pairs`.
+    of huge band buckets (`hash_close_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
+    is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
+    `crowded_images`.
     `workers` threads (default: the cores) probe the bands and check keypoints.
     """
     threads = workers or os.cpu_count() or 1
@@ -1212,9 +1371,8 @@ def near_duplicate_forest(
     local = _LocalCandidates(len(hashed.hashes))
     total = probe_count(max_distance) * len(_searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
-    candidate_blocks = _candidate_pairs(
-        hashed, searched, max_distance, lambda: bar.update(1), forest.count_left_out, threads
-    )
+    callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
+    candidate_blocks = _candidate_pairs(hashed, searched, max_distance, callbacks)
     for first, second, kind, distance in candidate_blocks:
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
