@@ -137,11 +137,11 @@ class ColourChange(NamedTuple):
 # (README, "third source"; benchmark, seed 0).
 COLOUR_CHANGE = ColourChange(max_gain=1.35, max_offset=40.0)
 MAX_CHROMA_GAIN = 1.5
-COLOUR_DISTANCE = 20.0
+COLOUR_DISTANCE = 15.0
 # A greyscale copy has its original's luminance to a few levels (OpenCV's grey is the same sum): a grey picture and
 # a colour one are one picture only if the grey is the colour one's luminance, nearly unchanged.
-GREY_COPY_CHANGE = ColourChange(max_gain=1.1, max_offset=12.0)
-GREY_COPY_DISTANCE = 12.0
+GREY_COPY_CHANGE = ColourChange(max_gain=1.05, max_offset=8.0)
+GREY_COPY_DISTANCE = 6.0
 LUMA = np.array([0.114, 0.587, 0.299], np.float32)  # OpenCV's grey of BGR
 
 KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
@@ -1009,6 +1009,9 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
     if len(close):  # a crop of one side moves the picture in its thumbnail: only the cropped thumbnail may match
         verified = _side_verified if kind == SIDE_HASH else _close_verified
         similarity[close], signal[close] = verified(hashed, first[close], second[close], kind, min_similarity)
+        confirmed = close[signal[close] != ""]
+        refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
+        signal[confirmed[refused]] = ""
     return similarity, signal
 
 
@@ -1198,18 +1201,43 @@ def colours_agree(hashed, first, second, transforms):
       first, second: int arrays, the images of each pair.
       transforms: float32 [n, 2, 3] of `_inliers`: the first image's keypoints onto the second's.
     """
-    agree = np.ones(len(first), bool)
     if hashed.trimmed_aspects is None or not len(first):
-        return agree
-    greyscale = greyscale_images(hashed.thumbnails) if hashed.greyscale is None else hashed.greyscale
+        return np.ones(len(first), bool)
     warped, target, valid = _warped_thumbnails(hashed, first, second, transforms)
-    valid &= _content(warped, hashed, first) | _content(target, hashed, second)
+    return _colour_verdicts(hashed, first, second, (warped, target, valid), (0, 1, 2))
+
+
+def _grey_copies_agree(hashed, first, second, kind, signal):
+    """bool mask: False for thumbnail-confirmed pairs of a grey and a colour image whose greys are not the colour
+    one's luminance (`colours_agree`). Mean-free thumbnails compared in grey joined a grey copy of one product
+    to another product of its shape in another colour (the blind catalog)."""
+    agree = np.ones(len(first), bool)
+    greyscale = greyscale_images(hashed.thumbnails) if hashed.greyscale is None else hashed.greyscale
+    pairs = np.flatnonzero(greyscale[first] != greyscale[second])  # the rest: nothing to check here
+    if not len(pairs):
+        return agree
+    first, second = first[pairs], second[pairs]
+    trimmed = (signal[pairs] == TRIMMED_THUMBNAIL)[:, None]  # compared as their signal compared them
+    framings = hashed.thumbnails, hashed.thumbnails if hashed.trimmed_thumbnails is None else hashed.trimmed_thumbnails
+    rows = [np.where(trimmed, framings[1][ends], framings[0][ends]) for ends in (first, second)]
+    if kind == MIRROR_HASH:
+        rows[1] = _mirrored(rows[1])
+    pixels = [row.reshape(len(row), -1, 3).astype(np.float32) for row in rows]
+    valid = np.repeat(~_corner_mask((THUMBNAIL_SIDE, THUMBNAIL_SIDE)).reshape(1, -1), len(first), axis=0)
+    agree[pairs] = _colour_verdicts(hashed, first, second, (*pixels, valid), (1,))
+    return agree
+
+
+def _colour_verdicts(hashed, first, second, aligned, grey_counts):
+    """bool mask: `colours_agree`'s verdict on aligned (first pixels, second pixels, valid) for the pairs with one
+    of `grey_counts` greyscale images (0: both in colour); True for the rest."""
+    warped, target, valid = aligned
+    valid = valid & (_content(warped, hashed, first) | _content(target, hashed, second))
+    greyscale = greyscale_images(hashed.thumbnails) if hashed.greyscale is None else hashed.greyscale
     greys = greyscale[first].astype(int) + greyscale[second]
-    for grey_count, change, limit in (
-        (0, COLOUR_CHANGE, COLOUR_DISTANCE),
-        (1, GREY_COPY_CHANGE, GREY_COPY_DISTANCE),
-        (2, COLOUR_CHANGE, COLOUR_DISTANCE),
-    ):
+    agree = np.ones(len(first), bool)
+    for grey_count in grey_counts:
+        change, limit = (GREY_COPY_CHANGE, GREY_COPY_DISTANCE) if grey_count == 1 else (COLOUR_CHANGE, COLOUR_DISTANCE)
         pairs = np.flatnonzero(greys == grey_count)
         if len(pairs):
             corrected, compared = _corrected(warped[pairs], target[pairs], valid[pairs], grey_count == 0, change)
