@@ -238,3 +238,36 @@ def test_plain_images_of_different_colours_are_not_near_duplicates():
     )
     groups = near_duplicates.near_duplicate_forest(hashed, workers=1).groups()
     assert np.flatnonzero(groups >= 0).tolist() == [5, len(encoded)], groups
+
+
+def _phone(colour):
+    """A product on white: a body of `colour` with lenses, a print and a brand name (what ORB keys on)."""
+    import cv2
+
+    canvas = np.full((220, 180, 3), 255, np.uint8)
+    cv2.rectangle(canvas, (40, 20), (140, 200), colour, cv2.FILLED)
+    cv2.circle(canvas, (70, 50), 12, (40, 40, 40), cv2.FILLED)
+    cv2.circle(canvas, (100, 50), 8, (40, 40, 40), cv2.FILLED)
+    cv2.fillPoly(canvas, [np.array([[90, 110], [120, 160], [60, 160]])], (230, 230, 230))
+    cv2.putText(canvas, "ABO", (55, 190), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (30, 30, 30), 2)
+    return canvas
+
+
+def test_look_alike_products_in_other_colours_are_not_joined_but_recoloured_copies_are():
+    # The blind catalog's false joins: one outline in two colours aligns as many ORB keypoints as a crop does.
+    rng = np.random.default_rng(0)
+    products = [_phone(colour) for colour in ((60, 160, 60), (150, 70, 170), (175, 175, 175))]  # green, purple, grey
+    edits = [("crop_all_sides", 0.04), ("brightness", 0.15), ("contrast", -0.15), ("saturation", -0.15)]
+    edits.append(("greyscale", 1))
+    encoded = [image_edits.apply_edit(pixels, "jpeg", 92, rng) for pixels in products]
+    encoded += [image_edits.apply_edit(products[0], family, strength, rng) for family, strength in edits]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    first, look_alikes = np.zeros(2, int), np.array([1, 2])
+    inliers, _, transforms = near_duplicates._inliers(hashed, first, look_alikes)
+    assert (inliers >= near_duplicates.DEFAULT_MIN_INLIERS).all(), inliers  # keypoints alone would join them
+    assert not near_duplicates.colours_agree(hashed, first, look_alikes, transforms).any()
+    greys = np.array([len(encoded) - 1, 2])  # its greyscale copy; the grey product
+    agree = near_duplicates._grey_copies_agree(hashed, first, greys, near_duplicates.HASH, np.full(2, "hash"))
+    assert agree.tolist() == [True, False]  # thumbnails compared in grey: only a copy keeps the luminance
+    groups = near_duplicates.near_duplicate_forest(hashed, workers=1).groups()
+    assert groups[1] == groups[2] == -1 and groups[0] >= 0 and (groups[3:] == groups[0]).all(), groups

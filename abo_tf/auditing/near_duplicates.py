@@ -128,6 +128,28 @@ CORNER_ROWS, CORNER_COLUMNS = 0.14, 0.28
 # Corner-masked thumbnails of a badged copy correlate at 0.996 or more (saturation -15% too), two distinct shots of
 # a sky or a wall at up to 0.991 (benchmark, seed 0): the corners left out, more must agree.
 CORNER_SIMILARITY = 0.993
+
+
+class ColourChange(NamedTuple):
+    """The most a catalog's edit changes a picture's levels: luminance gain (either way) and offset (levels)."""
+
+    max_gain: float
+    max_offset: float
+
+
+# Keypoint-aligned pairs are also compared in colour (`colours_agree`). Brightness, contrast and saturation edits
+# of up to 25% (and clipping at white) stay within these corrections; 20 levels of distance left over product
+# pixels is where the blind catalog's look-alikes of other colours begin and the real photographs' copies end
+# (README, "third source"; benchmark, seed 0).
+COLOUR_CHANGE = ColourChange(max_gain=1.35, max_offset=40.0)
+MAX_CHROMA_GAIN = 1.5
+COLOUR_DISTANCE = 15.0
+# A greyscale copy has its original's luminance to a few levels (OpenCV's grey is the same sum): a grey picture and
+# a colour one are one picture only if the grey is the colour one's luminance, nearly unchanged.
+GREY_COPY_CHANGE = ColourChange(max_gain=1.05, max_offset=8.0)
+GREY_COPY_DISTANCE = 6.0
+LUMA = np.array([0.114, 0.587, 0.299], np.float32)  # OpenCV's grey of BGR
+
 KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
 # Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
 # hash is among the closest.
@@ -161,6 +183,7 @@ class HashedImages(NamedTuple):
     corner_hashes: np.ndarray | None = None  # uint64 [N]: the pHash of the untrimmed image, corners masked
     greyscale: np.ndarray | None = None  # bool [N]: the thumbnail is grey (`greyscale_images`; set by the search)
     framed: np.ndarray | None = None  # bool [N]: the image was not trimmed (`framed_images`; set by the search)
+    trimmed_aspects: np.ndarray | None = None  # float32 [N]: width / height of the trimmed image (keypoints to pixels)
 
 
 class Signature(NamedTuple):
@@ -177,6 +200,7 @@ class Signature(NamedTuple):
     keypoint_count: int
     side_hashes: tuple
     corner_hash: int
+    trimmed_aspect: float
 
 
 def _shrunk(pixels, side):
@@ -307,7 +331,9 @@ def signature(encoded):
         centre = (UNDECODABLE,) * (len(CENTRE_SCALES) + 1)
         blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
         sides = (UNDECODABLE,) * 4
-        return Signature(UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, blank, *no_points, sides, UNDECODABLE)
+        return Signature(
+            UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, blank, *no_points, sides, UNDECODABLE, 1.0
+        )
     whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
     # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
     # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
@@ -327,6 +353,7 @@ def signature(encoded):
         *_local_features(grey),
         _side_hashes(grey),
         corner,
+        grey.shape[1] / grey.shape[0],
     )
 
 
@@ -439,6 +466,7 @@ def hashed_images(signatures):
         whole_hashes=signatures.whole_hash.astype(np.uint64),
         side_hashes=signatures.side_hashes.astype(np.uint64),
         corner_hashes=signatures.corner_hash.astype(np.uint64),
+        trimmed_aspects=signatures.trimmed_aspect.astype(np.float32),
     )
 
 
@@ -461,6 +489,7 @@ def _empty_columns(size):
         "whole_hashes": np.zeros(size, np.uint64),
         "side_hashes": np.zeros((size, 4), np.uint64),
         "corner_hashes": np.zeros(size, np.uint64),
+        "trimmed_aspects": np.ones(size, np.float32),
     }
 
 
@@ -476,6 +505,7 @@ def _fill(columns, start, split, image_ids, labels, product_types, item_ids, sig
     columns["keypoints"][rows], columns["descriptors"][rows] = signatures.keypoints, signatures.descriptors
     columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
     columns["side_hashes"][rows], columns["corner_hashes"][rows] = signatures.side_hashes, signatures.corner_hash
+    columns["trimmed_aspects"][rows] = signatures.trimmed_aspect
     return rows.stop
 
 
@@ -1059,13 +1089,15 @@ def _pair_kinds(first_kind, second_kind):
 
 
 def _inliers(hashed, first, second):
-    """(counts, spreads): ORB keypoints of each pair's first image that one similarity transform (scale, turn,
-    shift; RANSAC) maps onto matching keypoints of the second (crops, padding, turns and badges keep most, other
-    pictures a few), and the narrower side of their bounding box, in keypoint units (255: the image's side).
+    """(counts, spreads, transforms): ORB keypoints of each pair's first image that one similarity transform
+    (scale, turn, shift; RANSAC) maps onto matching keypoints of the second (crops, padding, turns and badges keep
+    most, other pictures a few), the narrower side of their bounding box, in keypoint units (255: the image's
+    side), and that transform (float32 [n, 2, 3], keypoint units; zeros where none is plausible).
     """
     counts, spreads = np.zeros(len(first), np.int64), np.zeros(len(first), np.float32)
+    transforms = np.zeros((len(first), 2, 3), np.float32)
     if hashed.descriptors is None:
-        return counts, spreads
+        return counts, spreads, transforms
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
     for pair, (one, other) in enumerate(zip(first, second)):
         one_count, other_count = int(hashed.keypoint_counts[one]), int(hashed.keypoint_counts[other])
@@ -1087,7 +1119,8 @@ def _inliers(hashed, first, second):
         if transform is not None and _plausible(transform):
             aligned = source[inlier_mask.ravel() > 0]
             counts[pair], spreads[pair] = len(aligned), (aligned.max(axis=0) - aligned.min(axis=0)).min()
-    return counts, spreads
+            transforms[pair] = transform
+    return counts, spreads, transforms
 
 
 def _inner(rows):
@@ -1132,6 +1165,9 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
     if len(close):  # a crop of one side moves the picture in its thumbnail: only the cropped thumbnail may match
         verified = _side_verified if kind == SIDE_HASH else _close_verified
         similarity[close], signal[close] = verified(hashed, first[close], second[close], kind, min_similarity)
+        confirmed = close[signal[close] != ""]
+        refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
+        signal[confirmed[refused]] = ""
     return similarity, signal
 
 
@@ -1304,6 +1340,148 @@ def _aligned(hashed, first, second, inliers, spreads, min_inliers):
     return (inliers >= min_inliers) | relaxed
 
 
+def colours_agree(hashed, first, second, transforms):
+    """bool mask: whether each keypoint-aligned pair also agrees in colour where both images show something.
+
+    ORB aligns the outline of look-alike products (a green and a grey phone of one shape) as well as a crop's:
+    on the blind catalog 160 of 170 joins of different products were keypoint joins (issue 18). So the first
+    image's trimmed thumbnail is warped onto the second's by the pair's transform (`_warped_thumbnails`), and the
+    two are compared outside the corners (a badge) where either shows more than its background (`_content`),
+    after the correction a brightness, contrast or saturation edit may need (`_corrected`): the distance left
+    (`_residual`) must be COLOUR_DISTANCE levels or less. A greyscale copy keeps its original's luminance, so a
+    grey image and a colour one are compared in grey, closer (GREY_COPY_CHANGE, GREY_COPY_DISTANCE): a grey
+    phone is not a green phone greyed out unless its greys are the green's.
+
+    Args:
+      hashed: a `HashedImages` with `trimmed_aspects`.
+      first, second: int arrays, the images of each pair.
+      transforms: float32 [n, 2, 3] of `_inliers`: the first image's keypoints onto the second's.
+    """
+    if hashed.trimmed_aspects is None or not len(first):
+        return np.ones(len(first), bool)
+    warped, target, valid = _warped_thumbnails(hashed, first, second, transforms)
+    return _colour_verdicts(hashed, first, second, (warped, target, valid), (0, 1, 2))
+
+
+def _grey_copies_agree(hashed, first, second, kind, signal):
+    """bool mask: False for thumbnail-confirmed pairs of a grey and a colour image whose greys are not the colour
+    one's luminance (`colours_agree`). Mean-free thumbnails compared in grey joined a grey copy of one product
+    to another product of its shape in another colour (the blind catalog)."""
+    agree = np.ones(len(first), bool)
+    greyscale = greyscale_images(hashed.thumbnails) if hashed.greyscale is None else hashed.greyscale
+    pairs = np.flatnonzero(greyscale[first] != greyscale[second])  # the rest: nothing to check here
+    if not len(pairs):
+        return agree
+    first, second = first[pairs], second[pairs]
+    trimmed = (signal[pairs] == TRIMMED_THUMBNAIL)[:, None]  # compared as their signal compared them
+    framings = hashed.thumbnails, hashed.thumbnails if hashed.trimmed_thumbnails is None else hashed.trimmed_thumbnails
+    rows = [np.where(trimmed, framings[1][ends], framings[0][ends]) for ends in (first, second)]
+    if kind == MIRROR_HASH:
+        rows[1] = _mirrored(rows[1])
+    pixels = [row.reshape(len(row), -1, 3).astype(np.float32) for row in rows]
+    valid = np.repeat(~_corner_mask((THUMBNAIL_SIDE, THUMBNAIL_SIDE)).reshape(1, -1), len(first), axis=0)
+    agree[pairs] = _colour_verdicts(hashed, first, second, (*pixels, valid), (1,))
+    return agree
+
+
+def _colour_verdicts(hashed, first, second, aligned, grey_counts):
+    """bool mask: `colours_agree`'s verdict on aligned (first pixels, second pixels, valid) for the pairs with one
+    of `grey_counts` greyscale images (0: both in colour); True for the rest."""
+    warped, target, valid = aligned
+    valid = valid & (_content(warped, hashed, first) | _content(target, hashed, second))
+    greyscale = greyscale_images(hashed.thumbnails) if hashed.greyscale is None else hashed.greyscale
+    greys = greyscale[first].astype(int) + greyscale[second]
+    agree = np.ones(len(first), bool)
+    for grey_count in grey_counts:
+        change, limit = (GREY_COPY_CHANGE, GREY_COPY_DISTANCE) if grey_count == 1 else (COLOUR_CHANGE, COLOUR_DISTANCE)
+        pairs = np.flatnonzero(greys == grey_count)
+        if len(pairs):
+            corrected, compared = _corrected(warped[pairs], target[pairs], valid[pairs], grey_count == 0, change)
+            agree[pairs] = _residual(corrected, compared, valid[pairs]) <= limit
+    return agree
+
+
+def _warped_thumbnails(hashed, first, second, transforms):
+    """(the first images' trimmed thumbnails warped onto the second's grid, the second's, float32 [n, pixels, 3];
+    bool [n, pixels]: inside both and outside both images' corner boxes)."""
+    side = THUMBNAIL_SIDE
+    corners = _corner_mask((side, side))
+    warped, valid = np.empty((len(first), side * side, 3), np.float32), np.empty((len(first), side * side), bool)
+    inside_and_corners = np.dstack([np.ones((side, side), np.float32), corners.astype(np.float32)])
+    for pair, (one, other) in enumerate(zip(first, second)):
+        matrix = _thumbnail_transform(hashed.trimmed_aspects[one], hashed.trimmed_aspects[other], transforms[pair])
+        pixels = hashed.trimmed_thumbnails[one].reshape(side, side, 3).astype(np.float32)
+        warped[pair] = cv2.warpAffine(
+            pixels, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        ).reshape(-1, 3)
+        masks = cv2.warpAffine(inside_and_corners, matrix, (side, side), flags=cv2.INTER_LINEAR)
+        valid[pair] = ((masks[..., 0] > 0.999) & (masks[..., 1] < 0.01)).ravel()
+    valid &= ~corners.ravel()
+    target = hashed.trimmed_thumbnails[second].reshape(len(second), side * side, 3).astype(np.float32)
+    return warped, target, valid
+
+
+def _thumbnail_transform(one_aspect, other_aspect, transform):
+    """2 x 3 matrix: a keypoint transform (`_inliers`) between two trimmed images, as one between their
+    thumbnails' pixels."""
+    full = np.vstack([transform, [0.0, 0.0, 1.0]]).astype(np.float64)
+    return (_keypoint_to_thumbnail(other_aspect) @ full @ np.linalg.inv(_keypoint_to_thumbnail(one_aspect)))[:2]
+
+
+def _keypoint_to_thumbnail(aspect):
+    """3 x 3 matrix: keypoint units (255: the trimmed image's longer side) to its thumbnail's pixels (OpenCV's
+    pixel centres: the first pixel's is 0)."""
+    width, height = (255.0, 255.0 / aspect) if aspect >= 1 else (255.0 * aspect, 255.0)
+    return np.array([[THUMBNAIL_SIDE / width, 0.0, -0.5], [0.0, THUMBNAIL_SIDE / height, -0.5], [0.0, 0.0, 1.0]])
+
+
+def _content(pixels, hashed, images):
+    """bool [n, pixels]: which pixels differ by more than BORDER_TOLERANCE from their image's background (the
+    median of its thumbnail's outer ring); all of them where the image fills its frame (a photograph)."""
+    side = THUMBNAIL_SIDE
+    rows = hashed.thumbnails[images].reshape(len(images), side, side, 3)
+    ring = np.concatenate([rows[:, 0], rows[:, -1], rows[:, 1:-1, 0], rows[:, 1:-1, -1]], axis=1)
+    background = np.median(ring, axis=1).astype(np.float32)
+    return (np.abs(pixels - background[:, None]).max(axis=2) > BORDER_TOLERANCE) | _fills_frame(hashed, images)[:, None]
+
+
+def _corrected(first, second, valid, colour, change):
+    """(first corrected towards second, second), float32 [n, pixels, 3]: the luminance by its least-squares gain
+    and offset, the chroma (each pixel less its luminance) by its least-squares gain, each clipped to `change`
+    (a `ColourChange`); in grey (both images' chroma dropped) unless `colour`."""
+    weights = valid.astype(np.float32)
+    count = np.maximum(weights.sum(axis=1), 1.0)
+    first_luma, second_luma = first @ LUMA, second @ LUMA
+    first_mean, second_mean = (first_luma * weights).sum(axis=1) / count, (second_luma * weights).sum(axis=1) / count
+    first_spread = (first_luma - first_mean[:, None]) * weights
+    second_spread = (second_luma - second_mean[:, None]) * weights
+    gain = (first_spread * second_spread).sum(axis=1) / np.maximum((first_spread**2).sum(axis=1), 1e-6)
+    gain = np.clip(gain, 1 / change.max_gain, change.max_gain)
+    offset = np.clip(second_mean - gain * first_mean, -change.max_offset, change.max_offset)
+    first_chroma, second_chroma = first - first_luma[..., None], second - second_luma[..., None]
+    chroma_weights = weights[..., None]
+    chroma_gain = (first_chroma * second_chroma * chroma_weights).sum(axis=(1, 2)) / np.maximum(
+        (first_chroma**2 * chroma_weights).sum(axis=(1, 2)), 1e-6
+    )
+    chroma_gain = np.clip(chroma_gain, 1 / MAX_CHROMA_GAIN, MAX_CHROMA_GAIN) if colour else np.zeros(len(first))
+    corrected = (gain[:, None] * first_luma + offset[:, None])[..., None] + chroma_gain[:, None, None] * first_chroma
+    return corrected, second if colour else np.repeat(second_luma[..., None], 3, axis=2)
+
+
+def _residual(corrected, compared, valid):
+    """Root mean square over the valid pixels of each compared pixel's distance (levels, BGR) to the nearest
+    corrected pixel within one thumbnail pixel: a warp by 32 keypoints is a fraction of a pixel off at edges."""
+    count, side = len(corrected), THUMBNAIL_SIDE
+    padded = np.pad(corrected.reshape(count, side, side, 3), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    compared = compared.reshape(count, side, side, 3)
+    nearest = np.full((count, side, side), np.inf, np.float32)
+    for rows, columns in itertools.product(range(3), range(3)):
+        shifted = padded[:, rows : rows + side, columns : columns + side]
+        nearest = np.minimum(nearest, np.linalg.norm(compared - shifted, axis=3))
+    weights = valid.astype(np.float32)
+    return np.sqrt((nearest.reshape(count, -1) ** 2 * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
+
+
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
     most `cap` checked pairs, a block's pairs checked by `threads` (`progress`: a bar over the pairs); returns how
@@ -1322,9 +1500,9 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         counted = list(
             pool.map(_inliers, itertools.repeat(hashed), [first[p] for p in parts], [second[p] for p in parts])
         )
-        inliers = np.concatenate([part[0] for part in counted])
-        spreads = np.concatenate([part[1] for part in counted])
+        inliers, spreads, transforms = (np.concatenate(parts) for parts in zip(*counted))
         found = _aligned(hashed, first[block], second[block], inliers, spreads, min_inliers)
+        found[found] = colours_agree(hashed, first[block][found], second[block][found], transforms[found])
         similarity = thumbnail_similarity(
             hashed.thumbnails, first[block][found], second[block][found], greyscale=hashed.greyscale
         )
