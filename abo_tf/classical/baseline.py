@@ -68,8 +68,9 @@ class BaselineConfig(feature_spec.FeatureOptions):
         minimum=2,
         maximum=options.MAX_COUNT,
         group="models",
-        help="logreg trains on at most this many rows: every row of the classes up to a cap, the cap of the "
-        "others (lbfgs's time grows with rows x classes x columns x iterations)",
+        help="logreg's search and first fit see at most this many rows: every row of the classes up to a cap, the "
+        "cap of the others (lbfgs's time grows with rows x classes x columns x iterations); "
+        "--logreg-all-rows-iter then continues on every row",
     )
     logreg_all_rows_iter: int = options.option(
         classifiers.LOGREG_ALL_ROWS_ITER,

@@ -113,7 +113,7 @@ def fit_further(classifier, features, labels, iterations, callback=None, workers
     Args:
       classifier: a fitted LogisticRegression for which `applies` holds; its C, tol and class_weight (None or a
         dict) are used. Its coef_, intercept_ and n_iter_ are replaced.
-      features: float32 [rows, columns] (float64 is cast chunk by chunk).
+      features: float32 [rows, columns], as `classifiers._transformed` gives them (float64 computes in float64).
       labels: [rows], each one of `classifier.classes_`.
       iterations: lbfgs iterations at most.
       callback: called with no argument after each iteration (a progress bar's update).
