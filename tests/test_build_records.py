@@ -4,7 +4,6 @@ import array
 import collections
 import errno
 import gzip
-import itertools
 import json
 import os
 import random
@@ -123,7 +122,7 @@ def test_pax_tar_falls_back_to_tarfile(tmp_path, abo_folder_sample):
     assert store.rows == archive.open_images(abo_folder_sample["root"]).rows
 
 
-# --- the serial step's array code against the per-image loops it replaced ----
+# --- the scan's order by NumPy against the sort it replaced -------------------
 
 
 class _Index:
@@ -137,8 +136,6 @@ class _Index:
         self.position = {f"i{number}": number for number in range(num_images)}
         for number in range(0, num_images, 7):  # two ids of one member: same path, same offset
             self.position[f"twin{number}"] = number
-        self.position["absent"] = records_build._ImageIndex.NOT_IN_ARCHIVE
-        self.absent, self.refused = ["absent"], {"i3": "file_too_large", "absent": "path_outside_images"}
 
 
 def _old_located(index, image_ids):
@@ -151,52 +148,17 @@ def _old_located(index, image_ids):
     return [image_id for image_id, _, _ in rows]
 
 
-def _old_candidates(options, index, image_ids, excluded):
-    listings_of_image = collections.defaultdict(list)
-    for number, ids in enumerate(image_ids):
-        for image_id in ids:
-            listings_of_image[image_id].append(number)
-    status = {}
-    for image_id, numbers in listings_of_image.items():
-        position = index.position.get(image_id)
-        if position is None:
-            status[image_id] = "missing_from_images_csv"
-        elif image_id in index.refused:
-            status[image_id] = index.refused[image_id]
-        elif position == index.NOT_IN_ARCHIVE:
-            status[image_id] = "missing_from_archive"
-        elif len(numbers) > options.max_listings_per_image:
-            status[image_id] = "over_shared"
-        elif image_id in excluded:
-            status[image_id] = records_build.EXCLUDED
-    return dict(listings_of_image), status
-
-
 @pytest.mark.parametrize("seed", range(6))
-def test_array_steps_give_what_the_per_image_loops_gave(seed):
+def test_scan_order_by_numpy_is_the_sorted_order_it_replaced(seed):
     rng = random.Random(seed)
     index = _Index(rng, rng.randrange(1, 300), in_tar=seed % 2 == 0)
-    index.NOT_IN_ARCHIVE = records_build._ImageIndex.NOT_IN_ARCHIVE
-    known = [*index.position, "ghost"]  # "ghost": named by a listing, not in images.csv
-    image_ids = [tuple(rng.choices(known, k=rng.randrange(0, 4))) for _ in range(rng.randrange(1, 200))]
-    excluded = set(rng.sample(known, 5))
-    options = build_options({"listings": "l", "images": "i"}, "out", max_listings_per_image=rng.randrange(1, 4))
-    candidates = records_build._read_candidates(options, index, ([None] * len(image_ids), image_ids, []), excluded)
-    assert (candidates.listings_of_image, candidates.image_status) == _old_candidates(
-        options, index, image_ids, excluded
-    )
-    assert list(candidates.listings_of_image) == list(dict.fromkeys(itertools.chain.from_iterable(image_ids)))
-    located = sorted(image_id for image_id in index.position if index.position[image_id] >= 0)
-    ordered, locations = records_build._located(index, located)
+    located = sorted(index.position)
+    ordered, positions, locations = records_build._located(index, located)
     assert ordered == _old_located(index, located)
+    assert positions.tolist() == [index.position[image_id] for image_id in ordered]
+    in_tar = seed % 2 == 0
     assert locations == [
-        (
-            index.paths[index.position[image_id]],
-            (index.offsets[index.position[image_id]], index.sizes[index.position[image_id]]),
-        )
-        if seed % 2 == 0
-        else (index.paths[index.position[image_id]], (None, index.sizes[index.position[image_id]]))
-        for image_id in ordered
+        (index.paths[at], (index.offsets[at] if in_tar else None, index.sizes[at])) for at in positions.tolist()
     ]
 
 
