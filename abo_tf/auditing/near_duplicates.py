@@ -23,7 +23,10 @@ are within 6-8. So each candidate pair is confirmed on its pixels (`_verified`):
 mirrored for a mirror match) where its hashes are within THUMBNAIL_HASH_DISTANCE bits, by their inner part (a
 badge, a turn), by the thumbnails of the trimmed images (padding), or by ORB keypoints (OpenCV, 32 per image)
 that one similarity transform of bounded scale and turn maps onto matching keypoints of the other image (RANSAC):
-crops and turns. `benchmarks/near_duplicate_benchmark.py` measures each edit family.
+crops and turns. Keypoints align the outline of look-alike products (one phone in green and in grey) as well, so
+a keypoint-aligned pair must also agree in colour once aligned by that transform (`colours_agree`), and a grey
+image is one picture with a colour one only when its greys are the colour one's luminance (a greyscale copy).
+`benchmarks/near_duplicate_benchmark.py` measures each edit family.
 """
 
 import concurrent.futures
