@@ -135,9 +135,10 @@ class ColourChange(NamedTuple):
 
 
 # Keypoint-aligned pairs are also compared in colour (`colours_agree`). Brightness, contrast and saturation edits
-# of up to 25% (and clipping at white) stay within these corrections; 20 levels of distance left over product
-# pixels is where the blind catalog's look-alikes of other colours begin and the real photographs' copies end
-# (README, "third source"; benchmark, seed 0).
+# of up to 25% stay within these corrections (not a light product brightened until it clips against white). The
+# distance left was chosen on the seed-0 real photographs and generated catalog (README, "Fifth round"): at 12,
+# three 8% crops on every side of real photographs and two catalog copies were refused; at 15 no catalog copy,
+# and the catalog's look-alike joins went 22 -> 15 (with the grey-copy rule, 12).
 COLOUR_CHANGE = ColourChange(max_gain=1.35, max_offset=40.0)
 MAX_CHROMA_GAIN = 1.5
 COLOUR_DISTANCE = 15.0
@@ -1199,9 +1200,10 @@ def colours_agree(hashed, first, second, transforms):
     image's trimmed thumbnail is warped onto the second's by the pair's transform (`_warped_thumbnails`), and the
     two are compared outside the corners (a badge) where either shows more than its background (`_content`),
     after the correction a brightness, contrast or saturation edit may need (`_corrected`): the distance left
-    (`_residual`) must be COLOUR_DISTANCE levels or less. A greyscale copy keeps its original's luminance, so a
-    grey image and a colour one are compared in grey, closer (GREY_COPY_CHANGE, GREY_COPY_DISTANCE): a grey
-    phone is not a green phone greyed out unless its greys are the green's.
+    (`_residual`) must be COLOUR_DISTANCE levels or less (PHOTOGRAPH_COLOUR_DISTANCE for two images that fill
+    their frame). A greyscale copy keeps its original's luminance, so a grey image and a colour one are compared
+    in grey, closer (GREY_COPY_CHANGE, GREY_COPY_DISTANCE): a grey phone is not a green phone greyed out unless
+    its greys are the green's.
 
     Args:
       hashed: a `HashedImages` with `trimmed_aspects`.
