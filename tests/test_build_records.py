@@ -4,6 +4,7 @@ import array
 import collections
 import errno
 import gzip
+import hashlib
 import itertools
 import json
 import os
@@ -12,12 +13,13 @@ import re
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from abo_tf import build_records
 from abo_tf.common.errors import UserInputError
-from abo_tf.records import archive, schema, shards
+from abo_tf.records import archive, labels, schema, shards
 from abo_tf.records import build as records_build
 from tests.conftest import build_options
 
@@ -123,7 +125,7 @@ def test_pax_tar_falls_back_to_tarfile(tmp_path, abo_folder_sample):
     assert store.rows == archive.open_images(abo_folder_sample["root"]).rows
 
 
-# --- the serial step's array code against the per-image loops it replaced ----
+# --- the scan's order by NumPy against the sort it replaced -------------------
 
 
 class _Index:
@@ -135,10 +137,11 @@ class _Index:
         self.offsets = array.array("q", [start if in_tar else -1 for start in starts])
         self.sizes = array.array("q", [rng.randrange(1, 10**6) for _ in range(num_images)])
         self.position = {f"i{number}": number for number in range(num_images)}
-        for number in range(0, num_images, 7):  # two ids of one member: same path, same offset
-            self.position[f"twin{number}"] = number
-        self.position["absent"] = records_build._ImageIndex.NOT_IN_ARCHIVE
-        self.absent, self.refused = ["absent"], {"i3": "file_too_large", "absent": "path_outside_images"}
+        for number in range(0, num_images, 7):  # two ids of one member: same path, same offset, two positions
+            self.position[f"twin{number}"] = len(self.paths)
+            self.paths.append(self.paths[number])
+            self.offsets.append(self.offsets[number])
+            self.sizes.append(self.sizes[number])
 
 
 def _old_located(index, image_ids):
@@ -151,53 +154,65 @@ def _old_located(index, image_ids):
     return [image_id for image_id, _, _ in rows]
 
 
-def _old_candidates(options, index, image_ids, excluded):
-    listings_of_image = collections.defaultdict(list)
-    for number, ids in enumerate(image_ids):
-        for image_id in ids:
-            listings_of_image[image_id].append(number)
-    status = {}
-    for image_id, numbers in listings_of_image.items():
-        position = index.position.get(image_id)
-        if position is None:
-            status[image_id] = "missing_from_images_csv"
-        elif image_id in index.refused:
-            status[image_id] = index.refused[image_id]
-        elif position == index.NOT_IN_ARCHIVE:
-            status[image_id] = "missing_from_archive"
-        elif len(numbers) > options.max_listings_per_image:
-            status[image_id] = "over_shared"
-        elif image_id in excluded:
-            status[image_id] = records_build.EXCLUDED
-    return dict(listings_of_image), status
-
-
 @pytest.mark.parametrize("seed", range(6))
-def test_array_steps_give_what_the_per_image_loops_gave(seed):
+def test_scan_order_by_numpy_is_the_sorted_order_it_replaced(seed):
     rng = random.Random(seed)
     index = _Index(rng, rng.randrange(1, 300), in_tar=seed % 2 == 0)
-    index.NOT_IN_ARCHIVE = records_build._ImageIndex.NOT_IN_ARCHIVE
-    known = [*index.position, "ghost"]  # "ghost": named by a listing, not in images.csv
-    image_ids = [tuple(rng.choices(known, k=rng.randrange(0, 4))) for _ in range(rng.randrange(1, 200))]
-    excluded = set(rng.sample(known, 5))
-    options = build_options({"listings": "l", "images": "i"}, "out", max_listings_per_image=rng.randrange(1, 4))
-    candidates = records_build._read_candidates(options, index, ([None] * len(image_ids), image_ids, []), excluded)
-    assert (candidates.listings_of_image, candidates.image_status) == _old_candidates(
-        options, index, image_ids, excluded
-    )
-    assert list(candidates.listings_of_image) == list(dict.fromkeys(itertools.chain.from_iterable(image_ids)))
-    located = sorted(image_id for image_id in index.position if index.position[image_id] >= 0)
-    ordered, locations = records_build._located(index, located)
+    located = sorted(index.position)
+    ordered, positions, locations = records_build._located(index, located)
     assert ordered == _old_located(index, located)
+    assert positions.tolist() == [index.position[image_id] for image_id in ordered]
+    in_tar = seed % 2 == 0
     assert locations == [
-        (
-            index.paths[index.position[image_id]],
-            (index.offsets[index.position[image_id]], index.sizes[index.position[image_id]]),
-        )
-        if seed % 2 == 0
-        else (index.paths[index.position[image_id]], (None, index.sizes[index.position[image_id]]))
-        for image_id in ordered
+        (index.paths[at], (index.offsets[at] if in_tar else None, index.sizes[at])) for at in positions.tolist()
     ]
+
+
+def _plan_inputs(rng, index):
+    """A scan's columns, listings, types, groups and splits over `index`'s images, made up."""
+    image_ids, positions, _ = records_build._located(index, sorted(rng.sample(sorted(index.position), 150)))
+    place = np.full(len(index.paths), -1, np.int64)
+    place[positions] = np.arange(len(positions))
+    found = {
+        image_id: (hashlib.sha256(image_id.encode()).hexdigest(), rng.getrandbits(32), rng.choice([None, (9, 7)]))
+        for image_id in image_ids
+    }
+    scanned = records_build._Scanned(image_ids, place, *map(list, zip(*found.values())))
+    listings = [records_build._ListingLabel(f"item{rng.randrange(40)}", "T") for _ in range(60)]
+    shown = {image_id: sorted(rng.sample(range(60), rng.choice([1, 1, 2, 3]))) for image_id in image_ids}
+    candidates = records_build._Candidates(listings, [None] * 60, [()] * 60, shown, scanned=scanned)
+    types = {image_id: rng.choice(["A", "B", "C"]) for image_id in image_ids}
+    groups = {image_id: min(image_id, rng.choice(image_ids)) for image_id in image_ids}
+    members = {name: [] for name in ("train", "validation", "test")}
+    for image_id in rng.sample(image_ids, len(image_ids)):
+        members[rng.choice(list(members))].append(image_id)
+    return candidates, found, types, groups, members
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plan_from_the_scan_columns_is_the_plan_the_dicts_gave(seed):
+    rng = random.Random(seed)
+    index = _Index(rng, rng.randrange(150, 300), in_tar=seed != 1)
+    candidates, found, types, groups, members = _plan_inputs(rng, index)
+    vocabulary = labels.make_vocabulary(collections.Counter(types.values()))
+    options = build_options({"listings": "l", "images": "i"}, "out", shard_mb=20)
+    plan = records_build._make_plan(candidates, index, vocabulary, types, members, groups, options)
+    expected_digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
+    for shard in plan["shards"]:  # each item as the per-image dicts made it, and the fingerprint as it was
+        expected_digest.update(shard["file"].encode())
+        for item in itertools.chain.from_iterable(shard["pieces"]):
+            at = index.position[item.image_id]
+            label, name = vocabulary.label_of(types[item.image_id])
+            item_id = min(candidates.listings[number].item_id for number in candidates.listings_of_image[item.image_id])
+            digest, crc32c, copy_size = found[item.image_id]
+            offset = index.offsets[at] if index.offsets[at] >= 0 else None
+            located = (index.paths[at], offset, index.sizes[at], digest, crc32c)
+            assert item[1:] == (*located, label, name, item_id, copy_size, groups[item.image_id])
+            expected_digest.update(f"{item.image_id}:{item.sha256}:{item.label};".encode())
+    assert [item.image_id for shard in plan["shards"] for item in itertools.chain(*shard["pieces"])] == [
+        image_id for name in ("train", "validation", "test") for image_id in members[name]
+    ]
+    assert plan["fingerprint"] == expected_digest.hexdigest()
 
 
 # --- the build -------------------------------------------------------------

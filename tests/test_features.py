@@ -128,13 +128,18 @@ def test_one_process_gives_the_same_features_as_the_worker_pool(handcrafted, bui
 
 
 def test_second_call_reuses_the_cache(handcrafted, built_records, monkeypatch):
+    from abo_tf.training import input_pipeline
+
     records_dir, _ = built_records
     cache_dir, first = handcrafted
 
     def no_computing(*args, **kwargs):
-        raise AssertionError("the cached features were computed again")
+        raise AssertionError("the cached features were computed again, or their records read")
 
     monkeypatch.setattr(extraction, "_compute_split", no_computing)
+    # Neither the records' check (TensorFlow's import: the baselines' first line waited for it) nor the workers.
+    monkeypatch.setattr(input_pipeline, "check_records", no_computing)
+    monkeypatch.setattr(extraction, "_describer", no_computing)
     second = extraction.extract_features(records_dir, _spec(), cache_dir=cache_dir, workers=2, progress=False)
     for split in SPLITS:
         assert second[split].cached and second[split].path == first[split].path

@@ -221,22 +221,27 @@ def extract_features(
     Raises:
       UserInputError: as `resolve_spec`, a missing or empty split, or a damaged cache.
     """
-    from abo_tf.training import input_pipeline
-
     if batch_size < 1 or (workers is not None and workers < 1):
         raise UserInputError(f"--batch-size {batch_size}, --workers {workers}: both must be at least 1")
     manifest = shards.read_manifest(records_dir)
     spec = feature_spec.resolve_spec(spec)
-    input_pipeline.check_records(records_dir, manifest, list(splits))  # damaged records: named before any work
     outputs.claim(cache_dir, "features", "--cache-dir", records=records_dir)
     folder = feature_cache.cache_folder(cache_dir, manifest, spec)
-    results = {}
-    with _describer(spec, workers or os.cpu_count() or 1) as describe:
-        for split in splits:
-            path = os.path.join(folder, split)
-            cached = os.path.isdir(path)
-            if not cached:
+    missing = [split for split in splits if not os.path.isdir(os.path.join(folder, split))]
+    if missing:
+        # TensorFlow is imported, and descriptor workers started, only to compute: a command whose splits are all
+        # cached prints its first line seconds sooner (the import alone took 20-30 s on a loaded machine).
+        from abo_tf.training import input_pipeline
+
+        input_pipeline.check_records(records_dir, manifest, missing)  # damaged records: named before any work
+        with _describer(spec, workers or os.cpu_count() or 1) as describe:
+            for split in missing:
                 with input_pipeline.explain_read_errors(records_dir, manifest, [split]):
+                    path = os.path.join(folder, split)
                     _compute_split(records_dir, split, spec, manifest, path, describe, batch_size, progress)
-            results[split] = dataclasses.replace(feature_cache.load_features(path, split), cached=cached)
-    return results
+    return {
+        split: dataclasses.replace(
+            feature_cache.load_features(os.path.join(folder, split), split), cached=split not in missing
+        )
+        for split in splits
+    }

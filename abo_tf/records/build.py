@@ -273,14 +273,12 @@ class _ImageIndex:
         self.paths = []  # relative to images/<variant>/
         self.offsets, self.sizes = array.array("q"), array.array("q")  # offset -1: a file in a folder
         self.refused = {}  # image id -> reason the reader refused its file (path_outside_images, file_too_large)
-        self.absent = []  # ids of images not in the archive (position NOT_IN_ARCHIVE)
         for image_id, row in store.rows.items():
             location = store.locations.get(row.path)
             if row.path in store.refused:
                 self.refused[image_id] = store.refused[row.path]
             if location is None:
                 self.position[image_id] = self.NOT_IN_ARCHIVE
-                self.absent.append(image_id)
                 continue
             self.position[image_id] = len(self.paths)
             self.paths.append(row.path)
@@ -412,49 +410,26 @@ def _read_listings(path, image_selection, allow_truncated):
 
 def _read_candidates(options, image_index, selected, excluded=frozenset()):
     status, image_ids, labels_of_listings = selected
-    listings_of_image = _listings_of_images(image_ids)
+    listings_of_image = collections.defaultdict(list)
+    for index, ids in enumerate(image_ids):
+        for image_id in ids:
+            listings_of_image[image_id].append(index)
     candidates = _Candidates(
-        labels_of_listings, status, image_ids, listings_of_image, num_referenced=len(listings_of_image)
+        labels_of_listings, status, image_ids, dict(listings_of_image), num_referenced=len(listings_of_image)
     )
-    # Each reason in its order of precedence, an image taking the first that applies; set by C loops (filter, map,
-    # NumPy), as nearly every image has none: a loop in Python over the images took 0.1 s at 80k.
-    position = image_index.position
-    missing = list(itertools.filterfalse(position.__contains__, listings_of_image))
-    shared_by = np.fromiter(map(len, listings_of_image.values()), np.int64, len(listings_of_image))
-    over_shared = np.flatnonzero(shared_by > options.max_listings_per_image).tolist()
-    ids = list(listings_of_image) if over_shared else []
-    status = candidates.image_status
-    for reasons in (
-        dict.fromkeys(missing, "missing_from_images_csv"),
-        image_index.refused,  # path_outside_images, file_too_large
-        dict.fromkeys(image_index.absent, "missing_from_archive"),
-        dict.fromkeys(map(ids.__getitem__, over_shared), "over_shared"),
-        dict.fromkeys(excluded, EXCLUDED),
-    ):
-        status.update(
-            (image_id, reason)
-            for image_id, reason in reasons.items()
-            if image_id in listings_of_image and image_id not in status
-        )
+    for image_id, indices in candidates.listings_of_image.items():
+        position = image_index.position.get(image_id)
+        if position is None:
+            candidates.image_status[image_id] = "missing_from_images_csv"
+        elif image_id in image_index.refused:  # path_outside_images, file_too_large
+            candidates.image_status[image_id] = image_index.refused[image_id]
+        elif position == image_index.NOT_IN_ARCHIVE:
+            candidates.image_status[image_id] = "missing_from_archive"
+        elif len(indices) > options.max_listings_per_image:
+            candidates.image_status[image_id] = "over_shared"
+        elif image_id in excluded:
+            candidates.image_status[image_id] = EXCLUDED
     return candidates
-
-
-def _listings_of_images(image_ids):
-    """Dict image id -> the indices of the listings showing it, ascending, in the order the listings name them.
-
-    Made by `dict(zip(...))` in C; a loop in Python only over the images named more than once.
-    """
-    named = list(itertools.chain.from_iterable(image_ids))
-    owners = np.repeat(np.arange(len(image_ids)), np.fromiter(map(len, image_ids), np.int64, len(image_ids)))
-    owners = owners.tolist()
-    listings_of_image = dict(zip(named, map(list, zip(owners))))
-    if len(listings_of_image) < len(named):  # some images are named more than once
-        repeated = {image_id for image_id, count in collections.Counter(named).items() if count > 1}
-        for image_id in repeated:
-            listings_of_image[image_id] = []
-        for image_id, owner in itertools.compress(zip(named, owners), map(repeated.__contains__, named)):
-            listings_of_image[image_id].append(owner)
-    return listings_of_image
 
 
 # --- pass 1: scan ------------------------------------------------------------
