@@ -11,9 +11,9 @@ also counts its and its workers' CPU seconds. The bare rate is `near_duplicates.
 on the same records' images, already in memory; times the cores it is what a perfect fan-out would reach,
 and the ratio says how much reading, parsing and the worker queue cost. On a shared machine the wall-clock
 ratio moves with the load, so the CPU seconds an image of both are compared too (`cpu_ratio_to_bare`).
-Untimed, after: the pairs within the default distance on a quarter, half and all of the images (how the search's
-work grows). Label issues are not timed here: their cost is the feature extraction's (benchmarks/baselines_benchmark.py)
-plus a k-fold logistic regression.
+After, timed apart: the candidate pairs of the searches on a quarter, half and all of the images and their CPU
+seconds (how the search's work grows). Label issues are not timed here: their cost is the feature extraction's
+(benchmarks/baselines_benchmark.py) plus a k-fold logistic regression.
 Prints a Markdown table and writes benchmarks/results/audit.json.
 """
 
@@ -82,17 +82,23 @@ def _cpu_seconds():
     return times.user + times.system + times.children_user + times.children_system
 
 
-def close_pair_growth(hashed):
-    """Pairs within the default distance among the first search's hashes (trimmed, untrimmed, mirrored, centres) of
-    the first quarter, half and all of the images: how the search's work grows with the build (not timed)."""
+def candidate_growth(hashed):
+    """Candidate pairs of all three searches (each hash's `nearest` neighbours) and their CPU seconds on the first
+    quarter, half and all of the images: how the search's work grows with the build (timed apart)."""
     from abo_tf.auditing import near_duplicates
 
-    columns = [hashed.hashes, hashed.whole_hashes, hashed.mirror_hashes, *hashed.centre_hashes.T]
     growth = {}
     for count in (len(hashed.hashes) // 4, len(hashed.hashes) // 2, len(hashed.hashes)):
-        entries = np.concatenate([column[:count] for column in columns])
-        pairs = near_duplicates.hash_close_pairs(entries, near_duplicates.DEFAULT_HASH_DISTANCE)
-        growth[str(count)] = sum(len(first) for first, _ in pairs)
+        sliced = hashed._replace(
+            **{name: column[:count] for name, column in hashed._asdict().items() if column is not None}
+        )
+        callbacks = near_duplicates.DEFAULT_NEAREST, None, None, os.cpu_count() or 1, lambda images: None
+        started = time.process_time()
+        blocks = near_duplicates._candidate_pairs(
+            sliced, np.arange(count), near_duplicates.DEFAULT_HASH_DISTANCE, callbacks
+        )
+        pairs = sum(len(first) for first, *_ in blocks)
+        growth[str(count)] = {"pairs": pairs, "cpu_seconds": time.process_time() - started}
     return growth
 
 
@@ -120,11 +126,13 @@ def audit_near_duplicates(records_dir, output):
                 "edges_per_signal": dict(
                     zip(*(column.tolist() for column in np.unique(forest.edges.signal, return_counts=True)))
                 ),
+                "nearest": near_duplicates.DEFAULT_NEAREST,
                 "unchecked_local_pairs": forest.unchecked_local_pairs,
                 "left_out_bucket_pairs": forest.left_out_bucket_pairs,
                 "groups": int(groups.group.nunique()),
                 "grouped_images": len(groups),
-                "close_pairs_by_images": close_pair_growth(hashed),
+                "crowded_images": forest.crowded_images,
+                "candidates_by_images": candidate_growth(hashed),
             }
         )
     )
