@@ -1,7 +1,7 @@
 """Benchmark: the near-duplicate audit (hashing + multi-index search + groups file) on a generated build.
 
     .venv/bin/python benchmarks/audit_benchmark.py [--images 100000] [--work-dir DIR]
-    .venv/bin/python benchmarks/audit_benchmark.py --records DIR   # an existing build (read only), e.g. ABO size
+    .venv/bin/python benchmarks/audit_benchmark.py --records DIR [DIR ...]  # existing builds (read only)
 
 A generated sample of about `--images` images (`abo_tf.sample`, all images of every listing) is built once
 (`--work-dir` keeps both between runs), or `--records` names a build. Then, in a child process,
@@ -181,11 +181,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[100_000])
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
-    parser.add_argument("--records", default=None, help="an existing build to audit instead (read only)")
+    parser.add_argument("--records", nargs="+", default=None, help="existing builds to audit instead (read only)")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="audit-benchmark-")
     if args.records:
-        rows = [measure(args.records, None, os.path.join(work_dir, "near_duplicate_groups.csv"))]
+        output = os.path.join(work_dir, "near_duplicate_groups.csv")
+        rows = [measure(records, None, output) for records in args.records]
     else:
         rows = []
         for num_images in args.images:
