@@ -184,6 +184,7 @@ def main():
     parser.add_argument("--records", nargs="+", default=None, help="existing builds to audit instead (read only)")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="audit-benchmark-")
+    os.makedirs(work_dir, exist_ok=True)  # --records writes its groups file there too
     if args.records:
         output = os.path.join(work_dir, "near_duplicate_groups.csv")
         rows = [measure(records, None, output) for records in args.records]
