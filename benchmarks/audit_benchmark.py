@@ -1,7 +1,7 @@
 """Benchmark: the near-duplicate audit (hashing + multi-index search + groups file) on a generated build.
 
     .venv/bin/python benchmarks/audit_benchmark.py [--images 100000] [--work-dir DIR]
-    .venv/bin/python benchmarks/audit_benchmark.py --records DIR   # an existing build (read only), e.g. ABO size
+    .venv/bin/python benchmarks/audit_benchmark.py --records DIR [DIR ...]  # existing builds (read only)
 
 A generated sample of about `--images` images (`abo_tf.sample`, all images of every listing) is built once
 (`--work-dir` keeps both between runs), or `--records` names a build. Then, in a child process,
@@ -11,9 +11,9 @@ also counts its and its workers' CPU seconds. The bare rate is `near_duplicates.
 on the same records' images, already in memory; times the cores it is what a perfect fan-out would reach,
 and the ratio says how much reading, parsing and the worker queue cost. On a shared machine the wall-clock
 ratio moves with the load, so the CPU seconds an image of both are compared too (`cpu_ratio_to_bare`).
-Untimed, after: the pairs within the default distance on a quarter, half and all of the images (how the search's
-work grows). Label issues are not timed here: their cost is the feature extraction's (benchmarks/baselines_benchmark.py)
-plus a k-fold logistic regression.
+After, timed apart: the candidate pairs of the searches on a quarter, half and all of the images and their CPU
+seconds (how the search's work grows). Label issues are not timed here: their cost is the feature extraction's
+(benchmarks/baselines_benchmark.py) plus a k-fold logistic regression.
 Prints a Markdown table and writes benchmarks/results/audit.json.
 """
 
@@ -82,17 +82,23 @@ def _cpu_seconds():
     return times.user + times.system + times.children_user + times.children_system
 
 
-def close_pair_growth(hashed):
-    """Pairs within the default distance among the first search's hashes (trimmed, untrimmed, mirrored, centres) of
-    the first quarter, half and all of the images: how the search's work grows with the build (not timed)."""
+def candidate_growth(hashed):
+    """Candidate pairs of all three searches (each hash's `nearest` neighbours) and their CPU seconds on the first
+    quarter, half and all of the images: how the search's work grows with the build (timed apart)."""
     from abo_tf.auditing import near_duplicates
 
-    columns = [hashed.hashes, hashed.whole_hashes, hashed.mirror_hashes, *hashed.centre_hashes.T]
     growth = {}
     for count in (len(hashed.hashes) // 4, len(hashed.hashes) // 2, len(hashed.hashes)):
-        entries = np.concatenate([column[:count] for column in columns])
-        pairs = near_duplicates.hash_close_pairs(entries, near_duplicates.DEFAULT_HASH_DISTANCE)
-        growth[str(count)] = sum(len(first) for first, _ in pairs)
+        sliced = hashed._replace(
+            **{name: column[:count] for name, column in hashed._asdict().items() if column is not None}
+        )
+        callbacks = near_duplicates.DEFAULT_NEAREST, None, None, os.cpu_count() or 1, lambda images: None
+        started = time.process_time()
+        blocks = near_duplicates._candidate_pairs(
+            sliced, np.arange(count), near_duplicates.DEFAULT_HASH_DISTANCE, callbacks
+        )
+        pairs = sum(len(first) for first, *_ in blocks)
+        growth[str(count)] = {"pairs": pairs, "cpu_seconds": time.process_time() - started}
     return growth
 
 
@@ -120,11 +126,13 @@ def audit_near_duplicates(records_dir, output):
                 "edges_per_signal": dict(
                     zip(*(column.tolist() for column in np.unique(forest.edges.signal, return_counts=True)))
                 ),
+                "nearest": near_duplicates.DEFAULT_NEAREST,
                 "unchecked_local_pairs": forest.unchecked_local_pairs,
                 "left_out_bucket_pairs": forest.left_out_bucket_pairs,
                 "groups": int(groups.group.nunique()),
                 "grouped_images": len(groups),
-                "close_pairs_by_images": close_pair_growth(hashed),
+                "crowded_images": forest.crowded_images,
+                "candidates_by_images": candidate_growth(hashed),
             }
         )
     )
@@ -173,11 +181,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[100_000])
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
-    parser.add_argument("--records", default=None, help="an existing build to audit instead (read only)")
+    parser.add_argument("--records", nargs="+", default=None, help="existing builds to audit instead (read only)")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="audit-benchmark-")
+    os.makedirs(work_dir, exist_ok=True)  # --records writes its groups file there too
     if args.records:
-        rows = [measure(args.records, None, os.path.join(work_dir, "near_duplicate_groups.csv"))]
+        output = os.path.join(work_dir, "near_duplicate_groups.csv")
+        rows = [measure(records, None, output) for records in args.records]
     else:
         rows = []
         for num_images in args.images:

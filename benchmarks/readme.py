@@ -476,15 +476,30 @@ def render_near_duplicates_scale(results):
             f"{run['seconds']:.0f} | {run['peak_rss_mb']:,.0f} | {load} |"
         )
     for run in results["runs"]:
-        growth = sorted((int(images), pairs) for images, pairs in run["close_pairs_by_images"].items())
-        growth = ", ".join(f"{images:,} images: {pairs:,}" for images, pairs in growth)
         lines += [
             "",
-            f"`{run['records']}`: hash pairs within the default distance (first search) at {growth}; "
-            f"keypoint pairs left unchecked by the per-image bound {run['unchecked_local_pairs']:,}, candidate pairs "
-            f"of huge band buckets left out {run['left_out_bucket_pairs']:,}; {run['cores']} shared cores, one run.",
+            f"`{run['records']}`: {_growth(run)}; keypoint pairs left unchecked by the per-image bound "
+            f"{run['unchecked_local_pairs']:,}, candidate pairs of huge band buckets left out "
+            f"{run['left_out_bucket_pairs']:,}; {run['cores']} shared cores, one run.",
         ]
     return "\n".join(lines)
+
+
+def _growth(run):
+    """How the search's candidate pairs grow with the images, in the words of the run's benchmark version."""
+    if "candidates_by_images" not in run:  # before the nearest-neighbour bound: all pairs of the first search
+        growth = sorted((int(images), pairs) for images, pairs in run["close_pairs_by_images"].items())
+        return "hash pairs within the default distance (first search) at " + ", ".join(
+            f"{images:,} images: {pairs:,}" for images, pairs in growth
+        )
+    growth = sorted((int(images), entry) for images, entry in run["candidates_by_images"].items())
+    counted = ", ".join(
+        f"{images:,} images: {entry['pairs']:,} ({entry['cpu_seconds']:.0f} CPU s)" for images, entry in growth
+    )
+    return (
+        f"candidate pairs of the three searches (each hash's {run['nearest']} nearest) at {counted}; images with a "
+        f"hash of more than {run['nearest']} neighbours {run['crowded_images']:,}"
+    )
 
 
 def _include(name):

@@ -85,9 +85,11 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     forest = near_duplicates.near_duplicate_forest(hashed)
     assert checked and len(checked) == len(set(checked)) and forest.unchecked_local_pairs == 0
     checked.clear()
-    capped = near_duplicates.near_duplicate_forest(hashed, max_local_checks=1)
+    capped = near_duplicates.near_duplicate_forest(hashed, max_local_checks=1, nearest=2)
     counts = np.bincount(np.ravel(checked), minlength=len(hashed.hashes)) if checked else np.zeros(1)
     assert counts.max() <= 1 and capped.unchecked_local_pairs > 0
+    # a source and its copies: more than 2 neighbours each; the images counted are those of a crowded hash
+    assert forest.crowded_images < capped.crowded_images == int(capped.crowded.sum()) > 0
 
 
 def test_the_cap_keeps_each_images_closest_pairs():
@@ -131,6 +133,55 @@ def test_the_band_search_finds_every_pair_within_the_distance_exactly_once():
         rows, columns = np.nonzero(np.triu(within, 1) if queries is None else within[:queries, queries:])
         expected = set(zip(rows.tolist(), (columns + (queries or 0)).tolist()))
         assert len(found) == len(set(found)) and set(found) == expected and len(expected) > 500
+
+
+def _nearest_radius_first(hashes, max_distance, nearest, accept, queries):
+    """All-pairs answer of `nearest_pairs`: a hash's neighbours up to the first radius (its closest band's bits)
+    at which it has more than `nearest`, the `nearest` closest of them (ties: lower index); who had more."""
+    bands = len(near_duplicates._band_widths(len(hashes)))
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    values = [near_duplicates._band_values(hashes, band, bands) for band in range(bands)]
+    radius = np.min([np.bitwise_count(value[:, None] ^ value[None, :]) for value in values], axis=0)
+    decodable = hashes != np.uint64(near_duplicates.UNDECODABLE)
+    rows, columns = np.indices(distance.shape)
+    near = (distance <= max_distance) & (rows != columns) & decodable[:, None] & decodable[None, :]
+    near &= accept(rows.ravel(), columns.ravel()).reshape(near.shape)
+    pairs, crowded = set(), []
+    for entry in range(queries or len(hashes)):
+        neighbours = [other for other in np.flatnonzero(near[entry]) if other >= (queries or 0)]
+        stop = next((r for r in range(max_distance // bands) if sum(radius[entry, neighbours] <= r) > nearest), None)
+        found = sorted(
+            (distance[entry, other], other) for other in neighbours if stop is None or radius[entry, other] <= stop
+        )
+        crowded += [entry] if len(found) > nearest else []
+        pairs |= {(min(entry, other), max(entry, other)) for _, other in found[:nearest]}
+    return pairs, crowded
+
+
+@pytest.mark.parametrize("wide_bands", [None, 5])
+def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypatch):
+    """The bounded search against all pairs: in 4 bands, and in bands of uneven widths (as the 3 of 21-22 bits of
+    large builds, whose 4M-value tables take seconds to make: 5 of 12-13 bits here, the last radius in 4 of them)."""
+    if wide_bands:
+        monkeypatch.setattr(near_duplicates, "WIDE_FROM", 0)
+        monkeypatch.setattr(near_duplicates, "WIDE_BANDS", wide_bands)
+    rng = np.random.default_rng(29)
+    centres = rng.integers(0, 2**63, 4, dtype=np.uint64) * np.uint64(2)
+    hashes = centres[rng.integers(0, 4, 300)]  # crowds of alike hashes, as catalog images on white make
+    for _ in range(8):
+        flipped = rng.random(300) < 0.5
+        hashes[flipped] ^= np.uint64(1) << rng.integers(0, 64, int(flipped.sum())).astype(np.uint64)
+    hashes[rng.random(300) < 0.03] = np.uint64(near_duplicates.UNDECODABLE)
+
+    def accept(first, second):  # as a search's kinds: some pairs take no slot
+        return (first % 3) != (second % 3)
+
+    for queries, nearest in ((None, 6), (120, 4), (None, 300)):
+        blocks, crowded = near_duplicates.nearest_pairs(hashes, 8, nearest, accept, queries)
+        found = [pair for first, second in blocks for pair in zip(first.tolist(), second.tolist())]
+        expected, expected_crowded = _nearest_radius_first(hashes, 8, nearest, accept, queries)
+        assert len(found) == len(set(found)) and set(found) == expected and crowded.tolist() == expected_crowded
+        assert len(expected) > 100 and (nearest == 300) == (not expected_crowded)
 
 
 def test_a_huge_band_bucket_is_left_out_and_counted():

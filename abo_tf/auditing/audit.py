@@ -399,8 +399,15 @@ def _planted_markdown(scores):
     ]
 
 
-def _unchecked_markdown(unchecked, left_out):
+def _unchecked_markdown(unchecked, left_out, crowded=0):
     lines = []
+    if crowded:
+        lines += [
+            f"{crowded} images have a hash with more than {near_duplicates.DEFAULT_NEAREST} others within the hash "
+            f"distance (alike images, such as products on white): each hash was paired with its "
+            f"{near_duplicates.DEFAULT_NEAREST} nearest only (a near-duplicate farther than those may be missed).",
+            "",
+        ]
     if unchecked:
         lines += [
             f"{unchecked} candidate pairs were not checked by keypoints: each image takes part in at most "
@@ -441,7 +448,9 @@ def _report_markdown(summary, counts, label_audit, galleries):
         f"group with a train image: score without them with `--exclude {GROUPS_FILE}`, or rebuild with "
         f"`build_records --join-near-duplicates {GROUPS_FILE}`.",
         "",
-        *_unchecked_markdown(summary["unchecked_local_pairs"], summary.get("left_out_bucket_pairs", 0)),
+        *_unchecked_markdown(
+            summary["unchecked_local_pairs"], summary.get("left_out_bucket_pairs", 0), summary.get("crowded_images", 0)
+        ),
         *_planted_near_duplicates_markdown(summary.get("planted_near_duplicates")),
         "## Likely label errors",
         "",
@@ -537,6 +546,7 @@ def run_audit(options_):
     summary = _summary(options_, manifest_sha256, near, counts, label_audit, time.perf_counter() - started)
     summary["unchecked_local_pairs"] = forest.unchecked_local_pairs
     summary["left_out_bucket_pairs"] = forest.left_out_bucket_pairs
+    summary["crowded_images"] = forest.crowded_images
     if truth is not None:
         summary["planted_label_errors"] = label_issues.score_planted(
             label_audit, label_issues.planted_label_errors(truth)

@@ -48,6 +48,9 @@ HASH_SIDE = 32  # pixels of the grey image the DCT runs on
 HASH_BITS_SIDE = 8  # the lowest 8 x 8 frequencies: 64 bits
 BANDS = 4
 BAND_BITS = 64 // BANDS
+# From this many hashes on, `nearest_pairs` deals them into 3 bands of 21-22 bits: in bands of 16 bits, catalog
+# hashes (alike) fill each bucket in proportion to the images, and the candidates grew with their square.
+WIDE_BANDS, WIDE_FROM = 3, 1 << 17
 CHUNK_IMAGES = 256  # images per task sent to a worker
 WINDOW_PER_WORKER = 4  # tasks in flight per worker: keeps every core busy, memory flat
 THUMBNAIL_SIDE = 16  # 768 bytes an image: 300 MB for 400k images
@@ -69,6 +72,9 @@ PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
 # hash keeps its DEFAULT_NEAREST (the benchmark's recall is the same as unbounded: README) and the pairs grow with
 # the images.
 DEFAULT_NEAREST = 16
+# Pairs found that `nearest_pairs` merges at once: a merge re-sorts the rows it touches (17 slots each), so fewer,
+# larger merges (about 400 MB of int64 keys at once).
+MERGE_BLOCK = 1 << 23
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
@@ -522,24 +528,24 @@ def hamming_distance(first, second):
     return np.bitwise_count(np.bitwise_xor(first, second)).astype(np.int64)
 
 
-def _band_values(hashes, band):
-    """The BAND_BITS bits b with b % BANDS == band, packed: every band mixes low and high frequencies.
+def _band_values(hashes, band, bands=BANDS):
+    """The bits b with b % bands == band, packed: every band mixes low and high frequencies.
 
     Contiguous bands put the lowest frequencies (the DC bit is always set, the next nearly always) in one band,
     whose buckets are then huge: on 100k generated images its exact matches alone were 11M pairs, 4.7M when
     interleaved.
     """
     values = np.zeros(len(hashes), dtype=np.int64)
-    for position, bit in enumerate(range(band, 64, BANDS)):
+    for position, bit in enumerate(range(band, 64, bands)):
         values |= ((hashes >> np.uint64(bit)) & np.uint64(1)).astype(np.int64) << position
     return values
 
 
-def _probe_masks(radius):
-    """Every BAND_BITS-bit mask with at most `radius` bits set."""
+def _probe_masks(radius, width=BAND_BITS):
+    """Every `width`-bit mask with at most `radius` bits set."""
     masks = [0]
     for flipped in range(1, radius + 1):
-        masks += [sum(1 << bit for bit in bits) for bits in itertools.combinations(range(BAND_BITS), flipped)]
+        masks += [sum(1 << bit for bit in bits) for bits in itertools.combinations(range(width), flipped)]
     return masks
 
 
@@ -558,19 +564,20 @@ class _BandTable(NamedTuple):
     entries: np.ndarray
     starts: np.ndarray
     counts: np.ndarray
+    filled: np.ndarray  # the values that hold entries: a probe's buckets, not a scan of every value
 
 
-def _band_table(values, entries):
+def _band_table(values, entries, width=BAND_BITS):
     entries = entries[np.argsort(values[entries], kind="stable")]
-    counts = np.bincount(values[entries], minlength=1 << BAND_BITS)
-    return _BandTable(entries, np.cumsum(counts) - counts, counts)
+    counts = np.bincount(values[entries], minlength=1 << width)
+    return _BandTable(entries, np.cumsum(counts) - counts, counts, np.flatnonzero(counts))
 
 
 def _bucket_pairs(queried, indexed, mask, max_pairs):
     """(query values, index values) of the non-empty buckets whose values differ by exactly `mask` (each unordered
     pair once when `queried is indexed`), without those that would make more than `max_pairs` candidate pairs;
     and how many those would have made."""
-    values = np.flatnonzero(queried.counts)
+    values = queried.filled
     partners = values ^ mask
     kept = indexed.counts[partners] > 0
     if queried is indexed and mask:
@@ -685,9 +692,14 @@ class _NearestTable:
     """The `slots` nearest partners found so far of each of `size` entries: a row an entry, sorted by (distance,
     partner), empty slots last (partner -1). int32 and int8: 5 bytes a slot, 210 MB for 2.5 million hashes."""
 
-    def __init__(self, size, slots):
+    def __init__(self, size, slots, partners):
         self.partners = np.full((size, slots), -1, np.int32)
         self.distances = np.full((size, slots), EMPTY_DISTANCE, np.int8)
+        # (end, distance, partner) packed in one int64, sorted at once (3-key lexsort took 3 times as long)
+        self.partner_bits = max(1, int(partners).bit_length())
+        self.end_shift = self.partner_bits + 7
+        if max(1, size).bit_length() + self.end_shift > 63:
+            raise ValueError(f"{size} hashes: nearest_pairs packs an entry and a partner in 63 bits, at most 2**28")
 
     def merge(self, ends, partners, distances):
         """Adds the pairs (end, partner) at their distances: each row keeps its nearest, a pair found twice once."""
@@ -695,75 +707,121 @@ class _NearestTable:
         ends, partners, distances = ends[beaten], partners[beaten], distances[beaten]
         if not len(ends):
             return
-        rows = np.unique(ends)
+        touched = np.zeros(len(self.partners), bool)
+        touched[ends] = True
+        rows = np.flatnonzero(touched)
         held = self.partners[rows] >= 0
-        ends = np.concatenate([np.repeat(rows, held.sum(axis=1)), ends])
-        partners = np.concatenate([self.partners[rows][held], partners])
-        distances = np.concatenate([self.distances[rows][held], distances])
-        order = np.lexsort((partners, distances, ends))
-        ends, partners, distances = ends[order], partners[order], distances[order]
-        first_of = np.concatenate([[True], (ends[1:] != ends[:-1]) | (partners[1:] != partners[:-1])])
-        ends, partners, distances = ends[first_of], partners[first_of], distances[first_of]
-        rank = np.arange(len(ends)) - np.searchsorted(ends, ends, side="left")
+        held_ends = np.repeat(rows, held.sum(axis=1))
+        keys = np.unique(
+            np.concatenate(
+                [
+                    self._keys(held_ends, self.partners[rows][held], self.distances[rows][held]),
+                    self._keys(ends, partners, distances),
+                ]
+            )
+        )
+        ends = keys >> self.end_shift
+        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]]))
+        rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
         kept = rank < self.partners.shape[1]
+        ends, rank, keys = ends[kept], rank[kept], keys[kept]
         self.partners[rows], self.distances[rows] = -1, EMPTY_DISTANCE
-        self.partners[ends[kept], rank[kept]] = partners[kept]
-        self.distances[ends[kept], rank[kept]] = distances[kept]
+        self.partners[ends, rank] = keys & ((1 << self.partner_bits) - 1)
+        self.distances[ends, rank] = (keys >> self.partner_bits) & 127
 
-    def settled(self, within):
-        """Mask of the entries whose every slot holds a partner within `within` bits: once every pair within
-        `within` bits of them has been merged, their nearest are known."""
-        return self.distances[:, -1] <= within
+    def _keys(self, ends, partners, distances):
+        return (
+            (ends.astype(np.int64) << self.end_shift)
+            | (distances.astype(np.int64) << self.partner_bits)
+            | partners.astype(np.int64)
+        )
+
+    def full(self):
+        """Mask of the entries with a partner in every slot."""
+        return self.partners[:, -1] >= 0
 
 
 EMPTY_DISTANCE = 65  # more bits than a hash has: an empty slot
 
 
 def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, callbacks=(None, None, 1)):
-    """The pairs within `max_distance` bits in which either hash is among the other's `nearest` (by distance, then
-    index): (blocks of (first, second), `crowded`: the entries that had more than `nearest` such neighbours).
+    """Each hash's `nearest` neighbours within `max_distance` bits, nearest radius first: (blocks of (first,
+    second), each pair once, first < second; `crowded`: the entries with more than `nearest` neighbours).
 
-    The multi-index search of `hash_close_pairs`, radius by radius: probing each band at radius r pairs every two
-    hashes within BANDS * r + BANDS - 1 bits, so an entry whose nearest are all that close is probed no further,
-    and a crowd of alike hashes (catalog images on white) costs its members' nearest, not its square.
+    The multi-index search of `hash_close_pairs` (bands of `_band_widths`), a radius at a time: radius r pairs two
+    hashes whose closest band differs by r bits (`_radius_probes`). An entry is searched at the next radius only
+    while it has `nearest` or fewer neighbours, and keeps the `nearest` closest (by distance, then index) of those
+    found; so each hash is compared with a few crowds, not all of them, and the pairs grow with the hashes, not
+    their square (catalog hashes are alike: all pairs within 8 bits of 417k images were 480 million). A hash with
+    `nearest` or fewer neighbours keeps them all (that is what the search finds when nothing is crowded).
     `accept(first, second)`: the mask of pairs that may be neighbours at all (the rest take no slot). With
     `queries`, only the first `queries` entries have neighbours, among the others (first < queries <= second).
-    `callbacks`: `hash_close_pairs`' probed, left_out and threads. Blocks hold about PROBE_BLOCK pairs, first <
-    second, each pair once.
+    `callbacks`: `hash_close_pairs`' probed, left_out and threads.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
     ends = valid if queries is None else valid[valid < queries]
-    table = _NearestTable(len(hashes) if queries is None else queries, nearest + 1)
-    bands = [_band_values(hashes, band) for band in range(BANDS)]
-    indexed = [_band_table(values, valid if queries is None else valid[valid >= queries]) for values in bands]
+    table = _NearestTable(len(hashes) if queries is None else queries, nearest + 1, len(hashes))
+    widths = _band_widths(len(hashes))
+    bands = [_band_values(hashes, band, len(widths)) for band in range(len(widths))]
+    others = valid if queries is None else valid[valid >= queries]
+    indexed = [_band_table(values, others, width) for values, width in zip(bands, widths, strict=True)]
     probed, left_out, threads = callbacks
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for radius in range(max_distance // BANDS + 1):
-            active = ends[~table.settled(BANDS * radius - 1)[ends]]  # settled within what the last radius paired
-            tables = _radius_tables(bands, indexed, active, queries is None and radius == 0)
-            probes = [(band, mask) for band in range(BANDS) for mask in _probe_masks(radius) if _bits(mask) == radius]
+        for radius in range(max_distance // len(widths) + 1):
+            active = ends[~table.full()[ends]]
+            tables = _radius_tables(bands, indexed, active, widths, queries is None and radius == 0)
+            probes = _radius_probes(max_distance, radius, widths)
             probe = functools.partial(_nearest_candidates, hashes, tables, max_distance, accept)
+            pending = []  # merged a few probes at a time: a merge gathers the rows it touches
             for found, skipped in bounded_map(pool, probe, probes, threads):
-                for first, second, distance in found:
-                    _merge(table, first, second, distance, queries is None)
+                pending += found
+                if sum(len(part[0]) for part in pending) >= MERGE_BLOCK:
+                    _merge(table, pending, queries is None and radius == 0)
+                    pending = []
                 if left_out is not None and skipped:
                     left_out(skipped)
                 if probed is not None:
                     probed()
+            _merge(table, pending, queries is None and radius == 0)
     return _table_pairs(table, nearest, queries is None), np.flatnonzero(table.partners[:, nearest] >= 0)
 
 
-def _bits(mask):
-    return bin(mask).count("1")
+def _band_widths(size):
+    """The bits of each band for a search of `size` hashes: BANDS of 16 bits, or WIDE_BANDS of 21-22 from
+    WIDE_FROM hashes on (`nearest_pairs`)."""
+    bands = WIDE_BANDS if size >= WIDE_FROM else BANDS
+    return [len(range(band, 64, bands)) for band in range(bands)]
 
 
-def _radius_tables(bands, indexed, active, symmetric):
+def _radius_probes(max_distance, radius, widths):
+    """The probes (band, mask) of one radius: masks of `radius` bits. At the last radius R a pair not paired yet
+    differs by R or more in every band, and by more than R in at most `max_distance` - bands R of them: probing
+    one band more than that finds it (at 8 bits in four bands, one: the (2, 2, 2, 2) pairs are in every band)."""
+    bands = len(widths)
+    probed = min(bands, max_distance - bands * radius + 1) if radius == max_distance // bands else bands
+    return [
+        (band, mask)
+        for band in range(probed)
+        for mask in _probe_masks(radius, widths[band])
+        if bin(mask).count("1") == radius
+    ]
+
+
+def nearest_probe_count(max_distance, size):
+    """How many probes `nearest_pairs` makes for `size` hashes: the steps of its progress."""
+    widths = _band_widths(size)
+    return sum(len(_radius_probes(max_distance, radius, widths)) for radius in range(max_distance // len(widths) + 1))
+
+
+def _radius_tables(bands, indexed, active, widths, symmetric):
     """(query table, index table) of each band for one radius: the unsettled entries against all (one table for
     both at radius 0 without queries: each pair once)."""
     if symmetric:
         return [(table, table) for table in indexed]
-    return [(_band_table(values, active), table) for values, table in zip(bands, indexed, strict=True)]
+    return [
+        (_band_table(values, active, width), table) for values, table, width in zip(bands, indexed, widths, strict=True)
+    ]
 
 
 def _nearest_candidates(hashes, tables, max_distance, accept, probe):
@@ -783,8 +841,12 @@ def _nearest_candidates(hashes, tables, max_distance, accept, probe):
     return found, left_out
 
 
-def _merge(table, first, second, distance, symmetric):
-    """Merges pairs into the table: at both ends without queries, at the query's (first) with."""
+def _merge(table, found, symmetric):
+    """Merges [(first, second, distance)] into the table: at both ends when `symmetric` (each pair found once), else
+    at the first's (the query, or the unsettled entry that found it: an entry's row is left as it was settled)."""
+    if not found:
+        return
+    first, second, distance = (np.concatenate([part[column] for part in found]) for column in range(3))
     if symmetric:
         first, second, distance = np.concatenate([first, second]), np.concatenate([second, first]), np.tile(distance, 2)
     table.merge(first, second, distance)
@@ -1067,7 +1129,10 @@ def _search(searched, columns, kinds, queries, max_distance, callbacks):
     blocks, crowded_entries = nearest_pairs(entries, max_distance, nearest, accept, queries, tuple(search_callbacks))
     crowded(searched[crowded_entries % count])
     for first, second in blocks:
-        pair_kind, distance = codes[column_of[first], column_of[second]], hamming_distance(entries[first], entries[second])
+        pair_kind, distance = (
+            codes[column_of[first], column_of[second]],
+            hamming_distance(entries[first], entries[second]),
+        )
         first, second = searched[first % count], searched[second % count]
         for code, name in enumerate(SEARCHED_KINDS):
             chosen = pair_kind == code
@@ -1559,7 +1624,7 @@ def near_duplicate_forest(
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
     local = _LocalCandidates(len(hashed.hashes))
-    total = probe_count(max_distance) * len(_searches(hashed))
+    total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
     candidate_blocks = _candidate_pairs(hashed, searched, max_distance, callbacks)
