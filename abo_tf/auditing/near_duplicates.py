@@ -7,7 +7,9 @@ their median. A re-encoding, a resize, a slight crop or a brightening moves few 
 Pairs within `max_distance` bits are found without comparing all pairs: the 64 bits are dealt into BANDS bands
 of 16 bits; two hashes within `max_distance` bits differ by at most `max_distance // BANDS` bits in one band at
 least (pigeonhole), so probing each band's sorted values at that radius finds every pair (Norouzi et al., "Fast
-search in Hamming space with multi-index hashing", CVPR 2012). Only candidates are compared bit by bit.
+search in Hamming space with multi-index hashing", CVPR 2012). Only candidates are compared bit by bit, and each
+hash keeps its DEFAULT_NEAREST nearest neighbours (`nearest_pairs`): catalog hashes are alike, and all pairs within
+8 bits grow with the square of the images.
 
 Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
 turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
