@@ -53,7 +53,8 @@ MARKDOWN_COLUMNS = (
 NOTES = (
     "Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
     "inference is end to end from the records (decode, features, classifier); training rows: those the final model "
-    "was fitted on (a subsample where its model caps them: knn, logreg, exact rbf_svm). "
+    "was fitted on (a subsample where its model caps them: knn, exact rbf_svm, and logreg where --logreg-all-rows-iter "
+    "is 0 or --in-memory-gb cannot hold every row). "
     "CNN runs: training time is the sum of history.csv; "
     "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured). "
     "In brackets: 95% intervals by a bootstrap over items (item_id: the views of a product resampled together)."
