@@ -1081,7 +1081,7 @@ def test_the_knn_search_over_k_chooses_and_scores_as_a_grid_search_of_each_k(mon
     np.testing.assert_array_equal(shared.validation.scores.scores, each.validation.scores.scores)
 
 
-def test_logreg_fitted_on_its_cap_continues_on_every_row_from_its_coefficients():
+def test_logreg_fitted_on_its_cap_continues_on_every_row_from_its_coefficients(capsys):
     # At full size lbfgs from scratch on every row would take over 1,000 CPU s: a few iterations continue the cap's.
     splits = _synthetic_splits(600)
     train, every = splits["train"], np.arange(600)
@@ -1106,6 +1106,8 @@ def test_logreg_fitted_on_its_cap_continues_on_every_row_from_its_coefficients()
         for options in ({}, {"logreg_all_rows_iter": 0}, {"in_memory_gb": (needed - 1) / 2**30})
     ]
     assert held == [True, False, False]
+    said = capsys.readouterr().out  # the budget's refusal is said, not silent
+    assert said.count("logreg: stays on its 100 capped rows") == 1 and "over --in-memory-gb" in said, said
 
 
 def _multinomial_problem(rows=300, columns=6, num_classes=5):

@@ -329,7 +329,14 @@ def _continues_on_every_row(training, plan, config):
         return False
     train = training.train
     needed = lbfgs.memory_bytes(len(train.labels), train.features.shape[1], len(train.classes))
-    return needed <= config.in_memory_gb * 2**30
+    if needed > config.in_memory_gb * 2**30:
+        print(
+            f"logreg: stays on its {len(plan.rows):,} capped rows: every row needs {needed / 2**30:.1f} GB, over "
+            f"--in-memory-gb {config.in_memory_gb:g} (raise it to train on every row)",
+            flush=True,
+        )
+        return False
+    return True
 
 
 def _record(model, config, splits, found, training, plan, classifier_rate):
