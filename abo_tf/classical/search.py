@@ -150,17 +150,20 @@ def _over_k(training, grid, rows):
 
 
 def _neighbour_fit(training, grid, rows, validation):
-    """knn fitted once on `rows` (k of the first candidate) and the validation `Timed` of each candidate's k."""
+    """knn fitted once on `rows` (k of the first candidate), the validation `Timed` of each candidate's k and its
+    validation macro-F1."""
     fitted = classifiers.fit(training, grid[0], rows)
-    return fitted, classifiers.neighbour_scores(fitted.pipeline, validation, [params[NEIGHBOURS] for params in grid])
+    scored = classifiers.neighbour_scores(fitted.pipeline, validation, [params[NEIGHBOURS] for params in grid])
+    timed = [scored[params[NEIGHBOURS]] for params in grid]
+    scores = [metrics.classification_metrics(validation.labels, each.scores.predictions)["macro_f1"] for each in timed]
+    return fitted, timed, scores
 
 
 def _neighbour_search(training, grid, rows, validation, bar):
     """The candidate rows of a search over knn's k (`_over_k`), as `_candidates` gives GridSearchCV's."""
-    fitted, scored = _neighbour_fit(training, grid, rows, validation)
+    fitted, timed, scores = _neighbour_fit(training, grid, rows, validation)
     candidates = []
     for index, params in enumerate(grid):
-        timed = scored[params[NEIGHBOURS]]
         candidates.append(
             {
                 "round": 0,
@@ -168,10 +171,8 @@ def _neighbour_search(training, grid, rows, validation, bar):
                 "grid_index": index,
                 "train_examples": int(len(rows)),
                 "validation_examples": int(len(validation.labels)),
-                "validation_macro_f1": metrics.classification_metrics(validation.labels, timed.scores.predictions)[
-                    "macro_f1"
-                ],
-                "seconds": fitted.seconds + timed.seconds,  # the shared fit and neighbour search included
+                "validation_macro_f1": scores[index],
+                "seconds": fitted.seconds + timed[index].seconds,  # the shared fit and neighbour search included
                 "converged": None,
             }
         )
@@ -285,9 +286,7 @@ def _rescored_record(finalists, scores, rows, started):
 
 def _rescore_neighbours(training, finalists, grid, rows, validation, started):
     """`_rescore` of knn finalists that differ in k alone: one fit on `rows`, validation's neighbours found once."""
-    fitted, scored = _neighbour_fit(training, grid, rows, validation)
-    timed = [scored[params[NEIGHBOURS]] for params in grid]
-    scores = [metrics.classification_metrics(validation.labels, each.scores.predictions)["macro_f1"] for each in timed]
+    fitted, timed, scores = _neighbour_fit(training, grid, rows, validation)
     best = _best(finalists, scores)
     record = _rescored_record(finalists, scores, rows, started)
     if len(rows) < len(training.rows):
@@ -333,8 +332,9 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
             score = metrics.classification_metrics(validation.labels, predictions)["macro_f1"]
             fits.append((score, fitted, scored))
             bar.update()
-    best = _best(finalists, [score for score, *_ in fits])
-    record = _rescored_record(finalists, [score for score, *_ in fits], rows, started)
+    scores = [score for score, *_ in fits]
+    best = _best(finalists, scores)
+    record = _rescored_record(finalists, scores, rows, started)
     if not final:
         return _Rescored(record, finalists[best], None)
     if logreg:
