@@ -293,6 +293,18 @@ class _ImageIndex:
         return self.paths[position], None if offset < 0 else offset, self.sizes[position]
 
 
+def _columns(image_index, image_ids):
+    """`(positions, offsets, sizes)` of located `image_ids` (a list) in an `_ImageIndex`, as int64 arrays in their
+    order (offset -1: a file in a folder): read through the arrays' buffers, no call per image but the look-up."""
+    at = np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))
+    return at, np.asarray(image_index.offsets, np.int64)[at], np.asarray(image_index.sizes, np.int64)[at]
+
+
+def _offsets_or_none(offsets):
+    """`offsets` (a list of ints) with None for a file in a folder (-1), as `PlanItem.offset` and the reader take."""
+    return [None if offset < 0 else offset for offset in offsets] if min(offsets, default=0) < 0 else offsets
+
+
 class _ListingLabel(NamedTuple):
     """What the build keeps of a listing: the rest of the `Listing` is dropped as it is read."""
 
@@ -469,15 +481,13 @@ def _located(image_index, image_ids):
     Ordered by an argsort of the offsets (of the paths in a folder), stable as `sorted` is: a key function per
     image and a named tuple each was 2.3 of a 400k build's serial CPU seconds.
     """
-    at = np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))
-    offsets = np.asarray(image_index.offsets, np.int64)[at]  # the array's buffer, not copied
+    at, offsets, sizes = _columns(image_index, image_ids)
     paths = list(map(image_index.paths.__getitem__, at.tolist()))
     if len(offsets) and offsets[0] >= 0:  # a tar: one offset a member, so ties are the same member (same path)
         order = np.argsort(offsets, kind="stable").tolist()
     else:  # a folder: no offsets
         order = sorted(range(len(paths)), key=paths.__getitem__)
-    sizes = np.asarray(image_index.sizes, np.int64)[at][order].tolist()
-    offsets = [None if offset < 0 else offset for offset in offsets[order].tolist()]
+    sizes, offsets = sizes[order].tolist(), _offsets_or_none(offsets[order].tolist())
     paths = list(map(paths.__getitem__, order))
     return list(map(image_ids.__getitem__, order)), at[order], list(zip(paths, zip(offsets, sizes)))
 
@@ -711,17 +721,14 @@ def _plan_items(candidates, image_index, vocabulary, image_types, groups, image_
     label_of = {name: vocabulary.label_of(name) for name in vocabulary.mapping}  # (label, class) by product type
     label_names = list(map(label_of.__getitem__, map(image_types.__getitem__, image_ids)))
     label_numbers = list(map(_FIRST, label_names))
-    at = np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))
-    offsets = np.asarray(image_index.offsets, np.int64)[at].tolist()
-    if min(offsets, default=0) < 0:  # files in a folder
-        offsets = [None if offset < 0 else offset for offset in offsets]
+    at, offsets, sizes = _columns(image_index, image_ids)
     scanned, places = candidates.scanned, candidates.scanned.place[at].tolist()
     digests = list(map(scanned.sha256.__getitem__, places))
     columns = (
         image_ids,
         map(image_index.paths.__getitem__, at.tolist()),
-        offsets,
-        np.asarray(image_index.sizes, np.int64)[at].tolist(),
+        _offsets_or_none(offsets.tolist()),
+        sizes.tolist(),
         digests,
         map(scanned.crc32c.__getitem__, places),
         label_numbers,
