@@ -200,7 +200,7 @@ def test_plan_from_the_scan_columns_is_the_plan_the_dicts_gave(seed):
     expected_digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
     for shard in plan["shards"]:  # each item as the per-image dicts made it, and the fingerprint as it was
         expected_digest.update(shard["file"].encode())
-        for item in itertools.chain.from_iterable(shard["pieces"]):
+        for item in itertools.chain.from_iterable(records_build._shard_pieces(shard)):
             at = index.position[item.image_id]
             label, name = vocabulary.label_of(types[item.image_id])
             item_id = min(candidates.listings[number].item_id for number in candidates.listings_of_image[item.image_id])
