@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import errno
 import fnmatch
+import functools
 import gc
 import hashlib
 import importlib
@@ -316,8 +317,8 @@ class _ListingLabel(NamedTuple):
 class _Candidates:
     """The state of the build between reading and writing.
 
-    `listings`, `listings_of_image` and `scanned` are set to None once the plan is made
-    (`_release_before_write`): the write and the manifest do not need them, and at 400k
+    `listings`, `listings_of_image` and `scanned` are set to None once the first shards are submitted
+    (`_complete_during_write`): the rest of the write and the manifest do not need them, and at 400k
     images they are hundreds of MB.
     """
 
@@ -349,6 +350,10 @@ class _Scanned:
     sha256: list = dataclasses.field(default_factory=list)  # hex digest
     crc32c: list = dataclasses.field(default_factory=list)  # CRC-32C of the bytes scanned
     copy_size: list = dataclasses.field(default_factory=list)  # (height, width) if stored as-is, else None
+    # The split's and the shuffle's keys (`split.stable_fractions`, `split.shuffle_digests`), an array a chunk:
+    # hashed by the parent during the scan, while it waits for the workers, not in the serial step after it.
+    key_fractions: list = dataclasses.field(default_factory=list)
+    shuffle_words: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -362,7 +367,7 @@ class _Prepared:
     rare_classes: dict
     images_csv_sha256: str
     images_csv_rows: int
-    scanned_content_sha256: str
+    scanned_content_sha256: str | None  # None until `_complete_during_write`, as is label_conflicts["items"]
     images_truncated: list
 
 
@@ -508,6 +513,8 @@ def _scan(candidates, image_index, reader, pool, options):
             result.sha256 += digests
             result.crc32c += crcs
             result.copy_size += copy_sizes
+            result.key_fractions.append(split.stable_fractions(options.seed, chunk_ids))
+            result.shuffle_words.append(split.shuffle_digests(chunk_ids, options.seed))
             candidates.image_status.update(
                 (image_id, reason) for image_id, reason in zip(chunk_ids, reasons) if reason is not None
             )
@@ -561,7 +568,6 @@ def _label_images(candidates, options):
     several = {survivors[at]: list(map(listing_types.__getitem__, shown_in[at])) for at in _in_several(shown_in)}
     resolved, conflicting_images = labels.resolve_image_types(several)
     image_types.update(resolved)
-    selected = [listing for listing, reason in zip(candidates.listings, candidates.status) if reason is None]
     vocabulary = labels.make_vocabulary(
         collections.Counter(image_types.values()),
         options.min_examples_per_class,
@@ -570,7 +576,7 @@ def _label_images(candidates, options):
     )
     _mark_dropped_types(candidates, vocabulary, image_types, image_types, RARE_CLASS)
     conflicts = {
-        "items": labels.count_conflicting_items(selected),
+        "items": None,  # counted by `_complete_during_write`: the manifest's alone, not the plan's
         "images": conflicting_images,
         "rule": labels.CONFLICT_RULE,
     }
@@ -581,7 +587,8 @@ def _mark_dropped_types(candidates, vocabulary, image_types, image_ids, reason):
     """Marks `reason` on the images of `image_ids` whose type `vocabulary` drops (a loop only if it drops one)."""
     dropped = {product_type for product_type, name in vocabulary.mapping.items() if name is None}
     if dropped:
-        candidates.image_status.update((image_id, reason) for image_id in image_ids if image_types[image_id] in dropped)
+        in_dropped = map(dropped.__contains__, map(image_types.__getitem__, image_ids))  # C loops, not a generator
+        candidates.image_status.update(zip(itertools.compress(image_ids, in_dropped), itertools.repeat(reason)))
 
 
 def _group_kept(candidates, near_duplicates=()):
@@ -640,17 +647,26 @@ def _rare_class_counts(options, by_images, final, image_types):
     }
 
 
-def _plan_splits(candidates, options, groups, class_of_group):
-    """Returns dict split -> image ids in their seeded, shuffled order."""
+def _plan_splits(candidates, image_index, options, groups, class_of_group):
+    """Returns dict split -> image ids in their seeded, shuffled order, from the keys hashed during the scan."""
+    scanned = candidates.scanned
+    fractions, words = np.concatenate(scanned.key_fractions), np.concatenate(scanned.shuffle_words)
+
+    def places(image_ids):
+        return scanned.place[np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))]
+
     split_of = split.assign_splits(
-        groups, class_of_group, options.split_fractions, options.seed, options.min_groups_per_split
+        groups,
+        class_of_group,
+        options.split_fractions,
+        options.seed,
+        options.min_groups_per_split,
+        key_fractions=lambda keys: fractions[places(keys)],
     )
     survivors = _surviving(candidates)
     split_names = list(map(split_of.__getitem__, survivors))
-    return {
-        name: split.shuffle_order(list(itertools.compress(survivors, map(name.__eq__, split_names))), options.seed)
-        for name in split.SPLITS
-    }
+    members = {name: list(itertools.compress(survivors, map(name.__eq__, split_names))) for name in split.SPLITS}
+    return {name: split.shuffle_order(ids, options.seed, words[places(ids)]) for name, ids in members.items()}
 
 
 def check_split_sizes(split_members, options):
@@ -987,8 +1003,10 @@ def _write_shard_file(pieces, path, reader, max_side):
     return rejected, reencoded, num_bytes, digest.hexdigest()
 
 
-def _write_shards(plan, reader, options, pool):
+def _write_shards(plan, reader, options, pool, meanwhile):
     """Writes every shard not finished by an earlier run; returns per-shard results.
+
+    `meanwhile` (a function without arguments) is called once the first shards are submitted.
 
     Each shard is one worker task, written under a temporary name and renamed
     when complete, its result saved beside the plan as it arrives, so a killed
@@ -1015,6 +1033,7 @@ def _write_shards(plan, reader, options, pool):
         # stopped build waits for at most that many shards to end.
         while todo and len(running) <= options.workers:
             submit()
+        meanwhile()
         while running:
             done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
@@ -1231,7 +1250,7 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
             f"{' '.join(map(str, options.min_groups_per_split))} groups per split: lower --min-examples-per-class "
             "or --min-groups-per-split, or give more data"
         )
-    split_members = _plan_splits(candidates, options, groups, class_of_group)
+    split_members = _plan_splits(candidates, image_index, options, groups, class_of_group)
     check_split_sizes(split_members, options)
     plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, groups, options)
     del groups, class_of_group
@@ -1243,10 +1262,9 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
         _rare_class_counts(options, by_images, vocabulary, image_types),
         image_index.csv_sha256,
         image_index.num_rows,
-        _content_digest(candidates),
+        None,
         image_index.truncated,
     )
-    _release_before_write(candidates)
     return plan, prepared
 
 
@@ -1267,8 +1285,17 @@ def _content_digest(candidates):
     return hashlib.sha256("".join(sorted(candidates.scanned.sha256)).encode()).hexdigest()
 
 
-def _release_before_write(candidates):
-    """Drops what only the plan needed; the plan's items keep the strings they share."""
+def _complete_during_write(prepared):
+    """Counts what only the manifest needs (the content digest, the items of several types), then drops what only
+    they and the plan needed; the plan's columns keep the strings they share.
+
+    Called once the first shards are submitted: the parent would wait for them idle, and these counts (0.5 CPU s at
+    400k) were in the serial step before the write, one core busy.
+    """
+    candidates = prepared.candidates
+    selected = [listing for listing, reason in zip(candidates.listings, candidates.status) if reason is None]
+    prepared.conflicts["items"] = labels.count_conflicting_items(selected)
+    prepared.scanned_content_sha256 = _content_digest(candidates)
     candidates.listings = candidates.listings_of_image = candidates.scanned = candidates.survivors = None
 
 
@@ -1345,7 +1372,7 @@ def _build(options, folder, start):
         os.makedirs(os.path.join(options.output, STATE_DIR), exist_ok=True)
         saved_plan = {key: plan[key] for key in ("options", "fingerprint")}
         write_json(os.path.join(options.output, STATE_DIR, PLAN_FILE), saved_plan, indent=None)
-        shard_results = _write_shards(plan, reader, options, pool)
+        shard_results = _write_shards(plan, reader, options, pool, functools.partial(_complete_during_write, prepared))
     _check_no_leak(shard_results)
     manifest = _make_manifest(options, plan, prepared, shard_results, time.perf_counter() - start)
     _finish(folder, manifest, options)

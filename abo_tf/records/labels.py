@@ -44,8 +44,8 @@ def resolve_image_types(listing_types_per_image):
     """
     types, conflicts = {}, 0
     for image_id, listing_types in listing_types_per_image.items():
-        if len(listing_types) == 1:  # nearly every image: a Counter for it was most of this loop's time
-            types[image_id] = listing_types[0]
+        if listing_types.count(listing_types[0]) == len(listing_types):  # nearly every image: one type; a Counter
+            types[image_id] = listing_types[0]  # for it was most of this loop's time
             continue
         counts = collections.Counter(listing_types)
         conflicts += len(counts) > 1
