@@ -1,6 +1,7 @@
 """Labels and the leak-free split, on small hand-made cases."""
 
 import collections
+import hashlib
 import random
 
 import pytest
@@ -184,3 +185,39 @@ def test_demoting_classes_drops_or_merges_and_a_rare_other_is_dropped():
     dropped = labels.demote_classes(merged, {"OTHER"}, "other")
     assert dropped.names == ("A",) and dropped.mapping["B"] is None and dropped.mapping["C"] is None
     assert labels.demote_classes(vocabulary, {"B"}, "drop").mapping == {"A": "A", "B": None, "C": "OTHER"}
+
+
+def _ids(rng, count):
+    return list(dict.fromkeys("".join(rng.choices("aZ09+-é字", k=rng.randint(1, 12))) for _ in range(count)))
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_keys_hashed_in_bulk_are_the_per_key_definitions(seed):
+    ids = _ids(random.Random(seed), 2000)
+    assert split.stable_fractions(seed, ids).tolist() == [split.stable_fraction(seed, key) for key in ids]
+    by_digest = sorted(ids, key=lambda key: hashlib.sha256(f"shuffle:{seed}:{key}".encode()).digest())
+    assert split.shuffle_order(ids, seed) == by_digest
+    # Digests sharing their first 8 bytes (here all of them): the other 24 decide, as in a sort by the whole digest.
+    words = split.shuffle_digests(ids, seed).copy()
+    words[:, 0] = 0
+    assert split.shuffle_order(ids, seed, words) == sorted(ids, key=lambda key: words[ids.index(key), 1:].tolist())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_groups_dealt_by_one_sort_as_by_a_sort_a_class(seed):
+    """Each class's groups dealt in (stable_fraction, key) order, as a sort a class with a key function gave."""
+    rng = random.Random(seed)
+    ids = _ids(rng, 600)
+    group_of_image = {image_id: min(image_id, rng.choice(ids)) for image_id in ids}
+    class_of_group = {key: rng.choice(["A", "B", "C", None]) for key in group_of_image.values()}
+    class_of_group = {key: name for key, name in class_of_group.items() if name is not None}
+    sizes = collections.Counter(group_of_image.values())
+    expected = {key: "train" for key in sizes if key not in class_of_group}
+    for name in "ABC":
+        keys = sorted(
+            (key for key in sizes if class_of_group.get(key) == name),
+            key=lambda key: (split.stable_fraction(seed, key), key),
+        )
+        expected.update(split._deal(keys, [sizes[key] for key in keys], (0.7, 0.2, 0.1), (1, 1, 1)))
+    split_of = split.assign_splits(group_of_image, class_of_group, (0.7, 0.2, 0.1), seed)
+    assert split_of == {image_id: expected[key] for image_id, key in group_of_image.items()}
