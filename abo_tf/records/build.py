@@ -524,11 +524,17 @@ def _scan(candidates, image_index, reader, pool, options):
 
 def _drop_duplicate_content(candidates):
     """Keeps one image per distinct content (the smallest id); its listings take over the others'."""
-    # Found by counting in C; a loop in Python over the few images whose content repeats.
+    # Found by counting in C; a loop in Python over the few images whose content repeats. Only digests whose
+    # CRC-32C repeats are counted (equal bytes, equal CRCs): NumPy counts the ints, a Counter of every digest took
+    # 0.1 CPU s at 400k.
     scanned = candidates.scanned
     passed = list(map(operator.not_, map(candidates.image_status.__contains__, scanned.image_ids)))
     digests = list(itertools.compress(scanned.sha256, passed))
-    repeated = {digest for digest, count in collections.Counter(digests).items() if count > 1}
+    crcs = np.fromiter(itertools.compress(scanned.crc32c, passed), np.int64, len(digests))
+    values, counts = np.unique(crcs, return_counts=True)
+    shared_crc = np.isin(crcs, values[counts > 1]).tolist()
+    counted = collections.Counter(itertools.compress(digests, shared_crc))
+    repeated = {digest for digest, count in counted.items() if count > 1}
     by_digest = collections.defaultdict(list)
     passed_ids = itertools.compress(scanned.image_ids, passed)
     for image_id, digest in itertools.compress(zip(passed_ids, digests), map(repeated.__contains__, digests)):
