@@ -767,7 +767,7 @@ def _plan_columns(candidates, image_index, vocabulary, image_types, groups, imag
 
 
 def _fingerprint_text(texts):
-    """The fingerprint's text of items, from the parts `_plan_items` gives."""
+    """The fingerprint's text of items, from the parts `_plan_columns` gives."""
     return "".join(itertools.chain.from_iterable(texts))
 
 
