@@ -81,9 +81,9 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     checked = []
     original = near_duplicates._inliers
 
-    def counting(hashed_, first, second):
+    def counting(hashed_, first, second, least=None):
         checked.extend(zip(first.tolist(), second.tolist()))
-        return original(hashed_, first, second)
+        return original(hashed_, first, second, least)
 
     monkeypatch.setattr(near_duplicates, "_inliers", counting)
     forest = near_duplicates.near_duplicate_forest(hashed)
