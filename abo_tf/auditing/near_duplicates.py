@@ -63,6 +63,8 @@ DEFAULT_HASH_DISTANCE = 8
 # images ran past 600 s (issue 23 review); past 15 bits of 64 a hash pairs unrelated pictures anyway.
 MAX_HASH_DISTANCE = 15
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
+DISTANCE_CODES = 64 + 1  # hash distances 0-64: a local candidate's distance is its code modulo this
+CAP_BLOCK = 1 << 21  # pairs `_capped` ranks at once: 7 int64 arrays of twice as many ends, 230 MB
 # Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 170 MB), and those of two buckets
 # (entries sharing a band value) beyond which they are not paired (counted, reported): a bucket of n entries makes
 # n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
@@ -75,8 +77,8 @@ PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
 # the images.
 DEFAULT_NEAREST = 16
 # Pairs found that `nearest_pairs` merges at once: a merge re-sorts the rows it touches (17 slots each), so fewer,
-# larger merges (about 400 MB of int64 keys at once).
-MERGE_BLOCK = 1 << 23
+# larger merges; at 1 << 23, 3,000 blank images alone peaked at 1.9 GB (int64 keys of both ends, their sort).
+MERGE_BLOCK = 1 << 22
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
@@ -840,7 +842,8 @@ def _nearest_candidates(hashes, tables, max_distance, accept, probe):
         kept = np.flatnonzero((distance <= max_distance) & (first != second))
         if accept is not None:
             kept = kept[accept(first[kept], second[kept])]
-        found.append((first[kept], second[kept], distance[kept].astype(np.int8)))
+        # int32: pending pairs wait for a merge (MERGE_BLOCK), an entry is below 2**28 (`_NearestTable`)
+        found.append((first[kept].astype(np.int32), second[kept].astype(np.int32), distance[kept].astype(np.int8)))
     return found, left_out
 
 
@@ -1391,27 +1394,36 @@ def _resampling(start, stop):
     return weights
 
 
-def _unique_pairs(keys, distances):
-    """(keys, distances) with each pair key once, at its smallest hash distance."""
-    order = np.lexsort((distances, keys))
-    keys, distances = keys[order], distances[order]
-    first_of = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, bool)
-    return keys[first_of], distances[first_of]
-
-
 def _capped(first, second, distance, cap):
-    """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first."""
-    pair = np.argsort(distance, kind="stable")
-    images = np.concatenate([first[pair], second[pair]])
-    ends = np.concatenate([pair, pair])
-    order = np.lexsort((np.concatenate([np.arange(len(pair))] * 2), images))  # by image, then by distance rank
-    sorted_images = images[order]
-    starts = np.searchsorted(sorted_images, sorted_images, side="left")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - starts
-    worst = np.zeros(len(first), np.int64)
-    np.maximum.at(worst, ends, rank)
-    return worst < cap
+    """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first (ties: the
+    pairs' order). The pairs are ranked CAP_BLOCK at a time in that order, each image's earlier pairs counted: the
+    local candidates of 423,686 images are tens of millions, and a sort of all their ends at once held gigabytes."""
+    kept = np.zeros(len(first), bool)
+    taken = np.zeros(int(max(first.max(), second.max())) + 1 if len(first) else 0, np.int64)
+    for value in np.unique(distance):
+        closest = np.flatnonzero(distance == value)
+        for start in range(0, len(closest), CAP_BLOCK):
+            pairs = closest[start : start + CAP_BLOCK]
+            ranks = _ranks(first[pairs], second[pairs], taken)
+            kept[pairs] = ranks.max(axis=0) < cap
+    return kept
+
+
+def _ranks(first, second, taken):
+    """int64 [2, n]: the rank of each pair among its first's and its second's pairs (`taken`: each image's pairs
+    before these, counted on)."""
+    count = len(first)
+    codes = np.concatenate([first, second]).astype(np.int64) * (2 * count)  # by image, then pair, then end
+    codes[:count] += 2 * np.arange(count)
+    codes[count:] += 2 * np.arange(count) + 1
+    codes.sort()
+    images = codes // (2 * count)
+    starts = np.flatnonzero(np.concatenate([[True], images[1:] != images[:-1]]))
+    rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.append(starts, len(codes)))) + taken[images]
+    ranks = np.empty((2, count), np.int64)
+    ranks[codes & 1, (codes % (2 * count)) >> 1] = rank
+    taken += np.bincount(images, minlength=len(taken))
+    return ranks
 
 
 class _LocalCandidates:
@@ -1419,31 +1431,38 @@ class _LocalCandidates:
 
     A pair matches in up to BANDS bands and several hash kinds: checked where found, a rejected pair's
     keypoints were matched again each time, and a 42,762-image slice did not finish its first probe in 20
-    minutes. Gathered here, each pair is checked once, after the search (`_local_pairs`).
+    minutes. Gathered here, each pair is checked once, after the search (`_local_pairs`). A pair is held as one
+    int64, its key (first * size + second) times DISTANCE_CODES plus its distance, sorted in place: 8 bytes a pair
+    (a key, a distance and a sort order of int64 were 24, and copies of each).
     """
 
     def __init__(self, size):
         self.size = size
-        self.keys, self.distances = [], []
-        self.held, self.folded = 0, 0
+        self.codes, self.held, self.folded = [], 0, 0
 
     def add(self, first, second, distance):
         # A pair of two hash kinds comes in either order (an image's centre hash may precede the other's hash).
-        self.keys.append(np.minimum(first, second) * self.size + np.maximum(first, second))
-        self.distances.append(distance)
+        keys = np.minimum(first, second).astype(np.int64) * self.size + np.maximum(first, second)
+        self.codes.append(keys * DISTANCE_CODES + distance)
         self.held += len(first)
         if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
-            keys, distances = _unique_pairs(*self._joined())  # about the unique pairs'
-            self.keys, self.distances, self.held, self.folded = [keys], [distances], len(keys), len(keys)
+            self.codes = [self._unique()]  # about the unique pairs'
+            self.held = self.folded = len(self.codes[0])
 
-    def _joined(self):
-        empty = np.zeros(0, np.int64)
-        return np.concatenate([empty] + self.keys), np.concatenate([empty] + self.distances)
+    def _unique(self):
+        """The held codes sorted, each pair once at its smallest distance (its first code)."""
+        codes = np.concatenate([np.zeros(0, np.int64)] + self.codes)
+        self.codes = []
+        codes.sort()
+        keys = codes // DISTANCE_CODES
+        return codes[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(codes) else codes
 
     def pairs(self):
-        """(first, second, distance) of the unique pairs."""
-        keys, distances = _unique_pairs(*self._joined())
-        return keys // self.size, keys % self.size, distances
+        """(first, second, distance) of the unique pairs, sorted by (first, second): int32, int32, int8."""
+        codes = self._unique()
+        keys, distances = codes // DISTANCE_CODES, (codes % DISTANCE_CODES).astype(np.int8)
+        del codes
+        return (keys // self.size).astype(np.int32), (keys % self.size).astype(np.int32), distances
 
 
 def _least_inliers(hashed, first, second, min_inliers):
