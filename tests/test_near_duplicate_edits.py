@@ -96,9 +96,77 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     assert forest.crowded_images < capped.crowded_images == int(capped.crowded.sum()) > 0
 
 
+def test_keypoints_short_of_the_least_are_not_aligned_and_the_rest_as_before(planted):
+    hashed = planted[0]
+    rng = np.random.default_rng(7)
+    first, second = rng.integers(0, len(hashed.hashes), (2, 300))
+    least = rng.integers(4, 12, len(first))
+    counts, _, transforms = near_duplicates._inliers(hashed, first, second)
+    least_counts, _, least_transforms = near_duplicates._inliers(hashed, first, second, least)
+    enough = counts >= least
+    assert enough.any() and (least_counts[enough] == counts[enough]).all()
+    assert (least_transforms[enough] == transforms[enough]).all() and (least_counts[~enough] < least[~enough]).all()
+
+
+@pytest.mark.parametrize("region", [None, "inner", "corners"])
+def test_plain_images_found_once_score_as_per_pair(region):
+    rng = np.random.default_rng(8)
+    thumbnails = rng.integers(0, 256, (40, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    thumbnails[:20] = rng.integers(100, 103, (20, 1))  # plain, within PLAIN_COLOUR_DIFFERENCE of each other or not
+    thumbnails[20:25] = thumbnails[:5] + rng.integers(0, 2, thumbnails[:5].shape).astype(np.uint8)
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=None)
+    plain = near_duplicates.plain_images(hashed)[:, near_duplicates.PLAIN_VIEWS.index(("thumbnails", region))]
+    first, second = rng.integers(0, 40, (2, 200))
+    per_pair = near_duplicates.thumbnail_similarity(thumbnails, first, second, region=region)
+    assert plain[:25].all() and not plain[25:].any()
+    assert (
+        near_duplicates.thumbnail_similarity(thumbnails, first, second, region=region, plain=plain) == per_pair
+    ).all()
+
+
 def test_the_cap_keeps_each_images_closest_pairs():
     first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]
+
+
+def _brute_force_capped(first, second, distance, cap):
+    """Each image's pairs ranked one by one, closest first, ties in the pairs' order."""
+    ranks, kept = {}, []
+    for pair in sorted(range(len(first)), key=lambda pair: (distance[pair], pair)):
+        ends = int(first[pair]), int(second[pair])
+        kept.append((pair, max(ranks.get(end, 0) for end in ends) < cap))
+        for end in ends:
+            ranks[end] = ranks.get(end, 0) + 1
+    return [flag for _, flag in sorted(kept)]
+
+
+@pytest.mark.parametrize("block", [1 << 21, 7])  # 7: an image's pairs ranked across blocks
+def test_the_cap_equals_a_brute_force_ranking(block, monkeypatch):
+    monkeypatch.setattr(near_duplicates, "CAP_BLOCK", block)
+    rng = np.random.default_rng(5)
+    ends = rng.integers(0, 40, (2, 400))
+    ends = ends[:, ends[0] != ends[1]]
+    first, second = ends.min(axis=0).astype(np.int32), ends.max(axis=0).astype(np.int32)
+    distance = rng.integers(0, 9, len(first)).astype(np.int8)
+    for cap in (1, 4):
+        expected = _brute_force_capped(first, second, distance, cap)
+        assert near_duplicates._capped(first, second, distance, cap).tolist() == expected
+
+
+def test_local_candidates_keep_each_pair_once_at_its_smallest_distance(monkeypatch):
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", 50)  # folded many times
+    rng = np.random.default_rng(6)
+    local, smallest = near_duplicates._LocalCandidates(30), {}
+    for _ in range(20):
+        first, second, distance = rng.integers(0, 30, (3, 40))
+        apart = first != second
+        local.add(first[apart], second[apart], distance[apart])
+        for one, other, bits in zip(first[apart].tolist(), second[apart].tolist(), distance[apart].tolist()):
+            pair = min(one, other), max(one, other)
+            smallest[pair] = min(smallest.get(pair, 64), bits)
+    first, second, distance = local.pairs()
+    assert list(zip(first.tolist(), second.tolist())) == sorted(smallest)
+    assert distance.tolist() == [smallest[pair] for pair in sorted(smallest)]
 
 
 def test_a_search_of_queries_pairs_them_with_the_rest_only():
