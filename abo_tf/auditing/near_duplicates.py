@@ -574,8 +574,10 @@ class _BandTable(NamedTuple):
 
 def _band_table(values, entries, width=BAND_BITS):
     entries = entries[np.argsort(values[entries], kind="stable")]
-    counts = np.bincount(values[entries], minlength=1 << width)
-    return _BandTable(entries, np.cumsum(counts) - counts, counts, np.flatnonzero(counts))
+    # int32: a table of 22-bit bands is 4M values, and 3 bands of queried and indexed tables held 400 MB as int64
+    counts = np.bincount(values[entries], minlength=1 << width).astype(np.int32)
+    starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int32)
+    return _BandTable(entries, starts, counts, np.flatnonzero(counts))
 
 
 def _bucket_pairs(queried, indexed, mask, max_pairs):
@@ -595,14 +597,14 @@ def _bucket_pairs(queried, indexed, mask, max_pairs):
 
 def _pair_counts(queried, indexed, values, partners):
     """Candidate pairs of each two buckets: n (n - 1) / 2 of a bucket of n with itself."""
-    rows, columns = queried.counts[values], indexed.counts[partners]
+    rows, columns = queried.counts[values].astype(np.int64), indexed.counts[partners].astype(np.int64)
     return np.where((queried is indexed) & (values == partners), rows * (rows - 1) // 2, rows * columns)
 
 
 def _bucket_products(queried, indexed, values, partners):
     """(first, second) of every entry of each `values` bucket with every entry of its `partners` bucket; first <
     second (and each pair once) when a bucket meets itself."""
-    rows, columns = queried.counts[values], indexed.counts[partners]
+    rows, columns = queried.counts[values].astype(np.int64), indexed.counts[partners].astype(np.int64)
     sizes = rows * columns
     bucket = np.repeat(np.arange(len(values)), sizes)
     offset = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
