@@ -175,7 +175,7 @@ def test_a_search_of_queries_pairs_them_with_the_rest_only():
     hashes[40:] = hashes[:20] ^ (np.uint64(1) << rng.integers(0, 64, 20).astype(np.uint64))  # a copy of each query
     hashes[20:40] = hashes[40:60] ^ np.uint64(3)  # copies among the rest: not paired
     found = set()
-    for first, second in near_duplicates.hash_close_pairs(hashes, 4, queries=20):
+    for first, second in near_duplicates.nearest_pairs(hashes, 4, len(hashes), queries=20)[0]:
         found |= set(zip(first.tolist(), second.tolist()))
     expected = {
         (query, other)
@@ -199,7 +199,7 @@ def test_the_band_search_finds_every_pair_within_the_distance_exactly_once():
     within &= decodable[:, None] & decodable[None, :]
     for queries in (None, 100):
         found = []
-        for first, second in near_duplicates.hash_close_pairs(hashes, 8, queries=queries):
+        for first, second in near_duplicates.nearest_pairs(hashes, 8, len(hashes), queries=queries)[0]:
             assert (np.lexsort((second, first)) == np.arange(len(first))).all()  # each block sorted
             found += zip(first.tolist(), second.tolist())
         rows, columns = np.nonzero(np.triu(within, 1) if queries is None else within[:queries, queries:])
@@ -256,26 +256,28 @@ def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypat
         assert len(expected) > 100 and (nearest == 300) == (not expected_crowded)
 
 
-def test_a_huge_band_bucket_is_left_out_and_counted():
+def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):
+    monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(5)
     blank, others = rng.integers(0, 2**63, 11, dtype=np.uint64)[[0]], rng.integers(0, 2**63, 10, dtype=np.uint64)
     # 100 equal hashes (blank images), 10 others and their copies, a copy of the blank one bit off in each band
     hashes = np.concatenate([np.repeat(blank, 100), others, others ^ np.uint64(0b101), blank ^ np.uint64(0b1111)])
     left_out, found = [], set()
-    for first, second in near_duplicates.hash_close_pairs(hashes, 8, max_bucket_pairs=200, left_out=left_out.append):
+    for first, second in near_duplicates.nearest_pairs(hashes, 8, len(hashes), callbacks=(None, left_out.append, 1))[0]:
         found |= set(zip(first.tolist(), second.tolist()))
     assert sum(left_out) == near_duplicates.BANDS * 100 * 99 // 2  # the 100 with each other, in every band
     assert found == {(index, index + 10) for index in range(100, 110)} | {(index, 120) for index in range(100)}
 
 
-def test_a_pair_in_a_left_out_bucket_is_found_in_another_band():
+def test_a_pair_in_a_left_out_bucket_is_found_in_another_band(monkeypatch):
+    monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(1)
     band_zero = np.uint64(sum(1 << bit for bit in range(0, 64, near_duplicates.BANDS)))
     # 100 unrelated hashes sharing band 0 (a white background), and a copy of one a bit off in band 1 only
     hashes = (rng.integers(0, 2**63, 100, dtype=np.uint64) & ~band_zero) | (np.uint64(0x123456789ABCDEF0) & band_zero)
     hashes = np.append(hashes, hashes[7] ^ np.uint64(0b10))
     left_out, found = [], []
-    for first, second in near_duplicates.hash_close_pairs(hashes, 8, max_bucket_pairs=200, left_out=left_out.append):
+    for first, second in near_duplicates.nearest_pairs(hashes, 8, len(hashes), callbacks=(None, left_out.append, 1))[0]:
         found += zip(first.tolist(), second.tolist())
     assert sum(left_out) == 101 * 100 // 2 and found == [(7, 100)]
 

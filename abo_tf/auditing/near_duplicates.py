@@ -617,84 +617,6 @@ def _bucket_products(queried, indexed, values, partners):
     return np.minimum(first[kept], second[kept]), np.maximum(first[kept], second[kept])
 
 
-def _probe_pairs(hashes, bands, tables, max_distance, max_pairs, probe):
-    """(blocks of sorted (first, second) within `max_distance` bits whose values in band `probe[0]` differ by
-    exactly the mask `probe[1]`, candidate pairs of huge buckets left out): one probe, in a search thread.
-
-    Pairs i < j within one table; with two, (query, indexed). Two buckets that would make more than `max_pairs`
-    pairs are left out (a blank or white background shared by thousands of images: pairs grow as its square).
-    """
-    band, mask = probe
-    queried, indexed = tables[band]
-    radius = max_distance // BANDS
-    values, partners, left_out = _bucket_pairs(queried, indexed, mask, max_pairs)
-    blocks = []
-    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
-        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
-        close = hamming_distance(hashes[first], hashes[second]) <= max_distance
-        close &= ~_found_earlier(bands[:band], tables, first, second, (radius, max_pairs))
-        first, second = first[close], second[close]
-        order = np.lexsort((second, first))
-        blocks.append((first[order], second[order]))
-    return blocks, left_out
-
-
-def _found_earlier(earlier_bands, tables, first, second, bounds):
-    """Mask of the pairs an earlier band's probes found (within `radius` there, their buckets not left out for
-    making more than `max_pairs` pairs): a pair left out there is compared in the first band that pairs it."""
-    radius, max_pairs = bounds
-    found = np.zeros(len(first), bool)
-    for values, (queried, indexed) in zip(earlier_bands, tables):
-        near = np.bitwise_count(values[first] ^ values[second]) <= radius
-        if int(queried.counts.max()) * int(indexed.counts.max()) > max_pairs:  # that band may have left some out
-            pairs = np.flatnonzero(near)
-            near[pairs] = _pair_counts(queried, indexed, values[first[pairs]], values[second[pairs]]) <= max_pairs
-        found |= near
-    return found
-
-
-def probe_count(max_distance):
-    """How many probes (band, mask) `hash_close_pairs` makes: the steps of its progress."""
-    return BANDS * len(_probe_masks(max_distance // BANDS))
-
-
-def hash_close_pairs(
-    hashes, max_distance, probed=None, queries=None, max_bucket_pairs=MAX_BUCKET_PAIRS, left_out=None, threads=1
-):
-    """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time, each block
-    sorted by (first, second), blocks in probe order however many `threads` probe.
-
-    A pair comes once, from the first band it matches in whose buckets are not left out (the bands after it skip
-    it: its thumbnails are then compared once, not up to BANDS times); UNDECODABLE entries are never paired.
-    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
-    only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
-    Two buckets of a band (entries sharing its value) that would make more than `max_bucket_pairs` candidate pairs
-    are not paired in that band; `left_out(n)` is told the n pairs they would have made (`_probe_pairs`).
-    """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
-    bands = [_band_values(hashes, band) for band in range(BANDS)]
-    tables = [_band_tables(values, valid, queries) for values in bands]
-    probes = [(band, mask) for band in range(BANDS) for mask in _probe_masks(max_distance // BANDS)]
-    probe = functools.partial(_probe_pairs, hashes, bands, tables, max_distance, max_bucket_pairs)
-    # Threads, not processes: NumPy's gathers, sorts and popcounts release the GIL, and the hashes are not copied.
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for blocks, skipped in bounded_map(pool, probe, probes, threads):
-            if left_out is not None and skipped:
-                left_out(skipped)
-            yield from blocks
-            if probed is not None:
-                probed()
-
-
-def _band_tables(values, valid, queries):
-    """(query table, index table) of one band: one table for both without `queries`."""
-    if queries is None:
-        table = _band_table(values, valid)
-        return table, table
-    return _band_table(values, valid[valid < queries]), _band_table(values, valid[valid >= queries])
-
-
 class _NearestTable:
     """The `slots` nearest partners found so far of each of `size` entries: a row an entry, sorted by (distance,
     partner), empty slots last (partner -1). int32 and int8: 5 bytes a slot, 210 MB for 2.5 million hashes."""
@@ -755,7 +677,7 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
     """Each hash's `nearest` neighbours within `max_distance` bits, nearest radius first: (blocks of (first,
     second), each pair once, first < second; `crowded`: the entries with more than `nearest` neighbours).
 
-    The multi-index search of `hash_close_pairs` (bands of `_band_widths`), a radius at a time: radius r pairs two
+    A multi-index search (bands of `_band_widths`; the module's docstring), a radius at a time: radius r pairs two
     hashes whose closest band differs by r bits (`_radius_probes`). An entry is searched at the next radius only
     while it has `nearest` or fewer neighbours, and keeps the `nearest` closest (by distance, then index) of those
     found; so each hash is compared with a few crowds, not all of them, and the pairs grow with the hashes, not
@@ -763,7 +685,9 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
     `nearest` or fewer neighbours keeps them all (that is what the search finds when nothing is crowded).
     `accept(first, second)`: the mask of pairs that may be neighbours at all (the rest take no slot). With
     `queries`, only the first `queries` entries have neighbours, among the others (first < queries <= second).
-    `callbacks`: `hash_close_pairs`' probed, left_out and threads.
+    `callbacks`: (probed, left_out, threads): `probed()` after each of `nearest_probe_count` probes (a progress
+    bar), `left_out(n)` told the n candidate pairs of two buckets of a band that would make more than
+    MAX_BUCKET_PAIRS (not paired in that band: `_bucket_pairs`), the search threads.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
@@ -875,31 +799,6 @@ def _table_pairs(table, nearest, symmetric):
             rows, partners = np.minimum(rows, partners), np.maximum(rows, partners)
         order = np.lexsort((partners, rows))
         yield rows[order], partners[order]
-
-
-def find_pairs(hashes, max_distance, accept=None):
-    """Every pair of hashes within `max_distance` bits, by multi-index hashing.
-
-    Holds every pair at once: for a bounded output, `near_duplicate_forest`.
-
-    Args:
-      hashes: uint64 [N]; UNDECODABLE entries are never paired.
-      max_distance: the largest Hamming distance of a pair, 0-63.
-      accept: optional `f(first, second) -> bool mask` that a pair must also pass.
-
-    Returns:
-      (first, second, distance) int64 arrays, first < second, sorted by (first, second).
-    """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    found = []
-    for first, second in hash_close_pairs(hashes, max_distance):
-        if accept is not None:
-            accepted = accept(first, second)
-            first, second = first[accepted], second[accepted]
-        found.append(first * len(hashes) + second)
-    keys = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    first, second = keys // max(1, len(hashes)), keys % max(1, len(hashes))
-    return first, second, hamming_distance(hashes[first], hashes[second])
 
 
 def _grey_spread(rows):
@@ -1694,7 +1593,7 @@ def near_duplicate_forest(
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
     hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
-    of huge band buckets (`hash_close_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
+    of huge band buckets (`nearest_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
     is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
     `crowded_images`.
     `workers` threads (default: the cores) probe the bands and check keypoints.
