@@ -237,6 +237,7 @@ def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypat
     if wide_bands:
         monkeypatch.setattr(near_duplicates, "WIDE_FROM", 0)
         monkeypatch.setattr(near_duplicates, "WIDE_BANDS", wide_bands)
+        monkeypatch.setattr(near_duplicates, "MERGE_ROWS", 7)  # a merge's rows in many chunks
     rng = np.random.default_rng(29)
     centres = rng.integers(0, 2**63, 4, dtype=np.uint64) * np.uint64(2)
     hashes = centres[rng.integers(0, 4, 300)]  # crowds of alike hashes, as catalog images on white make
