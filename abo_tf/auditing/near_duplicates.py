@@ -65,11 +65,14 @@ MAX_HASH_DISTANCE = 15
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
 DISTANCE_CODES = 64 + 1  # hash distances 0-64: a local candidate's distance is its code modulo this
 CAP_BLOCK = 1 << 21  # pairs `_capped` ranks at once: 7 int64 arrays of twice as many ends, 230 MB
-# Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 170 MB), and those of two buckets
-# (entries sharing a band value) beyond which they are not paired (counted, reported): a bucket of n entries makes
-# n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
-# hashes reach this, and the first search holds 6 an image (straight, whole, mirror, centres): about 340 blank images.
-PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
+# Candidate pairs of two buckets (entries sharing a band value) beyond which they are not paired (counted,
+# reported): a bucket of n entries makes n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of
+# 120,000 hashes (175,000 pairs); 2,048 hashes reach this, and the first search holds 6 an image (straight, whole,
+# mirror, centres): about 340 blank images.
+MAX_BUCKET_PAIRS = 1 << 21
+# Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 40 MB; at MAX_BUCKET_PAIRS, two
+# threads held 340 MB, a sixth of the 2 GB that the stage at ABO size may take).
+PROBE_BLOCK = 1 << 19
 # Hash neighbours kept per hash, nearest first (ties: the lower index). Catalog images (a product on white) share
 # most hash bits, and the pairs within 8 bits grew with the square of the images (67,273 at 5,000 images, 4,396,754
 # at 40,000: about 480 million at ABO size). A planted copy is among the few nearest hashes of its source, so each
