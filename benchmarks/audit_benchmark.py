@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/audit_benchmark.py [--images 100000] [--work-dir DIR]
     .venv/bin/python benchmarks/audit_benchmark.py --records DIR [DIR ...]  # existing builds (read only)
+    .venv/bin/python benchmarks/audit_benchmark.py --hashes FILE.npz  # the search alone, on saved hashes
 
 A generated sample of about `--images` images (`abo_tf.sample`, all images of every listing) is built once
 (`--work-dir` keeps both between runs), or `--records` names a build. Then, in a child process,
@@ -14,6 +15,9 @@ ratio moves with the load, so the CPU seconds an image of both are compared too 
 After, timed apart: the candidate pairs of the searches on a quarter, half and all of the images and their CPU
 seconds (how the search's work grows). Label issues are not timed here: their cost is the feature extraction's
 (benchmarks/baselines_benchmark.py) plus a k-fold logistic regression.
+With `--hashes` (the columns of a `HashedImages` saved by `np.savez`, e.g. of a build too large to hash again
+in one session), only the search and the groups file are timed and measured, and the growth is not; the run is
+added to the file's runs that measured hashing.
 Prints a Markdown table and writes benchmarks/results/audit.json.
 """
 
@@ -25,7 +29,7 @@ import tempfile
 import time
 
 import numpy as np
-from shared import write_results
+from shared import results_path, write_results
 
 IMAGES_PER_LISTING = 2.7  # the sample generator's average, as in build_records_benchmark.py
 
@@ -104,60 +108,72 @@ def candidate_growth(hashed):
 
 def audit_near_duplicates(records_dir, output):
     """The timed part, run in a child process: prints a JSON line of its figures."""
-    from abo_tf.auditing import audit, near_duplicates
+    from abo_tf.auditing import near_duplicates
 
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     hashed = near_duplicates.hash_records(records_dir, progress=True)
-    hashed_at, cpu_hashed_at = time.perf_counter(), _cpu_seconds()
+    hashing = {"hash_seconds": time.perf_counter() - started, "hash_cpu_seconds": _cpu_seconds() - cpu_started}
+    figures = {**_searched(hashed, output), **hashing}
+    figures["seconds"] = figures["search_seconds"] + hashing["hash_seconds"]
+    print(json.dumps({**figures, "candidates_by_images": candidate_growth(hashed)}))
+
+
+def search_saved_hashes(path, output):
+    """The timed part of `--hashes`, in a child process: the search on saved columns; prints a JSON line."""
+    from abo_tf.auditing import near_duplicates
+
+    with np.load(path) as saved:
+        hashed = near_duplicates.HashedImages(**{name: saved[name] for name in saved.files})
+    figures = _searched(hashed, output)
+    print(json.dumps({**figures, "hashes": os.path.abspath(path), "seconds": figures["search_seconds"]}))
+
+
+def _searched(hashed, output):
+    """{figure: value} of `near_duplicate_forest` and the groups file on `hashed`, timed here."""
+    from abo_tf.auditing import audit, near_duplicates
+
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     forest = near_duplicates.near_duplicate_forest(hashed, progress=True)
-    group_of = forest.groups()
-    groups = audit._groups_table(hashed, group_of)
+    groups = audit._groups_table(hashed, forest.groups())
     groups.to_csv(output, index=False)
-    done = time.perf_counter()
-    print(
-        json.dumps(
-            {
-                "images": len(hashed.hashes),
-                "hash_seconds": hashed_at - started,
-                "search_seconds": done - hashed_at,
-                "seconds": done - started,
-                "hash_cpu_seconds": cpu_hashed_at - cpu_started,
-                "search_cpu_seconds": _cpu_seconds() - cpu_hashed_at,
-                "edges_per_signal": dict(
-                    zip(*(column.tolist() for column in np.unique(forest.edges.signal, return_counts=True)))
-                ),
-                "nearest": near_duplicates.DEFAULT_NEAREST,
-                "unchecked_local_pairs": forest.unchecked_local_pairs,
-                "left_out_bucket_pairs": forest.left_out_bucket_pairs,
-                "groups": int(groups.group.nunique()),
-                "grouped_images": len(groups),
-                "crowded_images": forest.crowded_images,
-                "candidates_by_images": candidate_growth(hashed),
-            }
-        )
-    )
+    signals, counts = np.unique(forest.edges.signal, return_counts=True)
+    return {
+        "images": len(hashed.hashes),
+        "search_seconds": time.perf_counter() - started,
+        "search_cpu_seconds": _cpu_seconds() - cpu_started,
+        "edges_per_signal": dict(zip(signals.tolist(), counts.tolist())),
+        "nearest": near_duplicates.DEFAULT_NEAREST,
+        "unchecked_local_pairs": forest.unchecked_local_pairs,
+        "left_out_bucket_pairs": forest.left_out_bucket_pairs,
+        "groups": int(groups.group.nunique()),
+        "grouped_images": len(groups),
+        "crowded_images": forest.crowded_images,
+    }
 
 
-def measure(records_dir, truth, output):
-    """The figures of one build: the child's timings, its peak summed RSS, the bare rate, planted pairs joined."""
+def _measured_child(mode, source, output):
+    """(the child's JSON figures with its peak summed RSS MB, the cores and the load average before and after)."""
     from abo_tf.testing import measure as measuring
 
-    command = [sys.executable, os.path.abspath(__file__), "--child", records_dir, output]
+    command = [sys.executable, os.path.abspath(__file__), mode, source, output]
     load_before = os.getloadavg()
     code, stdout, stderr, peak = measuring.run_measured(command, timeout=3600)
     if code:
         raise RuntimeError(f"the audit child failed: {stderr[-2000:]}")
     timed = json.loads(stdout.strip().splitlines()[-1])
-    cores = os.cpu_count() or 1
+    loads = {"load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
+    return {**timed, **loads, "peak_rss_mb": peak / 2**20, "cores": os.cpu_count() or 1}
+
+
+def measure(records_dir, truth, output):
+    """The figures of one build: the child's timings, its peak summed RSS, the bare rate, planted pairs joined."""
+    timed = _measured_child("--child", records_dir, output)
+    cores = timed["cores"]
     bare, bare_cpu = bare_rate(records_dir)
     pipeline_rate = timed["images"] / timed["hash_seconds"]
     row = {
         **timed,
         "records": os.path.abspath(records_dir),
-        "cores": cores,
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
-        "peak_rss_mb": peak / 2**20,
         "hash_images_per_second": pipeline_rate,
         "bare_images_per_second_one_core": bare,
         "ratio_to_bare_on_all_cores": pipeline_rate / (bare * cores),
@@ -175,16 +191,32 @@ def measure(records_dir, truth, output):
     return row
 
 
+def _runs_with_hashing():
+    """The runs of benchmarks/results/audit.json that measured hashing too: a --hashes run is added to them."""
+    path = results_path("audit.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as handle:
+        return [run for run in json.load(handle)["runs"] if "hash_seconds" in run]
+
+
 def main():
     if sys.argv[1:2] == ["--child"]:
         return audit_near_duplicates(*sys.argv[2:4])
+    if sys.argv[1:2] == ["--saved-child"]:
+        return search_saved_hashes(*sys.argv[2:4])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[100_000])
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
     parser.add_argument("--records", nargs="+", default=None, help="existing builds to audit instead (read only)")
+    parser.add_argument("--hashes", default=None, help="saved HashedImages columns (.npz): the search alone")
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="audit-benchmark-")
     os.makedirs(work_dir, exist_ok=True)  # --records writes its groups file there too
+    if args.hashes:
+        row = _measured_child("--saved-child", args.hashes, os.path.join(work_dir, "near_duplicate_groups.csv"))
+        print(json.dumps({key: value for key, value in row.items() if key != "edges_per_signal"}))
+        return write_results("audit.json", {"runs": [*_runs_with_hashing(), row]})
     if args.records:
         output = os.path.join(work_dir, "near_duplicate_groups.csv")
         rows = [measure(records, None, output) for records in args.records]

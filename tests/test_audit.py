@@ -145,7 +145,8 @@ def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(monkeypatch, max
     ]
     hashes = np.concatenate([bases, bases ^ np.array(flips, dtype=np.uint64)])
     hashes[5] = np.uint64(near_duplicates.UNDECODABLE)
-    first, second, distance = near_duplicates.find_pairs(hashes, max_distance)
+    first, second = _all_close_pairs(hashes, max_distance)
+    distance = near_duplicates.hamming_distance(hashes[first], hashes[second])
     expected = [
         (i, j)
         for i, j in itertools.combinations(range(len(hashes)), 2)
@@ -153,6 +154,14 @@ def test_multi_index_hashing_finds_exactly_the_all_pairs_answer(monkeypatch, max
     ]
     assert list(zip(first.tolist(), second.tolist())) == expected
     assert (distance <= max_distance).all()
+
+
+def _all_close_pairs(hashes, max_distance, accept=None):
+    """(first, second) sorted, of every pair within `max_distance` bits: `nearest_pairs` with no bound."""
+    blocks, _ = near_duplicates.nearest_pairs(hashes, max_distance, len(hashes), accept)
+    first, second = (np.concatenate([np.zeros(0, np.int64), *column]) for column in zip(*blocks, strict=True))
+    order = np.lexsort((second, first))
+    return first[order], second[order]
 
 
 def _hashed(thumbnails, hashes):
@@ -197,7 +206,7 @@ def test_groups_are_the_components_of_the_all_pairs_answer(monkeypatch, block):
     def similar(first, second):
         return near_duplicates.thumbnail_similarity(hashed.thumbnails, first, second) >= 0.985
 
-    first, second, _ = near_duplicates.find_pairs(hashed.hashes, 6, similar)
+    first, second = _all_close_pairs(hashed.hashes, 6, similar)
     expected = _components(len(hashes), first, second)
     found = _components(len(hashes), forest.edges.first, forest.edges.second)
     assert found == expected and len(copies) > 100

@@ -81,9 +81,9 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     checked = []
     original = near_duplicates._inliers
 
-    def counting(hashed_, first, second):
+    def counting(hashed_, first, second, least=None):
         checked.extend(zip(first.tolist(), second.tolist()))
-        return original(hashed_, first, second)
+        return original(hashed_, first, second, least)
 
     monkeypatch.setattr(near_duplicates, "_inliers", counting)
     forest = near_duplicates.near_duplicate_forest(hashed)
@@ -96,9 +96,77 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     assert forest.crowded_images < capped.crowded_images == int(capped.crowded.sum()) > 0
 
 
+def test_keypoints_short_of_the_least_are_not_aligned_and_the_rest_as_before(planted):
+    hashed = planted[0]
+    rng = np.random.default_rng(7)
+    first, second = rng.integers(0, len(hashed.hashes), (2, 300))
+    least = rng.integers(4, 12, len(first))
+    counts, _, transforms = near_duplicates._inliers(hashed, first, second)
+    least_counts, _, least_transforms = near_duplicates._inliers(hashed, first, second, least)
+    enough = counts >= least
+    assert enough.any() and (least_counts[enough] == counts[enough]).all()
+    assert (least_transforms[enough] == transforms[enough]).all() and (least_counts[~enough] < least[~enough]).all()
+
+
+@pytest.mark.parametrize("region", [None, "inner", "corners"])
+def test_plain_images_found_once_score_as_per_pair(region):
+    rng = np.random.default_rng(8)
+    thumbnails = rng.integers(0, 256, (40, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    thumbnails[:20] = rng.integers(100, 103, (20, 1))  # plain, within PLAIN_COLOUR_DIFFERENCE of each other or not
+    thumbnails[20:25] = thumbnails[:5] + rng.integers(0, 2, thumbnails[:5].shape).astype(np.uint8)
+    hashed = SimpleNamespace(thumbnails=thumbnails, trimmed_thumbnails=None)
+    plain = near_duplicates.plain_images(hashed)[:, near_duplicates.PLAIN_VIEWS.index(("thumbnails", region))]
+    first, second = rng.integers(0, 40, (2, 200))
+    per_pair = near_duplicates.thumbnail_similarity(thumbnails, first, second, region=region)
+    assert plain[:25].all() and not plain[25:].any()
+    assert (
+        near_duplicates.thumbnail_similarity(thumbnails, first, second, region=region, plain=plain) == per_pair
+    ).all()
+
+
 def test_the_cap_keeps_each_images_closest_pairs():
     first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]
+
+
+def _brute_force_capped(first, second, distance, cap):
+    """Each image's pairs ranked one by one, closest first, ties in the pairs' order."""
+    ranks, kept = {}, []
+    for pair in sorted(range(len(first)), key=lambda pair: (distance[pair], pair)):
+        ends = int(first[pair]), int(second[pair])
+        kept.append((pair, max(ranks.get(end, 0) for end in ends) < cap))
+        for end in ends:
+            ranks[end] = ranks.get(end, 0) + 1
+    return [flag for _, flag in sorted(kept)]
+
+
+@pytest.mark.parametrize("block", [1 << 21, 7])  # 7: an image's pairs ranked across blocks
+def test_the_cap_equals_a_brute_force_ranking(block, monkeypatch):
+    monkeypatch.setattr(near_duplicates, "CAP_BLOCK", block)
+    rng = np.random.default_rng(5)
+    ends = rng.integers(0, 40, (2, 400))
+    ends = ends[:, ends[0] != ends[1]]
+    first, second = ends.min(axis=0).astype(np.int32), ends.max(axis=0).astype(np.int32)
+    distance = rng.integers(0, 9, len(first)).astype(np.int8)
+    for cap in (1, 4):
+        expected = _brute_force_capped(first, second, distance, cap)
+        assert near_duplicates._capped(first, second, distance, cap).tolist() == expected
+
+
+def test_local_candidates_keep_each_pair_once_at_its_smallest_distance(monkeypatch):
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", 50)  # folded many times
+    rng = np.random.default_rng(6)
+    local, smallest = near_duplicates._LocalCandidates(30), {}
+    for _ in range(20):
+        first, second, distance = rng.integers(0, 30, (3, 40))
+        apart = first != second
+        local.add(first[apart], second[apart], distance[apart])
+        for one, other, bits in zip(first[apart].tolist(), second[apart].tolist(), distance[apart].tolist()):
+            pair = min(one, other), max(one, other)
+            smallest[pair] = min(smallest.get(pair, 64), bits)
+    first, second, distance = local.pairs()
+    assert list(zip(first.tolist(), second.tolist())) == sorted(smallest)
+    assert distance.tolist() == [smallest[pair] for pair in sorted(smallest)]
 
 
 def test_a_search_of_queries_pairs_them_with_the_rest_only():
@@ -107,7 +175,7 @@ def test_a_search_of_queries_pairs_them_with_the_rest_only():
     hashes[40:] = hashes[:20] ^ (np.uint64(1) << rng.integers(0, 64, 20).astype(np.uint64))  # a copy of each query
     hashes[20:40] = hashes[40:60] ^ np.uint64(3)  # copies among the rest: not paired
     found = set()
-    for first, second in near_duplicates.hash_close_pairs(hashes, 4, queries=20):
+    for first, second in near_duplicates.nearest_pairs(hashes, 4, len(hashes), queries=20)[0]:
         found |= set(zip(first.tolist(), second.tolist()))
     expected = {
         (query, other)
@@ -131,7 +199,7 @@ def test_the_band_search_finds_every_pair_within_the_distance_exactly_once():
     within &= decodable[:, None] & decodable[None, :]
     for queries in (None, 100):
         found = []
-        for first, second in near_duplicates.hash_close_pairs(hashes, 8, queries=queries):
+        for first, second in near_duplicates.nearest_pairs(hashes, 8, len(hashes), queries=queries)[0]:
             assert (np.lexsort((second, first)) == np.arange(len(first))).all()  # each block sorted
             found += zip(first.tolist(), second.tolist())
         rows, columns = np.nonzero(np.triu(within, 1) if queries is None else within[:queries, queries:])
@@ -169,6 +237,7 @@ def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypat
     if wide_bands:
         monkeypatch.setattr(near_duplicates, "WIDE_FROM", 0)
         monkeypatch.setattr(near_duplicates, "WIDE_BANDS", wide_bands)
+        monkeypatch.setattr(near_duplicates, "MERGE_ROWS", 7)  # a merge's rows in many chunks
     rng = np.random.default_rng(29)
     centres = rng.integers(0, 2**63, 4, dtype=np.uint64) * np.uint64(2)
     hashes = centres[rng.integers(0, 4, 300)]  # crowds of alike hashes, as catalog images on white make
@@ -188,26 +257,28 @@ def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypat
         assert len(expected) > 100 and (nearest == 300) == (not expected_crowded)
 
 
-def test_a_huge_band_bucket_is_left_out_and_counted():
+def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):
+    monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(5)
     blank, others = rng.integers(0, 2**63, 11, dtype=np.uint64)[[0]], rng.integers(0, 2**63, 10, dtype=np.uint64)
     # 100 equal hashes (blank images), 10 others and their copies, a copy of the blank one bit off in each band
     hashes = np.concatenate([np.repeat(blank, 100), others, others ^ np.uint64(0b101), blank ^ np.uint64(0b1111)])
     left_out, found = [], set()
-    for first, second in near_duplicates.hash_close_pairs(hashes, 8, max_bucket_pairs=200, left_out=left_out.append):
+    for first, second in near_duplicates.nearest_pairs(hashes, 8, len(hashes), callbacks=(None, left_out.append, 1))[0]:
         found |= set(zip(first.tolist(), second.tolist()))
     assert sum(left_out) == near_duplicates.BANDS * 100 * 99 // 2  # the 100 with each other, in every band
     assert found == {(index, index + 10) for index in range(100, 110)} | {(index, 120) for index in range(100)}
 
 
-def test_a_pair_in_a_left_out_bucket_is_found_in_another_band():
+def test_a_pair_in_a_left_out_bucket_is_found_in_another_band(monkeypatch):
+    monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(1)
     band_zero = np.uint64(sum(1 << bit for bit in range(0, 64, near_duplicates.BANDS)))
     # 100 unrelated hashes sharing band 0 (a white background), and a copy of one a bit off in band 1 only
     hashes = (rng.integers(0, 2**63, 100, dtype=np.uint64) & ~band_zero) | (np.uint64(0x123456789ABCDEF0) & band_zero)
     hashes = np.append(hashes, hashes[7] ^ np.uint64(0b10))
     left_out, found = [], []
-    for first, second in near_duplicates.hash_close_pairs(hashes, 8, max_bucket_pairs=200, left_out=left_out.append):
+    for first, second in near_duplicates.nearest_pairs(hashes, 8, len(hashes), callbacks=(None, left_out.append, 1))[0]:
         found += zip(first.tolist(), second.tolist())
     assert sum(left_out) == 101 * 100 // 2 and found == [(7, 100)]
 

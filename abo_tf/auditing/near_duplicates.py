@@ -63,11 +63,16 @@ DEFAULT_HASH_DISTANCE = 8
 # images ran past 600 s (issue 23 review); past 15 bits of 64 a hash pairs unrelated pictures anyway.
 MAX_HASH_DISTANCE = 15
 CANDIDATES_PER_BLOCK = 1 << 22  # candidate pairs held at once: about 300 MB of index arrays
-# Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 170 MB), and those of two buckets
-# (entries sharing a band value) beyond which they are not paired (counted, reported): a bucket of n entries makes
-# n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of 120,000 hashes (175,000 pairs); 2,048
-# hashes reach this, and the first search holds 6 an image (straight, whole, mirror, centres): about 340 blank images.
-PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
+DISTANCE_CODES = 64 + 1  # hash distances 0-64: a local candidate's distance is its code modulo this
+CAP_BLOCK = 1 << 21  # pairs `_capped` ranks at once: 7 int64 arrays of twice as many ends, 230 MB
+# Candidate pairs of two buckets (entries sharing a band value) beyond which they are not paired (counted,
+# reported): a bucket of n entries makes n**2 / 2 at every probe. On a 20,000-image build the largest held 593 of
+# 120,000 hashes (175,000 pairs); 2,048 hashes reach this, and the first search holds 6 an image (straight, whole,
+# mirror, centres): about 340 blank images.
+MAX_BUCKET_PAIRS = 1 << 21
+# Candidate pairs a search thread holds at once (about 10 int64 arrays of them: 40 MB; at MAX_BUCKET_PAIRS, two
+# threads held 340 MB, a sixth of the 2 GB that the stage at ABO size may take).
+PROBE_BLOCK = 1 << 19
 # Hash neighbours kept per hash, nearest first (ties: the lower index). Catalog images (a product on white) share
 # most hash bits, and the pairs within 8 bits grew with the square of the images (67,273 at 5,000 images, 4,396,754
 # at 40,000: about 480 million at ABO size). A planted copy is among the few nearest hashes of its source, so each
@@ -75,8 +80,9 @@ PROBE_BLOCK = MAX_BUCKET_PAIRS = 1 << 21
 # the images.
 DEFAULT_NEAREST = 16
 # Pairs found that `nearest_pairs` merges at once: a merge re-sorts the rows it touches (17 slots each), so fewer,
-# larger merges (about 400 MB of int64 keys at once).
-MERGE_BLOCK = 1 << 23
+# larger merges; at 1 << 23, 3,000 blank images alone peaked at 1.9 GB (int64 keys of both ends, their sort).
+MERGE_BLOCK = 1 << 22
+MERGE_ROWS = 1 << 16  # rows a merge re-sorts at once: 1.1M held slots, with the block's pairs into them
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
@@ -200,6 +206,7 @@ class HashedImages(NamedTuple):
     greyscale: np.ndarray | None = None  # bool [N]: the thumbnail is grey (`greyscale_images`; set by the search)
     framed: np.ndarray | None = None  # bool [N]: the image was not trimmed (`framed_images`; set by the search)
     trimmed_aspects: np.ndarray | None = None  # float32 [N]: width / height of the trimmed image (keypoints to pixels)
+    plain: np.ndarray | None = None  # bool [N, len(PLAIN_VIEWS)]: the thumbnail is plain (`plain_images`; the search)
 
 
 class Signature(NamedTuple):
@@ -571,8 +578,10 @@ class _BandTable(NamedTuple):
 
 def _band_table(values, entries, width=BAND_BITS):
     entries = entries[np.argsort(values[entries], kind="stable")]
-    counts = np.bincount(values[entries], minlength=1 << width)
-    return _BandTable(entries, np.cumsum(counts) - counts, counts, np.flatnonzero(counts))
+    # int32: a table of 22-bit bands is 4M values, and 3 bands of queried and indexed tables held 400 MB as int64
+    counts = np.bincount(values[entries], minlength=1 << width).astype(np.int32)
+    starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int32)
+    return _BandTable(entries, starts, counts, np.flatnonzero(counts))
 
 
 def _bucket_pairs(queried, indexed, mask, max_pairs):
@@ -592,14 +601,14 @@ def _bucket_pairs(queried, indexed, mask, max_pairs):
 
 def _pair_counts(queried, indexed, values, partners):
     """Candidate pairs of each two buckets: n (n - 1) / 2 of a bucket of n with itself."""
-    rows, columns = queried.counts[values], indexed.counts[partners]
+    rows, columns = queried.counts[values].astype(np.int64), indexed.counts[partners].astype(np.int64)
     return np.where((queried is indexed) & (values == partners), rows * (rows - 1) // 2, rows * columns)
 
 
 def _bucket_products(queried, indexed, values, partners):
     """(first, second) of every entry of each `values` bucket with every entry of its `partners` bucket; first <
     second (and each pair once) when a bucket meets itself."""
-    rows, columns = queried.counts[values], indexed.counts[partners]
+    rows, columns = queried.counts[values].astype(np.int64), indexed.counts[partners].astype(np.int64)
     sizes = rows * columns
     bucket = np.repeat(np.arange(len(values)), sizes)
     offset = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -610,84 +619,6 @@ def _bucket_products(queried, indexed, values, partners):
         return first, second
     kept = (row < column) | (values[bucket] != partners[bucket])  # a bucket with itself: each pair once
     return np.minimum(first[kept], second[kept]), np.maximum(first[kept], second[kept])
-
-
-def _probe_pairs(hashes, bands, tables, max_distance, max_pairs, probe):
-    """(blocks of sorted (first, second) within `max_distance` bits whose values in band `probe[0]` differ by
-    exactly the mask `probe[1]`, candidate pairs of huge buckets left out): one probe, in a search thread.
-
-    Pairs i < j within one table; with two, (query, indexed). Two buckets that would make more than `max_pairs`
-    pairs are left out (a blank or white background shared by thousands of images: pairs grow as its square).
-    """
-    band, mask = probe
-    queried, indexed = tables[band]
-    radius = max_distance // BANDS
-    values, partners, left_out = _bucket_pairs(queried, indexed, mask, max_pairs)
-    blocks = []
-    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
-        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
-        close = hamming_distance(hashes[first], hashes[second]) <= max_distance
-        close &= ~_found_earlier(bands[:band], tables, first, second, (radius, max_pairs))
-        first, second = first[close], second[close]
-        order = np.lexsort((second, first))
-        blocks.append((first[order], second[order]))
-    return blocks, left_out
-
-
-def _found_earlier(earlier_bands, tables, first, second, bounds):
-    """Mask of the pairs an earlier band's probes found (within `radius` there, their buckets not left out for
-    making more than `max_pairs` pairs): a pair left out there is compared in the first band that pairs it."""
-    radius, max_pairs = bounds
-    found = np.zeros(len(first), bool)
-    for values, (queried, indexed) in zip(earlier_bands, tables):
-        near = np.bitwise_count(values[first] ^ values[second]) <= radius
-        if int(queried.counts.max()) * int(indexed.counts.max()) > max_pairs:  # that band may have left some out
-            pairs = np.flatnonzero(near)
-            near[pairs] = _pair_counts(queried, indexed, values[first[pairs]], values[second[pairs]]) <= max_pairs
-        found |= near
-    return found
-
-
-def probe_count(max_distance):
-    """How many probes (band, mask) `hash_close_pairs` makes: the steps of its progress."""
-    return BANDS * len(_probe_masks(max_distance // BANDS))
-
-
-def hash_close_pairs(
-    hashes, max_distance, probed=None, queries=None, max_bucket_pairs=MAX_BUCKET_PAIRS, left_out=None, threads=1
-):
-    """Yields `(first, second)` index arrays of pairs within `max_distance` bits, a block at a time, each block
-    sorted by (first, second), blocks in probe order however many `threads` probe.
-
-    A pair comes once, from the first band it matches in whose buckets are not left out (the bands after it skip
-    it: its thumbnails are then compared once, not up to BANDS times); UNDECODABLE entries are never paired.
-    `probed()`, if given, is called after each of the `probe_count` probes (a progress bar). With `queries`,
-    only pairs of one of the first `queries` hashes with one of the others (first < queries <= second).
-    Two buckets of a band (entries sharing its value) that would make more than `max_bucket_pairs` candidate pairs
-    are not paired in that band; `left_out(n)` is told the n pairs they would have made (`_probe_pairs`).
-    """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
-    bands = [_band_values(hashes, band) for band in range(BANDS)]
-    tables = [_band_tables(values, valid, queries) for values in bands]
-    probes = [(band, mask) for band in range(BANDS) for mask in _probe_masks(max_distance // BANDS)]
-    probe = functools.partial(_probe_pairs, hashes, bands, tables, max_distance, max_bucket_pairs)
-    # Threads, not processes: NumPy's gathers, sorts and popcounts release the GIL, and the hashes are not copied.
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for blocks, skipped in bounded_map(pool, probe, probes, threads):
-            if left_out is not None and skipped:
-                left_out(skipped)
-            yield from blocks
-            if probed is not None:
-                probed()
-
-
-def _band_tables(values, valid, queries):
-    """(query table, index table) of one band: one table for both without `queries`."""
-    if queries is None:
-        table = _band_table(values, valid)
-        return table, table
-    return _band_table(values, valid[valid < queries]), _band_table(values, valid[valid >= queries])
 
 
 class _NearestTable:
@@ -707,11 +638,18 @@ class _NearestTable:
         """Adds the pairs (end, partner) at their distances: each row keeps its nearest, a pair found twice once."""
         beaten = distances <= self.distances[ends, -1]  # a full row's farthest slot bounds what may enter it
         ends, partners, distances = ends[beaten], partners[beaten], distances[beaten]
-        if not len(ends):
-            return
-        touched = np.zeros(len(self.partners), bool)
-        touched[ends] = True
-        rows = np.flatnonzero(touched)
+        # MERGE_ROWS rows at a time: a block's pairs touch nearly every row, and the int64 keys of all their held
+        # slots and the pairs, with their sort, took 1.7 GB on 100,000 images (600,000 hashes of 17 slots)
+        order = np.argsort(ends, kind="stable")
+        ends, partners, distances = ends[order], partners[order], distances[order]
+        del order
+        bounds = np.searchsorted(ends, np.arange(0, len(self.partners) + MERGE_ROWS, MERGE_ROWS))
+        for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+            if low < high:
+                self._merge_rows(ends[low:high], partners[low:high], distances[low:high])
+
+    def _merge_rows(self, ends, partners, distances):
+        rows = ends[np.concatenate([[True], ends[1:] != ends[:-1]])]  # ends are sorted
         held = self.partners[rows] >= 0
         held_ends = np.repeat(rows, held.sum(axis=1))
         keys = np.unique(
@@ -750,7 +688,7 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
     """Each hash's `nearest` neighbours within `max_distance` bits, nearest radius first: (blocks of (first,
     second), each pair once, first < second; `crowded`: the entries with more than `nearest` neighbours).
 
-    The multi-index search of `hash_close_pairs` (bands of `_band_widths`), a radius at a time: radius r pairs two
+    A multi-index search (bands of `_band_widths`; the module's docstring), a radius at a time: radius r pairs two
     hashes whose closest band differs by r bits (`_radius_probes`). An entry is searched at the next radius only
     while it has `nearest` or fewer neighbours, and keeps the `nearest` closest (by distance, then index) of those
     found; so each hash is compared with a few crowds, not all of them, and the pairs grow with the hashes, not
@@ -758,7 +696,9 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
     `nearest` or fewer neighbours keeps them all (that is what the search finds when nothing is crowded).
     `accept(first, second)`: the mask of pairs that may be neighbours at all (the rest take no slot). With
     `queries`, only the first `queries` entries have neighbours, among the others (first < queries <= second).
-    `callbacks`: `hash_close_pairs`' probed, left_out and threads.
+    `callbacks`: (probed, left_out, threads): `probed()` after each of `nearest_probe_count` probes (a progress
+    bar), `left_out(n)` told the n candidate pairs of two buckets of a band that would make more than
+    MAX_BUCKET_PAIRS (not paired in that band: `_bucket_pairs`), the search threads.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     valid = np.flatnonzero(hashes != np.uint64(UNDECODABLE))
@@ -839,7 +779,8 @@ def _nearest_candidates(hashes, tables, max_distance, accept, probe):
         kept = np.flatnonzero((distance <= max_distance) & (first != second))
         if accept is not None:
             kept = kept[accept(first[kept], second[kept])]
-        found.append((first[kept], second[kept], distance[kept].astype(np.int8)))
+        # int32: pending pairs wait for a merge (MERGE_BLOCK), an entry is below 2**28 (`_NearestTable`)
+        found.append((first[kept].astype(np.int32), second[kept].astype(np.int32), distance[kept].astype(np.int8)))
     return found, left_out
 
 
@@ -869,31 +810,6 @@ def _table_pairs(table, nearest, symmetric):
             rows, partners = np.minimum(rows, partners), np.maximum(rows, partners)
         order = np.lexsort((partners, rows))
         yield rows[order], partners[order]
-
-
-def find_pairs(hashes, max_distance, accept=None):
-    """Every pair of hashes within `max_distance` bits, by multi-index hashing.
-
-    Holds every pair at once: for a bounded output, `near_duplicate_forest`.
-
-    Args:
-      hashes: uint64 [N]; UNDECODABLE entries are never paired.
-      max_distance: the largest Hamming distance of a pair, 0-63.
-      accept: optional `f(first, second) -> bool mask` that a pair must also pass.
-
-    Returns:
-      (first, second, distance) int64 arrays, first < second, sorted by (first, second).
-    """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    found = []
-    for first, second in hash_close_pairs(hashes, max_distance):
-        if accept is not None:
-            accepted = accept(first, second)
-            first, second = first[accepted], second[accepted]
-        found.append(first * len(hashes) + second)
-    keys = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    first, second = keys // max(1, len(hashes)), keys % max(1, len(hashes))
-    return first, second, hamming_distance(hashes[first], hashes[second])
 
 
 def _grey_spread(rows):
@@ -927,9 +843,9 @@ def _mirrored(rows):
     return rows.reshape(len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)[:, :, ::-1].reshape(len(rows), -1)
 
 
-def _block_similarity(first_rows, second_rows, grey=None):
+def _block_similarity(first_rows, second_rows, grey=None, plain=None):
     """Correlation of colour thumbnails; of their grey (channel means) where either image is greyscale (`grey`,
-    from the rows if not given).
+    from the rows if not given); of their colours where either is plain (`plain`, from the rows if not given).
 
     A greyscale copy of a colour photo correlates at 0.9 in colour, and a catalog greys a photo out (issue 18).
     """
@@ -942,7 +858,8 @@ def _block_similarity(first_rows, second_rows, grey=None):
         similarity[grey] = np.einsum("ij,ij->i", _normalised(first_grey), _normalised(second_grey))
     # A plain thumbnail's mean-free row is its channels' offsets alone: any two plain colours of one hue order
     # correlated at about 1, and 600 swatches of different colours were chained into one group (hostile review).
-    plain = np.minimum(_picture_spread(first_rows), _picture_spread(second_rows)) < PLAIN_SPREAD
+    if plain is None:
+        plain = np.minimum(_picture_spread(first_rows), _picture_spread(second_rows)) < PLAIN_SPREAD
     if plain.any():
         difference = np.abs(first_rows[plain].astype(np.float32) - second_rows[plain]).mean(axis=1)
         similarity[plain] = np.where(difference <= PLAIN_COLOUR_DIFFERENCE, 1.0, 0.0)
@@ -951,14 +868,15 @@ def _block_similarity(first_rows, second_rows, grey=None):
     return similarity
 
 
-def thumbnail_similarity(thumbnails, first, second, mirrored=False, region=None, greyscale=None):
+def thumbnail_similarity(thumbnails, first, second, mirrored=False, region=None, greyscale=None, plain=None):
     """Correlation of the thumbnails of each pair (first[k], second[k]): 1 for the same picture.
 
     Equal thumbnails score 1 even when constant (a blank image's correlation is 0 / 0): identical pixels pair.
     With `mirrored`, the second thumbnail is flipped left to right first (a pair found by the mirror hash);
     `region` "inner" compares only the thumbnails' inner parts (`_inner`), "corners" their pixels outside the
-    corners (`_outside_corners`). `greyscale` (bool [N], `greyscale_images`) spares each block finding which
-    images are grey.
+    corners (`_outside_corners`). `greyscale` (bool [N], `greyscale_images`) and `plain` (bool [N], these
+    thumbnails' view in `plain_images`) spare each block finding which images are grey and plain: per pair, the
+    plain test was a fifth of the search's CPU on 30,000 images (py-spy).
     """
     similarity = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
@@ -966,8 +884,30 @@ def thumbnail_similarity(thumbnails, first, second, mirrored=False, region=None,
         second_rows = thumbnails[second[block]]
         first_rows, second_rows = thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
         grey = None if greyscale is None else greyscale[first[block]] | greyscale[second[block]]
-        similarity[block] = _block_similarity(_REGIONS[region](first_rows), _REGIONS[region](second_rows), grey)
+        plain_pairs = None if plain is None else plain[first[block]] | plain[second[block]]
+        regions = _REGIONS[region](first_rows), _REGIONS[region](second_rows)
+        similarity[block] = _block_similarity(*regions, grey, plain_pairs)
     return similarity
+
+
+# The thumbnails' views that pairs are compared on: (HashedImages column, region of `thumbnail_similarity`).
+PLAIN_VIEWS = (("thumbnails", None), ("thumbnails", "inner"), ("thumbnails", "corners"), ("trimmed_thumbnails", None))
+
+
+def plain_images(hashed):
+    """bool [N, len(PLAIN_VIEWS)]: which images' thumbnails are plain in each view, computed once, not per pair."""
+    plain = np.zeros((len(hashed.thumbnails), len(PLAIN_VIEWS)), bool)
+    for view, (name, region) in enumerate(PLAIN_VIEWS):
+        rows = getattr(hashed, name)
+        for start in range(0, 0 if rows is None else len(rows), SIMILARITY_BLOCK):
+            spread = _picture_spread(_REGIONS[region](rows[start : start + SIMILARITY_BLOCK]))
+            plain[start : start + SIMILARITY_BLOCK, view] = spread < PLAIN_SPREAD
+    return plain
+
+
+def _plain(hashed, name, region=None):
+    """`plain_images`' column of one view, or None (then computed per pair)."""
+    return None if hashed.plain is None else hashed.plain[:, PLAIN_VIEWS.index((name, region))]
 
 
 class Pairs(NamedTuple):
@@ -1163,27 +1103,30 @@ def _pair_kinds(first_kind, second_kind):
     return np.where((first_kind == CORNER_HASH) | (second_kind == CORNER_HASH), np.where(corner, CORNER_HASH, ""), kind)
 
 
-def _inliers(hashed, first, second):
+def _inliers(hashed, first, second, least=None):
     """(counts, spreads, transforms): ORB keypoints of each pair's first image that one similarity transform
     (scale, turn, shift; RANSAC) maps onto matching keypoints of the second (crops, padding, turns and badges keep
     most, other pictures a few), the narrower side of their bounding box, in keypoint units (255: the image's
     side), and that transform (float32 [n, 2, 3], keypoint units; zeros where none is plausible).
+    `least` (int [n], default MIN_MATCHES): a pair with fewer matches is left at 0, its RANSAC not run (inliers are
+    matches: it could not align that many).
     """
+    least = np.full(len(first), MIN_MATCHES) if least is None else np.maximum(least, MIN_MATCHES)
     counts, spreads = np.zeros(len(first), np.int64), np.zeros(len(first), np.float32)
     transforms = np.zeros((len(first), 2, 3), np.float32)
     if hashed.descriptors is None:
         return counts, spreads, transforms
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    for pair, (one, other) in enumerate(zip(first, second)):
+    for pair, (one, other, needed) in enumerate(zip(first, second, least.tolist())):
         one_count, other_count = int(hashed.keypoint_counts[one]), int(hashed.keypoint_counts[other])
-        if min(one_count, other_count) < MIN_MATCHES:
+        if min(one_count, other_count) < needed:
             continue
         matches = [
             match
             for match in matcher.match(hashed.descriptors[one, :one_count], hashed.descriptors[other, :other_count])
             if match.distance <= MAX_DESCRIPTOR_DISTANCE
         ]
-        if len(matches) < MIN_MATCHES:
+        if len(matches) < needed:  # RANSAC was half of the keypoint check; half the pairs match fewer than 8
             continue
         source = hashed.keypoints[one][[match.queryIdx for match in matches]].astype(np.float32)
         target = hashed.keypoints[other][[match.trainIdx for match in matches]].astype(np.float32)
@@ -1249,17 +1192,28 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
 def _close_verified(hashed, first, second, kind, min_similarity):
     """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits."""
     mirrored, grey = kind == MIRROR_HASH, hashed.greyscale
-    similarity = thumbnail_similarity(hashed.thumbnails, first, second, mirrored, greyscale=grey)
+    similarity = thumbnail_similarity(
+        hashed.thumbnails, first, second, mirrored, greyscale=grey, plain=_plain(hashed, "thumbnails")
+    )
     framed = kind not in (CENTRE_HASH, CORNER_HASH)
     signal = np.where(framed & (similarity >= min_similarity), kind, "")
     if kind == CORNER_HASH:
-        corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey)
+        plain = _plain(hashed, "thumbnails", "corners")
+        corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey, plain=plain)
         signal = np.where(corners >= max(min_similarity, CORNER_SIMILARITY), CORNER_THUMBNAIL, signal)
     if not mirrored:
-        inner = thumbnail_similarity(hashed.thumbnails, first, second, region="inner", greyscale=grey)
+        plain = _plain(hashed, "thumbnails", "inner")
+        inner = thumbnail_similarity(hashed.thumbnails, first, second, region="inner", greyscale=grey, plain=plain)
         signal = np.where((signal == "") & (inner >= min_similarity), INNER_THUMBNAIL, signal)
     if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
-        trimmed_similarity = thumbnail_similarity(hashed.trimmed_thumbnails, first, second, mirrored, greyscale=grey)
+        trimmed_similarity = thumbnail_similarity(
+            hashed.trimmed_thumbnails,
+            first,
+            second,
+            mirrored,
+            greyscale=grey,
+            plain=_plain(hashed, "trimmed_thumbnails"),
+        )
         signal = np.where((signal == "") & (trimmed_similarity >= TRIMMED_SIMILARITY), TRIMMED_THUMBNAIL, signal)
     if kind == CENTRE_HASH:
         open_pairs = np.flatnonzero(signal == "")  # the rest are confirmed: spared the 4 resamplings
@@ -1352,27 +1306,36 @@ def _resampling(start, stop):
     return weights
 
 
-def _unique_pairs(keys, distances):
-    """(keys, distances) with each pair key once, at its smallest hash distance."""
-    order = np.lexsort((distances, keys))
-    keys, distances = keys[order], distances[order]
-    first_of = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, bool)
-    return keys[first_of], distances[first_of]
-
-
 def _capped(first, second, distance, cap):
-    """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first."""
-    pair = np.argsort(distance, kind="stable")
-    images = np.concatenate([first[pair], second[pair]])
-    ends = np.concatenate([pair, pair])
-    order = np.lexsort((np.concatenate([np.arange(len(pair))] * 2), images))  # by image, then by distance rank
-    sorted_images = images[order]
-    starts = np.searchsorted(sorted_images, sorted_images, side="left")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - starts
-    worst = np.zeros(len(first), np.int64)
-    np.maximum.at(worst, ends, rank)
-    return worst < cap
+    """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first (ties: the
+    pairs' order). The pairs are ranked CAP_BLOCK at a time in that order, each image's earlier pairs counted: the
+    local candidates of 423,686 images are tens of millions, and a sort of all their ends at once held gigabytes."""
+    kept = np.zeros(len(first), bool)
+    taken = np.zeros(int(max(first.max(), second.max())) + 1 if len(first) else 0, np.int64)
+    for value in np.unique(distance):
+        closest = np.flatnonzero(distance == value)
+        for start in range(0, len(closest), CAP_BLOCK):
+            pairs = closest[start : start + CAP_BLOCK]
+            ranks = _ranks(first[pairs], second[pairs], taken)
+            kept[pairs] = ranks.max(axis=0) < cap
+    return kept
+
+
+def _ranks(first, second, taken):
+    """int64 [2, n]: the rank of each pair among its first's and its second's pairs (`taken`: each image's pairs
+    before these, counted on)."""
+    count = len(first)
+    codes = np.concatenate([first, second]).astype(np.int64) * (2 * count)  # by image, then pair, then end
+    codes[:count] += 2 * np.arange(count)
+    codes[count:] += 2 * np.arange(count) + 1
+    codes.sort()
+    images = codes // (2 * count)
+    starts = np.flatnonzero(np.concatenate([[True], images[1:] != images[:-1]]))
+    rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.append(starts, len(codes)))) + taken[images]
+    ranks = np.empty((2, count), np.int64)
+    ranks[codes & 1, (codes % (2 * count)) >> 1] = rank
+    taken += np.bincount(images, minlength=len(taken))
+    return ranks
 
 
 class _LocalCandidates:
@@ -1380,31 +1343,44 @@ class _LocalCandidates:
 
     A pair matches in up to BANDS bands and several hash kinds: checked where found, a rejected pair's
     keypoints were matched again each time, and a 42,762-image slice did not finish its first probe in 20
-    minutes. Gathered here, each pair is checked once, after the search (`_local_pairs`).
+    minutes. Gathered here, each pair is checked once, after the search (`_local_pairs`). A pair is held as one
+    int64, its key (first * size + second) times DISTANCE_CODES plus its distance, sorted in place: 8 bytes a pair
+    (a key, a distance and a sort order of int64 were 24, and copies of each).
     """
 
     def __init__(self, size):
         self.size = size
-        self.keys, self.distances = [], []
-        self.held, self.folded = 0, 0
+        self.codes, self.held, self.folded = [], 0, 0
 
     def add(self, first, second, distance):
         # A pair of two hash kinds comes in either order (an image's centre hash may precede the other's hash).
-        self.keys.append(np.minimum(first, second) * self.size + np.maximum(first, second))
-        self.distances.append(distance)
+        keys = np.minimum(first, second).astype(np.int64) * self.size + np.maximum(first, second)
+        self.codes.append(keys * DISTANCE_CODES + distance)
         self.held += len(first)
         if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
-            keys, distances = _unique_pairs(*self._joined())  # about the unique pairs'
-            self.keys, self.distances, self.held, self.folded = [keys], [distances], len(keys), len(keys)
+            self.codes = [self._unique()]  # about the unique pairs'
+            self.held = self.folded = len(self.codes[0])
 
-    def _joined(self):
-        empty = np.zeros(0, np.int64)
-        return np.concatenate([empty] + self.keys), np.concatenate([empty] + self.distances)
+    def _unique(self):
+        """The held codes sorted, each pair once at its smallest distance (its first code)."""
+        codes = np.concatenate([np.zeros(0, np.int64)] + self.codes)
+        self.codes = []
+        codes.sort()
+        keys = codes // DISTANCE_CODES
+        return codes[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(codes) else codes
 
     def pairs(self):
-        """(first, second, distance) of the unique pairs."""
-        keys, distances = _unique_pairs(*self._joined())
-        return keys // self.size, keys % self.size, distances
+        """(first, second, distance) of the unique pairs, sorted by (first, second): int32, int32, int8."""
+        codes = self._unique()
+        keys, distances = codes // DISTANCE_CODES, (codes % DISTANCE_CODES).astype(np.int8)
+        del codes
+        return (keys // self.size).astype(np.int32), (keys % self.size).astype(np.int32), distances
+
+
+def _least_inliers(hashed, first, second, min_inliers):
+    """int [n]: the fewest aligned keypoints that `_aligned` may confirm each pair with."""
+    framed = _fills_frame(hashed, first) & _fills_frame(hashed, second)
+    return np.where(framed, min(min_inliers, round(FRAME_INLIER_SHARE * min_inliers)), min_inliers)
 
 
 def _aligned(hashed, first, second, inliers, spreads, min_inliers):
@@ -1589,14 +1565,18 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         block = order[start : start + LOCAL_BLOCK]
         block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
         parts = np.array_split(block, threads)
-        counted = list(
-            pool.map(_inliers, itertools.repeat(hashed), [first[p] for p in parts], [second[p] for p in parts])
-        )
+        least = [_least_inliers(hashed, first[part], second[part], min_inliers) for part in parts]
+        ends = [first[part] for part in parts], [second[part] for part in parts]
+        counted = list(pool.map(_inliers, itertools.repeat(hashed), *ends, least))
         inliers, spreads, transforms = (np.concatenate(parts) for parts in zip(*counted))
         found = _aligned(hashed, first[block], second[block], inliers, spreads, min_inliers)
         found[found] = colours_agree(hashed, first[block][found], second[block][found], transforms[found])
         similarity = thumbnail_similarity(
-            hashed.thumbnails, first[block][found], second[block][found], greyscale=hashed.greyscale
+            hashed.thumbnails,
+            first[block][found],
+            second[block][found],
+            greyscale=hashed.greyscale,
+            plain=_plain(hashed, "thumbnails"),
         )
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
@@ -1624,7 +1604,7 @@ def near_duplicate_forest(
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
     hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
-    of huge band buckets (`hash_close_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
+    of huge band buckets (`nearest_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
     is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
     `crowded_images`.
     `workers` threads (default: the cores) probe the bands and check keypoints.
@@ -1634,6 +1614,8 @@ def near_duplicate_forest(
         hashed = hashed._replace(greyscale=greyscale_images(hashed.thumbnails))
     if hashed.framed is None:
         hashed = hashed._replace(framed=framed_images(hashed))
+    if hashed.plain is None:
+        hashed = hashed._replace(plain=plain_images(hashed))
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
