@@ -176,6 +176,7 @@ BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's
 UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
 # corners leave most of it), not a photo's edge
 MIN_TRIMMED_SIDE = 8  # a content box thinner than this is not trimmed to
+BAR_RINGING = 2  # lines past a padding bar also cut: a JPEG rings a line or two into the picture
 
 
 class HashedImages(NamedTuple):
@@ -255,6 +256,26 @@ def _uniform_border(grey):
     return level if np.mean(np.abs(ring - level) <= BORDER_TOLERANCE) >= UNIFORM_BORDER_SHARE else None
 
 
+def _bar_depth(lines):
+    """How many of `lines` (outermost first, [n, length] grey) are a white padding bar (nearly all within
+    BORDER_TOLERANCE of white), and BAR_RINGING lines more (a JPEG's ringing at the bar's edge); 0 for none."""
+    white = np.mean(lines >= 255 - BORDER_TOLERANCE, axis=1) >= UNIFORM_BORDER_SHARE
+    depth = len(white) if white.all() else int(np.argmin(white))
+    return min(len(lines), depth + BAR_RINGING) if depth else 0
+
+
+def _without_bars(pixels, grey):
+    """The image less the white bars along its sides: padding to a square pads two sides of a photo
+    whose own margin (a product's grey or cream background) differs from it, so its ring is not one colour."""
+    height, width = grey.shape
+    top, bottom = _bar_depth(grey[: height // 2]), _bar_depth(grey[::-1][: height // 2])
+    left, right = _bar_depth(grey.T[: width // 2]), _bar_depth(grey.T[::-1][: width // 2])
+    box = (slice(top, height - bottom), slice(left, width - right))
+    if min(height - top - bottom, width - left - right) < MIN_TRIMMED_SIDE:
+        return pixels, grey
+    return pixels[box], grey[box]
+
+
 def _trimmed_once(pixels, grey):
     level = _uniform_border(grey)
     if level is None:
@@ -273,8 +294,11 @@ def trimmed(pixels, grey):
     Catalogs pad a photo to a square with white (issue 18); the padded copy's hash and thumbnail then differ from
     the photo's. A margin is a border ring of nearly one colour, so a photo is trimmed only where it has one,
     and a padded copy is trimmed twice: its padding, then whatever margin the photo had (the photo's own trim).
-    Relative to the ring's own level, so a brightened or greyed copy of a product on white trims alike.
+    Relative to the ring's own level, so a brightened or greyed copy of a product on white trims alike. A photo
+    padded on two sides only (to a square, no margin) has a ring of two colours: its white bars are cut first.
     """
+    if _uniform_border(grey) is None:
+        pixels, grey = _without_bars(pixels, grey)
     for _ in range(2):
         pixels, grey = _trimmed_once(pixels, grey)
     return pixels, grey
