@@ -1390,7 +1390,10 @@ def _product_crops_verified(hashed, first, second, kind):
         for box, (rows, columns) in enumerate(_crop_boxes(kind)):
             pairs = np.flatnonzero(box_of[close] == box)
             cropped[pairs] = _cropped_thumbnails(hashed.thumbnails[cropped_end[pairs]], rows, columns)
-        pixels = cropped.reshape(len(close), -1, 3), hashed.thumbnails[whole_end].reshape(len(close), -1, 3)
+        pixels = (
+            cropped.reshape(len(close), THUMBNAIL_SIDE**2, 3),
+            hashed.thumbnails[whole_end].reshape(len(close), THUMBNAIL_SIDE**2, 3),
+        )
         every = np.ones(pixels[0].shape[:2], bool)
         agree = _colour_verdicts(hashed, cropped_end, whole_end, (*pixels, every), (0, 1, 2))  # the product's pixels
         agree &= _whole_residuals(pixels, hashed.greyscale[cropped_end] | hashed.greyscale[whole_end]) <= (
