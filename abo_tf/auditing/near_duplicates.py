@@ -275,12 +275,19 @@ def _bar_depth(lines):
     return min(len(lines), depth + BAR_RINGING) if depth else 0
 
 
+def _paired(one, other):
+    """Bar depths of two opposite sides, kept only as a pair of nearly one depth: padding to a square centres the
+    photo, while a sky brightened until it clips is white on one side only (a greyscale copy of a real photograph,
+    brightened 15%, was cut so and lost: 9 of 11 found, not 11)."""
+    return (one, other) if one and other and abs(one - other) <= 2 * BAR_RINGING else (0, 0)
+
+
 def _without_bars(pixels, grey):
     """The image less the white bars along its sides: padding to a square pads two sides of a photo
     whose own margin (a product's grey or cream background) differs from it, so its ring is not one colour."""
     height, width = grey.shape
-    top, bottom = _bar_depth(grey[: height // 2]), _bar_depth(grey[::-1][: height // 2])
-    left, right = _bar_depth(grey.T[: width // 2]), _bar_depth(grey.T[::-1][: width // 2])
+    top, bottom = _paired(_bar_depth(grey[: height // 2]), _bar_depth(grey[::-1][: height // 2]))
+    left, right = _paired(_bar_depth(grey.T[: width // 2]), _bar_depth(grey.T[::-1][: width // 2]))
     box = (slice(top, height - bottom), slice(left, width - right))
     if min(height - top - bottom, width - left - right) < MIN_TRIMMED_SIDE:
         return pixels, grey
