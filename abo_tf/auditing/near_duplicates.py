@@ -1272,7 +1272,10 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
         within THUMBNAIL_HASH_DISTANCE bits: a re-encoding, resize, colour change (signal: the hash kind);
       - the thumbnails' inner parts (INNER_THUMBNAIL) correlate as well, hashes as close: a corner badge, a turn;
       - the thumbnails of the trimmed images correlate at TRIMMED_SIMILARITY (TRIMMED_THUMBNAIL), their trimmed
-        hashes as close: padding (look-alike products on white correlate at 0.995 with hashes farther apart).
+        hashes as close: padding (look-alike products on white correlate at 0.995 with hashes farther apart);
+      - for a side or centre hash at any candidate distance of which one image was trimmed, one whole thumbnail
+        cropped as that hash crops it matches the other (`_product_crops_verified`, CROPPED_THUMBNAIL): a crop of
+        a textured product, whose repeated texture aligns few ORB keypoints.
     What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
     """
     first, second, kind, distance = candidates
