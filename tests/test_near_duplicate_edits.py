@@ -417,3 +417,34 @@ def test_a_greyscale_copy_of_a_photograph_also_edited_joins_it(shots, edit):
     joined = (groups[0::2] >= 0) & (groups[0::2] == groups[1::2])
     assert len(np.unique(groups[groups >= 0])) == joined.sum()  # no shot joined another's
     assert joined.sum() >= GREY_AND_EDITED_FOUND[edit], (edit, joined.sum(), len(joined))
+
+
+def test_white_bars_of_a_photo_padded_to_a_square_are_cut_before_trimming():
+    import cv2
+
+    photo = np.full((120, 200, 3), 200, np.uint8)  # a product on grey: padding's white is not its margin
+    photo[30:90, 60:150] = (40, 90, 180)
+    padded = cv2.copyMakeBorder(photo, 40, 40, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    grey = [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in (photo, padded)]
+    kept = [near_duplicates.trimmed(image, image_grey)[0] for image, image_grey in zip((photo, padded), grey)]
+    assert kept[0].shape == (60, 90, 3) and np.array_equal(kept[0], kept[1])
+
+
+def test_a_crop_of_a_textured_product_joins_it_and_a_look_alike_does_not(monkeypatch):
+    # A checked product aligns too few ORB keypoints (a repeated texture); its cropped whole thumbnail matches.
+    import cv2
+
+    from abo_tf.testing import synthetic_abo
+
+    rng = np.random.default_rng(0)
+    product, look_alike = (synthetic_abo.product_canvas(rng, 200, 240, "rectangle", 10, "checker")[0] for _ in "ab")
+    crop = image_edits.edited_pixels(product, "crop_all_sides", 0.08, rng)[0]
+    encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in (product, crop)]
+    encoded.append(cv2.imencode(".jpg", look_alike, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
+    signatures = near_duplicates.stack_signatures([near_duplicates.signature(data) for data in encoded])
+    hashed = near_duplicates.hashed_images(signatures)
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
+    assert forest.groups().tolist() == [0, 0, -1]
+    assert forest.edges.signal.tolist() == [near_duplicates.CROPPED_THUMBNAIL]
+    monkeypatch.setattr(near_duplicates, "PRODUCT_CROPPED_SIMILARITY", 1.01)  # the rule off: nothing else finds it
+    assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [-1, -1, -1]
