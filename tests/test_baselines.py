@@ -598,6 +598,10 @@ def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path)
     assert "| tiny_cnn | handcrafted-logreg | n/a | n/a | n/a |" in text
     assert (tmp_path / "comparison.md").read_text() == text
     assert pd.read_csv(tmp_path / "comparison.csv")["name"].tolist() == ["handcrafted-logreg", "tiny_cnn", "unfinished"]
+    assert comparison.BASELINE_NOTES in text and comparison.CNN_NOTES in text
+    # Without CNN runs the notes do not describe their columns.
+    alone = comparison.write_comparison(rows[2:], str(tmp_path))
+    assert comparison.BASELINE_NOTES in alone and "CNN runs" not in alone
 
 
 def test_a_run_whose_history_cannot_be_read_is_listed_without_training_time(tmp_path, capsys):
