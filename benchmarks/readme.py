@@ -367,6 +367,20 @@ def _extracted_row(result):
     )
 
 
+def _extraction(results):
+    """How long `abo_tf.features` took, when the benchmark extracted the features ("" when it found or linked them)."""
+    timed = results.get("extraction")
+    if not timed:
+        return ""
+    peak = max(timed["peak_rss_mb"], timed["peak_tree_rss_mb"]) / 1024
+    load = (timed["load_average_before"][0], timed["load_average_after"][0])
+    return (
+        f" `abo_tf.features` extracted the {results['features']} features of the three splits in "
+        f"{timed['seconds']:.0f} s, {timed['cpu_seconds']:.0f} CPU s, {peak:.2f} GB peak, at a load of "
+        f"{load[0]:.0f} / {load[1]:.0f}."
+    )
+
+
 def render_baselines_extracted(results):
     """Every baseline on features extracted from a build: search, fit, command and CPU time, load, memory, test F1."""
     examples = results["examples"]
@@ -379,8 +393,8 @@ def render_baselines_extracted(results):
         f"{results['classes']} classes, {examples['train']:,} / {examples['validation']:,} / {examples['test']:,} "
         f"train / validation / test images; square roots of the handcrafted histograms: {results['hellinger']}; "
         f"{_machine(results)} at the start. CPU: user + system seconds of the command; load: 1-minute load "
-        "average when it started and ended; peak RSS: the larger of the process's and its process tree's. "
-        "Written by `benchmarks/baselines_extracted_benchmark.py`.",
+        "average when it started and ended; peak RSS: the larger of the process's and its process tree's."
+        f"{_extraction(results)} Written by `benchmarks/baselines_extracted_benchmark.py`.",
     ]
     return "\n".join(lines)
 
@@ -522,6 +536,7 @@ RENDERERS = {
     "recipe_costs": ("recipe_costs.json", render_recipe_costs),
     "baselines_full": ("baselines_full.json", render_baselines_extracted),
     "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
+    "baselines_full_cnn": ("baselines_full_cnn.json", render_baselines_extracted),
     "near_duplicates": ("near_duplicates.json", render_near_duplicates),
     "near_duplicates_scale": ("audit.json", render_near_duplicates_scale),
 }

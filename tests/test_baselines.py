@@ -598,6 +598,10 @@ def test_comparison_markdown_formats_each_column_and_sorts_by_macro_f1(tmp_path)
     assert "| tiny_cnn | handcrafted-logreg | n/a | n/a | n/a |" in text
     assert (tmp_path / "comparison.md").read_text() == text
     assert pd.read_csv(tmp_path / "comparison.csv")["name"].tolist() == ["handcrafted-logreg", "tiny_cnn", "unfinished"]
+    assert comparison.BASELINE_NOTES in text and comparison.CNN_NOTES in text
+    # Without CNN runs the notes do not describe their columns.
+    alone = comparison.write_comparison(rows[2:], str(tmp_path))
+    assert comparison.BASELINE_NOTES in alone and "CNN runs" not in alone
 
 
 def test_a_run_whose_history_cannot_be_read_is_listed_without_training_time(tmp_path, capsys):
@@ -1108,6 +1112,30 @@ def test_logreg_fitted_on_its_cap_continues_on_every_row_from_its_coefficients(c
     assert held == [True, False, False]
     said = capsys.readouterr().out  # the budget's refusal is said, not silent
     assert said.count("logreg: stays on its 100 capped rows") == 1 and "over --in-memory-gb" in said, said
+
+
+@pytest.mark.parametrize("iterations", [0, 2])
+def test_logreg_s_capped_fit_scores_validation_only_when_it_is_the_model_kept(monkeypatch, iterations):
+    # A full scoring of validation is 42,442 x 575 scores at full size: the evaluation's when the capped fit is the
+    # model kept, another model's when lbfgs continues it on every row.
+    splits = _synthetic_splits(600)
+    scored, timed_scores = [], classifiers.timed_scores
+    monkeypatch.setattr(
+        classifiers, "timed_scores", lambda pipeline, data: scored.append(data) or timed_scores(pipeline, data)
+    )
+    grids = {"logreg": {"classifier__C": [0.1, 1.0]}}
+    run_config = baseline.BaselineConfig(
+        output="unused", logreg_max_train=150, search_max_train=60, logreg_all_rows_iter=iterations, grids=grids
+    )
+    _, plan, found = baseline._search_and_fit("logreg", splits, run_config)
+    final_fit = found.record["final_fit"]
+    capped = final_fit["continued_from"]["train_examples"] if iterations else plan.subsample["examples"]
+    # The finalists were fitted on every capped row: the chosen one's fit is the capped fit.
+    assert found.record["rescored"]["train_examples"] == capped <= 150
+    if iterations:
+        assert scored == [] and found.validation is None and final_fit["train_examples"] == 600
+    else:
+        assert scored == [splits["validation"]] and found.validation is not None
 
 
 def _multinomial_problem(rows=300, columns=6, num_classes=5):

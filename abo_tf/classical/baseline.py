@@ -381,15 +381,16 @@ def _search_and_fit(model, splits, config):
         print(f"rbf_svm: {kernel} (--exact-kernel-max-classes {config.exact_kernel_max_classes})", flush=True)
     plan, every_row = _training_rows(training, config), training.rows
     training.rows = plan.rows
+    continues = _continues_on_every_row(training, plan, config)
+    # The capped fit's validation scores (97 MB and a scoring of validation at full size) would not be the
+    # continued model's: not computed.
     found = search.search(
-        training, config.grid(training), splits["validation"], config.search_max_train, config.progress
+        training, config.grid(training), splits["validation"], config.search_max_train, config.progress, not continues
     )
-    if not _continues_on_every_row(training, plan, config):
+    if not continues:
         return training, plan, found
     training.rows = every_row
-    # The capped fit's validation scores (97 MB at full size) are not the continued model's: not kept through it.
-    capped, found = found._replace(validation=None), None
-    found = search.continue_on(training, capped, every_row, config.logreg_all_rows_iter, config.progress)
+    found = search.continue_on(training, found, every_row, config.logreg_all_rows_iter, config.progress)
     return training, TrainingRows(every_row, None), found
 
 

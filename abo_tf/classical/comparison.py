@@ -50,15 +50,27 @@ MARKDOWN_COLUMNS = (
     ("training rows", "train_examples", 0),
     ("test images", "test_examples", 0),
 )
-NOTES = (
-    "Test split. Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
+# The notes on each kind of row, said only when the table has such rows.
+BASELINE_NOTES = (
+    "Baselines: training time includes the whole hyperparameter search (feature extraction excluded); "
     "inference is end to end from the records (decode, features, classifier); training rows: those the final model "
     "was fitted on (a subsample where its model caps them: knn, exact rbf_svm, and logreg where --logreg-all-rows-iter "
     "is 0 or --in-memory-gb cannot hold every row). "
+)
+CNN_NOTES = (
     "CNN runs: training time is the sum of history.csv; "
     "inference is the SavedModel's serve_pixels fed by the evaluation pipeline (n/a: no saved_model/ or not measured). "
+)
+INTERVAL_NOTES = (
     "In brackets: 95% intervals by a bootstrap over items (item_id: the views of a product resampled together)."
 )
+
+
+def _notes(rows):
+    """The table's notes: those on baselines and on CNN runs only where it has such rows."""
+    cnn = [row["kind"] == "cnn" for row in rows]
+    baselines, runs = BASELINE_NOTES if not all(cnn) else "", CNN_NOTES if any(cnn) else ""
+    return "Test split. " + baselines + runs + INTERVAL_NOTES
 
 
 def _test_metric_fields(metrics_path):
@@ -254,7 +266,7 @@ def write_comparison(rows, output, samples=bootstrap.DEFAULT_SAMPLES, seed=0):
     files.write_csv(pd.DataFrame(rows, columns=COMPARISON_FIELDS), os.path.join(output, "comparison.csv"))
     table = markdown.table([_markdown_cells(row) for row in rows], [header for header, _, _ in MARKDOWN_COLUMNS])
     paired = paired_markdown(rows, samples, seed)
-    text = table + "\n\n" + NOTES + "\n" + _report_links(rows, output) + ("\n" + paired if paired else "")
+    text = table + "\n\n" + _notes(rows) + "\n" + _report_links(rows, output) + ("\n" + paired if paired else "")
     with open(os.path.join(output, "comparison.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     return text

@@ -295,11 +295,11 @@ def _rescore_neighbours(training, finalists, grid, rows, validation, started):
     return _Rescored(record, finalists[best], fitted, timed[best])
 
 
-def _rescore(training, grid, finalists, validation, search_rows, progress):
+def _rescore(training, grid, finalists, validation, search_rows, progress, keep_validation=True):
     """Fits each finalist on a stratified subsample RESCORE_FACTOR times the search's and keeps the best on validation.
 
     Where that subsample is every training row, the chosen finalist's fit is the final fit, and is reused with its
-    validation scores.
+    validation scores (unless `keep_validation` is False: the caller trains it further, they would not be its).
     """
     if len(finalists) < 2 or len(search_rows) >= len(training.rows):
         return _Rescored(None, finalists[0], None)
@@ -343,7 +343,9 @@ def _rescore(training, grid, finalists, validation, search_rows, progress):
         with bar, classifiers.heartbeat(bar):  # minutes at full size: a line every 25 s
             chosen = classifiers.resume(training, fits[best][1], rows, more)
             bar.update()
-        return _Rescored(record, finalists[best], chosen, classifiers.timed_scores(chosen.pipeline, validation))
+        # A full scoring of validation (42,442 x 575 at full size), not the predictions the choice needed.
+        scored = classifiers.timed_scores(chosen.pipeline, validation) if keep_validation else None
+        return _Rescored(record, finalists[best], chosen, scored)
     return _Rescored(record, finalists[best], fits[best][1], fits[best][2])
 
 
@@ -360,7 +362,7 @@ def _grid_search(training, grid_spec, grid, rows, validation, bar):
     return candidates, "exhaustive (GridSearchCV)" if exhaustive else None
 
 
-def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress=True):
+def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress=True, keep_validation=True):
     """Chooses the grid's best candidate by validation macro-F1, then fits it on every training row.
 
     Candidates are compared on a stratified subsample of at most `max_train`
@@ -378,6 +380,8 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
       validation: the validation split's `SplitFeatures`.
       max_train: training rows the candidates are compared on, at most.
       progress: a progress bar advanced by each candidate.
+      keep_validation: return the fitted pipeline's validation scores when the search computed them; False when
+        the caller trains it further (logreg continued on every row), which would make them another model's.
 
     Returns:
       A `SearchResult`; its record has no "validation_macro_f1" of the fitted pipeline, which the
@@ -397,7 +401,7 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
             candidates, strategy = _neighbour_search(training, grid, rows, validation, bar), NEIGHBOUR_STRATEGY
         else:
             candidates, strategy = _grid_search(training, grid_spec, grid, rows, validation, bar)
-    rescored = _rescore(training, grid, _finalists(candidates), validation, rows, progress)
+    rescored = _rescore(training, grid, _finalists(candidates), validation, rows, progress, keep_validation)
     chosen = rescored.chosen
     search_seconds = time.perf_counter() - started
     fitted = rescored.fitted or classifiers.fit(training, grid[chosen["grid_index"]], training.rows, progress)
