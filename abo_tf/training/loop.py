@@ -729,8 +729,14 @@ def _epoch_line(epochs, row):
 # --- after training: evaluation, export, figures -----------------------------
 
 
-def predict_split(model, config, split, manifest, logits=False):
-    """Labels, softmax probabilities (`logits`: the logits) and {image_id, item_id: str arrays} of a split, in order."""
+def predict_split(model, config, split, manifest, logits=False, inference=None):
+    """Labels, softmax probabilities (`logits`: the logits) and {image_id, item_id: str arrays} of a split, in order.
+
+    `inference`: the model's `export.inference_function` at `config.served_image_size`, shared by the caller's
+    passes (one trace for all of them); None: traced for this pass.
+    """
+    if inference is None:
+        inference = export.inference_function(model, config.served_image_size)
     keys = (schema.IMAGE_ID, schema.ITEM_ID)
     dataset = input_pipeline.make_dataset(
         config.records,
@@ -744,14 +750,14 @@ def predict_split(model, config, split, manifest, logits=False):
     labels, probabilities, ids = [], [], {key: [] for key in keys}
     for batch in dataset:
         labels.append(batch["label"].numpy())
-        outputs = model(batch["image"], training=False)
+        outputs = inference(batch["image"])
         probabilities.append((outputs if logits else tf.nn.softmax(outputs)).numpy())
         for key in keys:
             ids[key].append(batch[key].numpy().astype(str))
     return np.concatenate(labels), np.concatenate(probabilities), {key: np.concatenate(ids[key]) for key in keys}
 
 
-def _final_metrics(model, config, manifest):
+def _final_metrics(model, config, manifest, inference=None):
     """The figures `abo_tf.evaluate` reports (strata, ECE, 95% intervals by item), for validation and test.
 
     The test split's predictions go to test_predictions.csv, for the paired comparisons of baselines and tune.
@@ -761,7 +767,7 @@ def _final_metrics(model, config, manifest):
     for split in ("validation", "test"):
         if input_pipeline.num_examples(config.records, split, manifest) == 0:
             continue
-        labels, probabilities, ids = predict_split(model, config, split, manifest)
+        labels, probabilities, ids = predict_split(model, config, split, manifest, inference=inference)
         predicted = probabilities.argmax(axis=1)
         results[split] = metrics.evaluation_metrics(
             labels, predicted, probabilities, train_counts, groups=ids[schema.ITEM_ID], seed=config.seed
@@ -846,7 +852,7 @@ def _computing_in_float32(model):
             layer.dtype_policy = policy
 
 
-def _checked_export(run, plain, manifest, classes, temperature=None):
+def _checked_export(run, plain, manifest, classes, temperature=None, inference=None):
     """Exports `plain` into the staging folder and checks it against the trained model on validation.
 
     Returns:
@@ -857,7 +863,7 @@ def _checked_export(run, plain, manifest, classes, temperature=None):
     """
     config = run.config
     staging = run_folder.path(config.output, run_folder.SAVED_MODEL_STAGING)
-    export.export_saved_model(plain, classes, config.served_image_size, staging, config.top_k, temperature)
+    export.export_saved_model(plain, classes, config.served_image_size, staging, config.top_k, temperature, inference)
     # The validation split as stored: the bytes go through serving_default, their decoded pixels
     # through serve_pixels and the trained model (outside strategy.run: one device reads the variables).
     batches = input_pipeline.make_dataset(
@@ -893,7 +899,7 @@ def _restore_best(run, history):
     return {"epoch": epoch, "step": step, "val_macro_f1": f1}
 
 
-def _calibrate(run, plain, manifest):
+def _calibrate(run, plain, manifest, inference=None):
     """Fits the temperature on validation and folds it into the trained model and its copy; its record, or None.
 
     Folded into both before the parity check: the check then compares the trained network, with the one scalar
@@ -902,7 +908,7 @@ def _calibrate(run, plain, manifest):
     config = run.config
     if not config.calibrate or input_pipeline.num_examples(config.records, "validation", manifest) == 0:
         return None
-    labels, logits, _ = predict_split(plain, config, "validation", manifest, logits=True)
+    labels, logits, _ = predict_split(plain, config, "validation", manifest, logits=True, inference=inference)
     temperature = calibration.fit_temperature(logits, labels)
     for model in (run.model, plain):
         calibration.fold_temperature(model, temperature)
@@ -915,13 +921,14 @@ def _calibrate(run, plain, manifest):
     return record
 
 
-def _export(run, plain, manifest, classes, calibrated, export_model):
+def _export(run, plain, manifest, classes, calibrated, export_model, inference=None):
     """The checked export's staging folder, and model.keras; without `export_model`, not_exported.txt and None."""
     output = run.config.output
     if not export_model:
         run_folder.mark_not_exported(output)
         return None
-    staging = _checked_export(run, plain, manifest, classes, None if calibrated is None else calibrated["temperature"])
+    temperature = None if calibrated is None else calibrated["temperature"]
+    staging = _checked_export(run, plain, manifest, classes, temperature, inference)
     plain.save(run_folder.path(output, run_folder.KERAS_MODEL))  # the Keras object, for Grad-CAM and fine-tuning
     return staging
 
@@ -932,9 +939,12 @@ def _finish(run, manifest, classes, history, export_model=True):
     outputs.remove_owned(outputs.OutputFolder(output, "train", earlier=True), run_folder.EXPORTS)
     kept = keep_weights(run, history)
     plain = _plain_copy(run.model, run.config.served_image_size)
-    calibrated = _calibrate(run, plain, manifest)
-    staging = _export(run, plain, manifest, classes, calibrated, export_model)
-    results = _final_metrics(plain, run.config, manifest)
+    # One trace of the copy for its three passes and both endpoints; the folded temperature is an assignment of
+    # the logits layer's variables, which the traced graph reads.
+    inference = export.inference_function(plain, run.config.served_image_size)
+    calibrated = _calibrate(run, plain, manifest, inference)
+    staging = _export(run, plain, manifest, classes, calibrated, export_model, inference)
+    results = _final_metrics(plain, run.config, manifest, inference)
     if calibrated is not None:
         results["validation"]["calibration"] = calibrated
     if kept is not None:
