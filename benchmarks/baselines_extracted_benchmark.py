@@ -180,19 +180,24 @@ def _order(result):
     return result.get("features", "handcrafted"), MODELS.index(result["model"])
 
 
-def _kept_models(name, results, models):
-    """The other models' figures in `name` from runs of the same records and options (earlier, or running too)."""
+def _earlier(name, results):
+    """The results in `name` of runs of the same records and options (earlier, or running too), else {}."""
     path = results_path(name)
     if not os.path.exists(path):
-        return []
+        return {}
     with open(path, encoding="utf-8") as handle:
         earlier = json.load(handle)
     same = all(earlier.get(key) == results[key] for key in ("records", "examples", "hellinger"))
+    return earlier if same else {}
+
+
+def _kept_models(name, results, models):
+    """The other models' figures in `name` from runs of the same records and options."""
     rerun = {(results["features"], model) for model in models}
     return [
         result
-        for result in earlier.get("models", [])
-        if same and (result.get("features", "handcrafted"), result["model"]) not in rerun
+        for result in _earlier(name, results).get("models", [])
+        if (result.get("features", "handcrafted"), result["model"]) not in rerun
     ]
 
 
@@ -225,6 +230,9 @@ def main():
         "hellinger": not args.no_hellinger,
         "models": [],
     }
+    if results["extraction"] is None:  # the cache was there: the extraction that wrote it, if this file timed it
+        earlier = _earlier(args.name, results)
+        results["extraction"] = earlier.get("extraction") if earlier.get("features") == results["features"] else None
     measured, extra = [], ["--no-hellinger"] if args.no_hellinger else []
     for model in args.models:
         measured.append(run_model(model, args.records, cache_dir, args.work_dir, extra, args.run))
