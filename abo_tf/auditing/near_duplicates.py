@@ -129,6 +129,10 @@ INNER_MARGIN = 2  # thumbnail pixels of 16 left out on each side: a badge over 3
 # Trimmed to their content, two look-alike products on white correlate at 0.99 (the generated catalog): a padded
 # copy correlates above this.
 TRIMMED_SIMILARITY = 0.997
+# A plain trimmed thumbnail (a product of one colour filling its box) says nothing of the product's outline but its
+# aspect: a square and a 3:1 bar of one colour on white were joined (hostile review). A copy's trim box is exact to
+# a pixel or two a side (JPEG ringing within BORDER_TOLERANCE): 15% of a 26-pixel side.
+MAX_PLAIN_ASPECT_RATIO = 1.15
 MAX_TURN = 10.0  # degrees: a catalog straightens a photo by a few; a larger turn is another shot
 MIN_MATCHES = 4  # keypoint matches a similarity transform needs at least
 MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: farther ORB descriptors are not a match
@@ -1262,7 +1266,8 @@ def _close_verified(hashed, first, second, kind, min_similarity):
             greyscale=grey,
             plain=_plain(hashed, "trimmed_thumbnails"),
         )
-        signal = np.where((signal == "") & (trimmed_similarity >= TRIMMED_SIMILARITY), TRIMMED_THUMBNAIL, signal)
+        trimmed = (trimmed_similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
+        signal = np.where((signal == "") & trimmed, TRIMMED_THUMBNAIL, signal)
     if kind == CENTRE_HASH:
         open_pairs = np.flatnonzero(signal == "")  # the rest are confirmed: spared the 4 resamplings
         cropped = np.zeros(len(first), bool)
@@ -1270,6 +1275,19 @@ def _close_verified(hashed, first, second, kind, min_similarity):
         cropped[open_pairs] = similarity_cropped >= CROPPED_SIMILARITY
         signal = np.where(cropped, CROPPED_THUMBNAIL, signal)
     return similarity, signal
+
+
+def _plain_outlines_agree(hashed, first, second):
+    """bool mask: pairs of which neither trimmed thumbnail is plain, or whose trimmed aspects (the outline a plain
+    thumbnail keeps) are within MAX_PLAIN_ASPECT_RATIO of each other."""
+    if hashed.trimmed_aspects is None:
+        return np.ones(len(first), bool)
+    plain = _plain(hashed, "trimmed_thumbnails")
+    if plain is None:
+        plain = plain_images(hashed)[:, PLAIN_VIEWS.index(("trimmed_thumbnails", None))]
+    aspects = hashed.trimmed_aspects.astype(np.float64)
+    ratio = np.maximum(aspects[first], aspects[second]) / np.minimum(aspects[first], aspects[second])
+    return ~(plain[first] | plain[second]) | (ratio <= MAX_PLAIN_ASPECT_RATIO)
 
 
 def _side_verified(hashed, first, second, kind, _min_similarity):
