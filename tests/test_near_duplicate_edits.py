@@ -469,3 +469,18 @@ def test_products_of_one_colour_join_their_copies_and_not_other_outlines(monkeyp
     assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [0, -1, 0, 0]
     monkeypatch.setattr(near_duplicates, "MAX_PLAIN_ASPECT_RATIO", np.inf)  # outlines not compared: the bar joins
     assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [0, 0, 0, 0]
+
+
+def test_a_product_too_small_for_the_thumbnails_is_not_joined_as_a_crop(monkeypatch):
+    # A circle and a square of one colour, 18% of the side, on white: 12 and 16 thumbnail pixels (hostile review).
+    import cv2
+
+    circle, square = np.full((2, 400, 400, 3), 255, np.uint8)
+    cv2.circle(circle, (200, 200), 36, (60, 60, 200), cv2.FILLED)
+    cv2.rectangle(square, (164, 164), (236, 236), (60, 60, 200), cv2.FILLED)
+    encoded = [cv2.imencode(".jpg", image)[1].tobytes() for image in (circle, square)]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [-1, -1]
+    monkeypatch.setattr(near_duplicates, "MIN_PRODUCT_PIXELS", 0)
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
+    assert forest.edges.signal.tolist() == [near_duplicates.CROPPED_THUMBNAIL]
