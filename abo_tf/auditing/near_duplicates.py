@@ -118,7 +118,9 @@ PRODUCT_CROPPED_SIMILARITY = 0.985
 PRODUCT_CROP_DISTANCE = 8.0
 # Whole thumbnails show a product's outline only if it covers enough of their 256 pixels: a circle and a square of one
 # colour on white, 18% of the side (12 and 16 pixels), were joined as crops (hostile review). The generated catalog's
-# products cover 23 to 107 (16 shapes, 60 images each).
+# products cover 23 to 107 (16 shapes, 60 images each). The larger of the two is counted (an image that fills its
+# frame counts all 256): both counted, a bright photograph padded with white covered fewer, and the benchmark's real
+# photographs lost 1-2% of their crops and pads; the larger, none.
 MIN_PRODUCT_PIXELS = 20
 # Two images that fill their frame need this share of `min_inliers` (8 of 10): distinct real shots aligned at most 6
 # (benchmark, seed 0), 8% crops of brick and retina 8. Trimmed on white, look-alike products align 10-14.
@@ -1364,8 +1366,8 @@ def _product_crops_verified(hashed, first, second, kind):
     """bool mask: side or centre hash pairs of which one image at least was trimmed (a product on its background)
     whose whole thumbnails, one cropped as the hash crops it (`_best_product_crops`), correlate at
     PRODUCT_CROPPED_SIMILARITY and agree in colour within PRODUCT_CROP_DISTANCE levels (`_corrected`, `_residual`
-    over every pixel; in grey, as a greyscale copy, where either image is grey), each image's product covering
-    MIN_PRODUCT_PIXELS of its thumbnail."""
+    over every pixel; in grey, as a greyscale copy, where either image is grey), the product covering
+    MIN_PRODUCT_PIXELS of one thumbnail at least."""
     verified = np.zeros(len(first), bool)
     for start in range(0, len(first), SIMILARITY_BLOCK):
         block = slice(start, start + SIMILARITY_BLOCK)
@@ -1386,7 +1388,7 @@ def _product_crops_verified(hashed, first, second, kind):
         agree &= _whole_residuals(pixels, hashed.greyscale[cropped_end] | hashed.greyscale[whole_end]) <= (
             PRODUCT_CROP_DISTANCE
         )
-        agree &= np.minimum(_product_pixels(hashed, cropped_end), _product_pixels(hashed, whole_end)) >= (
+        agree &= np.maximum(_product_pixels(hashed, cropped_end), _product_pixels(hashed, whole_end)) >= (
             MIN_PRODUCT_PIXELS
         )
         verified[start + close] = agree
