@@ -448,3 +448,39 @@ def test_a_crop_of_a_textured_product_joins_it_and_a_look_alike_does_not(monkeyp
     assert forest.edges.signal.tolist() == [near_duplicates.CROPPED_THUMBNAIL]
     monkeypatch.setattr(near_duplicates, "PRODUCT_CROPPED_SIMILARITY", 1.01)  # the rule off: nothing else finds it
     assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [-1, -1, -1]
+
+
+def test_products_of_one_colour_join_their_copies_and_not_other_outlines(monkeypatch):
+    # A square and a 3:1 bar of one colour on white: their trimmed thumbnails are one plain colour (hostile review).
+    import cv2
+
+    def product(height, width):
+        canvas = np.full((400, 400, 3), 255, np.uint8)
+        canvas[200 - height // 2 : 200 + height // 2, 200 - width // 2 : 200 + width // 2] = (40, 60, 170)
+        return canvas
+
+    square = product(280, 280)
+    copies = [
+        cv2.resize(square, (200, 200), interpolation=cv2.INTER_AREA),
+        cv2.copyMakeBorder(square, 0, 0, 80, 80, cv2.BORDER_CONSTANT, value=(255, 255, 255)),
+    ]
+    encoded = [cv2.imencode(".jpg", image)[1].tobytes() for image in (square, product(94, 280), *copies)]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [0, -1, 0, 0]
+    monkeypatch.setattr(near_duplicates, "MAX_PLAIN_ASPECT_RATIO", np.inf)  # outlines not compared: the bar joins
+    assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [0, 0, 0, 0]
+
+
+def test_a_product_too_small_for_the_thumbnails_is_not_joined_as_a_crop(monkeypatch):
+    # A circle and a square of one colour, 18% of the side, on white: 12 and 16 thumbnail pixels (hostile review).
+    import cv2
+
+    circle, square = np.full((2, 400, 400, 3), 255, np.uint8)
+    cv2.circle(circle, (200, 200), 36, (60, 60, 200), cv2.FILLED)
+    cv2.rectangle(square, (164, 164), (236, 236), (60, 60, 200), cv2.FILLED)
+    encoded = [cv2.imencode(".jpg", image)[1].tobytes() for image in (circle, square)]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [-1, -1]
+    monkeypatch.setattr(near_duplicates, "MIN_PRODUCT_PIXELS", 0)
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
+    assert forest.edges.signal.tolist() == [near_duplicates.CROPPED_THUMBNAIL]

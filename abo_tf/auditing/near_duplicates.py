@@ -116,6 +116,12 @@ CENTRE_CROPS = (0.04, 0.08)
 # same as at 0.988). Seed 1 is the check.
 PRODUCT_CROPPED_SIMILARITY = 0.985
 PRODUCT_CROP_DISTANCE = 8.0
+# Whole thumbnails show a product's outline only if it covers enough of their 256 pixels: a circle and a square of one
+# colour on white, 18% of the side (12 and 16 pixels), were joined as crops (hostile review). The generated catalog's
+# products cover 23 to 107 (16 shapes, 60 images each). The larger of the two is counted (an image that fills its
+# frame counts all 256): both counted, a bright photograph padded with white covered fewer, and the benchmark's real
+# photographs lost 1-2% of their crops and pads; the larger, none.
+MIN_PRODUCT_PIXELS = 20
 # Two images that fill their frame need this share of `min_inliers` (8 of 10): distinct real shots aligned at most 6
 # (benchmark, seed 0), 8% crops of brick and retina 8. Trimmed on white, look-alike products align 10-14.
 FRAME_INLIER_SHARE = 0.8
@@ -129,6 +135,10 @@ INNER_MARGIN = 2  # thumbnail pixels of 16 left out on each side: a badge over 3
 # Trimmed to their content, two look-alike products on white correlate at 0.99 (the generated catalog): a padded
 # copy correlates above this.
 TRIMMED_SIMILARITY = 0.997
+# A plain trimmed thumbnail (a product of one colour filling its box) says nothing of the product's outline but its
+# aspect: a square and a 3:1 bar of one colour on white were joined (hostile review). A copy's trim box is exact to
+# a pixel or two a side (JPEG ringing within BORDER_TOLERANCE): 15% of a 26-pixel side.
+MAX_PLAIN_ASPECT_RATIO = 1.15
 MAX_TURN = 10.0  # degrees: a catalog straightens a photo by a few; a larger turn is another shot
 MIN_MATCHES = 4  # keypoint matches a similarity transform needs at least
 MAX_DESCRIPTOR_DISTANCE = 64  # bits of 256: farther ORB descriptors are not a match
@@ -1262,7 +1272,8 @@ def _close_verified(hashed, first, second, kind, min_similarity):
             greyscale=grey,
             plain=_plain(hashed, "trimmed_thumbnails"),
         )
-        signal = np.where((signal == "") & (trimmed_similarity >= TRIMMED_SIMILARITY), TRIMMED_THUMBNAIL, signal)
+        trimmed = (trimmed_similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
+        signal = np.where((signal == "") & trimmed, TRIMMED_THUMBNAIL, signal)
     if kind == CENTRE_HASH:
         open_pairs = np.flatnonzero(signal == "")  # the rest are confirmed: spared the 4 resamplings
         cropped = np.zeros(len(first), bool)
@@ -1270,6 +1281,19 @@ def _close_verified(hashed, first, second, kind, min_similarity):
         cropped[open_pairs] = similarity_cropped >= CROPPED_SIMILARITY
         signal = np.where(cropped, CROPPED_THUMBNAIL, signal)
     return similarity, signal
+
+
+def _plain_outlines_agree(hashed, first, second):
+    """bool mask: pairs of which neither trimmed thumbnail is plain, or whose trimmed aspects (the outline a plain
+    thumbnail keeps) are within MAX_PLAIN_ASPECT_RATIO of each other."""
+    if hashed.trimmed_aspects is None:
+        return np.ones(len(first), bool)
+    plain = _plain(hashed, "trimmed_thumbnails")
+    if plain is None:
+        plain = plain_images(hashed)[:, PLAIN_VIEWS.index(("trimmed_thumbnails", None))]
+    aspects = hashed.trimmed_aspects.astype(np.float64)
+    ratio = np.maximum(aspects[first], aspects[second]) / np.minimum(aspects[first], aspects[second])
+    return ~(plain[first] | plain[second]) | (ratio <= MAX_PLAIN_ASPECT_RATIO)
 
 
 def _side_verified(hashed, first, second, kind, _min_similarity):
@@ -1342,7 +1366,8 @@ def _product_crops_verified(hashed, first, second, kind):
     """bool mask: side or centre hash pairs of which one image at least was trimmed (a product on its background)
     whose whole thumbnails, one cropped as the hash crops it (`_best_product_crops`), correlate at
     PRODUCT_CROPPED_SIMILARITY and agree in colour within PRODUCT_CROP_DISTANCE levels (`_corrected`, `_residual`
-    over every pixel; in grey, as a greyscale copy, where either image is grey)."""
+    over every pixel; in grey, as a greyscale copy, where either image is grey), the product covering
+    MIN_PRODUCT_PIXELS of one thumbnail at least."""
     verified = np.zeros(len(first), bool)
     for start in range(0, len(first), SIMILARITY_BLOCK):
         block = slice(start, start + SIMILARITY_BLOCK)
@@ -1363,8 +1388,17 @@ def _product_crops_verified(hashed, first, second, kind):
         agree &= _whole_residuals(pixels, hashed.greyscale[cropped_end] | hashed.greyscale[whole_end]) <= (
             PRODUCT_CROP_DISTANCE
         )
+        agree &= np.maximum(_product_pixels(hashed, cropped_end), _product_pixels(hashed, whole_end)) >= (
+            MIN_PRODUCT_PIXELS
+        )
         verified[start + close] = agree
     return verified
+
+
+def _product_pixels(hashed, images):
+    """int [n]: the pixels of each image's whole thumbnail that show more than its background (`_content`)."""
+    pixels = hashed.thumbnails[images].reshape(len(images), THUMBNAIL_SIDE**2, 3).astype(np.float32)
+    return _content(pixels, hashed, images).sum(axis=1)
 
 
 def _whole_residuals(pixels, grey):
