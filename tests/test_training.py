@@ -197,16 +197,22 @@ def _served(run_dir, image_bytes):
 
 
 # The second run, then its resume in the same process (the kill is simulated by rewinding the checkpoints; a third
-# TensorFlow start-up cost more than the resumed epoch): the finished run's history and SavedModel are kept aside.
+# TensorFlow start-up cost more than the resumed epoch). Its first finish exports nothing (as a tune trial's): that
+# run is compared by its checkpoints and metrics, kept aside with its history; the resumed run's export is compared.
 _TRAIN_THEN_RESUME = """
 import shutil, sys
 from abo_tf import train
+from abo_tf.training import loop
 from tests.test_training import _rewind_to_first_checkpoint
 run, finished, arguments = sys.argv[1], sys.argv[2], sys.argv[3:]
+train_loop = loop.train
+loop.train = lambda config: train_loop(config, export_model=False)
 if train.main(arguments) != 0:
     sys.exit(1)
-shutil.copytree(run + "/saved_model", finished + "/saved_model")
-shutil.copy(run + "/history.csv", finished)
+loop.train = train_loop
+shutil.copytree(run + "/checkpoints", finished + "/checkpoints")
+for name in ("history.csv", "metrics.json"):
+    shutil.copy(run + "/" + name, finished)
 _rewind_to_first_checkpoint(run)
 sys.exit(train.main(arguments))
 """
@@ -237,13 +243,26 @@ def test_deterministic_runs_with_one_seed_are_identical(built_records, tmp_path)
         assert not re.search(r"^[IWEF]\d{4} ", stderr, re.MULTILINE), stderr[-2000:]  # absl's format
     first, second = _rows_without_timing(runs[0]), _rows_without_timing(finished)
     assert first == second and len(first) == 2
+    # What the two runs serve: their last and best checkpoints (the weights, their averages, the optimizers' and
+    # the seed generators' states), and the evaluation of the kept, calibrated model, identical to the bit.
+    for folder in ("checkpoints", "checkpoints/best"):
+        _assert_same_checkpoint(runs[0] / folder, finished / folder)
+    assert run_folder.load_metrics(str(runs[0])) == run_folder.load_metrics(str(finished))
     records = tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")).batch(16)
     image_bytes = schema.parse_records(next(iter(records)))[schema.IMAGE]
-    assert np.array_equal(_served(runs[0], image_bytes), _served(finished, image_bytes))
     # Resumed after its first epoch, the second run reads the batches and draws the dropout masks of the
     # uninterrupted run's second epoch (a stream restarted from its beginning gave another history).
     assert _rows_without_timing(runs[1]) == first
     assert np.array_equal(_served(runs[0], image_bytes), _served(runs[1], image_bytes))
+
+
+def _assert_same_checkpoint(first_dir, second_dir):
+    first, second = (tf.train.load_checkpoint(str(folder)) for folder in (first_dir, second_dir))
+    names = first.get_variable_to_shape_map()
+    assert names == second.get_variable_to_shape_map() and len(names) > 100
+    for name in names:
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            np.testing.assert_array_equal(first.get_tensor(name), second.get_tensor(name), err_msg=name)
 
 
 def _rewind_to_first_checkpoint(run_dir):
@@ -260,7 +279,7 @@ def _rewind_to_first_checkpoint(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_path):
+def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_path, monkeypatch):
     records_dir, _ = built_records
     output = tmp_path / "killed"
     command = [
@@ -293,7 +312,10 @@ def test_killed_run_resumes_with_the_same_number_of_steps(built_records, tmp_pat
     process.wait()
     assert not (output / "metrics.json").exists(), "the run finished before it could be killed"
     # The same command again, in this process: the kill is what needs its own process, not the resume (and a
-    # second TensorFlow start-up cost more than the resumed steps).
+    # second TensorFlow start-up cost more than the resumed steps). Its finish exports nothing: the steps are under
+    # test here, and a resumed run's export is compared with an uninterrupted one's in the determinism test.
+    train_loop = loop.train
+    monkeypatch.setattr(loop, "train", lambda config: train_loop(config, export_model=False))
     assert train.main(command[3:]) == 0
     history = _history(output)
     assert [int(row["step"]) for row in history] == [3, 6, 9]
