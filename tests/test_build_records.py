@@ -196,7 +196,12 @@ def test_plan_from_the_scan_columns_is_the_plan_the_dicts_gave(seed):
     candidates, found, types, groups, members = _plan_inputs(rng, index)
     vocabulary = labels.make_vocabulary(collections.Counter(types.values()))
     options = build_options({"listings": "l", "images": "i"}, "out", shard_mb=20)
-    plan = records_build._make_plan(candidates, index, vocabulary, types, members, groups, options)
+    kept_ids = sorted(groups)
+    number = {image_id: at for at, image_id in enumerate(kept_ids)}
+    group = np.array([number[groups[image_id]] for image_id in kept_ids], np.int64)
+    kept = records_build._number_kept(candidates, index, types, kept_ids, group)
+    numbers = {name: np.array([number[image_id] for image_id in ids], np.int64) for name, ids in members.items()}
+    plan = records_build._make_plan(candidates, index, vocabulary, kept, numbers, options)
     expected_digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
     for shard in plan["shards"]:  # each item as the per-image dicts made it, and the fingerprint as it was
         expected_digest.update(shard["file"].encode())

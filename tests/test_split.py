@@ -4,6 +4,7 @@ import collections
 import hashlib
 import random
 
+import numpy as np
 import pytest
 
 from abo_tf.records import archive, labels, split
@@ -218,6 +219,26 @@ def test_groups_dealt_by_one_sort_as_by_a_sort_a_class(seed):
             (key for key in sizes if class_of_group.get(key) == name),
             key=lambda key: (split.stable_fraction(seed, key), key),
         )
-        expected.update(split._deal(keys, [sizes[key] for key in keys], (0.7, 0.2, 0.1), (1, 1, 1)))
+        dealt = split._deal([sizes[key] for key in keys], (0.7, 0.2, 0.1), (1, 1, 1))
+        expected.update(zip(keys, map(split.SPLITS.__getitem__, dealt)))
     split_of = split.assign_splits(group_of_image, class_of_group, (0.7, 0.2, 0.1), seed)
     assert split_of == {image_id: expected[key] for image_id, key in group_of_image.items()}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_classes_voted_on_numbers_as_on_dicts(seed):
+    """`vote_classes` (the build's) gives `class_of_groups`' class to each group, ties and dropped types included."""
+    rng = random.Random(seed)
+    ids = sorted(_ids(rng, 400))
+    group_of_image = {image_id: min(image_id, rng.choice(ids)) for image_id in ids}
+    type_of_image = {image_id: rng.choice("ABCD") for image_id in ids}
+    class_of_type = {"A": "A", "B": "B", "C": None, "D": rng.choice(["A", "D"])}
+    expected = split.class_of_groups(split.types_per_group(group_of_image, type_of_image), class_of_type)
+    names = sorted(set(class_of_type.values()).difference([None]))
+    codes = [
+        names.index(class_of_type[type_of_image[image_id]]) if class_of_type[type_of_image[image_id]] else -1
+        for image_id in ids
+    ]
+    group = np.array([ids.index(group_of_image[image_id]) for image_id in ids], np.int64)
+    voted = split.vote_classes(group, np.array(codes, np.int64), len(ids))
+    assert {ids[at]: names[code] for at, code in enumerate(voted.tolist()) if code >= 0} == expected

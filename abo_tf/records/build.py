@@ -597,8 +597,29 @@ def _mark_dropped_types(candidates, vocabulary, image_types, image_ids, reason):
         candidates.image_status.update(zip(itertools.compress(image_ids, in_dropped), itertools.repeat(reason)))
 
 
-def _group_kept(candidates, near_duplicates=()):
-    """Dict image id -> group key of the images still kept (listings, items, bytes, near-duplicate pairs)."""
+class _Kept(NamedTuple):
+    """The images kept after the labels, numbered once in id order: grouping, group floors, split and plan work on
+    these numbers by NumPy (a dozen passes over dicts keyed by image id were most of a 400k build's serial step)."""
+
+    image_ids: list  # sorted
+    group: np.ndarray  # an image's group: the number of its group's smallest image id
+    type_code: np.ndarray  # an image's product type, an index into type_names
+    type_names: list  # the product types, sorted
+    position: np.ndarray  # an image's position in the `_ImageIndex`
+    place: np.ndarray  # an image's place in the scan's columns (`_Scanned`)
+
+
+def _number_kept(candidates, image_index, image_types, image_ids, group):
+    """A `_Kept` of `image_ids` (sorted) and their `group` numbers, with their types, positions and scan places."""
+    type_names = sorted(set(image_types.values()))
+    code_of = dict(zip(type_names, itertools.count()))
+    type_code = np.fromiter(map(code_of.__getitem__, map(image_types.__getitem__, image_ids)), np.int64, len(image_ids))
+    position = np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))
+    return _Kept(image_ids, group, type_code, type_names, position, candidates.scanned.place[position])
+
+
+def _group_kept(candidates, image_index, image_types, near_duplicates=()):
+    """The `_Kept` images, grouped by listings, items, bytes and near-duplicate pairs."""
     kept = _surviving(candidates)
     keeper = candidates.keeper
     # A content duplicate's place in its listings, and in its pairs, is the copy kept's.
@@ -607,10 +628,20 @@ def _group_kept(candidates, near_duplicates=()):
     item_ids = [listing.item_id for listing in candidates.listings]
     # The images kept have distinct contents (duplicates are dropped before): no edges by content to add.
     grouped = dict.fromkeys(kept)
-    return split.group_images(zip(item_ids, image_ids), grouped, joined, named_join=False, join_contents=False)
+    ordered, group = split.group_numbers(
+        zip(item_ids, image_ids), grouped, joined, named_join=False, join_contents=False
+    )
+    return _number_kept(candidates, image_index, image_types, ordered, group)
 
 
-def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
+def _class_codes(vocabulary, kept):
+    """Each kept image's class under `vocabulary`, an index into its names (-1: dropped)."""
+    code_of = {name: code for code, name in enumerate(vocabulary.names)}
+    class_of_type = np.array([code_of.get(vocabulary.mapping[name], -1) for name in kept.type_names], np.int64)
+    return class_of_type[kept.type_code]
+
+
+def _apply_group_floors(candidates, options, vocabulary, image_types, kept):
     """Drops (or merges into OTHER) the classes with fewer groups than the split's floors need.
 
     Demoting a class only adds groups to the others under "drop"; under "other"
@@ -619,22 +650,22 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, groups):
     it is the last class short of them: the classes merged into it may fill it.
 
     Returns:
-      `(vocabulary, dict group key -> class, groups with images of more than one type)`; images left
-      without a class are marked rare_class_groups.
+      `(vocabulary, the class of each group number as a code of its names (-1: none), groups with images of more
+      than one type)`; images left without a class are marked rare_class_groups.
     """
     needed = sum(split.positive_floors(options.split_fractions, options.min_groups_per_split))
-    types_of_group = split.types_per_group(groups, image_types)
     while True:
-        class_of_group = split.class_of_groups(types_of_group, vocabulary.mapping)
-        groups_per_class = collections.Counter(class_of_group.values())
-        rare = {name for name in vocabulary.names if groups_per_class[name] < needed}
+        class_of_group = split.vote_classes(kept.group, _class_codes(vocabulary, kept), len(kept.image_ids))
+        groups_per_class = np.bincount(class_of_group[class_of_group >= 0], minlength=len(vocabulary.names))
+        rare = {name for name, count in zip(vocabulary.names, groups_per_class.tolist()) if count < needed}
         if not rare:
             break
         if rare != {labels.OTHER}:
             rare.discard(labels.OTHER)  # the classes merged into it this round may give it its groups
         vocabulary = labels.demote_classes(vocabulary, rare, options.rare_classes)
-    _mark_dropped_types(candidates, vocabulary, image_types, groups, RARE_CLASS_GROUPS)
-    return vocabulary, class_of_group, sum(len(types) > 1 for types in types_of_group.values())
+    _mark_dropped_types(candidates, vocabulary, image_types, kept.image_ids, RARE_CLASS_GROUPS)
+    types_of_groups = np.unique(kept.group * len(kept.type_names) + kept.type_code) // max(len(kept.type_names), 1)
+    return vocabulary, class_of_group, int(np.count_nonzero(np.bincount(types_of_groups) > 1))
 
 
 def _rare_class_counts(options, by_images, final, image_types):
@@ -653,26 +684,29 @@ def _rare_class_counts(options, by_images, final, image_types):
     }
 
 
-def _plan_splits(candidates, image_index, options, groups, class_of_group):
-    """Returns dict split -> image ids in their seeded, shuffled order, from the keys hashed during the scan."""
+def _plan_splits(candidates, options, kept, class_of_group):
+    """Returns dict split -> the numbers of its `kept` images in their seeded, shuffled order (an int array), from
+    the keys hashed during the scan."""
     scanned = candidates.scanned
     fractions, words = np.concatenate(scanned.key_fractions), np.concatenate(scanned.shuffle_words)
-
-    def places(image_ids):
-        return scanned.place[np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))]
-
-    split_of = split.assign_splits(
-        groups,
-        class_of_group,
+    sizes = np.bincount(kept.group, minlength=len(kept.image_ids))
+    keys = np.flatnonzero(sizes)  # a group's key is its smallest image id: in id order, as the numbers are
+    split_of_group = np.zeros(len(sizes), np.int64)
+    split_of_group[keys] = split.deal_groups(
+        sizes[keys],
+        class_of_group[keys],
+        fractions[kept.place[keys]],
         options.split_fractions,
-        options.seed,
         options.min_groups_per_split,
-        key_fractions=lambda keys: fractions[places(keys)],
     )
-    survivors = _surviving(candidates)
-    split_names = list(map(split_of.__getitem__, survivors))
-    members = {name: list(itertools.compress(survivors, map(name.__eq__, split_names))) for name in split.SPLITS}
-    return {name: split.shuffle_order(ids, options.seed, words[places(ids)]) for name, ids in members.items()}
+    status = candidates.image_status
+    alive = np.fromiter(map(operator.not_, map(status.__contains__, kept.image_ids)), np.bool_, len(kept.image_ids))
+    split_of_image = split_of_group[kept.group]
+    members = {}
+    for code, name in enumerate(split.SPLITS):
+        numbers = np.flatnonzero(alive & (split_of_image == code))
+        members[name] = numbers[split.shuffled_positions(words[kept.place[numbers]])]
+    return members
 
 
 def check_split_sizes(split_members, options):
@@ -692,7 +726,7 @@ def check_split_sizes(split_members, options):
     )
     for name, fraction in zip(split.SPLITS, options.split_fractions):
         share = len(split_members[name]) / total if total else 0.0
-        if fraction > 0 and not split_members[name]:
+        if fraction > 0 and len(split_members[name]) == 0:
             raise UserInputError(f"the {name} split would be empty (--split asks {fraction:g} of the images){hint}")
         if fraction > 0 and share < fraction / 2:
             print(
@@ -728,24 +762,24 @@ def _in_several(lists):
     return np.flatnonzero(np.fromiter(map(len, lists), np.int64, len(lists)) > 1).tolist()
 
 
-def _plan_columns(candidates, image_index, vocabulary, image_types, groups, image_ids):
-    """`(the PlanItems' fields as columns, the parts of the fingerprint's text of each)` of `image_ids` (a list), in
-    their order.
+def _plan_columns(candidates, image_index, vocabulary, kept, numbers):
+    """`(the PlanItems' fields as columns, the parts of the fingerprint's text of each)` of the `kept` images
+    `numbers` (an int array), in their order.
 
     Built a column at a time by `map` over bound look-ups and NumPy indexing: at 400k images a loop in Python over
     the items was most of the plan's serial time. The items are made from the columns when their shard is written
     (`_shard_pieces`), the fingerprint's text here.
     """
+    image_ids = list(map(kept.image_ids.__getitem__, numbers.tolist()))
     listing_items = [listing.item_id for listing in candidates.listings]
     shown = list(map(candidates.listings_of_image.__getitem__, image_ids))
     item_ids = list(map(listing_items.__getitem__, map(_FIRST, shown)))
     for at in _in_several(shown):  # an image in several listings takes the smallest of their item ids
         item_ids[at] = min(map(listing_items.__getitem__, shown[at]))
-    label_of = {name: vocabulary.label_of(name) for name in vocabulary.mapping}  # (label, class) by product type
-    label_names = list(map(label_of.__getitem__, map(image_types.__getitem__, image_ids)))
-    label_numbers = list(map(_FIRST, label_names))
-    at, offsets, sizes = _columns(image_index, image_ids)
-    scanned, places = candidates.scanned, candidates.scanned.place[at].tolist()
+    label_numbers = _class_codes(vocabulary, kept)[numbers].tolist()  # a label is a class's index in the names
+    at = kept.position[numbers]
+    offsets, sizes = np.asarray(image_index.offsets, np.int64)[at], np.asarray(image_index.sizes, np.int64)[at]
+    scanned, places = candidates.scanned, kept.place[numbers].tolist()
     digests = list(map(scanned.sha256.__getitem__, places))
     columns = (
         image_ids,
@@ -755,10 +789,10 @@ def _plan_columns(candidates, image_index, vocabulary, image_types, groups, imag
         digests,
         list(map(scanned.crc32c.__getitem__, places)),
         label_numbers,
-        list(map(_SECOND, label_names)),
+        list(map(vocabulary.names.__getitem__, label_numbers)),
         item_ids,
         list(map(scanned.copy_size.__getitem__, places)),
-        list(map(groups.__getitem__, image_ids)),
+        list(map(kept.image_ids.__getitem__, kept.group[numbers].tolist())),
     )
     # "<image id>:<SHA-256>:<label>;" an item, as four strings joined by C loops: the label's part made once a
     # label, not formatted an item (0.5 of 2.3 CPU s of the plan at 400k, load 10).
@@ -771,7 +805,7 @@ def _fingerprint_text(texts):
     return "".join(itertools.chain.from_iterable(texts))
 
 
-def _make_plan(candidates, image_index, vocabulary, image_types, split_members, groups, options):
+def _make_plan(candidates, image_index, vocabulary, kept, split_members, options):
     """The shards, each its records' `PlanItem` fields as columns (`_shard_pieces` makes the items), plus a
     fingerprint."""
     shard_bytes = options.shard_mb * 2**20
@@ -780,7 +814,7 @@ def _make_plan(candidates, image_index, vocabulary, image_types, split_members, 
     # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
     digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
     for name in split.SPLITS:
-        columns, texts = _plan_columns(candidates, image_index, vocabulary, image_types, groups, split_members[name])
+        columns, texts = _plan_columns(candidates, image_index, vocabulary, kept, split_members[name])
         num_shards = shards.num_shards_for(sum(columns[PlanItem._fields.index("size")]), shard_bytes)
         shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in columns))
         for index, (columns_of_shard, shard_texts) in enumerate(
@@ -1245,9 +1279,9 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
     """
     _drop_duplicate_content(candidates)
     by_images, image_types, conflicts = _label_images(candidates, options)
-    groups = _group_kept(candidates, near_duplicates)
+    kept = _group_kept(candidates, image_index, image_types, near_duplicates)
     vocabulary, class_of_group, conflicts["groups"] = _apply_group_floors(
-        candidates, options, by_images, image_types, groups
+        candidates, options, by_images, image_types, kept
     )
     conflicts["group_rule"] = split.GROUP_RULE
     if len(vocabulary.names) < 2:
@@ -1256,10 +1290,10 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
             f"{' '.join(map(str, options.min_groups_per_split))} groups per split: lower --min-examples-per-class "
             "or --min-groups-per-split, or give more data"
         )
-    split_members = _plan_splits(candidates, image_index, options, groups, class_of_group)
+    split_members = _plan_splits(candidates, options, kept, class_of_group)
     check_split_sizes(split_members, options)
-    plan = _make_plan(candidates, image_index, vocabulary, image_types, split_members, groups, options)
-    del groups, class_of_group
+    plan = _make_plan(candidates, image_index, vocabulary, kept, split_members, options)
+    del kept, class_of_group
     prepared = _Prepared(
         candidates,
         report,

@@ -14,7 +14,6 @@ import collections
 import functools
 import hashlib
 import itertools
-import operator
 
 import numpy as np
 
@@ -65,6 +64,14 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_joi
     Returns:
       Dict image id -> group key (the smallest image id of its group), in image id order.
     """
+    ordered, smallest = group_numbers(image_ids_per_listing, content_hash, joined_pairs, named_join, join_contents)
+    return dict(zip(ordered, map(ordered.__getitem__, smallest.tolist())))
+
+
+def group_numbers(image_ids_per_listing, content_hash, joined_pairs=(), named_join=True, join_contents=True):
+    """`group_images` as numbers: `(the images grouped, sorted; each one's group as the number of its smallest
+    image in that list, an int array)`. Arguments as `group_images`'s.
+    """
     # Nodes are integers: the images grouped numbered in id order, then those only listings name, then the items,
     # then the digests; an edge joins an image to its listing's item, to its digest, to its pair. The components
     # are scipy's and a group's key its smallest number, the smallest image id. Per image only C loops (map,
@@ -108,7 +115,7 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_joi
     smallest = _smallest_of_component(
         first_ends, second_ends, len(ordered), num_images + num_items + len(digest_number)
     )
-    return dict(zip(ordered, map(ordered.__getitem__, smallest.tolist())))
+    return ordered, smallest
 
 
 def _smallest_of_component(first_ends, second_ends, num_kept, num_nodes):
@@ -172,6 +179,31 @@ def class_of_groups(types_of_group, class_of_type):
     return classes
 
 
+def vote_classes(group, class_code, num_groups):
+    """`class_of_groups` on numbers: the class of most of each group's images (ties to the smallest code).
+
+    Args:
+      group: int array, an image's group number (in [0, num_groups)).
+      class_code: int array, an image's class as an index into the sorted class names (ties to the smallest code
+        are then ties to the alphabetically first name), -1 for an image whose type is dropped (no vote).
+      num_groups: the size of the result.
+
+    Returns:
+      An int array over the group numbers: the class code dealt, -1 for a number without a voting image.
+    """
+    voting = class_code >= 0
+    num_classes = int(class_code.max(initial=-1)) + 1
+    pairs, votes = np.unique(group[voting] * num_classes + class_code[voting], return_counts=True)
+    groups, classes = np.divmod(pairs, max(num_classes, 1))
+    order = np.lexsort((classes, -votes, groups))  # a group's pairs together, most votes first, then the first name
+    groups, classes = groups[order], classes[order]
+    first = np.ones(len(groups), np.bool_)
+    first[1:] = groups[1:] != groups[:-1]
+    result = np.full(num_groups, -1, np.int64)
+    result[groups[first]] = classes[first]
+    return result
+
+
 def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1, 1), key_fractions=None):
     """Assigns every image to a split, class by class, whole groups only.
 
@@ -192,36 +224,56 @@ def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1,
     Returns:
       Dict image id -> split name.
     """
-    floors = positive_floors(fractions, floors)
     images_of_group = collections.Counter(group_of_image.values())
     keys = sorted(images_of_group)
     classes = list(map(class_of_group.get, keys))
     names = sorted(set(classes).difference([None]))
-    split_of_group = dict.fromkeys(
-        itertools.compress(keys, map(operator.is_, classes, itertools.repeat(None))), SPLITS[0]
+    class_codes = np.fromiter(
+        map({name: code for code, name in enumerate(names)}.get, classes, itertools.repeat(-1)), np.int64, len(keys)
     )
-    class_numbers = list(map({name: number for number, name in enumerate(names)}.get, classes, itertools.repeat(-1)))
+    sizes = np.fromiter(map(images_of_group.__getitem__, keys), np.int64, len(keys))
     fraction = (key_fractions or functools.partial(stable_fractions, seed))(keys)
-    # Each class's groups in (fraction, key) order by one stable NumPy sort of the keys, already in key order: the
-    # same order as a sort a class with a (fraction, key) tuple a group as its key, without a Python call a group.
-    order = np.lexsort((fraction, np.array(class_numbers, np.int64)))
-    ends = np.searchsorted(np.array(class_numbers, np.int64)[order], np.arange(len(names) + 1), "left").tolist()
-    dealt = list(map(keys.__getitem__, order.tolist()))
-    for start, end in zip(ends, ends[1:]):
-        class_keys = dealt[start:end]
-        split_of_group.update(_deal(class_keys, list(map(images_of_group.__getitem__, class_keys)), fractions, floors))
+    dealt = deal_groups(sizes, class_codes, np.asarray(fraction, np.float64), fractions, floors)
+    split_of_group = dict(zip(keys, map(SPLITS.__getitem__, dealt.tolist())))
     return dict(zip(group_of_image, map(split_of_group.__getitem__, group_of_image.values())))
 
 
-def _deal(keys, sizes, fractions, floors):
-    """Dict key -> split of one class's groups (in dealing order): largest image deficit first, floors kept."""
+def deal_groups(sizes, class_codes, key_fractions, fractions, floors=(1, 1, 1)):
+    """`assign_splits` on numbers: the split (an index into SPLITS) of each group, given as arrays in key order.
+
+    Args:
+      sizes: int array, each group's images.
+      class_codes: int array, each group's class (any codes; -1: no class, the group goes to train).
+      key_fractions: float array, `stable_fractions` of each group's key.
+      fractions, floors: as `assign_splits`'s.
+
+    Returns:
+      An int array, each group's split.
+    """
+    floors = positive_floors(fractions, floors)
+    dealt = np.zeros(len(sizes), np.int64)
+    # Each class's groups in (fraction, key) order by one stable NumPy sort of the groups, already in key order: the
+    # same order as a sort a class with a (fraction, key) tuple a group as its key, without a Python call a group.
+    order = np.lexsort((key_fractions, class_codes))
+    ordered_classes = class_codes[order]
+    first = int(np.searchsorted(ordered_classes, 0))  # those without a class (-1) sort first
+    ends = [first, *(np.flatnonzero(np.diff(ordered_classes[first:])) + first + 1).tolist(), len(order)]
+    for start, end in zip(ends, ends[1:]):
+        if end > start:
+            dealt[order[start:end]] = _deal(sizes[order[start:end]].tolist(), fractions, floors)
+    return dealt
+
+
+def _deal(sizes, fractions, floors):
+    """The split (an index into SPLITS) of each of one class's groups (in dealing order): largest image deficit
+    first, floors kept."""
     targets = [fraction * sum(sizes) for fraction in fractions]
     images, groups = [0] * len(SPLITS), [0] * len(SPLITS)
     open_splits = [index for index, fraction in enumerate(fractions) if fraction > 0]
-    owed, dealt = sum(floors), {}
-    for position, (key, size) in enumerate(zip(keys, sizes)):
+    owed, dealt = sum(floors), []
+    for position, size in enumerate(sizes):
         allowed = open_splits
-        if len(keys) - position <= owed:  # the groups left are just enough for the floors: only those short take one
+        if len(sizes) - position <= owed:  # the groups left are just enough for the floors: only those short take one
             allowed = [index for index in open_splits if groups[index] < floors[index]]
         chosen = allowed[0]
         for index in allowed[1:]:  # the largest deficit; a tie to the first split
@@ -230,7 +282,7 @@ def _deal(keys, sizes, fractions, floors):
         owed -= groups[chosen] < floors[chosen]
         images[chosen] += size
         groups[chosen] += 1
-        dealt[key] = SPLITS[chosen]
+        dealt.append(chosen)
     return dealt
 
 
@@ -245,9 +297,14 @@ def shuffle_order(image_ids, seed, digests=None):
     Returns:
       The ids sorted by the SHA-256 of `shuffle:<seed>:<image id>`.
     """
-    words = shuffle_digests(image_ids, seed) if digests is None else digests
-    order = np.argsort(words[:, 0], kind="stable")
-    first = words[order, 0]
-    if np.any(first[1:] == first[:-1]):  # two ids share a digest's first 8 bytes (p ~ 1e-8 at 400k): all 32 decide
-        order = np.lexsort(words.T[::-1])
+    order = shuffled_positions(shuffle_digests(image_ids, seed) if digests is None else digests)
     return list(map(image_ids.__getitem__, order.tolist()))
+
+
+def shuffled_positions(digests):
+    """The positions of `shuffle_digests` rows in `shuffle_order`'s order (an int array)."""
+    order = np.argsort(digests[:, 0], kind="stable")
+    first = digests[order, 0]
+    if np.any(first[1:] == first[:-1]):  # two ids share a digest's first 8 bytes (p ~ 1e-8 at 400k): all 32 decide
+        order = np.lexsort(digests.T[::-1])
+    return order
