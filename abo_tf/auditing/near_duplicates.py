@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import scipy.ndimage
 
 from abo_tf.common import console, parallel
 from abo_tf.common.parallel import bounded_map
@@ -212,10 +213,12 @@ MIN_PRODUCT_SHARE = 0.002  # of the image's pixels: fewer off the background is 
 MAX_FRAME_OUTSIDE = (
     0.06  # of the side: how far one frame, mapped by the boxes, may overhang the other (a turn's corners)
 )
-MIN_TEXTURE_CORRELATION = 0.7
+MIN_TEXTURE_CORRELATION = 0.8
+MIN_BOX_ANGLE = 0.5  # degrees: a product upright in both images is left to ORB and the thumbnails (see below)
 MIN_TEXTURE_SPREAD = 5.0  # grey levels: a plainer interior has no texture to tell two products of one outline apart
 MIN_TEXTURE_PIXELS = TEXTURE_SIDE**2 // 40  # interior pixels both textures keep at least
 MAX_BOX_ASPECT_RATIO = 1.15
+TEXTURE_BLUR = 2.0  # texture pixels: the shading a texture's detail is taken from
 PRODUCT_CHROMA_DISTANCE = 3.5  # levels
 PRODUCT_LUMA_RATIO = 1.15
 BAR_RINGING = 2  # lines past a padding bar also cut: a JPEG rings a line or two into the picture
@@ -1839,6 +1842,9 @@ def _box_transforms(one, other):
         scale = np.sqrt(other[:, 2] * other[:, 3] / (width * height))
         aspect = (other[:, 2] / other[:, 3]) / (width / height)
     found = (one[:, 2] > 0) & (other[:, 2] > 0)
+    # Upright in both, the blind catalog's look-alikes (another logo, another label) were joined at texture
+    # correlations of 0.99 (seed 0): only a product turned in one image at least is for this rule.
+    found &= np.maximum(np.abs(one[:, 4]), np.abs(other[:, 4])) >= MIN_BOX_ANGLE
     aspect = np.where(found, aspect, np.inf)
     plausible = found & (np.abs(turn) <= MAX_TURN) & (scale > MIN_SCALE) & (scale < 1 / MIN_SCALE)
     plausible &= np.maximum(aspect, 1 / aspect) <= MAX_BOX_ASPECT_RATIO
@@ -1895,14 +1901,27 @@ def _textures_agree(hashed, first, second, quarter):
 
 
 def _texture_correlation(one, other):
+    """bool [n]: `_textures_agree` of aligned interiors, compared on their detail (`_detail`)."""
     valid = (one > 0) & (other > 0)
     count = valid.sum(axis=(1, 2))
+    one, other = _detail(one, valid), _detail(other, valid)
     means = [np.where(valid, part, 0).sum(axis=(1, 2)) / np.maximum(count, 1) for part in (one, other)]
     centred = [np.where(valid, part - mean[:, None, None], 0) for part, mean in zip((one, other), means)]
     norms = [np.sqrt((part**2).sum(axis=(1, 2))) for part in centred]
     spread = np.minimum(*norms) / np.sqrt(np.maximum(count, 1))
     correlation = (centred[0] * centred[1]).sum(axis=(1, 2)) / np.maximum(norms[0] * norms[1], 1e-6)
     return (count >= MIN_TEXTURE_PIXELS) & (spread >= MIN_TEXTURE_SPREAD) & (correlation >= MIN_TEXTURE_CORRELATION)
+
+
+def _detail(textures, valid):
+    """float32 [n, side, side]: each texture less its blur over the valid pixels (TEXTURE_BLUR): checks and
+    stripes are kept, a product's shading (which its look-alikes share) is not."""
+    weights = valid.astype(np.float32)
+    sigma = (0, TEXTURE_BLUR, TEXTURE_BLUR)
+    blurred = scipy.ndimage.gaussian_filter(textures * weights, sigma) / np.maximum(
+        scipy.ndimage.gaussian_filter(weights, sigma), 1e-6
+    )
+    return (textures - blurred) * weights
 
 
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
