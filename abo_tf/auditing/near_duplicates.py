@@ -204,7 +204,7 @@ BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's
 UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
 # corners leave most of it), not a photo's edge
 MIN_TRIMMED_SIDE = 8  # a content box thinner than this is not trimmed to
-PRODUCT_SIDE = 256  # longest side the product's box is found at (ABO's small images: as decoded)
+PRODUCT_SIDE = 128  # longest side the product's box is found at
 TEXTURE_SIDE = 24  # the upright product's grey interior kept: 576 bytes an image
 TURNED_PRODUCT = (
     "turned product"  # a turn or crop of a textured product on its background (`_turned_products_verified`)
@@ -429,10 +429,11 @@ def _product_box(pixels):
         size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
         pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
     mask = _product_mask(pixels)
-    points = cv2.findNonZero(mask)
-    if points is None or len(points) < MIN_PRODUCT_SHARE * mask.size:
+    if cv2.countNonZero(mask) < MIN_PRODUCT_SHARE * mask.size:
         return _no_product()
-    (x, y), (width, height), angle = cv2.minAreaRect(points)
+    # The outlines' points, not every pixel's: the same rectangle, a tenth of the CPU.
+    outlines, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    (x, y), (width, height), angle = cv2.minAreaRect(np.concatenate(outlines))
     quarters = np.round(angle / 90)  # OpenCV's angle is within [-90, 0) or (0, 90] by version: the same box,
     angle -= 90 * quarters  # a quarter turn back, its sides swapped, within +-45 degrees
     if quarters % 2:
@@ -446,7 +447,7 @@ def _product_box(pixels):
     inside = cv2.resize(inside, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA) >= 253
     inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # the outline's blend left out
     longest = max(pixels.shape[:2])
-    colour = pixels[mask > 0].mean(axis=0)
+    colour = np.array(cv2.mean(pixels, mask)[:3])
     box = np.array((x, y, width, height, angle, pixels.shape[1], pixels.shape[0], *colour), np.float32)
     box[_LENGTHS] /= longest
     return box, np.where(inside, np.maximum(texture, 1), 0).astype(np.uint8).ravel()
@@ -455,10 +456,10 @@ def _product_box(pixels):
 def _product_mask(pixels):
     """uint8 [h, w] of 0/1: pixels farther than BORDER_TOLERANCE from the image's background (the median of its
     outer ring) and from white (a turn's filled corners), opened once (JPEG specks)."""
-    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.int16)
-    levels = pixels.astype(np.int16)
-    background = np.median(ring, axis=0).astype(np.int16)
-    off = (np.abs(levels - background).max(axis=2) > BORDER_TOLERANCE) & ((255 - levels).max(axis=2) > BORDER_TOLERANCE)
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.full_like(pixels, np.median(ring, axis=0).astype(np.uint8))
+    off = [functools.reduce(cv2.max, cv2.split(part)) for part in (cv2.absdiff(pixels, background), 255 - pixels)]
+    off = cv2.min(*off) > BORDER_TOLERANCE  # farther than the tolerance from both (OpenCV: 5x NumPy's CPU)
     return cv2.morphologyEx(off.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
 
