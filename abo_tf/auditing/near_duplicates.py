@@ -1327,7 +1327,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
       - for a side or centre hash at any candidate distance of which one image was trimmed, one whole thumbnail
         cropped as that hash crops it matches the other (`_product_crops_verified`, CROPPED_THUMBNAIL): a crop of
         a textured product, whose repeated texture aligns few ORB keypoints.
-    What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
+    What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search
+    (ORB keypoints, then `_turned_products_verified`).
     """
     first, second, kind, distance = candidates
     similarity, signal = np.zeros(len(first), np.float32), np.full(len(first), "", dtype="<U32")
@@ -1926,9 +1927,9 @@ def _detail(textures, valid):
 
 
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
-    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
-    most `cap` checked pairs, a block's pairs checked by `threads` (`progress`: a bar over the pairs); returns how
-    many pairs the cap left unchecked."""
+    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), or that ORB refused but are turned
+    products (`_add_turned_products`), closest hashes first, each image in at most `cap` checked pairs, a block's
+    pairs checked by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked."""
     first, second, distance = local.pairs()
     apart = forest.apart(first, second)
     first, second, distance = first[apart], second[apart], distance[apart]
