@@ -500,10 +500,14 @@ def test_a_turned_textured_product_joins_it_and_look_alikes_do_not():
     copy = image_edits.edited_pixels(product, "rotate+crop", None, rng)[0]
     recoloured = image_edits.edited_pixels(copy, "saturation", -0.25, rng)[0]
     phone = _phone((40, 60, 170))  # upright: its box's angle is 0
-    images = (product, copy, look_alike, recoloured, phone, image_edits.edited_pixels(phone, "crop+jpeg", None, rng)[0])
+    cropped_phone = image_edits.edited_pixels(phone, "crop+jpeg", None, rng)[0]
+    blank = np.full((200, 200, 3), 250, np.uint8)  # no product: no box, never verified
+    images = (product, copy, look_alike, recoloured, phone, cropped_phone, blank)
     encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in images]
     hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
-    verified = near_duplicates._turned_products_verified(hashed, np.array([0, 0, 0, 4]), np.array([1, 2, 3, 5]))
+    verified = near_duplicates._turned_products_verified(
+        hashed, np.array([0, 0, 0, 4, 6, 0]), np.array([1, 2, 3, 5, 0, 6])
+    )
     # The copy joins; another product of the outline and texture does not, nor the copy in another shade, nor a
     # product upright in both images, even its crop (left to the other rules: the blind catalog's look-alikes).
-    assert verified.tolist() == [True, False, False, False]
+    assert verified.tolist() == [True, False, False, False, False, False]

@@ -1826,7 +1826,8 @@ def _turned_products_verified(hashed, first, second):
     products = np.flatnonzero(~(_fills_frame(hashed, first) & _fills_frame(hashed, second)))
     one, other = hashed.product_boxes[first[products]], hashed.product_boxes[second[products]]
     transforms, plausible, quarter = _box_transforms(one, other)
-    plausible &= _frames_overlap(one, other, transforms) & _product_colours_agree(one, other)
+    plausible &= _product_colours_agree(one, other)
+    plausible[plausible] = _frames_overlap(one[plausible], other[plausible], transforms[plausible])  # invertible
     pairs = products[plausible]
     verified[pairs] = _textures_agree(hashed, first[pairs], second[pairs], quarter[plausible])
     return verified
@@ -1861,10 +1862,8 @@ def _frames_overlap(one, other, transforms):
     """bool [n]: the second frame mapped back into the first's, or the first mapped into the second's, overhangs
     it by MAX_FRAME_OUTSIDE at most (a crop lies inside its original; a turn's corners stick out a little)."""
     square = np.concatenate([transforms, np.broadcast_to([[[0.0, 0.0, 1.0]]], (len(one), 1, 3))], axis=1)
-    forward = square.copy()
-    forward[~np.isfinite(forward).all(axis=(1, 2))] = np.eye(3)
     overhang = []
-    for mapping, source, target in ((np.linalg.inv(forward), other, one), (forward, one, other)):
+    for mapping, source, target in ((np.linalg.inv(square), other, one), (square, one, other)):
         corners = np.stack([np.zeros(len(one)), np.zeros(len(one)), source[:, 5], source[:, 6]], 1)[
             :, [[0, 1], [2, 1], [0, 3], [2, 3]]
         ]
