@@ -501,7 +501,7 @@ def test_a_turned_textured_product_joins_it_and_look_alikes_do_not():
     recoloured = image_edits.edited_pixels(copy, "saturation", -0.25, rng)[0]
     phone = _phone((40, 60, 170))  # upright: its box's angle is 0
     cropped_phone = image_edits.edited_pixels(phone, "crop+jpeg", None, rng)[0]
-    blank = np.full((200, 200, 3), 250, np.uint8)  # no product: no box, never verified
+    blank = np.full((200, 200, 3), 250, np.uint8)  # no box: its zero scale made a singular transform
     images = (product, copy, look_alike, recoloured, phone, cropped_phone, blank)
     encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in images]
     hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
