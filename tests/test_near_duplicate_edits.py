@@ -446,7 +446,10 @@ def test_a_crop_of_a_textured_product_joins_it_and_a_look_alike_does_not(monkeyp
     forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
     assert forest.groups().tolist() == [0, 0, -1]
     assert forest.edges.signal.tolist() == [near_duplicates.CROPPED_THUMBNAIL]
-    monkeypatch.setattr(near_duplicates, "PRODUCT_CROPPED_SIMILARITY", 1.01)  # the rule off: nothing else finds it
+    monkeypatch.setattr(near_duplicates, "PRODUCT_CROPPED_SIMILARITY", 1.01)  # the rule off: the turned-product
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1)  # rule finds it (its box is turned)
+    assert forest.edges.signal.tolist() == [near_duplicates.TURNED_PRODUCT]
+    monkeypatch.setattr(near_duplicates, "MIN_TEXTURE_CORRELATION", 1.01)  # both off: nothing else finds it
     assert near_duplicates.near_duplicate_forest(hashed, workers=1).groups().tolist() == [-1, -1, -1]
 
 
@@ -484,3 +487,27 @@ def test_a_product_too_small_for_the_thumbnails_is_not_joined_as_a_crop(monkeypa
     monkeypatch.setattr(near_duplicates, "MIN_PRODUCT_PIXELS", 0)
     forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
     assert forest.edges.signal.tolist() == [near_duplicates.CROPPED_THUMBNAIL]
+
+
+def test_a_turned_textured_product_joins_it_and_look_alikes_do_not():
+    # A checked product turned 2 degrees and cropped aligns few ORB keypoints; its box and upright interior agree.
+    import cv2
+
+    from abo_tf.testing import synthetic_abo
+
+    rng = np.random.default_rng(3)
+    product, look_alike = (synthetic_abo.product_canvas(rng, 240, 240, "rectangle", 10, "checker")[0] for _ in "ab")
+    copy = image_edits.edited_pixels(product, "rotate+crop", None, rng)[0]
+    recoloured = image_edits.edited_pixels(copy, "saturation", -0.25, rng)[0]
+    phone = _phone((40, 60, 170))  # upright: its box's angle is 0
+    cropped_phone = image_edits.edited_pixels(phone, "crop+jpeg", None, rng)[0]
+    blank = np.full((200, 200, 3), 250, np.uint8)  # no box: its zero scale made a singular transform
+    images = (product, copy, look_alike, recoloured, phone, cropped_phone, blank)
+    encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in images]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    verified = near_duplicates._turned_products_verified(
+        hashed, np.array([0, 0, 0, 4, 6, 0]), np.array([1, 2, 3, 5, 0, 6])
+    )
+    # The copy joins; another product of the outline and texture does not, nor the copy in another shade, nor a
+    # product upright in both images, even its crop (left to the other rules: the blind catalog's look-alikes).
+    assert verified.tolist() == [True, False, False, False, False, False]

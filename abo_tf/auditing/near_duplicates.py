@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import scipy.ndimage
 
 from abo_tf.common import console, parallel
 from abo_tf.common.parallel import bounded_map
@@ -203,6 +204,23 @@ BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's
 UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
 # corners leave most of it), not a photo's edge
 MIN_TRIMMED_SIDE = 8  # a content box thinner than this is not trimmed to
+PRODUCT_SIDE = 128  # longest side the product's box is found at
+TEXTURE_SIDE = 24  # the upright product's grey interior kept: 576 bytes an image
+TURNED_PRODUCT = (
+    "turned product"  # a turn or crop of a textured product on its background (`_turned_products_verified`)
+)
+MIN_PRODUCT_SHARE = 0.002  # of the image's pixels: fewer off the background is no product to box
+MAX_FRAME_OUTSIDE = (
+    0.06  # of the side: how far one frame, mapped by the boxes, may overhang the other (a turn's corners)
+)
+MIN_TEXTURE_CORRELATION = 0.8
+MIN_BOX_ANGLE = 0.5  # degrees: a product upright in both images is left to ORB and the thumbnails (see below)
+MIN_TEXTURE_SPREAD = 5.0  # grey levels: a plainer interior has no texture to tell two products of one outline apart
+MIN_TEXTURE_PIXELS = TEXTURE_SIDE**2 // 40  # interior pixels both textures keep at least
+MAX_BOX_ASPECT_RATIO = 1.15
+TEXTURE_BLUR = 2.0  # texture pixels: the shading a texture's detail is taken from
+PRODUCT_CHROMA_DISTANCE = 3.5  # levels
+PRODUCT_LUMA_RATIO = 1.15
 BAR_RINGING = 2  # lines past a padding bar also cut: a JPEG rings a line or two into the picture
 
 
@@ -229,6 +247,8 @@ class HashedImages(NamedTuple):
     framed: np.ndarray | None = None  # bool [N]: the image was not trimmed (`framed_images`; set by the search)
     trimmed_aspects: np.ndarray | None = None  # float32 [N]: width / height of the trimmed image (keypoints to pixels)
     plain: np.ndarray | None = None  # bool [N, len(PLAIN_VIEWS)]: the thumbnail is plain (`plain_images`; the search)
+    product_boxes: np.ndarray | None = None  # float32 [N, len(BOX_FIELDS)]: `_product_box`
+    product_textures: np.ndarray | None = None  # uint8 [N, TEXTURE_SIDE**2]: `_product_box`; 0 off the interior
 
 
 class Signature(NamedTuple):
@@ -246,6 +266,8 @@ class Signature(NamedTuple):
     side_hashes: tuple
     corner_hash: int
     trimmed_aspect: float
+    product_box: np.ndarray
+    product_texture: np.ndarray
 
 
 def _shrunk(pixels, side):
@@ -385,6 +407,62 @@ def _local_features(grey):
     return keypoints, kept, count
 
 
+BOX_FIELDS = ("x", "y", "width", "height", "angle", "frame_width", "frame_height", "blue", "green", "red")
+_LENGTHS = [0, 1, 2, 3, 5, 6]  # the fields in units of the longest side
+
+
+def _no_product():
+    return np.zeros(len(BOX_FIELDS), np.float32), np.zeros(TEXTURE_SIDE**2, np.uint8)
+
+
+def _product_box(pixels):
+    """(float32 [len(BOX_FIELDS)], uint8 [TEXTURE_SIDE**2]): the minimum-area rectangle of the pixels off the
+    image's background and off white (centre, sides, angle in degrees within +-45; lengths in units of the image's
+    longest side, as the frame's sides), the mean colour of those pixels, and the grey interior of that rectangle
+    turned upright (1-255; 0 off the product: its eroded mask). Zeros where the product is under MIN_PRODUCT_SHARE.
+
+    A turn changes a product's trimmed box and hashes, and its checks or stripes align few ORB keypoints; the box
+    turns with it, so two images' boxes give the turn and shift between them (`_turned_products_verified`).
+    """
+    scale = min(1.0, PRODUCT_SIDE / max(pixels.shape[:2]))
+    if scale < 1:
+        size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    mask = _product_mask(pixels)
+    if cv2.countNonZero(mask) < MIN_PRODUCT_SHARE * mask.size:
+        return _no_product()
+    # The outlines' points, not every pixel's: the same rectangle, a tenth of the CPU.
+    outlines, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    (x, y), (width, height), angle = cv2.minAreaRect(np.concatenate(outlines))
+    quarters = np.round(angle / 90)  # OpenCV's angle is within [-90, 0) or (0, 90] by version: the same box,
+    angle -= 90 * quarters  # a quarter turn back, its sides swapped, within +-45 degrees
+    if quarters % 2:
+        width, height = height, width
+    upright = cv2.getRotationMatrix2D((x, y), angle, 1.0)
+    upright[:, 2] += (width / 2 - x, height / 2 - y)
+    box_size = (max(2, round(width)), max(2, round(height)))
+    grey = cv2.warpAffine(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), upright, box_size, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(mask * np.uint8(255), upright, box_size)
+    texture = cv2.resize(grey, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA)
+    inside = cv2.resize(inside, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA) >= 253
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # the outline's blend left out
+    longest = max(pixels.shape[:2])
+    colour = np.array(cv2.mean(pixels, mask)[:3])
+    box = np.array((x, y, width, height, angle, pixels.shape[1], pixels.shape[0], *colour), np.float32)
+    box[_LENGTHS] /= longest
+    return box, np.where(inside, np.maximum(texture, 1), 0).astype(np.uint8).ravel()
+
+
+def _product_mask(pixels):
+    """uint8 [h, w] of 0/1: pixels farther than BORDER_TOLERANCE from the image's background (the median of its
+    outer ring) and from white (a turn's filled corners), opened once (JPEG specks)."""
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.full_like(pixels, np.median(ring, axis=0).astype(np.uint8))
+    off = [functools.reduce(cv2.max, cv2.split(part)) for part in (cv2.absdiff(pixels, background), 255 - pixels)]
+    off = cv2.min(*off) > BORDER_TOLERANCE  # farther than the tolerance from both (OpenCV: 5x NumPy's CPU)
+    return cv2.morphologyEx(off.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+
+
 @functools.cache
 def _orb():
     # Small patches: a 160-pixel image keeps keypoints near its border (a crop moves the border).
@@ -407,13 +485,24 @@ def signature(encoded):
         blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
         sides = (UNDECODABLE,) * 4
         return Signature(
-            UNDECODABLE, UNDECODABLE, centre, UNDECODABLE, blank, blank, *no_points, sides, UNDECODABLE, 1.0
+            UNDECODABLE,
+            UNDECODABLE,
+            centre,
+            UNDECODABLE,
+            blank,
+            blank,
+            *no_points,
+            sides,
+            UNDECODABLE,
+            1.0,
+            *_no_product(),
         )
     whole = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
     # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
     # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
     thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
     corner = _corner_hash(whole)
+    product = _product_box(pixels)
     pixels, grey = trimmed(pixels, whole)
     centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES) + (
         _phash(_centre(whole, WHOLE_CENTRE_SCALE)),
@@ -429,6 +518,7 @@ def signature(encoded):
         _side_hashes(grey),
         corner,
         grey.shape[1] / grey.shape[0],
+        *product,
     )
 
 
@@ -542,6 +632,8 @@ def hashed_images(signatures):
         side_hashes=signatures.side_hashes.astype(np.uint64),
         corner_hashes=signatures.corner_hash.astype(np.uint64),
         trimmed_aspects=signatures.trimmed_aspect.astype(np.float32),
+        product_boxes=signatures.product_box.astype(np.float32),
+        product_textures=signatures.product_texture,
     )
 
 
@@ -565,6 +657,8 @@ def _empty_columns(size):
         "side_hashes": np.zeros((size, 4), np.uint64),
         "corner_hashes": np.zeros(size, np.uint64),
         "trimmed_aspects": np.ones(size, np.float32),
+        "product_boxes": np.zeros((size, len(BOX_FIELDS)), np.float32),
+        "product_textures": np.zeros((size, TEXTURE_SIDE**2), np.uint8),
     }
 
 
@@ -581,6 +675,10 @@ def _fill(columns, start, split, image_ids, labels, product_types, item_ids, sig
     columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
     columns["side_hashes"][rows], columns["corner_hashes"][rows] = signatures.side_hashes, signatures.corner_hash
     columns["trimmed_aspects"][rows] = signatures.trimmed_aspect
+    columns["product_boxes"][rows], columns["product_textures"][rows] = (
+        signatures.product_box,
+        signatures.product_texture,
+    )
     return rows.stop
 
 
@@ -1229,7 +1327,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
       - for a side or centre hash at any candidate distance of which one image was trimmed, one whole thumbnail
         cropped as that hash crops it matches the other (`_product_crops_verified`, CROPPED_THUMBNAIL): a crop of
         a textured product, whose repeated texture aligns few ORB keypoints.
-    What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search.
+    What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search
+    (ORB keypoints, then `_turned_products_verified`).
     """
     first, second, kind, distance = candidates
     similarity, signal = np.zeros(len(first), np.float32), np.full(len(first), "", dtype="<U32")
@@ -1705,10 +1804,131 @@ def _residual(corrected, compared, valid):
     return np.sqrt((nearest.reshape(count, -1) ** 2 * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
 
 
+def _add_turned_products(hashed, forest, first, second):
+    """Joins the pairs ORB left apart that `_turned_products_verified` confirms (signal TURNED_PRODUCT)."""
+    turned = _turned_products_verified(hashed, first, second)
+    pairs = make_pairs(hashed.hashes, first[turned], second[turned], np.zeros(int(turned.sum())), "")
+    forest.add(pairs._replace(signal=np.full(int(turned.sum()), TURNED_PRODUCT)))
+
+
+def _turned_products_verified(hashed, first, second):
+    """bool mask: pairs of which one image at least was trimmed (a product on its background) whose product boxes
+    (`_product_box`) are one turn of at most MAX_TURN, a scale within MIN_SCALE and a shift apart, their sides'
+    ratios within MAX_BOX_ASPECT_RATIO, one frame mapped by that transform overhanging the other by
+    MAX_FRAME_OUTSIDE at most (a turn or crop; a look-alike elsewhere in its frame is not), whose upright grey
+    interiors correlate at MIN_TEXTURE_CORRELATION (each spread over MIN_TEXTURE_SPREAD levels: a texture) and
+    whose products' mean colours agree (`_product_colours_agree`). A turned or cropped textured product aligns few ORB
+    keypoints (its checks repeat), and at 16 x 16 its look-alikes correlate as high as it does.
+    """
+    verified = np.zeros(len(first), bool)
+    if hashed.product_boxes is None or not len(first):
+        return verified
+    products = np.flatnonzero(~(_fills_frame(hashed, first) & _fills_frame(hashed, second)))
+    one, other = hashed.product_boxes[first[products]], hashed.product_boxes[second[products]]
+    transforms, plausible, quarter = _box_transforms(one, other)
+    plausible &= _product_colours_agree(one, other)
+    plausible[plausible] = _frames_overlap(one[plausible], other[plausible], transforms[plausible])  # invertible
+    pairs = products[plausible]
+    verified[pairs] = _textures_agree(hashed, first[pairs], second[pairs], quarter[plausible])
+    return verified
+
+
+def _box_transforms(one, other):
+    """(float64 [n, 2, 3]: the similarity transform taking each first box onto the second, in units of the
+    longest side; bool [n]: a turn within MAX_TURN, a scale within MIN_SCALE, sides' ratios within
+    MAX_BOX_ASPECT_RATIO, both boxes found; bool [n]: the boxes' angles a quarter turn apart, sides swapped)."""
+    turn = other[:, 4] - one[:, 4]
+    quarter = np.abs(turn) > 45
+    turn = turn - 90 * np.sign(turn) * quarter
+    width, height = np.where(quarter, one[:, 3], one[:, 2]), np.where(quarter, one[:, 2], one[:, 3])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.sqrt(other[:, 2] * other[:, 3] / (width * height))
+        aspect = (other[:, 2] / other[:, 3]) / (width / height)
+    found = (one[:, 2] > 0) & (other[:, 2] > 0)
+    # Upright in both, the blind catalog's look-alikes (another logo, another label) were joined at texture
+    # correlations of 0.99 (seed 0): only a product turned in one image at least is for this rule.
+    found &= np.maximum(np.abs(one[:, 4]), np.abs(other[:, 4])) >= MIN_BOX_ANGLE
+    aspect = np.where(found, aspect, np.inf)
+    plausible = found & (np.abs(turn) <= MAX_TURN) & (scale > MIN_SCALE) & (scale < 1 / MIN_SCALE)
+    plausible &= np.maximum(aspect, 1 / aspect) <= MAX_BOX_ASPECT_RATIO
+    radians = np.radians(-turn)  # minAreaRect's angle grows the other way round from the transform's
+    cos, sin = np.nan_to_num(scale) * np.cos(radians), np.nan_to_num(scale) * np.sin(radians)
+    transforms = np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1)
+    shift = other[:, :2] - np.einsum("nij,nj->ni", transforms, one[:, :2])
+    return np.concatenate([transforms, shift[:, :, None]], axis=2), plausible, quarter
+
+
+def _frames_overlap(one, other, transforms):
+    """bool [n]: the second frame mapped back into the first's, or the first mapped into the second's, overhangs
+    it by MAX_FRAME_OUTSIDE at most (a crop lies inside its original; a turn's corners stick out a little)."""
+    square = np.concatenate([transforms, np.broadcast_to([[[0.0, 0.0, 1.0]]], (len(one), 1, 3))], axis=1)
+    overhang = []
+    for mapping, source, target in ((np.linalg.inv(square), other, one), (square, one, other)):
+        corners = np.stack([np.zeros(len(one)), np.zeros(len(one)), source[:, 5], source[:, 6]], 1)[
+            :, [[0, 1], [2, 1], [0, 3], [2, 3]]
+        ]
+        mapped = np.einsum("nij,nkj->nki", mapping[:, :2, :2], corners) + mapping[:, None, :2, 2]
+        limits = target[:, None, 5:7]
+        overhang.append(np.maximum(np.maximum(-mapped, mapped - limits), 0).max(axis=(1, 2)))
+    return np.minimum(*overhang) <= MAX_FRAME_OUTSIDE
+
+
+def _product_colours_agree(one, other):
+    """bool [n]: the products' mean colours less their luminance within PRODUCT_CHROMA_DISTANCE levels and their
+    luminances within PRODUCT_LUMA_RATIO: the rule is for turns and crops, which keep a product's colours (a
+    look-alike of one texture and outline is another shade: 4.7 levels of chroma apart at least on the seed-0
+    catalog, its turned and cropped copies 2.4 at most but one)."""
+    luma = [box[:, 7:10] @ LUMA for box in (one, other)]
+    chroma = [box[:, 7:10] - value[:, None] for box, value in zip((one, other), luma)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.maximum(*luma) / np.minimum(*luma)
+    close = np.linalg.norm(chroma[0] - chroma[1], axis=1) <= PRODUCT_CHROMA_DISTANCE
+    return close & (ratio <= PRODUCT_LUMA_RATIO)
+
+
+def _textures_agree(hashed, first, second, quarter):
+    """bool [n]: the upright interiors (`_product_box`) correlate at MIN_TEXTURE_CORRELATION over the pixels both
+    keep (MIN_TEXTURE_PIXELS at least), each spread over MIN_TEXTURE_SPREAD levels; a quarter turn apart, the
+    first's interior is tried turned either way."""
+    side = TEXTURE_SIDE
+    one = hashed.product_textures[first].reshape(-1, side, side).astype(np.float32)
+    other = hashed.product_textures[second].reshape(-1, side, side).astype(np.float32)
+    best = np.zeros(len(first), bool)
+    for turns in (0, 1, 3):
+        pairs = np.flatnonzero(quarter != (turns == 0))
+        turned = np.rot90(one[pairs], turns, axes=(1, 2))
+        best[pairs] |= _texture_correlation(turned, other[pairs])
+    return best
+
+
+def _texture_correlation(one, other):
+    """bool [n]: `_textures_agree` of aligned interiors, compared on their detail (`_detail`)."""
+    valid = (one > 0) & (other > 0)
+    count = valid.sum(axis=(1, 2))
+    one, other = _detail(one, valid), _detail(other, valid)
+    means = [np.where(valid, part, 0).sum(axis=(1, 2)) / np.maximum(count, 1) for part in (one, other)]
+    centred = [np.where(valid, part - mean[:, None, None], 0) for part, mean in zip((one, other), means)]
+    norms = [np.sqrt((part**2).sum(axis=(1, 2))) for part in centred]
+    spread = np.minimum(*norms) / np.sqrt(np.maximum(count, 1))
+    correlation = (centred[0] * centred[1]).sum(axis=(1, 2)) / np.maximum(norms[0] * norms[1], 1e-6)
+    return (count >= MIN_TEXTURE_PIXELS) & (spread >= MIN_TEXTURE_SPREAD) & (correlation >= MIN_TEXTURE_CORRELATION)
+
+
+def _detail(textures, valid):
+    """float32 [n, side, side]: each texture less its blur over the valid pixels (TEXTURE_BLUR): checks and
+    stripes are kept, a product's shading (which its look-alikes share) is not."""
+    weights = valid.astype(np.float32)
+    sigma = (0, TEXTURE_BLUR, TEXTURE_BLUR)
+    blurred = scipy.ndimage.gaussian_filter(textures * weights, sigma) / np.maximum(
+        scipy.ndimage.gaussian_filter(weights, sigma), 1e-6
+    )
+    return (textures - blurred) * weights
+
+
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
-    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), closest hashes first, each image in at
-    most `cap` checked pairs, a block's pairs checked by `threads` (`progress`: a bar over the pairs); returns how
-    many pairs the cap left unchecked."""
+    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), or that ORB refused but are turned
+    products (`_add_turned_products`), closest hashes first, each image in at most `cap` checked pairs, a block's
+    pairs checked by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked."""
     first, second, distance = local.pairs()
     apart = forest.apart(first, second)
     first, second, distance = first[apart], second[apart], distance[apart]
@@ -1735,6 +1955,7 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         )
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
+        _add_turned_products(hashed, forest, first[block][~found], second[block][~found])
         bar.update(len(order[start : start + LOCAL_BLOCK]))
     pool.shutdown()
     bar.close()
