@@ -50,6 +50,12 @@ def memory_bytes(num_rows, num_features, num_classes, workers=2):
     return num_rows * num_features * 4 + in_flight + 24 * coefficients * 8
 
 
+def flush_subnormals(values):
+    """Sets the entries of `values` (float32, non-negative) below SMALLEST_NORMAL to zero, in place."""
+    values[values < SMALLEST_NORMAL] = 0
+    return values
+
+
 def _chunk_loss_gradient(features, encoded, sample_weight, weights, intercept):
     """(weighted sum of cross-entropies, [classes, columns + 1] float32 gradient sum) of one chunk of rows."""
     scores = features @ weights.T
@@ -61,7 +67,7 @@ def _chunk_loss_gradient(features, encoded, sample_weight, weights, intercept):
     totals = scores.sum(axis=1)
     losses = np.log(totals) - true_scores
     scores /= totals[:, None]  # the probabilities
-    scores[scores < SMALLEST_NORMAL] = 0  # no subnormal reaches the matrix product below
+    flush_subnormals(scores)  # before the matrix product below
     scores[rows, encoded] -= 1
     scores *= sample_weight[:, None]  # each row's gradient with respect to its scores
     gradient = np.empty((weights.shape[0], weights.shape[1] + 1), np.float32)
