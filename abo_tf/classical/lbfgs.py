@@ -28,9 +28,10 @@ WINDOW = 4  # chunks in flight on the threads: each holds its scores, and its gr
 MAX_LINE_SEARCH_STEPS = 50
 FTOL = 64 * np.finfo(float).eps
 # Probabilities under float32's smallest normal number are subnormal, and x86 multiplies subnormals in microcode: an
-# 8192 x 575 by 8192 x 576 product took 6.5 CPU s with 98% of its entries subnormal against 0.043 without. A weakly
-# regularised fit (C 10) on the linear probe's nearly collinear embeddings makes most of its rows' 575 probabilities
-# that small; their share of the gradient is below float32's resolution, so they are flushed to zero.
+# 8192 x 575 by 8192 x 576 product took 6.5 CPU s with 98% of its entries subnormal against 0.043 without. On the
+# linear probe's full-size embeddings, at a search candidate's coefficients (C 10, 50 iterations on 20,000 rows),
+# 4.3% of the probabilities were subnormal and an evaluation on 60,000 rows took 5.1 CPU s against 1.9 flushed, with
+# the same loss and gradient: their share of the gradient is below float32's resolution, so they are flushed to zero.
 SMALLEST_NORMAL = np.finfo(np.float32).tiny
 
 
