@@ -68,9 +68,11 @@ def _chunk_loss_gradient(features, encoded, sample_weight, weights, intercept):
     totals = scores.sum(axis=1)
     losses = np.log(totals) - true_scores
     scores /= totals[:, None]  # the probabilities
+    # Each row's gradient with respect to its scores, (p - onehot) * weight, as p * weight - weight: the weights
+    # under 1 (frequent classes) would make small normal probabilities subnormal again after the flush.
+    scores *= sample_weight[:, None]
     flush_subnormals(scores)  # before the matrix product below
-    scores[rows, encoded] -= 1
-    scores *= sample_weight[:, None]  # each row's gradient with respect to its scores
+    scores[rows, encoded] -= sample_weight
     gradient = np.empty((weights.shape[0], weights.shape[1] + 1), np.float32)
     gradient[:, :-1] = scores.T @ features
     gradient[:, -1] = scores.sum(axis=0)
