@@ -1153,13 +1153,15 @@ def _scikit_learns_objective(num_classes):
     return LinearModelLoss(HalfMultinomialLoss(n_classes=num_classes), fit_intercept=True)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_the_chunked_lbfgs_objective_is_scikit_learns(monkeypatch, threads):
+# Scale 30: most rows' probabilities of the other classes are subnormal or zero in float32, as in a weakly
+# regularised fit on the linear probe's embeddings; flushed to zero, they leave the objective scikit-learn's.
+@pytest.mark.parametrize("threads, scale", [(1, 0.3), (2, 0.3), (2, 30.0)])
+def test_the_chunked_lbfgs_objective_is_scikit_learns(monkeypatch, threads, scale):
     monkeypatch.setattr(lbfgs, "CHUNK_ROWS", 64)  # several chunks, the last one short
     features, labels = _multinomial_problem()
     encoded = np.unique(labels, return_inverse=True)[1]
     rng = np.random.default_rng(1)
-    flat = rng.standard_normal(5 * 7) * 0.3
+    flat = rng.standard_normal(5 * 7) * scale
     sample_weight = rng.uniform(0.5, 2.0, len(labels)).astype(np.float32)
     expected = _scikit_learns_objective(5).loss_gradient(
         flat, features, encoded.astype(float), sample_weight.astype(float), 0.01
@@ -1170,6 +1172,13 @@ def test_the_chunked_lbfgs_objective_is_scikit_learns(monkeypatch, threads):
         )
     np.testing.assert_allclose(loss, expected[0], rtol=1e-6)
     np.testing.assert_allclose(gradient, expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_lbfgs_flushes_subnormal_probabilities_only():
+    tiny = np.finfo(np.float32).tiny
+    values = np.array([0.0, tiny / 2**20, tiny / 2, tiny, 1e-30, 0.5], np.float32)
+    flushed = lbfgs.flush_subnormals(values.copy())
+    np.testing.assert_array_equal(flushed, np.array([0.0, 0.0, 0.0, tiny, 1e-30, 0.5], np.float32))
 
 
 def test_lbfgs_continued_chunk_by_chunk_reaches_scikit_learns_fit():

@@ -27,6 +27,12 @@ WINDOW = 4  # chunks in flight on the threads: each holds its scores, and its gr
 # scikit-learn's L-BFGS-B options for LogisticRegression (`_logistic_regression_path`): gtol is the estimator's tol.
 MAX_LINE_SEARCH_STEPS = 50
 FTOL = 64 * np.finfo(float).eps
+# Probabilities under float32's smallest normal number are subnormal, and x86 multiplies subnormals in microcode: an
+# 8192 x 575 by 8192 x 576 product took 6.5 CPU s with 98% of its entries subnormal against 0.043 without. On the
+# linear probe's full-size embeddings, at a search candidate's coefficients (C 10, 50 iterations on 20,000 rows),
+# 4.3% of the probabilities were subnormal and an evaluation on 60,000 rows took 5.1 CPU s against 1.9 flushed, with
+# the same loss and gradient: their share of the gradient is below float32's resolution, so they are flushed to zero.
+SMALLEST_NORMAL = np.finfo(np.float32).tiny
 
 
 def applies(classifier):
@@ -45,6 +51,12 @@ def memory_bytes(num_rows, num_features, num_classes, workers=2):
     return num_rows * num_features * 4 + in_flight + 24 * coefficients * 8
 
 
+def flush_subnormals(values):
+    """Sets the entries of `values` (float32, non-negative) below SMALLEST_NORMAL to zero, in place."""
+    values[values < SMALLEST_NORMAL] = 0
+    return values
+
+
 def _chunk_loss_gradient(features, encoded, sample_weight, weights, intercept):
     """(weighted sum of cross-entropies, [classes, columns + 1] float32 gradient sum) of one chunk of rows."""
     scores = features @ weights.T
@@ -56,8 +68,11 @@ def _chunk_loss_gradient(features, encoded, sample_weight, weights, intercept):
     totals = scores.sum(axis=1)
     losses = np.log(totals) - true_scores
     scores /= totals[:, None]  # the probabilities
-    scores[rows, encoded] -= 1
-    scores *= sample_weight[:, None]  # each row's gradient with respect to its scores
+    # Each row's gradient with respect to its scores, (p - onehot) * weight, as p * weight - weight: the weights
+    # under 1 (frequent classes) would make small normal probabilities subnormal again after the flush.
+    scores *= sample_weight[:, None]
+    flush_subnormals(scores)  # before the matrix product below
+    scores[rows, encoded] -= sample_weight
     gradient = np.empty((weights.shape[0], weights.shape[1] + 1), np.float32)
     gradient[:, :-1] = scores.T @ features
     gradient[:, -1] = scores.sum(axis=0)
