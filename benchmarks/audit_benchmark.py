@@ -223,6 +223,7 @@ def main():
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
     parser.add_argument("--records", nargs="+", default=None, help="existing builds to audit instead (read only)")
     parser.add_argument("--hashes", default=None, help="saved HashedImages columns (.npz): the search alone")
+    parser.add_argument("--append", action="store_true", help="keep the results file's earlier runs (--records)")
     parser.add_argument(
         "--no-growth", action="store_true", help="skip the candidates' growth on a quarter and a half (a full build)"
     )
@@ -252,7 +253,7 @@ def main():
             f"{row.get('planted_found', '-')} of {row.get('planted_pairs', '-')} "
             f"({row['groups']} groups, {row['grouped_images']} images) |"
         )
-    write_results("audit.json", {"runs": rows})
+    write_results("audit.json", {"runs": [*(_runs_with_hashing() if args.append else []), *rows]})
 
 
 if __name__ == "__main__":

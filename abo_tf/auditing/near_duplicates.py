@@ -9,7 +9,8 @@ of 16 bits; two hashes within `max_distance` bits differ by at most `max_distanc
 least (pigeonhole), so probing each band's sorted values at that radius finds every pair (Norouzi et al., "Fast
 search in Hamming space with multi-index hashing", CVPR 2012). Only candidates are compared bit by bit, and each
 hash keeps its DEFAULT_NEAREST nearest neighbours (`nearest_pairs`): catalog hashes are alike, and all pairs within
-8 bits grow with the square of the images.
+8 bits grow with the square of the images. Then each image keeps DEFAULT_MAX_CANDIDATES of the pairs all its hashes
+found, its nearest (`_budgeted`): the pairs confirmed grow with the images.
 
 Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
 turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
@@ -1592,11 +1593,14 @@ class _LocalCandidates:
     def tagged(self):
         """(first, second, distance, tag) of the unique (pair, tag)s, sorted by (first, second, tag): int32, int32,
         int8, int8."""
-        codes = self._unique()
-        keys, distances = codes // DISTANCE_CODES, (codes % DISTANCE_CODES).astype(np.int8)
-        del codes
-        tags, keys = (keys % self.tags).astype(np.int8), keys // self.tags
-        return (keys // self.size).astype(np.int32), (keys % self.size).astype(np.int32), distances, tags
+        codes = self._unique()  # decoded in place: tens of millions of candidates at ABO size
+        distances = (codes % DISTANCE_CODES).astype(np.int8)
+        codes //= DISTANCE_CODES
+        tags = (codes % self.tags).astype(np.int8)
+        codes //= self.tags
+        first = (codes // self.size).astype(np.int32)
+        codes %= self.size
+        return first, codes.astype(np.int32), distances, tags
 
 
 class _Candidates(_LocalCandidates):
