@@ -87,8 +87,9 @@ def _cpu_seconds():
 
 
 def candidate_growth(hashed):
-    """Candidate pairs of all three searches (each hash's `nearest` neighbours) and their CPU seconds on the first
-    quarter, half and all of the images: how the search's work grows with the build (timed apart)."""
+    """Candidate pairs of all three searches (each hash's `nearest` neighbours), those each image's budget keeps
+    (`DEFAULT_MAX_CANDIDATES`, before any is confirmed) and their CPU seconds on the first quarter, half and all of
+    the images: how the search's work grows with the build (timed apart)."""
     from abo_tf.auditing import near_duplicates
 
     growth = {}
@@ -101,21 +102,31 @@ def candidate_growth(hashed):
         blocks = near_duplicates._candidate_pairs(
             sliced, np.arange(count), near_duplicates.DEFAULT_HASH_DISTANCE, callbacks
         )
-        pairs = sum(len(first) for first, *_ in blocks)
-        growth[str(count)] = {"pairs": pairs, "cpu_seconds": time.process_time() - started}
+        found, pairs = near_duplicates._Candidates(count), 0
+        for first, second, kind, distance in blocks:
+            found.add(first, second, kind, distance)
+            pairs += len(first)
+        _, kept, left_out = found.confirmed_blocks(near_duplicates.DEFAULT_MAX_CANDIDATES)
+        seconds = time.process_time() - started
+        growth[str(count)] = {"pairs": pairs, "kept": kept, "left_out": left_out, "cpu_seconds": seconds}
     return growth
 
 
-def audit_near_duplicates(records_dir, output):
-    """The timed part, run in a child process: prints a JSON line of its figures."""
+def audit_near_duplicates(records_dir, output, growth):
+    """The timed part, run in a child process: prints a JSON line of its figures (`growth` "1": and the
+    candidates' growth, timed apart)."""
     from abo_tf.auditing import near_duplicates
 
-    started, cpu_started = time.perf_counter(), _cpu_seconds()
-    hashed = near_duplicates.hash_records(records_dir, progress=True)
-    hashing = {"hash_seconds": time.perf_counter() - started, "hash_cpu_seconds": _cpu_seconds() - cpu_started}
-    figures = {**_searched(hashed, output), **hashing}
-    figures["seconds"] = figures["search_seconds"] + hashing["hash_seconds"]
-    print(json.dumps({**figures, "candidates_by_images": candidate_growth(hashed)}))
+    # the mapped columns in the work dir, as the audit keeps them in its cache dir
+    with tempfile.TemporaryDirectory(prefix="near-duplicates-", dir=os.path.dirname(output) or ".") as columns:
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
+        hashed = near_duplicates.hash_records(records_dir, progress=True, columns_dir=columns)
+        hashing = {"hash_seconds": time.perf_counter() - started, "hash_cpu_seconds": _cpu_seconds() - cpu_started}
+        figures = {**_searched(hashed, output), **hashing}
+        figures["seconds"] = figures["search_seconds"] + hashing["hash_seconds"]
+        if growth == "1":
+            figures["candidates_by_images"] = candidate_growth(hashed)
+    print(json.dumps(figures))
 
 
 def search_saved_hashes(path, output):
@@ -145,17 +156,19 @@ def _searched(hashed, output):
         "nearest": near_duplicates.DEFAULT_NEAREST,
         "unchecked_local_pairs": forest.unchecked_local_pairs,
         "left_out_bucket_pairs": forest.left_out_bucket_pairs,
+        "max_candidates": near_duplicates.DEFAULT_MAX_CANDIDATES,
+        "left_out_candidate_pairs": forest.left_out_candidate_pairs,
         "groups": int(groups.group.nunique()),
         "grouped_images": len(groups),
         "crowded_images": forest.crowded_images,
     }
 
 
-def _measured_child(mode, source, output):
+def _measured_child(mode, source, output, growth=True):
     """(the child's JSON figures with its peak summed RSS MB, the cores and the load average before and after)."""
     from abo_tf.testing import measure as measuring
 
-    command = [sys.executable, os.path.abspath(__file__), mode, source, output]
+    command = [sys.executable, os.path.abspath(__file__), mode, source, output, str(int(growth))]
     load_before = os.getloadavg()
     code, stdout, stderr, peak = measuring.run_measured(command, timeout=3600)
     if code:
@@ -165,9 +178,9 @@ def _measured_child(mode, source, output):
     return {**timed, **loads, "peak_rss_mb": peak / 2**20, "cores": os.cpu_count() or 1}
 
 
-def measure(records_dir, truth, output):
+def measure(records_dir, truth, output, growth=True):
     """The figures of one build: the child's timings, its peak summed RSS, the bare rate, planted pairs joined."""
-    timed = _measured_child("--child", records_dir, output)
+    timed = _measured_child("--child", records_dir, output, growth)
     cores = timed["cores"]
     bare, bare_cpu = bare_rate(records_dir)
     pipeline_rate = timed["images"] / timed["hash_seconds"]
@@ -202,7 +215,7 @@ def _runs_with_hashing():
 
 def main():
     if sys.argv[1:2] == ["--child"]:
-        return audit_near_duplicates(*sys.argv[2:4])
+        return audit_near_duplicates(*sys.argv[2:5])
     if sys.argv[1:2] == ["--saved-child"]:
         return search_saved_hashes(*sys.argv[2:4])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -210,6 +223,10 @@ def main():
     parser.add_argument("--work-dir", default=None, help="keeps generated data between runs if given")
     parser.add_argument("--records", nargs="+", default=None, help="existing builds to audit instead (read only)")
     parser.add_argument("--hashes", default=None, help="saved HashedImages columns (.npz): the search alone")
+    parser.add_argument("--append", action="store_true", help="keep the results file's earlier runs (--records)")
+    parser.add_argument(
+        "--no-growth", action="store_true", help="skip the candidates' growth on a quarter and a half (a full build)"
+    )
     args = parser.parse_args()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="audit-benchmark-")
     os.makedirs(work_dir, exist_ok=True)  # --records writes its groups file there too
@@ -219,7 +236,7 @@ def main():
         return write_results("audit.json", {"runs": [*_runs_with_hashing(), row]})
     if args.records:
         output = os.path.join(work_dir, "near_duplicate_groups.csv")
-        rows = [measure(records, None, output) for records in args.records]
+        rows = [measure(records, None, output, not args.no_growth) for records in args.records]
     else:
         rows = []
         for num_images in args.images:
@@ -236,7 +253,7 @@ def main():
             f"{row.get('planted_found', '-')} of {row.get('planted_pairs', '-')} "
             f"({row['groups']} groups, {row['grouped_images']} images) |"
         )
-    write_results("audit.json", {"runs": rows})
+    write_results("audit.json", {"runs": [*(_runs_with_hashing() if args.append else []), *rows]})
 
 
 if __name__ == "__main__":

@@ -497,14 +497,22 @@ def render_near_duplicates_scale(results):
             f"`{run.get('records') or run['hashes']}`: {_growth(run)}; keypoint pairs left unchecked by the "
             "per-image bound "
             f"{run['unchecked_local_pairs']:,}, candidate pairs of huge band buckets left out "
-            f"{run['left_out_bucket_pairs']:,}; {run['cores']} shared cores, one run.",
+            f"{run['left_out_bucket_pairs']:,}{_budget(run)}; {run['cores']} shared cores, one run.",
         ]
     return "\n".join(lines)
 
 
+def _budget(run):
+    """The candidate pairs each image's budget left out, in runs that had one."""
+    if "left_out_candidate_pairs" not in run:
+        return ""
+    left_out = run["left_out_candidate_pairs"]
+    return f", candidate pairs among neither image's {run['max_candidates']} nearest {left_out:,}"
+
+
 def _growth(run):
     """How the search's candidate pairs grow with the images, in the words of the run's benchmark version."""
-    if "hashes" in run:  # the search alone: its growth not measured
+    if "hashes" in run or "hash_seconds" in run and "candidates_by_images" not in run:  # growth not measured
         return f"images with a hash of more than {run['nearest']} neighbours {run['crowded_images']:,}"
     if "candidates_by_images" not in run:  # before the nearest-neighbour bound: all pairs of the first search
         growth = sorted((int(images), pairs) for images, pairs in run["close_pairs_by_images"].items())
@@ -513,12 +521,18 @@ def _growth(run):
         )
     growth = sorted((int(images), entry) for images, entry in run["candidates_by_images"].items())
     counted = ", ".join(
-        f"{images:,} images: {entry['pairs']:,} ({entry['cpu_seconds']:.0f} CPU s)" for images, entry in growth
+        f"{images:,} images: {entry['pairs']:,}{_kept(run, entry)} ({entry['cpu_seconds']:.0f} CPU s)"
+        for images, entry in growth
     )
     return (
         f"candidate pairs of the three searches (each hash's {run['nearest']} nearest) at {counted}; images with a "
         f"hash of more than {run['nearest']} neighbours {run['crowded_images']:,}"
     )
+
+
+def _kept(run, entry):
+    """The pairs of a growth step that each image's budget kept, in runs that had one."""
+    return f", {entry['kept']:,} kept by the budget of {run['max_candidates']} an image" if "kept" in entry else ""
 
 
 def _include(name):

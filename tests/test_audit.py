@@ -798,3 +798,14 @@ def test_a_truth_file_that_is_not_json_names_what_to_give(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserInputError, match=r"not a valid JSON sample truth .*: give the truth.json abo_tf.sample"):
         audit._load_truth(str(path))
+
+
+def test_mapped_columns_hold_what_memory_holds(built_records, tmp_path):
+    records_dir, _ = built_records
+    in_memory = near_duplicates.hash_records(records_dir, workers=2, progress=False)
+    mapped = near_duplicates.hash_records(records_dir, workers=2, progress=False, columns_dir=str(tmp_path))
+    for name in near_duplicates.MAPPED_COLUMNS:
+        assert isinstance(getattr(mapped, name), np.memmap) and (tmp_path / f"{name}.npy").is_file()
+    near_duplicates.release_pages(mapped)  # pages dropped from the resident set are read again, unchanged
+    for name, column in in_memory._asdict().items():
+        assert column is None or np.array_equal(getattr(mapped, name), column), name

@@ -511,3 +511,46 @@ def test_a_turned_textured_product_joins_it_and_look_alikes_do_not():
     # The copy joins; another product of the outline and texture does not, nor the copy in another shade, nor a
     # product upright in both images, even its crop (left to the other rules: the blind catalog's look-alikes).
     assert verified.tolist() == [True, False, False, False, False, False]
+
+
+def _brute_force_budget(rows, budget):
+    """{(first, second, kind): distance} of the rows (first, second, kind, distance) kept when each image keeps its
+    `budget` nearest partners (a pair's smallest distance, ties by (lower, higher) image), and the pairs left out."""
+    nearest, smallest = {}, {}
+    for one, other, kind, bits in rows:
+        pair = min(one, other), max(one, other)
+        nearest[pair] = min(nearest.get(pair, 64), bits)
+        smallest[one, other, kind] = min(smallest.get((one, other, kind), 64), bits)
+    chosen = set()
+    for image in {end for pair in nearest for end in pair}:
+        partners = sorted((bits, pair) for pair, bits in nearest.items() if image in pair)
+        chosen |= {pair for _, pair in partners[:budget]}
+    kept = {row: bits for row, bits in smallest.items() if (min(row[:2]), max(row[:2])) in chosen}
+    return kept, len(nearest) - len(chosen)
+
+
+@pytest.mark.parametrize("budget", [1, 3])
+def test_the_candidate_budget_equals_a_brute_force_choice(budget, monkeypatch):
+    monkeypatch.setattr(near_duplicates, "CAP_BLOCK", 11)  # an image's pairs ranked across blocks
+    monkeypatch.setattr(near_duplicates, "CONFIRM_BLOCK", 7)
+    rng = np.random.default_rng(8)
+    kinds = near_duplicates.SEARCHED_KINDS
+    found, rows = near_duplicates._Candidates(25), []
+    for _ in range(6):  # a pair comes again through other hashes, kinds and searches, in either order
+        first, second, distance = rng.integers(0, 25, 50), rng.integers(0, 25, 50), rng.integers(0, 9, 50)
+        kind = kinds[int(rng.integers(0, len(kinds)))]
+        apart = first != second
+        found.add(first[apart], second[apart], kind, distance[apart])
+        rows += [
+            (one, other, kind, bits)
+            for one, other, bits in zip(*(a[apart].tolist() for a in (first, second, distance)))
+        ]
+    blocks, count, left_out = found.confirmed_blocks(budget)
+    kept = {}
+    for first, second, kind, distance in blocks:
+        assert len(first) <= 7
+        kept.update(
+            {(one, other, kind): bits for one, other, bits in zip(first.tolist(), second.tolist(), distance.tolist())}
+        )
+    expected, expected_left_out = _brute_force_budget(rows, budget)
+    assert kept == expected and count == len(expected) and left_out == expected_left_out > 0

@@ -20,6 +20,7 @@ The report folder (`--report`) gets:
 
 import dataclasses
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -399,8 +400,15 @@ def _planted_markdown(scores):
     ]
 
 
-def _unchecked_markdown(unchecked, left_out, crowded=0):
+def _unchecked_markdown(unchecked, left_out, crowded=0, over_budget=0):
     lines = []
+    if over_budget:
+        lines += [
+            f"{over_budget} candidate pairs were not compared: each image keeps its "
+            f"{near_duplicates.DEFAULT_MAX_CANDIDATES} nearest hash partners, and these were among neither image's "
+            "(a near-duplicate of a crowded image may be missed).",
+            "",
+        ]
     if crowded:
         lines += [
             f"{crowded} images have a hash with more than {near_duplicates.DEFAULT_NEAREST} others within the hash "
@@ -449,7 +457,10 @@ def _report_markdown(summary, counts, label_audit, galleries):
         f"`build_records --join-near-duplicates {GROUPS_FILE}`.",
         "",
         *_unchecked_markdown(
-            summary["unchecked_local_pairs"], summary.get("left_out_bucket_pairs", 0), summary.get("crowded_images", 0)
+            summary["unchecked_local_pairs"],
+            summary.get("left_out_bucket_pairs", 0),
+            summary.get("crowded_images", 0),
+            summary.get("left_out_candidate_pairs", 0),
         ),
         *_planted_near_duplicates_markdown(summary.get("planted_near_duplicates")),
         "## Likely label errors",
@@ -480,15 +491,18 @@ def _check_options(options_):
 
 def _find_near_duplicates(options_, splits_features):
     """(hashed images, (edges table, groups table), the forest: its counts of pairs left out)."""
-    hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress)
-    forest = near_duplicates.near_duplicate_forest(
-        hashed,
-        options_.hash_distance,
-        options_.pixel_similarity,
-        options_.min_inliers,
-        options_.progress,
-        workers=options_.workers,
-    )
+    os.makedirs(options_.cache_dir, exist_ok=True)
+    # The thumbnails and keypoints on disk, mapped: 1.1 GB of columns at ABO size, resident only while read
+    with tempfile.TemporaryDirectory(prefix="near-duplicates-", dir=options_.cache_dir) as columns_dir:
+        hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress, columns_dir)
+        forest = near_duplicates.near_duplicate_forest(
+            hashed,
+            options_.hash_distance,
+            options_.pixel_similarity,
+            options_.min_inliers,
+            options_.progress,
+            workers=options_.workers,
+        )
     if options_.features == feature_spec.CNN:
         _add_embedding_pairs(forest, splits_features, hashed, options_.embedding_similarity)
     group_of = forest.groups()
@@ -547,6 +561,7 @@ def run_audit(options_):
     summary["unchecked_local_pairs"] = forest.unchecked_local_pairs
     summary["left_out_bucket_pairs"] = forest.left_out_bucket_pairs
     summary["crowded_images"] = forest.crowded_images
+    summary["left_out_candidate_pairs"] = forest.left_out_candidate_pairs
     if truth is not None:
         summary["planted_label_errors"] = label_issues.score_planted(
             label_audit, label_issues.planted_label_errors(truth)

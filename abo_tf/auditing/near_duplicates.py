@@ -9,7 +9,8 @@ of 16 bits; two hashes within `max_distance` bits differ by at most `max_distanc
 least (pigeonhole), so probing each band's sorted values at that radius finds every pair (Norouzi et al., "Fast
 search in Hamming space with multi-index hashing", CVPR 2012). Only candidates are compared bit by bit, and each
 hash keeps its DEFAULT_NEAREST nearest neighbours (`nearest_pairs`): catalog hashes are alike, and all pairs within
-8 bits grow with the square of the images.
+8 bits grow with the square of the images. Then each image keeps DEFAULT_MAX_CANDIDATES of the pairs all its hashes
+found, its nearest (`_budgeted`): the pairs confirmed grow with the images.
 
 Catalogs change a photo more than that (issue 18): they pad it to a square, mirror it, crop it on every side,
 turn it a little, put a badge on it. So each image is first trimmed of margins of one colour (padding, a
@@ -35,6 +36,7 @@ import concurrent.futures
 import functools
 import hashlib
 import itertools
+import mmap
 import os
 from typing import NamedTuple
 
@@ -198,6 +200,12 @@ KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
 # Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
 # hash is among the closest.
 DEFAULT_MAX_LOCAL_CHECKS = 32
+# Candidate pairs per image across all its hashes and searches, before any is confirmed: its nearest partners
+# (the smallest distance of any hash kind, ties by index), a pair kept if it is among either image's. Each hash's
+# DEFAULT_NEAREST alone grew faster than the images (1.25M candidates at 25,000 images, 8.4M at 100,000: a hash of
+# a product on white is near many others of each kind); with one budget an image, at most this times the images.
+DEFAULT_MAX_CANDIDATES = 64
+CONFIRM_BLOCK = 1 << 19  # candidate pairs of one kind confirmed at once (`_confirmed_blocks`)
 LOCAL_BLOCK = 4096  # pairs checked between joins: a join spares later pairs of the same group their check
 LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
 BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
@@ -249,6 +257,8 @@ class HashedImages(NamedTuple):
     plain: np.ndarray | None = None  # bool [N, len(PLAIN_VIEWS)]: the thumbnail is plain (`plain_images`; the search)
     product_boxes: np.ndarray | None = None  # float32 [N, len(BOX_FIELDS)]: `_product_box`
     product_textures: np.ndarray | None = None  # uint8 [N, TEXTURE_SIDE**2]: `_product_box`; 0 off the interior
+    backgrounds: np.ndarray | None = None  # float32 [N, 3]: the thumbnail's ring median (`image_backgrounds`; search)
+    product_pixels: np.ndarray | None = None  # int16 [N]: `_content` pixels of the thumbnail (`product_pixel_counts`)
 
 
 class Signature(NamedTuple):
@@ -577,13 +587,19 @@ def _record_chunks(records_dir, manifest, splits):
             yield split, chunk
 
 
-def hash_records(records_dir, workers=None, progress=True):
+# Columns kept in .npy files of `hash_records`' `columns_dir` and memory-mapped: 3.2 KB an image, 1.3 GB at 417k
+# images, resident only while the search reads them (`release_pages`).
+MAPPED_COLUMNS = ("thumbnails", "trimmed_thumbnails", "keypoints", "descriptors", "product_textures")
+
+
+def hash_records(records_dir, workers=None, progress=True, columns_dir=None):
     """The perceptual hash of every image of a build, in worker processes.
 
     Args:
       records_dir: a build_records output folder.
       workers: processes; default this machine's cores.
       progress: show a progress bar over images.
+      columns_dir: an existing folder for the MAPPED_COLUMNS as memory-mapped .npy files (default: in memory).
 
     Returns:
       A `HashedImages`, splits in SPLITS order and records in shard order.
@@ -595,7 +611,7 @@ def hash_records(records_dir, workers=None, progress=True):
     splits = [split for split in SPLITS if split in manifest["splits"]]
     total = sum(manifest["splits"][split]["num_examples"] for split in splits)
     workers = workers or os.cpu_count() or 1
-    columns, filled = _empty_columns(total), 0
+    columns, filled = _empty_columns(total, columns_dir), 0
     with (
         parallel.process_pool(workers, initializer=_single_threaded_worker) as pool,
         console.progress_bar(total=total, desc="hashing", unit="img", enabled=progress) as bar,
@@ -606,7 +622,20 @@ def hash_records(records_dir, workers=None, progress=True):
             bar.update(len(chunk[0]))
     for name in ("image_ids", "splits", "product_types", "item_ids"):
         columns[name] = columns[name].astype(str)
+    if columns_dir is not None:  # mapped again read-only: the pages hashing wrote are not held by this process
+        for name in MAPPED_COLUMNS:
+            columns[name].flush()
+            columns[name] = np.load(columns[name].filename, mmap_mode="r")
     return HashedImages(**{name: column[:filled] for name, column in columns.items()})
+
+
+def release_pages(hashed):
+    """Drops the memory-mapped columns' pages from this process's resident set (they are read again from the page
+    cache or the file when touched): between the search's stages, each reads other columns."""
+    for name in MAPPED_COLUMNS:
+        column = getattr(hashed, name)
+        if isinstance(column, np.memmap) and column._mmap is not None:
+            column._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def hashed_images(signatures):
@@ -637,9 +666,10 @@ def hashed_images(signatures):
     )
 
 
-def _empty_columns(size):
-    """The `HashedImages` columns for `size` images, allocated once: filled a chunk at a time, never copied."""
-    return {
+def _empty_columns(size, columns_dir=None):
+    """The `HashedImages` columns for `size` images, allocated once: filled a chunk at a time, never copied; the
+    MAPPED_COLUMNS as .npy files of `columns_dir` if given."""
+    columns = {
         "hashes": np.zeros(size, np.uint64),
         "thumbnails": np.zeros((size, THUMBNAIL_SIDE**2 * 3), np.uint8),
         "image_ids": np.zeros(size, dtype=object),
@@ -660,6 +690,10 @@ def _empty_columns(size):
         "product_boxes": np.zeros((size, len(BOX_FIELDS)), np.float32),
         "product_textures": np.zeros((size, TEXTURE_SIDE**2), np.uint8),
     }
+    for name in MAPPED_COLUMNS if columns_dir is not None else ():
+        path = os.path.join(columns_dir, f"{name}.npy")
+        columns[name] = np.lib.format.open_memmap(path, "w+", columns[name].dtype, columns[name].shape)
+    return columns
 
 
 def _fill(columns, start, split, image_ids, labels, product_types, item_ids, signatures):
@@ -1101,6 +1135,7 @@ class SpanningForest:
         self.component = np.arange(size)
         self.unchecked_local_pairs = 0  # candidate pairs the keypoint check's per-image bound left out
         self.left_out_bucket_pairs = 0  # candidate pairs of band buckets over MAX_BUCKET_PAIRS, never compared
+        self.left_out_candidate_pairs = 0  # candidate pairs beyond both images' budget (`_budgeted`), never compared
         self.crowded = np.zeros(size, bool)  # images with a hash of more than `nearest` neighbours (`nearest_pairs`)
 
     def count_left_out(self, pairs):
@@ -1435,20 +1470,20 @@ def _unit_rows(rows):
 
 
 def _best_product_crops(hashed, first, second, kind):
-    """(best correlation, its `_crop_boxes` position, whether the first image is the cropped one) of each pair:
-    whole thumbnails, one cropped as a side or centre hash crops it (in grey where either image is grey). Each
-    image is cropped and normalised once, each pair only multiplied: 4 times less CPU than `_block_similarity`."""
-    best, box_of, first_cropped = (
-        np.full(len(first), -1.0, np.float32),
-        np.zeros(len(first), int),
-        np.zeros(len(first), bool),
-    )
+    """(best correlation, the cropped thumbnail of that best (float32 [n, pixels], written only where the best is
+    PRODUCT_CROPPED_SIMILARITY or more), whether the first image is the cropped one) of each pair: whole
+    thumbnails, one cropped as a side or centre hash crops it (in grey where either image is grey). Each image is
+    cropped and normalised once, each pair only multiplied: 4 times less CPU than `_block_similarity`; the close
+    pairs' crops are kept, not cropped again for their colour check."""
+    best, first_cropped = np.full(len(first), -1.0, np.float32), np.zeros(len(first), bool)
+    crops = np.empty((len(first), THUMBNAIL_SIDE**2 * 3), np.float32)  # pages written for the close pairs only
     grey = hashed.greyscale[first] | hashed.greyscale[second]
     images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
     whole = hashed.thumbnails[images].astype(np.float32)
     ends, whole_rows = np.split(positions, 2), _unit_rows(whole)
-    for box, (rows, columns) in enumerate(_crop_boxes(kind)):
-        cropped_rows = _unit_rows(_cropped_thumbnails(whole, rows, columns))
+    for rows, columns in _crop_boxes(kind):
+        cropped = _cropped_thumbnails(whole, rows, columns)
+        cropped_rows = _unit_rows(cropped)
         for cropped_first, (one, other) in ((True, ends), (False, ends[::-1])):
             similarity = np.empty(len(first), np.float32)
             for in_grey in (False, True):
@@ -1457,8 +1492,10 @@ def _best_product_crops(hashed, first, second, kind):
                     "ij,ij->i", cropped_rows[in_grey][one[pairs]], whole_rows[in_grey][other[pairs]]
                 )
             better = similarity > best
-            best[better], box_of[better], first_cropped[better] = similarity[better], box, cropped_first
-    return best, box_of, first_cropped
+            best[better], first_cropped[better] = similarity[better], cropped_first
+            close = np.flatnonzero(better & (similarity >= PRODUCT_CROPPED_SIMILARITY))  # a best so far: its crop
+            crops[close] = cropped[one[close]]
+    return best, crops, first_cropped
 
 
 def _product_crops_verified(hashed, first, second, kind):
@@ -1470,16 +1507,12 @@ def _product_crops_verified(hashed, first, second, kind):
     verified = np.zeros(len(first), bool)
     for start in range(0, len(first), SIMILARITY_BLOCK):
         block = slice(start, start + SIMILARITY_BLOCK)
-        best, box_of, first_cropped = _best_product_crops(hashed, first[block], second[block], kind)
+        best, crops, first_cropped = _best_product_crops(hashed, first[block], second[block], kind)
         close = np.flatnonzero(best >= PRODUCT_CROPPED_SIMILARITY)
         cropped_end = np.where(first_cropped[close], first[block][close], second[block][close])
         whole_end = np.where(first_cropped[close], second[block][close], first[block][close])
-        cropped = np.empty((len(close), THUMBNAIL_SIDE**2 * 3), np.float32)
-        for box, (rows, columns) in enumerate(_crop_boxes(kind)):
-            pairs = np.flatnonzero(box_of[close] == box)
-            cropped[pairs] = _cropped_thumbnails(hashed.thumbnails[cropped_end[pairs]], rows, columns)
         pixels = (
-            cropped.reshape(len(close), THUMBNAIL_SIDE**2, 3),
+            crops[close].reshape(len(close), THUMBNAIL_SIDE**2, 3),
             hashed.thumbnails[whole_end].reshape(len(close), THUMBNAIL_SIDE**2, 3),
         )
         every = np.ones(pixels[0].shape[:2], bool)
@@ -1495,21 +1528,45 @@ def _product_crops_verified(hashed, first, second, kind):
 
 
 def _product_pixels(hashed, images):
-    """int [n]: the pixels of each image's whole thumbnail that show more than its background (`_content`)."""
+    """int [n]: the pixels of each image's whole thumbnail that show more than its background (`_content`): looked
+    up in `product_pixel_counts`' column when the search set it."""
+    if hashed.product_pixels is not None:
+        return hashed.product_pixels[images]
     pixels = hashed.thumbnails[images].reshape(len(images), THUMBNAIL_SIDE**2, 3).astype(np.float32)
     return _content(pixels, hashed, images).sum(axis=1)
+
+
+def product_pixel_counts(hashed):
+    """int16 [N]: `_product_pixels` of every image, computed once (in blocks), not once a pair."""
+    counts = np.zeros(len(hashed.thumbnails), np.int16)  # at most THUMBNAIL_SIDE**2
+    for start in range(0, len(counts), SIMILARITY_BLOCK):
+        images = np.arange(start, min(start + SIMILARITY_BLOCK, len(counts)))
+        counts[images] = _product_pixels(hashed._replace(product_pixels=None), images)
+    return counts
+
+
+def image_backgrounds(thumbnails):
+    """float32 [N, 3]: each thumbnail's background (`_ring_medians`), computed once (in blocks), not once a pair."""
+    backgrounds = np.zeros((len(thumbnails), 3), np.float32)
+    for start in range(0, len(thumbnails), SIMILARITY_BLOCK):
+        backgrounds[start : start + SIMILARITY_BLOCK] = _ring_medians(thumbnails[start : start + SIMILARITY_BLOCK])
+    return backgrounds
+
+
+def _ring_medians(rows):
+    """float32 [n, 3]: the median of each thumbnail row's outer ring of pixels, per channel."""
+    side = THUMBNAIL_SIDE
+    rows = rows.reshape(len(rows), side, side, 3)
+    ring = np.concatenate([rows[:, 0], rows[:, -1], rows[:, 1:-1, 0], rows[:, 1:-1, -1]], axis=1)
+    return np.median(ring, axis=1).astype(np.float32)
 
 
 def _whole_residuals(pixels, grey):
     """`_residual` over every pixel of aligned (first, second) thumbnails after `_corrected`: in colour
     (COLOUR_CHANGE), or as a greyscale copy (GREY_COPY_CHANGE) where `grey`."""
-    residual, every = np.zeros(len(grey), np.float32), np.ones(pixels[0].shape[:2], bool)
-    for colour, change in ((True, COLOUR_CHANGE), (False, GREY_COPY_CHANGE)):
-        pairs = np.flatnonzero(grey != colour)
-        if len(pairs):
-            corrected, compared = _corrected(pixels[0][pairs], pixels[1][pairs], every[pairs], colour, change)
-            residual[pairs] = _residual(corrected, compared, every[pairs])
-    return residual
+    every = np.ones(pixels[0].shape[:2], bool)
+    groups = (np.flatnonzero(~grey), True, COLOUR_CHANGE), (np.flatnonzero(grey), False, GREY_COPY_CHANGE)
+    return _corrected_residuals((*pixels, every), groups)
 
 
 def _fills_frame(hashed, images):
@@ -1560,10 +1617,12 @@ def _resampling(start, stop):
     return weights
 
 
-def _capped(first, second, distance, cap):
+def _capped(first, second, distance, cap, either=False):
     """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first (ties: the
-    pairs' order). The pairs are ranked CAP_BLOCK at a time in that order, each image's earlier pairs counted: the
-    local candidates of 423,686 images are tens of millions, and a sort of all their ends at once held gigabytes."""
+    pairs' order); with `either`, the pairs among the `cap` closest of either image (each image's own choice, at
+    most `cap` times the images in all). The pairs are ranked CAP_BLOCK at a time in that order, each image's
+    earlier pairs counted: the local candidates of 423,686 images are tens of millions, and a sort of all their
+    ends at once held gigabytes."""
     kept = np.zeros(len(first), bool)
     taken = np.zeros(int(max(first.max(), second.max())) + 1 if len(first) else 0, np.int64)
     for value in np.unique(distance):
@@ -1571,7 +1630,7 @@ def _capped(first, second, distance, cap):
         for start in range(0, len(closest), CAP_BLOCK):
             pairs = closest[start : start + CAP_BLOCK]
             ranks = _ranks(first[pairs], second[pairs], taken)
-            kept[pairs] = ranks.max(axis=0) < cap
+            kept[pairs] = (ranks.min(axis=0) if either else ranks.max(axis=0)) < cap
     return kept
 
 
@@ -1593,7 +1652,8 @@ def _ranks(first, second, taken):
 
 
 class _LocalCandidates:
-    """The candidate pairs no thumbnail confirmed, each kept once at its smallest hash distance, for ORB.
+    """The candidate pairs no thumbnail confirmed, each kept once at its smallest hash distance, for ORB (or, with
+    `tags`, each pair once per tag: `_Candidates`).
 
     A pair matches in up to BANDS bands and several hash kinds: checked where found, a rejected pair's
     keypoints were matched again each time, and a 42,762-image slice did not finish its first probe in 20
@@ -1602,14 +1662,16 @@ class _LocalCandidates:
     (a key, a distance and a sort order of int64 were 24, and copies of each).
     """
 
-    def __init__(self, size):
-        self.size = size
+    def __init__(self, size, tags=1):
+        self.size, self.tags = size, tags
         self.codes, self.held, self.folded = [], 0, 0
+        if (size * size * tags * DISTANCE_CODES).bit_length() > 63:
+            raise ValueError(f"{size} images: a candidate pair's code takes more than 63 bits")
 
-    def add(self, first, second, distance):
+    def add(self, first, second, distance, tags=0):
         # A pair of two hash kinds comes in either order (an image's centre hash may precede the other's hash).
         keys = np.minimum(first, second).astype(np.int64) * self.size + np.maximum(first, second)
-        self.codes.append(keys * DISTANCE_CODES + distance)
+        self.codes.append((keys * self.tags + tags) * DISTANCE_CODES + distance)
         self.held += len(first)
         if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
             self.codes = [self._unique()]  # about the unique pairs'
@@ -1625,10 +1687,63 @@ class _LocalCandidates:
 
     def pairs(self):
         """(first, second, distance) of the unique pairs, sorted by (first, second): int32, int32, int8."""
-        codes = self._unique()
-        keys, distances = codes // DISTANCE_CODES, (codes % DISTANCE_CODES).astype(np.int8)
-        del codes
-        return (keys // self.size).astype(np.int32), (keys % self.size).astype(np.int32), distances
+        return self.tagged()[:3]
+
+    def tagged(self):
+        """(first, second, distance, tag) of the unique (pair, tag)s, sorted by (first, second, tag): int32, int32,
+        int8, int8."""
+        codes = self._unique()  # decoded in place: tens of millions of candidates at ABO size
+        distances = (codes % DISTANCE_CODES).astype(np.int8)
+        codes //= DISTANCE_CODES
+        tags = (codes % self.tags).astype(np.int8)
+        codes //= self.tags
+        first = (codes // self.size).astype(np.int32)
+        codes %= self.size
+        return first, codes.astype(np.int32), distances, tags
+
+
+class _Candidates(_LocalCandidates):
+    """The search's candidate pairs, each (pair, kind, order) once at its smallest distance, gathered before any is
+    confirmed so that each image's budget (`_budgeted`) spans its hashes and searches."""
+
+    def __init__(self, size):
+        super().__init__(size, 2 * len(SEARCHED_KINDS))
+
+    def add(self, first, second, kind, distance):
+        # the order a pair came in is kept: a mirror pair's second thumbnail is the mirrored one
+        super().add(first, second, distance, 2 * SEARCHED_KINDS.index(kind) + (first > second))
+
+    def confirmed_blocks(self, budget):
+        """((first, second, kind, distance) blocks of the kept pairs, kind by kind, CONFIRM_BLOCK at a time; how
+        many; the pairs the budget left out): each image's `budget` nearest partners (`_budgeted`)."""
+        first, second, distance, tags = self.tagged()
+        kept, left_out = _budgeted(first, second, distance, budget)
+        first, second, distance, tags = first[kept], second[kept], distance[kept], tags[kept]
+        del kept
+        swapped = (tags & 1).astype(bool)
+        first, second = np.where(swapped, second, first), np.where(swapped, first, second)
+        blocks = (
+            (first[rows], second[rows], name, distance[rows])
+            for code, name in enumerate(SEARCHED_KINDS)
+            for rows in _row_blocks(np.flatnonzero(tags >> 1 == code), CONFIRM_BLOCK)
+        )
+        return blocks, len(first), left_out
+
+
+def _row_blocks(rows, size):
+    return (rows[start : start + size] for start in range(0, len(rows), size))
+
+
+def _budgeted(first, second, distance, budget):
+    """(mask of the rows kept, unique pairs left out): rows sorted by pair (a pair's kinds consecutive), a pair
+    kept when it is among the `budget` nearest partners of either image (`_capped`: its smallest distance, ties
+    by pair)."""
+    starts = np.flatnonzero(np.concatenate([[True], (first[1:] != first[:-1]) | (second[1:] != second[:-1])]))
+    if not len(first):
+        return np.zeros(0, bool), 0
+    nearest = np.minimum.reduceat(distance, starts)
+    kept = _capped(first[starts], second[starts], nearest, budget, either=True)
+    return np.repeat(kept, np.diff(np.append(starts, len(first)))), int((~kept).sum())
 
 
 def _least_inliers(hashed, first, second, min_inliers):
@@ -1704,15 +1819,24 @@ def _colour_verdicts(hashed, first, second, aligned, grey_counts, greys=None):
     # white, and greyscale copies of real photographs also cropped on every side, turned or brightened were refused
     # at it (2, 6 and 8 of 11 found; 9, 10 and 11 at this distance: test_near_duplicate_edits).
     grey_limits = np.where(photographs, PHOTOGRAPH_COLOUR_DISTANCE, GREY_COPY_DISTANCE)
-    agree = np.ones(len(first), bool)
-    for grey_count in grey_counts:
-        change = GREY_COPY_CHANGE if grey_count == 1 else COLOUR_CHANGE
-        pairs = np.flatnonzero(greys == grey_count)
+    groups = [
+        (np.flatnonzero(greys == count), count == 0, GREY_COPY_CHANGE if count == 1 else COLOUR_CHANGE)
+        for count in grey_counts
+    ]
+    residual = _corrected_residuals((warped, target, valid), groups)
+    return ~np.isin(greys, grey_counts) | (residual <= np.where(greys == 1, grey_limits, limits))
+
+
+def _corrected_residuals(aligned, groups):
+    """float32 [n]: `_residual` of aligned (first pixels, second pixels, valid) after `_corrected`, for each group
+    (pairs, in colour, `ColourChange`) of pairs; 0 for pairs of no group."""
+    first, second, valid = aligned
+    residual = np.zeros(len(first), np.float32)
+    for pairs, colour, change in groups:
         if len(pairs):
-            corrected, compared = _corrected(warped[pairs], target[pairs], valid[pairs], grey_count == 0, change)
-            limit = (grey_limits if grey_count == 1 else limits)[pairs]
-            agree[pairs] = _residual(corrected, compared, valid[pairs]) <= limit
-    return agree
+            corrected, compared = _corrected(first[pairs], second[pairs], valid[pairs], colour, change)
+            residual[pairs] = _residual(corrected, compared, valid[pairs])
+    return residual
 
 
 def _grey_where_compared(pixels, valid):
@@ -1760,10 +1884,10 @@ def _keypoint_to_thumbnail(aspect):
 def _content(pixels, hashed, images):
     """bool [n, pixels]: which pixels differ by more than BORDER_TOLERANCE from their image's background (the
     median of its thumbnail's outer ring); all of them where the image fills its frame (a photograph)."""
-    side = THUMBNAIL_SIDE
-    rows = hashed.thumbnails[images].reshape(len(images), side, side, 3)
-    ring = np.concatenate([rows[:, 0], rows[:, -1], rows[:, 1:-1, 0], rows[:, 1:-1, -1]], axis=1)
-    background = np.median(ring, axis=1).astype(np.float32)
+    if hashed.backgrounds is None:
+        background = _ring_medians(hashed.thumbnails[images])
+    else:
+        background = hashed.backgrounds[images]
     return (np.abs(pixels - background[:, None]).max(axis=2) > BORDER_TOLERANCE) | _fills_frame(hashed, images)[:, None]
 
 
@@ -1971,6 +2095,7 @@ def near_duplicate_forest(
     max_local_checks=DEFAULT_MAX_LOCAL_CHECKS,
     workers=None,
     nearest=DEFAULT_NEAREST,
+    max_candidates=DEFAULT_MAX_CANDIDATES,
 ):
     """The groups of images joined by pairs within `max_distance` hash bits (straight, mirrored or a centre) whose
     thumbnails correlate at `min_similarity` or more, or whose ORB keypoints align (`min_inliers`, 0: off), as a
@@ -1982,7 +2107,8 @@ def near_duplicate_forest(
     hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
     of huge band buckets (`nearest_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
     is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
-    `crowded_images`.
+    `crowded_images`. Of the pairs found, each image keeps its `max_candidates` nearest partners across all its
+    hashes (`_budgeted`) before any is confirmed: the rest are `left_out_candidate_pairs`.
     `workers` threads (default: the cores) probe the bands and check keypoints.
     """
     threads = workers or os.cpu_count() or 1
@@ -1992,15 +2118,24 @@ def near_duplicate_forest(
         hashed = hashed._replace(framed=framed_images(hashed))
     if hashed.plain is None:
         hashed = hashed._replace(plain=plain_images(hashed))
+    if hashed.backgrounds is None:
+        hashed = hashed._replace(backgrounds=image_backgrounds(hashed.thumbnails))
+    if hashed.product_pixels is None:
+        hashed = hashed._replace(product_pixels=product_pixel_counts(hashed))
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
-    local = _LocalCandidates(len(hashed.hashes))
+    local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes))
     total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
-    candidate_blocks = _candidate_pairs(hashed, searched, max_distance, callbacks)
+    for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, callbacks):
+        found.add(first, second, kind, distance)
+    bar.close()
+    candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks(max_candidates)
+    del found
+    bar = console.progress_bar(total=count, desc="confirming", unit="pair", enabled=progress)
     for first, second, kind, distance in candidate_blocks:
         apart = forest.apart(first, second)
         candidates = first[apart], second[apart], kind, distance[apart]
@@ -2010,7 +2145,9 @@ def near_duplicate_forest(
         forest.add(pairs._replace(signal=signal[kept]))
         if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
             local.add(first[~kept], second[~kept], candidates[3][~kept])
+        bar.update(len(apart))
     bar.close()
+    release_pages(hashed)  # the thumbnails read by the confirmation: the keypoint check reads the descriptors
     if min_inliers > 0 and hashed.descriptors is not None:
         checks = local, min_inliers, max_local_checks, threads, progress
         forest.unchecked_local_pairs = _local_pairs(hashed, forest, *checks)
