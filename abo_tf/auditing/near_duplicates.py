@@ -45,6 +45,7 @@ import numpy as np
 import scipy.ndimage
 
 from abo_tf.common import console, parallel
+from abo_tf.common.errors import UserInputError
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import schema, shards
 from abo_tf.records.split import SPLITS
@@ -693,7 +694,25 @@ def _empty_columns(size, columns_dir=None):
     for name in MAPPED_COLUMNS if columns_dir is not None else ():
         path = os.path.join(columns_dir, f"{name}.npy")
         columns[name] = np.lib.format.open_memmap(path, "w+", columns[name].dtype, columns[name].shape)
+    if columns_dir is not None:
+        _reserve(columns_dir, MAPPED_COLUMNS)
     return columns
+
+
+def _reserve(columns_dir, names):
+    """Allocates the .npy files' blocks before any is written: a page written into a sparse file's hole on a full
+    disk kills the process with SIGBUS (no message, the folder left behind); refused here, it is an OSError."""
+    paths = [os.path.join(columns_dir, f"{name}.npy") for name in names]
+    try:
+        for path in paths:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
+    except OSError as error:
+        needed = sum(map(os.path.getsize, paths)) / 1e6
+        raise UserInputError(
+            f"no room in {columns_dir!r} for the near-duplicate search's memory-mapped columns ({needed:.0f} MB: "
+            f"{error.strerror or error}): free space on its disk or choose another --cache-dir"
+        ) from error
 
 
 def _fill(columns, start, split, image_ids, labels, product_types, item_ids, signatures):
