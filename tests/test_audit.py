@@ -826,10 +826,10 @@ def test_full_cache_dir_is_a_clear_error_not_a_bus_error(tmp_path, monkeypatch):
 
 
 def test_columns_folder_removes_what_a_killed_audit_left(tmp_path):
-    left = tmp_path / f"{audit.COLUMNS_PREFIX}killed"
-    left.mkdir()
-    (left / "thumbnails.npy").write_bytes(b"\0" * 64)
-    (tmp_path / "features.npy").write_bytes(b"kept")
+    left, users = tmp_path / f"{audit.COLUMNS_PREFIX}k1lled_x", tmp_path / f"{audit.COLUMNS_PREFIX}mine"
+    for folder in (left, users):
+        folder.mkdir()
+        (folder / "thumbnails.npy").write_bytes(b"\0" * 64)
     with audit._columns_folder(str(tmp_path)) as columns_dir:
-        assert not left.exists() and os.path.isdir(columns_dir) and (tmp_path / "features.npy").is_file()
+        assert not left.exists() and os.path.isdir(columns_dir) and (users / "thumbnails.npy").is_file()
     assert not os.path.exists(columns_dir)

@@ -20,6 +20,7 @@ The report folder (`--report`) gets:
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -495,9 +496,10 @@ def _columns_folder(cache_dir):
     """A temporary folder in `cache_dir` for the near-duplicate search's mapped columns, once the folders an audit
     killed before its cleanup left there (COLUMNS_PREFIX, up to a GB each at ABO size) are removed: run_audit holds
     the cache's lock (`outputs.claim`), so no other audit is using them."""
-    for name in os.listdir(cache_dir):
-        if name.startswith(COLUMNS_PREFIX) and os.path.isdir(os.path.join(cache_dir, name)):
-            shutil.rmtree(os.path.join(cache_dir, name))
+    for name in os.listdir(cache_dir):  # tempfile's names only (8 characters after the prefix), no folder of a user's
+        path = os.path.join(cache_dir, name)
+        if re.fullmatch(re.escape(COLUMNS_PREFIX) + r"[a-z0-9_]{8}", name) and os.path.isdir(path):
+            shutil.rmtree(path)
     return tempfile.TemporaryDirectory(prefix=COLUMNS_PREFIX, dir=cache_dir)
 
 
