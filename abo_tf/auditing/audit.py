@@ -498,7 +498,8 @@ def _columns_folder(cache_dir):
     the cache's lock (`outputs.claim`), so no other audit is using them."""
     for name in os.listdir(cache_dir):  # tempfile's names only (8 characters after the prefix), no folder of a user's
         path = os.path.join(cache_dir, name)
-        if re.fullmatch(re.escape(COLUMNS_PREFIX) + r"[a-z0-9_]{8}", name) and os.path.isdir(path):
+        ours = re.fullmatch(re.escape(COLUMNS_PREFIX) + r"[a-z0-9_]{8}", name)
+        if ours and os.path.isdir(path) and not os.path.islink(path):  # rmtree refuses a link
             shutil.rmtree(path)
     return tempfile.TemporaryDirectory(prefix=COLUMNS_PREFIX, dir=cache_dir)
 
