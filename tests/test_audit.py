@@ -809,3 +809,27 @@ def test_mapped_columns_hold_what_memory_holds(built_records, tmp_path):
     near_duplicates.release_pages(mapped)  # pages dropped from the resident set are read again, unchanged
     for name, column in in_memory._asdict().items():
         assert column is None or np.array_equal(getattr(mapped, name), column), name
+
+
+def test_full_cache_dir_is_a_clear_error_not_a_bus_error(tmp_path, monkeypatch):
+    import errno
+
+    from abo_tf.common.errors import UserInputError
+
+    def full(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # A page written into a sparse file's hole on a full disk was SIGBUS (exit 135, no message): blocks reserved first
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(UserInputError, match=r"no room in .* MB: No space left on device\): free space .*--cache-dir"):
+        near_duplicates._empty_columns(1000, str(tmp_path))
+
+
+def test_columns_folder_removes_what_a_killed_audit_left(tmp_path):
+    left, users = tmp_path / f"{audit.COLUMNS_PREFIX}k1lled_x", tmp_path / f"{audit.COLUMNS_PREFIX}mine"
+    for folder in (left, users):
+        folder.mkdir()
+        (folder / "thumbnails.npy").write_bytes(b"\0" * 64)
+    with audit._columns_folder(str(tmp_path)) as columns_dir:
+        assert not left.exists() and os.path.isdir(columns_dir) and (users / "thumbnails.npy").is_file()
+    assert not os.path.exists(columns_dir)

@@ -20,6 +20,8 @@ The report folder (`--report`) gets:
 
 import dataclasses
 import os
+import re
+import shutil
 import tempfile
 import time
 
@@ -69,6 +71,7 @@ _WRITTEN = (
     options.CONFIG_FILE,
 )
 _DUPLICATES, _LABELS, _REPORT = "near-duplicates", "label errors", "report"
+COLUMNS_PREFIX = "near-duplicates-"  # the mapped columns' temporary folder in --cache-dir (`_columns_folder`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,11 +492,22 @@ def _check_options(options_):
         raise UserInputError("--backbone and --run choose CNN features: give --features cnn with them")
 
 
+def _columns_folder(cache_dir):
+    """A temporary folder in `cache_dir` for the near-duplicate search's mapped columns, once the folders an audit
+    killed before its cleanup left there (COLUMNS_PREFIX, up to a GB each at ABO size) are removed: run_audit holds
+    the cache's lock (`outputs.claim`), so no other audit is using them."""
+    for name in os.listdir(cache_dir):  # tempfile's names only (8 characters after the prefix), no folder of a user's
+        path = os.path.join(cache_dir, name)
+        ours = re.fullmatch(re.escape(COLUMNS_PREFIX) + r"[a-z0-9_]{8}", name)
+        if ours and os.path.isdir(path) and not os.path.islink(path):  # rmtree refuses a link
+            shutil.rmtree(path)
+    return tempfile.TemporaryDirectory(prefix=COLUMNS_PREFIX, dir=cache_dir)
+
+
 def _find_near_duplicates(options_, splits_features):
     """(hashed images, (edges table, groups table), the forest: its counts of pairs left out)."""
-    os.makedirs(options_.cache_dir, exist_ok=True)
     # The thumbnails and keypoints on disk, mapped: 1.1 GB of columns at ABO size, resident only while read
-    with tempfile.TemporaryDirectory(prefix="near-duplicates-", dir=options_.cache_dir) as columns_dir:
+    with _columns_folder(options_.cache_dir) as columns_dir:
         hashed = near_duplicates.hash_records(options_.records, options_.workers, options_.progress, columns_dir)
         forest = near_duplicates.near_duplicate_forest(
             hashed,

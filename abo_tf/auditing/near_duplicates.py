@@ -33,6 +33,7 @@ image is one picture with a colour one only when its greys are the colour one's 
 """
 
 import concurrent.futures
+import errno
 import functools
 import hashlib
 import itertools
@@ -45,6 +46,7 @@ import numpy as np
 import scipy.ndimage
 
 from abo_tf.common import console, parallel
+from abo_tf.common.errors import UserInputError
 from abo_tf.common.parallel import bounded_map
 from abo_tf.records import schema, shards
 from abo_tf.records.split import SPLITS
@@ -693,7 +695,34 @@ def _empty_columns(size, columns_dir=None):
     for name in MAPPED_COLUMNS if columns_dir is not None else ():
         path = os.path.join(columns_dir, f"{name}.npy")
         columns[name] = np.lib.format.open_memmap(path, "w+", columns[name].dtype, columns[name].shape)
+    if columns_dir is not None:
+        _reserve(columns_dir, MAPPED_COLUMNS)
     return columns
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _reserve(columns_dir, names):
+    """Allocates the .npy files' blocks before any is written: a page written into a sparse file's hole on a full
+    disk kills the process with SIGBUS (no message, the folder left behind); refused here, it is an OSError."""
+    paths = [os.path.join(columns_dir, f"{name}.npy") for name in names]
+    if not hasattr(os, "posix_fallocate"):  # not Linux: the files stay sparse
+        return
+    try:
+        for path in paths:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: sparse, as before
+            return
+        if error.errno not in _NO_ROOM:
+            raise
+        needed = sum(map(os.path.getsize, paths)) / 1e6
+        raise UserInputError(
+            f"no room in {columns_dir!r} for the near-duplicate search's memory-mapped columns ({needed:.0f} MB: "
+            f"{error.strerror or error}): free space on its disk or choose another --cache-dir"
+        ) from error
 
 
 def _fill(columns, start, split, image_ids, labels, product_types, item_ids, signatures):
