@@ -94,10 +94,15 @@ DEFAULT_PIXEL_SIMILARITY = 0.985
 # thumbnails, or any hash match confirmed by aligned ORB keypoints.
 IDENTICAL, HASH, MIRROR_HASH, CENTRE_HASH = "identical", "hash", "mirror hash", "centre hash"
 SIDE_HASH, CORNER_HASH = "side hash", "corner hash"  # the image less one side; the image less its corners
+# The pHash of the product's grey interior turned upright (`_product_box`): a turn of a few degrees moved the
+# trimmed and centre hashes of 23 of the blind catalog's 36 missed turned copies 10-22 bits away (seed 0), beyond
+# the search; the upright interior turns back with the product. Paired with product hashes only, confirmed by
+# `_turned_products_verified` (or ORB, after the search).
+PRODUCT_HASH = "product hash"
 # The untrimmed image's hash, matched with the other's untrimmed or trimmed one: trimmed to a plain product, a
 # symmetric shape's DCT has many coefficients near the median, and a re-encoding flips 8-16 of its bits.
 WHOLE_HASH = "whole hash"
-SEARCHED_KINDS = (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH, SIDE_HASH, CORNER_HASH)
+SEARCHED_KINDS = (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH, SIDE_HASH, CORNER_HASH, PRODUCT_HASH)
 LOCAL_FEATURES = "local features"
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
@@ -227,6 +232,7 @@ MIN_TEXTURE_CORRELATION = 0.8
 MIN_BOX_ANGLE = 0.5  # degrees: a product upright in both images is left to ORB and the thumbnails (see below)
 MIN_TEXTURE_SPREAD = 5.0  # grey levels: a plainer interior has no texture to tell two products of one outline apart
 MIN_TEXTURE_PIXELS = TEXTURE_SIDE**2 // 40  # interior pixels both textures keep at least
+PRODUCT_HASH_MARGIN = 2  # texture pixels of 24 left out of the product hash on each side (`product_hashes`)
 MAX_BOX_ASPECT_RATIO = 1.15
 TEXTURE_BLUR = 2.0  # texture pixels: the shading a texture's detail is taken from
 PRODUCT_CHROMA_DISTANCE = 3.5  # levels
@@ -261,6 +267,7 @@ class HashedImages(NamedTuple):
     product_textures: np.ndarray | None = None  # uint8 [N, TEXTURE_SIDE**2]: `_product_box`; 0 off the interior
     backgrounds: np.ndarray | None = None  # float32 [N, 3]: the thumbnail's ring median (`image_backgrounds`; search)
     product_pixels: np.ndarray | None = None  # int16 [N]: `_content` pixels of the thumbnail (`product_pixel_counts`)
+    product_hashes: np.ndarray | None = None  # uint64 [N]: `product_hashes` (set by the search)
 
 
 class Signature(NamedTuple):
@@ -463,6 +470,20 @@ def _product_box(pixels):
     box = np.array((x, y, width, height, angle, pixels.shape[1], pixels.shape[0], *colour), np.float32)
     box[_LENGTHS] /= longest
     return box, np.where(inside, np.maximum(texture, 1), 0).astype(np.uint8).ravel()
+
+
+def product_hashes(textures):
+    """uint64 [N]: the pHash of each upright product interior (`_product_box`'s textures), UNDECODABLE (not
+    searched) where fewer than MIN_TEXTURE_PIXELS are inside. The pixels off the interior take its mean and the
+    outer PRODUCT_HASH_MARGIN are left out: the eroded outline's zeros flipped 18 of 64 bits between a product and
+    its turned copy (median, blind catalog seed 0), the interior alone 8."""
+    hashes = np.full(len(textures), UNDECODABLE, np.uint64)
+    inner = slice(PRODUCT_HASH_MARGIN, TEXTURE_SIDE - PRODUCT_HASH_MARGIN)
+    for image in np.flatnonzero(np.count_nonzero(textures, axis=1) >= MIN_TEXTURE_PIXELS):
+        texture = textures[image].reshape(TEXTURE_SIDE, TEXTURE_SIDE).astype(np.float32)
+        inside = texture > 0
+        hashes[image] = _phash(np.where(inside, texture, texture[inside].mean())[inner, inner])
+    return hashes
 
 
 def _product_mask(pixels):
@@ -1266,6 +1287,8 @@ def _searches(hashed):
         searches.append((sides + straight[0], [SIDE_HASH] * len(sides) + straight[1], len(sides)))
     if hashed.corner_hashes is not None:
         searches.append(([hashed.corner_hashes], [CORNER_HASH], None))
+    if hashed.product_hashes is not None:
+        searches.append(([hashed.product_hashes], [PRODUCT_HASH], None))
     return searches
 
 
@@ -1313,8 +1336,10 @@ def _pair_kinds(first_kind, second_kind):
     straight = np.isin(first_kind, (HASH, WHOLE_HASH)), np.isin(second_kind, (HASH, WHOLE_HASH))
     side = (first_kind == SIDE_HASH) & straight[1] | (second_kind == SIDE_HASH) & straight[0]
     kind = np.where((first_kind == SIDE_HASH) | (second_kind == SIDE_HASH), np.where(side, SIDE_HASH, ""), kind)
-    corner = (first_kind == CORNER_HASH) & (second_kind == CORNER_HASH)
-    return np.where((first_kind == CORNER_HASH) | (second_kind == CORNER_HASH), np.where(corner, CORNER_HASH, ""), kind)
+    for alone in (CORNER_HASH, PRODUCT_HASH):  # paired with their own kind only
+        both = (first_kind == alone) & (second_kind == alone)
+        kind = np.where((first_kind == alone) | (second_kind == alone), np.where(both, alone, ""), kind)
+    return kind
 
 
 def _inliers(hashed, first, second, least=None):
@@ -1391,11 +1416,15 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
       - for a side or centre hash at any candidate distance of which one image was trimmed, one whole thumbnail
         cropped as that hash crops it matches the other (`_product_crops_verified`, CROPPED_THUMBNAIL): a crop of
         a textured product, whose repeated texture aligns few ORB keypoints.
+      - a product hash pair, by `_turned_products_verified` only (TURNED_PRODUCT).
     What none of these confirms may still be a crop or a turn: `_local_pairs` checks it once, after the search
     (ORB keypoints, then `_turned_products_verified`).
     """
     first, second, kind, distance = candidates
     similarity, signal = np.zeros(len(first), np.float32), np.full(len(first), "", dtype="<U32")
+    if kind == PRODUCT_HASH:  # the upright interiors match: the whole thumbnails of a turned copy need not
+        signal[_turned_products_verified(hashed, first, second)] = TURNED_PRODUCT
+        return similarity, signal
     # Only hashes this close may be confirmed by thumbnails: the rest (most candidates within 8 bits) skip them.
     close = np.flatnonzero(distance <= THUMBNAIL_HASH_DISTANCE)
     if len(close):  # a crop of one side moves the picture in its thumbnail: only the cropped thumbnail may match
@@ -2151,6 +2180,8 @@ def near_duplicate_forest(
         hashed = hashed._replace(backgrounds=image_backgrounds(hashed.thumbnails))
     if hashed.product_pixels is None:
         hashed = hashed._replace(product_pixels=product_pixel_counts(hashed))
+    if hashed.product_hashes is None and hashed.product_textures is not None:
+        hashed = hashed._replace(product_hashes=product_hashes(hashed.product_textures))
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
