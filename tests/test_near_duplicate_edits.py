@@ -62,6 +62,10 @@ def test_hash_kinds_pair_as_the_search_means():
     )
     corners = near_duplicates._pair_kinds(np.array([kinds.CORNER_HASH] * 2), np.array([kinds.CORNER_HASH, kinds.HASH]))
     assert sides.tolist() == [kinds.SIDE_HASH, kinds.SIDE_HASH, ""] and corners.tolist() == [kinds.CORNER_HASH, ""]
+    products = near_duplicates._pair_kinds(
+        np.array([kinds.PRODUCT_HASH] * 3), np.array([kinds.PRODUCT_HASH, kinds.HASH, kinds.CORNER_HASH])
+    )
+    assert products.tolist() == [kinds.PRODUCT_HASH, "", ""]
 
 
 def test_only_a_catalog_sized_similarity_transform_is_plausible():
@@ -554,3 +558,35 @@ def test_the_candidate_budget_equals_a_brute_force_choice(budget, monkeypatch):
         )
     expected, expected_left_out = _brute_force_budget(rows, budget)
     assert kept == expected and count == len(expected) and left_out == expected_left_out > 0
+
+
+def test_a_turned_product_whose_other_hashes_moved_is_found_by_its_product_hash():
+    # Turned 3 degrees, this blind-catalog product's trimmed, whole, centre and corner hashes are 9 bits or more from
+    # the original's (the search takes 8); its upright interior's hash is not (issue 18).
+    import cv2
+
+    from abo_tf.testing import blind_catalog
+
+    shots = blind_catalog.catalog_shots(60, seed=0)  # which shots are variants hangs on the count: 60 as found
+    copy = image_edits.edited_pixels(shots["blind-00005"], "rotate", 3, np.random.default_rng(1))[0]
+    # 00000 and 00001 are another angle and colour of its product, 00002 and 00003 other products. (00004, another
+    # angle, is joined to the turned copy: its box and upright interior agree as well; the rule's known weakness.)
+    images = [*(shots[f"blind-{index:05d}"] for index in (0, 1, 2, 3, 5)), copy]
+    encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in images]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
+    assert forest.groups().tolist() == [-1, -1, -1, -1, 0, 0]
+    assert forest.edges.signal.tolist() == [near_duplicates.TURNED_PRODUCT]
+    unsearched = np.full(len(images), near_duplicates.UNDECODABLE, np.uint64)  # the product hash off
+    forest = near_duplicates.near_duplicate_forest(hashed._replace(product_hashes=unsearched), workers=1)
+    assert forest.groups().tolist() == [-1] * len(images)
+
+
+def test_a_product_hash_ignores_the_outline_and_skips_an_empty_interior():
+    rng = np.random.default_rng(0)
+    texture = rng.integers(1, 256, (near_duplicates.TEXTURE_SIDE,) * 2).astype(np.uint8)
+    eroded = texture.copy()
+    eroded[:, :2] = 0  # one more column eroded off the interior's edge: inside the left-out margin
+    empty = np.zeros_like(texture)
+    hashes = near_duplicates.product_hashes(np.stack([texture, eroded, empty]).reshape(3, -1))
+    assert hashes[0] == hashes[1] != near_duplicates.UNDECODABLE and hashes[2] == near_duplicates.UNDECODABLE
