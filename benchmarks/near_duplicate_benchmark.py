@@ -60,18 +60,23 @@ def hashed_set(encoded):
     return near_duplicates.hashed_images(signatures)
 
 
-def evaluate(hashed, shot_of, truth, max_distance, min_similarity, min_inliers):
-    """(recall per case, unplanted joins, {signal: [edges kept, edges joining two distinct shots]}) of the audit's
-    rule at these thresholds: which signal finds the copies, and which one makes the false pairs."""
+def evaluate(hashed, shot_of, truth, max_distance, min_similarity, min_inliers, family_of=None):
+    """(recall per case, unplanted joins, {signal: [edges kept, edges joining two distinct shots]}, unplanted joins
+    of unrelated products) of the audit's rule at these thresholds: which signal finds the copies, and which one
+    makes the false pairs. `family_of` ({shot: product}, the blind catalog's): joins of two shots of one product
+    (another colour, angle or detail) are not counted in the last (None without it)."""
     forest = near_duplicates.near_duplicate_forest(hashed, max_distance, min_similarity, min_inliers)
     recall, unplanted = image_edits.score_groups(forest.groups(), shot_of, truth)
+    unrelated = None
+    if family_of is not None:
+        unrelated = image_edits.score_groups(forest.groups(), [family_of[shot] for shot in shot_of], truth)[1]
     shots = np.asarray(shot_of)
     false = shots[forest.edges.first] != shots[forest.edges.second]
     signals = {
         str(name): [int((forest.edges.signal == name).sum()), int((false & (forest.edges.signal == name)).sum())]
         for name in np.unique(forest.edges.signal)
     }
-    return recall, unplanted, signals
+    return recall, unplanted, signals, unrelated
 
 
 def _moderate_summary(recall):
@@ -83,7 +88,7 @@ def _moderate_summary(recall):
 
 
 def _sweep_row(hashed, shot_of, truth, distance, similarity, inliers):
-    swept, unplanted, _ = evaluate(hashed, shot_of, truth, distance, similarity, inliers)
+    swept, unplanted, *_ = evaluate(hashed, shot_of, truth, distance, similarity, inliers)
     moderate = [value for case, value in swept.items() if image_edits.is_moderate(*case)]
     return {
         "hash_distance": distance,
@@ -95,8 +100,8 @@ def _sweep_row(hashed, shot_of, truth, distance, similarity, inliers):
     }
 
 
-def run_source(name, shots, seed, copies_per_case=None, sweep=False):
-    """The results of one source set (real photographs or catalog images)."""
+def run_source(name, shots, seed, copies_per_case=None, sweep=False, family_of=None):
+    """The results of one source set (real photographs or catalog images; `family_of`: see `evaluate`)."""
     encoded, shot_of, truth = image_edits.planted_set(shots, image_edits.edit_cases(), seed, copies_per_case)
     started = time.perf_counter()
     hashed = hashed_set(encoded)
@@ -107,7 +112,7 @@ def run_source(name, shots, seed, copies_per_case=None, sweep=False):
         near_duplicates.DEFAULT_MIN_INLIERS,
     )
     started = time.perf_counter()
-    recall, unplanted, signals = evaluate(hashed, shot_of, truth, *defaults)
+    recall, unplanted, signals, unrelated = evaluate(hashed, shot_of, truth, *defaults, family_of)
     search_seconds = time.perf_counter() - started
     return {
         "source": name,
@@ -127,6 +132,8 @@ def run_source(name, shots, seed, copies_per_case=None, sweep=False):
         "worst_moderate_recall_per_family": _moderate_summary(recall),
         "unplanted_joins": unplanted,
         "unplanted_per_10k": 1e4 * unplanted / len(encoded),
+        # joins of unrelated products only (the blind catalog: its variants of one product left out), else None
+        "unrelated_per_10k": None if unrelated is None else 1e4 * unrelated / len(encoded),
         "edges_per_signal": signals,  # [kept, joining distinct shots]
         "sweep": [_sweep_row(hashed, shot_of, truth, *row) for row in SWEEP] if sweep else [],
     }
@@ -171,15 +178,20 @@ def main():
         "sources": [],
     }
     sources = [
-        ("real photographs", image_edits.distinct_shots(image_edits.real_photographs()), None),
-        ("held-out photographs", image_edits.distinct_shots(image_edits.held_out_photographs()), None),
-        ("generated catalog", catalog_shots(arguments.catalog_listings, arguments.seed), CATALOG_COPIES_PER_CASE),
+        ("real photographs", image_edits.distinct_shots(image_edits.real_photographs()), None, None),
+        ("held-out photographs", image_edits.distinct_shots(image_edits.held_out_photographs()), None, None),
+        (
+            "generated catalog",
+            catalog_shots(arguments.catalog_listings, arguments.seed),
+            CATALOG_COPIES_PER_CASE,
+            None,
+        ),
     ]
     if arguments.blind_catalog:  # a generator written blind to the first: thresholds checked on images not tuned on
-        shots = blind_catalog.catalog_shots(arguments.blind_catalog, arguments.seed)
-        sources.append(("blind catalog", shots, CATALOG_COPIES_PER_CASE))
-    for name, shots, copies in sources:
-        result = run_source(name, shots, arguments.seed, copies, arguments.sweep)
+        shots, family_of = blind_catalog.catalog_shots(arguments.blind_catalog, arguments.seed, with_families=True)
+        sources.append(("blind catalog", shots, CATALOG_COPIES_PER_CASE, family_of))
+    for name, shots, copies, family_of in sources:
+        result = run_source(name, shots, arguments.seed, copies, arguments.sweep, family_of)
         _print(result)
         results["sources"].append(result)
     results["load_average_end"] = os.getloadavg()[0]

@@ -442,6 +442,14 @@ def render_near_duplicates(results):
         + " |"
     )
     lines.append(
+        "| of them joining unrelated products (not another colour, angle or detail of one) | "
+        + " | ".join(
+            "n/a" if source.get("unrelated_per_10k") is None else f"{source['unrelated_per_10k']:.1f}"
+            for _, _, source in columns
+        )
+        + " |"
+    )
+    lines.append(
         "| images (distinct shots) | "
         + " | ".join(f"{source['images']:,} ({source['shots']:,})" for _, _, source in columns)
         + " |"
