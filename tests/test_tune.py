@@ -58,14 +58,18 @@ def _finished_numbers(tune_dir):
 def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output = tmp_path / "tune"
-    reruns = ["--rerun-top", "2", "--rerun-seeds", "2"]
+    # The best of two trials re-run (each re-run is a whole tiny training): the choice among several re-run means
+    # is test_best_toml_holds_the_best_rerun_mean_not_the_best_single_trial's, on folders written without training.
+    reruns = ["--rerun-top", "1", "--rerun-seeds", "2"]
     arguments = _tune_args(records_dir, _config(tmp_path), output, "--trials", "2", "--epochs", "1", *reruns)
     assert tune.main(arguments) == 0
     rows = _trials_csv(output)
     assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} <= {"COMPLETE", "PRUNED"}
     assert os.path.isfile(output / "trials" / "0001" / "history.csv")
     assert "default config" in (output / "report.md").read_text() and os.path.isfile(output / "slices.png")
-    means = _check_reruns(output, [row for row in rows if row["state"] == "COMPLETE"], seeds=[1, 2])
+    complete = [row for row in rows if row["state"] == "COMPLETE"]
+    top = max(complete, key=lambda row: (float(row["objective"]), -int(row["number"])))  # --rerun-top 1
+    means = _check_reruns(output, [top], seeds=[1, 2])
     best = max(means, key=lambda number: (means[number], -number))
     _check_not_exported(trials_lib.trial_dir(str(output), best), records_dir, tmp_path, capsys)
     rerun = tmp_path / "rerun"
@@ -186,13 +190,16 @@ def _env():
 def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, tmp_path):
     records_dir, _ = built_records
     output, config = tmp_path / "tune", _config(tmp_path)
-    command = _command(records_dir, config, output, 1, epochs=2)
+    command = _command(records_dir, config, output, 1, epochs=1)
     process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not os.path.isfile(output / "trials" / "0000" / "history.csv") and time.time() < deadline:
-        time.sleep(0.2)  # the first epoch of the first trial is saved: kill it mid-trial
+    # The first trial's run folder has its config: the trial is running (its owner recorded before), so kill it
+    # mid-trial. Its retry trains in a folder of its own, so how far the dead one got does not matter (waiting
+    # for its first epoch cost a model build and a trace in the killed process).
+    while not os.path.isfile(output / "trials" / "0000" / run_folder.CONFIG) and time.time() < deadline:
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL  # killed, not ended on its own
     # The same command again, in this process (the killed run was the CLI's): the killed trial does not count.
     assert tune.main(command[3:]) == 0
     trials = _study(output).trials
@@ -445,6 +452,33 @@ def test_best_toml_skips_a_best_trial_whose_folder_was_deleted(tmp_path, capsys)
     path = report.write_best_toml(study, str(tmp_path))
     assert "trial 0 has no config.toml" in capsys.readouterr().err
     assert "# Trial 1 of study 's'" in open(path).read() and "dropout = 0.25" in open(path).read()
+
+
+def test_best_toml_holds_the_best_rerun_mean_not_the_best_single_trial(tmp_path):
+    import types
+
+    from abo_tf.common import config, files
+    from abo_tf.tuning import report
+
+    study = _journal_study(tmp_path)  # trial 0: 0.5 in the search, the best single trial
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.0, 0.5)
+    study.tell(trial, 0.4)
+    third = study.ask()
+    third.suggest_float("dropout", 0.0, 0.5)
+    study.tell(third, 0.3)  # below the two --rerun-top 2 keeps: never re-run, never chosen
+    seeds_objectives = {0: (0.2, 0.3), 1: (0.45, 0.35), 2: (0.9, 0.9)}
+    for number, objectives in seeds_objectives.items():
+        config.save_run_config(trials_lib.trial_dir(str(tmp_path), number), {"dropout": number / 10})
+        for seed, objective in zip((1, 2), objectives):
+            folder = reruns_lib.rerun_dir(str(tmp_path), number, seed)
+            os.makedirs(folder)
+            files.write_json(os.path.join(folder, run_folder.METRICS), {"validation": {"macro_f1": objective}})
+    options = types.SimpleNamespace(output=str(tmp_path), seed=0, rerun_top=2, rerun_seeds=2, objective="macro_f1")
+    found = reruns_lib.results(types.SimpleNamespace(options=options, study=study))
+    assert [(rerun.trial.number, rerun.objectives) for rerun in found] == [(1, (0.45, 0.35)), (0, (0.2, 0.3))]
+    text = open(report.write_best_toml(study, str(tmp_path), found, "macro_f1")).read()
+    assert text.startswith("# Trial 1 of study 's': validation macro_f1 0.4000 ± 0.0707") and "dropout = 0.1" in text
 
 
 # The epoch hook under MirroredStrategy (every replica's predictions gathered): checked by
