@@ -157,7 +157,8 @@ def test_split_does_not_depend_on_input_order():
 
 
 def test_a_group_counts_as_the_class_of_most_of_its_images():
-    # Groups: 0 = SOFA CHAIR SOFA, 1 = SOFA CHAIR (a tie), 2 = LAMP LAMP SOFA (LAMP dropped: no vote), 3 = LAMP.
+    # Groups, numbered by their first image: 0 = SOFA CHAIR SOFA, 3 = SOFA CHAIR (a tie), 5 = LAMP LAMP SOFA (LAMP
+    # dropped: no vote), 8 = LAMP.
     group = np.array([0, 0, 0, 3, 3, 5, 5, 5, 8], np.int64)
     types = ["SOFA", "CHAIR", "SOFA", "SOFA", "CHAIR", "LAMP", "LAMP", "SOFA", "LAMP"]
 
