@@ -492,6 +492,33 @@ def test_group_floors_demote_the_classes_that_miss_them(abo_sample, tmp_path, ra
     assert ("OTHER" in manifest["classes"]) == (rare_classes == "other")
 
 
+def test_floors_no_class_meets_are_named_as_in_force(built_records, abo_sample, tmp_path, capsys):
+    """The error gives the floors after a 0 fraction's (as given too) and the most groups a class had: the most of
+    the sample's classes (a floor of one more than that leaves no class), of the groups in all."""
+    _, manifest = built_records
+    totals = [
+        sum(entry["groups_per_class"][name] for entry in manifest["splits"].values()) for name in manifest["classes"]
+    ]
+    most = max(totals)
+    code, error = _run_cli(
+        capsys,
+        *("--listings", abo_sample["listings"], "--images", abo_sample["images"], "--image-selection", "all"),
+        *("--min-examples-per-class", "3", "--split", "0.5", "0.5", "0", "--min-groups-per-split", "1", str(most), "7"),
+        *("--output", str(tmp_path / "out")),
+    )
+    assert code == 2 and len(error.splitlines()) == 1, error
+    expected = (
+        f"only 0 class(es) have at least 3 images and 1 {most} 0 groups per split (--min-groups-per-split 1 {most} 7 "
+        f"with --split 0.5 0.5 0): {most + 1} groups a class, the most any class had is {most} of "
+    )
+    assert expected in error, error
+    # Every group written has an image of a class (a group of two classes counts in both); a group not written
+    # has an image dropped after the grouping.
+    in_all = int(error.split(" groups in all")[0].rsplit(" ", 1)[1])
+    assert most < in_all <= sum(totals) + sum(manifest["images"]["dropped"].values()), (in_all, manifest["images"])
+    assert not (tmp_path / "out").exists()
+
+
 # --- bad input: one line, exit 2, nothing half-written ---------------------
 
 

@@ -117,66 +117,95 @@ def test_groups_of_no_images_are_none():
     assert split.group_images([], {"a": "h"}, [("a", "ghost")]) == {"a": "a"}
 
 
-def _classes_by_image_number(group_of_image, num_classes=5):
-    types = split.types_per_group(
-        group_of_image, {image_id: f"C{int(image_id[3:]) % num_classes}" for image_id in group_of_image}
-    )
-    return split.class_of_groups(types, {f"C{index}": f"C{index}" for index in range(num_classes)})
+def _split_of_images(ordered, group, class_code, fractions, seed, floors=(1, 1, 1)):
+    """Each image's split (an index into SPLITS) by the build's steps (`records.build._plan_splits`): the groups'
+    classes voted, their keys' fractions hashed, the groups dealt in key order."""
+    sizes = np.bincount(group, minlength=len(ordered))
+    keys = np.flatnonzero(sizes)  # a group's number is its smallest image's: in key order
+    classes = split.vote_classes(group, class_code, len(ordered))[keys]
+    key_fractions = split.stable_fractions(seed, [ordered[key] for key in keys.tolist()])
+    split_of_group = np.zeros(len(ordered), np.int64)
+    split_of_group[keys] = split.deal_groups(sizes[keys], classes, key_fractions, fractions, floors)
+    return split_of_group[group]
+
+
+def _shuffled(image_ids, seed):
+    """`image_ids` in the build's shuffled order."""
+    return [image_ids[at] for at in split.shuffled_positions(split.shuffle_digests(image_ids, seed)).tolist()]
+
+
+def _split_by_id(pairs, hashes, seed, num_classes=5):
+    ordered, group = split.group_numbers(pairs, hashes)
+    class_code = np.array([int(image_id[3:]) % num_classes for image_id in ordered], np.int64)
+    return dict(zip(ordered, _split_of_images(ordered, group, class_code, (0.8, 0.1, 0.1), seed).tolist()))
 
 
 def test_split_does_not_depend_on_input_order():
     rng = random.Random(1)
     pairs = [(f"item{n // 3}", [f"img{n}", f"img{n + 1}"]) for n in range(0, 3000, 2)]
     hashes = {f"img{n}": f"h{n}" for n in range(3001)}
-    groups = split.group_images(pairs, hashes)
-    first = split.assign_splits(groups, _classes_by_image_number(groups), (0.8, 0.1, 0.1), seed=7)
+    first = _split_by_id(pairs, hashes, seed=7)
     rng.shuffle(pairs)
     shuffled_hashes = dict(sorted(hashes.items(), key=lambda _: rng.random()))
-    shuffled = split.group_images(pairs, shuffled_hashes)
-    assert split.assign_splits(shuffled, _classes_by_image_number(shuffled), (0.8, 0.1, 0.1), seed=7) == first
-    fractions = [list(first.values()).count(name) / len(first) for name in split.SPLITS]
+    assert _split_by_id(pairs, shuffled_hashes, seed=7) == first
+    fractions = [list(first.values()).count(code) / len(first) for code in range(len(split.SPLITS))]
     assert 0.78 < fractions[0] < 0.82 and 0.08 < fractions[1] < 0.12
-    assert split.assign_splits(groups, _classes_by_image_number(groups), (0.8, 0.1, 0.1), seed=8) != first
-    assert split.shuffle_order(list(first), 3) == split.shuffle_order(sorted(first, reverse=True), 3)
+    assert _split_by_id(pairs, hashes, seed=8) != first
+    ids = list(first)
+    assert _shuffled(ids, 3) == _shuffled(ids[::-1], 3) != ids
+    assert _shuffled(ids, 3) != _shuffled(ids, 4)
 
 
 def test_a_group_counts_as_the_class_of_most_of_its_images():
-    groups = {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "b2": "b1", "c1": "c1", "d1": "d1"}
-    types = {"a1": "SOFA", "a2": "CHAIR", "a3": "SOFA", "b1": "SOFA", "b2": "CHAIR", "c1": "LAMP", "d1": None}
-    types_of_group = split.types_per_group(groups, types)
-    assert types_of_group["a1"] == (("CHAIR", 1), ("SOFA", 2)) and "d1" not in types_of_group
+    # Groups, numbered by their first image: 0 = SOFA CHAIR SOFA, 3 = SOFA CHAIR (a tie), 5 = LAMP LAMP SOFA (LAMP
+    # dropped: no vote), 8 = LAMP.
+    group = np.array([0, 0, 0, 3, 3, 5, 5, 5, 8], np.int64)
+    types = ["SOFA", "CHAIR", "SOFA", "SOFA", "CHAIR", "LAMP", "LAMP", "SOFA", "LAMP"]
+
+    def voted(class_of_type):
+        names = sorted(set(class_of_type.values()).difference([None]))  # codes in name order, as the build's
+        codes = [names.index(class_of_type[name]) if class_of_type[name] else -1 for name in types]
+        result = split.vote_classes(group, np.array(codes, np.int64), 9).tolist()
+        return {at: names[code] for at, code in enumerate(result) if code >= 0}
+
     classes = {"SOFA": "SOFA", "CHAIR": "CHAIR", "LAMP": None}
-    assert split.class_of_groups(types_of_group, classes) == {"a1": "SOFA", "b1": "CHAIR"}
-    assert split.class_of_groups(types_of_group, dict(classes, CHAIR="OTHER", SOFA="OTHER"))["a1"] == "OTHER"
+    assert voted(classes) == {0: "SOFA", 3: "CHAIR", 5: "SOFA"}
+    assert voted(dict(classes, SOFA="A_SOFA")) == {0: "A_SOFA", 3: "A_SOFA", 5: "A_SOFA"}  # a tie: by class name
+    assert voted(dict(classes, CHAIR="OTHER", SOFA="OTHER")) == {0: "OTHER", 3: "OTHER", 5: "OTHER"}
+    assert voted(dict(classes, LAMP="LAMP")) == {0: "SOFA", 3: "CHAIR", 5: "LAMP", 8: "LAMP"}
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_every_class_with_enough_groups_is_in_every_split(seed):
     """Random classes of 3 to 40 groups of 1 to 12 images: each class has a group in each split, whatever the sizes."""
     rng = random.Random(seed)
-    group_of_image, class_of_group = {}, {}
+    keys, sizes, codes = [], [], []
     for class_index in range(60):
         for group_index in range(rng.choice([3, 3, 4, 5, 8, 40])):
-            key = f"c{class_index}g{group_index}"
-            class_of_group[key] = f"C{class_index}"
-            group_of_image.update({f"{key}i{image}": key for image in range(rng.choice([1, 1, 2, 3, 12]))})
-    split_of = split.assign_splits(group_of_image, class_of_group, (0.8, 0.1, 0.1), seed)
-    groups_in = collections.defaultdict(set)
-    for image_id, key in group_of_image.items():
-        groups_in[class_of_group[key], split_of[image_id]].add(key)
-    assert all(groups_in[name, part] for name in set(class_of_group.values()) for part in split.SPLITS)
+            keys.append(f"c{class_index:02d}g{group_index:02d}")
+            sizes.append(rng.choice([1, 1, 2, 3, 12]))
+            codes.append(class_index)
+    fractions = split.stable_fractions(seed, keys)
+    dealt = split.deal_groups(np.array(sizes), np.array(codes), fractions, (0.8, 0.1, 0.1))
+    assert set(zip(codes, dealt.tolist())) == {(code, part) for code in range(60) for part in range(3)}
 
 
 def test_the_floors_deal_the_fractions_of_images_and_skip_empty_splits():
-    group_of_image = {f"i{n}": f"g{n // 2}" for n in range(400)}  # 200 groups of 2 images, one class
-    class_of_group = dict.fromkeys(group_of_image.values(), "A")
-    split_of = split.assign_splits(group_of_image, class_of_group, (0.7, 0.2, 0.1), seed=0)
-    assert [list(split_of.values()).count(name) for name in split.SPLITS] == [280, 80, 40]
+    sizes, one_class = np.full(200, 2), np.zeros(200, np.int64)  # 200 groups of 2 images
+    fractions = split.stable_fractions(0, [f"g{n:03d}" for n in range(200)])
+    dealt = split.deal_groups(sizes, one_class, fractions, (0.7, 0.2, 0.1))
+    assert np.bincount(dealt, weights=sizes).tolist() == [280, 80, 40]
     floors = split.positive_floors((0.9, 0.1, 0.0), (1, 2, 3))
     assert floors == (1, 2, 0)
-    three = {"x": "x", "y": "y", "z": "z"}
-    split_of = split.assign_splits(three, dict.fromkeys(three, "A"), (0.9, 0.1, 0.0), seed=0, floors=floors)
-    assert sorted(split_of.values()) == ["train", "validation", "validation"]
+    dealt = split.deal_groups(np.ones(3, np.int64), np.zeros(3, np.int64), fractions[:3], (0.9, 0.1, 0.0), floors)
+    assert sorted(dealt.tolist()) == [0, 1, 1]
+    # The floors given are kept where the fraction is positive, whatever the order of the groups.
+    dealt = split.deal_groups(np.ones(6, np.int64), np.zeros(6, np.int64), fractions[:6], (0.9, 0.1, 0.0), (1, 2, 3))
+    assert np.bincount(dealt, minlength=3).tolist() == [4, 2, 0]
+    groupless = split.deal_groups(np.ones(3, np.int64), np.full(3, -1), fractions[:3], (0.1, 0.1, 0.8))
+    assert groupless.tolist() == [0, 0, 0]  # no class: train
+    tie = split.deal_groups(np.ones(1, np.int64), np.zeros(1, np.int64), fractions[:1], (0.5, 0.5, 0.0), (0, 0, 0))
+    assert tie.tolist() == [0]  # equal deficits: the first split
 
 
 def test_demoting_classes_drops_or_merges_and_a_rare_other_is_dropped():
@@ -197,48 +226,57 @@ def test_keys_hashed_in_bulk_are_the_per_key_definitions(seed):
     ids = _ids(random.Random(seed), 2000)
     assert split.stable_fractions(seed, ids).tolist() == [split.stable_fraction(seed, key) for key in ids]
     by_digest = sorted(ids, key=lambda key: hashlib.sha256(f"shuffle:{seed}:{key}".encode()).digest())
-    assert split.shuffle_order(ids, seed) == by_digest
+    assert _shuffled(ids, seed) == by_digest
     # Digests sharing their first 8 bytes (here all of them): the other 24 decide, as in a sort by the whole digest.
     words = split.shuffle_digests(ids, seed).copy()
     words[:, 0] = 0
-    assert split.shuffle_order(ids, seed, words) == sorted(ids, key=lambda key: words[ids.index(key), 1:].tolist())
+    by_words = sorted(range(len(ids)), key=lambda at: words[at, 1:].tolist())
+    assert split.shuffled_positions(words).tolist() == by_words
+
+
+def _random_groups(rng, ids):
+    """Each id joined to a random other's group: `(ids sorted, each one's group number, as group_numbers gives)`."""
+    ordered, smallest = sorted(ids), []
+    for at in range(len(ordered)):
+        other = min(at, rng.randrange(len(ordered)))
+        smallest.append(other if other == at else smallest[other])  # the smallest of the group joined
+    return ordered, np.array(smallest, np.int64)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_groups_dealt_by_one_sort_as_by_a_sort_a_class(seed):
     """Each class's groups dealt in (stable_fraction, key) order, as a sort a class with a key function gave."""
     rng = random.Random(seed)
-    ids = _ids(rng, 600)
-    group_of_image = {image_id: min(image_id, rng.choice(ids)) for image_id in ids}
-    class_of_group = {key: rng.choice(["A", "B", "C", None]) for key in group_of_image.values()}
-    class_of_group = {key: name for key, name in class_of_group.items() if name is not None}
-    sizes = collections.Counter(group_of_image.values())
-    expected = {key: "train" for key in sizes if key not in class_of_group}
-    for name in "ABC":
-        keys = sorted(
-            (key for key in sizes if class_of_group.get(key) == name),
-            key=lambda key: (split.stable_fraction(seed, key), key),
+    ordered, group = _random_groups(rng, _ids(rng, 600))
+    keys = sorted(set(group.tolist()))
+    class_of_group = {key: rng.choice([0, 1, 2, -1]) for key in keys}
+    sizes = collections.Counter(group.tolist())
+    expected = {key: 0 for key in keys if class_of_group[key] < 0}
+    for code in range(3):
+        dealing = sorted(
+            (key for key in keys if class_of_group[key] == code),
+            key=lambda key: (split.stable_fraction(seed, ordered[key]), ordered[key]),
         )
-        dealt = split._deal([sizes[key] for key in keys], (0.7, 0.2, 0.1), (1, 1, 1))
-        expected.update(zip(keys, map(split.SPLITS.__getitem__, dealt)))
-    split_of = split.assign_splits(group_of_image, class_of_group, (0.7, 0.2, 0.1), seed)
-    assert split_of == {image_id: expected[key] for image_id, key in group_of_image.items()}
+        expected.update(zip(dealing, split._deal([sizes[key] for key in dealing], (0.7, 0.2, 0.1), (1, 1, 1))))
+    class_code = np.array([class_of_group[key] for key in group.tolist()], np.int64)
+    dealt = _split_of_images(ordered, group, class_code, (0.7, 0.2, 0.1), seed)
+    assert dealt.tolist() == [expected[key] for key in group.tolist()]
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_classes_voted_on_numbers_as_on_dicts(seed):
-    """`vote_classes` (the build's) gives `class_of_groups`' class to each group, ties and dropped types included."""
+def test_classes_voted_on_numbers_as_by_counting(seed):
+    """`vote_classes` gives each group the class of most of its images, ties to the first name, dropped types no
+    vote, merged classes counted together: a count a group is the reference."""
     rng = random.Random(seed)
-    ids = sorted(_ids(rng, 400))
-    group_of_image = {image_id: min(image_id, rng.choice(ids)) for image_id in ids}
-    type_of_image = {image_id: rng.choice("ABCD") for image_id in ids}
+    ordered, group = _random_groups(rng, _ids(rng, 400))
+    type_of_image = [rng.choice("ABCD") for _ in ordered]
     class_of_type = {"A": "A", "B": "B", "C": None, "D": rng.choice(["A", "D"])}
-    expected = split.class_of_groups(split.types_per_group(group_of_image, type_of_image), class_of_type)
+    votes = collections.defaultdict(collections.Counter)
+    for key, product_type in zip(group.tolist(), type_of_image):
+        if class_of_type[product_type] is not None:
+            votes[key][class_of_type[product_type]] += 1
+    expected = {key: min(count, key=lambda name: (-count[name], name)) for key, count in votes.items()}
     names = sorted(set(class_of_type.values()).difference([None]))
-    codes = [
-        names.index(class_of_type[type_of_image[image_id]]) if class_of_type[type_of_image[image_id]] else -1
-        for image_id in ids
-    ]
-    group = np.array([ids.index(group_of_image[image_id]) for image_id in ids], np.int64)
-    voted = split.vote_classes(group, np.array(codes, np.int64), len(ids))
-    assert {ids[at]: names[code] for at, code in enumerate(voted.tolist()) if code >= 0} == expected
+    codes = [names.index(class_of_type[name]) if class_of_type[name] else -1 for name in type_of_image]
+    voted = split.vote_classes(group, np.array(codes, np.int64), len(ordered))
+    assert {at: names[code] for at, code in enumerate(voted.tolist()) if code >= 0} == expected

@@ -189,12 +189,12 @@ class BuildOptions:
         fractions = tuple(self.split_fractions)
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
             raise UserInputError(
-                f"--split {' '.join(f'{value:g}' for value in fractions)} must be three non-negative fractions "
+                f"--split {_spelled(fractions)} must be three non-negative fractions "
                 f"summing to 1 (these sum to {sum(fractions):g}), e.g. 0.8 0.1 0.1"
             )
         if len(tuple(self.min_groups_per_split)) != 3:
             raise UserInputError(
-                f"--min-groups-per-split {' '.join(map(str, self.min_groups_per_split))} must be three group counts "
+                f"--min-groups-per-split {_spelled(self.min_groups_per_split)} must be three group counts "
                 "(train, validation, test), e.g. 1 1 1"
             )
 
@@ -228,6 +228,11 @@ RARE_CLASS, RARE_CLASS_GROUPS = "rare_class", "rare_class_groups"
 
 def _flag(name):
     return "--" + name.replace("_", "-")
+
+
+def _spelled(values):
+    """Numbers as a user types them after a flag: `0.8 0.1 0.1`, not `(0.8, 0.1, 0.1)`; counts in full."""
+    return " ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values)
 
 
 def read_id_files(options):
@@ -652,20 +657,43 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, kept):
     Returns:
       `(vocabulary, the class of each group number as a code of its names (-1: none), groups with images of more
       than one type)`; images left without a class are marked rare_class_groups.
+
+    Raises:
+      UserInputError: when fewer than two classes are left.
     """
     needed = sum(split.positive_floors(options.split_fractions, options.min_groups_per_split))
+    most_groups = 0  # the most any class had, in any round: what the floors could be lowered to
     while True:
         class_of_group = split.vote_classes(kept.group, _class_codes(vocabulary, kept), len(kept.image_ids))
         groups_per_class = np.bincount(class_of_group[class_of_group >= 0], minlength=len(vocabulary.names))
+        most_groups = max(most_groups, int(groups_per_class.max(initial=0)))
         rare = {name for name, count in zip(vocabulary.names, groups_per_class.tolist()) if count < needed}
         if not rare:
             break
         if rare != {labels.OTHER}:
             rare.discard(labels.OTHER)  # the classes merged into it this round may give it its groups
         vocabulary = labels.demote_classes(vocabulary, rare, options.rare_classes)
+    if len(vocabulary.names) < 2:
+        raise UserInputError(_too_few_classes(options, len(vocabulary.names), most_groups, len(np.unique(kept.group))))
     _mark_dropped_types(candidates, vocabulary, image_types, kept.image_ids, RARE_CLASS_GROUPS)
     types_of_groups = np.unique(kept.group * len(kept.type_names) + kept.type_code) // max(len(kept.type_names), 1)
     return vocabulary, class_of_group, int(np.count_nonzero(np.bincount(types_of_groups) > 1))
+
+
+def _too_few_classes(options, num_classes, most_groups, num_groups):
+    """The one-line error of a build left with under two classes: the floors in force (none in a split of fraction
+    0), as given when they differ, and the groups there were."""
+    floors = split.positive_floors(options.split_fractions, options.min_groups_per_split)
+    as_given = ""
+    if floors != tuple(options.min_groups_per_split):
+        as_given = f" (--min-groups-per-split {_spelled(options.min_groups_per_split)}"
+        as_given += f" with --split {_spelled(options.split_fractions)})"
+    return (
+        f"only {num_classes} class(es) have at least {options.min_examples_per_class} images and "
+        f"{_spelled(floors)} groups per split{as_given}: {sum(floors)} groups a class, the most any class had is "
+        f"{most_groups} of {num_groups} groups in all; lower --min-examples-per-class or --min-groups-per-split, or "
+        "give more data"
+    )
 
 
 def _rare_class_counts(options, by_images, final, image_types):
@@ -1284,12 +1312,6 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
         candidates, options, by_images, image_types, kept
     )
     conflicts["group_rule"] = split.GROUP_RULE
-    if len(vocabulary.names) < 2:
-        raise UserInputError(
-            f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images and "
-            f"{' '.join(map(str, options.min_groups_per_split))} groups per split: lower --min-examples-per-class "
-            "or --min-groups-per-split, or give more data"
-        )
     split_members = _plan_splits(candidates, options, kept, class_of_group)
     check_split_sizes(split_members, options)
     plan = _make_plan(candidates, image_index, vocabulary, kept, split_members, options)

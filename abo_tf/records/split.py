@@ -10,8 +10,6 @@ its share of images and at least a floor of groups in every split, and the same
 data gives the same split however the listings are ordered.
 """
 
-import collections
-import functools
 import hashlib
 import itertools
 
@@ -44,12 +42,20 @@ def stable_fractions(seed, keys):
 
 
 def shuffle_digests(image_ids, seed):
-    """The SHA-256 words `shuffle_order` sorts `image_ids` (strings) by, to be computed ahead of it."""
+    """The SHA-256 of `shuffle:<seed>:<image id>` of each of `image_ids` (strings) as `_sha256_words` rows: the
+    shuffle's keys (`shuffled_positions`), computed during the scan."""
     return _sha256_words(map(f"shuffle:{seed}:".__add__, image_ids))
 
 
 def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_join=True, join_contents=True):
-    """Connected groups of images.
+    """`group_numbers` keyed by id (for the data report): dict image id -> its group's key (the smallest image id
+    of its group), in image id order."""
+    ordered, smallest = group_numbers(image_ids_per_listing, content_hash, joined_pairs, named_join, join_contents)
+    return dict(zip(ordered, map(ordered.__getitem__, smallest.tolist())))
+
+
+def group_numbers(image_ids_per_listing, content_hash, joined_pairs=(), named_join=True, join_contents=True):
+    """Connected groups of images, as numbers.
 
     Args:
       image_ids_per_listing: iterable of `(item_id, image ids)`, one per listing.
@@ -62,15 +68,8 @@ def group_images(image_ids_per_listing, content_hash, joined_pairs=(), named_joi
         grouped have distinct contents (it drops the duplicates first), saves the edges (0.1 s at 80k).
 
     Returns:
-      Dict image id -> group key (the smallest image id of its group), in image id order.
-    """
-    ordered, smallest = group_numbers(image_ids_per_listing, content_hash, joined_pairs, named_join, join_contents)
-    return dict(zip(ordered, map(ordered.__getitem__, smallest.tolist())))
-
-
-def group_numbers(image_ids_per_listing, content_hash, joined_pairs=(), named_join=True, join_contents=True):
-    """`group_images` as numbers: `(the images grouped, sorted; each one's group as the number of its smallest
-    image in that list, an int array)`. Arguments as `group_images`'s.
+      `(the images grouped, sorted; each one's group as the number in that list of its group's smallest image id,
+      an int array)`.
     """
     # Nodes are integers: the images grouped numbered in id order, then those only listings name, then the items,
     # then the digests; an edge joins an image to its listing's item, to its digest, to its pair. The components
@@ -137,50 +136,8 @@ def positive_floors(fractions, min_groups):
     return tuple(floor if fraction > 0 else 0 for fraction, floor in zip(fractions, min_groups))
 
 
-def types_per_group(group_of_image, type_of_image):
-    """Dict group key -> `((type, images), ...)`, sorted, of the images with a type (counted once, voted on often).
-
-    Args:
-      group_of_image: dict image id -> group key, from `group_images`.
-      type_of_image: dict image id -> product type; an image without one does not count.
-    """
-    # Counted by a Counter of (group, type) pairs, in C; a loop in Python over the pairs, about one a group.
-    counted = collections.Counter(zip(group_of_image.values(), map(type_of_image.get, group_of_image)))
-    counts = {}
-    for (key, product_type), count in counted.items():
-        if product_type is not None:
-            counts.setdefault(key, []).append((product_type, count))
-    return {key: tuple(sorted(group)) for key, group in counts.items()}
-
-
-def class_of_groups(types_of_group, class_of_type):
-    """The class each group is dealt as: the class of most of its images (ties to the alphabetically first).
-
-    Args:
-      types_of_group: from `types_per_group`.
-      class_of_type: dict product type -> class name, or None for a type whose images are dropped (no vote).
-
-    Returns:
-      Dict group key -> class name, for the groups with at least one image of a class.
-    """
-    classes = {}
-    for key, types in types_of_group.items():
-        if len(types) == 1:  # nearly every group: one type
-            name = class_of_type[types[0][0]]
-            if name is not None:
-                classes[key] = name
-            continue
-        votes = collections.Counter()
-        for product_type, count in types:
-            if class_of_type[product_type] is not None:
-                votes[class_of_type[product_type]] += count
-        if votes:
-            classes[key] = min(votes, key=lambda name: (-votes[name], name))
-    return classes
-
-
 def vote_classes(group, class_code, num_groups):
-    """`class_of_groups` on numbers: the class of most of each group's images (ties to the smallest code).
+    """The class each group is dealt as: the class of most of its images (ties to the smallest code).
 
     Args:
       group: int array, an image's group number (in [0, num_groups)).
@@ -204,8 +161,8 @@ def vote_classes(group, class_code, num_groups):
     return result
 
 
-def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1, 1), key_fractions=None):
-    """Assigns every image to a split, class by class, whole groups only.
+def deal_groups(sizes, class_codes, key_fractions, fractions, floors=(1, 1, 1)):
+    """The split (an index into SPLITS) of each group, class by class, given as arrays in key order.
 
     Each class's groups are taken in the order of a seeded hash of their key and
     each goes to the split furthest below its share of the class's images, except
@@ -213,39 +170,13 @@ def assign_splits(group_of_image, class_of_group, fractions, seed, floors=(1, 1,
     with `sum(floors)` groups gets at least `floors[i]` of them in split i, whatever the file order.
 
     Args:
-      group_of_image: dict image id -> group key, from `group_images`.
-      class_of_group: dict group key -> class, from `class_of_groups`; a group
-        without a class (its images are all dropped) goes to train.
-      fractions: (train, validation, test) fractions summing to 1.
-      seed: salt of the hash; another seed gives another split.
-      floors: the groups each class needs in each split (none in a split of fraction 0).
-      key_fractions: `stable_fractions(seed, keys)` of a list of group keys computed ahead (a function), or None.
-
-    Returns:
-      Dict image id -> split name.
-    """
-    images_of_group = collections.Counter(group_of_image.values())
-    keys = sorted(images_of_group)
-    classes = list(map(class_of_group.get, keys))
-    names = sorted(set(classes).difference([None]))
-    class_codes = np.fromiter(
-        map({name: code for code, name in enumerate(names)}.get, classes, itertools.repeat(-1)), np.int64, len(keys)
-    )
-    sizes = np.fromiter(map(images_of_group.__getitem__, keys), np.int64, len(keys))
-    fraction = (key_fractions or functools.partial(stable_fractions, seed))(keys)
-    dealt = deal_groups(sizes, class_codes, np.asarray(fraction, np.float64), fractions, floors)
-    split_of_group = dict(zip(keys, map(SPLITS.__getitem__, dealt.tolist())))
-    return dict(zip(group_of_image, map(split_of_group.__getitem__, group_of_image.values())))
-
-
-def deal_groups(sizes, class_codes, key_fractions, fractions, floors=(1, 1, 1)):
-    """`assign_splits` on numbers: the split (an index into SPLITS) of each group, given as arrays in key order.
-
-    Args:
       sizes: int array, each group's images.
-      class_codes: int array, each group's class (any codes; -1: no class, the group goes to train).
-      key_fractions: float array, `stable_fractions` of each group's key.
-      fractions, floors: as `assign_splits`'s.
+      class_codes: int array, each group's class (any codes, e.g. `vote_classes`'; -1: no class, the group goes
+        to train).
+      key_fractions: float array, `stable_fractions(seed, keys)` of each group's key (the seed: another gives
+        another split).
+      fractions: (train, validation, test) fractions summing to 1.
+      floors: the groups each class needs in each split (none in a split of fraction 0, `positive_floors`).
 
     Returns:
       An int array, each group's split.
@@ -286,23 +217,9 @@ def _deal(sizes, fractions, floors):
     return dealt
 
 
-def shuffle_order(image_ids, seed, digests=None):
-    """The image ids in a seeded order that does not depend on the input order.
-
-    Args:
-      image_ids: a list of image ids (distinct).
-      seed: the shuffle's salt.
-      digests: their `shuffle_digests(image_ids, seed)`, if computed ahead.
-
-    Returns:
-      The ids sorted by the SHA-256 of `shuffle:<seed>:<image id>`.
-    """
-    order = shuffled_positions(shuffle_digests(image_ids, seed) if digests is None else digests)
-    return list(map(image_ids.__getitem__, order.tolist()))
-
-
 def shuffled_positions(digests):
-    """The positions of `shuffle_digests` rows in `shuffle_order`'s order (an int array)."""
+    """The positions of `shuffle_digests` rows in the order of their whole digests (an int array): a seeded order
+    of the images that does not depend on their input order."""
     order = np.argsort(digests[:, 0], kind="stable")
     first = digests[order, 0]
     if np.any(first[1:] == first[:-1]):  # two ids share a digest's first 8 bytes (p ~ 1e-8 at 400k): all 32 decide
