@@ -559,6 +559,8 @@ RENDERERS = {
     "baselines_full": ("baselines_full.json", render_baselines_extracted),
     "baselines_probe": ("baselines_probe.json", render_baselines_extracted),
     "baselines_full_cnn": ("baselines_full_cnn.json", render_baselines_extracted),
+    # The handcrafted features' logreg again, every fit on the chunked objective (`lbfgs.ChunkedLogisticRegression`).
+    "baselines_full_logreg_probe32": ("baselines_full_logreg_probe32.json", render_baselines_extracted),
     "near_duplicates": ("near_duplicates.json", render_near_duplicates),
     "near_duplicates_scale": ("audit.json", render_near_duplicates_scale),
 }

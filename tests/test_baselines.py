@@ -1207,3 +1207,75 @@ def test_lbfgs_continued_chunk_by_chunk_reaches_scikit_learns_fit():
         return objective.loss(flat, features, encoded, sample_weight, 1 / (0.5 * sample_weight.sum()))
 
     assert value(started) <= value(expected) * (1 + 1e-6)
+
+
+# Issue 21: the search's candidates and finalists are fitted on the chunked objective with subnormal probabilities
+# flushed (`lbfgs.ChunkedLogisticRegression`), scikit-learn's loss computed them (75 CPU s a candidate at full size).
+@pytest.mark.parametrize(
+    "dtype, weighting, atol",
+    [(np.float64, "balanced", 1e-6), (np.float64, "sqrt", 1e-6), (np.float64, None, 1e-6), (np.float32, "sqrt", 2e-3)],
+)
+def test_the_chunked_logistic_regression_fits_as_scikit_learns(monkeypatch, dtype, weighting, atol):
+    monkeypatch.setattr(lbfgs, "CHUNK_ROWS", 64)  # several chunks
+    features, labels = _multinomial_problem()
+    # "balanced" as scikit-learn reads it (make_pipeline's default); a dict as `Training.pipeline` gives it.
+    weights = weighting if weighting in ("balanced", None) else classifiers.class_weights(labels, weighting)
+    options = dict(C=0.5, class_weight=weights, tol=1e-8, max_iter=1000)
+    with warnings.catch_warnings():  # float32 sums: the line search may stop at their rounding, as scikit-learn's
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        expected = LogisticRegression(**options).fit(features.astype(dtype), labels)
+        fitted = lbfgs.ChunkedLogisticRegression(**options).fit(features.astype(dtype), labels)
+    assert fitted.coef_.dtype == fitted.intercept_.dtype == expected.coef_.dtype == dtype
+    assert fitted.coef_.shape == expected.coef_.shape == (5, 6) and fitted.classes_.tolist() == [1, 3, 5, 7, 9]
+    np.testing.assert_allclose(fitted.coef_, expected.coef_, atol=atol)
+    np.testing.assert_allclose(fitted.intercept_, expected.intercept_, atol=atol)
+    if dtype == np.float64:  # the same path to the minimum, iteration by iteration
+        assert fitted.n_iter_.tolist() == expected.n_iter_.tolist()
+    np.testing.assert_array_equal(fitted.predict(features), expected.predict(features))
+
+
+def test_the_chunked_logistic_regression_stops_and_warm_starts_as_scikit_learns():
+    features, labels = _multinomial_problem()
+    steps = []
+    for estimator in (LogisticRegression, lbfgs.ChunkedLogisticRegression):
+        classifier = estimator(C=0.5, max_iter=3, warm_start=True)
+        with pytest.warns(ConvergenceWarning):  # stopped at max_iter, said as scikit-learn says it
+            first = classifier.fit(features, labels).coef_.copy()
+        with pytest.warns(ConvergenceWarning):
+            classifier.fit(features, labels)  # from `first`
+        steps.append((first, classifier.coef_, classifier.n_iter_.tolist()))
+    np.testing.assert_allclose(steps[1][0], steps[0][0], atol=1e-9)
+    np.testing.assert_allclose(steps[1][1], steps[0][1], atol=1e-9)
+    assert steps[1][2] == steps[0][2] == [3] and not np.allclose(steps[0][0], steps[0][1])
+
+
+@pytest.mark.parametrize("case", ["two classes", "sample weights", "no intercept"])
+def test_the_fits_the_chunked_objective_does_not_compute_are_scikit_learns(case):
+    features, labels = _multinomial_problem()
+    if case == "two classes":
+        labels = np.where(labels > 5, 9, 1)
+    options = {"fit_intercept": False} if case == "no intercept" else {}
+    fit = {"sample_weight": np.linspace(0.5, 2.0, len(labels))} if case == "sample weights" else {}
+    expected = LogisticRegression(**options).fit(features, labels, **fit)
+    fitted = lbfgs.ChunkedLogisticRegression(**options).fit(features, labels, **fit)
+    np.testing.assert_array_equal(fitted.coef_, expected.coef_)
+    np.testing.assert_array_equal(fitted.intercept_, expected.intercept_)
+
+
+def test_the_logreg_search_scores_and_chooses_as_with_scikit_learns_fit(monkeypatch):
+    splits = _synthetic_splits(600, num_classes=8)
+    training = classifiers.Training("logreg", splits["train"], np.arange(600), epochs=1, seed=0)
+    grid = {"classifier__C": [0.001, 0.01, 0.1, 10.0]}
+    ours = search.search(training, grid, splits["validation"], max_train=200, progress=False)
+    assert isinstance(ours.pipeline.named_steps["classifier"], lbfgs.ChunkedLogisticRegression)
+    monkeypatch.setattr(lbfgs, "ChunkedLogisticRegression", LogisticRegression)  # make_pipeline's classifier
+    theirs = search.search(training, grid, splits["validation"], max_train=200, progress=False)
+    assert type(theirs.pipeline.named_steps["classifier"]) is LogisticRegression
+    scores = [[row["validation_macro_f1"] for row in found.record["candidates"]] for found in (ours, theirs)]
+    assert len(set(scores[1])) > 2, scores  # the choice is a choice
+    np.testing.assert_allclose(scores[0], scores[1], atol=0.01)
+    assert ours.record["chosen"] == theirs.record["chosen"]
+    finalists = [
+        [row["validation_macro_f1"] for row in found.record["rescored"]["finalists"]] for found in (ours, theirs)
+    ]
+    np.testing.assert_allclose(finalists[0], finalists[1], atol=0.01)

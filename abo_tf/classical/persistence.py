@@ -11,9 +11,9 @@ from abo_tf.records import shards
 MODEL_FILE = "model.skops"
 RESULT_FILE = "baseline.json"
 # Types a model.skops may hold beyond those skops trusts by default (scikit-learn,
-# NumPy, SciPy): the project's own estimator (a NearestCentroid whose fit streams; loading it sets attributes,
-# it runs none of its code). A file asking for any other type is refused, never loaded.
-TRUSTED_TYPES = ("abo_tf.classical.classifiers.ClassMeans",)
+# NumPy, SciPy): the project's own estimators (a NearestCentroid whose fit streams, a LogisticRegression whose fit
+# is chunked; loading them sets attributes, it runs none of their code). A file asking for any other type is refused.
+TRUSTED_TYPES = ("abo_tf.classical.classifiers.ClassMeans", "abo_tf.classical.lbfgs.ChunkedLogisticRegression")
 
 
 def save_model(pipeline, path):
