@@ -74,6 +74,33 @@ def test_parse_record_agrees_with_tensorflow(built_records):
         assert shards.parse_record(record.numpy()) == expected
 
 
+def _relaid(serialized, layout):
+    """The same `tf.train.Example` in another valid layout than the build writes: entries reversed, or the label
+    as an unpacked int64 (the general parser's case, not the fast path's)."""
+    entries = [entry for _, _, features in shards._fields(serialized) for _, _, entry in shards._fields(features)]
+    if layout == "reversed":
+        entries.reverse()
+    else:
+        label = shards.parse_record(serialized)[schema.LABEL]
+        unpacked = schema._length_delimited(3, b"\x08" + schema._varint(label))  # Int64List, field 1 as wire type 0
+        label_entry = schema._KEY_PARTS[schema.LABEL] + schema._length_delimited(2, unpacked)
+        entries = [label_entry if entry.startswith(schema._KEY_PARTS[schema.LABEL]) else entry for entry in entries]
+    return schema._length_delimited(1, b"".join(schema._length_delimited(1, entry) for entry in entries))
+
+
+@pytest.mark.parametrize("layout", ["reversed", "unpacked-label"])
+def test_parse_record_reads_other_layouts_as_tensorflow_does(layout, built_records):
+    records_dir, manifest = built_records
+    record = next(iter(tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")))).numpy()
+    relaid = _relaid(record, layout)
+    assert relaid != record
+    if layout == "unpacked-label":  # not the build's layout: read by the general parser
+        with pytest.raises(ValueError):
+            shards._parse_as_written(relaid)
+    parsed = tf.io.parse_single_example(relaid, schema.feature_spec())
+    assert shards.parse_record(relaid) == {key: value.numpy() for key, value in parsed.items()}
+
+
 @pytest.mark.parametrize(
     "data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"], ids=["missing-features", "truncated", "wire-type"]
 )
