@@ -340,6 +340,9 @@ def _nested(data, position, tag):
     """`(start, end)` of the length-delimited field at `position`, which must have the one-byte `tag`."""
     if data[position] != tag:
         raise ValueError(f"tag {data[position]} where {tag} was written")
+    length = data[position + 1]
+    if length < 0x80:  # all lengths of a record but the image's and its entry's: no call
+        return position + 2, position + 2 + length
     length, start = _read_varint(data, position + 1)
     return start, start + length
 
