@@ -412,11 +412,17 @@ def parse_record(serialized):
     except (ValueError, IndexError):
         try:
             record = _parse_any_layout(serialized)
-        except (ValueError, KeyError, IndexError, UnicodeDecodeError) as error:
+        # TypeError, AttributeError: a number where a message or a key goes (was a traceback)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
             raise VerificationError(f"a record is not a serialised tf.train.Example ({error})") from error
     missing = set(schema.BYTES_FEATURES + schema.INT64_FEATURES) - set(record)
     if missing:
         raise VerificationError(f"a record lacks the features {sorted(missing)}")
+    # A bytes list where an int64 goes (or the reverse) was a TypeError, a traceback, in verify's label check.
+    if not all(isinstance(record[key], int) for key in schema.INT64_FEATURES) or not all(
+        isinstance(record[key], bytes) for key in schema.BYTES_FEATURES
+    ):
+        raise VerificationError("a record has a feature of another type than the schema's")
     return record
 
 
