@@ -74,8 +74,58 @@ def test_parse_record_agrees_with_tensorflow(built_records):
         assert shards.parse_record(record.numpy()) == expected
 
 
+def _entries(serialized):
+    """The map entries (key, feature) of a serialised `tf.train.Example`, as bytes."""
+    return [entry for _, _, features in shards._fields(serialized) for _, _, entry in shards._fields(features)]
+
+
+def _example(entries):
+    return schema._length_delimited(1, b"".join(schema._length_delimited(1, entry) for entry in entries))
+
+
+def _with_label_feature(serialized, feature):
+    """The record with its label's `Feature` message replaced by `feature` (bytes)."""
+    label_entry = schema._KEY_PARTS[schema.LABEL] + schema._length_delimited(2, feature)
+    key = schema._KEY_PARTS[schema.LABEL]
+    return _example([label_entry if entry.startswith(key) else entry for entry in _entries(serialized)])
+
+
+def _relaid(serialized, layout):
+    """The same `tf.train.Example` in another valid layout than the build writes: entries reversed, or the label
+    as an unpacked int64 (the general parser's case, not the fast path's)."""
+    if layout == "reversed":
+        return _example(_entries(serialized)[::-1])
+    label = shards.parse_record(serialized)[schema.LABEL]
+    return _with_label_feature(serialized, schema._length_delimited(3, b"\x08" + schema._varint(label)))
+
+
+def _first_test_record(built_records):
+    records_dir, manifest = built_records
+    return next(iter(tf.data.TFRecordDataset(shards.shard_paths(records_dir, manifest, "test")))).numpy()
+
+
+@pytest.mark.parametrize("layout", ["reversed", "unpacked-label"])
+def test_parse_record_reads_other_layouts_as_tensorflow_does(layout, built_records):
+    record = _first_test_record(built_records)
+    relaid = _relaid(record, layout)
+    assert relaid != record
+    if layout == "unpacked-label":  # not the build's layout: read by the general parser
+        with pytest.raises(ValueError):
+            shards._parse_as_written(relaid)
+    parsed = tf.io.parse_single_example(relaid, schema.feature_spec())
+    assert shards.parse_record(relaid) == {key: value.numpy() for key, value in parsed.items()}
+
+
+def test_parse_record_refuses_a_feature_of_another_type(built_records):
+    label_as_bytes = schema._length_delimited(1, schema._length_delimited(1, b"3"))  # a BytesList
+    with pytest.raises(shards.VerificationError, match="another type"):
+        shards.parse_record(_with_label_feature(_first_test_record(built_records), label_as_bytes))
+
+
 @pytest.mark.parametrize(
-    "data", [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b"], ids=["missing-features", "truncated", "wire-type"]
+    "data",
+    [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b", b"\x08\x01", b"\x0a\x0a\x0a\x08\x08\x01\x12\x04\x0a\x02\x0a\x00"],
+    ids=["missing-features", "truncated", "wire-type", "number-for-features", "number-for-key"],
 )
 def test_parse_record_refuses_what_is_not_a_record(data):
     with pytest.raises(shards.VerificationError):
