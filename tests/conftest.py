@@ -106,21 +106,58 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
+# Fixtures that cost more than the tests sharing them: name -> its setup seconds (tests/longest.json's profile). Under
+# xdist a module or session fixture is built on every worker that runs one of its users, so with `--dist loadgroup`
+# (setup.cfg) the users of one of these, and of any other of these that a user also takes, are a group on one worker.
+SHARED_FIXTURES = {
+    "trained_run": 20.0,
+    "averaged_run": 20.0,
+    "trained": 15.0,
+}
+
 # The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
-# `-n 2` one of them started last is a long tail with one core idle. xdist (--dist load) first sends each worker a run
-# of consecutive tests (a quarter of its share): the longest are dealt round-robin into those runs.
+# `-n 2` one of them started last is a long tail with one core idle.
 LONGEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "longest.json")
 
 
-def _longest_first(config, items):
-    import json
+def _shared_fixture_groups(items):
+    """Each item's group (None: it takes none of SHARED_FIXTURES) and each group's fixture seconds."""
+    parent = {name: name for name in SHARED_FIXTURES}
 
-    with open(LONGEST, encoding="utf-8") as handle:
-        seconds = json.load(handle)
+    def root(name):
+        while parent[name] != name:
+            name = parent[name]
+        return name
 
-    def expected(item):
-        return seconds.get(item.nodeid.split("[")[0], 0)
+    taken = [sorted(SHARED_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))) for item in items]
+    for names in taken:
+        for name in names[1:]:
+            parent[root(name)] = root(names[0])
+    # Named after a fixture, so the same on every worker (xdist compares the workers' collections).
+    groups = [root(names[0]) if names else None for names in taken]
+    seconds = {}
+    for name, cost in SHARED_FIXTURES.items():
+        seconds[root(name)] = seconds.get(root(name), 0.0) + cost
+    return groups, seconds
 
+
+def _units_longest_first(items, expected):
+    """`--dist loadgroup`: a group is one unit, any other test a unit of its own; a worker takes the next unit when it
+    has two tests left, so the units go longest first (a group: its fixtures and its profiled tests)."""
+    groups, fixture_seconds = _shared_fixture_groups(items)
+    units = {}
+    for item, group in zip(items, groups):
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        units.setdefault(group or item.nodeid, []).append(item)
+    seconds = {key: fixture_seconds.get(key, 0.0) + sum(map(expected, members)) for key, members in units.items()}
+    # A stable sort: the unprofiled single tests stay in collection order, next to their module's fixtures.
+    items[:] = [item for key in sorted(units, key=lambda key: -seconds[key]) for item in units[key]]
+
+
+def _dealt_longest_first(config, items, expected):
+    """`--dist load`: xdist first sends each worker a run of consecutive tests (a quarter of its share), then the
+    rest one by one: the longest are dealt round-robin into those first runs."""
     longest = sorted((item for item in items if expected(item)), key=expected, reverse=True)
     rest = [item for item in items if not expected(item)]  # in collection order: module fixtures stay shared
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
@@ -134,6 +171,22 @@ def _longest_first(config, items):
     items[:] = ordered + rest[taken:]
 
 
+def _longest_first(config, items):
+    import json
+
+    with open(LONGEST, encoding="utf-8") as handle:
+        seconds = json.load(handle)
+
+    def expected(item):
+        return seconds.get(item.nodeid.split("[")[0], 0)
+
+    if config.getoption("dist", "no") == "loadgroup":
+        _units_longest_first(items, expected)
+    else:
+        _dealt_longest_first(config, items, expected)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which appends each item's xdist_group to its node id
 def pytest_collection_modifyitems(config, items):
     """A test that needs a trained model is slow (`make test-fast` leaves it out); the longest tests go first."""
     for item in items:
@@ -152,13 +205,19 @@ def pytest_sessionstart(session):
     session.config._abo_tf_started = time.monotonic()
 
 
+def _without_group(nodeid):
+    """The node id without the `@group` xdist's loadgroup appends (as xdist splits it: a parameter may hold an @)."""
+    return nodeid[: nodeid.rfind("@")] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
+
+
 def _slowest_tests(stats, count=5):
     """The `count` tests of longest setup + call (a session fixture's cost lands on its first test)."""
     seconds = {}
     for reports in stats.values():
         for report in reports:
             if getattr(report, "when", None) in ("setup", "call"):
-                seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
+                test = _without_group(report.nodeid)
+                seconds[test] = seconds.get(test, 0.0) + report.duration
     ranked = sorted(seconds.items(), key=lambda item: -item[1])[:count]
     return [{"test": nodeid, "seconds": round(duration, 1)} for nodeid, duration in ranked]
 
