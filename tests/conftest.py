@@ -106,13 +106,14 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
-# Fixtures that cost more than the tests sharing them: name -> its setup seconds (tests/longest.json's profile). Under
-# xdist a module or session fixture is built on every worker that runs one of its users, so with `--dist loadgroup`
-# (setup.cfg) the users of one of these, and of any other of these that a user also takes, are a group on one worker.
+# Fixtures that cost more than the tests sharing them: name -> its setup seconds (CPU, measured under `-n 2`). xdist
+# builds a module or session fixture on every worker that runs one of its users, so the users of one of these (and of
+# any other of these that a user also takes) are dealt together into one worker's first run, below.
 SHARED_FIXTURES = {
-    "trained_run": 20.0,
+    "trained_run": 32.0,  # with the fixtures built on it (test_evaluate's report, test_conversion's exports)
     "averaged_run": 20.0,
     "trained": 15.0,
+    "audited": 8.0,
 }
 
 # The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
@@ -133,7 +134,6 @@ def _shared_fixture_groups(items):
     for names in taken:
         for name in names[1:]:
             parent[root(name)] = root(names[0])
-    # Named after a fixture, so the same on every worker (xdist compares the workers' collections).
     groups = [root(names[0]) if names else None for names in taken]
     seconds = {}
     for name, cost in SHARED_FIXTURES.items():
@@ -142,36 +142,36 @@ def _shared_fixture_groups(items):
 
 
 def _units_longest_first(items, expected):
-    """`--dist loadgroup`: a group is one unit, any other test a unit of its own; a worker takes the next unit when it
-    has two tests left, so the units go longest first (a group: its fixtures and its profiled tests)."""
+    """The groups of `_shared_fixture_groups` and the profiled tests, as (seconds, items) longest first; the rest."""
     groups, fixture_seconds = _shared_fixture_groups(items)
-    units = {}
+    units, rest = {}, []
     for item, group in zip(items, groups):
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-        units.setdefault(group or item.nodeid, []).append(item)
+        if group or expected(item):
+            units.setdefault(group or item.nodeid, []).append(item)
+        else:
+            rest.append(item)  # in collection order: module fixtures stay shared
     seconds = {key: fixture_seconds.get(key, 0.0) + sum(map(expected, members)) for key, members in units.items()}
-    # A stable sort: the unprofiled single tests stay in collection order, next to their module's fixtures.
-    items[:] = [item for key in sorted(units, key=lambda key: -seconds[key]) for item in units[key]]
+    return sorted(((seconds[key], units[key]) for key in units), key=lambda unit: -unit[0]), rest
 
 
-def _dealt_longest_first(config, items, expected):
-    """`--dist load`: xdist first sends each worker a run of consecutive tests (a quarter of its share), then the
-    rest one by one: the longest are dealt round-robin into those first runs."""
-    longest = sorted((item for item in items if expected(item)), key=expected, reverse=True)
-    rest = [item for item in items if not expected(item)]  # in collection order: module fixtures stay shared
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    first_run = max(len(items) // workers // 4, 2)  # xdist's LoadScheduling.schedule()
-    ordered, taken = [], 0
-    for worker in range(workers):
-        dealt = longest[worker::workers]
-        fill = max(first_run - len(dealt), 0)
-        ordered += dealt + rest[taken : taken + fill]
-        taken += fill
-    items[:] = ordered + rest[taken:]
+def _deal(units, workers, first_run):
+    """Each unit to the worker expected to finish first whose first run has room for it; (runs, units left over)."""
+    runs, loads, left = [[] for _ in range(workers)], [0.0] * workers, []
+    for seconds, members in units:
+        fits = [worker for worker in range(workers) if len(runs[worker]) + len(members) <= first_run]
+        if not fits:
+            left += members  # a subset run too small for the group: its users may land on both workers
+            continue
+        worker = min(fits, key=lambda index: loads[index])
+        runs[worker] += members
+        loads[worker] += seconds
+    return runs, left
 
 
 def _longest_first(config, items):
+    """xdist (--dist load) first sends each worker a run of consecutive tests (a quarter of its share), then the rest
+    in chunks to whichever worker runs low: the longest tests and each shared fixture's users are dealt into those
+    first runs, longest first, so a fixture is built on one worker and no long test starts last."""
     import json
 
     with open(LONGEST, encoding="utf-8") as handle:
@@ -180,13 +180,18 @@ def _longest_first(config, items):
     def expected(item):
         return seconds.get(item.nodeid.split("[")[0], 0)
 
-    if config.getoption("dist", "no") == "loadgroup":
-        _units_longest_first(items, expected)
-    else:
-        _dealt_longest_first(config, items, expected)
+    units, rest = _units_longest_first(items, expected)
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    first_run = max(len(items) // workers // 4, 2)  # xdist's LoadScheduling.schedule()
+    runs, left = _deal(units, workers, first_run)
+    ordered, taken = [], 0
+    for run in runs:
+        fill = max(first_run - len(run), 0)
+        ordered += run + rest[taken : taken + fill]
+        taken += fill
+    items[:] = ordered + left + rest[taken:]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which appends each item's xdist_group to its node id
 def pytest_collection_modifyitems(config, items):
     """A test that needs a trained model is slow (`make test-fast` leaves it out); the longest tests go first."""
     for item in items:
@@ -205,19 +210,13 @@ def pytest_sessionstart(session):
     session.config._abo_tf_started = time.monotonic()
 
 
-def _without_group(nodeid):
-    """The node id without the `@group` xdist's loadgroup appends (as xdist splits it: a parameter may hold an @)."""
-    return nodeid[: nodeid.rfind("@")] if nodeid.rfind("@") > nodeid.rfind("]") else nodeid
-
-
 def _slowest_tests(stats, count=5):
     """The `count` tests of longest setup + call (a session fixture's cost lands on its first test)."""
     seconds = {}
     for reports in stats.values():
         for report in reports:
             if getattr(report, "when", None) in ("setup", "call"):
-                test = _without_group(report.nodeid)
-                seconds[test] = seconds.get(test, 0.0) + report.duration
+                seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
     ranked = sorted(seconds.items(), key=lambda item: -item[1])[:count]
     return [{"test": nodeid, "seconds": round(duration, 1)} for nodeid, duration in ranked]
 
