@@ -106,14 +106,15 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
-# Fixtures that cost more than the tests sharing them: name -> its setup seconds (CPU, measured under `-n 2`). xdist
-# builds a module or session fixture on every worker that runs one of its users, so the users of one of these (and of
-# any other of these that a user also takes) are dealt together into one worker's first run, below.
+# Fixtures that cost more than the tests sharing them: name -> its setup CPU seconds (measured under `-n 2`;
+# averaged_run's estimated). xdist builds a module or session fixture on every worker that runs one of its users, so
+# the users of one of these (and of any other of these a user also takes) are dealt into one worker's first run, below.
+# (`--dist loadgroup` would do it, but on pytest 9.2 it silently stops grouping: pytest-dev/pytest-xdist#1386.)
 SHARED_FIXTURES = {
-    "trained_run": 32.0,  # with the fixtures built on it (test_evaluate's report, test_conversion's exports)
+    "trained_run": 40.0,  # its users take test_evaluate's report (7 s more) and test_conversion's exports too
     "averaged_run": 20.0,
-    "trained": 15.0,
-    "audited": 8.0,
+    "trained": 12.0,
+    "audited": 6.0,  # with test_audit's rebuilt
 }
 
 # The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
