@@ -134,6 +134,17 @@ def _two_values(record, name):
     return schema._length_delimited(1, schema._length_delimited(1, record[name]) + schema._length_delimited(1, b"x"))
 
 
+@pytest.mark.parametrize("layout", ["as-written", "unpacked"])
+def test_parse_record_reads_a_negative_int64_as_tensorflow_does(layout, built_records):
+    negative = schema._varint((1 << 64) - 1)  # -1, as protobuf writes an int64
+    feature = schema._length_delimited(1, negative) if layout == "as-written" else b"\x08" + negative  # packed or not
+    relaid = _with_feature(_first_test_record(built_records), schema._length_delimited(3, feature))
+    expected = tf.io.parse_single_example(relaid, schema.feature_spec())[schema.LABEL].numpy()
+    assert expected == -1 and shards.parse_record(relaid)[schema.LABEL] == -1
+    if layout == "as-written":  # read by the fast path, not the general parser
+        assert shards._parse_as_written(relaid)[schema.LABEL] == -1
+
+
 @pytest.mark.parametrize("name", [schema.LABEL, schema.IMAGE])
 def test_parse_record_refuses_a_list_of_two_values_as_training_does(name, built_records):
     record = _first_test_record(built_records)

@@ -338,6 +338,12 @@ def _fields(data):
     return fields
 
 
+def _signed(number):
+    """An int64 as TensorFlow reads it: a negative one is written as its 10-byte two's complement (label -1 was
+    reported as 18446744073709551615)."""
+    return number - (1 << 64) if number >= 1 << 63 else number
+
+
 def _feature_value(feature):
     """The single value of a `tf.train.Feature`: bytes of a BytesList, int of an Int64List.
 
@@ -353,8 +359,8 @@ def _feature_value(feature):
             number, used = _read_varint(value, 0)
             if used != len(value):
                 raise ValueError("an int64 list of more than one value")
-            return number
-        return value
+            return _signed(number)
+        return _signed(value) if wire_type == 0 else value  # an unpacked int64, or bytes
     raise ValueError("empty feature")
 
 
@@ -399,6 +405,7 @@ def _parse_as_written(data):
             value, used = _read_varint(value, 0)
             if value_start + used != value_end:
                 raise ValueError("an int64 list of more than one value")
+            value = _signed(value)
         record[data[key_start:key_end].decode("utf-8")] = value
         start = entry_end
     return record
