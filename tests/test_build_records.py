@@ -519,6 +519,19 @@ def test_floors_no_class_meets_are_named_as_in_force(built_records, abo_sample, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("rare_classes", ["drop", "other"])
+def test_an_image_floor_no_class_meets_blames_no_group_floor(rare_classes, abo_sample, tmp_path, capsys):
+    code, error = _run_cli(
+        capsys,
+        *("--listings", abo_sample["listings"], "--images", abo_sample["images"], "--rare-classes", rare_classes),
+        *("--min-examples-per-class", "100000", "--output", str(tmp_path / "out")),
+    )
+    assert code == 2 and len(error.splitlines()) == 1, error
+    assert "at least 100000 images" in error and "groups" not in error, error
+    assert error.rstrip().endswith("lower --min-examples-per-class or give more data"), error
+    assert not (tmp_path / "out").exists()
+
+
 # --- bad input: one line, exit 2, nothing half-written ---------------------
 
 

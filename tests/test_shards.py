@@ -83,11 +83,15 @@ def _example(entries):
     return schema._length_delimited(1, b"".join(schema._length_delimited(1, entry) for entry in entries))
 
 
-def _with_label_feature(serialized, feature):
-    """The record with its label's `Feature` message replaced by `feature` (bytes)."""
-    label_entry = schema._KEY_PARTS[schema.LABEL] + schema._length_delimited(2, feature)
-    key = schema._KEY_PARTS[schema.LABEL]
-    return _example([label_entry if entry.startswith(key) else entry for entry in _entries(serialized)])
+def _with_feature(serialized, feature, name=schema.LABEL):
+    """The record with the `Feature` message of `name` (the label by default) replaced by `feature` (bytes)."""
+    key = schema._KEY_PARTS[name]
+    return _example(
+        [
+            key + schema._length_delimited(2, feature) if entry.startswith(key) else entry
+            for entry in _entries(serialized)
+        ]
+    )
 
 
 def _relaid(serialized, layout):
@@ -96,7 +100,7 @@ def _relaid(serialized, layout):
     if layout == "reversed":
         return _example(_entries(serialized)[::-1])
     label = shards.parse_record(serialized)[schema.LABEL]
-    return _with_label_feature(serialized, schema._length_delimited(3, b"\x08" + schema._varint(label)))
+    return _with_feature(serialized, schema._length_delimited(3, b"\x08" + schema._varint(label)))
 
 
 def _first_test_record(built_records):
@@ -119,7 +123,36 @@ def test_parse_record_reads_other_layouts_as_tensorflow_does(layout, built_recor
 def test_parse_record_refuses_a_feature_of_another_type(built_records):
     label_as_bytes = schema._length_delimited(1, schema._length_delimited(1, b"3"))  # a BytesList
     with pytest.raises(shards.VerificationError, match="another type"):
-        shards.parse_record(_with_label_feature(_first_test_record(built_records), label_as_bytes))
+        shards.parse_record(_with_feature(_first_test_record(built_records), label_as_bytes))
+
+
+def _two_values(record, name):
+    """The `Feature` of `name` holding its value and another: a packed int64 list, or a bytes list."""
+    if name in schema.INT64_FEATURES:
+        packed = schema._varint(record[name]) + schema._varint(5)
+        return schema._length_delimited(3, schema._length_delimited(1, packed))
+    return schema._length_delimited(1, schema._length_delimited(1, record[name]) + schema._length_delimited(1, b"x"))
+
+
+@pytest.mark.parametrize("layout", ["as-written", "unpacked"])
+def test_parse_record_reads_a_negative_int64_as_tensorflow_does(layout, built_records):
+    negative = schema._varint((1 << 64) - 1)  # -1, as protobuf writes an int64
+    feature = schema._length_delimited(1, negative) if layout == "as-written" else b"\x08" + negative  # packed or not
+    relaid = _with_feature(_first_test_record(built_records), schema._length_delimited(3, feature))
+    expected = tf.io.parse_single_example(relaid, schema.feature_spec())[schema.LABEL].numpy()
+    assert expected == -1 and shards.parse_record(relaid)[schema.LABEL] == -1
+    if layout == "as-written":  # read by the fast path, not the general parser
+        assert shards._parse_as_written(relaid)[schema.LABEL] == -1
+
+
+@pytest.mark.parametrize("name", [schema.LABEL, schema.IMAGE])
+def test_parse_record_refuses_a_list_of_two_values_as_training_does(name, built_records):
+    record = _first_test_record(built_records)
+    relaid = _with_feature(record, _two_values(shards.parse_record(record), name), name)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # the scalar FixedLenFeature of training's input pipeline
+        tf.io.parse_single_example(relaid, schema.feature_spec())
+    with pytest.raises(shards.VerificationError, match="more than one value|2 values"):
+        shards.parse_record(relaid)
 
 
 @pytest.mark.parametrize(
@@ -137,19 +170,24 @@ def test_parse_record_refuses_what_is_not_a_record(data):
 
 def _rewrite_first_record(records_dir, manifest, split, change):
     """Replaces the first record of a split's first shard by `change(parsed record)`, fixing CRCs and the manifest."""
+
+    def encoded(serialized):
+        fields = change(shards.parse_record(serialized))
+        text = {
+            key: value.decode() for key, value in fields.items() if isinstance(value, bytes) and key != schema.IMAGE
+        }
+        return schema.encode_record(schema.Record(**{**fields, **text}))
+
+    _replace_first_record(records_dir, manifest, split, encoded)
+
+
+def _replace_first_record(records_dir, manifest, split, replace):
+    """Replaces the first record of a split's first shard by `replace(its bytes)`, fixing CRCs and the manifest."""
     shard = manifest["splits"][split]["shards"][0]
     path = os.path.join(records_dir, shard["file"])
     records = list(shards.iter_framed_records(path))
-    fields = shards.parse_record(records[0])
-    fields = change(fields)
-    record = schema.Record(
-        **{
-            key: value.decode() if isinstance(value, bytes) and key != schema.IMAGE else value
-            for key, value in fields.items()
-        }
-    )
     with open(path, "wb") as handle:
-        handle.write(b"".join(shards.frame_record(data) for data in [schema.encode_record(record), *records[1:]]))
+        handle.write(b"".join(shards.frame_record(data) for data in [replace(records[0]), *records[1:]]))
     shard["sha256"] = shards.file_sha256(path)
     with open(os.path.join(records_dir, shards.MANIFEST), "w") as handle:
         json.dump(manifest, handle)
@@ -192,6 +230,19 @@ def test_verify_finds_a_bad_record_with_valid_crcs(change, expected, built_recor
         record = next(iter(tf.data.TFRecordDataset(shards.shard_paths(str(copy), manifest, "test"))))
         with pytest.raises(tf.errors.InvalidArgumentError):
             tf.io.decode_jpeg(tf.io.parse_single_example(record, schema.feature_spec())[schema.IMAGE], channels=3)
+
+
+def test_verify_names_the_shard_of_a_record_that_does_not_parse(built_records, tmp_path):
+    records_dir, manifest = built_records
+    copy = tmp_path / "copy"
+    shutil.copytree(records_dir, copy)
+    manifest = json.loads(json.dumps(manifest))
+    label_as_bytes = schema._length_delimited(1, schema._length_delimited(1, b"3"))
+    _replace_first_record(str(copy), manifest, "test", lambda record: _with_feature(record, label_as_bytes))
+    with pytest.raises(shards.VerificationError, match="another type") as caught:
+        shards.verify_records(str(copy), progress=False, workers=2)
+    file_name = manifest["splits"]["test"]["shards"][0]["file"]
+    assert f"{file_name}: the record at byte 0:" in str(caught.value)
 
 
 def test_verify_finds_a_truncated_shard(built_records, tmp_path):

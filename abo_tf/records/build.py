@@ -661,6 +661,7 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, kept):
     Raises:
       UserInputError: when fewer than two classes are left.
     """
+    _check_image_floor(options, vocabulary)
     needed = sum(split.positive_floors(options.split_fractions, options.min_groups_per_split))
     most_groups = 0  # the most any class had, in any round: what the floors could be lowered to
     while True:
@@ -678,6 +679,17 @@ def _apply_group_floors(candidates, options, vocabulary, image_types, kept):
     _mark_dropped_types(candidates, vocabulary, image_types, kept.image_ids, RARE_CLASS_GROUPS)
     types_of_groups = np.unique(kept.group * len(kept.type_names) + kept.type_code) // max(len(kept.type_names), 1)
     return vocabulary, class_of_group, int(np.count_nonzero(np.bincount(types_of_groups) > 1))
+
+
+def _check_image_floor(options, vocabulary):
+    """Raises the one-line error of a vocabulary under two classes before any group floor: the group counts
+    `_too_few_classes` gives would then read as the cause ("the most any class had is 173 of 173 groups")."""
+    if len(vocabulary.names) < 2:
+        other = f" ({labels.OTHER}, the rare types merged, among them)" if labels.OTHER in vocabulary.names else ""
+        raise UserInputError(
+            f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images{other}: "
+            "lower --min-examples-per-class or give more data"
+        )
 
 
 def _too_few_classes(options, num_classes, most_groups, num_groups):

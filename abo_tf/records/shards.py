@@ -283,7 +283,10 @@ def _check_chunk(task, num_classes):
     examples, position = [], 0
     while position < len(data):
         (length,) = struct.unpack_from("<Q", data, position)
-        record = parse_record(data[position + 12 : position + 12 + length])
+        try:
+            record = parse_record(data[position + 12 : position + 12 + length])
+        except VerificationError as error:  # raised here it named no shard: which one is the user's first question
+            return f"the record at byte {start + position}: {error}"
         position += 16 + length
         image_id = record[schema.IMAGE_ID].decode("utf-8", "replace")
         if not 0 <= record[schema.LABEL] < num_classes:
@@ -335,13 +338,29 @@ def _fields(data):
     return fields
 
 
+def _signed(number):
+    """An int64 as TensorFlow reads it: a negative one is written as its 10-byte two's complement (label -1 was
+    reported as 18446744073709551615)."""
+    return number - (1 << 64) if number >= 1 << 63 else number
+
+
 def _feature_value(feature):
-    """The single value of a `tf.train.Feature`: bytes of a BytesList, int of an Int64List."""
+    """The single value of a `tf.train.Feature`: bytes of a BytesList, int of an Int64List.
+
+    A list of more values is refused: the first was read and verify passed, but training's scalar
+    `FixedLenFeature` fails on the record.
+    """
     for list_field, _, payload in _fields(feature):
-        for _, wire_type, value in _fields(payload):
-            if list_field == 3 and wire_type == 2:  # packed int64s
-                return _read_varint(value, 0)[0]
-            return value
+        values = _fields(payload)
+        if len(values) != 1:
+            raise ValueError(f"a list of {len(values)} values where the schema has one")
+        ((_, wire_type, value),) = values
+        if list_field == 3 and wire_type == 2:  # packed int64s
+            number, used = _read_varint(value, 0)
+            if used != len(value):
+                raise ValueError("an int64 list of more than one value")
+            return _signed(number)
+        return _signed(value) if wire_type == 0 else value  # an unpacked int64, or bytes
     raise ValueError("empty feature")
 
 
@@ -386,6 +405,7 @@ def _parse_as_written(data):
             value, used = _read_varint(value, 0)
             if value_start + used != value_end:
                 raise ValueError("an int64 list of more than one value")
+            value = _signed(value)
         record[data[key_start:key_end].decode("utf-8")] = value
         start = entry_end
     return record
