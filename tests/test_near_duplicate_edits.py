@@ -1,6 +1,7 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -531,11 +532,11 @@ def _brute_force_budget(rows, budget):
 
 @pytest.mark.parametrize("budget", [1, 3])
 def test_the_candidate_budget_equals_a_brute_force_choice(budget, monkeypatch):
-    monkeypatch.setattr(near_duplicates, "CAP_BLOCK", 11)  # an image's pairs ranked across blocks
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", 11)  # pairs and images ranked in parts
     monkeypatch.setattr(near_duplicates, "CONFIRM_BLOCK", 7)
     rng = np.random.default_rng(8)
     kinds = near_duplicates.SEARCHED_KINDS
-    found, rows = near_duplicates._Candidates(25), []
+    found, rows = near_duplicates._Candidates(25, budget), []
     for _ in range(6):  # a pair comes again through other hashes, kinds and searches, in either order
         first, second, distance = rng.integers(0, 25, 50), rng.integers(0, 25, 50), rng.integers(0, 9, 50)
         kind = kinds[int(rng.integers(0, len(kinds)))]
@@ -545,12 +546,81 @@ def test_the_candidate_budget_equals_a_brute_force_choice(budget, monkeypatch):
             (one, other, kind, bits)
             for one, other, bits in zip(*(a[apart].tolist() for a in (first, second, distance)))
         ]
-    blocks, count, left_out = found.confirmed_blocks(budget)
+    kept, count, left_out = _kept_by_the_budget(found, 7)
+    expected, expected_left_out = _brute_force_budget(rows, budget)
+    assert kept == expected and count == len(expected) and left_out == expected_left_out > 0
+
+
+def _kept_by_the_budget(found, block):
+    """({(first, second, kind): distance} of `found.confirmed_blocks()`, how many, how many pairs left out)."""
+    blocks, count, left_out = found.confirmed_blocks()
     kept = {}
     for first, second, kind, distance in blocks:
-        assert len(first) <= 7
+        assert len(first) <= block
         kept.update(
             {(one, other, kind): bits for one, other, bits in zip(first.tolist(), second.tolist(), distance.tolist())}
         )
+    return kept, count, left_out
+
+
+def test_the_candidate_budget_of_a_search_equals_a_brute_force_choice(planted, monkeypatch):
+    # The budget was one ranking of every gathered pair; now it is ranked a range of images at a time and the
+    # gathered rows filtered in place: on a real search's candidates, the same rows kept.
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", 97)
+    hashed, budget = planted[0], 4
+    size = len(hashed.hashes)
+    callbacks = near_duplicates.DEFAULT_NEAREST, None, None, 1, lambda images: None
+    searched = near_duplicates._candidate_pairs(
+        hashed, np.arange(size), near_duplicates.DEFAULT_HASH_DISTANCE, callbacks
+    )
+    found, rows = near_duplicates._Candidates(size, budget), []
+    for first, second, kind, distance in searched:
+        found.add(first, second, kind, distance)
+        rows += [
+            (one, other, kind, bits) for one, other, bits in zip(first.tolist(), second.tolist(), distance.tolist())
+        ]
+    kept, count, left_out = _kept_by_the_budget(found, near_duplicates.CONFIRM_BLOCK)
     expected, expected_left_out = _brute_force_budget(rows, budget)
     assert kept == expected and count == len(expected) and left_out == expected_left_out > 0
+
+
+@pytest.fixture(scope="module")
+def cropped_products():
+    """A `HashedImages` of textured products on white, each with crops of one side and of every side."""
+    import cv2
+
+    from abo_tf.testing import synthetic_abo
+
+    rng, images = np.random.default_rng(3), []
+    for shape, texture in itertools.product(("rectangle", "ellipse", "cross"), ("checker", "stripes", "plain")):
+        product = synthetic_abo.product_canvas(rng, 200, 240, shape, int(rng.integers(0, 180)), texture)[0]
+        images += [product] + [image_edits.edited_pixels(product, family, 0.08, rng)[0] for family in CROPS]
+    encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in images]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    return hashed._replace(greyscale=near_duplicates.greyscale_images(hashed.thumbnails))
+
+
+CROPS = ("crop_one_side", "crop_all_sides")
+
+
+@pytest.mark.parametrize("kind", [near_duplicates.SIDE_HASH, near_duplicates.CENTRE_HASH])
+@pytest.mark.parametrize("similarity", [near_duplicates.PRODUCT_CROPPED_SIMILARITY, 0.9])
+def test_crop_sketches_drop_no_pair_the_full_comparison_keeps(cropped_products, kind, similarity, monkeypatch):
+    monkeypatch.setattr(near_duplicates, "PRODUCT_CROPPED_SIMILARITY", similarity)
+    first, second = np.triu_indices(len(cropped_products.hashes), 1)
+    best = near_duplicates._best_product_crops(cropped_products, first, second, kind)[0]
+    possible = near_duplicates._may_crop_match(cropped_products, first, second, kind)
+    sketches = near_duplicates.crop_sketches(cropped_products, kind)  # of every image, as the search keeps them
+    assert np.array_equal(near_duplicates._may_crop_match(cropped_products, first, second, kind, sketches), possible)
+    assert (best >= similarity).sum() >= len(CROPS) and possible[best >= similarity].all()
+    assert possible.mean() < 0.5  # most pairs are not compared in full
+
+
+@pytest.mark.parametrize("kind", [near_duplicates.SIDE_HASH, near_duplicates.CENTRE_HASH])
+def test_product_crops_are_verified_as_without_sketches(cropped_products, kind, monkeypatch):
+    first, second = np.triu_indices(len(cropped_products.hashes), 1)
+    verified = near_duplicates._product_crops_verified(cropped_products, first, second, kind)
+    monkeypatch.setattr(near_duplicates, "_may_crop_match", lambda hashed, first, *_: np.ones(len(first), bool))
+    assert verified.any() and np.array_equal(
+        near_duplicates._product_crops_verified(cropped_products, first, second, kind), verified
+    )

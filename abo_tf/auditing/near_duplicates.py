@@ -1700,10 +1700,9 @@ def _resampling(start, stop):
     return weights
 
 
-def _capped(first, second, distance, cap, either=False):
+def _capped(first, second, distance, cap):
     """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first (ties: the
-    pairs' order); with `either`, the pairs among the `cap` closest of either image (each image's own choice, at
-    most `cap` times the images in all). The pairs are ranked CAP_BLOCK at a time in that order, each image's
+    pairs' order). The pairs are ranked CAP_BLOCK at a time in that order, each image's
     earlier pairs counted: the local candidates of 423,686 images are tens of millions, and a sort of all their
     ends at once held gigabytes."""
     kept = np.zeros(len(first), bool)
@@ -1713,7 +1712,7 @@ def _capped(first, second, distance, cap, either=False):
         for start in range(0, len(closest), CAP_BLOCK):
             pairs = closest[start : start + CAP_BLOCK]
             ranks = _ranks(first[pairs], second[pairs], taken)
-            kept[pairs] = (ranks.min(axis=0) if either else ranks.max(axis=0)) < cap
+            kept[pairs] = ranks.max(axis=0) < cap
     return kept
 
 
@@ -1772,10 +1771,10 @@ class _LocalCandidates:
         """(first, second, distance) of the unique pairs, sorted by (first, second): int32, int32, int8."""
         return self.tagged()[:3]
 
-    def tagged(self):
-        """(first, second, distance, tag) of the unique (pair, tag)s, sorted by (first, second, tag): int32, int32,
-        int8, int8."""
-        codes = self._unique()  # decoded in place: tens of millions of candidates at ABO size
+    def tagged(self, codes=None):
+        """(first, second, distance, tag) of the unique (pair, tag)s (or of `codes`, sorted held codes, which are
+        overwritten), sorted by (first, second, tag): int32, int32, int8, int8."""
+        codes = self._unique() if codes is None else codes  # decoded in place: tens of millions at ABO size
         distances = (codes % DISTANCE_CODES).astype(np.int8)
         codes //= DISTANCE_CODES
         tags = (codes % self.tags).astype(np.int8)
@@ -1787,22 +1786,33 @@ class _LocalCandidates:
 
 class _Candidates(_LocalCandidates):
     """The search's candidate pairs, each (pair, kind, order) once at its smallest distance, gathered before any is
-    confirmed so that each image's budget (`_budgeted`) spans its hashes and searches."""
+    confirmed so that each image's `budget` (`_budgeted`) spans its hashes and searches."""
 
-    def __init__(self, size):
+    def __init__(self, size, budget):
         super().__init__(size, 2 * len(SEARCHED_KINDS))
+        self.budget = budget
 
     def add(self, first, second, kind, distance):
         # the order a pair came in is kept: a mirror pair's second thumbnail is the mirrored one
         super().add(first, second, distance, 2 * SEARCHED_KINDS.index(kind) + (first > second))
 
-    def confirmed_blocks(self, budget):
+    def confirmed_blocks(self):
         """((first, second, kind, distance) blocks of the kept pairs, kind by kind, CONFIRM_BLOCK at a time; how
-        many; the pairs the budget left out): each image's `budget` nearest partners (`_budgeted`)."""
-        first, second, distance, tags = self.tagged()
-        kept, left_out = _budgeted(first, second, distance, budget)
-        first, second, distance, tags = first[kept], second[kept], distance[kept], tags[kept]
+        many; the pairs the budget left out): each image's `budget` nearest partners (`_budgeted`).
+
+        Every (pair, kind, order) is held (8 bytes) until all are found: a pair's smallest distance may come from
+        a later search, and a kept pair is confirmed through all its kinds. The budget is then ranked a range of
+        images at a time and the held codes filtered in place: decoding all of them first (18 bytes a row) and
+        ranking every pair at once took gigabytes at ABO size (35-45 million rows)."""
+        codes = self._unique()
+        first, second, nearest = self._nearest_of_pairs(codes)
+        kept, left_out = _budgeted(first, second, nearest, self.budget, self.size), len(first)
+        del first, second, nearest
+        left_out -= len(kept)
+        codes = codes[: self._filter_in_place(codes, kept)]
         del kept
+        first, second, distance, tags = self.tagged(codes)
+        del codes
         swapped = (tags & 1).astype(bool)
         first, second = np.where(swapped, second, first), np.where(swapped, first, second)
         blocks = (
@@ -1812,21 +1822,70 @@ class _Candidates(_LocalCandidates):
         )
         return blocks, len(first), left_out
 
+    def _pair_keys(self, codes):
+        return codes // (self.tags * DISTANCE_CODES)
+
+    def _nearest_of_pairs(self, codes):
+        """(first, second, smallest distance) of each pair of the sorted `codes`, int32, int32, int8: decoded
+        CANDIDATES_PER_BLOCK codes at a time, cut where a pair's codes end."""
+        bounds = np.arange(0, len(codes), CANDIDATES_PER_BLOCK)
+        bounds = np.append(
+            np.searchsorted(codes, self._pair_keys(codes[bounds]) * self.tags * DISTANCE_CODES), len(codes)
+        )
+        parts = []
+        for low, high in zip(bounds[:-1], bounds[1:]):
+            keys = self._pair_keys(codes[low:high])
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else keys
+            nearest = np.minimum.reduceat(codes[low:high] % DISTANCE_CODES, starts) if len(keys) else keys
+            keys = keys[starts]
+            parts.append(
+                ((keys // self.size).astype(np.int32), (keys % self.size).astype(np.int32), nearest.astype(np.int8))
+            )
+        empty = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
+        return tuple(np.concatenate([part[column] for part in [empty, *parts]]) for column in range(3))
+
+    def _filter_in_place(self, codes, kept):
+        """Moves the codes of the pairs `kept` (sorted pair keys) to the front of `codes`, in order; how many."""
+        filled = 0
+        for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
+            block = codes[start : start + CANDIDATES_PER_BLOCK]
+            keys = self._pair_keys(block)
+            found = (
+                kept[np.minimum(np.searchsorted(kept, keys), max(len(kept) - 1, 0))] == keys if len(kept) else keys < 0
+            )
+            chosen = block[found]
+            codes[filled : filled + len(chosen)] = chosen
+            filled += len(chosen)
+        return filled
+
 
 def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
 
 
-def _budgeted(first, second, distance, budget):
-    """(mask of the rows kept, unique pairs left out): rows sorted by pair (a pair's kinds consecutive), a pair
-    kept when it is among the `budget` nearest partners of either image (`_capped`: its smallest distance, ties
-    by pair)."""
-    starts = np.flatnonzero(np.concatenate([[True], (first[1:] != first[:-1]) | (second[1:] != second[:-1])]))
-    if not len(first):
-        return np.zeros(0, bool), 0
-    nearest = np.minimum.reduceat(distance, starts)
-    kept = _capped(first[starts], second[starts], nearest, budget, either=True)
-    return np.repeat(kept, np.diff(np.append(starts, len(first)))), int((~kept).sum())
+def _budgeted(first, second, distance, budget, size):
+    """Sorted int64 keys (first * size + second) of the pairs (first < second, each once) kept when each image keeps
+    its `budget` nearest partners (smallest `distance`, ties: the lower partner, which is the lower pair): a pair is
+    kept when it is among either image's. Ranked a range of images at a time (about CANDIDATES_PER_BLOCK of the
+    pairs' ends), each image's pairs sorted by one int64 (image, distance, partner)."""
+    partner_bits = max(1, int(size).bit_length())
+    step = max(1, size * CANDIDATES_PER_BLOCK // max(1, 2 * len(first)))
+    kept = [np.zeros(0, np.int64)]
+    for low in range(0, size, step):
+        codes = []
+        for end, partner in ((first, second), (second, first)):
+            rows = np.flatnonzero((end >= low) & (end < low + step))
+            ranked = (end[rows].astype(np.int64) - low) << (partner_bits + 7)
+            codes.append(ranked | (distance[rows].astype(np.int64) << partner_bits) | partner[rows])
+        codes = np.concatenate(codes)
+        codes.sort()
+        ends = codes >> (partner_bits + 7)
+        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]])) if len(codes) else ends
+        rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.append(starts, len(codes))))
+        chosen = codes[rank < budget]
+        end, partner = (chosen >> (partner_bits + 7)) + low, chosen & ((1 << partner_bits) - 1)
+        kept.append(np.minimum(end, partner) * size + np.maximum(end, partner))
+    return np.unique(np.concatenate(kept))
 
 
 def _least_inliers(hashed, first, second, min_inliers):
@@ -2209,14 +2268,14 @@ def near_duplicate_forest(
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
-    local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes))
+    local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes), max_candidates)
     total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, callbacks):
         found.add(first, second, kind, distance)
     bar.close()
-    candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks(max_candidates)
+    candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks()
     del found
     bar = console.progress_bar(total=count, desc="confirming", unit="pair", enabled=progress)
     sketches = {}  # `crop_sketches` of the kind being confirmed: the blocks come kind by kind
