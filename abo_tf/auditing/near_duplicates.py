@@ -125,6 +125,7 @@ PRODUCT_CROP_DISTANCE = 8.0
 # float16 value is within 2**-11 of its own size of the float32 one, so a sketch distance is off by 0.004 at most.
 SKETCH_CELL = 4
 SKETCH_MARGIN = 0.01
+SKETCH_BLOCK = 4096  # images sketched at once: 12 MB a view as float32
 # Whole thumbnails show a product's outline only if it covers enough of their 256 pixels: a circle and a square of one
 # colour on white, 18% of the side (12 and 16 pixels), were joined as crops (hostile review). The generated catalog's
 # products cover 23 to 107 (16 shapes, 60 images each). The larger of the two is counted (an image that fills its
@@ -1573,11 +1574,11 @@ def crop_sketches(hashed, kind, images=None):
     images = np.arange(len(hashed.thumbnails)) if images is None else images
     boxes, cells = _crop_boxes(kind), THUMBNAIL_SIDE // SKETCH_CELL
     sketches = np.empty((len(images), len(boxes) + 1, 3 * cells**2), np.float16)
-    for start in range(0, len(images), SIMILARITY_BLOCK):
-        block = slice(start, start + SIMILARITY_BLOCK)
+    for start in range(0, len(images), SKETCH_BLOCK):
+        block = slice(start, start + SKETCH_BLOCK)
         whole = hashed.thumbnails[images[block]].astype(np.float32)
-        views = [_cropped_thumbnails(whole, rows, columns) for rows, columns in boxes] + [whole]
-        for view, pixels in enumerate(views):
+        for view, box in enumerate([*boxes, None]):
+            pixels = whole if box is None else _cropped_thumbnails(whole, *box)
             pooled = _normalised(pixels).reshape(-1, cells, SKETCH_CELL, cells, SKETCH_CELL, 3).mean(axis=(2, 4))
             sketches[block, view] = SKETCH_CELL * pooled.reshape(len(pixels), -1)
     return sketches
