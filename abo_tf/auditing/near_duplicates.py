@@ -2229,6 +2229,44 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     return int((~kept).sum())
 
 
+def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
+    """Joins the candidate `blocks` (`_Candidates.confirmed_blocks`) that `_thumbnail_verified` confirms, in order;
+    the rest go to `local` for the keypoint check. `threads` blocks are confirmed at once (NumPy releases the GIL);
+    a block's pairs already in one group are left out as it starts, so a block started before the previous one
+    was joined compares a few pairs more, and `forest.add` drops those, as it drops any pair inside a group: the
+    same joins as one block at a time, in order. `progress`: (pairs in all, whether a bar shows them)."""
+    bar = console.progress_bar(total=progress[0], desc="confirming", unit="pair", enabled=progress[1])
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        confirmed = bounded_map(pool, _confirmed, _sketched(hashed, blocks), threads, hashed, forest, min_similarity)
+        for size, (first, second, kind, distance), similarity, signal in confirmed:
+            kept = signal != ""
+            pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
+            forest.add(pairs._replace(signal=signal[kept]))
+            if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
+                local.add(first[~kept], second[~kept], distance[~kept])
+            bar.update(size)
+    bar.close()
+
+
+def _sketched(hashed, blocks):
+    """Yields (block, `crop_sketches` of its kind or None): the blocks come kind by kind, each kind sketched once."""
+    sketches = {}
+    for block in blocks:
+        kind = block[2]
+        if kind in (CENTRE_HASH, SIDE_HASH) and kind not in sketches:
+            sketches = {kind: crop_sketches(hashed, kind)}
+        yield block, sketches.get(kind)
+
+
+def _confirmed(sketched, hashed, forest, min_similarity):
+    """(the block's size, its candidates whose images are in different groups so far, their similarity and
+    signal: `_thumbnail_verified`)."""
+    (first, second, kind, distance), sketches = sketched
+    apart = forest.apart(first, second)
+    candidates = first[apart], second[apart], kind, distance[apart]
+    return (len(first), candidates, *_thumbnail_verified(hashed, candidates, min_similarity, sketches))
+
+
 def near_duplicate_forest(
     hashed,
     max_distance=DEFAULT_HASH_DISTANCE,
@@ -2278,21 +2316,7 @@ def near_duplicate_forest(
     bar.close()
     candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks()
     del found
-    bar = console.progress_bar(total=count, desc="confirming", unit="pair", enabled=progress)
-    sketches = {}  # `crop_sketches` of the kind being confirmed: the blocks come kind by kind
-    for first, second, kind, distance in candidate_blocks:
-        if kind in (CENTRE_HASH, SIDE_HASH) and kind not in sketches:
-            sketches = {kind: crop_sketches(hashed, kind)}
-        apart = forest.apart(first, second)
-        candidates = first[apart], second[apart], kind, distance[apart]
-        similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity, sketches.get(kind))
-        first, second, kept = candidates[0], candidates[1], signal != ""
-        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
-        forest.add(pairs._replace(signal=signal[kept]))
-        if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
-            local.add(first[~kept], second[~kept], candidates[3][~kept])
-        bar.update(len(apart))
-    bar.close()
+    _confirm(hashed, forest, local, candidate_blocks, min_similarity, threads, (count, progress))
     release_pages(hashed)  # the thumbnails read by the confirmation: the keypoint check reads the descriptors
     if min_inliers > 0 and hashed.descriptors is not None:
         checks = local, min_inliers, max_local_checks, threads, progress
