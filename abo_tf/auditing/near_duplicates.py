@@ -1817,10 +1817,9 @@ class _Candidates(_LocalCandidates):
         ranking every pair at once took gigabytes at ABO size (35-45 million rows)."""
         codes = self._unique()
         first, second, nearest = self._nearest_of_pairs(codes)
-        kept, left_out = _budgeted(first, second, nearest, self.budget, self.size), len(first)
+        kept = _budgeted(first, second, nearest, self.budget, self.size)
         del first, second, nearest
-        left_out -= len(kept)
-        codes = codes[: self._filter_in_place(codes, kept)]
+        codes, left_out = codes[: self._filter_in_place(codes, kept)], int((~kept).sum())
         del kept
         first, second, distance, tags = self.tagged(codes)
         del codes
@@ -1856,16 +1855,16 @@ class _Candidates(_LocalCandidates):
         return tuple(np.concatenate([part[column] for part in [empty, *parts]]) for column in range(3))
 
     def _filter_in_place(self, codes, kept):
-        """Moves the codes of the pairs `kept` (sorted pair keys) to the front of `codes`, in order; how many."""
-        filled = 0
+        """Moves the codes of the pairs `kept` (bool, one a pair, in the sorted codes' order) to the front of
+        `codes`, in order; how many."""
+        filled, pair, previous = 0, -1, -1
         for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
             block = codes[start : start + CANDIDATES_PER_BLOCK]
             keys = self._pair_keys(block)
-            found = (
-                kept[np.minimum(np.searchsorted(kept, keys), max(len(kept) - 1, 0))] == keys if len(kept) else keys < 0
-            )
-            chosen = block[found]
-            codes[filled : filled + len(chosen)] = chosen
+            ordinal = pair + np.cumsum(np.concatenate([[keys[0] != previous], keys[1:] != keys[:-1]]))
+            pair, previous = ordinal[-1], keys[-1]
+            chosen = block[kept[ordinal]]
+            codes[filled : filled + len(chosen)] = chosen  # behind `block`'s end: read already
             filled += len(chosen)
         return filled
 
@@ -1875,28 +1874,27 @@ def _row_blocks(rows, size):
 
 
 def _budgeted(first, second, distance, budget, size):
-    """Sorted int64 keys (first * size + second) of the pairs (first < second, each once) kept when each image keeps
-    its `budget` nearest partners (smallest `distance`, ties: the lower partner, which is the lower pair): a pair is
-    kept when it is among either image's. Ranked a range of images at a time (about CANDIDATES_PER_BLOCK of the
-    pairs' ends), each image's pairs sorted by one int64 (image, distance, partner)."""
+    """bool [n]: the pairs (first < second, each once) kept when each image keeps its `budget` nearest partners
+    (smallest `distance`, ties: the lower partner, which is the lower pair): a pair is kept when it is among either
+    image's. Ranked a range of images at a time (about CANDIDATES_PER_BLOCK of the pairs' ends), each image's pairs
+    sorted by one int64 (image, distance, partner)."""
     partner_bits = max(1, int(size).bit_length())
     step = max(1, size * CANDIDATES_PER_BLOCK // max(1, 2 * len(first)))
-    kept = [np.zeros(0, np.int64)]
+    kept = np.zeros(len(first), bool)
     for low in range(0, size, step):
-        codes = []
+        codes, pairs = [], []
         for end, partner in ((first, second), (second, first)):
             rows = np.flatnonzero((end >= low) & (end < low + step))
             ranked = (end[rows].astype(np.int64) - low) << (partner_bits + 7)
             codes.append(ranked | (distance[rows].astype(np.int64) << partner_bits) | partner[rows])
-        codes = np.concatenate(codes)
-        codes.sort()
-        ends = codes >> (partner_bits + 7)
-        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]])) if len(codes) else ends
-        rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.append(starts, len(codes))))
-        chosen = codes[rank < budget]
-        end, partner = (chosen >> (partner_bits + 7)) + low, chosen & ((1 << partner_bits) - 1)
-        kept.append(np.minimum(end, partner) * size + np.maximum(end, partner))
-    return np.unique(np.concatenate(kept))
+            pairs.append(rows)
+        codes, pairs = np.concatenate(codes), np.concatenate(pairs)
+        order = np.argsort(codes)  # each (image, partner) once: distinct codes
+        ends = codes[order] >> (partner_bits + 7)
+        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]])) if len(ends) else ends
+        rank = np.arange(len(ends)) - np.repeat(starts, np.diff(np.append(starts, len(ends))))
+        kept[pairs[order[rank < budget]]] = True
+    return kept
 
 
 def _least_inliers(hashed, first, second, min_inliers):
