@@ -258,6 +258,34 @@ def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypat
         assert len(expected) > 100 and (nearest == 300) == (not expected_crowded)
 
 
+def test_a_probe_is_merged_a_block_at_a_time_with_the_same_pairs(monkeypatch):
+    # A probe's pairs were merged whole (at ABO size tens of millions: 4.4 GB): now a block of about PROBE_BLOCK
+    # candidate pairs at a time, the probes still counted once each for the progress bar.
+    rng = np.random.default_rng(30)
+    hashes = rng.integers(0, 2**63, 6, dtype=np.uint64)[rng.integers(0, 6, 400)]
+    for _ in range(6):
+        flipped = rng.random(400) < 0.5
+        hashes[flipped] ^= np.uint64(1) << rng.integers(0, 64, int(flipped.sum())).astype(np.uint64)
+    merged, merge = [], near_duplicates._NearestTable.merge
+    monkeypatch.setattr(
+        near_duplicates._NearestTable,
+        "merge",
+        lambda table, ends, *rest: merged.append(len(ends)) or merge(table, ends, *rest),
+    )
+    monkeypatch.setattr(near_duplicates, "MERGE_BLOCK", 100)
+    whole = near_duplicates.nearest_pairs(hashes, 8, 5)
+    largest, probed = max(merged), []
+    merged.clear()
+    monkeypatch.setattr(near_duplicates, "PROBE_BLOCK", 64)
+    blocked = near_duplicates.nearest_pairs(hashes, 8, 5, callbacks=(lambda: probed.append(1), None, 2))
+    pairs = [
+        {pair for first, second in found[0] for pair in zip(first.tolist(), second.tolist())}
+        for found in (whole, blocked)
+    ]
+    assert pairs[0] == pairs[1] and len(pairs[0]) > 100 and np.array_equal(whole[1], blocked[1])
+    assert len(probed) == near_duplicates.nearest_probe_count(8, len(hashes)) and max(merged) < largest / 2
+
+
 def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):
     monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(5)

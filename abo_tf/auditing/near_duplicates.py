@@ -942,16 +942,18 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
             active = ends[~table.full()[ends]]
             tables = _radius_tables(bands, indexed, active, widths, queries is None and radius == 0)
             probes = _radius_probes(max_distance, radius, widths)
-            probe = functools.partial(_nearest_candidates, hashes, tables, max_distance, accept)
-            pending = []  # merged a few probes at a time: a merge gathers the rows it touches
-            for found, skipped in bounded_map(pool, probe, probes, threads):
-                pending += found
+            pending = []  # merged a few blocks at a time: a merge gathers the rows it touches
+            blocks = _probe_blocks(tables, probes)
+            for found, skipped, last in bounded_map(
+                pool, _nearest_candidates, blocks, threads, hashes, max_distance, accept
+            ):
+                pending.append(found)
                 if sum(len(part[0]) for part in pending) >= MERGE_BLOCK:
                     _merge(table, pending, queries is None and radius == 0)
                     pending = []
                 if left_out is not None and skipped:
                     left_out(skipped)
-                if probed is not None:
+                if probed is not None and last:
                     probed()
             _merge(table, pending, queries is None and radius == 0)
     return _table_pairs(table, nearest, queries is None), np.flatnonzero(table.partners[:, nearest] >= 0)
@@ -994,22 +996,33 @@ def _radius_tables(bands, indexed, active, widths, symmetric):
     ]
 
 
-def _nearest_candidates(hashes, tables, max_distance, accept, probe):
-    """([(first, second, distance)] within `max_distance` bits that `accept` takes, from one probe (band, mask);
-    candidate pairs of huge bucket pairs left out (`_bucket_pairs`)), in a search thread."""
-    band, mask = probe
-    queried, indexed = tables[band]
-    values, partners, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
-    found = []
-    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
-        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
-        distance = hamming_distance(hashes[first], hashes[second])
-        kept = np.flatnonzero((distance <= max_distance) & (first != second))
-        if accept is not None:
-            kept = kept[accept(first[kept], second[kept])]
-        # int32: pending pairs wait for a merge (MERGE_BLOCK), an entry is below 2**28 (`_NearestTable`)
-        found.append((first[kept].astype(np.int32), second[kept].astype(np.int32), distance[kept].astype(np.int8)))
-    return found, left_out
+def _probe_blocks(tables, probes):
+    """Yields ((query table, index table, bucket values, their partners' values), left out, last) of each probe
+    (band, mask) in blocks of about PROBE_BLOCK candidate pairs (at least one block a probe): the candidate pairs
+    of its huge bucket pairs left out (`_bucket_pairs`; told with its first block), and whether the block is its
+    last. A probe's pairs were found whole in a thread: at 423,686 images a radius-0 probe of one band found tens
+    of millions (the search process held 4.4 GB), and now a merge takes them MERGE_BLOCK at a time."""
+    for band, mask in probes:
+        queried, indexed = tables[band]
+        values, partners, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
+        bounds = list(_blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK)) or [(0, 0)]
+        for number, (low, high) in enumerate(bounds):
+            block = queried, indexed, values[low:high], partners[low:high]
+            yield block, left_out if number == 0 else 0, number == len(bounds) - 1
+
+
+def _nearest_candidates(probed, hashes, max_distance, accept):
+    """((first, second, distance) within `max_distance` bits that `accept` takes, of one block of `_probe_blocks`;
+    its left out count and last flag, passed on), in a search thread."""
+    (queried, indexed, values, partners), left_out, last = probed
+    first, second = _bucket_products(queried, indexed, values, partners)
+    distance = hamming_distance(hashes[first], hashes[second])
+    kept = np.flatnonzero((distance <= max_distance) & (first != second))
+    if accept is not None:
+        kept = kept[accept(first[kept], second[kept])]
+    # int32: pending pairs wait for a merge (MERGE_BLOCK), an entry is below 2**28 (`_NearestTable`)
+    found = first[kept].astype(np.int32), second[kept].astype(np.int32), distance[kept].astype(np.int8)
+    return found, left_out, last
 
 
 def _merge(table, found, symmetric):
