@@ -102,11 +102,11 @@ def candidate_growth(hashed):
         blocks = near_duplicates._candidate_pairs(
             sliced, np.arange(count), near_duplicates.DEFAULT_HASH_DISTANCE, callbacks
         )
-        found, pairs = near_duplicates._Candidates(count), 0
+        found, pairs = near_duplicates._Candidates(count, near_duplicates.DEFAULT_MAX_CANDIDATES), 0
         for first, second, kind, distance in blocks:
             found.add(first, second, kind, distance)
             pairs += len(first)
-        _, kept, left_out = found.confirmed_blocks(near_duplicates.DEFAULT_MAX_CANDIDATES)
+        _, kept, left_out = found.confirmed_blocks()
         seconds = time.process_time() - started
         growth[str(count)] = {"pairs": pairs, "kept": kept, "left_out": left_out, "cpu_seconds": seconds}
     return growth

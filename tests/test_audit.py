@@ -800,7 +800,9 @@ def test_a_truth_file_that_is_not_json_names_what_to_give(tmp_path):
         audit._load_truth(str(path))
 
 
-def test_mapped_columns_hold_what_memory_holds(built_records, tmp_path):
+@pytest.mark.parametrize("release_images", [near_duplicates.RELEASE_IMAGES, 1])  # 1: pages dropped every chunk
+def test_mapped_columns_hold_what_memory_holds(built_records, tmp_path, release_images, monkeypatch):
+    monkeypatch.setattr(near_duplicates, "RELEASE_IMAGES", release_images)
     records_dir, _ = built_records
     in_memory = near_duplicates.hash_records(records_dir, workers=2, progress=False)
     mapped = near_duplicates.hash_records(records_dir, workers=2, progress=False, columns_dir=str(tmp_path))

@@ -1,6 +1,7 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -259,6 +260,34 @@ def test_nearest_pairs_are_each_hashs_nearest_radius_first(wide_bands, monkeypat
         expected, expected_crowded = _nearest_radius_first(hashes, 8, nearest, accept, queries)
         assert len(found) == len(set(found)) and set(found) == expected and crowded.tolist() == expected_crowded
         assert len(expected) > 100 and (nearest == 300) == (not expected_crowded)
+
+
+def test_a_probe_is_merged_a_block_at_a_time_with_the_same_pairs(monkeypatch):
+    # A probe's pairs were merged whole (at ABO size tens of millions: 4.4 GB): now a block of about PROBE_BLOCK
+    # candidate pairs at a time, the probes still counted once each for the progress bar.
+    rng = np.random.default_rng(30)
+    hashes = rng.integers(0, 2**63, 6, dtype=np.uint64)[rng.integers(0, 6, 400)]
+    for _ in range(6):
+        flipped = rng.random(400) < 0.5
+        hashes[flipped] ^= np.uint64(1) << rng.integers(0, 64, int(flipped.sum())).astype(np.uint64)
+    merged, merge = [], near_duplicates._NearestTable.merge
+    monkeypatch.setattr(
+        near_duplicates._NearestTable,
+        "merge",
+        lambda table, ends, *rest: merged.append(len(ends)) or merge(table, ends, *rest),
+    )
+    monkeypatch.setattr(near_duplicates, "MERGE_BLOCK", 100)
+    whole = near_duplicates.nearest_pairs(hashes, 8, 5)
+    largest, probed = max(merged), []
+    merged.clear()
+    monkeypatch.setattr(near_duplicates, "PROBE_BLOCK", 64)
+    blocked = near_duplicates.nearest_pairs(hashes, 8, 5, callbacks=(lambda: probed.append(1), None, 2))
+    pairs = [
+        {pair for first, second in found[0] for pair in zip(first.tolist(), second.tolist())}
+        for found in (whole, blocked)
+    ]
+    assert pairs[0] == pairs[1] and len(pairs[0]) > 100 and np.array_equal(whole[1], blocked[1])
+    assert len(probed) == near_duplicates.nearest_probe_count(8, len(hashes)) and max(merged) < largest / 2
 
 
 def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):
@@ -535,11 +564,11 @@ def _brute_force_budget(rows, budget):
 
 @pytest.mark.parametrize("budget", [1, 3])
 def test_the_candidate_budget_equals_a_brute_force_choice(budget, monkeypatch):
-    monkeypatch.setattr(near_duplicates, "CAP_BLOCK", 11)  # an image's pairs ranked across blocks
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", 11)  # pairs and images ranked in parts
     monkeypatch.setattr(near_duplicates, "CONFIRM_BLOCK", 7)
     rng = np.random.default_rng(8)
     kinds = near_duplicates.SEARCHED_KINDS
-    found, rows = near_duplicates._Candidates(25), []
+    found, rows = near_duplicates._Candidates(25, budget), []
     for _ in range(6):  # a pair comes again through other hashes, kinds and searches, in either order
         first, second, distance = rng.integers(0, 25, 50), rng.integers(0, 25, 50), rng.integers(0, 9, 50)
         kind = kinds[int(rng.integers(0, len(kinds)))]
@@ -549,13 +578,40 @@ def test_the_candidate_budget_equals_a_brute_force_choice(budget, monkeypatch):
             (one, other, kind, bits)
             for one, other, bits in zip(*(a[apart].tolist() for a in (first, second, distance)))
         ]
-    blocks, count, left_out = found.confirmed_blocks(budget)
+    kept, count, left_out = _kept_by_the_budget(found, 7)
+    expected, expected_left_out = _brute_force_budget(rows, budget)
+    assert kept == expected and count == len(expected) and left_out == expected_left_out > 0
+
+
+def _kept_by_the_budget(found, block):
+    """({(first, second, kind): distance} of `found.confirmed_blocks()`, how many, how many pairs left out)."""
+    blocks, count, left_out = found.confirmed_blocks()
     kept = {}
     for first, second, kind, distance in blocks:
-        assert len(first) <= 7
+        assert len(first) <= block
         kept.update(
             {(one, other, kind): bits for one, other, bits in zip(first.tolist(), second.tolist(), distance.tolist())}
         )
+    return kept, count, left_out
+
+
+def test_the_candidate_budget_of_a_search_equals_a_brute_force_choice(planted, monkeypatch):
+    # The budget was one ranking of every gathered pair; now it is ranked a range of images at a time and the
+    # gathered rows filtered in place: on a real search's candidates, the same rows kept.
+    monkeypatch.setattr(near_duplicates, "CANDIDATES_PER_BLOCK", 97)
+    hashed, budget = planted[0], 4
+    size = len(hashed.hashes)
+    callbacks = near_duplicates.DEFAULT_NEAREST, None, None, 1, lambda images: None
+    searched = near_duplicates._candidate_pairs(
+        hashed, np.arange(size), near_duplicates.DEFAULT_HASH_DISTANCE, callbacks
+    )
+    found, rows = near_duplicates._Candidates(size, budget), []
+    for first, second, kind, distance in searched:
+        found.add(first, second, kind, distance)
+        rows += [
+            (one, other, kind, bits) for one, other, bits in zip(first.tolist(), second.tolist(), distance.tolist())
+        ]
+    kept, count, left_out = _kept_by_the_budget(found, near_duplicates.CONFIRM_BLOCK)
     expected, expected_left_out = _brute_force_budget(rows, budget)
     assert kept == expected and count == len(expected) and left_out == expected_left_out > 0
 
@@ -590,3 +646,45 @@ def test_a_product_hash_ignores_the_outline_and_skips_an_empty_interior():
     empty = np.zeros_like(texture)
     hashes = near_duplicates.product_hashes(np.stack([texture, eroded, empty]).reshape(3, -1))
     assert hashes[0] == hashes[1] != near_duplicates.UNDECODABLE and hashes[2] == near_duplicates.UNDECODABLE
+
+
+@pytest.fixture(scope="module")
+def cropped_products():
+    """A `HashedImages` of textured products on white, each with crops of one side and of every side."""
+    import cv2
+
+    from abo_tf.testing import synthetic_abo
+
+    rng, images = np.random.default_rng(3), []
+    for shape, texture in itertools.product(("rectangle", "ellipse", "cross"), ("checker", "stripes", "plain")):
+        product = synthetic_abo.product_canvas(rng, 200, 240, shape, int(rng.integers(0, 180)), texture)[0]
+        images += [product] + [image_edits.edited_pixels(product, family, 0.08, rng)[0] for family in CROPS]
+    encoded = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() for image in images]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    return hashed._replace(greyscale=near_duplicates.greyscale_images(hashed.thumbnails))
+
+
+CROPS = ("crop_one_side", "crop_all_sides")
+
+
+@pytest.mark.parametrize("kind", [near_duplicates.SIDE_HASH, near_duplicates.CENTRE_HASH])
+@pytest.mark.parametrize("similarity", [near_duplicates.PRODUCT_CROPPED_SIMILARITY, 0.9])
+def test_crop_sketches_drop_no_pair_the_full_comparison_keeps(cropped_products, kind, similarity, monkeypatch):
+    monkeypatch.setattr(near_duplicates, "PRODUCT_CROPPED_SIMILARITY", similarity)
+    first, second = np.triu_indices(len(cropped_products.hashes), 1)
+    best = near_duplicates._best_product_crops(cropped_products, first, second, kind)[0]
+    possible = near_duplicates._may_crop_match(cropped_products, first, second, kind)
+    sketches = near_duplicates.crop_sketches(cropped_products, kind)  # of every image, as the search keeps them
+    assert np.array_equal(near_duplicates._may_crop_match(cropped_products, first, second, kind, sketches), possible)
+    assert (best >= similarity).sum() >= len(CROPS) and possible[best >= similarity].all()
+    assert possible.mean() < 0.5  # most pairs are not compared in full
+
+
+@pytest.mark.parametrize("kind", [near_duplicates.SIDE_HASH, near_duplicates.CENTRE_HASH])
+def test_product_crops_are_verified_as_without_sketches(cropped_products, kind, monkeypatch):
+    first, second = np.triu_indices(len(cropped_products.hashes), 1)
+    verified = near_duplicates._product_crops_verified(cropped_products, first, second, kind)
+    monkeypatch.setattr(near_duplicates, "_may_crop_match", lambda hashed, first, *_: np.ones(len(first), bool))
+    assert verified.any() and np.array_equal(
+        near_duplicates._product_crops_verified(cropped_products, first, second, kind), verified
+    )

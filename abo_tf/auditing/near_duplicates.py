@@ -126,6 +126,11 @@ CENTRE_CROPS = (0.04, 0.08)
 # same as at 0.988). Seed 1 is the check.
 PRODUCT_CROPPED_SIMILARITY = 0.985
 PRODUCT_CROP_DISTANCE = 8.0
+# Sketches of thumbnails (`crop_sketches`): 4 x 4 cells of 4 x 4 pixels, 48 float16 values a view of an image. A
+# float16 value is within 2**-11 of its own size of the float32 one, so a sketch distance is off by 0.004 at most.
+SKETCH_CELL = 4
+SKETCH_MARGIN = 0.01
+SKETCH_BLOCK = 4096  # images sketched at once: 12 MB a view as float32
 # Whole thumbnails show a product's outline only if it covers enough of their 256 pixels: a circle and a square of one
 # colour on white, 18% of the side (12 and 16 pixels), were joined as crops (hostile review). The generated catalog's
 # products cover 23 to 107 (16 shapes, 60 images each). The larger of the two is counted (an image that fills its
@@ -613,6 +618,9 @@ def _record_chunks(records_dir, manifest, splits):
 # Columns kept in .npy files of `hash_records`' `columns_dir` and memory-mapped: 3.2 KB an image, 1.3 GB at 417k
 # images, resident only while the search reads them (`release_pages`).
 MAPPED_COLUMNS = ("thumbnails", "trimmed_thumbnails", "keypoints", "descriptors", "product_textures")
+# Images hashed between drops of the written columns' pages (`_release`): the pages written stayed resident until
+# hashing ended, 1.3 GB of the search process at 423,686 images; 65,536 images' are 210 MB.
+RELEASE_IMAGES = 1 << 16
 
 
 def hash_records(records_dir, workers=None, progress=True, columns_dir=None):
@@ -643,6 +651,8 @@ def hash_records(records_dir, workers=None, progress=True, columns_dir=None):
         for split, *chunk in bounded_map(pool, _hash_chunk, tasks, workers * WINDOW_PER_WORKER):
             filled = _fill(columns, filled, split, *chunk)
             bar.update(len(chunk[0]))
+            if filled // RELEASE_IMAGES != (filled - len(chunk[0])) // RELEASE_IMAGES:
+                _release(columns.values())  # the pages written so far: they need not stay resident
     for name in ("image_ids", "splits", "product_types", "item_ids"):
         columns[name] = columns[name].astype(str)
     if columns_dir is not None:  # mapped again read-only: the pages hashing wrote are not held by this process
@@ -655,8 +665,13 @@ def hash_records(records_dir, workers=None, progress=True, columns_dir=None):
 def release_pages(hashed):
     """Drops the memory-mapped columns' pages from this process's resident set (they are read again from the page
     cache or the file when touched): between the search's stages, each reads other columns."""
-    for name in MAPPED_COLUMNS:
-        column = getattr(hashed, name)
+    _release([getattr(hashed, name) for name in MAPPED_COLUMNS])
+
+
+def _release(columns):
+    """Drops the pages of the memory-mapped `columns` (np.memmap) from this process's resident set. The mappings
+    are shared: a written page stays in the page cache, dirty, and reaches the file."""
+    for column in columns:
         if isinstance(column, np.memmap) and column._mmap is not None:
             column._mmap.madvise(mmap.MADV_DONTNEED)
 
@@ -948,16 +963,18 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
             active = ends[~table.full()[ends]]
             tables = _radius_tables(bands, indexed, active, widths, queries is None and radius == 0)
             probes = _radius_probes(max_distance, radius, widths)
-            probe = functools.partial(_nearest_candidates, hashes, tables, max_distance, accept)
-            pending = []  # merged a few probes at a time: a merge gathers the rows it touches
-            for found, skipped in bounded_map(pool, probe, probes, threads):
-                pending += found
+            pending = []  # merged a few blocks at a time: a merge gathers the rows it touches
+            blocks = _probe_blocks(tables, probes)
+            for found, skipped, last in bounded_map(
+                pool, _nearest_candidates, blocks, threads, hashes, max_distance, accept
+            ):
+                pending.append(found)
                 if sum(len(part[0]) for part in pending) >= MERGE_BLOCK:
                     _merge(table, pending, queries is None and radius == 0)
                     pending = []
                 if left_out is not None and skipped:
                     left_out(skipped)
-                if probed is not None:
+                if probed is not None and last:
                     probed()
             _merge(table, pending, queries is None and radius == 0)
     return _table_pairs(table, nearest, queries is None), np.flatnonzero(table.partners[:, nearest] >= 0)
@@ -1000,22 +1017,33 @@ def _radius_tables(bands, indexed, active, widths, symmetric):
     ]
 
 
-def _nearest_candidates(hashes, tables, max_distance, accept, probe):
-    """([(first, second, distance)] within `max_distance` bits that `accept` takes, from one probe (band, mask);
-    candidate pairs of huge bucket pairs left out (`_bucket_pairs`)), in a search thread."""
-    band, mask = probe
-    queried, indexed = tables[band]
-    values, partners, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
-    found = []
-    for low, high in _blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK):
-        first, second = _bucket_products(queried, indexed, values[low:high], partners[low:high])
-        distance = hamming_distance(hashes[first], hashes[second])
-        kept = np.flatnonzero((distance <= max_distance) & (first != second))
-        if accept is not None:
-            kept = kept[accept(first[kept], second[kept])]
-        # int32: pending pairs wait for a merge (MERGE_BLOCK), an entry is below 2**28 (`_NearestTable`)
-        found.append((first[kept].astype(np.int32), second[kept].astype(np.int32), distance[kept].astype(np.int8)))
-    return found, left_out
+def _probe_blocks(tables, probes):
+    """Yields ((query table, index table, bucket values, their partners' values), left out, last) of each probe
+    (band, mask) in blocks of about PROBE_BLOCK candidate pairs (at least one block a probe): the candidate pairs
+    of its huge bucket pairs left out (`_bucket_pairs`; told with its first block), and whether the block is its
+    last. A probe's pairs were found whole in a thread: at 423,686 images a radius-0 probe of one band found tens
+    of millions (the search process held 4.4 GB), and now a merge takes them MERGE_BLOCK at a time."""
+    for band, mask in probes:
+        queried, indexed = tables[band]
+        values, partners, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
+        bounds = list(_blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK)) or [(0, 0)]
+        for number, (low, high) in enumerate(bounds):
+            block = queried, indexed, values[low:high], partners[low:high]
+            yield block, left_out if number == 0 else 0, number == len(bounds) - 1
+
+
+def _nearest_candidates(probed, hashes, max_distance, accept):
+    """((first, second, distance) within `max_distance` bits that `accept` takes, of one block of `_probe_blocks`;
+    its left out count and last flag, passed on), in a search thread."""
+    (queried, indexed, values, partners), left_out, last = probed
+    first, second = _bucket_products(queried, indexed, values, partners)
+    distance = hamming_distance(hashes[first], hashes[second])
+    kept = np.flatnonzero((distance <= max_distance) & (first != second))
+    if accept is not None:
+        kept = kept[accept(first[kept], second[kept])]
+    # int32: pending pairs wait for a merge (MERGE_BLOCK), an entry is below 2**28 (`_NearestTable`)
+    found = first[kept].astype(np.int32), second[kept].astype(np.int32), distance[kept].astype(np.int8)
+    return found, left_out, last
 
 
 def _merge(table, found, symmetric):
@@ -1404,8 +1432,9 @@ def _plausible(transform):
     return MIN_SCALE < scale < 1 / MIN_SCALE and abs(turn) <= MAX_TURN
 
 
-def _thumbnail_verified(hashed, candidates, min_similarity):
-    """(similarity, signal of each; "": not confirmed) of candidate pairs `(first, second, kind, distance)`.
+def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
+    """(similarity, signal of each; "": not confirmed) of candidate pairs `(first, second, kind, distance)`
+    (`sketches`: `crop_sketches` of every image for this kind, or None: sketched per call).
 
     A pair is confirmed by the first of these it passes (its signal):
       - its thumbnails correlate at `min_similarity` (mirrored for a mirror hash), for hashes of one framing
@@ -1435,7 +1464,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity):
         signal[confirmed[refused]] = ""
     if kind in (CENTRE_HASH, SIDE_HASH):  # crops of a product on its background, at any candidate distance
         products = np.flatnonzero((signal == "") & ~(_fills_frame(hashed, first) & _fills_frame(hashed, second)))
-        signal[products[_product_crops_verified(hashed, first[products], second[products], kind)]] = CROPPED_THUMBNAIL
+        crops = _product_crops_verified(hashed, first[products], second[products], kind, sketches)
+        signal[products[crops]] = CROPPED_THUMBNAIL
     return similarity, signal
 
 
@@ -1556,19 +1586,21 @@ def _best_product_crops(hashed, first, second, kind):
     return best, crops, first_cropped
 
 
-def _product_crops_verified(hashed, first, second, kind):
+def _product_crops_verified(hashed, first, second, kind, sketches=None):
     """bool mask: side or centre hash pairs of which one image at least was trimmed (a product on its background)
     whose whole thumbnails, one cropped as the hash crops it (`_best_product_crops`), correlate at
     PRODUCT_CROPPED_SIMILARITY and agree in colour within PRODUCT_CROP_DISTANCE levels (`_corrected`, `_residual`
     over every pixel; in grey, as a greyscale copy, where either image is grey), the product covering
-    MIN_PRODUCT_PIXELS of one thumbnail at least."""
+    MIN_PRODUCT_PIXELS of one thumbnail at least. Only the pairs whose sketches (`crop_sketches`: `sketches`, or
+    sketched here) may correlate so are compared in full."""
     verified = np.zeros(len(first), bool)
-    for start in range(0, len(first), SIMILARITY_BLOCK):
-        block = slice(start, start + SIMILARITY_BLOCK)
-        best, crops, first_cropped = _best_product_crops(hashed, first[block], second[block], kind)
+    possible = np.flatnonzero(_may_crop_match(hashed, first, second, kind, sketches))
+    for start in range(0, len(possible), SIMILARITY_BLOCK):
+        pairs = possible[start : start + SIMILARITY_BLOCK]
+        best, crops, first_cropped = _best_product_crops(hashed, first[pairs], second[pairs], kind)
         close = np.flatnonzero(best >= PRODUCT_CROPPED_SIMILARITY)
-        cropped_end = np.where(first_cropped[close], first[block][close], second[block][close])
-        whole_end = np.where(first_cropped[close], second[block][close], first[block][close])
+        cropped_end = np.where(first_cropped[close], first[pairs][close], second[pairs][close])
+        whole_end = np.where(first_cropped[close], second[pairs][close], first[pairs][close])
         pixels = (
             crops[close].reshape(len(close), THUMBNAIL_SIDE**2, 3),
             hashed.thumbnails[whole_end].reshape(len(close), THUMBNAIL_SIDE**2, 3),
@@ -1581,8 +1613,54 @@ def _product_crops_verified(hashed, first, second, kind):
         agree &= np.maximum(_product_pixels(hashed, cropped_end), _product_pixels(hashed, whole_end)) >= (
             MIN_PRODUCT_PIXELS
         )
-        verified[start + close] = agree
+        verified[pairs[close]] = agree
     return verified
+
+
+def crop_sketches(hashed, kind, images=None):
+    """float16 [n, len(_crop_boxes(kind)) + 1, 3 * (THUMBNAIL_SIDE // SKETCH_CELL)**2]: each of `images`' (default
+    all) colour thumbnail, cropped as each box of `kind` crops it and whole (last), as unit rows (`_unit_rows`)
+    averaged over cells of SKETCH_CELL x SKETCH_CELL pixels and scaled by SKETCH_CELL: the orthogonal projection
+    of the unit row onto the cell-constant rows, in their coordinates. Computed once an image, not once a pair:
+    cropping and normalising each pair's images was 58% of the product-crop check (py-spy, 31,306 images)."""
+    images = np.arange(len(hashed.thumbnails)) if images is None else images
+    boxes, cells = _crop_boxes(kind), THUMBNAIL_SIDE // SKETCH_CELL
+    sketches = np.empty((len(images), len(boxes) + 1, 3 * cells**2), np.float16)
+    for start in range(0, len(images), SKETCH_BLOCK):
+        block = slice(start, start + SKETCH_BLOCK)
+        whole = hashed.thumbnails[images[block]].astype(np.float32)
+        for view, box in enumerate([*boxes, None]):
+            pixels = whole if box is None else _cropped_thumbnails(whole, *box)
+            pooled = _normalised(pixels).reshape(-1, cells, SKETCH_CELL, cells, SKETCH_CELL, 3).mean(axis=(2, 4))
+            sketches[block, view] = SKETCH_CELL * pooled.reshape(len(pixels), -1)
+    return sketches
+
+
+def _may_crop_match(hashed, first, second, kind, sketches=None):
+    """bool [n]: the pairs whose best product crop (`_best_product_crops`) may reach PRODUCT_CROPPED_SIMILARITY.
+
+    For unit rows u, v: u.v >= s needs |u - v|**2 <= 2 - 2 s, and a projection shortens |u - v|, so a pair whose
+    sketches (`crop_sketches`) are farther apart than that (SKETCH_MARGIN added: float16) for every crop box and
+    either image cropped cannot: on 31,306 generated images this left 2.5% of the side-hash pairs and 12.6% of the
+    centre-hash pairs to compare in full, and every pair that reached the similarity among them. Pairs compared in
+    grey (either image greyscale) are not sketched: all kept.
+    """
+    ends = np.concatenate([first, second])
+    if sketches is None:  # sketched here: the pairs' images only
+        images, ends = np.unique(ends, return_inverse=True)
+        sketches = crop_sketches(hashed, kind, images)
+    possible = hashed.greyscale[first] | hashed.greyscale[second]
+    limit = 2 - 2 * PRODUCT_CROPPED_SIMILARITY + SKETCH_MARGIN
+    first_ends, second_ends = np.split(ends, 2)
+    for start in range(0, len(first), SIMILARITY_BLOCK):
+        block = slice(start, start + SIMILARITY_BLOCK)
+        one, other = first_ends[block], second_ends[block]
+        for cropped, whole in ((one, other), (other, one)):
+            whole_sketches = sketches[whole, -1].astype(np.float32)
+            for box in range(sketches.shape[1] - 1):
+                distance = ((sketches[cropped, box].astype(np.float32) - whole_sketches) ** 2).sum(axis=1)
+                possible[block] |= distance <= limit
+    return possible
 
 
 def _product_pixels(hashed, images):
@@ -1675,10 +1753,9 @@ def _resampling(start, stop):
     return weights
 
 
-def _capped(first, second, distance, cap, either=False):
+def _capped(first, second, distance, cap):
     """Mask of the pairs kept when each image takes part in at most `cap` of them, its closest hashes first (ties: the
-    pairs' order); with `either`, the pairs among the `cap` closest of either image (each image's own choice, at
-    most `cap` times the images in all). The pairs are ranked CAP_BLOCK at a time in that order, each image's
+    pairs' order). The pairs are ranked CAP_BLOCK at a time in that order, each image's
     earlier pairs counted: the local candidates of 423,686 images are tens of millions, and a sort of all their
     ends at once held gigabytes."""
     kept = np.zeros(len(first), bool)
@@ -1688,7 +1765,7 @@ def _capped(first, second, distance, cap, either=False):
         for start in range(0, len(closest), CAP_BLOCK):
             pairs = closest[start : start + CAP_BLOCK]
             ranks = _ranks(first[pairs], second[pairs], taken)
-            kept[pairs] = (ranks.min(axis=0) if either else ranks.max(axis=0)) < cap
+            kept[pairs] = ranks.max(axis=0) < cap
     return kept
 
 
@@ -1747,10 +1824,10 @@ class _LocalCandidates:
         """(first, second, distance) of the unique pairs, sorted by (first, second): int32, int32, int8."""
         return self.tagged()[:3]
 
-    def tagged(self):
-        """(first, second, distance, tag) of the unique (pair, tag)s, sorted by (first, second, tag): int32, int32,
-        int8, int8."""
-        codes = self._unique()  # decoded in place: tens of millions of candidates at ABO size
+    def tagged(self, codes=None):
+        """(first, second, distance, tag) of the unique (pair, tag)s (or of `codes`, sorted held codes, which are
+        overwritten), sorted by (first, second, tag): int32, int32, int8, int8."""
+        codes = self._unique() if codes is None else codes  # decoded in place: tens of millions at ABO size
         distances = (codes % DISTANCE_CODES).astype(np.int8)
         codes //= DISTANCE_CODES
         tags = (codes % self.tags).astype(np.int8)
@@ -1762,22 +1839,32 @@ class _LocalCandidates:
 
 class _Candidates(_LocalCandidates):
     """The search's candidate pairs, each (pair, kind, order) once at its smallest distance, gathered before any is
-    confirmed so that each image's budget (`_budgeted`) spans its hashes and searches."""
+    confirmed so that each image's `budget` (`_budgeted`) spans its hashes and searches."""
 
-    def __init__(self, size):
+    def __init__(self, size, budget):
         super().__init__(size, 2 * len(SEARCHED_KINDS))
+        self.budget = budget
 
     def add(self, first, second, kind, distance):
         # the order a pair came in is kept: a mirror pair's second thumbnail is the mirrored one
         super().add(first, second, distance, 2 * SEARCHED_KINDS.index(kind) + (first > second))
 
-    def confirmed_blocks(self, budget):
+    def confirmed_blocks(self):
         """((first, second, kind, distance) blocks of the kept pairs, kind by kind, CONFIRM_BLOCK at a time; how
-        many; the pairs the budget left out): each image's `budget` nearest partners (`_budgeted`)."""
-        first, second, distance, tags = self.tagged()
-        kept, left_out = _budgeted(first, second, distance, budget)
-        first, second, distance, tags = first[kept], second[kept], distance[kept], tags[kept]
+        many; the pairs the budget left out): each image's `budget` nearest partners (`_budgeted`).
+
+        Every (pair, kind, order) is held (8 bytes) until all are found: a pair's smallest distance may come from
+        a later search, and a kept pair is confirmed through all its kinds. The budget is then ranked a range of
+        images at a time and the held codes filtered in place: decoding all of them first (18 bytes a row) and
+        ranking every pair at once took gigabytes at ABO size (35-45 million rows)."""
+        codes = self._unique()
+        first, second, nearest = self._nearest_of_pairs(codes)
+        kept = _budgeted(first, second, nearest, self.budget, self.size)
+        del first, second, nearest
+        codes, left_out = codes[: self._filter_in_place(codes, kept)], int((~kept).sum())
         del kept
+        first, second, distance, tags = self.tagged(codes)
+        del codes
         swapped = (tags & 1).astype(bool)
         first, second = np.where(swapped, second, first), np.where(swapped, first, second)
         blocks = (
@@ -1787,21 +1874,69 @@ class _Candidates(_LocalCandidates):
         )
         return blocks, len(first), left_out
 
+    def _pair_keys(self, codes):
+        return codes // (self.tags * DISTANCE_CODES)
+
+    def _nearest_of_pairs(self, codes):
+        """(first, second, smallest distance) of each pair of the sorted `codes`, int32, int32, int8: decoded
+        CANDIDATES_PER_BLOCK codes at a time, cut where a pair's codes end."""
+        bounds = np.arange(0, len(codes), CANDIDATES_PER_BLOCK)
+        bounds = np.append(
+            np.searchsorted(codes, self._pair_keys(codes[bounds]) * self.tags * DISTANCE_CODES), len(codes)
+        )
+        parts = []
+        for low, high in zip(bounds[:-1], bounds[1:]):
+            keys = self._pair_keys(codes[low:high])
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else keys
+            nearest = np.minimum.reduceat(codes[low:high] % DISTANCE_CODES, starts) if len(keys) else keys
+            keys = keys[starts]
+            parts.append(
+                ((keys // self.size).astype(np.int32), (keys % self.size).astype(np.int32), nearest.astype(np.int8))
+            )
+        empty = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
+        return tuple(np.concatenate([part[column] for part in [empty, *parts]]) for column in range(3))
+
+    def _filter_in_place(self, codes, kept):
+        """Moves the codes of the pairs `kept` (bool, one a pair, in the sorted codes' order) to the front of
+        `codes`, in order; how many."""
+        filled, pair, previous = 0, -1, -1
+        for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
+            block = codes[start : start + CANDIDATES_PER_BLOCK]
+            keys = self._pair_keys(block)
+            ordinal = pair + np.cumsum(np.concatenate([[keys[0] != previous], keys[1:] != keys[:-1]]))
+            pair, previous = ordinal[-1], keys[-1]
+            chosen = block[kept[ordinal]]
+            codes[filled : filled + len(chosen)] = chosen  # behind `block`'s end: read already
+            filled += len(chosen)
+        return filled
+
 
 def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
 
 
-def _budgeted(first, second, distance, budget):
-    """(mask of the rows kept, unique pairs left out): rows sorted by pair (a pair's kinds consecutive), a pair
-    kept when it is among the `budget` nearest partners of either image (`_capped`: its smallest distance, ties
-    by pair)."""
-    starts = np.flatnonzero(np.concatenate([[True], (first[1:] != first[:-1]) | (second[1:] != second[:-1])]))
-    if not len(first):
-        return np.zeros(0, bool), 0
-    nearest = np.minimum.reduceat(distance, starts)
-    kept = _capped(first[starts], second[starts], nearest, budget, either=True)
-    return np.repeat(kept, np.diff(np.append(starts, len(first)))), int((~kept).sum())
+def _budgeted(first, second, distance, budget, size):
+    """bool [n]: the pairs (first < second, each once) kept when each image keeps its `budget` nearest partners
+    (smallest `distance`, ties: the lower partner, which is the lower pair): a pair is kept when it is among either
+    image's. Ranked a range of images at a time (about CANDIDATES_PER_BLOCK of the pairs' ends), each image's pairs
+    sorted by one int64 (image, distance, partner)."""
+    partner_bits = max(1, int(size).bit_length())
+    step = max(1, size * CANDIDATES_PER_BLOCK // max(1, 2 * len(first)))
+    kept = np.zeros(len(first), bool)
+    for low in range(0, size, step):
+        codes, pairs = [], []
+        for end, partner in ((first, second), (second, first)):
+            rows = np.flatnonzero((end >= low) & (end < low + step))
+            ranked = (end[rows].astype(np.int64) - low) << (partner_bits + 7)
+            codes.append(ranked | (distance[rows].astype(np.int64) << partner_bits) | partner[rows])
+            pairs.append(rows)
+        codes, pairs = np.concatenate(codes), np.concatenate(pairs)
+        order = np.argsort(codes)  # each (image, partner) once: distinct codes
+        ends = codes[order] >> (partner_bits + 7)
+        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]])) if len(ends) else ends
+        rank = np.arange(len(ends)) - np.repeat(starts, np.diff(np.append(starts, len(ends))))
+        kept[pairs[order[rank < budget]]] = True
+    return kept
 
 
 def _least_inliers(hashed, first, second, min_inliers):
@@ -2144,6 +2279,44 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     return int((~kept).sum())
 
 
+def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
+    """Joins the candidate `blocks` (`_Candidates.confirmed_blocks`) that `_thumbnail_verified` confirms, in order;
+    the rest go to `local` for the keypoint check. `threads` blocks are confirmed at once (NumPy releases the GIL);
+    a block's pairs already in one group are left out as it starts, so a block started before the previous one
+    was joined compares a few pairs more, and `forest.add` drops those, as it drops any pair inside a group: the
+    same joins as one block at a time, in order. `progress`: (pairs in all, whether a bar shows them)."""
+    bar = console.progress_bar(total=progress[0], desc="confirming", unit="pair", enabled=progress[1])
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        confirmed = bounded_map(pool, _confirmed, _sketched(hashed, blocks), threads, hashed, forest, min_similarity)
+        for size, (first, second, kind, distance), similarity, signal in confirmed:
+            kept = signal != ""
+            pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
+            forest.add(pairs._replace(signal=signal[kept]))
+            if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
+                local.add(first[~kept], second[~kept], distance[~kept])
+            bar.update(size)
+    bar.close()
+
+
+def _sketched(hashed, blocks):
+    """Yields (block, `crop_sketches` of its kind or None): the blocks come kind by kind, each kind sketched once."""
+    sketches = {}
+    for block in blocks:
+        kind = block[2]
+        if kind in (CENTRE_HASH, SIDE_HASH) and kind not in sketches:
+            sketches = {kind: crop_sketches(hashed, kind)}
+        yield block, sketches.get(kind)
+
+
+def _confirmed(sketched, hashed, forest, min_similarity):
+    """(the block's size, its candidates whose images are in different groups so far, their similarity and
+    signal: `_thumbnail_verified`)."""
+    (first, second, kind, distance), sketches = sketched
+    apart = forest.apart(first, second)
+    candidates = first[apart], second[apart], kind, distance[apart]
+    return (len(first), candidates, *_thumbnail_verified(hashed, candidates, min_similarity, sketches))
+
+
 def near_duplicate_forest(
     hashed,
     max_distance=DEFAULT_HASH_DISTANCE,
@@ -2186,27 +2359,16 @@ def near_duplicate_forest(
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
-    local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes))
+    local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes), max_candidates)
     total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, callbacks):
         found.add(first, second, kind, distance)
     bar.close()
-    candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks(max_candidates)
+    candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks()
     del found
-    bar = console.progress_bar(total=count, desc="confirming", unit="pair", enabled=progress)
-    for first, second, kind, distance in candidate_blocks:
-        apart = forest.apart(first, second)
-        candidates = first[apart], second[apart], kind, distance[apart]
-        similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity)
-        first, second, kept = candidates[0], candidates[1], signal != ""
-        pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
-        forest.add(pairs._replace(signal=signal[kept]))
-        if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
-            local.add(first[~kept], second[~kept], candidates[3][~kept])
-        bar.update(len(apart))
-    bar.close()
+    _confirm(hashed, forest, local, candidate_blocks, min_similarity, threads, (count, progress))
     release_pages(hashed)  # the thumbnails read by the confirmation: the keypoint check reads the descriptors
     if min_inliers > 0 and hashed.descriptors is not None:
         checks = local, min_inliers, max_local_checks, threads, progress
