@@ -638,14 +638,16 @@ def test_a_turned_product_whose_other_hashes_moved_is_found_by_its_product_hash(
     assert forest.groups().tolist() == [-1] * len(images)
 
 
-def test_a_product_hash_ignores_the_outline_and_skips_an_empty_interior():
+def test_a_product_hash_ignores_the_outline_and_skips_an_empty_or_plain_interior():
     rng = np.random.default_rng(0)
     texture = rng.integers(1, 256, (near_duplicates.TEXTURE_SIDE,) * 2).astype(np.uint8)
     eroded = texture.copy()
     eroded[:, :2] = 0  # one more column eroded off the interior's edge: inside the left-out margin
     empty = np.zeros_like(texture)
-    hashes = near_duplicates.product_hashes(np.stack([texture, eroded, empty]).reshape(3, -1))
-    assert hashes[0] == hashes[1] != near_duplicates.UNDECODABLE and hashes[2] == near_duplicates.UNDECODABLE
+    plain = np.full_like(texture, 120)  # a flat product: its pHash would be one value for all of them
+    hashes = near_duplicates.product_hashes(np.stack([texture, eroded, empty, plain]).reshape(4, -1))
+    assert hashes[0] == hashes[1] != near_duplicates.UNDECODABLE
+    assert hashes[2] == hashes[3] == near_duplicates.UNDECODABLE
 
 
 @pytest.fixture(scope="module")

@@ -479,15 +479,20 @@ def _product_box(pixels):
 
 def product_hashes(textures):
     """uint64 [N]: the pHash of each upright product interior (`_product_box`'s textures), UNDECODABLE (not
-    searched) where fewer than MIN_TEXTURE_PIXELS are inside. The pixels off the interior take its mean and the
-    outer PRODUCT_HASH_MARGIN are left out: the eroded outline's zeros flipped 18 of 64 bits between a product and
-    its turned copy (median, blind catalog seed 0), the interior alone 8."""
+    searched) where fewer than MIN_TEXTURE_PIXELS are inside or the interior is plain (its levels' deviation under
+    half MIN_TEXTURE_SPREAD). The pixels off the interior take its mean and the outer PRODUCT_HASH_MARGIN are left
+    out: the eroded outline's zeros flipped 18 of 64 bits between a product and its turned copy (median, blind
+    catalog seed 0), the interior alone 8."""
     hashes = np.full(len(textures), UNDECODABLE, np.uint64)
     inner = slice(PRODUCT_HASH_MARGIN, TEXTURE_SIDE - PRODUCT_HASH_MARGIN)
     for image in np.flatnonzero(np.count_nonzero(textures, axis=1) >= MIN_TEXTURE_PIXELS):
         texture = textures[image].reshape(TEXTURE_SIDE, TEXTURE_SIDE).astype(np.float32)
         inside = texture > 0
-        hashes[image] = _phash(np.where(inside, texture, texture[inside].mean())[inner, inner])
+        # A plain interior's pHash is its rounding noise, or one value for every flat product (a bucket of all of
+        # them); the turned-product rule, which confirms these pairs, refuses a detail spread under
+        # MIN_TEXTURE_SPREAD, and a texture's detail deviates no more than its levels (half: the margin).
+        if texture[inside].std() >= MIN_TEXTURE_SPREAD / 2:
+            hashes[image] = _phash(np.where(inside, texture, texture[inside].mean())[inner, inner])
     return hashes
 
 
