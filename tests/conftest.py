@@ -106,73 +106,13 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
-# Fixtures that cost more than the tests sharing them: name -> its setup CPU seconds (measured under `-n 2`;
-# averaged_run's estimated). xdist builds a module or session fixture on every worker that runs one of its users, so
-# the users of one of these (and of any other of these a user also takes) are dealt into one worker's first run, below.
-# (`--dist loadgroup` would do it, but on pytest 9.2 it silently stops grouping: pytest-dev/pytest-xdist#1386.)
-SHARED_FIXTURES = {
-    "trained_run": 40.0,  # its users take test_evaluate's report (7 s more) and test_conversion's exports too
-    "averaged_run": 20.0,
-    "trained": 12.0,
-    "audited": 6.0,  # with test_audit's rebuilt
-}
-
 # The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
-# `-n 2` one of them started last is a long tail with one core idle.
+# `-n 2` one of them started last is a long tail with one core idle. xdist (--dist load) first sends each worker a run
+# of consecutive tests (a quarter of its share): the longest are dealt round-robin into those runs.
 LONGEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "longest.json")
 
 
-def _shared_fixture_groups(items):
-    """Each item's group (None: it takes none of SHARED_FIXTURES) and each group's fixture seconds."""
-    parent = {name: name for name in SHARED_FIXTURES}
-
-    def root(name):
-        while parent[name] != name:
-            name = parent[name]
-        return name
-
-    taken = [sorted(SHARED_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))) for item in items]
-    for names in taken:
-        for name in names[1:]:
-            parent[root(name)] = root(names[0])
-    groups = [root(names[0]) if names else None for names in taken]
-    seconds = {}
-    for name, cost in SHARED_FIXTURES.items():
-        seconds[root(name)] = seconds.get(root(name), 0.0) + cost
-    return groups, seconds
-
-
-def _units_longest_first(items, expected):
-    """The groups of `_shared_fixture_groups` and the profiled tests, as (seconds, items) longest first; the rest."""
-    groups, fixture_seconds = _shared_fixture_groups(items)
-    units, rest = {}, []
-    for item, group in zip(items, groups):
-        if group or expected(item):
-            units.setdefault(group or item.nodeid, []).append(item)
-        else:
-            rest.append(item)  # in collection order: module fixtures stay shared
-    seconds = {key: fixture_seconds.get(key, 0.0) + sum(map(expected, members)) for key, members in units.items()}
-    return sorted(((seconds[key], units[key]) for key in units), key=lambda unit: -unit[0]), rest
-
-
-def _deal(units, workers, first_run):
-    """Each unit to the worker expected to finish first whose first run has room for it; (runs, units left over)."""
-    runs, loads, left = [[] for _ in range(workers)], [0.0] * workers, []
-    for seconds, members in units:
-        fits = [worker for worker in range(workers) if len(runs[worker]) + len(members) <= first_run]
-        if not fits:
-            left += members  # a subset run too small for the group: its users may land on both workers
-            continue
-        worker = min(fits, key=lambda index: loads[index])
-        runs[worker] += members
-        loads[worker] += seconds
-    return runs, left
-
-
 def _longest_first(config, items):
-    """xdist (--dist load) first sends each worker a run of consecutive tests (a quarter of its share), then the rest
-    in chunks to whichever worker runs low: the longest tests and each shared fixture's users are dealt into those
-    first runs, longest first, so a fixture is built on one worker and no long test starts last."""
     import json
 
     with open(LONGEST, encoding="utf-8") as handle:
@@ -181,16 +121,17 @@ def _longest_first(config, items):
     def expected(item):
         return seconds.get(item.nodeid.split("[")[0], 0)
 
-    units, rest = _units_longest_first(items, expected)
+    longest = sorted((item for item in items if expected(item)), key=expected, reverse=True)
+    rest = [item for item in items if not expected(item)]  # in collection order: module fixtures stay shared
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
     first_run = max(len(items) // workers // 4, 2)  # xdist's LoadScheduling.schedule()
-    runs, left = _deal(units, workers, first_run)
     ordered, taken = [], 0
-    for run in runs:
-        fill = max(first_run - len(run), 0)
-        ordered += run + rest[taken : taken + fill]
+    for worker in range(workers):
+        dealt = longest[worker::workers]
+        fill = max(first_run - len(dealt), 0)
+        ordered += dealt + rest[taken : taken + fill]
         taken += fill
-    items[:] = ordered + left + rest[taken:]
+    items[:] = ordered + rest[taken:]
 
 
 def pytest_collection_modifyitems(config, items):
