@@ -1279,31 +1279,3 @@ def test_the_logreg_search_scores_and_chooses_as_with_scikit_learns_fit(monkeypa
         [row["validation_macro_f1"] for row in found.record["rescored"]["finalists"]] for found in (ours, theirs)
     ]
     np.testing.assert_allclose(finalists[0], finalists[1], atol=0.01)
-
-
-def test_a_logreg_finalist_starts_from_its_search_fit(monkeypatch):
-    # At full size the finalists' 50 iterations on 40,000 rows each started from zero, after their search fits.
-    splits = _synthetic_splits(600)
-    training = classifiers.Training("logreg", splits["train"], np.arange(600), epochs=1, seed=0)
-    monkeypatch.setattr(classifiers, "SEARCH_LOGREG_MAX_ITER", 2)  # far from converged: a start shows
-    starts, fit = {}, classifiers.fit
-
-    def noted(training, params, *args, **kwargs):  # the finalists' fits: the first of each C
-        starts.setdefault(params["classifier__C"], kwargs.get("start"))
-        return fit(training, params, *args, **kwargs)
-
-    monkeypatch.setattr(classifiers, "fit", noted)
-    search.search(training, {"classifier__C": [0.1, 1.0]}, splits["validation"], max_train=200, progress=False)
-    search_rows = classifiers.stratified_subsample(splits["train"].labels, training.rows, 200, training.seed)
-    rows = np.arange(600)
-    for value in (0.1, 1.0):
-        params = {"classifier__C": value, "classifier__max_iter": 2}
-        alone = fit(training, params, search_rows).pipeline.named_steps["classifier"]
-        np.testing.assert_array_equal(starts[value].coef, alone.coef_)
-        np.testing.assert_array_equal(starts[value].intercept, alone.intercept_)
-        warm = fit(training, params, rows, start=starts[value]).pipeline.named_steps["classifier"]
-        cold = fit(training, params, rows).pipeline.named_steps["classifier"]
-        assert not warm.warm_start and not np.allclose(warm.coef_, cold.coef_)
-    other = classifiers.Coefficients(starts[1.0].classes[1:], starts[1.0].coef[1:], starts[1.0].intercept[1:])
-    unstarted = fit(training, params, rows, start=other).pipeline.named_steps["classifier"]
-    np.testing.assert_array_equal(unstarted.coef_, cold.coef_)  # other classes: from zero

@@ -448,7 +448,7 @@ def release_pages(features):
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def fit(training, params, rows, progress=False, examples=None, start=None):
+def fit(training, params, rows, progress=False, examples=None):
     """Fits one candidate of `training.model`.
 
     Args:
@@ -457,8 +457,6 @@ def fit(training, params, rows, progress=False, examples=None, start=None):
       rows: the rows of `training.train` to fit on.
       progress: a progress bar over streamed SGD's chunks.
       examples: streamed SGD sees about this many examples (`sgd_passes`); None: SGD_EXAMPLES.
-      start: a logreg's `Coefficients` its lbfgs starts from (the search's fit of the same candidate); None, or
-        classes other than those of `rows`: from zero.
 
     Returns:
       A `Fit`.
@@ -475,41 +473,14 @@ def fit(training, params, rows, progress=False, examples=None, start=None):
             # The rows read are this call's own copy: scaled in place, not copied again (at full ABO
             # size that second copy is 780 MB); the saved scaler copies again.
             pipeline.set_params(**clone(params, safe=False), scaler__copy=False)
-            warm = _warm_start(pipeline.named_steps["classifier"], start, training.train.labels[rows])
             bar = console.progress_bar(enabled=progress, total=1, desc=f"{training.model} fit", unit="fit")
             with bar, heartbeat(bar):
                 pipeline.fit(read_rows(training.train.features, rows), training.train.labels[rows])
                 bar.update()
-            pipeline.set_params(scaler__copy=True, **({"classifier__warm_start": False} if warm else {}))
+            pipeline.set_params(scaler__copy=True)
     no_solver = training.streamed or training.model in NEIGHBOUR_MODELS  # fixed epochs, or nothing to converge
     converged = None if no_solver else not any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
     return Fit(pipeline, time.perf_counter() - started, converged, epochs)
-
-
-class Coefficients(NamedTuple):
-    """A fitted logreg's classes and coefficients: where another fit of the same candidate starts."""
-
-    classes: np.ndarray
-    coef: np.ndarray  # [classes, columns]
-    intercept: np.ndarray  # [classes]
-
-    @classmethod
-    def of(cls, classifier):
-        return cls(classifier.classes_.copy(), classifier.coef_.copy(), classifier.intercept_.copy())
-
-
-def _warm_start(classifier, start, labels):
-    """Sets `classifier` (unfitted) to start its fit from `start`, when there is one for the classes of `labels`.
-
-    The coefficients are copied as they are: they read features standardised by the earlier fit's scaler, whose
-    means and scales on another stratified subsample of the same rows differ by a fraction of a standard deviation
-    (about 1 / sqrt(rows)); the fit starts near its optimum, not at it, whatever they are.
-    """
-    if start is None or not np.array_equal(start.classes, np.unique(labels)):
-        return False
-    classifier.set_params(warm_start=True)
-    classifier.coef_, classifier.intercept_ = start.coef.copy(), start.intercept.copy()
-    return True
 
 
 def _transformed(pipeline, features, rows):

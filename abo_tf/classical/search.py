@@ -25,7 +25,6 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers HalvingGridSearchCV)
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV, ParameterGrid, PredefinedSplit
 
 from abo_tf.classical import classifiers
@@ -104,8 +103,6 @@ class _Scorer:
 
     def __init__(self, bar, grid_keys):
         self.bar, self.grid_keys, self.converged = bar, grid_keys, []
-        # A logreg candidate's coefficients by its parameters, the last round's: its finalist's fit starts there.
-        self.coefficients = {}
         # The warnings `_fit_searcher` records; with n_jobs=1 a candidate is fitted then scored, so those since
         # the last call are this candidate's fit's.
         self.caught, self.seen = [], 0
@@ -119,10 +116,7 @@ class _Scorer:
         score = metrics.classification_metrics(labels, classifiers.predict_labels(pipeline, features))["macro_f1"]
         params = pipeline.get_params()  # estimators (a PCA) are clones of the grid's: compared by their repr
         scored = _printable({key: params[key] for key in self.grid_keys})
-        classifier = pipeline.named_steps["classifier"]
-        self.converged.append((scored, _converged(classifier, self._fit_warned())))
-        if isinstance(classifier, LogisticRegression):
-            self.coefficients[tuple(scored.items())] = classifiers.Coefficients.of(classifier)
+        self.converged.append((scored, _converged(pipeline.named_steps["classifier"], self._fit_warned())))
         self.bar.update()
         # No redraw of its own: in a log the bar writes a line every 30 s, not one per candidate.
         self.bar.set_postfix_str(f"last macro-F1 {score:.3f}", refresh=False)
@@ -301,12 +295,11 @@ def _rescore_neighbours(training, finalists, grid, rows, validation, started):
     return _Rescored(record, finalists[best], fitted, timed[best])
 
 
-def _rescore(training, grid, finalists, validation, search_rows, progress, keep_validation=True, starts=None):
+def _rescore(training, grid, finalists, validation, search_rows, progress, keep_validation=True):
     """Fits each finalist on a stratified subsample RESCORE_FACTOR times the search's and keeps the best on validation.
 
     Where that subsample is every training row, the chosen finalist's fit is the final fit, and is reused with its
     validation scores (unless `keep_validation` is False: the caller trains it further, they would not be its).
-    A logreg finalist's lbfgs starts from its search fit's coefficients (`starts`, by grid index).
     """
     if len(finalists) < 2 or len(search_rows) >= len(training.rows):
         return _Rescored(None, finalists[0], None)
@@ -329,8 +322,7 @@ def _rescore(training, grid, finalists, validation, search_rows, progress, keep_
             params = grid[row["grid_index"]]
             if logreg:
                 params = {**params, "classifier__max_iter": classifiers.SEARCH_LOGREG_MAX_ITER}
-            start = (starts or {}).get(row["grid_index"])
-            fitted = classifiers.fit(training, params, rows, examples=examples, start=start)
+            fitted = classifiers.fit(training, params, rows, examples=examples)
             # A final fit's scores are kept for the evaluation; the others' predictions are enough.
             if final and not logreg:
                 scored = classifiers.timed_scores(fitted.pipeline, validation)
@@ -358,8 +350,8 @@ def _rescore(training, grid, finalists, validation, search_rows, progress, keep_
 
 
 def _grid_search(training, grid_spec, grid, rows, validation, bar):
-    """The candidate rows of GridSearchCV or HalvingGridSearchCV on `rows` and validation, the strategy's name
-    (None for successive halving: it names its rounds), and logreg's fitted `Coefficients` by grid index."""
+    """The candidate rows of GridSearchCV or HalvingGridSearchCV on `rows` and validation, and the strategy's name
+    (None for successive halving: it names its rounds)."""
     features, labels, cv = _search_data(training, validation, rows)
     scorer = _Scorer(bar, list(grid_spec))
     searcher = _searcher(training, grid_spec, scorer, cv, len(rows), labels)
@@ -367,8 +359,7 @@ def _grid_search(training, grid_spec, grid, rows, validation, bar):
     del features
     exhaustive = isinstance(searcher, GridSearchCV)
     candidates = _candidates(searcher.cv_results_, grid, scorer, len(rows), len(validation.labels))
-    starts = {index: scorer.coefficients.get(tuple(_printable(params).items())) for index, params in enumerate(grid)}
-    return candidates, "exhaustive (GridSearchCV)" if exhaustive else None, starts
+    return candidates, "exhaustive (GridSearchCV)" if exhaustive else None
 
 
 def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress=True, keep_validation=True):
@@ -408,11 +399,9 @@ def search(training, grid_spec, validation, max_train=SEARCH_MAX_TRAIN, progress
     ):
         if _over_k(training, grid, rows):
             candidates, strategy = _neighbour_search(training, grid, rows, validation, bar), NEIGHBOUR_STRATEGY
-            starts = {}
         else:
-            candidates, strategy, starts = _grid_search(training, grid_spec, grid, rows, validation, bar)
-    finalists = _finalists(candidates)
-    rescored = _rescore(training, grid, finalists, validation, rows, progress, keep_validation, starts)
+            candidates, strategy = _grid_search(training, grid_spec, grid, rows, validation, bar)
+    rescored = _rescore(training, grid, _finalists(candidates), validation, rows, progress, keep_validation)
     chosen = rescored.chosen
     search_seconds = time.perf_counter() - started
     fitted = rescored.fitted or classifiers.fit(training, grid[chosen["grid_index"]], training.rows, progress)
