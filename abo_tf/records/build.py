@@ -359,6 +359,11 @@ class _Scanned:
     # hashed by the parent during the scan, while it waits for the workers, not in the serial step after it.
     key_fractions: list = dataclasses.field(default_factory=list)
     shuffle_words: list = dataclasses.field(default_factory=list)
+    # What the listings say of each image, taken during the scan too (`_listed_columns`): the labels and the plan
+    # looked each image's listings up again in the serial step, one core busy (1.0 of its CPU s at 417k).
+    product_type: list = dataclasses.field(default_factory=list)  # its first listing's
+    item_id: list = dataclasses.field(default_factory=list)  # the smallest of its listings'
+    several: list = dataclasses.field(default_factory=list)  # the places of the images shown by several listings
 
 
 @dataclasses.dataclass
@@ -510,6 +515,7 @@ def _scan(candidates, image_index, reader, pool, options):
     place = np.full(len(image_index.paths), -1, np.int64)
     place[positions] = np.arange(len(positions))
     candidates.scanned = result = _Scanned(image_ids, place)
+    listed = [listing.product_type for listing in candidates.listings], [item.item_id for item in candidates.listings]
     with console.progress_bar(total=len(image_ids), desc="scan", unit="img", enabled=options.progress) as bar:
         chunks = (locations[start : start + SCAN_CHUNK] for start in starts)
         scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
@@ -520,11 +526,27 @@ def _scan(candidates, image_index, reader, pool, options):
             result.copy_size += copy_sizes
             result.key_fractions.append(split.stable_fractions(options.seed, chunk_ids))
             result.shuffle_words.append(split.shuffle_digests(chunk_ids, options.seed))
+            _listed_columns(result, candidates, chunk_ids, start, listed)
             candidates.image_status.update(
                 (image_id, reason) for image_id, reason in zip(chunk_ids, reasons) if reason is not None
             )
             locations[start : start + SCAN_CHUNK] = itertools.repeat(None, len(chunk_ids))  # done: freed
             bar.update(len(chunk_ids))
+
+
+def _listed_columns(scanned, candidates, chunk_ids, start, listed):
+    """Appends to the scan's columns the product type of the first listing and the smallest item id of the images
+    `chunk_ids` (from place `start`), and the places of those shown by several listings; `listed` is the listings'
+    (types, item ids)."""
+    listing_types, listing_items = listed
+    shown = list(map(candidates.listings_of_image.__getitem__, chunk_ids))
+    firsts = list(map(_FIRST, shown))
+    scanned.product_type += map(listing_types.__getitem__, firsts)
+    item_ids = list(map(listing_items.__getitem__, firsts))
+    for at in _in_several(shown):  # an image in several listings takes the smallest of their item ids
+        item_ids[at] = min(map(listing_items.__getitem__, shown[at]))
+        scanned.several.append(start + at)
+    scanned.item_id += item_ids
 
 
 def _drop_duplicate_content(candidates):
@@ -541,17 +563,21 @@ def _drop_duplicate_content(candidates):
     counted = collections.Counter(itertools.compress(digests, shared_crc))
     repeated = {digest for digest, count in counted.items() if count > 1}
     by_digest = collections.defaultdict(list)
-    passed_ids = itertools.compress(scanned.image_ids, passed)
-    for image_id, digest in itertools.compress(zip(passed_ids, digests), map(repeated.__contains__, digests)):
-        by_digest[digest].append(image_id)
-    for image_ids in by_digest.values():
-        keeper, *duplicates = sorted(image_ids)
-        for duplicate in duplicates:
+    passed_places = itertools.compress(zip(scanned.image_ids, itertools.count()), passed)
+    for copy, digest in itertools.compress(zip(passed_places, digests), map(repeated.__contains__, digests)):
+        by_digest[digest].append(copy)
+    for copies in by_digest.values():
+        (keeper, place), *duplicates = sorted(copies)
+        for duplicate, _ in duplicates:
             candidates.image_status[duplicate] = "duplicate_content"
             candidates.keeper[duplicate] = keeper
             candidates.listings_of_image[keeper] = sorted(
                 set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate])
             )
+        shown = candidates.listings_of_image[keeper]
+        scanned.item_id[place] = min(candidates.listings[index].item_id for index in shown)
+        if len(shown) > 1:
+            scanned.several.append(place)
 
 
 # --- labels and split --------------------------------------------------------
@@ -570,13 +596,18 @@ def _surviving(candidates):
 
 
 def _label_images(candidates, options):
-    """Returns (vocabulary, image id -> product type, conflict counts)."""
-    survivors = _surviving(candidates)
-    listing_types = [listing.product_type for listing in candidates.listings]
-    shown_in = list(map(candidates.listings_of_image.__getitem__, survivors))
-    # Nearly every image is in one listing: its type is that listing's, taken without a loop in Python.
-    image_types = dict(zip(survivors, map(listing_types.__getitem__, map(operator.itemgetter(0), shown_in))))
-    several = {survivors[at]: list(map(listing_types.__getitem__, shown_in[at])) for at in _in_several(shown_in)}
+    """Returns (vocabulary, image id -> product type, conflict counts); the images in scan order."""
+    scanned, listings = candidates.scanned, candidates.listings
+    # The images the scan passed and the duplicates left, in scan order: their first listing's type was taken
+    # during the scan; only those shown by several listings look them up again.
+    alive = list(map(operator.not_, map(candidates.image_status.__contains__, scanned.image_ids)))
+    survivors = itertools.compress(scanned.image_ids, alive)
+    image_types = dict(zip(survivors, itertools.compress(scanned.product_type, alive)))
+    several = {}
+    for place in sorted(set(scanned.several)):
+        if alive[place]:
+            image_id = scanned.image_ids[place]
+            several[image_id] = [listings[index].product_type for index in candidates.listings_of_image[image_id]]
     resolved, conflicting_images = labels.resolve_image_types(several)
     image_types.update(resolved)
     vocabulary = labels.make_vocabulary(
@@ -802,7 +833,7 @@ def _in_several(lists):
     return np.flatnonzero(np.fromiter(map(len, lists), np.int64, len(lists)) > 1).tolist()
 
 
-def _plan_columns(candidates, image_index, vocabulary, kept, numbers):
+def _plan_columns(candidates, image_index, vocabulary, kept, class_codes, numbers):
     """`(the PlanItems' fields as columns, the parts of the fingerprint's text of each)` of the `kept` images
     `numbers` (an int array), in their order.
 
@@ -811,12 +842,7 @@ def _plan_columns(candidates, image_index, vocabulary, kept, numbers):
     (`_shard_pieces`), the fingerprint's text here.
     """
     image_ids = list(map(kept.image_ids.__getitem__, numbers.tolist()))
-    listing_items = [listing.item_id for listing in candidates.listings]
-    shown = list(map(candidates.listings_of_image.__getitem__, image_ids))
-    item_ids = list(map(listing_items.__getitem__, map(_FIRST, shown)))
-    for at in _in_several(shown):  # an image in several listings takes the smallest of their item ids
-        item_ids[at] = min(map(listing_items.__getitem__, shown[at]))
-    label_numbers = _class_codes(vocabulary, kept)[numbers].tolist()  # a label is a class's index in the names
+    label_numbers = class_codes[numbers].tolist()  # a label is a class's index in the names
     at = kept.position[numbers]
     offsets, sizes = np.asarray(image_index.offsets, np.int64)[at], np.asarray(image_index.sizes, np.int64)[at]
     scanned, places = candidates.scanned, kept.place[numbers].tolist()
@@ -830,7 +856,7 @@ def _plan_columns(candidates, image_index, vocabulary, kept, numbers):
         list(map(scanned.crc32c.__getitem__, places)),
         label_numbers,
         list(map(vocabulary.names.__getitem__, label_numbers)),
-        item_ids,
+        list(map(scanned.item_id.__getitem__, places)),
         list(map(scanned.copy_size.__getitem__, places)),
         list(map(kept.image_ids.__getitem__, kept.group[numbers].tolist())),
     )
@@ -853,8 +879,9 @@ def _make_plan(candidates, image_index, vocabulary, kept, split_members, options
     # Locations are where bytes sit in this copy of the input, not what they are:
     # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
     digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
+    class_codes = _class_codes(vocabulary, kept)  # once, not once a split
     for name in split.SPLITS:
-        columns, texts = _plan_columns(candidates, image_index, vocabulary, kept, split_members[name])
+        columns, texts = _plan_columns(candidates, image_index, vocabulary, kept, class_codes, split_members[name])
         num_shards = shards.num_shards_for(sum(columns[PlanItem._fields.index("size")]), shard_bytes)
         shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in columns))
         for index, (columns_of_shard, shard_texts) in enumerate(
