@@ -181,6 +181,9 @@ def _plan_inputs(rng, index):
     listings = [records_build._ListingLabel(f"item{rng.randrange(40)}", "T") for _ in range(60)]
     shown = {image_id: sorted(rng.sample(range(60), rng.choice([1, 1, 2, 3]))) for image_id in image_ids}
     candidates = records_build._Candidates(listings, [None] * 60, [()] * 60, shown, scanned=scanned)
+    listed = [listing.product_type for listing in listings], [listing.item_id for listing in listings]
+    for start in range(0, len(image_ids), 64):  # what the scan takes of the listings, a chunk at a time
+        records_build._listed_columns(scanned, candidates, image_ids[start : start + 64], start, listed)
     types = {image_id: rng.choice(["A", "B", "C"]) for image_id in image_ids}
     groups = {image_id: min(image_id, rng.choice(image_ids)) for image_id in image_ids}
     members = {name: [] for name in ("train", "validation", "test")}
