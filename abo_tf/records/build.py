@@ -833,37 +833,68 @@ def _in_several(lists):
     return np.flatnonzero(np.fromiter(map(len, lists), np.int64, len(lists)) > 1).tolist()
 
 
-def _plan_columns(candidates, image_index, vocabulary, kept, class_codes, numbers):
-    """`(the PlanItems' fields as columns, the parts of the fingerprint's text of each)` of the `kept` images
-    `numbers` (an int array), in their order.
+class _ItemSource(NamedTuple):
+    """What the `PlanItem` fields the fingerprint does not hash are taken from, by `_item_columns` when a shard is
+    submitted: indexed by the `_Kept` numbers (position, place), as `_plan_columns` indexes them."""
+
+    kept: "_Kept"
+    paths: list  # the `_ImageIndex`'s
+    offsets: np.ndarray  # the `_ImageIndex`'s, -1 for a file in a folder
+    sizes: np.ndarray
+    crc32c: list  # the scan's columns
+    item_id: list
+    copy_size: list
+    names: list  # the classes'
+
+
+def _item_source(candidates, image_index, vocabulary, kept):
+    scanned = candidates.scanned
+    offsets, sizes = np.asarray(image_index.offsets, np.int64), np.asarray(image_index.sizes, np.int64)
+    return _ItemSource(
+        kept, image_index.paths, offsets, sizes, scanned.crc32c, scanned.item_id, scanned.copy_size, vocabulary.names
+    )
+
+
+def _plan_columns(candidates, source, class_codes, numbers):
+    """`(image ids, SHA-256s, labels, sizes, the parts of the fingerprint's text of each)` of the `kept` images
+    `numbers` (an int array), in their order: what the fingerprint hashes and the shards' sizes.
 
     Built a column at a time by `map` over bound look-ups and NumPy indexing: at 400k images a loop in Python over
-    the items was most of the plan's serial time. The items are made from the columns when their shard is written
-    (`_shard_pieces`), the fingerprint's text here.
+    the items was most of the plan's serial time. The other fields are taken when their shard is submitted
+    (`_item_columns`), the fingerprint's text here.
     """
+    kept = source.kept
     image_ids = list(map(kept.image_ids.__getitem__, numbers.tolist()))
     label_numbers = class_codes[numbers].tolist()  # a label is a class's index in the names
-    at = kept.position[numbers]
-    offsets, sizes = np.asarray(image_index.offsets, np.int64)[at], np.asarray(image_index.sizes, np.int64)[at]
-    scanned, places = candidates.scanned, kept.place[numbers].tolist()
-    digests = list(map(scanned.sha256.__getitem__, places))
-    columns = (
-        image_ids,
-        list(map(image_index.paths.__getitem__, at.tolist())),
-        _offsets_or_none(offsets.tolist()),
-        sizes.tolist(),
-        digests,
-        list(map(scanned.crc32c.__getitem__, places)),
-        label_numbers,
-        list(map(vocabulary.names.__getitem__, label_numbers)),
-        list(map(scanned.item_id.__getitem__, places)),
-        list(map(scanned.copy_size.__getitem__, places)),
-        list(map(kept.image_ids.__getitem__, kept.group[numbers].tolist())),
-    )
+    digests = list(map(candidates.scanned.sha256.__getitem__, kept.place[numbers].tolist()))
     # "<image id>:<SHA-256>:<label>;" an item, as four strings joined by C loops: the label's part made once a
     # label, not formatted an item (0.5 of 2.3 CPU s of the plan at 400k, load 10).
     label_parts = list(map({number: f":{number};" for number in set(label_numbers)}.__getitem__, label_numbers))
-    return columns, list(zip(image_ids, itertools.repeat(":"), digests, label_parts))
+    texts = list(zip(image_ids, itertools.repeat(":"), digests, label_parts))
+    return image_ids, digests, label_numbers, source.sizes[kept.position[numbers]], texts
+
+
+def _item_columns(source, numbers, image_ids, digests, label_numbers):
+    """The `PlanItem` fields as columns of the `kept` images `numbers`, whose ids, SHA-256s and labels are given.
+
+    Taken when the shard is submitted, while the workers write the shards before it: the paths, CRCs, types, item
+    ids and sizes of every item were a third of the plan's CPU seconds in the serial step before the write.
+    """
+    kept = source.kept
+    at, places = kept.position[numbers], kept.place[numbers].tolist()
+    return (
+        image_ids,
+        list(map(source.paths.__getitem__, at.tolist())),
+        _offsets_or_none(source.offsets[at].tolist()),
+        source.sizes[at].tolist(),
+        digests,
+        list(map(source.crc32c.__getitem__, places)),
+        label_numbers,
+        list(map(source.names.__getitem__, label_numbers)),
+        list(map(source.item_id.__getitem__, places)),
+        list(map(source.copy_size.__getitem__, places)),
+        list(map(kept.image_ids.__getitem__, kept.group[numbers].tolist())),
+    )
 
 
 def _fingerprint_text(texts):
@@ -871,19 +902,24 @@ def _fingerprint_text(texts):
     return "".join(itertools.chain.from_iterable(texts))
 
 
+_SHARD_COLUMNS = ("numbers", "image_ids", "digests", "labels")  # what `_item_columns` takes of a shard
+
+
 def _make_plan(candidates, image_index, vocabulary, kept, split_members, options):
-    """The shards, each its records' `PlanItem` fields as columns (`_shard_pieces` makes the items), plus a
-    fingerprint."""
+    """The shards, each the `kept` numbers of its records and what the fingerprint hashed of them (`_shard_pieces`
+    makes the items), plus a fingerprint."""
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     # Locations are where bytes sit in this copy of the input, not what they are:
     # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
     digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
     class_codes = _class_codes(vocabulary, kept)  # once, not once a split
+    source = _item_source(candidates, image_index, vocabulary, kept)
     for name in split.SPLITS:
-        columns, texts = _plan_columns(candidates, image_index, vocabulary, kept, class_codes, split_members[name])
-        num_shards = shards.num_shards_for(sum(columns[PlanItem._fields.index("size")]), shard_bytes)
-        shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in columns))
+        numbers = split_members[name]
+        *columns, sizes, texts = _plan_columns(candidates, source, class_codes, numbers)
+        num_shards = shards.num_shards_for(int(sizes.sum()), shard_bytes)
+        shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in (numbers, *columns)))
         for index, (columns_of_shard, shard_texts) in enumerate(
             zip(shard_columns, shards.split_evenly(texts, num_shards))
         ):
@@ -892,7 +928,8 @@ def _make_plan(candidates, image_index, vocabulary, kept, split_members, options
                     "split": name,
                     "file": schema.shard_filename(name, index, num_shards),
                     "num_items": len(shard_texts),
-                    "columns": columns_of_shard,
+                    "source": source,
+                    **dict(zip(_SHARD_COLUMNS, columns_of_shard)),
                 }
             )
             digest.update(plan["shards"][-1]["file"].encode())
@@ -902,11 +939,12 @@ def _make_plan(candidates, image_index, vocabulary, kept, split_members, options
 
 
 def _shard_pieces(shard):
-    """A shard's `PlanItem`s in pieces of `PIECE_EXAMPLES`, made from its columns the first time they are asked for:
-    when the shard is submitted, while the workers write the shards before it, not in the serial step before the
-    write (0.4 of its CPU seconds at 400k)."""
+    """A shard's `PlanItem`s in pieces of `PIECE_EXAMPLES`, made the first time they are asked for: when the shard
+    is submitted, while the workers write the shards before it, not in the serial step before the write (0.4 of
+    its CPU seconds at 400k, and the columns `_item_columns` takes)."""
     if shard.get("pieces") is None:
-        items = list(map(tuple.__new__, itertools.repeat(PlanItem), zip(*shard.pop("columns"))))
+        columns = _item_columns(shard.pop("source"), *(shard.pop(key) for key in _SHARD_COLUMNS))
+        items = list(map(tuple.__new__, itertools.repeat(PlanItem), zip(*columns)))
         pieces = [items[start : start + PIECE_EXAMPLES] for start in range(0, len(items), PIECE_EXAMPLES)]
         shard["pieces"] = pieces or [[]]
     return shard["pieces"]
