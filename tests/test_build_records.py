@@ -181,6 +181,9 @@ def _plan_inputs(rng, index):
     listings = [records_build._ListingLabel(f"item{rng.randrange(40)}", "T") for _ in range(60)]
     shown = {image_id: sorted(rng.sample(range(60), rng.choice([1, 1, 2, 3]))) for image_id in image_ids}
     candidates = records_build._Candidates(listings, [None] * 60, [()] * 60, shown, scanned=scanned)
+    listed = [listing.product_type for listing in listings], [listing.item_id for listing in listings]
+    for start in range(0, len(image_ids), 64):  # what the scan takes of the listings, a chunk at a time
+        records_build._listed_columns(scanned, candidates, image_ids[start : start + 64], start, listed)
     types = {image_id: rng.choice(["A", "B", "C"]) for image_id in image_ids}
     groups = {image_id: min(image_id, rng.choice(image_ids)) for image_id in image_ids}
     members = {name: [] for name in ("train", "validation", "test")}
@@ -636,6 +639,30 @@ def test_a_split_asked_for_but_left_empty_is_refused(capsys, sizes, joined, expe
     else:
         records_build.check_split_sizes(members, options)
         assert re.search(expected, capsys.readouterr().err) if expected else not capsys.readouterr().err
+
+
+def test_a_content_duplicates_listings_go_to_the_copy_kept_with_its_type_and_item():
+    """The types and item ids the scan takes from each image's listings are redone for a copy kept: it takes the
+    listings of the duplicates it replaces (the smallest item id; their types vote, ties to the first name)."""
+    import types
+
+    label = records_build._ListingLabel
+    listings = [label("ITEM-B", "CHAIR"), label("ITEM-A", "LAMP"), label("ITEM-C", "LAMP")]
+    image_ids = [("a", "b"), ("c",), ("d",)]
+    listings_of_image = {"a": [0], "b": [0], "c": [1], "d": [2]}
+    candidates = records_build._Candidates(listings, [None] * 3, image_ids, listings_of_image, num_referenced=4)
+    order = ["d", "c", "b", "a"]  # the scan's (archive) order, not the ids'
+    scanned = candidates.scanned = records_build._Scanned(order, np.arange(4))
+    scanned.sha256, scanned.crc32c = ["h-d", "h-same", "h-same", "h-a"], [4, 7, 7, 1]  # c is b's bytes
+    listed = [listing.product_type for listing in listings], [listing.item_id for listing in listings]
+    for start in (0, 2):  # two chunks of the scan
+        records_build._listed_columns(scanned, candidates, order[start : start + 2], start, listed)
+    records_build._drop_duplicate_content(candidates)
+    options = types.SimpleNamespace(min_examples_per_class=1, max_classes=None, rare_classes="drop")
+    _, image_types, conflicts = records_build._label_images(candidates, options)
+    assert candidates.image_status == {"c": "duplicate_content"} and candidates.keeper == {"c": "b"}
+    assert image_types == {"d": "LAMP", "b": "CHAIR", "a": "CHAIR"} and conflicts["images"] == 1
+    assert dict(zip(order, scanned.item_id)) == {"d": "ITEM-C", "c": "ITEM-A", "b": "ITEM-A", "a": "ITEM-B"}
 
 
 def test_split_fractions_not_summing_to_one_are_named_as_typed(tmp_path, capsys):

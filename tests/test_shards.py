@@ -156,6 +156,22 @@ def test_parse_record_refuses_a_list_of_two_values_as_training_does(name, built_
 
 
 @pytest.mark.parametrize(
+    "feature, named",
+    [
+        (b"\x19" + bytes(8), "field 3 of the feature 'label' is a fixed64 number"),  # an Int64List as a number
+        (schema._length_delimited(5, b"\x08\x01"), "the feature 'label' holds field 5"),  # no list of the schema's
+        (schema._length_delimited(3, b"\x0d" + bytes(4)), "the feature 'label' holds a fixed32 number"),
+    ],
+    ids=["number-for-list", "unknown-list", "fixed32-in-list"],
+)
+def test_parse_record_names_the_field_it_cannot_read(feature, named, built_records):
+    """The general parser's refusal names the field and its feature: it was "object of type 'NoneType' has no
+    len()"."""
+    with pytest.raises(shards.VerificationError, match=f"^a record is not a serialised tf.train.Example \\({named}"):
+        shards.parse_record(_with_feature(_first_test_record(built_records), feature))
+
+
+@pytest.mark.parametrize(
     "data",
     [b"\x0a\x05\x0a\x03abc", b"\x0a\xff", b"\x0b", b"\x08\x01", b"\x0a\x0a\x0a\x08\x08\x01\x12\x04\x0a\x02\x0a\x00"],
     ids=["missing-features", "truncated", "wire-type", "number-for-features", "number-for-key"],

@@ -359,6 +359,11 @@ class _Scanned:
     # hashed by the parent during the scan, while it waits for the workers, not in the serial step after it.
     key_fractions: list = dataclasses.field(default_factory=list)
     shuffle_words: list = dataclasses.field(default_factory=list)
+    # What the listings say of each image, taken during the scan too (`_listed_columns`): the labels and the plan
+    # looked each image's listings up again in the serial step, one core busy (1.0 of its CPU s at 417k).
+    product_type: list = dataclasses.field(default_factory=list)  # its first listing's
+    item_id: list = dataclasses.field(default_factory=list)  # the smallest of its listings'
+    several: list = dataclasses.field(default_factory=list)  # the places of the images shown by several listings
 
 
 @dataclasses.dataclass
@@ -510,6 +515,7 @@ def _scan(candidates, image_index, reader, pool, options):
     place = np.full(len(image_index.paths), -1, np.int64)
     place[positions] = np.arange(len(positions))
     candidates.scanned = result = _Scanned(image_ids, place)
+    listed = [listing.product_type for listing in candidates.listings], [item.item_id for item in candidates.listings]
     with console.progress_bar(total=len(image_ids), desc="scan", unit="img", enabled=options.progress) as bar:
         chunks = (locations[start : start + SCAN_CHUNK] for start in starts)
         scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
@@ -520,11 +526,27 @@ def _scan(candidates, image_index, reader, pool, options):
             result.copy_size += copy_sizes
             result.key_fractions.append(split.stable_fractions(options.seed, chunk_ids))
             result.shuffle_words.append(split.shuffle_digests(chunk_ids, options.seed))
+            _listed_columns(result, candidates, chunk_ids, start, listed)
             candidates.image_status.update(
                 (image_id, reason) for image_id, reason in zip(chunk_ids, reasons) if reason is not None
             )
             locations[start : start + SCAN_CHUNK] = itertools.repeat(None, len(chunk_ids))  # done: freed
             bar.update(len(chunk_ids))
+
+
+def _listed_columns(scanned, candidates, chunk_ids, start, listed):
+    """Appends to the scan's columns the product type of the first listing and the smallest item id of the images
+    `chunk_ids` (from place `start`), and the places of those shown by several listings; `listed` is the listings'
+    (types, item ids)."""
+    listing_types, listing_items = listed
+    shown = list(map(candidates.listings_of_image.__getitem__, chunk_ids))
+    firsts = list(map(_FIRST, shown))
+    scanned.product_type += map(listing_types.__getitem__, firsts)
+    item_ids = list(map(listing_items.__getitem__, firsts))
+    for at in _in_several(shown):  # an image in several listings takes the smallest of their item ids
+        item_ids[at] = min(map(listing_items.__getitem__, shown[at]))
+        scanned.several.append(start + at)
+    scanned.item_id += item_ids
 
 
 def _drop_duplicate_content(candidates):
@@ -541,17 +563,21 @@ def _drop_duplicate_content(candidates):
     counted = collections.Counter(itertools.compress(digests, shared_crc))
     repeated = {digest for digest, count in counted.items() if count > 1}
     by_digest = collections.defaultdict(list)
-    passed_ids = itertools.compress(scanned.image_ids, passed)
-    for image_id, digest in itertools.compress(zip(passed_ids, digests), map(repeated.__contains__, digests)):
-        by_digest[digest].append(image_id)
-    for image_ids in by_digest.values():
-        keeper, *duplicates = sorted(image_ids)
-        for duplicate in duplicates:
+    passed_places = itertools.compress(zip(scanned.image_ids, itertools.count()), passed)
+    for copy, digest in itertools.compress(zip(passed_places, digests), map(repeated.__contains__, digests)):
+        by_digest[digest].append(copy)
+    for copies in by_digest.values():
+        (keeper, place), *duplicates = sorted(copies)
+        for duplicate, _ in duplicates:
             candidates.image_status[duplicate] = "duplicate_content"
             candidates.keeper[duplicate] = keeper
             candidates.listings_of_image[keeper] = sorted(
                 set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate])
             )
+        shown = candidates.listings_of_image[keeper]
+        scanned.item_id[place] = min(candidates.listings[index].item_id for index in shown)
+        if len(shown) > 1:
+            scanned.several.append(place)
 
 
 # --- labels and split --------------------------------------------------------
@@ -570,13 +596,18 @@ def _surviving(candidates):
 
 
 def _label_images(candidates, options):
-    """Returns (vocabulary, image id -> product type, conflict counts)."""
-    survivors = _surviving(candidates)
-    listing_types = [listing.product_type for listing in candidates.listings]
-    shown_in = list(map(candidates.listings_of_image.__getitem__, survivors))
-    # Nearly every image is in one listing: its type is that listing's, taken without a loop in Python.
-    image_types = dict(zip(survivors, map(listing_types.__getitem__, map(operator.itemgetter(0), shown_in))))
-    several = {survivors[at]: list(map(listing_types.__getitem__, shown_in[at])) for at in _in_several(shown_in)}
+    """Returns (vocabulary, image id -> product type, conflict counts); the images in scan order."""
+    scanned, listings = candidates.scanned, candidates.listings
+    # The images the scan passed and the duplicates left, in scan order: their first listing's type was taken
+    # during the scan; only those shown by several listings look them up again.
+    alive = list(map(operator.not_, map(candidates.image_status.__contains__, scanned.image_ids)))
+    survivors = itertools.compress(scanned.image_ids, alive)
+    image_types = dict(zip(survivors, itertools.compress(scanned.product_type, alive)))
+    several = {}
+    for place in sorted(set(scanned.several)):
+        if alive[place]:
+            image_id = scanned.image_ids[place]
+            several[image_id] = [listings[index].product_type for index in candidates.listings_of_image[image_id]]
     resolved, conflicting_images = labels.resolve_image_types(several)
     image_types.update(resolved)
     vocabulary = labels.make_vocabulary(
@@ -802,42 +833,68 @@ def _in_several(lists):
     return np.flatnonzero(np.fromiter(map(len, lists), np.int64, len(lists)) > 1).tolist()
 
 
-def _plan_columns(candidates, image_index, vocabulary, kept, numbers):
-    """`(the PlanItems' fields as columns, the parts of the fingerprint's text of each)` of the `kept` images
-    `numbers` (an int array), in their order.
+class _ItemSource(NamedTuple):
+    """What the `PlanItem` fields the fingerprint does not hash are taken from, by `_item_columns` when a shard is
+    submitted: indexed by the `_Kept` numbers (position, place), as `_plan_columns` indexes them."""
+
+    kept: "_Kept"
+    paths: list  # the `_ImageIndex`'s
+    offsets: np.ndarray  # the `_ImageIndex`'s, -1 for a file in a folder
+    sizes: np.ndarray
+    crc32c: list  # the scan's columns
+    item_id: list
+    copy_size: list
+    names: list  # the classes'
+
+
+def _item_source(candidates, image_index, vocabulary, kept):
+    scanned = candidates.scanned
+    offsets, sizes = np.asarray(image_index.offsets, np.int64), np.asarray(image_index.sizes, np.int64)
+    return _ItemSource(
+        kept, image_index.paths, offsets, sizes, scanned.crc32c, scanned.item_id, scanned.copy_size, vocabulary.names
+    )
+
+
+def _plan_columns(candidates, source, class_codes, numbers):
+    """`(image ids, SHA-256s, labels, sizes, the parts of the fingerprint's text of each)` of the `kept` images
+    `numbers` (an int array), in their order: what the fingerprint hashes and the shards' sizes.
 
     Built a column at a time by `map` over bound look-ups and NumPy indexing: at 400k images a loop in Python over
-    the items was most of the plan's serial time. The items are made from the columns when their shard is written
-    (`_shard_pieces`), the fingerprint's text here.
+    the items was most of the plan's serial time. The other fields are taken when their shard is submitted
+    (`_item_columns`), the fingerprint's text here.
     """
+    kept = source.kept
     image_ids = list(map(kept.image_ids.__getitem__, numbers.tolist()))
-    listing_items = [listing.item_id for listing in candidates.listings]
-    shown = list(map(candidates.listings_of_image.__getitem__, image_ids))
-    item_ids = list(map(listing_items.__getitem__, map(_FIRST, shown)))
-    for at in _in_several(shown):  # an image in several listings takes the smallest of their item ids
-        item_ids[at] = min(map(listing_items.__getitem__, shown[at]))
-    label_numbers = _class_codes(vocabulary, kept)[numbers].tolist()  # a label is a class's index in the names
-    at = kept.position[numbers]
-    offsets, sizes = np.asarray(image_index.offsets, np.int64)[at], np.asarray(image_index.sizes, np.int64)[at]
-    scanned, places = candidates.scanned, kept.place[numbers].tolist()
-    digests = list(map(scanned.sha256.__getitem__, places))
-    columns = (
-        image_ids,
-        list(map(image_index.paths.__getitem__, at.tolist())),
-        _offsets_or_none(offsets.tolist()),
-        sizes.tolist(),
-        digests,
-        list(map(scanned.crc32c.__getitem__, places)),
-        label_numbers,
-        list(map(vocabulary.names.__getitem__, label_numbers)),
-        item_ids,
-        list(map(scanned.copy_size.__getitem__, places)),
-        list(map(kept.image_ids.__getitem__, kept.group[numbers].tolist())),
-    )
+    label_numbers = class_codes[numbers].tolist()  # a label is a class's index in the names
+    digests = list(map(candidates.scanned.sha256.__getitem__, kept.place[numbers].tolist()))
     # "<image id>:<SHA-256>:<label>;" an item, as four strings joined by C loops: the label's part made once a
     # label, not formatted an item (0.5 of 2.3 CPU s of the plan at 400k, load 10).
     label_parts = list(map({number: f":{number};" for number in set(label_numbers)}.__getitem__, label_numbers))
-    return columns, list(zip(image_ids, itertools.repeat(":"), digests, label_parts))
+    texts = list(zip(image_ids, itertools.repeat(":"), digests, label_parts))
+    return image_ids, digests, label_numbers, source.sizes[kept.position[numbers]], texts
+
+
+def _item_columns(source, numbers, image_ids, digests, label_numbers):
+    """The `PlanItem` fields as columns of the `kept` images `numbers`, whose ids, SHA-256s and labels are given.
+
+    Taken when the shard is submitted, while the workers write the shards before it: the paths, CRCs, types, item
+    ids and sizes of every item were a third of the plan's CPU seconds in the serial step before the write.
+    """
+    kept = source.kept
+    at, places = kept.position[numbers], kept.place[numbers].tolist()
+    return (
+        image_ids,
+        list(map(source.paths.__getitem__, at.tolist())),
+        _offsets_or_none(source.offsets[at].tolist()),
+        source.sizes[at].tolist(),
+        digests,
+        list(map(source.crc32c.__getitem__, places)),
+        label_numbers,
+        list(map(source.names.__getitem__, label_numbers)),
+        list(map(source.item_id.__getitem__, places)),
+        list(map(source.copy_size.__getitem__, places)),
+        list(map(kept.image_ids.__getitem__, kept.group[numbers].tolist())),
+    )
 
 
 def _fingerprint_text(texts):
@@ -845,18 +902,24 @@ def _fingerprint_text(texts):
     return "".join(itertools.chain.from_iterable(texts))
 
 
+_SHARD_COLUMNS = ("numbers", "image_ids", "digests", "labels")  # what `_item_columns` takes of a shard
+
+
 def _make_plan(candidates, image_index, vocabulary, kept, split_members, options):
-    """The shards, each its records' `PlanItem` fields as columns (`_shard_pieces` makes the items), plus a
-    fingerprint."""
+    """The shards, each the `kept` numbers of its records and what the fingerprint hashed of them (`_shard_pieces`
+    makes the items), plus a fingerprint."""
     shard_bytes = options.shard_mb * 2**20
     plan = {"options": options.output_options(), "classes": list(vocabulary.names), "shards": []}
     # Locations are where bytes sit in this copy of the input, not what they are:
     # the fingerprint hashes content (ids, digests, labels) so a moved tar resumes.
     digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
+    class_codes = _class_codes(vocabulary, kept)  # once, not once a split
+    source = _item_source(candidates, image_index, vocabulary, kept)
     for name in split.SPLITS:
-        columns, texts = _plan_columns(candidates, image_index, vocabulary, kept, split_members[name])
-        num_shards = shards.num_shards_for(sum(columns[PlanItem._fields.index("size")]), shard_bytes)
-        shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in columns))
+        numbers = split_members[name]
+        *columns, sizes, texts = _plan_columns(candidates, source, class_codes, numbers)
+        num_shards = shards.num_shards_for(int(sizes.sum()), shard_bytes)
+        shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in (numbers, *columns)))
         for index, (columns_of_shard, shard_texts) in enumerate(
             zip(shard_columns, shards.split_evenly(texts, num_shards))
         ):
@@ -865,7 +928,8 @@ def _make_plan(candidates, image_index, vocabulary, kept, split_members, options
                     "split": name,
                     "file": schema.shard_filename(name, index, num_shards),
                     "num_items": len(shard_texts),
-                    "columns": columns_of_shard,
+                    "source": source,
+                    **dict(zip(_SHARD_COLUMNS, columns_of_shard)),
                 }
             )
             digest.update(plan["shards"][-1]["file"].encode())
@@ -875,11 +939,12 @@ def _make_plan(candidates, image_index, vocabulary, kept, split_members, options
 
 
 def _shard_pieces(shard):
-    """A shard's `PlanItem`s in pieces of `PIECE_EXAMPLES`, made from its columns the first time they are asked for:
-    when the shard is submitted, while the workers write the shards before it, not in the serial step before the
-    write (0.4 of its CPU seconds at 400k)."""
+    """A shard's `PlanItem`s in pieces of `PIECE_EXAMPLES`, made the first time they are asked for: when the shard
+    is submitted, while the workers write the shards before it, not in the serial step before the write (0.4 of
+    its CPU seconds at 400k, and the columns `_item_columns` takes)."""
     if shard.get("pieces") is None:
-        items = list(map(tuple.__new__, itertools.repeat(PlanItem), zip(*shard.pop("columns"))))
+        columns = _item_columns(shard.pop("source"), *(shard.pop(key) for key in _SHARD_COLUMNS))
+        items = list(map(tuple.__new__, itertools.repeat(PlanItem), zip(*columns)))
         pieces = [items[start : start + PIECE_EXAMPLES] for start in range(0, len(items), PIECE_EXAMPLES)]
         shard["pieces"] = pieces or [[]]
     return shard["pieces"]

@@ -344,27 +344,43 @@ def _signed(number):
     return number - (1 << 64) if number >= 1 << 63 else number
 
 
-def _feature_value(feature):
-    """The single value of a `tf.train.Feature`: bytes of a BytesList, int of an Int64List.
+_BYTES_LIST, _INT64_LIST = 0x0A, 0x1A  # the tags of Feature.bytes_list and Feature.int64_list (field 1, 3; wire 2)
+_WIRE_TYPES = {0: "varint", 1: "fixed64", 2: "length-delimited", 5: "fixed32"}
 
-    A list of more values is refused: the first was read and verify passed, but training's scalar
-    `FixedLenFeature` fails on the record.
-    """
-    for list_field, _, payload in _fields(feature):
+
+def _messages(fields, what):
+    """`fields` (of `_fields`), each of which must be length-delimited: a number where `what` has a message or a
+    key was a TypeError ("object of type 'NoneType' has no len()") that named neither the field nor where it is."""
+    for field, wire_type, _ in fields:
+        if wire_type != 2:
+            raise ValueError(f"field {field} of {what} is a {_WIRE_TYPES[wire_type]} number, not a message")
+    return fields
+
+
+def _one_int64(data, start, end):
+    """The int64 of the packed list `data[start:end]`. A list of more values is refused: the first was read and
+    verify passed, but training's scalar `FixedLenFeature` fails on the record."""
+    value, used = _read_varint(data, start)
+    if used != end:
+        raise ValueError("an int64 list of more than one value")
+    return _signed(value)
+
+
+def _feature_value(feature, name):
+    """The single value of the `tf.train.Feature` of key `name`: bytes of a BytesList, int of an Int64List."""
+    for list_field, _, payload in _messages(_fields(feature), f"the feature {name!r}"):
+        if list_field not in (_BYTES_LIST >> 3, _INT64_LIST >> 3):
+            raise ValueError(f"the feature {name!r} holds field {list_field}, neither a BytesList nor an Int64List")
         values = _fields(payload)
         if len(values) != 1:
             raise ValueError(f"a list of {len(values)} values where the schema has one")
         ((_, wire_type, value),) = values
-        if list_field == 3 and wire_type == 2:  # packed int64s
-            number, used = _read_varint(value, 0)
-            if used != len(value):
-                raise ValueError("an int64 list of more than one value")
-            return _signed(number)
+        if list_field == _INT64_LIST >> 3 and wire_type == 2:  # packed int64s
+            return _one_int64(value, 0, len(value))
+        if wire_type not in (0, 2):
+            raise ValueError(f"the feature {name!r} holds a {_WIRE_TYPES[wire_type]} number")
         return _signed(value) if wire_type == 0 else value  # an unpacked int64, or bytes
-    raise ValueError("empty feature")
-
-
-_BYTES_LIST, _INT64_LIST = 0x0A, 0x1A  # the tags of Feature.bytes_list and Feature.int64_list (field 1, 3; wire 2)
+    raise ValueError(f"the feature {name!r} is empty")
 
 
 def _nested(data, position, tag):
@@ -400,12 +416,7 @@ def _parse_as_written(data):
         value_start, value_end = _nested(data, list_start, 0x0A)
         if not entry_end <= end or not feature_end == list_end == value_end == entry_end:
             raise ValueError("an entry holds more than a key and one value")
-        value = data[value_start:value_end]
-        if list_tag == _INT64_LIST:
-            value, used = _read_varint(value, 0)
-            if value_start + used != value_end:
-                raise ValueError("an int64 list of more than one value")
-            value = _signed(value)
+        value = _one_int64(data, value_start, value_end) if list_tag == _INT64_LIST else data[value_start:value_end]
         record[data[key_start:key_end].decode("utf-8")] = value
         start = entry_end
     return record
@@ -414,10 +425,13 @@ def _parse_as_written(data):
 def _parse_any_layout(serialized):
     """`parse_record`'s dict of any serialised `tf.train.Example`, by the general parser `_fields`."""
     record = {}
-    for _, _, features in _fields(serialized):
-        for _, _, entry in _fields(features):
-            parts = {field: value for field, _, value in _fields(entry)}
-            record[parts[1].decode("utf-8")] = _feature_value(parts[2])
+    for _, _, features in _messages(_fields(serialized), "the Example"):
+        for _, _, entry in _messages(_fields(features), "its Features"):
+            parts = {field: value for field, _, value in _messages(_fields(entry), "a Features entry")}
+            if 1 not in parts or 2 not in parts:
+                raise ValueError("a Features entry without its key or its feature")
+            name = parts[1].decode("utf-8")
+            record[name] = _feature_value(parts[2], name)
     return record
 
 
@@ -432,8 +446,7 @@ def parse_record(serialized):
     except (ValueError, IndexError):
         try:
             record = _parse_any_layout(serialized)
-        # TypeError, AttributeError: a number where a message or a key goes (was a traceback)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        except (ValueError, IndexError) as error:
             raise VerificationError(f"a record is not a serialised tf.train.Example ({error})") from error
     missing = set(schema.BYTES_FEATURES + schema.INT64_FEATURES) - set(record)
     if missing:
