@@ -914,8 +914,10 @@ class _NearestTable:
         # Only the arriving pairs are sorted (their packed keys); the held rows are sorted already and merged
         # into by position. Re-sorting the held slots with each block (17 a row) took minutes on one core at
         # 423k images, most of the first search's time.
-        keys = np.unique(self._keys(ends[beaten], partners[beaten], distances[beaten]))
+        keys = self._keys(ends[beaten], partners[beaten], distances[beaten])
         del ends, partners, distances, beaten
+        keys.sort()  # in place: np.unique sorted a copy, 64 MB more for a merge of 8M arrivals
+        keys = keys[np.diff(keys, prepend=-1) != 0]  # a pair found twice, once (keys are not negative)
         # MERGE_ROWS rows at a time: a block's pairs touch nearly every row, and the int64 keys of their held slots
         # are gathered to merge into
         firsts = np.arange(0, len(self.partners) + MERGE_ROWS, MERGE_ROWS, dtype=np.int64) << self.end_shift
@@ -961,11 +963,9 @@ class _NearestTable:
         return np.where(partners >= 0, keys, empty[:, None])
 
     def _keys(self, ends, partners, distances):
-        return (
-            (ends.astype(np.int64) << self.end_shift)
-            | (distances.astype(np.int64) << self.partner_bits)
-            | partners.astype(np.int64)
-        )
+        keys = (ends.astype(np.int64) << self.end_shift) | (distances.astype(np.int64) << self.partner_bits)
+        keys |= partners  # in place: one int64 array fewer at a time
+        return keys
 
     def full(self):
         """Mask of the entries with a partner in every slot."""
