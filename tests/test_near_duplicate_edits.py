@@ -1,6 +1,7 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+import copy
 import itertools
 from types import SimpleNamespace
 
@@ -288,6 +289,53 @@ def test_a_probe_is_merged_a_block_at_a_time_with_the_same_pairs(monkeypatch):
     ]
     assert pairs[0] == pairs[1] and len(pairs[0]) > 100 and np.array_equal(whole[1], blocked[1])
     assert len(probed) == near_duplicates.nearest_probe_count(8, len(hashes)) and max(merged) < largest / 2
+
+
+def _merged_by_resorting(table, ends, partners, distances):
+    """The merge as it was before the ABO-size run (issue 18): the arrivals and every held slot of the rows they
+    touch re-sorted together; the reference the merge by position must equal slot for slot."""
+    beaten = distances <= table.distances[ends, -1]
+    ends, partners, distances = ends[beaten], partners[beaten], distances[beaten]
+    rows = np.unique(ends)
+    held = table.partners[rows] >= 0
+    held_keys = table._keys(np.repeat(rows, held.sum(axis=1)), table.partners[rows][held], table.distances[rows][held])
+    keys = np.unique(np.concatenate([held_keys, table._keys(ends, partners, distances)]))
+    ends = keys >> table.end_shift
+    starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]]))
+    rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
+    kept = rank < table.partners.shape[1]
+    table.partners[rows], table.distances[rows] = -1, near_duplicates.EMPTY_DISTANCE
+    table.partners[ends[kept], rank[kept]] = keys[kept] & ((1 << table.partner_bits) - 1)
+    table.distances[ends[kept], rank[kept]] = (keys[kept] >> table.partner_bits) & 127
+
+
+def _held_pairs(table):
+    rows, slots = np.nonzero(table.partners >= 0)
+    return set(zip(rows.tolist(), table.partners[rows, slots].tolist()))
+
+
+def test_the_nearest_table_merges_as_a_resort_of_its_rows_would(planted, monkeypatch):
+    """The first search over the real photographs' hashes (every kind), in small merges of few rows: after each
+    merge, every row's slots are what a re-sort of its held slots with the arrivals gives; some arrivals were
+    held already, and some held pairs were pushed out by nearer ones."""
+    columns, _, _ = near_duplicates._searches(planted[0])[0]
+    merge, seen = near_duplicates._NearestTable.merge, {"merges": 0, "held again": 0, "pushed out": 0}
+
+    def checked(table, ends, partners, distances):
+        expected, held = copy.deepcopy(table), _held_pairs(table)
+        _merged_by_resorting(expected, ends, partners, distances)
+        merge(table, ends, partners, distances)
+        assert np.array_equal(table.partners, expected.partners)
+        assert np.array_equal(table.distances, expected.distances)
+        seen["merges"] += 1
+        seen["held again"] += len(held & set(zip(ends.tolist(), partners.tolist())))
+        seen["pushed out"] += len(held - _held_pairs(table))
+
+    monkeypatch.setattr(near_duplicates._NearestTable, "merge", checked)
+    monkeypatch.setattr(near_duplicates, "MERGE_BLOCK", 50)
+    monkeypatch.setattr(near_duplicates, "MERGE_ROWS", 16)
+    near_duplicates.nearest_pairs(np.concatenate(columns), 8, 3)
+    assert seen["merges"] > 20 and seen["held again"] > 0 and seen["pushed out"] > 0, seen
 
 
 def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):

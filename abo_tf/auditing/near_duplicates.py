@@ -626,6 +626,11 @@ MAPPED_COLUMNS = ("thumbnails", "trimmed_thumbnails", "keypoints", "descriptors"
 # Images hashed between drops of the written columns' pages (`_release`): the pages written stayed resident until
 # hashing ended, 1.3 GB of the search process at 423,686 images; 65,536 images' are 210 MB.
 RELEASE_IMAGES = 1 << 16
+# Pairs confirmed (or checked on keypoints) between drops of the mapped columns' pages (`_page_releaser`): the pairs
+# reach images all over the build, and their rows' pages piled up to every column (1.4 GB at 423k images, of a 3.5 GB
+# peak) while the thumbnails were confirmed and the keypoints checked. Dropped, a page is read again from the page
+# cache when touched.
+RELEASE_PAIRS = 1 << 17
 
 
 def hash_records(records_dir, workers=None, progress=True, columns_dir=None):
@@ -671,6 +676,21 @@ def release_pages(hashed):
     """Drops the memory-mapped columns' pages from this process's resident set (they are read again from the page
     cache or the file when touched): between the search's stages, each reads other columns."""
     _release([getattr(hashed, name) for name in MAPPED_COLUMNS])
+
+
+def _page_releaser(hashed):
+    """A callback told how many pairs were read since its last call: drops the mapped columns' pages (`release_pages`)
+    every RELEASE_PAIRS."""
+    read = 0
+
+    def advance(count):
+        nonlocal read
+        read += count
+        if read >= RELEASE_PAIRS:
+            release_pages(hashed)
+            read = 0
+
+    return advance
 
 
 def _release(columns):
@@ -891,44 +911,62 @@ class _NearestTable:
     def merge(self, ends, partners, distances):
         """Adds the pairs (end, partner) at their distances: each row keeps its nearest, a pair found twice once."""
         beaten = distances <= self.distances[ends, -1]  # a full row's farthest slot bounds what may enter it
-        ends, partners, distances = ends[beaten], partners[beaten], distances[beaten]
-        # MERGE_ROWS rows at a time: a block's pairs touch nearly every row, and the int64 keys of all their held
-        # slots and the pairs, with their sort, took 1.7 GB on 100,000 images (600,000 hashes of 17 slots)
-        order = np.argsort(ends, kind="stable")
-        ends, partners, distances = ends[order], partners[order], distances[order]
-        del order
-        bounds = np.searchsorted(ends, np.arange(0, len(self.partners) + MERGE_ROWS, MERGE_ROWS))
-        for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+        # Only the arriving pairs are sorted (their packed keys); the held rows are sorted already and merged
+        # into by position. np.unique of the held slots (17 a row) with the arrivals took minutes on one core at
+        # 423k images: NumPy 2.4 finds distinct integers with a hash table, 12 CPU s for 8M int64 keys that a sort
+        # and a comparison of neighbours take 0.5 s for.
+        keys = self._keys(ends[beaten], partners[beaten], distances[beaten])
+        del ends, partners, distances, beaten
+        keys.sort()  # in place: a copy is 64 MB more for a merge of 8M arrivals
+        keys = keys[np.diff(keys, prepend=-1) != 0]  # a pair found twice, once (keys are not negative)
+        # MERGE_ROWS rows at a time: a block's pairs touch nearly every row, and the int64 keys of their held slots
+        # are gathered to merge into
+        firsts = np.arange(0, len(self.partners) + MERGE_ROWS, MERGE_ROWS, dtype=np.int64) << self.end_shift
+        bounds = np.searchsorted(keys, firsts)
+        for low, high in itertools.pairwise(bounds):
             if low < high:
-                self._merge_rows(ends[low:high], partners[low:high], distances[low:high])
+                self._merge_rows(keys[low:high])
 
-    def _merge_rows(self, ends, partners, distances):
-        rows = ends[np.concatenate([[True], ends[1:] != ends[:-1]])]  # ends are sorted
-        held = self.partners[rows] >= 0
-        held_ends = np.repeat(rows, held.sum(axis=1))
-        keys = np.unique(
-            np.concatenate(
-                [
-                    self._keys(held_ends, self.partners[rows][held], self.distances[rows][held]),
-                    self._keys(ends, partners, distances),
-                ]
-            )
-        )
+    def _merge_rows(self, keys):
+        """Merges sorted, distinct keys into their rows. Each key's place in its row is the held keys below it
+        (their positions: the held keys are sorted too) plus its row's arriving keys below it; a held slot moves
+        down by its row's arriving keys below it; a row keeps the first `slots` places."""
+        slots = self.partners.shape[1]
         ends = keys >> self.end_shift
         starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]]))
-        rank = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
-        kept = rank < self.partners.shape[1]
-        ends, rank, keys = ends[kept], rank[kept], keys[kept]
-        self.partners[rows], self.distances[rows] = -1, EMPTY_DISTANCE
-        self.partners[ends, rank] = keys & ((1 << self.partner_bits) - 1)
-        self.distances[ends, rank] = (keys >> self.partner_bits) & 127
+        rows, row_of = ends[starts], np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(keys))))
+        held_partners, held_distances = self.partners[rows], self.distances[rows]
+        held = self._held_keys(rows, held_partners, held_distances).ravel()
+        below = np.searchsorted(held, keys)
+        arriving = held[np.minimum(below, len(held) - 1)] != keys  # a pair held already is not added again
+        keys, below, row_of = keys[arriving], below[arriving], row_of[arriving]
+        firsts = np.searchsorted(row_of, np.arange(len(rows)))  # each row's first arriving key
+        place = below - row_of * slots + np.arange(len(keys)) - firsts[row_of]
+        # arriving keys at or below each held slot, counted in the slots' order (a key below every held key of a
+        # full row counts at the next row's first slot, and is taken off there with the earlier rows' keys)
+        moved = np.cumsum(np.bincount(below, minlength=len(held) + 1)[:-1]).reshape(-1, slots) - firsts[:, None]
+        moved += np.arange(slots)
+        kept = (held_partners >= 0) & (moved < slots)
+        partners = np.full(held_partners.shape, -1, np.int32)
+        distances = np.full(held_distances.shape, EMPTY_DISTANCE, np.int8)
+        partners[np.nonzero(kept)[0], moved[kept]] = held_partners[kept]
+        distances[np.nonzero(kept)[0], moved[kept]] = held_distances[kept]
+        entering = place < slots
+        keys = keys[entering]
+        partners[row_of[entering], place[entering]] = keys & ((1 << self.partner_bits) - 1)
+        distances[row_of[entering], place[entering]] = (keys >> self.partner_bits) & 127
+        self.partners[rows], self.distances[rows] = partners, distances
+
+    def _held_keys(self, rows, partners, distances):
+        """[rows, slots] keys of the held slots, an empty slot the largest key of its row (sorted after the rest)."""
+        empty = (rows.astype(np.int64) << self.end_shift) | ((1 << self.end_shift) - 1)
+        keys = self._keys(rows[:, None], partners, distances)
+        return np.where(partners >= 0, keys, empty[:, None])
 
     def _keys(self, ends, partners, distances):
-        return (
-            (ends.astype(np.int64) << self.end_shift)
-            | (distances.astype(np.int64) << self.partner_bits)
-            | partners.astype(np.int64)
-        )
+        keys = (ends.astype(np.int64) << self.end_shift) | (distances.astype(np.int64) << self.partner_bits)
+        keys |= partners  # in place: one int64 array fewer at a time
+        return keys
 
     def full(self):
         """Mask of the entries with a partner in every slot."""
@@ -2258,6 +2296,7 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
     pool = concurrent.futures.ThreadPoolExecutor(threads)  # OpenCV's matcher and RANSAC release the GIL
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
+    release = _page_releaser(hashed)
     for start in range(0, len(order), LOCAL_BLOCK):
         block = order[start : start + LOCAL_BLOCK]
         block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
@@ -2278,7 +2317,9 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
         _add_turned_products(hashed, forest, first[block][~found], second[block][~found])
-        bar.update(len(order[start : start + LOCAL_BLOCK]))
+        checked = len(order[start : start + LOCAL_BLOCK])
+        bar.update(checked)
+        release(checked)
     pool.shutdown()
     bar.close()
     return int((~kept).sum())
@@ -2291,6 +2332,7 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
     was joined compares a few pairs more, and `forest.add` drops those, as it drops any pair inside a group: the
     same joins as one block at a time, in order. `progress`: (pairs in all, whether a bar shows them)."""
     bar = console.progress_bar(total=progress[0], desc="confirming", unit="pair", enabled=progress[1])
+    release = _page_releaser(hashed)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         confirmed = bounded_map(pool, _confirmed, _sketched(hashed, blocks), threads, hashed, forest, min_similarity)
         for size, (first, second, kind, distance), similarity, signal in confirmed:
@@ -2300,6 +2342,7 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
             if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
                 local.add(first[~kept], second[~kept], distance[~kept])
             bar.update(size)
+            release(size)
     bar.close()
 
 
