@@ -218,6 +218,7 @@ DEFAULT_MAX_LOCAL_CHECKS = 32
 # a product on white is near many others of each kind); with one budget an image, at most this times the images.
 DEFAULT_MAX_CANDIDATES = 64
 CONFIRM_BLOCK = 1 << 19  # candidate pairs of one kind confirmed at once (`_confirmed_blocks`)
+TURNED_BLOCK = 1 << 16  # pairs the turned rule reads at once: two 576-byte interiors each, 75 MB
 LOCAL_BLOCK = 4096  # pairs checked between joins: a join spares later pairs of the same group their check
 LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
 BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
@@ -237,11 +238,15 @@ MIN_TEXTURE_CORRELATION = 0.8
 MIN_BOX_ANGLE = 0.5  # degrees: a product upright in both images is left to ORB and the thumbnails (see below)
 MIN_TEXTURE_SPREAD = 5.0  # grey levels: a plainer interior has no texture to tell two products of one outline apart
 MIN_TEXTURE_PIXELS = TEXTURE_SIDE**2 // 40  # interior pixels both textures keep at least
+# Bits a product hash's search reaches past the other hashes': a turned copy's upright interior is resampled at
+# its measured turn, and 12 of the 80 turned copies of the blind catalog (seed 0) were 9-12 bits away.
+PRODUCT_HASH_SLACK = 4
 PRODUCT_HASH_MARGIN = 2  # texture pixels of 24 left out of the product hash on each side (`product_hashes`)
 MAX_BOX_ASPECT_RATIO = 1.15
 EDGE_TOLERANCE = 1.0  # pixels of PRODUCT_SIDE an outline strays from its straight edges (`_outline_angle`)
 MIN_EDGE_PIXELS = 12  # outline pixels of an edge a direction is fitted to: a shorter one is a corner's rounding
 EDGE_CLUSTER = 2.0  # degrees: edges this close are one direction (a turn's, its sides' JPEG noise)
+EDGE_SNAP = 3.5  # degrees from the minimum-area rectangle's turn an edge's direction may correct it by
 TEXTURE_BLUR = 2.0  # texture pixels: the shading a texture's detail is taken from
 PRODUCT_CHROMA_DISTANCE = 3.5  # levels
 PRODUCT_LUMA_RATIO = 1.15
@@ -460,12 +465,9 @@ def _product_box(pixels):
         return _no_product()
     # The outlines' points, not every pixel's: the same rectangle, a tenth of the CPU.
     outlines, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    points = np.concatenate(outlines)
-    angle = _outline_angle(outlines)
-    if angle is None:  # no straight edge: the minimum-area rectangle's angle
-        angle = cv2.minAreaRect(points)[2]
-        angle -= 90 * np.round(angle / 90)  # OpenCV's is within [-90, 0) or (0, 90] by version: the same box
-    (x, y), (width, height) = _turned_extent(points[:, 0].astype(np.float32), angle)
+    points = np.concatenate(outlines)[:, 0].astype(np.float32)
+    angle = _outline_angle(outlines, points)
+    (x, y), (width, height) = _turned_extent(points, angle)
     upright = cv2.getRotationMatrix2D((x, y), angle, 1.0)
     upright[:, 2] += (width / 2 - x, height / 2 - y)
     box_size = (max(2, round(width)), max(2, round(height)))
@@ -481,12 +483,25 @@ def _product_box(pixels):
     return box, np.where(inside, np.maximum(texture, 1), 0).astype(np.uint8).ravel()
 
 
-def _outline_angle(outlines):
-    """Degrees within +-45 (None without a straight edge): the length-weighted mean direction of the outlines'
-    straight edges (`cv2.approxPolyDP`, each fitted by `cv2.fitLine`) within EDGE_CLUSTER of the direction most
-    edge length shares. At PRODUCT_SIDE pixels, `cv2.minAreaRect` read 0 for 14 of 20 products turned by 1-3
-    degrees (blind catalog, seed 0): its areas a degree apart differ by less than a pixel's row, while a fitted
-    60-pixel edge's direction is within a few tenths of a degree."""
+def _outline_angle(outlines, points):
+    """Degrees within +-45: the turn of `cv2.minAreaRect` of `points`, moved to the direction of the outlines'
+    straight edges (`_edge_directions`) nearest it within EDGE_SNAP degrees. At PRODUCT_SIDE pixels the minimum-area
+    rectangle read 0 for 14 of 20 products turned by 1-3 degrees (blind catalog, seed 0): its areas a degree apart
+    differ by less than a pixel's row, while a fitted 60-pixel edge's direction is within a few tenths of a degree.
+    Which edge the rectangle lies along stays its choice: the longest edges of some outlines differ by a crop."""
+    angle = cv2.minAreaRect(points)[2]
+    angle -= 90 * np.round(angle / 90)  # OpenCV's is within [-90, 0) or (0, 90] by version: the same box
+    directions = np.array(_edge_directions(outlines))
+    offsets = (directions - angle + 45) % 90 - 45
+    if len(offsets) and np.abs(offsets).min() <= EDGE_SNAP:
+        angle += offsets[np.argmin(np.abs(offsets))]
+    return float(angle - 90 * np.round(angle / 90))
+
+
+def _edge_directions(outlines):
+    """[degrees within +-45]: the length-weighted mean directions of the outlines' straight edges
+    (`cv2.approxPolyDP`, each fitted by `cv2.fitLine`), those within EDGE_CLUSTER of the direction most edge length
+    shares taken as one, then of the rest alike."""
     lengths, angles = [], []
     for outline in outlines:
         points = outline[:, 0]
@@ -499,14 +514,17 @@ def _outline_angle(outlines):
                 along_x, along_y = cv2.fitLine(edge, cv2.DIST_L2, 0, 0.01, 0.01).ravel()[:2]
                 lengths.append(len(edge))
                 angles.append(np.degrees(np.arctan2(along_y, along_x)))
-    if not lengths:
-        return None
     lengths, angles = np.array(lengths, np.float64), np.array(angles)
     offsets = (angles[None, :] - angles[:, None] + 45) % 90 - 45  # a quarter turn apart: one box's sides
     near = np.abs(offsets) <= EDGE_CLUSTER
-    best = np.argmax(near @ lengths)
-    angle = angles[best] + (offsets[best] * lengths * near[best]).sum() / (lengths * near[best]).sum()
-    return float(angle - 90 * np.round(angle / 90))
+    directions = []
+    while lengths.any():
+        best = np.argmax(near @ lengths)
+        weights = lengths * near[best]
+        angle = angles[best] + (offsets[best] * weights).sum() / weights.sum()
+        directions.append(float(angle - 90 * np.round(angle / 90)))
+        lengths = np.where(near[best], 0.0, lengths)
+    return directions
 
 
 def _turned_extent(points, angle):
@@ -1342,7 +1360,14 @@ def _candidate_pairs(hashed, searched, max_distance, callbacks):
     straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
     for columns, kinds, queries in _searches(hashed):
-        yield from _search(searched, columns, kinds, queries, max_distance, callbacks)
+        yield from _search(searched, columns, kinds, queries, _search_distance(kinds, max_distance), callbacks)
+
+
+def _search_distance(kinds, max_distance):
+    """The bits a search over hashes of `kinds` pairs within: PRODUCT_HASH_SLACK more for the product hash alone."""
+    if kinds == [PRODUCT_HASH]:
+        return min(max_distance + PRODUCT_HASH_SLACK, MAX_HASH_DISTANCE)
+    return max_distance
 
 
 def _searches(hashed):
@@ -2290,10 +2315,15 @@ def _detail(textures, valid):
 
 
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
-    """Joins the gathered pairs whose ORB keypoints align (`min_inliers`), or that ORB refused but are turned
-    products (`_add_turned_products`), closest hashes first, each image in at most `cap` checked pairs, a block's
-    pairs checked by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked."""
+    """Joins the gathered pairs that are turned products (`_add_turned_products`), then those whose ORB keypoints
+    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs, a block's pairs checked
+    by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked."""
     first, second, distance = local.pairs()
+    # The turned rule first, on every pair: it is vectorised, and what it joins takes no keypoint check, so no
+    # slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
+    for rows in _row_blocks(np.arange(len(first)), TURNED_BLOCK):
+        rows = rows[forest.apart(first[rows], second[rows])]
+        _add_turned_products(hashed, forest, first[rows], second[rows])
     apart = forest.apart(first, second)
     first, second, distance = first[apart], second[apart], distance[apart]
     kept = _capped(first, second, distance, cap)
@@ -2319,7 +2349,6 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         )
         pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
         forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
-        _add_turned_products(hashed, forest, first[block][~found], second[block][~found])
         bar.update(len(order[start : start + LOCAL_BLOCK]))
     pool.shutdown()
     bar.close()
@@ -2407,7 +2436,10 @@ def near_duplicate_forest(
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
     local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes), max_candidates)
-    total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
+    total = sum(
+        nearest_probe_count(_search_distance(kinds, max_distance), len(columns) * len(searched))
+        for columns, kinds, _ in _searches(hashed)
+    )
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, callbacks):
