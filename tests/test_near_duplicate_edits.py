@@ -758,3 +758,19 @@ def test_a_turned_product_the_keypoint_cap_leaves_unchecked_is_still_joined():
     unchecked = near_duplicates._local_pairs(hashed, forest, local, near_duplicates.DEFAULT_MIN_INLIERS, cap=0)
     assert forest.edges.signal.tolist() == [near_duplicates.TURNED_PRODUCT]
     assert unchecked == 0  # joined before the cap: no pair was left unchecked
+
+
+def test_product_hashes_of_a_block_equal_each_interiors_own_phash():
+    rng = np.random.default_rng(7)
+    side, margin = near_duplicates.TEXTURE_SIDE, near_duplicates.PRODUCT_HASH_MARGIN
+    inner = slice(margin, side - margin)
+    textures = rng.integers(1, 256, (300, side, side)).astype(np.uint8)
+    textures[:, :, :3] = 0  # off the product: the interior's mean stands in
+    textures[::7] = 90  # plain: not hashed
+    expected = [
+        near_duplicates.UNDECODABLE
+        if index % 7 == 0
+        else near_duplicates._phash(np.where(texture > 0, texture, texture[texture > 0].mean())[inner, inner])
+        for index, texture in enumerate(textures.astype(np.float32))
+    ]
+    assert near_duplicates.product_hashes(textures.reshape(300, -1)).tolist() == expected
