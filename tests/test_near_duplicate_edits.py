@@ -720,27 +720,6 @@ def test_black_products_colours_agree_and_a_dark_grey_one_does_not():
     assert near_duplicates._product_colours_agree(box, other).tolist() == [True, True, False]
 
 
-def test_product_hashes_pair_a_few_bits_farther_than_the_other_hashes():
-    # A turned copy's upright interior is resampled at its measured turn: its product hash moves more than its others.
-    rng = np.random.default_rng(5)
-    size = 40
-    hashed = SimpleNamespace(
-        **{name: None for name in ("whole_hashes", "mirror_hashes", "centre_hashes", "side_hashes", "corner_hashes")},
-        hashes=rng.integers(0, 2**63, size, dtype=np.uint64),
-        product_hashes=rng.integers(0, 2**63, size, dtype=np.uint64),
-    )
-    hashed.hashes[1] = hashed.hashes[0] ^ np.uint64(0b1111111111)  # 10 bits apart: past the search's 8
-    hashed.product_hashes[3] = hashed.product_hashes[2] ^ np.uint64(0b1111111111)  # within 8 + PRODUCT_HASH_SLACK
-    hashed.product_hashes[5] = hashed.product_hashes[4] ^ np.uint64((1 << 13) - 1)  # 13 bits: past it
-    callbacks = size, lambda: None, lambda count: None, 1, lambda images: None
-    found = {
-        (int(one), int(other), kind)
-        for first, second, kind, _ in near_duplicates._candidate_pairs(hashed, np.arange(size), 8, callbacks)
-        for one, other in zip(first, second)
-    }
-    assert found == {(2, 3, near_duplicates.PRODUCT_HASH)}
-
-
 def test_a_turned_product_the_keypoint_cap_leaves_unchecked_is_still_joined():
     # The turned rule reads every gathered pair: a pair the cap leaves no keypoint check is joined by it all the same.
     import cv2

@@ -238,10 +238,6 @@ MIN_TEXTURE_CORRELATION = 0.8
 MIN_BOX_ANGLE = 0.5  # degrees: a product upright in both images is left to ORB and the thumbnails (see below)
 MIN_TEXTURE_SPREAD = 5.0  # grey levels: a plainer interior has no texture to tell two products of one outline apart
 MIN_TEXTURE_PIXELS = TEXTURE_SIDE**2 // 40  # interior pixels both textures keep at least
-# Bits a product hash's search reaches past the other hashes': a turned copy's upright interior is resampled at
-# its measured turn; of the 160 moderate turned copies (with or without a crop) of each catalog, seed 0, 31 (blind)
-# and 42 (generated) were 9-12 bits from their original's. Pairs of distinct products within 12: 3x as many as 8.
-PRODUCT_HASH_SLACK = 4
 PRODUCT_HASH_MARGIN = 2  # texture pixels of 24 left out of the product hash on each side (`product_hashes`)
 MAX_BOX_ASPECT_RATIO = 1.15
 EDGE_TOLERANCE = 1.0  # pixels of PRODUCT_SIDE an outline strays from its straight edges (`_outline_angle`)
@@ -1391,14 +1387,7 @@ def _candidate_pairs(hashed, searched, max_distance, callbacks):
     straight hash (trimmed or untrimmed) only, a CORNER_HASH with a corner hash only.
     """
     for columns, kinds, queries in _searches(hashed):
-        yield from _search(searched, columns, kinds, queries, _search_distance(kinds, max_distance), callbacks)
-
-
-def _search_distance(kinds, max_distance):
-    """The bits a search over hashes of `kinds` pairs within: PRODUCT_HASH_SLACK more for the product hash alone."""
-    if kinds == [PRODUCT_HASH]:
-        return min(max_distance + PRODUCT_HASH_SLACK, MAX_HASH_DISTANCE)
-    return max_distance
+        yield from _search(searched, columns, kinds, queries, max_distance, callbacks)
 
 
 def _searches(hashed):
@@ -2467,10 +2456,7 @@ def near_duplicate_forest(
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
     local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes), max_candidates)
-    total = sum(
-        nearest_probe_count(_search_distance(kinds, max_distance), len(columns) * len(searched))
-        for columns, kinds, _ in _searches(hashed)
-    )
+    total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, callbacks):
