@@ -54,7 +54,8 @@ test: install
 	$(BIN)/python -m pytest -q -n 2
 
 # The export matrix with VGG16, ResNet50, EfficientNetV2 and ConvNeXt too (their conversions take minutes; `make test`
-# converts the small two), and the parity matrix of EfficientNetV2 and ConvNeXt under every --weights.
+# converts the small two), and the whole parity matrix: every backbone under every --weights (`make test` builds a
+# covering set: each backbone and each --weights route once, every route on VGG16).
 test-exports: install
 	ABO_TF_EXPORT_ALL_BACKBONES=1 $(BIN)/python -m pytest -q -n 2 tests/test_conversion.py tests/test_parity.py
 
