@@ -247,6 +247,9 @@ EDGE_SNAP = 3.5  # degrees from the minimum-area rectangle's turn an edge's dire
 TEXTURE_BLUR = 2.0  # texture pixels: the shading a texture's detail is taken from
 PRODUCT_CHROMA_DISTANCE = 3.5  # levels
 PRODUCT_LUMA_RATIO = 1.15
+# levels: luminances this close agree whatever their ratio. A textured black product and its turned JPEG copy
+# measured 9.6 and 12.5 (its stripes, the copy's edges blended with the white ground): a ratio of 1.31.
+PRODUCT_LUMA_LEVELS = 3.5
 BAR_RINGING = 2  # lines past a padding bar also cut: a JPEG rings a line or two into the picture
 
 
@@ -2322,15 +2325,17 @@ def _frames_overlap(one, other, transforms):
 
 def _product_colours_agree(one, other):
     """bool [n]: the products' mean colours less their luminance within PRODUCT_CHROMA_DISTANCE levels and their
-    luminances within PRODUCT_LUMA_RATIO: the rule is for turns and crops, which keep a product's colours (a
-    look-alike of one texture and outline is another shade: 4.7 levels of chroma apart at least on the seed-0
-    catalog, its turned and cropped copies 2.4 at most but one)."""
+    luminances within PRODUCT_LUMA_RATIO or PRODUCT_LUMA_LEVELS: the rule is for turns and crops, which keep a
+    product's colours (a look-alike of one texture and outline is another shade: 4.7 levels of chroma apart at least
+    on the seed-0 catalog, its turned and cropped copies 2.4 at most but one)."""
     luma = [box[:, 7:10] @ LUMA for box in (one, other)]
     chroma = [box[:, 7:10] - value[:, None] for box, value in zip((one, other), luma)]
-    # A level's floor: two black products' luminances of 0 were 0 / 0, never a ratio within the limit.
+    # A level's floor: two black products' luminances of 0 were 0 / 0, never a ratio within the limit. Near black
+    # a ratio is noise: PRODUCT_LUMA_LEVELS apart agree whatever their ratio.
     ratio = np.maximum(*luma) / np.maximum(np.minimum(*luma), 1.0)
+    luma_close = (ratio <= PRODUCT_LUMA_RATIO) | (np.abs(luma[0] - luma[1]) <= PRODUCT_LUMA_LEVELS)
     close = np.linalg.norm(chroma[0] - chroma[1], axis=1) <= PRODUCT_CHROMA_DISTANCE
-    return close & (ratio <= PRODUCT_LUMA_RATIO)
+    return close & luma_close
 
 
 def _textures_agree(hashed, first, second, quarter):
