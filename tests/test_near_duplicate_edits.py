@@ -698,6 +698,13 @@ def test_a_product_hash_ignores_the_outline_and_skips_an_empty_or_plain_interior
     assert hashes[2] == hashes[3] == near_duplicates.UNDECODABLE
 
 
+def test_product_hashes_of_plain_products_only_are_all_undecodable():
+    # A block whose interiors are all plain has none to hash: it was a ValueError (a reshape of no pHashes), a
+    # traceback of the audit of a build of plain products.
+    plain = np.full((3, near_duplicates.TEXTURE_SIDE**2), 120, np.uint8)
+    assert near_duplicates.product_hashes(plain).tolist() == [near_duplicates.UNDECODABLE] * 3
+
+
 @pytest.fixture(scope="module")
 def cropped_products():
     """A `HashedImages` of textured products on white, each with crops of one side and of every side."""

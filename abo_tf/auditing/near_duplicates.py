@@ -564,7 +564,7 @@ def _phashes(greys):
     """uint64 [n]: `_phash` of a block of equal-sized float32 grey images at once, as two matrix products: the
     resize to HASH_SIDE and the DCT's lowest rows are linear (a loop of `_phash` was 30 us an image)."""
     low_rows = _low_frequencies(*greys.shape[1:])
-    low = (low_rows[0] @ greys @ low_rows[1].T).reshape(len(greys), -1)
+    low = (low_rows[0] @ greys @ low_rows[1].T).reshape(len(greys), HASH_BITS_SIDE**2)  # -1 fails on no images
     bits = low > np.median(low, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
