@@ -504,9 +504,10 @@ def _edge_directions(outlines):
     shares taken as one, then of the rest alike."""
     lengths, angles = [], []
     for outline in outlines:
+        if len(outline) < MIN_EDGE_PIXELS:  # no edge of it is long enough: a speck's, one of a busy outline's many
+            continue
         points = outline[:, 0]
-        corners = cv2.approxPolyDP(outline, EDGE_TOLERANCE, True)[:, 0]
-        starts = np.sort([np.flatnonzero((points == corner).all(axis=1))[0] for corner in corners])
+        starts = _corner_places(points, cv2.approxPolyDP(outline, EDGE_TOLERANCE, True)[:, 0])
         for start, stop in zip(starts, np.append(starts[1:], starts[0] + len(points))):
             # the corners left out: their pixels round the turn
             edge = np.take(points, np.arange(start + 1, stop), axis=0, mode="wrap").astype(np.float32)
@@ -525,6 +526,15 @@ def _edge_directions(outlines):
         directions.append(float(angle - 90 * np.round(angle / 90)))
         lengths = np.where(near[best], 0.0, lengths)
     return directions
+
+
+def _corner_places(points, corners):
+    """Sorted int [len(corners)]: the first place of each of `corners` in the outline `points` (int [n, 2], not
+    negative), by one sort: a comparison of every point a corner took 17 ms a busy outline's image (4-pixel blobs),
+    15 times the rest of its box."""
+    keys = (points[:, 0].astype(np.int64) << 32) | points[:, 1]
+    distinct, first = np.unique(keys, return_index=True)
+    return np.sort(first[np.searchsorted(distinct, (corners[:, 0].astype(np.int64) << 32) | corners[:, 1])])
 
 
 def _turned_extent(points, angle):
