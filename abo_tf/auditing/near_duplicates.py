@@ -2340,8 +2340,8 @@ def _product_colours_agree(one, other):
     on the seed-0 catalog, its turned and cropped copies 2.4 at most but one)."""
     luma = [box[:, 7:10] @ LUMA for box in (one, other)]
     chroma = [box[:, 7:10] - value[:, None] for box, value in zip((one, other), luma)]
-    # A level's floor: two black products' luminances of 0 were 0 / 0, never a ratio within the limit. Near black
-    # a ratio is noise: PRODUCT_LUMA_LEVELS apart agree whatever their ratio.
+    # Near black a ratio is noise: luminances PRODUCT_LUMA_LEVELS apart agree whatever their ratio (two black
+    # products, 0 and 0, included). The floor of 1 level only keeps the division defined; it decides nothing.
     ratio = np.maximum(*luma) / np.maximum(np.minimum(*luma), 1.0)
     luma_close = (ratio <= PRODUCT_LUMA_RATIO) | (np.abs(luma[0] - luma[1]) <= PRODUCT_LUMA_LEVELS)
     close = np.linalg.norm(chroma[0] - chroma[1], axis=1) <= PRODUCT_CHROMA_DISTANCE
