@@ -338,6 +338,26 @@ def test_the_nearest_table_merges_as_a_resort_of_its_rows_would(planted, monkeyp
     assert seen["merges"] > 20 and seen["held again"] > 0 and seen["pushed out"] > 0, seen
 
 
+@pytest.mark.parametrize(
+    ("ends", "partners", "distances", "message"),
+    [
+        ([0, 1], [1, 0], [3, -1], "hash distances are 0-64, got -1 to 3"),
+        ([0, 1], [1, 0], [65, 2], "hash distances are 0-64, got 2 to 65"),
+        ([0, 1], [-1, 0], [3, 3], "partners are 0-7, got -1 to 0"),
+        ([-1, 1], [1, 0], [3, 3], "entries are 0-4, got -1 to 1"),
+        ([0, 5], [1, 0], [3, 3], "entries are 0-4, got 0 to 5"),
+    ],
+)
+def test_the_nearest_table_refuses_what_its_keys_cannot_hold(ends, partners, distances, message):
+    # packed into one int64 key, a negative distance set the end's bits and 65 read as an empty slot, silently
+    table = near_duplicates._NearestTable(5, 3, 5)
+    with pytest.raises(ValueError, match=message):
+        table.merge(np.array(ends, np.int32), np.array(partners, np.int32), np.array(distances, np.int8))
+    assert (table.partners == -1).all()  # nothing merged
+    table.merge(np.array([0, 1]), np.array([1, 0], np.int32), np.array([64, 0], np.int8))
+    assert table.partners[:2, 0].tolist() == [1, 0] and table.distances[:2, 0].tolist() == [64, 0]
+
+
 def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):
     monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(5)

@@ -1009,7 +1009,13 @@ class _NearestTable:
             raise ValueError(f"{size} hashes: nearest_pairs packs an entry and a partner in 63 bits, at most 2**28")
 
     def merge(self, ends, partners, distances):
-        """Adds the pairs (end, partner) at their distances: each row keeps its nearest, a pair found twice once."""
+        """Adds the pairs (end, partner) at their distances: each row keeps its nearest, a pair found twice once.
+
+        Raises:
+          ValueError: an end, partner or distance (0-64 bits) out of range: packed into one key, a negative
+            distance or partner would set the end's bits, 65 would read as an empty slot, a negative end wraps.
+        """
+        self._check(ends, partners, distances)
         beaten = distances <= self.distances[ends, -1]  # a full row's farthest slot bounds what may enter it
         # Only the arriving pairs are sorted (their packed keys); the held rows are sorted already and merged
         # into by position. np.unique of the held slots (17 a row) with the arrivals took minutes on one core at
@@ -1026,6 +1032,15 @@ class _NearestTable:
         for low, high in itertools.pairwise(bounds):
             if low < high:
                 self._merge_rows(keys[low:high])
+
+    def _check(self, ends, partners, distances):
+        for name, values, limit in (
+            ("entries", ends, len(self.partners)),
+            ("partners", partners, 1 << self.partner_bits),
+            ("hash distances", distances, EMPTY_DISTANCE),
+        ):
+            if len(values) and not 0 <= values.min() <= values.max() < limit:
+                raise ValueError(f"{name} are 0-{limit - 1}, got {values.min()} to {values.max()}")
 
     def _merge_rows(self, keys):
         """Merges sorted, distinct keys into their rows. Each key's place in its row is the held keys below it
