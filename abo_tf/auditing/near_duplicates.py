@@ -600,8 +600,14 @@ def _product_mask(pixels):
     """uint8 [h, w] of 0/1: pixels farther than BORDER_TOLERANCE from the image's background (the median of its
     outer ring) and from white (a turn's filled corners), opened once (JPEG specks)."""
     ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.full_like(pixels, np.median(ring, axis=0).astype(np.uint8))
-    off = [functools.reduce(cv2.max, cv2.split(part)) for part in (cv2.absdiff(pixels, background), 255 - pixels)]
+    channels = cv2.split(pixels)
+    # A channel at a time: a colour image filled with the background (np.full_like's broadcast over 3 channels)
+    # took a fifth of the box's CPU; the farthest channel from white is 255 less the darkest.
+    background = (
+        cv2.absdiff(channel, np.full_like(channel, int(_level_median(ring[:, index]))))
+        for index, channel in enumerate(channels)
+    )
+    off = functools.reduce(cv2.max, background), 255 - functools.reduce(cv2.min, channels)
     off = cv2.min(*off) > BORDER_TOLERANCE  # farther than the tolerance from both (OpenCV: 5x NumPy's CPU)
     return cv2.morphologyEx(off.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
