@@ -333,9 +333,9 @@ def _level_median(levels):
 
 def _uniform_border(grey):
     """The grey level of the image's outermost ring when nearly all of it is one colour (a margin), else None."""
-    ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]]).astype(np.int16)
-    level = int(np.median(ring))
-    return level if np.mean(np.abs(ring - level) <= BORDER_TOLERANCE) >= UNIFORM_BORDER_SHARE else None
+    ring = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    level = int(_level_median(ring))  # np.median's sort and dispatch: 3 rings an image
+    return level if np.mean(np.abs(ring.astype(np.int16) - level) <= BORDER_TOLERANCE) >= UNIFORM_BORDER_SHARE else None
 
 
 def _bar_depth(lines):
@@ -365,10 +365,7 @@ def _without_bars(pixels, grey):
     return pixels[box], grey[box]
 
 
-def _trimmed_once(pixels, grey):
-    level = _uniform_border(grey)
-    if level is None:
-        return pixels, grey
+def _trimmed_once(pixels, grey, level):
     content = np.abs(grey.astype(np.int16) - level) > BORDER_TOLERANCE
     rows, columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
     if len(rows) == 0 or min(rows[-1] - rows[0], columns[-1] - columns[0]) < MIN_TRIMMED_SIDE:
@@ -386,10 +383,15 @@ def trimmed(pixels, grey):
     Relative to the ring's own level, so a brightened or greyed copy of a product on white trims alike. A photo
     padded on two sides only (to a square, no margin) has a ring of two colours: its white bars are cut first.
     """
-    if _uniform_border(grey) is None:
+    level = _uniform_border(grey)
+    if level is None:
         pixels, grey = _without_bars(pixels, grey)
-    for _ in range(2):
-        pixels, grey = _trimmed_once(pixels, grey)
+        level = _uniform_border(grey)
+    for trim in range(2):  # each ring's level found once: a trim that leaves the image as it was ends the loop
+        if level is None:
+            break
+        pixels, grey = _trimmed_once(pixels, grey, level)
+        level = _uniform_border(grey) if trim == 0 else None
     return pixels, grey
 
 
