@@ -510,13 +510,15 @@ def _edge_directions(outlines):
             continue
         points = outline[:, 0]
         starts = _corner_places(points, cv2.approxPolyDP(outline, EDGE_TOLERANCE, True)[:, 0])
-        for start, stop in zip(starts, np.append(starts[1:], starts[0] + len(points))):
-            # the corners left out: their pixels round the turn
+        for start, stop in zip(starts.tolist(), np.append(starts[1:], starts[0] + len(points)).tolist()):
+            # the corners left out: their pixels round the turn. Most edges are short (9 of 13 at ABO size): skipped
+            # before their points are gathered.
+            if stop - start - 1 < MIN_EDGE_PIXELS:
+                continue
             edge = np.take(points, np.arange(start + 1, stop), axis=0, mode="wrap").astype(np.float32)
-            if len(edge) >= MIN_EDGE_PIXELS:
-                along_x, along_y = cv2.fitLine(edge, cv2.DIST_L2, 0, 0.01, 0.01).ravel()[:2]
-                lengths.append(len(edge))
-                angles.append(np.degrees(np.arctan2(along_y, along_x)))
+            along_x, along_y = cv2.fitLine(edge, cv2.DIST_L2, 0, 0.01, 0.01).ravel()[:2]
+            lengths.append(len(edge))
+            angles.append(np.degrees(np.arctan2(along_y, along_x)))
     lengths, angles = np.array(lengths, np.float64), np.array(angles)
     offsets = (angles[None, :] - angles[:, None] + 45) % 90 - 45  # a quarter turn apart: one box's sides
     near = np.abs(offsets) <= EDGE_CLUSTER
