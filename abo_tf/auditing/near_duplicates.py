@@ -307,18 +307,18 @@ def _shrunk(pixels, side):
 
 
 def _phash(grey):
-    low = cv2.dct(_shrunk(grey, HASH_SIDE).astype(np.float32))[:HASH_BITS_SIDE, :HASH_BITS_SIDE].ravel()
-    return int.from_bytes(np.packbits(low > _median(low)).tobytes(), "big")
+    return _phash_all([grey])[0]
 
 
-def _median(values):
-    """`np.median` of a float32 array, to the bit, without its dispatch: 11 pHashes an image took a fifth of the
-    signature's time in np.median (py-spy, a 20,000-image build)."""
-    half = len(values) // 2
-    if len(values) % 2:
-        return np.partition(values, half)[half]
-    middle = np.partition(values, (half - 1, half))
-    return (middle[half - 1] + middle[half]) / 2
+def _phash_all(greys):
+    """[int]: the pHash of each grey image, the medians and bits of all found at once: 11 pHashes an image, each
+    with its own median and bits, took 215 us of the signature's 1.9 ms (3,000 ABO-size images)."""
+    low = np.stack([cv2.dct(_shrunk(grey, HASH_SIDE).astype(np.float32)) for grey in greys])
+    low = low[:, :HASH_BITS_SIDE, :HASH_BITS_SIDE].reshape(len(greys), HASH_BITS_SIDE**2)
+    half = HASH_BITS_SIDE**2 // 2  # an even count: the median is the mean of the two middle values, as np.median's
+    middle = np.partition(low, (half - 1, half), axis=1)
+    median = (middle[:, half - 1] + middle[:, half]) / 2
+    return np.packbits(low > median[:, None], axis=1).view(">u8").ravel().tolist()
 
 
 def _level_median(levels):
@@ -401,19 +401,17 @@ def _centre(grey, scale):
     return grey[rows : height - rows, columns : width - columns]
 
 
-def _side_hashes(grey):
-    """pHashes of the image less SIDE_CROP of its top, bottom, left, right side: a copy cropped on that side."""
+def _sides(grey):
+    """The image less SIDE_CROP of its top, bottom, left, right side: a copy cropped on that side (hashed)."""
     height, width = grey.shape
     rows, columns = round(height * SIDE_CROP), round(width * SIDE_CROP)
-    return tuple(
-        _phash(part) for part in (grey[rows:], grey[: height - rows], grey[:, columns:], grey[:, : width - columns])
-    )
+    return [grey[rows:], grey[: height - rows], grey[:, columns:], grey[:, : width - columns]]
 
 
-def _corner_hash(grey):
-    """The pHash of the image with its corners (CORNER_ROWS x CORNER_COLUMNS) set to the median of the rest."""
+def _corners_masked(grey):
+    """float32: the image with its corners (CORNER_ROWS x CORNER_COLUMNS) set to the median of the rest (hashed)."""
     mask = _corner_mask(grey.shape)
-    return _phash(np.where(mask, _level_median(grey[~mask]), grey.astype(np.float32)))
+    return np.where(mask, _level_median(grey[~mask]), grey.astype(np.float32))
 
 
 @functools.cache
@@ -654,22 +652,22 @@ def signature(encoded):
     # The thumbnail is of the untrimmed image: trimmed to their boxes, two products of one shape and colour
     # correlate at 0.99 (where they sit on the white is what tells them apart); a padded copy is left to ORB.
     thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
-    corner = _corner_hash(whole)
     product = _product_box(pixels)
-    pixels, grey = trimmed(pixels, whole)
-    centre = tuple(_phash(_centre(grey, scale)) for scale in CENTRE_SCALES) + (
-        _phash(_centre(whole, WHOLE_CENTRE_SCALE)),
+    untrimmed, (pixels, grey) = whole, trimmed(pixels, whole)
+    centres = [_centre(grey, scale) for scale in CENTRE_SCALES] + [_centre(untrimmed, WHOLE_CENTRE_SCALE)]
+    straight, mirror, whole_hash, corner_hash, *rest = _phash_all(
+        [grey, grey[:, ::-1], untrimmed, _corners_masked(untrimmed), *centres, *_sides(grey)]
     )
     return Signature(
-        _phash(grey),
-        _phash(grey[:, ::-1]),
-        centre,
-        _phash(whole),
+        straight,
+        mirror,
+        tuple(rest[: len(centres)]),
+        whole_hash,
         thumbnail,
         _shrunk(pixels, THUMBNAIL_SIDE).ravel(),
         *_local_features(grey),
-        _side_hashes(grey),
-        corner,
+        tuple(rest[len(centres) :]),
+        corner_hash,
         grey.shape[1] / grey.shape[0],
         *product,
     )
