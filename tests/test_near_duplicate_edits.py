@@ -338,6 +338,26 @@ def test_the_nearest_table_merges_as_a_resort_of_its_rows_would(planted, monkeyp
     assert seen["merges"] > 20 and seen["held again"] > 0 and seen["pushed out"] > 0, seen
 
 
+@pytest.mark.parametrize(
+    ("ends", "partners", "distances", "message"),
+    [
+        ([0, 1], [1, 0], [3, -1], "hash distances are 0-64, got -1 to 3"),
+        ([0, 1], [1, 0], [65, 2], "hash distances are 0-64, got 2 to 65"),
+        ([0, 1], [-1, 0], [3, 3], "partners are 0-7, got -1 to 0"),
+        ([-1, 1], [1, 0], [3, 3], "entries are 0-4, got -1 to 1"),
+        ([0, 5], [1, 0], [3, 3], "entries are 0-4, got 0 to 5"),
+    ],
+)
+def test_the_nearest_table_refuses_what_its_keys_cannot_hold(ends, partners, distances, message):
+    # packed into one int64 key, a negative distance set the end's bits and 65 read as an empty slot, silently
+    table = near_duplicates._NearestTable(5, 3, 5)
+    with pytest.raises(ValueError, match=message):
+        table.merge(np.array(ends, np.int32), np.array(partners, np.int32), np.array(distances, np.int8))
+    assert (table.partners == -1).all()  # nothing merged
+    table.merge(np.array([0, 1]), np.array([1, 0], np.int32), np.array([64, 0], np.int8))
+    assert table.partners[:2, 0].tolist() == [1, 0] and table.distances[:2, 0].tolist() == [64, 0]
+
+
 def test_a_huge_band_bucket_is_left_out_and_counted(monkeypatch):
     monkeypatch.setattr(near_duplicates, "MAX_BUCKET_PAIRS", 200)
     rng = np.random.default_rng(5)
@@ -829,3 +849,22 @@ def test_product_hashes_of_a_block_equal_each_interiors_own_phash():
         for index, texture in enumerate(textures.astype(np.float32))
     ]
     assert near_duplicates.product_hashes(textures.reshape(300, -1)).tolist() == expected
+
+
+def _phash_by_np_median(grey):
+    """pHash as Zauner and `imagehash.phash` define it, one image at a time: the reference `_phash_all` must equal."""
+    small = near_duplicates._shrunk(grey, near_duplicates.HASH_SIDE).astype(np.float32)
+    low = near_duplicates.cv2.dct(small)[: near_duplicates.HASH_BITS_SIDE, : near_duplicates.HASH_BITS_SIDE].ravel()
+    return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
+
+
+def test_the_phashes_of_an_images_views_at_once_equal_each_ones_own():
+    # An image's 11 pHashes get their medians and bits at once; shapes and types as the signature hashes them
+    # (crops, a mirror view, the corner-masked float32 image), and plain images whose coefficients tie.
+    rng = np.random.default_rng(34)
+    greys = [rng.integers(0, 256, shape).astype(np.uint8) for shape in ((128, 96), (37, 128), (8, 8), (200, 3))]
+    greys += [greys[0][:, ::-1], greys[1][5:-5, 9:], np.full((64, 64), 255, np.uint8), np.zeros((40, 50), np.uint8)]
+    greys.append(rng.normal(128, 40, (90, 70)).astype(np.float32))
+    hashes = near_duplicates._phash_all(greys)
+    assert hashes == [_phash_by_np_median(grey) for grey in greys]
+    assert len(set(hashes)) >= 8 and all(isinstance(value, int) for value in hashes)
