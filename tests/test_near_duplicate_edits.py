@@ -87,9 +87,9 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     checked = []
     original = near_duplicates._inliers
 
-    def counting(hashed_, first, second, least=None):
+    def counting(hashed_, first, second, least=None, mirrored=None):
         checked.extend(zip(first.tolist(), second.tolist()))
-        return original(hashed_, first, second, least)
+        return original(hashed_, first, second, least, mirrored)
 
     monkeypatch.setattr(near_duplicates, "_inliers", counting)
     forest = near_duplicates.near_duplicate_forest(hashed)

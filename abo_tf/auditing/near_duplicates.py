@@ -2461,7 +2461,8 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     mirrored = mirrored.astype(bool)
     # A pair that is a straight candidate too is left to its straight check: a mirrored match of it is a look-alike
     # of a symmetric shape (blind catalog, seed 1: 2 of the 6 distinct products the mirrored check joined).
-    straight_too = np.concatenate([[False], mirrored[1:] & (first[1:] == first[:-1]) & (second[1:] == second[:-1])])
+    straight_too = np.zeros(len(first), bool)  # sorted by (first, second, tag): a pair's straight row comes first
+    straight_too[1:] = mirrored[1:] & (first[1:] == first[:-1]) & (second[1:] == second[:-1])
     first, second, distance, mirrored = (column[~straight_too] for column in (first, second, distance, mirrored))
     # The turned rule first, on every straight pair: it is vectorised, and what it joins takes no keypoint check, so
     # no slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
