@@ -7,7 +7,7 @@ The report folder (`--report`) gets:
                           images): ids, splits, product types, hash bits apart, thumbnail similarity, ORB
                           inliers, and the signal that confirmed it (identical, hash, whole hash, mirror hash,
                           inner thumbnail, corner thumbnail, trimmed thumbnail, cropped thumbnail,
-                          local features, turned product, embedding)
+                          local features, mirrored local features, turned product, embedding)
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images

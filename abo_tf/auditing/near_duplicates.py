@@ -104,6 +104,10 @@ PRODUCT_HASH = "product hash"
 WHOLE_HASH = "whole hash"
 SEARCHED_KINDS = (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH, SIDE_HASH, CORNER_HASH, PRODUCT_HASH)
 LOCAL_FEATURES = "local features"
+MIRRORED_LOCAL_FEATURES = "mirrored local features"  # ORB keypoints aligned onto the other image's mirror image
+MIRRORED_CHECK_SHARE = (
+    4  # an image's mirrored keypoint checks: at most this share of its straight ones (`_local_pairs`)
+)
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
 )
@@ -281,6 +285,7 @@ class HashedImages(NamedTuple):
     backgrounds: np.ndarray | None = None  # float32 [N, 3]: the thumbnail's ring median (`image_backgrounds`; search)
     product_pixels: np.ndarray | None = None  # int16 [N]: `_content` pixels of the thumbnail (`product_pixel_counts`)
     product_hashes: np.ndarray | None = None  # uint64 [N]: `product_hashes` (set by the search)
+    mirror_descriptors: np.ndarray | None = None  # uint8 [N, KEYPOINTS, 32]: of the keypoints, the image mirrored
 
 
 class Signature(NamedTuple):
@@ -295,6 +300,7 @@ class Signature(NamedTuple):
     keypoints: np.ndarray
     descriptors: np.ndarray
     keypoint_count: int
+    mirror_descriptors: np.ndarray
     side_hashes: tuple
     corner_hash: int
     trimmed_aspect: float
@@ -427,16 +433,46 @@ def _corner_mask(shape):
 
 
 def _local_features(grey):
-    """(uint8 [KEYPOINTS, 2] keypoints in 1/255 of the longest side, uint8 [KEYPOINTS, 32] ORB descriptors, count)."""
+    """(uint8 [KEYPOINTS, 2] keypoints in 1/255 of the longest side, uint8 [KEYPOINTS, 32] ORB descriptors, count,
+    uint8 [KEYPOINTS, 32] the descriptors of the same keypoints in the mirrored image: `_mirrored_descriptors`)."""
     scale = LOCAL_SIDE / max(grey.shape)
     size = (max(MIN_TRIMMED_SIDE, round(grey.shape[1] * scale)), max(MIN_TRIMMED_SIDE, round(grey.shape[0] * scale)))
-    found, descriptors = _orb().detectAndCompute(cv2.resize(grey, size, interpolation=cv2.INTER_AREA), None)
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    found, descriptors = _orb().detectAndCompute(small, None)
     keypoints, kept = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8)
+    mirrored = np.zeros((KEYPOINTS, 32), np.uint8)
     count = 0 if descriptors is None else min(KEYPOINTS, len(found))
     if count:
         points = np.array([keypoint.pt for keypoint in found[:count]], np.float32) * (255 / LOCAL_SIDE)
         keypoints[:count], kept[:count] = np.clip(np.round(points), 0, 255), descriptors[:count]
-    return keypoints, kept, count
+        mirrored[:count] = _mirrored_descriptors(small, found[:count], descriptors[:count])
+    return keypoints, kept, count, mirrored
+
+
+def _mirrored_descriptors(small, found, descriptors):
+    """uint8 [len(found), 32]: ORB descriptors of the keypoints `found` in `small` mirrored left to right, at their
+    mirrored places and turns. ORB's tests are not mirror-symmetric, so a mirrored copy's descriptors match none of
+    its original's (pad+mirror was found in 0.72 of the blind catalog's copies, seed 0): these do. Computed at the
+    kept keypoints, not detected again: 0.19 ms an image against detection's 0.37, and the keypoints are shared.
+    A keypoint ORB would drop keeps its straight descriptor, which matches no mirrored one by chance more than
+    another's."""
+    width = small.shape[1]
+    turned = [
+        cv2.KeyPoint(
+            width - 1 - point.pt[0],
+            point.pt[1],
+            point.size,
+            (180 - point.angle) % 360,
+            point.response,
+            point.octave,
+            point.class_id,
+        )
+        for point in found
+    ]
+    computed, mirrored = _orb().compute(cv2.flip(small, 1), turned)
+    if mirrored is None or len(computed) != len(found):  # never seen: the border ORB keeps is symmetric
+        return descriptors
+    return mirrored
 
 
 BOX_FIELDS = ("x", "y", "width", "height", "angle", "frame_width", "frame_height", "blue", "green", "red")
@@ -632,6 +668,7 @@ def signature(encoded):
         pixels = None
     if pixels is None:
         no_points = np.zeros((KEYPOINTS, 2), np.uint8), np.zeros((KEYPOINTS, 32), np.uint8), 0
+        no_points += (no_points[1],)
         centre = (UNDECODABLE,) * (len(CENTRE_SCALES) + 1)
         blank = np.zeros(THUMBNAIL_SIDE**2 * 3, np.uint8)
         sides = (UNDECODABLE,) * 4
@@ -730,7 +767,14 @@ def _record_chunks(records_dir, manifest, splits):
 
 # Columns kept in .npy files of `hash_records`' `columns_dir` and memory-mapped: 3.2 KB an image, 1.3 GB at 417k
 # images, resident only while the search reads them (`release_pages`).
-MAPPED_COLUMNS = ("thumbnails", "trimmed_thumbnails", "keypoints", "descriptors", "product_textures")
+MAPPED_COLUMNS = (
+    "thumbnails",
+    "trimmed_thumbnails",
+    "keypoints",
+    "descriptors",
+    "mirror_descriptors",
+    "product_textures",
+)
 # Images hashed between drops of the written columns' pages (`_release`): the pages written stayed resident until
 # hashing ended, 1.3 GB of the search process at 423,686 images; 65,536 images' are 210 MB.
 RELEASE_IMAGES = 1 << 16
@@ -827,6 +871,7 @@ def hashed_images(signatures):
         centre_hashes=signatures.centre_hashes.astype(np.uint64),
         keypoints=signatures.keypoints,
         descriptors=signatures.descriptors,
+        mirror_descriptors=signatures.mirror_descriptors,
         keypoint_counts=signatures.keypoint_count.astype(np.uint8),
         whole_hashes=signatures.whole_hash.astype(np.uint64),
         side_hashes=signatures.side_hashes.astype(np.uint64),
@@ -853,6 +898,7 @@ def _empty_columns(size, columns_dir=None):
         "trimmed_thumbnails": np.zeros((size, THUMBNAIL_SIDE**2 * 3), np.uint8),
         "keypoints": np.zeros((size, KEYPOINTS, 2), np.uint8),
         "descriptors": np.zeros((size, KEYPOINTS, 32), np.uint8),
+        "mirror_descriptors": np.zeros((size, KEYPOINTS, 32), np.uint8),
         "keypoint_counts": np.zeros(size, np.uint8),
         "whole_hashes": np.zeros(size, np.uint64),
         "side_hashes": np.zeros((size, 4), np.uint64),
@@ -905,6 +951,7 @@ def _fill(columns, start, split, image_ids, labels, product_types, item_ids, sig
     columns["trimmed_thumbnails"][rows] = signatures.trimmed_thumbnail
     columns["keypoints"][rows], columns["descriptors"][rows] = signatures.keypoints, signatures.descriptors
     columns["keypoint_counts"][rows], columns["whole_hashes"][rows] = signatures.keypoint_count, signatures.whole_hash
+    columns["mirror_descriptors"][rows] = signatures.mirror_descriptors
     columns["side_hashes"][rows], columns["corner_hashes"][rows] = signatures.side_hashes, signatures.corner_hash
     columns["trimmed_aspects"][rows] = signatures.trimmed_aspect
     columns["product_boxes"][rows], columns["product_textures"][rows] = (
@@ -1536,33 +1583,38 @@ def _pair_kinds(first_kind, second_kind):
     return kind
 
 
-def _inliers(hashed, first, second, least=None):
+def _inliers(hashed, first, second, least=None, mirrored=None):
     """(counts, spreads, transforms): ORB keypoints of each pair's first image that one similarity transform
     (scale, turn, shift; RANSAC) maps onto matching keypoints of the second (crops, padding, turns and badges keep
     most, other pictures a few), the narrower side of their bounding box, in keypoint units (255: the image's
     side), and that transform (float32 [n, 2, 3], keypoint units; zeros where none is plausible).
     `least` (int [n], default MIN_MATCHES): a pair with fewer matches is left at 0, its RANSAC not run (inliers are
-    matches: it could not align that many).
+    matches: it could not align that many). `mirrored` (bool [n], default none): the pairs whose second image is
+    matched mirrored (`_mirrored_keypoints`), the transform onto that mirror image.
     """
     least = np.full(len(first), MIN_MATCHES) if least is None else np.maximum(least, MIN_MATCHES)
+    mirrored = np.zeros(len(first), bool) if mirrored is None else mirrored
     counts, spreads = np.zeros(len(first), np.int64), np.zeros(len(first), np.float32)
     transforms = np.zeros((len(first), 2, 3), np.float32)
     if hashed.descriptors is None:
         return counts, spreads, transforms
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    for pair, (one, other, needed) in enumerate(zip(first, second, least.tolist())):
+    for pair, (one, other, needed, flip) in enumerate(zip(first, second, least.tolist(), mirrored.tolist())):
         one_count, other_count = int(hashed.keypoint_counts[one]), int(hashed.keypoint_counts[other])
         if min(one_count, other_count) < needed:
             continue
+        points, descriptors = (
+            _mirrored_keypoints(hashed, other) if flip else (hashed.keypoints[other], hashed.descriptors[other])
+        )
         matches = [
             match
-            for match in matcher.match(hashed.descriptors[one, :one_count], hashed.descriptors[other, :other_count])
+            for match in matcher.match(hashed.descriptors[one, :one_count], descriptors[:other_count])
             if match.distance <= MAX_DESCRIPTOR_DISTANCE
         ]
         if len(matches) < needed:  # RANSAC was half of the keypoint check; half the pairs match fewer than 8
             continue
         source = hashed.keypoints[one][[match.queryIdx for match in matches]].astype(np.float32)
-        target = hashed.keypoints[other][[match.trainIdx for match in matches]].astype(np.float32)
+        target = points[[match.trainIdx for match in matches]].astype(np.float32)
         cv2.setRNGSeed(RANSAC_SEED)  # each pair's count its own: not hanging on which pairs were checked before
         transform, inlier_mask = cv2.estimateAffinePartial2D(
             source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=RANSAC_ITERATIONS
@@ -1572,6 +1624,16 @@ def _inliers(hashed, first, second, least=None):
             counts[pair], spreads[pair] = len(aligned), (aligned.max(axis=0) - aligned.min(axis=0)).min()
             transforms[pair] = transform
     return counts, spreads, transforms
+
+
+def _mirrored_keypoints(hashed, image):
+    """(float32 [KEYPOINTS, 2], uint8 [KEYPOINTS, 32]): an image's keypoints (keypoint units) and descriptors in its
+    mirror image. A pixel centre x of the trimmed image's LOCAL_SIDE-wide (or narrower) shrunk copy is its
+    width - 1 - x mirrored."""
+    width = 255.0 * min(1.0, float(hashed.trimmed_aspects[image])) - 255.0 / LOCAL_SIDE
+    points = hashed.keypoints[image].astype(np.float32)
+    points[:, 0] = width - points[:, 0]
+    return points, hashed.mirror_descriptors[image]
 
 
 def _inner(rows):
@@ -2119,7 +2181,7 @@ def _aligned(hashed, first, second, inliers, spreads, min_inliers):
     return (inliers >= min_inliers) | relaxed
 
 
-def colours_agree(hashed, first, second, transforms):
+def colours_agree(hashed, first, second, transforms, mirrored=None):
     """bool mask: whether each keypoint-aligned pair also agrees in colour where both images show something.
 
     ORB aligns the outline of look-alike products (a green and a grey phone of one shape) as well as a crop's:
@@ -2136,10 +2198,13 @@ def colours_agree(hashed, first, second, transforms):
       hashed: a `HashedImages` with `trimmed_aspects`.
       first, second: int arrays, the images of each pair.
       transforms: float32 [n, 2, 3] of `_inliers`: the first image's keypoints onto the second's.
+      mirrored: bool [n] or None, of `_inliers`: the pairs whose transform is onto the second image mirrored.
     """
     if hashed.trimmed_aspects is None or not len(first):
         return np.ones(len(first), bool)
     warped, target, valid = _warped_thumbnails(hashed, first, second, transforms)
+    if mirrored is not None and mirrored.any():
+        target[mirrored] = _mirrored(target[mirrored]).reshape(-1, *target.shape[1:])
     return _colour_verdicts(hashed, first, second, (warped, target, valid), (0, 1, 2))
 
 
@@ -2413,16 +2478,28 @@ def _detail(textures, valid):
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs that are turned products (`_add_turned_products`), then those whose ORB keypoints
     align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs, a block's pairs checked
-    by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked."""
-    first, second, distance = local.pairs()
-    # The turned rule first, on every pair: it is vectorised, and what it joins takes no keypoint check, so no
-    # slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
-    for rows in _row_blocks(np.arange(len(first)), TURNED_BLOCK):
+    by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked. A pair tagged 1
+    in `local` (a mirror hash's) is matched mirrored (`_inliers`)."""
+    first, second, distance, mirrored = local.tagged()
+    mirrored = mirrored.astype(bool)
+    # A pair that is a straight candidate too is left to its straight check: a mirrored match of it is a look-alike
+    # of a symmetric shape (blind catalog, seed 1: 2 of the 6 distinct products the mirrored check joined).
+    straight_too = np.zeros(len(first), bool)  # sorted by (first, second, tag): a pair's straight row comes first
+    straight_too[1:] = mirrored[1:] & (first[1:] == first[:-1]) & (second[1:] == second[:-1])
+    first, second, distance, mirrored = (column[~straight_too] for column in (first, second, distance, mirrored))
+    # The turned rule first, on every straight pair: it is vectorised, and what it joins takes no keypoint check, so
+    # no slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
+    for rows in _row_blocks(np.flatnonzero(~mirrored), TURNED_BLOCK):
         rows = rows[forest.apart(first[rows], second[rows])]
         _add_turned_products(hashed, forest, first[rows], second[rows])
     apart = forest.apart(first, second)
-    first, second, distance = first[apart], second[apart], distance[apart]
-    kept = _capped(first, second, distance, cap)
+    first, second, distance, mirrored = first[apart], second[apart], distance[apart], mirrored[apart]
+    kept = np.zeros(len(first), bool)
+    # Mirrored pairs have their own, smaller bound: in the straight ones' they took the slots of turned copies
+    # (blind catalog, seed 0: rotate 0.93 -> 0.90); a mirrored copy's mirror hash is among its original's closest.
+    for flip, most in ((False, cap), (True, cap // MIRRORED_CHECK_SHARE)):
+        rows = np.flatnonzero(mirrored == flip)
+        kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
     pool = concurrent.futures.ThreadPoolExecutor(threads)  # OpenCV's matcher and RANSAC release the GIL
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
@@ -2432,26 +2509,44 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
         parts = np.array_split(block, threads)
         least = [_least_inliers(hashed, first[part], second[part], min_inliers) for part in parts]
-        ends = [first[part] for part in parts], [second[part] for part in parts]
-        counted = list(pool.map(_inliers, itertools.repeat(hashed), *ends, least))
+        ends = (
+            [first[part] for part in parts],
+            [second[part] for part in parts],
+            least,
+            [mirrored[part] for part in parts],
+        )
+        counted = list(pool.map(_inliers, itertools.repeat(hashed), *ends))
         inliers, spreads, transforms = (np.concatenate(parts) for parts in zip(*counted))
         found = _aligned(hashed, first[block], second[block], inliers, spreads, min_inliers)
-        found[found] = colours_agree(hashed, first[block][found], second[block][found], transforms[found])
-        similarity = thumbnail_similarity(
-            hashed.thumbnails,
-            first[block][found],
-            second[block][found],
-            greyscale=hashed.greyscale,
-            plain=_plain(hashed, "thumbnails"),
+        flipped = mirrored[block][found]
+        found[found] = colours_agree(hashed, first[block][found], second[block][found], transforms[found], flipped)
+        _add_aligned(
+            hashed, forest, (first[block][found], second[block][found], mirrored[block][found]), inliers[found]
         )
-        pairs = make_pairs(hashed.hashes, first[block][found], second[block][found], similarity, "", inliers[found])
-        forest.add(pairs._replace(signal=np.full(int(found.sum()), LOCAL_FEATURES)))
         checked = len(order[start : start + LOCAL_BLOCK])
         bar.update(checked)
         release(checked)
     pool.shutdown()
     bar.close()
     return int((~kept).sum())
+
+
+def _add_aligned(hashed, forest, pairs, inliers):
+    """Joins the keypoint-aligned `pairs` (first, second, mirrored), their thumbnails' correlation kept (the second
+    mirrored where it was matched so), as LOCAL_FEATURES or MIRRORED_LOCAL_FEATURES."""
+    first, second, mirrored = pairs
+    for flip, signal in ((False, LOCAL_FEATURES), (True, MIRRORED_LOCAL_FEATURES)):
+        rows = np.flatnonzero(mirrored == flip)
+        similarity = thumbnail_similarity(
+            hashed.thumbnails,
+            first[rows],
+            second[rows],
+            flip,
+            greyscale=hashed.greyscale,
+            plain=_plain(hashed, "thumbnails"),
+        )
+        joined = make_pairs(hashed.hashes, first[rows], second[rows], similarity, "", inliers[rows])
+        forest.add(joined._replace(signal=np.full(len(rows), signal)))
 
 
 def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
@@ -2462,14 +2557,15 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
     same joins as one block at a time, in order. `progress`: (pairs in all, whether a bar shows them)."""
     bar = console.progress_bar(total=progress[0], desc="confirming", unit="pair", enabled=progress[1])
     release = _page_releaser(hashed)
+    mirrorable = hashed.mirror_descriptors is not None and local.tags > 1
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         confirmed = bounded_map(pool, _confirmed, _sketched(hashed, blocks), threads, hashed, forest, min_similarity)
         for size, (first, second, kind, distance), similarity, signal in confirmed:
             kept = signal != ""
             pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
             forest.add(pairs._replace(signal=signal[kept]))
-            if kind != MIRROR_HASH:  # ORB descriptors are not mirror-invariant
-                local.add(first[~kept], second[~kept], distance[~kept])
+            if kind != MIRROR_HASH or mirrorable:  # ORB descriptors are not mirror-invariant: matched mirrored
+                local.add(first[~kept], second[~kept], distance[~kept], int(kind == MIRROR_HASH))
             bar.update(size)
             release(size)
     bar.close()
@@ -2536,7 +2632,7 @@ def near_duplicate_forest(
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
-    local, found = _LocalCandidates(len(hashed.hashes)), _Candidates(len(hashed.hashes), max_candidates)
+    local, found = _LocalCandidates(len(hashed.hashes), tags=2), _Candidates(len(hashed.hashes), max_candidates)
     total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
     bar = console.progress_bar(total=total, desc="pairing", unit="probe", enabled=progress)
     callbacks = nearest, lambda: bar.update(1), forest.count_left_out, threads, forest.mark_crowded
