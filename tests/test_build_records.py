@@ -641,6 +641,14 @@ def test_a_split_asked_for_but_left_empty_is_refused(capsys, sizes, joined, expe
         assert re.search(expected, capsys.readouterr().err) if expected else not capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "shown, expected", [([0], "ITEM-B"), ([2], "ITEM-C"), ([0, 1], "ITEM-A"), ([2, 1, 0], "ITEM-A"), ([2, 0], "ITEM-B")]
+)
+def test_an_image_in_several_listings_takes_the_smallest_of_their_item_ids(shown, expected):
+    # The one rule behind both the scan's item ids and a content duplicate's copy kept: whatever the listings' order.
+    assert records_build._image_item_id(["ITEM-B", "ITEM-A", "ITEM-C"], shown) == expected
+
+
 def test_a_content_duplicates_listings_go_to_the_copy_kept_with_its_type_and_item():
     """The types and item ids the scan takes from each image's listings are redone for a copy kept: it takes the
     listings of the duplicates it replaces (the smallest item id; their types vote, ties to the first name)."""

@@ -543,10 +543,19 @@ def _listed_columns(scanned, candidates, chunk_ids, start, listed):
     firsts = list(map(_FIRST, shown))
     scanned.product_type += map(listing_types.__getitem__, firsts)
     item_ids = list(map(listing_items.__getitem__, firsts))
-    for at in _in_several(shown):  # an image in several listings takes the smallest of their item ids
-        item_ids[at] = min(map(listing_items.__getitem__, shown[at]))
+    for at in _in_several(shown):
+        item_ids[at] = _image_item_id(listing_items, shown[at])
         scanned.several.append(start + at)
     scanned.item_id += item_ids
+
+
+_ITEM_ID = operator.attrgetter("item_id")
+
+
+def _image_item_id(listing_items, shown):
+    """The item id of an image shown by the listings `shown` (indices into `listing_items`, their item ids): the
+    smallest of theirs, so that it does not depend on the listings' order (nor on which copy of its bytes is kept)."""
+    return min(map(listing_items.__getitem__, shown))
 
 
 def _drop_duplicate_content(candidates):
@@ -566,6 +575,7 @@ def _drop_duplicate_content(candidates):
     passed_places = itertools.compress(zip(scanned.image_ids, itertools.count()), passed)
     for copy, digest in itertools.compress(zip(passed_places, digests), map(repeated.__contains__, digests)):
         by_digest[digest].append(copy)
+    listing_items = list(map(_ITEM_ID, candidates.listings)) if by_digest else []
     for copies in by_digest.values():
         (keeper, place), *duplicates = sorted(copies)
         for duplicate, _ in duplicates:
@@ -575,7 +585,7 @@ def _drop_duplicate_content(candidates):
                 set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate])
             )
         shown = candidates.listings_of_image[keeper]
-        scanned.item_id[place] = min(candidates.listings[index].item_id for index in shown)
+        scanned.item_id[place] = _image_item_id(listing_items, shown)
         if len(shown) > 1:
             scanned.several.append(place)
 
