@@ -4,8 +4,8 @@
 
 Both read the same generated archive (all images of every listing, `--image-selection all`) with its
 listings' types as generated: 576, ABO's count, so the build keeps about 575 classes as on ABO (the types are
-not re-drawn: `split_benchmark.abo_like`'s re-draw, made for the generator's 16 types, gave a linked 576-type
-archive 714 classes). Both are timed in-process, one after the other in the same repeat, so process start-up
+not re-drawn: `split_benchmark.abo_like`, made for the generator's 16 types, leaves the types written as plain
+strings, a fifth, so a 576-type archive re-drawn had both name sets: 714 classes). Both are timed in-process, one after the other in the same repeat, so process start-up
 is excluded (the build's own worker processes are included) and the ratio compares like with like on a loaded
 machine. The build's stages are timed by wrapping its functions: index (the images tar and images.csv.gz),
 prepare (listings, candidates, scan, labels, split, plan), of which scan, then write and finish. `--verify` of
