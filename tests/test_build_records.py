@@ -21,6 +21,7 @@ from abo_tf import build_records
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import archive, labels, schema, shards
 from abo_tf.records import build as records_build
+from abo_tf.records import split as split_lib
 from tests.conftest import build_options
 
 
@@ -131,6 +132,8 @@ def test_pax_tar_falls_back_to_tarfile(tmp_path, abo_folder_sample):
 class _Index:
     """An `_ImageIndex`'s fields, made up: ids "i0".. at offsets (-1: files in a folder); some share a member."""
 
+    NOT_IN_ARCHIVE, refused = records_build._ImageIndex.NOT_IN_ARCHIVE, {}
+
     def __init__(self, rng, num_images, in_tar):
         self.paths = [f"{rng.randrange(num_images):03d}.jpg" for _ in range(num_images)]
         starts = rng.sample(range(512, 512 * 100 * num_images, 512), num_images)
@@ -159,8 +162,9 @@ def test_scan_order_by_numpy_is_the_sorted_order_it_replaced(seed):
     rng = random.Random(seed)
     index = _Index(rng, rng.randrange(1, 300), in_tar=seed % 2 == 0)
     located = sorted(index.position)
-    ordered, positions, locations = records_build._located(index, located)
+    ordered, positions, locations, ranks = records_build._located(index, located)
     assert ordered == _old_located(index, located)
+    assert list(map(located.__getitem__, ranks.tolist())) == ordered
     assert positions.tolist() == [index.position[image_id] for image_id in ordered]
     in_tar = seed % 2 == 0
     assert locations == [
@@ -170,14 +174,14 @@ def test_scan_order_by_numpy_is_the_sorted_order_it_replaced(seed):
 
 def _plan_inputs(rng, index):
     """A scan's columns, listings, types, groups and splits over `index`'s images, made up."""
-    image_ids, positions, _ = records_build._located(index, sorted(rng.sample(sorted(index.position), 150)))
+    image_ids, positions, _, ranks = records_build._located(index, sorted(rng.sample(sorted(index.position), 150)))
     place = np.full(len(index.paths), -1, np.int64)
     place[positions] = np.arange(len(positions))
     found = {
         image_id: (hashlib.sha256(image_id.encode()).hexdigest(), rng.getrandbits(32), rng.choice([None, (9, 7)]))
         for image_id in image_ids
     }
-    scanned = records_build._Scanned(image_ids, place, *map(list, zip(*found.values())))
+    scanned = records_build._Scanned(image_ids, place, *map(list, zip(*found.values())), rank=ranks, position=positions)
     listings = [records_build._ListingLabel(f"item{rng.randrange(40)}", "T") for _ in range(60)]
     shown = {image_id: sorted(rng.sample(range(60), rng.choice([1, 1, 2, 3]))) for image_id in image_ids}
     candidates = records_build._Candidates(listings, [None] * 60, [()] * 60, shown, scanned=scanned)
@@ -185,11 +189,60 @@ def _plan_inputs(rng, index):
     for start in range(0, len(image_ids), 64):  # what the scan takes of the listings, a chunk at a time
         records_build._listed_columns(scanned, candidates, image_ids[start : start + 64], start, listed)
     types = {image_id: rng.choice(["A", "B", "C"]) for image_id in image_ids}
+    scanned.product_type = list(map(types.__getitem__, image_ids))  # as `_label_images` leaves the column
     groups = {image_id: min(image_id, rng.choice(image_ids)) for image_id in image_ids}
     members = {name: [] for name in ("train", "validation", "test")}
     for image_id in rng.sample(image_ids, len(image_ids)):
         members[rng.choice(list(members))].append(image_id)
     return candidates, found, types, groups, members
+
+
+def _scanned_candidates(rng, index):
+    """Listings over `index`'s images (and ids not in it), their candidates, and a scan of them made up: some
+    images rejected, some sharing bytes; duplicates dropped as the build drops them."""
+    ids = [*sorted(index.position), "ghost1", "ghost2"]  # the ghosts: not in images.csv
+    listings = [records_build._ListingLabel(f"item{rng.randrange(30)}", "T") for _ in range(80)]
+    image_ids = [tuple(rng.sample(ids, rng.choice([0, 1, 1, 2, 3]))) for _ in listings]
+    selected = ([None if shown else "no_image" for shown in image_ids], image_ids, listings)
+    candidates = records_build._read_candidates(build_options({"listings": "l", "images": "i"}, "out"), index, selected)
+    scanned_ids, positions, _, ranks = records_build._located(index, records_build._surviving(candidates))
+    place = np.full(len(index.paths), -1, np.int64)
+    place[positions] = np.arange(len(positions))
+    scanned = candidates.scanned = records_build._Scanned(scanned_ids, place, rank=ranks, position=positions)
+    scanned.sha256 = [rng.choice(["same", "alike"]) if rng.random() < 0.1 else image_id for image_id in scanned_ids]
+    scanned.crc32c = [len(digest) for digest in scanned.sha256]  # equal bytes, equal CRCs; not the reverse
+    listed = [listing.product_type for listing in listings], [listing.item_id for listing in listings]
+    for start in range(0, len(scanned_ids), 32):
+        records_build._listed_columns(scanned, candidates, scanned_ids[start : start + 32], start, listed)
+    candidates.image_status.update((image_id, "truncated") for image_id in rng.sample(scanned_ids, len(ids) // 10))
+    records_build._drop_duplicate_content(candidates)
+    return candidates, ids
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grouping_on_the_scans_places_is_the_grouping_by_image_ids(seed):
+    """`_group_kept` on the scan's integers against `split.group_numbers` on image ids, as the build grouped."""
+    rng = random.Random(seed)
+    index = _Index(rng, rng.randrange(100, 300), in_tar=seed % 2 == 0)
+    candidates, ids = _scanned_candidates(rng, index)
+    pairs = [(rng.choice(ids), rng.choice(ids)) for _ in range(12)]
+    image_types = {
+        image_id: "T" for image_id in candidates.scanned.image_ids if image_id not in candidates.image_status
+    }
+    kept = records_build._group_kept(candidates, index, image_types, pairs)
+    keeper = candidates.keeper
+    assert keeper and any(len(shown) > 1 for shown in candidates.listings_of_image.values())  # the cases are there
+    listed = [
+        (listing.item_id, [keeper.get(i, i) for i in shown])
+        for listing, shown in zip(candidates.listings, candidates.image_ids)
+    ]
+    joined = [(keeper.get(first, first), keeper.get(second, second)) for first, second in pairs]
+    expected_ids, expected_group = split_lib.group_numbers(
+        listed, dict.fromkeys(image_types), joined, named_join=False, join_contents=False
+    )
+    assert kept.image_ids == expected_ids and kept.group.tolist() == expected_group.tolist()
+    assert kept.position.tolist() == [index.position[image_id] for image_id in expected_ids]
+    assert kept.place.tolist() == [candidates.scanned.image_ids.index(image_id) for image_id in expected_ids]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -202,7 +255,8 @@ def test_plan_from_the_scan_columns_is_the_plan_the_dicts_gave(seed):
     kept_ids = sorted(groups)
     number = {image_id: at for at, image_id in enumerate(kept_ids)}
     group = np.array([number[groups[image_id]] for image_id in kept_ids], np.int64)
-    kept = records_build._number_kept(candidates, index, types, kept_ids, group)
+    places = candidates.scanned.place[[index.position[image_id] for image_id in kept_ids]]
+    kept = records_build._number_kept(candidates, types, places, group)
     numbers = {name: np.array([number[image_id] for image_id in ids], np.int64) for name, ids in members.items()}
     plan = records_build._make_plan(candidates, index, vocabulary, kept, numbers, options)
     expected_digest = hashlib.sha256(json.dumps([plan["options"], plan["classes"]], sort_keys=True).encode())
@@ -639,6 +693,14 @@ def test_a_split_asked_for_but_left_empty_is_refused(capsys, sizes, joined, expe
     else:
         records_build.check_split_sizes(members, options)
         assert re.search(expected, capsys.readouterr().err) if expected else not capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "shown, expected", [([0], "ITEM-B"), ([2], "ITEM-C"), ([0, 1], "ITEM-A"), ([2, 1, 0], "ITEM-A"), ([2, 0], "ITEM-B")]
+)
+def test_an_image_in_several_listings_takes_the_smallest_of_their_item_ids(shown, expected):
+    # The one rule behind both the scan's item ids and a content duplicate's copy kept: whatever the listings' order.
+    assert records_build._image_item_id(["ITEM-B", "ITEM-A", "ITEM-C"], shown) == expected
 
 
 def test_a_content_duplicates_listings_go_to_the_copy_kept_with_its_type_and_item():

@@ -111,13 +111,11 @@ def group_numbers(image_ids_per_listing, content_hash, joined_pairs=(), named_jo
             np.array([second for _, second in pairs], np.int64),
         ]
     )
-    smallest = _smallest_of_component(
-        first_ends, second_ends, len(ordered), num_images + num_items + len(digest_number)
-    )
+    smallest = smallest_of_component(first_ends, second_ends, len(ordered), num_images + num_items + len(digest_number))
     return ordered, smallest
 
 
-def _smallest_of_component(first_ends, second_ends, num_kept, num_nodes):
+def smallest_of_component(first_ends, second_ends, num_kept, num_nodes):
     """For each of the first `num_kept` nodes, the smallest of them in its connected component (an int array)."""
     from scipy.sparse import coo_matrix, csgraph  # a build's import only: the readers of records do not pay for it
 
