@@ -2608,7 +2608,8 @@ def near_duplicate_forest(
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
-    hashes first); how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
+    hashes first), and in at most `max_local_checks // MIRRORED_CHECK_SHARE` more matched mirrored (`_local_pairs`);
+    how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
     of huge band buckets (`nearest_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
     is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
     `crowded_images`. Of the pairs found, each image keeps its `max_candidates` nearest partners across all its
