@@ -2,19 +2,19 @@
 
     .venv/bin/python benchmarks/build_records_benchmark.py [--images 80000 400000] [--repeats 3] [--work-dir DIR]
 
-Both read the same generated archive (all images of every listing, `--image-selection all`) with its
-listings' types as generated: 576, ABO's count, so the build keeps about 575 classes as on ABO (the types are
-not re-drawn: `split_benchmark.abo_like`, made for the generator's 16 types, leaves the types written as plain
-strings, a fifth, so a 576-type archive re-drawn had both name sets: 714 classes). Both are timed in-process, one after the other in the same repeat, so process start-up
-is excluded (the build's own worker processes are included) and the ratio compares like with like on a loaded
-machine. The build's stages are timed by wrapping its functions: index (the images tar and images.csv.gz),
-prepare (listings, candidates, scan, labels, split, plan), of which scan, then write and finish. `--verify` of
-the build's output is timed the same way, in the same repeat. Peak memory is the largest summed RSS of the
-process and its workers, sampled every 20 ms while `python -m abo_tf.build_records` (build, then `--verify`)
-runs, once per repeat. Every figure is the median of the repeats; the load average before and after each
-repeat is recorded. Prints a Markdown table and writes (merging by size) benchmarks/results/build_records.json.
-A work folder's `abo_<N>` archive is reused (it may be a link to one generated elsewhere, e.g. by
-`python -m abo_tf.sample --types 576 --tar`), else generated at 576 types.
+Both read the same generated archive (all images of every listing, `--image-selection all`) with its listings'
+types as generated: 576, ABO's count, so the build keeps about 575 classes as on ABO (the types are not
+re-drawn: `split_benchmark.abo_like`, made for the generator's 16 types, leaves the types written as plain
+strings, a fifth, so a 576-type archive re-drawn had both name sets: 714 classes). Both are timed in-process,
+one after the other in the same repeat, so process start-up is excluded (the build's own worker processes are
+included) and the ratio compares like with like on a loaded machine. The build's stages are timed by wrapping
+its functions: index (the images tar and images.csv.gz), prepare (listings, candidates, scan, labels, split,
+plan), of which scan, then write and finish. `--verify` of the build's output is timed the same way, in the same
+repeat. Peak memory is the largest summed RSS of the process and its workers, sampled every 20 ms while
+`python -m abo_tf.build_records` (build, then `--verify`) runs, once per repeat. Every figure is the median of the
+repeats; the load average before and after each repeat is recorded. Prints a Markdown table and writes (merging
+by size) benchmarks/results/build_records.json. A work folder's `abo_<N>` archive is reused (it may be a link to
+one generated elsewhere, e.g. by `python -m abo_tf.sample --types 576 --tar`), else generated at 576 types.
 """
 
 import argparse
