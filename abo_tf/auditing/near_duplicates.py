@@ -454,8 +454,8 @@ def _mirrored_descriptors(small, found, descriptors):
     mirrored places and turns. ORB's tests are not mirror-symmetric, so a mirrored copy's descriptors match none of
     its original's (pad+mirror was found in 0.72 of the blind catalog's copies, seed 0): these do. Computed at the
     kept keypoints, not detected again: 0.19 ms an image against detection's 0.37, and the keypoints are shared.
-    A keypoint ORB would drop keeps its straight descriptor, which matches no mirrored one by chance more than
-    another's."""
+    If ORB drops any of them (never seen on 1,083 images), every keypoint keeps its straight descriptor: the
+    image's mirrored checks then align by chance only."""
     width = small.shape[1]
     turned = [
         cv2.KeyPoint(
