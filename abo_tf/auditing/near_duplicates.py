@@ -105,9 +105,8 @@ WHOLE_HASH = "whole hash"
 SEARCHED_KINDS = (HASH, WHOLE_HASH, MIRROR_HASH, CENTRE_HASH, SIDE_HASH, CORNER_HASH, PRODUCT_HASH)
 LOCAL_FEATURES = "local features"
 MIRRORED_LOCAL_FEATURES = "mirrored local features"  # ORB keypoints aligned onto the other image's mirror image
-MIRRORED_CHECK_SHARE = (
-    4  # an image's mirrored keypoint checks: at most this share of its straight ones (`_local_pairs`)
-)
+# An image's mirrored keypoint checks: at most this share of its straight ones (`_local_pairs`).
+MIRRORED_CHECK_SHARE = 4
 DEFAULT_MIN_INLIERS = (
     10  # distinct real photographs align at most 5 of 32 keypoints (benchmark), most copies 10 or more
 )

@@ -341,6 +341,12 @@ class _Candidates:
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
         return [self.keeper.get(image_id, image_id) for image_id in self.image_ids[index]]
 
+    @functools.cached_property
+    def listing_items(self):
+        """The listings' item ids, in listing order: read by the scan's columns, a content duplicate's copy kept and
+        the grouping (each made this list of 147k ids again)."""
+        return list(map(_ITEM_ID, self.listings))
+
 
 @dataclasses.dataclass
 class _Scanned:
@@ -523,7 +529,7 @@ def _scan(candidates, image_index, reader, pool, options):
     place = np.full(len(image_index.paths), -1, np.int64)
     place[positions] = np.arange(len(positions))
     candidates.scanned = result = _Scanned(image_ids, place, rank=ranks, position=positions)
-    listed = [listing.product_type for listing in candidates.listings], [item.item_id for item in candidates.listings]
+    listed = [listing.product_type for listing in candidates.listings], candidates.listing_items
     with console.progress_bar(total=len(image_ids), desc="scan", unit="img", enabled=options.progress) as bar:
         chunks = (locations[start : start + SCAN_CHUNK] for start in starts)
         scanned = bounded_map(pool, _scan_chunk, chunks, 2 * options.workers + 2, reader, options.resize)
@@ -586,7 +592,6 @@ def _drop_duplicate_content(candidates):
     passed_places = itertools.compress(zip(scanned.image_ids, itertools.count()), passed)
     for copy, digest in itertools.compress(zip(passed_places, digests), map(repeated.__contains__, digests)):
         by_digest[digest].append(copy)
-    listing_items = list(map(_ITEM_ID, candidates.listings)) if by_digest else []
     for copies in by_digest.values():
         (keeper, place), *duplicates = sorted(copies)
         for duplicate, _ in duplicates:
@@ -596,7 +601,7 @@ def _drop_duplicate_content(candidates):
                 set(candidates.listings_of_image[keeper] + candidates.listings_of_image[duplicate])
             )
         shown = candidates.listings_of_image[keeper]
-        scanned.item_id[place] = _image_item_id(listing_items, shown)
+        scanned.item_id[place] = _image_item_id(candidates.listing_items, shown)
         if len(shown) > 1:
             scanned.several.append(place)
 
@@ -722,13 +727,13 @@ def _group_kept(candidates, image_index, image_types, near_duplicates=()):
     # distinct contents (duplicates are dropped before): no edges by content to add.
     for duplicate, keeper in candidates.keeper.items():
         number[place_of(duplicate)] = number[place_of(keeper)]
-    keeper = candidates.keeper
-    pairs = [(keeper.get(first, first), keeper.get(second, second)) for first, second in near_duplicates]
-    pairs = np.array([number[[place_of(first), place_of(second)]] for first, second in pairs], np.int64)
-    pairs = pairs.reshape(-1, 2)[np.all(pairs.reshape(-1, 2) >= 0, axis=1)]  # a pair with an image not kept: none
+    # (a duplicate's place now has its copy's number: a pair naming it needs no look-up of the copy)
+    pairs = np.array([number[[place_of(first), place_of(second)]] for first, second in near_duplicates], np.int64)
+    pairs = pairs.reshape(-1, 2)
+    pairs = pairs[np.all(pairs >= 0, axis=1)]  # a pair with an image not kept: none
     shown = number[_ints(scanned.shown_places)]
     named = shown >= 0  # a listing's image not kept is as if it did not name it
-    listing_items = list(map(_ITEM_ID, candidates.listings))
+    listing_items = candidates.listing_items
     item_number = dict(zip(dict.fromkeys(listing_items), itertools.count()))
     items = np.fromiter(map(item_number.__getitem__, listing_items), np.int64, len(listing_items))
     item_nodes = items[_ints(scanned.shown_listings)[named]] + len(places)
