@@ -162,19 +162,20 @@ def test_scan_order_by_numpy_is_the_sorted_order_it_replaced(seed):
     rng = random.Random(seed)
     index = _Index(rng, rng.randrange(1, 300), in_tar=seed % 2 == 0)
     located = sorted(index.position)
-    ordered, positions, locations, ranks = records_build._located(index, located)
+    ordered, positions, ranks = records_build._located(index, located)
     assert ordered == _old_located(index, located)
     assert list(map(located.__getitem__, ranks.tolist())) == ordered
     assert positions.tolist() == [index.position[image_id] for image_id in ordered]
     in_tar = seed % 2 == 0
-    assert locations == [
+    offsets, sizes = np.asarray(index.offsets, np.int64), np.asarray(index.sizes, np.int64)
+    assert records_build._scan_locations(index, positions, offsets, sizes) == [
         (index.paths[at], (index.offsets[at] if in_tar else None, index.sizes[at])) for at in positions.tolist()
     ]
 
 
 def _plan_inputs(rng, index):
     """A scan's columns, listings, types, groups and splits over `index`'s images, made up."""
-    image_ids, positions, _, ranks = records_build._located(index, sorted(rng.sample(sorted(index.position), 150)))
+    image_ids, positions, ranks = records_build._located(index, sorted(rng.sample(sorted(index.position), 150)))
     place = np.full(len(index.paths), -1, np.int64)
     place[positions] = np.arange(len(positions))
     found = {
@@ -205,7 +206,7 @@ def _scanned_candidates(rng, index):
     image_ids = [tuple(rng.sample(ids, rng.choice([0, 1, 1, 2, 3]))) for _ in listings]
     selected = ([None if shown else "no_image" for shown in image_ids], image_ids, listings)
     candidates = records_build._read_candidates(build_options({"listings": "l", "images": "i"}, "out"), index, selected)
-    scanned_ids, positions, _, ranks = records_build._located(index, records_build._surviving(candidates))
+    scanned_ids, positions, ranks = records_build._located(index, records_build._surviving(candidates))
     place = np.full(len(index.paths), -1, np.int64)
     place[positions] = np.arange(len(positions))
     scanned = candidates.scanned = records_build._Scanned(scanned_ids, place, rank=ranks, position=positions)
