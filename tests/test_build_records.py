@@ -347,18 +347,43 @@ def test_leak_check_names_an_image_in_two_splits(leak):
         records_build._check_no_leak(results)
 
 
-def _listings_read_late(monkeypatch, late):
-    """Makes the build take one way through `_while_the_listings_are_read`: ids sorted while the listings are read
-    (`late`), or the listings read already, whichever the session's build took; the shards must not differ."""
-    original = records_build._while_the_listings_are_read
+class _ReadLate:
+    """A future of the listings that says it is not done the first `looks` times it is asked."""
 
-    def forced(image_index, listings):
-        if not late:
-            listings.result()
-        original(image_index, listings)
-        return sorted(image_index.position) if late else None
+    def __init__(self, future, looks):
+        self.future, self.looks = future, looks
+
+    def done(self):
+        self.looks -= 1
+        return self.looks < 0
+
+
+def _listings_read_late(monkeypatch, late):
+    """Makes the build take one way through `_while_the_listings_are_read`: ids sorted and the first 7 images'
+    split keys hashed while the listings are read (`late`; the scan hashes the others), or the listings read
+    already, whichever the session's build took; the shards must not differ."""
+    original = records_build._while_the_listings_are_read
+    monkeypatch.setattr(records_build, "KEY_CHUNK", 7)
+
+    def forced(image_index, listings, seed):
+        listings.result()
+        return original(image_index, _ReadLate(listings, 2) if late else listings, seed)
 
     monkeypatch.setattr(records_build, "_while_the_listings_are_read", forced)
+
+
+@pytest.mark.parametrize("looks", [0, 1, 3, 100])
+def test_split_keys_hashed_while_the_listings_are_read_are_those_the_scan_hashes(looks, monkeypatch):
+    rng = random.Random(looks)
+    index = _Index(rng, 40, in_tar=True)
+    monkeypatch.setattr(records_build, "KEY_CHUNK", 5)
+    keys = records_build._hash_keys_until(index, _ReadLate(None, looks), seed=5)
+    assert len(keys.fractions) == min(len(index.paths), 5 * looks)  # a chunk a look that says not done
+    image_ids = rng.sample(sorted(index.position), 30)
+    positions = np.array([index.position[image_id] for image_id in image_ids], np.int64)
+    fractions, words = records_build._chunk_keys(keys, positions, image_ids, seed=5)
+    assert fractions.tolist() == split_lib.stable_fractions(5, image_ids).tolist()
+    assert words.tolist() == split_lib.shuffle_digests(image_ids, 5).tolist()
 
 
 def test_same_build_from_folders_is_byte_identical(built_records, abo_folder_sample, tmp_path, monkeypatch):

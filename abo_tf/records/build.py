@@ -362,7 +362,7 @@ class _Scanned:
     crc32c: list = dataclasses.field(default_factory=list)  # CRC-32C of the bytes scanned
     copy_size: list = dataclasses.field(default_factory=list)  # (height, width) if stored as-is, else None
     # The split's and the shuffle's keys (`split.stable_fractions`, `split.shuffle_digests`), an array a chunk:
-    # hashed by the parent during the scan, while it waits for the workers, not in the serial step after it.
+    # hashed by the parent while it waits for the listings (`_SplitKeys`) or for the scan's workers, not after the scan.
     key_fractions: list = dataclasses.field(default_factory=list)
     shuffle_words: list = dataclasses.field(default_factory=list)
     # What the listings say of each image, taken during the scan too (`_listed_columns`): the labels and the plan
@@ -530,7 +530,7 @@ def _scan_locations(image_index, positions, offsets, sizes):
     return list(zip(map(image_index.paths.__getitem__, at), located))
 
 
-def _scan(candidates, image_index, reader, pool, options):
+def _scan(candidates, image_index, reader, pool, options, keys):
     pending = _surviving(candidates)
     image_ids, positions, ranks = _located(image_index, pending)
     starts = range(0, len(image_ids), SCAN_CHUNK)
@@ -550,8 +550,9 @@ def _scan(candidates, image_index, reader, pool, options):
             result.sha256 += digests
             result.crc32c += crcs
             result.copy_size += copy_sizes
-            result.key_fractions.append(split.stable_fractions(options.seed, chunk_ids))
-            result.shuffle_words.append(split.shuffle_digests(chunk_ids, options.seed))
+            chunk_keys = _chunk_keys(keys, positions[start : start + SCAN_CHUNK], chunk_ids, options.seed)
+            result.key_fractions.append(chunk_keys[0])
+            result.shuffle_words.append(chunk_keys[1])
             _listed_columns(result, candidates, chunk_ids, start, listed)
             candidates.image_status.update(
                 (image_id, reason) for image_id, reason in zip(chunk_ids, reasons) if reason is not None
@@ -1441,7 +1442,7 @@ def _prepare(options, image_index, reader, listings, pool):
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
     near_duplicates, excluded = read_id_files(options)
-    id_order = _while_the_listings_are_read(image_index, listings)
+    id_order, keys = _while_the_listings_are_read(image_index, listings, options.seed)
     selected, report = listings.result()
     candidates = _read_candidates(options, image_index, selected, excluded)
     if id_order is not None:  # the referenced ids in id order, without sorting them (ids not in images.csv are dropped)
@@ -1450,7 +1451,7 @@ def _prepare(options, image_index, reader, listings, pool):
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
-    _scan(candidates, image_index, reader, pool, options)
+    _scan(candidates, image_index, reader, pool, options, keys)
     return _plan_scanned(options, candidates, image_index, near_duplicates, report)
 
 
@@ -1483,15 +1484,63 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
     return plan, prepared
 
 
-def _while_the_listings_are_read(image_index, listings):
-    """Serial work done while the parent would otherwise wait for the listings worker; returns the index's image
-    ids sorted, or None if the listings are read already (then only the referenced ids are sorted, later).
+def _while_the_listings_are_read(image_index, listings, seed):
+    """Serial work done while the parent would otherwise wait for the listings worker: returns the index's image
+    ids sorted, or None if the listings are read already (then only the referenced ids are sorted, later), and the
+    `_SplitKeys` hashed until they are.
 
     At 80k and 400k images the listings are read 0.5-2 s after the images tar is indexed, on one core: the
     grouping's import (0.2 s) and the sort of the image ids (0.3 s at 400k) were in the serial step after the scan.
     """
     importlib.import_module("scipy.sparse.csgraph")
-    return None if listings.done() else sorted(image_index.position)
+    if listings.done():
+        return None, _SplitKeys.none()
+    return sorted(image_index.position), _hash_keys_until(image_index, listings, seed)
+
+
+KEY_CHUNK = 4096  # ids hashed between two looks at whether the listings are read (about 10 ms)
+
+
+class _SplitKeys(NamedTuple):
+    """The split's and the shuffle's keys (`split.stable_fractions`, `split.shuffle_digests`) of the first images of
+    the `_ImageIndex`, by position: hashed while the parent waits for the listings, they are taken by the scan
+    (`_chunk_keys`), which hashed them all (0.5 of the parent's CPU s at 423k, both cores busy)."""
+
+    fractions: np.ndarray
+    words: np.ndarray
+
+    @classmethod
+    def none(cls):
+        return cls(np.zeros(0, np.float64), np.zeros((0, 4), ">u8"))
+
+
+def _hash_keys_until(image_index, listings, seed):
+    """The `_SplitKeys` of the index's images in position order, hashed a `KEY_CHUNK` at a time until `listings` (a
+    future) is done."""
+    in_archive = map(operator.ge, image_index.position.values(), itertools.repeat(0))
+    image_ids = list(itertools.compress(image_index.position, in_archive))  # positions are given in insertion order
+    fractions, words = [], []
+    for start in range(0, len(image_ids), KEY_CHUNK):
+        if listings.done():
+            break
+        fractions.append(split.stable_fractions(seed, image_ids[start : start + KEY_CHUNK]))
+        words.append(split.shuffle_digests(image_ids[start : start + KEY_CHUNK], seed))
+    if not fractions:
+        return _SplitKeys.none()
+    return _SplitKeys(np.concatenate(fractions), np.concatenate(words))
+
+
+def _chunk_keys(keys, positions, image_ids, seed):
+    """`(split fractions, shuffle words)` of a scan chunk's `image_ids` at the index's `positions` (an int array):
+    those in `keys` taken, the others hashed."""
+    ready = positions < len(keys.fractions)
+    if ready.all():
+        return keys.fractions[positions], keys.words[positions]
+    fractions, words = np.empty(len(positions), np.float64), np.empty((len(positions), 4), keys.words.dtype)
+    fractions[ready], words[ready] = keys.fractions[positions[ready]], keys.words[positions[ready]]
+    missing = list(itertools.compress(image_ids, (~ready).tolist()))
+    fractions[~ready], words[~ready] = split.stable_fractions(seed, missing), split.shuffle_digests(missing, seed)
+    return fractions, words
 
 
 def _content_digest(candidates):
