@@ -398,13 +398,14 @@ class _Prepared:
 
 
 def _select_images(listings, image_selection):
-    """Per listing: a drop reason or None, the image ids it contributes, its item id and type.
+    """Per listing: a drop reason or None, the image ids it contributes, and `(item ids, types)`, a list each.
 
     `listings` is streamed: a `Listing` is dropped as soon as it is read.
     """
-    status, image_ids, seen, kept = [], [], set(), []
+    status, image_ids, seen, item_ids, product_types = [], [], set(), [], []
     for listing in listings:
-        kept.append(_ListingLabel(listing.item_id, listing.product_type))
+        item_ids.append(listing.item_id)
+        product_types.append(listing.product_type)
         ids = (
             listing.image_ids if image_selection == "all" else [listing.main_image_id] if listing.main_image_id else []
         )
@@ -425,7 +426,7 @@ def _select_images(listings, image_selection):
         seen.add(key)
         status.append(reason)
         image_ids.append(tuple(ids) if reason is None else ())
-    return status, image_ids, kept
+    return status, image_ids, (item_ids, product_types)
 
 
 class _Digest(NamedTuple):
@@ -438,14 +439,22 @@ class _Digest(NamedTuple):
 
 
 def _read_listings(path, image_selection, allow_truncated):
-    """Worker: `_select_images` of the listings archive, and its `ListingsReport`.
+    """Worker: `_select_images` of the listings archive (`_from_columns` makes its labels `_ListingLabel`s), and
+    its `ListingsReport`.
 
     Run in a worker while the parent indexes the images tar: the two serial
-    reads of a build overlap, each on its own core.
+    reads of a build overlap, each on its own core. The parent waits for its result: 148k named tuples pickled
+    through Python code one by one took 0.45 CPU s to send and 0.11 to receive, two lists of strings 0.25 and 0.05.
     """
     report = archive.ListingsReport()
     selected = _select_images(archive.read_listings(path, report, allow_truncated), image_selection)
     return selected, dataclasses.replace(report, sha256=_Digest(report.sha256.hexdigest()))
+
+
+def _from_columns(selected):
+    """`_read_listings`' selection with its labels as `_ListingLabel`s again, made by C loops."""
+    status, image_ids, (item_ids, product_types) = selected
+    return status, image_ids, list(map(tuple.__new__, itertools.repeat(_ListingLabel), zip(item_ids, product_types)))
 
 
 def _read_candidates(options, image_index, selected, excluded=frozenset()):
@@ -1444,6 +1453,7 @@ def _prepare(options, image_index, reader, listings, pool):
     near_duplicates, excluded = read_id_files(options)
     id_order, keys = _while_the_listings_are_read(image_index, listings, options.seed)
     selected, report = listings.result()
+    selected = _from_columns(selected)
     candidates = _read_candidates(options, image_index, selected, excluded)
     if id_order is not None:  # the referenced ids in id order, without sorting them (ids not in images.csv are dropped)
         candidates.survivors = list(filter(candidates.listings_of_image.__contains__, id_order))
