@@ -944,7 +944,7 @@ def _item_source(candidates, image_index, vocabulary, kept):
 
 
 def _plan_columns(candidates, source, class_codes, numbers):
-    """`(image ids, SHA-256s, labels, sizes, the parts of the fingerprint's text of each)` of the `kept` images
+    """`(image ids, SHA-256s, labels, sizes, the label's part of the fingerprint's text of each)` of the `kept` images
     `numbers` (an int array), in their order: what the fingerprint hashes and the shards' sizes.
 
     Built a column at a time by `map` over bound look-ups and NumPy indexing: at 400k images a loop in Python over
@@ -958,8 +958,7 @@ def _plan_columns(candidates, source, class_codes, numbers):
     # "<image id>:<SHA-256>:<label>;" an item, as four strings joined by C loops: the label's part made once a
     # label, not formatted an item (0.5 of 2.3 CPU s of the plan at 400k, load 10).
     label_parts = list(map({number: f":{number};" for number in set(label_numbers)}.__getitem__, label_numbers))
-    texts = list(zip(image_ids, itertools.repeat(":"), digests, label_parts))
-    return image_ids, digests, label_numbers, source.sizes[kept.position[numbers]], texts
+    return image_ids, digests, label_numbers, source.sizes[kept.position[numbers]], label_parts
 
 
 def _item_columns(source, numbers, image_ids, digests, label_numbers):
@@ -985,9 +984,15 @@ def _item_columns(source, numbers, image_ids, digests, label_numbers):
     )
 
 
-def _fingerprint_text(texts):
-    """The fingerprint's text of items, from the parts `_plan_columns` gives."""
-    return "".join(itertools.chain.from_iterable(texts))
+def _fingerprint_text(image_ids, digests, label_parts):
+    """The fingerprint's text of items, `<image id>:<SHA-256>:<label>;` each (`label_parts` are the `:<label>;`s).
+
+    One list interleaved by slice assignments (C copies), then joined: a tuple an item, chained, was 0.3 CPU s of
+    the serial step at 423k.
+    """
+    parts = [":"] * (4 * len(image_ids))
+    parts[0::4], parts[2::4], parts[3::4] = image_ids, digests, label_parts
+    return "".join(parts)
 
 
 _SHARD_COLUMNS = ("numbers", "image_ids", "digests", "labels")  # what `_item_columns` takes of a shard
@@ -1005,23 +1010,25 @@ def _make_plan(candidates, image_index, vocabulary, kept, split_members, options
     source = _item_source(candidates, image_index, vocabulary, kept)
     for name in split.SPLITS:
         numbers = split_members[name]
-        *columns, sizes, texts = _plan_columns(candidates, source, class_codes, numbers)
+        *columns, sizes, label_parts = _plan_columns(candidates, source, class_codes, numbers)
         num_shards = shards.num_shards_for(int(sizes.sum()), shard_bytes)
         shard_columns = zip(*(shards.split_evenly(column, num_shards) for column in (numbers, *columns)))
-        for index, (columns_of_shard, shard_texts) in enumerate(
-            zip(shard_columns, shards.split_evenly(texts, num_shards))
+        for index, (columns_of_shard, shard_label_parts) in enumerate(
+            zip(shard_columns, shards.split_evenly(label_parts, num_shards))
         ):
+            _, image_ids, digests, _ = columns_of_shard
             plan["shards"].append(
                 {
                     "split": name,
                     "file": schema.shard_filename(name, index, num_shards),
-                    "num_items": len(shard_texts),
+                    "num_items": len(image_ids),
                     "source": source,
                     **dict(zip(_SHARD_COLUMNS, columns_of_shard)),
                 }
             )
             digest.update(plan["shards"][-1]["file"].encode())
-            digest.update(_fingerprint_text(shard_texts).encode())  # one update a shard: the bytes of one an item
+            # One update a shard: the bytes of one an item.
+            digest.update(_fingerprint_text(image_ids, digests, shard_label_parts).encode())
     plan["fingerprint"] = digest.hexdigest()
     return plan
 
