@@ -299,11 +299,9 @@ class _ImageIndex:
         return self.paths[position], None if offset < 0 else offset, self.sizes[position]
 
 
-def _columns(image_index, image_ids):
-    """`(positions, offsets, sizes)` of located `image_ids` (a list) in an `_ImageIndex`, as int64 arrays in their
-    order (offset -1: a file in a folder): read through the arrays' buffers, no call per image but the look-up."""
-    at = np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))
-    return at, np.asarray(image_index.offsets, np.int64)[at], np.asarray(image_index.sizes, np.int64)[at]
+def _positions(image_index, image_ids):
+    """The positions of `image_ids` (a list of ids in images.csv) in an `_ImageIndex`, an int array."""
+    return np.fromiter(map(image_index.position.__getitem__, image_ids), np.int64, len(image_ids))
 
 
 def _offsets_or_none(offsets):
@@ -336,6 +334,7 @@ class _Candidates:
     keeper: dict = dataclasses.field(default_factory=dict)  # content duplicate -> the id kept for it
     num_referenced: int = 0  # images referenced by the selected listings
     survivors: list | None = None  # the image ids kept as of the last `_surviving`, sorted
+    survivor_positions: np.ndarray | None = None  # their positions in the `_ImageIndex`, when known
 
     def kept_ids(self, index):
         """Listing `index`'s image ids, duplicates replaced by the copy kept."""
@@ -511,14 +510,16 @@ def _scan_chunk(locations, reader, max_side):
     return reasons, digests, crcs, copy_sizes
 
 
-def _located(image_index, image_ids):
-    """`(image ids, their positions in the index, their places in `image_ids`)` of `image_ids` in archive order, so
-    reads are sequential; `_scan_locations` gives where they are, a chunk at a time.
+def _located(image_index, image_ids, positions=None):
+    """`(image ids, their positions in the index, their places in `image_ids`)` of located `image_ids` in archive
+    order, so reads are sequential; `_scan_locations` gives where they are, a chunk at a time. Their `positions`
+    are looked up unless given.
 
     Ordered by an argsort of the offsets (of the paths in a folder), stable as `sorted` is: a key function per
     image and a named tuple each was 2.3 of a 400k build's serial CPU seconds.
     """
-    at, offsets, _ = _columns(image_index, image_ids)
+    at = _positions(image_index, image_ids) if positions is None else positions
+    offsets = np.asarray(image_index.offsets, np.int64)[at]  # -1: a file in a folder
     if len(offsets) and offsets[0] >= 0:  # a tar: one offset a member, so ties are the same member (same path)
         order = np.argsort(offsets, kind="stable")
     else:  # a folder: no offsets
@@ -541,7 +542,7 @@ def _scan_locations(image_index, positions, offsets, sizes):
 
 def _scan(candidates, image_index, reader, pool, options, keys):
     pending = _surviving(candidates)
-    image_ids, positions, ranks = _located(image_index, pending)
+    image_ids, positions, ranks = _located(image_index, pending, candidates.survivor_positions)
     starts = range(0, len(image_ids), SCAN_CHUNK)
     del pending
     place = np.full(len(image_index.paths), -1, np.int64)
@@ -638,7 +639,12 @@ def _surviving(candidates):
     """
     previous = candidates.survivors if candidates.survivors is not None else sorted(candidates.listings_of_image)
     status = candidates.image_status
-    candidates.survivors = list(itertools.filterfalse(status.__contains__, previous))  # a C loop, not a listcomp
+    if candidates.survivor_positions is None:
+        candidates.survivors = list(itertools.filterfalse(status.__contains__, previous))  # a C loop, not a listcomp
+    else:  # their positions filtered alike
+        alive = _without_reason(candidates, previous)
+        candidates.survivors = list(itertools.compress(previous, alive.tolist()))
+        candidates.survivor_positions = candidates.survivor_positions[alive]
     return candidates.survivors
 
 
@@ -1458,17 +1464,20 @@ def _prepare(options, image_index, reader, listings, pool):
       `(plan, _Prepared)`; what only the plan needed is freed.
     """
     near_duplicates, excluded = read_id_files(options)
-    id_order, keys = _while_the_listings_are_read(image_index, listings, options.seed)
+    meanwhile = _while_the_listings_are_read(image_index, listings, options.seed)
     selected, report = listings.result()
     selected = _from_columns(selected)
     candidates = _read_candidates(options, image_index, selected, excluded)
-    if id_order is not None:  # the referenced ids in id order, without sorting them (ids not in images.csv are dropped)
-        candidates.survivors = list(filter(candidates.listings_of_image.__contains__, id_order))
-    del selected, id_order
+    if meanwhile.id_order is not None:  # the referenced ids in id order, not sorted again
+        listed = candidates.listings_of_image.__contains__
+        referenced = np.fromiter(map(listed, meanwhile.id_order), np.bool_, len(meanwhile.id_order))
+        candidates.survivors = list(itertools.compress(meanwhile.id_order, referenced.tolist()))
+        candidates.survivor_positions = meanwhile.positions[referenced]
+    del selected
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
-    _scan(candidates, image_index, reader, pool, options, keys)
+    _scan(candidates, image_index, reader, pool, options, meanwhile.keys)
     return _plan_scanned(options, candidates, image_index, near_duplicates, report)
 
 
@@ -1501,18 +1510,27 @@ def _plan_scanned(options, candidates, image_index, near_duplicates, report):
     return plan, prepared
 
 
+class _Meanwhile(NamedTuple):
+    """What the parent made of the `_ImageIndex` while the listings were read."""
+
+    id_order: list | None  # the index's image ids sorted; None if the listings were read already
+    positions: np.ndarray | None  # their positions in the index
+    keys: "_SplitKeys"
+
+
 def _while_the_listings_are_read(image_index, listings, seed):
-    """Serial work done while the parent would otherwise wait for the listings worker: returns the index's image
-    ids sorted, or None if the listings are read already (then only the referenced ids are sorted, later), and the
-    `_SplitKeys` hashed until they are.
+    """Serial work done while the parent would otherwise wait for the listings worker: a `_Meanwhile`.
 
     At 80k and 400k images the listings are read 0.5-2 s after the images tar is indexed, on one core: the
-    grouping's import (0.2 s) and the sort of the image ids (0.3 s at 400k) were in the serial step after the scan.
+    grouping's import (0.2 s) and the sort of the image ids (0.3 s at 400k) were in the serial step after the scan,
+    the ids' positions (0.25 CPU s at 423k) before the scan, and the split keys in the scan.
     """
     importlib.import_module("scipy.sparse.csgraph")
     if listings.done():
-        return None, _SplitKeys.none()
-    return sorted(image_index.position), _hash_keys_until(image_index, listings, seed)
+        return _Meanwhile(None, None, _SplitKeys.none())
+    id_order = sorted(image_index.position)
+    positions = _positions(image_index, id_order)
+    return _Meanwhile(id_order, positions, _hash_keys_until(image_index, listings, seed))
 
 
 KEY_CHUNK = 4096  # ids hashed between two looks at whether the listings are read (about 10 ms)
