@@ -1470,14 +1470,15 @@ def _prepare(options, image_index, reader, listings, pool):
     candidates = _read_candidates(options, image_index, selected, excluded)
     if meanwhile.id_order is not None:  # the referenced ids in id order, not sorted again
         listed = candidates.listings_of_image.__contains__
-        referenced = np.fromiter(map(listed, meanwhile.id_order), np.bool_, len(meanwhile.id_order))
-        candidates.survivors = list(itertools.compress(meanwhile.id_order, referenced.tolist()))
-        candidates.survivor_positions = meanwhile.positions[referenced]
+        named = np.fromiter(map(listed, meanwhile.id_order), np.bool_, len(meanwhile.id_order))
+        candidates.survivors = list(itertools.compress(meanwhile.id_order, named.tolist()))
+        candidates.survivor_positions = meanwhile.positions[named]
     del selected
     referenced = set(candidates.listings_of_image)
     _check_known_ids([image_id for pair in near_duplicates for image_id in pair], referenced, "join_near_duplicates")
     _check_known_ids(excluded, referenced, "exclude_images")
     _scan(candidates, image_index, reader, pool, options, meanwhile.keys)
+    del meanwhile  # its keys are in the scan's columns now (40 bytes an image of the index)
     return _plan_scanned(options, candidates, image_index, near_duplicates, report)
 
 
@@ -1596,6 +1597,7 @@ def _complete_during_write(prepared):
     prepared.conflicts["items"] = labels.count_conflicting_items(selected)
     prepared.scanned_content_sha256 = _content_digest(candidates)
     candidates.listings = candidates.listings_of_image = candidates.scanned = candidates.survivors = None
+    candidates.survivor_positions = None
 
 
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output cannot take more bytes
