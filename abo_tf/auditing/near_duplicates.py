@@ -1196,13 +1196,14 @@ def _merge_radius(table, found, symmetric, merger, callbacks):
     gathers the rows it touches), on `merger`, one merge at a time and in order, while the next blocks are found;
     `callbacks` (probed, left_out) told of each block as `nearest_pairs` says."""
     probed, left_out = callbacks
-    pending, merging = [], None
+    pending, held, merging = [], 0, None
     for part, skipped, last in found:
         pending.append(part)
-        if sum(len(block[0]) for block in pending) >= MERGE_BLOCK:
+        held += len(part[0])  # counted as they come: summed over the pending blocks, a tenth of the main thread
+        if held >= MERGE_BLOCK:
             if merging is not None:
                 merging.result()
-            merging, pending = merger.submit(_merge, table, pending, symmetric), []
+            merging, pending, held = merger.submit(_merge, table, pending, symmetric), [], 0
         if left_out is not None and skipped:
             left_out(skipped)
         if probed is not None and last:
