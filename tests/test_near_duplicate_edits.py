@@ -102,6 +102,19 @@ def test_keypoints_check_each_pair_once_and_count_what_the_cap_leaves(planted, m
     assert forest.crowded_images < capped.crowded_images == int(capped.crowded.sum()) > 0
 
 
+def test_keypoint_blocks_checked_on_threads_join_as_one_block_at_a_time(planted, monkeypatch):
+    # Blocks are checked `threads` at once and joined in order: a block started before the previous one was joined
+    # checks pairs that the join puts in one group, and those are dropped: the groups are those of a single block.
+    hashed = planted[0]
+    whole = near_duplicates.near_duplicate_forest(hashed, workers=1, min_similarity=1.01)
+    monkeypatch.setattr(near_duplicates, "LOCAL_BLOCK", 3)
+    monkeypatch.setattr(near_duplicates, "TURNED_BLOCK", 3)
+    blocked = [near_duplicates.near_duplicate_forest(hashed, workers=2, min_similarity=1.01) for _ in range(2)]
+    local = np.isin(whole.edges.signal, [near_duplicates.LOCAL_FEATURES, near_duplicates.MIRRORED_LOCAL_FEATURES])
+    assert local.sum() > 10 and np.array_equal(blocked[0].groups(), whole.groups())
+    assert all(np.array_equal(*columns) for columns in zip(blocked[0].edges, blocked[1].edges))  # deterministic
+
+
 def test_keypoints_short_of_the_least_are_not_aligned_and_the_rest_as_before(planted):
     hashed = planted[0]
     rng = np.random.default_rng(7)
@@ -428,14 +441,14 @@ def test_cropped_thumbnails_are_compared_a_bounded_block_at_a_time(monkeypatch):
     first, second = np.triu_indices(12, 1)
     expected = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
     sizes, block_similarity = [], near_duplicates._block_cropped_similarity
-    monkeypatch.setattr(near_duplicates, "SIMILARITY_BLOCK", 16)
+    monkeypatch.setattr(near_duplicates, "CROP_BLOCK", 16)
     monkeypatch.setattr(
         near_duplicates,
         "_block_cropped_similarity",
         lambda *arguments: sizes.append(len(arguments[1])) or block_similarity(*arguments),
     )
     blocked = near_duplicates._cropped_similarity(hashed, first, second, near_duplicates.SIDE_HASH)
-    # 250 plain grey images sent 650,000 pairs to one call (10 GB): a block's pairs are at most SIMILARITY_BLOCK
+    # 250 plain grey images sent 650,000 pairs to one call (10 GB): a block's pairs are at most CROP_BLOCK
     assert sizes == [16, 16, 16, 16, 2] and np.array_equal(blocked, expected)
 
 
@@ -755,6 +768,17 @@ def test_crop_sketches_drop_no_pair_the_full_comparison_keeps(cropped_products, 
     assert np.array_equal(near_duplicates._may_crop_match(cropped_products, first, second, kind, sketches), possible)
     assert (best >= similarity).sum() >= len(CROPS) and possible[best >= similarity].all()
     assert possible.mean() < 0.5  # most pairs are not compared in full
+
+
+@pytest.mark.parametrize("kind", [near_duplicates.SIDE_HASH, near_duplicates.CENTRE_HASH])
+def test_crop_sketches_made_on_threads_equal_those_of_one(cropped_products, kind, monkeypatch):
+    import concurrent.futures
+
+    alone = near_duplicates.crop_sketches(cropped_products, kind)
+    monkeypatch.setattr(near_duplicates, "SKETCH_BLOCK", 5)  # several blocks a thread, the last one short
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        threaded = near_duplicates.crop_sketches(cropped_products, kind, pool=pool)
+    assert len(cropped_products.hashes) % 5 and np.array_equal(threaded, alone)
 
 
 @pytest.mark.parametrize("kind", [near_duplicates.SIDE_HASH, near_duplicates.CENTRE_HASH])

@@ -89,6 +89,10 @@ DEFAULT_NEAREST = 16
 MERGE_BLOCK = 1 << 22
 MERGE_ROWS = 1 << 16  # rows a merge re-sorts at once: 1.1M held slots, with the block's pairs into them
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
+# Pairs whose thumbnails are cropped and compared at once (`_cropped_similarity`, `_product_crops_verified`): a
+# block's whole, cropped and unit rows, 12 KB a pair each, were 0.6 GB a confirming thread at SIMILARITY_BLOCK (the
+# confirmation's peak resident set 1.5 GB against the search's 0.9, 84,767 images).
+CROP_BLOCK = 1 << 12
 DEFAULT_PIXEL_SIMILARITY = 0.985
 # The signals that find a pair: equal thumbnails, a hash match (straight, mirrored, a centre) confirmed by the
 # thumbnails, or any hash match confirmed by aligned ORB keypoints.
@@ -1013,9 +1017,9 @@ def _band_table(values, entries, width=BAND_BITS):
 
 
 def _bucket_pairs(queried, indexed, mask, max_pairs):
-    """(query values, index values) of the non-empty buckets whose values differ by exactly `mask` (each unordered
-    pair once when `queried is indexed`), without those that would make more than `max_pairs` candidate pairs;
-    and how many those would have made."""
+    """(query values, index values, their candidate pairs) of the non-empty buckets whose values differ by exactly
+    `mask` (each unordered pair once when `queried is indexed`), without those that would make more than
+    `max_pairs` candidate pairs; and how many those would have made."""
     values = queried.filled
     partners = values ^ mask
     kept = indexed.counts[partners] > 0
@@ -1024,7 +1028,7 @@ def _bucket_pairs(queried, indexed, mask, max_pairs):
     values, partners = values[kept], partners[kept]
     sizes = _pair_counts(queried, indexed, values, partners)
     huge = sizes > max_pairs
-    return values[~huge], partners[~huge], int(sizes[huge].sum())
+    return values[~huge], partners[~huge], sizes[~huge], int(sizes[huge].sum())
 
 
 def _pair_counts(queried, indexed, values, partners):
@@ -1166,30 +1170,47 @@ def nearest_pairs(hashes, max_distance, nearest, accept=None, queries=None, call
     ends = valid if queries is None else valid[valid < queries]
     table = _NearestTable(len(hashes) if queries is None else queries, nearest + 1, len(hashes))
     widths = _band_widths(len(hashes))
-    bands = [_band_values(hashes, band, len(widths)) for band in range(len(widths))]
     others = valid if queries is None else valid[valid >= queries]
-    indexed = [_band_table(values, others, width) for values, width in zip(bands, widths, strict=True)]
     probed, left_out, threads = callbacks
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    symmetric = queries is None
+    with (
+        concurrent.futures.ThreadPoolExecutor(threads) as pool,
+        # The probes' buckets and the merges off the main thread, each on its own: there they were two thirds of
+        # its time while the search threads waited on it (py-spy, 84,767 images).
+        concurrent.futures.ThreadPoolExecutor(1) as preparer,
+        concurrent.futures.ThreadPoolExecutor(1) as merger,
+    ):
+        bands = list(pool.map(functools.partial(_band_values, hashes, bands=len(widths)), range(len(widths))))
+        indexed = list(pool.map(_band_table, bands, itertools.repeat(others), widths))
         for radius in range(max_distance // len(widths) + 1):
             active = ends[~table.full()[ends]]
-            tables = _radius_tables(bands, indexed, active, widths, queries is None and radius == 0)
-            probes = _radius_probes(max_distance, radius, widths)
-            pending = []  # merged a few blocks at a time: a merge gathers the rows it touches
-            blocks = _probe_blocks(tables, probes)
-            for found, skipped, last in bounded_map(
-                pool, _nearest_candidates, blocks, threads, hashes, max_distance, accept
-            ):
-                pending.append(found)
-                if sum(len(part[0]) for part in pending) >= MERGE_BLOCK:
-                    _merge(table, pending, queries is None and radius == 0)
-                    pending = []
-                if left_out is not None and skipped:
-                    left_out(skipped)
-                if probed is not None and last:
-                    probed()
-            _merge(table, pending, queries is None and radius == 0)
-    return _table_pairs(table, nearest, queries is None), np.flatnonzero(table.partners[:, nearest] >= 0)
+            tables = _radius_tables(bands, indexed, (active, widths), symmetric and radius == 0, pool)
+            blocks = _probe_blocks(tables, _radius_probes(max_distance, radius, widths), preparer)
+            found = bounded_map(pool, _nearest_candidates, blocks, threads, hashes, max_distance, accept)
+            _merge_radius(table, found, symmetric and radius == 0, merger, (probed, left_out))
+    return _table_pairs(table, nearest, symmetric), np.flatnonzero(table.partners[:, nearest] >= 0)
+
+
+def _merge_radius(table, found, symmetric, merger, callbacks):
+    """Merges one radius's `found` blocks (`_nearest_candidates`) into the table a few blocks at a time (a merge
+    gathers the rows it touches), on `merger`, one merge at a time and in order, while the next blocks are found;
+    `callbacks` (probed, left_out) told of each block as `nearest_pairs` says."""
+    probed, left_out = callbacks
+    pending, held, merging = [], 0, None
+    for part, skipped, last in found:
+        pending.append(part)
+        held += len(part[0])  # counted as they come: summed over the pending blocks, a tenth of the main thread
+        if held >= MERGE_BLOCK:
+            if merging is not None:
+                merging.result()
+            merging, pending, held = merger.submit(_merge, table, pending, symmetric), [], 0
+        if left_out is not None and skipped:
+            left_out(skipped)
+        if probed is not None and last:
+            probed()
+    if merging is not None:
+        merging.result()
+    _merge(table, pending, symmetric)
 
 
 def _band_widths(size):
@@ -1219,29 +1240,37 @@ def nearest_probe_count(max_distance, size):
     return sum(len(_radius_probes(max_distance, radius, widths)) for radius in range(max_distance // len(widths) + 1))
 
 
-def _radius_tables(bands, indexed, active, widths, symmetric):
-    """(query table, index table) of each band for one radius: the unsettled entries against all (one table for
-    both at radius 0 without queries: each pair once)."""
+def _radius_tables(bands, indexed, queried, symmetric, pool):
+    """(query table, index table) of each band for one radius: the unsettled entries (`queried`: them and the
+    bands' widths) against all (one table for both at radius 0 without queries: each pair once)."""
     if symmetric:
         return [(table, table) for table in indexed]
-    return [
-        (_band_table(values, active, width), table) for values, table, width in zip(bands, indexed, widths, strict=True)
-    ]
+    active, widths = queried
+    return list(zip(pool.map(_band_table, bands, itertools.repeat(active), widths), indexed, strict=True))
 
 
-def _probe_blocks(tables, probes):
+def _probe_blocks(tables, probes, preparer):
     """Yields ((query table, index table, bucket values, their partners' values), left out, last) of each probe
     (band, mask) in blocks of about PROBE_BLOCK candidate pairs (at least one block a probe): the candidate pairs
     of its huge bucket pairs left out (`_bucket_pairs`; told with its first block), and whether the block is its
     last. A probe's pairs were found whole in a thread: at 423,686 images a radius-0 probe of one band found tens
-    of millions (the search process held 4.4 GB), and now a merge takes them MERGE_BLOCK at a time."""
-    for band, mask in probes:
-        queried, indexed = tables[band]
-        values, partners, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
-        bounds = list(_blocks(_pair_counts(queried, indexed, values, partners), PROBE_BLOCK)) or [(0, 0)]
+    of millions (the search process held 4.4 GB), and now a merge takes them MERGE_BLOCK at a time. The probes'
+    buckets are found on `preparer`, two probes ahead."""
+    for queried, indexed, values, partners, left_out, bounds in bounded_map(
+        preparer, _probe_buckets, probes, 2, tables
+    ):
         for number, (low, high) in enumerate(bounds):
             block = queried, indexed, values[low:high], partners[low:high]
             yield block, left_out if number == 0 else 0, number == len(bounds) - 1
+
+
+def _probe_buckets(probe, tables):
+    """(query table, index table, bucket values, their partners' values, the candidate pairs left out, [(low, high)]
+    blocks of the buckets) of one probe (band, mask) of `_probe_blocks`."""
+    band, mask = probe
+    queried, indexed = tables[band]
+    values, partners, sizes, left_out = _bucket_pairs(queried, indexed, mask, MAX_BUCKET_PAIRS)
+    return queried, indexed, values, partners, left_out, list(_blocks(sizes, PROBE_BLOCK)) or [(0, 0)]
 
 
 def _nearest_candidates(probed, hashes, max_distance, accept):
@@ -1597,8 +1626,10 @@ def _inliers(hashed, first, second, least=None, mirrored=None):
     transforms = np.zeros((len(first), 2, 3), np.float32)
     if hashed.descriptors is None:
         return counts, spreads, transforms
+    hashed = _unmapped(hashed, ("keypoints", "descriptors", "mirror_descriptors"))
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    for pair, (one, other, needed, flip) in enumerate(zip(first, second, least.tolist(), mirrored.tolist())):
+    ends = np.asarray(first).tolist(), np.asarray(second).tolist()  # Python ints: cheaper to index with
+    for pair, (one, other, needed, flip) in enumerate(zip(*ends, least.tolist(), mirrored.tolist())):
         one_count, other_count = int(hashed.keypoint_counts[one]), int(hashed.keypoint_counts[other])
         if min(one_count, other_count) < needed:
             continue
@@ -1623,6 +1654,14 @@ def _inliers(hashed, first, second, least=None, mirrored=None):
             counts[pair], spreads[pair] = len(aligned), (aligned.max(axis=0) - aligned.min(axis=0)).min()
             transforms[pair] = transform
     return counts, spreads, transforms
+
+
+def _unmapped(hashed, names):
+    """`hashed` with its named memory-mapped columns as plain ndarray views of the same pages: indexing a memmap runs
+    Python code (`memmap.__getitem__`, `__array_finalize__`) under the GIL, 30 times the cost of a plain index, and a
+    pair's few indexings were 18% of the keypoint threads' time (py-spy, 84,767 images)."""
+    columns = {name: getattr(hashed, name) for name in names}
+    return hashed._replace(**{name: np.asarray(column) for name, column in columns.items() if column is not None})
 
 
 def _mirrored_keypoints(hashed, image):
@@ -1758,8 +1797,8 @@ def _cropped_similarity(hashed, first, second, kind):
     best = np.empty(len(first), np.float32)
     # In blocks: 12 KB a pair as float32 at once. 250 plain grey images (hashes equal, thumbnails unconfirmed)
     # sent 650,000 pairs at once: 10 GB.
-    for start in range(0, len(first), SIMILARITY_BLOCK):
-        block = slice(start, start + SIMILARITY_BLOCK)
+    for start in range(0, len(first), CROP_BLOCK):
+        block = slice(start, start + CROP_BLOCK)
         best[block] = _block_cropped_similarity(hashed, first[block], second[block], kind)
     return best
 
@@ -1822,8 +1861,8 @@ def _product_crops_verified(hashed, first, second, kind, sketches=None):
     sketched here) may correlate so are compared in full."""
     verified = np.zeros(len(first), bool)
     possible = np.flatnonzero(_may_crop_match(hashed, first, second, kind, sketches))
-    for start in range(0, len(possible), SIMILARITY_BLOCK):
-        pairs = possible[start : start + SIMILARITY_BLOCK]
+    for start in range(0, len(possible), CROP_BLOCK):
+        pairs = possible[start : start + CROP_BLOCK]
         best, crops, first_cropped = _best_product_crops(hashed, first[pairs], second[pairs], kind)
         close = np.flatnonzero(best >= PRODUCT_CROPPED_SIMILARITY)
         cropped_end = np.where(first_cropped[close], first[pairs][close], second[pairs][close])
@@ -1844,23 +1883,30 @@ def _product_crops_verified(hashed, first, second, kind, sketches=None):
     return verified
 
 
-def crop_sketches(hashed, kind, images=None):
+def crop_sketches(hashed, kind, images=None, pool=None):
     """float16 [n, len(_crop_boxes(kind)) + 1, 3 * (THUMBNAIL_SIDE // SKETCH_CELL)**2]: each of `images`' (default
     all) colour thumbnail, cropped as each box of `kind` crops it and whole (last), as unit rows (`_unit_rows`)
     averaged over cells of SKETCH_CELL x SKETCH_CELL pixels and scaled by SKETCH_CELL: the orthogonal projection
     of the unit row onto the cell-constant rows, in their coordinates. Computed once an image, not once a pair:
-    cropping and normalising each pair's images was 58% of the product-crop check (py-spy, 31,306 images)."""
+    cropping and normalising each pair's images was 58% of the product-crop check (py-spy, 31,306 images).
+    `pool`: an executor whose threads sketch SKETCH_BLOCK images each (NumPy releases the GIL), or None."""
     images = np.arange(len(hashed.thumbnails)) if images is None else images
     boxes, cells = _crop_boxes(kind), THUMBNAIL_SIDE // SKETCH_CELL
     sketches = np.empty((len(images), len(boxes) + 1, 3 * cells**2), np.float16)
-    for start in range(0, len(images), SKETCH_BLOCK):
-        block = slice(start, start + SKETCH_BLOCK)
-        whole = hashed.thumbnails[images[block]].astype(np.float32)
-        for view, box in enumerate([*boxes, None]):
-            pixels = whole if box is None else _cropped_thumbnails(whole, *box)
-            pooled = _normalised(pixels).reshape(-1, cells, SKETCH_CELL, cells, SKETCH_CELL, 3).mean(axis=(2, 4))
-            sketches[block, view] = SKETCH_CELL * pooled.reshape(len(pixels), -1)
+    sketched = functools.partial(_sketch_block, hashed, images, boxes, sketches)
+    starts = range(0, len(images), SKETCH_BLOCK)
+    list(map(sketched, starts) if pool is None else pool.map(sketched, starts))
     return sketches
+
+
+def _sketch_block(hashed, images, boxes, sketches, start):
+    """Writes `crop_sketches` of the SKETCH_BLOCK images from `start` into `sketches`."""
+    block, cells = slice(start, start + SKETCH_BLOCK), THUMBNAIL_SIDE // SKETCH_CELL
+    whole = hashed.thumbnails[images[block]].astype(np.float32)
+    for view, box in enumerate([*boxes, None]):
+        pixels = whole if box is None else _cropped_thumbnails(whole, *box)
+        pooled = _normalised(pixels).reshape(-1, cells, SKETCH_CELL, cells, SKETCH_CELL, 3).mean(axis=(2, 4))
+        sketches[block, view] = SKETCH_CELL * pooled.reshape(len(pixels), -1)
 
 
 def _may_crop_match(hashed, first, second, kind, sketches=None):
@@ -2277,6 +2323,7 @@ def _warped_thumbnails(hashed, first, second, transforms):
     corners = _corner_mask((side, side))
     warped, valid = np.empty((len(first), side * side, 3), np.float32), np.empty((len(first), side * side), bool)
     inside_and_corners = np.dstack([np.ones((side, side), np.float32), corners.astype(np.float32)])
+    hashed = _unmapped(hashed, ("trimmed_thumbnails",))  # indexed a pair at a time
     for pair, (one, other) in enumerate(zip(first, second)):
         matrix = _thumbnail_transform(hashed.trimmed_aspects[one], hashed.trimmed_aspects[other], transforms[pair])
         pixels = hashed.trimmed_thumbnails[one].reshape(side, side, 3).astype(np.float32)
@@ -2351,11 +2398,20 @@ def _residual(corrected, compared, valid):
     return np.sqrt((nearest.reshape(count, -1) ** 2 * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
 
 
-def _add_turned_products(hashed, forest, first, second):
-    """Joins the pairs ORB left apart that `_turned_products_verified` confirms (signal TURNED_PRODUCT)."""
+def _turned_block(rows, hashed, forest, pairs):
+    """(first, second) of the block's `pairs` rows still apart that `_turned_products_verified` confirms, in a
+    thread."""
+    first, second = (column[rows] for column in pairs)
+    apart = forest.apart(first, second)
+    first, second = first[apart], second[apart]
     turned = _turned_products_verified(hashed, first, second)
-    pairs = make_pairs(hashed.hashes, first[turned], second[turned], np.zeros(int(turned.sum())), "")
-    forest.add(pairs._replace(signal=np.full(int(turned.sum()), TURNED_PRODUCT)))
+    return first[turned], second[turned]
+
+
+def _add_turned_products(hashed, forest, first, second):
+    """Joins the turned-product pairs (`_turned_block`) as TURNED_PRODUCT."""
+    pairs = make_pairs(hashed.hashes, first, second, np.zeros(len(first)), "")
+    forest.add(pairs._replace(signal=np.full(len(first), TURNED_PRODUCT)))
 
 
 def _turned_products_verified(hashed, first, second):
@@ -2476,9 +2532,9 @@ def _detail(textures, valid):
 
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs that are turned products (`_add_turned_products`), then those whose ORB keypoints
-    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs, a block's pairs checked
-    by `threads` (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked. A pair tagged 1
-    in `local` (a mirror hash's) is matched mirrored (`_inliers`)."""
+    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs, `threads` blocks checked
+    at once (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked. A pair tagged 1 in
+    `local` (a mirror hash's) is matched mirrored (`_inliers`)."""
     first, second, distance, mirrored = local.tagged()
     mirrored = mirrored.astype(bool)
     # A pair that is a straight candidate too is left to its straight check: a mirrored match of it is a look-alike
@@ -2488,9 +2544,10 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     first, second, distance, mirrored = (column[~straight_too] for column in (first, second, distance, mirrored))
     # The turned rule first, on every straight pair: it is vectorised, and what it joins takes no keypoint check, so
     # no slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
-    for rows in _row_blocks(np.flatnonzero(~mirrored), TURNED_BLOCK):
-        rows = rows[forest.apart(first[rows], second[rows])]
-        _add_turned_products(hashed, forest, first[rows], second[rows])
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # joined in order, as the keypoint blocks below
+        blocks = _row_blocks(np.flatnonzero(~mirrored), TURNED_BLOCK)
+        for turned in bounded_map(pool, _turned_block, blocks, threads, hashed, forest, (first, second)):
+            _add_turned_products(hashed, forest, *turned)
     apart = forest.apart(first, second)
     first, second, distance, mirrored = first[apart], second[apart], distance[apart], mirrored[apart]
     kept = np.zeros(len(first), bool)
@@ -2500,34 +2557,35 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         rows = np.flatnonzero(mirrored == flip)
         kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
-    pool = concurrent.futures.ThreadPoolExecutor(threads)  # OpenCV's matcher and RANSAC release the GIL
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
     release = _page_releaser(hashed)
-    for start in range(0, len(order), LOCAL_BLOCK):
-        block = order[start : start + LOCAL_BLOCK]
-        block = block[forest.apart(first[block], second[block])]  # a block's joins spare the next its checks
-        parts = np.array_split(block, threads)
-        least = [_least_inliers(hashed, first[part], second[part], min_inliers) for part in parts]
-        ends = (
-            [first[part] for part in parts],
-            [second[part] for part in parts],
-            least,
-            [mirrored[part] for part in parts],
-        )
-        counted = list(pool.map(_inliers, itertools.repeat(hashed), *ends))
-        inliers, spreads, transforms = (np.concatenate(parts) for parts in zip(*counted))
-        found = _aligned(hashed, first[block], second[block], inliers, spreads, min_inliers)
-        flipped = mirrored[block][found]
-        found[found] = colours_agree(hashed, first[block][found], second[block][found], transforms[found], flipped)
-        _add_aligned(
-            hashed, forest, (first[block][found], second[block][found], mirrored[block][found]), inliers[found]
-        )
-        checked = len(order[start : start + LOCAL_BLOCK])
-        bar.update(checked)
-        release(checked)
-    pool.shutdown()
+    blocks = _row_blocks(order, LOCAL_BLOCK)
+    # A block a thread, joined in order: a block started before the previous one was joined checks a few pairs
+    # more, and `forest.add` drops those (inside a group by then): the same joins as one block at a time. Split
+    # across the threads, a block waited on the main thread's colour check and joins: a core idled half the time.
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # OpenCV's matcher and RANSAC release the GIL
+        pairs = first, second, mirrored
+        checked = bounded_map(pool, _checked_block, blocks, threads, hashed, forest, pairs, min_inliers)
+        for size, aligned, inliers in checked:
+            _add_aligned(hashed, forest, aligned, inliers)
+            bar.update(size)
+            release(size)
     bar.close()
     return int((~kept).sum())
+
+
+def _checked_block(block, hashed, forest, pairs, min_inliers):
+    """(the block's size, its pairs (first, second, mirrored) still apart whose keypoints align and whose colours
+    agree, their inliers), in a keypoint thread."""
+    size = len(block)
+    first, second, mirrored = (column[block] for column in pairs)
+    apart = forest.apart(first, second)  # a block's joins spare the next its checks
+    first, second, mirrored = first[apart], second[apart], mirrored[apart]
+    least = _least_inliers(hashed, first, second, min_inliers)
+    inliers, spreads, transforms = _inliers(hashed, first, second, least, mirrored)
+    found = _aligned(hashed, first, second, inliers, spreads, min_inliers)
+    found[found] = colours_agree(hashed, first[found], second[found], transforms[found], mirrored[found])
+    return size, (first[found], second[found], mirrored[found]), inliers[found]
 
 
 def _add_aligned(hashed, forest, pairs, inliers):
@@ -2558,7 +2616,9 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
     release = _page_releaser(hashed)
     mirrorable = hashed.mirror_descriptors is not None and local.tags > 1
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        confirmed = bounded_map(pool, _confirmed, _sketched(hashed, blocks), threads, hashed, forest, min_similarity)
+        confirmed = bounded_map(
+            pool, _confirmed, _sketched(hashed, blocks, pool), threads, hashed, forest, min_similarity
+        )
         for size, (first, second, kind, distance), similarity, signal in confirmed:
             kept = signal != ""
             pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
@@ -2570,13 +2630,14 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
     bar.close()
 
 
-def _sketched(hashed, blocks):
-    """Yields (block, `crop_sketches` of its kind or None): the blocks come kind by kind, each kind sketched once."""
+def _sketched(hashed, blocks, pool):
+    """Yields (block, `crop_sketches` of its kind or None): the blocks come kind by kind, each kind sketched once,
+    by the threads of `pool` (on the main thread, the confirming threads waited on it)."""
     sketches = {}
     for block in blocks:
         kind = block[2]
         if kind in (CENTRE_HASH, SIDE_HASH) and kind not in sketches:
-            sketches = {kind: crop_sketches(hashed, kind)}
+            sketches = {kind: crop_sketches(hashed, kind, pool=pool)}
         yield block, sketches.get(kind)
 
 
@@ -2587,6 +2648,26 @@ def _confirmed(sketched, hashed, forest, min_similarity):
     apart = forest.apart(first, second)
     candidates = first[apart], second[apart], kind, distance[apart]
     return (len(first), candidates, *_thumbnail_verified(hashed, candidates, min_similarity, sketches))
+
+
+def _derived_columns(hashed, threads):
+    """`hashed` with the per-image columns the search derives (each computed once, not per pair) set where they are
+    not: side by side on `threads` threads (NumPy releases the GIL; one after another they were 5% of the search's
+    CPU on one core, py-spy, 84,767 images), then the product pixels, which read the backgrounds and framing."""
+    derived = {
+        "greyscale": lambda: greyscale_images(hashed.thumbnails),
+        "framed": lambda: framed_images(hashed),
+        "plain": lambda: plain_images(hashed),
+        "backgrounds": lambda: image_backgrounds(hashed.thumbnails),
+    }
+    if hashed.product_textures is not None:
+        derived["product_hashes"] = lambda: product_hashes(hashed.product_textures)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        made = {name: pool.submit(make) for name, make in derived.items() if getattr(hashed, name) is None}
+        hashed = hashed._replace(**{name: future.result() for name, future in made.items()})
+    if hashed.product_pixels is None:
+        hashed = hashed._replace(product_pixels=product_pixel_counts(hashed))
+    return hashed
 
 
 def near_duplicate_forest(
@@ -2616,18 +2697,7 @@ def near_duplicate_forest(
     `workers` threads (default: the cores) probe the bands and check keypoints.
     """
     threads = workers or os.cpu_count() or 1
-    if hashed.greyscale is None:
-        hashed = hashed._replace(greyscale=greyscale_images(hashed.thumbnails))
-    if hashed.framed is None:
-        hashed = hashed._replace(framed=framed_images(hashed))
-    if hashed.plain is None:
-        hashed = hashed._replace(plain=plain_images(hashed))
-    if hashed.backgrounds is None:
-        hashed = hashed._replace(backgrounds=image_backgrounds(hashed.thumbnails))
-    if hashed.product_pixels is None:
-        hashed = hashed._replace(product_pixels=product_pixel_counts(hashed))
-    if hashed.product_hashes is None and hashed.product_textures is not None:
-        hashed = hashed._replace(product_hashes=product_hashes(hashed.product_textures))
+    hashed = _derived_columns(hashed, threads)
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
