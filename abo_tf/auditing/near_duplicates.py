@@ -223,11 +223,7 @@ DEFAULT_MAX_CANDIDATES = 64
 CONFIRM_BLOCK = 1 << 19  # candidate pairs of one kind confirmed at once (`_confirmed_blocks`)
 TURNED_BLOCK = 1 << 16  # pairs the turned rule reads at once: two 576-byte interiors each, 75 MB
 LOCAL_BLOCK = 4096  # pairs checked between joins: a join spares later pairs of the same group their check
-LOCAL_SIDE = 160  # longest side of the grey image ORB runs on, at most: 0.5 ms an image
-# A small image is enlarged MAX_LOCAL_ENLARGEMENT times, to MIN_LOCAL_SIDE at least, not to LOCAL_SIDE: ORB's CPU
-# grows with the pixels (0.36 ms at 128).
-MIN_LOCAL_SIDE = 128
-MAX_LOCAL_ENLARGEMENT = 2
+LOCAL_SIDE = 160  # longest side of the grey image ORB runs on: 0.5 ms an image
 BORDER_TOLERANCE = 24  # grey levels a margin pixel may differ from the margin's level (JPEG ringing, noise)
 UNIFORM_BORDER_SHARE = 0.85  # of the outermost ring within the tolerance: a margin (a corner badge or a turn's white
 # corners leave most of it), not a photo's edge
@@ -438,8 +434,7 @@ def _corner_mask(shape):
 def _local_features(grey):
     """(uint8 [KEYPOINTS, 2] keypoints in 1/255 of the longest side, uint8 [KEYPOINTS, 32] ORB descriptors, count,
     uint8 [KEYPOINTS, 32] the descriptors of the same keypoints in the mirrored image: `_mirrored_descriptors`)."""
-    side = min(LOCAL_SIDE, max(MIN_LOCAL_SIDE, MAX_LOCAL_ENLARGEMENT * max(grey.shape)))
-    scale = side / max(grey.shape)
+    scale = LOCAL_SIDE / max(grey.shape)
     size = (max(MIN_TRIMMED_SIDE, round(grey.shape[1] * scale)), max(MIN_TRIMMED_SIDE, round(grey.shape[0] * scale)))
     small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
     found, descriptors = _orb().detectAndCompute(small, None)
@@ -447,7 +442,7 @@ def _local_features(grey):
     mirrored = np.zeros((KEYPOINTS, 32), np.uint8)
     count = 0 if descriptors is None else min(KEYPOINTS, len(found))
     if count:
-        points = np.array([keypoint.pt for keypoint in found[:count]], np.float32) * (255 / side)
+        points = np.array([keypoint.pt for keypoint in found[:count]], np.float32) * (255 / LOCAL_SIDE)
         keypoints[:count], kept[:count] = np.clip(np.round(points), 0, 255), descriptors[:count]
         mirrored[:count] = _mirrored_descriptors(small, found[:count], descriptors[:count])
     return keypoints, kept, count, mirrored
