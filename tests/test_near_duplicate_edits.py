@@ -914,12 +914,13 @@ def test_a_padded_mirror_image_of_a_product_joins_it_on_keypoints_matched_mirror
     assert unmirrored.groups().tolist() == [-1] * len(images)
 
 
-def test_mirrored_keypoints_of_a_mirror_image_are_its_originals():
+@pytest.mark.parametrize("shape", [(120, 200), (60, 100)])  # ORB on it shrunk, and enlarged, to LOCAL_SIDE
+def test_mirrored_keypoints_of_a_mirror_image_are_its_originals(shape):
     # The mirrored descriptors at the mirrored places are what ORB finds on the mirror image itself: most match.
     import cv2
 
     rng = np.random.default_rng(5)
-    picture = cv2.GaussianBlur(rng.integers(0, 256, (120, 200), np.uint8), (0, 0), 2.0)
+    picture = cv2.GaussianBlur(rng.integers(0, 256, shape, np.uint8), (0, 0), 2.0 * shape[1] / 200)
     picture = cv2.cvtColor(cv2.normalize(picture, None, 0, 255, cv2.NORM_MINMAX), cv2.COLOR_GRAY2BGR)
     encoded = [cv2.imencode(".png", image)[1].tobytes() for image in (picture, picture[:, ::-1])]
     hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
