@@ -831,6 +831,7 @@ def release_pages(hashed):
     """Drops the memory-mapped columns' pages from this process's resident set (they are read again from the page
     cache or the file when touched): between the search's stages, each reads other columns."""
     _release([getattr(hashed, name) for name in MAPPED_COLUMNS])
+    parallel.trim_heap()  # and the blocks the threads freed since
 
 
 def _page_releaser(hashed):
@@ -1203,6 +1204,7 @@ def _merge_radius(table, found, symmetric, merger, callbacks):
         if held >= MERGE_BLOCK:
             if merging is not None:
                 merging.result()
+                parallel.trim_heap()  # the merged blocks, freed by the threads that found them
             merging, pending, held = merger.submit(_merge, table, pending, symmetric), [], 0
         if left_out is not None and skipped:
             left_out(skipped)
@@ -2697,6 +2699,7 @@ def near_duplicate_forest(
     `workers` threads (default: the cores) probe the bands and check keypoints.
     """
     threads = workers or os.cpu_count() or 1
+    parallel.map_large_blocks()  # the threads' freed blocks of pairs handed back, not kept in their arenas
     hashed = _derived_columns(hashed, threads)
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
@@ -2709,6 +2712,7 @@ def near_duplicate_forest(
     for first, second, kind, distance in _candidate_pairs(hashed, searched, max_distance, callbacks):
         found.add(first, second, kind, distance)
     bar.close()
+    parallel.trim_heap()
     candidate_blocks, count, forest.left_out_candidate_pairs = found.confirmed_blocks()
     del found
     _confirm(hashed, forest, local, candidate_blocks, min_similarity, threads, (count, progress))
