@@ -68,3 +68,48 @@ def test_workers_die_with_a_killed_command(tmp_path):
 def test_bounded_map_keeps_input_order_with_a_window(tmp_path):
     with parallel.process_pool(2) as pool:
         assert list(parallel.bounded_map(pool, abs, range(-5, 5), 3)) == [abs(value) for value in range(-5, 5)]
+
+
+HEAP_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    import numpy as np
+    from abo_tf.common import parallel
+
+    def resident():
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096
+
+    if sys.argv[1] == "mapped":
+        parallel.map_large_blocks()
+    grown = []
+
+    def allocate():  # as the search's threads do: blocks of pairs made and freed
+        block = np.ones(24 << 20, np.uint8)
+        del block  # glibc raises its mapping threshold to this block's size
+        before = resident()
+        block = np.ones(16 << 20, np.uint8)
+        kept = np.ones(1 << 20, np.uint8)  # after the block in the arena: the block's space is free, not its top
+        del block
+        grown.append(resident() - before)
+        parallel.trim_heap()
+        grown.append(resident() - before)
+        del kept
+
+    thread = threading.Thread(target=allocate)
+    thread.start()
+    thread.join()
+    print(" ".join(str(size >> 20) for size in grown))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and malloc_trim")
+def test_blocks_freed_by_threads_leave_the_resident_set():
+    def grown(mode):
+        answer = subprocess.run([sys.executable, "-c", HEAP_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return [int(size) for size in answer.stdout.split()]
+
+    kept, trimmed = grown("default")
+    assert kept >= 12 and trimmed <= 4  # a 16 MB block freed in a thread's arena stays resident until trimmed
+    assert grown("mapped")[0] <= 4  # mapped on its own: unmapped as it is freed
