@@ -55,13 +55,16 @@ def _finished_numbers(tune_dir):
 
 
 @pytest.mark.slow
-def test_study_records_every_trial_and_best_toml_reproduces_the_best_mean(built_records, tmp_path, capsys):
+def test_two_workers_share_a_study_whose_best_toml_reproduces_the_best_mean(built_records, tmp_path, capsys):
     records_dir, _ = built_records
-    output = tmp_path / "tune"
+    output, config = tmp_path / "tune", _config(tmp_path)
+    # The study's two trials, run by two CLI workers; then the same command with re-runs, in this process: the
+    # study is done, only the re-runs train (the trials trained here too cost 25 CPU s more).
+    _two_workers_share_one_study(records_dir, config, output)
     # The best of two trials re-run (each re-run is a whole tiny training): the choice among several re-run means
     # is test_best_toml_holds_the_best_rerun_mean_not_the_best_single_trial's, on folders written without training.
     reruns = ["--rerun-top", "1", "--rerun-seeds", "2"]
-    arguments = _tune_args(records_dir, _config(tmp_path), output, "--trials", "2", "--epochs", "1", *reruns)
+    arguments = _tune_args(records_dir, config, output, "--trials", "2", "--epochs", "1", *reruns)
     assert tune.main(arguments) == 0
     rows = _trials_csv(output)
     assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} <= {"COMPLETE", "PRUNED"}
@@ -209,10 +212,8 @@ def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, 
     assert retried and retried[0].params == trials[0].params
 
 
-@pytest.mark.slow
-def test_two_workers_share_one_study(built_records, tmp_path):
-    records_dir, _ = built_records
-    output, config = tmp_path / "tune", _config(tmp_path)
+def _two_workers_share_one_study(records_dir, config, output):
+    """Runs a two-trial study with two CLI workers side by side; checks that each ran one trial."""
     # Two trials: each worker's first ask gets its own (the second asks while the first trains), and the worker
     # that finishes first waits for the other's running trial instead of starting a third.
     command = _command(records_dir, config, output, 2, epochs=1)
