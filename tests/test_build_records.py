@@ -615,6 +615,14 @@ def test_an_image_floor_no_class_meets_blames_no_group_floor(rare_classes, abo_s
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("min_examples", "advice"), [(1, "two; give more data"), (2, "two; lower --min-examples")])
+def test_one_class_error_advises_lowering_the_floor_only_above_one(min_examples, advice):
+    options = build_options({"listings": "l", "images": "i"}, "out", min_examples_per_class=min_examples)
+    vocabulary = labels.Vocabulary(("SHOES",), {"SHOES": "SHOES"})
+    with pytest.raises(UserInputError, match=f"at least {min_examples} images: a build needs {advice}"):
+        records_build._check_image_floor(options, vocabulary)
+
+
 # --- bad input: one line, exit 2, nothing half-written ---------------------
 
 

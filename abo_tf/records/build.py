@@ -817,9 +817,11 @@ def _check_image_floor(options, vocabulary):
     `_too_few_classes` gives would then read as the cause ("the most any class had is 173 of 173 groups")."""
     if len(vocabulary.names) < 2:
         other = f" ({labels.OTHER}, the rare types merged, among them)" if labels.OTHER in vocabulary.names else ""
+        # At --min-examples-per-class 1 every type is a class already: lowering it cannot help.
+        lower = "lower --min-examples-per-class or " if options.min_examples_per_class > 1 else ""
         raise UserInputError(
             f"only {len(vocabulary.names)} class(es) have at least {options.min_examples_per_class} images{other}: "
-            "lower --min-examples-per-class or give more data"
+            f"a build needs two; {lower}give more data"
         )
 
 
