@@ -638,12 +638,9 @@ def _surviving(candidates):
     of every image id a build instead of one a step (scan, labels, grouping, split; 0.2-0.5 s each at 400k).
     """
     previous = candidates.survivors if candidates.survivors is not None else sorted(candidates.listings_of_image)
-    status = candidates.image_status
-    if candidates.survivor_positions is None:
-        candidates.survivors = list(itertools.filterfalse(status.__contains__, previous))  # a C loop, not a listcomp
-    else:  # their positions filtered alike
-        alive = _without_reason(candidates, previous)
-        candidates.survivors = list(itertools.compress(previous, alive.tolist()))
+    alive = _without_reason(candidates, previous)
+    candidates.survivors = list(itertools.compress(previous, alive.tolist()))  # a C loop, not a listcomp
+    if candidates.survivor_positions is not None:  # their positions filtered alike
         candidates.survivor_positions = candidates.survivor_positions[alive]
     return candidates.survivors
 
@@ -1530,7 +1527,7 @@ def _while_the_listings_are_read(image_index, listings, seed):
     """
     importlib.import_module("scipy.sparse.csgraph")
     if listings.done():
-        return _Meanwhile(None, None, _SplitKeys.none())
+        return _Meanwhile(None, None, _SplitKeys.of([], seed))
     id_order = sorted(image_index.position)
     positions = _positions(image_index, id_order)
     return _Meanwhile(id_order, positions, _hash_keys_until(image_index, listings, seed))
@@ -1548,8 +1545,8 @@ class _SplitKeys(NamedTuple):
     words: np.ndarray
 
     @classmethod
-    def none(cls):
-        return cls(np.zeros(0, np.float64), np.zeros((0, 4), ">u8"))
+    def of(cls, image_ids, seed):
+        return cls(split.stable_fractions(seed, image_ids), split.shuffle_digests(image_ids, seed))
 
 
 def _hash_keys_until(image_index, listings, seed):
@@ -1561,10 +1558,11 @@ def _hash_keys_until(image_index, listings, seed):
     for start in range(0, len(image_ids), KEY_CHUNK):
         if listings.done():
             break
-        fractions.append(split.stable_fractions(seed, image_ids[start : start + KEY_CHUNK]))
-        words.append(split.shuffle_digests(image_ids[start : start + KEY_CHUNK], seed))
+        keys = _SplitKeys.of(image_ids[start : start + KEY_CHUNK], seed)
+        fractions.append(keys.fractions)
+        words.append(keys.words)
     if not fractions:
-        return _SplitKeys.none()
+        return _SplitKeys.of([], seed)
     return _SplitKeys(np.concatenate(fractions), np.concatenate(words))
 
 
@@ -1577,7 +1575,7 @@ def _chunk_keys(keys, positions, image_ids, seed):
     fractions, words = np.empty(len(positions), np.float64), np.empty((len(positions), 4), keys.words.dtype)
     fractions[ready], words[ready] = keys.fractions[positions[ready]], keys.words[positions[ready]]
     missing = list(itertools.compress(image_ids, (~ready).tolist()))
-    fractions[~ready], words[~ready] = split.stable_fractions(seed, missing), split.shuffle_digests(missing, seed)
+    fractions[~ready], words[~ready] = _SplitKeys.of(missing, seed)
     return fractions, words
 
 
