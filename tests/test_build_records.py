@@ -623,6 +623,23 @@ def test_one_class_error_advises_lowering_the_floor_only_above_one(min_examples,
         records_build._check_image_floor(options, vocabulary)
 
 
+@pytest.mark.parametrize(
+    ("min_examples", "min_groups", "advice"),
+    [
+        (1, (1, 1, 1), "; give more data"),
+        (1, (1, 2, 1), "; lower --min-groups-per-split, or give more data"),
+        (3, (1, 1, 1), "; lower --min-examples-per-class, or give more data"),
+        (3, (2, 1, 1), "; lower --min-examples-per-class or --min-groups-per-split, or give more data"),
+    ],
+)
+def test_group_floor_error_advises_lowering_only_floors_above_one(min_examples, min_groups, advice):
+    options = build_options(
+        {"listings": "l", "images": "i"}, "out", min_examples_per_class=min_examples, min_groups_per_split=min_groups
+    )
+    error = records_build._too_few_classes(options, 1, 2, 40)
+    assert error.endswith(f"2 of 40 groups in all{advice}"), error
+
+
 # --- bad input: one line, exit 2, nothing half-written ---------------------
 
 

@@ -830,11 +830,20 @@ def _too_few_classes(options, num_classes, most_groups, num_groups):
     if floors != tuple(options.min_groups_per_split):
         as_given = f" (--min-groups-per-split {_spelled(options.min_groups_per_split)}"
         as_given += f" with --split {_spelled(options.split_fractions)})"
+    # A floor of 1 is the least there is: advising to lower it would send the user round in a circle.
+    lower = [
+        flag
+        for flag, floor in (
+            ("--min-examples-per-class", options.min_examples_per_class),
+            ("--min-groups-per-split", max(floors)),
+        )
+        if floor > 1
+    ]
+    advice = f"lower {' or '.join(lower)}, or give more data" if lower else "give more data"
     return (
         f"only {num_classes} class(es) have at least {options.min_examples_per_class} images and "
         f"{_spelled(floors)} groups per split{as_given}: {sum(floors)} groups a class, the most any class had is "
-        f"{most_groups} of {num_groups} groups in all; lower --min-examples-per-class or --min-groups-per-split, or "
-        "give more data"
+        f"{most_groups} of {num_groups} groups in all; {advice}"
     )
 
 
