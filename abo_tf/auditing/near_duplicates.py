@@ -419,7 +419,7 @@ def _corners_masked(grey):
     return np.where(mask, _level_median(grey[~mask]), grey.astype(np.float32))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # a mask per image size: real catalogs have thousands of sizes
 def _corner_mask(shape):
     """True on the four corner boxes of an image of `shape` (rows, columns)."""
     height, width = shape[:2]
@@ -713,9 +713,11 @@ def signature(encoded):
     thumbnail = _shrunk(pixels, THUMBNAIL_SIDE).ravel()
     product = _product_box(pixels)
     untrimmed, (pixels, grey) = whole, trimmed(pixels, whole)
-    centres = [_centre(grey, scale) for scale in CENTRE_SCALES] + [_centre(untrimmed, WHOLE_CENTRE_SCALE)]
+    # float32 once for its views: the pHashes' matrix products convert each view of uint8 otherwise
+    hashed, hashed_whole = grey.astype(np.float32), untrimmed.astype(np.float32)
+    centres = [_centre(hashed, scale) for scale in CENTRE_SCALES] + [_centre(hashed_whole, WHOLE_CENTRE_SCALE)]
     straight, mirror, whole_hash, corner_hash, *rest = _phash_all(
-        [grey, grey[:, ::-1], untrimmed, _corners_masked(untrimmed), *centres, *_sides(grey)]
+        [hashed, hashed[:, ::-1], hashed_whole, _corners_masked(untrimmed), *centres, *_sides(hashed)]
     )
     return Signature(
         straight,
