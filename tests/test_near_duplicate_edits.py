@@ -894,6 +894,17 @@ def test_the_phashes_of_an_images_views_at_once_equal_each_ones_own():
     assert len(set(hashes)) >= 8 and all(isinstance(value, int) for value in hashes)
 
 
+@pytest.mark.parametrize("shape", [(20, 20), (37, 128), (20, 128), (200, 3), (31, 32), (500, 333)])
+def test_the_phashes_of_a_block_equal_each_ones_own_whatever_its_shape(shape):
+    # OpenCV averages areas only where neither side is enlarged, else it interpolates both: a block thinner than
+    # HASH_SIDE on one side (20 x 128, 200 x 3) has other matrices than a larger one, as each image's own resize.
+    greys = np.random.default_rng(sum(shape)).normal(128, 50, (40, *shape)).astype(np.float32)
+    hashes = near_duplicates._phashes(greys)
+    assert hashes.dtype == np.uint64
+    assert hashes.tolist() == near_duplicates._phash_all(list(greys))
+    assert len(set(hashes.tolist())) == len(greys)
+
+
 def test_a_padded_mirror_image_of_a_product_joins_it_on_keypoints_matched_mirrored():
     # Padded to a square and mirrored, these blind-catalog products' trimmed thumbnails correlate under
     # TRIMMED_SIMILARITY and their straight ORB descriptors match none of the original's (issue 18: pad+mirror 0.72).
