@@ -148,6 +148,22 @@ def test_the_cap_keeps_each_images_closest_pairs():
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]
 
 
+def test_the_cap_of_a_crowded_image_keeps_its_best_correlated_pair_not_its_closest_hashes():
+    # A crowd of look-alikes within a few bits, and a turned copy 8 bits away whose thumbnail correlates best.
+    rng = np.random.default_rng(0)
+    thumbnails = rng.integers(0, 256, (7, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    thumbnails[5] = np.clip(thumbnails[0] + rng.integers(-4, 5, thumbnails.shape[1]), 0, 255)  # the copy
+    hashed = SimpleNamespace(
+        hashes=np.zeros(7, np.uint64), thumbnails=thumbnails, greyscale=np.zeros(7, bool), plain=None
+    )
+    first, second = np.array([0, 0, 0, 0, 0, 3]), np.array([1, 2, 3, 4, 5, 6])
+    distance = np.array([2, 2, 4, 4, 8, 2])
+    ranks = near_duplicates._check_ranks(hashed, first, second, distance, 4)
+    assert ranks[5] == distance[5]  # images 3 and 6 have at most 4 pairs: their pair keeps its hash distance
+    assert near_duplicates._capped(first, second, ranks, 4).tolist() == [True, True, True, False, True, True]
+    assert not near_duplicates._capped(first, second, distance, 4)[4]  # by hash distance the copy had no slot
+
+
 def _brute_force_capped(first, second, distance, cap):
     """Each image's pairs ranked one by one, closest first, ties in the pairs' order."""
     ranks, kept = {}, []

@@ -219,6 +219,9 @@ KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
 # Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
 # hash is among the closest.
 DEFAULT_MAX_LOCAL_CHECKS = 32
+CORRELATED_CHECK_SHARE = 8  # a crowded image's pairs checked for their thumbnails' correlation: 4 more of 32
+CHECK_RANK_STEP = 0.004  # thumbnail correlation a rank of `_check_ranks` spans: 0.996-1 first, 0.75 or less last
+CHECK_RANK_LEVELS = 64  # ranks `_capped` loops over: a pass over the pairs each
 # Candidate pairs per image across all its hashes and searches, before any is confirmed: its nearest partners
 # (the smallest distance of any hash kind, ties by index), a pair kept if it is among either image's. Each hash's
 # DEFAULT_NEAREST alone grew faster than the images (1.25M candidates at 25,000 images, 8.4M at 100,000: a hash of
@@ -2546,7 +2549,8 @@ def _detail(textures, valid):
 
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs that are turned products (`_add_turned_products`), then those whose ORB keypoints
-    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs, `threads` blocks checked
+    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs (and `cap` /
+    CORRELATED_CHECK_SHARE more, its best-correlated thumbnails: `_check_ranks`), `threads` blocks checked
     at once (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked. A pair tagged 1 in
     `local` (a mirror hash's) is matched mirrored (`_inliers`)."""
     first, second, distance, mirrored = local.tagged()
@@ -2570,6 +2574,10 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     for flip, most in ((False, cap), (True, cap // MIRRORED_CHECK_SHARE)):
         rows = np.flatnonzero(mirrored == flip)
         kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
+    # A few more checks for a crowded image: its best-correlated pairs (`_check_ranks`) beyond its closest hashes.
+    rows, most = np.flatnonzero(~mirrored & ~kept), cap // CORRELATED_CHECK_SHARE
+    ranks = _check_ranks(hashed, first[rows], second[rows], distance[rows], most)
+    kept[rows] = _capped(first[rows], second[rows], ranks, most)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
     release = _page_releaser(hashed)
@@ -2586,6 +2594,29 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
             release(size)
     bar.close()
     return int((~kept).sum())
+
+
+def _check_ranks(hashed, first, second, distance, cap):
+    """int [n]: what `_capped` ranks each pair by: its hash distance, or, for the pairs of an image that has more
+    than `cap`, their whole thumbnails' correlation in CHECK_RANK_LEVELS steps of CHECK_RANK_STEP down from 1.
+    Among a crowd of look-alike products within the search's 8 bits, a turned and cropped copy's hash was the
+    farthest while its thumbnail correlated best (blind catalog, seed 1: two such copies aligning 18-19 keypoints
+    left unchecked). Ranked by correlation alone, the cap lost crops and padded copies there, whose thumbnails move
+    (crop_all_sides and pad_to_square 0.95 -> 0.93): hence a few checks more, not other ones. Only the crowded
+    images' pairs are compared: the rest are kept whatever their rank."""
+    counts = np.bincount(np.concatenate([first, second]), minlength=len(hashed.hashes))
+    crowded = np.flatnonzero((counts[first] > cap) | (counts[second] > cap))
+    ranks = distance.astype(np.int64)
+    similarity = thumbnail_similarity(
+        hashed.thumbnails,
+        first[crowded],
+        second[crowded],
+        greyscale=hashed.greyscale,
+        plain=_plain(hashed, "thumbnails"),
+    )
+    steps = np.round((1.0 - similarity.astype(np.float64)) / CHECK_RANK_STEP)
+    ranks[crowded] = np.clip(steps, 0, CHECK_RANK_LEVELS - 1)
+    return ranks
 
 
 def _checked_block(block, hashed, forest, pairs, min_inliers):
@@ -2702,7 +2733,8 @@ def near_duplicate_forest(
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
-    hashes first), and in at most `max_local_checks // MIRRORED_CHECK_SHARE` more matched mirrored (`_local_pairs`);
+    hashes first, then `max_local_checks // CORRELATED_CHECK_SHARE` more of its best-correlated thumbnails), and in
+    at most `max_local_checks // MIRRORED_CHECK_SHARE` more matched mirrored (`_local_pairs`);
     how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
     of huge band buckets (`nearest_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
     is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
