@@ -219,6 +219,9 @@ KEYPOINTS = 32  # ORB keypoints kept per image: 1 KB, 400 MB for 400k images
 # Keypoint checks per image: a smooth or plain image has hundreds of hash neighbours at 8 bits, and a copy's
 # hash is among the closest.
 DEFAULT_MAX_LOCAL_CHECKS = 32
+CORRELATED_CHECK_SHARE = 8  # a crowded image's pairs checked for their thumbnails' correlation: 4 more of 32
+CHECK_RANK_STEP = 0.004  # thumbnail correlation a rank of `_check_ranks` spans: 0.996-1 first, 0.75 or less last
+CHECK_RANK_LEVELS = 64  # ranks `_capped` loops over: a pass over the pairs each
 # Candidate pairs per image across all its hashes and searches, before any is confirmed: its nearest partners
 # (the smallest distance of any hash kind, ties by index), a pair kept if it is among either image's. Each hash's
 # DEFAULT_NEAREST alone grew faster than the images (1.25M candidates at 25,000 images, 8.4M at 100,000: a hash of
@@ -1727,6 +1730,9 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
       - the thumbnails' inner parts (INNER_THUMBNAIL) correlate as well, hashes as close: a corner badge, a turn;
       - the thumbnails of the trimmed images correlate at TRIMMED_SIMILARITY (TRIMMED_THUMBNAIL), their trimmed
         hashes as close: padding (look-alike products on white correlate at 0.995 with hashes farther apart);
+      - for a side or centre hash of two images that fill their frame (photographs), within THUMBNAIL_HASH_DISTANCE
+        bits or farther, one thumbnail cropped as that hash crops it correlates with the other at
+        CROPPED_SIMILARITY (CROPPED_THUMBNAIL): a crop of a smooth picture, which aligns few ORB keypoints;
       - for a side or centre hash at any candidate distance of which one image was trimmed, one whole thumbnail
         cropped as that hash crops it matches the other (`_product_crops_verified`, CROPPED_THUMBNAIL): a crop of
         a textured product, whose repeated texture aligns few ORB keypoints.
@@ -1744,9 +1750,17 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
     if len(close):  # a crop of one side moves the picture in its thumbnail: only the cropped thumbnail may match
         verified = _side_verified if kind == SIDE_HASH else _close_verified
         similarity[close], signal[close] = verified(hashed, first[close], second[close], kind, min_similarity)
-        confirmed = close[signal[close] != ""]
-        refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
-        signal[confirmed[refused]] = ""
+    if kind in (CENTRE_HASH, SIDE_HASH):  # crops of two photographs, at any candidate distance
+        # An 8% crop on every side of a photograph moved its centre hash 6 bits (held-out photographs: 1 shot of 8
+        # missed on both seeds, its cropped thumbnail at 0.995). Of the frame-filling centre and side pairs of
+        # distinct real shots 5-8 bits apart (seed 0, 99 pairs) none correlated so above 0.87.
+        far = np.flatnonzero(
+            (distance > THUMBNAIL_HASH_DISTANCE) & _fills_frame(hashed, first) & _fills_frame(hashed, second)
+        )
+        similarity[far], signal[far] = _side_verified(hashed, first[far], second[far], kind, min_similarity)
+    confirmed = np.flatnonzero(signal != "")
+    refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
+    signal[confirmed[refused]] = ""
     if kind in (CENTRE_HASH, SIDE_HASH):  # crops of a product on its background, at any candidate distance
         products = np.flatnonzero((signal == "") & ~(_fills_frame(hashed, first) & _fills_frame(hashed, second)))
         crops = _product_crops_verified(hashed, first[products], second[products], kind, sketches)
@@ -1804,7 +1818,8 @@ def _plain_outlines_agree(hashed, first, second):
 
 
 def _side_verified(hashed, first, second, kind, _min_similarity):
-    """`_thumbnail_verified` of side-hash pairs within THUMBNAIL_HASH_DISTANCE bits: by cropped thumbnails only."""
+    """`_thumbnail_verified` of side-hash pairs within THUMBNAIL_HASH_DISTANCE bits, and of side and centre hash
+    pairs of two photographs farther apart: by cropped thumbnails only."""
     similarity = _cropped_similarity(hashed, first, second, kind)
     return similarity, np.where(similarity >= CROPPED_SIMILARITY, CROPPED_THUMBNAIL, "")
 
@@ -2551,7 +2566,8 @@ def _detail(textures, valid):
 
 def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=False):
     """Joins the gathered pairs that are turned products (`_add_turned_products`), then those whose ORB keypoints
-    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs, `threads` blocks checked
+    align (`min_inliers`), closest hashes first, each image in at most `cap` checked pairs (and `cap` /
+    CORRELATED_CHECK_SHARE more, its best-correlated thumbnails: `_check_ranks`), `threads` blocks checked
     at once (`progress`: a bar over the pairs); returns how many pairs the cap left unchecked. A pair tagged 1 in
     `local` (a mirror hash's) is matched mirrored (`_inliers`)."""
     first, second, distance, mirrored = local.tagged()
@@ -2575,6 +2591,10 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     for flip, most in ((False, cap), (True, cap // MIRRORED_CHECK_SHARE)):
         rows = np.flatnonzero(mirrored == flip)
         kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
+    # A few more checks for a crowded image: its best-correlated pairs (`_check_ranks`) beyond its closest hashes.
+    rows, most = np.flatnonzero(~mirrored & ~kept), cap // CORRELATED_CHECK_SHARE
+    ranks = _check_ranks(hashed, first[rows], second[rows], distance[rows], most)
+    kept[rows] = _capped(first[rows], second[rows], ranks, most)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
     release = _page_releaser(hashed)
@@ -2591,6 +2611,29 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
             release(size)
     bar.close()
     return int((~kept).sum())
+
+
+def _check_ranks(hashed, first, second, distance, cap):
+    """int [n]: what `_capped` ranks each pair by: its hash distance, or, for the pairs of an image that has more
+    than `cap`, their whole thumbnails' correlation in CHECK_RANK_LEVELS steps of CHECK_RANK_STEP down from 1.
+    Among a crowd of look-alike products within the search's 8 bits, a turned and cropped copy's hash was the
+    farthest while its thumbnail correlated best (blind catalog, seed 1: two such copies aligning 18-19 keypoints
+    left unchecked). Ranked by correlation alone, the cap lost crops and padded copies there, whose thumbnails move
+    (crop_all_sides and pad_to_square 0.95 -> 0.93): hence a few checks more, not other ones. Only the crowded
+    images' pairs are compared: the rest are kept whatever their rank."""
+    counts = np.bincount(np.concatenate([first, second]), minlength=len(hashed.hashes))
+    crowded = np.flatnonzero((counts[first] > cap) | (counts[second] > cap))
+    ranks = distance.astype(np.int64)
+    similarity = thumbnail_similarity(
+        hashed.thumbnails,
+        first[crowded],
+        second[crowded],
+        greyscale=hashed.greyscale,
+        plain=_plain(hashed, "thumbnails"),
+    )
+    steps = np.round((1.0 - similarity.astype(np.float64)) / CHECK_RANK_STEP)
+    ranks[crowded] = np.clip(steps, 0, CHECK_RANK_LEVELS - 1)
+    return ranks
 
 
 def _checked_block(block, hashed, forest, pairs, min_inliers):
@@ -2707,7 +2750,8 @@ def near_duplicate_forest(
     Images with equal thumbnails and hashes are joined first, and only one of each such set is searched: the
     hash search then never sees their quadratic number of pairs. `progress` shows a bar over the search's probes.
     The keypoint check is bounded: each image takes part in at most `max_local_checks` checked pairs (its closest
-    hashes first), and in at most `max_local_checks // MIRRORED_CHECK_SHARE` more matched mirrored (`_local_pairs`);
+    hashes first, then `max_local_checks // CORRELATED_CHECK_SHARE` more of its best-correlated thumbnails), and in
+    at most `max_local_checks // MIRRORED_CHECK_SHARE` more matched mirrored (`_local_pairs`);
     how many pairs that left unchecked is the forest's `unchecked_local_pairs`. Candidate pairs
     of huge band buckets (`nearest_pairs`) are not compared: their count is `left_out_bucket_pairs`. Each hash
     is paired with its `nearest` neighbours only (`nearest_pairs`): the images with a hash that had more are
