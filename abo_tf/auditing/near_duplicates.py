@@ -2153,7 +2153,7 @@ class _Candidates(_LocalCandidates):
         blocks = (
             (first[rows], second[rows], name, distance[rows])
             for code, name in enumerate(SEARCHED_KINDS)
-            for rows in _row_blocks(np.flatnonzero(tags >> 1 == code), CONFIRM_BLOCK)
+            for rows in _rows_where(tags, code, CONFIRM_BLOCK)
         )
         return blocks, len(first), left_out
 
@@ -2227,6 +2227,21 @@ def _narrowed(operation, codes, divisor, dtype):
 
 def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
+
+
+def _rows_where(tags, kind, size):
+    """Yields the rows whose `tags >> 1` is `kind` in blocks of `size` (the last one shorter), found `size` rows
+    of `tags` at a time: the rows of a kind at once were 8 bytes each, up to one a candidate at ABO size."""
+    pending, held = [], 0
+    for start in range(0, len(tags), size):
+        pending.append(start + np.flatnonzero(tags[start : start + size] >> 1 == kind))
+        held += len(pending[-1])
+        if held >= size:
+            rows = np.concatenate(pending)
+            yield from _row_blocks(rows[: held - held % size], size)
+            pending, held = [rows[held - held % size :]], held % size
+    if held:
+        yield np.concatenate(pending)
 
 
 def _budgeted(first, second, distance, budget, size):
