@@ -2106,26 +2106,34 @@ class _LocalCandidates:
 
     def __init__(self, size, tags=1):
         self.size, self.tags = size, tags
-        self.codes, self.held, self.folded = [], 0, 0
+        self.codes, self.folded = np.zeros(0, np.int64), 0
         if (size * size * tags * DISTANCE_CODES).bit_length() > 63:
             raise ValueError(f"{size} images: a candidate pair's code takes more than 63 bits")
 
     def add(self, first, second, distance, tags=0):
         # A pair of two hash kinds comes in either order (an image's centre hash may precede the other's hash).
         keys = np.minimum(first, second).astype(np.int64) * self.size + np.maximum(first, second)
-        self.codes.append((keys * self.tags + tags) * DISTANCE_CODES + distance)
-        self.held += len(first)
-        if self.held > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
-            self.codes = [self._unique()]  # about the unique pairs'
-            self.held = self.folded = len(self.codes[0])
+        self.codes = _appended(self.codes, (keys * self.tags + tags) * DISTANCE_CODES + distance)
+        if len(self.codes) > 2 * self.folded + CANDIDATES_PER_BLOCK:  # duplicates folded as they come: memory stays
+            self.codes = self._unique()  # about the unique pairs'
+            self.folded = len(self.codes)
 
     def _unique(self):
-        """The held codes sorted, each pair once at its smallest distance (its first code)."""
-        codes = np.concatenate([np.zeros(0, np.int64)] + self.codes)
-        self.codes = []
+        """The held codes (taken: none are held after) sorted, each pair once at its smallest distance (its first
+        code), in place (`_compacted`): held as a list of blocks, their concatenation, its keys and the filtered copy
+        were up to four times the codes at once, tens of millions at ABO size, beside the search's tables."""
+        codes, self.codes = self.codes, np.zeros(0, np.int64)
         codes.sort()
-        keys = codes // DISTANCE_CODES
-        return codes[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(codes) else codes
+        previous = -1  # keys are not negative
+
+        def first_codes(block):
+            nonlocal previous
+            keys = block // DISTANCE_CODES
+            starts, previous = _starts(keys, previous), keys[-1]
+            return starts
+
+        codes.resize(_compacted(codes, first_codes), refcheck=False)  # shrunk in place: realloc keeps the front
+        return codes
 
     def pairs(self):
         """(first, second, distance) of the unique pairs, sorted by (first, second): int32, int32, int8."""
@@ -2135,13 +2143,12 @@ class _LocalCandidates:
         """(first, second, distance, tag) of the unique (pair, tag)s (or of `codes`, sorted held codes, which are
         overwritten), sorted by (first, second, tag): int32, int32, int8, int8."""
         codes = self._unique() if codes is None else codes  # decoded in place: tens of millions at ABO size
-        distances = (codes % DISTANCE_CODES).astype(np.int8)
+        distances = _narrowed(np.remainder, codes, DISTANCE_CODES, np.int8)
         codes //= DISTANCE_CODES
-        tags = (codes % self.tags).astype(np.int8)
+        tags = _narrowed(np.remainder, codes, self.tags, np.int8)
         codes //= self.tags
-        first = (codes // self.size).astype(np.int32)
-        codes %= self.size
-        return first, codes.astype(np.int32), distances, tags
+        first = _narrowed(np.floor_divide, codes, self.size, np.int32)
+        return first, _narrowed(np.remainder, codes, self.size, np.int32), distances, tags
 
 
 class _Candidates(_LocalCandidates):
@@ -2168,16 +2175,17 @@ class _Candidates(_LocalCandidates):
         first, second, nearest = self._nearest_of_pairs(codes)
         kept = _budgeted(first, second, nearest, self.budget, self.size)
         del first, second, nearest
-        codes, left_out = codes[: self._filter_in_place(codes, kept)], int((~kept).sum())
+        codes.resize(self._filter_in_place(codes, kept), refcheck=False)  # shrunk in place: the tail is freed
+        left_out = int((~kept).sum())
         del kept
         first, second, distance, tags = self.tagged(codes)
         del codes
-        swapped = (tags & 1).astype(bool)
-        first, second = np.where(swapped, second, first), np.where(swapped, first, second)
+        swapped = np.flatnonzero(tags & 1)  # swapped in place: two new int32 columns were 8 bytes a row more
+        first[swapped], second[swapped] = second[swapped], first[swapped]
         blocks = (
             (first[rows], second[rows], name, distance[rows])
             for code, name in enumerate(SEARCHED_KINDS)
-            for rows in _row_blocks(np.flatnonzero(tags >> 1 == code), CONFIRM_BLOCK)
+            for rows in _rows_where(tags, code, CONFIRM_BLOCK)
         )
         return blocks, len(first), left_out
 
@@ -2206,20 +2214,66 @@ class _Candidates(_LocalCandidates):
     def _filter_in_place(self, codes, kept):
         """Moves the codes of the pairs `kept` (bool, one a pair, in the sorted codes' order) to the front of
         `codes`, in order; how many."""
-        filled, pair, previous = 0, -1, -1
-        for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
-            block = codes[start : start + CANDIDATES_PER_BLOCK]
+        pair, previous = -1, -1
+
+        def kept_codes(block):
+            nonlocal pair, previous
             keys = self._pair_keys(block)
-            ordinal = pair + np.cumsum(np.concatenate([[keys[0] != previous], keys[1:] != keys[:-1]]))
+            ordinal = pair + np.cumsum(_starts(keys, previous))
             pair, previous = ordinal[-1], keys[-1]
-            chosen = block[kept[ordinal]]
-            codes[filled : filled + len(chosen)] = chosen  # behind `block`'s end: read already
-            filled += len(chosen)
-        return filled
+            return kept[ordinal]
+
+        return _compacted(codes, kept_codes)
+
+
+def _appended(codes, more):
+    """`codes` (an int64 array that owns its block, given up) with `more` after them: the block grown in place, not
+    copied (glibc's realloc remaps a mapped block's pages, `parallel.map_large_blocks`)."""
+    held = len(codes)
+    codes.resize(held + len(more), refcheck=False)
+    codes[held:] = more
+    return codes
+
+
+def _starts(keys, previous):
+    """bool [n]: the sorted `keys` that differ from the key before them (`previous`: the one before the first)."""
+    return np.concatenate([[keys[0] != previous], keys[1:] != keys[:-1]])
+
+
+def _compacted(codes, chosen):
+    """Moves the codes that `chosen(block)` marks (a bool mask; called on the blocks of CANDIDATES_PER_BLOCK codes in
+    order) to the front of `codes`, in order; how many. A block's mask and its codes are the only copies."""
+    filled = 0
+    for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
+        block = codes[start : start + CANDIDATES_PER_BLOCK]
+        kept = block[chosen(block)]
+        codes[filled : filled + len(kept)] = kept  # behind `block`'s end: read already
+        filled += len(kept)
+    return filled
+
+
+def _narrowed(operation, codes, divisor, dtype):
+    """`operation(codes, divisor)` as `dtype`, cast as computed (NumPy's buffered loop): no int64 copy of the codes."""
+    return operation(codes, divisor, out=np.empty(len(codes), dtype), casting="unsafe")
 
 
 def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
+
+
+def _rows_where(tags, kind, size):
+    """Yields the rows whose `tags >> 1` is `kind` in blocks of `size` (the last one shorter), found `size` rows
+    of `tags` at a time: the rows of a kind at once were 8 bytes each, up to one a candidate at ABO size."""
+    pending, held = [], 0
+    for start in range(0, len(tags), size):
+        pending.append(start + np.flatnonzero(tags[start : start + size] >> 1 == kind))
+        held += len(pending[-1])
+        if held >= size:
+            rows = np.concatenate(pending)
+            yield from _row_blocks(rows[: held - held % size], size)
+            pending, held = [rows[held - held % size :]], held % size
+    if held:
+        yield np.concatenate(pending)
 
 
 def _budgeted(first, second, distance, budget, size):
@@ -2579,10 +2633,12 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     first, second, distance, mirrored = (column[~straight_too] for column in (first, second, distance, mirrored))
     # The turned rule first, on every straight pair: it is vectorised, and what it joins takes no keypoint check, so
     # no slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
+    release = _page_releaser(hashed)  # the textures and boxes the turned rule reads, then the keypoints
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # joined in order, as the keypoint blocks below
         blocks = _row_blocks(np.flatnonzero(~mirrored), TURNED_BLOCK)
         for turned in bounded_map(pool, _turned_block, blocks, threads, hashed, forest, (first, second)):
             _add_turned_products(hashed, forest, *turned)
+            release(TURNED_BLOCK)
     apart = forest.apart(first, second)
     first, second, distance, mirrored = first[apart], second[apart], distance[apart], mirrored[apart]
     kept = np.zeros(len(first), bool)
@@ -2597,7 +2653,6 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     kept[rows] = _capped(first[rows], second[rows], ranks, most)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
-    release = _page_releaser(hashed)
     blocks = _row_blocks(order, LOCAL_BLOCK)
     # A block a thread, joined in order: a block started before the previous one was joined checks a few pairs
     # more, and `forest.add` drops those (inside a group by then): the same joins as one block at a time. Split
@@ -2765,6 +2820,10 @@ def near_duplicate_forest(
     forest = SpanningForest(len(hashed.hashes))
     first, second = _identical_pairs(hashed)
     forest.add(make_pairs(hashed.hashes, first, second, np.ones(len(first)), IDENTICAL))
+    # The thumbnails and textures read to derive the per-image columns and find equal images: the hash search reads
+    # none of them, and their pages stayed resident through it (175 MB of the search's 911 at 84,767 images; 0.9 GB
+    # of thumbnails, trimmed thumbnails and product textures at 423k).
+    release_pages(hashed)
     searched = np.setdiff1d(np.arange(len(hashed.hashes)), second)
     local, found = _LocalCandidates(len(hashed.hashes), tags=2), _Candidates(len(hashed.hashes), max_candidates)
     total = sum(nearest_probe_count(max_distance, len(columns) * len(searched)) for columns, *_ in _searches(hashed))
