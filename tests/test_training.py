@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from abo_tf import train
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.training import input_pipeline, loop, run_folder
-from tests.conftest import TINY_TRAIN_ARGS
+from tests.conftest import TINY_TRAIN_ARGS, TRAINED_RUN_ARGS, made_once
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = TINY_TRAIN_ARGS
@@ -155,15 +156,12 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
 
 
 @pytest.mark.slow
-def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, capsys):
+def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, tmp_path, capsys):
     records_dir, _ = built_records
-    assert (
-        train.main(
-            _train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")
-        )
-        == 0
-    )
-    assert [int(row["step"]) for row in _history(trained_run)] == [2, 4]
+    run = str(tmp_path / "run")  # the run finishes again, exporting anew: not in the folder other tests read
+    shutil.copytree(trained_run, run)
+    assert train.main(_train_args(records_dir, run, *TRAINED_RUN_ARGS)) == 0
+    assert [int(row["step"]) for row in _history(run)] == [2, 4]
     out = capsys.readouterr().out  # the summary: the sample's head stratum is empty
     heads = [line for line in out.splitlines() if line.strip().startswith("head")]
     assert len(heads) == 2 and all("macro F1 n/a" in line for line in heads) and "nan" not in out.lower()
@@ -361,7 +359,9 @@ def test_nan_loss_stops_with_the_checkpoint_intact(built_records, tmp_path, caps
 
 
 # Two logical CPUs, then the CLI twice: a batch that does not divide across the replicas (its exit code printed),
-# and a two-phase run whose epoch hook (the tuner's pruning input) records what every epoch reported.
+# and a two-phase run whose epoch hook (the tuner's pruning input) records what every epoch reported. That run
+# exports nothing (as a tune trial's): its epochs are under test; a distributed run's export is the multi-worker
+# test's.
 _MIRRORED = """
 import json, sys
 import tensorflow as tf
@@ -371,7 +371,9 @@ from abo_tf import train
 from abo_tf.training import loop
 odd = train.main(sys.argv[2:] + ["--output", sys.argv[1], "--batch-size", "7"])
 reported, train_loop = [], loop.train
-loop.train = lambda config: train_loop(config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]))
+loop.train = lambda config: train_loop(
+    config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]), export_model=False
+)
 code = train.main(sys.argv[2:])
 print(json.dumps({"odd": odd, "code": code, "reported": reported}))
 """
@@ -731,10 +733,11 @@ def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
 def averaged_run(built_records, tmp_path_factory):
     """One epoch with EMA and --keep last, trained at 32 px and evaluated and exported at 48 (--eval-image-size)."""
     records_dir, _ = built_records
-    output = str(tmp_path_factory.mktemp("averaged") / "run")
     flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
-    assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
-    return output
+    with made_once(tmp_path_factory, "averaged_run") as (output, made):  # its two tests may run on two workers
+        if not made:
+            assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
+    return str(output)
 
 
 @pytest.mark.slow
