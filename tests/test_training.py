@@ -160,11 +160,19 @@ def test_same_command_on_a_finished_run_resumes_without_training(trained_run, bu
     records_dir, _ = built_records
     run = str(tmp_path / "run")  # the run finishes again, exporting anew: not in the folder other tests read
     shutil.copytree(trained_run, run)
+    checkpoints = _checkpoint_files(run)
     assert train.main(_train_args(records_dir, run, *TRAINED_RUN_ARGS)) == 0
     assert [int(row["step"]) for row in _history(run)] == [2, 4]
+    assert _checkpoint_files(run) == checkpoints  # no step trained, so no checkpoint saved
     out = capsys.readouterr().out  # the summary: the sample's head stratum is empty
     heads = [line for line in out.splitlines() if line.strip().startswith("head")]
     assert len(heads) == 2 and all("macro F1 n/a" in line for line in heads) and "nan" not in out.lower()
+
+
+def _checkpoint_files(run_dir):
+    """{file name: modification time} of a run's resume checkpoints (copytree keeps the times)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
 
 
 def test_another_config_in_the_same_folder_is_refused(trained_run, built_records, capsys):
