@@ -367,9 +367,7 @@ def test_nan_loss_stops_with_the_checkpoint_intact(built_records, tmp_path, caps
 
 
 # Two logical CPUs, then the CLI twice: a batch that does not divide across the replicas (its exit code printed),
-# and a two-phase run whose epoch hook (the tuner's pruning input) records what every epoch reported. That run
-# exports nothing (as a tune trial's): its epochs are under test; a distributed run's export is the multi-worker
-# test's.
+# and a two-phase run whose epoch hook (the tuner's pruning input) records what every epoch reported.
 _MIRRORED = """
 import json, sys
 import tensorflow as tf
@@ -379,9 +377,7 @@ from abo_tf import train
 from abo_tf.training import loop
 odd = train.main(sys.argv[2:] + ["--output", sys.argv[1], "--batch-size", "7"])
 reported, train_loop = [], loop.train
-loop.train = lambda config: train_loop(
-    config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]), export_model=False
-)
+loop.train = lambda config: train_loop(config, on_epoch_end=lambda epoch, values: reported.append([epoch, values]))
 code = train.main(sys.argv[2:])
 print(json.dumps({"odd": odd, "code": code, "reported": reported}))
 """
