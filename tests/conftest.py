@@ -1,9 +1,6 @@
 """Shared fixtures: one generated ABO sample and one build of it, reused across test modules."""
 
-import contextlib
-import fcntl
 import os
-import shutil
 
 # Before NumPy loads OpenBLAS. The tests' matrices are tiny, and two xdist workers with two BLAS threads
 # each spin against each other on 2 cores: a logistic regression that fits in 0.09 s took 3.6 s.
@@ -12,7 +9,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 from abo_tf.records import build as records_build  # noqa: E402
-from abo_tf.records import shards  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -76,55 +72,20 @@ def build_options(abo, output, **overrides):
     return records_build.BuildOptions(**values)
 
 
-def _session_root(tmp_path_factory):
-    """The folder of the whole session: under xdist, the one above each worker's (alone, the process's own)."""
-    basetemp = tmp_path_factory.getbasetemp()
-    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
-
-
-@contextlib.contextmanager
-def made_once(tmp_path_factory, name):
-    """Yields (folder, made): `made` False when this process must make `folder`, True when a worker already has.
-
-    Under `-n 2` each worker used to build the records and train the tiny runs itself (a run is about 25 CPU s): the
-    first worker to ask makes the folder under a lock, the other waits and reuses it. A half-made folder (its maker
-    failed) is made again. The folder is the tests' to read, not to change.
-    """
-    root = _session_root(tmp_path_factory)
-    folder, done = root / name, root / f"{name}.done"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the worker dies
-        made = done.exists()
-        if not made and folder.exists():
-            shutil.rmtree(folder)
-        yield folder, made
-        done.touch()
-
-
 @pytest.fixture(scope="session")
-def built_records(request, tmp_path_factory):
-    """The sample built with every image of every listing, once for every worker; returns (output folder, manifest).
-
-    Read-only for the tests: one that changes records copies them first.
-    """
-    with made_once(tmp_path_factory, "records") as (folder, made):
-        output = folder / "abo"
-        if not made:
-            records_build.build(build_options(request.getfixturevalue("abo_sample"), output))
-    # The manifest as a worker that reused the build reads it (a finished build's rerun returns it so too).
-    return str(output), shards.read_manifest(str(output))
+def built_records(abo_sample, tmp_path_factory):
+    """The sample built with every image of every listing; returns (output folder, manifest)."""
+    output = tmp_path_factory.mktemp("records") / "abo"
+    manifest = records_build.build(build_options(abo_sample, output))
+    return str(output), manifest
 
 
 @pytest.fixture(scope="session")
 def trained_run(built_records, tmp_path_factory):
-    """A finished tiny training run on `built_records` (two phases, sqrt class weights), once for every worker.
-
-    Read-only for the tests: one that writes into a run copies it first.
-    """
-    with made_once(tmp_path_factory, "run") as (folder, made):
-        if not made:
-            _train_tiny_run(built_records[0], str(folder))
-    return str(folder)
+    """A finished tiny training run on `built_records` (two phases, sqrt class weights)."""
+    output = str(tmp_path_factory.mktemp("run") / "run")
+    _train_tiny_run(built_records[0], output)
+    return output
 
 
 def _train_tiny_run(records_dir, output):

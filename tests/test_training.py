@@ -24,7 +24,7 @@ from abo_tf import train
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.training import input_pipeline, loop, run_folder
-from tests.conftest import TINY_TRAIN_ARGS, TRAINED_RUN_ARGS, made_once
+from tests.conftest import TINY_TRAIN_ARGS, TRAINED_RUN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = TINY_TRAIN_ARGS
@@ -738,10 +738,9 @@ def averaged_run(built_records, tmp_path_factory):
     """One epoch with EMA and --keep last, trained at 32 px and evaluated and exported at 48 (--eval-image-size)."""
     records_dir, _ = built_records
     flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
-    with made_once(tmp_path_factory, "averaged_run") as (output, made):  # its two tests may run on two workers
-        if not made:
-            assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
-    return str(output)
+    output = str(tmp_path_factory.mktemp("averaged") / "run")
+    assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
+    return output
 
 
 @pytest.mark.slow
