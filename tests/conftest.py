@@ -29,6 +29,8 @@ TINY_TRAIN_ARGS = [
     "1",
     "--no-progress",
 ]
+# What `trained_run` trains beyond TINY_TRAIN_ARGS.
+TRAINED_RUN_ARGS = ("--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")
 
 
 @pytest.fixture(scope="session")
@@ -81,25 +83,23 @@ def built_records(abo_sample, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(built_records, tmp_path_factory):
     """A finished tiny training run on `built_records` (two phases, sqrt class weights)."""
+    output = str(tmp_path_factory.mktemp("run") / "run")
+    _train_tiny_run(built_records[0], output)
+    return output
+
+
+def _train_tiny_run(records_dir, output):
     from abo_tf import train
 
-    records_dir, _ = built_records
-    output = tmp_path_factory.mktemp("run") / "run"
     args = [
         "--records",
         records_dir,
         "--output",
-        str(output),
+        output,
         *TINY_TRAIN_ARGS,
-        "--epochs",
-        "2",
-        "--head-epochs",
-        "1",
-        "--class-weights",
-        "sqrt",
+        *TRAINED_RUN_ARGS,
     ]
     assert train.main(args) == 0
-    return str(output)
 
 
 # Fixtures that train: the tiny CNN run (about 20 s) and test_baselines' four searched baselines (about 15 s).

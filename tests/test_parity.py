@@ -7,6 +7,7 @@ a patched `file_utils.get_file`, so Keras builds exactly its `weights="imagenet"
 """
 
 import os
+import shutil
 
 import h5py
 import keras
@@ -19,7 +20,7 @@ from keras.src.utils import file_utils
 from abo_tf import evaluate, train
 from abo_tf.common import files
 from abo_tf.training import export, input_pipeline, loop, models, parity, preprocess, run_folder
-from tests.conftest import TINY_TRAIN_ARGS
+from tests.conftest import TINY_TRAIN_ARGS, TRAINED_RUN_ARGS
 from tests.test_conversion import ALL_BACKBONES
 from tests.test_export import encode, random_rgb
 
@@ -162,8 +163,9 @@ def test_compare_counts_top1_ties_apart_from_decisive_disagreements():
     assert not parity.passed({"same": parity.compare(reference, reference), "other": exact})
 
 
-@pytest.mark.slow  # a training run
-def test_a_run_whose_export_differs_fails_in_one_line_and_exports_nothing(built_records, tmp_path, monkeypatch, capsys):
+def test_a_run_whose_export_differs_fails_in_one_line_and_exports_nothing(
+    trained_run, built_records, tmp_path, monkeypatch, capsys
+):
     records_dir, _ = built_records
     plain_copy = loop._plain_copy
 
@@ -174,8 +176,11 @@ def test_a_run_whose_export_differs_fails_in_one_line_and_exports_nothing(built_
         return copy
 
     monkeypatch.setattr(loop, "_plain_copy", perturbed_copy)
+    # The finished tiny run finishing again (nothing left to train): its export, metrics and model, checked the
+    # first time, must go too.
     output = tmp_path / "run"
-    args = ["--records", records_dir, "--output", str(output), *TINY_TRAIN_ARGS, "--epochs", "1", "--head-epochs", "0"]
+    shutil.copytree(trained_run, output)
+    args = ["--records", records_dir, "--output", str(output), *TINY_TRAIN_ARGS, *TRAINED_RUN_ARGS]
     assert train.main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "does not compute the trained model's function" in error[0]

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from abo_tf import train
 from abo_tf.common.errors import UserInputError
 from abo_tf.records import schema, shards
 from abo_tf.training import input_pipeline, loop, run_folder
-from tests.conftest import TINY_TRAIN_ARGS
+from tests.conftest import TINY_TRAIN_ARGS, TRAINED_RUN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = TINY_TRAIN_ARGS
@@ -155,18 +156,23 @@ def test_saved_model_serves_bytes_and_pixels(trained_run, built_records):
 
 
 @pytest.mark.slow
-def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, capsys):
+def test_same_command_on_a_finished_run_resumes_without_training(trained_run, built_records, tmp_path, capsys):
     records_dir, _ = built_records
-    assert (
-        train.main(
-            _train_args(records_dir, trained_run, "--epochs", "2", "--head-epochs", "1", "--class-weights", "sqrt")
-        )
-        == 0
-    )
-    assert [int(row["step"]) for row in _history(trained_run)] == [2, 4]
+    run = str(tmp_path / "run")  # the run finishes again, exporting anew: not in the folder other tests read
+    shutil.copytree(trained_run, run)
+    checkpoints = _checkpoint_files(run)
+    assert train.main(_train_args(records_dir, run, *TRAINED_RUN_ARGS)) == 0
+    assert [int(row["step"]) for row in _history(run)] == [2, 4]
+    assert _checkpoint_files(run) == checkpoints  # no step trained, so no checkpoint saved
     out = capsys.readouterr().out  # the summary: the sample's head stratum is empty
     heads = [line for line in out.splitlines() if line.strip().startswith("head")]
     assert len(heads) == 2 and all("macro F1 n/a" in line for line in heads) and "nan" not in out.lower()
+
+
+def _checkpoint_files(run_dir):
+    """{file name: modification time} of a run's resume checkpoints (copytree keeps the times)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
 
 
 def test_another_config_in_the_same_folder_is_refused(trained_run, built_records, capsys):
@@ -731,8 +737,8 @@ def test_kept_epoch_is_the_best_one_and_its_weights_are_exported(trained_run):
 def averaged_run(built_records, tmp_path_factory):
     """One epoch with EMA and --keep last, trained at 32 px and evaluated and exported at 48 (--eval-image-size)."""
     records_dir, _ = built_records
-    output = str(tmp_path_factory.mktemp("averaged") / "run")
     flags = ("--epochs", "1", "--head-epochs", "0", "--ema-momentum", "0.5", "--keep", "last", "--no-calibrate")
+    output = str(tmp_path_factory.mktemp("averaged") / "run")
     assert train.main(_train_args(records_dir, output, *flags, "--eval-image-size", "48")) == 0
     return output
 
