@@ -2695,8 +2695,8 @@ def _check_ranks(hashed, first, second, distance, cap):
     Among a crowd of look-alike products within the search's 8 bits, a turned and cropped copy's hash was the
     farthest while its thumbnail correlated best (blind catalog, seed 1: two such copies aligning 18-19 keypoints
     left unchecked). Ranked by correlation alone, the cap lost crops and padded copies there, whose thumbnails move
-    (crop_all_sides and pad_to_square 0.95 -> 0.93): hence a few checks more, not other ones. Only the crowded
-    images' pairs are compared: the rest are kept whatever their rank."""
+    (crop_all_sides and pad_to_square 0.95 -> 0.93): hence a few checks more, not other ones. Only the pairs of
+    a crowded image (more than `cap` left) have their thumbnails compared; the rest keep their distance as rank."""
     counts = np.bincount(np.concatenate([first, second]), minlength=len(hashed.hashes))
     crowded = np.flatnonzero((counts[first] > cap) | (counts[second] > cap))
     ranks = distance.astype(np.int64)
