@@ -83,23 +83,19 @@ def built_records(abo_sample, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(built_records, tmp_path_factory):
     """A finished tiny training run on `built_records` (two phases, sqrt class weights)."""
-    output = str(tmp_path_factory.mktemp("run") / "run")
-    _train_tiny_run(built_records[0], output)
-    return output
-
-
-def _train_tiny_run(records_dir, output):
     from abo_tf import train
 
+    output = str(tmp_path_factory.mktemp("run") / "run")
     args = [
         "--records",
-        records_dir,
+        built_records[0],
         "--output",
         output,
         *TINY_TRAIN_ARGS,
         *TRAINED_RUN_ARGS,
     ]
     assert train.main(args) == 0
+    return output
 
 
 # Fixtures that train: the tiny CNN run (about 20 s) and test_baselines' four searched baselines (about 15 s).

@@ -1148,7 +1148,7 @@ class _NearestTable:
         down by its row's arriving keys below it; a row keeps the first `slots` places."""
         slots = self.partners.shape[1]
         ends = keys >> self.end_shift
-        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]]))
+        starts = np.flatnonzero(_starts(ends))
         rows, row_of = ends[starts], np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(keys))))
         held_partners, held_distances = self.partners[rows], self.distances[rows]
         held = self._held_keys(rows, held_partners, held_distances).ravel()
@@ -1772,18 +1772,17 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
         verified = _side_verified if kind == SIDE_HASH else _close_verified
         similarity[close], signal[close] = verified(hashed, first[close], second[close], kind, min_similarity)
     if kind in (CENTRE_HASH, SIDE_HASH):  # crops of two photographs, at any candidate distance
+        framed = _both_fill_frame(hashed, first, second)
         # An 8% crop on every side of a photograph moved its centre hash 6 bits (held-out photographs: 1 shot of 8
         # missed on both seeds, its cropped thumbnail at 0.995). Of the frame-filling centre and side pairs of
         # distinct real shots 5-8 bits apart (seed 0, 99 pairs) none correlated so above 0.87.
-        far = np.flatnonzero(
-            (distance > THUMBNAIL_HASH_DISTANCE) & _fills_frame(hashed, first) & _fills_frame(hashed, second)
-        )
+        far = np.flatnonzero((distance > THUMBNAIL_HASH_DISTANCE) & framed)
         similarity[far], signal[far] = _side_verified(hashed, first[far], second[far], kind, min_similarity)
     confirmed = np.flatnonzero(signal != "")
     refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
     signal[confirmed[refused]] = ""
     if kind in (CENTRE_HASH, SIDE_HASH):  # crops of a product on its background, at any candidate distance
-        products = np.flatnonzero((signal == "") & ~(_fills_frame(hashed, first) & _fills_frame(hashed, second)))
+        products = np.flatnonzero((signal == "") & ~framed)
         crops = _product_crops_verified(hashed, first[products], second[products], kind, sketches)
         signal[products[crops]] = CROPPED_THUMBNAIL
     return similarity, signal
@@ -1860,7 +1859,7 @@ def _cropped_similarity(hashed, first, second, kind):
 
 def _block_cropped_similarity(hashed, first, second, kind):
     best = np.full(len(first), -1.0, np.float32)
-    untrimmed = np.flatnonzero(_fills_frame(hashed, first) & _fills_frame(hashed, second))
+    untrimmed = np.flatnonzero(_both_fill_frame(hashed, first, second))
     first, second = first[untrimmed], second[untrimmed]
     grey = hashed.greyscale[first] | hashed.greyscale[second]
     images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
@@ -2039,6 +2038,11 @@ def _fills_frame(hashed, images):
     return framed[images]
 
 
+def _both_fill_frame(hashed, first, second):
+    """Whether both images of each pair fill their frame (`_fills_frame`): two photographs, not products on white."""
+    return _fills_frame(hashed, first) & _fills_frame(hashed, second)
+
+
 def framed_images(hashed):
     """bool [N]: which images were not trimmed, computed once (in blocks), not once a pair."""
     framed = np.ones(len(hashed.thumbnails), bool)
@@ -2106,7 +2110,7 @@ def _ranks(first, second, taken):
     codes[count:] += 2 * np.arange(count) + 1
     codes.sort()
     images = codes // (2 * count)
-    starts = np.flatnonzero(np.concatenate([[True], images[1:] != images[:-1]]))
+    starts = np.flatnonzero(_starts(images))
     rank = np.arange(len(codes)) - np.repeat(starts, np.diff(np.append(starts, len(codes)))) + taken[images]
     ranks = np.empty((2, count), np.int64)
     ranks[codes & 1, (codes % (2 * count)) >> 1] = rank
@@ -2223,7 +2227,7 @@ class _Candidates(_LocalCandidates):
         parts = []
         for low, high in zip(bounds[:-1], bounds[1:]):
             keys = self._pair_keys(codes[low:high])
-            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else keys
+            starts = np.flatnonzero(_starts(keys))
             nearest = np.minimum.reduceat(codes[low:high] % DISTANCE_CODES, starts) if len(keys) else keys
             keys = keys[starts]
             parts.append(
@@ -2256,9 +2260,11 @@ def _appended(codes, more):
     return codes
 
 
-def _starts(keys, previous):
-    """bool [n]: the sorted `keys` that differ from the key before them (`previous`: the one before the first)."""
-    return np.concatenate([[keys[0] != previous], keys[1:] != keys[:-1]])
+def _starts(keys, previous=None):
+    """bool [n]: the sorted `keys` that differ from the key before them (`previous`: the one before the first; None:
+    the first starts a run)."""
+    first = np.ones(min(len(keys), 1), bool) if previous is None else keys[:1] != previous
+    return np.concatenate([first, keys[1:] != keys[:-1]])
 
 
 def _compacted(codes, chosen):
@@ -2315,7 +2321,7 @@ def _budgeted(first, second, distance, budget, size):
         codes, pairs = np.concatenate(codes), np.concatenate(pairs)
         order = np.argsort(codes)  # each (image, partner) once: distinct codes
         ends = codes[order] >> (partner_bits + 7)
-        starts = np.flatnonzero(np.concatenate([[True], ends[1:] != ends[:-1]])) if len(ends) else ends
+        starts = np.flatnonzero(_starts(ends))
         rank = np.arange(len(ends)) - np.repeat(starts, np.diff(np.append(starts, len(ends))))
         kept[pairs[order[rank < budget]]] = True
     return kept
@@ -2323,14 +2329,14 @@ def _budgeted(first, second, distance, budget, size):
 
 def _least_inliers(hashed, first, second, min_inliers):
     """int [n]: the fewest aligned keypoints that `_aligned` may confirm each pair with."""
-    framed = _fills_frame(hashed, first) & _fills_frame(hashed, second)
+    framed = _both_fill_frame(hashed, first, second)
     return np.where(framed, min(min_inliers, round(FRAME_INLIER_SHARE * min_inliers)), min_inliers)
 
 
 def _aligned(hashed, first, second, inliers, spreads, min_inliers):
     """Whether each checked pair is confirmed by its keypoints: `min_inliers` aligned, or, for two images that fill
     their frame, FRAME_INLIER_SHARE of them spread over MIN_INLIER_SPREAD of the image both ways."""
-    framed = _fills_frame(hashed, first) & _fills_frame(hashed, second)
+    framed = _both_fill_frame(hashed, first, second)
     relaxed = framed & (inliers >= round(FRAME_INLIER_SHARE * min_inliers)) & (spreads >= MIN_INLIER_SPREAD * 255)
     return (inliers >= min_inliers) | relaxed
 
@@ -2391,7 +2397,7 @@ def _colour_verdicts(hashed, first, second, aligned, grey_counts, greys=None):
     valid = valid & (_content(warped, hashed, first) | _content(target, hashed, second))
     if greys is None:
         greys = _grey_where_compared(warped, valid).astype(int) + _grey_where_compared(target, valid)
-    photographs = _fills_frame(hashed, first) & _fills_frame(hashed, second)
+    photographs = _both_fill_frame(hashed, first, second)
     limits = np.where(photographs, PHOTOGRAPH_COLOUR_DISTANCE, COLOUR_DISTANCE)
     # Two photographs take the photograph's distance in grey too: GREY_COPY_DISTANCE was chosen on products on
     # white, and greyscale copies of real photographs also cropped on every side, turned or brightened were refused
@@ -2535,7 +2541,7 @@ def _turned_products_verified(hashed, first, second):
     verified = np.zeros(len(first), bool)
     if hashed.product_boxes is None or not len(first):
         return verified
-    products = np.flatnonzero(~(_fills_frame(hashed, first) & _fills_frame(hashed, second)))
+    products = np.flatnonzero(~(_both_fill_frame(hashed, first, second)))
     one, other = hashed.product_boxes[first[products]], hashed.product_boxes[second[products]]
     transforms, plausible, quarter = _box_transforms(one, other)
     plausible &= _product_colours_agree(one, other)
