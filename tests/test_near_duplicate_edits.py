@@ -598,6 +598,27 @@ def test_a_greyscale_copy_of_a_photograph_also_edited_joins_it(shots, edit):
     assert joined.sum() >= GREY_AND_EDITED_FOUND[edit], (edit, joined.sum(), len(joined))
 
 
+def test_a_grey_product_badged_in_colour_and_desaturated_joins_it():
+    # A 3% badge on this portrait picture is 31% of its width, past the corner box's 28%, and the thumbnail blurs
+    # it a pixel further: judged on those pixels, no copy was a greyscale copy of the grey original (blind catalog).
+    import cv2
+
+    white = (255, 255, 255)
+    grey = cv2.copyMakeBorder(_phone((175, 175, 175)), 40, 40, 0, 0, cv2.BORDER_CONSTANT, value=white)
+    encoded = [image_edits.apply_edit(grey, "jpeg", 92, None)]
+    badged = [image_edits.apply_edit(grey, "badge+saturation", None, np.random.default_rng(seed)) for seed in range(8)]
+    encoded += badged
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    assert near_duplicates.greyscale_images(hashed.thumbnails).tolist() == [True] + [False] * 8
+    copies = np.arange(1, len(encoded))
+    signal = np.full(len(copies), near_duplicates.INNER_THUMBNAIL)
+    kind = near_duplicates.CENTRE_HASH
+    agree = near_duplicates._grey_copies_agree(hashed, np.zeros_like(copies), copies, kind, signal)
+    assert agree.all(), agree
+    groups = near_duplicates.near_duplicate_forest(hashed, workers=1).groups()
+    assert groups[0] >= 0 and (groups == groups[0]).all(), groups
+
+
 def test_white_bars_of_a_photo_padded_to_a_square_are_cut_before_trimming():
     import cv2
 
