@@ -619,6 +619,30 @@ def test_a_grey_product_badged_in_colour_and_desaturated_joins_it():
     assert groups[0] >= 0 and (groups == groups[0]).all(), groups
 
 
+def test_a_light_product_brightened_until_it_clips_joins_it_by_its_brightened_thumbnail():
+    # Brightened 15%, a light product clips at white: its thumbnails correlate under the cut, whatever the gain.
+    from abo_tf.testing import blind_catalog
+
+    shots = list(blind_catalog.catalog_shots(40, 0).values())
+    encoded = [image_edits.apply_edit(pixels, "jpeg", 92, None) for pixels in shots]
+    encoded += [image_edits.apply_edit(pixels, "brightness", 0.15, None) for pixels in shots]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    clipped = np.array([6, 28, 32])  # the light products of this catalog
+    plain = near_duplicates.thumbnail_similarity(hashed.thumbnails, clipped, clipped + len(shots))
+    assert (plain < near_duplicates.DEFAULT_PIXEL_SIMILARITY).all(), plain
+    greyscale = near_duplicates.greyscale_images(hashed.thumbnails)
+    brightened = near_duplicates._brightened_similarity(
+        hashed._replace(greyscale=greyscale), clipped, clipped + len(shots)
+    )
+    assert (brightened >= near_duplicates.BRIGHTENED_SIMILARITY).all(), brightened
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1, min_inliers=0)  # no keypoints: thumbnails only
+    groups = forest.groups()
+    assert groups[6] >= 0 and groups[6] == groups[6 + len(shots)], groups
+    edges = forest.edges.signal == near_duplicates.BRIGHTENED_THUMBNAIL
+    # each such edge joins a product to its own copy, none to another product
+    assert edges.any() and (forest.edges.second[edges] - forest.edges.first[edges] == len(shots)).all()
+
+
 def test_white_bars_of_a_photo_padded_to_a_square_are_cut_before_trimming():
     import cv2
 
