@@ -119,8 +119,9 @@ CROPPED_THUMBNAIL = "cropped thumbnail"  # one thumbnail cropped as the matched 
 # A brightened copy of a light product clips at white, which no gain undoes: its thumbnails correlated at 0.95-0.985
 # with its original's (blind catalog: brightness and resize+brightness at +15%, 5 of 7 copies missed). One
 # thumbnail brightened by each of these gains and clipped as the copy was correlates with the other at
-# BRIGHTENED_SIMILARITY (0.991-0.998 those copies); pairs of distinct shots of one greyness within
-# THUMBNAIL_HASH_DISTANCE bits reached 0.987 (every set, seeds 0 and 1).
+# BRIGHTENED_SIMILARITY (0.991-0.998 those copies). Pairs of distinct shots within THUMBNAIL_HASH_DISTANCE bits
+# reached 0.987 where both or neither is grey (every set of seed 0, both catalogs of seed 1); a grey variant of a
+# colour product reached 0.9998 and is refused as no greyscale copy (`_grey_copies_agree`).
 BRIGHTENED_THUMBNAIL = "brightened thumbnail"
 BRIGHTENINGS = (1.1, 1.15, 1.2, 1.25)
 BRIGHTENED_SIMILARITY = 0.99
