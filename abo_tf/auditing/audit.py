@@ -6,8 +6,8 @@ The report folder (`--report`) gets:
     near_duplicates.csv   the pairs that joined each group (a spanning forest: one row fewer than the group's
                           images): ids, splits, product types, hash bits apart, thumbnail similarity, ORB
                           inliers, and the signal that confirmed it (identical, hash, whole hash, mirror hash,
-                          inner thumbnail, corner thumbnail, trimmed thumbnail, cropped thumbnail,
-                          local features, mirrored local features, turned product, embedding)
+                          inner thumbnail, corner thumbnail, brightened thumbnail, trimmed thumbnail,
+                          cropped thumbnail, local features, mirrored local features, turned product, embedding)
     label_issues.csv      likely label errors, least self-confident first: id, split, given and suggested type
     noise_rates.csv       per product type: audited examples, flagged, estimated noise rate
     near_duplicates.png   a gallery of example pairs across splits; label_issues.png the top flagged images

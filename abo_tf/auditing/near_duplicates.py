@@ -1770,6 +1770,9 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
       - its thumbnails correlate at `min_similarity` (mirrored for a mirror hash), for hashes of one framing
         within THUMBNAIL_HASH_DISTANCE bits: a re-encoding, resize, colour change (signal: the hash kind);
       - the thumbnails' inner parts (INNER_THUMBNAIL) correlate as well, hashes as close: a corner badge, a turn;
+      - for a hash or whole hash, one thumbnail brightened and clipped at white (`_brightened_similarity`)
+        correlates with the other at BRIGHTENED_SIMILARITY (BRIGHTENED_THUMBNAIL), hashes as close: a light
+        product brightened;
       - the thumbnails of the trimmed images correlate at TRIMMED_SIMILARITY (TRIMMED_THUMBNAIL), their trimmed
         hashes as close: padding (look-alike products on white correlate at 0.995 with hashes farther apart);
       - for a side or centre hash of two images that fill their frame (photographs), within THUMBNAIL_HASH_DISTANCE
