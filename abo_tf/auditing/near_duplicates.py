@@ -1856,16 +1856,31 @@ def _close_verified(hashed, first, second, kind, min_similarity):
 def _brightened_similarity(hashed, first, second):
     """Best correlation of one thumbnail of each pair, brightened by one of BRIGHTENINGS and clipped at white, with
     the other (in grey where either image is grey): a light picture brightened clips, which correlation's gain
-    invariance does not undo. Where nothing clips, the correlation is the plain one."""
+    invariance does not undo. Pairs with a plain thumbnail, and a thumbnail no gain clips (its correlation would be
+    the plain one), are left at -1. Each block's other thumbnails are normalised once, not once a gain."""
     best = np.full(len(first), -1.0, np.float32)
+    plain = _plain(hashed, "thumbnails")
+    plain = np.zeros(len(hashed.thumbnails), bool) if plain is None else plain
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
-        block = slice(start, start + SIMILARITY_BLOCK)
-        rows = [hashed.thumbnails[ends[block]].astype(np.float32) for ends in (first, second)]
-        grey = hashed.greyscale[first[block]] | hashed.greyscale[second[block]]
-        for gain, (one, other) in itertools.product(BRIGHTENINGS, (rows, rows[::-1])):
-            similarity = _block_similarity(np.minimum(one * gain, 255.0), other, grey)
-            best[block] = np.maximum(best[block], similarity)
+        ends = first[start : start + SIMILARITY_BLOCK], second[start : start + SIMILARITY_BLOCK]
+        rows = [hashed.thumbnails[images].astype(np.float32) for images in ends]
+        grey = hashed.greyscale[ends[0]] | hashed.greyscale[ends[1]]
+        open_pairs = ~(plain[ends[0]] | plain[ends[1]])
+        block = best[start : start + SIMILARITY_BLOCK]  # a view: written in place
+        for (one, other), in_grey in itertools.product((rows, rows[::-1]), (False, True)):
+            pairs = np.flatnonzero(open_pairs & (grey == in_grey) & (one.max(axis=1) * BRIGHTENINGS[-1] > 255))
+            if not len(pairs):  # an empty block cannot be reshaped to its pixels
+                continue
+            target = _unit_row_view(other[pairs], in_grey)
+            for gain in BRIGHTENINGS:
+                brightened = _unit_row_view(np.minimum(one[pairs] * gain, 255.0), in_grey)
+                block[pairs] = np.maximum(block[pairs], np.einsum("ij,ij->i", brightened, target))
     return best
+
+
+def _unit_row_view(rows, in_grey):
+    """Mean-free unit rows of float32 thumbnails in colour, or in grey (channel means) where `in_grey`."""
+    return _normalised(rows.reshape(len(rows), -1, 3).mean(axis=2) if in_grey else rows)
 
 
 def _plain_outlines_agree(hashed, first, second):
