@@ -1389,27 +1389,66 @@ def _mirrored(rows):
     return rows.reshape(len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)[:, :, ::-1].reshape(len(rows), -1)
 
 
-def _block_similarity(first_rows, second_rows, grey=None, plain=None):
-    """Correlation of colour thumbnails; of their grey (channel means) where either image is greyscale (`grey`,
-    from the rows if not given); of their colours where either is plain (`plain`, from the rows if not given).
+class _PairRows(NamedTuple):
+    """A block of pairs' thumbnails, each compared view once (`rows`), and where each pair's first and second are."""
+
+    rows: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+
+def _pair_rows(thumbnails, first, second, mirrored=False, region=None):
+    """`_PairRows` of the pairs (first[k], second[k]): each image's view (`region`; the second's mirrored with
+    `mirrored`) taken once. A crowded image is in hundreds of a block's pairs, and normalising its row once a pair
+    was most of `_check_ranks`' CPU."""
+    if mirrored:  # a second thumbnail is flipped: not the same view as that image's as a first
+        ones, first_at = np.unique(first, return_inverse=True)
+        others, second_at = np.unique(second, return_inverse=True)
+        rows = np.concatenate([thumbnails[ones], _mirrored(thumbnails[others])])
+        return _PairRows(_REGIONS[region](rows), first_at, second_at + len(ones))
+    images, at = np.unique(np.concatenate([first, second]), return_inverse=True)
+    return _PairRows(_REGIONS[region](thumbnails[images]), *np.split(at, 2))
+
+
+def _pair_correlations(units, first, second):
+    """The dot products of the unit rows first[k] and second[k], SIMILARITY_BLOCK // 4 pairs at a time: the
+    gathered rows of a whole block were 100 MB more."""
+    step = SIMILARITY_BLOCK // 4
+    return np.concatenate(
+        [
+            np.einsum("ij,ij->i", units[first[start : start + step]], units[second[start : start + step]])
+            for start in range(0, len(first), step)
+        ]
+        or [np.zeros(0, np.float32)]
+    )
+
+
+def _block_similarity(pairs, grey=None, plain=None):
+    """Correlation of the colour thumbnails of `pairs` (`_PairRows`); of their grey (channel means) where either
+    image is greyscale (`grey`, from the rows if not given); of their colours where either is plain (`plain`,
+    from the rows if not given). Each row is normalised once, however many pairs it is in.
 
     A greyscale copy of a colour photo correlates at 0.9 in colour, and a catalog greys a photo out (issue 18).
     """
-    similarity = np.einsum("ij,ij->i", _normalised(first_rows), _normalised(second_rows))
+    rows, first, second = pairs
+    similarity = _pair_correlations(_normalised(rows), first, second)
     if grey is None:
-        grey = np.minimum(_grey_spread(first_rows), _grey_spread(second_rows)) <= GREYSCALE_SPREAD
+        spreads = _grey_spread(rows)
+        grey = np.minimum(spreads[first], spreads[second]) <= GREYSCALE_SPREAD
     if grey.any():
-        first_grey = first_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
-        second_grey = second_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
-        similarity[grey] = np.einsum("ij,ij->i", _normalised(first_grey), _normalised(second_grey))
+        greyed = np.unique(np.concatenate([first[grey], second[grey]]))  # the grey pairs' rows only
+        units = np.zeros((len(rows), rows.shape[1] // 3), np.float32)
+        units[greyed] = _normalised(rows[greyed].reshape(len(greyed), -1, 3).mean(axis=2))
+        similarity[grey] = _pair_correlations(units, first[grey], second[grey])
     # A plain thumbnail's mean-free row is its channels' offsets alone: any two plain colours of one hue order
     # correlated at about 1, and 600 swatches of different colours were chained into one group (hostile review).
     if plain is None:
-        plain = np.minimum(_picture_spread(first_rows), _picture_spread(second_rows)) < PLAIN_SPREAD
+        spreads = _picture_spread(rows)
+        plain = np.minimum(spreads[first], spreads[second]) < PLAIN_SPREAD
     if plain.any():
-        difference = np.abs(first_rows[plain].astype(np.float32) - second_rows[plain]).mean(axis=1)
+        difference = np.abs(rows[first[plain]].astype(np.float32) - rows[second[plain]]).mean(axis=1)
         similarity[plain] = np.where(difference <= PLAIN_COLOUR_DIFFERENCE, 1.0, 0.0)
-    equal = (first_rows == second_rows).all(axis=1)
+    equal = (rows[first] == rows[second]).all(axis=1)
     similarity[equal] = 1.0
     return similarity
 
@@ -1427,12 +1466,10 @@ def thumbnail_similarity(thumbnails, first, second, mirrored=False, region=None,
     similarity = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
         block = slice(start, start + SIMILARITY_BLOCK)
-        second_rows = thumbnails[second[block]]
-        first_rows, second_rows = thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
         grey = None if greyscale is None else greyscale[first[block]] | greyscale[second[block]]
         plain_pairs = None if plain is None else plain[first[block]] | plain[second[block]]
-        regions = _REGIONS[region](first_rows), _REGIONS[region](second_rows)
-        similarity[block] = _block_similarity(*regions, grey, plain_pairs)
+        pairs = _pair_rows(thumbnails, first[block], second[block], mirrored, region)
+        similarity[block] = _block_similarity(pairs, grey, plain_pairs)
     return similarity
 
 
@@ -1868,7 +1905,8 @@ def _block_cropped_similarity(hashed, first, second, kind):
     for rows, columns in _crop_boxes(kind):
         cropped = _cropped_thumbnails(whole, rows, columns)  # once an image, not once a pair
         for one, other in (ends, ends[::-1]):  # which image is the crop: either
-            best[untrimmed] = np.maximum(best[untrimmed], _block_similarity(cropped[one], whole[other], grey))
+            pairs = _PairRows(np.concatenate([cropped, whole]), one, other + len(cropped))
+            best[untrimmed] = np.maximum(best[untrimmed], _block_similarity(pairs, grey))
     return best
 
 
