@@ -1423,6 +1423,15 @@ def _pair_correlations(units, first, second):
     )
 
 
+def _grey_units(rows, greyed):
+    """float32 [n, pixels]: the mean-free unit rows of the thumbnails' grey (channel means), of the rows `greyed`
+    only (the rest 0): few pairs are compared in grey, and the grey of every row was a tenth of the confirmation."""
+    greyed = np.unique(greyed)
+    units = np.zeros((len(rows), rows.shape[1] // 3), np.float32)
+    units[greyed] = _normalised(rows[greyed].reshape(len(greyed), units.shape[1], 3).mean(axis=2))
+    return units
+
+
 def _block_similarity(pairs, grey=None, plain=None):
     """Correlation of the colour thumbnails of `pairs` (`_PairRows`); of their grey (channel means) where either
     image is greyscale (`grey`, from the rows if not given); of their colours where either is plain (`plain`,
@@ -1436,9 +1445,7 @@ def _block_similarity(pairs, grey=None, plain=None):
         spreads = _grey_spread(rows)
         grey = np.minimum(spreads[first], spreads[second]) <= GREYSCALE_SPREAD
     if grey.any():
-        greyed = np.unique(np.concatenate([first[grey], second[grey]]))  # the grey pairs' rows only
-        units = np.zeros((len(rows), rows.shape[1] // 3), np.float32)
-        units[greyed] = _normalised(rows[greyed].reshape(len(greyed), -1, 3).mean(axis=2))
+        units = _grey_units(rows, np.concatenate([first[grey], second[grey]]))
         similarity[grey] = _pair_correlations(units, first[grey], second[grey])
     # A plain thumbnail's mean-free row is its channels' offsets alone: any two plain colours of one hue order
     # correlated at about 1, and 600 swatches of different colours were chained into one group (hostile review).
@@ -1901,18 +1908,21 @@ def _block_cropped_similarity(hashed, first, second, kind):
     grey = hashed.greyscale[first] | hashed.greyscale[second]
     images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
     whole = hashed.thumbnails[images].astype(np.float32)
-    ends = np.split(positions, 2)
+    one, other = np.split(positions, 2)
+    crops, wholes = np.concatenate([one, other]), np.concatenate([other, one])  # which image is the crop: either
     for rows, columns in _crop_boxes(kind):
         cropped = _cropped_thumbnails(whole, rows, columns)  # once an image, not once a pair
-        for one, other in (ends, ends[::-1]):  # which image is the crop: either
-            pairs = _PairRows(np.concatenate([cropped, whole]), one, other + len(cropped))
-            best[untrimmed] = np.maximum(best[untrimmed], _block_similarity(pairs, grey))
+        # both ways in one call: each row normalised once a box, not twice
+        pairs = _PairRows(np.concatenate([cropped, whole]), crops, wholes + len(cropped))
+        both = _block_similarity(pairs, np.tile(grey, 2)).reshape(2, -1)
+        best[untrimmed] = np.maximum(best[untrimmed], both.max(axis=0))
     return best
 
 
-def _unit_rows(rows):
-    """(mean-free unit rows in colour, in grey) of float32 thumbnails: correlations as dot products."""
-    return _normalised(rows), _normalised(rows.reshape(len(rows), -1, 3).mean(axis=2))
+def _unit_rows(rows, greyed):
+    """(mean-free unit rows in colour, in grey: of the rows `greyed` only, `_grey_units`) of float32 thumbnails:
+    correlations as dot products."""
+    return _normalised(rows), _grey_units(rows, greyed)
 
 
 def _best_product_crops(hashed, first, second, kind):
@@ -1926,10 +1936,12 @@ def _best_product_crops(hashed, first, second, kind):
     grey = hashed.greyscale[first] | hashed.greyscale[second]
     images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
     whole = hashed.thumbnails[images].astype(np.float32)
-    ends, whole_rows = np.split(positions, 2), _unit_rows(whole)
+    ends = np.split(positions, 2)
+    greyed = positions[np.concatenate([grey, grey])]
+    whole_rows = _unit_rows(whole, greyed)
     for rows, columns in _crop_boxes(kind):
         cropped = _cropped_thumbnails(whole, rows, columns)
-        cropped_rows = _unit_rows(cropped)
+        cropped_rows = _unit_rows(cropped, greyed)
         for cropped_first, (one, other) in ((True, ends), (False, ends[::-1])):
             similarity = np.empty(len(first), np.float32)
             for in_grey in (False, True):
