@@ -170,6 +170,23 @@ def test_a_pairs_similarity_is_its_thumbnails_correlation_whatever_else_its_bloc
     assert (together[first == second] == 1).all() or mirrored
 
 
+def test_check_ranks_are_the_same_compared_in_blocks_on_threads(monkeypatch):
+    rng = np.random.default_rng(10)
+    thumbnails = rng.integers(0, 256, (12, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    noise = rng.integers(-1, 2, thumbnails[:6].shape) * np.arange(5, 35, 5)[:, None]  # copies, more or less alike
+    thumbnails[6:] = np.clip(thumbnails[:6] + noise, 0, 255)
+    hashed = SimpleNamespace(
+        hashes=np.zeros(12, np.uint64), thumbnails=thumbnails, greyscale=np.zeros(12, bool), plain=None
+    )
+    first, second = np.concatenate([np.arange(6), rng.integers(0, 12, 54)]), rng.integers(0, 12, 60)
+    second[:6] = np.arange(6, 12)
+    distance = rng.integers(0, 9, 60)
+    at_once = near_duplicates._check_ranks(hashed, first, second, distance, 2)
+    monkeypatch.setattr(near_duplicates, "SIMILARITY_BLOCK", 4)
+    assert (near_duplicates._check_ranks(hashed, first, second, distance, 2, threads=2) == at_once).all()
+    assert len(set(at_once[:6].tolist())) == 6  # the copies ranked by their correlation
+
+
 def test_the_cap_keeps_each_images_closest_pairs():
     first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]
