@@ -143,6 +143,50 @@ def test_plain_images_found_once_score_as_per_pair(region):
     ).all()
 
 
+@pytest.mark.parametrize(("mirrored", "region"), [(False, None), (True, None), (False, "inner"), (False, "corners")])
+def test_a_pairs_similarity_is_its_thumbnails_correlation_whatever_else_its_block_holds(mirrored, region):
+    # Each image's view is normalised once a block: a pair alone must score what it scores among pairs that share
+    # its images, and the colour correlation is Pearson's.
+    rng = np.random.default_rng(9)
+    thumbnails = rng.integers(0, 256, (30, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    thumbnails[10:20] = np.clip(thumbnails[:10] + rng.integers(-6, 7, thumbnails[:10].shape), 0, 255)  # copies
+    thumbnails[20:23] = thumbnails[20:23].reshape(3, -1, 3)[:, :, :1].repeat(3, axis=2).reshape(3, -1)  # grey
+    thumbnails[23] = thumbnails[24]  # equal
+    grey = near_duplicates.greyscale_images(thumbnails)
+    first = np.repeat(np.arange(30), 6)  # each image in several pairs, as a first and as a second
+    second = np.concatenate([np.arange(30) + 10, rng.integers(0, 30, 150)]) % 30
+    together = near_duplicates.thumbnail_similarity(thumbnails, first, second, mirrored, region, grey)
+    alone = [
+        near_duplicates.thumbnail_similarity(thumbnails, first[[pair]], second[[pair]], mirrored, region, grey)[0]
+        for pair in range(len(first))
+    ]
+    assert together.tolist() == alone
+    views = near_duplicates._REGIONS[region]
+    colour = np.flatnonzero(~grey[first] & ~grey[second] & (first != second))
+    others = thumbnails[second[colour]]
+    others = near_duplicates._mirrored(others) if mirrored else others
+    pearson = [np.corrcoef(one, other)[0, 1] for one, other in zip(views(thumbnails[first[colour]]), views(others))]
+    assert together[colour] == pytest.approx(pearson, abs=1e-5)
+    assert (together[first == second] == 1).all() or mirrored
+
+
+def test_check_ranks_are_the_same_compared_in_blocks_on_threads(monkeypatch):
+    rng = np.random.default_rng(10)
+    thumbnails = rng.integers(0, 256, (12, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    noise = rng.integers(-1, 2, thumbnails[:6].shape) * np.arange(5, 35, 5)[:, None]  # copies, more or less alike
+    thumbnails[6:] = np.clip(thumbnails[:6] + noise, 0, 255)
+    hashed = SimpleNamespace(
+        hashes=np.zeros(12, np.uint64), thumbnails=thumbnails, greyscale=np.zeros(12, bool), plain=None
+    )
+    first, second = np.concatenate([np.arange(6), rng.integers(0, 12, 54)]), rng.integers(0, 12, 60)
+    second[:6] = np.arange(6, 12)
+    distance = rng.integers(0, 9, 60)
+    at_once = near_duplicates._check_ranks(hashed, first, second, distance, 2)
+    monkeypatch.setattr(near_duplicates, "SIMILARITY_BLOCK", 4)
+    assert (near_duplicates._check_ranks(hashed, first, second, distance, 2, threads=2) == at_once).all()
+    assert len(set(at_once[:6].tolist())) == 6  # the copies ranked by their correlation
+
+
 def test_the_cap_keeps_each_images_closest_pairs():
     first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]

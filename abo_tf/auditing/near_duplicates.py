@@ -1403,34 +1403,84 @@ def _picture_spread(rows):
 def _normalised(rows):
     rows = rows.astype(np.float32)
     rows -= rows.mean(axis=1, keepdims=True)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
+    # np.linalg.norm's sum of squares, without its copy of the rows (`x.conj()`), and divided in place: one float32
+    # copy of the rows at a time beside them, not three
+    rows /= np.maximum(np.sqrt(np.add.reduce(rows * rows, axis=1, keepdims=True)), 1e-6)
+    return rows
 
 
 def _mirrored(rows):
     return rows.reshape(len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)[:, :, ::-1].reshape(len(rows), -1)
 
 
-def _block_similarity(first_rows, second_rows, grey=None, plain=None):
-    """Correlation of colour thumbnails; of their grey (channel means) where either image is greyscale (`grey`,
-    from the rows if not given); of their colours where either is plain (`plain`, from the rows if not given).
+class _PairRows(NamedTuple):
+    """A block of pairs' thumbnails, each compared view once (`rows`), and where each pair's first and second are."""
+
+    rows: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+
+def _pair_rows(thumbnails, first, second, mirrored=False, region=None):
+    """`_PairRows` of the pairs (first[k], second[k]): each image's view (`region`; the second's mirrored with
+    `mirrored`) taken once. A crowded image is in tens of a block's pairs, and normalising its rows once a pair was
+    60% of `_check_ranks`' time (py-spy, 84,767 images)."""
+    if mirrored:  # a second thumbnail is flipped: not the same view as that image's as a first
+        ones, first_at = np.unique(first, return_inverse=True)
+        others, second_at = np.unique(second, return_inverse=True)
+        rows = np.concatenate([thumbnails[ones], _mirrored(thumbnails[others])])
+        return _PairRows(_REGIONS[region](rows), first_at, second_at + len(ones))
+    images, at = np.unique(np.concatenate([first, second]), return_inverse=True)
+    return _PairRows(_REGIONS[region](thumbnails[images]), *np.split(at, 2))
+
+
+def _pair_correlations(units, first, second):
+    """The dot products of the unit rows first[k] and second[k], SIMILARITY_BLOCK // 4 pairs at a time: the
+    gathered rows of a whole block were 100 MB more."""
+    step = SIMILARITY_BLOCK // 4
+    return np.concatenate(
+        [
+            np.einsum("ij,ij->i", units[first[start : start + step]], units[second[start : start + step]])
+            for start in range(0, len(first), step)
+        ]
+        or [np.zeros(0, np.float32)]
+    )
+
+
+def _grey_units(rows, greyed):
+    """float32 [n, pixels]: the mean-free unit rows of the thumbnails' grey (channel means), of the rows `greyed`
+    only (the rest 0): few pairs are compared in grey, and the channel means of every row were 12% of the confirming
+    threads' time (py-spy, 84,767 images)."""
+    greyed = np.unique(greyed)
+    units = np.zeros((len(rows), rows.shape[1] // 3), np.float32)
+    units[greyed] = _normalised(rows[greyed].reshape(len(greyed), units.shape[1], 3).mean(axis=2))
+    return units
+
+
+def _block_similarity(pairs, grey=None, plain=None):
+    """Correlation of the colour thumbnails of `pairs` (`_PairRows`); of their grey (channel means) where either
+    image is greyscale (`grey`, from the rows if not given); of their colours where either is plain (`plain`,
+    from the rows if not given). Each row is normalised once, however many pairs it is in.
 
     A greyscale copy of a colour photo correlates at 0.9 in colour, and a catalog greys a photo out (issue 18).
     """
-    similarity = np.einsum("ij,ij->i", _normalised(first_rows), _normalised(second_rows))
+    rows, first, second = pairs
+    similarity = _pair_correlations(_normalised(rows), first, second)
     if grey is None:
-        grey = np.minimum(_grey_spread(first_rows), _grey_spread(second_rows)) <= GREYSCALE_SPREAD
+        spreads = _grey_spread(rows)
+        grey = np.minimum(spreads[first], spreads[second]) <= GREYSCALE_SPREAD
     if grey.any():
-        first_grey = first_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
-        second_grey = second_rows[grey].reshape(int(grey.sum()), -1, 3).mean(axis=2)
-        similarity[grey] = np.einsum("ij,ij->i", _normalised(first_grey), _normalised(second_grey))
+        units = _grey_units(rows, np.concatenate([first[grey], second[grey]]))
+        similarity[grey] = _pair_correlations(units, first[grey], second[grey])
     # A plain thumbnail's mean-free row is its channels' offsets alone: any two plain colours of one hue order
     # correlated at about 1, and 600 swatches of different colours were chained into one group (hostile review).
     if plain is None:
-        plain = np.minimum(_picture_spread(first_rows), _picture_spread(second_rows)) < PLAIN_SPREAD
+        spreads = _picture_spread(rows)
+        plain = np.minimum(spreads[first], spreads[second]) < PLAIN_SPREAD
     if plain.any():
-        difference = np.abs(first_rows[plain].astype(np.float32) - second_rows[plain]).mean(axis=1)
+        difference = np.abs(rows[first[plain]].astype(np.float32) - rows[second[plain]]).mean(axis=1)
         similarity[plain] = np.where(difference <= PLAIN_COLOUR_DIFFERENCE, 1.0, 0.0)
-    equal = (first_rows == second_rows).all(axis=1)
+    equal = (rows[first] == rows[second]).all(axis=1)
     similarity[equal] = 1.0
     return similarity
 
@@ -1448,12 +1498,10 @@ def thumbnail_similarity(thumbnails, first, second, mirrored=False, region=None,
     similarity = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
         block = slice(start, start + SIMILARITY_BLOCK)
-        second_rows = thumbnails[second[block]]
-        first_rows, second_rows = thumbnails[first[block]], _mirrored(second_rows) if mirrored else second_rows
         grey = None if greyscale is None else greyscale[first[block]] | greyscale[second[block]]
         plain_pairs = None if plain is None else plain[first[block]] | plain[second[block]]
-        regions = _REGIONS[region](first_rows), _REGIONS[region](second_rows)
-        similarity[block] = _block_similarity(*regions, grey, plain_pairs)
+        pairs = _pair_rows(thumbnails, first[block], second[block], mirrored, region)
+        similarity[block] = _block_similarity(pairs, grey, plain_pairs)
     return similarity
 
 
@@ -1923,17 +1971,21 @@ def _block_cropped_similarity(hashed, first, second, kind):
     grey = hashed.greyscale[first] | hashed.greyscale[second]
     images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
     whole = hashed.thumbnails[images].astype(np.float32)
-    ends = np.split(positions, 2)
+    one, other = np.split(positions, 2)
+    crops, wholes = np.concatenate([one, other]), np.concatenate([other, one])  # which image is the crop: either
     for rows, columns in _crop_boxes(kind):
         cropped = _cropped_thumbnails(whole, rows, columns)  # once an image, not once a pair
-        for one, other in (ends, ends[::-1]):  # which image is the crop: either
-            best[untrimmed] = np.maximum(best[untrimmed], _block_similarity(cropped[one], whole[other], grey))
+        # both ways in one call: each row normalised once a box, not twice
+        pairs = _PairRows(np.concatenate([cropped, whole]), crops, wholes + len(cropped))
+        both = _block_similarity(pairs, np.tile(grey, 2)).reshape(2, -1)
+        best[untrimmed] = np.maximum(best[untrimmed], both.max(axis=0))
     return best
 
 
-def _unit_rows(rows):
-    """(mean-free unit rows in colour, in grey) of float32 thumbnails: correlations as dot products."""
-    return _normalised(rows), _normalised(rows.reshape(len(rows), -1, 3).mean(axis=2))
+def _unit_rows(rows, greyed):
+    """(mean-free unit rows in colour, in grey: of the rows `greyed` only, `_grey_units`) of float32 thumbnails:
+    correlations as dot products."""
+    return _normalised(rows), _grey_units(rows, greyed)
 
 
 def _best_product_crops(hashed, first, second, kind):
@@ -1947,10 +1999,12 @@ def _best_product_crops(hashed, first, second, kind):
     grey = hashed.greyscale[first] | hashed.greyscale[second]
     images, positions = np.unique(np.concatenate([first, second]), return_inverse=True)
     whole = hashed.thumbnails[images].astype(np.float32)
-    ends, whole_rows = np.split(positions, 2), _unit_rows(whole)
+    ends = np.split(positions, 2)
+    greyed = positions[np.concatenate([grey, grey])]
+    whole_rows = _unit_rows(whole, greyed)
     for rows, columns in _crop_boxes(kind):
         cropped = _cropped_thumbnails(whole, rows, columns)
-        cropped_rows = _unit_rows(cropped)
+        cropped_rows = _unit_rows(cropped, greyed)
         for cropped_first, (one, other) in ((True, ends), (False, ends[::-1])):
             similarity = np.empty(len(first), np.float32)
             for in_grey in (False, True):
@@ -2736,7 +2790,7 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
         kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
     # A few more checks for a crowded image: its best-correlated pairs (`_check_ranks`) beyond its closest hashes.
     rows, most = np.flatnonzero(~mirrored & ~kept), cap // CORRELATED_CHECK_SHARE
-    ranks = _check_ranks(hashed, first[rows], second[rows], distance[rows], most)
+    ranks = _check_ranks(hashed, first[rows], second[rows], distance[rows], most, threads)
     kept[rows] = _capped(first[rows], second[rows], ranks, most)
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
     bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
@@ -2755,27 +2809,35 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     return int((~kept).sum())
 
 
-def _check_ranks(hashed, first, second, distance, cap):
+def _check_ranks(hashed, first, second, distance, cap, threads=1):
     """int [n]: what `_capped` ranks each pair by: its hash distance, or, for the pairs of an image that has more
     than `cap`, their whole thumbnails' correlation in CHECK_RANK_LEVELS steps of CHECK_RANK_STEP down from 1.
     Among a crowd of look-alike products within the search's 8 bits, a turned and cropped copy's hash was the
     farthest while its thumbnail correlated best (blind catalog, seed 1: two such copies aligning 18-19 keypoints
     left unchecked). Ranked by correlation alone, the cap lost crops and padded copies there, whose thumbnails move
     (crop_all_sides and pad_to_square 0.95 -> 0.93): hence a few checks more, not other ones. Only the pairs of
-    a crowded image (more than `cap` left) have their thumbnails compared; the rest keep their distance as rank."""
+    a crowded image (more than `cap` left) have their thumbnails compared; the rest keep their distance as rank,
+    by `threads` threads (on the main thread alone, a core idled before the keypoint checks), SIMILARITY_BLOCK
+    pairs between them: a block each, they held 100 MB more at 84,767 images."""
     counts = np.bincount(np.concatenate([first, second]), minlength=len(hashed.hashes))
     crowded = np.flatnonzero((counts[first] > cap) | (counts[second] > cap))
     ranks = distance.astype(np.int64)
-    similarity = thumbnail_similarity(
-        hashed.thumbnails,
-        first[crowded],
-        second[crowded],
-        greyscale=hashed.greyscale,
-        plain=_plain(hashed, "thumbnails"),
+    compared = functools.partial(
+        _thumbnail_similarity_of, hashed.thumbnails, (first, second), hashed.greyscale, _plain(hashed, "thumbnails")
     )
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL
+        parts = list(pool.map(compared, _row_blocks(crowded, max(1, SIMILARITY_BLOCK // threads))))
+    parallel.trim_heap()  # the blocks the threads freed, not left in their arenas through the keypoint checks
+    similarity = np.concatenate([np.zeros(0, np.float32), *parts])
     steps = np.round((1.0 - similarity.astype(np.float64)) / CHECK_RANK_STEP)
     ranks[crowded] = np.clip(steps, 0, CHECK_RANK_LEVELS - 1)
     return ranks
+
+
+def _thumbnail_similarity_of(thumbnails, pairs, greyscale, plain, rows):
+    """`thumbnail_similarity` of the `rows` of `pairs` (first, second), in a thread."""
+    first, second = pairs
+    return thumbnail_similarity(thumbnails, first[rows], second[rows], greyscale=greyscale, plain=plain)
 
 
 def _checked_block(block, hashed, forest, pairs, min_inliers):
