@@ -102,13 +102,21 @@ def trained_run(built_records, tmp_path_factory):
 SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
+# Under `-n 2` the tests of each fixture here run on one worker, which makes it once: dealt test by test, both workers
+# made each (the tiny run is 26 CPU s). One group a test, the first of its fixtures here (a test in two groups would
+# be a third unit, and both workers would make the fixtures again). xdist's `--dist loadgroup` groups tests by their
+# xdist_group mark by renaming them (item._nodeid), which pytest 9's item.nodeid no longer reads: every test stayed
+# a group of its own. So each worker writes {test id: group} once it has collected, and the scheduler below reads it.
+SHARED_FIXTURES = ("trained_run", "averaged_run", "trained")
+GROUPS_FILE = "fixture_groups.json"
+
 # The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
-# `-n 2` one of them started last is a long tail with one core idle. xdist (--dist load) first sends each worker a run
-# of consecutive tests (a quarter of its share): the longest are dealt round-robin into those runs.
+# `-n 2` one of them started last is a long tail with one core idle. The scheduler sends a worker one group (most are
+# a single test) at a time, in this order.
 LONGEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "longest.json")
 
 
-def _longest_first(config, items):
+def _longest_first(items):
     import json
 
     with open(LONGEST, encoding="utf-8") as handle:
@@ -118,24 +126,61 @@ def _longest_first(config, items):
         return seconds.get(item.nodeid.split("[")[0], 0)
 
     longest = sorted((item for item in items if expected(item)), key=expected, reverse=True)
-    rest = [item for item in items if not expected(item)]  # in collection order: module fixtures stay shared
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    first_run = max(len(items) // workers // 4, 2)  # xdist's LoadScheduling.schedule()
-    ordered, taken = [], 0
-    for worker in range(workers):
-        dealt = longest[worker::workers]
-        fill = max(first_run - len(dealt), 0)
-        ordered += dealt + rest[taken : taken + fill]
-        taken += fill
-    items[:] = ordered + rest[taken:]
+    items[:] = longest + [item for item in items if not expected(item)]  # the rest in collection order
+
+
+def _write_groups(config, items):
+    """On an xdist worker: {test id: shared fixture} into the session's folder, for the controller's scheduler."""
+    import json
+
+    if not hasattr(config, "workerinput"):
+        return
+    groups = {}
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        group = next((name for name in SHARED_FIXTURES if name in fixtures), None)
+        if group is not None:
+            groups[item.nodeid] = group
+    session = os.path.dirname(config.option.basetemp)  # each worker's is <session>/popen-gwN, made when first used
+    # Both workers write the same groups: each into a file of its own, renamed at once (the controller reads whole).
+    staging = os.path.join(session, f"{GROUPS_FILE}.{config.workerinput['workerid']}")
+    with open(staging, "w", encoding="utf-8") as handle:
+        json.dump(groups, handle)
+    os.replace(staging, os.path.join(session, GROUPS_FILE))
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test that needs a trained model is slow (`make test-fast` leaves it out); the longest tests go first."""
+    """A test that needs a trained model is slow (`make test-fast` leaves it out); the tests of a shared fixture go to
+    one worker; the longest tests go first."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    _longest_first(config, items)
+    _longest_first(items)
+    _write_groups(config, items)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n` (--dist load): units of one test, or of every test of a shared fixture, in collection order."""
+    if config.getvalue("dist") != "load":
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FixtureGroupScheduling(LoadScopeScheduling):
+        groups = {}
+
+        def schedule(self):
+            if self.collection is None:  # every worker has collected, so written the groups
+                path = config._tmp_path_factory.getbasetemp() / GROUPS_FILE
+                self.groups = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            super().schedule()
+
+        def _split_scope(self, nodeid):
+            return self.groups.get(nodeid, nodeid)
+
+    config.option.loadscopereorder = False  # the units in collection order (longest first), not largest first
+    return FixtureGroupScheduling(config, log)
 
 
 # `make record-tests`: the suite's size and time go to a JSON file that benchmarks/readme.py renders into the README.

@@ -58,14 +58,11 @@ def _finished_numbers(tune_dir):
 def test_two_workers_share_a_study_whose_best_toml_reproduces_the_best_mean(built_records, tmp_path, capsys):
     records_dir, _ = built_records
     output, config = tmp_path / "tune", _config(tmp_path)
-    # The study's two trials, run by two CLI workers; then the same command with re-runs, in this process: the
-    # study is done, only the re-runs train (the trials trained here too cost 25 CPU s more).
-    _two_workers_share_one_study(records_dir, config, output)
     # The best of two trials re-run (each re-run is a whole tiny training): the choice among several re-run means
     # is test_best_toml_holds_the_best_rerun_mean_not_the_best_single_trial's, on folders written without training.
     reruns = ["--rerun-top", "1", "--rerun-seeds", "2"]
     arguments = _tune_args(records_dir, config, output, "--trials", "2", "--epochs", "1", *reruns)
-    assert tune.main(arguments) == 0
+    _two_workers_share_one_study(arguments, output, tmp_path)
     rows = _trials_csv(output)
     assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} <= {"COMPLETE", "PRUNED"}
     assert os.path.isfile(output / "trials" / "0001" / "history.csv")
@@ -195,12 +192,10 @@ def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, 
     output, config = tmp_path / "tune", _config(tmp_path)
     command = _command(records_dir, config, output, 1, epochs=1)
     process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     # The first trial's run folder has its config: the trial is running (its owner recorded before), so kill it
     # mid-trial. Its retry trains in a folder of its own, so how far the dead one got does not matter (waiting
     # for its first epoch cost a model build and a trace in the killed process).
-    while not os.path.isfile(output / "trials" / "0000" / run_folder.CONFIG) and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_for_first_trial(output, process)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed, not ended on its own
     # The same command again, in this process (the killed run was the CLI's): the killed trial does not count.
@@ -212,21 +207,37 @@ def test_killed_study_is_completed_with_exactly_the_trials_asked(built_records, 
     assert retried and retried[0].params == trials[0].params
 
 
-def _two_workers_share_one_study(records_dir, config, output):
-    """Runs a two-trial study with two CLI workers side by side; checks that each ran one trial."""
-    # Two trials: each worker's first ask gets its own (the second asks while the first trains), and the worker
-    # that finishes first waits for the other's running trial instead of starting a third.
-    command = _command(records_dir, config, output, 2, epochs=1)
-    workers = [
-        subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    results = [worker.communicate(timeout=400) for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], [stderr for _, stderr in results]
+def _two_workers_share_one_study(arguments, output, tmp_path):
+    """Runs a two-trial study, with its re-runs, by two workers side by side: a CLI process and this one (a second
+    CLI process cost another TensorFlow start-up); checks that each ran one trial."""
+    # This worker asks once the CLI runs the first trial: with TensorFlow loaded, it would otherwise finish a trial
+    # and take the second too before the CLI started. The worker that finishes first waits for the other's running
+    # trial instead of starting a third. A file, not a pipe, takes the CLI's output: a full pipe would stop it
+    # mid-trial while this worker waits for that trial.
+    with open(tmp_path / "worker.log", "w+") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "abo_tf.tune", *arguments], cwd=REPO, env=_env(), stdout=log, stderr=log
+        )
+        try:
+            _wait_for_first_trial(output, worker)
+            assert tune.main(arguments) == 0
+        finally:
+            worker.wait(timeout=400)
+        log.seek(0)
+        assert worker.returncode == 0, log.read()[-3000:]
     numbers = _finished_numbers(output)
     assert len(numbers) == 2 and len(set(numbers)) == 2
     owners = {trial.user_attrs["pid"] for trial in _study(output).get_trials(states=study_lib.FINISHED)}
-    assert len(owners) == 2  # both workers ran trials
+    assert owners == {os.getpid(), worker.pid}  # both workers ran trials
+
+
+def _wait_for_first_trial(output, process, seconds=400):
+    """Waits until the CLI `process` runs the study's first trial (its run folder has its config), or has ended."""
+    deadline = time.time() + seconds
+    while not os.path.isfile(output / "trials" / "0000" / run_folder.CONFIG) and time.time() < deadline:
+        if process.poll() is not None:
+            return
+        time.sleep(0.05)
 
 
 BAD_SPACES = {
