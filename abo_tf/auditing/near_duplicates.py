@@ -2183,6 +2183,8 @@ class _Candidates(_LocalCandidates):
     def __init__(self, size, budget):
         super().__init__(size, 2 * len(SEARCHED_KINDS))
         self.budget = budget
+        if (size * size * self.tags * DISTANCE_CODES * len(SEARCHED_KINDS)).bit_length() > 63:  # `_kind_blocks`
+            raise ValueError(f"{size} images: a candidate pair's code by kind takes more than 63 bits")
 
     def add(self, first, second, kind, distance):
         # the order a pair came in is kept: a mirror pair's second thumbnail is the mirrored one
@@ -2203,16 +2205,40 @@ class _Candidates(_LocalCandidates):
         codes.resize(self._filter_in_place(codes, kept), refcheck=False)  # shrunk in place: the tail is freed
         left_out = int((~kept).sum())
         del kept
-        first, second, distance, tags = self.tagged(codes)
-        del codes
-        swapped = np.flatnonzero(tags & 1)  # swapped in place: two new int32 columns were 8 bytes a row more
-        first[swapped], second[swapped] = second[swapped], first[swapped]
-        blocks = (
-            (first[rows], second[rows], name, distance[rows])
-            for code, name in enumerate(SEARCHED_KINDS)
-            for rows in _rows_where(tags, code, CONFIRM_BLOCK)
-        )
-        return blocks, len(first), left_out
+        return self._kind_blocks(self._by_kind_from_the_end(codes)), len(codes), left_out
+
+    def _by_kind_from_the_end(self, codes):
+        """The sorted `codes` (taken) re-coded and sorted in place so that the first kind's smallest code is last,
+        each kind's codes before the earlier kinds', in reverse order: (kind, code) reversed, `_kind_blocks` reads
+        and cuts them off the end."""
+        stride = self.size * self.size * self.tags * DISTANCE_CODES  # above every code
+        for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
+            block = codes[start : start + CANDIDATES_PER_BLOCK]
+            kinds = _narrowed(np.floor_divide, block, DISTANCE_CODES, np.int64)
+            kinds %= self.tags
+            kinds >>= 1
+            block[...] = (len(SEARCHED_KINDS) - kinds) * stride - 1 - block
+        codes.sort()
+        return codes
+
+    def _kind_blocks(self, codes):
+        """Yields `confirmed_blocks`' blocks off the end of `_by_kind_from_the_end`'s `codes`, each decoded alone and
+        cut off the held codes (their block shrunk in place): decoded whole (10 bytes a row) beside the codes they
+        were held through the confirmation, which the pairs left to the keypoint check grew beside (1.66 GB of
+        anonymous memory at 423k images)."""
+        stride = self.size * self.size * self.tags * DISTANCE_CODES
+        bounds = np.searchsorted(codes, np.arange(len(SEARCHED_KINDS) + 1) * stride)
+        for code, name in enumerate(SEARCHED_KINDS):
+            low, high = bounds[len(SEARCHED_KINDS) - 1 - code], len(codes)
+            while high > low:
+                start = max(low, high - CONFIRM_BLOCK)
+                block = (len(SEARCHED_KINDS) - code) * stride - 1 - codes[start:high][::-1]
+                codes.resize(start, refcheck=False)  # the block's codes are copied out: their memory is handed back
+                first, second, distance, tags = self.tagged(block)
+                swapped = np.flatnonzero(tags & 1)  # the order the pair came in: the first image's came first
+                first[swapped], second[swapped] = second[swapped], first[swapped]
+                yield first, second, name, distance
+                high = start
 
     def _pair_keys(self, codes):
         return codes // (self.tags * DISTANCE_CODES)
@@ -2286,21 +2312,6 @@ def _narrowed(operation, codes, divisor, dtype):
 
 def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
-
-
-def _rows_where(tags, kind, size):
-    """Yields the rows whose `tags >> 1` is `kind` in blocks of `size` (the last one shorter), found `size` rows
-    of `tags` at a time: the rows of a kind at once were 8 bytes each, up to one a candidate at ABO size."""
-    pending, held = [], 0
-    for start in range(0, len(tags), size):
-        pending.append(start + np.flatnonzero(tags[start : start + size] >> 1 == kind))
-        held += len(pending[-1])
-        if held >= size:
-            rows = np.concatenate(pending)
-            yield from _row_blocks(rows[: held - held % size], size)
-            pending, held = [rows[held - held % size :]], held % size
-    if held:
-        yield np.concatenate(pending)
 
 
 def _budgeted(first, second, distance, budget, size):
