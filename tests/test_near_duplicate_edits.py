@@ -229,6 +229,13 @@ def test_gathered_candidates_are_folded_and_decoded_without_a_copy_of_them(monke
     assert peak - held <= columns + 2**20, ((peak - held) / 2**20, columns / 2**20)  # the old way: 2.1x held
 
 
+@pytest.mark.parametrize("count, size", [(0, 4), (5, 7), (100, 1), (1000, 3), (4097, 64)])
+def test_rows_found_a_block_at_a_time_are_the_blocks_of_all_the_rows(count, size):
+    mask = np.random.default_rng(count).integers(0, 2, count).astype(bool)
+    expected = [rows.tolist() for rows in near_duplicates._row_blocks(np.flatnonzero(mask), size)]
+    assert [rows.tolist() for rows in near_duplicates._rows_where(mask, size)] == expected
+
+
 def test_a_search_of_queries_pairs_them_with_the_rest_only():
     rng = np.random.default_rng(3)
     hashes = rng.integers(0, 2**63, 60, dtype=np.uint64)

@@ -2319,6 +2319,21 @@ def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
 
 
+def _rows_where(mask, size):
+    """Yields the rows where `mask` is True in blocks of `size` (the last one shorter), found `size` rows at a time:
+    all at once they were 8 bytes a row, tens of millions at ABO size."""
+    pending, held = [], 0
+    for start in range(0, len(mask), size):
+        pending.append(start + np.flatnonzero(mask[start : start + size]))
+        held += len(pending[-1])
+        if held >= size:
+            rows = np.concatenate(pending)
+            yield from _row_blocks(rows[: held - held % size], size)
+            pending, held = [rows[held - held % size :]], held % size
+    if held:
+        yield np.concatenate(pending)
+
+
 def _budgeted(first, second, distance, budget, size):
     """bool [n]: the pairs (first < second, each once) kept when each image keeps its `budget` nearest partners
     (smallest `distance`, ties: the lower partner, which is the lower pair): a pair is kept when it is among either
@@ -2678,7 +2693,7 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     # no slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
     release = _page_releaser(hashed)  # the textures and boxes the turned rule reads, then the keypoints
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # joined in order, as the keypoint blocks below
-        blocks = _row_blocks(np.flatnonzero(~mirrored), TURNED_BLOCK)
+        blocks = _rows_where(~mirrored, TURNED_BLOCK)
         for turned in bounded_map(pool, _turned_block, blocks, threads, hashed, forest, (first, second)):
             _add_turned_products(hashed, forest, *turned)
             release(TURNED_BLOCK)
@@ -2688,28 +2703,34 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     kept = np.zeros(len(first), bool)
     # Mirrored pairs have their own, smaller bound: in the straight ones' they took the slots of turned copies
     # (blind catalog, seed 0: rotate 0.93 -> 0.90); a mirrored copy's mirror hash is among its original's closest.
+    # Masks, not row numbers: 8 bytes a pair more, tens of millions of pairs at ABO size.
     for flip, most in ((False, cap), (True, cap // MIRRORED_CHECK_SHARE)):
-        rows = np.flatnonzero(mirrored == flip)
+        rows = mirrored == flip
         kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
     # A few more checks for a crowded image: its best-correlated pairs (`_check_ranks`) beyond its closest hashes.
-    rows, most = np.flatnonzero(~mirrored & ~kept), cap // CORRELATED_CHECK_SHARE
+    rows, most = ~mirrored & ~kept, cap // CORRELATED_CHECK_SHARE
     ranks = _check_ranks(hashed, first[rows], second[rows], distance[rows], most)
     kept[rows] = _capped(first[rows], second[rows], ranks, most)
+    del ranks, rows
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
-    bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
-    blocks, release = _row_blocks(order, LOCAL_BLOCK), _page_releaser(hashed, KEYPOINT_RELEASE_PAIRS)
+    unchecked = len(kept) - len(order)
+    # Only the checked pairs are kept, in their order: the columns of every pair were held through the check.
+    pairs, checks = (first[order], second[order], mirrored[order]), len(order)
+    del first, second, distance, mirrored, kept, apart, order
+    bar = console.progress_bar(total=checks, desc="keypoints", unit="pair", enabled=progress)
+    blocks = (np.arange(start, min(start + LOCAL_BLOCK, checks)) for start in range(0, checks, LOCAL_BLOCK))
+    release = _page_releaser(hashed, KEYPOINT_RELEASE_PAIRS)
     # A block a thread, joined in order: a block started before the previous one was joined checks a few pairs
     # more, and `forest.add` drops those (inside a group by then): the same joins as one block at a time. Split
     # across the threads, a block waited on the main thread's colour check and joins: a core idled half the time.
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # OpenCV's matcher and RANSAC release the GIL
-        pairs = first, second, mirrored
         checked = bounded_map(pool, _checked_block, blocks, threads, hashed, forest, pairs, min_inliers)
         for size, aligned, inliers in checked:
             _add_aligned(hashed, forest, aligned, inliers)
             bar.update(size)
             release(size)
     bar.close()
-    return int((~kept).sum())
+    return unchecked
 
 
 def _check_ranks(hashed, first, second, distance, cap):
