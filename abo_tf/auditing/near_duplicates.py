@@ -2801,10 +2801,9 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
         confirmed = bounded_map(
             pool, _confirmed, _sketched(hashed, blocks, pool), threads, hashed, forest, min_similarity
         )
-        for size, (first, second, kind, distance), similarity, signal in confirmed:
-            kept = signal != ""
-            pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
-            forest.add(pairs._replace(signal=signal[kept]))
+        for size, (first, second, kind, distance), kept, similarity, signal in confirmed:
+            pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity, "")
+            forest.add(pairs._replace(signal=signal))
             if kind != MIRROR_HASH or mirrorable:  # ORB descriptors are not mirror-invariant: matched mirrored
                 local.add(first[~kept], second[~kept], distance[~kept], int(kind == MIRROR_HASH))
             bar.update(size)
@@ -2824,12 +2823,15 @@ def _sketched(hashed, blocks, pool):
 
 
 def _confirmed(sketched, hashed, forest, min_similarity):
-    """(the block's size, its candidates whose images are in different groups so far, their similarity and
-    signal: `_thumbnail_verified`)."""
+    """(the block's size, its candidates whose images are in different groups so far, the mask of those
+    `_thumbnail_verified` confirms, their similarity and signal). Only the confirmed keep a signal: a block's
+    signals are 128 bytes a pair (64 MB), held by each result waiting to be joined."""
     (first, second, kind, distance), sketches = sketched
     apart = forest.apart(first, second)
     candidates = first[apart], second[apart], kind, distance[apart]
-    return (len(first), candidates, *_thumbnail_verified(hashed, candidates, min_similarity, sketches))
+    similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity, sketches)
+    kept = signal != ""
+    return len(first), candidates, kept, similarity[kept], signal[kept]
 
 
 def _derived_columns(hashed, threads):
