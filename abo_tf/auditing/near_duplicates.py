@@ -848,6 +848,11 @@ RELEASE_IMAGES = 1 << 16
 # peak) while the thumbnails were confirmed and the keypoints checked. Dropped, a page is read again from the page
 # cache when touched.
 RELEASE_PAIRS = 1 << 17
+# Pairs checked on keypoints between drops: every block. A row read through the mapping maps its whole page-cache
+# folio, not its page (ext4's large folios, Linux 6.18): 1,024 random rows of the 423k-image descriptors mapped 317
+# of their 413 MB, so the keypoint check's 2**17 pairs between drops held every column it reads (1.34 GB of a
+# 2.37 GB peak at 423k images).
+KEYPOINT_RELEASE_PAIRS = LOCAL_BLOCK
 
 
 def hash_records(records_dir, workers=None, progress=True, columns_dir=None):
@@ -896,15 +901,15 @@ def release_pages(hashed):
     parallel.trim_heap()  # and the blocks the threads freed since
 
 
-def _page_releaser(hashed):
+def _page_releaser(hashed, every=None):
     """A callback told how many pairs were read since its last call: drops the mapped columns' pages (`release_pages`)
-    every RELEASE_PAIRS."""
+    every `every` pairs (default RELEASE_PAIRS)."""
     read = 0
 
     def advance(count):
         nonlocal read
         read += count
-        if read >= RELEASE_PAIRS:
+        if read >= (RELEASE_PAIRS if every is None else every):
             release_pages(hashed)
             read = 0
 
@@ -2296,6 +2301,8 @@ class _Candidates(_LocalCandidates):
     def __init__(self, size, budget):
         super().__init__(size, 2 * len(SEARCHED_KINDS))
         self.budget = budget
+        if (size * size * self.tags * DISTANCE_CODES * len(SEARCHED_KINDS)).bit_length() > 63:  # `_kind_blocks`
+            raise ValueError(f"{size} images: a candidate pair's code by kind takes more than 63 bits")
 
     def add(self, first, second, kind, distance):
         # the order a pair came in is kept: a mirror pair's second thumbnail is the mirrored one
@@ -2316,16 +2323,40 @@ class _Candidates(_LocalCandidates):
         codes.resize(self._filter_in_place(codes, kept), refcheck=False)  # shrunk in place: the tail is freed
         left_out = int((~kept).sum())
         del kept
-        first, second, distance, tags = self.tagged(codes)
-        del codes
-        swapped = np.flatnonzero(tags & 1)  # swapped in place: two new int32 columns were 8 bytes a row more
-        first[swapped], second[swapped] = second[swapped], first[swapped]
-        blocks = (
-            (first[rows], second[rows], name, distance[rows])
-            for code, name in enumerate(SEARCHED_KINDS)
-            for rows in _rows_where(tags, code, CONFIRM_BLOCK)
-        )
-        return blocks, len(first), left_out
+        return self._kind_blocks(self._by_kind_from_the_end(codes)), len(codes), left_out
+
+    def _by_kind_from_the_end(self, codes):
+        """The sorted `codes` (taken) re-coded and sorted in place so that the first kind's smallest code is last,
+        each kind's codes before the earlier kinds', in reverse order: (kind, code) reversed, `_kind_blocks` reads
+        and cuts them off the end."""
+        stride = self.size * self.size * self.tags * DISTANCE_CODES  # above every code
+        for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
+            block = codes[start : start + CANDIDATES_PER_BLOCK]
+            kinds = _narrowed(np.floor_divide, block, DISTANCE_CODES, np.int64)
+            kinds %= self.tags
+            kinds >>= 1
+            block[...] = (len(SEARCHED_KINDS) - kinds) * stride - 1 - block
+        codes.sort()
+        return codes
+
+    def _kind_blocks(self, codes):
+        """Yields `confirmed_blocks`' blocks off the end of `_by_kind_from_the_end`'s `codes`, each decoded alone and
+        cut off the held codes (their block shrunk in place): decoded whole (10 bytes a row) beside the codes they
+        were held through the confirmation, which the pairs left to the keypoint check grew beside (1.66 GB of
+        anonymous memory at 423k images)."""
+        stride = self.size * self.size * self.tags * DISTANCE_CODES
+        bounds = np.searchsorted(codes, np.arange(len(SEARCHED_KINDS) + 1) * stride)
+        for code, name in enumerate(SEARCHED_KINDS):
+            low, high = bounds[len(SEARCHED_KINDS) - 1 - code], len(codes)
+            while high > low:
+                start = max(low, high - CONFIRM_BLOCK)
+                block = (len(SEARCHED_KINDS) - code) * stride - 1 - codes[start:high][::-1]
+                codes.resize(start, refcheck=False)  # the block's codes are copied out: their memory is handed back
+                first, second, distance, tags = self.tagged(block)
+                swapped = np.flatnonzero(tags & 1)  # the order the pair came in: the first image's came first
+                first[swapped], second[swapped] = second[swapped], first[swapped]
+                yield first, second, name, distance
+                high = start
 
     def _pair_keys(self, codes):
         return codes // (self.tags * DISTANCE_CODES)
@@ -2401,12 +2432,12 @@ def _row_blocks(rows, size):
     return (rows[start : start + size] for start in range(0, len(rows), size))
 
 
-def _rows_where(tags, kind, size):
-    """Yields the rows whose `tags >> 1` is `kind` in blocks of `size` (the last one shorter), found `size` rows
-    of `tags` at a time: the rows of a kind at once were 8 bytes each, up to one a candidate at ABO size."""
+def _rows_where(mask, size):
+    """Yields the rows where `mask` is True in blocks of `size` (the last one shorter), found `size` rows at a time:
+    all at once they were 8 bytes a row, tens of millions at ABO size."""
     pending, held = [], 0
-    for start in range(0, len(tags), size):
-        pending.append(start + np.flatnonzero(tags[start : start + size] >> 1 == kind))
+    for start in range(0, len(mask), size):
+        pending.append(start + np.flatnonzero(mask[start : start + size]))
         held += len(pending[-1])
         if held >= size:
             rows = np.concatenate(pending)
@@ -2776,37 +2807,44 @@ def _local_pairs(hashed, forest, local, min_inliers, cap, threads=1, progress=Fa
     # no slot of the cap (it left 3 of the 20 missed turned copies of the blind catalog, seed 0, unchecked).
     release = _page_releaser(hashed)  # the textures and boxes the turned rule reads, then the keypoints
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # joined in order, as the keypoint blocks below
-        blocks = _row_blocks(np.flatnonzero(~mirrored), TURNED_BLOCK)
+        blocks = _rows_where(~mirrored, TURNED_BLOCK)
         for turned in bounded_map(pool, _turned_block, blocks, threads, hashed, forest, (first, second)):
             _add_turned_products(hashed, forest, *turned)
             release(TURNED_BLOCK)
+    release_pages(hashed)  # the textures: `_check_ranks` reads the thumbnails, the keypoint blocks the descriptors
     apart = forest.apart(first, second)
     first, second, distance, mirrored = first[apart], second[apart], distance[apart], mirrored[apart]
     kept = np.zeros(len(first), bool)
     # Mirrored pairs have their own, smaller bound: in the straight ones' they took the slots of turned copies
     # (blind catalog, seed 0: rotate 0.93 -> 0.90); a mirrored copy's mirror hash is among its original's closest.
+    # Masks, not row numbers: 8 bytes a pair more, tens of millions of pairs at ABO size.
     for flip, most in ((False, cap), (True, cap // MIRRORED_CHECK_SHARE)):
-        rows = np.flatnonzero(mirrored == flip)
+        rows = mirrored == flip
         kept[rows] = _capped(first[rows], second[rows], distance[rows], most)
     # A few more checks for a crowded image: its best-correlated pairs (`_check_ranks`) beyond its closest hashes.
-    rows, most = np.flatnonzero(~mirrored & ~kept), cap // CORRELATED_CHECK_SHARE
+    rows, most = ~mirrored & ~kept, cap // CORRELATED_CHECK_SHARE
     ranks = _check_ranks(hashed, first[rows], second[rows], distance[rows], most, threads)
     kept[rows] = _capped(first[rows], second[rows], ranks, most)
+    del ranks, rows
     order = np.flatnonzero(kept)[np.argsort(distance[kept], kind="stable")]
-    bar = console.progress_bar(total=len(order), desc="keypoints", unit="pair", enabled=progress)
-    blocks = _row_blocks(order, LOCAL_BLOCK)
+    unchecked = len(kept) - len(order)
+    # Only the checked pairs are kept, in their order: the columns of every pair were held through the check.
+    pairs, checks = (first[order], second[order], mirrored[order]), len(order)
+    del first, second, distance, mirrored, kept, apart, order
+    bar = console.progress_bar(total=checks, desc="keypoints", unit="pair", enabled=progress)
+    blocks = (np.arange(start, min(start + LOCAL_BLOCK, checks)) for start in range(0, checks, LOCAL_BLOCK))
+    release = _page_releaser(hashed, KEYPOINT_RELEASE_PAIRS)
     # A block a thread, joined in order: a block started before the previous one was joined checks a few pairs
     # more, and `forest.add` drops those (inside a group by then): the same joins as one block at a time. Split
     # across the threads, a block waited on the main thread's colour check and joins: a core idled half the time.
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # OpenCV's matcher and RANSAC release the GIL
-        pairs = first, second, mirrored
         checked = bounded_map(pool, _checked_block, blocks, threads, hashed, forest, pairs, min_inliers)
         for size, aligned, inliers in checked:
             _add_aligned(hashed, forest, aligned, inliers)
             bar.update(size)
             release(size)
     bar.close()
-    return int((~kept).sum())
+    return unchecked
 
 
 def _check_ranks(hashed, first, second, distance, cap, threads=1):
@@ -2885,10 +2923,9 @@ def _confirm(hashed, forest, local, blocks, min_similarity, threads, progress):
         confirmed = bounded_map(
             pool, _confirmed, _sketched(hashed, blocks, pool), threads, hashed, forest, min_similarity
         )
-        for size, (first, second, kind, distance), similarity, signal in confirmed:
-            kept = signal != ""
-            pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity[kept], "")
-            forest.add(pairs._replace(signal=signal[kept]))
+        for size, (first, second, kind, distance), kept, similarity, signal in confirmed:
+            pairs = make_pairs(hashed.hashes, first[kept], second[kept], similarity, "")
+            forest.add(pairs._replace(signal=signal))
             if kind != MIRROR_HASH or mirrorable:  # ORB descriptors are not mirror-invariant: matched mirrored
                 local.add(first[~kept], second[~kept], distance[~kept], int(kind == MIRROR_HASH))
             bar.update(size)
@@ -2908,12 +2945,15 @@ def _sketched(hashed, blocks, pool):
 
 
 def _confirmed(sketched, hashed, forest, min_similarity):
-    """(the block's size, its candidates whose images are in different groups so far, their similarity and
-    signal: `_thumbnail_verified`)."""
+    """(the block's size, its candidates whose images are in different groups so far, the mask of those
+    `_thumbnail_verified` confirms, their similarity and signal). Only the confirmed keep a signal: a block's
+    signals are 128 bytes a pair (64 MB), held by each result waiting to be joined."""
     (first, second, kind, distance), sketches = sketched
     apart = forest.apart(first, second)
     candidates = first[apart], second[apart], kind, distance[apart]
-    return (len(first), candidates, *_thumbnail_verified(hashed, candidates, min_similarity, sketches))
+    similarity, signal = _thumbnail_verified(hashed, candidates, min_similarity, sketches)
+    kept = signal != ""
+    return len(first), candidates, kept, similarity[kept], signal[kept]
 
 
 def _derived_columns(hashed, threads):
