@@ -1177,3 +1177,20 @@ def test_mirrored_keypoints_of_a_mirror_image_are_its_originals(shape):
     mirrored, _, transforms = near_duplicates._inliers(hashed, np.array([0]), np.array([1]), mirrored=np.array([True]))
     assert straight[0] < near_duplicates.DEFAULT_MIN_INLIERS <= mirrored[0]
     np.testing.assert_allclose(transforms[0][:, :2], np.eye(2), atol=0.02)  # onto the mirror image: no turn
+
+
+def test_apart_on_a_thread_reads_one_numbering_of_the_groups_while_the_main_thread_joins():
+    # The confirming, turned and keypoint threads ask `apart` while the main thread's `add` replaces the group
+    # numbers (connected_components renumbers them all). Read twice, image 2's old number (2) met image 3's new one
+    # (2 once 0 and 1 are joined): a pair of two groups was taken as joined and never checked. The join is made
+    # here where the thread's first read converts its index, the moment the threads could interleave.
+    forest = near_duplicates.SpanningForest(4)
+    joined = near_duplicates.make_pairs(np.zeros(4, np.uint64), [0], [1], [1.0], near_duplicates.HASH)
+
+    class JoinedWhileRead:
+        def __array__(self, dtype=None, copy=None):
+            forest.add(joined)
+            return np.array([2])
+
+    assert forest.apart(JoinedWhileRead(), np.array([3])).tolist() == [True]
+    assert forest.apart(np.array([2, 0]), np.array([3, 1])).tolist() == [True, False]

@@ -1588,7 +1588,10 @@ class SpanningForest:
 
     def apart(self, first, second):
         """Mask of the pairs whose images are in different groups so far."""
-        return self.component[first] != self.component[second]
+        # One numbering read once: threads call this while `add` replaces (renumbers) the groups, and two reads
+        # compared one image's old number with the other's new one (hostile review: pairs of two groups dropped)
+        component = self.component
+        return component[first] != component[second]
 
     def add(self, pairs):
         """Joins the groups of `pairs` (first < second), keeping the edges of a spanning forest."""
