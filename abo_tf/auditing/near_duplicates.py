@@ -2328,11 +2328,16 @@ class _Candidates(_LocalCandidates):
         del kept
         return self._kind_blocks(self._by_kind_from_the_end(codes)), len(codes), left_out
 
+    @property
+    def _kind_stride(self):
+        """Above every code: a kind's codes re-coded by `_by_kind_from_the_end` lie in one stride each."""
+        return self.size * self.size * self.tags * DISTANCE_CODES
+
     def _by_kind_from_the_end(self, codes):
         """The sorted `codes` (taken) re-coded and sorted in place so that the first kind's smallest code is last,
         each kind's codes before the earlier kinds', in reverse order: (kind, code) reversed, `_kind_blocks` reads
         and cuts them off the end."""
-        stride = self.size * self.size * self.tags * DISTANCE_CODES  # above every code
+        stride = self._kind_stride
         for start in range(0, len(codes), CANDIDATES_PER_BLOCK):
             block = codes[start : start + CANDIDATES_PER_BLOCK]
             kinds = _narrowed(np.floor_divide, block, DISTANCE_CODES, np.int64)
@@ -2347,7 +2352,7 @@ class _Candidates(_LocalCandidates):
         cut off the held codes (their block shrunk in place): decoded whole (10 bytes a row) beside the codes they
         were held through the confirmation, which the pairs left to the keypoint check grew beside (1.66 GB of
         anonymous memory at 423k images)."""
-        stride = self.size * self.size * self.tags * DISTANCE_CODES
+        stride = self._kind_stride
         bounds = np.searchsorted(codes, np.arange(len(SEARCHED_KINDS) + 1) * stride)
         for code, name in enumerate(SEARCHED_KINDS):
             low, high = bounds[len(SEARCHED_KINDS) - 1 - code], len(codes)
