@@ -662,6 +662,45 @@ def test_a_grey_product_badged_in_colour_and_desaturated_joins_it():
     assert groups[0] >= 0 and (groups == groups[0]).all(), groups
 
 
+def _blind_shot(index):
+    """The blind catalog's shot `index` of seed 0, a product of its own (no variant), rendered alone."""
+    from abo_tf.testing import blind_catalog
+
+    rng = np.random.default_rng([0, index])
+    product, scene = blind_catalog._new_product(rng), blind_catalog._new_scene(256, rng)
+    return blind_catalog._photograph(product, scene, rng)
+
+
+def test_a_badge_spilling_past_its_corner_box_joins_by_the_thumbnails_less_one_corner():
+    # The blind catalog's shot 86 (seed 0, 197 x 256): a 3% badge is 14% of its height, 2.2 thumbnail rows of 16 past
+    # the thumbnail's 2-row corner box. Its copies' corner hashes are its own, their thumbnails outside the corners
+    # correlate under the cut.
+    shot = _blind_shot(86)
+    encoded = [image_edits.apply_edit(shot, "jpeg", 92, None)]
+    encoded += [
+        image_edits.apply_edit(shot, "badge+saturation", None, np.random.default_rng(seed)) for seed in range(8)
+    ]
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    original, copies = np.zeros(8, int), np.arange(1, 9)
+    corners = near_duplicates.thumbnail_similarity(hashed.thumbnails, original, copies, region="corners")
+    assert (corners < near_duplicates.CORNER_SIMILARITY).sum() >= 4, corners
+    assert near_duplicates._one_corner_verified(hashed, original, copies).all()
+    groups = near_duplicates.near_duplicate_forest(hashed, workers=1).groups()
+    assert groups[0] >= 0 and (groups == groups[0]).all(), groups
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_a_turned_copy_whose_centre_hash_moved_joins_by_the_thumbnails_less_one_corner(seed):
+    # The blind catalog's shot 61 turned 1 degree: its centre hash 6 bits away (past the thumbnails' 4), every other
+    # hash 16 or more, no ORB keypoint aligned; only the thumbnails with one corner left out join it.
+    shot = _blind_shot(61)
+    encoded = [image_edits.apply_edit(shot, "jpeg", 92, None)]
+    encoded.append(image_edits.apply_edit(shot, "rotate", 1, np.random.default_rng(seed)))
+    hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
+    forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
+    assert forest.edges.signal.tolist() == [near_duplicates.CORNER_THUMBNAIL]
+
+
 def test_a_light_product_brightened_until_it_clips_joins_it_by_its_brightened_thumbnail():
     # Brightened 15%, a light product clips at white: its thumbnails correlate under the cut, whatever the gain.
     from abo_tf.testing import blind_catalog
