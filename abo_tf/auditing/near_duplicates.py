@@ -1865,8 +1865,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
       - for a side or centre hash of two images that fill their frame (photographs), within THUMBNAIL_HASH_DISTANCE
         bits or farther, one thumbnail cropped as that hash crops it correlates with the other at
         CROPPED_SIMILARITY (CROPPED_THUMBNAIL): a crop of a smooth picture, which aligns few ORB keypoints;
-      - for a corner hash at any candidate distance, the thumbnails with one corner left out match
-        (`_one_corner_verified`, CORNER_THUMBNAIL): a badge spilling past the corner box;
+      - for a corner or centre hash (ONE_CORNER_KINDS) at any candidate distance, the thumbnails with one corner
+        left out match (`_one_corner_verified`, CORNER_THUMBNAIL): a badge spilling past the corner box, a turn;
       - for a side or centre hash at any candidate distance of which one image was trimmed, one whole thumbnail
         cropped as that hash crops it matches the other (`_product_crops_verified`, CROPPED_THUMBNAIL): a crop of
         a textured product, whose repeated texture aligns few ORB keypoints.
@@ -1891,7 +1891,7 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
         # distinct real shots 5-8 bits apart (seed 0, 99 pairs) none correlated so above 0.87.
         far = np.flatnonzero((distance > THUMBNAIL_HASH_DISTANCE) & framed)
         similarity[far], signal[far] = _side_verified(hashed, first[far], second[far], kind, min_similarity)
-    if kind in ONE_CORNER_KINDS:  # a badge spilling past its corner box, at any candidate distance
+    if kind in ONE_CORNER_KINDS:  # a badge spilling past its corner box, a turn: at any candidate distance
         open_pairs = np.flatnonzero(signal == "")
         signal[open_pairs[_one_corner_verified(hashed, first[open_pairs], second[open_pairs])]] = CORNER_THUMBNAIL
     confirmed = np.flatnonzero(signal != "")
