@@ -89,6 +89,8 @@ DEFAULT_NEAREST = 16
 MERGE_BLOCK = 1 << 22
 MERGE_ROWS = 1 << 16  # rows a merge re-sorts at once: 1.1M held slots, with the block's pairs into them
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
+NORMALISE_ROWS = 1 << 12  # thumbnail rows `_normalised` squares at once: 12 MB of float32
+BRIGHTENED_BLOCK = 1 << 12  # pairs `_brightened_similarity` brightens at once: 12 MB of float32 a copy
 # Pairs whose thumbnails are cropped and compared at once (`_cropped_similarity`, `_product_crops_verified`): a
 # block's whole, cropped and unit rows, 12 KB a pair each, were 0.6 GB a confirming thread at SIMILARITY_BLOCK (the
 # confirmation's peak resident set 1.5 GB against the search's 0.9, 84,767 images).
@@ -1407,10 +1409,13 @@ def _picture_spread(rows):
 
 def _normalised(rows):
     rows = rows.astype(np.float32)
-    rows -= rows.mean(axis=1, keepdims=True)
-    # np.linalg.norm's sum of squares, without its copy of the rows (`x.conj()`), and divided in place: one float32
-    # copy of the rows at a time beside them, not three
-    rows /= np.maximum(np.sqrt(np.add.reduce(rows * rows, axis=1, keepdims=True)), 1e-6)
+    # NORMALISE_ROWS rows at a time: the squares of a confirming block's 32,768 rows were 100 MB beside them, in
+    # each thread. Each row is reduced alone: the same bits in any chunks.
+    for start in range(0, len(rows), NORMALISE_ROWS):
+        part = rows[start : start + NORMALISE_ROWS]
+        part -= part.mean(axis=1, keepdims=True)
+        # np.linalg.norm's sum of squares, without its copy of the rows (`x.conj()`), and divided in place
+        part /= np.maximum(np.sqrt(np.add.reduce(part * part, axis=1, keepdims=True)), 1e-6)
     return rows
 
 
@@ -1917,12 +1922,14 @@ def _brightened_similarity(hashed, first, second):
     best = np.full(len(first), -1.0, np.float32)
     plain = _plain(hashed, "thumbnails")
     plain = np.zeros(len(hashed.thumbnails), bool) if plain is None else plain
-    for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
-        ends = first[start : start + SIMILARITY_BLOCK], second[start : start + SIMILARITY_BLOCK]
+    # 3 KB a pair as float32, and up to 7 such copies at once (both ends, a gathered, brightened, clipped and
+    # normalised end, the target): in blocks of BRIGHTENED_BLOCK, not SIMILARITY_BLOCK (300 MB a confirming thread)
+    for start in range(0, len(first), BRIGHTENED_BLOCK):
+        ends = first[start : start + BRIGHTENED_BLOCK], second[start : start + BRIGHTENED_BLOCK]
         rows = [hashed.thumbnails[images].astype(np.float32) for images in ends]
         grey = hashed.greyscale[ends[0]] | hashed.greyscale[ends[1]]
         open_pairs = ~(plain[ends[0]] | plain[ends[1]])
-        block = best[start : start + SIMILARITY_BLOCK]  # a view: written in place
+        block = best[start : start + BRIGHTENED_BLOCK]  # a view: written in place
         for (one, other), in_grey in itertools.product((rows, rows[::-1]), (False, True)):
             pairs = np.flatnonzero(open_pairs & (grey == in_grey) & (one.max(axis=1) * BRIGHTENINGS[-1] > 255))
             if not len(pairs):  # an empty block cannot be reshaped to its pixels
