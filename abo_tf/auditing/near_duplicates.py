@@ -1874,7 +1874,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
 
 
 def _close_verified(hashed, first, second, kind, min_similarity):
-    """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits."""
+    """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits. Each check after the
+    whole thumbnails' compares only the pairs no check before it confirmed (`_open_passing`)."""
     mirrored, grey = kind == MIRROR_HASH, hashed.greyscale
     similarity = thumbnail_similarity(
         hashed.thumbnails, first, second, mirrored, greyscale=grey, plain=_plain(hashed, "thumbnails")
@@ -1885,33 +1886,60 @@ def _close_verified(hashed, first, second, kind, min_similarity):
         plain = _plain(hashed, "thumbnails", "corners")
         corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey, plain=plain)
         signal = np.where(corners >= max(min_similarity, CORNER_SIMILARITY), CORNER_THUMBNAIL, signal)
+    # np.where: each signal's name at the longer name's width
     if not mirrored:
-        plain = _plain(hashed, "thumbnails", "inner")
-        inner = thumbnail_similarity(hashed.thumbnails, first, second, region="inner", greyscale=grey, plain=plain)
-        signal = np.where((signal == "") & (inner >= min_similarity), INNER_THUMBNAIL, signal)
-    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
-        trimmed_similarity = thumbnail_similarity(
-            hashed.trimmed_thumbnails,
-            first,
-            second,
-            mirrored,
-            greyscale=grey,
-            plain=_plain(hashed, "trimmed_thumbnails"),
+        inner = _open_passing(
+            signal, lambda pairs: _inner_verified(hashed, first[pairs], second[pairs], min_similarity)
         )
-        trimmed = (trimmed_similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
-        signal = np.where((signal == "") & trimmed, TRIMMED_THUMBNAIL, signal)
+        signal = np.where(inner, INNER_THUMBNAIL, signal)
+    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
+        trimmed = _open_passing(signal, lambda pairs: _trimmed_verified(hashed, first[pairs], second[pairs], mirrored))
+        signal = np.where(trimmed, TRIMMED_THUMBNAIL, signal)
     if kind in (HASH, WHOLE_HASH):
-        open_pairs, brightened = np.flatnonzero(signal == ""), np.zeros(len(first), bool)
-        similarity_brightened = _brightened_similarity(hashed, first[open_pairs], second[open_pairs])
-        brightened[open_pairs] = similarity_brightened >= BRIGHTENED_SIMILARITY
-        signal = np.where(brightened, BRIGHTENED_THUMBNAIL, signal)  # np.where: the longer name's width
-    if kind == CENTRE_HASH:
-        open_pairs = np.flatnonzero(signal == "")  # the rest are confirmed: spared the 4 resamplings
-        cropped = np.zeros(len(first), bool)
-        similarity_cropped = _cropped_similarity(hashed, first[open_pairs], second[open_pairs], kind)
-        cropped[open_pairs] = similarity_cropped >= CROPPED_SIMILARITY
+        brightened = _open_passing(
+            signal,
+            lambda pairs: _brightened_similarity(hashed, first[pairs], second[pairs]) >= BRIGHTENED_SIMILARITY,
+        )
+        signal = np.where(brightened, BRIGHTENED_THUMBNAIL, signal)
+    if kind == CENTRE_HASH:  # the rest are confirmed: spared the 4 resamplings
+        cropped = _open_passing(
+            signal, lambda pairs: _cropped_similarity(hashed, first[pairs], second[pairs], kind) >= CROPPED_SIMILARITY
+        )
         signal = np.where(cropped, CROPPED_THUMBNAIL, signal)
     return similarity, signal
+
+
+def _open_passing(signal, passes):
+    """bool [n]: the pairs no check confirmed so far (`signal` "") that `passes` (their indices -> bool) passes. The
+    next check sees the open pairs only: the inner and trimmed thumbnails of every close pair were compared, of
+    pairs the whole thumbnails had confirmed, and their pages read."""
+    open_pairs = np.flatnonzero(signal == "")
+    passing = np.zeros(len(signal), bool)
+    passing[open_pairs] = passes(open_pairs)
+    return passing
+
+
+def _inner_verified(hashed, first, second, min_similarity):
+    """bool [n]: the pairs whose thumbnails' inner parts (`_inner`) correlate at `min_similarity`."""
+    plain = _plain(hashed, "thumbnails", "inner")
+    similarity = thumbnail_similarity(
+        hashed.thumbnails, first, second, region="inner", greyscale=hashed.greyscale, plain=plain
+    )
+    return similarity >= min_similarity
+
+
+def _trimmed_verified(hashed, first, second, mirrored):
+    """bool [n]: the pairs whose trimmed thumbnails correlate at TRIMMED_SIMILARITY (the second's mirrored with
+    `mirrored`) and whose plain outlines agree (`_plain_outlines_agree`)."""
+    similarity = thumbnail_similarity(
+        hashed.trimmed_thumbnails,
+        first,
+        second,
+        mirrored,
+        greyscale=hashed.greyscale,
+        plain=_plain(hashed, "trimmed_thumbnails"),
+    )
+    return (similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
 
 
 def _brightened_similarity(hashed, first, second):
