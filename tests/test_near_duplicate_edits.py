@@ -187,6 +187,54 @@ def test_check_ranks_are_the_same_compared_in_blocks_on_threads(monkeypatch):
     assert len(set(at_once[:6].tolist())) == 6  # the copies ranked by their correlation
 
 
+def test_rows_normalised_in_chunks_are_the_same_bits_and_unit_rows(monkeypatch):
+    rows = np.random.default_rng(11).integers(0, 256, (10, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    at_once = near_duplicates._normalised(rows)
+    monkeypatch.setattr(near_duplicates, "NORMALISE_ROWS", 3)
+    chunked = near_duplicates._normalised(rows)
+    assert np.array_equal(chunked, at_once)
+    assert np.allclose(chunked.mean(axis=1), 0, atol=1e-6) and np.allclose((chunked**2).sum(axis=1), 1)
+
+
+def test_brightened_similarity_is_the_same_in_blocks(monkeypatch):
+    rng = np.random.default_rng(12)
+    thumbnails = rng.integers(150, 256, (8, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)  # light: clips
+    thumbnails[4:] = np.minimum(thumbnails[:4] * 1.15, 255).astype(np.uint8)  # brightened copies
+    hashed = SimpleNamespace(thumbnails=thumbnails, greyscale=np.arange(8) % 3 == 0, plain=None)
+    first, second = rng.integers(0, 8, 30), rng.integers(0, 8, 30)
+    first[:4], second[:4] = np.arange(4), np.arange(4, 8)
+    at_once = near_duplicates._brightened_similarity(hashed, first, second)
+    monkeypatch.setattr(near_duplicates, "BRIGHTENED_BLOCK", 3)
+    assert np.array_equal(near_duplicates._brightened_similarity(hashed, first, second), at_once)
+    assert (at_once[:4] >= near_duplicates.BRIGHTENED_SIMILARITY).all()
+
+
+def test_a_close_pair_the_whole_thumbnails_confirm_is_not_compared_again(monkeypatch):
+    rng = np.random.default_rng(13)
+    thumbnails = rng.integers(0, 256, (4, near_duplicates.THUMBNAIL_SIDE**2 * 3)).astype(np.uint8)
+    thumbnails[1] = thumbnails[0]  # (0, 1) confirmed by its whole thumbnails; (2, 3) open
+    hashed = SimpleNamespace(
+        thumbnails=thumbnails,
+        trimmed_thumbnails=thumbnails.copy(),
+        greyscale=np.zeros(4, bool),
+        plain=None,
+        trimmed_aspects=None,
+    )
+    first, second, kind = np.array([0, 2]), np.array([1, 3]), near_duplicates.HASH
+    similarity, signal = near_duplicates._close_verified(hashed, first, second, kind, 0.985)
+    assert signal.tolist() == [near_duplicates.HASH, ""] and similarity[0] == 1
+    compared = []
+    whole = near_duplicates.thumbnail_similarity
+
+    def counted(thumbnails, first, second, *args, **kwargs):
+        compared.append(len(first))
+        return whole(thumbnails, first, second, *args, **kwargs)
+
+    monkeypatch.setattr(near_duplicates, "thumbnail_similarity", counted)
+    near_duplicates._close_verified(hashed, first, second, kind, 0.985)
+    assert compared == [2, 1, 1]  # whole thumbnails: both pairs; inner, trimmed: the open pair only
+
+
 def test_the_cap_keeps_each_images_closest_pairs():
     first, second, distance = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), np.array([5, 1, 3, 0])
     assert near_duplicates._capped(first, second, distance, 2).tolist() == [False, True, True, True]

@@ -89,6 +89,8 @@ DEFAULT_NEAREST = 16
 MERGE_BLOCK = 1 << 22
 MERGE_ROWS = 1 << 16  # rows a merge re-sorts at once: 1.1M held slots, with the block's pairs into them
 SIMILARITY_BLOCK = 1 << 14  # pairs whose thumbnails are compared at once: 2 x 50 MB of float32
+NORMALISE_ROWS = 1 << 12  # thumbnail rows `_normalised` squares at once: 12 MB of float32
+BRIGHTENED_BLOCK = 1 << 12  # pairs `_brightened_similarity` brightens at once: 12 MB of float32 a copy
 # Pairs whose thumbnails are cropped and compared at once (`_cropped_similarity`, `_product_crops_verified`): a
 # block's whole, cropped and unit rows, 12 KB a pair each, were 0.6 GB a confirming thread at SIMILARITY_BLOCK (the
 # confirmation's peak resident set 1.5 GB against the search's 0.9, 84,767 images).
@@ -1419,10 +1421,13 @@ def _picture_spread(rows):
 
 def _normalised(rows):
     rows = rows.astype(np.float32)
-    rows -= rows.mean(axis=1, keepdims=True)
-    # np.linalg.norm's sum of squares, without its copy of the rows (`x.conj()`), and divided in place: one float32
-    # copy of the rows at a time beside them, not three
-    rows /= np.maximum(np.sqrt(np.add.reduce(rows * rows, axis=1, keepdims=True)), 1e-6)
+    # NORMALISE_ROWS rows at a time: the squares of a confirming block's 32,768 rows were 100 MB beside them, in
+    # each thread. Each row is reduced alone: the same bits in any chunks.
+    for start in range(0, len(rows), NORMALISE_ROWS):
+        part = rows[start : start + NORMALISE_ROWS]
+        part -= part.mean(axis=1, keepdims=True)
+        # np.linalg.norm's sum of squares, without its copy of the rows (`x.conj()`), and divided in place
+        part /= np.maximum(np.sqrt(np.add.reduce(part * part, axis=1, keepdims=True)), 1e-6)
     return rows
 
 
@@ -1892,8 +1897,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
         far = np.flatnonzero((distance > THUMBNAIL_HASH_DISTANCE) & framed)
         similarity[far], signal[far] = _side_verified(hashed, first[far], second[far], kind, min_similarity)
     if kind in ONE_CORNER_KINDS:  # a badge spilling past its corner box, a turn: at any candidate distance
-        open_pairs = np.flatnonzero(signal == "")
-        signal[open_pairs[_one_corner_verified(hashed, first[open_pairs], second[open_pairs])]] = CORNER_THUMBNAIL
+        one_corner = _open_passing(signal, lambda pairs: _one_corner_verified(hashed, first[pairs], second[pairs]))
+        signal[one_corner] = CORNER_THUMBNAIL
     confirmed = np.flatnonzero(signal != "")
     refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
     signal[confirmed[refused]] = ""
@@ -1905,7 +1910,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
 
 
 def _close_verified(hashed, first, second, kind, min_similarity):
-    """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits."""
+    """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits. Each check after the
+    whole thumbnails' compares only the pairs no check before it confirmed (`_open_passing`)."""
     mirrored, grey = kind == MIRROR_HASH, hashed.greyscale
     similarity = thumbnail_similarity(
         hashed.thumbnails, first, second, mirrored, greyscale=grey, plain=_plain(hashed, "thumbnails")
@@ -1916,31 +1922,25 @@ def _close_verified(hashed, first, second, kind, min_similarity):
         plain = _plain(hashed, "thumbnails", "corners")
         corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey, plain=plain)
         signal = np.where(corners >= max(min_similarity, CORNER_SIMILARITY), CORNER_THUMBNAIL, signal)
+    # np.where: each signal's name at the longer name's width
     if not mirrored:
-        plain = _plain(hashed, "thumbnails", "inner")
-        inner = thumbnail_similarity(hashed.thumbnails, first, second, region="inner", greyscale=grey, plain=plain)
-        signal = np.where((signal == "") & (inner >= min_similarity), INNER_THUMBNAIL, signal)
-    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
-        trimmed_similarity = thumbnail_similarity(
-            hashed.trimmed_thumbnails,
-            first,
-            second,
-            mirrored,
-            greyscale=grey,
-            plain=_plain(hashed, "trimmed_thumbnails"),
+        inner = _open_passing(
+            signal, lambda pairs: _inner_verified(hashed, first[pairs], second[pairs], min_similarity)
         )
-        trimmed = (trimmed_similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
-        signal = np.where((signal == "") & trimmed, TRIMMED_THUMBNAIL, signal)
+        signal = np.where(inner, INNER_THUMBNAIL, signal)
+    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
+        trimmed = _open_passing(signal, lambda pairs: _trimmed_verified(hashed, first[pairs], second[pairs], mirrored))
+        signal = np.where(trimmed, TRIMMED_THUMBNAIL, signal)
     if kind in (HASH, WHOLE_HASH):
-        open_pairs, brightened = np.flatnonzero(signal == ""), np.zeros(len(first), bool)
-        similarity_brightened = _brightened_similarity(hashed, first[open_pairs], second[open_pairs])
-        brightened[open_pairs] = similarity_brightened >= BRIGHTENED_SIMILARITY
-        signal = np.where(brightened, BRIGHTENED_THUMBNAIL, signal)  # np.where: the longer name's width
-    if kind == CENTRE_HASH:
-        open_pairs = np.flatnonzero(signal == "")  # the rest are confirmed: spared the 4 resamplings
-        cropped = np.zeros(len(first), bool)
-        similarity_cropped = _cropped_similarity(hashed, first[open_pairs], second[open_pairs], kind)
-        cropped[open_pairs] = similarity_cropped >= CROPPED_SIMILARITY
+        brightened = _open_passing(
+            signal,
+            lambda pairs: _brightened_similarity(hashed, first[pairs], second[pairs]) >= BRIGHTENED_SIMILARITY,
+        )
+        signal = np.where(brightened, BRIGHTENED_THUMBNAIL, signal)
+    if kind == CENTRE_HASH:  # the rest are confirmed: spared the 4 resamplings
+        cropped = _open_passing(
+            signal, lambda pairs: _cropped_similarity(hashed, first[pairs], second[pairs], kind) >= CROPPED_SIMILARITY
+        )
         signal = np.where(cropped, CROPPED_THUMBNAIL, signal)
     return similarity, signal
 
@@ -1977,6 +1977,39 @@ def _best_corner_left_out(hashed, first, second, greyscale):
     return best, left_out
 
 
+def _open_passing(signal, passes):
+    """bool [n]: the pairs no check confirmed so far (`signal` "") that `passes` (their indices -> bool) passes. The
+    next check sees the open pairs only: the inner and trimmed thumbnails of every close pair were compared, of
+    pairs the whole thumbnails had confirmed, and their pages read."""
+    open_pairs = np.flatnonzero(signal == "")
+    passing = np.zeros(len(signal), bool)
+    passing[open_pairs] = passes(open_pairs)
+    return passing
+
+
+def _inner_verified(hashed, first, second, min_similarity):
+    """bool [n]: the pairs whose thumbnails' inner parts (`_inner`) correlate at `min_similarity`."""
+    plain = _plain(hashed, "thumbnails", "inner")
+    similarity = thumbnail_similarity(
+        hashed.thumbnails, first, second, region="inner", greyscale=hashed.greyscale, plain=plain
+    )
+    return similarity >= min_similarity
+
+
+def _trimmed_verified(hashed, first, second, mirrored):
+    """bool [n]: the pairs whose trimmed thumbnails correlate at TRIMMED_SIMILARITY (the second's mirrored with
+    `mirrored`) and whose plain outlines agree (`_plain_outlines_agree`)."""
+    similarity = thumbnail_similarity(
+        hashed.trimmed_thumbnails,
+        first,
+        second,
+        mirrored,
+        greyscale=hashed.greyscale,
+        plain=_plain(hashed, "trimmed_thumbnails"),
+    )
+    return (similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
+
+
 def _brightened_similarity(hashed, first, second):
     """Best correlation of one thumbnail of each pair, brightened by one of BRIGHTENINGS and clipped at white, with
     the other (in grey where either image is grey): a light picture brightened clips, which correlation's gain
@@ -1985,12 +2018,14 @@ def _brightened_similarity(hashed, first, second):
     best = np.full(len(first), -1.0, np.float32)
     plain = _plain(hashed, "thumbnails")
     plain = np.zeros(len(hashed.thumbnails), bool) if plain is None else plain
-    for start in range(0, len(first), SIMILARITY_BLOCK):  # 3 KB a pair as float32: in blocks
-        ends = first[start : start + SIMILARITY_BLOCK], second[start : start + SIMILARITY_BLOCK]
+    # 3 KB a pair as float32, and up to 7 such copies at once (both ends, a gathered, brightened, clipped and
+    # normalised end, the target): in blocks of BRIGHTENED_BLOCK, not SIMILARITY_BLOCK (300 MB a confirming thread)
+    for start in range(0, len(first), BRIGHTENED_BLOCK):
+        ends = first[start : start + BRIGHTENED_BLOCK], second[start : start + BRIGHTENED_BLOCK]
         rows = [hashed.thumbnails[images].astype(np.float32) for images in ends]
         grey = hashed.greyscale[ends[0]] | hashed.greyscale[ends[1]]
         open_pairs = ~(plain[ends[0]] | plain[ends[1]])
-        block = best[start : start + SIMILARITY_BLOCK]  # a view: written in place
+        block = best[start : start + BRIGHTENED_BLOCK]  # a view: written in place
         for (one, other), in_grey in itertools.product((rows, rows[::-1]), (False, True)):
             pairs = np.flatnonzero(open_pairs & (grey == in_grey) & (one.max(axis=1) * BRIGHTENINGS[-1] > 255))
             if not len(pairs):  # an empty block cannot be reshaped to its pixels
