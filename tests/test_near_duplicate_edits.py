@@ -127,6 +127,28 @@ def test_keypoints_short_of_the_least_are_not_aligned_and_the_rest_as_before(pla
     assert (least_transforms[enough] == transforms[enough]).all() and (least_counts[~enough] < least[~enough]).all()
 
 
+@pytest.mark.parametrize("bit_share", [0.004, 0.03, 0.5])  # few bits set: ties everywhere; half: random ones
+def test_descriptor_matches_are_those_of_opencvs_cross_checked_matcher(bit_share):
+    # `_cross_checked` stands for cv2.BFMatcher(NORM_HAMMING, crossCheck=True): the same matches in the same order,
+    # ties (equal distances, repeated descriptors) broken alike, on fewer descriptors than KEYPOINTS too.
+    import cv2
+
+    rng = np.random.default_rng(11)
+    size, keypoints = 300, near_duplicates.KEYPOINTS
+    query, train = (np.packbits(rng.random((size, keypoints, 256)) < bit_share, axis=2) for _ in range(2))
+    train[::3, 7] = train[::3, 2]  # a train descriptor twice: its first place is the one matched
+    query[::4, 9] = query[::4, 1]
+    query_counts, train_counts = rng.integers(1, keypoints + 1, (2, size)).astype(np.uint8)
+    query_counts[:50] = train_counts[:50] = keypoints
+    nearest, distance = near_duplicates._cross_checked(query, train, query_counts, train_counts)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    for pair in range(size):
+        matches = matcher.match(query[pair, : query_counts[pair]], train[pair, : train_counts[pair]])
+        expected = [(match.queryIdx, match.trainIdx, match.distance) for match in matches]
+        kept = np.flatnonzero(distance[pair] != near_duplicates.NO_MATCH)
+        assert [(int(q), int(nearest[pair, q]), float(distance[pair, q])) for q in kept] == expected
+
+
 @pytest.mark.parametrize("region", [None, "inner", "corners"])
 def test_plain_images_found_once_score_as_per_pair(region):
     rng = np.random.default_rng(8)
