@@ -771,6 +771,22 @@ def test_a_turned_copy_whose_centre_hash_moved_joins_by_the_thumbnails_less_one_
     assert forest.edges.signal.tolist() == [near_duplicates.CORNER_THUMBNAIL]
 
 
+def test_the_one_corner_screen_keeps_every_pair_the_exact_correlations_pass(planted):
+    # The screen's sums estimate each correlation with one corner left out; it may drop only pairs the exact
+    # check refuses, with a margin far above its float32 error (real photographs and their planted copies).
+    hashed = near_duplicates._derived_columns(planted[0], 1)
+    first, second = np.triu_indices(len(hashed.thumbnails), 1)
+    exact, _ = near_duplicates._best_corner_left_out(hashed, first, second, hashed.greyscale)
+    estimate = near_duplicates._one_corner_estimate(hashed, first, second)
+    plain = near_duplicates._plain(hashed, "thumbnails", "corners")
+    colour = ~(hashed.greyscale[first] | hashed.greyscale[second] | plain[first] | plain[second])
+    assert np.abs(estimate[colour] - exact[colour]).max() < near_duplicates.ONE_CORNER_SCREEN / 20
+    kept = near_duplicates._one_corner_screen(hashed, first, second, hashed.greyscale)
+    passing = exact >= near_duplicates.ONE_CORNER_SIMILARITY
+    assert passing.sum() >= 10 and kept[passing].all()
+    assert kept[colour & ~passing].mean() < 0.1, kept[colour].mean()  # it screens: colour pairs that fail, out
+
+
 def test_a_light_product_brightened_until_it_clips_joins_it_by_its_brightened_thumbnail():
     # Brightened 15%, a light product clips at white: its thumbnails correlate under the cut, whatever the gain.
     from abo_tf.testing import blind_catalog
