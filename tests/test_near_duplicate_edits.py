@@ -1,6 +1,7 @@
 """The near-duplicate audit on real photographs (scikit-image's, scikit-learn's): every edit family a catalog
 makes, at the strength the sample generator plants, against distinct shots of the same photographs."""
 
+import collections
 import copy
 import itertools
 from types import SimpleNamespace
@@ -48,6 +49,17 @@ def test_every_family_is_found_without_joining_distinct_shots(planted):
     assert unplanted == 0
     assert {family for family, value in recall.items() if value < 1} <= NOT_ALWAYS_FOUND, recall
     assert min(recall.values()) >= MIN_RECALL, sorted(recall.items(), key=lambda item: item[1])[:4]
+    # each thumbnail edge shows the score of the check that joined it, at that check's cut (near_duplicates.csv)
+    cuts = {
+        near_duplicates.INNER_THUMBNAIL: near_duplicates.DEFAULT_PIXEL_SIMILARITY,
+        near_duplicates.TRIMMED_THUMBNAIL: near_duplicates.TRIMMED_SIMILARITY,
+        near_duplicates.BRIGHTENED_THUMBNAIL: near_duplicates.BRIGHTENED_SIMILARITY,
+        near_duplicates.CORNER_THUMBNAIL: min(near_duplicates.CORNER_SIMILARITY, near_duplicates.ONE_CORNER_SIMILARITY),
+    }
+    edges = forest.edges
+    scored = [(signal, score) for signal, score in zip(edges.signal, edges.similarity) if signal in cuts]
+    assert len({signal for signal, _ in scored}) >= 3, collections.Counter(edges.signal)
+    assert all(score >= cuts[signal] for signal, score in scored), scored
 
 
 def test_hash_kinds_pair_as_the_search_means():
@@ -754,7 +766,7 @@ def test_a_badge_spilling_past_its_corner_box_joins_by_the_thumbnails_less_one_c
     original, copies = np.zeros(8, int), np.arange(1, 9)
     corners = near_duplicates.thumbnail_similarity(hashed.thumbnails, original, copies, region="corners")
     assert (corners < near_duplicates.CORNER_SIMILARITY).sum() >= 4, corners
-    assert near_duplicates._one_corner_verified(hashed, original, copies).all()
+    assert (near_duplicates._one_corner_score(hashed, original, copies) >= near_duplicates.ONE_CORNER_SIMILARITY).all()
     groups = near_duplicates.near_duplicate_forest(hashed, workers=1).groups()
     assert groups[0] >= 0 and (groups == groups[0]).all(), groups
 
@@ -769,6 +781,7 @@ def test_a_turned_copy_whose_centre_hash_moved_joins_by_the_thumbnails_less_one_
     hashed = near_duplicates.hashed_images(near_duplicates.stack_signatures(map(near_duplicates.signature, encoded)))
     forest = near_duplicates.near_duplicate_forest(hashed, workers=1)
     assert forest.edges.signal.tolist() == [near_duplicates.CORNER_THUMBNAIL]
+    assert forest.edges.similarity[0] >= near_duplicates.ONE_CORNER_SIMILARITY  # its score, not the hashes' 0
 
 
 def test_the_one_corner_screen_keeps_every_pair_the_exact_correlations_pass(planted):

@@ -4,7 +4,8 @@ The report folder (`--report`) gets:
 
     near_duplicate_groups.csv  every image with a near-duplicate: group, id, split, product type
     near_duplicates.csv   the pairs that joined each group (a spanning forest: one row fewer than the group's
-                          images): ids, splits, product types, hash bits apart, thumbnail similarity, ORB
+                          images): ids, splits, product types, hash bits apart, similarity (the score of
+                          the check that confirmed it: the thumbnails' correlation it passed), ORB
                           inliers, and the signal that confirmed it (identical, hash, whole hash, mirror hash,
                           inner thumbnail, corner thumbnail, brightened thumbnail, trimmed thumbnail,
                           cropped thumbnail, local features, mirrored local features, turned product, embedding)

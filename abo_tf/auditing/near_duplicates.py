@@ -1558,7 +1558,7 @@ class Pairs(NamedTuple):
     first: np.ndarray
     second: np.ndarray
     distance: np.ndarray  # hash bits that differ
-    similarity: np.ndarray  # thumbnail correlation (or embedding cosine, per `signal`)
+    similarity: np.ndarray  # the score of the check that joined it (`_confirmed_by`; embedding cosine, per `signal`)
     signal: np.ndarray  # str: which search found the pair (SIGNALS, or "embedding")
     inliers: np.ndarray  # ORB keypoints that one similarity transform maps onto the other image's (0: not checked)
 
@@ -1935,8 +1935,13 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
         far = np.flatnonzero((distance > THUMBNAIL_HASH_DISTANCE) & framed)
         similarity[far], signal[far] = _side_verified(hashed, first[far], second[far], kind, min_similarity)
     if kind in ONE_CORNER_KINDS:  # a badge spilling past its corner box, a turn: at any candidate distance
-        one_corner = _open_passing(signal, lambda pairs: _one_corner_verified(hashed, first[pairs], second[pairs]))
-        signal[one_corner] = CORNER_THUMBNAIL
+        similarity, signal = _confirmed_by(
+            signal,
+            similarity,
+            CORNER_THUMBNAIL,
+            lambda pairs: _one_corner_score(hashed, first[pairs], second[pairs]),
+            ONE_CORNER_SIMILARITY,
+        )
     confirmed = np.flatnonzero(signal != "")
     refused = ~_grey_copies_agree(hashed, first[confirmed], second[confirmed], kind, signal[confirmed])
     signal[confirmed[refused]] = ""
@@ -1949,7 +1954,8 @@ def _thumbnail_verified(hashed, candidates, min_similarity, sketches=None):
 
 def _close_verified(hashed, first, second, kind, min_similarity):
     """`_thumbnail_verified` of pairs whose hashes are within THUMBNAIL_HASH_DISTANCE bits. Each check after the
-    whole thumbnails' compares only the pairs no check before it confirmed (`_open_passing`)."""
+    whole thumbnails' compares only the pairs no check before it confirmed (`_confirmed_by`), and a pair keeps the
+    score of the check that confirmed it: near_duplicates.csv shows what joined it, not the whole thumbnails'."""
     mirrored, grey = kind == MIRROR_HASH, hashed.greyscale
     similarity = thumbnail_similarity(
         hashed.thumbnails, first, second, mirrored, greyscale=grey, plain=_plain(hashed, "thumbnails")
@@ -1959,50 +1965,65 @@ def _close_verified(hashed, first, second, kind, min_similarity):
     if kind == CORNER_HASH:
         plain = _plain(hashed, "thumbnails", "corners")
         corners = thumbnail_similarity(hashed.thumbnails, first, second, region="corners", greyscale=grey, plain=plain)
-        signal = np.where(corners >= max(min_similarity, CORNER_SIMILARITY), CORNER_THUMBNAIL, signal)
-    # np.where: each signal's name at the longer name's width
+        similarity, signal = _confirmed_by(
+            signal, similarity, CORNER_THUMBNAIL, lambda pairs: corners[pairs], max(min_similarity, CORNER_SIMILARITY)
+        )
     if not mirrored:
-        inner = _open_passing(
-            signal, lambda pairs: _inner_verified(hashed, first[pairs], second[pairs], min_similarity)
-        )
-        signal = np.where(inner, INNER_THUMBNAIL, signal)
-    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
-        trimmed = _open_passing(signal, lambda pairs: _trimmed_verified(hashed, first[pairs], second[pairs], mirrored))
-        signal = np.where(trimmed, TRIMMED_THUMBNAIL, signal)
-    if kind in (HASH, WHOLE_HASH):
-        brightened = _open_passing(
+        similarity, signal = _confirmed_by(
             signal,
-            lambda pairs: _brightened_similarity(hashed, first[pairs], second[pairs]) >= BRIGHTENED_SIMILARITY,
+            similarity,
+            INNER_THUMBNAIL,
+            lambda pairs: _inner_score(hashed, first[pairs], second[pairs]),
+            min_similarity,
         )
-        signal = np.where(brightened, BRIGHTENED_THUMBNAIL, signal)
+    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
+        similarity, signal = _confirmed_by(
+            signal,
+            similarity,
+            TRIMMED_THUMBNAIL,
+            lambda pairs: _trimmed_score(hashed, first[pairs], second[pairs], mirrored),
+            TRIMMED_SIMILARITY,
+        )
+    if kind in (HASH, WHOLE_HASH):
+        similarity, signal = _confirmed_by(
+            signal,
+            similarity,
+            BRIGHTENED_THUMBNAIL,
+            lambda pairs: _brightened_similarity(hashed, first[pairs], second[pairs]),
+            BRIGHTENED_SIMILARITY,
+        )
     if kind == CENTRE_HASH:  # the rest are confirmed: spared the 4 resamplings
-        cropped = _open_passing(
-            signal, lambda pairs: _cropped_similarity(hashed, first[pairs], second[pairs], kind) >= CROPPED_SIMILARITY
+        similarity, signal = _confirmed_by(
+            signal,
+            similarity,
+            CROPPED_THUMBNAIL,
+            lambda pairs: _cropped_similarity(hashed, first[pairs], second[pairs], kind),
+            CROPPED_SIMILARITY,
         )
-        signal = np.where(cropped, CROPPED_THUMBNAIL, signal)
     return similarity, signal
 
 
-def _one_corner_verified(hashed, first, second):
-    """bool mask: pairs whose thumbnails, one corner left out (the best correlated of the four), correlate at
-    ONE_CORNER_SIMILARITY and differ by ONE_CORNER_DISTANCE levels at most where either shows more than its
-    background, once corrected as a colour edit would be (`_corrected`; a grey and a colour image as a greyscale
-    copy): a badge that spills past the corner box, a turn's corner."""
+def _one_corner_score(hashed, first, second):
+    """float32 [n]: the correlation of each pair's thumbnails with one corner left out (the best correlated of the
+    four) where it reaches ONE_CORNER_SIMILARITY and they differ by ONE_CORNER_DISTANCE levels at most where either
+    shows more than its background, once corrected as a colour edit would be (`_corrected`; a grey and a colour image
+    as a greyscale copy): a badge that spills past the corner box, a turn's corner. -inf for the rest."""
     greyscale = greyscale_images(hashed.thumbnails) if hashed.greyscale is None else hashed.greyscale
-    agree = np.zeros(len(first), bool)
+    score = np.full(len(first), -np.inf, np.float32)
     screened = np.flatnonzero(_one_corner_screen(hashed, first, second, greyscale))
     best, left_out = np.full(len(first), -1.0, np.float32), np.zeros(len(first), int)
     best[screened], left_out[screened] = _best_corner_left_out(hashed, first[screened], second[screened], greyscale)
     pairs = np.flatnonzero(best >= ONE_CORNER_SIMILARITY)  # residuals of these
     if not len(pairs):  # an empty block cannot be reshaped to its pixels
-        return agree
+        return score
     first, second = first[pairs], second[pairs]
     pixels = [hashed.thumbnails[ends].reshape(len(pairs), -1, 3).astype(np.float32) for ends in (first, second)]
     kept = np.stack([_one_corner_kept(corner).ravel() for corner in range(4)])[left_out[pairs]]
     valid = kept & (_content(pixels[0], hashed, first) | _content(pixels[1], hashed, second))
     groups = _correction_groups(greyscale[first].astype(int) + greyscale[second], (0, 1, 2))
-    agree[pairs] = _corrected_residuals((*pixels, valid), groups) <= ONE_CORNER_DISTANCE
-    return agree
+    agree = _corrected_residuals((*pixels, valid), groups) <= ONE_CORNER_DISTANCE
+    score[pairs[agree]] = best[pairs[agree]]
+    return score
 
 
 def _one_corner_screen(hashed, first, second, greyscale):
@@ -2057,28 +2078,29 @@ def _best_corner_left_out(hashed, first, second, greyscale):
     return best, left_out
 
 
-def _open_passing(signal, passes):
-    """bool [n]: the pairs no check confirmed so far (`signal` "") that `passes` (their indices -> bool) passes. The
-    next check sees the open pairs only: the inner and trimmed thumbnails of every close pair were compared, of
-    pairs the whole thumbnails had confirmed, and their pages read."""
+def _confirmed_by(signal, similarity, name, scores, cut):
+    """(similarity, signal) of a block's pairs after one more check: the pairs no check confirmed so far (`signal`
+    "") whose `scores` (their indices -> float32) reach `cut` take `name` and that score. The next check sees the
+    open pairs only: the inner and trimmed thumbnails of every close pair were compared, of pairs the whole
+    thumbnails had confirmed, and their pages read. np.where: each name at the longer name's width."""
     open_pairs = np.flatnonzero(signal == "")
-    passing = np.zeros(len(signal), bool)
-    passing[open_pairs] = passes(open_pairs)
-    return passing
+    score = np.full(len(signal), -np.inf, np.float32)
+    score[open_pairs] = scores(open_pairs)
+    passed = score >= cut
+    return np.where(passed, score, similarity).astype(np.float32), np.where(passed, name, signal)
 
 
-def _inner_verified(hashed, first, second, min_similarity):
-    """bool [n]: the pairs whose thumbnails' inner parts (`_inner`) correlate at `min_similarity`."""
+def _inner_score(hashed, first, second):
+    """float32 [n]: the correlation of the pairs' thumbnails' inner parts (`_inner`)."""
     plain = _plain(hashed, "thumbnails", "inner")
-    similarity = thumbnail_similarity(
+    return thumbnail_similarity(
         hashed.thumbnails, first, second, region="inner", greyscale=hashed.greyscale, plain=plain
     )
-    return similarity >= min_similarity
 
 
-def _trimmed_verified(hashed, first, second, mirrored):
-    """bool [n]: the pairs whose trimmed thumbnails correlate at TRIMMED_SIMILARITY (the second's mirrored with
-    `mirrored`) and whose plain outlines agree (`_plain_outlines_agree`)."""
+def _trimmed_score(hashed, first, second, mirrored):
+    """float32 [n]: the correlation of the pairs' trimmed thumbnails (the second's mirrored with `mirrored`) where
+    their plain outlines agree (`_plain_outlines_agree`), -inf elsewhere."""
     similarity = thumbnail_similarity(
         hashed.trimmed_thumbnails,
         first,
@@ -2087,7 +2109,7 @@ def _trimmed_verified(hashed, first, second, mirrored):
         greyscale=hashed.greyscale,
         plain=_plain(hashed, "trimmed_thumbnails"),
     )
-    return (similarity >= TRIMMED_SIMILARITY) & _plain_outlines_agree(hashed, first, second)
+    return np.where(_plain_outlines_agree(hashed, first, second), similarity, -np.inf).astype(np.float32)
 
 
 def _brightened_similarity(hashed, first, second):
