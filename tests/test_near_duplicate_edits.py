@@ -1332,3 +1332,26 @@ def test_apart_on_a_thread_reads_one_numbering_of_the_groups_while_the_main_thre
 
     assert forest.apart(JoinedWhileRead(), np.array([3])).tolist() == [True]
     assert forest.apart(np.array([2, 0]), np.array([3, 1])).tolist() == [True, False]
+
+
+def test_the_one_corner_screen_keeps_copies_constant_outside_the_corner_they_differ_in():
+    # Grey outside one corner, saturated colour in the corner's pixels the corner hash sees: the rows' sums less
+    # the corner's are float32 rounding, which estimated such copies at 0.08 to 0.99 (hostile review); the exact
+    # check finds their views equal.
+    random = np.random.default_rng(1)
+    band = np.zeros((16, 16), bool)
+    band[:3, :6], band[:2, :4] = True, False  # in corner 0's one-corner box, outside its corner box
+    thumbnails = []
+    for level in random.integers(0, 256, 40):
+        base = np.full((16, 16, 3), level, np.uint8)
+        for _ in range(2):
+            base[band] = random.choice([0, 255], (band.sum(), 3))
+            thumbnails.append(base.reshape(-1).copy())
+    thumbnails = np.stack(thumbnails)
+    hashed = SimpleNamespace(thumbnails=thumbnails, greyscale=near_duplicates.greyscale_images(thumbnails))
+    hashed.trimmed_thumbnails, hashed.plain = None, None
+    hashed.plain = near_duplicates.plain_images(hashed)
+    first, second = np.arange(0, len(thumbnails), 2), np.arange(1, len(thumbnails), 2)
+    exact, _ = near_duplicates._best_corner_left_out(hashed, first, second, hashed.greyscale)
+    assert (exact >= near_duplicates.ONE_CORNER_SIMILARITY).all() and not hashed.greyscale.any()
+    assert near_duplicates._one_corner_screen(hashed, first, second, hashed.greyscale).all()

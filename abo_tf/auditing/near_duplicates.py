@@ -2040,9 +2040,15 @@ def _one_corner_screen(hashed, first, second, greyscale):
 def _one_corner_estimate(hashed, first, second):
     """float32 [n]: the best colour correlation of each pair's thumbnails with one corner left out, from the
     centred whole rows' sums less each corner's (one product of the rows, not four views gathered and normalised);
-    inf for a 0 / 0 (a plain view: left to the exact check)."""
+    inf where float32 cannot tell (left to the exact check): a view whose spread is a small part of its row's sum of
+    squares, a plain view (0 / 0) or one whose variance lies in the corner left out. Its sums lose about
+    values x eps of the row's sum of squares: a row constant outside a corner but for float32's rounding estimated
+    two copies at 0.08 (hostile review)."""
     corners = np.stack([np.flatnonzero(np.repeat(~_one_corner_kept(corner).ravel(), 3)) for corner in range(4)])
     kept_values = THUMBNAIL_SIDE**2 * 3 - corners.shape[1]
+    # the spread a view needs, as a share of its row's sum of squares, for the sums' worst error to stay a quarter of
+    # the screen's margin: views under 37% of it (most of their variance in the corner left out) are checked exactly
+    trusted_share = 4 * THUMBNAIL_SIDE**2 * 3 * np.finfo(np.float32).eps / ONE_CORNER_SCREEN
     best = np.empty(len(first), np.float32)
     step = SIMILARITY_BLOCK // 4  # the gathered rows of a block's pairs: 4 x 12 MB of float32
     for start in range(0, len(first), SIMILARITY_BLOCK):
@@ -2052,8 +2058,9 @@ def _one_corner_estimate(hashed, first, second):
         rows -= rows.mean(axis=1, keepdims=True)  # centred: the sums below cancel little in float32
         in_corners = rows[:, corners]  # [images, 4, corner values]
         sums = rows.sum(axis=1, keepdims=True) - in_corners.sum(axis=2)  # [images, 4]: the values each corner keeps
-        spread = np.einsum("ij,ij->i", rows, rows)[:, None] - np.einsum("ijk,ijk->ij", in_corners, in_corners)
-        spread -= sums * sums / kept_values
+        squares = np.einsum("ij,ij->i", rows, rows)[:, None]
+        spread = squares - np.einsum("ijk,ijk->ij", in_corners, in_corners) - sums * sums / kept_values
+        spread[spread <= squares * trusted_share] = np.nan  # NaN correlations: inf below
         one, other = np.split(at, 2)
         for part in range(0, len(one), step):
             a, b = one[part : part + step], other[part : part + step]
