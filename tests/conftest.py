@@ -145,7 +145,7 @@ def _fixture_groups(items):
 
 
 def _write_groups(config, items):
-    """On an xdist worker: {test id: its fixture group} into the session's folder, for the controller's scheduler."""
+    """On an xdist worker: {test id: shared fixture} into the session's folder, for the controller's scheduler."""
     import json
 
     if not hasattr(config, "workerinput"):
