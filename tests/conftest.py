@@ -104,10 +104,9 @@ SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 # Under `-n 2` the tests of each fixture here run on one worker, which makes it once: dealt test by test, both workers
 # made each (the tiny run is 26 CPU s, test_audit's audit 7). Fixtures that one test needs together are one group
-# (test_audit's `audited` with `trained_run`): as two, that test's worker would make the other group's fixture again.
-# xdist's `--dist loadgroup` groups tests by their xdist_group mark by renaming them (item._nodeid), which pytest 9's
-# item.nodeid no longer reads: every test stayed a group of its own. So each worker writes {test id: group} once it
-# has collected, and the scheduler below reads it.
+# (test_audit's `audited` with `trained_run`): as two, that test's worker would make the other group's fixture again. xdist's `--dist loadgroup` groups tests by their
+# xdist_group mark by renaming them (item._nodeid), which pytest 9's item.nodeid no longer reads: every test stayed
+# a group of its own. So each worker writes {test id: group} once it has collected, and the scheduler below reads it.
 SHARED_FIXTURES = ("trained_run", "averaged_run", "trained", "audited")
 GROUPS_FILE = "fixture_groups.json"
 
