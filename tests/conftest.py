@@ -103,11 +103,11 @@ SLOW_FIXTURES = frozenset({"trained_run", "trained"})
 
 
 # Under `-n 2` the tests of each fixture here run on one worker, which makes it once: dealt test by test, both workers
-# made each (the tiny run is 26 CPU s, test_audit's audit 7). Fixtures that one test needs together are one group
-# (test_audit's `audited` with `trained_run`): as two, that test's worker would make the other group's fixture again. xdist's `--dist loadgroup` groups tests by their
+# made each (the tiny run is 26 CPU s). One group a test, the first of its fixtures here (a test in two groups would
+# be a third unit, and both workers would make the fixtures again). xdist's `--dist loadgroup` groups tests by their
 # xdist_group mark by renaming them (item._nodeid), which pytest 9's item.nodeid no longer reads: every test stayed
 # a group of its own. So each worker writes {test id: group} once it has collected, and the scheduler below reads it.
-SHARED_FIXTURES = ("trained_run", "averaged_run", "trained", "audited")
+SHARED_FIXTURES = ("trained_run", "averaged_run", "trained")
 GROUPS_FILE = "fixture_groups.json"
 
 # The longest tests start first (tests/longest.json: "file::test" -> its seconds in a profile, per parameter): under
@@ -129,27 +129,18 @@ def _longest_first(items):
     items[:] = longest + [item for item in items if not expected(item)]  # the rest in collection order
 
 
-def _fixture_groups(items):
-    """{test id: its group}, for the tests that need fixtures of SHARED_FIXTURES; a group names its fixtures."""
-    needs = {}
-    for item in items:
-        names = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
-        if names:
-            needs[item.nodeid] = names
-    joined = {name: {name} for name in SHARED_FIXTURES}  # fixture -> every fixture of its group
-    for names in needs.values():
-        group = set().union(*(joined[name] for name in names))
-        joined.update(dict.fromkeys(group, group))
-    return {nodeid: "+".join(sorted(joined[names[0]])) for nodeid, names in needs.items()}
-
-
 def _write_groups(config, items):
     """On an xdist worker: {test id: shared fixture} into the session's folder, for the controller's scheduler."""
     import json
 
     if not hasattr(config, "workerinput"):
         return
-    groups = _fixture_groups(items)
+    groups = {}
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        group = next((name for name in SHARED_FIXTURES if name in fixtures), None)
+        if group is not None:
+            groups[item.nodeid] = group
     session = os.path.dirname(config.option.basetemp)  # each worker's is <session>/popen-gwN, made when first used
     # Both workers write the same groups: each into a file of its own, renamed at once (the controller reads whole).
     staging = os.path.join(session, f"{GROUPS_FILE}.{config.workerinput['workerid']}")
