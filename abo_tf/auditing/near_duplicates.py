@@ -1968,38 +1968,33 @@ def _close_verified(hashed, first, second, kind, min_similarity):
         similarity, signal = _confirmed_by(
             signal, similarity, CORNER_THUMBNAIL, lambda pairs: corners[pairs], max(min_similarity, CORNER_SIMILARITY)
         )
-    if not mirrored:
-        similarity, signal = _confirmed_by(
-            signal,
-            similarity,
-            INNER_THUMBNAIL,
-            lambda pairs: _inner_score(hashed, first[pairs], second[pairs]),
-            min_similarity,
-        )
-    if hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH):
-        similarity, signal = _confirmed_by(
-            signal,
-            similarity,
+    checks = [  # (whether it applies, signal, score of (first, second), cut): a pair keeps the first it passes
+        (not mirrored, INNER_THUMBNAIL, functools.partial(_inner_score, hashed), min_similarity),
+        (
+            hashed.trimmed_thumbnails is not None and kind in (HASH, MIRROR_HASH),
             TRIMMED_THUMBNAIL,
-            lambda pairs: _trimmed_score(hashed, first[pairs], second[pairs], mirrored),
+            lambda one, other: _trimmed_score(hashed, one, other, mirrored),
             TRIMMED_SIMILARITY,
-        )
-    if kind in (HASH, WHOLE_HASH):
-        similarity, signal = _confirmed_by(
-            signal,
-            similarity,
+        ),
+        (
+            kind in (HASH, WHOLE_HASH),
             BRIGHTENED_THUMBNAIL,
-            lambda pairs: _brightened_similarity(hashed, first[pairs], second[pairs]),
+            functools.partial(_brightened_similarity, hashed),
             BRIGHTENED_SIMILARITY,
-        )
-    if kind == CENTRE_HASH:  # the rest are confirmed: spared the 4 resamplings
-        similarity, signal = _confirmed_by(
-            signal,
-            similarity,
+        ),
+        # centre pairs the rest confirmed are spared the 4 resamplings
+        (
+            kind == CENTRE_HASH,
             CROPPED_THUMBNAIL,
-            lambda pairs: _cropped_similarity(hashed, first[pairs], second[pairs], kind),
+            lambda one, other: _cropped_similarity(hashed, one, other, kind),
             CROPPED_SIMILARITY,
-        )
+        ),
+    ]
+    for applies, name, score, cut in checks:
+        if applies:
+            similarity, signal = _confirmed_by(
+                signal, similarity, name, lambda pairs, score=score: score(first[pairs], second[pairs]), cut
+            )
     return similarity, signal
 
 
